@@ -1,0 +1,202 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, readdir, realpath, rm, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import type { FastifyInstance } from 'fastify';
+import { PeerVerifier } from './auth/peer-signature.js';
+import { LoadSampler } from './cluster/load.js';
+import { Membership } from './cluster/membership.js';
+import { PeerClient } from './cluster/peer-client.js';
+import { errorMessage } from './domain/errors.js';
+import type { Logger } from './domain/logger.js';
+import { HookServer } from './git/proc-receive.js';
+import { ReplicaStorage } from './git/repo-storage.js';
+import { GitRunner } from './git/runner.js';
+import type { NodeDeps } from './http/deps.js';
+import { buildHttpApp } from './http/server.js';
+import { Metrics } from './metrics.js';
+import { Coordinator } from './replication/coordinator.js';
+import { Failpoints } from './replication/failpoints.js';
+import { Participant } from './replication/participant.js';
+import { RepairWorker } from './replication/repair.js';
+import { Router } from './replication/router.js';
+import { TxnLog } from './replication/txn-log.js';
+import { openStore, type StoreUrl } from './store/open.js';
+import type { ClusterStore } from './store/types.js';
+
+/** VERSION is the project's version, reported in /health and the node registration. */
+export const VERSION = '0.1.0';
+
+/** NodeConfig is everything `serve` configures. */
+export interface NodeConfig {
+  readonly nodeId: string;
+  readonly host: string;
+  readonly port: number;
+  /** advertiseUrl is the URL peers and proxies use; default http://127.0.0.1:<port>. */
+  readonly advertiseUrl?: string;
+  readonly dataDir: string;
+  readonly store: StoreUrl;
+  readonly writeQuorum: number | undefined;
+  readonly replicationFactor: number;
+  readonly maxGitProcesses: number;
+  readonly nodeTtlMs: number;
+  readonly lockTtlMs: number;
+  readonly resolveAfterMs: number;
+  readonly repairIntervalMs: number;
+  readonly verifyIntervalMs: number;
+  readonly logLevel: string;
+}
+
+/** DEFAULTS are the node's defaults, shared by the CLI and tests. */
+export const DEFAULTS = {
+  host: '127.0.0.1',
+  replicationFactor: 3,
+  maxGitProcesses: 64,
+  nodeTtlMs: 5_000,
+  lockTtlMs: 15_000,
+  resolveAfterMs: 5_000,
+  repairIntervalMs: 1_000,
+  verifyIntervalMs: 300_000,
+  logLevel: 'info',
+} as const;
+
+/** RunningNode is a started node. */
+export interface RunningNode {
+  readonly url: string;
+  readonly app: FastifyInstance;
+  close(): Promise<void>;
+}
+
+/** hooksDir is the directory holding the proc-receive relay, shipped beside dist/. */
+function hooksDir(): string {
+  return join(dirname(fileURLToPath(import.meta.url)), '..', 'hooks');
+}
+
+/**
+ * startNode is the composition root: it builds every dependency once, recovers what a previous
+ * incarnation left (DESIGN §5 restart rules: reap git processes, resolve the transaction log,
+ * remove stale lock files), then serves.
+ */
+export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
+  const logger = pino({ level: cfg.logLevel, base: { node: cfg.nodeId } }) as unknown as Logger & FastifyInstance['log'];
+  await mkdir(cfg.dataDir, { recursive: true });
+  const dataDir = await realpath(cfg.dataDir);
+  const git = new GitRunner({ owner: dataDir, instance: randomUUID(), maxProcesses: cfg.maxGitProcesses });
+  const reaped = await git.reapPrevious();
+  if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
+
+  const store: ClusterStore = await openStore(cfg.store);
+  const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
+  const storage = new ReplicaStorage(dataDir, git);
+  await mkdir(storage.reposDir, { recursive: true });
+  await mkdir(storage.tmpDir, { recursive: true });
+  const metrics = new Metrics();
+  const failpoints = new Failpoints(process.env.GIT_REPLICATION_FAILPOINTS);
+  const txnLog = new TxnLog(join(dataDir, 'node.db'));
+  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, resolveAfterMs: cfg.resolveAfterMs });
+  await participant.recover();
+  await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
+  await rm(storage.trashDir, { recursive: true, force: true });
+
+  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000 });
+  const url = cfg.advertiseUrl ?? `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
+  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: new Date().toISOString() }, { store, peers, logger, ttlMs: cfg.nodeTtlMs });
+  const coordinator = new Coordinator({
+    nodeId: cfg.nodeId, store, storage, participant, peers, membership, failpoints, logger, metrics,
+    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockTtlMs: cfg.lockTtlMs, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000 },
+  });
+  const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger });
+  const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
+  const hookPort = await hooks.listen();
+  const load = new LoadSampler();
+  load.start();
+  const deps: NodeDeps = {
+    nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers,
+    verifier: new PeerVerifier(() => secret), participant, coordinator, router, metrics, load,
+    config: { hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION },
+  };
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs });
+  const app = buildHttpApp(deps, logger);
+  await app.listen({ host: cfg.host, port: cfg.port });
+  await membership.start();
+
+  const timers = [
+    setInterval(() => { void participant.resolveStuck(); }, 1_000),
+    setInterval(() => { txnLog.prune(24 * 3_600_000); }, 3_600_000),
+  ];
+  for (const t of timers) t.unref();
+  repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs);
+  logger.info({ url, store: cfg.store.kind, dataDir, hookPort }, 'node started');
+
+  let closed = false;
+  return {
+    url,
+    app,
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      for (const t of timers) clearInterval(t);
+      repair.stop();
+      load.stop();
+      await membership.stop();
+      await app.close();
+      await hooks.close();
+      git.killAll();
+      await peers.close();
+      txnLog.close();
+      await store.close();
+    },
+  };
+}
+
+/**
+ * removeLeftovers deletes what dead git processes leave behind (I5): ref `*.lock` files,
+ * `packed-refs.new`, quarantine directories and pack `.keep` files, except those of transactions
+ * still in doubt. Safe only at start, before any git process of this node runs.
+ */
+async function removeLeftovers(storage: ReplicaStorage, keep: readonly string[], logger: Logger): Promise<void> {
+  const keepSet = new Set(keep);
+  let removed = 0;
+  for (const repoId of await storage.listLocal()) {
+    const root = storage.repoPath(repoId);
+    for (const f of ['packed-refs.lock', 'packed-refs.new', 'HEAD.lock', 'config.lock', 'shallow.lock']) {
+      if (await unlink(join(root, f)).then(() => true, () => false)) removed++;
+    }
+    removed += await removeLocks(join(root, 'refs'));
+    const objects = join(root, 'objects');
+    for (const e of await readdir(objects).catch(() => [] as string[])) {
+      if (e.startsWith('tmp_objdir-incoming-') || e.startsWith('incoming-')) {
+        await rm(join(objects, e), { recursive: true, force: true });
+        removed++;
+      }
+    }
+    const packDir = join(objects, 'pack');
+    for (const e of await readdir(packDir).catch(() => [] as string[])) {
+      const p = join(packDir, e);
+      if ((e.endsWith('.keep') && !keepSet.has(p)) || e.startsWith('tmp_')) {
+        await unlink(p).catch(() => undefined);
+        removed++;
+      }
+    }
+  }
+  for (const e of await readdir(storage.tmpDir).catch(() => [] as string[])) {
+    const p = join(storage.tmpDir, e);
+    if (!keepSet.has(p)) await rm(p, { recursive: true, force: true });
+  }
+  if (removed > 0) logger.warn({ removed }, 'removed lock and temporary files left by dead git processes');
+}
+
+async function removeLocks(dir: string): Promise<number> {
+  let n = 0;
+  for (const e of await readdir(dir).catch(() => [] as string[])) {
+    const p = join(dir, e);
+    if (e.endsWith('.lock')) {
+      await unlink(p).catch(() => undefined);
+      n++;
+    } else if ((await stat(p).catch(() => null))?.isDirectory()) {
+      n += await removeLocks(p);
+    }
+  }
+  return n;
+}

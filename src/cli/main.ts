@@ -1,0 +1,14 @@
+#!/usr/bin/env node
+import { Command } from 'commander';
+import { VERSION } from '../app.js';
+import { registerServe } from './serve.js';
+import { registerStatus } from './status.js';
+import { registerUp } from './up.js';
+
+const program = new Command('git-replication')
+  .description('a Git hosting cluster with synchronous quorum replication')
+  .version(VERSION);
+registerServe(program);
+registerUp(program);
+registerStatus(program);
+await program.parseAsync(process.argv);

@@ -1,0 +1,79 @@
+import type { Command } from 'commander';
+import { DEFAULTS, startNode, type NodeConfig } from '../app.js';
+import { errorMessage } from '../domain/errors.js';
+import { parseWriteQuorum } from '../domain/quorum.js';
+import { parseStoreUrl } from '../store/open.js';
+
+interface ServeOptions {
+  port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
+  replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string;
+}
+
+function int(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got '${value}'`);
+  return n;
+}
+
+/** serveConfig turns flags and the seed's environment variables into a NodeConfig. */
+export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig {
+  const dataDir = o.dataDir ?? env.DATA_DIR ?? './data';
+  const peers = (o.peers ?? env.PEER_URLS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const storeValue = o.store ?? env.STORE_URL;
+  if (peers.length > 0 && !storeValue) {
+    throw new Error('peers are configured but no --store (STORE_URL) is given: nodes with separate stores would silently form separate clusters. ' +
+      'Give every node the same store, e.g. --store sqlite:/shared/cluster.db on one machine or --store etcd://host:2379');
+  }
+  const replicationFactor = int(o.replicationFactor ?? env.REPLICATION_FACTOR, 'replication factor', DEFAULTS.replicationFactor);
+  if (replicationFactor < 1) throw new Error('replication factor must be >= 1');
+  return {
+    nodeId: o.id ?? env.SERVER_ID ?? 'server-1',
+    host: o.host ?? env.HOST ?? DEFAULTS.host,
+    port: int(o.port ?? env.PORT, 'port', 3000),
+    advertiseUrl: o.advertiseUrl ?? env.ADVERTISE_URL,
+    dataDir,
+    store: parseStoreUrl(storeValue, dataDir),
+    writeQuorum: parseWriteQuorum(o.writeQuorum ?? env.WRITE_QUORUM),
+    replicationFactor,
+    maxGitProcesses: int(o.maxGitProcesses ?? env.MAX_GIT_PROCESSES, 'max git processes', DEFAULTS.maxGitProcesses),
+    nodeTtlMs: int(env.NODE_TTL_MS, 'NODE_TTL_MS', DEFAULTS.nodeTtlMs),
+    lockTtlMs: int(env.LOCK_TTL_MS, 'LOCK_TTL_MS', DEFAULTS.lockTtlMs),
+    resolveAfterMs: int(env.RESOLVE_AFTER_MS, 'RESOLVE_AFTER_MS', DEFAULTS.resolveAfterMs),
+    repairIntervalMs: int(env.REPAIR_INTERVAL_MS, 'REPAIR_INTERVAL_MS', DEFAULTS.repairIntervalMs),
+    verifyIntervalMs: int(env.VERIFY_INTERVAL_MS, 'VERIFY_INTERVAL_MS', DEFAULTS.verifyIntervalMs),
+    logLevel: o.logLevel ?? env.LOG_LEVEL ?? DEFAULTS.logLevel,
+  };
+}
+
+/** registerServe adds `git-replication serve`: run one node. */
+export function registerServe(program: Command): void {
+  program.command('serve')
+    .description('run one node')
+    .option('--port <port>', 'HTTP port (env PORT, default 3000)')
+    .option('--id <id>', 'node id (env SERVER_ID, default server-1)')
+    .option('--data-dir <dir>', 'data directory (env DATA_DIR, default ./data)')
+    .option('--peers <urls>', 'comma-separated peer URLs (env PEER_URLS); needs --store')
+    .option('--store <url>', 'coordination store: sqlite:<path> or etcd://host:port[,host:port] (env STORE_URL)')
+    .option('--write-quorum <n>', 'replicas that must confirm a write (env WRITE_QUORUM, default majority)')
+    .option('--replication-factor <n>', 'replicas per repo (env REPLICATION_FACTOR, default 3)')
+    .option('--host <host>', 'listen address (env HOST, default 127.0.0.1)')
+    .option('--advertise-url <url>', 'URL other nodes use to reach this one (env ADVERTISE_URL)')
+    .option('--max-git-processes <n>', 'concurrent git processes serving clients (default 64)')
+    .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
+    .action(async (o: ServeOptions) => {
+      let cfg: NodeConfig;
+      try {
+        cfg = serveConfig(o, process.env);
+      } catch (err) {
+        process.stderr.write(`git-replication serve: ${errorMessage(err)}\n`);
+        process.exit(2);
+      }
+      const node = await startNode(cfg);
+      const stop = (): void => {
+        node.close().then(() => process.exit(0), () => process.exit(1));
+      };
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+}

@@ -1,0 +1,118 @@
+import { errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { ClusterStore, NodeInfo } from '../store/types.js';
+import type { PeerClient } from './peer-client.js';
+
+/** PeerLoad is a peer's last reported load. */
+export interface PeerLoad {
+  readonly cpu: number;
+  readonly memory: number;
+  readonly at: number;
+}
+
+/**
+ * Membership keeps this node registered in the store (a lease renewed every third of its TTL),
+ * caches the other nodes' URLs and polls their load for read routing.
+ */
+export class Membership {
+  private nodes = new Map<string, NodeInfo>();
+  private live = new Set<string>();
+  private readonly loads = new Map<string, PeerLoad>();
+  private timer: NodeJS.Timeout | null = null;
+  private storeOk = true;
+  private lastStoreError: string | null = null;
+
+  constructor(
+    private readonly self: NodeInfo,
+    private readonly deps: { store: ClusterStore; peers: PeerClient; logger: Logger; ttlMs: number },
+  ) {}
+
+  /** start registers the node and begins heartbeats. */
+  async start(): Promise<void> {
+    await this.heartbeat();
+    this.timer = setInterval(() => { void this.heartbeat(); }, Math.max(200, Math.floor(this.deps.ttlMs / 3)));
+    this.timer.unref();
+  }
+
+  private async heartbeat(): Promise<void> {
+    try {
+      await this.deps.store.registerNode(this.self, this.deps.ttlMs);
+      this.learn(await this.deps.store.allNodes());
+      if (!this.storeOk) this.deps.logger.info({}, 'coordination store reachable again');
+      this.storeOk = true;
+      this.lastStoreError = null;
+    } catch (err) {
+      if (this.storeOk) this.deps.logger.error({ err: errorMessage(err) }, 'coordination store unreachable: writes fail until it returns');
+      this.storeOk = false;
+      this.lastStoreError = errorMessage(err);
+    }
+    await Promise.all([...this.live].filter((id) => id !== this.self.id).map(async (id) => {
+      const url = this.nodes.get(id)?.url;
+      if (!url) return;
+      const load = await this.deps.peers.health(url, Math.max(500, this.deps.ttlMs / 3));
+      if (load) this.loads.set(id, { ...load, at: Date.now() });
+      else this.loads.delete(id);
+    }));
+  }
+
+  /** learn replaces the cached view of the cluster with a fresh read of the store. */
+  learn(all: ReadonlyArray<NodeInfo & { live: boolean }>): void {
+    this.nodes = new Map(all.map((n) => [n.id, n]));
+    this.live = new Set(all.filter((n) => n.live).map((n) => n.id));
+  }
+
+  /** stop ends heartbeats and removes the registration. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    try {
+      await this.deps.store.unregisterNode(this.self.id);
+    } catch {
+      // the lease expires by itself
+    }
+  }
+
+  /** selfId is this node's id. */
+  get selfId(): string {
+    return this.self.id;
+  }
+
+  /** storeReachable says whether the last heartbeat reached the store. */
+  get storeReachable(): boolean {
+    return this.storeOk;
+  }
+
+  /** storeError is the last heartbeat's error, if it failed. */
+  get storeError(): string | null {
+    return this.lastStoreError;
+  }
+
+  /** urlOf returns a node's URL, or undefined for an unknown node. */
+  urlOf(nodeId: string): string | undefined {
+    return nodeId === this.self.id ? this.self.url : this.nodes.get(nodeId)?.url;
+  }
+
+  /** isLive says whether a node's registration was live at the last heartbeat. */
+  isLive(nodeId: string): boolean {
+    return nodeId === this.self.id || this.live.has(nodeId);
+  }
+
+  /** liveIds lists the live nodes, self included. */
+  liveIds(): string[] {
+    return [...new Set([this.self.id, ...this.live])].sort();
+  }
+
+  /** peers lists the other known nodes with liveness. */
+  peers(): Array<{ id: string; url: string; live: boolean }> {
+    return [...this.nodes.values()].filter((n) => n.id !== this.self.id).map((n) => ({ id: n.id, url: n.url, live: this.live.has(n.id) }));
+  }
+
+  /** loadOf returns a peer's last load (cpu), or Infinity if unknown. */
+  loadOf(nodeId: string): number {
+    return this.loads.get(nodeId)?.cpu ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** refresh forces an immediate heartbeat (used after a membership change). */
+  async refresh(): Promise<void> {
+    await this.heartbeat();
+  }
+}

@@ -1,0 +1,109 @@
+import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import { PEER_AUTH_HEADER, signPeerRequest } from '../auth/peer-signature.js';
+import { errorMessage } from '../domain/errors.js';
+import type { PrepareRequest } from '../replication/participant.js';
+
+/** PREPARE_CONTENT_TYPE frames a push prepare: `<json length>\n<json>` then the raw pack. */
+export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';
+
+/** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
+export type PeerAnswer =
+  | { ok: true; status: string }
+  | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'unreachable' | 'not_found'; message: string };
+
+/** toWire renders a PrepareRequest in the seed's snake_case field names. */
+export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
+  return {
+    transaction_id: req.txnId, coordinator_id: req.coordinator, repo_id: req.repoId, operation: req.kind,
+    incarnation: req.incarnation, base_generation: req.baseGeneration, fencing_token: req.fencingToken,
+    new_checksum: req.newChecksum, updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
+  };
+}
+
+/**
+ * PeerClient makes the signed internal calls of the replication protocol to other nodes over
+ * pooled keep-alive connections (undici).
+ */
+export class PeerClient {
+  private readonly agent: Dispatcher;
+
+  constructor(private readonly opts: { nodeId: string; secret: () => string; timeoutMs: number }) {
+    this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1 });
+  }
+
+  private headers(method: string, path: string, contentLength: number | null, extra: Record<string, string> = {}): Record<string, string> {
+    return { [PEER_AUTH_HEADER]: signPeerRequest(this.opts.secret(), this.opts.nodeId, method, path, contentLength), ...extra };
+  }
+
+  /** postJson sends a signed JSON call and maps the answer. */
+  async postJson(baseUrl: string, path: string, body: unknown, timeoutMs = this.opts.timeoutMs): Promise<PeerAnswer> {
+    const payload = Buffer.from(JSON.stringify(body));
+    return this.call(baseUrl, path, payload, payload.length, 'application/json', timeoutMs);
+  }
+
+  /** preparePush sends a push's prepare with the pack file (if any) streamed after the metadata. */
+  async preparePush(baseUrl: string, req: PrepareRequest, packPath: string | null, timeoutMs: number): Promise<PeerAnswer> {
+    const meta = Buffer.from(JSON.stringify(prepareToWire(req)));
+    const head = Buffer.concat([Buffer.from(`${meta.length}\n`), meta]);
+    const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
+    return this.call(baseUrl, '/replicate/prepare', body, packPath === null ? head.length : null, PREPARE_CONTENT_TYPE, timeoutMs);
+  }
+
+  private async call(baseUrl: string, path: string, body: Buffer | Readable, contentLength: number | null, contentType: string, timeoutMs: number): Promise<PeerAnswer> {
+    const signal = AbortSignal.timeout(timeoutMs);
+    try {
+      const res = await request(`${baseUrl}${path}`, {
+        method: 'POST',
+        body,
+        headers: this.headers('POST', path, contentLength, { 'content-type': contentType }),
+        dispatcher: this.agent,
+        signal,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+      const text = await res.body.text();
+      let json: { status?: string; error?: string; message?: string } = {};
+      try {
+        json = JSON.parse(text) as typeof json;
+      } catch {
+        // a non-JSON answer is reported by status code below
+      }
+      if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true, status: json.status ?? 'ok' };
+      const message = json.message ?? json.error ?? `http ${res.statusCode}`;
+      if (res.statusCode === 404) return { ok: false, status: 'not_found', message };
+      const st = json.status;
+      return { ok: false, status: st === 'stale' || st === 'conflict' ? st : 'failed', message };
+    } catch (err) {
+      if (body instanceof Readable) body.destroy();
+      return { ok: false, status: 'unreachable', message: errorMessage(err) };
+    }
+  }
+
+  /** health reads a peer's /health (for load-aware routing). */
+  async health(baseUrl: string, timeoutMs = 2_000): Promise<{ cpu: number; memory: number } | null> {
+    try {
+      const res = await request(`${baseUrl}/health`, { dispatcher: this.agent, signal: AbortSignal.timeout(timeoutMs) });
+      const json = (await res.body.json()) as { load?: { cpu?: number; memory?: number } };
+      return { cpu: json.load?.cpu ?? 100, memory: json.load?.memory ?? 100 };
+    } catch {
+      return null;
+    }
+  }
+
+  /** dispatcher is the shared connection pool, for streaming proxies. */
+  get dispatcher(): Dispatcher {
+    return this.agent;
+  }
+
+  /** close drops the pooled connections. */
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+}
+
+async function* concatStreams(head: Buffer, packPath: string): AsyncGenerator<Buffer> {
+  yield head;
+  for await (const chunk of createReadStream(packPath, { highWaterMark: 256 * 1024 })) yield chunk as Buffer;
+}

@@ -1,0 +1,178 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { isOid } from '../domain/ref-name.js';
+import { encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
+
+/** PushCommand is one `<old> <new> <ref>` of a push. */
+export interface PushCommand {
+  readonly oldOid: string;
+  readonly newOid: string;
+  readonly ref: string;
+}
+
+/** RefResult is the node's answer for one ref: ok, or ng with a reason git prints. */
+export type RefResult = { ref: string; ok: true } | { ref: string; ok: false; reason: string };
+
+/** ProcReceiveRequest is what receive-pack handed the proc-receive hook. */
+export interface ProcReceiveRequest {
+  readonly commands: PushCommand[];
+  readonly atomic: boolean;
+  readonly pushOptions: string[];
+}
+
+/**
+ * ProcReceiveExchange is one push's proc-receive conversation (githooks(5), "proc-receive"):
+ * version negotiation, the commands (and push options), then the node's per-ref report.
+ */
+export class ProcReceiveExchange {
+  private readonly reader = new PktLineReader();
+  private waiting: (() => void) | null = null;
+  private ended = false;
+  private failure: Error | null = null;
+
+  constructor(private readonly socket: Socket, initial: Buffer) {
+    this.reader.push(initial);
+    socket.on('data', (chunk: Buffer) => {
+      this.reader.push(chunk);
+      this.wake();
+    });
+    socket.on('end', () => {
+      this.ended = true;
+      this.wake();
+    });
+    socket.on('error', (err) => {
+      this.failure = err;
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.ended = true;
+      this.wake();
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiting;
+    this.waiting = null;
+    w?.();
+  }
+
+  private async nextPkt(): Promise<Pkt> {
+    for (;;) {
+      const pkt = this.reader.read();
+      if (pkt) return pkt;
+      if (this.failure) throw this.failure;
+      if (this.ended) throw new Error('proc-receive hook closed the connection');
+      await new Promise<void>((resolve) => { this.waiting = resolve; });
+    }
+  }
+
+  private async readUntilFlush(): Promise<string[]> {
+    const lines: string[] = [];
+    for (;;) {
+      const pkt = await this.nextPkt();
+      if (pkt.type === 'flush') return lines;
+      if (pkt.type !== 'data') throw new Error(`unexpected ${pkt.type} packet from receive-pack`);
+      lines.push(pkt.data.toString('utf8').replace(/\n$/, ''));
+    }
+  }
+
+  /** read runs the negotiation and returns the push's commands. */
+  async read(): Promise<ProcReceiveRequest> {
+    const version = await this.readUntilFlush();
+    const first = version[0] ?? '';
+    const nul = first.indexOf('\0');
+    const head = nul === -1 ? first : first.slice(0, nul);
+    const caps = nul === -1 ? [] : first.slice(nul + 1).split(' ').filter(Boolean);
+    if (head !== 'version=1') throw new Error(`unsupported proc-receive version '${head}'`);
+    const usePushOptions = caps.includes('push-options');
+    this.socket.write(Buffer.concat([encodePktLine(`version=1\0${usePushOptions ? 'push-options' : ''}\n`), FLUSH]));
+    const commands: PushCommand[] = [];
+    for (const line of await this.readUntilFlush()) {
+      const [oldOid, newOid, ref] = line.split(' ', 3);
+      if (!oldOid || !newOid || !ref || !isOid(oldOid) || !isOid(newOid)) throw new Error(`bad command from receive-pack: '${line}'`);
+      commands.push({ oldOid, newOid, ref });
+    }
+    const pushOptions = usePushOptions ? await this.readUntilFlush() : [];
+    return { commands, atomic: caps.includes('atomic'), pushOptions };
+  }
+
+  /** report sends the per-ref results; receive-pack relays exactly these to the client. */
+  report(results: readonly RefResult[]): void {
+    const parts: Buffer[] = [];
+    for (const r of results) {
+      parts.push(encodePktLine(r.ok ? `ok ${r.ref}\n` : `ng ${r.ref} ${r.reason.replace(/\n/g, ' ')}\n`));
+    }
+    parts.push(FLUSH);
+    this.socket.end(Buffer.concat(parts));
+  }
+
+  /** abandon drops the exchange without a report. */
+  abandon(): void {
+    this.socket.destroy();
+  }
+}
+
+/** ProcReceiveHandler handles one push's exchange; it MUST end it with report() or abandon(). */
+export type ProcReceiveHandler = (exchange: ProcReceiveExchange) => Promise<void>;
+
+/**
+ * HookServer is the loopback socket the bash proc-receive hook relays to. Each push registers a
+ * random push id in receive-pack's environment; the hook sends it as its first line.
+ */
+export class HookServer {
+  private readonly server: Server;
+  private readonly handlers = new Map<string, ProcReceiveHandler>();
+
+  constructor(private readonly onError: (err: unknown) => void) {
+    this.server = createServer((socket) => this.accept(socket));
+  }
+
+  /** listen starts the server on a free loopback port and returns it. */
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(0, '127.0.0.1', () => resolve());
+    });
+    const addr = this.server.address();
+    if (addr === null || typeof addr === 'string') throw new Error('hook server has no port');
+    return addr.port;
+  }
+
+  /** expect registers the handler for a push id; the returned function unregisters it. */
+  expect(pushId: string, handler: ProcReceiveHandler): () => void {
+    this.handlers.set(pushId, handler);
+    return () => this.handlers.delete(pushId);
+  }
+
+  private accept(socket: Socket): void {
+    socket.setNoDelay(true);
+    let buf = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      buf = Buffer.concat([buf, chunk]);
+      const nl = buf.indexOf(10);
+      if (nl === -1) {
+        if (buf.length > 256) socket.destroy();
+        return;
+      }
+      socket.off('data', onData);
+      const pushId = buf.subarray(0, nl).toString('utf8');
+      const handler = this.handlers.get(pushId);
+      if (!handler) {
+        socket.destroy();
+        return;
+      }
+      this.handlers.delete(pushId);
+      const exchange = new ProcReceiveExchange(socket, buf.subarray(nl + 1));
+      handler(exchange).catch((err: unknown) => {
+        exchange.abandon();
+        this.onError(err);
+      });
+    };
+    socket.on('data', onData);
+    socket.on('error', () => undefined);
+  }
+
+  /** close stops accepting connections. */
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

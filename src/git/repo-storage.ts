@@ -1,0 +1,197 @@
+import { randomUUID } from 'node:crypto';
+import { open, mkdir, readFile, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { replicaChecksum, type RefEntry } from '../domain/checksum.js';
+import type { GitRunner } from './runner.js';
+
+/** REPLICA_CONFIG is the git config every replica gets (DESIGN §5). */
+const REPLICA_CONFIG = `[core]
+\tfsync = committed
+\tfsyncMethod = fsync
+[receive]
+\tfsckObjects = true
+\tunpackLimit = 1
+\tprocReceiveRefs = refs/
+\tadvertisePushOptions = true
+\tdenyNonFastForwards = false
+[transfer]
+\tfsckObjects = true
+[gc]
+\tauto = 0
+[uploadpack]
+\tallowFilter = true
+\tallowAnySHA1InWant = false
+`;
+
+/** DEFAULT_BRANCH is HEAD's target in a new repo. */
+export const DEFAULT_HEAD = 'refs/heads/main';
+
+/**
+ * ReplicaStorage owns the bare repos under `<dataDir>/repos`, their temporary and trash areas,
+ * and reads their refs through the git runner.
+ */
+export class ReplicaStorage {
+  readonly reposDir: string;
+  readonly tmpDir: string;
+  readonly trashDir: string;
+
+  constructor(readonly dataDir: string, private readonly git: GitRunner) {
+    this.reposDir = join(dataDir, 'repos');
+    this.tmpDir = join(dataDir, 'tmp');
+    this.trashDir = join(dataDir, 'trash');
+  }
+
+  /** init creates the directories the storage needs and empties the trash. */
+  async init(): Promise<void> {
+    await mkdir(this.reposDir, { recursive: true });
+    await mkdir(this.tmpDir, { recursive: true });
+    await rm(this.trashDir, { recursive: true, force: true });
+    await mkdir(this.trashDir, { recursive: true });
+  }
+
+  /** repoPath is where a repo's replica lives: `<dataDir>/repos/<owner>/<name>.git`. */
+  repoPath(repoId: string): string {
+    return join(this.reposDir, `${repoId}.git`);
+  }
+
+  /** stagingPath is where a create transaction prepares a repo before commit renames it. */
+  stagingPath(txnId: string): string {
+    return join(this.tmpDir, `create-${txnId}.git`);
+  }
+
+  /** exists says whether a replica directory is present. */
+  async exists(repoId: string): Promise<boolean> {
+    return isDir(this.repoPath(repoId));
+  }
+
+  /** initRepo makes a bare repo at `path` with the replica config and its incarnation id. */
+  async initRepo(path: string, incarnation: string): Promise<void> {
+    await rm(path, { recursive: true, force: true });
+    await mkdir(dirname(path), { recursive: true });
+    await this.git.run(['init', '--quiet', '--bare', `--initial-branch=${DEFAULT_HEAD.slice('refs/heads/'.length)}`, path], { cwd: this.dataDir });
+    await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
+    await fsyncPath(join(path, 'config'));
+    await fsyncPath(path);
+  }
+
+  /** incarnationOf reads the incarnation id a replica was created with, or null. */
+  async incarnationOf(repoId: string): Promise<string | null> {
+    return readIncarnation(this.repoPath(repoId));
+  }
+
+  /**
+   * install moves a prepared repo into place; an old directory there (a deleted or older
+   * incarnation) is moved to the trash first. The parent directory is fsynced so the rename is durable.
+   */
+  async install(stagedPath: string, repoId: string): Promise<void> {
+    const target = this.repoPath(repoId);
+    await mkdir(dirname(target), { recursive: true });
+    if (await isDir(target)) await this.moveToTrash(target);
+    await rename(stagedPath, target);
+    await fsyncPath(dirname(target));
+  }
+
+  /** remove moves a replica to the trash and deletes it there. */
+  async remove(repoId: string): Promise<void> {
+    const target = this.repoPath(repoId);
+    if (await isDir(target)) {
+      const trashed = await this.moveToTrash(target);
+      await fsyncPath(dirname(target));
+      await rm(trashed, { recursive: true, force: true });
+    }
+  }
+
+  private async moveToTrash(path: string): Promise<string> {
+    const dest = join(this.trashDir, randomUUID());
+    await rename(path, dest);
+    return dest;
+  }
+
+  /** listLocal walks the repos directory and returns the repo ids found on disk. */
+  async listLocal(): Promise<string[]> {
+    const out: string[] = [];
+    let owners: string[];
+    try {
+      owners = await readdir(this.reposDir);
+    } catch {
+      return out;
+    }
+    for (const owner of owners) {
+      let names: string[];
+      try {
+        names = await readdir(join(this.reposDir, owner));
+      } catch {
+        continue;
+      }
+      for (const n of names) if (n.endsWith('.git')) out.push(`${owner}/${n.slice(0, -4)}`);
+    }
+    return out.sort();
+  }
+
+  /** readRefs lists every ref of a replica with its oid. */
+  async readRefs(repoId: string): Promise<RefEntry[]> {
+    return readRefsAt(this.git, this.repoPath(repoId));
+  }
+
+  /** headTarget reads HEAD's symbolic target, or null if HEAD is detached or missing. */
+  async headTarget(repoId: string): Promise<string | null> {
+    return readHeadTarget(this.repoPath(repoId));
+  }
+
+  /** checksum computes a replica's checksum from its refs on disk. */
+  async checksum(repoId: string): Promise<string> {
+    const [refs, head] = await Promise.all([this.readRefs(repoId), this.headTarget(repoId)]);
+    return replicaChecksum(refs, head);
+  }
+}
+
+/** readRefsAt lists the refs of the repo at `path`. */
+export async function readRefsAt(git: GitRunner, path: string): Promise<RefEntry[]> {
+  const { stdout } = await git.run(['for-each-ref', '--format=%(objectname) %(refname)'], { cwd: path });
+  const refs: RefEntry[] = [];
+  for (const line of stdout.split('\n')) {
+    if (!line) continue;
+    const sp = line.indexOf(' ');
+    refs.push({ oid: line.slice(0, sp), name: line.slice(sp + 1) });
+  }
+  return refs;
+}
+
+/** readHeadTarget reads a bare repo's HEAD file. */
+export async function readHeadTarget(path: string): Promise<string | null> {
+  try {
+    const head = (await readFile(join(path, 'HEAD'), 'utf8')).trim();
+    return head.startsWith('ref: ') ? head.slice(5) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** readIncarnation reads `replication.incarnation` from a repo's config file. */
+export async function readIncarnation(path: string): Promise<string | null> {
+  try {
+    const config = await readFile(join(path, 'config'), 'utf8');
+    const m = /\[replication\][^[]*?incarnation\s*=\s*([0-9a-zA-Z-]+)/.exec(config);
+    return m?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** fsyncPath fsyncs a file or directory, so a rename into it survives a crash (git does not). */
+export async function fsyncPath(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function isDir(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}

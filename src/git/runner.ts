@@ -1,0 +1,189 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
+import { AppError, unavailable } from '../domain/errors.js';
+
+/** GitError says a git command failed; `stderr` holds git's own words. */
+export class GitError extends AppError {
+  constructor(args: readonly string[], code: number | null, signal: string | null, stderr: string) {
+    const what = signal ? `killed by ${signal}` : `exit ${code}`;
+    super('ERR_GIT', 500, `git ${args[0] ?? ''} failed (${what}): ${stderr.trim().split('\n').slice(-3).join(' | ')}`, { args: [...args], code, signal, stderr });
+    this.name = 'GitError';
+  }
+}
+
+/** GitResult is the buffered outcome of a short git command. */
+export interface GitResult {
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly code: number | null;
+}
+
+/** SpawnOptions tune one git process. */
+export interface SpawnOptions {
+  readonly cwd: string;
+  /** env is added to the runner's fixed environment. */
+  readonly env?: Record<string, string>;
+  /** config entries are passed as `git -c key=value` before the subcommand. */
+  readonly config?: Record<string, string>;
+  readonly signal?: AbortSignal;
+  /** timeoutMs kills the process when it runs longer. */
+  readonly timeoutMs?: number;
+  /** counted says whether the process takes a slot of the client-facing limit. */
+  readonly counted?: boolean;
+}
+
+const SAFE_SUBCOMMANDS = new Set([
+  'init', 'config', 'upload-pack', 'receive-pack', 'update-ref', 'for-each-ref', 'symbolic-ref', 'rev-parse',
+  'index-pack', 'rev-list', 'fetch', 'clone', 'fsck', 'cat-file', 'pack-objects', 'show-ref', 'count-objects',
+  'http-backend', 'gc', 'repack', 'commit-tree', 'hash-object', 'mktree', 'check-ref-format', 'ls-remote', 'bundle',
+]);
+
+/**
+ * GitRunner is the one way the node starts git: argv arrays only, a fixed set of subcommands,
+ * a clean environment, a timeout and abort signal on every process, a cap on the processes that
+ * serve clients, and a marker in each process's environment so a restarted node can find and
+ * reap what its previous incarnation left running (DESIGN §5, restart rules).
+ */
+export class GitRunner {
+  private running = 0;
+  private readonly children = new Set<ChildProcess>();
+
+  constructor(
+    private readonly opts: {
+      /** owner marks processes of this node: `<dataDir>` */
+      readonly owner: string;
+      /** instance distinguishes this process's children from a previous incarnation's. */
+      readonly instance: string;
+      readonly maxProcesses: number;
+      readonly gitBinary?: string;
+    },
+  ) {}
+
+  /** runningCount is the number of counted git processes alive now. */
+  get runningCount(): number {
+    return this.running;
+  }
+
+  /** tryReserve takes a slot of the process limit or throws a 503 AppError with Retry-After. */
+  reserve(): () => void {
+    if (this.running >= this.opts.maxProcesses) {
+      throw unavailable(`too many git processes running (${this.running} of ${this.opts.maxProcesses}), try again`, { retryAfter: 1 });
+    }
+    this.running++;
+    let released = false;
+    return () => {
+      if (!released) {
+        released = true;
+        this.running--;
+      }
+    };
+  }
+
+  /** spawn starts git with `args` (subcommand first) and returns the child; the caller reads its streams. */
+  spawn(args: readonly string[], options: SpawnOptions): ChildProcess {
+    const sub = args[0];
+    if (!sub || !SAFE_SUBCOMMANDS.has(sub)) throw new Error(`git subcommand not allowed: ${String(sub)}`);
+    const release = options.counted ? this.reserve() : () => undefined;
+    const argv: string[] = [];
+    for (const [k, v] of Object.entries(options.config ?? {})) argv.push('-c', `${k}=${v}`);
+    argv.push(...args);
+    const child = spawn(this.opts.gitBinary ?? 'git', argv, {
+      cwd: options.cwd,
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        HOME: process.env.HOME ?? '/tmp',
+        LANG: 'C',
+        LC_ALL: 'C',
+        GIT_CONFIG_NOSYSTEM: '1',
+        GIT_CONFIG_GLOBAL: '/dev/null',
+        GIT_TERMINAL_PROMPT: '0',
+        GIT_REPLICATION_OWNER: this.opts.owner,
+        GIT_REPLICATION_INSTANCE: this.opts.instance,
+        ...options.env,
+      },
+      stdio: ['pipe', 'pipe', 'pipe'],
+      signal: options.signal,
+      killSignal: 'SIGKILL',
+    });
+    this.children.add(child);
+    closed.set(child, new Promise((resolve) => child.once('close', (code, sig) => resolve([code, sig]))));
+    let timer: NodeJS.Timeout | undefined;
+    if (options.timeoutMs) {
+      timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
+      timer.unref();
+    }
+    // An abort makes spawn emit 'error'; the caller sees it as an exit by signal.
+    child.on('error', () => undefined);
+    child.once('close', () => {
+      if (timer) clearTimeout(timer);
+      this.children.delete(child);
+      release();
+    });
+    return child;
+  }
+
+  /** run runs a short git command to completion and buffers its output. */
+  async run(args: readonly string[], options: SpawnOptions & { input?: string | Buffer; okCodes?: readonly number[] }): Promise<GitResult> {
+    const child = this.spawn(args, options);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout?.on('data', (c: Buffer) => out.push(c));
+    child.stderr?.on('data', (c: Buffer) => err.push(c));
+    child.stdin?.on('error', () => undefined);
+    if (options.input !== undefined) child.stdin?.end(options.input);
+    else child.stdin?.end();
+    const [code, signal] = await waitClose(child);
+    const result = { stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), code };
+    const ok = options.okCodes ?? [0];
+    if (signal !== null || code === null || !ok.includes(code)) throw new GitError(args, code, signal, result.stderr);
+    return result;
+  }
+
+  /** killAll kills every git process this runner started (shutdown). */
+  killAll(): void {
+    for (const c of this.children) c.kill('SIGKILL');
+  }
+
+  /**
+   * reapPrevious kills git processes left by an earlier incarnation of this node (same owner,
+   * other instance), found by the marker in /proc/<pid>/environ. Returns how many it killed.
+   */
+  async reapPrevious(): Promise<number> {
+    let killed = 0;
+    let pids: string[];
+    try {
+      pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p));
+    } catch {
+      return 0;
+    }
+    const ownerTag = `GIT_REPLICATION_OWNER=${this.opts.owner}`;
+    const instanceTag = `GIT_REPLICATION_INSTANCE=${this.opts.instance}`;
+    for (const pid of pids) {
+      let environ: string;
+      try {
+        environ = await readFile(`/proc/${pid}/environ`, 'latin1');
+      } catch {
+        continue;
+      }
+      const vars = environ.split('\0');
+      if (vars.includes(ownerTag) && !vars.includes(instanceTag)) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+          killed++;
+        } catch {
+          // already gone
+        }
+      }
+    }
+    return killed;
+  }
+}
+
+const closed = new WeakMap<ChildProcess, Promise<[number | null, string | null]>>();
+
+/** waitClose resolves with the exit code and signal once the process and its pipes closed. */
+export function waitClose(child: ChildProcess): Promise<[number | null, string | null]> {
+  const p = closed.get(child);
+  if (p) return p;
+  return new Promise((resolve) => child.once('close', (code, signal) => resolve([code, signal])));
+}

@@ -1,0 +1,195 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { request as undiciRequest } from 'undici';
+import { AppError, badRequest, errorMessage } from '../domain/errors.js';
+import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
+import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
+import { waitClose } from '../git/runner.js';
+import type { NodeDeps } from './deps.js';
+
+const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
+/** HOP_HEADER marks a request one node already proxied, so it is never proxied again. */
+const HOP_HEADER = 'x-replication-hop';
+const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', expires: 'Fri, 01 Jan 1980 00:00:00 GMT', pragma: 'no-cache' };
+
+interface RepoParams { owner: string; repo: string }
+
+/** gitProtocolEnv passes a valid `Git-Protocol` header to git as GIT_PROTOCOL (gitprotocol-http(5)). */
+function gitProtocolEnv(req: FastifyRequest): Record<string, string> {
+  const h = req.headers['git-protocol'];
+  const v = Array.isArray(h) ? h[0] : h;
+  return v && /^[A-Za-z0-9=:.,_-]{1,256}$/.test(v) ? { GIT_PROTOCOL: v } : {};
+}
+
+function isV2(env: Record<string, string>): boolean {
+  return (env.GIT_PROTOCOL ?? '').split(':').includes('version=2');
+}
+
+/** registerGitRoutes adds the smart-HTTP endpoints (gitprotocol-http(5)); dumb HTTP is not served. */
+export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  for (const type of ['application/x-git-upload-pack-request', 'application/x-git-receive-pack-request']) {
+    app.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
+  }
+
+  app.get<{ Params: RepoParams; Querystring: { service?: string } }>('/:owner/:repo/info/refs', async (req, reply) => {
+    const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+    const service = req.query.service;
+    if (!service || !SERVICES.has(service)) throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
+    const write = service === 'git-receive-pack';
+    const route = await routeOrProxy(deps, req, reply, repoId, write, service);
+    if (!route) return reply;
+    const env = write ? {} : gitProtocolEnv(req);
+    const path = deps.storage.repoPath(repoId);
+    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, timeoutMs: deps.config.gitTimeoutMs });
+    const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
+    reply.hijack();
+    await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
+    return reply;
+  });
+
+  for (const service of SERVICES) {
+    app.post<{ Params: RepoParams }>(`/:owner/:repo/${service}`, async (req, reply) => {
+      const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+      const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim();
+      if (type !== `application/x-${service}-request`) throw new AppError('ERR_CONTENT_TYPE', 415, `content-type must be application/x-${service}-request`);
+      const write = service === 'git-receive-pack';
+      const route = await routeOrProxy(deps, req, reply, repoId, write, service);
+      if (!route) return reply;
+      let body = req.body as Readable;
+      const encoding = req.headers['content-encoding'];
+      if (encoding === 'gzip' || encoding === 'x-gzip') body = body.pipe(createGunzip());
+      else if (encoding && encoding !== 'identity') throw new AppError('ERR_CONTENT_ENCODING', 415, `unsupported content-encoding '${encoding}'`);
+      const validated = body.pipe(new PktLineValidator({ packAfterFlush: write }));
+      body.on('error', (err) => validated.destroy(err));
+      reply.hijack();
+      if (write) await servePush(deps, req, reply.raw, repoId, validated);
+      else await streamGit(deps, req.raw, reply.raw, deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], { cwd: deps.storage.repoPath(repoId), env: gitProtocolEnv(req), counted: true, timeoutMs: deps.config.gitTimeoutMs }), validated, `application/x-${service}-result`, Buffer.alloc(0), service);
+      return reply;
+    });
+  }
+}
+
+/** routeOrProxy serves locally (returns true) or proxies the whole request to an in-sync peer (returns false). */
+async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyReply, repoId: RepoId, write: boolean, service: string): Promise<boolean> {
+  const route = await deps.router.route(repoId, write);
+  if (route.kind === 'local') return true;
+  if (req.headers[HOP_HEADER]) throw new AppError('ERR_UNAVAILABLE', 503, `replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
+  deps.metrics.proxied.inc({ service });
+  reply.hijack();
+  await proxy(deps, req, reply.raw, route.url);
+  return false;
+}
+
+/** proxy streams a request to a peer and its answer back, both ways without buffering. */
+async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, baseUrl: string): Promise<void> {
+  const headers: Record<string, string> = { [HOP_HEADER]: deps.nodeId };
+  for (const h of ['content-type', 'content-encoding', 'git-protocol', 'accept', 'authorization', 'user-agent']) {
+    const v = req.headers[h];
+    if (typeof v === 'string') headers[h] = v;
+  }
+  const ac = new AbortController();
+  res.on('close', () => { if (!res.writableFinished) ac.abort(); });
+  const hasBody = req.method === 'POST';
+  try {
+    const upstream = await undiciRequest(`${baseUrl}${req.url}`, {
+      method: req.method as 'GET' | 'POST',
+      headers,
+      body: hasBody ? (req.body as Readable) : undefined,
+      dispatcher: deps.peers.dispatcher,
+      signal: ac.signal,
+      headersTimeout: deps.config.gitTimeoutMs,
+      bodyTimeout: deps.config.gitTimeoutMs,
+    });
+    const out: Record<string, string> = {};
+    for (const [k, v] of Object.entries(upstream.headers)) {
+      if (typeof v === 'string' && !['connection', 'transfer-encoding', 'keep-alive', 'content-length'].includes(k)) out[k] = v;
+    }
+    res.writeHead(upstream.statusCode, out);
+    await pipeline(upstream.body, res);
+  } catch (err) {
+    if (!res.headersSent) {
+      res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end(`proxy to in-sync replica failed: ${errorMessage(err)}\n`);
+    } else {
+      res.destroy();
+    }
+  }
+}
+
+/**
+ * streamGit pipes a request body into a git process and its stdout into the response. Headers go
+ * out with git's first byte, so a body that fails validation before that still gets a 400; a
+ * client that goes away kills git; a git that dies mid-stream ends the response in an error.
+ */
+async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerResponse, child: ReturnType<NodeDeps['git']['spawn']>, body: Readable | null, contentType: string, prefix: Buffer, service: string): Promise<void> {
+  const started = Date.now();
+  let failure: AppError | null = null;
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
+  const onClientGone = (): void => { if (!res.writableFinished) child.kill('SIGKILL'); };
+  // A request's 'close' fires once its body is read (Node >= 16); the response's 'close' before
+  // it finished is what says the client went away.
+  res.on('close', onClientGone);
+  if (body) {
+    body.on('error', (err) => {
+      failure = err instanceof AppError ? err : badRequest(`request body: ${errorMessage(err)}`);
+      child.kill('SIGKILL');
+    });
+    child.stdin?.on('error', () => undefined);
+    body.pipe(child.stdin!);
+  } else {
+    child.stdin?.end();
+  }
+  const writeHead = (): void => {
+    if (res.headersSent) return;
+    res.writeHead(200, { 'content-type': contentType, ...NO_CACHE });
+    if (prefix.length) res.write(prefix);
+  };
+  child.stdout?.once('data', writeHead);
+  child.stdout?.pipe(res, { end: false });
+  const [code, signal] = await waitClose(child);
+  const f = failure as AppError | null;
+  if (f && !res.headersSent) {
+    res.writeHead(f.statusCode, { 'content-type': 'text/plain' });
+    res.end(`${f.message}\n`);
+  } else if ((code !== 0 || signal) && !res.headersSent) {
+    res.writeHead(500, { 'content-type': 'text/plain' });
+    res.end(`git ${service} failed: ${stderr.trim().split('\n').pop() ?? ''}\n`);
+  } else if (code !== 0 || signal || f) {
+    res.destroy();
+  } else {
+    writeHead();
+    res.end();
+  }
+  const outcome = code === 0 && !signal && !f ? 'ok' : f ? 'bad_request' : 'error';
+  deps.metrics.gitRequests.inc({ service, outcome });
+  deps.metrics.gitSeconds.observe({ service }, (Date.now() - started) / 1000);
+  if (outcome === 'error' && !rawReq.destroyed) deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
+}
+
+/** servePush runs receive-pack with the node's proc-receive hook, which hands the ref updates to the coordinator. */
+async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable): Promise<void> {
+  const pushId = randomUUID();
+  const path = deps.storage.repoPath(repoId);
+  const child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
+    cwd: path,
+    counted: true,
+    timeoutMs: deps.config.gitTimeoutMs,
+    config: { 'core.hooksPath': deps.config.hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1' },
+    env: { GIT_REPLICATION_HOOK_PORT: String(deps.hookPort), GIT_REPLICATION_PUSH_ID: pushId },
+  });
+  const unregister = deps.hooks.expect(pushId, (exchange) => deps.coordinator.handlePush(exchange, {
+    repoId,
+    receivePackPid: child.pid ?? -1,
+    abandon: () => { child.kill('SIGKILL'); res.destroy(); },
+  }));
+  try {
+    await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');
+  } finally {
+    unregister();
+  }
+}

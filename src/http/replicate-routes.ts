@@ -1,0 +1,138 @@
+import type { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { PEER_AUTH_HEADER } from '../auth/peer-signature.js';
+import { AppError, badRequest, unauthorized } from '../domain/errors.js';
+import { isOid } from '../domain/ref-name.js';
+import { parseRepoId } from '../domain/repo-id.js';
+import { PREPARE_CONTENT_TYPE } from '../cluster/peer-client.js';
+import { PrepareRefusal, type PrepareRequest } from '../replication/participant.js';
+import type { NodeDeps } from './deps.js';
+
+const MAX_META_BYTES = 64 * 1024 * 1024;
+
+const txnSchema = {
+  body: {
+    type: 'object',
+    required: ['transaction_id', 'coordinator_id'],
+    properties: {
+      transaction_id: { type: 'string', minLength: 1, maxLength: 100 },
+      coordinator_id: { type: 'string', minLength: 1, maxLength: 100 },
+      repo_id: { type: 'string', maxLength: 201 },
+    },
+  },
+} as const;
+
+interface TxnBody { transaction_id: string; coordinator_id: string; repo_id?: string }
+
+/** parsePrepare validates a prepare body in the seed's field names. */
+export function parsePrepare(body: unknown): PrepareRequest {
+  if (typeof body !== 'object' || body === null) throw badRequest('prepare body must be a JSON object');
+  const b = body as Record<string, unknown>;
+  const missing = ['transaction_id', 'coordinator_id', 'repo_id'].filter((k) => typeof b[k] !== 'string' || b[k] === '');
+  if (missing.length) throw badRequest(`missing required fields: ${missing.join(', ')}`);
+  const kind = b.operation;
+  if (kind !== 'create' && kind !== 'delete' && kind !== 'push') throw badRequest('operation must be create, delete or push');
+  const int = (k: string): number => {
+    const v = b[k];
+    if (typeof v !== 'number' || !Number.isInteger(v)) throw badRequest(`${k} must be an integer`);
+    return v;
+  };
+  const str = (k: string): string => {
+    const v = b[k];
+    if (typeof v !== 'string') throw badRequest(`${k} must be a string`);
+    return v;
+  };
+  const rawUpdates = b.updates ?? [];
+  if (!Array.isArray(rawUpdates)) throw badRequest('updates must be an array');
+  const updates = rawUpdates.map((u: unknown) => {
+    const o = u as Record<string, unknown>;
+    if (typeof o?.ref !== 'string' || typeof o.old !== 'string' || typeof o.new !== 'string' || !isOid(o.old) || !isOid(o.new) || !o.ref.startsWith('refs/')) {
+      throw badRequest('each update needs ref, old and new object ids');
+    }
+    return { ref: o.ref, oldOid: o.old, newOid: o.new };
+  });
+  return {
+    txnId: str('transaction_id'), coordinator: str('coordinator_id'), repoId: parseRepoId(b.repo_id), kind,
+    incarnation: str('incarnation'), baseGeneration: int('base_generation'), fencingToken: int('fencing_token'),
+    newChecksum: str('new_checksum'), updates,
+  };
+}
+
+/** readFrameHeader reads `<len>\n<json>` from the front of a stream and leaves the pack behind it. */
+async function readFrameHeader(stream: Readable): Promise<unknown> {
+  let buf = Buffer.alloc(0);
+  for (;;) {
+    const chunk = stream.read() as Buffer | null;
+    if (chunk === null) {
+      if (stream.readableEnded) throw badRequest('prepare body ended before its metadata');
+      await new Promise<void>((resolve, reject) => {
+        const done = (): void => { stream.off('readable', done); stream.off('end', done); stream.off('error', fail); resolve(); };
+        const fail = (err: Error): void => { stream.off('readable', done); stream.off('end', done); reject(err); };
+        stream.on('readable', done);
+        stream.on('end', done);
+        stream.on('error', fail);
+      });
+      continue;
+    }
+    buf = Buffer.concat([buf, chunk]);
+    const nl = buf.indexOf(10);
+    if (nl === -1) {
+      if (buf.length > 20) throw badRequest('prepare body has no metadata length');
+      continue;
+    }
+    const len = Number(buf.subarray(0, nl).toString('latin1'));
+    if (!Number.isInteger(len) || len <= 0 || len > MAX_META_BYTES) throw badRequest('prepare metadata length invalid');
+    if (buf.length < nl + 1 + len) continue;
+    const meta = buf.subarray(nl + 1, nl + 1 + len);
+    const rest = buf.subarray(nl + 1 + len);
+    if (rest.length) stream.unshift(rest);
+    try {
+      return JSON.parse(meta.toString('utf8'));
+    } catch {
+      throw badRequest('prepare metadata is not JSON');
+    }
+  }
+}
+
+/** registerReplicateRoutes adds the seed's peer endpoints, every call signed by a cluster member. */
+export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  app.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
+
+  const verify = async (req: FastifyRequest): Promise<void> => {
+    const header = req.headers[PEER_AUTH_HEADER];
+    const lenHeader = req.headers['content-length'];
+    const len = lenHeader === undefined ? null : Number(lenHeader);
+    const path = req.url.split('?')[0] ?? req.url;
+    const v = deps.verifier.verify(typeof header === 'string' ? header : undefined, req.method, path, len);
+    if (!v.ok) throw unauthorized(v.reason);
+  };
+
+  app.post('/replicate/prepare', { onRequest: verify }, async (req, reply) => {
+    const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
+    const raw = framed ? (req.body as Readable) : null;
+    const prep = parsePrepare(raw ? await readFrameHeader(raw) : req.body);
+    try {
+      await deps.participant.prepare(prep, raw, { local: false });
+    } catch (err) {
+      raw?.resume();
+      if (err instanceof PrepareRefusal) return reply.code(409).send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message });
+      throw err;
+    }
+    return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
+  });
+
+  app.post<{ Body: TxnBody }>('/replicate/commit', { onRequest: verify, schema: txnSchema }, async (req) => {
+    await deps.participant.commit(req.body.transaction_id);
+    return { status: 'committed', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
+  });
+
+  app.post<{ Body: TxnBody }>('/replicate/abort', { onRequest: verify, schema: txnSchema }, async (req) => {
+    await deps.participant.abort(req.body.transaction_id, req.body.repo_id ?? '');
+    return { status: 'aborted', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
+  });
+}
+
+/** isClientError says whether an error is the caller's fault (4xx). */
+export function isClientError(err: unknown): boolean {
+  return err instanceof AppError && err.statusCode < 500;
+}

@@ -1,0 +1,44 @@
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import { AppError } from '../domain/errors.js';
+import type { NodeDeps } from './deps.js';
+import { registerGitRoutes } from './git-routes.js';
+import { registerHealthRoutes } from './health-routes.js';
+import { registerReplicateRoutes } from './replicate-routes.js';
+import { registerRepoRoutes } from './repo-routes.js';
+
+/**
+ * buildHttpApp assembles the Fastify app: one route group per file, and one error handler that
+ * turns AppErrors and Fastify's own client errors (bad JSON, schema, size) into 4xx answers with
+ * a message, and anything else into a logged 500.
+ */
+export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | boolean): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: typeof logger === 'boolean' ? undefined : logger,
+    bodyLimit: deps.config.bodyLimit,
+    requestTimeout: 0,
+    connectionTimeout: 0,
+    keepAliveTimeout: 65_000,
+    logController: new LogController({ disableRequestLogging: true }),
+  });
+  app.setErrorHandler((err, req, reply) => {
+    if (err instanceof AppError) {
+      const retry = err.data.retryAfter;
+      if (typeof retry === 'number') void reply.header('retry-after', String(retry));
+      if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed');
+      return reply.code(err.statusCode).send({ error: err.message, code: err.code, ...err.data });
+    }
+    const e = err as Error & { statusCode?: number; code?: string };
+    const status = e.statusCode;
+    if (typeof status === 'number' && status >= 400 && status < 500) {
+      return reply.code(status).send({ error: e.message, code: e.code ?? "ERR_BAD_REQUEST" });
+    }
+    req.log.error({ err }, 'unexpected error');
+    return reply.code(500).send({ error: 'internal error', code: 'ERR_INTERNAL' });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route for ${req.method} ${req.url.split('?')[0] ?? ''}`, code: 'ERR_NOT_FOUND' }));
+  registerHealthRoutes(app, deps);
+  registerRepoRoutes(app, deps);
+  registerReplicateRoutes(app, deps);
+  registerGitRoutes(app, deps);
+  return app;
+}

@@ -1,0 +1,354 @@
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { applyUpdatesToChecksum, headChecksum } from '../domain/checksum.js';
+import { conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import { placeReplicas } from '../domain/placement.js';
+import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
+import { isZeroOid, refNameProblem, ZERO_OID } from '../domain/ref-name.js';
+import type { RepoId } from '../domain/repo-id.js';
+import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer-client.js';
+import type { Membership } from '../cluster/membership.js';
+import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
+import type { ProcReceiveExchange, RefResult } from '../git/proc-receive.js';
+import { isInSync, type ClusterStore, type RepoLock, type RepoRecord } from '../store/types.js';
+import type { Failpoints } from './failpoints.js';
+import { listPackKeeps, type Participant, type PrepareRequest } from './participant.js';
+import { Tally } from './quorum-wait.js';
+import type { RefUpdate } from './txn-log.js';
+import type { Metrics } from '../metrics.js';
+
+/** CoordinatorConfig holds the knobs of the write path. */
+export interface CoordinatorConfig {
+  readonly replicationFactor: number;
+  readonly writeQuorum: number | undefined;
+  readonly lockTtlMs: number;
+  readonly lockWaitMs: number;
+  readonly prepareTimeoutMs: number;
+  readonly commitTimeoutMs: number;
+}
+
+/** CreateResult is the seed's `POST /repos` answer. */
+export interface CreateResult {
+  readonly repo_id: string;
+  readonly created: true;
+  readonly replicated: boolean;
+  readonly peers_confirmed: number;
+  readonly replicas: readonly string[];
+  readonly write_quorum: number;
+}
+
+/** PushContext ties a proc-receive exchange to its HTTP request. */
+export interface PushContext {
+  readonly repoId: RepoId;
+  /** receivePackPid finds the pack receive-pack stored (its `.keep` names the pid). */
+  readonly receivePackPid: number;
+  /** abandon ends the client's connection without a report: the outcome is unknown to it. */
+  readonly abandon: () => void;
+}
+
+type Answer = PeerAnswer;
+
+/**
+ * Coordinator runs replicated transactions (DESIGN §5): repo create and delete for the REST API,
+ * and every push's ref updates as one transaction across the repo's replica set: lock, prepare
+ * on all in parallel, decide by compare-and-swap in the store as soon as W are prepared, commit,
+ * acknowledge after W confirmations.
+ */
+export class Coordinator {
+  constructor(
+    private readonly deps: {
+      readonly nodeId: string;
+      readonly store: ClusterStore;
+      readonly storage: ReplicaStorage;
+      readonly participant: Participant;
+      readonly peers: PeerClient;
+      readonly membership: Membership;
+      readonly failpoints: Failpoints;
+      readonly logger: Logger;
+      readonly metrics: Metrics;
+      readonly config: CoordinatorConfig;
+    },
+  ) {}
+
+  /** writeQuorumFor is W for a replica set of `replicas` nodes. */
+  writeQuorumFor(replicas: number): number {
+    return effectiveWriteQuorum(replicas, this.deps.config.writeQuorum);
+  }
+
+  /** lock takes the repo write lock, waiting up to lockWaitMs, and keeps it renewed until released. */
+  private async lock(repoId: string): Promise<{ lock: RepoLock; release: () => Promise<void>; lost: () => boolean }> {
+    const { store, config, nodeId } = this.deps;
+    const deadline = Date.now() + config.lockWaitMs;
+    let delay = 5;
+    for (;;) {
+      const lock = await store.acquireLock(repoId, nodeId, config.lockTtlMs);
+      if (lock) {
+        let lost = false;
+        const timer = setInterval(() => {
+          store.renewLock(repoId, lock.token, config.lockTtlMs).then((ok) => { if (!ok) lost = true; }, () => undefined);
+        }, Math.max(100, Math.floor(config.lockTtlMs / 3)));
+        timer.unref();
+        let released = false;
+        const release = async (): Promise<void> => {
+          if (released) return;
+          released = true;
+          clearInterval(timer);
+          await store.releaseLock(repoId, lock.token).catch((err: unknown) => {
+            this.deps.logger.warn({ repoId, err: errorMessage(err) }, 'lock release failed; the lease expires by itself');
+          });
+        };
+        return { lock, release, lost: () => lost };
+      }
+      if (Date.now() >= deadline) throw unavailable(`repository ${repoId} is busy (write lock held), try again`, { retryAfter: 1 });
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(100, delay * 2);
+    }
+  }
+
+  /** placement picks the replica set: the best-ranked live nodes, topped up with known dead ones. */
+  private async placement(repoId: string): Promise<string[]> {
+    const all = await this.deps.store.allNodes();
+    this.deps.membership.learn(all);
+    const ids = all.map((n) => n.id);
+    if (!ids.includes(this.deps.nodeId)) ids.push(this.deps.nodeId);
+    const r = Math.min(this.deps.config.replicationFactor, ids.length);
+    const live = new Set(all.filter((n) => n.live).map((n) => n.id).concat(this.deps.nodeId));
+    const ranked = placeReplicas(repoId, ids, ids.length);
+    const chosen = ranked.filter((id) => live.has(id)).slice(0, r);
+    for (const id of ranked) if (chosen.length < r && !chosen.includes(id)) chosen.push(id);
+    return chosen;
+  }
+
+  /** urlOf finds a node's URL, refreshing the membership view once for a node registered since. */
+  private async urlOf(node: string): Promise<string | undefined> {
+    const known = this.deps.membership.urlOf(node);
+    if (known) return known;
+    await this.deps.membership.refresh();
+    return this.deps.membership.urlOf(node);
+  }
+
+  private async prepareOn(node: string, req: PrepareRequest, packPath: string | null): Promise<Answer> {
+    if (node === this.deps.nodeId) {
+      return this.deps.participant.prepare(req, null, { local: true }).then(
+        () => ({ ok: true, status: 'prepared' }) as const,
+        (err: unknown) => ({ ok: false, status: refusalStatus(err), message: errorMessage(err) }) as const,
+      );
+    }
+    const url = await this.urlOf(node);
+    if (!url) return { ok: false, status: 'unreachable', message: `node ${node} unknown` };
+    const timeout = this.deps.config.prepareTimeoutMs;
+    if (req.kind === 'push') return this.deps.peers.preparePush(url, req, packPath, timeout);
+    return this.deps.peers.postJson(url, '/replicate/prepare', prepareToWire(req), timeout);
+  }
+
+  private async finishOn(node: string, txnId: string, repoId: string, decision: 'commit' | 'abort'): Promise<Answer> {
+    if (node === this.deps.nodeId) {
+      const p = decision === 'commit' ? this.deps.participant.commit(txnId) : this.deps.participant.abort(txnId, repoId);
+      return p.then(
+        () => ({ ok: true, status: decision === 'commit' ? 'committed' : 'aborted' }) as const,
+        (err: unknown) => ({ ok: false, status: 'failed', message: errorMessage(err) }) as const,
+      );
+    }
+    const url = await this.urlOf(node);
+    if (!url) return { ok: false, status: 'unreachable', message: `node ${node} unknown` };
+    return this.deps.peers.postJson(url, `/replicate/${decision}`, { transaction_id: txnId, coordinator_id: this.deps.nodeId, repo_id: repoId }, this.deps.config.commitTimeoutMs);
+  }
+
+  /**
+   * run drives one transaction over `replicas` after the caller took the lock: prepare
+   * everywhere, `decide` as soon as W are prepared, commit, and wait for W confirmations.
+   * Returns how many confirmed, or throws the quorum error (nothing changed anywhere).
+   */
+  private async run(
+    req: PrepareRequest,
+    replicas: readonly string[],
+    packPath: string | null,
+    decide: () => Promise<{ ok: true } | { ok: false; why: string }>,
+    onStraggler: (node: string, answer: Answer) => void,
+  ): Promise<{ outcome: 'committed'; confirmed: string[] } | { outcome: 'unknown'; confirmed: string[] }> {
+    const { store, failpoints, logger, metrics } = this.deps;
+    const w = this.writeQuorumFor(replicas.length);
+    const log = logger.child({ txnId: req.txnId, repoId: req.repoId, kind: req.kind });
+    await store.beginTxn({ id: req.txnId, repoId: req.repoId, kind: req.kind, coordinator: req.coordinator, baseGeneration: req.baseGeneration, fencingToken: req.fencingToken });
+    await failpoints.hit('coordinator.beforePrepare');
+    const prepared = new Tally<Answer>(replicas.length);
+    const started = Date.now();
+    const preparing = replicas.map((node) => this.prepareOn(node, req, packPath).then((a) => {
+      metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
+      prepared.add(node, a);
+      return a;
+    }));
+    await prepared.until(() => prepared.count((a) => a.ok) >= w, this.deps.config.prepareTimeoutMs);
+    await failpoints.hit('coordinator.afterPrepare');
+    const okCount = prepared.count((a) => a.ok);
+    let decided: { ok: true } | { ok: false; why: string } = { ok: false, why: quorumMessage(okCount, replicas.length, w) };
+    if (okCount >= w) decided = await decide();
+    if (!decided.ok) {
+      await store.abortTxn(req.txnId).catch(() => undefined);
+      const aborts = replicas.map((node, i) => preparing[i]!.then((a) => (a.ok ? this.finishOn(node, req.txnId, req.repoId, 'abort') : a)));
+      void Promise.all(aborts);
+      metrics.txns.inc({ kind: req.kind, outcome: 'abort' });
+      if (okCount < w) metrics.quorumFailures.inc();
+      log.warn({ prepared: okCount, required: w, answers: Object.fromEntries(prepared.entries()) }, `transaction aborted: ${decided.why}`);
+      throw unavailable(decided.why, { prepared: okCount, required: w, total: replicas.length });
+    }
+    metrics.txns.inc({ kind: req.kind, outcome: 'commit' });
+    await failpoints.hit('coordinator.afterDecision');
+    await failpoints.hit('coordinator.beforeCommit');
+    const committed = new Tally<Answer>(replicas.length);
+    replicas.forEach((node, i) => {
+      void preparing[i]!.then(async (a) => {
+        const answer = a.ok ? await this.finishOn(node, req.txnId, req.repoId, 'commit') : a;
+        committed.add(node, answer);
+        if (!answer.ok) onStraggler(node, answer);
+      });
+    });
+    await committed.until(() => committed.count((a) => a.ok) >= w, this.deps.config.commitTimeoutMs);
+    await failpoints.hit('coordinator.afterCommit');
+    const confirmed = committed.entries().filter(([, a]) => a.ok).map(([n]) => n);
+    log.info({ prepared: okCount, confirmed: confirmed.length, required: w, ms: Date.now() - started }, 'transaction committed');
+    return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
+  }
+
+  /** createRepo creates a repo on its replica set by two-phase commit. */
+  async createRepo(repoId: RepoId): Promise<CreateResult> {
+    const { store, nodeId, logger } = this.deps;
+    if (await store.getRepo(repoId)) throw conflict(`repository ${repoId} already exists`);
+    const held = await this.lock(repoId);
+    try {
+      if (await store.getRepo(repoId)) throw conflict(`repository ${repoId} already exists`);
+      const replicas = await this.placement(repoId);
+      const w = this.writeQuorumFor(replicas.length);
+      if (isBelowMajority(w, replicas.length)) logger.warn({ repoId, writeQuorum: w, replicas: replicas.length }, 'write quorum below majority: an acknowledged write may exist on fewer than a majority of replicas');
+      const incarnation = randomUUID();
+      const checksum = headChecksum(DEFAULT_HEAD);
+      const req: PrepareRequest = { txnId: randomUUID(), repoId, kind: 'create', coordinator: nodeId, incarnation, baseGeneration: 0, fencingToken: held.lock.token, newChecksum: checksum, updates: [] };
+      const record: RepoRecord = { repoId, incarnation, replicas, generation: 0, checksum, createdAt: new Date().toISOString() };
+      const result = await this.run(req, replicas, null, async () => {
+        const d = await store.commitCreate({ txnId: req.txnId, coordinator: nodeId, record });
+        return d.decision === 'commit' ? { ok: true } : { ok: false, why: d.reason === 'exists' ? `repository ${repoId} already exists` : `decision refused (${d.reason ?? 'unknown'})` };
+      }, (node) => { void store.markReplica(repoId, node, incarnation, 'missing', 1).catch(() => undefined); });
+      const peersConfirmed = result.confirmed.filter((n) => n !== nodeId).length;
+      if (result.outcome === 'unknown') throw unavailable(`repository ${repoId} created but only ${result.confirmed.length} replicas confirmed in time; repair will finish it`);
+      return { repo_id: repoId, created: true, replicated: result.confirmed.length >= Math.min(2, replicas.length), peers_confirmed: peersConfirmed, replicas, write_quorum: w };
+    } finally {
+      await held.release();
+    }
+  }
+
+  /** deleteRepo removes a repo from every replica by two-phase commit. */
+  async deleteRepo(repoId: RepoId): Promise<{ repo_id: string; deleted: true; peers_confirmed: number }> {
+    const { store, nodeId } = this.deps;
+    const held = await this.lock(repoId);
+    try {
+      const repo = await store.getRepo(repoId);
+      if (!repo) throw notFound(`repository ${repoId} not found`);
+      const req: PrepareRequest = { txnId: randomUUID(), repoId, kind: 'delete', coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: '', updates: [] };
+      const result = await this.run(req, repo.replicas, null, async () => {
+        const d = await store.commitDelete({ txnId: req.txnId, repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token });
+        return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed while deleting (${d.reason ?? 'unknown'}), try again` };
+      }, () => undefined);
+      return { repo_id: repoId, deleted: true, peers_confirmed: result.confirmed.filter((n) => n !== nodeId).length };
+    } finally {
+      await held.release();
+    }
+  }
+
+  /**
+   * handlePush answers one push's proc-receive exchange (DESIGN §5 steps 2-6). After a commit
+   * decision it never reports a rejection: with fewer than W confirmations it abandons the
+   * connection, and repair completes the stragglers.
+   */
+  async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
+    const { store, storage, nodeId, metrics, logger } = this.deps;
+    const request = await exchange.read();
+    const results = new Map<string, RefResult>();
+    const fail = (ref: string, reason: string): void => { results.set(ref, { ref, ok: false, reason }); };
+    for (const c of request.commands) {
+      const problem = refNameProblem(c.ref);
+      if (problem) fail(c.ref, problem);
+    }
+    const report = (): void => {
+      if (request.atomic && [...results.values()].some((r) => !r.ok)) {
+        for (const c of request.commands) if (results.get(c.ref)?.ok !== false) fail(c.ref, 'atomic push failure');
+      }
+      exchange.report(request.commands.map((c) => results.get(c.ref) ?? { ref: c.ref, ok: true }));
+    };
+    if (request.atomic && results.size > 0) return report();
+    let held: Awaited<ReturnType<Coordinator['lock']>>;
+    try {
+      held = await this.lock(ctx.repoId);
+    } catch (err) {
+      for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, errorMessage(err));
+      return report();
+    }
+    try {
+      const repo = await store.getRepo(ctx.repoId);
+      if (!repo) {
+        for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, 'repository was deleted');
+        return report();
+      }
+      const own = (await store.getReplicas(ctx.repoId)).find((r) => r.nodeId === nodeId);
+      if (!repo.replicas.includes(nodeId) || !isInSync(repo, own) || (await storage.incarnationOf(ctx.repoId)) !== repo.incarnation) {
+        for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, 'replica catching up, try again');
+        return report();
+      }
+      const current = new Map((await storage.readRefs(ctx.repoId)).map((r) => [r.name, r.oid]));
+      const batch: RefUpdate[] = [];
+      for (const c of request.commands) {
+        if (results.has(c.ref)) continue;
+        const have = current.get(c.ref) ?? ZERO_OID;
+        if (have !== c.oldOid) fail(c.ref, isZeroOid(c.oldOid) ? 'already exists' : 'fetch first');
+        else if (isZeroOid(c.newOid) && have === ZERO_OID) fail(c.ref, 'no such ref');
+        else batch.push({ ref: c.ref, oldOid: c.oldOid, newOid: c.newOid });
+      }
+      if (request.atomic && results.size > 0) return report();
+      if (batch.length === 0) return report();
+      const packPath = await this.receivedPack(ctx);
+      const req: PrepareRequest = {
+        txnId: randomUUID(), repoId: ctx.repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
+        baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: applyUpdatesToChecksum(repo.checksum, batch), updates: batch,
+      };
+      let result;
+      try {
+        result = await this.run(req, repo.replicas, packPath, async () => {
+          if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
+          const d = await store.commitPush({ txnId: req.txnId, repoId: req.repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: req.newChecksum });
+          return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
+        }, (node, answer) => {
+          logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
+          void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch(() => undefined);
+          metrics.staleMarked.inc();
+        });
+      } catch (err) {
+        for (const u of batch) fail(u.ref, errorMessage(err));
+        return report();
+      }
+      if (result.outcome === 'unknown') {
+        logger.error({ txnId: req.txnId, confirmed: result.confirmed }, 'committed but fewer than W replicas confirmed in time: closing the push without a report');
+        exchange.abandon();
+        ctx.abandon();
+        return;
+      }
+      report();
+    } finally {
+      await held.release();
+    }
+  }
+
+  /** receivedPack finds the pack receive-pack stored for this push: its .keep names receive-pack's pid. */
+  private async receivedPack(ctx: PushContext): Promise<string | null> {
+    const marker = `receive-pack ${ctx.receivePackPid} `;
+    for (const keep of await listPackKeeps(this.deps.storage.repoPath(ctx.repoId))) {
+      const content = await readFile(keep, 'utf8').catch(() => '');
+      if (content.startsWith(marker)) return keep.replace(/\.keep$/, '.pack');
+    }
+    return null;
+  }
+}
+
+function refusalStatus(err: unknown): 'stale' | 'conflict' | 'failed' {
+  const s = (err as { status?: unknown }).status;
+  return s === 'stale' || s === 'conflict' ? s : 'failed';
+}

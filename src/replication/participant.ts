@@ -1,0 +1,366 @@
+import { createReadStream } from 'node:fs';
+import { rm, unlink, readdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import { isZeroOid } from '../domain/ref-name.js';
+import { fsyncPath, type ReplicaStorage } from '../git/repo-storage.js';
+import { waitClose, type GitRunner } from '../git/runner.js';
+import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
+import type { ClusterStore, TxnKind } from '../store/types.js';
+import type { Failpoints } from './failpoints.js';
+import type { LocalTxn, RefUpdate, TxnLog, TxnPayload } from './txn-log.js';
+
+/** PrepareRequest is what a coordinator sends every replica of a transaction. */
+export interface PrepareRequest {
+  readonly txnId: string;
+  readonly repoId: string;
+  readonly kind: TxnKind;
+  readonly coordinator: string;
+  readonly incarnation: string;
+  readonly baseGeneration: number;
+  readonly fencingToken: number;
+  readonly newChecksum: string;
+  readonly updates: readonly RefUpdate[];
+}
+
+/** PrepareRefusal is a participant's reasoned "no": behind (stale), ahead (conflict) or failed. */
+export class PrepareRefusal extends AppError {
+  constructor(readonly status: 'stale' | 'conflict' | 'failed', message: string) {
+    super(status === 'failed' ? 'ERR_PREPARE_FAILED' : `ERR_REPLICA_${status.toUpperCase()}`, 409, message, { status });
+    this.name = 'PrepareRefusal';
+  }
+}
+
+interface OpenTxn {
+  readonly req: PrepareRequest;
+  readonly preparedAt: number;
+  readonly refs: UpdateRefTxn | null;
+  readonly keepFiles: string[];
+  readonly stagingPath?: string;
+}
+
+/**
+ * Participant is this node's side of every replicated transaction (DESIGN §5 steps 3-5): it
+ * prepares (staging a new repo, or verifying a pushed pack and locking refs with update-ref),
+ * logs the prepare durably, and commits or aborts when told, or by reading the decision from the
+ * store when the coordinator goes quiet.
+ */
+export class Participant {
+  private readonly open = new Map<string, OpenTxn>();
+  private readonly finishing = new Map<string, Promise<'committed' | 'aborted'>>();
+
+  constructor(
+    private readonly deps: {
+      readonly nodeId: string;
+      readonly store: ClusterStore;
+      readonly storage: ReplicaStorage;
+      readonly git: GitRunner;
+      readonly log: TxnLog;
+      readonly logger: Logger;
+      readonly failpoints: Failpoints;
+      /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
+      readonly resolveAfterMs: number;
+    },
+  ) {}
+
+  /** openCount is the number of transactions prepared and not yet finished. */
+  get openCount(): number {
+    return this.open.size;
+  }
+
+  /**
+   * prepare stages a transaction. For a push, `pack` is the pushed pack (null when the push has
+   * no new objects or the pack is already in the local repo: `local`). Throws PrepareRefusal.
+   */
+  async prepare(req: PrepareRequest, pack: Readable | null, opts: { local: boolean } = { local: false }): Promise<void> {
+    const { log, failpoints } = this.deps;
+    const logged = log.get(req.txnId);
+    if (logged?.state === 'aborted') throw new PrepareRefusal('failed', 'transaction already aborted');
+    if (logged || this.open.has(req.txnId)) return;
+    await failpoints.hit('participant.beforePrepare');
+    let open: OpenTxn;
+    if (req.kind === 'create') open = await this.prepareCreate(req);
+    else if (req.kind === 'delete') open = await this.prepareDelete(req);
+    else open = await this.preparePush(req, pack, opts.local);
+    const payload: TxnPayload = {
+      coordinator: req.coordinator, incarnation: req.incarnation, baseGeneration: req.baseGeneration,
+      fencingToken: req.fencingToken, newChecksum: req.newChecksum, updates: req.updates,
+      stagingPath: open.stagingPath, keepFiles: open.keepFiles,
+    };
+    // An abort may have arrived while the pack was verified: honour it.
+    if (log.get(req.txnId)?.state === 'aborted') {
+      await this.release(open);
+      throw new PrepareRefusal('failed', 'transaction aborted while preparing');
+    }
+    log.recordPrepared(req.txnId, req.repoId, req.kind, payload);
+    this.open.set(req.txnId, open);
+    await failpoints.hit('participant.afterPrepare');
+  }
+
+  private async prepareCreate(req: PrepareRequest): Promise<OpenTxn> {
+    const stagingPath = this.deps.storage.stagingPath(req.txnId);
+    await this.deps.storage.initRepo(stagingPath, req.incarnation);
+    return { req, preparedAt: Date.now(), refs: null, keepFiles: [], stagingPath };
+  }
+
+  private async prepareDelete(req: PrepareRequest): Promise<OpenTxn> {
+    return { req, preparedAt: Date.now(), refs: null, keepFiles: [] };
+  }
+
+  /** checkReplica answers stale/conflict when this replica is not at the transaction's base generation. */
+  private async checkReplica(req: PrepareRequest): Promise<void> {
+    const { storage, store, nodeId } = this.deps;
+    const incarnation = await storage.incarnationOf(req.repoId);
+    if (incarnation !== req.incarnation) throw new PrepareRefusal('stale', `replica of ${req.repoId} is missing or of another incarnation`);
+    const replica = (await store.getReplicas(req.repoId)).find((r) => r.nodeId === nodeId);
+    if (!replica || replica.incarnation !== req.incarnation) throw new PrepareRefusal('stale', 'replica has no confirmed generation');
+    if (replica.generation > req.baseGeneration) throw new PrepareRefusal('conflict', `replica is at generation ${replica.generation}, ahead of ${req.baseGeneration}`);
+    if (replica.generation < req.baseGeneration || replica.state !== 'in_sync') {
+      throw new PrepareRefusal('stale', `replica is at generation ${replica.generation} (${replica.state}), behind ${req.baseGeneration}`);
+    }
+  }
+
+  private async preparePush(req: PrepareRequest, pack: Readable | null, local: boolean): Promise<OpenTxn> {
+    await this.checkReplica(req);
+    const repoPath = this.deps.storage.repoPath(req.repoId);
+    const keepFiles: string[] = [];
+    try {
+      if (pack && !local) keepFiles.push(await this.indexPack(repoPath, req.txnId, pack));
+      else pack?.resume();
+      if (!local) await this.checkConnected(repoPath, req.updates);
+      const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, req.updates);
+      return { req, preparedAt: Date.now(), refs, keepFiles };
+    } catch (err) {
+      await removeFiles(keepFiles);
+      if (err instanceof PrepareRefusal) throw err;
+      if (err instanceof RefTxnError) throw new PrepareRefusal('failed', err.message);
+      throw new PrepareRefusal('failed', errorMessage(err));
+    }
+  }
+
+  /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
+  private async indexPack(repoPath: string, txnId: string, pack: Readable): Promise<string> {
+    const child = this.deps.git.spawn(['index-pack', '--strict', '--stdin', `--keep=replication ${txnId}`], { cwd: repoPath, timeoutMs: 3_600_000 });
+    let out = '';
+    let err = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    const fed = pipeline(pack, child.stdin!).catch((e: unknown) => { child.kill('SIGKILL'); throw e; });
+    const [[code], ] = await Promise.all([waitClose(child), fed]);
+    const m = /^(?:keep|pack)\t([0-9a-f]+)$/m.exec(out);
+    if (code !== 0 || !m) throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
+    return join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
+  }
+
+  /** checkConnected proves every new tip is connected to the replica's refs (as receive-pack does). */
+  private async checkConnected(repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
+    const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
+    if (tips.length === 0) return;
+    try {
+      await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], { cwd: repoPath, input: `${tips.join('\n')}\n`, timeoutMs: 3_600_000 });
+    } catch (err) {
+      throw new PrepareRefusal('failed', `missing objects after pack: ${errorMessage(err)}`);
+    }
+  }
+
+  /**
+   * commit finishes a prepared transaction and confirms the replica's new generation in the
+   * store. Repeating it is harmless; a transaction this node never saw is a 404.
+   */
+  async commit(txnId: string): Promise<void> {
+    const logged = this.deps.log.get(txnId);
+    if (!logged && !this.open.has(txnId)) throw notFound(`transaction ${txnId} not found`);
+    if (logged?.state === 'committed') return;
+    if (logged?.state === 'aborted') throw conflict(`transaction ${txnId} was aborted`);
+    const outcome = await this.finish(txnId, 'commit');
+    if (outcome !== 'committed') throw conflict(`transaction ${txnId} was aborted`);
+  }
+
+  /** abort drops a prepared transaction; aborting an unknown or aborted one is a no-op. */
+  async abort(txnId: string, repoId = ''): Promise<void> {
+    const logged = this.deps.log.get(txnId);
+    if (logged?.state === 'committed') throw conflict(`transaction ${txnId} was committed`);
+    if (!logged && !this.open.has(txnId)) {
+      this.deps.log.recordPrepared(txnId, repoId, 'push', emptyPayload());
+      this.deps.log.setState(txnId, 'aborted');
+      return;
+    }
+    await this.finish(txnId, 'abort');
+  }
+
+  /** finish runs commit or abort once per transaction, however many callers ask. */
+  private finish(txnId: string, decision: 'commit' | 'abort'): Promise<'committed' | 'aborted'> {
+    let p = this.finishing.get(txnId);
+    if (!p) {
+      p = (decision === 'commit' ? this.doCommit(txnId) : this.doAbort(txnId)).finally(() => this.finishing.delete(txnId));
+      this.finishing.set(txnId, p);
+    }
+    return p;
+  }
+
+  private async doCommit(txnId: string): Promise<'committed'> {
+    const { log, storage, store, nodeId, failpoints, logger } = this.deps;
+    await failpoints.hit('participant.beforeCommit');
+    const open = this.open.get(txnId);
+    const logged = log.get(txnId);
+    const req = open?.req ?? (logged ? requestFromLog(logged) : null);
+    if (!req) throw notFound(`transaction ${txnId} not found`);
+    const payload = logged?.payload;
+    if (req.kind === 'create') {
+      const staging = open?.stagingPath ?? payload?.stagingPath ?? storage.stagingPath(txnId);
+      await storage.install(staging, req.repoId);
+    } else if (req.kind === 'delete') {
+      await storage.remove(req.repoId);
+    } else if (open?.refs?.alive) {
+      await open.refs.commit();
+      await this.syncRefDirs(req);
+    } else {
+      await this.reapply(req);
+    }
+    await removeFiles(open?.keepFiles ?? payload?.keepFiles ?? []);
+    log.setState(txnId, 'committed');
+    this.open.delete(txnId);
+    await failpoints.hit('participant.afterCommit');
+    if (req.kind !== 'delete') {
+      const generation = req.kind === 'create' ? 0 : req.baseGeneration + 1;
+      const ok = await store.confirmReplica({ repoId: req.repoId, nodeId, incarnation: req.incarnation, generation, checksum: req.newChecksum });
+      if (!ok) logger.warn({ txnId, repoId: req.repoId, generation }, 'replica confirmation refused by the store');
+    }
+    return 'committed';
+  }
+
+  /** syncRefDirs fsyncs the directories the committed refs were renamed into (git does not). */
+  private async syncRefDirs(req: PrepareRequest): Promise<void> {
+    const repoPath = this.deps.storage.repoPath(req.repoId);
+    const dirs = new Set<string>([repoPath]);
+    for (const u of req.updates) dirs.add(dirname(join(repoPath, u.ref)));
+    await Promise.all([...dirs].map((d) => fsyncPath(d).catch(() => undefined)));
+  }
+
+  /**
+   * reapply commits a push whose update-ref process is gone (the node restarted after
+   * prepare): the stale locks are removed and the updates applied again; refs already at the
+   * new values count as applied. Anything else throws, and the replica is left for repair.
+   */
+  private async reapply(req: PrepareRequest): Promise<void> {
+    const repoPath = this.deps.storage.repoPath(req.repoId);
+    await removeFiles(req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(join(repoPath, 'packed-refs.lock')));
+    const current = new Map((await this.deps.storage.readRefs(req.repoId)).map((r) => [r.name, r.oid]));
+    const pending = req.updates.filter((u) => (current.get(u.ref) ?? '0'.repeat(40)) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)));
+    if (pending.length === 0) return;
+    const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, pending);
+    await refs.commit();
+    await this.syncRefDirs(req);
+  }
+
+  private async doAbort(txnId: string): Promise<'aborted'> {
+    const open = this.open.get(txnId);
+    const logged = this.deps.log.get(txnId);
+    if (open) await this.release(open);
+    else if (logged?.payload.stagingPath) await rm(logged.payload.stagingPath, { recursive: true, force: true });
+    if (!open && logged?.payload.keepFiles) await removeFiles(logged.payload.keepFiles);
+    this.deps.log.setState(txnId, 'aborted');
+    this.open.delete(txnId);
+    return 'aborted';
+  }
+
+  private async release(open: OpenTxn): Promise<void> {
+    await open.refs?.abort();
+    await removeFiles(open.keepFiles);
+    if (open.stagingPath) await rm(open.stagingPath, { recursive: true, force: true });
+  }
+
+  /**
+   * resolveStuck asks the store about transactions prepared longer than resolveAfterMs (the
+   * coordinator went quiet): commit or abort per the decision; with none, and this transaction's
+   * fencing token no longer the live lock holder, write `abort` by compare-and-swap "only if no
+   * decision" and abort. Otherwise keep waiting.
+   */
+  async resolveStuck(): Promise<void> {
+    const now = Date.now();
+    const stuck = [...this.open.values()].filter((o) => now - o.preparedAt >= this.deps.resolveAfterMs);
+    for (const o of stuck) await this.resolveFromStore(o.req.txnId, o.req.repoId, o.req.fencingToken);
+  }
+
+  /**
+   * recover resolves every transaction the log left prepared (called at start, before serving).
+   * One still undecided, with its coordinator still holding the lock, waits in the open set with
+   * no update-ref process: a later commit re-applies it from the log.
+   */
+  async recover(): Promise<void> {
+    for (const t of this.deps.log.prepared()) {
+      const req = requestFromLog(t);
+      this.open.set(t.id, { req, preparedAt: 0, refs: null, keepFiles: [...(t.payload.keepFiles ?? [])], stagingPath: t.payload.stagingPath });
+      await this.resolveFromStore(t.id, t.repoId, t.payload.fencingToken);
+    }
+  }
+
+  private async resolveFromStore(txnId: string, repoId: string, fencingToken: number): Promise<void> {
+    const { store, logger } = this.deps;
+    let decision: 'commit' | 'abort' | null;
+    try {
+      decision = (await store.getTxn(txnId))?.decision ?? null;
+      if (decision === null) {
+        const lock = await store.getLock(repoId);
+        if (!lock || lock.token !== fencingToken) decision = (await store.abortTxn(txnId)).decision;
+      }
+    } catch (err) {
+      logger.warn({ txnId, repoId, err: errorMessage(err) }, 'could not read the decision of an in-doubt transaction yet');
+      return;
+    }
+    if (decision === null) return;
+    try {
+      await this.finish(txnId, decision);
+      logger.info({ txnId, repoId, decision }, 'resolved in-doubt transaction from the store');
+    } catch (err) {
+      logger.error({ txnId, repoId, decision, err: errorMessage(err) }, 'could not apply the decision: replica marked stale');
+      this.open.delete(txnId);
+      this.deps.log.setState(txnId, decision === 'commit' ? 'committed' : 'aborted');
+      await this.markStaleAfterFailure(txnId, repoId);
+    }
+  }
+
+  private async markStaleAfterFailure(txnId: string, repoId: string): Promise<void> {
+    const t = this.deps.log.get(txnId);
+    if (!t) return;
+    try {
+      await this.deps.store.markReplica(repoId, this.deps.nodeId, t.payload.incarnation, 'stale', t.payload.baseGeneration + 1);
+    } catch {
+      // the store is unreachable: the verifier marks it later
+    }
+  }
+}
+
+function requestFromLog(t: LocalTxn): PrepareRequest {
+  const p = t.payload;
+  return {
+    txnId: t.id, repoId: t.repoId, kind: t.kind, coordinator: p.coordinator, incarnation: p.incarnation,
+    baseGeneration: p.baseGeneration, fencingToken: p.fencingToken, newChecksum: p.newChecksum, updates: p.updates ?? [],
+  };
+}
+
+function emptyPayload(): TxnPayload {
+  return { coordinator: '', incarnation: '', baseGeneration: -1, fencingToken: 0, newChecksum: '' };
+}
+
+async function removeFiles(paths: readonly string[]): Promise<void> {
+  await Promise.all(paths.map((p) => unlink(p).catch(() => undefined)));
+}
+
+/** streamFile is a readable of a file, for shipping a pack to peers. */
+export function streamFile(path: string): Readable {
+  return createReadStream(path);
+}
+
+/** listPackKeeps lists `.keep` files in a repo's pack directory. */
+export async function listPackKeeps(repoPath: string): Promise<string[]> {
+  const dir = join(repoPath, 'objects', 'pack');
+  try {
+    return (await readdir(dir)).filter((f) => f.endsWith('.keep')).map((f) => join(dir, f));
+  } catch {
+    return [];
+  }
+}

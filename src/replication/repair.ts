@@ -1,0 +1,166 @@
+import { randomUUID } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { Membership } from '../cluster/membership.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import type { GitRunner } from '../git/runner.js';
+import type { Metrics } from '../metrics.js';
+import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
+
+/** RepairProgress is what `GET /repos/:owner/:repo` and logs show of a running repair. */
+export interface RepairProgress {
+  readonly repoId: string;
+  readonly source: string;
+  readonly startedAt: string;
+  attempts: number;
+}
+
+/**
+ * RepairWorker brings this node's stale or missing replicas back in sync (DESIGN §7): an atomic
+ * fetch of every ref from an in-sync peer over the internal smart-HTTP path, a checksum
+ * comparison with the store, and a compare-and-swap confirmation. A missing replica is cloned
+ * into a temporary directory and moved into place. The verifier recomputes checksums of
+ * replicas the store believes in sync and marks a mismatch stale.
+ */
+export class RepairWorker {
+  private timers: NodeJS.Timeout[] = [];
+  private running = false;
+  private readonly backoff = new Map<string, { until: number; attempts: number }>();
+  readonly inProgress = new Map<string, RepairProgress>();
+
+  constructor(
+    private readonly deps: {
+      nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
+      logger: Logger; metrics: Metrics; lockTtlMs: number;
+    },
+  ) {}
+
+  /** start runs a repair pass every `repairMs` and a verification pass every `verifyMs` (and once now). */
+  start(repairMs: number, verifyMs: number): void {
+    this.timers.push(setInterval(() => { void this.pass(); }, repairMs));
+    this.timers.push(setInterval(() => { void this.verify(); }, verifyMs));
+    for (const t of this.timers) t.unref();
+    setTimeout(() => { void this.verify().then(() => this.pass()); }, 200).unref();
+  }
+
+  /** stop ends the passes. */
+  stop(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+  }
+
+  /** pass repairs every local replica that is not in sync, one at a time. */
+  async pass(): Promise<number> {
+    if (this.running) return 0;
+    this.running = true;
+    let repaired = 0;
+    try {
+      const { store, nodeId } = this.deps;
+      const repos = (await store.listRepos()).filter((r) => r.replicas.includes(nodeId));
+      const todo: RepoRecord[] = [];
+      for (const repo of repos) {
+        const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
+        if (!isInSync(repo, own)) todo.push(repo);
+      }
+      this.deps.metrics.repairQueue.set(todo.length);
+      this.deps.metrics.staleReplicas.set(todo.length);
+      for (const repo of todo) {
+        const b = this.backoff.get(repo.repoId);
+        if (b && b.until > Date.now()) continue;
+        if (await this.repair(repo)) repaired++;
+      }
+    } catch (err) {
+      this.deps.logger.debug({ err: errorMessage(err) }, 'repair pass skipped');
+    } finally {
+      this.running = false;
+    }
+    return repaired;
+  }
+
+  /** repair brings one replica to the store's current generation; true when confirmed. */
+  async repair(repo: RepoRecord): Promise<boolean> {
+    const { store, storage, membership, nodeId, logger, metrics } = this.deps;
+    const replicas = await store.getReplicas(repo.repoId);
+    const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
+    const sources = repo.replicas.filter((n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n));
+    const source = sources.sort((a, b) => membership.loadOf(a) - membership.loadOf(b))[0];
+    if (!source) return false;
+    const url = `${membership.urlOf(source)!}/${repo.repoId}.git`;
+    const started = Date.now();
+    const progress: RepairProgress = { repoId: repo.repoId, source, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1 };
+    this.inProgress.set(repo.repoId, progress);
+    try {
+      await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation + 1).catch(() => false);
+      const localIncarnation = await storage.incarnationOf(repo.repoId);
+      if (localIncarnation !== repo.incarnation) {
+        const staged = join(storage.tmpDir, `repair-${randomUUID()}.git`);
+        try {
+          await storage.initRepo(staged, repo.incarnation);
+          await this.fetch(staged, url);
+          await storage.install(staged, repo.repoId);
+        } finally {
+          await rm(staged, { recursive: true, force: true });
+        }
+      } else {
+        await this.fetch(storage.repoPath(repo.repoId), url);
+      }
+      const checksum = await storage.checksum(repo.repoId);
+      const now = await store.getRepo(repo.repoId);
+      if (!now || now.incarnation !== repo.incarnation) return false;
+      if (checksum !== now.checksum) throw new Error(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
+      const ok = await store.confirmReplica({ repoId: repo.repoId, nodeId, incarnation: repo.incarnation, generation: now.generation, checksum });
+      if (!ok) throw new Error('confirmation refused by the store');
+      this.backoff.delete(repo.repoId);
+      metrics.repairs.inc({ outcome: 'ok' });
+      metrics.repairSeconds.observe((Date.now() - started) / 1000);
+      logger.info({ repoId: repo.repoId, source, generation: now.generation, ms: Date.now() - started }, 'replica repaired');
+      return true;
+    } catch (err) {
+      const attempts = progress.attempts;
+      this.backoff.set(repo.repoId, { attempts, until: Date.now() + Math.min(30_000, 250 * 2 ** Math.min(attempts, 7)) });
+      metrics.repairs.inc({ outcome: 'retry' });
+      logger.warn({ repoId: repo.repoId, source, attempts, err: errorMessage(err) }, 'replica repair failed, will retry');
+      return false;
+    } finally {
+      this.inProgress.delete(repo.repoId);
+    }
+  }
+
+  /** fetch copies every ref atomically; a plain fetch is not atomic and a held ref lock would leave it half done. */
+  private async fetch(repoPath: string, url: string): Promise<void> {
+    await this.deps.git.run(['fetch', '--quiet', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'], {
+      cwd: repoPath,
+      config: { 'http.extraHeader': `x-replication-hop: ${this.deps.nodeId}`, 'fetch.fsckObjects': 'true', 'protocol.version': '2' },
+      timeoutMs: 3_600_000,
+    });
+  }
+
+  /**
+   * verify recomputes the checksum of each local replica the store believes in sync and marks
+   * a mismatch stale. A push that commits meanwhile changes the generation, and that replica is
+   * left for the next pass.
+   */
+  async verify(): Promise<number> {
+    const { store, storage, nodeId, logger } = this.deps;
+    let marked = 0;
+    try {
+      for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
+        const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
+        if (!isInSync(repo, own)) continue;
+        const incarnation = await storage.incarnationOf(repo.repoId);
+        const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
+        if (checksum === repo.checksum) continue;
+        const again = await store.getRepo(repo.repoId);
+        if (!again || again.generation !== repo.generation) continue;
+        await store.markReplica(repo.repoId, nodeId, repo.incarnation, incarnation === repo.incarnation ? 'stale' : 'missing', repo.generation + 1);
+        logger.warn({ repoId: repo.repoId, generation: repo.generation }, 'replica contents differ from the store: marked stale');
+        marked++;
+      }
+    } catch (err) {
+      logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
+    }
+    return marked;
+  }
+}

@@ -1,0 +1,61 @@
+import { notFound, unavailable, StoreUnavailableError } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { Membership } from '../cluster/membership.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+
+/** Route says where a request is served: this node's replica, or an in-sync peer. */
+export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: string; url: string };
+
+interface Seen {
+  readonly repo: RepoRecord;
+  readonly replicas: ReplicaRecord[];
+}
+
+/**
+ * Router decides where a git request is served (DESIGN §6): the local replica when the store
+ * says it holds the repo's current generation (a linearizable read on every request), else the
+ * least loaded in-sync live peer. When the store is unreachable, reads fall back to what this
+ * node last saw, flagged as possibly stale; writes fail closed (I6).
+ */
+export class Router {
+  private readonly lastSeen = new Map<string, Seen>();
+
+  constructor(private readonly deps: { nodeId: string; store: ClusterStore; storage: ReplicaStorage; membership: Membership; logger: Logger }) {}
+
+  private async read(repoId: string, write: boolean): Promise<Seen & { fromCache: boolean }> {
+    try {
+      const repo = await this.deps.store.getRepo(repoId);
+      if (!repo) {
+        this.lastSeen.delete(repoId);
+        throw notFound(`repository ${repoId} not found`);
+      }
+      const replicas = await this.deps.store.getReplicas(repoId);
+      const seen = { repo, replicas };
+      this.lastSeen.set(repoId, seen);
+      return { ...seen, fromCache: false };
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      const cached = this.lastSeen.get(repoId);
+      if (write || !cached) throw err;
+      return { ...cached, fromCache: true };
+    }
+  }
+
+  /** route picks where to serve `repoId`; `write` requires a replica that can coordinate a push. */
+  async route(repoId: string, write: boolean): Promise<Route> {
+    const { nodeId, storage, membership } = this.deps;
+    const { repo, replicas, fromCache } = await this.read(repoId, write);
+    const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
+    if (repo.replicas.includes(nodeId) && isInSync(repo, byNode.get(nodeId)) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
+      if (fromCache) this.deps.logger.warn({ repoId, generation: repo.generation }, 'store unreachable: serving the last generation this node saw, possibly stale');
+      return { kind: 'local', stale: fromCache };
+    }
+    const candidates = repo.replicas
+      .filter((n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n))
+      .sort((a, b) => membership.loadOf(a) - membership.loadOf(b));
+    const best = candidates[0];
+    if (!best) throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
+    return { kind: 'peer', nodeId: best, url: membership.urlOf(best)! };
+  }
+}

@@ -1,0 +1,94 @@
+import Database from 'better-sqlite3';
+import type { TxnKind } from '../store/types.js';
+
+/** LocalTxnState is a transaction's state on this node. */
+export type LocalTxnState = 'prepared' | 'committed' | 'aborted';
+
+/** LocalTxn is one transaction in the node's own log. */
+export interface LocalTxn {
+  readonly id: string;
+  readonly repoId: string;
+  readonly kind: TxnKind;
+  readonly state: LocalTxnState;
+  /** payload is what commit needs after a restart (updates, incarnation, generation, checksum). */
+  readonly payload: TxnPayload;
+  readonly createdAt: number;
+}
+
+/** RefUpdate is one ref change of a push transaction. */
+export interface RefUpdate {
+  readonly ref: string;
+  readonly oldOid: string;
+  readonly newOid: string;
+}
+
+/** TxnPayload is the kind-specific part of a logged transaction. */
+export interface TxnPayload {
+  readonly coordinator: string;
+  readonly incarnation: string;
+  readonly baseGeneration: number;
+  readonly fencingToken: number;
+  readonly newChecksum: string;
+  readonly updates?: readonly RefUpdate[];
+  readonly stagingPath?: string;
+  readonly keepFiles?: readonly string[];
+}
+
+/**
+ * TxnLog is the node's persisted transaction log (`<dataDir>/node.db`): every prepare is written
+ * and fsynced before the participant answers `prepared`, so a restarted node knows which
+ * transactions it must resolve from the store.
+ */
+export class TxnLog {
+  private readonly db: Database.Database;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS txns (
+      id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+      payload TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)`);
+    this.db.exec('CREATE INDEX IF NOT EXISTS txns_state ON txns (state)');
+  }
+
+  /** recordPrepared writes a prepared transaction. */
+  recordPrepared(id: string, repoId: string, kind: TxnKind, payload: TxnPayload): void {
+    const now = Date.now();
+    this.db.prepare(`INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'prepared', ?, ?, ?)
+      ON CONFLICT(id) DO UPDATE SET state = 'prepared', payload = excluded.payload, updated_at = excluded.updated_at`)
+      .run(id, repoId, kind, JSON.stringify(payload), now, now);
+  }
+
+  /** setState records the outcome of a transaction. */
+  setState(id: string, state: LocalTxnState): void {
+    this.db.prepare('UPDATE txns SET state = ?, updated_at = ? WHERE id = ?').run(state, Date.now(), id);
+  }
+
+  /** get reads one transaction. */
+  get(id: string): LocalTxn | null {
+    const row = this.db.prepare('SELECT * FROM txns WHERE id = ?').get(id) as Row | undefined;
+    return row ? toTxn(row) : null;
+  }
+
+  /** prepared lists the transactions still waiting for an outcome. */
+  prepared(): LocalTxn[] {
+    return (this.db.prepare("SELECT * FROM txns WHERE state = 'prepared' ORDER BY created_at").all() as Row[]).map(toTxn);
+  }
+
+  /** prune drops finished transactions older than `maxAgeMs`. */
+  prune(maxAgeMs: number): void {
+    this.db.prepare("DELETE FROM txns WHERE state != 'prepared' AND updated_at < ?").run(Date.now() - maxAgeMs);
+  }
+
+  /** close closes the log. */
+  close(): void {
+    this.db.close();
+  }
+}
+
+interface Row { id: string; repo_id: string; kind: string; state: string; payload: string; created_at: number }
+
+function toTxn(r: Row): LocalTxn {
+  return { id: r.id, repoId: r.repo_id, kind: r.kind as TxnKind, state: r.state as LocalTxnState, payload: JSON.parse(r.payload) as TxnPayload, createdAt: r.created_at };
+}

@@ -1,0 +1,655 @@
+import {
+  ClientClosedError, Etcd3, isRecoverableError,
+  type ICompare, type IKeyValue, type IOptions, type IRequestOp, type ITxnResponse,
+} from 'etcd3';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { StoreUnavailableError, errorMessage } from '../../domain/errors.js';
+import type {
+  ClusterStore, CommitCreate, CommitDelete, CommitPush, ConfirmReplica, DecideResult, Decision, NodeInfo,
+  RepoLock, RepoRecord, ReplicaRecord, ReplicaState, TxnKind, TxnRecord,
+} from '../types.js';
+
+/** EtcdStoreOptions configures an EtcdStore. */
+export interface EtcdStoreOptions {
+  /** hosts are client URLs such as `http://127.0.0.1:2379`; calls fail over between them. */
+  readonly hosts: readonly string[];
+  /** prefix is put before every key, e.g. `/git-replication/`, so clusters can share one etcd. */
+  readonly prefix: string;
+  /** callTimeoutMs is the deadline of one etcd request attempt; retries on other hosts stop after the same budget. */
+  readonly callTimeoutMs?: number;
+  /** now is the clock for expiries (tests); it must agree across nodes, as with SqliteStore. */
+  readonly now?: () => number;
+}
+
+/** StoredNode is the value of `nodes/<id>` and `nodes-known/<id>`. */
+interface StoredNode { id: string; url: string; version: string; startedAt: string; expiresAt: number }
+/** StoredLock is the value of `locks/<repoId>`. */
+interface StoredLock { holder: string; token: number; expiresAt: number }
+/** StoredTxn is the value of `txns/<id>`; createdAt mirrors SqliteStore's column. */
+interface StoredTxn extends TxnRecord { createdAt: number }
+
+/** Kv is one key as read: its value, and the revision and lease the write compares rely on. */
+interface Kv { key: string; value: string; mod: string; lease: string }
+
+/** Plan is what a read-compare-write decided: the result and, if it changes anything, the writes. */
+interface Plan<T> {
+  result: T;
+  /** ops are the writes; `lease` is the lease granted for `leaseMs`, or '0'. No ops means read-only. */
+  ops?: (lease: string) => IRequestOp[];
+  leaseMs?: number;
+  /** revoke lists leases no key uses once the write succeeded (a replaced lock or registration). */
+  revoke?: string[];
+}
+
+type FaultPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
+type PolicyContext = Parameters<Parameters<FaultPolicy['execute']>[0]>[0];
+
+const DEFAULT_CALL_TIMEOUT_MS = 2_500;
+/** MAX_ATTEMPTS bounds read-compare-write retries when a compare fails on a concurrent change. */
+const MAX_ATTEMPTS = 25;
+
+const utf8 = (s: string): Buffer => Buffer.from(s, 'utf8');
+
+/** prefixEnd is the first key after every key that starts with `prefix` (etcd's range_end for a prefix). */
+function prefixEnd(prefix: string): Buffer {
+  const end = Buffer.from(utf8(prefix));
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i] = end[i]! + 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+/** byUtf8 orders strings by their UTF-8 bytes, as SQLite's BINARY collation does. */
+function byUtf8(a: string, b: string): number {
+  return Buffer.compare(utf8(a), utf8(b));
+}
+
+function parse<T>(kv: Kv): T {
+  return JSON.parse(kv.value) as T;
+}
+
+function toKv(kv: IKeyValue): Kv {
+  return { key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), mod: kv.mod_revision, lease: kv.lease };
+}
+
+function put(key: string, value: string, lease = '0'): IRequestOp {
+  return { request_put: { key: utf8(key), value: utf8(value), lease } };
+}
+function del(key: string): IRequestOp {
+  return { request_delete_range: { key: utf8(key) } };
+}
+function delPrefix(prefix: string): IRequestOp {
+  return { request_delete_range: { key: utf8(prefix), range_end: prefixEnd(prefix) } };
+}
+function rangeKey(key: string): IRequestOp {
+  return { request_range: { key: utf8(key) } };
+}
+function rangePrefix(prefix: string): IRequestOp {
+  return { request_range: { key: utf8(prefix), range_end: prefixEnd(prefix) } };
+}
+
+/** unchanged compares a key's mod revision with the one read; 0 means "still absent". */
+function unchanged(key: string, kv: Kv | undefined): ICompare {
+  return { key: utf8(key), target: 'Mod', result: 'Equal', mod_revision: kv?.mod ?? '0' };
+}
+/** rangeUnchangedSince says no key under `prefix` was created or changed after revision `rev`. */
+function rangeUnchangedSince(prefix: string, rev: string): ICompare {
+  return { key: utf8(prefix), range_end: prefixEnd(prefix), target: 'Mod', result: 'Less', mod_revision: (BigInt(rev) + 1n).toString() };
+}
+function absent(key: string): ICompare {
+  return { key: utf8(key), target: 'Version', result: 'Equal', version: '0' };
+}
+
+/** Snapshot is a set of keys and prefixes read at one revision. */
+class Snapshot {
+  constructor(readonly revision: string, private readonly keys: Map<string, Kv>, private readonly prefixes: Map<string, Kv[]>) {}
+  get(key: string): Kv | undefined {
+    return this.keys.get(key);
+  }
+  list(prefix: string): Kv[] {
+    return this.prefixes.get(prefix) ?? [];
+  }
+}
+
+/**
+ * policy adapts a retry function to the cockatiel policy shape etcd3's `faultHandling` takes,
+ * without depending on cockatiel (etcd3 only calls `execute`).
+ */
+function policy(run: <T>(fn: () => PromiseLike<T> | T) => Promise<T>): FaultPolicy {
+  const noEvents = () => ({ dispose: () => undefined });
+  return {
+    _altReturn: undefined as never,
+    onSuccess: noEvents,
+    onFailure: noEvents,
+    execute: <T>(fn: (context: PolicyContext) => PromiseLike<T> | T) => run(() => fn({ signal: new AbortController().signal })),
+  };
+}
+
+/** transient says whether an error means etcd could not be reached or could not answer in time. */
+function transient(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (isRecoverableError(err) || err instanceof ClientClosedError) return true;
+  if (err.name === 'BrokenCircuitError' || err.name === 'TaskCancelledError') return true;
+  return /etcdserver: (request timed out|leader changed|no leader|too many requests|server stopped|not capable)/.test(err.message)
+    || /ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ETIMEDOUT|No connection established|Deadline exceeded/i.test(err.message);
+}
+
+/**
+ * EtcdStore is the ClusterStore on an etcd cluster (DESIGN §10). Records are JSON values under
+ * `prefix`; every change of several keys is one etcd Txn whose compares check that nothing read
+ * has changed since (mod revisions), retried a bounded number of times on a concurrent change.
+ * Reads are linearizable (etcd's default range, never serializable). Node registrations and locks
+ * sit on etcd leases so they vanish when their owner dies; their `expiresAt` is still checked
+ * because etcd rounds lease TTLs up to whole seconds (and a minimum), while the contract expires
+ * them at exactly `ttlMs`.
+ */
+export class EtcdStore implements ClusterStore {
+  readonly kind = 'etcd' as const;
+  private readonly client: Etcd3;
+  private readonly prefix: string;
+  private readonly now: () => number;
+  private readonly hosts: readonly string[];
+
+  constructor(opts: EtcdStoreOptions) {
+    if (opts.hosts.length === 0) throw new Error('etcd store needs at least one host');
+    this.prefix = opts.prefix;
+    this.now = opts.now ?? Date.now;
+    this.hosts = opts.hosts;
+    const timeoutMs = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    const maxTries = Math.max(2, opts.hosts.length + 1);
+    this.client = new Etcd3({
+      hosts: [...opts.hosts],
+      // Every unary call gets a deadline, so a dead or frozen etcd fails the call instead of hanging it.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+      faultHandling: {
+        // No circuit breaker: it would keep refusing calls for seconds after etcd is back.
+        host: () => policy((fn) => Promise.resolve(fn())),
+        // Each retry goes to the next host; the budget keeps a call with a dead store short.
+        global: policy(async (fn) => {
+          const start = Date.now();
+          for (let attempt = 1; ; attempt++) {
+            try {
+              return await fn();
+            } catch (err) {
+              if (!(err instanceof Error) || !isRecoverableError(err) || attempt >= maxTries || Date.now() - start >= timeoutMs) throw err;
+              await sleep(Math.min(50 * attempt, 250));
+            }
+          }
+        }),
+      },
+    });
+  }
+
+  // ---- keys ----
+
+  private k(...parts: string[]): string {
+    return this.prefix + parts.join('/');
+  }
+  private nodeKey(id: string): string { return this.k('nodes', id); }
+  private knownKey(id: string): string { return this.k('nodes-known', id); }
+  private repoKey(repoId: string): string { return this.k('repos', repoId); }
+  private replicaKey(repoId: string, nodeId: string): string { return this.k('replicas', repoId, nodeId); }
+  private replicasOf(repoId: string): string { return this.k('replicas', repoId, ''); }
+  private txnKey(id: string): string { return this.k('txns', id); }
+  private lockKey(repoId: string): string { return this.k('locks', repoId); }
+  private metaKey(key: string): string { return this.k('meta', key); }
+
+  // ---- plumbing ----
+
+  /** guard maps a failure to reach etcd to StoreUnavailableError; other errors are bugs and pass through. */
+  private async guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof StoreUnavailableError || !transient(err)) throw err;
+      const detail = err instanceof ClientClosedError ? 'the store is closed' : errorMessage(err);
+      throw new StoreUnavailableError(`etcd at ${this.hosts.join(',')}: ${what}: ${detail}`, { cause: err });
+    }
+  }
+
+  private async txn(compare: ICompare[], success: IRequestOp[], failure: IRequestOp[] = []): Promise<ITxnResponse> {
+    return this.client.kv.txn({ compare, success, failure });
+  }
+
+  /** read fetches keys and prefixes in one read-only Txn, so they come from one revision. */
+  private async read(keys: readonly string[], prefixes: readonly string[] = []): Promise<Snapshot> {
+    const res = await this.txn([], [...keys.map(rangeKey), ...prefixes.map(rangePrefix)]);
+    const single = new Map<string, Kv>();
+    const lists = new Map<string, Kv[]>();
+    keys.forEach((key, i) => {
+      const kv = res.responses[i]?.response_range.kvs[0];
+      if (kv) single.set(key, toKv(kv));
+    });
+    prefixes.forEach((prefix, i) => {
+      lists.set(prefix, (res.responses[keys.length + i]?.response_range.kvs ?? []).map(toKv));
+    });
+    return new Snapshot(res.header.revision, single, lists);
+  }
+
+  private async get(key: string): Promise<Kv | undefined> {
+    const res = await this.client.kv.range({ key: utf8(key) });
+    const kv = res.kvs[0];
+    return kv ? toKv(kv) : undefined;
+  }
+
+  private async list(prefix: string): Promise<Kv[]> {
+    const res = await this.client.kv.range({ key: utf8(prefix), range_end: prefixEnd(prefix) });
+    return res.kvs.map(toKv);
+  }
+
+  /** grant creates a lease that outlives `ttlMs` (etcd TTLs are whole seconds); expiresAt decides liveness. */
+  private async grant(ttlMs: number): Promise<string> {
+    const res = await this.client.leaseClient.leaseGrant({ TTL: Math.ceil(ttlMs / 1000) + 1, ID: 0 });
+    return res.ID;
+  }
+
+  /** revokeQuietly frees leases nothing uses any more; failing only leaves them to expire on their own. */
+  private async revokeQuietly(leases: readonly string[]): Promise<void> {
+    await Promise.all(leases.filter((id) => id !== '0').map(async (id) => {
+      try {
+        await this.client.leaseClient.leaseRevoke({ ID: id });
+      } catch {
+        // An unused lease expires by itself after its TTL.
+      }
+    }));
+  }
+
+  /**
+   * update reads `keys` and `prefixes` at one revision, lets `plan` decide, and writes the plan's
+   * ops in one Txn that succeeds only if none of what was read changed; on a concurrent change
+   * it starts over, at most MAX_ATTEMPTS times.
+   */
+  private async update<T>(what: string, keys: readonly string[], prefixes: readonly string[], plan: (s: Snapshot, now: number) => Plan<T>): Promise<T> {
+    return this.guard(what, async () => {
+      let lease: string | undefined;
+      let leaseUsed = false;
+      try {
+        for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+          const snap = await this.read(keys, prefixes);
+          const p = plan(snap, this.now());
+          if (!p.ops) return p.result;
+          if (p.leaseMs !== undefined && lease === undefined) lease = await this.grant(p.leaseMs);
+          const compares = [
+            ...keys.map((key) => unchanged(key, snap.get(key))),
+            ...prefixes.map((prefix) => rangeUnchangedSince(prefix, snap.revision)),
+          ];
+          const res = await this.txn(compares, p.ops(p.leaseMs !== undefined ? lease ?? '0' : '0'));
+          if (res.succeeded) {
+            leaseUsed = p.leaseMs !== undefined;
+            await this.revokeQuietly(p.revoke ?? []);
+            return p.result;
+          }
+          // A concurrent writer won the compare: back off a little so racers spread out.
+          await sleep(Math.floor(Math.random() * 10 * Math.min(attempt, 10)));
+        }
+      } finally {
+        if (lease !== undefined && !leaseUsed) await this.revokeQuietly([lease]);
+      }
+      throw new StoreUnavailableError(`etcd: ${what}: gave up after ${MAX_ATTEMPTS} attempts, the records kept changing`);
+    });
+  }
+
+  // ---- nodes ----
+
+  async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
+    await this.guard('register node', async () => {
+      const value = JSON.stringify({ id: node.id, url: node.url, version: node.version, startedAt: node.startedAt, expiresAt: this.now() + ttlMs } satisfies StoredNode);
+      const lease = await this.grant(ttlMs);
+      let used = false;
+      try {
+        const res = await this.txn([], [
+          { request_put: { key: utf8(this.nodeKey(node.id)), value: utf8(value), lease, prev_kv: true } },
+          put(this.knownKey(node.id), value),
+        ]);
+        used = true;
+        const previous = res.responses[0]?.response_put.prev_kv?.lease;
+        if (previous && previous !== lease) await this.revokeQuietly([previous]);
+      } finally {
+        if (!used) await this.revokeQuietly([lease]);
+      }
+    });
+  }
+
+  async unregisterNode(nodeId: string): Promise<void> {
+    const liveKey = this.nodeKey(nodeId);
+    const knownKey = this.knownKey(nodeId);
+    await this.update('unregister node', [liveKey, knownKey], [], (s) => {
+      const liveKv = s.get(liveKey);
+      const knownKv = s.get(knownKey);
+      if (!liveKv && !knownKv) return { result: undefined };
+      // Like SqliteStore: the node stays known (allNodes), with an expiry in the past.
+      const ops: IRequestOp[] = [];
+      if (knownKv) ops.push(put(knownKey, JSON.stringify({ ...parse<StoredNode>(knownKv), expiresAt: 0 })));
+      if (liveKv) ops.push(del(liveKey));
+      return { result: undefined, ops: () => ops, revoke: liveKv ? [liveKv.lease] : [] };
+    });
+  }
+
+  async liveNodes(): Promise<NodeInfo[]> {
+    return this.guard('list live nodes', async () => {
+      const now = this.now();
+      return (await this.list(this.k('nodes', '')))
+        .map((kv) => parse<StoredNode>(kv))
+        .filter((n) => n.expiresAt > now)
+        .sort((a, b) => byUtf8(a.id, b.id))
+        .map(toNodeInfo);
+    });
+  }
+
+  async allNodes(): Promise<Array<NodeInfo & { live: boolean }>> {
+    return this.guard('list nodes', async () => {
+      const livePrefix = this.k('nodes', '');
+      const knownPrefix = this.k('nodes-known', '');
+      const snap = await this.read([], [livePrefix, knownPrefix]);
+      const now = this.now();
+      const liveIds = new Set(snap.list(livePrefix).map((kv) => parse<StoredNode>(kv)).filter((n) => n.expiresAt > now).map((n) => n.id));
+      return snap.list(knownPrefix)
+        .map((kv) => parse<StoredNode>(kv))
+        .sort((a, b) => byUtf8(a.id, b.id))
+        .map((n) => ({ ...toNodeInfo(n), live: liveIds.has(n.id) }));
+    });
+  }
+
+  // ---- repos and replicas ----
+
+  async getRepo(repoId: string): Promise<RepoRecord | null> {
+    return this.guard('read repo', async () => {
+      const kv = await this.get(this.repoKey(repoId));
+      return kv ? toRepo(parse<RepoRecord>(kv)) : null;
+    });
+  }
+
+  async listRepos(): Promise<RepoRecord[]> {
+    return this.guard('list repos', async () =>
+      (await this.list(this.k('repos', ''))).map((kv) => toRepo(parse<RepoRecord>(kv))).sort((a, b) => byUtf8(a.repoId, b.repoId)));
+  }
+
+  async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
+    return this.guard('read replicas', async () =>
+      (await this.list(this.replicasOf(repoId)))
+        .map((kv) => toReplica(parse<ReplicaRecord>(kv)))
+        .filter((r) => r.repoId === repoId)
+        .sort((a, b) => byUtf8(a.nodeId, b.nodeId)));
+  }
+
+  async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
+    // Keys are grouped by repo, so this scans every replica record; the count is repos × replication factor.
+    return this.guard('read replicas on node', async () =>
+      (await this.list(this.k('replicas', '')))
+        .map((kv) => toReplica(parse<ReplicaRecord>(kv)))
+        .filter((r) => r.nodeId === nodeId)
+        .sort((a, b) => byUtf8(a.repoId, b.repoId)));
+  }
+
+  // ---- locks ----
+
+  /** liveLock returns a lock record that exists and has not reached its expiresAt. */
+  private static liveLock(kv: Kv | undefined, now: number): StoredLock | null {
+    if (!kv) return null;
+    const lock = parse<StoredLock>(kv);
+    return lock.expiresAt > now ? lock : null;
+  }
+
+  async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
+    const lockKey = this.lockKey(repoId);
+    const fenceKey = this.metaKey('fencing_token');
+    return this.update('acquire lock', [lockKey, fenceKey], [], (s, now): Plan<RepoLock | null> => {
+      if (EtcdStore.liveLock(s.get(lockKey), now)) return { result: null };
+      // The counter is cluster-wide, so a re-created repo never sees a token it gave out before.
+      const fence = s.get(fenceKey);
+      const token = (fence ? Number(fence.value) : 0) + 1;
+      const lock: RepoLock = { repoId, holder, token, expiresAt: now + ttlMs };
+      const value = JSON.stringify({ holder, token, expiresAt: lock.expiresAt } satisfies StoredLock);
+      const previous = s.get(lockKey);
+      return {
+        result: lock,
+        leaseMs: ttlMs,
+        ops: (lease) => [put(lockKey, value, lease), put(fenceKey, String(token))],
+        revoke: previous ? [previous.lease] : [],
+      };
+    });
+  }
+
+  async renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean> {
+    const lockKey = this.lockKey(repoId);
+    // A fresh lease per renewal: etcd cannot change a lease's TTL, and ttlMs may differ from the first.
+    return this.update('renew lock', [lockKey], [], (s, now): Plan<boolean> => {
+      const kv = s.get(lockKey);
+      const lock = EtcdStore.liveLock(kv, now);
+      if (!kv || !lock || lock.token !== token) return { result: false };
+      const value = JSON.stringify({ holder: lock.holder, token, expiresAt: now + ttlMs } satisfies StoredLock);
+      return { result: true, leaseMs: ttlMs, ops: (lease) => [put(lockKey, value, lease)], revoke: [kv.lease] };
+    });
+  }
+
+  async releaseLock(repoId: string, token: number): Promise<void> {
+    const lockKey = this.lockKey(repoId);
+    await this.update('release lock', [lockKey], [], (s) => {
+      const kv = s.get(lockKey);
+      if (!kv || parse<StoredLock>(kv).token !== token) return { result: undefined };
+      return { result: undefined, ops: () => [del(lockKey)], revoke: [kv.lease] };
+    });
+  }
+
+  async getLock(repoId: string): Promise<RepoLock | null> {
+    return this.guard('read lock', async () => {
+      const lock = EtcdStore.liveLock(await this.get(this.lockKey(repoId)), this.now());
+      return lock ? { repoId, holder: lock.holder, token: lock.token, expiresAt: lock.expiresAt } : null;
+    });
+  }
+
+  // ---- transactions ----
+
+  async beginTxn(txn: Omit<TxnRecord, 'decision' | 'decidedAt'>): Promise<void> {
+    await this.guard('begin txn', async () => {
+      const record: StoredTxn = {
+        id: txn.id, repoId: txn.repoId, kind: txn.kind, coordinator: txn.coordinator, baseGeneration: txn.baseGeneration,
+        fencingToken: txn.fencingToken, decision: null, decidedAt: null, createdAt: this.now(),
+      };
+      // Write-once: a txn that exists (perhaps already decided) is left alone.
+      await this.txn([absent(this.txnKey(txn.id))], [put(this.txnKey(txn.id), JSON.stringify(record))]);
+    });
+  }
+
+  async getTxn(txnId: string): Promise<TxnRecord | null> {
+    return this.guard('read txn', async () => {
+      const kv = await this.get(this.txnKey(txnId));
+      return kv ? toTxn(parse<StoredTxn>(kv)) : null;
+    });
+  }
+
+  /** decisionOp writes a decision onto the txn record, creating the record if beginTxn never ran. */
+  private decisionOp(txnKv: Kv | undefined, txnId: string, decision: Decision, now: number,
+    fields: { repoId: string; kind: TxnKind; coordinator: string; baseGeneration: number; fencingToken: number }): IRequestOp {
+    const decidedAt = new Date(now).toISOString();
+    const record: StoredTxn = txnKv
+      ? { ...parse<StoredTxn>(txnKv), decision, decidedAt }
+      : { id: txnId, ...fields, decision, decidedAt, createdAt: now };
+    return put(this.txnKey(txnId), JSON.stringify(record));
+  }
+
+  private static standing(txnKv: Kv | undefined): DecideResult | null {
+    const decision = txnKv ? parse<StoredTxn>(txnKv).decision : null;
+    return decision ? { written: false, decision, reason: 'decided' } : null;
+  }
+
+  async commitCreate(c: CommitCreate): Promise<DecideResult> {
+    const r = c.record;
+    const txnKey = this.txnKey(c.txnId);
+    const repoKey = this.repoKey(r.repoId);
+    return this.update('commit create', [txnKey, repoKey], [], (s, now): Plan<DecideResult> => {
+      const prior = EtcdStore.standing(s.get(txnKey));
+      if (prior) return { result: prior };
+      if (s.get(repoKey)) return { result: { written: false, decision: null, reason: 'exists' } };
+      const repo: RepoRecord = { repoId: r.repoId, incarnation: r.incarnation, replicas: [...r.replicas], generation: r.generation, checksum: r.checksum, createdAt: r.createdAt };
+      return {
+        result: { written: true, decision: 'commit' },
+        ops: () => [
+          put(repoKey, JSON.stringify(repo)),
+          // Replica records of an earlier incarnation must not count for the new one.
+          delPrefix(this.replicasOf(r.repoId)),
+          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, { repoId: r.repoId, kind: 'create', coordinator: c.coordinator, baseGeneration: 0, fencingToken: 0 }),
+        ],
+      };
+    });
+  }
+
+  /** compareRepo checks the compares shared by push and delete commits, as SqliteStore does. */
+  private static compareRepo(repoKv: Kv | undefined, lockKv: Kv | undefined, now: number,
+    c: { incarnation: string; baseGeneration: number; fencingToken: number }): DecideResult | null {
+    if (!repoKv) return { written: false, decision: null, reason: 'missing' };
+    const repo = parse<RepoRecord>(repoKv);
+    if (repo.incarnation !== c.incarnation) return { written: false, decision: null, reason: 'incarnation' };
+    if (repo.generation !== c.baseGeneration) return { written: false, decision: null, reason: 'generation' };
+    const lock = EtcdStore.liveLock(lockKv, now);
+    if (!lock || lock.token !== c.fencingToken) return { written: false, decision: null, reason: 'lock' };
+    return null;
+  }
+
+  async commitPush(c: CommitPush): Promise<DecideResult> {
+    const txnKey = this.txnKey(c.txnId);
+    const repoKey = this.repoKey(c.repoId);
+    const lockKey = this.lockKey(c.repoId);
+    // The lock key is among the compared keys, so a lock lost or re-taken after the read fails the Txn.
+    return this.update('commit push', [txnKey, repoKey, lockKey], [], (s, now): Plan<DecideResult> => {
+      const prior = EtcdStore.standing(s.get(txnKey));
+      if (prior) return { result: prior };
+      const failed = EtcdStore.compareRepo(s.get(repoKey), s.get(lockKey), now, c);
+      if (failed) return { result: failed };
+      const repo = parse<RepoRecord>(s.get(repoKey)!);
+      const next: RepoRecord = { ...toRepo(repo), generation: c.baseGeneration + 1, checksum: c.newChecksum };
+      return {
+        result: { written: true, decision: 'commit' },
+        ops: () => [
+          put(repoKey, JSON.stringify(next)),
+          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, { repoId: c.repoId, kind: 'push', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken }),
+        ],
+      };
+    });
+  }
+
+  async commitDelete(c: CommitDelete): Promise<DecideResult> {
+    const txnKey = this.txnKey(c.txnId);
+    const repoKey = this.repoKey(c.repoId);
+    const lockKey = this.lockKey(c.repoId);
+    return this.update('commit delete', [txnKey, repoKey, lockKey], [], (s, now): Plan<DecideResult> => {
+      const prior = EtcdStore.standing(s.get(txnKey));
+      if (prior) return { result: prior };
+      const failed = EtcdStore.compareRepo(s.get(repoKey), s.get(lockKey), now, c);
+      if (failed) return { result: failed };
+      return {
+        result: { written: true, decision: 'commit' },
+        ops: () => [
+          del(repoKey),
+          delPrefix(this.replicasOf(c.repoId)),
+          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, { repoId: c.repoId, kind: 'delete', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken }),
+        ],
+      };
+    });
+  }
+
+  async abortTxn(txnId: string): Promise<DecideResult> {
+    const txnKey = this.txnKey(txnId);
+    return this.update('abort txn', [txnKey], [], (s, now): Plan<DecideResult> => {
+      const prior = EtcdStore.standing(s.get(txnKey));
+      if (prior) return { result: prior };
+      return {
+        result: { written: true, decision: 'abort' },
+        ops: () => [this.decisionOp(s.get(txnKey), txnId, 'abort', now, { repoId: '', kind: 'push', coordinator: '', baseGeneration: -1, fencingToken: 0 })],
+      };
+    });
+  }
+
+  // ---- replica records ----
+
+  async confirmReplica(c: ConfirmReplica): Promise<boolean> {
+    const repoKey = this.repoKey(c.repoId);
+    const replicaKey = this.replicaKey(c.repoId, c.nodeId);
+    return this.update('confirm replica', [repoKey, replicaKey], [], (s, now): Plan<boolean> => {
+      const repoKv = s.get(repoKey);
+      const repo = repoKv ? parse<RepoRecord>(repoKv) : null;
+      if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return { result: false };
+      const rowKv = s.get(replicaKey);
+      const row = rowKv ? parse<ReplicaRecord>(rowKv) : null;
+      if (row && row.incarnation === c.incarnation && row.generation > c.generation) return { result: false };
+      const record: ReplicaRecord = {
+        repoId: c.repoId, nodeId: c.nodeId, incarnation: c.incarnation, generation: c.generation, checksum: c.checksum,
+        state: 'in_sync', updatedAt: new Date(now).toISOString(),
+      };
+      return { result: true, ops: () => [put(replicaKey, JSON.stringify(record))] };
+    });
+  }
+
+  async markReplica(repoId: string, nodeId: string, incarnation: string, state: Exclude<ReplicaState, 'in_sync'>, belowGeneration: number): Promise<boolean> {
+    const repoKey = this.repoKey(repoId);
+    const replicaKey = this.replicaKey(repoId, nodeId);
+    return this.update('mark replica', [repoKey, replicaKey], [], (s, now): Plan<boolean> => {
+      const repoKv = s.get(repoKey);
+      if (!repoKv || parse<RepoRecord>(repoKv).incarnation !== incarnation) return { result: false };
+      const rowKv = s.get(replicaKey);
+      const row = rowKv ? parse<ReplicaRecord>(rowKv) : null;
+      const updatedAt = new Date(now).toISOString();
+      if (!row || row.incarnation !== incarnation) {
+        // A replica never confirmed at this incarnation: generation -1 is below any real one.
+        const record: ReplicaRecord = { repoId, nodeId, incarnation, generation: -1, checksum: '', state, updatedAt };
+        return { result: true, ops: () => [put(replicaKey, JSON.stringify(record))] };
+      }
+      if (row.generation >= belowGeneration) return { result: false };
+      const record: ReplicaRecord = { ...toReplica(row), state, updatedAt };
+      return { result: true, ops: () => [put(replicaKey, JSON.stringify(record))] };
+    });
+  }
+
+  async setReplicaSet(repoId: string, incarnation: string, replicas: readonly string[]): Promise<boolean> {
+    const repoKey = this.repoKey(repoId);
+    const replicasPrefix = this.replicasOf(repoId);
+    // The prefix compare also catches a replica record created meanwhile for a node being dropped.
+    return this.update('set replica set', [repoKey], [replicasPrefix], (s): Plan<boolean> => {
+      const repoKv = s.get(repoKey);
+      const repo = repoKv ? parse<RepoRecord>(repoKv) : null;
+      if (!repo || repo.incarnation !== incarnation) return { result: false };
+      const keep = new Set(replicas);
+      const next: RepoRecord = { ...toRepo(repo), replicas: [...replicas] };
+      const drop = s.list(replicasPrefix).filter((kv) => !keep.has(parse<ReplicaRecord>(kv).nodeId)).map((kv) => del(kv.key));
+      return { result: true, ops: () => [put(repoKey, JSON.stringify(next)), ...drop] };
+    });
+  }
+
+  // ---- meta ----
+
+  async getMeta(key: string): Promise<string | null> {
+    return this.guard('read meta', async () => (await this.get(this.metaKey(key)))?.value ?? null);
+  }
+
+  async setMetaIfAbsent(key: string, value: string): Promise<string> {
+    return this.guard('write meta', async () => {
+      const metaKey = this.metaKey(key);
+      const res = await this.txn([absent(metaKey)], [put(metaKey, value)], [rangeKey(metaKey)]);
+      if (res.succeeded) return value;
+      const kv = res.responses[0]?.response_range.kvs[0];
+      // Present at the compare, so the range in the same Txn saw it.
+      if (!kv) throw new Error(`etcd: meta key '${key}' vanished inside one txn`);
+      return kv.value.toString('utf8');
+    });
+  }
+
+  async close(): Promise<void> {
+    this.client.close();
+  }
+}
+
+function toNodeInfo(n: StoredNode): NodeInfo {
+  return { id: n.id, url: n.url, version: n.version, startedAt: n.startedAt };
+}
+function toRepo(r: RepoRecord): RepoRecord {
+  return { repoId: r.repoId, incarnation: r.incarnation, replicas: [...r.replicas], generation: r.generation, checksum: r.checksum, createdAt: r.createdAt };
+}
+function toReplica(r: ReplicaRecord): ReplicaRecord {
+  return { repoId: r.repoId, nodeId: r.nodeId, incarnation: r.incarnation, generation: r.generation, checksum: r.checksum, state: r.state, updatedAt: r.updatedAt };
+}
+function toTxn(t: StoredTxn): TxnRecord {
+  return { id: t.id, repoId: t.repoId, kind: t.kind, coordinator: t.coordinator, baseGeneration: t.baseGeneration, fencingToken: t.fencingToken, decision: t.decision, decidedAt: t.decidedAt };
+}

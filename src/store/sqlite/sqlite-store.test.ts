@@ -1,0 +1,71 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { storeContract, type StoreHarness } from '../contract.js';
+import { SqliteStore } from './sqlite-store.js';
+
+storeContract('sqlite', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'sqlite-store-'));
+  const path = join(dir, 'cluster.db');
+  let store = new SqliteStore(path);
+  const harness: StoreHarness = {
+    // A getter, so the suite sees the store reopened by restart().
+    get store() {
+      return store;
+    },
+    restart: async () => {
+      await store.close();
+      store = new SqliteStore(path);
+    },
+    cleanup: async () => {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return harness;
+});
+
+describe('SqliteStore shared by two processes', () => {
+  let dir: string;
+  let a: SqliteStore;
+  let b: SqliteStore;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'sqlite-store-'));
+    // Two connections on one file, as two node processes on one machine have.
+    a = new SqliteStore(join(dir, 'cluster.db'));
+    b = new SqliteStore(join(dir, 'cluster.db'));
+  });
+  afterEach(async () => {
+    await a.close();
+    await b.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("sees the other connection's writes", async () => {
+    const record = { repoId: 'acme/app', incarnation: 'i1', replicas: ['n1'], generation: 0, checksum: 'c0', createdAt: '2024-01-01T00:00:00.000Z' };
+    expect(await a.commitCreate({ txnId: 't1', coordinator: 'n1', record })).toEqual({ written: true, decision: 'commit' });
+    expect(await b.getRepo('acme/app')).toEqual(record);
+    expect(await b.commitCreate({ txnId: 't2', coordinator: 'n2', record })).toEqual({ written: false, decision: null, reason: 'exists' });
+    expect(await b.setMetaIfAbsent('peer_secret', 'from-b')).toBe('from-b');
+    expect(await a.setMetaIfAbsent('peer_secret', 'from-a')).toBe('from-b');
+    await b.registerNode({ id: 'n2', url: 'http://n2.test', version: '0.1.0', startedAt: 'x' }, 10_000);
+    expect((await a.liveNodes()).map((n) => n.id)).toEqual(['n2']);
+  });
+
+  it('excludes each other in acquireLock and share the fencing counter', async () => {
+    const first = await a.acquireLock('acme/app', 'n1', 10_000);
+    expect(first).not.toBeNull();
+    expect(await b.acquireLock('acme/app', 'n2', 10_000)).toBeNull();
+    expect(await b.getLock('acme/app')).toEqual(first);
+    await b.releaseLock('acme/app', first!.token + 1);
+    expect(await a.getLock('acme/app')).toEqual(first);
+    await a.releaseLock('acme/app', first!.token);
+    const second = await b.acquireLock('acme/app', 'n2', 10_000);
+    expect(second!.token).toBeGreaterThan(first!.token);
+    expect(await a.acquireLock('acme/app', 'n1', 10_000)).toBeNull();
+    const other = await a.acquireLock('acme/other', 'n1', 10_000);
+    expect(other!.token).toBeGreaterThan(second!.token);
+  });
+});

@@ -1,0 +1,317 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { StoreUnavailableError } from '../../domain/errors.js';
+import type {
+  ClusterStore, CommitCreate, CommitDelete, CommitPush, ConfirmReplica, DecideResult, NodeInfo,
+  RepoLock, RepoRecord, ReplicaRecord, ReplicaState, TxnRecord,
+} from '../types.js';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+  id TEXT PRIMARY KEY, url TEXT NOT NULL, version TEXT NOT NULL, started_at TEXT NOT NULL,
+  expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS repos (
+  repo_id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, replicas TEXT NOT NULL,
+  generation INTEGER NOT NULL, checksum TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (
+  repo_id TEXT NOT NULL, node_id TEXT NOT NULL, incarnation TEXT NOT NULL,
+  generation INTEGER NOT NULL, checksum TEXT NOT NULL, state TEXT NOT NULL, updated_at TEXT NOT NULL,
+  PRIMARY KEY (repo_id, node_id));
+CREATE INDEX IF NOT EXISTS replicas_by_node ON replicas (node_id);
+CREATE TABLE IF NOT EXISTS txns (
+  id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, kind TEXT NOT NULL, coordinator TEXT NOT NULL,
+  base_generation INTEGER NOT NULL, fencing_token INTEGER NOT NULL, decision TEXT,
+  decided_at TEXT, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (
+  repo_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+`;
+
+interface RepoRow { repo_id: string; incarnation: string; replicas: string; generation: number; checksum: string; created_at: string }
+interface ReplicaRow { repo_id: string; node_id: string; incarnation: string; generation: number; checksum: string; state: string; updated_at: string }
+interface TxnRow { id: string; repo_id: string; kind: string; coordinator: string; base_generation: number; fencing_token: number; decision: string | null; decided_at: string | null }
+interface LockRow { repo_id: string; holder: string; token: number; expires_at: number }
+interface NodeRow { id: string; url: string; version: string; started_at: string; expires_at: number }
+
+function toRepo(r: RepoRow): RepoRecord {
+  return { repoId: r.repo_id, incarnation: r.incarnation, replicas: JSON.parse(r.replicas) as string[], generation: r.generation, checksum: r.checksum, createdAt: r.created_at };
+}
+function toReplica(r: ReplicaRow): ReplicaRecord {
+  return { repoId: r.repo_id, nodeId: r.node_id, incarnation: r.incarnation, generation: r.generation, checksum: r.checksum, state: r.state as ReplicaState, updatedAt: r.updated_at };
+}
+function toTxn(r: TxnRow): TxnRecord {
+  return { id: r.id, repoId: r.repo_id, kind: r.kind as TxnRecord['kind'], coordinator: r.coordinator, baseGeneration: r.base_generation, fencingToken: r.fencing_token, decision: r.decision as TxnRecord['decision'], decidedAt: r.decided_at };
+}
+function toNode(r: NodeRow): NodeInfo {
+  return { id: r.id, url: r.url, version: r.version, startedAt: r.started_at };
+}
+
+/**
+ * SqliteStore is the embedded ClusterStore: one SQLite file in WAL mode that several node
+ * processes on one machine share. Every method runs in one `BEGIN IMMEDIATE` transaction, so
+ * reads see every committed write (linearizable on one machine) and compares are atomic.
+ * `synchronous=FULL` fsyncs each commit: a decision survives a power cut.
+ */
+export class SqliteStore implements ClusterStore {
+  readonly kind = 'sqlite' as const;
+  private readonly db: Database.Database;
+  private readonly now: () => number;
+
+  constructor(path: string, opts: { now?: () => number } = {}) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path, { timeout: 10_000 });
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(SCHEMA);
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** tx runs fn in one immediate transaction and maps SQLite's busy errors to StoreUnavailableError. */
+  private tx<T>(fn: () => T): T {
+    try {
+      return this.db.transaction(fn).immediate();
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? '';
+      if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_IOERR') || code === 'SQLITE_CANTOPEN') {
+        throw new StoreUnavailableError(`sqlite: ${(err as Error).message}`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
+    this.tx(() => {
+      this.db.prepare(`INSERT INTO nodes (id, url, version, started_at, expires_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT(id) DO UPDATE SET url = excluded.url, version = excluded.version, started_at = excluded.started_at, expires_at = excluded.expires_at`)
+        .run(node.id, node.url, node.version, node.startedAt, this.now() + ttlMs);
+    });
+  }
+
+  async unregisterNode(nodeId: string): Promise<void> {
+    this.tx(() => { this.db.prepare('UPDATE nodes SET expires_at = 0 WHERE id = ?').run(nodeId); });
+  }
+
+  async liveNodes(): Promise<NodeInfo[]> {
+    return this.tx(() => (this.db.prepare('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode));
+  }
+
+  async allNodes(): Promise<Array<NodeInfo & { live: boolean }>> {
+    const now = this.now();
+    return this.tx(() => (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })));
+  }
+
+  async getRepo(repoId: string): Promise<RepoRecord | null> {
+    return this.tx(() => this.repoRow(repoId));
+  }
+
+  private repoRow(repoId: string): RepoRecord | null {
+    const row = this.db.prepare('SELECT * FROM repos WHERE repo_id = ?').get(repoId) as RepoRow | undefined;
+    return row ? toRepo(row) : null;
+  }
+
+  async listRepos(): Promise<RepoRecord[]> {
+    return this.tx(() => (this.db.prepare('SELECT * FROM repos ORDER BY repo_id').all() as RepoRow[]).map(toRepo));
+  }
+
+  async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
+    return this.tx(() => (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica));
+  }
+
+  async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
+    return this.tx(() => (this.db.prepare('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica));
+  }
+
+  async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
+    return this.tx(() => {
+      const now = this.now();
+      const row = this.db.prepare('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+      if (row && row.expires_at > now) return null;
+      const token = this.nextToken();
+      const expiresAt = now + ttlMs;
+      this.db.prepare(`INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
+        ON CONFLICT(repo_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at`)
+        .run(repoId, holder, token, expiresAt);
+      return { repoId, holder, token, expiresAt };
+    });
+  }
+
+  /** nextToken hands out cluster-wide increasing fencing tokens, so a re-created repo never reuses one. */
+  private nextToken(): number {
+    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'fencing_token'").get() as { value: string } | undefined;
+    const next = (row ? Number(row.value) : 0) + 1;
+    this.db.prepare("INSERT INTO meta (key, value) VALUES ('fencing_token', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(String(next));
+    return next;
+  }
+
+  async renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean> {
+    return this.tx(() => {
+      const now = this.now();
+      const r = this.db.prepare('UPDATE locks SET expires_at = ? WHERE repo_id = ? AND token = ? AND expires_at > ?').run(now + ttlMs, repoId, token, now);
+      return r.changes === 1;
+    });
+  }
+
+  async releaseLock(repoId: string, token: number): Promise<void> {
+    this.tx(() => { this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token); });
+  }
+
+  async getLock(repoId: string): Promise<RepoLock | null> {
+    return this.tx(() => this.liveLock(repoId));
+  }
+
+  private liveLock(repoId: string): RepoLock | null {
+    const row = this.db.prepare('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+    if (!row || row.expires_at <= this.now()) return null;
+    return { repoId: row.repo_id, holder: row.holder, token: row.token, expiresAt: row.expires_at };
+  }
+
+  async beginTxn(txn: Omit<TxnRecord, 'decision' | 'decidedAt'>): Promise<void> {
+    this.tx(() => {
+      this.db.prepare(`INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(id) DO NOTHING`)
+        .run(txn.id, txn.repoId, txn.kind, txn.coordinator, txn.baseGeneration, txn.fencingToken, this.now());
+    });
+  }
+
+  async getTxn(txnId: string): Promise<TxnRecord | null> {
+    return this.tx(() => this.txnRow(txnId));
+  }
+
+  private txnRow(txnId: string): TxnRecord | null {
+    const row = this.db.prepare('SELECT * FROM txns WHERE id = ?').get(txnId) as TxnRow | undefined;
+    return row ? toTxn(row) : null;
+  }
+
+  /** decided returns the standing decision of a txn, creating the txn row if it is missing. */
+  private existingDecision(txnId: string): DecideResult | null {
+    const t = this.txnRow(txnId);
+    if (t?.decision) return { written: false, decision: t.decision, reason: 'decided' };
+    return null;
+  }
+
+  private writeDecision(txnId: string, decision: 'commit' | 'abort', fields: { repoId: string; kind: string; coordinator: string; baseGeneration: number; fencingToken: number }): void {
+    this.db.prepare(`INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET decision = excluded.decision, decided_at = excluded.decided_at`)
+      .run(txnId, fields.repoId, fields.kind, fields.coordinator, fields.baseGeneration, fields.fencingToken, decision, new Date(this.now()).toISOString(), this.now());
+  }
+
+  async commitCreate(c: CommitCreate): Promise<DecideResult> {
+    return this.tx(() => {
+      const prior = this.existingDecision(c.txnId);
+      if (prior) return prior;
+      if (this.repoRow(c.record.repoId)) return { written: false, decision: null, reason: 'exists' };
+      const r = c.record;
+      this.db.prepare('INSERT INTO repos (repo_id, incarnation, replicas, generation, checksum, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(r.repoId, r.incarnation, JSON.stringify(r.replicas), r.generation, r.checksum, r.createdAt);
+      this.db.prepare('DELETE FROM replicas WHERE repo_id = ?').run(r.repoId);
+      this.writeDecision(c.txnId, 'commit', { repoId: r.repoId, kind: 'create', coordinator: c.coordinator, baseGeneration: 0, fencingToken: 0 });
+      return { written: true, decision: 'commit' };
+    });
+  }
+
+  /** compareRepo checks the compares shared by push and delete commits. */
+  private compareRepo(c: { repoId: string; incarnation: string; baseGeneration: number; fencingToken: number }): DecideResult | null {
+    const repo = this.repoRow(c.repoId);
+    if (!repo) return { written: false, decision: null, reason: 'missing' };
+    if (repo.incarnation !== c.incarnation) return { written: false, decision: null, reason: 'incarnation' };
+    if (repo.generation !== c.baseGeneration) return { written: false, decision: null, reason: 'generation' };
+    const lock = this.liveLock(c.repoId);
+    if (!lock || lock.token !== c.fencingToken) return { written: false, decision: null, reason: 'lock' };
+    return null;
+  }
+
+  async commitPush(c: CommitPush): Promise<DecideResult> {
+    return this.tx(() => {
+      const prior = this.existingDecision(c.txnId);
+      if (prior) return prior;
+      const failed = this.compareRepo(c);
+      if (failed) return failed;
+      this.db.prepare('UPDATE repos SET generation = ?, checksum = ? WHERE repo_id = ?').run(c.baseGeneration + 1, c.newChecksum, c.repoId);
+      this.writeDecision(c.txnId, 'commit', { repoId: c.repoId, kind: 'push', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken });
+      return { written: true, decision: 'commit' };
+    });
+  }
+
+  async commitDelete(c: CommitDelete): Promise<DecideResult> {
+    return this.tx(() => {
+      const prior = this.existingDecision(c.txnId);
+      if (prior) return prior;
+      const failed = this.compareRepo(c);
+      if (failed) return failed;
+      this.db.prepare('DELETE FROM repos WHERE repo_id = ?').run(c.repoId);
+      this.db.prepare('DELETE FROM replicas WHERE repo_id = ?').run(c.repoId);
+      this.writeDecision(c.txnId, 'commit', { repoId: c.repoId, kind: 'delete', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken });
+      return { written: true, decision: 'commit' };
+    });
+  }
+
+  async abortTxn(txnId: string): Promise<DecideResult> {
+    return this.tx(() => {
+      const t = this.txnRow(txnId);
+      if (t?.decision) return { written: false, decision: t.decision, reason: 'decided' };
+      this.writeDecision(txnId, 'abort', t ?? { repoId: '', kind: 'push', coordinator: '', baseGeneration: -1, fencingToken: 0 });
+      return { written: true, decision: 'abort' };
+    });
+  }
+
+  async confirmReplica(c: ConfirmReplica): Promise<boolean> {
+    return this.tx(() => {
+      const repo = this.repoRow(c.repoId);
+      if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return false;
+      const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as ReplicaRow | undefined;
+      if (row && row.incarnation === c.incarnation && row.generation > c.generation) return false;
+      this.db.prepare(`INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
+        ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = excluded.generation,
+        checksum = excluded.checksum, state = 'in_sync', updated_at = excluded.updated_at`)
+        .run(c.repoId, c.nodeId, c.incarnation, c.generation, c.checksum, new Date(this.now()).toISOString());
+      return true;
+    });
+  }
+
+  async markReplica(repoId: string, nodeId: string, incarnation: string, state: Exclude<ReplicaState, 'in_sync'>, belowGeneration: number): Promise<boolean> {
+    return this.tx(() => {
+      const repo = this.repoRow(repoId);
+      if (!repo || repo.incarnation !== incarnation) return false;
+      const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(repoId, nodeId) as ReplicaRow | undefined;
+      const now = new Date(this.now()).toISOString();
+      if (!row || row.incarnation !== incarnation) {
+        this.db.prepare(`INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, -1, '', ?, ?)
+          ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = -1, checksum = '', state = excluded.state, updated_at = excluded.updated_at`)
+          .run(repoId, nodeId, incarnation, state, now);
+        return true;
+      }
+      if (row.generation >= belowGeneration) return false;
+      this.db.prepare('UPDATE replicas SET state = ?, updated_at = ? WHERE repo_id = ? AND node_id = ?').run(state, now, repoId, nodeId);
+      return true;
+    });
+  }
+
+  async setReplicaSet(repoId: string, incarnation: string, replicas: readonly string[]): Promise<boolean> {
+    return this.tx(() => {
+      const r = this.db.prepare('UPDATE repos SET replicas = ? WHERE repo_id = ? AND incarnation = ?').run(JSON.stringify(replicas), repoId, incarnation);
+      if (r.changes === 1) {
+        const keep = new Set(replicas);
+        for (const row of this.db.prepare('SELECT node_id FROM replicas WHERE repo_id = ?').all(repoId) as Array<{ node_id: string }>) {
+          if (!keep.has(row.node_id)) this.db.prepare('DELETE FROM replicas WHERE repo_id = ? AND node_id = ?').run(repoId, row.node_id);
+        }
+      }
+      return r.changes === 1;
+    });
+  }
+
+  async getMeta(key: string): Promise<string | null> {
+    return this.tx(() => (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null);
+  }
+
+  async setMetaIfAbsent(key: string, value: string): Promise<string> {
+    return this.tx(() => {
+      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING').run(key, value);
+      return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string }).value;
+    });
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+}

@@ -1,0 +1,193 @@
+/**
+ * The coordination store's data model (DESIGN §10). Every method that changes several records
+ * does so in one store transaction (SQLite `BEGIN IMMEDIATE`, etcd `Txn` with compares).
+ */
+
+/** NodeInfo is one registered node; it is live while its lease has not expired. */
+export interface NodeInfo {
+  readonly id: string;
+  readonly url: string;
+  readonly version: string;
+  readonly startedAt: string;
+}
+
+/** ReplicaState is a replica's health as the store records it. */
+export type ReplicaState = 'in_sync' | 'stale' | 'repairing' | 'missing';
+
+/** RepoRecord is the cluster's truth about one repo. */
+export interface RepoRecord {
+  readonly repoId: string;
+  /** incarnation is a new id at every creation, so a re-created repo never matches an old directory. */
+  readonly incarnation: string;
+  readonly replicas: readonly string[];
+  /** generation is +1 for every committed write; 0 right after creation. */
+  readonly generation: number;
+  /** checksum is the expected checksum of a replica at `generation`. */
+  readonly checksum: string;
+  readonly createdAt: string;
+}
+
+/** ReplicaRecord is one replica's confirmed state. */
+export interface ReplicaRecord {
+  readonly repoId: string;
+  readonly nodeId: string;
+  readonly incarnation: string;
+  /** generation is the last generation this replica confirmed it applied. */
+  readonly generation: number;
+  readonly checksum: string;
+  readonly state: ReplicaState;
+  readonly updatedAt: string;
+}
+
+/** TxnKind is what a transaction does. */
+export type TxnKind = 'create' | 'delete' | 'push';
+
+/** Decision is the outcome of a transaction, written once. */
+export type Decision = 'commit' | 'abort';
+
+/** TxnRecord is a transaction as the store knows it. */
+export interface TxnRecord {
+  readonly id: string;
+  readonly repoId: string;
+  readonly kind: TxnKind;
+  readonly coordinator: string;
+  readonly baseGeneration: number;
+  readonly fencingToken: number;
+  readonly decision: Decision | null;
+  readonly decidedAt: string | null;
+}
+
+/** RepoLock is a held repo write lock: a lease with a fencing token that only ever grows. */
+export interface RepoLock {
+  readonly repoId: string;
+  readonly holder: string;
+  readonly token: number;
+  readonly expiresAt: number;
+}
+
+/** CommitPush is the compare-and-swap that commits a push (DESIGN §5 step 4). */
+export interface CommitPush {
+  readonly txnId: string;
+  readonly repoId: string;
+  readonly coordinator: string;
+  readonly incarnation: string;
+  readonly baseGeneration: number;
+  readonly fencingToken: number;
+  readonly newChecksum: string;
+}
+
+/** CommitCreate creates a repo record; it fails if the repo exists. */
+export interface CommitCreate {
+  readonly txnId: string;
+  readonly coordinator: string;
+  readonly record: RepoRecord;
+}
+
+/** CommitDelete removes a repo record at a known incarnation and generation. */
+export interface CommitDelete {
+  readonly txnId: string;
+  readonly repoId: string;
+  readonly coordinator: string;
+  readonly incarnation: string;
+  readonly baseGeneration: number;
+  readonly fencingToken: number;
+}
+
+/** DecideResult says whether this call wrote the decision, and what the decision now is. */
+export interface DecideResult {
+  readonly written: boolean;
+  readonly decision: Decision | null;
+  /** reason is set when a commit's compare failed. */
+  readonly reason?: 'decided' | 'generation' | 'incarnation' | 'lock' | 'exists' | 'missing';
+}
+
+/** ConfirmReplica records that a replica applied a generation. */
+export interface ConfirmReplica {
+  readonly repoId: string;
+  readonly nodeId: string;
+  readonly incarnation: string;
+  readonly generation: number;
+  readonly checksum: string;
+}
+
+/**
+ * ClusterStore is the coordination store. Implementations MUST make every method atomic, MUST
+ * make reads linearizable (a read after a completed write sees it), and MUST throw
+ * StoreUnavailableError when the store cannot be reached, never guess.
+ */
+export interface ClusterStore {
+  /** kind names the backend, for logs and /health. */
+  readonly kind: 'sqlite' | 'etcd';
+
+  /** registerNode creates or refreshes the node's registration for `ttlMs`. */
+  registerNode(node: NodeInfo, ttlMs: number): Promise<void>;
+  /** unregisterNode removes a registration (clean shutdown). */
+  unregisterNode(nodeId: string): Promise<void>;
+  /** liveNodes lists the nodes whose registration has not expired. */
+  liveNodes(): Promise<NodeInfo[]>;
+  /** allNodes lists every node ever registered and not removed, live or not, with its last expiry. */
+  allNodes(): Promise<Array<NodeInfo & { live: boolean }>>;
+
+  /** getRepo reads one repo record. */
+  getRepo(repoId: string): Promise<RepoRecord | null>;
+  /** listRepos lists every repo record. */
+  listRepos(): Promise<RepoRecord[]>;
+  /** getReplicas lists the replica records of one repo. */
+  getReplicas(repoId: string): Promise<ReplicaRecord[]>;
+  /** replicasOnNode lists every replica record on one node. */
+  replicasOnNode(nodeId: string): Promise<ReplicaRecord[]>;
+
+  /**
+   * acquireLock takes the repo write lock for `ttlMs` if it is free or expired and returns it
+   * with a fencing token greater than any token given before for this repo; null if held.
+   */
+  acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null>;
+  /** renewLock extends a lock still held under `token`; false if it was lost. */
+  renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean>;
+  /** releaseLock frees a lock still held under `token`; releasing a lost lock is a no-op. */
+  releaseLock(repoId: string, token: number): Promise<void>;
+  /** getLock returns the live lock of a repo, or null if free or expired. */
+  getLock(repoId: string): Promise<RepoLock | null>;
+
+  /** beginTxn records a transaction with no decision yet (before any participant prepares). */
+  beginTxn(txn: Omit<TxnRecord, 'decision' | 'decidedAt'>): Promise<void>;
+  /** getTxn reads a transaction and its decision. */
+  getTxn(txnId: string): Promise<TxnRecord | null>;
+
+  /** commitCreate writes `commit` and creates the repo record, if no decision exists and the repo does not. */
+  commitCreate(c: CommitCreate): Promise<DecideResult>;
+  /**
+   * commitPush writes `commit`, generation g+1 and the new checksum, if the repo is at
+   * `baseGeneration` and `incarnation`, the lock is held under `fencingToken`, and no decision exists.
+   */
+  commitPush(c: CommitPush): Promise<DecideResult>;
+  /** commitDelete writes `commit` and removes the repo and its replica records, under the same compares. */
+  commitDelete(c: CommitDelete): Promise<DecideResult>;
+  /** abortTxn writes `abort` only if no decision exists; returns the decision that stands. */
+  abortTxn(txnId: string): Promise<DecideResult>;
+
+  /**
+   * confirmReplica sets a replica to `in_sync` at `generation` unless the record already holds a
+   * newer generation or the repo's incarnation differs (never overwrites a newer confirmation).
+   */
+  confirmReplica(c: ConfirmReplica): Promise<boolean>;
+  /**
+   * markReplica sets a replica's state (stale, repairing, missing) unless it has confirmed a
+   * generation above `belowGeneration` since; creates the record if absent.
+   */
+  markReplica(repoId: string, nodeId: string, incarnation: string, state: Exclude<ReplicaState, 'in_sync'>, belowGeneration: number): Promise<boolean>;
+  /** setReplicaSet replaces a repo's replica set (re-replication, rebalance) at a known incarnation. */
+  setReplicaSet(repoId: string, incarnation: string, replicas: readonly string[]): Promise<boolean>;
+
+  /** getMeta / setMetaIfAbsent keep cluster-wide settings such as the peer secret. */
+  getMeta(key: string): Promise<string | null>;
+  setMetaIfAbsent(key: string, value: string): Promise<string>;
+
+  /** close releases connections; the store is unusable after. */
+  close(): Promise<void>;
+}
+
+/** isInSync says whether a replica holds the repo's current generation (DESIGN §2). */
+export function isInSync(repo: RepoRecord, replica: ReplicaRecord | undefined): boolean {
+  return replica !== undefined && replica.state === 'in_sync' && replica.incarnation === repo.incarnation && replica.generation === repo.generation;
+}

@@ -1,0 +1,308 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** EtcdHandle is one etcd process the tests own: its client URL and ways to break it. */
+export interface EtcdHandle {
+  /** url is the client URL, e.g. `http://127.0.0.1:PORT`. */
+  readonly url: string;
+  /** hostPort is the client address without a scheme, e.g. `127.0.0.1:PORT`. */
+  readonly hostPort: string;
+  readonly name: string;
+  readonly dataDir: string;
+  /** stop ends the process with SIGTERM and waits for it; the data dir stays for restart(). */
+  stop(): Promise<void>;
+  /** kill ends the process with SIGKILL (a crash) and waits for it; the data dir stays. */
+  kill(): Promise<void>;
+  /** restart stops the process if it runs, starts it again on the same ports and data dir, and waits until it is healthy. */
+  restart(): Promise<void>;
+  /** pause freezes the process (SIGSTOP): it keeps its sockets open but answers nothing. */
+  pause(): void;
+  /** resume continues a paused process (SIGCONT). */
+  resume(): void;
+  /** cleanup kills the process and removes its data dir; safe to call twice. */
+  cleanup(): Promise<void>;
+  /** logs returns the tail of the process's stderr, for failure messages. */
+  logs(): string;
+}
+
+/** EtcdCluster is several etcd members that form one cluster. */
+export interface EtcdCluster {
+  readonly members: readonly EtcdHandle[];
+  /** urls are every member's client URL, for EtcdStore's `hosts`. */
+  readonly urls: readonly string[];
+  /** cleanup kills every member and removes the data dirs. */
+  cleanup(): Promise<void>;
+}
+
+const HEALTH_TIMEOUT_MS = 20_000;
+const LOG_TAIL_CHARS = 8_000;
+
+let cachedBinary: string | null | undefined;
+let warnedMissing = false;
+
+/** etcdBinary returns the path of an executable `etcd` ($ETCD_BIN, then PATH, then /usr/bin, /usr/local/bin), or null when none is installed. */
+export function etcdBinary(): string | null {
+  if (cachedBinary !== undefined) return cachedBinary;
+  const candidates = [
+    ...(process.env.ETCD_BIN ? [process.env.ETCD_BIN] : []),
+    ...(process.env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, 'etcd')),
+    '/usr/bin/etcd',
+    '/usr/local/bin/etcd',
+  ];
+  cachedBinary = candidates.find((path) => {
+    try {
+      accessSync(path, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  }) ?? null;
+  return cachedBinary;
+}
+
+/**
+ * skipWithoutEtcd is true when no etcd binary is installed, for `describe.skipIf(skipWithoutEtcd())`;
+ * it says so once on stderr so a skipped suite is never mistaken for a passing one.
+ */
+export function skipWithoutEtcd(): boolean {
+  if (etcdBinary()) return false;
+  if (!warnedMissing) {
+    warnedMissing = true;
+    process.stderr.write('etcd tests skipped: no etcd binary (apt-get install etcd-server)\n');
+  }
+  return true;
+}
+
+/** freePort asks the kernel for an unused port; another process may still take it, so starts are retried. */
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      if (address === null || typeof address === 'string') {
+        server.close();
+        reject(new Error('could not read a free port'));
+        return;
+      }
+      server.close(() => resolve(address.port));
+    });
+  });
+}
+
+/** live holds every process this module started, so they die with the test worker even if afterAll never runs. */
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const child of live) child.kill('SIGKILL');
+  });
+}
+
+/** etcdEnv is the environment without inherited ETCD_* variables, which etcd would read as flags. */
+function etcdEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!key.startsWith('ETCD_')) env[key] = value;
+  }
+  // Debian's etcd 3.4 refuses to start on architectures other than amd64 unless told to.
+  const goArch: Record<string, string> = { arm64: 'arm64', ppc64: 'ppc64le', s390x: 's390x', arm: 'arm', ia32: '386' };
+  const arch = goArch[process.arch];
+  if (arch) env.ETCD_UNSUPPORTED_ARCH = arch;
+  return env;
+}
+
+interface MemberConfig {
+  name: string;
+  clientPort: number;
+  peerPort: number;
+  dataDir: string;
+  initialCluster: string;
+  clusterToken: string;
+}
+
+function memberArgs(m: MemberConfig): string[] {
+  const client = `http://127.0.0.1:${m.clientPort}`;
+  const peer = `http://127.0.0.1:${m.peerPort}`;
+  return [
+    `--name=${m.name}`,
+    `--data-dir=${m.dataDir}`,
+    `--listen-client-urls=${client}`,
+    `--advertise-client-urls=${client}`,
+    `--listen-peer-urls=${peer}`,
+    `--initial-advertise-peer-urls=${peer}`,
+    `--initial-cluster=${m.initialCluster}`,
+    `--initial-cluster-token=${m.clusterToken}`,
+    '--initial-cluster-state=new',
+    // Short raft timers make leader election after a kill take well under a second.
+    '--heartbeat-interval=50',
+    '--election-timeout=500',
+    '--logger=zap',
+    '--log-outputs=stderr',
+    '--log-level=warn',
+  ];
+}
+
+class EtcdProcess implements EtcdHandle {
+  readonly url: string;
+  readonly hostPort: string;
+  readonly name: string;
+  readonly dataDir: string;
+  private child: ChildProcess | null = null;
+  private exited: Promise<void> = Promise.resolve();
+  private stderrTail = '';
+  private cleaned = false;
+
+  constructor(private readonly binary: string, private readonly config: MemberConfig, private readonly rootDir: string) {
+    this.hostPort = `127.0.0.1:${config.clientPort}`;
+    this.url = `http://${this.hostPort}`;
+    this.name = config.name;
+    this.dataDir = config.dataDir;
+  }
+
+  /** spawn starts the process without waiting for health (cluster members must start together). */
+  spawn(): void {
+    if (this.cleaned) throw new Error(`etcd ${this.name} was cleaned up`);
+    if (this.running()) return;
+    installExitHook();
+    const child = spawn(this.binary, memberArgs(this.config), { stdio: ['ignore', 'ignore', 'pipe'], env: etcdEnv() });
+    live.add(child);
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (chunk: string) => {
+      this.stderrTail = (this.stderrTail + chunk).slice(-LOG_TAIL_CHARS);
+    });
+    this.exited = new Promise((resolve) => {
+      child.once('exit', () => {
+        live.delete(child);
+        resolve();
+      });
+      child.once('error', (err) => {
+        this.stderrTail += `\nspawn error: ${err.message}`;
+        live.delete(child);
+        resolve();
+      });
+    });
+    this.child = child;
+  }
+
+  private running(): boolean {
+    return this.child !== null && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** waitHealthy polls `GET /health` until etcd reports a leader; it fails early if the process exits. */
+  async waitHealthy(timeoutMs = HEALTH_TIMEOUT_MS): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (!this.running()) throw new Error(`etcd ${this.name} exited while starting:\n${this.stderrTail}`);
+      try {
+        const res = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(1_000) });
+        const body = (await res.json()) as { health?: string };
+        if (res.ok && body.health === 'true') return;
+      } catch {
+        // Not listening yet, or no leader yet: keep polling.
+      }
+      await sleep(100);
+    }
+    throw new Error(`etcd ${this.name} not healthy after ${timeoutMs} ms:\n${this.stderrTail}`);
+  }
+
+  private async signal(sig: NodeJS.Signals): Promise<void> {
+    const child = this.child;
+    if (!child || !this.running()) return;
+    if (sig !== 'SIGKILL') child.kill('SIGCONT');
+    child.kill(sig);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+    try {
+      await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.signal('SIGTERM');
+  }
+
+  async kill(): Promise<void> {
+    await this.signal('SIGKILL');
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    this.spawn();
+    await this.waitHealthy();
+  }
+
+  pause(): void {
+    if (this.running()) this.child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    if (this.running()) this.child?.kill('SIGCONT');
+  }
+
+  async cleanup(): Promise<void> {
+    if (this.cleaned) return;
+    await this.kill();
+    this.cleaned = true;
+    await rm(this.rootDir, { recursive: true, force: true });
+  }
+
+  logs(): string {
+    return this.stderrTail;
+  }
+}
+
+/** startMembers starts `size` members on fresh ports and data dirs and waits until all are healthy; it retries on a port race. */
+async function startMembers(size: number): Promise<EtcdProcess[]> {
+  const binary = etcdBinary();
+  if (!binary) throw new Error('no etcd binary (apt-get install etcd-server)');
+  let lastError: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const token = `test-${process.pid}-${Date.now()}-${attempt}`;
+    const configs: Array<Omit<MemberConfig, 'initialCluster'> & { rootDir: string }> = [];
+    for (let i = 0; i < size; i++) {
+      const rootDir = await mkdtemp(join(tmpdir(), 'etcd-test-'));
+      configs.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: join(rootDir, 'data'), clusterToken: token, rootDir });
+    }
+    const initialCluster = configs.map((c) => `${c.name}=http://127.0.0.1:${c.peerPort}`).join(',');
+    const members = configs.map((c) => new EtcdProcess(binary, { ...c, initialCluster }, c.rootDir));
+    try {
+      for (const m of members) m.spawn();
+      await Promise.all(members.map((m) => m.waitHealthy()));
+      return members;
+    } catch (err) {
+      lastError = err;
+      await Promise.all(members.map((m) => m.cleanup()));
+    }
+  }
+  throw lastError instanceof Error ? lastError : new Error(String(lastError));
+}
+
+/** startEtcd starts one etcd on free ports with a temp data dir and resolves once it serves requests. */
+export async function startEtcd(): Promise<EtcdHandle> {
+  const [member] = await startMembers(1);
+  if (!member) throw new Error('etcd did not start');
+  return member;
+}
+
+/** startEtcdCluster starts `size` etcd processes that form one cluster (`--initial-cluster`) and waits until every member is healthy. */
+export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
+  const members = await startMembers(size);
+  return {
+    members,
+    urls: members.map((m) => m.url),
+    cleanup: async () => {
+      await Promise.all(members.map((m) => m.cleanup()));
+    },
+  };
+}
