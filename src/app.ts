@@ -89,15 +89,13 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const store: ClusterStore = await openStore(cfg.store);
   const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
   const storage = new ReplicaStorage(dataDir, git);
-  await mkdir(storage.reposDir, { recursive: true });
-  await mkdir(storage.tmpDir, { recursive: true });
+  await storage.init();
   const metrics = new Metrics();
   const failpoints = new Failpoints(process.env.GIT_REPLICATION_FAILPOINTS);
   const txnLog = new TxnLog(join(dataDir, 'node.db'));
   const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, resolveAfterMs: cfg.resolveAfterMs });
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
-  await rm(storage.trashDir, { recursive: true, force: true });
 
   const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000 });
   const url = cfg.advertiseUrl ?? `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;

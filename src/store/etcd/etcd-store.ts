@@ -48,6 +48,9 @@ const DEFAULT_CALL_TIMEOUT_MS = 2_500;
 /** MAX_ATTEMPTS bounds read-compare-write retries when a compare fails on a concurrent change. */
 const MAX_ATTEMPTS = 25;
 
+/** LEASE_REUSE_MS is how long a granted lease may be reused by retries; grant() adds a second of slack. */
+const LEASE_REUSE_MS = 500;
+
 const utf8 = (s: string): Buffer => Buffer.from(s, 'utf8');
 
 /** prefixEnd is the first key after every key that starts with `prefix` (etcd's range_end for a prefix). */
@@ -159,7 +162,8 @@ export class EtcdStore implements ClusterStore {
     this.now = opts.now ?? Date.now;
     this.hosts = opts.hosts;
     const timeoutMs = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-    const maxTries = Math.max(2, opts.hosts.length + 1);
+    // Two rounds over the hosts: enough to outlast a leader election, few enough that one dead etcd fails in ~150 ms.
+    const maxTries = 2 * opts.hosts.length + 1;
     this.client = new Etcd3({
       hosts: [...opts.hosts],
       // Every unary call gets a deadline, so a dead or frozen etcd fails the call instead of hanging it.
@@ -175,7 +179,7 @@ export class EtcdStore implements ClusterStore {
               return await fn();
             } catch (err) {
               if (!(err instanceof Error) || !isRecoverableError(err) || attempt >= maxTries || Date.now() - start >= timeoutMs) throw err;
-              await sleep(Math.min(50 * attempt, 250));
+              await sleep(Math.min(50 * 2 ** (attempt - 1), 500));
             }
           }
         }),
@@ -265,13 +269,22 @@ export class EtcdStore implements ClusterStore {
   private async update<T>(what: string, keys: readonly string[], prefixes: readonly string[], plan: (s: Snapshot, now: number) => Plan<T>): Promise<T> {
     return this.guard(what, async () => {
       let lease: string | undefined;
+      let grantedAt = 0;
       let leaseUsed = false;
       try {
         for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
           const snap = await this.read(keys, prefixes);
           const p = plan(snap, this.now());
           if (!p.ops) return p.result;
-          if (p.leaseMs !== undefined && lease === undefined) lease = await this.grant(p.leaseMs);
+          // A lease kept from an earlier attempt must still outlive this attempt's expiresAt.
+          if (lease !== undefined && Date.now() - grantedAt > LEASE_REUSE_MS) {
+            await this.revokeQuietly([lease]);
+            lease = undefined;
+          }
+          if (p.leaseMs !== undefined && lease === undefined) {
+            grantedAt = Date.now();
+            lease = await this.grant(p.leaseMs);
+          }
           const compares = [
             ...keys.map((key) => unchanged(key, snap.get(key))),
             ...prefixes.map((prefix) => rangeUnchangedSince(prefix, snap.revision)),

@@ -1,0 +1,80 @@
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** GIT_ENV is a clean client environment: no system or user config, a fixed identity. */
+export const GIT_ENV: NodeJS.ProcessEnv = {
+  PATH: process.env.PATH,
+  HOME: tmpdir(),
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_TERMINAL_PROMPT: '0',
+  GIT_AUTHOR_NAME: 'Test',
+  GIT_AUTHOR_EMAIL: 'test@example.com',
+  GIT_COMMITTER_NAME: 'Test',
+  GIT_COMMITTER_EMAIL: 'test@example.com',
+  LC_ALL: 'C',
+};
+
+/** GitRun is a finished client git command. */
+export interface GitRun { code: number; stdout: string; stderr: string }
+
+/** git runs the real git client and never throws; callers assert on the result. */
+export function git(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): Promise<GitRun> {
+  return new Promise((resolve) => {
+    const child = execFile('git', args, { cwd: opts.cwd, env: { ...GIT_ENV, ...opts.env }, maxBuffer: 256 * 1024 * 1024, timeout: opts.timeoutMs ?? 120_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}
+
+/** gitOk runs git and throws with its stderr when it fails. */
+export async function gitOk(args: string[], opts: Parameters<typeof git>[1] = {}): Promise<string> {
+  const r = await git(args, opts);
+  if (r.code !== 0) throw new Error(`git ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** tempDir makes a fresh temporary directory. */
+export function tempDir(prefix = 'gitrep-'): Promise<string> {
+  return mkdtemp(join(tmpdir(), prefix));
+}
+
+/** workRepo makes a non-bare repo with one commit on main, cloned from nothing. */
+export async function workRepo(): Promise<string> {
+  const dir = await tempDir('gitrep-work-');
+  await gitOk(['init', '-q', '-b', 'main', dir]);
+  await commitFile(dir, 'README.md', 'hello\n', 'initial');
+  return dir;
+}
+
+/** commitFile writes a file and commits it; returns the new commit id. */
+export async function commitFile(dir: string, name: string, content: string, message: string): Promise<string> {
+  await writeFile(join(dir, name), content);
+  await gitOk(['add', name], { cwd: dir });
+  await gitOk(['commit', '-q', '-m', message], { cwd: dir });
+  return (await gitOk(['rev-parse', 'HEAD'], { cwd: dir })).trim();
+}
+
+/** refsOf lists `<oid> <ref>` lines of a repo (bare or not), sorted. */
+export async function refsOf(dir: string): Promise<string> {
+  return gitOk(['for-each-ref', '--format=%(objectname) %(refname)'], { cwd: dir });
+}
+
+/** lsRemote lists the refs a server advertises. */
+export async function lsRemote(url: string): Promise<string> {
+  return gitOk(['ls-remote', url]);
+}
+
+/** gitProcesses lists running git processes whose command line mentions `needle`. */
+export async function gitProcesses(needle: string): Promise<string[]> {
+  return new Promise((resolve) => {
+    const ps = spawn('ps', ['-eo', 'pid,stat,args'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    ps.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    ps.on('close', () => resolve(out.split('\n').filter((l) => l.includes('git') && l.includes(needle) && !l.includes('ps -eo'))));
+  });
+}
