@@ -140,7 +140,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       await membership.stop();
       await app.close();
       await hooks.close();
-      git.killAll();
+      await git.killAll();
       await peers.close();
       txnLog.close();
       await store.close();

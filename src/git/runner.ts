@@ -109,7 +109,7 @@ export class GitRunner {
     closed.set(child, new Promise((resolve) => child.once('close', (code, sig) => resolve([code, sig]))));
     let timer: NodeJS.Timeout | undefined;
     if (options.timeoutMs) {
-      timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
+      timer = setTimeout(() => { void terminate(child); }, options.timeoutMs);
       timer.unref();
     }
     // An abort makes spawn emit 'error'; the caller sees it as an exit by signal.
@@ -140,8 +140,8 @@ export class GitRunner {
   }
 
   /** killAll kills every git process this runner started (shutdown). */
-  killAll(): void {
-    for (const c of this.children) c.kill('SIGKILL');
+  async killAll(): Promise<void> {
+    await Promise.all([...this.children].map((c) => terminate(c)));
   }
 
   /**
@@ -177,6 +177,56 @@ export class GitRunner {
     }
     return killed;
   }
+}
+
+async function childrenOf(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const text = await readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '');
+    for (const p of text.trim().split(/\s+/)) if (p) out.push(Number(p));
+  }
+  return out;
+}
+
+async function isZombie(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')));
+}
+
+/**
+ * terminate kills a git process and everything it started, bottom-up: the leaves first, so each
+ * parent (upload-pack waiting on pack-objects, bash waiting on its relays) sees its child die and
+ * reaps it, and nothing is orphaned to an init that may never reap it. Then the process itself.
+ */
+export async function terminate(child: ChildProcess): Promise<void> {
+  const pid = child.pid;
+  if (pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  for (let round = 0; round < 20; round++) {
+    const tree: number[] = [];
+    const leaves: number[] = [];
+    const walk = async (p: number): Promise<void> => {
+      const kids = await childrenOf(p);
+      if (p !== pid && kids.length === 0) leaves.push(p);
+      for (const k of kids) {
+        tree.push(k);
+        await walk(k);
+      }
+    };
+    await walk(pid);
+    const live: number[] = [];
+    for (const l of leaves) if (!(await isZombie(l))) live.push(l);
+    if (tree.length === 0) break;
+    for (const l of live) {
+      try {
+        process.kill(l, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  child.kill('SIGKILL');
+  await waitClose(child);
 }
 
 const closed = new WeakMap<ChildProcess, Promise<[number | null, string | null]>>();

@@ -8,7 +8,7 @@ import { request as undiciRequest } from 'undici';
 import { AppError, badRequest, errorMessage } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
-import { waitClose } from '../git/runner.js';
+import { terminate, waitClose } from '../git/runner.js';
 import type { NodeDeps } from './deps.js';
 
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
@@ -130,14 +130,14 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
   let failure: AppError | null = null;
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
-  const onClientGone = (): void => { if (!res.writableFinished) child.kill('SIGKILL'); };
+  const onClientGone = (): void => { if (!res.writableFinished) void terminate(child); };
   // A request's 'close' fires once its body is read (Node >= 16); the response's 'close' before
   // it finished is what says the client went away.
   res.on('close', onClientGone);
   if (body) {
     body.on('error', (err) => {
       failure = err instanceof AppError ? err : badRequest(`request body: ${errorMessage(err)}`);
-      child.kill('SIGKILL');
+      void terminate(child);
     });
     child.stdin?.on('error', () => undefined);
     body.pipe(child.stdin!);
@@ -185,7 +185,7 @@ async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerRespons
   const unregister = deps.hooks.expect(pushId, (exchange) => deps.coordinator.handlePush(exchange, {
     repoId,
     receivePackPid: child.pid ?? -1,
-    abandon: () => { child.kill('SIGKILL'); res.destroy(); },
+    abandon: () => { res.destroy(); void terminate(child); },
   }));
   try {
     await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');

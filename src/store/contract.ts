@@ -30,6 +30,12 @@ function repo(repoId: string, replicas: string[] = ['n1', 'n2', 'n3']): RepoReco
   return { repoId, incarnation: randomUUID(), replicas, generation: 0, checksum: 'c0', createdAt: '2024-01-01T00:00:00.000Z' };
 }
 
+/** sleepUntil waits until the wall clock passes `t`, so expiry tests measure from when a call returned. */
+async function sleepUntil(t: number): Promise<void> {
+  const ms = t - Date.now();
+  if (ms > 0) await sleep(ms);
+}
+
 /** eventually retries `fn` until it resolves or `ms` have passed, then rethrows its last error. */
 async function eventually<T>(fn: () => Promise<T>, ms: number): Promise<T> {
   const deadline = Date.now() + ms;
@@ -90,10 +96,12 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       });
 
       it('lets a registration expire after its ttl and revives it on the next register', async () => {
-        await s().registerNode(node('n1'), 400);
         await s().registerNode(node('n2'), 30_000);
+        await s().registerNode(node('n1'), 1_000);
+        // The registration expires at most 1 s after registerNode returned.
+        const registered = Date.now();
         expect((await s().liveNodes()).map((n) => n.id)).toEqual(['n1', 'n2']);
-        await sleep(700);
+        await sleepUntil(registered + 1_000 + 100);
         expect((await s().liveNodes()).map((n) => n.id)).toEqual(['n2']);
         expect(await s().allNodes()).toEqual([{ ...node('n1'), live: false }, { ...node('n2'), live: true }]);
         await s().registerNode(node('n1'), 30_000);
@@ -215,7 +223,7 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       it('refuses a commit under an expired lock', async () => {
         const r = await created();
         const lock = await s().acquireLock(r.repoId, 'n1', 300);
-        await sleep(500);
+        await sleepUntil(Date.now() + 300 + 100);
         const res = await s().commitPush({ txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token, newChecksum: 'c1' });
         expect(res).toEqual({ written: false, decision: null, reason: 'lock' });
         expect((await s().getRepo(r.repoId))?.generation).toBe(0);
@@ -289,7 +297,7 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       it('expires a lock after its ttl; renewal then fails and a new holder gets a larger token', async () => {
         const a = await s().acquireLock('acme/app', 'n1', 400);
         expect(a).not.toBeNull();
-        await sleep(700);
+        await sleepUntil(Date.now() + 400 + 100);
         expect(await s().getLock('acme/app')).toBeNull();
         expect(await s().renewLock('acme/app', a!.token, 10_000)).toBe(false);
         const b = await s().acquireLock('acme/app', 'n2', 10_000);
@@ -300,14 +308,16 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       });
 
       it('renews a held lock past its first expiry', async () => {
-        const a = await s().acquireLock('acme/app', 'n1', 700);
-        await sleep(250);
+        const a = await s().acquireLock('acme/app', 'n1', 1_000);
+        const acquired = Date.now();
+        await sleep(200);
         expect(await s().renewLock('acme/app', a!.token, 1_500)).toBe(true);
         expect(await s().renewLock('acme/app', a!.token + 1, 1_500)).toBe(false);
         const renewed = await s().getLock('acme/app');
         expect(renewed).toMatchObject({ holder: 'n1', token: a!.token });
         expect(renewed!.expiresAt).toBeGreaterThan(a!.expiresAt);
-        await sleep(700);
+        // Past the first expiry; the renewal (made after `acquired`) runs 1.5 s from then.
+        await sleepUntil(acquired + 1_000 + 100);
         expect(await s().getLock('acme/app')).toMatchObject({ holder: 'n1', token: a!.token });
         expect(await s().acquireLock('acme/app', 'n2', 10_000)).toBeNull();
       });

@@ -45,11 +45,14 @@ const LOG_TAIL_CHARS = 8_000;
 let cachedBinary: string | null | undefined;
 let warnedMissing = false;
 
-/** etcdBinary returns the path of an executable `etcd` ($ETCD_BIN, then PATH, then /usr/bin, /usr/local/bin), or null when none is installed. */
+/**
+ * etcdBinary returns the path of an executable `etcd` (on PATH, then /usr/bin, /usr/local/bin), or
+ * null when none is installed. $ETCD_BIN, when set, is the only candidate (a specific build, or a
+ * missing path to force the skip).
+ */
 export function etcdBinary(): string | null {
   if (cachedBinary !== undefined) return cachedBinary;
-  const candidates = [
-    ...(process.env.ETCD_BIN ? [process.env.ETCD_BIN] : []),
+  const candidates = process.env.ETCD_BIN ? [process.env.ETCD_BIN] : [
     ...(process.env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, 'etcd')),
     '/usr/bin/etcd',
     '/usr/local/bin/etcd',
@@ -146,9 +149,7 @@ function memberArgs(m: MemberConfig): string[] {
     // Short raft timers make leader election after a kill take well under a second.
     '--heartbeat-interval=50',
     '--election-timeout=500',
-    '--logger=zap',
-    '--log-outputs=stderr',
-    '--log-level=warn',
+    // No logging flags: their names changed between 3.3 and 3.5, and stderr is only kept for failure messages.
   ];
 }
 

@@ -78,3 +78,31 @@ export async function gitProcesses(needle: string): Promise<string[]> {
     ps.on('close', () => resolve(out.split('\n').filter((l) => l.includes('git') && l.includes(needle) && !l.includes('ps -eo'))));
   });
 }
+
+/** nodeGitProcesses lists live processes started by the node whose data dir is `dataDir` (by the runner's marker). */
+export async function nodeGitProcesses(dataDir: string): Promise<Array<{ pid: number; state: string; cmd: string }>> {
+  const { readdir, readFile, realpath } = await import('node:fs/promises');
+  const owner = `GIT_REPLICATION_OWNER=${await realpath(dataDir)}`;
+  const out: Array<{ pid: number; state: string; cmd: string }> = [];
+  for (const p of await readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    const env = await readFile(`/proc/${p}/environ`, 'latin1').catch(() => '');
+    if (!env.split('\0').includes(owner)) continue;
+    const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
+    const cmd = (await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ');
+    out.push({ pid: Number(p), state: stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3), cmd });
+  }
+  return out;
+}
+
+/** zombies lists zombie processes on the machine. */
+export async function zombies(): Promise<string[]> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const out: string[] = [];
+  for (const p of await readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
+    if (stat && stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) out.push(stat);
+  }
+  return out;
+}
