@@ -42,7 +42,7 @@ export class RepairWorker {
     this.timers.push(setInterval(() => { void this.pass(); }, repairMs));
     this.timers.push(setInterval(() => { void this.verify(); }, verifyMs));
     for (const t of this.timers) t.unref();
-    setTimeout(() => { void this.verify().then(() => this.pass()); }, 200).unref();
+    setTimeout(() => { void this.verify().then(() => this.pass()); }, Math.min(repairMs, 60_000)).unref();
   }
 
   /** stop ends the passes. */

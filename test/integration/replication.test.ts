@@ -1,0 +1,213 @@
+import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FAILPOINT_NAMES } from '../../src/replication/failpoints.js';
+import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, refsOf, tempDir, workRepo } from '../helpers/git.js';
+
+/** lockFiles lists `*.lock` files anywhere in a replica. */
+async function lockFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await readdir(d, { withFileTypes: true }).catch(() => [])) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else if (e.name.endsWith('.lock')) out.push(p);
+    }
+  };
+  await walk(dir);
+  return out;
+}
+
+async function clone(url: string): Promise<string> {
+  const dir = join(await tempDir(), 'w');
+  await gitOk(['clone', '-q', url, dir]);
+  return dir;
+}
+
+/** expectReplicasIdentical checks every in-sync replica on disk has the same refs as the first. */
+async function expectReplicasIdentical(c: TestCluster, repoId: string): Promise<void> {
+  const st = await c.waitInSync(repoId);
+  const refs = await Promise.all(st.replicas.map((r) => refsOf(c.replicaPath(Number(r.node.slice(5)), repoId))));
+  for (const r of refs) expect(r).toBe(refs[0]);
+  expect(new Set(st.replicas.map((r) => r.checksum)).size).toBe(1);
+  expect(st.replicas[0]!.checksum).toBe(st.checksum);
+}
+
+describe('replicated pushes on 3 nodes', () => {
+  let c: TestCluster;
+  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
+  afterAll(async () => { await c?.destroy(); });
+
+  it('push to node 1, clone from node 3 at once: identical refs, equal checksums', async () => {
+    await c.createRepo(1, 'r/one');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/one'), 'main', 'main:refs/heads/dev'], { cwd: work });
+    const other = join(await tempDir(), 'o.git');
+    await gitOk(['clone', '-q', '--mirror', c.repoUrl(3, 'r/one'), other]);
+    expect(await refsOf(other)).toBe(await refsOf(work).then(() => refsOf(c.replicaPath(1, 'r/one'))));
+    await expectReplicasIdentical(c, 'r/one');
+  });
+
+  it('every read after an acknowledged push sees it, through every node', async () => {
+    await c.createRepo(2, 'r/ryw');
+    const work = await workRepo();
+    for (let i = 0; i < 5; i++) {
+      const oid = await commitFile(work, 'n.txt', `${i}\n`, `c${i}`);
+      await gitOk(['push', '-q', c.repoUrl((i % 3) + 1, 'r/ryw'), 'main'], { cwd: work });
+      for (const n of [1, 2, 3]) expect(await gitOk(['ls-remote', c.repoUrl(n, 'r/ryw'), 'refs/heads/main'])).toContain(oid);
+    }
+  });
+
+  it('concurrent pushes to one branch through different nodes: exactly one wins each round, none lost', async () => {
+    await c.createRepo(1, 'r/race');
+    const base = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/race'), 'main'], { cwd: base });
+    const a = await clone(c.repoUrl(1, 'r/race'));
+    const b = await clone(c.repoUrl(2, 'r/race'));
+    const acknowledged: string[] = [];
+    for (let round = 0; round < 20; round++) {
+      await gitOk(['pull', '-q', '--rebase', 'origin', 'main'], { cwd: a });
+      await gitOk(['pull', '-q', '--rebase', 'origin', 'main'], { cwd: b });
+      const oa = await commitFile(a, 'a.txt', `a${round}\n`, `a${round}`);
+      const ob = await commitFile(b, 'b.txt', `b${round}\n`, `b${round}`);
+      const [ra, rb] = await Promise.all([git(['push', 'origin', 'main'], { cwd: a }), git(['push', 'origin', 'main'], { cwd: b })]);
+      const wins = [ra, rb].filter((r) => r.code === 0).length;
+      expect(wins, `round ${round}: ${ra.stderr} | ${rb.stderr}`).toBe(1);
+      const loser = ra.code === 0 ? rb : ra;
+      expect(loser.stderr).toMatch(/fetch first|rejected/);
+      acknowledged.push(ra.code === 0 ? oa : ob);
+    }
+    const final = await clone(c.repoUrl(3, 'r/race'));
+    for (const oid of acknowledged) expect((await git(['merge-base', '--is-ancestor', oid, 'HEAD'], { cwd: final })).code).toBe(0);
+    await expectReplicasIdentical(c, 'r/race');
+  });
+
+  it('a node that holds no in-sync replica proxies reads and pushes to one that does', async () => {
+    await c.createRepo(1, 'r/proxy');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/proxy'), 'main'], { cwd: work });
+    await c.waitInSync('r/proxy');
+    await c.kill(3);
+    const oid = await commitFile(work, 'p.txt', 'p\n', 'while node 3 was down');
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/proxy'), 'main'], { cwd: work });
+    // Node 3 comes back with repair held off: its replica is stale, so it must serve from a peer.
+    await c.restart(3, { REPAIR_INTERVAL_MS: '600000' });
+    await c.waitMembership();
+    expect(await gitOk(['ls-remote', c.repoUrl(3, 'r/proxy'), 'refs/heads/main'])).toContain(oid);
+    const viaStale = await clone(c.repoUrl(3, 'r/proxy'));
+    expect((await gitOk(['rev-parse', 'HEAD'], { cwd: viaStale })).trim()).toBe(oid);
+    const next = await commitFile(viaStale, 'q.txt', 'q\n', 'pushed through the stale node');
+    await gitOk(['push', '-q', 'origin', 'main'], { cwd: viaStale });
+    expect(await gitOk(['ls-remote', c.repoUrl(1, 'r/proxy'), 'refs/heads/main'])).toContain(next);
+    const st = await c.repoStatus(1, 'r/proxy');
+    expect(st.replicas.find((r) => r.node === 'node-3')?.state).not.toBe('in_sync');
+    await c.restart(3);
+    await expectReplicasIdentical(c, 'r/proxy');
+  });
+
+  it('kill -9 one node: pushes keep succeeding; kill two: refused with the quorum message, nothing changes', async () => {
+    await c.createRepo(1, 'r/kill');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/kill'), 'main'], { cwd: work });
+    await c.waitInSync('r/kill');
+    await c.kill(2);
+    for (let i = 0; i < 3; i++) {
+      await commitFile(work, 'k.txt', `${i}\n`, `k${i}`);
+      const r = await git(['push', c.repoUrl(1, 'r/kill'), 'main'], { cwd: work });
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const before = await refsOf(c.replicaPath(1, 'r/kill'));
+    await c.kill(3);
+    await commitFile(work, 'k.txt', 'doomed\n', 'doomed');
+    const r = await git(['push', c.repoUrl(1, 'r/kill'), 'main'], { cwd: work });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/replication quorum not reached: 1 of 3 replicas prepared, 2 required/);
+    expect(await refsOf(c.replicaPath(1, 'r/kill'))).toBe(before);
+    expect(await lockFiles(c.replicaPath(1, 'r/kill'))).toEqual([]);
+    await c.restart(2);
+    await c.restart(3);
+    await c.waitMembership();
+    await expectReplicasIdentical(c, 'r/kill');
+  });
+});
+
+describe('fault points: crash or delay at each step of a push', () => {
+  const cases = FAILPOINT_NAMES.filter((n) => !n.startsWith('coordinator.beforePrepare'));
+  let c: TestCluster;
+  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
+  afterAll(async () => { await c?.destroy(); });
+
+  it.each(cases.map((name) => [name]))('%s=crash: acknowledged pushes survive, no lock, replicas agree', async (name) => {
+    const repo = `fp/${name.replace('.', '-')}`;
+    await c.createRepo(2, repo);
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(2, repo), 'main'], { cwd: work });
+    await c.waitInSync(repo);
+    const acked = [(await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim()];
+    // The coordinator is node 1 (the push goes there); a participant fault is armed on node 3.
+    const victim = name.startsWith('coordinator') ? 1 : 3;
+    await c.restart(victim, { GIT_REPLICATION_FAILPOINTS: `${name}=crash` });
+    await c.waitMembership();
+    const oid = await commitFile(work, 'f.txt', `${name}\n`, name);
+    const r = await git(['push', c.repoUrl(1, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
+    if (r.code === 0) acked.push(oid);
+    const crashed = await c.exited(victim, 20_000).then(() => true, () => false);
+    expect(crashed, `${name}: node ${victim} did not crash; push: ${r.stderr}`).toBe(true);
+    await c.restart(victim, { GIT_REPLICATION_FAILPOINTS: '' });
+    await c.waitMembership();
+    const after = await commitFile(work, 'g.txt', 'after\n', 'after the crash');
+    const r2 = await git(['push', '--force', c.repoUrl(2, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
+    expect(r2.code, r2.stderr + c.logs()).toBe(0);
+    acked.push(after);
+    await expectReplicasIdentical(c, repo);
+    const final = await clone(c.repoUrl(3, repo));
+    for (const a of acked) expect((await git(['merge-base', '--is-ancestor', a, 'HEAD'], { cwd: final })).code, `${a} lost`).toBe(0);
+    for (const n of [1, 2, 3]) expect(await lockFiles(c.replicaPath(n, repo))).toEqual([]);
+    for (const n of [1, 2, 3]) expect(existsSync(join(c.node(n).dataDir, 'tmp'))).toBe(true);
+  });
+
+  it('delays at every step still commit', async () => {
+    const spec = cases.map((n) => `${n}=delay(150)`).join(',');
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: spec });
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: spec });
+    await c.waitMembership();
+    await c.createRepo(1, 'fp/delays');
+    const work = await workRepo();
+    const r = await git(['push', c.repoUrl(1, 'fp/delays'), 'main'], { cwd: work });
+    expect(r.code, r.stderr).toBe(0);
+    await expectReplicasIdentical(c, 'fp/delays');
+    await c.restart(1);
+    await c.restart(3);
+  });
+});
+
+describe('write lock', () => {
+  it('is released on every path: nothing stays locked after pushes that fail', async () => {
+    const c = await TestCluster.start({ nodes: 3 });
+    try {
+      await c.createRepo(1, 'l/repo');
+      const work = await workRepo();
+      await gitOk(['push', '-q', c.repoUrl(1, 'l/repo'), 'main'], { cwd: work });
+      await c.kill(2);
+      await c.kill(3);
+      await commitFile(work, 'x', 'x', 'x');
+      expect((await git(['push', c.repoUrl(1, 'l/repo'), 'main'], { cwd: work })).code).not.toBe(0);
+      await c.restart(2);
+      await c.restart(3);
+      await c.waitMembership();
+      await c.waitInSync('l/repo');
+      const t0 = Date.now();
+      const r = await git(['push', c.repoUrl(1, 'l/repo'), 'main'], { cwd: work });
+      expect(r.code, r.stderr).toBe(0);
+      // A held lock would make this wait for the lease (LOCK_TTL_MS) first.
+      expect(Date.now() - t0).toBeLessThan(1900);
+      await sleep(10);
+    } finally {
+      await c.destroy();
+    }
+  });
+});
+
+void waitFor;
