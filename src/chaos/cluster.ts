@@ -1,0 +1,254 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+
+/** projectRoot walks up from this file to the directory holding package.json. */
+function projectRoot(): string {
+  let dir = import.meta.dirname;
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+}
+
+/** MAIN is the built CLI that test clusters run as real processes. */
+export const MAIN = join(projectRoot(), 'dist', 'cli', 'main.js');
+
+/** freePort asks the kernel for a free loopback port. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** TestNode is one node process of a test cluster. */
+export interface TestNode {
+  readonly id: string;
+  readonly port: number;
+  readonly url: string;
+  readonly dataDir: string;
+  proc: ChildProcess | null;
+  log: string;
+}
+
+/** ClusterOptions shape a test cluster. */
+export interface ClusterOptions {
+  nodes: number;
+  writeQuorum?: number;
+  replicationFactor?: number;
+  /** env for every node, e.g. short TTLs; per-node env via `nodeEnv`. */
+  env?: Record<string, string>;
+  nodeEnv?: Record<string, Record<string, string>>;
+  store?: string;
+}
+
+/** FAST_ENV shortens the cluster's timers so failure tests run in seconds. */
+export const FAST_ENV: Record<string, string> = {
+  NODE_TTL_MS: '1500', LOCK_TTL_MS: '2000', RESOLVE_AFTER_MS: '1000', REPAIR_INTERVAL_MS: '300', LOG_LEVEL: 'info',
+};
+
+/**
+ * TestCluster (used by the integration tests and `npm run chaos`) runs N real node processes on free ports with temp data dirs and one shared store,
+ * and lets tests kill (-9), stop (SIGSTOP), resume and restart them.
+ */
+export class TestCluster {
+  readonly nodes: TestNode[] = [];
+  private constructor(readonly root: string, readonly store: string, private readonly opts: ClusterOptions) {}
+
+  /** start launches every node and waits until each is healthy and sees all the others. */
+  static async start(opts: ClusterOptions): Promise<TestCluster> {
+    const root = await mkdtemp(join(tmpdir(), 'gitrep-cluster-'));
+    const c = new TestCluster(root, opts.store ?? `sqlite:${join(root, 'cluster.db')}`, opts);
+    for (let i = 1; i <= opts.nodes; i++) {
+      const port = await freePort();
+      c.nodes.push({ id: `node-${i}`, port, url: `http://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '' });
+    }
+    await Promise.all(c.nodes.map((n) => c.spawn(n)));
+    await c.waitHealthy();
+    await c.waitMembership();
+    return c;
+  }
+
+  node(i: number): TestNode {
+    const n = this.nodes[i - 1];
+    if (!n) throw new Error(`no node ${i}`);
+    return n;
+  }
+
+  url(i: number): string {
+    return this.node(i).url;
+  }
+
+  /** repoUrl is the clone URL of a repo on node i. */
+  repoUrl(i: number, repoId: string): string {
+    return `${this.url(i)}/${repoId}.git`;
+  }
+
+  /** replicaPath is where node i keeps a repo. */
+  replicaPath(i: number, repoId: string): string {
+    return join(this.node(i).dataDir, 'repos', `${repoId}.git`);
+  }
+
+  private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
+    const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.store];
+    if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
+    args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
+    const proc = spawn(process.execPath, args, {
+      env: { ...process.env, ...FAST_ENV, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    n.log = '';
+    const keep = (d: Buffer): void => { n.log = (n.log + d.toString()).slice(-200_000); };
+    proc.stdout?.on('data', keep);
+    proc.stderr?.on('data', keep);
+    n.proc = proc;
+  }
+
+  private async waitHealthy(nodes: TestNode[] = this.nodes, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (const n of nodes) {
+      for (;;) {
+        if (n.proc && n.proc.exitCode !== null) throw new Error(`${n.id} exited: ${n.log.slice(-2000)}`);
+        try {
+          if ((await fetch(`${n.url}/health`)).ok) break;
+        } catch {
+          // not up yet
+        }
+        if (Date.now() > deadline) throw new Error(`${n.id} not healthy: ${n.log.slice(-2000)}`);
+        await sleep(50);
+      }
+    }
+  }
+
+  /** waitMembership waits until every running node sees every other running node live. */
+  async waitMembership(timeoutMs = 20_000): Promise<void> {
+    const running = this.nodes.filter((n) => n.proc && n.proc.exitCode === null && n.proc.signalCode === null);
+    await waitFor(async () => {
+      for (const n of running) {
+        const h = (await (await fetch(`${n.url}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
+        const live = new Set(h.peer_nodes.filter((p) => p.live).map((p) => p.id));
+        if (running.some((o) => o !== n && !live.has(o.id))) return false;
+      }
+      return true;
+    }, timeoutMs, 'cluster membership');
+  }
+
+  /** kill sends a signal (default SIGKILL) to node i and waits for it to exit. */
+  async kill(i: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const n = this.node(i);
+    const p = n.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise<void>((r) => p.once('exit', () => r()));
+    p.kill(signal);
+    await exited;
+  }
+
+  /** pause / resume send SIGSTOP / SIGCONT. */
+  pause(i: number): void {
+    this.node(i).proc?.kill('SIGSTOP');
+  }
+
+  resume(i: number): void {
+    this.node(i).proc?.kill('SIGCONT');
+  }
+
+  /** restart starts node i again on the same port and data dir. */
+  async restart(i: number, extraEnv: Record<string, string> = {}): Promise<void> {
+    const n = this.node(i);
+    await this.kill(i);
+    await this.spawn(n, extraEnv);
+    await this.waitHealthy([n]);
+  }
+
+  /** exited resolves when node i exits by itself (for crash fail points). */
+  async exited(i: number, timeoutMs = 30_000): Promise<void> {
+    const p = this.node(i).proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    await Promise.race([new Promise<void>((r) => p.once('exit', () => r())), sleep(timeoutMs).then(() => { throw new Error(`node ${i} did not exit`); })]);
+  }
+
+  /** api calls the JSON API of node i. */
+  async api(i: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+    const res = await fetch(`${this.url(i)}${path}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json: Record<string, unknown> = {};
+    try {
+      json = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      json = { text };
+    }
+    return { status: res.status, json };
+  }
+
+  /** createRepo creates a repo through node i and asserts it worked. */
+  async createRepo(i: number, repoId: string): Promise<void> {
+    const r = await this.api(i, 'POST', '/repos', { repo_id: repoId });
+    if (r.status !== 201) throw new Error(`create ${repoId} failed: ${r.status} ${JSON.stringify(r.json)}`);
+  }
+
+  /** repoStatus reads `GET /repos/:id` on node i. */
+  async repoStatus(i: number, repoId: string): Promise<RepoStatus> {
+    return (await this.api(i, 'GET', `/repos/${repoId}`)).json as unknown as RepoStatus;
+  }
+
+  /** waitInSync waits until every replica of a repo is in sync (repair finished). */
+  async waitInSync(repoId: string, via = 1, timeoutMs = 30_000): Promise<RepoStatus> {
+    let last: RepoStatus | null = null;
+    await waitFor(async () => {
+      last = await this.repoStatus(via, repoId);
+      return last.replicas.every((r) => r.state === 'in_sync');
+    }, timeoutMs, `replicas of ${repoId} in sync`);
+    return last!;
+  }
+
+  /** stopAll kills every node and removes the data. */
+  async destroy(): Promise<void> {
+    await Promise.all(this.nodes.map((_, i) => { this.resume(i + 1); return this.kill(i + 1); }));
+    await rm(this.root, { recursive: true, force: true });
+  }
+
+  /** logs returns all node logs, for failure messages. */
+  logs(): string {
+    return this.nodes.map((n) => `--- ${n.id}\n${n.log.slice(-5000)}`).join('\n');
+  }
+}
+
+/** RepoStatus is the body of `GET /repos/:owner/:repo`. */
+export interface RepoStatus {
+  repo_id: string;
+  generation: number;
+  checksum: string;
+  incarnation: string;
+  replicas: Array<{ node: string; generation: number | null; checksum: string | null; state: string; live: boolean }>;
+}
+
+/** sleep waits. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** waitFor polls a condition until it holds or the time is up. */
+export async function waitFor(cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await cond()) return;
+    } catch {
+      // retry until the deadline
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
