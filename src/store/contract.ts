@@ -423,6 +423,18 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(new Set(raced).size).toBe(1);
         expect(await s().getMeta('raced')).toBe(raced[0]);
       });
+
+      it('overwrites with setMeta and lists by prefix', async () => {
+        await s().setMeta('decommissioned/n2', '1');
+        await s().setMeta('decommissioned/n1', '1');
+        await s().setMeta('decommissioned/n1', '2');
+        await s().setMeta('decommissionedx', 'not under the prefix');
+        expect(await s().listMeta('decommissioned/')).toEqual([
+          { key: 'decommissioned/n1', value: '2' },
+          { key: 'decommissioned/n2', value: '1' },
+        ]);
+        expect(await s().listMeta('nothing/')).toEqual([]);
+      });
     });
 
     describe('durability and outages', () => {

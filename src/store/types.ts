@@ -182,6 +182,10 @@ export interface ClusterStore {
   /** getMeta / setMetaIfAbsent keep cluster-wide settings such as the peer secret. */
   getMeta(key: string): Promise<string | null>;
   setMetaIfAbsent(key: string, value: string): Promise<string>;
+  /** setMeta writes a cluster-wide setting unconditionally (decommissioned nodes, rebalance requests). */
+  setMeta(key: string, value: string): Promise<void>;
+  /** listMeta lists the settings whose key starts with `prefix`. */
+  listMeta(prefix: string): Promise<Array<{ key: string; value: string }>>;
 
   /** close releases connections; the store is unusable after. */
   close(): Promise<void>;

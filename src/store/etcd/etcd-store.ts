@@ -649,6 +649,19 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
+  async setMeta(key: string, value: string): Promise<void> {
+    await this.guard('write meta', async () => {
+      await this.txn([], [put(this.metaKey(key), value)]);
+    });
+  }
+
+  async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
+    return this.guard('list meta', async () => {
+      const base = this.metaKey('');
+      return (await this.list(this.metaKey(prefix))).map((kv) => ({ key: kv.key.slice(base.length), value: kv.value }));
+    });
+  }
+
   async close(): Promise<void> {
     this.client.close();
   }

@@ -311,6 +311,14 @@ export class SqliteStore implements ClusterStore {
     });
   }
 
+  async setMeta(key: string, value: string): Promise<void> {
+    this.tx(() => { this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value); });
+  }
+
+  async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
+    return this.tx(() => (this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{ key: string; value: string }>));
+  }
+
   async close(): Promise<void> {
     this.db.close();
   }
