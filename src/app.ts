@@ -21,6 +21,7 @@ import { Failpoints } from './replication/failpoints.js';
 import { Participant } from './replication/participant.js';
 import { RepairWorker } from './replication/repair.js';
 import { Router } from './replication/router.js';
+import { Steward } from './replication/steward.js';
 import { TxnLog } from './replication/txn-log.js';
 import { openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
@@ -45,6 +46,10 @@ export interface NodeConfig {
   readonly resolveAfterMs: number;
   readonly repairIntervalMs: number;
   readonly verifyIntervalMs: number;
+  readonly fsckIntervalMs: number;
+  /** replaceAfterMs: a node down this long has its replicas re-created elsewhere. */
+  readonly replaceAfterMs: number;
+  readonly stewardIntervalMs: number;
   readonly logLevel: string;
 }
 
@@ -58,6 +63,9 @@ export const DEFAULTS = {
   resolveAfterMs: 5_000,
   repairIntervalMs: 1_000,
   verifyIntervalMs: 300_000,
+  fsckIntervalMs: 3_600_000,
+  replaceAfterMs: 600_000,
+  stewardIntervalMs: 2_000,
   logLevel: 'info',
 } as const;
 
@@ -109,12 +117,13 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs });
+  const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs, lockTtlMs: cfg.lockTtlMs });
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers,
-    verifier: new PeerVerifier(() => secret), participant, coordinator, router, metrics, load,
+    verifier: new PeerVerifier(() => secret), participant, coordinator, router, metrics, load, repair,
     config: { hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION },
   };
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs });
   const app = buildHttpApp(deps, logger);
   await app.listen({ host: cfg.host, port: cfg.port });
   await membership.start();
@@ -124,7 +133,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     setInterval(() => { txnLog.prune(24 * 3_600_000); }, 3_600_000),
   ];
   for (const t of timers) t.unref();
-  repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs);
+  repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs, cfg.fsckIntervalMs);
+  steward.start(cfg.stewardIntervalMs);
   logger.info({ url, store: cfg.store.kind, dataDir, hookPort }, 'node started');
 
   let closed = false;
@@ -136,6 +146,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       closed = true;
       for (const t of timers) clearInterval(t);
       repair.stop();
+      steward.stop();
       load.stop();
       await membership.stop();
       await app.close();

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
 import { VERSION } from '../app.js';
+import { registerAdmin } from './admin.js';
 import { registerServe } from './serve.js';
 import { registerStatus } from './status.js';
 import { registerUp } from './up.js';
@@ -11,4 +12,5 @@ const program = new Command('git-replication')
 registerServe(program);
 registerUp(program);
 registerStatus(program);
+registerAdmin(program);
 await program.parseAsync(process.argv);

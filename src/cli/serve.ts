@@ -6,7 +6,17 @@ import { parseStoreUrl } from '../store/open.js';
 
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
-  replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string;
+  replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string;
+}
+
+/** parseDuration reads `90s`, `10m`, `1h` or plain milliseconds. */
+export function parseDuration(value: string | undefined, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim());
+  if (!m) throw new Error(`invalid duration '${value}': use e.g. 500ms, 90s, 10m, 1h`);
+  const n = Number(m[1]);
+  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[m[2] ?? 'ms'] ?? 1;
+  return Math.round(n * unit);
 }
 
 function int(value: string | undefined, name: string, fallback: number): number {
@@ -42,6 +52,9 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     resolveAfterMs: int(env.RESOLVE_AFTER_MS, 'RESOLVE_AFTER_MS', DEFAULTS.resolveAfterMs),
     repairIntervalMs: int(env.REPAIR_INTERVAL_MS, 'REPAIR_INTERVAL_MS', DEFAULTS.repairIntervalMs),
     verifyIntervalMs: int(env.VERIFY_INTERVAL_MS, 'VERIFY_INTERVAL_MS', DEFAULTS.verifyIntervalMs),
+    fsckIntervalMs: int(env.FSCK_INTERVAL_MS, 'FSCK_INTERVAL_MS', DEFAULTS.fsckIntervalMs),
+    replaceAfterMs: parseDuration(o.replaceAfter ?? env.REPLACE_AFTER, DEFAULTS.replaceAfterMs),
+    stewardIntervalMs: int(env.STEWARD_INTERVAL_MS, 'STEWARD_INTERVAL_MS', DEFAULTS.stewardIntervalMs),
     logLevel: o.logLevel ?? env.LOG_LEVEL ?? DEFAULTS.logLevel,
   };
 }
@@ -61,6 +74,7 @@ export function registerServe(program: Command): void {
     .option('--advertise-url <url>', 'URL other nodes use to reach this one (env ADVERTISE_URL)')
     .option('--max-git-processes <n>', 'concurrent git processes serving clients (default 64)')
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
+    .option('--replace-after <duration>', 're-create the replicas of a node down this long, e.g. 10m (env REPLACE_AFTER, default 10m)')
     .action(async (o: ServeOptions) => {
       let cfg: NodeConfig;
       try {

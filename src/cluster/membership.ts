@@ -18,6 +18,8 @@ export class Membership {
   private nodes = new Map<string, NodeInfo>();
   private live = new Set<string>();
   private readonly loads = new Map<string, PeerLoad>();
+  /** downSince records when this node first saw each other node not live (its own observation). */
+  private readonly downSince = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private storeOk = true;
   private lastStoreError: string | null = null;
@@ -59,6 +61,26 @@ export class Membership {
   learn(all: ReadonlyArray<NodeInfo & { live: boolean }>): void {
     this.nodes = new Map(all.map((n) => [n.id, n]));
     this.live = new Set(all.filter((n) => n.live).map((n) => n.id));
+    const now = Date.now();
+    for (const n of all) {
+      if (n.live) this.downSince.delete(n.id);
+      else if (!this.downSince.has(n.id)) this.downSince.set(n.id, now);
+    }
+  }
+
+  /**
+   * downFor says how long a node has been seen down, as observed by this node (a node already
+   * down when this node started counts from this node's first look).
+   */
+  downFor(nodeId: string): number {
+    if (nodeId === this.self.id || this.live.has(nodeId)) return 0;
+    const since = this.downSince.get(nodeId);
+    return since === undefined ? 0 : Date.now() - since;
+  }
+
+  /** knownIds lists every registered node, live or not, self included. */
+  knownIds(): string[] {
+    return [...new Set([this.self.id, ...this.nodes.keys()])].sort();
   }
 
   /** stop ends heartbeats and removes the registration. */

@@ -9,6 +9,7 @@ import type { GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
 import type { Coordinator } from '../replication/coordinator.js';
 import type { Participant } from '../replication/participant.js';
+import type { RepairWorker } from '../replication/repair.js';
 import type { Router } from '../replication/router.js';
 import type { ClusterStore } from '../store/types.js';
 
@@ -38,4 +39,5 @@ export interface NodeDeps {
   readonly router: Router;
   readonly metrics: Metrics;
   readonly load: LoadSampler;
+  readonly repair: RepairWorker;
 }

@@ -51,6 +51,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
           checksum: r?.checksum ?? null,
           state: isInSync(repo, r) ? 'in_sync' : r?.state === 'in_sync' ? 'stale' : (r?.state ?? 'missing'),
           live: deps.membership.isLive(n),
+          ...(n === deps.nodeId && deps.repair.inProgress.has(repoId) ? { repair: deps.repair.inProgress.get(repoId) } : {}),
         };
       }),
     };

@@ -1,6 +1,7 @@
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { AppError } from '../domain/errors.js';
 import type { NodeDeps } from './deps.js';
+import { registerAdminRoutes } from './admin-routes.js';
 import { registerGitRoutes } from './git-routes.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
@@ -38,6 +39,7 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route for ${req.method} ${req.url.split('?')[0] ?? ''}`, code: 'ERR_NOT_FOUND' }));
   registerHealthRoutes(app, deps);
   registerRepoRoutes(app, deps);
+  registerAdminRoutes(app, deps);
   registerReplicateRoutes(app, deps);
   registerGitRoutes(app, deps);
   return app;

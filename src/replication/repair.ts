@@ -5,7 +5,7 @@ import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
-import type { GitRunner } from '../git/runner.js';
+import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
 import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
 
@@ -14,7 +14,11 @@ export interface RepairProgress {
   readonly repoId: string;
   readonly source: string;
   readonly startedAt: string;
+  readonly mode: 'fetch' | 'clone';
   attempts: number;
+  objectsDone: number;
+  objectsTotal: number;
+  bytes: string;
 }
 
 /**
@@ -37,12 +41,17 @@ export class RepairWorker {
     },
   ) {}
 
-  /** start runs a repair pass every `repairMs` and a verification pass every `verifyMs` (and once now). */
-  start(repairMs: number, verifyMs: number): void {
+  /**
+   * start runs a repair pass every `repairMs`, a checksum verification every `verifyMs` and a
+   * `git fsck --connectivity-only` verification every `fsckMs`; both verifications also run once
+   * soon after start.
+   */
+  start(repairMs: number, verifyMs: number, fsckMs: number): void {
     this.timers.push(setInterval(() => { void this.pass(); }, repairMs));
     this.timers.push(setInterval(() => { void this.verify(); }, verifyMs));
+    this.timers.push(setInterval(() => { void this.verify(true); }, fsckMs));
     for (const t of this.timers) t.unref();
-    setTimeout(() => { void this.verify().then(() => this.pass()); }, Math.min(repairMs, 60_000)).unref();
+    setTimeout(() => { void this.verify(true).then(() => this.pass()); }, Math.min(repairMs, 60_000)).unref();
   }
 
   /** stop ends the passes. */
@@ -64,6 +73,7 @@ export class RepairWorker {
         const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
         if (!isInSync(repo, own)) todo.push(repo);
       }
+      await this.collectGarbage();
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
       for (const repo of todo) {
@@ -89,22 +99,26 @@ export class RepairWorker {
     if (!source) return false;
     const url = `${membership.urlOf(source)!}/${repo.repoId}.git`;
     const started = Date.now();
-    const progress: RepairProgress = { repoId: repo.repoId, source, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1 };
+    const own = byNode.get(nodeId);
+    const localIncarnation = await storage.incarnationOf(repo.repoId);
+    // A replica with objects missing (fsck) or of another incarnation is copied whole: a fetch
+    // cannot bring back objects whose refs already match.
+    const mode = localIncarnation !== repo.incarnation || own?.state === 'missing' ? 'clone' : 'fetch';
+    const progress: RepairProgress = { repoId: repo.repoId, source, mode, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1, objectsDone: 0, objectsTotal: 0, bytes: '' };
     this.inProgress.set(repo.repoId, progress);
     try {
-      await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation + 1).catch(() => false);
-      const localIncarnation = await storage.incarnationOf(repo.repoId);
-      if (localIncarnation !== repo.incarnation) {
+      if (mode === 'clone') {
         const staged = join(storage.tmpDir, `repair-${randomUUID()}.git`);
         try {
           await storage.initRepo(staged, repo.incarnation);
-          await this.fetch(staged, url);
-          await storage.install(staged, repo.repoId);
+          await this.fetch(staged, url, progress);
+          await this.swapIn(repo.repoId, staged);
         } finally {
           await rm(staged, { recursive: true, force: true });
         }
       } else {
-        await this.fetch(storage.repoPath(repo.repoId), url);
+        await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation + 1).catch(() => false);
+        await this.fetch(storage.repoPath(repo.repoId), url, progress);
       }
       const checksum = await storage.checksum(repo.repoId);
       const now = await store.getRepo(repo.repoId);
@@ -128,13 +142,60 @@ export class RepairWorker {
     }
   }
 
-  /** fetch copies every ref atomically; a plain fetch is not atomic and a held ref lock would leave it half done. */
-  private async fetch(repoPath: string, url: string): Promise<void> {
-    await this.deps.git.run(['fetch', '--quiet', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'], {
+  /** swapIn moves a freshly copied replica into place under the repo's write lock. */
+  private async swapIn(repoId: string, staged: string): Promise<void> {
+    const { store, storage, nodeId } = this.deps;
+    const lock = await store.acquireLock(repoId, nodeId, this.deps.lockTtlMs);
+    if (!lock) throw new Error('repository busy, swap deferred');
+    try {
+      await storage.install(staged, repoId);
+    } finally {
+      await store.releaseLock(repoId, lock.token);
+    }
+  }
+
+  /**
+   * fetch copies every ref atomically (a plain fetch is not atomic and a held ref lock would
+   * leave it half done) and records git's progress for status, logs and metrics.
+   */
+  private async fetch(repoPath: string, url: string, progress: RepairProgress): Promise<void> {
+    const args = ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'];
+    const child = this.deps.git.spawn(args, {
       cwd: repoPath,
       config: { 'http.extraHeader': `x-replication-hop: ${this.deps.nodeId}`, 'fetch.fsckObjects': 'true', 'protocol.version': '2' },
       timeoutMs: 3_600_000,
     });
+    let tail = '';
+    let lastLog = Date.now();
+    child.stdin?.end();
+    child.stdout?.resume();
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      tail = (tail + d).slice(-4096);
+      for (const m of d.matchAll(/Receiving objects:\s+\d+% \((\d+)\/(\d+)\)(?:, ([\d.]+ [KMG]?i?B))?/g)) {
+        progress.objectsDone = Number(m[1]);
+        progress.objectsTotal = Number(m[2]);
+        if (m[3]) progress.bytes = m[3];
+      }
+      if (Date.now() - lastLog > 2_000) {
+        lastLog = Date.now();
+        this.deps.logger.info({ repoId: progress.repoId, objects: `${progress.objectsDone}/${progress.objectsTotal}`, bytes: progress.bytes }, 'repair progress');
+      }
+    });
+    const [code, signal] = await waitClose(child);
+    if (code !== 0) throw new Error(`fetch from ${url} failed (${signal ?? code}): ${tail.trim().split(/[\r\n]/).pop() ?? ''}`);
+  }
+
+  /** collectGarbage deletes local replicas of repos that no longer exist or moved off this node. */
+  private async collectGarbage(): Promise<void> {
+    const { store, storage, nodeId, logger } = this.deps;
+    for (const repoId of await storage.listLocal()) {
+      const repo = await store.getRepo(repoId);
+      if (repo && repo.replicas.includes(nodeId)) continue;
+      const again = await store.getRepo(repoId);
+      if (again && again.replicas.includes(nodeId)) continue;
+      await storage.remove(repoId);
+      logger.info({ repoId }, 'removed a local replica this node no longer holds');
+    }
   }
 
   /**
@@ -142,8 +203,8 @@ export class RepairWorker {
    * a mismatch stale. A push that commits meanwhile changes the generation, and that replica is
    * left for the next pass.
    */
-  async verify(): Promise<number> {
-    const { store, storage, nodeId, logger } = this.deps;
+  async verify(fsck = false): Promise<number> {
+    const { store, storage, nodeId, logger, git } = this.deps;
     let marked = 0;
     try {
       for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
@@ -151,11 +212,19 @@ export class RepairWorker {
         if (!isInSync(repo, own)) continue;
         const incarnation = await storage.incarnationOf(repo.repoId);
         const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
-        if (checksum === repo.checksum) continue;
+        let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
+        if (!problem && fsck) {
+          const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: 3_600_000 }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
+          if (r.code !== 0) {
+            logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
+            problem = 'missing';
+          }
+        }
+        if (!problem) continue;
         const again = await store.getRepo(repo.repoId);
         if (!again || again.generation !== repo.generation) continue;
-        await store.markReplica(repo.repoId, nodeId, repo.incarnation, incarnation === repo.incarnation ? 'stale' : 'missing', repo.generation + 1);
-        logger.warn({ repoId: repo.repoId, generation: repo.generation }, 'replica contents differ from the store: marked stale');
+        await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
+        logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
         marked++;
       }
     } catch (err) {

@@ -1,0 +1,30 @@
+import type { FastifyInstance } from 'fastify';
+import { notFound } from '../domain/errors.js';
+import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js';
+import type { NodeDeps } from './deps.js';
+
+/** registerAdminRoutes adds cluster operations: node list, decommission, rebalance. */
+export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  app.get('/admin/nodes', async () => {
+    const decommissioned = new Set((await deps.store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
+    const nodes = await deps.store.allNodes();
+    const counts = new Map<string, number>();
+    for (const r of await deps.store.listRepos()) for (const n of r.replicas) counts.set(n, (counts.get(n) ?? 0) + 1);
+    return {
+      nodes: nodes.map((n) => ({ id: n.id, url: n.url, live: n.live, decommissioned: decommissioned.has(n.id), replicas: counts.get(n.id) ?? 0 })),
+      rebalance: (await deps.store.getMeta(REBALANCE_KEY)) !== null,
+    };
+  });
+
+  app.post<{ Params: { id: string } }>('/admin/nodes/:id/decommission', async (req) => {
+    const nodes = await deps.store.allNodes();
+    if (!nodes.some((n) => n.id === req.params.id)) throw notFound(`node ${req.params.id} not found`);
+    await deps.store.setMeta(`${DECOMMISSIONED_PREFIX}${req.params.id}`, new Date().toISOString());
+    return { node: req.params.id, decommissioned: true };
+  });
+
+  app.post('/admin/rebalance', async () => {
+    await deps.store.setMeta(REBALANCE_KEY, new Date().toISOString());
+    return { rebalance: true };
+  });
+}

@@ -1,0 +1,67 @@
+import { describe, expect, it } from 'vitest';
+import type { RepoRecord, ReplicaRecord } from '../store/types.js';
+import { planReplicaSet, type PlanInput } from './steward.js';
+
+const repo = (replicas: string[]): RepoRecord => ({ repoId: 'o/r', incarnation: 'i', replicas, generation: 5, checksum: 'c', createdAt: '' });
+const rec = (nodeId: string, inSync = true): ReplicaRecord => ({ repoId: 'o/r', nodeId, incarnation: 'i', generation: inSync ? 5 : 3, checksum: 'c', state: inSync ? 'in_sync' : 'stale', updatedAt: '' });
+
+function input(over: Partial<PlanInput> & { repo: RepoRecord }): PlanInput {
+  return {
+    replicas: over.repo.replicas.map((n) => rec(n)),
+    eligible: ['n1', 'n2', 'n3', 'n4', 'n5', 'n6'],
+    isLive: () => true,
+    gone: () => false,
+    replicationFactor: 3,
+    rebalance: false,
+    ...over,
+  };
+}
+
+describe('planReplicaSet', () => {
+  it('leaves a healthy set alone', () => {
+    expect(planReplicaSet(input({ repo: repo(['n1', 'n2', 'n3']) }))).toBeNull();
+  });
+
+  it('replaces a replica on a node gone for good at once', () => {
+    const plan = planReplicaSet(input({ repo: repo(['n1', 'n2', 'n3']), isLive: (n) => n !== 'n2', gone: (n) => n === 'n2' }));
+    expect(plan?.removed).toEqual(['n2']);
+    expect(plan?.added).toHaveLength(1);
+    expect(plan?.replicas).toHaveLength(3);
+    expect(plan?.replicas).not.toContain('n2');
+  });
+
+  it('keeps a dead replica when there is no node to replace it', () => {
+    expect(planReplicaSet(input({ repo: repo(['n1', 'n2', 'n3']), eligible: ['n1', 'n2', 'n3'], isLive: (n) => n !== 'n2', gone: (n) => n === 'n2' }))).toBeNull();
+  });
+
+  it('decommission: adds the replacement first, removes the old one only once the new one is in sync', () => {
+    const eligible = ['n1', 'n2', 'n4', 'n5', 'n6'];
+    const step1 = planReplicaSet(input({ repo: repo(['n1', 'n2', 'n3']), eligible, gone: (n) => n === 'n3' }));
+    expect(step1?.replicas).toHaveLength(4);
+    expect(step1?.replicas).toContain('n3');
+    const added = step1!.added[0]!;
+    const waiting = input({ repo: repo(step1!.replicas), eligible, gone: (n) => n === 'n3' });
+    const notYet = planReplicaSet({ ...waiting, replicas: step1!.replicas.map((n) => rec(n, n !== added)) });
+    expect(notYet).toBeNull();
+    const step2 = planReplicaSet(waiting);
+    expect(step2?.removed).toEqual(['n3']);
+    expect(step2?.replicas.sort()).toEqual(['n1', 'n2', added].sort());
+  });
+
+  it('rebalance moves one replica at a time onto the placement over current nodes', () => {
+    let set = ['n1', 'n2', 'n3'];
+    for (let i = 0; i < 10; i++) {
+      const plan = planReplicaSet(input({ repo: repo(set), rebalance: true }));
+      if (!plan) break;
+      expect(Math.abs(plan.replicas.length - set.length)).toBe(1);
+      set = plan.replicas;
+    }
+    expect(set).toHaveLength(3);
+    expect(planReplicaSet(input({ repo: repo(set), rebalance: true }))).toBeNull();
+  });
+
+  it('grows a short set up to R', () => {
+    const plan = planReplicaSet(input({ repo: repo(['n1', 'n2']) }));
+    expect(plan?.replicas).toHaveLength(3);
+  });
+});

@@ -1,0 +1,141 @@
+import { errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import { placeReplicas } from '../domain/placement.js';
+import type { Membership } from '../cluster/membership.js';
+import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+
+/** DECOMMISSIONED_PREFIX keys the store settings that take a node out of placement. */
+export const DECOMMISSIONED_PREFIX = 'decommissioned/';
+/** REBALANCE_KEY, once set, makes placement follow rendezvous hashing over the current nodes. */
+export const REBALANCE_KEY = 'rebalance';
+
+/** Plan is one step for one repo: the replica set to write and the nodes it adds. */
+export interface Plan {
+  readonly replicas: string[];
+  readonly added: string[];
+  readonly removed: string[];
+  readonly why: string;
+}
+
+/** PlanInput is what planReplicaSet needs to know of the cluster. */
+export interface PlanInput {
+  readonly repo: RepoRecord;
+  readonly replicas: readonly ReplicaRecord[];
+  /** known lists every registered node that is not decommissioned. */
+  readonly eligible: readonly string[];
+  readonly isLive: (node: string) => boolean;
+  /** gone says a node is decommissioned or down longer than --replace-after. */
+  readonly gone: (node: string) => boolean;
+  readonly replicationFactor: number;
+  readonly rebalance: boolean;
+}
+
+/**
+ * planReplicaSet decides the next step toward R in-sync replicas for one repo (DESIGN §7-8):
+ * a replica on a node gone for good is replaced at once; a decommissioned or rebalanced-away
+ * replica is removed only after its replacement is in sync, so the count of copies never dips.
+ * One step per call: add first, remove later. Pure, so it is tested without a cluster.
+ */
+export function planReplicaSet(p: PlanInput): Plan | null {
+  const set = [...p.repo.replicas];
+  const byNode = new Map(p.replicas.map((r) => [r.nodeId, r]));
+  const r = Math.min(p.replicationFactor, p.eligible.length);
+  const usable = p.eligible.filter((n) => !p.gone(n));
+  const keepers = set.filter((n) => !p.gone(n) && p.eligible.includes(n));
+  let desired: string[];
+  if (p.rebalance) {
+    desired = placeReplicas(p.repo.repoId, usable, r);
+  } else {
+    desired = [...keepers];
+    for (const n of placeReplicas(p.repo.repoId, usable, usable.length)) if (desired.length < r && !desired.includes(n)) desired.push(n);
+  }
+  const deadMembers = set.filter((n) => p.gone(n) && !p.isLive(n));
+  // Dead replicas are replaced all at once; moves of live ones go one copy at a time.
+  const additions = desired.filter((n) => !set.includes(n) && p.isLive(n)).slice(0, Math.max(1, deadMembers.length));
+  if (additions.length > 0) {
+    const next = set.filter((n) => !deadMembers.includes(n)).concat(additions);
+    return { replicas: next, added: additions, removed: deadMembers, why: deadMembers.length ? 'replace replicas on nodes gone for good' : 'add replicas toward placement' };
+  }
+  const extra = set.filter((n) => !desired.includes(n));
+  if (extra.length === 0) return null;
+  const desiredInSync = desired.every((n) => !set.includes(n) || isInSync(p.repo, byNode.get(n)));
+  const inSyncAfter = set.filter((n) => !extra.includes(n) && isInSync(p.repo, byNode.get(n))).length;
+  // A dead member with no node to replace it stays: dropping it would not add a copy anywhere.
+  if (extra.every((n) => deadMembers.includes(n))) return null;
+  if (!desiredInSync || inSyncAfter < Math.min(r, desired.length)) return null;
+  const drop = extra.find((n) => !deadMembers.includes(n))!;
+  return { replicas: set.filter((n) => n !== drop), added: [], removed: [drop], why: 'remove a replica after its replacement is in sync' };
+}
+
+/**
+ * Steward keeps every repo at R healthy replicas: for each repo whose lowest-id live in-sync
+ * replica is this node, it re-replicates away from nodes down longer than `replaceAfterMs` or
+ * decommissioned, and, after `rebalance`, moves replicas onto new nodes. The replica set is
+ * changed under the repo's write lock, so no push runs on a set being changed; added nodes
+ * are marked `missing` and their repair worker copies the repo.
+ */
+export class Steward {
+  private timer: NodeJS.Timeout | null = null;
+  private running = false;
+
+  constructor(
+    private readonly deps: {
+      nodeId: string; store: ClusterStore; membership: Membership; logger: Logger;
+      replicationFactor: number; replaceAfterMs: number; lockTtlMs: number;
+    },
+  ) {}
+
+  /** start runs a pass every `intervalMs`. */
+  start(intervalMs: number): void {
+    this.timer = setInterval(() => { void this.pass(); }, intervalMs);
+    this.timer.unref();
+  }
+
+  /** stop ends the passes. */
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  /** pass plans and applies at most one step per repo this node stewards; returns the steps taken. */
+  async pass(): Promise<number> {
+    if (this.running) return 0;
+    this.running = true;
+    let steps = 0;
+    const { store, membership, nodeId, logger } = this.deps;
+    try {
+      const decommissioned = new Set((await store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
+      const rebalance = (await store.getMeta(REBALANCE_KEY)) !== null;
+      const eligible = membership.knownIds().filter((n) => !decommissioned.has(n));
+      const gone = (n: string): boolean => decommissioned.has(n) || membership.downFor(n) > this.deps.replaceAfterMs;
+      for (const repo of await store.listRepos()) {
+        const replicas = await store.getReplicas(repo.repoId);
+        const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
+        const steward = repo.replicas.filter((n) => membership.isLive(n) && isInSync(repo, byNode.get(n))).sort()[0];
+        if (steward !== nodeId) continue;
+        const plan = planReplicaSet({ repo, replicas, eligible, isLive: (n) => membership.isLive(n), gone, replicationFactor: this.deps.replicationFactor, rebalance });
+        if (plan && (await this.apply(repo, plan))) steps++;
+      }
+    } catch (err) {
+      logger.debug({ err: errorMessage(err) }, 'steward pass skipped');
+    } finally {
+      this.running = false;
+    }
+    return steps;
+  }
+
+  private async apply(repo: RepoRecord, plan: Plan): Promise<boolean> {
+    const { store, nodeId, logger } = this.deps;
+    const lock = await store.acquireLock(repo.repoId, nodeId, this.deps.lockTtlMs);
+    if (!lock) return false;
+    try {
+      const now = await store.getRepo(repo.repoId);
+      if (!now || now.incarnation !== repo.incarnation || now.replicas.join(',') !== repo.replicas.join(',')) return false;
+      if (!(await store.setReplicaSet(repo.repoId, repo.incarnation, plan.replicas))) return false;
+      for (const n of plan.added) await store.markReplica(repo.repoId, n, repo.incarnation, 'missing', now.generation + 1);
+      logger.info({ repoId: repo.repoId, from: repo.replicas, to: plan.replicas, why: plan.why }, 'replica set changed');
+      return true;
+    } finally {
+      await store.releaseLock(repo.repoId, lock.token);
+    }
+  }
+}
