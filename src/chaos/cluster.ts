@@ -52,7 +52,7 @@ export interface ClusterOptions {
 
 /** FAST_ENV shortens the cluster's timers so failure tests run in seconds. */
 export const FAST_ENV: Record<string, string> = {
-  NODE_TTL_MS: '1500', LOCK_TTL_MS: '2000', RESOLVE_AFTER_MS: '1000', REPAIR_INTERVAL_MS: '300', LOG_LEVEL: 'info',
+  NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000', RESOLVE_AFTER_MS: '1000', REPAIR_INTERVAL_MS: '300', LOG_LEVEL: 'info',
 };
 
 /**
@@ -166,6 +166,18 @@ export class TestCluster {
     await this.kill(i);
     await this.spawn(n, extraEnv);
     await this.waitHealthy([n]);
+  }
+
+  /** addNode starts one more node (node N+1) with the cluster's store and waits until all see it. */
+  async addNode(extraEnv: Record<string, string> = {}): Promise<number> {
+    const i = this.nodes.length + 1;
+    const port = await freePort();
+    const n: TestNode = { id: `node-${i}`, port, url: `http://127.0.0.1:${port}`, dataDir: join(this.root, `node-${i}`), proc: null, log: '' };
+    this.nodes.push(n);
+    await this.spawn(n, extraEnv);
+    await this.waitHealthy([n]);
+    await this.waitMembership();
+    return i;
   }
 
   /** exited resolves when node i exits by itself (for crash fail points). */

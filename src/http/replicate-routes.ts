@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { PEER_AUTH_HEADER } from '../auth/peer-signature.js';
 import { AppError, badRequest, unauthorized } from '../domain/errors.js';
@@ -58,39 +58,39 @@ export function parsePrepare(body: unknown): PrepareRequest {
   };
 }
 
-/** readFrameHeader reads `<len>\n<json>` from the front of a stream and leaves the pack behind it. */
-async function readFrameHeader(stream: Readable): Promise<unknown> {
+/**
+ * readFrame reads `<len>\n<json>` from the front of a prepare body and returns the metadata and
+ * the pack behind it as a stream. No unshift: a small body can have ended by the time its
+ * metadata is parsed, and unshifting after the end loses the pack.
+ */
+async function readFrame(stream: Readable): Promise<{ meta: unknown; pack: Readable }> {
+  const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let buf = Buffer.alloc(0);
   for (;;) {
-    const chunk = stream.read() as Buffer | null;
-    if (chunk === null) {
-      if (stream.readableEnded) throw badRequest('prepare body ended before its metadata');
-      await new Promise<void>((resolve, reject) => {
-        const done = (): void => { stream.off('readable', done); stream.off('end', done); stream.off('error', fail); resolve(); };
-        const fail = (err: Error): void => { stream.off('readable', done); stream.off('end', done); reject(err); };
-        stream.on('readable', done);
-        stream.on('end', done);
-        stream.on('error', fail);
-      });
-      continue;
-    }
-    buf = Buffer.concat([buf, chunk]);
     const nl = buf.indexOf(10);
-    if (nl === -1) {
-      if (buf.length > 20) throw badRequest('prepare body has no metadata length');
-      continue;
+    if (nl !== -1) {
+      const len = Number(buf.subarray(0, nl).toString('latin1'));
+      if (!Number.isInteger(len) || len <= 0 || len > MAX_META_BYTES) throw badRequest('prepare metadata length invalid');
+      if (buf.length >= nl + 1 + len) {
+        let meta: unknown;
+        try {
+          meta = JSON.parse(buf.subarray(nl + 1, nl + 1 + len).toString('utf8'));
+        } catch {
+          throw badRequest('prepare metadata is not JSON');
+        }
+        const rest = buf.subarray(nl + 1 + len);
+        const pack = Readable.from((async function* () {
+          if (rest.length) yield rest;
+          for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+        })());
+        return { meta, pack };
+      }
+    } else if (buf.length > 20) {
+      throw badRequest('prepare body has no metadata length');
     }
-    const len = Number(buf.subarray(0, nl).toString('latin1'));
-    if (!Number.isInteger(len) || len <= 0 || len > MAX_META_BYTES) throw badRequest('prepare metadata length invalid');
-    if (buf.length < nl + 1 + len) continue;
-    const meta = buf.subarray(nl + 1, nl + 1 + len);
-    const rest = buf.subarray(nl + 1 + len);
-    if (rest.length) stream.unshift(rest);
-    try {
-      return JSON.parse(meta.toString('utf8'));
-    } catch {
-      throw badRequest('prepare metadata is not JSON');
-    }
+    const r = await it.next();
+    if (r.done) throw badRequest('prepare body ended before its metadata');
+    buf = Buffer.concat([buf, r.value]);
   }
 }
 
@@ -109,8 +109,9 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
 
   app.post('/replicate/prepare', { onRequest: verify }, async (req, reply) => {
     const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
-    const raw = framed ? (req.body as Readable) : null;
-    const prep = parsePrepare(raw ? await readFrameHeader(raw) : req.body);
+    const frame = framed ? await readFrame(req.body as Readable) : null;
+    const prep = parsePrepare(frame ? frame.meta : req.body);
+    const raw = frame?.pack ?? null;
     try {
       await deps.participant.prepare(prep, raw, { local: false });
     } catch (err) {

@@ -7,7 +7,7 @@ import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js'
 import type { Logger } from '../domain/logger.js';
 import { isZeroOid } from '../domain/ref-name.js';
 import { fsyncPath, type ReplicaStorage } from '../git/repo-storage.js';
-import { terminate, waitClose, type GitRunner } from '../git/runner.js';
+import { waitClose, type GitRunner } from '../git/runner.js';
 import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
 import type { ClusterStore, TxnKind } from '../store/types.js';
 import type { Failpoints } from './failpoints.js';
@@ -148,10 +148,17 @@ export class Participant {
     let err = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; });
     child.stderr?.setEncoding('utf8').on('data', (d: string) => { err += d; });
-    const fed = pipeline(pack, child.stdin!).catch(async (e: unknown) => { await terminate(child); throw e; });
-    const [[code], ] = await Promise.all([waitClose(child), fed]);
+    child.stdin?.on('error', () => undefined);
+    // index-pack's own verdict comes first: a pipe error is only the symptom of its exit.
+    const fed = pipeline(pack, child.stdin!).then(() => null, (e: unknown) => e);
+    const [code] = await waitClose(child);
+    const feedError = await fed;
+    
     const m = /^(?:keep|pack)\t([0-9a-f]+)$/m.exec(out);
     if (code !== 0 || !m) throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
+    // index-pack stops at the pack's trailer; the body may still be closing. A feed error
+    // after a verified pack is harmless, one before it shows up as index-pack's failure above.
+    if (feedError) pack.resume();
     return join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
   }
 

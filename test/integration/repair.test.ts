@@ -1,0 +1,124 @@
+import { readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, waitFor, type RepoStatus } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, refsOf, workRepo } from '../helpers/git.js';
+
+async function expectAllInSync(c: TestCluster, repoId: string, via: number, replicas = 3): Promise<RepoStatus> {
+  const st = await c.waitInSync(repoId, via, 60_000);
+  expect(st.replicas).toHaveLength(replicas);
+  expect(new Set(st.replicas.map((r) => r.checksum)).size).toBe(1);
+  return st;
+}
+
+describe('catch-up repair and verification on 3 nodes', () => {
+  let c: TestCluster;
+  beforeAll(async () => { c = await TestCluster.start({ nodes: 3, env: { VERIFY_INTERVAL_MS: '500', FSCK_INTERVAL_MS: '1000' } }); });
+  afterAll(async () => { await c?.destroy(); });
+
+  it('a node stopped while 50 commits are pushed is back in sync within seconds of its start', async () => {
+    await c.createRepo(1, 'heal/missed');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'heal/missed'), 'main'], { cwd: work });
+    await c.waitInSync('heal/missed');
+    await c.kill(3);
+    for (let push = 0; push < 10; push++) {
+      for (let k = 0; k < 5; k++) await commitFile(work, 'log.txt', `${push}-${k}\n`, `commit ${push}-${k}`);
+      await gitOk(['push', '-q', c.repoUrl(1 + (push % 2), 'heal/missed'), 'main', `main:refs/heads/b${push}`], { cwd: work });
+    }
+    const t0 = Date.now();
+    await c.restart(3);
+    await expectAllInSync(c, 'heal/missed', 3);
+    const took = Date.now() - t0;
+    expect(await refsOf(c.replicaPath(3, 'heal/missed'))).toBe(await refsOf(c.replicaPath(1, 'heal/missed')));
+    expect((await gitOk(['rev-list', '--count', 'main'], { cwd: c.replicaPath(3, 'heal/missed') })).trim()).toBe('51');
+    process.stdout.write(`catch-up of 50 commits / 10 pushes took ${took} ms after restart\n`);
+  });
+
+  it('a ref edited by hand is detected by the verifier and repaired', async () => {
+    await c.createRepo(2, 'heal/ref');
+    const work = await workRepo();
+    const first = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
+    await commitFile(work, 'a', 'a', 'second');
+    await gitOk(['push', '-q', c.repoUrl(2, 'heal/ref'), 'main'], { cwd: work });
+    await c.waitInSync('heal/ref');
+    const good = await refsOf(c.replicaPath(1, 'heal/ref'));
+    await writeFile(join(c.replicaPath(2, 'heal/ref'), 'refs', 'heads', 'main'), `${first}\n`);
+    await waitFor(async () => (await c.repoStatus(1, 'heal/ref')).replicas.some((r) => r.node === 'node-2' && r.state !== 'in_sync'), 15_000, 'verifier marks node-2 stale');
+    await expectAllInSync(c, 'heal/ref', 1);
+    expect(await refsOf(c.replicaPath(2, 'heal/ref'))).toBe(good);
+  });
+
+  it('a replica with objects deleted by hand fails fsck and is copied again whole', async () => {
+    await c.createRepo(1, 'heal/objects');
+    const work = await workRepo();
+    for (let i = 0; i < 3; i++) await commitFile(work, `f${i}`, `${i}`.repeat(1000), `c${i}`);
+    await gitOk(['push', '-q', c.repoUrl(1, 'heal/objects'), 'main'], { cwd: work });
+    await c.waitInSync('heal/objects');
+    const pack = join(c.replicaPath(3, 'heal/objects'), 'objects', 'pack');
+    for (const f of await readdir(pack)) if (f.endsWith('.pack') || f.endsWith('.idx')) await rm(join(pack, f));
+    expect((await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'heal/objects') })).code).not.toBe(0);
+    await waitFor(async () => (await c.repoStatus(1, 'heal/objects')).replicas.some((r) => r.node === 'node-3' && r.state !== 'in_sync'), 15_000, 'fsck marks node-3');
+    await expectAllInSync(c, 'heal/objects', 1);
+    const fsck = await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'heal/objects') });
+    expect(fsck.code, fsck.stderr).toBe(0);
+  });
+});
+
+describe('placement over 6 nodes with R=3', () => {
+  let c: TestCluster;
+  const repos = Array.from({ length: 30 }, (_, i) => `spread/r${i}`);
+  const heads = new Map<string, string>();
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 6, replicationFactor: 3, env: { REPLACE_AFTER: '3s', STEWARD_INTERVAL_MS: '500' } });
+  });
+  afterAll(async () => { await c?.destroy(); });
+
+  async function counts(via: number): Promise<Map<string, number>> {
+    const m = new Map<string, number>();
+    for (const r of repos) for (const rep of (await c.repoStatus(via, r)).replicas) m.set(rep.node, (m.get(rep.node) ?? 0) + 1);
+    return m;
+  }
+
+  async function expectNothingLost(via: number): Promise<void> {
+    for (const r of repos) {
+      const st = await expectAllInSync(c, r, via);
+      expect(st.replicas).toHaveLength(3);
+      expect(await gitOk(['ls-remote', c.repoUrl(via, r), 'refs/heads/main'])).toContain(heads.get(r));
+    }
+  }
+
+  it('30 repos spread over all 6 nodes, each on exactly 3', async () => {
+    const work = await workRepo();
+    for (const [i, r] of repos.entries()) {
+      await c.createRepo(1 + (i % 6), r);
+      heads.set(r, await commitFile(work, 'n', r, r));
+      await gitOk(['push', '-q', c.repoUrl(1 + ((i + 3) % 6), r), 'main'], { cwd: work });
+    }
+    const m = await counts(1);
+    expect([...m.keys()].sort()).toEqual(['node-1', 'node-2', 'node-3', 'node-4', 'node-5', 'node-6']);
+    expect([...m.values()].reduce((a, b) => a + b, 0)).toBe(90);
+    for (const r of repos) expect(new Set((await c.repoStatus(2, r)).replicas.map((x) => x.node)).size).toBe(3);
+  });
+
+  it('a node killed for good: after --replace-after every repo is back to 3 in-sync replicas', async () => {
+    await c.kill(6);
+    await waitFor(async () => !(await counts(1)).has('node-6'), 90_000, 'no replica left on node-6');
+    await expectNothingLost(2);
+  });
+
+  it('decommission moves every replica off a live node', async () => {
+    const r = await c.api(1, 'POST', '/admin/nodes/node-5/decommission');
+    expect(r.status).toBe(200);
+    await waitFor(async () => !(await counts(1)).has('node-5'), 90_000, 'no replica left on node-5');
+    await expectNothingLost(3);
+    await waitFor(async () => (await readdir(join(c.node(5).dataDir, 'repos', 'spread')).catch(() => [])).length === 0, 30_000, 'node-5 deleted its copies');
+  });
+
+  it('a new node and rebalance: replicas move onto it, all repos stay at 3', async () => {
+    const i = await c.addNode();
+    expect((await c.api(1, 'POST', '/admin/rebalance')).status).toBe(200);
+    await waitFor(async () => ((await counts(1)).get(`node-${i}`) ?? 0) >= 5, 120_000, `replicas on node-${i}`);
+    await expectNothingLost(i);
+  });
+});
