@@ -112,7 +112,7 @@ export class TestCluster {
     n.proc = proc;
   }
 
-  private async waitHealthy(nodes: TestNode[] = this.nodes, timeoutMs = 30_000): Promise<void> {
+  private async waitHealthy(nodes: TestNode[] = this.nodes, timeoutMs = 90_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (const n of nodes) {
       for (;;) {

@@ -67,10 +67,22 @@ export class SqliteStore implements ClusterStore {
     this.now = opts.now ?? Date.now;
   }
 
-  /** tx runs fn in one immediate transaction and maps SQLite's busy errors to StoreUnavailableError. */
+  /** tx runs fn in one immediate (write) transaction and maps SQLite's busy errors to StoreUnavailableError. */
   private tx<T>(fn: () => T): T {
+    return this.guard(() => this.db.transaction(fn).immediate());
+  }
+
+  /**
+   * read runs fn in one deferred transaction: in WAL mode it reads the latest committed snapshot
+   * without taking the write lock, so readers never queue behind writers.
+   */
+  private read<T>(fn: () => T): T {
+    return this.guard(() => this.db.transaction(fn).deferred());
+  }
+
+  private guard<T>(fn: () => T): T {
     try {
-      return this.db.transaction(fn).immediate();
+      return fn();
     } catch (err) {
       const code = (err as { code?: string }).code ?? '';
       if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_IOERR') || code === 'SQLITE_CANTOPEN') {
@@ -93,16 +105,16 @@ export class SqliteStore implements ClusterStore {
   }
 
   async liveNodes(): Promise<NodeInfo[]> {
-    return this.tx(() => (this.db.prepare('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode));
+    return this.read(() => (this.db.prepare('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode));
   }
 
   async allNodes(): Promise<Array<NodeInfo & { live: boolean }>> {
     const now = this.now();
-    return this.tx(() => (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })));
+    return this.read(() => (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })));
   }
 
   async getRepo(repoId: string): Promise<RepoRecord | null> {
-    return this.tx(() => this.repoRow(repoId));
+    return this.read(() => this.repoRow(repoId));
   }
 
   private repoRow(repoId: string): RepoRecord | null {
@@ -111,15 +123,15 @@ export class SqliteStore implements ClusterStore {
   }
 
   async listRepos(): Promise<RepoRecord[]> {
-    return this.tx(() => (this.db.prepare('SELECT * FROM repos ORDER BY repo_id').all() as RepoRow[]).map(toRepo));
+    return this.read(() => (this.db.prepare('SELECT * FROM repos ORDER BY repo_id').all() as RepoRow[]).map(toRepo));
   }
 
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
-    return this.tx(() => (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica));
+    return this.read(() => (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica));
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
-    return this.tx(() => (this.db.prepare('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica));
+    return this.read(() => (this.db.prepare('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica));
   }
 
   async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
@@ -157,7 +169,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   async getLock(repoId: string): Promise<RepoLock | null> {
-    return this.tx(() => this.liveLock(repoId));
+    return this.read(() => this.liveLock(repoId));
   }
 
   private liveLock(repoId: string): RepoLock | null {
@@ -175,7 +187,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   async getTxn(txnId: string): Promise<TxnRecord | null> {
-    return this.tx(() => this.txnRow(txnId));
+    return this.read(() => this.txnRow(txnId));
   }
 
   private txnRow(txnId: string): TxnRecord | null {
@@ -301,7 +313,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   async getMeta(key: string): Promise<string | null> {
-    return this.tx(() => (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null);
+    return this.read(() => (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null);
   }
 
   async setMetaIfAbsent(key: string, value: string): Promise<string> {
@@ -316,7 +328,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
-    return this.tx(() => (this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{ key: string; value: string }>));
+    return this.read(() => (this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{ key: string; value: string }>));
   }
 
   async close(): Promise<void> {
