@@ -71,9 +71,15 @@ export class TestCluster {
       const port = await freePort();
       c.nodes.push({ id: `node-${i}`, port, url: `http://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '' });
     }
-    await Promise.all(c.nodes.map((n) => c.spawn(n)));
-    await c.waitHealthy();
-    await c.waitMembership();
+    try {
+      await Promise.all(c.nodes.map((n) => c.spawn(n)));
+      await c.waitHealthy();
+      await c.waitMembership();
+    } catch (err) {
+      // A cluster that failed to start must not outlive the test that asked for it.
+      await c.destroy();
+      throw err;
+    }
     return c;
   }
 
