@@ -89,5 +89,10 @@ export function registerServe(program: Command): void {
       };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
+      if (process.env.GIT_REPLICATION_EXIT_WITH_PARENT === '1') {
+        // Test clusters set this so a killed test runner never leaves nodes behind.
+        const parent = process.ppid;
+        setInterval(() => { if (process.ppid !== parent) stop(); }, 1_000).unref();
+      }
     });
 }
