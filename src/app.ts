@@ -1,10 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, readdir, realpath, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, realpath, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { PeerVerifier } from './auth/peer-signature.js';
+import { Authenticator } from './auth/tokens.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
 import { PeerClient } from './cluster/peer-client.js';
@@ -50,6 +51,8 @@ export interface NodeConfig {
   /** replaceAfterMs: a node down this long has its replicas re-created elsewhere. */
   readonly replaceAfterMs: number;
   readonly stewardIntervalMs: number;
+  /** auth: `tokens` (writes need a token) or `open` (anyone who can reach the node is admin). */
+  readonly auth: 'open' | 'tokens';
   readonly logLevel: string;
 }
 
@@ -66,6 +69,7 @@ export const DEFAULTS = {
   fsckIntervalMs: 3_600_000,
   replaceAfterMs: 600_000,
   stewardIntervalMs: 2_000,
+  auth: 'tokens',
   logLevel: 'info',
 } as const;
 
@@ -96,6 +100,15 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
 
   const store: ClusterStore = await openStore(cfg.store);
   const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
+  const auth = new Authenticator(store, cfg.auth);
+  if (cfg.auth === 'tokens') {
+    const token = await auth.bootstrapAdmin();
+    if (token) {
+      const file = join(dataDir, 'admin-token');
+      await writeFile(file, `${token}\n`, { mode: 0o600 });
+      logger.warn({ file }, 'first start of the cluster: admin token written (mode 0600); it is not shown again');
+    }
+  }
   const storage = new ReplicaStorage(dataDir, git);
   await storage.init();
   const metrics = new Metrics();
@@ -121,7 +134,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs, lockTtlMs: cfg.lockTtlMs });
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers,
-    verifier: new PeerVerifier(() => secret), participant, coordinator, router, metrics, load, repair,
+    verifier: new PeerVerifier(() => secret), participant, coordinator, router, metrics, load, repair, auth,
     config: { hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION },
   };
   const app = buildHttpApp(deps, logger);

@@ -6,7 +6,13 @@ import { parseStoreUrl } from '../store/open.js';
 
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
-  replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string;
+  replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
+}
+
+function parseAuth(value: string | undefined): 'open' | 'tokens' {
+  if (value === undefined || value === '') return DEFAULTS.auth;
+  if (value === 'open' || value === 'tokens') return value;
+  throw new Error(`--auth must be tokens or open, got '${value}'`);
 }
 
 /** parseDuration reads `90s`, `10m`, `1h` or plain milliseconds. */
@@ -55,6 +61,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     fsckIntervalMs: int(env.FSCK_INTERVAL_MS, 'FSCK_INTERVAL_MS', DEFAULTS.fsckIntervalMs),
     replaceAfterMs: parseDuration(o.replaceAfter ?? env.REPLACE_AFTER, DEFAULTS.replaceAfterMs),
     stewardIntervalMs: int(env.STEWARD_INTERVAL_MS, 'STEWARD_INTERVAL_MS', DEFAULTS.stewardIntervalMs),
+    auth: parseAuth(o.auth ?? env.AUTH),
     logLevel: o.logLevel ?? env.LOG_LEVEL ?? DEFAULTS.logLevel,
   };
 }
@@ -74,6 +81,7 @@ export function registerServe(program: Command): void {
     .option('--advertise-url <url>', 'URL other nodes use to reach this one (env ADVERTISE_URL)')
     .option('--max-git-processes <n>', 'concurrent git processes serving clients (default 64)')
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
+    .option('--auth <mode>', 'tokens: pushes and admin calls need a token (default); open: no checks, trusted networks only (env AUTH)')
     .option('--replace-after <duration>', 're-create the replicas of a node down this long, e.g. 10m (env REPLACE_AFTER, default 10m)')
     .action(async (o: ServeOptions) => {
       let cfg: NodeConfig;

@@ -1,10 +1,21 @@
 import type { FastifyInstance } from 'fastify';
 import { notFound } from '../domain/errors.js';
 import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js';
+import type { Role } from '../auth/tokens.js';
 import type { NodeDeps } from './deps.js';
 
 /** registerAdminRoutes adds cluster operations: node list, decommission, rebalance. */
 export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  app.addHook('onRequest', async (req) => {
+    if (req.url.startsWith('/admin/')) await deps.auth.require(req.headers.authorization, 'admin');
+  });
+
+  app.post<{ Body: { name: string; role: Role } }>('/admin/tokens', {
+    schema: { body: { type: 'object', required: ['name', 'role'], additionalProperties: false, properties: { name: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._@-]+$' }, role: { type: 'string', enum: ['read', 'write', 'admin'] } } } },
+  }, async (req, reply) => {
+    const token = await deps.auth.create(req.body.name, req.body.role);
+    return reply.code(201).send({ name: req.body.name, role: req.body.role, token });
+  });
   app.get('/admin/nodes', async () => {
     const decommissioned = new Set((await deps.store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
     const nodes = await deps.store.allNodes();

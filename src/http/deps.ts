@@ -3,6 +3,7 @@ import type { LoadSampler } from '../cluster/load.js';
 import type { Membership } from '../cluster/membership.js';
 import type { PeerClient } from '../cluster/peer-client.js';
 import type { PeerVerifier } from '../auth/peer-signature.js';
+import type { Authenticator } from '../auth/tokens.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import type { GitRunner } from '../git/runner.js';
@@ -40,4 +41,5 @@ export interface NodeDeps {
   readonly metrics: Metrics;
   readonly load: LoadSampler;
   readonly repair: RepairWorker;
+  readonly auth: Authenticator;
 }

@@ -40,6 +40,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const service = req.query.service;
     if (!service || !SERVICES.has(service)) throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
     const write = service === 'git-receive-pack';
+    if (write) await deps.auth.require(req.headers.authorization, 'write');
     const route = await routeOrProxy(deps, req, reply, repoId, write, service);
     if (!route) return reply;
     const env = write ? {} : gitProtocolEnv(req);
@@ -57,6 +58,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim();
       if (type !== `application/x-${service}-request`) throw new AppError('ERR_CONTENT_TYPE', 415, `content-type must be application/x-${service}-request`);
       const write = service === 'git-receive-pack';
+      if (write) await deps.auth.require(req.headers.authorization, 'write');
       const route = await routeOrProxy(deps, req, reply, repoId, write, service);
       if (!route) return reply;
       let body = req.body as Readable;

@@ -17,7 +17,7 @@ const createSchema = {
 
 /** registerRepoRoutes adds the seed's repository API: create, read, list, and delete. */
 export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  app.post<{ Body: { repo_id: string } }>('/repos', { schema: createSchema }, async (req, reply) => {
+  app.post<{ Body: { repo_id: string } }>('/repos', { schema: createSchema, onRequest: async (req) => { await deps.auth.require(req.headers.authorization, 'write'); } }, async (req, reply) => {
     const repoId = parseRepoId(req.body.repo_id);
     const result = await deps.coordinator.createRepo(repoId);
     return reply.code(201).send(result);
@@ -58,6 +58,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
   });
 
   app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', async (req) => {
+    await deps.auth.require(req.headers.authorization, 'admin');
     const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
     return deps.coordinator.deleteRepo(repoId);
   });

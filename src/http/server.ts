@@ -25,6 +25,8 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     if (err instanceof AppError) {
       const retry = err.data.retryAfter;
       if (typeof retry === 'number') void reply.header('retry-after', String(retry));
+      // git asks its credential helper for a token only when the 401 names a Basic realm.
+      if (err.code === 'ERR_UNAUTHORIZED' && !req.url.startsWith('/replicate/')) void reply.header('www-authenticate', 'Basic realm="git-replication"');
       if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed');
       return reply.code(err.statusCode).send({ error: err.message, code: err.code, ...err.data });
     }

@@ -1,0 +1,78 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { git, gitOk, lsRemote, workRepo } from '../helpers/git.js';
+
+function withToken(url: string, token: string): string {
+  const u = new URL(url);
+  u.username = 'user';
+  u.password = token;
+  return u.toString();
+}
+
+describe('client authentication with tokens', () => {
+  let c: TestCluster;
+  let admin = '';
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 2, env: { AUTH: 'tokens' } });
+    await waitFor(async () => {
+      for (const n of c.nodes) {
+        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
+        if (t) admin = t.trim();
+      }
+      return admin !== '';
+    }, 10_000, 'admin token file');
+  });
+  afterAll(async () => { await c?.destroy(); });
+
+  async function call(method: string, path: string, token: string | null, body?: unknown): Promise<Response> {
+    return fetch(`${c.url(1)}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  }
+
+  it('the first start writes one admin token, mode 0600, on exactly one node', async () => {
+    const { stat } = await import('node:fs/promises');
+    const files = await Promise.all(c.nodes.map((n) => stat(join(n.dataDir, 'admin-token')).catch(() => null)));
+    const present = files.filter((f) => f !== null);
+    expect(present).toHaveLength(1);
+    expect(present[0]!.mode & 0o777).toBe(0o600);
+  });
+
+  it('unauthenticated and unauthorised calls are refused and change nothing', async () => {
+    const anon = await call('POST', '/repos', null, { repo_id: 'sec/repo' });
+    expect(anon.status).toBe(401);
+    expect(anon.headers.get('www-authenticate')).toMatch(/Basic/);
+    expect((await call('POST', '/repos', 'grt_not-a-token', { repo_id: 'sec/repo' })).status).toBe(401);
+    expect((await call('POST', '/admin/rebalance', null)).status).toBe(401);
+    expect((await call('GET', '/repos', null)).status).toBe(200);
+    expect(((await (await call('GET', '/repos', null)).json()) as { count: number }).count).toBe(0);
+  });
+
+  it('roles: read clones, write pushes, admin creates tokens and deletes repos', async () => {
+    const mk = async (role: string): Promise<string> => {
+      const r = await call('POST', '/admin/tokens', admin, { name: `${role}-user`, role });
+      expect(r.status).toBe(201);
+      return ((await r.json()) as { token: string }).token;
+    };
+    const reader = await mk('read');
+    const writer = await mk('write');
+    expect((await call('POST', '/admin/tokens', writer, { name: 'x', role: 'admin' })).status).toBe(403);
+    expect((await call('POST', '/repos', writer, { repo_id: 'sec/repo' })).status).toBe(201);
+    const url = c.repoUrl(2, 'sec/repo');
+    const work = await workRepo();
+    const anonPush = await git(['push', url, 'main'], { cwd: work });
+    expect(anonPush.code).not.toBe(0);
+    expect(anonPush.stderr).toMatch(/Authentication failed|could not read Username|401/);
+    const readPush = await git(['push', withToken(url, reader), 'main'], { cwd: work });
+    expect(readPush.code).not.toBe(0);
+    expect(readPush.stderr).toMatch(/403/);
+    await gitOk(['push', '-q', withToken(url, writer), 'main'], { cwd: work });
+    expect(await lsRemote(c.repoUrl(1, 'sec/repo'))).toMatch(/refs\/heads\/main/);
+    expect((await call('DELETE', '/repos/sec/repo', writer)).status).toBe(403);
+    expect((await call('DELETE', '/repos/sec/repo', admin)).status).toBe(200);
+  });
+});
