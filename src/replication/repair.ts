@@ -9,6 +9,9 @@ import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
 import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
 
+/** COMMIT_GRACE_MS is how long a replica one generation behind may wait for its commit before repair. */
+const COMMIT_GRACE_MS = 3_000;
+
 /** RepairProgress is what `GET /repos/:owner/:repo` and logs show of a running repair. */
 export interface RepairProgress {
   readonly repoId: string;
@@ -32,6 +35,7 @@ export class RepairWorker {
   private timers: NodeJS.Timeout[] = [];
   private running = false;
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
+  private readonly behindSince = new Map<string, number>();
   readonly inProgress = new Map<string, RepairProgress>();
 
   constructor(
@@ -69,9 +73,19 @@ export class RepairWorker {
       const { store, nodeId } = this.deps;
       const repos = (await store.listRepos()).filter((r) => r.replicas.includes(nodeId));
       const todo: RepoRecord[] = [];
+      const now = Date.now();
       for (const repo of repos) {
         const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
-        if (!isInSync(repo, own)) todo.push(repo);
+        if (isInSync(repo, own)) {
+          this.behindSince.delete(repo.repoId);
+          continue;
+        }
+        // A replica confirmed one generation back is usually a commit still on its way: give it
+        // a moment before fetching what the commit is about to apply anyway.
+        const since = this.behindSince.get(repo.repoId) ?? now;
+        this.behindSince.set(repo.repoId, since);
+        const inFlight = own?.state === 'in_sync' && own.incarnation === repo.incarnation && own.generation === repo.generation - 1;
+        if (!inFlight || now - since >= COMMIT_GRACE_MS) todo.push(repo);
       }
       await this.collectGarbage();
       this.deps.metrics.repairQueue.set(todo.length);
