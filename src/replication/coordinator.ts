@@ -170,7 +170,8 @@ export class Coordinator {
     const { store, failpoints, logger, metrics } = this.deps;
     const w = this.writeQuorumFor(replicas.length);
     const log = logger.child({ txnId: req.txnId, repoId: req.repoId, kind: req.kind });
-    await store.beginTxn({ id: req.txnId, repoId: req.repoId, kind: req.kind, coordinator: req.coordinator, baseGeneration: req.baseGeneration, fencingToken: req.fencingToken });
+    // No beginTxn: the decision row is written by commit* or abortTxn, and a participant that
+    // finds none applies the fencing-token rule; one store write less on every push.
     await failpoints.hit('coordinator.beforePrepare');
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
