@@ -4,13 +4,19 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { errorMessage } from '../domain/errors.js';
+import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
 
-interface UpOptions { nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string }
+interface UpOptions {
+  nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
+  etcdUrl?: string; etcdPort?: string;
+}
 
 /** ClusterFile is `<data>/cluster.json`: what `up` started, for scripts and tests. */
 export interface ClusterFile {
   readonly store: string;
   readonly nodes: Array<{ id: string; url: string; pid: number; dataDir: string }>;
+  /** etcd is the etcd the nodes use with `--store etcd` or `--etcd-url`; pid and dataDir only when `up` started it. */
+  readonly etcd?: { url: string; pid: number | null; dataDir: string | null; managed: boolean };
 }
 
 async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number): Promise<void> {
@@ -35,7 +41,9 @@ export function registerUp(program: Command): void {
     .option('--nodes <n>', 'number of nodes', '3')
     .option('--base-port <port>', 'port of the first node', '3001')
     .option('--data <dir>', 'data directory of the cluster', './data')
-    .option('--store <url>', 'coordination store (default sqlite:<data>/cluster.db)')
+    .option('--store <url>', 'coordination store: sqlite:<path>, etcd://host:port, or etcd to start a local etcd (default sqlite:<data>/cluster.db)')
+    .option('--etcd-url <url>', 'use a running etcd (http://host:port[,http://host:port]) instead of starting one; implies --store etcd')
+    .option('--etcd-port <port>', 'client port of the local etcd with --store etcd (default base port + 1000; peer port is one more)')
     .option('--write-quorum <n>', 'replicas that must confirm a write (default majority)')
     .option('--replication-factor <n>', 'replicas per repo (default min(3, nodes))')
     .option('--log-level <level>', 'node log level', 'info')
@@ -46,7 +54,45 @@ export function registerUp(program: Command): void {
       if (!Number.isInteger(base) || base < 1 || base + n > 65535) throw new Error('--base-port out of range');
       const data = resolve(o.data);
       await mkdir(data, { recursive: true });
-      const store = o.store ?? `sqlite:${join(data, 'cluster.db')}`;
+      let etcd: LocalEtcd | null = null;
+      let etcdEntry: ClusterFile['etcd'];
+      let store = o.store ?? `sqlite:${join(data, 'cluster.db')}`;
+      if (o.etcdUrl !== undefined) {
+        if (o.store !== undefined && o.store !== 'etcd') throw new Error('--etcd-url needs --store etcd (or no --store)');
+        store = etcdStoreUrl(o.etcdUrl);
+        etcdEntry = { url: o.etcdUrl, pid: null, dataDir: null, managed: false };
+      } else if (o.store === 'etcd') {
+        const binary = findEtcdBinary();
+        if (!binary) {
+          const where = process.env.ETCD_BIN ? `ETCD_BIN=${process.env.ETCD_BIN} is not an executable` : 'none was found on PATH or in /usr/bin';
+          process.stderr.write(`git-replication up: --store etcd needs an etcd binary and ${where}: ${ETCD_INSTALL_HINT}\n`);
+          process.exit(2);
+        }
+        const etcdPort = o.etcdPort === undefined ? base + 1000 : Number(o.etcdPort);
+        if (!Number.isInteger(etcdPort) || etcdPort < 1 || etcdPort + 1 > 65535) throw new Error('--etcd-port out of range');
+        // A Ctrl-C while etcd starts must not leave it running: remember it, stop etcd once it is up.
+        let interrupted = false;
+        const onEarlySignal = (): void => { interrupted = true; };
+        for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, onEarlySignal);
+        try {
+          etcd = await startLocalEtcd({ dir: join(data, 'etcd'), clientPort: etcdPort, binary });
+        } catch (err) {
+          process.stderr.write(`git-replication up: could not start etcd: ${errorMessage(err)}\n`);
+          process.exit(1);
+        } finally {
+          for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.removeListener(sig, onEarlySignal);
+        }
+        const started = etcd;
+        if (interrupted) {
+          await started.stop();
+          process.exit(130);
+        }
+        // Should `up` die without stopping it, etcd (in its own process group) must not outlive it.
+        process.once('exit', () => started.killNow());
+        store = etcd.storeUrl;
+        etcdEntry = { url: etcd.url, pid: etcd.pid, dataDir: etcd.dataDir, managed: true };
+        process.stdout.write(`git-replication: etcd up at ${etcd.url} (data ${etcd.dataDir}, log ${etcd.logFile})\n`);
+      }
       const main = fileURLToPath(new URL('./main.js', import.meta.url));
       const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string }> = [];
       for (let i = 1; i <= n; i++) {
@@ -70,10 +116,15 @@ export function registerUp(program: Command): void {
           child.once('exit', () => { clearTimeout(t); res(); });
           child.kill('SIGTERM');
         })));
+        if (etcd) {
+          process.stderr.write('stopping etcd...\n');
+          await etcd.stop();
+        }
         process.exit(code);
       };
       process.once('SIGINT', () => void stopAll(0));
       process.once('SIGTERM', () => void stopAll(0));
+      process.once('SIGHUP', () => void stopAll(0));
       try {
         await Promise.all(children.map((c) => waitHealthy(c.url, c.child, 60_000)));
       } catch (err) {
@@ -81,7 +132,7 @@ export function registerUp(program: Command): void {
         await stopAll(1);
         return;
       }
-      const file: ClusterFile = { store, nodes: children.map((c) => ({ id: c.id, url: c.url, pid: c.child.pid ?? -1, dataDir: c.dataDir })) };
+      const file: ClusterFile = { store, nodes: children.map((c) => ({ id: c.id, url: c.url, pid: c.child.pid ?? -1, dataDir: c.dataDir })), ...(etcdEntry ? { etcd: etcdEntry } : {}) };
       await writeFile(join(data, 'cluster.json'), `${JSON.stringify(file, null, 2)}\n`);
       process.stdout.write(`\ngit-replication: ${n} nodes up (store ${store})\n`);
       for (const c of children) process.stdout.write(`  ${c.id}  ${c.url}\n`);
@@ -90,6 +141,12 @@ export function registerUp(program: Command): void {
       for (const c of children) {
         c.child.once('exit', (code, signal) => {
           if (!stopping) process.stderr.write(`${c.id} exited (${signal ?? code})\n`);
+        });
+      }
+      if (etcd) {
+        const { logFile } = etcd;
+        void etcd.exited.then((how) => {
+          if (!stopping) process.stderr.write(`etcd exited (${how}): writes fail until it runs again; see ${logFile}\n`);
         });
       }
     });

@@ -7,6 +7,12 @@ import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
 
+/** isGitRoute says whether a URL is one of the smart-HTTP endpoints git clients call. */
+function isGitRoute(url: string): boolean {
+  const path = url.split('?')[0] ?? '';
+  return /\/(info\/refs|git-upload-pack|git-receive-pack)$/.test(path);
+}
+
 /**
  * buildHttpApp assembles the Fastify app: one route group per file, and one error handler that
  * turns AppErrors and Fastify's own client errors (bad JSON, schema, size) into 4xx answers with
@@ -28,6 +34,8 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
       // git asks its credential helper for a token only when the 401 names a Basic realm.
       if (err.code === 'ERR_UNAUTHORIZED' && !req.url.startsWith('/replicate/')) void reply.header('www-authenticate', 'Basic realm="git-replication"');
       if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed');
+      // git prints a refused request's body as "remote:" lines only when it is text/plain.
+      if (isGitRoute(req.url)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
       return reply.code(err.statusCode).send({ error: err.message, code: err.code, ...err.data });
     }
     const e = err as Error & { statusCode?: number; code?: string };

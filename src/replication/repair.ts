@@ -7,7 +7,7 @@ import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
-import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
+import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /** COMMIT_GRACE_MS is how long a replica one generation behind may wait for its commit before repair. */
 const COMMIT_GRACE_MS = 3_000;
@@ -42,6 +42,8 @@ export class RepairWorker {
     private readonly deps: {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
       logger: Logger; metrics: Metrics; lockTtlMs: number;
+      /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
+      onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
     },
   ) {}
 
@@ -75,7 +77,9 @@ export class RepairWorker {
       const todo: RepoRecord[] = [];
       const now = Date.now();
       for (const repo of repos) {
-        const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
+        const replicas = await store.getReplicas(repo.repoId);
+        this.deps.onSeen?.(repo, replicas);
+        const own = replicas.find((r) => r.nodeId === nodeId);
         if (isInSync(repo, own)) {
           this.behindSince.delete(repo.repoId);
           continue;
@@ -131,7 +135,9 @@ export class RepairWorker {
           await rm(staged, { recursive: true, force: true });
         }
       } else {
-        await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation + 1).catch(() => false);
+        // Only while still behind: a commit that lands meanwhile confirms the current generation,
+        // and that confirmation must not be overwritten.
+        await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation).catch(() => false);
         await this.fetch(storage.repoPath(repo.repoId), url, progress);
       }
       const checksum = await storage.checksum(repo.repoId);

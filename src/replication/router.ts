@@ -23,6 +23,11 @@ export class Router {
 
   constructor(private readonly deps: { nodeId: string; store: ClusterStore; storage: ReplicaStorage; membership: Membership; logger: Logger }) {}
 
+  /** remember records a repo's state read elsewhere (the repair pass), for reads during a store outage. */
+  remember(repo: RepoRecord, replicas: ReplicaRecord[]): void {
+    this.lastSeen.set(repo.repoId, { repo, replicas });
+  }
+
   private async read(repoId: string, write: boolean): Promise<Seen & { fromCache: boolean }> {
     try {
       const repo = await this.deps.store.getRepo(repoId);
