@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
@@ -9,6 +9,21 @@ import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type L
 interface UpOptions {
   nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
   etcdUrl?: string; etcdPort?: string;
+}
+
+/**
+ * adminToken finds the admin token the cluster's first start wrote into one node's data dir and
+ * keeps a copy (mode 0600) at `<data>/admin-token`, so a restarted `up` still shows it.
+ */
+async function adminToken(data: string, nodeDirs: readonly string[]): Promise<string | null> {
+  for (const file of [join(data, 'admin-token'), ...nodeDirs.map((d) => join(d, 'admin-token'))]) {
+    const token = (await readFile(file, 'utf8').catch(() => '')).trim();
+    if (token) {
+      await writeFile(join(data, 'admin-token'), `${token}\n`, { mode: 0o600 });
+      return token;
+    }
+  }
+  return null;
 }
 
 /** ClusterFile is `<data>/cluster.json`: what `up` started, for scripts and tests. */
@@ -136,8 +151,19 @@ export function registerUp(program: Command): void {
       await writeFile(join(data, 'cluster.json'), `${JSON.stringify(file, null, 2)}\n`);
       process.stdout.write(`\ngit-replication: ${n} nodes up (store ${store})\n`);
       for (const c of children) process.stdout.write(`  ${c.id}  ${c.url}\n`);
-      process.stdout.write(`\ntry:\n  curl -X POST ${children[0]!.url}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
-      process.stdout.write(`  git clone ${children[children.length - 1]!.url}/demo/hello.git\n\nCtrl-C stops the cluster.\n`);
+      const token = await adminToken(data, children.map((c) => c.dataDir));
+      const first = children[0]!.url;
+      const last = children[children.length - 1]!.url;
+      if (token) {
+        const push = first.replace('http://', `http://admin:${token}@`);
+        process.stdout.write(`\nadmin token (also in ${join(data, 'admin-token')}): ${token}\n`);
+        process.stdout.write(`\ntry:\n  curl -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        process.stdout.write(`  git clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && git push ${push}/demo/hello.git HEAD:main\n`);
+      } else {
+        process.stdout.write(`\ntry:\n  curl -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        process.stdout.write(`  git clone ${last}/demo/hello.git\n`);
+      }
+      process.stdout.write('\nCtrl-C stops the cluster.\n');
       for (const c of children) {
         c.child.once('exit', (code, signal) => {
           if (!stopping) process.stderr.write(`${c.id} exited (${signal ?? code})\n`);
