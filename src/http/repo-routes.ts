@@ -43,6 +43,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       checksum: repo.checksum,
       created_at: repo.createdAt,
       write_quorum: deps.coordinator.writeQuorumFor(repo.replicas.length),
+      lock: await deps.store.getLock(repoId).then((l) => (l ? { holder: l.holder, token: l.token } : null)),
       replicas: repo.replicas.map((n) => {
         const r = byNode.get(n);
         return {

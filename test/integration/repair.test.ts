@@ -5,13 +5,13 @@ import { TestCluster, waitFor, type RepoStatus } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, refsOf, workRepo } from '../helpers/git.js';
 
 async function expectAllInSync(c: TestCluster, repoId: string, via: number, replicas = 3): Promise<RepoStatus> {
-  const st = await c.waitInSync(repoId, via, 60_000);
+  const st = await c.waitInSync(repoId, via, 120_000);
   expect(st.replicas).toHaveLength(replicas);
   expect(new Set(st.replicas.map((r) => r.checksum)).size).toBe(1);
   return st;
 }
 
-describe('catch-up repair and verification on 3 nodes', () => {
+describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, () => {
   let c: TestCluster;
   beforeAll(async () => { c = await TestCluster.start({ nodes: 3, env: { VERIFY_INTERVAL_MS: '500', FSCK_INTERVAL_MS: '1000' } }); });
   afterAll(async () => { await c?.destroy(); });
@@ -65,7 +65,7 @@ describe('catch-up repair and verification on 3 nodes', () => {
   });
 });
 
-describe('placement over 6 nodes with R=3', () => {
+describe('placement over 6 nodes with R=3', { timeout: 300_000 }, () => {
   let c: TestCluster;
   const repos = Array.from({ length: 30 }, (_, i) => `spread/r${i}`);
   const heads = new Map<string, string>();
@@ -103,14 +103,14 @@ describe('placement over 6 nodes with R=3', () => {
 
   it('a node killed for good: after --replace-after every repo is back to 3 in-sync replicas', async () => {
     await c.kill(6);
-    await waitFor(async () => !(await counts(1)).has('node-6'), 90_000, 'no replica left on node-6');
+    await waitFor(async () => !(await counts(1)).has('node-6'), 180_000, 'no replica left on node-6');
     await expectNothingLost(2);
   });
 
   it('decommission moves every replica off a live node', async () => {
     const r = await c.api(1, 'POST', '/admin/nodes/node-5/decommission');
     expect(r.status).toBe(200);
-    await waitFor(async () => !(await counts(1)).has('node-5'), 90_000, 'no replica left on node-5');
+    await waitFor(async () => !(await counts(1)).has('node-5'), 180_000, 'no replica left on node-5');
     await expectNothingLost(3);
     await waitFor(async () => (await readdir(join(c.node(5).dataDir, 'repos', 'spread')).catch(() => [])).length === 0, 30_000, 'node-5 deleted its copies');
   });
@@ -118,7 +118,7 @@ describe('placement over 6 nodes with R=3', () => {
   it('a new node and rebalance: replicas move onto it, all repos stay at 3', async () => {
     const i = await c.addNode();
     expect((await c.api(1, 'POST', '/admin/rebalance')).status).toBe(200);
-    await waitFor(async () => ((await counts(1)).get(`node-${i}`) ?? 0) >= 5, 120_000, `replicas on node-${i}`);
+    await waitFor(async () => ((await counts(1)).get(`node-${i}`) ?? 0) >= 5, 180_000, `replicas on node-${i}`);
     await expectNothingLost(i);
   });
 });
