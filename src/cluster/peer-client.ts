@@ -45,7 +45,8 @@ export class PeerClient {
 
   /** preparePush sends a push's prepare with the pack file (if any) streamed after the metadata. */
   async preparePush(baseUrl: string, req: PrepareRequest, packPath: string | null, timeoutMs: number): Promise<PeerAnswer> {
-    const meta = Buffer.from(JSON.stringify(prepareToWire(req)));
+    // has_pack: a push of refs to existing objects (a delete, a branch at a known commit) has none.
+    const meta = Buffer.from(JSON.stringify({ ...prepareToWire(req), has_pack: packPath !== null }));
     const head = Buffer.concat([Buffer.from(`${meta.length}\n`), meta]);
     const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
     return this.call(baseUrl, '/replicate/prepare', body, packPath === null ? head.length : null, PREPARE_CONTENT_TYPE, timeoutMs);

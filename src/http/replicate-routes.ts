@@ -111,7 +111,9 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
     const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
     const frame = framed ? await readFrame(req.body as Readable) : null;
     const prep = parsePrepare(frame ? frame.meta : req.body);
-    const raw = frame?.pack ?? null;
+    const hasPack = frame !== null && (frame.meta as { has_pack?: unknown }).has_pack === true;
+    if (frame && !hasPack) frame.pack.resume();
+    const raw = hasPack ? frame.pack : null;
     try {
       await deps.participant.prepare(prep, raw, { local: false });
     } catch (err) {

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { rm, unlink, readdir } from 'node:fs/promises';
+import { rm, unlink, readdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -143,6 +143,7 @@ export class Participant {
 
   /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
   private async indexPack(repoPath: string, txnId: string, pack: Readable): Promise<string> {
+    const started = Date.now();
     const child = this.deps.git.spawn(['index-pack', '--strict', '--stdin', `--keep=replication ${txnId}`], { cwd: repoPath, timeoutMs: 3_600_000 });
     let out = '';
     let err = '';
@@ -155,7 +156,10 @@ export class Participant {
     const feedError = await fed;
     
     const m = /^(?:keep|pack)\t([0-9a-f]+)$/m.exec(out);
-    if (code !== 0 || !m) throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
+    if (code !== 0 || !m) {
+      await removeTempPacks(join(repoPath, 'objects', 'pack'), started);
+      throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
+    }
     // index-pack stops at the pack's trailer; the body may still be closing. A feed error
     // after a verified pack is harmless, one before it shows up as index-pack's failure above.
     if (feedError) pack.resume();
@@ -355,6 +359,16 @@ function emptyPayload(): TxnPayload {
 
 async function removeFiles(paths: readonly string[]): Promise<void> {
   await Promise.all(paths.map((p) => unlink(p).catch(() => undefined)));
+}
+
+/** removeTempPacks deletes the temporary pack a failed index-pack left (`tmp_pack_*` written since `since`). */
+async function removeTempPacks(packDir: string, since: number): Promise<void> {
+  for (const f of await readdir(packDir).catch(() => [] as string[])) {
+    if (!f.startsWith('tmp_pack_')) continue;
+    const p = join(packDir, f);
+    const st = await stat(p).catch(() => null);
+    if (st && st.mtimeMs >= since - 1_000) await unlink(p).catch(() => undefined);
+  }
 }
 
 /** streamFile is a readable of a file, for shipping a pack to peers. */

@@ -50,6 +50,20 @@ describe('replicated pushes on 3 nodes', () => {
     await expectReplicasIdentical(c, 'r/one');
   });
 
+  it('pushes that bring no objects replicate too: delete, new branch and tag at a known commit', async () => {
+    await c.createRepo(3, 'r/noobj');
+    const work = await workRepo();
+    const url = c.repoUrl(1, 'r/noobj');
+    await gitOk(['push', '-q', url, 'main', 'main:refs/heads/gone'], { cwd: work });
+    await gitOk(['push', '-q', url, ':refs/heads/gone'], { cwd: work });
+    await gitOk(['push', '-q', c.repoUrl(2, 'r/noobj'), 'main:refs/heads/same', 'main:refs/tags/v1'], { cwd: work });
+    const refs = await gitOk(['ls-remote', c.repoUrl(3, 'r/noobj')]);
+    expect(refs).not.toContain('refs/heads/gone');
+    expect(refs).toContain('refs/heads/same');
+    expect(refs).toContain('refs/tags/v1');
+    await expectReplicasIdentical(c, 'r/noobj');
+  });
+
   it('every read after an acknowledged push sees it, through every node', async () => {
     await c.createRepo(2, 'r/ryw');
     const work = await workRepo();
