@@ -1,0 +1,36 @@
+import { describe, expect, it } from 'vitest';
+import { runChaos, type ChaosReport } from '../../src/chaos/run.js';
+
+/**
+ * The short, seeded chaos runs of `npm test` (the long ones are `npm run chaos`): real node
+ * processes, real git clients, every fault kind, and the history checker over the result. The
+ * seeds are fixed; interleavings still depend on timing, so a failure prints the seed, the
+ * violations with a minimal history, and the node logs. On an idle 2-core machine the file takes
+ * about 2 minutes; the per-test timeout leaves room for a loaded one. After the faults heal, a
+ * probe requires every kind of write (fast-forward, new branch, force push, delete) to succeed.
+ */
+function explain(r: ChaosReport): string {
+  return `${r.text}\n${r.logs ? `\nnode logs (tail):\n${r.logs}` : ''}`;
+}
+
+function summary(name: string, r: ChaosReport): void {
+  const faults = new Map<string, number>();
+  for (const e of r.faults) faults.set(e.kind, (faults.get(e.kind) ?? 0) + 1);
+  process.stdout.write(`[chaos ${name}] ${r.text.split('\n').slice(0, 2).join(' | ')} | faults ${[...faults].map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
+}
+
+describe('chaos: seeded fault injection checked by the history checker', () => {
+  it('3 nodes, R=3: kill -9, fail point crashes, SIGSTOP past the lease, partitions, slow links', async () => {
+    const r = await runChaos({ seed: 42, nodes: 3, clients: 3, durationMs: 25_000 });
+    summary('3 nodes', r);
+    expect(r.totals.ok, explain(r)).toBeGreaterThan(10);
+    expect(r.result.violations, explain(r)).toEqual([]);
+  }, 240_000);
+
+  it('6 nodes, R=3 (W=2): repos on different replica sets, proxied reads and pushes', async () => {
+    const r = await runChaos({ seed: 7, nodes: 6, replicationFactor: 3, clients: 3, repos: 3, durationMs: 12_000, faults: ['kill', 'failpoint', 'pause', 'partition'] });
+    summary('6 nodes', r);
+    expect(r.totals.ok, explain(r)).toBeGreaterThan(5);
+    expect(r.result.violations, explain(r)).toEqual([]);
+  }, 240_000);
+});
