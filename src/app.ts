@@ -130,7 +130,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs, onSeen: (repo, replicas) => router.remember(repo, replicas) });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs, onSeen: (repo, replicas) => router.remember(repo, replicas), busy: (repoId) => participant.busy(repoId) });
+  participant.isRepairing = (repoId) => repair.inProgress.has(repoId);
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs, lockTtlMs: cfg.lockTtlMs });
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers,

@@ -188,6 +188,10 @@ export class Coordinator {
     if (!decided.ok) {
       await store.abortTxn(req.txnId).catch(() => undefined);
       const aborts = replicas.map((node, i) => preparing[i]!.then((a) => (a.ok ? this.finishOn(node, req.txnId, req.repoId, 'abort') : a)));
+      // The local abort is awaited so this node holds nothing when the client hears the refusal;
+      // peers are told in the background (a dead one would only make the client wait).
+      const self = replicas.indexOf(this.deps.nodeId);
+      if (self !== -1) await Promise.race([aborts[self], new Promise((r) => setTimeout(r, 5_000))]);
       void Promise.all(aborts);
       metrics.txns.inc({ kind: req.kind, outcome: 'abort' });
       if (okCount < w) metrics.quorumFailures.inc();

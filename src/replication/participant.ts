@@ -50,6 +50,10 @@ interface OpenTxn {
  */
 export class Participant {
   private readonly open = new Map<string, OpenTxn>();
+  /** active counts, per repo, transactions between the start of prepare and their end. */
+  private readonly active = new Map<string, number>();
+  /** isRepairing is set by app.ts: a replica being repaired must not take part in a transaction. */
+  isRepairing: (repoId: string) => boolean = () => false;
   private readonly finishing = new Map<string, Promise<'committed' | 'aborted'>>();
 
   constructor(
@@ -76,10 +80,34 @@ export class Participant {
    * no new objects or the pack is already in the local repo: `local`). Throws PrepareRefusal.
    */
   async prepare(req: PrepareRequest, pack: Readable | null, opts: { local: boolean } = { local: false }): Promise<void> {
-    const { log, failpoints } = this.deps;
+    const { log } = this.deps;
     const logged = log.get(req.txnId);
     if (logged?.state === 'aborted') throw new PrepareRefusal('failed', 'transaction already aborted');
     if (logged || this.open.has(req.txnId)) return;
+    // Checked and marked in one synchronous step, so repair and a transaction never overlap.
+    if (this.isRepairing(req.repoId)) throw new PrepareRefusal('stale', `replica of ${req.repoId} is being repaired`);
+    this.active.set(req.repoId, (this.active.get(req.repoId) ?? 0) + 1);
+    try {
+      await this.prepareActive(req, pack, opts);
+    } catch (err) {
+      this.done(req.repoId);
+      throw err;
+    }
+  }
+
+  /** busy says whether a transaction on the repo is between prepare and its end on this node. */
+  busy(repoId: string): boolean {
+    return (this.active.get(repoId) ?? 0) > 0 || [...this.open.values()].some((o) => o.req.repoId === repoId);
+  }
+
+  private done(repoId: string): void {
+    const n = (this.active.get(repoId) ?? 1) - 1;
+    if (n <= 0) this.active.delete(repoId);
+    else this.active.set(repoId, n);
+  }
+
+  private async prepareActive(req: PrepareRequest, pack: Readable | null, opts: { local: boolean }): Promise<void> {
+    const { log, failpoints } = this.deps;
     await failpoints.hit('participant.beforePrepare');
     let open: OpenTxn;
     if (req.kind === 'create') open = await this.prepareCreate(req);
@@ -233,7 +261,7 @@ export class Participant {
     }
     await removeFiles(open?.keepFiles ?? payload?.keepFiles ?? []);
     log.setState(txnId, 'committed');
-    this.open.delete(txnId);
+    if (this.open.delete(txnId)) this.done(req.repoId);
     await failpoints.hit('participant.afterCommit');
     if (req.kind !== 'delete') {
       const generation = req.kind === 'create' ? 0 : req.baseGeneration + 1;
@@ -274,7 +302,7 @@ export class Participant {
     else if (logged?.payload.stagingPath) await rm(logged.payload.stagingPath, { recursive: true, force: true });
     if (!open && logged?.payload.keepFiles) await removeFiles(logged.payload.keepFiles);
     this.deps.log.setState(txnId, 'aborted');
-    this.open.delete(txnId);
+    if (this.open.delete(txnId) && open) this.done(open.req.repoId);
     return 'aborted';
   }
 

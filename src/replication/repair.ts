@@ -42,6 +42,8 @@ export class RepairWorker {
     private readonly deps: {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
       logger: Logger; metrics: Metrics; lockTtlMs: number;
+      /** busy says a transaction on the repo is open on this node: repair waits for it. */
+      busy: (repoId: string) => boolean;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
     },
@@ -122,6 +124,7 @@ export class RepairWorker {
     // A replica with objects missing (fsck) or of another incarnation is copied whole: a fetch
     // cannot bring back objects whose refs already match.
     const mode = localIncarnation !== repo.incarnation || own?.state === 'missing' ? 'clone' : 'fetch';
+    if (this.deps.busy(repo.repoId) || this.inProgress.has(repo.repoId)) return false;
     const progress: RepairProgress = { repoId: repo.repoId, source, mode, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1, objectsDone: 0, objectsTotal: 0, bytes: '' };
     this.inProgress.set(repo.repoId, progress);
     try {
