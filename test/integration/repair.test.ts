@@ -119,6 +119,14 @@ describe('placement over 6 nodes with R=3', { timeout: 300_000 }, () => {
     const i = await c.addNode();
     expect((await c.api(1, 'POST', '/admin/rebalance')).status).toBe(200);
     await waitFor(async () => ((await counts(1)).get(`node-${i}`) ?? 0) >= 5, 180_000, `replicas on node-${i}`);
+    // Moves go one copy at a time (add, then drop once the copy is in sync): wait until they settle.
+    await waitFor(async () => {
+      for (const r of repos) {
+        const st = await c.repoStatus(1, r);
+        if (st.replicas.length !== 3 || st.replicas.some((x) => x.state !== 'in_sync')) return false;
+      }
+      return true;
+    }, 180_000, 'rebalance settled');
     await expectNothingLost(i);
   });
 });
