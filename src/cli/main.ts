@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
 import { VERSION } from '../app.js';
+import { registerBench } from './bench.js';
 import { registerAdmin } from './admin.js';
 import { registerServe } from './serve.js';
 import { registerStatus } from './status.js';
@@ -12,5 +13,6 @@ const program = new Command('git-replication')
 registerServe(program);
 registerUp(program);
 registerStatus(program);
+registerBench(program);
 registerAdmin(program);
 await program.parseAsync(process.argv);
