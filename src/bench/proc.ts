@@ -179,15 +179,3 @@ export class RssSampler {
     return { baseMb: mb(this.base), peakMb: mb(this.peak), peakPerRootMb: mb(this.peakRoot), peakAnonMb: mb(this.peakAnon), peakAnonPerRootMb: mb(this.peakAnonRoot), samples: this.samples };
   }
 }
-
-/** killTree SIGKILLs a process and every descendant (leaves are found first, so none is orphaned unseen). */
-export async function killTree(root: number): Promise<void> {
-  const pids = [root, ...(await descendants(root))];
-  for (const p of pids.reverse()) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}

@@ -67,6 +67,8 @@ export interface BenchResult {
   /** complete says every selected workload produced at least one round on every server. */
   readonly complete: boolean;
   readonly problems: string[];
+  /** serverLogs keeps the end of each server's output when it had errors (the nodes log at warn). */
+  readonly serverLogs: Partial<Record<ServerId, string>>;
 }
 
 const round3 = (x: number): number => Number(x.toPrecision(4));
@@ -224,7 +226,7 @@ function errorLines(r: BenchResult): string[] {
   const out: string[] = [];
   for (const w of r.workloads) {
     for (const [id, s] of Object.entries(w.servers)) {
-      if (s.errors.length > 0) out.push(`  ${w.id} on ${id}: ${s.errors.length} error(s), first: ${s.errors[0]!.slice(0, 400)}`);
+      if (s.errors.length > 0) out.push(`  ${w.id} on ${id}: ${s.errors.length} error message(s) kept (at most 20 per workload and server; see the errors metric for counts), first: ${s.errors[0]!.slice(0, 400)}`);
     }
   }
   return out;

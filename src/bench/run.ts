@@ -111,6 +111,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
   const results: WorkloadResult[] = [];
   const started = new Map<ServerId, boolean>();
   const fixtureFacts: Record<string, string | number> = {};
+  const logTails: Partial<Record<ServerId, string>> = {};
   try {
     say(`preparing fixtures (cached under os.tmpdir()) and starting ${serverIds.join(', ')}`);
     const needMirror = workloads.some((w) => w.id === 'clone-mirror' || w.id === 'mirror-push');
@@ -171,6 +172,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
       say(`workload ${w.number} ${w.id} done in ${res.durationS.toFixed(0)} s: ${Object.entries(res.servers).map(([id, s]) => `${id} ${w.primary}=${s.median[w.primary] ?? '-'}`).join(', ')}`);
     }
   } finally {
+    for (const s of servers) logTails[s.id] = s.logTail();
     say('stopping the servers');
     await stopAll();
     process.off('SIGINT', onSignal);
@@ -194,6 +196,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
     targets: targets(results, params, facts.nproc),
     complete,
     problems,
+    serverLogs: Object.fromEntries(serverIds
+      .filter((id) => results.some((w) => (w.servers[id]?.errors.length ?? 0) > 0) && logTails[id])
+      .map((id) => [id, logTails[id]!])),
   };
   const outDir = resolve(opts.out ?? 'bench/results');
   await mkdir(outDir, { recursive: true });

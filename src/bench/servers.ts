@@ -186,7 +186,7 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
       throw new Error(`${id}: create ${repoId} failed: ${last}`);
     },
     url: (repoId, client = 0) => `${procs[client % procs.length]!.url}/${repoId}.git`,
-    logTail: () => procs.map((n) => `--- ${n.id}\n${n.proc.log.slice(-3000)}`).join('\n'),
+    logTail: () => procs.map((n) => `--- ${n.id}\n${n.proc.log.slice(-20_000)}`).join('\n'),
     stop: stopAll,
   };
 }
@@ -216,7 +216,7 @@ async function startScriptServer(id: ServerId, root: string, dist: string, scrip
       if (receivePackConfig) await gitOk(['config', 'http.receivepack', 'true'], { cwd: dir });
     },
     url: (repoId) => `${url}/${repoId}.git`,
-    logTail: () => proc.log.slice(-3000),
+    logTail: () => proc.log.slice(-20_000),
     async stop() {
       child.stdin?.end();
       await proc.stop(2_000);
