@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -82,19 +81,8 @@ export function tempDir(prefix: string, parent = tmpdir()): Promise<string> {
   return mkdtemp(join(parent, prefix));
 }
 
-/** freePort asks the kernel for a free loopback port. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+/** freePort is the cluster harness's: a free loopback port from the kernel. */
+export { freePort } from '../chaos/cluster.js';
 
 /** sleep waits. */
 export function sleep(ms: number): Promise<void> {
