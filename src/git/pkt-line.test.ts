@@ -5,8 +5,8 @@ import { encodePktLine, PktLineReader, PktLineValidator } from './pkt-line.js';
 
 async function validate(chunks: Buffer[], packAfterFlush: boolean): Promise<Buffer> {
   const out: Buffer[] = [];
-  await pipeline(Readable.from(chunks), new PktLineValidator({ packAfterFlush }), async function* (src) {
-    for await (const c of src) out.push(c as Buffer);
+  await pipeline(Readable.from(chunks), new PktLineValidator({ packAfterFlush }), async (src: AsyncIterable<Buffer>) => {
+    for await (const c of src) out.push(c);
   });
   return Buffer.concat(out);
 }
