@@ -333,6 +333,8 @@ describe.skipIf(NO_ETCD)('reads while etcd is down from an in-sync replica the n
   // its repair pass, which remembers every repo state it reads for reads during a store outage.
   it('ls-remote from node 2 works after etcd is killed', async () => {
     const cl = c!;
+    // Let node 2's repair pass (every REPAIR_INTERVAL_MS) read the repo once before etcd goes away.
+    await new Promise((res) => setTimeout(res, 2_000));
     await etcd!.kill();
     const head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
     expect(await mainOf(cl.repoUrl(2, 'acme/cold'))).toBe(head);

@@ -172,7 +172,13 @@ describe('fault points: crash or delay at each step of a push', () => {
     await c.restart(victim, { GIT_REPLICATION_FAILPOINTS: '' });
     await c.waitMembership();
     const after = await commitFile(work, 'g.txt', 'after\n', 'after the crash');
-    const r2 = await git(['push', '--force', c.repoUrl(2, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
+    // Until the participants resolve the crashed transaction (its lease must expire first) its ref
+    // locks refuse new pushes cleanly; a user retries, and so does the test.
+    let r2 = await git(['push', '--force', c.repoUrl(2, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
+    for (let i = 0; i < 15 && r2.code !== 0; i++) {
+      await new Promise((res) => setTimeout(res, 1_000));
+      r2 = await git(['push', '--force', c.repoUrl(2, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
+    }
     expect(r2.code, r2.stderr + c.logs()).toBe(0);
     acked.push(after);
     await expectReplicasIdentical(c, repo);
