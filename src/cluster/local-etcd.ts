@@ -66,7 +66,7 @@ export interface LocalEtcd {
 }
 
 /** etcdEnv is the environment without inherited ETCD_* variables, which etcd reads as flags. */
-function etcdEnv(): NodeJS.ProcessEnv {
+export function etcdEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (!key.startsWith('ETCD_')) env[key] = value;

@@ -1,7 +1,8 @@
+import { freePort } from '../../src/chaos/cluster.js';
+import { etcdEnv } from '../../src/cluster/local-etcd.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -81,24 +82,6 @@ export function skipWithoutEtcd(): boolean {
   return true;
 }
 
-/** freePort asks the kernel for an unused port; another process may still take it, so starts are retried. */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      if (address === null || typeof address === 'string') {
-        server.close();
-        reject(new Error('could not read a free port'));
-        return;
-      }
-      server.close(() => resolve(address.port));
-    });
-  });
-}
-
 /** live holds every process this module started, so they die with the test worker even if afterAll never runs. */
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;
@@ -111,18 +94,6 @@ function installExitHook(): void {
   });
 }
 
-/** etcdEnv is the environment without inherited ETCD_* variables, which etcd would read as flags. */
-function etcdEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [key, value] of Object.entries(process.env)) {
-    if (!key.startsWith('ETCD_')) env[key] = value;
-  }
-  // Debian's etcd 3.4 refuses to start on architectures other than amd64 unless told to.
-  const goArch: Record<string, string> = { arm64: 'arm64', ppc64: 'ppc64le', s390x: 's390x', arm: 'arm', ia32: '386' };
-  const arch = goArch[process.arch];
-  if (arch) env.ETCD_UNSUPPORTED_ARCH = arch;
-  return env;
-}
 
 interface MemberConfig {
   name: string;
