@@ -132,6 +132,10 @@ export function targets(res: readonly WorkloadResult[], params: Params, nproc: n
       add(`server anonymous RSS during the ${params.bigMb} MiB clone, ${s} (MB, serving node's process tree, heap only)`, '< 150', med(res, 'big-clone', s, 'rss_node_anon_peak_mb'), (v) => v < 150, note);
     }
   }
+  if (res.some((w) => w.id === 'repair')) {
+    add('repair of a replica that missed the mirror push, cluster3: seconds / plain `git clone --mirror` seconds', '<= 1.5',
+      med(res, 'repair', 'cluster3', 'repair_vs_clone'), (v) => v <= 1.5);
+  }
   if (res.some((w) => w.id === 'concurrent-repos') && res.some((w) => w.id === 'push-latency')) {
     for (const s of ['cluster3', 'single'] as const) {
       const perS = med(res, 'concurrent-repos', s, 'pushes_per_s');

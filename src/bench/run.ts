@@ -114,7 +114,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
   const logTails: Partial<Record<ServerId, string>> = {};
   try {
     say(`preparing fixtures (cached under os.tmpdir()) and starting ${serverIds.join(', ')}`);
-    const needMirror = workloads.some((w) => w.id === 'clone-mirror' || w.id === 'mirror-push');
+    const needMirror = workloads.some((w) => w.id === 'clone-mirror' || w.id === 'mirror-push' || w.id === 'repair');
     const needBig = workloads.some((w) => w.id === 'big-clone');
     const fixturesP = (async (): Promise<Fixtures> => {
       let mirror = '';
@@ -179,8 +179,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
     process.off('SIGTERM', onSignal);
   }
 
+  // A workload that applies to some servers only (repair: clusters) lists just those.
   const complete = serverIds.every((id) => started.get(id) === true) &&
-    results.every((w) => serverIds.every((id) => (w.servers[id]?.rounds.length ?? 0) > 0));
+    results.every((w) => Object.values(w.servers).length > 0 && Object.values(w.servers).every((s) => s.rounds.length > 0));
   const finishedAt = new Date();
   const result: BenchResult = {
     schema: 1,

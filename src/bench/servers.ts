@@ -33,7 +33,19 @@ export interface ServerUnderTest {
   url(repoId: string, client?: number): string;
   /** logTail is the end of the server's output, for error messages. */
   logTail(): string;
+  /** nodeControl kills and restarts single nodes of this project's clusters (absent elsewhere). */
+  readonly nodeControl?: NodeControl;
   stop(): Promise<void>;
+}
+
+/** NodeControl kills and restarts the nodes of a running cluster, numbered from 0. */
+export interface NodeControl {
+  /** baseUrl is node `i`'s HTTP root (no trailing slash). */
+  baseUrl(i: number): string;
+  /** kill sends SIGKILL to node `i` and every process it started. */
+  kill(i: number): Promise<void>;
+  /** restart starts node `i` again with its old data directory and port; resolves when /health answers. */
+  restart(i: number): Promise<{ spawnedAt: number; readyAt: number }>;
 }
 
 /** DIST is the compiled tree the benchmark was started from (dist/). */
@@ -93,6 +105,22 @@ class Managed {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** kill SIGKILLs the process and every descendant it had, as a crash would end them. */
+  async kill(): Promise<void> {
+    const pid = this.child.pid;
+    if (pid === undefined || !this.alive) return;
+    const tree = await descendants(pid);
+    this.child.kill('SIGKILL');
+    for (const p of tree.reverse()) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await Promise.race([this.exited, sleep(5_000)]);
+  }
+
   /**
    * stop sends SIGTERM (a node shuts down cleanly and kills its git processes), waits up to
    * `graceMs`, then SIGKILLs the process and every descendant it had, so nothing is left running.
@@ -148,14 +176,22 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
   const main = join(dist, 'cli', 'main.js');
   const store = `sqlite:${join(root, 'cluster.db')}`;
   const procs: NodeProc[] = [];
+  const ports: number[] = [];
+  const spawnNode = (i: number): NodeProc => {
+    const nodeId = `node-${i + 1}`;
+    const args = [main, 'serve', '--id', nodeId, '--port', String(ports[i]), '--data-dir', join(root, nodeId), '--store', store, '--replication-factor', String(replicationFactor)];
+    const child = spawn(process.execPath, args, { env: { ...process.env, ...NODE_ENV, LOG_LEVEL: logLevel }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const old = procs[i];
+    const proc = new Managed(`${id} ${nodeId}`, child);
+    // A restarted node keeps the log of its previous life for error messages.
+    if (old) proc.log = `${old.proc.log.slice(-100_000)}\n--- restarted\n`;
+    return { id: nodeId, url: `http://127.0.0.1:${ports[i]}`, proc };
+  };
   const stopAll = async (): Promise<void> => { await Promise.all(procs.map((n) => n.proc.stop(10_000))); };
   try {
-    for (let i = 1; i <= nodes; i++) {
-      const port = await freePort();
-      const nodeId = `node-${i}`;
-      const args = [main, 'serve', '--id', nodeId, '--port', String(port), '--data-dir', join(root, nodeId), '--store', store, '--replication-factor', String(replicationFactor)];
-      const child = spawn(process.execPath, args, { env: { ...process.env, ...NODE_ENV, LOG_LEVEL: logLevel }, stdio: ['ignore', 'pipe', 'pipe'] });
-      procs.push({ id: nodeId, url: `http://127.0.0.1:${port}`, proc: new Managed(`${id} ${nodeId}`, child) });
+    for (let i = 0; i < nodes; i++) {
+      ports.push(await freePort());
+      procs.push(spawnNode(i));
     }
     await Promise.all(procs.map((n) => waitHttp(`${n.url}/health`, n.proc, 60_000, async (r) => r.ok)));
     // Every node must see every other live before the first repo is placed on all of them.
@@ -168,6 +204,22 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
     await stopAll();
     throw err;
   }
+  const nodeAt = (i: number): NodeProc => {
+    const n = procs[i];
+    if (!n) throw new Error(`${id} has no node ${i}`);
+    return n;
+  };
+  const nodeControl: NodeControl = {
+    baseUrl: (i) => nodeAt(i).url,
+    kill: async (i) => { await nodeAt(i).proc.kill(); },
+    async restart(i) {
+      if (nodeAt(i).proc.alive) throw new Error(`${nodeAt(i).id} is still running`);
+      const spawnedAt = performance.now();
+      procs[i] = spawnNode(i);
+      await waitHttp(`${procs[i].url}/health`, procs[i].proc, 60_000, async (r) => r.ok);
+      return { spawnedAt, readyAt: performance.now() };
+    },
+  };
   return {
     id,
     nodes,
@@ -187,6 +239,7 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
     },
     url: (repoId, client = 0) => `${procs[client % procs.length]!.url}/${repoId}.git`,
     logTail: () => procs.map((n) => `--- ${n.id}\n${n.proc.log.slice(-20_000)}`).join('\n'),
+    nodeControl,
     stop: stopAll,
   };
 }

@@ -3,11 +3,11 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RssSampler, usage } from './proc.js';
-import type { ServerId, ServerUnderTest } from './servers.js';
-import { CLIENT_GIT_ENV, errorText, git, gitOk, lastLines, mean, percentile, pool } from './util.js';
+import type { NodeControl, ServerId, ServerUnderTest } from './servers.js';
+import { CLIENT_GIT_ENV, errorText, git, gitOk, lastLines, mean, percentile, pool, sleep } from './util.js';
 
-/** WorkloadId names a workload; `--only` takes these or their numbers 1-7. */
-export type WorkloadId = 'push-latency' | 'clone-mirror' | 'mirror-push' | 'concurrent-repos' | 'concurrent-branches' | 'concurrent-clones' | 'big-clone';
+/** WorkloadId names a workload; `--only` takes these or their numbers 1-8. */
+export type WorkloadId = 'push-latency' | 'clone-mirror' | 'mirror-push' | 'concurrent-repos' | 'concurrent-branches' | 'concurrent-clones' | 'big-clone' | 'repair';
 
 /** MetricDef describes one number a workload reports per round. */
 export interface MetricDef {
@@ -493,8 +493,88 @@ const bigClone: Workload = {
   },
 };
 
-/** WORKLOADS are the seven workloads, in report order. */
-export const WORKLOADS: readonly Workload[] = [pushLatency, cloneMirror, mirrorPush, concurrentRepos, concurrentBranches, concurrentClones, bigClone];
+interface ReplicaStatus { node: string; state: string; generation: number | null; checksum: string | null }
+interface RepoStatus { generation: number; checksum: string; replicas: ReplicaStatus[] }
+
+async function repoStatus(base: string, repoId: string): Promise<RepoStatus> {
+  const res = await fetch(`${base}/repos/${repoId}`, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`GET /repos/${repoId}: ${res.status} ${await res.text()}`);
+  return (await res.json()) as RepoStatus;
+}
+
+/** waitReplicaInSync polls the repo's status every 50 ms until `node`'s replica is in sync at the current generation. */
+async function waitReplicaInSync(base: string, repoId: string, node: string, timeoutMs: number): Promise<RepoStatus> {
+  const deadline = performance.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const st = await repoStatus(base, repoId);
+      const r = st.replicas.find((x) => x.node === node);
+      if (r?.state === 'in_sync' && r.generation === st.generation) return st;
+      last = JSON.stringify(r ?? null);
+    } catch (err) {
+      last = errorText(err);
+    }
+    if (performance.now() > deadline) throw new Error(`${node}'s replica of ${repoId} not in sync after ${timeoutMs} ms: ${last}`);
+    await sleep(50);
+  }
+}
+
+const repair: Workload = {
+  id: 'repair',
+  number: 8,
+  title: 'repair of a replica that missed the mirror push',
+  metrics: [
+    { name: 'repair_s', unit: 's', better: 'lower' },
+    { name: 'restart_to_sync_s', unit: 's', better: 'lower' },
+    { name: 'plain_clone_s', unit: 's', better: 'info' },
+    { name: 'repair_vs_clone', unit: 'x', better: 'lower' },
+  ],
+  primary: 'repair_vs_clone',
+  describe: () => 'clusters only: a new repo on all nodes, the last node killed (SIGKILL), the mirror repo pushed with `--mirror` to the first (quorum 2 of 3), ' +
+    'a plain `git clone --mirror` of it from the first node timed (plain_clone_s), then the killed node restarted: repair_s runs from its /health answering to its ' +
+    'replica confirmed in sync (polled every 50 ms), restart_to_sync_s from its spawn; repair_vs_clone = repair_s / plain_clone_s',
+  async run(ctx) {
+    const clusters = ctx.servers.filter((s): s is ServerUnderTest & { nodeControl: NodeControl } => s.nodeControl !== undefined && s.nodes >= 3);
+    const runs = emptyRuns(clusters);
+    for (let r = 0; r < ctx.params.rounds; r++) {
+      for (const s of clusters) {
+        const out = runs.get(s.id)!;
+        const nc = s.nodeControl;
+        const victim = s.nodes - 1;
+        const node = `node-${victim + 1}`;
+        const repo = `bench/repair-r${r}`;
+        const dir = join(ctx.work, `repair-clone-${s.id}-${r}.git`);
+        try {
+          await s.createRepo(repo);
+          await nc.kill(victim);
+          await push(ctx.fixtures.mirror, s.url(repo, 0), ['--mirror'], BIG_TIMEOUT);
+          const clone = await git(['clone', '-q', '--mirror', s.url(repo, 0), dir], { timeoutMs: BIG_TIMEOUT });
+          if (clone.code !== 0) throw new Error(`plain clone failed (${clone.code}): ${lastLines(clone.stderr)}`);
+          const { spawnedAt, readyAt } = await nc.restart(victim);
+          const st = await waitReplicaInSync(nc.baseUrl(0), repo, node, BIG_TIMEOUT);
+          const syncedAt = performance.now();
+          const sums = new Set(st.replicas.filter((x) => x.state === 'in_sync').map((x) => x.checksum));
+          if (sums.size !== 1 || !sums.has(st.checksum)) throw new Error(`replica checksums differ after repair: ${JSON.stringify(st.replicas)}`);
+          const plain = clone.ms / 1000;
+          const repairS = (syncedAt - readyAt) / 1000;
+          out.rounds.push({ repair_s: repairS, restart_to_sync_s: (syncedAt - spawnedAt) / 1000, plain_clone_s: plain, repair_vs_clone: repairS / plain });
+        } catch (err) {
+          out.errors.push(`round ${r + 1}: ${errorText(err)}`);
+          ctx.log(`  ${s.id}: round ${r + 1} failed: ${errorText(err)}\n${s.logTail().slice(-1500)}`);
+          // Leave the cluster whole for the next round.
+          await nc.restart(victim).catch(() => undefined);
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      }
+    }
+    return runs;
+  },
+};
+
+/** WORKLOADS are the eight workloads, in report order. */
+export const WORKLOADS: readonly Workload[] = [pushLatency, cloneMirror, mirrorPush, concurrentRepos, concurrentBranches, concurrentClones, bigClone, repair];
 
 /** selectWorkloads parses `--only` (ids or numbers, comma-separated); undefined means all. */
 export function selectWorkloads(only: string | undefined): Workload[] {

@@ -14,7 +14,7 @@ export function registerBench(program: Command): void {
     .option('--quick', 'a tiny version of every workload (CI smoke check: only checks that everything ran)')
     .option('--rounds <n>', 'rounds per workload (default 3, 1 with --quick)')
     .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
-    .option('--only <workloads>', 'comma-separated workloads, by number or id: 1 push-latency, 2 clone-mirror, 3 mirror-push, 4 concurrent-repos, 5 concurrent-branches, 6 concurrent-clones, 7 big-clone')
+    .option('--only <workloads>', 'comma-separated workloads, by number or id: 1 push-latency, 2 clone-mirror, 3 mirror-push, 4 concurrent-repos, 5 concurrent-branches, 6 concurrent-clones, 7 big-clone, 8 repair (clusters only)')
     .action(async (o: BenchCliOptions) => {
       // Loaded on demand: `serve` never pays for the benchmark's modules.
       const { runBench } = await import('../bench/run.js');

@@ -74,6 +74,16 @@ export class ReplicaStorage {
     await fsyncPath(path);
   }
 
+  /**
+   * adoptClone turns a `git clone --mirror` at `path` into a replica: the clone's remote is
+   * removed, the replica config and incarnation id added, and the new files fsynced.
+   */
+  async adoptClone(path: string, incarnation: string): Promise<void> {
+    await this.git.run(['config', '--remove-section', 'remote.origin'], { cwd: path, okCodes: [0, 128] });
+    await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
+    for (const p of [join(path, 'config'), join(path, 'HEAD'), join(path, 'objects', 'pack'), join(path, 'objects'), join(path, 'refs'), path]) await fsyncPath(p);
+  }
+
   /** incarnationOf reads the incarnation id a replica was created with, or null. */
   async incarnationOf(repoId: string): Promise<string | null> {
     return readIncarnation(this.repoPath(repoId));

@@ -35,6 +35,30 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     process.stdout.write(`catch-up of 50 commits / 10 pushes took ${took} ms after restart\n`);
   });
 
+  it('a replica that missed the first push is copied whole by a clone and made a replica again', async () => {
+    await c.createRepo(1, 'heal/empty');
+    await c.waitInSync('heal/empty');
+    await c.kill(3);
+    const work = await workRepo();
+    for (let b = 0; b < 20; b++) await gitOk(['branch', `b${b}`], { cwd: work });
+    await gitOk(['push', '-q', c.repoUrl(1, 'heal/empty'), '--all'], { cwd: work });
+    await c.restart(3);
+    await expectAllInSync(c, 'heal/empty', 1);
+    const path = c.replicaPath(3, 'heal/empty');
+    expect(await refsOf(path)).toBe(await refsOf(c.replicaPath(1, 'heal/empty')));
+    // The clone's refs are packed, its remote is gone and it keeps the repo's incarnation and replica config.
+    expect((await readdir(path)).includes('packed-refs')).toBe(true);
+    expect((await git(['config', '--get', 'remote.origin.url'], { cwd: path })).code).not.toBe(0);
+    const st = await c.repoStatus(1, 'heal/empty');
+    expect((await gitOk(['config', '--get', 'replication.incarnation'], { cwd: path })).trim()).toBe(st.incarnation);
+    expect((await gitOk(['config', '--get', 'receive.procReceiveRefs'], { cwd: path })).trim()).toBe('refs/');
+    // And it takes part in the next push like any other replica.
+    await commitFile(work, 'after.txt', 'after\n', 'after the copy');
+    await gitOk(['push', '-q', c.repoUrl(3, 'heal/empty'), 'main'], { cwd: work });
+    await expectAllInSync(c, 'heal/empty', 3);
+    expect(await refsOf(path)).toBe(await refsOf(c.replicaPath(2, 'heal/empty')));
+  });
+
   it('a ref edited by hand is detected by the verifier and repaired', async () => {
     await c.createRepo(2, 'heal/ref');
     const work = await workRepo();

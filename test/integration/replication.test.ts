@@ -107,7 +107,7 @@ describe('replicated pushes on 3 nodes', () => {
     const oid = await commitFile(work, 'p.txt', 'p\n', 'while node 3 was down');
     await gitOk(['push', '-q', c.repoUrl(1, 'r/proxy'), 'main'], { cwd: work });
     // Node 3 comes back with repair held off: its replica is stale, so it must serve from a peer.
-    await c.restart(3, { REPAIR_INTERVAL_MS: '600000' });
+    await c.restart(3, { REPAIR_INTERVAL_MS: '0' });
     await c.waitMembership();
     expect(await gitOk(['ls-remote', c.repoUrl(3, 'r/proxy'), 'refs/heads/main'])).toContain(oid);
     const viaStale = await clone(c.repoUrl(3, 'r/proxy'));
