@@ -48,6 +48,8 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   nodeEnv?: Record<string, Record<string, string>>;
   store?: string;
+  /** nodeStore gives a node another `--store` URL for the same store (e.g. through a fault proxy). */
+  nodeStore?: Record<string, string>;
 }
 
 /** FAST_ENV shortens the cluster's timers so failure tests run in seconds. */
@@ -105,7 +107,7 @@ export class TestCluster {
   }
 
   private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
-    const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.store];
+    const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.opts.nodeStore?.[n.id] ?? this.store];
     if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
     args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
     const proc = spawn(process.execPath, args, {
@@ -250,6 +252,7 @@ export interface RepoStatus {
   generation: number;
   checksum: string;
   incarnation: string;
+  lock: { holder: string; token: number } | null;
   replicas: Array<{ node: string; generation: number | null; checksum: string | null; state: string; live: boolean }>;
 }
 

@@ -10,7 +10,11 @@
  *   everything inbound, and every other node's proxy black-holes the connections it opens
  *   (found by socket owner, see sockets.ts). Clients and the store still reach it: a minority
  *   partition of the peer network;
- * - `slow`: delay the node's inbound peer link.
+ * - `slow`: delay the node's inbound peer link;
+ * - `store-partition` (runs on etcd): a majority of the nodes lose the store for a few seconds
+ *   (their links to it black-holed), while the others keep it;
+ * - `store-restart` (runs on etcd): the store is stopped (SIGTERM or SIGKILL) and started again
+ *   on the same data after a while.
  */
 import { FAILPOINT_NAMES } from '../replication/failpoints.js';
 import type { TestCluster } from './cluster.js';
@@ -19,10 +23,24 @@ import type { Rng } from './rng.js';
 import type { Client } from './workload.js';
 
 /** FaultKind names one kind of fault. */
-export type FaultKind = 'kill' | 'failpoint' | 'pause' | 'partition' | 'slow';
+export type FaultKind = 'kill' | 'failpoint' | 'pause' | 'partition' | 'slow' | 'store-partition' | 'store-restart';
 
 /** ALL_FAULTS lists every kind. */
-export const ALL_FAULTS: readonly FaultKind[] = ['kill', 'failpoint', 'pause', 'partition', 'slow'];
+export const ALL_FAULTS: readonly FaultKind[] = ['kill', 'failpoint', 'pause', 'partition', 'slow', 'store-partition', 'store-restart'];
+
+/** STORE_FAULTS are the kinds that need a store the run controls (etcd). */
+export const STORE_FAULTS: readonly FaultKind[] = ['store-partition', 'store-restart'];
+
+/** StoreControl breaks the coordination store of a run on etcd. */
+export interface StoreControl {
+  /** proxies[i-1] is node i's link to the store. */
+  readonly proxies: readonly FaultProxy[];
+  /** stop ends the store process: SIGKILL when `hard`, else SIGTERM. */
+  stop(hard: boolean): Promise<void>;
+  /** start starts it again on the same ports and data, and waits until it is healthy. */
+  start(): Promise<void>;
+  running(): boolean;
+}
 
 /** FaultEvent is one injected fault, for the report. */
 export interface FaultEvent {
@@ -38,6 +56,8 @@ export interface FaultOptions {
   readonly rng: Rng;
   /** proxies[i-1] fronts node i; null when the run has no proxies (no partition, no slow). */
   readonly proxies: readonly FaultProxy[] | null;
+  /** store is the store the run controls (etcd), or null (store faults are skipped). */
+  readonly store?: StoreControl | null;
   readonly kinds: readonly FaultKind[];
   readonly lockTtlMs: number;
   readonly repos: readonly string[];
@@ -67,13 +87,14 @@ export class FaultInjector {
 
   private record(kind: FaultKind, node: number, detail: string): void {
     this.events.push({ at: this.opts.now(), kind, node, detail });
-    this.opts.log(`fault ${kind} node-${node}: ${detail}`);
+    this.opts.log(`fault ${kind} ${node === 0 ? 'store' : `node-${node}`}: ${detail}`);
   }
 
   /** run injects faults until `deadline()` (on the `now` clock); bounded by a fault count too. */
   async run(deadlineOf: () => number, maxFaults = 10_000): Promise<void> {
     const { rng, kinds, proxies } = this.opts;
-    const usable = kinds.filter((k) => proxies !== null || (k !== 'partition' && k !== 'slow'));
+    const store = this.opts.store ?? null;
+    const usable = kinds.filter((k) => (proxies !== null || (k !== 'partition' && k !== 'slow')) && (store !== null || !STORE_FAULTS.includes(k)));
     if (usable.length === 0) return;
     for (let i = 0; i < maxFaults && this.opts.now() < deadlineOf(); i++) {
       await sleep(rng.int(200, 1200));
@@ -133,6 +154,26 @@ export class FaultInjector {
         proxies![node - 1]!.setMode({ kind: 'pass' });
         return;
       }
+      case 'store-partition': {
+        const store = this.opts.store!;
+        const ms = rng.int(1500, 6000);
+        const majority = rng.shuffle([...Array(this.n).keys()].map((i) => i + 1)).slice(0, Math.floor(this.n / 2) + 1).sort((a, b) => a - b);
+        this.record(kind, 0, `nodes ${majority.join(', ')} cut off from the store for ${ms} ms`);
+        for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'blackhole' });
+        await sleep(until(ms));
+        for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'pass' });
+        return;
+      }
+      case 'store-restart': {
+        const store = this.opts.store!;
+        const hard = rng.next() < 0.5;
+        const downFor = rng.int(300, 4000);
+        this.record(kind, 0, `store ${hard ? 'killed (SIGKILL)' : 'stopped (SIGTERM)'}, started again after ${downFor} ms`);
+        await store.stop(hard);
+        await sleep(until(downFor));
+        await store.start();
+        return;
+      }
       case 'failpoint':
         return this.failpoint();
     }
@@ -189,6 +230,14 @@ export class FaultInjector {
     for (const p of proxies ?? []) {
       p.setMode({ kind: 'pass' });
       for (let i = 1; i <= this.n; i++) p.unblock(`node-${i}`);
+    }
+    const store = this.opts.store;
+    if (store) {
+      for (const p of store.proxies) p.setMode({ kind: 'pass' });
+      if (!store.running()) {
+        this.opts.log('heal: starting the store');
+        await store.start();
+      }
     }
     for (let i = 1; i <= this.n; i++) {
       const p = cluster.node(i).proc;

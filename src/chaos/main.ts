@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `npm run chaos -- --minutes 10 --nodes 6 --seed 42 [--clients 4] [--replication-factor 3]`:
+ * `npm run chaos -- --minutes 10 --nodes 6 --seed 42 [--clients 4] [--replication-factor 3] [--store etcd]`:
  * one seeded chaos run against a local cluster of real node processes; prints the seed, the
  * operation counts by outcome, and PASS or the violations with a minimal history. Exit code 1 on
  * violations, 2 on a run that could not be carried out.
@@ -30,9 +30,14 @@ function faultList(value: string): FaultKind[] {
   return kinds as FaultKind[];
 }
 
+function storeKind(value: string): 'sqlite' | 'etcd' {
+  if (value !== 'sqlite' && value !== 'etcd') throw new InvalidArgumentError(`store must be sqlite or etcd, got '${value}'`);
+  return value;
+}
+
 interface Options {
   minutes: number; nodes: number; seed?: number; clients: number; replicationFactor?: number; writeQuorum?: number;
-  repos?: number; faults: FaultKind[]; proxies: boolean; gitTimeout: number; history?: string; quiet?: boolean;
+  repos?: number; faults?: FaultKind[]; store: 'sqlite' | 'etcd'; proxies: boolean; gitTimeout: number; history?: string; quiet?: boolean;
 }
 
 const program = new Command()
@@ -45,7 +50,8 @@ const program = new Command()
   .option('--replication-factor <n>', 'replicas per repo (default min(3, nodes))', positiveInt)
   .option('--write-quorum <n>', 'write quorum W (default majority)', positiveInt)
   .option('--repos <n>', 'repos the clients share (default max(2, nodes/3))', positiveInt)
-  .option('--faults <kinds>', `comma-separated fault kinds (${ALL_FAULTS.join(', ')}), or none`, faultList, [...ALL_FAULTS])
+  .option('--store <kind>', 'coordination store: sqlite, or etcd (a local etcd the run starts; adds the store faults)', storeKind, 'sqlite')
+  .option('--faults <kinds>', `comma-separated fault kinds (${ALL_FAULTS.join(', ')}), or none (default: all the store allows)`, faultList)
   .option('--no-proxies', 'no fault proxies on peer links (disables partition and slow)')
   .option('--git-timeout <ms>', 'timeout of each client git command', positiveInt, 20_000)
   .option('--history <file>', 'write the recorded history and final state as JSON')
@@ -68,7 +74,7 @@ const program = new Command()
     try {
       const report = await runChaos({
         seed, nodes: o.nodes, clients: o.clients, durationMs: Math.round(o.minutes * 60_000),
-        replicationFactor: o.replicationFactor, writeQuorum: o.writeQuorum, repos: o.repos, faults: o.faults,
+        replicationFactor: o.replicationFactor, writeQuorum: o.writeQuorum, repos: o.repos, faults: o.faults, store: o.store,
         proxies: o.proxies, gitTimeoutMs: o.gitTimeout, signal: ac.signal,
         log: (line) => { if (!o.quiet) process.stderr.write(`[chaos] ${line}\n`); },
       });
@@ -76,7 +82,7 @@ const program = new Command()
       process.stdout.write(`${report.text}\n`);
       if (!report.result.ok) {
         if (report.logs) process.stdout.write(`\nnode logs (tail):\n${report.logs}\n`);
-        process.stdout.write(`\nreproduce: npm run chaos -- --seed ${seed} --nodes ${o.nodes} --minutes ${o.minutes} --clients ${o.clients}\n`);
+        process.stdout.write(`\nreproduce: npm run chaos -- --seed ${seed} --nodes ${o.nodes} --minutes ${o.minutes} --clients ${o.clients} --store ${o.store}${o.faults ? ` --faults ${o.faults.join(',') || 'none'}` : ''}\n`);
         process.exitCode = 1;
       }
     } catch (err) {

@@ -13,8 +13,9 @@ import { replicaChecksum } from '../domain/checksum.js';
 import { readHeadTarget } from '../git/repo-storage.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { check, formatResult, type CheckResult, type Violation } from './checker.js';
-import { FAST_ENV, TestCluster, sleep } from './cluster.js';
-import { ALL_FAULTS, FaultInjector, type FaultEvent, type FaultKind } from './faults.js';
+import { startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
+import { FAST_ENV, TestCluster, freePort, sleep } from './cluster.js';
+import { ALL_FAULTS, FaultInjector, STORE_FAULTS, type FaultEvent, type FaultKind, type StoreControl } from './faults.js';
 import { killAllGit, runGit } from './gitcli.js';
 import { countByOutcome, type FinalState, type Op, type Outcome, type RepoFinalState, type ReplicaState } from './history.js';
 import { FaultProxy } from './proxy.js';
@@ -34,6 +35,11 @@ export interface ChaosOptions {
   /** repos is how many repos the clients share (default 1 per 3 nodes, at least 2). */
   readonly repos?: number;
   readonly faults?: readonly FaultKind[];
+  /**
+   * store is the coordination store: `sqlite` (one shared file, default) or `etcd` (a local etcd
+   * the run starts, reached by each node through its own fault proxy, for the store faults).
+   */
+  readonly store?: 'sqlite' | 'etcd';
   /** proxies puts a fault proxy in front of every node's peer link (default true). */
   readonly proxies?: boolean;
   /** gitTimeoutMs bounds every client git command (default 20 s); a push past it is unknown. */
@@ -75,6 +81,9 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
   const gitTimeoutMs = opts.gitTimeoutMs ?? 20_000;
   const root = await mkdtemp(join(tmpdir(), 'gitrep-chaos-'));
   const proxies: FaultProxy[] = [];
+  const storeProxies: FaultProxy[] = [];
+  let etcd: LocalEtcd | null = null;
+  const killEtcd = (): void => etcd?.killNow();
   let cluster: TestCluster | null = null;
   try {
     const useProxies = opts.proxies ?? true;
@@ -86,10 +95,42 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         nodeEnv[`node-${i}`] = { ADVERTISE_URL: p.url };
       }
     }
-    log(`seed ${opts.seed}: starting ${opts.nodes} nodes, R=${rf}${opts.writeQuorum ? `, W=${opts.writeQuorum}` : ''}, ${opts.clients} clients, ${Math.round(opts.durationMs / 1000)} s`);
+    let store: string | undefined;
+    let storeControl: StoreControl | null = null;
+    const nodeStore: Record<string, string> = {};
+    if (opts.store === 'etcd') {
+      const etcdOpts = { dir: join(root, 'etcd'), clientPort: await freePort(), peerPort: await freePort() };
+      etcd = await startLocalEtcd(etcdOpts);
+      process.once('exit', killEtcd);
+      store = etcd.storeUrl;
+      for (let i = 1; i <= opts.nodes; i++) {
+        const p = await FaultProxy.start();
+        p.target = etcdOpts.clientPort;
+        storeProxies.push(p);
+        nodeStore[`node-${i}`] = `etcd://127.0.0.1:${p.port}`;
+      }
+      storeControl = {
+        proxies: storeProxies,
+        stop: async (hard) => {
+          if (!etcd) return;
+          if (hard) {
+            etcd.killNow();
+            await etcd.exited;
+          } else {
+            await etcd.stop();
+          }
+        },
+        start: async () => {
+          if (etcd?.running()) return;
+          etcd = await startLocalEtcd(etcdOpts);
+        },
+        running: () => etcd?.running() ?? false,
+      };
+    }
+    log(`seed ${opts.seed}: starting ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}${opts.writeQuorum ? `, W=${opts.writeQuorum}` : ''}, ${opts.clients} clients, ${Math.round(opts.durationMs / 1000)} s`);
     cluster = await TestCluster.start({
       nodes: opts.nodes, replicationFactor: rf, writeQuorum: opts.writeQuorum,
-      env: { LOG_LEVEL: 'warn', ...opts.env }, nodeEnv,
+      env: { LOG_LEVEL: 'warn', ...opts.env }, nodeEnv, store, nodeStore,
     });
     const c = cluster;
     const owners = (): Map<string, number> => new Map(c.nodes.flatMap((n) => (n.proc?.pid !== undefined ? [[n.id, n.proc.pid] as [string, number]] : [])));
@@ -124,8 +165,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     await Promise.all([...clients, faultClient].map((cl) => cl.init()));
     log(`setup done after ${Math.round((Date.now() - started) / 1000)} s`);
     injector = new FaultInjector({
-      cluster: c, rng: Rng.derive(opts.seed, 'faults'), proxies: useProxies ? proxies : null,
-      kinds: opts.faults ?? ALL_FAULTS, lockTtlMs, repos, client: faultClient, now: () => recorder.now(), log,
+      cluster: c, rng: Rng.derive(opts.seed, 'faults'), proxies: useProxies ? proxies : null, store: storeControl,
+      kinds: opts.faults ?? ALL_FAULTS.filter((k) => storeControl !== null || !STORE_FAULTS.includes(k)), lockTtlMs, repos, client: faultClient, now: () => recorder.now(), log,
     });
 
     const end = recorder.now() + opts.durationMs;
@@ -173,7 +214,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     for (const e of inj.events) faultCounts[e.kind] = (faultCounts[e.kind] ?? 0) + 1;
     const wallMs = Date.now() - started;
     const text = [
-      `seed ${opts.seed}: ${opts.nodes} nodes, R=${rf}, ${opts.clients} clients, ${repos.length} repos, ${Math.round(opts.durationMs / 1000)} s of load (${Math.round(wallMs / 1000)} s wall)`,
+      `seed ${opts.seed}: ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}, ${opts.clients} clients, ${repos.length} repos, ${Math.round(opts.durationMs / 1000)} s of load (${Math.round(wallMs / 1000)} s wall)`,
       `ops: ${history.length} (ok ${totals.ok}, failed ${totals.failed}, unknown ${totals.unknown})`,
       ...Object.entries(counts).sort().map(([k, v]) => `  ${k.padEnd(12)} ok ${v.ok}  failed ${v.failed}  unknown ${v.unknown}`),
       `faults: ${inj.events.length} (${Object.entries(faultCounts).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'})${Object.keys(crashes).length > 0 ? `; fail points crashed: ${Object.entries(crashes).map(([k, v]) => `${k} x${v}`).join(', ')}` : ''}`,
@@ -187,7 +228,9 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
   } finally {
     killAllGit();
     await cluster?.destroy().catch(() => undefined);
-    await Promise.all(proxies.map((p) => p.close()));
+    await Promise.all([...proxies, ...storeProxies].map((p) => p.close()));
+    await (etcd as LocalEtcd | null)?.stop().catch(() => undefined);
+    process.off('exit', killEtcd);
     await rm(root, { recursive: true, force: true });
   }
 }
@@ -221,15 +264,14 @@ async function collectFinal(c: TestCluster, repos: readonly string[], lockTtlMs:
         replicas.push(await replicaState(c.replicaPath(i, repo), r.node, r.state === 'in_sync'));
       }
       let heldLock: RepoFinalState['heldLock'] = null;
-      if (store) {
-        // A lock released normally is gone at once; one left by a dead holder expires within its lease.
-        const until = Date.now() + lockTtlMs * 3;
-        for (;;) {
-          const l = await store.getLock(repo);
-          heldLock = l ? { holder: l.holder, token: l.token } : null;
-          if (!heldLock || Date.now() > until) break;
-          await sleep(100);
-        }
+      // A lock released normally is gone at once; one left by a dead holder expires within its
+      // lease. SQLite is read directly; etcd through the node's status.
+      const until = Date.now() + lockTtlMs * 3;
+      for (;;) {
+        const l = store ? await store.getLock(repo) : (await c.repoStatus(1, repo)).lock;
+        heldLock = l ? { holder: l.holder, token: l.token } : null;
+        if (!heldLock || Date.now() > until) break;
+        await sleep(100);
       }
       out.push({ repo, expectedChecksum: st.checksum, generation: st.generation, replicas, heldLock, converged: converged.get(repo) ?? false });
     }

@@ -123,21 +123,25 @@ export class RepairWorker {
   /** repair brings one replica to the store's current generation; true when confirmed. */
   async repair(repo: RepoRecord): Promise<boolean> {
     const { store, storage, membership, nodeId, logger, metrics } = this.deps;
+    if (this.deps.busy(repo.repoId) || this.inProgress.has(repo.repoId)) return false;
     const replicas = await store.getReplicas(repo.repoId);
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
+    const own = byNode.get(nodeId);
+    const localIncarnation = await storage.incarnationOf(repo.repoId);
+    // A replica that committed but could not confirm (the store was unreachable at that moment)
+    // is already current: it confirms itself. Without this, a commit whose every confirmation
+    // failed would leave no replica in sync to repair from.
+    if (localIncarnation === repo.incarnation && own?.state !== 'missing' && (await this.confirmIfCurrent(repo))) return true;
     const sources = repo.replicas.filter((n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n));
     const source = sources.sort((a, b) => membership.loadOf(a) - membership.loadOf(b))[0];
     if (!source) return false;
     const url = `${membership.urlOf(source)!}/${repo.repoId}.git`;
     const started = Date.now();
-    const own = byNode.get(nodeId);
-    const localIncarnation = await storage.incarnationOf(repo.repoId);
     // A replica with objects missing (fsck) or of another incarnation is copied whole: a fetch
     // cannot bring back objects whose refs already match. So is an empty one: a clone writes
     // its refs as one packed-refs file, where a fetch writes and fsyncs a loose file per ref
     // (three times slower for the express mirror's 3,890 refs).
     const mode = localIncarnation !== repo.incarnation || own?.state === 'missing' || (await storage.readRefs(repo.repoId)).length === 0 ? 'clone' : 'fetch';
-    if (this.deps.busy(repo.repoId) || this.inProgress.has(repo.repoId)) return false;
     const progress: RepairProgress = { repoId: repo.repoId, source, mode, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1, objectsDone: 0, objectsTotal: 0, bytes: '' };
     this.inProgress.set(repo.repoId, progress);
     try {
@@ -176,6 +180,16 @@ export class RepairWorker {
     } finally {
       this.inProgress.delete(repo.repoId);
     }
+  }
+
+  /** confirmIfCurrent confirms the local replica when its refs already hash to the store's checksum. */
+  private async confirmIfCurrent(repo: RepoRecord): Promise<boolean> {
+    const { store, storage, nodeId, logger } = this.deps;
+    const checksum = await storage.checksum(repo.repoId).catch(() => '');
+    if (checksum !== repo.checksum) return false;
+    const ok = await store.confirmReplica({ repoId: repo.repoId, nodeId, incarnation: repo.incarnation, generation: repo.generation, checksum });
+    if (ok) logger.info({ repoId: repo.repoId, generation: repo.generation }, 'replica already current: confirmed without a copy');
+    return ok;
   }
 
   /**

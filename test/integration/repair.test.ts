@@ -59,6 +59,23 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     expect(await refsOf(path)).toBe(await refsOf(c.replicaPath(2, 'heal/empty')));
   });
 
+  it('every replica committed but none confirmed (all crashed after commit): they confirm themselves after restart', async () => {
+    await c.createRepo(1, 'heal/unconfirmed');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'heal/unconfirmed'), 'main'], { cwd: work });
+    await c.waitInSync('heal/unconfirmed');
+    for (const i of [1, 2, 3]) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: 'participant.afterCommit=crash' });
+    await c.waitMembership();
+    const oid = await commitFile(work, 'u.txt', 'u\n', 'committed everywhere, confirmed nowhere');
+    const push = await git(['push', '-q', c.repoUrl(1, 'heal/unconfirmed'), 'main'], { cwd: work });
+    expect(push.code, 'the push cannot be acknowledged: every node died before confirming').not.toBe(0);
+    for (const i of [1, 2, 3]) await c.exited(i, 20_000);
+    for (const i of [1, 2, 3]) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: '' });
+    const st = await expectAllInSync(c, 'heal/unconfirmed', 2);
+    expect(st.generation).toBe(2);
+    for (const i of [1, 2, 3]) expect(await gitOk(['rev-parse', 'refs/heads/main'], { cwd: c.replicaPath(i, 'heal/unconfirmed') })).toBe(`${oid}\n`);
+  });
+
   it('a ref edited by hand is detected by the verifier and repaired', async () => {
     await c.createRepo(2, 'heal/ref');
     const work = await workRepo();
