@@ -229,7 +229,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     killAllGit();
     await cluster?.destroy().catch(() => undefined);
     await Promise.all([...proxies, ...storeProxies].map((p) => p.close()));
-    await (etcd as LocalEtcd | null)?.stop().catch(() => undefined);
+    await etcd?.stop().catch(() => undefined);
     process.off('exit', killEtcd);
     await rm(root, { recursive: true, force: true });
   }
