@@ -151,16 +151,31 @@ export class Participant {
     }
   }
 
+  /**
+   * preparePush checks the replica's generation while the pack is indexed, then checks the new
+   * tips' connectivity while update-ref locks the refs: the steps that do not depend on each
+   * other run side by side, and a refusal by checkReplica wins over any later failure.
+   */
   private async preparePush(req: PrepareRequest, pack: Readable | null, local: boolean): Promise<OpenTxn> {
-    await this.checkReplica(req);
+    const checked = this.checkReplica(req).then(() => null, asError);
     const repoPath = this.deps.storage.repoPath(req.repoId);
     const keepFiles: string[] = [];
     try {
-      if (pack && !local) keepFiles.push(await this.indexPack(repoPath, req.txnId, pack));
+      let indexError: Error | null = null;
+      if (pack && !local) keepFiles.push(...await this.indexPack(repoPath, req.txnId, pack).then((k) => [k], (err: unknown) => { indexError = asError(err); return []; }));
       else pack?.resume();
-      if (!local) await this.checkConnected(repoPath, req.updates);
-      const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, req.updates);
-      return { req, preparedAt: Date.now(), refs, keepFiles };
+      const refused = (await checked) ?? indexError;
+      if (refused) throw refused;
+      const [connected, locked] = await Promise.allSettled([
+        local ? Promise.resolve() : this.checkConnected(repoPath, req.updates),
+        UpdateRefTxn.prepare(this.deps.git, repoPath, req.updates),
+      ]);
+      if (connected.status === 'rejected') {
+        if (locked.status === 'fulfilled') await locked.value.abort();
+        throw connected.reason;
+      }
+      if (locked.status === 'rejected') throw locked.reason;
+      return { req, preparedAt: Date.now(), refs: locked.value, keepFiles };
     } catch (err) {
       await removeFiles(keepFiles);
       if (err instanceof PrepareRefusal) throw err;
@@ -371,6 +386,10 @@ export class Participant {
       // the store is unreachable: the verifier marks it later
     }
   }
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }
 
 function requestFromLog(t: LocalTxn): PrepareRequest {
