@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { applyUpdatesToChecksum, headChecksum } from '../domain/checksum.js';
-import { conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
+import { AppError, conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
@@ -48,6 +48,21 @@ export interface PushContext {
 }
 
 type Answer = PeerAnswer;
+
+/** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
+const SETTLE_MS = 10_000;
+
+/**
+ * OutcomeUnknownError says a transaction may or may not have been decided: the store did not
+ * answer. Its participants learn the decision from the store later; the client must not be
+ * told it failed.
+ */
+export class OutcomeUnknownError extends AppError {
+  constructor(message: string) {
+    super('ERR_OUTCOME_UNKNOWN', 503, `${message}; the outcome is unknown: check before retrying`);
+    this.name = 'OutcomeUnknownError';
+  }
+}
 
 /**
  * Coordinator runs replicated transactions (DESIGN §5): repo create and delete for the REST API,
@@ -184,7 +199,20 @@ export class Coordinator {
     await failpoints.hit('coordinator.afterPrepare');
     const okCount = prepared.count((a) => a.ok);
     let decided: { ok: true } | { ok: false; why: string } = { ok: false, why: quorumMessage(okCount, replicas.length, w) };
-    if (okCount >= w) decided = await decide();
+    if (okCount >= w) {
+      try {
+        decided = await decide();
+        // `error` here is a decision written whose answer was lost.
+        if (decided.ok) await failpoints.hit('coordinator.afterDecision');
+      } catch (err) {
+        // The decision write may have landed even though its answer was lost: read back the
+        // decision that stands (writing `abort` if none does) before saying anything.
+        const standing = await this.settle(req.txnId);
+        log.warn({ err: errorMessage(err), standing }, 'decision write failed; read back the standing decision');
+        if (standing === null) throw new OutcomeUnknownError(`transaction ${req.txnId}: the store did not answer whether it was decided (${errorMessage(err)})`);
+        decided = standing === 'commit' ? { ok: true } : { ok: false, why: `the decision could not be written (${errorMessage(err)}), try again` };
+      }
+    }
     if (!decided.ok) {
       await store.abortTxn(req.txnId).catch(() => undefined);
       const aborts = replicas.map((node, i) => preparing[i]!.then((a) => (a.ok ? this.finishOn(node, req.txnId, req.repoId, 'abort') : a)));
@@ -199,7 +227,6 @@ export class Coordinator {
       throw unavailable(decided.why, { prepared: okCount, required: w, total: replicas.length });
     }
     metrics.txns.inc({ kind: req.kind, outcome: 'commit' });
-    await failpoints.hit('coordinator.afterDecision');
     await failpoints.hit('coordinator.beforeCommit');
     const committed = new Tally<Answer>(replicas.length);
     replicas.forEach((node, i) => {
@@ -214,6 +241,23 @@ export class Coordinator {
     const confirmed = committed.entries().filter(([, a]) => a.ok).map(([n]) => n);
     log.info({ prepared: okCount, confirmed: confirmed.length, required: w, ms: Date.now() - started }, 'transaction committed');
     return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
+  }
+
+  /**
+   * settle finds the decision of a transaction whose decision write failed: `abort` is written
+   * by compare-and-swap only if no decision exists, and the decision that stands is returned;
+   * null when the store stays unreachable for SETTLE_MS.
+   */
+  private async settle(txnId: string): Promise<'commit' | 'abort' | null> {
+    const deadline = Date.now() + SETTLE_MS;
+    for (;;) {
+      try {
+        return (await this.deps.store.abortTxn(txnId)).decision;
+      } catch {
+        if (Date.now() >= deadline) return null;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
   }
 
   /** createRepo creates a repo on its replica set by two-phase commit. */
@@ -327,6 +371,12 @@ export class Coordinator {
           metrics.staleMarked.inc();
         });
       } catch (err) {
+        if (err instanceof OutcomeUnknownError) {
+          logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the push without a report');
+          exchange.abandon();
+          ctx.abandon();
+          return;
+        }
         for (const u of batch) fail(u.ref, errorMessage(err));
         return report();
       }

@@ -202,6 +202,23 @@ describe('fault points: crash or delay at each step of a push', () => {
     await c.restart(1);
     await c.restart(3);
   });
+
+  it('a decision written whose answer was lost: the coordinator reads it back and acknowledges the push', async () => {
+    await c.createRepo(2, 'fp/lost-answer');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(2, 'fp/lost-answer'), 'main'], { cwd: work });
+    await c.waitInSync('fp/lost-answer');
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: 'coordinator.afterDecision=error' });
+    await c.waitMembership();
+    const oid = await commitFile(work, 'l.txt', 'l\n', 'decided, answer lost');
+    // A push that took effect must never be reported as failed.
+    const r = await git(['push', c.repoUrl(1, 'fp/lost-answer'), 'main'], { cwd: work, timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(0);
+    await expectReplicasIdentical(c, 'fp/lost-answer');
+    expect(await gitOk(['ls-remote', c.repoUrl(3, 'fp/lost-answer'), 'refs/heads/main'])).toContain(oid);
+    expect(c.node(1).log).toContain('decision write failed; read back the standing decision');
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: '' });
+  });
 });
 
 describe('write lock', () => {
