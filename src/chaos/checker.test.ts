@@ -64,6 +64,18 @@ const cases: Case[] = [
     expect: ['not-linearizable'],
   },
   {
+    name: 'a stale read through a node cut off from the store (allowed by design)',
+    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 30, 'ok'), { ...read('c2', A, 40, 50), mayBeStale: 'store unreachable from node-2' }],
+    final: state({ [MAIN]: B }),
+    expect: 'pass',
+  },
+  {
+    name: 'a read allowed to be stale that sees a value nobody wrote',
+    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 30, 'failed'), { ...read('c2', B, 40, 50), mayBeStale: 'store unreachable from node-2' }],
+    final: state({ [MAIN]: A }),
+    expect: ['phantom-read'],
+  },
+  {
     name: 'reads going backwards (non-monotonic) while a push is in flight',
     history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 100, 'ok'), read('c2', B, 30, 40), read('c3', A, 50, 60)],
     final: state({ [MAIN]: B }),

@@ -27,7 +27,9 @@ export type ViolationKind =
   | 'not-converged' | 'divergent-replicas' | 'checksum-mismatch' | 'fsck'
   | 'lock-file' | 'held-lock'
   /** unavailable: a write refused on the healed, quiet cluster (reported by the runner's probe). */
-  | 'unavailable';
+  | 'unavailable'
+  /** phantom-read: a read allowed to be stale saw a value no push ever wrote. */
+  | 'phantom-read';
 
 /** Violation is one failed check, with the smallest history that still shows it. */
 export interface Violation {
@@ -94,7 +96,18 @@ export function check(history: readonly Op[], final: FinalState, opts: CheckOpti
       refsChecked++;
       const finalValue = refs[ref] ?? ZERO;
       const initial = opts.initial?.[`${repoId}\0${ref}`] ?? ZERO;
-      const refOps = projectRef(ops, ref);
+      const projected = projectRef(ops, ref);
+      // Reads allowed to be stale (the store was unreachable from their node) only have to see
+      // a value this ref really held: the initial one, or one a push (ok or unknown) wrote.
+      const refOps = projected.filter((o) => o.kind !== 'read' || !o.mayBeStale);
+      const written = new Set([initial, ZERO, ...projected.flatMap((o) => (o.kind === 'push' && o.outcome !== 'failed' ? [o.newOid] : []))]);
+      for (const o of projected) {
+        if (o.kind !== 'read' || !o.mayBeStale || o.outcome !== 'ok') continue;
+        const v = readValue(o, ref);
+        if (v !== undefined && !written.has(v)) {
+          violations.push({ kind: 'phantom-read', repo: repoId, ref, message: `${repoId} ${ref}: read #${o.id} (${o.mayBeStale}) saw ${short(v)}, a value no push wrote`, minimal: [o] });
+        }
+      }
       const lin = linearizable(refOps, ref, finalValue, initial, opts.maxStates);
       states += lin.states;
       const lost = lostWrites(refOps, ref, finalValue, reachable);

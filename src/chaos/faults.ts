@@ -74,6 +74,8 @@ export class FaultInjector {
   /** down holds nodes that are killed or stopped now (clients mostly avoid them). */
   readonly down = new Set<number>();
   readonly events: FaultEvent[] = [];
+  /** storeOutages are the windows (on the `now` clock) in which `nodes` could not reach the store. */
+  readonly storeOutages: Array<{ from: number; to: number; nodes: number[] }> = [];
   /** crashes counts fail points that did crash their node, by name. */
   readonly crashes = new Map<string, number>();
   private readonly armed = new Set<number>();
@@ -159,9 +161,14 @@ export class FaultInjector {
         const ms = rng.int(1500, 6000);
         const majority = rng.shuffle([...Array(this.n).keys()].map((i) => i + 1)).slice(0, Math.floor(this.n / 2) + 1).sort((a, b) => a - b);
         this.record(kind, 0, `nodes ${majority.join(', ')} cut off from the store for ${ms} ms`);
+        const from = this.opts.now();
         for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'blackhole' });
-        await sleep(until(ms));
-        for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'pass' });
+        try {
+          await sleep(until(ms));
+        } finally {
+          for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'pass' });
+          this.storeOutages.push({ from, to: this.opts.now(), nodes: majority });
+        }
         return;
       }
       case 'store-restart': {
@@ -169,9 +176,15 @@ export class FaultInjector {
         const hard = rng.next() < 0.5;
         const downFor = rng.int(300, 4000);
         this.record(kind, 0, `store ${hard ? 'killed (SIGKILL)' : 'stopped (SIGTERM)'}, started again after ${downFor} ms`);
-        await store.stop(hard);
-        await sleep(until(downFor));
-        await store.start();
+        const from = this.opts.now();
+        const everyNode = [...Array(this.n).keys()].map((i) => i + 1);
+        try {
+          await store.stop(hard);
+          await sleep(until(downFor));
+          await store.start();
+        } finally {
+          this.storeOutages.push({ from, to: this.opts.now(), nodes: everyNode });
+        }
         return;
       }
       case 'failpoint':
@@ -236,7 +249,9 @@ export class FaultInjector {
       for (const p of store.proxies) p.setMode({ kind: 'pass' });
       if (!store.running()) {
         this.opts.log('heal: starting the store');
+        const from = this.opts.now();
         await store.start();
+        this.storeOutages.push({ from, to: this.opts.now(), nodes: [...Array(this.n).keys()].map((i) => i + 1) });
       }
     }
     for (let i = 1; i <= this.n; i++) {

@@ -59,6 +59,13 @@ export interface ReadOp extends OpBase {
   readonly via: 'ls-remote' | 'clone' | 'fetch' | 'push';
   readonly values: Readonly<Record<string, string>>;
   readonly complete?: string;
+  /**
+   * mayBeStale, when set, says why the read may be stale by design: it went through a node that
+   * could not reach the store, which serves the last generation it saw (DESIGN §6, I3 holds
+   * while the store is reachable). Such a read is not held to linearizability; it must still
+   * see only values some push wrote.
+   */
+  readonly mayBeStale?: string;
 }
 
 /** Op is one recorded operation. */

@@ -6,7 +6,7 @@
  * checksum, fsck, leftover lock files of every replica, the store's locks) and run the history
  * checker.
  */
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { replicaChecksum } from '../domain/checksum.js';
@@ -130,7 +130,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     log(`seed ${opts.seed}: starting ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}${opts.writeQuorum ? `, W=${opts.writeQuorum}` : ''}, ${opts.clients} clients, ${Math.round(opts.durationMs / 1000)} s`);
     cluster = await TestCluster.start({
       nodes: opts.nodes, replicationFactor: rf, writeQuorum: opts.writeQuorum,
-      env: { LOG_LEVEL: 'warn', ...opts.env }, nodeEnv, store, nodeStore,
+      env: { LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'warn', ...opts.env }, nodeEnv, store, nodeStore,
     });
     const c = cluster;
     const owners = (): Map<string, number> => new Map(c.nodes.flatMap((n) => (n.proc?.pid !== undefined ? [[n.id, n.proc.pid] as [string, number]] : [])));
@@ -203,7 +203,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
 
     const final = await collectFinal(c, repos, lockTtlMs, log);
     log(`final state collected after ${Math.round((Date.now() - started) / 1000)} s`);
-    const history = recorder.ops;
+    const history = markMayBeStale(recorder.ops, inj.storeOutages);
     const checked = check(history, final);
     const result: CheckResult = { ...checked, ok: checked.ok && unavailable.length === 0, violations: [...checked.violations, ...unavailable] };
     const counts = countByOutcome(history);
@@ -215,7 +215,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     const wallMs = Date.now() - started;
     const text = [
       `seed ${opts.seed}: ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}, ${opts.clients} clients, ${repos.length} repos, ${Math.round(opts.durationMs / 1000)} s of load (${Math.round(wallMs / 1000)} s wall)`,
-      `ops: ${history.length} (ok ${totals.ok}, failed ${totals.failed}, unknown ${totals.unknown})`,
+      `ops: ${history.length} (ok ${totals.ok}, failed ${totals.failed}, unknown ${totals.unknown})${inj.storeOutages.length > 0 ? `; ${history.filter((o) => o.kind === 'read' && o.mayBeStale).length} reads through nodes without the store, held only to seeing written values` : ''}`,
       ...Object.entries(counts).sort().map(([k, v]) => `  ${k.padEnd(12)} ok ${v.ok}  failed ${v.failed}  unknown ${v.unknown}`),
       `faults: ${inj.events.length} (${Object.entries(faultCounts).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'})${Object.keys(crashes).length > 0 ? `; fail points crashed: ${Object.entries(crashes).map(([k, v]) => `${k} x${v}`).join(', ')}` : ''}`,
       ...(proxies.length > 0 ? [`peer links: ${proxyStats(proxies)}`] : []),
@@ -227,12 +227,39 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     };
   } finally {
     killAllGit();
+    // CHAOS_LOG_DIR keeps every node's log (its last 200 kB) for debugging a run; CHAOS_LOG_LEVEL sets the nodes' level.
+    const logDir = process.env.CHAOS_LOG_DIR;
+    if (logDir && cluster) {
+      await mkdir(logDir, { recursive: true });
+      for (const n of cluster.nodes) await writeFile(join(logDir, `${n.id}.log`), n.log);
+    }
     await cluster?.destroy().catch(() => undefined);
     await Promise.all([...proxies, ...storeProxies].map((p) => p.close()));
     await etcd?.stop().catch(() => undefined);
     process.off('exit', killEtcd);
     await rm(root, { recursive: true, force: true });
   }
+}
+
+/**
+ * STORE_RECONNECT_GRACE_MS is how long after a store outage a node may still fail to reach it
+ * (its client reconnecting) and serve reads from the last generation it saw.
+ */
+const STORE_RECONNECT_GRACE_MS = 5_000;
+
+/**
+ * markMayBeStale flags the reads that went through a node while it could not reach the store:
+ * by design (DESIGN §6) such a node serves the last generation it saw, so those reads are held
+ * only to seeing values that were written, not to linearizability.
+ */
+function markMayBeStale(ops: readonly Op[], outages: ReadonlyArray<{ from: number; to: number; nodes: readonly number[] }>): Op[] {
+  if (outages.length === 0) return [...ops];
+  return ops.map((o) => {
+    if (o.kind !== 'read' || !o.node) return o;
+    const n = Number(o.node.slice('node-'.length));
+    const hit = outages.find((w) => w.nodes.includes(n) && o.start <= w.to + STORE_RECONNECT_GRACE_MS && o.end >= w.from);
+    return hit ? { ...o, mayBeStale: `${o.node} without the store in ${Math.round(hit.from)}..${Math.round(hit.to)} ms` } : o;
+  });
 }
 
 function proxyStats(proxies: readonly FaultProxy[]): string {

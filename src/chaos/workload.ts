@@ -58,9 +58,12 @@ export interface PushClass {
 /**
  * classifyPush reads `git push --porcelain`: a status line for the ref says ok (` `, `+`, `-`,
  * `*`), up to date (`=`) or rejected (`!`, by the client's lease check or by the server: never
- * applied). Without one, a refusal before anything was sent (HTTP 503, connection refused) is
- * `failed`; anything else (timeout, connection reset, closed without a report, 502, the remote
- * end hung up) is `unknown`.
+ * applied). Without one, a refusal of the first request (GET info/refs: HTTP 503, 401/403,
+ * connection refused) is `failed`; anything else (timeout, connection reset, closed without a
+ * report, 502, the remote end hung up) is `unknown`. So is any error answer to the POST that
+ * carries the pack ("RPC failed"): libcurl silently sends a request again when its reused
+ * connection closed before any byte of the answer, so a 503 or a refused connection there may
+ * be the answer to a second try whose first one was processed.
  */
 export function classifyPush(r: GitCall, ref: string): PushClass {
   for (const line of r.stdout.split('\n')) {
@@ -74,6 +77,7 @@ export function classifyPush(r: GitCall, ref: string): PushClass {
   }
   const last = lastLine(r.stderr);
   if (r.timedOut) return { outcome: 'unknown', detail: `timeout; ${last}` };
+  if (/RPC failed/.test(r.stderr)) return { outcome: 'unknown', detail: last };
   // A 503 (no in-sync replica, busy) or 401/403 (no or bad token) is answered before a push is
   // processed: never applied.
   if (/HTTP 50[3]|returned error: 503|HTTP 40[13]|returned error: 40[13]|could not read Username|Authentication failed/.test(r.stderr)) return { outcome: 'failed', detail: last };

@@ -173,6 +173,29 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
   if (outcome === 'error' && !rawReq.destroyed) deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
 }
 
+/**
+ * abandonPush ends a push's answer without a report (its outcome is unknown to the node). The
+ * status line and headers go out first: a connection closed before any byte of the answer makes
+ * libcurl send the whole request again on a fresh connection, and git would then show the
+ * answer to that second try (a 503 while the store is down, say) for a push that may have
+ * been applied. With headers sent, git reports a cut-off answer instead.
+ */
+function abandonPush(res: ServerResponse, child: ReturnType<NodeDeps['git']['spawn']>): void {
+  if (!res.headersSent && !res.destroyed) {
+    res.writeHead(200, { 'content-type': 'application/x-git-receive-pack-result', ...NO_CACHE });
+    res.flushHeaders();
+  }
+  const socket = res.socket;
+  // end() sends what is buffered, then FIN; the chunked body never gets its last chunk.
+  if (socket && !socket.destroyed) {
+    socket.end();
+    setTimeout(() => socket.destroy(), 1_000).unref();
+  } else {
+    res.destroy();
+  }
+  void terminate(child);
+}
+
 /** servePush runs receive-pack with the node's proc-receive hook, which hands the ref updates to the coordinator. */
 async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable): Promise<void> {
   const pushId = randomUUID();
@@ -187,7 +210,7 @@ async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerRespons
   const unregister = deps.hooks.expect(pushId, (exchange) => deps.coordinator.handlePush(exchange, {
     repoId,
     receivePackPid: child.pid ?? -1,
-    abandon: () => { res.destroy(); void terminate(child); },
+    abandon: () => abandonPush(res, child),
   }));
   try {
     await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');

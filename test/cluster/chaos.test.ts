@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { runChaos, type ChaosReport } from '../../src/chaos/run.js';
+import { skipWithoutEtcd } from '../helpers/etcd.js';
 
 /**
  * The short, seeded chaos runs of `npm test` (the long ones are `npm run chaos`): real node
@@ -31,6 +32,17 @@ describe('chaos: seeded fault injection checked by the history checker', () => {
     const r = await runChaos({ seed: 7, nodes: 6, replicationFactor: 3, clients: 3, repos: 3, durationMs: 12_000, faults: ['kill', 'failpoint', 'pause', 'partition'] });
     summary('6 nodes', r);
     expect(r.totals.ok, explain(r)).toBeGreaterThan(5);
+    expect(r.result.violations, explain(r)).toEqual([]);
+  }, 240_000);
+});
+
+describe.skipIf(skipWithoutEtcd())('chaos on etcd: the store partitioned from a majority, and restarted', () => {
+  it('3 nodes, R=3: store partitions, store kill/stop and restart, kill -9 of nodes', async () => {
+    const r = await runChaos({ seed: 11, nodes: 3, clients: 3, durationMs: 25_000, store: 'etcd', faults: ['store-partition', 'store-restart', 'kill'] });
+    summary('etcd', r);
+    const kinds = new Set(r.faults.map((f) => f.kind));
+    expect(kinds.has('store-partition') && kinds.has('store-restart'), explain(r)).toBe(true);
+    expect(r.totals.ok, explain(r)).toBeGreaterThan(10);
     expect(r.result.violations, explain(r)).toEqual([]);
   }, 240_000);
 });

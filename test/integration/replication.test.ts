@@ -203,6 +203,26 @@ describe('fault points: crash or delay at each step of a push', () => {
     await c.restart(3);
   });
 
+  it('a push committed with fewer than W confirmations ends cut off (unknown), never as a refusal, and is applied', async () => {
+    await c.createRepo(1, 'fp/unknown');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'fp/unknown'), 'main'], { cwd: work });
+    await c.waitInSync('fp/unknown');
+    for (const i of [2, 3]) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: 'participant.afterCommit=crash' });
+    await c.waitMembership();
+    const oid = await commitFile(work, 'u.txt', 'u\n', 'confirmed by one replica of three');
+    const r = await git(['push', '--porcelain', c.repoUrl(1, 'fp/unknown'), 'main'], { cwd: work, timeoutMs: 60_000 });
+    // Closed without a report. Had the connection closed before the answer's first byte,
+    // libcurl would have sent the push again and git would show that second answer: "fetch
+    // first", for a push that was applied.
+    expect(r.code, r.stdout + r.stderr).not.toBe(0);
+    expect(r.stdout + r.stderr).not.toMatch(/rejected|fetch first|returned error|HTTP 5\d\d/);
+    for (const i of [2, 3]) await c.exited(i, 20_000);
+    for (const i of [2, 3]) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: '' });
+    await expectReplicasIdentical(c, 'fp/unknown');
+    expect(await gitOk(['ls-remote', c.repoUrl(2, 'fp/unknown'), 'refs/heads/main'])).toContain(oid);
+  });
+
   it('a decision written whose answer was lost: the coordinator reads it back and acknowledges the push', async () => {
     await c.createRepo(2, 'fp/lost-answer');
     const work = await workRepo();
