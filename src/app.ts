@@ -48,6 +48,8 @@ export interface NodeConfig {
   readonly repairIntervalMs: number;
   readonly verifyIntervalMs: number;
   readonly fsckIntervalMs: number;
+  /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
+  readonly repackAfterPacks: number;
   /** replaceAfterMs: a node down this long has its replicas re-created elsewhere. */
   readonly replaceAfterMs: number;
   readonly stewardIntervalMs: number;
@@ -67,6 +69,7 @@ export const DEFAULTS = {
   repairIntervalMs: 1_000,
   verifyIntervalMs: 300_000,
   fsckIntervalMs: 3_600_000,
+  repackAfterPacks: 20,
   replaceAfterMs: 600_000,
   stewardIntervalMs: 2_000,
   auth: 'tokens',
@@ -130,7 +133,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs, onSeen: (repo, replicas) => router.remember(repo, replicas), busy: (repoId) => participant.busy(repoId) });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs, repackAfterPacks: cfg.repackAfterPacks, onSeen: (repo, replicas) => router.remember(repo, replicas), busy: (repoId) => participant.busy(repoId) });
   participant.isRepairing = (repoId) => repair.inProgress.has(repoId);
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs, lockTtlMs: cfg.lockTtlMs });
   const deps: NodeDeps = {

@@ -13,6 +13,7 @@ export class Metrics {
   readonly gitProcesses = new Gauge({ name: 'gitrep_git_processes', help: 'git processes serving clients now', registers: [this.registry] });
   readonly staleReplicas = new Gauge({ name: 'gitrep_stale_replicas', help: 'local replicas not in sync', registers: [this.registry] });
   readonly repairs = new Counter({ name: 'gitrep_repairs_total', help: 'replica repairs by outcome', labelNames: ['outcome'] as const, registers: [this.registry] });
+  readonly repacks = new Counter({ name: 'gitrep_repacks_total', help: 'replica pack roll-ups (git repack --geometric=2)', registers: [this.registry] });
   readonly repairSeconds = new Histogram({ name: 'gitrep_repair_seconds', help: 'replica repair duration', buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300], registers: [this.registry] });
   readonly repairQueue = new Gauge({ name: 'gitrep_repair_queue', help: 'local replicas waiting for repair', registers: [this.registry] });
 

@@ -59,6 +59,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     repairIntervalMs: int(env.REPAIR_INTERVAL_MS, 'REPAIR_INTERVAL_MS', DEFAULTS.repairIntervalMs),
     verifyIntervalMs: int(env.VERIFY_INTERVAL_MS, 'VERIFY_INTERVAL_MS', DEFAULTS.verifyIntervalMs),
     fsckIntervalMs: int(env.FSCK_INTERVAL_MS, 'FSCK_INTERVAL_MS', DEFAULTS.fsckIntervalMs),
+    repackAfterPacks: int(env.REPACK_AFTER_PACKS, 'REPACK_AFTER_PACKS', DEFAULTS.repackAfterPacks),
     replaceAfterMs: parseDuration(o.replaceAfter ?? env.REPLACE_AFTER, DEFAULTS.replaceAfterMs),
     stewardIntervalMs: int(env.STEWARD_INTERVAL_MS, 'STEWARD_INTERVAL_MS', DEFAULTS.stewardIntervalMs),
     auth: parseAuth(o.auth ?? env.AUTH),

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
@@ -40,6 +40,9 @@ export class RepairWorker {
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
   readonly inProgress = new Map<string, RepairProgress>();
+  /** packsCheckedAt is the generation at which each replica's pack count was last looked at. */
+  private readonly packsCheckedAt = new Map<string, number>();
+  private repacking: Promise<void> | null = null;
 
   constructor(
     private readonly deps: {
@@ -49,6 +52,8 @@ export class RepairWorker {
       busy: (repoId: string) => boolean;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
+      /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
+      repackAfterPacks?: number;
     },
   ) {}
 
@@ -95,6 +100,7 @@ export class RepairWorker {
         const own = replicas.find((r) => r.nodeId === nodeId);
         if (isInSync(repo, own)) {
           this.behindSince.delete(repo.repoId);
+          this.maybeRepack(repo);
           continue;
         }
         // A replica confirmed one generation back is usually a commit still on its way: give it
@@ -180,6 +186,33 @@ export class RepairWorker {
     } finally {
       this.inProgress.delete(repo.repoId);
     }
+  }
+
+  /**
+   * maybeRepack looks at the pack count of an in-sync replica once per generation and, above
+   * `repackAfterPacks`, rolls its packs up with `git repack -d --geometric=2` in the background,
+   * one repo at a time. Every push leaves a pack on every replica (receive.unpackLimit=1) and
+   * nothing else consolidates them (gc.auto=0). The objects of a rolled-up pack all go into the
+   * new one; packs with a `.keep` (a transaction's pack until it commits) are left alone; refs,
+   * and so the checksum, do not change.
+   */
+  private maybeRepack(repo: RepoRecord): void {
+    const limit = this.deps.repackAfterPacks ?? 0;
+    if (limit <= 0 || this.repacking || this.packsCheckedAt.get(repo.repoId) === repo.generation) return;
+    this.packsCheckedAt.set(repo.repoId, repo.generation);
+    const { storage, git, logger, metrics } = this.deps;
+    const packDir = join(storage.repoPath(repo.repoId), 'objects', 'pack');
+    this.repacking = (async () => {
+      const packs = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
+      if (packs <= limit || this.deps.busy(repo.repoId)) return;
+      const started = Date.now();
+      await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: 3_600_000 });
+      const after = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
+      metrics.repacks.inc();
+      logger.info({ repoId: repo.repoId, packs, after, ms: Date.now() - started }, 'replica repacked');
+    })().catch((err: unknown) => {
+      logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'repack failed; it is tried again after the next push');
+    }).finally(() => { this.repacking = null; });
   }
 
   /** confirmIfCurrent confirms the local replica when its refs already hash to the store's checksum. */

@@ -13,7 +13,7 @@ async function expectAllInSync(c: TestCluster, repoId: string, via: number, repl
 
 describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3, env: { VERIFY_INTERVAL_MS: '500', FSCK_INTERVAL_MS: '1000' } }); });
+  beforeAll(async () => { c = await TestCluster.start({ nodes: 3, env: { VERIFY_INTERVAL_MS: '500', FSCK_INTERVAL_MS: '1000', REPACK_AFTER_PACKS: '6' } }); });
   afterAll(async () => { await c?.destroy(); });
 
   it('a node stopped while 50 commits are pushed is back in sync within seconds of its start', async () => {
@@ -74,6 +74,27 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     const st = await expectAllInSync(c, 'heal/unconfirmed', 2);
     expect(st.generation).toBe(2);
     for (const i of [1, 2, 3]) expect(await gitOk(['rev-parse', 'refs/heads/main'], { cwd: c.replicaPath(i, 'heal/unconfirmed') })).toBe(`${oid}\n`);
+  });
+
+  it('a replica with more packs than REPACK_AFTER_PACKS is rolled up; refs, checksum and objects unchanged', async () => {
+    await c.createRepo(1, 'heal/packs');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(1, 'heal/packs'), 'main'], { cwd: work });
+    for (let i = 0; i < 12; i++) {
+      await commitFile(work, `p${i}.txt`, `${i}\n`.repeat(50), `pack ${i}`);
+      await gitOk(['push', '-q', c.repoUrl(1 + (i % 3), 'heal/packs'), 'main'], { cwd: work });
+    }
+    const packs = async (i: number): Promise<number> => (await readdir(join(c.replicaPath(i, 'heal/packs'), 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
+    await waitFor(async () => (await Promise.all([1, 2, 3].map(packs))).every((n) => n <= 6), 30_000, 'every replica repacked');
+    const st = await expectAllInSync(c, 'heal/packs', 1);
+    expect(st.generation).toBe(13);
+    for (const i of [1, 2, 3]) {
+      expect(await refsOf(c.replicaPath(i, 'heal/packs'))).toBe(await refsOf(c.replicaPath(1, 'heal/packs')));
+      const fsck = await git(['fsck', '--no-dangling'], { cwd: c.replicaPath(i, 'heal/packs') });
+      expect(fsck.code, fsck.stderr).toBe(0);
+    }
+    expect((await gitOk(['rev-parse', 'main'], { cwd: c.replicaPath(2, 'heal/packs') })).trim()).toBe((await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim());
+    expect((await gitOk(['rev-list', '--count', 'main'], { cwd: c.replicaPath(2, 'heal/packs') })).trim()).toBe('13');
   });
 
   it('a ref edited by hand is detected by the verifier and repaired', async () => {
