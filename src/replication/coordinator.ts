@@ -11,7 +11,7 @@ import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import type { ProcReceiveExchange, RefResult } from '../git/proc-receive.js';
-import { isInSync, type ClusterStore, type RepoLock, type RepoRecord } from '../store/types.js';
+import { isInSync, type ClusterStore, type ReplicaRecord, type RepoLock, type RepoRecord } from '../store/types.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, type Participant, type PrepareRequest } from './participant.js';
 import { Tally } from './quorum-wait.js';
@@ -48,6 +48,9 @@ export interface PushContext {
 }
 
 type Answer = PeerAnswer;
+
+/** OWN_COMMIT_WAIT_MS is how long a push waits for this node's replica to confirm the previous push. */
+const OWN_COMMIT_WAIT_MS = 3_000;
 
 /** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
 const SETTLE_MS = 10_000;
@@ -338,7 +341,7 @@ export class Coordinator {
         for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, 'repository was deleted');
         return report();
       }
-      const own = (await store.getReplicas(ctx.repoId)).find((r) => r.nodeId === nodeId);
+      const own = await this.ownReplica(repo);
       if (!repo.replicas.includes(nodeId) || !isInSync(repo, own) || (await storage.incarnationOf(ctx.repoId)) !== repo.incarnation) {
         for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, 'replica catching up, try again');
         return report();
@@ -390,6 +393,25 @@ export class Coordinator {
     } finally {
       await held.release();
     }
+  }
+
+  /**
+   * ownReplica reads this node's replica record of a repo. A replica confirmed one generation
+   * back is usually the previous push still committing here (its coordinator released the lock
+   * after W confirmations): it is given up to OWN_COMMIT_WAIT_MS to confirm, instead of refusing
+   * the push with "replica catching up". The caller holds the repo lock, so the generation
+   * cannot move meanwhile.
+   */
+  private async ownReplica(repo: RepoRecord): Promise<ReplicaRecord | undefined> {
+    const { store, nodeId } = this.deps;
+    const read = async (): Promise<ReplicaRecord | undefined> => (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
+    let own = await read();
+    const deadline = Date.now() + OWN_COMMIT_WAIT_MS;
+    while (own?.state === 'in_sync' && own.incarnation === repo.incarnation && own.generation === repo.generation - 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      own = await read();
+    }
+    return own;
   }
 
   /** receivedPack finds the pack receive-pack stored for this push: its .keep names receive-pack's pid. */
