@@ -43,6 +43,7 @@ export class RepairWorker {
   /** packsCheckedAt is the generation at which each replica's pack count was last looked at. */
   private readonly packsCheckedAt = new Map<string, number>();
   private repacking: Promise<void> | null = null;
+  private verifying = false;
 
   constructor(
     private readonly deps: {
@@ -299,6 +300,10 @@ export class RepairWorker {
    */
   async verify(fsck = false): Promise<number> {
     const { store, storage, nodeId, logger, git } = this.deps;
+    // One verification at a time: on a big node one pass can outlast its interval, and
+    // overlapping passes would pile up fsck processes.
+    if (this.verifying) return 0;
+    this.verifying = true;
     let marked = 0;
     try {
       for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
@@ -323,6 +328,8 @@ export class RepairWorker {
       }
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
+    } finally {
+      this.verifying = false;
     }
     return marked;
   }

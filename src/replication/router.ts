@@ -7,6 +7,9 @@ import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from
 /** Route says where a request is served: this node's replica, or an in-sync peer. */
 export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: string; url: string };
 
+/** COMMIT_WINDOW_WAIT_MS bounds the wait for a committing push's first confirmation. */
+const COMMIT_WINDOW_WAIT_MS = 3_000;
+
 interface Seen {
   readonly repo: RepoRecord;
   readonly replicas: ReplicaRecord[];
@@ -47,10 +50,27 @@ export class Router {
     }
   }
 
-  /** route picks where to serve `repoId`; `write` requires a replica that can coordinate a push. */
+  /**
+   * route picks where to serve `repoId`; `write` requires a replica that can coordinate a push.
+   * Between a push's decision and its first confirmation no replica is in sync; a request
+   * arriving then waits (up to COMMIT_WINDOW_WAIT_MS) for that confirmation instead of getting a
+   * 503. Waiting serves nothing stale: the answer comes from a replica that confirmed.
+   */
   async route(repoId: string, write: boolean): Promise<Route> {
+    const deadline = Date.now() + COMMIT_WINDOW_WAIT_MS;
+    for (;;) {
+      const seen = await this.read(repoId, write);
+      const route = await this.pick(seen);
+      if (route) return route;
+      const committing = !seen.fromCache && seen.replicas.some((r) => r.state === 'in_sync' && r.incarnation === seen.repo.incarnation && r.generation === seen.repo.generation - 1);
+      if (!committing || Date.now() >= deadline) throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  private async pick({ repo, replicas, fromCache }: Seen & { fromCache: boolean }): Promise<Route | null> {
     const { nodeId, storage, membership } = this.deps;
-    const { repo, replicas, fromCache } = await this.read(repoId, write);
+    const repoId = repo.repoId;
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     if (repo.replicas.includes(nodeId) && isInSync(repo, byNode.get(nodeId)) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
       if (fromCache) this.deps.logger.warn({ repoId, generation: repo.generation }, 'store unreachable: serving the last generation this node saw, possibly stale');
@@ -60,7 +80,7 @@ export class Router {
       .filter((n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n))
       .sort((a, b) => membership.loadOf(a) - membership.loadOf(b));
     const best = candidates[0];
-    if (!best) throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
+    if (!best) return null;
     return { kind: 'peer', nodeId: best, url: membership.urlOf(best)! };
   }
 }
