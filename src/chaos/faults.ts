@@ -1,6 +1,6 @@
 /**
  * The fault schedule of a chaos run, driven by the run's seed: one fault at a time, with short
- * gaps, until the deadline. Kinds:
+ * gaps, until the deadline; the kinds come in shuffled rounds (every kind once per round). Kinds:
  * - `kill`: kill -9 a node, restart it after a while;
  * - `failpoint`: restart a node with one fail point armed to crash
  *   (`GIT_REPLICATION_FAILPOINTS=<name>=crash`, cycling through every name), push through it
@@ -80,6 +80,7 @@ export class FaultInjector {
   readonly crashes = new Map<string, number>();
   private readonly armed = new Set<number>();
   private failpointCycle: string[] = [];
+  private kindCycle: FaultKind[] = [];
 
   constructor(private readonly opts: FaultOptions) {}
 
@@ -102,7 +103,9 @@ export class FaultInjector {
       await sleep(rng.int(200, 1200));
       const deadline = deadlineOf();
       if (this.opts.now() >= deadline) break;
-      const kind = rng.pick(usable);
+      // Kinds come in shuffled rounds, each kind once per round, so a short run still sees every kind.
+      if (this.kindCycle.length === 0) this.kindCycle = rng.shuffle(usable);
+      const kind = this.kindCycle.shift()!;
       const node = rng.int(1, this.n);
       try {
         await this.inject(kind, node, deadline);
