@@ -105,31 +105,16 @@ class Managed {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** kill SIGKILLs the process and every descendant it had, as a crash would end them. */
-  async kill(): Promise<void> {
-    const pid = this.child.pid;
-    if (pid === undefined || !this.alive) return;
-    const tree = await descendants(pid);
-    this.child.kill('SIGKILL');
-    for (const p of tree.reverse()) {
-      try {
-        process.kill(p, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    await Promise.race([this.exited, sleep(5_000)]);
-  }
-
   /**
    * stop sends SIGTERM (a node shuts down cleanly and kills its git processes), waits up to
    * `graceMs`, then SIGKILLs the process and every descendant it had, so nothing is left running.
+   * With `graceMs` 0 there is no SIGTERM: the process tree dies as in a crash.
    */
   async stop(graceMs: number): Promise<void> {
     const pid = this.child.pid;
     if (pid === undefined) return;
     const tree = this.alive ? await descendants(pid) : [];
-    if (this.alive) {
+    if (this.alive && graceMs > 0) {
       this.child.kill('SIGTERM');
       await Promise.race([this.exited, sleep(graceMs)]);
     }
@@ -211,7 +196,7 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
   };
   const nodeControl: NodeControl = {
     baseUrl: (i) => nodeAt(i).url,
-    kill: async (i) => { await nodeAt(i).proc.kill(); },
+    kill: async (i) => { await nodeAt(i).proc.stop(0); },
     async restart(i) {
       if (nodeAt(i).proc.alive) throw new Error(`${nodeAt(i).id} is still running`);
       const spawnedAt = performance.now();

@@ -31,6 +31,13 @@ export const ALL_FAULTS: readonly FaultKind[] = ['kill', 'failpoint', 'pause', '
 /** STORE_FAULTS are the kinds that need a store the run controls (etcd). */
 export const STORE_FAULTS: readonly FaultKind[] = ['store-partition', 'store-restart'];
 
+/** StoreOutage is a window (on the injector's `now` clock) in which `nodes` could not reach the store. */
+export interface StoreOutage {
+  readonly from: number;
+  readonly to: number;
+  readonly nodes: readonly number[];
+}
+
 /** StoreControl breaks the coordination store of a run on etcd. */
 export interface StoreControl {
   /** proxies[i-1] is node i's link to the store. */
@@ -74,8 +81,8 @@ export class FaultInjector {
   /** down holds nodes that are killed or stopped now (clients mostly avoid them). */
   readonly down = new Set<number>();
   readonly events: FaultEvent[] = [];
-  /** storeOutages are the windows (on the `now` clock) in which `nodes` could not reach the store. */
-  readonly storeOutages: Array<{ from: number; to: number; nodes: number[] }> = [];
+  /** storeOutages are the windows in which some nodes could not reach the store. */
+  readonly storeOutages: StoreOutage[] = [];
   /** crashes counts fail points that did crash their node, by name. */
   readonly crashes = new Map<string, number>();
   private readonly armed = new Set<number>();
@@ -86,6 +93,11 @@ export class FaultInjector {
 
   private get n(): number {
     return this.opts.cluster.nodes.length;
+  }
+
+  /** allNodes numbers every node, 1..n. */
+  private get allNodes(): number[] {
+    return Array.from({ length: this.n }, (_, i) => i + 1);
   }
 
   private record(kind: FaultKind, node: number, detail: string): void {
@@ -162,7 +174,7 @@ export class FaultInjector {
       case 'store-partition': {
         const store = this.opts.store!;
         const ms = rng.int(1500, 6000);
-        const majority = rng.shuffle([...Array(this.n).keys()].map((i) => i + 1)).slice(0, Math.floor(this.n / 2) + 1).sort((a, b) => a - b);
+        const majority = rng.shuffle(this.allNodes).slice(0, Math.floor(this.n / 2) + 1).sort((a, b) => a - b);
         this.record(kind, 0, `nodes ${majority.join(', ')} cut off from the store for ${ms} ms`);
         const from = this.opts.now();
         for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'blackhole' });
@@ -180,13 +192,12 @@ export class FaultInjector {
         const downFor = rng.int(300, 4000);
         this.record(kind, 0, `store ${hard ? 'killed (SIGKILL)' : 'stopped (SIGTERM)'}, started again after ${downFor} ms`);
         const from = this.opts.now();
-        const everyNode = [...Array(this.n).keys()].map((i) => i + 1);
         try {
           await store.stop(hard);
           await sleep(until(downFor));
           await store.start();
         } finally {
-          this.storeOutages.push({ from, to: this.opts.now(), nodes: everyNode });
+          this.storeOutages.push({ from, to: this.opts.now(), nodes: this.allNodes });
         }
         return;
       }
@@ -201,7 +212,7 @@ export class FaultInjector {
     if (this.failpointCycle.length === 0) this.failpointCycle = rng.shuffle(FAILPOINT_NAMES);
     const name = this.failpointCycle.shift()!;
     const repo = rng.pick(repos);
-    const up = [...Array(this.n).keys()].map((i) => i + 1).find((i) => !this.down.has(i)) ?? 1;
+    const up = this.allNodes.find((i) => !this.down.has(i)) ?? 1;
     const status = await cluster.repoStatus(up, repo);
     const replicas = status.replicas.map((r) => Number(r.node.slice('node-'.length)));
     const victim = rng.pick(replicas);
@@ -254,7 +265,7 @@ export class FaultInjector {
         this.opts.log('heal: starting the store');
         const from = this.opts.now();
         await store.start();
-        this.storeOutages.push({ from, to: this.opts.now(), nodes: [...Array(this.n).keys()].map((i) => i + 1) });
+        this.storeOutages.push({ from, to: this.opts.now(), nodes: this.allNodes });
       }
     }
     for (let i = 1; i <= this.n; i++) {

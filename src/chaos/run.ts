@@ -15,7 +15,7 @@ import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { check, formatResult, type CheckResult, type Violation } from './checker.js';
 import { startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
 import { FAST_ENV, TestCluster, freePort, sleep } from './cluster.js';
-import { ALL_FAULTS, FaultInjector, STORE_FAULTS, type FaultEvent, type FaultKind, type StoreControl } from './faults.js';
+import { ALL_FAULTS, FaultInjector, STORE_FAULTS, type FaultEvent, type FaultKind, type StoreControl, type StoreOutage } from './faults.js';
 import { killAllGit, runGit } from './gitcli.js';
 import { countByOutcome, type FinalState, type Op, type Outcome, type RepoFinalState, type ReplicaState } from './history.js';
 import { FaultProxy } from './proxy.js';
@@ -252,7 +252,7 @@ const STORE_RECONNECT_GRACE_MS = 5_000;
  * by design (DESIGN §6) such a node serves the last generation it saw, so those reads are held
  * only to seeing values that were written, not to linearizability.
  */
-function markMayBeStale(ops: readonly Op[], outages: ReadonlyArray<{ from: number; to: number; nodes: readonly number[] }>): Op[] {
+function markMayBeStale(ops: readonly Op[], outages: readonly StoreOutage[]): Op[] {
   if (outages.length === 0) return [...ops];
   return ops.map((o) => {
     if (o.kind !== 'read' || !o.node) return o;

@@ -69,8 +69,7 @@ export class ReplicaStorage {
     await rm(path, { recursive: true, force: true });
     await mkdir(dirname(path), { recursive: true });
     await this.git.run(['init', '--quiet', '--bare', `--initial-branch=${DEFAULT_HEAD.slice('refs/heads/'.length)}`, path], { cwd: this.dataDir });
-    await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
-    await fsyncPath(join(path, 'config'));
+    await appendReplicaConfig(path, incarnation);
     await fsyncPath(path);
   }
 
@@ -80,8 +79,8 @@ export class ReplicaStorage {
    */
   async adoptClone(path: string, incarnation: string): Promise<void> {
     await this.git.run(['config', '--remove-section', 'remote.origin'], { cwd: path, okCodes: [0, 128] });
-    await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
-    for (const p of [join(path, 'config'), join(path, 'HEAD'), join(path, 'objects', 'pack'), join(path, 'objects'), join(path, 'refs'), path]) await fsyncPath(p);
+    await appendReplicaConfig(path, incarnation);
+    for (const p of [join(path, 'HEAD'), join(path, 'objects', 'pack'), join(path, 'objects'), join(path, 'refs'), path]) await fsyncPath(p);
   }
 
   /** incarnationOf reads the incarnation id a replica was created with, or null. */
@@ -153,6 +152,12 @@ export class ReplicaStorage {
     const [refs, head] = await Promise.all([this.readRefs(repoId), this.headTarget(repoId)]);
     return replicaChecksum(refs, head);
   }
+}
+
+/** appendReplicaConfig adds the replica config and the incarnation id to a repo's config file, durably. */
+async function appendReplicaConfig(path: string, incarnation: string): Promise<void> {
+  await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
+  await fsyncPath(join(path, 'config'));
 }
 
 /** readRefsAt lists the refs of the repo at `path`. */

@@ -11,7 +11,7 @@ import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import type { ProcReceiveExchange, RefResult } from '../git/proc-receive.js';
-import { isInSync, type ClusterStore, type ReplicaRecord, type RepoLock, type RepoRecord } from '../store/types.js';
+import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoLock, type RepoRecord } from '../store/types.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, type Participant, type PrepareRequest } from './participant.js';
 import { Tally } from './quorum-wait.js';
@@ -407,7 +407,7 @@ export class Coordinator {
     const read = async (): Promise<ReplicaRecord | undefined> => (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
     let own = await read();
     const deadline = Date.now() + OWN_COMMIT_WAIT_MS;
-    while (own?.state === 'in_sync' && own.incarnation === repo.incarnation && own.generation === repo.generation - 1 && Date.now() < deadline) {
+    while (isOneBehind(repo, own) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
       own = await read();
     }

@@ -162,8 +162,15 @@ export class Participant {
     const keepFiles: string[] = [];
     try {
       let indexError: Error | null = null;
-      if (pack && !local) keepFiles.push(...await this.indexPack(repoPath, req.txnId, pack).then((k) => [k], (err: unknown) => { indexError = asError(err); return []; }));
-      else pack?.resume();
+      if (pack && !local) {
+        try {
+          keepFiles.push(await this.indexPack(repoPath, req.txnId, pack));
+        } catch (err) {
+          indexError = asError(err);
+        }
+      } else {
+        pack?.resume();
+      }
       const refused = (await checked) ?? indexError;
       if (refused) throw refused;
       const [connected, locked] = await Promise.allSettled([

@@ -7,7 +7,7 @@ import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
-import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /** COMMIT_GRACE_MS is how long a replica one generation behind may wait for its commit before repair. */
 const COMMIT_GRACE_MS = 3_000;
@@ -108,8 +108,7 @@ export class RepairWorker {
         // a moment before fetching what the commit is about to apply anyway.
         const since = this.behindSince.get(repo.repoId) ?? now;
         this.behindSince.set(repo.repoId, since);
-        const inFlight = own?.state === 'in_sync' && own.incarnation === repo.incarnation && own.generation === repo.generation - 1;
-        if (!inFlight || now - since >= COMMIT_GRACE_MS) todo.push(repo);
+        if (!isOneBehind(repo, own) || now - since >= COMMIT_GRACE_MS) todo.push(repo);
       }
       await this.collectGarbage();
       this.deps.metrics.repairQueue.set(todo.length);
@@ -135,13 +134,16 @@ export class RepairWorker {
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     const own = byNode.get(nodeId);
     const localIncarnation = await storage.incarnationOf(repo.repoId);
-    // A replica that committed but could not confirm (the store was unreachable at that moment)
-    // is already current: it confirms itself. Without this, a commit whose every confirmation
-    // failed would leave no replica in sync to repair from.
-    if (localIncarnation === repo.incarnation && own?.state !== 'missing' && (await this.confirmIfCurrent(repo))) return true;
     const sources = repo.replicas.filter((n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n));
     const source = sources.sort((a, b) => membership.loadOf(a) - membership.loadOf(b))[0];
-    if (!source) return false;
+    // With nothing to copy from, a replica that committed but could not confirm (the store was
+    // unreachable at that moment) may already be current: it confirms itself. Without this, a
+    // commit whose every confirmation failed would leave no replica in sync for ever. (With a
+    // source, the fetch below finds nothing to bring and confirms the same way.)
+    if (!source) {
+      if (localIncarnation !== repo.incarnation || own?.state === 'missing') return false;
+      return this.confirmIfCurrent(repo);
+    }
     const url = `${membership.urlOf(source)!}/${repo.repoId}.git`;
     const started = Date.now();
     // A replica with objects missing (fsck) or of another incarnation is copied whole: a fetch

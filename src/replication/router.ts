@@ -2,7 +2,7 @@ import { notFound, unavailable, StoreUnavailableError } from '../domain/errors.j
 import type { Logger } from '../domain/logger.js';
 import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
-import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /** Route says where a request is served: this node's replica, or an in-sync peer. */
 export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: string; url: string };
@@ -62,7 +62,7 @@ export class Router {
       const seen = await this.read(repoId, write);
       const route = await this.pick(seen);
       if (route) return route;
-      const committing = !seen.fromCache && seen.replicas.some((r) => r.state === 'in_sync' && r.incarnation === seen.repo.incarnation && r.generation === seen.repo.generation - 1);
+      const committing = !seen.fromCache && seen.replicas.some((r) => isOneBehind(seen.repo, r));
       if (!committing || Date.now() >= deadline) throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -195,3 +195,12 @@ export interface ClusterStore {
 export function isInSync(repo: RepoRecord, replica: ReplicaRecord | undefined): boolean {
   return replica !== undefined && replica.state === 'in_sync' && replica.incarnation === repo.incarnation && replica.generation === repo.generation;
 }
+
+/**
+ * isOneBehind says whether a replica is in sync at the generation before the repo's: what every
+ * replica of a push looks like between the decision and its own confirmation, so usually a
+ * commit still on its way rather than a replica that needs repair.
+ */
+export function isOneBehind(repo: RepoRecord, replica: ReplicaRecord | undefined): boolean {
+  return replica !== undefined && replica.state === 'in_sync' && replica.incarnation === repo.incarnation && replica.generation === repo.generation - 1;
+}
