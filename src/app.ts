@@ -1,10 +1,10 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, readdir, realpath, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, realpath, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
-import { PeerVerifier } from './auth/peer-signature.js';
+import { PeerVerifier, signHop, verifyHop } from './auth/peer-signature.js';
 import { Authenticator } from './auth/tokens.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
@@ -42,6 +42,16 @@ export interface NodeConfig {
   readonly writeQuorum: number | undefined;
   readonly replicationFactor: number;
   readonly maxGitProcesses: number;
+  /** maxGitPerClient caps the git processes one client address holds. */
+  readonly maxGitPerClient: number;
+  /** bodyIdleMs ends a git request whose body is silent this long (408). */
+  readonly bodyIdleMs: number;
+  /** maxPushBytes is the largest pack a push may send (receive.maxInputSize; 413). */
+  readonly maxPushBytes: number;
+  /** maxUploadRequestBytes is the largest fetch request, decompressed (413). */
+  readonly maxUploadRequestBytes: number;
+  /** maxInflateRatio bounds how much a gzip request body may inflate (413). */
+  readonly maxInflateRatio: number;
   readonly nodeTtlMs: number;
   readonly lockTtlMs: number;
   readonly resolveAfterMs: number;
@@ -63,6 +73,10 @@ export const DEFAULTS = {
   host: '127.0.0.1',
   replicationFactor: 3,
   maxGitProcesses: 64,
+  bodyIdleMs: 30_000,
+  maxPushBytes: 2 * 1024 ** 3,
+  maxUploadRequestBytes: 10 * 1024 ** 2,
+  maxInflateRatio: 100,
   nodeTtlMs: 5_000,
   lockTtlMs: 15_000,
   resolveAfterMs: 5_000,
@@ -95,9 +109,13 @@ function hooksDir(): string {
  */
 export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const logger = pino({ level: cfg.logLevel, base: { node: cfg.nodeId } }) as unknown as Logger & FastifyInstance['log'];
-  await mkdir(cfg.dataDir, { recursive: true });
+  // The data dir holds the store (with the peer secret), the txn log and every replica: this
+  // user's alone. The umask covers what the node and its git processes create from now on.
+  process.umask(0o077);
+  await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(cfg.dataDir);
-  const git = new GitRunner({ owner: dataDir, instance: randomUUID(), maxProcesses: cfg.maxGitProcesses });
+  await restrictPermissions(dataDir, cfg.store);
+  const git = new GitRunner({ owner: dataDir, instance: randomUUID(), maxProcesses: cfg.maxGitProcesses, maxPerClient: cfg.maxGitPerClient });
   const reaped = await git.reapPrevious();
   if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
 
@@ -123,7 +141,10 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
 
   const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000 });
   const url = cfg.advertiseUrl ?? `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
-  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: new Date().toISOString() }, { store, peers, logger, ttlMs: cfg.nodeTtlMs });
+  // The epoch names this incarnation: signatures made for an earlier one are refused.
+  const epoch = new Date().toISOString();
+  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch }, { store, peers, logger, ttlMs: cfg.nodeTtlMs });
+  const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId, store, storage, participant, peers, membership, failpoints, logger, metrics,
     config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockTtlMs: cfg.lockTtlMs, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000 },
@@ -133,13 +154,17 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs, repackAfterPacks: cfg.repackAfterPacks, onSeen: (repo, replicas) => router.remember(repo, replicas), busy: (repoId) => participant.busy(repoId) });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, lockTtlMs: cfg.lockTtlMs, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, onSeen: (repo, replicas) => router.remember(repo, replicas), busy: (repoId) => participant.busy(repoId) });
   participant.isRepairing = (repoId) => repair.inProgress.has(repoId);
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs, lockTtlMs: cfg.lockTtlMs });
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers,
-    verifier: new PeerVerifier(() => secret), participant, coordinator, router, metrics, load, repair, auth,
-    config: { hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION },
+    verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
+    participant, coordinator, router, metrics, load, repair, auth, hops,
+    config: {
+      hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION,
+      limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
+    },
   };
   const app = buildHttpApp(deps, logger);
   await app.listen({ host: cfg.host, port: cfg.port });
@@ -174,6 +199,19 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       await store.close();
     },
   };
+}
+
+/**
+ * restrictPermissions makes what earlier versions created world-readable private: the data dir
+ * 0700, the SQLite files (store and transaction log, with their -wal and -shm) 0600. A local
+ * user who could read the store would hold the peer secret, and could act as a cluster member.
+ */
+async function restrictPermissions(dataDir: string, store: StoreUrl): Promise<void> {
+  await chmod(dataDir, 0o700);
+  const files = [join(dataDir, 'node.db'), ...(store.kind === 'sqlite' ? [store.path] : [])];
+  for (const f of files) {
+    for (const suffix of ['', '-wal', '-shm']) await chmod(`${f}${suffix}`, 0o600).catch(() => undefined);
+  }
 }
 
 /**

@@ -1,24 +1,61 @@
 import { describe, expect, it } from 'vitest';
-import { PeerVerifier, signPeerRequest } from './peer-signature.js';
+import { bodyDigest, NO_BODY, PeerVerifier, signHop, signPeerRequest, verifyHop, type SignedCall } from './peer-signature.js';
+
+const self = { nodeId: 'node-2', epoch: '2026-12-01T00:00:00.000Z', isMember: (id: string) => Promise.resolve(id.startsWith('node-')) };
+const call: SignedCall = { method: 'POST', path: '/replicate/commit', contentLength: 42, digest: bodyDigest('{"a":1}') };
+const to = { id: 'node-2', epoch: self.epoch };
 
 describe('peer signatures', () => {
-  const v = new PeerVerifier(() => 'secret');
-  it('accepts a fresh signature once and refuses a replay', () => {
-    const h = signPeerRequest('secret', 'node-1', 'POST', '/replicate/commit', 42);
-    expect(v.verify(h, 'POST', '/replicate/commit', 42)).toEqual({ ok: true, nodeId: 'node-1' });
-    expect(v.verify(h, 'POST', '/replicate/commit', 42)).toMatchObject({ ok: false, reason: 'replayed peer request' });
+  it('accepts a fresh signature once, with its digest, and refuses a replay', async () => {
+    const v = new PeerVerifier(() => 'secret', self);
+    const h = signPeerRequest('secret', 'node-1', to, call);
+    expect(await v.verify(h, 'POST', '/replicate/commit', 42)).toEqual({ ok: true, nodeId: 'node-1', digest: call.digest });
+    expect(await v.verify(h, 'POST', '/replicate/commit', 42)).toMatchObject({ ok: false, reason: 'replayed peer request' });
   });
+
   it.each([
-    ['another path', '/replicate/abort', 42, 'secret'],
-    ['another length', '/replicate/commit', 43, 'secret'],
-    ['another secret', '/replicate/commit', 42, 'nope'],
-  ])('refuses %s', (_n, path, len, secret) => {
-    const h = signPeerRequest(secret, 'node-1', 'POST', '/replicate/commit', 42);
-    expect(v.verify(h, 'POST', path, len).ok).toBe(false);
+    ['another path', { ...call, path: '/replicate/abort' }, to, 'secret', 'node-1'],
+    ['another length', { ...call, contentLength: 43 }, to, 'secret', 'node-1'],
+    ['another method', { ...call, method: 'GET' }, to, 'secret', 'node-1'],
+    ['another secret', call, to, 'nope', 'node-1'],
+    ['another receiver', call, { ...to, id: 'node-3' }, 'secret', 'node-1'],
+    ['another incarnation of the receiver', call, { ...to, epoch: '2026-11-30T00:00:00.000Z' }, 'secret', 'node-1'],
+    ['a caller that is not a member', call, to, 'secret', 'intruder'],
+  ])('refuses %s', async (_n, signed: SignedCall, target, secret, caller) => {
+    const v = new PeerVerifier(() => 'secret', self);
+    const h = signPeerRequest(secret, caller, target, signed);
+    expect((await v.verify(h, call.method, call.path, call.contentLength)).ok).toBe(false);
   });
-  it('refuses old, missing and malformed signatures', () => {
-    expect(v.verify(signPeerRequest('secret', 'n', 'POST', '/x', null, Date.now() - 120_000), 'POST', '/x', null)).toMatchObject({ reason: 'peer signature expired' });
-    expect(v.verify(undefined, 'POST', '/x', null)).toMatchObject({ reason: 'missing peer signature' });
-    expect(v.verify('a:b', 'POST', '/x', null)).toMatchObject({ reason: 'malformed peer signature' });
+
+  it('binds the digest: a header edited to claim another body fails', async () => {
+    const v = new PeerVerifier(() => 'secret', self);
+    const h = signPeerRequest('secret', 'node-1', to, call);
+    const edited = h.replace(call.digest, bodyDigest('{"a":2}'));
+    expect(await v.verify(edited, 'POST', '/replicate/commit', 42)).toMatchObject({ ok: false, reason: 'bad peer signature' });
+  });
+
+  it('refuses old, missing and malformed signatures', async () => {
+    const v = new PeerVerifier(() => 'secret', self);
+    const old = signPeerRequest('secret', 'node-1', to, { ...call, digest: NO_BODY }, Date.now() - 120_000);
+    expect(await v.verify(old, 'POST', '/replicate/commit', 42)).toMatchObject({ reason: 'peer signature expired' });
+    expect(await v.verify(undefined, 'POST', '/x', null)).toMatchObject({ reason: 'missing peer signature' });
+    expect(await v.verify('a:b', 'POST', '/x', null)).toMatchObject({ reason: 'malformed peer signature' });
+    expect(await v.verify('a:1e3:n:d:s', 'POST', '/x', null)).toMatchObject({ reason: 'peer signature expired' });
+  });
+
+  it('accepts ids with colons', async () => {
+    const v = new PeerVerifier(() => 'secret', { ...self, isMember: () => Promise.resolve(true) });
+    const h = signPeerRequest('secret', 'host:3001', to, call);
+    expect(await v.verify(h, 'POST', '/replicate/commit', 42)).toMatchObject({ ok: true, nodeId: 'host:3001' });
+  });
+});
+
+describe('hop tokens', () => {
+  it('verify only with the secret and only while fresh', () => {
+    expect(verifyHop('secret', signHop('secret', '::ffff:10.0.0.1'))).toBe('::ffff:10.0.0.1');
+    expect(verifyHop('secret', signHop('other', '10.0.0.1'))).toBeNull();
+    expect(verifyHop('secret', signHop('secret', '10.0.0.1', Date.now() - 120_000))).toBeNull();
+    expect(verifyHop('secret', 'node-1')).toBeNull();
+    expect(verifyHop('secret', undefined)).toBeNull();
   });
 });

@@ -1,55 +1,135 @@
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 
 /** PEER_AUTH_HEADER carries a peer request's signature. */
 export const PEER_AUTH_HEADER = 'x-replication-auth';
 
+/** HOP_HEADER carries a hop token: a request one node already proxied, never to be proxied again. */
+export const HOP_HEADER = 'x-replication-hop';
+
 /** MAX_SKEW_MS bounds how old a signed request may be; nonces are remembered that long. */
 const MAX_SKEW_MS = 60_000;
+
+/** NO_BODY is the digest a call without a signed body carries. */
+export const NO_BODY = '-';
 
 function mac(secret: string, parts: readonly string[]): string {
   return createHmac('sha256', secret).update(parts.join('\n')).digest('hex');
 }
 
-/**
- * signPeerRequest returns the auth header value for an internal call: an HMAC over method, path,
- * timestamp, nonce and content length (DESIGN §9) — never over a streamed pack body, which would
- * force buffering it.
- */
-export function signPeerRequest(secret: string, nodeId: string, method: string, path: string, contentLength: number | null, now = Date.now()): string {
-  const nonce = randomBytes(12).toString('hex');
-  const ts = String(now);
-  const len = contentLength === null ? '-' : String(contentLength);
-  return `${nodeId}:${ts}:${nonce}:${mac(secret, [method.toUpperCase(), path, ts, nonce, len, nodeId])}`;
+/** bodyDigest is the SHA-256 (hex) a signature binds a request's signed body part to. */
+export function bodyDigest(body: Buffer | string): string {
+  return createHash('sha256').update(body).digest('hex');
+}
+
+/** PeerTarget names the node a call is for: its id and the start time of its current incarnation. */
+export interface PeerTarget {
+  readonly id: string;
+  readonly url: string;
+  readonly epoch: string;
+}
+
+/** SignedCall is what a peer signature covers besides the caller, time and nonce. */
+export interface SignedCall {
+  readonly method: string;
+  readonly path: string;
+  readonly contentLength: number | null;
+  /** digest of the JSON body, or of a prepare's JSON header (the pack is covered by its hash inside it). */
+  readonly digest: string;
 }
 
 /**
- * PeerVerifier checks signatures of incoming internal calls and refuses replays within the
- * allowed clock skew.
+ * signPeerRequest returns the auth header value for an internal call: an HMAC over method, path,
+ * content length, the body's (or a prepare's JSON header's) digest, timestamp, nonce, the caller,
+ * and the receiver's id and start epoch, so a captured header is good for one call to one
+ * incarnation of one node within the skew window. A streamed pack is never hashed here (that
+ * would force buffering it): the prepare's JSON header names the pack's own trailer hash, which
+ * index-pack checks (SECURITY.md).
+ */
+export function signPeerRequest(secret: string, callerId: string, target: Pick<PeerTarget, 'id' | 'epoch'>, call: SignedCall, now = Date.now()): string {
+  const nonce = randomBytes(12).toString('hex');
+  const ts = String(now);
+  const len = call.contentLength === null ? '-' : String(call.contentLength);
+  const sig = mac(secret, ['peer-v2', call.method.toUpperCase(), call.path, ts, nonce, len, call.digest, callerId, target.id, target.epoch]);
+  return `${callerId}:${ts}:${nonce}:${call.digest}:${sig}`;
+}
+
+/** Verified is an accepted peer call: who made it and the body digest its signature vouches for. */
+export interface Verified {
+  readonly ok: true;
+  readonly nodeId: string;
+  readonly digest: string;
+}
+
+/** VerifierIdentity is the receiving node: its id, its epoch, and who counts as a member. */
+export interface VerifierIdentity {
+  readonly nodeId: string;
+  readonly epoch: string;
+  /** isMember says whether a node id is registered in the cluster (refreshing the view once if not). */
+  readonly isMember: (nodeId: string) => Promise<boolean>;
+}
+
+/**
+ * PeerVerifier checks signatures of incoming internal calls: right secret, this node and this
+ * incarnation as the receiver, a registered member as the caller, within the skew window, and
+ * never the same nonce twice.
  */
 export class PeerVerifier {
   private readonly seen = new Map<string, number>();
 
-  constructor(private readonly secret: () => string) {}
+  constructor(private readonly secret: () => string, private readonly self: VerifierIdentity) {}
 
-  /** verify returns the calling node id, or a reason the call is refused. */
-  verify(header: string | undefined, method: string, path: string, contentLength: number | null, now = Date.now()): { ok: true; nodeId: string } | { ok: false; reason: string } {
+  /** verify returns the calling node id and signed digest, or a reason the call is refused. */
+  async verify(header: string | undefined, method: string, path: string, contentLength: number | null, now = Date.now()): Promise<Verified | { ok: false; reason: string }> {
     if (!header) return { ok: false, reason: 'missing peer signature' };
+    // The caller's id is everything before the last four fields (an id may contain ':').
     const parts = header.split(':');
-    if (parts.length !== 4) return { ok: false, reason: 'malformed peer signature' };
-    const [nodeId, ts, nonce, sig] = parts as [string, string, string, string];
+    if (parts.length < 5 || header.length > 1024) return { ok: false, reason: 'malformed peer signature' };
+    const [ts, nonce, digest, sig] = parts.slice(-4) as [string, string, string, string];
+    const nodeId = parts.slice(0, -4).join(':');
     const t = Number(ts);
-    if (!Number.isFinite(t) || Math.abs(now - t) > MAX_SKEW_MS) return { ok: false, reason: 'peer signature expired' };
+    if (!/^\d{1,15}$/.test(ts) || Math.abs(now - t) > MAX_SKEW_MS) return { ok: false, reason: 'peer signature expired' };
     const len = contentLength === null ? '-' : String(contentLength);
-    const expected = Buffer.from(mac(this.secret(), [method.toUpperCase(), path, ts, nonce, len, nodeId]), 'hex');
+    const expected = Buffer.from(mac(this.secret(), ['peer-v2', method.toUpperCase(), path, ts, nonce, len, digest, nodeId, this.self.nodeId, this.self.epoch]), 'hex');
     const given = Buffer.from(sig, 'hex');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'bad peer signature' };
     if (this.seen.has(nonce)) return { ok: false, reason: 'replayed peer request' };
+    if (!(await this.self.isMember(nodeId))) return { ok: false, reason: `node ${nodeId} is not a cluster member` };
     this.seen.set(nonce, t);
     if (this.seen.size > 10_000) this.prune(now);
-    return { ok: true, nodeId };
+    return { ok: true, nodeId, digest };
   }
 
   private prune(now: number): void {
     for (const [n, t] of this.seen) if (now - t > MAX_SKEW_MS) this.seen.delete(n);
   }
+}
+
+/**
+ * signHop makes the hop token a node puts on a request it proxies (or a repair fetch), naming the
+ * client it serves: it lets
+ * the receiver answer "not in sync here" instead of proxying again. It is not single-use (git
+ * sends one header on several requests), so it grants nothing else: an unsigned or expired hop
+ * header is ignored and the request is routed like any client's.
+ */
+export function signHop(secret: string, client: string, now = Date.now()): string {
+  const ts = String(now);
+  const who = Buffer.from(client).toString('base64url');
+  return `${who}.${ts}.${mac(secret, ['hop-v1', who, ts])}`;
+}
+
+/**
+ * verifyHop returns the client a hop header was made for (the address the first node saw, so a
+ * per-client limit still applies to proxied requests), or null when the header is absent, not
+ * made with the cluster secret, or stale.
+ */
+export function verifyHop(secret: string, header: string | undefined, now = Date.now()): string | null {
+  if (!header || header.length > 1024) return null;
+  const parts = header.split('.');
+  if (parts.length !== 3) return null;
+  const [who, ts, sig] = parts as [string, string, string];
+  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
+  const expected = Buffer.from(mac(secret, ['hop-v1', who, ts]), 'hex');
+  const given = Buffer.from(sig, 'hex');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+  return Buffer.from(who, 'base64url').toString('utf8');
 }

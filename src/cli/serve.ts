@@ -7,6 +7,18 @@ import { parseStoreUrl } from '../store/open.js';
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
   replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
+  maxGitPerClient?: string; bodyIdleTimeout?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
+}
+
+/** parseSize reads `512k`, `100m`, `2g` or plain bytes. */
+export function parseSize(value: string | undefined, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const m = /^(\d+(?:\.\d+)?)([kmg])?i?b?$/i.exec(value.trim());
+  if (!m) throw new Error(`invalid size '${value}': use e.g. 512k, 100m, 2g`);
+  const unit = { k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] ?? '').toLowerCase()] ?? 1;
+  const n = Math.round(Number(m[1]) * unit);
+  if (n < 1) throw new Error(`size must be at least 1 byte, got '${value}'`);
+  return n;
 }
 
 function parseAuth(value: string | undefined): 'open' | 'tokens' {
@@ -43,6 +55,8 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
   }
   const replicationFactor = int(o.replicationFactor ?? env.REPLICATION_FACTOR, 'replication factor', DEFAULTS.replicationFactor);
   if (replicationFactor < 1) throw new Error('replication factor must be >= 1');
+  const maxGitProcesses = int(o.maxGitProcesses ?? env.MAX_GIT_PROCESSES, 'max git processes', DEFAULTS.maxGitProcesses);
+  if (maxGitProcesses < 1) throw new Error('max git processes must be >= 1');
   return {
     nodeId: o.id ?? env.SERVER_ID ?? 'server-1',
     host: o.host ?? env.HOST ?? DEFAULTS.host,
@@ -52,7 +66,12 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     store: parseStoreUrl(storeValue, dataDir),
     writeQuorum: parseWriteQuorum(o.writeQuorum ?? env.WRITE_QUORUM),
     replicationFactor,
-    maxGitProcesses: int(o.maxGitProcesses ?? env.MAX_GIT_PROCESSES, 'max git processes', DEFAULTS.maxGitProcesses),
+    maxGitProcesses,
+    maxGitPerClient: int(o.maxGitPerClient ?? env.MAX_GIT_PER_CLIENT, 'max git processes per client', Math.max(1, Math.ceil(maxGitProcesses / 2))),
+    bodyIdleMs: parseDuration(o.bodyIdleTimeout ?? env.BODY_IDLE_TIMEOUT, DEFAULTS.bodyIdleMs),
+    maxPushBytes: parseSize(o.maxPushSize ?? env.MAX_PUSH_SIZE, DEFAULTS.maxPushBytes),
+    maxUploadRequestBytes: parseSize(o.maxFetchRequestSize ?? env.MAX_FETCH_REQUEST_SIZE, DEFAULTS.maxUploadRequestBytes),
+    maxInflateRatio: int(o.maxInflateRatio ?? env.MAX_INFLATE_RATIO, 'max inflate ratio', DEFAULTS.maxInflateRatio),
     nodeTtlMs: int(env.NODE_TTL_MS, 'NODE_TTL_MS', DEFAULTS.nodeTtlMs),
     lockTtlMs: int(env.LOCK_TTL_MS, 'LOCK_TTL_MS', DEFAULTS.lockTtlMs),
     resolveAfterMs: int(env.RESOLVE_AFTER_MS, 'RESOLVE_AFTER_MS', DEFAULTS.resolveAfterMs),
@@ -80,7 +99,12 @@ export function registerServe(program: Command): void {
     .option('--replication-factor <n>', 'replicas per repo (env REPLICATION_FACTOR, default 3)')
     .option('--host <host>', 'listen address (env HOST, default 127.0.0.1)')
     .option('--advertise-url <url>', 'URL other nodes use to reach this one (env ADVERTISE_URL)')
-    .option('--max-git-processes <n>', 'concurrent git processes serving clients (default 64)')
+    .option('--max-git-processes <n>', 'concurrent git processes serving clients (env MAX_GIT_PROCESSES, default 64)')
+    .option('--max-git-per-client <n>', 'of those, at most this many for one client address (env MAX_GIT_PER_CLIENT, default half)')
+    .option('--body-idle-timeout <duration>', 'end a git request whose body is silent this long, 408 (env BODY_IDLE_TIMEOUT, default 30s)')
+    .option('--max-push-size <size>', 'largest pack a push may send, 413 beyond (env MAX_PUSH_SIZE, default 2g)')
+    .option('--max-fetch-request-size <size>', 'largest fetch request (wants and haves) once decompressed (env MAX_FETCH_REQUEST_SIZE, default 10m)')
+    .option('--max-inflate-ratio <n>', 'a gzip request body may inflate at most n times (env MAX_INFLATE_RATIO, default 100)')
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
     .option('--auth <mode>', 'tokens: pushes and admin calls need a token (default); open: no checks, trusted networks only (env AUTH)')
     .option('--replace-after <duration>', 're-create the replicas of a node down this long, e.g. 10m (env REPLACE_AFTER, default 10m)')

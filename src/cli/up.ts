@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
@@ -68,7 +68,8 @@ export function registerUp(program: Command): void {
       if (!Number.isInteger(n) || n < 1 || n > 32) throw new Error('--nodes must be 1-32');
       if (!Number.isInteger(base) || base < 1 || base + n > 65535) throw new Error('--base-port out of range');
       const data = resolve(o.data);
-      await mkdir(data, { recursive: true });
+      await mkdir(data, { recursive: true, mode: 0o700 });
+      await chmod(data, 0o700);
       let etcd: LocalEtcd | null = null;
       let etcdEntry: ClusterFile['etcd'];
       let store = o.store ?? `sqlite:${join(data, 'cluster.db')}`;

@@ -1,6 +1,7 @@
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import type { ClusterStore, NodeInfo } from '../store/types.js';
+import type { PeerTarget } from '../auth/peer-signature.js';
 import type { PeerClient } from './peer-client.js';
 
 /** PeerLoad is a peer's last reported load. */
@@ -111,6 +112,22 @@ export class Membership {
   /** urlOf returns a node's URL, or undefined for an unknown node. */
   urlOf(nodeId: string): string | undefined {
     return nodeId === this.self.id ? this.self.url : this.nodes.get(nodeId)?.url;
+  }
+
+  /** target is what a signed call to a node needs: its URL and the epoch of its current incarnation. */
+  target(nodeId: string): PeerTarget | undefined {
+    const n = nodeId === this.self.id ? this.self : this.nodes.get(nodeId);
+    return n ? { id: n.id, url: n.url, epoch: n.startedAt } : undefined;
+  }
+
+  /**
+   * isMember says whether a node id is registered in the store (live or not), re-reading the
+   * store once for an id not seen yet (a node that just joined).
+   */
+  async isMember(nodeId: string): Promise<boolean> {
+    if (nodeId === this.self.id || this.nodes.has(nodeId)) return true;
+    await this.refresh();
+    return this.nodes.has(nodeId);
   }
 
   /** isLive says whether a node's registration was live at the last heartbeat. */

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
-import { PEER_AUTH_HEADER, signPeerRequest } from '../auth/peer-signature.js';
+import { bodyDigest, PEER_AUTH_HEADER, signPeerRequest, type PeerTarget } from '../auth/peer-signature.js';
 import { errorMessage } from '../domain/errors.js';
 import type { PrepareRequest } from '../replication/participant.js';
 
@@ -11,7 +11,7 @@ export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';
 /** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
 export type PeerAnswer =
   | { ok: true; status: string }
-  | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'unreachable' | 'not_found'; message: string };
+  | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'unreachable' | 'not_found' | 'unauthorized'; message: string };
 
 /** toWire renders a PrepareRequest in the seed's snake_case field names. */
 export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
@@ -19,6 +19,7 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
     transaction_id: req.txnId, coordinator_id: req.coordinator, repo_id: req.repoId, operation: req.kind,
     incarnation: req.incarnation, base_generation: req.baseGeneration, fencing_token: req.fencingToken,
     new_checksum: req.newChecksum, updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
+    ...(req.packHash ? { pack_hash: req.packHash } : {}),
   };
 }
 
@@ -33,32 +34,32 @@ export class PeerClient {
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1 });
   }
 
-  private headers(method: string, path: string, contentLength: number | null, extra: Record<string, string> = {}): Record<string, string> {
-    return { [PEER_AUTH_HEADER]: signPeerRequest(this.opts.secret(), this.opts.nodeId, method, path, contentLength), ...extra };
-  }
-
-  /** postJson sends a signed JSON call and maps the answer. */
-  async postJson(baseUrl: string, path: string, body: unknown, timeoutMs = this.opts.timeoutMs): Promise<PeerAnswer> {
+  /** postJson sends a signed JSON call (the signature covers the body) and maps the answer. */
+  async postJson(target: PeerTarget, path: string, body: unknown, timeoutMs = this.opts.timeoutMs): Promise<PeerAnswer> {
     const payload = Buffer.from(JSON.stringify(body));
-    return this.call(baseUrl, path, payload, payload.length, 'application/json', timeoutMs);
+    return this.call(target, path, payload, payload.length, bodyDigest(payload), 'application/json', timeoutMs);
   }
 
-  /** preparePush sends a push's prepare with the pack file (if any) streamed after the metadata. */
-  async preparePush(baseUrl: string, req: PrepareRequest, packPath: string | null, timeoutMs: number): Promise<PeerAnswer> {
+  /**
+   * preparePush sends a push's prepare with the pack file (if any) streamed after the metadata.
+   * The signature covers the metadata, which names the pack's trailer hash (`pack_hash`).
+   */
+  async preparePush(target: PeerTarget, req: PrepareRequest, packPath: string | null, timeoutMs: number): Promise<PeerAnswer> {
     // has_pack: a push of refs to existing objects (a delete, a branch at a known commit) has none.
     const meta = Buffer.from(JSON.stringify({ ...prepareToWire(req), has_pack: packPath !== null }));
     const head = Buffer.concat([Buffer.from(`${meta.length}\n`), meta]);
     const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
-    return this.call(baseUrl, '/replicate/prepare', body, packPath === null ? head.length : null, PREPARE_CONTENT_TYPE, timeoutMs);
+    return this.call(target, '/replicate/prepare', body, packPath === null ? head.length : null, bodyDigest(meta), PREPARE_CONTENT_TYPE, timeoutMs);
   }
 
-  private async call(baseUrl: string, path: string, body: Buffer | Readable, contentLength: number | null, contentType: string, timeoutMs: number): Promise<PeerAnswer> {
+  private async call(target: PeerTarget, path: string, body: Buffer | Readable, contentLength: number | null, digest: string, contentType: string, timeoutMs: number): Promise<PeerAnswer> {
     const signal = AbortSignal.timeout(timeoutMs);
     try {
-      const res = await request(`${baseUrl}${path}`, {
+      const auth = signPeerRequest(this.opts.secret(), this.opts.nodeId, target, { method: 'POST', path, contentLength, digest });
+      const res = await request(`${target.url}${path}`, {
         method: 'POST',
         body,
-        headers: this.headers('POST', path, contentLength, { 'content-type': contentType }),
+        headers: { [PEER_AUTH_HEADER]: auth, 'content-type': contentType },
         dispatcher: this.agent,
         signal,
         headersTimeout: timeoutMs,
@@ -74,6 +75,7 @@ export class PeerClient {
       if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true, status: json.status ?? 'ok' };
       const message = json.message ?? json.error ?? `http ${res.statusCode}`;
       if (res.statusCode === 404) return { ok: false, status: 'not_found', message };
+      if (res.statusCode === 401) return { ok: false, status: 'unauthorized', message };
       const st = json.status;
       return { ok: false, status: st === 'stale' || st === 'conflict' ? st : 'failed', message };
     } catch (err) {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { applyUpdatesToChecksum, EMPTY_CHECKSUM, headChecksum, replicaChecksum } from './checksum.js';
 import { placeReplicas } from './placement.js';
 import { defaultWriteQuorum, effectiveWriteQuorum, isBelowMajority, parseWriteQuorum, quorumMessage } from './quorum.js';
-import { refNameProblem } from './ref-name.js';
+import { refConflict, refDirectories, refNameProblem } from './ref-name.js';
 import { parseRepoId, repoIdFromUrl } from './repo-id.js';
 
 describe('parseRepoId', () => {
@@ -12,6 +12,7 @@ describe('parseRepoId', () => {
   it.each([
     ['../etc'], ['a/b/c'], ['a'], [''], ['/b'], ['a/'], ['.a/b'], ['a/.b'], ['-a/b'], ['a/b..c'], ['a/b.git'], ['a/b.lock'],
     [`a/${'x'.repeat(101)}`], ['a b/c'], ['a/b\n'], ['a/b%2f'], ['ä/b'],
+    ['admin/x'], ['Admin/x'], ['repos/x'], ['replicate/x'], ['health/x'], ['metrics/x'], ['ready/x'],
   ])('refuses %j with a 400', (id) => {
     expect(() => parseRepoId(id)).toThrow(expect.objectContaining({ statusCode: 400 }));
   });
@@ -57,6 +58,21 @@ describe('refNameProblem (git check-ref-format)', () => {
     'refs/heads/a:b', 'refs/heads/a?', 'refs/heads/a*', 'refs/heads/a[', 'refs/heads/a\\b', 'refs/heads//a', 'refs/heads/a/', 'refs/heads/a.',
     'refs/heads/a@{1}', 'refs/heads/\u0001'])('refuses %j as a funny refname', (r) => {
     expect(refNameProblem(r)).toBe('funny refname');
+  });
+});
+
+describe('refConflict (a ref cannot also be a directory)', () => {
+  const refs = new Set(['refs/heads/main', 'refs/heads/feature/a', 'refs/tags/v1']);
+  const dirs = refDirectories(refs);
+  it.each([
+    ['refs/heads/main/sub', "cannot lock ref 'refs/heads/main/sub': 'refs/heads/main' exists; cannot create 'refs/heads/main/sub'"],
+    ['refs/heads/feature', "cannot lock ref 'refs/heads/feature': there is a ref below it; cannot create 'refs/heads/feature'"],
+    ['refs/heads/main/a/b', "cannot lock ref 'refs/heads/main/a/b': 'refs/heads/main' exists; cannot create 'refs/heads/main/a/b'"],
+    ['refs/heads/mainline', null],
+    ['refs/heads/feature/b', null],
+    ['refs/tags/v1.1', null],
+  ])('%s', (ref, expected) => {
+    expect(refConflict(ref, refs, dirs)).toBe(expected);
   });
 });
 

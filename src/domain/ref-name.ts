@@ -34,3 +34,29 @@ export function isOid(value: string): boolean {
 export function isZeroOid(oid: string): boolean {
   return /^0+$/.test(oid);
 }
+
+/**
+ * refConflict says why creating `ref` would clash with an existing ref in git's file layout (a
+ * ref cannot also be a directory of refs: `refs/heads/main` and `refs/heads/main/sub`), in
+ * git's words, or null. `refs` holds the names that will exist besides the new one; `dirs` every
+ * proper directory prefix of them (`refs/heads/main/`), from refDirectories.
+ */
+export function refConflict(ref: string, refs: ReadonlySet<string>, dirs: ReadonlySet<string>): string | null {
+  if (dirs.has(`${ref}/`)) {
+    return `cannot lock ref '${ref}': there is a ref below it; cannot create '${ref}'`;
+  }
+  for (let i = ref.indexOf('/', 'refs/'.length); i !== -1; i = ref.indexOf('/', i + 1)) {
+    const parent = ref.slice(0, i);
+    if (refs.has(parent)) return `cannot lock ref '${ref}': '${parent}' exists; cannot create '${ref}'`;
+  }
+  return null;
+}
+
+/** refDirectories lists every proper directory prefix (`a/b/` of `a/b/c`) of the given ref names. */
+export function refDirectories(refs: Iterable<string>): Set<string> {
+  const dirs = new Set<string>();
+  for (const r of refs) {
+    for (let i = r.indexOf('/'); i !== -1; i = r.indexOf('/', i + 1)) dirs.add(r.slice(0, i + 1));
+  }
+  return dirs;
+}

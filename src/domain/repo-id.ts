@@ -2,6 +2,12 @@ import { badRequest } from './errors.js';
 
 const PART = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
+/**
+ * RESERVED_OWNERS are the first path segments of the node's own routes: an owner by one of these
+ * names would put its repositories' URLs beside (or under) the API's.
+ */
+export const RESERVED_OWNERS: ReadonlySet<string> = new Set(['admin', 'api', 'health', 'internal', 'metrics', 'ready', 'replicate', 'repos']);
+
 /** RepoId is a validated `owner/name`. */
 export type RepoId = string & { readonly __brand: 'RepoId' };
 
@@ -24,6 +30,7 @@ export function parseRepoId(value: unknown): RepoId {
   const [owner, name] = parts as [string, string];
   const problem = partProblem(owner, 'owner') ?? partProblem(name, 'name');
   if (problem) throw badRequest(`invalid repo id '${truncate(value)}': ${problem}`);
+  if (RESERVED_OWNERS.has(owner.toLowerCase())) throw badRequest(`invalid repo id '${truncate(value)}': owner '${owner}' is reserved`);
   return value as RepoId;
 }
 

@@ -75,12 +75,16 @@ function printable(s: string): string {
 export class PktLineValidator extends Transform {
   private readonly reader = new PktLineReader();
   private readonly packAfterFlush: boolean;
+  private readonly maxPreambleBytes: number;
   private inPack = false;
   private sawAny = false;
+  private seen = 0;
 
-  constructor(opts: { packAfterFlush: boolean }) {
+  /** maxPreambleBytes bounds the pkt-lines before the pack (all of them without one); 413 beyond. */
+  constructor(opts: { packAfterFlush: boolean; maxPreambleBytes?: number }) {
     super();
     this.packAfterFlush = opts.packAfterFlush;
+    this.maxPreambleBytes = opts.maxPreambleBytes ?? Number.POSITIVE_INFINITY;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -89,6 +93,7 @@ export class PktLineValidator extends Transform {
       return;
     }
     try {
+      this.seen += chunk.length;
       this.reader.push(chunk);
       for (;;) {
         const pkt = this.reader.read();
@@ -99,6 +104,10 @@ export class PktLineValidator extends Transform {
           this.reader.rest();
           break;
         }
+      }
+      if (!this.inPack && this.seen > this.maxPreambleBytes) {
+        cb(new AppError('ERR_TOO_LARGE', 413, `request has more than ${this.maxPreambleBytes} bytes of commands`));
+        return;
       }
     } catch (err) {
       cb(err as Error);

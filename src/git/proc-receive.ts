@@ -2,15 +2,43 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { isOid } from '../domain/ref-name.js';
 import { encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
 
-/** PushCommand is one `<old> <new> <ref>` of a push. */
+/**
+ * PushCommand is one `<old> <new> <ref>` of a push. Ref names are bytes (git allows names that
+ * are not UTF-8): `raw` is exactly what receive-pack sent, and what the report echoes; `ref` is
+ * its UTF-8 reading, meaningful only when `utf8` says the bytes round-trip. `key` names the
+ * command uniquely (the bytes as latin1), so two names that decode alike never share a result.
+ */
 export interface PushCommand {
   readonly oldOid: string;
   readonly newOid: string;
   readonly ref: string;
+  readonly raw: Buffer;
+  readonly utf8: boolean;
+  readonly key: string;
 }
 
-/** RefResult is the node's answer for one ref: ok, or ng with a reason git prints. */
-export type RefResult = { ref: string; ok: true } | { ref: string; ok: false; reason: string };
+/** RefResult is the node's answer for one command: ok, or ng with a reason git prints. */
+export type RefResult = { ok: true } | { ok: false; reason: string };
+
+/** refKey is the key of a ref name given as text (a UTF-8 name: the same key its command has). */
+export function refKey(ref: string): string {
+  return Buffer.from(ref, 'utf8').toString('latin1');
+}
+
+/**
+ * parseCommand reads one command line: two object ids and, after the second space, the whole
+ * rest as the ref name (a name with a space in it is kept whole, and refused as invalid later).
+ */
+export function parseCommand(line: Buffer): PushCommand {
+  const first = line.indexOf(0x20);
+  const second = first === -1 ? -1 : line.indexOf(0x20, first + 1);
+  const oldOid = first === -1 ? '' : line.subarray(0, first).toString('latin1');
+  const newOid = second === -1 ? '' : line.subarray(first + 1, second).toString('latin1');
+  const raw = second === -1 ? Buffer.alloc(0) : Buffer.from(line.subarray(second + 1));
+  if (!isOid(oldOid) || !isOid(newOid) || raw.length === 0) throw new Error(`bad command from receive-pack: '${line.toString('latin1').slice(0, 200)}'`);
+  const ref = raw.toString('utf8');
+  return { oldOid, newOid, ref, raw, utf8: Buffer.from(ref, 'utf8').equals(raw), key: raw.toString('latin1') };
+}
 
 /** ProcReceiveRequest is what receive-pack handed the proc-receive hook. */
 export interface ProcReceiveRequest {
@@ -65,41 +93,42 @@ export class ProcReceiveExchange {
     }
   }
 
-  private async readUntilFlush(): Promise<string[]> {
-    const lines: string[] = [];
+  private async readUntilFlush(): Promise<Buffer[]> {
+    const lines: Buffer[] = [];
     for (;;) {
       const pkt = await this.nextPkt();
       if (pkt.type === 'flush') return lines;
       if (pkt.type !== 'data') throw new Error(`unexpected ${pkt.type} packet from receive-pack`);
-      lines.push(pkt.data.toString('utf8').replace(/\n$/, ''));
+      const d = pkt.data;
+      lines.push(d.length > 0 && d[d.length - 1] === 0x0a ? d.subarray(0, -1) : d);
     }
   }
 
   /** read runs the negotiation and returns the push's commands. */
   async read(): Promise<ProcReceiveRequest> {
     const version = await this.readUntilFlush();
-    const first = version[0] ?? '';
+    const first = (version[0] ?? Buffer.alloc(0)).toString('latin1');
     const nul = first.indexOf('\0');
     const head = nul === -1 ? first : first.slice(0, nul);
     const caps = nul === -1 ? [] : first.slice(nul + 1).split(' ').filter(Boolean);
     if (head !== 'version=1') throw new Error(`unsupported proc-receive version '${head}'`);
     const usePushOptions = caps.includes('push-options');
     this.socket.write(Buffer.concat([encodePktLine(`version=1\0${usePushOptions ? 'push-options' : ''}\n`), FLUSH]));
-    const commands: PushCommand[] = [];
-    for (const line of await this.readUntilFlush()) {
-      const [oldOid, newOid, ref] = line.split(' ', 3);
-      if (!oldOid || !newOid || !ref || !isOid(oldOid) || !isOid(newOid)) throw new Error(`bad command from receive-pack: '${line}'`);
-      commands.push({ oldOid, newOid, ref });
-    }
-    const pushOptions = usePushOptions ? await this.readUntilFlush() : [];
+    const commands = (await this.readUntilFlush()).map(parseCommand);
+    const pushOptions = usePushOptions ? (await this.readUntilFlush()).map((o) => o.toString('utf8')) : [];
     return { commands, atomic: caps.includes('atomic'), pushOptions };
   }
 
-  /** report sends the per-ref results; receive-pack relays exactly these to the client. */
-  report(results: readonly RefResult[]): void {
+  /**
+   * report sends one result per command, naming each ref by its exact bytes; receive-pack relays
+   * exactly these to the client.
+   */
+  report(commands: readonly PushCommand[], resultOf: (c: PushCommand) => RefResult): void {
     const parts: Buffer[] = [];
-    for (const r of results) {
-      parts.push(encodePktLine(r.ok ? `ok ${r.ref}\n` : `ng ${r.ref} ${r.reason.replace(/\n/g, ' ')}\n`));
+    for (const c of commands) {
+      const r = resultOf(c);
+      const tail = r.ok ? '\n' : ` ${r.reason.replace(/[\r\n]/g, ' ')}\n`;
+      parts.push(encodePktLine(Buffer.concat([Buffer.from(r.ok ? 'ok ' : 'ng '), c.raw, Buffer.from(tail)])));
     }
     parts.push(FLUSH);
     this.socket.end(Buffer.concat(parts));

@@ -30,6 +30,8 @@ export interface SpawnOptions {
   readonly timeoutMs?: number;
   /** counted says whether the process takes a slot of the client-facing limit. */
   readonly counted?: boolean;
+  /** client is the address a counted process serves; one client may hold at most maxPerClient slots. */
+  readonly client?: string;
 }
 
 const SAFE_SUBCOMMANDS = new Set([
@@ -46,6 +48,7 @@ const SAFE_SUBCOMMANDS = new Set([
  */
 export class GitRunner {
   private running = 0;
+  private readonly perClient = new Map<string, number>();
   private readonly children = new Set<ChildProcess>();
 
   constructor(
@@ -55,6 +58,8 @@ export class GitRunner {
       /** instance distinguishes this process's children from a previous incarnation's. */
       readonly instance: string;
       readonly maxProcesses: number;
+      /** maxPerClient caps the counted processes one client address holds (default: maxProcesses). */
+      readonly maxPerClient?: number;
       readonly gitBinary?: string;
     },
   ) {}
@@ -64,18 +69,30 @@ export class GitRunner {
     return this.running;
   }
 
-  /** tryReserve takes a slot of the process limit or throws a 503 AppError with Retry-After. */
-  reserve(): () => void {
+  /**
+   * reserve takes a slot of the process limit, and of the client's share of it, or throws a 503
+   * AppError with Retry-After: one address cannot take every slot.
+   */
+  reserve(client?: string): () => void {
     if (this.running >= this.opts.maxProcesses) {
       throw unavailable(`too many git processes running (${this.running} of ${this.opts.maxProcesses}), try again`, { retryAfter: 1 });
     }
+    const perClient = this.opts.maxPerClient ?? this.opts.maxProcesses;
+    const held = client === undefined ? 0 : (this.perClient.get(client) ?? 0);
+    if (client !== undefined && held >= perClient) {
+      throw unavailable(`too many git requests from this client (${held} of ${perClient}), try again`, { retryAfter: 1 });
+    }
     this.running++;
+    if (client !== undefined) this.perClient.set(client, held + 1);
     let released = false;
     return () => {
-      if (!released) {
-        released = true;
-        this.running--;
-      }
+      if (released) return;
+      released = true;
+      this.running--;
+      if (client === undefined) return;
+      const n = (this.perClient.get(client) ?? 1) - 1;
+      if (n <= 0) this.perClient.delete(client);
+      else this.perClient.set(client, n);
     };
   }
 
@@ -83,7 +100,7 @@ export class GitRunner {
   spawn(args: readonly string[], options: SpawnOptions): ChildProcess {
     const sub = args[0];
     if (!sub || !SAFE_SUBCOMMANDS.has(sub)) throw new Error(`git subcommand not allowed: ${String(sub)}`);
-    const release = options.counted ? this.reserve() : () => undefined;
+    const release = options.counted ? this.reserve(options.client) : () => undefined;
     const argv: string[] = [];
     for (const [k, v] of Object.entries(options.config ?? {})) argv.push('-c', `${k}=${v}`);
     argv.push(...args);

@@ -4,19 +4,24 @@ import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js'
 import type { Role } from '../auth/tokens.js';
 import type { NodeDeps } from './deps.js';
 
-/** registerAdminRoutes adds cluster operations: node list, decommission, rebalance. */
-export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  app.addHook('onRequest', async (req) => {
-    if (req.url.startsWith('/admin/')) await deps.auth.require(req.headers.authorization, 'admin');
-  });
+const ADMIN = { access: 'admin' } as const;
+const tokenSchema = {
+  body: {
+    type: 'object',
+    required: ['name', 'role'],
+    additionalProperties: false,
+    properties: { name: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._@-]+$' }, role: { type: 'string', enum: ['read', 'write', 'admin'] } },
+  },
+} as const;
 
-  app.post<{ Body: { name: string; role: Role } }>('/admin/tokens', {
-    schema: { body: { type: 'object', required: ['name', 'role'], additionalProperties: false, properties: { name: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._@-]+$' }, role: { type: 'string', enum: ['read', 'write', 'admin'] } } } },
-  }, async (req, reply) => {
+/** registerAdminRoutes adds cluster operations: tokens, node list, decommission, rebalance; each route is admin-only. */
+export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  app.post<{ Body: { name: string; role: Role } }>('/admin/tokens', { config: ADMIN, schema: tokenSchema }, async (req, reply) => {
     const token = await deps.auth.create(req.body.name, req.body.role);
     return reply.code(201).send({ name: req.body.name, role: req.body.role, token });
   });
-  app.get('/admin/nodes', async () => {
+
+  app.get('/admin/nodes', { config: ADMIN }, async () => {
     const decommissioned = new Set((await deps.store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
     const nodes = await deps.store.allNodes();
     const counts = new Map<string, number>();
@@ -27,14 +32,14 @@ export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void 
     };
   });
 
-  app.post<{ Params: { id: string } }>('/admin/nodes/:id/decommission', async (req) => {
+  app.post<{ Params: { id: string } }>('/admin/nodes/:id/decommission', { config: ADMIN }, async (req) => {
     const nodes = await deps.store.allNodes();
     if (!nodes.some((n) => n.id === req.params.id)) throw notFound(`node ${req.params.id} not found`);
     await deps.store.setMeta(`${DECOMMISSIONED_PREFIX}${req.params.id}`, new Date().toISOString());
     return { node: req.params.id, decommissioned: true };
   });
 
-  app.post('/admin/rebalance', async () => {
+  app.post('/admin/rebalance', { config: ADMIN }, async () => {
     await deps.store.setMeta(REBALANCE_KEY, new Date().toISOString());
     return { rebalance: true };
   });

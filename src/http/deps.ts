@@ -20,6 +20,26 @@ export interface HttpConfig {
   readonly gitTimeoutMs: number;
   readonly bodyLimit: number;
   readonly version: string;
+  readonly limits: GitBodyLimits;
+}
+
+/** GitBodyLimits bound what one git request may send (SECURITY.md). */
+export interface GitBodyLimits {
+  /** bodyIdleMs: a request body silent this long (while the node waits for it) ends with 408. */
+  readonly bodyIdleMs: number;
+  /** maxUploadRequestBytes: a fetch's request (wants, haves), decompressed; 413 beyond. */
+  readonly maxUploadRequestBytes: number;
+  /** maxPushBytes: a push's pack (git's receive.maxInputSize); 413 beyond. */
+  readonly maxPushBytes: number;
+  /** maxInflateRatio: a gzip body may inflate at most this many times (past its first MiB). */
+  readonly maxInflateRatio: number;
+}
+
+/** HopTokens sign and check the hop header of proxied requests and repair fetches. */
+export interface HopTokens {
+  sign(client: string): string;
+  /** verify returns the client a valid hop names, or null. */
+  verify(header: string | undefined): string | null;
 }
 
 /** NodeDeps is the dependencies object app.ts builds once and hands to every route group. */
@@ -42,4 +62,5 @@ export interface NodeDeps {
   readonly load: LoadSampler;
   readonly repair: RepairWorker;
   readonly auth: Authenticator;
+  readonly hops: HopTokens;
 }

@@ -2,18 +2,18 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import type { ChildProcess } from 'node:child_process';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
 import { AppError, badRequest, errorMessage } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
+import { HOP_HEADER } from '../auth/peer-signature.js';
 import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
+import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
 import type { NodeDeps } from './deps.js';
 
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
-/** HOP_HEADER marks a request one node already proxied, so it is never proxied again. */
-const HOP_HEADER = 'x-replication-hop';
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', expires: 'Fri, 01 Jan 1980 00:00:00 GMT', pragma: 'no-cache' };
 
 interface RepoParams { owner: string; repo: string }
@@ -29,50 +29,94 @@ function isV2(env: Record<string, string>): boolean {
   return (env.GIT_PROTOCOL ?? '').split(':').includes('version=2');
 }
 
+/** gitAccess is the policy of the git routes: pushing needs `write`, reading is anonymous. */
+function infoRefsAccess(req: FastifyRequest): 'anonymous' | 'write' {
+  return (req.query as { service?: unknown }).service === 'git-receive-pack' ? 'write' : 'anonymous';
+}
+
 /** registerGitRoutes adds the smart-HTTP endpoints (gitprotocol-http(5)); dumb HTTP is not served. */
 export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
   for (const type of ['application/x-git-upload-pack-request', 'application/x-git-receive-pack-request']) {
     app.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
   }
+  const limits = deps.config.limits;
 
-  app.get<{ Params: RepoParams; Querystring: { service?: string } }>('/:owner/:repo/info/refs', async (req, reply) => {
+  app.get<{ Params: RepoParams; Querystring: { service?: string } }>('/:owner/:repo/info/refs', { config: { access: infoRefsAccess } }, async (req, reply) => {
     const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
     const service = req.query.service;
-    if (!service || !SERVICES.has(service)) throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
+    if (typeof service !== 'string' || !SERVICES.has(service)) throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
     const write = service === 'git-receive-pack';
-    if (write) await deps.auth.require(req.headers.authorization, 'write');
     const route = await routeOrProxy(deps, req, reply, repoId, write, service);
     if (!route) return reply;
     const env = write ? {} : gitProtocolEnv(req);
     const path = deps.storage.repoPath(repoId);
-    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, timeoutMs: deps.config.gitTimeoutMs });
+    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, client: clientOf(deps, req), timeoutMs: deps.config.gitTimeoutMs });
     const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
     reply.hijack();
     await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
     return reply;
   });
 
-  for (const service of SERVICES) {
-    app.post<{ Params: RepoParams }>(`/:owner/:repo/${service}`, async (req, reply) => {
-      const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
-      const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim();
-      if (type !== `application/x-${service}-request`) throw new AppError('ERR_CONTENT_TYPE', 415, `content-type must be application/x-${service}-request`);
-      const write = service === 'git-receive-pack';
-      if (write) await deps.auth.require(req.headers.authorization, 'write');
-      const route = await routeOrProxy(deps, req, reply, repoId, write, service);
-      if (!route) return reply;
-      let body = req.body as Readable;
-      const encoding = req.headers['content-encoding'];
-      if (encoding === 'gzip' || encoding === 'x-gzip') body = body.pipe(createGunzip());
-      else if (encoding && encoding !== 'identity') throw new AppError('ERR_CONTENT_ENCODING', 415, `unsupported content-encoding '${encoding}'`);
-      const validated = body.pipe(new PktLineValidator({ packAfterFlush: write }));
-      body.on('error', (err) => validated.destroy(err));
-      reply.hijack();
-      if (write) await servePush(deps, req, reply.raw, repoId, validated);
-      else await streamGit(deps, req.raw, reply.raw, deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], { cwd: deps.storage.repoPath(repoId), env: gitProtocolEnv(req), config: UPLOAD_PACK_CONFIG, counted: true, timeoutMs: deps.config.gitTimeoutMs }), validated, `application/x-${service}-result`, Buffer.alloc(0), service);
-      return reply;
+  app.post<{ Params: RepoParams }>('/:owner/:repo/git-upload-pack', { config: { access: 'anonymous' } }, async (req, reply) => {
+    const service = 'git-upload-pack';
+    const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+    checkContentType(req, service);
+    const route = await routeOrProxy(deps, req, reply, repoId, false, service);
+    if (!route) return reply;
+    // The request (wants and haves) is read whole before git starts: a slow or stalled body
+    // holds no git slot, only its bounded buffer.
+    const raw = req.body as Readable;
+    const body = chain(guardBody(raw, header(req, 'content-encoding'), { idleMs: limits.bodyIdleMs, maxBytes: limits.maxUploadRequestBytes, maxInflateRatio: limits.maxInflateRatio }, 'upload-pack request'), new PktLineValidator({ packAfterFlush: false }));
+    const request = await readBounded(body, limits.maxUploadRequestBytes, 'upload-pack request');
+    const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], { cwd: deps.storage.repoPath(repoId), env: gitProtocolEnv(req), config: UPLOAD_PACK_CONFIG, counted: true, client: clientOf(deps, req), timeoutMs: deps.config.gitTimeoutMs });
+    reply.hijack();
+    await streamGit(deps, req.raw, reply.raw, child, request, `application/x-${service}-result`, Buffer.alloc(0), service);
+    return reply;
+  });
+
+  app.post<{ Params: RepoParams }>('/:owner/:repo/git-receive-pack', { config: { access: 'write' } }, async (req, reply) => {
+    const service = 'git-receive-pack';
+    const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+    checkContentType(req, service);
+    const declared = Number(header(req, 'content-length') ?? NaN);
+    if (Number.isFinite(declared) && declared > limits.maxPushBytes + PUSH_COMMANDS_BYTES) throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
+    const route = await routeOrProxy(deps, req, reply, repoId, true, service);
+    if (!route) return reply;
+    const guarded = guardBody(req.body as Readable, header(req, 'content-encoding'), { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio }, 'push');
+    const body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES }));
+    // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
+    // node is still an ordinary answer.
+    const pushId = randomUUID();
+    const child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
+      cwd: deps.storage.repoPath(repoId),
+      counted: true,
+      client: clientOf(deps, req),
+      timeoutMs: deps.config.gitTimeoutMs,
+      config: { 'core.hooksPath': deps.config.hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(limits.maxPushBytes) },
+      env: { GIT_REPLICATION_HOOK_PORT: String(deps.hookPort), GIT_REPLICATION_PUSH_ID: pushId },
     });
-  }
+    reply.hijack();
+    await servePush(deps, req, reply.raw, repoId, body, child, pushId);
+    return reply;
+  });
+}
+
+/** PUSH_COMMANDS_BYTES bounds the pkt-lines before a push's pack (its commands; 100,000 refs fit). */
+const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
+
+/** clientOf is the address a request serves: the first node's view of it for a signed hop. */
+function clientOf(deps: NodeDeps, req: FastifyRequest): string {
+  return deps.hops.verify(header(req, HOP_HEADER)) ?? req.ip;
+}
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function checkContentType(req: FastifyRequest, service: string): void {
+  const type = (header(req, 'content-type') ?? '').split(';')[0]?.trim();
+  if (type !== `application/x-${service}-request`) throw new AppError('ERR_CONTENT_TYPE', 415, `content-type must be application/x-${service}-request`);
 }
 
 /**
@@ -86,7 +130,8 @@ const UPLOAD_PACK_CONFIG = { 'core.packedGitWindowSize': '16m', 'core.packedGitL
 async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyReply, repoId: RepoId, write: boolean, service: string): Promise<boolean> {
   const route = await deps.router.route(repoId, write);
   if (route.kind === 'local') return true;
-  if (req.headers[HOP_HEADER]) throw new AppError('ERR_UNAVAILABLE', 503, `replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
+  // Only a hop signed by a member stops proxying; a client's own header is ignored.
+  if (deps.hops.verify(header(req, HOP_HEADER)) !== null) throw new AppError('ERR_UNAVAILABLE', 503, `replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
   deps.metrics.proxied.inc({ service });
   reply.hijack();
   await proxy(deps, req, reply.raw, route.url);
@@ -95,7 +140,7 @@ async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyR
 
 /** proxy streams a request to a peer and its answer back, both ways without buffering. */
 async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, baseUrl: string): Promise<void> {
-  const headers: Record<string, string> = { [HOP_HEADER]: deps.nodeId };
+  const headers: Record<string, string> = { [HOP_HEADER]: deps.hops.sign(clientOf(deps, req)) };
   for (const h of ['content-type', 'content-encoding', 'git-protocol', 'accept', 'authorization', 'user-agent']) {
     const v = req.headers[h];
     if (typeof v === 'string') headers[h] = v;
@@ -134,7 +179,7 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
  * out with git's first byte, so a body that fails validation before that still gets a 400; a
  * client that goes away kills git; a git that dies mid-stream ends the response in an error.
  */
-async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerResponse, child: ReturnType<NodeDeps['git']['spawn']>, body: Readable | null, contentType: string, prefix: Buffer, service: string): Promise<void> {
+async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerResponse, child: ReturnType<NodeDeps['git']['spawn']>, body: Readable | Buffer | null, contentType: string, prefix: Buffer, service: string): Promise<void> {
   const started = Date.now();
   let failure: AppError | null = null;
   let stderr = '';
@@ -143,12 +188,14 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
   // A request's 'close' fires once its body is read (Node >= 16); the response's 'close' before
   // it finished is what says the client went away.
   res.on('close', onClientGone);
-  if (body) {
-    body.on('error', (err) => {
+  child.stdin?.on('error', () => undefined);
+  if (Buffer.isBuffer(body)) {
+    child.stdin?.end(body);
+  } else if (body) {
+    body.on('error', (err: Error) => {
       failure = err instanceof AppError ? err : badRequest(`request body: ${errorMessage(err)}`);
       void terminate(child);
     });
-    child.stdin?.on('error', () => undefined);
     body.pipe(child.stdin!);
   } else {
     child.stdin?.end();
@@ -163,11 +210,16 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
   const [code, signal] = await waitClose(child);
   const f = failure as AppError | null;
   if (f && !res.headersSent) {
-    res.writeHead(f.statusCode, { 'content-type': 'text/plain' });
+    // The rest of a refused body is not read: the connection closes after the answer.
+    res.writeHead(f.statusCode, { 'content-type': 'text/plain', connection: 'close' });
     res.end(`${f.message}\n`);
   } else if ((code !== 0 || signal) && !res.headersSent) {
-    res.writeHead(500, { 'content-type': 'text/plain' });
-    res.end(`git ${service} failed: ${stderr.trim().split('\n').pop() ?? ''}\n`);
+    // git checks the request it was given; one it refuses before answering is the client's
+    // error (a bad want, a malformed command), reported with git's own words.
+    const why = stderr.trim().split('\n').pop() ?? '';
+    const clients = /^fatal: (?!.*(?:out of memory|No space|Input\/output|corrupt|unable to (?:create|write|open)))/i.test(why) && !signal;
+    res.writeHead(clients ? 400 : 500, { 'content-type': 'text/plain', connection: 'close' });
+    res.end(`git ${service} refused the request: ${why.replace(/^fatal: /, '')}\n`);
   } else if (code !== 0 || signal || f) {
     res.destroy();
   } else {
@@ -204,16 +256,7 @@ function abandonPush(res: ServerResponse, child: ReturnType<NodeDeps['git']['spa
 }
 
 /** servePush runs receive-pack with the node's proc-receive hook, which hands the ref updates to the coordinator. */
-async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable): Promise<void> {
-  const pushId = randomUUID();
-  const path = deps.storage.repoPath(repoId);
-  const child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
-    cwd: path,
-    counted: true,
-    timeoutMs: deps.config.gitTimeoutMs,
-    config: { 'core.hooksPath': deps.config.hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1' },
-    env: { GIT_REPLICATION_HOOK_PORT: String(deps.hookPort), GIT_REPLICATION_PUSH_ID: pushId },
-  });
+async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable, child: ChildProcess, pushId: string): Promise<void> {
   const unregister = deps.hooks.expect(pushId, (exchange) => deps.coordinator.handlePush(exchange, {
     repoId,
     receivePackPid: child.pid ?? -1,

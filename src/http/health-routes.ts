@@ -1,9 +1,12 @@
 import type { FastifyInstance } from 'fastify';
+import { hasRole } from '../auth/tokens.js';
 import type { NodeDeps } from './deps.js';
+
+const ANYONE = { access: 'anonymous' } as const;
 
 /** registerHealthRoutes adds `/health` (the seed's shape plus store state), `/ready` and `/metrics`. */
 export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  app.get('/health', async () => {
+  app.get('/health', { config: ANYONE }, async (req) => {
     const peers = deps.membership.peers();
     const storeOk = deps.membership.storeReachable;
     deps.metrics.gitProcesses.set(deps.git.runningCount);
@@ -14,7 +17,8 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
       load: deps.load.load(),
       peers: peers.filter((p) => p.live).length,
       peer_nodes: peers,
-      store: { kind: deps.store.kind, reachable: storeOk, error: deps.membership.storeError },
+      // The store's error text can name hosts and paths: admins only.
+      store: { kind: deps.store.kind, reachable: storeOk, ...(hasRole(req.caller, 'admin') ? { error: deps.membership.storeError } : {}) },
       writes: storeOk ? 'available' : 'unavailable: coordination store unreachable',
       git_processes: deps.git.runningCount,
       open_transactions: deps.participant.openCount,
@@ -22,12 +26,12 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
     };
   });
 
-  app.get('/ready', async (_req, reply) => {
+  app.get('/ready', { config: ANYONE }, async (_req, reply) => {
     if (!deps.membership.storeReachable) return reply.code(503).send({ ready: false, reason: 'coordination store unreachable' });
     return { ready: true };
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', { config: ANYONE }, async (_req, reply) => {
     deps.metrics.gitProcesses.set(deps.git.runningCount);
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metrics.registry.metrics();

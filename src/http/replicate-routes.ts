@@ -1,11 +1,12 @@
 import { Readable } from 'node:stream';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { PEER_AUTH_HEADER } from '../auth/peer-signature.js';
+import type { FastifyInstance } from 'fastify';
+import { bodyDigest } from '../auth/peer-signature.js';
 import { AppError, badRequest, unauthorized } from '../domain/errors.js';
 import { isOid } from '../domain/ref-name.js';
 import { parseRepoId } from '../domain/repo-id.js';
 import { PREPARE_CONTENT_TYPE } from '../cluster/peer-client.js';
 import { PrepareRefusal, type PrepareRequest } from '../replication/participant.js';
+import { parseSignedJson } from './access.js';
 import type { NodeDeps } from './deps.js';
 
 const MAX_META_BYTES = 64 * 1024 * 1024;
@@ -51,10 +52,12 @@ export function parsePrepare(body: unknown): PrepareRequest {
     }
     return { ref: o.ref, oldOid: o.old, newOid: o.new };
   });
+  const packHash = b.pack_hash;
+  if (packHash !== undefined && (typeof packHash !== 'string' || !isOid(packHash))) throw badRequest('pack_hash must be an object id');
   return {
     txnId: str('transaction_id'), coordinator: str('coordinator_id'), repoId: parseRepoId(b.repo_id), kind,
     incarnation: str('incarnation'), baseGeneration: int('base_generation'), fencingToken: int('fencing_token'),
-    newChecksum: str('new_checksum'), updates,
+    newChecksum: str('new_checksum'), updates, ...(typeof packHash === 'string' ? { packHash } : {}),
   };
 }
 
@@ -63,7 +66,7 @@ export function parsePrepare(body: unknown): PrepareRequest {
  * the pack behind it as a stream. No unshift: a small body can have ended by the time its
  * metadata is parsed, and unshifting after the end loses the pack.
  */
-async function readFrame(stream: Readable): Promise<{ meta: unknown; pack: Readable }> {
+async function readFrame(stream: Readable, signedDigest: string | null): Promise<{ meta: unknown; pack: Readable }> {
   const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let buf = Buffer.alloc(0);
   for (;;) {
@@ -72,6 +75,8 @@ async function readFrame(stream: Readable): Promise<{ meta: unknown; pack: Reada
       const len = Number(buf.subarray(0, nl).toString('latin1'));
       if (!Number.isInteger(len) || len <= 0 || len > MAX_META_BYTES) throw badRequest('prepare metadata length invalid');
       if (buf.length >= nl + 1 + len) {
+        // The signature covers the metadata (which names the pack's hash), never the streamed pack.
+        if (bodyDigest(buf.subarray(nl + 1, nl + 1 + len)) !== signedDigest) throw unauthorized('peer signature does not match the prepare metadata');
         let meta: unknown;
         try {
           meta = JSON.parse(buf.subarray(nl + 1, nl + 1 + len).toString('utf8'));
@@ -94,44 +99,43 @@ async function readFrame(stream: Readable): Promise<{ meta: unknown; pack: Reada
   }
 }
 
-/** registerReplicateRoutes adds the seed's peer endpoints, every call signed by a cluster member. */
+/**
+ * registerReplicateRoutes adds the seed's peer endpoints; each route accepts only calls signed by
+ * a cluster member for this node's incarnation, whose signature covers the body it carries.
+ */
 export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  app.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
+  void app.register(async (peer) => {
+    const PEER = { access: 'peer' } as const;
+    peer.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
+    peer.removeContentTypeParser('application/json');
+    peer.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_META_BYTES }, (req, body, done) => parseSignedJson(req, body as string, done));
 
-  const verify = async (req: FastifyRequest): Promise<void> => {
-    const header = req.headers[PEER_AUTH_HEADER];
-    const lenHeader = req.headers['content-length'];
-    const len = lenHeader === undefined ? null : Number(lenHeader);
-    const path = req.url.split('?')[0] ?? req.url;
-    const v = deps.verifier.verify(typeof header === 'string' ? header : undefined, req.method, path, len);
-    if (!v.ok) throw unauthorized(v.reason);
-  };
+    peer.post('/replicate/prepare', { config: PEER }, async (req, reply) => {
+      const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
+      const frame = framed ? await readFrame(req.body as Readable, req.peerDigest) : null;
+      const prep = parsePrepare(frame ? frame.meta : req.body);
+      const hasPack = frame !== null && (frame.meta as { has_pack?: unknown }).has_pack === true;
+      if (frame && !hasPack) frame.pack.resume();
+      const raw = hasPack ? frame.pack : null;
+      try {
+        await deps.participant.prepare(prep, raw, { local: false });
+      } catch (err) {
+        raw?.resume();
+        if (err instanceof PrepareRefusal) return reply.code(409).send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message });
+        throw err;
+      }
+      return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
+    });
 
-  app.post('/replicate/prepare', { onRequest: verify }, async (req, reply) => {
-    const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
-    const frame = framed ? await readFrame(req.body as Readable) : null;
-    const prep = parsePrepare(frame ? frame.meta : req.body);
-    const hasPack = frame !== null && (frame.meta as { has_pack?: unknown }).has_pack === true;
-    if (frame && !hasPack) frame.pack.resume();
-    const raw = hasPack ? frame.pack : null;
-    try {
-      await deps.participant.prepare(prep, raw, { local: false });
-    } catch (err) {
-      raw?.resume();
-      if (err instanceof PrepareRefusal) return reply.code(409).send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message });
-      throw err;
-    }
-    return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
-  });
+    peer.post<{ Body: TxnBody }>('/replicate/commit', { config: PEER, schema: txnSchema }, async (req) => {
+      await deps.participant.commit(req.body.transaction_id);
+      return { status: 'committed', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
+    });
 
-  app.post<{ Body: TxnBody }>('/replicate/commit', { onRequest: verify, schema: txnSchema }, async (req) => {
-    await deps.participant.commit(req.body.transaction_id);
-    return { status: 'committed', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
-  });
-
-  app.post<{ Body: TxnBody }>('/replicate/abort', { onRequest: verify, schema: txnSchema }, async (req) => {
-    await deps.participant.abort(req.body.transaction_id, req.body.repo_id ?? '');
-    return { status: 'aborted', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
+    peer.post<{ Body: TxnBody }>('/replicate/abort', { config: PEER, schema: txnSchema }, async (req) => {
+      await deps.participant.abort(req.body.transaction_id, req.body.repo_id ?? '');
+      return { status: 'aborted', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
+    });
   });
 }
 

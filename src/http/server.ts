@@ -1,5 +1,6 @@
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { AppError } from '../domain/errors.js';
+import { enforceAccess } from './access.js';
 import type { NodeDeps } from './deps.js';
 import { registerAdminRoutes } from './admin-routes.js';
 import { registerGitRoutes } from './git-routes.js';
@@ -7,10 +8,9 @@ import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
 
-/** isGitRoute says whether a URL is one of the smart-HTTP endpoints git clients call. */
-function isGitRoute(url: string): boolean {
-  const path = url.split('?')[0] ?? '';
-  return /\/(info\/refs|git-upload-pack|git-receive-pack)$/.test(path);
+/** isGitRoute says whether a matched route is one of the smart-HTTP endpoints git clients call. */
+function isGitRoute(req: FastifyRequest): boolean {
+  return /\/(info\/refs|git-upload-pack|git-receive-pack)$/.test(req.routeOptions.url ?? '');
 }
 
 /**
@@ -22,20 +22,27 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   const app = Fastify({
     loggerInstance: typeof logger === 'boolean' ? undefined : logger,
     bodyLimit: deps.config.bodyLimit,
+    // A whole push may take longer than any fixed request timeout; idle bodies are cut per
+    // request instead (git-routes). Headers must arrive within 30 s (slow-loris).
     requestTimeout: 0,
     connectionTimeout: 0,
     keepAliveTimeout: 65_000,
+    http: { headersTimeout: 30_000 },
+    maxParamLength: 256,
+    // Bodies are validated as sent: `{"repo_id":["o/x"]}` is a 400, not coerced to a string.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
     logController: new LogController({ disableRequestLogging: true }),
   });
+  enforceAccess(app, deps);
   app.setErrorHandler((err, req, reply) => {
     if (err instanceof AppError) {
       const retry = err.data.retryAfter;
       if (typeof retry === 'number') void reply.header('retry-after', String(retry));
       // git asks its credential helper for a token only when the 401 names a Basic realm.
-      if (err.code === 'ERR_UNAUTHORIZED' && !req.url.startsWith('/replicate/')) void reply.header('www-authenticate', 'Basic realm="git-replication"');
+      if (err.code === 'ERR_UNAUTHORIZED' && req.routeOptions.config.access !== 'peer') void reply.header('www-authenticate', 'Basic realm="git-replication"');
       if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed');
       // git prints a refused request's body as "remote:" lines only when it is text/plain.
-      if (isGitRoute(req.url)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
+      if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
       return reply.code(err.statusCode).send({ error: err.message, code: err.code, ...err.data });
     }
     const e = err as Error & { statusCode?: number; code?: string };
@@ -46,11 +53,15 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     req.log.error({ err }, 'unexpected error');
     return reply.code(500).send({ error: 'internal error', code: 'ERR_INTERNAL' });
   });
-  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route for ${req.method} ${req.url.split('?')[0] ?? ''}`, code: 'ERR_NOT_FOUND' }));
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route for ${req.method} ${truncate(req.url.split('?')[0] ?? '')}`, code: 'ERR_NOT_FOUND' }));
   registerHealthRoutes(app, deps);
   registerRepoRoutes(app, deps);
   registerAdminRoutes(app, deps);
   registerReplicateRoutes(app, deps);
   registerGitRoutes(app, deps);
   return app;
+}
+
+function truncate(s: string): string {
+  return s.length > 100 ? `${s.slice(0, 97)}...` : s;
 }

@@ -5,12 +5,13 @@ import { AppError, conflict, errorMessage, notFound, unavailable } from '../doma
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
-import { isZeroOid, refNameProblem, ZERO_OID } from '../domain/ref-name.js';
+import { isZeroOid, refConflict, refDirectories, refNameProblem, ZERO_OID } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
+import type { PeerTarget } from '../auth/peer-signature.js';
 import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer-client.js';
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
-import type { ProcReceiveExchange, RefResult } from '../git/proc-receive.js';
+import { refKey, type ProcReceiveExchange, type PushCommand, type RefResult } from '../git/proc-receive.js';
 import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoLock, type RepoRecord } from '../store/types.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, type Participant, type PrepareRequest } from './participant.js';
@@ -138,12 +139,24 @@ export class Coordinator {
     return chosen;
   }
 
-  /** urlOf finds a node's URL, refreshing the membership view once for a node registered since. */
-  private async urlOf(node: string): Promise<string | undefined> {
-    const known = this.deps.membership.urlOf(node);
-    if (known) return known;
-    await this.deps.membership.refresh();
-    return this.deps.membership.urlOf(node);
+  /**
+   * callPeer makes a signed call to a peer, resolving its URL and incarnation from the membership
+   * view (refreshed once for a node registered since). A call refused as unauthorized is retried
+   * once after a refresh when the peer restarted meanwhile: signatures name the receiver's epoch.
+   */
+  private async callPeer(node: string, call: (target: PeerTarget) => Promise<Answer>): Promise<Answer> {
+    const { membership } = this.deps;
+    let target = membership.target(node);
+    if (!target) {
+      await membership.refresh();
+      target = membership.target(node);
+    }
+    if (!target) return { ok: false, status: 'unreachable', message: `node ${node} unknown` };
+    const answer = await call(target);
+    if (answer.ok || answer.status !== 'unauthorized') return answer;
+    await membership.refresh();
+    const fresh = membership.target(node);
+    return fresh && fresh.epoch !== target.epoch ? call(fresh) : answer;
   }
 
   private async prepareOn(node: string, req: PrepareRequest, packPath: string | null): Promise<Answer> {
@@ -153,11 +166,12 @@ export class Coordinator {
         (err: unknown) => ({ ok: false, status: refusalStatus(err), message: errorMessage(err) }) as const,
       );
     }
-    const url = await this.urlOf(node);
-    if (!url) return { ok: false, status: 'unreachable', message: `node ${node} unknown` };
     const timeout = this.deps.config.prepareTimeoutMs;
-    if (req.kind === 'push') return this.deps.peers.preparePush(url, req, packPath, timeout);
-    return this.deps.peers.postJson(url, '/replicate/prepare', prepareToWire(req), timeout);
+    if (req.kind === 'push') {
+      const signed = packPath ? { ...req, packHash: packHashOf(packPath) } : req;
+      return this.callPeer(node, (t) => this.deps.peers.preparePush(t, signed, packPath, timeout));
+    }
+    return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
   }
 
   private async finishOn(node: string, txnId: string, repoId: string, decision: 'commit' | 'abort'): Promise<Answer> {
@@ -168,9 +182,8 @@ export class Coordinator {
         (err: unknown) => ({ ok: false, status: 'failed', message: errorMessage(err) }) as const,
       );
     }
-    const url = await this.urlOf(node);
-    if (!url) return { ok: false, status: 'unreachable', message: `node ${node} unknown` };
-    return this.deps.peers.postJson(url, `/replicate/${decision}`, { transaction_id: txnId, coordinator_id: this.deps.nodeId, repo_id: repoId }, this.deps.config.commitTimeoutMs);
+    const body = { transaction_id: txnId, coordinator_id: this.deps.nodeId, repo_id: repoId };
+    return this.callPeer(node, (t) => this.deps.peers.postJson(t, `/replicate/${decision}`, body, this.deps.config.commitTimeoutMs));
   }
 
   /**
@@ -315,46 +328,42 @@ export class Coordinator {
   async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
     const { store, storage, nodeId, metrics, logger } = this.deps;
     const request = await exchange.read();
+    // Results are keyed by each command's exact bytes (PushCommand.key).
     const results = new Map<string, RefResult>();
-    const fail = (ref: string, reason: string): void => { results.set(ref, { ref, ok: false, reason }); };
+    const fail = (key: string, reason: string): void => { results.set(key, { ok: false, reason }); };
+    const failRest = (reason: string): void => { for (const c of request.commands) if (!results.has(c.key)) fail(c.key, reason); };
     for (const c of request.commands) {
-      const problem = refNameProblem(c.ref);
-      if (problem) fail(c.ref, problem);
+      // A name that is not UTF-8 would be stored, logged and checksummed as another name.
+      const problem = c.utf8 ? refNameProblem(c.ref) : 'funny refname (not UTF-8)';
+      if (problem) fail(c.key, problem);
     }
     const report = (): void => {
-      if (request.atomic && [...results.values()].some((r) => !r.ok)) {
-        for (const c of request.commands) if (results.get(c.ref)?.ok !== false) fail(c.ref, 'atomic push failure');
-      }
-      exchange.report(request.commands.map((c) => results.get(c.ref) ?? { ref: c.ref, ok: true }));
+      if (request.atomic && [...results.values()].some((r) => !r.ok)) failRest('atomic push failure');
+      exchange.report(request.commands, (c) => results.get(c.key) ?? { ok: true });
     };
     if (request.atomic && results.size > 0) return report();
+    if (results.size === request.commands.length) return report();
     let held: Awaited<ReturnType<Coordinator['lock']>>;
     try {
       held = await this.lock(ctx.repoId);
     } catch (err) {
-      for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, errorMessage(err));
+      failRest(errorMessage(err));
       return report();
     }
     try {
       const repo = await store.getRepo(ctx.repoId);
       if (!repo) {
-        for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, 'repository was deleted');
+        failRest('repository was deleted');
         return report();
       }
       const own = await this.ownReplica(repo);
       if (!repo.replicas.includes(nodeId) || !isInSync(repo, own) || (await storage.incarnationOf(ctx.repoId)) !== repo.incarnation) {
-        for (const c of request.commands) if (!results.has(c.ref)) fail(c.ref, 'replica catching up, try again');
+        failRest('replica catching up, try again');
         return report();
       }
       const current = new Map((await storage.readRefs(ctx.repoId)).map((r) => [r.name, r.oid]));
-      const batch: RefUpdate[] = [];
-      for (const c of request.commands) {
-        if (results.has(c.ref)) continue;
-        const have = current.get(c.ref) ?? ZERO_OID;
-        if (have !== c.oldOid) fail(c.ref, isZeroOid(c.oldOid) ? 'already exists' : 'fetch first');
-        else if (isZeroOid(c.newOid) && have === ZERO_OID) fail(c.ref, 'no such ref');
-        else batch.push({ ref: c.ref, oldOid: c.oldOid, newOid: c.newOid });
-      }
+      const head = await storage.headTarget(ctx.repoId);
+      const batch = checkCommands(request.commands.filter((c) => !results.has(c.key)), current, head, fail);
       if (request.atomic && results.size > 0) return report();
       if (batch.length === 0) return report();
       const packPath = await this.receivedPack(ctx);
@@ -380,7 +389,7 @@ export class Coordinator {
           ctx.abandon();
           return;
         }
-        for (const u of batch) fail(u.ref, errorMessage(err));
+        for (const u of batch) fail(refKey(u.ref), errorMessage(err));
         return report();
       }
       if (result.outcome === 'unknown') {
@@ -423,6 +432,40 @@ export class Coordinator {
     }
     return null;
   }
+}
+
+/**
+ * checkCommands compares a push's commands with the replica's refs under the lock and returns
+ * the batch to replicate; the others get git's own reasons: `fetch first` (old value moved),
+ * `already exists`, `no such ref`, `deletion of the current branch prohibited` (the branch HEAD
+ * names, as receive.denyDeleteCurrent), and a directory/file clash with another ref.
+ */
+function checkCommands(commands: readonly PushCommand[], current: ReadonlyMap<string, string>, head: string | null, fail: (key: string, reason: string) => void): RefUpdate[] {
+  const batch: RefUpdate[] = [];
+  for (const c of commands) {
+    const have = current.get(c.ref) ?? ZERO_OID;
+    if (have !== c.oldOid) fail(c.key, isZeroOid(c.oldOid) ? 'already exists' : 'fetch first');
+    else if (isZeroOid(c.newOid) && have === ZERO_OID) fail(c.key, 'no such ref');
+    else if (isZeroOid(c.newOid) && c.ref === head) fail(c.key, 'deletion of the current branch prohibited');
+    else batch.push({ ref: c.ref, oldOid: c.oldOid, newOid: c.newOid });
+  }
+  // Refs after the batch: a delete in the same push frees its name (as in one git transaction).
+  const after = new Set(current.keys());
+  for (const u of batch) {
+    if (isZeroOid(u.newOid)) after.delete(u.ref);
+    else after.add(u.ref);
+  }
+  const dirs = refDirectories(after);
+  return batch.filter((u) => {
+    const clash = isZeroOid(u.oldOid) && !isZeroOid(u.newOid) ? refConflict(u.ref, after, dirs) : null;
+    if (clash) fail(refKey(u.ref), clash);
+    return clash === null;
+  });
+}
+
+/** packHashOf is a pack's trailer hash, which git names it by: `pack-<hash>.pack`. */
+function packHashOf(packPath: string): string | undefined {
+  return /pack-([0-9a-f]{40,64})\.pack$/.exec(packPath)?.[1];
 }
 
 function refusalStatus(err: unknown): 'stale' | 'conflict' | 'failed' {

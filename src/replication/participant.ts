@@ -24,6 +24,8 @@ export interface PrepareRequest {
   readonly fencingToken: number;
   readonly newChecksum: string;
   readonly updates: readonly RefUpdate[];
+  /** packHash is the trailer hash of the shipped pack (its name); the participant checks index-pack's against it. */
+  readonly packHash?: string;
 }
 
 /** PrepareRefusal is a participant's reasoned "no": behind (stale), ahead (conflict) or failed. */
@@ -164,7 +166,7 @@ export class Participant {
       let indexError: Error | null = null;
       if (pack && !local) {
         try {
-          keepFiles.push(await this.indexPack(repoPath, req.txnId, pack));
+          keepFiles.push(await this.indexPack(repoPath, req.txnId, pack, req.packHash));
         } catch (err) {
           indexError = asError(err);
         }
@@ -192,7 +194,7 @@ export class Participant {
   }
 
   /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
-  private async indexPack(repoPath: string, txnId: string, pack: Readable): Promise<string> {
+  private async indexPack(repoPath: string, txnId: string, pack: Readable, expectedHash: string | undefined): Promise<string> {
     const started = Date.now();
     const child = this.deps.git.spawn(['index-pack', '--strict', '--stdin', `--keep=replication ${txnId}`], { cwd: repoPath, timeoutMs: 3_600_000 });
     let out = '';
@@ -213,7 +215,13 @@ export class Participant {
     // index-pack stops at the pack's trailer; the body may still be closing. A feed error
     // after a verified pack is harmless, one before it shows up as index-pack's failure above.
     if (feedError) pack.resume();
-    return join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
+    const keep = join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
+    // The signed metadata names the pack by its trailer hash: a pack swapped on the wire is refused.
+    if (expectedHash !== undefined && m[1] !== expectedHash) {
+      await removeFiles(['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext)));
+      throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);
+    }
+    return keep;
   }
 
   /** checkConnected proves every new tip is connected to the replica's refs (as receive-pack does). */

@@ -1,3 +1,4 @@
+import { HOP_HEADER } from '../auth/peer-signature.js';
 import { randomUUID } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -49,6 +50,8 @@ export class RepairWorker {
     private readonly deps: {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
       logger: Logger; metrics: Metrics; lockTtlMs: number;
+      /** hopToken signs repair fetches so the source serves them itself instead of proxying. */
+      hopToken: () => string;
       /** busy says a transaction on the repo is open on this node: repair waits for it. */
       busy: (repoId: string) => boolean;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
@@ -257,7 +260,7 @@ export class RepairWorker {
     const child = this.deps.git.spawn(args, {
       cwd,
       config: {
-        'http.extraHeader': `x-replication-hop: ${this.deps.nodeId}`, 'transfer.fsckObjects': 'true', 'protocol.version': '2',
+        'http.extraHeader': `${HOP_HEADER}: ${this.deps.hopToken()}`, 'transfer.fsckObjects': 'true', 'protocol.version': '2',
         'core.fsync': 'committed', 'core.fsyncMethod': 'fsync',
       },
       timeoutMs: 3_600_000,
