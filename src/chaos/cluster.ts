@@ -64,6 +64,8 @@ export const FAST_ENV: Record<string, string> = {
  */
 export class TestCluster {
   readonly nodes: TestNode[] = [];
+  /** authToken, when set, is sent as a Bearer token by api() (clusters with AUTH=tokens). */
+  authToken: string | null = null;
   private constructor(readonly root: string, readonly store: string, private readonly opts: ClusterOptions) {}
 
   /** start launches every node and waits until each is healthy and sees all the others. */
@@ -109,9 +111,11 @@ export class TestCluster {
   private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
     const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.opts.nodeStore?.[n.id] ?? this.store];
     if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
-    args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
+    const env = { ...process.env, ...FAST_ENV, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };
+    // A node given its own REPLICATION_FACTOR keeps it (the flag would override the variable).
+    if (this.opts.nodeEnv?.[n.id]?.REPLICATION_FACTOR === undefined) args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
     const proc = spawn(process.execPath, args, {
-      env: { ...process.env, ...FAST_ENV, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv },
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     n.log = '';
@@ -200,7 +204,7 @@ export class TestCluster {
   async api(i: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
     const res = await fetch(`${this.url(i)}${path}`, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(this.authToken ? { authorization: `Bearer ${this.authToken}` } : {}) },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.text();

@@ -34,6 +34,8 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     logController: new LogController({ disableRequestLogging: true }),
   });
   enforceAccess(app, deps);
+  // Only JSON and the git and peer types are read; a text/plain body is a 415, not a parse attempt.
+  app.removeContentTypeParser('text/plain');
   app.setErrorHandler((err, req, reply) => {
     if (err instanceof AppError) {
       const retry = err.data.retryAfter;

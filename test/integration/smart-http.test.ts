@@ -1,3 +1,4 @@
+import { encodePktLine } from '../../src/git/pkt-line.js';
 import * as fs from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
@@ -16,7 +17,7 @@ describe('smart HTTP against a single node', () => {
   let work: string;
   let url: string;
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 1, env: { MAX_GIT_PROCESSES: '8' } });
+    c = await TestCluster.start({ nodes: 1, env: { MAX_GIT_PROCESSES: '8', MAX_GIT_PER_CLIENT: '8' } });
     await c.createRepo(1, 'git/basic');
     url = c.repoUrl(1, 'git/basic');
     work = await workRepo();
@@ -149,16 +150,22 @@ describe('smart HTTP against a single node', () => {
     expect(bytes.includes(Buffer.from('PACK'))).toBe(true);
   });
 
-  it('caps concurrent git processes with 503 and Retry-After', async () => {
+  it('caps concurrent git processes with 503 and Retry-After; a stalled fetch request holds none', async () => {
     const head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
     const held: Array<ReturnType<typeof httpRequest>> = [];
-    for (let i = 0; i < 8; i++) {
-      const req = httpRequest(`${url}/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request' } });
+    const stall = (service: string, line: string): void => {
+      const req = httpRequest(`${url}/${service}`, { method: 'POST', headers: { 'content-type': `application/x-${service}-request` } });
       req.on('error', () => undefined);
-      // A want with no flush or done: upload-pack waits for the rest of the request.
-      req.write(`0032want ${head}\n`);
+      req.write(line);
       held.push(req);
-    }
+    };
+    // A want with no flush or done: the request is read whole before git starts, so none runs.
+    for (let i = 0; i < 8; i++) stall('git-upload-pack', `0032want ${head}\n`);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await nodeGitProcesses(c.node(1).dataDir)).toHaveLength(0);
+    expect((await fetch(`${url}/info/refs?service=git-upload-pack`)).status).toBe(200);
+    // A push's body streams into receive-pack, which holds a slot while it waits for the rest.
+    for (let i = 0; i < 8; i++) stall('git-receive-pack', encodePktLine(`${head} ${head} refs/heads/x${i}\0 report-status\n`).toString());
     await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length >= 8, 10_000, 'eight stalled git processes');
     const res = await fetch(`${url}/info/refs?service=git-upload-pack`);
     expect(res.status).toBe(503);
