@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { tokenFromHeader } from './tokens.js';
+import type { ClusterStore } from '../store/types.js';
+import { Authenticator, hashToken, tokenFromHeader } from './tokens.js';
 
 const basic = (s: string): string => `Basic ${Buffer.from(s).toString('base64')}`;
 
@@ -18,5 +19,25 @@ describe('tokenFromHeader', () => {
     [undefined, null],
   ])('%j → %j', (header, token) => {
     expect(tokenFromHeader(header)).toBe(token);
+  });
+});
+
+describe('Authenticator', () => {
+  // The store edge: one good token, every other look-up misses.
+  const good = 'grt_good';
+  const store = { getMeta: (key: string) => Promise.resolve(key === `tokens/${hashToken(good)}` ? JSON.stringify({ name: 'ci', role: 'write', createdAt: '' }) : null) } as unknown as ClusterStore;
+
+  it('keeps its cache bounded under a flood of random tokens', async () => {
+    const auth = new Authenticator(store, 'tokens');
+    for (let i = 0; i < 10_000; i++) await expect(auth.require(`Bearer grt_random_${i}`, 'read')).rejects.toMatchObject({ statusCode: 401 });
+    expect(auth.cachedCount).toBeLessThanOrEqual(4_096);
+    await expect(auth.require(`Bearer ${good}`, 'write')).resolves.toMatchObject({ name: 'ci' });
+  });
+
+  it('identify: no header is anonymous, a bad token is a 401, a role too low is a 403', async () => {
+    const auth = new Authenticator(store, 'tokens');
+    await expect(auth.identify(undefined)).resolves.toBeNull();
+    await expect(auth.identify('Bearer grt_bad')).rejects.toMatchObject({ statusCode: 401 });
+    await expect(auth.require(`Bearer ${good}`, 'admin')).rejects.toMatchObject({ statusCode: 403 });
   });
 });

@@ -72,6 +72,11 @@ export class Authenticator {
 
   constructor(private readonly store: ClusterStore, readonly mode: 'open' | 'tokens') {}
 
+  /** cachedCount is how many look-ups the cache holds (bounded by CACHE_ENTRIES). */
+  get cachedCount(): number {
+    return this.cache.size;
+  }
+
   /**
    * identify returns the caller's token info when the request carries a valid token, and null
    * when it carries none; a bad token is refused (401), so a typo is not silently anonymous.
