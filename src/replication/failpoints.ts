@@ -8,8 +8,17 @@ export const FAILPOINT_NAMES = [
   'participant.beforePrepare', 'participant.afterPrepare', 'participant.beforeCommit', 'participant.afterCommit',
 ] as const;
 
+/**
+ * REPAIR_FAILPOINT_NAMES are steps of a repair, apart from FAILPOINT_NAMES (which a push drives
+ * through, one after the other): `repair.beforeSwap` runs between a whole copy of a replica
+ * staged and its swap into place, so a delay there stands for a slow copy.
+ */
+export const REPAIR_FAILPOINT_NAMES = ['repair.beforeSwap'] as const;
+
 /** FailpointName is one named step. */
-export type FailpointName = (typeof FAILPOINT_NAMES)[number];
+export type FailpointName = (typeof FAILPOINT_NAMES)[number] | (typeof REPAIR_FAILPOINT_NAMES)[number];
+
+const KNOWN: readonly string[] = [...FAILPOINT_NAMES, ...REPAIR_FAILPOINT_NAMES];
 
 /**
  * Failpoints are switched on only by the environment variable GIT_REPLICATION_FAILPOINTS, e.g.
@@ -22,7 +31,7 @@ export class Failpoints {
   constructor(spec: string | undefined) {
     for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
       const [name, action] = item.split('=', 2) as [string, string | undefined];
-      if (!(FAILPOINT_NAMES as readonly string[]).includes(name)) throw new Error(`unknown fail point '${name}'`);
+      if (!KNOWN.includes(name)) throw new Error(`unknown fail point '${name}'`);
       const delay = /^delay\((\d+)\)$/.exec(action ?? '');
       if (action === 'crash') this.armed.set(name, { kind: 'crash' });
       else if (action === 'error') this.armed.set(name, { kind: 'error' });

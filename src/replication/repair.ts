@@ -8,6 +8,7 @@ import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
+import type { Failpoints } from './failpoints.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /** COMMIT_GRACE_MS is how long a replica one generation behind may wait for its commit before repair. */
@@ -49,7 +50,7 @@ export class RepairWorker {
   constructor(
     private readonly deps: {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
-      logger: Logger; metrics: Metrics; lockTtlMs: number;
+      logger: Logger; metrics: Metrics; lockTtlMs: number; failpoints: Failpoints;
       /** hopToken signs repair fetches so the source serves them itself instead of proxying. */
       hopToken: () => string;
       /** busy says a transaction on the repo is open on this node: repair waits for it. */
@@ -162,6 +163,7 @@ export class RepairWorker {
         try {
           await this.transfer(['clone', '--mirror', '--progress', url, staged], storage.tmpDir, url, progress);
           await storage.adoptClone(staged, repo.incarnation);
+          await this.deps.failpoints.hit('repair.beforeSwap');
           await this.swapIn(repo.repoId, staged);
         } finally {
           await rm(staged, { recursive: true, force: true });
