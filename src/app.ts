@@ -17,6 +17,7 @@ import { GitRunner } from './git/runner.js';
 import type { NodeDeps } from './http/deps.js';
 import { buildHttpApp } from './http/server.js';
 import { Metrics } from './metrics.js';
+import { RepoActivity } from './replication/activity.js';
 import { Coordinator } from './replication/coordinator.js';
 import { Failpoints } from './replication/failpoints.js';
 import { Participant } from './replication/participant.js';
@@ -135,7 +136,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const metrics = new Metrics();
   const failpoints = new Failpoints(process.env.GIT_REPLICATION_FAILPOINTS);
   const txnLog = new TxnLog(join(dataDir, 'node.db'));
-  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, resolveAfterMs: cfg.resolveAfterMs });
+  const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
+  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, resolveAfterMs: cfg.resolveAfterMs });
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
 
@@ -146,19 +148,19 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch }, { store, peers, logger, ttlMs: cfg.nodeTtlMs });
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
-    nodeId: cfg.nodeId, store, storage, participant, peers, membership, failpoints, logger, metrics,
-    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockTtlMs: cfg.lockTtlMs, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000 },
+    nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
+    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000 },
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger });
   const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, lockTtlMs: cfg.lockTtlMs, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, onSeen: (repo, replicas) => router.remember(repo, replicas), busy: (repoId) => participant.busy(repoId) });
-  participant.isRepairing = (repoId) => repair.inProgress.has(repoId);
-  const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs, lockTtlMs: cfg.lockTtlMs });
-  const deps: NodeDeps = {
-    nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers,
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, onSeen: (repo, replicas) => router.remember(repo, replicas) });
+  const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
+  // activity reaches the HTTP layer for push uploads (beginUpload) once NodeDeps names it.
+  const deps: NodeDeps & { readonly activity: RepoActivity } = {
+    nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
     participant, coordinator, router, metrics, load, repair, auth, hops,
     config: {

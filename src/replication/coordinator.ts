@@ -12,7 +12,8 @@ import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import { refKey, type ProcReceiveExchange, type PushCommand, type RefResult } from '../git/proc-receive.js';
-import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoLock, type RepoRecord } from '../store/types.js';
+import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord } from '../store/types.js';
+import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, type Participant, type PrepareRequest } from './participant.js';
 import { Tally } from './quorum-wait.js';
@@ -23,7 +24,6 @@ import type { Metrics } from '../metrics.js';
 export interface CoordinatorConfig {
   readonly replicationFactor: number;
   readonly writeQuorum: number | undefined;
-  readonly lockTtlMs: number;
   readonly lockWaitMs: number;
   readonly prepareTimeoutMs: number;
   readonly commitTimeoutMs: number;
@@ -81,6 +81,7 @@ export class Coordinator {
       readonly store: ClusterStore;
       readonly storage: ReplicaStorage;
       readonly participant: Participant;
+      readonly activity: RepoActivity;
       readonly peers: PeerClient;
       readonly membership: Membership;
       readonly failpoints: Failpoints;
@@ -95,34 +96,11 @@ export class Coordinator {
     return effectiveWriteQuorum(replicas, this.deps.config.writeQuorum);
   }
 
-  /** lock takes the repo write lock, waiting up to lockWaitMs, and keeps it renewed until released. */
-  private async lock(repoId: string): Promise<{ lock: RepoLock; release: () => Promise<void>; lost: () => boolean }> {
-    const { store, config, nodeId } = this.deps;
-    const deadline = Date.now() + config.lockWaitMs;
-    let delay = 5;
-    for (;;) {
-      const lock = await store.acquireLock(repoId, nodeId, config.lockTtlMs);
-      if (lock) {
-        let lost = false;
-        const timer = setInterval(() => {
-          store.renewLock(repoId, lock.token, config.lockTtlMs).then((ok) => { if (!ok) lost = true; }, () => undefined);
-        }, Math.max(100, Math.floor(config.lockTtlMs / 3)));
-        timer.unref();
-        let released = false;
-        const release = async (): Promise<void> => {
-          if (released) return;
-          released = true;
-          clearInterval(timer);
-          await store.releaseLock(repoId, lock.token).catch((err: unknown) => {
-            this.deps.logger.warn({ repoId, err: errorMessage(err) }, 'lock release failed; the lease expires by itself');
-          });
-        };
-        return { lock, release, lost: () => lost };
-      }
-      if (Date.now() >= deadline) throw unavailable(`repository ${repoId} is busy (write lock held), try again`, { retryAfter: 1 });
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(100, delay * 2);
-    }
+  /** lock takes the repo write lock (RepoActivity.lock: renewed until released), waiting up to lockWaitMs. */
+  private async lock(repoId: string): Promise<HeldLock> {
+    const held = await this.deps.activity.lock(repoId, this.deps.config.lockWaitMs);
+    if (!held) throw unavailable(`repository ${repoId} is busy (write lock held), try again`, { retryAfter: 1 });
+    return held;
   }
 
   /** placement picks the replica set: the best-ranked live nodes, topped up with known dead ones. */

@@ -10,6 +10,7 @@ import { fsyncPath, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
 import type { ClusterStore, TxnKind } from '../store/types.js';
+import type { RepoActivity, Running } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import type { LocalTxn, RefUpdate, TxnLog, TxnPayload } from './txn-log.js';
 
@@ -52,10 +53,11 @@ interface OpenTxn {
  */
 export class Participant {
   private readonly open = new Map<string, OpenTxn>();
-  /** active counts, per repo, transactions between the start of prepare and their end. */
-  private readonly active = new Map<string, number>();
-  /** isRepairing is set by app.ts: a replica being repaired must not take part in a transaction. */
-  isRepairing: (repoId: string) => boolean = () => false;
+  /**
+   * running holds each transaction's `txn` activity, from the start of its prepare until its
+   * confirmation is written or it aborted: until then repair leaves the replica alone.
+   */
+  private readonly running = new Map<string, Running>();
   private readonly finishing = new Map<string, Promise<'committed' | 'aborted'>>();
 
   constructor(
@@ -67,6 +69,7 @@ export class Participant {
       readonly log: TxnLog;
       readonly logger: Logger;
       readonly failpoints: Failpoints;
+      readonly activity: RepoActivity;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
       readonly resolveAfterMs: number;
     },
@@ -86,26 +89,24 @@ export class Participant {
     const logged = log.get(req.txnId);
     if (logged?.state === 'aborted') throw new PrepareRefusal('failed', 'transaction already aborted');
     if (logged || this.open.has(req.txnId)) return;
-    // Checked and marked in one synchronous step, so repair and a transaction never overlap.
-    if (this.isRepairing(req.repoId)) throw new PrepareRefusal('stale', `replica of ${req.repoId} is being repaired`);
-    this.active.set(req.repoId, (this.active.get(req.repoId) ?? 0) + 1);
+    if (this.running.has(req.txnId)) throw new PrepareRefusal('failed', 'transaction already preparing');
+    // Checked and marked in one synchronous step (MAY_START_DURING): no repair, swap or drop of
+    // the replica runs beside a transaction.
+    const running = this.deps.activity.tryBegin(req.repoId, 'txn');
+    if (!running) throw new PrepareRefusal('stale', `replica of ${req.repoId} is being repaired (${this.deps.activity.runningOn(req.repoId).join(', ')})`);
+    this.running.set(req.txnId, running);
     try {
       await this.prepareActive(req, pack, opts);
     } catch (err) {
-      this.done(req.repoId);
+      this.ended(req.txnId);
       throw err;
     }
   }
 
-  /** busy says whether a transaction on the repo is between prepare and its end on this node. */
-  busy(repoId: string): boolean {
-    return (this.active.get(repoId) ?? 0) > 0 || [...this.open.values()].some((o) => o.req.repoId === repoId);
-  }
-
-  private done(repoId: string): void {
-    const n = (this.active.get(repoId) ?? 1) - 1;
-    if (n <= 0) this.active.delete(repoId);
-    else this.active.set(repoId, n);
+  /** ended ends a transaction's activity on the replica: it confirmed, aborted or was given up. */
+  private ended(txnId: string): void {
+    this.running.get(txnId)?.end();
+    this.running.delete(txnId);
   }
 
   private async prepareActive(req: PrepareRequest, pack: Readable | null, opts: { local: boolean }): Promise<void> {
@@ -291,12 +292,18 @@ export class Participant {
     }
     await removeFiles(open?.keepFiles ?? payload?.keepFiles ?? []);
     log.setState(txnId, 'committed');
-    if (this.open.delete(txnId)) this.done(req.repoId);
-    await failpoints.hit('participant.afterCommit');
-    if (req.kind !== 'delete') {
-      const generation = req.kind === 'create' ? 0 : req.baseGeneration + 1;
-      const ok = await store.confirmReplica({ repoId: req.repoId, nodeId, incarnation: req.incarnation, generation, checksum: req.newChecksum });
-      if (!ok) logger.warn({ txnId, repoId: req.repoId, generation }, 'replica confirmation refused by the store');
+    this.open.delete(txnId);
+    // The transaction stays running until its confirmation is written: committed but not yet
+    // confirmed, the replica looks behind to the store, and repair must not copy over it.
+    try {
+      await failpoints.hit('participant.afterCommit');
+      if (req.kind !== 'delete') {
+        const generation = req.kind === 'create' ? 0 : req.baseGeneration + 1;
+        const ok = await store.confirmReplica({ repoId: req.repoId, nodeId, incarnation: req.incarnation, generation, checksum: req.newChecksum });
+        if (!ok) logger.warn({ txnId, repoId: req.repoId, generation }, 'replica confirmation refused by the store');
+      }
+    } finally {
+      this.ended(txnId);
     }
     return 'committed';
   }
@@ -332,7 +339,8 @@ export class Participant {
     else if (logged?.payload.stagingPath) await rm(logged.payload.stagingPath, { recursive: true, force: true });
     if (!open && logged?.payload.keepFiles) await removeFiles(logged.payload.keepFiles);
     this.deps.log.setState(txnId, 'aborted');
-    if (this.open.delete(txnId) && open) this.done(open.req.repoId);
+    this.open.delete(txnId);
+    this.ended(txnId);
     return 'aborted';
   }
 
@@ -363,6 +371,9 @@ export class Participant {
     for (const t of this.deps.log.prepared()) {
       const req = requestFromLog(t);
       this.open.set(t.id, { req, preparedAt: 0, refs: null, keepFiles: [...(t.payload.keepFiles ?? [])], stagingPath: t.payload.stagingPath });
+      // At start nothing else runs yet, so this always starts.
+      const running = this.deps.activity.tryBegin(t.repoId, 'txn');
+      if (running) this.running.set(t.id, running);
       await this.resolveFromStore(t.id, t.repoId, t.payload.fencingToken);
     }
   }
@@ -389,6 +400,7 @@ export class Participant {
       this.open.delete(txnId);
       this.deps.log.setState(txnId, decision === 'commit' ? 'committed' : 'aborted');
       await this.markStaleAfterFailure(txnId, repoId);
+      this.ended(txnId);
     }
   }
 

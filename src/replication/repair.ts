@@ -8,10 +8,14 @@ import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
+import type { RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
-/** COMMIT_GRACE_MS is how long a replica one generation behind may wait for its commit before repair. */
+/**
+ * COMMIT_GRACE_MS is how long a replica one generation behind (isOneBehind: a push's commit,
+ * or a create's, not yet confirmed here) may wait for its confirmation before repair.
+ */
 const COMMIT_GRACE_MS = 3_000;
 
 /** SWAP_LOCK_WAIT_MS is how long a copied replica waits for the repo's write lock to be swapped in. */
@@ -34,14 +38,16 @@ export interface RepairProgress {
  * fetch of every ref from an in-sync peer over the internal smart-HTTP path, a checksum
  * comparison with the store, and a compare-and-swap confirmation. A missing replica is cloned
  * into a temporary directory and moved into place. The verifier recomputes checksums of
- * replicas the store believes in sync and marks a mismatch stale.
+ * replicas the store believes in sync and marks a mismatch stale. What it does to a replica
+ * (repair, swap, repack, drop) runs as an activity of RepoActivity, beside what
+ * MAY_START_DURING allows and nothing else.
  */
 export class RepairWorker {
   private timers: NodeJS.Timeout[] = [];
   private running = false;
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
-  readonly inProgress = new Map<string, RepairProgress>();
+  private readonly progress = new Map<string, RepairProgress>();
   /** packsCheckedAt is the generation at which each replica's pack count was last looked at. */
   private readonly packsCheckedAt = new Map<string, number>();
   private repacking: Promise<void> | null = null;
@@ -50,11 +56,9 @@ export class RepairWorker {
   constructor(
     private readonly deps: {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
-      logger: Logger; metrics: Metrics; lockTtlMs: number; failpoints: Failpoints;
+      logger: Logger; metrics: Metrics; failpoints: Failpoints; activity: RepoActivity;
       /** hopToken signs repair fetches so the source serves them itself instead of proxying. */
       hopToken: () => string;
-      /** busy says a transaction on the repo is open on this node: repair waits for it. */
-      busy: (repoId: string) => boolean;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
       /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
@@ -89,6 +93,20 @@ export class RepairWorker {
     this.timers = [];
   }
 
+  /** progressOf is a copy of the running repair of a repo's local replica, if one runs. */
+  progressOf(repoId: string): RepairProgress | undefined {
+    const p = this.progress.get(repoId);
+    return p ? { ...p } : undefined;
+  }
+
+  /**
+   * inProgress is the old read-only view of progressOf, left only for `GET /repos/:id` until it
+   * calls progressOf; nothing decides anything by it.
+   */
+  get inProgress(): ReadonlyMap<string, RepairProgress> {
+    return this.progress;
+  }
+
   /** pass repairs every local replica that is not in sync, one at a time. */
   async pass(): Promise<number> {
     if (this.running) return 0;
@@ -108,8 +126,8 @@ export class RepairWorker {
           this.maybeRepack(repo);
           continue;
         }
-        // A replica confirmed one generation back is usually a commit still on its way: give it
-        // a moment before fetching what the commit is about to apply anyway.
+        // A replica confirmed one generation back, or a new one not confirmed yet, is usually a
+        // commit still on its way: give it a moment before copying what it is about to apply.
         const since = this.behindSince.get(repo.repoId) ?? now;
         this.behindSince.set(repo.repoId, since);
         if (!isOneBehind(repo, own) || now - since >= COMMIT_GRACE_MS) todo.push(repo);
@@ -130,10 +148,23 @@ export class RepairWorker {
     return repaired;
   }
 
-  /** repair brings one replica to the store's current generation; true when confirmed. */
+  /**
+   * repair brings one replica to the store's current generation; true when confirmed. It runs
+   * as the replica's `repair` activity, started before anything is read: not beside a
+   * transaction (whose replica may be committed but not yet confirmed), a repack or a drop.
+   */
   async repair(repo: RepoRecord): Promise<boolean> {
+    const running = this.deps.activity.tryBegin(repo.repoId, 'repair');
+    if (!running) return false;
+    try {
+      return await this.repairRunning(repo);
+    } finally {
+      running.end();
+    }
+  }
+
+  private async repairRunning(repo: RepoRecord): Promise<boolean> {
     const { store, storage, membership, nodeId, logger, metrics } = this.deps;
-    if (this.deps.busy(repo.repoId) || this.inProgress.has(repo.repoId)) return false;
     const replicas = await store.getReplicas(repo.repoId);
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     const own = byNode.get(nodeId);
@@ -156,17 +187,13 @@ export class RepairWorker {
     // (three times slower for the express mirror's 3,890 refs).
     const mode = localIncarnation !== repo.incarnation || own?.state === 'missing' || (await storage.readRefs(repo.repoId)).length === 0 ? 'clone' : 'fetch';
     const progress: RepairProgress = { repoId: repo.repoId, source, mode, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1, objectsDone: 0, objectsTotal: 0, bytes: '' };
-    this.inProgress.set(repo.repoId, progress);
+    this.progress.set(repo.repoId, progress);
     try {
       if (mode === 'clone') {
-        const staged = join(storage.tmpDir, `repair-${randomUUID()}.git`);
-        try {
-          await this.transfer(['clone', '--mirror', '--progress', url, staged], storage.tmpDir, url, progress);
-          await storage.adoptClone(staged, repo.incarnation);
-          await this.deps.failpoints.hit('repair.beforeSwap');
-          await this.swapIn(repo.repoId, staged);
-        } finally {
-          await rm(staged, { recursive: true, force: true });
+        if (!(await this.copyWhole(repo, url, progress))) {
+          this.backoff.delete(repo.repoId);
+          logger.info({ repoId: repo.repoId, source }, 'replica no longer behind when its copy was ready (confirmed, moved or re-created meanwhile): copy dropped');
+          return false;
         }
       } else {
         // Only while still behind: a commit that lands meanwhile confirms the current generation,
@@ -192,7 +219,24 @@ export class RepairWorker {
       logger.warn({ repoId: repo.repoId, source, attempts, err: errorMessage(err) }, 'replica repair failed, will retry');
       return false;
     } finally {
-      this.inProgress.delete(repo.repoId);
+      this.progress.delete(repo.repoId);
+    }
+  }
+
+  /**
+   * copyWhole clones the replica from `url` into the tmp directory, makes it a replica, and
+   * swaps it in; false when the swap found the replica no longer needs it.
+   */
+  private async copyWhole(repo: RepoRecord, url: string, progress: RepairProgress): Promise<boolean> {
+    const { storage, failpoints } = this.deps;
+    const staged = join(storage.tmpDir, `repair-${randomUUID()}.git`);
+    try {
+      await this.transfer(['clone', '--mirror', '--progress', url, staged], storage.tmpDir, url, progress);
+      await storage.adoptClone(staged, repo.incarnation);
+      await failpoints.hit('repair.beforeSwap');
+      return await this.swapIn(repo, staged);
+    } finally {
+      await rm(staged, { recursive: true, force: true });
     }
   }
 
@@ -202,22 +246,29 @@ export class RepairWorker {
    * one repo at a time. Every push leaves a pack on every replica (receive.unpackLimit=1) and
    * nothing else consolidates them (gc.auto=0). The objects of a rolled-up pack all go into the
    * new one; packs with a `.keep` (a transaction's pack until it commits) are left alone; refs,
-   * and so the checksum, do not change.
+   * and so the checksum, do not change. It starts only with no transaction, repair or drop
+   * running on the replica (MAY_START_DURING); otherwise it is tried after the next push.
    */
   private maybeRepack(repo: RepoRecord): void {
     const limit = this.deps.repackAfterPacks ?? 0;
     if (limit <= 0 || this.repacking || this.packsCheckedAt.get(repo.repoId) === repo.generation) return;
     this.packsCheckedAt.set(repo.repoId, repo.generation);
-    const { storage, git, logger, metrics } = this.deps;
+    const { storage, git, logger, metrics, activity } = this.deps;
     const packDir = join(storage.repoPath(repo.repoId), 'objects', 'pack');
     this.repacking = (async () => {
       const packs = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
-      if (packs <= limit || this.deps.busy(repo.repoId)) return;
-      const started = Date.now();
-      await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: 3_600_000 });
-      const after = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
-      metrics.repacks.inc();
-      logger.info({ repoId: repo.repoId, packs, after, ms: Date.now() - started }, 'replica repacked');
+      if (packs <= limit) return;
+      const running = activity.tryBegin(repo.repoId, 'repack');
+      if (!running) return;
+      try {
+        const started = Date.now();
+        await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: 3_600_000 });
+        const after = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
+        metrics.repacks.inc();
+        logger.info({ repoId: repo.repoId, packs, after, ms: Date.now() - started }, 'replica repacked');
+      } finally {
+        running.end();
+      }
     })().catch((err: unknown) => {
       logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'repack failed; it is tried again after the next push');
     }).finally(() => { this.repacking = null; });
@@ -234,23 +285,40 @@ export class RepairWorker {
   }
 
   /**
-   * swapIn moves a freshly copied replica into place under the repo's write lock, waiting up
-   * to SWAP_LOCK_WAIT_MS for a push that holds it.
+   * swapIn moves a whole copy into place over the replica, under the repo's write lock (waiting
+   * up to SWAP_LOCK_WAIT_MS for a push that holds it) and as the replica's `swap` activity (no
+   * upload or transaction running on it; uploads wait until it is done). Under the lock it
+   * first reads the store again: a replica confirmed since the copy began (a create or push
+   * whose confirmation came late), moved off this node, or of a repo created again, is left
+   * alone and false returned. Nothing can confirm it meanwhile: the lock holds decisions back
+   * and this repair keeps this node's transactions out.
    */
-  private async swapIn(repoId: string, staged: string): Promise<void> {
-    const { store, storage, nodeId } = this.deps;
-    const deadline = Date.now() + SWAP_LOCK_WAIT_MS;
-    let lock = await store.acquireLock(repoId, nodeId, this.deps.lockTtlMs);
-    while (!lock && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 100));
-      lock = await store.acquireLock(repoId, nodeId, this.deps.lockTtlMs);
-    }
-    if (!lock) throw new Error('repository busy, swap deferred');
+  private async swapIn(repo: RepoRecord, staged: string): Promise<boolean> {
+    const { storage, activity } = this.deps;
+    const held = await activity.lock(repo.repoId, SWAP_LOCK_WAIT_MS);
+    if (!held) throw new Error('repository busy (write lock held), swap deferred');
     try {
-      await storage.install(staged, repoId);
+      if (!(await this.stillBehind(repo))) return false;
+      const swapping = activity.tryBegin(repo.repoId, 'swap');
+      if (!swapping) throw new Error(`replica busy (${activity.runningOn(repo.repoId).join(', ')}), swap deferred`);
+      try {
+        await storage.install(staged, repo.repoId);
+      } finally {
+        swapping.end();
+      }
+      return true;
     } finally {
-      await store.releaseLock(repoId, lock.token);
+      await held.release();
     }
+  }
+
+  /** stillBehind says whether the store still wants this node's replica of `repo` and does not count it in sync. */
+  private async stillBehind(repo: RepoRecord): Promise<boolean> {
+    const { store, storage, nodeId } = this.deps;
+    const now = await store.getRepo(repo.repoId);
+    if (!now || now.incarnation !== repo.incarnation || !now.replicas.includes(nodeId)) return false;
+    const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
+    return !isInSync(now, own) || (await storage.incarnationOf(repo.repoId)) !== now.incarnation;
   }
 
   /**
@@ -287,16 +355,25 @@ export class RepairWorker {
     if (code !== 0) throw new Error(`${args[0]!} from ${url} failed (${signal ?? code}): ${tail.trim().split(/[\r\n]/).pop() ?? ''}`);
   }
 
-  /** collectGarbage deletes local replicas of repos that no longer exist or moved off this node. */
+  /**
+   * collectGarbage deletes local replicas of repos that no longer exist or moved off this node,
+   * each as the replica's `drop` activity (nothing else running on it), checked again once started.
+   */
   private async collectGarbage(): Promise<void> {
-    const { store, storage, nodeId, logger } = this.deps;
+    const { store, storage, nodeId, logger, activity } = this.deps;
     for (const repoId of await storage.listLocal()) {
       const repo = await store.getRepo(repoId);
       if (repo && repo.replicas.includes(nodeId)) continue;
-      const again = await store.getRepo(repoId);
-      if (again && again.replicas.includes(nodeId)) continue;
-      await storage.remove(repoId);
-      logger.info({ repoId }, 'removed a local replica this node no longer holds');
+      const dropping = activity.tryBegin(repoId, 'drop');
+      if (!dropping) continue;
+      try {
+        const again = await store.getRepo(repoId);
+        if (again && again.replicas.includes(nodeId)) continue;
+        await storage.remove(repoId);
+        logger.info({ repoId }, 'removed a local replica this node no longer holds');
+      } finally {
+        dropping.end();
+      }
     }
   }
 

@@ -52,7 +52,7 @@ export class Router {
 
   /**
    * route picks where to serve `repoId`; `write` requires a replica that can coordinate a push.
-   * Between a push's decision and its first confirmation no replica is in sync; a request
+   * Between a push's (or a create's) decision and its first confirmation no replica is in sync; a request
    * arriving then waits (up to COMMIT_WINDOW_WAIT_MS) for that confirmation instead of getting a
    * 503. Waiting serves nothing stale: the answer comes from a replica that confirmed.
    */
@@ -62,7 +62,7 @@ export class Router {
       const seen = await this.read(repoId, write);
       const route = await this.pick(seen);
       if (route) return route;
-      const committing = !seen.fromCache && seen.replicas.some((r) => isOneBehind(seen.repo, r));
+      const committing = !seen.fromCache && seen.repo.replicas.some((n) => isOneBehind(seen.repo, seen.replicas.find((r) => r.nodeId === n)));
       if (!committing || Date.now() >= deadline) throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -3,6 +3,7 @@ import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import type { Membership } from '../cluster/membership.js';
 import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+import type { RepoActivity } from './activity.js';
 
 /** DECOMMISSIONED_PREFIX keys the store settings that take a node out of placement. */
 export const DECOMMISSIONED_PREFIX = 'decommissioned/';
@@ -71,8 +72,9 @@ export function planReplicaSet(p: PlanInput): Plan | null {
  * Steward keeps every repo at R healthy replicas: for each repo whose lowest-id live in-sync
  * replica is this node, it re-replicates away from nodes down longer than `replaceAfterMs` or
  * decommissioned, and, after `rebalance`, moves replicas onto new nodes. The replica set is
- * changed under the repo's write lock, so no push runs on a set being changed; added nodes
- * are marked `missing` and their repair worker copies the repo.
+ * changed under the repo's write lock (RepoActivity.lock, tried once: a busy repo is left for
+ * the next pass), so no push runs on a set being changed; added nodes are marked `missing` and
+ * their repair worker copies the repo, and a removed node's worker drops its copy.
  */
 export class Steward {
   private timer: NodeJS.Timeout | null = null;
@@ -80,8 +82,8 @@ export class Steward {
 
   constructor(
     private readonly deps: {
-      nodeId: string; store: ClusterStore; membership: Membership; logger: Logger;
-      replicationFactor: number; replaceAfterMs: number; lockTtlMs: number;
+      nodeId: string; store: ClusterStore; membership: Membership; logger: Logger; activity: RepoActivity;
+      replicationFactor: number; replaceAfterMs: number;
     },
   ) {}
 
@@ -124,9 +126,9 @@ export class Steward {
   }
 
   private async apply(repo: RepoRecord, plan: Plan): Promise<boolean> {
-    const { store, nodeId, logger } = this.deps;
-    const lock = await store.acquireLock(repo.repoId, nodeId, this.deps.lockTtlMs);
-    if (!lock) return false;
+    const { store, logger, activity } = this.deps;
+    const held = await activity.lock(repo.repoId, 0);
+    if (!held) return false;
     try {
       const now = await store.getRepo(repo.repoId);
       if (!now || now.incarnation !== repo.incarnation || now.replicas.join(',') !== repo.replicas.join(',')) return false;
@@ -135,7 +137,7 @@ export class Steward {
       logger.info({ repoId: repo.repoId, from: repo.replicas, to: plan.replicas, why: plan.why }, 'replica set changed');
       return true;
     } finally {
-      await store.releaseLock(repo.repoId, lock.token);
+      await held.release();
     }
   }
 }

@@ -197,10 +197,14 @@ export function isInSync(repo: RepoRecord, replica: ReplicaRecord | undefined): 
 }
 
 /**
- * isOneBehind says whether a replica is in sync at the generation before the repo's: what every
- * replica of a push looks like between the decision and its own confirmation, so usually a
- * commit still on its way rather than a replica that needs repair.
+ * isOneBehind says whether a replica is one step behind the repo: in sync at the generation
+ * before the repo's, or, at generation 0, with no record at all (a create's decision deletes
+ * every replica record; each replica's commit writes its own). That is what every replica of
+ * a push, or of a create, looks like between the decision and its own confirmation, so usually
+ * a commit still on its way rather than a replica that needs repair. A replica a create could
+ * not reach is marked `missing` by its coordinator, so it has a record and is not one behind.
  */
 export function isOneBehind(repo: RepoRecord, replica: ReplicaRecord | undefined): boolean {
-  return replica !== undefined && replica.state === 'in_sync' && replica.incarnation === repo.incarnation && replica.generation === repo.generation - 1;
+  if (replica === undefined) return repo.generation === 0;
+  return replica.state === 'in_sync' && replica.incarnation === repo.incarnation && replica.generation === repo.generation - 1;
 }

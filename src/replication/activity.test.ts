@@ -1,0 +1,134 @@
+import { describe, expect, it } from 'vitest';
+import type { Logger } from '../domain/logger.js';
+import type { ClusterStore, RepoLock } from '../store/types.js';
+import { mayStart, RepoActivity, type ActivityKind } from './activity.js';
+
+const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => quiet } as unknown as Logger;
+
+/** fakeLocks is the lock part of a store: one holder per repo, renewals counted. */
+function fakeLocks(): { store: ClusterStore; renewals: () => number; steal: (repoId: string) => void } {
+  const held = new Map<string, RepoLock>();
+  let token = 0;
+  let renewals = 0;
+  const store = {
+    acquireLock: async (repoId: string, holder: string, ttlMs: number) => {
+      if (held.has(repoId)) return null;
+      const lock = { repoId, holder, token: ++token, expiresAt: Date.now() + ttlMs };
+      held.set(repoId, lock);
+      return lock;
+    },
+    renewLock: async (repoId: string, t: number) => {
+      renewals++;
+      return held.get(repoId)?.token === t;
+    },
+    releaseLock: async (repoId: string, t: number) => {
+      if (held.get(repoId)?.token === t) held.delete(repoId);
+    },
+  } as unknown as ClusterStore;
+  return { store, renewals: () => renewals, steal: (repoId) => held.set(repoId, { repoId, holder: 'other', token: ++token, expiresAt: 0 }) };
+}
+
+function activity(store: ClusterStore = fakeLocks().store, lockTtlMs = 300): RepoActivity {
+  return new RepoActivity({ nodeId: 'n1', store, lockTtlMs, logger: quiet });
+}
+
+describe('MAY_START_DURING', () => {
+  // [kind, already running, may start]
+  const cases: Array<[ActivityKind, ActivityKind[], boolean]> = [
+    ['txn', [], true],
+    ['txn', ['txn', 'upload'], true],
+    ['txn', ['repack'], true],
+    ['txn', ['repair'], false],
+    ['txn', ['repair', 'swap'], false],
+    ['txn', ['drop'], false],
+    ['upload', ['txn', 'repair', 'repack'], true],
+    ['upload', ['repair', 'swap'], false],
+    ['upload', ['drop'], false],
+    ['repair', ['upload'], true],
+    ['repair', ['txn'], false],
+    ['repair', ['repair'], false],
+    ['repair', ['repack'], false],
+    ['swap', ['repair'], true],
+    ['swap', ['repair', 'upload'], false],
+    ['swap', ['repair', 'txn'], false],
+    ['repack', ['upload'], true],
+    ['repack', ['txn'], false],
+    ['repack', ['repack'], false],
+    ['drop', [], true],
+    ['drop', ['upload'], false],
+  ];
+  it.each(cases)('%s beside [%s]: %s', (kind, running, expected) => {
+    expect(mayStart(kind, running)).toBe(expected);
+  });
+});
+
+describe('RepoActivity', () => {
+  it('keeps a repair off a replica with a transaction running, and lets it start once the transaction ends', () => {
+    const a = activity();
+    const txn = a.tryBegin('o/r', 'txn')!;
+    expect(a.tryBegin('o/r', 'repair')).toBeNull();
+    expect(a.tryBegin('o/other', 'repair')).not.toBeNull();
+    txn.end();
+    txn.end();
+    const repair = a.tryBegin('o/r', 'repair');
+    expect(repair).not.toBeNull();
+    expect(a.tryBegin('o/r', 'txn')).toBeNull();
+    expect(a.runningOn('o/r')).toEqual(['repair']);
+  });
+
+  it('counts activities of one kind: the replica is idle only when the last ends', () => {
+    const a = activity();
+    const one = a.tryBegin('o/r', 'upload')!;
+    const two = a.tryBegin('o/r', 'upload')!;
+    one.end();
+    expect(a.isRunning('o/r', 'upload')).toBe(true);
+    expect(a.tryBegin('o/r', 'drop')).toBeNull();
+    two.end();
+    expect(a.runningOn('o/r')).toEqual([]);
+  });
+
+  it('beginUpload waits for a swap to end, and a swap does not start beside an upload', async () => {
+    const a = activity();
+    const repair = a.tryBegin('o/r', 'repair')!;
+    const swap = a.tryBegin('o/r', 'swap')!;
+    let uploading = false;
+    const upload = a.beginUpload('o/r').then((end) => { uploading = true; return end; });
+    await new Promise((r) => setTimeout(r, 30));
+    expect(uploading).toBe(false);
+    swap.end();
+    const end = await upload;
+    expect(uploading).toBe(true);
+    expect(a.tryBegin('o/r', 'swap')).toBeNull();
+    end();
+    expect(a.tryBegin('o/r', 'swap')).not.toBeNull();
+    repair.end();
+  });
+
+  it('begin gives up after its wait', async () => {
+    const a = activity();
+    a.tryBegin('o/r', 'drop');
+    const t0 = Date.now();
+    expect(await a.begin('o/r', 'upload', 50)).toBeNull();
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(45);
+  });
+
+  it('lock: one holder at a time, renewed while held, lost when taken away, free after release', async () => {
+    const locks = fakeLocks();
+    const a = activity(locks.store, 300);
+    const held = (await a.lock('o/r', 0))!;
+    expect(held.lock.token).toBe(1);
+    expect(await a.lock('o/r', 0)).toBeNull();
+    const waited = a.lock('o/r', 2_000);
+    await new Promise((r) => setTimeout(r, 250));
+    expect(locks.renewals()).toBeGreaterThan(0);
+    expect(held.lost()).toBe(false);
+    await held.release();
+    await held.release();
+    const next = (await waited)!;
+    expect(next.lock.token).toBe(2);
+    locks.steal('o/r');
+    await new Promise((r) => setTimeout(r, 250));
+    expect(next.lost()).toBe(true);
+    await next.release();
+  });
+});
