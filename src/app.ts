@@ -9,6 +9,7 @@ import { Authenticator } from './auth/tokens.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
 import { PeerClient } from './cluster/peer-client.js';
+import { loadTls, type TlsFiles } from './cluster/tls.js';
 import { errorMessage } from './domain/errors.js';
 import type { Logger } from './domain/logger.js';
 import { HookServer } from './git/proc-receive.js';
@@ -36,7 +37,7 @@ export interface NodeConfig {
   readonly nodeId: string;
   readonly host: string;
   readonly port: number;
-  /** advertiseUrl is the URL peers and proxies use; default http://127.0.0.1:<port>. */
+  /** advertiseUrl is the URL peers and proxies use; default http(s)://<host>:<port>. */
   readonly advertiseUrl?: string;
   readonly dataDir: string;
   readonly store: StoreUrl;
@@ -67,6 +68,8 @@ export interface NodeConfig {
   /** auth: `tokens` (writes need a token) or `open` (anyone who can reach the node is admin). */
   readonly auth: 'open' | 'tokens';
   readonly logLevel: string;
+  /** tls: with `cert` and `key` the node serves HTTPS; `ca` verifies `https://` peers. Read at start. */
+  readonly tls?: TlsFiles;
 }
 
 /** DEFAULTS are the node's defaults, shared by the CLI and tests. */
@@ -110,6 +113,7 @@ function hooksDir(): string {
  */
 export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const logger = pino({ level: cfg.logLevel, base: { node: cfg.nodeId } }) as unknown as Logger & FastifyInstance['log'];
+  const tls = await loadTls(cfg.tls ?? {});
   // The data dir holds the store (with the peer secret), the txn log and every replica: this
   // user's alone. The umask covers what the node and its git processes create from now on.
   process.umask(0o077);
@@ -141,8 +145,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
 
-  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000 });
-  const url = cfg.advertiseUrl ?? `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
+  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
+  const url = cfg.advertiseUrl ?? `${tls.server ? 'https' : 'http'}://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
   const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch }, { store, peers, logger, ttlMs: cfg.nodeTtlMs });
@@ -156,7 +160,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, onSeen: (repo, replicas) => router.remember(repo, replicas) });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
   // activity reaches the HTTP layer for push uploads (beginUpload) once NodeDeps names it.
   const deps: NodeDeps & { readonly activity: RepoActivity } = {
@@ -168,7 +172,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
     },
   };
-  const app = buildHttpApp(deps, logger);
+  const app = buildHttpApp(deps, logger, tls.server);
   await app.listen({ host: cfg.host, port: cfg.port });
   await membership.start();
 

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { DEFAULTS, startNode, type NodeConfig } from '../app.js';
+import { DEFAULTS, startNode, type NodeConfig, type RunningNode } from '../app.js';
+import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
 import { parseStoreUrl } from '../store/open.js';
@@ -8,6 +9,20 @@ interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
   replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
   maxGitPerClient?: string; bodyIdleTimeout?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
+  tlsCert?: string; tlsKey?: string; tlsCa?: string;
+}
+
+/** tlsFiles reads --tls-cert/--tls-key/--tls-ca (TLS_CERT, TLS_KEY, TLS_CA); cert and key come together. */
+function tlsFiles(o: ServeOptions, env: NodeJS.ProcessEnv): TlsFiles | undefined {
+  const pick = (flag: string | undefined, name: string): string | undefined => (flag ?? env[name]) || undefined;
+  const cert = pick(o.tlsCert, 'TLS_CERT');
+  const key = pick(o.tlsKey, 'TLS_KEY');
+  const ca = pick(o.tlsCa, 'TLS_CA');
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new Error(`--tls-cert (TLS_CERT) and --tls-key (TLS_KEY) go together: only ${cert === undefined ? '--tls-key' : '--tls-cert'} is given`);
+  }
+  if (cert === undefined && ca === undefined) return undefined;
+  return { ...(cert !== undefined ? { cert } : {}), ...(key !== undefined ? { key } : {}), ...(ca !== undefined ? { ca } : {}) };
 }
 
 /** parseSize reads `512k`, `100m`, `2g` or plain bytes. */
@@ -55,6 +70,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
   }
   const replicationFactor = int(o.replicationFactor ?? env.REPLICATION_FACTOR, 'replication factor', DEFAULTS.replicationFactor);
   if (replicationFactor < 1) throw new Error('replication factor must be >= 1');
+  const tls = tlsFiles(o, env);
   const maxGitProcesses = int(o.maxGitProcesses ?? env.MAX_GIT_PROCESSES, 'max git processes', DEFAULTS.maxGitProcesses);
   if (maxGitProcesses < 1) throw new Error('max git processes must be >= 1');
   return {
@@ -83,6 +99,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     stewardIntervalMs: int(env.STEWARD_INTERVAL_MS, 'STEWARD_INTERVAL_MS', DEFAULTS.stewardIntervalMs),
     auth: parseAuth(o.auth ?? env.AUTH),
     logLevel: o.logLevel ?? env.LOG_LEVEL ?? DEFAULTS.logLevel,
+    ...(tls ? { tls } : {}),
   };
 }
 
@@ -108,6 +125,9 @@ export function registerServe(program: Command): void {
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
     .option('--auth <mode>', 'tokens: pushes and admin calls need a token (default); open: no checks, trusted networks only (env AUTH)')
     .option('--replace-after <duration>', 're-create the replicas of a node down this long, e.g. 10m (env REPLACE_AFTER, default 10m)')
+    .option('--tls-cert <pem>', 'serve HTTPS with this certificate (chain); needs --tls-key (env TLS_CERT)')
+    .option('--tls-key <pem>', 'private key of --tls-cert (env TLS_KEY)')
+    .option('--tls-ca <pem>', 'CA that https:// peers are verified against, default the system CAs (env TLS_CA)')
     .action(async (o: ServeOptions) => {
       let cfg: NodeConfig;
       try {
@@ -116,7 +136,14 @@ export function registerServe(program: Command): void {
         process.stderr.write(`git-replication serve: ${errorMessage(err)}\n`);
         process.exit(2);
       }
-      const node = await startNode(cfg);
+      let node: RunningNode;
+      try {
+        node = await startNode(cfg);
+      } catch (err) {
+        if (!(err instanceof TlsConfigError)) throw err;
+        process.stderr.write(`git-replication serve: ${err.message}\n`);
+        process.exit(2);
+      }
       const stop = (): void => {
         node.close().then(() => process.exit(0), () => process.exit(1));
       };

@@ -25,13 +25,14 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
 
 /**
  * PeerClient makes the signed internal calls of the replication protocol to other nodes over
- * pooled keep-alive connections (undici).
+ * pooled keep-alive connections (undici), over HTTPS to `https://` peers.
  */
 export class PeerClient {
   private readonly agent: Dispatcher;
 
-  constructor(private readonly opts: { nodeId: string; secret: () => string; timeoutMs: number }) {
-    this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1 });
+  /** `ca` (PEM) verifies `https://` peers instead of the system CAs. */
+  constructor(private readonly opts: { nodeId: string; secret: () => string; timeoutMs: number; ca?: Buffer }) {
+    this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1, ...(opts.ca ? { connect: { ca: opts.ca } } : {}) });
   }
 
   /** postJson sends a signed JSON call (the signature covers the body) and maps the answer. */

@@ -16,9 +16,10 @@ function isGitRoute(req: FastifyRequest): boolean {
 /**
  * buildHttpApp assembles the Fastify app: one route group per file, and one error handler that
  * turns AppErrors and Fastify's own client errors (bad JSON, schema, size) into 4xx answers with
- * a message, and anything else into a logged 500.
+ * a message, and anything else into a logged 500. With `tls` it listens with HTTPS.
  */
-export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | boolean): FastifyInstance {
+export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | boolean, tls: { cert: Buffer; key: Buffer } | null = null): FastifyInstance {
+  const server = { headersTimeout: 30_000 };
   const app = Fastify({
     loggerInstance: typeof logger === 'boolean' ? undefined : logger,
     bodyLimit: deps.config.bodyLimit,
@@ -27,7 +28,9 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     requestTimeout: 0,
     connectionTimeout: 0,
     keepAliveTimeout: 65_000,
-    http: { headersTimeout: 30_000 },
+    http: server,
+    // With a certificate and key the same routes are served over HTTPS (Fastify then ignores `http`).
+    ...(tls ? { https: { ...tls, ...server } } : {}),
     maxParamLength: 256,
     // Bodies are validated as sent: `{"repo_id":["o/x"]}` is a 400, not coerced to a string.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },

@@ -63,6 +63,8 @@ export class RepairWorker {
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
       /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
       repackAfterPacks?: number;
+      /** caFile verifies `https://` peers in repair fetches (git's http.sslCAInfo); default the system CAs. */
+      caFile?: string;
     },
   ) {}
 
@@ -331,7 +333,7 @@ export class RepairWorker {
       cwd,
       config: {
         'http.extraHeader': `${HOP_HEADER}: ${this.deps.hopToken()}`, 'transfer.fsckObjects': 'true', 'protocol.version': '2',
-        'core.fsync': 'committed', 'core.fsyncMethod': 'fsync',
+        'core.fsync': 'committed', 'core.fsyncMethod': 'fsync', ...(this.deps.caFile ? { 'http.sslCAInfo': this.deps.caFile } : {}),
       },
       timeoutMs: 3_600_000,
     });
