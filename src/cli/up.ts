@@ -3,12 +3,14 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
+import { Agent, request, type Dispatcher } from 'undici';
 import { errorMessage } from '../domain/errors.js';
+import { makeLocalCa, OpensslMissingError, type LocalCa } from '../cluster/local-ca.js';
 import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
 
 interface UpOptions {
   nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
-  etcdUrl?: string; etcdPort?: string;
+  etcdUrl?: string; etcdPort?: string; tls?: boolean;
 }
 
 /**
@@ -34,19 +36,30 @@ export interface ClusterFile {
   readonly etcd?: { url: string; pid: number | null; dataDir: string | null; managed: boolean };
 }
 
-async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number): Promise<void> {
+async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number, dispatcher: Dispatcher | undefined): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`node at ${url} exited with code ${child.exitCode}`);
     try {
-      const res = await fetch(`${url}/health`);
-      if (res.ok) return;
+      const res = await request(`${url}/health`, { dispatcher });
+      await res.body.dump();
+      if (res.statusCode === 200) return;
     } catch {
       // not listening yet
     }
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`node at ${url} did not become healthy in ${timeoutMs} ms`);
+}
+
+/** localCa makes the throw-away CA and node certificates of `up --tls` in `<data>/tls`, or exits 2 without openssl. */
+async function localCa(data: string, n: number): Promise<LocalCa> {
+  try {
+    return await makeLocalCa(join(data, 'tls'), Array.from({ length: n }, (_, i) => `node-${i + 1}`));
+  } catch (err) {
+    process.stderr.write(`git-replication up --tls: ${errorMessage(err)}\n`);
+    process.exit(err instanceof OpensslMissingError ? 2 : 1);
+  }
 }
 
 /** registerUp adds `git-replication up`: a local cluster of N node processes sharing one store. */
@@ -62,6 +75,7 @@ export function registerUp(program: Command): void {
     .option('--write-quorum <n>', 'replicas that must confirm a write (default majority)')
     .option('--replication-factor <n>', 'replicas per repo (default min(3, nodes))')
     .option('--log-level <level>', 'node log level', 'info')
+    .option('--tls', 'serve HTTPS: make a throw-away local CA and node certificates in <data>/tls (needs openssl)')
     .action(async (o: UpOptions) => {
       const n = Number(o.nodes);
       const base = Number(o.basePort);
@@ -109,6 +123,8 @@ export function registerUp(program: Command): void {
         etcdEntry = { url: etcd.url, pid: etcd.pid, dataDir: etcd.dataDir, managed: true };
         process.stdout.write(`git-replication: etcd up at ${etcd.url} (data ${etcd.dataDir}, log ${etcd.logFile})\n`);
       }
+      const tls = o.tls ? await localCa(data, n) : null;
+      const scheme = tls ? 'https' : 'http';
       const main = fileURLToPath(new URL('./main.js', import.meta.url));
       const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string }> = [];
       for (let i = 1; i <= n; i++) {
@@ -118,8 +134,10 @@ export function registerUp(program: Command): void {
         const args = [main, 'serve', '--id', id, '--port', String(port), '--data-dir', dataDir, '--store', store, '--log-level', o.logLevel ?? 'info'];
         if (o.writeQuorum) args.push('--write-quorum', o.writeQuorum);
         args.push('--replication-factor', o.replicationFactor ?? String(Math.min(3, n)));
+        const files = tls?.nodes[id];
+        if (tls && files) args.push('--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', tls.ca);
         const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
-        children.push({ id, url: `http://127.0.0.1:${port}`, child, dataDir });
+        children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir });
       }
       let stopping = false;
       const stopAll = async (code: number): Promise<void> => {
@@ -141,12 +159,15 @@ export function registerUp(program: Command): void {
       process.once('SIGINT', () => void stopAll(0));
       process.once('SIGTERM', () => void stopAll(0));
       process.once('SIGHUP', () => void stopAll(0));
+      const agent = tls ? new Agent({ connect: { ca: await readFile(tls.ca) } }) : undefined;
       try {
-        await Promise.all(children.map((c) => waitHealthy(c.url, c.child, 60_000)));
+        await Promise.all(children.map((c) => waitHealthy(c.url, c.child, 60_000, agent)));
       } catch (err) {
         process.stderr.write(`git-replication up: ${errorMessage(err)}\n`);
         await stopAll(1);
         return;
+      } finally {
+        await agent?.close();
       }
       const file: ClusterFile = { store, nodes: children.map((c) => ({ id: c.id, url: c.url, pid: c.child.pid ?? -1, dataDir: c.dataDir })), ...(etcdEntry ? { etcd: etcdEntry } : {}) };
       await writeFile(join(data, 'cluster.json'), `${JSON.stringify(file, null, 2)}\n`);
@@ -155,14 +176,18 @@ export function registerUp(program: Command): void {
       const token = await adminToken(data, children.map((c) => c.dataDir));
       const first = children[0]!.url;
       const last = children[children.length - 1]!.url;
+      // With --tls every client needs the throw-away CA: curl --cacert, git -c http.sslCAInfo.
+      const curl = tls ? `curl --cacert ${tls.ca}` : 'curl';
+      const gitc = tls ? `git -c http.sslCAInfo=${tls.ca}` : 'git';
+      if (tls) process.stdout.write(`  CA certificate (trust it for these URLs only): ${tls.ca}\n`);
       if (token) {
-        const push = first.replace('http://', `http://admin:${token}@`);
+        const push = first.replace(`${scheme}://`, `${scheme}://admin:${token}@`);
         process.stdout.write(`\nadmin token (also in ${join(data, 'admin-token')}): ${token}\n`);
-        process.stdout.write(`\ntry:\n  curl -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
-        process.stdout.write(`  git clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && git push ${push}/demo/hello.git HEAD:main\n`);
+        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && ${gitc} push ${push}/demo/hello.git HEAD:main\n`);
       } else {
-        process.stdout.write(`\ntry:\n  curl -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
-        process.stdout.write(`  git clone ${last}/demo/hello.git\n`);
+        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n`);
       }
       process.stdout.write('\nCtrl-C stops the cluster.\n');
       for (const c of children) {
