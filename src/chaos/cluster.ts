@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { Agent, fetch as undiciFetch } from 'undici';
 
 /** projectRoot walks up from this file to the directory holding package.json. */
 function projectRoot(): string {
@@ -50,7 +51,16 @@ export interface ClusterOptions {
   store?: string;
   /** nodeStore gives a node another `--store` URL for the same store (e.g. through a fault proxy). */
   nodeStore?: Record<string, string>;
+  /**
+   * tls starts every node with HTTPS (TLS_CERT, TLS_KEY, TLS_CA in its env; `nodeEnv` may
+   * override them): `certs(id)` names a node's certificate and key, `ca` the CA that signed them.
+   * URLs are then `https://127.0.0.1:<port>` and the harness's own calls trust `ca`.
+   */
+  tls?: { ca: string; certs: (nodeId: string) => { cert: string; key: string } };
 }
+
+/** HarnessFetch is the subset of fetch the harness uses (global fetch, or undici's with a CA). */
+type HarnessFetch = (url: string, init?: { method?: string; headers?: Record<string, string>; body?: string }) => Promise<{ ok: boolean; status: number; text(): Promise<string>; json(): Promise<unknown> }>;
 
 /** FAST_ENV shortens the cluster's timers so failure tests run in seconds. */
 export const FAST_ENV: Record<string, string> = {
@@ -66,7 +76,18 @@ export class TestCluster {
   readonly nodes: TestNode[] = [];
   /** authToken, when set, is sent as a Bearer token by api() (clusters with AUTH=tokens). */
   authToken: string | null = null;
-  private constructor(readonly root: string, readonly store: string, private readonly opts: ClusterOptions) {}
+  private readonly fetch: HarnessFetch;
+  private readonly agent: Agent | null;
+  private constructor(readonly root: string, readonly store: string, private readonly opts: ClusterOptions) {
+    this.agent = opts.tls ? new Agent({ connect: { ca: readFileSync(opts.tls.ca) } }) : null;
+    const agent = this.agent;
+    this.fetch = agent ? (url, init) => undiciFetch(url, { ...init, dispatcher: agent }) : (url, init) => fetch(url, init);
+  }
+
+  /** scheme is `https` for a cluster started with `tls`, else `http`. */
+  get scheme(): 'http' | 'https' {
+    return this.opts.tls ? 'https' : 'http';
+  }
 
   /** start launches every node and waits until each is healthy and sees all the others. */
   static async start(opts: ClusterOptions): Promise<TestCluster> {
@@ -74,7 +95,7 @@ export class TestCluster {
     const c = new TestCluster(root, opts.store ?? `sqlite:${join(root, 'cluster.db')}`, opts);
     for (let i = 1; i <= opts.nodes; i++) {
       const port = await freePort();
-      c.nodes.push({ id: `node-${i}`, port, url: `http://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '' });
+      c.nodes.push({ id: `node-${i}`, port, url: `${c.scheme}://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '' });
     }
     try {
       await Promise.all(c.nodes.map((n) => c.spawn(n)));
@@ -111,7 +132,9 @@ export class TestCluster {
   private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
     const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.opts.nodeStore?.[n.id] ?? this.store];
     if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
-    const env = { ...process.env, ...FAST_ENV, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };
+    const tls = this.opts.tls ? { ...this.opts.tls.certs(n.id), ca: this.opts.tls.ca } : null;
+    const tlsEnv: Record<string, string> = tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {};
+    const env = { ...process.env, ...FAST_ENV, ...tlsEnv, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };
     // A node given its own REPLICATION_FACTOR keeps it (the flag would override the variable).
     if (this.opts.nodeEnv?.[n.id]?.REPLICATION_FACTOR === undefined) args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
     const proc = spawn(process.execPath, args, {
@@ -131,7 +154,7 @@ export class TestCluster {
       for (;;) {
         if (n.proc && n.proc.exitCode !== null) throw new Error(`${n.id} exited: ${n.log.slice(-2000)}`);
         try {
-          if ((await fetch(`${n.url}/health`)).ok) break;
+          if ((await this.fetch(`${n.url}/health`)).ok) break;
         } catch {
           // not up yet
         }
@@ -146,7 +169,7 @@ export class TestCluster {
     const running = this.nodes.filter((n) => n.proc && n.proc.exitCode === null && n.proc.signalCode === null);
     await waitFor(async () => {
       for (const n of running) {
-        const h = (await (await fetch(`${n.url}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
+        const h = (await (await this.fetch(`${n.url}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
         const live = new Set(h.peer_nodes.filter((p) => p.live).map((p) => p.id));
         if (running.some((o) => o !== n && !live.has(o.id))) return false;
       }
@@ -185,7 +208,7 @@ export class TestCluster {
   async addNode(extraEnv: Record<string, string> = {}): Promise<number> {
     const i = this.nodes.length + 1;
     const port = await freePort();
-    const n: TestNode = { id: `node-${i}`, port, url: `http://127.0.0.1:${port}`, dataDir: join(this.root, `node-${i}`), proc: null, log: '' };
+    const n: TestNode = { id: `node-${i}`, port, url: `${this.scheme}://127.0.0.1:${port}`, dataDir: join(this.root, `node-${i}`), proc: null, log: '' };
     this.nodes.push(n);
     await this.spawn(n, extraEnv);
     await this.waitHealthy([n]);
@@ -202,7 +225,7 @@ export class TestCluster {
 
   /** api calls the JSON API of node i. */
   async api(i: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-    const res = await fetch(`${this.url(i)}${path}`, {
+    const res = await this.fetch(`${this.url(i)}${path}`, {
       method,
       headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(this.authToken ? { authorization: `Bearer ${this.authToken}` } : {}) },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
@@ -241,6 +264,7 @@ export class TestCluster {
   /** stopAll kills every node and removes the data. */
   async destroy(): Promise<void> {
     await Promise.all(this.nodes.map((_, i) => { this.resume(i + 1); return this.kill(i + 1); }));
+    await this.agent?.close();
     await rm(this.root, { recursive: true, force: true });
   }
 
