@@ -5,6 +5,8 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { PeerVerifier, signHop, verifyHop } from './auth/peer-signature.js';
+import { AuditLog } from './auth/audit.js';
+import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
@@ -126,7 +128,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
 
   const store: ClusterStore = await openStore(cfg.store);
   const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
-  const auth = new Authenticator(store, cfg.auth);
+  const directory = new Directory(store);
+  const auth = new Authenticator(store, cfg.auth, directory);
   if (cfg.auth === 'tokens') {
     const token = await auth.bootstrapAdmin();
     if (token) {
@@ -162,11 +165,10 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   load.start();
   const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
-  // activity reaches the HTTP layer for push uploads (beginUpload) once NodeDeps names it.
-  const deps: NodeDeps & { readonly activity: RepoActivity } = {
+  const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
-    participant, coordinator, router, metrics, load, repair, auth, hops,
+    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId),
     config: {
       hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION,
       limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ClusterStore } from '../store/types.js';
-import { Authenticator, hashToken, tokenFromHeader } from './tokens.js';
+import { Directory } from './directory.js';
+import { Authenticator, hashToken, readTokenInfo, tokenFromHeader } from './tokens.js';
 
 const basic = (s: string): string => `Basic ${Buffer.from(s).toString('base64')}`;
 
@@ -25,19 +26,44 @@ describe('tokenFromHeader', () => {
 describe('Authenticator', () => {
   // The store edge: one good token, every other look-up misses.
   const good = 'grt_good';
-  const store = { getMeta: (key: string) => Promise.resolve(key === `tokens/${hashToken(good)}` ? JSON.stringify({ name: 'ci', role: 'write', createdAt: '' }) : null) } as unknown as ClusterStore;
+  // A token made before users existed: a name and a cluster role, no user.
+  const store = {
+    getMeta: (key: string) => Promise.resolve(key === `tokens/${hashToken(good)}` ? JSON.stringify({ name: 'ci', role: 'write', createdAt: '' }) : null),
+    listMeta: () => Promise.resolve([]),
+    setMeta: () => Promise.resolve(),
+  } as unknown as ClusterStore;
+  const directory = new Directory(store);
 
   it('keeps its cache bounded under a flood of random tokens', async () => {
-    const auth = new Authenticator(store, 'tokens');
-    for (let i = 0; i < 10_000; i++) await expect(auth.require(`Bearer grt_random_${i}`, 'read')).rejects.toMatchObject({ statusCode: 401 });
+    const auth = new Authenticator(store, 'tokens', directory);
+    // From many addresses, so the per-address limit on failures does not stop the flood first.
+    for (let i = 0; i < 10_000; i++) await expect(auth.require(`Bearer grt_random_${i}`, 'read', `10.0.${i >> 8}.${i & 255}`)).rejects.toMatchObject({ statusCode: 401 });
     expect(auth.cachedCount).toBeLessThanOrEqual(4_096);
-    await expect(auth.require(`Bearer ${good}`, 'write')).resolves.toMatchObject({ name: 'ci' });
+    await expect(auth.require(`Bearer ${good}`, 'write')).resolves.toMatchObject({ token: { name: 'ci', user: 'admin', scope: 'write' }, principal: { user: 'admin', admin: true } });
+  });
+
+  it('answers 429 with Retry-After to an address past 20 failures a minute, and only to it', async () => {
+    const auth = new Authenticator(store, 'tokens', directory);
+    for (let i = 0; i < 20; i++) await expect(auth.identify(`Bearer grt_guess_${i}`, '10.9.9.9')).rejects.toMatchObject({ statusCode: 401 });
+    const limited = await auth.identify(`Bearer ${good}`, '10.9.9.9').then(() => null, (e: unknown) => e as { statusCode: number; data: { retryAfter?: unknown } });
+    expect(limited?.statusCode).toBe(429);
+    expect(typeof limited?.data.retryAfter).toBe('number');
+    await expect(auth.identify(`Bearer ${good}`, '10.9.9.10')).resolves.toMatchObject({ token: { name: 'ci' } });
   });
 
   it('identify: no header is anonymous, a bad token is a 401, a role too low is a 403', async () => {
-    const auth = new Authenticator(store, 'tokens');
+    const auth = new Authenticator(store, 'tokens', directory);
     await expect(auth.identify(undefined)).resolves.toBeNull();
     await expect(auth.identify('Bearer grt_bad')).rejects.toMatchObject({ statusCode: 401 });
     await expect(auth.require(`Bearer ${good}`, 'admin')).rejects.toMatchObject({ statusCode: 403 });
+  });
+});
+
+describe('readTokenInfo (migration of cluster-role tokens)', () => {
+  it('reads a token of before users as the built-in admin user with its role as scope', () => {
+    expect(readTokenInfo(JSON.stringify({ name: 'ci', role: 'read', createdAt: 'x' }))).toEqual({ name: 'ci', user: 'admin', scope: 'read', createdAt: 'x' });
+  });
+  it('reads a user token as it is', () => {
+    expect(readTokenInfo(JSON.stringify({ name: 'ci', user: 'alice', scope: 'write', createdAt: 'x', expiresAt: 'y' }))).toEqual({ name: 'ci', user: 'alice', scope: 'write', createdAt: 'x', expiresAt: 'y' });
   });
 });

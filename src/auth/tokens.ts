@@ -1,28 +1,56 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { forbidden, unauthorized } from '../domain/errors.js';
+import { AppError, badRequest, forbidden, notFound, unauthorized } from '../domain/errors.js';
 import type { ClusterStore } from '../store/types.js';
+import { ADMIN_USER, DIRECTORY_CACHE_MS, type Directory } from './directory.js';
+import { atLeast, maxScope, type Principal, type Role } from './policy.js';
 
-/** Role is what a token may do: read repos, also push, or also administer the cluster. */
-export type Role = 'read' | 'write' | 'admin';
+export type { Role } from './policy.js';
 
-/** TokenInfo is what the store keeps of a token (never the token itself). */
+/**
+ * TokenInfo is what the store keeps of a token (never the token itself). Tokens made before
+ * users existed have `role` and no `user`: they are tokens of the built-in admin user with that
+ * scope (`readTokenInfo`).
+ */
 export interface TokenInfo {
   readonly name: string;
-  readonly role: Role;
+  readonly user: string;
+  readonly scope: Role;
   readonly createdAt: string;
+  /** expiresAt: ISO time after which the token fails; absent: never. */
+  readonly expiresAt?: string;
+}
+
+/** TokenView is what listing shows of a token: never the token or its full hash. */
+export interface TokenView extends TokenInfo {
+  readonly id: string;
+  readonly lastUsedAt: string | null;
+}
+
+/** Caller is an authenticated client: the token, its user, and the user's principal. */
+export interface Caller {
+  readonly token: TokenInfo & { readonly id: string };
+  readonly principal: Principal;
 }
 
 /** TOKEN_PREFIX keys hashed tokens in the store's settings. */
 export const TOKEN_PREFIX = 'tokens/';
-const RANK: Record<Role, number> = { read: 0, write: 1, admin: 2 };
+const USED_PREFIX = 'token-used/';
 /** CACHE_ENTRIES bounds the token cache. */
 const CACHE_ENTRIES = 4_096;
+/** LAST_USED_EVERY_MS: a token's last-used time is written at most this often. */
+const LAST_USED_EVERY_MS = 60_000;
+/** FAILURES_ALLOWED failed authentications per client address within FAILURE_WINDOW_MS, then 429. */
+const FAILURES_ALLOWED = 20;
+const FAILURE_WINDOW_MS = 60_000;
 /** OPEN_CALLER is every caller in `open` mode. */
-const OPEN_CALLER: TokenInfo = { name: 'anonymous', role: 'admin', createdAt: '' };
+const OPEN_CALLER: Caller = {
+  token: { id: 'open', name: 'anonymous', user: ADMIN_USER, scope: 'admin', createdAt: '' },
+  principal: { user: ADMIN_USER, admin: true, orgs: new Map() },
+};
 
-/** hasRole says whether a token's role includes `role`. */
-export function hasRole(info: TokenInfo | null, role: Role): boolean {
-  return info !== null && RANK[info.role] >= RANK[role];
+/** isAdmin says whether a caller is a cluster admin using an admin-scoped token. */
+export function isAdmin(caller: Caller | null): boolean {
+  return caller !== null && caller.principal.admin && caller.token.scope === 'admin';
 }
 
 /** hashToken is the store key of a token: SHA-256, so a leaked store does not leak tokens. */
@@ -30,9 +58,20 @@ export function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex');
 }
 
+/** tokenId is a token's public id: the first 16 hex digits of its hash. */
+export function tokenId(hash: string): string {
+  return hash.slice(0, 16);
+}
+
 /** newToken makes a random personal access token. */
 export function newToken(): string {
   return `grt_${randomBytes(24).toString('base64url')}`;
+}
+
+/** readTokenInfo reads a stored token, migrating one made before users existed. */
+export function readTokenInfo(raw: string): TokenInfo {
+  const t = JSON.parse(raw) as Partial<TokenInfo> & { role?: Role };
+  return { name: t.name ?? 'unnamed', user: t.user ?? ADMIN_USER, scope: t.scope ?? t.role ?? 'read', createdAt: t.createdAt ?? '', ...(t.expiresAt ? { expiresAt: t.expiresAt } : {}) };
 }
 
 /** MAX_TOKEN_LENGTH bounds what is hashed and looked up; real tokens are 36 characters. */
@@ -63,14 +102,18 @@ export function tokenFromHeader(header: string | undefined): string | null {
 }
 
 /**
- * Authenticator checks client credentials against hashed tokens in the store (cached briefly).
+ * Authenticator checks client credentials against hashed tokens in the store. Look-ups are
+ * cached for at most DIRECTORY_CACHE_MS (a revoked or expired token, or a disabled user, fails on
+ * every node within that time), in a bounded cache. Failed authentications are counted per
+ * client address: past FAILURES_ALLOWED in a minute, the address gets 429 for the rest of it.
  * In `open` mode every caller is an admin: for a trusted network or a laptop only.
  */
 export class Authenticator {
-  /** cache holds recent look-ups, good and bad, bounded (oldest out first): random tokens cannot grow it. */
   private readonly cache = new Map<string, { info: TokenInfo | null; at: number }>();
+  private readonly failures = new Map<string, { count: number; since: number }>();
+  private readonly usedWritten = new Map<string, number>();
 
-  constructor(private readonly store: ClusterStore, readonly mode: 'open' | 'tokens') {}
+  constructor(private readonly store: ClusterStore, readonly mode: 'open' | 'tokens', private readonly directory: Directory) {}
 
   /** cachedCount is how many look-ups the cache holds (bounded by CACHE_ENTRIES). */
   get cachedCount(): number {
@@ -78,35 +121,66 @@ export class Authenticator {
   }
 
   /**
-   * identify returns the caller's token info when the request carries a valid token, and null
-   * when it carries none; a bad token is refused (401), so a typo is not silently anonymous.
+   * identify returns the caller when the request carries a valid token, and null when it
+   * carries none; a bad token is refused (401), so a typo is not silently anonymous.
    */
-  async identify(authorization: string | undefined): Promise<TokenInfo | null> {
+  async identify(authorization: string | undefined, client = ''): Promise<Caller | null> {
     if (this.mode === 'open') return OPEN_CALLER;
     if (!authorization) return null;
+    this.checkRate(client);
     const token = tokenFromHeader(authorization);
-    if (!token) throw unauthorized('malformed authorization header: use a token as the password (git) or a Bearer token');
-    const info = await this.lookup(hashToken(token));
-    if (!info) throw unauthorized('invalid token');
-    return info;
+    if (!token) throw this.failed(client, 'malformed authorization header: use a token as the password (git) or a Bearer token');
+    const hash = hashToken(token);
+    const info = await this.lookup(hash);
+    if (!info) throw this.failed(client, 'invalid token');
+    if (info.expiresAt && Date.parse(info.expiresAt) <= Date.now()) throw this.failed(client, `token '${info.name}' expired at ${info.expiresAt}`);
+    const user = await this.directory.user(info.user);
+    if (!user || user.disabled) throw this.failed(client, `user ${info.user} is disabled`);
+    this.noteUsed(hash);
+    return { token: { ...info, id: tokenId(hash) }, principal: await this.directory.principal(user) };
   }
 
-  /** require returns the caller's token info or throws 401 (no or bad token) / 403 (role too low). */
-  async require(authorization: string | undefined, role: Role): Promise<TokenInfo> {
-    if (this.mode === 'open') return OPEN_CALLER;
-    const token = tokenFromHeader(authorization);
-    if (!token) throw unauthorized('authentication required: use a token as the password (git) or a Bearer token');
-    const info = await this.lookup(hashToken(token));
-    if (!info) throw unauthorized('invalid token');
-    if (RANK[info.role] < RANK[role]) throw forbidden(`token '${info.name}' has role ${info.role}; ${role} needed`);
-    return info;
+  /** require returns the caller or throws 401 (no or bad token) / 403 (scope too low). */
+  async require(authorization: string | undefined, scope: Role, client = ''): Promise<Caller> {
+    const caller = await this.identify(authorization, client);
+    if (!caller) throw unauthorized('authentication required: use a token as the password (git) or a Bearer token');
+    if (!atLeast(caller.token.scope, scope)) throw forbidden(`token '${caller.token.name}' has scope ${caller.token.scope}; ${scope} needed`);
+    if (scope === 'admin' && !caller.principal.admin) throw forbidden(`user ${caller.principal.user} is not a cluster admin`);
+    return caller;
+  }
+
+  private checkRate(client: string): void {
+    const f = this.failures.get(client);
+    if (!f) return;
+    const left = f.since + FAILURE_WINDOW_MS - Date.now();
+    if (left <= 0) this.failures.delete(client);
+    else if (f.count >= FAILURES_ALLOWED) {
+      throw new AppError('ERR_RATE_LIMITED', 429, `too many failed authentications from this address, try again in ${Math.ceil(left / 1000)} s`, { retryAfter: Math.ceil(left / 1000) });
+    }
+  }
+
+  private failed(client: string, message: string): AppError {
+    const now = Date.now();
+    const f = this.failures.get(client);
+    if (!f || now - f.since > FAILURE_WINDOW_MS) this.failures.set(client, { count: 1, since: now });
+    else f.count++;
+    if (this.failures.size > 10_000) this.failures.clear();
+    return unauthorized(message);
+  }
+
+  private noteUsed(hash: string): void {
+    const now = Date.now();
+    if (now - (this.usedWritten.get(hash) ?? 0) < LAST_USED_EVERY_MS) return;
+    this.usedWritten.set(hash, now);
+    if (this.usedWritten.size > CACHE_ENTRIES) this.usedWritten.clear();
+    void this.store.setMeta(`${USED_PREFIX}${hash}`, new Date(now).toISOString()).catch(() => undefined);
   }
 
   private async lookup(hash: string): Promise<TokenInfo | null> {
     const hit = this.cache.get(hash);
-    if (hit && Date.now() - hit.at < 5_000) return hit.info;
+    if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) return hit.info;
     const raw = await this.store.getMeta(`${TOKEN_PREFIX}${hash}`);
-    const info = raw ? (JSON.parse(raw) as TokenInfo) : null;
+    const info = raw ? readTokenInfo(raw) : null;
     this.cache.delete(hash);
     this.cache.set(hash, { info, at: Date.now() });
     // A Map iterates in insertion order: the first key is the oldest entry.
@@ -114,11 +188,48 @@ export class Authenticator {
     return info;
   }
 
-  /** create stores a new token's hash and returns the token, which is shown only this once. */
-  async create(name: string, role: Role): Promise<string> {
+  /**
+   * create stores a new token's hash for `user` and returns the token, shown only this once.
+   * The scope may not exceed what the user may hold (admin only for cluster admins).
+   */
+  async create(user: string, name: string, scope: Role, expiresAt?: string): Promise<{ token: string; info: TokenView }> {
+    const u = await this.directory.user(user);
+    if (!u) throw notFound(`user ${user} not found`);
+    if (u.disabled) throw badRequest(`user ${user} is disabled`);
+    const p = await this.directory.principal(u);
+    if (!atLeast(maxScope(p), scope)) throw forbidden(`user ${user} may hold tokens up to scope ${maxScope(p)}`);
+    if (expiresAt !== undefined && !(Date.parse(expiresAt) > Date.now())) throw badRequest('expires_at must be a time in the future');
     const token = newToken();
-    await this.store.setMeta(`${TOKEN_PREFIX}${hashToken(token)}`, JSON.stringify({ name, role, createdAt: new Date().toISOString() } satisfies TokenInfo));
-    return token;
+    const hash = hashToken(token);
+    const info: TokenInfo = { name, user, scope, createdAt: new Date().toISOString(), ...(expiresAt ? { expiresAt: new Date(expiresAt).toISOString() } : {}) };
+    await this.store.setMeta(`${TOKEN_PREFIX}${hash}`, JSON.stringify(info));
+    return { token, info: { ...info, id: tokenId(hash), lastUsedAt: null } };
+  }
+
+  /** list shows a user's tokens (every user's for null). */
+  async list(user: string | null): Promise<TokenView[]> {
+    const used = new Map((await this.store.listMeta(USED_PREFIX)).map((m) => [m.key.slice(USED_PREFIX.length), m.value]));
+    const out: TokenView[] = [];
+    for (const m of await this.store.listMeta(TOKEN_PREFIX)) {
+      const hash = m.key.slice(TOKEN_PREFIX.length);
+      const info = readTokenInfo(m.value);
+      if (user === null || info.user === user) out.push({ ...info, id: tokenId(hash), lastUsedAt: used.get(hash) ?? null });
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  /** revoke deletes a token by id; `user` limits it to that user's tokens. Returns the revoked token. */
+  async revoke(id: string, user: string | null): Promise<TokenView> {
+    for (const m of await this.store.listMeta(TOKEN_PREFIX)) {
+      const hash = m.key.slice(TOKEN_PREFIX.length);
+      const info = readTokenInfo(m.value);
+      if (tokenId(hash) !== id || (user !== null && info.user !== user)) continue;
+      await this.store.deleteMeta(m.key);
+      await this.store.deleteMeta(`${USED_PREFIX}${hash}`);
+      this.cache.delete(hash);
+      return { ...info, id, lastUsedAt: null };
+    }
+    throw notFound(`token ${id} not found`);
   }
 
   /**
@@ -126,10 +237,11 @@ export class Authenticator {
    * the compare-and-swap gets the token back (to write it to its data dir), the others get null.
    */
   async bootstrapAdmin(): Promise<string | null> {
+    await this.directory.ensureAdminUser();
     const token = newToken();
     const winner = await this.store.setMetaIfAbsent('admin_token_hash', hashToken(token));
     if (winner !== hashToken(token)) return null;
-    await this.store.setMeta(`${TOKEN_PREFIX}${hashToken(token)}`, JSON.stringify({ name: 'admin', role: 'admin', createdAt: new Date().toISOString() } satisfies TokenInfo));
+    await this.store.setMeta(`${TOKEN_PREFIX}${hashToken(token)}`, JSON.stringify({ name: 'admin', user: ADMIN_USER, scope: 'admin', createdAt: new Date().toISOString() } satisfies TokenInfo));
     return token;
   }
 }

@@ -1,18 +1,32 @@
 import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler, RouteOptions } from 'fastify';
-import { bodyDigest, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
-import type { Role, TokenInfo } from '../auth/tokens.js';
-import { unauthorized } from '../domain/errors.js';
+import { bodyDigest, HOP_HEADER, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
+import { decide, lower, repoRole, type Role } from '../auth/policy.js';
+import type { Caller } from '../auth/tokens.js';
+import { AppError, notFound, unauthorized } from '../domain/errors.js';
+import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import type { NodeDeps } from './deps.js';
+
+/**
+ * RepoAccess is the policy of a route that acts on one repository (`:owner/:repo` in its path):
+ * the role it needs there, and whether it is a git route (whose clients need a 401 to ask for
+ * credentials) or a REST one (where a private repository is simply not found).
+ */
+export interface RepoAccess {
+  readonly repo: Role | ((req: FastifyRequest) => Role);
+  readonly via: 'git' | 'rest';
+}
 
 /**
  * Access is a route's authorisation policy, declared in its options (`config.access`):
  * - `anonymous`: anyone; the caller's token, if any, is still read (some answers show more to admins);
- * - a role: a client token with at least that role;
+ * - a role: a client token with at least that scope (`admin`: also a cluster admin's);
+ * - `{ repo, via }`: a role on the repository the path names, decided by the one set of rules in
+ *   auth/policy.ts (visibility, ownership, organisations, grants, the token's scope);
  * - `peer`: a call signed by a cluster member for this node's incarnation (the signature's body
  *   digest is checked against the body once it is read);
  * - a function of the request, for routes whose need depends on it (info/refs: the service).
  */
-export type Access = 'anonymous' | 'peer' | Role | ((req: FastifyRequest) => 'anonymous' | Role);
+export type Access = 'anonymous' | 'peer' | Role | RepoAccess;
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -20,8 +34,8 @@ declare module 'fastify' {
     access?: Access;
   }
   interface FastifyRequest {
-    /** caller is the authenticated client token, when the request carried a valid one. */
-    caller: TokenInfo | null;
+    /** caller is the authenticated client, when the request carried a valid token. */
+    caller: Caller | null;
     /** peerDigest is the body digest a verified peer signature vouches for. */
     peerDigest: string | null;
   }
@@ -39,7 +53,7 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
   app.addHook('onRoute', (route: RouteOptions) => {
     const access = route.config?.access;
     if (access === undefined) throw new Error(`route ${String(route.method)} ${route.url} declares no access policy`);
-    const check: onRequestAsyncHookHandler = access === 'peer' ? verifyPeer(deps) : requireClient(deps, access);
+    const check: onRequestAsyncHookHandler = access === 'peer' ? verifyPeer(deps) : typeof access === 'object' ? requireRepo(deps, access) : requireClient(deps, access);
     const existing = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest];
     route.onRequest = [check, ...existing];
     if (access === 'peer') {
@@ -49,15 +63,45 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
   });
 }
 
-function requireClient(deps: NodeDeps, access: Exclude<Access, 'peer'>): onRequestAsyncHookHandler {
+function requireClient(deps: NodeDeps, access: 'anonymous' | Role): onRequestAsyncHookHandler {
   return async (req) => {
-    const need = typeof access === 'function' ? access(req) : access;
-    if (need === 'anonymous') {
-      req.caller = await deps.auth.identify(req.headers.authorization);
-      return;
-    }
-    req.caller = await deps.auth.require(req.headers.authorization, need);
+    if (access === 'anonymous') req.caller = await deps.auth.identify(req.headers.authorization, req.ip);
+    else req.caller = await deps.auth.require(req.headers.authorization, access, req.ip);
   };
+}
+
+/** repoOf reads the repository a route's path names. */
+function repoOf(req: FastifyRequest, via: 'git' | 'rest'): RepoId {
+  const { owner, repo } = req.params as { owner?: string; repo?: string };
+  return via === 'git' ? repoIdFromUrl(owner ?? '', repo ?? '') : parseRepoId(`${owner ?? ''}/${repo ?? ''}`);
+}
+
+function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHandler {
+  return async (req) => {
+    const need = typeof access.repo === 'function' ? access.repo(req) : access.repo;
+    const repoId = repoOf(req, access.via);
+    // A repair fetch from a peer (signed hop naming a repair) reads any replica it repairs.
+    if (need === 'read' && (deps.hops.verify(header(req, HOP_HEADER)) ?? '').startsWith('repair:')) return;
+    const caller = await deps.auth.identify(req.headers.authorization, req.ip);
+    req.caller = caller;
+    const policy = await deps.directory.policy(repoId);
+    const role = caller ? lower(repoRole(caller.principal, policy), caller.token.scope) : repoRole(null, policy);
+    const decision = decide(role, need, caller !== null);
+    if (decision === 'allow') return;
+    const hidden = notFound(`repository ${repoId} not found`);
+    if (decision === 'not_found') throw hidden;
+    if (decision === 'unauthenticated') {
+      // A REST read of a private repository is simply not found; git needs the 401 to ask.
+      if (access.via === 'rest' && need === 'read') throw hidden;
+      throw unauthorized(`authentication required for ${repoId}: use a token as the password (git) or a Bearer token`);
+    }
+    throw new AppError('ERR_FORBIDDEN', 403, `permission denied: ${need} access to ${repoId} needed`);
+  };
+}
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
 }
 
 function verifyPeer(deps: NodeDeps): onRequestAsyncHookHandler {

@@ -1,6 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import { notFound } from '../domain/errors.js';
 import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js';
+import { AUDIT_KEEP } from '../auth/audit.js';
+import { ADMIN_USER } from '../auth/directory.js';
 import type { Role } from '../auth/tokens.js';
 import type { NodeDeps } from './deps.js';
 
@@ -10,15 +12,30 @@ const tokenSchema = {
     type: 'object',
     required: ['name', 'role'],
     additionalProperties: false,
-    properties: { name: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._@-]+$' }, role: { type: 'string', enum: ['read', 'write', 'admin'] } },
+    properties: {
+      name: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._@-]+$' },
+      role: { type: 'string', enum: ['read', 'write', 'admin'] },
+      user: { type: 'string', minLength: 1, maxLength: 100 },
+      expires_at: { type: 'string', maxLength: 40 },
+    },
   },
 } as const;
 
 /** registerAdminRoutes adds cluster operations: tokens, node list, decommission, rebalance; each route is admin-only. */
 export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  app.post<{ Body: { name: string; role: Role } }>('/admin/tokens', { config: ADMIN, schema: tokenSchema }, async (req, reply) => {
-    const token = await deps.auth.create(req.body.name, req.body.role);
-    return reply.code(201).send({ name: req.body.name, role: req.body.role, token });
+  // The cluster-role API of before users: a token of the built-in admin user (or of `user`).
+  app.post<{ Body: { name: string; role: Role; user?: string; expires_at?: string } }>('/admin/tokens', { config: ADMIN, schema: tokenSchema }, async (req, reply) => {
+    const made = await deps.auth.create(req.body.user ?? ADMIN_USER, req.body.name, req.body.role, req.body.expires_at);
+    deps.audit.record({ action: 'token.create', user: req.caller?.principal.user ?? '', token: req.caller?.token.name ?? '', detail: { id: made.info.id, name: made.info.name, for: made.info.user, scope: made.info.scope } });
+    return reply.code(201).send({ name: req.body.name, role: req.body.role, user: made.info.user, id: made.info.id, token: made.token });
+  });
+
+  app.get<{ Querystring: { limit?: string } }>('/admin/audit', {
+    config: ADMIN,
+    schema: { querystring: { type: 'object', additionalProperties: false, properties: { limit: { type: 'string', pattern: '^[0-9]{1,4}$' } } } },
+  }, async (req) => {
+    const limit = Math.min(AUDIT_KEEP, Math.max(1, Number(req.query.limit ?? 100)));
+    return { events: await deps.audit.recent(limit) };
   });
 
   app.get('/admin/nodes', { config: ADMIN }, async () => {

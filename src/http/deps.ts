@@ -3,11 +3,14 @@ import type { LoadSampler } from '../cluster/load.js';
 import type { Membership } from '../cluster/membership.js';
 import type { PeerClient } from '../cluster/peer-client.js';
 import type { PeerVerifier } from '../auth/peer-signature.js';
+import type { AuditLog } from '../auth/audit.js';
+import type { Directory } from '../auth/directory.js';
 import type { Authenticator } from '../auth/tokens.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import type { GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
+import type { RepoActivity } from '../replication/activity.js';
 import type { Coordinator } from '../replication/coordinator.js';
 import type { Participant } from '../replication/participant.js';
 import type { RepairWorker } from '../replication/repair.js';
@@ -62,5 +65,8 @@ export interface NodeDeps {
   readonly load: LoadSampler;
   readonly repair: RepairWorker;
   readonly auth: Authenticator;
+  readonly directory: Directory;
+  readonly audit: AuditLog;
   readonly hops: HopTokens;
+  readonly activity: RepoActivity;
 }

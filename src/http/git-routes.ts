@@ -29,9 +29,9 @@ function isV2(env: Record<string, string>): boolean {
   return (env.GIT_PROTOCOL ?? '').split(':').includes('version=2');
 }
 
-/** gitAccess is the policy of the git routes: pushing needs `write`, reading is anonymous. */
-function infoRefsAccess(req: FastifyRequest): 'anonymous' | 'write' {
-  return (req.query as { service?: unknown }).service === 'git-receive-pack' ? 'write' : 'anonymous';
+/** infoRefsNeed is what an advertisement needs on the repository: pushing `write`, fetching `read`. */
+function infoRefsNeed(req: FastifyRequest): 'read' | 'write' {
+  return (req.query as { service?: unknown }).service === 'git-receive-pack' ? 'write' : 'read';
 }
 
 /** registerGitRoutes adds the smart-HTTP endpoints (gitprotocol-http(5)); dumb HTTP is not served. */
@@ -41,7 +41,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
   }
   const limits = deps.config.limits;
 
-  app.get<{ Params: RepoParams; Querystring: { service?: string } }>('/:owner/:repo/info/refs', { config: { access: infoRefsAccess } }, async (req, reply) => {
+  app.get<{ Params: RepoParams; Querystring: { service?: string } }>('/:owner/:repo/info/refs', { config: { access: { repo: infoRefsNeed, via: 'git' } } }, async (req, reply) => {
     const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
     const service = req.query.service;
     if (typeof service !== 'string' || !SERVICES.has(service)) throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
@@ -57,7 +57,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     return reply;
   });
 
-  app.post<{ Params: RepoParams }>('/:owner/:repo/git-upload-pack', { config: { access: 'anonymous' } }, async (req, reply) => {
+  app.post<{ Params: RepoParams }>('/:owner/:repo/git-upload-pack', { config: { access: { repo: 'read', via: 'git' } } }, async (req, reply) => {
     const service = 'git-upload-pack';
     const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
     checkContentType(req, service);
@@ -74,7 +74,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     return reply;
   });
 
-  app.post<{ Params: RepoParams }>('/:owner/:repo/git-receive-pack', { config: { access: 'write' } }, async (req, reply) => {
+  app.post<{ Params: RepoParams }>('/:owner/:repo/git-receive-pack', { config: { access: { repo: 'write', via: 'git' } } }, async (req, reply) => {
     const service = 'git-receive-pack';
     const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
     checkContentType(req, service);
@@ -87,16 +87,28 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
     // node is still an ordinary answer.
     const pushId = randomUUID();
-    const child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
+    // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
+    const endUpload = await deps.activity.beginUpload(repoId);
+    let child: ChildProcess;
+    try {
+      child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
       cwd: deps.storage.repoPath(repoId),
       counted: true,
       client: clientOf(deps, req),
       timeoutMs: deps.config.gitTimeoutMs,
       config: { 'core.hooksPath': deps.config.hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(limits.maxPushBytes) },
       env: { GIT_REPLICATION_HOOK_PORT: String(deps.hookPort), GIT_REPLICATION_PUSH_ID: pushId },
-    });
+      });
+    } catch (err) {
+      endUpload();
+      throw err;
+    }
     reply.hijack();
-    await servePush(deps, req, reply.raw, repoId, body, child, pushId);
+    try {
+      await servePush(deps, req, reply.raw, repoId, body, child, pushId);
+    } finally {
+      endUpload();
+    }
     return reply;
   });
 }
@@ -261,6 +273,7 @@ async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerRespons
     repoId,
     receivePackPid: child.pid ?? -1,
     abandon: () => abandonPush(res, child),
+    onCommitted: (txn, refs) => deps.audit.record({ action: 'push', user: req.caller?.principal.user ?? 'anonymous', token: req.caller?.token.name ?? '', repo: repoId, refs, txn }),
   }));
   try {
     await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');

@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import { hasRole } from '../auth/tokens.js';
+import { isAdmin } from '../auth/tokens.js';
 import type { NodeDeps } from './deps.js';
 
 const ANYONE = { access: 'anonymous' } as const;
@@ -18,7 +18,7 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
       peers: peers.filter((p) => p.live).length,
       peer_nodes: peers,
       // The store's error text can name hosts and paths: admins only.
-      store: { kind: deps.store.kind, reachable: storeOk, ...(hasRole(req.caller, 'admin') ? { error: deps.membership.storeError } : {}) },
+      store: { kind: deps.store.kind, reachable: storeOk, ...(isAdmin(req.caller) ? { error: deps.membership.storeError } : {}) },
       writes: storeOk ? 'available' : 'unavailable: coordination store unreachable',
       git_processes: deps.git.runningCount,
       open_transactions: deps.participant.openCount,

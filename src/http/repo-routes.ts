@@ -1,45 +1,95 @@
-import type { FastifyInstance } from 'fastify';
-import { notFound } from '../domain/errors.js';
-import { parseRepoId } from '../domain/repo-id.js';
-import { hasRole } from '../auth/tokens.js';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { checkPrincipal } from '../auth/directory.js';
+import { canCreateIn, repoRole, type Role, type Visibility } from '../auth/policy.js';
+import { isAdmin, type Caller } from '../auth/tokens.js';
+import { badRequest, forbidden, notFound } from '../domain/errors.js';
+import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
 
 interface RepoParams { owner: string; repo: string }
+
+const VISIBILITY = { type: 'string', enum: ['public', 'private'] } as const;
+const ROLE = { type: 'string', enum: ['read', 'write', 'admin'] } as const;
 
 const createSchema = {
   body: {
     type: 'object',
     required: ['repo_id'],
     additionalProperties: false,
-    properties: { repo_id: { type: 'string', minLength: 3, maxLength: 201 } },
+    properties: { repo_id: { type: 'string', minLength: 3, maxLength: 201 }, visibility: VISIBILITY },
   },
 } as const;
 
-/** registerRepoRoutes adds the seed's repository API: create, read, list, and delete. */
+const listSchema = {
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: { limit: { type: 'string', pattern: '^[0-9]{1,4}$' }, cursor: { type: 'string', maxLength: 201 } },
+  },
+} as const;
+
+/** callerOf is the authenticated caller a route's access hook found (the hook ran: it is set). */
+function callerOf(req: FastifyRequest): Caller {
+  if (!req.caller) throw new Error('route without an authenticated caller');
+  return req.caller;
+}
+
+function repoIdOf(req: FastifyRequest): RepoId {
+  const p = req.params as RepoParams;
+  return parseRepoId(`${p.owner}/${p.repo}`);
+}
+
+/** registerRepoRoutes adds the seed's repository API (create, read, list, delete) and visibility and grants. */
 export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  app.post<{ Body: { repo_id: string } }>('/repos', { config: { access: 'write' }, schema: createSchema }, async (req, reply) => {
+  const { directory, audit } = deps;
+  const who = (req: FastifyRequest): { user: string; token: string } => ({ user: req.caller?.principal.user ?? 'anonymous', token: req.caller?.token.name ?? '' });
+
+  app.post<{ Body: { repo_id: string; visibility?: Visibility } }>('/repos', { config: { access: 'write' }, schema: createSchema }, async (req, reply) => {
     const repoId = parseRepoId(req.body.repo_id);
+    const caller = callerOf(req);
+    const owner = repoId.split('/')[0]!;
+    if (!canCreateIn(caller.principal, owner)) throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
+    if (!caller.principal.admin && !(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
     const result = await deps.coordinator.createRepo(repoId);
-    return reply.code(201).send(result);
+    const visibility = req.body.visibility ?? 'private';
+    if (visibility === 'public') await directory.setVisibility(repoId, 'public');
+    audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
+    return reply.code(201).send({ ...result, visibility });
   });
 
-  app.get('/repos', { config: { access: 'anonymous' } }, async () => {
-    const repos = await deps.store.listRepos();
-    return { repos: repos.map((r) => r.repoId), count: repos.length };
+  app.get<{ Querystring: { limit?: string; cursor?: string } }>('/repos', { config: { access: 'anonymous' }, schema: listSchema }, async (req) => {
+    const limit = Math.min(1000, Math.max(1, Number(req.query.limit ?? 100)));
+    const cursor = req.query.cursor ?? '';
+    const principal = req.caller?.principal ?? null;
+    const page: string[] = [];
+    let next: string | null = null;
+    // Sorted by id; the cursor is the last id of the previous page.
+    for (const r of (await deps.store.listRepos()).sort((a, b) => (a.repoId < b.repoId ? -1 : 1))) {
+      if (r.repoId <= cursor) continue;
+      if (repoRole(principal, await directory.policy(r.repoId as RepoId)) === null) continue;
+      if (page.length === limit) {
+        next = page[page.length - 1]!;
+        break;
+      }
+      page.push(r.repoId);
+    }
+    return { repos: page, count: page.length, next_cursor: next };
   });
 
-  app.get<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: 'anonymous' } }, async (req) => {
-    const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
+  app.get<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'read', via: 'rest' } } }, async (req) => {
+    const repoId = repoIdOf(req);
     const repo = await deps.store.getRepo(repoId);
     if (!repo) throw notFound(`repository ${repoId} not found`);
     const replicas = await deps.store.getReplicas(repoId);
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
+    const policy = await directory.policy(repoId);
     // Where a replica lives on disk and who holds the lock are for operators only.
-    const admin = hasRole(req.caller, 'admin');
+    const admin = isAdmin(req.caller);
     return {
       repo_id: repoId,
       exists: true,
+      visibility: policy.visibility,
       ...(admin ? { path: repo.replicas.includes(deps.nodeId) ? deps.storage.repoPath(repoId) : null } : {}),
       incarnation: repo.incarnation,
       generation: repo.generation,
@@ -49,20 +99,64 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       ...(admin ? { lock: await deps.store.getLock(repoId).then((l) => (l ? { holder: l.holder, token: l.token } : null)) } : {}),
       replicas: repo.replicas.map((n) => {
         const r = byNode.get(n);
+        const progress = n === deps.nodeId ? deps.repair.progressOf(repoId) : undefined;
         return {
           node: n,
           generation: r?.generation ?? null,
           checksum: r?.checksum ?? null,
           state: isInSync(repo, r) ? 'in_sync' : r?.state === 'in_sync' ? 'stale' : (r?.state ?? 'missing'),
           live: deps.membership.isLive(n),
-          ...(n === deps.nodeId && deps.repair.inProgress.has(repoId) ? { repair: deps.repair.inProgress.get(repoId) } : {}),
+          ...(progress ? { repair: progress } : {}),
         };
       }),
     };
   });
 
-  app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: 'admin' } }, async (req) => {
-    const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
-    return deps.coordinator.deleteRepo(repoId);
+  app.patch<{ Params: RepoParams; Body: { visibility: Visibility } }>('/repos/:owner/:repo', {
+    config: { access: { repo: 'admin', via: 'rest' } },
+    schema: { body: { type: 'object', required: ['visibility'], additionalProperties: false, properties: { visibility: VISIBILITY } } },
+  }, async (req) => {
+    const repoId = repoIdOf(req);
+    if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
+    await directory.setVisibility(repoId, req.body.visibility);
+    audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
+    return { repo_id: repoId, visibility: req.body.visibility };
+  });
+
+  app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
+    const repoId = repoIdOf(req);
+    const result = await deps.coordinator.deleteRepo(repoId);
+    await directory.forgetRepo(repoId);
+    audit.record({ action: 'repo.delete', ...who(req), repo: repoId });
+    return result;
+  });
+
+  app.get<{ Params: RepoParams }>('/repos/:owner/:repo/grants', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
+    const repoId = repoIdOf(req);
+    const policy = await directory.policy(repoId);
+    return { repo_id: repoId, owner: policy.owner, visibility: policy.visibility, grants: [...policy.grants].map(([grantee, role]) => ({ grantee, role })) };
+  });
+
+  app.put<{ Params: RepoParams & { grantee: string }; Body: { role: Role } }>('/repos/:owner/:repo/grants/:grantee', {
+    config: { access: { repo: 'admin', via: 'rest' } },
+    schema: { body: { type: 'object', required: ['role'], additionalProperties: false, properties: { role: ROLE } } },
+  }, async (req) => {
+    const repoId = repoIdOf(req);
+    const grantee = checkPrincipal(req.params.grantee);
+    if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
+    const [kind, name] = grantee.split(':') as [string, string];
+    const exists = kind === 'user' ? (await directory.user(name)) !== null : await directory.orgExists(name);
+    if (!exists) throw badRequest(`no ${kind === 'user' ? 'user' : 'organisation'} named '${name}'`);
+    await directory.grant(repoId, grantee, req.body.role);
+    audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: req.body.role } });
+    return { repo_id: repoId, grantee, role: req.body.role };
+  });
+
+  app.delete<{ Params: RepoParams & { grantee: string } }>('/repos/:owner/:repo/grants/:grantee', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
+    const repoId = repoIdOf(req);
+    const grantee = checkPrincipal(req.params.grantee);
+    await directory.grant(repoId, grantee, null);
+    audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
+    return { repo_id: repoId, grantee, role: null };
   });
 }

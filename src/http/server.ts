@@ -7,6 +7,7 @@ import { registerGitRoutes } from './git-routes.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
+import { registerUserRoutes } from './user-routes.js';
 
 /** isGitRoute says whether a matched route is one of the smart-HTTP endpoints git clients call. */
 function isGitRoute(req: FastifyRequest): boolean {
@@ -62,6 +63,7 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   registerHealthRoutes(app, deps);
   registerRepoRoutes(app, deps);
   registerAdminRoutes(app, deps);
+  registerUserRoutes(app, deps);
   registerReplicateRoutes(app, deps);
   registerGitRoutes(app, deps);
   return app;

@@ -46,6 +46,8 @@ export interface PushContext {
   readonly receivePackPid: number;
   /** abandon ends the client's connection without a report: the outcome is unknown to it. */
   readonly abandon: () => void;
+  /** onCommitted is told of a push acknowledged to the client (the audit log). */
+  readonly onCommitted?: (txnId: string, refs: readonly string[]) => void;
 }
 
 type Answer = PeerAnswer;
@@ -377,6 +379,7 @@ export class Coordinator {
         return;
       }
       report();
+      ctx.onCommitted?.(req.txnId, batch.map((u) => u.ref));
     } finally {
       await held.release();
     }

@@ -101,14 +101,6 @@ export class RepairWorker {
     return p ? { ...p } : undefined;
   }
 
-  /**
-   * inProgress is the old read-only view of progressOf, left only for `GET /repos/:id` until it
-   * calls progressOf; nothing decides anything by it.
-   */
-  get inProgress(): ReadonlyMap<string, RepairProgress> {
-    return this.progress;
-  }
-
   /** pass repairs every local replica that is not in sync, one at a time. */
   async pass(): Promise<number> {
     if (this.running) return 0;
@@ -331,8 +323,10 @@ export class RepairWorker {
   private async transfer(args: string[], cwd: string, url: string, progress: RepairProgress): Promise<void> {
     const child = this.deps.git.spawn(args, {
       cwd,
+      // The hop token goes by environment, not argv: any local user can read a process's argv.
+      env: { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'http.extraHeader', GIT_CONFIG_VALUE_0: `${HOP_HEADER}: ${this.deps.hopToken()}` },
       config: {
-        'http.extraHeader': `${HOP_HEADER}: ${this.deps.hopToken()}`, 'transfer.fsckObjects': 'true', 'protocol.version': '2',
+        'transfer.fsckObjects': 'true', 'protocol.version': '2',
         'core.fsync': 'committed', 'core.fsyncMethod': 'fsync', ...(this.deps.caFile ? { 'http.sslCAInfo': this.deps.caFile } : {}),
       },
       timeoutMs: 3_600_000,

@@ -435,6 +435,14 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         ]);
         expect(await s().listMeta('nothing/')).toEqual([]);
       });
+
+      it('deletes a setting, and deleting an absent one is not an error', async () => {
+        await s().setMeta('grants/a/b', 'read');
+        await s().deleteMeta('grants/a/b');
+        await s().deleteMeta('grants/a/b');
+        expect(await s().getMeta('grants/a/b')).toBeNull();
+        expect(await s().listMeta('grants/')).toEqual([]);
+      });
     });
 
     describe('durability and outages', () => {

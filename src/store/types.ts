@@ -184,6 +184,8 @@ export interface ClusterStore {
   setMetaIfAbsent(key: string, value: string): Promise<string>;
   /** setMeta writes a cluster-wide setting unconditionally (decommissioned nodes, rebalance requests). */
   setMeta(key: string, value: string): Promise<void>;
+  /** deleteMeta removes a setting; removing one that is absent is not an error. */
+  deleteMeta(key: string): Promise<void>;
   /** listMeta lists the settings whose key starts with `prefix`. */
   listMeta(prefix: string): Promise<Array<{ key: string; value: string }>>;
 

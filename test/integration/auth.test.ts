@@ -61,7 +61,7 @@ describe('client authentication with tokens', () => {
     const reader = await mk('read');
     const writer = await mk('write');
     expect((await call('POST', '/admin/tokens', writer, { name: 'x', role: 'admin' })).status).toBe(403);
-    expect((await call('POST', '/repos', writer, { repo_id: 'sec/repo' })).status).toBe(201);
+    expect((await call('POST', '/repos', writer, { repo_id: 'sec/repo', visibility: 'public' })).status).toBe(201);
     const url = c.repoUrl(2, 'sec/repo');
     const work = await workRepo();
     const anonPush = await git(['push', url, 'main'], { cwd: work });

@@ -101,7 +101,7 @@ describe('the admin and status commands against a cluster with token auth', () =
     const r = await api('POST', '/admin/tokens', admin, { name: 'r', role: 'read' });
     expect(r.status).toBe(201);
     const reader = ((await r.json()) as { token: string }).token;
-    expectFailure(await cli(['node', 'list', '--url', c.url(1), '--token', reader]), /^git-replication: 403 token 'r' has role read; admin needed/);
+    expectFailure(await cli(['node', 'list', '--url', c.url(1), '--token', reader]), /^git-replication: 403 token 'r' has scope read; admin needed/);
     expectFailure(await cli(['rebalance', '--url', c.url(1), '--token', reader]), /^git-replication: 403 /);
   });
 

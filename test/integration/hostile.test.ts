@@ -96,8 +96,11 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       return admin !== '';
     }, 10_000, 'admin token file');
     c.authToken = admin;
-    await c.createRepo(1, 'acme/widgets');
-    await c.createRepo(2, 'acme/solo');
+    // Public, so anonymous reads reach the checks on the request itself.
+    for (const [node, id] of [[1, 'acme/widgets'], [2, 'acme/solo']] as const) {
+      const r = await c.api(node, 'POST', '/repos', { repo_id: id, visibility: 'public' });
+      expect(r.status, JSON.stringify(r.json)).toBe(201);
+    }
     const solo = await c.repoStatus(1, 'acme/solo');
     soloHolder = Number(solo.replicas[0]!.node.slice('node-'.length));
     soloOther = [1, 2, 3].find((i) => i !== soloHolder)!;
@@ -120,7 +123,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     const db = new Database(join(c.root, 'cluster.db'), { readonly: true });
     try {
       const rows = [
-        db.prepare('SELECT key FROM meta ORDER BY key').all(),
+        // Audit events and last-used times are logs of what was tried, not state.
+        db.prepare("SELECT key FROM meta WHERE key NOT LIKE 'audit/%' AND key NOT LIKE 'token-used/%' ORDER BY key").all(),
         db.prepare('SELECT repo_id, incarnation, replicas, generation, checksum FROM repos ORDER BY repo_id').all(),
         db.prepare('SELECT repo_id, node_id, generation, checksum, state FROM replicas ORDER BY repo_id, node_id').all(),
         db.prepare('SELECT count(*) AS n FROM txns').get(),
@@ -208,7 +212,9 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     ['info/refs with two services', 1, () => ({ method: 'GET', path: `${W}/info/refs?service=git-upload-pack&service=git-receive-pack` }), [400, 401]],
     ['info/refs for receive-pack, no credentials', 2, () => ({ method: 'GET', path: `${W}/info/refs?service=git-receive-pack` }), 401],
     ['info/refs for receive-pack, read token', 2, () => ({ method: 'GET', path: `${W}/info/refs?service=git-receive-pack`, headers: bearer(readTok) }), 403],
-    ['info/refs of a repo that does not exist', 1, () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack' }), 404],
+    // Anonymous: the same 401 as a private repository, so existence is not shown.
+    ['info/refs of a repo that does not exist', 1, () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack' }), 401],
+    ['info/refs of a repo that does not exist, signed in', 1, () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack', headers: bearer(readTok) }), 404],
     ['info/refs with an encoded traversal', 1, () => ({ method: 'GET', path: '/..%2f..%2fetc/passwd.git/info/refs?service=git-upload-pack' }), [400, 404]],
     ['info/refs with a dot-dot repo', 1, () => ({ method: 'GET', path: '/acme/%2e%2e/info/refs?service=git-upload-pack' }), [400, 404]],
     ['upload-pack with the wrong content-type', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': 'text/plain' }, body: pkts('0000') }), 415],

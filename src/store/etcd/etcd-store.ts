@@ -655,6 +655,12 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
+  async deleteMeta(key: string): Promise<void> {
+    await this.guard('write meta', async () => {
+      await this.txn([], [del(this.metaKey(key))]);
+    });
+  }
+
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.guard('list meta', async () => {
       const base = this.metaKey('');

@@ -327,6 +327,10 @@ export class SqliteStore implements ClusterStore {
     this.tx(() => { this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value); });
   }
 
+  async deleteMeta(key: string): Promise<void> {
+    this.tx(() => { this.db.prepare('DELETE FROM meta WHERE key = ?').run(key); });
+  }
+
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.read(() => (this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{ key: string; value: string }>));
   }

@@ -1,0 +1,194 @@
+import { badRequest, conflict, notFound } from '../domain/errors.js';
+import { RESERVED_OWNERS, type RepoId } from '../domain/repo-id.js';
+import type { ClusterStore } from '../store/types.js';
+import type { OrgRole, Principal, RepoPolicy, Role, Visibility } from './policy.js';
+
+/** User is a user account as the store keeps it. */
+export interface User {
+  readonly name: string;
+  readonly admin: boolean;
+  readonly disabled: boolean;
+  readonly createdAt: string;
+}
+
+/** ADMIN_USER is the built-in cluster admin; tokens made before users existed belong to it. */
+export const ADMIN_USER = 'admin';
+
+/** CACHE_MS bounds how stale a node's view of users, memberships and grants may be. */
+export const DIRECTORY_CACHE_MS = 1_000;
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+/** checkName validates a user or organisation name: the same rules as a repo id's owner. */
+export function checkName(name: unknown, what: string): string {
+  if (typeof name !== 'string' || !NAME.test(name) || name.includes('..') || /\.(git|lock)$/i.test(name)) {
+    throw badRequest(`${what} must be 1-100 characters of A-Z a-z 0-9 . _ - starting with a letter or digit`);
+  }
+  if (RESERVED_OWNERS.has(name.toLowerCase())) throw badRequest(`${what} '${name}' is reserved`);
+  return name;
+}
+
+/** checkPrincipal validates a grantee: `user:<name>` or `org:<name>`. */
+export function checkPrincipal(value: unknown): string {
+  const m = typeof value === 'string' ? /^(user|org):(.+)$/.exec(value) : null;
+  if (!m) throw badRequest("grantee must be 'user:<name>' or 'org:<name>'");
+  return `${m[1]}:${m[2] === ADMIN_USER ? ADMIN_USER : checkName(m[2], m[1] === 'user' ? 'user name' : 'organisation name')}`;
+}
+
+/**
+ * Directory keeps users, organisations, memberships, repository visibility and grants in the
+ * cluster store (so every node sees the same), read through a cache of DIRECTORY_CACHE_MS:
+ * a change made on one node holds on every node within that time, and at once on the node that
+ * made it. Keys: `users/<name>`, `orgs/<name>`, `members/<user>/<org>` (role),
+ * `visibility/<owner>/<repo>` (`public`; absent is private), `grants/<owner>/<repo>/<grantee>`.
+ */
+export class Directory {
+  private readonly cache = new Map<string, { at: number; value: Promise<unknown> }>();
+
+  constructor(private readonly store: ClusterStore) {}
+
+  private cached<T>(key: string, load: () => Promise<T>): Promise<T> {
+    const hit = this.cache.get(key);
+    if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) return hit.value as Promise<T>;
+    const value = load();
+    this.cache.set(key, { at: Date.now(), value });
+    value.catch(() => this.cache.delete(key));
+    if (this.cache.size > 10_000) this.cache.clear();
+    return value;
+  }
+
+  private forget(): void {
+    this.cache.clear();
+  }
+
+  /** user reads a user; the built-in admin exists even before its record is written. */
+  async user(name: string): Promise<User | null> {
+    return this.cached(`user:${name}`, async () => {
+      const raw = await this.store.getMeta(`users/${name}`);
+      if (raw) return JSON.parse(raw) as User;
+      return name === ADMIN_USER ? { name, admin: true, disabled: false, createdAt: '' } : null;
+    });
+  }
+
+  /** principal is what the rules need of a user: admin flag and organisations. */
+  async principal(user: User): Promise<Principal> {
+    const orgs = await this.cached(`orgs-of:${user.name}`, async () => {
+      const prefix = `members/${user.name}/`;
+      return new Map((await this.store.listMeta(prefix)).map((m) => [m.key.slice(prefix.length), m.value as OrgRole]));
+    });
+    return { user: user.name, admin: user.admin, orgs };
+  }
+
+  /** policy reads what the rules need of a repository. */
+  async policy(repoId: RepoId): Promise<RepoPolicy> {
+    return this.cached(`repo:${repoId}`, async () => {
+      const [visibility, grants] = await Promise.all([this.store.getMeta(`visibility/${repoId}`), this.store.listMeta(`grants/${repoId}/`)]);
+      const prefix = `grants/${repoId}/`;
+      return {
+        owner: repoId.split('/')[0] ?? '',
+        visibility: visibility === 'public' ? 'public' : 'private',
+        grants: new Map(grants.map((g) => [g.key.slice(prefix.length), g.value as Role])),
+      } satisfies RepoPolicy;
+    });
+  }
+
+  /** orgExists says whether an organisation of this name exists. */
+  async orgExists(name: string): Promise<boolean> {
+    return (await this.store.getMeta(`orgs/${name}`)) !== null;
+  }
+
+  /** namespaceExists says whether a user or an organisation holds this name. */
+  async namespaceExists(name: string): Promise<boolean> {
+    return (await this.store.getMeta(`users/${name}`)) !== null || (await this.store.getMeta(`orgs/${name}`)) !== null;
+  }
+
+  /** addUser creates a user; 409 if the name is a user or an organisation already. */
+  async addUser(name: string, admin: boolean): Promise<User> {
+    checkName(name, 'user name');
+    if (await this.store.getMeta(`orgs/${name}`)) throw conflict(`'${name}' is an organisation`);
+    const user: User = { name, admin, disabled: false, createdAt: new Date().toISOString() };
+    const stored = await this.store.setMetaIfAbsent(`users/${name}`, JSON.stringify(user));
+    if (stored !== JSON.stringify(user)) throw conflict(`user ${name} already exists`);
+    this.forget();
+    return user;
+  }
+
+  /** ensureAdminUser records the built-in admin (idempotent). */
+  async ensureAdminUser(): Promise<void> {
+    await this.store.setMetaIfAbsent(`users/${ADMIN_USER}`, JSON.stringify({ name: ADMIN_USER, admin: true, disabled: false, createdAt: new Date().toISOString() } satisfies User));
+  }
+
+  /** listUsers lists every user. */
+  async listUsers(): Promise<User[]> {
+    return (await this.store.listMeta('users/')).map((m) => JSON.parse(m.value) as User);
+  }
+
+  /** setDisabled disables (or enables) a user: its tokens stop working on every node. */
+  async setDisabled(name: string, disabled: boolean): Promise<User> {
+    const raw = await this.store.getMeta(`users/${name}`);
+    if (!raw) throw notFound(`user ${name} not found`);
+    if (name === ADMIN_USER && disabled) throw badRequest('the built-in admin user cannot be disabled');
+    const user: User = { ...(JSON.parse(raw) as User), disabled };
+    await this.store.setMeta(`users/${name}`, JSON.stringify(user));
+    this.forget();
+    return user;
+  }
+
+  /** createOrg creates an organisation with its first owner. */
+  async createOrg(name: string, owner: string): Promise<{ name: string; createdAt: string }> {
+    checkName(name, 'organisation name');
+    if (await this.store.getMeta(`users/${name}`)) throw conflict(`'${name}' is a user`);
+    const org = { name, createdAt: new Date().toISOString() };
+    const stored = await this.store.setMetaIfAbsent(`orgs/${name}`, JSON.stringify(org));
+    if (stored !== JSON.stringify(org)) throw conflict(`organisation ${name} already exists`);
+    await this.store.setMeta(`members/${owner}/${name}`, 'owner');
+    this.forget();
+    return org;
+  }
+
+  /** setMember adds a user to an organisation, or changes the user's role in it. */
+  async setMember(org: string, user: string, role: OrgRole): Promise<void> {
+    if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
+    if (!(await this.user(user))) throw notFound(`user ${user} not found`);
+    await this.store.setMeta(`members/${user}/${org}`, role);
+    this.forget();
+  }
+
+  /** removeMember takes a user out of an organisation. */
+  async removeMember(org: string, user: string): Promise<void> {
+    await this.store.deleteMeta(`members/${user}/${org}`);
+    this.forget();
+  }
+
+  /** members lists an organisation's members with their roles. */
+  async members(org: string): Promise<Array<{ user: string; role: OrgRole }>> {
+    if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
+    const out: Array<{ user: string; role: OrgRole }> = [];
+    for (const m of await this.store.listMeta('members/')) {
+      const [, user, o] = m.key.split('/');
+      if (o === org && user) out.push({ user, role: m.value as OrgRole });
+    }
+    return out;
+  }
+
+  /** setVisibility makes a repository public or private. */
+  async setVisibility(repoId: RepoId, visibility: Visibility): Promise<void> {
+    if (visibility === 'public') await this.store.setMeta(`visibility/${repoId}`, 'public');
+    else await this.store.deleteMeta(`visibility/${repoId}`);
+    this.forget();
+  }
+
+  /** grant gives a user or organisation a role on a repository (null removes the grant). */
+  async grant(repoId: RepoId, grantee: string, role: Role | null): Promise<void> {
+    if (role === null) await this.store.deleteMeta(`grants/${repoId}/${grantee}`);
+    else await this.store.setMeta(`grants/${repoId}/${grantee}`, role);
+    this.forget();
+  }
+
+  /** forgetRepo drops a deleted repository's visibility and grants (a re-created one starts private). */
+  async forgetRepo(repoId: RepoId): Promise<void> {
+    await this.store.deleteMeta(`visibility/${repoId}`);
+    for (const g of await this.store.listMeta(`grants/${repoId}/`)) await this.store.deleteMeta(g.key);
+    this.forget();
+  }
+}
