@@ -72,19 +72,38 @@ export class ApiClient {
     return this.request<T>('GET', path);
   }
 
-  /** post calls an operation that takes no body. */
-  async post<T>(path: string): Promise<T> {
-    return this.request<T>('POST', path);
+  /** post calls an operation; `body`, when given, is sent as JSON. */
+  async post<T>(path: string, body?: unknown): Promise<T> {
+    return this.request<T>('POST', path, body);
   }
 
-  private async request<T>(method: string, path: string): Promise<T> {
+  /** put sets a resource to the JSON `body`. */
+  async put<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('PUT', path, body);
+  }
+
+  /** patch changes fields of a resource. */
+  async patch<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('PATCH', path, body);
+  }
+
+  /** delete removes a resource. */
+  async delete<T>(path: string): Promise<T> {
+    return this.request<T>('DELETE', path);
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const url = `${this.base}${path}`;
+    const headers: Record<string, string> = this.token ? { authorization: `Bearer ${this.token}` } : {};
+    // Only a request with a body says it is JSON: Fastify refuses an empty JSON body.
+    if (body !== undefined) headers['content-type'] = 'application/json';
     let res: Response;
     let text: string;
     try {
       res = await fetch(url, {
         method,
-        headers: this.token ? { authorization: `Bearer ${this.token}` } : {},
+        headers,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         signal: AbortSignal.timeout(TIMEOUT_MS),
       });
       text = await res.text();

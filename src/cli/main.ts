@@ -3,9 +3,13 @@ import { Command } from 'commander';
 import { VERSION } from '../app.js';
 import { registerBench } from './bench.js';
 import { registerAdmin } from './admin.js';
+import { registerOrgs } from './orgs.js';
+import { registerRepos } from './repos.js';
 import { registerServe } from './serve.js';
 import { registerStatus } from './status.js';
+import { registerTokens } from './tokens.js';
 import { registerUp } from './up.js';
+import { registerUsers } from './users.js';
 
 const program = new Command('git-replication')
   .description('a Git hosting cluster with synchronous quorum replication')
@@ -15,4 +19,8 @@ registerUp(program);
 registerStatus(program);
 registerBench(program);
 registerAdmin(program);
+registerUsers(program);
+registerOrgs(program);
+registerRepos(program);
+registerTokens(program);
 await program.parseAsync(process.argv);
