@@ -80,9 +80,13 @@ export function canManageOrg(p: Principal, org: string): boolean {
   return p.admin || p.orgs.get(org) === 'owner';
 }
 
-/** maxScope is the highest token scope a user may hold: admin only for cluster admins. */
-export function maxScope(p: Principal): Role {
-  return p.admin ? 'admin' : 'write';
+/**
+ * maxScope is the highest token scope a user may hold. A scope only caps what the user may do:
+ * `admin` on a user who is not a cluster admin reaches the repositories that user administers,
+ * and no cluster operation (those need a cluster admin as well).
+ */
+export function maxScope(_p: Principal): Role {
+  return 'admin';
 }
 
 /**

@@ -104,8 +104,9 @@ export function tokenFromHeader(header: string | undefined): string | null {
 /**
  * Authenticator checks client credentials against hashed tokens in the store. Look-ups are
  * cached for at most DIRECTORY_CACHE_MS (a revoked or expired token, or a disabled user, fails on
- * every node within that time), in a bounded cache. Failed authentications are counted per
- * client address: past FAILURES_ALLOWED in a minute, the address gets 429 for the rest of it.
+ * every node within that time), in a bounded cache. Guesses (a malformed header, a token that
+ * does not exist) are counted per client address: past FAILURES_ALLOWED in a minute, the address
+ * gets 429 for the rest of it.
  * In `open` mode every caller is an admin: for a trusted network or a laptop only.
  */
 export class Authenticator {
@@ -133,9 +134,10 @@ export class Authenticator {
     const hash = hashToken(token);
     const info = await this.lookup(hash);
     if (!info) throw this.failed(client, 'invalid token');
-    if (info.expiresAt && Date.parse(info.expiresAt) <= Date.now()) throw this.failed(client, `token '${info.name}' expired at ${info.expiresAt}`);
+    // A real token that expired, or whose user is disabled, is no guess: not counted as one.
+    if (info.expiresAt && Date.parse(info.expiresAt) <= Date.now()) throw unauthorized(`token '${info.name}' expired at ${info.expiresAt}`);
     const user = await this.directory.user(info.user);
-    if (!user || user.disabled) throw this.failed(client, `user ${info.user} is disabled`);
+    if (!user || user.disabled) throw unauthorized(`user ${info.user} is disabled`);
     this.noteUsed(hash);
     return { token: { ...info, id: tokenId(hash) }, principal: await this.directory.principal(user) };
   }

@@ -1,0 +1,298 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
+
+/**
+ * The permission matrix: every kind of caller × a public and a private repository × every
+ * operation, through the real git client and the REST API, on different nodes. Each cell names
+ * the exact answer.
+ */
+
+type Who = 'anonymous' | 'reader' | 'writer' | 'repo-admin' | 'cluster-admin' | 'non-member' | 'org-member' | 'expired' | 'revoked';
+type Vis = 'public' | 'private';
+type Op = 'ls-remote' | 'clone' | 'fetch' | 'push' | 'create' | 'delete' | 'grant' | 'list';
+
+/** Git outcomes: ok, or the line git prints for a 401 without credentials, bad credentials, 404, 403. */
+const GIT = {
+  ok: null,
+  prompt: /could not read Username|terminal prompts disabled/,
+  badCreds: /Authentication failed/,
+  notFound: /repository '.*' not found|returned error: 404/,
+  forbidden: /returned error: 403|permission denied/,
+} as const;
+type GitOutcome = keyof typeof GIT;
+
+const WHO: Who[] = ['anonymous', 'reader', 'writer', 'repo-admin', 'cluster-admin', 'non-member', 'org-member', 'expired', 'revoked'];
+
+// [who] → expected per visibility: git reads (ls-remote, clone, fetch), push, create, delete, grant, list.
+interface Row { read: GitOutcome; push: GitOutcome; create: number; delete: number; grant: number; list: boolean | 401 }
+const EXPECTED: Record<Vis, Record<Who, Row>> = {
+  private: {
+    'anonymous': { read: 'prompt', push: 'prompt', create: 401, delete: 401, grant: 401, list: false },
+    'reader': { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
+    'writer': { read: 'ok', push: 'ok', create: 403, delete: 403, grant: 403, list: true },
+    'repo-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
+    'cluster-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
+    'non-member': { read: 'notFound', push: 'notFound', create: 403, delete: 404, grant: 404, list: false },
+    'org-member': { read: 'ok', push: 'forbidden', create: 201, delete: 403, grant: 403, list: true },
+    'expired': { read: 'badCreds', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+    'revoked': { read: 'badCreds', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+  },
+  public: {
+    'anonymous': { read: 'ok', push: 'prompt', create: 401, delete: 401, grant: 401, list: true },
+    'reader': { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
+    'writer': { read: 'ok', push: 'ok', create: 403, delete: 403, grant: 403, list: true },
+    'repo-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
+    'cluster-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
+    'non-member': { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
+    'org-member': { read: 'ok', push: 'forbidden', create: 201, delete: 403, grant: 403, list: true },
+    // git sends credentials only when a 401 asks for them: a public read never does.
+    'expired': { read: 'ok', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+    'revoked': { read: 'ok', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+  },
+};
+
+describe('permission matrix: callers × public and private × operations', () => {
+  let c: TestCluster;
+  let admin = '';
+  const tokens = new Map<Who, string | null>();
+  let work = '';
+  let head = '';
+  let seq = 0;
+
+  async function call(node: number, method: string, path: string, token: string | null, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+    const res = await fetch(`${c.url(node)}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json: Record<string, unknown> = {};
+    try {
+      json = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      json = { text };
+    }
+    return { status: res.status, json };
+  }
+
+  async function ok(node: number, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+    const r = await call(node, method, path, admin, body);
+    expect(r.status, `${method} ${path}: ${JSON.stringify(r.json)}`).toBeLessThan(300);
+    return r.json;
+  }
+
+  async function userToken(user: string, scope: string, extra: Record<string, unknown> = {}): Promise<{ token: string; id: string }> {
+    const j = await ok(1, 'POST', '/tokens', { name: `${user}-${scope}-${seq++}`, scope, user, ...extra });
+    return { token: j.token as string, id: j.id as string };
+  }
+
+  /** makeRepo creates acme/<name> with the matrix's grants: erin reads, carol writes. */
+  async function makeRepo(name: string, vis: Vis): Promise<void> {
+    await ok(1, 'POST', '/repos', { repo_id: `acme/${name}`, visibility: vis });
+    await ok(2, 'PUT', `/repos/acme/${name}/grants/user:erin`, { role: 'read' });
+    await ok(3, 'PUT', `/repos/acme/${name}/grants/user:carol`, { role: 'write' });
+  }
+
+  function gitUrl(node: number, repo: string, who: Who): string {
+    const u = new URL(`${c.url(node)}/${repo}.git`);
+    const t = tokens.get(who);
+    if (t) {
+      u.username = 'x';
+      u.password = t;
+    }
+    return u.toString();
+  }
+
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3, env: { AUTH: 'tokens' } });
+    await waitFor(async () => {
+      for (const n of c.nodes) {
+        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
+        if (t) admin = t.trim();
+      }
+      return admin !== '';
+    }, 10_000, 'admin token file');
+    for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) await ok(1, 'POST', '/users', { name: u });
+    const alice = await userToken('alice', 'admin');
+    // alice makes the organisation (its owner) and adds bob as a member.
+    expect((await call(2, 'POST', '/orgs', alice.token, { name: 'acme' })).status).toBe(201);
+    expect((await call(3, 'PUT', '/orgs/acme/members/bob', alice.token, { role: 'member' })).status).toBe(200);
+    tokens.set('anonymous', null);
+    tokens.set('reader', (await userToken('erin', 'write')).token);
+    tokens.set('writer', (await userToken('carol', 'write')).token);
+    tokens.set('repo-admin', alice.token);
+    tokens.set('cluster-admin', admin);
+    tokens.set('non-member', (await userToken('dave', 'write')).token);
+    tokens.set('org-member', (await userToken('bob', 'write')).token);
+    tokens.set('expired', (await userToken('alice', 'write', { expires_at: new Date(Date.now() + 1_500).toISOString() })).token);
+    const revoked = await userToken('alice', 'write');
+    tokens.set('revoked', revoked.token);
+    // Used once, so it is cached on node 1 before it is revoked through node 2.
+    expect((await call(1, 'GET', '/user', revoked.token)).status).toBe(200);
+    expect((await call(2, 'DELETE', `/tokens/${revoked.id}`, alice.token)).status).toBe(200);
+    await makeRepo('public', 'public');
+    await makeRepo('private', 'private');
+    work = await workRepo();
+    head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
+    for (const v of ['public', 'private']) await gitOk(['push', '-q', gitUrl(1, `acme/${v}`, 'cluster-admin'), 'HEAD:refs/heads/main'], { cwd: work });
+    // Past the expiry and the 1 s caches.
+    await sleep(1_600);
+  });
+  afterAll(async () => { await c?.destroy(); });
+
+  function expectGit(r: { code: number; stderr: string }, outcome: GitOutcome): void {
+    const want = GIT[outcome];
+    if (want === null) expect(r.code, r.stderr).toBe(0);
+    else {
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(want);
+    }
+  }
+
+  const cells: Array<[Who, Vis, Op]> = [];
+  for (const vis of ['public', 'private'] as const) for (const who of WHO) for (const op of ['ls-remote', 'clone', 'fetch', 'push', 'create', 'delete', 'grant', 'list'] as const) cells.push([who, vis, op]);
+
+  it.each(cells)('%s × %s × %s', async (who, vis, op) => {
+    const row = EXPECTED[vis][who];
+    const repo = `acme/${vis}`;
+    const node = (cells.findIndex(([w, v, o]) => w === who && v === vis && o === op) % 3) + 1;
+    const token = tokens.get(who) ?? null;
+    switch (op) {
+      case 'ls-remote': {
+        const r = await git(['ls-remote', gitUrl(node, repo, who)]);
+        expectGit(r, row.read);
+        if (row.read === 'ok') expect(r.stdout).toContain(`${head}\trefs/heads/main`);
+        break;
+      }
+      case 'clone': {
+        const r = await git(['clone', '-q', gitUrl(node, repo, who), join(await tempDir(), 'c')]);
+        expectGit(r, row.read);
+        break;
+      }
+      case 'fetch': {
+        const r = await git(['fetch', '-q', gitUrl(node, repo, who), 'main'], { cwd: work });
+        expectGit(r, row.read);
+        break;
+      }
+      case 'push': {
+        const branch = `refs/heads/m-${who}-${vis}`;
+        const r = await git(['push', gitUrl(node, repo, who), `HEAD:${branch}`], { cwd: work });
+        expectGit(r, row.push);
+        const refs = await gitOk(['ls-remote', gitUrl((node % 3) + 1, repo, 'cluster-admin')]);
+        expect(refs.includes(branch)).toBe(row.push === 'ok');
+        break;
+      }
+      case 'create': {
+        const id = `acme/new-${who}-${vis}`;
+        const r = await call(node, 'POST', '/repos', token, { repo_id: id, visibility: vis });
+        expect(r.status, JSON.stringify(r.json)).toBe(row.create);
+        expect((await call((node % 3) + 1, 'GET', `/repos/${id}`, admin)).status).toBe(row.create === 201 ? 200 : 404);
+        break;
+      }
+      case 'delete': {
+        const name = `del-${who}-${vis}`;
+        await makeRepo(name, vis);
+        const r = await call(node, 'DELETE', `/repos/acme/${name}`, token);
+        expect(r.status, JSON.stringify(r.json)).toBe(row.delete);
+        expect((await call((node % 3) + 1, 'GET', `/repos/acme/${name}`, admin)).status).toBe(row.delete === 200 ? 404 : 200);
+        break;
+      }
+      case 'grant': {
+        const r = await call(node, 'PUT', `/repos/${repo}/grants/user:frank`, token, { role: 'read' });
+        expect(r.status, JSON.stringify(r.json)).toBe(row.grant);
+        if (r.status === 200) await ok(node, 'DELETE', `/repos/${repo}/grants/user:frank`);
+        break;
+      }
+      case 'list': {
+        const r = await call(node, 'GET', '/repos?limit=1000', token);
+        if (row.list === 401) expect(r.status).toBe(401);
+        else {
+          expect(r.status).toBe(200);
+          expect((r.json.repos as string[]).includes(repo)).toBe(row.list);
+        }
+        break;
+      }
+    }
+  });
+
+  it('a grant made through one node holds on every other node within a second', async () => {
+    await makeRepo('late', 'private');
+    const url = (n: number): string => gitUrl(n, 'acme/late', 'non-member');
+    expectGit(await git(['ls-remote', url(3)]), 'notFound');
+    await ok(1, 'PUT', '/repos/acme/late/grants/user:dave', { role: 'read' });
+    const started = Date.now();
+    await waitFor(async () => (await git(['ls-remote', url(3)])).code === 0, 3_000, 'the grant seen on node 3');
+    expect(Date.now() - started).toBeLessThan(1_600);
+    await ok(2, 'DELETE', '/repos/acme/late/grants/user:dave');
+    await waitFor(async () => (await git(['ls-remote', url(3)])).code !== 0, 3_000, 'the removal seen on node 3');
+  });
+
+  it('a disabled user\'s tokens fail on every node', async () => {
+    const t = await userToken('frank', 'write');
+    expect((await call(3, 'GET', '/user', t.token)).status).toBe(200);
+    await ok(1, 'POST', '/users/frank/disable');
+    await waitFor(async () => (await call(3, 'GET', '/user', t.token)).status === 401, 3_000, 'disabled user refused on node 3');
+    await ok(1, 'POST', '/users/frank/enable');
+  });
+
+  it('a token never creates a stronger one, nor one for another user', async () => {
+    const reader = await userToken('carol', 'read');
+    expect((await call(1, 'POST', '/tokens', reader.token, { name: 'x', scope: 'write' })).status).toBe(403);
+    expect((await call(1, 'POST', '/tokens', tokens.get('writer')!, { name: 'x', scope: 'read', user: 'dave' })).status).toBe(403);
+    expect((await call(1, 'POST', '/tokens', tokens.get('writer')!, { name: 'x', scope: 'admin' })).status).toBe(403);
+  });
+
+  it('visibility changes: private → public lets anonymous read, and back', async () => {
+    await makeRepo('flip', 'private');
+    const anon = (): Promise<{ code: number; stderr: string }> => git(['ls-remote', `${c.url(2)}/acme/flip.git`]);
+    expectGit(await anon(), 'prompt');
+    expect((await call(1, 'PATCH', '/repos/acme/flip', tokens.get('writer')!, { visibility: 'public' })).status).toBe(403);
+    expect((await call(1, 'PATCH', '/repos/acme/flip', tokens.get('repo-admin')!, { visibility: 'public' })).status).toBe(200);
+    await waitFor(async () => (await anon()).code === 0, 3_000, 'public on node 2');
+    expect((await call(3, 'PATCH', '/repos/acme/flip', admin, { visibility: 'private' })).status).toBe(200);
+    await waitFor(async () => (await anon()).code !== 0, 3_000, 'private again on node 2');
+  });
+
+  it('the audit log has pushes, creations, grants and token changes with who did them', async () => {
+    await commitFile(work, 'audit.txt', 'x\n', 'audit');
+    await gitOk(['push', '-q', gitUrl(2, 'acme/private', 'writer'), 'HEAD:refs/heads/audited'], { cwd: work });
+    await waitFor(async () => {
+      const events = (await ok(1, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
+      return events.some((e) => e.action === 'push' && e.user === 'carol' && e.repo === 'acme/private' && (e.refs as string[]).includes('refs/heads/audited') && typeof e.txn === 'string');
+    }, 5_000, 'the push in the audit log');
+    const events = (await ok(1, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
+    for (const action of ['repo.create', 'repo.grant', 'token.create', 'token.revoke', 'user.add', 'org.create', 'org.member', 'repo.delete']) {
+      expect(events.some((e) => e.action === action), action).toBe(true);
+    }
+    expect((await call(1, 'GET', '/admin/audit', tokens.get('repo-admin')!)).status).toBe(403);
+  });
+
+  it('lists page by page with a cursor, only what the caller may read', async () => {
+    const seen: string[] = [];
+    let cursor = '';
+    for (let i = 0; i < 100; i++) {
+      const r = await call(2, 'GET', `/repos?limit=2${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, tokens.get('non-member')!);
+      expect(r.status).toBe(200);
+      seen.push(...(r.json.repos as string[]));
+      if (r.json.next_cursor === null) break;
+      cursor = r.json.next_cursor as string;
+    }
+    const all = (await call(2, 'GET', '/repos?limit=1000', admin)).json.repos as string[];
+    expect(seen).toEqual([...new Set(seen)]);
+    expect(seen.length).toBeLessThan(all.length);
+    expect(seen).toContain('acme/public');
+    expect(seen).not.toContain('acme/private');
+  });
+
+  it('failed authentications from one address get 429 with Retry-After', async () => {
+    let last = 0;
+    for (let i = 0; i < 30 && last !== 429; i++) last = (await call(3, 'GET', '/user', `grt_guess_${i}`)).status;
+    expect(last).toBe(429);
+    const r = await fetch(`${c.url(3)}/user`, { headers: { authorization: `Bearer ${admin}` } });
+    expect(r.status).toBe(429);
+    expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
+  });
+});
