@@ -150,14 +150,24 @@ export class Directory {
   async setMember(org: string, user: string, role: OrgRole): Promise<void> {
     if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
     if (!(await this.user(user))) throw notFound(`user ${user} not found`);
+    if (role !== 'owner') await this.keepAnOwner(org, user);
     await this.store.setMeta(`members/${user}/${org}`, role);
     this.forget();
   }
 
-  /** removeMember takes a user out of an organisation. */
+  /** removeMember takes a user out of an organisation; 404 if the user is not in it. */
   async removeMember(org: string, user: string): Promise<void> {
+    if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
+    if ((await this.store.getMeta(`members/${user}/${org}`)) === null) throw notFound(`user ${user} is not a member of ${org}`);
+    await this.keepAnOwner(org, user);
     await this.store.deleteMeta(`members/${user}/${org}`);
     this.forget();
+  }
+
+  /** keepAnOwner refuses (409) to remove or demote an organisation's last owner. */
+  private async keepAnOwner(org: string, leaving: string): Promise<void> {
+    const owners = (await this.members(org)).filter((m) => m.role === 'owner').map((m) => m.user);
+    if (owners.length === 1 && owners[0] === leaving) throw conflict(`${leaving} is the last owner of ${org}: make another member an owner first`);
   }
 
   /** members lists an organisation's members with their roles. */
@@ -178,10 +188,12 @@ export class Directory {
     this.forget();
   }
 
-  /** grant gives a user or organisation a role on a repository (null removes the grant). */
+  /** grant gives a user or organisation a role on a repository (null removes the grant; 404 if there is none). */
   async grant(repoId: RepoId, grantee: string, role: Role | null): Promise<void> {
-    if (role === null) await this.store.deleteMeta(`grants/${repoId}/${grantee}`);
-    else await this.store.setMeta(`grants/${repoId}/${grantee}`, role);
+    const key = `grants/${repoId}/${grantee}`;
+    if (role !== null) await this.store.setMeta(key, role);
+    else if ((await this.store.getMeta(key)) === null) throw notFound(`${grantee} has no grant on ${repoId}`);
+    else await this.store.deleteMeta(key);
     this.forget();
   }
 

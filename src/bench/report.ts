@@ -112,6 +112,8 @@ export function targets(res: readonly WorkloadResult[], params: Params, nproc: n
   };
   if (res.some((w) => w.id === 'push-latency')) {
     add('small push p50, cluster3 / single', '<= 1.3', div(med(res, 'push-latency', 'cluster3', 'p50_ms'), med(res, 'push-latency', 'single', 'p50_ms')), (v) => v <= 1.3);
+    // Summed over every node and every request of a push: client auth and peer signatures.
+    add('auth checks per push, cluster3 (ms, all nodes)', '<= 2', med(res, 'push-latency', 'cluster3', 'auth_ms'), (v) => v <= 2);
   }
   if (res.some((w) => w.id === 'concurrent-clones')) {
     for (const s of ['cluster3', 'single'] as const) {

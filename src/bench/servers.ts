@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdir, rm, symlink } from 'node:fs/promises';
+import { cp, mkdir, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,8 +14,8 @@ export const SERVER_IDS: readonly ServerId[] = ['cluster3', 'single', 'node-git-
 
 /** SERVER_DESCRIPTIONS say what each server is. */
 export const SERVER_DESCRIPTIONS: Record<ServerId, string> = {
-  cluster3: 'this project, 3 node processes, R=3, W=2 (default majority), one shared SQLite store, --auth open',
-  single: 'this project, 1 node process, R=1 (replication off), SQLite store, --auth open',
+  cluster3: 'this project, 3 node processes, R=3, W=2 (default majority), one shared SQLite store, token auth, private repos',
+  single: 'this project, 1 node process, R=1 (replication off), SQLite store, token auth, private repos',
   'node-git-server': 'node-git-server 1.0.0 in its own Node process (autoCreate, every push accepted)',
   'http-backend': 'git http-backend behind a minimal Node CGI bridge in its own process (http.receivepack=true)',
 };
@@ -33,6 +33,8 @@ export interface ServerUnderTest {
   url(repoId: string, client?: number): string;
   /** logTail is the end of the server's output, for error messages. */
   logTail(): string;
+  /** metricsUrls are the Prometheus endpoints of this project's nodes (absent elsewhere). */
+  readonly metricsUrls?: readonly string[];
   /** nodeControl kills and restarts single nodes of this project's clusters (absent elsewhere). */
   readonly nodeControl?: NodeControl;
   stop(): Promise<void>;
@@ -42,6 +44,8 @@ export interface ServerUnderTest {
 export interface NodeControl {
   /** baseUrl is node `i`'s HTTP root (no trailing slash). */
   baseUrl(i: number): string;
+  /** apiHeaders authenticate REST calls (the admin token). */
+  readonly apiHeaders: Record<string, string>;
   /** kill sends SIGKILL to node `i` and every process it started. */
   kill(i: number): Promise<void>;
   /** restart starts node `i` again with its old data directory and port; resolves when /health answers. */
@@ -150,11 +154,25 @@ async function waitHttp(url: string, proc: Managed, timeoutMs: number, ok: (res:
 interface NodeProc { readonly id: string; readonly url: string; readonly proc: Managed }
 
 /**
- * NODE_ENV is added to the project's nodes' environment: `AUTH=open`, because the comparison
- * servers check no credentials either (the benchmark measures git and replication, not token
- * lookups), and exit-with-parent, so a killed benchmark leaves no node behind.
+ * NODE_ENV is added to the project's nodes' environment: token auth, as a production server runs
+ * (every git request is authenticated and authorised against a private repo; the comparison
+ * servers check nothing, so the cost of that shows in the ratios, and workload 1 reports it
+ * alone), and exit-with-parent, so a killed benchmark leaves no node behind.
  */
-const NODE_ENV: NodeJS.ProcessEnv = { AUTH: 'open', GIT_REPLICATION_EXIT_WITH_PARENT: '1' };
+const NODE_ENV: NodeJS.ProcessEnv = { AUTH: 'tokens', GIT_REPLICATION_EXIT_WITH_PARENT: '1' };
+
+/** adminToken reads the first-start admin token one of the nodes wrote to its data dir. */
+async function adminToken(root: string, nodes: number): Promise<string> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    for (let i = 0; i < nodes; i++) {
+      const t = (await readFile(join(root, `node-${i + 1}`, 'admin-token'), 'utf8').catch(() => '')).trim();
+      if (t) return t;
+    }
+    if (Date.now() > deadline) throw new Error('no node wrote an admin token');
+    await sleep(50);
+  }
+}
 
 /** startProjectCluster runs `nodes` processes of this project like test/helpers/cluster.ts does. */
 async function startProjectCluster(id: ServerId, root: string, dist: string, nodes: number, replicationFactor: number, logLevel: string): Promise<ServerUnderTest> {
@@ -189,6 +207,14 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
     await stopAll();
     throw err;
   }
+  let token: string;
+  try {
+    token = await adminToken(root, nodes);
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+  const apiHeaders = { authorization: `Bearer ${token}` };
   const nodeAt = (i: number): NodeProc => {
     const n = procs[i];
     if (!n) throw new Error(`${id} has no node ${i}`);
@@ -196,6 +222,7 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
   };
   const nodeControl: NodeControl = {
     baseUrl: (i) => nodeAt(i).url,
+    apiHeaders,
     kill: async (i) => { await nodeAt(i).proc.stop(0); },
     async restart(i) {
       if (nodeAt(i).proc.alive) throw new Error(`${nodeAt(i).id} is still running`);
@@ -213,7 +240,7 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
       let last = '';
       for (let attempt = 0; attempt < 20; attempt++) {
         const res = await fetch(`${procs[0]!.url}/repos`, {
-          method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ repo_id: repoId }), signal: AbortSignal.timeout(60_000),
+          method: 'POST', headers: { 'content-type': 'application/json', ...apiHeaders }, body: JSON.stringify({ repo_id: repoId }), signal: AbortSignal.timeout(60_000),
         });
         last = `${res.status} ${await res.text()}`;
         if (res.status === 201) return;
@@ -222,8 +249,9 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
       }
       throw new Error(`${id}: create ${repoId} failed: ${last}`);
     },
-    url: (repoId, client = 0) => `${procs[client % procs.length]!.url}/${repoId}.git`,
+    url: (repoId, client = 0) => `${procs[client % procs.length]!.url.replace('http://', `http://x:${token}@`)}/${repoId}.git`,
     logTail: () => procs.map((n) => `--- ${n.id}\n${n.proc.log.slice(-20_000)}`).join('\n'),
+    metricsUrls: procs.map((n) => `${n.url}/metrics`),
     nodeControl,
     stop: stopAll,
   };

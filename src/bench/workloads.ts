@@ -202,8 +202,23 @@ const PUSH_METRICS: MetricDef[] = [
   { name: 'p99_ms', unit: 'ms', better: 'lower' },
   { name: 'mean_ms', unit: 'ms', better: 'lower' },
   { name: 'server_cpu_ms', unit: 'ms/push', better: 'lower' },
+  { name: 'auth_ms', unit: 'ms/push', better: 'lower' },
   { name: 'errors', unit: 'pushes', better: 'lower' },
 ];
+
+/**
+ * authSecondsOf sums, over a server's nodes, the time spent deciding authentication and
+ * authorisation (`gitrep_auth_seconds_sum`); null for servers without the metric.
+ */
+async function authSecondsOf(s: ServerUnderTest): Promise<number | null> {
+  if (!s.metricsUrls) return null;
+  let total = 0;
+  for (const url of s.metricsUrls) {
+    const text = await (await fetch(url, { signal: AbortSignal.timeout(10_000) })).text();
+    for (const m of text.matchAll(/^gitrep_auth_seconds_sum\{[^}]*\} ([0-9.e+-]+)$/gm)) total += Number(m[1]);
+  }
+  return total;
+}
 
 const pushLatency: Workload = {
   id: 'push-latency',
@@ -233,6 +248,8 @@ const pushLatency: Workload = {
       const times = new Map<ServerId, number[]>(live.map((s) => [s.id, []]));
       const cpu = new Map<ServerId, number[]>(live.map((s) => [s.id, []]));
       const errors = new Map<ServerId, number>(live.map((s) => [s.id, 0]));
+      const auth0 = new Map<ServerId, number | null>();
+      for (const s of live) auth0.set(s.id, await authSecondsOf(s));
       for (let i = 0; i < n; i++) {
         for (const s of rotate(live, i + r)) {
           const c0 = await cpuOf(s);
@@ -249,9 +266,13 @@ const pushLatency: Workload = {
       for (const s of live) {
         const t = times.get(s.id)!;
         if (t.length === 0) continue;
+        const a0 = auth0.get(s.id) ?? null;
+        const a1 = a0 === null ? null : await authSecondsOf(s);
         runs.get(s.id)!.rounds.push({
           p50_ms: percentile(t, 50), p99_ms: percentile(t, 99), mean_ms: mean(t),
-          server_cpu_ms: mean(cpu.get(s.id)!) * 1000, errors: errors.get(s.id)!,
+          server_cpu_ms: mean(cpu.get(s.id)!) * 1000,
+          ...(a0 !== null && a1 !== null ? { auth_ms: ((a1 - a0) * 1000) / t.length } : {}),
+          errors: errors.get(s.id)!,
         });
       }
       await rm(src, { recursive: true, force: true });
@@ -496,19 +517,19 @@ const bigClone: Workload = {
 interface ReplicaStatus { node: string; state: string; generation: number | null; checksum: string | null }
 interface RepoStatus { generation: number; checksum: string; replicas: ReplicaStatus[] }
 
-async function repoStatus(base: string, repoId: string): Promise<RepoStatus> {
-  const res = await fetch(`${base}/repos/${repoId}`, { signal: AbortSignal.timeout(10_000) });
+async function repoStatus(base: string, repoId: string, headers: Record<string, string>): Promise<RepoStatus> {
+  const res = await fetch(`${base}/repos/${repoId}`, { headers, signal: AbortSignal.timeout(10_000) });
   if (!res.ok) throw new Error(`GET /repos/${repoId}: ${res.status} ${await res.text()}`);
   return (await res.json()) as RepoStatus;
 }
 
 /** waitReplicaInSync polls the repo's status every 50 ms until `node`'s replica is in sync at the current generation. */
-async function waitReplicaInSync(base: string, repoId: string, node: string, timeoutMs: number): Promise<RepoStatus> {
+async function waitReplicaInSync(base: string, repoId: string, node: string, timeoutMs: number, headers: Record<string, string>): Promise<RepoStatus> {
   const deadline = performance.now() + timeoutMs;
   let last = '';
   for (;;) {
     try {
-      const st = await repoStatus(base, repoId);
+      const st = await repoStatus(base, repoId, headers);
       const r = st.replicas.find((x) => x.node === node);
       if (r?.state === 'in_sync' && r.generation === st.generation) return st;
       last = JSON.stringify(r ?? null);
@@ -552,7 +573,7 @@ const repair: Workload = {
           const clone = await git(['clone', '-q', '--mirror', s.url(repo, 0), dir], { timeoutMs: BIG_TIMEOUT });
           if (clone.code !== 0) throw new Error(`plain clone failed (${clone.code}): ${lastLines(clone.stderr)}`);
           const { spawnedAt, readyAt } = await nc.restart(victim);
-          const st = await waitReplicaInSync(nc.baseUrl(0), repo, node, BIG_TIMEOUT);
+          const st = await waitReplicaInSync(nc.baseUrl(0), repo, node, BIG_TIMEOUT, nc.apiHeaders);
           const syncedAt = performance.now();
           const sums = new Set(st.replicas.filter((x) => x.state === 'in_sync').map((x) => x.checksum));
           if (sums.size !== 1 || !sums.has(st.checksum)) throw new Error(`replica checksums differ after repair: ${JSON.stringify(st.replicas)}`);

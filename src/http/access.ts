@@ -53,7 +53,16 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
   app.addHook('onRoute', (route: RouteOptions) => {
     const access = route.config?.access;
     if (access === undefined) throw new Error(`route ${String(route.method)} ${route.url} declares no access policy`);
-    const check: onRequestAsyncHookHandler = access === 'peer' ? verifyPeer(deps) : typeof access === 'object' ? requireRepo(deps, access) : requireClient(deps, access);
+    const kind = access === 'peer' ? 'peer' : typeof access === 'object' ? 'repo' : 'client';
+    const decide = access === 'peer' ? verifyPeer(deps) : typeof access === 'object' ? requireRepo(deps, access) : requireClient(deps, access);
+    const check: onRequestAsyncHookHandler = async function (this: FastifyInstance, req, reply) {
+      const started = process.hrtime.bigint();
+      try {
+        await decide.call(this, req, reply);
+      } finally {
+        deps.metrics.authSeconds.observe({ kind }, Number(process.hrtime.bigint() - started) / 1e9);
+      }
+    };
     const existing = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest];
     route.onRequest = [check, ...existing];
     if (access === 'peer') {

@@ -54,6 +54,9 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const result = await deps.coordinator.createRepo(repoId);
     const visibility = req.body.visibility ?? 'private';
     if (visibility === 'public') await directory.setVisibility(repoId, 'public');
+    // A member who creates a repository in an organisation administers it (members only read the rest).
+    const p = caller.principal;
+    if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grant(repoId, `user:${p.user}`, 'admin');
     audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
     return reply.code(201).send({ ...result, visibility });
   });
@@ -155,6 +158,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
   app.delete<{ Params: RepoParams & { grantee: string } }>('/repos/:owner/:repo/grants/:grantee', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
     const grantee = checkPrincipal(req.params.grantee);
+    if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
     await directory.grant(repoId, grantee, null);
     audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
     return { repo_id: repoId, grantee, role: null };

@@ -32,7 +32,7 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     http: server,
     // With a certificate and key the same routes are served over HTTPS (Fastify then ignores `http`).
     ...(tls ? { https: { ...tls, ...server } } : {}),
-    maxParamLength: 256,
+    routerOptions: { maxParamLength: 256 },
     // Bodies are validated as sent: `{"repo_id":["o/x"]}` is a 400, not coerced to a string.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
     logController: new LogController({ disableRequestLogging: true }),

@@ -238,6 +238,28 @@ describe('permission matrix: callers × public and private × operations', () =>
     await ok(1, 'POST', '/users/frank/enable');
   });
 
+  it('a member who creates a repository in the organisation administers it', async () => {
+    const bob = tokens.get('org-member')!;
+    expect((await call(1, 'POST', '/repos', bob, { repo_id: 'acme/bobs' })).status).toBe(201);
+    await gitOk(['push', '-q', gitUrl(2, 'acme/bobs', 'org-member'), 'HEAD:refs/heads/main'], { cwd: work });
+    const grants = (await ok(3, 'GET', '/repos/acme/bobs/grants')).grants as Array<{ grantee: string; role: string }>;
+    expect(grants).toContainEqual({ grantee: 'user:bob', role: 'admin' });
+    // bob's token has scope write: it pushes, but it does not administer.
+    expect((await call(3, 'PATCH', '/repos/acme/bobs', bob, { visibility: 'public' })).status).toBe(403);
+    await ok(3, 'PATCH', '/repos/acme/bobs', { visibility: 'public' });
+    // Anyone else (carol has no grant here) only reads it, now that it is public.
+    expectGit(await git(['push', gitUrl(1, 'acme/bobs', 'writer'), 'HEAD:refs/heads/c'], { cwd: work }), 'forbidden');
+  });
+
+  it('an organisation keeps an owner; removing what is not there is a 404', async () => {
+    const alice = tokens.get('repo-admin')!;
+    expect((await call(1, 'DELETE', '/orgs/acme/members/alice', alice)).status).toBe(409);
+    expect((await call(1, 'PUT', '/orgs/acme/members/alice', alice, { role: 'member' })).status).toBe(409);
+    expect((await call(1, 'DELETE', '/orgs/acme/members/dave', alice)).status).toBe(404);
+    expect((await call(1, 'DELETE', '/repos/acme/private/grants/user:dave', alice)).status).toBe(404);
+    expect((await call(1, 'DELETE', '/repos/acme/nope/grants/user:dave', admin)).status).toBe(404);
+  });
+
   it('a token never creates a stronger one, nor one for another user', async () => {
     const reader = await userToken('carol', 'read');
     expect((await call(1, 'POST', '/tokens', reader.token, { name: 'x', scope: 'write' })).status).toBe(403);
