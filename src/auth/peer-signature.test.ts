@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bodyDigest, NO_BODY, PeerVerifier, signHop, signPeerRequest, verifyHop, type SignedCall } from './peer-signature.js';
+import { bodyDigest, NO_BODY, PeerVerifier, signHop, signPeerRequest, signSshHop, verifyHop, verifySshHop, type SignedCall } from './peer-signature.js';
 
 const self = { nodeId: 'node-2', epoch: '2026-12-01T00:00:00.000Z', isMember: (id: string) => Promise.resolve(id.startsWith('node-')) };
 const call: SignedCall = { method: 'POST', path: '/replicate/commit', contentLength: 42, digest: bodyDigest('{"a":1}') };
@@ -57,5 +57,23 @@ describe('hop tokens', () => {
     expect(verifyHop('secret', signHop('secret', '10.0.0.1', Date.now() - 120_000))).toBeNull();
     expect(verifyHop('secret', 'node-1')).toBeNull();
     expect(verifyHop('secret', undefined)).toBeNull();
+  });
+});
+
+describe('ssh hop tokens', () => {
+  const hop = { user: 'alice', key: 'laptop', client: '10.0.0.7' };
+  it('name the original user, key and client, only with the secret and only while fresh', () => {
+    expect(verifySshHop('secret', signSshHop('secret', hop))).toEqual(hop);
+    expect(verifySshHop('secret', signSshHop('other', hop))).toBeNull();
+    expect(verifySshHop('secret', signSshHop('secret', hop, Date.now() - 120_000))).toBeNull();
+    expect(verifySshHop('secret', undefined)).toBeNull();
+    expect(verifySshHop('secret', 'a.b.c')).toBeNull();
+  });
+
+  it('refuses a token edited to name another user, and a plain hop token', () => {
+    const [, ts, sig] = signSshHop('secret', hop).split('.');
+    const forged = `${Buffer.from(JSON.stringify({ u: 'admin', k: 'laptop', c: '10.0.0.7' })).toString('base64url')}.${ts}.${sig}`;
+    expect(verifySshHop('secret', forged)).toBeNull();
+    expect(verifySshHop('secret', signHop('secret', 'alice'))).toBeNull();
   });
 });

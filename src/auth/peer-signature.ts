@@ -133,3 +133,44 @@ export function verifyHop(secret: string, header: string | undefined, now = Date
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
   return Buffer.from(who, 'base64url').toString('utf8');
 }
+
+/** SshHop is who an SSH session a node proxies to a peer acts for. */
+export interface SshHop {
+  /** user is the original user, whose permissions the peer applies. */
+  readonly user: string;
+  /** key names the SSH key the user signed in with (for the audit log). */
+  readonly key: string;
+  /** client is the address the first node saw (for the per-client git cap). */
+  readonly client: string;
+}
+
+/**
+ * signSshHop makes the password a node presents (user name `hop`) when it proxies an SSH
+ * session to an in-sync peer. It names the original user, key and client address, so the peer
+ * applies that user's permissions, not a node's. It travels only inside SSH's encrypted
+ * transport to a peer whose host key is the cluster's, and is good for MAX_SKEW_MS.
+ */
+export function signSshHop(secret: string, hop: SshHop, now = Date.now()): string {
+  const ts = String(now);
+  const body = Buffer.from(JSON.stringify({ u: hop.user, k: hop.key, c: hop.client })).toString('base64url');
+  return `${body}.${ts}.${mac(secret, ['ssh-hop-v1', body, ts])}`;
+}
+
+/** verifySshHop returns what an SSH hop token names, or null when it is forged, stale or malformed. */
+export function verifySshHop(secret: string, token: string | undefined, now = Date.now()): SshHop | null {
+  if (!token || token.length > 2048) return null;
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  const [body, ts, sig] = parts as [string, string, string];
+  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
+  const expected = Buffer.from(mac(secret, ['ssh-hop-v1', body, ts]), 'hex');
+  const given = Buffer.from(sig, 'hex');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+  try {
+    const v = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as { u?: unknown; k?: unknown; c?: unknown };
+    if (typeof v.u !== 'string' || typeof v.k !== 'string' || typeof v.c !== 'string') return null;
+    return { user: v.u, key: v.k, client: v.c };
+  } catch {
+    return null;
+  }
+}

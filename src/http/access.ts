@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler, RouteOptions } from 'fastify';
 import { bodyDigest, HOP_HEADER, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
-import { decide, lower, repoRole, type Role } from '../auth/policy.js';
+import { authorizeRepo } from '../auth/authorize.js';
+import type { Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
 import { AppError, notFound, unauthorized } from '../domain/errors.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
@@ -93,9 +94,7 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     if (need === 'read' && (deps.hops.verify(header(req, HOP_HEADER)) ?? '').startsWith('repair:')) return;
     const caller = await deps.auth.identify(req.headers.authorization, req.ip);
     req.caller = caller;
-    const policy = await deps.directory.policy(repoId);
-    const role = caller ? lower(repoRole(caller.principal, policy), caller.token.scope) : repoRole(null, policy);
-    const decision = decide(role, need, caller !== null);
+    const decision = await authorizeRepo(deps.directory, caller?.principal ?? null, caller?.token.scope ?? null, repoId, need);
     if (decision === 'allow') return;
     const hidden = notFound(`repository ${repoId} not found`);
     if (decision === 'not_found') throw hidden;
