@@ -27,6 +27,8 @@ import { Participant } from './replication/participant.js';
 import { RepairWorker } from './replication/repair.js';
 import { Router } from './replication/router.js';
 import { Steward } from './replication/steward.js';
+import { SshKeys } from './auth/ssh-keys.js';
+import { forgetSshEndpoint, SSH_DEFAULTS, startSshServer, type SshLimits } from './ssh/server.js';
 import { TxnLog } from './replication/txn-log.js';
 import { openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
@@ -72,6 +74,10 @@ export interface NodeConfig {
   readonly logLevel: string;
   /** tls: with `cert` and `key` the node serves HTTPS; `ca` verifies `https://` peers. Read at start. */
   readonly tls?: TlsFiles;
+  /** sshPort: serve Git over SSH on this port (0: any free port); absent: no SSH server. */
+  readonly sshPort?: number;
+  /** sshLimits bound SSH clients (default SSH_DEFAULTS). */
+  readonly sshLimits?: SshLimits;
 }
 
 /** DEFAULTS are the node's defaults, shared by the CLI and tests. */
@@ -169,6 +175,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
     participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId),
+    sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
       hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION,
       limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
@@ -176,6 +183,12 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   };
   const app = buildHttpApp(deps, logger, tls.server);
   await app.listen({ host: cfg.host, port: cfg.port });
+  const ssh = cfg.sshPort === undefined ? null : await startSshServer({
+    ...deps, keys: deps.sshKeys, secret, hooksDir: deps.config.hooksDir, maxPushBytes: cfg.maxPushBytes, gitTimeoutMs: deps.config.gitTimeoutMs,
+    limits: cfg.sshLimits ?? SSH_DEFAULTS, host: cfg.host, port: cfg.sshPort, advertiseHost: new URL(url).hostname, hostKeyFile: join(dataDir, 'ssh_host_ed25519_key'),
+  });
+  if (ssh) deps.ssh.port = ssh.port;
+  else await forgetSshEndpoint(store, cfg.nodeId);
   await membership.start();
 
   const timers = [
@@ -185,7 +198,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   for (const t of timers) t.unref();
   repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs, cfg.fsckIntervalMs);
   steward.start(cfg.stewardIntervalMs);
-  logger.info({ url, store: cfg.store.kind, dataDir, hookPort }, 'node started');
+  logger.info({ url, sshPort: ssh?.port ?? null, store: cfg.store.kind, dataDir, hookPort }, 'node started');
 
   let closed = false;
   return {
@@ -198,6 +211,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       repair.stop();
       steward.stop();
       load.stop();
+      await ssh?.server.close();
       await membership.stop();
       await app.close();
       await hooks.close();

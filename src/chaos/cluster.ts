@@ -36,6 +36,8 @@ export interface TestNode {
   readonly port: number;
   readonly url: string;
   readonly dataDir: string;
+  /** sshPort is the node's SSH port (clusters started with `ssh: true`). */
+  readonly sshPort?: number;
   proc: ChildProcess | null;
   log: string;
 }
@@ -57,6 +59,8 @@ export interface ClusterOptions {
    * URLs are then `https://127.0.0.1:<port>` and the harness's own calls trust `ca`.
    */
   tls?: { ca: string; certs: (nodeId: string) => { cert: string; key: string } };
+  /** ssh gives every node a free SSH port (`--ssh-port`, in TestNode.sshPort). */
+  ssh?: boolean;
 }
 
 /** HarnessFetch is the subset of fetch the harness uses (global fetch, or undici's with a CA). */
@@ -95,7 +99,8 @@ export class TestCluster {
     const c = new TestCluster(root, opts.store ?? `sqlite:${join(root, 'cluster.db')}`, opts);
     for (let i = 1; i <= opts.nodes; i++) {
       const port = await freePort();
-      c.nodes.push({ id: `node-${i}`, port, url: `${c.scheme}://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '' });
+      const ssh = opts.ssh ? { sshPort: await freePort() } : {};
+      c.nodes.push({ id: `node-${i}`, port, url: `${c.scheme}://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '', ...ssh });
     }
     try {
       await Promise.all(c.nodes.map((n) => c.spawn(n)));
@@ -132,6 +137,7 @@ export class TestCluster {
   private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
     const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.opts.nodeStore?.[n.id] ?? this.store];
     if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
+    if (n.sshPort !== undefined) args.push('--ssh-port', String(n.sshPort));
     const tls = this.opts.tls ? { ...this.opts.tls.certs(n.id), ca: this.opts.tls.ca } : null;
     const tlsEnv: Record<string, string> = tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {};
     const env = { ...process.env, ...FAST_ENV, ...tlsEnv, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };

@@ -4,12 +4,14 @@ import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
 import { parseStoreUrl } from '../store/open.js';
+import { SSH_DEFAULTS } from '../ssh/server.js';
 
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
   replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
   maxGitPerClient?: string; bodyIdleTimeout?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
+  sshPort?: string; sshMaxPerUser?: string; sshIdleTimeout?: string; sshSessionTimeout?: string; sshMaxAuthTries?: string;
 }
 
 /** tlsFiles reads --tls-cert/--tls-key/--tls-ca (TLS_CERT, TLS_KEY, TLS_CA); cert and key come together. */
@@ -100,6 +102,23 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     auth: parseAuth(o.auth ?? env.AUTH),
     logLevel: o.logLevel ?? env.LOG_LEVEL ?? DEFAULTS.logLevel,
     ...(tls ? { tls } : {}),
+    ...sshConfig(o, env),
+  };
+}
+
+/** sshConfig reads --ssh-port (SSH_PORT; unset: no SSH server) and the SSH limits. */
+function sshConfig(o: ServeOptions, env: NodeJS.ProcessEnv): Pick<NodeConfig, 'sshPort' | 'sshLimits'> {
+  const port = o.sshPort ?? env.SSH_PORT;
+  if (port === undefined || port === '' || port === 'off') return {};
+  return {
+    sshPort: int(port, 'ssh port', 0),
+    sshLimits: {
+      ...SSH_DEFAULTS,
+      maxConnectionsPerUser: int(o.sshMaxPerUser ?? env.SSH_MAX_PER_USER, 'ssh connections per user', SSH_DEFAULTS.maxConnectionsPerUser),
+      idleMs: parseDuration(o.sshIdleTimeout ?? env.SSH_IDLE_TIMEOUT, SSH_DEFAULTS.idleMs),
+      sessionMs: parseDuration(o.sshSessionTimeout ?? env.SSH_SESSION_TIMEOUT, SSH_DEFAULTS.sessionMs),
+      maxAuthAttempts: int(o.sshMaxAuthTries ?? env.SSH_MAX_AUTH_TRIES, 'ssh auth attempts', SSH_DEFAULTS.maxAuthAttempts),
+    },
   };
 }
 
@@ -128,6 +147,11 @@ export function registerServe(program: Command): void {
     .option('--tls-cert <pem>', 'serve HTTPS with this certificate (chain); needs --tls-key (env TLS_CERT)')
     .option('--tls-key <pem>', 'private key of --tls-cert (env TLS_KEY)')
     .option('--tls-ca <pem>', 'CA that https:// peers are verified against, default the system CAs (env TLS_CA)')
+    .option('--ssh-port <port>', 'serve Git over SSH on this port (env SSH_PORT; default off)')
+    .option('--ssh-max-per-user <n>', 'SSH connections one user may hold at once (env SSH_MAX_PER_USER, default 10)')
+    .option('--ssh-idle-timeout <duration>', 'close an SSH connection without data this long (env SSH_IDLE_TIMEOUT, default 60s)')
+    .option('--ssh-session-timeout <duration>', 'close any SSH connection after this long (env SSH_SESSION_TIMEOUT, default 1h)')
+    .option('--ssh-max-auth-tries <n>', 'keys a client may offer per SSH connection (env SSH_MAX_AUTH_TRIES, default 6)')
     .action(async (o: ServeOptions) => {
       let cfg: NodeConfig;
       try {

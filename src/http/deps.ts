@@ -5,6 +5,7 @@ import type { PeerClient } from '../cluster/peer-client.js';
 import type { PeerVerifier } from '../auth/peer-signature.js';
 import type { AuditLog } from '../auth/audit.js';
 import type { Directory } from '../auth/directory.js';
+import type { SshKeys } from '../auth/ssh-keys.js';
 import type { Authenticator } from '../auth/tokens.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
@@ -69,4 +70,7 @@ export interface NodeDeps {
   readonly audit: AuditLog;
   readonly hops: HopTokens;
   readonly activity: RepoActivity;
+  readonly sshKeys: SshKeys;
+  /** ssh.port is this node's SSH port once its SSH server listens (null: no SSH server). */
+  readonly ssh: { port: number | null };
 }

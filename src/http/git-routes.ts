@@ -11,6 +11,7 @@ import { HOP_HEADER } from '../auth/peer-signature.js';
 import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
 import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
+import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
 import type { NodeDeps } from './deps.js';
 
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
@@ -96,8 +97,8 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       counted: true,
       client: clientOf(deps, req),
       timeoutMs: deps.config.gitTimeoutMs,
-      config: { 'core.hooksPath': deps.config.hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(limits.maxPushBytes) },
-      env: { GIT_REPLICATION_HOOK_PORT: String(deps.hookPort), GIT_REPLICATION_PUSH_ID: pushId },
+      config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes),
+      env: receivePackEnv(deps.hookPort, pushId),
       });
     } catch (err) {
       endUpload();
@@ -130,13 +131,6 @@ function checkContentType(req: FastifyRequest, service: string): void {
   const type = (header(req, 'content-type') ?? '').split(';')[0]?.trim();
   if (type !== `application/x-${service}-request`) throw new AppError('ERR_CONTENT_TYPE', 415, `content-type must be application/x-${service}-request`);
 }
-
-/**
- * UPLOAD_PACK_CONFIG caps what the pack-objects under upload-pack maps of the packs it reads (git's
- * defaults map up to 8 GiB in 1 GiB windows): a clone of a 200 MiB pack then peaks at about 55 MB
- * RSS instead of the pack's size. The settings reach pack-objects through git's environment.
- */
-const UPLOAD_PACK_CONFIG = { 'core.packedGitWindowSize': '16m', 'core.packedGitLimit': '64m' };
 
 /** routeOrProxy serves locally (returns true) or proxies the whole request to an in-sync peer (returns false). */
 async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyReply, repoId: RepoId, write: boolean, service: string): Promise<boolean> {

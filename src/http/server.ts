@@ -7,6 +7,7 @@ import { registerGitRoutes } from './git-routes.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
+import { registerSshRoutes } from './ssh-routes.js';
 import { registerUserRoutes } from './user-routes.js';
 
 /** isGitRoute says whether a matched route is one of the smart-HTTP endpoints git clients call. */
@@ -64,6 +65,7 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   registerRepoRoutes(app, deps);
   registerAdminRoutes(app, deps);
   registerUserRoutes(app, deps);
+  registerSshRoutes(app, deps);
   registerReplicateRoutes(app, deps);
   registerGitRoutes(app, deps);
   return app;

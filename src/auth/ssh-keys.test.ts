@@ -1,0 +1,41 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { utils } from 'ssh2';
+import { describe, expect, it } from 'vitest';
+import { fingerprintOf, normalizeKeyId, parsePublicKey } from './ssh-keys.js';
+
+const ed = utils.generateKeyPairSync('ed25519');
+const ecdsa = utils.generateKeyPairSync('ecdsa', { bits: 256 });
+const rsa2048 = utils.generateKeyPairSync('rsa', { bits: 2048 });
+const rsa1024 = utils.generateKeyPairSync('rsa', { bits: 1024 });
+
+describe('parsePublicKey', () => {
+  it.each([
+    ['ed25519', `${ed.public} me@laptop`, 'ssh-ed25519'],
+    ['ECDSA', ecdsa.public, 'ecdsa-sha2-nistp256'],
+    ['RSA 2048', rsa2048.public, 'ssh-rsa'],
+  ])('accepts %s', (_n, text, type) => {
+    expect(parsePublicKey(text).type).toBe(type);
+  });
+
+  it.each([
+    ['RSA 1024', rsa1024.public, /RSA key of 1024 bits is too short/],
+    ['a private key', ed.private, /private key/],
+    ['garbage', 'ssh-ed25519 AAAAnotakey', /not an SSH public key/],
+    ['an empty string', '', /not an SSH public key/],
+  ])('refuses %s', (_n, text, why) => {
+    expect(() => parsePublicKey(text)).toThrow(why);
+  });
+
+  it('has the fingerprint ssh-keygen -l prints, and takes it back in either form', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sshkey-'));
+    writeFileSync(join(dir, 'k.pub'), `${ed.public}\n`);
+    const printed = execFileSync('ssh-keygen', ['-l', '-f', join(dir, 'k.pub')], { encoding: 'utf8' }).split(' ')[1];
+    const { id } = parsePublicKey(ed.public);
+    expect(fingerprintOf(id)).toBe(printed);
+    expect(normalizeKeyId(printed ?? '')).toBe(id);
+    expect(normalizeKeyId(id)).toBe(id);
+  });
+});

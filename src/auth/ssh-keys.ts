@@ -1,0 +1,144 @@
+import { createHash, createPublicKey } from 'node:crypto';
+import ssh2 from 'ssh2';
+import { type ParsedKey } from 'ssh2';
+import { badRequest, conflict, notFound } from '../domain/errors.js';
+import type { ClusterStore } from '../store/types.js';
+import { DIRECTORY_CACHE_MS, type Directory } from './directory.js';
+
+// ssh2 is CommonJS: its named exports are read from the default export.
+const { utils } = ssh2;
+
+/** SshKeyRecord is what the store keeps of a registered public key (`ssh-keys/<id>`). */
+export interface SshKeyRecord {
+  readonly user: string;
+  readonly name: string;
+  readonly type: string;
+  /** key is the public key line, `<type> <base64>` (no comment). */
+  readonly key: string;
+  readonly createdAt: string;
+}
+
+/** SshKeyView is what listing shows of a key. */
+export interface SshKeyView extends SshKeyRecord {
+  /** id is the fingerprint in URL-safe form, used to remove the key. */
+  readonly id: string;
+  /** fingerprint is OpenSSH's form, `SHA256:<base64>`, as `ssh-keygen -l` prints it. */
+  readonly fingerprint: string;
+}
+
+/** MIN_RSA_BITS is the smallest RSA modulus accepted (NIST SP 800-131A; OpenSSH 9 refuses < 1024). */
+export const MIN_RSA_BITS = 2048;
+const ACCEPTED = new Set(['ssh-ed25519', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'ssh-rsa']);
+const PREFIX = 'ssh-keys/';
+const MAX_KEY_TEXT = 16 * 1024;
+
+/** keyId is a public key blob's SHA-256 in base64url without padding: its store id. */
+export function keyId(blob: Buffer): string {
+  return createHash('sha256').update(blob).digest('base64url');
+}
+
+/** fingerprintOf turns a key id into OpenSSH's `SHA256:` form. */
+export function fingerprintOf(id: string): string {
+  return `SHA256:${id.replace(/-/g, '+').replace(/_/g, '/')}`;
+}
+
+/** normalizeKeyId accepts an id or an OpenSSH fingerprint (`SHA256:…`) and returns the id. */
+export function normalizeKeyId(value: string): string {
+  return value.replace(/^SHA256:/, '').replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/**
+ * parsePublicKey checks a public key line (`ssh-ed25519 AAAA… comment`): ed25519, ECDSA, or RSA
+ * of at least MIN_RSA_BITS; a private key, DSA, or anything unparsable is a 400.
+ */
+export function parsePublicKey(text: string): { parsed: ParsedKey; type: string; line: string; id: string } {
+  if (text.length > MAX_KEY_TEXT) throw badRequest('public key is too long');
+  const parsed = utils.parseKey(text.trim());
+  if (parsed instanceof Error) throw badRequest(`not an SSH public key: ${parsed.message}`);
+  if (parsed.isPrivateKey()) throw badRequest('that is a private key: register the public key (the .pub file)');
+  if (!ACCEPTED.has(parsed.type)) throw badRequest(`key type ${parsed.type} is not accepted: use ed25519, ECDSA or RSA (>= ${MIN_RSA_BITS} bits)`);
+  if (parsed.type === 'ssh-rsa') {
+    const bits = createPublicKey(parsed.getPublicPEM()).asymmetricKeyDetails?.modulusLength ?? 0;
+    if (bits < MIN_RSA_BITS) throw badRequest(`RSA key of ${bits} bits is too short: at least ${MIN_RSA_BITS} bits`);
+  }
+  const blob = parsed.getPublicSSH();
+  return { parsed, type: parsed.type, line: `${parsed.type} ${blob.toString('base64')}`, id: keyId(blob) };
+}
+
+/** SshPrincipal is who a presented key belongs to, and the key's name. */
+export interface SshKeyOwner {
+  readonly user: string;
+  readonly keyName: string;
+  readonly parsed: ParsedKey;
+}
+
+/**
+ * SshKeys keeps users' SSH public keys in the cluster store under `ssh-keys/<id>`, the id being
+ * the key's SHA-256: a key belongs to one user (adding one another user holds is a 409). Look-ups
+ * at sign-in are cached for DIRECTORY_CACHE_MS, like tokens: a removed key fails on every node
+ * within that time.
+ */
+export class SshKeys {
+  private readonly cache = new Map<string, { at: number; record: SshKeyRecord | null }>();
+
+  constructor(private readonly store: ClusterStore, private readonly directory: Directory) {}
+
+  /** add registers a key for a user (404 for an unknown user, 409 if the key is registered). */
+  async add(user: string, name: string, text: string): Promise<SshKeyView> {
+    if (!(await this.directory.user(user))) throw notFound(`user ${user} not found`);
+    const k = parsePublicKey(text);
+    const record: SshKeyRecord = { user, name, type: k.type, key: k.line, createdAt: new Date().toISOString() };
+    const stored = await this.store.setMetaIfAbsent(`${PREFIX}${k.id}`, JSON.stringify(record));
+    if (stored !== JSON.stringify(record)) {
+      const holder = JSON.parse(stored) as SshKeyRecord;
+      throw conflict(holder.user === user ? `this key is registered already (as '${holder.name}')` : 'this key is registered to another user');
+    }
+    this.cache.delete(k.id);
+    return { ...record, id: k.id, fingerprint: fingerprintOf(k.id) };
+  }
+
+  /** list shows a user's keys. */
+  async list(user: string): Promise<SshKeyView[]> {
+    const out: SshKeyView[] = [];
+    for (const m of await this.store.listMeta(PREFIX)) {
+      const record = JSON.parse(m.value) as SshKeyRecord;
+      const id = m.key.slice(PREFIX.length);
+      if (record.user === user) out.push({ ...record, id, fingerprint: fingerprintOf(id) });
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  /** remove deletes one of a user's keys by id or fingerprint (404 if the user has no such key). */
+  async remove(user: string, idOrFingerprint: string): Promise<SshKeyView> {
+    const id = normalizeKeyId(idOrFingerprint);
+    const raw = /^[A-Za-z0-9_-]{43}$/.test(id) ? await this.store.getMeta(`${PREFIX}${id}`) : null;
+    const record = raw ? (JSON.parse(raw) as SshKeyRecord) : null;
+    if (!record || record.user !== user) throw notFound(`user ${user} has no key ${idOrFingerprint}`);
+    await this.store.deleteMeta(`${PREFIX}${id}`);
+    this.cache.delete(id);
+    return { ...record, id, fingerprint: fingerprintOf(id) };
+  }
+
+  /**
+   * owner finds who a presented public key blob belongs to: null for an unknown key or a
+   * disabled (or deleted) user.
+   */
+  async owner(blob: Buffer): Promise<SshKeyOwner | null> {
+    const id = keyId(blob);
+    const hit = this.cache.get(id);
+    let record: SshKeyRecord | null;
+    if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) record = hit.record;
+    else {
+      const raw = await this.store.getMeta(`${PREFIX}${id}`);
+      record = raw ? (JSON.parse(raw) as SshKeyRecord) : null;
+      this.cache.set(id, { at: Date.now(), record });
+      if (this.cache.size > 4_096) this.cache.clear();
+    }
+    if (!record) return null;
+    const user = await this.directory.user(record.user);
+    if (!user || user.disabled) return null;
+    const parsed = utils.parseKey(record.key);
+    if (parsed instanceof Error) return null;
+    return { user: record.user, keyName: record.name, parsed };
+  }
+}

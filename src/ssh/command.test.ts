@@ -1,0 +1,40 @@
+import { describe, expect, it } from 'vitest';
+import { gitProtocolValue, parseGitCommand } from './command.js';
+
+describe('parseGitCommand', () => {
+  it.each([
+    ["git-upload-pack '/acme/site.git'", 'git-upload-pack', 'acme/site'],
+    ["git-upload-pack 'acme/site.git'", 'git-upload-pack', 'acme/site'],
+    ["git-receive-pack '/acme/site.git'", 'git-receive-pack', 'acme/site'],
+    ['git-receive-pack acme/site', 'git-receive-pack', 'acme/site'],
+    ["git upload-pack '/acme/site'", 'git-upload-pack', 'acme/site'],
+    ["git-upload-pack '~/acme/site.git'", 'git-upload-pack', 'acme/site'],
+  ])('accepts %s', (cmd, service, repo) => {
+    expect(parseGitCommand(cmd)).toMatchObject({ service, repoId: repo, write: service === 'git-receive-pack' });
+  });
+
+  it.each([
+    ['ls /', /only git-upload-pack and git-receive-pack/],
+    ['', /only git-upload-pack/],
+    ["git-upload-archive '/acme/site.git'", /only git-upload-pack/],
+    ["git-upload-pack '/acme/site.git'; rm -rf /", /only git-upload-pack/],
+    ["git-upload-pack '/acme/site.git' --upload-pack=touch", /only git-upload-pack/],
+    ["git-upload-pack '/../../etc.git'", /not a repository path/],
+    ["git-upload-pack '/acme/../x.git'", /not a repository path/],
+    ["git-upload-pack '/etc/passwd/x'", /not a repository path/],
+    ["git-upload-pack '/x'", /not a repository path/],
+    ["git-upload-pack '/admin/x.git'", /not a repository path/],
+    ["git-upload-pack '--help/x'", /not a repository path/],
+    ['git-upload-pack $(id)/x', /not a repository path/],
+  ])('refuses %s', (cmd, why) => {
+    expect(() => parseGitCommand(cmd)).toThrow(why);
+  });
+});
+
+describe('gitProtocolValue', () => {
+  it('accepts version=2 and refuses anything odd', () => {
+    expect(gitProtocolValue('version=2')).toBe('version=2');
+    expect(gitProtocolValue('version=2\nx')).toBeNull();
+    expect(gitProtocolValue('')).toBeNull();
+  });
+});

@@ -1,0 +1,231 @@
+import { writeFile } from 'node:fs/promises';
+import ssh2 from 'ssh2';
+import { type AuthContext, type Connection, type ServerChannel, type Session } from 'ssh2';
+import { verifySshHop } from '../auth/peer-signature.js';
+import type { ClusterStore } from '../store/types.js';
+import type { SshKeys } from '../auth/ssh-keys.js';
+import { errorMessage } from '../domain/errors.js';
+import { gitProtocolValue, ONLY_GIT } from './command.js';
+import { refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
+
+// ssh2 is CommonJS: its named exports are read from the default export.
+const { Server, utils } = ssh2;
+
+/** SshLimits bound what one SSH client may hold (SECURITY.md). */
+export interface SshLimits {
+  /** maxConnectionsPerUser: signed-in connections one user may hold at once. */
+  readonly maxConnectionsPerUser: number;
+  /** idleMs: a connection without channel data this long is closed. */
+  readonly idleMs: number;
+  /** sessionMs: a connection is closed after this long, whatever it does. */
+  readonly sessionMs: number;
+  /** maxAuthAttempts: sign-in attempts (keys offered) per connection before it is closed. */
+  readonly maxAuthAttempts: number;
+  /** handshakeMs: a connection not signed in by then is closed. */
+  readonly handshakeMs: number;
+}
+
+/** SSH_DEFAULTS are the SSH server's default limits. */
+export const SSH_DEFAULTS: SshLimits = { maxConnectionsPerUser: 10, idleMs: 60_000, sessionMs: 3_600_000, maxAuthAttempts: 6, handshakeMs: 10_000 };
+
+/** SshServerDeps is what the SSH server needs: a session's needs, the keys, the host key and limits. */
+export interface SshServerDeps extends SessionDeps {
+  readonly keys: SshKeys;
+  /** hostKey is the cluster's private host key (OpenSSH format), the same on every node. */
+  readonly hostKey: string;
+  readonly limits: SshLimits;
+}
+
+/** hostPublicKey returns a private host key's public line (`ssh-ed25519 AAAA…`) and blob. */
+export function hostPublicKey(privateKey: string): { line: string; blob: Buffer } {
+  const parsed = utils.parseKey(privateKey);
+  if (parsed instanceof Error) throw new Error(`ssh host key: ${parsed.message}`);
+  const blob = parsed.getPublicSSH();
+  return { line: `${parsed.type} ${blob.toString('base64')}`, blob };
+}
+
+/**
+ * GitSshServer is a node's SSH server (ssh2): public-key sign-in with users' registered keys (or
+ * a signed hop from a peer), then only `git-upload-pack` and `git-receive-pack` on a repository,
+ * decided and served as over HTTP (session.ts). Shells, ptys, other commands, subsystems and
+ * forwarding are refused. Every connection and stream has an error listener: no client ends the
+ * node.
+ */
+export class GitSshServer {
+  private readonly server: InstanceType<typeof Server>;
+  private readonly perUser = new Map<string, number>();
+  private readonly connections = new Set<Connection>();
+
+  constructor(private readonly deps: SshServerDeps) {
+    this.server = new Server({ hostKeys: [deps.hostKey], ident: 'git-replication' }, (client, info) => this.accept(client, info.ip));
+    this.server.on('error', (err: Error) => deps.logger.error({ err: errorMessage(err) }, 'ssh server error'));
+  }
+
+  /** listen starts serving on host:port and returns the bound port. */
+  async listen(host: string, port: number): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => { this.server.removeListener('error', reject); resolve(); });
+    });
+    const addr = this.server.address();
+    return typeof addr === 'object' && addr ? addr.port : port;
+  }
+
+  /** close stops accepting and ends every connection (their git processes are killed). */
+  async close(): Promise<void> {
+    for (const c of this.connections) c.end();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private accept(client: Connection, ip: string): void {
+    const { limits, logger } = this.deps;
+    this.connections.add(client);
+    let identity: SshIdentity | null = null;
+    let attempts = 0;
+    let counted = false;
+    let busy = 0;
+    let lastActivity = Date.now();
+    const timers: NodeJS.Timeout[] = [setTimeout(() => { if (!identity) client.end(); }, limits.handshakeMs)];
+    client.on('error', (err: Error) => logger.debug({ err: errorMessage(err), ip }, 'ssh connection error'));
+    client.on('authentication', (ctx: AuthContext) => {
+      if (ctx.method !== 'none' && ++attempts > limits.maxAuthAttempts) {
+        ctx.reject();
+        client.end();
+        return;
+      }
+      this.authenticate(ctx, ip).then((verdict) => {
+        // The identity is set before accept(): 'ready' may fire inside it.
+        if (verdict === 'reject') return ctx.reject(['publickey']);
+        if (verdict !== 'accept') identity = verdict;
+        ctx.accept();
+      }, (err: unknown) => {
+        logger.warn({ err: errorMessage(err), ip }, 'ssh authentication failed');
+        ctx.reject(['publickey']);
+      });
+    });
+    client.on('ready', () => {
+      if (!identity) return client.end();
+      const who = identity;
+      counted = !who.hop;
+      if (counted) this.perUser.set(who.user, (this.perUser.get(who.user) ?? 0) + 1);
+      timers.push(setTimeout(() => client.end(), limits.sessionMs));
+      timers.push(setInterval(() => {
+        if (busy === 0 && Date.now() - lastActivity > limits.idleMs) client.end();
+      }, Math.min(5_000, Math.max(100, Math.floor(limits.idleMs / 4)))));
+      const over = counted && (this.perUser.get(who.user) ?? 0) > limits.maxConnectionsPerUser;
+      const hooks: SessionHooks = { touch: () => { lastActivity = Date.now(); }, busy: (on) => { busy += on ? 1 : -1; lastActivity = Date.now(); } };
+      client.on('session', (accept) => this.session(accept(), who, over, hooks));
+    });
+    // No port forwarding, no Unix sockets, no global requests.
+    client.on('tcpip', (_accept, reject) => reject());
+    client.on('openssh.streamlocal', (_accept, reject) => reject());
+    client.on('request', (_accept, reject) => reject?.());
+    client.on('close', () => {
+      for (const t of timers) clearTimeout(t);
+      this.connections.delete(client);
+      if (counted && identity) {
+        const left = (this.perUser.get(identity.user) ?? 1) - 1;
+        if (left <= 0) this.perUser.delete(identity.user);
+        else this.perUser.set(identity.user, left);
+      }
+    });
+  }
+
+  /**
+   * authenticate decides a sign-in attempt: a registered key whose signature verifies, or a
+   * peer's signed hop naming a user, is who signed in; a registered key offered without a
+   * signature is only told it would do ('accept'); anything else is rejected.
+   */
+  private async authenticate(ctx: AuthContext, ip: string): Promise<SshIdentity | 'accept' | 'reject'> {
+    if (ctx.method === 'password' && ctx.username === 'hop') {
+      const hop = verifySshHop(this.deps.secret, ctx.password);
+      return hop ? { user: hop.user, keyName: hop.key, client: hop.client, hop: true } : 'reject';
+    }
+    if (ctx.method !== 'publickey') return 'reject';
+    const owner = await this.deps.keys.owner(ctx.key.data);
+    if (!owner) return 'reject';
+    if (!ctx.signature || !ctx.blob) return 'accept';
+    if (owner.parsed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) return 'reject';
+    return { user: owner.user, keyName: owner.keyName, client: ip, hop: false };
+  }
+
+  private session(session: Session, who: SshIdentity, over: boolean, hooks: SessionHooks): void {
+    let gitProtocol: string | null = null;
+    let used = false;
+    session.on('error', () => undefined);
+    session.on('env', (accept, reject, info) => {
+      const v = info.key === 'GIT_PROTOCOL' ? gitProtocolValue(info.val) : null;
+      if (v) { gitProtocol = v; accept?.(); } else reject?.();
+    });
+    for (const refused of ['pty', 'x11', 'auth-agent', 'subsystem', 'sftp']) {
+      session.on(refused, (_accept: unknown, reject?: () => void) => reject?.());
+    }
+    session.on('shell', (accept) => {
+      refuse(guard(accept()), `Hi ${who.user}! You are signed in, but ${ONLY_GIT}.`);
+    });
+    session.on('exec', (accept, _reject, info) => {
+      const channel = guard(accept());
+      if (used) return refuse(channel, 'one command per session');
+      used = true;
+      if (over) return refuse(channel, `too many SSH connections for user ${who.user} (at most ${this.deps.limits.maxConnectionsPerUser} at a time), try again`);
+      hooks.touch();
+      void runGitCommand(this.deps, channel, who, info.command, gitProtocol, hooks);
+    });
+  }
+}
+
+function guard(channel: ServerChannel): ServerChannel {
+  channel.on('error', () => undefined);
+  channel.stderr.on('error', () => undefined);
+  return channel;
+}
+
+/** HOST_KEY_META is the store key of the cluster's SSH host key. */
+export const HOST_KEY_META = 'ssh_host_key';
+
+/**
+ * loadHostKey returns the cluster's SSH host key: made by the first node that needs one and
+ * stored by compare-and-swap, so every node presents the same key (a client moved by a load
+ * balancer sees no changed host key); cached 0600 in the data dir.
+ */
+export async function loadHostKey(store: { setMetaIfAbsent(key: string, value: string): Promise<string> }, file: string): Promise<string> {
+  const key = await store.setMetaIfAbsent(HOST_KEY_META, utils.generateKeyPairSync('ed25519').private);
+  await writeFile(file, key, { mode: 0o600 });
+  return key;
+}
+
+/** SSH_ENDPOINT_PREFIX keys each node's SSH endpoint in the store (`ssh-endpoints/<node id>`). */
+const SSH_ENDPOINT_PREFIX = 'ssh-endpoints/';
+
+/** StartSsh is what startSshServer needs besides a session's dependencies. */
+export interface StartSsh extends Omit<SshServerDeps, 'hostKey' | 'hostKeyBlob' | 'peerSsh'> {
+  readonly store: Pick<ClusterStore, 'setMetaIfAbsent' | 'setMeta' | 'getMeta'>;
+  readonly nodeId: string;
+  /** host and port to listen on (port 0: any free port). */
+  readonly host: string;
+  readonly port: number;
+  /** advertiseHost is the host name peers reach this node's SSH port at (that of its URL). */
+  readonly advertiseHost: string;
+  readonly hostKeyFile: string;
+}
+
+/**
+ * startSshServer loads the cluster's host key, starts the SSH server and registers its endpoint
+ * in the store, where a node that proxies a session to this one finds it.
+ */
+export async function startSshServer(o: StartSsh): Promise<{ server: GitSshServer; port: number }> {
+  const hostKey = await loadHostKey(o.store, o.hostKeyFile);
+  const peerSsh = async (nodeId: string): Promise<{ host: string; port: number } | null> => {
+    const raw = await o.store.getMeta(`${SSH_ENDPOINT_PREFIX}${nodeId}`);
+    return raw ? (JSON.parse(raw) as { host: string; port: number }) : null;
+  };
+  const server = new GitSshServer({ ...o, hostKey, hostKeyBlob: hostPublicKey(hostKey).blob, peerSsh });
+  const port = await server.listen(o.host, o.port);
+  await o.store.setMeta(`${SSH_ENDPOINT_PREFIX}${o.nodeId}`, JSON.stringify({ host: o.advertiseHost, port }));
+  return { server, port };
+}
+
+/** forgetSshEndpoint removes a node's SSH endpoint (it starts without SSH): peers stop proxying to it. */
+export async function forgetSshEndpoint(store: Pick<ClusterStore, 'deleteMeta'>, nodeId: string): Promise<void> {
+  await store.deleteMeta(`${SSH_ENDPOINT_PREFIX}${nodeId}`);
+}

@@ -1,0 +1,228 @@
+import { randomUUID } from 'node:crypto';
+import type { ChildProcess } from 'node:child_process';
+import ssh2 from 'ssh2';
+import { type ServerChannel } from 'ssh2';
+import type { AuditLog } from '../auth/audit.js';
+import { authorizeRepo } from '../auth/authorize.js';
+import type { Directory } from '../auth/directory.js';
+import { signSshHop } from '../auth/peer-signature.js';
+import { AppError, errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { HookServer } from '../git/proc-receive.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import { terminate, waitClose, type GitRunner } from '../git/runner.js';
+import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
+import type { RepoActivity } from '../replication/activity.js';
+import type { Coordinator } from '../replication/coordinator.js';
+import type { Router } from '../replication/router.js';
+import { parseGitCommand, SshRefusal, type GitCommand } from './command.js';
+
+// ssh2 is CommonJS: its named exports are read from the default export.
+const { Client } = ssh2;
+
+/** SshIdentity is who an SSH connection signed in as. */
+export interface SshIdentity {
+  readonly user: string;
+  /** keyName names the key (for the audit log); for a proxied session, the key used at the first node. */
+  readonly keyName: string;
+  /** client is the address the first node saw. */
+  readonly client: string;
+  /** hop: a session another node proxied here; it is never proxied again. */
+  readonly hop: boolean;
+}
+
+/** SessionDeps is what an SSH session needs of the node. */
+export interface SessionDeps {
+  readonly logger: Logger;
+  readonly git: GitRunner;
+  readonly storage: ReplicaStorage;
+  readonly router: Router;
+  readonly directory: Directory;
+  readonly hooks: HookServer;
+  readonly hookPort: number;
+  readonly coordinator: Coordinator;
+  readonly activity: RepoActivity;
+  readonly audit: AuditLog;
+  readonly hooksDir: string;
+  readonly maxPushBytes: number;
+  /** gitTimeoutMs kills a git process that runs longer. */
+  readonly gitTimeoutMs: number;
+  readonly secret: string;
+  /** hostKeyBlob is the cluster's public host key: a peer must present it. */
+  readonly hostKeyBlob: Buffer;
+  /** peerSsh finds a peer's SSH endpoint (null: it runs no SSH server). */
+  readonly peerSsh: (nodeId: string) => Promise<{ host: string; port: number } | null>;
+}
+
+/** SessionHooks let the connection see activity (idle time-out) and a push being decided. */
+export interface SessionHooks {
+  readonly touch: () => void;
+  /** busy marks a push in the coordinator: no channel data flows, yet the session is not idle. */
+  readonly busy: (on: boolean) => void;
+}
+
+/** refuse tells the client why in one stderr line and ends the channel with exit status 1; nothing ran. */
+export function refuse(channel: ServerChannel, message: string): void {
+  try {
+    channel.stderr.write(`git-replication: ${message}\n`);
+    channel.exit(1);
+    channel.end();
+  } catch {
+    // the client is gone already
+  }
+}
+
+/**
+ * runGitCommand serves one exec request: parse it, decide with the one authorisation function
+ * (as over HTTP), route it like an HTTP request (the local replica when in sync, else an in-sync
+ * peer, to which the whole session is proxied), then run git in full-duplex mode over the
+ * channel. Every refusal is a message and exit status 1, with nothing run.
+ */
+export async function runGitCommand(deps: SessionDeps, channel: ServerChannel, id: SshIdentity, command: string, gitProtocol: string | null, hooks: SessionHooks): Promise<void> {
+  try {
+    const cmd = parseGitCommand(command);
+    const user = await deps.directory.user(id.user);
+    if (!user || user.disabled) throw new SshRefusal(`user ${id.user} is disabled`);
+    const principal = await deps.directory.principal(user);
+    const need = cmd.write ? 'write' : 'read';
+    const decision = await authorizeRepo(deps.directory, principal, null, cmd.repoId, need);
+    // The same answers as HTTP's: no read access hides the repository; read without write is 403's message.
+    if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${need} access to ${cmd.repoId} needed`);
+    if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
+    const route = await deps.router.route(cmd.repoId, cmd.write);
+    if (route.kind === 'peer') {
+      if (id.hop) throw new SshRefusal(`replica of ${cmd.repoId} on this node is not in sync, try again`);
+      await proxySession(deps, channel, id, cmd, gitProtocol, route.nodeId, hooks);
+      return;
+    }
+    if (cmd.write) await servePush(deps, channel, id, cmd, hooks);
+    else await serveGit(deps, channel, cmd, id, spawnUploadPack(deps, cmd, id, gitProtocol), hooks);
+  } catch (err) {
+    if (!(err instanceof AppError)) deps.logger.error({ err: errorMessage(err), command }, 'ssh session failed');
+    refuse(channel, err instanceof AppError ? err.message : 'internal error');
+  }
+}
+
+function spawnUploadPack(deps: SessionDeps, cmd: GitCommand, id: SshIdentity, gitProtocol: string | null): ChildProcess {
+  return deps.git.spawn(['upload-pack', '.'], {
+    cwd: deps.storage.repoPath(cmd.repoId), config: { ...UPLOAD_PACK_CONFIG }, env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
+    counted: true, client: id.client, timeoutMs: deps.gitTimeoutMs,
+  });
+}
+
+/**
+ * servePush runs receive-pack exactly as the HTTP route does (the upload registered on the
+ * replica, the proc-receive hook handing the updates to the coordinator: same transaction,
+ * quorum, lock and messages). An abandoned push (outcome unknown) closes the channel without an
+ * exit status, so the client reports a cut-off answer, never a result.
+ */
+async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdentity, cmd: GitCommand, hooks: SessionHooks): Promise<void> {
+  const pushId = randomUUID();
+  const endUpload = await deps.activity.beginUpload(cmd.repoId);
+  try {
+    const child = deps.git.spawn(['receive-pack', '.'], {
+      cwd: deps.storage.repoPath(cmd.repoId), config: receivePackConfig(deps.hooksDir, deps.maxPushBytes), env: receivePackEnv(deps.hookPort, pushId),
+      counted: true, client: id.client, timeoutMs: deps.gitTimeoutMs,
+    });
+    const state = { abandoned: false };
+    const unregister = deps.hooks.expect(pushId, async (exchange) => {
+      hooks.busy(true);
+      try {
+        await deps.coordinator.handlePush(exchange, {
+          repoId: cmd.repoId,
+          receivePackPid: child.pid ?? -1,
+          abandon: () => {
+            state.abandoned = true;
+            try { channel.close(); } catch { /* gone */ }
+            void terminate(child);
+          },
+          onCommitted: (txn, refs) => deps.audit.record({ action: 'push', user: id.user, token: `ssh-key:${id.keyName}`, repo: cmd.repoId, refs, txn, detail: { via: 'ssh' } }),
+        });
+      } finally {
+        hooks.busy(false);
+      }
+    });
+    try {
+      await serveGit(deps, channel, cmd, id, child, hooks, state);
+    } finally {
+      unregister();
+    }
+  } finally {
+    endUpload();
+  }
+}
+
+/** serveGit pipes the channel into git and git's output back, and reports git's exit status. */
+async function serveGit(deps: SessionDeps, channel: ServerChannel, cmd: GitCommand, id: SshIdentity, child: ChildProcess, hooks: SessionHooks, state = { abandoned: false }): Promise<void> {
+  const onGone = (): void => { void terminate(child); };
+  channel.on('close', onGone);
+  channel.on('error', onGone);
+  child.stdin?.on('error', () => undefined);
+  channel.on('data', hooks.touch);
+  child.stdout?.on('data', hooks.touch);
+  if (child.stdin) channel.pipe(child.stdin);
+  child.stdout?.pipe(channel, { end: false });
+  child.stderr?.pipe(channel.stderr, { end: false });
+  const [code, signal] = await waitClose(child);
+  channel.removeListener('close', onGone);
+  if (state.abandoned) return;
+  if (signal) deps.logger.warn({ service: cmd.service, repo: cmd.repoId, user: id.user, signal }, 'ssh git process killed');
+  try {
+    channel.exit(code ?? 255);
+    channel.end();
+  } catch {
+    // the client is gone already
+  }
+}
+
+/**
+ * proxySession forwards the session to an in-sync peer's SSH server: the node signs in as `hop`
+ * with a signed token naming the original user (the peer applies that user's permissions), checks
+ * the peer presents the cluster's host key, runs the same git command, and pipes both ways. A
+ * peer that ends without an exit status ends this channel without one too (outcome unknown).
+ */
+async function proxySession(deps: SessionDeps, channel: ServerChannel, id: SshIdentity, cmd: GitCommand, gitProtocol: string | null, nodeId: string, hooks: SessionHooks): Promise<void> {
+  const ep = await deps.peerSsh(nodeId);
+  if (!ep) throw new SshRefusal(`replica of ${cmd.repoId} on this node is catching up and ${nodeId} serves no SSH, try again`);
+  const upstream = new Client();
+  await new Promise<void>((resolve) => {
+    let started = false;
+    const fail = (err: unknown): void => {
+      if (!started) refuse(channel, `proxy to in-sync replica failed: ${errorMessage(err)}`);
+      else try { channel.close(); } catch { /* gone */ }
+      upstream.end();
+      resolve();
+    };
+    upstream.on('error', fail);
+    upstream.on('close', () => resolve());
+    channel.on('close', () => upstream.end());
+    upstream.on('ready', () => {
+      upstream.exec(`${cmd.service} '/${cmd.repoId}.git'`, gitProtocol ? { env: { GIT_PROTOCOL: gitProtocol } } : {}, (err, stream) => {
+        if (err) return fail(err);
+        started = true;
+        // The peer times out an idle session itself; here a push waiting for its quorum sends nothing.
+        hooks.busy(true);
+        let status: number | null = null;
+        stream.on('exit', (code: number | null) => { status = code ?? 255; });
+        stream.on('data', hooks.touch);
+        channel.on('data', hooks.touch);
+        stream.on('error', () => undefined);
+        channel.pipe(stream);
+        stream.pipe(channel, { end: false });
+        stream.stderr.pipe(channel.stderr, { end: false });
+        stream.on('close', () => {
+          hooks.busy(false);
+          try {
+            if (status === null) channel.close();
+            else { channel.exit(status); channel.end(); }
+          } catch { /* gone */ }
+          upstream.end();
+        });
+      });
+    });
+    upstream.connect({
+      host: ep.host, port: ep.port, username: 'hop', password: signSshHop(deps.secret, { user: id.user, key: id.keyName, client: id.client }),
+      hostVerifier: (key: Buffer) => key.equals(deps.hostKeyBlob), readyTimeout: 10_000, tryKeyboard: false,
+    });
+  });
+}

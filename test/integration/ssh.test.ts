@@ -1,0 +1,211 @@
+import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { utils } from 'ssh2';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
+
+/**
+ * Git over SSH with the real ssh and git clients against a 3-node cluster with token auth and
+ * replication factor 2, so one node holds no replica of the test repository and proxies its
+ * sessions to one that does.
+ */
+describe('git over ssh', () => {
+  let c: TestCluster;
+  let admin = '';
+  let tmp = '';
+  let work = '';
+  let hostKey = '';
+  const REPO = 'alice/site';
+  let replicaNodes: number[] = [];
+  let otherNode = 0;
+
+  async function api(node: number, method: string, path: string, body?: unknown, token: string | null = admin): Promise<{ status: number; json: Record<string, unknown> }> {
+    const res = await fetch(`${c.url(node)}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json: Record<string, unknown> = {};
+    try { json = JSON.parse(text) as Record<string, unknown>; } catch { json = { text }; }
+    return { status: res.status, json };
+  }
+
+  async function ok(node: number, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+    const r = await api(node, method, path, body);
+    expect(r.status, `${method} ${path}: ${JSON.stringify(r.json)}`).toBeLessThan(300);
+    return r.json;
+  }
+
+  /** keygen makes a client key pair and returns the private key's path. */
+  async function keygen(name: string): Promise<string> {
+    const file = join(tmp, name);
+    await new Promise<void>((resolve, reject) => execFile('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `${name}@test`, '-f', file], (err: Error | null) => (err ? reject(err) : resolve())));
+    return file;
+  }
+
+  function sshPort(node: number): number {
+    return c.node(node).sshPort!;
+  }
+
+  function sshCommand(key: string): string {
+    return `ssh -i ${key} -F ${join(tmp, 'ssh_config')} -o UserKnownHostsFile=${join(tmp, 'known_hosts')} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes`;
+  }
+
+  function sshUrl(node: number, repo = REPO): string {
+    return `ssh://git@127.0.0.1:${sshPort(node)}/${repo}.git`;
+  }
+
+  function asUser(key: string): { env: NodeJS.ProcessEnv } {
+    return { env: { GIT_SSH_COMMAND: sshCommand(key) } };
+  }
+
+  /** ssh runs the real ssh client with a remote command. */
+  function ssh(key: string, node: number, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const argv = [...sshCommand(key).split(' ').slice(1), '-p', String(sshPort(node)), 'git@127.0.0.1', ...args];
+      execFile('ssh', argv, { timeout: 30_000 }, (err, stdout, stderr) => {
+        resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, stdout, stderr });
+      });
+    });
+  }
+
+  const keys: Record<string, string> = {};
+
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3, replicationFactor: 2, ssh: true, env: { AUTH: 'tokens' } });
+    await waitFor(async () => {
+      for (const n of c.nodes) {
+        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
+        if (t) admin = t.trim();
+      }
+      return admin !== '';
+    }, 10_000, 'admin token file');
+    tmp = await tempDir('gitrep-ssh-');
+    // Every node presents the cluster's one host key.
+    const hk = await Promise.all([1, 2, 3].map(async (i) => (await api(i, 'GET', '/ssh/host-key', undefined, null)).json));
+    hostKey = hk[0]!.key as string;
+    expect(hk.map((h) => h.key)).toEqual([hostKey, hostKey, hostKey]);
+    expect(hk.map((h) => h.port)).toEqual([1, 2, 3].map(sshPort));
+    const lines = [1, 2, 3].map((i) => `[127.0.0.1]:${sshPort(i)},[node${i}]:${sshPort(i)} ${hostKey}`);
+    await writeFile(join(tmp, 'known_hosts'), `${lines.join('\n')}\n`);
+    // scp-style URLs (git@node2:owner/repo.git) take their port from the ssh config.
+    await writeFile(join(tmp, 'ssh_config'), [1, 2, 3].map((i) => `Host node${i}\n  HostName 127.0.0.1\n  Port ${sshPort(i)}\n`).join(''));
+    for (const u of ['alice', 'bob', 'carol']) {
+      await ok(1, 'POST', '/users', { name: u });
+      keys[u] = await keygen(u);
+      const pub = await readFile(`${keys[u]}.pub`, 'utf8');
+      await ok(2, 'POST', `/users/${u}/keys`, { name: 'laptop', key: pub });
+    }
+    keys.stranger = await keygen('stranger');
+    await ok(1, 'POST', '/repos', { repo_id: REPO });
+    await ok(1, 'PUT', `/repos/${REPO}/grants/user:bob`, { role: 'read' });
+    const status = await ok(1, 'GET', `/repos/${REPO}`) as unknown as { replicas: Array<{ node: string }> };
+    replicaNodes = status.replicas.map((r) => Number(r.node.replace('node-', '')));
+    otherNode = [1, 2, 3].find((i) => !replicaNodes.includes(i))!;
+    work = await workRepo();
+  }, 120_000);
+
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('pushes to one node and clones from every node, the node without a replica proxying', async () => {
+    await gitOk(['push', '-q', sshUrl(replicaNodes[0]!), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.alice!) });
+    const head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
+    for (const node of [1, 2, 3]) {
+      const dir = join(await tempDir(), 'clone');
+      await gitOk(['clone', '-q', sshUrl(node), dir], asUser(keys.alice!));
+      expect((await gitOk(['rev-parse', 'HEAD'], { cwd: dir })).trim(), `clone from node ${node}`).toBe(head);
+    }
+    // A push through the node without a replica is proxied to the replica set.
+    const next = await commitFile(work, 'b.txt', 'b\n', 'second');
+    await gitOk(['push', '-q', sshUrl(otherNode), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.alice!) });
+    const ls = await gitOk(['ls-remote', sshUrl(replicaNodes[1]!), 'refs/heads/main'], asUser(keys.alice!));
+    expect(ls.split('\t')[0]).toBe(next);
+  }, 120_000);
+
+  it('clones scp-style (git@node2:owner/repo.git) and with protocol v2', async () => {
+    const dir = join(await tempDir(), 'scp');
+    await gitOk(['clone', '-q', `git@node2:${REPO}.git`, dir], asUser(keys.bob!));
+    const v2 = join(await tempDir(), 'v2');
+    const r = await git(['-c', 'protocol.version=2', 'clone', sshUrl(3), v2], { env: { ...asUser(keys.bob!).env, GIT_TRACE_PACKET: '1' } });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expect(r.stderr).toMatch(/clone< version 2/);
+    expect(r.stderr).toMatch(/clone> command=fetch/);
+  }, 60_000);
+
+  it('a key of a user with read access cannot push; one without access does not see the repository', async () => {
+    await commitFile(work, 'c.txt', 'c\n', 'third');
+    const bob = await git(['push', sshUrl(1), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.bob!) });
+    expect(bob.code).not.toBe(0);
+    expect(bob.stderr).toContain(`permission denied: write access to ${REPO} needed`);
+    const carol = await git(['clone', sshUrl(2), join(await tempDir(), 'x')], asUser(keys.carol!));
+    expect(carol.code).not.toBe(0);
+    expect(carol.stderr).toContain(`repository ${REPO} not found`);
+    // The same answer as for a repository that does not exist.
+    const missing = await git(['clone', sshUrl(2, 'alice/nothing'), join(await tempDir(), 'y')], asUser(keys.carol!));
+    expect(missing.stderr).toContain('repository alice/nothing not found');
+  }, 60_000);
+
+  it('refuses a key nobody registered', async () => {
+    const r = await git(['clone', sshUrl(1), join(await tempDir(), 'z')], asUser(keys.stranger!));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/Permission denied \(publickey\)/);
+  }, 30_000);
+
+  it('refuses other commands, a shell and paths outside the repositories, running nothing', async () => {
+    for (const args of [['ls', '/'], ['sh', '-c', 'id'], ["git-upload-pack '/../../etc'"], ["git-upload-archive '/alice/site.git'"], ['scp', '-t', '/tmp']]) {
+      const r = await ssh(keys.alice!, 1, args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(/git-replication: (only git-upload-pack and git-receive-pack may be run|'.*' is not a repository path)/);
+    }
+    const shell = await ssh(keys.alice!, 2, []);
+    expect(shell.stderr).toContain('Hi alice! You are signed in, but only git-upload-pack and git-receive-pack may be run');
+    const forward = await ssh(keys.alice!, 1, ['-o', 'ExitOnForwardFailure=yes', '-L', '0:127.0.0.1:22', 'true']);
+    expect(forward.code).not.toBe(0);
+  }, 60_000);
+
+  it('registers keys: RSA 1024 refused, a key held by another user is a 409, users manage their own', async () => {
+    const rsa1024 = utils.generateKeyPairSync('rsa', { bits: 1024 }).public;
+    const small = await api(1, 'POST', '/users/alice/keys', { name: 'old', key: rsa1024 });
+    expect(small.status).toBe(400);
+    expect(small.json.error).toMatch(/RSA key of 1024 bits is too short/);
+    const bobPub = await readFile(`${keys.bob!}.pub`, 'utf8');
+    expect((await api(1, 'POST', '/users/alice/keys', { name: 'stolen', key: bobPub })).status).toBe(409);
+    const aliceToken = (await ok(1, 'POST', '/tokens', { name: 'a', scope: 'admin', user: 'alice' })).token as string;
+    const list = await api(3, 'GET', '/users/alice/keys', undefined, aliceToken);
+    expect(list.status).toBe(200);
+    expect((list.json.keys as Array<{ name: string; fingerprint: string }>).map((k) => k.name)).toEqual(['laptop']);
+    expect((await api(3, 'GET', '/users/bob/keys', undefined, aliceToken)).status).toBe(403);
+    const writeToken = (await ok(1, 'POST', '/tokens', { name: 'w', scope: 'write', user: 'alice' })).token as string;
+    const stranger = await readFile(`${keys.stranger!}.pub`, 'utf8');
+    expect((await api(1, 'POST', '/users/alice/keys', { name: 'x', key: stranger }, writeToken)).status).toBe(403);
+  }, 30_000);
+
+  it('records a push over SSH in the audit log with the user and key', async () => {
+    await waitFor(async () => {
+      const events = (await ok(2, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
+      return events.some((e) => e.action === 'push' && e.user === 'alice' && e.repo === REPO && e.token === 'ssh-key:laptop');
+    }, 10_000, 'ssh push in the audit log');
+  });
+
+  it('a push without quorum is refused with the same message as over HTTP', async () => {
+    const [target, peer] = replicaNodes as [number, number];
+    await c.kill(peer);
+    await commitFile(work, 'd.txt', 'd\n', 'fourth');
+    const overSsh = await git(['push', sshUrl(target), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.alice!) });
+    const token = (await ok(target, 'POST', '/tokens', { name: 'http', scope: 'write', user: 'alice' })).token as string;
+    const u = new URL(c.repoUrl(target, REPO));
+    u.username = 'x';
+    u.password = token;
+    const overHttp = await git(['push', u.toString(), 'HEAD:refs/heads/main'], { cwd: work });
+    for (const r of [overSsh, overHttp]) {
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/\[remote rejected\] HEAD -> main \(replication quorum not reached: 1 of 2 replicas prepared, 2 required\)/);
+    }
+  }, 90_000);
+});
