@@ -1,9 +1,10 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { MAIN, sleep, TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
 
 /**
@@ -75,7 +76,7 @@ describe('git over ssh', () => {
   const keys: Record<string, string> = {};
 
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 3, replicationFactor: 2, ssh: true, env: { AUTH: 'tokens' } });
+    c = await TestCluster.start({ nodes: 3, replicationFactor: 2, ssh: true, env: { AUTH: 'tokens', SSH_MAX_PER_USER: '3', SSH_IDLE_TIMEOUT: '4s' } });
     await waitFor(async () => {
       for (const n of c.nodes) {
         const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
@@ -185,6 +186,56 @@ describe('git over ssh', () => {
     const stranger = await readFile(`${keys.stranger!}.pub`, 'utf8');
     expect((await api(1, 'POST', '/users/alice/keys', { name: 'x', key: stranger }, writeToken)).status).toBe(403);
   }, 30_000);
+
+  it('key add, list and remove through the CLI; a removed key no longer signs in', async () => {
+    const file = await keygen('dave');
+    await ok(1, 'POST', '/users', { name: 'dave' });
+    const cli = (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => new Promise((resolve) => {
+      execFile(process.execPath, [MAIN, ...args, '--url', c.url(2), '--token', admin], { timeout: 30_000 }, (err, stdout, stderr) => {
+        resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, stdout, stderr });
+      });
+    });
+    const added = await cli(['key', 'add', 'dave', `${file}.pub`, '--name', 'desk']);
+    expect(added.code, added.stderr).toBe(0);
+    const fingerprint = /key (SHA256:\S+) 'desk' \(ssh-ed25519\) added for dave/.exec(added.stdout)?.[1];
+    expect(fingerprint).toBeDefined();
+    const listed = await cli(['key', 'list', 'dave']);
+    expect(listed.stdout).toContain(`${fingerprint}\tdesk\tssh-ed25519\tdave`);
+    // dave has no access to alice's private repository: signed in, it does not exist for him.
+    expect((await ssh(file, 3, [`git-upload-pack '/${REPO}.git'`])).stderr).toContain(`repository ${REPO} not found`);
+    const removed = await cli(['key', 'remove', 'dave', fingerprint!]);
+    expect(removed.code, removed.stderr).toBe(0);
+    await waitFor(async () => /Permission denied \(publickey\)/.test((await ssh(file, 3, ['x'])).stderr), 5_000, 'removed key refused');
+    expect((await cli(['key', 'add', 'dave', '/nonexistent.pub'])).stderr).toMatch(/cannot read \/nonexistent.pub/);
+  }, 60_000);
+
+  it('limits connections per user, closes idle ones, and survives garbage', async () => {
+    const held: ChildProcess[] = [];
+    for (let i = 0; i < 3; i++) {
+      const argv = [...sshCommand(keys.carol!).split(' ').slice(1), '-N', '-p', String(sshPort(1)), 'git@127.0.0.1'];
+      const p = spawn('ssh', argv, { stdio: 'ignore' });
+      p.on('error', () => undefined);
+      held.push(p);
+    }
+    try {
+      await waitFor(async () => (await ssh(keys.carol!, 1, [`git-upload-pack '/${REPO}.git'`])).stderr.includes('too many SSH connections for user carol (at most 3 at a time)'), 10_000, 'the fourth connection refused');
+      // Idle for SSH_IDLE_TIMEOUT (4 s): the node closes them.
+      await waitFor(() => held.every((p) => p.exitCode !== null || p.signalCode !== null), 15_000, 'idle connections closed');
+    } finally {
+      for (const p of held) p.kill();
+    }
+    expect((await ssh(keys.carol!, 1, [`git-upload-pack '/${REPO}.git'`])).stderr).toContain(`repository ${REPO} not found`);
+    // Garbage instead of an SSH handshake, and a connection cut mid-handshake: the node stays up.
+    for (const bytes of [Buffer.from('GET / HTTP/1.1\r\n\r\n'), Buffer.concat([Buffer.from('SSH-2.0-x\r\n'), Buffer.alloc(4096, 0xff)])]) {
+      const sock = connect(sshPort(1), '127.0.0.1');
+      sock.on('error', () => undefined);
+      sock.write(bytes);
+      await sleep(200);
+      sock.destroy();
+    }
+    expect((await fetch(`${c.url(1)}/health`)).status).toBe(200);
+    await gitOk(['ls-remote', sshUrl(1)], asUser(keys.alice!));
+  }, 60_000);
 
   it('records a push over SSH in the audit log with the user and key', async () => {
     await waitFor(async () => {
