@@ -50,6 +50,10 @@ export interface NodeConfig {
   readonly maxGitProcesses: number;
   /** maxGitPerClient caps the git processes one client address holds. */
   readonly maxGitPerClient: number;
+  /** txnRetentionMs: transaction records (store and local log) older than this are pruned. */
+  readonly txnRetentionMs: number;
+  /** shutdownGraceMs is how long SIGTERM waits for requests in flight before killing their git processes. */
+  readonly shutdownGraceMs: number;
   /** bodyIdleMs ends a git request whose body is silent this long (408). */
   readonly bodyIdleMs: number;
   /** maxPushBytes is the largest pack a push may send (receive.maxInputSize; 413). */
@@ -86,6 +90,8 @@ export const DEFAULTS = {
   replicationFactor: 3,
   maxGitProcesses: 64,
   bodyIdleMs: 30_000,
+  shutdownGraceMs: 30_000,
+  txnRetentionMs: 24 * 3_600_000,
   maxPushBytes: 2 * 1024 ** 3,
   maxUploadRequestBytes: 10 * 1024 ** 2,
   maxInflateRatio: 100,
@@ -171,10 +177,11 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   load.start();
   const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
+  const lifecycle = { draining: false };
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
-    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId),
+    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle,
     sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
       hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION,
@@ -191,9 +198,21 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   else await forgetSshEndpoint(store, cfg.nodeId);
   await membership.start();
 
+  // Transaction records are needed only while a participant may still be in doubt: past the
+  // retention every node prunes them (idempotent; whichever runs first does the work).
+  const pruneTxns = async (): Promise<void> => {
+    try {
+      const removed = await store.pruneTxns(Date.now() - cfg.txnRetentionMs);
+      if (removed > 0) logger.info({ removed, retentionMs: cfg.txnRetentionMs }, 'pruned old transaction records');
+      metrics.storeTxnRecords.set(await store.countTxns());
+    } catch (err) {
+      logger.warn({ err: errorMessage(err) }, 'could not prune transaction records; next try later');
+    }
+  };
   const timers = [
     setInterval(() => { void participant.resolveStuck(); }, 1_000),
-    setInterval(() => { txnLog.prune(24 * 3_600_000); }, 3_600_000),
+    setInterval(() => { txnLog.prune(cfg.txnRetentionMs); }, 3_600_000),
+    setInterval(() => { void pruneTxns(); }, Math.max(1_000, Math.min(600_000, Math.floor(cfg.txnRetentionMs / 4)))),
   ];
   for (const t of timers) t.unref();
   repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs, cfg.fsckIntervalMs);
@@ -212,8 +231,21 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       steward.stop();
       load.stop();
       await ssh?.server.close();
+      // Drain: /ready and new requests answer 503 from here on; requests in flight (a push
+      // being replicated, a clone) finish, up to shutdownGraceMs. Past that, their git processes
+      // are killed: an undecided push is then aborted by its participants, a decided one
+      // completed by repair. The node stays registered (and its peers keep routing commits to
+      // it) until its own work is done.
+      lifecycle.draining = true;
+      const closing = app.close();
+      const drained = await Promise.race([closing.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), cfg.shutdownGraceMs).unref())]);
+      if (!drained) {
+        logger.warn({ graceMs: cfg.shutdownGraceMs, gitProcesses: git.runningCount }, 'shutdown: requests still running past the grace period; killing their git processes');
+        await git.killAll();
+        app.server.closeAllConnections();
+        await closing;
+      }
       await membership.stop();
-      await app.close();
       await hooks.close();
       await git.killAll();
       await peers.close();

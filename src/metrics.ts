@@ -16,6 +16,7 @@ export class Metrics {
   readonly repacks = new Counter({ name: 'gitrep_repacks_total', help: 'replica pack roll-ups (git repack --geometric=2)', registers: [this.registry] });
   readonly repairSeconds = new Histogram({ name: 'gitrep_repair_seconds', help: 'replica repair duration', buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300], registers: [this.registry] });
   readonly authSeconds = new Histogram({ name: 'gitrep_auth_seconds', help: 'time spent deciding a request\'s authentication and authorisation', labelNames: ['kind'] as const, buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05], registers: [this.registry] });
+  readonly storeTxnRecords = new Gauge({ name: 'gitrep_store_txn_records', help: 'transaction records in the coordination store (pruned past the retention)', registers: [this.registry] });
   readonly repairQueue = new Gauge({ name: 'gitrep_repair_queue', help: 'local replicas waiting for repair', registers: [this.registry] });
 
   constructor() {

@@ -9,7 +9,7 @@ import { SSH_DEFAULTS } from '../ssh/server.js';
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
   replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
-  maxGitPerClient?: string; bodyIdleTimeout?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
+  maxGitPerClient?: string; bodyIdleTimeout?: string; shutdownGrace?: string; txnRetention?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
   sshPort?: string; sshMaxPerUser?: string; sshIdleTimeout?: string; sshSessionTimeout?: string; sshMaxAuthTries?: string;
 }
@@ -61,6 +61,12 @@ function int(value: string | undefined, name: string, fallback: number): number 
   return n;
 }
 
+/** positive refuses a value below `min` (a 0 retention would prune transactions in flight). */
+function positive(value: number, name: string, min: number): number {
+  if (value < min) throw new Error(`${name} must be at least ${min} ms, got ${value}`);
+  return value;
+}
+
 /** serveConfig turns flags and the seed's environment variables into a NodeConfig. */
 export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig {
   const dataDir = o.dataDir ?? env.DATA_DIR ?? './data';
@@ -87,6 +93,8 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     maxGitProcesses,
     maxGitPerClient: int(o.maxGitPerClient ?? env.MAX_GIT_PER_CLIENT, 'max git processes per client', Math.max(1, Math.ceil(maxGitProcesses / 2))),
     bodyIdleMs: parseDuration(o.bodyIdleTimeout ?? env.BODY_IDLE_TIMEOUT, DEFAULTS.bodyIdleMs),
+    shutdownGraceMs: parseDuration(o.shutdownGrace ?? env.SHUTDOWN_GRACE, DEFAULTS.shutdownGraceMs),
+    txnRetentionMs: positive(parseDuration(o.txnRetention ?? env.TXN_RETENTION, DEFAULTS.txnRetentionMs), 'txn retention', 60_000),
     maxPushBytes: parseSize(o.maxPushSize ?? env.MAX_PUSH_SIZE, DEFAULTS.maxPushBytes),
     maxUploadRequestBytes: parseSize(o.maxFetchRequestSize ?? env.MAX_FETCH_REQUEST_SIZE, DEFAULTS.maxUploadRequestBytes),
     maxInflateRatio: int(o.maxInflateRatio ?? env.MAX_INFLATE_RATIO, 'max inflate ratio', DEFAULTS.maxInflateRatio),
@@ -143,6 +151,8 @@ export function registerServe(program: Command): void {
     .option('--max-inflate-ratio <n>', 'a gzip request body may inflate at most n times (env MAX_INFLATE_RATIO, default 100)')
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
     .option('--auth <mode>', 'tokens: pushes and admin calls need a token (default); open: no checks, trusted networks only (env AUTH)')
+    .option('--txn-retention <duration>', 'prune transaction records older than this, at least 1m (env TXN_RETENTION, default 24h)')
+    .option('--shutdown-grace <duration>', 'on SIGTERM, how long requests in flight may finish (env SHUTDOWN_GRACE, default 30s)')
     .option('--replace-after <duration>', 're-create the replicas of a node down this long, e.g. 10m (env REPLACE_AFTER, default 10m)')
     .option('--tls-cert <pem>', 'serve HTTPS with this certificate (chain); needs --tls-key (env TLS_CERT)')
     .option('--tls-key <pem>', 'private key of --tls-cert (env TLS_KEY)')

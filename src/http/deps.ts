@@ -70,6 +70,8 @@ export interface NodeDeps {
   readonly audit: AuditLog;
   readonly hops: HopTokens;
   readonly activity: RepoActivity;
+  /** lifecycle.draining is set when the node begins to shut down (/ready answers 503). */
+  readonly lifecycle: { draining: boolean };
   readonly sshKeys: SshKeys;
   /** ssh.port is this node's SSH port once its SSH server listens (null: no SSH server). */
   readonly ssh: { port: number | null };

@@ -219,6 +219,7 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     // The rest of a refused body is not read: the connection closes after the answer.
     res.writeHead(f.statusCode, { 'content-type': 'text/plain', connection: 'close' });
     res.end(`${f.message}\n`);
+    closeAfter(res);
   } else if ((code !== 0 || signal) && !res.headersSent) {
     // git checks the request it was given; one it refuses before answering is the client's
     // error (a bad want, a malformed command), reported with git's own words.
@@ -226,6 +227,7 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     const clients = /^fatal: (?!.*(?:out of memory|No space|Input\/output|corrupt|unable to (?:create|write|open)))/i.test(why) && !signal;
     res.writeHead(clients ? 400 : 500, { 'content-type': 'text/plain', connection: 'close' });
     res.end(`git ${service} refused the request: ${why.replace(/^fatal: /, '')}\n`);
+    closeAfter(res);
   } else if (code !== 0 || signal || f) {
     res.destroy();
   } else {
@@ -236,6 +238,20 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
   deps.metrics.gitRequests.inc({ service, outcome });
   deps.metrics.gitSeconds.observe({ service }, (Date.now() - started) / 1000);
   if (outcome === 'error' && !rawReq.destroyed) deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
+}
+
+/**
+ * closeAfter closes a connection whose request body was not read to its end, once the answer is
+ * out: a client that keeps sending (or keeps the socket open without sending) holds nothing.
+ * The socket is half-closed first so the answer is not lost to a reset, then dropped.
+ */
+function closeAfter(res: ServerResponse): void {
+  res.once('finish', () => {
+    const socket = res.socket;
+    if (!socket || socket.destroyed) return;
+    socket.end();
+    setTimeout(() => socket.destroy(), 1_000).unref();
+  });
 }
 
 /**

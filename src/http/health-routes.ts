@@ -27,6 +27,7 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
   });
 
   app.get('/ready', { config: ANYONE }, async (_req, reply) => {
+    if (deps.lifecycle.draining) return reply.code(503).send({ ready: false, reason: 'shutting down' });
     if (!deps.membership.storeReachable) return reply.code(503).send({ ready: false, reason: 'coordination store unreachable' });
     return { ready: true };
   });

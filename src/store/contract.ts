@@ -436,6 +436,20 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().listMeta('nothing/')).toEqual([]);
       });
 
+      it('prunes transaction records created before a time, and only those', async () => {
+        for (let i = 0; i < 150; i++) await s().abortTxn(`old-${i}`);
+        await sleep(5);
+        const cut = Date.now();
+        await sleep(5);
+        for (let i = 0; i < 20; i++) await s().abortTxn(`new-${i}`);
+        expect(await s().countTxns()).toBe(170);
+        expect(await s().pruneTxns(cut)).toBe(150);
+        expect(await s().countTxns()).toBe(20);
+        expect(await s().getTxn('old-0')).toBeNull();
+        expect((await s().getTxn('new-0'))?.decision).toBe('abort');
+        expect(await s().pruneTxns(cut)).toBe(0);
+      });
+
       it('deletes a setting, and deleting an absent one is not an error', async () => {
         await s().setMeta('grants/a/b', 'read');
         await s().deleteMeta('grants/a/b');

@@ -163,6 +163,16 @@ export interface ClusterStore {
   commitPush(c: CommitPush): Promise<DecideResult>;
   /** commitDelete writes `commit` and removes the repo and its replica records, under the same compares. */
   commitDelete(c: CommitDelete): Promise<DecideResult>;
+  /**
+   * pruneTxns removes transaction records created before `createdBefore` (epoch ms), decided or
+   * not, and returns how many went. Callers MUST pass a time older than any transaction a
+   * participant could still be preparing (the retention is hours; a participant that finds no
+   * record later aborts its own copy by the fencing-token rule, and repair brings its replica
+   * to the store's generation).
+   */
+  pruneTxns(createdBefore: number): Promise<number>;
+  /** countTxns is how many transaction records the store holds. */
+  countTxns(): Promise<number>;
   /** abortTxn writes `abort` only if no decision exists; returns the decision that stands. */
   abortTxn(txnId: string): Promise<DecideResult>;
 

@@ -631,6 +631,23 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
+  async pruneTxns(createdBefore: number): Promise<number> {
+    return this.guard('prune txns', async () => {
+      const old = (await this.list(this.k('txns', ''))).filter((kv) => parse<StoredTxn>(kv).createdAt < createdBefore);
+      // Deleted in batches of one etcd Txn each (etcd caps the operations of one Txn at 128).
+      for (let i = 0; i < old.length; i += 100) await this.txn([], old.slice(i, i + 100).map((kv) => del(kv.key)));
+      return old.length;
+    });
+  }
+
+  async countTxns(): Promise<number> {
+    return this.guard('count txns', async () => {
+      const prefix = this.k('txns', '');
+      const res = await this.client.kv.range({ key: utf8(prefix), range_end: prefixEnd(prefix), count_only: true });
+      return Number(res.count);
+    });
+  }
+
   // ---- meta ----
 
   async getMeta(key: string): Promise<string | null> {

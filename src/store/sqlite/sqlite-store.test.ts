@@ -69,3 +69,33 @@ describe('SqliteStore shared by two processes', () => {
     expect(other!.token).toBeGreaterThan(second!.token);
   });
 });
+
+describe('SqliteStore stays bounded', () => {
+  it('5,000 transactions with pruning: the record count and the file size stay flat', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sqlite-bounded-'));
+    const path = join(dir, 'cluster.db');
+    const store = new SqliteStore(path);
+    const { statSync } = await import('node:fs');
+    const size = (): number => statSync(path).size + (statSync(`${path}-wal`, { throwIfNoEntry: false })?.size ?? 0);
+    const sizes: number[] = [];
+    const counts: number[] = [];
+    try {
+      let cut = 0;
+      for (let round = 0; round < 10; round++) {
+        for (let i = 0; i < 500; i++) await store.abortTxn(`t-${round}-${i}-${'x'.repeat(40)}`);
+        // Keep the last round only, as a retention of one round's age would.
+        await store.pruneTxns(cut);
+        cut = Date.now();
+        counts.push(await store.countTxns());
+        (store as unknown as { db: { pragma: (s: string) => unknown } }).db.pragma('wal_checkpoint(TRUNCATE)');
+        sizes.push(size());
+      }
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+    expect(Math.max(...counts)).toBeLessThanOrEqual(1000);
+    // After the first rounds the file reuses its freed pages: no growth with the push count.
+    expect(sizes[9]!).toBeLessThanOrEqual(sizes[2]! * 1.2);
+  }, 120_000);
+});

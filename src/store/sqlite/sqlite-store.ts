@@ -61,6 +61,9 @@ export class SqliteStore implements ClusterStore {
   constructor(path: string, opts: { now?: () => number } = {}) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path, { timeout: 10_000 });
+    // A new file gives freed pages back (pruneTxns runs incremental_vacuum); auto_vacuum can
+    // only be chosen before the first table exists.
+    if ((this.db.pragma('page_count', { simple: true }) as number) === 0) this.db.pragma('auto_vacuum = INCREMENTAL');
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.exec(SCHEMA);
@@ -310,6 +313,16 @@ export class SqliteStore implements ClusterStore {
       }
       return r.changes === 1;
     });
+  }
+
+  async pruneTxns(createdBefore: number): Promise<number> {
+    const removed = this.tx(() => this.db.prepare('DELETE FROM txns WHERE created_at < ?').run(createdBefore).changes);
+    if (removed > 0) this.guard(() => this.db.pragma('incremental_vacuum'));
+    return removed;
+  }
+
+  async countTxns(): Promise<number> {
+    return this.read(() => (this.db.prepare('SELECT count(*) AS n FROM txns').get() as { n: number }).n);
   }
 
   async getMeta(key: string): Promise<string | null> {
