@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
@@ -10,7 +11,7 @@ import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type L
 
 interface UpOptions {
   nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
-  etcdUrl?: string; etcdPort?: string; tls?: boolean;
+  etcdUrl?: string; etcdPort?: string; tls?: boolean; ssh: boolean; sshBasePort?: string;
 }
 
 /**
@@ -62,6 +63,52 @@ async function localCa(data: string, n: number): Promise<LocalCa> {
   }
 }
 
+/** RESTART_BACKOFF_MS: a node that keeps dying is restarted after 1, 2, 4 … s, at most 30 s apart. */
+const RESTART_BACKOFF_MS = { first: 1_000, max: 30_000, healthyAfter: 60_000 } as const;
+
+/**
+ * supervise restarts a node that exits while `up` runs (not while it stops), with backoff, and
+ * says so on stderr: `up` never sits silently with a dead node. A node that stayed up for a
+ * minute starts its backoff again from the first delay.
+ */
+function supervise(c: { id: string; child: ChildProcess; args: string[] }, stopping: () => boolean, onRestart: () => Promise<void>): void {
+  let delay: number = RESTART_BACKOFF_MS.first;
+  let startedAt = Date.now();
+  const watch = (): void => {
+    c.child.once('exit', (code, signal) => {
+      if (stopping()) return;
+      if (Date.now() - startedAt > RESTART_BACKOFF_MS.healthyAfter) delay = RESTART_BACKOFF_MS.first;
+      process.stderr.write(`git-replication up: ${c.id} exited (${signal ?? `code ${code}`}); restarting it in ${delay / 1000} s\n`);
+      setTimeout(() => {
+        if (stopping()) return;
+        c.child = spawn(process.execPath, c.args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
+        startedAt = Date.now();
+        process.stderr.write(`git-replication up: ${c.id} restarted (pid ${c.child.pid ?? '?'})\n`);
+        void onRestart().catch(() => undefined);
+        watch();
+      }, delay);
+      delay = Math.min(RESTART_BACKOFF_MS.max, delay * 2);
+    });
+  };
+  watch();
+}
+
+/** SSH_PORT_OFFSET: by default a node's SSH port is its HTTP port minus this (3001 → 2222). */
+const SSH_PORT_OFFSET = 779;
+
+/** portsFree says whether n consecutive loopback ports from `first` can be bound now. */
+async function portsFree(first: number, n: number): Promise<boolean> {
+  for (let p = first; p < first + n; p++) {
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(p, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (!free) return false;
+  }
+  return true;
+}
+
 /** registerUp adds `git-replication up`: a local cluster of N node processes sharing one store. */
 export function registerUp(program: Command): void {
   program.command('up')
@@ -76,11 +123,19 @@ export function registerUp(program: Command): void {
     .option('--replication-factor <n>', 'replicas per repo (default min(3, nodes))')
     .option('--log-level <level>', 'node log level', 'info')
     .option('--tls', 'serve HTTPS: make a throw-away local CA and node certificates in <data>/tls (needs openssl)')
+    .option('--ssh-base-port <port>', `SSH port of the first node (git over SSH); the others follow (default: base port - ${SSH_PORT_OFFSET}, 2222 for 3001)`)
+    .option('--no-ssh', 'serve git over HTTP only')
     .action(async (o: UpOptions) => {
       const n = Number(o.nodes);
       const base = Number(o.basePort);
       if (!Number.isInteger(n) || n < 1 || n > 32) throw new Error('--nodes must be 1-32');
       if (!Number.isInteger(base) || base < 1 || base + n > 65535) throw new Error('--base-port out of range');
+      const sshBase = o.sshBasePort === undefined ? base - SSH_PORT_OFFSET : Number(o.sshBasePort);
+      const sshInRange = Number.isInteger(sshBase) && sshBase >= 1 && sshBase + n <= 65535;
+      if (o.ssh && o.sshBasePort !== undefined && !sshInRange) throw new Error('--ssh-base-port out of range');
+      // Derived SSH ports that are out of range or taken turn SSH off rather than fail the cluster.
+      const sshWanted = o.ssh;
+      o.ssh = o.ssh && sshInRange && (o.sshBasePort !== undefined || await portsFree(sshBase, n));
       const data = resolve(o.data);
       await mkdir(data, { recursive: true, mode: 0o700 });
       await chmod(data, 0o700);
@@ -126,18 +181,19 @@ export function registerUp(program: Command): void {
       const tls = o.tls ? await localCa(data, n) : null;
       const scheme = tls ? 'https' : 'http';
       const main = fileURLToPath(new URL('./main.js', import.meta.url));
-      const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string }> = [];
+      const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string; args: string[] }> = [];
       for (let i = 1; i <= n; i++) {
         const id = `node-${i}`;
         const port = base + i - 1;
         const dataDir = join(data, id);
         const args = [main, 'serve', '--id', id, '--port', String(port), '--data-dir', dataDir, '--store', store, '--log-level', o.logLevel ?? 'info'];
+        if (o.ssh) args.push('--ssh-port', String(sshBase + i - 1));
         if (o.writeQuorum) args.push('--write-quorum', o.writeQuorum);
         args.push('--replication-factor', o.replicationFactor ?? String(Math.min(3, n)));
         const files = tls?.nodes[id];
         if (tls && files) args.push('--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', tls.ca);
         const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
-        children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir });
+        children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir, args });
       }
       let stopping = false;
       const stopAll = async (code: number): Promise<void> => {
@@ -173,6 +229,12 @@ export function registerUp(program: Command): void {
       await writeFile(join(data, 'cluster.json'), `${JSON.stringify(file, null, 2)}\n`);
       process.stdout.write(`\ngit-replication: ${n} nodes up (store ${store})\n`);
       for (const c of children) process.stdout.write(`  ${c.id}  ${c.url}\n`);
+      if (o.ssh) {
+        process.stdout.write(`  git over SSH on ports ${sshBase}-${sshBase + n - 1}; host key for known_hosts: ${children[0]!.url}/ssh/host-key\n`);
+        process.stdout.write(`  register a key: git-replication key add <user> ~/.ssh/id_ed25519.pub, then git clone ssh://git@127.0.0.1:${sshBase}/<owner>/<repo>.git\n`);
+      } else if (sshWanted) {
+        process.stdout.write(`  git over SSH is off: ports ${sshBase}-${sshBase + n - 1} are not free (choose them with --ssh-base-port)\n`);
+      }
       const token = await adminToken(data, children.map((c) => c.dataDir));
       const first = children[0]!.url;
       const last = children[children.length - 1]!.url;
@@ -183,18 +245,19 @@ export function registerUp(program: Command): void {
       if (token) {
         const push = first.replace(`${scheme}://`, `${scheme}://admin:${token}@`);
         process.stdout.write(`\nadmin token (also in ${join(data, 'admin-token')}): ${token}\n`);
-        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        // Repos are private by default; this one is public so the clone needs no credentials.
+        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello","visibility":"public"}'\n`);
         process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && ${gitc} push ${push}/demo/hello.git HEAD:main\n`);
       } else {
         process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
         process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n`);
       }
       process.stdout.write('\nCtrl-C stops the cluster.\n');
-      for (const c of children) {
-        c.child.once('exit', (code, signal) => {
-          if (!stopping) process.stderr.write(`${c.id} exited (${signal ?? code})\n`);
-        });
-      }
+      for (const c of children) supervise(c, () => stopping, async () => {
+        const current = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as ClusterFile;
+        const nodes = current.nodes.map((e) => (e.id === c.id ? { ...e, pid: c.child.pid ?? -1 } : e));
+        await writeFile(join(data, 'cluster.json'), `${JSON.stringify({ ...current, nodes }, null, 2)}\n`);
+      });
       if (etcd) {
         const { logFile } = etcd;
         void etcd.exited.then((how) => {

@@ -1,0 +1,111 @@
+import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodePktLine } from '../../src/git/pkt-line.js';
+import { MAIN, TestCluster, freePort, sleep, waitFor } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, lsRemote, nodeGitProcesses, tempDir, workRepo } from '../helpers/git.js';
+
+describe('graceful shutdown', () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3, env: { SHUTDOWN_GRACE: '20s' } });
+  });
+  afterAll(async () => { await c?.destroy(); });
+
+  it('SIGTERM during pushes: each push succeeded or was refused, nothing stays locked, exit 0', async () => {
+    await c.createRepo(1, 'life/repo');
+    const writers = await Promise.all([0, 1, 2, 3].map(async () => workRepo()));
+    const results: Array<{ branch: string; commit: string; code: number; stderr: string }> = [];
+    let stop = false;
+    const loops = writers.map(async (dir, w) => {
+      for (let i = 0; !stop && i < 200; i++) {
+        const commit = await commitFile(dir, `f${w}.txt`, `${w} ${i}\n`, `w${w} ${i}`);
+        const r = await git(['push', c.repoUrl(1, 'life/repo'), `HEAD:refs/heads/w${w}`], { cwd: dir, timeoutMs: 60_000 });
+        results.push({ branch: `refs/heads/w${w}`, commit, code: r.code, stderr: r.stderr });
+        if (r.code !== 0) await sleep(100);
+      }
+    });
+    await waitFor(() => results.filter((r) => r.code === 0).length >= 4, 60_000, 'some pushes through node 1');
+    const proc = c.node(1).proc!;
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+    proc.kill('SIGTERM');
+    const code = await exited;
+    stop = true;
+    await Promise.all(loops);
+    expect(code).toBe(0);
+    // No lock left behind: the next push through another node goes through at once.
+    expect((await c.repoStatus(2, 'life/repo')).lock).toBeNull();
+    const refs = await lsRemote(c.repoUrl(2, 'life/repo'));
+    for (const r of results.filter((x) => x.code === 0)) {
+      // An acknowledged push is there (or a later one of the same writer moved the branch on).
+      const tip = new RegExp(`^([0-9a-f]{40})\\t${r.branch}$`, 'm').exec(refs)?.[1];
+      expect(tip, `${r.branch} acknowledged at ${r.commit}`).toBeDefined();
+      const dir = writers[Number(r.branch.slice(-1))]!;
+      expect((await git(['merge-base', '--is-ancestor', r.commit, tip!], { cwd: dir })).code).toBe(0);
+    }
+    // Every failure said why: refused, or cut off (unknown), never a hang.
+    for (const r of results.filter((x) => x.code !== 0)) expect(r.stderr.trim().length).toBeGreaterThan(0);
+    const after = await workRepo();
+    await commitFile(after, 'after.txt', 'x\n', 'after');
+    await gitOk(['push', '-q', c.repoUrl(2, 'life/repo'), 'HEAD:refs/heads/after'], { cwd: after });
+    await c.restart(1);
+  }, 180_000);
+
+  it('/ready answers 503 while the node drains; past the grace period requests are cut and it exits 0', async () => {
+    // A node whose grace period (1 s) is far shorter than the idle-body limit (30 s).
+    await c.kill(3);
+    await c.restart(3, { SHUTDOWN_GRACE: '1s' });
+    const proc = c.node(3).proc!;
+    const { request } = await import('node:http');
+    const held = request(`${c.url(3)}/life/repo.git/git-receive-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-receive-pack-request' } });
+    held.on('error', () => undefined);
+    // One command and no flush: receive-pack waits for the rest.
+    const z = '0'.repeat(40);
+    held.write(encodePktLine(`${z} ${'1'.repeat(40)} refs/heads/held\0 report-status\n`));
+    await waitFor(async () => (await nodeGitProcesses(c.node(3).dataDir)).length > 0, 10_000, 'the held push runs receive-pack');
+    const started = Date.now();
+    proc.kill('SIGTERM');
+    await sleep(200);
+    const ready = await fetch(`${c.url(3)}/ready`).then((r) => r.status, () => 'closed');
+    expect([503, 'closed']).toContain(ready);
+    await waitFor(() => proc.exitCode !== null, 15_000, 'node 3 exits');
+    expect(proc.exitCode).toBe(0);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(await nodeGitProcesses(c.node(3).dataDir)).toHaveLength(0);
+    held.destroy();
+    await c.restart(3);
+  }, 90_000);
+});
+
+describe('up supervises its nodes', () => {
+  it('restarts a node killed with -9, says so, and stops cleanly on SIGTERM', async () => {
+    const data = await tempDir();
+    const base = await freePort();
+    const up = spawn(process.execPath, [MAIN, 'up', '--nodes', '2', '--data', data, '--base-port', String(base), '--log-level', 'warn'], {
+      env: { ...process.env, NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000' }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    up.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    up.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    try {
+      await waitFor(() => out.includes('2 nodes up'), 60_000, 'up started');
+      const file = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as { nodes: Array<{ id: string; pid: number }> };
+      const before = file.nodes.find((n) => n.id === 'node-2')!.pid;
+      process.kill(before, 'SIGKILL');
+      await waitFor(() => /node-2 exited \(SIGKILL\); restarting it in 1 s/.test(out), 10_000, 'the exit reported');
+      await waitFor(() => /node-2 restarted \(pid \d+\)/.test(out), 10_000, 'the restart reported');
+      await waitFor(async () => (await fetch(`http://127.0.0.1:${base + 1}/health`).then((r) => r.status, () => 0)) === 200, 30_000, 'node-2 healthy again');
+      await waitFor(async () => {
+        const now = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as { nodes: Array<{ id: string; pid: number }> };
+        const pid = now.nodes.find((n) => n.id === 'node-2')!.pid;
+        return pid !== before && pid > 0;
+      }, 5_000, 'cluster.json names the new pid');
+    } finally {
+      up.kill('SIGTERM');
+    }
+    const code = await new Promise<number | null>((resolve) => up.once('exit', (c) => resolve(c)));
+    expect(code).toBe(0);
+    expect(await fetch(`http://127.0.0.1:${base + 1}/health`).then(() => 'up', () => 'down')).toBe('down');
+  }, 120_000);
+});
