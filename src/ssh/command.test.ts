@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { gitProtocolValue, parseGitCommand } from './command.js';
+import { hostPublicKey, newHostKey } from './server.js';
 
 describe('parseGitCommand', () => {
   it.each([
@@ -36,5 +37,11 @@ describe('gitProtocolValue', () => {
     expect(gitProtocolValue('version=2')).toBe('version=2');
     expect(gitProtocolValue('version=2\nx')).toBeNull();
     expect(gitProtocolValue('')).toBeNull();
+  });
+});
+
+describe('newHostKey', () => {
+  it('always makes a key that parses (ssh2 sometimes writes one that does not)', () => {
+    for (let i = 0; i < 1000; i++) expect(hostPublicKey(newHostKey()).line).toMatch(/^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI/);
   });
 });

@@ -180,6 +180,17 @@ function guard(channel: ServerChannel): ServerChannel {
   return channel;
 }
 
+/**
+ * newHostKey makes an ed25519 host key. ssh2's generator drops a leading zero byte of the public
+ * key about once in 300 keys, writing a key its own parser refuses: such keys are made again.
+ */
+export function newHostKey(): string {
+  for (;;) {
+    const key = utils.generateKeyPairSync('ed25519').private;
+    if (!(utils.parseKey(key) instanceof Error)) return key;
+  }
+}
+
 /** HOST_KEY_META is the store key of the cluster's SSH host key. */
 export const HOST_KEY_META = 'ssh_host_key';
 
@@ -189,7 +200,7 @@ export const HOST_KEY_META = 'ssh_host_key';
  * balancer sees no changed host key); cached 0600 in the data dir.
  */
 export async function loadHostKey(store: { setMetaIfAbsent(key: string, value: string): Promise<string> }, file: string): Promise<string> {
-  const key = await store.setMetaIfAbsent(HOST_KEY_META, utils.generateKeyPairSync('ed25519').private);
+  const key = await store.setMetaIfAbsent(HOST_KEY_META, newHostKey());
   await writeFile(file, key, { mode: 0o600 });
   return key;
 }
