@@ -63,6 +63,36 @@ async function localCa(data: string, n: number): Promise<LocalCa> {
   }
 }
 
+/** RESTART_BACKOFF_MS: a node that keeps dying is restarted after 1, 2, 4 … s, at most 30 s apart. */
+const RESTART_BACKOFF_MS = { first: 1_000, max: 30_000, healthyAfter: 60_000 } as const;
+
+/**
+ * supervise restarts a node that exits while `up` runs (not while it stops), with backoff, and
+ * says so on stderr: `up` never sits silently with a dead node. A node that stayed up for a
+ * minute starts its backoff again from the first delay.
+ */
+function supervise(c: { id: string; child: ChildProcess; args: string[] }, stopping: () => boolean, onRestart: () => Promise<void>): void {
+  let delay: number = RESTART_BACKOFF_MS.first;
+  let startedAt = Date.now();
+  const watch = (): void => {
+    c.child.once('exit', (code, signal) => {
+      if (stopping()) return;
+      if (Date.now() - startedAt > RESTART_BACKOFF_MS.healthyAfter) delay = RESTART_BACKOFF_MS.first;
+      process.stderr.write(`git-replication up: ${c.id} exited (${signal ?? `code ${code}`}); restarting it in ${delay / 1000} s\n`);
+      setTimeout(() => {
+        if (stopping()) return;
+        c.child = spawn(process.execPath, c.args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
+        startedAt = Date.now();
+        process.stderr.write(`git-replication up: ${c.id} restarted (pid ${c.child.pid ?? '?'})\n`);
+        void onRestart().catch(() => undefined);
+        watch();
+      }, delay);
+      delay = Math.min(RESTART_BACKOFF_MS.max, delay * 2);
+    });
+  };
+  watch();
+}
+
 /** SSH_PORT_OFFSET: by default a node's SSH port is its HTTP port minus this (3001 → 2222). */
 const SSH_PORT_OFFSET = 779;
 
@@ -151,7 +181,7 @@ export function registerUp(program: Command): void {
       const tls = o.tls ? await localCa(data, n) : null;
       const scheme = tls ? 'https' : 'http';
       const main = fileURLToPath(new URL('./main.js', import.meta.url));
-      const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string }> = [];
+      const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string; args: string[] }> = [];
       for (let i = 1; i <= n; i++) {
         const id = `node-${i}`;
         const port = base + i - 1;
@@ -163,7 +193,7 @@ export function registerUp(program: Command): void {
         const files = tls?.nodes[id];
         if (tls && files) args.push('--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', tls.ca);
         const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
-        children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir });
+        children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir, args });
       }
       let stopping = false;
       const stopAll = async (code: number): Promise<void> => {
@@ -215,18 +245,19 @@ export function registerUp(program: Command): void {
       if (token) {
         const push = first.replace(`${scheme}://`, `${scheme}://admin:${token}@`);
         process.stdout.write(`\nadmin token (also in ${join(data, 'admin-token')}): ${token}\n`);
-        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        // Repos are private by default; this one is public so the clone needs no credentials.
+        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello","visibility":"public"}'\n`);
         process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && ${gitc} push ${push}/demo/hello.git HEAD:main\n`);
       } else {
         process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
         process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n`);
       }
       process.stdout.write('\nCtrl-C stops the cluster.\n');
-      for (const c of children) {
-        c.child.once('exit', (code, signal) => {
-          if (!stopping) process.stderr.write(`${c.id} exited (${signal ?? code})\n`);
-        });
-      }
+      for (const c of children) supervise(c, () => stopping, async () => {
+        const current = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as ClusterFile;
+        const nodes = current.nodes.map((e) => (e.id === c.id ? { ...e, pid: c.child.pid ?? -1 } : e));
+        await writeFile(join(data, 'cluster.json'), `${JSON.stringify({ ...current, nodes }, null, 2)}\n`);
+      });
       if (etcd) {
         const { logFile } = etcd;
         void etcd.exited.then((how) => {
