@@ -73,7 +73,7 @@ export class GitSshServer {
 
   /** close stops accepting and ends every connection (their git processes are killed). */
   async close(): Promise<void> {
-    for (const c of this.connections) c.end();
+    for (const c of this.connections) hardEnd(c);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
@@ -85,12 +85,12 @@ export class GitSshServer {
     let counted = false;
     let busy = 0;
     let lastActivity = Date.now();
-    const timers: NodeJS.Timeout[] = [setTimeout(() => { if (!identity) client.end(); }, limits.handshakeMs)];
+    const timers: NodeJS.Timeout[] = [setTimeout(() => { if (!identity) hardEnd(client); }, limits.handshakeMs)];
     client.on('error', (err: Error) => logger.debug({ err: errorMessage(err), ip }, 'ssh connection error'));
     client.on('authentication', (ctx: AuthContext) => {
       if (ctx.method !== 'none' && ++attempts > limits.maxAuthAttempts) {
         ctx.reject();
-        client.end();
+        hardEnd(client);
         return;
       }
       this.authenticate(ctx, ip).then((verdict) => {
@@ -108,9 +108,9 @@ export class GitSshServer {
       const who = identity;
       counted = !who.hop;
       if (counted) this.perUser.set(who.user, (this.perUser.get(who.user) ?? 0) + 1);
-      timers.push(setTimeout(() => client.end(), limits.sessionMs));
+      timers.push(setTimeout(() => hardEnd(client), limits.sessionMs));
       timers.push(setInterval(() => {
-        if (busy === 0 && Date.now() - lastActivity > limits.idleMs) client.end();
+        if (busy === 0 && Date.now() - lastActivity > limits.idleMs) hardEnd(client);
       }, Math.min(5_000, Math.max(100, Math.floor(limits.idleMs / 4)))));
       const over = counted && (this.perUser.get(who.user) ?? 0) > limits.maxConnectionsPerUser;
       const hooks: SessionHooks = { touch: () => { lastActivity = Date.now(); }, busy: (on) => { busy += on ? 1 : -1; lastActivity = Date.now(); } };
@@ -172,6 +172,17 @@ export class GitSshServer {
       void runGitCommand(this.deps, channel, who, info.command, gitProtocol, hooks);
     });
   }
+}
+
+/**
+ * hardEnd sends a disconnect and ends the connection, then destroys its socket if the client
+ * has not closed it within a second: end() alone only half-closes, and a client that never
+ * answers would keep the socket. ssh2 has no public destroy, hence its `_sock`.
+ */
+function hardEnd(client: Connection): void {
+  client.end();
+  const sock = (client as unknown as { _sock?: { destroy(): void; destroyed?: boolean } })._sock;
+  if (sock) setTimeout(() => { if (!sock.destroyed) sock.destroy(); }, 1_000).unref();
 }
 
 function guard(channel: ServerChannel): ServerChannel {
