@@ -164,7 +164,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const url = cfg.advertiseUrl ?? `${tls.server ? 'https' : 'http'}://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
-  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch }, { store, peers, logger, ttlMs: cfg.nodeTtlMs });
+  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch }, { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) });
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
@@ -178,6 +178,13 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
   const lifecycle = { draining: false };
+  metrics.attach({
+    dataDir,
+    leaseAgeSeconds: () => (membership.leaseAgeMs === null ? null : membership.leaseAgeMs / 1000),
+    nodes: () => { const ids = membership.knownIds(); const live = ids.filter((id) => membership.isLive(id)).length; return { live, down: ids.length - live }; },
+    gitProcesses: () => git.runningCount,
+    repairing: () => repair.repairingCount,
+  });
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),

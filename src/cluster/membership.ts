@@ -11,6 +11,18 @@ export interface PeerLoad {
   readonly at: number;
 }
 
+/** NodeView is one node as the status page shows it. */
+export interface NodeView {
+  readonly id: string;
+  readonly url: string;
+  readonly version: string;
+  readonly startedAt: string;
+  readonly live: boolean;
+  readonly self: boolean;
+  readonly load: { cpu: number; memory: number } | null;
+  readonly downForMs: number;
+}
+
 /**
  * Membership keeps this node registered in the store (a lease renewed every third of its TTL),
  * caches the other nodes' URLs and polls their load for read routing.
@@ -24,10 +36,15 @@ export class Membership {
   private timer: NodeJS.Timeout | null = null;
   private storeOk = true;
   private lastStoreError: string | null = null;
+  private renewedAt: number | null = null;
 
   constructor(
     private readonly self: NodeInfo,
-    private readonly deps: { store: ClusterStore; peers: PeerClient; logger: Logger; ttlMs: number },
+    private readonly deps: {
+      store: ClusterStore; peers: PeerClient; logger: Logger; ttlMs: number;
+      /** onHeartbeat hears each heartbeat's store latency and whether it failed (metrics). */
+      onHeartbeat?: (seconds: number, ok: boolean) => void;
+    },
   ) {}
 
   /** start registers the node and begins heartbeats. */
@@ -38,9 +55,12 @@ export class Membership {
   }
 
   private async heartbeat(): Promise<void> {
+    const started = performance.now();
     try {
       await this.deps.store.registerNode(this.self, this.deps.ttlMs);
+      this.renewedAt = Date.now();
       this.learn(await this.deps.store.allNodes());
+      this.deps.onHeartbeat?.((performance.now() - started) / 1000, true);
       if (!this.storeOk) this.deps.logger.info({}, 'coordination store reachable again');
       this.storeOk = true;
       this.lastStoreError = null;
@@ -48,6 +68,7 @@ export class Membership {
       if (this.storeOk) this.deps.logger.error({ err: errorMessage(err) }, 'coordination store unreachable: writes fail until it returns');
       this.storeOk = false;
       this.lastStoreError = errorMessage(err);
+      this.deps.onHeartbeat?.((performance.now() - started) / 1000, false);
     }
     await Promise.all([...this.live].filter((id) => id !== this.self.id).map(async (id) => {
       const url = this.nodes.get(id)?.url;
@@ -143,6 +164,25 @@ export class Membership {
   /** peers lists the other known nodes with liveness. */
   peers(): Array<{ id: string; url: string; live: boolean }> {
     return [...this.nodes.values()].filter((n) => n.id !== this.self.id).map((n) => ({ id: n.id, url: n.url, live: this.live.has(n.id) }));
+  }
+
+  /** leaseAgeMs is the time since this node last renewed its registration (null: not yet). */
+  get leaseAgeMs(): number | null {
+    return this.renewedAt === null ? null : Date.now() - this.renewedAt;
+  }
+
+  /**
+   * view lists every known node, self first, with what the status page shows: liveness, version,
+   * start time, and the load it last reported (self: `selfLoad`; a peer not polled yet: null).
+   */
+  view(selfLoad: { cpu: number; memory: number }): NodeView[] {
+    const others = [...this.nodes.values()].filter((n) => n.id !== this.self.id).sort((a, b) => (a.id < b.id ? -1 : 1));
+    return [this.self, ...others].map((n) => {
+      const self = n.id === this.self.id;
+      const load = self ? selfLoad : this.loads.get(n.id);
+      const live = self || this.live.has(n.id);
+      return { id: n.id, url: n.url, version: n.version, startedAt: n.startedAt, live, self, load: live && load ? { cpu: load.cpu, memory: load.memory } : null, downForMs: this.downFor(n.id) };
+    });
   }
 
   /** loadOf returns a peer's last load (cpu), or Infinity if unknown. */

@@ -187,6 +187,7 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
  */
 async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerResponse, child: ReturnType<NodeDeps['git']['spawn']>, body: Readable | Buffer | null, contentType: string, prefix: Buffer, service: string): Promise<void> {
   const started = Date.now();
+  const bytes = { in: Buffer.isBuffer(body) ? body.length : 0, out: prefix.length };
   let failure: AppError | null = null;
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
@@ -202,6 +203,7 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
       failure = err instanceof AppError ? err : badRequest(`request body: ${errorMessage(err)}`);
       void terminate(child);
     });
+    body.on('data', (d: Buffer) => { bytes.in += d.length; });
     body.pipe(child.stdin!);
   } else {
     child.stdin?.end();
@@ -212,6 +214,7 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     if (prefix.length) res.write(prefix);
   };
   child.stdout?.once('data', writeHead);
+  child.stdout?.on('data', (d: Buffer) => { bytes.out += d.length; });
   child.stdout?.pipe(res, { end: false });
   const [code, signal] = await waitClose(child);
   const f = failure as AppError | null;
@@ -235,8 +238,7 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     res.end();
   }
   const outcome = code === 0 && !signal && !f ? 'ok' : f ? 'bad_request' : 'error';
-  deps.metrics.gitRequests.inc({ service, outcome });
-  deps.metrics.gitSeconds.observe({ service }, (Date.now() - started) / 1000);
+  deps.metrics.observeGit(service, contentType.endsWith('-advertisement'), outcome, (Date.now() - started) / 1000, bytes);
   if (outcome === 'error' && !rawReq.destroyed) deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
 }
 

@@ -227,7 +227,9 @@ export class Coordinator {
     const committed = new Tally<Answer>(replicas.length);
     replicas.forEach((node, i) => {
       void preparing[i]!.then(async (a) => {
+        const t = performance.now();
         const answer = a.ok ? await this.finishOn(node, req.txnId, req.repoId, 'commit') : a;
+        if (a.ok && answer.ok) metrics.commitSeconds.observe({ peer: node }, (performance.now() - t) / 1000);
         committed.add(node, answer);
         if (!answer.ok) onStraggler(node, answer);
       });

@@ -95,6 +95,11 @@ export class RepairWorker {
     this.timers = [];
   }
 
+  /** repairingCount is how many local replicas are being repaired now. */
+  get repairingCount(): number {
+    return this.progress.size;
+  }
+
   /** progressOf is a copy of the running repair of a repo's local replica, if one runs. */
   progressOf(repoId: string): RepairProgress | undefined {
     const p = this.progress.get(repoId);
@@ -111,10 +116,12 @@ export class RepairWorker {
       const repos = (await store.listRepos()).filter((r) => r.replicas.includes(nodeId));
       const todo: RepoRecord[] = [];
       const now = Date.now();
+      let lag = 0;
       for (const repo of repos) {
         const replicas = await store.getReplicas(repo.repoId);
         this.deps.onSeen?.(repo, replicas);
         const own = replicas.find((r) => r.nodeId === nodeId);
+        lag = Math.max(lag, repo.generation - (own?.generation ?? 0));
         if (isInSync(repo, own)) {
           this.behindSince.delete(repo.repoId);
           this.maybeRepack(repo);
@@ -129,6 +136,7 @@ export class RepairWorker {
       await this.collectGarbage();
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
+      this.deps.metrics.replicaLag.set(lag);
       for (const repo of todo) {
         const b = this.backoff.get(repo.repoId);
         if (b && b.until > Date.now()) continue;
@@ -404,6 +412,7 @@ export class RepairWorker {
         if (!again || again.generation !== repo.generation) continue;
         await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
         logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
+        this.deps.metrics.verifierMismatches.inc({ kind: problem });
         marked++;
       }
     } catch (err) {
