@@ -4,7 +4,7 @@ import type { ClusterStore } from '../store/types.js';
 
 /** AuditEvent is one recorded action: who (user, token name) did what to which repository. */
 export interface AuditEvent {
-  readonly action: 'push' | 'repo.create' | 'repo.delete' | 'repo.visibility' | 'repo.grant' | 'token.create' | 'token.revoke' | 'user.add' | 'user.disable' | 'user.enable' | 'org.create' | 'org.member' | 'ssh-key.add' | 'ssh-key.remove';
+  readonly action: 'push' | 'repo.create' | 'repo.delete' | 'repo.visibility' | 'repo.default_branch' | 'repo.grant' | 'token.create' | 'token.revoke' | 'user.add' | 'user.disable' | 'user.enable' | 'org.create' | 'org.member' | 'ssh-key.add' | 'ssh-key.remove' | 'admin.import';
   readonly user: string;
   readonly token: string;
   readonly repo?: string;

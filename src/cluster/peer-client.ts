@@ -20,6 +20,7 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
     incarnation: req.incarnation, base_generation: req.baseGeneration, fencing_token: req.fencingToken,
     new_checksum: req.newChecksum, updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
     ...(req.packHash ? { pack_hash: req.packHash } : {}),
+    ...(req.newHead ? { new_head: req.newHead } : {}),
   };
 }
 

@@ -58,6 +58,14 @@ export function applyUpdatesToChecksum(checksum: string, updates: Iterable<Check
   return acc.toString('hex');
 }
 
+/** withHead returns the checksum with HEAD's target changed from `from` to `to` (null: none). */
+export function withHead(checksum: string, from: string | null, to: string | null): string {
+  const acc = Buffer.from(checksum, 'hex');
+  if (from !== null) xorInto(acc, headTerm(from));
+  if (to !== null) xorInto(acc, headTerm(to));
+  return acc.toString('hex');
+}
+
 /** headChecksum is the checksum of a fresh repo: no refs, HEAD pointing at `target`. */
 export function headChecksum(target: string): string {
   return replicaChecksum([], target);

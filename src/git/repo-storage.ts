@@ -147,6 +147,14 @@ export class ReplicaStorage {
     return readHeadTarget(this.repoPath(repoId));
   }
 
+  /** setHead points HEAD at `ref` (a branch that may not exist yet), durably. */
+  async setHead(repoId: string, ref: string): Promise<void> {
+    const path = this.repoPath(repoId);
+    await this.git.run(['symbolic-ref', 'HEAD', ref], { cwd: path });
+    await fsyncPath(join(path, 'HEAD'));
+    await fsyncPath(path);
+  }
+
   /** checksum computes a replica's checksum from its refs on disk. */
   async checksum(repoId: string): Promise<string> {
     const [refs, head] = await Promise.all([this.readRefs(repoId), this.headTarget(repoId)]);

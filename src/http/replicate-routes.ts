@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { bodyDigest } from '../auth/peer-signature.js';
 import { AppError, badRequest, unauthorized } from '../domain/errors.js';
-import { isOid } from '../domain/ref-name.js';
+import { isOid, refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId } from '../domain/repo-id.js';
 import { PREPARE_CONTENT_TYPE } from '../cluster/peer-client.js';
 import { PrepareRefusal, type PrepareRequest } from '../replication/participant.js';
@@ -54,10 +54,13 @@ export function parsePrepare(body: unknown): PrepareRequest {
   });
   const packHash = b.pack_hash;
   if (packHash !== undefined && (typeof packHash !== 'string' || !isOid(packHash))) throw badRequest('pack_hash must be an object id');
+  const newHead = b.new_head;
+  if (newHead !== undefined && (typeof newHead !== 'string' || !newHead.startsWith('refs/heads/') || refNameProblem(newHead) !== null)) throw badRequest('new_head must be a branch name');
   return {
     txnId: str('transaction_id'), coordinator: str('coordinator_id'), repoId: parseRepoId(b.repo_id), kind,
     incarnation: str('incarnation'), baseGeneration: int('base_generation'), fencingToken: int('fencing_token'),
     newChecksum: str('new_checksum'), updates, ...(typeof packHash === 'string' ? { packHash } : {}),
+    ...(typeof newHead === 'string' ? { newHead } : {}),
   };
 }
 

@@ -3,6 +3,7 @@ import { checkPrincipal } from '../auth/directory.js';
 import { canCreateIn, repoRole, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
 import { badRequest, forbidden, notFound } from '../domain/errors.js';
+import { refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
@@ -93,6 +94,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       repo_id: repoId,
       exists: true,
       visibility: policy.visibility,
+      default_branch: await deps.storage.headTarget(repoId).then((h) => (h?.startsWith('refs/heads/') ? h.slice('refs/heads/'.length) : null), () => null),
       ...(admin ? { path: repo.replicas.includes(deps.nodeId) ? deps.storage.repoPath(repoId) : null } : {}),
       incarnation: repo.incarnation,
       generation: repo.generation,
@@ -115,15 +117,27 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     };
   });
 
-  app.patch<{ Params: RepoParams; Body: { visibility: Visibility } }>('/repos/:owner/:repo', {
+  app.patch<{ Params: RepoParams; Body: { visibility?: Visibility; default_branch?: string } }>('/repos/:owner/:repo', {
     config: { access: { repo: 'admin', via: 'rest' } },
-    schema: { body: { type: 'object', required: ['visibility'], additionalProperties: false, properties: { visibility: VISIBILITY } } },
+    schema: { body: { type: 'object', minProperties: 1, additionalProperties: false, properties: { visibility: VISIBILITY, default_branch: { type: 'string', minLength: 1, maxLength: 255 } } } },
   }, async (req) => {
     const repoId = repoIdOf(req);
     if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
-    await directory.setVisibility(repoId, req.body.visibility);
-    audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
-    return { repo_id: repoId, visibility: req.body.visibility };
+    const out: Record<string, string> = { repo_id: repoId };
+    if (req.body.default_branch !== undefined) {
+      const name = req.body.default_branch;
+      const ref = name.startsWith('refs/') ? name : `refs/heads/${name}`;
+      if (!ref.startsWith('refs/heads/') || refNameProblem(ref) !== null) throw badRequest(`'${name.slice(0, 100)}' is not a branch name`);
+      await deps.coordinator.setDefaultBranch(repoId, ref);
+      audit.record({ action: 'repo.default_branch', ...who(req), repo: repoId, detail: { default_branch: ref } });
+      out.default_branch = ref.slice('refs/heads/'.length);
+    }
+    if (req.body.visibility !== undefined) {
+      await directory.setVisibility(repoId, req.body.visibility);
+      audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
+      out.visibility = req.body.visibility;
+    }
+    return out;
   });
 
   app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {

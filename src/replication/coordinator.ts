@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { applyUpdatesToChecksum, headChecksum } from '../domain/checksum.js';
-import { AppError, conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
+import { applyUpdatesToChecksum, headChecksum, withHead } from '../domain/checksum.js';
+import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
@@ -308,7 +308,7 @@ export class Coordinator {
    * connection, and repair completes the stragglers.
    */
   async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
-    const { store, storage, nodeId, metrics, logger } = this.deps;
+    const { store, storage, nodeId, logger } = this.deps;
     const request = await exchange.read();
     // Results are keyed by each command's exact bytes (PushCommand.key).
     const results = new Map<string, RefResult>();
@@ -349,21 +349,16 @@ export class Coordinator {
       if (request.atomic && results.size > 0) return report();
       if (batch.length === 0) return report();
       const packPath = await this.receivedPack(ctx);
+      // A push into a repo whose HEAD names no branch yet points HEAD at what it brings.
+      const newHead = pickDefaultBranch(head, current, batch);
       const req: PrepareRequest = {
         txnId: randomUUID(), repoId: ctx.repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
-        baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: applyUpdatesToChecksum(repo.checksum, batch), updates: batch,
+        baseGeneration: repo.generation, fencingToken: held.lock.token, updates: batch,
+        newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, batch), newHead ? head : null, newHead), ...(newHead ? { newHead } : {}),
       };
       let result;
       try {
-        result = await this.run(req, repo.replicas, packPath, async () => {
-          if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
-          const d = await store.commitPush({ txnId: req.txnId, repoId: req.repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: req.newChecksum });
-          return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
-        }, (node, answer) => {
-          logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
-          void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch(() => undefined);
-          metrics.staleMarked.inc();
-        });
+        result = await this.runRefTxn(req, repo, held, packPath);
       } catch (err) {
         if (err instanceof OutcomeUnknownError) {
           logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the push without a report');
@@ -382,6 +377,52 @@ export class Coordinator {
       }
       report();
       ctx.onCommitted?.(req.txnId, batch.map((u) => u.ref));
+    } finally {
+      await held.release();
+    }
+  }
+
+  /**
+   * runRefTxn runs a ref transaction (a push's batch, or a HEAD change) on the repo's replica
+   * set under the held lock: the decision compares generation, incarnation and fencing token; a
+   * replica that misses the commit is marked stale.
+   */
+  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, packPath: string | null): ReturnType<Coordinator['run']> {
+    const { store, nodeId, logger, metrics } = this.deps;
+    return this.run(req, repo.replicas, packPath, async () => {
+      if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
+      const d = await store.commitPush({ txnId: req.txnId, repoId: req.repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: req.newChecksum });
+      return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
+    }, (node, answer) => {
+      logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
+      void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch(() => undefined);
+      metrics.staleMarked.inc();
+    });
+  }
+
+  /**
+   * setDefaultBranch points a repo's HEAD at an existing branch on every replica, as one
+   * replicated transaction (no ref moves; the checksum's HEAD term changes).
+   */
+  async setDefaultBranch(repoId: RepoId, branch: string): Promise<{ repo_id: string; default_branch: string }> {
+    const { store, storage, nodeId } = this.deps;
+    const held = await this.lock(repoId);
+    try {
+      const repo = await store.getRepo(repoId);
+      if (!repo) throw notFound(`repository ${repoId} not found`);
+      const own = await this.ownReplica(repo);
+      if (!repo.replicas.includes(nodeId) || !isInSync(repo, own)) throw unavailable(`replica of ${repoId} on this node is catching up, try again`, { retryAfter: 1 });
+      if (!(await storage.readRefs(repoId)).some((r) => r.name === branch)) throw badRequest(`branch ${branch.replace(/^refs\/heads\//, '')} does not exist in ${repoId}`);
+      const head = await storage.headTarget(repoId);
+      if (head !== branch) {
+        const req: PrepareRequest = {
+          txnId: randomUUID(), repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation,
+          fencingToken: held.lock.token, updates: [], newHead: branch, newChecksum: withHead(repo.checksum, head, branch),
+        };
+        const result = await this.runRefTxn(req, repo, held, null);
+        if (result.outcome === 'unknown') throw new OutcomeUnknownError(`default branch of ${repoId}: committed on ${result.confirmed.length} replicas only`);
+      }
+      return { repo_id: repoId, default_branch: branch };
     } finally {
       await held.release();
     }
@@ -444,6 +485,19 @@ function checkCommands(commands: readonly PushCommand[], current: ReadonlyMap<st
     if (clash) fail(refKey(u.ref), clash);
     return clash === null;
   });
+}
+
+/**
+ * pickDefaultBranch chooses where HEAD points after a push when it names no existing branch
+ * (an empty repo, or a mirror push of a repo whose default is not `main`): `main` if the push
+ * creates it, else `master`, else the first branch it creates, as GitHub, GitLab and Gitea do.
+ * Null when HEAD names a branch that exists (or that this push creates).
+ */
+export function pickDefaultBranch(head: string | null, current: ReadonlyMap<string, string>, batch: readonly RefUpdate[]): string | null {
+  const created = batch.filter((u) => u.ref.startsWith('refs/heads/') && !isZeroOid(u.newOid)).map((u) => u.ref);
+  if (head !== null && (current.has(head) || created.includes(head))) return null;
+  if (created.length === 0) return null;
+  return created.find((r) => r === 'refs/heads/main') ?? created.find((r) => r === 'refs/heads/master') ?? created[0]!;
 }
 
 /** packHashOf is a pack's trailer hash, which git names it by: `pack-<hash>.pack`. */

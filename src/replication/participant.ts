@@ -25,6 +25,8 @@ export interface PrepareRequest {
   readonly fencingToken: number;
   readonly newChecksum: string;
   readonly updates: readonly RefUpdate[];
+  /** newHead: HEAD points at this branch once the transaction commits. */
+  readonly newHead?: string;
   /** packHash is the trailer hash of the shipped pack (its name); the participant checks index-pack's against it. */
   readonly packHash?: string;
 }
@@ -119,6 +121,7 @@ export class Participant {
     const payload: TxnPayload = {
       coordinator: req.coordinator, incarnation: req.incarnation, baseGeneration: req.baseGeneration,
       fencingToken: req.fencingToken, newChecksum: req.newChecksum, updates: req.updates,
+      ...(req.newHead ? { newHead: req.newHead } : {}),
       stagingPath: open.stagingPath, keepFiles: open.keepFiles,
     };
     // An abort may have arrived while the pack was verified: honour it.
@@ -290,6 +293,8 @@ export class Participant {
     } else {
       await this.reapply(req);
     }
+    // HEAD moves after the refs (idempotent, so a restart that re-applies the commit does it again).
+    if (req.kind === 'push' && req.newHead) await storage.setHead(req.repoId, req.newHead);
     await removeFiles(open?.keepFiles ?? payload?.keepFiles ?? []);
     log.setState(txnId, 'committed');
     this.open.delete(txnId);
@@ -424,6 +429,7 @@ function requestFromLog(t: LocalTxn): PrepareRequest {
   return {
     txnId: t.id, repoId: t.repoId, kind: t.kind, coordinator: p.coordinator, incarnation: p.incarnation,
     baseGeneration: p.baseGeneration, fencingToken: p.fencingToken, newChecksum: p.newChecksum, updates: p.updates ?? [],
+    ...(p.newHead ? { newHead: p.newHead } : {}),
   };
 }
 

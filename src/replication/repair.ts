@@ -203,9 +203,12 @@ export class RepairWorker {
         await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation).catch(() => false);
         await this.transfer(['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'], storage.repoPath(repo.repoId), url, progress);
       }
-      const checksum = await storage.checksum(repo.repoId);
+      let checksum = await storage.checksum(repo.repoId);
       const now = await store.getRepo(repo.repoId);
       if (!now || now.incarnation !== repo.incarnation) return false;
+      // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
+      // the source's HEAD (a whole copy brings it already).
+      if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url))) checksum = await storage.checksum(repo.repoId);
       if (checksum !== now.checksum) throw new Error(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
       const ok = await store.confirmReplica({ repoId: repo.repoId, nodeId, incarnation: repo.incarnation, generation: now.generation, checksum });
       if (!ok) throw new Error('confirmation refused by the store');
@@ -323,6 +326,25 @@ export class RepairWorker {
     return !isInSync(now, own) || (await storage.incarnationOf(repo.repoId)) !== now.incarnation;
   }
 
+  /** syncHead points the local HEAD where the source's points; true if it moved. */
+  private async syncHead(repoId: string, url: string): Promise<boolean> {
+    const { storage, git } = this.deps;
+    const out = await git.run(['ls-remote', '--symref', url, 'HEAD'], { cwd: storage.repoPath(repoId), env: this.fetchEnv(), config: this.fetchConfig(), timeoutMs: 60_000 }).then((r) => r.stdout, () => '');
+    const target = /^ref: (refs\/heads\/\S+)\tHEAD$/m.exec(out)?.[1];
+    if (!target || target === (await storage.headTarget(repoId))) return false;
+    await storage.setHead(repoId, target);
+    return true;
+  }
+
+  /** fetchEnv signs a peer fetch with a hop token, by environment (any local user can read argv). */
+  private fetchEnv(): Record<string, string> {
+    return { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'http.extraHeader', GIT_CONFIG_VALUE_0: `${HOP_HEADER}: ${this.deps.hopToken()}` };
+  }
+
+  private fetchConfig(): Record<string, string> {
+    return this.deps.caFile ? { 'http.sslCAInfo': this.deps.caFile } : {};
+  }
+
   /**
    * transfer runs a `git fetch` or `git clone` from a peer, with every object checked (fsck)
    * and written durably, and records git's progress for status, logs and metrics. A fetch is
@@ -331,12 +353,8 @@ export class RepairWorker {
   private async transfer(args: string[], cwd: string, url: string, progress: RepairProgress): Promise<void> {
     const child = this.deps.git.spawn(args, {
       cwd,
-      // The hop token goes by environment, not argv: any local user can read a process's argv.
-      env: { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'http.extraHeader', GIT_CONFIG_VALUE_0: `${HOP_HEADER}: ${this.deps.hopToken()}` },
-      config: {
-        'transfer.fsckObjects': 'true', 'protocol.version': '2',
-        'core.fsync': 'committed', 'core.fsyncMethod': 'fsync', ...(this.deps.caFile ? { 'http.sslCAInfo': this.deps.caFile } : {}),
-      },
+      env: this.fetchEnv(),
+      config: { 'transfer.fsckObjects': 'true', 'protocol.version': '2', 'core.fsync': 'committed', 'core.fsyncMethod': 'fsync', ...this.fetchConfig() },
       timeoutMs: 3_600_000,
     });
     let tail = '';

@@ -30,6 +30,8 @@ export interface TxnPayload {
   readonly fencingToken: number;
   readonly newChecksum: string;
   readonly updates?: readonly RefUpdate[];
+  /** newHead: the branch HEAD points at once the transaction commits (a push into an unborn HEAD, a default-branch change). */
+  readonly newHead?: string;
   readonly stagingPath?: string;
   readonly keepFiles?: readonly string[];
 }
