@@ -61,6 +61,11 @@ export class Directory {
     this.cache.clear();
   }
 
+  /** invalidate drops this node's cached view, for a change written to the store directly (an import). */
+  invalidate(): void {
+    this.forget();
+  }
+
   /** user reads a user; the built-in admin exists even before its record is written. */
   async user(name: string): Promise<User | null> {
     return this.cached(`user:${name}`, async () => {

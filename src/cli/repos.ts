@@ -64,7 +64,7 @@ function registerRepoLifecycle(repo: Command): void {
 }
 
 /** listRepos reads one page, or with `all` every page from `cursor` on, as one answer. */
-async function listRepos(api: ApiClient, limit: number | undefined, cursor: string | null, all: boolean): Promise<RepoPage> {
+export async function listRepos(api: ApiClient, limit: number | undefined, cursor: string | null, all: boolean): Promise<RepoPage> {
   const repos: string[] = [];
   for (;;) {
     const q = new URLSearchParams();

@@ -3,6 +3,7 @@ import { AppError } from '../domain/errors.js';
 import { enforceAccess } from './access.js';
 import type { NodeDeps } from './deps.js';
 import { registerAdminRoutes } from './admin-routes.js';
+import { registerBackupRoutes } from './backup-routes.js';
 import { registerGitRoutes } from './git-routes.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
@@ -64,6 +65,7 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   registerHealthRoutes(app, deps);
   registerRepoRoutes(app, deps);
   registerAdminRoutes(app, deps);
+  registerBackupRoutes(app, deps);
   registerUserRoutes(app, deps);
   registerSshRoutes(app, deps);
   registerReplicateRoutes(app, deps);

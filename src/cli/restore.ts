@@ -1,0 +1,117 @@
+import { readFile, stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { replicaChecksum } from '../domain/checksum.js';
+import { errorMessage } from '../domain/errors.js';
+import { repoPath, type JsonOption } from './args.js';
+import { forEachLimit, parseParallel } from './backup.js';
+import { runGit } from './git-client.js';
+import { addClientOptions, CliError, resolveToken, withApi, type ApiClient, type ClientOptions } from './http-client.js';
+import { layout, readManifest, readMirror, refCount, type BackupEntry } from './manifest.js';
+import { listRepos } from './repos.js';
+
+/** DEFAULT_HEAD is where a new repository's HEAD points; a mirror push does not move HEAD. */
+const DEFAULT_HEAD = 'refs/heads/main';
+
+/** RestoreOutcome is one repository's line of a restore. */
+export type RestoreOutcome =
+  | { id: string; status: 'ok'; generation: number; refs: number; head: string | null; head_differs: boolean }
+  | { id: string; status: 'failed'; error: string };
+
+interface RestoreContext {
+  readonly api: ApiClient;
+  readonly token: string | null;
+  readonly base: string;
+  readonly dir: string;
+  readonly force: boolean;
+}
+
+type Options = ClientOptions & JsonOption & { force?: boolean; parallel: number };
+
+/** registerRestore adds `git-replication restore DIR`. */
+export function registerRestore(program: Command): void {
+  addClientOptions(program.command('restore')
+    .description('restore a backup (git-replication backup) into an empty cluster: users, grants and token records, then every repository')
+    .argument('<dir>', 'the backup directory'))
+    .option('--force', 'restore into a cluster that has users or repositories already (records are merged, existing repositories overwritten)')
+    .option('--parallel <n>', 'repositories restored at a time (1-32)', parseParallel, 4)
+    .option('--json', 'print one JSON summary instead of lines')
+    .action(async (dir: string, o: Options) => withApi(o, async (api) => {
+      const started = Date.now();
+      const ctx: RestoreContext = { api, token: await resolveToken(o), base: o.url.replace(/\/+$/, ''), dir: resolve(dir), force: o.force === true };
+      const { imported, outcomes } = await runRestore(ctx, o.parallel, o.json ? undefined : printOutcome);
+      report(o, ctx.base, imported, outcomes, Date.now() - started);
+    }));
+}
+
+/**
+ * runRestore checks the cluster is empty (unless --force), imports the directory records, then
+ * for each repository of the manifest: checks the mirror still holds what the manifest says,
+ * creates the repository, pushes the mirror (`push --mirror`, replicated like any push) and
+ * compares the cluster's checksum with the mirror's.
+ */
+async function runRestore(ctx: RestoreContext, parallel: number, onEach?: (o: RestoreOutcome) => void): Promise<{ imported: Record<string, number>; outcomes: RestoreOutcome[] }> {
+  const manifest = await readManifest(ctx.dir, true);
+  const records = await readRecords(ctx.dir);
+  const existing = await listRepos(ctx.api, 1, null, false);
+  if (existing.count > 0 && !ctx.force) throw new CliError(`the cluster at ${ctx.base} has repositories already (${existing.repos.join(', ')}, …): restore into an empty cluster, or use --force`);
+  const answer = await ctx.api.post<{ imported: Record<string, number> }>(`/admin/import${ctx.force ? '?merge=true' : ''}`, records).catch((err: unknown) => {
+    if (err instanceof CliError && err.status === 409) throw new CliError(`${err.message} (restore --force merges)`, 409, { cause: err });
+    throw err;
+  });
+  const outcomes = await forEachLimit(manifest?.repos ?? [], parallel, async (entry) => {
+    const outcome = await restoreRepo(ctx, entry).catch((err: unknown): RestoreOutcome => ({ id: entry.id, status: 'failed', error: errorMessage(err) }));
+    onEach?.(outcome);
+    return outcome;
+  });
+  return { imported: answer.imported, outcomes };
+}
+
+async function readRecords(dir: string): Promise<unknown> {
+  try {
+    return JSON.parse(await readFile(layout.records(dir), 'utf8')) as unknown;
+  } catch (err) {
+    throw new CliError(`cannot read ${layout.records(dir)}: ${errorMessage(err)}`, null, { cause: err });
+  }
+}
+
+/** restoreRepo restores one repository and verifies the cluster's checksum against the mirror's. */
+async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<RestoreOutcome> {
+  const path = layout.mirror(ctx.dir, entry.id);
+  if (!(await stat(path).then((s) => s.isDirectory(), () => false))) throw new CliError(`no mirror at ${path}`);
+  const mirror = await readMirror(path);
+  // A backup interrupted after a fetch leaves a mirror ahead of its entry: not a committed state.
+  if (replicaChecksum(mirror.refs, mirror.head) !== entry.checksum) throw new CliError(`the mirror does not hold generation ${entry.generation} as the manifest says (an interrupted backup?): run backup again`);
+  await ctx.api.post('/repos', { repo_id: entry.id, visibility: entry.visibility }).catch((err: unknown) => {
+    if (!(ctx.force && err instanceof CliError && err.status === 409)) throw err;
+  });
+  if (mirror.refs.length > 0) await runGit(['push', '--mirror', '--quiet', '--', `${ctx.base}/${entry.id}.git`], { cwd: path, token: ctx.token });
+  const view = await ctx.api.get<{ generation: number; checksum: string }>(repoPath(entry.id));
+  const asBackedUp = replicaChecksum(mirror.refs, mirror.head);
+  // The push does not move HEAD: with the new repository's default HEAD the refs must still match.
+  const withDefaultHead = replicaChecksum(mirror.refs, DEFAULT_HEAD);
+  if (view.checksum !== asBackedUp && view.checksum !== withDefaultHead) {
+    throw new CliError(`checksum after the push (${view.checksum.slice(0, 12)}) differs from the backup's (${asBackedUp.slice(0, 12)})`);
+  }
+  return { id: entry.id, status: 'ok', generation: view.generation, refs: mirror.refs.length, head: mirror.head, head_differs: view.checksum !== asBackedUp };
+}
+
+function printOutcome(o: RestoreOutcome): void {
+  if (o.status === 'failed') process.stdout.write(`failed ${o.id}: ${o.error}\n`);
+  else {
+    const head = o.head_differs ? `; HEAD is ${DEFAULT_HEAD}, the backup's was ${o.head ?? 'detached'}: set the default branch by hand` : '';
+    process.stdout.write(`restored ${o.id} at generation ${o.generation} (${refCount(o.refs)})${head}\n`);
+  }
+}
+
+/** report prints the summary line (or, with --json, everything) and sets exit code 1 if a repository failed. */
+function report(o: JsonOption, url: string, imported: Record<string, number>, outcomes: RestoreOutcome[], ms: number): void {
+  const failed = outcomes.filter((x) => x.status === 'failed').length;
+  const summary = { url, repos: outcomes.length, restored: outcomes.length - failed, failed, head_differs: outcomes.filter((x) => x.status === 'ok' && x.head_differs).length, imported, seconds: Math.round(ms / 100) / 10 };
+  if (o.json) process.stdout.write(`${JSON.stringify({ ...summary, outcomes }, null, 2)}\n`);
+  else {
+    const records = Object.entries(imported).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ');
+    process.stdout.write(`restore of ${summary.repos} repos into ${url}: ${summary.restored} restored, ${failed} failed; records: ${records} (${summary.seconds} s)\n`);
+  }
+  if (failed > 0) process.exitCode = 1;
+}
