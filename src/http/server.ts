@@ -9,6 +9,7 @@ import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
 import { registerSshRoutes } from './ssh-routes.js';
+import { registerStatusRoutes } from './status-routes.js';
 import { registerUserRoutes } from './user-routes.js';
 
 /** isGitRoute says whether a matched route is one of the smart-HTTP endpoints git clients call. */
@@ -63,6 +64,7 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route for ${req.method} ${truncate(req.url.split('?')[0] ?? '')}`, code: 'ERR_NOT_FOUND' }));
   registerHealthRoutes(app, deps);
+  registerStatusRoutes(app, deps);
   registerRepoRoutes(app, deps);
   registerAdminRoutes(app, deps);
   registerBackupRoutes(app, deps);
