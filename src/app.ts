@@ -8,6 +8,7 @@ import { PeerVerifier, signHop, verifyHop } from './auth/peer-signature.js';
 import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
+import { DiskSpace } from './cluster/disk.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
 import { PeerClient } from './cluster/peer-client.js';
@@ -50,6 +51,8 @@ export interface NodeConfig {
   readonly maxGitProcesses: number;
   /** maxGitPerClient caps the git processes one client address holds. */
   readonly maxGitPerClient: number;
+  /** minFreeDiskBytes: with less free space under the data dir the node takes no new writes. */
+  readonly minFreeDiskBytes: number;
   /** txnRetentionMs: transaction records (store and local log) older than this are pruned. */
   readonly txnRetentionMs: number;
   /** shutdownGraceMs is how long SIGTERM waits for requests in flight before killing their git processes. */
@@ -92,6 +95,7 @@ export const DEFAULTS = {
   bodyIdleMs: 30_000,
   shutdownGraceMs: 30_000,
   txnRetentionMs: 24 * 3_600_000,
+  minFreeDiskBytes: 256 * 1024 ** 2,
   maxPushBytes: 2 * 1024 ** 3,
   maxUploadRequestBytes: 10 * 1024 ** 2,
   maxInflateRatio: 100,
@@ -156,7 +160,9 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const failpoints = new Failpoints(process.env.GIT_REPLICATION_FAILPOINTS);
   const txnLog = new TxnLog(join(dataDir, 'node.db'));
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
-  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, resolveAfterMs: cfg.resolveAfterMs });
+  const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
+  await disk.start();
+  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), resolveAfterMs: cfg.resolveAfterMs });
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
 
@@ -188,10 +194,10 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
-    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle,
+    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk,
     sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
-      hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION,
+      hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor,
       limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
     },
   };
@@ -235,6 +241,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       closed = true;
       for (const t of timers) clearInterval(t);
       repair.stop();
+      disk.stop();
       steward.stop();
       load.stop();
       await ssh?.server.close();

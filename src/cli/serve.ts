@@ -9,7 +9,7 @@ import { SSH_DEFAULTS } from '../ssh/server.js';
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
   replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
-  maxGitPerClient?: string; bodyIdleTimeout?: string; shutdownGrace?: string; txnRetention?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
+  maxGitPerClient?: string; bodyIdleTimeout?: string; shutdownGrace?: string; txnRetention?: string; minFreeDisk?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
   sshPort?: string; sshMaxPerUser?: string; sshIdleTimeout?: string; sshSessionTimeout?: string; sshMaxAuthTries?: string;
 }
@@ -94,6 +94,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     maxGitPerClient: int(o.maxGitPerClient ?? env.MAX_GIT_PER_CLIENT, 'max git processes per client', Math.max(1, Math.ceil(maxGitProcesses / 2))),
     bodyIdleMs: parseDuration(o.bodyIdleTimeout ?? env.BODY_IDLE_TIMEOUT, DEFAULTS.bodyIdleMs),
     shutdownGraceMs: parseDuration(o.shutdownGrace ?? env.SHUTDOWN_GRACE, DEFAULTS.shutdownGraceMs),
+    minFreeDiskBytes: parseSize(o.minFreeDisk ?? env.MIN_FREE_DISK, DEFAULTS.minFreeDiskBytes),
     txnRetentionMs: positive(parseDuration(o.txnRetention ?? env.TXN_RETENTION, DEFAULTS.txnRetentionMs), 'txn retention', 60_000),
     maxPushBytes: parseSize(o.maxPushSize ?? env.MAX_PUSH_SIZE, DEFAULTS.maxPushBytes),
     maxUploadRequestBytes: parseSize(o.maxFetchRequestSize ?? env.MAX_FETCH_REQUEST_SIZE, DEFAULTS.maxUploadRequestBytes),
@@ -151,6 +152,7 @@ export function registerServe(program: Command): void {
     .option('--max-inflate-ratio <n>', 'a gzip request body may inflate at most n times (env MAX_INFLATE_RATIO, default 100)')
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
     .option('--auth <mode>', 'tokens: pushes and admin calls need a token (default); open: no checks, trusted networks only (env AUTH)')
+    .option('--min-free-disk <size>', 'take no new writes with less free space under the data dir (env MIN_FREE_DISK, default 256m)')
     .option('--txn-retention <duration>', 'prune transaction records older than this, at least 1m (env TXN_RETENTION, default 24h)')
     .option('--shutdown-grace <duration>', 'on SIGTERM, how long requests in flight may finish (env SHUTDOWN_GRACE, default 30s)')
     .option('--replace-after <duration>', 're-create the replicas of a node down this long, e.g. 10m (env REPLACE_AFTER, default 10m)')

@@ -1,4 +1,5 @@
 import type { Logger } from '../domain/logger.js';
+import type { DiskSpace } from '../cluster/disk.js';
 import type { LoadSampler } from '../cluster/load.js';
 import type { Membership } from '../cluster/membership.js';
 import type { PeerClient } from '../cluster/peer-client.js';
@@ -25,6 +26,8 @@ export interface HttpConfig {
   readonly bodyLimit: number;
   readonly version: string;
   readonly limits: GitBodyLimits;
+  /** replicationFactor is R for repos this node creates (for the write-quorum check of /ready). */
+  readonly replicationFactor: number;
 }
 
 /** GitBodyLimits bound what one git request may send (SECURITY.md). */
@@ -72,6 +75,7 @@ export interface NodeDeps {
   readonly activity: RepoActivity;
   /** lifecycle.draining is set when the node begins to shut down (/ready answers 503). */
   readonly lifecycle: { draining: boolean };
+  readonly disk: DiskSpace;
   readonly sshKeys: SshKeys;
   /** ssh.port is this node's SSH port once its SSH server listens (null: no SSH server). */
   readonly ssh: { port: number | null };

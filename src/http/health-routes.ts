@@ -4,14 +4,35 @@ import type { NodeDeps } from './deps.js';
 
 const ANYONE = { access: 'anonymous' } as const;
 
+/**
+ * writeBlockers lists why this node cannot complete a write now (empty: it can): shutting down,
+ * the store unreachable, its disk full, or fewer live nodes than a write quorum. The quorum
+ * check is per node, not per repo: with more nodes than replicas, a repo whose own replicas are
+ * down still fails its pushes while others succeed.
+ */
+function writeBlockers(deps: NodeDeps): string[] {
+  const out: string[] = [];
+  if (deps.lifecycle.draining) out.push('shutting down');
+  if (!deps.membership.storeReachable) out.push('coordination store unreachable');
+  const disk = deps.disk.shortage();
+  if (disk) out.push(disk);
+  const known = deps.membership.knownIds().length;
+  const live = deps.membership.liveIds().length;
+  const w = deps.coordinator.writeQuorumFor(Math.min(deps.config.replicationFactor, known));
+  if (live < w) out.push(`${live} of ${known} nodes live, a write needs ${w}`);
+  return out;
+}
+
 /** registerHealthRoutes adds `/health` (the seed's shape plus store state), `/ready` and `/metrics`. */
 export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void {
   app.get('/health', { config: ANYONE }, async (req) => {
     const peers = deps.membership.peers();
     const storeOk = deps.membership.storeReachable;
+    const blockers = writeBlockers(deps);
     deps.metrics.gitProcesses.set(deps.git.runningCount);
     return {
-      status: storeOk ? 'healthy' : 'degraded',
+      // 200 while reads work; what is degraded is said here and in `writes`.
+      status: blockers.length === 0 ? 'healthy' : 'degraded',
       server_id: deps.nodeId,
       timestamp: new Date().toISOString(),
       load: deps.load.load(),
@@ -19,7 +40,8 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
       peer_nodes: peers,
       // The store's error text can name hosts and paths: admins only.
       store: { kind: deps.store.kind, reachable: storeOk, ...(isAdmin(req.caller) ? { error: deps.membership.storeError } : {}) },
-      writes: storeOk ? 'available' : 'unavailable: coordination store unreachable',
+      writes: blockers.length === 0 ? 'available' : `unavailable: ${blockers.join('; ')}`,
+      disk_free_bytes: deps.disk.freeBytes,
       git_processes: deps.git.runningCount,
       open_transactions: deps.participant.openCount,
       version: deps.config.version,
@@ -27,8 +49,8 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
   });
 
   app.get('/ready', { config: ANYONE }, async (_req, reply) => {
-    if (deps.lifecycle.draining) return reply.code(503).send({ ready: false, reason: 'shutting down' });
-    if (!deps.membership.storeReachable) return reply.code(503).send({ ready: false, reason: 'coordination store unreachable' });
+    const blockers = writeBlockers(deps);
+    if (blockers.length > 0) return reply.code(503).send({ ready: false, reason: blockers.join('; ') });
     return { ready: true };
   });
 

@@ -72,6 +72,8 @@ export class Participant {
       readonly logger: Logger;
       readonly failpoints: Failpoints;
       readonly activity: RepoActivity;
+      /** diskShortage says why the data dir has no room for a new transaction, or null. */
+      readonly diskShortage?: () => string | null;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
       readonly resolveAfterMs: number;
     },
@@ -92,6 +94,10 @@ export class Participant {
     if (logged?.state === 'aborted') throw new PrepareRefusal('failed', 'transaction already aborted');
     if (logged || this.open.has(req.txnId)) return;
     if (this.running.has(req.txnId)) throw new PrepareRefusal('failed', 'transaction already preparing');
+    // A full disk takes no new transaction (its pack and refs could be half written); the
+    // others' replicas carry the push, and repair brings this one back once there is room.
+    const shortage = req.kind === 'delete' ? null : (this.deps.diskShortage?.() ?? null);
+    if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
     // Checked and marked in one synchronous step (MAY_START_DURING): no repair, swap or drop of
     // the replica runs beside a transaction.
     const running = this.deps.activity.tryBegin(req.repoId, 'txn');
