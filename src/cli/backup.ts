@@ -17,7 +17,7 @@ interface Records { grants: Array<{ repo: string; grantee: string; role: string 
 
 /** Outcome is one repository's line of a backup: how its mirror was brought to a committed generation, or why not. */
 export type Outcome =
-  | { id: string; status: 'ok'; how: 'cloned' | 'fetched' | 'unchanged'; generation: number; refs: number; fetches: number }
+  | { id: string; status: 'ok'; how: 'cloned' | 'fetched' | 'unchanged'; generation: number; refs: number; fetches: number; moved: number }
   | { id: string; status: 'failed'; error: string }
   | { id: string; status: 'dropped' };
 
@@ -103,22 +103,25 @@ async function backupRepo(ctx: BackupContext, id: string, prev: BackupEntry | un
   let clone = !(await isDir(path)) || (prev !== undefined && prev.incarnation !== view.incarnation);
   if (!clone) {
     const state = await mirrorState(path);
-    if (state.checksum === view.checksum) return done(ctx, view, state, 'unchanged', 0);
+    if (state.checksum === view.checksum) return done(ctx, view, state, 'unchanged', 0, 0);
   }
   const how = clone ? 'cloned' : 'fetched';
+  // moved counts the fetches that found the repository past the generation read before them.
+  let moved = 0;
   for (let attempt = 1; attempt <= FETCH_ATTEMPTS; attempt++) {
     if (clone) await cloneMirror(ctx, id, path);
     else await fetchMirror(ctx, id, path);
     clone = false;
     let state = await mirrorState(path);
-    if (state.checksum === view.checksum) return done(ctx, view, state, how, attempt);
+    if (state.checksum === view.checksum) return done(ctx, view, state, how, attempt, moved);
     const after = await repoView(ctx.api, id);
     if (!after) return { outcome: { id, status: 'dropped' }, entry: null };
-    if (after.checksum === state.checksum && after.incarnation === view.incarnation) return done(ctx, after, state, how, attempt);
+    if (after.generation !== view.generation) moved++;
+    if (after.checksum === state.checksum && after.incarnation === view.incarnation) return done(ctx, after, state, how, attempt, moved);
     if (after.generation === view.generation && after.incarnation === view.incarnation) {
       // Same generation, other checksum: HEAD moved (a fetch does not follow the remote's HEAD).
       state = await followHead(ctx, id, path);
-      if (state.checksum === after.checksum) return done(ctx, after, state, how, attempt);
+      if (state.checksum === after.checksum) return done(ctx, after, state, how, attempt, moved);
     }
     if (after.incarnation !== view.incarnation) clone = true;
     view = after;
@@ -127,12 +130,12 @@ async function backupRepo(ctx: BackupContext, id: string, prev: BackupEntry | un
   throw new CliError(`no fetch matched a committed generation in ${FETCH_ATTEMPTS} attempts (the repository kept moving, or its refs differ from the store's checksum)`);
 }
 
-function done(ctx: BackupContext, view: RepoView, state: MirrorState, how: 'cloned' | 'fetched' | 'unchanged', fetches: number): { outcome: Outcome; entry: BackupEntry } {
+function done(ctx: BackupContext, view: RepoView, state: MirrorState, how: 'cloned' | 'fetched' | 'unchanged', fetches: number, moved: number): { outcome: Outcome; entry: BackupEntry } {
   const entry: BackupEntry = {
     id: view.repo_id, incarnation: view.incarnation, generation: view.generation, checksum: view.checksum, visibility: view.visibility,
     grants: ctx.grants.get(view.repo_id) ?? [], head: state.head, refs: state.refs, fetched_at: new Date().toISOString(),
   };
-  return { outcome: { id: view.repo_id, status: 'ok', how, generation: view.generation, refs: state.refs, fetches }, entry };
+  return { outcome: { id: view.repo_id, status: 'ok', how, generation: view.generation, refs: state.refs, fetches, moved }, entry };
 }
 
 /** repoView reads a repository's generation and checksum; null if it is gone. */

@@ -10,12 +10,15 @@ import { addClientOptions, CliError, resolveToken, withApi, type ApiClient, type
 import { layout, readManifest, readMirror, refCount, type BackupEntry } from './manifest.js';
 import { listRepos } from './repos.js';
 
-/** DEFAULT_HEAD is where a new repository's HEAD points; a mirror push does not move HEAD. */
+/** DEFAULT_HEAD is where a new repository's HEAD points until a push or PATCH moves it. */
 const DEFAULT_HEAD = 'refs/heads/main';
+const BRANCH = 'refs/heads/';
+
+interface RestoredView { generation: number; checksum: string; default_branch?: string | null }
 
 /** RestoreOutcome is one repository's line of a restore. */
 export type RestoreOutcome =
-  | { id: string; status: 'ok'; generation: number; refs: number; head: string | null; head_differs: boolean }
+  | { id: string; status: 'ok'; generation: number; refs: number; head: string | null; head_now: string | null }
   | { id: string; status: 'failed'; error: string };
 
 interface RestoreContext {
@@ -47,8 +50,9 @@ export function registerRestore(program: Command): void {
 /**
  * runRestore checks the cluster is empty (unless --force), imports the directory records, then
  * for each repository of the manifest: checks the mirror still holds what the manifest says,
- * creates the repository, pushes the mirror (`push --mirror`, replicated like any push) and
- * compares the cluster's checksum with the mirror's.
+ * creates the repository, pushes the mirror (`push --mirror`, replicated like any push), points
+ * HEAD at the backup's branch (PATCH default_branch) and compares the cluster's checksum with the
+ * mirror's.
  */
 async function runRestore(ctx: RestoreContext, parallel: number, onEach?: (o: RestoreOutcome) => void): Promise<{ imported: Record<string, number>; outcomes: RestoreOutcome[] }> {
   const manifest = await readManifest(ctx.dir, true);
@@ -86,20 +90,25 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
     if (!(ctx.force && err instanceof CliError && err.status === 409)) throw err;
   });
   if (mirror.refs.length > 0) await runGit(['push', '--mirror', '--quiet', '--', `${ctx.base}/${entry.id}.git`], { cwd: path, token: ctx.token });
-  const view = await ctx.api.get<{ generation: number; checksum: string }>(repoPath(entry.id));
   const asBackedUp = replicaChecksum(mirror.refs, mirror.head);
-  // The push does not move HEAD: with the new repository's default HEAD the refs must still match.
-  const withDefaultHead = replicaChecksum(mirror.refs, DEFAULT_HEAD);
-  if (view.checksum !== asBackedUp && view.checksum !== withDefaultHead) {
+  let view = await ctx.api.get<RestoredView>(repoPath(entry.id));
+  // A mirror push does not carry HEAD: point it where the backup's pointed, if that branch exists.
+  if (view.checksum !== asBackedUp && mirror.head?.startsWith(BRANCH) && mirror.refs.some((r) => r.name === mirror.head)) {
+    await ctx.api.patch(repoPath(entry.id), { default_branch: mirror.head.slice(BRANCH.length) });
+    view = await ctx.api.get<RestoredView>(repoPath(entry.id));
+  }
+  const head = view.default_branch ? `${BRANCH}${view.default_branch}` : DEFAULT_HEAD;
+  // Otherwise (a HEAD naming no branch of the backup) the refs must still match, under the new HEAD.
+  if (view.checksum !== asBackedUp && view.checksum !== replicaChecksum(mirror.refs, head)) {
     throw new CliError(`checksum after the push (${view.checksum.slice(0, 12)}) differs from the backup's (${asBackedUp.slice(0, 12)})`);
   }
-  return { id: entry.id, status: 'ok', generation: view.generation, refs: mirror.refs.length, head: mirror.head, head_differs: view.checksum !== asBackedUp };
+  return { id: entry.id, status: 'ok', generation: view.generation, refs: mirror.refs.length, head: mirror.head, head_now: view.checksum === asBackedUp ? mirror.head : head };
 }
 
 function printOutcome(o: RestoreOutcome): void {
   if (o.status === 'failed') process.stdout.write(`failed ${o.id}: ${o.error}\n`);
   else {
-    const head = o.head_differs ? `; HEAD is ${DEFAULT_HEAD}, the backup's was ${o.head ?? 'detached'}: set the default branch by hand` : '';
+    const head = o.head_now !== o.head ? `; HEAD is ${o.head_now ?? 'detached'}, the backup's was ${o.head ?? 'detached'}` : '';
     process.stdout.write(`restored ${o.id} at generation ${o.generation} (${refCount(o.refs)})${head}\n`);
   }
 }
@@ -107,7 +116,7 @@ function printOutcome(o: RestoreOutcome): void {
 /** report prints the summary line (or, with --json, everything) and sets exit code 1 if a repository failed. */
 function report(o: JsonOption, url: string, imported: Record<string, number>, outcomes: RestoreOutcome[], ms: number): void {
   const failed = outcomes.filter((x) => x.status === 'failed').length;
-  const summary = { url, repos: outcomes.length, restored: outcomes.length - failed, failed, head_differs: outcomes.filter((x) => x.status === 'ok' && x.head_differs).length, imported, seconds: Math.round(ms / 100) / 10 };
+  const summary = { url, repos: outcomes.length, restored: outcomes.length - failed, failed, head_differs: outcomes.filter((x) => x.status === 'ok' && x.head_now !== x.head).length, imported, seconds: Math.round(ms / 100) / 10 };
   if (o.json) process.stdout.write(`${JSON.stringify({ ...summary, outcomes }, null, 2)}\n`);
   else {
     const records = Object.entries(imported).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ');

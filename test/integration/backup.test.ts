@@ -118,6 +118,8 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     await gitOk(['tag', 'v1'], { cwd: work });
     // Every fifth repository also gets a branch and a tag.
     await pushAll((id) => (ALL.indexOf(id) % 5 === 0 ? ['HEAD:refs/heads/feature', 'refs/tags/v1'] : []));
+    // One repository's HEAD is not main: the backup keeps it, the restore puts it back.
+    await ok(a, 3, 'PATCH', '/repos/alice/r10', { default_branch: 'feature' });
   }, 150_000);
 
   afterAll(async () => {
@@ -140,20 +142,20 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
   it('backs up every repository at a committed generation while a writer pushes', async () => {
     let writing = true;
     let pushes = 0;
-    const writerDir = await tempDir('gitrep-writer-');
-    scratch.push(writerDir);
-    await gitOk(['clone', '-q', work, writerDir]);
-    const writer = (async () => {
+    // One writer per written repository, pushing as fast as the cluster takes it.
+    const writers = WRITTEN.map(async (id, w) => {
+      const dir = await tempDir('gitrep-writer-');
+      scratch.push(dir);
+      await gitOk(['clone', '-q', work, dir]);
       for (let n = 0; writing; n++) {
-        await commitFile(writerDir, 'live.txt', `${n}\n`, `live ${n}`);
-        const id = WRITTEN[n % WRITTEN.length]!;
-        const r = await git(['push', '-q', authUrl(a, 1 + (n % 3), id, adminA), 'HEAD:refs/heads/live'], { cwd: writerDir });
+        await commitFile(dir, 'live.txt', `${n}\n`, `live ${n}`);
+        const r = await git(['push', '-q', authUrl(a, 1 + ((n + w) % 3), id, adminA), 'HEAD:refs/heads/live'], { cwd: dir });
         expect(r.code, r.stderr).toBe(0);
         pushes++;
       }
-    })();
+    });
     const run = await cli(['backup', '--out', out, '--url', a.url(1), '--token', adminA, '--json']).finally(() => { writing = false; });
-    await writer;
+    await Promise.all(writers);
     expect(run.code, run.stderr + run.stdout).toBe(0);
     expect(run.stderr).toBe('');
     const res = JSON.parse(run.stdout) as BackupJson;
@@ -171,27 +173,33 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
       expect(e.visibility).toBe(ALL.indexOf(e.id) % 3 === 0 ? 'public' : 'private');
     }
     expect(m.repos.find((e) => e.id === 'alice/r01')?.grants).toEqual([{ grantee: 'user:bob', role: 'read' }]);
+    expect(m.repos.find((e) => e.id === 'alice/r10')?.head).toBe('refs/heads/feature');
+    const fetches = (res.outcomes as Array<{ id: string; fetches?: number; moved?: number }>).filter((o) => WRITTEN.includes(o.id)).map((o) => `${o.id}: ${o.fetches} (moved ${o.moved})`);
     const records = JSON.parse(await readFile(join(out, 'records.json'), 'utf8')) as { tokens: unknown[]; users: Array<{ name: string }> };
     expect(records.users.map((u) => u.name).sort()).toEqual(['admin', 'alice', 'bob']);
     expect(JSON.stringify(records)).not.toContain(aliceToken);
-    console.log(`first backup: ${run.ms} ms for ${REPOS} repos, ${pushes} pushes meanwhile`);
+    console.log(`first backup: ${run.ms} ms for ${REPOS} repos, ${pushes} pushes meanwhile; fetches of the written repos: ${fetches.join(', ')}`);
     firstMs = run.ms;
   }, 120_000);
 
   it('a second backup fetches what changed and clones nothing', async () => {
     await commitFile(work, 'third.txt', 'three\n', 'third');
     for (const id of ['alice/r05', 'acme/r40']) await gitOk(['push', '-q', authUrl(a, 2, id, adminA), 'HEAD:refs/heads/main'], { cwd: work });
+    // Only HEAD moves here: the fetch brings nothing, the mirror follows the remote's HEAD.
+    await ok(a, 1, 'PATCH', '/repos/acme/r35', { default_branch: 'feature' });
     const run = await cli(['backup', '--out', out, '--url', a.url(2), '--token', adminA]);
     expect(run.code, run.stderr + run.stdout).toBe(0);
     const lines = run.stdout.trim().split('\n');
     expect(lines).toHaveLength(REPOS + 1);
     expect(lines.at(-1)).toMatch(new RegExp(`^backup of ${REPOS} repos in .*: 0 cloned, \\d+ fetched, \\d+ unchanged, 0 failed`));
-    for (const id of ['alice/r05', 'acme/r40', ...WRITTEN]) expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^backed up ${id} at generation \\d+ \\(\\d+ refs?, fetched\\)$`)));
+    for (const id of ['alice/r05', 'acme/r40', 'acme/r35', ...WRITTEN]) expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^backed up ${id} at generation \\d+ \\(\\d+ refs?, fetched\\)$`)));
     expect(lines).toContain('backed up alice/r01 at generation 2 (1 ref, unchanged)');
     expect(lines).toContain(`backed up ${EMPTY} at generation 0 (0 refs, unchanged)`);
     expect(run.ms).toBeLessThan(firstMs);
     // Nothing writes now: every entry is the cluster's current generation.
-    for (const e of (await manifest()).repos) {
+    const m = await manifest();
+    expect(m.repos.find((e) => e.id === 'acme/r35')?.head).toBe('refs/heads/feature');
+    for (const e of m.repos) {
       const now = await a.repoStatus(1, e.id);
       expect([e.generation, e.checksum], e.id).toEqual([now.generation, now.checksum]);
     }
@@ -209,6 +217,9 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     const lines = run.stdout.trim().split('\n');
     expect(lines.at(-1)).toMatch(new RegExp(`^restore of ${REPOS} repos into .*: ${REPOS} restored, 0 failed; records: 3 users, 1 orgs, 2 members, \\d+ visibility, 1 grants, 2 tokens`));
     expect(lines).toContain('restored alice/r01 at generation 1 (1 ref)');
+    // The push, then HEAD pointed at the backup's branch: every HEAD is as backed up.
+    expect(lines).toContain('restored alice/r10 at generation 2 (3 refs)');
+    expect(run.stdout).not.toContain('HEAD is');
     const c = b;
     await pool(backedUp.repos, 4, async (e) => {
       const status = await c.repoStatus(1 + (ALL.indexOf(e.id) % 2), e.id);
