@@ -9,6 +9,7 @@ import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
 import { DiskSpace } from './cluster/disk.js';
+import { protocolFromEnv } from './cluster/protocol.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
 import { PeerClient } from './cluster/peer-client.js';
@@ -31,7 +32,7 @@ import { Steward } from './replication/steward.js';
 import { SshKeys } from './auth/ssh-keys.js';
 import { forgetSshEndpoint, SSH_DEFAULTS, startSshServer, type SshLimits } from './ssh/server.js';
 import { TxnLog } from './replication/txn-log.js';
-import { openStore, type StoreUrl } from './store/open.js';
+import { checkLayout, openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
 
 /** VERSION is the project's version, reported in /health and the node registration. */
@@ -143,6 +144,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
 
   const store: ClusterStore = await openStore(cfg.store);
+  await checkLayout(store);
   const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
   const directory = new Directory(store);
   const auth = new Authenticator(store, cfg.auth, directory);
@@ -166,11 +168,12 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
 
-  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
+  const protocol = protocolFromEnv(process.env.GIT_REPLICATION_PROTOCOL);
+  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
   const url = cfg.advertiseUrl ?? `${tls.server ? 'https' : 'http'}://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
-  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch }, { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) });
+  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol }, { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) });
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
@@ -194,7 +197,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
-    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk,
+    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk, protocol,
     sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
       hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor,

@@ -26,6 +26,8 @@ export interface PeerTarget {
   readonly id: string;
   readonly url: string;
   readonly epoch: string;
+  /** protocol is the range of replication protocol versions the node registered (absent: 1). */
+  readonly protocol?: { readonly min: number; readonly max: number };
 }
 
 /** SignedCall is what a peer signature covers besides the caller, time and nonce. */

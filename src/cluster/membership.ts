@@ -2,6 +2,7 @@ import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import type { ClusterStore, NodeInfo } from '../store/types.js';
 import type { PeerTarget } from '../auth/peer-signature.js';
+import { common, formatRange, PROTOCOL } from './protocol.js';
 import type { PeerClient } from './peer-client.js';
 
 /** PeerLoad is a peer's last reported load. */
@@ -31,6 +32,7 @@ export class Membership {
   private nodes = new Map<string, NodeInfo>();
   private live = new Set<string>();
   private readonly loads = new Map<string, PeerLoad>();
+  private readonly warned = new Set<string>();
   /** downSince records when this node first saw each other node not live (its own observation). */
   private readonly downSince = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
@@ -82,11 +84,27 @@ export class Membership {
   /** learn replaces the cached view of the cluster with a fresh read of the store. */
   learn(all: ReadonlyArray<NodeInfo & { live: boolean }>): void {
     this.nodes = new Map(all.map((n) => [n.id, n]));
+    this.warnIncompatible(all);
     this.live = new Set(all.filter((n) => n.live).map((n) => n.id));
     const now = Date.now();
     for (const n of all) {
       if (n.live) this.downSince.delete(n.id);
       else if (!this.downSince.has(n.id)) this.downSince.set(n.id, now);
+    }
+  }
+
+  /**
+   * warnIncompatible says, once per peer and range, when a live peer speaks no protocol version
+   * this node speaks: the two cannot run a transaction together (a rolling upgrade skipped a step).
+   */
+  private warnIncompatible(all: ReadonlyArray<NodeInfo & { live: boolean }>): void {
+    const own = this.self.protocol ?? PROTOCOL;
+    for (const n of all) {
+      if (n.id === this.self.id || !n.live) continue;
+      const key = `${n.id} ${formatRange(n.protocol)}`;
+      if (common(own, n.protocol) !== null || this.warned.has(key)) continue;
+      this.warned.add(key);
+      this.deps.logger.error({ peer: n.id, peerProtocol: formatRange(n.protocol), protocol: formatRange(own) }, `node ${n.id} speaks replication protocol ${formatRange(n.protocol)}, this node ${formatRange(own)}: they cannot replicate with each other; upgrade one side`);
     }
   }
 
@@ -138,7 +156,7 @@ export class Membership {
   /** target is what a signed call to a node needs: its URL and the epoch of its current incarnation. */
   target(nodeId: string): PeerTarget | undefined {
     const n = nodeId === this.self.id ? this.self : this.nodes.get(nodeId);
-    return n ? { id: n.id, url: n.url, epoch: n.startedAt } : undefined;
+    return n ? { id: n.id, url: n.url, epoch: n.startedAt, ...(n.protocol ? { protocol: n.protocol } : {}) } : undefined;
   }
 
   /**

@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { bodyDigest, PEER_AUTH_HEADER, signPeerRequest, type PeerTarget } from '../auth/peer-signature.js';
 import { errorMessage } from '../domain/errors.js';
+import { common, formatRange, PROTOCOL, PROTOCOL_HEADER, type ProtocolRange } from './protocol.js';
 import type { PrepareRequest } from '../replication/participant.js';
 
 /** PREPARE_CONTENT_TYPE frames a push prepare: `<json length>\n<json>` then the raw pack. */
@@ -32,7 +33,7 @@ export class PeerClient {
   private readonly agent: Dispatcher;
 
   /** `ca` (PEM) verifies `https://` peers instead of the system CAs. */
-  constructor(private readonly opts: { nodeId: string; secret: () => string; timeoutMs: number; ca?: Buffer }) {
+  constructor(private readonly opts: { nodeId: string; secret: () => string; timeoutMs: number; ca?: Buffer; protocol?: ProtocolRange }) {
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1, ...(opts.ca ? { connect: { ca: opts.ca } } : {}) });
   }
 
@@ -55,13 +56,19 @@ export class PeerClient {
   }
 
   private async call(target: PeerTarget, path: string, body: Buffer | Readable, contentLength: number | null, digest: string, contentType: string, timeoutMs: number): Promise<PeerAnswer> {
+    const own = this.opts.protocol ?? PROTOCOL;
+    const version = common(own, target.protocol);
+    if (version === null) {
+      if (body instanceof Readable) body.destroy();
+      return { ok: false, status: 'failed', message: `node ${target.id} speaks replication protocol ${formatRange(target.protocol)}, this node ${formatRange(own)}` };
+    }
     const signal = AbortSignal.timeout(timeoutMs);
     try {
       const auth = signPeerRequest(this.opts.secret(), this.opts.nodeId, target, { method: 'POST', path, contentLength, digest });
       const res = await request(`${target.url}${path}`, {
         method: 'POST',
         body,
-        headers: { [PEER_AUTH_HEADER]: auth, 'content-type': contentType },
+        headers: { [PEER_AUTH_HEADER]: auth, [PROTOCOL_HEADER]: String(version), 'content-type': contentType },
         dispatcher: this.agent,
         signal,
         headersTimeout: timeoutMs,

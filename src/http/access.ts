@@ -5,6 +5,7 @@ import type { Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
 import { AppError, notFound, unauthorized } from '../domain/errors.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
+import { formatRange, PROTOCOL_HEADER } from '../cluster/protocol.js';
 import type { NodeDeps } from './deps.js';
 
 /**
@@ -120,6 +121,13 @@ function verifyPeer(deps: NodeDeps): onRequestAsyncHookHandler {
     const path = req.url.split('?')[0] ?? req.url;
     const v = await deps.verifier.verify(typeof header === 'string' ? header : undefined, req.method, path, Number.isSafeInteger(len) ? len : null);
     if (!v.ok) throw unauthorized(v.reason);
+    // A call names its protocol version (none: 1); one this node does not speak is refused.
+    const named = req.headers[PROTOCOL_HEADER];
+    const version = typeof named === 'string' && /^\d{1,4}$/.test(named) ? Number(named) : 1;
+    if (version < deps.protocol.min || version > deps.protocol.max) {
+      req.log.error({ peer: v.nodeId, version, protocol: formatRange(deps.protocol) }, 'refused a peer call in a protocol version this node does not speak');
+      throw new AppError('ERR_PROTOCOL', 426, `node ${v.nodeId} called with replication protocol ${version}; this node speaks ${formatRange(deps.protocol)}`);
+    }
     req.peerDigest = v.digest;
   };
 }

@@ -1,5 +1,6 @@
 import type { Logger } from '../domain/logger.js';
 import type { DiskSpace } from '../cluster/disk.js';
+import type { ProtocolRange } from '../cluster/protocol.js';
 import type { LoadSampler } from '../cluster/load.js';
 import type { Membership } from '../cluster/membership.js';
 import type { PeerClient } from '../cluster/peer-client.js';
@@ -76,6 +77,8 @@ export interface NodeDeps {
   /** lifecycle.draining is set when the node begins to shut down (/ready answers 503). */
   readonly lifecycle: { draining: boolean };
   readonly disk: DiskSpace;
+  /** protocol is the range of replication protocol versions this node speaks. */
+  readonly protocol: ProtocolRange;
   readonly sshKeys: SshKeys;
   /** ssh.port is this node's SSH port once its SSH server listens (null: no SSH server). */
   readonly ssh: { port: number | null };

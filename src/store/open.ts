@@ -31,6 +31,20 @@ export function parseStoreUrl(value: string | undefined, dataDir: string): Store
   throw badRequest(`unknown store url '${value}': use sqlite:<path> or etcd://host:port`);
 }
 
+/**
+ * LAYOUT_VERSION is the version of what the cluster keeps in the store (keys and their values,
+ * on any backend), recorded under meta `schema_version` by the first node. A node of an older
+ * build refuses to start on a store a newer one laid out; a newer build migrates (none needed
+ * yet beyond SQLite's own, see SqliteStore's MIGRATIONS).
+ */
+export const LAYOUT_VERSION = 1;
+
+/** checkLayout records the store's layout version, or refuses a store newer than this build. */
+export async function checkLayout(store: ClusterStore): Promise<void> {
+  const stored = Number(await store.setMetaIfAbsent('schema_version', String(LAYOUT_VERSION)));
+  if (!(stored <= LAYOUT_VERSION)) throw new Error(`the coordination store has layout version ${stored}, newer than this build's ${LAYOUT_VERSION}: run a newer git-replication`);
+}
+
 /** openStore connects to the store a StoreUrl names. */
 export async function openStore(url: StoreUrl): Promise<ClusterStore> {
   if (url.kind === 'sqlite') return new SqliteStore(url.path);

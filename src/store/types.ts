@@ -9,6 +9,8 @@ export interface NodeInfo {
   readonly url: string;
   readonly version: string;
   readonly startedAt: string;
+  /** protocol is the range of replication protocol versions the node speaks (absent: 1). */
+  readonly protocol?: { readonly min: number; readonly max: number };
 }
 
 /** ReplicaState is a replica's health as the store records it. */

@@ -22,7 +22,7 @@ export interface EtcdStoreOptions {
 }
 
 /** StoredNode is the value of `nodes/<id>` and `nodes-known/<id>`. */
-interface StoredNode { id: string; url: string; version: string; startedAt: string; expiresAt: number }
+interface StoredNode { id: string; url: string; version: string; startedAt: string; expiresAt: number; protocol?: { min: number; max: number } }
 /** StoredLock is the value of `locks/<repoId>`. */
 interface StoredLock { holder: string; token: number; expiresAt: number }
 /** StoredTxn is the value of `txns/<id>`; createdAt mirrors SqliteStore's column. */
@@ -309,7 +309,7 @@ export class EtcdStore implements ClusterStore {
 
   async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
     await this.guard('register node', async () => {
-      const value = JSON.stringify({ id: node.id, url: node.url, version: node.version, startedAt: node.startedAt, expiresAt: this.now() + ttlMs } satisfies StoredNode);
+      const value = JSON.stringify({ id: node.id, url: node.url, version: node.version, startedAt: node.startedAt, expiresAt: this.now() + ttlMs, ...(node.protocol ? { protocol: node.protocol } : {}) } satisfies StoredNode);
       const lease = await this.grant(ttlMs);
       let used = false;
       try {
@@ -691,7 +691,7 @@ export class EtcdStore implements ClusterStore {
 }
 
 function toNodeInfo(n: StoredNode): NodeInfo {
-  return { id: n.id, url: n.url, version: n.version, startedAt: n.startedAt };
+  return { id: n.id, url: n.url, version: n.version, startedAt: n.startedAt, ...(n.protocol ? { protocol: n.protocol } : {}) };
 }
 function toRepo(r: RepoRecord): RepoRecord {
   return { repoId: r.repoId, incarnation: r.incarnation, replicas: [...r.replicas], generation: r.generation, checksum: r.checksum, createdAt: r.createdAt };

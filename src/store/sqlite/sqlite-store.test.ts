@@ -99,3 +99,30 @@ describe('SqliteStore stays bounded', () => {
     expect(sizes[9]!).toBeLessThanOrEqual(sizes[2]! * 1.2);
   }, 120_000);
 });
+
+describe('SqliteStore schema migrations', () => {
+  it('migrates a file of the first schema (nodes without a protocol) and keeps its data', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sqlite-migrate-'));
+    const path = join(dir, 'cluster.db');
+    const Database = (await import('better-sqlite3')).default;
+    const old = new Database(path);
+    old.exec(`CREATE TABLE nodes (id TEXT PRIMARY KEY, url TEXT NOT NULL, version TEXT NOT NULL, started_at TEXT NOT NULL, expires_at INTEGER NOT NULL);
+      INSERT INTO nodes VALUES ('n1', 'http://n1', '0.1.0', '2024-01-01T00:00:00.000Z', 0);`);
+    old.close();
+    const store = new SqliteStore(path);
+    try {
+      expect((await store.allNodes()).map((n) => n.id)).toEqual(['n1']);
+      await store.registerNode({ id: 'n2', url: 'http://n2', version: '0.2.0', startedAt: 'x', protocol: { min: 2, max: 3 } }, 10_000);
+      expect((await store.liveNodes()).find((n) => n.id === 'n2')?.protocol).toEqual({ min: 2, max: 3 });
+    } finally {
+      await store.close();
+    }
+    // Opening again is a no-op; a file from a newer build is refused.
+    await new SqliteStore(path).close();
+    const newer = new Database(path);
+    newer.pragma('user_version = 99');
+    newer.close();
+    expect(() => new SqliteStore(path)).toThrow(/schema version 99, newer than this build/);
+    await rm(dir, { recursive: true, force: true });
+  });
+});

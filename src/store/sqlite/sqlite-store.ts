@@ -32,7 +32,19 @@ interface RepoRow { repo_id: string; incarnation: string; replicas: string; gene
 interface ReplicaRow { repo_id: string; node_id: string; incarnation: string; generation: number; checksum: string; state: string; updated_at: string }
 interface TxnRow { id: string; repo_id: string; kind: string; coordinator: string; base_generation: number; fencing_token: number; decision: string | null; decided_at: string | null }
 interface LockRow { repo_id: string; holder: string; token: number; expires_at: number }
-interface NodeRow { id: string; url: string; version: string; started_at: string; expires_at: number }
+interface NodeRow { id: string; url: string; version: string; started_at: string; expires_at: number; protocol: string | null }
+
+/**
+ * MIGRATIONS bring a store file from one schema version (SQLite's user_version) to the next;
+ * migration i takes version i to i + 1. A file newer than this build is refused.
+ */
+const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
+  // 1: nodes register the protocol range they speak.
+  (db) => { db.exec('ALTER TABLE nodes ADD COLUMN protocol TEXT'); },
+];
+
+/** SCHEMA_VERSION is the schema version this build writes. */
+export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 
 function toRepo(r: RepoRow): RepoRecord {
   return { repoId: r.repo_id, incarnation: r.incarnation, replicas: JSON.parse(r.replicas) as string[], generation: r.generation, checksum: r.checksum, createdAt: r.created_at };
@@ -44,7 +56,7 @@ function toTxn(r: TxnRow): TxnRecord {
   return { id: r.id, repoId: r.repo_id, kind: r.kind as TxnRecord['kind'], coordinator: r.coordinator, baseGeneration: r.base_generation, fencingToken: r.fencing_token, decision: r.decision as TxnRecord['decision'], decidedAt: r.decided_at };
 }
 function toNode(r: NodeRow): NodeInfo {
-  return { id: r.id, url: r.url, version: r.version, startedAt: r.started_at };
+  return { id: r.id, url: r.url, version: r.version, startedAt: r.started_at, ...(r.protocol ? { protocol: JSON.parse(r.protocol) as { min: number; max: number } } : {}) };
 }
 
 /**
@@ -67,7 +79,26 @@ export class SqliteStore implements ClusterStore {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.exec(SCHEMA);
+    this.migrate();
     this.now = opts.now ?? Date.now;
+  }
+
+  /**
+   * migrate brings the file to SQLITE_SCHEMA_VERSION, one migration per transaction; nodes that
+   * open the file at once take turns (BEGIN IMMEDIATE) and each re-reads the version inside.
+   */
+  private migrate(): void {
+    for (;;) {
+      const done = this.db.transaction(() => {
+        const v = this.db.pragma('user_version', { simple: true }) as number;
+        if (v > SQLITE_SCHEMA_VERSION) throw new Error(`the store ${this.db.name} has schema version ${v}, newer than this build's ${SQLITE_SCHEMA_VERSION}: run a newer git-replication`);
+        if (v === SQLITE_SCHEMA_VERSION) return true;
+        MIGRATIONS[v]!(this.db);
+        this.db.pragma(`user_version = ${v + 1}`);
+        return false;
+      }).immediate();
+      if (done) return;
+    }
   }
 
   /** tx runs fn in one immediate (write) transaction and maps SQLite's busy errors to StoreUnavailableError. */
@@ -97,9 +128,9 @@ export class SqliteStore implements ClusterStore {
 
   async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
     this.tx(() => {
-      this.db.prepare(`INSERT INTO nodes (id, url, version, started_at, expires_at) VALUES (?, ?, ?, ?, ?)
-        ON CONFLICT(id) DO UPDATE SET url = excluded.url, version = excluded.version, started_at = excluded.started_at, expires_at = excluded.expires_at`)
-        .run(node.id, node.url, node.version, node.startedAt, this.now() + ttlMs);
+      this.db.prepare(`INSERT INTO nodes (id, url, version, started_at, expires_at, protocol) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT(id) DO UPDATE SET url = excluded.url, version = excluded.version, started_at = excluded.started_at, expires_at = excluded.expires_at, protocol = excluded.protocol`)
+        .run(node.id, node.url, node.version, node.startedAt, this.now() + ttlMs, node.protocol ? JSON.stringify(node.protocol) : null);
     });
   }
 

@@ -1,0 +1,24 @@
+import { describe, expect, it } from 'vitest';
+import { common, formatRange, protocolFromEnv } from './protocol.js';
+
+describe('protocol versions', () => {
+  it.each<[string, { min: number; max: number }, { min: number; max: number } | undefined, number | null]>([
+    ['same', { min: 2, max: 2 }, { min: 2, max: 2 }, 2],
+    ['old and upgraded', { min: 2, max: 2 }, { min: 2, max: 3 }, 2],
+    ['both upgraded', { min: 2, max: 3 }, { min: 2, max: 3 }, 3],
+    ['new only against old only', { min: 3, max: 3 }, { min: 2, max: 2 }, null],
+    ['a peer that registered none speaks 1', { min: 2, max: 2 }, undefined, null],
+    ['a range that still speaks 1', { min: 1, max: 2 }, undefined, 1],
+  ])('%s', (_n, a, b, v) => {
+    expect(common(a, b)).toBe(v);
+  });
+  it('reads the test hook', () => {
+    expect(protocolFromEnv(undefined)).toEqual({ min: 2, max: 2 });
+    expect(protocolFromEnv('2-3')).toEqual({ min: 2, max: 3 });
+    expect(protocolFromEnv('3')).toEqual({ min: 3, max: 3 });
+    expect(() => protocolFromEnv('3-2')).toThrow();
+    expect(() => protocolFromEnv('x')).toThrow();
+    expect(formatRange({ min: 2, max: 3 })).toBe('2-3');
+    expect(formatRange(undefined)).toBe('1');
+  });
+});
