@@ -75,7 +75,13 @@ export async function runBackup(api: ApiClient, token: string | null, url: strin
     return done.outcome;
   });
   // A repository deleted since the last backup leaves the manifest (its mirror stays on disk).
-  for (const e of previous?.repos ?? []) if (!ids.includes(e.id)) { const d: Outcome = { id: e.id, status: 'dropped' }; onEach?.(d); outcomes.push(d); }
+  const listed = new Set(ids);
+  for (const e of previous?.repos ?? []) {
+    if (listed.has(e.id)) continue;
+    const gone: Outcome = { id: e.id, status: 'dropped' };
+    onEach?.(gone);
+    outcomes.push(gone);
+  }
   const repos = ids.flatMap((id) => entries.get(id) ?? []);
   await writePrivate(layout.manifest(out), `${JSON.stringify({ version: MANIFEST_VERSION, source: ctx.base, started_at: startedAt, finished_at: new Date().toISOString(), repos }, null, 2)}\n`);
   await rm(layout.tmp(out), { recursive: true, force: true });
