@@ -52,6 +52,8 @@ export interface NodeConfig {
   readonly maxGitProcesses: number;
   /** maxGitPerClient caps the git processes one client address holds. */
   readonly maxGitPerClient: number;
+  /** fsckIgnore: git's fsck message ids let through (git/fsck-policy.ts). */
+  readonly fsckIgnore: readonly string[];
   /** minFreeDiskBytes: with less free space under the data dir the node takes no new writes. */
   readonly minFreeDiskBytes: number;
   /** txnRetentionMs: transaction records (store and local log) older than this are pruned. */
@@ -164,7 +166,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
-  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), resolveAfterMs: cfg.resolveAfterMs });
+  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs });
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
 
@@ -177,14 +179,14 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
-    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000 },
+    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000, fsckIgnore: cfg.fsckIgnore },
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger });
   const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), fsckIgnore: cfg.fsckIgnore, repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
   const lifecycle = { draining: false };
   metrics.attach({
@@ -200,14 +202,14 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk, protocol,
     sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
-      hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor,
+      hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor, fsckIgnore: cfg.fsckIgnore,
       limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
     },
   };
   const app = buildHttpApp(deps, logger, tls.server);
   await app.listen({ host: cfg.host, port: cfg.port });
   const ssh = cfg.sshPort === undefined ? null : await startSshServer({
-    ...deps, keys: deps.sshKeys, secret, hooksDir: deps.config.hooksDir, maxPushBytes: cfg.maxPushBytes, gitTimeoutMs: deps.config.gitTimeoutMs,
+    ...deps, keys: deps.sshKeys, secret, hooksDir: deps.config.hooksDir, maxPushBytes: cfg.maxPushBytes, fsckIgnore: cfg.fsckIgnore, gitTimeoutMs: deps.config.gitTimeoutMs,
     limits: cfg.sshLimits ?? SSH_DEFAULTS, host: cfg.host, port: cfg.sshPort, advertiseHost: new URL(url).hostname, hostKeyFile: join(dataDir, 'ssh_host_ed25519_key'),
   });
   if (ssh) deps.ssh.port = ssh.port;

@@ -3,13 +3,14 @@ import { DEFAULTS, startNode, type NodeConfig, type RunningNode } from '../app.j
 import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
+import { parseFsckIgnore } from '../git/fsck-policy.js';
 import { parseStoreUrl } from '../store/open.js';
 import { SSH_DEFAULTS } from '../ssh/server.js';
 
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
   replicationFactor?: string; host?: string; advertiseUrl?: string; maxGitProcesses?: string; logLevel?: string; replaceAfter?: string; auth?: string;
-  maxGitPerClient?: string; bodyIdleTimeout?: string; shutdownGrace?: string; txnRetention?: string; minFreeDisk?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
+  maxGitPerClient?: string; bodyIdleTimeout?: string; shutdownGrace?: string; txnRetention?: string; minFreeDisk?: string; fsckIgnore?: string; maxPushSize?: string; maxFetchRequestSize?: string; maxInflateRatio?: string;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
   sshPort?: string; sshMaxPerUser?: string; sshIdleTimeout?: string; sshSessionTimeout?: string; sshMaxAuthTries?: string;
 }
@@ -94,6 +95,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     maxGitPerClient: int(o.maxGitPerClient ?? env.MAX_GIT_PER_CLIENT, 'max git processes per client', Math.max(1, Math.ceil(maxGitProcesses / 2))),
     bodyIdleMs: parseDuration(o.bodyIdleTimeout ?? env.BODY_IDLE_TIMEOUT, DEFAULTS.bodyIdleMs),
     shutdownGraceMs: parseDuration(o.shutdownGrace ?? env.SHUTDOWN_GRACE, DEFAULTS.shutdownGraceMs),
+    fsckIgnore: parseFsckIgnore(o.fsckIgnore ?? env.FSCK_IGNORE),
     minFreeDiskBytes: parseSize(o.minFreeDisk ?? env.MIN_FREE_DISK, DEFAULTS.minFreeDiskBytes),
     txnRetentionMs: positive(parseDuration(o.txnRetention ?? env.TXN_RETENTION, DEFAULTS.txnRetentionMs), 'txn retention', 60_000),
     maxPushBytes: parseSize(o.maxPushSize ?? env.MAX_PUSH_SIZE, DEFAULTS.maxPushBytes),
@@ -152,6 +154,7 @@ export function registerServe(program: Command): void {
     .option('--max-inflate-ratio <n>', 'a gzip request body may inflate at most n times (env MAX_INFLATE_RATIO, default 100)')
     .option('--log-level <level>', 'pino log level (env LOG_LEVEL, default info)')
     .option('--auth <mode>', 'tokens: pushes and admin calls need a token (default); open: no checks, trusted networks only (env AUTH)')
+    .option('--fsck-ignore <ids>', "git fsck message ids let through in pushed and fetched objects: 'default' (git's warn-level checks, e.g. zeroPaddedFilemode, badTimezone), 'none', or a comma list (env FSCK_IGNORE)")
     .option('--min-free-disk <size>', 'take no new writes with less free space under the data dir (env MIN_FREE_DISK, default 256m)')
     .option('--txn-retention <duration>', 'prune transaction records older than this, at least 1m (env TXN_RETENTION, default 24h)')
     .option('--shutdown-grace <duration>', 'on SIGTERM, how long requests in flight may finish (env SHUTDOWN_GRACE, default 30s)')

@@ -22,6 +22,7 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
     new_checksum: req.newChecksum, updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
     ...(req.packHash ? { pack_hash: req.packHash } : {}),
     ...(req.newHead ? { new_head: req.newHead } : {}),
+    ...(req.fsckIgnore ? { fsck_ignore: req.fsckIgnore } : {}),
   };
 }
 

@@ -3,19 +3,26 @@
  * and SSH), so a push or a fetch runs the same way whichever way it came in.
  */
 
+import { fsckConfig } from './fsck-policy.js';
+
 /**
  * UPLOAD_PACK_CONFIG caps what the pack-objects under upload-pack maps of the packs it reads (git's
  * defaults map up to 8 GiB in 1 GiB windows): a clone of a 200 MiB pack then peaks at about 55 MB
  * RSS instead of the pack's size. The settings reach pack-objects through git's environment.
  */
-export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = { 'core.packedGitWindowSize': '16m', 'core.packedGitLimit': '64m' };
+export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = {
+  'core.packedGitWindowSize': '16m', 'core.packedGitLimit': '64m',
+  // A partial clone on protocol v0/v1 fetches the blobs it filtered out later by id: they must
+  // be allowed in wants when reachable from a ref (v2 allows that by itself).
+  'uploadpack.allowFilter': 'true', 'uploadpack.allowReachableSHA1InWant': 'true',
+};
 
 /**
  * receivePackConfig runs receive-pack with the node's proc-receive hook for every ref (it hands
  * the updates to the coordinator), one pack per push kept as sent, and the push size limit.
  */
-export function receivePackConfig(hooksDir: string, maxPushBytes: number): Record<string, string> {
-  return { 'core.hooksPath': hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(maxPushBytes) };
+export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIgnore: readonly string[]): Record<string, string> {
+  return { 'core.hooksPath': hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(maxPushBytes), ...fsckConfig('receive', fsckIgnore) };
 }
 
 /** receivePackEnv tells the proc-receive relay where the node's hook socket is and which push it serves. */

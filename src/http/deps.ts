@@ -27,6 +27,8 @@ export interface HttpConfig {
   readonly bodyLimit: number;
   readonly version: string;
   readonly limits: GitBodyLimits;
+  /** fsckIgnore is the cluster's fsck policy (git/fsck-policy.ts). */
+  readonly fsckIgnore: readonly string[];
   /** replicationFactor is R for repos this node creates (for the write-quorum check of /ready). */
   readonly replicationFactor: number;
 }

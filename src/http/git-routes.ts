@@ -51,7 +51,9 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     if (!route) return reply;
     const env = write ? {} : gitProtocolEnv(req);
     const path = deps.storage.repoPath(repoId);
-    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, client: clientOf(deps, req), timeoutMs: deps.config.gitTimeoutMs });
+    // The advertisement names the capabilities (allow-reachable-sha1-in-want, filter) the
+    // fetch that follows relies on: the same config as that fetch.
+    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, ...(write ? {} : { config: UPLOAD_PACK_CONFIG }), client: clientOf(deps, req), timeoutMs: deps.config.gitTimeoutMs });
     const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
     reply.hijack();
     await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
@@ -97,7 +99,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       counted: true,
       client: clientOf(deps, req),
       timeoutMs: deps.config.gitTimeoutMs,
-      config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes),
+      config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes, deps.config.fsckIgnore),
       env: receivePackEnv(deps.hookPort, pushId),
       });
     } catch (err) {

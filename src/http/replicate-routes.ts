@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { bodyDigest } from '../auth/peer-signature.js';
 import { AppError, badRequest, unauthorized } from '../domain/errors.js';
 import { isOid, refNameProblem } from '../domain/ref-name.js';
+import { isFsckIgnoreList } from '../git/fsck-policy.js';
 import { parseRepoId } from '../domain/repo-id.js';
 import { PREPARE_CONTENT_TYPE } from '../cluster/peer-client.js';
 import { PrepareRefusal, type PrepareRequest } from '../replication/participant.js';
@@ -54,6 +55,8 @@ export function parsePrepare(body: unknown): PrepareRequest {
   });
   const packHash = b.pack_hash;
   if (packHash !== undefined && (typeof packHash !== 'string' || !isOid(packHash))) throw badRequest('pack_hash must be an object id');
+  const fsckIgnore = b.fsck_ignore;
+  if (fsckIgnore !== undefined && !isFsckIgnoreList(fsckIgnore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
   const newHead = b.new_head;
   if (newHead !== undefined && (typeof newHead !== 'string' || !newHead.startsWith('refs/heads/') || refNameProblem(newHead) !== null)) throw badRequest('new_head must be a branch name');
   return {
@@ -61,6 +64,7 @@ export function parsePrepare(body: unknown): PrepareRequest {
     incarnation: str('incarnation'), baseGeneration: int('base_generation'), fencingToken: int('fencing_token'),
     newChecksum: str('new_checksum'), updates, ...(typeof packHash === 'string' ? { packHash } : {}),
     ...(typeof newHead === 'string' ? { newHead } : {}),
+    ...(isFsckIgnoreList(fsckIgnore) ? { fsckIgnore } : {}),
   };
 }
 

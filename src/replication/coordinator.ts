@@ -27,6 +27,8 @@ export interface CoordinatorConfig {
   readonly lockWaitMs: number;
   readonly prepareTimeoutMs: number;
   readonly commitTimeoutMs: number;
+  /** fsckIgnore is the fsck policy every participant applies to this coordinator's packs. */
+  readonly fsckIgnore?: readonly string[];
 }
 
 /** CreateResult is the seed's `POST /repos` answer. */
@@ -194,7 +196,7 @@ export class Coordinator {
     await prepared.until(() => prepared.count((a) => a.ok) >= w, this.deps.config.prepareTimeoutMs);
     await failpoints.hit('coordinator.afterPrepare');
     const okCount = prepared.count((a) => a.ok);
-    let decided: { ok: true } | { ok: false; why: string } = { ok: false, why: quorumMessage(okCount, replicas.length, w) };
+    let decided: { ok: true } | { ok: false; why: string } = { ok: false, why: refusalMessage(prepared.entries(), okCount, replicas.length, w) };
     if (okCount >= w) {
       try {
         decided = await decide();
@@ -355,6 +357,7 @@ export class Coordinator {
         txnId: randomUUID(), repoId: ctx.repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
         baseGeneration: repo.generation, fencingToken: held.lock.token, updates: batch,
         newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, batch), newHead ? head : null, newHead), ...(newHead ? { newHead } : {}),
+        ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}),
       };
       let result;
       try {
@@ -498,6 +501,17 @@ export function pickDefaultBranch(head: string | null, current: ReadonlyMap<stri
   if (head !== null && (current.has(head) || created.includes(head))) return null;
   if (created.length === 0) return null;
   return created.find((r) => r === 'refs/heads/main') ?? created.find((r) => r === 'refs/heads/master') ?? created[0]!;
+}
+
+/**
+ * refusalMessage says why a transaction found too few replicas prepared. Replicas that refused
+ * the pack for its content give their reason (what git would have said), not a quorum count:
+ * the cluster is up, the push is what it refuses.
+ */
+function refusalMessage(answers: ReadonlyArray<[string, Answer]>, okCount: number, total: number, w: number): string {
+  const rejected = answers.map(([, a]) => a).filter((a): a is Extract<Answer, { ok: false }> => !a.ok && a.message.includes('pack rejected:'));
+  if (rejected.length > 0 && okCount + rejected.length >= w) return `${rejected[0]!.message.slice(rejected[0]!.message.indexOf('pack rejected:'))} (${rejected.length} of ${total} replicas)`;
+  return quorumMessage(okCount, total, w);
 }
 
 /** packHashOf is a pack's trailer hash, which git names it by: `pack-<hash>.pack`. */

@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { isZeroOid } from '../domain/ref-name.js';
+import { indexPackStrict } from '../git/fsck-policy.js';
 import { fsyncPath, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
@@ -27,6 +28,8 @@ export interface PrepareRequest {
   readonly updates: readonly RefUpdate[];
   /** newHead: HEAD points at this branch once the transaction commits. */
   readonly newHead?: string;
+  /** fsckIgnore is the coordinator's fsck policy for the pack: the participant judges it alike. */
+  readonly fsckIgnore?: readonly string[];
   /** packHash is the trailer hash of the shipped pack (its name); the participant checks index-pack's against it. */
   readonly packHash?: string;
 }
@@ -72,6 +75,8 @@ export class Participant {
       readonly logger: Logger;
       readonly failpoints: Failpoints;
       readonly activity: RepoActivity;
+      /** fsckIgnore is this node's fsck policy, for a prepare that names none. */
+      readonly fsckIgnore?: readonly string[];
       /** diskShortage says why the data dir has no room for a new transaction, or null. */
       readonly diskShortage?: () => string | null;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
@@ -176,7 +181,7 @@ export class Participant {
       let indexError: Error | null = null;
       if (pack && !local) {
         try {
-          keepFiles.push(await this.indexPack(repoPath, req.txnId, pack, req.packHash));
+          keepFiles.push(await this.indexPack(repoPath, req.txnId, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []));
         } catch (err) {
           indexError = asError(err);
         }
@@ -204,9 +209,9 @@ export class Participant {
   }
 
   /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
-  private async indexPack(repoPath: string, txnId: string, pack: Readable, expectedHash: string | undefined): Promise<string> {
+  private async indexPack(repoPath: string, txnId: string, pack: Readable, expectedHash: string | undefined, fsckIgnore: readonly string[]): Promise<string> {
     const started = Date.now();
-    const child = this.deps.git.spawn(['index-pack', '--strict', '--stdin', `--keep=replication ${txnId}`], { cwd: repoPath, timeoutMs: 3_600_000 });
+    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=replication ${txnId}`], { cwd: repoPath, timeoutMs: 3_600_000 });
     let out = '';
     let err = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; });

@@ -1,4 +1,5 @@
 import { HOP_HEADER } from '../auth/peer-signature.js';
+import { fsckConfig } from '../git/fsck-policy.js';
 import { randomUUID } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -65,6 +66,8 @@ export class RepairWorker {
       repackAfterPacks?: number;
       /** caFile verifies `https://` peers in repair fetches (git's http.sslCAInfo); default the system CAs. */
       caFile?: string;
+      /** fsckIgnore is the cluster's fsck policy, applied to fetched objects too. */
+      fsckIgnore?: readonly string[];
     },
   ) {}
 
@@ -342,7 +345,7 @@ export class RepairWorker {
   }
 
   private fetchConfig(): Record<string, string> {
-    return this.deps.caFile ? { 'http.sslCAInfo': this.deps.caFile } : {};
+    return { ...fsckConfig('fetch', this.deps.fsckIgnore ?? []), ...(this.deps.caFile ? { 'http.sslCAInfo': this.deps.caFile } : {}) };
   }
 
   /**

@@ -45,6 +45,8 @@ export interface SessionDeps {
   readonly audit: AuditLog;
   readonly hooksDir: string;
   readonly maxPushBytes: number;
+  /** fsckIgnore is the cluster's fsck policy (git/fsck-policy.ts). */
+  readonly fsckIgnore: readonly string[];
   /** gitTimeoutMs kills a git process that runs longer. */
   readonly gitTimeoutMs: number;
   readonly secret: string;
@@ -121,7 +123,7 @@ async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdent
   const endUpload = await deps.activity.beginUpload(cmd.repoId);
   try {
     const child = deps.git.spawn(['receive-pack', '.'], {
-      cwd: deps.storage.repoPath(cmd.repoId), config: receivePackConfig(deps.hooksDir, deps.maxPushBytes), env: receivePackEnv(deps.hookPort, pushId),
+      cwd: deps.storage.repoPath(cmd.repoId), config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore), env: receivePackEnv(deps.hookPort, pushId),
       counted: true, client: id.client, timeoutMs: deps.gitTimeoutMs,
     });
     const state = { abandoned: false };
