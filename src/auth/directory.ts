@@ -1,4 +1,4 @@
-import { badRequest, conflict, notFound } from '../domain/errors.js';
+import { badRequest, conflict, notFound, StoreUnavailableError } from '../domain/errors.js';
 import { RESERVED_OWNERS, type RepoId } from '../domain/repo-id.js';
 import type { ClusterStore } from '../store/types.js';
 import type { OrgRole, Principal, RepoPolicy, Role, Visibility } from './policy.js';
@@ -44,15 +44,29 @@ export function checkPrincipal(value: unknown): string {
  */
 export class Directory {
   private readonly cache = new Map<string, { at: number; value: Promise<unknown> }>();
+  /** lastGood keeps the last value read of each key, for reads while the store is unreachable. */
+  private readonly lastGood = new Map<string, unknown>();
 
   constructor(private readonly store: ClusterStore) {}
 
+  /**
+   * cached reads through the cache. While the store cannot be reached, the last value this node
+   * read stands (reads go on through an outage, as the router serves the last state it saw,
+   * DESIGN §6); a key never read fails closed.
+   */
   private cached<T>(key: string, load: () => Promise<T>): Promise<T> {
     const hit = this.cache.get(key);
     if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) return hit.value as Promise<T>;
-    const value = load();
+    const value = load().then((v) => {
+      this.lastGood.set(key, v);
+      if (this.lastGood.size > 10_000) this.lastGood.clear();
+      return v;
+    }, (err: unknown) => {
+      this.cache.delete(key);
+      if (err instanceof StoreUnavailableError && this.lastGood.has(key)) return this.lastGood.get(key) as T;
+      throw err;
+    });
     this.cache.set(key, { at: Date.now(), value });
-    value.catch(() => this.cache.delete(key));
     if (this.cache.size > 10_000) this.cache.clear();
     return value;
   }

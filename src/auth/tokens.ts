@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { AppError, badRequest, forbidden, notFound, unauthorized } from '../domain/errors.js';
+import { AppError, badRequest, forbidden, notFound, StoreUnavailableError, unauthorized } from '../domain/errors.js';
 import type { ClusterStore } from '../store/types.js';
 import { ADMIN_USER, DIRECTORY_CACHE_MS, type Directory } from './directory.js';
 import { atLeast, maxScope, type Principal, type Role } from './policy.js';
@@ -181,7 +181,15 @@ export class Authenticator {
   private async lookup(hash: string): Promise<TokenInfo | null> {
     const hit = this.cache.get(hash);
     if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) return hit.info;
-    const raw = await this.store.getMeta(`${TOKEN_PREFIX}${hash}`);
+    let raw: string | null;
+    try {
+      raw = await this.store.getMeta(`${TOKEN_PREFIX}${hash}`);
+    } catch (err) {
+      // Store unreachable: a token this node has seen keeps working for reads (writes fail
+      // without the store anyway); one it never saw fails closed.
+      if (err instanceof StoreUnavailableError && hit) return hit.info;
+      throw err;
+    }
     const info = raw ? readTokenInfo(raw) : null;
     this.cache.delete(hash);
     this.cache.set(hash, { info, at: Date.now() });

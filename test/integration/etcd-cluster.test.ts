@@ -463,7 +463,8 @@ describe('git-replication up --store etcd', () => {
     const headers: Record<string, string> = { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) };
     const created = await fetch(`${file.nodes[0]!.url}/repos`, { method: 'POST', headers, body: JSON.stringify({ repo_id: 'demo/up' }) });
     expect(created.status, await created.clone().text()).toBe(201);
-    expect(await (await fetch(`${file.nodes[1]!.url}/repos`)).json()).toMatchObject({ repos: ['demo/up'] });
+    // Repos are private by default: the other node lists it to the admin.
+    expect(await (await fetch(`${file.nodes[1]!.url}/repos`, { headers })).json()).toMatchObject({ repos: ['demo/up'] });
 
     child.kill('SIGINT');
     const code = await Promise.race([exited, sleep(40_000).then(() => 'timeout' as const)]);

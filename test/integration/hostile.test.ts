@@ -6,6 +6,7 @@ import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bodyDigest, signHop, signPeerRequest } from '../../src/auth/peer-signature.js';
+import { PROTOCOL, PROTOCOL_HEADER } from '../../src/cluster/protocol.js';
 import { encodePktLine } from '../../src/git/pkt-line.js';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, nodeGitProcesses, refsOf, tempDir, workRepo } from '../helpers/git.js';
@@ -284,6 +285,7 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     const signed = (secret: string, caller: string, to: { id: string; epoch: string }, body: string, path = '/replicate/abort'): Record<string, string> => ({
       'content-type': 'application/json',
       'x-replication-auth': signPeerRequest(secret, caller, to, { method: 'POST', path, contentLength: Buffer.byteLength(body), digest: bodyDigest(body) }),
+      [PROTOCOL_HEADER]: String(PROTOCOL.max),
     });
 
     it('a correctly signed call from a member is accepted (the control case)', async () => {
@@ -305,6 +307,14 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const a = await raw(port(1), { method: 'POST', path: '/replicate/abort', headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, body });
       expect(a.status).toBe(401);
       await expectUnharmed(before);
+    });
+
+    it('refuses a correctly signed call in a protocol version this node does not speak (426)', async () => {
+      const { secret, epoch } = secretAndEpochs();
+      const headers = { ...signed(secret, 'node-2', { id: 'node-1', epoch: epoch['node-1']! }, abortBody), [PROTOCOL_HEADER]: '1' };
+      const a = await raw(port(1), { method: 'POST', path: '/replicate/abort', headers, body: abortBody });
+      expect(a.status).toBe(426);
+      expect(a.body).toMatch(/replication protocol 1; this node speaks 2/);
     });
 
     it('refuses a replayed header', async () => {
@@ -335,7 +345,7 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       });
       const body = Buffer.concat([Buffer.from(`${meta.length}\n`), meta, pack]);
       const auth = signPeerRequest(secret, 'node-2', { id: 'node-1', epoch: epoch['node-1']! }, { method: 'POST', path: '/replicate/prepare', contentLength: body.length, digest: bodyDigest(meta) });
-      const a = await raw(port(1), { method: 'POST', path: '/replicate/prepare', headers: { 'content-type': 'application/x-git-replication-prepare', 'x-replication-auth': auth }, body });
+      const a = await raw(port(1), { method: 'POST', path: '/replicate/prepare', headers: { 'content-type': 'application/x-git-replication-prepare', 'x-replication-auth': auth, [PROTOCOL_HEADER]: String(PROTOCOL.max) }, body });
       expect(a.status, a.body).toBe(409);
       expect(a.body).toMatch(/not the signed/);
       await expectUnharmed(before);
@@ -453,6 +463,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const before = await state();
       const other = await commitFile(work, 'other.txt', 'other\n', 'other');
       await gitOk(['push', '-q', pushUrl(1), `${other}:refs/heads/side`], { cwd: work });
+      // The third replica confirms after the push is acknowledged (W of R): wait for it.
+      await c.waitInSync('acme/widgets');
       const mid = await state();
       // Old main, new commit (already on the server via side), and a name with a space in it.
       const { createHash } = await import('node:crypto');
