@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -229,7 +229,20 @@ export class TestCluster {
     await Promise.race([new Promise<void>((r) => p.once('exit', () => r())), sleep(timeoutMs).then(() => { throw new Error(`node ${i} did not exit`); })]);
   }
 
-  /** api calls the JSON API of node i. */
+  /**
+   * adminToken waits for the admin token the cluster's first start writes to one node's data
+   * dir (clusters with AUTH=tokens) and returns it.
+   */
+  async adminToken(timeoutMs = 10_000): Promise<string> {
+    let token = '';
+    await waitFor(async () => {
+      for (const n of this.nodes) token ||= (await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '')).trim();
+      return token !== '';
+    }, timeoutMs, 'admin token file');
+    return token;
+  }
+
+    /** api calls the JSON API of node i. */
   async api(i: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
     const res = await this.fetch(`${this.url(i)}${path}`, {
       method,

@@ -1,7 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { TestCluster } from '../helpers/cluster.js';
 import { git, gitOk, lsRemote, workRepo } from '../helpers/git.js';
 
 function withToken(url: string, token: string): string {
@@ -16,13 +15,7 @@ describe('client authentication with tokens', () => {
   let admin = '';
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 2, env: { AUTH: 'tokens' } });
-    await waitFor(async () => {
-      for (const n of c.nodes) {
-        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
-        if (t) admin = t.trim();
-      }
-      return admin !== '';
-    }, 10_000, 'admin token file');
+    admin = await c.adminToken();
   });
   afterAll(async () => { await c?.destroy(); });
 

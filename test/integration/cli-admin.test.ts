@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAIN, TestCluster, freePort, waitFor } from '../helpers/cluster.js';
+import { MAIN, TestCluster, freePort } from '../helpers/cluster.js';
 
 interface CliRun { code: number; stdout: string; stderr: string }
 
@@ -43,13 +43,7 @@ describe('the admin and status commands against a cluster with token auth', () =
 
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 3, env: { AUTH: 'tokens' } });
-    await waitFor(async () => {
-      for (const n of c.nodes) {
-        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
-        if (t) admin = t.trim();
-      }
-      return admin !== '';
-    }, 10_000, 'admin token file');
+    admin = await c.adminToken();
     cwd = await mkdtemp(join(tmpdir(), 'gitrep-cli-'));
     expect((await api('POST', '/repos', admin, { repo_id: 'cli/one' })).status).toBe(201);
   });

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -61,13 +61,7 @@ describe('the user, org, repo and token commands against a cluster with token au
 
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 3, env: { AUTH: 'tokens' } });
-    await waitFor(async () => {
-      for (const n of c.nodes) {
-        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
-        if (t) admin = t.trim();
-      }
-      return admin !== '';
-    }, 10_000, 'admin token file');
+    admin = await c.adminToken();
     cwd = await mkdtemp(join(tmpdir(), 'gitrep-cli-users-'));
   });
   afterAll(async () => {

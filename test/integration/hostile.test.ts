@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
@@ -89,13 +89,7 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         'node-3': { MAX_GIT_PROCESSES: '8', MAX_GIT_PER_CLIENT: '8', MAX_FETCH_REQUEST_SIZE: '64m' },
       },
     });
-    await waitFor(async () => {
-      for (const n of c.nodes) {
-        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
-        if (t) admin = t.trim();
-      }
-      return admin !== '';
-    }, 10_000, 'admin token file');
+    admin = await c.adminToken();
     c.authToken = admin;
     // Public, so anonymous reads reach the checks on the request itself.
     for (const [node, id] of [[1, 'acme/widgets'], [2, 'acme/solo']] as const) {

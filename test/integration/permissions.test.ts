@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
@@ -108,13 +107,7 @@ describe('permission matrix: callers × public and private × operations', () =>
 
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 3, env: { AUTH: 'tokens' } });
-    await waitFor(async () => {
-      for (const n of c.nodes) {
-        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
-        if (t) admin = t.trim();
-      }
-      return admin !== '';
-    }, 10_000, 'admin token file');
+    admin = await c.adminToken();
     for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) await ok(1, 'POST', '/users', { name: u });
     const alice = await userToken('alice', 'admin');
     // alice makes the organisation (its owner) and adds bob as a member.

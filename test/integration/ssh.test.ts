@@ -77,13 +77,7 @@ describe('git over ssh', () => {
 
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 3, replicationFactor: 2, ssh: true, env: { AUTH: 'tokens', SSH_MAX_PER_USER: '3', SSH_IDLE_TIMEOUT: '4s' } });
-    await waitFor(async () => {
-      for (const n of c.nodes) {
-        const t = await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '');
-        if (t) admin = t.trim();
-      }
-      return admin !== '';
-    }, 10_000, 'admin token file');
+    admin = await c.adminToken();
     tmp = await tempDir('gitrep-ssh-');
     // Every node presents the cluster's one host key.
     const hk = await Promise.all([1, 2, 3].map(async (i) => (await api(i, 'GET', '/ssh/host-key', undefined, null)).json));
