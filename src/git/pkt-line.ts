@@ -80,11 +80,17 @@ export class PktLineValidator extends Transform {
   private sawAny = false;
   private seen = 0;
 
-  /** maxPreambleBytes bounds the pkt-lines before the pack (all of them without one); 413 beyond. */
-  constructor(opts: { packAfterFlush: boolean; maxPreambleBytes?: number }) {
+  private readonly onFirst: ((data: Buffer) => void) | undefined;
+
+  /**
+   * maxPreambleBytes bounds the pkt-lines before the pack (all of them without one); 413
+   * beyond. onFirst is given the first data pkt (a push's first command, with its capabilities).
+   */
+  constructor(opts: { packAfterFlush: boolean; maxPreambleBytes?: number; onFirst?: (data: Buffer) => void }) {
     super();
     this.packAfterFlush = opts.packAfterFlush;
     this.maxPreambleBytes = opts.maxPreambleBytes ?? Number.POSITIVE_INFINITY;
+    this.onFirst = opts.onFirst;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -98,6 +104,7 @@ export class PktLineValidator extends Transform {
       for (;;) {
         const pkt = this.reader.read();
         if (pkt === null) break;
+        if (!this.sawAny && pkt.type === 'data') this.onFirst?.(pkt.data);
         this.sawAny = true;
         if (pkt.type === 'flush' && this.packAfterFlush) {
           this.inPack = true;

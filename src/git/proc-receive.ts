@@ -53,6 +53,7 @@ export interface ProcReceiveRequest {
  */
 export class ProcReceiveExchange {
   private readonly reader = new PktLineReader();
+  private progressSocket: Socket | null = null;
   private waiting: (() => void) | null = null;
   private ended = false;
   private failure: Error | null = null;
@@ -132,11 +133,29 @@ export class ProcReceiveExchange {
     }
     parts.push(FLUSH);
     this.socket.end(Buffer.concat(parts));
+    this.progressSocket?.end();
   }
 
   /** abandon drops the exchange without a report. */
   abandon(): void {
     this.socket.destroy();
+    this.progressSocket?.destroy();
+  }
+
+  /** attachProgress takes the hook's progress connection (its bytes go to git's stderr). */
+  attachProgress(socket: Socket): void {
+    if (this.progressSocket || this.socket.destroyed) {
+      socket.destroy();
+      return;
+    }
+    this.progressSocket = socket;
+    socket.on('error', () => undefined);
+  }
+
+  /** progress sends a line the pushing user sees as `remote: <line>` (dropped if the hook has no progress connection). */
+  progress(line: string): void {
+    const s = this.progressSocket;
+    if (s && !s.destroyed) s.write(`${line.replace(/[\r\n]/g, ' ')}\n`);
   }
 }
 
@@ -150,6 +169,10 @@ export type ProcReceiveHandler = (exchange: ProcReceiveExchange) => Promise<void
 export class HookServer {
   private readonly server: Server;
   private readonly handlers = new Map<string, ProcReceiveHandler>();
+  /** exchanges are the running exchanges by push id, for their progress connections. */
+  private readonly exchanges = new Map<string, ProcReceiveExchange>();
+  /** earlyProgress holds a progress connection that came before its exchange's. */
+  private readonly earlyProgress = new Map<string, Socket>();
 
   constructor(private readonly onError: (err: unknown) => void) {
     this.server = createServer((socket) => this.accept(socket));
@@ -169,7 +192,12 @@ export class HookServer {
   /** expect registers the handler for a push id; the returned function unregisters it. */
   expect(pushId: string, handler: ProcReceiveHandler): () => void {
     this.handlers.set(pushId, handler);
-    return () => this.handlers.delete(pushId);
+    return () => {
+      this.handlers.delete(pushId);
+      this.exchanges.delete(pushId);
+      this.earlyProgress.get(pushId)?.destroy();
+      this.earlyProgress.delete(pushId);
+    };
   }
 
   private accept(socket: Socket): void {
@@ -183,7 +211,16 @@ export class HookServer {
         return;
       }
       socket.off('data', onData);
-      const pushId = buf.subarray(0, nl).toString('utf8');
+      const line = buf.subarray(0, nl).toString('utf8');
+      if (line.endsWith(' progress')) {
+        const id = line.slice(0, -' progress'.length);
+        const running = this.exchanges.get(id);
+        if (running) running.attachProgress(socket);
+        else if (this.handlers.has(id) && !this.earlyProgress.has(id)) this.earlyProgress.set(id, socket);
+        else socket.destroy();
+        return;
+      }
+      const pushId = line;
       const handler = this.handlers.get(pushId);
       if (!handler) {
         socket.destroy();
@@ -191,6 +228,12 @@ export class HookServer {
       }
       this.handlers.delete(pushId);
       const exchange = new ProcReceiveExchange(socket, buf.subarray(nl + 1));
+      this.exchanges.set(pushId, exchange);
+      const early = this.earlyProgress.get(pushId);
+      if (early) {
+        this.earlyProgress.delete(pushId);
+        exchange.attachProgress(early);
+      }
       handler(exchange).catch((err: unknown) => {
         exchange.abandon();
         this.onError(err);

@@ -86,7 +86,13 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const route = await routeOrProxy(deps, req, reply, repoId, true, service);
     if (!route) return reply;
     const guarded = guardBody(req.body as Readable, header(req, 'content-encoding'), { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio }, 'push');
-    const body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES }));
+    // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
+    let quiet = false;
+    const onFirst = (data: Buffer): void => {
+      const nul = data.indexOf(0);
+      quiet = nul !== -1 && data.subarray(nul + 1).toString('latin1').split(/[ \n]/).includes('quiet');
+    };
+    const body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
     // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
     // node is still an ordinary answer.
     const pushId = randomUUID();
@@ -108,7 +114,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     }
     reply.hijack();
     try {
-      await servePush(deps, req, reply.raw, repoId, body, child, pushId);
+      await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet);
     } finally {
       endUpload();
     }
@@ -282,11 +288,12 @@ function abandonPush(res: ServerResponse, child: ReturnType<NodeDeps['git']['spa
 }
 
 /** servePush runs receive-pack with the node's proc-receive hook, which hands the ref updates to the coordinator. */
-async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable, child: ChildProcess, pushId: string): Promise<void> {
+async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable, child: ChildProcess, pushId: string, quiet: () => boolean): Promise<void> {
   const unregister = deps.hooks.expect(pushId, (exchange) => deps.coordinator.handlePush(exchange, {
     repoId,
     receivePackPid: child.pid ?? -1,
     abandon: () => abandonPush(res, child),
+    quiet: quiet(),
     onCommitted: (txn, refs) => deps.audit.record({ action: 'push', user: req.caller?.principal.user ?? 'anonymous', token: req.caller?.token.name ?? '', repo: repoId, refs, txn }),
   }));
   try {

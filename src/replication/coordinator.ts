@@ -48,6 +48,8 @@ export interface PushContext {
   readonly receivePackPid: number;
   /** abandon ends the client's connection without a report: the outcome is unknown to it. */
   readonly abandon: () => void;
+  /** quiet: the client asked for no progress (`git push -q`). */
+  readonly quiet?: boolean;
   /** onCommitted is told of a push acknowledged to the client (the audit log). */
   readonly onCommitted?: (txnId: string, refs: readonly string[]) => void;
 }
@@ -179,6 +181,7 @@ export class Coordinator {
     packPath: string | null,
     decide: () => Promise<{ ok: true } | { ok: false; why: string }>,
     onStraggler: (node: string, answer: Answer) => void,
+    progress: (line: string) => void = () => undefined,
   ): Promise<{ outcome: 'committed'; confirmed: string[] } | { outcome: 'unknown'; confirmed: string[] }> {
     const { store, failpoints, logger, metrics } = this.deps;
     const w = this.writeQuorumFor(replicas.length);
@@ -186,6 +189,7 @@ export class Coordinator {
     // No beginTxn: the decision row is written by commit* or abortTxn, and a participant that
     // finds none applies the fencing-token rule; one store write less on every push.
     await failpoints.hit('coordinator.beforePrepare');
+    progress(`replicating to ${replicas.length} replicas (${w} must confirm)`);
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
     const preparing = replicas.map((node) => this.prepareOn(node, req, packPath).then((a) => {
@@ -196,6 +200,7 @@ export class Coordinator {
     await prepared.until(() => prepared.count((a) => a.ok) >= w, this.deps.config.prepareTimeoutMs);
     await failpoints.hit('coordinator.afterPrepare');
     const okCount = prepared.count((a) => a.ok);
+    progress(`${okCount} of ${replicas.length} replicas prepared`);
     let decided: { ok: true } | { ok: false; why: string } = { ok: false, why: refusalMessage(prepared.entries(), okCount, replicas.length, w) };
     if (okCount >= w) {
       try {
@@ -239,6 +244,7 @@ export class Coordinator {
     await committed.until(() => committed.count((a) => a.ok) >= w, this.deps.config.commitTimeoutMs);
     await failpoints.hit('coordinator.afterCommit');
     const confirmed = committed.entries().filter(([, a]) => a.ok).map(([n]) => n);
+    progress(`${confirmed.length} of ${replicas.length} replicas committed`);
     log.info({ prepared: okCount, confirmed: confirmed.length, required: w, ms: Date.now() - started }, 'transaction committed');
     return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
   }
@@ -361,7 +367,7 @@ export class Coordinator {
       };
       let result;
       try {
-        result = await this.runRefTxn(req, repo, held, packPath);
+        result = await this.runRefTxn(req, repo, held, packPath, ctx.quiet ? undefined : (line) => exchange.progress(`replication: ${line}`));
       } catch (err) {
         if (err instanceof OutcomeUnknownError) {
           logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the push without a report');
@@ -390,7 +396,7 @@ export class Coordinator {
    * set under the held lock: the decision compares generation, incarnation and fencing token; a
    * replica that misses the commit is marked stale.
    */
-  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, packPath: string | null): ReturnType<Coordinator['run']> {
+  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, packPath: string | null, progress?: (line: string) => void): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
     return this.run(req, repo.replicas, packPath, async () => {
       if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
@@ -400,7 +406,7 @@ export class Coordinator {
       logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
       void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch(() => undefined);
       metrics.staleMarked.inc();
-    });
+    }, progress);
   }
 
   /**
