@@ -68,10 +68,11 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const principal = req.caller?.principal ?? null;
     const page: string[] = [];
     let next: string | null = null;
+    const policyOf = await directory.policies();
     // Sorted by id; the cursor is the last id of the previous page.
     for (const r of (await deps.store.listRepos()).sort((a, b) => (a.repoId < b.repoId ? -1 : 1))) {
       if (r.repoId <= cursor) continue;
-      if (repoRole(principal, await directory.policy(r.repoId as RepoId)) === null) continue;
+      if (repoRole(principal, policyOf(r.repoId)) === null) continue;
       if (page.length === limit) {
         next = page[page.length - 1]!;
         break;

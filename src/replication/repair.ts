@@ -116,14 +116,23 @@ export class RepairWorker {
     let repaired = 0;
     try {
       const { store, nodeId } = this.deps;
-      const repos = (await store.listRepos()).filter((r) => r.replicas.includes(nodeId));
+      // Two store reads a pass, whatever the number of repos: the repo records and this node's
+      // replica records. Only a replica that is not in sync costs a read of its peers' records.
+      const [all, mine] = await Promise.all([store.listRepos(), store.replicasOnNode(nodeId)]);
+      const ownRecords = new Map(mine.map((r) => [r.repoId, r]));
+      const repos = all.filter((r) => r.replicas.includes(nodeId));
       const todo: RepoRecord[] = [];
       const now = Date.now();
       let lag = 0;
       for (const repo of repos) {
-        const replicas = await store.getReplicas(repo.repoId);
-        this.deps.onSeen?.(repo, replicas);
-        const own = replicas.find((r) => r.nodeId === nodeId);
+        let own = ownRecords.get(repo.repoId);
+        if (!isInSync(repo, own)) {
+          const replicas = await store.getReplicas(repo.repoId);
+          this.deps.onSeen?.(repo, replicas);
+          own = replicas.find((r) => r.nodeId === nodeId);
+        } else {
+          this.deps.onSeen?.(repo, own ? [own] : []);
+        }
         lag = Math.max(lag, repo.generation - (own?.generation ?? 0));
         if (isInSync(repo, own)) {
           this.behindSince.delete(repo.repoId);
@@ -136,7 +145,7 @@ export class RepairWorker {
         this.behindSince.set(repo.repoId, since);
         if (!isOneBehind(repo, own) || now - since >= COMMIT_GRACE_MS) todo.push(repo);
       }
-      await this.collectGarbage();
+      await this.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
       this.deps.metrics.replicaLag.set(lag);
@@ -384,9 +393,12 @@ export class RepairWorker {
    * collectGarbage deletes local replicas of repos that no longer exist or moved off this node,
    * each as the replica's `drop` activity (nothing else running on it), checked again once started.
    */
-  private async collectGarbage(): Promise<void> {
+  private async collectGarbage(known: ReadonlyMap<string, RepoRecord>): Promise<void> {
     const { store, storage, nodeId, logger, activity } = this.deps;
     for (const repoId of await storage.listLocal()) {
+      // The pass's listing decides who stays; only a candidate for removal is read again.
+      const listed = known.get(repoId);
+      if (listed && listed.replicas.includes(nodeId)) continue;
       const repo = await store.getRepo(repoId);
       if (repo && repo.replicas.includes(nodeId)) continue;
       const dropping = activity.tryBegin(repoId, 'drop');

@@ -109,7 +109,11 @@ export class Steward {
       const rebalance = (await store.getMeta(REBALANCE_KEY)) !== null;
       const eligible = membership.knownIds().filter((n) => !decommissioned.has(n));
       const gone = (n: string): boolean => decommissioned.has(n) || membership.downFor(n) > this.deps.replaceAfterMs;
+      const r = Math.min(this.deps.replicationFactor, eligible.length);
       for (const repo of await store.listRepos()) {
+        // A repo on r healthy, eligible nodes needs no step (planReplicaSet would say null):
+        // skip it without reading its replicas, so an idle pass costs two store reads.
+        if (!rebalance && repo.replicas.length === r && repo.replicas.every((n) => !gone(n) && eligible.includes(n))) continue;
         const replicas = await store.getReplicas(repo.repoId);
         const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
         const steward = repo.replicas.filter((n) => membership.isLive(n) && isInSync(repo, byNode.get(n))).sort()[0];

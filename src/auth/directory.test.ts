@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+import { StoreUnavailableError } from '../domain/errors.js';
+import type { RepoId } from '../domain/repo-id.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
+import { Directory } from './directory.js';
+
+describe('Directory', () => {
+  it('policies() gives every repo the policy policy() gives, from two reads', async () => {
+    const store = new SqliteStore(':memory:');
+    const d = new Directory(store);
+    const a = 'acme/a' as RepoId;
+    const b = 'acme/b' as RepoId;
+    const ab = 'acme/a-b' as RepoId;
+    await d.setVisibility(a, 'public');
+    await d.grant(b, 'user:alice', 'write');
+    await d.grant(b, 'org:team', 'read');
+    await d.grant(ab, 'user:bob', 'admin');
+    const of = await d.policies();
+    for (const id of [a, b, ab, 'other/x' as RepoId]) expect(of(id)).toEqual(await d.policy(id));
+    expect(of(b).grants.get('org:team')).toBe('read');
+    await store.close();
+  });
+
+  it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {
+    const real = new SqliteStore(':memory:');
+    let down = false;
+    // The store's edge: the real store until it goes down, then every call fails as an outage does.
+    const store = new Proxy(real, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        return (...args: unknown[]) => (down ? Promise.reject(new StoreUnavailableError('down')) : (v as (...a: unknown[]) => unknown).apply(target, args));
+      },
+    });
+    const d = new Directory(store);
+    await d.setVisibility('acme/a' as RepoId, 'public');
+    expect((await d.policy('acme/a' as RepoId)).visibility).toBe('public');
+    await new Promise((r) => setTimeout(r, 1_100));
+    down = true;
+    expect((await d.policy('acme/a' as RepoId)).visibility).toBe('public');
+    await expect(d.policy('acme/never' as RepoId)).rejects.toBeInstanceOf(StoreUnavailableError);
+    await real.close();
+  });
+});
