@@ -179,6 +179,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
+    // The repair worker is made below; a push reaches it only once the node serves.
+    catchUp: (repoId) => repair.catchUp(repoId),
     config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000, fsckIgnore: cfg.fsckIgnore },
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger });

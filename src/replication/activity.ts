@@ -81,6 +81,8 @@ const UPLOAD_WAIT_MS = 30_000;
 export class RepoActivity {
   private readonly running = new Map<string, Map<ActivityKind, number>>();
   private readonly waiters = new Map<string, Array<() => void>>();
+  /** lockQueues: per repo, the local callers waiting for their turn at the store lock, oldest first. */
+  private readonly lockQueues = new Map<string, Array<() => void>>();
 
   constructor(private readonly deps: { readonly nodeId: string; readonly store: ClusterStore; readonly lockTtlMs: number; readonly logger: Logger }) {}
 
@@ -163,14 +165,55 @@ export class RepoActivity {
   async lock(repoId: string, waitMs: number): Promise<HeldLock | null> {
     const { store, nodeId, lockTtlMs } = this.deps;
     const deadline = Date.now() + waitMs;
+    // This node's callers take turns, first come first served; only the one whose turn it is
+    // asks the store, so a busy repo's waiters neither poll the store together nor overtake
+    // each other at random.
+    if (!(await this.takeTurn(repoId, deadline))) return null;
     let delay = 5;
-    for (;;) {
-      const lock = await store.acquireLock(repoId, nodeId, lockTtlMs);
-      if (lock) return this.hold(repoId, lock);
-      if (Date.now() >= deadline) return null;
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(100, delay * 2);
+    try {
+      for (;;) {
+        const lock = await store.acquireLock(repoId, nodeId, lockTtlMs);
+        if (lock) return this.hold(repoId, lock);
+        if (Date.now() >= deadline) {
+          this.passTurn(repoId);
+          return null;
+        }
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(100, delay * 2);
+      }
+    } catch (err) {
+      this.passTurn(repoId);
+      throw err;
     }
+  }
+
+  /** takeTurn waits until it is this caller's turn at the repo's lock; false past the deadline. */
+  private takeTurn(repoId: string, deadline: number): Promise<boolean> {
+    const queue = this.lockQueues.get(repoId);
+    if (!queue) {
+      this.lockQueues.set(repoId, []);
+      return Promise.resolve(true);
+    }
+    return new Promise<boolean>((resolve) => {
+      const wake = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        const i = queue.indexOf(wake);
+        if (i !== -1) queue.splice(i, 1);
+        resolve(false);
+      }, Math.max(0, deadline - Date.now()));
+      queue.push(wake);
+    });
+  }
+
+  /** passTurn hands the repo's lock turn to the next local caller, or frees it. */
+  private passTurn(repoId: string): void {
+    const queue = this.lockQueues.get(repoId);
+    const next = queue?.shift();
+    if (next) next();
+    else this.lockQueues.delete(repoId);
   }
 
   private hold(repoId: string, lock: RepoLock): HeldLock {
@@ -188,9 +231,13 @@ export class RepoActivity {
         if (released) return;
         released = true;
         clearInterval(timer);
-        await store.releaseLock(repoId, lock.token).catch((err: unknown) => {
-          logger.warn({ repoId, err: errorMessage(err) }, 'lock release failed; the lease expires by itself');
-        });
+        try {
+          await store.releaseLock(repoId, lock.token).catch((err: unknown) => {
+            logger.warn({ repoId, err: errorMessage(err) }, 'lock release failed; the lease expires by itself');
+          });
+        } finally {
+          this.passTurn(repoId);
+        }
       },
     };
   }

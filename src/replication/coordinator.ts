@@ -59,6 +59,9 @@ type Answer = PeerAnswer;
 /** OWN_COMMIT_WAIT_MS is how long a push waits for this node's replica to confirm the previous push. */
 const OWN_COMMIT_WAIT_MS = 3_000;
 
+/** CATCH_UP_MS is how long a push waits for this node's replica to be caught up before it refuses. */
+const CATCH_UP_MS = 10_000;
+
 /** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
 const SETTLE_MS = 10_000;
 
@@ -91,6 +94,8 @@ export class Coordinator {
       readonly peers: PeerClient;
       readonly membership: Membership;
       readonly failpoints: Failpoints;
+      /** catchUp brings this node's replica of a repo to the store's generation (a repair attempt); true once in sync. */
+      readonly catchUp?: (repoId: string) => Promise<boolean>;
       readonly logger: Logger;
       readonly metrics: Metrics;
       readonly config: CoordinatorConfig;
@@ -316,7 +321,7 @@ export class Coordinator {
    * connection, and repair completes the stragglers.
    */
   async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
-    const { store, storage, nodeId, logger } = this.deps;
+    const { storage, nodeId, logger } = this.deps;
     const request = await exchange.read();
     // Results are keyed by each command's exact bytes (PushCommand.key).
     const results = new Map<string, RefResult>();
@@ -333,24 +338,19 @@ export class Coordinator {
     };
     if (request.atomic && results.size > 0) return report();
     if (results.size === request.commands.length) return report();
-    let held: Awaited<ReturnType<Coordinator['lock']>>;
+    let locked: Awaited<ReturnType<Coordinator['lockInSync']>>;
     try {
-      held = await this.lock(ctx.repoId);
+      locked = await this.lockInSync(ctx.repoId);
     } catch (err) {
       failRest(errorMessage(err));
       return report();
     }
+    if ('reason' in locked) {
+      failRest(locked.reason);
+      return report();
+    }
+    const { held, repo } = locked;
     try {
-      const repo = await store.getRepo(ctx.repoId);
-      if (!repo) {
-        failRest('repository was deleted');
-        return report();
-      }
-      const own = await this.ownReplica(repo);
-      if (!repo.replicas.includes(nodeId) || !isInSync(repo, own) || (await storage.incarnationOf(ctx.repoId)) !== repo.incarnation) {
-        failRest('replica catching up, try again');
-        return report();
-      }
       const current = new Map((await storage.readRefs(ctx.repoId)).map((r) => [r.name, r.oid]));
       const head = await storage.headTarget(ctx.repoId);
       const batch = checkCommands(request.commands.filter((c) => !results.has(c.key)), current, head, fail);
@@ -434,6 +434,35 @@ export class Coordinator {
       return { repo_id: repoId, default_branch: branch };
     } finally {
       await held.release();
+    }
+  }
+
+  /**
+   * lockInSync takes the repo's write lock with this node's replica in sync, as a coordinator
+   * must be. A replica behind (it was the straggler of the last pushes, which W others
+   * acknowledged) is caught up outside the lock, by a repair attempt, for up to CATCH_UP_MS,
+   * rather than refusing the push with "replica catching up": under many pushers to one repo
+   * that refusal was what clients saw.
+   */
+  private async lockInSync(repoId: RepoId): Promise<{ held: HeldLock; repo: RepoRecord } | { reason: string }> {
+    const { store, storage, nodeId } = this.deps;
+    const deadline = Date.now() + CATCH_UP_MS;
+    for (;;) {
+      const held = await this.lock(repoId);
+      let keep = false;
+      try {
+        const repo = await store.getRepo(repoId);
+        if (!repo) return { reason: 'repository was deleted' };
+        const own = await this.ownReplica(repo);
+        if (repo.replicas.includes(nodeId) && isInSync(repo, own) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
+          keep = true;
+          return { held, repo };
+        }
+        if (!repo.replicas.includes(nodeId) || !this.deps.catchUp || Date.now() >= deadline) return { reason: 'replica catching up, try again' };
+      } finally {
+        if (!keep) await held.release();
+      }
+      if (!(await this.deps.catchUp(repoId).catch(() => false))) await new Promise((r) => setTimeout(r, 100));
     }
   }
 

@@ -103,6 +103,12 @@ export class RepairWorker {
     return this.progress.size;
   }
 
+  /** catchUp makes one repair attempt on a repo's local replica now (a push waiting on it); true once in sync. */
+  async catchUp(repoId: string): Promise<boolean> {
+    const repo = await this.deps.store.getRepo(repoId);
+    return repo ? this.repair(repo) : false;
+  }
+
   /** progressOf is a copy of the running repair of a repo's local replica, if one runs. */
   progressOf(repoId: string): RepairProgress | undefined {
     const p = this.progress.get(repoId);
