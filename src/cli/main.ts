@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { VERSION } from '../app.js';
 import { registerBench } from './bench.js';
+import { registerMaintenance } from './maintenance.js';
 import { registerAdmin } from './admin.js';
 import { registerBackup } from './backup.js';
 import { registerKeys } from './keys.js';
@@ -22,6 +23,7 @@ registerUp(program);
 registerStatus(program);
 registerBench(program);
 registerAdmin(program);
+registerMaintenance(program);
 registerUsers(program);
 registerOrgs(program);
 registerRepos(program);

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { notFound } from '../domain/errors.js';
+import { parseRepoId } from '../domain/repo-id.js';
 import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js';
 import { AUDIT_KEEP } from '../auth/audit.js';
 import { ADMIN_USER } from '../auth/directory.js';
@@ -54,6 +55,20 @@ export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void 
     if (!nodes.some((n) => n.id === req.params.id)) throw notFound(`node ${req.params.id} not found`);
     await deps.store.setMeta(`${DECOMMISSIONED_PREFIX}${req.params.id}`, new Date().toISOString());
     return { node: req.params.id, decommissioned: true };
+  });
+
+  // This node's replica of one repo: verify it now (checksum and fsck), or repair it now.
+  app.post<{ Params: { owner: string; repo: string } }>('/admin/replicas/:owner/:repo/verify', { config: ADMIN }, async (req) => {
+    const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
+    return { node: deps.nodeId, repo_id: repoId, result: await deps.repair.verifyOne(repoId, true) };
+  });
+
+  app.post<{ Params: { owner: string; repo: string } }>('/admin/replicas/:owner/:repo/repair', { config: ADMIN }, async (req) => {
+    const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
+    const repo = await deps.store.getRepo(repoId);
+    if (!repo) throw notFound(`repository ${repoId} not found`);
+    if (!repo.replicas.includes(deps.nodeId)) throw notFound(`node ${deps.nodeId} holds no replica of ${repoId}`);
+    return { node: deps.nodeId, repo_id: repoId, in_sync: await deps.repair.catchUp(repoId) };
   });
 
   app.post('/admin/rebalance', { config: ADMIN }, async () => {

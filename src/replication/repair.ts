@@ -421,38 +421,61 @@ export class RepairWorker {
   }
 
   /**
+   * verifyOne checks this node's replica of one repo now (checksum, and fsck if asked), marking
+   * a mismatch for repair: `git-replication verify`.
+   */
+  async verifyOne(repoId: string, fsck: boolean): Promise<'ok' | 'stale' | 'missing' | 'not_in_sync' | 'not_here'> {
+    const { store, nodeId } = this.deps;
+    const repo = await store.getRepo(repoId);
+    if (!repo || !repo.replicas.includes(nodeId)) return 'not_here';
+    const own = (await store.getReplicas(repoId)).find((r) => r.nodeId === nodeId);
+    if (!isInSync(repo, own)) return 'not_in_sync';
+    return this.checkAndMark(repo, fsck);
+  }
+
+  /**
+   * checkAndMark compares a replica the store believes in sync with the store's checksum (and
+   * runs `git fsck --connectivity-only` if asked); a mismatch is marked stale (or missing, for
+   * lost objects or another incarnation) unless a push moved the repo on meanwhile.
+   */
+  private async checkAndMark(repo: RepoRecord, fsck: boolean): Promise<'ok' | 'stale' | 'missing'> {
+    const { store, storage, nodeId, logger, git } = this.deps;
+    const incarnation = await storage.incarnationOf(repo.repoId);
+    const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
+    let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
+    if (!problem && fsck) {
+      const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: 3_600_000 }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
+      if (r.code !== 0) {
+        logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
+        problem = 'missing';
+      }
+    }
+    if (!problem) return 'ok';
+    const again = await store.getRepo(repo.repoId);
+    if (!again || again.generation !== repo.generation) return 'ok';
+    await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
+    logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
+    this.deps.metrics.verifierMismatches.inc({ kind: problem });
+    return problem;
+  }
+
+  /**
    * verify recomputes the checksum of each local replica the store believes in sync and marks
    * a mismatch stale. A push that commits meanwhile changes the generation, and that replica is
    * left for the next pass.
    */
   async verify(fsck = false): Promise<number> {
-    const { store, storage, nodeId, logger, git } = this.deps;
+    const { store, nodeId, logger } = this.deps;
     // One verification at a time: on a big node one pass can outlast its interval, and
     // overlapping passes would pile up fsck processes.
     if (this.verifying) return 0;
     this.verifying = true;
     let marked = 0;
     try {
+      const own = new Map((await store.replicasOnNode(nodeId)).map((r) => [r.repoId, r]));
       for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
-        const own = (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
-        if (!isInSync(repo, own)) continue;
-        const incarnation = await storage.incarnationOf(repo.repoId);
-        const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
-        let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
-        if (!problem && fsck) {
-          const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: 3_600_000 }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
-          if (r.code !== 0) {
-            logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
-            problem = 'missing';
-          }
-        }
-        if (!problem) continue;
-        const again = await store.getRepo(repo.repoId);
-        if (!again || again.generation !== repo.generation) continue;
-        await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
-        logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
-        this.deps.metrics.verifierMismatches.inc({ kind: problem });
-        marked++;
+        if (!isInSync(repo, own.get(repo.repoId))) continue;
+        if ((await this.checkAndMark(repo, fsck)) !== 'ok') marked++;
       }
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
