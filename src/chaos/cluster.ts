@@ -242,11 +242,11 @@ export class TestCluster {
     return token;
   }
 
-    /** api calls the JSON API of node i. */
-  async api(i: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  /** api calls the JSON API of node i, with `token` (null: none) or else the cluster's authToken. */
+  async api(i: number, method: string, path: string, body?: unknown, token: string | null = this.authToken): Promise<{ status: number; json: Record<string, unknown> }> {
     const res = await this.fetch(`${this.url(i)}${path}`, {
       method,
-      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(this.authToken ? { authorization: `Bearer ${this.authToken}` } : {}) },
+      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(token ? { authorization: `Bearer ${token}` } : {}) },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.text();

@@ -61,20 +61,8 @@ describe('permission matrix: callers × public and private × operations', () =>
   let head = '';
   let seq = 0;
 
-  async function call(node: number, method: string, path: string, token: string | null, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-    const res = await fetch(`${c.url(node)}${path}`, {
-      method,
-      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    let json: Record<string, unknown> = {};
-    try {
-      json = JSON.parse(text) as Record<string, unknown>;
-    } catch {
-      json = { text };
-    }
-    return { status: res.status, json };
+  function call(node: number, method: string, path: string, token: string | null, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+    return c.api(node, method, path, body, token);
   }
 
   async function ok(node: number, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
