@@ -1,7 +1,7 @@
 import { freePort } from '../../src/chaos/cluster.js';
 import { etcdEnv } from '../../src/cluster/local-etcd.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -215,7 +215,16 @@ class EtcdProcess implements EtcdHandle {
   }
 
   pause(): void {
-    if (this.running()) this.child?.kill('SIGSTOP');
+    if (!this.running() || !this.child) return;
+    this.child.kill('SIGSTOP');
+    // Return only once the process is stopped (state T): on a loaded machine the signal can
+    // land after the caller's next request was already answered.
+    const pid = this.child.pid;
+    const until = Date.now() + 2_000;
+    while (pid !== undefined && Date.now() < until) {
+      const stat = readStat(pid);
+      if (stat === null || / [Tt] /.test(stat.slice(stat.lastIndexOf(')')))) break;
+    }
   }
 
   resume(): void {
@@ -258,6 +267,14 @@ async function startMembers(size: number): Promise<EtcdProcess[]> {
     }
   }
   throw lastError instanceof Error ? lastError : new Error(String(lastError));
+}
+
+function readStat(pid: number): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
 }
 
 /** startEtcd starts one etcd on free ports with a temp data dir and resolves once it serves requests. */
