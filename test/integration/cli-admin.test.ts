@@ -106,6 +106,14 @@ describe('the admin and status commands against a cluster with token auth', () =
     expect(r.stdout).toMatch(/^ {2}peer node-2 \S+ live$/m);
     expect(r.stdout).toMatch(/^ {2}peer node-3 \S+ live$/m);
     expect(r.stdout).toMatch(/^1 repos, 3 replicas, \d+ not in sync$/m);
+    // Not a terminal: no colour codes.
+    expect(r.stdout).not.toContain('\u001b[');
+    const j = await cli(['status', '--url', c.url(2), '--token', admin, '--json']);
+    expect(j.code, j.stderr).toBe(0);
+    const doc = JSON.parse(j.stdout) as { node: { id: string; status: string; writes: string }; peers: unknown[]; repos: number; replicas: number; not_in_sync: unknown[] };
+    expect(doc).toMatchObject({ node: { id: 'node-2', status: 'healthy', writes: 'available' }, repos: 1, replicas: 3 });
+    expect(doc.peers).toHaveLength(2);
+    expect(Array.isArray(doc.not_in_sync)).toBe(true);
   });
 
   it('decommission: an unknown id is a 404, a real one shows in node list', async () => {
