@@ -251,7 +251,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       disk.stop();
       steward.stop();
       load.stop();
-      await ssh?.server.close();
+      // SSH sessions drain alongside HTTP requests, for the same grace period.
+      const sshClosing = ssh?.server.close(cfg.shutdownGraceMs);
       // Drain: /ready and new requests answer 503 from here on; requests in flight (a push
       // being replicated, a clone) finish, up to shutdownGraceMs. Past that, their git processes
       // are killed: an undecided push is then aborted by its participants, a decided one
@@ -266,6 +267,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
         app.server.closeAllConnections();
         await closing;
       }
+      await sshClosing;
       await membership.stop();
       await hooks.close();
       await git.killAll();

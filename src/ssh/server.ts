@@ -71,10 +71,16 @@ export class GitSshServer {
     return typeof addr === 'object' && addr ? addr.port : port;
   }
 
-  /** close stops accepting and ends every connection (their git processes are killed). */
-  async close(): Promise<void> {
+  /**
+   * close stops accepting, lets the connections in flight (a push being replicated) finish for
+   * up to `graceMs`, then ends the rest (their git processes are killed).
+   */
+  async close(graceMs = 0): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const deadline = Date.now() + graceMs;
+    while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     for (const c of this.connections) hardEnd(c);
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await closed;
   }
 
   private accept(client: Connection, ip: string): void {
