@@ -11,6 +11,9 @@
  *   (found by socket owner, see sockets.ts). Clients and the store still reach it: a minority
  *   partition of the peer network;
  * - `slow`: delay the node's inbound peer link;
+ * - `disk-full`: restart a node with a free-space minimum above its disk (`MIN_FREE_DISK`), so it
+ *   refuses every new transaction as a full disk does, for a few seconds; then restart it clean.
+ *   (A real filled file system is tested in test/integration/full-disk.test.ts.)
  * - `store-partition` (runs on etcd): a majority of the nodes lose the store for a few seconds
  *   (their links to it black-holed), while the others keep it;
  * - `store-restart` (runs on etcd): the store is stopped (SIGTERM or SIGKILL) and started again
@@ -23,10 +26,10 @@ import type { Rng } from './rng.js';
 import type { Client } from './workload.js';
 
 /** FaultKind names one kind of fault. */
-export type FaultKind = 'kill' | 'failpoint' | 'pause' | 'partition' | 'slow' | 'store-partition' | 'store-restart';
+export type FaultKind = 'kill' | 'failpoint' | 'pause' | 'partition' | 'slow' | 'disk-full' | 'store-partition' | 'store-restart';
 
 /** ALL_FAULTS lists every kind. */
-export const ALL_FAULTS: readonly FaultKind[] = ['kill', 'failpoint', 'pause', 'partition', 'slow', 'store-partition', 'store-restart'];
+export const ALL_FAULTS: readonly FaultKind[] = ['kill', 'failpoint', 'pause', 'partition', 'slow', 'disk-full', 'store-partition', 'store-restart'];
 
 /** STORE_FAULTS are the kinds that need a store the run controls (etcd). */
 export const STORE_FAULTS: readonly FaultKind[] = ['store-partition', 'store-restart'];
@@ -140,6 +143,15 @@ export class FaultInjector {
         await this.restartClean(node);
         return;
       }
+      case 'disk-full': {
+        const ms = rng.int(1500, 5000);
+        this.record(kind, node, `disk full (free-space minimum above the disk) for ${ms} ms`);
+        this.armed.add(node);
+        await cluster.restart(node, { MIN_FREE_DISK: '100000000g' });
+        await sleep(until(ms));
+        await this.restartClean(node);
+        return;
+      }
       case 'pause': {
         const ms = lockTtlMs + rng.int(300, 1500);
         this.record(kind, node, `SIGSTOP for ${ms} ms (lock lease ${lockTtlMs} ms)`);
@@ -245,7 +257,7 @@ export class FaultInjector {
   }
 
   private async restartClean(node: number): Promise<void> {
-    await this.opts.cluster.restart(node, { GIT_REPLICATION_FAILPOINTS: '' });
+    await this.opts.cluster.restart(node, { GIT_REPLICATION_FAILPOINTS: '', MIN_FREE_DISK: '' });
     this.armed.delete(node);
     this.down.delete(node);
   }
