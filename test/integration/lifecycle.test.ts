@@ -78,18 +78,38 @@ describe('graceful shutdown', () => {
   }, 90_000);
 });
 
+/** consecutiveFreePorts finds `n` free ports in a row on loopback. */
+async function consecutiveFreePorts(n: number): Promise<number> {
+  const { createServer } = await import('node:net');
+  const free = (port: number): Promise<boolean> => new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = await freePort();
+    if (base + n >= 65535) continue;
+    let ok = true;
+    for (let i = 1; i < n && ok; i++) ok = await free(base + i);
+    if (ok) return base;
+  }
+  throw new Error('no run of free ports');
+}
+
 describe('up supervises its nodes', () => {
   it('restarts a node killed with -9, says so, and stops cleanly on SIGTERM', async () => {
     const data = await tempDir();
-    const base = await freePort();
-    const up = spawn(process.execPath, [MAIN, 'up', '--nodes', '2', '--data', data, '--base-port', String(base), '--log-level', 'warn'], {
+    // `up` takes consecutive ports: find two free ones side by side (tests run in parallel).
+    const base = await consecutiveFreePorts(2);
+    const up = spawn(process.execPath, [MAIN, 'up', '--nodes', '2', '--data', data, '--base-port', String(base), '--no-ssh', '--log-level', 'warn'], {
       env: { ...process.env, NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000' }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     up.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     up.stderr.on('data', (d: Buffer) => { out += d.toString(); });
     try {
-      await waitFor(() => out.includes('2 nodes up'), 60_000, 'up started');
+      await waitFor(() => out.includes('2 nodes up') || up.exitCode !== null, 60_000, 'up started');
+      if (up.exitCode !== null) throw new Error(`up exited (${up.exitCode}): ${out}`);
       const file = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as { nodes: Array<{ id: string; pid: number }> };
       const before = file.nodes.find((n) => n.id === 'node-2')!.pid;
       process.kill(before, 'SIGKILL');
