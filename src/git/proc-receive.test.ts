@@ -27,3 +27,36 @@ describe('parseCommand (proc-receive command lines are bytes)', () => {
     expect(() => parseCommand(Buffer.from(line))).toThrow(/bad command/);
   });
 });
+
+describe('HookServer progress connections', () => {
+  it('ends a progress connection that comes after the exchange reported (the hook must not wait for ever)', async () => {
+    const { HookServer } = await import('./proc-receive.js');
+    const { connect } = await import('node:net');
+    const { encodePktLine, FLUSH } = await import('./pkt-line.js');
+    const server = new HookServer(() => undefined);
+    const port = await server.listen();
+    let reported!: () => void;
+    const done = new Promise<void>((r) => { reported = r; });
+    const unregister = server.expect('push-1', async (exchange) => {
+      const req = await exchange.read();
+      exchange.report(req.commands, () => ({ ok: false, reason: 'refused early' }));
+      reported();
+    });
+    const main = connect(port, '127.0.0.1');
+    main.on('error', () => undefined);
+    main.write(Buffer.concat([Buffer.from('push-1\n'), encodePktLine('version=1\0\n'), FLUSH, encodePktLine(`${A} ${B} refs/heads/x\n`), FLUSH]));
+    await done;
+    const progress = connect(port, '127.0.0.1');
+    const ended = new Promise<string>((resolve) => {
+      progress.on('end', () => resolve('end'));
+      progress.on('close', () => resolve('close'));
+      progress.on('error', () => resolve('error'));
+    });
+    progress.write('push-1 progress\n');
+    expect(await Promise.race([ended, new Promise((r) => setTimeout(() => r('still open'), 2_000))])).not.toBe('still open');
+    main.destroy();
+    progress.destroy();
+    unregister();
+    await server.close();
+  });
+});

@@ -54,6 +54,8 @@ export interface ProcReceiveRequest {
 export class ProcReceiveExchange {
   private readonly reader = new PktLineReader();
   private progressSocket: Socket | null = null;
+  /** finished: the report (or abandon) went out; a progress connection arriving later is ended at once. */
+  private finished = false;
   private waiting: (() => void) | null = null;
   private ended = false;
   private failure: Error | null = null;
@@ -132,20 +134,25 @@ export class ProcReceiveExchange {
       parts.push(encodePktLine(Buffer.concat([Buffer.from(r.ok ? 'ok ' : 'ng '), c.raw, Buffer.from(tail)])));
     }
     parts.push(FLUSH);
+    this.finished = true;
     this.socket.end(Buffer.concat(parts));
     this.progressSocket?.end();
   }
 
   /** abandon drops the exchange without a report. */
   abandon(): void {
+    this.finished = true;
     this.socket.destroy();
     this.progressSocket?.destroy();
   }
 
   /** attachProgress takes the hook's progress connection (its bytes go to git's stderr). */
   attachProgress(socket: Socket): void {
-    if (this.progressSocket || this.socket.destroyed) {
-      socket.destroy();
+    // The hook waits for its progress relay to end: one that comes after the report must be
+    // ended at once, or the hook (and receive-pack, and the push) would wait for ever.
+    if (this.progressSocket || this.finished || this.socket.destroyed) {
+      socket.on('error', () => undefined);
+      socket.end();
       return;
     }
     this.progressSocket = socket;
