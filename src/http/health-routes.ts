@@ -31,8 +31,9 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
     const blockers = writeBlockers(deps);
     deps.metrics.gitProcesses.set(deps.git.runningCount);
     return {
-      // 200 while reads work; what is degraded is said here and in `writes`.
-      status: blockers.length === 0 ? 'healthy' : 'degraded',
+      // 200 while reads work. `status` keeps the seed's meaning (the node and its store);
+      // `writes` (and /ready) say whether a write could complete here, and why not.
+      status: storeOk && !deps.lifecycle.draining ? 'healthy' : 'degraded',
       server_id: deps.nodeId,
       timestamp: new Date().toISOString(),
       load: deps.load.load(),
