@@ -40,6 +40,8 @@ declare module 'fastify' {
     caller: Caller | null;
     /** peerDigest is the body digest a verified peer signature vouches for. */
     peerDigest: string | null;
+    /** hopClient is the client a member-signed hop header names (a proxied request or a repair fetch), verified once per request. */
+    hopClient: string | null;
   }
 }
 
@@ -52,6 +54,7 @@ declare module 'fastify' {
 export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
   app.decorateRequest('caller', null);
   app.decorateRequest('peerDigest', null);
+  app.decorateRequest('hopClient', null);
   app.addHook('onRoute', (route: RouteOptions) => {
     const access = route.config?.access;
     if (access === undefined) throw new Error(`route ${String(route.method)} ${route.url} declares no access policy`);
@@ -91,8 +94,9 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
   return async (req) => {
     const need = typeof access.repo === 'function' ? access.repo(req) : access.repo;
     const repoId = repoOf(req, access.via);
+    req.hopClient = deps.hops.verify(header(req, HOP_HEADER));
     // A repair fetch from a peer (signed hop naming a repair) reads any replica it repairs.
-    if (need === 'read' && (deps.hops.verify(header(req, HOP_HEADER)) ?? '').startsWith('repair:')) return;
+    if (need === 'read' && (req.hopClient ?? '').startsWith('repair:')) return;
     const caller = await deps.auth.identify(req.headers.authorization, req.ip);
     req.caller = caller;
     const decision = await authorizeRepo(deps.directory, caller?.principal ?? null, caller?.token.scope ?? null, repoId, need);
@@ -108,7 +112,8 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
   };
 }
 
-function header(req: FastifyRequest, name: string): string | undefined {
+/** header reads a request header that should appear once (the first of repeats). */
+export function header(req: FastifyRequest, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
 }

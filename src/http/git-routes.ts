@@ -13,6 +13,7 @@ import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
 import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
 import type { NodeDeps } from './deps.js';
+import { header } from './access.js';
 
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', expires: 'Fri, 01 Jan 1980 00:00:00 GMT', pragma: 'no-cache' };
@@ -53,7 +54,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const path = deps.storage.repoPath(repoId);
     // The advertisement names the capabilities (allow-reachable-sha1-in-want, filter) the
     // fetch that follows relies on: the same config as that fetch.
-    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, ...(write ? {} : { config: UPLOAD_PACK_CONFIG }), client: clientOf(deps, req), timeoutMs: deps.config.gitTimeoutMs });
+    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, ...(write ? {} : { config: UPLOAD_PACK_CONFIG }), client: clientOf(req), timeoutMs: deps.config.gitTimeoutMs });
     const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
     reply.hijack();
     await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
@@ -71,7 +72,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const raw = req.body as Readable;
     const body = chain(guardBody(raw, header(req, 'content-encoding'), { idleMs: limits.bodyIdleMs, maxBytes: limits.maxUploadRequestBytes, maxInflateRatio: limits.maxInflateRatio }, 'upload-pack request'), new PktLineValidator({ packAfterFlush: false }));
     const request = await readBounded(body, limits.maxUploadRequestBytes, 'upload-pack request');
-    const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], { cwd: deps.storage.repoPath(repoId), env: gitProtocolEnv(req), config: UPLOAD_PACK_CONFIG, counted: true, client: clientOf(deps, req), timeoutMs: deps.config.gitTimeoutMs });
+    const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], { cwd: deps.storage.repoPath(repoId), env: gitProtocolEnv(req), config: UPLOAD_PACK_CONFIG, counted: true, client: clientOf(req), timeoutMs: deps.config.gitTimeoutMs });
     reply.hijack();
     await streamGit(deps, req.raw, reply.raw, child, request, `application/x-${service}-result`, Buffer.alloc(0), service);
     return reply;
@@ -103,7 +104,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
       cwd: deps.storage.repoPath(repoId),
       counted: true,
-      client: clientOf(deps, req),
+      client: clientOf(req),
       timeoutMs: deps.config.gitTimeoutMs,
       config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes, deps.config.fsckIgnore),
       env: receivePackEnv(deps.hookPort, pushId),
@@ -126,13 +127,9 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
 const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
 
 /** clientOf is the address a request serves: the first node's view of it for a signed hop. */
-function clientOf(deps: NodeDeps, req: FastifyRequest): string {
-  return deps.hops.verify(header(req, HOP_HEADER)) ?? req.ip;
-}
-
-function header(req: FastifyRequest, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v[0] : v;
+function clientOf(req: FastifyRequest): string {
+  // The route's access hook verified the hop header once (requireRepo).
+  return req.hopClient ?? req.ip;
 }
 
 function checkContentType(req: FastifyRequest, service: string): void {
@@ -145,7 +142,7 @@ async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyR
   const route = await deps.router.route(repoId, write);
   if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
-  if (deps.hops.verify(header(req, HOP_HEADER)) !== null) throw new AppError('ERR_UNAVAILABLE', 503, `replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
+  if (req.hopClient !== null) throw new AppError('ERR_UNAVAILABLE', 503, `replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
   deps.metrics.proxied.inc({ service });
   reply.hijack();
   await proxy(deps, req, reply.raw, route.url);
@@ -154,7 +151,7 @@ async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyR
 
 /** proxy streams a request to a peer and its answer back, both ways without buffering. */
 async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, baseUrl: string): Promise<void> {
-  const headers: Record<string, string> = { [HOP_HEADER]: deps.hops.sign(clientOf(deps, req)) };
+  const headers: Record<string, string> = { [HOP_HEADER]: deps.hops.sign(clientOf(req)) };
   for (const h of ['content-type', 'content-encoding', 'git-protocol', 'accept', 'authorization', 'user-agent']) {
     const v = req.headers[h];
     if (typeof v === 'string') headers[h] = v;
