@@ -16,17 +16,32 @@ function projectRoot(): string {
 /** MAIN is the built CLI that test clusters run as real processes. */
 export const MAIN = join(projectRoot(), 'dist', 'cli', 'main.js');
 
-/** freePort asks the kernel for a free loopback port. */
+/**
+ * freePort finds a free loopback port below the kernel's ephemeral range (32768+ on Linux).
+ * A port the kernel hands out for `listen(0)` is one it also hands to outgoing connections, so
+ * between this check and the node's own listen any client socket of a parallel test could take
+ * it (seen in CI as EADDRINUSE). Ports below that range are only ever taken by an explicit bind.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (handedOut.has(port)) continue;
+    if (await canListen(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port found in 20000-31999');
+}
+
+const handedOut = new Set<number>();
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const srv = createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
 }
 
@@ -97,14 +112,10 @@ export class TestCluster {
   static async start(opts: ClusterOptions): Promise<TestCluster> {
     const root = await mkdtemp(join(tmpdir(), 'gitrep-cluster-'));
     const c = new TestCluster(root, opts.store ?? `sqlite:${join(root, 'cluster.db')}`, opts);
-    for (let i = 1; i <= opts.nodes; i++) {
-      const port = await freePort();
-      const ssh = opts.ssh ? { sshPort: await freePort() } : {};
-      c.nodes.push({ id: `node-${i}`, port, url: `${c.scheme}://127.0.0.1:${port}`, dataDir: join(root, `node-${i}`), proc: null, log: '', ...ssh });
-    }
+    for (let i = 1; i <= opts.nodes; i++) c.nodes.push(await c.newNode(i));
     try {
       await Promise.all(c.nodes.map((n) => c.spawn(n)));
-      await c.waitHealthy();
+      await c.waitStarted(c.nodes);
       await c.waitMembership();
     } catch (err) {
       // A cluster that failed to start must not outlive the test that asked for it.
@@ -112,6 +123,35 @@ export class TestCluster {
       throw err;
     }
     return c;
+  }
+
+  private async newNode(i: number): Promise<TestNode> {
+    const port = await freePort();
+    const ssh = this.opts.ssh ? { sshPort: await freePort() } : {};
+    return { id: `node-${i}`, port, url: `${this.scheme}://127.0.0.1:${port}`, dataDir: join(this.root, `node-${i}`), proc: null, log: '', ...ssh };
+  }
+
+  /**
+   * waitStarted waits for new nodes to be healthy. A node that lost its port to another process
+   * between freePort and its own listen (EADDRINUSE) is started again on fresh ports.
+   */
+  private async waitStarted(nodes: TestNode[], extraEnv: Record<string, string> = {}): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.waitHealthy(nodes);
+        return;
+      } catch (err) {
+        const clashed = nodes.filter((n) => n.proc?.exitCode !== null && n.log.includes('EADDRINUSE'));
+        if (attempt >= 3 || clashed.length === 0) throw err;
+        for (const old of clashed) {
+          const i = this.nodes.indexOf(old);
+          const fresh = await this.newNode(i + 1);
+          this.nodes[i] = fresh;
+          nodes[nodes.indexOf(old)] = fresh;
+          await this.spawn(fresh, extraEnv);
+        }
+      }
+    }
   }
 
   node(i: number): TestNode {
@@ -213,11 +253,10 @@ export class TestCluster {
   /** addNode starts one more node (node N+1) with the cluster's store and waits until all see it. */
   async addNode(extraEnv: Record<string, string> = {}): Promise<number> {
     const i = this.nodes.length + 1;
-    const port = await freePort();
-    const n: TestNode = { id: `node-${i}`, port, url: `${this.scheme}://127.0.0.1:${port}`, dataDir: join(this.root, `node-${i}`), proc: null, log: '' };
+    const n = await this.newNode(i);
     this.nodes.push(n);
     await this.spawn(n, extraEnv);
-    await this.waitHealthy([n]);
+    await this.waitStarted([n], extraEnv);
     await this.waitMembership();
     return i;
   }
