@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
 import { VERSION } from '../app.js';
-import { registerBench } from './bench.js';
 import { registerMaintenance } from './maintenance.js';
 import { registerAdmin } from './admin.js';
 import { registerBackup } from './backup.js';
@@ -21,7 +20,6 @@ const program = new Command('git-replication')
 registerServe(program);
 registerUp(program);
 registerStatus(program);
-registerBench(program);
 registerAdmin(program);
 registerMaintenance(program);
 registerUsers(program);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runChaos, type ChaosReport } from '../../src/chaos/run.js';
+import { runChaos, type ChaosReport } from '../../chaos/run.js';
 import { skipWithoutEtcd } from '../helpers/etcd.js';
 
 /**

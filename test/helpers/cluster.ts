@@ -1,1 +1,1 @@
-export * from '../../src/chaos/cluster.js';
+export * from '../../chaos/cluster.js';

@@ -1,4 +1,4 @@
-import { freePort } from '../../src/chaos/cluster.js';
+import { freePort } from '../../chaos/cluster.js';
 import { etcdEnv } from '../../src/cluster/local-etcd.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, readFileSync } from 'node:fs';

@@ -1,1 +1,1 @@
-export { freePort } from '../../src/chaos/cluster.js';
+export { freePort } from '../../chaos/cluster.js';

@@ -52,9 +52,12 @@ export interface NodeControl {
   restart(i: number): Promise<{ spawnedAt: number; readyAt: number }>;
 }
 
-/** DIST is the compiled tree the benchmark was started from (dist/). */
-const DIST = fileURLToPath(new URL('..', import.meta.url));
-const PROJECT = join(DIST, '..');
+/** PROJECT is the checkout the benchmark runs from (this file is dist-tools/bench/servers.js). */
+const PROJECT = fileURLToPath(new URL('../..', import.meta.url));
+/** DIST is the project's compiled server (dist/, from `npm run build`) that the nodes run. */
+const DIST = join(PROJECT, 'dist');
+/** HERE is this compiled directory, holding the comparison servers' scripts. */
+const HERE = fileURLToPath(new URL('.', import.meta.url));
 
 /**
  * snapshotApp copies dist/, hooks/ and package.json into `dir` (node_modules is linked), and
@@ -257,13 +260,13 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
   };
 }
 
-/** startScriptServer runs one of the comparison servers (a script of dist/bench) serving bare repos under `root/repos`. */
-async function startScriptServer(id: ServerId, root: string, dist: string, script: string, receivePackConfig: boolean): Promise<ServerUnderTest> {
+/** startScriptServer runs one of the comparison servers (a script beside this one) serving bare repos under `root/repos`. */
+async function startScriptServer(id: ServerId, root: string, script: string, receivePackConfig: boolean): Promise<ServerUnderTest> {
   const repos = join(root, 'repos');
   await mkdir(repos, { recursive: true });
   const port = await freePort();
   // stdin stays open: the script exits when it closes, so a killed benchmark leaves no server behind.
-  const child = spawn(process.execPath, [join(dist, 'bench', script), repos, String(port)], { env: SERVER_GIT_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(HERE, script), repos, String(port)], { env: SERVER_GIT_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
   const proc = new Managed(id, child);
   const url = `http://127.0.0.1:${port}`;
   try {
@@ -300,7 +303,7 @@ export async function startServer(id: ServerId, root: string, opts: { dist?: str
   switch (id) {
     case 'cluster3': return startProjectCluster(id, root, dist, 3, 3, logLevel);
     case 'single': return startProjectCluster(id, root, dist, 1, 1, logLevel);
-    case 'node-git-server': return startScriptServer(id, root, dist, 'ngs-server.js', false);
-    case 'http-backend': return startScriptServer(id, root, dist, 'cgi-bridge.js', true);
+    case 'node-git-server': return startScriptServer(id, root, 'ngs-server.js', false);
+    case 'http-backend': return startScriptServer(id, root, 'cgi-bridge.js', true);
   }
 }

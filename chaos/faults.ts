@@ -19,7 +19,7 @@
  * - `store-restart` (runs on etcd): the store is stopped (SIGTERM or SIGKILL) and started again
  *   on the same data after a while.
  */
-import { FAILPOINT_NAMES } from '../replication/failpoints.js';
+import { FAILPOINT_NAMES } from '../src/replication/failpoints.js';
 import type { TestCluster } from './cluster.js';
 import type { FaultProxy } from './proxy.js';
 import type { Rng } from './rng.js';

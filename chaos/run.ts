@@ -9,11 +9,11 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { replicaChecksum } from '../domain/checksum.js';
-import { readHeadTarget } from '../git/repo-storage.js';
-import { SqliteStore } from '../store/sqlite/sqlite-store.js';
+import { replicaChecksum } from '../src/domain/checksum.js';
+import { readHeadTarget } from '../src/git/repo-storage.js';
+import { SqliteStore } from '../src/store/sqlite/sqlite-store.js';
 import { check, formatResult, type CheckResult, type Violation } from './checker.js';
-import { startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
+import { startLocalEtcd, type LocalEtcd } from '../src/cluster/local-etcd.js';
 import { FAST_ENV, TestCluster, freePort, sleep } from './cluster.js';
 import { ALL_FAULTS, FaultInjector, STORE_FAULTS, type FaultEvent, type FaultKind, type StoreControl, type StoreOutage } from './faults.js';
 import { killAllGit, runGit } from './gitcli.js';

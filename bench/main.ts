@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench -- [--quick] [--rounds N] [--only 1,5] [--out DIR]`: the benchmark suite
+ * (docs/BENCHMARKS.md). It compares a 3-node cluster, a single node, node-git-server and git
+ * http-backend on the same machine, alternating between them, and writes
+ * `<out>/bench-<timestamp>.json` and `.md`. A development tool: it is not part of the shipped CLI
+ * (node-git-server is a devDependency).
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { errorMessage } from '../src/domain/errors.js';
+import { runBench } from './run.js';
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`'${value}' is not a positive integer`);
+  return n;
+}
+
+interface BenchCliOptions { quick?: boolean; rounds?: number; out: string; only?: string }
+
+const program = new Command('bench')
+  .description('run the benchmark suite against this project and two reference git servers')
+  .option('--quick', 'a tiny version of every workload (CI smoke check: only checks that everything ran)')
+  .option('--rounds <n>', 'rounds per workload (default 3, 1 with --quick)', positiveInt)
+  .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
+  .option('--only <workloads>', 'comma-separated workloads, by number or id: 1 push-latency, 2 clone-mirror, 3 mirror-push, 4 concurrent-repos, 5 concurrent-branches, 6 concurrent-clones, 7 big-clone, 8 repair (clusters only)')
+  .addHelpText('after', '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --quick --out /tmp/b')
+  .action(async (o: BenchCliOptions) => {
+    try {
+      const { result } = await runBench({ quick: o.quick ?? false, rounds: o.rounds, out: o.out, only: o.only });
+      if (!result.complete) process.exitCode = 1;
+    } catch (err) {
+      process.stderr.write(`bench: ${errorMessage(err)}\n`);
+      process.exitCode = 1;
+    }
+  });
+
+await program.parseAsync(process.argv);
