@@ -26,12 +26,15 @@ import { RepoActivity } from './replication/activity.js';
 import { Coordinator } from './replication/coordinator.js';
 import { Failpoints } from './replication/failpoints.js';
 import { Participant } from './replication/participant.js';
+import { Maintenance } from './replication/maintenance.js';
 import { RepairWorker } from './replication/repair.js';
+import { ReplicaVerifier } from './replication/verifier.js';
 import { Router } from './replication/router.js';
 import { Steward } from './replication/steward.js';
 import { SshKeys } from './auth/ssh-keys.js';
 import { forgetSshEndpoint, SSH_DEFAULTS, startSshServer, type SshLimits } from './ssh/server.js';
 import { TxnLog } from './replication/txn-log.js';
+import { countStoreCalls } from './store/counted.js';
 import { checkLayout, openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
 
@@ -145,7 +148,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const reaped = await git.reapPrevious();
   if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
 
-  const store: ClusterStore = await openStore(cfg.store);
+  const metrics = new Metrics();
+  const store: ClusterStore = countStoreCalls(await openStore(cfg.store), metrics.storeOps);
   await checkLayout(store);
   const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
   const directory = new Directory(store);
@@ -160,7 +164,6 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   }
   const storage = new ReplicaStorage(dataDir, git);
   await storage.init();
-  const metrics = new Metrics();
   const failpoints = new Failpoints(process.env.GIT_REPLICATION_FAILPOINTS);
   const txnLog = new TxnLog(join(dataDir, 'node.db'));
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
@@ -188,7 +191,9 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), fsckIgnore: cfg.fsckIgnore, repackAfterPacks: cfg.repackAfterPacks, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
+  const replicaVerifier = new ReplicaVerifier({ nodeId: cfg.nodeId, store, storage, git, logger, metrics });
+  const maintenance = new Maintenance({ nodeId: cfg.nodeId, store, storage, git, logger, metrics, activity, repackAfterPacks: cfg.repackAfterPacks });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, verifier: replicaVerifier, maintenance, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), fsckIgnore: cfg.fsckIgnore, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
   const lifecycle = { draining: false };
   metrics.attach({
@@ -201,7 +206,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const deps: NodeDeps = {
     nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
-    participant, coordinator, router, metrics, load, repair, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk, protocol,
+    participant, coordinator, router, metrics, load, repair, replicaVerifier, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk, protocol,
     sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
       hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor, fsckIgnore: cfg.fsckIgnore,

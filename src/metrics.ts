@@ -57,6 +57,7 @@ export class Metrics {
   readonly authSeconds = new Histogram({ name: 'gitrep_auth_seconds', help: 'time spent deciding a request\'s authentication and authorisation', labelNames: ['kind'] as const, buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05], registers: [this.registry] });
   readonly storeTxnRecords = new Gauge({ name: 'gitrep_store_txn_records', help: 'transaction records in the coordination store (pruned past the retention)', registers: [this.registry] });
   readonly storeSeconds = new Histogram({ name: 'gitrep_store_heartbeat_seconds', help: 'coordination store latency: one heartbeat (renew the node lease, read every node)', buckets: LATENCY, registers: [this.registry] });
+  readonly storeOps = new Counter({ name: 'gitrep_store_operations_total', help: 'calls this node made to the coordination store, by operation (ClusterStore method)', labelNames: ['op'] as const, registers: [this.registry] });
   readonly storeErrors = new Counter({ name: 'gitrep_store_errors_total', help: 'heartbeats the coordination store failed', registers: [this.registry] });
   readonly storeUp = new Gauge({ name: 'gitrep_store_up', help: '1 when the last heartbeat reached the coordination store, else 0', registers: [this.registry] });
   readonly leaseAge = new Gauge({ name: 'gitrep_node_lease_age_seconds', help: 'time since this node last renewed its registration lease in the store', registers: [this.registry], collect: () => this.readGauge((g) => this.leaseAge.set(g.leaseAgeSeconds() ?? Number.NaN)) });
