@@ -60,7 +60,7 @@ export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void 
   // This node's replica of one repo: verify it now (checksum and fsck), or repair it now.
   app.post<{ Params: { owner: string; repo: string } }>('/admin/replicas/:owner/:repo/verify', { config: ADMIN }, async (req) => {
     const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
-    return { node: deps.nodeId, repo_id: repoId, result: await deps.repair.verifyOne(repoId, true) };
+    return { node: deps.nodeId, repo_id: repoId, result: await deps.replicaVerifier.verifyOne(repoId, true) };
   });
 
   app.post<{ Params: { owner: string; repo: string } }>('/admin/replicas/:owner/:repo/repair', { config: ADMIN }, async (req) => {

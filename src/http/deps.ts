@@ -18,6 +18,7 @@ import type { Coordinator } from '../replication/coordinator.js';
 import type { Participant } from '../replication/participant.js';
 import type { RepairWorker } from '../replication/repair.js';
 import type { Router } from '../replication/router.js';
+import type { ReplicaVerifier } from '../replication/verifier.js';
 import type { ClusterStore } from '../store/types.js';
 
 /** HttpConfig is what the HTTP layer needs to know of the node's configuration. */
@@ -71,6 +72,8 @@ export interface NodeDeps {
   readonly metrics: Metrics;
   readonly load: LoadSampler;
   readonly repair: RepairWorker;
+  /** replicaVerifier checks this node's replicas against the store (checksum, fsck). */
+  readonly replicaVerifier: ReplicaVerifier;
   readonly auth: Authenticator;
   readonly directory: Directory;
   readonly audit: AuditLog;

@@ -1,7 +1,7 @@
 import { HOP_HEADER } from '../auth/peer-signature.js';
 import { fsckConfig } from '../git/fsck-policy.js';
 import { randomUUID } from 'node:crypto';
-import { readdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
@@ -11,6 +11,8 @@ import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
 import type { RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
+import type { Maintenance } from './maintenance.js';
+import type { ReplicaVerifier } from './verifier.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /**
@@ -38,10 +40,10 @@ export interface RepairProgress {
  * RepairWorker brings this node's stale or missing replicas back in sync (DESIGN §7): an atomic
  * fetch of every ref from an in-sync peer over the internal smart-HTTP path, a checksum
  * comparison with the store, and a compare-and-swap confirmation. A missing replica is cloned
- * into a temporary directory and moved into place. The verifier recomputes checksums of
- * replicas the store believes in sync and marks a mismatch stale. What it does to a replica
- * (repair, swap, repack, drop) runs as an activity of RepoActivity, beside what
- * MAY_START_DURING allows and nothing else.
+ * into a temporary directory and moved into place. Its passes also drive Maintenance (repack,
+ * garbage collection), and `start` schedules the ReplicaVerifier. What it does to a replica
+ * (repair, swap) runs as an activity of RepoActivity, beside what MAY_START_DURING allows and
+ * nothing else.
  */
 export class RepairWorker {
   private timers: NodeJS.Timeout[] = [];
@@ -49,10 +51,6 @@ export class RepairWorker {
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
   private readonly progress = new Map<string, RepairProgress>();
-  /** packsCheckedAt is the generation at which each replica's pack count was last looked at. */
-  private readonly packsCheckedAt = new Map<string, number>();
-  private repacking: Promise<void> | null = null;
-  private verifying = false;
 
   constructor(
     private readonly deps: {
@@ -62,8 +60,10 @@ export class RepairWorker {
       hopToken: () => string;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
-      /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
-      repackAfterPacks?: number;
+      /** verifier checks in-sync replicas on the schedule `start` sets. */
+      verifier: ReplicaVerifier;
+      /** maintenance repacks in-sync replicas and drops those this node no longer holds, from each pass. */
+      maintenance: Maintenance;
       /** caFile verifies `https://` peers in repair fetches (git's http.sslCAInfo); default the system CAs. */
       caFile?: string;
       /** fsckIgnore is the cluster's fsck policy, applied to fetched objects too. */
@@ -80,13 +80,13 @@ export class RepairWorker {
   start(repairMs: number, verifyMs: number, fsckMs: number): void {
     const repairOn = repairMs > 0;
     if (repairOn) this.timers.push(setInterval(() => { void this.pass(); }, repairMs));
-    if (verifyMs > 0) this.timers.push(setInterval(() => { void this.verify(); }, verifyMs));
-    if (fsckMs > 0) this.timers.push(setInterval(() => { void this.verify(true); }, fsckMs));
+    if (verifyMs > 0) this.timers.push(setInterval(() => { void this.deps.verifier.verify(); }, verifyMs));
+    if (fsckMs > 0) this.timers.push(setInterval(() => { void this.deps.verifier.verify(true); }, fsckMs));
     for (const t of this.timers) t.unref();
     // Replicas the store already knows are behind are repaired first; the fsck of every local
     // replica after a restart can take minutes on a big node and must not hold them up.
     const first = setTimeout(() => {
-      void (repairOn ? this.pass() : Promise.resolve(0)).then(() => this.verify(true)).then(() => (repairOn ? this.pass() : 0));
+      void (repairOn ? this.pass() : Promise.resolve(0)).then(() => this.deps.verifier.verify(true)).then(() => (repairOn ? this.pass() : 0));
     }, 0);
     first.unref();
     this.timers.push(first);
@@ -142,7 +142,7 @@ export class RepairWorker {
         lag = Math.max(lag, repo.generation - (own?.generation ?? 0));
         if (isInSync(repo, own)) {
           this.behindSince.delete(repo.repoId);
-          this.maybeRepack(repo);
+          this.deps.maintenance.maybeRepack(repo);
           continue;
         }
         // A replica confirmed one generation back, or a new one not confirmed yet, is usually a
@@ -151,7 +151,7 @@ export class RepairWorker {
         this.behindSince.set(repo.repoId, since);
         if (!isOneBehind(repo, own) || now - since >= COMMIT_GRACE_MS) todo.push(repo);
       }
-      await this.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
+      await this.deps.maintenance.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
       this.deps.metrics.replicaLag.set(lag);
@@ -263,40 +263,6 @@ export class RepairWorker {
     }
   }
 
-  /**
-   * maybeRepack looks at the pack count of an in-sync replica once per generation and, above
-   * `repackAfterPacks`, rolls its packs up with `git repack -d --geometric=2` in the background,
-   * one repo at a time. Every push leaves a pack on every replica (receive.unpackLimit=1) and
-   * nothing else consolidates them (gc.auto=0). The objects of a rolled-up pack all go into the
-   * new one; packs with a `.keep` (a transaction's pack until it commits) are left alone; refs,
-   * and so the checksum, do not change. It starts only with no transaction, repair or drop
-   * running on the replica (MAY_START_DURING); otherwise it is tried after the next push.
-   */
-  private maybeRepack(repo: RepoRecord): void {
-    const limit = this.deps.repackAfterPacks ?? 0;
-    if (limit <= 0 || this.repacking || this.packsCheckedAt.get(repo.repoId) === repo.generation) return;
-    this.packsCheckedAt.set(repo.repoId, repo.generation);
-    const { storage, git, logger, metrics, activity } = this.deps;
-    const packDir = join(storage.repoPath(repo.repoId), 'objects', 'pack');
-    this.repacking = (async () => {
-      const packs = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
-      if (packs <= limit) return;
-      const running = activity.tryBegin(repo.repoId, 'repack');
-      if (!running) return;
-      try {
-        const started = Date.now();
-        await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: 3_600_000 });
-        const after = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
-        metrics.repacks.inc();
-        logger.info({ repoId: repo.repoId, packs, after, ms: Date.now() - started }, 'replica repacked');
-      } finally {
-        running.end();
-      }
-    })().catch((err: unknown) => {
-      logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'repack failed; it is tried again after the next push');
-    }).finally(() => { this.repacking = null; });
-  }
-
   /** confirmIfCurrent confirms the local replica when its refs already hash to the store's checksum. */
   private async confirmIfCurrent(repo: RepoRecord): Promise<boolean> {
     const { store, storage, nodeId, logger } = this.deps;
@@ -393,95 +359,5 @@ export class RepairWorker {
     });
     const [code, signal] = await waitClose(child);
     if (code !== 0) throw new Error(`${args[0]!} from ${url} failed (${signal ?? code}): ${tail.trim().split(/[\r\n]/).pop() ?? ''}`);
-  }
-
-  /**
-   * collectGarbage deletes local replicas of repos that no longer exist or moved off this node,
-   * each as the replica's `drop` activity (nothing else running on it), checked again once started.
-   */
-  private async collectGarbage(known: ReadonlyMap<string, RepoRecord>): Promise<void> {
-    const { store, storage, nodeId, logger, activity } = this.deps;
-    for (const repoId of await storage.listLocal()) {
-      // The pass's listing decides who stays; only a candidate for removal is read again.
-      const listed = known.get(repoId);
-      if (listed && listed.replicas.includes(nodeId)) continue;
-      const repo = await store.getRepo(repoId);
-      if (repo && repo.replicas.includes(nodeId)) continue;
-      const dropping = activity.tryBegin(repoId, 'drop');
-      if (!dropping) continue;
-      try {
-        const again = await store.getRepo(repoId);
-        if (again && again.replicas.includes(nodeId)) continue;
-        await storage.remove(repoId);
-        logger.info({ repoId }, 'removed a local replica this node no longer holds');
-      } finally {
-        dropping.end();
-      }
-    }
-  }
-
-  /**
-   * verifyOne checks this node's replica of one repo now (checksum, and fsck if asked), marking
-   * a mismatch for repair: `git-replication verify`.
-   */
-  async verifyOne(repoId: string, fsck: boolean): Promise<'ok' | 'stale' | 'missing' | 'not_in_sync' | 'not_here'> {
-    const { store, nodeId } = this.deps;
-    const repo = await store.getRepo(repoId);
-    if (!repo || !repo.replicas.includes(nodeId)) return 'not_here';
-    const own = (await store.getReplicas(repoId)).find((r) => r.nodeId === nodeId);
-    if (!isInSync(repo, own)) return 'not_in_sync';
-    return this.checkAndMark(repo, fsck);
-  }
-
-  /**
-   * checkAndMark compares a replica the store believes in sync with the store's checksum (and
-   * runs `git fsck --connectivity-only` if asked); a mismatch is marked stale (or missing, for
-   * lost objects or another incarnation) unless a push moved the repo on meanwhile.
-   */
-  private async checkAndMark(repo: RepoRecord, fsck: boolean): Promise<'ok' | 'stale' | 'missing'> {
-    const { store, storage, nodeId, logger, git } = this.deps;
-    const incarnation = await storage.incarnationOf(repo.repoId);
-    const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
-    let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
-    if (!problem && fsck) {
-      const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: 3_600_000 }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
-      if (r.code !== 0) {
-        logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
-        problem = 'missing';
-      }
-    }
-    if (!problem) return 'ok';
-    const again = await store.getRepo(repo.repoId);
-    if (!again || again.generation !== repo.generation) return 'ok';
-    await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
-    logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
-    this.deps.metrics.verifierMismatches.inc({ kind: problem });
-    return problem;
-  }
-
-  /**
-   * verify recomputes the checksum of each local replica the store believes in sync and marks
-   * a mismatch stale. A push that commits meanwhile changes the generation, and that replica is
-   * left for the next pass.
-   */
-  async verify(fsck = false): Promise<number> {
-    const { store, nodeId, logger } = this.deps;
-    // One verification at a time: on a big node one pass can outlast its interval, and
-    // overlapping passes would pile up fsck processes.
-    if (this.verifying) return 0;
-    this.verifying = true;
-    let marked = 0;
-    try {
-      const own = new Map((await store.replicasOnNode(nodeId)).map((r) => [r.repoId, r]));
-      for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
-        if (!isInSync(repo, own.get(repo.repoId))) continue;
-        if ((await this.checkAndMark(repo, fsck)) !== 'ok') marked++;
-      }
-    } catch (err) {
-      logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
-    } finally {
-      this.verifying = false;
-    }
-    return marked;
   }
 }

@@ -1,0 +1,89 @@
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import type { GitRunner } from '../git/runner.js';
+import type { Metrics } from '../metrics.js';
+import type { RepoActivity } from './activity.js';
+import type { ClusterStore, RepoRecord } from '../store/types.js';
+
+/**
+ * Maintenance keeps this node's replicas tidy, driven by the repair pass: it rolls up the packs
+ * of in-sync replicas (repack) and deletes replicas of repos that were deleted or moved off the
+ * node (garbage collection). Each runs as an activity of RepoActivity (`repack`, `drop`), beside
+ * what MAY_START_DURING allows and nothing else.
+ */
+export class Maintenance {
+  /** packsCheckedAt is the generation at which each replica's pack count was last looked at. */
+  private readonly packsCheckedAt = new Map<string, number>();
+  private repacking: Promise<void> | null = null;
+
+  constructor(
+    private readonly deps: {
+      nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; logger: Logger; metrics: Metrics; activity: RepoActivity;
+      /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
+      repackAfterPacks?: number;
+    },
+  ) {}
+
+  /**
+   * maybeRepack looks at the pack count of an in-sync replica once per generation and, above
+   * `repackAfterPacks`, rolls its packs up with `git repack -d --geometric=2` in the background,
+   * one repo at a time. Every push leaves a pack on every replica (receive.unpackLimit=1) and
+   * nothing else consolidates them (gc.auto=0). The objects of a rolled-up pack all go into the
+   * new one; packs with a `.keep` (a transaction's pack until it commits) are left alone; refs,
+   * and so the checksum, do not change. It starts only with no transaction, repair or drop
+   * running on the replica (MAY_START_DURING); otherwise it is tried after the next push.
+   */
+  maybeRepack(repo: RepoRecord): void {
+    const limit = this.deps.repackAfterPacks ?? 0;
+    if (limit <= 0 || this.repacking || this.packsCheckedAt.get(repo.repoId) === repo.generation) return;
+    this.packsCheckedAt.set(repo.repoId, repo.generation);
+    const { storage, git, logger, metrics, activity } = this.deps;
+    const packDir = join(storage.repoPath(repo.repoId), 'objects', 'pack');
+    this.repacking = (async () => {
+      const packs = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
+      if (packs <= limit) return;
+      const running = activity.tryBegin(repo.repoId, 'repack');
+      if (!running) return;
+      try {
+        const started = Date.now();
+        await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: 3_600_000 });
+        const after = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
+        metrics.repacks.inc();
+        logger.info({ repoId: repo.repoId, packs, after, ms: Date.now() - started }, 'replica repacked');
+      } finally {
+        running.end();
+      }
+    })().catch((err: unknown) => {
+      logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'repack failed; it is tried again after the next push');
+    }).finally(() => { this.repacking = null; });
+  }
+
+  /**
+   * collectGarbage deletes local replicas of repos that no longer exist or moved off this node,
+   * each as the replica's `drop` activity (nothing else running on it), checked again once started.
+   * `known` is the repair pass's listing of every repo.
+   */
+  async collectGarbage(known: ReadonlyMap<string, RepoRecord>): Promise<void> {
+    const { store, storage, nodeId, logger, activity } = this.deps;
+    for (const repoId of await storage.listLocal()) {
+      // The pass's listing decides who stays; only a candidate for removal is read again.
+      const listed = known.get(repoId);
+      if (listed && listed.replicas.includes(nodeId)) continue;
+      const repo = await store.getRepo(repoId);
+      if (repo && repo.replicas.includes(nodeId)) continue;
+      const dropping = activity.tryBegin(repoId, 'drop');
+      if (!dropping) continue;
+      try {
+        const again = await store.getRepo(repoId);
+        if (again && again.replicas.includes(nodeId)) continue;
+        await storage.remove(repoId);
+        logger.info({ repoId }, 'removed a local replica this node no longer holds');
+      } finally {
+        dropping.end();
+      }
+    }
+  }
+}

@@ -1,0 +1,91 @@
+import { errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import type { GitRunner } from '../git/runner.js';
+import type { Metrics } from '../metrics.js';
+import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
+
+/** VerifyResult is what verifying one replica found: `stale` and `missing` were marked for repair. */
+export type VerifyResult = 'ok' | 'stale' | 'missing' | 'not_in_sync' | 'not_here';
+
+/**
+ * ReplicaVerifier checks that this node's replicas the store believes in sync hold what the
+ * store says (DESIGN §7): it recomputes each one's checksum and, when asked, runs
+ * `git fsck --connectivity-only`; a mismatch is marked stale (refs) or missing (objects, or
+ * another incarnation on disk) for the repair worker. It only reads replicas and writes the
+ * store, so it runs beside anything.
+ */
+export class ReplicaVerifier {
+  private verifying = false;
+
+  constructor(
+    private readonly deps: {
+      nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; logger: Logger; metrics: Metrics;
+    },
+  ) {}
+
+  /**
+   * verifyOne checks this node's replica of one repo now (checksum, and fsck if asked), marking
+   * a mismatch for repair: `git-replication verify`.
+   */
+  async verifyOne(repoId: string, fsck: boolean): Promise<VerifyResult> {
+    const { store, nodeId } = this.deps;
+    const repo = await store.getRepo(repoId);
+    if (!repo || !repo.replicas.includes(nodeId)) return 'not_here';
+    const own = (await store.getReplicas(repoId)).find((r) => r.nodeId === nodeId);
+    if (!isInSync(repo, own)) return 'not_in_sync';
+    return this.checkAndMark(repo, fsck);
+  }
+
+  /**
+   * verify recomputes the checksum of each local replica the store believes in sync and marks
+   * a mismatch stale. A push that commits meanwhile changes the generation, and that replica is
+   * left for the next pass.
+   */
+  async verify(fsck = false): Promise<number> {
+    const { store, nodeId, logger } = this.deps;
+    // One verification at a time: on a big node one pass can outlast its interval, and
+    // overlapping passes would pile up fsck processes.
+    if (this.verifying) return 0;
+    this.verifying = true;
+    let marked = 0;
+    try {
+      const own = new Map((await store.replicasOnNode(nodeId)).map((r) => [r.repoId, r]));
+      for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
+        if (!isInSync(repo, own.get(repo.repoId))) continue;
+        if ((await this.checkAndMark(repo, fsck)) !== 'ok') marked++;
+      }
+    } catch (err) {
+      logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
+    } finally {
+      this.verifying = false;
+    }
+    return marked;
+  }
+
+  /**
+   * checkAndMark compares a replica the store believes in sync with the store's checksum (and
+   * runs `git fsck --connectivity-only` if asked); a mismatch is marked stale (or missing, for
+   * lost objects or another incarnation) unless a push moved the repo on meanwhile.
+   */
+  private async checkAndMark(repo: RepoRecord, fsck: boolean): Promise<'ok' | 'stale' | 'missing'> {
+    const { store, storage, nodeId, logger, git } = this.deps;
+    const incarnation = await storage.incarnationOf(repo.repoId);
+    const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
+    let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
+    if (!problem && fsck) {
+      const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: 3_600_000 }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
+      if (r.code !== 0) {
+        logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
+        problem = 'missing';
+      }
+    }
+    if (!problem) return 'ok';
+    const again = await store.getRepo(repo.repoId);
+    if (!again || again.generation !== repo.generation) return 'ok';
+    await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
+    logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
+    this.deps.metrics.verifierMismatches.inc({ kind: problem });
+    return problem;
+  }
+}
