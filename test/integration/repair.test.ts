@@ -106,7 +106,7 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     await c.waitInSync('heal/ref');
     const good = await refsOf(c.replicaPath(1, 'heal/ref'));
     await writeFile(join(c.replicaPath(2, 'heal/ref'), 'refs', 'heads', 'main'), `${first}\n`);
-    await waitFor(async () => (await c.repoStatus(1, 'heal/ref')).replicas.some((r) => r.node === 'node-2' && r.state !== 'in_sync'), 15_000, 'verifier marks node-2 stale');
+    await waitFor(async () => (await c.repoStatus(1, 'heal/ref')).replicas.some((r) => r.node === 'node-2' && r.state !== 'in_sync'), 45_000, 'verifier marks node-2 stale');
     await expectAllInSync(c, 'heal/ref', 1);
     expect(await refsOf(c.replicaPath(2, 'heal/ref'))).toBe(good);
   });
@@ -120,7 +120,7 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     const pack = join(c.replicaPath(3, 'heal/objects'), 'objects', 'pack');
     for (const f of await readdir(pack)) if (f.endsWith('.pack') || f.endsWith('.idx')) await rm(join(pack, f));
     expect((await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'heal/objects') })).code).not.toBe(0);
-    await waitFor(async () => (await c.repoStatus(1, 'heal/objects')).replicas.some((r) => r.node === 'node-3' && r.state !== 'in_sync'), 15_000, 'fsck marks node-3');
+    await waitFor(async () => (await c.repoStatus(1, 'heal/objects')).replicas.some((r) => r.node === 'node-3' && r.state !== 'in_sync'), 45_000, 'fsck marks node-3');
     await expectAllInSync(c, 'heal/objects', 1);
     const fsck = await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'heal/objects') });
     expect(fsck.code, fsck.stderr).toBe(0);
