@@ -1,7 +1,25 @@
 import type { Command } from 'commander';
-import { addClientOptions, withApi, type ClientOptions } from './http-client.js';
+import { addClientOptions, CliError, withApi, type ApiClient, type ClientOptions } from './http-client.js';
+import { Progress } from './progress.js';
 
-interface NodesView { nodes: Array<{ id: string; url: string; live: boolean; decommissioned: boolean; replicas: number }>; rebalance: boolean }
+interface NodesView { nodes: Array<{ id: string; url: string; live: boolean; decommissioned: boolean; replicas: number }>; rebalance: boolean; repos: number; misplaced: number }
+
+/** followRebalance polls the node list until every repo is on its placement, showing how many are. */
+async function followRebalance(api: ApiClient, timeoutSeconds: number): Promise<void> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  const progress = new Progress(process.stderr, 'rebalance', 0);
+  try {
+    for (;;) {
+      const view = await api.get<NodesView>('/admin/nodes');
+      progress.update(view.repos - view.misplaced, 'repos on their placement', view.repos);
+      if (view.misplaced === 0) break;
+      if (Date.now() > deadline) throw new CliError(`rebalance: ${view.misplaced} of ${view.repos} repos not yet on their placement after ${timeoutSeconds} s; replicas keep moving in the background`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    progress.end();
+  }
+}
 
 /** registerAdmin adds `node list|decommission` and `rebalance`, which call a node's `/admin` API with an admin token. */
 export function registerAdmin(program: Command): void {
@@ -16,9 +34,15 @@ export function registerAdmin(program: Command): void {
       await api.post(`/admin/nodes/${encodeURIComponent(id)}/decommission`);
       process.stdout.write(`${id}: decommissioned; its replicas move to other nodes\n`);
     }));
-  addClientOptions(program.command('rebalance').description('move replicas toward rendezvous placement over the current nodes (e.g. after adding one)'))
-    .action(async (o: ClientOptions) => withApi(o, async (api) => {
+  addClientOptions(program.command('rebalance').description('move replicas toward rendezvous placement over the current nodes (e.g. after adding one), and follow until every repo is placed')
+    .option('--no-wait', 'return once requested; replicas move in the background')
+    .option('--timeout <seconds>', 'how long to follow the moves', '600'))
+    .action(async (o: ClientOptions & { wait: boolean; timeout: string }) => withApi(o, async (api) => {
       await api.post('/admin/rebalance');
       process.stdout.write('rebalance requested; replicas move in the background\n');
+      if (o.wait) {
+        await followRebalance(api, Number(o.timeout));
+        process.stdout.write('rebalance done: every repo is on its placement\n');
+      }
     }));
 }

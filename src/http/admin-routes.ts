@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { notFound } from '../domain/errors.js';
+import { placeReplicas } from '../domain/placement.js';
 import { parseRepoId } from '../domain/repo-id.js';
 import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js';
 import { AUDIT_KEEP } from '../auth/audit.js';
@@ -43,10 +44,22 @@ export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void 
     const decommissioned = new Set((await deps.store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
     const nodes = await deps.store.allNodes();
     const counts = new Map<string, number>();
-    for (const r of await deps.store.listRepos()) for (const n of r.replicas) counts.set(n, (counts.get(n) ?? 0) + 1);
+    const repos = await deps.store.listRepos();
+    for (const r of repos) for (const n of r.replicas) counts.set(n, (counts.get(n) ?? 0) + 1);
+    // misplaced: repos whose replica set is not yet rendezvous placement over the live nodes,
+    // what `rebalance` moves toward (and its CLI follows).
+    const eligible = nodes.filter((n) => !decommissioned.has(n.id));
+    const live = eligible.filter((n) => n.live).map((n) => n.id);
+    const r = Math.min(deps.config.replicationFactor, eligible.length);
+    const misplaced = repos.filter((repo) => {
+      const want = placeReplicas(repo.repoId, live, r);
+      return want.length !== repo.replicas.length || want.some((n) => !repo.replicas.includes(n));
+    }).length;
     return {
       nodes: nodes.map((n) => ({ id: n.id, url: n.url, live: n.live, decommissioned: decommissioned.has(n.id), replicas: counts.get(n.id) ?? 0 })),
       rebalance: (await deps.store.getMeta(REBALANCE_KEY)) !== null,
+      repos: repos.length,
+      misplaced,
     };
   });
 

@@ -83,7 +83,10 @@ describe('the admin and status commands against a cluster with token auth', () =
         for (const n of c.nodes) expect(list.stdout).toContain(`${n.id}\t${n.url}\tlive`);
         const rebalance = await cli(['rebalance', '--url', c.url(2), ...way.args], way);
         expect(rebalance.code, rebalance.stderr).toBe(0);
-        expect(rebalance.stdout).toMatch(/rebalance requested/);
+        expect(rebalance.stdout).toMatch(/rebalance requested[^]*rebalance done: every repo is on its placement\n$/);
+        // Progress goes to stderr as plain lines off a terminal: no bar, no carriage return.
+        expect(rebalance.stderr).toMatch(/^rebalance: (\d+) of \1 repos on their placement$/m);
+        expect(rebalance.stderr).not.toContain('\r');
       }
     } finally {
       await rm(withDefault, { recursive: true, force: true });

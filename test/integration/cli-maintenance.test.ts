@@ -57,7 +57,12 @@ describe('git-replication verify and repair', () => {
     expect(r.code, `${r.stdout}${r.stderr}`).toBe(0);
     expect(r.stdout).toMatch(/node-3: (repaired, in sync|repair started)/);
     expect(r.stdout).toMatch(/ops\/repo: node-\d: in_sync; node-\d: in_sync; node-\d: in_sync\n$/);
-    expect((await cli(['verify', '--all'])).code).toBe(0);
+    // Progress on a non-TTY stderr: plain lines, the last one all in sync, no bar or carriage return.
+    expect(r.stderr).toMatch(/(^|\n)repair ops\/repo: 3 of 3 replicas in sync\n$/);
+    expect(r.stderr).not.toMatch(/\r|\[#/);
+    const all = await cli(['verify', '--all']);
+    expect(all.code, all.stderr).toBe(0);
+    expect(all.stderr).toBe('verify: 0 of 1 repos verified\nverify: 1 of 1 repos verified\n');
   }, 120_000);
 
   it('without a repo or --all, and for a bad name: one line, no call', async () => {
