@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { AppError, badRequest, forbidden, notFound, StoreUnavailableError, unauthorized } from '../domain/errors.js';
+import { AppError, appError, badRequest, forbidden, notFound, StoreUnavailableError, unauthorized } from '../domain/errors.js';
 import type { ClusterStore } from '../store/types.js';
 import { ADMIN_USER, DIRECTORY_CACHE_MS, type Directory } from './directory.js';
 import { atLeast, maxScope, type Principal, type Role } from './policy.js';
@@ -157,7 +157,7 @@ export class Authenticator {
     const left = f.since + FAILURE_WINDOW_MS - Date.now();
     if (left <= 0) this.failures.delete(client);
     else if (f.count >= FAILURES_ALLOWED) {
-      throw new AppError('ERR_RATE_LIMITED', 429, `too many failed authentications from this address, try again in ${Math.ceil(left / 1000)} s`, { retryAfter: Math.ceil(left / 1000) });
+      throw appError('ERR_RATE_LIMITED', [Math.ceil(left / 1000)], { retryAfter: Math.ceil(left / 1000) });
     }
   }
 

@@ -1,10 +1,10 @@
 import { Transform, type TransformCallback } from 'node:stream';
-import { AppError } from '../domain/errors.js';
+import { AppError, appError } from '../domain/errors.js';
 
 /** PktLineError says a body is not valid pkt-line framing. */
 export class PktLineError extends AppError {
   constructor(message: string) {
-    super('ERR_PKT_LINE', 400, `malformed pkt-line: ${message}`);
+    super('ERR_PKT_LINE', [message]);
     this.name = 'PktLineError';
   }
 }
@@ -113,7 +113,7 @@ export class PktLineValidator extends Transform {
         }
       }
       if (!this.inPack && this.seen > this.maxPreambleBytes) {
-        cb(new AppError('ERR_TOO_LARGE', 413, `request has more than ${this.maxPreambleBytes} bytes of commands`));
+        cb(appError('ERR_TOO_LARGE', [`request has more than ${this.maxPreambleBytes} bytes of commands`]));
         return;
       }
     } catch (err) {

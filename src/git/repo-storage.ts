@@ -211,6 +211,28 @@ export async function fsyncPath(path: string): Promise<void> {
   }
 }
 
+/**
+ * fsyncRefDirs makes committed ref updates durable: it fsyncs the directory each ref was renamed
+ * into (git does not), or, where git removed that directory because a delete emptied it, the
+ * nearest one that still exists inside the repo. Any other failure throws: a replica whose refs
+ * may not survive a crash must not be confirmed.
+ */
+export async function fsyncRefDirs(repoPath: string, refs: readonly string[]): Promise<void> {
+  const dirs = new Set<string>([repoPath]);
+  for (const ref of refs) dirs.add(dirname(join(repoPath, ref)));
+  await Promise.all([...dirs].map(async (dir) => {
+    for (let d = dir; ; d = dirname(d)) {
+      try {
+        return await fsyncPath(d);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || d === repoPath || !d.startsWith(repoPath)) {
+          throw new Error(`fsync of ${d} failed: ${(err as Error).message}`, { cause: err });
+        }
+      }
+    }
+  }));
+}
+
 async function isDir(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isDirectory();

@@ -6,7 +6,7 @@ import { AppError, unavailable } from '../domain/errors.js';
 export class GitError extends AppError {
   constructor(args: readonly string[], code: number | null, signal: string | null, stderr: string) {
     const what = signal ? `killed by ${signal}` : `exit ${code}`;
-    super('ERR_GIT', 500, `git ${args[0] ?? ''} failed (${what}): ${stderr.trim().split('\n').slice(-3).join(' | ')}`, { args: [...args], code, signal, stderr });
+    super('ERR_GIT', [args[0] ?? '', what, stderr.trim().split('\n').slice(-3).join(' | ')], { args: [...args], exitCode: code, signal, stderr });
     this.name = 'GitError';
   }
 }

@@ -9,11 +9,55 @@ export interface RefChange {
   readonly newOid: string;
 }
 
-/** RefTxnError says update-ref refused the transaction; `message` is git's reason. */
+/**
+ * RefTxnFailureKind is how `git update-ref --stdin` refused, as callers need to tell apart:
+ * - `locked`: a `<ref>.lock` or `packed-refs.lock` exists (another transaction, or a lock file
+ *   left by a process that died);
+ * - `old-value`: the ref is not at the old value given (moved, already exists, or missing);
+ * - `df-conflict`: a directory/file clash with another ref (`refs/heads/a` against `refs/heads/a/b`);
+ * - `missing-object`: the new value names an object the repository does not have;
+ * - `other`: anything else (a bad ref name, an I/O error, a git that died).
+ */
+export type RefTxnFailureKind = 'locked' | 'old-value' | 'df-conflict' | 'missing-object' | 'other';
+
+/** RefTxnFailure is update-ref's refusal parsed: its kind, the ref it names (if any) and git's reason. */
+export interface RefTxnFailure {
+  readonly kind: RefTxnFailureKind;
+  readonly ref: string | null;
+  readonly message: string;
+}
+
+/** KINDS are update-ref's words for each kind (refs/files-backend.c, refs.c; git 2.36 to 2.47). */
+const KINDS: ReadonlyArray<[RefTxnFailureKind, RegExp]> = [
+  ['locked', /Unable to create '[^']*\.lock': File exists/],
+  ['old-value', /is at [0-9a-f]+ but expected [0-9a-f]+|reference already exists|unable to resolve reference|reference is missing but expected/],
+  ['df-conflict', /' exists; cannot create '|cannot process '[^']*' and '[^']*' at the same time|there is a non-empty directory '[^']*' blocking reference/],
+  ['missing-object', /with nonexistent object/],
+];
+
+/**
+ * parseUpdateRefFailure reads update-ref's stderr into a RefTxnFailure. The reason is git's
+ * `fatal:` line (not the last line: a lock failure ends with a paragraph of advice).
+ */
+export function parseUpdateRefFailure(stderr: string): RefTxnFailure {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const fatal = lines.find((l) => l.startsWith('fatal: ') || l.startsWith('error: ')) ?? lines[0] ?? 'update-ref failed';
+  const message = fatal.replace(/^(fatal|error): /, '');
+  const kind = KINDS.find(([, re]) => re.test(message))?.[0] ?? 'other';
+  const ref = /(?:cannot (?:lock|update) ref|blocking reference) '([^']+)'/.exec(message)?.[1] ?? null;
+  return { kind, ref, message };
+}
+
+/** RefTxnError says update-ref refused the transaction: `kind` says how, `message` is git's reason. */
 export class RefTxnError extends AppError {
-  constructor(message: string) {
-    super('ERR_REF_TXN', 409, message);
+  readonly kind: RefTxnFailureKind;
+  readonly ref: string | null;
+
+  constructor(failure: RefTxnFailure) {
+    super('ERR_REF_TXN', [failure.message], { kind: failure.kind, ref: failure.ref });
     this.name = 'RefTxnError';
+    this.kind = failure.kind;
+    this.ref = failure.ref;
   }
 }
 
@@ -53,8 +97,7 @@ export class UpdateRefTxn {
   }
 
   private failure(): RefTxnError {
-    const msg = this.stderrBuf.trim().replace(/^fatal: /gm, '').split('\n').pop() ?? 'update-ref failed';
-    return new RefTxnError(msg || 'update-ref failed');
+    return new RefTxnError(parseUpdateRefFailure(this.stderrBuf));
   }
 
   /** prepare locks and verifies `changes` in the repo at `repoPath`; throws RefTxnError if git refuses. */

@@ -3,7 +3,7 @@ import { bodyDigest, HOP_HEADER, PEER_AUTH_HEADER } from '../auth/peer-signature
 import { authorizeRepo } from '../auth/authorize.js';
 import type { Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
-import { AppError, notFound, unauthorized } from '../domain/errors.js';
+import { appError, forbidden, notFound, unauthorized } from '../domain/errors.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { formatRange, PROTOCOL_HEADER } from '../cluster/protocol.js';
 import type { NodeDeps } from './deps.js';
@@ -108,7 +108,7 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
       if (access.via === 'rest' && need === 'read') throw hidden;
       throw unauthorized(`authentication required for ${repoId}: use a token as the password (git) or a Bearer token`);
     }
-    throw new AppError('ERR_FORBIDDEN', 403, `permission denied: ${need} access to ${repoId} needed`);
+    throw forbidden(`permission denied: ${need} access to ${repoId} needed`);
   };
 }
 
@@ -131,7 +131,7 @@ function verifyPeer(deps: NodeDeps): onRequestAsyncHookHandler {
     const version = typeof named === 'string' && /^\d{1,4}$/.test(named) ? Number(named) : 1;
     if (version < deps.protocol.min || version > deps.protocol.max) {
       req.log.error({ peer: v.nodeId, version, protocol: formatRange(deps.protocol) }, 'refused a peer call in a protocol version this node does not speak');
-      throw new AppError('ERR_PROTOCOL', 426, `node ${v.nodeId} called with replication protocol ${version}; this node speaks ${formatRange(deps.protocol)}`);
+      throw appError('ERR_PROTOCOL', [v.nodeId, version, formatRange(deps.protocol)]);
     }
     req.peerDigest = v.digest;
   };
@@ -149,10 +149,7 @@ export function parseSignedJson(req: FastifyRequest, body: string, done: (err: E
   try {
     done(null, body === '' ? undefined : JSON.parse(body));
   } catch {
-    const err = new Error('body is not valid JSON') as Error & { statusCode: number; code: string };
-    err.statusCode = 400;
-    err.code = 'ERR_BAD_JSON';
-    done(err);
+    done(appError('ERR_BAD_JSON', []));
   }
 }
 

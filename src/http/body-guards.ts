@@ -1,10 +1,10 @@
 import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { AppError, badRequest, errorMessage } from '../domain/errors.js';
+import { AppError, appError, badRequest, errorMessage } from '../domain/errors.js';
 
 /** tooLarge is a 413 with a message that names the limit and the setting that raises it. */
 export function tooLarge(message: string): AppError {
-  return new AppError('ERR_TOO_LARGE', 413, message);
+  return appError('ERR_TOO_LARGE', [message]);
 }
 
 /**
@@ -43,7 +43,7 @@ export class IdleGuard extends Transform {
       return;
     }
     if (Date.now() - this.last > this.idleMs) {
-      this.destroy(new AppError('ERR_BODY_TIMEOUT', 408, `request body idle for more than ${Math.round(this.idleMs / 1000)} s`));
+      this.destroy(appError('ERR_BODY_TIMEOUT', [Math.round(this.idleMs / 1000)]));
     }
   }
 }
@@ -100,7 +100,7 @@ export interface BodyLimits {
  */
 export function guardBody(raw: Readable, encoding: string | undefined, limits: BodyLimits, what: string): Readable {
   if (encoding && encoding !== 'identity' && encoding !== 'gzip' && encoding !== 'x-gzip') {
-    throw new AppError('ERR_CONTENT_ENCODING', 415, `unsupported content-encoding '${encoding.slice(0, 40)}'`);
+    throw appError('ERR_CONTENT_ENCODING', [encoding.slice(0, 40)]);
   }
   const idle = new IdleGuard(limits.idleMs);
   if (!encoding || encoding === 'identity') return chain(raw, idle);

@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import type { ChildProcess } from 'node:child_process';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
-import { AppError, badRequest, errorMessage } from '../domain/errors.js';
+import { AppError, appError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { HOP_HEADER } from '../auth/peer-signature.js';
 import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
@@ -134,7 +134,7 @@ function clientOf(req: FastifyRequest): string {
 
 function checkContentType(req: FastifyRequest, service: string): void {
   const type = (header(req, 'content-type') ?? '').split(';')[0]?.trim();
-  if (type !== `application/x-${service}-request`) throw new AppError('ERR_CONTENT_TYPE', 415, `content-type must be application/x-${service}-request`);
+  if (type !== `application/x-${service}-request`) throw appError('ERR_CONTENT_TYPE', [`content-type must be application/x-${service}-request`]);
 }
 
 /** routeOrProxy serves locally (returns true) or proxies the whole request to an in-sync peer (returns false). */
@@ -142,7 +142,7 @@ async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyR
   const route = await deps.router.route(repoId, write);
   if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
-  if (req.hopClient !== null) throw new AppError('ERR_UNAVAILABLE', 503, `replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
+  if (req.hopClient !== null) throw unavailable(`replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
   deps.metrics.proxied.inc({ service });
   reply.hijack();
   await proxy(deps, req, reply.raw, route.url);
@@ -177,8 +177,9 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
     await pipeline(upstream.body, res);
   } catch (err) {
     if (!res.headersSent) {
-      res.writeHead(502, { 'content-type': 'text/plain' });
-      res.end(`proxy to in-sync replica failed: ${errorMessage(err)}\n`);
+      const failed = appError('ERR_PROXY', [errorMessage(err)]);
+      res.writeHead(failed.statusCode, { 'content-type': 'text/plain' });
+      res.end(`${failed.message}\n`);
     } else {
       res.destroy();
     }
@@ -233,8 +234,9 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     // error (a bad want, a malformed command), reported with git's own words.
     const why = stderr.trim().split('\n').pop() ?? '';
     const clients = /^fatal: (?!.*(?:out of memory|No space|Input\/output|corrupt|unable to (?:create|write|open)))/i.test(why) && !signal;
-    res.writeHead(clients ? 400 : 500, { 'content-type': 'text/plain', connection: 'close' });
-    res.end(`git ${service} refused the request: ${why.replace(/^fatal: /, '')}\n`);
+    const refused = appError(clients ? 'ERR_GIT_REFUSED' : 'ERR_GIT_SERVICE', [service, why.replace(/^fatal: /, '')]);
+    res.writeHead(refused.statusCode, { 'content-type': 'text/plain', connection: 'close' });
+    res.end(`${refused.message}\n`);
     closeAfter(res);
   } else if (code !== 0 || signal || f) {
     res.destroy();

@@ -128,7 +128,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         await deps.participant.prepare(prep, raw, { local: false });
       } catch (err) {
         raw?.resume();
-        if (err instanceof PrepareRefusal) return reply.code(409).send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message });
+        if (err instanceof PrepareRefusal) return reply.code(err.statusCode).send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message, code: err.code });
         throw err;
       }
       return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };

@@ -1,5 +1,5 @@
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
-import { AppError } from '../domain/errors.js';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { AppError, appError, clientErrorOf, errorMessage, notFound } from '../domain/errors.js';
 import { enforceAccess } from './access.js';
 import type { NodeDeps } from './deps.js';
 import { registerAdminRoutes } from './admin-routes.js';
@@ -39,30 +39,21 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     // Bodies are validated as sent: `{"repo_id":["o/x"]}` is a 400, not coerced to a string.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
     logController: new LogController({ disableRequestLogging: true }),
+    // A malformed URL or an over-long path parameter is answered from the catalogue too.
+    frameworkErrors: (err, req, reply) => { void sendError(clientErrorOf(err.statusCode ?? 400, truncate(err.message)), req, reply); },
   });
   enforceAccess(app, deps);
   // Only JSON and the git and peer types are read; a text/plain body is a 415, not a parse attempt.
   app.removeContentTypeParser('text/plain');
   app.setErrorHandler((err, req, reply) => {
-    if (err instanceof AppError) {
-      const retry = err.data.retryAfter;
-      if (typeof retry === 'number') void reply.header('retry-after', String(retry));
-      // git asks its credential helper for a token only when the 401 names a Basic realm.
-      if (err.code === 'ERR_UNAUTHORIZED' && req.routeOptions.config.access !== 'peer') void reply.header('www-authenticate', 'Basic realm="git-replication"');
-      if (err.statusCode >= 500) req.log.warn({ code: err.code, msg: err.message }, 'request failed');
-      // git prints a refused request's body as "remote:" lines only when it is text/plain.
-      if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
-      return reply.code(err.statusCode).send({ error: err.message, code: err.code, ...err.data });
-    }
-    const e = err as Error & { statusCode?: number; code?: string };
-    const status = e.statusCode;
-    if (typeof status === 'number' && status >= 400 && status < 500) {
-      return reply.code(status).send({ error: e.message, code: e.code ?? "ERR_BAD_REQUEST" });
-    }
+    if (err instanceof AppError) return sendError(err, req, reply);
+    const status = (err as { statusCode?: unknown }).statusCode;
+    // Fastify's own client errors (bad JSON, schema, size, content type) get the catalogue's code.
+    if (typeof status === 'number' && status >= 400 && status < 500) return sendError(clientErrorOf(status, errorMessage(err)), req, reply);
     req.log.error({ err }, 'unexpected error');
-    return reply.code(500).send({ error: 'internal error', code: 'ERR_INTERNAL' });
+    return sendError(appError('ERR_INTERNAL', []), req, reply);
   });
-  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route for ${req.method} ${truncate(req.url.split('?')[0] ?? '')}`, code: 'ERR_NOT_FOUND' }));
+  app.setNotFoundHandler((req, reply) => sendError(notFound(`no route for ${req.method} ${truncate(req.url.split('?')[0] ?? '')}`), req, reply));
   registerHealthRoutes(app, deps);
   registerStatusRoutes(app, deps);
   registerRepoRoutes(app, deps);
@@ -73,6 +64,21 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
   registerReplicateRoutes(app, deps);
   registerGitRoutes(app, deps);
   return app;
+}
+
+/**
+ * sendError answers a catalogued error: JSON `{error, code, ...data}` on the REST and replication
+ * APIs, the message as text on the git endpoints (git prints a refused request's body as
+ * "remote:" lines only when it is text/plain).
+ */
+function sendError(err: AppError, req: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const retry = err.data.retryAfter;
+  if (typeof retry === 'number') void reply.header('retry-after', String(retry));
+  // git asks its credential helper for a token only when the 401 names a Basic realm.
+  if (err.code === 'ERR_UNAUTHORIZED' && req.routeOptions.config?.access !== 'peer') void reply.header('www-authenticate', 'Basic realm="git-replication"');
+  if (err.statusCode >= 500 && err.code !== 'ERR_INTERNAL') req.log.warn({ code: err.code, msg: err.message }, 'request failed');
+  if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
+  return reply.code(err.statusCode).send({ ...err.data, error: err.message, code: err.code });
 }
 
 function truncate(s: string): string {

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { atLeast } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
-import { AppError, forbidden } from '../domain/errors.js';
+import { forbidden, notFound } from '../domain/errors.js';
 import { HOST_KEY_META, hostPublicKey } from '../ssh/server.js';
 import type { NodeDeps } from './deps.js';
 
@@ -37,7 +37,7 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.get('/ssh/host-key', { config: { access: 'anonymous' } }, async () => {
     const pem = await deps.store.getMeta(HOST_KEY_META);
-    if (!pem) throw new AppError('ERR_NOT_FOUND', 404, 'SSH is not enabled on this cluster');
+    if (!pem) throw notFound('SSH is not enabled on this cluster');
     return { key: hostPublicKey(pem).line, port: deps.ssh.port };
   });
 

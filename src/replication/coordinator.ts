@@ -15,7 +15,7 @@ import { refKey, type ProcReceiveExchange, type PushCommand, type RefResult } fr
 import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord } from '../store/types.js';
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
-import { listPackKeeps, type Participant, type PrepareRequest } from './participant.js';
+import { listPackKeeps, PrepareRefusal, type Participant, type PrepareRequest } from './participant.js';
 import { Tally } from './quorum-wait.js';
 import type { RefUpdate } from './txn-log.js';
 import type { Metrics } from '../metrics.js';
@@ -72,7 +72,7 @@ const SETTLE_MS = 10_000;
  */
 export class OutcomeUnknownError extends AppError {
   constructor(message: string) {
-    super('ERR_OUTCOME_UNKNOWN', 503, `${message}; the outcome is unknown: check before retrying`);
+    super('ERR_OUTCOME_UNKNOWN', [message]);
     this.name = 'OutcomeUnknownError';
   }
 }
@@ -222,7 +222,8 @@ export class Coordinator {
       }
     }
     if (!decided.ok) {
-      await store.abortTxn(req.txnId).catch(() => undefined);
+      // Unwritten, the abort is still what participants conclude once the lock is gone (resolveStuck).
+      await store.abortTxn(req.txnId).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'abort decision not written'));
       const aborts = replicas.map((node, i) => preparing[i]!.then((a) => (a.ok ? this.finishOn(node, req.txnId, req.repoId, 'abort') : a)));
       // The local abort is awaited so this node holds nothing when the client hears the refusal;
       // peers are told in the background (a dead one would only make the client wait).
@@ -288,7 +289,7 @@ export class Coordinator {
       const result = await this.run(req, replicas, null, async () => {
         const d = await store.commitCreate({ txnId: req.txnId, coordinator: nodeId, record });
         return d.decision === 'commit' ? { ok: true } : { ok: false, why: d.reason === 'exists' ? `repository ${repoId} already exists` : `decision refused (${d.reason ?? 'unknown'})` };
-      }, (node) => { void store.markReplica(repoId, node, incarnation, 'missing', 1).catch(() => undefined); });
+      }, (node) => { void store.markReplica(repoId, node, incarnation, 'missing', 1).catch((err: unknown) => logger.warn({ repoId, node, err: errorMessage(err) }, 'could not mark a replica missing')); });
       const peersConfirmed = result.confirmed.filter((n) => n !== nodeId).length;
       if (result.outcome === 'unknown') throw unavailable(`repository ${repoId} created but only ${result.confirmed.length} replicas confirmed in time; repair will finish it`);
       return { repo_id: repoId, created: true, replicated: result.confirmed.length >= Math.min(2, replicas.length), peers_confirmed: peersConfirmed, replicas, write_quorum: w };
@@ -345,7 +346,7 @@ export class Coordinator {
       failRest(errorMessage(err));
       return report();
     }
-    if ('reason' in locked) {
+    if (!locked.ok) {
       failRest(locked.reason);
       return report();
     }
@@ -404,7 +405,8 @@ export class Coordinator {
       return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
     }, (node, answer) => {
       logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
-      void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch(() => undefined);
+      // Unmarked, the replica still counts as behind (confirmed one generation back): repair finds it.
+      void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch((err: unknown) => logger.warn({ txnId: req.txnId, node, err: errorMessage(err) }, 'could not mark a replica stale'));
       metrics.staleMarked.inc();
     }, progress);
   }
@@ -444,7 +446,7 @@ export class Coordinator {
    * rather than refusing the push with "replica catching up": under many pushers to one repo
    * that refusal was what clients saw.
    */
-  private async lockInSync(repoId: RepoId): Promise<{ held: HeldLock; repo: RepoRecord } | { reason: string }> {
+  private async lockInSync(repoId: RepoId): Promise<{ ok: true; held: HeldLock; repo: RepoRecord } | { ok: false; reason: string }> {
     const { store, storage, nodeId } = this.deps;
     const deadline = Date.now() + CATCH_UP_MS;
     for (;;) {
@@ -452,13 +454,13 @@ export class Coordinator {
       let keep = false;
       try {
         const repo = await store.getRepo(repoId);
-        if (!repo) return { reason: 'repository was deleted' };
+        if (!repo) return { ok: false, reason: 'repository was deleted' };
         const own = await this.ownReplica(repo);
         if (repo.replicas.includes(nodeId) && isInSync(repo, own) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
           keep = true;
-          return { held, repo };
+          return { ok: true, held, repo };
         }
-        if (!repo.replicas.includes(nodeId) || !this.deps.catchUp || Date.now() >= deadline) return { reason: 'replica catching up, try again' };
+        if (!repo.replicas.includes(nodeId) || !this.deps.catchUp || Date.now() >= deadline) return { ok: false, reason: 'replica catching up, try again' };
       } finally {
         if (!keep) await held.release();
       }
@@ -555,6 +557,5 @@ function packHashOf(packPath: string): string | undefined {
 }
 
 function refusalStatus(err: unknown): 'stale' | 'conflict' | 'failed' {
-  const s = (err as { status?: unknown }).status;
-  return s === 'stale' || s === 'conflict' ? s : 'failed';
+  return err instanceof PrepareRefusal && (err.status === 'stale' || err.status === 'conflict') ? err.status : 'failed';
 }

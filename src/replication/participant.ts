@@ -1,13 +1,13 @@
 import { createReadStream } from 'node:fs';
 import { rm, unlink, readdir, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { isZeroOid } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
-import { fsyncPath, type ReplicaStorage } from '../git/repo-storage.js';
+import { fsyncRefDirs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
 import type { ClusterStore, TxnKind } from '../store/types.js';
@@ -34,10 +34,13 @@ export interface PrepareRequest {
   readonly packHash?: string;
 }
 
+/** REFUSAL_CODES are the catalogue's codes of a participant's refusals, by status. */
+const REFUSAL_CODES = { stale: 'ERR_REPLICA_STALE', conflict: 'ERR_REPLICA_CONFLICT', failed: 'ERR_PREPARE_FAILED' } as const;
+
 /** PrepareRefusal is a participant's reasoned "no": behind (stale), ahead (conflict) or failed. */
 export class PrepareRefusal extends AppError {
   constructor(readonly status: 'stale' | 'conflict' | 'failed', message: string) {
-    super(status === 'failed' ? 'ERR_PREPARE_FAILED' : `ERR_REPLICA_${status.toUpperCase()}`, 409, message, { status });
+    super(REFUSAL_CODES[status], [message], { status });
     this.name = 'PrepareRefusal';
   }
 }
@@ -203,6 +206,8 @@ export class Participant {
     } catch (err) {
       await removeFiles(keepFiles);
       if (err instanceof PrepareRefusal) throw err;
+      // A ref locked on this replica is another transaction's, or a lock file a dead process left: worth a warning.
+      if (err instanceof RefTxnError && err.kind === 'locked') this.deps.logger.warn({ txnId: req.txnId, repoId: req.repoId, ref: err.ref, err: err.message }, 'prepare found a ref locked on this replica');
       if (err instanceof RefTxnError) throw new PrepareRefusal('failed', err.message);
       throw new PrepareRefusal('failed', errorMessage(err));
     }
@@ -324,12 +329,9 @@ export class Participant {
     return 'committed';
   }
 
-  /** syncRefDirs fsyncs the directories the committed refs were renamed into (git does not). */
+  /** syncRefDirs fsyncs the directories the committed refs were renamed into (git does not); a failure fails the commit. */
   private async syncRefDirs(req: PrepareRequest): Promise<void> {
-    const repoPath = this.deps.storage.repoPath(req.repoId);
-    const dirs = new Set<string>([repoPath]);
-    for (const u of req.updates) dirs.add(dirname(join(repoPath, u.ref)));
-    await Promise.all([...dirs].map((d) => fsyncPath(d).catch(() => undefined)));
+    await fsyncRefDirs(this.deps.storage.repoPath(req.repoId), req.updates.map((u) => u.ref));
   }
 
   /**
@@ -342,9 +344,11 @@ export class Participant {
     await removeFiles(req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(join(repoPath, 'packed-refs.lock')));
     const current = new Map((await this.deps.storage.readRefs(req.repoId)).map((r) => [r.name, r.oid]));
     const pending = req.updates.filter((u) => (current.get(u.ref) ?? '0'.repeat(40)) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)));
-    if (pending.length === 0) return;
-    const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, pending);
-    await refs.commit();
+    if (pending.length > 0) {
+      const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, pending);
+      await refs.commit();
+    }
+    // Also when nothing was pending: the first commit may have failed at its fsync.
     await this.syncRefDirs(req);
   }
 
@@ -425,8 +429,9 @@ export class Participant {
     if (!t) return;
     try {
       await this.deps.store.markReplica(repoId, this.deps.nodeId, t.payload.incarnation, 'stale', t.payload.baseGeneration + 1);
-    } catch {
-      // the store is unreachable: the verifier marks it later
+    } catch (err) {
+      // The replica stays confirmed at its old generation, so it is not in sync; the verifier marks it later.
+      this.deps.logger.warn({ txnId, repoId, err: errorMessage(err) }, 'could not mark the replica stale after a failed commit or abort');
     }
   }
 }

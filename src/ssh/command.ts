@@ -15,7 +15,7 @@ export interface GitCommand {
 /** SshRefusal is a request an SSH session refuses, with the line the client is shown. */
 export class SshRefusal extends AppError {
   constructor(message: string) {
-    super('ERR_SSH_REFUSED', 403, message);
+    super('ERR_SSH_REFUSED', [message]);
     this.name = 'SshRefusal';
   }
 }
