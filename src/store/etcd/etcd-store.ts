@@ -4,6 +4,7 @@ import {
 } from 'etcd3';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreUnavailableError, errorMessage } from '../../domain/errors.js';
+import { HostHealth } from './host-health.js';
 import type {
   ClusterStore, CommitCreate, CommitDelete, CommitPush, ConfirmReplica, DecideResult, Decision, NodeInfo,
   RepoLock, RepoRecord, ReplicaRecord, ReplicaState, TxnKind, TxnRecord,
@@ -15,7 +16,7 @@ export interface EtcdStoreOptions {
   readonly hosts: readonly string[];
   /** prefix is put before every key, e.g. `/git-replication/`, so clusters can share one etcd. */
   readonly prefix: string;
-  /** callTimeoutMs is the deadline of one etcd request attempt; retries on other hosts stop after the same budget. */
+  /** callTimeoutMs is the budget of one etcd request, retries on other hosts included (an attempt gets half of it with several hosts). */
   readonly callTimeoutMs?: number;
   /** now is the clock for expiries (tests); it must agree across nodes, as with SqliteStore. */
   readonly now?: () => number;
@@ -45,6 +46,8 @@ type FaultPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>
 type PolicyContext = Parameters<Parameters<FaultPolicy['execute']>[0]>[0];
 
 const DEFAULT_CALL_TIMEOUT_MS = 2_500;
+/** PROBE_INTERVAL_MS is how often a member skipped for not answering is asked again (a linearizable read). */
+const PROBE_INTERVAL_MS = 1_000;
 /** MAX_ATTEMPTS bounds read-compare-write retries when a compare fails on a concurrent change. */
 const MAX_ATTEMPTS = 25;
 
@@ -155,22 +158,44 @@ export class EtcdStore implements ClusterStore {
   private readonly prefix: string;
   private readonly now: () => number;
   private readonly hosts: readonly string[];
+  private readonly health: HostHealth;
+  private readonly probes = new Map<string, Etcd3>();
+  private probeTimer: NodeJS.Timeout | null = null;
+  private closed = false;
 
   constructor(opts: EtcdStoreOptions) {
     if (opts.hosts.length === 0) throw new Error('etcd store needs at least one host');
     this.prefix = opts.prefix;
     this.now = opts.now ?? Date.now;
     this.hosts = opts.hosts;
+    this.health = new HostHealth(opts.hosts);
     const timeoutMs = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     // Two rounds over the hosts: enough to outlast a leader election, few enough that one dead etcd fails in ~150 ms.
     const maxTries = 2 * opts.hosts.length + 1;
+    // With several members an attempt gets half the budget, so a call whose first member is cut
+    // off (no answer, no refusal) still has time for another member.
+    const attemptMs = opts.hosts.length > 1 ? Math.ceil(timeoutMs / 2) : timeoutMs;
     this.client = new Etcd3({
       hosts: [...opts.hosts],
       // Every unary call gets a deadline, so a dead or frozen etcd fails the call instead of hanging it.
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + attemptMs }),
       faultHandling: {
         // No circuit breaker: it would keep refusing calls for seconds after etcd is back.
-        host: () => policy((fn) => Promise.resolve(fn())),
+        // A member that did not answer is skipped while another may (HostHealth), until a probe gets through.
+        host: (host) => policy(async (fn) => {
+          if (!this.health.usable(host)) throw new Error(`etcd member ${host} skipped: it did not answer recently`);
+          try {
+            const result = await fn();
+            this.health.recovered(host);
+            return result;
+          } catch (err) {
+            if (transient(err)) {
+              this.health.failed(host);
+              this.probeLater();
+            }
+            throw err;
+          }
+        }),
         // Each retry goes to the next host; the budget keeps a call with a dead store short.
         global: policy(async (fn) => {
           const start = Date.now();
@@ -686,7 +711,42 @@ export class EtcdStore implements ClusterStore {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    for (const probe of this.probes.values()) probe.close();
+    this.probes.clear();
     this.client.close();
+  }
+
+  /** probeLater asks every suspect member again in PROBE_INTERVAL_MS, and so on until none is left. */
+  private probeLater(): void {
+    if (this.probeTimer || this.closed) return;
+    this.probeTimer = setTimeout(() => {
+      void this.probe().finally(() => {
+        this.probeTimer = null;
+        if (this.health.suspect().length > 0) this.probeLater();
+      });
+    }, PROBE_INTERVAL_MS);
+    this.probeTimer.unref();
+  }
+
+  /** probe reads a key on each suspect member alone: a linearizable read answers only from a member in the quorum. */
+  private async probe(): Promise<void> {
+    await Promise.all(this.health.suspect().map(async (host) => {
+      let probe = this.probes.get(host);
+      if (!probe) {
+        const once = policy((fn) => Promise.resolve(fn()));
+        probe = new Etcd3({ hosts: host, defaultCallOptions: () => ({ deadline: Date.now() + PROBE_INTERVAL_MS }), faultHandling: { host: () => once, global: once } });
+        this.probes.set(host, probe);
+      }
+      try {
+        await probe.get(this.k('meta', 'probe')).string();
+        this.health.recovered(host);
+      } catch {
+        // Still silent: skipped until a later probe gets through.
+      }
+    }));
   }
 }
 
