@@ -8,6 +8,7 @@ import { runGit } from './git-client.js';
 import { addClientOptions, CliError, resolveToken, withApi, type ApiClient, type ClientOptions } from './http-client.js';
 import { layout, MANIFEST_VERSION, mirrorState, readManifest, refCount, writePrivate, type BackupEntry, type MirrorState } from './manifest.js';
 import { listRepos } from './repos.js';
+import { examples } from './help.js';
 
 /** FETCH_ATTEMPTS bounds the fetches of a repository that keeps moving while it is backed up. */
 const FETCH_ATTEMPTS = 10;
@@ -42,7 +43,8 @@ export const parseParallel = validated((v) => {
 /** registerBackup adds `git-replication backup --out DIR`. */
 export function registerBackup(program: Command): void {
   addClientOptions(program.command('backup')
-    .description('copy every repository (each at a committed generation) and the users, grants and token records into DIR; later runs fetch what changed'))
+    .description('copy every repository (each at a committed generation) and the users, grants and token records into DIR; later runs fetch what changed')
+    .addHelpText('after', examples('git-replication backup --out /backup/git', 'git-replication backup --out /backup/git --parallel 8 --json')))
     .requiredOption('--out <dir>', 'the backup directory (made if missing; an earlier backup there is updated)')
     .option('--parallel <n>', 'repositories copied at a time (1-32)', parseParallel, 4)
     .option('--json', 'print one JSON summary instead of lines')

@@ -3,6 +3,7 @@ import { parseRepoArg, repoPath } from './args.js';
 import { addClientOptions, ApiClient, CliError, resolveToken, withApi, type ClientOptions } from './http-client.js';
 import { Progress } from './progress.js';
 import { listRepos } from './repos.js';
+import { examples } from './help.js';
 
 interface RepoView { repo_id: string; generation: number; replicas: Array<{ node: string; state: string; generation: number | null; repair?: { objectsDone?: number; objectsTotal?: number } }> }
 interface NodesView { nodes: Array<{ id: string; url: string; live: boolean }> }
@@ -38,7 +39,7 @@ function objectsNote(view: RepoView): string {
 export function registerMaintenance(program: Command): void {
   addClientOptions(program.command('repair').argument('<repo>', 'owner/name', parseRepoArg).description('repair the replicas of a repo that are not in sync, and wait for them')
     .option('--timeout <seconds>', 'how long to wait for every replica to be in sync', '120')
-    .addHelpText('after', '\nExample:\n  git-replication repair acme/site --url http://127.0.0.1:3001'))
+    .addHelpText('after', examples('git-replication repair acme/site', 'git-replication repair acme/site --url http://10.0.0.2:3000 --timeout 600')))
     .action(async (repoId: string, o: ClientOptions & { timeout: string }) => withApi(o, async (api) => {
       const clients = await nodeClients(api, o);
       let view = await api.get<RepoView>(repoPath(repoId));
@@ -70,7 +71,7 @@ export function registerMaintenance(program: Command): void {
 
   addClientOptions(program.command('verify').argument('[repo]', 'owner/name', parseRepoArg).description('check every replica of a repo (or of all with --all) against the store: checksum and fsck')
     .option('--all', 'every repository')
-    .addHelpText('after', '\nExamples:\n  git-replication verify acme/site\n  git-replication verify --all'))
+    .addHelpText('after', examples('git-replication verify acme/site', 'git-replication verify --all 2>/dev/null || echo "some replicas were marked for repair"')))
     .action(async (repo: string | undefined, o: ClientOptions & { all?: boolean }) => withApi(o, async (api) => {
       if (!repo && !o.all) throw new CliError('name a repository, or --all');
       const repos = repo ? [repo] : (await listRepos(api, 1000, null, true)).repos;

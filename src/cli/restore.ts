@@ -9,6 +9,7 @@ import { runGit } from './git-client.js';
 import { addClientOptions, CliError, resolveToken, withApi, type ApiClient, type ClientOptions } from './http-client.js';
 import { layout, readManifest, readMirror, refCount, type BackupEntry } from './manifest.js';
 import { listRepos } from './repos.js';
+import { examples } from './help.js';
 
 /** DEFAULT_HEAD is where a new repository's HEAD points until a push or PATCH moves it. */
 const DEFAULT_HEAD = 'refs/heads/main';
@@ -35,7 +36,8 @@ type Options = ClientOptions & JsonOption & { force?: boolean; parallel: number 
 export function registerRestore(program: Command): void {
   addClientOptions(program.command('restore')
     .description('restore a backup (git-replication backup) into an empty cluster: users, grants and token records, then every repository')
-    .argument('<dir>', 'the backup directory'))
+    .argument('<dir>', 'the backup directory')
+    .addHelpText('after', examples('git-replication restore /backup/git --url http://127.0.0.1:3001', 'git-replication restore /backup/git --force --parallel 8')))
     .option('--force', 'restore into a cluster that has users or repositories already (records are merged, existing repositories overwritten)')
     .option('--parallel <n>', 'repositories restored at a time (1-32)', parseParallel, 4)
     .option('--json', 'print one JSON summary instead of lines')

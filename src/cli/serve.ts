@@ -6,6 +6,7 @@ import { parseWriteQuorum } from '../domain/quorum.js';
 import { parseFsckIgnore } from '../git/fsck-policy.js';
 import { parseStoreUrl } from '../store/open.js';
 import { SSH_DEFAULTS } from '../ssh/server.js';
+import { examples } from './help.js';
 
 interface ServeOptions {
   port?: string; id?: string; dataDir?: string; peers?: string; store?: string; writeQuorum?: string;
@@ -104,6 +105,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     nodeTtlMs: int(env.NODE_TTL_MS, 'NODE_TTL_MS', DEFAULTS.nodeTtlMs),
     lockTtlMs: int(env.LOCK_TTL_MS, 'LOCK_TTL_MS', DEFAULTS.lockTtlMs),
     resolveAfterMs: int(env.RESOLVE_AFTER_MS, 'RESOLVE_AFTER_MS', DEFAULTS.resolveAfterMs),
+    stageTtlMs: int(env.STAGE_TTL_MS, 'STAGE_TTL_MS', DEFAULTS.stageTtlMs),
     repairIntervalMs: int(env.REPAIR_INTERVAL_MS, 'REPAIR_INTERVAL_MS', DEFAULTS.repairIntervalMs),
     verifyIntervalMs: int(env.VERIFY_INTERVAL_MS, 'VERIFY_INTERVAL_MS', DEFAULTS.verifyIntervalMs),
     fsckIntervalMs: int(env.FSCK_INTERVAL_MS, 'FSCK_INTERVAL_MS', DEFAULTS.fsckIntervalMs),
@@ -137,6 +139,10 @@ function sshConfig(o: ServeOptions, env: NodeJS.ProcessEnv): Pick<NodeConfig, 's
 export function registerServe(program: Command): void {
   program.command('serve')
     .description('run one node')
+    .addHelpText('after', examples(
+      'git-replication serve --id node-1 --port 3001 --data-dir /var/lib/gitrep --store sqlite:/var/lib/gitrep/cluster.db',
+      'git-replication serve --id node-2 --port 3000 --host 0.0.0.0 --advertise-url http://10.0.0.2:3000 --store etcd://10.0.0.10:2379',
+    ))
     .option('--port <port>', 'HTTP port (env PORT, default 3000)')
     .option('--id <id>', 'node id (env SERVER_ID, default server-1)')
     .option('--data-dir <dir>', 'data directory (env DATA_DIR, default ./data)')

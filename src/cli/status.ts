@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { listRepos } from './repos.js';
 import { addClientOptions, CliError, withApi, type ApiClient, type ClientOptions } from './http-client.js';
+import { examples } from './help.js';
 
 interface HealthView { server_id: string; status: string; writes?: string; version?: string; peer_nodes: Array<{ id: string; url: string; live: boolean }> }
 interface RepoView { repo_id: string; generation: number; replicas: Array<{ node: string; state: string; generation: number | null }> }
@@ -16,7 +17,7 @@ function colour(text: string, kind: 'good' | 'bad' | 'warn'): string {
 export function registerStatus(program: Command): void {
   addClientOptions(program.command('status').description('show nodes, repos and stale or repairing replicas')
     .option('--json', 'print one JSON document (nodes, replicas not in sync, counts) for scripts')
-    .addHelpText('after', '\nExamples:\n  git-replication status\n  git-replication status --url http://10.0.0.2:3000 --json | jq .not_in_sync'))
+    .addHelpText('after', examples('git-replication status', 'git-replication status --url http://10.0.0.2:3000 --json | jq .not_in_sync')))
     .action(async (o: ClientOptions & { json?: boolean }) => withApi(o, async (api) => {
       const health = await api.get<HealthView>('/health');
       const { repos } = await listRepos(api, 1000, null, true);

@@ -1,6 +1,7 @@
 import { Argument, Option, type Command } from 'commander';
 import { commandGroup, parseExpiresArg, parseUserArg, printAnswer, ROLES, validated, type JsonOption } from './args.js';
 import { addClientOptions, withApi, type ClientOptions } from './http-client.js';
+import { examples } from './help.js';
 
 interface TokenView { id: string; name: string; user: string; scope: string; createdAt: string; expiresAt?: string; lastUsedAt: string | null }
 type Options = ClientOptions & JsonOption;
@@ -20,8 +21,9 @@ function tokenLine(t: TokenView): string {
  * (`TOKEN=$(git-replication token create ci --scope write)`) and what it is on stderr.
  */
 export function registerTokens(program: Command): void {
-  const token = commandGroup(program, 'token', 'personal access tokens');
-  addClientOptions(token.command('create').description('create a token (shown only this once)')
+  const token = commandGroup(program, 'token', 'personal access tokens')
+    .addHelpText('after', examples('TOKEN=$(git-replication token create ci --scope write)', 'git-replication token list', 'git-replication token revoke 3f2a9c0d41b7e865'));
+  addClientOptions(token.command('create').description('create a token (shown only this once)').addHelpText('after', examples('TOKEN=$(git-replication token create ci --scope write --expires 30d)', 'git-replication token create laptop --scope admin --user alice'))
     .addArgument(new Argument('<name>').argParser(parseTokenName)))
     .addOption(new Option('--scope <scope>', 'what the token may do, at most').choices(ROLES).makeOptionMandatory())
     .option('--user <user>', 'for this user (cluster admin only; default: yourself)', parseUserArg)
@@ -33,14 +35,14 @@ export function registerTokens(program: Command): void {
       printAnswer(o, res, () => `${res.token}\n`);
       if (!o.json) process.stderr.write(`token ${res.id} '${res.name}' for ${res.user}, scope ${res.scope}, expires ${res.expiresAt ?? 'never'}\n`);
     }));
-  addClientOptions(token.command('list').description('list tokens: id, name, user, scope, created, expires, last used'))
+  addClientOptions(token.command('list').description('list tokens: id, name, user, scope, created, expires, last used').addHelpText('after', examples('git-replication token list', 'git-replication token list --user alice --json')))
     .option('--user <user>', "another user's tokens (cluster admin only; default: yours)", parseUserArg)
     .option('--json', 'print the JSON answer')
     .action(async (o: Options & { user?: string }) => withApi(o, async (api) => {
       const res = await api.get<{ tokens: TokenView[] }>(o.user !== undefined ? `/tokens?user=${encodeURIComponent(o.user)}` : '/tokens');
       printAnswer(o, res, () => res.tokens.map(tokenLine).join(''));
     }));
-  addClientOptions(token.command('revoke').description('revoke a token by id: it fails on every node within a second').argument('<id>'))
+  addClientOptions(token.command('revoke').description('revoke a token by id: it fails on every node within a second').addHelpText('after', examples('git-replication token revoke 3f2a9c0d41b7e865')).argument('<id>'))
     .option('--json', 'print the JSON answer')
     .action(async (id: string, o: Options) => withApi(o, async (api) => {
       const res = await api.delete<{ revoked: string; name: string; user: string }>(`/tokens/${encodeURIComponent(id)}`);

@@ -8,6 +8,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import { errorMessage } from '../domain/errors.js';
 import { makeLocalCa, OpensslMissingError, type LocalCa } from '../cluster/local-ca.js';
 import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
+import { examples } from './help.js';
 
 interface UpOptions {
   nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
@@ -113,6 +114,7 @@ async function portsFree(first: number, n: number): Promise<boolean> {
 export function registerUp(program: Command): void {
   program.command('up')
     .description('start a local cluster of N nodes on consecutive ports (the quick start)')
+    .addHelpText('after', examples('git-replication up', 'git-replication up --nodes 5 --base-port 4001 --data /tmp/cluster', 'git-replication up --store etcd --tls'))
     .option('--nodes <n>', 'number of nodes', '3')
     .option('--base-port <port>', 'port of the first node', '3001')
     .option('--data <dir>', 'data directory of the cluster', './data')
