@@ -1,9 +1,14 @@
-import { describe, expect, it } from 'vitest';
-import { pickDefaultBranch } from './coordinator.js';
+import { readdir, rm } from 'node:fs/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
+import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import { ZERO_OID } from '../domain/ref-name.js';
+import type { RepoId } from '../domain/repo-id.js';
+import { pickDefaultBranch, type Coordinator } from './coordinator.js';
 
-const Z = '0'.repeat(40);
+const Z0 = '0'.repeat(40);
 const A = 'a'.repeat(40);
-const create = (ref: string): { ref: string; oldOid: string; newOid: string } => ({ ref, oldOid: Z, newOid: A });
+const create = (ref: string): { ref: string; oldOid: string; newOid: string } => ({ ref, oldOid: Z0, newOid: A });
 
 describe('pickDefaultBranch', () => {
   const none = new Map<string, string>();
@@ -20,6 +25,202 @@ describe('pickDefaultBranch', () => {
     expect(pickDefaultBranch(head, current, refs.map(create))).toBe(expected);
   });
   it('ignores deletes', () => {
-    expect(pickDefaultBranch('refs/heads/main', none, [{ ref: 'refs/heads/x', oldOid: A, newOid: Z }])).toBeNull();
+    expect(pickDefaultBranch('refs/heads/main', none, [{ ref: 'refs/heads/x', oldOid: A, newOid: Z0 }])).toBeNull();
+  });
+});
+
+const Z = ZERO_OID;
+const REPO = 'o/r' as RepoId;
+
+describe('Coordinator (in process: real store and git, scripted peers)', () => {
+  let kit: ReplicationKit;
+  beforeEach(async () => { kit = await ReplicationKit.create({ nodes: 3 }); });
+  afterEach(async () => { await kit.close(); });
+
+  const txnOf = (node: string): string => kit.peers.callsTo(node, 'prepare').at(-1)!.txnId;
+  const stateOn = async (node: string): Promise<string | undefined> => (await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === node)?.state;
+
+  describe('createRepo', () => {
+    it('all prepare and commit: the repo is in the store and on every replica', async () => {
+      const res = await kit.coordinator('n1').createRepo(REPO);
+      expect(res).toMatchObject({ created: true, replicated: true, write_quorum: 2, replicas: expect.arrayContaining(['n1', 'n2', 'n3']) as unknown });
+      const repo = (await kit.raw.getRepo(REPO))!;
+      expect(repo.generation).toBe(0);
+      expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('commit');
+      await eventually(async () => {
+        for (const n of kit.nodes) expect(await n.storage.incarnationOf(REPO)).toBe(repo.incarnation);
+        expect((await kit.raw.getReplicas(REPO)).map((r) => r.state)).toEqual(['in_sync', 'in_sync', 'in_sync']);
+      });
+    });
+
+    it('one peer refuses: W=2 of 3 still commit; the refusing peer gets no commit and is marked missing', async () => {
+      kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+      const res = await kit.coordinator('n1').createRepo(REPO);
+      expect(res.peers_confirmed).toBe(1);
+      expect(kit.peers.callsTo('n3', 'commit')).toHaveLength(0);
+      await eventually(async () => expect(await stateOn('n3')).toBe('missing'));
+      expect(await kit.node('n3').storage.exists(REPO)).toBe(false);
+    });
+
+    it('quorum not reached: 503 with the counts, nothing created anywhere, nothing left locked', async () => {
+      kit.peers.script('n2', 'prepare', answers.refuse('failed'));
+      kit.peers.script('n3', 'prepare', answers.unreachable);
+      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({ statusCode: 503, message: 'replication quorum not reached: 1 of 3 replicas prepared, 2 required' });
+      expect(await kit.raw.getRepo(REPO)).toBeNull();
+      expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('abort');
+      expect(kit.node('n1').log.get(txnOf('n2'))?.state).toBe('aborted');
+      expect(kit.node('n1').activity.runningOn(REPO)).toEqual([]);
+      expect(await readdir(kit.node('n1').storage.tmpDir)).toEqual([]);
+      expect(await kit.raw.getLock(REPO)).toBeNull();
+      // A peer that never prepared has nothing to abort.
+      expect(kit.peers.callsTo('n2', 'abort')).toHaveLength(0);
+    });
+
+    it('a peer that prepares after the time-out is told to abort', async () => {
+      const gate = new Gate();
+      kit.peers.script('n2', 'prepare', answers.refuse('failed'));
+      kit.peers.script('n3', 'prepare', gate.held);
+      await expect(kit.coordinator('n1', { prepareTimeoutMs: 200 }).createRepo(REPO)).rejects.toMatchObject({ statusCode: 503 });
+      expect(kit.peers.callsTo('n3', 'abort')).toHaveLength(0);
+      gate.release();
+      await eventually(() => expect(kit.peers.callsTo('n3', 'abort')).toHaveLength(1));
+      await eventually(() => expect(kit.node('n3').log.get(txnOf('n3'))?.state).toBe('aborted'));
+      expect(await kit.node('n3').storage.exists(REPO)).toBe(false);
+    });
+
+    it('W prepared is enough: a slow peer does not hold the decision, and is committed once it prepares', async () => {
+      const gate = new Gate();
+      kit.peers.script('n3', 'prepare', gate.held);
+      const res = await kit.coordinator('n1').createRepo(REPO);
+      expect(res.peers_confirmed).toBe(1);
+      expect(kit.peers.callsTo('n3', 'commit')).toHaveLength(0);
+      gate.release();
+      await eventually(async () => expect(await stateOn('n3')).toBe('in_sync'));
+    });
+
+    it('the decision write fails before it lands: abort is written, the create refused, every prepared replica aborted', async () => {
+      kit.faults.set('commitCreate', 'fail');
+      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({ statusCode: 503, message: expect.stringContaining('the decision could not be written') as unknown });
+      kit.faults.clear();
+      expect(await kit.raw.getRepo(REPO)).toBeNull();
+      expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('abort');
+      await eventually(() => {
+        for (const n of kit.nodes) expect(n.log.get(txnOf('n2'))?.state).toBe('aborted');
+      });
+    });
+
+    it('the decision lands but its answer is lost: the commit is read back and carried out', async () => {
+      kit.faults.set('commitCreate', 'lose');
+      const res = await kit.coordinator('n1').createRepo(REPO);
+      kit.faults.clear();
+      expect(res.created).toBe(true);
+      expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('commit');
+      await eventually(() => expect(kit.peers.callsTo('n2', 'commit')).toHaveLength(1));
+    });
+
+    it('fewer than W commits confirmed: 503 (outcome not known to be replicated), the decision stands', async () => {
+      kit.peers.script('n2', 'commit', answers.lost);
+      kit.peers.script('n3', 'commit', answers.unreachable);
+      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({ statusCode: 503, message: expect.stringContaining('created but only 1 replicas confirmed') as unknown });
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
+      // n2 applied the commit (its answer was lost); n3 never heard of it: both left to repair.
+      expect(await kit.node('n2').storage.exists(REPO)).toBe(true);
+      expect(await kit.node('n3').storage.exists(REPO)).toBe(false);
+      await eventually(async () => expect(await stateOn('n3')).toBe('missing'));
+    });
+  });
+
+  describe('handlePush', () => {
+    let work: string;
+    let tip: string;
+    beforeEach(async () => {
+      await kit.coordinator('n1').createRepo(REPO);
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      work = await workRepo();
+      tip = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
+      await receivePack(kit, 'n1', REPO, work, tip, 4242);
+    });
+    afterEach(async () => { await rm(work, { recursive: true, force: true }); });
+
+    const push = async (coordinator: Coordinator, ex: FakeExchange, pid = 4242): Promise<void> => {
+      await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined });
+    };
+
+    it('a push commits on every replica: refs and checksums match the store, the pack shipped to peers', async () => {
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
+      const repo = (await kit.raw.getRepo(REPO))!;
+      expect(repo.generation).toBe(1);
+      expect(kit.peers.callsTo('n2', 'prepare').at(-1)?.withPack).toBe(true);
+      await eventually(async () => {
+        for (const n of kit.nodes) expect(await n.storage.checksum(REPO)).toBe(repo.checksum);
+      });
+      expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/main\n`);
+    });
+
+    it('quorum not reached: ng with the counts, no ref moves, the refs unlocked for the next push', async () => {
+      kit.peers.script('n2', 'prepare', answers.refuse('failed', 'no space left on device'));
+      kit.peers.script('n3', 'prepare', answers.unreachable);
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'replication quorum not reached: 1 of 3 replicas prepared, 2 required' });
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
+      expect(await kit.node('n1').storage.readRefs(REPO)).toEqual([]);
+      expect(kit.node('n1').activity.runningOn(REPO)).toEqual([]);
+      // The same push again, peers back: the local ref lock was released by the abort.
+      kit.peers.script('n2', 'prepare', answers.real);
+      kit.peers.script('n3', 'prepare', answers.real);
+      const again = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), again);
+      expect(again.results?.get('refs/heads/main')).toEqual({ ok: true });
+    });
+
+    it('peers refusing the pack for its content: git\'s reason, not a quorum count', async () => {
+      kit.peers.script('n2', 'prepare', answers.refuse('failed', 'pack rejected: fatal: bad tree object'));
+      kit.peers.script('n3', 'prepare', answers.refuse('failed', 'pack rejected: fatal: bad tree object'));
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'pack rejected: fatal: bad tree object (2 of 3 replicas)' });
+    });
+
+    it('committed with fewer than W confirmations: the push is abandoned, not refused, and the stragglers marked stale', async () => {
+      kit.peers.script('n2', 'commit', answers.unreachable);
+      kit.peers.script('n3', 'commit', answers.unreachable);
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.abandoned).toBe(true);
+      expect(ex.results).toBeNull();
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(1);
+      await eventually(async () => {
+        expect(await stateOn('n2')).toBe('stale');
+        expect(await stateOn('n3')).toBe('stale');
+      });
+    });
+
+    it('the lock taken over while preparing (a stale fencing token): the store refuses the decision, all abort', async () => {
+      kit.peers.script('n2', 'prepare', async (_c, deliver) => {
+        const lock = (await kit.raw.getLock(REPO))!;
+        await kit.raw.releaseLock(REPO, lock.token);
+        await kit.raw.acquireLock(REPO, 'intruder', 60_000);
+        return deliver();
+      });
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toMatchObject({ ok: false, reason: expect.stringContaining('repository changed concurrently') as unknown });
+      expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('abort');
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
+      await eventually(() => {
+        for (const n of kit.nodes) expect(n.log.get(txnOf('n2'))?.state).toBe('aborted');
+      });
+      expect(await kit.node('n2').storage.readRefs(REPO)).toEqual([]);
+    });
+
+    it('an old value that does not match: fetch first, nothing replicated', async () => {
+      const ex = new FakeExchange([[tip, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'fetch first' });
+      expect(kit.peers.callsTo('n2', 'prepare')).toHaveLength(1); // the create's only
+    });
   });
 });
