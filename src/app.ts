@@ -25,7 +25,7 @@ import { Metrics } from './metrics.js';
 import { RepoActivity } from './replication/activity.js';
 import { Coordinator } from './replication/coordinator.js';
 import { Failpoints } from './replication/failpoints.js';
-import { Participant } from './replication/participant.js';
+import { Participant, STAGE_TTL_MS } from './replication/participant.js';
 import { Maintenance } from './replication/maintenance.js';
 import { RepairWorker } from './replication/repair.js';
 import { ReplicaVerifier } from './replication/verifier.js';
@@ -74,6 +74,8 @@ export interface NodeConfig {
   readonly nodeTtlMs: number;
   readonly lockTtlMs: number;
   readonly resolveAfterMs: number;
+  /** stageTtlMs is how long a pack staged ahead of its prepare is kept for it. */
+  readonly stageTtlMs: number;
   readonly repairIntervalMs: number;
   readonly verifyIntervalMs: number;
   readonly fsckIntervalMs: number;
@@ -108,6 +110,7 @@ export const DEFAULTS = {
   nodeTtlMs: 5_000,
   lockTtlMs: 15_000,
   resolveAfterMs: 5_000,
+  stageTtlMs: STAGE_TTL_MS,
   repairIntervalMs: 1_000,
   verifyIntervalMs: 300_000,
   fsckIntervalMs: 3_600_000,
@@ -169,7 +172,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
-  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs });
+  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs, stageTtlMs: cfg.stageTtlMs });
   await participant.recover();
   await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
 

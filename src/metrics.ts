@@ -43,6 +43,7 @@ export class Metrics {
   readonly prepareSeconds = new Histogram({ name: 'gitrep_prepare_seconds', help: 'prepare latency per participant', labelNames: ['peer'] as const, buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30], registers: [this.registry] });
   readonly commitSeconds = new Histogram({ name: 'gitrep_commit_seconds', help: 'commit latency per prepared participant, from the decision to its confirmation', labelNames: ['peer'] as const, buckets: LATENCY, registers: [this.registry] });
   readonly quorumFailures = new Counter({ name: 'gitrep_quorum_failures_total', help: 'writes refused for lack of a write quorum', registers: [this.registry] });
+  readonly packsShipped = new Counter({ name: 'gitrep_packs_shipped_total', help: "push packs sent to peer replicas, by how: staged ahead of the prepare, with the prepare, or again with the prepare after a staged copy was lost", labelNames: ['how'] as const, registers: [this.registry] });
   readonly staleMarked = new Counter({ name: 'gitrep_replicas_marked_stale_total', help: 'replicas marked stale after missing a committed write', registers: [this.registry] });
   readonly proxied = new Counter({ name: 'gitrep_proxied_requests_total', help: 'requests proxied to an in-sync peer', labelNames: ['service'] as const, registers: [this.registry] });
   readonly gitProcesses = new Gauge({ name: 'gitrep_git_processes', help: 'git processes serving clients now', registers: [this.registry], collect: () => this.readGauge((g) => this.gitProcesses.set(g.gitProcesses())) });

@@ -12,7 +12,7 @@ export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';
 /** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
 export type PeerAnswer =
   | { ok: true; status: string }
-  | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'unreachable' | 'not_found' | 'unauthorized'; message: string };
+  | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'not_staged' | 'unreachable' | 'not_found' | 'unauthorized'; message: string };
 
 /** toWire renders a PrepareRequest in the seed's snake_case field names. */
 export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
@@ -23,8 +23,12 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
     ...(req.packHash ? { pack_hash: req.packHash } : {}),
     ...(req.newHead ? { new_head: req.newHead } : {}),
     ...(req.fsckIgnore ? { fsck_ignore: req.fsckIgnore } : {}),
+    ...(req.stagedPack ? { staged_pack: true } : {}),
   };
 }
+
+/** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_pack`. */
+export const STAGE_PROTOCOL = 3;
 
 /**
  * PeerClient makes the signed internal calls of the replication protocol to other nodes over
@@ -54,6 +58,17 @@ export class PeerClient {
     const head = Buffer.concat([Buffer.from(`${meta.length}\n`), meta]);
     const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
     return this.call(target, '/replicate/prepare', body, packPath === null ? head.length : null, bodyDigest(meta), PREPARE_CONTENT_TYPE, timeoutMs);
+  }
+
+  /**
+   * stagePack ships a push's pack to a replica ahead of its prepare (`/replicate/stage`), framed
+   * as a prepare is. A peer that speaks no protocol with staging is answered `failed` at once.
+   */
+  async stagePack(target: PeerTarget, meta: { repoId: string; packHash: string; fsckIgnore?: readonly string[] }, packPath: string, timeoutMs: number): Promise<PeerAnswer> {
+    if ((common(this.opts.protocol ?? PROTOCOL, target.protocol) ?? 0) < STAGE_PROTOCOL) return { ok: false, status: 'failed', message: `node ${target.id} cannot stage packs (protocol ${formatRange(target.protocol)})` };
+    const json = Buffer.from(JSON.stringify({ repo_id: meta.repoId, pack_hash: meta.packHash, ...(meta.fsckIgnore ? { fsck_ignore: meta.fsckIgnore } : {}) }));
+    const head = Buffer.concat([Buffer.from(`${json.length}\n`), json]);
+    return this.call(target, '/replicate/stage', Readable.from(concatStreams(head, packPath)), null, bodyDigest(json), PREPARE_CONTENT_TYPE, timeoutMs);
   }
 
   private async call(target: PeerTarget, path: string, body: Buffer | Readable, contentLength: number | null, digest: string, contentType: string, timeoutMs: number): Promise<PeerAnswer> {
@@ -87,7 +102,7 @@ export class PeerClient {
       if (res.statusCode === 404) return { ok: false, status: 'not_found', message };
       if (res.statusCode === 401) return { ok: false, status: 'unauthorized', message };
       const st = json.status;
-      return { ok: false, status: st === 'stale' || st === 'conflict' ? st : 'failed', message };
+      return { ok: false, status: st === 'stale' || st === 'conflict' || st === 'not_staged' ? st : 'failed', message };
     } catch (err) {
       if (body instanceof Readable) body.destroy();
       return { ok: false, status: 'unreachable', message: errorMessage(err) };

@@ -13,8 +13,11 @@ export interface ProtocolRange {
   readonly max: number;
 }
 
-/** PROTOCOL is what this build speaks. 2: peer signatures bound to the receiver and the body. */
-export const PROTOCOL: ProtocolRange = { min: 2, max: 2 };
+/**
+ * PROTOCOL is what this build speaks. 2: peer signatures bound to the receiver and the body.
+ * 3: a push's pack may be shipped ahead of its prepare (`/replicate/stage`, `staged_pack`).
+ */
+export const PROTOCOL: ProtocolRange = { min: 2, max: 3 };
 
 /** PROTOCOL_HEADER names the version of a peer call. */
 export const PROTOCOL_HEADER = 'x-replication-protocol';

@@ -65,7 +65,17 @@ export function parsePrepare(body: unknown): PrepareRequest {
     newChecksum: str('new_checksum'), updates, ...(typeof packHash === 'string' ? { packHash } : {}),
     ...(typeof newHead === 'string' ? { newHead } : {}),
     ...(isFsckIgnoreList(fsckIgnore) ? { fsckIgnore } : {}),
+    ...(b.staged_pack === true ? { stagedPack: true } : {}),
   };
+}
+
+/** parseStage validates a stage call's metadata: the repo and the pack's trailer hash. */
+function parseStage(body: unknown): { repoId: string; packHash: string; fsckIgnore?: readonly string[] } {
+  if (typeof body !== 'object' || body === null) throw badRequest('stage metadata must be a JSON object');
+  const b = body as Record<string, unknown>;
+  if (typeof b.pack_hash !== 'string' || !isOid(b.pack_hash)) throw badRequest('pack_hash must be an object id');
+  if (b.fsck_ignore !== undefined && !isFsckIgnoreList(b.fsck_ignore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
+  return { repoId: parseRepoId(b.repo_id), packHash: b.pack_hash, ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}) };
 }
 
 /**
@@ -132,6 +142,21 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         throw err;
       }
       return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
+    });
+
+    // A push's pack, shipped while its coordinator waits for the repo lock (protocol 3).
+    peer.post('/replicate/stage', { config: PEER }, async (req, reply) => {
+      if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
+      const frame = await readFrame(req.body as Readable, req.peerDigest);
+      const stage = parseStage(frame.meta);
+      try {
+        await deps.participant.stage(stage.repoId, stage.packHash, frame.pack, stage.fsckIgnore);
+      } catch (err) {
+        frame.pack.resume();
+        if (err instanceof PrepareRefusal) return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
+        throw err;
+      }
+      return { status: 'staged', pack_hash: stage.packHash, server_id: deps.nodeId };
     });
 
     peer.post<{ Body: TxnBody }>('/replicate/commit', { config: PEER, schema: txnSchema }, async (req) => {

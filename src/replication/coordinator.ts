@@ -56,6 +56,15 @@ export interface PushContext {
 
 type Answer = PeerAnswer;
 
+/**
+ * PackShipment is a push's pack on its way to the replicas: the file receive-pack stored, and per
+ * peer whether it was staged ahead of the prepare (`/replicate/stage`) while the lock was taken.
+ */
+interface PackShipment {
+  readonly path: string;
+  readonly staged: ReadonlyMap<string, Promise<boolean>>;
+}
+
 /** OWN_COMMIT_WAIT_MS is how long a push waits for this node's replica to confirm the previous push. */
 const OWN_COMMIT_WAIT_MS = 3_000;
 
@@ -148,7 +157,7 @@ export class Coordinator {
     return fresh && fresh.epoch !== target.epoch ? call(fresh) : answer;
   }
 
-  private async prepareOn(node: string, req: PrepareRequest, packPath: string | null): Promise<Answer> {
+  private async prepareOn(node: string, req: PrepareRequest, pack: PackShipment | null): Promise<Answer> {
     if (node === this.deps.nodeId) {
       return this.deps.participant.prepare(req, null, { local: true }).then(
         () => ({ ok: true, status: 'prepared' }) as const,
@@ -156,11 +165,40 @@ export class Coordinator {
       );
     }
     const timeout = this.deps.config.prepareTimeoutMs;
-    if (req.kind === 'push') {
-      const signed = packPath ? { ...req, packHash: packHashOf(packPath) } : req;
-      return this.callPeer(node, (t) => this.deps.peers.preparePush(t, signed, packPath, timeout));
+    if (req.kind !== 'push') return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
+    if (!pack) return this.callPeer(node, (t) => this.deps.peers.preparePush(t, req, null, timeout));
+    const signed = { ...req, packHash: packHashOf(pack.path) };
+    if (await (pack.staged.get(node) ?? false)) {
+      const answer = await this.callPeer(node, (t) => this.deps.peers.preparePush(t, { ...signed, stagedPack: true }, null, timeout));
+      if (answer.ok || answer.status !== 'not_staged') return answer;
+      this.deps.metrics.packsShipped.inc({ how: 'restaged' });
+    } else {
+      this.deps.metrics.packsShipped.inc({ how: 'with_prepare' });
     }
-    return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
+    return this.callPeer(node, (t) => this.deps.peers.preparePush(t, signed, pack.path, timeout));
+  }
+
+  /**
+   * stageAhead ships a push's pack to the repo's other replicas while this node waits for the
+   * lock and reads the refs, so that their `index-pack` runs beside that work instead of after
+   * it, and the lock is held only for the refs. Best effort: a replica that did not stage it gets
+   * the pack with its prepare. Costs one store read (the replica set).
+   */
+  private async stageAhead(repoId: string, packPath: string): Promise<PackShipment> {
+    const staged = new Map<string, Promise<boolean>>();
+    const packHash = packHashOf(packPath);
+    const repo = packHash ? await this.deps.store.getRepo(repoId).catch(() => null) : null;
+    if (!packHash || !repo) return { path: packPath, staged };
+    const meta = { repoId, packHash, ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}) };
+    for (const node of repo.replicas) {
+      if (node === this.deps.nodeId) continue;
+      staged.set(node, this.callPeer(node, (t) => this.deps.peers.stagePack(t, meta, packPath, this.deps.config.prepareTimeoutMs)).then((a) => {
+        if (a.ok) this.deps.metrics.packsShipped.inc({ how: 'staged' });
+        else this.deps.logger.debug({ repoId, node, answer: a }, 'pack not staged ahead; it goes with the prepare');
+        return a.ok;
+      }, () => false));
+    }
+    return { path: packPath, staged };
   }
 
   private async finishOn(node: string, txnId: string, repoId: string, decision: 'commit' | 'abort'): Promise<Answer> {
@@ -183,7 +221,7 @@ export class Coordinator {
   private async run(
     req: PrepareRequest,
     replicas: readonly string[],
-    packPath: string | null,
+    pack: PackShipment | null,
     decide: () => Promise<{ ok: true } | { ok: false; why: string }>,
     onStraggler: (node: string, answer: Answer) => void,
     progress: (line: string) => void = () => undefined,
@@ -197,7 +235,7 @@ export class Coordinator {
     progress(`replicating to ${replicas.length} replicas (${w} must confirm)`);
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
-    const preparing = replicas.map((node) => this.prepareOn(node, req, packPath).then((a) => {
+    const preparing = replicas.map((node) => this.prepareOn(node, req, pack).then((a) => {
       metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
       prepared.add(node, a);
       return a;
@@ -339,6 +377,8 @@ export class Coordinator {
     };
     if (request.atomic && results.size > 0) return report();
     if (results.size === request.commands.length) return report();
+    const packPath = await this.receivedPack(ctx);
+    const pack = packPath ? await this.stageAhead(ctx.repoId, packPath) : null;
     let locked: Awaited<ReturnType<Coordinator['lockInSync']>>;
     try {
       locked = await this.lockInSync(ctx.repoId);
@@ -357,7 +397,6 @@ export class Coordinator {
       const batch = checkCommands(request.commands.filter((c) => !results.has(c.key)), current, head, fail);
       if (request.atomic && results.size > 0) return report();
       if (batch.length === 0) return report();
-      const packPath = await this.receivedPack(ctx);
       // A push into a repo whose HEAD names no branch yet points HEAD at what it brings.
       const newHead = pickDefaultBranch(head, current, batch);
       const req: PrepareRequest = {
@@ -368,7 +407,7 @@ export class Coordinator {
       };
       let result;
       try {
-        result = await this.runRefTxn(req, repo, held, packPath, ctx.quiet ? undefined : (line) => exchange.progress(`replication: ${line}`));
+        result = await this.runRefTxn(req, repo, held, pack, ctx.quiet ? undefined : (line) => exchange.progress(`replication: ${line}`));
       } catch (err) {
         if (err instanceof OutcomeUnknownError) {
           logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the push without a report');
@@ -397,9 +436,9 @@ export class Coordinator {
    * set under the held lock: the decision compares generation, incarnation and fencing token; a
    * replica that misses the commit is marked stale.
    */
-  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, packPath: string | null, progress?: (line: string) => void): ReturnType<Coordinator['run']> {
+  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, pack: PackShipment | null, progress?: (line: string) => void): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
-    return this.run(req, repo.replicas, packPath, async () => {
+    return this.run(req, repo.replicas, pack, async () => {
       if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
       const d = await store.commitPush({ txnId: req.txnId, repoId: req.repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: req.newChecksum });
       return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };

@@ -5,7 +5,7 @@ export type FailAction = { kind: 'crash' } | { kind: 'delay'; ms: number } | { k
 export const FAILPOINT_NAMES = [
   'coordinator.beforePrepare', 'coordinator.afterPrepare', 'coordinator.afterDecision',
   'coordinator.beforeCommit', 'coordinator.afterCommit',
-  'participant.beforePrepare', 'participant.afterPrepare', 'participant.beforeCommit', 'participant.afterCommit',
+  'participant.afterStage', 'participant.beforePrepare', 'participant.afterPrepare', 'participant.beforeCommit', 'participant.afterCommit',
 ] as const;
 
 /**

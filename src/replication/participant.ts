@@ -32,14 +32,35 @@ export interface PrepareRequest {
   readonly fsckIgnore?: readonly string[];
   /** packHash is the trailer hash of the shipped pack (its name); the participant checks index-pack's against it. */
   readonly packHash?: string;
+  /** stagedPack: the pack named by packHash was shipped ahead by `stage`, not with this prepare. */
+  readonly stagedPack?: boolean;
+}
+
+/** STAGE_TTL_MS is how long a staged pack waits, by default, for the prepare that adopts it before it is removed. */
+export const STAGE_TTL_MS = 5 * 60_000;
+
+/** STAGE_KEEP is what a staged pack's `.keep` file says until a prepare adopts the pack. */
+const STAGE_KEEP = 'replication stage';
+
+const NOT_STAGED = 'pack not staged';
+
+/** StagedPack is a pack shipped ahead of its prepare: indexed and kept, not yet part of a transaction. */
+interface StagedPack {
+  readonly repoId: string;
+  /** keep resolves to the pack's `.keep` file once index-pack verified it, or rejects. */
+  readonly keep: Promise<string>;
+  readonly timer: NodeJS.Timeout;
 }
 
 /** REFUSAL_CODES are the catalogue's codes of a participant's refusals, by status. */
-const REFUSAL_CODES = { stale: 'ERR_REPLICA_STALE', conflict: 'ERR_REPLICA_CONFLICT', failed: 'ERR_PREPARE_FAILED' } as const;
+const REFUSAL_CODES = { stale: 'ERR_REPLICA_STALE', conflict: 'ERR_REPLICA_CONFLICT', failed: 'ERR_PREPARE_FAILED', not_staged: 'ERR_REPLICA_NOT_STAGED' } as const;
 
-/** PrepareRefusal is a participant's reasoned "no": behind (stale), ahead (conflict) or failed. */
+/**
+ * PrepareRefusal is a participant's reasoned "no": behind (stale), ahead (conflict), failed, or
+ * not_staged (the prepare named a staged pack this node does not hold: ship it with the prepare).
+ */
 export class PrepareRefusal extends AppError {
-  constructor(readonly status: 'stale' | 'conflict' | 'failed', message: string) {
+  constructor(readonly status: 'stale' | 'conflict' | 'failed' | 'not_staged', message: string) {
     super(REFUSAL_CODES[status], [message], { status });
     this.name = 'PrepareRefusal';
   }
@@ -67,6 +88,8 @@ export class Participant {
    */
   private readonly running = new Map<string, Running>();
   private readonly finishing = new Map<string, Promise<'committed' | 'aborted'>>();
+  /** staged: packs shipped ahead of their prepare, by `<repo>\0<pack hash>`. */
+  private readonly staged = new Map<string, StagedPack>();
 
   constructor(
     private readonly deps: {
@@ -84,6 +107,8 @@ export class Participant {
       readonly diskShortage?: () => string | null;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
       readonly resolveAfterMs: number;
+      /** stageTtlMs is how long a staged pack waits for its prepare (default STAGE_TTL_MS). */
+      readonly stageTtlMs?: number;
     },
   ) {}
 
@@ -117,6 +142,72 @@ export class Participant {
       this.ended(req.txnId);
       throw err;
     }
+  }
+
+  /**
+   * stage verifies and keeps a push's pack ahead of its prepare (`index-pack --strict`, as a
+   * prepare would), so that the prepare, sent once the coordinator holds the repo lock, has only
+   * refs to check and lock. Staging the same pack again is a no-op. The pack is removed after
+   * STAGE_TTL_MS unless a prepare adopted it; one a restart left behind loses its `.keep` at
+   * start (removeLeftovers in app.ts), as a transaction's would. Throws PrepareRefusal.
+   */
+  async stage(repoId: string, packHash: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<void> {
+    const key = `${repoId}\0${packHash}`;
+    const existing = this.staged.get(key);
+    if (existing) {
+      pack.resume();
+      await existing.keep.then(() => undefined, (err: unknown) => { throw err instanceof PrepareRefusal ? err : new PrepareRefusal('failed', errorMessage(err)); });
+      return;
+    }
+    const shortage = this.deps.diskShortage?.() ?? null;
+    if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
+    if ((await this.deps.storage.incarnationOf(repoId)) === null) throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
+    // An upload: it may run beside transactions and repairs, never beside a swap or drop of the directory it writes into.
+    const running = this.deps.activity.tryBegin(repoId, 'upload');
+    if (!running) throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    const repoPath = this.deps.storage.repoPath(repoId);
+    const keep = this.indexPack(repoPath, STAGE_KEEP, pack, packHash, fsckIgnore ?? this.deps.fsckIgnore ?? []).finally(() => running.end());
+    const ttl = this.deps.stageTtlMs ?? STAGE_TTL_MS;
+    const timer = setTimeout(() => { void this.expireStaged(key); }, ttl);
+    timer.unref();
+    this.staged.set(key, { repoId, keep, timer });
+    try {
+      await keep;
+    } catch (err) {
+      clearTimeout(timer);
+      this.staged.delete(key);
+      throw err;
+    }
+    await this.deps.failpoints.hit('participant.afterStage');
+  }
+
+  /** expireStaged removes a staged pack no prepare adopted in time. */
+  private async expireStaged(key: string): Promise<void> {
+    const s = this.staged.get(key);
+    if (!s) return;
+    this.staged.delete(key);
+    const keep = await s.keep.catch(() => null);
+    if (keep) await removeFiles(packFiles(keep));
+  }
+
+  /**
+   * adoptStaged hands a staged pack to the prepare that names it: its `.keep` now belongs to the
+   * transaction (removed at commit or abort). A pack this node does not hold (never staged,
+   * expired, or its replica was replaced meanwhile) is refused with NOT_STAGED, and the
+   * coordinator ships it with the prepare instead.
+   */
+  private async adoptStaged(req: PrepareRequest): Promise<string> {
+    const key = `${req.repoId}\0${req.packHash ?? ''}`;
+    const s = this.staged.get(key);
+    if (!s) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
+    this.staged.delete(key);
+    clearTimeout(s.timer);
+    const keep = await s.keep.catch((err: unknown) => { throw new PrepareRefusal('not_staged', `${NOT_STAGED}: ${errorMessage(err)}`); });
+    if (!(await exists(keep))) {
+      await removeFiles(packFiles(keep));
+      throw new PrepareRefusal('not_staged', `${NOT_STAGED}: its files are gone`);
+    }
+    return keep;
   }
 
   /** ended ends a transaction's activity on the replica: it confirmed, aborted or was given up. */
@@ -184,7 +275,14 @@ export class Participant {
       let indexError: Error | null = null;
       if (pack && !local) {
         try {
-          keepFiles.push(await this.indexPack(repoPath, req.txnId, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []));
+          keepFiles.push(await this.indexPack(repoPath, `replication ${req.txnId}`, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []));
+        } catch (err) {
+          indexError = asError(err);
+        }
+      } else if (req.stagedPack && !local) {
+        pack?.resume();
+        try {
+          keepFiles.push(await this.adoptStaged(req));
         } catch (err) {
           indexError = asError(err);
         }
@@ -214,9 +312,9 @@ export class Participant {
   }
 
   /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
-  private async indexPack(repoPath: string, txnId: string, pack: Readable, expectedHash: string | undefined, fsckIgnore: readonly string[]): Promise<string> {
+  private async indexPack(repoPath: string, keepMessage: string, pack: Readable, expectedHash: string | undefined, fsckIgnore: readonly string[]): Promise<string> {
     const started = Date.now();
-    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=replication ${txnId}`], { cwd: repoPath, timeoutMs: 3_600_000 });
+    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], { cwd: repoPath, timeoutMs: 3_600_000 });
     let out = '';
     let err = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; });
@@ -238,7 +336,7 @@ export class Participant {
     const keep = join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
     // The signed metadata names the pack by its trailer hash: a pack swapped on the wire is refused.
     if (expectedHash !== undefined && m[1] !== expectedHash) {
-      await removeFiles(['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext)));
+      await removeFiles(packFiles(keep));
       throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);
     }
     return keep;
@@ -465,6 +563,15 @@ async function removeTempPacks(packDir: string, since: number): Promise<void> {
     const st = await stat(p).catch(() => null);
     if (st && st.mtimeMs >= since - 1_000) await unlink(p).catch(() => undefined);
   }
+}
+
+/** packFiles are the files of the pack a `.keep` file names. */
+function packFiles(keep: string): string[] {
+  return ['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext));
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
 }
 
 /** streamFile is a readable of a file, for shipping a pack to peers. */

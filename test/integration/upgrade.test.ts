@@ -4,16 +4,18 @@ import { commitFile, git, gitOk, lsRemote, workRepo } from '../helpers/git.js';
 
 /**
  * A rolling upgrade to a build that speaks a new replication protocol: nodes are restarted one
- * at a time (SIGTERM, then the new build) under pushes, first onto a build that speaks old and
- * new (2-3), then onto new only (3). One build rehearses it: GIT_REPLICATION_PROTOCOL makes a
- * node claim another range.
+ * at a time (SIGTERM, then the new build) under pushes, from a build that speaks 2 only, onto
+ * one that speaks old and new (2-3), then onto new only (3). One build rehearses it:
+ * GIT_REPLICATION_PROTOCOL makes a node claim another range. Version 3 ships a push's pack
+ * ahead of its prepare (`/replicate/stage`), so the mixed cluster also shows a coordinator
+ * staging to the peers that speak 3 and shipping with the prepare to those that do not.
  */
 describe('rolling upgrade of the replication protocol', () => {
   let c: TestCluster;
   let work = '';
   const acked: string[] = [];
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 3 });
+    c = await TestCluster.start({ nodes: 3, env: { GIT_REPLICATION_PROTOCOL: '2' } });
     await c.createRepo(1, 'up/repo');
     work = await workRepo();
     await gitOk(['push', '-q', c.repoUrl(1, 'up/repo'), 'HEAD:refs/heads/main'], { cwd: work });

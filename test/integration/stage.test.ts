@@ -1,0 +1,110 @@
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
+
+/**
+ * A push's pack is shipped to the other replicas while its coordinator waits for the repo lock
+ * (`/replicate/stage`, protocol 3); the prepare then carries the refs only. These tests show the
+ * shipment in the metrics, and each way a staged pack can go astray: lost before its prepare
+ * (shipped again with it), never adopted (removed after STAGE_TTL_MS), and left behind by a
+ * crash right after staging (its .keep removed at the node's start).
+ */
+describe('packs staged ahead of the prepare', () => {
+  let c: TestCluster;
+  let work = '';
+  const repo = 'stage/repo';
+
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3, env: { STAGE_TTL_MS: '1000' } });
+    await c.createRepo(1, repo);
+    work = await workRepo();
+  });
+  afterAll(async () => { await c?.destroy(); });
+
+  /** shipped reads node i's count of packs sent to peers, by how. */
+  async function shipped(i: number, how: string): Promise<number> {
+    const text = await (await fetch(`${c.url(i)}/metrics`)).text();
+    const m = new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text);
+    return m ? Number(m[1]) : 0;
+  }
+
+  /** stagedKeeps lists node i's `.keep` files of packs staged and not adopted by a prepare. */
+  async function stagedKeeps(i: number): Promise<string[]> {
+    const dir = join(c.replicaPath(i, repo), 'objects', 'pack');
+    const keeps: string[] = [];
+    for (const f of (await readdir(dir)).filter((n) => n.endsWith('.keep'))) {
+      const content = await readFile(join(dir, f), 'utf8').catch(() => '');
+      if (content.startsWith('replication stage')) keeps.push(join(dir, f));
+    }
+    return keeps;
+  }
+
+  async function hasObject(i: number, oid: string): Promise<boolean> {
+    return (await git(['cat-file', '-e', oid], { cwd: c.replicaPath(i, repo) })).code === 0;
+  }
+
+  async function push(i: number, content: string): Promise<{ code: number; stderr: string; commit: string }> {
+    const commit = await commitFile(work, 'f.txt', content, content);
+    const r = await git(['push', c.repoUrl(i, repo), 'HEAD:refs/heads/main'], { cwd: work });
+    return { code: r.code ?? -1, stderr: r.stderr, commit };
+  }
+
+  it('a push stages its pack on both peers; nothing staged is left once it committed', async () => {
+    const before = await shipped(1, 'staged');
+    const r = await push(1, 'one');
+    expect(r.code, r.stderr).toBe(0);
+    expect(await shipped(1, 'staged')).toBe(before + 2);
+    expect(await shipped(1, 'with_prepare')).toBe(0);
+    await c.waitInSync(repo, 1);
+    for (const i of [2, 3]) {
+      expect(await hasObject(i, r.commit)).toBe(true);
+      expect(await stagedKeeps(i)).toEqual([]);
+    }
+  });
+
+  it('a staged pack lost before its prepare is shipped again with the prepare', async () => {
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(2500)' });
+    const before = await shipped(1, 'restaged');
+    const pushing = push(1, 'two');
+    // Node 2 holds the staged pack while node 1 waits at its fail point: take it away.
+    await waitFor(async () => (await stagedKeeps(2)).length > 0, 20_000, 'a staged pack on node 2');
+    for (const keep of await stagedKeeps(2)) {
+      await Promise.all(['keep', 'pack', 'idx', 'rev'].map((ext) => rm(keep.replace(/keep$/, ext), { force: true })));
+    }
+    const r = await pushing;
+    expect(r.code, r.stderr).toBe(0);
+    expect(await shipped(1, 'restaged')).toBeGreaterThan(before);
+    await c.waitInSync(repo, 1);
+    expect(await hasObject(2, r.commit)).toBe(true);
+  });
+
+  it('a pack staged for a push that never prepared is removed after the TTL', async () => {
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=error' });
+    const r = await push(1, 'three');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('injected error');
+    for (const i of [2, 3]) {
+      await waitFor(async () => (await stagedKeeps(i)).length === 0 && !(await hasObject(i, r.commit)), 15_000, `node ${i} to drop the staged pack`);
+    }
+    await gitOk(['reset', '-q', '--hard', 'HEAD~1'], { cwd: work });
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: '' });
+  });
+
+  it('a node killed right after staging: the push is acknowledged, and its restart drops the staged pack', async () => {
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterStage=crash' });
+    const r = await push(1, 'four');
+    expect(r.code, r.stderr).toBe(0);
+    await c.exited(3);
+    expect(await hasObject(2, r.commit)).toBe(true);
+    // A start removes the .keep of every pack no prepared transaction owns: the staged one too.
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: '' });
+    expect(await stagedKeeps(3)).toEqual([]);
+    await c.waitInSync(repo, 1, 60_000);
+    const next = await push(1, 'five');
+    expect(next.code, next.stderr).toBe(0);
+    await c.waitInSync(repo, 1, 60_000);
+    expect(await hasObject(3, next.commit)).toBe(true);
+  });
+});
