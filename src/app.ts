@@ -8,6 +8,7 @@ import { PeerVerifier, signHop, verifyHop } from './auth/peer-signature.js';
 import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
+import { defaultAdvertiseUrl } from './cluster/advertise.js';
 import { DiskSpace } from './cluster/disk.js';
 import { protocolFromEnv } from './cluster/protocol.js';
 import { LoadSampler } from './cluster/load.js';
@@ -46,7 +47,7 @@ export interface NodeConfig {
   readonly nodeId: string;
   readonly host: string;
   readonly port: number;
-  /** advertiseUrl is the URL peers and proxies use; default http(s)://<host>:<port>. */
+  /** advertiseUrl is the URL peers and proxies use; default http(s)://<host>:<port>, a wildcard host replaced by the machine's address (defaultAdvertiseUrl). */
   readonly advertiseUrl?: string;
   readonly dataDir: string;
   readonly store: StoreUrl;
@@ -178,7 +179,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
 
   const protocol = protocolFromEnv(process.env.GIT_REPLICATION_PROTOCOL);
   const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
-  const url = cfg.advertiseUrl ?? `${tls.server ? 'https' : 'http'}://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${cfg.port}`;
+  const url = cfg.advertiseUrl ?? defaultAdvertiseUrl(tls.server ? 'https' : 'http', cfg.host, cfg.port);
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
   const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol }, { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) });

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { etcdEnv } from '../../src/cluster/local-etcd.js';
 import { FAST_ENV, MAIN, waitFor, type RepoStatus } from '../helpers/cluster.js';
 import { etcdBinary, skipWithoutEtcd } from '../helpers/etcd.js';
-import { commitFile, git, gitOk, refsOf, workRepo } from '../helpers/git.js';
+import { GIT_ENV, commitFile, git, gitOk, refsOf, workRepo } from '../helpers/git.js';
 import { createNetLab, netnsUnavailable, removeStaleLabs, type LabHost, type NetLab } from '../helpers/netns.js';
 
 /**
@@ -67,9 +67,10 @@ describe.skipIf(SKIP)(TITLE, () => {
     ], { stdio: ['ignore', 'pipe', 'pipe'], env: etcdEnv() }));
   }
 
-  function startNode(h: LabHost, store: string): Proc {
+  /** startNode runs a node on its host's address, or on every address of its host (`0.0.0.0`, no --advertise-url). */
+  function startNode(h: LabHost, store: string, listen: string): Proc {
     return track(h, lab.spawn(h, process.execPath, [
-      MAIN, 'serve', '--id', h.name, '--host', h.address, '--port', String(NODE_PORT),
+      MAIN, 'serve', '--id', h.name, '--host', listen, '--port', String(NODE_PORT),
       '--data-dir', join(root, `node-${h.name}`), '--store', store, '--replication-factor', '3',
     ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...FAST_ENV, PEER_URLS: '' } }));
   }
@@ -87,6 +88,17 @@ describe.skipIf(SKIP)(TITLE, () => {
   async function push(h: LabHost, n: number): Promise<{ code: number; stderr: string }> {
     await commitFile(work, 'counter.txt', `${n}\n`, `change ${n}`);
     return git(['push', `${nodeUrl(h)}/${REPO}.git`, 'main'], { cwd: work, timeoutMs: 60_000 });
+  }
+
+  /** gitOn runs the git client inside host `h`'s namespace. */
+  function gitOn(h: LabHost, args: string[]): Promise<{ code: number | null; stderr: string }> {
+    return new Promise((resolve) => {
+      const child = lab.spawn(h, 'git', args, { cwd: work, env: GIT_ENV, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      child.once('exit', (code) => { clearTimeout(timer); resolve({ code, stderr }); });
+    });
   }
 
   /** cloneRefs clones the repo through host `h` and returns its refs as the clone sees them. */
@@ -110,7 +122,8 @@ describe.skipIf(SKIP)(TITLE, () => {
       }, 20_000, 'etcd members healthy');
       // Every node is given the three etcd endpoints and nothing else about the cluster.
       const store = `etcd://${lab.hosts.map((h) => `${h.address}:${ETCD_CLIENT_PORT}`).join(',')}`;
-      for (const h of lab.hosts) nodes.push(startNode(h, store));
+      // h2 listens on 0.0.0.0 without --advertise-url: it must advertise its own address, not loopback.
+      for (const h of lab.hosts) nodes.push(startNode(h, store, h.name === 'h2' ? '0.0.0.0' : h.address));
       const ids = lab.hosts.map((h) => h.name);
       await waitFor(async () => {
         for (const h of lab.hosts) {
@@ -134,7 +147,7 @@ describe.skipIf(SKIP)(TITLE, () => {
   it('pushes and clones across hosts; a host cut off misses pushes and repairs when its link returns', async () => {
     const [a, b, c] = lab.hosts as [LabHost, LabHost, LabHost];
     try {
-      // Each node advertises its own address, learnt by the others through etcd alone.
+      // Each node advertises its own address (h2 too, listening on 0.0.0.0), learnt by the others through etcd alone.
       const status = await getJson(`${nodeUrl(b)}/status.json`) as { nodes: Array<{ id: string; url?: string }> };
       expect(status.nodes.map((n) => [n.id, n.url]).sort()).toEqual(lab.hosts.map((h) => [h.name, nodeUrl(h)]));
 
@@ -156,6 +169,13 @@ describe.skipIf(SKIP)(TITLE, () => {
         const r = await push(a, n);
         expect(r.code, `push ${n} with host c cut off: ${r.stderr}`).toBe(0);
       }
+      // On its own side of the cut, c takes no write: it cannot reach a majority of etcd (I6).
+      await commitFile(work, 'cut-off.txt', 'c\n', 'pushed to the cut-off host');
+      const refused = await gitOn(c, ['push', `${nodeUrl(c)}/${REPO}.git`, 'main']);
+      expect(refused.code, refused.stderr).not.toBe(0);
+      expect(refused.stderr).toMatch(/coordination store unavailable|503/);
+      expect(nodes.find((p) => p.host === c)?.child.exitCode).toBeNull();
+      await gitOk(['reset', '-q', '--hard', 'HEAD~1'], { cwd: work });
       const during = await repoStatus(a);
       const expectedAfter = await refsOf(work);
       expect(await cloneRefs(b)).toBe(expectedAfter);
