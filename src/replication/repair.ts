@@ -21,6 +21,12 @@ import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type Replica
  */
 const COMMIT_GRACE_MS = 3_000;
 
+/**
+ * FULL_PASS_MS is how often a repair pass lists every repo even though the store's change mark
+ * has not moved (a pass that found nothing to do is otherwise skipped: docs/SCALE.md).
+ */
+const FULL_PASS_MS = 30_000;
+
 /** SWAP_LOCK_WAIT_MS is how long a copied replica waits for the repo's write lock to be swapped in. */
 const SWAP_LOCK_WAIT_MS = 10_000;
 
@@ -51,6 +57,8 @@ export class RepairWorker {
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
   private readonly progress = new Map<string, RepairProgress>();
+  /** quiet is the store's change mark at the last full pass that left nothing to do, and when it ran. */
+  private quiet: { mark: string; at: number } | null = null;
 
   constructor(
     private readonly deps: {
@@ -122,8 +130,12 @@ export class RepairWorker {
     let repaired = 0;
     try {
       const { store, nodeId } = this.deps;
-      // Two store reads a pass, whatever the number of repos: the repo records and this node's
-      // replica records. Only a replica that is not in sync costs a read of its peers' records.
+      // While nothing changed in the store since a pass that found every replica in sync, a
+      // pass costs one read (the change mark), whatever the number of repos.
+      const mark = await store.changeMark();
+      if (this.quiet && this.quiet.mark === mark && Date.now() - this.quiet.at < FULL_PASS_MS) return 0;
+      // Two store reads a full pass, whatever the number of repos: the repo records and this
+      // node's replica records. Only a replica not in sync costs a read of its peers' records.
       const [all, mine] = await Promise.all([store.listRepos(), store.replicasOnNode(nodeId)]);
       const ownRecords = new Map(mine.map((r) => [r.repoId, r]));
       const repos = all.filter((r) => r.replicas.includes(nodeId));
@@ -152,6 +164,9 @@ export class RepairWorker {
         if (!isOneBehind(repo, own) || now - since >= COMMIT_GRACE_MS) todo.push(repo);
       }
       await this.deps.maintenance.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
+      const here = new Set(repos.map((r) => r.repoId));
+      for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
+      this.quiet = todo.length === 0 && this.behindSince.size === 0 ? { mark, at: now } : null;
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
       this.deps.metrics.replicaLag.set(lag);

@@ -10,6 +10,9 @@ export const DECOMMISSIONED_PREFIX = 'decommissioned/';
 /** REBALANCE_KEY, once set, makes placement follow rendezvous hashing over the current nodes. */
 export const REBALANCE_KEY = 'rebalance';
 
+/** FULL_PASS_MS is how often a steward pass reads every repo even when nothing seems to have changed. */
+const FULL_PASS_MS = 30_000;
+
 /** Plan is one step for one repo: the replica set to write and the nodes it adds. */
 export interface Plan {
   readonly replicas: string[];
@@ -79,6 +82,12 @@ export function planReplicaSet(p: PlanInput): Plan | null {
 export class Steward {
   private timer: NodeJS.Timeout | null = null;
   private running = false;
+  /**
+   * settled is what the last pass that left nothing to retry saw: the store's change mark and
+   * the membership view. Plans depend on nothing else, so while both stay the same a pass
+   * costs one store read (docs/SCALE.md); a full pass still runs every FULL_PASS_MS.
+   */
+  private settled: { mark: string; view: string; at: number } | null = null;
 
   constructor(
     private readonly deps: {
@@ -105,6 +114,11 @@ export class Steward {
     let steps = 0;
     const { store, membership, nodeId, logger } = this.deps;
     try {
+      const mark = await store.changeMark();
+      const view = membership.knownIds().map((n) => `${n}:${membership.isLive(n) ? 1 : 0}:${membership.downFor(n) > this.deps.replaceAfterMs ? 1 : 0}`).join(',');
+      const s = this.settled;
+      if (s && s.mark === mark && s.view === view && Date.now() - s.at < FULL_PASS_MS) return 0;
+      let retry = false;
       const decommissioned = new Set((await store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
       const rebalance = (await store.getMeta(REBALANCE_KEY)) !== null;
       const eligible = membership.knownIds().filter((n) => !decommissioned.has(n));
@@ -119,8 +133,11 @@ export class Steward {
         const steward = repo.replicas.filter((n) => membership.isLive(n) && isInSync(repo, byNode.get(n))).sort()[0];
         if (steward !== nodeId) continue;
         const plan = planReplicaSet({ repo, replicas, eligible, isLive: (n) => membership.isLive(n), gone, replicationFactor: this.deps.replicationFactor, rebalance });
-        if (plan && (await this.apply(repo, plan))) steps++;
+        if (!plan) continue;
+        if (await this.apply(repo, plan)) steps++;
+        else retry = true;
       }
+      this.settled = steps === 0 && !retry ? { mark, view, at: Date.now() } : null;
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'steward pass skipped');
     } finally {

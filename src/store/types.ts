@@ -201,6 +201,14 @@ export interface ClusterStore {
   /** listMeta lists the settings whose key starts with `prefix`. */
   listMeta(prefix: string): Promise<Array<{ key: string; value: string }>>;
 
+  /**
+   * changeMark is a value that MUST differ after any change to a repo record, a replica record
+   * or a setting (meta) and SHOULD stay equal while none changes: one cheap read that lets a
+   * background pass skip its listing when nothing changed (docs/SCALE.md). Compare marks for
+   * equality only.
+   */
+  changeMark(): Promise<string>;
+
   /** close releases connections; the store is unusable after. */
   close(): Promise<void>;
 }

@@ -41,6 +41,15 @@ interface NodeRow { id: string; url: string; version: string; started_at: string
 const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   // 1: nodes register the protocol range they speak.
   (db) => { db.exec('ALTER TABLE nodes ADD COLUMN protocol TEXT'); },
+  // 2: a change counter that every write to repos, replicas and meta moves (changeMark).
+  (db) => {
+    db.exec('CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL); INSERT INTO changes VALUES (0, 0);');
+    for (const table of ['repos', 'replicas', 'meta']) {
+      for (const event of ['INSERT', 'UPDATE', 'DELETE']) {
+        db.exec(`CREATE TRIGGER ${table}_${event.toLowerCase()}_counts AFTER ${event} ON ${table} BEGIN UPDATE changes SET n = n + 1 WHERE id = 0; END;`);
+      }
+    }
+  },
 ];
 
 /** SCHEMA_VERSION is the schema version this build writes. */
@@ -377,6 +386,10 @@ export class SqliteStore implements ClusterStore {
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.read(() => (this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{ key: string; value: string }>));
+  }
+
+  async changeMark(): Promise<string> {
+    return this.read(() => String((this.db.prepare('SELECT n FROM changes WHERE id = 0').get() as { n: number }).n));
   }
 
   async close(): Promise<void> {
