@@ -435,7 +435,9 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         await step(() => s().deleteMeta('rebalance'));
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
         await step(() => s().commitDelete({ txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 1, fencingToken: lock!.token }));
-        expect(new Set(marks).size).toBe(marks.length);
+        // Each change moves the mark. (etcd's mark is the state's: a setting written and deleted
+        // again brings back the mark of before, which is what a pass that skips work needs.)
+        for (let i = 1; i < marks.length; i++) expect(marks[i], `step ${i}`).not.toBe(marks[i - 1]);
       });
     });
 

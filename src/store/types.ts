@@ -202,10 +202,10 @@ export interface ClusterStore {
   listMeta(prefix: string): Promise<Array<{ key: string; value: string }>>;
 
   /**
-   * changeMark is a value that MUST differ after any change to a repo record, a replica record
-   * or a setting (meta) and SHOULD stay equal while none changes: one cheap read that lets a
-   * background pass skip its listing when nothing changed (docs/SCALE.md). Compare marks for
-   * equality only.
+   * changeMark is a value that MUST differ from an earlier read whenever a repo record, a
+   * replica record or a setting (meta) differs from what it was then, and SHOULD stay equal
+   * while none changes: one cheap read that lets a background pass skip its listing when nothing
+   * changed (docs/SCALE.md). Compare marks for equality only.
    */
   changeMark(): Promise<string>;
 
