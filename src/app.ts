@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmod, mkdir, readdir, realpath, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, realpath, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -36,6 +36,7 @@ import { SshKeys } from './auth/ssh-keys.js';
 import { forgetSshEndpoint, SSH_DEFAULTS, startSshServer, type SshLimits } from './ssh/server.js';
 import { TxnLog } from './replication/txn-log.js';
 import { countStoreCalls } from './store/counted.js';
+import { sweepLeftovers } from './git/leftovers.js';
 import { checkLayout, openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
 
@@ -175,7 +176,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await disk.start();
   const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs, stageTtlMs: cfg.stageTtlMs });
   await participant.recover();
-  await removeLeftovers(storage, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']), logger);
+  const swept = sweepLeftovers(storage.reposDir, storage.tmpDir, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']));
+  if (swept > 0) logger.warn({ removed: swept }, 'removed lock and temporary files left by dead git processes');
 
   const protocol = protocolFromEnv(process.env.GIT_REPLICATION_PROTOCOL);
   const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
@@ -298,55 +300,4 @@ async function restrictPermissions(dataDir: string, store: StoreUrl): Promise<vo
   for (const f of files) {
     for (const suffix of ['', '-wal', '-shm']) await chmod(`${f}${suffix}`, 0o600).catch(() => undefined);
   }
-}
-
-/**
- * removeLeftovers deletes what dead git processes leave behind (I5): ref `*.lock` files,
- * `packed-refs.new`, quarantine directories and pack `.keep` files, except those of transactions
- * still in doubt. Safe only at start, before any git process of this node runs.
- */
-async function removeLeftovers(storage: ReplicaStorage, keep: readonly string[], logger: Logger): Promise<void> {
-  const keepSet = new Set(keep);
-  let removed = 0;
-  for (const repoId of await storage.listLocal()) {
-    const root = storage.repoPath(repoId);
-    for (const f of ['packed-refs.lock', 'packed-refs.new', 'HEAD.lock', 'config.lock', 'shallow.lock']) {
-      if (await unlink(join(root, f)).then(() => true, () => false)) removed++;
-    }
-    removed += await removeLocks(join(root, 'refs'));
-    const objects = join(root, 'objects');
-    for (const e of await readdir(objects).catch(() => [] as string[])) {
-      if (e.startsWith('tmp_objdir-incoming-') || e.startsWith('incoming-')) {
-        await rm(join(objects, e), { recursive: true, force: true });
-        removed++;
-      }
-    }
-    const packDir = join(objects, 'pack');
-    for (const e of await readdir(packDir).catch(() => [] as string[])) {
-      const p = join(packDir, e);
-      if ((e.endsWith('.keep') && !keepSet.has(p)) || e.startsWith('tmp_')) {
-        await unlink(p).catch(() => undefined);
-        removed++;
-      }
-    }
-  }
-  for (const e of await readdir(storage.tmpDir).catch(() => [] as string[])) {
-    const p = join(storage.tmpDir, e);
-    if (!keepSet.has(p)) await rm(p, { recursive: true, force: true });
-  }
-  if (removed > 0) logger.warn({ removed }, 'removed lock and temporary files left by dead git processes');
-}
-
-async function removeLocks(dir: string): Promise<number> {
-  let n = 0;
-  for (const e of await readdir(dir).catch(() => [] as string[])) {
-    const p = join(dir, e);
-    if (e.endsWith('.lock')) {
-      await unlink(p).catch(() => undefined);
-      n++;
-    } else if ((await stat(p).catch(() => null))?.isDirectory()) {
-      n += await removeLocks(p);
-    }
-  }
-  return n;
 }
