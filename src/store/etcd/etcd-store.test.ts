@@ -199,4 +199,26 @@ describe.skipIf(skipWithoutEtcd())('EtcdStore on a 3-member etcd cluster', () =>
       await store.close();
     }
   });
+
+  it('answers every call through the others while one member is silent (frozen: no answer, no refusal)', async () => {
+    const c = cluster!;
+    const leader = await leaderIndex(c);
+    const victim = c.members[(leader + 1) % c.members.length]!;
+    // The silent member first, so the first calls try it.
+    const store = new EtcdStore({ hosts: [victim.url, ...c.urls.filter((u) => u !== victim.url)], prefix: `/silent-${randomUUID()}/` });
+    try {
+      const r = record('acme/silent');
+      expect((await store.commitCreate({ txnId: 't1', coordinator: 'n1', record: r })).written).toBe(true);
+      victim.pause();
+      try {
+        // Without skipping, one call in three would go to the silent member and fail at its deadline.
+        for (let i = 0; i < 12; i++) expect(await store.getRepo(r.repoId)).toMatchObject({ repoId: r.repoId });
+        expect((await store.commitCreate({ txnId: 't2', coordinator: 'n1', record: record('acme/silent-2') })).written).toBe(true);
+      } finally {
+        victim.resume();
+      }
+    } finally {
+      await store.close();
+    }
+  });
 });
