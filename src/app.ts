@@ -15,6 +15,7 @@ import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
 import { PeerClient } from './cluster/peer-client.js';
 import { loadTls, type TlsFiles } from './cluster/tls.js';
+import type { Timing } from './config.js';
 import { errorMessage } from './domain/errors.js';
 import type { Logger } from './domain/logger.js';
 import { HookServer } from './git/proc-receive.js';
@@ -26,7 +27,7 @@ import { Metrics } from './metrics.js';
 import { RepoActivity } from './replication/activity.js';
 import { Coordinator } from './replication/coordinator.js';
 import { Failpoints } from './replication/failpoints.js';
-import { Participant, STAGE_TTL_MS } from './replication/participant.js';
+import { Participant } from './replication/participant.js';
 import { Maintenance } from './replication/maintenance.js';
 import { RepairWorker } from './replication/repair.js';
 import { ReplicaVerifier } from './replication/verifier.js';
@@ -86,6 +87,8 @@ export interface NodeConfig {
   /** replaceAfterMs: a node down this long has its replicas re-created elsewhere. */
   readonly replaceAfterMs: number;
   readonly stewardIntervalMs: number;
+  /** timing: the write path's and the workers' time-outs and waits (src/config.ts). */
+  readonly timing: Timing;
   /** auth: `tokens` (writes need a token) or `open` (anyone who can reach the node is admin). */
   readonly auth: 'open' | 'tokens';
   readonly logLevel: string;
@@ -97,31 +100,8 @@ export interface NodeConfig {
   readonly sshLimits?: SshLimits;
 }
 
-/** DEFAULTS are the node's defaults, shared by the CLI and tests. */
-export const DEFAULTS = {
-  host: '127.0.0.1',
-  replicationFactor: 3,
-  maxGitProcesses: 64,
-  bodyIdleMs: 30_000,
-  shutdownGraceMs: 30_000,
-  txnRetentionMs: 24 * 3_600_000,
-  minFreeDiskBytes: 256 * 1024 ** 2,
-  maxPushBytes: 2 * 1024 ** 3,
-  maxUploadRequestBytes: 10 * 1024 ** 2,
-  maxInflateRatio: 100,
-  nodeTtlMs: 5_000,
-  lockTtlMs: 15_000,
-  resolveAfterMs: 5_000,
-  stageTtlMs: STAGE_TTL_MS,
-  repairIntervalMs: 1_000,
-  verifyIntervalMs: 300_000,
-  fsckIntervalMs: 3_600_000,
-  repackAfterPacks: 20,
-  replaceAfterMs: 600_000,
-  stewardIntervalMs: 2_000,
-  auth: 'tokens',
-  logLevel: 'info',
-} as const;
+/** DEFAULTS are the node's defaults (src/config.ts, where every setting is described). */
+export { DEFAULTS } from './config.js';
 
 /** RunningNode is a started node. */
 export interface RunningNode {
@@ -174,13 +154,13 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
-  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs, stageTtlMs: cfg.stageTtlMs });
+  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs, gitTimeoutMs: cfg.timing.gitTimeoutMs, stageTtlMs: cfg.stageTtlMs });
   await participant.recover();
   const swept = sweepLeftovers(storage.reposDir, storage.tmpDir, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']));
   if (swept > 0) logger.warn({ removed: swept }, 'removed lock and temporary files left by dead git processes');
 
   const protocol = protocolFromEnv(process.env.GIT_REPLICATION_PROTOCOL);
-  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: 30_000, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
+  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: cfg.timing.peerTimeoutMs, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
   const url = cfg.advertiseUrl ?? defaultAdvertiseUrl(tls.server ? 'https' : 'http', cfg.host, cfg.port);
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
@@ -190,16 +170,17 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
     // The repair worker is made below; a push reaches it only once the node serves.
     catchUp: (repoId) => repair.catchUp(repoId),
-    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: 30_000, prepareTimeoutMs: 120_000, commitTimeoutMs: 30_000, fsckIgnore: cfg.fsckIgnore },
+    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: cfg.timing.lockWaitMs, prepareTimeoutMs: cfg.timing.prepareTimeoutMs, commitTimeoutMs: cfg.timing.commitTimeoutMs,
+      commitWaitMs: cfg.timing.commitWaitMs, catchUpMs: cfg.timing.catchUpMs, fsckIgnore: cfg.fsckIgnore },
   });
-  const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger });
+  const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger, commitWaitMs: cfg.timing.commitWaitMs });
   const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const replicaVerifier = new ReplicaVerifier({ nodeId: cfg.nodeId, store, storage, git, logger, metrics });
-  const maintenance = new Maintenance({ nodeId: cfg.nodeId, store, storage, git, logger, metrics, activity, repackAfterPacks: cfg.repackAfterPacks });
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, verifier: replicaVerifier, maintenance, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), fsckIgnore: cfg.fsckIgnore, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
+  const replicaVerifier = new ReplicaVerifier({ nodeId: cfg.nodeId, store, storage, git, logger, metrics, gitTimeoutMs: cfg.timing.gitTimeoutMs });
+  const maintenance = new Maintenance({ nodeId: cfg.nodeId, store, storage, git, logger, metrics, activity, repackAfterPacks: cfg.repackAfterPacks, gitTimeoutMs: cfg.timing.gitTimeoutMs });
+  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, verifier: replicaVerifier, maintenance, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), fsckIgnore: cfg.fsckIgnore, commitWaitMs: cfg.timing.commitWaitMs, gitTimeoutMs: cfg.timing.gitTimeoutMs, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
   const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
   const lifecycle = { draining: false };
   metrics.attach({
@@ -215,7 +196,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     participant, coordinator, router, metrics, load, repair, replicaVerifier, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk, protocol,
     sshKeys: new SshKeys(store, directory), ssh: { port: null },
     config: {
-      hooksDir: hooksDir(), gitTimeoutMs: 3_600_000, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor, fsckIgnore: cfg.fsckIgnore,
+      hooksDir: hooksDir(), gitTimeoutMs: cfg.timing.gitTimeoutMs, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor, fsckIgnore: cfg.fsckIgnore,
       limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
     },
   };

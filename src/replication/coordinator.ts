@@ -16,6 +16,7 @@ import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type Repo
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, PrepareRefusal, type Participant, type PrepareRequest } from './participant.js';
+import { phasesBetween, refsField, refusedField } from './push-log.js';
 import { Tally } from './quorum-wait.js';
 import type { RefUpdate } from './txn-log.js';
 import type { Metrics } from '../metrics.js';
@@ -241,6 +242,7 @@ export class Coordinator {
       return a;
     }));
     await prepared.until(() => prepared.count((a) => a.ok) >= w, this.deps.config.prepareTimeoutMs);
+    const preparedAt = Date.now();
     await failpoints.hit('coordinator.afterPrepare');
     const okCount = prepared.count((a) => a.ok);
     progress(`${okCount} of ${replicas.length} replicas prepared`);
@@ -270,10 +272,14 @@ export class Coordinator {
       void Promise.all(aborts);
       metrics.txns.inc({ kind: req.kind, outcome: 'abort' });
       if (okCount < w) metrics.quorumFailures.inc();
-      log.warn({ prepared: okCount, required: w, answers: Object.fromEntries(prepared.entries()) }, `transaction aborted: ${decided.why}`);
+      log.warn({
+        outcome: 'aborted', ...refsField(req.updates.map((u) => u.ref)), prepared: okCount, required: w,
+        ...phasesBetween({ started, prepared: preparedAt, done: Date.now() }), answers: Object.fromEntries(prepared.entries()),
+      }, `transaction aborted: ${decided.why}`);
       throw unavailable(decided.why, { prepared: okCount, required: w, total: replicas.length });
     }
     metrics.txns.inc({ kind: req.kind, outcome: 'commit' });
+    const decidedAt = Date.now();
     await failpoints.hit('coordinator.beforeCommit');
     const committed = new Tally<Answer>(replicas.length);
     replicas.forEach((node, i) => {
@@ -289,7 +295,11 @@ export class Coordinator {
     await failpoints.hit('coordinator.afterCommit');
     const confirmed = committed.entries().filter(([, a]) => a.ok).map(([n]) => n);
     progress(`${confirmed.length} of ${replicas.length} replicas committed`);
-    log.info({ prepared: okCount, confirmed: confirmed.length, required: w, ms: Date.now() - started }, 'transaction committed');
+    // One line per transaction (a push's is its line: outcome, refs, timings; txnId from the child logger).
+    log.info({
+      outcome: 'committed', ...refsField(req.updates.map((u) => u.ref)), ...(req.newHead ? { newHead: req.newHead } : {}),
+      prepared: okCount, confirmed: confirmed.length, required: w, ...phasesBetween({ started, prepared: preparedAt, decided: decidedAt, done: Date.now() }),
+    }, 'transaction committed');
     return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
   }
 
@@ -371,9 +381,14 @@ export class Coordinator {
       const problem = c.utf8 ? refNameProblem(c.ref) : 'funny refname (not UTF-8)';
       if (problem) fail(c.key, problem);
     }
+    // Refs refused without a transaction (git's checks, the lock) get their log line here; a transaction logs its own.
+    const begun = Date.now();
+    const inTxn = new Set<string>();
     const report = (): void => {
       if (request.atomic && [...results.values()].some((r) => !r.ok)) failRest('atomic push failure');
       exchange.report(request.commands, (c) => results.get(c.key) ?? { ok: true });
+      const refused = refusedField(request.commands.filter((c) => !inTxn.has(c.key)).map((c) => ({ ref: c.ref, result: results.get(c.key) })));
+      if (refused) logger.info({ repoId: ctx.repoId, kind: 'push', outcome: 'refused', ...refused, ms: Date.now() - begun }, 'push refused');
     };
     if (request.atomic && results.size > 0) return report();
     if (results.size === request.commands.length) return report();
@@ -405,6 +420,7 @@ export class Coordinator {
         newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, batch), newHead ? head : null, newHead), ...(newHead ? { newHead } : {}),
         ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}),
       };
+      for (const u of batch) inTxn.add(refKey(u.ref));
       let result;
       try {
         result = await this.runRefTxn(req, repo, held, pack, ctx.quiet ? undefined : (line) => exchange.progress(`replication: ${line}`));

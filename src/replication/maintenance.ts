@@ -24,6 +24,8 @@ export class Maintenance {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; logger: Logger; metrics: Metrics; activity: RepoActivity;
       /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
       repackAfterPacks?: number;
+      /** gitTimeoutMs bounds one repack (settings: gitTimeoutMs). */
+      gitTimeoutMs: number;
     },
   ) {}
 
@@ -49,7 +51,7 @@ export class Maintenance {
       if (!running) return;
       try {
         const started = Date.now();
-        await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: 3_600_000 });
+        await git.run(['repack', '-d', '-q', '--geometric=2'], { cwd: storage.repoPath(repo.repoId), timeoutMs: this.deps.gitTimeoutMs });
         const after = (await readdir(packDir).catch(() => [] as string[])).filter((f) => f.endsWith('.pack')).length;
         metrics.repacks.inc();
         logger.info({ repoId: repo.repoId, packs, after, ms: Date.now() - started }, 'replica repacked');

@@ -107,6 +107,8 @@ export class Participant {
       readonly diskShortage?: () => string | null;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
       readonly resolveAfterMs: number;
+      /** gitTimeoutMs bounds index-pack and the connectivity check of a prepare (settings: gitTimeoutMs; default none). */
+      readonly gitTimeoutMs?: number;
       /** stageTtlMs is how long a staged pack waits for its prepare (default STAGE_TTL_MS). */
       readonly stageTtlMs?: number;
     },
@@ -314,7 +316,7 @@ export class Participant {
   /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
   private async indexPack(repoPath: string, keepMessage: string, pack: Readable, expectedHash: string | undefined, fsckIgnore: readonly string[]): Promise<string> {
     const started = Date.now();
-    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], { cwd: repoPath, timeoutMs: 3_600_000 });
+    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], { cwd: repoPath, timeoutMs: this.deps.gitTimeoutMs });
     let out = '';
     let err = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; });
@@ -347,7 +349,7 @@ export class Participant {
     const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
     if (tips.length === 0) return;
     try {
-      await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], { cwd: repoPath, input: `${tips.join('\n')}\n`, timeoutMs: 3_600_000 });
+      await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], { cwd: repoPath, input: `${tips.join('\n')}\n`, timeoutMs: this.deps.gitTimeoutMs });
     } catch (err) {
       throw new PrepareRefusal('failed', `missing objects after pack: ${errorMessage(err)}`);
     }

@@ -16,12 +16,6 @@ import type { ReplicaVerifier } from './verifier.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /**
- * COMMIT_GRACE_MS is how long a replica one generation behind (isOneBehind: a push's commit,
- * or a create's, not yet confirmed here) may wait for its confirmation before repair.
- */
-const COMMIT_GRACE_MS = 3_000;
-
-/**
  * FULL_PASS_MS is how often a repair pass lists every repo even though the store's change mark
  * has not moved (a pass that found nothing to do is otherwise skipped: docs/SCALE.md).
  */
@@ -76,6 +70,13 @@ export class RepairWorker {
       caFile?: string;
       /** fsckIgnore is the cluster's fsck policy, applied to fetched objects too. */
       fsckIgnore?: readonly string[];
+      /**
+       * commitWaitMs is how long a replica one generation behind (isOneBehind: a push's commit,
+       * or a create's, not yet confirmed here) may wait for its confirmation before repair.
+       */
+      commitWaitMs: number;
+      /** gitTimeoutMs bounds one fetch or clone of a replica. */
+      gitTimeoutMs: number;
     },
   ) {}
 
@@ -161,7 +162,7 @@ export class RepairWorker {
         // commit still on its way: give it a moment before copying what it is about to apply.
         const since = this.behindSince.get(repo.repoId) ?? now;
         this.behindSince.set(repo.repoId, since);
-        if (!isOneBehind(repo, own) || now - since >= COMMIT_GRACE_MS) todo.push(repo);
+        if (!isOneBehind(repo, own) || now - since >= this.deps.commitWaitMs) todo.push(repo);
       }
       await this.deps.maintenance.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
       const here = new Set(repos.map((r) => r.repoId));
@@ -354,7 +355,7 @@ export class RepairWorker {
       cwd,
       env: this.fetchEnv(),
       config: { 'transfer.fsckObjects': 'true', 'protocol.version': '2', 'core.fsync': 'committed', 'core.fsyncMethod': 'fsync', ...this.fetchConfig() },
-      timeoutMs: 3_600_000,
+      timeoutMs: this.deps.gitTimeoutMs,
     });
     let tail = '';
     let lastLog = Date.now();

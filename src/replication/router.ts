@@ -7,9 +7,6 @@ import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type Replica
 /** Route says where a request is served: this node's replica, or an in-sync peer. */
 export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: string; url: string };
 
-/** COMMIT_WINDOW_WAIT_MS bounds the wait for a committing push's first confirmation. */
-const COMMIT_WINDOW_WAIT_MS = 3_000;
-
 interface Seen {
   readonly repo: RepoRecord;
   readonly replicas: ReplicaRecord[];
@@ -24,7 +21,13 @@ interface Seen {
 export class Router {
   private readonly lastSeen = new Map<string, Seen>();
 
-  constructor(private readonly deps: { nodeId: string; store: ClusterStore; storage: ReplicaStorage; membership: Membership; logger: Logger }) {}
+  constructor(
+    private readonly deps: {
+      nodeId: string; store: ClusterStore; storage: ReplicaStorage; membership: Membership; logger: Logger;
+      /** commitWaitMs bounds the wait for a committing push's first confirmation (settings: commitWaitMs). */
+      commitWaitMs: number;
+    },
+  ) {}
 
   /** remember records a repo's state read elsewhere (the repair pass), for reads during a store outage. */
   remember(repo: RepoRecord, replicas: ReplicaRecord[]): void {
@@ -53,11 +56,11 @@ export class Router {
   /**
    * route picks where to serve `repoId`; `write` requires a replica that can coordinate a push.
    * Between a push's (or a create's) decision and its first confirmation no replica is in sync; a request
-   * arriving then waits (up to COMMIT_WINDOW_WAIT_MS) for that confirmation instead of getting a
+   * arriving then waits (up to commitWaitMs) for that confirmation instead of getting a
    * 503. Waiting serves nothing stale: the answer comes from a replica that confirmed.
    */
   async route(repoId: string, write: boolean): Promise<Route> {
-    const deadline = Date.now() + COMMIT_WINDOW_WAIT_MS;
+    const deadline = Date.now() + this.deps.commitWaitMs;
     for (;;) {
       const seen = await this.read(repoId, write);
       const route = await this.pick(seen);

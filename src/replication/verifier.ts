@@ -21,6 +21,8 @@ export class ReplicaVerifier {
   constructor(
     private readonly deps: {
       nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; logger: Logger; metrics: Metrics;
+      /** gitTimeoutMs bounds one fsck (settings: gitTimeoutMs). */
+      gitTimeoutMs: number;
     },
   ) {}
 
@@ -74,7 +76,7 @@ export class ReplicaVerifier {
     const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
     let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
     if (!problem && fsck) {
-      const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: 3_600_000 }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
+      const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: this.deps.gitTimeoutMs }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
       if (r.code !== 0) {
         logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
         problem = 'missing';
