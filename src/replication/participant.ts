@@ -441,7 +441,8 @@ export class Participant {
    */
   private async reapply(req: PrepareRequest): Promise<void> {
     const repoPath = this.deps.storage.repoPath(req.repoId);
-    await removeFiles(req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(join(repoPath, 'packed-refs.lock')));
+    // update-ref also locks HEAD when HEAD names a ref it updates: a crash leaves that lock too.
+    await removeFiles(req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(['packed-refs.lock', 'HEAD.lock'].map((f) => join(repoPath, f))));
     const current = new Map((await this.deps.storage.readRefs(req.repoId)).map((r) => [r.name, r.oid]));
     const pending = req.updates.filter((u) => (current.get(u.ref) ?? '0'.repeat(40)) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)));
     if (pending.length > 0) {

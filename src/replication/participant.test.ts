@@ -1,0 +1,198 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { commitFile, gitOk, workRepo } from '../../test/helpers/git.js';
+import { eventually, packOf, quietLogger, ReplicationKit, type KitNode } from '../../test/helpers/replication-kit.js';
+import { applyUpdatesToChecksum } from '../domain/checksum.js';
+import { ZERO_OID } from '../domain/ref-name.js';
+import type { RepoId } from '../domain/repo-id.js';
+import { GitRunner } from '../git/runner.js';
+import type { RepoRecord } from '../store/types.js';
+import { RepoActivity } from './activity.js';
+import { Failpoints } from './failpoints.js';
+import { Participant, type PrepareRequest } from './participant.js';
+
+const REPO = 'o/r' as RepoId;
+
+describe('Participant (in process: real store, real git)', () => {
+  let kit: ReplicationKit;
+  let node: KitNode;
+  let repo: RepoRecord;
+  let work: string;
+  let tip: string;
+  let pack: Buffer;
+  /** token is the fencing token of the lock the test's coordinator (`n9`) holds. */
+  let token: number;
+
+  beforeEach(async () => {
+    // One node: it coordinates the create itself, then acts as a participant of pushes.
+    kit = await ReplicationKit.create({ nodes: 1, resolveAfterMs: 0 });
+    node = kit.node('n1');
+    await kit.coordinator('n1').createRepo(REPO);
+    repo = (await kit.raw.getRepo(REPO))!;
+    work = await workRepo();
+    tip = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
+    pack = await packOf(work, tip);
+    token = (await kit.raw.acquireLock(REPO, 'n9', 600_000))!.token;
+  });
+  afterEach(async () => {
+    await kit.close();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  /** push is a prepare of `main` from `old` to `next` at the repo's current generation, as a coordinator sends it. */
+  const push = (over: Partial<PrepareRequest> = {}, old = ZERO_OID, next = tip): PrepareRequest => {
+    const updates = [{ ref: 'refs/heads/main', oldOid: old, newOid: next }];
+    return {
+      txnId: randomUUID(), repoId: REPO, kind: 'push', coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: repo.generation,
+      fencingToken: token, updates, newChecksum: applyUpdatesToChecksum(repo.checksum, updates), ...over,
+    };
+  };
+  const stream = (b: Buffer = pack): Readable => Readable.from([b]);
+  const repoPath = (): string => node.storage.repoPath(REPO);
+  const refLocked = (): boolean => existsSync(join(repoPath(), 'refs/heads/main.lock'));
+  const keeps = async (): Promise<string[]> => (await readdir(join(repoPath(), 'objects/pack'))).filter((f) => f.endsWith('.keep'));
+  const mainRef = async (): Promise<string | undefined> => (await node.storage.readRefs(REPO)).find((r) => r.name === 'refs/heads/main')?.oid;
+  /** decide writes the commit decision of a prepared push in the store, as its coordinator does. */
+  const decide = async (req: PrepareRequest): Promise<void> => {
+    const d = await kit.raw.commitPush({ txnId: req.txnId, repoId: REPO, coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: req.baseGeneration, fencingToken: req.fencingToken, newChecksum: req.newChecksum });
+    expect(d.decision).toBe('commit');
+  };
+  /** commitThrough prepares, decides and commits a push, moving the replica (and the store) one generation on. */
+  const commitThrough = async (req: PrepareRequest): Promise<void> => {
+    await node.participant.prepare(req, stream());
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    repo = (await kit.raw.getRepo(REPO))!;
+  };
+
+  it('prepare verifies the pack and locks the ref; commit moves it and confirms the next generation', async () => {
+    const req = push();
+    await node.participant.prepare(req, stream());
+    expect(refLocked()).toBe(true);
+    expect(await keeps()).toHaveLength(1);
+    expect(await mainRef()).toBeUndefined();
+    expect(node.log.get(req.txnId)?.state).toBe('prepared');
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    expect(await mainRef()).toBe(tip);
+    expect(refLocked()).toBe(false);
+    expect(await keeps()).toEqual([]);
+    expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, checksum: req.newChecksum, state: 'in_sync' });
+    expect(node.activity.runningOn(REPO)).toEqual([]);
+  });
+
+  it('a base generation ahead of the replica: stale; behind it: conflict; neither leaves a lock, a pack or an activity', async () => {
+    await expect(node.participant.prepare(push({ baseGeneration: 1 }), stream())).rejects.toMatchObject({ status: 'stale' });
+    await commitThrough(push());
+    const next = await commitFile(work, 'b.txt', 'b\n', 'second');
+    const behind = push({ baseGeneration: 0 }, tip, next);
+    await expect(node.participant.prepare(behind, stream(await packOf(work, next, [tip])))).rejects.toMatchObject({ status: 'conflict' });
+    expect(refLocked()).toBe(false);
+    expect(await keeps()).toEqual([]);
+    expect(node.activity.runningOn(REPO)).toEqual([]);
+    expect(node.log.get(behind.txnId)).toBeNull();
+  });
+
+  it('a prepare of another incarnation is stale', async () => {
+    await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({ status: 'stale', message: expect.stringContaining('another incarnation') as unknown });
+  });
+
+  it('a pack that does not bring the new tip is refused: missing objects', async () => {
+    const other = await commitFile(work, 'c.txt', 'c\n', 'not in the pack');
+    await expect(node.participant.prepare(push({}, ZERO_OID, other), stream())).rejects.toMatchObject({ status: 'failed', message: expect.stringContaining('missing objects') as unknown });
+    expect(refLocked()).toBe(false);
+    expect(await keeps()).toEqual([]);
+  });
+
+  it('a duplicate prepare is idempotent: it answers prepared again, and one commit applies', async () => {
+    const req = push();
+    await node.participant.prepare(req, stream());
+    await node.participant.prepare(req, stream());
+    expect(node.participant.openCount).toBe(1);
+    expect(await keeps()).toHaveLength(1);
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    await node.participant.commit(req.txnId);
+    expect(await mainRef()).toBe(tip);
+    expect(node.log.get(req.txnId)?.state).toBe('committed');
+  });
+
+  it('commit of a transaction this node never saw is a 404 and changes nothing', async () => {
+    await expect(node.participant.commit(randomUUID())).rejects.toMatchObject({ statusCode: 404 });
+    expect(await node.storage.readRefs(REPO)).toEqual([]);
+  });
+
+  it('abort after prepare releases the ref lock, the pack and the activity; the aborted txn cannot commit', async () => {
+    const req = push();
+    await node.participant.prepare(req, stream());
+    expect(node.activity.runningOn(REPO)).toEqual(['txn']);
+    await node.participant.abort(req.txnId, REPO);
+    expect(refLocked()).toBe(false);
+    expect(await keeps()).toEqual([]);
+    expect(node.activity.runningOn(REPO)).toEqual([]);
+    await expect(node.participant.commit(req.txnId)).rejects.toMatchObject({ statusCode: 409 });
+    await expect(node.participant.prepare(req, stream())).rejects.toMatchObject({ status: 'failed', message: 'transaction already aborted' });
+    // The ref is free: the next transaction on it prepares and commits.
+    await commitThrough(push());
+    expect(await mainRef()).toBe(tip);
+  });
+
+  it('an abort that arrives before the prepare makes the prepare refuse', async () => {
+    const req = push();
+    await node.participant.abort(req.txnId, REPO);
+    await expect(node.participant.prepare(req, stream())).rejects.toMatchObject({ status: 'failed' });
+    expect(refLocked()).toBe(false);
+  });
+
+  it('a committed transaction cannot be aborted', async () => {
+    const req = push();
+    await commitThrough(req);
+    await expect(node.participant.abort(req.txnId, REPO)).rejects.toMatchObject({ statusCode: 409 });
+    expect(await mainRef()).toBe(tip);
+  });
+
+  it('in doubt: waits while its coordinator holds the lock, aborts once the fencing token is stale', async () => {
+    const req = push();
+    await node.participant.prepare(req, stream());
+    await node.participant.resolveStuck();
+    expect(node.participant.openCount).toBe(1);
+    expect(refLocked()).toBe(true);
+    // The coordinator's lease ends and another holder takes the lock: its token is stale now.
+    await kit.raw.releaseLock(REPO, token);
+    await kit.raw.acquireLock(REPO, 'n8', 60_000);
+    await node.participant.resolveStuck();
+    expect(node.participant.openCount).toBe(0);
+    expect((await kit.raw.getTxn(req.txnId))?.decision).toBe('abort');
+    expect(node.log.get(req.txnId)?.state).toBe('aborted');
+    expect(refLocked()).toBe(false);
+  });
+
+  it('in doubt with a commit decision in the store: resolved by committing and confirming', async () => {
+    const req = push();
+    await node.participant.prepare(req, stream());
+    await decide(req);
+    await node.participant.resolveStuck();
+    expect(await mainRef()).toBe(tip);
+    expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, state: 'in_sync' });
+  });
+
+  it('recover after a crash: a prepared push on HEAD\'s branch is re-applied from the log once the decision is commit', async () => {
+    const req = push();
+    await node.participant.prepare(req, stream());
+    await decide(req);
+    // The crash: update-ref is killed (as a restarted node reaps its previous incarnation's git),
+    // leaving its lock files: the ref's, and HEAD's, which it locks for HEAD's branch.
+    expect(await new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 1 }).reapPrevious()).toBeGreaterThan(0);
+    await eventually(() => expect(refLocked()).toBe(true));
+    const activity = new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger });
+    const restarted = new Participant({ nodeId: 'n1', store: kit.store, storage: node.storage, git: kit.git, log: node.log, logger: quietLogger, failpoints: new Failpoints(undefined), activity, resolveAfterMs: 0 });
+    await restarted.recover();
+    expect(await mainRef()).toBe(tip);
+    expect(node.log.get(req.txnId)?.state).toBe('committed');
+    expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, state: 'in_sync' });
+  });
+});
