@@ -250,13 +250,9 @@ export class ReplicationKit {
   }
 }
 
-/**
- * receivePack stands in for receive-pack on node `id`: it packs what `tip` brings from `work`
- * (everything reachable, less `exclude`) and stores it in the replica as receive-pack does, a
- * pack with a `.keep` naming receive-pack's pid, which is how the coordinator finds it.
- */
-export async function receivePack(kit: ReplicationKit, id: string, repoId: string, work: string, tip: string, pid: number, exclude: readonly string[] = []): Promise<void> {
-  const pack = await new Promise<Buffer>((resolve, reject) => {
+/** packOf is the pack of what `tip` brings from `work` (everything reachable, less `exclude`), as git would send it. */
+export function packOf(work: string, tip: string, exclude: readonly string[] = []): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
     const child = spawn('git', ['pack-objects', '--revs', '--stdout', '-q'], { cwd: work, env: GIT_ENV });
     const out: Buffer[] = [];
     child.stdout.on('data', (d: Buffer) => out.push(d));
@@ -264,6 +260,15 @@ export async function receivePack(kit: ReplicationKit, id: string, repoId: strin
     child.on('close', (code) => (code === 0 ? resolve(Buffer.concat(out)) : reject(new Error(`pack-objects exit ${code}`))));
     child.stdin.end(`${tip}\n${exclude.map((e) => `^${e}\n`).join('')}`);
   });
+}
+
+/**
+ * receivePack stands in for receive-pack on node `id`: it stores the pack of what `tip` brings
+ * in the replica as receive-pack does, with a `.keep` naming receive-pack's pid, which is how
+ * the coordinator finds it.
+ */
+export async function receivePack(kit: ReplicationKit, id: string, repoId: string, work: string, tip: string, pid: number, exclude: readonly string[] = []): Promise<void> {
+  const pack = await packOf(work, tip, exclude);
   await new Promise<void>((resolve, reject) => {
     const child = spawn('git', ['index-pack', '--stdin', `--keep=receive-pack ${pid} on test`], { cwd: kit.node(id).storage.repoPath(repoId), env: GIT_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
     let err = '';
