@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { DEFAULTS } from '../config.js';
 import { applyUpdatesToChecksum, headChecksum, withHead } from '../domain/checksum.js';
 import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
@@ -28,6 +29,10 @@ export interface CoordinatorConfig {
   readonly lockWaitMs: number;
   readonly prepareTimeoutMs: number;
   readonly commitTimeoutMs: number;
+  /** commitWaitMs: a push waits this long for this node's replica to confirm the previous push (default DEFAULTS.commitWaitMs). */
+  readonly commitWaitMs?: number;
+  /** catchUpMs: a push waits this long for this node's replica to be caught up before it refuses (default DEFAULTS.catchUpMs). */
+  readonly catchUpMs?: number;
   /** fsckIgnore is the fsck policy every participant applies to this coordinator's packs. */
   readonly fsckIgnore?: readonly string[];
 }
@@ -65,12 +70,6 @@ interface PackShipment {
   readonly path: string;
   readonly staged: ReadonlyMap<string, Promise<boolean>>;
 }
-
-/** OWN_COMMIT_WAIT_MS is how long a push waits for this node's replica to confirm the previous push. */
-const OWN_COMMIT_WAIT_MS = 3_000;
-
-/** CATCH_UP_MS is how long a push waits for this node's replica to be caught up before it refuses. */
-const CATCH_UP_MS = 10_000;
 
 /** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
 const SETTLE_MS = 10_000;
@@ -497,13 +496,13 @@ export class Coordinator {
   /**
    * lockInSync takes the repo's write lock with this node's replica in sync, as a coordinator
    * must be. A replica behind (it was the straggler of the last pushes, which W others
-   * acknowledged) is caught up outside the lock, by a repair attempt, for up to CATCH_UP_MS,
+   * acknowledged) is caught up outside the lock, by a repair attempt, for up to catchUpMs,
    * rather than refusing the push with "replica catching up": under many pushers to one repo
    * that refusal was what clients saw.
    */
   private async lockInSync(repoId: RepoId): Promise<{ ok: true; held: HeldLock; repo: RepoRecord } | { ok: false; reason: string }> {
     const { store, storage, nodeId } = this.deps;
-    const deadline = Date.now() + CATCH_UP_MS;
+    const deadline = Date.now() + (this.deps.config.catchUpMs ?? DEFAULTS.catchUpMs);
     for (;;) {
       const held = await this.lock(repoId);
       let keep = false;
@@ -526,7 +525,7 @@ export class Coordinator {
   /**
    * ownReplica reads this node's replica record of a repo. A replica confirmed one generation
    * back is usually the previous push still committing here (its coordinator released the lock
-   * after W confirmations): it is given up to OWN_COMMIT_WAIT_MS to confirm, instead of refusing
+   * after W confirmations): it is given up to commitWaitMs to confirm, instead of refusing
    * the push with "replica catching up". The caller holds the repo lock, so the generation
    * cannot move meanwhile.
    */
@@ -534,7 +533,7 @@ export class Coordinator {
     const { store, nodeId } = this.deps;
     const read = async (): Promise<ReplicaRecord | undefined> => (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
     let own = await read();
-    const deadline = Date.now() + OWN_COMMIT_WAIT_MS;
+    const deadline = Date.now() + (this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs);
     while (isOneBehind(repo, own) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
       own = await read();
