@@ -23,11 +23,11 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
     ...(req.packHash ? { pack_hash: req.packHash } : {}),
     ...(req.newHead ? { new_head: req.newHead } : {}),
     ...(req.fsckIgnore ? { fsck_ignore: req.fsckIgnore } : {}),
-    ...(req.stagedPack ? { staged_pack: true } : {}),
+    ...(req.stagedPacks?.length ? { staged_packs: req.stagedPacks } : {}),
   };
 }
 
-/** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_pack`. */
+/** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_packs`. */
 export const STAGE_PROTOCOL = 3;
 
 /**

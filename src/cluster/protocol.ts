@@ -15,7 +15,8 @@ export interface ProtocolRange {
 
 /**
  * PROTOCOL is what this build speaks. 2: peer signatures bound to the receiver and the body.
- * 3: a push's pack may be shipped ahead of its prepare (`/replicate/stage`, `staged_pack`).
+ * 3: a push's pack may be shipped ahead of its prepare (`/replicate/stage`, `staged_packs`),
+ * and one transaction may carry the pushes of a group, each with its own pack.
  */
 export const PROTOCOL: ProtocolRange = { min: 2, max: 3 };
 

@@ -12,6 +12,9 @@ import type { NodeDeps } from './deps.js';
 
 const MAX_META_BYTES = 64 * 1024 * 1024;
 
+/** MAX_STAGED_PACKS bounds the packs one prepare may name (a group of pushes brings one each). */
+const MAX_STAGED_PACKS = 1_000;
+
 const txnSchema = {
   body: {
     type: 'object',
@@ -57,6 +60,8 @@ export function parsePrepare(body: unknown): PrepareRequest {
   if (packHash !== undefined && (typeof packHash !== 'string' || !isOid(packHash))) throw badRequest('pack_hash must be an object id');
   const fsckIgnore = b.fsck_ignore;
   if (fsckIgnore !== undefined && !isFsckIgnoreList(fsckIgnore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
+  const stagedPacks = b.staged_packs ?? [];
+  if (!Array.isArray(stagedPacks) || stagedPacks.length > MAX_STAGED_PACKS || !stagedPacks.every((h) => typeof h === 'string' && isOid(h))) throw badRequest(`staged_packs must be a list of at most ${MAX_STAGED_PACKS} object ids`);
   const newHead = b.new_head;
   if (newHead !== undefined && (typeof newHead !== 'string' || !newHead.startsWith('refs/heads/') || refNameProblem(newHead) !== null)) throw badRequest('new_head must be a branch name');
   return {
@@ -65,7 +70,7 @@ export function parsePrepare(body: unknown): PrepareRequest {
     newChecksum: str('new_checksum'), updates, ...(typeof packHash === 'string' ? { packHash } : {}),
     ...(typeof newHead === 'string' ? { newHead } : {}),
     ...(isFsckIgnoreList(fsckIgnore) ? { fsckIgnore } : {}),
-    ...(b.staged_pack === true ? { stagedPack: true } : {}),
+    ...(stagedPacks.length ? { stagedPacks } : {}),
   };
 }
 

@@ -6,18 +6,19 @@ import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } f
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
-import { isZeroOid, refConflict, refDirectories, refNameProblem, ZERO_OID } from '../domain/ref-name.js';
+import { isZeroOid, refNameProblem } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
 import type { PeerTarget } from '../auth/peer-signature.js';
 import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer-client.js';
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
-import { refKey, type ProcReceiveExchange, type PushCommand, type RefResult } from '../git/proc-receive.js';
+import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-receive.js';
 import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord } from '../store/types.js';
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, PrepareRefusal, type Participant, type PrepareRequest } from './participant.js';
 import { phasesBetween, refsField, refusedField } from './push-log.js';
+import { mergeGroup } from './push-group.js';
 import { Tally } from './quorum-wait.js';
 import type { RefUpdate } from './txn-log.js';
 import type { Metrics } from '../metrics.js';
@@ -68,8 +69,35 @@ type Answer = PeerAnswer;
  */
 interface PackShipment {
   readonly path: string;
+  /** hash is the pack's trailer hash (its name), which peers check it against. */
+  readonly hash: string;
   readonly staged: ReadonlyMap<string, Promise<boolean>>;
 }
+
+/** PendingPush is one push waiting for, or taking part in, its group's transaction. */
+interface PendingPush {
+  readonly exchange: ProcReceiveExchange;
+  readonly ctx: PushContext;
+  readonly request: PushRequestOf;
+  readonly results: Map<string, RefResult>;
+  readonly fail: (key: string, reason: string) => void;
+  readonly failRest: (reason: string) => void;
+  /** report answers git with every command's result, and logs the refused ones. */
+  readonly report: () => void;
+  /** inTxn: the keys of the commands the transaction carries (their log line is the transaction's). */
+  readonly inTxn: Set<string>;
+  readonly pack: PackShipment | null;
+  /** settled is called once the push was answered or abandoned. */
+  readonly settled: () => void;
+}
+
+type PushRequestOf = Awaited<ReturnType<ProcReceiveExchange['read']>>;
+
+/** MAX_GROUP_PUSHES bounds how many queued pushes join one transaction. */
+const MAX_GROUP_PUSHES = 64;
+
+/** MAX_QUEUED_PUSHES bounds the pushes of one repo waiting on one node; more are refused at once. */
+const MAX_QUEUED_PUSHES = 256;
 
 /** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
 const SETTLE_MS = 10_000;
@@ -93,6 +121,9 @@ export class OutcomeUnknownError extends AppError {
  * acknowledge after W confirmations.
  */
 export class Coordinator {
+  /** queues: per repo, the pushes waiting on this node for their group's transaction. */
+  private readonly queues = new Map<string, PendingPush[]>();
+
   constructor(
     private readonly deps: {
       readonly nodeId: string;
@@ -157,7 +188,7 @@ export class Coordinator {
     return fresh && fresh.epoch !== target.epoch ? call(fresh) : answer;
   }
 
-  private async prepareOn(node: string, req: PrepareRequest, pack: PackShipment | null): Promise<Answer> {
+  private async prepareOn(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
     if (node === this.deps.nodeId) {
       return this.deps.participant.prepare(req, null, { local: true }).then(
         () => ({ ok: true, status: 'prepared' }) as const,
@@ -166,16 +197,35 @@ export class Coordinator {
     }
     const timeout = this.deps.config.prepareTimeoutMs;
     if (req.kind !== 'push') return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
-    if (!pack) return this.callPeer(node, (t) => this.deps.peers.preparePush(t, req, null, timeout));
-    const signed = { ...req, packHash: packHashOf(pack.path) };
-    if (await (pack.staged.get(node) ?? false)) {
-      const answer = await this.callPeer(node, (t) => this.deps.peers.preparePush(t, { ...signed, stagedPack: true }, null, timeout));
-      if (answer.ok || answer.status !== 'not_staged') return answer;
-      this.deps.metrics.packsShipped.inc({ how: 'restaged' });
-    } else {
-      this.deps.metrics.packsShipped.inc({ how: 'with_prepare' });
-    }
-    return this.callPeer(node, (t) => this.deps.peers.preparePush(t, signed, pack.path, timeout));
+    if (packs.length === 0) return this.callPeer(node, (t) => this.deps.peers.preparePush(t, req, null, timeout));
+    const ready = await Promise.all(packs.map((p) => p.staged.get(node) ?? Promise.resolve(false)));
+    const answer = await this.preparePacksOn(node, req, packs, ready);
+    if (answer.ok || answer.status !== 'not_staged') return answer;
+    // A staged pack went astray (the peer restarted, or its replica was replaced): send them all again.
+    this.deps.metrics.packsShipped.inc({ how: 'restaged' }, packs.length);
+    return this.preparePacksOn(node, req, packs, packs.map(() => false));
+  }
+
+  /**
+   * preparePacksOn sends a push prepare to a peer naming the packs staged there (`ready`); of the
+   * others, one travels with the prepare and the rest are staged first.
+   */
+  private async preparePacksOn(node: string, req: PrepareRequest, packs: readonly PackShipment[], ready: readonly boolean[]): Promise<Answer> {
+    const timeout = this.deps.config.prepareTimeoutMs;
+    const missing = packs.filter((_, i) => !ready[i]);
+    const body = missing.pop() ?? null;
+    const staging = await Promise.all(missing.map((p) => this.stageOn(node, req.repoId, p)));
+    const refused = staging.find((a) => !a.ok);
+    if (refused) return refused;
+    if (body) this.deps.metrics.packsShipped.inc({ how: 'with_prepare' });
+    const stagedPacks = packs.filter((p) => p !== body).map((p) => p.hash);
+    const signed: PrepareRequest = { ...req, ...(body ? { packHash: body.hash } : {}), ...(stagedPacks.length ? { stagedPacks } : {}) };
+    return this.callPeer(node, (t) => this.deps.peers.preparePush(t, signed, body?.path ?? null, timeout));
+  }
+
+  private stageOn(node: string, repoId: string, pack: PackShipment): Promise<Answer> {
+    const meta = { repoId, packHash: pack.hash, ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}) };
+    return this.callPeer(node, (t) => this.deps.peers.stagePack(t, meta, pack.path, this.deps.config.prepareTimeoutMs));
   }
 
   /**
@@ -186,19 +236,19 @@ export class Coordinator {
    */
   private async stageAhead(repoId: string, packPath: string): Promise<PackShipment> {
     const staged = new Map<string, Promise<boolean>>();
-    const packHash = packHashOf(packPath);
-    const repo = packHash ? await this.deps.store.getRepo(repoId).catch(() => null) : null;
-    if (!packHash || !repo) return { path: packPath, staged };
-    const meta = { repoId, packHash, ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}) };
-    for (const node of repo.replicas) {
+    const hash = packHashOf(packPath);
+    if (!hash) throw new Error(`received pack ${packPath} is not named by its hash`);
+    const pack = { path: packPath, hash, staged };
+    const repo = await this.deps.store.getRepo(repoId).catch(() => null);
+    for (const node of repo?.replicas ?? []) {
       if (node === this.deps.nodeId) continue;
-      staged.set(node, this.callPeer(node, (t) => this.deps.peers.stagePack(t, meta, packPath, this.deps.config.prepareTimeoutMs)).then((a) => {
+      staged.set(node, this.stageOn(node, repoId, pack).then((a) => {
         if (a.ok) this.deps.metrics.packsShipped.inc({ how: 'staged' });
         else this.deps.logger.debug({ repoId, node, answer: a }, 'pack not staged ahead; it goes with the prepare');
         return a.ok;
       }, () => false));
     }
-    return { path: packPath, staged };
+    return pack;
   }
 
   private async finishOn(node: string, txnId: string, repoId: string, decision: 'commit' | 'abort'): Promise<Answer> {
@@ -221,7 +271,7 @@ export class Coordinator {
   private async run(
     req: PrepareRequest,
     replicas: readonly string[],
-    pack: PackShipment | null,
+    packs: readonly PackShipment[],
     decide: () => Promise<{ ok: true } | { ok: false; why: string }>,
     onStraggler: (node: string, answer: Answer) => void,
     progress: (line: string) => void = () => undefined,
@@ -235,7 +285,7 @@ export class Coordinator {
     progress(`replicating to ${replicas.length} replicas (${w} must confirm)`);
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
-    const preparing = replicas.map((node) => this.prepareOn(node, req, pack).then((a) => {
+    const preparing = replicas.map((node) => this.prepareOn(node, req, packs).then((a) => {
       metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
       prepared.add(node, a);
       return a;
@@ -333,7 +383,7 @@ export class Coordinator {
       const checksum = headChecksum(DEFAULT_HEAD);
       const req: PrepareRequest = { txnId: randomUUID(), repoId, kind: 'create', coordinator: nodeId, incarnation, baseGeneration: 0, fencingToken: held.lock.token, newChecksum: checksum, updates: [] };
       const record: RepoRecord = { repoId, incarnation, replicas, generation: 0, checksum, createdAt: new Date().toISOString() };
-      const result = await this.run(req, replicas, null, async () => {
+      const result = await this.run(req, replicas, [], async () => {
         const d = await store.commitCreate({ txnId: req.txnId, coordinator: nodeId, record });
         return d.decision === 'commit' ? { ok: true } : { ok: false, why: d.reason === 'exists' ? `repository ${repoId} already exists` : `decision refused (${d.reason ?? 'unknown'})` };
       }, (node) => { void store.markReplica(repoId, node, incarnation, 'missing', 1).catch((err: unknown) => logger.warn({ repoId, node, err: errorMessage(err) }, 'could not mark a replica missing')); });
@@ -353,7 +403,7 @@ export class Coordinator {
       const repo = await store.getRepo(repoId);
       if (!repo) throw notFound(`repository ${repoId} not found`);
       const req: PrepareRequest = { txnId: randomUUID(), repoId, kind: 'delete', coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: '', updates: [] };
-      const result = await this.run(req, repo.replicas, null, async () => {
+      const result = await this.run(req, repo.replicas, [], async () => {
         const d = await store.commitDelete({ txnId: req.txnId, repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token });
         return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed while deleting (${d.reason ?? 'unknown'}), try again` };
       }, () => undefined);
@@ -369,7 +419,7 @@ export class Coordinator {
    * connection, and repair completes the stragglers.
    */
   async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
-    const { storage, nodeId, logger } = this.deps;
+    const { logger } = this.deps;
     const request = await exchange.read();
     // Results are keyed by each command's exact bytes (PushCommand.key).
     const results = new Map<string, RefResult>();
@@ -391,59 +441,142 @@ export class Coordinator {
     };
     if (request.atomic && results.size > 0) return report();
     if (results.size === request.commands.length) return report();
-    const packPath = await this.receivedPack(ctx);
-    const pack = packPath ? await this.stageAhead(ctx.repoId, packPath) : null;
-    let locked: Awaited<ReturnType<Coordinator['lockInSync']>>;
+    let pack: PackShipment | null = null;
     try {
-      locked = await this.lockInSync(ctx.repoId);
+      const packPath = await this.receivedPack(ctx);
+      pack = packPath ? await this.stageAhead(ctx.repoId, packPath) : null;
     } catch (err) {
       failRest(errorMessage(err));
       return report();
     }
-    if (!locked.ok) {
-      failRest(locked.reason);
-      return report();
-    }
-    const { held, repo } = locked;
-    try {
-      const current = new Map((await storage.readRefs(ctx.repoId)).map((r) => [r.name, r.oid]));
-      const head = await storage.headTarget(ctx.repoId);
-      const batch = checkCommands(request.commands.filter((c) => !results.has(c.key)), current, head, fail);
-      if (request.atomic && results.size > 0) return report();
-      if (batch.length === 0) return report();
-      // A push into a repo whose HEAD names no branch yet points HEAD at what it brings.
-      const newHead = pickDefaultBranch(head, current, batch);
-      const req: PrepareRequest = {
-        txnId: randomUUID(), repoId: ctx.repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
-        baseGeneration: repo.generation, fencingToken: held.lock.token, updates: batch,
-        newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, batch), newHead ? head : null, newHead), ...(newHead ? { newHead } : {}),
-        ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}),
-      };
-      for (const u of batch) inTxn.add(refKey(u.ref));
-      let result;
-      try {
-        result = await this.runRefTxn(req, repo, held, pack, ctx.quiet ? undefined : (line) => exchange.progress(`replication: ${line}`));
-      } catch (err) {
-        if (err instanceof OutcomeUnknownError) {
-          logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the push without a report');
-          exchange.abandon();
-          ctx.abandon();
-          return;
-        }
-        for (const u of batch) fail(refKey(u.ref), errorMessage(err));
-        return report();
-      }
-      if (result.outcome === 'unknown') {
-        logger.error({ txnId: req.txnId, confirmed: result.confirmed }, 'committed but fewer than W replicas confirmed in time: closing the push without a report');
-        exchange.abandon();
-        ctx.abandon();
+    await new Promise<void>((settled) => {
+      this.enqueue({ exchange, ctx, request, results, fail, failRest, report, inTxn, pack, settled });
+    });
+  }
+
+  /**
+   * enqueue hands a push to its repo's queue on this node. The first push of an idle repo starts
+   * the queue's runner; the pushes that arrive while a transaction runs wait, and join the next
+   * one together (group commit), in arrival order. A full queue refuses at once.
+   */
+  private enqueue(push: PendingPush): void {
+    const repoId = push.ctx.repoId;
+    const queue = this.queues.get(repoId);
+    if (queue) {
+      if (queue.length >= MAX_QUEUED_PUSHES) {
+        push.failRest(`${MAX_QUEUED_PUSHES} pushes to ${repoId} are already waiting on this node, try again`);
+        push.report();
+        push.settled();
         return;
       }
-      report();
-      ctx.onCommitted?.(req.txnId, batch.map((u) => u.ref));
+      queue.push(push);
+      return;
+    }
+    const fresh = [push];
+    this.queues.set(repoId, fresh);
+    void (async () => {
+      try {
+        while (fresh.length > 0) {
+          const group = fresh.splice(0, MAX_GROUP_PUSHES);
+          try {
+            await this.runGroup(repoId, group);
+          } catch (err) {
+            this.deps.logger.error({ repoId, err: errorMessage(err) }, 'push group failed');
+            for (const m of group) {
+              m.failRest(errorMessage(err));
+              m.report();
+            }
+          } finally {
+            for (const m of group) m.settled();
+          }
+        }
+      } finally {
+        this.queues.delete(repoId);
+      }
+    })();
+  }
+
+  /**
+   * runGroup answers a group of pushes of one repo (DESIGN §5 steps 2-6) with one transaction:
+   * under the lock, each push's commands are checked against the refs the pushes before it
+   * leave, and the net change of all of them is prepared, decided and committed once, with
+   * every push's pack. After a commit decision no push is told of a rejection: with fewer than W
+   * confirmations each connection is abandoned, and repair completes the stragglers.
+   */
+  private async runGroup(repoId: RepoId, group: readonly PendingPush[]): Promise<void> {
+    const { storage, nodeId, logger } = this.deps;
+    const refuseAll = (reason: string): void => {
+      for (const m of group) {
+        m.failRest(reason);
+        m.report();
+      }
+    };
+    let locked: Awaited<ReturnType<Coordinator['lockInSync']>>;
+    try {
+      locked = await this.lockInSync(repoId);
+    } catch (err) {
+      return refuseAll(errorMessage(err));
+    }
+    if (!locked.ok) return refuseAll(locked.reason);
+    const { held, repo } = locked;
+    try {
+      const current = new Map((await storage.readRefs(repoId)).map((r) => [r.name, r.oid]));
+      const head = await storage.headTarget(repoId);
+      const { batches, net } = mergeGroup(current, head, group.map((m) => ({
+        commands: m.request.commands.filter((c) => !m.results.has(c.key)), atomic: m.request.atomic, fail: m.fail, refused: () => m.results.size > 0,
+      })));
+      const members = group.filter((_, i) => batches[i]!.length > 0);
+      for (const m of group) if (!members.includes(m)) m.report();
+      // A ref a later push of the group put back where it was: their updates cancel out.
+      const newHead = pickDefaultBranch(head, current, net);
+      if (members.length === 0) return;
+      if (net.length === 0 && !newHead) {
+        for (const m of members) m.report();
+        return;
+      }
+      const req: PrepareRequest = {
+        txnId: randomUUID(), repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
+        baseGeneration: repo.generation, fencingToken: held.lock.token, updates: net,
+        newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, net), newHead ? head : null, newHead), ...(newHead ? { newHead } : {}),
+        ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}),
+      };
+      const batchOf = (m: PendingPush): RefUpdate[] => batches[group.indexOf(m)]!;
+      for (const m of members) for (const u of batchOf(m)) m.inTxn.add(refKey(u.ref));
+      if (members.length > 1) logger.info({ txnId: req.txnId, repoId, pushes: members.length, refs: net.length }, 'pushes grouped into one transaction');
+      const packs = members.flatMap((m) => (m.pack ? [m.pack] : []));
+      const progress = (line: string): void => { for (const m of members) if (!m.ctx.quiet) m.exchange.progress(`replication: ${line}`); };
+      let result;
+      try {
+        result = await this.runRefTxn(req, repo, held, packs, progress);
+      } catch (err) {
+        if (err instanceof OutcomeUnknownError) {
+          logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the pushes without a report');
+          for (const m of members) this.abandon(m);
+          return;
+        }
+        for (const m of members) {
+          for (const u of batchOf(m)) m.fail(refKey(u.ref), errorMessage(err));
+          m.report();
+        }
+        return;
+      }
+      if (result.outcome === 'unknown') {
+        logger.error({ txnId: req.txnId, confirmed: result.confirmed }, 'committed but fewer than W replicas confirmed in time: closing the pushes without a report');
+        for (const m of members) this.abandon(m);
+        return;
+      }
+      for (const m of members) {
+        m.report();
+        m.ctx.onCommitted?.(req.txnId, batchOf(m).map((u) => u.ref));
+      }
     } finally {
       await held.release();
     }
+  }
+
+  private abandon(m: PendingPush): void {
+    m.exchange.abandon();
+    m.ctx.abandon();
   }
 
   /**
@@ -451,9 +584,9 @@ export class Coordinator {
    * set under the held lock: the decision compares generation, incarnation and fencing token; a
    * replica that misses the commit is marked stale.
    */
-  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, pack: PackShipment | null, progress?: (line: string) => void): ReturnType<Coordinator['run']> {
+  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, packs: readonly PackShipment[], progress?: (line: string) => void): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
-    return this.run(req, repo.replicas, pack, async () => {
+    return this.run(req, repo.replicas, packs, async () => {
       if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
       const d = await store.commitPush({ txnId: req.txnId, repoId: req.repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: req.newChecksum });
       return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
@@ -484,7 +617,7 @@ export class Coordinator {
           txnId: randomUUID(), repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation,
           fencingToken: held.lock.token, updates: [], newHead: branch, newChecksum: withHead(repo.checksum, head, branch),
         };
-        const result = await this.runRefTxn(req, repo, held, null);
+        const result = await this.runRefTxn(req, repo, held, []);
         if (result.outcome === 'unknown') throw new OutcomeUnknownError(`default branch of ${repoId}: committed on ${result.confirmed.length} replicas only`);
       }
       return { repo_id: repoId, default_branch: branch };
@@ -550,35 +683,6 @@ export class Coordinator {
     }
     return null;
   }
-}
-
-/**
- * checkCommands compares a push's commands with the replica's refs under the lock and returns
- * the batch to replicate; the others get git's own reasons: `fetch first` (old value moved),
- * `already exists`, `no such ref`, `deletion of the current branch prohibited` (the branch HEAD
- * names, as receive.denyDeleteCurrent), and a directory/file clash with another ref.
- */
-function checkCommands(commands: readonly PushCommand[], current: ReadonlyMap<string, string>, head: string | null, fail: (key: string, reason: string) => void): RefUpdate[] {
-  const batch: RefUpdate[] = [];
-  for (const c of commands) {
-    const have = current.get(c.ref) ?? ZERO_OID;
-    if (have !== c.oldOid) fail(c.key, isZeroOid(c.oldOid) ? 'already exists' : 'fetch first');
-    else if (isZeroOid(c.newOid) && have === ZERO_OID) fail(c.key, 'no such ref');
-    else if (isZeroOid(c.newOid) && c.ref === head) fail(c.key, 'deletion of the current branch prohibited');
-    else batch.push({ ref: c.ref, oldOid: c.oldOid, newOid: c.newOid });
-  }
-  // Refs after the batch: a delete in the same push frees its name (as in one git transaction).
-  const after = new Set(current.keys());
-  for (const u of batch) {
-    if (isZeroOid(u.newOid)) after.delete(u.ref);
-    else after.add(u.ref);
-  }
-  const dirs = refDirectories(after);
-  return batch.filter((u) => {
-    const clash = isZeroOid(u.oldOid) && !isZeroOid(u.newOid) ? refConflict(u.ref, after, dirs) : null;
-    if (clash) fail(refKey(u.ref), clash);
-    return clash === null;
-  });
 }
 
 /**

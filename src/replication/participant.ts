@@ -32,8 +32,8 @@ export interface PrepareRequest {
   readonly fsckIgnore?: readonly string[];
   /** packHash is the trailer hash of the shipped pack (its name); the participant checks index-pack's against it. */
   readonly packHash?: string;
-  /** stagedPack: the pack named by packHash was shipped ahead by `stage`, not with this prepare. */
-  readonly stagedPack?: boolean;
+  /** stagedPacks: the trailer hashes of packs shipped ahead by `stage` (a group of pushes brings one each). */
+  readonly stagedPacks?: readonly string[];
 }
 
 /** STAGE_TTL_MS is how long a staged pack waits, by default, for the prepare that adopts it before it is removed. */
@@ -198,18 +198,22 @@ export class Participant {
    * expired, or its replica was replaced meanwhile) is refused with NOT_STAGED, and the
    * coordinator ships it with the prepare instead.
    */
-  private async adoptStaged(req: PrepareRequest): Promise<string> {
-    const key = `${req.repoId}\0${req.packHash ?? ''}`;
-    const s = this.staged.get(key);
-    if (!s) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
-    this.staged.delete(key);
-    clearTimeout(s.timer);
-    const keep = await s.keep.catch((err: unknown) => { throw new PrepareRefusal('not_staged', `${NOT_STAGED}: ${errorMessage(err)}`); });
-    if (!(await exists(keep))) {
-      await removeFiles(packFiles(keep));
-      throw new PrepareRefusal('not_staged', `${NOT_STAGED}: its files are gone`);
+  private async adoptStaged(req: PrepareRequest): Promise<string[]> {
+    const keys = (req.stagedPacks ?? []).map((hash) => `${req.repoId}\0${hash}`);
+    const entries = keys.map((k) => this.staged.get(k));
+    if (entries.some((e) => e === undefined)) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
+    const keeps: string[] = [];
+    for (const e of entries) {
+      const keep = await e!.keep.catch((err: unknown) => { throw new PrepareRefusal('not_staged', `${NOT_STAGED}: ${errorMessage(err)}`); });
+      if (!(await exists(keep))) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: its files are gone`);
+      keeps.push(keep);
     }
-    return keep;
+    // Every one is there: they belong to the transaction from now on.
+    keys.forEach((k, i) => {
+      clearTimeout(entries[i]!.timer);
+      this.staged.delete(k);
+    });
+    return keeps;
   }
 
   /** ended ends a transaction's activity on the replica: it confirmed, aborted or was given up. */
@@ -275,16 +279,16 @@ export class Participant {
     const keepFiles: string[] = [];
     try {
       let indexError: Error | null = null;
-      if (pack && !local) {
+      if (req.stagedPacks?.length && !local) {
         try {
-          keepFiles.push(await this.indexPack(repoPath, `replication ${req.txnId}`, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []));
+          keepFiles.push(...(await this.adoptStaged(req)));
         } catch (err) {
           indexError = asError(err);
         }
-      } else if (req.stagedPack && !local) {
-        pack?.resume();
+      }
+      if (pack && !local && !indexError) {
         try {
-          keepFiles.push(await this.adoptStaged(req));
+          keepFiles.push(await this.indexPack(repoPath, `replication ${req.txnId}`, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []));
         } catch (err) {
           indexError = asError(err);
         }
