@@ -31,6 +31,10 @@ describe('loadSettings', () => {
     expect(loadSettings({}, { LOCK_WAIT_MS: text }).lockWaitMs).toBe(ms);
   });
 
+  it('takes a size beyond any disk (how the tests simulate a full one)', () => {
+    expect(loadSettings({ minFreeDisk: '100000000g' }, {}).minFreeDiskBytes).toBe(100_000_000 * 1024 ** 3);
+  });
+
   it('takes 0 where 0 means off', () => {
     const s = loadSettings({}, { REPAIR_INTERVAL_MS: '0', VERIFY_INTERVAL_MS: '0', FSCK_INTERVAL_MS: '0', REPACK_AFTER_PACKS: '0', SHUTDOWN_GRACE: '0', PORT: '0' });
     expect([s.repairIntervalMs, s.verifyIntervalMs, s.fsckIntervalMs, s.repackAfterPacks, s.shutdownGraceMs, s.port]).toEqual([0, 0, 0, 0, 0, 0]);

@@ -136,7 +136,8 @@ function parseValue(name: SettingName, text: string): number | string {
     if (!/^\d+$/.test(text.trim())) throw bad('must be a non-negative integer');
     n = Number(text.trim());
   }
-  if (!Number.isSafeInteger(n)) throw bad(`must be a whole number of ${spec.kind === 'ms' ? 'milliseconds' : spec.kind === 'bytes' ? 'bytes' : 'units'}`);
+  // A size may be huge (a test sets MIN_FREE_DISK=100000000g to simulate a full disk): it is rounded, never fractional.
+  if (spec.kind === 'bytes' ? !Number.isFinite(n) : !Number.isSafeInteger(n)) throw bad(`must be a whole number of ${spec.kind === 'ms' ? 'milliseconds' : spec.kind === 'bytes' ? 'bytes' : 'units'}`);
   if (spec.min !== undefined && n < spec.min) throw bad(`must be at least ${spec.min}${spec.kind === 'ms' ? ' ms' : spec.kind === 'bytes' ? ' bytes' : ''}`);
   return n;
 }

@@ -7,6 +7,7 @@ import type { SshKeys } from '../auth/ssh-keys.js';
 import { errorMessage } from '../domain/errors.js';
 import { gitProtocolValue, ONLY_GIT } from './command.js';
 import { refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
+import { DEFAULTS } from '../config.js';
 
 // ssh2 is CommonJS: its named exports are read from the default export.
 const { Server, utils } = ssh2;
@@ -25,8 +26,10 @@ export interface SshLimits {
   readonly handshakeMs: number;
 }
 
-/** SSH_DEFAULTS are the SSH server's default limits. */
-export const SSH_DEFAULTS: SshLimits = { maxConnectionsPerUser: 10, idleMs: 60_000, sessionMs: 3_600_000, maxAuthAttempts: 6, handshakeMs: 10_000 };
+/** SSH_DEFAULTS are the SSH server's default limits: the settings' defaults (src/config.ts), and the handshake time. */
+export const SSH_DEFAULTS: SshLimits = {
+  maxConnectionsPerUser: DEFAULTS.sshMaxConnectionsPerUser, idleMs: DEFAULTS.sshIdleMs, sessionMs: DEFAULTS.sshSessionMs, maxAuthAttempts: DEFAULTS.sshMaxAuthAttempts, handshakeMs: 10_000,
+};
 
 /** SshServerDeps is what the SSH server needs: a session's needs, the keys, the host key and limits. */
 export interface SshServerDeps extends SessionDeps {
