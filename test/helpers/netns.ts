@@ -131,7 +131,8 @@ async function freeSubnet(): Promise<string> {
   const used = `${await ip(['-4', '-o', 'addr', 'show'])}\n${await ip(['-4', 'route', 'show', 'table', 'all'])}`;
   for (let attempt = 0; attempt < 100; attempt++) {
     const subnet = `10.231.${randomInt(0, 256)}`;
-    if (!used.includes(`${subnet}.`) && !used.includes('10.231.0.0/16') && !used.includes('10.0.0.0/8')) return subnet;
+    // A wider route (10.0.0.0/8 to a VPN, say) does not matter: the bridge's /24 is more specific.
+    if (!used.includes(`${subnet}.`)) return subnet;
   }
   throw new Error('no free 10.231.X.0/24 subnet');
 }
@@ -187,11 +188,13 @@ export async function createNetLab(hostCount: number): Promise<NetLab> {
     },
   };
   try {
+    // Namespaces first: they name this live process, so a run starting meanwhile never takes
+    // this run's bridge for a crashed run's leftover (removeStaleLabs).
+    for (const h of hosts) await ip(['netns', 'add', h.netns]);
     await ip(['link', 'add', bridge, 'type', 'bridge']);
     await ip(['addr', 'add', `${lab.gateway}/24`, 'dev', bridge]);
     await ip(['link', 'set', bridge, 'up']);
     for (const h of hosts) {
-      await ip(['netns', 'add', h.netns]);
       const inner = `${LINK_PREFIX}${sfx}i${h.name.slice(1)}`;
       await ip(['link', 'add', h.port, 'type', 'veth', 'peer', 'name', inner, 'netns', h.netns]);
       await ip(['link', 'set', h.port, 'master', bridge]);
