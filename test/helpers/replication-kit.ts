@@ -143,6 +143,12 @@ export class ScriptedPeers {
 /** StoreFaults makes chosen store methods fail: before the write (`fail`) or after it (`lose`, the answer lost). */
 export class StoreFaults {
   private readonly faults = new Map<string, 'fail' | 'lose'>();
+  private readonly counts = new Map<string, number>();
+
+  /** count is how many times `method` was called through the wrapped store. */
+  count(method: keyof ClusterStore): number {
+    return this.counts.get(method) ?? 0;
+  }
 
   /** set makes the next calls of `method` fail; `clear` ends it. */
   set(method: keyof ClusterStore, how: 'fail' | 'lose'): void {
@@ -160,6 +166,7 @@ export class StoreFaults {
         const value: unknown = Reflect.get(target, prop, receiver);
         if (typeof value !== 'function') return value;
         return async (...args: unknown[]) => {
+          this.counts.set(String(prop), this.count(prop as keyof ClusterStore) + 1);
           const how = this.faults.get(String(prop));
           if (how === 'fail') throw new StoreUnavailableError(`store unreachable (${String(prop)})`);
           const result: unknown = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);

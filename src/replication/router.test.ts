@@ -1,0 +1,90 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { gitOk } from '../../test/helpers/git.js';
+import { eventually, quietLogger, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import type { RepoId } from '../domain/repo-id.js';
+import type { RepoRecord } from '../store/types.js';
+import { Router } from './router.js';
+
+const REPO = 'o/r' as RepoId;
+
+describe('Router (in process: real store, real replicas)', () => {
+  let kit: ReplicationKit;
+  let repo: RepoRecord;
+  let router: Router;
+
+  beforeEach(async () => {
+    kit = await ReplicationKit.create({ nodes: 3 });
+    await kit.coordinator('n1').createRepo(REPO);
+    await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+    repo = (await kit.raw.getRepo(REPO))!;
+    const n1 = kit.node('n1');
+    const deps = { nodeId: 'n1', store: kit.store, storage: n1.storage, membership: n1.membership, logger: quietLogger, commitWaitMs: 3_000 };
+    router = new Router(deps);
+  });
+  afterEach(async () => { await kit.close(); });
+
+  const stale = (node: string): Promise<boolean> => kit.raw.markReplica(REPO, node, repo.incarnation, 'stale', repo.generation + 1);
+  const down = async (node: string): Promise<void> => {
+    await kit.raw.unregisterNode(node);
+    kit.node('n1').membership.learn(await kit.raw.allNodes());
+  };
+  const urlOf = (node: string): string => kit.node('n1').membership.urlOf(node)!;
+
+  it('the local replica in sync serves', async () => {
+    expect(await router.route(REPO, false)).toEqual({ kind: 'local', stale: false });
+    expect(await router.route(REPO, true)).toEqual({ kind: 'local', stale: false });
+  });
+
+  it('the local replica stale: an in-sync live peer serves', async () => {
+    await stale('n1');
+    const route = await router.route(REPO, false);
+    expect(route.kind).toBe('peer');
+    await stale(route.kind === 'peer' ? route.nodeId : '');
+    const other = route.kind === 'peer' && route.nodeId === 'n2' ? 'n3' : 'n2';
+    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: other, url: urlOf(other) });
+  });
+
+  it('an in-sync peer that is down is passed over', async () => {
+    await stale('n1');
+    await down('n2');
+    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
+    await down('n3');
+    await expect(router.route(REPO, false)).rejects.toMatchObject({ statusCode: 503 });
+  });
+
+  it('no replica in sync: 503, for reads and writes', async () => {
+    for (const n of ['n1', 'n2', 'n3']) await stale(n);
+    await expect(router.route(REPO, false)).rejects.toMatchObject({ statusCode: 503, message: `no in-sync replica of ${REPO} is reachable, try again` });
+    await expect(router.route(REPO, true)).rejects.toMatchObject({ statusCode: 503 });
+  });
+
+  it('a local replica of another incarnation on disk does not serve, whatever the store says', async () => {
+    await gitOk(['config', 'replication.incarnation', 'someone-else'], { cwd: kit.node('n1').storage.repoPath(REPO) });
+    expect((await router.route(REPO, false)).kind).toBe('peer');
+  });
+
+  it('an unknown repo is a 404', async () => {
+    await expect(router.route('o/none', false)).rejects.toMatchObject({ statusCode: 404 });
+  });
+
+  it('the store unreachable: reads served from the last state seen, flagged stale; writes fail closed', async () => {
+    await router.route(REPO, false);
+    kit.faults.set('getRepo', 'fail');
+    expect(await router.route(REPO, false)).toEqual({ kind: 'local', stale: true });
+    await expect(router.route(REPO, true)).rejects.toThrow(/store unreachable/);
+    await expect(router.route('o/never-seen', false)).rejects.toThrow(/store unreachable/);
+  });
+
+  it('between a decision and its first confirmation, a read waits for the confirmation rather than failing', async () => {
+    // A push decided (generation 1), no replica confirmed yet: every replica is one behind.
+    const lock = (await kit.raw.acquireLock(REPO, 'n9', 60_000))!;
+    const d = await kit.raw.commitPush({ txnId: 't1', repoId: REPO, coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: 0, fencingToken: lock.token, newChecksum: 'c1' });
+    expect(d.decision).toBe('commit');
+    const reads = kit.faults.count('getReplicas');
+    const routed = router.route(REPO, false);
+    // Once the router has seen no replica in sync, one confirms.
+    await eventually(() => expect(kit.faults.count('getReplicas')).toBeGreaterThan(reads));
+    await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
+    expect(await routed).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
+  });
+});
