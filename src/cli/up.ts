@@ -3,16 +3,17 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { Agent, request, type Dispatcher } from 'undici';
 import { errorMessage } from '../domain/errors.js';
 import { makeLocalCa, OpensslMissingError, type LocalCa } from '../cluster/local-ca.js';
 import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
 import { examples } from './help.js';
+import { LOG_FORMATS, logFormatOf, relayLogs, type LogFormat } from './log-relay.js';
 
 interface UpOptions {
   nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
-  etcdUrl?: string; etcdPort?: string; tls?: boolean; ssh: boolean; sshBasePort?: string;
+  etcdUrl?: string; etcdPort?: string; tls?: boolean; ssh: boolean; sshBasePort?: string; logFormat?: LogFormat;
 }
 
 /**
@@ -72,7 +73,7 @@ const RESTART_BACKOFF_MS = { first: 1_000, max: 30_000, healthyAfter: 60_000 } a
  * says so on stderr: `up` never sits silently with a dead node. A node that stayed up for a
  * minute starts its backoff again from the first delay.
  */
-function supervise(c: { id: string; child: ChildProcess; args: string[] }, stopping: () => boolean, onRestart: () => Promise<void>): void {
+function supervise(c: { id: string; child: ChildProcess; args: string[] }, start: (args: string[]) => ChildProcess, stopping: () => boolean, onRestart: () => Promise<void>): void {
   let delay: number = RESTART_BACKOFF_MS.first;
   let startedAt = Date.now();
   const watch = (): void => {
@@ -82,7 +83,7 @@ function supervise(c: { id: string; child: ChildProcess; args: string[] }, stopp
       process.stderr.write(`git-replication up: ${c.id} exited (${signal ?? `code ${code}`}); restarting it in ${delay / 1000} s\n`);
       setTimeout(() => {
         if (stopping()) return;
-        c.child = spawn(process.execPath, c.args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
+        c.child = start(c.args);
         startedAt = Date.now();
         process.stderr.write(`git-replication up: ${c.id} restarted (pid ${c.child.pid ?? '?'})\n`);
         void onRestart().catch(() => undefined);
@@ -114,7 +115,7 @@ async function portsFree(first: number, n: number): Promise<boolean> {
 export function registerUp(program: Command): void {
   program.command('up')
     .description('start a local cluster of N nodes on consecutive ports (the quick start)')
-    .addHelpText('after', examples('git-replication up', 'git-replication up --nodes 5 --base-port 4001 --data /tmp/cluster', 'git-replication up --store etcd --tls'))
+    .addHelpText('after', examples('git-replication up', 'git-replication up --nodes 5 --base-port 4001 --data /tmp/cluster', 'git-replication up --store etcd --tls', 'git-replication up --log-format json | jq -c \'select(.kind == "push")\''))
     .option('--nodes <n>', 'number of nodes', '3')
     .option('--base-port <port>', 'port of the first node', '3001')
     .option('--data <dir>', 'data directory of the cluster', './data')
@@ -124,6 +125,7 @@ export function registerUp(program: Command): void {
     .option('--write-quorum <n>', 'replicas that must confirm a write (default majority)')
     .option('--replication-factor <n>', 'replicas per repo (default min(3, nodes))')
     .option('--log-level <level>', 'node log level', 'info')
+    .addOption(new Option('--log-format <format>', 'node logs as readable lines (pino-pretty) or JSON (default: pretty on a terminal, else json)').choices(LOG_FORMATS))
     .option('--tls', 'serve HTTPS: make a throw-away local CA and node certificates in <data>/tls (needs openssl)')
     .option('--ssh-base-port <port>', `SSH port of the first node (git over SSH); the others follow (default: base port - ${SSH_PORT_OFFSET}, 2222 for 3001)`)
     .option('--no-ssh', 'serve git over HTTP only')
@@ -183,6 +185,13 @@ export function registerUp(program: Command): void {
       const tls = o.tls ? await localCa(data, n) : null;
       const scheme = tls ? 'https' : 'http';
       const main = fileURLToPath(new URL('./main.js', import.meta.url));
+      // Nodes always write JSON; on a terminal `up` relays it through pino-pretty.
+      const pretty = logFormatOf(o.logFormat, process.stdout.isTTY === true) === 'pretty';
+      const startNode = (args: string[]): ChildProcess => {
+        const child = spawn(process.execPath, args, { stdio: ['ignore', pretty ? 'pipe' : 'inherit', 'inherit'], env: process.env });
+        if (pretty && child.stdout) relayLogs(child.stdout, process.stdout);
+        return child;
+      };
       const children: Array<{ id: string; url: string; child: ChildProcess; dataDir: string; args: string[] }> = [];
       for (let i = 1; i <= n; i++) {
         const id = `node-${i}`;
@@ -194,7 +203,7 @@ export function registerUp(program: Command): void {
         args.push('--replication-factor', o.replicationFactor ?? String(Math.min(3, n)));
         const files = tls?.nodes[id];
         if (tls && files) args.push('--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', tls.ca);
-        const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: process.env });
+        const child = startNode(args);
         children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir, args });
       }
       let stopping = false;
@@ -255,7 +264,7 @@ export function registerUp(program: Command): void {
         process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n`);
       }
       process.stdout.write('\nCtrl-C stops the cluster.\n');
-      for (const c of children) supervise(c, () => stopping, async () => {
+      for (const c of children) supervise(c, startNode, () => stopping, async () => {
         const current = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as ClusterFile;
         const nodes = current.nodes.map((e) => (e.id === c.id ? { ...e, pid: c.child.pid ?? -1 } : e));
         await writeFile(join(data, 'cluster.json'), `${JSON.stringify({ ...current, nodes }, null, 2)}\n`);
