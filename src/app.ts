@@ -10,7 +10,7 @@ import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
 import { defaultAdvertiseUrl } from './cluster/advertise.js';
 import { DiskSpace } from './cluster/disk.js';
-import { protocolFromEnv } from './cluster/protocol.js';
+import { PROTOCOL, type ProtocolRange } from './cluster/protocol.js';
 import { LoadSampler } from './cluster/load.js';
 import { Membership } from './cluster/membership.js';
 import { PeerClient } from './cluster/peer-client.js';
@@ -89,6 +89,10 @@ export interface NodeConfig {
   readonly stewardIntervalMs: number;
   /** timing: the write path's and the workers' time-outs and waits (src/config.ts). */
   readonly timing: Timing;
+  /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
+  readonly failpoints?: string;
+  /** protocol: the replication protocol versions this node speaks (default PROTOCOL, this build's). */
+  readonly protocol?: ProtocolRange;
   /** auth: `tokens` (writes need a token) or `open` (anyone who can reach the node is admin). */
   readonly auth: 'open' | 'tokens';
   readonly logLevel: string;
@@ -149,7 +153,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   }
   const storage = new ReplicaStorage(dataDir, git);
   await storage.init();
-  const failpoints = new Failpoints(process.env.GIT_REPLICATION_FAILPOINTS);
+  const failpoints = new Failpoints(cfg.failpoints);
   const txnLog = new TxnLog(join(dataDir, 'node.db'));
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
@@ -159,7 +163,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const swept = sweepLeftovers(storage.reposDir, storage.tmpDir, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']));
   if (swept > 0) logger.warn({ removed: swept }, 'removed lock and temporary files left by dead git processes');
 
-  const protocol = protocolFromEnv(process.env.GIT_REPLICATION_PROTOCOL);
+  const protocol = cfg.protocol ?? PROTOCOL;
   const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: cfg.timing.peerTimeoutMs, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
   const url = cfg.advertiseUrl ?? defaultAdvertiseUrl(tls.server ? 'https' : 'http', cfg.host, cfg.port);
   // The epoch names this incarnation: signatures made for an earlier one are refused.

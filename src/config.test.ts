@@ -73,6 +73,12 @@ describe('loadSettings', () => {
     expect(() => serveConfig({}, { SSH_PORT: 'twenty-two' })).toThrow(/SSH_PORT/);
   });
 
+  it('serveConfig reads the test knobs at start: fail points and protocol versions', () => {
+    const cfg = serveConfig({}, { GIT_REPLICATION_FAILPOINTS: 'participant.afterPrepare=crash', GIT_REPLICATION_PROTOCOL: '2-3' });
+    expect([cfg.failpoints, cfg.protocol]).toEqual(['participant.afterPrepare=crash', { min: 2, max: 3 }]);
+    expect(() => serveConfig({}, { GIT_REPLICATION_PROTOCOL: 'new' })).toThrow(/GIT_REPLICATION_PROTOCOL/);
+  });
+
   it('serveConfig hands the timings down and keeps the derived default of max git per client', () => {
     const cfg = serveConfig({ maxGitProcesses: '9' }, { LOCK_WAIT_MS: '2s', COMMIT_WAIT_MS: '500', GIT_TIMEOUT_MS: '10m' });
     expect(cfg.maxGitPerClient).toBe(5);

@@ -78,6 +78,9 @@ export const SETTINGS = {
   fsckIntervalMs: { kind: 'ms', env: 'FSCK_INTERVAL_MS', default: HOUR, min: 0, doc: 'how often replicas get git fsck --connectivity-only (0: never)' },
   stewardIntervalMs: { kind: 'ms', env: 'STEWARD_INTERVAL_MS', default: 2 * SECOND, min: 1, doc: 'how often the steward checks placement' },
   repackAfterPacks: { kind: 'count', env: 'REPACK_AFTER_PACKS', default: 20, min: 0, doc: 'an in-sync replica with more packs than this is repacked (0: never)' },
+  // For tests: fault injection and protocol versions (upgrade tests run old and new side by side).
+  failpoints: { kind: 'text', env: 'GIT_REPLICATION_FAILPOINTS', default: null, doc: 'fault points, e.g. participant.afterPrepare=crash (an unknown name stops start-up)' },
+  protocol: { kind: 'text', env: 'GIT_REPLICATION_PROTOCOL', default: null, doc: "replication protocol versions this node speaks, N or N-M (default this build's)" },
 } as const satisfies Record<string, SettingSpec>;
 
 /** SettingName names a setting. */

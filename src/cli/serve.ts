@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { startNode, type NodeConfig, type RunningNode } from '../app.js';
 import { describeDefault, loadSettings, SETTINGS, type SettingName, type Settings, type SettingSpec } from '../config.js';
+import { protocolFromEnv } from '../cluster/protocol.js';
 import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
@@ -67,6 +68,8 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     stewardIntervalMs: s.stewardIntervalMs,
     timing: { lockWaitMs: s.lockWaitMs, prepareTimeoutMs: s.prepareTimeoutMs, commitTimeoutMs: s.commitTimeoutMs, peerTimeoutMs: s.peerTimeoutMs, commitWaitMs: s.commitWaitMs, catchUpMs: s.catchUpMs, gitTimeoutMs: s.gitTimeoutMs },
     auth: parseAuth(s.auth),
+    ...(s.failpoints ? { failpoints: s.failpoints } : {}),
+    ...(s.protocol ? { protocol: protocolFromEnv(s.protocol) } : {}),
     logLevel: s.logLevel,
     ...(tls ? { tls } : {}),
     ...sshConfig(s),
