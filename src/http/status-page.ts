@@ -65,15 +65,25 @@ function renderRepos(s) {
     el('td', {}, repo.replicas.filter((r) => r.state === 'in_sync').length + ' of ' + repo.replicas.length + ' (W=' + repo.write_quorum + ')'),
     el('td', {}, ...repo.replicas.map((r) => el('span', { class: 'replica', 'data-replica': r.node, 'data-state': r.state },
       r.node + ': ', el('span', { class: r.state }, r.state), ' at generation ' + (r.generation === null ? '-' : r.generation) + (r.live ? '' : ' (node down)') + repairText(r.repair)))))));
-  const more = s.repos_total - s.repos.length;
-  $('repos-more').textContent = more > 0 ? more + ' more not shown' : '';
-  $('repos-empty').textContent = s.repos_total === 0 ? (s.user ? 'No repositories you may read.' : 'No public repositories. Paste a token to see private ones you may read.') : '';
+  next = s.next_cursor;
+  $('repos-next').hidden = !next;
+  $('repos-first').hidden = !cursor;
+  $('repos-empty').textContent = s.repos.length === 0 && !cursor && !next ? (s.user ? 'No repositories you may read.' : 'No public repositories. Paste a token to see private ones you may read.') : '';
 }
+// The server lists one page of repositories (by id, after cursor): a poll reads what it shows.
+// The page's own ?limit= sets the page size.
+const LIMIT = new URLSearchParams(location.search).get('limit');
+let cursor = '';
+let next = null;
 function token() { return sessionStorage.getItem(KEY) || ''; }
 async function poll() {
   const headers = token() ? { authorization: 'Bearer ' + token() } : {};
   try {
-    const res = await fetch('/status.json', { headers, cache: 'no-store' });
+    const query = new URLSearchParams();
+    if (LIMIT) query.set('limit', LIMIT);
+    if (cursor) query.set('cursor', cursor);
+    const qs = query.toString();
+    const res = await fetch('/status.json' + (qs ? '?' + qs : ''), { headers, cache: 'no-store' });
     if (!res.ok) {
       const err = await res.json().catch(() => ({}));
       throw new Error(res.status === 401 ? 'token refused: ' + (err.error || 'unauthorized') : 'status ' + res.status + ': ' + (err.error || ''));
@@ -95,10 +105,13 @@ $('token-form').addEventListener('submit', (ev) => {
   const t = $('token').value.trim();
   if (t) sessionStorage.setItem(KEY, t); else sessionStorage.removeItem(KEY);
   $('token').value = '';
+  cursor = '';
   $('signout').hidden = !token();
   void poll();
 });
-$('signout').addEventListener('click', () => { sessionStorage.removeItem(KEY); $('signout').hidden = true; void poll(); });
+$('signout').addEventListener('click', () => { sessionStorage.removeItem(KEY); cursor = ''; $('signout').hidden = true; void poll(); });
+$('repos-next').addEventListener('click', () => { if (next) { cursor = next; void poll(); } });
+$('repos-first').addEventListener('click', () => { cursor = ''; void poll(); });
 $('signout').hidden = !token();
 void poll();
 setInterval(poll, 1000);
@@ -130,7 +143,7 @@ export const STATUS_PAGE = `<!doctype html>
 <table><thead><tr><th>node</th><th>state</th><th>since</th><th>CPU</th><th>memory</th><th>version</th><th>URL</th></tr></thead><tbody id="nodes"></tbody></table>
 <h2>Repositories</h2>
 <table><thead><tr><th>repository</th><th>visibility</th><th>generation</th><th>in sync</th><th>replicas</th></tr></thead><tbody id="repos"></tbody></table>
-<p id="repos-empty"></p><p id="repos-more"></p>
+<p id="repos-empty"></p><p><button type="button" id="repos-first" hidden>First page</button> <button type="button" id="repos-next" hidden>Next page</button></p>
 <script>${SCRIPT}</script>
 </body>
 </html>

@@ -1,13 +1,15 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { request } from 'undici';
-import { repoRole } from '../auth/policy.js';
-import type { RepoId } from '../domain/repo-id.js';
+import { repoRole, type Principal } from '../auth/policy.js';
 import { isInSync, type RepoRecord } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
 import { STATUS_PAGE, STATUS_PAGE_CSP } from './status-page.js';
 
-/** MAX_REPOS bounds the repos one status answer lists (the rest are counted). */
+/** PAGE_REPOS is how many repos one status answer lists by default; `limit` asks for 1 to MAX_REPOS. */
+const PAGE_REPOS = 100;
 const MAX_REPOS = 200;
+/** MAX_SCAN_PAGES bounds the store pages one answer reads looking for repos the caller may see. */
+const MAX_SCAN_PAGES = 5;
 /** PEER_PROGRESS_MS bounds the wait for a peer's repair progress; a slow peer's is left out. */
 const PEER_PROGRESS_MS = 800;
 
@@ -37,17 +39,10 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
       .send(STATUS_PAGE);
   });
 
-  app.get('/status.json', { config: { access: 'anonymous' } }, async (req, reply) => {
+  app.get<{ Querystring: { limit?: string; cursor?: string } }>('/status.json', { config: { access: 'anonymous' }, schema: statusSchema }, async (req, reply) => {
     void reply.header('cache-control', 'no-store');
-    const principal = req.caller?.principal ?? null;
-    const visible: Array<{ repo: RepoRecord; visibility: string }> = [];
-    let total = 0;
-    for (const repo of (await deps.store.listRepos()).sort((a, b) => (a.repoId < b.repoId ? -1 : 1))) {
-      const policy = await deps.directory.policy(repo.repoId as RepoId);
-      if (repoRole(principal, policy) === null) continue;
-      total++;
-      if (visible.length < MAX_REPOS) visible.push({ repo, visibility: policy.visibility });
-    }
+    const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
+    const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, req.query.cursor ?? '', limit);
     const repos = await Promise.all(visible.map(async ({ repo, visibility }) => ({
       repo_id: repo.repoId,
       visibility,
@@ -65,9 +60,42 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
         id: n.id, url: n.url, version: n.version, started_at: n.startedAt, live: n.live, self: n.self, load: n.load, down_for_ms: n.downForMs,
       })),
       repos,
-      repos_total: total,
+      cursor: req.query.cursor ?? null,
+      next_cursor: next,
     };
   });
+}
+
+const statusSchema = {
+  querystring: {
+    type: 'object',
+    additionalProperties: false,
+    properties: { limit: { type: 'string', pattern: '^[0-9]{1,3}$' }, cursor: { type: 'string', maxLength: 300 } },
+  },
+} as const;
+
+/**
+ * visibleRepos reads one page of the repos the caller may read, by id after `cursor`: store
+ * pages of `limit + 1` records (one more tells whether a next page exists), at most
+ * MAX_SCAN_PAGES of them, so a poll costs reads for what it shows, not for every repo. A caller
+ * who may read few of many repos gets a short page and a `next` cursor where the scan stopped.
+ */
+async function visibleRepos(deps: NodeDeps, principal: Principal | null, cursor: string, limit: number): Promise<{ visible: Array<{ repo: RepoRecord; visibility: string }>; next: string | null }> {
+  const policyOf = await deps.directory.policies();
+  const visible: Array<{ repo: RepoRecord; visibility: string }> = [];
+  let after = cursor;
+  for (let pages = 0; pages < MAX_SCAN_PAGES; pages++) {
+    const batch = await deps.store.listReposPage(after, limit + 1);
+    for (const repo of batch) {
+      const policy = policyOf(repo.repoId);
+      if (repoRole(principal, policy) === null) continue;
+      if (visible.length === limit) return { visible, next: visible[limit - 1]!.repo.repoId };
+      visible.push({ repo, visibility: policy.visibility });
+    }
+    if (batch.length <= limit) return { visible, next: null };
+    after = batch[batch.length - 1]!.repoId;
+  }
+  return { visible, next: after };
 }
 
 /**

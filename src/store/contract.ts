@@ -156,6 +156,19 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().listRepos()).toEqual([a, b, z]);
       });
 
+      it('lists repos a page at a time, after a given id', async () => {
+        expect(await s().listReposPage('', 10)).toEqual([]);
+        const b = await created('acme/b');
+        const bc = await created('acme/b-c');
+        const z = await created('zed/a');
+        expect(await s().listReposPage('', 2)).toEqual([b, bc]);
+        expect(await s().listReposPage('acme/b', 2)).toEqual([bc, z]);
+        expect(await s().listReposPage('acme/b-c', 2)).toEqual([z]);
+        expect(await s().listReposPage('zed/a', 2)).toEqual([]);
+        // An id between two repos (deleted since, or never there) starts after where it would be.
+        expect(await s().listReposPage('acme/c', 5)).toEqual([z]);
+      });
+
       it('keeps getTxn null for an unknown txn and beginTxn write-once', async () => {
         expect(await s().getTxn('nope')).toBeNull();
         const id = randomUUID();

@@ -134,6 +134,11 @@ export interface ClusterStore {
   getRepo(repoId: string): Promise<RepoRecord | null>;
   /** listRepos lists every repo record. */
   listRepos(): Promise<RepoRecord[]>;
+  /**
+   * listReposPage lists at most `limit` repo records whose ids sort after `after` ('' for the
+   * first page), by id in UTF-8 byte order: a page costs reads for the page only, not for every repo.
+   */
+  listReposPage(after: string, limit: number): Promise<RepoRecord[]>;
   /** getReplicas lists the replica records of one repo. */
   getReplicas(repoId: string): Promise<ReplicaRecord[]>;
   /** replicasOnNode lists every replica record on one node. */

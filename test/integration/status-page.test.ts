@@ -77,6 +77,23 @@ describe.skipIf(NO_BROWSER !== null)(`status page in headless Chromium${NO_BROWS
     await page.waitForSelector('tr[data-repo="status/secret"]', { state: 'detached', timeout: 5_000 });
   });
 
+  it('?limit=1 pages the repos: Next page shows the next one, First page goes back', async () => {
+    await page.goto(`${c.url(3)}/?limit=1`);
+    await page.fill('#token', c.authToken!);
+    await page.click('#token-form button[type="submit"]');
+    await page.waitForSelector('tr[data-repo="status/public"]', { timeout: 5_000 });
+    expect(await page.locator('#repos tr').count()).toBe(1);
+    expect(await page.isHidden('#repos-first')).toBe(true);
+    await page.click('#repos-next');
+    await page.waitForSelector('tr[data-repo="status/secret"]', { timeout: 5_000 });
+    expect(await page.locator('#repos tr').count()).toBe(1);
+    expect(await page.isHidden('#repos-next')).toBe(true);
+    await page.click('#repos-first');
+    await page.waitForSelector('tr[data-repo="status/public"]', { timeout: 5_000 });
+    await page.click('#signout');
+    await page.goto(`${c.url(2)}/`);
+  });
+
   it('a node killed with SIGKILL shows as down within seconds; its replica that missed pushes shows stale, then in sync again', async () => {
     await page.goto(`${c.url(1)}/`);
     await page.waitForSelector(nodeRow('node-3', 'up'), { timeout: 10_000 });

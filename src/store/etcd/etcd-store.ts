@@ -405,6 +405,16 @@ export class EtcdStore implements ClusterStore {
       (await this.list(this.k('repos', ''))).map((kv) => toRepo(parse<RepoRecord>(kv))).sort((a, b) => byUtf8(a.repoId, b.repoId)));
   }
 
+  async listReposPage(after: string, limit: number): Promise<RepoRecord[]> {
+    const all = this.k('repos', '');
+    // Keys sort by bytes, as ids do; `after` + NUL is the first key past `after`.
+    const from = after ? `${this.repoKey(after)}\0` : all;
+    return this.guard('list repos', async () => {
+      const res = await this.client.kv.range({ key: utf8(from), range_end: prefixEnd(all), limit });
+      return res.kvs.map(toKv).map((kv) => toRepo(parse<RepoRecord>(kv)));
+    });
+  }
+
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
     return this.guard('read replicas', async () =>
       (await this.list(this.replicasOf(repoId)))

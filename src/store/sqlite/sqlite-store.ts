@@ -169,6 +169,10 @@ export class SqliteStore implements ClusterStore {
     return this.read(() => (this.db.prepare('SELECT * FROM repos ORDER BY repo_id').all() as RepoRow[]).map(toRepo));
   }
 
+  async listReposPage(after: string, limit: number): Promise<RepoRecord[]> {
+    return this.read(() => (this.db.prepare('SELECT * FROM repos WHERE repo_id > ? ORDER BY repo_id LIMIT ?').all(after, limit) as RepoRow[]).map(toRepo));
+  }
+
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
     return this.read(() => (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica));
   }

@@ -1,0 +1,69 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster } from '../helpers/cluster.js';
+
+interface StatusPage { repos: Array<{ repo_id: string }>; cursor: string | null; next_cursor: string | null }
+
+describe('/status.json lists one page of repos', () => {
+  let c: TestCluster;
+  let admin = '';
+  const publicRepos = ['pages/a', 'pages/c', 'pages/e'];
+  const privateRepos = ['pages/b', 'pages/d'];
+  // Twelve private repos sorted before a public one: an anonymous scan meets them first.
+  const hidden = Array.from({ length: 12 }, (_, i) => `hidden/r${String(i).padStart(2, '0')}`);
+
+  async function page(query: string, token: string | null): Promise<StatusPage> {
+    const r = await c.api(1, 'GET', `/status.json${query}`, undefined, token);
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    return r.json as unknown as StatusPage;
+  }
+
+  /** walk follows next_cursor from the first page and returns every repo id seen, page by page. */
+  async function walk(limit: number, token: string | null): Promise<string[][]> {
+    const pages: string[][] = [];
+    let cursor: string | null = '';
+    while (cursor !== null && pages.length < 50) {
+      const p = await page(`?limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, token);
+      pages.push(p.repos.map((r) => r.repo_id));
+      cursor = p.next_cursor;
+    }
+    return pages;
+  }
+
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 1, env: { AUTH: 'tokens' } });
+    admin = await c.adminToken();
+    for (const id of [...publicRepos, ...privateRepos, ...hidden, 'zz/last']) {
+      const visibility = publicRepos.includes(id) || id === 'zz/last' ? 'public' : 'private';
+      const r = await c.api(1, 'POST', '/repos', { repo_id: id, visibility }, admin);
+      expect(r.status, JSON.stringify(r.json)).toBe(201);
+    }
+  });
+  afterAll(async () => { await c?.destroy(); });
+
+  it('an admin walks every repo in order, each once, limit at a time', async () => {
+    const pages = await walk(4, admin);
+    const all = [...hidden, ...publicRepos, ...privateRepos, 'zz/last'].sort();
+    expect(pages.flat()).toEqual(all);
+    expect(pages.slice(0, -1).every((p) => p.length === 4)).toBe(true);
+  });
+
+  it('anonymous pages hold public repos only; a scan past many hidden ones stops and says where to go on', async () => {
+    const pages = await walk(2, null);
+    expect(pages.flat()).toEqual(['pages/a', 'pages/c', 'pages/e', 'zz/last']);
+    // limit 1 reads store pages of 2, at most 5 of them: the 12 hidden repos take two polls.
+    const first = await page('?limit=1', null);
+    expect(first.repos).toEqual([]);
+    expect(first.next_cursor).toBe('hidden/r09');
+    const second = await page(`?limit=1&cursor=${encodeURIComponent(first.next_cursor!)}`, null);
+    expect(second.repos.map((r) => r.repo_id)).toEqual(['pages/a']);
+    expect(second.cursor).toBe('hidden/r09');
+  });
+
+  it('bad paging input is a 400 and nothing else', async () => {
+    for (const q of ['?limit=abc', '?limit=-1', '?limit=10000', `?cursor=${'x'.repeat(301)}`, '?other=1']) {
+      const r = await c.api(1, 'GET', `/status.json${q}`, undefined, null);
+      expect(r.status, q).toBe(400);
+    }
+    expect((await page('?limit=0', admin)).repos).toHaveLength(1);
+  });
+});
