@@ -29,6 +29,11 @@ export class Maintenance {
     },
   ) {}
 
+  /** settled resolves once the background repack, if one runs, has ended (tests, shutdown). */
+  async settled(): Promise<void> {
+    await this.repacking;
+  }
+
   /**
    * maybeRepack looks at the pack count of an in-sync replica once per generation and, above
    * `repackAfterPacks`, rolls its packs up with `git repack -d --geometric=2` in the background,

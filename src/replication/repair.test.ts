@@ -1,0 +1,214 @@
+import { readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { commitFile, gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
+import { answers, eventually, FakeExchange, quietLogger, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import type { RepoId } from '../domain/repo-id.js';
+import { Metrics } from '../metrics.js';
+import type { RepoRecord } from '../store/types.js';
+import { Failpoints } from './failpoints.js';
+import { Maintenance } from './maintenance.js';
+import { RepairWorker } from './repair.js';
+import { ReplicaVerifier } from './verifier.js';
+
+const REPO = 'o/r' as RepoId;
+const Z = '0'.repeat(40);
+
+/**
+ * The repair pass, the verifier and maintenance built directly on in-process nodes: a peer's
+ * replica is fetched or cloned with real git over its file URL, and the store is the real one.
+ */
+describe('repair, verification and maintenance (in process)', () => {
+  let kit: ReplicationKit;
+  let work: string;
+  let tip = Z;
+  let pid = 1000;
+
+  beforeEach(async () => {
+    kit = await ReplicationKit.create({ nodes: 3 });
+    await kit.coordinator('n1').createRepo(REPO);
+    await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+    work = await workRepo();
+  });
+  afterEach(async () => {
+    await kit.close();
+    await rm(work, { recursive: true, force: true });
+    tip = Z;
+  });
+
+  /**
+   * push commits a file in the work repo and pushes it to main through n1, every peer answering
+   * as scripted, and waits until every replica but `missing` confirmed it (a commit beyond W
+   * confirmations lands after the push returns).
+   */
+  const push = async (name: string, missing: readonly string[] = []): Promise<void> => {
+    const next = tip === Z ? (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim() : await commitFile(work, name, `${name}\n`, name);
+    await receivePack(kit, 'n1', REPO, work, next, ++pid, tip === Z ? [] : [tip]);
+    const ex = new FakeExchange([[tip, next, 'refs/heads/main']]);
+    await kit.coordinator('n1').handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined });
+    expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
+    tip = next;
+    const generation = (await kit.raw.getRepo(REPO))!.generation;
+    await eventually(async () => {
+      const confirmed = (await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync' && r.generation === generation);
+      expect(confirmed.map((r) => r.nodeId).sort()).toEqual(kit.nodes.map((n) => n.id).filter((id) => !missing.includes(id)));
+    });
+  };
+  const repo = async (): Promise<RepoRecord> => (await kit.raw.getRepo(REPO))!;
+  const record = async (node: string) => (await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === node);
+  const path = (node: string): string => kit.node(node).storage.repoPath(REPO);
+  const verifier = (node: string): ReplicaVerifier => {
+    const n = kit.node(node);
+    return new ReplicaVerifier({ nodeId: node, store: kit.store, storage: n.storage, git: kit.git, logger: quietLogger, metrics: new Metrics(), gitTimeoutMs: 600_000 });
+  };
+  const maintenance = (node: string, repackAfterPacks = 0): Maintenance => {
+    const n = kit.node(node);
+    return new Maintenance({ nodeId: node, store: kit.store, storage: n.storage, git: kit.git, logger: quietLogger, metrics: new Metrics(), activity: n.activity, repackAfterPacks, gitTimeoutMs: 600_000 });
+  };
+  const worker = (node: string, commitWaitMs = 60_000): RepairWorker => {
+    const n = kit.node(node);
+    const deps = {
+      nodeId: node, store: kit.store, storage: n.storage, git: kit.git, membership: n.membership, logger: quietLogger, metrics: new Metrics(),
+      failpoints: new Failpoints(undefined), activity: n.activity, verifier: verifier(node), maintenance: maintenance(node),
+      hopToken: () => 'unused-for-file-urls', commitWaitMs, gitTimeoutMs: 600_000,
+    };
+    return new RepairWorker(deps);
+  };
+  /** missPush makes n3 refuse the next push's prepare: the coordinator marks it stale. */
+  const missPush = async (name: string): Promise<void> => {
+    kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+    await push(name, ['n3']);
+    kit.peers.script('n3', 'prepare', answers.real);
+    await eventually(async () => expect((await record('n3'))?.state).toBe('stale'));
+  };
+  const inode = async (node: string): Promise<number> => (await stat(path(node))).ino;
+
+  describe('RepairWorker', () => {
+    it('a replica that missed a push is fetched from an in-sync peer, in place, and confirmed', async () => {
+      await push('a');
+      await missPush('b');
+      const before = await inode('n3');
+      expect(await worker('n3').pass()).toBe(1);
+      expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 2, checksum: (await repo()).checksum });
+      expect(await inode('n3')).toBe(before);
+    });
+
+    it('an empty replica is copied whole and swapped in', async () => {
+      await missPush('a');
+      const before = await inode('n3');
+      expect(await worker('n3').pass()).toBe(1);
+      expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 1 });
+      expect(await inode('n3')).not.toBe(before);
+      expect(await kit.node('n3').storage.incarnationOf(REPO)).toBe((await repo()).incarnation);
+      expect(await readdir(kit.node('n3').storage.tmpDir)).toEqual([]);
+    });
+
+    it('a replica the create never reached is copied whole', async () => {
+      await kit.coordinator('n1').deleteRepo(REPO);
+      kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+      await kit.coordinator('n1').createRepo(REPO);
+      await eventually(async () => expect((await record('n3'))?.state).toBe('missing'));
+      expect(await kit.node('n3').storage.exists(REPO)).toBe(false);
+      expect(await worker('n3').pass()).toBe(1);
+      expect(await kit.node('n3').storage.incarnationOf(REPO)).toBe((await repo()).incarnation);
+      expect((await record('n3'))?.state).toBe('in_sync');
+    });
+
+    it('one generation behind: left alone for the commit wait, then repaired', async () => {
+      await missPush('a');
+      // Confirmed one generation back, as a replica whose commit is still on its way looks.
+      await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: (await repo()).incarnation, generation: 0, checksum: (await kit.node('n3').storage.checksum(REPO)) });
+      expect(await worker('n3', 60_000).pass()).toBe(0);
+      expect((await record('n3'))?.generation).toBe(0);
+      expect(await worker('n3', 0).pass()).toBe(1);
+      expect((await record('n3'))?.generation).toBe(1);
+    });
+
+    it('not while a transaction runs on the replica', async () => {
+      await missPush('a');
+      const txn = kit.node('n3').activity.tryBegin(REPO, 'txn')!;
+      const w = worker('n3');
+      expect(await w.pass()).toBe(0);
+      expect((await record('n3'))?.state).toBe('stale');
+      txn.end();
+      expect(await w.pass()).toBe(1);
+    });
+
+    it('no in-sync peer: a replica holding the store\'s refs confirms itself, one that does not stays behind', async () => {
+      await push('a');
+      const inc = (await repo()).incarnation;
+      await kit.raw.markReplica(REPO, 'n3', inc, 'stale', 2);
+      for (const n of ['n1', 'n2']) await kit.raw.unregisterNode(n);
+      kit.node('n3').membership.learn(await kit.raw.allNodes());
+      expect(await worker('n3').pass()).toBe(1);
+      expect((await record('n3'))?.state).toBe('in_sync');
+      await kit.raw.markReplica(REPO, 'n3', inc, 'stale', 2);
+      await gitOk(['update-ref', '-d', 'refs/heads/main'], { cwd: path('n3') });
+      expect(await worker('n3').pass()).toBe(0);
+      expect((await record('n3'))?.state).toBe('stale');
+    });
+  });
+
+  describe('ReplicaVerifier', () => {
+    it('a matching replica is ok; a ref moved by hand is marked stale; lost objects are marked missing', async () => {
+      await push('a');
+      expect(await verifier('n1').verifyOne(REPO, true)).toBe('ok');
+      await gitOk(['update-ref', '-d', 'refs/heads/main'], { cwd: path('n2') });
+      expect(await verifier('n2').verifyOne(REPO, false)).toBe('stale');
+      expect((await record('n2'))?.state).toBe('stale');
+      expect(await verifier('n2').verifyOne(REPO, false)).toBe('not_in_sync');
+      // The refs still match the store, the objects are gone: only fsck sees it.
+      const packDir = join(path('n3'), 'objects', 'pack');
+      for (const f of await readdir(packDir)) await rm(join(packDir, f));
+      expect(await verifier('n3').verifyOne(REPO, false)).toBe('ok');
+      expect(await verifier('n3').verifyOne(REPO, true)).toBe('missing');
+      expect((await record('n3'))?.state).toBe('missing');
+      expect(await verifier('n1').verifyOne('o/elsewhere', true)).toBe('not_here');
+    });
+
+    it('a verification pass counts what it marked', async () => {
+      await push('a');
+      expect(await verifier('n1').verify(true)).toBe(0);
+      await gitOk(['update-ref', '-d', 'refs/heads/main'], { cwd: path('n1') });
+      expect(await verifier('n1').verify()).toBe(1);
+    });
+  });
+
+  describe('Maintenance', () => {
+    it('drops a local replica of a repo this node does not hold, not while something runs on it, and keeps its own', async () => {
+      const n1 = kit.node('n1');
+      await n1.storage.initRepo(n1.storage.repoPath('o/gone'), 'old-incarnation');
+      const upload = n1.activity.tryBegin('o/gone', 'upload')!;
+      await maintenance('n1').collectGarbage(new Map());
+      expect(await n1.storage.exists('o/gone')).toBe(true);
+      upload.end();
+      await maintenance('n1').collectGarbage(new Map());
+      expect(await n1.storage.exists('o/gone')).toBe(false);
+      expect(await n1.storage.exists(REPO)).toBe(true);
+    });
+
+    it('rolls the packs of an in-sync replica up above the limit, without changing its refs', async () => {
+      await push('a');
+      await push('b');
+      await push('c');
+      const packs = async (): Promise<number> => (await readdir(join(path('n2'), 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
+      await eventually(async () => expect(await packs()).toBe(3));
+      const refs = await refsOf(path('n2'));
+      for (const limit of [0, 5]) {
+        const m = maintenance('n2', limit);
+        m.maybeRepack(await repo());
+        await m.settled();
+        expect(await packs()).toBe(3);
+      }
+      const m = maintenance('n2', 1);
+      m.maybeRepack(await repo());
+      await m.settled();
+      expect(await packs()).toBeLessThan(3);
+      expect(kit.node('n2').activity.runningOn(REPO)).toEqual([]);
+      expect(await refsOf(path('n2'))).toBe(refs);
+      await gitOk(['fsck', '--connectivity-only', '--no-dangling'], { cwd: path('n2') });
+    });
+  });
+});
