@@ -1,10 +1,10 @@
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { MAIN, freePort, waitFor } from '../helpers/cluster.js';
 import { tempDir } from '../helpers/git.js';
 
 /** runUp starts `git-replication up` with one node, stdout a pipe (not a terminal), and gives its output so far. */
-async function runUp(extra: string[]): Promise<{ up: ChildProcessWithoutNullStreams; out: () => string; stop: () => Promise<number | null> }> {
+async function runUp(extra: string[]): Promise<{ out: () => string; stop: () => Promise<number | null> }> {
   const data = await tempDir();
   const base = await freePort();
   const up = spawn(process.execPath, [MAIN, 'up', '--nodes', '1', '--data', data, '--base-port', String(base), '--no-ssh', ...extra], {
@@ -18,7 +18,6 @@ async function runUp(extra: string[]): Promise<{ up: ChildProcessWithoutNullStre
   await waitFor(() => stdout.includes('1 nodes up') || up.exitCode !== null, 60_000, 'up started');
   if (up.exitCode !== null) throw new Error(`up exited (${up.exitCode}): ${stdout}${stderr}`);
   return {
-    up,
     out: () => stdout,
     stop: async () => {
       up.kill('SIGTERM');
