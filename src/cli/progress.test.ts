@@ -68,6 +68,12 @@ describe('Progress on a terminal', () => {
     expect(out.text).toBe('acme/a on node-1: ok\n');
   });
 
+  it('a terminal that reports no width (0 columns) is taken as 80 wide', () => {
+    const err = sink(true, 0);
+    new Progress(err, 'verify', 4).update(1);
+    expect(err.text).toBe('\rverify [#######-----------------------] 1 of 4\u001b[K');
+  });
+
   it('fits a narrow terminal: the bar shrinks and the line is cut before the last column', () => {
     const err = sink(true, 30);
     const p = new Progress(err, 'repair acme/site', 3);

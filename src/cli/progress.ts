@@ -45,7 +45,8 @@ export class Progress {
       this.last = line;
       return;
     }
-    const columns = this.stream.columns ?? 80;
+    // A pty without a window size (script, some CI runners) says 0 columns: take 80.
+    const columns = this.stream.columns || 80;
     const width = Math.max(10, Math.min(BAR_WIDTH, columns - this.label.length - count.length - 6));
     const text = `${this.label} ${renderBar(done, total, width)} ${count}${note ? ` ${note}` : ''}`;
     // \r back to the start, \x1b[K clears what a longer previous line left; cut to the width so it never wraps.
