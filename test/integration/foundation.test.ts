@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
 import { gitOk } from '../helpers/git.js';
 
 async function isBare(path: string): Promise<boolean> {
@@ -104,6 +104,14 @@ describe('3-node cluster: seed API', () => {
   });
 });
 
+/** seenDown waits until node `by` sees node `down` not live: its registration expired. */
+async function seenDown(c: TestCluster, by: number, down: number): Promise<void> {
+  await waitFor(async () => {
+    const h = (await (await fetch(`${c.url(by)}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
+    return h.peer_nodes.some((p) => p.id === c.node(down).id && !p.live);
+  }, 15_000, `node ${down} seen down by node ${by}`);
+}
+
 describe('2-node cluster: default quorum is 2 of 2', () => {
   let c: TestCluster;
   beforeAll(async () => { c = await TestCluster.start({ nodes: 2 }); });
@@ -111,7 +119,7 @@ describe('2-node cluster: default quorum is 2 of 2', () => {
 
   it('with one node down a create fails cleanly and leaves nothing behind', async () => {
     await c.kill(2);
-    await sleep(2000);
+    await seenDown(c, 1, 2);
     const r = await c.api(1, 'POST', '/repos', { repo_id: 'acme/lonely' });
     expect(r.status).toBe(503);
     expect(String(r.json.error)).toMatch(/replication quorum not reached: 1 of 2 replicas prepared, 2 required/);
@@ -124,7 +132,7 @@ describe('2-node cluster: default quorum is 2 of 2', () => {
     const c1 = await TestCluster.start({ nodes: 2, writeQuorum: 1 });
     try {
       await c1.kill(2);
-      await sleep(2000);
+      await seenDown(c1, 1, 2);
       const r = await c1.api(1, 'POST', '/repos', { repo_id: 'acme/degraded' });
       expect(r.status).toBe(201);
       expect(r.json.peers_confirmed).toBe(0);

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import isogit from 'isomorphic-git';
 import isoHttp from 'isomorphic-git/http/node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, GIT_ENV, lsRemote, nodeGitProcesses, refsOf, tempDir, workRepo, zombies } from '../helpers/git.js';
 
 
@@ -208,8 +208,9 @@ describe('a large repository (3,900 refs, 11k commits, a 15 MB pack)', () => {
       child.kill('SIGKILL');
       await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length === 0, 10_000, 'server git processes gone');
     }
-    await sleep(200);
-    // Every process the node started was reaped by its own parent: none is left a zombie of the node.
-    expect((await zombies()).filter((z) => z.split(' ')[3] === String(nodePid))).toEqual([]);
+    // Every process the node started is reaped by its own parent: none is left a zombie of the node.
+    const zombiesOfNode = async (): Promise<string[]> => (await zombies()).filter((z) => z.split(' ')[3] === String(nodePid));
+    await waitFor(async () => (await zombiesOfNode()).length === 0, 5_000, 'no zombie of the node').catch(() => undefined);
+    expect(await zombiesOfNode()).toEqual([]);
   });
 });

@@ -223,8 +223,10 @@ describe('git over ssh', () => {
     for (const bytes of [Buffer.from('GET / HTTP/1.1\r\n\r\n'), Buffer.concat([Buffer.from('SSH-2.0-x\r\n'), Buffer.alloc(4096, 0xff)])]) {
       const sock = connect(sshPort(1), '127.0.0.1');
       sock.on('error', () => undefined);
+      const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
       sock.write(bytes);
-      await sleep(200);
+      // The node refuses the bytes by closing the connection; one it holds open is cut after 2 s.
+      await Promise.race([closed, sleep(2_000)]);
       sock.destroy();
     }
     expect((await fetch(`${c.url(1)}/health`)).status).toBe(200);
