@@ -84,7 +84,7 @@ type HarnessFetch = (url: string, init?: { method?: string; headers?: Record<str
 /** FAST_ENV shortens the cluster's timers so failure tests run in seconds. */
 export const FAST_ENV: Record<string, string> = {
   NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000', RESOLVE_AFTER_MS: '1000', REPAIR_INTERVAL_MS: '300', LOG_LEVEL: 'info',
-  GIT_REPLICATION_EXIT_WITH_PARENT: '1', AUTH: 'open',
+  GIT_REPLICATION_EXIT_WITH_PARENT: '1', AUTH: 'open', STAGE_TTL_MS: '3000',
 };
 
 /**

@@ -3,32 +3,12 @@ import { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { bodyDigest, PEER_AUTH_HEADER, signPeerRequest, type PeerTarget } from '../auth/peer-signature.js';
 import { errorMessage } from '../domain/errors.js';
-import { common, formatRange, PROTOCOL, PROTOCOL_HEADER, type ProtocolRange } from './protocol.js';
-import type { PrepareRequest } from '../replication/participant.js';
-
-/** PREPARE_CONTENT_TYPE frames a push prepare: `<json length>\n<json>` then the raw pack. */
-export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';
+import { common, formatRange, frameHead, PREPARE_CONTENT_TYPE, prepareToWire, PROTOCOL, PROTOCOL_HEADER, STAGE_PROTOCOL, stageToWire, type PrepareRequest, type ProtocolRange } from './protocol.js';
 
 /** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
 export type PeerAnswer =
   | { ok: true; status: string }
   | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'not_staged' | 'unreachable' | 'not_found' | 'unauthorized'; message: string };
-
-/** toWire renders a PrepareRequest in the seed's snake_case field names. */
-export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
-  return {
-    transaction_id: req.txnId, coordinator_id: req.coordinator, repo_id: req.repoId, operation: req.kind,
-    incarnation: req.incarnation, base_generation: req.baseGeneration, fencing_token: req.fencingToken,
-    new_checksum: req.newChecksum, updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
-    ...(req.packHash ? { pack_hash: req.packHash } : {}),
-    ...(req.newHead ? { new_head: req.newHead } : {}),
-    ...(req.fsckIgnore ? { fsck_ignore: req.fsckIgnore } : {}),
-    ...(req.stagedPacks?.length ? { staged_packs: req.stagedPacks } : {}),
-  };
-}
-
-/** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_packs`. */
-export const STAGE_PROTOCOL = 3;
 
 /**
  * PeerClient makes the signed internal calls of the replication protocol to other nodes over
@@ -55,7 +35,7 @@ export class PeerClient {
   async preparePush(target: PeerTarget, req: PrepareRequest, packPath: string | null, timeoutMs: number): Promise<PeerAnswer> {
     // has_pack: a push of refs to existing objects (a delete, a branch at a known commit) has none.
     const meta = Buffer.from(JSON.stringify({ ...prepareToWire(req), has_pack: packPath !== null }));
-    const head = Buffer.concat([Buffer.from(`${meta.length}\n`), meta]);
+    const head = frameHead(meta);
     const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
     return this.call(target, '/replicate/prepare', body, packPath === null ? head.length : null, bodyDigest(meta), PREPARE_CONTENT_TYPE, timeoutMs);
   }
@@ -66,8 +46,8 @@ export class PeerClient {
    */
   async stagePack(target: PeerTarget, meta: { repoId: string; packHash: string; fsckIgnore?: readonly string[] }, packPath: string, timeoutMs: number): Promise<PeerAnswer> {
     if ((common(this.opts.protocol ?? PROTOCOL, target.protocol) ?? 0) < STAGE_PROTOCOL) return { ok: false, status: 'failed', message: `node ${target.id} cannot stage packs (protocol ${formatRange(target.protocol)})` };
-    const json = Buffer.from(JSON.stringify({ repo_id: meta.repoId, pack_hash: meta.packHash, ...(meta.fsckIgnore ? { fsck_ignore: meta.fsckIgnore } : {}) }));
-    const head = Buffer.concat([Buffer.from(`${json.length}\n`), json]);
+    const json = Buffer.from(JSON.stringify(stageToWire(meta)));
+    const head = frameHead(json);
     return this.call(target, '/replicate/stage', Readable.from(concatStreams(head, packPath)), null, bodyDigest(json), PREPARE_CONTENT_TYPE, timeoutMs);
   }
 

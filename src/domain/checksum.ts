@@ -1,3 +1,4 @@
+import type { RefUpdate } from './ref-name.js';
 import { createHash } from 'node:crypto';
 
 /** EMPTY_CHECKSUM is the checksum of a replica with no refs and no HEAD. */
@@ -39,17 +40,11 @@ export function replicaChecksum(refs: Iterable<RefEntry>, headTarget: string | n
   return acc.toString('hex');
 }
 
-/** ChecksumUpdate is one ref change: a zero oid on either side means create or delete. */
-export interface ChecksumUpdate {
-  readonly ref: string;
-  readonly oldOid: string;
-  readonly newOid: string;
-}
 
 const ZERO = /^0+$/;
 
 /** applyUpdatesToChecksum returns the checksum after the updates, from the checksum before them. */
-export function applyUpdatesToChecksum(checksum: string, updates: Iterable<ChecksumUpdate>): string {
+export function applyUpdatesToChecksum(checksum: string, updates: Iterable<RefUpdate>): string {
   const acc = Buffer.from(checksum, 'hex');
   for (const u of updates) {
     if (!ZERO.test(u.oldOid)) xorInto(acc, refTerm(u.ref, u.oldOid));

@@ -20,6 +20,13 @@ export function refNameProblem(name: string): string | null {
   return null;
 }
 
+/** RefUpdate is one ref change, as git's commands say it: a zero oid on either side means create or delete. */
+export interface RefUpdate {
+  readonly ref: string;
+  readonly oldOid: string;
+  readonly newOid: string;
+}
+
 /** ZERO_OID is git's all-zero object id (SHA-1), meaning "no such ref". */
 export const ZERO_OID = '0000000000000000000000000000000000000000';
 

@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { isOid } from '../domain/ref-name.js';
+import { isOid, type RefUpdate } from '../domain/ref-name.js';
 import { encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
 
 /**
@@ -8,10 +8,7 @@ import { encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
  * its UTF-8 reading, meaningful only when `utf8` says the bytes round-trip. `key` names the
  * command uniquely (the bytes as latin1), so two names that decode alike never share a result.
  */
-export interface PushCommand {
-  readonly oldOid: string;
-  readonly newOid: string;
-  readonly ref: string;
+export interface PushCommand extends RefUpdate {
   readonly raw: Buffer;
   readonly utf8: boolean;
   readonly key: string;

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner } from './runner.js';
-import { parseUpdateRefFailure, RefTxnError, UpdateRefTxn, type RefChange, type RefTxnFailureKind } from './update-ref.js';
+import type { RefUpdate } from '../domain/ref-name.js';
+import { parseUpdateRefFailure, RefTxnError, UpdateRefTxn, type RefTxnFailureKind } from './update-ref.js';
 
 const ZERO = '0'.repeat(40);
 const ENV = { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@x', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@x' };
@@ -44,7 +45,7 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     return path;
   }
 
-  async function refusal(path: string, changes: RefChange[]): Promise<RefTxnError> {
+  async function refusal(path: string, changes: RefUpdate[]): Promise<RefTxnError> {
     const err = await UpdateRefTxn.prepare(git, path, changes).then(
       async (txn) => { await txn.abort(); return null; },
       (e: unknown) => e,
@@ -53,7 +54,7 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     return err as RefTxnError;
   }
 
-  const cases: Array<[string, (p: string) => RefChange[], RefTxnFailureKind, string | null, ((p: string) => void)?]> = [
+  const cases: Array<[string, (p: string) => RefUpdate[], RefTxnFailureKind, string | null, ((p: string) => void)?]> = [
     ['old value moved', () => [{ ref: 'refs/heads/main', oldOid: b, newOid: b }], 'old-value', 'refs/heads/main'],
     ['old value moved, packed ref', () => [{ ref: 'refs/heads/packed', oldOid: b, newOid: b }], 'old-value', 'refs/heads/packed'],
     ['create of a ref that exists', () => [{ ref: 'refs/heads/main', oldOid: ZERO, newOid: b }], 'old-value', 'refs/heads/main'],

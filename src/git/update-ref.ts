@@ -1,13 +1,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { AppError } from '../domain/errors.js';
+import type { RefUpdate } from '../domain/ref-name.js';
 import { waitClose, type GitRunner } from './runner.js';
 
-/** RefChange is one `update <ref> <new> <old>` line; zero oids mean create or delete. */
-export interface RefChange {
-  readonly ref: string;
-  readonly oldOid: string;
-  readonly newOid: string;
-}
 
 /**
  * RefTxnFailureKind is how `git update-ref --stdin` refused, as callers need to tell apart:
@@ -101,7 +96,7 @@ export class UpdateRefTxn {
   }
 
   /** prepare locks and verifies `changes` in the repo at `repoPath`; throws RefTxnError if git refuses. */
-  static async prepare(git: GitRunner, repoPath: string, changes: readonly RefChange[]): Promise<UpdateRefTxn> {
+  static async prepare(git: GitRunner, repoPath: string, changes: readonly RefUpdate[]): Promise<UpdateRefTxn> {
     const child = git.spawn(['update-ref', '--stdin'], { cwd: repoPath });
     const txn = new UpdateRefTxn(child);
     const lines = ['start', ...changes.map((c) => `update ${c.ref} ${c.newOid} ${c.oldOid}`), 'prepare', ''].join('\n');

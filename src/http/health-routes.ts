@@ -45,6 +45,7 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
       disk_free_bytes: deps.disk.freeBytes,
       git_processes: deps.git.runningCount,
       open_transactions: deps.participant.openCount,
+      staged_packs: deps.participant.stagedCount,
       version: deps.config.version,
     };
   });

@@ -6,21 +6,21 @@ import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } f
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
-import { isZeroOid, refNameProblem } from '../domain/ref-name.js';
+import { isZeroOid, refNameProblem, type RefUpdate } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
 import type { PeerTarget } from '../auth/peer-signature.js';
-import { prepareToWire, type PeerAnswer, type PeerClient } from '../cluster/peer-client.js';
+import type { PeerAnswer, PeerClient } from '../cluster/peer-client.js';
+import { prepareToWire, txnToWire, unstageToWire, type PrepareRequest } from '../cluster/protocol.js';
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-receive.js';
 import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord } from '../store/types.js';
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
-import { listPackKeeps, PrepareRefusal, type Participant, type PrepareRequest } from './participant.js';
+import { listPackKeeps, PrepareRefusal, type Participant } from './participant.js';
 import { phasesBetween, refsField, refusedField } from './push-log.js';
 import { mergeGroup } from './push-group.js';
 import { Tally } from './quorum-wait.js';
-import type { RefUpdate } from './txn-log.js';
 import type { Metrics } from '../metrics.js';
 
 /** CoordinatorConfig holds the knobs of the write path. */
@@ -223,6 +223,19 @@ export class Coordinator {
     return this.callPeer(node, (t) => this.deps.peers.preparePush(t, signed, body?.path ?? null, timeout));
   }
 
+  /**
+   * unstage tells the peers that staged these packs that no prepare will name them (their pushes
+   * were refused, or the transaction ended before its prepare). Best effort: a peer not told
+   * removes them after STAGE_TTL_MS.
+   */
+  private unstage(repoId: string, packs: readonly PackShipment[]): void {
+    for (const pack of packs) {
+      for (const [node, staged] of pack.staged) {
+        void staged.then((ok) => (ok ? this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/unstage', unstageToWire(repoId, pack.hash))) : null)).catch(() => undefined);
+      }
+    }
+  }
+
   private stageOn(node: string, repoId: string, pack: PackShipment): Promise<Answer> {
     const meta = { repoId, packHash: pack.hash, ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}) };
     return this.callPeer(node, (t) => this.deps.peers.stagePack(t, meta, pack.path, this.deps.config.prepareTimeoutMs));
@@ -259,7 +272,7 @@ export class Coordinator {
         (err: unknown) => ({ ok: false, status: 'failed', message: errorMessage(err) }) as const,
       );
     }
-    const body = { transaction_id: txnId, coordinator_id: this.deps.nodeId, repo_id: repoId };
+    const body = txnToWire(txnId, this.deps.nodeId, repoId);
     return this.callPeer(node, (t) => this.deps.peers.postJson(t, `/replicate/${decision}`, body, this.deps.config.commitTimeoutMs));
   }
 
@@ -505,7 +518,9 @@ export class Coordinator {
    */
   private async runGroup(repoId: RepoId, group: readonly PendingPush[]): Promise<void> {
     const { storage, nodeId, logger } = this.deps;
+    const packsOf = (ms: readonly PendingPush[]): PackShipment[] => ms.flatMap((m) => (m.pack ? [m.pack] : []));
     const refuseAll = (reason: string): void => {
+      this.unstage(repoId, packsOf(group));
       for (const m of group) {
         m.failRest(reason);
         m.report();
@@ -526,11 +541,14 @@ export class Coordinator {
         commands: m.request.commands.filter((c) => !m.results.has(c.key)), atomic: m.request.atomic, fail: m.fail, refused: () => m.results.size > 0,
       })));
       const members = group.filter((_, i) => batches[i]!.length > 0);
-      for (const m of group) if (!members.includes(m)) m.report();
+      const refused = group.filter((m) => !members.includes(m));
+      this.unstage(repoId, packsOf(refused));
+      for (const m of refused) m.report();
       // A ref a later push of the group put back where it was: their updates cancel out.
       const newHead = pickDefaultBranch(head, current, net);
       if (members.length === 0) return;
       if (net.length === 0 && !newHead) {
+        this.unstage(repoId, packsOf(members));
         for (const m of members) m.report();
         return;
       }
@@ -543,7 +561,7 @@ export class Coordinator {
       const batchOf = (m: PendingPush): RefUpdate[] => batches[group.indexOf(m)]!;
       for (const m of members) for (const u of batchOf(m)) m.inTxn.add(refKey(u.ref));
       if (members.length > 1) logger.info({ txnId: req.txnId, repoId, pushes: members.length, refs: net.length }, 'pushes grouped into one transaction');
-      const packs = members.flatMap((m) => (m.pack ? [m.pack] : []));
+      const packs = packsOf(members);
       const progress = (line: string): void => { for (const m of members) if (!m.ctx.quiet) m.exchange.progress(`replication: ${line}`); };
       let result;
       try {
@@ -554,6 +572,8 @@ export class Coordinator {
           for (const m of members) this.abandon(m);
           return;
         }
+        // Peers that staged a pack but never adopted it (the transaction failed first) drop it.
+        this.unstage(repoId, packs);
         for (const m of members) {
           for (const u of batchOf(m)) m.fail(refKey(u.ref), errorMessage(err));
           m.report();

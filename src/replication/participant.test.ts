@@ -13,7 +13,8 @@ import { GitRunner } from '../git/runner.js';
 import type { RepoRecord } from '../store/types.js';
 import { RepoActivity } from './activity.js';
 import { Failpoints } from './failpoints.js';
-import { Participant, type PrepareRequest } from './participant.js';
+import { Participant } from './participant.js';
+import type { PrepareRequest } from '../cluster/protocol.js';
 
 const REPO = 'o/r' as RepoId;
 

@@ -1,40 +1,20 @@
 import { createReadStream } from 'node:fs';
-import { rm, unlink, readdir, stat } from 'node:fs/promises';
+import { readFile, rm, unlink, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import { isZeroOid } from '../domain/ref-name.js';
+import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
 import { fsyncRefDirs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
-import type { ClusterStore, TxnKind } from '../store/types.js';
+import type { ClusterStore } from '../store/types.js';
 import type { RepoActivity, Running } from './activity.js';
 import type { Failpoints } from './failpoints.js';
-import type { LocalTxn, RefUpdate, TxnLog, TxnPayload } from './txn-log.js';
-
-/** PrepareRequest is what a coordinator sends every replica of a transaction. */
-export interface PrepareRequest {
-  readonly txnId: string;
-  readonly repoId: string;
-  readonly kind: TxnKind;
-  readonly coordinator: string;
-  readonly incarnation: string;
-  readonly baseGeneration: number;
-  readonly fencingToken: number;
-  readonly newChecksum: string;
-  readonly updates: readonly RefUpdate[];
-  /** newHead: HEAD points at this branch once the transaction commits. */
-  readonly newHead?: string;
-  /** fsckIgnore is the coordinator's fsck policy for the pack: the participant judges it alike. */
-  readonly fsckIgnore?: readonly string[];
-  /** packHash is the trailer hash of the shipped pack (its name); the participant checks index-pack's against it. */
-  readonly packHash?: string;
-  /** stagedPacks: the trailer hashes of packs shipped ahead by `stage` (a group of pushes brings one each). */
-  readonly stagedPacks?: readonly string[];
-}
+import type { LocalTxn, TxnLog, TxnPayload } from './txn-log.js';
+import type { PrepareRequest } from '../cluster/protocol.js';
 
 /** STAGE_TTL_MS is how long a staged pack waits, by default, for the prepare that adopts it before it is removed. */
 export const STAGE_TTL_MS = 5 * 60_000;
@@ -47,8 +27,8 @@ const NOT_STAGED = 'pack not staged';
 /** StagedPack is a pack shipped ahead of its prepare: indexed and kept, not yet part of a transaction. */
 interface StagedPack {
   readonly repoId: string;
-  /** keep resolves to the pack's `.keep` file once index-pack verified it, or rejects. */
-  readonly keep: Promise<string>;
+  /** keep resolves to the pack's `.keep` file once index-pack verified it (null: the replica had the pack already), or rejects. */
+  readonly keep: Promise<string | null>;
   readonly timer: NodeJS.Timeout;
 }
 
@@ -114,6 +94,11 @@ export class Participant {
     },
   ) {}
 
+  /** stagedCount is the number of packs staged ahead of a prepare that has not adopted them yet. */
+  get stagedCount(): number {
+    return this.staged.size;
+  }
+
   /** openCount is the number of transactions prepared and not yet finished. */
   get openCount(): number {
     return this.open.size;
@@ -149,9 +134,10 @@ export class Participant {
   /**
    * stage verifies and keeps a push's pack ahead of its prepare (`index-pack --strict`, as a
    * prepare would), so that the prepare, sent once the coordinator holds the repo lock, has only
-   * refs to check and lock. Staging the same pack again is a no-op. The pack is removed after
-   * STAGE_TTL_MS unless a prepare adopted it; one a restart left behind loses its `.keep` at
-   * start (removeLeftovers in app.ts), as a transaction's would. Throws PrepareRefusal.
+   * refs to check and lock. Staging the same pack again is a no-op, and so is staging a pack the
+   * replica already has. Unless a prepare adopts it, the pack is removed after the TTL (or when
+   * the coordinator unstages it); one a restart left behind loses its `.keep` at start
+   * (removeLeftovers in app.ts), as a transaction's would. Throws PrepareRefusal.
    */
   async stage(repoId: string, packHash: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<void> {
     const key = `${repoId}\0${packHash}`;
@@ -163,57 +149,94 @@ export class Participant {
     }
     const shortage = this.deps.diskShortage?.() ?? null;
     if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
-    if ((await this.deps.storage.incarnationOf(repoId)) === null) throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
     // An upload: it may run beside transactions and repairs, never beside a swap or drop of the directory it writes into.
     const running = this.deps.activity.tryBegin(repoId, 'upload');
     if (!running) throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
     const repoPath = this.deps.storage.repoPath(repoId);
-    const keep = this.indexPack(repoPath, STAGE_KEEP, pack, packHash, fsckIgnore ?? this.deps.fsckIgnore ?? []).finally(() => running.end());
-    const ttl = this.deps.stageTtlMs ?? STAGE_TTL_MS;
-    const timer = setTimeout(() => { void this.expireStaged(key); }, ttl);
-    timer.unref();
-    this.staged.set(key, { repoId, keep, timer });
+    const keep = (async (): Promise<string | null> => {
+      try {
+        if ((await this.deps.storage.incarnationOf(repoId)) === null) throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
+        // Already here (an identical pack pushed before): nothing to index, and nothing to remove later.
+        if (await exists(join(repoPath, 'objects', 'pack', `pack-${packHash}.pack`))) {
+          pack.resume();
+          return null;
+        }
+        return await this.indexPack(repoPath, STAGE_KEEP, pack, packHash, fsckIgnore ?? this.deps.fsckIgnore ?? []);
+      } finally {
+        running.end();
+      }
+    })();
+    // In the table before the first await: a second stage of the pack, or a prepare that indexes
+    // it, finds it there.
+    const entry: StagedPack = { repoId, keep, timer: this.stagedTimer(key) };
+    this.staged.set(key, entry);
     try {
       await keep;
     } catch (err) {
-      clearTimeout(timer);
-      this.staged.delete(key);
+      this.dropStaged(key, entry);
       throw err;
     }
     await this.deps.failpoints.hit('participant.afterStage');
   }
 
-  /** expireStaged removes a staged pack no prepare adopted in time. */
-  private async expireStaged(key: string): Promise<void> {
-    const s = this.staged.get(key);
-    if (!s) return;
-    this.staged.delete(key);
-    const keep = await s.keep.catch(() => null);
-    if (keep) await removeFiles(packFiles(keep));
+  private stagedTimer(key: string): NodeJS.Timeout {
+    const timer = setTimeout(() => { void this.unstageKey(key); }, this.deps.stageTtlMs ?? STAGE_TTL_MS);
+    timer.unref();
+    return timer;
+  }
+
+  /** dropStaged takes an entry out of the table (if it is still the one there); its files stay. */
+  private dropStaged(key: string, entry: StagedPack): void {
+    clearTimeout(entry.timer);
+    if (this.staged.get(key) === entry) this.staged.delete(key);
   }
 
   /**
-   * adoptStaged hands a staged pack to the prepare that names it: its `.keep` now belongs to the
-   * transaction (removed at commit or abort). A pack this node does not hold (never staged,
-   * expired, or its replica was replaced meanwhile) is refused with NOT_STAGED, and the
-   * coordinator ships it with the prepare instead.
+   * unstage removes a pack staged for a push that will not prepare here (refused, or its
+   * transaction failed before the prepare); one not staged, or adopted meanwhile, is left alone.
+   */
+  async unstage(repoId: string, packHash: string): Promise<void> {
+    await this.unstageKey(`${repoId}\0${packHash}`);
+  }
+
+  /**
+   * unstageKey removes a staged pack no prepare adopted: its files, but only while its `.keep`
+   * is still the stage's own (a prepare that indexed the same pack keeps it under its own name).
+   */
+  private async unstageKey(key: string): Promise<void> {
+    const s = this.staged.get(key);
+    if (!s) return;
+    this.dropStaged(key, s);
+    const keep = await s.keep.catch(() => null);
+    if (!keep) return;
+    const content = await readFile(keep, 'utf8').catch(() => '');
+    if (content.startsWith(STAGE_KEEP)) await removeFiles(packFiles(keep));
+  }
+
+  /** claimStaged takes a pack a prepare indexed itself out of the table: it is the transaction's now. */
+  private claimStaged(repoId: string, packHash: string): void {
+    const key = `${repoId}\0${packHash}`;
+    const s = this.staged.get(key);
+    if (s) this.dropStaged(key, s);
+  }
+
+  /**
+   * adoptStaged hands the staged packs a prepare names to its transaction: their `.keep` files
+   * now belong to it (removed at commit or abort). When one is not here (never staged, expired,
+   * or its replica was replaced meanwhile) nothing is adopted and the prepare is refused with
+   * not_staged: the coordinator stages them again, and those still here are found again.
    */
   private async adoptStaged(req: PrepareRequest): Promise<string[]> {
-    const keys = (req.stagedPacks ?? []).map((hash) => `${req.repoId}\0${hash}`);
+    const keys = [...new Set((req.stagedPacks ?? []).map((hash) => `${req.repoId}\0${hash}`))];
     const entries = keys.map((k) => this.staged.get(k));
     if (entries.some((e) => e === undefined)) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
-    const keeps: string[] = [];
-    for (const e of entries) {
-      const keep = await e!.keep.catch((err: unknown) => { throw new PrepareRefusal('not_staged', `${NOT_STAGED}: ${errorMessage(err)}`); });
-      if (!(await exists(keep))) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: its files are gone`);
-      keeps.push(keep);
-    }
-    // Every one is there: they belong to the transaction from now on.
-    keys.forEach((k, i) => {
-      clearTimeout(entries[i]!.timer);
-      this.staged.delete(k);
-    });
-    return keeps;
+    const keeps = await Promise.all(entries.map((e) => e!.keep.then((k) => ({ ok: true as const, k }), () => ({ ok: false as const }))));
+    const present = await Promise.all(keeps.map(async (r) => r.ok && (r.k === null || (await exists(r.k)))));
+    if (!present.every(Boolean)) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack is gone`);
+    // Out of the table in one step after the last await: no expiry or unstage removes them now.
+    if (keys.some((k, i) => this.staged.get(k) !== entries[i])) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack expired`);
+    keys.forEach((k, i) => this.dropStaged(k, entries[i]!));
+    return keeps.flatMap((r) => (r.ok && r.k !== null ? [r.k] : []));
   }
 
   /** ended ends a transaction's activity on the replica: it confirmed, aborted or was given up. */
@@ -288,7 +311,10 @@ export class Participant {
       }
       if (pack && !local && !indexError) {
         try {
-          keepFiles.push(await this.indexPack(repoPath, `replication ${req.txnId}`, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []));
+          const keep = await this.indexPack(repoPath, `replication ${req.txnId}`, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []);
+          keepFiles.push(keep);
+          // A stage of the same pack (running, or left from an earlier try) must never remove it now.
+          this.claimStaged(req.repoId, /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '');
         } catch (err) {
           indexError = asError(err);
         }
@@ -448,7 +474,7 @@ export class Participant {
     // update-ref also locks HEAD when HEAD names a ref it updates: a crash leaves that lock too.
     await removeFiles(req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(['packed-refs.lock', 'HEAD.lock'].map((f) => join(repoPath, f))));
     const current = new Map((await this.deps.storage.readRefs(req.repoId)).map((r) => [r.name, r.oid]));
-    const pending = req.updates.filter((u) => (current.get(u.ref) ?? '0'.repeat(40)) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)));
+    const pending = req.updates.filter((u) => (current.get(u.ref) ?? ZERO_OID) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)));
     if (pending.length > 0) {
       const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, pending);
       await refs.commit();

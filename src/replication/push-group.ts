@@ -1,6 +1,5 @@
-import { isZeroOid, refConflict, refDirectories, ZERO_OID } from '../domain/ref-name.js';
+import { isZeroOid, refConflict, refDirectories, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { refKey, type PushCommand } from '../git/proc-receive.js';
-import type { RefUpdate } from './txn-log.js';
 
 /**
  * A group commit: the pushes that queue on one repo while a transaction of it runs on this node

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import type { RefUpdate } from '../domain/ref-name.js';
 import type { TxnKind } from '../store/types.js';
 
 /** LocalTxnState is a transaction's state on this node. */
@@ -15,12 +16,6 @@ export interface LocalTxn {
   readonly createdAt: number;
 }
 
-/** RefUpdate is one ref change of a push transaction. */
-export interface RefUpdate {
-  readonly ref: string;
-  readonly oldOid: string;
-  readonly newOid: string;
-}
 
 /** TxnPayload is the kind-specific part of a logged transaction. */
 export interface TxnPayload {

@@ -8,8 +8,9 @@ import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
  * A push's pack is shipped to the other replicas while its coordinator waits for the repo lock
  * (`/replicate/stage`, protocol 3); the prepare then carries the refs only. These tests show the
  * shipment in the metrics, and each way a staged pack can go astray: lost before its prepare
- * (shipped again with it), never adopted (removed after STAGE_TTL_MS), and left behind by a
- * crash right after staging (its .keep removed at the node's start).
+ * (shipped again with it), not needed (unstaged by the coordinator), never adopted with nobody
+ * to say so (removed after STAGE_TTL_MS), and left behind by a crash right after staging (its
+ * .keep removed at the node's start).
  */
 describe('packs staged ahead of the prepare', () => {
   let c: TestCluster;
@@ -17,7 +18,7 @@ describe('packs staged ahead of the prepare', () => {
   const repo = 'stage/repo';
 
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 3, env: { STAGE_TTL_MS: '1000' } });
+    c = await TestCluster.start({ nodes: 3 });
     await c.createRepo(1, repo);
     work = await workRepo();
   });
@@ -80,7 +81,7 @@ describe('packs staged ahead of the prepare', () => {
     expect(await hasObject(2, r.commit)).toBe(true);
   });
 
-  it('a pack staged for a push that never prepared is removed after the TTL', async () => {
+  it('a pack staged for a push that failed before its prepare is unstaged at once', async () => {
     await c.restart(1, { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=error' });
     const r = await push(1, 'three');
     expect(r.code).not.toBe(0);
@@ -106,5 +107,19 @@ describe('packs staged ahead of the prepare', () => {
     expect(next.code, next.stderr).toBe(0);
     await c.waitInSync(repo, 1, 60_000);
     expect(await hasObject(3, next.commit)).toBe(true);
+  });
+
+  it('a pack staged for a push whose coordinator died is removed after the TTL', async () => {
+    for (const i of [2, 3]) await c.restart(i, { STAGE_TTL_MS: '1500' });
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(5000)' });
+    const pushing = push(1, 'six');
+    await waitFor(async () => (await stagedKeeps(2)).length > 0, 20_000, 'a staged pack on node 2');
+    // The coordinator dies holding the lock: nobody will prepare with the pack, nor unstage it.
+    await c.kill(1);
+    const r = await pushing;
+    expect(r.code).not.toBe(0);
+    await waitFor(async () => (await stagedKeeps(2)).length === 0 && !(await hasObject(2, r.commit)), 15_000, 'node 2 to drop the staged pack after its TTL');
+    await gitOk(['reset', '-q', '--hard', 'HEAD~1'], { cwd: work });
+    await c.restart(1, { GIT_REPLICATION_FAILPOINTS: '' });
   });
 });
