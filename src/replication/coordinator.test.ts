@@ -222,5 +222,24 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'fetch first' });
       expect(kit.peers.callsTo('n2', 'prepare')).toHaveLength(1); // the create's only
     });
+
+    it('--atomic: one ref refused refuses them all, and nothing is replicated', async () => {
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main'], [Z, tip, 'refs/heads/bad..name']], true);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'atomic push failure' });
+      expect(ex.results?.get('refs/heads/bad..name')?.ok).toBe(false);
+      expect(kit.peers.callsTo('n2', 'prepare')).toHaveLength(1);
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
+    });
+
+    it('a default-branch change committed on fewer than W replicas is an unknown outcome, not a refusal', async () => {
+      await push(kit.coordinator('n1'), new FakeExchange([[Z, tip, 'refs/heads/main'], [Z, tip, 'refs/heads/dev']]));
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync' && r.generation === 1)).toHaveLength(3));
+      kit.peers.script('n2', 'commit', answers.unreachable);
+      kit.peers.script('n3', 'commit', answers.unreachable);
+      await expect(kit.coordinator('n1').setDefaultBranch(REPO, 'refs/heads/dev')).rejects.toMatchObject({ statusCode: 503, message: expect.stringContaining('the outcome is unknown') as unknown });
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(2);
+      expect(await kit.node('n1').storage.headTarget(REPO)).toBe('refs/heads/dev');
+    });
   });
 });
