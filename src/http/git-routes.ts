@@ -234,7 +234,8 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     // error (a bad want, a malformed command), reported with git's own words.
     const why = stderr.trim().split('\n').pop() ?? '';
     const clients = /^fatal: (?!.*(?:out of memory|No space|Input\/output|corrupt|unable to (?:create|write|open)))/i.test(why) && !signal;
-    const refused = appError(clients ? 'ERR_GIT_REFUSED' : 'ERR_GIT_SERVICE', [service, why.replace(/^fatal: /, '')]);
+    // git's words, without the server's paths (the whole of it is in the node's log).
+    const refused = appError(clients ? 'ERR_GIT_REFUSED' : 'ERR_GIT_SERVICE', [service, why.replace(/^fatal: /, '').replace(/'?\/[^\s'":]+'?/g, '<path>')]);
     res.writeHead(refused.statusCode, { 'content-type': 'text/plain', connection: 'close' });
     res.end(`${refused.message}\n`);
     closeAfter(res);

@@ -76,7 +76,9 @@ function sendError(err: AppError, req: FastifyRequest, reply: FastifyReply): Fas
   if (typeof retry === 'number') void reply.header('retry-after', String(retry));
   // git asks its credential helper for a token only when the 401 names a Basic realm.
   if (err.code === 'ERR_UNAUTHORIZED' && req.routeOptions.config?.access !== 'peer') void reply.header('www-authenticate', 'Basic realm="git-replication"');
-  if (err.statusCode >= 500 && err.code !== 'ERR_INTERNAL') req.log.warn({ code: err.code, msg: err.message }, 'request failed');
+  if (err.statusCode >= 500 && err.code !== 'ERR_INTERNAL') req.log.warn({ code: err.code, msg: err.message, data: err.data }, 'request failed');
+  // A failed git command's arguments and stderr name server paths: they stay in the node's log.
+  if (err.code === 'ERR_GIT') err = new AppError('ERR_GIT', ['command', 'on the server', 'see the node log']);
   if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
   return reply.code(err.statusCode).send({ ...err.data, error: err.message, code: err.code });
 }
