@@ -69,15 +69,21 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     const page: string[] = [];
     let next: string | null = null;
     const policyOf = await directory.policies();
-    // Sorted by id; the cursor is the last id of the previous page.
-    for (const r of (await deps.store.listRepos()).sort((a, b) => (a.repoId < b.repoId ? -1 : 1))) {
-      if (r.repoId <= cursor) continue;
-      if (repoRole(principal, policyOf(r.repoId)) === null) continue;
-      if (page.length === limit) {
-        next = page[page.length - 1]!;
-        break;
+    // Sorted by id; the cursor is the last id of the previous page. Store pages of limit + 1
+    // records: a caller who reads most repos costs one read, not one of every repo.
+    let after = cursor;
+    scan: for (;;) {
+      const batch = await deps.store.listReposPage(after, limit + 1);
+      for (const r of batch) {
+        if (repoRole(principal, policyOf(r.repoId)) === null) continue;
+        if (page.length === limit) {
+          next = page[page.length - 1]!;
+          break scan;
+        }
+        page.push(r.repoId);
       }
-      page.push(r.repoId);
+      if (batch.length <= limit) break;
+      after = batch[batch.length - 1]!.repoId;
     }
     return { repos: page, count: page.length, next_cursor: next };
   });
