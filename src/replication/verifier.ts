@@ -5,6 +5,43 @@ import type { GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
 import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
 
+/**
+ * SWEEP_PASSES: a replica unchanged since it was last found good is checked again within this
+ * many passes (a day at the 5-minute default); SWEEP_MIN is the least a pass re-checks.
+ */
+const SWEEP_PASSES = 288;
+const SWEEP_MIN = 16;
+
+/** Verified is the state a replica was last found good at (incarnation and generation) and when. */
+export interface Verified {
+  readonly key: string;
+  readonly at: number;
+}
+
+/**
+ * pickForVerification chooses what one verification pass checks (docs/SCALE.md): every replica
+ * whose state changed since it was last found good (or never checked: all of them after a
+ * start), and of the unchanged ones the longest unchecked, at least SWEEP_MIN and enough that
+ * each is checked again within SWEEP_PASSES passes. A pass then costs in proportion to what
+ * changed, plus a slice, rather than a git process per replica every few minutes.
+ */
+export function pickForVerification(repos: readonly RepoRecord[], seen: ReadonlyMap<string, Verified>, sweepPasses = SWEEP_PASSES, sweepMin = SWEEP_MIN): RepoRecord[] {
+  const changed: RepoRecord[] = [];
+  const unchanged: Array<{ repo: RepoRecord; at: number }> = [];
+  for (const repo of repos) {
+    const v = seen.get(repo.repoId);
+    if (v && v.key === verifiedKey(repo)) unchanged.push({ repo, at: v.at });
+    else changed.push(repo);
+  }
+  const budget = Math.max(sweepMin, Math.ceil(unchanged.length / sweepPasses));
+  return changed.concat(unchanged.sort((a, b) => a.at - b.at).slice(0, budget).map((u) => u.repo));
+}
+
+/** verifiedKey names the state of a repo a replica was checked at. */
+export function verifiedKey(repo: RepoRecord): string {
+  return `${repo.incarnation}:${repo.generation}`;
+}
+
 /** VerifyResult is what verifying one replica found: `stale` and `missing` were marked for repair. */
 export type VerifyResult = 'ok' | 'stale' | 'missing' | 'not_in_sync' | 'not_here';
 
@@ -17,6 +54,9 @@ export type VerifyResult = 'ok' | 'stale' | 'missing' | 'not_in_sync' | 'not_her
  */
 export class ReplicaVerifier {
   private verifying = false;
+  /** checked and fscked: per local replica, the state it was last found good at, by each kind of pass. */
+  private readonly checked = new Map<string, Verified>();
+  private readonly fscked = new Map<string, Verified>();
 
   constructor(
     private readonly deps: {
@@ -40,9 +80,9 @@ export class ReplicaVerifier {
   }
 
   /**
-   * verify recomputes the checksum of each local replica the store believes in sync and marks
-   * a mismatch stale. A push that commits meanwhile changes the generation, and that replica is
-   * left for the next pass.
+   * verify recomputes the checksum of the local replicas the store believes in sync that
+   * pickForVerification chooses, and marks a mismatch stale. A push that commits meanwhile
+   * changes the generation, and that replica is left for the next pass.
    */
   async verify(fsck = false): Promise<number> {
     const { store, nodeId, logger } = this.deps;
@@ -53,9 +93,16 @@ export class ReplicaVerifier {
     let marked = 0;
     try {
       const own = new Map((await store.replicasOnNode(nodeId)).map((r) => [r.repoId, r]));
-      for (const repo of (await store.listRepos()).filter((r) => r.replicas.includes(nodeId))) {
-        if (!isInSync(repo, own.get(repo.repoId))) continue;
-        if ((await this.checkAndMark(repo, fsck)) !== 'ok') marked++;
+      const inSync = (await store.listRepos()).filter((r) => r.replicas.includes(nodeId) && isInSync(r, own.get(r.repoId)));
+      const seen = fsck ? this.fscked : this.checked;
+      const here = new Set(inSync.map((r) => r.repoId));
+      for (const id of seen.keys()) if (!here.has(id)) seen.delete(id);
+      for (const repo of pickForVerification(inSync, seen)) {
+        if ((await this.checkAndMark(repo, fsck)) === 'ok') seen.set(repo.repoId, { key: verifiedKey(repo), at: Date.now() });
+        else {
+          seen.delete(repo.repoId);
+          marked++;
+        }
       }
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
