@@ -54,7 +54,7 @@ describe('the user, org, repo and token commands against a cluster with token au
     await waitFor(async () => {
       last = await cli(['repo', 'list'], token, node);
       return last.code !== 0;
-    }, 2_000, `token refused on node-${node}`);
+    }, 10_000, `token refused on node-${node}`);
     expectFailure(last, 1, message);
     return Date.now() - start;
   }
@@ -144,7 +144,7 @@ describe('the user, org, repo and token commands against a cluster with token au
     for (const i of [1, 2, 3]) expect(await lsRemote(c.repoUrl(i, 'acme/site'))).toContain(`${head}\trefs/heads/main`);
   });
 
-  it('a revoked token fails with 401 on another node within 2 seconds', async () => {
+  it('a revoked token fails with 401 on another node once its 1 s cache entry is gone', async () => {
     const listed = await ok(['token', 'list', '--user', 'alice'], admin);
     expect(listed).toMatch(new RegExp(`^${aliceId}\\talice-ci\\talice\\twrite\\tcreated \\S+\\texpires never\\tlast used \\S+$`, 'm'));
     const own = JSON.parse(await ok(['token', 'list', '--json'], alice)) as { tokens: Array<{ id: string; name: string }> };
@@ -153,8 +153,10 @@ describe('the user, org, repo and token commands against a cluster with token au
     // Node 3 has just checked alice's token, so it holds it in its cache when node 1 revokes it.
     expect(await ok(['repo', 'list'], alice, 3)).toBe('acme/site\nalice/notes\n');
     expect(await ok(['token', 'revoke', aliceId], admin)).toBe(`token ${aliceId} ('alice-ci' of alice) revoked\n`);
-    const ms = await pollUntil401(alice, 3, /^git-replication: 401 invalid token$/);
-    expect(ms).toBeLessThan(2_000);
+    // Measured on the server's clock, not the CLI's (each try spawns a process, slow on a loaded
+    // machine): 1.2 s after the revocation, node 3's cache entry has expired and the first try fails.
+    await new Promise((r) => setTimeout(r, 1_200));
+    expectFailure(await cli(['repo', 'list'], alice, 3), 1, /^git-replication: 401 invalid token$/);
     expectFailure(await cli(['token', 'revoke', aliceId], admin), 1, new RegExp(`^git-replication: 404 token ${aliceId} not found$`));
   });
 
@@ -163,7 +165,7 @@ describe('the user, org, repo and token commands against a cluster with token au
     expect(await ok(['user', 'disable', 'bob'], admin)).toBe('user bob disabled\n');
     await pollUntil401(bob, 2, /^git-replication: 401 user bob is disabled$/);
     expect(await ok(['user', 'enable', 'bob'], admin)).toBe('user bob enabled\n');
-    await waitFor(async () => (await cli(['repo', 'list'], bob, 2)).code === 0, 2_000, 'bob enabled on node-2');
+    await waitFor(async () => (await cli(['repo', 'list'], bob, 2)).code === 0, 10_000, 'bob enabled on node-2');
     expect(await ok(['org', 'remove-member', 'acme', 'bob'], admin)).toBe('bob removed from acme\n');
   });
 
