@@ -204,9 +204,9 @@ describe('permission matrix: callers × public and private × operations', () =>
     const url = (n: number): string => gitUrl(n, 'acme/late', 'non-member');
     expectGit(await git(['ls-remote', url(3)]), 'notFound');
     await ok(1, 'PUT', '/repos/acme/late/grants/user:dave', { role: 'read' });
-    const started = Date.now();
-    await waitFor(async () => (await git(['ls-remote', url(3)])).code === 0, 3_000, 'the grant seen on node 3');
-    expect(Date.now() - started).toBeLessThan(1_600);
+    // On the server's clock (node 3 caches what it read for 1 s), not timed through git's spawns.
+    await new Promise((r) => setTimeout(r, 1_200));
+    expect((await git(['ls-remote', url(3)])).code).toBe(0);
     await ok(2, 'DELETE', '/repos/acme/late/grants/user:dave');
     await waitFor(async () => (await git(['ls-remote', url(3)])).code !== 0, 3_000, 'the removal seen on node 3');
   });
