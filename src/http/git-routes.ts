@@ -142,7 +142,10 @@ async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyR
   const route = await deps.router.route(repoId, write);
   if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
-  if (req.hopClient !== null) throw unavailable(`replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
+  if (req.hopClient !== null) {
+    if (await deps.router.waitLocal(repoId, write)) return true;
+    throw unavailable(`replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
+  }
   deps.metrics.proxied.inc({ service });
   reply.hijack();
   await proxy(deps, req, reply.raw, route.url);

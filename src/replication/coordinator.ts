@@ -99,6 +99,16 @@ const MAX_GROUP_PUSHES = 64;
 /** MAX_QUEUED_PUSHES bounds the pushes of one repo waiting on one node; more are refused at once. */
 const MAX_QUEUED_PUSHES = 256;
 
+/**
+ * CONTENDED_WAIT_MS: a lock that took longer than this to take was held by another node.
+ * COURTESY_MS: after such a group, a node with more pushes queued waits this long (plus up to
+ * half again, at random) before it takes the lock again. Other nodes' waiters poll the store
+ * at most every 100 ms (RepoActivity.lock); without the pause the node that holds a busy repo's
+ * lock would take it again the moment it let go, and pushes through the others would starve.
+ */
+const CONTENDED_WAIT_MS = 15;
+const COURTESY_MS = 110;
+
 /** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
 const SETTLE_MS = 10_000;
 
@@ -492,7 +502,8 @@ export class Coordinator {
         while (fresh.length > 0) {
           const group = fresh.splice(0, MAX_GROUP_PUSHES);
           try {
-            await this.runGroup(repoId, group);
+            const { contended } = await this.runGroup(repoId, group);
+            if (contended && fresh.length > 0) await new Promise((r) => setTimeout(r, COURTESY_MS * (1 + Math.random() / 2)));
           } catch (err) {
             this.deps.logger.error({ repoId, err: errorMessage(err) }, 'push group failed');
             for (const m of group) {
@@ -516,7 +527,7 @@ export class Coordinator {
    * every push's pack. After a commit decision no push is told of a rejection: with fewer than W
    * confirmations each connection is abandoned, and repair completes the stragglers.
    */
-  private async runGroup(repoId: RepoId, group: readonly PendingPush[]): Promise<void> {
+  private async runGroup(repoId: RepoId, group: readonly PendingPush[]): Promise<{ contended: boolean }> {
     const { storage, nodeId, logger } = this.deps;
     const packsOf = (ms: readonly PendingPush[]): PackShipment[] => ms.flatMap((m) => (m.pack ? [m.pack] : []));
     const refuseAll = (reason: string): void => {
@@ -527,12 +538,18 @@ export class Coordinator {
       }
     };
     let locked: Awaited<ReturnType<Coordinator['lockInSync']>>;
+    const asked = Date.now();
     try {
       locked = await this.lockInSync(repoId);
     } catch (err) {
-      return refuseAll(errorMessage(err));
+      refuseAll(errorMessage(err));
+      return { contended: true };
     }
-    if (!locked.ok) return refuseAll(locked.reason);
+    const contended = Date.now() - asked > CONTENDED_WAIT_MS;
+    if (!locked.ok) {
+      refuseAll(locked.reason);
+      return { contended };
+    }
     const { held, repo } = locked;
     try {
       const current = new Map((await storage.readRefs(repoId)).map((r) => [r.name, r.oid]));
@@ -546,11 +563,11 @@ export class Coordinator {
       for (const m of refused) m.report();
       // A ref a later push of the group put back where it was: their updates cancel out.
       const newHead = pickDefaultBranch(head, current, net);
-      if (members.length === 0) return;
+      if (members.length === 0) return { contended };
       if (net.length === 0 && !newHead) {
         this.unstage(repoId, packsOf(members));
         for (const m of members) m.report();
-        return;
+        return { contended };
       }
       const req: PrepareRequest = {
         txnId: randomUUID(), repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
@@ -570,7 +587,7 @@ export class Coordinator {
         if (err instanceof OutcomeUnknownError) {
           logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the pushes without a report');
           for (const m of members) this.abandon(m);
-          return;
+          return { contended };
         }
         // Peers that staged a pack but never adopted it (the transaction failed first) drop it.
         this.unstage(repoId, packs);
@@ -578,17 +595,18 @@ export class Coordinator {
           for (const u of batchOf(m)) m.fail(refKey(u.ref), errorMessage(err));
           m.report();
         }
-        return;
+        return { contended };
       }
       if (result.outcome === 'unknown') {
         logger.error({ txnId: req.txnId, confirmed: result.confirmed }, 'committed but fewer than W replicas confirmed in time: closing the pushes without a report');
         for (const m of members) this.abandon(m);
-        return;
+        return { contended };
       }
       for (const m of members) {
         m.report();
         m.ctx.onCommitted?.(req.txnId, batchOf(m).map((u) => u.ref));
       }
+      return { contended };
     } finally {
       await held.release();
     }

@@ -87,4 +87,21 @@ describe('Router (in process: real store, real replicas)', () => {
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
     expect(await routed).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
   });
+
+  it('a request routed here by a peer waits for this replica to confirm, and gives up after the wait', async () => {
+    // A push decided (generation 1) and confirmed by n2: n1 is one behind, still confirming.
+    const lock = (await kit.raw.acquireLock(REPO, 'n9', 60_000))!;
+    await kit.raw.commitPush({ txnId: 't2', repoId: REPO, coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: 0, fencingToken: lock.token, newChecksum: 'c1' });
+    await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n2', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
+    expect((await router.route(REPO, false)).kind).toBe('peer');
+    const waiting = router.waitLocal(REPO, false);
+    const reads = kit.faults.count('getReplicas');
+    await eventually(() => expect(kit.faults.count('getReplicas')).toBeGreaterThan(reads));
+    await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n1', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
+    expect(await waiting).toBe(true);
+    // n3 never confirms: a router on n3 gives up after commitWaitMs.
+    const n3 = kit.node('n3');
+    const onN3 = new Router({ nodeId: 'n3', store: kit.store, storage: n3.storage, membership: n3.membership, logger: quietLogger, commitWaitMs: 300 });
+    expect(await onN3.waitLocal(REPO, false)).toBe(false);
+  });
 });

@@ -71,6 +71,21 @@ export class Router {
     }
   }
 
+  /**
+   * waitLocal waits up to commitWaitMs for this node's replica to be in sync, for a request
+   * another node routed here (which is never routed on again): between that node's look at the
+   * store and the request's arrival, the next push may have committed with this replica still
+   * confirming. True once it serves locally.
+   */
+  async waitLocal(repoId: string, write: boolean): Promise<boolean> {
+    const deadline = Date.now() + this.deps.commitWaitMs;
+    for (;;) {
+      if ((await this.pick(await this.read(repoId, write)))?.kind === 'local') return true;
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   private async pick({ repo, replicas, fromCache }: Seen & { fromCache: boolean }): Promise<Route | null> {
     const { nodeId, storage, membership } = this.deps;
     const repoId = repo.repoId;

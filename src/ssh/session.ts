@@ -92,7 +92,7 @@ export async function runGitCommand(deps: SessionDeps, channel: ServerChannel, i
     if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${need} access to ${cmd.repoId} needed`);
     if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
     const route = await deps.router.route(cmd.repoId, cmd.write);
-    if (route.kind === 'peer') {
+    if (route.kind === 'peer' && !(id.hop && (await deps.router.waitLocal(cmd.repoId, cmd.write)))) {
       if (id.hop) throw new SshRefusal(`replica of ${cmd.repoId} on this node is not in sync, try again`);
       await proxySession(deps, channel, id, cmd, gitProtocol, route.nodeId, hooks);
       return;
