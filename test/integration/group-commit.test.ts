@@ -13,13 +13,18 @@ describe('pushes queued on one repo join one transaction', () => {
   const repo = 'group/repo';
 
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 3, nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(1500)' } } });
+    c = await TestCluster.start({
+      nodes: 3,
+      nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(1500)' } },
+    });
     await c.createRepo(1, repo);
     base = await workRepo();
     await gitOk(['push', '-q', c.repoUrl(2, repo), 'HEAD:refs/heads/main'], { cwd: base });
     await c.waitInSync(repo, 2);
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   /** client clones the repo's main into a fresh work dir and commits one file on it. */
   async function client(name: string): Promise<{ dir: string; commit: string }> {
@@ -41,17 +46,18 @@ describe('pushes queued on one repo join one transaction', () => {
    * firstInFlight starts a push through node 1 and waits until its pack is staged on both peers:
    * it then holds the lock or is about to (and sits in the 1.5 s delay), so pushes started now queue.
    */
-  async function firstInFlight(dir: string, ref: string): Promise<Promise<Awaited<ReturnType<typeof git>>>> {
+  async function firstInFlight(dir: string, ref: string): Promise<{ push: ReturnType<typeof git> }> {
     const before = await staged();
     const push = git(['push', c.repoUrl(1, repo), `HEAD:${ref}`], { cwd: dir });
     await waitFor(async () => (await staged()) >= before + 2, 20_000, 'the first push to stage its pack');
-    return push;
+    // Wrapped: an async function returning the promise itself would wait for the push to end.
+    return { push };
   }
 
   it('8 pushes of different branches queued behind a 9th all succeed, as one transaction', async () => {
     const clients = await Promise.all(Array.from({ length: 9 }, (_, i) => client(`b${i}`)));
     const logBefore = c.node(1).log.length;
-    const first = await firstInFlight(clients[0]!.dir, 'refs/heads/b0');
+    const { push: first } = await firstInFlight(clients[0]!.dir, 'refs/heads/b0');
     const rest = clients.slice(1).map((cl, i) => git(['push', c.repoUrl(1, repo), `HEAD:refs/heads/b${i + 1}`], { cwd: cl.dir }));
     const results = await Promise.all([first, ...rest]);
     for (const r of results) expect(r.code, r.stderr).toBe(0);
@@ -68,14 +74,14 @@ describe('pushes queued on one repo join one transaction', () => {
 
   it('two pushes of main from the same tip in one group: one wins, the other is told to fetch first', async () => {
     const [x, y, z] = await Promise.all([client('x'), client('y'), client('z')]);
-    const first = await firstInFlight(z!.dir, 'refs/heads/other');
-    const px = git(['push', c.repoUrl(1, repo), 'HEAD:refs/heads/main'], { cwd: x!.dir });
+    const { push: first } = await firstInFlight(z.dir, 'refs/heads/other');
+    const px = git(['push', c.repoUrl(1, repo), 'HEAD:refs/heads/main'], { cwd: x.dir });
     await new Promise((r) => setTimeout(r, 200));
-    const py = git(['push', c.repoUrl(1, repo), 'HEAD:refs/heads/main'], { cwd: y!.dir });
+    const py = git(['push', c.repoUrl(1, repo), 'HEAD:refs/heads/main'], { cwd: y.dir });
     const [rz, rx, ry] = await Promise.all([first, px, py]);
     expect(rz.code, rz.stderr).toBe(0);
     expect([rx.code, ry.code].filter((code) => code === 0)).toHaveLength(1);
-    const [winner, loser] = rx.code === 0 ? [x!, ry] : [y!, rx];
+    const [winner, loser] = rx.code === 0 ? [x, ry] : [y, rx];
     expect(loser.stderr).toMatch(/fetch first/);
     await c.waitInSync(repo, 1);
     expect(await lsRemote(c.repoUrl(2, repo))).toContain(`${winner.commit}\trefs/heads/main`);
@@ -83,17 +89,17 @@ describe('pushes queued on one repo join one transaction', () => {
 
   it('an atomic push with a taken branch in the group applies nothing of it; the others apply', async () => {
     const [a, b, d] = await Promise.all([client('a'), client('b'), client('d')]);
-    const first = await firstInFlight(a!.dir, 'refs/heads/taken');
-    const atomic = git(['push', '--atomic', c.repoUrl(1, repo), 'HEAD:refs/heads/taken', 'HEAD:refs/heads/fresh'], { cwd: b!.dir });
-    const plain = git(['push', c.repoUrl(1, repo), 'HEAD:refs/heads/plain'], { cwd: d!.dir });
+    const { push: first } = await firstInFlight(a.dir, 'refs/heads/taken');
+    const atomic = git(['push', '--atomic', c.repoUrl(1, repo), 'HEAD:refs/heads/taken', 'HEAD:refs/heads/fresh'], { cwd: b.dir });
+    const plain = git(['push', c.repoUrl(1, repo), 'HEAD:refs/heads/plain'], { cwd: d.dir });
     const [ra, rb, rd] = await Promise.all([first, atomic, plain]);
     expect(ra.code, ra.stderr).toBe(0);
     expect(rd.code, rd.stderr).toBe(0);
     expect(rb.code).not.toBe(0);
     await c.waitInSync(repo, 1);
     const refs = await lsRemote(c.repoUrl(3, repo));
-    expect(refs).toContain(`${a!.commit}\trefs/heads/taken`);
-    expect(refs).toContain(`${d!.commit}\trefs/heads/plain`);
+    expect(refs).toContain(`${a.commit}\trefs/heads/taken`);
+    expect(refs).toContain(`${d.commit}\trefs/heads/plain`);
     expect(refs).not.toContain('refs/heads/fresh');
   });
 });
