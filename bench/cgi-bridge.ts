@@ -76,11 +76,17 @@ function parseCgiHeaders(buf: Buffer): { status: number; headers: Record<string,
 function handle(req: IncomingMessage, res: ServerResponse): void {
   const child = spawn('git', ['http-backend'], { env: cgiEnv(req), stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
-  child.on('error', (err) => { stderr += String(err); });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    if (stderr.length < 4096) stderr += d;
+  });
+  child.on('error', (err) => {
+    stderr += String(err);
+  });
   child.stdin.on('error', () => undefined);
   req.pipe(child.stdin);
-  res.on('close', () => { if (!res.writableFinished && child.exitCode === null) child.kill('SIGKILL'); });
+  res.on('close', () => {
+    if (!res.writableFinished && child.exitCode === null) child.kill('SIGKILL');
+  });
 
   let head = Buffer.alloc(0);
   let parsed = false;
@@ -108,7 +114,9 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
 }
 
 const server = createServer(handle);
-server.listen(Number(portText), '127.0.0.1', () => { process.stdout.write(`listening on ${portText}\n`); });
+server.listen(Number(portText), '127.0.0.1', () => {
+  process.stdout.write(`listening on ${portText}\n`);
+});
 process.stdin.resume();
 process.stdin.on('close', () => process.exit(0));
 process.stdin.on('end', () => process.exit(0));

@@ -12,11 +12,16 @@ const COMPLETE = 'bench-fixture-complete';
 
 /** defaultBundle is the express repo the full benchmark mirrors: $BENCH_EXPRESS_BUNDLE or ../shared/data/express.bundle. */
 export function defaultBundle(): string {
-  return process.env.BENCH_EXPRESS_BUNDLE ?? resolve(fileURLToPath(new URL('../../..', import.meta.url)), 'shared', 'data', 'express.bundle');
+  return (
+    process.env.BENCH_EXPRESS_BUNDLE ?? resolve(fileURLToPath(new URL('../../..', import.meta.url)), 'shared', 'data', 'express.bundle')
+  );
 }
 
 async function exists(path: string): Promise<boolean> {
-  return access(path).then(() => true, () => false);
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
@@ -46,17 +51,29 @@ async function cached(name: string, build: (dir: string) => Promise<void>): Prom
 /** fastImport feeds a git fast-import stream (written by `feed`) into the bare repo `dir`. */
 async function fastImport(dir: string, feed: (write: (chunk: string | Buffer) => Promise<void>) => Promise<void>): Promise<void> {
   await gitOk(['init', '-q', '--bare', '-b', 'main', dir]);
-  const child = spawn('git', ['-c', 'fastimport.unpackLimit=0', 'fast-import', '--quiet'], { cwd: dir, env: CLIENT_GIT_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
+  const child = spawn('git', ['-c', 'fastimport.unpackLimit=0', 'fast-import', '--quiet'], {
+    cwd: dir,
+    env: CLIENT_GIT_ENV,
+    stdio: ['pipe', 'ignore', 'pipe'],
+  });
   let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
   const closed = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
   let failed: Error | null = null;
-  child.stdin.on('error', (err) => { failed = err; });
+  child.stdin.on('error', (err) => {
+    failed = err;
+  });
   const write = async (chunk: string | Buffer): Promise<void> => {
     if (failed) throw failed;
     if (child.stdin.write(chunk)) return;
     await new Promise<void>((r) => {
-      const done = (): void => { child.stdin.off('drain', done); child.off('close', done); r(); };
+      const done = (): void => {
+        child.stdin.off('drain', done);
+        child.off('close', done);
+        r();
+      };
       child.stdin.on('drain', done);
       child.on('close', done);
     });

@@ -16,15 +16,26 @@ function positiveInt(value: string): number {
   return n;
 }
 
-interface BenchCliOptions { quick?: boolean; rounds?: number; out: string; only?: string }
+interface BenchCliOptions {
+  quick?: boolean;
+  rounds?: number;
+  out: string;
+  only?: string;
+}
 
 const program = new Command('bench')
   .description('run the benchmark suite against this project and two reference git servers')
   .option('--quick', 'a tiny version of every workload (CI smoke check: only checks that everything ran)')
   .option('--rounds <n>', 'rounds per workload (default 3, 1 with --quick)', positiveInt)
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
-  .option('--only <workloads>', 'comma-separated workloads, by number or id: 1 push-latency, 2 clone-mirror, 3 mirror-push, 4 concurrent-repos, 5 concurrent-branches, 6 concurrent-clones, 7 big-clone, 8 repair (clusters only)')
-  .addHelpText('after', '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --quick --out /tmp/b')
+  .option(
+    '--only <workloads>',
+    'comma-separated workloads, by number or id: 1 push-latency, 2 clone-mirror, 3 mirror-push, 4 concurrent-repos, 5 concurrent-branches, 6 concurrent-clones, 7 big-clone, 8 repair (clusters only)',
+  )
+  .addHelpText(
+    'after',
+    '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --quick --out /tmp/b',
+  )
   .action(async (o: BenchCliOptions) => {
     try {
       const { result } = await runBench({ quick: o.quick ?? false, rounds: o.rounds, out: o.out, only: o.only });

@@ -14,12 +14,20 @@ if (!root || !portText) {
 }
 
 const repos = new ngs.Git(root, { autoCreate: true });
-const accept = (request: ngs.HttpDuplex): void => { request.accept(); };
+const accept = (request: ngs.HttpDuplex): void => {
+  request.accept();
+};
 for (const event of ['push', 'tag', 'fetch', 'info', 'head']) repos.on(event, accept);
-repos.on('error', (err: unknown) => { process.stderr.write(`node-git-server: ${String(err)}\n`); });
+repos.on('error', (err: unknown) => {
+  process.stderr.write(`node-git-server: ${String(err)}\n`);
+});
 
-const server = createServer((req, res) => { repos.handle(req, res); });
-server.listen(Number(portText), '127.0.0.1', () => { process.stdout.write(`listening on ${portText}\n`); });
+const server = createServer((req, res) => {
+  repos.handle(req, res);
+});
+server.listen(Number(portText), '127.0.0.1', () => {
+  process.stdout.write(`listening on ${portText}\n`);
+});
 process.stdin.resume();
 process.stdin.on('close', () => process.exit(0));
 process.stdin.on('end', () => process.exit(0));

@@ -26,11 +26,13 @@ function parseStat(pid: number, text: string): ProcStat | null {
 async function scan(): Promise<Map<number, ProcStat>> {
   const out = new Map<number, ProcStat>();
   const pids = (await readdir('/proc').catch(() => [] as string[])).filter((p) => /^\d+$/.test(p));
-  await Promise.all(pids.map(async (p) => {
-    const text = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
-    const s = text ? parseStat(Number(p), text) : null;
-    if (s) out.set(s.pid, s);
-  }));
+  await Promise.all(
+    pids.map(async (p) => {
+      const text = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
+      const s = text ? parseStat(Number(p), text) : null;
+      if (s) out.set(s.pid, s);
+    }),
+  );
   return out;
 }
 
@@ -112,11 +114,13 @@ export interface RssPeak {
 
 async function anonKb(pids: readonly number[]): Promise<number> {
   let kb = 0;
-  await Promise.all(pids.map(async (p) => {
-    const text = await readFile(`/proc/${p}/status`, 'utf8').catch(() => '');
-    const m = /^RssAnon:\s+(\d+) kB/m.exec(text);
-    if (m) kb += Number(m[1]);
-  }));
+  await Promise.all(
+    pids.map(async (p) => {
+      const text = await readFile(`/proc/${p}/status`, 'utf8').catch(() => '');
+      const m = /^RssAnon:\s+(\d+) kB/m.exec(text);
+      if (m) kb += Number(m[1]);
+    }),
+  );
   return kb;
 }
 
@@ -135,7 +139,10 @@ export class RssSampler {
   private peakAnonRoot = 0;
   private samples = 0;
 
-  constructor(private readonly roots: () => readonly number[], private readonly intervalMs = 50) {}
+  constructor(
+    private readonly roots: () => readonly number[],
+    private readonly intervalMs = 50,
+  ) {}
 
   private async sample(): Promise<void> {
     if (this.busy) return;
@@ -166,7 +173,9 @@ export class RssSampler {
   /** start takes a first sample and keeps sampling. */
   async start(): Promise<void> {
     await this.sample();
-    this.timer = setInterval(() => { void this.sample(); }, this.intervalMs);
+    this.timer = setInterval(() => {
+      void this.sample();
+    }, this.intervalMs);
   }
 
   /** stop takes a last sample and returns the peaks. */
@@ -176,6 +185,13 @@ export class RssSampler {
     for (let i = 0; i < 100 && this.busy; i++) await new Promise((r) => setTimeout(r, 5));
     await this.sample();
     const mb = (kb: number): number => Math.round(kb / 102.4) / 10;
-    return { baseMb: mb(this.base), peakMb: mb(this.peak), peakPerRootMb: mb(this.peakRoot), peakAnonMb: mb(this.peakAnon), peakAnonPerRootMb: mb(this.peakAnonRoot), samples: this.samples };
+    return {
+      baseMb: mb(this.base),
+      peakMb: mb(this.peak),
+      peakPerRootMb: mb(this.peakRoot),
+      peakAnonMb: mb(this.peakAnon),
+      peakAnonPerRootMb: mb(this.peakAnonRoot),
+      samples: this.samples,
+    };
   }
 }

@@ -82,7 +82,12 @@ export function summarize(w: Workload, description: string, runs: Map<ServerId, 
       const v = median(r.rounds.map((s) => s[m.name] ?? Number.NaN));
       med[m.name] = Number.isFinite(v) ? round3(v) : null;
     }
-    servers[id] = { rounds: r.rounds.map((s) => Object.fromEntries(Object.entries(s).map(([k, v]) => [k, round3(v)]))), median: med, errors: r.errors, setup: r.setup };
+    servers[id] = {
+      rounds: r.rounds.map((s) => Object.fromEntries(Object.entries(s).map(([k, v]) => [k, round3(v)]))),
+      median: med,
+      errors: r.errors,
+      setup: r.setup,
+    };
   }
   const ratio = (a: number | null | undefined, b: number | null | undefined): number | null =>
     a === null || a === undefined || b === null || b === undefined || b === 0 ? null : Math.round((a / b) * 100) / 100;
@@ -106,45 +111,80 @@ function med(res: readonly WorkloadResult[], id: WorkloadId, server: ServerId, m
 /** targets evaluates the project's targets on one run's ratios. */
 export function targets(res: readonly WorkloadResult[], params: Params, nproc: number): Target[] {
   const out: Target[] = [];
-  const div = (a: number | null, b: number | null): number | null => (a === null || b === null || b === 0 ? null : Math.round((a / b) * 100) / 100);
+  const div = (a: number | null, b: number | null): number | null =>
+    a === null || b === null || b === 0 ? null : Math.round((a / b) * 100) / 100;
   const add = (name: string, target: string, value: number | null, ok: (v: number) => boolean, note?: string): void => {
     out.push({ name, target, value, met: value === null ? null : ok(value), note });
   };
   if (res.some((w) => w.id === 'push-latency')) {
-    add('small push p50, cluster3 / single', '<= 1.3', div(med(res, 'push-latency', 'cluster3', 'p50_ms'), med(res, 'push-latency', 'single', 'p50_ms')), (v) => v <= 1.3);
+    add(
+      'small push p50, cluster3 / single',
+      '<= 1.3',
+      div(med(res, 'push-latency', 'cluster3', 'p50_ms'), med(res, 'push-latency', 'single', 'p50_ms')),
+      (v) => v <= 1.3,
+    );
     // Summed over every node and every request of a push: client auth and peer signatures.
     add('auth checks per push, cluster3 (ms, all nodes)', '<= 2', med(res, 'push-latency', 'cluster3', 'auth_ms'), (v) => v <= 2);
   }
   if (res.some((w) => w.id === 'concurrent-clones')) {
     for (const s of ['cluster3', 'single'] as const) {
-      add(`clone throughput (concurrent small clones), ${s} / node-git-server`, '>= 0.95',
-        div(med(res, 'concurrent-clones', s, 'clones_per_s'), med(res, 'concurrent-clones', 'node-git-server', 'clones_per_s')), (v) => v >= 0.95);
+      add(
+        `clone throughput (concurrent small clones), ${s} / node-git-server`,
+        '>= 0.95',
+        div(med(res, 'concurrent-clones', s, 'clones_per_s'), med(res, 'concurrent-clones', 'node-git-server', 'clones_per_s')),
+        (v) => v >= 0.95,
+      );
     }
   }
   if (res.some((w) => w.id === 'clone-mirror')) {
     for (const s of ['cluster3', 'single'] as const) {
-      add(`clone throughput (mirror clone, 1/seconds), ${s} / node-git-server`, '>= 0.95',
-        div(med(res, 'clone-mirror', 'node-git-server', 'seconds'), med(res, 'clone-mirror', s, 'seconds')), (v) => v >= 0.95);
+      add(
+        `clone throughput (mirror clone, 1/seconds), ${s} / node-git-server`,
+        '>= 0.95',
+        div(med(res, 'clone-mirror', 'node-git-server', 'seconds'), med(res, 'clone-mirror', s, 'seconds')),
+        (v) => v >= 0.95,
+      );
     }
   }
   if (res.some((w) => w.id === 'big-clone')) {
     const note = params.bigMb < 200 ? `only a ${params.bigMb} MiB pack in this run: not the 200 MB case` : undefined;
     for (const s of ['cluster3', 'single'] as const) {
-      add(`server RSS during the ${params.bigMb} MiB clone, ${s} (MB, serving node's process tree, all RSS incl. mmapped pack pages)`, '< 150', med(res, 'big-clone', s, 'rss_node_peak_mb'), (v) => v < 150, note);
-      add(`server anonymous RSS during the ${params.bigMb} MiB clone, ${s} (MB, serving node's process tree, heap only)`, '< 150', med(res, 'big-clone', s, 'rss_node_anon_peak_mb'), (v) => v < 150, note);
+      add(
+        `server RSS during the ${params.bigMb} MiB clone, ${s} (MB, serving node's process tree, all RSS incl. mmapped pack pages)`,
+        '< 150',
+        med(res, 'big-clone', s, 'rss_node_peak_mb'),
+        (v) => v < 150,
+        note,
+      );
+      add(
+        `server anonymous RSS during the ${params.bigMb} MiB clone, ${s} (MB, serving node's process tree, heap only)`,
+        '< 150',
+        med(res, 'big-clone', s, 'rss_node_anon_peak_mb'),
+        (v) => v < 150,
+        note,
+      );
     }
   }
   if (res.some((w) => w.id === 'repair')) {
-    add('repair of a replica that missed the mirror push, cluster3: seconds / plain `git clone --mirror` seconds', '<= 1.5',
-      med(res, 'repair', 'cluster3', 'repair_vs_clone'), (v) => v <= 1.5);
+    add(
+      'repair of a replica that missed the mirror push, cluster3: seconds / plain `git clone --mirror` seconds',
+      '<= 1.5',
+      med(res, 'repair', 'cluster3', 'repair_vs_clone'),
+      (v) => v <= 1.5,
+    );
   }
   if (res.some((w) => w.id === 'concurrent-repos') && res.some((w) => w.id === 'push-latency')) {
     for (const s of ['cluster3', 'single'] as const) {
       const perS = med(res, 'concurrent-repos', s, 'pushes_per_s');
       const seqMs = med(res, 'push-latency', s, 'mean_ms');
       const speedup = perS === null || seqMs === null ? null : Math.round(perS * (seqMs / 1000) * 100) / 100;
-      add(`concurrent pushes to ${params.concurrency} repos, ${s}: speedup over one client (pushes/s x sequential mean latency)`,
-        `>= 0.75 x nproc (${0.75 * nproc})`, speedup, (v) => v >= 0.75 * nproc, `nproc=${nproc}; the git clients share these cores`);
+      add(
+        `concurrent pushes to ${params.concurrency} repos, ${s}: speedup over one client (pushes/s x sequential mean latency)`,
+        `>= 0.75 x nproc (${0.75 * nproc})`,
+        speedup,
+        (v) => v >= 0.75 * nproc,
+        `nproc=${nproc}; the git clients share these cores`,
+      );
     }
   }
   return out;
@@ -172,7 +212,11 @@ function mediansTable(r: BenchResult): Table {
   const rows: string[][] = [];
   for (const w of r.workloads) {
     for (const m of w.metrics) {
-      rows.push([`${w.number} ${w.id}`, `${m.name} (${m.unit})${m.better === 'lower' ? ' ↓' : m.better === 'higher' ? ' ↑' : ''}`, ...ids.map((id) => fmt(w.servers[id]?.median[m.name]))]);
+      rows.push([
+        `${w.number} ${w.id}`,
+        `${m.name} (${m.unit})${m.better === 'lower' ? ' ↓' : m.better === 'higher' ? ' ↑' : ''}`,
+        ...ids.map((id) => fmt(w.servers[id]?.median[m.name])),
+      ]);
     }
   }
   return { head: ['workload', 'metric (↓ lower / ↑ higher is better)', ...ids], rows };
@@ -184,7 +228,8 @@ function ratiosTable(r: BenchResult): Table {
     for (const m of w.metrics) {
       if (m.name === 'errors') continue;
       rows.push([
-        `${w.number} ${w.id}`, m.name,
+        `${w.number} ${w.id}`,
+        m.name,
         ratioText(w.ratios.cluster3?.vs_single[m.name]),
         ratioText(w.ratios.cluster3?.vs_node_git_server[m.name]),
         ratioText(w.ratios.single?.vs_node_git_server[m.name]),
@@ -198,7 +243,12 @@ function ratiosTable(r: BenchResult): Table {
 function targetsTable(r: BenchResult): Table {
   return {
     head: ['target', 'wanted', 'this run', 'met'],
-    rows: r.targets.map((t) => [t.name + (t.note ? ` (${t.note})` : ''), t.target, fmt(t.value), t.met === null ? 'n/a' : t.met ? 'yes' : 'NO']),
+    rows: r.targets.map((t) => [
+      t.name + (t.note ? ` (${t.note})` : ''),
+      t.target,
+      fmt(t.value),
+      t.met === null ? 'n/a' : t.met ? 'yes' : 'NO',
+    ]),
   };
 }
 
@@ -210,15 +260,23 @@ function textTable(t: Table): string {
 
 function mdTable(t: Table): string {
   const esc = (s: string): string => s.replace(/\|/g, '\\|');
-  return [`| ${t.head.map(esc).join(' | ')} |`, `|${t.head.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`, ...t.rows.map((r) => `| ${r.map(esc).join(' | ')} |`)].join('\n');
+  return [
+    `| ${t.head.map(esc).join(' | ')} |`,
+    `|${t.head.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`,
+    ...t.rows.map((r) => `| ${r.map(esc).join(' | ')} |`),
+  ].join('\n');
 }
 
 /** renderText is the table the CLI prints: medians, ratios, targets. */
 export function renderText(r: BenchResult): string {
   const parts = [
     `git-replication bench (${r.mode}, ${r.params.rounds} round(s), ${r.durationS.toFixed(0)} s) on ${r.machine.nproc} cores, git ${r.machine.gitVersion}, node ${r.machine.nodeVersion}`,
-    '', 'medians:', textTable(mediansTable(r)),
-    '', 'ratios (same run; for ↓ metrics below 1 is better, for ↑ above 1):', textTable(ratiosTable(r)),
+    '',
+    'medians:',
+    textTable(mediansTable(r)),
+    '',
+    'ratios (same run; for ↓ metrics below 1 is better, for ↑ above 1):',
+    textTable(ratiosTable(r)),
   ];
   if (r.targets.length > 0) parts.push('', 'targets:', textTable(targetsTable(r)));
   const errs = errorLines(r);
@@ -232,7 +290,10 @@ function errorLines(r: BenchResult): string[] {
   const out: string[] = [];
   for (const w of r.workloads) {
     for (const [id, s] of Object.entries(w.servers)) {
-      if (s.errors.length > 0) out.push(`  ${w.id} on ${id}: ${s.errors.length} error message(s) kept (at most 20 per workload and server; see the errors metric for counts), first: ${s.errors[0]!.slice(0, 400)}`);
+      if (s.errors.length > 0)
+        out.push(
+          `  ${w.id} on ${id}: ${s.errors.length} error message(s) kept (at most 20 per workload and server; see the errors metric for counts), first: ${s.errors[0]!.slice(0, 400)}`,
+        );
     }
   }
   return out;
@@ -256,7 +317,9 @@ export function renderMarkdown(r: BenchResult): string {
     '',
     ...r.workloads.map((w) => `${w.number}. **${w.id}** (${w.durationS.toFixed(0)} s): ${w.description}`),
     '',
-    `Fixtures: ${Object.entries(r.fixtures).map(([k, v]) => `${k}=${v}`).join(', ')}`,
+    `Fixtures: ${Object.entries(r.fixtures)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(', ')}`,
     '',
     '## Medians',
     '',
@@ -273,7 +336,12 @@ export function renderMarkdown(r: BenchResult): string {
   const setups: string[] = [];
   for (const w of r.workloads) {
     for (const [id, s] of Object.entries(w.servers)) {
-      if (Object.keys(s.setup).length > 0) setups.push(`- ${w.id} on ${id}: ${Object.entries(s.setup).map(([k, v]) => `${k}=${fmt(v)}`).join(', ')}`);
+      if (Object.keys(s.setup).length > 0)
+        setups.push(
+          `- ${w.id} on ${id}: ${Object.entries(s.setup)
+            .map(([k, v]) => `${k}=${fmt(v)}`)
+            .join(', ')}`,
+        );
     }
   }
   if (setups.length > 0) out.push('## One-off setup measurements', '', ...setups, '');

@@ -94,7 +94,13 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
   let stopping: Promise<void> | null = null;
   const stopAll = (): Promise<void> => {
     stopping ??= (async () => {
-      await Promise.all(servers.map((s) => s.stop().catch((err: unknown) => { problems.push(`stopping ${s.id}: ${errorText(err)}`); })));
+      await Promise.all(
+        servers.map((s) =>
+          s.stop().catch((err: unknown) => {
+            problems.push(`stopping ${s.id}: ${errorText(err)}`);
+          }),
+        ),
+      );
       const killed = await killLeftovers(root);
       if (killed > 0) problems.push(`${killed} process(es) were still running after the servers stopped and were killed`);
       await rm(root, { recursive: true, force: true });
@@ -121,12 +127,18 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
       let mirrorName = 'none';
       if (needMirror) {
         const bundle = defaultBundle();
-        const haveBundle = await access(bundle).then(() => true, () => false);
+        const haveBundle = await access(bundle).then(
+          () => true,
+          () => false,
+        );
         if (!quick && haveBundle) {
           mirror = await expressMirror(bundle);
           mirrorName = 'express';
         } else {
-          if (!quick) problems.push(`express bundle not found at ${bundle} (set BENCH_EXPRESS_BUNDLE): the mirror workloads used the small generated stand-in`);
+          if (!quick)
+            problems.push(
+              `express bundle not found at ${bundle} (set BENCH_EXPRESS_BUNDLE): the mirror workloads used the small generated stand-in`,
+            );
           mirror = await miniMirror();
           mirrorName = 'mini (generated stand-in for express)';
         }
@@ -139,26 +151,31 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
       return { mirror, mirrorName, mirrorRefs: ms.refs, mirrorPackMb: ms.packMb, big, bigPackMb: bs.packMb, small };
     })();
     const dist = await snapshotApp(join(root, 'app'));
-    const startedServers = await Promise.all(serverIds.map(async (id) => {
-      const dir = join(root, id);
-      await mkdir(dir, { recursive: true });
-      try {
-        const s = await startServer(id, dir, { dist, logLevel: opts.logLevel });
-        started.set(id, true);
-        return s;
-      } catch (err) {
-        started.set(id, false);
-        problems.push(`${id} did not start: ${errorText(err).slice(0, 2000)}`);
-        return null;
-      }
-    }));
+    const startedServers = await Promise.all(
+      serverIds.map(async (id) => {
+        const dir = join(root, id);
+        await mkdir(dir, { recursive: true });
+        try {
+          const s = await startServer(id, dir, { dist, logLevel: opts.logLevel });
+          started.set(id, true);
+          return s;
+        } catch (err) {
+          started.set(id, false);
+          problems.push(`${id} did not start: ${errorText(err).slice(0, 2000)}`);
+          return null;
+        }
+      }),
+    );
     for (const s of startedServers) if (s) servers.push(s);
     // Keep the report's server order fixed.
     servers.sort((a, b) => SERVER_IDS.indexOf(a.id) - SERVER_IDS.indexOf(b.id));
     const fixtures = await fixturesP;
     Object.assign(fixtureFacts, {
-      mirror: fixtures.mirrorName, mirror_refs: fixtures.mirrorRefs, mirror_pack_mb: fixtures.mirrorPackMb,
-      big_pack_mb: fixtures.bigPackMb, small_commits: 20,
+      mirror: fixtures.mirrorName,
+      mirror_refs: fixtures.mirrorRefs,
+      mirror_pack_mb: fixtures.mirrorPackMb,
+      big_pack_mb: fixtures.bigPackMb,
+      small_commits: 20,
     });
     say(`fixtures ready (${JSON.stringify(fixtureFacts)}); servers up: ${servers.map((s) => s.id).join(', ')}`);
 
@@ -169,7 +186,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
       const runs = await w.run({ params, servers, work, fixtures, log: say });
       const res = summarize(w, description, runs, (performance.now() - w0) / 1000);
       results.push(res);
-      say(`workload ${w.number} ${w.id} done in ${res.durationS.toFixed(0)} s: ${Object.entries(res.servers).map(([id, s]) => `${id} ${w.primary}=${s.median[w.primary] ?? '-'}`).join(', ')}`);
+      say(
+        `workload ${w.number} ${w.id} done in ${res.durationS.toFixed(0)} s: ${Object.entries(res.servers)
+          .map(([id, s]) => `${id} ${w.primary}=${s.median[w.primary] ?? '-'}`)
+          .join(', ')}`,
+      );
     }
   } finally {
     for (const s of servers) logTails[s.id] = s.logTail();
@@ -180,7 +201,8 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
   }
 
   // A workload that applies to some servers only (repair: clusters) lists just those.
-  const complete = serverIds.every((id) => started.get(id) === true) &&
+  const complete =
+    serverIds.every((id) => started.get(id) === true) &&
     results.every((w) => Object.values(w.servers).length > 0 && Object.values(w.servers).every((s) => s.rounds.length > 0));
   const finishedAt = new Date();
   const result: BenchResult = {
@@ -197,9 +219,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
     targets: targets(results, params, facts.nproc),
     complete,
     problems,
-    serverLogs: Object.fromEntries(serverIds
-      .filter((id) => results.some((w) => (w.servers[id]?.errors.length ?? 0) > 0) && logTails[id])
-      .map((id) => [id, logTails[id]!])),
+    serverLogs: Object.fromEntries(
+      serverIds
+        .filter((id) => results.some((w) => (w.servers[id]?.errors.length ?? 0) > 0) && logTails[id])
+        .map((id) => [id, logTails[id]!]),
+    ),
   };
   const outDir = resolve(opts.out ?? 'bench/results');
   await mkdir(outDir, { recursive: true });

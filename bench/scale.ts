@@ -35,7 +35,14 @@ export interface ScaleReport {
   readonly creation: { repos: number; seconds: number; reposPerS: number; failures: number; storeOpsPerCreate: number };
   readonly spread: { replicasPerNode: Record<string, number>; mean: number; maxDeviationPct: number };
   readonly idle: { seconds: number; cpuPctPerNode: Record<string, number>; storeOpsPerS: number; storeOpsPerSByOp: Record<string, number> };
-  readonly push: { smallRepos: number; p50MsSmall: number; p50MsLarge: number; ratio: number; storeOpsPerPush: number; storeOpsPerPushByOp: Record<string, number> };
+  readonly push: {
+    smallRepos: number;
+    p50MsSmall: number;
+    p50MsLarge: number;
+    ratio: number;
+    storeOpsPerPush: number;
+    storeOpsPerPushByOp: Record<string, number>;
+  };
   readonly listing: { firstPageMsP50: number; firstPageMsP95: number; pageSize: number };
   readonly memory: { rssMbPerNode: Record<string, number> };
   readonly storeBytes: { total: number | null; perRepo: number | null };
@@ -45,7 +52,12 @@ export interface ScaleReport {
 const SMALL_REPOS = 10;
 const BENCH_ENV: Record<string, string> = {
   // The shipped defaults (FAST_ENV shortens them for failure tests): idle cost is measured as users run it.
-  NODE_TTL_MS: '5000', LOCK_TTL_MS: '15000', RESOLVE_AFTER_MS: '5000', REPAIR_INTERVAL_MS: '1000', LOG_LEVEL: 'warn', AUTH: 'open',
+  NODE_TTL_MS: '5000',
+  LOCK_TTL_MS: '15000',
+  RESOLVE_AFTER_MS: '5000',
+  REPAIR_INTERVAL_MS: '1000',
+  LOG_LEVEL: 'warn',
+  AUTH: 'open',
 };
 
 /** repoName spreads repos over 100 owners, as a hosting site would. */
@@ -56,11 +68,14 @@ function repoName(k: number): string {
 /** storeOps sums `gitrep_store_operations_total` by operation over every running node. */
 async function storeOps(c: TestCluster): Promise<Map<string, number>> {
   const total = new Map<string, number>();
-  await Promise.all(c.nodes.map(async (n) => {
-    if (!n.proc || n.proc.exitCode !== null) return;
-    const text = await (await fetch(`${n.url}/metrics`)).text();
-    for (const m of text.matchAll(/^gitrep_store_operations_total\{op="([^"]+)"\} (\d+)/gm)) total.set(m[1]!, (total.get(m[1]!) ?? 0) + Number(m[2]));
-  }));
+  await Promise.all(
+    c.nodes.map(async (n) => {
+      if (!n.proc || n.proc.exitCode !== null) return;
+      const text = await (await fetch(`${n.url}/metrics`)).text();
+      for (const m of text.matchAll(/^gitrep_store_operations_total\{op="([^"]+)"\} (\d+)/gm))
+        total.set(m[1]!, (total.get(m[1]!) ?? 0) + Number(m[2]));
+    }),
+  );
   return total;
 }
 
@@ -172,7 +187,9 @@ async function measureIdle(c: TestCluster, seconds: number): Promise<ScaleReport
   const o1 = await storeOps(c);
   const wall = (Date.now() - t0) / 1000;
   const cpuPctPerNode: Record<string, number> = {};
-  c.nodes.forEach((n, i) => { cpuPctPerNode[n.id] = round((100 * (cpu1[i]!.cpuS - cpu0[i]!.cpuS)) / wall, 2); });
+  c.nodes.forEach((n, i) => {
+    cpuPctPerNode[n.id] = round((100 * (cpu1[i]!.cpuS - cpu0[i]!.cpuS)) / wall, 2);
+  });
   const byOp = diffOps(o0, o1, wall);
   return { seconds: round(wall), cpuPctPerNode, storeOpsPerS: round(sum(byOp), 2), storeOpsPerSByOp: byOp };
 }
@@ -236,7 +253,12 @@ async function startCluster(o: ScaleOptions): Promise<{ cluster: TestCluster; et
     etcd = await startLocalEtcd({ dir: await tempDir('scale-etcd-'), clientPort: await freePort(), peerPort: await freePort() });
   }
   try {
-    const cluster = await TestCluster.start({ nodes: o.nodes, replicationFactor: 3, env: BENCH_ENV, ...(etcd ? { store: etcd.storeUrl } : {}) });
+    const cluster = await TestCluster.start({
+      nodes: o.nodes,
+      replicationFactor: 3,
+      env: BENCH_ENV,
+      ...(etcd ? { store: etcd.storeUrl } : {}),
+    });
     return { cluster, etcd };
   } catch (err) {
     await etcd?.stop();
@@ -267,32 +289,61 @@ export async function runScale(o: ScaleOptions, say: (line: string) => void): Pr
     let failures = 0;
     for (let from = SMALL_REPOS; from < o.repos; from += 1000) {
       failures += await createRepos(c, from, Math.min(o.repos, from + 1000), o.concurrency);
-      say(`  ${Math.min(o.repos, from + 1000)} repos, ${round((Math.min(o.repos, from + 1000) - SMALL_REPOS) / ((performance.now() - t0) / 1000))} repos/s`);
+      say(
+        `  ${Math.min(o.repos, from + 1000)} repos, ${round((Math.min(o.repos, from + 1000) - SMALL_REPOS) / ((performance.now() - t0) / 1000))} repos/s`,
+      );
     }
     const seconds = (performance.now() - t0) / 1000;
     const created = o.repos - SMALL_REPOS - failures;
     const createOps = sum(diffOps(ops0, await storeOps(c), Math.max(1, created)));
-    const creation = { repos: created, seconds: round(seconds), reposPerS: round(created / seconds), failures, storeOpsPerCreate: round(createOps, 2) };
+    const creation = {
+      repos: created,
+      seconds: round(seconds),
+      reposPerS: round(created / seconds),
+      failures,
+      storeOpsPerCreate: round(createOps, 2),
+    };
     say(`created at ${creation.reposPerS} repos/s; settling`);
     // A create is acknowledged once W replicas hold it; the last replica commits (or is
     // repaired) just after, so the replicas are counted once the counts stop moving.
     const perNode = await settledReplicas(c);
     const counts = Object.values(perNode);
     const mean = counts.reduce((a, b) => a + b, 0) / counts.length;
-    const spread = { replicasPerNode: perNode, mean: round(mean), maxDeviationPct: round((100 * Math.max(...counts.map((x) => Math.abs(x - mean)))) / mean, 2) };
+    const spread = {
+      replicasPerNode: perNode,
+      mean: round(mean),
+      maxDeviationPct: round((100 * Math.max(...counts.map((x) => Math.abs(x - mean)))) / mean, 2),
+    };
     say(`replicas per node ${JSON.stringify(perNode)}; ${o.idleSeconds} s idle`);
     const idle = await measureIdle(c, o.idleSeconds);
     say(`idle: cpu % ${JSON.stringify(idle.cpuPctPerNode)}, store ${idle.storeOpsPerS} ops/s`);
     const large = await measurePushes(c, join(scratch, 'work'), o.pushes);
-    const push = { smallRepos: SMALL_REPOS, p50MsSmall: small.p50, p50MsLarge: large.p50, ratio: round(large.p50 / small.p50, 2), storeOpsPerPush: round(sum(large.opsPerPush), 2), storeOpsPerPushByOp: large.opsPerPush };
+    const push = {
+      smallRepos: SMALL_REPOS,
+      p50MsSmall: small.p50,
+      p50MsLarge: large.p50,
+      ratio: round(large.p50 / small.p50, 2),
+      storeOpsPerPush: round(sum(large.opsPerPush), 2),
+      storeOpsPerPushByOp: large.opsPerPush,
+    };
     const listing = await measureListing(c);
-    const memory = { rssMbPerNode: Object.fromEntries(await Promise.all(c.nodes.map(async (n) => [n.id, await rssMb(n.proc!.pid!)] as const))) };
+    const memory = {
+      rssMbPerNode: Object.fromEntries(await Promise.all(c.nodes.map(async (n) => [n.id, await rssMb(n.proc!.pid!)] as const))),
+    };
     const total = await storeSize(c);
     const storeBytes = { total, perRepo: total === null ? null : Math.round(total / o.repos) };
-    say(`push p50 ${push.p50MsLarge} ms (${push.ratio}x), ${push.storeOpsPerPush} store ops/push; GET /repos ${listing.firstPageMsP50} ms; restarting the fullest node`);
+    say(
+      `push p50 ${push.p50MsLarge} ms (${push.ratio}x), ${push.storeOpsPerPush} store ops/push; GET /repos ${listing.firstPageMsP50} ms; restarting the fullest node`,
+    );
     const startup = await measureStartup(c, perNode, scratch);
     const params = { ...o, replicationFactor: 3 };
-    const machine = { cores: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown', memMb: Math.round(totalmem() / 2 ** 20), loadavgStart, loadavgEnd: loadavg().map((x) => round(x, 2)) };
+    const machine = {
+      cores: availableParallelism(),
+      cpu: cpus()[0]?.model ?? 'unknown',
+      memMb: Math.round(totalmem() / 2 ** 20),
+      loadavgStart,
+      loadavgEnd: loadavg().map((x) => round(x, 2)),
+    };
     return { params, machine, creation, spread, idle, push, listing, memory, storeBytes, startup };
   } finally {
     await c.destroy();
@@ -304,7 +355,10 @@ export async function runScale(o: ScaleOptions, say: (line: string) => void): Pr
 /** formatScale renders a report as the Markdown the command prints and writes. */
 export function formatScale(r: ScaleReport): string {
   const p = r.params;
-  const kv = (o: Record<string, number>): string => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(', ');
+  const kv = (o: Record<string, number>): string =>
+    Object.entries(o)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
   return [
     `# Scale: ${p.repos} repos on ${p.nodes} nodes (R=${p.replicationFactor}, ${p.store} store)`,
     '',
@@ -332,7 +386,15 @@ function positiveInt(value: string): number {
   return n;
 }
 
-interface CliOptions { repos: number; nodes: number; concurrency: number; idleSeconds: number; pushes: number; store: string; out: string }
+interface CliOptions {
+  repos: number;
+  nodes: number;
+  concurrency: number;
+  idleSeconds: number;
+  pushes: number;
+  store: string;
+  out: string;
+}
 
 const program = new Command('scale')
   .description('measure what the cluster costs per repository (docs/SCALE.md)')
@@ -343,12 +405,23 @@ const program = new Command('scale')
   .option('--pushes <n>', 'pushes per push series', positiveInt, 20)
   .option('--store <kind>', 'sqlite or etcd (needs the etcd binary)', 'sqlite')
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
-  .addHelpText('after', '\nExamples:\n  npm run scale -- --repos 1000\n  npm run scale -- --repos 50 --nodes 3 --idle-seconds 5 --pushes 5 --out /tmp/s')
+  .addHelpText(
+    'after',
+    '\nExamples:\n  npm run scale -- --repos 1000\n  npm run scale -- --repos 50 --nodes 3 --idle-seconds 5 --pushes 5 --out /tmp/s',
+  )
   .action(async (c: CliOptions) => {
     try {
       if (c.store !== 'sqlite' && c.store !== 'etcd') throw new Error(`--store must be sqlite or etcd, not '${c.store}'`);
       if (c.repos <= SMALL_REPOS) throw new Error(`--repos must be above ${SMALL_REPOS}`);
-      const o: ScaleOptions = { repos: c.repos, nodes: c.nodes, concurrency: c.concurrency, idleSeconds: c.idleSeconds, pushes: c.pushes, store: c.store, out: c.out };
+      const o: ScaleOptions = {
+        repos: c.repos,
+        nodes: c.nodes,
+        concurrency: c.concurrency,
+        idleSeconds: c.idleSeconds,
+        pushes: c.pushes,
+        store: c.store,
+        out: c.out,
+      };
       const report = await runScale(o, (line) => process.stderr.write(`scale: ${line}\n`));
       const stamp = new Date().toISOString().replace(/[:.]/g, '-');
       await mkdir(o.out, { recursive: true });

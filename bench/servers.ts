@@ -97,8 +97,13 @@ class Managed {
   log = '';
   readonly exited: Promise<void>;
 
-  constructor(readonly name: string, readonly child: ChildProcess) {
-    const keep = (d: Buffer): void => { this.log = (this.log + d.toString()).slice(-200_000); };
+  constructor(
+    readonly name: string,
+    readonly child: ChildProcess,
+  ) {
+    const keep = (d: Buffer): void => {
+      this.log = (this.log + d.toString()).slice(-200_000);
+    };
     child.stdout?.on('data', keep);
     child.stderr?.on('data', keep);
     child.on('error', (err) => keep(Buffer.from(`spawn error: ${errorText(err)}\n`)));
@@ -139,7 +144,12 @@ class Managed {
   }
 }
 
-async function waitHttp(url: string, proc: Managed, timeoutMs: number, ok: (res: Response) => Promise<boolean> = async () => true): Promise<void> {
+async function waitHttp(
+  url: string,
+  proc: Managed,
+  timeoutMs: number,
+  ok: (res: Response) => Promise<boolean> = async () => true,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (!proc.alive) throw new Error(`${proc.name} exited: ${proc.log.slice(-2000)}`);
@@ -154,7 +164,11 @@ async function waitHttp(url: string, proc: Managed, timeoutMs: number, ok: (res:
   }
 }
 
-interface NodeProc { readonly id: string; readonly url: string; readonly proc: Managed }
+interface NodeProc {
+  readonly id: string;
+  readonly url: string;
+  readonly proc: Managed;
+}
 
 /**
  * NODE_ENV is added to the project's nodes' environment: token auth, as a production server runs
@@ -178,22 +192,47 @@ async function adminToken(root: string, nodes: number): Promise<string> {
 }
 
 /** startProjectCluster runs `nodes` processes of this project like test/helpers/cluster.ts does. */
-async function startProjectCluster(id: ServerId, root: string, dist: string, nodes: number, replicationFactor: number, logLevel: string): Promise<ServerUnderTest> {
+async function startProjectCluster(
+  id: ServerId,
+  root: string,
+  dist: string,
+  nodes: number,
+  replicationFactor: number,
+  logLevel: string,
+): Promise<ServerUnderTest> {
   const main = join(dist, 'cli', 'main.js');
   const store = `sqlite:${join(root, 'cluster.db')}`;
   const procs: NodeProc[] = [];
   const ports: number[] = [];
   const spawnNode = (i: number): NodeProc => {
     const nodeId = `node-${i + 1}`;
-    const args = [main, 'serve', '--id', nodeId, '--port', String(ports[i]), '--data-dir', join(root, nodeId), '--store', store, '--replication-factor', String(replicationFactor)];
-    const child = spawn(process.execPath, args, { env: { ...process.env, ...NODE_ENV, LOG_LEVEL: logLevel }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = [
+      main,
+      'serve',
+      '--id',
+      nodeId,
+      '--port',
+      String(ports[i]),
+      '--data-dir',
+      join(root, nodeId),
+      '--store',
+      store,
+      '--replication-factor',
+      String(replicationFactor),
+    ];
+    const child = spawn(process.execPath, args, {
+      env: { ...process.env, ...NODE_ENV, LOG_LEVEL: logLevel },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const old = procs[i];
     const proc = new Managed(`${id} ${nodeId}`, child);
     // A restarted node keeps the log of its previous life for error messages.
     if (old) proc.log = `${old.proc.log.slice(-100_000)}\n--- restarted\n`;
     return { id: nodeId, url: `http://127.0.0.1:${ports[i]}`, proc };
   };
-  const stopAll = async (): Promise<void> => { await Promise.all(procs.map((n) => n.proc.stop(10_000))); };
+  const stopAll = async (): Promise<void> => {
+    await Promise.all(procs.map((n) => n.proc.stop(10_000)));
+  };
   try {
     for (let i = 0; i < nodes; i++) {
       ports.push(await freePort());
@@ -201,11 +240,15 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
     }
     await Promise.all(procs.map((n) => waitHttp(`${n.url}/health`, n.proc, 60_000, async (r) => r.ok)));
     // Every node must see every other live before the first repo is placed on all of them.
-    await Promise.all(procs.map((n) => waitHttp(`${n.url}/health`, n.proc, 30_000, async (r) => {
-      const h = (await r.json()) as { peer_nodes?: Array<{ id: string; live: boolean }> };
-      const live = new Set((h.peer_nodes ?? []).filter((p) => p.live).map((p) => p.id));
-      return procs.every((o) => o === n || live.has(o.id));
-    })));
+    await Promise.all(
+      procs.map((n) =>
+        waitHttp(`${n.url}/health`, n.proc, 30_000, async (r) => {
+          const h = (await r.json()) as { peer_nodes?: Array<{ id: string; live: boolean }> };
+          const live = new Set((h.peer_nodes ?? []).filter((p) => p.live).map((p) => p.id));
+          return procs.every((o) => o === n || live.has(o.id));
+        }),
+      ),
+    );
   } catch (err) {
     await stopAll();
     throw err;
@@ -226,7 +269,9 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
   const nodeControl: NodeControl = {
     baseUrl: (i) => nodeAt(i).url,
     apiHeaders,
-    kill: async (i) => { await nodeAt(i).proc.stop(0); },
+    kill: async (i) => {
+      await nodeAt(i).proc.stop(0);
+    },
     async restart(i) {
       if (nodeAt(i).proc.alive) throw new Error(`${nodeAt(i).id} is still running`);
       const spawnedAt = performance.now();
@@ -243,7 +288,10 @@ async function startProjectCluster(id: ServerId, root: string, dist: string, nod
       let last = '';
       for (let attempt = 0; attempt < 20; attempt++) {
         const res = await fetch(`${procs[0]!.url}/repos`, {
-          method: 'POST', headers: { 'content-type': 'application/json', ...apiHeaders }, body: JSON.stringify({ repo_id: repoId }), signal: AbortSignal.timeout(60_000),
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...apiHeaders },
+          body: JSON.stringify({ repo_id: repoId }),
+          signal: AbortSignal.timeout(60_000),
         });
         last = `${res.status} ${await res.text()}`;
         if (res.status === 201) return;
@@ -266,7 +314,10 @@ async function startScriptServer(id: ServerId, root: string, script: string, rec
   await mkdir(repos, { recursive: true });
   const port = await freePort();
   // stdin stays open: the script exits when it closes, so a killed benchmark leaves no server behind.
-  const child = spawn(process.execPath, [join(HERE, script), repos, String(port)], { env: SERVER_GIT_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(HERE, script), repos, String(port)], {
+    env: SERVER_GIT_ENV,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const proc = new Managed(id, child);
   const url = `http://127.0.0.1:${port}`;
   try {
@@ -301,9 +352,13 @@ export async function startServer(id: ServerId, root: string, opts: { dist?: str
   const logLevel = opts.logLevel ?? 'warn';
   const dist = opts.dist ?? DIST;
   switch (id) {
-    case 'cluster3': return startProjectCluster(id, root, dist, 3, 3, logLevel);
-    case 'single': return startProjectCluster(id, root, dist, 1, 1, logLevel);
-    case 'node-git-server': return startScriptServer(id, root, 'ngs-server.js', false);
-    case 'http-backend': return startScriptServer(id, root, 'cgi-bridge.js', true);
+    case 'cluster3':
+      return startProjectCluster(id, root, dist, 3, 3, logLevel);
+    case 'single':
+      return startProjectCluster(id, root, dist, 1, 1, logLevel);
+    case 'node-git-server':
+      return startScriptServer(id, root, 'ngs-server.js', false);
+    case 'http-backend':
+      return startScriptServer(id, root, 'cgi-bridge.js', true);
   }
 }

@@ -25,8 +25,20 @@ try {
   for (let i = 0; i < repos; i++) {
     const repoId = `owner${i % 100}/repo-${i}`;
     const incarnation = randomUUID();
-    await store.commitCreate({ txnId: randomUUID(), coordinator: 'node-1', record: { repoId, incarnation, replicas: ['node-1', 'node-2', 'node-3'], generation: 0, checksum, createdAt: new Date().toISOString() } });
-    for (const nodeId of ['node-1', 'node-2', 'node-3']) await store.confirmReplica({ repoId, nodeId, incarnation, generation: 0, checksum });
+    await store.commitCreate({
+      txnId: randomUUID(),
+      coordinator: 'node-1',
+      record: {
+        repoId,
+        incarnation,
+        replicas: ['node-1', 'node-2', 'node-3'],
+        generation: 0,
+        checksum,
+        createdAt: new Date().toISOString(),
+      },
+    });
+    for (const nodeId of ['node-1', 'node-2', 'node-3'])
+      await store.confirmReplica({ repoId, nodeId, incarnation, generation: 0, checksum });
   }
   const withTxns = size();
   const times: number[] = [];
@@ -40,7 +52,9 @@ try {
   store = new SqliteStore(file); // closing checkpointed the WAL; reopen to read the settled size
   const settled = size();
   await store.close();
-  process.stdout.write(`${JSON.stringify({ repos, bytesPerRepoWithTxns: Math.round((withTxns - empty) / repos), bytesPerRepo: Math.round((settled - empty) / repos), listReposMsP50: Math.round(median(times) * 10) / 10 })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ repos, bytesPerRepoWithTxns: Math.round((withTxns - empty) / repos), bytesPerRepo: Math.round((settled - empty) / repos), listReposMsP50: Math.round(median(times) * 10) / 10 })}\n`,
+  );
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }

@@ -7,7 +7,15 @@ import type { NodeControl, ServerId, ServerUnderTest } from './servers.js';
 import { CLIENT_GIT_ENV, errorText, git, gitOk, lastLines, mean, percentile, pool, sleep } from './util.js';
 
 /** WorkloadId names a workload; `--only` takes these or their numbers 1-8. */
-export type WorkloadId = 'push-latency' | 'clone-mirror' | 'mirror-push' | 'concurrent-repos' | 'concurrent-branches' | 'concurrent-clones' | 'big-clone' | 'repair';
+export type WorkloadId =
+  | 'push-latency'
+  | 'clone-mirror'
+  | 'mirror-push'
+  | 'concurrent-repos'
+  | 'concurrent-branches'
+  | 'concurrent-clones'
+  | 'big-clone'
+  | 'repair';
 
 /** MetricDef describes one number a workload reports per round. */
 export interface MetricDef {
@@ -40,8 +48,24 @@ export interface Params {
 }
 
 /** FULL and QUICK are the two sizes of the suite. */
-export const FULL: Omit<Params, 'rounds'> = { quick: false, pushes: 100, concurrency: 16, pushesPerClient: 4, cloneClients: 32, clonesPerClient: 1, bigMb: 200 };
-export const QUICK: Omit<Params, 'rounds'> = { quick: true, pushes: 5, concurrency: 2, pushesPerClient: 1, cloneClients: 2, clonesPerClient: 1, bigMb: 5 };
+export const FULL: Omit<Params, 'rounds'> = {
+  quick: false,
+  pushes: 100,
+  concurrency: 16,
+  pushesPerClient: 4,
+  cloneClients: 32,
+  clonesPerClient: 1,
+  bigMb: 200,
+};
+export const QUICK: Omit<Params, 'rounds'> = {
+  quick: true,
+  pushes: 5,
+  concurrency: 2,
+  pushesPerClient: 1,
+  cloneClients: 2,
+  clonesPerClient: 1,
+  bigMb: 5,
+};
 
 /** Fixtures are the prepared client-side repos (bare) the workloads push. */
 export interface Fixtures {
@@ -91,7 +115,12 @@ function rotate<T>(items: readonly T[], by: number): T[] {
 }
 
 /** alternate runs `body` for every round and, within a round, for every server in rotated order. */
-async function alternate(ctx: Ctx, runs: Map<ServerId, ServerRuns>, body: (s: ServerUnderTest, round: number) => Promise<Sample>, skip: ReadonlySet<ServerId> = new Set()): Promise<void> {
+async function alternate(
+  ctx: Ctx,
+  runs: Map<ServerId, ServerRuns>,
+  body: (s: ServerUnderTest, round: number) => Promise<Sample>,
+  skip: ReadonlySet<ServerId> = new Set(),
+): Promise<void> {
   for (let r = 0; r < ctx.params.rounds; r++) {
     for (const s of rotate(ctx.servers, r)) {
       const out = runs.get(s.id)!;
@@ -107,7 +136,11 @@ async function alternate(ctx: Ctx, runs: Map<ServerId, ServerRuns>, body: (s: Se
 }
 
 /** setupEach runs a one-off setup per server; a server whose setup fails is skipped by the rounds. */
-async function setupEach(ctx: Ctx, runs: Map<ServerId, ServerRuns>, body: (s: ServerUnderTest) => Promise<Record<string, number>>): Promise<Set<ServerId>> {
+async function setupEach(
+  ctx: Ctx,
+  runs: Map<ServerId, ServerRuns>,
+  body: (s: ServerUnderTest) => Promise<Record<string, number>>,
+): Promise<Set<ServerId>> {
   const failed = new Set<ServerId>();
   for (const s of ctx.servers) {
     try {
@@ -167,7 +200,9 @@ async function chains(dir: string, branches: number, perBranch: number): Promise
   await gitOk(['init', '-q', '--bare', '-b', 'main', dir]);
   const child = spawn('git', ['fast-import', '--quiet'], { cwd: dir, env: CLIENT_GIT_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
   const closed = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
   child.stdin.on('error', () => undefined);
   const parts: string[] = [];
@@ -178,7 +213,9 @@ async function chains(dir: string, branches: number, perBranch: number): Promise
     parts.push(`blob\nmark :${blob}\ndata ${body.length}\n${body}\n`);
     const m = ++mark;
     const msg = `bench ${file}\n`;
-    parts.push(`commit ${ref}\nmark :${m}\ncommitter Bench <bench@example.com> ${1_700_000_000 + n} +0000\ndata ${msg.length}\n${msg}${parent ? `from :${parent}\n` : ''}M 100644 :${blob} ${file}\n\n`);
+    parts.push(
+      `commit ${ref}\nmark :${m}\ncommitter Bench <bench@example.com> ${1_700_000_000 + n} +0000\ndata ${msg.length}\n${msg}${parent ? `from :${parent}\n` : ''}M 100644 :${blob} ${file}\n\n`,
+    );
     return m;
   };
   const root = commit('refs/heads/main', null, 'README.md', 0);
@@ -269,7 +306,9 @@ const pushLatency: Workload = {
         const a0 = auth0.get(s.id) ?? null;
         const a1 = a0 === null ? null : await authSecondsOf(s);
         runs.get(s.id)!.rounds.push({
-          p50_ms: percentile(t, 50), p99_ms: percentile(t, 99), mean_ms: mean(t),
+          p50_ms: percentile(t, 50),
+          p99_ms: percentile(t, 99),
+          mean_ms: mean(t),
           server_cpu_ms: mean(cpu.get(s.id)!) * 1000,
           ...(a0 !== null && a1 !== null ? { auth_ms: ((a1 - a0) * 1000) / t.length } : {}),
           errors: errors.get(s.id)!,
@@ -301,7 +340,8 @@ const cloneMirror: Workload = {
   title: 'git clone --mirror',
   metrics: MEMORY_METRICS,
   primary: 'seconds',
-  describe: () => '`git clone --mirror` of the mirror repo (pushed into each server once, untimed); RSS sums the server\'s process trees, sampled every 50 ms',
+  describe: () =>
+    "`git clone --mirror` of the mirror repo (pushed into each server once, untimed); RSS sums the server's process trees, sampled every 50 ms",
   async run(ctx) {
     const runs = emptyRuns(ctx.servers);
     const repo = 'bench/mirror';
@@ -310,21 +350,26 @@ const cloneMirror: Workload = {
       const ms = await push(ctx.fixtures.mirror, s.url(repo), ['--mirror'], BIG_TIMEOUT);
       return { load_push_s: ms / 1000 };
     });
-    await alternate(ctx, runs, async (s, r) => {
-      const dir = join(ctx.work, `clone-mirror-${s.id}-${r}.git`);
-      try {
-        const sample = await measured(s, async () => {
-          const res = await git(['clone', '-q', '--mirror', s.url(repo), dir], { timeoutMs: BIG_TIMEOUT });
-          if (res.code !== 0) throw new Error(`clone failed (${res.code}): ${lastLines(res.stderr)}`);
-          return res.ms;
-        });
-        const refs = await refCount(dir);
-        if (refs !== ctx.fixtures.mirrorRefs) throw new Error(`clone has ${refs} refs, expected ${ctx.fixtures.mirrorRefs}`);
-        return sample;
-      } finally {
-        await rm(dir, { recursive: true, force: true });
-      }
-    }, failed);
+    await alternate(
+      ctx,
+      runs,
+      async (s, r) => {
+        const dir = join(ctx.work, `clone-mirror-${s.id}-${r}.git`);
+        try {
+          const sample = await measured(s, async () => {
+            const res = await git(['clone', '-q', '--mirror', s.url(repo), dir], { timeoutMs: BIG_TIMEOUT });
+            if (res.code !== 0) throw new Error(`clone failed (${res.code}): ${lastLines(res.stderr)}`);
+            return res.ms;
+          });
+          const refs = await refCount(dir);
+          if (refs !== ctx.fixtures.mirrorRefs) throw new Error(`clone has ${refs} refs, expected ${ctx.fixtures.mirrorRefs}`);
+          return sample;
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      },
+      failed,
+    );
     return runs;
   },
 };
@@ -356,28 +401,39 @@ const CONCURRENT_METRICS: MetricDef[] = [
 ];
 
 /** concurrentPushes runs `clients` clients, each pushing its own chain one commit at a time to `target(k)`. */
-async function concurrentPushes(s: ServerUnderTest, src: string, branch: string[][], target: (k: number) => { repo: string; ref: string }, errs: string[]): Promise<Sample> {
+async function concurrentPushes(
+  s: ServerUnderTest,
+  src: string,
+  branch: string[][],
+  target: (k: number) => { repo: string; ref: string },
+  errs: string[],
+): Promise<Sample> {
   const latencies: number[] = [];
   let failures = 0;
   const cpu0 = await cpuOf(s);
   const started = performance.now();
-  await Promise.all(branch.map(async (commits, k) => {
-    const { repo, ref } = target(k);
-    for (const c of commits) {
-      try {
-        latencies.push(await push(src, s.url(repo, k), [`${c}:${ref}`]));
-      } catch (err) {
-        failures++;
-        if (errs.length < 20) errs.push(errorText(err));
+  await Promise.all(
+    branch.map(async (commits, k) => {
+      const { repo, ref } = target(k);
+      for (const c of commits) {
+        try {
+          latencies.push(await push(src, s.url(repo, k), [`${c}:${ref}`]));
+        } catch (err) {
+          failures++;
+          if (errs.length < 20) errs.push(errorText(err));
+        }
       }
-    }
-  }));
+    }),
+  );
   const wall = (performance.now() - started) / 1000;
   const cpu = (await cpuOf(s)) - cpu0;
   if (latencies.length === 0) throw new Error(`every push failed: ${errs.at(-1) ?? ''}`);
   return {
-    pushes_per_s: latencies.length / wall, p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99),
-    server_cpu_ms: (cpu * 1000) / latencies.length, errors: failures,
+    pushes_per_s: latencies.length / wall,
+    p50_ms: percentile(latencies, 50),
+    p99_ms: percentile(latencies, 99),
+    server_cpu_ms: (cpu * 1000) / latencies.length,
+    errors: failures,
   };
 }
 
@@ -387,7 +443,8 @@ const concurrentRepos: Workload = {
   title: 'concurrent pushes, distinct repos',
   metrics: CONCURRENT_METRICS,
   primary: 'pushes_per_s',
-  describe: (p) => `${p.concurrency} clients at once, each pushing ${p.pushesPerClient} one-file commits one by one to its own repo (a cluster's clients are spread over its nodes)`,
+  describe: (p) =>
+    `${p.concurrency} clients at once, each pushing ${p.pushesPerClient} one-file commits one by one to its own repo (a cluster's clients are spread over its nodes)`,
   async run(ctx) {
     const runs = emptyRuns(ctx.servers);
     const { concurrency, pushesPerClient } = ctx.params;
@@ -411,7 +468,8 @@ const concurrentBranches: Workload = {
   title: 'concurrent pushes, one repo',
   metrics: CONCURRENT_METRICS,
   primary: 'pushes_per_s',
-  describe: (p) => `${p.concurrency} clients at once, each pushing ${p.pushesPerClient} one-file commits one by one to its own branch of ONE repo; this project serialises a repo's pushes on its write lock by design`,
+  describe: (p) =>
+    `${p.concurrency} clients at once, each pushing ${p.pushesPerClient} one-file commits one by one to its own branch of ONE repo; this project serialises a repo's pushes on its write lock by design`,
   async run(ctx) {
     const runs = emptyRuns(ctx.servers);
     const { concurrency, pushesPerClient } = ctx.params;
@@ -439,7 +497,8 @@ const concurrentClones: Workload = {
     { name: 'errors', unit: 'clones', better: 'lower' },
   ],
   primary: 'clones_per_s',
-  describe: (p) => `${p.cloneClients} clients at once, each running \`git clone --bare\` of a 20-commit repo ${p.clonesPerClient} time(s) (a cluster's clients are spread over its nodes)`,
+  describe: (p) =>
+    `${p.cloneClients} clients at once, each running \`git clone --bare\` of a 20-commit repo ${p.clonesPerClient} time(s) (a cluster's clients are spread over its nodes)`,
   async run(ctx) {
     const runs = emptyRuns(ctx.servers);
     const repo = 'bench/small';
@@ -449,36 +508,46 @@ const concurrentClones: Workload = {
       return {};
     });
     const { cloneClients, clonesPerClient } = ctx.params;
-    await alternate(ctx, runs, async (s, r) => {
-      const base = join(ctx.work, `clones-${s.id}-${r}`);
-      await mkdir(base, { recursive: true });
-      const latencies: number[] = [];
-      let failures = 0;
-      const errs = runs.get(s.id)!.errors;
-      try {
-        const cpu0 = await cpuOf(s);
-        const started = performance.now();
-        await Promise.all(Array.from({ length: cloneClients }, async (_, k) => {
-          for (let j = 0; j < clonesPerClient; j++) {
-            const res = await git(['clone', '-q', '--bare', s.url(repo, k), join(base, `${k}-${j}.git`)], { timeoutMs: PUSH_TIMEOUT });
-            if (res.code === 0) latencies.push(res.ms);
-            else {
-              failures++;
-              if (errs.length < 20) errs.push(`clone failed (${res.code}): ${lastLines(res.stderr)}`);
-            }
-          }
-        }));
-        const wall = (performance.now() - started) / 1000;
-        const cpu = (await cpuOf(s)) - cpu0;
-        if (latencies.length === 0) throw new Error('every clone failed');
-        return {
-          clones_per_s: latencies.length / wall, p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99),
-          server_cpu_ms: (cpu * 1000) / latencies.length, errors: failures,
-        };
-      } finally {
-        await rm(base, { recursive: true, force: true });
-      }
-    }, failed);
+    await alternate(
+      ctx,
+      runs,
+      async (s, r) => {
+        const base = join(ctx.work, `clones-${s.id}-${r}`);
+        await mkdir(base, { recursive: true });
+        const latencies: number[] = [];
+        let failures = 0;
+        const errs = runs.get(s.id)!.errors;
+        try {
+          const cpu0 = await cpuOf(s);
+          const started = performance.now();
+          await Promise.all(
+            Array.from({ length: cloneClients }, async (_, k) => {
+              for (let j = 0; j < clonesPerClient; j++) {
+                const res = await git(['clone', '-q', '--bare', s.url(repo, k), join(base, `${k}-${j}.git`)], { timeoutMs: PUSH_TIMEOUT });
+                if (res.code === 0) latencies.push(res.ms);
+                else {
+                  failures++;
+                  if (errs.length < 20) errs.push(`clone failed (${res.code}): ${lastLines(res.stderr)}`);
+                }
+              }
+            }),
+          );
+          const wall = (performance.now() - started) / 1000;
+          const cpu = (await cpuOf(s)) - cpu0;
+          if (latencies.length === 0) throw new Error('every clone failed');
+          return {
+            clones_per_s: latencies.length / wall,
+            p50_ms: percentile(latencies, 50),
+            p99_ms: percentile(latencies, 99),
+            server_cpu_ms: (cpu * 1000) / latencies.length,
+            errors: failures,
+          };
+        } finally {
+          await rm(base, { recursive: true, force: true });
+        }
+      },
+      failed,
+    );
     return runs;
   },
 };
@@ -489,33 +558,52 @@ const bigClone: Workload = {
   title: 'clone of a repo with a large pack',
   metrics: MEMORY_METRICS,
   primary: 'seconds',
-  describe: (p) => `\`git clone --bare\` of a generated repo whose pack is ${p.bigMb} MiB of incompressible random blobs (pushed into each server once); RSS sampled every 50 ms`,
+  describe: (p) =>
+    `\`git clone --bare\` of a generated repo whose pack is ${p.bigMb} MiB of incompressible random blobs (pushed into each server once); RSS sampled every 50 ms`,
   async run(ctx) {
     const runs = emptyRuns(ctx.servers);
     const repo = 'bench/big';
     const failed = await setupEach(ctx, runs, async (s) => {
       await s.createRepo(repo);
       const sample = await measured(s, () => push(ctx.fixtures.big, s.url(repo), ['refs/heads/main:refs/heads/main'], BIG_TIMEOUT));
-      return { load_push_s: sample.seconds!, load_push_rss_node_peak_mb: sample.rss_node_peak_mb!, load_push_server_cpu_s: sample.server_cpu_s! };
+      return {
+        load_push_s: sample.seconds!,
+        load_push_rss_node_peak_mb: sample.rss_node_peak_mb!,
+        load_push_server_cpu_s: sample.server_cpu_s!,
+      };
     });
-    await alternate(ctx, runs, async (s, r) => {
-      const dir = join(ctx.work, `big-clone-${s.id}-${r}.git`);
-      try {
-        return await measured(s, async () => {
-          const res = await git(['clone', '-q', '--bare', s.url(repo), dir], { timeoutMs: BIG_TIMEOUT });
-          if (res.code !== 0) throw new Error(`clone failed (${res.code}): ${lastLines(res.stderr)}`);
-          return res.ms;
-        });
-      } finally {
-        await rm(dir, { recursive: true, force: true });
-      }
-    }, failed);
+    await alternate(
+      ctx,
+      runs,
+      async (s, r) => {
+        const dir = join(ctx.work, `big-clone-${s.id}-${r}.git`);
+        try {
+          return await measured(s, async () => {
+            const res = await git(['clone', '-q', '--bare', s.url(repo), dir], { timeoutMs: BIG_TIMEOUT });
+            if (res.code !== 0) throw new Error(`clone failed (${res.code}): ${lastLines(res.stderr)}`);
+            return res.ms;
+          });
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      },
+      failed,
+    );
     return runs;
   },
 };
 
-interface ReplicaStatus { node: string; state: string; generation: number | null; checksum: string | null }
-interface RepoStatus { generation: number; checksum: string; replicas: ReplicaStatus[] }
+interface ReplicaStatus {
+  node: string;
+  state: string;
+  generation: number | null;
+  checksum: string | null;
+}
+interface RepoStatus {
+  generation: number;
+  checksum: string;
+  replicas: ReplicaStatus[];
+}
 
 async function repoStatus(base: string, repoId: string, headers: Record<string, string>): Promise<RepoStatus> {
   const res = await fetch(`${base}/repos/${repoId}`, { headers, signal: AbortSignal.timeout(10_000) });
@@ -524,7 +612,13 @@ async function repoStatus(base: string, repoId: string, headers: Record<string, 
 }
 
 /** waitReplicaInSync polls the repo's status every 50 ms until `node`'s replica is in sync at the current generation. */
-async function waitReplicaInSync(base: string, repoId: string, node: string, timeoutMs: number, headers: Record<string, string>): Promise<RepoStatus> {
+async function waitReplicaInSync(
+  base: string,
+  repoId: string,
+  node: string,
+  timeoutMs: number,
+  headers: Record<string, string>,
+): Promise<RepoStatus> {
   const deadline = performance.now() + timeoutMs;
   let last = '';
   for (;;) {
@@ -552,11 +646,14 @@ const repair: Workload = {
     { name: 'repair_vs_clone', unit: 'x', better: 'lower' },
   ],
   primary: 'repair_vs_clone',
-  describe: () => 'clusters only: a new repo on all nodes, the last node killed (SIGKILL), the mirror repo pushed with `--mirror` to the first (quorum 2 of 3), ' +
+  describe: () =>
+    'clusters only: a new repo on all nodes, the last node killed (SIGKILL), the mirror repo pushed with `--mirror` to the first (quorum 2 of 3), ' +
     'a plain `git clone --mirror` of it from the first node timed (plain_clone_s), then the killed node restarted: repair_s runs from its /health answering to its ' +
     'replica confirmed in sync (polled every 50 ms), restart_to_sync_s from its spawn; repair_vs_clone = repair_s / plain_clone_s',
   async run(ctx) {
-    const clusters = ctx.servers.filter((s): s is ServerUnderTest & { nodeControl: NodeControl } => s.nodeControl !== undefined && s.nodes >= 3);
+    const clusters = ctx.servers.filter(
+      (s): s is ServerUnderTest & { nodeControl: NodeControl } => s.nodeControl !== undefined && s.nodes >= 3,
+    );
     const runs = emptyRuns(clusters);
     for (let r = 0; r < ctx.params.rounds; r++) {
       for (const s of clusters) {
@@ -576,10 +673,16 @@ const repair: Workload = {
           const st = await waitReplicaInSync(nc.baseUrl(0), repo, node, BIG_TIMEOUT, nc.apiHeaders);
           const syncedAt = performance.now();
           const sums = new Set(st.replicas.filter((x) => x.state === 'in_sync').map((x) => x.checksum));
-          if (sums.size !== 1 || !sums.has(st.checksum)) throw new Error(`replica checksums differ after repair: ${JSON.stringify(st.replicas)}`);
+          if (sums.size !== 1 || !sums.has(st.checksum))
+            throw new Error(`replica checksums differ after repair: ${JSON.stringify(st.replicas)}`);
           const plain = clone.ms / 1000;
           const repairS = (syncedAt - readyAt) / 1000;
-          out.rounds.push({ repair_s: repairS, restart_to_sync_s: (syncedAt - spawnedAt) / 1000, plain_clone_s: plain, repair_vs_clone: repairS / plain });
+          out.rounds.push({
+            repair_s: repairS,
+            restart_to_sync_s: (syncedAt - spawnedAt) / 1000,
+            plain_clone_s: plain,
+            repair_vs_clone: repairS / plain,
+          });
         } catch (err) {
           out.errors.push(`round ${r + 1}: ${errorText(err)}`);
           ctx.log(`  ${s.id}: round ${r + 1} failed: ${errorText(err)}\n${s.logTail().slice(-1500)}`);
@@ -595,13 +698,25 @@ const repair: Workload = {
 };
 
 /** WORKLOADS are the eight workloads, in report order. */
-export const WORKLOADS: readonly Workload[] = [pushLatency, cloneMirror, mirrorPush, concurrentRepos, concurrentBranches, concurrentClones, bigClone, repair];
+export const WORKLOADS: readonly Workload[] = [
+  pushLatency,
+  cloneMirror,
+  mirrorPush,
+  concurrentRepos,
+  concurrentBranches,
+  concurrentClones,
+  bigClone,
+  repair,
+];
 
 /** selectWorkloads parses `--only` (ids or numbers, comma-separated); undefined means all. */
 export function selectWorkloads(only: string | undefined): Workload[] {
   if (!only) return [...WORKLOADS];
   const picked: Workload[] = [];
-  for (const part of only.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const part of only
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const w = WORKLOADS.find((x) => x.id === part || String(x.number) === part);
     if (!w) throw new Error(`unknown workload '${part}': use one of ${WORKLOADS.map((x) => `${x.number}|${x.id}`).join(', ')}`);
     if (!picked.includes(w)) picked.push(w);

@@ -13,21 +13,66 @@ const D = c('d');
 
 let nextId = 1;
 /** push is a CAS of MAIN (unless ref given) over [start, end]; ancestry: new's parent is old (ff). */
-function push(client: string, oldOid: string, newOid: string, start: number, end: number, outcome: Outcome, more: Partial<PushOp> = {}): PushOp {
+function push(
+  client: string,
+  oldOid: string,
+  newOid: string,
+  start: number,
+  end: number,
+  outcome: Outcome,
+  more: Partial<PushOp> = {},
+): PushOp {
   const ancestry: Record<string, string[]> = newOid === ZERO ? {} : { [newOid]: oldOid === ZERO ? [] : [oldOid] };
-  return { kind: 'push', id: nextId++, client, repo: REPO, ref: MAIN, oldOid, newOid, force: false, ancestry, start, end, outcome, ...more };
+  return {
+    kind: 'push',
+    id: nextId++,
+    client,
+    repo: REPO,
+    ref: MAIN,
+    oldOid,
+    newOid,
+    force: false,
+    ancestry,
+    start,
+    end,
+    outcome,
+    ...more,
+  };
 }
 function read(client: string, value: string, start: number, end: number, ref = MAIN): ReadOp {
-  return { kind: 'read', id: nextId++, client, repo: REPO, via: 'ls-remote', values: value === ZERO ? {} : { [ref]: value }, complete: 'refs/heads/', start, end, outcome: 'ok' };
+  return {
+    kind: 'read',
+    id: nextId++,
+    client,
+    repo: REPO,
+    via: 'ls-remote',
+    values: value === ZERO ? {} : { [ref]: value },
+    complete: 'refs/heads/',
+    start,
+    end,
+    outcome: 'ok',
+  };
 }
 
 function replica(node: string, refs: Record<string, string>, more: Partial<ReplicaState> = {}): ReplicaState {
-  const checksum = Object.entries(refs).map(([k, v]) => `${k}=${v}`).sort().join(',');
+  const checksum = Object.entries(refs)
+    .map(([k, v]) => `${k}=${v}`)
+    .sort()
+    .join(',');
   return { node, inSync: true, refs, checksum, fsckOk: true, lockFiles: [], ...more };
 }
 /** state is three identical, clean replicas holding `refs`. */
 function state(refs: Record<string, string>, tweak: (r: ReplicaState[]) => ReplicaState[] = (r) => r): FinalState {
-  return { repos: [{ repo: REPO, converged: true, heldLock: null, replicas: tweak([replica('node-1', refs), replica('node-2', refs), replica('node-3', refs)]) }] };
+  return {
+    repos: [
+      {
+        repo: REPO,
+        converged: true,
+        heldLock: null,
+        replicas: tweak([replica('node-1', refs), replica('node-2', refs), replica('node-3', refs)]),
+      },
+    ],
+  };
 }
 
 interface Case {
@@ -65,13 +110,21 @@ const cases: Case[] = [
   },
   {
     name: 'a stale read through a node cut off from the store (allowed by design)',
-    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 30, 'ok'), { ...read('c2', A, 40, 50), mayBeStale: 'store unreachable from node-2' }],
+    history: [
+      push('c1', ZERO, A, 0, 10, 'ok'),
+      push('c1', A, B, 20, 30, 'ok'),
+      { ...read('c2', A, 40, 50), mayBeStale: 'store unreachable from node-2' },
+    ],
     final: state({ [MAIN]: B }),
     expect: 'pass',
   },
   {
     name: 'a read allowed to be stale that sees a value nobody wrote',
-    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 30, 'failed'), { ...read('c2', B, 40, 50), mayBeStale: 'store unreachable from node-2' }],
+    history: [
+      push('c1', ZERO, A, 0, 10, 'ok'),
+      push('c1', A, B, 20, 30, 'failed'),
+      { ...read('c2', B, 40, 50), mayBeStale: 'store unreachable from node-2' },
+    ],
     final: state({ [MAIN]: A }),
     expect: ['phantom-read'],
   },
@@ -143,7 +196,11 @@ const cases: Case[] = [
   },
   {
     name: 'a force push after an acknowledged push legitimately replaces it',
-    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 30, 'ok'), push('c2', B, C, 40, 50, 'ok', { force: true, ancestry: { [C]: [A] } })],
+    history: [
+      push('c1', ZERO, A, 0, 10, 'ok'),
+      push('c1', A, B, 20, 30, 'ok'),
+      push('c2', B, C, 40, 50, 'ok', { force: true, ancestry: { [C]: [A] } }),
+    ],
     final: state({ [MAIN]: C }),
     expect: 'pass',
   },
@@ -155,13 +212,23 @@ const cases: Case[] = [
   },
   {
     name: 'a force push then fast-forwards: the acknowledged commit was dropped by the force push',
-    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, B, 20, 30, 'ok'), push('c2', B, C, 40, 50, 'unknown', { force: true, ancestry: { [C]: [A] } }), push('c3', C, D, 60, 70, 'ok')],
+    history: [
+      push('c1', ZERO, A, 0, 10, 'ok'),
+      push('c1', A, B, 20, 30, 'ok'),
+      push('c2', B, C, 40, 50, 'unknown', { force: true, ancestry: { [C]: [A] } }),
+      push('c3', C, D, 60, 70, 'ok'),
+    ],
     final: state({ [MAIN]: D }),
     expect: 'pass',
   },
   {
     name: 'a delete and re-create of a branch',
-    history: [push('c1', ZERO, A, 0, 10, 'ok'), push('c1', A, ZERO, 20, 30, 'ok', { force: true }), read('c2', ZERO, 35, 38), push('c2', ZERO, D, 40, 50, 'ok')],
+    history: [
+      push('c1', ZERO, A, 0, 10, 'ok'),
+      push('c1', A, ZERO, 20, 30, 'ok', { force: true }),
+      read('c2', ZERO, 35, 38),
+      push('c2', ZERO, D, 40, 50, 'ok'),
+    ],
     final: state({ [MAIN]: D }),
     expect: 'pass',
   },
@@ -222,7 +289,10 @@ describe('history checker', () => {
   });
 
   it('reports leaked temporary files as a warning, not a violation', () => {
-    const r = check([push('c1', ZERO, A, 0, 10, 'ok')], state({ [MAIN]: A }, (x) => [{ ...x[0]!, tempFiles: ['objects/pack/tmp_pack_x'] }, x[1]!, x[2]!]));
+    const r = check(
+      [push('c1', ZERO, A, 0, 10, 'ok')],
+      state({ [MAIN]: A }, (x) => [{ ...x[0]!, tempFiles: ['objects/pack/tmp_pack_x'] }, x[1]!, x[2]!]),
+    );
     expect(r.ok).toBe(true);
     expect(r.warnings).toHaveLength(1);
     expect(formatResult(r)).toContain('warning: o/r on node-1: leaked temporary files');

@@ -23,9 +23,15 @@ import { commitGraph, formatOp, readValue, ZERO, type FinalState, type Op, type 
 
 /** ViolationKind names what went wrong. */
 export type ViolationKind =
-  | 'lost-write' | 'not-linearizable' | 'inconclusive'
-  | 'not-converged' | 'divergent-replicas' | 'checksum-mismatch' | 'fsck'
-  | 'lock-file' | 'held-lock'
+  | 'lost-write'
+  | 'not-linearizable'
+  | 'inconclusive'
+  | 'not-converged'
+  | 'divergent-replicas'
+  | 'checksum-mismatch'
+  | 'fsck'
+  | 'lock-file'
+  | 'held-lock'
   /** unavailable: a write refused on the healed, quiet cluster (reported by the runner's probe). */
   | 'unavailable'
   /** phantom-read: a read allowed to be stale saw a value no push ever wrote. */
@@ -85,7 +91,11 @@ export function check(history: readonly Op[], final: FinalState, opts: CheckOpti
     const refs = finalRefs.get(repoId);
     if (!refs) {
       if (!final.repos.some((r) => r.repo === repoId)) {
-        violations.push({ kind: 'not-converged', repo: repoId, message: `no final state collected for ${repoId}: history cannot be checked` });
+        violations.push({
+          kind: 'not-converged',
+          repo: repoId,
+          message: `no final state collected for ${repoId}: history cannot be checked`,
+        });
       }
       continue;
     }
@@ -100,12 +110,22 @@ export function check(history: readonly Op[], final: FinalState, opts: CheckOpti
       // Reads allowed to be stale (the store was unreachable from their node) only have to see
       // a value this ref really held: the initial one, or one a push (ok or unknown) wrote.
       const refOps = projected.filter((o) => o.kind !== 'read' || !o.mayBeStale);
-      const written = new Set([initial, ZERO, ...projected.flatMap((o) => (o.kind === 'push' && o.outcome !== 'failed' ? [o.newOid] : []))]);
+      const written = new Set([
+        initial,
+        ZERO,
+        ...projected.flatMap((o) => (o.kind === 'push' && o.outcome !== 'failed' ? [o.newOid] : [])),
+      ]);
       for (const o of projected) {
         if (o.kind !== 'read' || !o.mayBeStale || o.outcome !== 'ok') continue;
         const v = readValue(o, ref);
         if (v !== undefined && !written.has(v)) {
-          violations.push({ kind: 'phantom-read', repo: repoId, ref, message: `${repoId} ${ref}: read #${o.id} (${o.mayBeStale}) saw ${short(v)}, a value no push wrote`, minimal: [o] });
+          violations.push({
+            kind: 'phantom-read',
+            repo: repoId,
+            ref,
+            message: `${repoId} ${ref}: read #${o.id} (${o.mayBeStale}) saw ${short(v)}, a value no push wrote`,
+            minimal: [o],
+          });
         }
       }
       const lin = linearizable(refOps, ref, finalValue, initial, opts.maxStates);
@@ -113,24 +133,48 @@ export function check(history: readonly Op[], final: FinalState, opts: CheckOpti
       const lost = lostWrites(refOps, ref, finalValue, reachable);
       // Shrink with a free initial value when the failure does not depend on it, so that
       // dropping the ops before the interesting ones keeps the failure meaningful.
-      const failsFrom = (init: string | null) => (sub: readonly Op[]): boolean => { const r = linearizable(sub, ref, finalValue, init, opts.maxStates); return !r.ok && !r.inconclusive; };
+      const failsFrom =
+        (init: string | null) =>
+        (sub: readonly Op[]): boolean => {
+          const r = linearizable(sub, ref, finalValue, init, opts.maxStates);
+          return !r.ok && !r.inconclusive;
+        };
       const failLin = failsFrom(null)(refOps) ? failsFrom(null) : failsFrom(initial);
       if (lin.inconclusive) {
-        violations.push({ kind: 'inconclusive', repo: repoId, ref, message: `linearizability search of ${repoId} ${ref} gave up after ${lin.states} states (${refOps.length} ops)` });
+        violations.push({
+          kind: 'inconclusive',
+          repo: repoId,
+          ref,
+          message: `linearizability search of ${repoId} ${ref} gave up after ${lin.states} states (${refOps.length} ops)`,
+        });
       } else if (!lin.ok) {
         const minimal = opts.shrink === false ? refOps : shrink(refOps, failLin);
-        violations.push({ kind: 'not-linearizable', repo: repoId, ref, message: `${repoId} ${ref}: no linearization as a compare-and-swap register ends at the final value ${short(finalValue)}; ${lin.why}`, minimal });
+        violations.push({
+          kind: 'not-linearizable',
+          repo: repoId,
+          ref,
+          message: `${repoId} ${ref}: no linearization as a compare-and-swap register ends at the final value ${short(finalValue)}; ${lin.why}`,
+          minimal,
+        });
       }
       for (const p of lost) {
         const failLost = (sub: readonly Op[]): boolean => sub.includes(p) && lostWrites(sub, ref, finalValue, reachable).includes(p);
         const minimal = opts.shrink === false ? refOps : shrink(refOps, failLost);
-        violations.push({ kind: 'lost-write', repo: repoId, ref, message: `${repoId} ${ref}: acknowledged push #${p.id} (${short(p.oldOid)}→${short(p.newOid)} by ${p.client}) is not reachable from the final value ${short(finalValue)}, and no push that could follow it replaced it`, minimal });
+        violations.push({
+          kind: 'lost-write',
+          repo: repoId,
+          ref,
+          message: `${repoId} ${ref}: acknowledged push #${p.id} (${short(p.oldOid)}→${short(p.newOid)} by ${p.client}) is not reachable from the final value ${short(finalValue)}, and no push that could follow it replaced it`,
+          minimal,
+        });
       }
     }
   }
   const warnings: string[] = [];
   for (const repo of final.repos) {
-    for (const r of repo.replicas) if ((r.tempFiles ?? []).length > 0) warnings.push(`${repo.repo} on ${r.node}: leaked temporary files: ${(r.tempFiles ?? []).join(', ')}`);
+    for (const r of repo.replicas)
+      if ((r.tempFiles ?? []).length > 0)
+        warnings.push(`${repo.repo} on ${r.node}: leaked temporary files: ${(r.tempFiles ?? []).join(', ')}`);
   }
   return { ok: violations.length === 0, violations, refsChecked, states, warnings };
 }
@@ -141,28 +185,57 @@ function stateViolations(repo: FinalState['repos'][number]): Violation[] {
   const id = repo.repo;
   if (!repo.converged || repo.replicas.some((r) => !r.inSync)) {
     const lagging = repo.replicas.filter((r) => !r.inSync).map((r) => r.node);
-    out.push({ kind: 'not-converged', repo: id, message: `${id}: replicas not in sync after faults healed: ${lagging.join(', ') || '(repair did not finish)'}` });
+    out.push({
+      kind: 'not-converged',
+      repo: id,
+      message: `${id}: replicas not in sync after faults healed: ${lagging.join(', ') || '(repair did not finish)'}`,
+    });
   }
   const base = repo.replicas[0];
   if (base) {
     const checksums = new Set(repo.replicas.map((r) => r.checksum));
     if (checksums.size > 1) {
-      out.push({ kind: 'divergent-replicas', repo: id, message: `${id}: replica checksums differ: ${repo.replicas.map((r) => `${r.node}=${r.checksum.slice(0, 12)}`).join(' ')}` });
+      out.push({
+        kind: 'divergent-replicas',
+        repo: id,
+        message: `${id}: replica checksums differ: ${repo.replicas.map((r) => `${r.node}=${r.checksum.slice(0, 12)}`).join(' ')}`,
+      });
     }
     for (const r of repo.replicas.slice(1)) {
       const diff = refDiff(base.refs, r.refs);
-      if (diff.length > 0) out.push({ kind: 'divergent-replicas', repo: id, message: `${id}: ${base.node} and ${r.node} hold different refs: ${diff.slice(0, 10).join('; ')}` });
+      if (diff.length > 0)
+        out.push({
+          kind: 'divergent-replicas',
+          repo: id,
+          message: `${id}: ${base.node} and ${r.node} hold different refs: ${diff.slice(0, 10).join('; ')}`,
+        });
     }
     if (repo.expectedChecksum !== undefined) {
       const wrong = repo.replicas.filter((r) => r.checksum !== repo.expectedChecksum);
-      if (wrong.length > 0) out.push({ kind: 'checksum-mismatch', repo: id, message: `${id}: store expects checksum ${repo.expectedChecksum.slice(0, 12)} (generation ${repo.generation ?? '?'}), ${wrong.map((r) => `${r.node} has ${r.checksum.slice(0, 12)}`).join(', ')}` });
+      if (wrong.length > 0)
+        out.push({
+          kind: 'checksum-mismatch',
+          repo: id,
+          message: `${id}: store expects checksum ${repo.expectedChecksum.slice(0, 12)} (generation ${repo.generation ?? '?'}), ${wrong.map((r) => `${r.node} has ${r.checksum.slice(0, 12)}`).join(', ')}`,
+        });
     }
   }
   for (const r of repo.replicas) {
-    if (!r.fsckOk) out.push({ kind: 'fsck', repo: id, message: `${id} on ${r.node}: git fsck failed: ${(r.fsckOutput ?? '').trim().split('\n').slice(0, 5).join(' | ')}` });
-    if (r.lockFiles.length > 0) out.push({ kind: 'lock-file', repo: id, message: `${id} on ${r.node}: leftover files: ${r.lockFiles.join(', ')}` });
+    if (!r.fsckOk)
+      out.push({
+        kind: 'fsck',
+        repo: id,
+        message: `${id} on ${r.node}: git fsck failed: ${(r.fsckOutput ?? '').trim().split('\n').slice(0, 5).join(' | ')}`,
+      });
+    if (r.lockFiles.length > 0)
+      out.push({ kind: 'lock-file', repo: id, message: `${id} on ${r.node}: leftover files: ${r.lockFiles.join(', ')}` });
   }
-  if (repo.heldLock) out.push({ kind: 'held-lock', repo: id, message: `${id}: write lock still held by ${repo.heldLock.holder} (token ${repo.heldLock.token}) after everything settled` });
+  if (repo.heldLock)
+    out.push({
+      kind: 'held-lock',
+      repo: id,
+      message: `${id}: write lock still held by ${repo.heldLock.holder} (token ${repo.heldLock.token}) after everything settled`,
+    });
   return out;
 }
 
@@ -191,8 +264,15 @@ export function lostWrites(ops: readonly Op[], ref: string, finalValue: string, 
     if (finalValue !== ZERO && reachable(p.newOid, finalValue)) continue;
     // The register can only stop containing p's commit through a transition from a value that
     // contains it to one that does not: a force push or a delete whose old value holds it.
-    const replaced = pushes.some((q) => q !== p && q.outcome !== 'failed' && !(q.outcome === 'ok' && q.end < p.start)
-      && q.oldOid !== ZERO && reachable(p.newOid, q.oldOid) && (q.newOid === ZERO || !reachable(p.newOid, q.newOid)));
+    const replaced = pushes.some(
+      (q) =>
+        q !== p &&
+        q.outcome !== 'failed' &&
+        !(q.outcome === 'ok' && q.end < p.start) &&
+        q.oldOid !== ZERO &&
+        reachable(p.newOid, q.oldOid) &&
+        (q.newOid === ZERO || !reachable(p.newOid, q.newOid)),
+    );
     if (!replaced) lost.push(p);
   }
   return lost;
@@ -222,7 +302,13 @@ export interface LinResult {
  * placed at any point after their start where their compare succeeds, or never. An `initial`
  * of null means "any value": the first op placed decides it (used to shrink histories).
  */
-export function linearizable(ops: readonly Op[], ref: string, finalValue: string, initial: string | null = ZERO, maxStates = 2_000_000): LinResult {
+export function linearizable(
+  ops: readonly Op[],
+  ref: string,
+  finalValue: string,
+  initial: string | null = ZERO,
+  maxStates = 2_000_000,
+): LinResult {
   const must: LinOp[] = [];
   const maybe: LinOp[] = [];
   let lastEnd = 0;
@@ -249,7 +335,12 @@ export function linearizable(ops: readonly Op[], ref: string, finalValue: string
   const sufMinEnd = new Array<number>(n + 1).fill(Number.POSITIVE_INFINITY);
   for (let i = n - 1; i >= 0; i--) sufMinEnd[i] = Math.min(must[i]!.end, sufMinEnd[i + 1]!);
 
-  interface State { p: number; extra: number[]; used: number[]; value: string }
+  interface State {
+    p: number;
+    extra: number[];
+    used: number[];
+    value: string;
+  }
   const ANY = '*';
   const matches = (want: string, have: string): boolean => have === ANY || want === have;
   const keyOf = (s: State): string => `${s.p}|${s.extra.join(',')}|${s.used.join(',')}|${s.value}`;
@@ -319,9 +410,18 @@ export function linearizable(ops: readonly Op[], ref: string, finalValue: string
   const b = best.state;
   const extraSet = new Set(b.extra);
   let stuck: LinOp | undefined;
-  for (let j = b.p; j < n; j++) if (!extraSet.has(j)) { stuck = must[j]; break; }
+  for (let j = b.p; j < n; j++)
+    if (!extraSet.has(j)) {
+      stuck = must[j];
+      break;
+    }
   const what = stuck?.op ? formatOp(stuck.op) : `the final value ${short(finalValue)}`;
-  return { ok: false, inconclusive: false, states, why: `the furthest attempt placed ${best.depth} of ${n} required ops with the register at ${short(b.value)}, then could not place ${what}` };
+  return {
+    ok: false,
+    inconclusive: false,
+    states,
+    why: `the furthest attempt placed ${best.depth} of ${n} required ops with the register at ${short(b.value)}, then could not place ${what}`,
+  };
 }
 
 /**
@@ -335,7 +435,7 @@ export function shrink(ops: readonly Op[], fails: (ops: readonly Op[]) => boolea
   let budget = 5_000;
   for (;;) {
     let changed = false;
-    for (let i = 0; i < cur.length && budget > 0; ) {
+    for (let i = 0; i < cur.length && budget > 0;) {
       const candidate = cur.slice(0, i).concat(cur.slice(i + chunk));
       budget--;
       if (candidate.length < cur.length && fails(candidate)) {

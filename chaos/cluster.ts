@@ -79,12 +79,21 @@ export interface ClusterOptions {
 }
 
 /** HarnessFetch is the subset of fetch the harness uses (global fetch, or undici's with a CA). */
-type HarnessFetch = (url: string, init?: { method?: string; headers?: Record<string, string>; body?: string }) => Promise<{ ok: boolean; status: number; text(): Promise<string>; json(): Promise<unknown> }>;
+type HarnessFetch = (
+  url: string,
+  init?: { method?: string; headers?: Record<string, string>; body?: string },
+) => Promise<{ ok: boolean; status: number; text(): Promise<string>; json(): Promise<unknown> }>;
 
 /** FAST_ENV shortens the cluster's timers so failure tests run in seconds. */
 export const FAST_ENV: Record<string, string> = {
-  NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000', RESOLVE_AFTER_MS: '1000', REPAIR_INTERVAL_MS: '300', LOG_LEVEL: 'info',
-  GIT_REPLICATION_EXIT_WITH_PARENT: '1', AUTH: 'open', STAGE_TTL_MS: '3000',
+  NODE_TTL_MS: '2000',
+  LOCK_TTL_MS: '4000',
+  RESOLVE_AFTER_MS: '1000',
+  REPAIR_INTERVAL_MS: '300',
+  LOG_LEVEL: 'info',
+  GIT_REPLICATION_EXIT_WITH_PARENT: '1',
+  AUTH: 'open',
+  STAGE_TTL_MS: '3000',
 };
 
 /**
@@ -97,7 +106,11 @@ export class TestCluster {
   authToken: string | null = null;
   private readonly fetch: HarnessFetch;
   private readonly agent: Agent | null;
-  private constructor(readonly root: string, readonly store: string, private readonly opts: ClusterOptions) {
+  private constructor(
+    readonly root: string,
+    readonly store: string,
+    private readonly opts: ClusterOptions,
+  ) {
     this.agent = opts.tls ? new Agent({ connect: { ca: readFileSync(opts.tls.ca) } }) : null;
     const agent = this.agent;
     this.fetch = agent ? (url, init) => undiciFetch(url, { ...init, dispatcher: agent }) : (url, init) => fetch(url, init);
@@ -128,7 +141,15 @@ export class TestCluster {
   private async newNode(i: number): Promise<TestNode> {
     const port = await freePort();
     const ssh = this.opts.ssh ? { sshPort: await freePort() } : {};
-    return { id: `node-${i}`, port, url: `${this.scheme}://127.0.0.1:${port}`, dataDir: join(this.root, `node-${i}`), proc: null, log: '', ...ssh };
+    return {
+      id: `node-${i}`,
+      port,
+      url: `${this.scheme}://127.0.0.1:${port}`,
+      dataDir: join(this.root, `node-${i}`),
+      proc: null,
+      log: '',
+      ...ssh,
+    };
   }
 
   /**
@@ -175,20 +196,34 @@ export class TestCluster {
   }
 
   private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
-    const args = [MAIN, 'serve', '--id', n.id, '--port', String(n.port), '--data-dir', n.dataDir, '--store', this.opts.nodeStore?.[n.id] ?? this.store];
+    const args = [
+      MAIN,
+      'serve',
+      '--id',
+      n.id,
+      '--port',
+      String(n.port),
+      '--data-dir',
+      n.dataDir,
+      '--store',
+      this.opts.nodeStore?.[n.id] ?? this.store,
+    ];
     if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
     if (n.sshPort !== undefined) args.push('--ssh-port', String(n.sshPort));
     const tls = this.opts.tls ? { ...this.opts.tls.certs(n.id), ca: this.opts.tls.ca } : null;
     const tlsEnv: Record<string, string> = tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {};
     const env = { ...process.env, ...FAST_ENV, ...tlsEnv, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };
     // A node given its own REPLICATION_FACTOR keeps it (the flag would override the variable).
-    if (this.opts.nodeEnv?.[n.id]?.REPLICATION_FACTOR === undefined) args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
+    if (this.opts.nodeEnv?.[n.id]?.REPLICATION_FACTOR === undefined)
+      args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
     const proc = spawn(process.execPath, args, {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     n.log = '';
-    const keep = (d: Buffer): void => { n.log = (n.log + d.toString()).slice(-200_000); };
+    const keep = (d: Buffer): void => {
+      n.log = (n.log + d.toString()).slice(-200_000);
+    };
     proc.stdout?.on('data', keep);
     proc.stderr?.on('data', keep);
     n.proc = proc;
@@ -213,14 +248,18 @@ export class TestCluster {
   /** waitMembership waits until every running node sees every other running node live. */
   async waitMembership(timeoutMs = 20_000): Promise<void> {
     const running = this.nodes.filter((n) => n.proc && n.proc.exitCode === null && n.proc.signalCode === null);
-    await waitFor(async () => {
-      for (const n of running) {
-        const h = (await (await this.fetch(`${n.url}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
-        const live = new Set(h.peer_nodes.filter((p) => p.live).map((p) => p.id));
-        if (running.some((o) => o !== n && !live.has(o.id))) return false;
-      }
-      return true;
-    }, timeoutMs, 'cluster membership');
+    await waitFor(
+      async () => {
+        for (const n of running) {
+          const h = (await (await this.fetch(`${n.url}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
+          const live = new Set(h.peer_nodes.filter((p) => p.live).map((p) => p.id));
+          if (running.some((o) => o !== n && !live.has(o.id))) return false;
+        }
+        return true;
+      },
+      timeoutMs,
+      'cluster membership',
+    );
   }
 
   /** kill sends a signal (default SIGKILL) to node i and waits for it to exit. */
@@ -265,7 +304,12 @@ export class TestCluster {
   async exited(i: number, timeoutMs = 30_000): Promise<void> {
     const p = this.node(i).proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
-    await Promise.race([new Promise<void>((r) => p.once('exit', () => r())), sleep(timeoutMs).then(() => { throw new Error(`node ${i} did not exit`); })]);
+    await Promise.race([
+      new Promise<void>((r) => p.once('exit', () => r())),
+      sleep(timeoutMs).then(() => {
+        throw new Error(`node ${i} did not exit`);
+      }),
+    ]);
   }
 
   /**
@@ -274,18 +318,31 @@ export class TestCluster {
    */
   async adminToken(timeoutMs = 10_000): Promise<string> {
     let token = '';
-    await waitFor(async () => {
-      for (const n of this.nodes) token ||= (await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '')).trim();
-      return token !== '';
-    }, timeoutMs, 'admin token file');
+    await waitFor(
+      async () => {
+        for (const n of this.nodes) token ||= (await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '')).trim();
+        return token !== '';
+      },
+      timeoutMs,
+      'admin token file',
+    );
     return token;
   }
 
   /** api calls the JSON API of node i, with `token` (null: none) or else the cluster's authToken. */
-  async api(i: number, method: string, path: string, body?: unknown, token: string | null = this.authToken): Promise<{ status: number; json: Record<string, unknown> }> {
+  async api(
+    i: number,
+    method: string,
+    path: string,
+    body?: unknown,
+    token: string | null = this.authToken,
+  ): Promise<{ status: number; json: Record<string, unknown> }> {
     const res = await this.fetch(`${this.url(i)}${path}`, {
       method,
-      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      headers: {
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+      },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.text();
@@ -312,16 +369,25 @@ export class TestCluster {
   /** waitInSync waits until every replica of a repo is in sync (repair finished). */
   async waitInSync(repoId: string, via = 1, timeoutMs = 30_000): Promise<RepoStatus> {
     let last: RepoStatus | null = null;
-    await waitFor(async () => {
-      last = await this.repoStatus(via, repoId);
-      return last.replicas.every((r) => r.state === 'in_sync');
-    }, timeoutMs, `replicas of ${repoId} in sync`);
+    await waitFor(
+      async () => {
+        last = await this.repoStatus(via, repoId);
+        return last.replicas.every((r) => r.state === 'in_sync');
+      },
+      timeoutMs,
+      `replicas of ${repoId} in sync`,
+    );
     return last!;
   }
 
   /** stopAll kills every node and removes the data. */
   async destroy(): Promise<void> {
-    await Promise.all(this.nodes.map((_, i) => { this.resume(i + 1); return this.kill(i + 1); }));
+    await Promise.all(
+      this.nodes.map((_, i) => {
+        this.resume(i + 1);
+        return this.kill(i + 1);
+      }),
+    );
     await this.agent?.close();
     await rm(this.root, { recursive: true, force: true });
   }

@@ -29,7 +29,16 @@ import type { Client } from './workload.js';
 export type FaultKind = 'kill' | 'failpoint' | 'pause' | 'partition' | 'slow' | 'disk-full' | 'store-partition' | 'store-restart';
 
 /** ALL_FAULTS lists every kind. */
-export const ALL_FAULTS: readonly FaultKind[] = ['kill', 'failpoint', 'pause', 'partition', 'slow', 'disk-full', 'store-partition', 'store-restart'];
+export const ALL_FAULTS: readonly FaultKind[] = [
+  'kill',
+  'failpoint',
+  'pause',
+  'partition',
+  'slow',
+  'disk-full',
+  'store-partition',
+  'store-restart',
+];
 
 /** STORE_FAULTS are the kinds that need a store the run controls (etcd). */
 export const STORE_FAULTS: readonly FaultKind[] = ['store-partition', 'store-restart'];
@@ -112,7 +121,9 @@ export class FaultInjector {
   async run(deadlineOf: () => number, maxFaults = 10_000): Promise<void> {
     const { rng, kinds, proxies } = this.opts;
     const store = this.opts.store ?? null;
-    const usable = kinds.filter((k) => (proxies !== null || (k !== 'partition' && k !== 'slow')) && (store !== null || !STORE_FAULTS.includes(k)));
+    const usable = kinds.filter(
+      (k) => (proxies !== null || (k !== 'partition' && k !== 'slow')) && (store !== null || !STORE_FAULTS.includes(k)),
+    );
     if (usable.length === 0) return;
     for (let i = 0; i < maxFaults && this.opts.now() < deadlineOf(); i++) {
       await sleep(rng.int(200, 1200));
@@ -168,7 +179,10 @@ export class FaultInjector {
         this.record(kind, node, `${both ? 'cut off from its peers (both directions)' : 'inbound peer link black-holed'} for ${ms} ms`);
         const id = `node-${node}`;
         proxies![node - 1]!.setMode({ kind: 'blackhole' });
-        if (both) proxies!.forEach((p, i) => { if (i !== node - 1) p.block(id); });
+        if (both)
+          proxies!.forEach((p, i) => {
+            if (i !== node - 1) p.block(id);
+          });
         await sleep(until(ms));
         proxies![node - 1]!.setMode({ kind: 'pass' });
         if (both) proxies!.forEach((p) => p.unblock(id));
@@ -186,7 +200,10 @@ export class FaultInjector {
       case 'store-partition': {
         const store = this.opts.store!;
         const ms = rng.int(1500, 6000);
-        const majority = rng.shuffle(this.allNodes).slice(0, Math.floor(this.n / 2) + 1).sort((a, b) => a - b);
+        const majority = rng
+          .shuffle(this.allNodes)
+          .slice(0, Math.floor(this.n / 2) + 1)
+          .sort((a, b) => a - b);
         this.record(kind, 0, `nodes ${majority.join(', ')} cut off from the store for ${ms} ms`);
         const from = this.opts.now();
         for (const i of majority) store.proxies[i - 1]!.setMode({ kind: 'blackhole' });
@@ -245,7 +262,10 @@ export class FaultInjector {
     // A fresh view first, so the push is not refused by its own stale lease before it reaches the node.
     await client.fetch(repo, via);
     await client.ffPush(repo, 'main', via, 2);
-    const crashed = await cluster.exited(victim, 8_000).then(() => true, () => false);
+    const crashed = await cluster.exited(victim, 8_000).then(
+      () => true,
+      () => false,
+    );
     if (crashed) {
       this.crashes.set(name, (this.crashes.get(name) ?? 0) + 1);
       this.down.add(victim);

@@ -30,23 +30,37 @@ const running = new Set<number>();
  * runGit runs the real git CLI in its own process group and never throws. At `timeoutMs` the
  * whole group (git and its remote helpers) is killed with SIGKILL.
  */
-export function runGit(args: readonly string[], opts: { cwd?: string; input?: string; timeoutMs: number; env?: NodeJS.ProcessEnv }): Promise<GitCall> {
+export function runGit(
+  args: readonly string[],
+  opts: { cwd?: string; input?: string; timeoutMs: number; env?: NodeJS.ProcessEnv },
+): Promise<GitCall> {
   return new Promise((resolve) => {
-    const child = spawn('git', args, { cwd: opts.cwd, env: { ...CLIENT_ENV, ...opts.env }, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('git', args, {
+      cwd: opts.cwd,
+      env: { ...CLIENT_ENV, ...opts.env },
+      detached: true,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     const pid = child.pid;
     if (pid !== undefined) running.add(pid);
     let out = '';
     let err = '';
     let timedOut = false;
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { if (out.length < 4_000_000) out += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { if (err.length < 64_000) err += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      if (out.length < 4_000_000) out += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      if (err.length < 64_000) err += d;
+    });
     child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
     const timer = setTimeout(() => {
       timedOut = true;
       killGroup(pid);
     }, opts.timeoutMs);
-    child.on('error', (e) => { err += `\nspawn error: ${e.message}`; });
+    child.on('error', (e) => {
+      err += `\nspawn error: ${e.message}`;
+    });
     child.on('close', (code) => {
       clearTimeout(timer);
       if (pid !== undefined) running.delete(pid);

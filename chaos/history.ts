@@ -188,6 +188,8 @@ export function formatOp(op: Op, t0 = 0): string {
     const what = `push ${op.repo} ${op.ref} ${short(op.oldOid)}→${short(op.newOid)}${op.force ? ' (force)' : ''}`;
     return `${when} ${who} ${what} => ${op.outcome}${op.detail ? ` (${op.detail})` : ''}`;
   }
-  const vals = Object.entries(op.values).map(([r, v]) => `${r}=${short(v)}`).join(' ');
+  const vals = Object.entries(op.values)
+    .map(([r, v]) => `${r}=${short(v)}`)
+    .join(' ');
   return `${when} ${who} read(${op.via}) ${op.repo} ${vals}${op.complete ? ` [all of ${op.complete}*]` : ''} => ${op.outcome}`;
 }

@@ -25,8 +25,13 @@ function positiveInt(value: string): number {
 
 function faultList(value: string): FaultKind[] {
   if (value === 'none') return [];
-  const kinds = value.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const k of kinds) if (!(ALL_FAULTS as readonly string[]).includes(k)) throw new InvalidArgumentError(`unknown fault '${k}' (known: ${ALL_FAULTS.join(', ')})`);
+  const kinds = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const k of kinds)
+    if (!(ALL_FAULTS as readonly string[]).includes(k))
+      throw new InvalidArgumentError(`unknown fault '${k}' (known: ${ALL_FAULTS.join(', ')})`);
   return kinds as FaultKind[];
 }
 
@@ -36,8 +41,19 @@ function storeKind(value: string): 'sqlite' | 'etcd' {
 }
 
 interface Options {
-  minutes: number; nodes: number; seed?: number; clients: number; replicationFactor?: number; writeQuorum?: number;
-  repos?: number; faults?: FaultKind[]; store: 'sqlite' | 'etcd'; proxies: boolean; gitTimeout: number; history?: string; quiet?: boolean;
+  minutes: number;
+  nodes: number;
+  seed?: number;
+  clients: number;
+  replicationFactor?: number;
+  writeQuorum?: number;
+  repos?: number;
+  faults?: FaultKind[];
+  store: 'sqlite' | 'etcd';
+  proxies: boolean;
+  gitTimeout: number;
+  history?: string;
+  quiet?: boolean;
 }
 
 const program = new Command()
@@ -73,20 +89,34 @@ const program = new Command()
     process.on('SIGTERM', onSignal);
     try {
       const report = await runChaos({
-        seed, nodes: o.nodes, clients: o.clients, durationMs: Math.round(o.minutes * 60_000),
-        replicationFactor: o.replicationFactor, writeQuorum: o.writeQuorum, repos: o.repos, faults: o.faults, store: o.store,
-        proxies: o.proxies, gitTimeoutMs: o.gitTimeout, signal: ac.signal,
-        log: (line) => { if (!o.quiet) process.stderr.write(`[chaos] ${line}\n`); },
+        seed,
+        nodes: o.nodes,
+        clients: o.clients,
+        durationMs: Math.round(o.minutes * 60_000),
+        replicationFactor: o.replicationFactor,
+        writeQuorum: o.writeQuorum,
+        repos: o.repos,
+        faults: o.faults,
+        store: o.store,
+        proxies: o.proxies,
+        gitTimeoutMs: o.gitTimeout,
+        signal: ac.signal,
+        log: (line) => {
+          if (!o.quiet) process.stderr.write(`[chaos] ${line}\n`);
+        },
       });
-      if (o.history) await writeFile(o.history, JSON.stringify({ seed, history: report.history, final: report.final, faults: report.faults }, null, 1));
+      if (o.history)
+        await writeFile(o.history, JSON.stringify({ seed, history: report.history, final: report.final, faults: report.faults }, null, 1));
       process.stdout.write(`${report.text}\n`);
       if (!report.result.ok) {
         if (report.logs) process.stdout.write(`\nnode logs (tail):\n${report.logs}\n`);
-        process.stdout.write(`\nreproduce: npm run chaos -- --seed ${seed} --nodes ${o.nodes} --minutes ${o.minutes} --clients ${o.clients} --store ${o.store}${o.faults ? ` --faults ${o.faults.join(',') || 'none'}` : ''}\n`);
+        process.stdout.write(
+          `\nreproduce: npm run chaos -- --seed ${seed} --nodes ${o.nodes} --minutes ${o.minutes} --clients ${o.clients} --store ${o.store}${o.faults ? ` --faults ${o.faults.join(',') || 'none'}` : ''}\n`,
+        );
         process.exitCode = 1;
       }
     } catch (err) {
-      process.stderr.write(`chaos: run failed (seed ${seed}): ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+      process.stderr.write(`chaos: run failed (seed ${seed}): ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
       process.exitCode = 2;
     }
   });

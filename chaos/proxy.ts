@@ -34,7 +34,10 @@ export class FaultProxy {
   /** stats count connections: accepted, with a known source, and cut (black-holed or dropped). */
   readonly stats = { accepted: 0, identified: 0, cutBySource: 0, cut: 0 };
 
-  private constructor(private readonly server: Server, readonly port: number) {}
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
 
   /** start listens on a free loopback port. */
   static async start(): Promise<FaultProxy> {
@@ -112,11 +115,19 @@ export class FaultProxy {
     // Hold the connection until its source is known, so a blocked node's request never slips through.
     client.pause();
     const port = client.remotePort ?? 0;
-    this.identify(port).then((who) => { conn.source = who; if (who) this.stats.identified++; }, () => undefined).finally(() => {
-      if (!this.conns.has(conn)) return;
-      client.resume();
-      this.open(conn);
-    });
+    this.identify(port)
+      .then(
+        (who) => {
+          conn.source = who;
+          if (who) this.stats.identified++;
+        },
+        () => undefined,
+      )
+      .finally(() => {
+        if (!this.conns.has(conn)) return;
+        client.resume();
+        this.open(conn);
+      });
   }
 
   private open(conn: Conn): void {
@@ -146,9 +157,15 @@ export class FaultProxy {
     };
     from.on('data', (chunk: Buffer) => {
       if (conn.frozen) return;
-      later(() => { if (!conn.frozen && !to.destroyed) to.write(chunk); });
+      later(() => {
+        if (!conn.frozen && !to.destroyed) to.write(chunk);
+      });
     });
-    from.on('end', () => later(() => { if (!to.destroyed) to.end(); }));
+    from.on('end', () =>
+      later(() => {
+        if (!to.destroyed) to.end();
+      }),
+    );
   }
 
   private drop(c: Conn): void {

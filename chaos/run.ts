@@ -127,14 +127,25 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         running: () => etcd?.running() ?? false,
       };
     }
-    log(`seed ${opts.seed}: starting ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}${opts.writeQuorum ? `, W=${opts.writeQuorum}` : ''}, ${opts.clients} clients, ${Math.round(opts.durationMs / 1000)} s`);
+    log(
+      `seed ${opts.seed}: starting ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}${opts.writeQuorum ? `, W=${opts.writeQuorum}` : ''}, ${opts.clients} clients, ${Math.round(opts.durationMs / 1000)} s`,
+    );
     cluster = await TestCluster.start({
-      nodes: opts.nodes, replicationFactor: rf, writeQuorum: opts.writeQuorum,
-      env: { LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'warn', ...opts.env }, nodeEnv, store, nodeStore,
+      nodes: opts.nodes,
+      replicationFactor: rf,
+      writeQuorum: opts.writeQuorum,
+      env: { LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'warn', ...opts.env },
+      nodeEnv,
+      store,
+      nodeStore,
     });
     const c = cluster;
-    const owners = (): Map<string, number> => new Map(c.nodes.flatMap((n) => (n.proc?.pid !== undefined ? [[n.id, n.proc.pid] as [string, number]] : [])));
-    const identify = await socketOwner(0, new Map()).then(() => process.platform === 'linux', () => false);
+    const owners = (): Map<string, number> =>
+      new Map(c.nodes.flatMap((n) => (n.proc?.pid !== undefined ? [[n.id, n.proc.pid] as [string, number]] : [])));
+    const identify = await socketOwner(0, new Map()).then(
+      () => process.platform === 'linux',
+      () => false,
+    );
     proxies.forEach((p, i) => {
       p.target = c.node(i + 1).port;
       if (identify) p.identify = (port) => socketOwner(port, owners());
@@ -155,18 +166,31 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
         return rng.next() < 0.9 && up.length > 0 ? rng.pick(up) : rng.pick(all);
       },
     };
-    const mkClient = (id: string): Client => new Client({ id, rng: Rng.derive(opts.seed, id), dir: join(root, id), repos, view, recorder, gitTimeoutMs, weights: opts.weights });
+    const mkClient = (id: string): Client =>
+      new Client({ id, rng: Rng.derive(opts.seed, id), dir: join(root, id), repos, view, recorder, gitTimeoutMs, weights: opts.weights });
 
     const setup = mkClient('setup');
     await setup.init();
-    await Promise.all(repos.map(async (repo) => { for (const b of SHARED_BRANCHES) await setup.ffPush(repo, b, 1, 5); }));
+    await Promise.all(
+      repos.map(async (repo) => {
+        for (const b of SHARED_BRANCHES) await setup.ffPush(repo, b, 1, 5);
+      }),
+    );
     const clients = Array.from({ length: opts.clients }, (_, i) => mkClient(`c${i + 1}`));
     const faultClient = mkClient('faults');
     await Promise.all([...clients, faultClient].map((cl) => cl.init()));
     log(`setup done after ${Math.round((Date.now() - started) / 1000)} s`);
     injector = new FaultInjector({
-      cluster: c, rng: Rng.derive(opts.seed, 'faults'), proxies: useProxies ? proxies : null, store: storeControl,
-      kinds: opts.faults ?? ALL_FAULTS.filter((k) => storeControl !== null || !STORE_FAULTS.includes(k)), lockTtlMs, repos, client: faultClient, now: () => recorder.now(), log,
+      cluster: c,
+      rng: Rng.derive(opts.seed, 'faults'),
+      proxies: useProxies ? proxies : null,
+      store: storeControl,
+      kinds: opts.faults ?? ALL_FAULTS.filter((k) => storeControl !== null || !STORE_FAULTS.includes(k)),
+      lockTtlMs,
+      repos,
+      client: faultClient,
+      now: () => recorder.now(),
+      log,
     });
 
     const end = recorder.now() + opts.durationMs;
@@ -196,7 +220,14 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       const bad = Object.entries(outcomes).filter(([, o]) => o !== 'ok');
       if (bad.length > 0) {
         const last = recorder.ops.filter((o) => o.client === 'setup' && o.outcome !== 'ok').slice(-bad.length);
-        unavailable.push({ kind: 'unavailable', repo, message: `${repo}: on the healed cluster, through node-${node}: ${bad.map(([k, o]) => `${k} ${o}`).join(', ')}; ${last.map((o) => o.detail ?? '').join(' / ').slice(0, 500)}` });
+        unavailable.push({
+          kind: 'unavailable',
+          repo,
+          message: `${repo}: on the healed cluster, through node-${node}: ${bad.map(([k, o]) => `${k} ${o}`).join(', ')}; ${last
+            .map((o) => o.detail ?? '')
+            .join(' / ')
+            .slice(0, 500)}`,
+        });
       }
     }
     log(`liveness probe: ${unavailable.length === 0 ? 'every write kind succeeded' : `${unavailable.length} repo(s) refused writes`}`);
@@ -205,7 +236,11 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     log(`final state collected after ${Math.round((Date.now() - started) / 1000)} s`);
     const history = markMayBeStale(recorder.ops, inj.storeOutages);
     const checked = check(history, final);
-    const result: CheckResult = { ...checked, ok: checked.ok && unavailable.length === 0, violations: [...checked.violations, ...unavailable] };
+    const result: CheckResult = {
+      ...checked,
+      ok: checked.ok && unavailable.length === 0,
+      violations: [...checked.violations, ...unavailable],
+    };
     const counts = countByOutcome(history);
     const totals: Record<Outcome, number> = { ok: 0, failed: 0, unknown: 0 };
     for (const k of Object.values(counts)) for (const o of ['ok', 'failed', 'unknown'] as const) totals[o] += k[o];
@@ -216,14 +251,38 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     const text = [
       `seed ${opts.seed}: ${opts.nodes} nodes on ${opts.store ?? 'sqlite'}, R=${rf}, ${opts.clients} clients, ${repos.length} repos, ${Math.round(opts.durationMs / 1000)} s of load (${Math.round(wallMs / 1000)} s wall)`,
       `ops: ${history.length} (ok ${totals.ok}, failed ${totals.failed}, unknown ${totals.unknown})${inj.storeOutages.length > 0 ? `; ${history.filter((o) => o.kind === 'read' && o.mayBeStale).length} reads through nodes without the store, held only to seeing written values` : ''}`,
-      ...Object.entries(counts).sort().map(([k, v]) => `  ${k.padEnd(12)} ok ${v.ok}  failed ${v.failed}  unknown ${v.unknown}`),
-      `faults: ${inj.events.length} (${Object.entries(faultCounts).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'})${Object.keys(crashes).length > 0 ? `; fail points crashed: ${Object.entries(crashes).map(([k, v]) => `${k} x${v}`).join(', ')}` : ''}`,
+      ...Object.entries(counts)
+        .sort()
+        .map(([k, v]) => `  ${k.padEnd(12)} ok ${v.ok}  failed ${v.failed}  unknown ${v.unknown}`),
+      `faults: ${inj.events.length} (${
+        Object.entries(faultCounts)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ') || 'none'
+      })${
+        Object.keys(crashes).length > 0
+          ? `; fail points crashed: ${Object.entries(crashes)
+              .map(([k, v]) => `${k} x${v}`)
+              .join(', ')}`
+          : ''
+      }`,
       ...(proxies.length > 0 ? [`peer links: ${proxyStats(proxies)}`] : []),
       formatResult(result),
     ].join('\n');
     return {
-      seed: opts.seed, nodes: opts.nodes, clients: opts.clients, replicationFactor: rf, wallMs, counts, totals,
-      faults: inj.events, crashes, result, history, final, text, logs: result.ok ? undefined : c.logs(),
+      seed: opts.seed,
+      nodes: opts.nodes,
+      clients: opts.clients,
+      replicationFactor: rf,
+      wallMs,
+      counts,
+      totals,
+      faults: inj.events,
+      crashes,
+      result,
+      history,
+      final,
+      text,
+      logs: result.ok ? undefined : c.logs(),
     };
   } finally {
     killAllGit();
@@ -276,7 +335,16 @@ async function collectFinal(c: TestCluster, repos: readonly string[], lockTtlMs:
   const out: RepoFinalState[] = [];
   const converged = new Map<string, boolean>();
   for (const repo of repos) {
-    converged.set(repo, await c.waitInSync(repo, 1, 60_000).then(() => true, (err: unknown) => { log(`${repo}: ${String(err)}`); return false; }));
+    converged.set(
+      repo,
+      await c.waitInSync(repo, 1, 60_000).then(
+        () => true,
+        (err: unknown) => {
+          log(`${repo}: ${String(err)}`);
+          return false;
+        },
+      ),
+    );
   }
   log('replicas in sync; waiting for open transactions, staged packs and locks');
   await waitNoOpenTxns(c, 30_000).catch((err: unknown) => log(String(err)));
@@ -300,7 +368,14 @@ async function collectFinal(c: TestCluster, repos: readonly string[], lockTtlMs:
         if (!heldLock || Date.now() > until) break;
         await sleep(100);
       }
-      out.push({ repo, expectedChecksum: st.checksum, generation: st.generation, replicas, heldLock, converged: converged.get(repo) ?? false });
+      out.push({
+        repo,
+        expectedChecksum: st.checksum,
+        generation: st.generation,
+        replicas,
+        heldLock,
+        converged: converged.get(repo) ?? false,
+      });
     }
   } finally {
     await store?.close();
@@ -334,10 +409,19 @@ async function replicaState(path: string, node: string, inSync: boolean): Promis
     if (sp > 0) refs[line.slice(sp + 1)] = line.slice(0, sp);
   }
   const head = await readHeadTarget(path);
-  const checksum = refsRun.code === 0 ? replicaChecksum(Object.entries(refs).map(([name, oid]) => ({ name, oid })), head) : `unreadable: ${refsRun.stderr.trim()}`;
+  const checksum =
+    refsRun.code === 0
+      ? replicaChecksum(
+          Object.entries(refs).map(([name, oid]) => ({ name, oid })),
+          head,
+        )
+      : `unreadable: ${refsRun.stderr.trim()}`;
   const fsck = await runGit(['fsck', '--no-dangling', '--no-progress'], { cwd: path, timeoutMs: 120_000 });
   return {
-    node, inSync, refs, checksum,
+    node,
+    inSync,
+    refs,
+    checksum,
     fsckOk: fsck.code === 0 && !/error|missing|broken|corrupt/i.test(fsck.stderr + fsck.stdout),
     fsckOutput: `${fsck.stdout}${fsck.stderr}`,
     ...(await leftovers(path)),

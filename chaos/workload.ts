@@ -80,17 +80,28 @@ export function classifyPush(r: GitCall, ref: string): PushClass {
   if (/RPC failed/.test(r.stderr)) return { outcome: 'unknown', detail: last };
   // A 503 (no in-sync replica, busy) or 401/403 (no or bad token) is answered before a push is
   // processed: never applied.
-  if (/HTTP 50[3]|returned error: 503|HTTP 40[13]|returned error: 40[13]|could not read Username|Authentication failed/.test(r.stderr)) return { outcome: 'failed', detail: last };
+  if (/HTTP 50[3]|returned error: 503|HTTP 40[13]|returned error: 40[13]|could not read Username|Authentication failed/.test(r.stderr))
+    return { outcome: 'failed', detail: last };
   // Anything else that shows the request got through (a disconnect, a reset, a partial answer) is unknown.
-  if (/disconnect|hung up|reset|Empty reply|Recv failure|early EOF|closed|no report|status/i.test(r.stderr)) return { outcome: 'unknown', detail: last };
-  const lines = r.stderr.trim().split('\n').filter((l) => l.trim() !== '');
+  if (/disconnect|hung up|reset|Empty reply|Recv failure|early EOF|closed|no report|status/i.test(r.stderr))
+    return { outcome: 'unknown', detail: last };
+  const lines = r.stderr
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim() !== '');
   const only = (re: RegExp): boolean => lines.length > 0 && lines.every((l) => re.test(l) || /^(To |Done$|error: failed to push)/.test(l));
   if (only(/Failed to connect|Couldn't connect|Connection refused/i)) return { outcome: 'failed', detail: last };
   return { outcome: 'unknown', detail: last || `exit ${String(r.code)}` };
 }
 
 function lastLine(s: string): string {
-  return s.trim().split('\n').filter((l) => l.trim() !== '' && !/^(To |Done$|error: failed to push)/.test(l)).slice(-2).join(' | ').slice(0, 300);
+  return s
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !/^(To |Done$|error: failed to push)/.test(l))
+    .slice(-2)
+    .join(' | ')
+    .slice(0, 300);
 }
 
 /** Weights are the relative frequencies of a client's operations. */
@@ -107,7 +118,17 @@ export interface Weights {
 }
 
 /** DEFAULT_WEIGHTS mix writes and reads about half and half. */
-export const DEFAULT_WEIGHTS: Weights = { ffMain: 26, ffDev: 8, ffBranch: 6, create: 7, remove: 5, force: 6, lsRemote: 16, fetch: 18, clone: 4 };
+export const DEFAULT_WEIGHTS: Weights = {
+  ffMain: 26,
+  ffDev: 8,
+  ffBranch: 6,
+  create: 7,
+  remove: 5,
+  force: 6,
+  lsRemote: 16,
+  fetch: 18,
+  clone: 4,
+};
 
 /** ClientOptions configure one client. */
 export interface ClientOptions {
@@ -162,18 +183,26 @@ export class Client {
     const node = view.pickNode(rng);
     const kind = rng.weighted<keyof Weights>({ ...(this.opts.weights ?? DEFAULT_WEIGHTS) });
     switch (kind) {
-      case 'ffMain': return this.ffPush(repo, 'main', node);
-      case 'ffDev': return this.ffPush(repo, 'dev', node);
+      case 'ffMain':
+        return this.ffPush(repo, 'main', node);
+      case 'ffDev':
+        return this.ffPush(repo, 'dev', node);
       case 'ffBranch': {
         const own = this.otherBranches(repo);
         return own.length > 0 ? this.ffPush(repo, rng.pick(own), node) : this.createBranch(repo, node);
       }
-      case 'create': return this.createBranch(repo, node);
-      case 'remove': return this.deleteBranch(repo, node);
-      case 'force': return this.forcePush(repo, node);
-      case 'lsRemote': return void (await this.lsRemote(repo, node));
-      case 'fetch': return void (await this.fetch(repo, node));
-      case 'clone': return void (await this.clone(repo, node));
+      case 'create':
+        return this.createBranch(repo, node);
+      case 'remove':
+        return this.deleteBranch(repo, node);
+      case 'force':
+        return this.forcePush(repo, node);
+      case 'lsRemote':
+        return void (await this.lsRemote(repo, node));
+      case 'fetch':
+        return void (await this.fetch(repo, node));
+      case 'clone':
+        return void (await this.clone(repo, node));
     }
   }
 
@@ -205,16 +234,34 @@ export class Client {
    * push runs one compare-and-swap push and records it: `ref` from `oldOid` to `newOid` (ZERO:
    * delete) through node `node`. An "up to date" answer is recorded as a read of the ref.
    */
-  async push(repo: string, node: number, ref: string, oldOid: string, newOid: string, force: boolean, ancestry: Record<string, string[]>): Promise<Outcome> {
+  async push(
+    repo: string,
+    node: number,
+    ref: string,
+    oldOid: string,
+    newOid: string,
+    force: boolean,
+    ancestry: Record<string, string[]>,
+  ): Promise<Outcome> {
     const { recorder, view } = this.opts;
     const lease = `--force-with-lease=${ref}:${oldOid === ZERO ? '' : oldOid}`;
     // Never a `+` refspec: it makes git ignore the lease. The lease alone allows a non-fast-forward.
     const spec = newOid === ZERO ? `:${ref}` : `${newOid}:${ref}`;
     const start = recorder.now();
-    const r = await runGit(['push', '--porcelain', '--no-verify', lease, view.repoUrl(node, repo), spec], { cwd: this.workDir(repo), timeoutMs: this.opts.gitTimeoutMs });
+    const r = await runGit(['push', '--porcelain', '--no-verify', lease, view.repoUrl(node, repo), spec], {
+      cwd: this.workDir(repo),
+      timeoutMs: this.opts.gitTimeoutMs,
+    });
     const end = recorder.now();
     const c = classifyPush(r, ref);
-    const base = { client: this.opts.id, repo, node: `node-${node}`, start, end, detail: c.outcome === 'ok' ? c.detail : `${c.detail} [stderr: ${r.stderr.trim().slice(-600)}]` };
+    const base = {
+      client: this.opts.id,
+      repo,
+      node: `node-${node}`,
+      start,
+      end,
+      detail: c.outcome === 'ok' ? c.detail : `${c.detail} [stderr: ${r.stderr.trim().slice(-600)}]`,
+    };
     if (c.outcome === 'uptodate') {
       recorder.addRead({ ...base, outcome: 'ok', via: 'push', values: { [ref]: newOid } });
       return 'ok';
@@ -237,7 +284,9 @@ export class Client {
     for (let a = 0; a < attempts; a++) {
       const old = this.known(repo).get(branch) ?? ZERO;
       const commit = await this.makeCommit(repo, old === ZERO ? null : old);
-      const outcome = await this.push(repo, a === 0 ? node : this.opts.view.pickNode(this.opts.rng), ref, old, commit, false, { [commit]: old === ZERO ? [] : [old] });
+      const outcome = await this.push(repo, a === 0 ? node : this.opts.view.pickNode(this.opts.rng), ref, old, commit, false, {
+        [commit]: old === ZERO ? [] : [old],
+      });
       if (outcome === 'ok') return;
       if (!(await this.fetch(repo, this.opts.view.pickNode(this.opts.rng)))) continue;
       const tip = this.known(repo).get(branch);
@@ -314,7 +363,10 @@ export class Client {
   async fetch(repo: string, node: number): Promise<boolean> {
     const { recorder, view } = this.opts;
     const start = recorder.now();
-    const r = await runGit(['fetch', '-q', '--prune', '--no-tags', '--no-write-fetch-head', view.repoUrl(node, repo), '+refs/heads/*:refs/remotes/origin/*'], { cwd: this.workDir(repo), timeoutMs: this.opts.gitTimeoutMs });
+    const r = await runGit(
+      ['fetch', '-q', '--prune', '--no-tags', '--no-write-fetch-head', view.repoUrl(node, repo), '+refs/heads/*:refs/remotes/origin/*'],
+      { cwd: this.workDir(repo), timeoutMs: this.opts.gitTimeoutMs },
+    );
     const end = recorder.now();
     const base = { client: this.opts.id, repo, node: `node-${node}`, start, end, via: 'fetch' as const };
     if (r.code !== 0) {
@@ -357,14 +409,19 @@ export class Client {
     const dir = await mkdtemp(join(this.opts.dir, 'clone-'));
     try {
       const start = recorder.now();
-      const r = await runGit(['clone', '-q', '--bare', '--no-tags', view.repoUrl(node, repo), join(dir, 'c.git')], { timeoutMs: this.opts.gitTimeoutMs });
+      const r = await runGit(['clone', '-q', '--bare', '--no-tags', view.repoUrl(node, repo), join(dir, 'c.git')], {
+        timeoutMs: this.opts.gitTimeoutMs,
+      });
       const end = recorder.now();
       const base = { client: this.opts.id, repo, node: `node-${node}`, start, end, via: 'clone' as const };
       if (r.code !== 0) {
         recorder.addRead({ ...base, outcome: 'failed', values: {}, detail: lastLine(r.stderr) });
         return false;
       }
-      const refs = await runGit(['for-each-ref', '--format=%(objectname) %(refname)', 'refs/heads/'], { cwd: join(dir, 'c.git'), timeoutMs: 30_000 });
+      const refs = await runGit(['for-each-ref', '--format=%(objectname) %(refname)', 'refs/heads/'], {
+        cwd: join(dir, 'c.git'),
+        timeoutMs: 30_000,
+      });
       if (refs.code !== 0) throw new Error(`for-each-ref in a fresh clone failed: ${refs.stderr}`);
       recorder.addRead({ ...base, outcome: 'ok', values: parseRefLines(refs.stdout, ' '), complete: 'refs/heads/' });
       return true;

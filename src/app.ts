@@ -133,7 +133,12 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(cfg.dataDir);
   await restrictPermissions(dataDir, cfg.store);
-  const git = new GitRunner({ owner: dataDir, instance: randomUUID(), maxProcesses: cfg.maxGitProcesses, maxPerClient: cfg.maxGitPerClient });
+  const git = new GitRunner({
+    owner: dataDir,
+    instance: randomUUID(),
+    maxProcesses: cfg.maxGitProcesses,
+    maxPerClient: cfg.maxGitPerClient,
+  });
   const reaped = await git.reapPrevious();
   if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
 
@@ -158,58 +163,196 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
-  const participant = new Participant({ nodeId: cfg.nodeId, store, storage, git, log: txnLog, logger, failpoints, activity, diskShortage: () => disk.shortage(), fsckIgnore: cfg.fsckIgnore, resolveAfterMs: cfg.resolveAfterMs, gitTimeoutMs: cfg.timing.gitTimeoutMs, stageTtlMs: cfg.stageTtlMs });
+  const participant = new Participant({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    git,
+    log: txnLog,
+    logger,
+    failpoints,
+    activity,
+    diskShortage: () => disk.shortage(),
+    fsckIgnore: cfg.fsckIgnore,
+    resolveAfterMs: cfg.resolveAfterMs,
+    gitTimeoutMs: cfg.timing.gitTimeoutMs,
+    stageTtlMs: cfg.stageTtlMs,
+  });
   await participant.recover();
-  const swept = sweepLeftovers(storage.reposDir, storage.tmpDir, txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']));
+  const swept = sweepLeftovers(
+    storage.reposDir,
+    storage.tmpDir,
+    txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']),
+  );
   if (swept > 0) logger.warn({ removed: swept }, 'removed lock and temporary files left by dead git processes');
 
   const protocol = cfg.protocol ?? PROTOCOL;
-  const peers = new PeerClient({ nodeId: cfg.nodeId, secret: () => secret, timeoutMs: cfg.timing.peerTimeoutMs, protocol, ...(tls.ca ? { ca: tls.ca.pem } : {}) });
+  const peers = new PeerClient({
+    nodeId: cfg.nodeId,
+    secret: () => secret,
+    timeoutMs: cfg.timing.peerTimeoutMs,
+    protocol,
+    ...(tls.ca ? { ca: tls.ca.pem } : {}),
+  });
   const url = cfg.advertiseUrl ?? defaultAdvertiseUrl(tls.server ? 'https' : 'http', cfg.host, cfg.port);
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
-  const membership = new Membership({ id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol }, { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) });
+  const membership = new Membership(
+    { id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol },
+    { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) },
+  );
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
   const coordinator = new Coordinator({
-    nodeId: cfg.nodeId, store, storage, participant, activity, peers, membership, failpoints, logger, metrics,
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    participant,
+    activity,
+    peers,
+    membership,
+    failpoints,
+    logger,
+    metrics,
     // The repair worker is made below; a push reaches it only once the node serves.
     catchUp: (repoId) => repair.catchUp(repoId),
-    config: { replicationFactor: cfg.replicationFactor, writeQuorum: cfg.writeQuorum, lockWaitMs: cfg.timing.lockWaitMs, prepareTimeoutMs: cfg.timing.prepareTimeoutMs, commitTimeoutMs: cfg.timing.commitTimeoutMs,
-      commitWaitMs: cfg.timing.commitWaitMs, catchUpMs: cfg.timing.catchUpMs, fsckIgnore: cfg.fsckIgnore },
+    config: {
+      replicationFactor: cfg.replicationFactor,
+      writeQuorum: cfg.writeQuorum,
+      lockWaitMs: cfg.timing.lockWaitMs,
+      prepareTimeoutMs: cfg.timing.prepareTimeoutMs,
+      commitTimeoutMs: cfg.timing.commitTimeoutMs,
+      commitWaitMs: cfg.timing.commitWaitMs,
+      catchUpMs: cfg.timing.catchUpMs,
+      fsckIgnore: cfg.fsckIgnore,
+    },
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger, commitWaitMs: cfg.timing.commitWaitMs });
   const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const replicaVerifier = new ReplicaVerifier({ nodeId: cfg.nodeId, store, storage, git, logger, metrics, gitTimeoutMs: cfg.timing.gitTimeoutMs });
-  const maintenance = new Maintenance({ nodeId: cfg.nodeId, store, storage, git, logger, metrics, activity, repackAfterPacks: cfg.repackAfterPacks, gitTimeoutMs: cfg.timing.gitTimeoutMs });
-  const repair = new RepairWorker({ nodeId: cfg.nodeId, store, storage, git, membership, logger, metrics, failpoints, activity, verifier: replicaVerifier, maintenance, hopToken: () => hops.sign(`repair:${cfg.nodeId}`), fsckIgnore: cfg.fsckIgnore, commitWaitMs: cfg.timing.commitWaitMs, gitTimeoutMs: cfg.timing.gitTimeoutMs, ...(tls.ca ? { caFile: tls.ca.path } : {}), onSeen: (repo, replicas) => router.remember(repo, replicas) });
-  const steward = new Steward({ nodeId: cfg.nodeId, store, membership, logger, activity, replicationFactor: cfg.replicationFactor, replaceAfterMs: cfg.replaceAfterMs });
+  const replicaVerifier = new ReplicaVerifier({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    git,
+    logger,
+    metrics,
+    gitTimeoutMs: cfg.timing.gitTimeoutMs,
+  });
+  const maintenance = new Maintenance({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    git,
+    logger,
+    metrics,
+    activity,
+    repackAfterPacks: cfg.repackAfterPacks,
+    gitTimeoutMs: cfg.timing.gitTimeoutMs,
+  });
+  const repair = new RepairWorker({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    git,
+    membership,
+    logger,
+    metrics,
+    failpoints,
+    activity,
+    verifier: replicaVerifier,
+    maintenance,
+    hopToken: () => hops.sign(`repair:${cfg.nodeId}`),
+    fsckIgnore: cfg.fsckIgnore,
+    commitWaitMs: cfg.timing.commitWaitMs,
+    gitTimeoutMs: cfg.timing.gitTimeoutMs,
+    ...(tls.ca ? { caFile: tls.ca.path } : {}),
+    onSeen: (repo, replicas) => router.remember(repo, replicas),
+  });
+  const steward = new Steward({
+    nodeId: cfg.nodeId,
+    store,
+    membership,
+    logger,
+    activity,
+    replicationFactor: cfg.replicationFactor,
+    replaceAfterMs: cfg.replaceAfterMs,
+  });
   const lifecycle = { draining: false };
   metrics.attach({
     dataDir,
     leaseAgeSeconds: () => (membership.leaseAgeMs === null ? null : membership.leaseAgeMs / 1000),
-    nodes: () => { const ids = membership.knownIds(); const live = ids.filter((id) => membership.isLive(id)).length; return { live, down: ids.length - live }; },
+    nodes: () => {
+      const ids = membership.knownIds();
+      const live = ids.filter((id) => membership.isLive(id)).length;
+      return { live, down: ids.length - live };
+    },
     gitProcesses: () => git.runningCount,
     repairing: () => repair.repairingCount,
   });
   const deps: NodeDeps = {
-    nodeId: cfg.nodeId, logger, store, storage, git, hooks, hookPort, membership, peers, activity,
+    nodeId: cfg.nodeId,
+    logger,
+    store,
+    storage,
+    git,
+    hooks,
+    hookPort,
+    membership,
+    peers,
+    activity,
     verifier: new PeerVerifier(() => secret, { nodeId: cfg.nodeId, epoch, isMember: (id) => membership.isMember(id) }),
-    participant, coordinator, router, metrics, load, repair, replicaVerifier, auth, hops, directory, audit: new AuditLog(store, logger, cfg.nodeId), lifecycle, disk, protocol,
-    sshKeys: new SshKeys(store, directory), ssh: { port: null },
+    participant,
+    coordinator,
+    router,
+    metrics,
+    load,
+    repair,
+    replicaVerifier,
+    auth,
+    hops,
+    directory,
+    audit: new AuditLog(store, logger, cfg.nodeId),
+    lifecycle,
+    disk,
+    protocol,
+    sshKeys: new SshKeys(store, directory),
+    ssh: { port: null },
     config: {
-      hooksDir: hooksDir(), gitTimeoutMs: cfg.timing.gitTimeoutMs, bodyLimit: 1024 * 1024, version: VERSION, replicationFactor: cfg.replicationFactor, fsckIgnore: cfg.fsckIgnore,
-      limits: { bodyIdleMs: cfg.bodyIdleMs, maxPushBytes: cfg.maxPushBytes, maxUploadRequestBytes: cfg.maxUploadRequestBytes, maxInflateRatio: cfg.maxInflateRatio },
+      hooksDir: hooksDir(),
+      gitTimeoutMs: cfg.timing.gitTimeoutMs,
+      bodyLimit: 1024 * 1024,
+      version: VERSION,
+      replicationFactor: cfg.replicationFactor,
+      fsckIgnore: cfg.fsckIgnore,
+      limits: {
+        bodyIdleMs: cfg.bodyIdleMs,
+        maxPushBytes: cfg.maxPushBytes,
+        maxUploadRequestBytes: cfg.maxUploadRequestBytes,
+        maxInflateRatio: cfg.maxInflateRatio,
+      },
     },
   };
   const app = buildHttpApp(deps, logger, tls.server);
   await app.listen({ host: cfg.host, port: cfg.port });
-  const ssh = cfg.sshPort === undefined ? null : await startSshServer({
-    ...deps, keys: deps.sshKeys, secret, hooksDir: deps.config.hooksDir, maxPushBytes: cfg.maxPushBytes, fsckIgnore: cfg.fsckIgnore, gitTimeoutMs: deps.config.gitTimeoutMs,
-    limits: cfg.sshLimits ?? SSH_DEFAULTS, host: cfg.host, port: cfg.sshPort, advertiseHost: new URL(url).hostname, hostKeyFile: join(dataDir, 'ssh_host_ed25519_key'),
-  });
+  const ssh =
+    cfg.sshPort === undefined
+      ? null
+      : await startSshServer({
+          ...deps,
+          keys: deps.sshKeys,
+          secret,
+          hooksDir: deps.config.hooksDir,
+          maxPushBytes: cfg.maxPushBytes,
+          fsckIgnore: cfg.fsckIgnore,
+          gitTimeoutMs: deps.config.gitTimeoutMs,
+          limits: cfg.sshLimits ?? SSH_DEFAULTS,
+          host: cfg.host,
+          port: cfg.sshPort,
+          advertiseHost: new URL(url).hostname,
+          hostKeyFile: join(dataDir, 'ssh_host_ed25519_key'),
+        });
   if (ssh) deps.ssh.port = ssh.port;
   else await forgetSshEndpoint(store, cfg.nodeId);
   await membership.start();
@@ -226,9 +369,18 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     }
   };
   const timers = [
-    setInterval(() => { void participant.resolveStuck(); }, 1_000),
-    setInterval(() => { txnLog.prune(cfg.txnRetentionMs); }, 3_600_000),
-    setInterval(() => { void pruneTxns(); }, Math.max(1_000, Math.min(600_000, Math.floor(cfg.txnRetentionMs / 4)))),
+    setInterval(() => {
+      void participant.resolveStuck();
+    }, 1_000),
+    setInterval(() => {
+      txnLog.prune(cfg.txnRetentionMs);
+    }, 3_600_000),
+    setInterval(
+      () => {
+        void pruneTxns();
+      },
+      Math.max(1_000, Math.min(600_000, Math.floor(cfg.txnRetentionMs / 4))),
+    ),
   ];
   for (const t of timers) t.unref();
   repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs, cfg.fsckIntervalMs);
@@ -256,9 +408,15 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       // it) until its own work is done.
       lifecycle.draining = true;
       const closing = app.close();
-      const drained = await Promise.race([closing.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), cfg.shutdownGraceMs).unref())]);
+      const drained = await Promise.race([
+        closing.then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), cfg.shutdownGraceMs).unref()),
+      ]);
       if (!drained) {
-        logger.warn({ graceMs: cfg.shutdownGraceMs, gitProcesses: git.runningCount }, 'shutdown: requests still running past the grace period; killing their git processes');
+        logger.warn(
+          { graceMs: cfg.shutdownGraceMs, gitProcesses: git.runningCount },
+          'shutdown: requests still running past the grace period; killing their git processes',
+        );
         await git.killAll();
         app.server.closeAllConnections();
         await closing;

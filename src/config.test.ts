@@ -19,14 +19,27 @@ describe('loadSettings', () => {
   });
 
   it('reads the environment, and a flag wins over it', () => {
-    const env = { NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000', RESOLVE_AFTER_MS: '1000', REPAIR_INTERVAL_MS: '300', BODY_IDLE_TIMEOUT: '90s', MAX_PUSH_SIZE: '2g', PORT: '4000' };
+    const env = {
+      NODE_TTL_MS: '2000',
+      LOCK_TTL_MS: '4000',
+      RESOLVE_AFTER_MS: '1000',
+      REPAIR_INTERVAL_MS: '300',
+      BODY_IDLE_TIMEOUT: '90s',
+      MAX_PUSH_SIZE: '2g',
+      PORT: '4000',
+    };
     const s = loadSettings({ port: '5000', maxFetchRequestSize: '512k' }, env);
     expect([s.nodeTtlMs, s.lockTtlMs, s.resolveAfterMs, s.repairIntervalMs, s.bodyIdleMs]).toEqual([2000, 4000, 1000, 300, 90_000]);
     expect([s.maxPushBytes, s.maxUploadRequestBytes, s.port]).toEqual([2 * 1024 ** 3, 512 * 1024, 5000]);
   });
 
   it.each([
-    ['500ms', 500], ['90s', 90_000], ['1.5s', 1_500], ['10m', 600_000], ['1h', 3_600_000], ['2000', 2_000],
+    ['500ms', 500],
+    ['90s', 90_000],
+    ['1.5s', 1_500],
+    ['10m', 600_000],
+    ['1h', 3_600_000],
+    ['2000', 2_000],
   ])('reads the duration %s as %i ms', (text, ms) => {
     expect(loadSettings({}, { LOCK_WAIT_MS: text }).lockWaitMs).toBe(ms);
   });
@@ -36,8 +49,13 @@ describe('loadSettings', () => {
   });
 
   it('takes 0 where 0 means off', () => {
-    const s = loadSettings({}, { REPAIR_INTERVAL_MS: '0', VERIFY_INTERVAL_MS: '0', FSCK_INTERVAL_MS: '0', REPACK_AFTER_PACKS: '0', SHUTDOWN_GRACE: '0', PORT: '0' });
-    expect([s.repairIntervalMs, s.verifyIntervalMs, s.fsckIntervalMs, s.repackAfterPacks, s.shutdownGraceMs, s.port]).toEqual([0, 0, 0, 0, 0, 0]);
+    const s = loadSettings(
+      {},
+      { REPAIR_INTERVAL_MS: '0', VERIFY_INTERVAL_MS: '0', FSCK_INTERVAL_MS: '0', REPACK_AFTER_PACKS: '0', SHUTDOWN_GRACE: '0', PORT: '0' },
+    );
+    expect([s.repairIntervalMs, s.verifyIntervalMs, s.fsckIntervalMs, s.repackAfterPacks, s.shutdownGraceMs, s.port]).toEqual([
+      0, 0, 0, 0, 0, 0,
+    ]);
   });
 
   // Every numeric setting refuses negative, fractional and non-numeric values, and values below its minimum.
@@ -82,7 +100,15 @@ describe('loadSettings', () => {
   it('serveConfig hands the timings down and keeps the derived default of max git per client', () => {
     const cfg = serveConfig({ maxGitProcesses: '9' }, { LOCK_WAIT_MS: '2s', COMMIT_WAIT_MS: '500', GIT_TIMEOUT_MS: '10m' });
     expect(cfg.maxGitPerClient).toBe(5);
-    expect(cfg.timing).toEqual({ lockWaitMs: 2_000, prepareTimeoutMs: DEFAULTS.prepareTimeoutMs, commitTimeoutMs: DEFAULTS.commitTimeoutMs, peerTimeoutMs: DEFAULTS.peerTimeoutMs, commitWaitMs: 500, catchUpMs: DEFAULTS.catchUpMs, gitTimeoutMs: 600_000 });
+    expect(cfg.timing).toEqual({
+      lockWaitMs: 2_000,
+      prepareTimeoutMs: DEFAULTS.prepareTimeoutMs,
+      commitTimeoutMs: DEFAULTS.commitTimeoutMs,
+      peerTimeoutMs: DEFAULTS.peerTimeoutMs,
+      commitWaitMs: 500,
+      catchUpMs: DEFAULTS.catchUpMs,
+      gitTimeoutMs: 600_000,
+    });
   });
 });
 
@@ -94,7 +120,11 @@ describe('docs/OPERATIONS.md', () => {
     const out = new Map<string, string[]>();
     for (const line of section.split('\n')) {
       const m = /^\| `(\w+)` \| (.*) \|$/.exec(line);
-      if (m) out.set(m[1]!, m[2]!.split(' | ').map((c) => c.trim()));
+      if (m)
+        out.set(
+          m[1]!,
+          m[2]!.split(' | ').map((c) => c.trim()),
+        );
     }
     return out;
   }
@@ -103,7 +133,13 @@ describe('docs/OPERATIONS.md', () => {
     const table = rows();
     for (const name of NAMES) {
       const s = spec(name);
-      expect(table.get(name), name).toEqual([s.flag ? `\`${s.flag}\`` : '', `\`${s.env}\``, describeDefault(name), s.min === undefined ? '' : String(s.min), s.doc]);
+      expect(table.get(name), name).toEqual([
+        s.flag ? `\`${s.flag}\`` : '',
+        `\`${s.env}\``,
+        describeDefault(name),
+        s.min === undefined ? '' : String(s.min),
+        s.doc,
+      ]);
     }
   });
 

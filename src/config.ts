@@ -34,78 +34,339 @@ export const SETTINGS = {
   nodeId: { kind: 'text', env: 'SERVER_ID', flag: '--id', default: 'server-1', arg: 'id', doc: 'node id' },
   port: { kind: 'count', env: 'PORT', flag: '--port', default: 3000, min: 0, arg: 'port', doc: 'HTTP port (0: any free port)' },
   host: { kind: 'text', env: 'HOST', flag: '--host', default: '127.0.0.1', arg: 'host', doc: 'listen address' },
-  advertiseUrl: { kind: 'text', env: 'ADVERTISE_URL', flag: '--advertise-url', default: null, arg: 'url', doc: 'URL other nodes use to reach this one (default from --host and --port)' },
+  advertiseUrl: {
+    kind: 'text',
+    env: 'ADVERTISE_URL',
+    flag: '--advertise-url',
+    default: null,
+    arg: 'url',
+    doc: 'URL other nodes use to reach this one (default from --host and --port)',
+  },
   dataDir: { kind: 'text', env: 'DATA_DIR', flag: '--data-dir', default: './data', arg: 'dir', doc: 'data directory' },
   peers: { kind: 'text', env: 'PEER_URLS', flag: '--peers', default: null, arg: 'urls', doc: 'comma-separated peer URLs; needs --store' },
-  store: { kind: 'text', env: 'STORE_URL', flag: '--store', default: null, arg: 'url', doc: 'coordination store: sqlite:<path> or etcd://host:port[,host:port] (default sqlite in the data dir)' },
-  writeQuorum: { kind: 'text', env: 'WRITE_QUORUM', flag: '--write-quorum', default: null, arg: 'n', doc: 'replicas that must confirm a write (default a majority)' },
-  replicationFactor: { kind: 'count', env: 'REPLICATION_FACTOR', flag: '--replication-factor', default: 3, min: 1, doc: 'replicas per repo' },
-  maxGitProcesses: { kind: 'count', env: 'MAX_GIT_PROCESSES', flag: '--max-git-processes', default: 64, min: 1, doc: 'concurrent git processes serving clients' },
-  maxGitPerClient: { kind: 'count', env: 'MAX_GIT_PER_CLIENT', flag: '--max-git-per-client', default: null, min: 1, doc: 'of those, at most this many for one client address (default half)' },
-  bodyIdleMs: { kind: 'ms', env: 'BODY_IDLE_TIMEOUT', flag: '--body-idle-timeout', default: 30 * SECOND, min: 1, doc: 'end a git request whose body is silent this long, 408' },
-  maxPushBytes: { kind: 'bytes', env: 'MAX_PUSH_SIZE', flag: '--max-push-size', default: 2 * 1024 * MIB, min: 1, doc: 'largest pack a push may send, 413 beyond' },
-  maxUploadRequestBytes: { kind: 'bytes', env: 'MAX_FETCH_REQUEST_SIZE', flag: '--max-fetch-request-size', default: 10 * MIB, min: 1, doc: 'largest fetch request (wants and haves) once decompressed' },
-  maxInflateRatio: { kind: 'count', env: 'MAX_INFLATE_RATIO', flag: '--max-inflate-ratio', default: 100, min: 1, doc: 'a gzip request body may inflate at most n times' },
+  store: {
+    kind: 'text',
+    env: 'STORE_URL',
+    flag: '--store',
+    default: null,
+    arg: 'url',
+    doc: 'coordination store: sqlite:<path> or etcd://host:port[,host:port] (default sqlite in the data dir)',
+  },
+  writeQuorum: {
+    kind: 'text',
+    env: 'WRITE_QUORUM',
+    flag: '--write-quorum',
+    default: null,
+    arg: 'n',
+    doc: 'replicas that must confirm a write (default a majority)',
+  },
+  replicationFactor: {
+    kind: 'count',
+    env: 'REPLICATION_FACTOR',
+    flag: '--replication-factor',
+    default: 3,
+    min: 1,
+    doc: 'replicas per repo',
+  },
+  maxGitProcesses: {
+    kind: 'count',
+    env: 'MAX_GIT_PROCESSES',
+    flag: '--max-git-processes',
+    default: 64,
+    min: 1,
+    doc: 'concurrent git processes serving clients',
+  },
+  maxGitPerClient: {
+    kind: 'count',
+    env: 'MAX_GIT_PER_CLIENT',
+    flag: '--max-git-per-client',
+    default: null,
+    min: 1,
+    doc: 'of those, at most this many for one client address (default half)',
+  },
+  bodyIdleMs: {
+    kind: 'ms',
+    env: 'BODY_IDLE_TIMEOUT',
+    flag: '--body-idle-timeout',
+    default: 30 * SECOND,
+    min: 1,
+    doc: 'end a git request whose body is silent this long, 408',
+  },
+  maxPushBytes: {
+    kind: 'bytes',
+    env: 'MAX_PUSH_SIZE',
+    flag: '--max-push-size',
+    default: 2 * 1024 * MIB,
+    min: 1,
+    doc: 'largest pack a push may send, 413 beyond',
+  },
+  maxUploadRequestBytes: {
+    kind: 'bytes',
+    env: 'MAX_FETCH_REQUEST_SIZE',
+    flag: '--max-fetch-request-size',
+    default: 10 * MIB,
+    min: 1,
+    doc: 'largest fetch request (wants and haves) once decompressed',
+  },
+  maxInflateRatio: {
+    kind: 'count',
+    env: 'MAX_INFLATE_RATIO',
+    flag: '--max-inflate-ratio',
+    default: 100,
+    min: 1,
+    doc: 'a gzip request body may inflate at most n times',
+  },
   logLevel: { kind: 'text', env: 'LOG_LEVEL', flag: '--log-level', default: 'info', arg: 'level', doc: 'pino log level' },
-  auth: { kind: 'text', env: 'AUTH', flag: '--auth', default: 'tokens', arg: 'mode', doc: 'tokens: pushes and admin calls need a token; open: no checks, trusted networks only' },
-  fsckIgnore: { kind: 'text', env: 'FSCK_IGNORE', flag: '--fsck-ignore', default: 'default', arg: 'ids', doc: "git fsck message ids let through in pushed and fetched objects: 'default' (git's warn-level checks, e.g. zeroPaddedFilemode, badTimezone), 'none', or a comma list" },
-  minFreeDiskBytes: { kind: 'bytes', env: 'MIN_FREE_DISK', flag: '--min-free-disk', default: 256 * MIB, min: 1, doc: 'take no new writes with less free space under the data dir' },
-  txnRetentionMs: { kind: 'ms', env: 'TXN_RETENTION', flag: '--txn-retention', default: 24 * HOUR, min: MINUTE, doc: 'prune transaction records older than this, at least 1m' },
-  shutdownGraceMs: { kind: 'ms', env: 'SHUTDOWN_GRACE', flag: '--shutdown-grace', default: 30 * SECOND, min: 0, doc: 'on SIGTERM, how long requests in flight may finish' },
-  replaceAfterMs: { kind: 'ms', env: 'REPLACE_AFTER', flag: '--replace-after', default: 10 * MINUTE, min: 1, doc: 're-create the replicas of a node down this long' },
-  tlsCert: { kind: 'text', env: 'TLS_CERT', flag: '--tls-cert', default: null, arg: 'pem', doc: 'serve HTTPS with this certificate (chain, PEM file); needs --tls-key' },
+  auth: {
+    kind: 'text',
+    env: 'AUTH',
+    flag: '--auth',
+    default: 'tokens',
+    arg: 'mode',
+    doc: 'tokens: pushes and admin calls need a token; open: no checks, trusted networks only',
+  },
+  fsckIgnore: {
+    kind: 'text',
+    env: 'FSCK_IGNORE',
+    flag: '--fsck-ignore',
+    default: 'default',
+    arg: 'ids',
+    doc: "git fsck message ids let through in pushed and fetched objects: 'default' (git's warn-level checks, e.g. zeroPaddedFilemode, badTimezone), 'none', or a comma list",
+  },
+  minFreeDiskBytes: {
+    kind: 'bytes',
+    env: 'MIN_FREE_DISK',
+    flag: '--min-free-disk',
+    default: 256 * MIB,
+    min: 1,
+    doc: 'take no new writes with less free space under the data dir',
+  },
+  txnRetentionMs: {
+    kind: 'ms',
+    env: 'TXN_RETENTION',
+    flag: '--txn-retention',
+    default: 24 * HOUR,
+    min: MINUTE,
+    doc: 'prune transaction records older than this, at least 1m',
+  },
+  shutdownGraceMs: {
+    kind: 'ms',
+    env: 'SHUTDOWN_GRACE',
+    flag: '--shutdown-grace',
+    default: 30 * SECOND,
+    min: 0,
+    doc: 'on SIGTERM, how long requests in flight may finish',
+  },
+  replaceAfterMs: {
+    kind: 'ms',
+    env: 'REPLACE_AFTER',
+    flag: '--replace-after',
+    default: 10 * MINUTE,
+    min: 1,
+    doc: 're-create the replicas of a node down this long',
+  },
+  tlsCert: {
+    kind: 'text',
+    env: 'TLS_CERT',
+    flag: '--tls-cert',
+    default: null,
+    arg: 'pem',
+    doc: 'serve HTTPS with this certificate (chain, PEM file); needs --tls-key',
+  },
   tlsKey: { kind: 'text', env: 'TLS_KEY', flag: '--tls-key', default: null, arg: 'pem', doc: 'private key of --tls-cert' },
-  tlsCa: { kind: 'text', env: 'TLS_CA', flag: '--tls-ca', default: null, arg: 'pem', doc: 'CA that https:// peers are verified against (default the system CAs)' },
-  sshPort: { kind: 'text', env: 'SSH_PORT', flag: '--ssh-port', default: null, arg: 'port', doc: 'serve Git over SSH on this port (0: any free port; unset or off: no SSH)' },
-  sshMaxConnectionsPerUser: { kind: 'count', env: 'SSH_MAX_PER_USER', flag: '--ssh-max-per-user', default: 10, min: 1, doc: 'SSH connections one user may hold at once' },
-  sshIdleMs: { kind: 'ms', env: 'SSH_IDLE_TIMEOUT', flag: '--ssh-idle-timeout', default: 60 * SECOND, min: 1, doc: 'close an SSH connection without data this long' },
-  sshSessionMs: { kind: 'ms', env: 'SSH_SESSION_TIMEOUT', flag: '--ssh-session-timeout', default: HOUR, min: 1, doc: 'close any SSH connection after this long' },
-  sshMaxAuthAttempts: { kind: 'count', env: 'SSH_MAX_AUTH_TRIES', flag: '--ssh-max-auth-tries', default: 6, min: 1, doc: 'keys a client may offer per SSH connection' },
+  tlsCa: {
+    kind: 'text',
+    env: 'TLS_CA',
+    flag: '--tls-ca',
+    default: null,
+    arg: 'pem',
+    doc: 'CA that https:// peers are verified against (default the system CAs)',
+  },
+  sshPort: {
+    kind: 'text',
+    env: 'SSH_PORT',
+    flag: '--ssh-port',
+    default: null,
+    arg: 'port',
+    doc: 'serve Git over SSH on this port (0: any free port; unset or off: no SSH)',
+  },
+  sshMaxConnectionsPerUser: {
+    kind: 'count',
+    env: 'SSH_MAX_PER_USER',
+    flag: '--ssh-max-per-user',
+    default: 10,
+    min: 1,
+    doc: 'SSH connections one user may hold at once',
+  },
+  sshIdleMs: {
+    kind: 'ms',
+    env: 'SSH_IDLE_TIMEOUT',
+    flag: '--ssh-idle-timeout',
+    default: 60 * SECOND,
+    min: 1,
+    doc: 'close an SSH connection without data this long',
+  },
+  sshSessionMs: {
+    kind: 'ms',
+    env: 'SSH_SESSION_TIMEOUT',
+    flag: '--ssh-session-timeout',
+    default: HOUR,
+    min: 1,
+    doc: 'close any SSH connection after this long',
+  },
+  sshMaxAuthAttempts: {
+    kind: 'count',
+    env: 'SSH_MAX_AUTH_TRIES',
+    flag: '--ssh-max-auth-tries',
+    default: 6,
+    min: 1,
+    doc: 'keys a client may offer per SSH connection',
+  },
   // Timers without a flag: tests shorten them through the environment (chaos/cluster.ts FAST_ENV).
   nodeTtlMs: { kind: 'ms', env: 'NODE_TTL_MS', default: 5 * SECOND, min: 1, doc: 'a node missing heartbeats this long counts as down' },
-  lockTtlMs: { kind: 'ms', env: 'LOCK_TTL_MS', default: 15 * SECOND, min: 1, doc: 'a repo write lock held by a dead node expires after this' },
-  lockWaitMs: { kind: 'ms', env: 'LOCK_WAIT_MS', default: 30 * SECOND, min: 1, doc: 'how long a write waits for a contested repo write lock before 503 busy' },
-  prepareTimeoutMs: { kind: 'ms', env: 'PREPARE_TIMEOUT_MS', default: 2 * MINUTE, min: 1, doc: "how long a coordinator waits for a replica's prepare (pack included)" },
-  commitTimeoutMs: { kind: 'ms', env: 'COMMIT_TIMEOUT_MS', default: 30 * SECOND, min: 1, doc: "how long a coordinator waits for a replica's commit or abort" },
+  lockTtlMs: {
+    kind: 'ms',
+    env: 'LOCK_TTL_MS',
+    default: 15 * SECOND,
+    min: 1,
+    doc: 'a repo write lock held by a dead node expires after this',
+  },
+  lockWaitMs: {
+    kind: 'ms',
+    env: 'LOCK_WAIT_MS',
+    default: 30 * SECOND,
+    min: 1,
+    doc: 'how long a write waits for a contested repo write lock before 503 busy',
+  },
+  prepareTimeoutMs: {
+    kind: 'ms',
+    env: 'PREPARE_TIMEOUT_MS',
+    default: 2 * MINUTE,
+    min: 1,
+    doc: "how long a coordinator waits for a replica's prepare (pack included)",
+  },
+  commitTimeoutMs: {
+    kind: 'ms',
+    env: 'COMMIT_TIMEOUT_MS',
+    default: 30 * SECOND,
+    min: 1,
+    doc: "how long a coordinator waits for a replica's commit or abort",
+  },
   peerTimeoutMs: { kind: 'ms', env: 'PEER_TIMEOUT_MS', default: 30 * SECOND, min: 1, doc: 'default time-out of other peer calls' },
-  commitWaitMs: { kind: 'ms', env: 'COMMIT_WAIT_MS', default: 3 * SECOND, min: 1, doc: "how long a replica one generation behind is taken for a commit on its way: a push waits for its own replica, a read for a first confirmation, repair before it starts" },
-  catchUpMs: { kind: 'ms', env: 'CATCH_UP_MS', default: 10 * SECOND, min: 1, doc: "how long a push waits for this node's replica to be caught up before 'replica catching up'" },
-  resolveAfterMs: { kind: 'ms', env: 'RESOLVE_AFTER_MS', default: 5 * SECOND, min: 1, doc: 'a participant prepared this long asks the store for the decision' },
-  stageTtlMs: { kind: 'ms', env: 'STAGE_TTL_MS', default: 5 * MINUTE, min: 1, doc: 'how long a pack staged ahead of its prepare is kept for it' },
-  gitTimeoutMs: { kind: 'ms', env: 'GIT_TIMEOUT_MS', default: HOUR, min: 1, doc: 'longest a git process of a request, prepare, repair, repack or fsck may run' },
-  repairIntervalMs: { kind: 'ms', env: 'REPAIR_INTERVAL_MS', default: SECOND, min: 0, doc: 'how often the repair pass runs (0: this node repairs nothing)' },
-  verifyIntervalMs: { kind: 'ms', env: 'VERIFY_INTERVAL_MS', default: 5 * MINUTE, min: 0, doc: 'how often in-sync replicas are checksummed (0: never)' },
-  fsckIntervalMs: { kind: 'ms', env: 'FSCK_INTERVAL_MS', default: HOUR, min: 0, doc: 'how often replicas get git fsck --connectivity-only (0: never)' },
+  commitWaitMs: {
+    kind: 'ms',
+    env: 'COMMIT_WAIT_MS',
+    default: 3 * SECOND,
+    min: 1,
+    doc: 'how long a replica one generation behind is taken for a commit on its way: a push waits for its own replica, a read for a first confirmation, repair before it starts',
+  },
+  catchUpMs: {
+    kind: 'ms',
+    env: 'CATCH_UP_MS',
+    default: 10 * SECOND,
+    min: 1,
+    doc: "how long a push waits for this node's replica to be caught up before 'replica catching up'",
+  },
+  resolveAfterMs: {
+    kind: 'ms',
+    env: 'RESOLVE_AFTER_MS',
+    default: 5 * SECOND,
+    min: 1,
+    doc: 'a participant prepared this long asks the store for the decision',
+  },
+  stageTtlMs: {
+    kind: 'ms',
+    env: 'STAGE_TTL_MS',
+    default: 5 * MINUTE,
+    min: 1,
+    doc: 'how long a pack staged ahead of its prepare is kept for it',
+  },
+  gitTimeoutMs: {
+    kind: 'ms',
+    env: 'GIT_TIMEOUT_MS',
+    default: HOUR,
+    min: 1,
+    doc: 'longest a git process of a request, prepare, repair, repack or fsck may run',
+  },
+  repairIntervalMs: {
+    kind: 'ms',
+    env: 'REPAIR_INTERVAL_MS',
+    default: SECOND,
+    min: 0,
+    doc: 'how often the repair pass runs (0: this node repairs nothing)',
+  },
+  verifyIntervalMs: {
+    kind: 'ms',
+    env: 'VERIFY_INTERVAL_MS',
+    default: 5 * MINUTE,
+    min: 0,
+    doc: 'how often in-sync replicas are checksummed (0: never)',
+  },
+  fsckIntervalMs: {
+    kind: 'ms',
+    env: 'FSCK_INTERVAL_MS',
+    default: HOUR,
+    min: 0,
+    doc: 'how often replicas get git fsck --connectivity-only (0: never)',
+  },
   stewardIntervalMs: { kind: 'ms', env: 'STEWARD_INTERVAL_MS', default: 2 * SECOND, min: 1, doc: 'how often the steward checks placement' },
-  repackAfterPacks: { kind: 'count', env: 'REPACK_AFTER_PACKS', default: 20, min: 0, doc: 'an in-sync replica with more packs than this is repacked (0: never)' },
+  repackAfterPacks: {
+    kind: 'count',
+    env: 'REPACK_AFTER_PACKS',
+    default: 20,
+    min: 0,
+    doc: 'an in-sync replica with more packs than this is repacked (0: never)',
+  },
   // For tests: fault injection and protocol versions (upgrade tests run old and new side by side).
-  failpoints: { kind: 'text', env: 'GIT_REPLICATION_FAILPOINTS', default: null, doc: 'fault points, e.g. participant.afterPrepare=crash (an unknown name stops start-up)' },
-  protocol: { kind: 'text', env: 'GIT_REPLICATION_PROTOCOL', default: null, doc: "replication protocol versions this node speaks, N or N-M (default this build's)" },
+  failpoints: {
+    kind: 'text',
+    env: 'GIT_REPLICATION_FAILPOINTS',
+    default: null,
+    doc: 'fault points, e.g. participant.afterPrepare=crash (an unknown name stops start-up)',
+  },
+  protocol: {
+    kind: 'text',
+    env: 'GIT_REPLICATION_PROTOCOL',
+    default: null,
+    doc: "replication protocol versions this node speaks, N or N-M (default this build's)",
+  },
 } as const satisfies Record<string, SettingSpec>;
 
 /** SettingName names a setting. */
 export type SettingName = keyof typeof SETTINGS;
 
 type ValueOf<S extends SettingSpec> = S['kind'] extends 'text'
-  ? (S['default'] extends string ? string : string | undefined)
-  : (S['default'] extends number ? number : number | undefined);
+  ? S['default'] extends string
+    ? string
+    : string | undefined
+  : S['default'] extends number
+    ? number
+    : number | undefined;
 
 /** Settings are the values a node runs with, read and checked once at start. */
 export type Settings = { readonly [K in SettingName]: ValueOf<(typeof SETTINGS)[K]> };
 
 /** Timing is the write path's and the workers' time-outs and waits, handed down from app.ts. */
-export type Timing = Pick<Settings, 'lockWaitMs' | 'prepareTimeoutMs' | 'commitTimeoutMs' | 'peerTimeoutMs' | 'commitWaitMs' | 'catchUpMs' | 'gitTimeoutMs'>;
+export type Timing = Pick<
+  Settings,
+  'lockWaitMs' | 'prepareTimeoutMs' | 'commitTimeoutMs' | 'peerTimeoutMs' | 'commitWaitMs' | 'catchUpMs' | 'gitTimeoutMs'
+>;
 
 /** ConfigError says a setting's value is refused; its message is one line naming the setting. */
 export class ConfigError extends Error {
-  constructor(readonly setting: SettingName, message: string) {
+  constructor(
+    readonly setting: SettingName,
+    message: string,
+  ) {
     super(message);
     this.name = 'ConfigError';
   }
 }
 
 /** DEFAULTS are the settings' defaults (null where unset or derived). */
-export const DEFAULTS = Object.freeze(Object.fromEntries(Object.entries(SETTINGS).map(([k, s]) => [k, s.default]))) as { readonly [K in SettingName]: (typeof SETTINGS)[K]['default'] };
+export const DEFAULTS = Object.freeze(Object.fromEntries(Object.entries(SETTINGS).map(([k, s]) => [k, s.default]))) as {
+  readonly [K in SettingName]: (typeof SETTINGS)[K]['default'];
+};
 
 /** optionKey is the property commander gives a flag's value: `--body-idle-timeout` → `bodyIdleTimeout`. */
 export function optionKey(flag: string): string {
@@ -140,8 +401,10 @@ function parseValue(name: SettingName, text: string): number | string {
     n = Number(text.trim());
   }
   // A size may be huge (a test sets MIN_FREE_DISK=100000000g to simulate a full disk): it is rounded, never fractional.
-  if (spec.kind === 'bytes' ? !Number.isFinite(n) : !Number.isSafeInteger(n)) throw bad(`must be a whole number of ${spec.kind === 'ms' ? 'milliseconds' : spec.kind === 'bytes' ? 'bytes' : 'units'}`);
-  if (spec.min !== undefined && n < spec.min) throw bad(`must be at least ${spec.min}${spec.kind === 'ms' ? ' ms' : spec.kind === 'bytes' ? ' bytes' : ''}`);
+  if (spec.kind === 'bytes' ? !Number.isFinite(n) : !Number.isSafeInteger(n))
+    throw bad(`must be a whole number of ${spec.kind === 'ms' ? 'milliseconds' : spec.kind === 'bytes' ? 'bytes' : 'units'}`);
+  if (spec.min !== undefined && n < spec.min)
+    throw bad(`must be at least ${spec.min}${spec.kind === 'ms' ? ' ms' : spec.kind === 'bytes' ? ' bytes' : ''}`);
   return n;
 }
 
@@ -168,7 +431,20 @@ export function describeDefault(name: SettingName): string {
   const d = spec.default;
   if (d === null) return '';
   if (typeof d === 'string' || spec.kind === 'count') return String(d);
-  const units: Array<[string, number]> = spec.kind === 'ms' ? [['h', HOUR], ['m', MINUTE], ['s', SECOND], ['ms', 1]] : [['g', 1024 * MIB], ['m', MIB], ['k', 1024], ['', 1]];
+  const units: Array<[string, number]> =
+    spec.kind === 'ms'
+      ? [
+          ['h', HOUR],
+          ['m', MINUTE],
+          ['s', SECOND],
+          ['ms', 1],
+        ]
+      : [
+          ['g', 1024 * MIB],
+          ['m', MIB],
+          ['k', 1024],
+          ['', 1],
+        ];
   const [unit, size] = units.find(([, u]) => d % u === 0) ?? ['', 1];
   return `${d / size}${unit}`;
 }

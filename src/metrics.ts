@@ -35,40 +35,180 @@ const LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 export class Metrics {
   readonly registry = new Registry();
   private gauges: NodeGauges | null = null;
-  readonly gitRequests = new Counter({ name: 'gitrep_git_requests_total', help: 'smart-HTTP requests by service and outcome', labelNames: ['service', 'outcome'] as const, registers: [this.registry] });
-  readonly gitSeconds = new Histogram({ name: 'gitrep_git_request_seconds', help: 'smart-HTTP request duration', labelNames: ['service'] as const, buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers: [this.registry] });
-  readonly gitOperationSeconds = new Histogram({ name: 'gitrep_git_operation_seconds', help: 'push (receive-pack) and fetch or clone (upload-pack) duration, ref advertisement excluded, by HTTP outcome', labelNames: ['operation', 'outcome'] as const, buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers: [this.registry] });
-  readonly gitBytes = new Counter({ name: 'gitrep_git_bytes_total', help: 'smart-HTTP bytes git received (request bodies, decompressed) and sent, by service', labelNames: ['service', 'direction'] as const, registers: [this.registry] });
-  readonly txns = new Counter({ name: 'gitrep_txns_total', help: 'replicated transactions by kind and outcome', labelNames: ['kind', 'outcome'] as const, registers: [this.registry] });
-  readonly prepareSeconds = new Histogram({ name: 'gitrep_prepare_seconds', help: 'prepare latency per participant', labelNames: ['peer'] as const, buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30], registers: [this.registry] });
-  readonly commitSeconds = new Histogram({ name: 'gitrep_commit_seconds', help: 'commit latency per prepared participant, from the decision to its confirmation', labelNames: ['peer'] as const, buckets: LATENCY, registers: [this.registry] });
-  readonly quorumFailures = new Counter({ name: 'gitrep_quorum_failures_total', help: 'writes refused for lack of a write quorum', registers: [this.registry] });
-  readonly packsShipped = new Counter({ name: 'gitrep_packs_shipped_total', help: "push packs sent to peer replicas, by how: staged ahead of the prepare, with the prepare, or again with the prepare after a staged copy was lost", labelNames: ['how'] as const, registers: [this.registry] });
-  readonly staleMarked = new Counter({ name: 'gitrep_replicas_marked_stale_total', help: 'replicas marked stale after missing a committed write', registers: [this.registry] });
-  readonly proxied = new Counter({ name: 'gitrep_proxied_requests_total', help: 'requests proxied to an in-sync peer', labelNames: ['service'] as const, registers: [this.registry] });
-  readonly gitProcesses = new Gauge({ name: 'gitrep_git_processes', help: 'git processes serving clients now', registers: [this.registry], collect: () => this.readGauge((g) => this.gitProcesses.set(g.gitProcesses())) });
+  readonly gitRequests = new Counter({
+    name: 'gitrep_git_requests_total',
+    help: 'smart-HTTP requests by service and outcome',
+    labelNames: ['service', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly gitSeconds = new Histogram({
+    name: 'gitrep_git_request_seconds',
+    help: 'smart-HTTP request duration',
+    labelNames: ['service'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly gitOperationSeconds = new Histogram({
+    name: 'gitrep_git_operation_seconds',
+    help: 'push (receive-pack) and fetch or clone (upload-pack) duration, ref advertisement excluded, by HTTP outcome',
+    labelNames: ['operation', 'outcome'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+  readonly gitBytes = new Counter({
+    name: 'gitrep_git_bytes_total',
+    help: 'smart-HTTP bytes git received (request bodies, decompressed) and sent, by service',
+    labelNames: ['service', 'direction'] as const,
+    registers: [this.registry],
+  });
+  readonly txns = new Counter({
+    name: 'gitrep_txns_total',
+    help: 'replicated transactions by kind and outcome',
+    labelNames: ['kind', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly prepareSeconds = new Histogram({
+    name: 'gitrep_prepare_seconds',
+    help: 'prepare latency per participant',
+    labelNames: ['peer'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30],
+    registers: [this.registry],
+  });
+  readonly commitSeconds = new Histogram({
+    name: 'gitrep_commit_seconds',
+    help: 'commit latency per prepared participant, from the decision to its confirmation',
+    labelNames: ['peer'] as const,
+    buckets: LATENCY,
+    registers: [this.registry],
+  });
+  readonly quorumFailures = new Counter({
+    name: 'gitrep_quorum_failures_total',
+    help: 'writes refused for lack of a write quorum',
+    registers: [this.registry],
+  });
+  readonly packsShipped = new Counter({
+    name: 'gitrep_packs_shipped_total',
+    help: 'push packs sent to peer replicas, by how: staged ahead of the prepare, with the prepare, or again with the prepare after a staged copy was lost',
+    labelNames: ['how'] as const,
+    registers: [this.registry],
+  });
+  readonly staleMarked = new Counter({
+    name: 'gitrep_replicas_marked_stale_total',
+    help: 'replicas marked stale after missing a committed write',
+    registers: [this.registry],
+  });
+  readonly proxied = new Counter({
+    name: 'gitrep_proxied_requests_total',
+    help: 'requests proxied to an in-sync peer',
+    labelNames: ['service'] as const,
+    registers: [this.registry],
+  });
+  readonly gitProcesses = new Gauge({
+    name: 'gitrep_git_processes',
+    help: 'git processes serving clients now',
+    registers: [this.registry],
+    collect: () => this.readGauge((g) => this.gitProcesses.set(g.gitProcesses())),
+  });
   readonly staleReplicas = new Gauge({ name: 'gitrep_stale_replicas', help: 'local replicas not in sync', registers: [this.registry] });
-  readonly repairingReplicas = new Gauge({ name: 'gitrep_repairing_replicas', help: 'local replicas being repaired now', registers: [this.registry], collect: () => this.readGauge((g) => this.repairingReplicas.set(g.repairing())) });
-  readonly replicaLag = new Gauge({ name: 'gitrep_replica_lag_generations', help: 'largest number of generations a local replica is behind its repo (at the last repair pass)', registers: [this.registry] });
-  readonly repairs = new Counter({ name: 'gitrep_repairs_total', help: 'replica repairs by outcome', labelNames: ['outcome'] as const, registers: [this.registry] });
-  readonly repacks = new Counter({ name: 'gitrep_repacks_total', help: 'replica pack roll-ups (git repack --geometric=2)', registers: [this.registry] });
-  readonly repairSeconds = new Histogram({ name: 'gitrep_repair_seconds', help: 'replica repair duration', buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300], registers: [this.registry] });
+  readonly repairingReplicas = new Gauge({
+    name: 'gitrep_repairing_replicas',
+    help: 'local replicas being repaired now',
+    registers: [this.registry],
+    collect: () => this.readGauge((g) => this.repairingReplicas.set(g.repairing())),
+  });
+  readonly replicaLag = new Gauge({
+    name: 'gitrep_replica_lag_generations',
+    help: 'largest number of generations a local replica is behind its repo (at the last repair pass)',
+    registers: [this.registry],
+  });
+  readonly repairs = new Counter({
+    name: 'gitrep_repairs_total',
+    help: 'replica repairs by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly repacks = new Counter({
+    name: 'gitrep_repacks_total',
+    help: 'replica pack roll-ups (git repack --geometric=2)',
+    registers: [this.registry],
+  });
+  readonly repairSeconds = new Histogram({
+    name: 'gitrep_repair_seconds',
+    help: 'replica repair duration',
+    buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
   readonly repairQueue = new Gauge({ name: 'gitrep_repair_queue', help: 'local replicas waiting for repair', registers: [this.registry] });
-  readonly verifierMismatches = new Counter({ name: 'gitrep_verifier_mismatches_total', help: 'in-sync replicas the verifier found differing from the store (stale: refs; missing: objects or incarnation)', labelNames: ['kind'] as const, registers: [this.registry] });
-  readonly authSeconds = new Histogram({ name: 'gitrep_auth_seconds', help: 'time spent deciding a request\'s authentication and authorisation', labelNames: ['kind'] as const, buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05], registers: [this.registry] });
-  readonly storeTxnRecords = new Gauge({ name: 'gitrep_store_txn_records', help: 'transaction records in the coordination store (pruned past the retention)', registers: [this.registry] });
-  readonly storeSeconds = new Histogram({ name: 'gitrep_store_heartbeat_seconds', help: 'coordination store latency: one heartbeat (renew the node lease, read every node)', buckets: LATENCY, registers: [this.registry] });
-  readonly storeOps = new Counter({ name: 'gitrep_store_operations_total', help: 'calls this node made to the coordination store, by operation (ClusterStore method)', labelNames: ['op'] as const, registers: [this.registry] });
-  readonly storeErrors = new Counter({ name: 'gitrep_store_errors_total', help: 'heartbeats the coordination store failed', registers: [this.registry] });
-  readonly storeUp = new Gauge({ name: 'gitrep_store_up', help: '1 when the last heartbeat reached the coordination store, else 0', registers: [this.registry] });
-  readonly leaseAge = new Gauge({ name: 'gitrep_node_lease_age_seconds', help: 'time since this node last renewed its registration lease in the store', registers: [this.registry], collect: () => this.readGauge((g) => this.leaseAge.set(g.leaseAgeSeconds() ?? Number.NaN)) });
-  readonly clusterNodes = new Gauge({ name: 'gitrep_cluster_nodes', help: 'registered nodes by state (live, down) as this node sees them', labelNames: ['state'] as const, registers: [this.registry], collect: () => this.readGauge((g) => {
-    const n = g.nodes();
-    this.clusterNodes.set({ state: 'live' }, n.live);
-    this.clusterNodes.set({ state: 'down' }, n.down);
-  }) });
-  readonly diskFree = new Gauge({ name: 'gitrep_data_dir_free_bytes', help: 'bytes available to the node on the data dir\'s file system', registers: [this.registry], collect: () => this.readDisk((s) => this.diskFree.set(s.bavail * s.bsize)) });
-  readonly diskSize = new Gauge({ name: 'gitrep_data_dir_size_bytes', help: 'size of the data dir\'s file system in bytes', registers: [this.registry], collect: () => this.readDisk((s) => this.diskSize.set(s.blocks * s.bsize)) });
+  readonly verifierMismatches = new Counter({
+    name: 'gitrep_verifier_mismatches_total',
+    help: 'in-sync replicas the verifier found differing from the store (stale: refs; missing: objects or incarnation)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly authSeconds = new Histogram({
+    name: 'gitrep_auth_seconds',
+    help: "time spent deciding a request's authentication and authorisation",
+    labelNames: ['kind'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+    registers: [this.registry],
+  });
+  readonly storeTxnRecords = new Gauge({
+    name: 'gitrep_store_txn_records',
+    help: 'transaction records in the coordination store (pruned past the retention)',
+    registers: [this.registry],
+  });
+  readonly storeSeconds = new Histogram({
+    name: 'gitrep_store_heartbeat_seconds',
+    help: 'coordination store latency: one heartbeat (renew the node lease, read every node)',
+    buckets: LATENCY,
+    registers: [this.registry],
+  });
+  readonly storeOps = new Counter({
+    name: 'gitrep_store_operations_total',
+    help: 'calls this node made to the coordination store, by operation (ClusterStore method)',
+    labelNames: ['op'] as const,
+    registers: [this.registry],
+  });
+  readonly storeErrors = new Counter({
+    name: 'gitrep_store_errors_total',
+    help: 'heartbeats the coordination store failed',
+    registers: [this.registry],
+  });
+  readonly storeUp = new Gauge({
+    name: 'gitrep_store_up',
+    help: '1 when the last heartbeat reached the coordination store, else 0',
+    registers: [this.registry],
+  });
+  readonly leaseAge = new Gauge({
+    name: 'gitrep_node_lease_age_seconds',
+    help: 'time since this node last renewed its registration lease in the store',
+    registers: [this.registry],
+    collect: () => this.readGauge((g) => this.leaseAge.set(g.leaseAgeSeconds() ?? Number.NaN)),
+  });
+  readonly clusterNodes = new Gauge({
+    name: 'gitrep_cluster_nodes',
+    help: 'registered nodes by state (live, down) as this node sees them',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+    collect: () =>
+      this.readGauge((g) => {
+        const n = g.nodes();
+        this.clusterNodes.set({ state: 'live' }, n.live);
+        this.clusterNodes.set({ state: 'down' }, n.down);
+      }),
+  });
+  readonly diskFree = new Gauge({
+    name: 'gitrep_data_dir_free_bytes',
+    help: "bytes available to the node on the data dir's file system",
+    registers: [this.registry],
+    collect: () => this.readDisk((s) => this.diskFree.set(s.bavail * s.bsize)),
+  });
+  readonly diskSize = new Gauge({
+    name: 'gitrep_data_dir_size_bytes',
+    help: "size of the data dir's file system in bytes",
+    registers: [this.registry],
+    collect: () => this.readDisk((s) => this.diskSize.set(s.blocks * s.bsize)),
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'gitrep_' });
@@ -88,7 +228,8 @@ export class Metrics {
     this.gitSeconds.observe({ service }, seconds);
     this.gitBytes.inc({ service, direction: 'in' }, bytes.in);
     this.gitBytes.inc({ service, direction: 'out' }, bytes.out);
-    if (!advertisement) this.gitOperationSeconds.observe({ operation: service === 'git-receive-pack' ? 'push' : 'fetch', outcome }, seconds);
+    if (!advertisement)
+      this.gitOperationSeconds.observe({ operation: service === 'git-receive-pack' ? 'push' : 'fetch', outcome }, seconds);
   }
 
   /** observeHeartbeat records one heartbeat's store latency and whether it failed. */

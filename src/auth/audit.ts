@@ -4,7 +4,23 @@ import type { ClusterStore } from '../store/types.js';
 
 /** AuditEvent is one recorded action: who (user, token name) did what to which repository. */
 export interface AuditEvent {
-  readonly action: 'push' | 'repo.create' | 'repo.delete' | 'repo.visibility' | 'repo.default_branch' | 'repo.grant' | 'token.create' | 'token.revoke' | 'user.add' | 'user.disable' | 'user.enable' | 'org.create' | 'org.member' | 'ssh-key.add' | 'ssh-key.remove' | 'admin.import';
+  readonly action:
+    | 'push'
+    | 'repo.create'
+    | 'repo.delete'
+    | 'repo.visibility'
+    | 'repo.default_branch'
+    | 'repo.grant'
+    | 'token.create'
+    | 'token.revoke'
+    | 'user.add'
+    | 'user.disable'
+    | 'user.enable'
+    | 'org.create'
+    | 'org.member'
+    | 'ssh-key.add'
+    | 'ssh-key.remove'
+    | 'admin.import';
   readonly user: string;
   readonly token: string;
   readonly repo?: string;
@@ -25,14 +41,19 @@ const PREFIX = 'audit/';
 export class AuditLog {
   private writes = 0;
 
-  constructor(private readonly store: ClusterStore, private readonly logger: Logger, private readonly nodeId: string) {}
+  constructor(
+    private readonly store: ClusterStore,
+    private readonly logger: Logger,
+    private readonly nodeId: string,
+  ) {}
 
   /** record logs an event and stores it in the background. */
   record(event: AuditEvent): void {
     const at = new Date().toISOString();
     this.logger.info({ audit: true, ...event, at }, `audit: ${event.action}`);
     const key = `${PREFIX}${at}-${randomBytes(4).toString('hex')}`;
-    void this.store.setMeta(key, JSON.stringify({ ...event, at, node: this.nodeId }))
+    void this.store
+      .setMeta(key, JSON.stringify({ ...event, at, node: this.nodeId }))
       .then(() => (++this.writes % 50 === 0 ? this.prune() : undefined))
       .catch((err: unknown) => this.logger.warn({ err: String(err), action: event.action }, 'audit event not stored'));
   }
@@ -40,7 +61,10 @@ export class AuditLog {
   /** recent returns the newest `limit` events, newest first. */
   async recent(limit: number): Promise<Array<AuditEvent & { at: string; node: string }>> {
     const all = await this.store.listMeta(PREFIX);
-    return all.slice(-limit).reverse().map((m) => JSON.parse(m.value) as AuditEvent & { at: string; node: string });
+    return all
+      .slice(-limit)
+      .reverse()
+      .map((m) => JSON.parse(m.value) as AuditEvent & { at: string; node: string });
   }
 
   private async prune(): Promise<void> {

@@ -8,7 +8,13 @@ import { decide, lower, repoRole, type Decision, type Principal, type Role } fro
  * the credential's scope, turned into a Decision for `need`. `principal` null is an anonymous
  * caller; `scope` null is no cap (an SSH key acts with its user's full role).
  */
-export async function authorizeRepo(directory: Directory, principal: Principal | null, scope: Role | null, repoId: RepoId, need: Role): Promise<Decision> {
+export async function authorizeRepo(
+  directory: Directory,
+  principal: Principal | null,
+  scope: Role | null,
+  repoId: RepoId,
+  need: Role,
+): Promise<Decision> {
   // A cluster admin (uncapped, or with an admin scope) may do everything: the repo's policy
   // (and so the store) need not be read, which keeps reads working through a store outage.
   if (principal?.admin && (scope === null || scope === 'admin')) return 'allow';

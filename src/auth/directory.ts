@@ -57,15 +57,18 @@ export class Directory {
   private cached<T>(key: string, load: () => Promise<T>): Promise<T> {
     const hit = this.cache.get(key);
     if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) return hit.value as Promise<T>;
-    const value = load().then((v) => {
-      this.lastGood.set(key, v);
-      if (this.lastGood.size > 10_000) this.lastGood.clear();
-      return v;
-    }, (err: unknown) => {
-      this.cache.delete(key);
-      if (err instanceof StoreUnavailableError && this.lastGood.has(key)) return this.lastGood.get(key) as T;
-      throw err;
-    });
+    const value = load().then(
+      (v) => {
+        this.lastGood.set(key, v);
+        if (this.lastGood.size > 10_000) this.lastGood.clear();
+        return v;
+      },
+      (err: unknown) => {
+        this.cache.delete(key);
+        if (err instanceof StoreUnavailableError && this.lastGood.has(key)) return this.lastGood.get(key) as T;
+        throw err;
+      },
+    );
     this.cache.set(key, { at: Date.now(), value });
     if (this.cache.size > 10_000) this.cache.clear();
     return value;
@@ -101,7 +104,10 @@ export class Directory {
   /** policy reads what the rules need of a repository. */
   async policy(repoId: RepoId): Promise<RepoPolicy> {
     return this.cached(`repo:${repoId}`, async () => {
-      const [visibility, grants] = await Promise.all([this.store.getMeta(`visibility/${repoId}`), this.store.listMeta(`grants/${repoId}/`)]);
+      const [visibility, grants] = await Promise.all([
+        this.store.getMeta(`visibility/${repoId}`),
+        this.store.listMeta(`grants/${repoId}/`),
+      ]);
       const prefix = `grants/${repoId}/`;
       return {
         owner: repoId.split('/')[0] ?? '',
@@ -117,7 +123,9 @@ export class Directory {
    * 10,000 cost 10,000 reads.
    */
   async policies(): Promise<(repoId: string) => RepoPolicy> {
-    const [vis, grants] = await this.cached('all-policies', () => Promise.all([this.store.listMeta('visibility/'), this.store.listMeta('grants/')]));
+    const [vis, grants] = await this.cached('all-policies', () =>
+      Promise.all([this.store.listMeta('visibility/'), this.store.listMeta('grants/')]),
+    );
     const publicRepos = new Set(vis.filter((v) => v.value === 'public').map((v) => v.key.slice('visibility/'.length)));
     const byRepo = new Map<string, Map<string, Role>>();
     for (const g of grants) {
@@ -128,7 +136,11 @@ export class Directory {
       if (!byRepo.has(repo)) byRepo.set(repo, new Map());
       byRepo.get(repo)!.set(rest.slice(cut + 1), g.value as Role);
     }
-    return (repoId) => ({ owner: repoId.split('/')[0] ?? '', visibility: publicRepos.has(repoId) ? 'public' : 'private', grants: byRepo.get(repoId) ?? new Map() });
+    return (repoId) => ({
+      owner: repoId.split('/')[0] ?? '',
+      visibility: publicRepos.has(repoId) ? 'public' : 'private',
+      grants: byRepo.get(repoId) ?? new Map(),
+    });
   }
 
   /** orgExists says whether an organisation of this name exists. */
@@ -154,7 +166,10 @@ export class Directory {
 
   /** ensureAdminUser records the built-in admin (idempotent). */
   async ensureAdminUser(): Promise<void> {
-    await this.store.setMetaIfAbsent(`users/${ADMIN_USER}`, JSON.stringify({ name: ADMIN_USER, admin: true, disabled: false, createdAt: new Date().toISOString() } satisfies User));
+    await this.store.setMetaIfAbsent(
+      `users/${ADMIN_USER}`,
+      JSON.stringify({ name: ADMIN_USER, admin: true, disabled: false, createdAt: new Date().toISOString() } satisfies User),
+    );
   }
 
   /** listUsers lists every user. */
@@ -206,7 +221,8 @@ export class Directory {
   /** keepAnOwner refuses (409) to remove or demote an organisation's last owner. */
   private async keepAnOwner(org: string, leaving: string): Promise<void> {
     const owners = (await this.members(org)).filter((m) => m.role === 'owner').map((m) => m.user);
-    if (owners.length === 1 && owners[0] === leaving) throw conflict(`${leaving} is the last owner of ${org}: make another member an owner first`);
+    if (owners.length === 1 && owners[0] === leaving)
+      throw conflict(`${leaving} is the last owner of ${org}: make another member an owner first`);
   }
 
   /** members lists an organisation's members with their roles. */

@@ -1,5 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { bodyDigest, NO_BODY, PeerVerifier, signHop, signPeerRequest, signSshHop, verifyHop, verifySshHop, type SignedCall } from './peer-signature.js';
+import {
+  bodyDigest,
+  NO_BODY,
+  PeerVerifier,
+  signHop,
+  signPeerRequest,
+  signSshHop,
+  verifyHop,
+  verifySshHop,
+  type SignedCall,
+} from './peer-signature.js';
 
 const self = { nodeId: 'node-2', epoch: '2026-12-01T00:00:00.000Z', isMember: (id: string) => Promise.resolve(id.startsWith('node-')) };
 const call: SignedCall = { method: 'POST', path: '/replicate/commit', contentLength: 42, digest: bodyDigest('{"a":1}') };

@@ -47,11 +47,28 @@ export interface SignedCall {
  * would force buffering it): the prepare's JSON header names the pack's own trailer hash, which
  * index-pack checks (SECURITY.md).
  */
-export function signPeerRequest(secret: string, callerId: string, target: Pick<PeerTarget, 'id' | 'epoch'>, call: SignedCall, now = Date.now()): string {
+export function signPeerRequest(
+  secret: string,
+  callerId: string,
+  target: Pick<PeerTarget, 'id' | 'epoch'>,
+  call: SignedCall,
+  now = Date.now(),
+): string {
   const nonce = randomBytes(12).toString('hex');
   const ts = String(now);
   const len = call.contentLength === null ? '-' : String(call.contentLength);
-  const sig = mac(secret, ['peer-v2', call.method.toUpperCase(), call.path, ts, nonce, len, call.digest, callerId, target.id, target.epoch]);
+  const sig = mac(secret, [
+    'peer-v2',
+    call.method.toUpperCase(),
+    call.path,
+    ts,
+    nonce,
+    len,
+    call.digest,
+    callerId,
+    target.id,
+    target.epoch,
+  ]);
   return `${callerId}:${ts}:${nonce}:${call.digest}:${sig}`;
 }
 
@@ -78,10 +95,19 @@ export interface VerifierIdentity {
 export class PeerVerifier {
   private readonly seen = new Map<string, number>();
 
-  constructor(private readonly secret: () => string, private readonly self: VerifierIdentity) {}
+  constructor(
+    private readonly secret: () => string,
+    private readonly self: VerifierIdentity,
+  ) {}
 
   /** verify returns the calling node id and signed digest, or a reason the call is refused. */
-  async verify(header: string | undefined, method: string, path: string, contentLength: number | null, now = Date.now()): Promise<Verified | { ok: false; reason: string }> {
+  async verify(
+    header: string | undefined,
+    method: string,
+    path: string,
+    contentLength: number | null,
+    now = Date.now(),
+  ): Promise<Verified | { ok: false; reason: string }> {
     if (!header) return { ok: false, reason: 'missing peer signature' };
     // The caller's id is everything before the last four fields (an id may contain ':').
     const parts = header.split(':');
@@ -91,7 +117,10 @@ export class PeerVerifier {
     const t = Number(ts);
     if (!/^\d{1,15}$/.test(ts) || Math.abs(now - t) > MAX_SKEW_MS) return { ok: false, reason: 'peer signature expired' };
     const len = contentLength === null ? '-' : String(contentLength);
-    const expected = Buffer.from(mac(this.secret(), ['peer-v2', method.toUpperCase(), path, ts, nonce, len, digest, nodeId, this.self.nodeId, this.self.epoch]), 'hex');
+    const expected = Buffer.from(
+      mac(this.secret(), ['peer-v2', method.toUpperCase(), path, ts, nonce, len, digest, nodeId, this.self.nodeId, this.self.epoch]),
+      'hex',
+    );
     const given = Buffer.from(sig, 'hex');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'bad peer signature' };
     if (this.seen.has(nonce)) return { ok: false, reason: 'replayed peer request' };

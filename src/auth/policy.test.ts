@@ -1,8 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { canCreateIn, decide, lower, repoRole, type OrgRole, type Principal, type RepoPolicy, type Role } from './policy.js';
 
-const user = (name: string, orgs: Record<string, OrgRole> = {}, admin = false): Principal => ({ user: name, admin, orgs: new Map(Object.entries(orgs)) });
-const repo = (owner: string, visibility: 'public' | 'private', grants: Record<string, Role> = {}): RepoPolicy => ({ owner, visibility, grants: new Map(Object.entries(grants)) });
+const user = (name: string, orgs: Record<string, OrgRole> = {}, admin = false): Principal => ({
+  user: name,
+  admin,
+  orgs: new Map(Object.entries(orgs)),
+});
+const repo = (owner: string, visibility: 'public' | 'private', grants: Record<string, Role> = {}): RepoPolicy => ({
+  owner,
+  visibility,
+  grants: new Map(Object.entries(grants)),
+});
 
 describe('repoRole', () => {
   const priv = repo('acme', 'private', { 'user:bob': 'write', 'org:friends': 'read' });
@@ -16,7 +24,7 @@ describe('repoRole', () => {
     ['a member of the owning org', user('erin', { acme: 'member' }), priv, 'read'],
     ['a member of the owning org with a write grant', user('bob', { acme: 'member' }), priv, 'write'],
     ['a user grant', user('bob'), priv, 'write'],
-    ['a grant to one of the user\'s orgs', user('fred', { friends: 'member' }), priv, 'read'],
+    ["a grant to one of the user's orgs", user('fred', { friends: 'member' }), priv, 'read'],
     ['a stranger, private', user('mallory'), priv, null],
     ['a stranger, public', user('mallory'), pub, 'read'],
     ['a grant above public read', user('carol'), pub, 'admin'],

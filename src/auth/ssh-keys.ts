@@ -44,7 +44,11 @@ export function fingerprintOf(id: string): string {
 
 /** normalizeKeyId accepts an id or an OpenSSH fingerprint (`SHA256:…`) and returns the id. */
 export function normalizeKeyId(value: string): string {
-  return value.replace(/^SHA256:/, '').replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  return value
+    .replace(/^SHA256:/, '')
+    .replace(/\+/g, '-')
+    .replace(/\//g, '_')
+    .replace(/=+$/, '');
 }
 
 /**
@@ -56,7 +60,8 @@ export function parsePublicKey(text: string): { parsed: ParsedKey; type: string;
   const parsed = utils.parseKey(text.trim());
   if (parsed instanceof Error) throw badRequest(`not an SSH public key: ${parsed.message}`);
   if (parsed.isPrivateKey()) throw badRequest('that is a private key: register the public key (the .pub file)');
-  if (!ACCEPTED.has(parsed.type)) throw badRequest(`key type ${parsed.type} is not accepted: use ed25519, ECDSA or RSA (>= ${MIN_RSA_BITS} bits)`);
+  if (!ACCEPTED.has(parsed.type))
+    throw badRequest(`key type ${parsed.type} is not accepted: use ed25519, ECDSA or RSA (>= ${MIN_RSA_BITS} bits)`);
   if (parsed.type === 'ssh-rsa') {
     const bits = createPublicKey(parsed.getPublicPEM()).asymmetricKeyDetails?.modulusLength ?? 0;
     if (bits < MIN_RSA_BITS) throw badRequest(`RSA key of ${bits} bits is too short: at least ${MIN_RSA_BITS} bits`);
@@ -81,7 +86,10 @@ export interface SshKeyOwner {
 export class SshKeys {
   private readonly cache = new Map<string, { at: number; record: SshKeyRecord | null }>();
 
-  constructor(private readonly store: ClusterStore, private readonly directory: Directory) {}
+  constructor(
+    private readonly store: ClusterStore,
+    private readonly directory: Directory,
+  ) {}
 
   /** add registers a key for a user (404 for an unknown user, 409 if the key is registered). */
   async add(user: string, name: string, text: string): Promise<SshKeyView> {
@@ -91,7 +99,9 @@ export class SshKeys {
     const stored = await this.store.setMetaIfAbsent(`${PREFIX}${k.id}`, JSON.stringify(record));
     if (stored !== JSON.stringify(record)) {
       const holder = JSON.parse(stored) as SshKeyRecord;
-      throw conflict(holder.user === user ? `this key is registered already (as '${holder.name}')` : 'this key is registered to another user');
+      throw conflict(
+        holder.user === user ? `this key is registered already (as '${holder.name}')` : 'this key is registered to another user',
+      );
     }
     this.cache.delete(k.id);
     return { ...record, id: k.id, fingerprint: fingerprintOf(k.id) };

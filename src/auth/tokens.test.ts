@@ -28,7 +28,8 @@ describe('Authenticator', () => {
   const good = 'grt_good';
   // A token made before users existed: a name and a cluster role, no user.
   const store = {
-    getMeta: (key: string) => Promise.resolve(key === `tokens/${hashToken(good)}` ? JSON.stringify({ name: 'ci', role: 'write', createdAt: '' }) : null),
+    getMeta: (key: string) =>
+      Promise.resolve(key === `tokens/${hashToken(good)}` ? JSON.stringify({ name: 'ci', role: 'write', createdAt: '' }) : null),
     listMeta: () => Promise.resolve([]),
     setMeta: () => Promise.resolve(),
   } as unknown as ClusterStore;
@@ -37,15 +38,23 @@ describe('Authenticator', () => {
   it('keeps its cache bounded under a flood of random tokens', async () => {
     const auth = new Authenticator(store, 'tokens', directory);
     // From many addresses, so the per-address limit on failures does not stop the flood first.
-    for (let i = 0; i < 10_000; i++) await expect(auth.require(`Bearer grt_random_${i}`, 'read', `10.0.${i >> 8}.${i & 255}`)).rejects.toMatchObject({ statusCode: 401 });
+    for (let i = 0; i < 10_000; i++)
+      await expect(auth.require(`Bearer grt_random_${i}`, 'read', `10.0.${i >> 8}.${i & 255}`)).rejects.toMatchObject({ statusCode: 401 });
     expect(auth.cachedCount).toBeLessThanOrEqual(4_096);
-    await expect(auth.require(`Bearer ${good}`, 'write')).resolves.toMatchObject({ token: { name: 'ci', user: 'admin', scope: 'write' }, principal: { user: 'admin', admin: true } });
+    await expect(auth.require(`Bearer ${good}`, 'write')).resolves.toMatchObject({
+      token: { name: 'ci', user: 'admin', scope: 'write' },
+      principal: { user: 'admin', admin: true },
+    });
   });
 
   it('answers 429 with Retry-After to an address past 20 failures a minute, and only to it', async () => {
     const auth = new Authenticator(store, 'tokens', directory);
-    for (let i = 0; i < 20; i++) await expect(auth.identify(`Bearer grt_guess_${i}`, '10.9.9.9')).rejects.toMatchObject({ statusCode: 401 });
-    const limited = await auth.identify(`Bearer ${good}`, '10.9.9.9').then(() => null, (e: unknown) => e as { statusCode: number; data: { retryAfter?: unknown } });
+    for (let i = 0; i < 20; i++)
+      await expect(auth.identify(`Bearer grt_guess_${i}`, '10.9.9.9')).rejects.toMatchObject({ statusCode: 401 });
+    const limited = await auth.identify(`Bearer ${good}`, '10.9.9.9').then(
+      () => null,
+      (e: unknown) => e as { statusCode: number; data: { retryAfter?: unknown } },
+    );
     expect(limited?.statusCode).toBe(429);
     expect(typeof limited?.data.retryAfter).toBe('number');
     await expect(auth.identify(`Bearer ${good}`, '10.9.9.10')).resolves.toMatchObject({ token: { name: 'ci' } });
@@ -61,9 +70,20 @@ describe('Authenticator', () => {
 
 describe('readTokenInfo (migration of cluster-role tokens)', () => {
   it('reads a token of before users as the built-in admin user with its role as scope', () => {
-    expect(readTokenInfo(JSON.stringify({ name: 'ci', role: 'read', createdAt: 'x' }))).toEqual({ name: 'ci', user: 'admin', scope: 'read', createdAt: 'x' });
+    expect(readTokenInfo(JSON.stringify({ name: 'ci', role: 'read', createdAt: 'x' }))).toEqual({
+      name: 'ci',
+      user: 'admin',
+      scope: 'read',
+      createdAt: 'x',
+    });
   });
   it('reads a user token as it is', () => {
-    expect(readTokenInfo(JSON.stringify({ name: 'ci', user: 'alice', scope: 'write', createdAt: 'x', expiresAt: 'y' }))).toEqual({ name: 'ci', user: 'alice', scope: 'write', createdAt: 'x', expiresAt: 'y' });
+    expect(readTokenInfo(JSON.stringify({ name: 'ci', user: 'alice', scope: 'write', createdAt: 'x', expiresAt: 'y' }))).toEqual({
+      name: 'ci',
+      user: 'alice',
+      scope: 'write',
+      createdAt: 'x',
+      expiresAt: 'y',
+    });
   });
 });

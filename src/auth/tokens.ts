@@ -71,7 +71,13 @@ export function newToken(): string {
 /** readTokenInfo reads a stored token, migrating one made before users existed. */
 export function readTokenInfo(raw: string): TokenInfo {
   const t = JSON.parse(raw) as Partial<TokenInfo> & { role?: Role };
-  return { name: t.name ?? 'unnamed', user: t.user ?? ADMIN_USER, scope: t.scope ?? t.role ?? 'read', createdAt: t.createdAt ?? '', ...(t.expiresAt ? { expiresAt: t.expiresAt } : {}) };
+  return {
+    name: t.name ?? 'unnamed',
+    user: t.user ?? ADMIN_USER,
+    scope: t.scope ?? t.role ?? 'read',
+    createdAt: t.createdAt ?? '',
+    ...(t.expiresAt ? { expiresAt: t.expiresAt } : {}),
+  };
 }
 
 /** MAX_TOKEN_LENGTH bounds what is hashed and looked up; real tokens are 36 characters. */
@@ -114,7 +120,11 @@ export class Authenticator {
   private readonly failures = new Map<string, { count: number; since: number }>();
   private readonly usedWritten = new Map<string, number>();
 
-  constructor(private readonly store: ClusterStore, readonly mode: 'open' | 'tokens', private readonly directory: Directory) {}
+  constructor(
+    private readonly store: ClusterStore,
+    readonly mode: 'open' | 'tokens',
+    private readonly directory: Directory,
+  ) {}
 
   /** cachedCount is how many look-ups the cache holds (bounded by CACHE_ENTRIES). */
   get cachedCount(): number {
@@ -146,7 +156,8 @@ export class Authenticator {
   async require(authorization: string | undefined, scope: Role, client = ''): Promise<Caller> {
     const caller = await this.identify(authorization, client);
     if (!caller) throw unauthorized('authentication required: use a token as the password (git) or a Bearer token');
-    if (!atLeast(caller.token.scope, scope)) throw forbidden(`token '${caller.token.name}' has scope ${caller.token.scope}; ${scope} needed`);
+    if (!atLeast(caller.token.scope, scope))
+      throw forbidden(`token '${caller.token.name}' has scope ${caller.token.scope}; ${scope} needed`);
     if (scope === 'admin' && !caller.principal.admin) throw forbidden(`user ${caller.principal.user} is not a cluster admin`);
     return caller;
   }
@@ -211,7 +222,13 @@ export class Authenticator {
     if (expiresAt !== undefined && !(Date.parse(expiresAt) > Date.now())) throw badRequest('expires_at must be a time in the future');
     const token = newToken();
     const hash = hashToken(token);
-    const info: TokenInfo = { name, user, scope, createdAt: new Date().toISOString(), ...(expiresAt ? { expiresAt: new Date(expiresAt).toISOString() } : {}) };
+    const info: TokenInfo = {
+      name,
+      user,
+      scope,
+      createdAt: new Date().toISOString(),
+      ...(expiresAt ? { expiresAt: new Date(expiresAt).toISOString() } : {}),
+    };
     await this.store.setMeta(`${TOKEN_PREFIX}${hash}`, JSON.stringify(info));
     return { token, info: { ...info, id: tokenId(hash), lastUsedAt: null } };
   }
@@ -251,7 +268,10 @@ export class Authenticator {
     const token = newToken();
     const winner = await this.store.setMetaIfAbsent('admin_token_hash', hashToken(token));
     if (winner !== hashToken(token)) return null;
-    await this.store.setMeta(`${TOKEN_PREFIX}${hashToken(token)}`, JSON.stringify({ name: 'admin', user: ADMIN_USER, scope: 'admin', createdAt: new Date().toISOString() } satisfies TokenInfo));
+    await this.store.setMeta(
+      `${TOKEN_PREFIX}${hashToken(token)}`,
+      JSON.stringify({ name: 'admin', user: ADMIN_USER, scope: 'admin', createdAt: new Date().toISOString() } satisfies TokenInfo),
+    );
     return token;
   }
 }

@@ -85,7 +85,9 @@ export function repoPath(repoId: string): string {
 }
 
 /** JsonOption is the `--json` flag: print the server's JSON answer instead of the human lines. */
-export interface JsonOption { json?: boolean }
+export interface JsonOption {
+  json?: boolean;
+}
 
 /** printAnswer writes the JSON answer with `--json`, else the human lines. */
 export function printAnswer(o: JsonOption, answer: unknown, human: () => string): void {

@@ -6,15 +6,32 @@ import { errorMessage } from '../domain/errors.js';
 import { repoPath, validated, type JsonOption } from './args.js';
 import { runGit } from './git-client.js';
 import { addClientOptions, CliError, resolveToken, withApi, type ApiClient, type ClientOptions } from './http-client.js';
-import { layout, MANIFEST_VERSION, mirrorState, readManifest, refCount, writePrivate, type BackupEntry, type MirrorState } from './manifest.js';
+import {
+  layout,
+  MANIFEST_VERSION,
+  mirrorState,
+  readManifest,
+  refCount,
+  writePrivate,
+  type BackupEntry,
+  type MirrorState,
+} from './manifest.js';
 import { listRepos } from './repos.js';
 import { examples } from './help.js';
 
 /** FETCH_ATTEMPTS bounds the fetches of a repository that keeps moving while it is backed up. */
 const FETCH_ATTEMPTS = 10;
 
-interface RepoView { repo_id: string; incarnation: string; generation: number; checksum: string; visibility: 'public' | 'private' }
-interface Records { grants: Array<{ repo: string; grantee: string; role: string }> }
+interface RepoView {
+  repo_id: string;
+  incarnation: string;
+  generation: number;
+  checksum: string;
+  visibility: 'public' | 'private';
+}
+interface Records {
+  grants: Array<{ repo: string; grantee: string; role: string }>;
+}
 
 /** Outcome is one repository's line of a backup: how its mirror was brought to a committed generation, or why not. */
 export type Outcome =
@@ -42,17 +59,27 @@ export const parseParallel = validated((v) => {
 
 /** registerBackup adds `git-replication backup --out DIR`. */
 export function registerBackup(program: Command): void {
-  addClientOptions(program.command('backup')
-    .description('copy every repository (each at a committed generation) and the users, grants and token records into DIR; later runs fetch what changed')
-    .addHelpText('after', examples('git-replication backup --out /backup/git', 'git-replication backup --out /backup/git --parallel 8 --json')))
+  addClientOptions(
+    program
+      .command('backup')
+      .description(
+        'copy every repository (each at a committed generation) and the users, grants and token records into DIR; later runs fetch what changed',
+      )
+      .addHelpText(
+        'after',
+        examples('git-replication backup --out /backup/git', 'git-replication backup --out /backup/git --parallel 8 --json'),
+      ),
+  )
     .requiredOption('--out <dir>', 'the backup directory (made if missing; an earlier backup there is updated)')
     .option('--parallel <n>', 'repositories copied at a time (1-32)', parseParallel, 4)
     .option('--json', 'print one JSON summary instead of lines')
-    .action(async (o: Options) => withApi(o, async (api) => {
-      const started = Date.now();
-      const outcomes = await runBackup(api, await resolveToken(o), o.url, resolve(o.out), o.parallel, o.json ? undefined : printOutcome);
-      report(o, resolve(o.out), outcomes, Date.now() - started);
-    }));
+    .action(async (o: Options) =>
+      withApi(o, async (api) => {
+        const started = Date.now();
+        const outcomes = await runBackup(api, await resolveToken(o), o.url, resolve(o.out), o.parallel, o.json ? undefined : printOutcome);
+        report(o, resolve(o.out), outcomes, Date.now() - started);
+      }),
+    );
 }
 
 /**
@@ -60,9 +87,18 @@ export function registerBackup(program: Command): void {
  * (records.json), a mirror of each repository at a committed generation (repos/<owner>/<name>.git),
  * and the manifest naming each mirror's generation and checksum (written last, by a rename).
  */
-export async function runBackup(api: ApiClient, token: string | null, url: string, out: string, parallel: number, onEach?: (o: Outcome) => void): Promise<Outcome[]> {
+export async function runBackup(
+  api: ApiClient,
+  token: string | null,
+  url: string,
+  out: string,
+  parallel: number,
+  onEach?: (o: Outcome) => void,
+): Promise<Outcome[]> {
   const startedAt = new Date().toISOString();
-  await mkdir(out, { recursive: true, mode: 0o700 }).catch((err: unknown) => { throw new CliError(`cannot make ${out}: ${errorMessage(err)}`, null, { cause: err }); });
+  await mkdir(out, { recursive: true, mode: 0o700 }).catch((err: unknown) => {
+    throw new CliError(`cannot make ${out}: ${errorMessage(err)}`, null, { cause: err });
+  });
   const previous = await readManifest(out);
   const records = await api.get<Records & Record<string, unknown>>('/admin/export');
   await writePrivate(layout.records(out), `${JSON.stringify(records, null, 2)}\n`);
@@ -71,7 +107,10 @@ export async function runBackup(api: ApiClient, token: string | null, url: strin
   const prev = new Map((previous?.repos ?? []).map((e) => [e.id, e]));
   const entries = new Map<string, BackupEntry>();
   const outcomes = await forEachLimit(ids, parallel, async (id) => {
-    const done = await backupRepo(ctx, id, prev.get(id)).catch((err: unknown) => ({ outcome: { id, status: 'failed' as const, error: errorMessage(err) }, entry: prev.get(id) ?? null }));
+    const done = await backupRepo(ctx, id, prev.get(id)).catch((err: unknown) => ({
+      outcome: { id, status: 'failed' as const, error: errorMessage(err) },
+      entry: prev.get(id) ?? null,
+    }));
     if (done.entry) entries.set(id, done.entry);
     onEach?.(done.outcome);
     return done.outcome;
@@ -85,7 +124,10 @@ export async function runBackup(api: ApiClient, token: string | null, url: strin
     outcomes.push(gone);
   }
   const repos = ids.flatMap((id) => entries.get(id) ?? []);
-  await writePrivate(layout.manifest(out), `${JSON.stringify({ version: MANIFEST_VERSION, source: ctx.base, started_at: startedAt, finished_at: new Date().toISOString(), repos }, null, 2)}\n`);
+  await writePrivate(
+    layout.manifest(out),
+    `${JSON.stringify({ version: MANIFEST_VERSION, source: ctx.base, started_at: startedAt, finished_at: new Date().toISOString(), repos }, null, 2)}\n`,
+  );
   await rm(layout.tmp(out), { recursive: true, force: true });
   return outcomes;
 }
@@ -104,7 +146,11 @@ function grantsByRepo(records: Records): Map<string, Array<{ grantee: string; ro
  * fetched again, at most FETCH_ATTEMPTS times. A failure keeps the previous entry: the restore
  * checks each mirror against its entry before using it.
  */
-async function backupRepo(ctx: BackupContext, id: string, prev: BackupEntry | undefined): Promise<{ outcome: Outcome; entry: BackupEntry | null }> {
+async function backupRepo(
+  ctx: BackupContext,
+  id: string,
+  prev: BackupEntry | undefined,
+): Promise<{ outcome: Outcome; entry: BackupEntry | null }> {
   const path = layout.mirror(ctx.out, id);
   let view = await repoView(ctx.api, id);
   if (!view) return { outcome: { id, status: 'dropped' }, entry: null };
@@ -135,13 +181,29 @@ async function backupRepo(ctx: BackupContext, id: string, prev: BackupEntry | un
     view = after;
     await new Promise((r) => setTimeout(r, 50 * attempt + Math.floor(Math.random() * 100)));
   }
-  throw new CliError(`no fetch matched a committed generation in ${FETCH_ATTEMPTS} attempts (the repository kept moving, or its refs differ from the store's checksum)`);
+  throw new CliError(
+    `no fetch matched a committed generation in ${FETCH_ATTEMPTS} attempts (the repository kept moving, or its refs differ from the store's checksum)`,
+  );
 }
 
-function done(ctx: BackupContext, view: RepoView, state: MirrorState, how: 'cloned' | 'fetched' | 'unchanged', fetches: number, moved: number): { outcome: Outcome; entry: BackupEntry } {
+function done(
+  ctx: BackupContext,
+  view: RepoView,
+  state: MirrorState,
+  how: 'cloned' | 'fetched' | 'unchanged',
+  fetches: number,
+  moved: number,
+): { outcome: Outcome; entry: BackupEntry } {
   const entry: BackupEntry = {
-    id: view.repo_id, incarnation: view.incarnation, generation: view.generation, checksum: view.checksum, visibility: view.visibility,
-    grants: ctx.grants.get(view.repo_id) ?? [], head: state.head, refs: state.refs, fetched_at: new Date().toISOString(),
+    id: view.repo_id,
+    incarnation: view.incarnation,
+    generation: view.generation,
+    checksum: view.checksum,
+    visibility: view.visibility,
+    grants: ctx.grants.get(view.repo_id) ?? [],
+    head: state.head,
+    refs: state.refs,
+    fetched_at: new Date().toISOString(),
   };
   return { outcome: { id: view.repo_id, status: 'ok', how, generation: view.generation, refs: state.refs, fetches, moved }, entry };
 }
@@ -176,7 +238,10 @@ async function cloneMirror(ctx: BackupContext, id: string, path: string): Promis
 
 /** fetchMirror brings every ref to the remote's, pruning deleted ones, all or none (`--atomic`). */
 async function fetchMirror(ctx: BackupContext, id: string, path: string): Promise<void> {
-  await runGit(['fetch', '--quiet', '--prune', '--atomic', '--no-write-fetch-head', '--', gitUrl(ctx, id), '+refs/*:refs/*'], { cwd: path, token: ctx.token });
+  await runGit(['fetch', '--quiet', '--prune', '--atomic', '--no-write-fetch-head', '--', gitUrl(ctx, id), '+refs/*:refs/*'], {
+    cwd: path,
+    token: ctx.token,
+  });
 }
 
 /** followHead points the mirror's HEAD where the remote's points (`ls-remote --symref`). */
@@ -188,7 +253,10 @@ async function followHead(ctx: BackupContext, id: string, path: string): Promise
 }
 
 async function isDir(path: string): Promise<boolean> {
-  return stat(path).then((s) => s.isDirectory(), () => false);
+  return stat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
 }
 
 /** forEachLimit runs `fn` over `items`, at most `limit` at a time, and returns the results in order. */
@@ -215,12 +283,19 @@ function printOutcome(o: Outcome): void {
 function report(o: JsonOption, out: string, outcomes: Outcome[], ms: number): void {
   const count = (f: (x: Outcome) => boolean): number => outcomes.filter(f).length;
   const summary = {
-    out, repos: count((x) => x.status !== 'dropped'),
-    cloned: count((x) => x.status === 'ok' && x.how === 'cloned'), fetched: count((x) => x.status === 'ok' && x.how === 'fetched'),
-    unchanged: count((x) => x.status === 'ok' && x.how === 'unchanged'), failed: count((x) => x.status === 'failed'),
-    dropped: count((x) => x.status === 'dropped'), seconds: Math.round(ms / 100) / 10,
+    out,
+    repos: count((x) => x.status !== 'dropped'),
+    cloned: count((x) => x.status === 'ok' && x.how === 'cloned'),
+    fetched: count((x) => x.status === 'ok' && x.how === 'fetched'),
+    unchanged: count((x) => x.status === 'ok' && x.how === 'unchanged'),
+    failed: count((x) => x.status === 'failed'),
+    dropped: count((x) => x.status === 'dropped'),
+    seconds: Math.round(ms / 100) / 10,
   };
   if (o.json) process.stdout.write(`${JSON.stringify({ ...summary, outcomes }, null, 2)}\n`);
-  else process.stdout.write(`backup of ${summary.repos} repos in ${out}: ${summary.cloned} cloned, ${summary.fetched} fetched, ${summary.unchanged} unchanged, ${summary.failed} failed (${summary.seconds} s)\n`);
+  else
+    process.stdout.write(
+      `backup of ${summary.repos} repos in ${out}: ${summary.cloned} cloned, ${summary.fetched} fetched, ${summary.unchanged} unchanged, ${summary.failed} failed (${summary.seconds} s)\n`,
+    );
   if (summary.failed > 0) process.exitCode = 1;
 }

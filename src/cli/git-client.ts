@@ -19,7 +19,10 @@ export interface GitClientOptions {
 }
 
 /** GitOutput is a finished git command's output. */
-export interface GitOutput { readonly stdout: string; readonly stderr: string }
+export interface GitOutput {
+  readonly stdout: string;
+  readonly stderr: string;
+}
 
 /**
  * gitEnv is the caller's environment without its GIT_* variables (a stray GIT_DIR would point
@@ -39,7 +42,14 @@ function gitEnv(token: string | null | undefined): NodeJS.ProcessEnv {
     env[`GIT_CONFIG_KEY_${i}`] = k;
     env[`GIT_CONFIG_VALUE_${i}`] = v;
   });
-  return { ...env, GIT_CONFIG_COUNT: String(config.length), GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', GIT_TERMINAL_PROMPT: '0', LC_ALL: 'C' };
+  return {
+    ...env,
+    GIT_CONFIG_COUNT: String(config.length),
+    GIT_CONFIG_NOSYSTEM: '1',
+    GIT_CONFIG_GLOBAL: '/dev/null',
+    GIT_TERMINAL_PROMPT: '0',
+    LC_ALL: 'C',
+  };
 }
 
 /**
@@ -54,7 +64,9 @@ export function runGit(args: readonly string[], opts: GitClientOptions = {}): Pr
     const out: Buffer[] = [];
     let err = '';
     child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-8_192); });
+    child.stderr.on('data', (d: Buffer) => {
+      err = (err + d.toString()).slice(-8_192);
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? GIT_TIMEOUT_MS);
     child.on('error', (e) => {
       clearTimeout(timer);
@@ -65,7 +77,12 @@ export function runGit(args: readonly string[], opts: GitClientOptions = {}): Pr
       const stdout = Buffer.concat(out).toString();
       if (code === 0) return resolve({ stdout, stderr: err });
       const why = signal ? `killed by ${signal}` : `exit ${code}`;
-      const lines = err.trim().split('\n').filter((l) => l.trim() !== '').slice(-2).join(' | ');
+      const lines = err
+        .trim()
+        .split('\n')
+        .filter((l) => l.trim() !== '')
+        .slice(-2)
+        .join(' | ');
       reject(new CliError(`git ${sub} failed (${why})${lines ? `: ${lines}` : ''}`));
     });
   });

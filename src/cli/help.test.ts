@@ -10,7 +10,14 @@ function commandsOf(cmd: Command, path: string[] = []): Array<{ path: string; cm
 /** helpOf is what `--help` prints for a command, the text added after it included. */
 function helpOf(cmd: Command): string {
   let text = '';
-  cmd.configureOutput({ writeOut: (s) => { text += s; }, writeErr: (s) => { text += s; } });
+  cmd.configureOutput({
+    writeOut: (s) => {
+      text += s;
+    },
+    writeErr: (s) => {
+      text += s;
+    },
+  });
   cmd.outputHelp();
   return text;
 }
@@ -20,13 +27,29 @@ describe('--help', () => {
 
   it('walks the whole tree (groups and their subcommands)', () => {
     const paths = all.map((c) => c.path);
-    for (const p of ['(root)', 'serve', 'up', 'status', 'repair', 'verify', 'rebalance', 'node list', 'repo grant', 'token create', 'key add']) expect(paths).toContain(p);
+    for (const p of [
+      '(root)',
+      'serve',
+      'up',
+      'status',
+      'repair',
+      'verify',
+      'rebalance',
+      'node list',
+      'repo grant',
+      'token create',
+      'key add',
+    ])
+      expect(paths).toContain(p);
   });
 
   it.each(all.map((c) => [c.path, c.cmd] as const))('%s has an Examples section of git-replication command lines', (_path, cmd) => {
     const section = /\nExamples:\n((?: {2}.+\n?)+)/.exec(helpOf(cmd));
     expect(section, 'no "Examples:" section').not.toBeNull();
-    const lines = section![1]!.trimEnd().split('\n').map((l) => l.trim());
+    const lines = section![1]!
+      .trimEnd()
+      .split('\n')
+      .map((l) => l.trim());
     expect(lines.length).toBeGreaterThan(0);
     // Each example runs this very command (a group's may run its subcommands).
     const name = cmd.parent ? [...ancestors(cmd), cmd.name()].join(' ') : 'git-replication';

@@ -17,7 +17,11 @@ export interface ClientOptions {
 
 /** CliError is a failure the CLI reports as one line on stderr and exit code 1, never a stack trace. */
 export class CliError extends Error {
-  constructor(message: string, readonly status: number | null = null, options?: { cause?: unknown }) {
+  constructor(
+    message: string,
+    readonly status: number | null = null,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'CliError';
   }
@@ -27,7 +31,9 @@ export class CliError extends Error {
 export function addClientOptions(cmd: Command): Command {
   return cmd
     .option('--url <url>', 'any node of the cluster', 'http://127.0.0.1:3001')
-    .addOption(new Option('--token <token>', `API token (default: $${TOKEN_ENV}, else ${DEFAULT_TOKEN_FILE} if it exists)`).conflicts('tokenFile'))
+    .addOption(
+      new Option('--token <token>', `API token (default: $${TOKEN_ENV}, else ${DEFAULT_TOKEN_FILE} if it exists)`).conflicts('tokenFile'),
+    )
     .option('--token-file <path>', 'read the API token from this file');
 }
 
@@ -63,7 +69,10 @@ function nonEmpty(token: string, from: string): string {
 export class ApiClient {
   private readonly base: string;
 
-  constructor(url: string, private readonly token: string | null) {
+  constructor(
+    url: string,
+    private readonly token: string | null,
+  ) {
     this.base = url.replace(/\/+$/, '');
   }
 

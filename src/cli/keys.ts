@@ -7,7 +7,14 @@ import { commandGroup, parseUserArg, printAnswer, validated, type JsonOption } f
 import { addClientOptions, CliError, withApi, type ClientOptions } from './http-client.js';
 import { examples } from './help.js';
 
-interface KeyView { id: string; fingerprint: string; user: string; name: string; type: string; createdAt: string }
+interface KeyView {
+  id: string;
+  fingerprint: string;
+  user: string;
+  name: string;
+  type: string;
+  createdAt: string;
+}
 type Options = ClientOptions & JsonOption;
 
 /** parseKeyName checks a key's name by the server's schema (1-100 of A-Z a-z 0-9 . _ @ -). */
@@ -29,34 +36,67 @@ function keyLine(k: KeyView): string {
 
 /** registerKeys adds `key add|list|remove`: users' SSH public keys (a user's own, or anyone's for a cluster admin). */
 export function registerKeys(program: Command): void {
-  const key = commandGroup(program, 'key', 'SSH public keys for git over SSH')
-    .addHelpText('after', examples('git-replication key add alice ~/.ssh/id_ed25519.pub', 'git-replication key list alice'));
-  addClientOptions(key.command('add').description('register an SSH public key (ed25519, ECDSA, RSA >= 2048 bits) for a user').addHelpText('after', examples('git-replication key add alice ~/.ssh/id_ed25519.pub', 'git-replication key add alice laptop.pub --name laptop'))
-    .addArgument(new Argument('<user>').argParser(parseUserArg)).argument('<file>', 'the public key file, e.g. ~/.ssh/id_ed25519.pub'))
+  const key = commandGroup(program, 'key', 'SSH public keys for git over SSH').addHelpText(
+    'after',
+    examples('git-replication key add alice ~/.ssh/id_ed25519.pub', 'git-replication key list alice'),
+  );
+  addClientOptions(
+    key
+      .command('add')
+      .description('register an SSH public key (ed25519, ECDSA, RSA >= 2048 bits) for a user')
+      .addHelpText(
+        'after',
+        examples('git-replication key add alice ~/.ssh/id_ed25519.pub', 'git-replication key add alice laptop.pub --name laptop'),
+      )
+      .addArgument(new Argument('<user>').argParser(parseUserArg))
+      .argument('<file>', 'the public key file, e.g. ~/.ssh/id_ed25519.pub'),
+  )
     .option('--name <name>', 'a name for the key (default: its comment, else the file name)', parseKeyName)
     .option('--json', 'print the JSON answer')
-    .action(async (user: string, file: string, o: Options & { name?: string }) => withApi(o, async (api) => {
-      let text: string;
-      try {
-        text = await readFile(file, 'utf8');
-      } catch (err) {
-        throw new CliError(`cannot read ${file}: ${errorMessage(err)}`, null, { cause: err });
-      }
-      const res = await api.post<KeyView>(`/users/${encodeURIComponent(user)}/keys`, { name: o.name ?? defaultKeyName(text, file), key: text.trim() });
-      printAnswer(o, res, () => `key ${res.fingerprint} '${res.name}' (${res.type}) added for ${res.user}\n`);
-    }));
-  addClientOptions(key.command('list').description("list a user's SSH keys: fingerprint, name, type, user, created").addHelpText('after', examples('git-replication key list alice', 'git-replication key list alice --json'))
-    .addArgument(new Argument('<user>').argParser(parseUserArg)))
+    .action(async (user: string, file: string, o: Options & { name?: string }) =>
+      withApi(o, async (api) => {
+        let text: string;
+        try {
+          text = await readFile(file, 'utf8');
+        } catch (err) {
+          throw new CliError(`cannot read ${file}: ${errorMessage(err)}`, null, { cause: err });
+        }
+        const res = await api.post<KeyView>(`/users/${encodeURIComponent(user)}/keys`, {
+          name: o.name ?? defaultKeyName(text, file),
+          key: text.trim(),
+        });
+        printAnswer(o, res, () => `key ${res.fingerprint} '${res.name}' (${res.type}) added for ${res.user}\n`);
+      }),
+    );
+  addClientOptions(
+    key
+      .command('list')
+      .description("list a user's SSH keys: fingerprint, name, type, user, created")
+      .addHelpText('after', examples('git-replication key list alice', 'git-replication key list alice --json'))
+      .addArgument(new Argument('<user>').argParser(parseUserArg)),
+  )
     .option('--json', 'print the JSON answer')
-    .action(async (user: string, o: Options) => withApi(o, async (api) => {
-      const res = await api.get<{ keys: KeyView[] }>(`/users/${encodeURIComponent(user)}/keys`);
-      printAnswer(o, res, () => res.keys.map(keyLine).join(''));
-    }));
-  addClientOptions(key.command('remove').description("remove one of a user's SSH keys by fingerprint (SHA256:…)").addHelpText('after', examples('git-replication key remove alice SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s'))
-    .addArgument(new Argument('<user>').argParser(parseUserArg)).argument('<fingerprint>'))
+    .action(async (user: string, o: Options) =>
+      withApi(o, async (api) => {
+        const res = await api.get<{ keys: KeyView[] }>(`/users/${encodeURIComponent(user)}/keys`);
+        printAnswer(o, res, () => res.keys.map(keyLine).join(''));
+      }),
+    );
+  addClientOptions(
+    key
+      .command('remove')
+      .description("remove one of a user's SSH keys by fingerprint (SHA256:…)")
+      .addHelpText('after', examples('git-replication key remove alice SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s'))
+      .addArgument(new Argument('<user>').argParser(parseUserArg))
+      .argument('<fingerprint>'),
+  )
     .option('--json', 'print the JSON answer')
-    .action(async (user: string, fingerprint: string, o: Options) => withApi(o, async (api) => {
-      const res = await api.delete<{ removed: string; fingerprint: string; name: string; user: string }>(`/users/${encodeURIComponent(user)}/keys/${encodeURIComponent(normalizeKeyId(fingerprint))}`);
-      printAnswer(o, res, () => `key ${res.fingerprint} '${res.name}' of ${res.user} removed\n`);
-    }));
+    .action(async (user: string, fingerprint: string, o: Options) =>
+      withApi(o, async (api) => {
+        const res = await api.delete<{ removed: string; fingerprint: string; name: string; user: string }>(
+          `/users/${encodeURIComponent(user)}/keys/${encodeURIComponent(normalizeKeyId(fingerprint))}`,
+        );
+        printAnswer(o, res, () => `key ${res.fingerprint} '${res.name}' of ${res.user} removed\n`);
+      }),
+    );
 }

@@ -2,7 +2,14 @@ import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { logFormatOf, prettyLines, relayLogs } from './log-relay.js';
 
-const RECORD = JSON.stringify({ level: 30, time: Date.UTC(2026, 0, 2, 3, 4, 5, 6), node: 'node-2', txnId: 't-1', refs: ['refs/heads/main'], msg: 'transaction committed' });
+const RECORD = JSON.stringify({
+  level: 30,
+  time: Date.UTC(2026, 0, 2, 3, 4, 5, 6),
+  node: 'node-2',
+  txnId: 't-1',
+  refs: ['refs/heads/main'],
+  msg: 'transaction committed',
+});
 
 describe('logFormatOf', () => {
   it.each([
@@ -40,7 +47,11 @@ describe('relayLogs', () => {
   it('prettifies each line of a stream, lines split across chunks included', async () => {
     const from = new PassThrough();
     let text = '';
-    relayLogs(from, { write: (s: string) => { text += s; } });
+    relayLogs(from, {
+      write: (s: string) => {
+        text += s;
+      },
+    });
     from.write(RECORD.slice(0, 20));
     from.write(`${RECORD.slice(20)}\n${RECORD}\n`);
     from.end();

@@ -57,7 +57,8 @@ export async function readManifest(dir: string, required = false): Promise<Manif
   } catch (err) {
     throw new CliError(`${layout.manifest(dir)} is not JSON`, null, { cause: err });
   }
-  if (m.version !== MANIFEST_VERSION || !Array.isArray(m.repos)) throw new CliError(`${layout.manifest(dir)}: not a version ${MANIFEST_VERSION} backup manifest`);
+  if (m.version !== MANIFEST_VERSION || !Array.isArray(m.repos))
+    throw new CliError(`${layout.manifest(dir)}: not a version ${MANIFEST_VERSION} backup manifest`);
   return m;
 }
 

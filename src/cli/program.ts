@@ -19,7 +19,10 @@ export function buildProgram(): Command {
   const program = new Command('git-replication')
     .description('a Git hosting cluster with synchronous quorum replication')
     .version(VERSION)
-    .addHelpText('after', examples('git-replication up', 'git-replication status', 'git-replication repo create acme/site', 'git-replication <command> --help'));
+    .addHelpText(
+      'after',
+      examples('git-replication up', 'git-replication status', 'git-replication repo create acme/site', 'git-replication <command> --help'),
+    );
   registerServe(program);
   registerUp(program);
   registerStatus(program);

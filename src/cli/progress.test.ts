@@ -3,7 +3,15 @@ import { Progress, renderBar, type ProgressStream } from './progress.js';
 
 /** sink collects what a Progress writes, as a terminal (`isTTY`) of `columns` or as a pipe. */
 function sink(tty: boolean, columns?: number): ProgressStream & { text: string } {
-  const s = { text: '', isTTY: tty, columns, write(chunk: string) { s.text += chunk; return true; } };
+  const s = {
+    text: '',
+    isTTY: tty,
+    columns,
+    write(chunk: string) {
+      s.text += chunk;
+      return true;
+    },
+  };
   return s;
 }
 
@@ -32,7 +40,9 @@ describe('Progress on a pipe', () => {
     p.update(2, 'replicas in sync');
     p.update(3, 'replicas in sync');
     p.end();
-    expect(out.text).toBe('repair acme/site: 1 of 3 replicas in sync\nrepair acme/site: 2 of 3 replicas in sync\nrepair acme/site: 3 of 3 replicas in sync\n');
+    expect(out.text).toBe(
+      'repair acme/site: 1 of 3 replicas in sync\nrepair acme/site: 2 of 3 replicas in sync\nrepair acme/site: 3 of 3 replicas in sync\n',
+    );
   });
 
   it('never writes a carriage return or an escape code; results go to their own stream', () => {
@@ -55,7 +65,9 @@ describe('Progress on a terminal', () => {
     p.update(1);
     p.update(4, 'done');
     p.end();
-    expect(err.text).toBe('\rverify [#######-----------------------] 1 of 4\u001b[K\rverify [##############################] 4 of 4 done\u001b[K\n');
+    expect(err.text).toBe(
+      '\rverify [#######-----------------------] 1 of 4\u001b[K\rverify [##############################] 4 of 4 done\u001b[K\n',
+    );
   });
 
   it('clears the bar before a result line, so the two never share a line', () => {

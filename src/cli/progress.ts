@@ -28,7 +28,11 @@ export class Progress {
   private last = '';
   private drawn = false;
 
-  constructor(private readonly stream: ProgressStream, private readonly label: string, private total: number) {}
+  constructor(
+    private readonly stream: ProgressStream,
+    private readonly label: string,
+    private total: number,
+  ) {}
 
   /** tty says whether the progress redraws a bar (the stream is a terminal). */
   get tty(): boolean {

@@ -15,7 +15,11 @@ import { examples } from './help.js';
 const DEFAULT_HEAD = 'refs/heads/main';
 const BRANCH = 'refs/heads/';
 
-interface RestoredView { generation: number; checksum: string; default_branch?: string | null }
+interface RestoredView {
+  generation: number;
+  checksum: string;
+  default_branch?: string | null;
+}
 
 /** RestoreOutcome is one repository's line of a restore. */
 export type RestoreOutcome =
@@ -34,19 +38,41 @@ type Options = ClientOptions & JsonOption & { force?: boolean; parallel: number 
 
 /** registerRestore adds `git-replication restore DIR`. */
 export function registerRestore(program: Command): void {
-  addClientOptions(program.command('restore')
-    .description('restore a backup (git-replication backup) into an empty cluster: users, grants and token records, then every repository')
-    .argument('<dir>', 'the backup directory')
-    .addHelpText('after', examples('git-replication restore /backup/git --url http://127.0.0.1:3001', 'git-replication restore /backup/git --force --parallel 8')))
-    .option('--force', 'restore into a cluster that has users or repositories already (records are merged, existing repositories overwritten)')
+  addClientOptions(
+    program
+      .command('restore')
+      .description(
+        'restore a backup (git-replication backup) into an empty cluster: users, grants and token records, then every repository',
+      )
+      .argument('<dir>', 'the backup directory')
+      .addHelpText(
+        'after',
+        examples(
+          'git-replication restore /backup/git --url http://127.0.0.1:3001',
+          'git-replication restore /backup/git --force --parallel 8',
+        ),
+      ),
+  )
+    .option(
+      '--force',
+      'restore into a cluster that has users or repositories already (records are merged, existing repositories overwritten)',
+    )
     .option('--parallel <n>', 'repositories restored at a time (1-32)', parseParallel, 4)
     .option('--json', 'print one JSON summary instead of lines')
-    .action(async (dir: string, o: Options) => withApi(o, async (api) => {
-      const started = Date.now();
-      const ctx: RestoreContext = { api, token: await resolveToken(o), base: o.url.replace(/\/+$/, ''), dir: resolve(dir), force: o.force === true };
-      const { imported, outcomes } = await runRestore(ctx, o.parallel, o.json ? undefined : printOutcome);
-      report(o, ctx.base, imported, outcomes, Date.now() - started);
-    }));
+    .action(async (dir: string, o: Options) =>
+      withApi(o, async (api) => {
+        const started = Date.now();
+        const ctx: RestoreContext = {
+          api,
+          token: await resolveToken(o),
+          base: o.url.replace(/\/+$/, ''),
+          dir: resolve(dir),
+          force: o.force === true,
+        };
+        const { imported, outcomes } = await runRestore(ctx, o.parallel, o.json ? undefined : printOutcome);
+        report(o, ctx.base, imported, outcomes, Date.now() - started);
+      }),
+    );
 }
 
 /**
@@ -56,17 +82,30 @@ export function registerRestore(program: Command): void {
  * HEAD at the backup's branch (PATCH default_branch) and compares the cluster's checksum with the
  * mirror's.
  */
-async function runRestore(ctx: RestoreContext, parallel: number, onEach?: (o: RestoreOutcome) => void): Promise<{ imported: Record<string, number>; outcomes: RestoreOutcome[] }> {
+async function runRestore(
+  ctx: RestoreContext,
+  parallel: number,
+  onEach?: (o: RestoreOutcome) => void,
+): Promise<{ imported: Record<string, number>; outcomes: RestoreOutcome[] }> {
   const manifest = await readManifest(ctx.dir, true);
   const records = await readRecords(ctx.dir);
   const existing = await listRepos(ctx.api, 1, null, false);
-  if (existing.count > 0 && !ctx.force) throw new CliError(`the cluster at ${ctx.base} has repositories already (${existing.repos.join(', ')}, …): restore into an empty cluster, or use --force`);
-  const answer = await ctx.api.post<{ imported: Record<string, number> }>(`/admin/import${ctx.force ? '?merge=true' : ''}`, records).catch((err: unknown) => {
-    if (err instanceof CliError && err.status === 409) throw new CliError(`${err.message} (restore --force merges)`, 409, { cause: err });
-    throw err;
-  });
+  if (existing.count > 0 && !ctx.force)
+    throw new CliError(
+      `the cluster at ${ctx.base} has repositories already (${existing.repos.join(', ')}, …): restore into an empty cluster, or use --force`,
+    );
+  const answer = await ctx.api
+    .post<{ imported: Record<string, number> }>(`/admin/import${ctx.force ? '?merge=true' : ''}`, records)
+    .catch((err: unknown) => {
+      if (err instanceof CliError && err.status === 409) throw new CliError(`${err.message} (restore --force merges)`, 409, { cause: err });
+      throw err;
+    });
   const outcomes = await forEachLimit(manifest?.repos ?? [], parallel, async (entry) => {
-    const outcome = await restoreRepo(ctx, entry).catch((err: unknown): RestoreOutcome => ({ id: entry.id, status: 'failed', error: errorMessage(err) }));
+    const outcome = await restoreRepo(ctx, entry).catch((err: unknown): RestoreOutcome => ({
+      id: entry.id,
+      status: 'failed',
+      error: errorMessage(err),
+    }));
     onEach?.(outcome);
     return outcome;
   });
@@ -84,14 +123,24 @@ async function readRecords(dir: string): Promise<unknown> {
 /** restoreRepo restores one repository and verifies the cluster's checksum against the mirror's. */
 async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<RestoreOutcome> {
   const path = layout.mirror(ctx.dir, entry.id);
-  if (!(await stat(path).then((s) => s.isDirectory(), () => false))) throw new CliError(`no mirror at ${path}`);
+  if (
+    !(await stat(path).then(
+      (s) => s.isDirectory(),
+      () => false,
+    ))
+  )
+    throw new CliError(`no mirror at ${path}`);
   const mirror = await readMirror(path);
   // A backup interrupted after a fetch leaves a mirror ahead of its entry: not a committed state.
-  if (replicaChecksum(mirror.refs, mirror.head) !== entry.checksum) throw new CliError(`the mirror does not hold generation ${entry.generation} as the manifest says (an interrupted backup?): run backup again`);
+  if (replicaChecksum(mirror.refs, mirror.head) !== entry.checksum)
+    throw new CliError(
+      `the mirror does not hold generation ${entry.generation} as the manifest says (an interrupted backup?): run backup again`,
+    );
   await ctx.api.post('/repos', { repo_id: entry.id, visibility: entry.visibility }).catch((err: unknown) => {
     if (!(ctx.force && err instanceof CliError && err.status === 409)) throw err;
   });
-  if (mirror.refs.length > 0) await runGit(['push', '--mirror', '--quiet', '--', `${ctx.base}/${entry.id}.git`], { cwd: path, token: ctx.token });
+  if (mirror.refs.length > 0)
+    await runGit(['push', '--mirror', '--quiet', '--', `${ctx.base}/${entry.id}.git`], { cwd: path, token: ctx.token });
   const asBackedUp = replicaChecksum(mirror.refs, mirror.head);
   let view = await ctx.api.get<RestoredView>(repoPath(entry.id));
   // A mirror push does not carry HEAD: point it where the backup's pointed, if that branch exists.
@@ -104,7 +153,14 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
   if (view.checksum !== asBackedUp && view.checksum !== replicaChecksum(mirror.refs, head)) {
     throw new CliError(`checksum after the push (${view.checksum.slice(0, 12)}) differs from the backup's (${asBackedUp.slice(0, 12)})`);
   }
-  return { id: entry.id, status: 'ok', generation: view.generation, refs: mirror.refs.length, head: mirror.head, head_now: view.checksum === asBackedUp ? mirror.head : head };
+  return {
+    id: entry.id,
+    status: 'ok',
+    generation: view.generation,
+    refs: mirror.refs.length,
+    head: mirror.head,
+    head_now: view.checksum === asBackedUp ? mirror.head : head,
+  };
 }
 
 function printOutcome(o: RestoreOutcome): void {
@@ -118,11 +174,23 @@ function printOutcome(o: RestoreOutcome): void {
 /** report prints the summary line (or, with --json, everything) and sets exit code 1 if a repository failed. */
 function report(o: JsonOption, url: string, imported: Record<string, number>, outcomes: RestoreOutcome[], ms: number): void {
   const failed = outcomes.filter((x) => x.status === 'failed').length;
-  const summary = { url, repos: outcomes.length, restored: outcomes.length - failed, failed, head_differs: outcomes.filter((x) => x.status === 'ok' && x.head_now !== x.head).length, imported, seconds: Math.round(ms / 100) / 10 };
+  const summary = {
+    url,
+    repos: outcomes.length,
+    restored: outcomes.length - failed,
+    failed,
+    head_differs: outcomes.filter((x) => x.status === 'ok' && x.head_now !== x.head).length,
+    imported,
+    seconds: Math.round(ms / 100) / 10,
+  };
   if (o.json) process.stdout.write(`${JSON.stringify({ ...summary, outcomes }, null, 2)}\n`);
   else {
-    const records = Object.entries(imported).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ');
-    process.stdout.write(`restore of ${summary.repos} repos into ${url}: ${summary.restored} restored, ${failed} failed; records: ${records} (${summary.seconds} s)\n`);
+    const records = Object.entries(imported)
+      .map(([k, n]) => `${n} ${k.replace('_', ' ')}`)
+      .join(', ');
+    process.stdout.write(
+      `restore of ${summary.repos} repos into ${url}: ${summary.restored} restored, ${failed} failed; records: ${records} (${summary.seconds} s)\n`,
+    );
   }
   if (failed > 0) process.exitCode = 1;
 }

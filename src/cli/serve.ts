@@ -17,7 +17,9 @@ type ServeOptions = Readonly<Record<string, unknown>>;
 function tlsFiles(s: Settings): TlsFiles | undefined {
   const { tlsCert: cert, tlsKey: key, tlsCa: ca } = s;
   if ((cert === undefined) !== (key === undefined)) {
-    throw new Error(`--tls-cert (TLS_CERT) and --tls-key (TLS_KEY) go together: only ${cert === undefined ? '--tls-key' : '--tls-cert'} is given`);
+    throw new Error(
+      `--tls-cert (TLS_CERT) and --tls-key (TLS_KEY) go together: only ${cert === undefined ? '--tls-key' : '--tls-cert'} is given`,
+    );
   }
   if (cert === undefined && ca === undefined) return undefined;
   return { ...(cert !== undefined ? { cert } : {}), ...(key !== undefined ? { key } : {}), ...(ca !== undefined ? { ca } : {}) };
@@ -31,10 +33,15 @@ function parseAuth(value: string): 'open' | 'tokens' {
 /** serveConfig turns flags and environment variables, read and checked by loadSettings, into a NodeConfig. */
 export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig {
   const s = loadSettings(o, env);
-  const peers = (s.peers ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+  const peers = (s.peers ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
   if (peers.length > 0 && !s.store) {
-    throw new Error('peers are configured but no --store (STORE_URL) is given: nodes with separate stores would silently form separate clusters. ' +
-      'Give every node the same store, e.g. --store sqlite:/shared/cluster.db on one machine or --store etcd://host:2379');
+    throw new Error(
+      'peers are configured but no --store (STORE_URL) is given: nodes with separate stores would silently form separate clusters. ' +
+        'Give every node the same store, e.g. --store sqlite:/shared/cluster.db on one machine or --store etcd://host:2379',
+    );
   }
   const tls = tlsFiles(s);
   return {
@@ -66,7 +73,15 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     repackAfterPacks: s.repackAfterPacks,
     replaceAfterMs: s.replaceAfterMs,
     stewardIntervalMs: s.stewardIntervalMs,
-    timing: { lockWaitMs: s.lockWaitMs, prepareTimeoutMs: s.prepareTimeoutMs, commitTimeoutMs: s.commitTimeoutMs, peerTimeoutMs: s.peerTimeoutMs, commitWaitMs: s.commitWaitMs, catchUpMs: s.catchUpMs, gitTimeoutMs: s.gitTimeoutMs },
+    timing: {
+      lockWaitMs: s.lockWaitMs,
+      prepareTimeoutMs: s.prepareTimeoutMs,
+      commitTimeoutMs: s.commitTimeoutMs,
+      peerTimeoutMs: s.peerTimeoutMs,
+      commitWaitMs: s.commitWaitMs,
+      catchUpMs: s.catchUpMs,
+      gitTimeoutMs: s.gitTimeoutMs,
+    },
     auth: parseAuth(s.auth),
     ...(s.failpoints ? { failpoints: s.failpoints } : {}),
     ...(s.protocol ? { protocol: protocolFromEnv(s.protocol) } : {}),
@@ -80,10 +95,17 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
 function sshConfig(s: Settings): Pick<NodeConfig, 'sshPort' | 'sshLimits'> {
   const port = s.sshPort;
   if (port === undefined || port === 'off') return {};
-  if (!/^\d+$/.test(port) || Number(port) > 65_535) throw new Error(`--ssh-port (SSH_PORT): must be a port number or off, got '${port.slice(0, 40)}'`);
+  if (!/^\d+$/.test(port) || Number(port) > 65_535)
+    throw new Error(`--ssh-port (SSH_PORT): must be a port number or off, got '${port.slice(0, 40)}'`);
   return {
     sshPort: Number(port),
-    sshLimits: { ...SSH_DEFAULTS, maxConnectionsPerUser: s.sshMaxConnectionsPerUser, idleMs: s.sshIdleMs, sessionMs: s.sshSessionMs, maxAuthAttempts: s.sshMaxAuthAttempts },
+    sshLimits: {
+      ...SSH_DEFAULTS,
+      maxConnectionsPerUser: s.sshMaxConnectionsPerUser,
+      idleMs: s.sshIdleMs,
+      sessionMs: s.sshSessionMs,
+      maxAuthAttempts: s.sshMaxAuthAttempts,
+    },
   };
 }
 
@@ -96,41 +118,54 @@ function optionHelp(name: SettingName): string {
 
 /** registerServe adds `git-replication serve`: run one node. */
 export function registerServe(program: Command): void {
-  const command = program.command('serve')
+  const command = program
+    .command('serve')
     .description('run one node')
-    .addHelpText('after', examples(
-      'git-replication serve --id node-1 --port 3001 --data-dir /var/lib/gitrep --store sqlite:/var/lib/gitrep/cluster.db',
-      'git-replication serve --id node-2 --port 3000 --host 0.0.0.0 --advertise-url http://10.0.0.2:3000 --store etcd://10.0.0.10:2379',
-    ));
+    .addHelpText(
+      'after',
+      examples(
+        'git-replication serve --id node-1 --port 3001 --data-dir /var/lib/gitrep --store sqlite:/var/lib/gitrep/cluster.db',
+        'git-replication serve --id node-2 --port 3000 --host 0.0.0.0 --advertise-url http://10.0.0.2:3000 --store etcd://10.0.0.10:2379',
+      ),
+    );
   for (const name of Object.keys(SETTINGS) as SettingName[]) {
     const spec: SettingSpec = SETTINGS[name];
-    if (spec.flag) command.option(`${spec.flag} <${spec.arg ?? (spec.kind === 'ms' ? 'duration' : spec.kind === 'bytes' ? 'size' : 'n')}>`, optionHelp(name));
+    if (spec.flag)
+      command.option(
+        `${spec.flag} <${spec.arg ?? (spec.kind === 'ms' ? 'duration' : spec.kind === 'bytes' ? 'size' : 'n')}>`,
+        optionHelp(name),
+      );
   }
   command.action(async (o: ServeOptions) => {
-      let cfg: NodeConfig;
-      try {
-        cfg = serveConfig(o, process.env);
-      } catch (err) {
-        process.stderr.write(`git-replication serve: ${errorMessage(err)}\n`);
-        process.exit(2);
-      }
-      let node: RunningNode;
-      try {
-        node = await startNode(cfg);
-      } catch (err) {
-        if (!(err instanceof TlsConfigError)) throw err;
-        process.stderr.write(`git-replication serve: ${err.message}\n`);
-        process.exit(2);
-      }
-      const stop = (): void => {
-        node.close().then(() => process.exit(0), () => process.exit(1));
-      };
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
-      if (process.env.GIT_REPLICATION_EXIT_WITH_PARENT === '1') {
-        // Test clusters set this so a killed test runner never leaves nodes behind.
-        const parent = process.ppid;
-        setInterval(() => { if (process.ppid !== parent) stop(); }, 1_000).unref();
-      }
-    });
+    let cfg: NodeConfig;
+    try {
+      cfg = serveConfig(o, process.env);
+    } catch (err) {
+      process.stderr.write(`git-replication serve: ${errorMessage(err)}\n`);
+      process.exit(2);
+    }
+    let node: RunningNode;
+    try {
+      node = await startNode(cfg);
+    } catch (err) {
+      if (!(err instanceof TlsConfigError)) throw err;
+      process.stderr.write(`git-replication serve: ${err.message}\n`);
+      process.exit(2);
+    }
+    const stop = (): void => {
+      node.close().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    if (process.env.GIT_REPLICATION_EXIT_WITH_PARENT === '1') {
+      // Test clusters set this so a killed test runner never leaves nodes behind.
+      const parent = process.ppid;
+      setInterval(() => {
+        if (process.ppid !== parent) stop();
+      }, 1_000).unref();
+    }
+  });
 }

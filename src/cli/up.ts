@@ -12,8 +12,19 @@ import { examples } from './help.js';
 import { LOG_FORMATS, logFormatOf, relayLogs, type LogFormat } from './log-relay.js';
 
 interface UpOptions {
-  nodes: string; basePort: string; data: string; writeQuorum?: string; replicationFactor?: string; logLevel?: string; store?: string;
-  etcdUrl?: string; etcdPort?: string; tls?: boolean; ssh: boolean; sshBasePort?: string; logFormat?: LogFormat;
+  nodes: string;
+  basePort: string;
+  data: string;
+  writeQuorum?: string;
+  replicationFactor?: string;
+  logLevel?: string;
+  store?: string;
+  etcdUrl?: string;
+  etcdPort?: string;
+  tls?: boolean;
+  ssh: boolean;
+  sshBasePort?: string;
+  logFormat?: LogFormat;
 }
 
 /**
@@ -58,7 +69,10 @@ async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number, 
 /** localCa makes the throw-away CA and node certificates of `up --tls` in `<data>/tls`, or exits 2 without openssl. */
 async function localCa(data: string, n: number): Promise<LocalCa> {
   try {
-    return await makeLocalCa(join(data, 'tls'), Array.from({ length: n }, (_, i) => `node-${i + 1}`));
+    return await makeLocalCa(
+      join(data, 'tls'),
+      Array.from({ length: n }, (_, i) => `node-${i + 1}`),
+    );
   } catch (err) {
     process.stderr.write(`git-replication up --tls: ${errorMessage(err)}\n`);
     process.exit(err instanceof OpensslMissingError ? 2 : 1);
@@ -73,7 +87,12 @@ const RESTART_BACKOFF_MS = { first: 1_000, max: 30_000, healthyAfter: 60_000 } a
  * says so on stderr: `up` never sits silently with a dead node. A node that stayed up for a
  * minute starts its backoff again from the first delay.
  */
-function supervise(c: { id: string; child: ChildProcess; args: string[] }, start: (args: string[]) => ChildProcess, stopping: () => boolean, onRestart: () => Promise<void>): void {
+function supervise(
+  c: { id: string; child: ChildProcess; args: string[] },
+  start: (args: string[]) => ChildProcess,
+  stopping: () => boolean,
+  onRestart: () => Promise<void>,
+): void {
   let delay: number = RESTART_BACKOFF_MS.first;
   let startedAt = Date.now();
   const watch = (): void => {
@@ -113,21 +132,41 @@ async function portsFree(first: number, n: number): Promise<boolean> {
 
 /** registerUp adds `git-replication up`: a local cluster of N node processes sharing one store. */
 export function registerUp(program: Command): void {
-  program.command('up')
+  program
+    .command('up')
     .description('start a local cluster of N nodes on consecutive ports (the quick start)')
-    .addHelpText('after', examples('git-replication up', 'git-replication up --nodes 5 --base-port 4001 --data /tmp/cluster', 'git-replication up --store etcd --tls', 'git-replication up --log-format json | jq -c \'select(.kind == "push")\''))
+    .addHelpText(
+      'after',
+      examples(
+        'git-replication up',
+        'git-replication up --nodes 5 --base-port 4001 --data /tmp/cluster',
+        'git-replication up --store etcd --tls',
+        'git-replication up --log-format json | jq -c \'select(.kind == "push")\'',
+      ),
+    )
     .option('--nodes <n>', 'number of nodes', '3')
     .option('--base-port <port>', 'port of the first node', '3001')
     .option('--data <dir>', 'data directory of the cluster', './data')
-    .option('--store <url>', 'coordination store: sqlite:<path>, etcd://host:port, or etcd to start a local etcd (default sqlite:<data>/cluster.db)')
+    .option(
+      '--store <url>',
+      'coordination store: sqlite:<path>, etcd://host:port, or etcd to start a local etcd (default sqlite:<data>/cluster.db)',
+    )
     .option('--etcd-url <url>', 'use a running etcd (http://host:port[,http://host:port]) instead of starting one; implies --store etcd')
     .option('--etcd-port <port>', 'client port of the local etcd with --store etcd (default base port + 1000; peer port is one more)')
     .option('--write-quorum <n>', 'replicas that must confirm a write (default majority)')
     .option('--replication-factor <n>', 'replicas per repo (default min(3, nodes))')
     .option('--log-level <level>', 'node log level', 'info')
-    .addOption(new Option('--log-format <format>', 'node logs as readable lines (pino-pretty) or JSON (default: pretty on a terminal, else json)').choices(LOG_FORMATS))
+    .addOption(
+      new Option(
+        '--log-format <format>',
+        'node logs as readable lines (pino-pretty) or JSON (default: pretty on a terminal, else json)',
+      ).choices(LOG_FORMATS),
+    )
     .option('--tls', 'serve HTTPS: make a throw-away local CA and node certificates in <data>/tls (needs openssl)')
-    .option('--ssh-base-port <port>', `SSH port of the first node (git over SSH); the others follow (default: base port - ${SSH_PORT_OFFSET}, 2222 for 3001)`)
+    .option(
+      '--ssh-base-port <port>',
+      `SSH port of the first node (git over SSH); the others follow (default: base port - ${SSH_PORT_OFFSET}, 2222 for 3001)`,
+    )
     .option('--no-ssh', 'serve git over HTTP only')
     .action(async (o: UpOptions) => {
       const n = Number(o.nodes);
@@ -139,7 +178,7 @@ export function registerUp(program: Command): void {
       if (o.ssh && o.sshBasePort !== undefined && !sshInRange) throw new Error('--ssh-base-port out of range');
       // Derived SSH ports that are out of range or taken turn SSH off rather than fail the cluster.
       const sshWanted = o.ssh;
-      o.ssh = o.ssh && sshInRange && (o.sshBasePort !== undefined || await portsFree(sshBase, n));
+      o.ssh = o.ssh && sshInRange && (o.sshBasePort !== undefined || (await portsFree(sshBase, n)));
       const data = resolve(o.data);
       await mkdir(data, { recursive: true, mode: 0o700 });
       await chmod(data, 0o700);
@@ -153,7 +192,9 @@ export function registerUp(program: Command): void {
       } else if (o.store === 'etcd') {
         const binary = findEtcdBinary();
         if (!binary) {
-          const where = process.env.ETCD_BIN ? `ETCD_BIN=${process.env.ETCD_BIN} is not an executable` : 'none was found on PATH or in /usr/bin';
+          const where = process.env.ETCD_BIN
+            ? `ETCD_BIN=${process.env.ETCD_BIN} is not an executable`
+            : 'none was found on PATH or in /usr/bin';
           process.stderr.write(`git-replication up: --store etcd needs an etcd binary and ${where}: ${ETCD_INSTALL_HINT}\n`);
           process.exit(2);
         }
@@ -161,7 +202,9 @@ export function registerUp(program: Command): void {
         if (!Number.isInteger(etcdPort) || etcdPort < 1 || etcdPort + 1 > 65535) throw new Error('--etcd-port out of range');
         // A Ctrl-C while etcd starts must not leave it running: remember it, stop etcd once it is up.
         let interrupted = false;
-        const onEarlySignal = (): void => { interrupted = true; };
+        const onEarlySignal = (): void => {
+          interrupted = true;
+        };
         for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, onEarlySignal);
         try {
           etcd = await startLocalEtcd({ dir: join(data, 'etcd'), clientPort: etcdPort, binary });
@@ -197,7 +240,20 @@ export function registerUp(program: Command): void {
         const id = `node-${i}`;
         const port = base + i - 1;
         const dataDir = join(data, id);
-        const args = [main, 'serve', '--id', id, '--port', String(port), '--data-dir', dataDir, '--store', store, '--log-level', o.logLevel ?? 'info'];
+        const args = [
+          main,
+          'serve',
+          '--id',
+          id,
+          '--port',
+          String(port),
+          '--data-dir',
+          dataDir,
+          '--store',
+          store,
+          '--log-level',
+          o.logLevel ?? 'info',
+        ];
         if (o.ssh) args.push('--ssh-port', String(sshBase + i - 1));
         if (o.writeQuorum) args.push('--write-quorum', o.writeQuorum);
         args.push('--replication-factor', o.replicationFactor ?? String(Math.min(3, n)));
@@ -211,12 +267,20 @@ export function registerUp(program: Command): void {
         if (stopping) return;
         stopping = true;
         process.stderr.write('stopping cluster...\n');
-        await Promise.all(children.map(({ child }) => new Promise<void>((res) => {
-          if (child.exitCode !== null || child.signalCode !== null) return res();
-          const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-          child.once('exit', () => { clearTimeout(t); res(); });
-          child.kill('SIGTERM');
-        })));
+        await Promise.all(
+          children.map(
+            ({ child }) =>
+              new Promise<void>((res) => {
+                if (child.exitCode !== null || child.signalCode !== null) return res();
+                const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+                child.once('exit', () => {
+                  clearTimeout(t);
+                  res();
+                });
+                child.kill('SIGTERM');
+              }),
+          ),
+        );
         if (etcd) {
           process.stderr.write('stopping etcd...\n');
           await etcd.stop();
@@ -236,17 +300,30 @@ export function registerUp(program: Command): void {
       } finally {
         await agent?.close();
       }
-      const file: ClusterFile = { store, nodes: children.map((c) => ({ id: c.id, url: c.url, pid: c.child.pid ?? -1, dataDir: c.dataDir })), ...(etcdEntry ? { etcd: etcdEntry } : {}) };
+      const file: ClusterFile = {
+        store,
+        nodes: children.map((c) => ({ id: c.id, url: c.url, pid: c.child.pid ?? -1, dataDir: c.dataDir })),
+        ...(etcdEntry ? { etcd: etcdEntry } : {}),
+      };
       await writeFile(join(data, 'cluster.json'), `${JSON.stringify(file, null, 2)}\n`);
       process.stdout.write(`\ngit-replication: ${n} nodes up (store ${store})\n`);
       for (const c of children) process.stdout.write(`  ${c.id}  ${c.url}\n`);
       if (o.ssh) {
-        process.stdout.write(`  git over SSH on ports ${sshBase}-${sshBase + n - 1}; host key for known_hosts: ${children[0]!.url}/ssh/host-key\n`);
-        process.stdout.write(`  register a key: git-replication key add <user> ~/.ssh/id_ed25519.pub, then git clone ssh://git@127.0.0.1:${sshBase}/<owner>/<repo>.git\n`);
+        process.stdout.write(
+          `  git over SSH on ports ${sshBase}-${sshBase + n - 1}; host key for known_hosts: ${children[0]!.url}/ssh/host-key\n`,
+        );
+        process.stdout.write(
+          `  register a key: git-replication key add <user> ~/.ssh/id_ed25519.pub, then git clone ssh://git@127.0.0.1:${sshBase}/<owner>/<repo>.git\n`,
+        );
       } else if (sshWanted) {
-        process.stdout.write(`  git over SSH is off: ports ${sshBase}-${sshBase + n - 1} are not free (choose them with --ssh-base-port)\n`);
+        process.stdout.write(
+          `  git over SSH is off: ports ${sshBase}-${sshBase + n - 1} are not free (choose them with --ssh-base-port)\n`,
+        );
       }
-      const token = await adminToken(data, children.map((c) => c.dataDir));
+      const token = await adminToken(
+        data,
+        children.map((c) => c.dataDir),
+      );
       const first = children[0]!.url;
       const last = children[children.length - 1]!.url;
       // With --tls every client needs the throw-away CA: curl --cacert, git -c http.sslCAInfo.
@@ -257,18 +334,30 @@ export function registerUp(program: Command): void {
         const push = first.replace(`${scheme}://`, `${scheme}://admin:${token}@`);
         process.stdout.write(`\nadmin token (also in ${join(data, 'admin-token')}): ${token}\n`);
         // Repos are private by default; this one is public so the clone needs no credentials.
-        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello","visibility":"public"}'\n`);
-        process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && ${gitc} push ${push}/demo/hello.git HEAD:main\n`);
+        process.stdout.write(
+          `\ntry:\n  ${curl} -X POST ${first}/repos -H "authorization: Bearer ${token}" -H 'content-type: application/json' -d '{"repo_id":"demo/hello","visibility":"public"}'\n`,
+        );
+        process.stdout.write(
+          `  ${gitc} clone ${last}/demo/hello.git\n  cd hello && git commit --allow-empty -m first && ${gitc} push ${push}/demo/hello.git HEAD:main\n`,
+        );
       } else {
-        process.stdout.write(`\ntry:\n  ${curl} -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`);
+        process.stdout.write(
+          `\ntry:\n  ${curl} -X POST ${first}/repos -H 'content-type: application/json' -d '{"repo_id":"demo/hello"}'\n`,
+        );
         process.stdout.write(`  ${gitc} clone ${last}/demo/hello.git\n`);
       }
       process.stdout.write('\nCtrl-C stops the cluster.\n');
-      for (const c of children) supervise(c, startNode, () => stopping, async () => {
-        const current = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as ClusterFile;
-        const nodes = current.nodes.map((e) => (e.id === c.id ? { ...e, pid: c.child.pid ?? -1 } : e));
-        await writeFile(join(data, 'cluster.json'), `${JSON.stringify({ ...current, nodes }, null, 2)}\n`);
-      });
+      for (const c of children)
+        supervise(
+          c,
+          startNode,
+          () => stopping,
+          async () => {
+            const current = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as ClusterFile;
+            const nodes = current.nodes.map((e) => (e.id === c.id ? { ...e, pid: c.child.pid ?? -1 } : e));
+            await writeFile(join(data, 'cluster.json'), `${JSON.stringify({ ...current, nodes }, null, 2)}\n`);
+          },
+        );
       if (etcd) {
         const { logFile } = etcd;
         void etcd.exited.then((how) => {

@@ -6,11 +6,23 @@ function v4(address: string, internal = false): NetworkInterfaceInfo {
   return { address, netmask: '255.255.255.0', family: 'IPv4', mac: '00:00:00:00:00:00', internal, cidr: `${address}/24` };
 }
 function v6(address: string, scopeid = 0): NetworkInterfaceInfo {
-  return { address, netmask: 'ffff:ffff:ffff:ffff::', family: 'IPv6', mac: '00:00:00:00:00:00', internal: false, cidr: `${address}/64`, scopeid };
+  return {
+    address,
+    netmask: 'ffff:ffff:ffff:ffff::',
+    family: 'IPv6',
+    mac: '00:00:00:00:00:00',
+    internal: false,
+    cidr: `${address}/64`,
+    scopeid,
+  };
 }
 
 const LO: Interfaces = { lo: [v4('127.0.0.1', true)] };
-const HOST: Interfaces = { lo: [v4('127.0.0.1', true)], eth0: [v6('fe80::1', 2), v4('169.254.3.4'), v4('10.0.0.2')], eth1: [v4('192.168.1.2')] };
+const HOST: Interfaces = {
+  lo: [v4('127.0.0.1', true)],
+  eth0: [v6('fe80::1', 2), v4('169.254.3.4'), v4('10.0.0.2')],
+  eth1: [v4('192.168.1.2')],
+};
 const V6_ONLY: Interfaces = { lo: [v4('127.0.0.1', true)], eth0: [v6('fe80::1', 2), v6('2001:db8::2')] };
 
 describe('defaultAdvertiseUrl', () => {

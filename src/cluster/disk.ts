@@ -10,12 +10,18 @@ export class DiskSpace {
   private timer: NodeJS.Timeout | null = null;
 
   /** minFreeBytes: below this many free bytes the node takes no new writes. */
-  constructor(private readonly dir: string, readonly minFreeBytes: number, private readonly read: (dir: string) => Promise<number> = freeBytesOf) {}
+  constructor(
+    private readonly dir: string,
+    readonly minFreeBytes: number,
+    private readonly read: (dir: string) => Promise<number> = freeBytesOf,
+  ) {}
 
   /** start takes a first reading and re-reads every `everyMs`. */
   async start(everyMs = 5_000): Promise<void> {
     await this.refresh();
-    this.timer = setInterval(() => { void this.refresh(); }, everyMs);
+    this.timer = setInterval(() => {
+      void this.refresh();
+    }, everyMs);
     this.timer.unref();
   }
 

@@ -6,8 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 /** ETCD_INSTALL_HINT tells a user without etcd how to get it. */
 export const ETCD_INSTALL_HINT =
-  'install etcd (Debian/Ubuntu: apt-get install etcd-server; elsewhere a release from https://github.com/etcd-io/etcd/releases), '
-  + 'set ETCD_BIN to its path, or pass --etcd-url to use an etcd that is already running';
+  'install etcd (Debian/Ubuntu: apt-get install etcd-server; elsewhere a release from https://github.com/etcd-io/etcd/releases), ' +
+  'set ETCD_BIN to its path, or pass --etcd-url to use an etcd that is already running';
 
 /** PEER_PORT_OFFSET is how far the peer port sits above the client port. */
 const PEER_PORT_OFFSET = 1;
@@ -22,7 +22,14 @@ const LOG_TAIL_CHARS = 4_000;
 export function findEtcdBinary(env: NodeJS.ProcessEnv = process.env): string | null {
   const candidates = env.ETCD_BIN
     ? [env.ETCD_BIN]
-    : [...(env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, 'etcd')), '/usr/bin/etcd', '/usr/local/bin/etcd'];
+    : [
+        ...(env.PATH ?? '')
+          .split(delimiter)
+          .filter(Boolean)
+          .map((dir) => join(dir, 'etcd')),
+        '/usr/bin/etcd',
+        '/usr/local/bin/etcd',
+      ];
   for (const path of candidates) {
     try {
       accessSync(path, constants.X_OK);
@@ -94,7 +101,10 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
   if (!binary) throw new Error(`no etcd binary found on PATH or in /usr/bin: ${ETCD_INSTALL_HINT}`);
   const clientPort = opts.clientPort;
   const peerPort = opts.peerPort ?? clientPort + PEER_PORT_OFFSET;
-  for (const [name, port] of [['client', clientPort], ['peer', peerPort]] as const) {
+  for (const [name, port] of [
+    ['client', clientPort],
+    ['peer', peerPort],
+  ] as const) {
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`etcd ${name} port ${port} out of range`);
   }
   const dataDir = join(opts.dir, 'data');
@@ -134,13 +144,17 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
     child.once('error', (err) => resolve(err.message));
   });
   let spawnError: Error | null = null;
-  child.once('error', (err) => { spawnError = err; });
+  child.once('error', (err) => {
+    spawnError = err;
+  });
   const running = (): boolean => spawnError === null && child.exitCode === null && child.signalCode === null;
 
   const handle: LocalEtcd = {
     url,
     storeUrl: `etcd://127.0.0.1:${clientPort}`,
-    get pid(): number { return child.pid ?? -1; },
+    get pid(): number {
+      return child.pid ?? -1;
+    },
     dataDir,
     logFile,
     exited,
@@ -148,7 +162,9 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
     async stop(): Promise<void> {
       if (!running()) return;
       child.kill('SIGTERM');
-      const timer = setTimeout(() => { if (running()) child.kill('SIGKILL'); }, STOP_TIMEOUT_MS);
+      const timer = setTimeout(() => {
+        if (running()) child.kill('SIGKILL');
+      }, STOP_TIMEOUT_MS);
       try {
         await exited;
       } finally {
@@ -163,13 +179,17 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
   const deadline = Date.now() + (opts.healthTimeoutMs ?? HEALTH_TIMEOUT_MS);
   for (;;) {
     if (!running()) {
-      const why = spawnError ? `could not start ${binary}: ${(spawnError as Error).message}` : `etcd exited with ${child.signalCode ?? child.exitCode}`;
+      const why = spawnError
+        ? `could not start ${binary}: ${(spawnError as Error).message}`
+        : `etcd exited with ${child.signalCode ?? child.exitCode}`;
       throw new Error(`${why}; its log (${logFile}) ends with:\n${await logTail(logFile)}`);
     }
     if (await healthy(url)) return handle;
     if (Date.now() > deadline) {
       await handle.stop();
-      throw new Error(`etcd at ${url} did not become healthy in ${opts.healthTimeoutMs ?? HEALTH_TIMEOUT_MS} ms; its log (${logFile}) ends with:\n${await logTail(logFile)}`);
+      throw new Error(
+        `etcd at ${url} did not become healthy in ${opts.healthTimeoutMs ?? HEALTH_TIMEOUT_MS} ms; its log (${logFile}) ends with:\n${await logTail(logFile)}`,
+      );
     }
     await sleep(100);
   }
@@ -193,7 +213,11 @@ async function healthy(url: string): Promise<boolean> {
 export function etcdStoreUrl(value: string): string {
   const v = value.trim();
   if (v.startsWith('etcd://')) return v;
-  const hosts = v.split(',').map((h) => h.trim()).filter(Boolean).map((h) => h.replace(/^https?:\/\//, '').replace(/\/+$/, ''));
+  const hosts = v
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean)
+    .map((h) => h.replace(/^https?:\/\//, '').replace(/\/+$/, ''));
   if (hosts.length === 0 || hosts.some((h) => !/^[A-Za-z0-9.[\]:-]+:\d+$/.test(h))) {
     throw new Error(`--etcd-url '${value}' must be http://host:port[,http://host:port...]`);
   }

@@ -43,7 +43,10 @@ export class Membership {
   constructor(
     private readonly self: NodeInfo,
     private readonly deps: {
-      store: ClusterStore; peers: PeerClient; logger: Logger; ttlMs: number;
+      store: ClusterStore;
+      peers: PeerClient;
+      logger: Logger;
+      ttlMs: number;
       /** onHeartbeat hears each heartbeat's store latency and whether it failed (metrics). */
       onHeartbeat?: (seconds: number, ok: boolean) => void;
     },
@@ -52,7 +55,12 @@ export class Membership {
   /** start registers the node and begins heartbeats. */
   async start(): Promise<void> {
     await this.heartbeat();
-    this.timer = setInterval(() => { void this.heartbeat(); }, Math.max(200, Math.floor(this.deps.ttlMs / 3)));
+    this.timer = setInterval(
+      () => {
+        void this.heartbeat();
+      },
+      Math.max(200, Math.floor(this.deps.ttlMs / 3)),
+    );
     this.timer.unref();
   }
 
@@ -72,13 +80,17 @@ export class Membership {
       this.lastStoreError = errorMessage(err);
       this.deps.onHeartbeat?.((performance.now() - started) / 1000, false);
     }
-    await Promise.all([...this.live].filter((id) => id !== this.self.id).map(async (id) => {
-      const url = this.nodes.get(id)?.url;
-      if (!url) return;
-      const load = await this.deps.peers.health(url, Math.max(500, this.deps.ttlMs / 3));
-      if (load) this.loads.set(id, { ...load, at: Date.now() });
-      else this.loads.delete(id);
-    }));
+    await Promise.all(
+      [...this.live]
+        .filter((id) => id !== this.self.id)
+        .map(async (id) => {
+          const url = this.nodes.get(id)?.url;
+          if (!url) return;
+          const load = await this.deps.peers.health(url, Math.max(500, this.deps.ttlMs / 3));
+          if (load) this.loads.set(id, { ...load, at: Date.now() });
+          else this.loads.delete(id);
+        }),
+    );
   }
 
   /** learn replaces the cached view of the cluster with a fresh read of the store. */
@@ -104,7 +116,10 @@ export class Membership {
       const key = `${n.id} ${formatRange(n.protocol)}`;
       if (common(own, n.protocol) !== null || this.warned.has(key)) continue;
       this.warned.add(key);
-      this.deps.logger.error({ peer: n.id, peerProtocol: formatRange(n.protocol), protocol: formatRange(own) }, `node ${n.id} speaks replication protocol ${formatRange(n.protocol)}, this node ${formatRange(own)}: they cannot replicate with each other; upgrade one side`);
+      this.deps.logger.error(
+        { peer: n.id, peerProtocol: formatRange(n.protocol), protocol: formatRange(own) },
+        `node ${n.id} speaks replication protocol ${formatRange(n.protocol)}, this node ${formatRange(own)}: they cannot replicate with each other; upgrade one side`,
+      );
     }
   }
 
@@ -199,7 +214,16 @@ export class Membership {
       const self = n.id === this.self.id;
       const load = self ? selfLoad : this.loads.get(n.id);
       const live = self || this.live.has(n.id);
-      return { id: n.id, url: n.url, version: n.version, startedAt: n.startedAt, live, self, load: live && load ? { cpu: load.cpu, memory: load.memory } : null, downForMs: this.downFor(n.id) };
+      return {
+        id: n.id,
+        url: n.url,
+        version: n.version,
+        startedAt: n.startedAt,
+        live,
+        self,
+        load: live && load ? { cpu: load.cpu, memory: load.memory } : null,
+        downForMs: this.downFor(n.id),
+      };
     });
   }
 

@@ -3,7 +3,19 @@ import { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { bodyDigest, PEER_AUTH_HEADER, signPeerRequest, type PeerTarget } from '../auth/peer-signature.js';
 import { errorMessage } from '../domain/errors.js';
-import { common, formatRange, frameHead, PREPARE_CONTENT_TYPE, prepareToWire, PROTOCOL, PROTOCOL_HEADER, STAGE_PROTOCOL, stageToWire, type PrepareRequest, type ProtocolRange } from './protocol.js';
+import {
+  common,
+  formatRange,
+  frameHead,
+  PREPARE_CONTENT_TYPE,
+  prepareToWire,
+  PROTOCOL,
+  PROTOCOL_HEADER,
+  STAGE_PROTOCOL,
+  stageToWire,
+  type PrepareRequest,
+  type ProtocolRange,
+} from './protocol.js';
 
 /** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
 export type PeerAnswer =
@@ -37,26 +49,60 @@ export class PeerClient {
     const meta = Buffer.from(JSON.stringify({ ...prepareToWire(req), has_pack: packPath !== null }));
     const head = frameHead(meta);
     const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
-    return this.call(target, '/replicate/prepare', body, packPath === null ? head.length : null, bodyDigest(meta), PREPARE_CONTENT_TYPE, timeoutMs);
+    return this.call(
+      target,
+      '/replicate/prepare',
+      body,
+      packPath === null ? head.length : null,
+      bodyDigest(meta),
+      PREPARE_CONTENT_TYPE,
+      timeoutMs,
+    );
   }
 
   /**
    * stagePack ships a push's pack to a replica ahead of its prepare (`/replicate/stage`), framed
    * as a prepare is. A peer that speaks no protocol with staging is answered `failed` at once.
    */
-  async stagePack(target: PeerTarget, meta: { repoId: string; packHash: string; fsckIgnore?: readonly string[] }, packPath: string, timeoutMs: number): Promise<PeerAnswer> {
-    if ((common(this.opts.protocol ?? PROTOCOL, target.protocol) ?? 0) < STAGE_PROTOCOL) return { ok: false, status: 'failed', message: `node ${target.id} cannot stage packs (protocol ${formatRange(target.protocol)})` };
+  async stagePack(
+    target: PeerTarget,
+    meta: { repoId: string; packHash: string; fsckIgnore?: readonly string[] },
+    packPath: string,
+    timeoutMs: number,
+  ): Promise<PeerAnswer> {
+    if ((common(this.opts.protocol ?? PROTOCOL, target.protocol) ?? 0) < STAGE_PROTOCOL)
+      return { ok: false, status: 'failed', message: `node ${target.id} cannot stage packs (protocol ${formatRange(target.protocol)})` };
     const json = Buffer.from(JSON.stringify(stageToWire(meta)));
     const head = frameHead(json);
-    return this.call(target, '/replicate/stage', Readable.from(concatStreams(head, packPath)), null, bodyDigest(json), PREPARE_CONTENT_TYPE, timeoutMs);
+    return this.call(
+      target,
+      '/replicate/stage',
+      Readable.from(concatStreams(head, packPath)),
+      null,
+      bodyDigest(json),
+      PREPARE_CONTENT_TYPE,
+      timeoutMs,
+    );
   }
 
-  private async call(target: PeerTarget, path: string, body: Buffer | Readable, contentLength: number | null, digest: string, contentType: string, timeoutMs: number): Promise<PeerAnswer> {
+  private async call(
+    target: PeerTarget,
+    path: string,
+    body: Buffer | Readable,
+    contentLength: number | null,
+    digest: string,
+    contentType: string,
+    timeoutMs: number,
+  ): Promise<PeerAnswer> {
     const own = this.opts.protocol ?? PROTOCOL;
     const version = common(own, target.protocol);
     if (version === null) {
       if (body instanceof Readable) body.destroy();
-      return { ok: false, status: 'failed', message: `node ${target.id} speaks replication protocol ${formatRange(target.protocol)}, this node ${formatRange(own)}` };
+      return {
+        ok: false,
+        status: 'failed',
+        message: `node ${target.id} speaks replication protocol ${formatRange(target.protocol)}, this node ${formatRange(own)}`,
+      };
     }
     const signal = AbortSignal.timeout(timeoutMs);
     try {

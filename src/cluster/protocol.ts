@@ -90,7 +90,6 @@ export interface PrepareRequest {
 /** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_packs`. */
 export const STAGE_PROTOCOL = 3;
 
-
 /** PREPARE_CONTENT_TYPE frames a push prepare: `<json length>\n<json>` then the raw pack. */
 export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';
 
@@ -102,9 +101,15 @@ export function frameHead(json: Buffer): Buffer {
 /** prepareToWire encodes a PrepareRequest in the seed's snake_case field names (parsePrepare decodes it). */
 export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
   return {
-    transaction_id: req.txnId, coordinator_id: req.coordinator, repo_id: req.repoId, operation: req.kind,
-    incarnation: req.incarnation, base_generation: req.baseGeneration, fencing_token: req.fencingToken,
-    new_checksum: req.newChecksum, updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
+    transaction_id: req.txnId,
+    coordinator_id: req.coordinator,
+    repo_id: req.repoId,
+    operation: req.kind,
+    incarnation: req.incarnation,
+    base_generation: req.baseGeneration,
+    fencing_token: req.fencingToken,
+    new_checksum: req.newChecksum,
+    updates: req.updates.map((u) => ({ ref: u.ref, old: u.oldOid, new: u.newOid })),
     ...(req.packHash ? { pack_hash: req.packHash } : {}),
     ...(req.newHead ? { new_head: req.newHead } : {}),
     ...(req.fsckIgnore ? { fsck_ignore: req.fsckIgnore } : {}),
@@ -113,7 +118,11 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
 }
 
 /** StageMessage is a `/replicate/stage` call's metadata: the pack that follows, and the fsck policy to judge it by. */
-export interface StageMessage { readonly repoId: string; readonly packHash: string; readonly fsckIgnore?: readonly string[] }
+export interface StageMessage {
+  readonly repoId: string;
+  readonly packHash: string;
+  readonly fsckIgnore?: readonly string[];
+}
 
 /** UNSTAGE_SCHEMA validates a `/replicate/unstage` call: drop a staged pack no prepare will adopt. */
 export const UNSTAGE_SCHEMA = {
@@ -129,7 +138,10 @@ export const UNSTAGE_SCHEMA = {
 } as const;
 
 /** UnstageMessage is an unstage call's body (unstageToWire encodes it, UNSTAGE_SCHEMA checks it). */
-export interface UnstageMessage { repo_id: string; pack_hash: string }
+export interface UnstageMessage {
+  repo_id: string;
+  pack_hash: string;
+}
 
 /** unstageToWire encodes an unstage call. */
 export function unstageToWire(repoId: string, packHash: string): UnstageMessage {
@@ -161,7 +173,11 @@ export const TXN_SCHEMA = {
 } as const;
 
 /** TxnMessage is a commit or abort: which transaction, from which coordinator. */
-export interface TxnMessage { transaction_id: string; coordinator_id: string; repo_id?: string }
+export interface TxnMessage {
+  transaction_id: string;
+  coordinator_id: string;
+  repo_id?: string;
+}
 
 /** txnToWire encodes a commit or abort message. */
 export function txnToWire(txnId: string, coordinator: string, repoId: string): TxnMessage {
@@ -190,7 +206,14 @@ export function parsePrepare(body: unknown): PrepareRequest {
   if (!Array.isArray(rawUpdates)) throw badRequest('updates must be an array');
   const updates = rawUpdates.map((u: unknown) => {
     const o = u as Record<string, unknown>;
-    if (typeof o?.ref !== 'string' || typeof o.old !== 'string' || typeof o.new !== 'string' || !isOid(o.old) || !isOid(o.new) || !o.ref.startsWith('refs/')) {
+    if (
+      typeof o?.ref !== 'string' ||
+      typeof o.old !== 'string' ||
+      typeof o.new !== 'string' ||
+      !isOid(o.old) ||
+      !isOid(o.new) ||
+      !o.ref.startsWith('refs/')
+    ) {
       throw badRequest('each update needs ref, old and new object ids');
     }
     return { ref: o.ref, oldOid: o.old, newOid: o.new };
@@ -200,13 +223,22 @@ export function parsePrepare(body: unknown): PrepareRequest {
   const fsckIgnore = b.fsck_ignore;
   if (fsckIgnore !== undefined && !isFsckIgnoreList(fsckIgnore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
   const stagedPacks = b.staged_packs ?? [];
-  if (!Array.isArray(stagedPacks) || stagedPacks.length > MAX_STAGED_PACKS || !stagedPacks.every((h) => typeof h === 'string' && isOid(h))) throw badRequest(`staged_packs must be a list of at most ${MAX_STAGED_PACKS} object ids`);
+  if (!Array.isArray(stagedPacks) || stagedPacks.length > MAX_STAGED_PACKS || !stagedPacks.every((h) => typeof h === 'string' && isOid(h)))
+    throw badRequest(`staged_packs must be a list of at most ${MAX_STAGED_PACKS} object ids`);
   const newHead = b.new_head;
-  if (newHead !== undefined && (typeof newHead !== 'string' || !newHead.startsWith('refs/heads/') || refNameProblem(newHead) !== null)) throw badRequest('new_head must be a branch name');
+  if (newHead !== undefined && (typeof newHead !== 'string' || !newHead.startsWith('refs/heads/') || refNameProblem(newHead) !== null))
+    throw badRequest('new_head must be a branch name');
   return {
-    txnId: str('transaction_id'), coordinator: str('coordinator_id'), repoId: parseRepoId(b.repo_id), kind,
-    incarnation: str('incarnation'), baseGeneration: int('base_generation'), fencingToken: int('fencing_token'),
-    newChecksum: str('new_checksum'), updates, ...(typeof packHash === 'string' ? { packHash } : {}),
+    txnId: str('transaction_id'),
+    coordinator: str('coordinator_id'),
+    repoId: parseRepoId(b.repo_id),
+    kind,
+    incarnation: str('incarnation'),
+    baseGeneration: int('base_generation'),
+    fencingToken: int('fencing_token'),
+    newChecksum: str('new_checksum'),
+    updates,
+    ...(typeof packHash === 'string' ? { packHash } : {}),
     ...(typeof newHead === 'string' ? { newHead } : {}),
     ...(isFsckIgnoreList(fsckIgnore) ? { fsckIgnore } : {}),
     ...(stagedPacks.length ? { stagedPacks } : {}),
@@ -219,7 +251,11 @@ export function parseStage(body: unknown): { repoId: string; packHash: string; f
   const b = body as Record<string, unknown>;
   if (typeof b.pack_hash !== 'string' || !isOid(b.pack_hash)) throw badRequest('pack_hash must be an object id');
   if (b.fsck_ignore !== undefined && !isFsckIgnoreList(b.fsck_ignore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
-  return { repoId: parseRepoId(b.repo_id), packHash: b.pack_hash, ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}) };
+  return {
+    repoId: parseRepoId(b.repo_id),
+    packHash: b.pack_hash,
+    ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}),
+  };
 }
 
 /**
@@ -237,7 +273,8 @@ export async function readFrame(stream: Readable, signedDigest: string | null): 
       if (!Number.isInteger(len) || len <= 0 || len > MAX_META_BYTES) throw badRequest('prepare metadata length invalid');
       if (buf.length >= nl + 1 + len) {
         // The signature covers the metadata (which names the pack's hash), never the streamed pack.
-        if (bodyDigest(buf.subarray(nl + 1, nl + 1 + len)) !== signedDigest) throw unauthorized('peer signature does not match the prepare metadata');
+        if (bodyDigest(buf.subarray(nl + 1, nl + 1 + len)) !== signedDigest)
+          throw unauthorized('peer signature does not match the prepare metadata');
         let meta: unknown;
         try {
           meta = JSON.parse(buf.subarray(nl + 1, nl + 1 + len).toString('utf8'));
@@ -245,10 +282,12 @@ export async function readFrame(stream: Readable, signedDigest: string | null): 
           throw badRequest('prepare metadata is not JSON');
         }
         const rest = buf.subarray(nl + 1 + len);
-        const pack = Readable.from((async function* () {
-          if (rest.length) yield rest;
-          for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
-        })());
+        const pack = Readable.from(
+          (async function* () {
+            if (rest.length) yield rest;
+            for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+          })(),
+        );
         return { meta, pack };
       }
     } else if (buf.length > 20) {
@@ -259,4 +298,3 @@ export async function readFrame(stream: Readable, signedDigest: string | null): 
     buf = Buffer.concat([buf, r.value]);
   }
 }
-

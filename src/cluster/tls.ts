@@ -54,7 +54,10 @@ export async function loadTls(files: TlsFiles): Promise<TlsMaterial> {
     try {
       createSecureContext(server);
     } catch (err) {
-      throw new TlsConfigError(`--tls-cert ${files.cert} and --tls-key ${files.key} are not a usable certificate and key: ${errorMessage(err)}`, { cause: err });
+      throw new TlsConfigError(
+        `--tls-cert ${files.cert} and --tls-key ${files.key} are not a usable certificate and key: ${errorMessage(err)}`,
+        { cause: err },
+      );
     }
   }
   let ca: TlsMaterial['ca'] = null;

@@ -40,7 +40,6 @@ export function replicaChecksum(refs: Iterable<RefEntry>, headTarget: string | n
   return acc.toString('hex');
 }
 
-
 const ZERO = /^0+$/;
 
 /** applyUpdatesToChecksum returns the checksum after the updates, from the checksum before them. */

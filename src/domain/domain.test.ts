@@ -10,9 +10,30 @@ describe('parseRepoId', () => {
     expect(parseRepoId(id)).toBe(id);
   });
   it.each([
-    ['../etc'], ['a/b/c'], ['a'], [''], ['/b'], ['a/'], ['.a/b'], ['a/.b'], ['-a/b'], ['a/b..c'], ['a/b.git'], ['a/b.lock'],
-    [`a/${'x'.repeat(101)}`], ['a b/c'], ['a/b\n'], ['a/b%2f'], ['ä/b'],
-    ['admin/x'], ['Admin/x'], ['repos/x'], ['replicate/x'], ['health/x'], ['metrics/x'], ['ready/x'],
+    ['../etc'],
+    ['a/b/c'],
+    ['a'],
+    [''],
+    ['/b'],
+    ['a/'],
+    ['.a/b'],
+    ['a/.b'],
+    ['-a/b'],
+    ['a/b..c'],
+    ['a/b.git'],
+    ['a/b.lock'],
+    [`a/${'x'.repeat(101)}`],
+    ['a b/c'],
+    ['a/b\n'],
+    ['a/b%2f'],
+    ['ä/b'],
+    ['admin/x'],
+    ['Admin/x'],
+    ['repos/x'],
+    ['replicate/x'],
+    ['health/x'],
+    ['metrics/x'],
+    ['ready/x'],
   ])('refuses %j with a 400', (id) => {
     expect(() => parseRepoId(id)).toThrow(expect.objectContaining({ statusCode: 400 }));
   });
@@ -26,7 +47,14 @@ describe('parseRepoId', () => {
 });
 
 describe('quorum math', () => {
-  it.each([[1, 1], [2, 2], [3, 2], [4, 3], [5, 3], [6, 4]])('majority of %i is %i', (r, w) => {
+  it.each([
+    [1, 1],
+    [2, 2],
+    [3, 2],
+    [4, 3],
+    [5, 3],
+    [6, 4],
+  ])('majority of %i is %i', (r, w) => {
     expect(defaultWriteQuorum(r)).toBe(w);
   });
   it('configured W is capped by the replica count', () => {
@@ -54,9 +82,26 @@ describe('refNameProblem (git check-ref-format)', () => {
   it.each(['refs/heads/main', 'refs/tags/v1.0', 'refs/heads/feature/x-y_z', 'refs/notes/commits'])('accepts %s', (r) => {
     expect(refNameProblem(r)).toBeNull();
   });
-  it.each(['HEAD', 'main', 'refs/heads/a..b', 'refs/heads/a.lock', 'refs/heads/.hidden', 'refs/heads/a b', 'refs/heads/a~1', 'refs/heads/a^',
-    'refs/heads/a:b', 'refs/heads/a?', 'refs/heads/a*', 'refs/heads/a[', 'refs/heads/a\\b', 'refs/heads//a', 'refs/heads/a/', 'refs/heads/a.',
-    'refs/heads/a@{1}', 'refs/heads/\u0001'])('refuses %j as a funny refname', (r) => {
+  it.each([
+    'HEAD',
+    'main',
+    'refs/heads/a..b',
+    'refs/heads/a.lock',
+    'refs/heads/.hidden',
+    'refs/heads/a b',
+    'refs/heads/a~1',
+    'refs/heads/a^',
+    'refs/heads/a:b',
+    'refs/heads/a?',
+    'refs/heads/a*',
+    'refs/heads/a[',
+    'refs/heads/a\\b',
+    'refs/heads//a',
+    'refs/heads/a/',
+    'refs/heads/a.',
+    'refs/heads/a@{1}',
+    'refs/heads/\u0001',
+  ])('refuses %j as a funny refname', (r) => {
     expect(refNameProblem(r)).toBe('funny refname');
   });
 });
@@ -87,7 +132,10 @@ describe('replica checksum', () => {
   it('can be updated incrementally: create, update, delete', () => {
     const start = headChecksum('refs/heads/main');
     const zero = '0'.repeat(40);
-    const created = applyUpdatesToChecksum(start, [{ ref: a.name, oldOid: zero, newOid: a.oid }, { ref: b.name, oldOid: zero, newOid: b.oid }]);
+    const created = applyUpdatesToChecksum(start, [
+      { ref: a.name, oldOid: zero, newOid: a.oid },
+      { ref: b.name, oldOid: zero, newOid: b.oid },
+    ]);
     expect(created).toBe(replicaChecksum([a, b], 'refs/heads/main'));
     const moved = applyUpdatesToChecksum(created, [{ ref: a.name, oldOid: a.oid, newOid: '3'.repeat(40) }]);
     expect(moved).toBe(replicaChecksum([{ name: a.name, oid: '3'.repeat(40) }, b], 'refs/heads/main'));
@@ -111,7 +159,11 @@ describe('placeReplicas (rendezvous hashing)', () => {
   it('removing a node only moves the repos that were on it', () => {
     for (let i = 0; i < 100; i++) {
       const before = placeReplicas(`o/r${i}`, nodes, 3);
-      const after = placeReplicas(`o/r${i}`, nodes.filter((n) => n !== 'node-4'), 3);
+      const after = placeReplicas(
+        `o/r${i}`,
+        nodes.filter((n) => n !== 'node-4'),
+        3,
+      );
       if (!before.includes('node-4')) expect(after).toEqual(before);
       else expect(after.filter((n) => before.includes(n))).toHaveLength(2);
     }

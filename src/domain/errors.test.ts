@@ -44,11 +44,20 @@ describe('the error catalogue', () => {
     expect(err.code).toBe('ERR_PROTOCOL');
     expect(formatError('ERR_INTERNAL', [])).toBe('internal error');
     const store = new StoreUnavailableError('etcd down');
-    expect([store.code, store.statusCode, store.message]).toEqual(['ERR_STORE_UNAVAILABLE', 503, 'coordination store unavailable: etcd down']);
+    expect([store.code, store.statusCode, store.message]).toEqual([
+      'ERR_STORE_UNAVAILABLE',
+      503,
+      'coordination store unavailable: etcd down',
+    ]);
   });
 
   it.each([
-    [400, 'ERR_BAD_REQUEST'], [404, 'ERR_NOT_FOUND'], [413, 'ERR_TOO_LARGE'], [414, 'ERR_URI_TOO_LONG'], [415, 'ERR_CONTENT_TYPE'], [418, 'ERR_BAD_REQUEST'],
+    [400, 'ERR_BAD_REQUEST'],
+    [404, 'ERR_NOT_FOUND'],
+    [413, 'ERR_TOO_LARGE'],
+    [414, 'ERR_URI_TOO_LONG'],
+    [415, 'ERR_CONTENT_TYPE'],
+    [418, 'ERR_BAD_REQUEST'],
   ] as Array<[number, ErrorCode]>)("gives Fastify's client error of status %i the code %s", (status, code) => {
     const err = clientErrorOf(status, 'body/repo_id must be string');
     expect([err.code, err.statusCode, err.message]).toEqual([code, ERRORS[code].status, 'body/repo_id must be string']);

@@ -6,7 +6,16 @@ const PART = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
  * RESERVED_OWNERS are the first path segments of the node's own routes: an owner by one of these
  * names would put its repositories' URLs beside (or under) the API's.
  */
-export const RESERVED_OWNERS: ReadonlySet<string> = new Set(['admin', 'api', 'health', 'internal', 'metrics', 'ready', 'replicate', 'repos']);
+export const RESERVED_OWNERS: ReadonlySet<string> = new Set([
+  'admin',
+  'api',
+  'health',
+  'internal',
+  'metrics',
+  'ready',
+  'replicate',
+  'repos',
+]);
 
 /** RepoId is a validated `owner/name`. */
 export type RepoId = string & { readonly __brand: 'RepoId' };

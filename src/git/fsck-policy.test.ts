@@ -14,7 +14,7 @@ describe('fsck policy', () => {
     expect(indexPackStrict(['a', 'b'])).toBe('--strict=a=ignore,b=ignore');
     expect(indexPackStrict([])).toBe('--strict');
   });
-  it('checks a peer\'s list', () => {
+  it("checks a peer's list", () => {
     expect(isFsckIgnoreList(['zeroPaddedFilemode'])).toBe(true);
     expect(isFsckIgnoreList(['hasDotgit'])).toBe(false);
     expect(isFsckIgnoreList('x')).toBe(false);

@@ -12,14 +12,42 @@
 
 /** TOLERATED_BY_DEFAULT are git's warn-level checks accepted unless the operator says otherwise. */
 export const TOLERATED_BY_DEFAULT: readonly string[] = [
-  'badDate', 'badDateOverflow', 'badTimezone', 'missingSpaceBeforeDate', 'zeroPaddedDate',
-  'zeroPaddedFilemode', 'badFilemode', 'missingEmail', 'badEmail', 'missingNameBeforeEmail',
-  'missingSpaceBeforeEmail', 'emptyName', 'nulInCommit', 'badTagName', 'missingTaggerEntry',
+  'badDate',
+  'badDateOverflow',
+  'badTimezone',
+  'missingSpaceBeforeDate',
+  'zeroPaddedDate',
+  'zeroPaddedFilemode',
+  'badFilemode',
+  'missingEmail',
+  'badEmail',
+  'missingNameBeforeEmail',
+  'missingSpaceBeforeEmail',
+  'emptyName',
+  'nulInCommit',
+  'badTagName',
+  'missingTaggerEntry',
   'fullPathname',
 ];
 
 /** ALWAYS_FATAL are checks that guard clients' checkouts: never let through. */
-const ALWAYS_FATAL = new Set(['hasDot', 'hasDotdot', 'hasDotgit', 'gitmodulesName', 'gitmodulesPath', 'gitmodulesUrl', 'gitmodulesSymlink', 'gitmodulesBlob', 'gitmodulesParse', 'gitmodulesUpdate', 'gitattributesBlob', 'gitattributesLarge', 'gitattributesLineLength', 'gitattributesMissing', 'gitattributesSymlink']);
+const ALWAYS_FATAL = new Set([
+  'hasDot',
+  'hasDotdot',
+  'hasDotgit',
+  'gitmodulesName',
+  'gitmodulesPath',
+  'gitmodulesUrl',
+  'gitmodulesSymlink',
+  'gitmodulesBlob',
+  'gitmodulesParse',
+  'gitmodulesUpdate',
+  'gitattributesBlob',
+  'gitattributesLarge',
+  'gitattributesLineLength',
+  'gitattributesMissing',
+  'gitattributesSymlink',
+]);
 
 /**
  * parseFsckIgnore reads `--fsck-ignore`: `default`, `none` (every check fatal), or a comma list
@@ -28,7 +56,10 @@ const ALWAYS_FATAL = new Set(['hasDot', 'hasDotdot', 'hasDotgit', 'gitmodulesNam
 export function parseFsckIgnore(value: string | undefined): readonly string[] {
   if (value === undefined || value === '' || value === 'default') return TOLERATED_BY_DEFAULT;
   if (value === 'none') return [];
-  const ids = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const ids = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const id of ids) {
     if (!/^[a-zA-Z]{1,64}$/.test(id)) throw new Error(`--fsck-ignore: '${id}' is not a git fsck message id (e.g. zeroPaddedFilemode)`);
     if (ALWAYS_FATAL.has(id)) throw new Error(`--fsck-ignore: ${id} guards clients' checkouts and stays fatal`);
@@ -38,7 +69,11 @@ export function parseFsckIgnore(value: string | undefined): readonly string[] {
 
 /** isFsckIgnoreList says whether a list from a peer is well formed (ids only, no path-safety check). */
 export function isFsckIgnoreList(value: unknown): value is string[] {
-  return Array.isArray(value) && value.length <= 64 && value.every((v) => typeof v === 'string' && /^[a-zA-Z]{1,64}$/.test(v) && !ALWAYS_FATAL.has(v));
+  return (
+    Array.isArray(value) &&
+    value.length <= 64 &&
+    value.every((v) => typeof v === 'string' && /^[a-zA-Z]{1,64}$/.test(v) && !ALWAYS_FATAL.has(v))
+  );
 }
 
 /** fsckConfig is the policy as git config for receive-pack (`receive`) or a fetch or clone (`fetch`). */

@@ -30,7 +30,11 @@ describe('pkt-line', () => {
   it('passes upload-pack requests and receive-pack commands + pack through unchanged', async () => {
     const up = Buffer.concat([encodePktLine('want 1234\n'), Buffer.from('0000'), encodePktLine('done\n')]);
     expect(await validate([up.subarray(0, 5), up.subarray(5)], false)).toEqual(up);
-    const push = Buffer.concat([encodePktLine('old new ref\0caps\n'), Buffer.from('0000'), Buffer.from('PACK\0\0\0\u0002 anything goes here')]);
+    const push = Buffer.concat([
+      encodePktLine('old new ref\0caps\n'),
+      Buffer.from('0000'),
+      Buffer.from('PACK\0\0\0\u0002 anything goes here'),
+    ]);
     expect(await validate([push], true)).toEqual(push);
   });
 });

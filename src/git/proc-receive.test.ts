@@ -36,7 +36,9 @@ describe('HookServer progress connections', () => {
     const server = new HookServer(() => undefined);
     const port = await server.listen();
     let reported!: () => void;
-    const done = new Promise<void>((r) => { reported = r; });
+    const done = new Promise<void>((r) => {
+      reported = r;
+    });
     const unregister = server.expect('push-1', async (exchange) => {
       const req = await exchange.read();
       exchange.report(req.commands, () => ({ ok: false, reason: 'refused early' }));
@@ -44,7 +46,9 @@ describe('HookServer progress connections', () => {
     });
     const main = connect(port, '127.0.0.1');
     main.on('error', () => undefined);
-    main.write(Buffer.concat([Buffer.from('push-1\n'), encodePktLine('version=1\0\n'), FLUSH, encodePktLine(`${A} ${B} refs/heads/x\n`), FLUSH]));
+    main.write(
+      Buffer.concat([Buffer.from('push-1\n'), encodePktLine('version=1\0\n'), FLUSH, encodePktLine(`${A} ${B} refs/heads/x\n`), FLUSH]),
+    );
     await done;
     const progress = connect(port, '127.0.0.1');
     const ended = new Promise<string>((resolve) => {

@@ -32,7 +32,8 @@ export function parseCommand(line: Buffer): PushCommand {
   const oldOid = first === -1 ? '' : line.subarray(0, first).toString('latin1');
   const newOid = second === -1 ? '' : line.subarray(first + 1, second).toString('latin1');
   const raw = second === -1 ? Buffer.alloc(0) : Buffer.from(line.subarray(second + 1));
-  if (!isOid(oldOid) || !isOid(newOid) || raw.length === 0) throw new Error(`bad command from receive-pack: '${line.toString('latin1').slice(0, 200)}'`);
+  if (!isOid(oldOid) || !isOid(newOid) || raw.length === 0)
+    throw new Error(`bad command from receive-pack: '${line.toString('latin1').slice(0, 200)}'`);
   const ref = raw.toString('utf8');
   return { oldOid, newOid, ref, raw, utf8: Buffer.from(ref, 'utf8').equals(raw), key: raw.toString('latin1') };
 }
@@ -57,7 +58,10 @@ export class ProcReceiveExchange {
   private ended = false;
   private failure: Error | null = null;
 
-  constructor(private readonly socket: Socket, initial: Buffer) {
+  constructor(
+    private readonly socket: Socket,
+    initial: Buffer,
+  ) {
     this.reader.push(initial);
     socket.on('data', (chunk: Buffer) => {
       this.reader.push(chunk);
@@ -89,7 +93,9 @@ export class ProcReceiveExchange {
       if (pkt) return pkt;
       if (this.failure) throw this.failure;
       if (this.ended) throw new Error('proc-receive hook closed the connection');
-      await new Promise<void>((resolve) => { this.waiting = resolve; });
+      await new Promise<void>((resolve) => {
+        this.waiting = resolve;
+      });
     }
   }
 
@@ -110,7 +116,13 @@ export class ProcReceiveExchange {
     const first = (version[0] ?? Buffer.alloc(0)).toString('latin1');
     const nul = first.indexOf('\0');
     const head = nul === -1 ? first : first.slice(0, nul);
-    const caps = nul === -1 ? [] : first.slice(nul + 1).split(' ').filter(Boolean);
+    const caps =
+      nul === -1
+        ? []
+        : first
+            .slice(nul + 1)
+            .split(' ')
+            .filter(Boolean);
     if (head !== 'version=1') throw new Error(`unsupported proc-receive version '${head}'`);
     const usePushOptions = caps.includes('push-options');
     this.socket.write(Buffer.concat([encodePktLine(`version=1\0${usePushOptions ? 'push-options' : ''}\n`), FLUSH]));

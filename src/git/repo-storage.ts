@@ -35,7 +35,10 @@ export class ReplicaStorage {
   readonly tmpDir: string;
   readonly trashDir: string;
 
-  constructor(readonly dataDir: string, private readonly git: GitRunner) {
+  constructor(
+    readonly dataDir: string,
+    private readonly git: GitRunner,
+  ) {
     this.reposDir = join(dataDir, 'repos');
     this.tmpDir = join(dataDir, 'tmp');
     this.trashDir = join(dataDir, 'trash');
@@ -68,7 +71,9 @@ export class ReplicaStorage {
   async initRepo(path: string, incarnation: string): Promise<void> {
     await rm(path, { recursive: true, force: true });
     await mkdir(dirname(path), { recursive: true });
-    await this.git.run(['init', '--quiet', '--bare', `--initial-branch=${DEFAULT_HEAD.slice('refs/heads/'.length)}`, path], { cwd: this.dataDir });
+    await this.git.run(['init', '--quiet', '--bare', `--initial-branch=${DEFAULT_HEAD.slice('refs/heads/'.length)}`, path], {
+      cwd: this.dataDir,
+    });
     await appendReplicaConfig(path, incarnation);
     await fsyncPath(path);
   }
@@ -80,7 +85,8 @@ export class ReplicaStorage {
   async adoptClone(path: string, incarnation: string): Promise<void> {
     await this.git.run(['config', '--remove-section', 'remote.origin'], { cwd: path, okCodes: [0, 128] });
     await appendReplicaConfig(path, incarnation);
-    for (const p of [join(path, 'HEAD'), join(path, 'objects', 'pack'), join(path, 'objects'), join(path, 'refs'), path]) await fsyncPath(p);
+    for (const p of [join(path, 'HEAD'), join(path, 'objects', 'pack'), join(path, 'objects'), join(path, 'refs'), path])
+      await fsyncPath(p);
   }
 
   /** incarnationOf reads the incarnation id a replica was created with, or null. */
@@ -220,17 +226,19 @@ export async function fsyncPath(path: string): Promise<void> {
 export async function fsyncRefDirs(repoPath: string, refs: readonly string[]): Promise<void> {
   const dirs = new Set<string>([repoPath]);
   for (const ref of refs) dirs.add(dirname(join(repoPath, ref)));
-  await Promise.all([...dirs].map(async (dir) => {
-    for (let d = dir; ; d = dirname(d)) {
-      try {
-        return await fsyncPath(d);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || d === repoPath || !d.startsWith(repoPath)) {
-          throw new Error(`fsync of ${d} failed: ${(err as Error).message}`, { cause: err });
+  await Promise.all(
+    [...dirs].map(async (dir) => {
+      for (let d = dir; ; d = dirname(d)) {
+        try {
+          return await fsyncPath(d);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || d === repoPath || !d.startsWith(repoPath)) {
+            throw new Error(`fsync of ${d} failed: ${(err as Error).message}`, { cause: err });
+          }
         }
       }
-    }
-  }));
+    }),
+  );
 }
 
 async function isDir(path: string): Promise<boolean> {

@@ -6,7 +6,12 @@ import { AppError, unavailable } from '../domain/errors.js';
 export class GitError extends AppError {
   constructor(args: readonly string[], code: number | null, signal: string | null, stderr: string) {
     const what = signal ? `killed by ${signal}` : `exit ${code}`;
-    super('ERR_GIT', [args[0] ?? '', what, stderr.trim().split('\n').slice(-3).join(' | ')], { args: [...args], exitCode: code, signal, stderr });
+    super('ERR_GIT', [args[0] ?? '', what, stderr.trim().split('\n').slice(-3).join(' | ')], {
+      args: [...args],
+      exitCode: code,
+      signal,
+      stderr,
+    });
     this.name = 'GitError';
   }
 }
@@ -35,9 +40,32 @@ export interface SpawnOptions {
 }
 
 const SAFE_SUBCOMMANDS = new Set([
-  'init', 'config', 'upload-pack', 'receive-pack', 'update-ref', 'for-each-ref', 'symbolic-ref', 'rev-parse',
-  'index-pack', 'rev-list', 'fetch', 'clone', 'fsck', 'cat-file', 'pack-objects', 'show-ref', 'count-objects',
-  'http-backend', 'gc', 'repack', 'commit-tree', 'hash-object', 'mktree', 'check-ref-format', 'ls-remote', 'bundle',
+  'init',
+  'config',
+  'upload-pack',
+  'receive-pack',
+  'update-ref',
+  'for-each-ref',
+  'symbolic-ref',
+  'rev-parse',
+  'index-pack',
+  'rev-list',
+  'fetch',
+  'clone',
+  'fsck',
+  'cat-file',
+  'pack-objects',
+  'show-ref',
+  'count-objects',
+  'http-backend',
+  'gc',
+  'repack',
+  'commit-tree',
+  'hash-object',
+  'mktree',
+  'check-ref-format',
+  'ls-remote',
+  'bundle',
 ]);
 
 /**
@@ -126,7 +154,9 @@ export class GitRunner {
     closed.set(child, new Promise((resolve) => child.once('close', (code, sig) => resolve([code, sig]))));
     let timer: NodeJS.Timeout | undefined;
     if (options.timeoutMs) {
-      timer = setTimeout(() => { void terminate(child); }, options.timeoutMs);
+      timer = setTimeout(() => {
+        void terminate(child);
+      }, options.timeoutMs);
       timer.unref();
     }
     // An abort makes spawn emit 'error'; the caller sees it as an exit by signal.

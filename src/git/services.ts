@@ -11,10 +11,12 @@ import { fsckConfig } from './fsck-policy.js';
  * RSS instead of the pack's size. The settings reach pack-objects through git's environment.
  */
 export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = {
-  'core.packedGitWindowSize': '16m', 'core.packedGitLimit': '64m',
+  'core.packedGitWindowSize': '16m',
+  'core.packedGitLimit': '64m',
   // A partial clone on protocol v0/v1 fetches the blobs it filtered out later by id: they must
   // be allowed in wants when reachable from a ref (v2 allows that by itself).
-  'uploadpack.allowFilter': 'true', 'uploadpack.allowReachableSHA1InWant': 'true',
+  'uploadpack.allowFilter': 'true',
+  'uploadpack.allowReachableSHA1InWant': 'true',
 };
 
 /**
@@ -22,7 +24,13 @@ export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = {
  * the updates to the coordinator), one pack per push kept as sent, and the push size limit.
  */
 export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIgnore: readonly string[]): Record<string, string> {
-  return { 'core.hooksPath': hooksDir, 'receive.procReceiveRefs': 'refs/', 'receive.unpackLimit': '1', 'receive.maxInputSize': String(maxPushBytes), ...fsckConfig('receive', fsckIgnore) };
+  return {
+    'core.hooksPath': hooksDir,
+    'receive.procReceiveRefs': 'refs/',
+    'receive.unpackLimit': '1',
+    'receive.maxInputSize': String(maxPushBytes),
+    ...fsckConfig('receive', fsckIgnore),
+  };
 }
 
 /** receivePackEnv tells the proc-receive relay where the node's hook socket is and which push it serves. */

@@ -9,7 +9,15 @@ import type { RefUpdate } from '../domain/ref-name.js';
 import { parseUpdateRefFailure, RefTxnError, UpdateRefTxn, type RefTxnFailureKind } from './update-ref.js';
 
 const ZERO = '0'.repeat(40);
-const ENV = { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@x', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@x' };
+const ENV = {
+  ...process.env,
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_CONFIG_GLOBAL: '/dev/null',
+  GIT_AUTHOR_NAME: 't',
+  GIT_AUTHOR_EMAIL: 't@x',
+  GIT_COMMITTER_NAME: 't',
+  GIT_COMMITTER_EMAIL: 't@x',
+};
 
 /**
  * Each case makes real `git update-ref --stdin` refuse a transaction in a fresh bare repo (refs
@@ -47,7 +55,10 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
 
   async function refusal(path: string, changes: RefUpdate[]): Promise<RefTxnError> {
     const err = await UpdateRefTxn.prepare(git, path, changes).then(
-      async (txn) => { await txn.abort(); return null; },
+      async (txn) => {
+        await txn.abort();
+        return null;
+      },
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(RefTxnError);
@@ -59,13 +70,36 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     ['old value moved, packed ref', () => [{ ref: 'refs/heads/packed', oldOid: b, newOid: b }], 'old-value', 'refs/heads/packed'],
     ['create of a ref that exists', () => [{ ref: 'refs/heads/main', oldOid: ZERO, newOid: b }], 'old-value', 'refs/heads/main'],
     ['update of a ref that is missing', () => [{ ref: 'refs/heads/nope', oldOid: a, newOid: b }], 'old-value', 'refs/heads/nope'],
-    ['ref locked by a lock file', () => [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], 'locked', 'refs/heads/main',
-      (p) => writeFileSync(join(p, 'refs/heads/main.lock'), '')],
-    ['packed-refs locked on a delete', () => [{ ref: 'refs/heads/packed', oldOid: a, newOid: ZERO }], 'locked', null,
-      (p) => writeFileSync(join(p, 'packed-refs.lock'), '')],
-    ['file where a directory is needed', () => [{ ref: 'refs/heads/main/sub', oldOid: ZERO, newOid: a }], 'df-conflict', 'refs/heads/main/sub'],
+    [
+      'ref locked by a lock file',
+      () => [{ ref: 'refs/heads/main', oldOid: a, newOid: b }],
+      'locked',
+      'refs/heads/main',
+      (p) => writeFileSync(join(p, 'refs/heads/main.lock'), ''),
+    ],
+    [
+      'packed-refs locked on a delete',
+      () => [{ ref: 'refs/heads/packed', oldOid: a, newOid: ZERO }],
+      'locked',
+      null,
+      (p) => writeFileSync(join(p, 'packed-refs.lock'), ''),
+    ],
+    [
+      'file where a directory is needed',
+      () => [{ ref: 'refs/heads/main/sub', oldOid: ZERO, newOid: a }],
+      'df-conflict',
+      'refs/heads/main/sub',
+    ],
     ['directory where a file is needed', () => [{ ref: 'refs/heads/dir', oldOid: ZERO, newOid: a }], 'df-conflict', 'refs/heads/dir'],
-    ['both in one transaction', () => [{ ref: 'refs/heads/q', oldOid: ZERO, newOid: a }, { ref: 'refs/heads/q/r', oldOid: ZERO, newOid: a }], 'df-conflict', 'refs/heads/q'],
+    [
+      'both in one transaction',
+      () => [
+        { ref: 'refs/heads/q', oldOid: ZERO, newOid: a },
+        { ref: 'refs/heads/q/r', oldOid: ZERO, newOid: a },
+      ],
+      'df-conflict',
+      'refs/heads/q',
+    ],
     ['an object the repo lacks', () => [{ ref: 'refs/heads/z', oldOid: ZERO, newOid: '1'.repeat(40) }], 'missing-object', 'refs/heads/z'],
     ['an invalid ref name', () => [{ ref: 'refs/heads/a..b', oldOid: ZERO, newOid: a }], 'other', null],
   ];

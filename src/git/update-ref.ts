@@ -3,7 +3,6 @@ import { AppError } from '../domain/errors.js';
 import type { RefUpdate } from '../domain/ref-name.js';
 import { waitClose, type GitRunner } from './runner.js';
 
-
 /**
  * RefTxnFailureKind is how `git update-ref --stdin` refused, as callers need to tell apart:
  * - `locked`: a `<ref>.lock` or `packed-refs.lock` exists (another transaction, or a lock file
@@ -25,8 +24,14 @@ export interface RefTxnFailure {
 /** KINDS are update-ref's words for each kind (refs/files-backend.c, refs.c; git 2.36 to 2.47). */
 const KINDS: ReadonlyArray<[RefTxnFailureKind, RegExp]> = [
   ['locked', /Unable to create '[^']*\.lock': File exists/],
-  ['old-value', /is at [0-9a-f]+ but expected [0-9a-f]+|reference already exists|unable to resolve reference|reference is missing but expected/],
-  ['df-conflict', /' exists; cannot create '|cannot process '[^']*' and '[^']*' at the same time|there is a non-empty directory '[^']*' blocking reference/],
+  [
+    'old-value',
+    /is at [0-9a-f]+ but expected [0-9a-f]+|reference already exists|unable to resolve reference|reference is missing but expected/,
+  ],
+  [
+    'df-conflict',
+    /' exists; cannot create '|cannot process '[^']*' and '[^']*' at the same time|there is a non-empty directory '[^']*' blocking reference/,
+  ],
   ['missing-object', /with nonexistent object/],
 ];
 
@@ -35,7 +40,10 @@ const KINDS: ReadonlyArray<[RefTxnFailureKind, RegExp]> = [
  * `fatal:` line (not the last line: a lock failure ends with a paragraph of advice).
  */
 export function parseUpdateRefFailure(stderr: string): RefTxnFailure {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
   const fatal = lines.find((l) => l.startsWith('fatal: ') || l.startsWith('error: ')) ?? lines[0] ?? 'update-ref failed';
   const message = fatal.replace(/^(fatal|error): /, '');
   const kind = KINDS.find(([, re]) => re.test(message))?.[0] ?? 'other';
@@ -71,10 +79,18 @@ export class UpdateRefTxn {
   private constructor(private readonly child: ChildProcess) {
     child.stdout?.setEncoding('utf8');
     child.stderr?.setEncoding('utf8');
-    child.stdout?.on('data', (d: string) => { this.stdoutBuf += d; this.wake(); });
-    child.stderr?.on('data', (d: string) => { this.stderrBuf += d; });
+    child.stdout?.on('data', (d: string) => {
+      this.stdoutBuf += d;
+      this.wake();
+    });
+    child.stderr?.on('data', (d: string) => {
+      this.stderrBuf += d;
+    });
     child.stdin?.on('error', () => undefined);
-    child.once('close', () => { this.finished = true; this.wake(); });
+    child.once('close', () => {
+      this.finished = true;
+      this.wake();
+    });
   }
 
   private wake(): void {
@@ -87,7 +103,9 @@ export class UpdateRefTxn {
     for (;;) {
       if (this.stdoutBuf.split('\n').includes(line)) return true;
       if (this.finished) return false;
-      await new Promise<void>((r) => { this.lineWaiter = r; });
+      await new Promise<void>((r) => {
+        this.lineWaiter = r;
+      });
     }
   }
 

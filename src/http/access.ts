@@ -59,7 +59,8 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
     const access = route.config?.access;
     if (access === undefined) throw new Error(`route ${String(route.method)} ${route.url} declares no access policy`);
     const kind = access === 'peer' ? 'peer' : typeof access === 'object' ? 'repo' : 'client';
-    const decide = access === 'peer' ? verifyPeer(deps) : typeof access === 'object' ? requireRepo(deps, access) : requireClient(deps, access);
+    const decide =
+      access === 'peer' ? verifyPeer(deps) : typeof access === 'object' ? requireRepo(deps, access) : requireClient(deps, access);
     const check: onRequestAsyncHookHandler = async function (this: FastifyInstance, req, reply) {
       const started = process.hrtime.bigint();
       try {
@@ -71,7 +72,8 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
     const existing = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest];
     route.onRequest = [check, ...existing];
     if (access === 'peer') {
-      const existingPre = route.preValidation === undefined ? [] : Array.isArray(route.preValidation) ? route.preValidation : [route.preValidation];
+      const existingPre =
+        route.preValidation === undefined ? [] : Array.isArray(route.preValidation) ? route.preValidation : [route.preValidation];
       route.preValidation = [checkJsonDigest, ...existingPre];
     }
   });
@@ -124,13 +126,21 @@ function verifyPeer(deps: NodeDeps): onRequestAsyncHookHandler {
     const lenHeader = req.headers['content-length'];
     const len = lenHeader === undefined ? null : Number(lenHeader);
     const path = req.url.split('?')[0] ?? req.url;
-    const v = await deps.verifier.verify(typeof header === 'string' ? header : undefined, req.method, path, Number.isSafeInteger(len) ? len : null);
+    const v = await deps.verifier.verify(
+      typeof header === 'string' ? header : undefined,
+      req.method,
+      path,
+      Number.isSafeInteger(len) ? len : null,
+    );
     if (!v.ok) throw unauthorized(v.reason);
     // A call names its protocol version (none: 1); one this node does not speak is refused.
     const named = req.headers[PROTOCOL_HEADER];
     const version = typeof named === 'string' && /^\d{1,4}$/.test(named) ? Number(named) : 1;
     if (version < deps.protocol.min || version > deps.protocol.max) {
-      req.log.error({ peer: v.nodeId, version, protocol: formatRange(deps.protocol) }, 'refused a peer call in a protocol version this node does not speak');
+      req.log.error(
+        { peer: v.nodeId, version, protocol: formatRange(deps.protocol) },
+        'refused a peer call in a protocol version this node does not speak',
+      );
       throw appError('ERR_PROTOCOL', [v.nodeId, version, formatRange(deps.protocol)]);
     }
     req.peerDigest = v.digest;

@@ -26,22 +26,39 @@ const tokenSchema = {
 /** registerAdminRoutes adds cluster operations: tokens, node list, decommission, rebalance; each route is admin-only. */
 export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void {
   // The cluster-role API of before users: a token of the built-in admin user (or of `user`).
-  app.post<{ Body: { name: string; role: Role; user?: string; expires_at?: string } }>('/admin/tokens', { config: ADMIN, schema: tokenSchema }, async (req, reply) => {
-    const made = await deps.auth.create(req.body.user ?? ADMIN_USER, req.body.name, req.body.role, req.body.expires_at);
-    deps.audit.record({ action: 'token.create', user: req.caller?.principal.user ?? '', token: req.caller?.token.name ?? '', detail: { id: made.info.id, name: made.info.name, for: made.info.user, scope: made.info.scope } });
-    return reply.code(201).send({ name: req.body.name, role: req.body.role, user: made.info.user, id: made.info.id, token: made.token });
-  });
+  app.post<{ Body: { name: string; role: Role; user?: string; expires_at?: string } }>(
+    '/admin/tokens',
+    { config: ADMIN, schema: tokenSchema },
+    async (req, reply) => {
+      const made = await deps.auth.create(req.body.user ?? ADMIN_USER, req.body.name, req.body.role, req.body.expires_at);
+      deps.audit.record({
+        action: 'token.create',
+        user: req.caller?.principal.user ?? '',
+        token: req.caller?.token.name ?? '',
+        detail: { id: made.info.id, name: made.info.name, for: made.info.user, scope: made.info.scope },
+      });
+      return reply.code(201).send({ name: req.body.name, role: req.body.role, user: made.info.user, id: made.info.id, token: made.token });
+    },
+  );
 
-  app.get<{ Querystring: { limit?: string } }>('/admin/audit', {
-    config: ADMIN,
-    schema: { querystring: { type: 'object', additionalProperties: false, properties: { limit: { type: 'string', pattern: '^[0-9]{1,4}$' } } } },
-  }, async (req) => {
-    const limit = Math.min(AUDIT_KEEP, Math.max(1, Number(req.query.limit ?? 100)));
-    return { events: await deps.audit.recent(limit) };
-  });
+  app.get<{ Querystring: { limit?: string } }>(
+    '/admin/audit',
+    {
+      config: ADMIN,
+      schema: {
+        querystring: { type: 'object', additionalProperties: false, properties: { limit: { type: 'string', pattern: '^[0-9]{1,4}$' } } },
+      },
+    },
+    async (req) => {
+      const limit = Math.min(AUDIT_KEEP, Math.max(1, Number(req.query.limit ?? 100)));
+      return { events: await deps.audit.recent(limit) };
+    },
+  );
 
   app.get('/admin/nodes', { config: ADMIN }, async () => {
-    const decommissioned = new Set((await deps.store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
+    const decommissioned = new Set(
+      (await deps.store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)),
+    );
     const nodes = await deps.store.allNodes();
     const counts = new Map<string, number>();
     const repos = await deps.store.listRepos();
@@ -56,7 +73,13 @@ export function registerAdminRoutes(app: FastifyInstance, deps: NodeDeps): void 
       return want.length !== repo.replicas.length || want.some((n) => !repo.replicas.includes(n));
     }).length;
     return {
-      nodes: nodes.map((n) => ({ id: n.id, url: n.url, live: n.live, decommissioned: decommissioned.has(n.id), replicas: counts.get(n.id) ?? 0 })),
+      nodes: nodes.map((n) => ({
+        id: n.id,
+        url: n.url,
+        live: n.live,
+        decommissioned: decommissioned.has(n.id),
+        replicas: counts.get(n.id) ?? 0,
+      })),
       rebalance: (await deps.store.getMeta(REBALANCE_KEY)) !== null,
       repos: repos.length,
       misplaced,

@@ -33,7 +33,12 @@ const NAME = { type: 'string', minLength: 1, maxLength: 100 } as const;
 const RECORD = { type: 'object' } as const;
 const ROLE = { type: 'string', enum: ['read', 'write', 'admin'] } as const;
 const list = (items: object): object => ({ type: 'array', maxItems: 1_000_000, items });
-const obj = (required: string[], properties: Record<string, object>): object => ({ type: 'object', required, additionalProperties: false, properties });
+const obj = (required: string[], properties: Record<string, object>): object => ({
+  type: 'object',
+  required,
+  additionalProperties: false,
+  properties,
+});
 
 const importSchema = {
   querystring: obj([], { merge: { type: 'string', enum: ['true', 'false'] } }),
@@ -43,8 +48,19 @@ const importSchema = {
     users: list({ type: 'object', required: ['name'], properties: { name: NAME } }),
     orgs: list({ type: 'object', required: ['name'], properties: { name: NAME } }),
     members: list(obj(['user', 'org', 'role'], { user: NAME, org: NAME, role: { type: 'string', enum: ['member', 'owner'] } })),
-    visibility: list(obj(['repo', 'visibility'], { repo: { type: 'string', maxLength: 201 }, visibility: { type: 'string', enum: ['public', 'private'] } })),
-    grants: list(obj(['repo', 'grantee', 'role'], { repo: { type: 'string', maxLength: 201 }, grantee: { type: 'string', maxLength: 110 }, role: ROLE })),
+    visibility: list(
+      obj(['repo', 'visibility'], {
+        repo: { type: 'string', maxLength: 201 },
+        visibility: { type: 'string', enum: ['public', 'private'] },
+      }),
+    ),
+    grants: list(
+      obj(['repo', 'grantee', 'role'], {
+        repo: { type: 'string', maxLength: 201 },
+        grantee: { type: 'string', maxLength: 110 },
+        role: ROLE,
+      }),
+    ),
     tokens: list(obj(['hash', 'record'], { hash: { type: 'string', pattern: '^[0-9a-f]{64}$' }, record: RECORD })),
     ssh_keys: list(obj(['id', 'record'], { id: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' }, record: RECORD })),
   }),
@@ -52,7 +68,10 @@ const importSchema = {
 
 /** parsedRecords lists the settings under `prefix` as (rest of key, parsed JSON value). */
 async function parsedRecords(store: ClusterStore, prefix: string): Promise<Array<{ id: string; record: Record<string, unknown> }>> {
-  return (await store.listMeta(prefix)).map((m) => ({ id: m.key.slice(prefix.length), record: JSON.parse(m.value) as Record<string, unknown> }));
+  return (await store.listMeta(prefix)).map((m) => ({
+    id: m.key.slice(prefix.length),
+    record: JSON.parse(m.value) as Record<string, unknown>,
+  }));
 }
 
 /** exportDirectory reads every directory record from the store. */
@@ -107,26 +126,41 @@ function importEntries(body: ImportBody): Array<[string, string]> {
 export function registerBackupRoutes(app: FastifyInstance, deps: NodeDeps): void {
   app.get('/admin/export', { config: { access: 'admin' } }, async () => exportDirectory(deps.store));
 
-  app.post<{ Body: ImportBody; Querystring: { merge?: string } }>('/admin/import', {
-    config: { access: 'admin' },
-    schema: importSchema,
-    bodyLimit: MAX_IMPORT_BYTES,
-  }, async (req) => {
-    const merge = req.query.merge === 'true';
-    const existing = (await deps.store.listMeta('users/')).map((m) => m.key.slice('users/'.length)).filter((n) => n !== ADMIN_USER);
-    if (existing.length > 0 && !merge) {
-      throw conflict(`the cluster has users already (${existing.slice(0, 5).join(', ')}${existing.length > 5 ? ', …' : ''}): import into an empty cluster, or merge with ?merge=true`);
-    }
-    const entries = importEntries(req.body);
-    if (entries.length === 0) throw badRequest('nothing to import');
-    for (const [key, value] of entries) await deps.store.setMeta(key, value);
-    deps.directory.invalidate();
-    const counts = {
-      users: req.body.users.length, orgs: req.body.orgs?.length ?? 0, members: req.body.members?.length ?? 0,
-      visibility: req.body.visibility?.length ?? 0, grants: req.body.grants?.length ?? 0,
-      tokens: req.body.tokens?.length ?? 0, ssh_keys: req.body.ssh_keys?.length ?? 0,
-    };
-    deps.audit.record({ action: 'admin.import', user: req.caller?.principal.user ?? '', token: req.caller?.token.name ?? '', detail: { merge, ...counts } });
-    return { imported: counts, merged: merge };
-  });
+  app.post<{ Body: ImportBody; Querystring: { merge?: string } }>(
+    '/admin/import',
+    {
+      config: { access: 'admin' },
+      schema: importSchema,
+      bodyLimit: MAX_IMPORT_BYTES,
+    },
+    async (req) => {
+      const merge = req.query.merge === 'true';
+      const existing = (await deps.store.listMeta('users/')).map((m) => m.key.slice('users/'.length)).filter((n) => n !== ADMIN_USER);
+      if (existing.length > 0 && !merge) {
+        throw conflict(
+          `the cluster has users already (${existing.slice(0, 5).join(', ')}${existing.length > 5 ? ', …' : ''}): import into an empty cluster, or merge with ?merge=true`,
+        );
+      }
+      const entries = importEntries(req.body);
+      if (entries.length === 0) throw badRequest('nothing to import');
+      for (const [key, value] of entries) await deps.store.setMeta(key, value);
+      deps.directory.invalidate();
+      const counts = {
+        users: req.body.users.length,
+        orgs: req.body.orgs?.length ?? 0,
+        members: req.body.members?.length ?? 0,
+        visibility: req.body.visibility?.length ?? 0,
+        grants: req.body.grants?.length ?? 0,
+        tokens: req.body.tokens?.length ?? 0,
+        ssh_keys: req.body.ssh_keys?.length ?? 0,
+      };
+      deps.audit.record({
+        action: 'admin.import',
+        user: req.caller?.principal.user ?? '',
+        token: req.caller?.token.name ?? '',
+        detail: { merge, ...counts },
+      });
+      return { imported: counts, merged: merge };
+    },
+  );
 }

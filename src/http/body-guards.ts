@@ -57,7 +57,11 @@ class InflateCounter extends Transform {
   compressed = 0;
   private inflated = 0;
 
-  constructor(private readonly maxBytes: number, private readonly maxRatio: number, private readonly what: string) {
+  constructor(
+    private readonly maxBytes: number,
+    private readonly maxRatio: number,
+    private readonly what: string,
+  ) {
     super();
   }
 
@@ -105,7 +109,9 @@ export function guardBody(raw: Readable, encoding: string | undefined, limits: B
   const idle = new IdleGuard(limits.idleMs);
   if (!encoding || encoding === 'identity') return chain(raw, idle);
   const counter = new InflateCounter(limits.maxBytes, limits.maxInflateRatio, what);
-  idle.on('data', (c: Buffer) => { counter.compressed += c.length; });
+  idle.on('data', (c: Buffer) => {
+    counter.compressed += c.length;
+  });
   const gunzip = createGunzip();
   return chain(raw, idle, gunzip, counter);
 }

@@ -18,7 +18,10 @@ import { header } from './access.js';
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', expires: 'Fri, 01 Jan 1980 00:00:00 GMT', pragma: 'no-cache' };
 
-interface RepoParams { owner: string; repo: string }
+interface RepoParams {
+  owner: string;
+  repo: string;
+}
 
 /** gitProtocolEnv passes a valid `Git-Protocol` header to git as GIT_PROTOCOL (gitprotocol-http(5)). */
 function gitProtocolEnv(req: FastifyRequest): Record<string, string> {
@@ -43,84 +46,131 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
   }
   const limits = deps.config.limits;
 
-  app.get<{ Params: RepoParams; Querystring: { service?: string } }>('/:owner/:repo/info/refs', { config: { access: { repo: infoRefsNeed, via: 'git' } } }, async (req, reply) => {
-    const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
-    const service = req.query.service;
-    if (typeof service !== 'string' || !SERVICES.has(service)) throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
-    const write = service === 'git-receive-pack';
-    const route = await routeOrProxy(deps, req, reply, repoId, write, service);
-    if (!route) return reply;
-    const env = write ? {} : gitProtocolEnv(req);
-    const path = deps.storage.repoPath(repoId);
-    // The advertisement names the capabilities (allow-reachable-sha1-in-want, filter) the
-    // fetch that follows relies on: the same config as that fetch.
-    const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], { cwd: path, env, counted: true, ...(write ? {} : { config: UPLOAD_PACK_CONFIG }), client: clientOf(req), timeoutMs: deps.config.gitTimeoutMs });
-    const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
-    reply.hijack();
-    await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
-    return reply;
-  });
-
-  app.post<{ Params: RepoParams }>('/:owner/:repo/git-upload-pack', { config: { access: { repo: 'read', via: 'git' } } }, async (req, reply) => {
-    const service = 'git-upload-pack';
-    const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
-    checkContentType(req, service);
-    const route = await routeOrProxy(deps, req, reply, repoId, false, service);
-    if (!route) return reply;
-    // The request (wants and haves) is read whole before git starts: a slow or stalled body
-    // holds no git slot, only its bounded buffer.
-    const raw = req.body as Readable;
-    const body = chain(guardBody(raw, header(req, 'content-encoding'), { idleMs: limits.bodyIdleMs, maxBytes: limits.maxUploadRequestBytes, maxInflateRatio: limits.maxInflateRatio }, 'upload-pack request'), new PktLineValidator({ packAfterFlush: false }));
-    const request = await readBounded(body, limits.maxUploadRequestBytes, 'upload-pack request');
-    const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], { cwd: deps.storage.repoPath(repoId), env: gitProtocolEnv(req), config: UPLOAD_PACK_CONFIG, counted: true, client: clientOf(req), timeoutMs: deps.config.gitTimeoutMs });
-    reply.hijack();
-    await streamGit(deps, req.raw, reply.raw, child, request, `application/x-${service}-result`, Buffer.alloc(0), service);
-    return reply;
-  });
-
-  app.post<{ Params: RepoParams }>('/:owner/:repo/git-receive-pack', { config: { access: { repo: 'write', via: 'git' } } }, async (req, reply) => {
-    const service = 'git-receive-pack';
-    const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
-    checkContentType(req, service);
-    const declared = Number(header(req, 'content-length') ?? NaN);
-    if (Number.isFinite(declared) && declared > limits.maxPushBytes + PUSH_COMMANDS_BYTES) throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
-    const route = await routeOrProxy(deps, req, reply, repoId, true, service);
-    if (!route) return reply;
-    const guarded = guardBody(req.body as Readable, header(req, 'content-encoding'), { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio }, 'push');
-    // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
-    let quiet = false;
-    const onFirst = (data: Buffer): void => {
-      const nul = data.indexOf(0);
-      quiet = nul !== -1 && data.subarray(nul + 1).toString('latin1').split(/[ \n]/).includes('quiet');
-    };
-    const body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
-    // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
-    // node is still an ordinary answer.
-    const pushId = randomUUID();
-    // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
-    const endUpload = await deps.activity.beginUpload(repoId);
-    let child: ChildProcess;
-    try {
-      child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
-      cwd: deps.storage.repoPath(repoId),
-      counted: true,
-      client: clientOf(req),
-      timeoutMs: deps.config.gitTimeoutMs,
-      config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes, deps.config.fsckIgnore),
-      env: receivePackEnv(deps.hookPort, pushId),
+  app.get<{ Params: RepoParams; Querystring: { service?: string } }>(
+    '/:owner/:repo/info/refs',
+    { config: { access: { repo: infoRefsNeed, via: 'git' } } },
+    async (req, reply) => {
+      const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+      const service = req.query.service;
+      if (typeof service !== 'string' || !SERVICES.has(service))
+        throw badRequest('dumb HTTP is not supported: use a smart git client (service=git-upload-pack or git-receive-pack)');
+      const write = service === 'git-receive-pack';
+      const route = await routeOrProxy(deps, req, reply, repoId, write, service);
+      if (!route) return reply;
+      const env = write ? {} : gitProtocolEnv(req);
+      const path = deps.storage.repoPath(repoId);
+      // The advertisement names the capabilities (allow-reachable-sha1-in-want, filter) the
+      // fetch that follows relies on: the same config as that fetch.
+      const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], {
+        cwd: path,
+        env,
+        counted: true,
+        ...(write ? {} : { config: UPLOAD_PACK_CONFIG }),
+        client: clientOf(req),
+        timeoutMs: deps.config.gitTimeoutMs,
       });
-    } catch (err) {
-      endUpload();
-      throw err;
-    }
-    reply.hijack();
-    try {
-      await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet);
-    } finally {
-      endUpload();
-    }
-    return reply;
-  });
+      const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
+      reply.hijack();
+      await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
+      return reply;
+    },
+  );
+
+  app.post<{ Params: RepoParams }>(
+    '/:owner/:repo/git-upload-pack',
+    { config: { access: { repo: 'read', via: 'git' } } },
+    async (req, reply) => {
+      const service = 'git-upload-pack';
+      const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+      checkContentType(req, service);
+      const route = await routeOrProxy(deps, req, reply, repoId, false, service);
+      if (!route) return reply;
+      // The request (wants and haves) is read whole before git starts: a slow or stalled body
+      // holds no git slot, only its bounded buffer.
+      const raw = req.body as Readable;
+      const body = chain(
+        guardBody(
+          raw,
+          header(req, 'content-encoding'),
+          { idleMs: limits.bodyIdleMs, maxBytes: limits.maxUploadRequestBytes, maxInflateRatio: limits.maxInflateRatio },
+          'upload-pack request',
+        ),
+        new PktLineValidator({ packAfterFlush: false }),
+      );
+      const request = await readBounded(body, limits.maxUploadRequestBytes, 'upload-pack request');
+      const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], {
+        cwd: deps.storage.repoPath(repoId),
+        env: gitProtocolEnv(req),
+        config: UPLOAD_PACK_CONFIG,
+        counted: true,
+        client: clientOf(req),
+        timeoutMs: deps.config.gitTimeoutMs,
+      });
+      reply.hijack();
+      await streamGit(deps, req.raw, reply.raw, child, request, `application/x-${service}-result`, Buffer.alloc(0), service);
+      return reply;
+    },
+  );
+
+  app.post<{ Params: RepoParams }>(
+    '/:owner/:repo/git-receive-pack',
+    { config: { access: { repo: 'write', via: 'git' } } },
+    async (req, reply) => {
+      const service = 'git-receive-pack';
+      const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+      checkContentType(req, service);
+      const declared = Number(header(req, 'content-length') ?? NaN);
+      if (Number.isFinite(declared) && declared > limits.maxPushBytes + PUSH_COMMANDS_BYTES)
+        throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
+      const route = await routeOrProxy(deps, req, reply, repoId, true, service);
+      if (!route) return reply;
+      const guarded = guardBody(
+        req.body as Readable,
+        header(req, 'content-encoding'),
+        { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio },
+        'push',
+      );
+      // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
+      let quiet = false;
+      const onFirst = (data: Buffer): void => {
+        const nul = data.indexOf(0);
+        quiet =
+          nul !== -1 &&
+          data
+            .subarray(nul + 1)
+            .toString('latin1')
+            .split(/[ \n]/)
+            .includes('quiet');
+      };
+      const body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+      // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
+      // node is still an ordinary answer.
+      const pushId = randomUUID();
+      // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
+      const endUpload = await deps.activity.beginUpload(repoId);
+      let child: ChildProcess;
+      try {
+        child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
+          cwd: deps.storage.repoPath(repoId),
+          counted: true,
+          client: clientOf(req),
+          timeoutMs: deps.config.gitTimeoutMs,
+          config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes, deps.config.fsckIgnore),
+          env: receivePackEnv(deps.hookPort, pushId),
+        });
+      } catch (err) {
+        endUpload();
+        throw err;
+      }
+      reply.hijack();
+      try {
+        await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet);
+      } finally {
+        endUpload();
+      }
+      return reply;
+    },
+  );
 }
 
 /** PUSH_COMMANDS_BYTES bounds the pkt-lines before a push's pack (its commands; 100,000 refs fit). */
@@ -134,11 +184,19 @@ function clientOf(req: FastifyRequest): string {
 
 function checkContentType(req: FastifyRequest, service: string): void {
   const type = (header(req, 'content-type') ?? '').split(';')[0]?.trim();
-  if (type !== `application/x-${service}-request`) throw appError('ERR_CONTENT_TYPE', [`content-type must be application/x-${service}-request`]);
+  if (type !== `application/x-${service}-request`)
+    throw appError('ERR_CONTENT_TYPE', [`content-type must be application/x-${service}-request`]);
 }
 
 /** routeOrProxy serves locally (returns true) or proxies the whole request to an in-sync peer (returns false). */
-async function routeOrProxy(deps: NodeDeps, req: FastifyRequest, reply: FastifyReply, repoId: RepoId, write: boolean, service: string): Promise<boolean> {
+async function routeOrProxy(
+  deps: NodeDeps,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  repoId: RepoId,
+  write: boolean,
+  service: string,
+): Promise<boolean> {
   const route = await deps.router.route(repoId, write);
   if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
@@ -160,7 +218,9 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
     if (typeof v === 'string') headers[h] = v;
   }
   const ac = new AbortController();
-  res.on('close', () => { if (!res.writableFinished) ac.abort(); });
+  res.on('close', () => {
+    if (!res.writableFinished) ac.abort();
+  });
   const hasBody = req.method === 'POST';
   try {
     const upstream = await undiciRequest(`${baseUrl}${req.url}`, {
@@ -194,13 +254,26 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
  * out with git's first byte, so a body that fails validation before that still gets a 400; a
  * client that goes away kills git; a git that dies mid-stream ends the response in an error.
  */
-async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerResponse, child: ReturnType<NodeDeps['git']['spawn']>, body: Readable | Buffer | null, contentType: string, prefix: Buffer, service: string): Promise<void> {
+async function streamGit(
+  deps: NodeDeps,
+  rawReq: IncomingMessage,
+  res: ServerResponse,
+  child: ReturnType<NodeDeps['git']['spawn']>,
+  body: Readable | Buffer | null,
+  contentType: string,
+  prefix: Buffer,
+  service: string,
+): Promise<void> {
   const started = Date.now();
   const bytes = { in: Buffer.isBuffer(body) ? body.length : 0, out: prefix.length };
   let failure: AppError | null = null;
   let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
-  const onClientGone = (): void => { if (!res.writableFinished) void terminate(child); };
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    if (stderr.length < 4096) stderr += d;
+  });
+  const onClientGone = (): void => {
+    if (!res.writableFinished) void terminate(child);
+  };
   // A request's 'close' fires once its body is read (Node >= 16); the response's 'close' before
   // it finished is what says the client went away.
   res.on('close', onClientGone);
@@ -212,7 +285,9 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
       failure = err instanceof AppError ? err : badRequest(`request body: ${errorMessage(err)}`);
       void terminate(child);
     });
-    body.on('data', (d: Buffer) => { bytes.in += d.length; });
+    body.on('data', (d: Buffer) => {
+      bytes.in += d.length;
+    });
     body.pipe(child.stdin!);
   } else {
     child.stdin?.end();
@@ -223,7 +298,9 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     if (prefix.length) res.write(prefix);
   };
   child.stdout?.once('data', writeHead);
-  child.stdout?.on('data', (d: Buffer) => { bytes.out += d.length; });
+  child.stdout?.on('data', (d: Buffer) => {
+    bytes.out += d.length;
+  });
   child.stdout?.pipe(res, { end: false });
   const [code, signal] = await waitClose(child);
   const f = failure as AppError | null;
@@ -238,7 +315,10 @@ async function streamGit(deps: NodeDeps, rawReq: IncomingMessage, res: ServerRes
     const why = stderr.trim().split('\n').pop() ?? '';
     const clients = /^fatal: (?!.*(?:out of memory|No space|Input\/output|corrupt|unable to (?:create|write|open)))/i.test(why) && !signal;
     // git's words, without the server's paths (the whole of it is in the node's log).
-    const refused = appError(clients ? 'ERR_GIT_REFUSED' : 'ERR_GIT_SERVICE', [service, why.replace(/^fatal: /, '').replace(/'?\/[^\s'":]+'?/g, '<path>')]);
+    const refused = appError(clients ? 'ERR_GIT_REFUSED' : 'ERR_GIT_SERVICE', [
+      service,
+      why.replace(/^fatal: /, '').replace(/'?\/[^\s'":]+'?/g, '<path>'),
+    ]);
     res.writeHead(refused.statusCode, { 'content-type': 'text/plain', connection: 'close' });
     res.end(`${refused.message}\n`);
     closeAfter(res);
@@ -291,14 +371,33 @@ function abandonPush(res: ServerResponse, child: ReturnType<NodeDeps['git']['spa
 }
 
 /** servePush runs receive-pack with the node's proc-receive hook, which hands the ref updates to the coordinator. */
-async function servePush(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, repoId: RepoId, body: Readable, child: ChildProcess, pushId: string, quiet: () => boolean): Promise<void> {
-  const unregister = deps.hooks.expect(pushId, (exchange) => deps.coordinator.handlePush(exchange, {
-    repoId,
-    receivePackPid: child.pid ?? -1,
-    abandon: () => abandonPush(res, child),
-    quiet: quiet(),
-    onCommitted: (txn, refs) => deps.audit.record({ action: 'push', user: req.caller?.principal.user ?? 'anonymous', token: req.caller?.token.name ?? '', repo: repoId, refs, txn }),
-  }));
+async function servePush(
+  deps: NodeDeps,
+  req: FastifyRequest,
+  res: ServerResponse,
+  repoId: RepoId,
+  body: Readable,
+  child: ChildProcess,
+  pushId: string,
+  quiet: () => boolean,
+): Promise<void> {
+  const unregister = deps.hooks.expect(pushId, (exchange) =>
+    deps.coordinator.handlePush(exchange, {
+      repoId,
+      receivePackPid: child.pid ?? -1,
+      abandon: () => abandonPush(res, child),
+      quiet: quiet(),
+      onCommitted: (txn, refs) =>
+        deps.audit.record({
+          action: 'push',
+          user: req.caller?.principal.user ?? 'anonymous',
+          token: req.caller?.token.name ?? '',
+          repo: repoId,
+          refs,
+          txn,
+        }),
+    }),
+  );
   try {
     await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');
   } finally {

@@ -1,7 +1,17 @@
 import type { Readable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { AppError, badRequest } from '../domain/errors.js';
-import { MAX_META_BYTES, parsePrepare, parseStage, PREPARE_CONTENT_TYPE, readFrame, TXN_SCHEMA, UNSTAGE_SCHEMA, type TxnMessage, type UnstageMessage } from '../cluster/protocol.js';
+import {
+  MAX_META_BYTES,
+  parsePrepare,
+  parseStage,
+  PREPARE_CONTENT_TYPE,
+  readFrame,
+  TXN_SCHEMA,
+  UNSTAGE_SCHEMA,
+  type TxnMessage,
+  type UnstageMessage,
+} from '../cluster/protocol.js';
 import { parseRepoId } from '../domain/repo-id.js';
 import { PrepareRefusal } from '../replication/participant.js';
 import { parseSignedJson } from './access.js';
@@ -16,7 +26,9 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
     const PEER = { access: 'peer' } as const;
     peer.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
     peer.removeContentTypeParser('application/json');
-    peer.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_META_BYTES }, (req, body, done) => parseSignedJson(req, body as string, done));
+    peer.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: MAX_META_BYTES }, (req, body, done) =>
+      parseSignedJson(req, body as string, done),
+    );
 
     peer.post('/replicate/prepare', { config: PEER }, async (req, reply) => {
       const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
@@ -29,7 +41,10 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         await deps.participant.prepare(prep, raw, { local: false });
       } catch (err) {
         raw?.resume();
-        if (err instanceof PrepareRefusal) return reply.code(err.statusCode).send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message, code: err.code });
+        if (err instanceof PrepareRefusal)
+          return reply
+            .code(err.statusCode)
+            .send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message, code: err.code });
         throw err;
       }
       return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
@@ -44,7 +59,8 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         await deps.participant.stage(stage.repoId, stage.packHash, frame.pack, stage.fsckIgnore);
       } catch (err) {
         frame.pack.resume();
-        if (err instanceof PrepareRefusal) return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
+        if (err instanceof PrepareRefusal)
+          return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
         throw err;
       }
       return { status: 'staged', pack_hash: stage.packHash, server_id: deps.nodeId };

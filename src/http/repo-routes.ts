@@ -8,7 +8,10 @@ import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
 
-interface RepoParams { owner: string; repo: string }
+interface RepoParams {
+  owner: string;
+  repo: string;
+}
 
 const VISIBILITY = { type: 'string', enum: ['public', 'private'] } as const;
 const ROLE = { type: 'string', enum: ['read', 'write', 'admin'] } as const;
@@ -44,49 +47,61 @@ function repoIdOf(req: FastifyRequest): RepoId {
 /** registerRepoRoutes adds the seed's repository API (create, read, list, delete) and visibility and grants. */
 export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
   const { directory, audit } = deps;
-  const who = (req: FastifyRequest): { user: string; token: string } => ({ user: req.caller?.principal.user ?? 'anonymous', token: req.caller?.token.name ?? '' });
-
-  app.post<{ Body: { repo_id: string; visibility?: Visibility } }>('/repos', { config: { access: 'write' }, schema: createSchema }, async (req, reply) => {
-    const repoId = parseRepoId(req.body.repo_id);
-    const caller = callerOf(req);
-    const owner = repoId.split('/')[0]!;
-    if (!canCreateIn(caller.principal, owner)) throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
-    if (!caller.principal.admin && !(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
-    const result = await deps.coordinator.createRepo(repoId);
-    const visibility = req.body.visibility ?? 'private';
-    if (visibility === 'public') await directory.setVisibility(repoId, 'public');
-    // A member who creates a repository in an organisation administers it (members only read the rest).
-    const p = caller.principal;
-    if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grant(repoId, `user:${p.user}`, 'admin');
-    audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
-    return reply.code(201).send({ ...result, visibility });
+  const who = (req: FastifyRequest): { user: string; token: string } => ({
+    user: req.caller?.principal.user ?? 'anonymous',
+    token: req.caller?.token.name ?? '',
   });
 
-  app.get<{ Querystring: { limit?: string; cursor?: string } }>('/repos', { config: { access: 'anonymous' }, schema: listSchema }, async (req) => {
-    const limit = Math.min(1000, Math.max(1, Number(req.query.limit ?? 100)));
-    const cursor = req.query.cursor ?? '';
-    const principal = req.caller?.principal ?? null;
-    const page: string[] = [];
-    let next: string | null = null;
-    const policyOf = await directory.policies();
-    // Sorted by id; the cursor is the last id of the previous page. Store pages of limit + 1
-    // records: a caller who reads most repos costs one read, not one of every repo.
-    let after = cursor;
-    scan: for (;;) {
-      const batch = await deps.store.listReposPage(after, limit + 1);
-      for (const r of batch) {
-        if (repoRole(principal, policyOf(r.repoId)) === null) continue;
-        if (page.length === limit) {
-          next = page[page.length - 1]!;
-          break scan;
+  app.post<{ Body: { repo_id: string; visibility?: Visibility } }>(
+    '/repos',
+    { config: { access: 'write' }, schema: createSchema },
+    async (req, reply) => {
+      const repoId = parseRepoId(req.body.repo_id);
+      const caller = callerOf(req);
+      const owner = repoId.split('/')[0]!;
+      if (!canCreateIn(caller.principal, owner))
+        throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
+      if (!caller.principal.admin && !(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
+      const result = await deps.coordinator.createRepo(repoId);
+      const visibility = req.body.visibility ?? 'private';
+      if (visibility === 'public') await directory.setVisibility(repoId, 'public');
+      // A member who creates a repository in an organisation administers it (members only read the rest).
+      const p = caller.principal;
+      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grant(repoId, `user:${p.user}`, 'admin');
+      audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
+      return reply.code(201).send({ ...result, visibility });
+    },
+  );
+
+  app.get<{ Querystring: { limit?: string; cursor?: string } }>(
+    '/repos',
+    { config: { access: 'anonymous' }, schema: listSchema },
+    async (req) => {
+      const limit = Math.min(1000, Math.max(1, Number(req.query.limit ?? 100)));
+      const cursor = req.query.cursor ?? '';
+      const principal = req.caller?.principal ?? null;
+      const page: string[] = [];
+      let next: string | null = null;
+      const policyOf = await directory.policies();
+      // Sorted by id; the cursor is the last id of the previous page. Store pages of limit + 1
+      // records: a caller who reads most repos costs one read, not one of every repo.
+      let after = cursor;
+      scan: for (;;) {
+        const batch = await deps.store.listReposPage(after, limit + 1);
+        for (const r of batch) {
+          if (repoRole(principal, policyOf(r.repoId)) === null) continue;
+          if (page.length === limit) {
+            next = page[page.length - 1]!;
+            break scan;
+          }
+          page.push(r.repoId);
         }
-        page.push(r.repoId);
+        if (batch.length <= limit) break;
+        after = batch[batch.length - 1]!.repoId;
       }
-      if (batch.length <= limit) break;
-      after = batch[batch.length - 1]!.repoId;
-    }
-    return { repos: page, count: page.length, next_cursor: next };
-  });
+      return { repos: page, count: page.length, next_cursor: next };
+    },
+  );
 
   app.get<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'read', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
@@ -101,7 +116,10 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       repo_id: repoId,
       exists: true,
       visibility: policy.visibility,
-      default_branch: await deps.storage.headTarget(repoId).then((h) => (h?.startsWith('refs/heads/') ? h.slice('refs/heads/'.length) : null), () => null),
+      default_branch: await deps.storage.headTarget(repoId).then(
+        (h) => (h?.startsWith('refs/heads/') ? h.slice('refs/heads/'.length) : null),
+        () => null,
+      ),
       ...(admin ? { path: repo.replicas.includes(deps.nodeId) ? deps.storage.repoPath(repoId) : null } : {}),
       incarnation: repo.incarnation,
       generation: repo.generation,
@@ -124,28 +142,40 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     };
   });
 
-  app.patch<{ Params: RepoParams; Body: { visibility?: Visibility; default_branch?: string } }>('/repos/:owner/:repo', {
-    config: { access: { repo: 'admin', via: 'rest' } },
-    schema: { body: { type: 'object', minProperties: 1, additionalProperties: false, properties: { visibility: VISIBILITY, default_branch: { type: 'string', minLength: 1, maxLength: 255 } } } },
-  }, async (req) => {
-    const repoId = repoIdOf(req);
-    if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
-    const out: Record<string, string> = { repo_id: repoId };
-    if (req.body.default_branch !== undefined) {
-      const name = req.body.default_branch;
-      const ref = name.startsWith('refs/') ? name : `refs/heads/${name}`;
-      if (!ref.startsWith('refs/heads/') || refNameProblem(ref) !== null) throw badRequest(`'${name.slice(0, 100)}' is not a branch name`);
-      await deps.coordinator.setDefaultBranch(repoId, ref);
-      audit.record({ action: 'repo.default_branch', ...who(req), repo: repoId, detail: { default_branch: ref } });
-      out.default_branch = ref.slice('refs/heads/'.length);
-    }
-    if (req.body.visibility !== undefined) {
-      await directory.setVisibility(repoId, req.body.visibility);
-      audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
-      out.visibility = req.body.visibility;
-    }
-    return out;
-  });
+  app.patch<{ Params: RepoParams; Body: { visibility?: Visibility; default_branch?: string } }>(
+    '/repos/:owner/:repo',
+    {
+      config: { access: { repo: 'admin', via: 'rest' } },
+      schema: {
+        body: {
+          type: 'object',
+          minProperties: 1,
+          additionalProperties: false,
+          properties: { visibility: VISIBILITY, default_branch: { type: 'string', minLength: 1, maxLength: 255 } },
+        },
+      },
+    },
+    async (req) => {
+      const repoId = repoIdOf(req);
+      if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
+      const out: Record<string, string> = { repo_id: repoId };
+      if (req.body.default_branch !== undefined) {
+        const name = req.body.default_branch;
+        const ref = name.startsWith('refs/') ? name : `refs/heads/${name}`;
+        if (!ref.startsWith('refs/heads/') || refNameProblem(ref) !== null)
+          throw badRequest(`'${name.slice(0, 100)}' is not a branch name`);
+        await deps.coordinator.setDefaultBranch(repoId, ref);
+        audit.record({ action: 'repo.default_branch', ...who(req), repo: repoId, detail: { default_branch: ref } });
+        out.default_branch = ref.slice('refs/heads/'.length);
+      }
+      if (req.body.visibility !== undefined) {
+        await directory.setVisibility(repoId, req.body.visibility);
+        audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
+        out.visibility = req.body.visibility;
+      }
+      return out;
+    },
+  );
 
   app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
@@ -158,30 +188,43 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
   app.get<{ Params: RepoParams }>('/repos/:owner/:repo/grants', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
     const policy = await directory.policy(repoId);
-    return { repo_id: repoId, owner: policy.owner, visibility: policy.visibility, grants: [...policy.grants].map(([grantee, role]) => ({ grantee, role })) };
+    return {
+      repo_id: repoId,
+      owner: policy.owner,
+      visibility: policy.visibility,
+      grants: [...policy.grants].map(([grantee, role]) => ({ grantee, role })),
+    };
   });
 
-  app.put<{ Params: RepoParams & { grantee: string }; Body: { role: Role } }>('/repos/:owner/:repo/grants/:grantee', {
-    config: { access: { repo: 'admin', via: 'rest' } },
-    schema: { body: { type: 'object', required: ['role'], additionalProperties: false, properties: { role: ROLE } } },
-  }, async (req) => {
-    const repoId = repoIdOf(req);
-    const grantee = checkPrincipal(req.params.grantee);
-    if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
-    const [kind, name] = grantee.split(':') as [string, string];
-    const exists = kind === 'user' ? (await directory.user(name)) !== null : await directory.orgExists(name);
-    if (!exists) throw badRequest(`no ${kind === 'user' ? 'user' : 'organisation'} named '${name}'`);
-    await directory.grant(repoId, grantee, req.body.role);
-    audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: req.body.role } });
-    return { repo_id: repoId, grantee, role: req.body.role };
-  });
+  app.put<{ Params: RepoParams & { grantee: string }; Body: { role: Role } }>(
+    '/repos/:owner/:repo/grants/:grantee',
+    {
+      config: { access: { repo: 'admin', via: 'rest' } },
+      schema: { body: { type: 'object', required: ['role'], additionalProperties: false, properties: { role: ROLE } } },
+    },
+    async (req) => {
+      const repoId = repoIdOf(req);
+      const grantee = checkPrincipal(req.params.grantee);
+      if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
+      const [kind, name] = grantee.split(':') as [string, string];
+      const exists = kind === 'user' ? (await directory.user(name)) !== null : await directory.orgExists(name);
+      if (!exists) throw badRequest(`no ${kind === 'user' ? 'user' : 'organisation'} named '${name}'`);
+      await directory.grant(repoId, grantee, req.body.role);
+      audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: req.body.role } });
+      return { repo_id: repoId, grantee, role: req.body.role };
+    },
+  );
 
-  app.delete<{ Params: RepoParams & { grantee: string } }>('/repos/:owner/:repo/grants/:grantee', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
-    const repoId = repoIdOf(req);
-    const grantee = checkPrincipal(req.params.grantee);
-    if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
-    await directory.grant(repoId, grantee, null);
-    audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
-    return { repo_id: repoId, grantee, role: null };
-  });
+  app.delete<{ Params: RepoParams & { grantee: string } }>(
+    '/repos/:owner/:repo/grants/:grantee',
+    { config: { access: { repo: 'admin', via: 'rest' } } },
+    async (req) => {
+      const repoId = repoIdOf(req);
+      const grantee = checkPrincipal(req.params.grantee);
+      if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
+      await directory.grant(repoId, grantee, null);
+      audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
+      return { repo_id: repoId, grantee, role: null };
+    },
+  );
 }

@@ -22,7 +22,11 @@ function isGitRoute(req: FastifyRequest): boolean {
  * turns AppErrors and Fastify's own client errors (bad JSON, schema, size) into 4xx answers with
  * a message, and anything else into a logged 500. With `tls` it listens with HTTPS.
  */
-export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | boolean, tls: { cert: Buffer; key: Buffer } | null = null): FastifyInstance {
+export function buildHttpApp(
+  deps: NodeDeps,
+  logger: FastifyInstance['log'] | boolean,
+  tls: { cert: Buffer; key: Buffer } | null = null,
+): FastifyInstance {
   const server = { headersTimeout: 30_000 };
   const app = Fastify({
     loggerInstance: typeof logger === 'boolean' ? undefined : logger,
@@ -40,7 +44,9 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
     logController: new LogController({ disableRequestLogging: true }),
     // A malformed URL or an over-long path parameter is answered from the catalogue too.
-    frameworkErrors: (err, req, reply) => { void sendError(clientErrorOf(err.statusCode ?? 400, truncate(err.message)), req, reply); },
+    frameworkErrors: (err, req, reply) => {
+      void sendError(clientErrorOf(err.statusCode ?? 400, truncate(err.message)), req, reply);
+    },
   });
   enforceAccess(app, deps);
   // Only JSON and the git and peer types are read; a text/plain body is a 415, not a parse attempt.
@@ -53,7 +59,9 @@ export function buildHttpApp(deps: NodeDeps, logger: FastifyInstance['log'] | bo
     req.log.error({ err }, 'unexpected error');
     return sendError(appError('ERR_INTERNAL', []), req, reply);
   });
-  app.setNotFoundHandler((req, reply) => sendError(notFound(`no route for ${req.method} ${truncate(req.url.split('?')[0] ?? '')}`), req, reply));
+  app.setNotFoundHandler((req, reply) =>
+    sendError(notFound(`no route for ${req.method} ${truncate(req.url.split('?')[0] ?? '')}`), req, reply),
+  );
   registerHealthRoutes(app, deps);
   registerStatusRoutes(app, deps);
   registerRepoRoutes(app, deps);
@@ -75,8 +83,10 @@ function sendError(err: AppError, req: FastifyRequest, reply: FastifyReply): Fas
   const retry = err.data.retryAfter;
   if (typeof retry === 'number') void reply.header('retry-after', String(retry));
   // git asks its credential helper for a token only when the 401 names a Basic realm.
-  if (err.code === 'ERR_UNAUTHORIZED' && req.routeOptions.config?.access !== 'peer') void reply.header('www-authenticate', 'Basic realm="git-replication"');
-  if (err.statusCode >= 500 && err.code !== 'ERR_INTERNAL') req.log.warn({ code: err.code, msg: err.message, data: err.data }, 'request failed');
+  if (err.code === 'ERR_UNAUTHORIZED' && req.routeOptions.config?.access !== 'peer')
+    void reply.header('www-authenticate', 'Basic realm="git-replication"');
+  if (err.statusCode >= 500 && err.code !== 'ERR_INTERNAL')
+    req.log.warn({ code: err.code, msg: err.message, data: err.data }, 'request failed');
   // A failed git command's arguments and stderr name server paths: they stay in the node's log.
   if (err.code === 'ERR_GIT') err = new AppError('ERR_GIT', ['command', 'on the server', 'see the node log']);
   if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);

@@ -46,21 +46,38 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
     return { keys: await sshKeys.list(req.params.name) };
   });
 
-  app.post<{ Params: { name: string }; Body: { name: string; key: string } }>('/users/:name/keys', { config: { access: 'read' }, schema: keySchema }, async (req, reply) => {
-    const c = callerOf(req);
-    ownKeysOnly(c, req.params.name, 'add');
-    // A key acts with its user's full role: only a token without a cap may add one.
-    if (!atLeast(c.token.scope, 'admin')) throw forbidden(`token '${c.token.name}' has scope ${c.token.scope}; adding an SSH key (which acts with the user's full role) needs an admin-scoped token`);
-    const made = await sshKeys.add(req.params.name, req.body.name, req.body.key);
-    audit.record({ action: 'ssh-key.add', user: c.principal.user, token: c.token.name, detail: { for: made.user, name: made.name, fingerprint: made.fingerprint } });
-    return reply.code(201).send(made);
-  });
+  app.post<{ Params: { name: string }; Body: { name: string; key: string } }>(
+    '/users/:name/keys',
+    { config: { access: 'read' }, schema: keySchema },
+    async (req, reply) => {
+      const c = callerOf(req);
+      ownKeysOnly(c, req.params.name, 'add');
+      // A key acts with its user's full role: only a token without a cap may add one.
+      if (!atLeast(c.token.scope, 'admin'))
+        throw forbidden(
+          `token '${c.token.name}' has scope ${c.token.scope}; adding an SSH key (which acts with the user's full role) needs an admin-scoped token`,
+        );
+      const made = await sshKeys.add(req.params.name, req.body.name, req.body.key);
+      audit.record({
+        action: 'ssh-key.add',
+        user: c.principal.user,
+        token: c.token.name,
+        detail: { for: made.user, name: made.name, fingerprint: made.fingerprint },
+      });
+      return reply.code(201).send(made);
+    },
+  );
 
   app.delete<{ Params: { name: string; id: string } }>('/users/:name/keys/:id', { config: { access: 'write' } }, async (req) => {
     const c = callerOf(req);
     ownKeysOnly(c, req.params.name, 'remove');
     const removed = await sshKeys.remove(req.params.name, req.params.id);
-    audit.record({ action: 'ssh-key.remove', user: c.principal.user, token: c.token.name, detail: { of: removed.user, name: removed.name, fingerprint: removed.fingerprint } });
+    audit.record({
+      action: 'ssh-key.remove',
+      user: c.principal.user,
+      token: c.token.name,
+      detail: { of: removed.user, name: removed.name, fingerprint: removed.fingerprint },
+    });
     return { removed: removed.id, fingerprint: removed.fingerprint, name: removed.name, user: removed.user };
   });
 }

@@ -39,31 +39,44 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
       .send(STATUS_PAGE);
   });
 
-  app.get<{ Querystring: { limit?: string; cursor?: string } }>('/status.json', { config: { access: 'anonymous' }, schema: statusSchema }, async (req, reply) => {
-    void reply.header('cache-control', 'no-store');
-    const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
-    const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, req.query.cursor ?? '', limit);
-    const repos = await Promise.all(visible.map(async ({ repo, visibility }) => ({
-      repo_id: repo.repoId,
-      visibility,
-      generation: repo.generation,
-      write_quorum: deps.coordinator.writeQuorumFor(repo.replicas.length),
-      replicas: await replicasOf(deps, req, repo),
-    })));
-    return {
-      node: deps.nodeId,
-      version: deps.config.version,
-      time: new Date().toISOString(),
-      user: req.caller?.principal.user ?? null,
-      store: { kind: deps.store.kind, reachable: deps.membership.storeReachable },
-      nodes: deps.membership.view(deps.load.load()).map((n) => ({
-        id: n.id, url: n.url, version: n.version, started_at: n.startedAt, live: n.live, self: n.self, load: n.load, down_for_ms: n.downForMs,
-      })),
-      repos,
-      cursor: req.query.cursor ?? null,
-      next_cursor: next,
-    };
-  });
+  app.get<{ Querystring: { limit?: string; cursor?: string } }>(
+    '/status.json',
+    { config: { access: 'anonymous' }, schema: statusSchema },
+    async (req, reply) => {
+      void reply.header('cache-control', 'no-store');
+      const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
+      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, req.query.cursor ?? '', limit);
+      const repos = await Promise.all(
+        visible.map(async ({ repo, visibility }) => ({
+          repo_id: repo.repoId,
+          visibility,
+          generation: repo.generation,
+          write_quorum: deps.coordinator.writeQuorumFor(repo.replicas.length),
+          replicas: await replicasOf(deps, req, repo),
+        })),
+      );
+      return {
+        node: deps.nodeId,
+        version: deps.config.version,
+        time: new Date().toISOString(),
+        user: req.caller?.principal.user ?? null,
+        store: { kind: deps.store.kind, reachable: deps.membership.storeReachable },
+        nodes: deps.membership.view(deps.load.load()).map((n) => ({
+          id: n.id,
+          url: n.url,
+          version: n.version,
+          started_at: n.startedAt,
+          live: n.live,
+          self: n.self,
+          load: n.load,
+          down_for_ms: n.downForMs,
+        })),
+        repos,
+        cursor: req.query.cursor ?? null,
+        next_cursor: next,
+      };
+    },
+  );
 }
 
 const statusSchema = {
@@ -80,7 +93,12 @@ const statusSchema = {
  * MAX_SCAN_PAGES of them, so a poll costs reads for what it shows, not for every repo. A caller
  * who may read few of many repos gets a short page and a `next` cursor where the scan stopped.
  */
-async function visibleRepos(deps: NodeDeps, principal: Principal | null, cursor: string, limit: number): Promise<{ visible: Array<{ repo: RepoRecord; visibility: string }>; next: string | null }> {
+async function visibleRepos(
+  deps: NodeDeps,
+  principal: Principal | null,
+  cursor: string,
+  limit: number,
+): Promise<{ visible: Array<{ repo: RepoRecord; visibility: string }>; next: string | null }> {
   const policyOf = await deps.directory.policies();
   const visible: Array<{ repo: RepoRecord; visibility: string }> = [];
   let after = cursor;
@@ -109,13 +127,21 @@ async function replicasOf(deps: NodeDeps, req: FastifyRequest, repo: RepoRecord)
     const r = byNode.get(n);
     const state = isInSync(repo, r) ? 'in_sync' : r?.state === 'in_sync' ? 'stale' : (r?.state ?? 'missing');
     const progress = n === deps.nodeId ? deps.repair.progressOf(repo.repoId) : undefined;
-    return { node: n, state, generation: r?.generation ?? null, live: deps.membership.isLive(n), ...(progress ? { repair: progress } : {}) };
+    return {
+      node: n,
+      state,
+      generation: r?.generation ?? null,
+      live: deps.membership.isLive(n),
+      ...(progress ? { repair: progress } : {}),
+    };
   });
-  await Promise.all(out.map(async (r) => {
-    if (r.state === 'in_sync' || r.node === deps.nodeId || !r.live) return;
-    const progress = await peerProgress(deps, req, r.node, repo.repoId);
-    if (progress) r.repair = progress;
-  }));
+  await Promise.all(
+    out.map(async (r) => {
+      if (r.state === 'in_sync' || r.node === deps.nodeId || !r.live) return;
+      const progress = await peerProgress(deps, req, r.node, repo.repoId);
+      if (progress) r.repair = progress;
+    }),
+  );
   return out;
 }
 

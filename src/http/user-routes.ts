@@ -33,20 +33,32 @@ const tokenSchema = {
  */
 export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
   const { directory, auth, audit } = deps;
-  const who = (req: FastifyRequest): { user: string; token: string } => ({ user: req.caller?.principal.user ?? '', token: req.caller?.token.name ?? '' });
-
-  app.post<{ Body: { name: string; admin?: boolean } }>('/users', {
-    config: { access: 'admin' },
-    schema: { body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: NAME, admin: { type: 'boolean' } } } },
-  }, async (req, reply) => {
-    const user = await directory.addUser(checkName(req.body.name, 'user name'), req.body.admin === true);
-    audit.record({ action: 'user.add', ...who(req), detail: { name: user.name, admin: user.admin } });
-    return reply.code(201).send(user);
+  const who = (req: FastifyRequest): { user: string; token: string } => ({
+    user: req.caller?.principal.user ?? '',
+    token: req.caller?.token.name ?? '',
   });
+
+  app.post<{ Body: { name: string; admin?: boolean } }>(
+    '/users',
+    {
+      config: { access: 'admin' },
+      schema: {
+        body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: NAME, admin: { type: 'boolean' } } },
+      },
+    },
+    async (req, reply) => {
+      const user = await directory.addUser(checkName(req.body.name, 'user name'), req.body.admin === true);
+      audit.record({ action: 'user.add', ...who(req), detail: { name: user.name, admin: user.admin } });
+      return reply.code(201).send(user);
+    },
+  );
 
   app.get('/users', { config: { access: 'admin' } }, async () => ({ users: await directory.listUsers() }));
 
-  for (const [verb, disabled] of [['disable', true], ['enable', false]] as const) {
+  for (const [verb, disabled] of [
+    ['disable', true],
+    ['enable', false],
+  ] as const) {
     app.post<{ Params: { name: string } }>(`/users/:name/${verb}`, { config: { access: 'admin' } }, async (req) => {
       const user = await directory.setDisabled(req.params.name, disabled);
       audit.record({ action: disabled ? 'user.disable' : 'user.enable', ...who(req), detail: { name: user.name } });
@@ -56,18 +68,27 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.get('/user', { config: { access: 'read' } }, async (req) => {
     const c = callerOf(req);
-    return { user: c.principal.user, admin: c.principal.admin, orgs: Object.fromEntries(c.principal.orgs), token: { id: c.token.id, name: c.token.name, scope: c.token.scope, expires_at: c.token.expiresAt ?? null } };
+    return {
+      user: c.principal.user,
+      admin: c.principal.admin,
+      orgs: Object.fromEntries(c.principal.orgs),
+      token: { id: c.token.id, name: c.token.name, scope: c.token.scope, expires_at: c.token.expiresAt ?? null },
+    };
   });
 
-  app.post<{ Body: { name: string } }>('/orgs', {
-    config: { access: 'write' },
-    schema: { body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: NAME } } },
-  }, async (req, reply) => {
-    const c = callerOf(req);
-    const org = await directory.createOrg(req.body.name, c.principal.user);
-    audit.record({ action: 'org.create', ...who(req), detail: { name: org.name } });
-    return reply.code(201).send({ ...org, owner: c.principal.user });
-  });
+  app.post<{ Body: { name: string } }>(
+    '/orgs',
+    {
+      config: { access: 'write' },
+      schema: { body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: NAME } } },
+    },
+    async (req, reply) => {
+      const c = callerOf(req);
+      const org = await directory.createOrg(req.body.name, c.principal.user);
+      audit.record({ action: 'org.create', ...who(req), detail: { name: org.name } });
+      return reply.code(201).send({ ...org, owner: c.principal.user });
+    },
+  );
 
   app.get<{ Params: { org: string } }>('/orgs/:org', { config: { access: 'read' } }, async (req) => {
     const c = callerOf(req);
@@ -76,43 +97,69 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
     return { name: req.params.org, members: await directory.members(req.params.org) };
   });
 
-  app.put<{ Params: { org: string; user: string }; Body: { role: OrgRole } }>('/orgs/:org/members/:user', {
-    config: { access: 'write' },
-    schema: { body: { type: 'object', required: ['role'], additionalProperties: false, properties: { role: { type: 'string', enum: ['member', 'owner'] } } } },
-  }, async (req) => {
-    if (!canManageOrg(callerOf(req).principal, req.params.org)) throw forbidden(`only an owner of ${req.params.org} may change its members`);
-    await directory.setMember(req.params.org, req.params.user, req.body.role);
-    audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: req.body.role } });
-    return { org: req.params.org, user: req.params.user, role: req.body.role };
-  });
+  app.put<{ Params: { org: string; user: string }; Body: { role: OrgRole } }>(
+    '/orgs/:org/members/:user',
+    {
+      config: { access: 'write' },
+      schema: {
+        body: {
+          type: 'object',
+          required: ['role'],
+          additionalProperties: false,
+          properties: { role: { type: 'string', enum: ['member', 'owner'] } },
+        },
+      },
+    },
+    async (req) => {
+      if (!canManageOrg(callerOf(req).principal, req.params.org))
+        throw forbidden(`only an owner of ${req.params.org} may change its members`);
+      await directory.setMember(req.params.org, req.params.user, req.body.role);
+      audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: req.body.role } });
+      return { org: req.params.org, user: req.params.user, role: req.body.role };
+    },
+  );
 
   app.delete<{ Params: { org: string; user: string } }>('/orgs/:org/members/:user', { config: { access: 'write' } }, async (req) => {
-    if (!canManageOrg(callerOf(req).principal, req.params.org)) throw forbidden(`only an owner of ${req.params.org} may change its members`);
+    if (!canManageOrg(callerOf(req).principal, req.params.org))
+      throw forbidden(`only an owner of ${req.params.org} may change its members`);
     await directory.removeMember(req.params.org, req.params.user);
     audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: null } });
     return { org: req.params.org, user: req.params.user, role: null };
   });
 
-  app.post<{ Body: { name: string; scope: Role; user?: string; expires_at?: string } }>('/tokens', { config: { access: 'read' }, schema: tokenSchema }, async (req, reply) => {
-    const c = callerOf(req);
-    const user = req.body.user ?? c.principal.user;
-    if (user !== c.principal.user && !isAdmin(c)) throw forbidden('only a cluster admin may create tokens for another user');
-    // A token never makes a stronger one: its own scope bounds what it may create.
-    if (!atLeast(c.token.scope, req.body.scope)) throw forbidden(`token '${c.token.name}' has scope ${c.token.scope} and may not create a ${req.body.scope} token`);
-    const made = await auth.create(user, req.body.name, req.body.scope, req.body.expires_at);
-    audit.record({ action: 'token.create', ...who(req), detail: { id: made.info.id, name: made.info.name, for: user, scope: made.info.scope } });
-    return reply.code(201).send({ ...made.info, token: made.token });
-  });
+  app.post<{ Body: { name: string; scope: Role; user?: string; expires_at?: string } }>(
+    '/tokens',
+    { config: { access: 'read' }, schema: tokenSchema },
+    async (req, reply) => {
+      const c = callerOf(req);
+      const user = req.body.user ?? c.principal.user;
+      if (user !== c.principal.user && !isAdmin(c)) throw forbidden('only a cluster admin may create tokens for another user');
+      // A token never makes a stronger one: its own scope bounds what it may create.
+      if (!atLeast(c.token.scope, req.body.scope))
+        throw forbidden(`token '${c.token.name}' has scope ${c.token.scope} and may not create a ${req.body.scope} token`);
+      const made = await auth.create(user, req.body.name, req.body.scope, req.body.expires_at);
+      audit.record({
+        action: 'token.create',
+        ...who(req),
+        detail: { id: made.info.id, name: made.info.name, for: user, scope: made.info.scope },
+      });
+      return reply.code(201).send({ ...made.info, token: made.token });
+    },
+  );
 
-  app.get<{ Querystring: { user?: string } }>('/tokens', {
-    config: { access: 'read' },
-    schema: { querystring: { type: 'object', additionalProperties: false, properties: { user: NAME } } },
-  }, async (req) => {
-    const c = callerOf(req);
-    const user = req.query.user ?? c.principal.user;
-    if (user !== c.principal.user && !isAdmin(c)) throw forbidden("only a cluster admin may list another user's tokens");
-    return { tokens: await auth.list(user) };
-  });
+  app.get<{ Querystring: { user?: string } }>(
+    '/tokens',
+    {
+      config: { access: 'read' },
+      schema: { querystring: { type: 'object', additionalProperties: false, properties: { user: NAME } } },
+    },
+    async (req) => {
+      const c = callerOf(req);
+      const user = req.query.user ?? c.principal.user;
+      if (user !== c.principal.user && !isAdmin(c)) throw forbidden("only a cluster admin may list another user's tokens");
+      return { tokens: await auth.list(user) };
+    },
+  );
 
   app.delete<{ Params: { id: string } }>('/tokens/:id', { config: { access: 'read' } }, async (req) => {
     const c = callerOf(req);

@@ -3,7 +3,13 @@ import type { Logger } from '../domain/logger.js';
 import type { ClusterStore, RepoLock } from '../store/types.js';
 import { mayStart, RepoActivity, type ActivityKind } from './activity.js';
 
-const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => quiet } as unknown as Logger;
+const quiet = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+  child: () => quiet,
+} as unknown as Logger;
 
 /** fakeLocks is the lock part of a store: one holder per repo, renewals counted. */
 function fakeLocks(): { store: ClusterStore; renewals: () => number; steal: (repoId: string) => void } {
@@ -25,7 +31,11 @@ function fakeLocks(): { store: ClusterStore; renewals: () => number; steal: (rep
       if (held.get(repoId)?.token === t) held.delete(repoId);
     },
   } as unknown as ClusterStore;
-  return { store, renewals: () => renewals, steal: (repoId) => held.set(repoId, { repoId, holder: 'other', token: ++token, expiresAt: 0 }) };
+  return {
+    store,
+    renewals: () => renewals,
+    steal: (repoId) => held.set(repoId, { repoId, holder: 'other', token: ++token, expiresAt: 0 }),
+  };
 }
 
 function activity(store: ClusterStore = fakeLocks().store, lockTtlMs = 300): RepoActivity {
@@ -92,7 +102,10 @@ describe('RepoActivity', () => {
     const repair = a.tryBegin('o/r', 'repair')!;
     const swap = a.tryBegin('o/r', 'swap')!;
     let uploading = false;
-    const upload = a.beginUpload('o/r').then((end) => { uploading = true; return end; });
+    const upload = a.beginUpload('o/r').then((end) => {
+      uploading = true;
+      return end;
+    });
     await new Promise((r) => setTimeout(r, 30));
     expect(uploading).toBe(false);
     swap.end();

@@ -84,7 +84,9 @@ export class RepoActivity {
   /** lockQueues: per repo, the local callers waiting for their turn at the store lock, oldest first. */
   private readonly lockQueues = new Map<string, Array<() => void>>();
 
-  constructor(private readonly deps: { readonly nodeId: string; readonly store: ClusterStore; readonly lockTtlMs: number; readonly logger: Logger }) {}
+  constructor(
+    private readonly deps: { readonly nodeId: string; readonly store: ClusterStore; readonly lockTtlMs: number; readonly logger: Logger },
+  ) {}
 
   /**
    * tryBegin starts `kind` on the replica if MAY_START_DURING allows it beside what runs, in one
@@ -117,7 +119,10 @@ export class RepoActivity {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, left);
         const list = this.waiters.get(repoId) ?? [];
-        list.push(() => { clearTimeout(timer); resolve(); });
+        list.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
         this.waiters.set(repoId, list);
       });
     }
@@ -199,11 +204,14 @@ export class RepoActivity {
         clearTimeout(timer);
         resolve(true);
       };
-      const timer = setTimeout(() => {
-        const i = queue.indexOf(wake);
-        if (i !== -1) queue.splice(i, 1);
-        resolve(false);
-      }, Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => {
+          const i = queue.indexOf(wake);
+          if (i !== -1) queue.splice(i, 1);
+          resolve(false);
+        },
+        Math.max(0, deadline - Date.now()),
+      );
       queue.push(wake);
     });
   }
@@ -219,9 +227,17 @@ export class RepoActivity {
   private hold(repoId: string, lock: RepoLock): HeldLock {
     const { store, lockTtlMs, logger } = this.deps;
     let lost = false;
-    const timer = setInterval(() => {
-      store.renewLock(repoId, lock.token, lockTtlMs).then((ok) => { if (!ok) lost = true; }, () => undefined);
-    }, Math.max(100, Math.floor(lockTtlMs / 3)));
+    const timer = setInterval(
+      () => {
+        store.renewLock(repoId, lock.token, lockTtlMs).then(
+          (ok) => {
+            if (!ok) lost = true;
+          },
+          () => undefined,
+        );
+      },
+      Math.max(100, Math.floor(lockTtlMs / 3)),
+    );
     timer.unref();
     let released = false;
     return {

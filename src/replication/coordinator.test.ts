@@ -14,7 +14,7 @@ describe('pickDefaultBranch', () => {
   const none = new Map<string, string>();
   it.each<[string, string | null, ReadonlyMap<string, string>, string[], string | null]>([
     ['HEAD names an existing branch', 'refs/heads/main', new Map([['refs/heads/main', A]]), ['refs/heads/x'], null],
-    ['the push creates HEAD\'s branch', 'refs/heads/main', none, ['refs/heads/x', 'refs/heads/main'], null],
+    ["the push creates HEAD's branch", 'refs/heads/main', none, ['refs/heads/x', 'refs/heads/main'], null],
     ['unborn HEAD, master pushed', 'refs/heads/main', none, ['refs/heads/master'], 'refs/heads/master'],
     ['unborn HEAD, main wins over master', 'refs/heads/trunk', none, ['refs/heads/master', 'refs/heads/main'], 'refs/heads/main'],
     ['unborn HEAD, master wins over others', 'refs/heads/main', none, ['refs/heads/dev', 'refs/heads/master'], 'refs/heads/master'],
@@ -34,16 +34,26 @@ const REPO = 'o/r' as RepoId;
 
 describe('Coordinator (in process: real store and git, scripted peers)', () => {
   let kit: ReplicationKit;
-  beforeEach(async () => { kit = await ReplicationKit.create({ nodes: 3 }); });
-  afterEach(async () => { await kit.close(); });
+  beforeEach(async () => {
+    kit = await ReplicationKit.create({ nodes: 3 });
+  });
+  afterEach(async () => {
+    await kit.close();
+  });
 
   const txnOf = (node: string): string => kit.peers.callsTo(node, 'prepare').at(-1)!.txnId;
-  const stateOn = async (node: string): Promise<string | undefined> => (await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === node)?.state;
+  const stateOn = async (node: string): Promise<string | undefined> =>
+    (await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === node)?.state;
 
   describe('createRepo', () => {
     it('all prepare and commit: the repo is in the store and on every replica', async () => {
       const res = await kit.coordinator('n1').createRepo(REPO);
-      expect(res).toMatchObject({ created: true, replicated: true, write_quorum: 2, replicas: expect.arrayContaining(['n1', 'n2', 'n3']) as unknown });
+      expect(res).toMatchObject({
+        created: true,
+        replicated: true,
+        write_quorum: 2,
+        replicas: expect.arrayContaining(['n1', 'n2', 'n3']) as unknown,
+      });
       const repo = (await kit.raw.getRepo(REPO))!;
       expect(repo.generation).toBe(0);
       expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('commit');
@@ -65,7 +75,10 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     it('quorum not reached: 503 with the counts, nothing created anywhere, nothing left locked', async () => {
       kit.peers.script('n2', 'prepare', answers.refuse('failed'));
       kit.peers.script('n3', 'prepare', answers.unreachable);
-      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({ statusCode: 503, message: 'replication quorum not reached: 1 of 3 replicas prepared, 2 required' });
+      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({
+        statusCode: 503,
+        message: 'replication quorum not reached: 1 of 3 replicas prepared, 2 required',
+      });
       expect(await kit.raw.getRepo(REPO)).toBeNull();
       expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('abort');
       expect(kit.node('n1').log.get(txnOf('n2'))?.state).toBe('aborted');
@@ -100,7 +113,10 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
 
     it('the decision write fails before it lands: abort is written, the create refused, every prepared replica aborted', async () => {
       kit.faults.set('commitCreate', 'fail');
-      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({ statusCode: 503, message: expect.stringContaining('the decision could not be written') as unknown });
+      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({
+        statusCode: 503,
+        message: expect.stringContaining('the decision could not be written') as unknown,
+      });
       kit.faults.clear();
       expect(await kit.raw.getRepo(REPO)).toBeNull();
       expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('abort');
@@ -121,7 +137,10 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     it('fewer than W commits confirmed: 503 (outcome not known to be replicated), the decision stands', async () => {
       kit.peers.script('n2', 'commit', answers.lost);
       kit.peers.script('n3', 'commit', answers.unreachable);
-      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({ statusCode: 503, message: expect.stringContaining('created but only 1 replicas confirmed') as unknown });
+      await expect(kit.coordinator('n1').createRepo(REPO)).rejects.toMatchObject({
+        statusCode: 503,
+        message: expect.stringContaining('created but only 1 replicas confirmed') as unknown,
+      });
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
       // n2 applied the commit (its answer was lost); n3 never heard of it: both left to repair.
       expect(await kit.node('n2').storage.exists(REPO)).toBe(true);
@@ -140,7 +159,9 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       tip = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
       await receivePack(kit, 'n1', REPO, work, tip, 4242);
     });
-    afterEach(async () => { await rm(work, { recursive: true, force: true }); });
+    afterEach(async () => {
+      await rm(work, { recursive: true, force: true });
+    });
 
     const push = async (coordinator: Coordinator, ex: FakeExchange, pid = 4242): Promise<void> => {
       await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined });
@@ -164,7 +185,10 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       kit.peers.script('n3', 'prepare', answers.unreachable);
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
       await push(kit.coordinator('n1'), ex);
-      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'replication quorum not reached: 1 of 3 replicas prepared, 2 required' });
+      expect(ex.results?.get('refs/heads/main')).toEqual({
+        ok: false,
+        reason: 'replication quorum not reached: 1 of 3 replicas prepared, 2 required',
+      });
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
       expect(await kit.node('n1').storage.readRefs(REPO)).toEqual([]);
       expect(kit.node('n1').activity.runningOn(REPO)).toEqual([]);
@@ -176,7 +200,7 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(again.results?.get('refs/heads/main')).toEqual({ ok: true });
     });
 
-    it('peers refusing the pack for its content: git\'s reason, not a quorum count', async () => {
+    it("peers refusing the pack for its content: git's reason, not a quorum count", async () => {
       kit.peers.script('n2', 'prepare', answers.refuse('failed', 'pack rejected: fatal: bad tree object'));
       kit.peers.script('n3', 'prepare', answers.refuse('failed', 'pack rejected: fatal: bad tree object'));
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
@@ -207,7 +231,10 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       });
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
       await push(kit.coordinator('n1'), ex);
-      expect(ex.results?.get('refs/heads/main')).toMatchObject({ ok: false, reason: expect.stringContaining('repository changed concurrently') as unknown });
+      expect(ex.results?.get('refs/heads/main')).toMatchObject({
+        ok: false,
+        reason: expect.stringContaining('repository changed concurrently') as unknown,
+      });
       expect((await kit.raw.getTxn(txnOf('n2')))?.decision).toBe('abort');
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
       await eventually(() => {
@@ -224,7 +251,13 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     });
 
     it('--atomic: one ref refused refuses them all, and nothing is replicated', async () => {
-      const ex = new FakeExchange([[Z, tip, 'refs/heads/main'], [Z, tip, 'refs/heads/bad..name']], true);
+      const ex = new FakeExchange(
+        [
+          [Z, tip, 'refs/heads/main'],
+          [Z, tip, 'refs/heads/bad..name'],
+        ],
+        true,
+      );
       await push(kit.coordinator('n1'), ex);
       expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'atomic push failure' });
       expect(ex.results?.get('refs/heads/bad..name')?.ok).toBe(false);
@@ -233,11 +266,22 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     });
 
     it('a default-branch change committed on fewer than W replicas is an unknown outcome, not a refusal', async () => {
-      await push(kit.coordinator('n1'), new FakeExchange([[Z, tip, 'refs/heads/main'], [Z, tip, 'refs/heads/dev']]));
-      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync' && r.generation === 1)).toHaveLength(3));
+      await push(
+        kit.coordinator('n1'),
+        new FakeExchange([
+          [Z, tip, 'refs/heads/main'],
+          [Z, tip, 'refs/heads/dev'],
+        ]),
+      );
+      await eventually(async () =>
+        expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync' && r.generation === 1)).toHaveLength(3),
+      );
       kit.peers.script('n2', 'commit', answers.unreachable);
       kit.peers.script('n3', 'commit', answers.unreachable);
-      await expect(kit.coordinator('n1').setDefaultBranch(REPO, 'refs/heads/dev')).rejects.toMatchObject({ statusCode: 503, message: expect.stringContaining('the outcome is unknown') as unknown });
+      await expect(kit.coordinator('n1').setDefaultBranch(REPO, 'refs/heads/dev')).rejects.toMatchObject({
+        statusCode: 503,
+        message: expect.stringContaining('the outcome is unknown') as unknown,
+      });
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(2);
       expect(await kit.node('n1').storage.headTarget(REPO)).toBe('refs/heads/dev');
     });

@@ -171,7 +171,12 @@ export class Coordinator {
     const ids = all.map((n) => n.id);
     if (!ids.includes(this.deps.nodeId)) ids.push(this.deps.nodeId);
     const r = Math.min(this.deps.config.replicationFactor, ids.length);
-    const live = new Set(all.filter((n) => n.live).map((n) => n.id).concat(this.deps.nodeId));
+    const live = new Set(
+      all
+        .filter((n) => n.live)
+        .map((n) => n.id)
+        .concat(this.deps.nodeId),
+    );
     const ranked = placeReplicas(repoId, ids, ids.length);
     const chosen = ranked.filter((id) => live.has(id)).slice(0, r);
     for (const id of ranked) if (chosen.length < r && !chosen.includes(id)) chosen.push(id);
@@ -206,21 +211,32 @@ export class Coordinator {
       );
     }
     const timeout = this.deps.config.prepareTimeoutMs;
-    if (req.kind !== 'push') return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
+    if (req.kind !== 'push')
+      return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
     if (packs.length === 0) return this.callPeer(node, (t) => this.deps.peers.preparePush(t, req, null, timeout));
     const ready = await Promise.all(packs.map((p) => p.staged.get(node) ?? Promise.resolve(false)));
     const answer = await this.preparePacksOn(node, req, packs, ready);
     if (answer.ok || answer.status !== 'not_staged') return answer;
     // A staged pack went astray (the peer restarted, or its replica was replaced): send them all again.
     this.deps.metrics.packsShipped.inc({ how: 'restaged' }, packs.length);
-    return this.preparePacksOn(node, req, packs, packs.map(() => false));
+    return this.preparePacksOn(
+      node,
+      req,
+      packs,
+      packs.map(() => false),
+    );
   }
 
   /**
    * preparePacksOn sends a push prepare to a peer naming the packs staged there (`ready`); of the
    * others, one travels with the prepare and the rest are staged first.
    */
-  private async preparePacksOn(node: string, req: PrepareRequest, packs: readonly PackShipment[], ready: readonly boolean[]): Promise<Answer> {
+  private async preparePacksOn(
+    node: string,
+    req: PrepareRequest,
+    packs: readonly PackShipment[],
+    ready: readonly boolean[],
+  ): Promise<Answer> {
     const timeout = this.deps.config.prepareTimeoutMs;
     const missing = packs.filter((_, i) => !ready[i]);
     const body = missing.pop() ?? null;
@@ -241,7 +257,11 @@ export class Coordinator {
   private unstage(repoId: string, packs: readonly PackShipment[]): void {
     for (const pack of packs) {
       for (const [node, staged] of pack.staged) {
-        void staged.then((ok) => (ok ? this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/unstage', unstageToWire(repoId, pack.hash))) : null)).catch(() => undefined);
+        void staged
+          .then((ok) =>
+            ok ? this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/unstage', unstageToWire(repoId, pack.hash))) : null,
+          )
+          .catch(() => undefined);
       }
     }
   }
@@ -265,11 +285,17 @@ export class Coordinator {
     const repo = await this.deps.store.getRepo(repoId).catch(() => null);
     for (const node of repo?.replicas ?? []) {
       if (node === this.deps.nodeId) continue;
-      staged.set(node, this.stageOn(node, repoId, pack).then((a) => {
-        if (a.ok) this.deps.metrics.packsShipped.inc({ how: 'staged' });
-        else this.deps.logger.debug({ repoId, node, answer: a }, 'pack not staged ahead; it goes with the prepare');
-        return a.ok;
-      }, () => false));
+      staged.set(
+        node,
+        this.stageOn(node, repoId, pack).then(
+          (a) => {
+            if (a.ok) this.deps.metrics.packsShipped.inc({ how: 'staged' });
+            else this.deps.logger.debug({ repoId, node, answer: a }, 'pack not staged ahead; it goes with the prepare');
+            return a.ok;
+          },
+          () => false,
+        ),
+      );
     }
     return pack;
   }
@@ -308,17 +334,22 @@ export class Coordinator {
     progress(`replicating to ${replicas.length} replicas (${w} must confirm)`);
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
-    const preparing = replicas.map((node) => this.prepareOn(node, req, packs).then((a) => {
-      metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
-      prepared.add(node, a);
-      return a;
-    }));
+    const preparing = replicas.map((node) =>
+      this.prepareOn(node, req, packs).then((a) => {
+        metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
+        prepared.add(node, a);
+        return a;
+      }),
+    );
     await prepared.until(() => prepared.count((a) => a.ok) >= w, this.deps.config.prepareTimeoutMs);
     const preparedAt = Date.now();
     await failpoints.hit('coordinator.afterPrepare');
     const okCount = prepared.count((a) => a.ok);
     progress(`${okCount} of ${replicas.length} replicas prepared`);
-    let decided: { ok: true } | { ok: false; why: string } = { ok: false, why: refusalMessage(prepared.entries(), okCount, replicas.length, w) };
+    let decided: { ok: true } | { ok: false; why: string } = {
+      ok: false,
+      why: refusalMessage(prepared.entries(), okCount, replicas.length, w),
+    };
     if (okCount >= w) {
       try {
         decided = await decide();
@@ -329,8 +360,10 @@ export class Coordinator {
         // decision that stands (writing `abort` if none does) before saying anything.
         const standing = await this.settle(req.txnId);
         log.warn({ err: errorMessage(err), standing }, 'decision write failed; read back the standing decision');
-        if (standing === null) throw new OutcomeUnknownError(`transaction ${req.txnId}: the store did not answer whether it was decided (${errorMessage(err)})`);
-        decided = standing === 'commit' ? { ok: true } : { ok: false, why: `the decision could not be written (${errorMessage(err)}), try again` };
+        if (standing === null)
+          throw new OutcomeUnknownError(`transaction ${req.txnId}: the store did not answer whether it was decided (${errorMessage(err)})`);
+        decided =
+          standing === 'commit' ? { ok: true } : { ok: false, why: `the decision could not be written (${errorMessage(err)}), try again` };
       }
     }
     if (!decided.ok) {
@@ -344,10 +377,17 @@ export class Coordinator {
       void Promise.all(aborts);
       metrics.txns.inc({ kind: req.kind, outcome: 'abort' });
       if (okCount < w) metrics.quorumFailures.inc();
-      log.warn({
-        outcome: 'aborted', ...refsField(req.updates.map((u) => u.ref)), prepared: okCount, required: w,
-        ...phasesBetween({ started, prepared: preparedAt, done: Date.now() }), answers: Object.fromEntries(prepared.entries()),
-      }, `transaction aborted: ${decided.why}`);
+      log.warn(
+        {
+          outcome: 'aborted',
+          ...refsField(req.updates.map((u) => u.ref)),
+          prepared: okCount,
+          required: w,
+          ...phasesBetween({ started, prepared: preparedAt, done: Date.now() }),
+          answers: Object.fromEntries(prepared.entries()),
+        },
+        `transaction aborted: ${decided.why}`,
+      );
       throw unavailable(decided.why, { prepared: okCount, required: w, total: replicas.length });
     }
     metrics.txns.inc({ kind: req.kind, outcome: 'commit' });
@@ -365,13 +405,24 @@ export class Coordinator {
     });
     await committed.until(() => committed.count((a) => a.ok) >= w, this.deps.config.commitTimeoutMs);
     await failpoints.hit('coordinator.afterCommit');
-    const confirmed = committed.entries().filter(([, a]) => a.ok).map(([n]) => n);
+    const confirmed = committed
+      .entries()
+      .filter(([, a]) => a.ok)
+      .map(([n]) => n);
     progress(`${confirmed.length} of ${replicas.length} replicas committed`);
     // One line per transaction (a push's is its line: outcome, refs, timings; txnId from the child logger).
-    log.info({
-      outcome: 'committed', ...refsField(req.updates.map((u) => u.ref)), ...(req.newHead ? { newHead: req.newHead } : {}),
-      prepared: okCount, confirmed: confirmed.length, required: w, ...phasesBetween({ started, prepared: preparedAt, decided: decidedAt, done: Date.now() }),
-    }, 'transaction committed');
+    log.info(
+      {
+        outcome: 'committed',
+        ...refsField(req.updates.map((u) => u.ref)),
+        ...(req.newHead ? { newHead: req.newHead } : {}),
+        prepared: okCount,
+        confirmed: confirmed.length,
+        required: w,
+        ...phasesBetween({ started, prepared: preparedAt, decided: decidedAt, done: Date.now() }),
+      },
+      'transaction committed',
+    );
     return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
   }
 
@@ -401,18 +452,57 @@ export class Coordinator {
       if (await store.getRepo(repoId)) throw conflict(`repository ${repoId} already exists`);
       const replicas = await this.placement(repoId);
       const w = this.writeQuorumFor(replicas.length);
-      if (isBelowMajority(w, replicas.length)) logger.warn({ repoId, writeQuorum: w, replicas: replicas.length }, 'write quorum below majority: an acknowledged write may exist on fewer than a majority of replicas');
+      if (isBelowMajority(w, replicas.length))
+        logger.warn(
+          { repoId, writeQuorum: w, replicas: replicas.length },
+          'write quorum below majority: an acknowledged write may exist on fewer than a majority of replicas',
+        );
       const incarnation = randomUUID();
       const checksum = headChecksum(DEFAULT_HEAD);
-      const req: PrepareRequest = { txnId: randomUUID(), repoId, kind: 'create', coordinator: nodeId, incarnation, baseGeneration: 0, fencingToken: held.lock.token, newChecksum: checksum, updates: [] };
+      const req: PrepareRequest = {
+        txnId: randomUUID(),
+        repoId,
+        kind: 'create',
+        coordinator: nodeId,
+        incarnation,
+        baseGeneration: 0,
+        fencingToken: held.lock.token,
+        newChecksum: checksum,
+        updates: [],
+      };
       const record: RepoRecord = { repoId, incarnation, replicas, generation: 0, checksum, createdAt: new Date().toISOString() };
-      const result = await this.run(req, replicas, [], async () => {
-        const d = await store.commitCreate({ txnId: req.txnId, coordinator: nodeId, record });
-        return d.decision === 'commit' ? { ok: true } : { ok: false, why: d.reason === 'exists' ? `repository ${repoId} already exists` : `decision refused (${d.reason ?? 'unknown'})` };
-      }, (node) => { void store.markReplica(repoId, node, incarnation, 'missing', 1).catch((err: unknown) => logger.warn({ repoId, node, err: errorMessage(err) }, 'could not mark a replica missing')); });
+      const result = await this.run(
+        req,
+        replicas,
+        [],
+        async () => {
+          const d = await store.commitCreate({ txnId: req.txnId, coordinator: nodeId, record });
+          return d.decision === 'commit'
+            ? { ok: true }
+            : {
+                ok: false,
+                why: d.reason === 'exists' ? `repository ${repoId} already exists` : `decision refused (${d.reason ?? 'unknown'})`,
+              };
+        },
+        (node) => {
+          void store
+            .markReplica(repoId, node, incarnation, 'missing', 1)
+            .catch((err: unknown) => logger.warn({ repoId, node, err: errorMessage(err) }, 'could not mark a replica missing'));
+        },
+      );
       const peersConfirmed = result.confirmed.filter((n) => n !== nodeId).length;
-      if (result.outcome === 'unknown') throw unavailable(`repository ${repoId} created but only ${result.confirmed.length} replicas confirmed in time; repair will finish it`);
-      return { repo_id: repoId, created: true, replicated: result.confirmed.length >= Math.min(2, replicas.length), peers_confirmed: peersConfirmed, replicas, write_quorum: w };
+      if (result.outcome === 'unknown')
+        throw unavailable(
+          `repository ${repoId} created but only ${result.confirmed.length} replicas confirmed in time; repair will finish it`,
+        );
+      return {
+        repo_id: repoId,
+        created: true,
+        replicated: result.confirmed.length >= Math.min(2, replicas.length),
+        peers_confirmed: peersConfirmed,
+        replicas,
+        write_quorum: w,
+      };
     } finally {
       await held.release();
     }
@@ -425,11 +515,36 @@ export class Coordinator {
     try {
       const repo = await store.getRepo(repoId);
       if (!repo) throw notFound(`repository ${repoId} not found`);
-      const req: PrepareRequest = { txnId: randomUUID(), repoId, kind: 'delete', coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: '', updates: [] };
-      const result = await this.run(req, repo.replicas, [], async () => {
-        const d = await store.commitDelete({ txnId: req.txnId, repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token });
-        return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed while deleting (${d.reason ?? 'unknown'}), try again` };
-      }, () => undefined);
+      const req: PrepareRequest = {
+        txnId: randomUUID(),
+        repoId,
+        kind: 'delete',
+        coordinator: nodeId,
+        incarnation: repo.incarnation,
+        baseGeneration: repo.generation,
+        fencingToken: held.lock.token,
+        newChecksum: '',
+        updates: [],
+      };
+      const result = await this.run(
+        req,
+        repo.replicas,
+        [],
+        async () => {
+          const d = await store.commitDelete({
+            txnId: req.txnId,
+            repoId,
+            coordinator: nodeId,
+            incarnation: repo.incarnation,
+            baseGeneration: repo.generation,
+            fencingToken: held.lock.token,
+          });
+          return d.decision === 'commit'
+            ? { ok: true }
+            : { ok: false, why: `repository changed while deleting (${d.reason ?? 'unknown'}), try again` };
+        },
+        () => undefined,
+      );
       return { repo_id: repoId, deleted: true, peers_confirmed: result.confirmed.filter((n) => n !== nodeId).length };
     } finally {
       await held.release();
@@ -446,8 +561,12 @@ export class Coordinator {
     const request = await exchange.read();
     // Results are keyed by each command's exact bytes (PushCommand.key).
     const results = new Map<string, RefResult>();
-    const fail = (key: string, reason: string): void => { results.set(key, { ok: false, reason }); };
-    const failRest = (reason: string): void => { for (const c of request.commands) if (!results.has(c.key)) fail(c.key, reason); };
+    const fail = (key: string, reason: string): void => {
+      results.set(key, { ok: false, reason });
+    };
+    const failRest = (reason: string): void => {
+      for (const c of request.commands) if (!results.has(c.key)) fail(c.key, reason);
+    };
     for (const c of request.commands) {
       // A name that is not UTF-8 would be stored, logged and checksummed as another name.
       const problem = c.utf8 ? refNameProblem(c.ref) : 'funny refname (not UTF-8)';
@@ -459,8 +578,11 @@ export class Coordinator {
     const report = (): void => {
       if (request.atomic && [...results.values()].some((r) => !r.ok)) failRest('atomic push failure');
       exchange.report(request.commands, (c) => results.get(c.key) ?? { ok: true });
-      const refused = refusedField(request.commands.filter((c) => !inTxn.has(c.key)).map((c) => ({ ref: c.ref, result: results.get(c.key) })));
-      if (refused) logger.info({ repoId: ctx.repoId, kind: 'push', outcome: 'refused', ...refused, ms: Date.now() - begun }, 'push refused');
+      const refused = refusedField(
+        request.commands.filter((c) => !inTxn.has(c.key)).map((c) => ({ ref: c.ref, result: results.get(c.key) })),
+      );
+      if (refused)
+        logger.info({ repoId: ctx.repoId, kind: 'push', outcome: 'refused', ...refused, ms: Date.now() - begun }, 'push refused');
     };
     if (request.atomic && results.size > 0) return report();
     if (results.size === request.commands.length) return report();
@@ -554,9 +676,16 @@ export class Coordinator {
     try {
       const current = new Map((await storage.readRefs(repoId)).map((r) => [r.name, r.oid]));
       const head = await storage.headTarget(repoId);
-      const { batches, net } = mergeGroup(current, head, group.map((m) => ({
-        commands: m.request.commands.filter((c) => !m.results.has(c.key)), atomic: m.request.atomic, fail: m.fail, refused: () => m.results.size > 0,
-      })));
+      const { batches, net } = mergeGroup(
+        current,
+        head,
+        group.map((m) => ({
+          commands: m.request.commands.filter((c) => !m.results.has(c.key)),
+          atomic: m.request.atomic,
+          fail: m.fail,
+          refused: () => m.results.size > 0,
+        })),
+      );
       const members = group.filter((_, i) => batches[i]!.length > 0);
       const refused = group.filter((m) => !members.includes(m));
       this.unstage(repoId, packsOf(refused));
@@ -570,16 +699,26 @@ export class Coordinator {
         return { contended };
       }
       const req: PrepareRequest = {
-        txnId: randomUUID(), repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation,
-        baseGeneration: repo.generation, fencingToken: held.lock.token, updates: net,
-        newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, net), newHead ? head : null, newHead), ...(newHead ? { newHead } : {}),
+        txnId: randomUUID(),
+        repoId,
+        kind: 'push',
+        coordinator: nodeId,
+        incarnation: repo.incarnation,
+        baseGeneration: repo.generation,
+        fencingToken: held.lock.token,
+        updates: net,
+        newChecksum: withHead(applyUpdatesToChecksum(repo.checksum, net), newHead ? head : null, newHead),
+        ...(newHead ? { newHead } : {}),
         ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}),
       };
       const batchOf = (m: PendingPush): RefUpdate[] => batches[group.indexOf(m)]!;
       for (const m of members) for (const u of batchOf(m)) m.inTxn.add(refKey(u.ref));
-      if (members.length > 1) logger.info({ txnId: req.txnId, repoId, pushes: members.length, refs: net.length }, 'pushes grouped into one transaction');
+      if (members.length > 1)
+        logger.info({ txnId: req.txnId, repoId, pushes: members.length, refs: net.length }, 'pushes grouped into one transaction');
       const packs = packsOf(members);
-      const progress = (line: string): void => { for (const m of members) if (!m.ctx.quiet) m.exchange.progress(`replication: ${line}`); };
+      const progress = (line: string): void => {
+        for (const m of members) if (!m.ctx.quiet) m.exchange.progress(`replication: ${line}`);
+      };
       let result;
       try {
         result = await this.runRefTxn(req, repo, held, packs, progress);
@@ -598,13 +737,19 @@ export class Coordinator {
         return { contended };
       }
       if (result.outcome === 'unknown') {
-        logger.error({ txnId: req.txnId, confirmed: result.confirmed }, 'committed but fewer than W replicas confirmed in time: closing the pushes without a report');
+        logger.error(
+          { txnId: req.txnId, confirmed: result.confirmed },
+          'committed but fewer than W replicas confirmed in time: closing the pushes without a report',
+        );
         for (const m of members) this.abandon(m);
         return { contended };
       }
       for (const m of members) {
         m.report();
-        m.ctx.onCommitted?.(req.txnId, batchOf(m).map((u) => u.ref));
+        m.ctx.onCommitted?.(
+          req.txnId,
+          batchOf(m).map((u) => u.ref),
+        );
       }
       return { contended };
     } finally {
@@ -622,18 +767,43 @@ export class Coordinator {
    * set under the held lock: the decision compares generation, incarnation and fencing token; a
    * replica that misses the commit is marked stale.
    */
-  private runRefTxn(req: PrepareRequest, repo: RepoRecord, held: HeldLock, packs: readonly PackShipment[], progress?: (line: string) => void): ReturnType<Coordinator['run']> {
+  private runRefTxn(
+    req: PrepareRequest,
+    repo: RepoRecord,
+    held: HeldLock,
+    packs: readonly PackShipment[],
+    progress?: (line: string) => void,
+  ): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
-    return this.run(req, repo.replicas, packs, async () => {
-      if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
-      const d = await store.commitPush({ txnId: req.txnId, repoId: req.repoId, coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation, fencingToken: held.lock.token, newChecksum: req.newChecksum });
-      return d.decision === 'commit' ? { ok: true } : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
-    }, (node, answer) => {
-      logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
-      // Unmarked, the replica still counts as behind (confirmed one generation back): repair finds it.
-      void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).catch((err: unknown) => logger.warn({ txnId: req.txnId, node, err: errorMessage(err) }, 'could not mark a replica stale'));
-      metrics.staleMarked.inc();
-    }, progress);
+    return this.run(
+      req,
+      repo.replicas,
+      packs,
+      async () => {
+        if (held.lost()) return { ok: false, why: 'write lock lost, try again' };
+        const d = await store.commitPush({
+          txnId: req.txnId,
+          repoId: req.repoId,
+          coordinator: nodeId,
+          incarnation: repo.incarnation,
+          baseGeneration: repo.generation,
+          fencingToken: held.lock.token,
+          newChecksum: req.newChecksum,
+        });
+        return d.decision === 'commit'
+          ? { ok: true }
+          : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
+      },
+      (node, answer) => {
+        logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
+        // Unmarked, the replica still counts as behind (confirmed one generation back): repair finds it.
+        void store
+          .markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1)
+          .catch((err: unknown) => logger.warn({ txnId: req.txnId, node, err: errorMessage(err) }, 'could not mark a replica stale'));
+        metrics.staleMarked.inc();
+      },
+      progress,
+    );
   }
 
   /**
@@ -647,16 +817,27 @@ export class Coordinator {
       const repo = await store.getRepo(repoId);
       if (!repo) throw notFound(`repository ${repoId} not found`);
       const own = await this.ownReplica(repo);
-      if (!repo.replicas.includes(nodeId) || !isInSync(repo, own)) throw unavailable(`replica of ${repoId} on this node is catching up, try again`, { retryAfter: 1 });
-      if (!(await storage.readRefs(repoId)).some((r) => r.name === branch)) throw badRequest(`branch ${branch.replace(/^refs\/heads\//, '')} does not exist in ${repoId}`);
+      if (!repo.replicas.includes(nodeId) || !isInSync(repo, own))
+        throw unavailable(`replica of ${repoId} on this node is catching up, try again`, { retryAfter: 1 });
+      if (!(await storage.readRefs(repoId)).some((r) => r.name === branch))
+        throw badRequest(`branch ${branch.replace(/^refs\/heads\//, '')} does not exist in ${repoId}`);
       const head = await storage.headTarget(repoId);
       if (head !== branch) {
         const req: PrepareRequest = {
-          txnId: randomUUID(), repoId, kind: 'push', coordinator: nodeId, incarnation: repo.incarnation, baseGeneration: repo.generation,
-          fencingToken: held.lock.token, updates: [], newHead: branch, newChecksum: withHead(repo.checksum, head, branch),
+          txnId: randomUUID(),
+          repoId,
+          kind: 'push',
+          coordinator: nodeId,
+          incarnation: repo.incarnation,
+          baseGeneration: repo.generation,
+          fencingToken: held.lock.token,
+          updates: [],
+          newHead: branch,
+          newChecksum: withHead(repo.checksum, head, branch),
         };
         const result = await this.runRefTxn(req, repo, held, []);
-        if (result.outcome === 'unknown') throw new OutcomeUnknownError(`default branch of ${repoId}: committed on ${result.confirmed.length} replicas only`);
+        if (result.outcome === 'unknown')
+          throw new OutcomeUnknownError(`default branch of ${repoId}: committed on ${result.confirmed.length} replicas only`);
       }
       return { repo_id: repoId, default_branch: branch };
     } finally {
@@ -685,7 +866,8 @@ export class Coordinator {
           keep = true;
           return { ok: true, held, repo };
         }
-        if (!repo.replicas.includes(nodeId) || !this.deps.catchUp || Date.now() >= deadline) return { ok: false, reason: 'replica catching up, try again' };
+        if (!repo.replicas.includes(nodeId) || !this.deps.catchUp || Date.now() >= deadline)
+          return { ok: false, reason: 'replica catching up, try again' };
       } finally {
         if (!keep) await held.release();
       }
@@ -742,8 +924,11 @@ export function pickDefaultBranch(head: string | null, current: ReadonlyMap<stri
  * the cluster is up, the push is what it refuses.
  */
 function refusalMessage(answers: ReadonlyArray<[string, Answer]>, okCount: number, total: number, w: number): string {
-  const rejected = answers.map(([, a]) => a).filter((a): a is Extract<Answer, { ok: false }> => !a.ok && a.message.includes('pack rejected:'));
-  if (rejected.length > 0 && okCount + rejected.length >= w) return `${rejected[0]!.message.slice(rejected[0]!.message.indexOf('pack rejected:'))} (${rejected.length} of ${total} replicas)`;
+  const rejected = answers
+    .map(([, a]) => a)
+    .filter((a): a is Extract<Answer, { ok: false }> => !a.ok && a.message.includes('pack rejected:'));
+  if (rejected.length > 0 && okCount + rejected.length >= w)
+    return `${rejected[0]!.message.slice(rejected[0]!.message.indexOf('pack rejected:'))} (${rejected.length} of ${total} replicas)`;
   return quorumMessage(okCount, total, w);
 }
 

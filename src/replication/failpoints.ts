@@ -3,9 +3,16 @@ export type FailAction = { kind: 'crash' } | { kind: 'delay'; ms: number } | { k
 
 /** FAILPOINT_NAMES are the steps of a transaction where tests can inject a crash, delay or error. */
 export const FAILPOINT_NAMES = [
-  'coordinator.beforePrepare', 'coordinator.afterPrepare', 'coordinator.afterDecision',
-  'coordinator.beforeCommit', 'coordinator.afterCommit',
-  'participant.afterStage', 'participant.beforePrepare', 'participant.afterPrepare', 'participant.beforeCommit', 'participant.afterCommit',
+  'coordinator.beforePrepare',
+  'coordinator.afterPrepare',
+  'coordinator.afterDecision',
+  'coordinator.beforeCommit',
+  'coordinator.afterCommit',
+  'participant.afterStage',
+  'participant.beforePrepare',
+  'participant.afterPrepare',
+  'participant.beforeCommit',
+  'participant.afterCommit',
 ] as const;
 
 /**
@@ -29,7 +36,10 @@ export class Failpoints {
   private readonly armed = new Map<string, FailAction>();
 
   constructor(spec: string | undefined) {
-    for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+    for (const item of (spec ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const [name, action] = item.split('=', 2) as [string, string | undefined];
       if (!KNOWN.includes(name)) throw new Error(`unknown fail point '${name}'`);
       const delay = /^delay\((\d+)\)$/.exec(action ?? '');

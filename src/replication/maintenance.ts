@@ -21,7 +21,13 @@ export class Maintenance {
 
   constructor(
     private readonly deps: {
-      nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; logger: Logger; metrics: Metrics; activity: RepoActivity;
+      nodeId: string;
+      store: ClusterStore;
+      storage: ReplicaStorage;
+      git: GitRunner;
+      logger: Logger;
+      metrics: Metrics;
+      activity: RepoActivity;
       /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
       repackAfterPacks?: number;
       /** gitTimeoutMs bounds one repack (settings: gitTimeoutMs). */
@@ -63,9 +69,13 @@ export class Maintenance {
       } finally {
         running.end();
       }
-    })().catch((err: unknown) => {
-      logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'repack failed; it is tried again after the next push');
-    }).finally(() => { this.repacking = null; });
+    })()
+      .catch((err: unknown) => {
+        logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'repack failed; it is tried again after the next push');
+      })
+      .finally(() => {
+        this.repacking = null;
+      });
   }
 
   /**

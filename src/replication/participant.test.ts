@@ -48,18 +48,35 @@ describe('Participant (in process: real store, real git)', () => {
   const push = (over: Partial<PrepareRequest> = {}, old = ZERO_OID, next = tip): PrepareRequest => {
     const updates = [{ ref: 'refs/heads/main', oldOid: old, newOid: next }];
     return {
-      txnId: randomUUID(), repoId: REPO, kind: 'push', coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: repo.generation,
-      fencingToken: token, updates, newChecksum: applyUpdatesToChecksum(repo.checksum, updates), ...over,
+      txnId: randomUUID(),
+      repoId: REPO,
+      kind: 'push',
+      coordinator: 'n9',
+      incarnation: repo.incarnation,
+      baseGeneration: repo.generation,
+      fencingToken: token,
+      updates,
+      newChecksum: applyUpdatesToChecksum(repo.checksum, updates),
+      ...over,
     };
   };
   const stream = (b: Buffer = pack): Readable => Readable.from([b]);
   const repoPath = (): string => node.storage.repoPath(REPO);
   const refLocked = (): boolean => existsSync(join(repoPath(), 'refs/heads/main.lock'));
   const keeps = async (): Promise<string[]> => (await readdir(join(repoPath(), 'objects/pack'))).filter((f) => f.endsWith('.keep'));
-  const mainRef = async (): Promise<string | undefined> => (await node.storage.readRefs(REPO)).find((r) => r.name === 'refs/heads/main')?.oid;
+  const mainRef = async (): Promise<string | undefined> =>
+    (await node.storage.readRefs(REPO)).find((r) => r.name === 'refs/heads/main')?.oid;
   /** decide writes the commit decision of a prepared push in the store, as its coordinator does. */
   const decide = async (req: PrepareRequest): Promise<void> => {
-    const d = await kit.raw.commitPush({ txnId: req.txnId, repoId: REPO, coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: req.baseGeneration, fencingToken: req.fencingToken, newChecksum: req.newChecksum });
+    const d = await kit.raw.commitPush({
+      txnId: req.txnId,
+      repoId: REPO,
+      coordinator: 'n9',
+      incarnation: repo.incarnation,
+      baseGeneration: req.baseGeneration,
+      fencingToken: req.fencingToken,
+      newChecksum: req.newChecksum,
+    });
     expect(d.decision).toBe('commit');
   };
   /** commitThrough prepares, decides and commits a push, moving the replica (and the store) one generation on. */
@@ -99,12 +116,18 @@ describe('Participant (in process: real store, real git)', () => {
   });
 
   it('a prepare of another incarnation is stale', async () => {
-    await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({ status: 'stale', message: expect.stringContaining('another incarnation') as unknown });
+    await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({
+      status: 'stale',
+      message: expect.stringContaining('another incarnation') as unknown,
+    });
   });
 
   it('a pack that does not bring the new tip is refused: missing objects', async () => {
     const other = await commitFile(work, 'c.txt', 'c\n', 'not in the pack');
-    await expect(node.participant.prepare(push({}, ZERO_OID, other), stream())).rejects.toMatchObject({ status: 'failed', message: expect.stringContaining('missing objects') as unknown });
+    await expect(node.participant.prepare(push({}, ZERO_OID, other), stream())).rejects.toMatchObject({
+      status: 'failed',
+      message: expect.stringContaining('missing objects') as unknown,
+    });
     expect(refLocked()).toBe(false);
     expect(await keeps()).toEqual([]);
   });
@@ -136,7 +159,10 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
     expect(node.activity.runningOn(REPO)).toEqual([]);
     await expect(node.participant.commit(req.txnId)).rejects.toMatchObject({ statusCode: 409 });
-    await expect(node.participant.prepare(req, stream())).rejects.toMatchObject({ status: 'failed', message: 'transaction already aborted' });
+    await expect(node.participant.prepare(req, stream())).rejects.toMatchObject({
+      status: 'failed',
+      message: 'transaction already aborted',
+    });
     // The ref is free: the next transaction on it prepares and commits.
     await commitThrough(push());
     expect(await mainRef()).toBe(tip);
@@ -181,7 +207,7 @@ describe('Participant (in process: real store, real git)', () => {
     expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, state: 'in_sync' });
   });
 
-  it('recover after a crash: a prepared push on HEAD\'s branch is re-applied from the log once the decision is commit', async () => {
+  it("recover after a crash: a prepared push on HEAD's branch is re-applied from the log once the decision is commit", async () => {
     const req = push();
     await node.participant.prepare(req, stream());
     await decide(req);
@@ -190,7 +216,17 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 1 }).reapPrevious()).toBeGreaterThan(0);
     await eventually(() => expect(refLocked()).toBe(true));
     const activity = new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger });
-    const restarted = new Participant({ nodeId: 'n1', store: kit.store, storage: node.storage, git: kit.git, log: node.log, logger: quietLogger, failpoints: new Failpoints(undefined), activity, resolveAfterMs: 0 });
+    const restarted = new Participant({
+      nodeId: 'n1',
+      store: kit.store,
+      storage: node.storage,
+      git: kit.git,
+      log: node.log,
+      logger: quietLogger,
+      failpoints: new Failpoints(undefined),
+      activity,
+      resolveAfterMs: 0,
+    });
     await restarted.recover();
     expect(await mainRef()).toBe(tip);
     expect(node.log.get(req.txnId)?.state).toBe('committed');

@@ -33,14 +33,22 @@ interface StagedPack {
 }
 
 /** REFUSAL_CODES are the catalogue's codes of a participant's refusals, by status. */
-const REFUSAL_CODES = { stale: 'ERR_REPLICA_STALE', conflict: 'ERR_REPLICA_CONFLICT', failed: 'ERR_PREPARE_FAILED', not_staged: 'ERR_REPLICA_NOT_STAGED' } as const;
+const REFUSAL_CODES = {
+  stale: 'ERR_REPLICA_STALE',
+  conflict: 'ERR_REPLICA_CONFLICT',
+  failed: 'ERR_PREPARE_FAILED',
+  not_staged: 'ERR_REPLICA_NOT_STAGED',
+} as const;
 
 /**
  * PrepareRefusal is a participant's reasoned "no": behind (stale), ahead (conflict), failed, or
  * not_staged (the prepare named a staged pack this node does not hold: ship it with the prepare).
  */
 export class PrepareRefusal extends AppError {
-  constructor(readonly status: 'stale' | 'conflict' | 'failed' | 'not_staged', message: string) {
+  constructor(
+    readonly status: 'stale' | 'conflict' | 'failed' | 'not_staged',
+    message: string,
+  ) {
     super(REFUSAL_CODES[status], [message], { status });
     this.name = 'PrepareRefusal';
   }
@@ -121,7 +129,11 @@ export class Participant {
     // Checked and marked in one synchronous step (MAY_START_DURING): no repair, swap or drop of
     // the replica runs beside a transaction.
     const running = this.deps.activity.tryBegin(req.repoId, 'txn');
-    if (!running) throw new PrepareRefusal('stale', `replica of ${req.repoId} is being repaired (${this.deps.activity.runningOn(req.repoId).join(', ')})`);
+    if (!running)
+      throw new PrepareRefusal(
+        'stale',
+        `replica of ${req.repoId} is being repaired (${this.deps.activity.runningOn(req.repoId).join(', ')})`,
+      );
     this.running.set(req.txnId, running);
     try {
       await this.prepareActive(req, pack, opts);
@@ -144,18 +156,25 @@ export class Participant {
     const existing = this.staged.get(key);
     if (existing) {
       pack.resume();
-      await existing.keep.then(() => undefined, (err: unknown) => { throw err instanceof PrepareRefusal ? err : new PrepareRefusal('failed', errorMessage(err)); });
+      await existing.keep.then(
+        () => undefined,
+        (err: unknown) => {
+          throw err instanceof PrepareRefusal ? err : new PrepareRefusal('failed', errorMessage(err));
+        },
+      );
       return;
     }
     const shortage = this.deps.diskShortage?.() ?? null;
     if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
     // An upload: it may run beside transactions and repairs, never beside a swap or drop of the directory it writes into.
     const running = this.deps.activity.tryBegin(repoId, 'upload');
-    if (!running) throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    if (!running)
+      throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
     const repoPath = this.deps.storage.repoPath(repoId);
     const keep = (async (): Promise<string | null> => {
       try {
-        if ((await this.deps.storage.incarnationOf(repoId)) === null) throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
+        if ((await this.deps.storage.incarnationOf(repoId)) === null)
+          throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
         // Already here (an identical pack pushed before): nothing to index, and nothing to remove later.
         if (await exists(join(repoPath, 'objects', 'pack', `pack-${packHash}.pack`))) {
           pack.resume();
@@ -180,7 +199,9 @@ export class Participant {
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {
-    const timer = setTimeout(() => { void this.unstageKey(key); }, this.deps.stageTtlMs ?? STAGE_TTL_MS);
+    const timer = setTimeout(() => {
+      void this.unstageKey(key);
+    }, this.deps.stageTtlMs ?? STAGE_TTL_MS);
     timer.unref();
     return timer;
   }
@@ -230,11 +251,19 @@ export class Participant {
     const keys = [...new Set((req.stagedPacks ?? []).map((hash) => `${req.repoId}\0${hash}`))];
     const entries = keys.map((k) => this.staged.get(k));
     if (entries.some((e) => e === undefined)) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
-    const keeps = await Promise.all(entries.map((e) => e!.keep.then((k) => ({ ok: true as const, k }), () => ({ ok: false as const }))));
+    const keeps = await Promise.all(
+      entries.map((e) =>
+        e!.keep.then(
+          (k) => ({ ok: true as const, k }),
+          () => ({ ok: false as const }),
+        ),
+      ),
+    );
     const present = await Promise.all(keeps.map(async (r) => r.ok && (r.k === null || (await exists(r.k)))));
     if (!present.every(Boolean)) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack is gone`);
     // Out of the table in one step after the last await: no expiry or unstage removes them now.
-    if (keys.some((k, i) => this.staged.get(k) !== entries[i])) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack expired`);
+    if (keys.some((k, i) => this.staged.get(k) !== entries[i]))
+      throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack expired`);
     keys.forEach((k, i) => this.dropStaged(k, entries[i]!));
     return keeps.flatMap((r) => (r.ok && r.k !== null ? [r.k] : []));
   }
@@ -253,10 +282,15 @@ export class Participant {
     else if (req.kind === 'delete') open = await this.prepareDelete(req);
     else open = await this.preparePush(req, pack, opts.local);
     const payload: TxnPayload = {
-      coordinator: req.coordinator, incarnation: req.incarnation, baseGeneration: req.baseGeneration,
-      fencingToken: req.fencingToken, newChecksum: req.newChecksum, updates: req.updates,
+      coordinator: req.coordinator,
+      incarnation: req.incarnation,
+      baseGeneration: req.baseGeneration,
+      fencingToken: req.fencingToken,
+      newChecksum: req.newChecksum,
+      updates: req.updates,
       ...(req.newHead ? { newHead: req.newHead } : {}),
-      stagingPath: open.stagingPath, keepFiles: open.keepFiles,
+      stagingPath: open.stagingPath,
+      keepFiles: open.keepFiles,
     };
     // An abort may have arrived while the pack was verified: honour it.
     if (log.get(req.txnId)?.state === 'aborted') {
@@ -285,7 +319,8 @@ export class Participant {
     if (incarnation !== req.incarnation) throw new PrepareRefusal('stale', `replica of ${req.repoId} is missing or of another incarnation`);
     const replica = (await store.getReplicas(req.repoId)).find((r) => r.nodeId === nodeId);
     if (!replica || replica.incarnation !== req.incarnation) throw new PrepareRefusal('stale', 'replica has no confirmed generation');
-    if (replica.generation > req.baseGeneration) throw new PrepareRefusal('conflict', `replica is at generation ${replica.generation}, ahead of ${req.baseGeneration}`);
+    if (replica.generation > req.baseGeneration)
+      throw new PrepareRefusal('conflict', `replica is at generation ${replica.generation}, ahead of ${req.baseGeneration}`);
     if (replica.generation < req.baseGeneration || replica.state !== 'in_sync') {
       throw new PrepareRefusal('stale', `replica is at generation ${replica.generation} (${replica.state}), behind ${req.baseGeneration}`);
     }
@@ -311,7 +346,13 @@ export class Participant {
       }
       if (pack && !local && !indexError) {
         try {
-          const keep = await this.indexPack(repoPath, `replication ${req.txnId}`, pack, req.packHash, req.fsckIgnore ?? this.deps.fsckIgnore ?? []);
+          const keep = await this.indexPack(
+            repoPath,
+            `replication ${req.txnId}`,
+            pack,
+            req.packHash,
+            req.fsckIgnore ?? this.deps.fsckIgnore ?? [],
+          );
           keepFiles.push(keep);
           // A stage of the same pack (running, or left from an earlier try) must never remove it now.
           this.claimStaged(req.repoId, /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '');
@@ -337,26 +378,46 @@ export class Participant {
       await removeFiles(keepFiles);
       if (err instanceof PrepareRefusal) throw err;
       // A ref locked on this replica is another transaction's, or a lock file a dead process left: worth a warning.
-      if (err instanceof RefTxnError && err.kind === 'locked') this.deps.logger.warn({ txnId: req.txnId, repoId: req.repoId, ref: err.ref, err: err.message }, 'prepare found a ref locked on this replica');
+      if (err instanceof RefTxnError && err.kind === 'locked')
+        this.deps.logger.warn(
+          { txnId: req.txnId, repoId: req.repoId, ref: err.ref, err: err.message },
+          'prepare found a ref locked on this replica',
+        );
       if (err instanceof RefTxnError) throw new PrepareRefusal('failed', err.message);
       throw new PrepareRefusal('failed', errorMessage(err));
     }
   }
 
   /** indexPack verifies and stores a pushed pack (`index-pack --strict`) and returns its .keep file. */
-  private async indexPack(repoPath: string, keepMessage: string, pack: Readable, expectedHash: string | undefined, fsckIgnore: readonly string[]): Promise<string> {
+  private async indexPack(
+    repoPath: string,
+    keepMessage: string,
+    pack: Readable,
+    expectedHash: string | undefined,
+    fsckIgnore: readonly string[],
+  ): Promise<string> {
     const started = Date.now();
-    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], { cwd: repoPath, timeoutMs: this.deps.gitTimeoutMs });
+    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], {
+      cwd: repoPath,
+      timeoutMs: this.deps.gitTimeoutMs,
+    });
     let out = '';
     let err = '';
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => { out += d; });
-    child.stderr?.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+    });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+    });
     child.stdin?.on('error', () => undefined);
     // index-pack's own verdict comes first: a pipe error is only the symptom of its exit.
-    const fed = pipeline(pack, child.stdin!).then(() => null, (e: unknown) => e);
+    const fed = pipeline(pack, child.stdin!).then(
+      () => null,
+      (e: unknown) => e,
+    );
     const [code] = await waitClose(child);
     const feedError = await fed;
-    
+
     const m = /^(?:keep|pack)\t([0-9a-f]+)$/m.exec(out);
     if (code !== 0 || !m) {
       await removeTempPacks(join(repoPath, 'objects', 'pack'), started);
@@ -379,7 +440,11 @@ export class Participant {
     const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
     if (tips.length === 0) return;
     try {
-      await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], { cwd: repoPath, input: `${tips.join('\n')}\n`, timeoutMs: this.deps.gitTimeoutMs });
+      await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], {
+        cwd: repoPath,
+        input: `${tips.join('\n')}\n`,
+        timeoutMs: this.deps.gitTimeoutMs,
+      });
     } catch (err) {
       throw new PrepareRefusal('failed', `missing objects after pack: ${errorMessage(err)}`);
     }
@@ -450,7 +515,13 @@ export class Participant {
       await failpoints.hit('participant.afterCommit');
       if (req.kind !== 'delete') {
         const generation = req.kind === 'create' ? 0 : req.baseGeneration + 1;
-        const ok = await store.confirmReplica({ repoId: req.repoId, nodeId, incarnation: req.incarnation, generation, checksum: req.newChecksum });
+        const ok = await store.confirmReplica({
+          repoId: req.repoId,
+          nodeId,
+          incarnation: req.incarnation,
+          generation,
+          checksum: req.newChecksum,
+        });
         if (!ok) logger.warn({ txnId, repoId: req.repoId, generation }, 'replica confirmation refused by the store');
       }
     } finally {
@@ -461,7 +532,10 @@ export class Participant {
 
   /** syncRefDirs fsyncs the directories the committed refs were renamed into (git does not); a failure fails the commit. */
   private async syncRefDirs(req: PrepareRequest): Promise<void> {
-    await fsyncRefDirs(this.deps.storage.repoPath(req.repoId), req.updates.map((u) => u.ref));
+    await fsyncRefDirs(
+      this.deps.storage.repoPath(req.repoId),
+      req.updates.map((u) => u.ref),
+    );
   }
 
   /**
@@ -472,9 +546,13 @@ export class Participant {
   private async reapply(req: PrepareRequest): Promise<void> {
     const repoPath = this.deps.storage.repoPath(req.repoId);
     // update-ref also locks HEAD when HEAD names a ref it updates: a crash leaves that lock too.
-    await removeFiles(req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(['packed-refs.lock', 'HEAD.lock'].map((f) => join(repoPath, f))));
+    await removeFiles(
+      req.updates.map((u) => join(repoPath, `${u.ref}.lock`)).concat(['packed-refs.lock', 'HEAD.lock'].map((f) => join(repoPath, f))),
+    );
     const current = new Map((await this.deps.storage.readRefs(req.repoId)).map((r) => [r.name, r.oid]));
-    const pending = req.updates.filter((u) => (current.get(u.ref) ?? ZERO_OID) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)));
+    const pending = req.updates.filter(
+      (u) => (current.get(u.ref) ?? ZERO_OID) !== u.newOid && !(isZeroOid(u.newOid) && !current.has(u.ref)),
+    );
     if (pending.length > 0) {
       const refs = await UpdateRefTxn.prepare(this.deps.git, repoPath, pending);
       await refs.commit();
@@ -521,7 +599,13 @@ export class Participant {
   async recover(): Promise<void> {
     for (const t of this.deps.log.prepared()) {
       const req = requestFromLog(t);
-      this.open.set(t.id, { req, preparedAt: 0, refs: null, keepFiles: [...(t.payload.keepFiles ?? [])], stagingPath: t.payload.stagingPath });
+      this.open.set(t.id, {
+        req,
+        preparedAt: 0,
+        refs: null,
+        keepFiles: [...(t.payload.keepFiles ?? [])],
+        stagingPath: t.payload.stagingPath,
+      });
       // At start nothing else runs yet, so this always starts.
       const running = this.deps.activity.tryBegin(t.repoId, 'txn');
       if (running) this.running.set(t.id, running);
@@ -574,8 +658,15 @@ function asError(err: unknown): Error {
 function requestFromLog(t: LocalTxn): PrepareRequest {
   const p = t.payload;
   return {
-    txnId: t.id, repoId: t.repoId, kind: t.kind, coordinator: p.coordinator, incarnation: p.incarnation,
-    baseGeneration: p.baseGeneration, fencingToken: p.fencingToken, newChecksum: p.newChecksum, updates: p.updates ?? [],
+    txnId: t.id,
+    repoId: t.repoId,
+    kind: t.kind,
+    coordinator: p.coordinator,
+    incarnation: p.incarnation,
+    baseGeneration: p.baseGeneration,
+    fencingToken: p.fencingToken,
+    newChecksum: p.newChecksum,
+    updates: p.updates ?? [],
     ...(p.newHead ? { newHead: p.newHead } : {}),
   };
 }
@@ -604,7 +695,10 @@ function packFiles(keep: string): string[] {
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** streamFile is a readable of a file, for shipping a pack to peers. */

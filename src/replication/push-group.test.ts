@@ -16,7 +16,15 @@ function cmd(ref: string, oldOid: string, newOid: string): PushCommand {
 /** member is a push of `commands`; its refusals land in `refusals`. */
 function member(commands: PushCommand[], atomic = false): GroupMember & { refusals: Map<string, string> } {
   const refusals = new Map<string, string>();
-  return { commands, atomic, refusals, fail: (key, reason) => { refusals.set(key, reason); }, refused: () => refusals.size > 0 };
+  return {
+    commands,
+    atomic,
+    refusals,
+    fail: (key, reason) => {
+      refusals.set(key, reason);
+    },
+    refused: () => refusals.size > 0,
+  };
 }
 
 describe('mergeGroup', () => {
@@ -27,7 +35,10 @@ describe('mergeGroup', () => {
     const two = member([cmd('refs/heads/two', ZERO_OID, C)]);
     const g = mergeGroup(current, 'refs/heads/main', [one, two]);
     expect(g.batches.map((b) => b.length)).toEqual([1, 1]);
-    expect(g.net).toEqual([{ ref: 'refs/heads/one', oldOid: ZERO_OID, newOid: B }, { ref: 'refs/heads/two', oldOid: ZERO_OID, newOid: C }]);
+    expect(g.net).toEqual([
+      { ref: 'refs/heads/one', oldOid: ZERO_OID, newOid: B },
+      { ref: 'refs/heads/two', oldOid: ZERO_OID, newOid: C },
+    ]);
     expect(one.refusals.size + two.refusals.size).toBe(0);
   });
 

@@ -61,7 +61,12 @@ export function mergeGroup(current: ReadonlyMap<string, string>, head: string | 
  * `already exists`, `no such ref`, `deletion of the current branch prohibited` (the branch HEAD
  * names, as receive.denyDeleteCurrent), and a directory/file clash with another ref.
  */
-export function checkCommands(commands: readonly PushCommand[], current: ReadonlyMap<string, string>, head: string | null, fail: (key: string, reason: string) => void): RefUpdate[] {
+export function checkCommands(
+  commands: readonly PushCommand[],
+  current: ReadonlyMap<string, string>,
+  head: string | null,
+  fail: (key: string, reason: string) => void,
+): RefUpdate[] {
   const batch: RefUpdate[] = [];
   for (const c of commands) {
     const have = current.get(c.ref) ?? ZERO_OID;

@@ -18,7 +18,12 @@ describe('refsField', () => {
 
 describe('phasesBetween', () => {
   it('a committed transaction: prepare, decision and commit add up to the total', () => {
-    expect(phasesBetween({ started: 1000, prepared: 1040, decided: 1043, done: 1060 })).toEqual({ ms: 60, prepareMs: 40, decideMs: 3, commitMs: 17 });
+    expect(phasesBetween({ started: 1000, prepared: 1040, decided: 1043, done: 1060 })).toEqual({
+      ms: 60,
+      prepareMs: 40,
+      decideMs: 3,
+      commitMs: 17,
+    });
   });
   it('an abort before any decision has the prepare phase only', () => {
     expect(phasesBetween({ started: 1000, prepared: 1900, done: 1905 })).toEqual({ ms: 905, prepareMs: 900 });
@@ -34,7 +39,11 @@ describe('refusedField', () => {
       { ref: 'refs/heads/dev', result: { ok: false, reason: 'fetch first' } },
       { ref: 'refs/tags/v1', result: { ok: false, reason: 'already exists' } },
     ]);
-    expect(f).toEqual({ refs: ['refs/heads/main', 'refs/heads/dev', 'refs/tags/v1'], refCount: 3, reasons: ['fetch first', 'already exists'] });
+    expect(f).toEqual({
+      refs: ['refs/heads/main', 'refs/heads/dev', 'refs/tags/v1'],
+      refCount: 3,
+      reasons: ['fetch first', 'already exists'],
+    });
   });
   it('is null when nothing was refused', () => {
     expect(refusedField([{ ref: 'refs/heads/main', result: undefined }])).toBeNull();

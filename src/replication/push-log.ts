@@ -36,7 +36,9 @@ export function phasesBetween(marks: { started: number; prepared: number; decide
  * `fetch first`, a bad name, the lock busy): their names and their distinct reasons. Null when
  * none of `refs` was refused.
  */
-export function refusedField(refs: ReadonlyArray<{ ref: string; result: { ok: true } | { ok: false; reason: string } | undefined }>): (RefsField & { reasons: string[] }) | null {
+export function refusedField(
+  refs: ReadonlyArray<{ ref: string; result: { ok: true } | { ok: false; reason: string } | undefined }>,
+): (RefsField & { reasons: string[] }) | null {
   const refused = refs.filter((r): r is { ref: string; result: { ok: false; reason: string } } => r.result?.ok === false);
   if (refused.length === 0) return null;
   const reasons = [...new Set(refused.map((r) => r.result.reason))].slice(0, REASONS_LOGGED);

@@ -59,18 +59,47 @@ describe('repair, verification and maintenance (in process)', () => {
   const path = (node: string): string => kit.node(node).storage.repoPath(REPO);
   const verifier = (node: string): ReplicaVerifier => {
     const n = kit.node(node);
-    return new ReplicaVerifier({ nodeId: node, store: kit.store, storage: n.storage, git: kit.git, logger: quietLogger, metrics: new Metrics(), gitTimeoutMs: 600_000 });
+    return new ReplicaVerifier({
+      nodeId: node,
+      store: kit.store,
+      storage: n.storage,
+      git: kit.git,
+      logger: quietLogger,
+      metrics: new Metrics(),
+      gitTimeoutMs: 600_000,
+    });
   };
   const maintenance = (node: string, repackAfterPacks = 0): Maintenance => {
     const n = kit.node(node);
-    return new Maintenance({ nodeId: node, store: kit.store, storage: n.storage, git: kit.git, logger: quietLogger, metrics: new Metrics(), activity: n.activity, repackAfterPacks, gitTimeoutMs: 600_000 });
+    return new Maintenance({
+      nodeId: node,
+      store: kit.store,
+      storage: n.storage,
+      git: kit.git,
+      logger: quietLogger,
+      metrics: new Metrics(),
+      activity: n.activity,
+      repackAfterPacks,
+      gitTimeoutMs: 600_000,
+    });
   };
   const worker = (node: string, commitWaitMs = 60_000): RepairWorker => {
     const n = kit.node(node);
     const deps = {
-      nodeId: node, store: kit.store, storage: n.storage, git: kit.git, membership: n.membership, logger: quietLogger, metrics: new Metrics(),
-      failpoints: new Failpoints(undefined), activity: n.activity, verifier: verifier(node), maintenance: maintenance(node),
-      hopToken: () => 'unused-for-file-urls', commitWaitMs, gitTimeoutMs: 600_000,
+      nodeId: node,
+      store: kit.store,
+      storage: n.storage,
+      git: kit.git,
+      membership: n.membership,
+      logger: quietLogger,
+      metrics: new Metrics(),
+      failpoints: new Failpoints(undefined),
+      activity: n.activity,
+      verifier: verifier(node),
+      maintenance: maintenance(node),
+      hopToken: () => 'unused-for-file-urls',
+      commitWaitMs,
+      gitTimeoutMs: 600_000,
     };
     return new RepairWorker(deps);
   };
@@ -119,7 +148,13 @@ describe('repair, verification and maintenance (in process)', () => {
     it('one generation behind: left alone for the commit wait, then repaired', async () => {
       await missPush('a');
       // Confirmed one generation back, as a replica whose commit is still on its way looks.
-      await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: (await repo()).incarnation, generation: 0, checksum: (await kit.node('n3').storage.checksum(REPO)) });
+      await kit.raw.confirmReplica({
+        repoId: REPO,
+        nodeId: 'n3',
+        incarnation: (await repo()).incarnation,
+        generation: 0,
+        checksum: await kit.node('n3').storage.checksum(REPO),
+      });
       expect(await worker('n3', 60_000).pass()).toBe(0);
       expect((await record('n3'))?.generation).toBe(0);
       expect(await worker('n3', 0).pass()).toBe(1);
@@ -136,7 +171,7 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(await w.pass()).toBe(1);
     });
 
-    it('no in-sync peer: a replica holding the store\'s refs confirms itself, one that does not stays behind', async () => {
+    it("no in-sync peer: a replica holding the store's refs confirms itself, one that does not stays behind", async () => {
       await push('a');
       const inc = (await repo()).incarnation;
       await kit.raw.markReplica(REPO, 'n3', inc, 'stale', 2);
@@ -193,7 +228,8 @@ describe('repair, verification and maintenance (in process)', () => {
       await push('a');
       await push('b');
       await push('c');
-      const packs = async (): Promise<number> => (await readdir(join(path('n2'), 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
+      const packs = async (): Promise<number> =>
+        (await readdir(join(path('n2'), 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
       await eventually(async () => expect(await packs()).toBe(3));
       const refs = await refsOf(path('n2'));
       for (const limit of [0, 5]) {

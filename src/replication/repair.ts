@@ -56,8 +56,15 @@ export class RepairWorker {
 
   constructor(
     private readonly deps: {
-      nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; membership: Membership;
-      logger: Logger; metrics: Metrics; failpoints: Failpoints; activity: RepoActivity;
+      nodeId: string;
+      store: ClusterStore;
+      storage: ReplicaStorage;
+      git: GitRunner;
+      membership: Membership;
+      logger: Logger;
+      metrics: Metrics;
+      failpoints: Failpoints;
+      activity: RepoActivity;
       /** hopToken signs repair fetches so the source serves them itself instead of proxying. */
       hopToken: () => string;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
@@ -88,14 +95,31 @@ export class RepairWorker {
    */
   start(repairMs: number, verifyMs: number, fsckMs: number): void {
     const repairOn = repairMs > 0;
-    if (repairOn) this.timers.push(setInterval(() => { void this.pass(); }, repairMs));
-    if (verifyMs > 0) this.timers.push(setInterval(() => { void this.deps.verifier.verify(); }, verifyMs));
-    if (fsckMs > 0) this.timers.push(setInterval(() => { void this.deps.verifier.verify(true); }, fsckMs));
+    if (repairOn)
+      this.timers.push(
+        setInterval(() => {
+          void this.pass();
+        }, repairMs),
+      );
+    if (verifyMs > 0)
+      this.timers.push(
+        setInterval(() => {
+          void this.deps.verifier.verify();
+        }, verifyMs),
+      );
+    if (fsckMs > 0)
+      this.timers.push(
+        setInterval(() => {
+          void this.deps.verifier.verify(true);
+        }, fsckMs),
+      );
     for (const t of this.timers) t.unref();
     // Replicas the store already knows are behind are repaired first; the fsck of every local
     // replica after a restart can take minutes on a big node and must not hold them up.
     const first = setTimeout(() => {
-      void (repairOn ? this.pass() : Promise.resolve(0)).then(() => this.deps.verifier.verify(true)).then(() => (repairOn ? this.pass() : 0));
+      void (repairOn ? this.pass() : Promise.resolve(0))
+        .then(() => this.deps.verifier.verify(true))
+        .then(() => (repairOn ? this.pass() : 0));
     }, 0);
     first.unref();
     this.timers.push(first);
@@ -205,7 +229,9 @@ export class RepairWorker {
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     const own = byNode.get(nodeId);
     const localIncarnation = await storage.incarnationOf(repo.repoId);
-    const sources = repo.replicas.filter((n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n));
+    const sources = repo.replicas.filter(
+      (n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n),
+    );
     const source = sources.sort((a, b) => membership.loadOf(a) - membership.loadOf(b))[0];
     // With nothing to copy from, a replica that committed but could not confirm (the store was
     // unreachable at that moment) may already be current: it confirms itself. Without this, a
@@ -221,30 +247,58 @@ export class RepairWorker {
     // cannot bring back objects whose refs already match. So is an empty one: a clone writes
     // its refs as one packed-refs file, where a fetch writes and fsyncs a loose file per ref
     // (three times slower for the express mirror's 3,890 refs).
-    const mode = localIncarnation !== repo.incarnation || own?.state === 'missing' || (await storage.readRefs(repo.repoId)).length === 0 ? 'clone' : 'fetch';
-    const progress: RepairProgress = { repoId: repo.repoId, source, mode, startedAt: new Date().toISOString(), attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1, objectsDone: 0, objectsTotal: 0, bytes: '' };
+    const mode =
+      localIncarnation !== repo.incarnation || own?.state === 'missing' || (await storage.readRefs(repo.repoId)).length === 0
+        ? 'clone'
+        : 'fetch';
+    const progress: RepairProgress = {
+      repoId: repo.repoId,
+      source,
+      mode,
+      startedAt: new Date().toISOString(),
+      attempts: (this.backoff.get(repo.repoId)?.attempts ?? 0) + 1,
+      objectsDone: 0,
+      objectsTotal: 0,
+      bytes: '',
+    };
     this.progress.set(repo.repoId, progress);
     try {
       if (mode === 'clone') {
         if (!(await this.copyWhole(repo, url, progress))) {
           this.backoff.delete(repo.repoId);
-          logger.info({ repoId: repo.repoId, source }, 'replica no longer behind when its copy was ready (confirmed, moved or re-created meanwhile): copy dropped');
+          logger.info(
+            { repoId: repo.repoId, source },
+            'replica no longer behind when its copy was ready (confirmed, moved or re-created meanwhile): copy dropped',
+          );
           return false;
         }
       } else {
         // Only while still behind: a commit that lands meanwhile confirms the current generation,
         // and that confirmation must not be overwritten.
         await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation).catch(() => false);
-        await this.transfer(['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'], storage.repoPath(repo.repoId), url, progress);
+        await this.transfer(
+          ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'],
+          storage.repoPath(repo.repoId),
+          url,
+          progress,
+        );
       }
       let checksum = await storage.checksum(repo.repoId);
       const now = await store.getRepo(repo.repoId);
       if (!now || now.incarnation !== repo.incarnation) return false;
       // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
       // the source's HEAD (a whole copy brings it already).
-      if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url))) checksum = await storage.checksum(repo.repoId);
-      if (checksum !== now.checksum) throw new Error(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
-      const ok = await store.confirmReplica({ repoId: repo.repoId, nodeId, incarnation: repo.incarnation, generation: now.generation, checksum });
+      if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url)))
+        checksum = await storage.checksum(repo.repoId);
+      if (checksum !== now.checksum)
+        throw new Error(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
+      const ok = await store.confirmReplica({
+        repoId: repo.repoId,
+        nodeId,
+        incarnation: repo.incarnation,
+        generation: now.generation,
+        checksum,
+      });
       if (!ok) throw new Error('confirmation refused by the store');
       this.backoff.delete(repo.repoId);
       metrics.repairs.inc({ outcome: 'ok' });
@@ -284,7 +338,13 @@ export class RepairWorker {
     const { store, storage, nodeId, logger } = this.deps;
     const checksum = await storage.checksum(repo.repoId).catch(() => '');
     if (checksum !== repo.checksum) return false;
-    const ok = await store.confirmReplica({ repoId: repo.repoId, nodeId, incarnation: repo.incarnation, generation: repo.generation, checksum });
+    const ok = await store.confirmReplica({
+      repoId: repo.repoId,
+      nodeId,
+      incarnation: repo.incarnation,
+      generation: repo.generation,
+      checksum,
+    });
     if (ok) logger.info({ repoId: repo.repoId, generation: repo.generation }, 'replica already current: confirmed without a copy');
     return ok;
   }
@@ -329,7 +389,17 @@ export class RepairWorker {
   /** syncHead points the local HEAD where the source's points; true if it moved. */
   private async syncHead(repoId: string, url: string): Promise<boolean> {
     const { storage, git } = this.deps;
-    const out = await git.run(['ls-remote', '--symref', url, 'HEAD'], { cwd: storage.repoPath(repoId), env: this.fetchEnv(), config: this.fetchConfig(), timeoutMs: 60_000 }).then((r) => r.stdout, () => '');
+    const out = await git
+      .run(['ls-remote', '--symref', url, 'HEAD'], {
+        cwd: storage.repoPath(repoId),
+        env: this.fetchEnv(),
+        config: this.fetchConfig(),
+        timeoutMs: 60_000,
+      })
+      .then(
+        (r) => r.stdout,
+        () => '',
+      );
     const target = /^ref: (refs\/heads\/\S+)\tHEAD$/m.exec(out)?.[1];
     if (!target || target === (await storage.headTarget(repoId))) return false;
     await storage.setHead(repoId, target);
@@ -354,7 +424,13 @@ export class RepairWorker {
     const child = this.deps.git.spawn(args, {
       cwd,
       env: this.fetchEnv(),
-      config: { 'transfer.fsckObjects': 'true', 'protocol.version': '2', 'core.fsync': 'committed', 'core.fsyncMethod': 'fsync', ...this.fetchConfig() },
+      config: {
+        'transfer.fsckObjects': 'true',
+        'protocol.version': '2',
+        'core.fsync': 'committed',
+        'core.fsyncMethod': 'fsync',
+        ...this.fetchConfig(),
+      },
       timeoutMs: this.deps.gitTimeoutMs,
     });
     let tail = '';
@@ -370,10 +446,21 @@ export class RepairWorker {
       }
       if (Date.now() - lastLog > 2_000) {
         lastLog = Date.now();
-        this.deps.logger.info({ repoId: progress.repoId, objects: `${progress.objectsDone}/${progress.objectsTotal}`, bytes: progress.bytes }, 'repair progress');
+        this.deps.logger.info(
+          { repoId: progress.repoId, objects: `${progress.objectsDone}/${progress.objectsTotal}`, bytes: progress.bytes },
+          'repair progress',
+        );
       }
     });
     const [code, signal] = await waitClose(child);
-    if (code !== 0) throw new Error(`${args[0]!} from ${url} failed (${signal ?? code}): ${tail.trim().split(/[\r\n]/).pop() ?? ''}`);
+    if (code !== 0)
+      throw new Error(
+        `${args[0]!} from ${url} failed (${signal ?? code}): ${
+          tail
+            .trim()
+            .split(/[\r\n]/)
+            .pop() ?? ''
+        }`,
+      );
   }
 }

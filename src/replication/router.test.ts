@@ -18,10 +18,19 @@ describe('Router (in process: real store, real replicas)', () => {
     await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
     repo = (await kit.raw.getRepo(REPO))!;
     const n1 = kit.node('n1');
-    const deps = { nodeId: 'n1', store: kit.store, storage: n1.storage, membership: n1.membership, logger: quietLogger, commitWaitMs: 3_000 };
+    const deps = {
+      nodeId: 'n1',
+      store: kit.store,
+      storage: n1.storage,
+      membership: n1.membership,
+      logger: quietLogger,
+      commitWaitMs: 3_000,
+    };
     router = new Router(deps);
   });
-  afterEach(async () => { await kit.close(); });
+  afterEach(async () => {
+    await kit.close();
+  });
 
   const stale = (node: string): Promise<boolean> => kit.raw.markReplica(REPO, node, repo.incarnation, 'stale', repo.generation + 1);
   const down = async (node: string): Promise<void> => {
@@ -54,7 +63,10 @@ describe('Router (in process: real store, real replicas)', () => {
 
   it('no replica in sync: 503, for reads and writes', async () => {
     for (const n of ['n1', 'n2', 'n3']) await stale(n);
-    await expect(router.route(REPO, false)).rejects.toMatchObject({ statusCode: 503, message: `no in-sync replica of ${REPO} is reachable, try again` });
+    await expect(router.route(REPO, false)).rejects.toMatchObject({
+      statusCode: 503,
+      message: `no in-sync replica of ${REPO} is reachable, try again`,
+    });
     await expect(router.route(REPO, true)).rejects.toMatchObject({ statusCode: 503 });
   });
 
@@ -78,7 +90,15 @@ describe('Router (in process: real store, real replicas)', () => {
   it('between a decision and its first confirmation, a read waits for the confirmation rather than failing', async () => {
     // A push decided (generation 1), no replica confirmed yet: every replica is one behind.
     const lock = (await kit.raw.acquireLock(REPO, 'n9', 60_000))!;
-    const d = await kit.raw.commitPush({ txnId: 't1', repoId: REPO, coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: 0, fencingToken: lock.token, newChecksum: 'c1' });
+    const d = await kit.raw.commitPush({
+      txnId: 't1',
+      repoId: REPO,
+      coordinator: 'n9',
+      incarnation: repo.incarnation,
+      baseGeneration: 0,
+      fencingToken: lock.token,
+      newChecksum: 'c1',
+    });
     expect(d.decision).toBe('commit');
     const reads = kit.faults.count('getReplicas');
     const routed = router.route(REPO, false);
@@ -91,7 +111,15 @@ describe('Router (in process: real store, real replicas)', () => {
   it('a request routed here by a peer waits for this replica to confirm, and gives up after the wait', async () => {
     // A push decided (generation 1) and confirmed by n2: n1 is one behind, still confirming.
     const lock = (await kit.raw.acquireLock(REPO, 'n9', 60_000))!;
-    await kit.raw.commitPush({ txnId: 't2', repoId: REPO, coordinator: 'n9', incarnation: repo.incarnation, baseGeneration: 0, fencingToken: lock.token, newChecksum: 'c1' });
+    await kit.raw.commitPush({
+      txnId: 't2',
+      repoId: REPO,
+      coordinator: 'n9',
+      incarnation: repo.incarnation,
+      baseGeneration: 0,
+      fencingToken: lock.token,
+      newChecksum: 'c1',
+    });
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n2', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
     expect((await router.route(REPO, false)).kind).toBe('peer');
     const waiting = router.waitLocal(REPO, false);
@@ -101,7 +129,14 @@ describe('Router (in process: real store, real replicas)', () => {
     expect(await waiting).toBe(true);
     // n3 never confirms: a router on n3 gives up after commitWaitMs.
     const n3 = kit.node('n3');
-    const onN3 = new Router({ nodeId: 'n3', store: kit.store, storage: n3.storage, membership: n3.membership, logger: quietLogger, commitWaitMs: 300 });
+    const onN3 = new Router({
+      nodeId: 'n3',
+      store: kit.store,
+      storage: n3.storage,
+      membership: n3.membership,
+      logger: quietLogger,
+      commitWaitMs: 300,
+    });
     expect(await onN3.waitLocal(REPO, false)).toBe(false);
   });
 });

@@ -23,7 +23,11 @@ export class Router {
 
   constructor(
     private readonly deps: {
-      nodeId: string; store: ClusterStore; storage: ReplicaStorage; membership: Membership; logger: Logger;
+      nodeId: string;
+      store: ClusterStore;
+      storage: ReplicaStorage;
+      membership: Membership;
+      logger: Logger;
       /** commitWaitMs bounds the wait for a committing push's first confirmation (settings: commitWaitMs). */
       commitWaitMs: number;
     },
@@ -65,8 +69,16 @@ export class Router {
       const seen = await this.read(repoId, write);
       const route = await this.pick(seen);
       if (route) return route;
-      const committing = !seen.fromCache && seen.repo.replicas.some((n) => isOneBehind(seen.repo, seen.replicas.find((r) => r.nodeId === n)));
-      if (!committing || Date.now() >= deadline) throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
+      const committing =
+        !seen.fromCache &&
+        seen.repo.replicas.some((n) =>
+          isOneBehind(
+            seen.repo,
+            seen.replicas.find((r) => r.nodeId === n),
+          ),
+        );
+      if (!committing || Date.now() >= deadline)
+        throw unavailable(`no in-sync replica of ${repoId} is reachable, try again`, { retryAfter: 2 });
       await new Promise((r) => setTimeout(r, 20));
     }
   }
@@ -90,8 +102,16 @@ export class Router {
     const { nodeId, storage, membership } = this.deps;
     const repoId = repo.repoId;
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
-    if (repo.replicas.includes(nodeId) && isInSync(repo, byNode.get(nodeId)) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
-      if (fromCache) this.deps.logger.warn({ repoId, generation: repo.generation }, 'store unreachable: serving the last generation this node saw, possibly stale');
+    if (
+      repo.replicas.includes(nodeId) &&
+      isInSync(repo, byNode.get(nodeId)) &&
+      (await storage.incarnationOf(repoId)) === repo.incarnation
+    ) {
+      if (fromCache)
+        this.deps.logger.warn(
+          { repoId, generation: repo.generation },
+          'store unreachable: serving the last generation this node saw, possibly stale',
+        );
       return { kind: 'local', stale: fromCache };
     }
     const candidates = repo.replicas

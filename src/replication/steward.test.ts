@@ -2,8 +2,23 @@ import { describe, expect, it } from 'vitest';
 import type { RepoRecord, ReplicaRecord } from '../store/types.js';
 import { planReplicaSet, type PlanInput } from './steward.js';
 
-const repo = (replicas: string[]): RepoRecord => ({ repoId: 'o/r', incarnation: 'i', replicas, generation: 5, checksum: 'c', createdAt: '' });
-const rec = (nodeId: string, inSync = true): ReplicaRecord => ({ repoId: 'o/r', nodeId, incarnation: 'i', generation: inSync ? 5 : 3, checksum: 'c', state: inSync ? 'in_sync' : 'stale', updatedAt: '' });
+const repo = (replicas: string[]): RepoRecord => ({
+  repoId: 'o/r',
+  incarnation: 'i',
+  replicas,
+  generation: 5,
+  checksum: 'c',
+  createdAt: '',
+});
+const rec = (nodeId: string, inSync = true): ReplicaRecord => ({
+  repoId: 'o/r',
+  nodeId,
+  incarnation: 'i',
+  generation: inSync ? 5 : 3,
+  checksum: 'c',
+  state: inSync ? 'in_sync' : 'stale',
+  updatedAt: '',
+});
 
 function input(over: Partial<PlanInput> & { repo: RepoRecord }): PlanInput {
   return {
@@ -31,7 +46,11 @@ describe('planReplicaSet', () => {
   });
 
   it('keeps a dead replica when there is no node to replace it', () => {
-    expect(planReplicaSet(input({ repo: repo(['n1', 'n2', 'n3']), eligible: ['n1', 'n2', 'n3'], isLive: (n) => n !== 'n2', gone: (n) => n === 'n2' }))).toBeNull();
+    expect(
+      planReplicaSet(
+        input({ repo: repo(['n1', 'n2', 'n3']), eligible: ['n1', 'n2', 'n3'], isLive: (n) => n !== 'n2', gone: (n) => n === 'n2' }),
+      ),
+    ).toBeNull();
   });
 
   it('decommission: adds the replacement first, removes the old one only once the new one is in sync', () => {

@@ -58,7 +58,12 @@ export function planReplicaSet(p: PlanInput): Plan | null {
   const additions = desired.filter((n) => !set.includes(n) && p.isLive(n)).slice(0, Math.max(1, deadMembers.length));
   if (additions.length > 0) {
     const next = set.filter((n) => !deadMembers.includes(n)).concat(additions);
-    return { replicas: next, added: additions, removed: deadMembers, why: deadMembers.length ? 'replace replicas on nodes gone for good' : 'add replicas toward placement' };
+    return {
+      replicas: next,
+      added: additions,
+      removed: deadMembers,
+      why: deadMembers.length ? 'replace replicas on nodes gone for good' : 'add replicas toward placement',
+    };
   }
   const extra = set.filter((n) => !desired.includes(n));
   if (extra.length === 0) return null;
@@ -91,14 +96,21 @@ export class Steward {
 
   constructor(
     private readonly deps: {
-      nodeId: string; store: ClusterStore; membership: Membership; logger: Logger; activity: RepoActivity;
-      replicationFactor: number; replaceAfterMs: number;
+      nodeId: string;
+      store: ClusterStore;
+      membership: Membership;
+      logger: Logger;
+      activity: RepoActivity;
+      replicationFactor: number;
+      replaceAfterMs: number;
     },
   ) {}
 
   /** start runs a pass every `intervalMs`. */
   start(intervalMs: number): void {
-    this.timer = setInterval(() => { void this.pass(); }, intervalMs);
+    this.timer = setInterval(() => {
+      void this.pass();
+    }, intervalMs);
     this.timer.unref();
   }
 
@@ -115,7 +127,10 @@ export class Steward {
     const { store, membership, nodeId, logger } = this.deps;
     try {
       const mark = await store.changeMark();
-      const view = membership.knownIds().map((n) => `${n}:${membership.isLive(n) ? 1 : 0}:${membership.downFor(n) > this.deps.replaceAfterMs ? 1 : 0}`).join(',');
+      const view = membership
+        .knownIds()
+        .map((n) => `${n}:${membership.isLive(n) ? 1 : 0}:${membership.downFor(n) > this.deps.replaceAfterMs ? 1 : 0}`)
+        .join(',');
       const s = this.settled;
       if (s && s.mark === mark && s.view === view && Date.now() - s.at < FULL_PASS_MS) return 0;
       let retry = false;
@@ -132,7 +147,15 @@ export class Steward {
         const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
         const steward = repo.replicas.filter((n) => membership.isLive(n) && isInSync(repo, byNode.get(n))).sort()[0];
         if (steward !== nodeId) continue;
-        const plan = planReplicaSet({ repo, replicas, eligible, isLive: (n) => membership.isLive(n), gone, replicationFactor: this.deps.replicationFactor, rebalance });
+        const plan = planReplicaSet({
+          repo,
+          replicas,
+          eligible,
+          isLive: (n) => membership.isLive(n),
+          gone,
+          replicationFactor: this.deps.replicationFactor,
+          rebalance,
+        });
         if (!plan) continue;
         if (await this.apply(repo, plan)) steps++;
         else retry = true;

@@ -16,7 +16,6 @@ export interface LocalTxn {
   readonly createdAt: number;
 }
 
-
 /** TxnPayload is the kind-specific part of a logged transaction. */
 export interface TxnPayload {
   readonly coordinator: string;
@@ -52,8 +51,11 @@ export class TxnLog {
   /** recordPrepared writes a prepared transaction. */
   recordPrepared(id: string, repoId: string, kind: TxnKind, payload: TxnPayload): void {
     const now = Date.now();
-    this.db.prepare(`INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'prepared', ?, ?, ?)
-      ON CONFLICT(id) DO UPDATE SET state = 'prepared', payload = excluded.payload, updated_at = excluded.updated_at`)
+    this.db
+      .prepare(
+        `INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'prepared', ?, ?, ?)
+      ON CONFLICT(id) DO UPDATE SET state = 'prepared', payload = excluded.payload, updated_at = excluded.updated_at`,
+      )
       .run(id, repoId, kind, JSON.stringify(payload), now, now);
   }
 
@@ -84,8 +86,22 @@ export class TxnLog {
   }
 }
 
-interface Row { id: string; repo_id: string; kind: string; state: string; payload: string; created_at: number }
+interface Row {
+  id: string;
+  repo_id: string;
+  kind: string;
+  state: string;
+  payload: string;
+  created_at: number;
+}
 
 function toTxn(r: Row): LocalTxn {
-  return { id: r.id, repoId: r.repo_id, kind: r.kind as TxnKind, state: r.state as LocalTxnState, payload: JSON.parse(r.payload) as TxnPayload, createdAt: r.created_at };
+  return {
+    id: r.id,
+    repoId: r.repo_id,
+    kind: r.kind as TxnKind,
+    state: r.state as LocalTxnState,
+    payload: JSON.parse(r.payload) as TxnPayload,
+    createdAt: r.created_at,
+  };
 }

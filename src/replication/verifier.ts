@@ -25,7 +25,12 @@ export interface Verified {
  * each is checked again within SWEEP_PASSES passes. A pass then costs in proportion to what
  * changed, plus a slice, rather than a git process per replica every few minutes.
  */
-export function pickForVerification(repos: readonly RepoRecord[], seen: ReadonlyMap<string, Verified>, sweepPasses = SWEEP_PASSES, sweepMin = SWEEP_MIN): RepoRecord[] {
+export function pickForVerification(
+  repos: readonly RepoRecord[],
+  seen: ReadonlyMap<string, Verified>,
+  sweepPasses = SWEEP_PASSES,
+  sweepMin = SWEEP_MIN,
+): RepoRecord[] {
   const changed: RepoRecord[] = [];
   const unchanged: Array<{ repo: RepoRecord; at: number }> = [];
   for (const repo of repos) {
@@ -34,7 +39,12 @@ export function pickForVerification(repos: readonly RepoRecord[], seen: Readonly
     else changed.push(repo);
   }
   const budget = Math.max(sweepMin, Math.ceil(unchanged.length / sweepPasses));
-  return changed.concat(unchanged.sort((a, b) => a.at - b.at).slice(0, budget).map((u) => u.repo));
+  return changed.concat(
+    unchanged
+      .sort((a, b) => a.at - b.at)
+      .slice(0, budget)
+      .map((u) => u.repo),
+  );
 }
 
 /** verifiedKey names the state of a repo a replica was checked at. */
@@ -60,7 +70,12 @@ export class ReplicaVerifier {
 
   constructor(
     private readonly deps: {
-      nodeId: string; store: ClusterStore; storage: ReplicaStorage; git: GitRunner; logger: Logger; metrics: Metrics;
+      nodeId: string;
+      store: ClusterStore;
+      storage: ReplicaStorage;
+      git: GitRunner;
+      logger: Logger;
+      metrics: Metrics;
       /** gitTimeoutMs bounds one fsck (settings: gitTimeoutMs). */
       gitTimeoutMs: number;
     },
@@ -123,7 +138,13 @@ export class ReplicaVerifier {
     const checksum = incarnation === repo.incarnation ? await storage.checksum(repo.repoId).catch(() => '') : '';
     let problem: 'stale' | 'missing' | null = checksum === repo.checksum ? null : incarnation === repo.incarnation ? 'stale' : 'missing';
     if (!problem && fsck) {
-      const r = await git.run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], { cwd: storage.repoPath(repo.repoId), okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8], timeoutMs: this.deps.gitTimeoutMs }).catch(() => ({ code: 1, stderr: 'fsck could not run' }));
+      const r = await git
+        .run(['fsck', '--connectivity-only', '--no-dangling', '--no-progress'], {
+          cwd: storage.repoPath(repo.repoId),
+          okCodes: [0, 1, 2, 3, 4, 5, 6, 7, 8],
+          timeoutMs: this.deps.gitTimeoutMs,
+        })
+        .catch(() => ({ code: 1, stderr: 'fsck could not run' }));
       if (r.code !== 0) {
         logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
         problem = 'missing';
@@ -133,7 +154,10 @@ export class ReplicaVerifier {
     const again = await store.getRepo(repo.repoId);
     if (!again || again.generation !== repo.generation) return 'ok';
     await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
-    logger.warn({ repoId: repo.repoId, generation: repo.generation, state: problem }, 'replica contents differ from the store: marked for repair');
+    logger.warn(
+      { repoId: repo.repoId, generation: repo.generation, state: problem },
+      'replica contents differ from the store: marked for repair',
+    );
     this.deps.metrics.verifierMismatches.inc({ kind: problem });
     return problem;
   }

@@ -21,7 +21,8 @@ export class SshRefusal extends AppError {
 }
 
 /** ONLY_GIT is what a client that asks for anything else is told. */
-export const ONLY_GIT = 'only git-upload-pack and git-receive-pack may be run over SSH (git clone, fetch, push); no shell, no other command';
+export const ONLY_GIT =
+  'only git-upload-pack and git-receive-pack may be run over SSH (git clone, fetch, push); no shell, no other command';
 
 /**
  * parseGitCommand reads an exec request as git sends it: `git-upload-pack '/owner/repo.git'`

@@ -28,7 +28,11 @@ export interface SshLimits {
 
 /** SSH_DEFAULTS are the SSH server's default limits: the settings' defaults (src/config.ts), and the handshake time. */
 export const SSH_DEFAULTS: SshLimits = {
-  maxConnectionsPerUser: DEFAULTS.sshMaxConnectionsPerUser, idleMs: DEFAULTS.sshIdleMs, sessionMs: DEFAULTS.sshSessionMs, maxAuthAttempts: DEFAULTS.sshMaxAuthAttempts, handshakeMs: 10_000,
+  maxConnectionsPerUser: DEFAULTS.sshMaxConnectionsPerUser,
+  idleMs: DEFAULTS.sshIdleMs,
+  sessionMs: DEFAULTS.sshSessionMs,
+  maxAuthAttempts: DEFAULTS.sshMaxAuthAttempts,
+  handshakeMs: 10_000,
 };
 
 /** SshServerDeps is what the SSH server needs: a session's needs, the keys, the host key and limits. */
@@ -68,7 +72,10 @@ export class GitSshServer {
   async listen(host: string, port: number): Promise<number> {
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(port, host, () => { this.server.removeListener('error', reject); resolve(); });
+      this.server.listen(port, host, () => {
+        this.server.removeListener('error', reject);
+        resolve();
+      });
     });
     const addr = this.server.address();
     return typeof addr === 'object' && addr ? addr.port : port;
@@ -94,7 +101,11 @@ export class GitSshServer {
     let counted = false;
     let busy = 0;
     let lastActivity = Date.now();
-    const timers: NodeJS.Timeout[] = [setTimeout(() => { if (!identity) hardEnd(client); }, limits.handshakeMs)];
+    const timers: NodeJS.Timeout[] = [
+      setTimeout(() => {
+        if (!identity) hardEnd(client);
+      }, limits.handshakeMs),
+    ];
     client.on('error', (err: Error) => logger.debug({ err: errorMessage(err), ip }, 'ssh connection error'));
     client.on('authentication', (ctx: AuthContext) => {
       if (ctx.method !== 'none' && ++attempts > limits.maxAuthAttempts) {
@@ -102,15 +113,18 @@ export class GitSshServer {
         hardEnd(client);
         return;
       }
-      this.authenticate(ctx, ip).then((verdict) => {
-        // The identity is set before accept(): 'ready' may fire inside it.
-        if (verdict === 'reject') return ctx.reject(['publickey']);
-        if (verdict !== 'accept') identity = verdict;
-        ctx.accept();
-      }, (err: unknown) => {
-        logger.warn({ err: errorMessage(err), ip }, 'ssh authentication failed');
-        ctx.reject(['publickey']);
-      });
+      this.authenticate(ctx, ip).then(
+        (verdict) => {
+          // The identity is set before accept(): 'ready' may fire inside it.
+          if (verdict === 'reject') return ctx.reject(['publickey']);
+          if (verdict !== 'accept') identity = verdict;
+          ctx.accept();
+        },
+        (err: unknown) => {
+          logger.warn({ err: errorMessage(err), ip }, 'ssh authentication failed');
+          ctx.reject(['publickey']);
+        },
+      );
     });
     client.on('ready', () => {
       if (!identity) return client.end();
@@ -118,11 +132,24 @@ export class GitSshServer {
       counted = !who.hop;
       if (counted) this.perUser.set(who.user, (this.perUser.get(who.user) ?? 0) + 1);
       timers.push(setTimeout(() => hardEnd(client), limits.sessionMs));
-      timers.push(setInterval(() => {
-        if (busy === 0 && Date.now() - lastActivity > limits.idleMs) hardEnd(client);
-      }, Math.min(5_000, Math.max(100, Math.floor(limits.idleMs / 4)))));
+      timers.push(
+        setInterval(
+          () => {
+            if (busy === 0 && Date.now() - lastActivity > limits.idleMs) hardEnd(client);
+          },
+          Math.min(5_000, Math.max(100, Math.floor(limits.idleMs / 4))),
+        ),
+      );
       const over = counted && (this.perUser.get(who.user) ?? 0) > limits.maxConnectionsPerUser;
-      const hooks: SessionHooks = { touch: () => { lastActivity = Date.now(); }, busy: (on) => { busy += on ? 1 : -1; lastActivity = Date.now(); } };
+      const hooks: SessionHooks = {
+        touch: () => {
+          lastActivity = Date.now();
+        },
+        busy: (on) => {
+          busy += on ? 1 : -1;
+          lastActivity = Date.now();
+        },
+      };
       client.on('session', (accept) => this.session(accept(), who, over, hooks));
     });
     // No port forwarding, no Unix sockets, no global requests.
@@ -164,7 +191,10 @@ export class GitSshServer {
     session.on('error', () => undefined);
     session.on('env', (accept, reject, info) => {
       const v = info.key === 'GIT_PROTOCOL' ? gitProtocolValue(info.val) : null;
-      if (v) { gitProtocol = v; accept?.(); } else reject?.();
+      if (v) {
+        gitProtocol = v;
+        accept?.();
+      } else reject?.();
     });
     for (const refused of ['pty', 'x11', 'auth-agent', 'subsystem', 'sftp']) {
       session.on(refused, (_accept: unknown, reject?: () => void) => reject?.());
@@ -176,7 +206,11 @@ export class GitSshServer {
       const channel = guard(accept());
       if (used) return refuse(channel, 'one command per session');
       used = true;
-      if (over) return refuse(channel, `too many SSH connections for user ${who.user} (at most ${this.deps.limits.maxConnectionsPerUser} at a time), try again`);
+      if (over)
+        return refuse(
+          channel,
+          `too many SSH connections for user ${who.user} (at most ${this.deps.limits.maxConnectionsPerUser} at a time), try again`,
+        );
       hooks.touch();
       void runGitCommand(this.deps, channel, who, info.command, gitProtocol, hooks);
     });
@@ -191,7 +225,10 @@ export class GitSshServer {
 function hardEnd(client: Connection): void {
   client.end();
   const sock = (client as unknown as { _sock?: { destroy(): void; destroyed?: boolean } })._sock;
-  if (sock) setTimeout(() => { if (!sock.destroyed) sock.destroy(); }, 1_000).unref();
+  if (sock)
+    setTimeout(() => {
+      if (!sock.destroyed) sock.destroy();
+    }, 1_000).unref();
 }
 
 function guard(channel: ServerChannel): ServerChannel {

@@ -80,7 +80,14 @@ export function refuse(channel: ServerChannel, message: string): void {
  * peer, to which the whole session is proxied), then run git in full-duplex mode over the
  * channel. Every refusal is a message and exit status 1, with nothing run.
  */
-export async function runGitCommand(deps: SessionDeps, channel: ServerChannel, id: SshIdentity, command: string, gitProtocol: string | null, hooks: SessionHooks): Promise<void> {
+export async function runGitCommand(
+  deps: SessionDeps,
+  channel: ServerChannel,
+  id: SshIdentity,
+  command: string,
+  gitProtocol: string | null,
+  hooks: SessionHooks,
+): Promise<void> {
   try {
     const cmd = parseGitCommand(command);
     const user = await deps.directory.user(id.user);
@@ -107,8 +114,12 @@ export async function runGitCommand(deps: SessionDeps, channel: ServerChannel, i
 
 function spawnUploadPack(deps: SessionDeps, cmd: GitCommand, id: SshIdentity, gitProtocol: string | null): ChildProcess {
   return deps.git.spawn(['upload-pack', '.'], {
-    cwd: deps.storage.repoPath(cmd.repoId), config: { ...UPLOAD_PACK_CONFIG }, env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
-    counted: true, client: id.client, timeoutMs: deps.gitTimeoutMs,
+    cwd: deps.storage.repoPath(cmd.repoId),
+    config: { ...UPLOAD_PACK_CONFIG },
+    env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
+    counted: true,
+    client: id.client,
+    timeoutMs: deps.gitTimeoutMs,
   });
 }
 
@@ -123,8 +134,12 @@ async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdent
   const endUpload = await deps.activity.beginUpload(cmd.repoId);
   try {
     const child = deps.git.spawn(['receive-pack', '.'], {
-      cwd: deps.storage.repoPath(cmd.repoId), config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore), env: receivePackEnv(deps.hookPort, pushId),
-      counted: true, client: id.client, timeoutMs: deps.gitTimeoutMs,
+      cwd: deps.storage.repoPath(cmd.repoId),
+      config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore),
+      env: receivePackEnv(deps.hookPort, pushId),
+      counted: true,
+      client: id.client,
+      timeoutMs: deps.gitTimeoutMs,
     });
     const state = { abandoned: false };
     const unregister = deps.hooks.expect(pushId, async (exchange) => {
@@ -135,10 +150,23 @@ async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdent
           receivePackPid: child.pid ?? -1,
           abandon: () => {
             state.abandoned = true;
-            try { channel.close(); } catch { /* gone */ }
+            try {
+              channel.close();
+            } catch {
+              /* gone */
+            }
             void terminate(child);
           },
-          onCommitted: (txn, refs) => deps.audit.record({ action: 'push', user: id.user, token: `ssh-key:${id.keyName}`, repo: cmd.repoId, refs, txn, detail: { via: 'ssh' } }),
+          onCommitted: (txn, refs) =>
+            deps.audit.record({
+              action: 'push',
+              user: id.user,
+              token: `ssh-key:${id.keyName}`,
+              repo: cmd.repoId,
+              refs,
+              txn,
+              detail: { via: 'ssh' },
+            }),
         });
       } finally {
         hooks.busy(false);
@@ -155,8 +183,18 @@ async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdent
 }
 
 /** serveGit pipes the channel into git and git's output back, and reports git's exit status. */
-async function serveGit(deps: SessionDeps, channel: ServerChannel, cmd: GitCommand, id: SshIdentity, child: ChildProcess, hooks: SessionHooks, state = { abandoned: false }): Promise<void> {
-  const onGone = (): void => { void terminate(child); };
+async function serveGit(
+  deps: SessionDeps,
+  channel: ServerChannel,
+  cmd: GitCommand,
+  id: SshIdentity,
+  child: ChildProcess,
+  hooks: SessionHooks,
+  state = { abandoned: false },
+): Promise<void> {
+  const onGone = (): void => {
+    void terminate(child);
+  };
   channel.on('close', onGone);
   channel.on('error', onGone);
   child.stdin?.on('error', () => undefined);
@@ -183,7 +221,15 @@ async function serveGit(deps: SessionDeps, channel: ServerChannel, cmd: GitComma
  * the peer presents the cluster's host key, runs the same git command, and pipes both ways. A
  * peer that ends without an exit status ends this channel without one too (outcome unknown).
  */
-async function proxySession(deps: SessionDeps, channel: ServerChannel, id: SshIdentity, cmd: GitCommand, gitProtocol: string | null, nodeId: string, hooks: SessionHooks): Promise<void> {
+async function proxySession(
+  deps: SessionDeps,
+  channel: ServerChannel,
+  id: SshIdentity,
+  cmd: GitCommand,
+  gitProtocol: string | null,
+  nodeId: string,
+  hooks: SessionHooks,
+): Promise<void> {
   const ep = await deps.peerSsh(nodeId);
   if (!ep) throw new SshRefusal(`replica of ${cmd.repoId} on this node is catching up and ${nodeId} serves no SSH, try again`);
   const upstream = new Client();
@@ -191,7 +237,12 @@ async function proxySession(deps: SessionDeps, channel: ServerChannel, id: SshId
     let started = false;
     const fail = (err: unknown): void => {
       if (!started) refuse(channel, `proxy to in-sync replica failed: ${errorMessage(err)}`);
-      else try { channel.close(); } catch { /* gone */ }
+      else
+        try {
+          channel.close();
+        } catch {
+          /* gone */
+        }
       upstream.end();
       resolve();
     };
@@ -205,7 +256,9 @@ async function proxySession(deps: SessionDeps, channel: ServerChannel, id: SshId
         // The peer times out an idle session itself; here a push waiting for its quorum sends nothing.
         hooks.busy(true);
         let status: number | null = null;
-        stream.on('exit', (code: number | null) => { status = code ?? 255; });
+        stream.on('exit', (code: number | null) => {
+          status = code ?? 255;
+        });
         stream.on('data', hooks.touch);
         channel.on('data', hooks.touch);
         stream.on('error', () => undefined);
@@ -216,15 +269,25 @@ async function proxySession(deps: SessionDeps, channel: ServerChannel, id: SshId
           hooks.busy(false);
           try {
             if (status === null) channel.close();
-            else { channel.exit(status); channel.end(); }
-          } catch { /* gone */ }
+            else {
+              channel.exit(status);
+              channel.end();
+            }
+          } catch {
+            /* gone */
+          }
           upstream.end();
         });
       });
     });
     upstream.connect({
-      host: ep.host, port: ep.port, username: 'hop', password: signSshHop(deps.secret, { user: id.user, key: id.keyName, client: id.client }),
-      hostVerifier: (key: Buffer) => key.equals(deps.hostKeyBlob), readyTimeout: 10_000, tryKeyboard: false,
+      host: ep.host,
+      port: ep.port,
+      username: 'hop',
+      password: signSshHop(deps.secret, { user: id.user, key: id.keyName, client: id.client }),
+      hostVerifier: (key: Buffer) => key.equals(deps.hostKeyBlob),
+      readyTimeout: 10_000,
+      tryKeyboard: false,
     });
   });
 }

@@ -78,8 +78,13 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
       expect(lock).not.toBeNull();
       const res = await s().commitPush({
-        txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation,
-        baseGeneration: base, fencingToken: lock!.token, newChecksum: checksum,
+        txnId: randomUUID(),
+        repoId: r.repoId,
+        coordinator: 'n1',
+        incarnation: r.incarnation,
+        baseGeneration: base,
+        fencingToken: lock!.token,
+        newChecksum: checksum,
       });
       expect(res).toEqual({ written: true, decision: 'commit' });
       await s().releaseLock(r.repoId, lock!.token);
@@ -92,7 +97,10 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().liveNodes()).toEqual([node('n1'), node('n2')]);
         await s().registerNode(node('n1', 'http://moved.test:7000'), 30_000);
         expect(await s().liveNodes()).toEqual([node('n1', 'http://moved.test:7000'), node('n2')]);
-        expect(await s().allNodes()).toEqual([{ ...node('n1', 'http://moved.test:7000'), live: true }, { ...node('n2'), live: true }]);
+        expect(await s().allNodes()).toEqual([
+          { ...node('n1', 'http://moved.test:7000'), live: true },
+          { ...node('n2'), live: true },
+        ]);
       });
 
       it('lets a registration expire after its ttl and revives it on the next register', async () => {
@@ -103,7 +111,10 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect((await s().liveNodes()).map((n) => n.id)).toEqual(['n1', 'n2']);
         await sleepUntil(registered + 1_000 + 100);
         expect((await s().liveNodes()).map((n) => n.id)).toEqual(['n2']);
-        expect(await s().allNodes()).toEqual([{ ...node('n1'), live: false }, { ...node('n2'), live: true }]);
+        expect(await s().allNodes()).toEqual([
+          { ...node('n1'), live: false },
+          { ...node('n2'), live: true },
+        ]);
         await s().registerNode(node('n1'), 30_000);
         expect((await s().liveNodes()).map((n) => n.id)).toEqual(['n1', 'n2']);
       });
@@ -114,7 +125,10 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         await s().unregisterNode('n1');
         await s().unregisterNode('never-registered');
         expect(await s().liveNodes()).toEqual([node('n2')]);
-        expect(await s().allNodes()).toEqual([{ ...node('n1'), live: false }, { ...node('n2'), live: true }]);
+        expect(await s().allNodes()).toEqual([
+          { ...node('n1'), live: false },
+          { ...node('n2'), live: true },
+        ]);
       });
     });
 
@@ -123,7 +137,16 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const r = repo('acme/app');
         const txnId = randomUUID();
         await s().beginTxn({ id: txnId, repoId: r.repoId, kind: 'create', coordinator: 'n1', baseGeneration: 0, fencingToken: 0 });
-        expect(await s().getTxn(txnId)).toEqual({ id: txnId, repoId: r.repoId, kind: 'create', coordinator: 'n1', baseGeneration: 0, fencingToken: 0, decision: null, decidedAt: null });
+        expect(await s().getTxn(txnId)).toEqual({
+          id: txnId,
+          repoId: r.repoId,
+          kind: 'create',
+          coordinator: 'n1',
+          baseGeneration: 0,
+          fencingToken: 0,
+          decision: null,
+          decidedAt: null,
+        });
 
         expect(await s().commitCreate({ txnId, coordinator: 'n1', record: r })).toEqual({ written: true, decision: 'commit' });
         expect(await s().getRepo(r.repoId)).toEqual(r);
@@ -132,11 +155,19 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(typeof txn?.decidedAt).toBe('string');
 
         // The same txn again, or an abort of it, returns the standing decision and changes nothing.
-        expect(await s().commitCreate({ txnId, coordinator: 'n1', record: repo('acme/app') })).toEqual({ written: false, decision: 'commit', reason: 'decided' });
+        expect(await s().commitCreate({ txnId, coordinator: 'n1', record: repo('acme/app') })).toEqual({
+          written: false,
+          decision: 'commit',
+          reason: 'decided',
+        });
         expect(await s().abortTxn(txnId)).toEqual({ written: false, decision: 'commit', reason: 'decided' });
         expect(await s().getTxn(txnId)).toEqual(txn);
         // A second creation of the same repo by another txn fails on 'exists'.
-        expect(await s().commitCreate({ txnId: randomUUID(), coordinator: 'n2', record: repo('acme/app') })).toEqual({ written: false, decision: null, reason: 'exists' });
+        expect(await s().commitCreate({ txnId: randomUUID(), coordinator: 'n2', record: repo('acme/app') })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'exists',
+        });
         expect(await s().getRepo(r.repoId)).toEqual(r);
       });
 
@@ -144,7 +175,13 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const r = repo('acme/app');
         const txnId = randomUUID();
         expect(await s().commitCreate({ txnId, coordinator: 'n9', record: r })).toEqual({ written: true, decision: 'commit' });
-        expect(await s().getTxn(txnId)).toMatchObject({ id: txnId, repoId: 'acme/app', kind: 'create', coordinator: 'n9', decision: 'commit' });
+        expect(await s().getTxn(txnId)).toMatchObject({
+          id: txnId,
+          repoId: 'acme/app',
+          kind: 'create',
+          coordinator: 'n9',
+          decision: 'commit',
+        });
       });
 
       it('reads and lists repos sorted by id', async () => {
@@ -174,7 +211,14 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const id = randomUUID();
         await s().beginTxn({ id, repoId: 'acme/app', kind: 'push', coordinator: 'n1', baseGeneration: 3, fencingToken: 7 });
         await s().beginTxn({ id, repoId: 'acme/other', kind: 'delete', coordinator: 'n2', baseGeneration: 9, fencingToken: 9 });
-        expect(await s().getTxn(id)).toMatchObject({ repoId: 'acme/app', kind: 'push', coordinator: 'n1', baseGeneration: 3, fencingToken: 7, decision: null });
+        expect(await s().getTxn(id)).toMatchObject({
+          repoId: 'acme/app',
+          kind: 'push',
+          coordinator: 'n1',
+          baseGeneration: 3,
+          fencingToken: 7,
+          decision: null,
+        });
       });
 
       it('aborts only a txn with no decision', async () => {
@@ -187,7 +231,15 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         // An abort decided first wins over a commit that comes later.
         const r = await created();
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
-        const late = await s().commitPush({ txnId: id, repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token, newChecksum: 'c1' });
+        const late = await s().commitPush({
+          txnId: id,
+          repoId: r.repoId,
+          coordinator: 'n1',
+          incarnation: r.incarnation,
+          baseGeneration: 0,
+          fencingToken: lock!.token,
+          newChecksum: 'c1',
+        });
         expect(late).toEqual({ written: false, decision: 'abort', reason: 'decided' });
         expect((await s().getRepo(r.repoId))?.generation).toBe(0);
 
@@ -209,10 +261,26 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
         expect(lock).not.toBeNull();
         const token = lock!.token;
-        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token + 1 })).toEqual({ written: false, decision: null, reason: 'lock' });
-        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, baseGeneration: 1 })).toEqual({ written: false, decision: null, reason: 'generation' });
-        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, incarnation: 'other' })).toEqual({ written: false, decision: null, reason: 'incarnation' });
-        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, repoId: 'acme/none' })).toEqual({ written: false, decision: null, reason: 'missing' });
+        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token + 1 })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'lock',
+        });
+        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, baseGeneration: 1 })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'generation',
+        });
+        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, incarnation: 'other' })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'incarnation',
+        });
+        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, repoId: 'acme/none' })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'missing',
+        });
         // Refused compares write no decision.
         const refused = randomUUID();
         await s().beginTxn({ id: refused, repoId: r.repoId, kind: 'push', coordinator: 'n1', baseGeneration: 5, fencingToken: token });
@@ -226,10 +294,21 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().getTxn(txnId)).toMatchObject({ decision: 'commit', baseGeneration: 0, fencingToken: token, kind: 'push' });
 
         // Repeating the commit is answered from the decision, not applied twice.
-        expect(await s().commitPush({ ...base, txnId, fencingToken: token })).toEqual({ written: false, decision: 'commit', reason: 'decided' });
+        expect(await s().commitPush({ ...base, txnId, fencingToken: token })).toEqual({
+          written: false,
+          decision: 'commit',
+          reason: 'decided',
+        });
         // A second push from the old base loses on the generation.
-        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token })).toEqual({ written: false, decision: null, reason: 'generation' });
-        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, baseGeneration: 1, newChecksum: 'c2' })).toEqual({ written: true, decision: 'commit' });
+        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'generation',
+        });
+        expect(await s().commitPush({ ...base, txnId: randomUUID(), fencingToken: token, baseGeneration: 1, newChecksum: 'c2' })).toEqual({
+          written: true,
+          decision: 'commit',
+        });
         expect(await s().getRepo(r.repoId)).toMatchObject({ generation: 2, checksum: 'c2' });
       });
 
@@ -237,7 +316,15 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const r = await created();
         const lock = await s().acquireLock(r.repoId, 'n1', 300);
         await sleepUntil(Date.now() + 300 + 100);
-        const res = await s().commitPush({ txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token, newChecksum: 'c1' });
+        const res = await s().commitPush({
+          txnId: randomUUID(),
+          repoId: r.repoId,
+          coordinator: 'n1',
+          incarnation: r.incarnation,
+          baseGeneration: 0,
+          fencingToken: lock!.token,
+          newChecksum: 'c1',
+        });
         expect(res).toEqual({ written: false, decision: null, reason: 'lock' });
         expect((await s().getRepo(r.repoId))?.generation).toBe(0);
       });
@@ -245,9 +332,19 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       it('lets exactly one of many concurrent pushes from one base commit', async () => {
         const r = await created();
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
-        const results = await Promise.all(Array.from({ length: 8 }, (_, i) => s().commitPush({
-          txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token, newChecksum: `c${i}`,
-        })));
+        const results = await Promise.all(
+          Array.from({ length: 8 }, (_, i) =>
+            s().commitPush({
+              txnId: randomUUID(),
+              repoId: r.repoId,
+              coordinator: 'n1',
+              incarnation: r.incarnation,
+              baseGeneration: 0,
+              fencingToken: lock!.token,
+              newChecksum: `c${i}`,
+            }),
+          ),
+        );
         expect(results.filter((x) => x.written)).toHaveLength(1);
         expect(results.filter((x) => !x.written).every((x) => x.reason === 'generation')).toBe(true);
         expect((await s().getRepo(r.repoId))?.generation).toBe(1);
@@ -258,15 +355,33 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       it('removes the repo and its replica records under the same compares', async () => {
         const r = await created('acme/app', ['n1', 'n2']);
         const other = await created('acme/other', ['n1']);
-        expect(await s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(true);
-        expect(await s().confirmReplica({ repoId: r.repoId, nodeId: 'n2', incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(true);
-        expect(await s().confirmReplica({ repoId: other.repoId, nodeId: 'n1', incarnation: other.incarnation, generation: 0, checksum: 'c0' })).toBe(true);
+        expect(
+          await s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 0, checksum: 'c0' }),
+        ).toBe(true);
+        expect(
+          await s().confirmReplica({ repoId: r.repoId, nodeId: 'n2', incarnation: r.incarnation, generation: 0, checksum: 'c0' }),
+        ).toBe(true);
+        expect(
+          await s().confirmReplica({ repoId: other.repoId, nodeId: 'n1', incarnation: other.incarnation, generation: 0, checksum: 'c0' }),
+        ).toBe(true);
 
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
         const base = { repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token };
-        expect(await s().commitDelete({ ...base, txnId: randomUUID(), incarnation: 'other' })).toEqual({ written: false, decision: null, reason: 'incarnation' });
-        expect(await s().commitDelete({ ...base, txnId: randomUUID(), baseGeneration: 3 })).toEqual({ written: false, decision: null, reason: 'generation' });
-        expect(await s().commitDelete({ ...base, txnId: randomUUID(), fencingToken: 0 })).toEqual({ written: false, decision: null, reason: 'lock' });
+        expect(await s().commitDelete({ ...base, txnId: randomUUID(), incarnation: 'other' })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'incarnation',
+        });
+        expect(await s().commitDelete({ ...base, txnId: randomUUID(), baseGeneration: 3 })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'generation',
+        });
+        expect(await s().commitDelete({ ...base, txnId: randomUUID(), fencingToken: 0 })).toEqual({
+          written: false,
+          decision: null,
+          reason: 'lock',
+        });
 
         const txnId = randomUUID();
         expect(await s().commitDelete({ ...base, txnId })).toEqual({ written: true, decision: 'commit' });
@@ -376,7 +491,14 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().confirmReplica({ ...confirm, generation: 1, checksum: 'c1' })).toBe(false);
         expect(await s().confirmReplica({ ...confirm, generation: 2, checksum: 'c2' })).toBe(true);
         const [rec] = await s().getReplicas(r.repoId);
-        expect(rec).toMatchObject({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 2, checksum: 'c2', state: 'in_sync' });
+        expect(rec).toMatchObject({
+          repoId: r.repoId,
+          nodeId: 'n1',
+          incarnation: r.incarnation,
+          generation: 2,
+          checksum: 'c2',
+          state: 'in_sync',
+        });
         expect(typeof rec?.updatedAt).toBe('string');
       });
 
@@ -385,24 +507,41 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         await pushed(r, 0, 'c1');
 
         expect(await s().markReplica(r.repoId, 'n3', r.incarnation, 'missing', 1)).toBe(true);
-        expect(await s().getReplicas(r.repoId)).toEqual([expect.objectContaining({ nodeId: 'n3', incarnation: r.incarnation, generation: -1, state: 'missing' })]);
+        expect(await s().getReplicas(r.repoId)).toEqual([
+          expect.objectContaining({ nodeId: 'n3', incarnation: r.incarnation, generation: -1, state: 'missing' }),
+        ]);
         expect(await s().markReplica(r.repoId, 'n3', 'other', 'stale', 1)).toBe(false);
         expect(await s().markReplica('acme/none', 'n3', r.incarnation, 'stale', 1)).toBe(false);
 
-        expect(await s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 1, checksum: 'c1' })).toBe(true);
+        expect(
+          await s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 1, checksum: 'c1' }),
+        ).toBe(true);
         expect(await s().markReplica(r.repoId, 'n1', r.incarnation, 'stale', 1)).toBe(false);
         expect((await s().getReplicas(r.repoId)).find((x) => x.nodeId === 'n1')).toMatchObject({ state: 'in_sync', generation: 1 });
         expect(await s().markReplica(r.repoId, 'n1', r.incarnation, 'stale', 2)).toBe(true);
-        expect((await s().getReplicas(r.repoId)).find((x) => x.nodeId === 'n1')).toMatchObject({ state: 'stale', generation: 1, checksum: 'c1' });
+        expect((await s().getReplicas(r.repoId)).find((x) => x.nodeId === 'n1')).toMatchObject({
+          state: 'stale',
+          generation: 1,
+          checksum: 'c1',
+        });
         expect(await s().markReplica(r.repoId, 'n1', r.incarnation, 'repairing', 2)).toBe(true);
-        expect((await s().getReplicas(r.repoId)).map((x) => [x.nodeId, x.state])).toEqual([['n1', 'repairing'], ['n3', 'missing']]);
+        expect((await s().getReplicas(r.repoId)).map((x) => [x.nodeId, x.state])).toEqual([
+          ['n1', 'repairing'],
+          ['n3', 'missing'],
+        ]);
       });
 
       it('lists replica records by repo and by node', async () => {
         const a = await created('acme/b', ['n1', 'n2']);
         const b = await created('acme/b-c', ['n1']);
-        for (const [r, n] of [[a, 'n2'], [a, 'n1'], [b, 'n1']] as const) {
-          expect(await s().confirmReplica({ repoId: r.repoId, nodeId: n, incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(true);
+        for (const [r, n] of [
+          [a, 'n2'],
+          [a, 'n1'],
+          [b, 'n1'],
+        ] as const) {
+          expect(await s().confirmReplica({ repoId: r.repoId, nodeId: n, incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(
+            true,
+          );
         }
         expect((await s().getReplicas('acme/b')).map((x) => x.nodeId)).toEqual(['n1', 'n2']);
         expect((await s().getReplicas('acme/b-c')).map((x) => x.nodeId)).toEqual(['n1']);
@@ -413,7 +552,9 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       it('replaces the replica set at a known incarnation and drops records of removed nodes', async () => {
         const r = await created('acme/app', ['n1', 'n2']);
         for (const n of ['n1', 'n2']) {
-          expect(await s().confirmReplica({ repoId: r.repoId, nodeId: n, incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(true);
+          expect(await s().confirmReplica({ repoId: r.repoId, nodeId: n, incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(
+            true,
+          );
         }
         expect(await s().setReplicaSet(r.repoId, 'other', ['n3'])).toBe(false);
         expect(await s().setReplicaSet('acme/none', r.incarnation, ['n3'])).toBe(false);
@@ -439,7 +580,9 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().changeMark()).toBe(marks[0]);
 
         let r = repo('acme/app');
-        await step(async () => { r = await created('acme/app', ['n1', 'n2']); });
+        await step(async () => {
+          r = await created('acme/app', ['n1', 'n2']);
+        });
         await step(() => s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 0, checksum: 'c0' }));
         await step(() => s().markReplica(r.repoId, 'n2', r.incarnation, 'stale', 1));
         await step(() => s().setReplicaSet(r.repoId, r.incarnation, ['n1', 'n3']));
@@ -447,7 +590,16 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         await step(() => s().setMeta('rebalance', '1'));
         await step(() => s().deleteMeta('rebalance'));
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
-        await step(() => s().commitDelete({ txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 1, fencingToken: lock!.token }));
+        await step(() =>
+          s().commitDelete({
+            txnId: randomUUID(),
+            repoId: r.repoId,
+            coordinator: 'n1',
+            incarnation: r.incarnation,
+            baseGeneration: 1,
+            fencingToken: lock!.token,
+          }),
+        );
         // Each change moves the mark. (etcd's mark is the state's: a setting written and deleted
         // again brings back the mark of before, which is what a pass that skips work needs.)
         for (let i = 1; i < marks.length; i++) expect(marks[i], `step ${i}`).not.toBe(marks[i - 1]);
@@ -509,7 +661,9 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         await s().registerNode(node('n1'), 60_000);
         const r = await created();
         await pushed(r, 0, 'c1');
-        expect(await s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 1, checksum: 'c1' })).toBe(true);
+        expect(
+          await s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 1, checksum: 'c1' }),
+        ).toBe(true);
         const aborted = randomUUID();
         expect((await s().abortTxn(aborted)).written).toBe(true);
         expect(await s().setMetaIfAbsent('peer_secret', 'shh')).toBe('shh');
@@ -549,7 +703,10 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
           ];
           for (const [what, call] of calls) {
             const started = Date.now();
-            const err: unknown = await call().then(() => new Error(`${what} succeeded while the store was down`), (e: unknown) => e);
+            const err: unknown = await call().then(
+              () => new Error(`${what} succeeded while the store was down`),
+              (e: unknown) => e,
+            );
             expect(err, what).toBeInstanceOf(StoreUnavailableError);
             expect(Date.now() - started, what).toBeLessThan(UNAVAILABLE_WITHIN_MS);
           }
@@ -562,7 +719,15 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await eventually(() => s().getRepo(r.repoId), 10_000)).toEqual(r);
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
         expect(lock).not.toBeNull();
-        const res = await s().commitPush({ txnId: randomUUID(), repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token, newChecksum: 'c1' });
+        const res = await s().commitPush({
+          txnId: randomUUID(),
+          repoId: r.repoId,
+          coordinator: 'n1',
+          incarnation: r.incarnation,
+          baseGeneration: 0,
+          fencingToken: lock!.token,
+          newChecksum: 'c1',
+        });
         expect(res).toEqual({ written: true, decision: 'commit' });
       });
     });

@@ -22,7 +22,10 @@ export function parseStoreUrl(value: string | undefined, dataDir: string): Store
     const slash = rest.indexOf('/');
     const hostPart = slash === -1 ? rest : rest.slice(0, slash);
     const prefix = slash === -1 ? '/git-replication/' : `/${rest.slice(slash + 1).replace(/^\/+|\/+$/g, '')}/`;
-    const hosts = hostPart.split(',').map((h) => h.trim()).filter(Boolean);
+    const hosts = hostPart
+      .split(',')
+      .map((h) => h.trim())
+      .filter(Boolean);
     if (hosts.length === 0 || hosts.some((h) => !/^[A-Za-z0-9.[\]:-]+:\d+$/.test(h))) {
       throw badRequest(`store url '${value}' must be etcd://host:port[,host:port...]`);
     }
@@ -42,7 +45,10 @@ export const LAYOUT_VERSION = 1;
 /** checkLayout records the store's layout version, or refuses a store newer than this build. */
 export async function checkLayout(store: ClusterStore): Promise<void> {
   const stored = Number(await store.setMetaIfAbsent('schema_version', String(LAYOUT_VERSION)));
-  if (!(stored <= LAYOUT_VERSION)) throw new Error(`the coordination store has layout version ${stored}, newer than this build's ${LAYOUT_VERSION}: run a newer git-replication`);
+  if (!(stored <= LAYOUT_VERSION))
+    throw new Error(
+      `the coordination store has layout version ${stored}, newer than this build's ${LAYOUT_VERSION}: run a newer git-replication`,
+    );
 }
 
 /** openStore connects to the store a StoreUrl names. */

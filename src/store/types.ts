@@ -192,7 +192,13 @@ export interface ClusterStore {
    * markReplica sets a replica's state (stale, repairing, missing) unless it has confirmed a
    * generation above `belowGeneration` since; creates the record if absent.
    */
-  markReplica(repoId: string, nodeId: string, incarnation: string, state: Exclude<ReplicaState, 'in_sync'>, belowGeneration: number): Promise<boolean>;
+  markReplica(
+    repoId: string,
+    nodeId: string,
+    incarnation: string,
+    state: Exclude<ReplicaState, 'in_sync'>,
+    belowGeneration: number,
+  ): Promise<boolean>;
   /** setReplicaSet replaces a repo's replica set (re-replication, rebalance) at a known incarnation. */
   setReplicaSet(repoId: string, incarnation: string, replicas: readonly string[]): Promise<boolean>;
 
@@ -220,7 +226,12 @@ export interface ClusterStore {
 
 /** isInSync says whether a replica holds the repo's current generation (DESIGN §2). */
 export function isInSync(repo: RepoRecord, replica: ReplicaRecord | undefined): boolean {
-  return replica !== undefined && replica.state === 'in_sync' && replica.incarnation === repo.incarnation && replica.generation === repo.generation;
+  return (
+    replica !== undefined &&
+    replica.state === 'in_sync' &&
+    replica.incarnation === repo.incarnation &&
+    replica.generation === repo.generation
+  );
 }
 
 /**

@@ -17,7 +17,9 @@ function explain(r: ChaosReport): string {
 function summary(name: string, r: ChaosReport): void {
   const faults = new Map<string, number>();
   for (const e of r.faults) faults.set(e.kind, (faults.get(e.kind) ?? 0) + 1);
-  process.stdout.write(`[chaos ${name}] ${r.text.split('\n').slice(0, 2).join(' | ')} | faults ${[...faults].map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
+  process.stdout.write(
+    `[chaos ${name}] ${r.text.split('\n').slice(0, 2).join(' | ')} | faults ${[...faults].map(([k, v]) => `${k}=${v}`).join(' ')}\n`,
+  );
 }
 
 describe('chaos: seeded fault injection checked by the history checker', () => {
@@ -29,7 +31,15 @@ describe('chaos: seeded fault injection checked by the history checker', () => {
   }, 240_000);
 
   it('6 nodes, R=3 (W=2): repos on different replica sets, proxied reads and pushes', async () => {
-    const r = await runChaos({ seed: 7, nodes: 6, replicationFactor: 3, clients: 3, repos: 3, durationMs: 12_000, faults: ['kill', 'failpoint', 'pause', 'partition'] });
+    const r = await runChaos({
+      seed: 7,
+      nodes: 6,
+      replicationFactor: 3,
+      clients: 3,
+      repos: 3,
+      durationMs: 12_000,
+      faults: ['kill', 'failpoint', 'pause', 'partition'],
+    });
     summary('6 nodes', r);
     expect(r.totals.ok, explain(r)).toBeGreaterThan(5);
     expect(r.result.violations, explain(r)).toEqual([]);
@@ -38,7 +48,14 @@ describe('chaos: seeded fault injection checked by the history checker', () => {
 
 describe.skipIf(skipWithoutEtcd())('chaos on etcd: the store partitioned from a majority, and restarted', () => {
   it('3 nodes, R=3: store partitions, store kill/stop and restart, kill -9 of nodes', async () => {
-    const r = await runChaos({ seed: 11, nodes: 3, clients: 3, durationMs: 25_000, store: 'etcd', faults: ['store-partition', 'store-restart', 'kill'] });
+    const r = await runChaos({
+      seed: 11,
+      nodes: 3,
+      clients: 3,
+      durationMs: 25_000,
+      store: 'etcd',
+      faults: ['store-partition', 'store-restart', 'kill'],
+    });
     summary('etcd', r);
     const kinds = new Set(r.faults.map((f) => f.kind));
     expect(kinds.has('store-partition') && kinds.has('store-restart'), explain(r)).toBe(true);

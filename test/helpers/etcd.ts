@@ -53,19 +53,25 @@ let warnedMissing = false;
  */
 export function etcdBinary(): string | null {
   if (cachedBinary !== undefined) return cachedBinary;
-  const candidates = process.env.ETCD_BIN ? [process.env.ETCD_BIN] : [
-    ...(process.env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, 'etcd')),
-    '/usr/bin/etcd',
-    '/usr/local/bin/etcd',
-  ];
-  cachedBinary = candidates.find((path) => {
-    try {
-      accessSync(path, constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  }) ?? null;
+  const candidates = process.env.ETCD_BIN
+    ? [process.env.ETCD_BIN]
+    : [
+        ...(process.env.PATH ?? '')
+          .split(delimiter)
+          .filter(Boolean)
+          .map((dir) => join(dir, 'etcd')),
+        '/usr/bin/etcd',
+        '/usr/local/bin/etcd',
+      ];
+  cachedBinary =
+    candidates.find((path) => {
+      try {
+        accessSync(path, constants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    }) ?? null;
   return cachedBinary;
 }
 
@@ -93,7 +99,6 @@ function installExitHook(): void {
     for (const child of live) child.kill('SIGKILL');
   });
 }
-
 
 interface MemberConfig {
   name: string;
@@ -134,7 +139,11 @@ class EtcdProcess implements EtcdHandle {
   private stderrTail = '';
   private cleaned = false;
 
-  constructor(private readonly binary: string, private readonly config: MemberConfig, private readonly rootDir: string) {
+  constructor(
+    private readonly binary: string,
+    private readonly config: MemberConfig,
+    private readonly rootDir: string,
+  ) {
     this.hostPort = `127.0.0.1:${config.clientPort}`;
     this.url = `http://${this.hostPort}`;
     this.name = config.name;
@@ -253,7 +262,14 @@ async function startMembers(size: number): Promise<EtcdProcess[]> {
     const configs: Array<Omit<MemberConfig, 'initialCluster'> & { rootDir: string }> = [];
     for (let i = 0; i < size; i++) {
       const rootDir = await mkdtemp(join(tmpdir(), 'etcd-test-'));
-      configs.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: join(rootDir, 'data'), clusterToken: token, rootDir });
+      configs.push({
+        name: `m${i}`,
+        clientPort: await freePort(),
+        peerPort: await freePort(),
+        dataDir: join(rootDir, 'data'),
+        clusterToken: token,
+        rootDir,
+      });
     }
     const initialCluster = configs.map((c) => `${c.name}=http://127.0.0.1:${c.peerPort}`).join(',');
     const members = configs.map((c) => new EtcdProcess(binary, { ...c, initialCluster }, c.rootDir));

@@ -18,15 +18,27 @@ export const GIT_ENV: NodeJS.ProcessEnv = {
 };
 
 /** GitRun is a finished client git command. */
-export interface GitRun { code: number; stdout: string; stderr: string }
+export interface GitRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 /** git runs the real git client and never throws; callers assert on the result. */
-export function git(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): Promise<GitRun> {
+export function git(
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
+): Promise<GitRun> {
   return new Promise((resolve) => {
-    const child = execFile('git', args, { cwd: opts.cwd, env: { ...GIT_ENV, ...opts.env }, maxBuffer: 256 * 1024 * 1024, timeout: opts.timeoutMs ?? 120_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
+    const child = execFile(
+      'git',
+      args,
+      { cwd: opts.cwd, env: { ...GIT_ENV, ...opts.env }, maxBuffer: 256 * 1024 * 1024, timeout: opts.timeoutMs ?? 120_000 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }
@@ -74,7 +86,9 @@ export async function gitProcesses(needle: string): Promise<string[]> {
   return new Promise((resolve) => {
     const ps = spawn('ps', ['-eo', 'pid,stat,args'], { stdio: ['ignore', 'pipe', 'ignore'] });
     let out = '';
-    ps.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    ps.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     ps.on('close', () => resolve(out.split('\n').filter((l) => l.includes('git') && l.includes(needle) && !l.includes('ps -eo'))));
   });
 }

@@ -55,7 +55,10 @@ function ip(args: readonly string[]): Promise<string> {
 
 /** ipQuiet runs `ip` for cleanup: failures (already gone) are ignored. */
 function ipQuiet(args: readonly string[]): Promise<void> {
-  return ip(args).then(() => undefined, () => undefined);
+  return ip(args).then(
+    () => undefined,
+    () => undefined,
+  );
 }
 
 let unavailable: string | null | undefined;
@@ -93,7 +96,10 @@ function alive(pid: number): boolean {
 }
 
 async function killNamespaceProcesses(netns: string): Promise<void> {
-  const pids = (await ip(['netns', 'pids', netns]).catch(() => '')).split('\n').map(Number).filter((p) => p > 0);
+  const pids = (await ip(['netns', 'pids', netns]).catch(() => ''))
+    .split('\n')
+    .map(Number)
+    .filter((p) => p > 0);
   for (const pid of pids) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -122,7 +128,8 @@ export async function removeStaleLabs(): Promise<void> {
   }
   for (const line of (await ip(['-o', 'link', 'show']).catch(() => '')).split('\n')) {
     const name = /^\d+: ([^:@]+)/.exec(line)?.[1] ?? '';
-    if (name.startsWith(LINK_PREFIX) && !live.has(name.slice(LINK_PREFIX.length, LINK_PREFIX.length + 6))) await ipQuiet(['link', 'del', name]);
+    if (name.startsWith(LINK_PREFIX) && !live.has(name.slice(LINK_PREFIX.length, LINK_PREFIX.length + 6)))
+      await ipQuiet(['link', 'del', name]);
   }
 }
 
@@ -173,10 +180,13 @@ export async function createNetLab(hostCount: number): Promise<NetLab> {
     async cleanup() {
       if (cleaned) return;
       cleaned = true;
-      const exits = [...children].map((c) => new Promise<void>((resolve) => {
-        if (c.exitCode !== null || c.signalCode !== null) resolve();
-        else c.once('exit', () => resolve());
-      }));
+      const exits = [...children].map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) resolve();
+            else c.once('exit', () => resolve());
+          }),
+      );
       for (const c of children) c.kill('SIGKILL');
       for (const h of hosts) await killNamespaceProcesses(h.netns);
       await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 5_000))]);

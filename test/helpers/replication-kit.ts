@@ -10,7 +10,13 @@ import { Membership } from '../../src/cluster/membership.js';
 import type { PeerAnswer, PeerClient } from '../../src/cluster/peer-client.js';
 import { errorMessage, StoreUnavailableError } from '../../src/domain/errors.js';
 import type { Logger } from '../../src/domain/logger.js';
-import { parseCommand, type ProcReceiveExchange, type ProcReceiveRequest, type PushCommand, type RefResult } from '../../src/git/proc-receive.js';
+import {
+  parseCommand,
+  type ProcReceiveExchange,
+  type ProcReceiveRequest,
+  type PushCommand,
+  type RefResult,
+} from '../../src/git/proc-receive.js';
 import { ReplicaStorage } from '../../src/git/repo-storage.js';
 import { GitRunner } from '../../src/git/runner.js';
 import { parsePrepare, type PrepareRequest } from '../../src/cluster/protocol.js';
@@ -32,7 +38,13 @@ import { GIT_ENV } from './git.js';
  */
 
 /** quietLogger drops every line. */
-export const quietLogger: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => quietLogger };
+export const quietLogger: Logger = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+  child: () => quietLogger,
+};
 
 /** PeerOp is one kind of call a coordinator makes to a peer. */
 export type PeerOp = 'prepare' | 'commit' | 'abort';
@@ -56,24 +68,34 @@ export const answers = {
   /** real: the peer behaves, as its route would. */
   real: ((_c, deliver) => deliver()) as Script,
   /** refuse: the peer answers a refusal without doing anything. */
-  refuse: (status: 'stale' | 'conflict' | 'failed', message = `replica ${status}`): Script => async () => ({ ok: false, status, message }),
+  refuse:
+    (status: 'stale' | 'conflict' | 'failed', message = `replica ${status}`): Script =>
+    async () => ({ ok: false, status, message }),
   /** unreachable: the call never reached the peer (a timeout, a refused connection). */
   unreachable: (async () => ({ ok: false, status: 'unreachable', message: 'timed out' })) as Script,
   /** lost: the peer did the work, but its answer was lost on the way back. */
-  lost: (async (_c, deliver) => { await deliver(); return { ok: false, status: 'unreachable', message: 'answer lost' }; }) as Script,
+  lost: (async (_c, deliver) => {
+    await deliver();
+    return { ok: false, status: 'unreachable', message: 'answer lost' };
+  }) as Script,
 };
 
 /** Gate holds calls until opened: a peer slower than the coordinator's patience. */
 export class Gate {
   private opened!: () => void;
-  readonly open: Promise<void> = new Promise((resolve) => { this.opened = resolve; });
+  readonly open: Promise<void> = new Promise((resolve) => {
+    this.opened = resolve;
+  });
   /** release lets every held call through. */
   release(): void {
     this.opened();
   }
   /** held is the script that waits for the gate, then behaves. */
   get held(): Script {
-    return async (_c, deliver) => { await this.open; return deliver(); };
+    return async (_c, deliver) => {
+      await this.open;
+      return deliver();
+    };
   }
 }
 
@@ -110,7 +132,9 @@ export class ScriptedPeers {
 
   /** preparePush is PeerClient.preparePush: the pack file streamed to the participant. */
   async preparePush(target: PeerTarget, req: PrepareRequest, packPath: string | null): Promise<PeerAnswer> {
-    return this.answer({ node: target.id, op: 'prepare', txnId: req.txnId, withPack: packPath !== null }, (p) => p.prepare(req, packPath ? createReadStream(packPath) : null));
+    return this.answer({ node: target.id, op: 'prepare', txnId: req.txnId, withPack: packPath !== null }, (p) =>
+      p.prepare(req, packPath ? createReadStream(packPath) : null),
+    );
   }
 
   /** stagePack: this peer speaks no protocol with staging, so the pack goes with the prepare. */
@@ -222,7 +246,17 @@ export class ReplicationKit {
       await storage.init();
       const log = new TxnLog(join(dir, id, 'node.db'));
       const activity = new RepoActivity({ nodeId: id, store, lockTtlMs: 10_000, logger: quietLogger });
-      const participant = new Participant({ nodeId: id, store, storage, git, log, logger: quietLogger, failpoints: new Failpoints(undefined), activity, resolveAfterMs: opts.resolveAfterMs ?? 60_000 });
+      const participant = new Participant({
+        nodeId: id,
+        store,
+        storage,
+        git,
+        log,
+        logger: quietLogger,
+        failpoints: new Failpoints(undefined),
+        activity,
+        resolveAfterMs: opts.resolveAfterMs ?? 60_000,
+      });
       const membership = new Membership(info, { store, peers: peers as unknown as PeerClient, logger: quietLogger, ttlMs: 3_600_000 });
       membership.learn(await raw.allNodes());
       participants.set(id, participant);
@@ -242,10 +276,25 @@ export class ReplicationKit {
   coordinator(id: string, config: Partial<CoordinatorConfig> = {}, catchUp?: (repoId: string) => Promise<boolean>): Coordinator {
     const n = this.node(id);
     return new Coordinator({
-      nodeId: id, store: this.store, storage: n.storage, participant: n.participant, activity: n.activity,
-      peers: this.peers as unknown as PeerClient, membership: n.membership, failpoints: new Failpoints(undefined),
-      logger: quietLogger, metrics: new Metrics(), ...(catchUp ? { catchUp } : {}),
-      config: { replicationFactor: this.nodes.length, writeQuorum: undefined, lockWaitMs: 2_000, prepareTimeoutMs: 5_000, commitTimeoutMs: 5_000, ...config },
+      nodeId: id,
+      store: this.store,
+      storage: n.storage,
+      participant: n.participant,
+      activity: n.activity,
+      peers: this.peers as unknown as PeerClient,
+      membership: n.membership,
+      failpoints: new Failpoints(undefined),
+      logger: quietLogger,
+      metrics: new Metrics(),
+      ...(catchUp ? { catchUp } : {}),
+      config: {
+        replicationFactor: this.nodes.length,
+        writeQuorum: undefined,
+        lockWaitMs: 2_000,
+        prepareTimeoutMs: 5_000,
+        commitTimeoutMs: 5_000,
+        ...config,
+      },
     });
   }
 
@@ -274,12 +323,26 @@ export function packOf(work: string, tip: string, exclude: readonly string[] = [
  * in the replica as receive-pack does, with a `.keep` naming receive-pack's pid, which is how
  * the coordinator finds it.
  */
-export async function receivePack(kit: ReplicationKit, id: string, repoId: string, work: string, tip: string, pid: number, exclude: readonly string[] = []): Promise<void> {
+export async function receivePack(
+  kit: ReplicationKit,
+  id: string,
+  repoId: string,
+  work: string,
+  tip: string,
+  pid: number,
+  exclude: readonly string[] = [],
+): Promise<void> {
   const pack = await packOf(work, tip, exclude);
   await new Promise<void>((resolve, reject) => {
-    const child = spawn('git', ['index-pack', '--stdin', `--keep=receive-pack ${pid} on test`], { cwd: kit.node(id).storage.repoPath(repoId), env: GIT_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
+    const child = spawn('git', ['index-pack', '--stdin', `--keep=receive-pack ${pid} on test`], {
+      cwd: kit.node(id).storage.repoPath(repoId),
+      env: GIT_ENV,
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
     let err = '';
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`index-pack exit ${code}: ${err}`))));
     child.stdin.end(pack);
@@ -293,7 +356,10 @@ export class FakeExchange {
   abandoned = false;
   private readonly commands: PushCommand[];
 
-  constructor(lines: ReadonlyArray<[old: string, next: string, ref: string]>, private readonly atomic = false) {
+  constructor(
+    lines: ReadonlyArray<[old: string, next: string, ref: string]>,
+    private readonly atomic = false,
+  ) {
     this.commands = lines.map(([o, n, r]) => parseCommand(Buffer.from(`${o} ${n} ${r}`)));
   }
 

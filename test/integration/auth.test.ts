@@ -17,7 +17,9 @@ describe('client authentication with tokens', () => {
     c = await TestCluster.start({ nodes: 2, env: { AUTH: 'tokens' } });
     admin = await c.adminToken();
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   async function call(method: string, path: string, token: string | null, body?: unknown): Promise<Response> {
     return fetch(`${c.url(1)}${path}`, {

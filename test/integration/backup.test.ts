@@ -18,9 +18,30 @@ const REPOS = 50;
 const WRITTEN = ['alice/r00', 'alice/r02', 'acme/r30'];
 const EMPTY = 'acme/r49';
 
-interface CliRun { code: number; stdout: string; stderr: string; ms: number }
-interface Manifest { repos: Array<{ id: string; generation: number; checksum: string; visibility: string; grants: Array<{ grantee: string; role: string }>; head: string | null }> }
-interface BackupJson { repos: number; cloned: number; fetched: number; unchanged: number; failed: number; outcomes: Array<{ id: string; status: string; how?: string; error?: string }> }
+interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+interface Manifest {
+  repos: Array<{
+    id: string;
+    generation: number;
+    checksum: string;
+    visibility: string;
+    grants: Array<{ grantee: string; role: string }>;
+    head: string | null;
+  }>;
+}
+interface BackupJson {
+  repos: number;
+  cloned: number;
+  fetched: number;
+  unchanged: number;
+  failed: number;
+  outcomes: Array<{ id: string; status: string; how?: string; error?: string }>;
+}
 
 function repoName(i: number): string {
   return `${i < REPOS / 2 ? 'alice' : 'acme'}/r${String(i).padStart(2, '0')}`;
@@ -30,9 +51,11 @@ const ALL = Array.from({ length: REPOS }, (_, i) => repoName(i));
 /** pool runs fn over items, `n` at a time. */
 async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: n }, async () => {
-    while (next < items.length) await fn(items[next++] as T);
-  }));
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < items.length) await fn(items[next++] as T);
+    }),
+  );
 }
 
 describe('backup and restore: 50 repositories, a writer, a new cluster of another size', () => {
@@ -66,10 +89,14 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
 
   async function adminToken(c: TestCluster): Promise<string> {
     let token = '';
-    await waitFor(async () => {
-      for (const n of c.nodes) token ||= (await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '')).trim();
-      return token !== '';
-    }, 10_000, 'admin token file');
+    await waitFor(
+      async () => {
+        for (const n of c.nodes) token ||= (await readFile(join(n.dataDir, 'admin-token'), 'utf8').catch(() => '')).trim();
+        return token !== '';
+      },
+      10_000,
+      'admin token file',
+    );
     return token;
   }
 
@@ -85,7 +112,10 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
 
   /** mirrorChecksum computes a mirror's checksum from git's own output (for-each-ref and HEAD). */
   async function mirrorChecksum(path: string): Promise<string> {
-    const refs = (await refsOf(path)).split('\n').filter(Boolean).map((l) => ({ oid: l.slice(0, 40), name: l.slice(41) }));
+    const refs = (await refsOf(path))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => ({ oid: l.slice(0, 40), name: l.slice(41) }));
     const head = (await gitOk(['symbolic-ref', 'HEAD'], { cwd: path })).trim();
     return replicaChecksum(refs, head);
   }
@@ -100,8 +130,13 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     aliceToken = (await ok(a, 1, 'POST', '/tokens', { name: 'laptop', scope: 'write', user: 'alice' })).token as string;
     // alice makes the organisation (its owner) and adds bob.
     const asAlice = { authorization: `Bearer ${aliceToken}`, 'content-type': 'application/json' };
-    expect((await fetch(`${a.url(2)}/orgs`, { method: 'POST', headers: asAlice, body: JSON.stringify({ name: 'acme' }) })).status).toBe(201);
-    expect((await fetch(`${a.url(3)}/orgs/acme/members/bob`, { method: 'PUT', headers: asAlice, body: JSON.stringify({ role: 'member' }) })).status).toBe(200);
+    expect((await fetch(`${a.url(2)}/orgs`, { method: 'POST', headers: asAlice, body: JSON.stringify({ name: 'acme' }) })).status).toBe(
+      201,
+    );
+    expect(
+      (await fetch(`${a.url(3)}/orgs/acme/members/bob`, { method: 'PUT', headers: asAlice, body: JSON.stringify({ role: 'member' }) }))
+        .status,
+    ).toBe(200);
     await pool(ALL, 4, async (id) => {
       const i = ALL.indexOf(id);
       await ok(a, 1 + (i % 3), 'POST', '/repos', { repo_id: id, visibility: i % 3 === 0 ? 'public' : 'private' });
@@ -109,10 +144,15 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     await ok(a, 2, 'PUT', '/repos/alice/r01/grants/user:bob', { role: 'read' });
     work = await workRepo();
     scratch.push(work);
-    const pushAll = async (extra: (id: string) => string[]): Promise<void> => pool(ALL.filter((id) => id !== EMPTY), 4, async (id) => {
-      const i = ALL.indexOf(id);
-      await gitOk(['push', '-q', authUrl(a, 1 + (i % 3), id, adminA), 'HEAD:refs/heads/main', ...extra(id)], { cwd: work });
-    });
+    const pushAll = async (extra: (id: string) => string[]): Promise<void> =>
+      pool(
+        ALL.filter((id) => id !== EMPTY),
+        4,
+        async (id) => {
+          const i = ALL.indexOf(id);
+          await gitOk(['push', '-q', authUrl(a, 1 + (i % 3), id, adminA), 'HEAD:refs/heads/main', ...extra(id)], { cwd: work });
+        },
+      );
     await pushAll(() => []);
     await commitFile(work, 'second.txt', 'two\n', 'second');
     await gitOk(['tag', 'v1'], { cwd: work });
@@ -131,7 +171,11 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
   it('the export and import routes are for cluster admins only', async () => {
     expect((await fetch(`${a.url(1)}/admin/export`)).status).toBe(401);
     expect((await fetch(`${a.url(1)}/admin/export`, { headers: { authorization: `Bearer ${aliceToken}` } })).status).toBe(403);
-    const imp = await fetch(`${a.url(1)}/admin/import`, { method: 'POST', headers: { authorization: `Bearer ${aliceToken}`, 'content-type': 'application/json' }, body: '{"users":[]}' });
+    const imp = await fetch(`${a.url(1)}/admin/import`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${aliceToken}`, 'content-type': 'application/json' },
+      body: '{"users":[]}',
+    });
     expect(imp.status).toBe(403);
     // The cluster has users: an import without merge is refused and changes nothing.
     const refused = await a.api(1, 'POST', '/admin/import', { users: [{ name: 'mallory', admin: true, disabled: false, createdAt: '' }] });
@@ -154,7 +198,9 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
         pushes++;
       }
     });
-    const run = await cli(['backup', '--out', out, '--url', a.url(1), '--token', adminA, '--json']).finally(() => { writing = false; });
+    const run = await cli(['backup', '--out', out, '--url', a.url(1), '--token', adminA, '--json']).finally(() => {
+      writing = false;
+    });
     await Promise.all(writers);
     expect(run.code, run.stderr + run.stdout).toBe(0);
     expect(run.stderr).toBe('');
@@ -174,17 +220,22 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     }
     expect(m.repos.find((e) => e.id === 'alice/r01')?.grants).toEqual([{ grantee: 'user:bob', role: 'read' }]);
     expect(m.repos.find((e) => e.id === 'alice/r10')?.head).toBe('refs/heads/feature');
-    const fetches = (res.outcomes as Array<{ id: string; fetches?: number; moved?: number }>).filter((o) => WRITTEN.includes(o.id)).map((o) => `${o.id}: ${o.fetches} (moved ${o.moved})`);
+    const fetches = (res.outcomes as Array<{ id: string; fetches?: number; moved?: number }>)
+      .filter((o) => WRITTEN.includes(o.id))
+      .map((o) => `${o.id}: ${o.fetches} (moved ${o.moved})`);
     const records = JSON.parse(await readFile(join(out, 'records.json'), 'utf8')) as { tokens: unknown[]; users: Array<{ name: string }> };
     expect(records.users.map((u) => u.name).sort()).toEqual(['admin', 'alice', 'bob']);
     expect(JSON.stringify(records)).not.toContain(aliceToken);
-    console.log(`first backup: ${run.ms} ms for ${REPOS} repos, ${pushes} pushes meanwhile; fetches of the written repos: ${fetches.join(', ')}`);
+    console.log(
+      `first backup: ${run.ms} ms for ${REPOS} repos, ${pushes} pushes meanwhile; fetches of the written repos: ${fetches.join(', ')}`,
+    );
     firstMs = run.ms;
   }, 120_000);
 
   it('a second backup fetches what changed and clones nothing', async () => {
     await commitFile(work, 'third.txt', 'three\n', 'third');
-    for (const id of ['alice/r05', 'acme/r40']) await gitOk(['push', '-q', authUrl(a, 2, id, adminA), 'HEAD:refs/heads/main'], { cwd: work });
+    for (const id of ['alice/r05', 'acme/r40'])
+      await gitOk(['push', '-q', authUrl(a, 2, id, adminA), 'HEAD:refs/heads/main'], { cwd: work });
     // Only HEAD moves here: the fetch brings nothing, the mirror follows the remote's HEAD.
     await ok(a, 1, 'PATCH', '/repos/acme/r35', { default_branch: 'feature' });
     const run = await cli(['backup', '--out', out, '--url', a.url(2), '--token', adminA]);
@@ -192,7 +243,8 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     const lines = run.stdout.trim().split('\n');
     expect(lines).toHaveLength(REPOS + 1);
     expect(lines.at(-1)).toMatch(new RegExp(`^backup of ${REPOS} repos in .*: 0 cloned, \\d+ fetched, \\d+ unchanged, 0 failed`));
-    for (const id of ['alice/r05', 'acme/r40', 'acme/r35', ...WRITTEN]) expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^backed up ${id} at generation \\d+ \\(\\d+ refs?, fetched\\)$`)));
+    for (const id of ['alice/r05', 'acme/r40', 'acme/r35', ...WRITTEN])
+      expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^backed up ${id} at generation \\d+ \\(\\d+ refs?, fetched\\)$`)));
     expect(lines).toContain('backed up alice/r01 at generation 2 (1 ref, unchanged)');
     expect(lines).toContain(`backed up ${EMPTY} at generation 0 (0 refs, unchanged)`);
     expect(run.ms).toBeLessThan(firstMs);
@@ -215,7 +267,11 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     const run = await cli(['restore', out, '--url', b.url(1), '--token', adminB]);
     expect(run.code, run.stderr + run.stdout).toBe(0);
     const lines = run.stdout.trim().split('\n');
-    expect(lines.at(-1)).toMatch(new RegExp(`^restore of ${REPOS} repos into .*: ${REPOS} restored, 0 failed; records: 3 users, 1 orgs, 2 members, \\d+ visibility, 1 grants, 2 tokens`));
+    expect(lines.at(-1)).toMatch(
+      new RegExp(
+        `^restore of ${REPOS} repos into .*: ${REPOS} restored, 0 failed; records: 3 users, 1 orgs, 2 members, \\d+ visibility, 1 grants, 2 tokens`,
+      ),
+    );
     expect(lines).toContain('restored alice/r01 at generation 1 (1 ref)');
     // The push, then HEAD pointed at the backup's branch: every HEAD is as backed up.
     expect(lines).toContain('restored alice/r10 at generation 2 (3 refs)');
@@ -242,7 +298,12 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     expect(anon.stderr).toMatch(/could not read Username|terminal prompts disabled/);
     expect((await git(['ls-remote', c.repoUrl(2, 'alice/r03')])).code).toBe(0);
     expect((await ok(c, 1, 'GET', '/repos/alice/r01/grants')).grants).toEqual([{ grantee: 'user:bob', role: 'read' }]);
-    expect((await ok(c, 2, 'GET', '/orgs/acme')).members).toEqual(expect.arrayContaining([{ user: 'alice', role: 'owner' }, { user: 'bob', role: 'member' }]));
+    expect((await ok(c, 2, 'GET', '/orgs/acme')).members).toEqual(
+      expect.arrayContaining([
+        { user: 'alice', role: 'owner' },
+        { user: 'bob', role: 'member' },
+      ]),
+    );
     // The cluster has repositories now: a second restore is refused, in one line.
     const again = await cli(['restore', out, '--url', c.url(1), '--token', adminB]);
     expect(again.code).toBe(1);

@@ -8,7 +8,16 @@ import type { BenchResult } from '../../bench/report.js';
 /** BENCH is the compiled benchmark (`npm run build:tools`, run by pretest). */
 const BENCH = resolve(import.meta.dirname, '../../dist-tools/bench/main.js');
 const SERVERS = ['cluster3', 'single', 'node-git-server', 'http-backend'];
-const WORKLOADS = ['push-latency', 'clone-mirror', 'mirror-push', 'concurrent-repos', 'concurrent-branches', 'concurrent-clones', 'big-clone', 'repair'];
+const WORKLOADS = [
+  'push-latency',
+  'clone-mirror',
+  'mirror-push',
+  'concurrent-repos',
+  'concurrent-branches',
+  'concurrent-clones',
+  'big-clone',
+  'repair',
+];
 /** ONLY_CLUSTERS are the workloads that run on the project's multi-node cluster alone. */
 const ONLY_CLUSTERS = new Set(['repair']);
 
@@ -17,8 +26,12 @@ function runCli(args: string[], timeoutMs: number): Promise<{ code: number | nul
     const child = spawn(process.execPath, [BENCH, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     // SIGINT lets the benchmark stop its servers before it exits.
     const timer = setTimeout(() => child.kill('SIGINT'), timeoutMs);
     child.on('close', (code) => {

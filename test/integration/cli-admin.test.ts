@@ -5,7 +5,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, TestCluster, freePort } from '../helpers/cluster.js';
 
-interface CliRun { code: number; stdout: string; stderr: string }
+interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 describe('the admin and status commands against a cluster with token auth', () => {
   let c: TestCluster;
@@ -91,14 +95,20 @@ describe('the admin and status commands against a cluster with token auth', () =
     } finally {
       await rm(withDefault, { recursive: true, force: true });
     }
-    expectFailure(await cli(['node', 'list', '--url', c.url(1), '--token-file', join(cwd, 'missing')]), /^git-replication: cannot read token file/);
+    expectFailure(
+      await cli(['node', 'list', '--url', c.url(1), '--token-file', join(cwd, 'missing')]),
+      /^git-replication: cannot read token file/,
+    );
   });
 
   it('a read-role token gets the 403', async () => {
     const r = await api('POST', '/admin/tokens', admin, { name: 'r', role: 'read' });
     expect(r.status).toBe(201);
     const reader = ((await r.json()) as { token: string }).token;
-    expectFailure(await cli(['node', 'list', '--url', c.url(1), '--token', reader]), /^git-replication: 403 token 'r' has scope read; admin needed/);
+    expectFailure(
+      await cli(['node', 'list', '--url', c.url(1), '--token', reader]),
+      /^git-replication: 403 token 'r' has scope read; admin needed/,
+    );
     expectFailure(await cli(['rebalance', '--url', c.url(1), '--token', reader]), /^git-replication: 403 /);
   });
 
@@ -113,14 +123,23 @@ describe('the admin and status commands against a cluster with token auth', () =
     expect(r.stdout).not.toContain('\u001b[');
     const j = await cli(['status', '--url', c.url(2), '--token', admin, '--json']);
     expect(j.code, j.stderr).toBe(0);
-    const doc = JSON.parse(j.stdout) as { node: { id: string; status: string; writes: string }; peers: unknown[]; repos: number; replicas: number; not_in_sync: unknown[] };
+    const doc = JSON.parse(j.stdout) as {
+      node: { id: string; status: string; writes: string };
+      peers: unknown[];
+      repos: number;
+      replicas: number;
+      not_in_sync: unknown[];
+    };
     expect(doc).toMatchObject({ node: { id: 'node-2', status: 'healthy', writes: 'available' }, repos: 1, replicas: 3 });
     expect(doc.peers).toHaveLength(2);
     expect(Array.isArray(doc.not_in_sync)).toBe(true);
   });
 
   it('decommission: an unknown id is a 404, a real one shows in node list', async () => {
-    expectFailure(await cli(['node', 'decommission', 'no-such-node', '--url', c.url(1), '--token', admin]), /^git-replication: 404 node no-such-node not found/);
+    expectFailure(
+      await cli(['node', 'decommission', 'no-such-node', '--url', c.url(1), '--token', admin]),
+      /^git-replication: 404 node no-such-node not found/,
+    );
     const r = await cli(['node', 'decommission', 'node-3', '--url', c.url(1), '--token', admin]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/node-3: decommissioned/);

@@ -6,7 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, TestCluster } from '../helpers/cluster.js';
 import { commitFile, gitOk, workRepo } from '../helpers/git.js';
 
-interface CliRun { code: number; stdout: string; stderr: string }
+interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 describe('git-replication verify and repair', () => {
   let c: TestCluster;
@@ -37,7 +41,9 @@ describe('git-replication verify and repair', () => {
     await gitOk(['push', '-q', url.toString(), 'HEAD:refs/heads/other'], { cwd: work });
     await c.waitInSync('ops/repo');
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('verify: every replica ok', async () => {
     const r = await cli(['verify', 'ops/repo']);

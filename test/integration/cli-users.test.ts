@@ -6,7 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, TestCluster, freePort, waitFor } from '../helpers/cluster.js';
 import { gitOk, lsRemote, workRepo } from '../helpers/git.js';
 
-interface CliRun { code: number; stdout: string; stderr: string }
+interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 describe('the user, org, repo and token commands against a cluster with token auth', () => {
   let c: TestCluster;
@@ -51,10 +55,14 @@ describe('the user, org, repo and token commands against a cluster with token au
   async function pollUntil401(token: string, node: number, message: RegExp): Promise<number> {
     const start = Date.now();
     let last: CliRun = { code: 0, stdout: '', stderr: '' };
-    await waitFor(async () => {
-      last = await cli(['repo', 'list'], token, node);
-      return last.code !== 0;
-    }, 10_000, `token refused on node-${node}`);
+    await waitFor(
+      async () => {
+        last = await cli(['repo', 'list'], token, node);
+        return last.code !== 0;
+      },
+      10_000,
+      `token refused on node-${node}`,
+    );
     expectFailure(last, 1, message);
     return Date.now() - start;
   }
@@ -72,7 +80,9 @@ describe('the user, org, repo and token commands against a cluster with token au
   it('an admin adds users and makes a token for one; the token alone is on stdout', async () => {
     expect(await ok(['user', 'add', 'alice'], admin)).toBe('user alice added\n');
     expect(await ok(['user', 'add', 'bob'], admin)).toBe('user bob added\n');
-    const list = JSON.parse(await ok(['user', 'list', '--json'], admin)) as { users: Array<{ name: string; admin: boolean; disabled: boolean }> };
+    const list = JSON.parse(await ok(['user', 'list', '--json'], admin)) as {
+      users: Array<{ name: string; admin: boolean; disabled: boolean }>;
+    };
     expect(list.users.map((u) => u.name).sort()).toEqual(['admin', 'alice', 'bob']);
     expect(list.users.find((u) => u.name === 'alice')).toMatchObject({ admin: false, disabled: false });
     expect(await ok(['user', 'list'], admin)).toMatch(/^alice\tuser\tenabled\t\S+$/m);
@@ -86,7 +96,9 @@ describe('the user, org, repo and token commands against a cluster with token au
     aliceId = about![1]!;
 
     const before = Date.now();
-    const forBob = JSON.parse(await ok(['token', 'create', 'bob-ci', '--user', 'bob', '--scope', 'read', '--expires', '30d', '--json'], admin)) as { token: string; expiresAt: string; scope: string };
+    const forBob = JSON.parse(
+      await ok(['token', 'create', 'bob-ci', '--user', 'bob', '--scope', 'read', '--expires', '30d', '--json'], admin),
+    ) as { token: string; expiresAt: string; scope: string };
     bob = forBob.token;
     expect(forBob.scope).toBe('read');
     expect(Math.abs(Date.parse(forBob.expiresAt) - (before + 30 * 86_400_000))).toBeLessThan(60_000);
@@ -95,13 +107,25 @@ describe('the user, org, repo and token commands against a cluster with token au
   it('alice makes an organisation, adds bob and creates a private repo in it', async () => {
     expect(await ok(['org', 'create', 'acme'], alice)).toBe('organisation acme created, owner alice\n');
     expect(await ok(['org', 'add-member', 'acme', 'bob'], alice)).toBe('bob is a member of acme\n');
-    const org = JSON.parse(await ok(['org', 'show', 'acme', '--json'], alice)) as { name: string; members: Array<{ user: string; role: string }> };
-    expect(org.members.sort((a, b) => a.user.localeCompare(b.user))).toEqual([{ user: 'alice', role: 'owner' }, { user: 'bob', role: 'member' }]);
-    expect(await ok(['repo', 'create', 'acme/site'], alice)).toMatch(/^acme\/site created, private, replicas (node-\d ?){3} \(write quorum 2\)\n$/);
+    const org = JSON.parse(await ok(['org', 'show', 'acme', '--json'], alice)) as {
+      name: string;
+      members: Array<{ user: string; role: string }>;
+    };
+    expect(org.members.sort((a, b) => a.user.localeCompare(b.user))).toEqual([
+      { user: 'alice', role: 'owner' },
+      { user: 'bob', role: 'member' },
+    ]);
+    expect(await ok(['repo', 'create', 'acme/site'], alice)).toMatch(
+      /^acme\/site created, private, replicas (node-\d ?){3} \(write quorum 2\)\n$/,
+    );
     // Private: an anonymous caller does not see it.
     expectFailure(await cli(['repo', 'show', 'acme/site'], null, 2), 1, /^git-replication: 404 repository acme\/site not found$/);
     // alice administers acme/site, but her write-scoped token caps that at write: grants need admin.
-    expectFailure(await cli(['repo', 'grants', 'acme/site'], alice), 1, /^git-replication: 403 permission denied: admin access to acme\/site needed$/);
+    expectFailure(
+      await cli(['repo', 'grants', 'acme/site'], alice),
+      1,
+      /^git-replication: 403 permission denied: admin access to acme\/site needed$/,
+    );
     const aliceAdmin = (await ok(['token', 'create', 'alice-admin', '--user', 'alice', '--scope', 'admin'], admin)).trim();
     expect(await ok(['repo', 'grants', 'acme/site'], aliceAdmin)).toBe('acme/site\towner acme\tprivate\n  no grants\n');
     // A cluster operation still needs a cluster admin, whatever the token's scope.
@@ -124,7 +148,11 @@ describe('the user, org, repo and token commands against a cluster with token au
   it('repo list --all follows next_cursor page by page', async () => {
     for (const id of ['acme/docs', 'alice/notes']) await ok(['repo', 'create', id], admin);
     const all = ['acme/docs', 'acme/site', 'alice/notes'];
-    const paged = JSON.parse(await ok(['repo', 'list', '--all', '--limit', '1', '--json'], admin)) as { repos: string[]; count: number; next_cursor: string | null };
+    const paged = JSON.parse(await ok(['repo', 'list', '--all', '--limit', '1', '--json'], admin)) as {
+      repos: string[];
+      count: number;
+      next_cursor: string | null;
+    };
     expect(paged).toEqual({ repos: all, count: 3, next_cursor: null });
     expect(await ok(['repo', 'list', '--all', '--limit', '1'], admin, 2)).toBe(all.map((r) => `${r}\n`).join(''));
     const first = await cli(['repo', 'list', '--limit', '1'], admin);
@@ -170,8 +198,16 @@ describe('the user, org, repo and token commands against a cluster with token au
   });
 
   it("the server's refusals are exit 1 with its message; a wrong command line is exit 2 before any call", async () => {
-    expectFailure(await cli(['repo', 'grant', 'acme/site', 'user:nobody', 'read'], admin), 1, /^git-replication: 400 no user named 'nobody'$/);
-    expectFailure(await cli(['repo', 'grant', 'acme/site', 'org:nobody', 'read'], admin), 1, /^git-replication: 400 no organisation named 'nobody'$/);
+    expectFailure(
+      await cli(['repo', 'grant', 'acme/site', 'user:nobody', 'read'], admin),
+      1,
+      /^git-replication: 400 no user named 'nobody'$/,
+    );
+    expectFailure(
+      await cli(['repo', 'grant', 'acme/site', 'org:nobody', 'read'], admin),
+      1,
+      /^git-replication: 400 no organisation named 'nobody'$/,
+    );
     expectFailure(await cli(['user', 'add', 'bob'], admin), 1, /^git-replication: 409 user bob already exists$/);
     expectFailure(await cli(['user', 'list'], bob), 1, /^git-replication: 403 /);
     // A closed port: exit 2 shows the command line was refused before any node was asked.

@@ -49,7 +49,9 @@ describe('other git clients against a private repository with token auth', () =>
     await gitOk(['push', '-q', push.toString(), 'HEAD:refs/heads/main'], { cwd: work });
     // main moves on after every client cloned: each client's next push to main is not a fast-forward.
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   const authed = (): string => {
     const u = new URL(url);
@@ -91,10 +93,13 @@ describe('other git clients against a private repository with token auth', () =>
 
   // Each Python client runs in two steps: clone, commit and push a branch; then, once main has
   // moved on, push its own main, which is no longer a fast-forward.
-  it.skipIf(noDulwich !== null)(`dulwich: clone, push a branch, a non-fast-forward refused${noDulwich ? ` (skipped: ${noDulwich})` : ''}`, async () => {
-    const dir = join(await tempDir('gitrep-dulwich-'), 'd');
-    const env = { URL: url, TOKEN: token, DIR: dir };
-    const first = await python(`
+  it.skipIf(noDulwich !== null)(
+    `dulwich: clone, push a branch, a non-fast-forward refused${noDulwich ? ` (skipped: ${noDulwich})` : ''}`,
+    async () => {
+      const dir = join(await tempDir('gitrep-dulwich-'), 'd');
+      const env = { URL: url, TOKEN: token, DIR: dir };
+      const first = await python(
+        `
 import os, io
 from dulwich import porcelain
 url, tok, d = os.environ['URL'], os.environ['TOKEN'], os.environ['DIR']
@@ -104,13 +109,16 @@ porcelain.add(repo, [os.path.join(d, 'dul.txt')])
 sha = porcelain.commit(repo, message=b'dulwich', author=b'D <d@example.com>', committer=b'D <d@example.com>')
 porcelain.push(repo, url, b'HEAD:refs/heads/dulwich', username='x', password=tok, errstream=io.BytesIO())
 print('pushed', sha.decode())
-`, env);
-    expect(first.code, first.out).toBe(0);
-    const sha = /pushed ([0-9a-f]{40})/.exec(first.out)?.[1];
-    expect(sha, first.out).toBeDefined();
-    expect(await lsRemote(authed())).toContain(`${sha!}\trefs/heads/dulwich`);
-    await moveMain();
-    const second = await python(`
+`,
+        env,
+      );
+      expect(first.code, first.out).toBe(0);
+      const sha = /pushed ([0-9a-f]{40})/.exec(first.out)?.[1];
+      expect(sha, first.out).toBeDefined();
+      expect(await lsRemote(authed())).toContain(`${sha!}\trefs/heads/dulwich`);
+      await moveMain();
+      const second = await python(
+        `
 import os, io
 from dulwich import porcelain
 url, tok, d = os.environ['URL'], os.environ['TOKEN'], os.environ['DIR']
@@ -120,15 +128,20 @@ try:
     print('accepted', err.getvalue())
 except Exception as e:
     print('refused:', type(e).__name__, e, err.getvalue())
-`, env);
-    expect(second.out).toMatch(/refused:.*(fetch first|fast.forward|diverged)/i);
-    expect(await lsRemote(authed())).not.toContain(`${sha!}\trefs/heads/main`);
-  });
+`,
+        env,
+      );
+      expect(second.out).toMatch(/refused:.*(fetch first|fast.forward|diverged)/i);
+      expect(await lsRemote(authed())).not.toContain(`${sha!}\trefs/heads/main`);
+    },
+  );
 
-  it.skipIf(noPygit2 !== null)(`pygit2 (libgit2): clone with credentials, push, a non-fast-forward refused${noPygit2 ? ` (skipped: ${noPygit2})` : ''}`, async () => {
-    const dir = join(await tempDir('gitrep-pygit2-'), 'p');
-    const env = { URL: url, TOKEN: token, DIR: dir };
-    const prelude = `
+  it.skipIf(noPygit2 !== null)(
+    `pygit2 (libgit2): clone with credentials, push, a non-fast-forward refused${noPygit2 ? ` (skipped: ${noPygit2})` : ''}`,
+    async () => {
+      const dir = join(await tempDir('gitrep-pygit2-'), 'p');
+      const env = { URL: url, TOKEN: token, DIR: dir };
+      const prelude = `
 import os, pygit2
 url, tok, d = os.environ['URL'], os.environ['TOKEN'], os.environ['DIR']
 class CB(pygit2.RemoteCallbacks):
@@ -139,7 +152,8 @@ class CB(pygit2.RemoteCallbacks):
         if message:
             self.rejected.append((refname, message))
 `;
-    const first = await python(`${prelude}
+      const first = await python(
+        `${prelude}
 repo = pygit2.clone_repository(url, d, callbacks=CB())
 open(os.path.join(d, 'lg2.txt'), 'w').write('libgit2\\n')
 repo.index.add('lg2.txt'); repo.index.write()
@@ -148,13 +162,16 @@ oid = repo.create_commit('HEAD', sig, sig, 'libgit2', repo.index.write_tree(), [
 cb = CB()
 repo.remotes['origin'].push(['HEAD:refs/heads/libgit2'], callbacks=cb)
 print('pushed', oid, cb.rejected)
-`, env);
-    expect(first.code, first.out).toBe(0);
-    const sha = /pushed ([0-9a-f]{40}) \[\]/.exec(first.out)?.[1];
-    expect(sha, first.out).toBeDefined();
-    expect(await lsRemote(authed())).toContain(`${sha!}\trefs/heads/libgit2`);
-    await moveMain();
-    const second = await python(`${prelude}
+`,
+        env,
+      );
+      expect(first.code, first.out).toBe(0);
+      const sha = /pushed ([0-9a-f]{40}) \[\]/.exec(first.out)?.[1];
+      expect(sha, first.out).toBeDefined();
+      expect(await lsRemote(authed())).toContain(`${sha!}\trefs/heads/libgit2`);
+      await moveMain();
+      const second = await python(
+        `${prelude}
 repo = pygit2.Repository(d)
 cb = CB()
 try:
@@ -162,8 +179,13 @@ try:
     print('rejected:', cb.rejected)
 except Exception as e:
     print('refused:', e)
-`, env);
-    expect(second.out).toMatch(/(rejected: \[\('refs\/heads\/main', '.*(fetch first|fast-forward).*'\)\]|refused:.*(fast-?forward|fetch first|not present locally))/i);
-    expect(await lsRemote(authed())).not.toContain(`${sha!}\trefs/heads/main`);
-  });
+`,
+        env,
+      );
+      expect(second.out).toMatch(
+        /(rejected: \[\('refs\/heads\/main', '.*(fetch first|fast-forward).*'\)\]|refused:.*(fast-?forward|fetch first|not present locally))/i,
+      );
+      expect(await lsRemote(authed())).not.toContain(`${sha!}\trefs/heads/main`);
+    },
+  );
 });

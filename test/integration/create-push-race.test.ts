@@ -16,7 +16,10 @@ class StallProxy {
   stalls = 0;
   private readonly sockets = new Set<Socket>();
 
-  private constructor(private readonly server: Server, readonly port: number) {}
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
 
   static async start(target: number, afterBytes: number, stallMs: number): Promise<StallProxy> {
     let self: StallProxy | null = null;
@@ -41,7 +44,11 @@ class StallProxy {
     for (const s of [client, upstream]) {
       this.sockets.add(s);
       s.on('error', () => undefined);
-      s.on('close', () => { this.sockets.delete(s); client.destroy(); upstream.destroy(); });
+      s.on('close', () => {
+        this.sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
     }
     upstream.pipe(client);
     let body = -1;
@@ -77,15 +84,21 @@ class StallProxy {
  */
 describe('a push right after a create, while node 3 confirms the create late', { timeout: 180_000 }, () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it.each([
     ['within the commit grace', 1_500],
     ['beyond the commit grace', 4_000],
   ])('confirmation %s (%i ms): no copy swapped in, the push lands on every replica', async (_what, confirmMs) => {
     const repo = `race/create-push-${confirmMs}`;
-    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: `participant.afterCommit=delay(${confirmMs}),repair.beforeSwap=delay(${confirmMs + 1_000})` });
+    await c.restart(3, {
+      GIT_REPLICATION_FAILPOINTS: `participant.afterCommit=delay(${confirmMs}),repair.beforeSwap=delay(${confirmMs + 1_000})`,
+    });
     await c.waitMembership();
     const proxy = await StallProxy.start(c.node(3).port, 100_000, 3_000);
     try {
@@ -96,7 +109,11 @@ describe('a push right after a create, while node 3 confirms the create late', {
       const oid = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
 
       await c.createRepo(1, repo);
-      await waitFor(async () => (await c.repoStatus(1, repo)).replicas.find((r) => r.node === 'node-3')?.state === 'in_sync', 20_000, 'node-3 confirms the create');
+      await waitFor(
+        async () => (await c.repoStatus(1, repo)).replicas.find((r) => r.node === 'node-3')?.state === 'in_sync',
+        20_000,
+        'node-3 confirms the create',
+      );
       const push = await git(['push', proxy.url(repo), 'main'], { cwd: work, timeoutMs: 60_000 });
       expect(proxy.stalls, 'the upload was held mid-pack').toBeGreaterThan(0);
       expect(push.code, `${push.stderr}\n${c.logs()}`).toBe(0);
@@ -110,7 +127,10 @@ describe('a push right after a create, while node 3 confirms the create late', {
       const fsck = await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, repo) });
       expect(fsck.code, fsck.stderr).toBe(0);
       // A replica only confirming late needs no copy: repair never touched it.
-      const repaired = c.node(3).log.split('\n').filter((l) => l.includes(`"repoId":"${repo}"`) && /replica repaired|replica repair failed/.test(l));
+      const repaired = c
+        .node(3)
+        .log.split('\n')
+        .filter((l) => l.includes(`"repoId":"${repo}"`) && /replica repaired|replica repair failed/.test(l));
       expect(repaired).toEqual([]);
     } finally {
       await proxy.close();

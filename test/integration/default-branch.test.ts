@@ -11,8 +11,12 @@ async function symrefHead(url: string): Promise<string | null> {
 
 describe('the default branch (HEAD), as Git hosts keep it', () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   async function work(branch: string): Promise<string> {
     const dir = await tempDir();
@@ -50,7 +54,7 @@ describe('the default branch (HEAD), as Git hosts keep it', () => {
   it('PATCH default_branch moves HEAD on every replica; a missing branch is a 400; deleting it is refused', async () => {
     expect((await c.api(1, 'PATCH', '/repos/hb/mirror', { default_branch: 'release' })).status).toBe(200);
     for (const i of [1, 2, 3]) expect(await symrefHead(c.repoUrl(i, 'hb/mirror'))).toBe('refs/heads/release');
-    expect((await c.repoStatus(3, 'hb/mirror') as unknown as { default_branch: string }).default_branch).toBe('release');
+    expect(((await c.repoStatus(3, 'hb/mirror')) as unknown as { default_branch: string }).default_branch).toBe('release');
     const missing = await c.api(2, 'PATCH', '/repos/hb/mirror', { default_branch: 'nope' });
     expect(missing.status).toBe(400);
     expect(String(missing.json.error)).toMatch(/branch nope does not exist/);

@@ -45,11 +45,12 @@ function alive(pid: number): boolean {
 
 /** freeUpPorts finds a port p such that p, p+1, p+1000 and p+1001 are all free (`up`'s default layout for 2 nodes). */
 async function freeUpPorts(): Promise<number> {
-  const canBind = (port: number): Promise<boolean> => new Promise((resolve) => {
-    const srv = createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
+  const canBind = (port: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
   for (let i = 0; i < 50; i++) {
     const p = await freePort();
     if (p + 1001 > 65535) continue;
@@ -119,10 +120,14 @@ function expectAllInSync(st: RepoStatus, replicas: number): void {
 async function settle(c: TestCluster, repoId: string, nodes: readonly number[], via = nodes[0]!): Promise<RepoStatus> {
   const ids = new Set(nodes.map((i) => c.node(i).id));
   let last: RepoStatus | null = null;
-  await waitFor(async () => {
-    last = await c.repoStatus(via, repoId);
-    return last.replicas.filter((r) => ids.has(r.node)).every((r) => r.state === 'in_sync' && r.generation === last!.generation);
-  }, 60_000, `replicas of ${repoId} on nodes ${nodes.join(',')} in sync`);
+  await waitFor(
+    async () => {
+      last = await c.repoStatus(via, repoId);
+      return last.replicas.filter((r) => ids.has(r.node)).every((r) => r.state === 'in_sync' && r.generation === last!.generation);
+    },
+    60_000,
+    `replicas of ${repoId} on nodes ${nodes.join(',')} in sync`,
+  );
   return last!;
 }
 
@@ -151,13 +156,17 @@ async function expectAckedPresent(url: string, acked: readonly string[], when: s
 
 /** waitStore polls `/health` of the given nodes until their store state is `want`. */
 async function waitStore(c: TestCluster, nodes: readonly number[], want: boolean, timeoutMs: number): Promise<void> {
-  await waitFor(async () => {
-    for (const i of nodes) {
-      const h = (await c.api(i, 'GET', '/health')).json as { store?: { reachable?: boolean } };
-      if (h.store?.reachable !== want) return false;
-    }
-    return true;
-  }, timeoutMs, `store reachable=${want} on nodes ${nodes.join(',')}`);
+  await waitFor(
+    async () => {
+      for (const i of nodes) {
+        const h = (await c.api(i, 'GET', '/health')).json as { store?: { reachable?: boolean } };
+        if (h.store?.reachable !== want) return false;
+      }
+      return true;
+    },
+    timeoutMs,
+    `store reachable=${want} on nodes ${nodes.join(',')}`,
+  );
 }
 
 describe.skipIf(NO_ETCD)('3-node git cluster on one etcd', () => {
@@ -373,7 +382,10 @@ describe.skipIf(NO_ETCD)('3-node git cluster on a 3-member etcd cluster', () => 
 
     // Find the raft leader through etcd's JSON gateway and kill it (the harder case than a follower).
     const status = async (url: string): Promise<{ header: { member_id: string }; leader: string }> =>
-      (await (await fetch(`${url}/v3/maintenance/status`, { method: 'POST', body: '{}' })).json()) as { header: { member_id: string }; leader: string };
+      (await (await fetch(`${url}/v3/maintenance/status`, { method: 'POST', body: '{}' })).json()) as {
+        header: { member_id: string };
+        leader: string;
+      };
     const members = etcds!.members;
     const ids = await Promise.all(members.map(async (m) => (await status(m.url)).header.member_id));
     const leaderId = (await status(members[0]!.url)).leader;
@@ -429,11 +441,17 @@ describe('git-replication up --store etcd', () => {
   it.skipIf(NO_ETCD)('starts etcd and 2 nodes, writes cluster.json, and SIGINT stops everything, etcd included', async () => {
     data = await tempDir('gitrep-up-etcd-');
     const base = await freeUpPorts();
-    const child = spawn(process.execPath, [MAIN, 'up', '--store', 'etcd', '--nodes', '2', '--data', data, '--base-port', String(base), '--log-level', 'warn'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [MAIN, 'up', '--store', 'etcd', '--nodes', '2', '--data', data, '--base-port', String(base), '--log-level', 'warn'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     up = child;
-    const keep = (d: Buffer): void => { out = (out + d.toString()).slice(-50_000); };
+    const keep = (d: Buffer): void => {
+      out = (out + d.toString()).slice(-50_000);
+    };
     child.stdout?.on('data', keep);
     child.stderr?.on('data', keep);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
@@ -442,7 +460,9 @@ describe('git-replication up --store etcd', () => {
     await waitFor(() => existsSync(clusterFile) || child.exitCode !== null, 60_000, `cluster.json (output: ${out})`);
     expect(child.exitCode, out).toBeNull();
     const file = JSON.parse(await readFile(clusterFile, 'utf8')) as {
-      store: string; nodes: Array<{ id: string; url: string; pid: number }>; etcd?: { url: string; pid: number; dataDir: string; managed: boolean };
+      store: string;
+      nodes: Array<{ id: string; url: string; pid: number }>;
+      etcd?: { url: string; pid: number; dataDir: string; managed: boolean };
     };
     const etcdUrl = `http://127.0.0.1:${base + 1000}`;
     expect(file.store).toBe(`etcd://127.0.0.1:${base + 1000}`);
@@ -450,7 +470,7 @@ describe('git-replication up --store etcd', () => {
     expect(file.etcd!.pid).toBeGreaterThan(0);
     expect(alive(file.etcd!.pid)).toBe(true);
     expect(file.nodes.map((n) => n.url)).toEqual([`http://127.0.0.1:${base}`, `http://127.0.0.1:${base + 1}`]);
-    expect((await (await fetch(`${etcdUrl}/health`)).json())).toMatchObject({ health: 'true' });
+    expect(await (await fetch(`${etcdUrl}/health`)).json()).toMatchObject({ health: 'true' });
     for (const n of file.nodes) {
       const res = await fetch(`${n.url}/health`);
       expect(res.status).toBe(200);
@@ -473,7 +493,10 @@ describe('git-replication up --store etcd', () => {
     for (const pid of [...file.nodes.map((n) => n.pid), file.etcd!.pid]) {
       await waitFor(() => !alive(pid), 5_000, `pid ${pid} gone`);
     }
-    const after = await fetch(`${etcdUrl}/health`, { signal: AbortSignal.timeout(1_000) }).then(() => 'answered', () => 'refused');
+    const after = await fetch(`${etcdUrl}/health`, { signal: AbortSignal.timeout(1_000) }).then(
+      () => 'answered',
+      () => 'refused',
+    );
     expect(after).toBe('refused');
   });
 
@@ -486,9 +509,14 @@ describe('git-replication up --store etcd', () => {
           stdio: ['ignore', 'pipe', 'pipe'],
         });
         let stderr = '';
-        p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+        p.stderr.on('data', (d: Buffer) => {
+          stderr += d.toString();
+        });
         const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
-        p.once('exit', (code) => { clearTimeout(t); resolve({ code, stderr }); });
+        p.once('exit', (code) => {
+          clearTimeout(t);
+          resolve({ code, stderr });
+        });
       });
       expect(r.code).not.toBe(0);
       expect(r.stderr).toMatch(/etcd/);

@@ -18,8 +18,12 @@ async function leftovers(dataDir: string): Promise<string[]> {
 
 describe('3-node cluster: seed API', () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('GET /health has the seed shape with a recent cpu figure', async () => {
     const { status, json } = await c.api(1, 'GET', '/health');
@@ -75,7 +79,12 @@ describe('3-node cluster: seed API', () => {
   });
 
   it('peer endpoints refuse unsigned calls and validate fields', async () => {
-    const r = await c.api(2, 'POST', '/replicate/prepare', { transaction_id: 't', coordinator_id: 'x', repo_id: 'a/b', operation: 'create' });
+    const r = await c.api(2, 'POST', '/replicate/prepare', {
+      transaction_id: 't',
+      coordinator_id: 'x',
+      repo_id: 'a/b',
+      operation: 'create',
+    });
     expect(r.status).toBe(401);
     const commit = await c.api(2, 'POST', '/replicate/commit', { transaction_id: 't' });
     expect(commit.status).toBe(401);
@@ -106,16 +115,24 @@ describe('3-node cluster: seed API', () => {
 
 /** seenDown waits until node `by` sees node `down` not live: its registration expired. */
 async function seenDown(c: TestCluster, by: number, down: number): Promise<void> {
-  await waitFor(async () => {
-    const h = (await (await fetch(`${c.url(by)}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
-    return h.peer_nodes.some((p) => p.id === c.node(down).id && !p.live);
-  }, 15_000, `node ${down} seen down by node ${by}`);
+  await waitFor(
+    async () => {
+      const h = (await (await fetch(`${c.url(by)}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
+      return h.peer_nodes.some((p) => p.id === c.node(down).id && !p.live);
+    },
+    15_000,
+    `node ${down} seen down by node ${by}`,
+  );
 }
 
 describe('2-node cluster: default quorum is 2 of 2', () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 2 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 2 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('with one node down a create fails cleanly and leaves nothing behind', async () => {
     await c.kill(2);
@@ -128,7 +145,7 @@ describe('2-node cluster: default quorum is 2 of 2', () => {
     expect(await leftovers(c.node(1).dataDir)).toEqual([]);
   });
 
-  it('--write-quorum 1 is the seed\'s explicit degraded mode', async () => {
+  it("--write-quorum 1 is the seed's explicit degraded mode", async () => {
     const c1 = await TestCluster.start({ nodes: 2, writeQuorum: 1 });
     try {
       await c1.kill(2);
@@ -145,16 +162,23 @@ describe('2-node cluster: default quorum is 2 of 2', () => {
 
 describe('kill -9 in the middle of a create', () => {
   it('coordinator killed after prepare: after restart the repo is on no node', async () => {
-    const c = await TestCluster.start({ nodes: 3, nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.afterPrepare=crash' } } });
+    const c = await TestCluster.start({
+      nodes: 3,
+      nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.afterPrepare=crash' } },
+    });
     try {
       const res = c.api(1, 'POST', '/repos', { repo_id: 'acme/half' }).catch(() => null);
       await c.exited(1);
       expect(await res).toBeNull();
       await c.restart(1, { GIT_REPLICATION_FAILPOINTS: '' });
-      await waitFor(async () => {
-        const left = await Promise.all([1, 2, 3].map((i) => leftovers(c.node(i).dataDir)));
-        return left.every((l) => l.length === 0);
-      }, 20_000, 'prepared repos aborted');
+      await waitFor(
+        async () => {
+          const left = await Promise.all([1, 2, 3].map((i) => leftovers(c.node(i).dataDir)));
+          return left.every((l) => l.length === 0);
+        },
+        20_000,
+        'prepared repos aborted',
+      );
       for (const i of [1, 2, 3]) {
         expect(existsSync(c.replicaPath(i, 'acme/half'))).toBe(false);
         expect((await c.api(i, 'GET', '/repos/acme/half')).status).toBe(404);
@@ -165,7 +189,10 @@ describe('kill -9 in the middle of a create', () => {
   });
 
   it('coordinator killed after the decision: after restart the repo is on every node', async () => {
-    const c = await TestCluster.start({ nodes: 3, nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.afterDecision=crash' } } });
+    const c = await TestCluster.start({
+      nodes: 3,
+      nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.afterDecision=crash' } },
+    });
     try {
       void c.api(1, 'POST', '/repos', { repo_id: 'acme/decided' }).catch(() => null);
       await c.exited(1);
@@ -178,7 +205,10 @@ describe('kill -9 in the middle of a create', () => {
   });
 
   it('participant killed after prepare: the create commits on the others and the node catches up', async () => {
-    const c = await TestCluster.start({ nodes: 3, nodeEnv: { 'node-3': { GIT_REPLICATION_FAILPOINTS: 'participant.afterPrepare=crash' } } });
+    const c = await TestCluster.start({
+      nodes: 3,
+      nodeEnv: { 'node-3': { GIT_REPLICATION_FAILPOINTS: 'participant.afterPrepare=crash' } },
+    });
     try {
       const r = await c.api(1, 'POST', '/repos', { repo_id: 'acme/survivor' });
       expect(r.status).toBe(201);

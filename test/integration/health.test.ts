@@ -5,8 +5,12 @@ import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
 /** Health that tells the truth: /ready and `writes` say whether this node can complete a write. */
 describe('/health and /ready tell whether a write can complete', () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   async function health(i: number): Promise<{ status: string; writes: string }> {
     return (await (await fetch(`${c.url(i)}/health`)).json()) as { status: string; writes: string };

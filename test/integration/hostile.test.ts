@@ -28,7 +28,11 @@ interface RawRequest {
   contentLength?: number;
 }
 
-interface RawAnswer { status: number | 'closed'; headers: string; body: string }
+interface RawAnswer {
+  status: number | 'closed';
+  headers: string;
+  body: string;
+}
 
 /** raw sends exactly these bytes (no client-side normalisation of the path, as curl --path-as-is). */
 function raw(port: number, req: RawRequest, timeoutMs = 20_000, onSocket?: (s: Socket) => void): Promise<RawAnswer> {
@@ -38,7 +42,8 @@ function raw(port: number, req: RawRequest, timeoutMs = 20_000, onSocket?: (s: S
     const hasLength = Object.keys(headers).some((h) => h.toLowerCase() === 'content-length');
     let head = `${req.method} ${req.path} HTTP/1.1\r\n`;
     for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
-    if (!hasLength && (body.length > 0 || req.contentLength !== undefined || req.method === 'POST')) head += `content-length: ${req.contentLength ?? body.length}\r\n`;
+    if (!hasLength && (body.length > 0 || req.contentLength !== undefined || req.method === 'POST'))
+      head += `content-length: ${req.contentLength ?? body.length}\r\n`;
     const socket = connect(port, '127.0.0.1');
     onSocket?.(socket);
     const chunks: Buffer[] = [];
@@ -51,7 +56,11 @@ function raw(port: number, req: RawRequest, timeoutMs = 20_000, onSocket?: (s: S
       const text = Buffer.concat(chunks).toString('latin1');
       const m = /^HTTP\/1\.1 (\d{3})/.exec(text);
       const split = text.indexOf('\r\n\r\n');
-      resolve({ status: m ? Number(m[1]) : 'closed', headers: split === -1 ? text : text.slice(0, split), body: split === -1 ? '' : text.slice(split + 4) });
+      resolve({
+        status: m ? Number(m[1]) : 'closed',
+        headers: split === -1 ? text : text.slice(0, split),
+        body: split === -1 ? '' : text.slice(split + 4),
+      });
     };
     const timer = setTimeout(finish, timeoutMs);
     socket.on('data', (c: Buffer) => chunks.push(c));
@@ -92,14 +101,18 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     admin = await c.adminToken();
     c.authToken = admin;
     // Public, so anonymous reads reach the checks on the request itself.
-    for (const [node, id] of [[1, 'acme/widgets'], [2, 'acme/solo']] as const) {
+    for (const [node, id] of [
+      [1, 'acme/widgets'],
+      [2, 'acme/solo'],
+    ] as const) {
       const r = await c.api(node, 'POST', '/repos', { repo_id: id, visibility: 'public' });
       expect(r.status, JSON.stringify(r.json)).toBe(201);
     }
     const solo = await c.repoStatus(1, 'acme/solo');
     soloHolder = Number(solo.replicas[0]!.node.slice('node-'.length));
     soloOther = [1, 2, 3].find((i) => i !== soloHolder)!;
-    const mk = async (role: string): Promise<string> => ((await c.api(1, 'POST', '/admin/tokens', { name: `t-${role}`, role })).json.token as string);
+    const mk = async (role: string): Promise<string> =>
+      (await c.api(1, 'POST', '/admin/tokens', { name: `t-${role}`, role })).json.token as string;
     readTok = await mk('read');
     writeTok = await mk('write');
     const work = await workRepo();
@@ -111,7 +124,9 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     await c.waitInSync('acme/widgets');
     for (const n of c.nodes) pids.push(n.proc!.pid!);
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   /** state is everything a refused request must not change: store rows and every replica's refs. */
   async function state(): Promise<string> {
@@ -128,7 +143,10 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       for (let i = 1; i <= 3; i++) {
         for (const repo of ['acme/widgets', 'acme/solo']) {
           const path = c.replicaPath(i, repo);
-          const exists = await stat(path).then(() => true, () => false);
+          const exists = await stat(path).then(
+            () => true,
+            () => false,
+          );
           disks.push(`${i} ${repo} ${exists ? await refsOf(path) : '-'}`);
         }
       }
@@ -156,47 +174,202 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
   // [name, node, request, expected status (or one of several: the route may not match at all)]
   const cases: Array<[string, number, () => RawRequest, number | number[] | 'closed']> = [
     // Admin routes: authorisation belongs to the route that matched, however the path is spelled.
-    ['POST /admin/tokens, no credentials', 1, () => ({ method: 'POST', path: '/admin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), 401],
-    ['POST /%61dmin/tokens (encoded a)', 1, () => ({ method: 'POST', path: '/%61dmin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), 401],
-    ['POST /a%64min/tokens (encoded d)', 2, () => ({ method: 'POST', path: '/a%64min/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), 401],
-    ['POST /admin/%74okens (encoded t)', 3, () => ({ method: 'POST', path: '/admin/%74okens', headers: json(null), body: '{"name":"x","role":"admin"}' }), 401],
-    ['POST /%2561dmin/tokens (double encoded)', 1, () => ({ method: 'POST', path: '/%2561dmin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /ADMIN/tokens (mixed case)', 1, () => ({ method: 'POST', path: '/ADMIN/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST //admin/tokens (double slash)', 1, () => ({ method: 'POST', path: '//admin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /admin//tokens (inner double slash)', 1, () => ({ method: 'POST', path: '/admin//tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /admin/tokens/ (trailing slash)', 1, () => ({ method: 'POST', path: '/admin/tokens/', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /admin/./tokens (dot segment)', 1, () => ({ method: 'POST', path: '/admin/./tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /repos/../admin/tokens (dot-dot)', 1, () => ({ method: 'POST', path: '/repos/../admin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /admin/tokens?x=1 (query)', 1, () => ({ method: 'POST', path: '/admin/tokens?x=1', headers: json(null), body: '{"name":"x","role":"admin"}' }), 401],
-    ['POST /admin/tokens;x (matrix param)', 1, () => ({ method: 'POST', path: '/admin/tokens;x', headers: json(null), body: '{"name":"x","role":"admin"}' }), [401, 404]],
-    ['POST /admin/tokens with a read token', 1, () => ({ method: 'POST', path: '/admin/tokens', headers: json(readTok), body: '{"name":"x","role":"admin"}' }), 403],
-    ['POST /admin/tokens with a write token', 2, () => ({ method: 'POST', path: '/admin/tokens', headers: json(writeTok), body: '{"name":"x","role":"admin"}' }), 403],
-    ['POST /admin/tokens with a bad token', 1, () => ({ method: 'POST', path: '/admin/tokens', headers: json('grt_nope'), body: '{"name":"x","role":"admin"}' }), 401],
+    [
+      'POST /admin/tokens, no credentials',
+      1,
+      () => ({ method: 'POST', path: '/admin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      401,
+    ],
+    [
+      'POST /%61dmin/tokens (encoded a)',
+      1,
+      () => ({ method: 'POST', path: '/%61dmin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      401,
+    ],
+    [
+      'POST /a%64min/tokens (encoded d)',
+      2,
+      () => ({ method: 'POST', path: '/a%64min/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      401,
+    ],
+    [
+      'POST /admin/%74okens (encoded t)',
+      3,
+      () => ({ method: 'POST', path: '/admin/%74okens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      401,
+    ],
+    [
+      'POST /%2561dmin/tokens (double encoded)',
+      1,
+      () => ({ method: 'POST', path: '/%2561dmin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /ADMIN/tokens (mixed case)',
+      1,
+      () => ({ method: 'POST', path: '/ADMIN/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST //admin/tokens (double slash)',
+      1,
+      () => ({ method: 'POST', path: '//admin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /admin//tokens (inner double slash)',
+      1,
+      () => ({ method: 'POST', path: '/admin//tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /admin/tokens/ (trailing slash)',
+      1,
+      () => ({ method: 'POST', path: '/admin/tokens/', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /admin/./tokens (dot segment)',
+      1,
+      () => ({ method: 'POST', path: '/admin/./tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /repos/../admin/tokens (dot-dot)',
+      1,
+      () => ({ method: 'POST', path: '/repos/../admin/tokens', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /admin/tokens?x=1 (query)',
+      1,
+      () => ({ method: 'POST', path: '/admin/tokens?x=1', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      401,
+    ],
+    [
+      'POST /admin/tokens;x (matrix param)',
+      1,
+      () => ({ method: 'POST', path: '/admin/tokens;x', headers: json(null), body: '{"name":"x","role":"admin"}' }),
+      [401, 404],
+    ],
+    [
+      'POST /admin/tokens with a read token',
+      1,
+      () => ({ method: 'POST', path: '/admin/tokens', headers: json(readTok), body: '{"name":"x","role":"admin"}' }),
+      403,
+    ],
+    [
+      'POST /admin/tokens with a write token',
+      2,
+      () => ({ method: 'POST', path: '/admin/tokens', headers: json(writeTok), body: '{"name":"x","role":"admin"}' }),
+      403,
+    ],
+    [
+      'POST /admin/tokens with a bad token',
+      1,
+      () => ({ method: 'POST', path: '/admin/tokens', headers: json('grt_nope'), body: '{"name":"x","role":"admin"}' }),
+      401,
+    ],
     ['GET /admin/nodes, no credentials', 1, () => ({ method: 'GET', path: '/admin/nodes' }), 401],
     ['GET /%61dmin/nodes', 2, () => ({ method: 'GET', path: '/%61dmin/nodes' }), 401],
     ['GET /a%64min/nodes', 3, () => ({ method: 'GET', path: '/a%64min/nodes' }), 401],
     ['POST /%61dmin/nodes/node-3/decommission', 1, () => ({ method: 'POST', path: '/%61dmin/nodes/node-3/decommission' }), 401],
-    ['POST /admin/nodes/node-3/decommission with a write token', 1, () => ({ method: 'POST', path: '/admin/nodes/node-3/decommission', headers: bearer(writeTok) }), 403],
+    [
+      'POST /admin/nodes/node-3/decommission with a write token',
+      1,
+      () => ({ method: 'POST', path: '/admin/nodes/node-3/decommission', headers: bearer(writeTok) }),
+      403,
+    ],
     ['POST /%61dmin/rebalance', 1, () => ({ method: 'POST', path: '/%61dmin/rebalance' }), 401],
     ['POST /admin/rebalance with a read token', 2, () => ({ method: 'POST', path: '/admin/rebalance', headers: bearer(readTok) }), 403],
     // Repository API.
     ['DELETE /repos/acme/widgets, no credentials', 1, () => ({ method: 'DELETE', path: '/repos/acme/widgets' }), 401],
     ['DELETE /repos/acme/%77idgets, no credentials', 1, () => ({ method: 'DELETE', path: '/repos/acme/%77idgets' }), 401],
-    ['DELETE /repos/acme/widgets with a write token', 3, () => ({ method: 'DELETE', path: '/repos/acme/widgets', headers: bearer(writeTok) }), 403],
+    [
+      'DELETE /repos/acme/widgets with a write token',
+      3,
+      () => ({ method: 'DELETE', path: '/repos/acme/widgets', headers: bearer(writeTok) }),
+      403,
+    ],
     ['POST /repos, no credentials', 1, () => ({ method: 'POST', path: '/repos', headers: json(null), body: '{"repo_id":"evil/x"}' }), 401],
-    ['POST /repos with a read token', 1, () => ({ method: 'POST', path: '/repos', headers: json(readTok), body: '{"repo_id":"evil/x"}' }), 403],
-    ['POST /repos, malformed Basic header', 1, () => ({ method: 'POST', path: '/repos', headers: { 'content-type': 'application/json', authorization: 'Basic !!!' }, body: '{"repo_id":"evil/x"}' }), 401],
+    [
+      'POST /repos with a read token',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(readTok), body: '{"repo_id":"evil/x"}' }),
+      403,
+    ],
+    [
+      'POST /repos, malformed Basic header',
+      1,
+      () => ({
+        method: 'POST',
+        path: '/repos',
+        headers: { 'content-type': 'application/json', authorization: 'Basic !!!' },
+        body: '{"repo_id":"evil/x"}',
+      }),
+      401,
+    ],
     ['POST /repos, malformed JSON', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":' }), 400],
-    ['POST /repos, repo_id as an array', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":["evil/x"]}' }), 400],
-    ['POST /repos, repo_id as a number', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":123456}' }), 400],
-    ['POST /repos, path traversal', 2, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"../../etc"}' }), 400],
-    ['POST /repos, owner named admin', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"admin/tokens"}' }), 400],
-    ['POST /repos, owner named replicate', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"replicate/x"}' }), 400],
-    ['POST /repos, name ending in .git', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"evil/x.git"}' }), 400],
-    ['POST /repos, extra property', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"evil/x","path":"/etc"}' }), 400],
-    ['POST /repos, 2 MB body', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: `{"repo_id":"${'a'.repeat(2 * 1024 * 1024)}"}` }), 413],
-    ['POST /repos, text/plain', 1, () => ({ method: 'POST', path: '/repos', headers: { 'content-type': 'text/plain', ...bearer(admin) }, body: 'evil/x' }), 415],
-    ['POST /repos, body aborted mid-way', 1, () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"ev', contentLength: 1000, mode: 'abort' }), 'closed'],
+    [
+      'POST /repos, repo_id as an array',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":["evil/x"]}' }),
+      400,
+    ],
+    [
+      'POST /repos, repo_id as a number',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":123456}' }),
+      400,
+    ],
+    [
+      'POST /repos, path traversal',
+      2,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"../../etc"}' }),
+      400,
+    ],
+    [
+      'POST /repos, owner named admin',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"admin/tokens"}' }),
+      400,
+    ],
+    [
+      'POST /repos, owner named replicate',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"replicate/x"}' }),
+      400,
+    ],
+    [
+      'POST /repos, name ending in .git',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"evil/x.git"}' }),
+      400,
+    ],
+    [
+      'POST /repos, extra property',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"evil/x","path":"/etc"}' }),
+      400,
+    ],
+    [
+      'POST /repos, 2 MB body',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: `{"repo_id":"${'a'.repeat(2 * 1024 * 1024)}"}` }),
+      413,
+    ],
+    [
+      'POST /repos, text/plain',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: { 'content-type': 'text/plain', ...bearer(admin) }, body: 'evil/x' }),
+      415,
+    ],
+    [
+      'POST /repos, body aborted mid-way',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":"ev', contentLength: 1000, mode: 'abort' }),
+      'closed',
+    ],
     ['GET /repos/..%2f..%2fetc/passwd', 1, () => ({ method: 'GET', path: '/repos/..%2f..%2fetc/passwd' }), [400, 404]],
     ['GET /repos/acme/nope', 1, () => ({ method: 'GET', path: '/repos/acme/nope' }), 404],
     ['GET a 300-character route parameter', 1, () => ({ method: 'GET', path: `/repos/acme/${'x'.repeat(300)}` }), [400, 404, 414]],
@@ -204,49 +377,295 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     // Git routes: reads are anonymous, but inputs are checked.
     ['info/refs without service (dumb HTTP)', 1, () => ({ method: 'GET', path: `${W}/info/refs` }), 400],
     ['info/refs with an unknown service', 1, () => ({ method: 'GET', path: `${W}/info/refs?service=git-evil` }), 400],
-    ['info/refs with two services', 1, () => ({ method: 'GET', path: `${W}/info/refs?service=git-upload-pack&service=git-receive-pack` }), [400, 401]],
+    [
+      'info/refs with two services',
+      1,
+      () => ({ method: 'GET', path: `${W}/info/refs?service=git-upload-pack&service=git-receive-pack` }),
+      [400, 401],
+    ],
     ['info/refs for receive-pack, no credentials', 2, () => ({ method: 'GET', path: `${W}/info/refs?service=git-receive-pack` }), 401],
-    ['info/refs for receive-pack, read token', 2, () => ({ method: 'GET', path: `${W}/info/refs?service=git-receive-pack`, headers: bearer(readTok) }), 403],
+    [
+      'info/refs for receive-pack, read token',
+      2,
+      () => ({ method: 'GET', path: `${W}/info/refs?service=git-receive-pack`, headers: bearer(readTok) }),
+      403,
+    ],
     // Anonymous: the same 401 as a private repository, so existence is not shown.
-    ['info/refs of a repo that does not exist', 1, () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack' }), 401],
-    ['info/refs of a repo that does not exist, signed in', 1, () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack', headers: bearer(readTok) }), 404],
-    ['info/refs with an encoded traversal', 1, () => ({ method: 'GET', path: '/..%2f..%2fetc/passwd.git/info/refs?service=git-upload-pack' }), [400, 404]],
+    [
+      'info/refs of a repo that does not exist',
+      1,
+      () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack' }),
+      401,
+    ],
+    [
+      'info/refs of a repo that does not exist, signed in',
+      1,
+      () => ({ method: 'GET', path: '/acme/nope.git/info/refs?service=git-upload-pack', headers: bearer(readTok) }),
+      404,
+    ],
+    [
+      'info/refs with an encoded traversal',
+      1,
+      () => ({ method: 'GET', path: '/..%2f..%2fetc/passwd.git/info/refs?service=git-upload-pack' }),
+      [400, 404],
+    ],
     ['info/refs with a dot-dot repo', 1, () => ({ method: 'GET', path: '/acme/%2e%2e/info/refs?service=git-upload-pack' }), [400, 404]],
-    ['upload-pack with the wrong content-type', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': 'text/plain' }, body: pkts('0000') }), 415],
-    ['upload-pack, bad pkt-line length', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: 'zzzzwant' }), 400],
-    ['upload-pack, pkt-line length 0003', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '0003' }), 400],
-    ['upload-pack, truncated pkt-line', 2, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '0032want 12' }), 400],
-    ['upload-pack, empty body', 3, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '' }), 400],
+    [
+      'upload-pack with the wrong content-type',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': 'text/plain' }, body: pkts('0000') }),
+      415,
+    ],
+    [
+      'upload-pack, bad pkt-line length',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: 'zzzzwant' }),
+      400,
+    ],
+    [
+      'upload-pack, pkt-line length 0003',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '0003' }),
+      400,
+    ],
+    [
+      'upload-pack, truncated pkt-line',
+      2,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '0032want 12' }),
+      400,
+    ],
+    [
+      'upload-pack, empty body',
+      3,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '' }),
+      400,
+    ],
     // git's own answer to a want it will not serve is an ERR packet in a 200 (as git http-backend).
-    ['upload-pack, want of an unknown object', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts(`want ${'1'.repeat(40)}\n`, '0000', 'done\n') }), 200],
-    ['upload-pack, want that is not hex', 2, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts(`want ${'z'.repeat(40)}\n`, '0000', 'done\n') }), 400],
-    ['upload-pack, an unknown command', 3, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts('frobnicate\n', '0000') }), 400],
-    ['upload-pack, gzip header but not gzip', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP, 'content-encoding': 'gzip' }, body: 'not gzip at all' }), 400],
-    ['upload-pack, unknown content-encoding', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP, 'content-encoding': 'br' }, body: pkts('0000') }), 415],
-    ['upload-pack, larger than the request limit', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '0000'.repeat(20_000) }), 413],
-    ['upload-pack, gzip past the request limit', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP, 'content-encoding': 'gzip' }, body: gzipSync(Buffer.from('0000'.repeat(100_000))) }), 413],
-    ['upload-pack, gzip bomb (ratio)', 3, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP, 'content-encoding': 'gzip' }, body: gzipSync(Buffer.from('0000'.repeat(5_000_000))) }), 413],
-    ['upload-pack, body idle', 1, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts(`want ${head}\n`), contentLength: 10_000, mode: 'stall' }), 408],
-    ['upload-pack, aborted mid-body', 2, () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts(`want ${head}\n`), contentLength: 10_000, mode: 'abort' }), 'closed'],
-    ['receive-pack, no credentials', 1, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP }, body: pkts('0000') }), 401],
-    ['receive-pack, read token', 2, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(readTok) }, body: pkts('0000') }), 403],
-    ['receive-pack, token as Basic user name, bad', 3, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, authorization: `Basic ${Buffer.from('grt_nope:').toString('base64')}` }, body: pkts('0000') }), 401],
-    ['receive-pack, bad pkt-line', 1, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: 'zzzz' }), 400],
-    ['receive-pack, declares more than the push limit', 1, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: '0000', contentLength: 64 * 1024 * 1024, mode: 'stall' }), 413],
-    ['receive-pack, commands past their limit', 3, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok), 'content-encoding': 'gzip' }, body: manyCommands() }), 413],
-    ['receive-pack, body idle', 1, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: pkts(`${head} ${head} refs/heads/idle\0 report-status\n`), contentLength: 10_000, mode: 'stall' }), 408],
-    ['receive-pack, aborted mid-body', 1, () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: pkts(`${ZERO} ${head} refs/heads/abort\0 report-status\n`), contentLength: 10_000, mode: 'abort' }), 'closed'],
+    [
+      'upload-pack, want of an unknown object',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP },
+        body: pkts(`want ${'1'.repeat(40)}\n`, '0000', 'done\n'),
+      }),
+      200,
+    ],
+    [
+      'upload-pack, want that is not hex',
+      2,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP },
+        body: pkts(`want ${'z'.repeat(40)}\n`, '0000', 'done\n'),
+      }),
+      400,
+    ],
+    [
+      'upload-pack, an unknown command',
+      3,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts('frobnicate\n', '0000') }),
+      400,
+    ],
+    [
+      'upload-pack, gzip header but not gzip',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP, 'content-encoding': 'gzip' },
+        body: 'not gzip at all',
+      }),
+      400,
+    ],
+    [
+      'upload-pack, unknown content-encoding',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP, 'content-encoding': 'br' },
+        body: pkts('0000'),
+      }),
+      415,
+    ],
+    [
+      'upload-pack, larger than the request limit',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: '0000'.repeat(20_000) }),
+      413,
+    ],
+    [
+      'upload-pack, gzip past the request limit',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP, 'content-encoding': 'gzip' },
+        body: gzipSync(Buffer.from('0000'.repeat(100_000))),
+      }),
+      413,
+    ],
+    [
+      'upload-pack, gzip bomb (ratio)',
+      3,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP, 'content-encoding': 'gzip' },
+        body: gzipSync(Buffer.from('0000'.repeat(5_000_000))),
+      }),
+      413,
+    ],
+    [
+      'upload-pack, body idle',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP },
+        body: pkts(`want ${head}\n`),
+        contentLength: 10_000,
+        mode: 'stall',
+      }),
+      408,
+    ],
+    [
+      'upload-pack, aborted mid-body',
+      2,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-upload-pack`,
+        headers: { 'content-type': UP },
+        body: pkts(`want ${head}\n`),
+        contentLength: 10_000,
+        mode: 'abort',
+      }),
+      'closed',
+    ],
+    [
+      'receive-pack, no credentials',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP }, body: pkts('0000') }),
+      401,
+    ],
+    [
+      'receive-pack, read token',
+      2,
+      () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(readTok) }, body: pkts('0000') }),
+      403,
+    ],
+    [
+      'receive-pack, token as Basic user name, bad',
+      3,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, authorization: `Basic ${Buffer.from('grt_nope:').toString('base64')}` },
+        body: pkts('0000'),
+      }),
+      401,
+    ],
+    [
+      'receive-pack, bad pkt-line',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: 'zzzz' }),
+      400,
+    ],
+    [
+      'receive-pack, declares more than the push limit',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok) },
+        body: '0000',
+        contentLength: 64 * 1024 * 1024,
+        mode: 'stall',
+      }),
+      413,
+    ],
+    [
+      'receive-pack, commands past their limit',
+      3,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok), 'content-encoding': 'gzip' },
+        body: manyCommands(),
+      }),
+      413,
+    ],
+    [
+      'receive-pack, body idle',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok) },
+        body: pkts(`${head} ${head} refs/heads/idle\0 report-status\n`),
+        contentLength: 10_000,
+        mode: 'stall',
+      }),
+      408,
+    ],
+    [
+      'receive-pack, aborted mid-body',
+      1,
+      () => ({
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok) },
+        body: pkts(`${ZERO} ${head} refs/heads/abort\0 report-status\n`),
+        contentLength: 10_000,
+        mode: 'abort',
+      }),
+      'closed',
+    ],
     // Peer routes: only signed calls from members, for this node's incarnation, with the body signed.
-    ['/replicate/commit unsigned', 1, () => ({ method: 'POST', path: '/replicate/commit', headers: json(null), body: '{"transaction_id":"t","coordinator_id":"node-2"}' }), 401],
-    ['/%72eplicate/commit unsigned', 1, () => ({ method: 'POST', path: '/%72eplicate/commit', headers: json(null), body: '{"transaction_id":"t","coordinator_id":"node-2"}' }), 401],
-    ['/replicate/prepare with an admin token but no signature', 2, () => ({ method: 'POST', path: '/replicate/prepare', headers: json(admin), body: '{}' }), 401],
-    ['/replicate/abort with a garbage signature', 3, () => ({ method: 'POST', path: '/replicate/abort', headers: { ...json(null), 'x-replication-auth': 'node-2:1:2:3:4' }, body: '{"transaction_id":"t","coordinator_id":"node-2"}' }), 401],
+    [
+      '/replicate/commit unsigned',
+      1,
+      () => ({ method: 'POST', path: '/replicate/commit', headers: json(null), body: '{"transaction_id":"t","coordinator_id":"node-2"}' }),
+      401,
+    ],
+    [
+      '/%72eplicate/commit unsigned',
+      1,
+      () => ({
+        method: 'POST',
+        path: '/%72eplicate/commit',
+        headers: json(null),
+        body: '{"transaction_id":"t","coordinator_id":"node-2"}',
+      }),
+      401,
+    ],
+    [
+      '/replicate/prepare with an admin token but no signature',
+      2,
+      () => ({ method: 'POST', path: '/replicate/prepare', headers: json(admin), body: '{}' }),
+      401,
+    ],
+    [
+      '/replicate/abort with a garbage signature',
+      3,
+      () => ({
+        method: 'POST',
+        path: '/replicate/abort',
+        headers: { ...json(null), 'x-replication-auth': 'node-2:1:2:3:4' },
+        body: '{"transaction_id":"t","coordinator_id":"node-2"}',
+      }),
+      401,
+    ],
   ];
 
   /** manyCommands is a gzip push body of 34 MB of valid commands, past the 32 MiB cap, and no flush. */
   function manyCommands(): Buffer {
     const lines: Buffer[] = [];
-    for (let i = 0; lines.length * 100 < 34 * 1024 * 1024; i++) lines.push(encodePktLine(`${ZERO} ${head} refs/heads/many/${String(i).padStart(20, '0')}\n`));
+    for (let i = 0; lines.length * 100 < 34 * 1024 * 1024; i++)
+      lines.push(encodePktLine(`${ZERO} ${head} refs/heads/many/${String(i).padStart(20, '0')}\n`));
     return gzipSync(Buffer.concat(lines), { level: 1 });
   }
 
@@ -258,7 +677,9 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     const before = await state();
     const answer = await raw(port(node), make());
     const allowed = Array.isArray(expected) ? expected : [expected];
-    expect(allowed, `answer ${answer.status}: ${answer.headers.split('\r\n')[0] ?? ''} ${answer.body.slice(0, 300)}`).toContain(answer.status);
+    expect(allowed, `answer ${answer.status}: ${answer.headers.split('\r\n')[0] ?? ''} ${answer.body.slice(0, 300)}`).toContain(
+      answer.status,
+    );
     if (typeof answer.status === 'number') expect(answer.status).toBeLessThan(500);
     if (answer.status === 200) expect(answer.body).toMatch(/ERR /);
     await expectUnharmed(before);
@@ -269,22 +690,43 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const db = new Database(join(c.root, 'cluster.db'), { readonly: true });
       try {
         const secret = (db.prepare("SELECT value FROM meta WHERE key = 'peer_secret'").get() as { value: string }).value;
-        const epoch = Object.fromEntries((db.prepare('SELECT id, started_at FROM nodes').all() as Array<{ id: string; started_at: string }>).map((r) => [r.id, r.started_at]));
+        const epoch = Object.fromEntries(
+          (db.prepare('SELECT id, started_at FROM nodes').all() as Array<{ id: string; started_at: string }>).map((r) => [
+            r.id,
+            r.started_at,
+          ]),
+        );
         return { secret, epoch };
       } finally {
         db.close();
       }
     }
     const abortBody = JSON.stringify({ transaction_id: 'no-such-txn', coordinator_id: 'node-2', repo_id: 'acme/widgets' });
-    const signed = (secret: string, caller: string, to: { id: string; epoch: string }, body: string, path = '/replicate/abort'): Record<string, string> => ({
+    const signed = (
+      secret: string,
+      caller: string,
+      to: { id: string; epoch: string },
+      body: string,
+      path = '/replicate/abort',
+    ): Record<string, string> => ({
       'content-type': 'application/json',
-      'x-replication-auth': signPeerRequest(secret, caller, to, { method: 'POST', path, contentLength: Buffer.byteLength(body), digest: bodyDigest(body) }),
+      'x-replication-auth': signPeerRequest(secret, caller, to, {
+        method: 'POST',
+        path,
+        contentLength: Buffer.byteLength(body),
+        digest: bodyDigest(body),
+      }),
       [PROTOCOL_HEADER]: String(PROTOCOL.max),
     });
 
     it('a correctly signed call from a member is accepted (the control case)', async () => {
       const { secret, epoch } = secretAndEpochs();
-      const a = await raw(port(1), { method: 'POST', path: '/replicate/abort', headers: signed(secret, 'node-2', { id: 'node-1', epoch: epoch['node-1']! }, abortBody), body: abortBody });
+      const a = await raw(port(1), {
+        method: 'POST',
+        path: '/replicate/abort',
+        headers: signed(secret, 'node-2', { id: 'node-1', epoch: epoch['node-1']! }, abortBody),
+        body: abortBody,
+      });
       expect(a.status).toBe(200);
     });
 
@@ -292,13 +734,24 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       ['from a node id that is not a member', 'intruder', 'node-1', null, null],
       ['made for another node', 'node-2', 'node-3', null, null],
       ['made for an earlier incarnation of the node', 'node-2', 'node-1', '2020-01-01T00:00:00.000Z', null],
-      ['whose body was replaced in transit', 'node-2', 'node-1', null, JSON.stringify({ transaction_id: 'other', coordinator_id: 'node-2', repo_id: 'acme/widgets' })],
+      [
+        'whose body was replaced in transit',
+        'node-2',
+        'node-1',
+        null,
+        JSON.stringify({ transaction_id: 'other', coordinator_id: 'node-2', repo_id: 'acme/widgets' }),
+      ],
     ])('refuses a call %s', async (_n, caller, signedFor, epochOverride, sentBody) => {
       const before = await state();
       const { secret, epoch } = secretAndEpochs();
       const headers = signed(secret, caller, { id: signedFor, epoch: epochOverride ?? epoch[signedFor]! }, abortBody);
       const body = sentBody ?? abortBody;
-      const a = await raw(port(1), { method: 'POST', path: '/replicate/abort', headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, body });
+      const a = await raw(port(1), {
+        method: 'POST',
+        path: '/replicate/abort',
+        headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+        body,
+      });
       expect(a.status).toBe(401);
       await expectUnharmed(before);
     });
@@ -322,10 +775,21 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const before = await state();
       const { secret, epoch } = secretAndEpochs();
       const repo = await c.repoStatus(1, 'acme/widgets');
-      const meta = Buffer.from(JSON.stringify({
-        transaction_id: 'swap-1', coordinator_id: 'node-2', repo_id: 'acme/widgets', operation: 'push', incarnation: repo.incarnation,
-        base_generation: repo.generation, fencing_token: 1, new_checksum: repo.checksum, updates: [], has_pack: true, pack_hash: 'a'.repeat(40),
-      }));
+      const meta = Buffer.from(
+        JSON.stringify({
+          transaction_id: 'swap-1',
+          coordinator_id: 'node-2',
+          repo_id: 'acme/widgets',
+          operation: 'push',
+          incarnation: repo.incarnation,
+          base_generation: repo.generation,
+          fencing_token: 1,
+          new_checksum: repo.checksum,
+          updates: [],
+          has_pack: true,
+          pack_hash: 'a'.repeat(40),
+        }),
+      );
       // A real, valid pack of one blob: its own hash is not the signed one.
       const work = await tempDir();
       await gitOk(['init', '-q', work]);
@@ -338,8 +802,22 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         p.stdin.end(`${blob}\n`);
       });
       const body = Buffer.concat([Buffer.from(`${meta.length}\n`), meta, pack]);
-      const auth = signPeerRequest(secret, 'node-2', { id: 'node-1', epoch: epoch['node-1']! }, { method: 'POST', path: '/replicate/prepare', contentLength: body.length, digest: bodyDigest(meta) });
-      const a = await raw(port(1), { method: 'POST', path: '/replicate/prepare', headers: { 'content-type': 'application/x-git-replication-prepare', 'x-replication-auth': auth, [PROTOCOL_HEADER]: String(PROTOCOL.max) }, body });
+      const auth = signPeerRequest(
+        secret,
+        'node-2',
+        { id: 'node-1', epoch: epoch['node-1']! },
+        { method: 'POST', path: '/replicate/prepare', contentLength: body.length, digest: bodyDigest(meta) },
+      );
+      const a = await raw(port(1), {
+        method: 'POST',
+        path: '/replicate/prepare',
+        headers: {
+          'content-type': 'application/x-git-replication-prepare',
+          'x-replication-auth': auth,
+          [PROTOCOL_HEADER]: String(PROTOCOL.max),
+        },
+        body,
+      });
       expect(a.status, a.body).toBe(409);
       expect(a.body).toMatch(/not the signed/);
       await expectUnharmed(before);
@@ -364,16 +842,24 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
   });
 
   it('what anonymous callers see: no replica paths, no lock, no store error text', async () => {
-    const anon = await (await fetch(`${c.url(1)}/repos/acme/widgets`)).json() as Record<string, unknown>;
+    const anon = (await (await fetch(`${c.url(1)}/repos/acme/widgets`)).json()) as Record<string, unknown>;
     expect(anon).not.toHaveProperty('path');
     expect(anon).not.toHaveProperty('lock');
     expect(JSON.stringify(anon)).not.toContain(c.root);
-    const asAdmin = await (await fetch(`${c.url(1)}/repos/acme/widgets`, { headers: bearer(admin) })).json() as Record<string, unknown>;
+    const asAdmin = (await (await fetch(`${c.url(1)}/repos/acme/widgets`, { headers: bearer(admin) })).json()) as Record<string, unknown>;
     expect(asAdmin.path).toBe(c.replicaPath(1, 'acme/widgets'));
-    const health = await (await fetch(`${c.url(1)}/health`)).json() as { store: Record<string, unknown>; status: string; server_id: string; load: unknown; peers: number };
+    const health = (await (await fetch(`${c.url(1)}/health`)).json()) as {
+      store: Record<string, unknown>;
+      status: string;
+      server_id: string;
+      load: unknown;
+      peers: number;
+    };
     expect(health).toMatchObject({ status: 'healthy', server_id: 'node-1' });
     expect(health.store).not.toHaveProperty('error');
-    const healthAdmin = await (await fetch(`${c.url(1)}/health`, { headers: bearer(admin) })).json() as { store: Record<string, unknown> };
+    const healthAdmin = (await (await fetch(`${c.url(1)}/health`, { headers: bearer(admin) })).json()) as {
+      store: Record<string, unknown>;
+    };
     expect(healthAdmin.store).toHaveProperty('error');
   });
 
@@ -393,15 +879,38 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     const sockets: Socket[] = [];
     const stalls: Array<Promise<RawAnswer>> = [];
     for (let i = 0; i < 8; i++) {
-      const req: RawRequest = { method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: pkts(`${head} ${head} refs/heads/s${i}\0 report-status\n`), contentLength: 100_000, mode: 'stall' };
+      const req: RawRequest = {
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok) },
+        body: pkts(`${head} ${head} refs/heads/s${i}\0 report-status\n`),
+        contentLength: 100_000,
+        mode: 'stall',
+      };
       stalls.push(raw(port(3), req, 60_000, (s) => sockets.push(s)));
     }
-    await waitFor(async () => (await nodeGitProcesses(c.node(3).dataDir)).length >= 8, 15_000, 'eight receive-packs waiting for their bodies');
-    const full = await raw(port(3), { method: 'POST', path: `${W}/git-upload-pack`, headers: { 'content-type': UP }, body: pkts(`want ${head}\n`, '0000', 'done\n') });
+    await waitFor(
+      async () => (await nodeGitProcesses(c.node(3).dataDir)).length >= 8,
+      15_000,
+      'eight receive-packs waiting for their bodies',
+    );
+    const full = await raw(port(3), {
+      method: 'POST',
+      path: `${W}/git-upload-pack`,
+      headers: { 'content-type': UP },
+      body: pkts(`want ${head}\n`, '0000', 'done\n'),
+    });
     expect(full.status).toBe(503);
     expect(full.headers).toMatch(/retry-after: 1/i);
     // The crash of old: a push refused for want of a slot, whose client then goes away mid-body.
-    const ninth = await raw(port(3), { method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: pkts(`${head} ${head} refs/heads/x\0 report-status\n`), contentLength: 100_000, mode: 'abort' });
+    const ninth = await raw(port(3), {
+      method: 'POST',
+      path: `${W}/git-receive-pack`,
+      headers: { 'content-type': RP, ...bearer(writeTok) },
+      body: pkts(`${head} ${head} refs/heads/x\0 report-status\n`),
+      contentLength: 100_000,
+      mode: 'abort',
+    });
     expect([503, 'closed']).toContain(ninth.status);
     for (const s of sockets) s.destroy();
     await Promise.all(stalls);
@@ -414,7 +923,14 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     const sockets: Socket[] = [];
     const stalls: Array<Promise<RawAnswer>> = [];
     for (let i = 0; i < 2; i++) {
-      const req: RawRequest = { method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body: pkts(`${head} ${head} refs/heads/p${i}\0 report-status\n`), contentLength: 100_000, mode: 'stall' };
+      const req: RawRequest = {
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok) },
+        body: pkts(`${head} ${head} refs/heads/p${i}\0 report-status\n`),
+        contentLength: 100_000,
+        mode: 'stall',
+      };
       stalls.push(raw(port(2), req, 60_000, (s) => sockets.push(s)));
     }
     await waitFor(async () => (await nodeGitProcesses(c.node(2).dataDir)).length >= 2, 15_000, 'two receive-packs waiting');
@@ -443,9 +959,14 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const before = await state();
       // Node passes argv as UTF-8: bash's $'\\xe9' puts the raw byte in git's argument.
       const bash = await new Promise<{ code: number | null; out: string }>((resolve) => {
-        const p = spawn('bash', ['-c', `git push "$URL" HEAD:refs/heads/caf$'\\xe9' 2>&1`], { cwd: work, env: { ...process.env, URL: pushUrl(2), GIT_TERMINAL_PROMPT: '0' } });
+        const p = spawn('bash', ['-c', `git push "$URL" HEAD:refs/heads/caf$'\\xe9' 2>&1`], {
+          cwd: work,
+          env: { ...process.env, URL: pushUrl(2), GIT_TERMINAL_PROMPT: '0' },
+        });
         let out = '';
-        p.stdout.on('data', (d: Buffer) => { out += d.toString('latin1'); });
+        p.stdout.on('data', (d: Buffer) => {
+          out += d.toString('latin1');
+        });
         p.on('close', (code) => resolve({ code, out }));
       });
       expect(bash.code, bash.out).not.toBe(0);
@@ -464,8 +985,17 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const { createHash } = await import('node:crypto');
       const packHead = Buffer.from([...Buffer.from('PACK'), 0, 0, 0, 2, 0, 0, 0, 0]);
       const emptyPack = Buffer.concat([packHead, createHash('sha1').update(packHead).digest()]);
-      const body = Buffer.concat([pkts(`${head} ${other} refs/heads/main trailing-words\0 report-status\n`), Buffer.from('0000'), emptyPack]);
-      const a = await raw(port(3), { method: 'POST', path: `${W}/git-receive-pack`, headers: { 'content-type': RP, ...bearer(writeTok) }, body });
+      const body = Buffer.concat([
+        pkts(`${head} ${other} refs/heads/main trailing-words\0 report-status\n`),
+        Buffer.from('0000'),
+        emptyPack,
+      ]);
+      const a = await raw(port(3), {
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, ...bearer(writeTok) },
+        body,
+      });
       expect(a.status).toBe(200);
       // A report names a ref up to its first space, so receive-pack cannot match ours to this
       // command and says the hook failed to report: a refusal either way, and nothing moved.
@@ -475,7 +1005,7 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       for (let i = 1; i <= 3; i++) expect(await refsOf(c.replicaPath(i, 'acme/widgets'))).toContain(`${head} refs/heads/main`);
     });
 
-    it('a directory/file clash gets git\'s reason, not a quorum message', async () => {
+    it("a directory/file clash gets git's reason, not a quorum message", async () => {
       const before = await state();
       const r = await git(['push', pushUrl(1), 'HEAD:refs/heads/main/sub'], { cwd: work });
       expect(r.code).not.toBe(0);

@@ -11,7 +11,9 @@ describe('graceful shutdown', () => {
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 3, env: { SHUTDOWN_GRACE: '20s' } });
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('SIGTERM during pushes: each push succeeded or was refused, nothing stays locked, exit 0', async () => {
     await c.createRepo(1, 'life/repo');
@@ -58,7 +60,10 @@ describe('graceful shutdown', () => {
     await c.restart(3, { SHUTDOWN_GRACE: '1s' });
     const proc = c.node(3).proc!;
     const { request } = await import('node:http');
-    const held = request(`${c.url(3)}/life/repo.git/git-receive-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-receive-pack-request' } });
+    const held = request(`${c.url(3)}/life/repo.git/git-receive-pack`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-git-receive-pack-request' },
+    });
     held.on('error', () => undefined);
     // One command and no flush: receive-pack waits for the rest.
     const z = '0'.repeat(40);
@@ -67,7 +72,17 @@ describe('graceful shutdown', () => {
     const started = Date.now();
     proc.kill('SIGTERM');
     // Draining: /ready answers 503 (or the listener is already closed) while the held push runs.
-    await waitFor(async () => [503, 'closed'].includes(await fetch(`${c.url(3)}/ready`).then((r) => r.status, () => 'closed')), 5_000, 'node 3 not ready once draining');
+    await waitFor(
+      async () =>
+        [503, 'closed'].includes(
+          await fetch(`${c.url(3)}/ready`).then(
+            (r) => r.status,
+            () => 'closed',
+          ),
+        ),
+      5_000,
+      'node 3 not ready once draining',
+    );
     await waitFor(() => proc.exitCode !== null, 15_000, 'node 3 exits');
     expect(proc.exitCode).toBe(0);
     expect(Date.now() - started).toBeLessThan(10_000);
@@ -80,11 +95,12 @@ describe('graceful shutdown', () => {
 /** consecutiveFreePorts finds `n` free ports in a row on loopback. */
 async function consecutiveFreePorts(n: number): Promise<number> {
   const { createServer } = await import('node:net');
-  const free = (port: number): Promise<boolean> => new Promise((resolve) => {
-    const s = createServer();
-    s.once('error', () => resolve(false));
-    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-  });
+  const free = (port: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const s = createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
   for (let attempt = 0; attempt < 50; attempt++) {
     const base = await freePort();
     if (base + n >= 65535) continue;
@@ -100,12 +116,21 @@ describe('up supervises its nodes', () => {
     const data = await tempDir();
     // `up` takes consecutive ports: find two free ones side by side (tests run in parallel).
     const base = await consecutiveFreePorts(2);
-    const up = spawn(process.execPath, [MAIN, 'up', '--nodes', '2', '--data', data, '--base-port', String(base), '--no-ssh', '--log-level', 'warn'], {
-      env: { ...process.env, NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000' }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const up = spawn(
+      process.execPath,
+      [MAIN, 'up', '--nodes', '2', '--data', data, '--base-port', String(base), '--no-ssh', '--log-level', 'warn'],
+      {
+        env: { ...process.env, NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
-    up.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    up.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    up.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    up.stderr.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     try {
       await waitFor(() => out.includes('2 nodes up') || up.exitCode !== null, 60_000, 'up started');
       if (up.exitCode !== null) throw new Error(`up exited (${up.exitCode}): ${out}`);
@@ -114,17 +139,34 @@ describe('up supervises its nodes', () => {
       process.kill(before, 'SIGKILL');
       await waitFor(() => /node-2 exited \(SIGKILL\); restarting it in 1 s/.test(out), 10_000, 'the exit reported');
       await waitFor(() => /node-2 restarted \(pid \d+\)/.test(out), 10_000, 'the restart reported');
-      await waitFor(async () => (await fetch(`http://127.0.0.1:${base + 1}/health`).then((r) => r.status, () => 0)) === 200, 30_000, 'node-2 healthy again');
-      await waitFor(async () => {
-        const now = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as { nodes: Array<{ id: string; pid: number }> };
-        const pid = now.nodes.find((n) => n.id === 'node-2')!.pid;
-        return pid !== before && pid > 0;
-      }, 5_000, 'cluster.json names the new pid');
+      await waitFor(
+        async () =>
+          (await fetch(`http://127.0.0.1:${base + 1}/health`).then(
+            (r) => r.status,
+            () => 0,
+          )) === 200,
+        30_000,
+        'node-2 healthy again',
+      );
+      await waitFor(
+        async () => {
+          const now = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as { nodes: Array<{ id: string; pid: number }> };
+          const pid = now.nodes.find((n) => n.id === 'node-2')!.pid;
+          return pid !== before && pid > 0;
+        },
+        5_000,
+        'cluster.json names the new pid',
+      );
     } finally {
       up.kill('SIGTERM');
     }
     const code = await new Promise<number | null>((resolve) => up.once('exit', (c) => resolve(c)));
     expect(code).toBe(0);
-    expect(await fetch(`http://127.0.0.1:${base + 1}/health`).then(() => 'up', () => 'down')).toBe('down');
+    expect(
+      await fetch(`http://127.0.0.1:${base + 1}/health`).then(
+        () => 'up',
+        () => 'down',
+      ),
+    ).toBe('down');
   }, 120_000);
 });

@@ -60,13 +60,20 @@ function sample(text: string, series: string): number {
 }
 
 describe('monitoring: alert rules, dashboard and the metrics they name', { timeout: 120_000 }, () => {
-  it.skipIf(!PROMTOOL)(`promtool check rules docs/monitoring/alerts.yml${PROMTOOL ? '' : ' (skipped: promtool not installed)'}`, async () => {
-    const { stdout } = await promisify(execFile)(PROMTOOL!, ['check', 'rules', ALERTS]);
-    expect(stdout).toMatch(/SUCCESS: \d+ rules found/);
-  });
+  it.skipIf(!PROMTOOL)(
+    `promtool check rules docs/monitoring/alerts.yml${PROMTOOL ? '' : ' (skipped: promtool not installed)'}`,
+    async () => {
+      const { stdout } = await promisify(execFile)(PROMTOOL!, ['check', 'rules', ALERTS]);
+      expect(stdout).toMatch(/SUCCESS: \d+ rules found/);
+    },
+  );
 
   it('the dashboard is a Grafana dashboard with panels and queries', async () => {
-    const dash = JSON.parse(await readFile(DASHBOARD, 'utf8')) as { title?: string; uid?: string; panels?: Array<{ type: string; targets?: unknown[] }> };
+    const dash = JSON.parse(await readFile(DASHBOARD, 'utf8')) as {
+      title?: string;
+      uid?: string;
+      panels?: Array<{ type: string; targets?: unknown[] }>;
+    };
     expect(dash.title).toBe('git-replication');
     expect(dash.uid).toBeTruthy();
     const graphs = (dash.panels ?? []).filter((p) => p.type !== 'row');
@@ -76,8 +83,12 @@ describe('monitoring: alert rules, dashboard and the metrics they name', { timeo
 
   describe('on a running 3-node cluster', () => {
     let c: TestCluster;
-    beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-    afterAll(async () => { await c?.destroy(); });
+    beforeAll(async () => {
+      c = await TestCluster.start({ nodes: 3 });
+    });
+    afterAll(async () => {
+      await c?.destroy();
+    });
 
     const scrape = async (i: number): Promise<string> => {
       const res = await fetch(`${c.url(i)}/metrics`);
@@ -95,14 +106,19 @@ describe('monitoring: alert rules, dashboard and the metrics they name', { timeo
       const text = await scrape(1);
 
       const have = exported(text);
-      const wanted = new Set([...metricNames(await readFile(ALERTS, 'utf8')), ...dashboardExprs(JSON.parse(await readFile(DASHBOARD, 'utf8'))).flatMap((e) => [...metricNames(e)])]);
+      const wanted = new Set([
+        ...metricNames(await readFile(ALERTS, 'utf8')),
+        ...dashboardExprs(JSON.parse(await readFile(DASHBOARD, 'utf8'))).flatMap((e) => [...metricNames(e)]),
+      ]);
       expect(wanted.size).toBeGreaterThan(20);
       const missing = [...wanted].filter((n) => !have.has(n));
       expect(missing, `named in docs/monitoring but not exported by a node: ${missing.join(', ')}`).toEqual([]);
 
       // The push: one committed push transaction, one push operation, bytes both ways, a
       // prepare and a commit per replica.
-      expect(sample(text, 'gitrep_txns_total{kind="push",outcome="commit"}') - sample(before, 'gitrep_txns_total{kind="push",outcome="commit"}')).toBe(1);
+      expect(
+        sample(text, 'gitrep_txns_total{kind="push",outcome="commit"}') - sample(before, 'gitrep_txns_total{kind="push",outcome="commit"}'),
+      ).toBe(1);
       expect(sample(text, 'gitrep_txns_total{kind="create",outcome="commit"}')).toBe(1);
       expect(sample(text, 'gitrep_git_operation_seconds_count{operation="push",outcome="ok"}')).toBe(1);
       expect(sample(text, 'gitrep_git_operation_seconds_count{operation="fetch",outcome="ok"}')).toBeGreaterThanOrEqual(1);

@@ -30,7 +30,9 @@ describe('objects git tolerates in old histories, and those it must not', () => 
     blob = (await gitOk(['hash-object', '-w', '--stdin'], { cwd: src, input: 'hi\n' })).trim();
     goodTree = (await gitOk(['rev-parse', 'HEAD^{tree}'], { cwd: src })).trim();
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   /** commitWith writes a commit object with the given header lines (tree first). */
   async function commitWith(tree: string, author: string, committer = 'C <c@example.com> 1234567890 +0000'): Promise<string> {
@@ -38,7 +40,10 @@ describe('objects git tolerates in old histories, and those it must not', () => 
   }
 
   it.each<[string, () => Promise<string>]>([
-    ['zeroPaddedFilemode', async () => commitWith(await literal(src, 'tree', treeEntry('0100644', 'f', blob)), 'A <a@example.com> 1234567890 +0000')],
+    [
+      'zeroPaddedFilemode',
+      async () => commitWith(await literal(src, 'tree', treeEntry('0100644', 'f', blob)), 'A <a@example.com> 1234567890 +0000'),
+    ],
     ['badTimezone', async () => commitWith(goodTree, 'A <a@example.com> 1234567890 +99999')],
     ['missingSpaceBeforeDate', async () => commitWith(goodTree, 'A <a@example.com>1234567890 +0000')],
     ['badDate', async () => commitWith(goodTree, 'A <a@example.com> notadate +0000')],
@@ -57,9 +62,17 @@ describe('objects git tolerates in old histories, and those it must not', () => 
   });
 
   it.each<[string, () => Promise<string>, RegExp]>([
-    ['a tree with a .git entry (hasDotgit)', async () => commitWith(await literal(src, 'tree', treeEntry('40000', '.git', goodTree)), 'A <a@example.com> 1234567890 +0000'), /hasDotgit|\.git/],
-    ['a tree with a .. entry (hasDotdot)', async () => commitWith(await literal(src, 'tree', treeEntry('40000', '..', goodTree)), 'A <a@example.com> 1234567890 +0000'), /hasDotdot|'\.\.'/],
-  ])('%s is refused with git\'s reason, not a quorum message', async (_n, make, reason) => {
+    [
+      'a tree with a .git entry (hasDotgit)',
+      async () => commitWith(await literal(src, 'tree', treeEntry('40000', '.git', goodTree)), 'A <a@example.com> 1234567890 +0000'),
+      /hasDotgit|\.git/,
+    ],
+    [
+      'a tree with a .. entry (hasDotdot)',
+      async () => commitWith(await literal(src, 'tree', treeEntry('40000', '..', goodTree)), 'A <a@example.com> 1234567890 +0000'),
+      /hasDotdot|'\.\.'/,
+    ],
+  ])("%s is refused with git's reason, not a quorum message", async (_n, make, reason) => {
     const commit = await make();
     const repo = `obj/bad-${Math.random().toString(36).slice(2, 8)}`;
     await c.createRepo(1, repo);
@@ -83,16 +96,21 @@ describe('partial clone on every protocol version', () => {
     await gitOk(['push', '-q', c.repoUrl(1, 'pc/repo'), 'main'], { cwd: src });
     url = c.repoUrl(2, 'pc/repo');
   });
-  afterAll(async () => { await c?.destroy(); });
-
-  it.each(['0', '1', '2'].flatMap((v) => ['blob:none', 'blob:limit=1k', 'tree:0'].map((f) => [v, f] as const)))('protocol v%s, --filter=%s: clone, check out, lazy fetch', async (version, filter) => {
-    const dir = join(await tempDir(), 'pc');
-    const r = await git(['-c', `protocol.version=${version}`, 'clone', `--filter=${filter}`, url, dir]);
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).not.toMatch(/unadvertised object/);
-    // A lazy fetch of objects left out: the whole history's blobs.
-    const log = await git(['-c', `protocol.version=${version}`, 'log', '-p', '--oneline'], { cwd: dir });
-    expect(log.code, log.stderr).toBe(0);
-    expect(log.stdout).toContain('+xxxxx');
+  afterAll(async () => {
+    await c?.destroy();
   });
+
+  it.each(['0', '1', '2'].flatMap((v) => ['blob:none', 'blob:limit=1k', 'tree:0'].map((f) => [v, f] as const)))(
+    'protocol v%s, --filter=%s: clone, check out, lazy fetch',
+    async (version, filter) => {
+      const dir = join(await tempDir(), 'pc');
+      const r = await git(['-c', `protocol.version=${version}`, 'clone', `--filter=${filter}`, url, dir]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).not.toMatch(/unadvertised object/);
+      // A lazy fetch of objects left out: the whole history's blobs.
+      const log = await git(['-c', `protocol.version=${version}`, 'log', '-p', '--oneline'], { cwd: dir });
+      expect(log.code, log.stderr).toBe(0);
+      expect(log.stdout).toContain('+xxxxx');
+    },
+  );
 });

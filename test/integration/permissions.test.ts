@@ -26,30 +26,37 @@ type GitOutcome = keyof typeof GIT;
 const WHO: Who[] = ['anonymous', 'reader', 'writer', 'repo-admin', 'cluster-admin', 'non-member', 'org-member', 'expired', 'revoked'];
 
 // [who] → expected per visibility: git reads (ls-remote, clone, fetch), push, create, delete, grant, list.
-interface Row { read: GitOutcome; push: GitOutcome; create: number; delete: number; grant: number; list: boolean | 401 }
+interface Row {
+  read: GitOutcome;
+  push: GitOutcome;
+  create: number;
+  delete: number;
+  grant: number;
+  list: boolean | 401;
+}
 const EXPECTED: Record<Vis, Record<Who, Row>> = {
   private: {
-    'anonymous': { read: 'prompt', push: 'prompt', create: 401, delete: 401, grant: 401, list: false },
-    'reader': { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
-    'writer': { read: 'ok', push: 'ok', create: 403, delete: 403, grant: 403, list: true },
+    anonymous: { read: 'prompt', push: 'prompt', create: 401, delete: 401, grant: 401, list: false },
+    reader: { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
+    writer: { read: 'ok', push: 'ok', create: 403, delete: 403, grant: 403, list: true },
     'repo-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
     'cluster-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
     'non-member': { read: 'notFound', push: 'notFound', create: 403, delete: 404, grant: 404, list: false },
     'org-member': { read: 'ok', push: 'forbidden', create: 201, delete: 403, grant: 403, list: true },
-    'expired': { read: 'badCreds', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
-    'revoked': { read: 'badCreds', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+    expired: { read: 'badCreds', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+    revoked: { read: 'badCreds', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
   },
   public: {
-    'anonymous': { read: 'ok', push: 'prompt', create: 401, delete: 401, grant: 401, list: true },
-    'reader': { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
-    'writer': { read: 'ok', push: 'ok', create: 403, delete: 403, grant: 403, list: true },
+    anonymous: { read: 'ok', push: 'prompt', create: 401, delete: 401, grant: 401, list: true },
+    reader: { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
+    writer: { read: 'ok', push: 'ok', create: 403, delete: 403, grant: 403, list: true },
     'repo-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
     'cluster-admin': { read: 'ok', push: 'ok', create: 201, delete: 200, grant: 200, list: true },
     'non-member': { read: 'ok', push: 'forbidden', create: 403, delete: 403, grant: 403, list: true },
     'org-member': { read: 'ok', push: 'forbidden', create: 201, delete: 403, grant: 403, list: true },
     // git sends credentials only when a 401 asks for them: a public read never does.
-    'expired': { read: 'ok', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
-    'revoked': { read: 'ok', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+    expired: { read: 'ok', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
+    revoked: { read: 'ok', push: 'badCreds', create: 401, delete: 401, grant: 401, list: 401 },
   },
 };
 
@@ -61,7 +68,13 @@ describe('permission matrix: callers × public and private × operations', () =>
   let head = '';
   let seq = 0;
 
-  function call(node: number, method: string, path: string, token: string | null, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  function call(
+    node: number,
+    method: string,
+    path: string,
+    token: string | null,
+    body?: unknown,
+  ): Promise<{ status: number; json: Record<string, unknown> }> {
     return c.api(node, method, path, body, token);
   }
 
@@ -118,11 +131,14 @@ describe('permission matrix: callers × public and private × operations', () =>
     await makeRepo('private', 'private');
     work = await workRepo();
     head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
-    for (const v of ['public', 'private']) await gitOk(['push', '-q', gitUrl(1, `acme/${v}`, 'cluster-admin'), 'HEAD:refs/heads/main'], { cwd: work });
+    for (const v of ['public', 'private'])
+      await gitOk(['push', '-q', gitUrl(1, `acme/${v}`, 'cluster-admin'), 'HEAD:refs/heads/main'], { cwd: work });
     // Past the expiry and the 1 s caches.
     await sleep(1_600);
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   function expectGit(r: { code: number; stderr: string }, outcome: GitOutcome): void {
     const want = GIT[outcome];
@@ -134,7 +150,9 @@ describe('permission matrix: callers × public and private × operations', () =>
   }
 
   const cells: Array<[Who, Vis, Op]> = [];
-  for (const vis of ['public', 'private'] as const) for (const who of WHO) for (const op of ['ls-remote', 'clone', 'fetch', 'push', 'create', 'delete', 'grant', 'list'] as const) cells.push([who, vis, op]);
+  for (const vis of ['public', 'private'] as const)
+    for (const who of WHO)
+      for (const op of ['ls-remote', 'clone', 'fetch', 'push', 'create', 'delete', 'grant', 'list'] as const) cells.push([who, vis, op]);
 
   it.each(cells)('%s × %s × %s', async (who, vis, op) => {
     const row = EXPECTED[vis][who];
@@ -211,7 +229,7 @@ describe('permission matrix: callers × public and private × operations', () =>
     await waitFor(async () => (await git(['ls-remote', url(3)])).code !== 0, 3_000, 'the removal seen on node 3');
   });
 
-  it('a disabled user\'s tokens fail on every node', async () => {
+  it("a disabled user's tokens fail on every node", async () => {
     const t = await userToken('frank', 'write');
     expect((await call(3, 'GET', '/user', t.token)).status).toBe(200);
     await ok(1, 'POST', '/users/frank/disable');
@@ -262,13 +280,36 @@ describe('permission matrix: callers × public and private × operations', () =>
   it('the audit log has pushes, creations, grants and token changes with who did them', async () => {
     await commitFile(work, 'audit.txt', 'x\n', 'audit');
     await gitOk(['push', '-q', gitUrl(2, 'acme/private', 'writer'), 'HEAD:refs/heads/audited'], { cwd: work });
-    await waitFor(async () => {
-      const events = (await ok(1, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
-      return events.some((e) => e.action === 'push' && e.user === 'carol' && e.repo === 'acme/private' && (e.refs as string[]).includes('refs/heads/audited') && typeof e.txn === 'string');
-    }, 5_000, 'the push in the audit log');
+    await waitFor(
+      async () => {
+        const events = (await ok(1, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
+        return events.some(
+          (e) =>
+            e.action === 'push' &&
+            e.user === 'carol' &&
+            e.repo === 'acme/private' &&
+            (e.refs as string[]).includes('refs/heads/audited') &&
+            typeof e.txn === 'string',
+        );
+      },
+      5_000,
+      'the push in the audit log',
+    );
     const events = (await ok(1, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
-    for (const action of ['repo.create', 'repo.grant', 'token.create', 'token.revoke', 'user.add', 'org.create', 'org.member', 'repo.delete']) {
-      expect(events.some((e) => e.action === action), action).toBe(true);
+    for (const action of [
+      'repo.create',
+      'repo.grant',
+      'token.create',
+      'token.revoke',
+      'user.add',
+      'org.create',
+      'org.member',
+      'repo.delete',
+    ]) {
+      expect(
+        events.some((e) => e.action === action),
+        action,
+      ).toBe(true);
     }
     expect((await call(1, 'GET', '/admin/audit', tokens.get('repo-admin')!)).status).toBe(403);
   });

@@ -34,7 +34,11 @@ describe('one log line per push', () => {
   async function auditedTxn(ref: string): Promise<string> {
     const deadline = Date.now() + 10_000;
     for (;;) {
-      const events = ((await c.api(1, 'GET', '/admin/audit?limit=1000')).json.events ?? []) as Array<{ action: string; refs?: string[]; txn?: string }>;
+      const events = ((await c.api(1, 'GET', '/admin/audit?limit=1000')).json.events ?? []) as Array<{
+        action: string;
+        refs?: string[];
+        txn?: string;
+      }>;
       const e = events.find((x) => x.action === 'push' && x.refs?.includes(ref));
       if (e?.txn) return e.txn;
       if (Date.now() > deadline) throw new Error(`push of ${ref} not in the audit log`);
@@ -47,13 +51,22 @@ describe('one log line per push', () => {
     await c.createRepo(1, 'logs/repo');
     work = await workRepo();
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('a committed push: its refs, transaction id, outcome and phase timings on the coordinating node', async () => {
     await gitOk(['push', '-q', c.repoUrl(1, 'logs/repo'), 'HEAD:refs/heads/main'], { cwd: work });
     const txn = await auditedTxn('refs/heads/main');
     const line = await waitForLine(1, (l) => l.txnId === txn && l.msg === 'transaction committed');
-    expect(line).toMatchObject({ repoId: 'logs/repo', kind: 'push', outcome: 'committed', refs: ['refs/heads/main'], refCount: 1, required: 2 });
+    expect(line).toMatchObject({
+      repoId: 'logs/repo',
+      kind: 'push',
+      outcome: 'committed',
+      refs: ['refs/heads/main'],
+      refCount: 1,
+      required: 2,
+    });
     for (const k of ['ms', 'prepareMs', 'decideMs', 'commitMs']) expect(typeof line[k], k).toBe('number');
     expect(line.ms).toBe((line.prepareMs as number) + (line.decideMs as number) + (line.commitMs as number));
     // One line for the transaction, not one per phase or per replica.
@@ -76,12 +89,18 @@ describe('one log line per push', () => {
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toMatch(/deletion of the current branch prohibited/);
     const line = await waitForLine(3, (l) => l.msg === 'push refused' && l.repoId === 'logs/repo');
-    expect(line).toMatchObject({ kind: 'push', outcome: 'refused', refs: ['refs/heads/main'], refCount: 1, reasons: ['deletion of the current branch prohibited'] });
+    expect(line).toMatchObject({
+      kind: 'push',
+      outcome: 'refused',
+      refs: ['refs/heads/main'],
+      refCount: 1,
+      reasons: ['deletion of the current branch prohibited'],
+    });
     expect(typeof line.ms).toBe('number');
     expect(line.txnId).toBeUndefined();
   });
 
-  it('a push without a quorum: the aborted transaction\'s line has the refs, the reason and the prepare time', async () => {
+  it("a push without a quorum: the aborted transaction's line has the refs, the reason and the prepare time", async () => {
     await c.kill(2);
     await c.kill(3);
     await commitFile(work, 'late.txt', 'late\n', 'late');

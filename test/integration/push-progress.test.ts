@@ -10,7 +10,9 @@ describe('a push says what the cluster is doing', () => {
     await c.createRepo(1, 'prog/repo');
     work = await workRepo();
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   // git asks for quiet unless it shows progress (a terminal, or --progress), as for its own.
   it('shows replication progress as remote: lines', async () => {
@@ -20,7 +22,8 @@ describe('a push says what the cluster is doing', () => {
     expect(r.stderr).toMatch(/remote: replication: [23] of 3 replicas prepared/);
     expect(r.stderr).toMatch(/remote: replication: [23] of 3 replicas committed/);
     // The hook's relays are gone once the push is done.
-    for (const n of c.nodes) await waitFor(async () => (await nodeGitProcesses(n.dataDir)).length === 0, 10_000, `no git processes on ${n.id}`);
+    for (const n of c.nodes)
+      await waitFor(async () => (await nodeGitProcesses(n.dataDir)).length === 0, 10_000, `no git processes on ${n.id}`);
   });
 
   it('says nothing with git push -q (nor without a terminal)', async () => {

@@ -13,8 +13,12 @@ async function expectAllInSync(c: TestCluster, repoId: string, via: number, repl
 
 describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3, env: { VERIFY_INTERVAL_MS: '500', FSCK_INTERVAL_MS: '1000', REPACK_AFTER_PACKS: '6' } }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3, env: { VERIFY_INTERVAL_MS: '500', FSCK_INTERVAL_MS: '1000', REPACK_AFTER_PACKS: '6' } });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('a node stopped while 50 commits are pushed is back in sync within seconds of its start', async () => {
     await c.createRepo(1, 'heal/missed');
@@ -73,7 +77,8 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     for (const i of [1, 2, 3]) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: '' });
     const st = await expectAllInSync(c, 'heal/unconfirmed', 2);
     expect(st.generation).toBe(2);
-    for (const i of [1, 2, 3]) expect(await gitOk(['rev-parse', 'refs/heads/main'], { cwd: c.replicaPath(i, 'heal/unconfirmed') })).toBe(`${oid}\n`);
+    for (const i of [1, 2, 3])
+      expect(await gitOk(['rev-parse', 'refs/heads/main'], { cwd: c.replicaPath(i, 'heal/unconfirmed') })).toBe(`${oid}\n`);
   });
 
   it('a replica with more packs than REPACK_AFTER_PACKS is rolled up; refs, checksum and objects unchanged', async () => {
@@ -84,7 +89,8 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
       await commitFile(work, `p${i}.txt`, `${i}\n`.repeat(50), `pack ${i}`);
       await gitOk(['push', '-q', c.repoUrl(1 + (i % 3), 'heal/packs'), 'main'], { cwd: work });
     }
-    const packs = async (i: number): Promise<number> => (await readdir(join(c.replicaPath(i, 'heal/packs'), 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
+    const packs = async (i: number): Promise<number> =>
+      (await readdir(join(c.replicaPath(i, 'heal/packs'), 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
     await waitFor(async () => (await Promise.all([1, 2, 3].map(packs))).every((n) => n <= 6), 30_000, 'every replica repacked');
     const st = await expectAllInSync(c, 'heal/packs', 1);
     expect(st.generation).toBe(13);
@@ -93,7 +99,9 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
       const fsck = await git(['fsck', '--no-dangling'], { cwd: c.replicaPath(i, 'heal/packs') });
       expect(fsck.code, fsck.stderr).toBe(0);
     }
-    expect((await gitOk(['rev-parse', 'main'], { cwd: c.replicaPath(2, 'heal/packs') })).trim()).toBe((await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim());
+    expect((await gitOk(['rev-parse', 'main'], { cwd: c.replicaPath(2, 'heal/packs') })).trim()).toBe(
+      (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim(),
+    );
     expect((await gitOk(['rev-list', '--count', 'main'], { cwd: c.replicaPath(2, 'heal/packs') })).trim()).toBe('13');
   });
 
@@ -106,7 +114,11 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     await c.waitInSync('heal/ref');
     const good = await refsOf(c.replicaPath(1, 'heal/ref'));
     await writeFile(join(c.replicaPath(2, 'heal/ref'), 'refs', 'heads', 'main'), `${first}\n`);
-    await waitFor(async () => (await c.repoStatus(1, 'heal/ref')).replicas.some((r) => r.node === 'node-2' && r.state !== 'in_sync'), 45_000, 'verifier marks node-2 stale');
+    await waitFor(
+      async () => (await c.repoStatus(1, 'heal/ref')).replicas.some((r) => r.node === 'node-2' && r.state !== 'in_sync'),
+      45_000,
+      'verifier marks node-2 stale',
+    );
     await expectAllInSync(c, 'heal/ref', 1);
     expect(await refsOf(c.replicaPath(2, 'heal/ref'))).toBe(good);
   });
@@ -120,7 +132,11 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     const pack = join(c.replicaPath(3, 'heal/objects'), 'objects', 'pack');
     for (const f of await readdir(pack)) if (f.endsWith('.pack') || f.endsWith('.idx')) await rm(join(pack, f));
     expect((await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'heal/objects') })).code).not.toBe(0);
-    await waitFor(async () => (await c.repoStatus(1, 'heal/objects')).replicas.some((r) => r.node === 'node-3' && r.state !== 'in_sync'), 45_000, 'fsck marks node-3');
+    await waitFor(
+      async () => (await c.repoStatus(1, 'heal/objects')).replicas.some((r) => r.node === 'node-3' && r.state !== 'in_sync'),
+      45_000,
+      'fsck marks node-3',
+    );
     await expectAllInSync(c, 'heal/objects', 1);
     const fsck = await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'heal/objects') });
     expect(fsck.code, fsck.stderr).toBe(0);
@@ -134,7 +150,9 @@ describe('placement over 6 nodes with R=3', { timeout: 300_000 }, () => {
   beforeAll(async () => {
     c = await TestCluster.start({ nodes: 6, replicationFactor: 3, env: { REPLACE_AFTER: '3s', STEWARD_INTERVAL_MS: '500' } });
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   async function counts(via: number): Promise<Map<string, number>> {
     const m = new Map<string, number>();
@@ -174,7 +192,11 @@ describe('placement over 6 nodes with R=3', { timeout: 300_000 }, () => {
     expect(r.status).toBe(200);
     await waitFor(async () => !(await counts(1)).has('node-5'), 180_000, 'no replica left on node-5');
     await expectNothingLost(3);
-    await waitFor(async () => (await readdir(join(c.node(5).dataDir, 'repos', 'spread')).catch(() => [])).length === 0, 30_000, 'node-5 deleted its copies');
+    await waitFor(
+      async () => (await readdir(join(c.node(5).dataDir, 'repos', 'spread')).catch(() => [])).length === 0,
+      30_000,
+      'node-5 deleted its copies',
+    );
   });
 
   it('a new node and rebalance: replicas move onto it, all repos stay at 3', async () => {
@@ -182,13 +204,17 @@ describe('placement over 6 nodes with R=3', { timeout: 300_000 }, () => {
     expect((await c.api(1, 'POST', '/admin/rebalance')).status).toBe(200);
     await waitFor(async () => ((await counts(1)).get(`node-${i}`) ?? 0) >= 5, 180_000, `replicas on node-${i}`);
     // Moves go one copy at a time (add, then drop once the copy is in sync): wait until they settle.
-    await waitFor(async () => {
-      for (const r of repos) {
-        const st = await c.repoStatus(1, r);
-        if (st.replicas.length !== 3 || st.replicas.some((x) => x.state !== 'in_sync')) return false;
-      }
-      return true;
-    }, 180_000, 'rebalance settled');
+    await waitFor(
+      async () => {
+        for (const r of repos) {
+          const st = await c.repoStatus(1, r);
+          if (st.replicas.length !== 3 || st.replicas.some((x) => x.state !== 'in_sync')) return false;
+        }
+        return true;
+      },
+      180_000,
+      'rebalance settled',
+    );
     await expectNothingLost(i);
   });
 });

@@ -37,8 +37,12 @@ async function expectReplicasIdentical(c: TestCluster, repoId: string): Promise<
 
 describe('replicated pushes on 3 nodes', () => {
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('push to node 1, clone from node 3 at once: identical refs, equal checksums', async () => {
     await c.createRepo(1, 'r/one');
@@ -150,8 +154,12 @@ describe('replicated pushes on 3 nodes', () => {
 describe('fault points: crash or delay at each step of a push', () => {
   const cases = FAILPOINT_NAMES.filter((n) => !n.startsWith('coordinator.beforePrepare'));
   let c: TestCluster;
-  beforeAll(async () => { c = await TestCluster.start({ nodes: 3 }); });
-  afterAll(async () => { await c?.destroy(); });
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it.each(cases.map((name) => [name]))('%s=crash: acknowledged pushes survive, no lock, replicas agree', async (name) => {
     const repo = `fp/${name.replace('.', '-')}`;
@@ -167,7 +175,10 @@ describe('fault points: crash or delay at each step of a push', () => {
     const oid = await commitFile(work, 'f.txt', `${name}\n`, name);
     const r = await git(['push', c.repoUrl(1, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
     if (r.code === 0) acked.push(oid);
-    const crashed = await c.exited(victim, 20_000).then(() => true, () => false);
+    const crashed = await c.exited(victim, 20_000).then(
+      () => true,
+      () => false,
+    );
     expect(crashed, `${name}: node ${victim} did not crash; push: ${r.stderr}`).toBe(true);
     await c.restart(victim, { GIT_REPLICATION_FAILPOINTS: '' });
     await c.waitMembership();

@@ -13,8 +13,12 @@ function runScale(args: string[], timeoutMs: number): Promise<{ code: number | n
     const child = spawn(process.execPath, [SCALE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('close', (code) => {
       clearTimeout(timer);
@@ -33,7 +37,10 @@ describe('npm run scale (small)', () => {
   it('measures 30 repos on 3 nodes and reports every figure', async () => {
     const out = await mkdtemp(join(tmpdir(), 'gitrep-scale-smoke-'));
     dirs.push(out);
-    const r = await runScale(['--repos', '30', '--nodes', '3', '--idle-seconds', '3', '--pushes', '3', '--concurrency', '8', '--out', out], 170_000);
+    const r = await runScale(
+      ['--repos', '30', '--nodes', '3', '--idle-seconds', '3', '--pushes', '3', '--concurrency', '8', '--out', out],
+      170_000,
+    );
     expect(r.code, r.stderr).toBe(0);
     const json = (await readdir(out)).find((f) => f.endsWith('.json'))!;
     const report = JSON.parse(await readFile(join(out, json), 'utf8')) as ScaleReport;
@@ -57,6 +64,18 @@ describe('npm run scale (small)', () => {
     expect(report.startup.replicas).toBe(30);
     expect(report.startup.cloneMs).toBeGreaterThanOrEqual(report.startup.healthMs);
     const md = await readFile(join(out, json.replace(/\.json$/, '.md')), 'utf8');
-    for (const row of ['creation', 'replicas per node', 'idle CPU per node', 'idle store operations', 'small push p50', 'store operations per push', 'GET /repos first page', 'node RSS', 'store size', 'start-up after kill -9']) expect(md).toContain(`| ${row}`);
+    for (const row of [
+      'creation',
+      'replicas per node',
+      'idle CPU per node',
+      'idle store operations',
+      'small push p50',
+      'store operations per push',
+      'GET /repos first page',
+      'node RSS',
+      'store size',
+      'start-up after kill -9',
+    ])
+      expect(md).toContain(`| ${row}`);
   }, 180_000);
 });

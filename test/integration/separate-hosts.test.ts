@@ -19,7 +19,8 @@ import { createNetLab, netnsUnavailable, removeStaleLabs, type LabHost, type Net
 const NO_NETNS = netnsUnavailable();
 if (NO_NETNS !== null) process.stderr.write(`separate hosts test skipped: cannot create network namespaces (${NO_NETNS})\n`);
 const SKIP = NO_NETNS !== null || skipWithoutEtcd();
-const TITLE = NO_NETNS === null ? 'nodes on separate hosts' : `nodes on separate hosts (skipped: cannot create network namespaces: ${NO_NETNS})`;
+const TITLE =
+  NO_NETNS === null ? 'nodes on separate hosts' : `nodes on separate hosts (skipped: cannot create network namespaces: ${NO_NETNS})`;
 
 const NODE_PORT = 3000;
 const ETCD_CLIENT_PORT = 2379;
@@ -27,11 +28,17 @@ const ETCD_PEER_PORT = 2380;
 const REPO = 'lab/site';
 
 /** Proc is a process in a host, with the tail of its output for failure messages. */
-interface Proc { readonly host: LabHost; readonly child: ChildProcess; log: string }
+interface Proc {
+  readonly host: LabHost;
+  readonly child: ChildProcess;
+  log: string;
+}
 
 function track(host: LabHost, child: ChildProcess): Proc {
   const p: Proc = { host, child, log: '' };
-  const keep = (d: Buffer): void => { p.log = (p.log + d.toString()).slice(-20_000); };
+  const keep = (d: Buffer): void => {
+    p.log = (p.log + d.toString()).slice(-20_000);
+  };
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
   return p;
@@ -53,36 +60,73 @@ describe.skipIf(SKIP)(TITLE, () => {
   const etcds: Proc[] = [];
   const nodes: Proc[] = [];
 
-  const logs = (): string => [...etcds, ...nodes].map((p) => `--- ${p.host.name} ${p === nodes.find((n) => n.host === p.host) ? 'node' : 'etcd'}\n${p.log.slice(-3_000)}`).join('\n');
+  const logs = (): string =>
+    [...etcds, ...nodes]
+      .map((p) => `--- ${p.host.name} ${p === nodes.find((n) => n.host === p.host) ? 'node' : 'etcd'}\n${p.log.slice(-3_000)}`)
+      .join('\n');
 
   function startEtcd(h: LabHost, initialCluster: string): Proc {
     const client = `http://${h.address}:${ETCD_CLIENT_PORT}`;
     const peer = `http://${h.address}:${ETCD_PEER_PORT}`;
-    return track(h, lab.spawn(h, etcdBinary() ?? 'etcd', [
-      `--name=${h.name}`, `--data-dir=${join(root, `etcd-${h.name}`)}`,
-      `--listen-client-urls=${client}`, `--advertise-client-urls=${client}`,
-      `--listen-peer-urls=${peer}`, `--initial-advertise-peer-urls=${peer}`,
-      `--initial-cluster=${initialCluster}`, `--initial-cluster-token=${root}`, '--initial-cluster-state=new',
-      '--heartbeat-interval=50', '--election-timeout=500',
-    ], { stdio: ['ignore', 'pipe', 'pipe'], env: etcdEnv() }));
+    return track(
+      h,
+      lab.spawn(
+        h,
+        etcdBinary() ?? 'etcd',
+        [
+          `--name=${h.name}`,
+          `--data-dir=${join(root, `etcd-${h.name}`)}`,
+          `--listen-client-urls=${client}`,
+          `--advertise-client-urls=${client}`,
+          `--listen-peer-urls=${peer}`,
+          `--initial-advertise-peer-urls=${peer}`,
+          `--initial-cluster=${initialCluster}`,
+          `--initial-cluster-token=${root}`,
+          '--initial-cluster-state=new',
+          '--heartbeat-interval=50',
+          '--election-timeout=500',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'], env: etcdEnv() },
+      ),
+    );
   }
 
   /** startNode runs a node on its host's address, or on every address of its host (`0.0.0.0`, no --advertise-url). */
   function startNode(h: LabHost, store: string, listen: string): Proc {
-    return track(h, lab.spawn(h, process.execPath, [
-      MAIN, 'serve', '--id', h.name, '--host', listen, '--port', String(NODE_PORT),
-      '--data-dir', join(root, `node-${h.name}`), '--store', store, '--replication-factor', '3',
-    ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...FAST_ENV, PEER_URLS: '' } }));
+    return track(
+      h,
+      lab.spawn(
+        h,
+        process.execPath,
+        [
+          MAIN,
+          'serve',
+          '--id',
+          h.name,
+          '--host',
+          listen,
+          '--port',
+          String(NODE_PORT),
+          '--data-dir',
+          join(root, `node-${h.name}`),
+          '--store',
+          store,
+          '--replication-factor',
+          '3',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...FAST_ENV, PEER_URLS: '' } },
+      ),
+    );
   }
 
   /** liveSeen is the set of node ids node `h` counts live. */
   async function liveSeen(h: LabHost): Promise<Set<string>> {
-    const health = await getJson(`${nodeUrl(h)}/health`) as { peer_nodes?: Array<{ id: string; live: boolean }> };
+    const health = (await getJson(`${nodeUrl(h)}/health`)) as { peer_nodes?: Array<{ id: string; live: boolean }> };
     return new Set((health.peer_nodes ?? []).filter((p) => p.live).map((p) => p.id));
   }
 
   async function repoStatus(h: LabHost): Promise<RepoStatus> {
-    return await getJson(`${nodeUrl(h)}/repos/${REPO}`) as unknown as RepoStatus;
+    return (await getJson(`${nodeUrl(h)}/repos/${REPO}`)) as unknown as RepoStatus;
   }
 
   async function push(h: LabHost, n: number): Promise<{ code: number; stderr: string }> {
@@ -95,9 +139,14 @@ describe.skipIf(SKIP)(TITLE, () => {
     return new Promise((resolve) => {
       const child = lab.spawn(h, 'git', args, { cwd: work, env: GIT_ENV, stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
-      child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
+      child.stderr?.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
       const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-      child.once('exit', (code) => { clearTimeout(timer); resolve({ code, stderr }); });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        resolve({ code, stderr });
+      });
     });
   }
 
@@ -115,23 +164,33 @@ describe.skipIf(SKIP)(TITLE, () => {
     const initialCluster = lab.hosts.map((h) => `${h.name}=http://${h.address}:${ETCD_PEER_PORT}`).join(',');
     for (const h of lab.hosts) etcds.push(startEtcd(h, initialCluster));
     try {
-      await waitFor(async () => {
-        for (const e of etcds) if (e.child.exitCode !== null) throw new Error(`etcd on ${e.host.name} exited`);
-        const healthy = await Promise.all(lab.hosts.map(async (h) => (await getJson(`http://${h.address}:${ETCD_CLIENT_PORT}/health`)).health === 'true'));
-        return healthy.every(Boolean);
-      }, 20_000, 'etcd members healthy');
+      await waitFor(
+        async () => {
+          for (const e of etcds) if (e.child.exitCode !== null) throw new Error(`etcd on ${e.host.name} exited`);
+          const healthy = await Promise.all(
+            lab.hosts.map(async (h) => (await getJson(`http://${h.address}:${ETCD_CLIENT_PORT}/health`)).health === 'true'),
+          );
+          return healthy.every(Boolean);
+        },
+        20_000,
+        'etcd members healthy',
+      );
       // Every node is given the three etcd endpoints and nothing else about the cluster.
       const store = `etcd://${lab.hosts.map((h) => `${h.address}:${ETCD_CLIENT_PORT}`).join(',')}`;
       // h2 listens on 0.0.0.0 without --advertise-url: it must advertise its own address, not loopback.
       for (const h of lab.hosts) nodes.push(startNode(h, store, h.name === 'h2' ? '0.0.0.0' : h.address));
       const ids = lab.hosts.map((h) => h.name);
-      await waitFor(async () => {
-        for (const h of lab.hosts) {
-          const seen = await liveSeen(h);
-          if (ids.some((id) => id !== h.name && !seen.has(id))) return false;
-        }
-        return true;
-      }, 30_000, 'every node sees the others live');
+      await waitFor(
+        async () => {
+          for (const h of lab.hosts) {
+            const seen = await liveSeen(h);
+            if (ids.some((id) => id !== h.name && !seen.has(id))) return false;
+          }
+          return true;
+        },
+        30_000,
+        'every node sees the others live',
+      );
     } catch (err) {
       throw new Error(`${err instanceof Error ? err.message : String(err)}\n${logs()}`);
     }
@@ -148,10 +207,14 @@ describe.skipIf(SKIP)(TITLE, () => {
     const [a, b, c] = lab.hosts as [LabHost, LabHost, LabHost];
     try {
       // Each node advertises its own address (h2 too, listening on 0.0.0.0), learnt by the others through etcd alone.
-      const status = await getJson(`${nodeUrl(b)}/status.json`) as { nodes: Array<{ id: string; url?: string }> };
+      const status = (await getJson(`${nodeUrl(b)}/status.json`)) as { nodes: Array<{ id: string; url?: string }> };
       expect(status.nodes.map((n) => [n.id, n.url]).sort()).toEqual(lab.hosts.map((h) => [h.name, nodeUrl(h)]));
 
-      const created = await fetch(`${nodeUrl(a)}/repos`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ repo_id: REPO }) });
+      const created = await fetch(`${nodeUrl(a)}/repos`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ repo_id: REPO }),
+      });
       expect(created.status, await created.text()).toBe(201);
       const first = await push(a, 1);
       expect(first.code, first.stderr).toBe(0);
@@ -164,7 +227,11 @@ describe.skipIf(SKIP)(TITLE, () => {
       await expect(fetch(`${nodeUrl(c)}/health`, { signal: AbortSignal.timeout(1_000) })).rejects.toThrow();
       // Once etcd's majority has a leader (an election if c's member led), the nodes must carry on
       // although every node still lists c's etcd member among its endpoints.
-      await waitFor(async () => (await getJson(`http://${a.address}:${ETCD_CLIENT_PORT}/health`)).health === 'true', 10_000, 'etcd leader without c');
+      await waitFor(
+        async () => (await getJson(`http://${a.address}:${ETCD_CLIENT_PORT}/health`)).health === 'true',
+        10_000,
+        'etcd leader without c',
+      );
       for (let n = 2; n <= 4; n++) {
         const r = await push(a, n);
         expect(r.code, `push ${n} with host c cut off: ${r.stderr}`).toBe(0);
@@ -181,15 +248,24 @@ describe.skipIf(SKIP)(TITLE, () => {
       expect(await cloneRefs(b)).toBe(expectedAfter);
       const cDuring = during.replicas.find((r) => r.node === c.name);
       expect(cDuring?.generation ?? 0).toBeLessThan(during.generation);
-      expect(during.replicas.filter((r) => r.state === 'in_sync' && r.generation === during.generation).map((r) => r.node).sort()).toEqual([a.name, b.name]);
+      expect(
+        during.replicas
+          .filter((r) => r.state === 'in_sync' && r.generation === during.generation)
+          .map((r) => r.node)
+          .sort(),
+      ).toEqual([a.name, b.name]);
 
       await lab.restore(c);
       let repaired: RepoStatus | null = null;
-      await waitFor(async () => {
-        repaired = await repoStatus(a);
-        const rc = repaired.replicas.find((r) => r.node === c.name);
-        return rc?.state === 'in_sync' && rc.generation === during.generation;
-      }, 30_000, 'host c in sync again');
+      await waitFor(
+        async () => {
+          repaired = await repoStatus(a);
+          const rc = repaired.replicas.find((r) => r.node === c.name);
+          return rc?.state === 'in_sync' && rc.generation === during.generation;
+        },
+        30_000,
+        'host c in sync again',
+      );
       expect(repaired!.generation).toBe(during.generation);
       // The replica on c's own disk has the pushes it missed, and c serves them.
       expect(await refsOf(join(root, `node-${c.name}`, 'repos', `${REPO}.git`))).toBe(expectedAfter);

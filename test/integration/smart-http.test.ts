@@ -11,7 +11,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, GIT_ENV, lsRemote, nodeGitProcesses, refsOf, tempDir, workRepo, zombies } from '../helpers/git.js';
 
-
 describe('smart HTTP against a single node', () => {
   let c: TestCluster;
   let work: string;
@@ -23,7 +22,9 @@ describe('smart HTTP against a single node', () => {
     work = await workRepo();
     await gitOk(['remote', 'add', 'origin', url], { cwd: work });
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('clones an empty repo (v2 and v0)', async () => {
     for (const v of ['2', '0']) {
@@ -79,7 +80,10 @@ describe('smart HTTP against a single node', () => {
     await commitFile(work, 'x.txt', 'x\n', 'x');
     await gitOk(['push', '-q', 'origin', 'HEAD:refs/heads/a2'], { cwd: work });
     await commitFile(stale, 'y.txt', 'y\n', 'y');
-    const r = await git(['push', '--atomic', '--force', 'origin', 'HEAD:refs/heads/a1', 'HEAD:refs/heads/new-atomic', 'HEAD:refs/heads/a2'], { cwd: stale, env: { GIT_TRACE: '0' } });
+    const r = await git(
+      ['push', '--atomic', '--force', 'origin', 'HEAD:refs/heads/a1', 'HEAD:refs/heads/new-atomic', 'HEAD:refs/heads/a2'],
+      { cwd: stale, env: { GIT_TRACE: '0' } },
+    );
     // The client forces a2 over the server's newer value: receive-pack accepts force, so all go through.
     expect(r.code, r.stderr).toBe(0);
     const r2 = await git(['push', '--atomic', 'origin', 'HEAD:refs/heads/ok-one', 'HEAD~1:refs/heads/a1'], { cwd: stale });
@@ -131,11 +135,19 @@ describe('smart HTTP against a single node', () => {
 
   it('malformed pkt-lines are a 400 and start nothing that lingers', async () => {
     for (const body of ['zzzz', '0005', '00ffshort', '']) {
-      const res = await fetch(`${url}/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request' }, body });
+      const res = await fetch(`${url}/git-upload-pack`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-git-upload-pack-request' },
+        body,
+      });
       expect(res.status, JSON.stringify(body)).toBe(400);
       expect(await res.text()).toMatch(/malformed pkt-line/);
     }
-    const push = await fetch(`${url}/git-receive-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-receive-pack-request' }, body: 'garbage!' });
+    const push = await fetch(`${url}/git-receive-pack`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-git-receive-pack-request' },
+      body: 'garbage!',
+    });
     expect(push.status).toBe(400);
     await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length === 0, 5_000, 'no git processes');
   });
@@ -143,7 +155,11 @@ describe('smart HTTP against a single node', () => {
   it('gzip request bodies are accepted', async () => {
     const head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
     const body = gzipSync(Buffer.from(`0032want ${head}\n00000009done\n`));
-    const res = await fetch(`${url}/git-upload-pack`, { method: 'POST', headers: { 'content-type': 'application/x-git-upload-pack-request', 'content-encoding': 'gzip' }, body });
+    const res = await fetch(`${url}/git-upload-pack`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-git-upload-pack-request', 'content-encoding': 'gzip' },
+      body,
+    });
     expect(res.status).toBe(200);
     const bytes = Buffer.from(await res.arrayBuffer());
     expect(bytes.subarray(0, 8).toString()).toBe('0008NAK\n');
@@ -185,7 +201,9 @@ describe('a large repository (3,900 refs, 11k commits, a 15 MB pack)', () => {
     mirror = join(await tempDir(), 'large.git');
     await makeLargeRepo(mirror);
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('mirror-pushes it and clones it back identical', async () => {
     await c.createRepo(1, 'big/express');
@@ -204,7 +222,11 @@ describe('a large repository (3,900 refs, 11k commits, a 15 MB pack)', () => {
     for (let round = 0; round < 3; round++) {
       const dir = join(await tempDir(), 'k');
       const child = spawn('git', ['clone', '-q', '--mirror', url, dir], { env: GIT_ENV, stdio: 'ignore' });
-      await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).some((p) => p.cmd.includes('pack-objects')), 20_000, 'pack-objects running');
+      await waitFor(
+        async () => (await nodeGitProcesses(c.node(1).dataDir)).some((p) => p.cmd.includes('pack-objects')),
+        20_000,
+        'pack-objects running',
+      );
       child.kill('SIGKILL');
       await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length === 0, 10_000, 'server git processes gone');
     }

@@ -22,15 +22,28 @@ describe('git over ssh', () => {
   let replicaNodes: number[] = [];
   let otherNode = 0;
 
-  async function api(node: number, method: string, path: string, body?: unknown, token: string | null = admin): Promise<{ status: number; json: Record<string, unknown> }> {
+  async function api(
+    node: number,
+    method: string,
+    path: string,
+    body?: unknown,
+    token: string | null = admin,
+  ): Promise<{ status: number; json: Record<string, unknown> }> {
     const res = await fetch(`${c.url(node)}${path}`, {
       method,
-      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: {
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
     let json: Record<string, unknown> = {};
-    try { json = JSON.parse(text) as Record<string, unknown>; } catch { json = { text }; }
+    try {
+      json = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      json = { text };
+    }
     return { status: res.status, json };
   }
 
@@ -43,7 +56,11 @@ describe('git over ssh', () => {
   /** keygen makes a client key pair and returns the private key's path. */
   async function keygen(name: string): Promise<string> {
     const file = join(tmp, name);
-    await new Promise<void>((resolve, reject) => execFile('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `${name}@test`, '-f', file], (err: Error | null) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      execFile('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `${name}@test`, '-f', file], (err: Error | null) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
     return file;
   }
 
@@ -68,7 +85,11 @@ describe('git over ssh', () => {
     return new Promise((resolve) => {
       const argv = [...sshCommand(key).split(' ').slice(1), '-p', String(sshPort(node)), 'git@127.0.0.1', ...args];
       execFile('ssh', argv, { timeout: 30_000 }, (err, stdout, stderr) => {
-        resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, stdout, stderr });
+        resolve({
+          code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0,
+          stdout,
+          stderr,
+        });
       });
     });
   }
@@ -76,7 +97,12 @@ describe('git over ssh', () => {
   const keys: Record<string, string> = {};
 
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 3, replicationFactor: 2, ssh: true, env: { AUTH: 'tokens', SSH_MAX_PER_USER: '3', SSH_IDLE_TIMEOUT: '4s' } });
+    c = await TestCluster.start({
+      nodes: 3,
+      replicationFactor: 2,
+      ssh: true,
+      env: { AUTH: 'tokens', SSH_MAX_PER_USER: '3', SSH_IDLE_TIMEOUT: '4s' },
+    });
     admin = await c.adminToken();
     tmp = await tempDir('gitrep-ssh-');
     // Every node presents the cluster's one host key.
@@ -97,7 +123,7 @@ describe('git over ssh', () => {
     keys.stranger = await keygen('stranger');
     await ok(1, 'POST', '/repos', { repo_id: REPO });
     await ok(1, 'PUT', `/repos/${REPO}/grants/user:bob`, { role: 'read' });
-    const status = await ok(1, 'GET', `/repos/${REPO}`) as unknown as { replicas: Array<{ node: string }> };
+    const status = (await ok(1, 'GET', `/repos/${REPO}`)) as unknown as { replicas: Array<{ node: string }> };
     replicaNodes = status.replicas.map((r) => Number(r.node.replace('node-', '')));
     otherNode = [1, 2, 3].find((i) => !replicaNodes.includes(i))!;
     work = await workRepo();
@@ -152,7 +178,13 @@ describe('git over ssh', () => {
   }, 30_000);
 
   it('refuses other commands, a shell and paths outside the repositories, running nothing', async () => {
-    for (const args of [['ls', '/'], ['sh', '-c', 'id'], ["git-upload-pack '/../../etc'"], ["git-upload-archive '/alice/site.git'"], ['scp', '-t', '/tmp']]) {
+    for (const args of [
+      ['ls', '/'],
+      ['sh', '-c', 'id'],
+      ["git-upload-pack '/../../etc'"],
+      ["git-upload-archive '/alice/site.git'"],
+      ['scp', '-t', '/tmp'],
+    ]) {
       const r = await ssh(keys.alice!, 1, args);
       expect(r.code, args.join(' ')).toBe(1);
       expect(r.stdout).toBe('');
@@ -184,11 +216,16 @@ describe('git over ssh', () => {
   it('key add, list and remove through the CLI; a removed key no longer signs in', async () => {
     const file = await keygen('dave');
     await ok(1, 'POST', '/users', { name: 'dave' });
-    const cli = (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => new Promise((resolve) => {
-      execFile(process.execPath, [MAIN, ...args, '--url', c.url(2), '--token', admin], { timeout: 30_000 }, (err, stdout, stderr) => {
-        resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, stdout, stderr });
+    const cli = (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+      new Promise((resolve) => {
+        execFile(process.execPath, [MAIN, ...args, '--url', c.url(2), '--token', admin], { timeout: 30_000 }, (err, stdout, stderr) => {
+          resolve({
+            code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0,
+            stdout,
+            stderr,
+          });
+        });
       });
-    });
     const added = await cli(['key', 'add', 'dave', `${file}.pub`, '--name', 'desk']);
     expect(added.code, added.stderr).toBe(0);
     const fingerprint = /key (SHA256:\S+) 'desk' \(ssh-ed25519\) added for dave/.exec(added.stdout)?.[1];
@@ -212,7 +249,14 @@ describe('git over ssh', () => {
       held.push(p);
     }
     try {
-      await waitFor(async () => (await ssh(keys.carol!, 1, [`git-upload-pack '/${REPO}.git'`])).stderr.includes('too many SSH connections for user carol (at most 3 at a time)'), 10_000, 'the fourth connection refused');
+      await waitFor(
+        async () =>
+          (await ssh(keys.carol!, 1, [`git-upload-pack '/${REPO}.git'`])).stderr.includes(
+            'too many SSH connections for user carol (at most 3 at a time)',
+          ),
+        10_000,
+        'the fourth connection refused',
+      );
       // Idle for SSH_IDLE_TIMEOUT (4 s): the node closes them.
       await waitFor(() => held.every((p) => p.exitCode !== null || p.signalCode !== null), 15_000, 'idle connections closed');
     } finally {
@@ -234,10 +278,14 @@ describe('git over ssh', () => {
   }, 60_000);
 
   it('records a push over SSH in the audit log with the user and key', async () => {
-    await waitFor(async () => {
-      const events = (await ok(2, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
-      return events.some((e) => e.action === 'push' && e.user === 'alice' && e.repo === REPO && e.token === 'ssh-key:laptop');
-    }, 10_000, 'ssh push in the audit log');
+    await waitFor(
+      async () => {
+        const events = (await ok(2, 'GET', '/admin/audit?limit=1000')).events as Array<Record<string, unknown>>;
+        return events.some((e) => e.action === 'push' && e.user === 'alice' && e.repo === REPO && e.token === 'ssh-key:laptop');
+      },
+      10_000,
+      'ssh push in the audit log',
+    );
   });
 
   it('a push without quorum is refused with the same message as over HTTP', async () => {

@@ -22,7 +22,9 @@ describe('packs staged ahead of the prepare', () => {
     await c.createRepo(1, repo);
     work = await workRepo();
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   /** shipped reads node i's count of packs sent to peers, by how. */
   async function shipped(i: number, how: string): Promise<number> {
@@ -87,7 +89,11 @@ describe('packs staged ahead of the prepare', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('injected error');
     for (const i of [2, 3]) {
-      await waitFor(async () => (await stagedKeeps(i)).length === 0 && !(await hasObject(i, r.commit)), 15_000, `node ${i} to drop the staged pack`);
+      await waitFor(
+        async () => (await stagedKeeps(i)).length === 0 && !(await hasObject(i, r.commit)),
+        15_000,
+        `node ${i} to drop the staged pack`,
+      );
     }
     await gitOk(['reset', '-q', '--hard', 'HEAD~1'], { cwd: work });
     await c.restart(1, { GIT_REPLICATION_FAILPOINTS: '' });
@@ -118,7 +124,11 @@ describe('packs staged ahead of the prepare', () => {
     await c.kill(1);
     const r = await pushing;
     expect(r.code).not.toBe(0);
-    await waitFor(async () => (await stagedKeeps(2)).length === 0 && !(await hasObject(2, r.commit)), 15_000, 'node 2 to drop the staged pack after its TTL');
+    await waitFor(
+      async () => (await stagedKeeps(2)).length === 0 && !(await hasObject(2, r.commit)),
+      15_000,
+      'node 2 to drop the staged pack after its TTL',
+    );
     await gitOk(['reset', '-q', '--hard', 'HEAD~1'], { cwd: work });
     await c.restart(1, { GIT_REPLICATION_FAILPOINTS: '' });
   });

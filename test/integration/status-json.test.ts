@@ -1,7 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster } from '../helpers/cluster.js';
 
-interface StatusPage { repos: Array<{ repo_id: string }>; cursor: string | null; next_cursor: string | null }
+interface StatusPage {
+  repos: Array<{ repo_id: string }>;
+  cursor: string | null;
+  next_cursor: string | null;
+}
 
 describe('/status.json lists one page of repos', () => {
   let c: TestCluster;
@@ -38,7 +42,9 @@ describe('/status.json lists one page of repos', () => {
       expect(r.status, JSON.stringify(r.json)).toBe(201);
     }
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   it('an admin walks every repo in order, each once, limit at a time', async () => {
     const pages = await walk(4, admin);

@@ -8,7 +8,11 @@ import { makeLocalCa, type LocalCa } from '../../src/cluster/local-ca.js';
 import { MAIN, TestCluster, freePort, sleep, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, refsOf, tempDir, workRepo } from '../helpers/git.js';
 
-interface Run { code: number | null; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
   return new Promise((resolve) => {
@@ -24,7 +28,9 @@ function plainHttp(port: number): Promise<string> {
   return new Promise((resolve) => {
     let got = '';
     const s = connect(port, '127.0.0.1', () => s.write('GET /repos HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n'));
-    s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+    s.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+    });
     s.on('error', () => undefined);
     s.on('close', () => resolve(got));
     s.setTimeout(10_000, () => s.destroy());
@@ -120,7 +126,11 @@ describe('TLS: a 3-node cluster on HTTPS end to end', { timeout: 240_000 }, () =
 describe('TLS: serve refuses a half or broken configuration', () => {
   it.each([
     ['only --tls-cert', ['--tls-cert', '/nonexistent/cert.pem'], /--tls-cert .*--tls-key .*go together/],
-    ['unreadable files', ['--tls-cert', '/nonexistent/cert.pem', '--tls-key', '/nonexistent/key.pem'], /cannot read --tls-cert \/nonexistent\/cert\.pem/],
+    [
+      'unreadable files',
+      ['--tls-cert', '/nonexistent/cert.pem', '--tls-key', '/nonexistent/key.pem'],
+      /cannot read --tls-cert \/nonexistent\/cert\.pem/,
+    ],
     ['a CA that is not PEM', ['--tls-ca', '/etc/hostname'], /--tls-ca \/etc\/hostname is not a usable PEM certificate/],
   ])('%s: exit 2 with a message', async (_name, flags, message) => {
     const data = await tempDir('gitrep-tls-bad-');
@@ -138,11 +148,18 @@ describe('TLS: up --tls', { timeout: 120_000 }, () => {
   it('makes a local CA and node certificates that verify, and serves HTTPS with them', async () => {
     const data = await tempDir('gitrep-up-tls-');
     const base = await freePort();
-    const child = spawn(process.execPath, [MAIN, 'up', '--tls', '--nodes', '1', '--data', data, '--base-port', String(base), '--log-level', 'warn'], {
-      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GIT_REPLICATION_EXIT_WITH_PARENT: '1' },
-    });
+    const child = spawn(
+      process.execPath,
+      [MAIN, 'up', '--tls', '--nodes', '1', '--data', data, '--base-port', String(base), '--log-level', 'warn'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, GIT_REPLICATION_EXIT_WITH_PARENT: '1' },
+      },
+    );
     let out = '';
-    const keep = (d: Buffer): void => { out += d.toString(); };
+    const keep = (d: Buffer): void => {
+      out += d.toString();
+    };
     child.stdout.on('data', keep);
     child.stderr.on('data', keep);
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
@@ -154,13 +171,18 @@ describe('TLS: up --tls', { timeout: 120_000 }, () => {
       expect((await stat(tls)).mode & 0o777).toBe(0o700);
       for (const f of await readdir(tls)) expect((await stat(join(tls, f))).mode & 0o777, f).toBe(0o600);
       expect(existsSync(join(tls, 'ca-key.pem'))).toBe(true);
-      for (const check of [['-verify_ip', '127.0.0.1'], ['-verify_hostname', 'localhost']]) {
+      for (const check of [
+        ['-verify_ip', '127.0.0.1'],
+        ['-verify_hostname', 'localhost'],
+      ]) {
         const v = await run('openssl', ['verify', ...check, '-CAfile', join(tls, 'ca.pem'), join(tls, 'node-1.pem')]);
         expect(v.stdout + v.stderr).toMatch(/node-1\.pem: OK/);
       }
       const ls = await git(['-c', `http.sslCAInfo=${join(tls, 'ca.pem')}`, 'ls-remote', `https://127.0.0.1:${base}/demo/none.git`]);
       expect(ls.stderr).not.toMatch(/certificate|SSL/i);
-      expect(JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8'))).toMatchObject({ nodes: [{ url: `https://127.0.0.1:${base}` }] });
+      expect(JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8'))).toMatchObject({
+        nodes: [{ url: `https://127.0.0.1:${base}` }],
+      });
     } finally {
       child.kill('SIGINT');
       await Promise.race([exited, sleep(20_000)]);
@@ -171,7 +193,11 @@ describe('TLS: up --tls', { timeout: 120_000 }, () => {
   it('without openssl it fails and says what to install', async () => {
     const data = await tempDir('gitrep-up-tls-noossl-');
     try {
-      const r = await run(process.execPath, [MAIN, 'up', '--tls', '--nodes', '1', '--data', data, '--base-port', String(await freePort())], { ...process.env, OPENSSL_BIN: '/nonexistent/openssl' });
+      const r = await run(
+        process.execPath,
+        [MAIN, 'up', '--tls', '--nodes', '1', '--data', data, '--base-port', String(await freePort())],
+        { ...process.env, OPENSSL_BIN: '/nonexistent/openssl' },
+      );
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/needs the openssl binary .*apt-get install openssl/);
     } finally {

@@ -8,12 +8,17 @@ async function runUp(extra: string[]): Promise<{ out: () => string; stop: () => 
   const data = await tempDir();
   const base = await freePort();
   const up = spawn(process.execPath, [MAIN, 'up', '--nodes', '1', '--data', data, '--base-port', String(base), '--no-ssh', ...extra], {
-    env: { ...process.env, NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000' }, stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_TTL_MS: '2000', LOCK_TTL_MS: '4000' },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
-  up.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-  up.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  up.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
+  up.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const exited = new Promise<number | null>((resolve) => up.once('exit', (c) => resolve(c)));
   await waitFor(() => stdout.includes('1 nodes up') || up.exitCode !== null, 60_000, 'up started');
   if (up.exitCode !== null) throw new Error(`up exited (${up.exitCode}): ${stdout}${stderr}`);
@@ -27,10 +32,13 @@ async function runUp(extra: string[]): Promise<{ out: () => string; stop: () => 
 }
 
 describe('up: node logs', () => {
-  it('on a pipe the nodes\' logs stay JSON, one record per line', async () => {
+  it("on a pipe the nodes' logs stay JSON, one record per line", async () => {
     const r = await runUp([]);
     try {
-      const records = r.out().split('\n').filter((l) => l.startsWith('{'));
+      const records = r
+        .out()
+        .split('\n')
+        .filter((l) => l.startsWith('{'));
       const parsed = records.map((l) => JSON.parse(l) as { msg?: string; node?: string; level?: number });
       expect(parsed.some((p) => p.msg === 'node started' && p.node === 'node-1' && p.level === 30)).toBe(true);
       expect(r.out()).not.toMatch(/INFO: node-1/);
@@ -56,7 +64,9 @@ describe('up: node logs', () => {
     const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
       const p = spawn(process.execPath, [MAIN, 'up', '--data', data, '--log-format', 'xml'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stderr = '';
-      p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      p.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
       p.once('exit', (code) => resolve({ code, stderr }));
     });
     expect(r.code).not.toBe(0);

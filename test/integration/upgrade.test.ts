@@ -20,7 +20,9 @@ describe('rolling upgrade of the replication protocol', () => {
     work = await workRepo();
     await gitOk(['push', '-q', c.repoUrl(1, 'up/repo'), 'HEAD:refs/heads/main'], { cwd: work });
   });
-  afterAll(async () => { await c?.destroy(); });
+  afterAll(async () => {
+    await c?.destroy();
+  });
 
   /** pushes pushes n commits through node i; every one must be acknowledged. */
   async function pushes(i: number, n: number): Promise<void> {
@@ -63,7 +65,11 @@ describe('rolling upgrade of the replication protocol', () => {
   it('a node of a build that speaks no common version is refused with a clear log line, and writes go on', async () => {
     await c.kill(3);
     await c.restart(3, { GIT_REPLICATION_PROTOCOL: '1' });
-    await waitFor(() => /speaks replication protocol 1, this node 3/.test(c.node(1).log), 15_000, 'node 1 says node 3 speaks another protocol');
+    await waitFor(
+      () => /speaks replication protocol 1, this node 3/.test(c.node(1).log),
+      15_000,
+      'node 1 says node 3 speaks another protocol',
+    );
     await pushes(1, 1);
     const status = await c.repoStatus(1, 'up/repo');
     expect(status.replicas.find((r) => r.node === 'node-3')!.state).not.toBe('in_sync');

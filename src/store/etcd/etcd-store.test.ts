@@ -8,13 +8,23 @@ import type { RepoRecord } from '../types.js';
 import { EtcdStore } from './etcd-store.js';
 
 function record(repoId: string): RepoRecord {
-  return { repoId, incarnation: randomUUID(), replicas: ['n1', 'n2', 'n3'], generation: 0, checksum: 'c0', createdAt: '2024-01-01T00:00:00.000Z' };
+  return {
+    repoId,
+    incarnation: randomUUID(),
+    replicas: ['n1', 'n2', 'n3'],
+    generation: 0,
+    checksum: 'c0',
+    createdAt: '2024-01-01T00:00:00.000Z',
+  };
 }
 
 /** rejection resolves with what `p` rejects with, and how long that took. */
 async function rejection(p: Promise<unknown>): Promise<{ err: unknown; ms: number }> {
   const started = Date.now();
-  const err = await p.then(() => new Error('resolved, expected a rejection'), (e: unknown) => e);
+  const err = await p.then(
+    () => new Error('resolved, expected a rejection'),
+    (e: unknown) => e,
+  );
   return { err, ms: Date.now() - started };
 }
 
@@ -57,12 +67,23 @@ describe.skipIf(skipWithoutEtcd())('EtcdStore', () => {
       const r = record('acme/app');
       await store.registerNode({ id: 'n1', url: 'http://n1.test', version: '0.1.0', startedAt: 'x' }, 10_000);
       expect((await store.commitCreate({ txnId: 't1', coordinator: 'n1', record: r })).written).toBe(true);
-      expect(await store.confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 0, checksum: 'c0' })).toBe(true);
+      expect(
+        await store.confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 0, checksum: 'c0' }),
+      ).toBe(true);
       const lock = await store.acquireLock(r.repoId, 'n1', 10_000);
       await store.setMetaIfAbsent('peer_secret', 's');
 
       const keys = (await raw.getAll().prefix(prefix).keys()).map((k) => k.slice(prefix.length)).sort();
-      expect(keys).toEqual(['locks/acme/app', 'meta/fencing_token', 'meta/peer_secret', 'nodes-known/n1', 'nodes/n1', 'replicas/acme/app/n1', 'repos/acme/app', 'txns/t1']);
+      expect(keys).toEqual([
+        'locks/acme/app',
+        'meta/fencing_token',
+        'meta/peer_secret',
+        'nodes-known/n1',
+        'nodes/n1',
+        'replicas/acme/app/n1',
+        'repos/acme/app',
+        'txns/t1',
+      ]);
       expect(await raw.get(`${prefix}meta/fencing_token`).string()).toBe(String(lock!.token));
 
       const leaseOf = async (key: string): Promise<string> => (await raw.get(key).exec()).kvs[0]!.lease;
@@ -135,14 +156,16 @@ describe.skipIf(skipWithoutEtcd())('EtcdStore on a 3-member etcd cluster', () =>
 
   /** leaderIndex asks each member who leads, so the test can kill the leader, the harder case. */
   async function leaderIndex(c: EtcdCluster): Promise<number> {
-    const statuses = await Promise.all(c.members.map(async (m) => {
-      const client = new Etcd3({ hosts: m.url });
-      try {
-        return await client.maintenance.status();
-      } finally {
-        client.close();
-      }
-    }));
+    const statuses = await Promise.all(
+      c.members.map(async (m) => {
+        const client = new Etcd3({ hosts: m.url });
+        try {
+          return await client.maintenance.status();
+        } finally {
+          client.close();
+        }
+      }),
+    );
     const leader = statuses[0]!.leader;
     const index = statuses.findIndex((s) => s.header.member_id === leader);
     if (index < 0) throw new Error('no member reports itself leader');
@@ -166,7 +189,15 @@ describe.skipIf(skipWithoutEtcd())('EtcdStore on a 3-member etcd cluster', () =>
         expect(await store.getRepo(r.repoId)).toMatchObject({ repoId: r.repoId });
       }
       expect(await store.getLock(r.repoId)).toEqual(lock);
-      const push = await store.commitPush({ txnId: 't2', repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token, newChecksum: 'c1' });
+      const push = await store.commitPush({
+        txnId: 't2',
+        repoId: r.repoId,
+        coordinator: 'n1',
+        incarnation: r.incarnation,
+        baseGeneration: 0,
+        fencingToken: lock!.token,
+        newChecksum: 'c1',
+      });
       expect(push).toEqual({ written: true, decision: 'commit' });
       expect(await store.acquireLock(r.repoId, 'n2', 30_000)).toBeNull();
       expect(await store.renewLock(r.repoId, lock!.token, 30_000)).toBe(true);

@@ -1,13 +1,31 @@
 import {
-  ClientClosedError, Etcd3, isRecoverableError,
-  type ICompare, type IKeyValue, type IOptions, type IRequestOp, type ITxnResponse,
+  ClientClosedError,
+  Etcd3,
+  isRecoverableError,
+  type ICompare,
+  type IKeyValue,
+  type IOptions,
+  type IRequestOp,
+  type ITxnResponse,
 } from 'etcd3';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreUnavailableError, errorMessage } from '../../domain/errors.js';
 import { HostHealth } from './host-health.js';
 import type {
-  ClusterStore, CommitCreate, CommitDelete, CommitPush, ConfirmReplica, DecideResult, Decision, NodeInfo,
-  RepoLock, RepoRecord, ReplicaRecord, ReplicaState, TxnKind, TxnRecord,
+  ClusterStore,
+  CommitCreate,
+  CommitDelete,
+  CommitPush,
+  ConfirmReplica,
+  DecideResult,
+  Decision,
+  NodeInfo,
+  RepoLock,
+  RepoRecord,
+  ReplicaRecord,
+  ReplicaState,
+  TxnKind,
+  TxnRecord,
 } from '../types.js';
 
 /** EtcdStoreOptions configures an EtcdStore. */
@@ -23,14 +41,32 @@ export interface EtcdStoreOptions {
 }
 
 /** StoredNode is the value of `nodes/<id>` and `nodes-known/<id>`. */
-interface StoredNode { id: string; url: string; version: string; startedAt: string; expiresAt: number; protocol?: { min: number; max: number } }
+interface StoredNode {
+  id: string;
+  url: string;
+  version: string;
+  startedAt: string;
+  expiresAt: number;
+  protocol?: { min: number; max: number };
+}
 /** StoredLock is the value of `locks/<repoId>`. */
-interface StoredLock { holder: string; token: number; expiresAt: number }
+interface StoredLock {
+  holder: string;
+  token: number;
+  expiresAt: number;
+}
 /** StoredTxn is the value of `txns/<id>`; createdAt mirrors SqliteStore's column. */
-interface StoredTxn extends TxnRecord { createdAt: number }
+interface StoredTxn extends TxnRecord {
+  createdAt: number;
+}
 
 /** Kv is one key as read: its value, and the revision and lease the write compares rely on. */
-interface Kv { key: string; value: string; mod: string; lease: string }
+interface Kv {
+  key: string;
+  value: string;
+  mod: string;
+  lease: string;
+}
 
 /** Plan is what a read-compare-write decided: the result and, if it changes anything, the writes. */
 interface Plan<T> {
@@ -111,7 +147,11 @@ function absent(key: string): ICompare {
 
 /** Snapshot is a set of keys and prefixes read at one revision. */
 class Snapshot {
-  constructor(readonly revision: string, private readonly keys: Map<string, Kv>, private readonly prefixes: Map<string, Kv[]>) {}
+  constructor(
+    readonly revision: string,
+    private readonly keys: Map<string, Kv>,
+    private readonly prefixes: Map<string, Kv[]>,
+  ) {}
   get(key: string): Kv | undefined {
     return this.keys.get(key);
   }
@@ -139,8 +179,10 @@ function transient(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   if (isRecoverableError(err) || err instanceof ClientClosedError) return true;
   if (err.name === 'BrokenCircuitError' || err.name === 'TaskCancelledError') return true;
-  return /etcdserver: (request timed out|leader changed|no leader|too many requests|server stopped|not capable)/.test(err.message)
-    || /ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ETIMEDOUT|No connection established|Deadline exceeded/i.test(err.message);
+  return (
+    /etcdserver: (request timed out|leader changed|no leader|too many requests|server stopped|not capable)/.test(err.message) ||
+    /ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ETIMEDOUT|No connection established|Deadline exceeded/i.test(err.message)
+  );
 }
 
 /**
@@ -182,20 +224,21 @@ export class EtcdStore implements ClusterStore {
       faultHandling: {
         // No circuit breaker: it would keep refusing calls for seconds after etcd is back.
         // A member that did not answer is skipped while another may (HostHealth), until a probe gets through.
-        host: (host) => policy(async (fn) => {
-          if (!this.health.usable(host)) throw new Error(`etcd member ${host} skipped: it did not answer recently`);
-          try {
-            const result = await fn();
-            this.health.recovered(host);
-            return result;
-          } catch (err) {
-            if (transient(err)) {
-              this.health.failed(host);
-              this.probeLater();
+        host: (host) =>
+          policy(async (fn) => {
+            if (!this.health.usable(host)) throw new Error(`etcd member ${host} skipped: it did not answer recently`);
+            try {
+              const result = await fn();
+              this.health.recovered(host);
+              return result;
+            } catch (err) {
+              if (transient(err)) {
+                this.health.failed(host);
+                this.probeLater();
+              }
+              throw err;
             }
-            throw err;
-          }
-        }),
+          }),
         // Each retry goes to the next host; the budget keeps a call with a dead store short.
         global: policy(async (fn) => {
           const start = Date.now();
@@ -217,14 +260,30 @@ export class EtcdStore implements ClusterStore {
   private k(...parts: string[]): string {
     return this.prefix + parts.join('/');
   }
-  private nodeKey(id: string): string { return this.k('nodes', id); }
-  private knownKey(id: string): string { return this.k('nodes-known', id); }
-  private repoKey(repoId: string): string { return this.k('repos', repoId); }
-  private replicaKey(repoId: string, nodeId: string): string { return this.k('replicas', repoId, nodeId); }
-  private replicasOf(repoId: string): string { return this.k('replicas', repoId, ''); }
-  private txnKey(id: string): string { return this.k('txns', id); }
-  private lockKey(repoId: string): string { return this.k('locks', repoId); }
-  private metaKey(key: string): string { return this.k('meta', key); }
+  private nodeKey(id: string): string {
+    return this.k('nodes', id);
+  }
+  private knownKey(id: string): string {
+    return this.k('nodes-known', id);
+  }
+  private repoKey(repoId: string): string {
+    return this.k('repos', repoId);
+  }
+  private replicaKey(repoId: string, nodeId: string): string {
+    return this.k('replicas', repoId, nodeId);
+  }
+  private replicasOf(repoId: string): string {
+    return this.k('replicas', repoId, '');
+  }
+  private txnKey(id: string): string {
+    return this.k('txns', id);
+  }
+  private lockKey(repoId: string): string {
+    return this.k('locks', repoId);
+  }
+  private metaKey(key: string): string {
+    return this.k('meta', key);
+  }
 
   // ---- plumbing ----
 
@@ -277,13 +336,17 @@ export class EtcdStore implements ClusterStore {
 
   /** revokeQuietly frees leases nothing uses any more; failing only leaves them to expire on their own. */
   private async revokeQuietly(leases: readonly string[]): Promise<void> {
-    await Promise.all(leases.filter((id) => id !== '0').map(async (id) => {
-      try {
-        await this.client.leaseClient.leaseRevoke({ ID: id });
-      } catch {
-        // An unused lease expires by itself after its TTL.
-      }
-    }));
+    await Promise.all(
+      leases
+        .filter((id) => id !== '0')
+        .map(async (id) => {
+          try {
+            await this.client.leaseClient.leaseRevoke({ ID: id });
+          } catch {
+            // An unused lease expires by itself after its TTL.
+          }
+        }),
+    );
   }
 
   /**
@@ -291,7 +354,12 @@ export class EtcdStore implements ClusterStore {
    * ops in one Txn that succeeds only if none of what was read changed; on a concurrent change
    * it starts over, at most MAX_ATTEMPTS times.
    */
-  private async update<T>(what: string, keys: readonly string[], prefixes: readonly string[], plan: (s: Snapshot, now: number) => Plan<T>): Promise<T> {
+  private async update<T>(
+    what: string,
+    keys: readonly string[],
+    prefixes: readonly string[],
+    plan: (s: Snapshot, now: number) => Plan<T>,
+  ): Promise<T> {
     return this.guard(what, async () => {
       let lease: string | undefined;
       let grantedAt = 0;
@@ -314,7 +382,7 @@ export class EtcdStore implements ClusterStore {
             ...keys.map((key) => unchanged(key, snap.get(key))),
             ...prefixes.map((prefix) => rangeUnchangedSince(prefix, snap.revision)),
           ];
-          const res = await this.txn(compares, p.ops(p.leaseMs !== undefined ? lease ?? '0' : '0'));
+          const res = await this.txn(compares, p.ops(p.leaseMs !== undefined ? (lease ?? '0') : '0'));
           if (res.succeeded) {
             leaseUsed = p.leaseMs !== undefined;
             await this.revokeQuietly(p.revoke ?? []);
@@ -334,14 +402,24 @@ export class EtcdStore implements ClusterStore {
 
   async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
     await this.guard('register node', async () => {
-      const value = JSON.stringify({ id: node.id, url: node.url, version: node.version, startedAt: node.startedAt, expiresAt: this.now() + ttlMs, ...(node.protocol ? { protocol: node.protocol } : {}) } satisfies StoredNode);
+      const value = JSON.stringify({
+        id: node.id,
+        url: node.url,
+        version: node.version,
+        startedAt: node.startedAt,
+        expiresAt: this.now() + ttlMs,
+        ...(node.protocol ? { protocol: node.protocol } : {}),
+      } satisfies StoredNode);
       const lease = await this.grant(ttlMs);
       let used = false;
       try {
-        const res = await this.txn([], [
-          { request_put: { key: utf8(this.nodeKey(node.id)), value: utf8(value), lease, prev_kv: true } },
-          put(this.knownKey(node.id), value),
-        ]);
+        const res = await this.txn(
+          [],
+          [
+            { request_put: { key: utf8(this.nodeKey(node.id)), value: utf8(value), lease, prev_kv: true } },
+            put(this.knownKey(node.id), value),
+          ],
+        );
         used = true;
         const previous = res.responses[0]?.response_put.prev_kv?.lease;
         if (previous && previous !== lease) await this.revokeQuietly([previous]);
@@ -383,8 +461,15 @@ export class EtcdStore implements ClusterStore {
       const knownPrefix = this.k('nodes-known', '');
       const snap = await this.read([], [livePrefix, knownPrefix]);
       const now = this.now();
-      const liveIds = new Set(snap.list(livePrefix).map((kv) => parse<StoredNode>(kv)).filter((n) => n.expiresAt > now).map((n) => n.id));
-      return snap.list(knownPrefix)
+      const liveIds = new Set(
+        snap
+          .list(livePrefix)
+          .map((kv) => parse<StoredNode>(kv))
+          .filter((n) => n.expiresAt > now)
+          .map((n) => n.id),
+      );
+      return snap
+        .list(knownPrefix)
         .map((kv) => parse<StoredNode>(kv))
         .sort((a, b) => byUtf8(a.id, b.id))
         .map((n) => ({ ...toNodeInfo(n), live: liveIds.has(n.id) }));
@@ -402,7 +487,8 @@ export class EtcdStore implements ClusterStore {
 
   async listRepos(): Promise<RepoRecord[]> {
     return this.guard('list repos', async () =>
-      (await this.list(this.k('repos', ''))).map((kv) => toRepo(parse<RepoRecord>(kv))).sort((a, b) => byUtf8(a.repoId, b.repoId)));
+      (await this.list(this.k('repos', ''))).map((kv) => toRepo(parse<RepoRecord>(kv))).sort((a, b) => byUtf8(a.repoId, b.repoId)),
+    );
   }
 
   async listReposPage(after: string, limit: number): Promise<RepoRecord[]> {
@@ -420,7 +506,8 @@ export class EtcdStore implements ClusterStore {
       (await this.list(this.replicasOf(repoId)))
         .map((kv) => toReplica(parse<ReplicaRecord>(kv)))
         .filter((r) => r.repoId === repoId)
-        .sort((a, b) => byUtf8(a.nodeId, b.nodeId)));
+        .sort((a, b) => byUtf8(a.nodeId, b.nodeId)),
+    );
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
@@ -429,7 +516,8 @@ export class EtcdStore implements ClusterStore {
       (await this.list(this.k('replicas', '')))
         .map((kv) => toReplica(parse<ReplicaRecord>(kv)))
         .filter((r) => r.nodeId === nodeId)
-        .sort((a, b) => byUtf8(a.repoId, b.repoId)));
+        .sort((a, b) => byUtf8(a.repoId, b.repoId)),
+    );
   }
 
   // ---- locks ----
@@ -494,8 +582,15 @@ export class EtcdStore implements ClusterStore {
   async beginTxn(txn: Omit<TxnRecord, 'decision' | 'decidedAt'>): Promise<void> {
     await this.guard('begin txn', async () => {
       const record: StoredTxn = {
-        id: txn.id, repoId: txn.repoId, kind: txn.kind, coordinator: txn.coordinator, baseGeneration: txn.baseGeneration,
-        fencingToken: txn.fencingToken, decision: null, decidedAt: null, createdAt: this.now(),
+        id: txn.id,
+        repoId: txn.repoId,
+        kind: txn.kind,
+        coordinator: txn.coordinator,
+        baseGeneration: txn.baseGeneration,
+        fencingToken: txn.fencingToken,
+        decision: null,
+        decidedAt: null,
+        createdAt: this.now(),
       };
       // Write-once: a txn that exists (perhaps already decided) is left alone.
       await this.txn([absent(this.txnKey(txn.id))], [put(this.txnKey(txn.id), JSON.stringify(record))]);
@@ -510,8 +605,13 @@ export class EtcdStore implements ClusterStore {
   }
 
   /** decisionOp writes a decision onto the txn record, creating the record if beginTxn never ran. */
-  private decisionOp(txnKv: Kv | undefined, txnId: string, decision: Decision, now: number,
-    fields: { repoId: string; kind: TxnKind; coordinator: string; baseGeneration: number; fencingToken: number }): IRequestOp {
+  private decisionOp(
+    txnKv: Kv | undefined,
+    txnId: string,
+    decision: Decision,
+    now: number,
+    fields: { repoId: string; kind: TxnKind; coordinator: string; baseGeneration: number; fencingToken: number },
+  ): IRequestOp {
     const decidedAt = new Date(now).toISOString();
     const record: StoredTxn = txnKv
       ? { ...parse<StoredTxn>(txnKv), decision, decidedAt }
@@ -532,22 +632,39 @@ export class EtcdStore implements ClusterStore {
       const prior = EtcdStore.standing(s.get(txnKey));
       if (prior) return { result: prior };
       if (s.get(repoKey)) return { result: { written: false, decision: null, reason: 'exists' } };
-      const repo: RepoRecord = { repoId: r.repoId, incarnation: r.incarnation, replicas: [...r.replicas], generation: r.generation, checksum: r.checksum, createdAt: r.createdAt };
+      const repo: RepoRecord = {
+        repoId: r.repoId,
+        incarnation: r.incarnation,
+        replicas: [...r.replicas],
+        generation: r.generation,
+        checksum: r.checksum,
+        createdAt: r.createdAt,
+      };
       return {
         result: { written: true, decision: 'commit' },
         ops: () => [
           put(repoKey, JSON.stringify(repo)),
           // Replica records of an earlier incarnation must not count for the new one.
           delPrefix(this.replicasOf(r.repoId)),
-          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, { repoId: r.repoId, kind: 'create', coordinator: c.coordinator, baseGeneration: 0, fencingToken: 0 }),
+          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, {
+            repoId: r.repoId,
+            kind: 'create',
+            coordinator: c.coordinator,
+            baseGeneration: 0,
+            fencingToken: 0,
+          }),
         ],
       };
     });
   }
 
   /** compareRepo checks the compares shared by push and delete commits, as SqliteStore does. */
-  private static compareRepo(repoKv: Kv | undefined, lockKv: Kv | undefined, now: number,
-    c: { incarnation: string; baseGeneration: number; fencingToken: number }): DecideResult | null {
+  private static compareRepo(
+    repoKv: Kv | undefined,
+    lockKv: Kv | undefined,
+    now: number,
+    c: { incarnation: string; baseGeneration: number; fencingToken: number },
+  ): DecideResult | null {
     if (!repoKv) return { written: false, decision: null, reason: 'missing' };
     const repo = parse<RepoRecord>(repoKv);
     if (repo.incarnation !== c.incarnation) return { written: false, decision: null, reason: 'incarnation' };
@@ -573,7 +690,13 @@ export class EtcdStore implements ClusterStore {
         result: { written: true, decision: 'commit' },
         ops: () => [
           put(repoKey, JSON.stringify(next)),
-          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, { repoId: c.repoId, kind: 'push', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken }),
+          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, {
+            repoId: c.repoId,
+            kind: 'push',
+            coordinator: c.coordinator,
+            baseGeneration: c.baseGeneration,
+            fencingToken: c.fencingToken,
+          }),
         ],
       };
     });
@@ -593,7 +716,13 @@ export class EtcdStore implements ClusterStore {
         ops: () => [
           del(repoKey),
           delPrefix(this.replicasOf(c.repoId)),
-          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, { repoId: c.repoId, kind: 'delete', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken }),
+          this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, {
+            repoId: c.repoId,
+            kind: 'delete',
+            coordinator: c.coordinator,
+            baseGeneration: c.baseGeneration,
+            fencingToken: c.fencingToken,
+          }),
         ],
       };
     });
@@ -606,7 +735,15 @@ export class EtcdStore implements ClusterStore {
       if (prior) return { result: prior };
       return {
         result: { written: true, decision: 'abort' },
-        ops: () => [this.decisionOp(s.get(txnKey), txnId, 'abort', now, { repoId: '', kind: 'push', coordinator: '', baseGeneration: -1, fencingToken: 0 })],
+        ops: () => [
+          this.decisionOp(s.get(txnKey), txnId, 'abort', now, {
+            repoId: '',
+            kind: 'push',
+            coordinator: '',
+            baseGeneration: -1,
+            fencingToken: 0,
+          }),
+        ],
       };
     });
   }
@@ -624,14 +761,25 @@ export class EtcdStore implements ClusterStore {
       const row = rowKv ? parse<ReplicaRecord>(rowKv) : null;
       if (row && row.incarnation === c.incarnation && row.generation > c.generation) return { result: false };
       const record: ReplicaRecord = {
-        repoId: c.repoId, nodeId: c.nodeId, incarnation: c.incarnation, generation: c.generation, checksum: c.checksum,
-        state: 'in_sync', updatedAt: new Date(now).toISOString(),
+        repoId: c.repoId,
+        nodeId: c.nodeId,
+        incarnation: c.incarnation,
+        generation: c.generation,
+        checksum: c.checksum,
+        state: 'in_sync',
+        updatedAt: new Date(now).toISOString(),
       };
       return { result: true, ops: () => [put(replicaKey, JSON.stringify(record))] };
     });
   }
 
-  async markReplica(repoId: string, nodeId: string, incarnation: string, state: Exclude<ReplicaState, 'in_sync'>, belowGeneration: number): Promise<boolean> {
+  async markReplica(
+    repoId: string,
+    nodeId: string,
+    incarnation: string,
+    state: Exclude<ReplicaState, 'in_sync'>,
+    belowGeneration: number,
+  ): Promise<boolean> {
     const repoKey = this.repoKey(repoId);
     const replicaKey = this.replicaKey(repoId, nodeId);
     return this.update('mark replica', [repoKey, replicaKey], [], (s, now): Plan<boolean> => {
@@ -661,7 +809,10 @@ export class EtcdStore implements ClusterStore {
       if (!repo || repo.incarnation !== incarnation) return { result: false };
       const keep = new Set(replicas);
       const next: RepoRecord = { ...toRepo(repo), replicas: [...replicas] };
-      const drop = s.list(replicasPrefix).filter((kv) => !keep.has(parse<ReplicaRecord>(kv).nodeId)).map((kv) => del(kv.key));
+      const drop = s
+        .list(replicasPrefix)
+        .filter((kv) => !keep.has(parse<ReplicaRecord>(kv).nodeId))
+        .map((kv) => del(kv.key));
       return { result: true, ops: () => [put(repoKey, JSON.stringify(next)), ...drop] };
     });
   }
@@ -670,7 +821,11 @@ export class EtcdStore implements ClusterStore {
     return this.guard('prune txns', async () => {
       const old = (await this.list(this.k('txns', ''))).filter((kv) => parse<StoredTxn>(kv).createdAt < createdBefore);
       // Deleted in batches of one etcd Txn each (etcd caps the operations of one Txn at 128).
-      for (let i = 0; i < old.length; i += 100) await this.txn([], old.slice(i, i + 100).map((kv) => del(kv.key)));
+      for (let i = 0; i < old.length; i += 100)
+        await this.txn(
+          [],
+          old.slice(i, i + 100).map((kv) => del(kv.key)),
+        );
       return old.length;
     });
   }
@@ -721,7 +876,12 @@ export class EtcdStore implements ClusterStore {
   async changeMark(): Promise<string> {
     return this.guard('read change mark', async () => {
       const prefixes = [this.k('repos', ''), this.k('replicas', ''), this.metaKey('')];
-      const res = await this.txn([], prefixes.map((p) => ({ request_range: { key: utf8(p), range_end: prefixEnd(p), sort_target: 'Mod', sort_order: 'Descend', limit: 1, keys_only: true } })));
+      const res = await this.txn(
+        [],
+        prefixes.map((p) => ({
+          request_range: { key: utf8(p), range_end: prefixEnd(p), sort_target: 'Mod', sort_order: 'Descend', limit: 1, keys_only: true },
+        })),
+      );
       return res.responses.map((r) => `${r.response_range.kvs[0]?.mod_revision ?? 0}/${r.response_range.count}`).join(',');
     });
   }
@@ -756,20 +916,26 @@ export class EtcdStore implements ClusterStore {
 
   /** probe reads a key on each suspect member alone: a linearizable read answers only from a member in the quorum. */
   private async probe(): Promise<void> {
-    await Promise.all(this.health.suspect().map(async (host) => {
-      let probe = this.probes.get(host);
-      if (!probe) {
-        const once = policy((fn) => Promise.resolve(fn()));
-        probe = new Etcd3({ hosts: host, defaultCallOptions: () => ({ deadline: Date.now() + PROBE_INTERVAL_MS }), faultHandling: { host: () => once, global: once } });
-        this.probes.set(host, probe);
-      }
-      try {
-        await probe.get(this.k('meta', 'probe')).string();
-        this.health.recovered(host);
-      } catch {
-        // Still silent: skipped until a later probe gets through.
-      }
-    }));
+    await Promise.all(
+      this.health.suspect().map(async (host) => {
+        let probe = this.probes.get(host);
+        if (!probe) {
+          const once = policy((fn) => Promise.resolve(fn()));
+          probe = new Etcd3({
+            hosts: host,
+            defaultCallOptions: () => ({ deadline: Date.now() + PROBE_INTERVAL_MS }),
+            faultHandling: { host: () => once, global: once },
+          });
+          this.probes.set(host, probe);
+        }
+        try {
+          await probe.get(this.k('meta', 'probe')).string();
+          this.health.recovered(host);
+        } catch {
+          // Still silent: skipped until a later probe gets through.
+        }
+      }),
+    );
   }
 }
 
@@ -777,11 +943,35 @@ function toNodeInfo(n: StoredNode): NodeInfo {
   return { id: n.id, url: n.url, version: n.version, startedAt: n.startedAt, ...(n.protocol ? { protocol: n.protocol } : {}) };
 }
 function toRepo(r: RepoRecord): RepoRecord {
-  return { repoId: r.repoId, incarnation: r.incarnation, replicas: [...r.replicas], generation: r.generation, checksum: r.checksum, createdAt: r.createdAt };
+  return {
+    repoId: r.repoId,
+    incarnation: r.incarnation,
+    replicas: [...r.replicas],
+    generation: r.generation,
+    checksum: r.checksum,
+    createdAt: r.createdAt,
+  };
 }
 function toReplica(r: ReplicaRecord): ReplicaRecord {
-  return { repoId: r.repoId, nodeId: r.nodeId, incarnation: r.incarnation, generation: r.generation, checksum: r.checksum, state: r.state, updatedAt: r.updatedAt };
+  return {
+    repoId: r.repoId,
+    nodeId: r.nodeId,
+    incarnation: r.incarnation,
+    generation: r.generation,
+    checksum: r.checksum,
+    state: r.state,
+    updatedAt: r.updatedAt,
+  };
 }
 function toTxn(t: StoredTxn): TxnRecord {
-  return { id: t.id, repoId: t.repoId, kind: t.kind, coordinator: t.coordinator, baseGeneration: t.baseGeneration, fencingToken: t.fencingToken, decision: t.decision, decidedAt: t.decidedAt };
+  return {
+    id: t.id,
+    repoId: t.repoId,
+    kind: t.kind,
+    coordinator: t.coordinator,
+    baseGeneration: t.baseGeneration,
+    fencingToken: t.fencingToken,
+    decision: t.decision,
+    decidedAt: t.decidedAt,
+  };
 }

@@ -44,7 +44,14 @@ describe('SqliteStore shared by two processes', () => {
   });
 
   it("sees the other connection's writes", async () => {
-    const record = { repoId: 'acme/app', incarnation: 'i1', replicas: ['n1'], generation: 0, checksum: 'c0', createdAt: '2024-01-01T00:00:00.000Z' };
+    const record = {
+      repoId: 'acme/app',
+      incarnation: 'i1',
+      replicas: ['n1'],
+      generation: 0,
+      checksum: 'c0',
+      createdAt: '2024-01-01T00:00:00.000Z',
+    };
     expect(await a.commitCreate({ txnId: 't1', coordinator: 'n1', record })).toEqual({ written: true, decision: 'commit' });
     expect(await b.getRepo('acme/app')).toEqual(record);
     expect(await b.commitCreate({ txnId: 't2', coordinator: 'n2', record })).toEqual({ written: false, decision: null, reason: 'exists' });

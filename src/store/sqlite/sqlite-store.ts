@@ -3,8 +3,18 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { StoreUnavailableError } from '../../domain/errors.js';
 import type {
-  ClusterStore, CommitCreate, CommitDelete, CommitPush, ConfirmReplica, DecideResult, NodeInfo,
-  RepoLock, RepoRecord, ReplicaRecord, ReplicaState, TxnRecord,
+  ClusterStore,
+  CommitCreate,
+  CommitDelete,
+  CommitPush,
+  ConfirmReplica,
+  DecideResult,
+  NodeInfo,
+  RepoLock,
+  RepoRecord,
+  ReplicaRecord,
+  ReplicaState,
+  TxnRecord,
 } from '../types.js';
 
 const SCHEMA = `
@@ -28,11 +38,47 @@ CREATE TABLE IF NOT EXISTS locks (
   repo_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at INTEGER NOT NULL);
 `;
 
-interface RepoRow { repo_id: string; incarnation: string; replicas: string; generation: number; checksum: string; created_at: string }
-interface ReplicaRow { repo_id: string; node_id: string; incarnation: string; generation: number; checksum: string; state: string; updated_at: string }
-interface TxnRow { id: string; repo_id: string; kind: string; coordinator: string; base_generation: number; fencing_token: number; decision: string | null; decided_at: string | null }
-interface LockRow { repo_id: string; holder: string; token: number; expires_at: number }
-interface NodeRow { id: string; url: string; version: string; started_at: string; expires_at: number; protocol: string | null }
+interface RepoRow {
+  repo_id: string;
+  incarnation: string;
+  replicas: string;
+  generation: number;
+  checksum: string;
+  created_at: string;
+}
+interface ReplicaRow {
+  repo_id: string;
+  node_id: string;
+  incarnation: string;
+  generation: number;
+  checksum: string;
+  state: string;
+  updated_at: string;
+}
+interface TxnRow {
+  id: string;
+  repo_id: string;
+  kind: string;
+  coordinator: string;
+  base_generation: number;
+  fencing_token: number;
+  decision: string | null;
+  decided_at: string | null;
+}
+interface LockRow {
+  repo_id: string;
+  holder: string;
+  token: number;
+  expires_at: number;
+}
+interface NodeRow {
+  id: string;
+  url: string;
+  version: string;
+  started_at: string;
+  expires_at: number;
+  protocol: string | null;
+}
 
 /**
  * MIGRATIONS bring a store file from one schema version (SQLite's user_version) to the next;
@@ -40,13 +86,17 @@ interface NodeRow { id: string; url: string; version: string; started_at: string
  */
 const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   // 1: nodes register the protocol range they speak.
-  (db) => { db.exec('ALTER TABLE nodes ADD COLUMN protocol TEXT'); },
+  (db) => {
+    db.exec('ALTER TABLE nodes ADD COLUMN protocol TEXT');
+  },
   // 2: a change counter that every write to repos, replicas and meta moves (changeMark).
   (db) => {
     db.exec('CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL); INSERT INTO changes VALUES (0, 0);');
     for (const table of ['repos', 'replicas', 'meta']) {
       for (const event of ['INSERT', 'UPDATE', 'DELETE']) {
-        db.exec(`CREATE TRIGGER ${table}_${event.toLowerCase()}_counts AFTER ${event} ON ${table} BEGIN UPDATE changes SET n = n + 1 WHERE id = 0; END;`);
+        db.exec(
+          `CREATE TRIGGER ${table}_${event.toLowerCase()}_counts AFTER ${event} ON ${table} BEGIN UPDATE changes SET n = n + 1 WHERE id = 0; END;`,
+        );
       }
     }
   },
@@ -56,16 +106,46 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 
 function toRepo(r: RepoRow): RepoRecord {
-  return { repoId: r.repo_id, incarnation: r.incarnation, replicas: JSON.parse(r.replicas) as string[], generation: r.generation, checksum: r.checksum, createdAt: r.created_at };
+  return {
+    repoId: r.repo_id,
+    incarnation: r.incarnation,
+    replicas: JSON.parse(r.replicas) as string[],
+    generation: r.generation,
+    checksum: r.checksum,
+    createdAt: r.created_at,
+  };
 }
 function toReplica(r: ReplicaRow): ReplicaRecord {
-  return { repoId: r.repo_id, nodeId: r.node_id, incarnation: r.incarnation, generation: r.generation, checksum: r.checksum, state: r.state as ReplicaState, updatedAt: r.updated_at };
+  return {
+    repoId: r.repo_id,
+    nodeId: r.node_id,
+    incarnation: r.incarnation,
+    generation: r.generation,
+    checksum: r.checksum,
+    state: r.state as ReplicaState,
+    updatedAt: r.updated_at,
+  };
 }
 function toTxn(r: TxnRow): TxnRecord {
-  return { id: r.id, repoId: r.repo_id, kind: r.kind as TxnRecord['kind'], coordinator: r.coordinator, baseGeneration: r.base_generation, fencingToken: r.fencing_token, decision: r.decision as TxnRecord['decision'], decidedAt: r.decided_at };
+  return {
+    id: r.id,
+    repoId: r.repo_id,
+    kind: r.kind as TxnRecord['kind'],
+    coordinator: r.coordinator,
+    baseGeneration: r.base_generation,
+    fencingToken: r.fencing_token,
+    decision: r.decision as TxnRecord['decision'],
+    decidedAt: r.decided_at,
+  };
 }
 function toNode(r: NodeRow): NodeInfo {
-  return { id: r.id, url: r.url, version: r.version, startedAt: r.started_at, ...(r.protocol ? { protocol: JSON.parse(r.protocol) as { min: number; max: number } } : {}) };
+  return {
+    id: r.id,
+    url: r.url,
+    version: r.version,
+    startedAt: r.started_at,
+    ...(r.protocol ? { protocol: JSON.parse(r.protocol) as { min: number; max: number } } : {}),
+  };
 }
 
 /**
@@ -98,14 +178,19 @@ export class SqliteStore implements ClusterStore {
    */
   private migrate(): void {
     for (;;) {
-      const done = this.db.transaction(() => {
-        const v = this.db.pragma('user_version', { simple: true }) as number;
-        if (v > SQLITE_SCHEMA_VERSION) throw new Error(`the store ${this.db.name} has schema version ${v}, newer than this build's ${SQLITE_SCHEMA_VERSION}: run a newer git-replication`);
-        if (v === SQLITE_SCHEMA_VERSION) return true;
-        MIGRATIONS[v]!(this.db);
-        this.db.pragma(`user_version = ${v + 1}`);
-        return false;
-      }).immediate();
+      const done = this.db
+        .transaction(() => {
+          const v = this.db.pragma('user_version', { simple: true }) as number;
+          if (v > SQLITE_SCHEMA_VERSION)
+            throw new Error(
+              `the store ${this.db.name} has schema version ${v}, newer than this build's ${SQLITE_SCHEMA_VERSION}: run a newer git-replication`,
+            );
+          if (v === SQLITE_SCHEMA_VERSION) return true;
+          MIGRATIONS[v]!(this.db);
+          this.db.pragma(`user_version = ${v + 1}`);
+          return false;
+        })
+        .immediate();
       if (done) return;
     }
   }
@@ -137,23 +222,32 @@ export class SqliteStore implements ClusterStore {
 
   async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
     this.tx(() => {
-      this.db.prepare(`INSERT INTO nodes (id, url, version, started_at, expires_at, protocol) VALUES (?, ?, ?, ?, ?, ?)
-        ON CONFLICT(id) DO UPDATE SET url = excluded.url, version = excluded.version, started_at = excluded.started_at, expires_at = excluded.expires_at, protocol = excluded.protocol`)
+      this.db
+        .prepare(
+          `INSERT INTO nodes (id, url, version, started_at, expires_at, protocol) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT(id) DO UPDATE SET url = excluded.url, version = excluded.version, started_at = excluded.started_at, expires_at = excluded.expires_at, protocol = excluded.protocol`,
+        )
         .run(node.id, node.url, node.version, node.startedAt, this.now() + ttlMs, node.protocol ? JSON.stringify(node.protocol) : null);
     });
   }
 
   async unregisterNode(nodeId: string): Promise<void> {
-    this.tx(() => { this.db.prepare('UPDATE nodes SET expires_at = 0 WHERE id = ?').run(nodeId); });
+    this.tx(() => {
+      this.db.prepare('UPDATE nodes SET expires_at = 0 WHERE id = ?').run(nodeId);
+    });
   }
 
   async liveNodes(): Promise<NodeInfo[]> {
-    return this.read(() => (this.db.prepare('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode));
+    return this.read(() =>
+      (this.db.prepare('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode),
+    );
   }
 
   async allNodes(): Promise<Array<NodeInfo & { live: boolean }>> {
     const now = this.now();
-    return this.read(() => (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })));
+    return this.read(() =>
+      (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })),
+    );
   }
 
   async getRepo(repoId: string): Promise<RepoRecord | null> {
@@ -170,15 +264,21 @@ export class SqliteStore implements ClusterStore {
   }
 
   async listReposPage(after: string, limit: number): Promise<RepoRecord[]> {
-    return this.read(() => (this.db.prepare('SELECT * FROM repos WHERE repo_id > ? ORDER BY repo_id LIMIT ?').all(after, limit) as RepoRow[]).map(toRepo));
+    return this.read(() =>
+      (this.db.prepare('SELECT * FROM repos WHERE repo_id > ? ORDER BY repo_id LIMIT ?').all(after, limit) as RepoRow[]).map(toRepo),
+    );
   }
 
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
-    return this.read(() => (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica));
+    return this.read(() =>
+      (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica),
+    );
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
-    return this.read(() => (this.db.prepare('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica));
+    return this.read(() =>
+      (this.db.prepare('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica),
+    );
   }
 
   async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
@@ -188,8 +288,11 @@ export class SqliteStore implements ClusterStore {
       if (row && row.expires_at > now) return null;
       const token = this.nextToken();
       const expiresAt = now + ttlMs;
-      this.db.prepare(`INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
-        ON CONFLICT(repo_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at`)
+      this.db
+        .prepare(
+          `INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
+        ON CONFLICT(repo_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at`,
+        )
         .run(repoId, holder, token, expiresAt);
       return { repoId, holder, token, expiresAt };
     });
@@ -199,20 +302,26 @@ export class SqliteStore implements ClusterStore {
   private nextToken(): number {
     const row = this.db.prepare("SELECT value FROM meta WHERE key = 'fencing_token'").get() as { value: string } | undefined;
     const next = (row ? Number(row.value) : 0) + 1;
-    this.db.prepare("INSERT INTO meta (key, value) VALUES ('fencing_token', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(String(next));
+    this.db
+      .prepare("INSERT INTO meta (key, value) VALUES ('fencing_token', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+      .run(String(next));
     return next;
   }
 
   async renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean> {
     return this.tx(() => {
       const now = this.now();
-      const r = this.db.prepare('UPDATE locks SET expires_at = ? WHERE repo_id = ? AND token = ? AND expires_at > ?').run(now + ttlMs, repoId, token, now);
+      const r = this.db
+        .prepare('UPDATE locks SET expires_at = ? WHERE repo_id = ? AND token = ? AND expires_at > ?')
+        .run(now + ttlMs, repoId, token, now);
       return r.changes === 1;
     });
   }
 
   async releaseLock(repoId: string, token: number): Promise<void> {
-    this.tx(() => { this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token); });
+    this.tx(() => {
+      this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token);
+    });
   }
 
   async getLock(repoId: string): Promise<RepoLock | null> {
@@ -227,8 +336,11 @@ export class SqliteStore implements ClusterStore {
 
   async beginTxn(txn: Omit<TxnRecord, 'decision' | 'decidedAt'>): Promise<void> {
     this.tx(() => {
-      this.db.prepare(`INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
-        VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(id) DO NOTHING`)
+      this.db
+        .prepare(
+          `INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(id) DO NOTHING`,
+        )
         .run(txn.id, txn.repoId, txn.kind, txn.coordinator, txn.baseGeneration, txn.fencingToken, this.now());
     });
   }
@@ -249,10 +361,27 @@ export class SqliteStore implements ClusterStore {
     return null;
   }
 
-  private writeDecision(txnId: string, decision: 'commit' | 'abort', fields: { repoId: string; kind: string; coordinator: string; baseGeneration: number; fencingToken: number }): void {
-    this.db.prepare(`INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET decision = excluded.decision, decided_at = excluded.decided_at`)
-      .run(txnId, fields.repoId, fields.kind, fields.coordinator, fields.baseGeneration, fields.fencingToken, decision, new Date(this.now()).toISOString(), this.now());
+  private writeDecision(
+    txnId: string,
+    decision: 'commit' | 'abort',
+    fields: { repoId: string; kind: string; coordinator: string; baseGeneration: number; fencingToken: number },
+  ): void {
+    this.db
+      .prepare(
+        `INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET decision = excluded.decision, decided_at = excluded.decided_at`,
+      )
+      .run(
+        txnId,
+        fields.repoId,
+        fields.kind,
+        fields.coordinator,
+        fields.baseGeneration,
+        fields.fencingToken,
+        decision,
+        new Date(this.now()).toISOString(),
+        this.now(),
+      );
   }
 
   async commitCreate(c: CommitCreate): Promise<DecideResult> {
@@ -261,10 +390,17 @@ export class SqliteStore implements ClusterStore {
       if (prior) return prior;
       if (this.repoRow(c.record.repoId)) return { written: false, decision: null, reason: 'exists' };
       const r = c.record;
-      this.db.prepare('INSERT INTO repos (repo_id, incarnation, replicas, generation, checksum, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      this.db
+        .prepare('INSERT INTO repos (repo_id, incarnation, replicas, generation, checksum, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(r.repoId, r.incarnation, JSON.stringify(r.replicas), r.generation, r.checksum, r.createdAt);
       this.db.prepare('DELETE FROM replicas WHERE repo_id = ?').run(r.repoId);
-      this.writeDecision(c.txnId, 'commit', { repoId: r.repoId, kind: 'create', coordinator: c.coordinator, baseGeneration: 0, fencingToken: 0 });
+      this.writeDecision(c.txnId, 'commit', {
+        repoId: r.repoId,
+        kind: 'create',
+        coordinator: c.coordinator,
+        baseGeneration: 0,
+        fencingToken: 0,
+      });
       return { written: true, decision: 'commit' };
     });
   }
@@ -287,7 +423,13 @@ export class SqliteStore implements ClusterStore {
       const failed = this.compareRepo(c);
       if (failed) return failed;
       this.db.prepare('UPDATE repos SET generation = ?, checksum = ? WHERE repo_id = ?').run(c.baseGeneration + 1, c.newChecksum, c.repoId);
-      this.writeDecision(c.txnId, 'commit', { repoId: c.repoId, kind: 'push', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken });
+      this.writeDecision(c.txnId, 'commit', {
+        repoId: c.repoId,
+        kind: 'push',
+        coordinator: c.coordinator,
+        baseGeneration: c.baseGeneration,
+        fencingToken: c.fencingToken,
+      });
       return { written: true, decision: 'commit' };
     });
   }
@@ -300,7 +442,13 @@ export class SqliteStore implements ClusterStore {
       if (failed) return failed;
       this.db.prepare('DELETE FROM repos WHERE repo_id = ?').run(c.repoId);
       this.db.prepare('DELETE FROM replicas WHERE repo_id = ?').run(c.repoId);
-      this.writeDecision(c.txnId, 'commit', { repoId: c.repoId, kind: 'delete', coordinator: c.coordinator, baseGeneration: c.baseGeneration, fencingToken: c.fencingToken });
+      this.writeDecision(c.txnId, 'commit', {
+        repoId: c.repoId,
+        kind: 'delete',
+        coordinator: c.coordinator,
+        baseGeneration: c.baseGeneration,
+        fencingToken: c.fencingToken,
+      });
       return { written: true, decision: 'commit' };
     });
   }
@@ -318,25 +466,38 @@ export class SqliteStore implements ClusterStore {
     return this.tx(() => {
       const repo = this.repoRow(c.repoId);
       if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return false;
-      const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as ReplicaRow | undefined;
+      const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as
+        ReplicaRow | undefined;
       if (row && row.incarnation === c.incarnation && row.generation > c.generation) return false;
-      this.db.prepare(`INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
+      this.db
+        .prepare(
+          `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
         ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = excluded.generation,
-        checksum = excluded.checksum, state = 'in_sync', updated_at = excluded.updated_at`)
+        checksum = excluded.checksum, state = 'in_sync', updated_at = excluded.updated_at`,
+        )
         .run(c.repoId, c.nodeId, c.incarnation, c.generation, c.checksum, new Date(this.now()).toISOString());
       return true;
     });
   }
 
-  async markReplica(repoId: string, nodeId: string, incarnation: string, state: Exclude<ReplicaState, 'in_sync'>, belowGeneration: number): Promise<boolean> {
+  async markReplica(
+    repoId: string,
+    nodeId: string,
+    incarnation: string,
+    state: Exclude<ReplicaState, 'in_sync'>,
+    belowGeneration: number,
+  ): Promise<boolean> {
     return this.tx(() => {
       const repo = this.repoRow(repoId);
       if (!repo || repo.incarnation !== incarnation) return false;
       const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(repoId, nodeId) as ReplicaRow | undefined;
       const now = new Date(this.now()).toISOString();
       if (!row || row.incarnation !== incarnation) {
-        this.db.prepare(`INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, -1, '', ?, ?)
-          ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = -1, checksum = '', state = excluded.state, updated_at = excluded.updated_at`)
+        this.db
+          .prepare(
+            `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, -1, '', ?, ?)
+          ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = -1, checksum = '', state = excluded.state, updated_at = excluded.updated_at`,
+          )
           .run(repoId, nodeId, incarnation, state, now);
         return true;
       }
@@ -348,7 +509,9 @@ export class SqliteStore implements ClusterStore {
 
   async setReplicaSet(repoId: string, incarnation: string, replicas: readonly string[]): Promise<boolean> {
     return this.tx(() => {
-      const r = this.db.prepare('UPDATE repos SET replicas = ? WHERE repo_id = ? AND incarnation = ?').run(JSON.stringify(replicas), repoId, incarnation);
+      const r = this.db
+        .prepare('UPDATE repos SET replicas = ? WHERE repo_id = ? AND incarnation = ?')
+        .run(JSON.stringify(replicas), repoId, incarnation);
       if (r.changes === 1) {
         const keep = new Set(replicas);
         for (const row of this.db.prepare('SELECT node_id FROM replicas WHERE repo_id = ?').all(repoId) as Array<{ node_id: string }>) {
@@ -370,7 +533,9 @@ export class SqliteStore implements ClusterStore {
   }
 
   async getMeta(key: string): Promise<string | null> {
-    return this.read(() => (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null);
+    return this.read(
+      () => (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null,
+    );
   }
 
   async setMetaIfAbsent(key: string, value: string): Promise<string> {
@@ -381,15 +546,25 @@ export class SqliteStore implements ClusterStore {
   }
 
   async setMeta(key: string, value: string): Promise<void> {
-    this.tx(() => { this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value); });
+    this.tx(() => {
+      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+    });
   }
 
   async deleteMeta(key: string): Promise<void> {
-    this.tx(() => { this.db.prepare('DELETE FROM meta WHERE key = ?').run(key); });
+    this.tx(() => {
+      this.db.prepare('DELETE FROM meta WHERE key = ?').run(key);
+    });
   }
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
-    return this.read(() => (this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{ key: string; value: string }>));
+    return this.read(
+      () =>
+        this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{
+          key: string;
+          value: string;
+        }>,
+    );
   }
 
   async changeMark(): Promise<string> {
