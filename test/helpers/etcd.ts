@@ -1,10 +1,10 @@
 import { freePort } from '../../chaos/cluster.js';
-import { etcdEnv } from '../../src/cluster/local-etcd.js';
+import { etcdEnv, findEtcdBinary } from '../../src/cluster/local-etcd.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** EtcdHandle is one etcd process the tests own: its client URL and ways to break it. */
@@ -52,26 +52,7 @@ let warnedMissing = false;
  * missing path to force the skip).
  */
 export function etcdBinary(): string | null {
-  if (cachedBinary !== undefined) return cachedBinary;
-  const candidates = process.env.ETCD_BIN
-    ? [process.env.ETCD_BIN]
-    : [
-        ...(process.env.PATH ?? '')
-          .split(delimiter)
-          .filter(Boolean)
-          .map((dir) => join(dir, 'etcd')),
-        '/usr/bin/etcd',
-        '/usr/local/bin/etcd',
-      ];
-  cachedBinary =
-    candidates.find((path) => {
-      try {
-        accessSync(path, constants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    }) ?? null;
+  if (cachedBinary === undefined) cachedBinary = findEtcdBinary();
   return cachedBinary;
 }
 
