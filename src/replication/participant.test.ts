@@ -4,7 +4,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { commitFile, gitOk, workRepo } from '../../test/helpers/git.js';
+import { commitFile, git, gitOk, workRepo } from '../../test/helpers/git.js';
 import { eventually, packOf, quietLogger, ReplicationKit, type KitNode } from '../../test/helpers/replication-kit.js';
 import { applyUpdatesToChecksum } from '../domain/checksum.js';
 import { ZERO_OID } from '../domain/ref-name.js';
@@ -231,5 +231,22 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await mainRef()).toBe(tip);
     expect(node.log.get(req.txnId)?.state).toBe('committed');
     expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, state: 'in_sync' });
+  });
+
+  it('a pack given up while the same pack is staged again, then adopted and committed, keeps its objects', async () => {
+    // A retried push brings the same pack: its stage may find the file of the one being given up.
+    const hash = pack.subarray(pack.length - 20).toString('hex');
+    await node.participant.stage(REPO, hash, stream(), undefined);
+    const givingUp = node.participant.unstage(REPO, hash);
+    await node.participant.stage(REPO, hash, stream(), undefined);
+    await givingUp;
+    const req = push({ stagedPacks: [hash] });
+    await node.participant.prepare(req, null);
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    expect(await mainRef()).toBe(tip);
+    const fsck = await git(['fsck', '--connectivity-only'], { cwd: repoPath() });
+    expect(fsck.code, fsck.stderr).toBe(0);
+    expect(await keeps()).toEqual([]);
   });
 });

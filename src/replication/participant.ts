@@ -221,8 +221,11 @@ export class Participant {
   }
 
   /**
-   * unstageKey removes a staged pack no prepare adopted: its files, but only while its `.keep`
-   * is still the stage's own (a prepare that indexed the same pack keeps it under its own name).
+   * unstageKey gives up a staged pack no prepare adopted: its `.keep` goes (while it is still the
+   * stage's own), the pack stays, as an aborted transaction's does. Never the pack itself: the
+   * same pack may be staged again (a retried push) while this runs, find the file still there,
+   * and be adopted by a transaction that commits; deleting it then loses committed objects (the
+   * chaos run and the race test both found this when the pack was deleted here).
    */
   private async unstageKey(key: string): Promise<void> {
     const s = this.staged.get(key);
@@ -231,7 +234,7 @@ export class Participant {
     const keep = await s.keep.catch(() => null);
     if (!keep) return;
     const content = await readFile(keep, 'utf8').catch(() => '');
-    if (content.startsWith(STAGE_KEEP)) await removeFiles(packFiles(keep));
+    if (content.startsWith(STAGE_KEEP)) await removeFiles([keep]);
   }
 
   /** claimStaged takes a pack a prepare indexed itself out of the table: it is the transaction's now. */
