@@ -74,7 +74,18 @@ describe.skipIf(why !== null)(`a node whose disk fills up${why ? ` (skipped: ${w
     expect((await c.repoStatus(1, 'disk/repo')).replicas.find((r) => r.node === 'node-3')!.state).not.toBe('in_sync');
     // Nothing half-written: no temporary pack or quarantine left on the full disk.
     const packDir = join(c.replicaPath(3, 'disk/repo'), 'objects', 'pack');
-    expect((await readdir(packDir)).filter((f) => f.startsWith('tmp_'))).toEqual([]);
+    // Node 3's attempts (the pack staged ahead, then shipped with the prepare) end after the
+    // others acknowledged the push: once it is marked behind, nothing of them is left.
+    await waitFor(
+      async () => (await c.repoStatus(1, 'disk/repo')).replicas.some((x) => x.node === 'node-3' && x.state !== 'in_sync'),
+      30_000,
+      'node 3 marked behind',
+    );
+    await waitFor(
+      async () => (await readdir(packDir)).filter((f) => f.startsWith('tmp_')).length === 0,
+      30_000,
+      'no temporary pack on node 3',
+    );
     await rm(filler());
     await c.waitInSync('disk/repo', 1, 60_000);
     await waitFor(async () => (await fetch(`${c.url(3)}/ready`)).status === 200, 15_000, 'node 3 ready again');
@@ -96,7 +107,18 @@ describe.skipIf(why !== null)(`a node whose disk fills up${why ? ` (skipped: ${w
     const r = await git(['push', c.repoUrl(1, 'disk/repo'), 'HEAD:refs/heads/main'], { cwd: work, timeoutMs: 120_000 });
     expect(r.code, r.stderr).toBe(0);
     const packDir = join(c.replicaPath(3, 'disk/repo'), 'objects', 'pack');
-    expect((await readdir(packDir)).filter((f) => f.startsWith('tmp_'))).toEqual([]);
+    // Node 3's attempts (the pack staged ahead, then shipped with the prepare) end after the
+    // others acknowledged the push: once it is marked behind, nothing of them is left.
+    await waitFor(
+      async () => (await c.repoStatus(1, 'disk/repo')).replicas.some((x) => x.node === 'node-3' && x.state !== 'in_sync'),
+      30_000,
+      'node 3 marked behind',
+    );
+    await waitFor(
+      async () => (await readdir(packDir)).filter((f) => f.startsWith('tmp_')).length === 0,
+      30_000,
+      'no temporary pack on node 3',
+    );
     await rm(filler());
     await c.waitInSync('disk/repo', 1, 60_000);
     expect((await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'disk/repo') })).code).toBe(0);
