@@ -152,7 +152,7 @@ export class Participant {
    * (removeLeftovers in app.ts), as a transaction's would. Throws PrepareRefusal.
    */
   async stage(repoId: string, packHash: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<void> {
-    const key = `${repoId}\0${packHash}`;
+    const key = stageKey(repoId, packHash);
     const existing = this.staged.get(key);
     if (existing) {
       pack.resume();
@@ -217,7 +217,7 @@ export class Participant {
    * transaction failed before the prepare); one not staged, or adopted meanwhile, is left alone.
    */
   async unstage(repoId: string, packHash: string): Promise<void> {
-    await this.unstageKey(`${repoId}\0${packHash}`);
+    await this.unstageKey(stageKey(repoId, packHash));
   }
 
   /**
@@ -239,7 +239,7 @@ export class Participant {
 
   /** claimStaged takes a pack a prepare indexed itself out of the table: it is the transaction's now. */
   private claimStaged(repoId: string, packHash: string): void {
-    const key = `${repoId}\0${packHash}`;
+    const key = stageKey(repoId, packHash);
     const s = this.staged.get(key);
     if (s) this.dropStaged(key, s);
   }
@@ -251,7 +251,7 @@ export class Participant {
    * not_staged: the coordinator stages them again, and those still here are found again.
    */
   private async adoptStaged(req: PrepareRequest): Promise<string[]> {
-    const keys = [...new Set((req.stagedPacks ?? []).map((hash) => `${req.repoId}\0${hash}`))];
+    const keys = [...new Set((req.stagedPacks ?? []).map((hash) => stageKey(req.repoId, hash)))];
     const entries = keys.map((k) => this.staged.get(k));
     if (entries.some((e) => e === undefined)) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
     const keeps = await Promise.all(
@@ -690,6 +690,11 @@ async function removeTempPacks(packDir: string, since: number): Promise<void> {
     const st = await stat(p).catch(() => null);
     if (st && st.mtimeMs >= since - 1_000) await unlink(p).catch(() => undefined);
   }
+}
+
+/** stageKey names a staged pack in the participant's table: one per repo and pack. */
+function stageKey(repoId: string, packHash: string): string {
+  return `${repoId}\0${packHash}`;
 }
 
 /** packFiles are the files of the pack a `.keep` file names. */

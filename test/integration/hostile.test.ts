@@ -649,6 +649,28 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       401,
     ],
     [
+      '/replicate/stage unsigned, with a pack behind its metadata',
+      2,
+      () => ({
+        method: 'POST',
+        path: '/replicate/stage',
+        headers: { 'content-type': 'application/x-git-replication-prepare' },
+        body: `49\n{"repo_id":"a/b","pack_hash":"${'1'.repeat(40)}","x":"yyyyyyyyyyyy"}PACK-garbage`,
+      }),
+      401,
+    ],
+    [
+      '/%72eplicate/unstage unsigned',
+      3,
+      () => ({
+        method: 'POST',
+        path: '/%72eplicate/unstage',
+        headers: json(null),
+        body: `{"repo_id":"a/b","pack_hash":"${'1'.repeat(40)}"}`,
+      }),
+      401,
+    ],
+    [
       '/replicate/abort with a garbage signature',
       3,
       () => ({
