@@ -575,7 +575,11 @@ export class Coordinator {
     // Refs refused without a transaction (git's checks, the lock) get their log line here; a transaction logs its own.
     const begun = Date.now();
     const inTxn = new Set<string>();
+    let reported = false;
     const report = (): void => {
+      // Once only: a group that fails after answering (its lock release, say) must not answer again.
+      if (reported) return;
+      reported = true;
       if (request.atomic && [...results.values()].some((r) => !r.ok)) failRest('atomic push failure');
       exchange.report(request.commands, (c) => results.get(c.key) ?? { ok: true });
       const refused = refusedField(
