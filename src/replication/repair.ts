@@ -209,7 +209,7 @@ export class RepairWorker {
   }
 
   /**
-   * repair brings one replica to the store's current generation; true when confirmed. It runs
+   * repair brings one replica to the store's current generation; true once it is in sync. It runs
    * as the replica's `repair` activity, started before anything is read: not beside a
    * transaction (whose replica may be committed but not yet confirmed), a repack or a drop.
    */
@@ -228,6 +228,9 @@ export class RepairWorker {
     const replicas = await store.getReplicas(repo.repoId);
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     const own = byNode.get(nodeId);
+    // The pass read `repo` before this repair could start: a transaction that held the replica
+    // meanwhile may have confirmed it since. Nothing to repair then: it is in sync.
+    if (isInSync(repo, own)) return true;
     const localIncarnation = await storage.incarnationOf(repo.repoId);
     const sources = repo.replicas.filter(
       (n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n),
@@ -303,13 +306,13 @@ export class RepairWorker {
       this.backoff.delete(repo.repoId);
       metrics.repairs.inc({ outcome: 'ok' });
       metrics.repairSeconds.observe((Date.now() - started) / 1000);
-      logger.info({ repoId: repo.repoId, source, generation: now.generation, ms: Date.now() - started }, 'replica repaired');
+      logger.info({ repoId: repo.repoId, source, mode, generation: now.generation, ms: Date.now() - started }, 'replica repaired');
       return true;
     } catch (err) {
       const attempts = progress.attempts;
       this.backoff.set(repo.repoId, { attempts, until: Date.now() + Math.min(30_000, 250 * 2 ** Math.min(attempts, 7)) });
       metrics.repairs.inc({ outcome: 'retry' });
-      logger.warn({ repoId: repo.repoId, source, attempts, err: errorMessage(err) }, 'replica repair failed, will retry');
+      logger.warn({ repoId: repo.repoId, source, mode, attempts, err: errorMessage(err) }, 'replica repair failed, will retry');
       return false;
     } finally {
       this.progress.delete(repo.repoId);
