@@ -29,6 +29,9 @@ export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIg
     'receive.procReceiveRefs': 'refs/',
     'receive.unpackLimit': '1',
     'receive.maxInputSize': String(maxPushBytes),
+    // No `git gc --auto` after each push: the replica config already turns it off (gc.auto=0),
+    // so it would only be one more process the client waits for; maintenance repacks instead.
+    'receive.autogc': 'false',
     ...fsckConfig('receive', fsckIgnore),
   };
 }
