@@ -288,6 +288,19 @@ describe('history checker', () => {
     }
   });
 
+  it('a phantom read names the push that carried the value, failed, or says none did', () => {
+    const stale = { mayBeStale: 'store unreachable from node-2' };
+    const failed = push('c1', A, B, 20, 30, 'failed');
+    const saw = { ...read('c2', B, 40, 50), ...stale };
+    const rejected = check([push('c1', ZERO, A, 0, 10, 'ok'), failed, saw], state({ [MAIN]: A }));
+    const phantom = rejected.violations.find((v) => v.kind === 'phantom-read')!;
+    expect(phantom.message).toContain(`pushes that carried it: [20..30ms] #${failed.id} c1 push`);
+    expect(phantom.message).toMatch(/=> failed$/);
+    expect(phantom.minimal?.map((o) => o.id)).toEqual([failed.id, saw.id]);
+    const never = check([push('c1', ZERO, A, 0, 10, 'ok'), { ...read('c2', B, 40, 50), ...stale }], state({ [MAIN]: A }));
+    expect(never.violations.find((v) => v.kind === 'phantom-read')!.message).toContain('no push of the history carried it');
+  });
+
   it('reports leaked temporary files as a warning, not a violation', () => {
     const r = check(
       [push('c1', ZERO, A, 0, 10, 'ok')],

@@ -119,12 +119,20 @@ export function check(history: readonly Op[], final: FinalState, opts: CheckOpti
         if (o.kind !== 'read' || !o.mayBeStale || o.outcome !== 'ok') continue;
         const v = readValue(o, ref);
         if (v !== undefined && !written.has(v)) {
+          // Where the value came from, if any push carried it: a push told it failed (to this ref),
+          // or one to another ref of the repo. That tells a rejected push that was applied from a
+          // value that was never pushed at all.
+          const carriers = ops.filter((p): p is PushOp => p.kind === 'push' && p.newOid === v);
           violations.push({
             kind: 'phantom-read',
             repo: repoId,
             ref,
-            message: `${repoId} ${ref}: read #${o.id} (${o.mayBeStale}) saw ${short(v)}, a value no push wrote`,
-            minimal: [o],
+            message:
+              `${repoId} ${ref}: read #${o.id} (${o.mayBeStale}) saw ${short(v)}, a value no push that may have succeeded wrote` +
+              (carriers.length > 0
+                ? `; pushes that carried it: ${carriers.map((p) => formatOp(p)).join('; ')}`
+                : '; no push of the history carried it'),
+            minimal: [...carriers, o],
           });
         }
       }
