@@ -282,7 +282,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       history,
       final,
       text,
-      logs: result.ok ? undefined : c.logs(),
+      logs: result.ok ? undefined : `${relatedLines(c, result)}${c.logs()}`,
     };
   } finally {
     killAllGit();
@@ -398,6 +398,25 @@ async function waitNoOpenTxns(c: TestCluster, timeoutMs: number): Promise<void> 
     if (Date.now() > deadline) throw new Error(`${open} transactions still open, ${staged} packs staged, after ${timeoutMs} ms`);
     await sleep(200);
   }
+}
+
+/**
+ * relatedLines are the node log lines (of the last 200 kB each node keeps) that name a
+ * transaction a violation names (a leftover `.keep` says whose it was): the tails alone rarely
+ * reach back to it.
+ */
+function relatedLines(c: TestCluster, result: CheckResult): string {
+  const ids = new Set(
+    result.violations.flatMap((v) => v.message.match(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g) ?? []),
+  );
+  const out: string[] = [];
+  for (const id of ids) {
+    for (const n of c.nodes) {
+      const lines = n.log.split('\n').filter((l) => l.includes(id));
+      if (lines.length > 0) out.push(`--- ${n.id}, lines naming ${id}`, ...lines.slice(0, 40));
+    }
+  }
+  return out.length > 0 ? `${out.join('\n')}\n` : '';
 }
 
 /** replicaState reads one replica: refs, checksum, fsck, leftover lock and temporary files. */
