@@ -278,7 +278,11 @@ export class RepairWorker {
       } else {
         // Only while still behind: a commit that lands meanwhile confirms the current generation,
         // and that confirmation must not be overwritten.
-        await store.markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation).catch(() => false);
+        // Only a label for status pages: a failed write (the store unreachable) does not stop
+        // the fetch, and the confirmation below needs the store anyway.
+        await store
+          .markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation)
+          .catch((err: unknown) => logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'could not mark the replica repairing'));
         await this.transfer(
           ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'],
           storage.repoPath(repo.repoId),
