@@ -269,6 +269,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
     ...(tls.ca ? { caFile: tls.ca.path } : {}),
     onSeen: (repo, replicas) => router.remember(repo, replicas),
+    onListed: (repoIds) => router.forgetAllBut(repoIds),
   });
   const steward = new Steward({
     nodeId: cfg.nodeId,

@@ -102,5 +102,12 @@ export class Maintenance {
         dropping.end();
       }
     }
+    // Nothing kept for a repo this node no longer holds.
+    for (const repoId of this.packsCheckedAt.keys()) if (!known.get(repoId)?.replicas.includes(nodeId)) this.packsCheckedAt.delete(repoId);
+  }
+
+  /** tracked is how many replicas' pack counts are remembered (tests). */
+  get tracked(): number {
+    return this.packsCheckedAt.size;
   }
 }

@@ -245,6 +245,12 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(kit.node('n2').activity.runningOn(REPO)).toEqual([]);
       expect(await refsOf(path('n2'))).toBe(refs);
       await gitOk(['fsck', '--connectivity-only', '--no-dangling'], { cwd: path('n2') });
+      // Remembered while n2 holds the repo; forgotten once a listing no longer gives it to n2.
+      expect(m.tracked).toBe(1);
+      await m.collectGarbage(new Map([[REPO, await repo()]]));
+      expect(m.tracked).toBe(1);
+      await m.collectGarbage(new Map([[REPO, { ...(await repo()), replicas: ['n1', 'n3'] }]]));
+      expect(m.tracked).toBe(0);
     });
   });
 });

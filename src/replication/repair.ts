@@ -69,6 +69,8 @@ export class RepairWorker {
       hopToken: () => string;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
+      /** onListed is told the id of every repo that exists, after each pass's full listing. */
+      onListed?: (repoIds: ReadonlySet<string>) => void;
       /** verifier checks in-sync replicas on the schedule `start` sets. */
       verifier: ReplicaVerifier;
       /** maintenance repacks in-sync replicas and drops those this node no longer holds, from each pass. */
@@ -189,6 +191,7 @@ export class RepairWorker {
         if (!isOneBehind(repo, own) || now - since >= this.deps.commitWaitMs) todo.push(repo);
       }
       await this.deps.maintenance.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
+      this.deps.onListed?.(new Set(all.map((r) => r.repoId)));
       const here = new Set(repos.map((r) => r.repoId));
       for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
       this.quiet = todo.length === 0 && this.behindSince.size === 0 ? { mark, at: now } : null;

@@ -87,6 +87,18 @@ describe('Router (in process: real store, real replicas)', () => {
     await expect(router.route('o/never-seen', false)).rejects.toThrow(/store unreachable/);
   });
 
+  it('forgets repos a full listing no longer has, and only those', async () => {
+    await router.route(REPO, false);
+    expect(router.remembered).toBe(1);
+    router.forgetAllBut(new Set([REPO]));
+    expect(router.remembered).toBe(1);
+    router.forgetAllBut(new Set());
+    expect(router.remembered).toBe(0);
+    // Nothing left to serve from during an outage.
+    kit.faults.set('getRepo', 'fail');
+    await expect(router.route(REPO, false)).rejects.toThrow(/store unreachable/);
+  });
+
   it('between a decision and its first confirmation, a read waits for the confirmation rather than failing', async () => {
     // A push decided (generation 1), no replica confirmed yet: every replica is one behind.
     const lock = (await kit.raw.acquireLock(REPO, 'n9', 60_000))!;

@@ -38,6 +38,16 @@ export class Router {
     this.lastSeen.set(repo.repoId, { repo, replicas });
   }
 
+  /** forgetAllBut drops what this router remembers of repos that no longer exist (`existing`: a full listing). */
+  forgetAllBut(existing: ReadonlySet<string>): void {
+    for (const repoId of this.lastSeen.keys()) if (!existing.has(repoId)) this.lastSeen.delete(repoId);
+  }
+
+  /** remembered is how many repos this router remembers (tests). */
+  get remembered(): number {
+    return this.lastSeen.size;
+  }
+
   private async read(repoId: string, write: boolean): Promise<Seen & { fromCache: boolean }> {
     try {
       const repo = await this.deps.store.getRepo(repoId);
