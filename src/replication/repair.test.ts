@@ -83,7 +83,7 @@ describe('repair, verification and maintenance (in process)', () => {
       gitTimeoutMs: 600_000,
     });
   };
-  const worker = (node: string, commitWaitMs = 60_000): RepairWorker => {
+  const worker = (node: string, commitWaitMs = 60_000, metrics = new Metrics()): RepairWorker => {
     const n = kit.node(node);
     const deps = {
       nodeId: node,
@@ -92,7 +92,7 @@ describe('repair, verification and maintenance (in process)', () => {
       git: kit.git,
       membership: n.membership,
       logger: quietLogger,
-      metrics: new Metrics(),
+      metrics,
       failpoints: new Failpoints(undefined),
       activity: n.activity,
       verifier: verifier(node),
@@ -121,6 +121,20 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
       expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 2, checksum: (await repo()).checksum });
       expect(await inode('n3')).toBe(before);
+    });
+
+    it('a replica confirmed after the pass listed it is left alone: no fetch, no copy', async () => {
+      await push('a');
+      await missPush('b');
+      // The pass lists the repo with n3 behind; before the repair starts, n3 catches up (here
+      // through another worker) and a new push confirms everywhere.
+      const listed = await repo();
+      expect(await worker('n3').pass()).toBe(1);
+      await push('c');
+      const metrics = new Metrics();
+      expect(await worker('n3', 60_000, metrics).repair(listed)).toBe(true);
+      expect((await metrics.repairs.get()).values.reduce((n, v) => n + v.value, 0)).toBe(0);
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 3 });
     });
 
     it('an empty replica is copied whole and swapped in', async () => {

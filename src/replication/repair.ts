@@ -226,13 +226,16 @@ export class RepairWorker {
     }
   }
 
-  private async repairRunning(repo: RepoRecord): Promise<boolean> {
+  private async repairRunning(listed: RepoRecord): Promise<boolean> {
     const { store, storage, membership, nodeId, logger, metrics } = this.deps;
+    // The pass listed the repo before this repair could start, and a transaction that held the
+    // replica meanwhile may have confirmed it since (or the repo moved on): work from the
+    // store's records as they are now. A replica in sync needs nothing.
+    const repo = await store.getRepo(listed.repoId);
+    if (!repo) return false;
     const replicas = await store.getReplicas(repo.repoId);
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     const own = byNode.get(nodeId);
-    // The pass read `repo` before this repair could start: a transaction that held the replica
-    // meanwhile may have confirmed it since. Nothing to repair then: it is in sync.
     if (isInSync(repo, own)) return true;
     const localIncarnation = await storage.incarnationOf(repo.repoId);
     const sources = repo.replicas.filter(
