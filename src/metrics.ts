@@ -61,6 +61,29 @@ export class Metrics {
     labelNames: ['service', 'direction'] as const,
     registers: [this.registry],
   });
+  readonly sshConnections = new Gauge({
+    name: 'gitrep_ssh_connections',
+    help: 'open SSH connections (signed in or not yet)',
+    registers: [this.registry],
+  });
+  readonly sshAuthFailures = new Counter({
+    name: 'gitrep_ssh_auth_failures_total',
+    help: 'SSH sign-in attempts refused (unknown key, bad signature, bad hop token, too many attempts)',
+    registers: [this.registry],
+  });
+  readonly sshCommands = new Counter({
+    name: 'gitrep_ssh_commands_total',
+    help: 'git commands over SSH by service and outcome (ok, failed: git exited non-zero, refused: nothing ran, proxied, cut: no exit status)',
+    labelNames: ['service', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly sshCommandSeconds = new Histogram({
+    name: 'gitrep_ssh_command_seconds',
+    help: 'git command over SSH duration, from the exec request to its end',
+    labelNames: ['service'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
   readonly txns = new Counter({
     name: 'gitrep_txns_total',
     help: 'replicated transactions by kind and outcome',

@@ -94,8 +94,9 @@ export class GitSshServer {
   }
 
   private accept(client: Connection, ip: string): void {
-    const { limits, logger } = this.deps;
+    const { limits, logger, metrics } = this.deps;
     this.connections.add(client);
+    metrics.sshConnections.inc();
     let identity: SshIdentity | null = null;
     let attempts = 0;
     let counted = false;
@@ -108,7 +109,10 @@ export class GitSshServer {
     ];
     client.on('error', (err: Error) => logger.debug({ err: errorMessage(err), ip }, 'ssh connection error'));
     client.on('authentication', (ctx: AuthContext) => {
-      if (ctx.method !== 'none' && ++attempts > limits.maxAuthAttempts) {
+      // A client's first `none` attempt only asks which methods there are: not a failure.
+      const attempt = ctx.method !== 'none';
+      if (attempt && ++attempts > limits.maxAuthAttempts) {
+        metrics.sshAuthFailures.inc();
         ctx.reject();
         hardEnd(client);
         return;
@@ -116,12 +120,16 @@ export class GitSshServer {
       this.authenticate(ctx, ip).then(
         (verdict) => {
           // The identity is set before accept(): 'ready' may fire inside it.
-          if (verdict === 'reject') return ctx.reject(['publickey']);
+          if (verdict === 'reject') {
+            if (attempt) metrics.sshAuthFailures.inc();
+            return ctx.reject(['publickey']);
+          }
           if (verdict !== 'accept') identity = verdict;
           ctx.accept();
         },
         (err: unknown) => {
           logger.warn({ err: errorMessage(err), ip }, 'ssh authentication failed');
+          metrics.sshAuthFailures.inc();
           ctx.reject(['publickey']);
         },
       );
@@ -158,7 +166,7 @@ export class GitSshServer {
     client.on('request', (_accept, reject) => reject?.());
     client.on('close', () => {
       for (const t of timers) clearTimeout(t);
-      this.connections.delete(client);
+      if (this.connections.delete(client)) metrics.sshConnections.dec();
       if (counted && identity) {
         const left = (this.perUser.get(identity.user) ?? 1) - 1;
         if (left <= 0) this.perUser.delete(identity.user);
@@ -199,15 +207,19 @@ export class GitSshServer {
     for (const refused of ['pty', 'x11', 'auth-agent', 'subsystem', 'sftp']) {
       session.on(refused, (_accept: unknown, reject?: () => void) => reject?.());
     }
+    const refused = (channel: ServerChannel, message: string): void => {
+      this.deps.metrics.sshCommands.inc({ service: 'other', outcome: 'refused' });
+      refuse(channel, message);
+    };
     session.on('shell', (accept) => {
-      refuse(guard(accept()), `Hi ${who.user}! You are signed in, but ${ONLY_GIT}.`);
+      refused(guard(accept()), `Hi ${who.user}! You are signed in, but ${ONLY_GIT}.`);
     });
     session.on('exec', (accept, _reject, info) => {
       const channel = guard(accept());
-      if (used) return refuse(channel, 'one command per session');
+      if (used) return refused(channel, 'one command per session');
       used = true;
       if (over)
-        return refuse(
+        return refused(
           channel,
           `too many SSH connections for user ${who.user} (at most ${this.deps.limits.maxConnectionsPerUser} at a time), try again`,
         );

@@ -8,6 +8,7 @@ import type { Directory } from '../auth/directory.js';
 import { signSshHop } from '../auth/peer-signature.js';
 import { AppError, errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
+import type { Metrics } from '../metrics.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { terminate, waitClose, type GitRunner } from '../git/runner.js';
@@ -34,6 +35,7 @@ export interface SshIdentity {
 /** SessionDeps is what an SSH session needs of the node. */
 export interface SessionDeps {
   readonly logger: Logger;
+  readonly metrics: Metrics;
   readonly git: GitRunner;
   readonly storage: ReplicaStorage;
   readonly router: Router;
@@ -88,8 +90,13 @@ export async function runGitCommand(
   gitProtocol: string | null,
   hooks: SessionHooks,
 ): Promise<void> {
+  const started = Date.now();
+  // Labels stay few: a command that does not parse counts as `other`.
+  let service = 'other';
+  let outcome: 'ok' | 'failed' | 'refused' | 'proxied' | 'cut' = 'refused';
   try {
     const cmd = parseGitCommand(command);
+    service = cmd.service;
     const user = await deps.directory.user(id.user);
     if (!user || user.disabled) throw new SshRefusal(`user ${id.user} is disabled`);
     const principal = await deps.directory.principal(user);
@@ -102,13 +109,19 @@ export async function runGitCommand(
     if (route.kind === 'peer' && !(id.hop && (await deps.router.waitLocal(cmd.repoId, cmd.write)))) {
       if (id.hop) throw new SshRefusal(`replica of ${cmd.repoId} on this node is not in sync, try again`);
       await proxySession(deps, channel, id, cmd, gitProtocol, route.nodeId, hooks);
+      outcome = 'proxied';
       return;
     }
-    if (cmd.write) await servePush(deps, channel, id, cmd, hooks);
-    else await serveGit(deps, channel, cmd, id, spawnUploadPack(deps, cmd, id, gitProtocol), hooks);
+    const code = cmd.write
+      ? await servePush(deps, channel, id, cmd, hooks)
+      : await serveGit(deps, channel, cmd, id, spawnUploadPack(deps, cmd, id, gitProtocol), hooks);
+    outcome = code === null ? 'cut' : code === 0 ? 'ok' : 'failed';
   } catch (err) {
     if (!(err instanceof AppError)) deps.logger.error({ err: errorMessage(err), command }, 'ssh session failed');
     refuse(channel, err instanceof AppError ? err.message : 'internal error');
+  } finally {
+    deps.metrics.sshCommands.inc({ service, outcome });
+    deps.metrics.sshCommandSeconds.observe({ service }, (Date.now() - started) / 1000);
   }
 }
 
@@ -129,7 +142,13 @@ function spawnUploadPack(deps: SessionDeps, cmd: GitCommand, id: SshIdentity, gi
  * quorum, lock and messages). An abandoned push (outcome unknown) closes the channel without an
  * exit status, so the client reports a cut-off answer, never a result.
  */
-async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdentity, cmd: GitCommand, hooks: SessionHooks): Promise<void> {
+async function servePush(
+  deps: SessionDeps,
+  channel: ServerChannel,
+  id: SshIdentity,
+  cmd: GitCommand,
+  hooks: SessionHooks,
+): Promise<number | null> {
   const pushId = randomUUID();
   const endUpload = await deps.activity.beginUpload(cmd.repoId);
   try {
@@ -173,7 +192,7 @@ async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdent
       }
     });
     try {
-      await serveGit(deps, channel, cmd, id, child, hooks, state);
+      return await serveGit(deps, channel, cmd, id, child, hooks, state);
     } finally {
       unregister();
     }
@@ -182,7 +201,10 @@ async function servePush(deps: SessionDeps, channel: ServerChannel, id: SshIdent
   }
 }
 
-/** serveGit pipes the channel into git and git's output back, and reports git's exit status. */
+/**
+ * serveGit pipes the channel into git and git's output back, and reports git's exit status; it
+ * returns that status, or null when the channel ended without one (an abandoned push).
+ */
 async function serveGit(
   deps: SessionDeps,
   channel: ServerChannel,
@@ -191,7 +213,7 @@ async function serveGit(
   child: ChildProcess,
   hooks: SessionHooks,
   state = { abandoned: false },
-): Promise<void> {
+): Promise<number | null> {
   const onGone = (): void => {
     void terminate(child);
   };
@@ -205,7 +227,7 @@ async function serveGit(
   child.stderr?.pipe(channel.stderr, { end: false });
   const [code, signal] = await waitClose(child);
   channel.removeListener('close', onGone);
-  if (state.abandoned) return;
+  if (state.abandoned) return null;
   if (signal) deps.logger.warn({ service: cmd.service, repo: cmd.repoId, user: id.user, signal }, 'ssh git process killed');
   try {
     channel.exit(code ?? 255);
@@ -213,6 +235,7 @@ async function serveGit(
   } catch {
     // the client is gone already
   }
+  return code ?? 255;
 }
 
 /**

@@ -177,6 +177,38 @@ describe('git over ssh', () => {
     expect(r.stderr).toMatch(/Permission denied \(publickey\)/);
   }, 30_000);
 
+  it('counts SSH commands by service and outcome, connections and refused sign-ins in /metrics', async () => {
+    const [replica, proxy] = [replicaNodes[0]!, otherNode];
+    const scrape = async (node: number): Promise<string> => (await fetch(`${c.url(node)}/metrics`)).text();
+    /** value reads one series: the metric's line carrying every given label, whatever their order. */
+    const value = (text: string, name: string, labels: Record<string, string> = {}): number => {
+      const line = text
+        .split('\n')
+        .find(
+          (l) =>
+            (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)),
+        );
+      return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+    };
+    const before = await Promise.all([scrape(replica), scrape(proxy)]);
+    await gitOk(['clone', '-q', sshUrl(replica), join(await tempDir(), 'm1')], asUser(keys.alice!));
+    await gitOk(['clone', '-q', sshUrl(proxy), join(await tempDir(), 'm2')], asUser(keys.alice!));
+    expect((await ssh(keys.alice!, replica, ['ls', '/'])).code).toBe(1);
+    expect((await git(['clone', sshUrl(replica), join(await tempDir(), 'm3')], asUser(keys.stranger!))).code).not.toBe(0);
+    const after = await Promise.all([scrape(replica), scrape(proxy)]);
+    const delta = (i: 0 | 1, name: string, labels: Record<string, string> = {}): number =>
+      value(after[i], name, labels) - value(before[i], name, labels);
+    // Its own clone, and the proxied one if the other node chose it to serve it.
+    const served = delta(0, 'gitrep_ssh_commands_total', { service: 'git-upload-pack', outcome: 'ok' });
+    expect([1, 2]).toContain(served);
+    expect(delta(0, 'gitrep_ssh_command_seconds_count', { service: 'git-upload-pack' })).toBe(served);
+    expect(delta(0, 'gitrep_ssh_commands_total', { service: 'other', outcome: 'refused' })).toBe(1);
+    expect(delta(0, 'gitrep_ssh_auth_failures_total')).toBeGreaterThanOrEqual(1);
+    // The node without a replica proxies its clone.
+    expect(delta(1, 'gitrep_ssh_commands_total', { service: 'git-upload-pack', outcome: 'proxied' })).toBe(1);
+    expect(after[0]).toMatch(/^gitrep_ssh_connections \d+$/m);
+  }, 60_000);
+
   it('refuses other commands, a shell and paths outside the repositories, running nothing', async () => {
     for (const args of [
       ['ls', '/'],
