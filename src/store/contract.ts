@@ -606,6 +606,44 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       });
     });
 
+    describe('change feed', () => {
+      it('names the repos whose records changed since a mark, and answers null when it cannot tell', async () => {
+        const start = (await s().changesSince(null))!;
+        expect(start.repoIds).toEqual([]);
+        const a = await created('acme/a', ['n1', 'n2']);
+        const b = await created('acme/b', ['n1', 'n2']);
+        for (const r of [a, b])
+          for (const n of ['n1', 'n2'])
+            await s().confirmReplica({ repoId: r.repoId, nodeId: n, incarnation: r.incarnation, generation: 0, checksum: 'c0' });
+        // Creates may be named or make the store answer null (etcd: a key count moved).
+        const afterCreates = await s().changesSince(start.mark);
+        if (afterCreates) expect([...afterCreates.repoIds].sort()).toEqual(['acme/a', 'acme/b']);
+
+        // Nothing changed: nothing named, whatever else the store did (heartbeats, settings, reads).
+        const quiet = (await s().changesSince(null))!;
+        await s().registerNode(node('n1'), 10_000);
+        await s().setMeta('rebalance', '1');
+        await s().listRepos();
+        expect((await s().changesSince(quiet.mark))?.repoIds).toEqual([]);
+
+        // A push and its confirmations, and a replica marked stale: that repo, and only it.
+        const before = (await s().changesSince(null))!;
+        await pushed(a, 0, 'c1');
+        await s().confirmReplica({ repoId: a.repoId, nodeId: 'n1', incarnation: a.incarnation, generation: 1, checksum: 'c1' });
+        await s().markReplica(a.repoId, 'n2', a.incarnation, 'stale', 1);
+        const changed = (await s().changesSince(before.mark))!;
+        expect(changed.repoIds).toEqual(['acme/a']);
+        expect((await s().changesSince(changed.mark))?.repoIds).toEqual([]);
+
+        // The other repo's replica set changed: named from the later mark, not the earlier one's answer.
+        await s().setReplicaSet(b.repoId, b.incarnation, ['n1']);
+        const moved = await s().changesSince(changed.mark);
+        if (moved) expect(moved.repoIds).toEqual(['acme/b']);
+
+        expect(await s().changesSince('not a mark')).toBeNull();
+      });
+    });
+
     describe('meta', () => {
       it('keeps the first value written', async () => {
         expect(await s().getMeta('peer_secret')).toBeNull();

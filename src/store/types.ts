@@ -3,6 +3,18 @@
  * does so in one store transaction (SQLite `BEGIN IMMEDIATE`, etcd `Txn` with compares).
  */
 
+/** ChangedRepos answers changesSince: the repos changed since the mark asked about, and the mark to ask from next. */
+export interface ChangedRepos {
+  readonly mark: string;
+  readonly repoIds: readonly string[];
+}
+
+/** CHANGES_MAX is the most repos changesSince names; past it, listing everything is the cheaper read. */
+export const CHANGES_MAX = 1_000;
+
+/** CHANGES_KEPT is how many changes a store keeps for changesSince (SQLite: rows of its feed). */
+export const CHANGES_KEPT = 100_000;
+
 /** NodeInfo is one registered node; it is live while its lease has not expired. */
 export interface NodeInfo {
   readonly id: string;
@@ -219,6 +231,15 @@ export interface ClusterStore {
    * changed (docs/SCALE.md). Compare marks for equality only.
    */
   changeMark(): Promise<string>;
+
+  /**
+   * changesSince lists the repos whose record or any replica record was written (created,
+   * updated or deleted) after `mark`, a mark this method returned; with `mark` null, only the
+   * current mark (no repos). It returns null when it cannot tell (the mark is unknown or too
+   * old, more than CHANGES_MAX repos changed, or a change it cannot name): the caller then lists
+   * everything. A repo changed after the returned mark may be listed again next time.
+   */
+  changesSince(mark: string | null): Promise<ChangedRepos | null>;
 
   /** close releases connections; the store is unusable after. */
   close(): Promise<void>;

@@ -11,21 +11,23 @@ import {
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreUnavailableError, errorMessage } from '../../domain/errors.js';
 import { HostHealth } from './host-health.js';
-import type {
-  ClusterStore,
-  CommitCreate,
-  CommitDelete,
-  CommitPush,
-  ConfirmReplica,
-  DecideResult,
-  Decision,
-  NodeInfo,
-  RepoLock,
-  RepoRecord,
-  ReplicaRecord,
-  ReplicaState,
-  TxnKind,
-  TxnRecord,
+import {
+  CHANGES_MAX,
+  type ChangedRepos,
+  type ClusterStore,
+  type CommitCreate,
+  type CommitDelete,
+  type CommitPush,
+  type ConfirmReplica,
+  type DecideResult,
+  type Decision,
+  type NodeInfo,
+  type RepoLock,
+  type RepoRecord,
+  type ReplicaRecord,
+  type ReplicaState,
+  type TxnKind,
+  type TxnRecord,
 } from '../types.js';
 
 /** EtcdStoreOptions configures an EtcdStore. */
@@ -883,6 +885,47 @@ export class EtcdStore implements ClusterStore {
         })),
       );
       return res.responses.map((r) => `${r.response_range.kvs[0]?.mod_revision ?? 0}/${r.response_range.count}`).join(',');
+    });
+  }
+
+  /**
+   * changesSince reads, in one read-only Txn, the keys under `repos/` and `replicas/` whose mod
+   * revision is past the mark's revision (the server filters: only those keys travel, values
+   * left out), and both prefixes' key counts. A delete leaves no key to find: a count that
+   * moved since the mark (a repo created or deleted, a replica added or dropped) answers null.
+   */
+  async changesSince(mark: string | null): Promise<ChangedRepos | null> {
+    return this.guard('read changes', async () => {
+      const [repos, replicas] = [this.k('repos', ''), this.k('replicas', '')];
+      const count = (p: string): IRequestOp => ({ request_range: { key: utf8(p), range_end: prefixEnd(p), count_only: true } });
+      const m = mark === null ? null : /^(\d+):(\d+):(\d+)$/.exec(mark);
+      if (mark !== null && !m) return null;
+      const since = m ? m[1]! : '0';
+      const changed = (p: string): IRequestOp => ({
+        request_range: {
+          key: utf8(p),
+          range_end: prefixEnd(p),
+          keys_only: true,
+          min_mod_revision: String(BigInt(since) + 1n),
+          limit: String(CHANGES_MAX + 1),
+        },
+      });
+      const res = await this.txn(
+        [],
+        m ? [count(repos), count(replicas), changed(repos), changed(replicas)] : [count(repos), count(replicas)],
+      );
+      const next = `${res.header.revision}:${res.responses[0]!.response_range.count}:${res.responses[1]!.response_range.count}`;
+      if (!m) return { mark: next, repoIds: [] };
+      if (BigInt(res.header.revision) < BigInt(since)) return null;
+      if (String(res.responses[0]!.response_range.count) !== m[2] || String(res.responses[1]!.response_range.count) !== m[3]) return null;
+      const ids = new Set<string>();
+      for (const kv of res.responses[2]!.response_range.kvs) ids.add(kv.key.toString().slice(repos.length));
+      for (const kv of res.responses[3]!.response_range.kvs) {
+        const rest = kv.key.toString().slice(replicas.length);
+        ids.add(rest.slice(0, rest.lastIndexOf('/')));
+      }
+      if (res.responses[2]!.response_range.more || res.responses[3]!.response_range.more || ids.size > CHANGES_MAX) return null;
+      return { mark: next, repoIds: [...ids] };
     });
   }
 

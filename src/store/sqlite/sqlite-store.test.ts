@@ -133,3 +133,39 @@ describe('SqliteStore schema migrations', () => {
     await rm(dir, { recursive: true, force: true });
   });
 });
+
+describe('SqliteStore change feed', () => {
+  it('answers null for a mark whose changes were pruned away, or that it never gave', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sqlite-feed-'));
+    const path = join(dir, 'cluster.db');
+    const store = new SqliteStore(path);
+    const Database = (await import('better-sqlite3')).default;
+    const raw = new Database(path);
+    try {
+      const start = (await store.changesSince(null))!;
+      for (const id of ['acme/a', 'acme/b']) {
+        const r = {
+          repoId: id,
+          incarnation: `i-${id}`,
+          replicas: ['n1'],
+          generation: 0,
+          checksum: 'c0',
+          createdAt: new Date().toISOString(),
+        };
+        await store.commitCreate({ txnId: `t-${id}`, coordinator: 'n1', record: r });
+      }
+      const both = (await store.changesSince(start.mark))!;
+      expect([...both.repoIds].sort()).toEqual(['acme/a', 'acme/b']);
+      // What pruning does to the oldest rows: the first change after `start` gone.
+      raw.prepare('DELETE FROM repo_changes WHERE seq = ?').run(Number(start.mark) + 1);
+      expect(await store.changesSince(start.mark)).toBeNull();
+      expect((await store.changesSince(both.mark))?.repoIds).toEqual([]);
+      expect(await store.changesSince(String(Number(both.mark) + 5))).toBeNull();
+      expect(await store.changesSince('-1')).toBeNull();
+    } finally {
+      raw.close();
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -2,19 +2,22 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { StoreUnavailableError } from '../../domain/errors.js';
-import type {
-  ClusterStore,
-  CommitCreate,
-  CommitDelete,
-  CommitPush,
-  ConfirmReplica,
-  DecideResult,
-  NodeInfo,
-  RepoLock,
-  RepoRecord,
-  ReplicaRecord,
-  ReplicaState,
-  TxnRecord,
+import {
+  CHANGES_KEPT,
+  CHANGES_MAX,
+  type ChangedRepos,
+  type ClusterStore,
+  type CommitCreate,
+  type CommitDelete,
+  type CommitPush,
+  type ConfirmReplica,
+  type DecideResult,
+  type NodeInfo,
+  type RepoLock,
+  type RepoRecord,
+  type ReplicaRecord,
+  type ReplicaState,
+  type TxnRecord,
 } from '../types.js';
 
 const SCHEMA = `
@@ -96,6 +99,21 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
       for (const event of ['INSERT', 'UPDATE', 'DELETE']) {
         db.exec(
           `CREATE TRIGGER ${table}_${event.toLowerCase()}_counts AFTER ${event} ON ${table} BEGIN UPDATE changes SET n = n + 1 WHERE id = 0; END;`,
+        );
+      }
+    }
+  },
+  // 3: a feed of changed repos (changesSince): each write to a repo or replica record appends the repo's id.
+  (db) => {
+    db.exec('CREATE TABLE repo_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, repo_id TEXT NOT NULL);');
+    for (const table of ['repos', 'replicas']) {
+      for (const [event, row] of [
+        ['INSERT', 'NEW'],
+        ['UPDATE', 'NEW'],
+        ['DELETE', 'OLD'],
+      ] as const) {
+        db.exec(
+          `CREATE TRIGGER ${table}_${event.toLowerCase()}_feed AFTER ${event} ON ${table} BEGIN INSERT INTO repo_changes (repo_id) VALUES (${row}.repo_id); END;`,
         );
       }
     }
@@ -523,7 +541,11 @@ export class SqliteStore implements ClusterStore {
   }
 
   async pruneTxns(createdBefore: number): Promise<number> {
-    const removed = this.tx(() => this.db.prepare('DELETE FROM txns WHERE created_at < ?').run(createdBefore).changes);
+    const removed = this.tx(() => {
+      // The change feed keeps its last CHANGES_KEPT rows: a reader further behind lists everything.
+      this.db.prepare('DELETE FROM repo_changes WHERE seq <= (SELECT max(seq) FROM repo_changes) - ?').run(CHANGES_KEPT);
+      return this.db.prepare('DELETE FROM txns WHERE created_at < ?').run(createdBefore).changes;
+    });
     if (removed > 0) this.guard(() => this.db.pragma('incremental_vacuum'));
     return removed;
   }
@@ -565,6 +587,23 @@ export class SqliteStore implements ClusterStore {
           value: string;
         }>,
     );
+  }
+
+  async changesSince(mark: string | null): Promise<ChangedRepos | null> {
+    return this.read(() => {
+      const last = (this.db.prepare('SELECT max(seq) AS n FROM repo_changes').get() as { n: number | null }).n ?? 0;
+      if (mark === null) return { mark: String(last), repoIds: [] };
+      const since = Number(mark);
+      if (!Number.isSafeInteger(since) || since < 0 || since > last) return null;
+      // Rows before `since` pruned away: what changed in between is unknown.
+      const first = (this.db.prepare('SELECT min(seq) AS n FROM repo_changes').get() as { n: number | null }).n;
+      if (since < last && (first === null || first > since + 1)) return null;
+      const rows = this.db
+        .prepare('SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ? LIMIT ?')
+        .all(since, last, CHANGES_MAX + 1) as Array<{ repo_id: string }>;
+      if (rows.length > CHANGES_MAX) return null;
+      return { mark: String(last), repoIds: rows.map((r) => r.repo_id) };
+    });
   }
 
   async changeMark(): Promise<string> {
