@@ -81,11 +81,14 @@ export class Maintenance {
   /**
    * collectGarbage deletes local replicas of repos that no longer exist or moved off this node,
    * each as the replica's `drop` activity (nothing else running on it), checked again once started.
-   * `known` is the repair pass's listing of every repo.
+   * `known` is the repair pass's view of every repo; `only`, when given, limits the look to
+   * those repos (the ones that changed since the last pass) instead of every local replica.
    */
-  async collectGarbage(known: ReadonlyMap<string, RepoRecord>): Promise<void> {
+  async collectGarbage(known: ReadonlyMap<string, RepoRecord>, only?: ReadonlySet<string>): Promise<void> {
     const { store, storage, nodeId, logger, activity } = this.deps;
-    for (const repoId of await storage.listLocal()) {
+    const local = only ? [...only].filter((id) => !known.get(id)?.replicas.includes(nodeId)) : await storage.listLocal();
+    for (const repoId of local) {
+      if (only && (await storage.incarnationOf(repoId)) === null) continue;
       // The pass's listing decides who stays; only a candidate for removal is read again.
       const listed = known.get(repoId);
       if (listed && listed.replicas.includes(nodeId)) continue;

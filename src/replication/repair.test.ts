@@ -123,6 +123,25 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(await inode('n3')).toBe(before);
     });
 
+    it('after a full listing, passes read only what the change feed names', async () => {
+      await push('a');
+      const w = worker('n3');
+      expect(await w.pass()).toBe(0);
+      // Listing is no longer possible: a pass that needed it would be skipped and repair nothing.
+      kit.faults.set('listRepos', 'fail');
+      kit.faults.set('replicasOnNode', 'fail');
+      await missPush('b');
+      expect(await w.pass()).toBe(1);
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 2, checksum: (await repo()).checksum });
+      expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
+      // The repo moved off n3: the feed names it, and n3 drops its replica.
+      const r = await repo();
+      expect(await kit.raw.setReplicaSet(REPO, r.incarnation, ['n1', 'n2'])).toBe(true);
+      await w.pass();
+      expect(await kit.node('n3').storage.incarnationOf(REPO)).toBeNull();
+      expect(await kit.node('n2').storage.incarnationOf(REPO)).toBe(r.incarnation);
+    });
+
     it('a replica confirmed after the pass listed it is left alone: no fetch, no copy', async () => {
       await push('a');
       await missPush('b');

@@ -17,9 +17,20 @@ import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type Replica
 
 /**
  * FULL_PASS_MS is how often a repair pass lists every repo even though the store's change mark
- * has not moved (a pass that found nothing to do is otherwise skipped: docs/SCALE.md).
+ * has not moved (a pass that found nothing to do is otherwise skipped: docs/SCALE.md), and
+ * how long the passes trust a view kept current by the change feed before listing again.
  */
 const FULL_PASS_MS = 30_000;
+
+/** RepoView is what the repair passes know of the store: every repo record, this node's replica records. */
+interface RepoView {
+  /** feed is the change feed's mark the view is current to. */
+  feed: string;
+  /** listedAt is when the last full listing was read. */
+  readonly listedAt: number;
+  readonly repos: Map<string, RepoRecord>;
+  readonly own: Map<string, ReplicaRecord>;
+}
 
 /** SWAP_LOCK_WAIT_MS is how long a copied replica waits for the repo's write lock to be swapped in. */
 const SWAP_LOCK_WAIT_MS = 10_000;
@@ -53,6 +64,12 @@ export class RepairWorker {
   private readonly progress = new Map<string, RepairProgress>();
   /** quiet is the store's change mark at the last full pass that left nothing to do, and when it ran. */
   private quiet: { mark: string; at: number } | null = null;
+  /**
+   * view is every repo record and this node's replica records as the passes last read them: a
+   * full listing at most FULL_PASS_MS old, kept current since by the store's change feed (only
+   * the repos it names are read again).
+   */
+  private view: RepoView | null = null;
 
   constructor(
     private readonly deps: {
@@ -161,11 +178,9 @@ export class RepairWorker {
       // pass costs one read (the change mark), whatever the number of repos.
       const mark = await store.changeMark();
       if (this.quiet && this.quiet.mark === mark && Date.now() - this.quiet.at < FULL_PASS_MS) return 0;
-      // Two store reads a full pass, whatever the number of repos: the repo records and this
-      // node's replica records. Only a replica not in sync costs a read of its peers' records.
-      const [all, mine] = await Promise.all([store.listRepos(), store.replicasOnNode(nodeId)]);
-      const ownRecords = new Map(mine.map((r) => [r.repoId, r]));
-      const repos = all.filter((r) => r.replicas.includes(nodeId));
+      const { view, changed } = await this.refreshView();
+      const ownRecords = view.own;
+      const repos = [...view.repos.values()].filter((r) => r.replicas.includes(nodeId));
       const todo: RepoRecord[] = [];
       const now = Date.now();
       let lag = 0;
@@ -190,8 +205,10 @@ export class RepairWorker {
         this.behindSince.set(repo.repoId, since);
         if (!isOneBehind(repo, own) || now - since >= this.deps.commitWaitMs) todo.push(repo);
       }
-      await this.deps.maintenance.collectGarbage(new Map(all.map((r) => [r.repoId, r])));
-      this.deps.onListed?.(new Set(all.map((r) => r.repoId)));
+      // Replicas to drop: after a full listing any local one; after a feed read, only of the
+      // repos it named (a repo deleted or moved away is a change to its record).
+      await this.deps.maintenance.collectGarbage(view.repos, changed ?? undefined);
+      if (!changed) this.deps.onListed?.(new Set(view.repos.keys()));
       const here = new Set(repos.map((r) => r.repoId));
       for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
       this.quiet = todo.length === 0 && this.behindSince.size === 0 ? { mark, at: now } : null;
@@ -209,6 +226,44 @@ export class RepairWorker {
       this.running = false;
     }
     return repaired;
+  }
+
+  /**
+   * refreshView brings the view up to date: with the change feed, reading again only the repos
+   * changed since the last read (their record, and this node's replica record where it holds
+   * one), or with a full listing (two reads, whatever the number of repos) when there is no
+   * view, it is FULL_PASS_MS old, or the feed cannot tell. `changed` names the repos read again;
+   * null after a full listing.
+   */
+  private async refreshView(): Promise<{ view: RepoView; changed: ReadonlySet<string> | null }> {
+    const { store, nodeId } = this.deps;
+    const v = this.view;
+    if (v && Date.now() - v.listedAt < FULL_PASS_MS) {
+      const feed = await store.changesSince(v.feed);
+      if (feed) {
+        for (const id of feed.repoIds) {
+          const repo = await store.getRepo(id);
+          if (!repo) v.repos.delete(id);
+          else v.repos.set(id, repo);
+          const own = repo?.replicas.includes(nodeId) ? (await store.getReplicas(id)).find((r) => r.nodeId === nodeId) : undefined;
+          if (own) v.own.set(id, own);
+          else v.own.delete(id);
+        }
+        v.feed = feed.mark;
+        return { view: v, changed: new Set(feed.repoIds) };
+      }
+    }
+    // The feed's mark is read first: what changes during the listing is named again next time.
+    const start = await store.changesSince(null);
+    const [all, mine] = await Promise.all([store.listRepos(), store.replicasOnNode(nodeId)]);
+    const view: RepoView = {
+      feed: start?.mark ?? '',
+      listedAt: Date.now(),
+      repos: new Map(all.map((r) => [r.repoId, r])),
+      own: new Map(mine.map((r) => [r.repoId, r])),
+    };
+    this.view = start ? view : null;
+    return { view, changed: null };
   }
 
   /**
