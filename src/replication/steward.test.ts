@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { eventually, quietLogger, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import type { RepoId } from '../domain/repo-id.js';
 import type { RepoRecord, ReplicaRecord } from '../store/types.js';
-import { planReplicaSet, type PlanInput } from './steward.js';
+import { planReplicaSet, Steward, type PlanInput } from './steward.js';
 
 const repo = (replicas: string[]): RepoRecord => ({
   repoId: 'o/r',
@@ -82,5 +84,35 @@ describe('planReplicaSet', () => {
   it('grows a short set up to R', () => {
     const plan = planReplicaSet(input({ repo: repo(['n1', 'n2']) }));
     expect(plan?.replicas).toHaveLength(3);
+  });
+});
+
+describe('Steward passes (in process: real store)', () => {
+  it('after a settled full pass, a pass reads only the repos the change feed names, and still takes their steps', async () => {
+    const kit = await ReplicationKit.create({ nodes: 3 });
+    try {
+      const id = 'o/short' as RepoId;
+      await kit.coordinator('n1').createRepo(id);
+      await eventually(async () => expect((await kit.raw.getReplicas(id)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      const n1 = kit.node('n1');
+      const steward = new Steward({
+        nodeId: 'n1',
+        store: kit.store,
+        membership: n1.membership,
+        logger: quietLogger,
+        activity: n1.activity,
+        replicationFactor: 3,
+        replaceAfterMs: 60_000,
+      });
+      expect(await steward.pass()).toBe(0);
+      // Listing is no longer possible: a pass that needed it would be skipped and take no step.
+      kit.faults.set('listRepos', 'fail');
+      const r = (await kit.raw.getRepo(id))!;
+      expect(await kit.raw.setReplicaSet(id, r.incarnation, ['n1', 'n2'])).toBe(true);
+      expect(await steward.pass()).toBe(1);
+      expect([...(await kit.raw.getRepo(id))!.replicas].sort()).toEqual(['n1', 'n2', 'n3']);
+    } finally {
+      await kit.close();
+    }
   });
 });

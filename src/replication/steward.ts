@@ -13,6 +13,19 @@ export const REBALANCE_KEY = 'rebalance';
 /** FULL_PASS_MS is how often a steward pass reads every repo even when nothing seems to have changed. */
 const FULL_PASS_MS = 30_000;
 
+/** Settled is what the last pass that left nothing to do saw, and when the last full pass ran. */
+interface Settled {
+  /** mark is the store's change mark. */
+  readonly mark: string;
+  /** view is the membership as the pass saw it (live, and down long enough to replace). */
+  readonly view: string;
+  /** policy is the decommissioned nodes and whether a rebalance was asked for. */
+  readonly policy: string;
+  /** feed is the change feed's mark, for the next pass to read what changed since (null: list everything). */
+  readonly feed: string | null;
+  readonly at: number;
+}
+
 /** Plan is one step for one repo: the replica set to write and the nodes it adds. */
 export interface Plan {
   readonly replicas: string[];
@@ -88,11 +101,13 @@ export class Steward {
   private timer: NodeJS.Timeout | null = null;
   private running = false;
   /**
-   * settled is what the last pass that left nothing to retry saw: the store's change mark and
-   * the membership view. Plans depend on nothing else, so while both stay the same a pass
-   * costs one store read (docs/SCALE.md); a full pass still runs every FULL_PASS_MS.
+   * settled is what the last pass that left nothing to retry saw: the store's change mark, the
+   * membership view, the decommissions and rebalancing, and the change feed's mark. Plans
+   * depend on nothing else, so while they stay the same a pass costs one store read, and after
+   * a change it reads only the repos the feed names (docs/SCALE.md); a full pass still runs
+   * every FULL_PASS_MS.
    */
-  private settled: { mark: string; view: string; at: number } | null = null;
+  private settled: Settled | null = null;
 
   constructor(
     private readonly deps: {
@@ -136,10 +151,25 @@ export class Steward {
       let retry = false;
       const decommissioned = new Set((await store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
       const rebalance = (await store.getMeta(REBALANCE_KEY)) !== null;
+      const policy = `${[...decommissioned].sort().join(',')}|${rebalance ? 'rebalance' : ''}`;
       const eligible = membership.knownIds().filter((n) => !decommissioned.has(n));
       const gone = (n: string): boolean => decommissioned.has(n) || membership.downFor(n) > this.deps.replaceAfterMs;
       const r = Math.min(this.deps.replicationFactor, eligible.length);
-      for (const repo of await store.listRepos()) {
+      // After a pass that left nothing to do, and with the nodes, decommissions and rebalancing as
+      // they were, only a repo whose records changed can need a step: the change feed names them.
+      const recent = s && s.feed !== null && s.view === view && s.policy === policy && Date.now() - s.at < FULL_PASS_MS ? s : null;
+      const feed = recent ? await store.changesSince(recent.feed) : null;
+      const start = feed ? null : await store.changesSince(null);
+      const repos: RepoRecord[] = [];
+      if (feed) {
+        for (const id of feed.repoIds) {
+          const repo = await store.getRepo(id);
+          if (repo) repos.push(repo);
+        }
+      } else {
+        repos.push(...(await store.listRepos()));
+      }
+      for (const repo of repos) {
         // A repo on r healthy, eligible nodes needs no step (planReplicaSet would say null):
         // skip it without reading its replicas, so an idle pass costs two store reads.
         if (!rebalance && repo.replicas.length === r && repo.replicas.every((n) => !gone(n) && eligible.includes(n))) continue;
@@ -160,7 +190,11 @@ export class Steward {
         if (await this.apply(repo, plan)) steps++;
         else retry = true;
       }
-      this.settled = steps === 0 && !retry ? { mark, view, at: Date.now() } : null;
+      // A pass from the feed keeps the time of the last full one: a full pass still comes every FULL_PASS_MS.
+      this.settled =
+        steps === 0 && !retry
+          ? { mark, view, policy, feed: (feed ?? start)?.mark ?? null, at: feed && recent ? recent.at : Date.now() }
+          : null;
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'steward pass skipped');
     } finally {
