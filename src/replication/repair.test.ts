@@ -242,6 +242,20 @@ describe('repair, verification and maintenance (in process)', () => {
       await gitOk(['update-ref', '-d', 'refs/heads/main'], { cwd: path('n1') });
       expect(await verifier('n1').verify()).toBe(1);
     });
+
+    it('an fsck pass asked for while a checksum pass runs waits its turn instead of being skipped', async () => {
+      await push('a');
+      const packDir = join(path('n3'), 'objects', 'pack');
+      for (const f of await readdir(packDir)) await rm(join(packDir, f));
+      const v = verifier('n3');
+      const checksums = v.verify();
+      const fsck = v.verify(true);
+      // One of each kind waits at most: a third ask while both are queued is a no-op.
+      expect(await v.verify(true)).toBe(0);
+      expect(await checksums).toBe(0);
+      expect(await fsck).toBe(1);
+      expect((await record('n3'))?.state).toBe('missing');
+    });
   });
 
   describe('Maintenance', () => {

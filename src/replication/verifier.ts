@@ -63,7 +63,9 @@ export type VerifyResult = 'ok' | 'stale' | 'missing' | 'not_in_sync' | 'not_her
  * store, so it runs beside anything.
  */
 export class ReplicaVerifier {
-  private verifying = false;
+  /** queue runs the passes one after the other; `queued` says which kind already waits in it. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queued = { checksum: false, fsck: false };
   /** checked and fscked: per local replica, the state it was last found good at, by each kind of pass. */
   private readonly checked = new Map<string, Verified>();
   private readonly fscked = new Map<string, Verified>();
@@ -100,11 +102,23 @@ export class ReplicaVerifier {
    * changes the generation, and that replica is left for the next pass.
    */
   async verify(fsck = false): Promise<number> {
-    const { store, nodeId, logger } = this.deps;
     // One verification at a time: on a big node one pass can outlast its interval, and
-    // overlapping passes would pile up fsck processes.
-    if (this.verifying) return 0;
-    this.verifying = true;
+    // overlapping passes would pile up fsck processes. A pass asked for while another runs
+    // waits its turn (one of each kind at most), so frequent checksum passes never starve the
+    // fsck passes, nor the other way round.
+    const kind = fsck ? 'fsck' : 'checksum';
+    if (this.queued[kind]) return 0;
+    this.queued[kind] = true;
+    const run = this.queue.then(() => {
+      this.queued[kind] = false;
+      return this.verifyNow(fsck);
+    });
+    this.queue = run.catch(() => 0);
+    return run;
+  }
+
+  private async verifyNow(fsck: boolean): Promise<number> {
+    const { store, nodeId, logger } = this.deps;
     let marked = 0;
     try {
       const own = new Map((await store.replicasOnNode(nodeId)).map((r) => [r.repoId, r]));
@@ -121,8 +135,6 @@ export class ReplicaVerifier {
       }
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'verify pass skipped');
-    } finally {
-      this.verifying = false;
     }
     return marked;
   }
