@@ -113,10 +113,14 @@ describe.skipIf(NO_BROWSER !== null)(
         await commitFile(work, `f${k}.txt`, `${k}\n`, `commit ${k}`);
         await gitOk(['push', '-q', pushUrl(), 'main'], { cwd: work });
       }
-      // Created at generation 0, one push before and three while node-3 is down.
-      await page.waitForSelector('tr[data-repo="status/public"][data-generation="4"] [data-replica="node-3"][data-state="stale"]', {
-        timeout: 10_000,
-      });
+      // Created at generation 0, one push before and three while node-3 is down. A refresh can
+      // land between the last push's decision and its confirmations (every replica behind for a
+      // moment): wait for the row with both others confirmed.
+      const row4 = 'tr[data-repo="status/public"][data-generation="4"]';
+      await page.waitForSelector(
+        `${row4}:has([data-replica="node-3"][data-state="stale"]):has([data-replica="node-1"][data-state="in_sync"]):has([data-replica="node-2"][data-state="in_sync"])`,
+        { timeout: 10_000 },
+      );
       const row = await page.textContent('tr[data-repo="status/public"]');
       expect(row).toContain('2 of 3');
       expect(row).toContain('node-3: stale at generation 1 (node down)');
