@@ -151,7 +151,7 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(await worker('n3').pass()).toBe(1);
       await push('c');
       const metrics = new Metrics();
-      expect(await worker('n3', 60_000, metrics).repair(listed)).toBe(true);
+      expect(await worker('n3', 60_000, metrics).repair(listed.repoId)).toBe(true);
       expect((await metrics.repairs.get()).values.reduce((n, v) => n + v.value, 0)).toBe(0);
       expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 3 });
     });

@@ -157,8 +157,7 @@ export class RepairWorker {
 
   /** catchUp makes one repair attempt on a repo's local replica now (a push waiting on it); true once in sync. */
   async catchUp(repoId: string): Promise<boolean> {
-    const repo = await this.deps.store.getRepo(repoId);
-    return repo ? this.repair(repo) : false;
+    return this.repair(repoId);
   }
 
   /** progressOf is a copy of the running repair of a repo's local replica, if one runs. */
@@ -218,7 +217,7 @@ export class RepairWorker {
       for (const repo of todo) {
         const b = this.backoff.get(repo.repoId);
         if (b && b.until > Date.now()) continue;
-        if (await this.repair(repo)) repaired++;
+        if (await this.repair(repo.repoId)) repaired++;
       }
     } catch (err) {
       this.deps.logger.debug({ err: errorMessage(err) }, 'repair pass skipped');
@@ -271,22 +270,22 @@ export class RepairWorker {
    * as the replica's `repair` activity, started before anything is read: not beside a
    * transaction (whose replica may be committed but not yet confirmed), a repack or a drop.
    */
-  async repair(repo: RepoRecord): Promise<boolean> {
-    const running = this.deps.activity.tryBegin(repo.repoId, 'repair');
+  async repair(repoId: string): Promise<boolean> {
+    const running = this.deps.activity.tryBegin(repoId, 'repair');
     if (!running) return false;
     try {
-      return await this.repairRunning(repo);
+      return await this.repairRunning(repoId);
     } finally {
       running.end();
     }
   }
 
-  private async repairRunning(listed: RepoRecord): Promise<boolean> {
+  private async repairRunning(repoId: string): Promise<boolean> {
     const { store, storage, membership, nodeId, logger, metrics } = this.deps;
-    // The pass listed the repo before this repair could start, and a transaction that held the
-    // replica meanwhile may have confirmed it since (or the repo moved on): work from the
-    // store's records as they are now. A replica in sync needs nothing.
-    const repo = await store.getRepo(listed.repoId);
+    // Read once the repair runs, not taken from the pass that found the replica behind: a
+    // transaction that held the replica meanwhile may have confirmed it (or the repo moved on).
+    // A replica in sync needs nothing.
+    const repo = await store.getRepo(repoId);
     if (!repo) return false;
     const replicas = await store.getReplicas(repo.repoId);
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
