@@ -253,16 +253,15 @@ export class RepairWorker {
       }
     }
     // The feed's mark is read first: what changes during the listing is named again next time.
-    const start = await store.changesSince(null);
+    const feed = await store.feedMark();
     const [all, mine] = await Promise.all([store.listRepos(), store.replicasOnNode(nodeId)]);
-    const view: RepoView = {
-      feed: start?.mark ?? '',
+    this.view = {
+      feed,
       listedAt: Date.now(),
       repos: new Map(all.map((r) => [r.repoId, r])),
       own: new Map(mine.map((r) => [r.repoId, r])),
     };
-    this.view = start ? view : null;
-    return { view, changed: null };
+    return { view: this.view, changed: null };
   }
 
   /**

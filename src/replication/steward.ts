@@ -21,8 +21,8 @@ interface Settled {
   readonly view: string;
   /** policy is the decommissioned nodes and whether a rebalance was asked for. */
   readonly policy: string;
-  /** feed is the change feed's mark, for the next pass to read what changed since (null: list everything). */
-  readonly feed: string | null;
+  /** feed is the change feed's mark, for the next pass to read what changed since. */
+  readonly feed: string;
   readonly at: number;
 }
 
@@ -157,9 +157,10 @@ export class Steward {
       const r = Math.min(this.deps.replicationFactor, eligible.length);
       // After a pass that left nothing to do, and with the nodes, decommissions and rebalancing as
       // they were, only a repo whose records changed can need a step: the change feed names them.
-      const recent = s && s.feed !== null && s.view === view && s.policy === policy && Date.now() - s.at < FULL_PASS_MS ? s : null;
+      const recent = s && s.view === view && s.policy === policy && Date.now() - s.at < FULL_PASS_MS ? s : null;
       const feed = recent ? await store.changesSince(recent.feed) : null;
-      const start = feed ? null : await store.changesSince(null);
+      // Read before a full listing: what changes during it is named again next time.
+      const nextFeed = feed ? feed.mark : await store.feedMark();
       const repos: RepoRecord[] = [];
       if (feed) {
         for (const id of feed.repoIds) {
@@ -191,10 +192,7 @@ export class Steward {
         else retry = true;
       }
       // A pass from the feed keeps the time of the last full one: a full pass still comes every FULL_PASS_MS.
-      this.settled =
-        steps === 0 && !retry
-          ? { mark, view, policy, feed: (feed ?? start)?.mark ?? null, at: feed && recent ? recent.at : Date.now() }
-          : null;
+      this.settled = steps === 0 && !retry ? { mark, view, policy, feed: nextFeed, at: feed && recent ? recent.at : Date.now() } : null;
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'steward pass skipped');
     } finally {

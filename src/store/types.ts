@@ -232,14 +232,17 @@ export interface ClusterStore {
    */
   changeMark(): Promise<string>;
 
+  /** feedMark is the change feed's current mark, to read changesSince from (read it before a full listing). */
+  feedMark(): Promise<string>;
+
   /**
    * changesSince lists the repos whose record or any replica record was written (created,
-   * updated or deleted) after `mark`, a mark this method returned; with `mark` null, only the
-   * current mark (no repos). It returns null when it cannot tell (the mark is unknown or too
-   * old, more than CHANGES_MAX repos changed, or a change it cannot name): the caller then lists
-   * everything. A repo changed after the returned mark may be listed again next time.
+   * updated or deleted) after `mark`, a mark from feedMark or an earlier answer. It returns null
+   * when it cannot tell (the mark is unknown or too old, more than CHANGES_MAX repos changed, or
+   * a change it cannot name): the caller then lists everything. A repo changed after the
+   * returned mark may be listed again next time.
    */
-  changesSince(mark: string | null): Promise<ChangedRepos | null>;
+  changesSince(mark: string): Promise<ChangedRepos | null>;
 
   /** close releases connections; the store is unusable after. */
   close(): Promise<void>;

@@ -135,6 +135,11 @@ function rangePrefix(prefix: string): IRequestOp {
   return { request_range: { key: utf8(prefix), range_end: prefixEnd(prefix) } };
 }
 
+/** feedMarkOf is the change feed's mark from a Txn whose first two reads are feedCounts. */
+function feedMarkOf(res: ITxnResponse): string {
+  return `${res.header.revision}:${res.responses[0]!.response_range.count}:${res.responses[1]!.response_range.count}`;
+}
+
 /** unchanged compares a key's mod revision with the one read; 0 means "still absent". */
 function unchanged(key: string, kv: Kv | undefined): ICompare {
   return { key: utf8(key), target: 'Mod', result: 'Equal', mod_revision: kv?.mod ?? '0' };
@@ -888,19 +893,23 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
+  /** feedMark reads the change feed's mark: the store's revision and the key counts under `repos/` and `replicas/`. */
+  async feedMark(): Promise<string> {
+    return this.guard('read change feed mark', async () => feedMarkOf(await this.txn([], this.feedCounts())));
+  }
+
   /**
    * changesSince reads, in one read-only Txn, the keys under `repos/` and `replicas/` whose mod
    * revision is past the mark's revision (the server filters: only those keys travel, values
    * left out), and both prefixes' key counts. A delete leaves no key to find: a count that
    * moved since the mark (a repo created or deleted, a replica added or dropped) answers null.
    */
-  async changesSince(mark: string | null): Promise<ChangedRepos | null> {
+  async changesSince(mark: string): Promise<ChangedRepos | null> {
+    const m = /^(\d+):(\d+):(\d+)$/.exec(mark);
+    if (!m) return null;
+    const [since, repoCount, replicaCount] = [m[1]!, m[2]!, m[3]!];
     return this.guard('read changes', async () => {
       const [repos, replicas] = [this.k('repos', ''), this.k('replicas', '')];
-      const count = (p: string): IRequestOp => ({ request_range: { key: utf8(p), range_end: prefixEnd(p), count_only: true } });
-      const m = mark === null ? null : /^(\d+):(\d+):(\d+)$/.exec(mark);
-      if (mark !== null && !m) return null;
-      const since = m ? m[1]! : '0';
       const changed = (p: string): IRequestOp => ({
         request_range: {
           key: utf8(p),
@@ -910,23 +919,27 @@ export class EtcdStore implements ClusterStore {
           limit: String(CHANGES_MAX + 1),
         },
       });
-      const res = await this.txn(
-        [],
-        m ? [count(repos), count(replicas), changed(repos), changed(replicas)] : [count(repos), count(replicas)],
-      );
-      const next = `${res.header.revision}:${res.responses[0]!.response_range.count}:${res.responses[1]!.response_range.count}`;
-      if (!m) return { mark: next, repoIds: [] };
+      const res = await this.txn([], [...this.feedCounts(), changed(repos), changed(replicas)]);
       if (BigInt(res.header.revision) < BigInt(since)) return null;
-      if (String(res.responses[0]!.response_range.count) !== m[2] || String(res.responses[1]!.response_range.count) !== m[3]) return null;
+      const [repoRange, replicaRange, changedRepos, changedReplicas] = res.responses.map((r) => r.response_range);
+      if (String(repoRange!.count) !== repoCount || String(replicaRange!.count) !== replicaCount) return null;
+      if (changedRepos!.more || changedReplicas!.more) return null;
       const ids = new Set<string>();
-      for (const kv of res.responses[2]!.response_range.kvs) ids.add(kv.key.toString().slice(repos.length));
-      for (const kv of res.responses[3]!.response_range.kvs) {
+      for (const kv of changedRepos!.kvs) ids.add(kv.key.toString().slice(repos.length));
+      for (const kv of changedReplicas!.kvs) {
         const rest = kv.key.toString().slice(replicas.length);
         ids.add(rest.slice(0, rest.lastIndexOf('/')));
       }
-      if (res.responses[2]!.response_range.more || res.responses[3]!.response_range.more || ids.size > CHANGES_MAX) return null;
-      return { mark: next, repoIds: [...ids] };
+      if (ids.size > CHANGES_MAX) return null;
+      return { mark: feedMarkOf(res), repoIds: [...ids] };
     });
+  }
+
+  /** feedCounts are the count-only reads of `repos/` and `replicas/` that every feed mark carries. */
+  private feedCounts(): IRequestOp[] {
+    return [this.k('repos', ''), this.k('replicas', '')].map((p) => ({
+      request_range: { key: utf8(p), range_end: prefixEnd(p), count_only: true },
+    }));
   }
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {

@@ -142,7 +142,7 @@ describe('SqliteStore change feed', () => {
     const Database = (await import('better-sqlite3')).default;
     const raw = new Database(path);
     try {
-      const start = (await store.changesSince(null))!;
+      const start = { mark: await store.feedMark() };
       for (const id of ['acme/a', 'acme/b']) {
         const r = {
           repoId: id,

@@ -589,10 +589,13 @@ export class SqliteStore implements ClusterStore {
     );
   }
 
-  async changesSince(mark: string | null): Promise<ChangedRepos | null> {
+  async feedMark(): Promise<string> {
+    return this.read(() => String(this.lastChange()));
+  }
+
+  async changesSince(mark: string): Promise<ChangedRepos | null> {
     return this.read(() => {
-      const last = (this.db.prepare('SELECT max(seq) AS n FROM repo_changes').get() as { n: number | null }).n ?? 0;
-      if (mark === null) return { mark: String(last), repoIds: [] };
+      const last = this.lastChange();
       const since = Number(mark);
       if (!Number.isSafeInteger(since) || since < 0 || since > last) return null;
       // Rows before `since` pruned away: what changed in between is unknown.
@@ -604,6 +607,11 @@ export class SqliteStore implements ClusterStore {
       if (rows.length > CHANGES_MAX) return null;
       return { mark: String(last), repoIds: rows.map((r) => r.repo_id) };
     });
+  }
+
+  /** lastChange is the change feed's last sequence number (0 before any change). */
+  private lastChange(): number {
+    return (this.db.prepare('SELECT max(seq) AS n FROM repo_changes').get() as { n: number | null }).n ?? 0;
   }
 
   async changeMark(): Promise<string> {
