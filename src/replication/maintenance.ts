@@ -86,12 +86,12 @@ export class Maintenance {
    */
   async collectGarbage(known: ReadonlyMap<string, RepoRecord>, only?: ReadonlySet<string>): Promise<void> {
     const { store, storage, nodeId, logger, activity } = this.deps;
-    const local = only ? [...only].filter((id) => !known.get(id)?.replicas.includes(nodeId)) : await storage.listLocal();
-    for (const repoId of local) {
-      if (only && (await storage.incarnationOf(repoId)) === null) continue;
+    for (const repoId of only ?? (await storage.listLocal())) {
       // The pass's listing decides who stays; only a candidate for removal is read again.
       const listed = known.get(repoId);
       if (listed && listed.replicas.includes(nodeId)) continue;
+      // A repo the feed named may never have had a replica here.
+      if (only && !(await storage.exists(repoId))) continue;
       const repo = await store.getRepo(repoId);
       if (repo && repo.replicas.includes(nodeId)) continue;
       const dropping = activity.tryBegin(repoId, 'drop');
