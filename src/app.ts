@@ -89,6 +89,10 @@ export interface NodeConfig {
   readonly stewardIntervalMs: number;
   /** timing: the write path's and the workers' time-outs and waits (src/config.ts). */
   readonly timing: Timing;
+  /** maxGroupPushes: queued pushes to one repo that join one transaction. */
+  readonly maxGroupPushes: number;
+  /** maxQueuedPushes: pushes to one repo that may wait on this node. */
+  readonly maxQueuedPushes: number;
   /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
   readonly failpoints?: string;
   /** protocol: the replication protocol versions this node speaks (default PROTOCOL, this build's). */
@@ -160,7 +164,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await storage.init();
   const failpoints = new Failpoints(cfg.failpoints);
   const txnLog = new TxnLog(join(dataDir, 'node.db'));
-  const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, logger });
+  const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, uploadWaitMs: cfg.timing.uploadWaitMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
   const participant = new Participant({
@@ -223,6 +227,10 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       commitTimeoutMs: cfg.timing.commitTimeoutMs,
       commitWaitMs: cfg.timing.commitWaitMs,
       catchUpMs: cfg.timing.catchUpMs,
+      settleMs: cfg.timing.settleMs,
+      courtesyMs: cfg.timing.courtesyMs,
+      maxGroupPushes: cfg.maxGroupPushes,
+      maxQueuedPushes: cfg.maxQueuedPushes,
       fsckIgnore: cfg.fsckIgnore,
     },
   });
@@ -267,6 +275,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     fsckIgnore: cfg.fsckIgnore,
     commitWaitMs: cfg.timing.commitWaitMs,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
+    fullPassMs: cfg.timing.fullPassMs,
+    swapLockWaitMs: cfg.timing.swapLockWaitMs,
     ...(tls.ca ? { caFile: tls.ca.path } : {}),
     onSeen: (repo, replicas) => router.remember(repo, replicas),
     onListed: (repoIds) => router.forgetAllBut(repoIds),
@@ -279,6 +289,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     activity,
     replicationFactor: cfg.replicationFactor,
     replaceAfterMs: cfg.replaceAfterMs,
+    fullPassMs: cfg.timing.fullPassMs,
   });
   const lifecycle = { draining: false };
   metrics.attach({

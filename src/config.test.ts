@@ -98,8 +98,12 @@ describe('loadSettings', () => {
   });
 
   it('serveConfig hands the timings down and keeps the derived default of max git per client', () => {
-    const cfg = serveConfig({ maxGitProcesses: '9' }, { LOCK_WAIT_MS: '2s', COMMIT_WAIT_MS: '500', GIT_TIMEOUT_MS: '10m' });
+    const cfg = serveConfig(
+      { maxGitProcesses: '9', maxQueuedPushes: '12' },
+      { LOCK_WAIT_MS: '2s', COMMIT_WAIT_MS: '500', GIT_TIMEOUT_MS: '10m', FULL_PASS_MS: '1m', MAX_GROUP_PUSHES: '8' },
+    );
     expect(cfg.maxGitPerClient).toBe(5);
+    expect([cfg.maxQueuedPushes, cfg.maxGroupPushes]).toEqual([12, 8]);
     expect(cfg.timing).toEqual({
       lockWaitMs: 2_000,
       prepareTimeoutMs: DEFAULTS.prepareTimeoutMs,
@@ -108,7 +112,13 @@ describe('loadSettings', () => {
       commitWaitMs: 500,
       catchUpMs: DEFAULTS.catchUpMs,
       gitTimeoutMs: 600_000,
+      settleMs: DEFAULTS.settleMs,
+      courtesyMs: DEFAULTS.courtesyMs,
+      uploadWaitMs: DEFAULTS.uploadWaitMs,
+      swapLockWaitMs: DEFAULTS.swapLockWaitMs,
+      fullPassMs: 60_000,
     });
+    expect(() => serveConfig({}, { MAX_GROUP_PUSHES: '0' })).toThrow(/MAX_GROUP_PUSHES: must be at least 1/);
   });
 });
 

@@ -182,6 +182,14 @@ export const SETTINGS = {
     arg: 'pem',
     doc: 'CA that https:// peers are verified against (default the system CAs)',
   },
+  maxQueuedPushes: {
+    kind: 'count',
+    env: 'MAX_QUEUED_PUSHES',
+    flag: '--max-queued-pushes',
+    default: 256,
+    min: 1,
+    doc: 'pushes to one repo that may wait on one node; more are refused at once with a retry message',
+  },
   sshPort: {
     kind: 'text',
     env: 'SSH_PORT',
@@ -253,6 +261,41 @@ export const SETTINGS = {
     doc: "how long a coordinator waits for a replica's commit or abort",
   },
   peerTimeoutMs: { kind: 'ms', env: 'PEER_TIMEOUT_MS', default: 30 * SECOND, min: 1, doc: 'default time-out of other peer calls' },
+  settleMs: {
+    kind: 'ms',
+    env: 'SETTLE_MS',
+    default: 10 * SECOND,
+    min: 1,
+    doc: 'how long a coordinator whose decision write failed keeps asking the store which decision stands',
+  },
+  maxGroupPushes: {
+    kind: 'count',
+    env: 'MAX_GROUP_PUSHES',
+    default: 64,
+    min: 1,
+    doc: 'queued pushes to one repo that join one replicated transaction',
+  },
+  courtesyMs: {
+    kind: 'ms',
+    env: 'COURTESY_MS',
+    default: 110,
+    min: 0,
+    doc: 'after a transaction on a repo another node also wanted, a node with more pushes queued waits this long (plus up to half again) before it takes the lock again',
+  },
+  uploadWaitMs: {
+    kind: 'ms',
+    env: 'UPLOAD_WAIT_MS',
+    default: 30 * SECOND,
+    min: 1,
+    doc: 'how long a clone or fetch waits for a swap or drop of its replica to finish',
+  },
+  swapLockWaitMs: {
+    kind: 'ms',
+    env: 'SWAP_LOCK_WAIT_MS',
+    default: 10 * SECOND,
+    min: 1,
+    doc: "how long a replica copied by repair waits for the repo's write lock to be swapped in",
+  },
   commitWaitMs: {
     kind: 'ms',
     env: 'COMMIT_WAIT_MS',
@@ -310,6 +353,13 @@ export const SETTINGS = {
     doc: 'how often replicas get git fsck --connectivity-only (0: never)',
   },
   stewardIntervalMs: { kind: 'ms', env: 'STEWARD_INTERVAL_MS', default: 2 * SECOND, min: 1, doc: 'how often the steward checks placement' },
+  fullPassMs: {
+    kind: 'ms',
+    env: 'FULL_PASS_MS',
+    default: 30 * SECOND,
+    min: 1,
+    doc: 'repair and steward passes read every repo at least this often, even when the change feed names none',
+  },
   repackAfterPacks: {
     kind: 'count',
     env: 'REPACK_AFTER_PACKS',
@@ -349,7 +399,18 @@ export type Settings = { readonly [K in SettingName]: ValueOf<(typeof SETTINGS)[
 /** Timing is the write path's and the workers' time-outs and waits, handed down from app.ts. */
 export type Timing = Pick<
   Settings,
-  'lockWaitMs' | 'prepareTimeoutMs' | 'commitTimeoutMs' | 'peerTimeoutMs' | 'commitWaitMs' | 'catchUpMs' | 'gitTimeoutMs'
+  | 'lockWaitMs'
+  | 'prepareTimeoutMs'
+  | 'commitTimeoutMs'
+  | 'peerTimeoutMs'
+  | 'commitWaitMs'
+  | 'catchUpMs'
+  | 'gitTimeoutMs'
+  | 'settleMs'
+  | 'courtesyMs'
+  | 'uploadWaitMs'
+  | 'swapLockWaitMs'
+  | 'fullPassMs'
 >;
 
 /** ConfigError says a setting's value is refused; its message is one line naming the setting. */

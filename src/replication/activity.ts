@@ -1,3 +1,4 @@
+import { DEFAULTS } from '../config.js';
 import { errorMessage, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import type { ClusterStore, RepoLock } from '../store/types.js';
@@ -67,9 +68,6 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
-/** UPLOAD_WAIT_MS bounds how long an upload waits for a swap or drop of its replica to finish. */
-const UPLOAD_WAIT_MS = 30_000;
-
 /**
  * RepoActivity owns what runs on this node's replicas, per repo: the one registry of running
  * activities, with the overlap rule MAY_START_DURING, and the one way to take the repo's write
@@ -85,7 +83,14 @@ export class RepoActivity {
   private readonly lockQueues = new Map<string, Array<() => void>>();
 
   constructor(
-    private readonly deps: { readonly nodeId: string; readonly store: ClusterStore; readonly lockTtlMs: number; readonly logger: Logger },
+    private readonly deps: {
+      readonly nodeId: string;
+      readonly store: ClusterStore;
+      readonly lockTtlMs: number;
+      /** uploadWaitMs bounds how long an upload waits for a swap or drop of its replica to finish (default DEFAULTS.uploadWaitMs). */
+      readonly uploadWaitMs?: number;
+      readonly logger: Logger;
+    },
   ) {}
 
   /**
@@ -132,10 +137,10 @@ export class RepoActivity {
    * beginUpload registers a push's receive-pack on the replica; call it before spawning
    * receive-pack and call what it returns once receive-pack has exited. It waits while the
    * replica is being swapped or dropped (a few milliseconds, usually) and throws a 503 AppError
-   * if that lasts longer than UPLOAD_WAIT_MS.
+   * if that lasts longer than uploadWaitMs.
    */
   async beginUpload(repoId: string): Promise<() => void> {
-    const started = await this.begin(repoId, 'upload', UPLOAD_WAIT_MS);
+    const started = await this.begin(repoId, 'upload', this.deps.uploadWaitMs ?? DEFAULTS.uploadWaitMs);
     if (!started) throw unavailable(`replica of ${repoId} is being replaced, try again`, { retryAfter: 1 });
     return () => started.end();
   }

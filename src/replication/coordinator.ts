@@ -34,6 +34,14 @@ export interface CoordinatorConfig {
   readonly commitWaitMs?: number;
   /** catchUpMs: a push waits this long for this node's replica to be caught up before it refuses (default DEFAULTS.catchUpMs). */
   readonly catchUpMs?: number;
+  /** settleMs: how long a failed decision write is followed by asking the store which decision stands (default DEFAULTS.settleMs). */
+  readonly settleMs?: number;
+  /** courtesyMs: the pause before a node takes a contended repo's lock again (default DEFAULTS.courtesyMs; see CONTENDED_WAIT_MS). */
+  readonly courtesyMs?: number;
+  /** maxGroupPushes: queued pushes that join one transaction (default DEFAULTS.maxGroupPushes). */
+  readonly maxGroupPushes?: number;
+  /** maxQueuedPushes: pushes of one repo that may wait on this node; more are refused at once (default DEFAULTS.maxQueuedPushes). */
+  readonly maxQueuedPushes?: number;
   /** fsckIgnore is the fsck policy every participant applies to this coordinator's packs. */
   readonly fsckIgnore?: readonly string[];
 }
@@ -93,24 +101,14 @@ interface PendingPush {
 
 type PushRequestOf = Awaited<ReturnType<ProcReceiveExchange['read']>>;
 
-/** MAX_GROUP_PUSHES bounds how many queued pushes join one transaction. */
-const MAX_GROUP_PUSHES = 64;
-
-/** MAX_QUEUED_PUSHES bounds the pushes of one repo waiting on one node; more are refused at once. */
-const MAX_QUEUED_PUSHES = 256;
-
 /**
  * CONTENDED_WAIT_MS: a lock that took longer than this to take was held by another node.
- * COURTESY_MS: after such a group, a node with more pushes queued waits this long (plus up to
+ * courtesyMs (a setting): after such a group, a node with more pushes queued waits this long (plus up to
  * half again, at random) before it takes the lock again. Other nodes' waiters poll the store
  * at most every 100 ms (RepoActivity.lock); without the pause the node that holds a busy repo's
  * lock would take it again the moment it let go, and pushes through the others would starve.
  */
 const CONTENDED_WAIT_MS = 15;
-const COURTESY_MS = 110;
-
-/** SETTLE_MS is how long a coordinator keeps asking an unreachable store for a decision it may have written. */
-const SETTLE_MS = 10_000;
 
 /**
  * OutcomeUnknownError says a transaction may or may not have been decided: the store did not
@@ -429,10 +427,10 @@ export class Coordinator {
   /**
    * settle finds the decision of a transaction whose decision write failed: `abort` is written
    * by compare-and-swap only if no decision exists, and the decision that stands is returned;
-   * null when the store stays unreachable for SETTLE_MS.
+   * null when the store stays unreachable for settleMs.
    */
   private async settle(txnId: string): Promise<'commit' | 'abort' | null> {
-    const deadline = Date.now() + SETTLE_MS;
+    const deadline = Date.now() + (this.deps.config.settleMs ?? DEFAULTS.settleMs);
     for (;;) {
       try {
         return (await this.deps.store.abortTxn(txnId)).decision;
@@ -612,8 +610,9 @@ export class Coordinator {
     const repoId = push.ctx.repoId;
     const queue = this.queues.get(repoId);
     if (queue) {
-      if (queue.length >= MAX_QUEUED_PUSHES) {
-        push.failRest(`${MAX_QUEUED_PUSHES} pushes to ${repoId} are already waiting on this node, try again`);
+      const maxQueued = this.deps.config.maxQueuedPushes ?? DEFAULTS.maxQueuedPushes;
+      if (queue.length >= maxQueued) {
+        push.failRest(`${maxQueued} pushes to ${repoId} are already waiting on this node, try again`);
         push.report();
         push.settled();
         return;
@@ -626,10 +625,11 @@ export class Coordinator {
     void (async () => {
       try {
         while (fresh.length > 0) {
-          const group = fresh.splice(0, MAX_GROUP_PUSHES);
+          const group = fresh.splice(0, this.deps.config.maxGroupPushes ?? DEFAULTS.maxGroupPushes);
           try {
             const { contended } = await this.runGroup(repoId, group);
-            if (contended && fresh.length > 0) await new Promise((r) => setTimeout(r, COURTESY_MS * (1 + Math.random() / 2)));
+            if (contended && fresh.length > 0)
+              await new Promise((r) => setTimeout(r, (this.deps.config.courtesyMs ?? DEFAULTS.courtesyMs) * (1 + Math.random() / 2)));
           } catch (err) {
             this.deps.logger.error({ repoId, err: errorMessage(err) }, 'push group failed');
             for (const m of group) {

@@ -1,3 +1,4 @@
+import { DEFAULTS } from '../config.js';
 import { HOP_HEADER } from '../auth/peer-signature.js';
 import { fsckConfig } from '../git/fsck-policy.js';
 import { randomUUID } from 'node:crypto';
@@ -15,13 +16,6 @@ import type { Maintenance } from './maintenance.js';
 import type { ReplicaVerifier } from './verifier.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
-/**
- * FULL_PASS_MS is how often a repair pass lists every repo even though the store's change mark
- * has not moved (a pass that found nothing to do is otherwise skipped: docs/SCALE.md), and
- * how long the passes trust a view kept current by the change feed before listing again.
- */
-const FULL_PASS_MS = 30_000;
-
 /** RepoView is what the repair passes know of the store: every repo record, this node's replica records. */
 interface RepoView {
   /** feed is the change feed's mark the view is current to. */
@@ -31,9 +25,6 @@ interface RepoView {
   readonly repos: Map<string, RepoRecord>;
   readonly own: Map<string, ReplicaRecord>;
 }
-
-/** SWAP_LOCK_WAIT_MS is how long a copied replica waits for the repo's write lock to be swapped in. */
-const SWAP_LOCK_WAIT_MS = 10_000;
 
 /** RepairProgress is what `GET /repos/:owner/:repo` and logs show of a running repair. */
 export interface RepairProgress {
@@ -66,7 +57,7 @@ export class RepairWorker {
   private quiet: { mark: string; at: number } | null = null;
   /**
    * view is every repo record and this node's replica records as the passes last read them: a
-   * full listing at most FULL_PASS_MS old, kept current since by the store's change feed (only
+   * full listing at most fullPassMs old, kept current since by the store's change feed (only
    * the repos it names are read again).
    */
   private view: RepoView | null = null;
@@ -103,8 +94,21 @@ export class RepairWorker {
       commitWaitMs: number;
       /** gitTimeoutMs bounds one fetch or clone of a replica. */
       gitTimeoutMs: number;
+      /**
+       * fullPassMs is how often a repair pass lists every repo even though the store's change
+       * mark has not moved (a pass that found nothing to do is otherwise skipped: docs/SCALE.md),
+       * and how long the passes trust a view kept current by the change feed before listing
+       * again (default DEFAULTS.fullPassMs).
+       */
+      fullPassMs?: number;
+      /** swapLockWaitMs is how long a copied replica waits for the repo's write lock to be swapped in (default DEFAULTS.swapLockWaitMs). */
+      swapLockWaitMs?: number;
     },
   ) {}
+
+  private get fullPassMs(): number {
+    return this.deps.fullPassMs ?? DEFAULTS.fullPassMs;
+  }
 
   /**
    * start runs a repair pass every `repairMs`, a checksum verification every `verifyMs` and a
@@ -176,7 +180,7 @@ export class RepairWorker {
       // While nothing changed in the store since a pass that found every replica in sync, a
       // pass costs one read (the change mark), whatever the number of repos.
       const mark = await store.changeMark();
-      if (this.quiet && this.quiet.mark === mark && Date.now() - this.quiet.at < FULL_PASS_MS) return 0;
+      if (this.quiet && this.quiet.mark === mark && Date.now() - this.quiet.at < this.fullPassMs) return 0;
       const { view, changed } = await this.refreshView();
       const ownRecords = view.own;
       const repos = [...view.repos.values()].filter((r) => r.replicas.includes(nodeId));
@@ -231,13 +235,13 @@ export class RepairWorker {
    * refreshView brings the view up to date: with the change feed, reading again only the repos
    * changed since the last read (their record, and this node's replica record where it holds
    * one), or with a full listing (two reads, whatever the number of repos) when there is no
-   * view, it is FULL_PASS_MS old, or the feed cannot tell. `changed` names the repos read again;
+   * view, it is fullPassMs old, or the feed cannot tell. `changed` names the repos read again;
    * null after a full listing.
    */
   private async refreshView(): Promise<{ view: RepoView; changed: ReadonlySet<string> | null }> {
     const { store, nodeId } = this.deps;
     const v = this.view;
-    if (v && Date.now() - v.listedAt < FULL_PASS_MS) {
+    if (v && Date.now() - v.listedAt < this.fullPassMs) {
       const feed = await store.changesSince(v.feed);
       if (feed) {
         for (const id of feed.repoIds) {
@@ -417,7 +421,7 @@ export class RepairWorker {
 
   /**
    * swapIn moves a whole copy into place over the replica, under the repo's write lock (waiting
-   * up to SWAP_LOCK_WAIT_MS for a push that holds it) and as the replica's `swap` activity (no
+   * up to swapLockWaitMs for a push that holds it) and as the replica's `swap` activity (no
    * upload or transaction running on it; uploads wait until it is done). Under the lock it
    * first reads the store again: a replica confirmed since the copy began (a create or push
    * whose confirmation came late), moved off this node, or of a repo created again, is left
@@ -426,7 +430,7 @@ export class RepairWorker {
    */
   private async swapIn(repo: RepoRecord, staged: string): Promise<boolean> {
     const { storage, activity } = this.deps;
-    const held = await activity.lock(repo.repoId, SWAP_LOCK_WAIT_MS);
+    const held = await activity.lock(repo.repoId, this.deps.swapLockWaitMs ?? DEFAULTS.swapLockWaitMs);
     if (!held) throw new Error('repository busy (write lock held), swap deferred');
     try {
       if (!(await this.stillBehind(repo))) return false;

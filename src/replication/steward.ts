@@ -1,3 +1,4 @@
+import { DEFAULTS } from '../config.js';
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
@@ -9,9 +10,6 @@ import type { RepoActivity } from './activity.js';
 export const DECOMMISSIONED_PREFIX = 'decommissioned/';
 /** REBALANCE_KEY, once set, makes placement follow rendezvous hashing over the current nodes. */
 export const REBALANCE_KEY = 'rebalance';
-
-/** FULL_PASS_MS is how often a steward pass reads every repo even when nothing seems to have changed. */
-const FULL_PASS_MS = 30_000;
 
 /** Settled is what the last pass that left nothing to do saw, and when the last full pass ran. */
 interface Settled {
@@ -105,7 +103,7 @@ export class Steward {
    * membership view, the decommissions and rebalancing, and the change feed's mark. Plans
    * depend on nothing else, so while they stay the same a pass costs one store read, and after
    * a change it reads only the repos the feed names (docs/SCALE.md); a full pass still runs
-   * every FULL_PASS_MS.
+   * every fullPassMs.
    */
   private settled: Settled | null = null;
 
@@ -118,6 +116,8 @@ export class Steward {
       activity: RepoActivity;
       replicationFactor: number;
       replaceAfterMs: number;
+      /** fullPassMs is how often a pass reads every repo even when nothing seems to have changed (default DEFAULTS.fullPassMs). */
+      fullPassMs?: number;
     },
   ) {}
 
@@ -147,7 +147,7 @@ export class Steward {
         .map((n) => `${n}:${membership.isLive(n) ? 1 : 0}:${membership.downFor(n) > this.deps.replaceAfterMs ? 1 : 0}`)
         .join(',');
       const s = this.settled;
-      if (s && s.mark === mark && s.view === view && Date.now() - s.at < FULL_PASS_MS) return 0;
+      if (s && s.mark === mark && s.view === view && Date.now() - s.at < (this.deps.fullPassMs ?? DEFAULTS.fullPassMs)) return 0;
       let retry = false;
       const decommissioned = new Set((await store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
       const rebalance = (await store.getMeta(REBALANCE_KEY)) !== null;
@@ -157,7 +157,8 @@ export class Steward {
       const r = Math.min(this.deps.replicationFactor, eligible.length);
       // After a pass that left nothing to do, and with the nodes, decommissions and rebalancing as
       // they were, only a repo whose records changed can need a step: the change feed names them.
-      const recent = s && s.view === view && s.policy === policy && Date.now() - s.at < FULL_PASS_MS ? s : null;
+      const recent =
+        s && s.view === view && s.policy === policy && Date.now() - s.at < (this.deps.fullPassMs ?? DEFAULTS.fullPassMs) ? s : null;
       const feed = recent ? await store.changesSince(recent.feed) : null;
       // Read before a full listing: what changes during it is named again next time.
       const nextFeed = feed ? feed.mark : await store.feedMark();
@@ -191,7 +192,7 @@ export class Steward {
         if (await this.apply(repo, plan)) steps++;
         else retry = true;
       }
-      // A pass from the feed keeps the time of the last full one: a full pass still comes every FULL_PASS_MS.
+      // A pass from the feed keeps the time of the last full one: a full pass still comes every fullPassMs.
       this.settled = steps === 0 && !retry ? { mark, view, policy, feed: nextFeed, at: feed && recent ? recent.at : Date.now() } : null;
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'steward pass skipped');

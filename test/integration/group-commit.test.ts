@@ -15,7 +15,11 @@ describe('pushes queued on one repo join one transaction', () => {
   beforeAll(async () => {
     c = await TestCluster.start({
       nodes: 3,
-      nodeEnv: { 'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(1500)' } },
+      nodeEnv: {
+        'node-1': { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(1500)' },
+        // Node 3 runs one push per transaction and lets two wait: the queue bound's test.
+        'node-3': { GIT_REPLICATION_FAILPOINTS: 'coordinator.beforePrepare=delay(2500)', MAX_QUEUED_PUSHES: '2', MAX_GROUP_PUSHES: '1' },
+      },
     });
     await c.createRepo(1, repo);
     base = await workRepo();
@@ -36,9 +40,9 @@ describe('pushes queued on one repo join one transaction', () => {
     return { dir, commit };
   }
 
-  /** staged reads node 1's count of packs staged on peers. */
-  async function staged(): Promise<number> {
-    const text = await (await fetch(`${c.url(1)}/metrics`)).text();
+  /** staged reads a node's count of packs staged on peers. */
+  async function staged(node = 1): Promise<number> {
+    const text = await (await fetch(`${c.url(node)}/metrics`)).text();
     return Number(/^gitrep_packs_shipped_total\{how="staged"\} (\d+)/m.exec(text)?.[1] ?? 0);
   }
 
@@ -46,10 +50,10 @@ describe('pushes queued on one repo join one transaction', () => {
    * firstInFlight starts a push through node 1 and waits until its pack is staged on both peers:
    * it then holds the lock or is about to (and sits in the 1.5 s delay), so pushes started now queue.
    */
-  async function firstInFlight(dir: string, ref: string): Promise<{ push: ReturnType<typeof git> }> {
-    const before = await staged();
-    const push = git(['push', c.repoUrl(1, repo), `HEAD:${ref}`], { cwd: dir });
-    await waitFor(async () => (await staged()) >= before + 2, 20_000, 'the first push to stage its pack');
+  async function firstInFlight(dir: string, ref: string, node = 1): Promise<{ push: ReturnType<typeof git> }> {
+    const before = await staged(node);
+    const push = git(['push', c.repoUrl(node, repo), `HEAD:${ref}`], { cwd: dir });
+    await waitFor(async () => (await staged(node)) >= before + 2, 20_000, 'the first push to stage its pack');
     // Wrapped: an async function returning the promise itself would wait for the push to end.
     return { push };
   }
@@ -101,5 +105,27 @@ describe('pushes queued on one repo join one transaction', () => {
     expect(refs).toContain(`${a.commit}\trefs/heads/taken`);
     expect(refs).toContain(`${d.commit}\trefs/heads/plain`);
     expect(refs).not.toContain('refs/heads/fresh');
+  });
+
+  it('beyond MAX_QUEUED_PUSHES waiting pushes a push is refused at once with a retry message; MAX_GROUP_PUSHES=1 groups none', async () => {
+    const clients = await Promise.all(Array.from({ length: 5 }, (_, i) => client(`q${i}`)));
+    const logBefore = c.node(3).log.length;
+    const { push: first } = await firstInFlight(clients[0]!.dir, 'refs/heads/q0', 3);
+    const rest = clients.slice(1).map((cl, i) => git(['push', c.repoUrl(3, repo), `HEAD:refs/heads/q${i + 1}`], { cwd: cl.dir }));
+    const results = await Promise.all([first, ...rest]);
+    const refused = results.filter((r) => r.code !== 0);
+    // The first runs, two wait, and at least one of the other two finds the queue full (a push
+    // reaching the node after a queued one has started would find room again).
+    expect(refused.length, results.map((r) => r.stderr).join('\n')).toBeGreaterThanOrEqual(1);
+    expect(refused.length).toBeLessThanOrEqual(2);
+    for (const r of refused) expect(r.stderr).toContain(`2 pushes to ${repo} are already waiting on this node, try again`);
+    expect(results[0].code, results[0].stderr).toBe(0);
+    expect(c.node(3).log.slice(logBefore)).not.toMatch(/pushes grouped into one transaction/);
+    await c.waitInSync(repo, 3);
+    const refs = await lsRemote(c.repoUrl(1, repo));
+    clients.forEach((cl, i) => {
+      if (results[i]!.code === 0) expect(refs).toContain(`${cl.commit}\trefs/heads/q${i}`);
+      else expect(refs).not.toContain(`refs/heads/q${i}`);
+    });
   });
 });
