@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdir, readFile, rm, symlink } from 'node:fs/promises';
+import { cp, mkdir, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TestCluster } from '../chaos/cluster.js';
 import { descendants } from './proc.js';
 import { errorText, freePort, gitOk, lastLines, run, sleep } from './util.js';
 
@@ -164,12 +165,6 @@ async function waitHttp(
   }
 }
 
-interface NodeProc {
-  readonly id: string;
-  readonly url: string;
-  readonly proc: Managed;
-}
-
 /**
  * NODE_ENV is added to the project's nodes' environment: token auth, as a production server runs
  * (every git request is authenticated and authorised against a private repo; the comparison
@@ -178,20 +173,7 @@ interface NodeProc {
  */
 const NODE_ENV: NodeJS.ProcessEnv = { AUTH: 'tokens', GIT_REPLICATION_EXIT_WITH_PARENT: '1' };
 
-/** adminToken reads the first-start admin token one of the nodes wrote to its data dir. */
-async function adminToken(root: string, nodes: number): Promise<string> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    for (let i = 0; i < nodes; i++) {
-      const t = (await readFile(join(root, `node-${i + 1}`, 'admin-token'), 'utf8').catch(() => '')).trim();
-      if (t) return t;
-    }
-    if (Date.now() > deadline) throw new Error('no node wrote an admin token');
-    await sleep(50);
-  }
-}
-
-/** startProjectCluster runs `nodes` processes of this project like test/helpers/cluster.ts does. */
+/** startProjectCluster runs `nodes` processes of this project through the test cluster harness, with production timers. */
 async function startProjectCluster(
   id: ServerId,
   root: string,
@@ -200,111 +182,53 @@ async function startProjectCluster(
   replicationFactor: number,
   logLevel: string,
 ): Promise<ServerUnderTest> {
-  const main = join(dist, 'cli', 'main.js');
-  const store = `sqlite:${join(root, 'cluster.db')}`;
-  const procs: NodeProc[] = [];
-  const ports: number[] = [];
-  const spawnNode = (i: number): NodeProc => {
-    const nodeId = `node-${i + 1}`;
-    const args = [
-      main,
-      'serve',
-      '--id',
-      nodeId,
-      '--port',
-      String(ports[i]),
-      '--data-dir',
-      join(root, nodeId),
-      '--store',
-      store,
-      '--replication-factor',
-      String(replicationFactor),
-    ];
-    const child = spawn(process.execPath, args, {
-      env: { ...process.env, ...NODE_ENV, LOG_LEVEL: logLevel },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const old = procs[i];
-    const proc = new Managed(`${id} ${nodeId}`, child);
-    // A restarted node keeps the log of its previous life for error messages.
-    if (old) proc.log = `${old.proc.log.slice(-100_000)}\n--- restarted\n`;
-    return { id: nodeId, url: `http://127.0.0.1:${ports[i]}`, proc };
-  };
-  const stopAll = async (): Promise<void> => {
-    await Promise.all(procs.map((n) => n.proc.stop(10_000)));
-  };
-  try {
-    for (let i = 0; i < nodes; i++) {
-      ports.push(await freePort());
-      procs.push(spawnNode(i));
-    }
-    await Promise.all(procs.map((n) => waitHttp(`${n.url}/health`, n.proc, 60_000, async (r) => r.ok)));
-    // Every node must see every other live before the first repo is placed on all of them.
-    await Promise.all(
-      procs.map((n) =>
-        waitHttp(`${n.url}/health`, n.proc, 30_000, async (r) => {
-          const h = (await r.json()) as { peer_nodes?: Array<{ id: string; live: boolean }> };
-          const live = new Set((h.peer_nodes ?? []).filter((p) => p.live).map((p) => p.id));
-          return procs.every((o) => o === n || live.has(o.id));
-        }),
-      ),
-    );
-  } catch (err) {
-    await stopAll();
-    throw err;
-  }
+  const cluster = await TestCluster.start({
+    nodes,
+    replicationFactor,
+    root,
+    main: join(dist, 'cli', 'main.js'),
+    productionTimers: true,
+    env: { ...NODE_ENV, LOG_LEVEL: logLevel },
+  });
   let token: string;
   try {
-    token = await adminToken(root, nodes);
+    token = await cluster.adminToken();
   } catch (err) {
-    await stopAll();
+    await cluster.destroy();
     throw err;
   }
+  cluster.authToken = token;
   const apiHeaders = { authorization: `Bearer ${token}` };
-  const nodeAt = (i: number): NodeProc => {
-    const n = procs[i];
-    if (!n) throw new Error(`${id} has no node ${i}`);
-    return n;
-  };
   const nodeControl: NodeControl = {
-    baseUrl: (i) => nodeAt(i).url,
+    baseUrl: (i) => cluster.url(i + 1),
     apiHeaders,
-    kill: async (i) => {
-      await nodeAt(i).proc.stop(0);
-    },
+    kill: (i) => cluster.kill(i + 1, 'SIGKILL', { tree: true }),
     async restart(i) {
-      if (nodeAt(i).proc.alive) throw new Error(`${nodeAt(i).id} is still running`);
       const spawnedAt = performance.now();
-      procs[i] = spawnNode(i);
-      await waitHttp(`${procs[i].url}/health`, procs[i].proc, 60_000, async (r) => r.ok);
+      await cluster.restart(i + 1);
       return { spawnedAt, readyAt: performance.now() };
     },
   };
   return {
     id,
     nodes,
-    pids: () => procs.map((n) => n.proc.child.pid ?? -1),
+    pids: () => cluster.nodes.map((n) => n.proc?.pid ?? -1),
     async createRepo(repoId) {
       let last = '';
       for (let attempt = 0; attempt < 20; attempt++) {
-        const res = await fetch(`${procs[0]!.url}/repos`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', ...apiHeaders },
-          body: JSON.stringify({ repo_id: repoId }),
-          signal: AbortSignal.timeout(60_000),
-        });
-        last = `${res.status} ${await res.text()}`;
-        if (res.status === 201) return;
-        if (res.status !== 503) break;
+        const r = await cluster.api(1, 'POST', '/repos', { repo_id: repoId });
+        last = `${r.status} ${JSON.stringify(r.json)}`;
+        if (r.status === 201) return;
+        if (r.status !== 503) break;
         await sleep(250);
       }
       throw new Error(`${id}: create ${repoId} failed: ${last}`);
     },
-    url: (repoId, client = 0) => `${procs[client % procs.length]!.url.replace('http://', `http://x:${token}@`)}/${repoId}.git`,
-    logTail: () => procs.map((n) => `--- ${n.id}\n${n.proc.log.slice(-20_000)}`).join('\n'),
-    metricsUrls: procs.map((n) => `${n.url}/metrics`),
+    url: (repoId, client = 0) => `${cluster.url((client % nodes) + 1).replace('http://', `http://x:${token}@`)}/${repoId}.git`,
+    logTail: () => cluster.nodes.map((n) => `--- ${n.id}\n${n.log.slice(-20_000)}`).join('\n'),
+    metricsUrls: cluster.nodes.map((n) => `${n.url}/metrics`),
     nodeControl,
-    stop: stopAll,
+    stop: () => cluster.destroy(),
   };
 }
 

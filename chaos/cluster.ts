@@ -5,6 +5,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Agent, fetch as undiciFetch } from 'undici';
+import { descendants } from '../bench/proc.js';
+import { serveArgs } from '../src/cli/serve-args.js';
 
 /** projectRoot walks up from this file to the directory holding package.json. */
 function projectRoot(): string {
@@ -76,6 +78,12 @@ export interface ClusterOptions {
   tls?: { ca: string; certs: (nodeId: string) => { cert: string; key: string } };
   /** ssh gives every node a free SSH port (`--ssh-port`, in TestNode.sshPort). */
   ssh?: boolean;
+  /** main is the CLI the nodes run (default MAIN, this checkout's dist/; the benchmark runs a snapshot). */
+  main?: string;
+  /** root is the directory for data dirs and the SQLite store (default a new temp dir); destroy() removes it. */
+  root?: string;
+  /** productionTimers leaves out FAST_ENV, so the nodes run with the timers a real deployment has. */
+  productionTimers?: boolean;
 }
 
 /** HarnessFetch is the subset of fetch the harness uses (global fetch, or undici's with a CA). */
@@ -123,7 +131,7 @@ export class TestCluster {
 
   /** start launches every node and waits until each is healthy and sees all the others. */
   static async start(opts: ClusterOptions): Promise<TestCluster> {
-    const root = await mkdtemp(join(tmpdir(), 'gitrep-cluster-'));
+    const root = opts.root ?? (await mkdtemp(join(tmpdir(), 'gitrep-cluster-')));
     const c = new TestCluster(root, opts.store ?? `sqlite:${join(root, 'cluster.db')}`, opts);
     for (let i = 1; i <= opts.nodes; i++) c.nodes.push(await c.newNode(i));
     try {
@@ -196,26 +204,22 @@ export class TestCluster {
   }
 
   private async spawn(n: TestNode, extraEnv: Record<string, string> = {}): Promise<void> {
-    const args = [
-      MAIN,
-      'serve',
-      '--id',
-      n.id,
-      '--port',
-      String(n.port),
-      '--data-dir',
-      n.dataDir,
-      '--store',
-      this.opts.nodeStore?.[n.id] ?? this.store,
-    ];
-    if (this.opts.writeQuorum) args.push('--write-quorum', String(this.opts.writeQuorum));
-    if (n.sshPort !== undefined) args.push('--ssh-port', String(n.sshPort));
     const tls = this.opts.tls ? { ...this.opts.tls.certs(n.id), ca: this.opts.tls.ca } : null;
     const tlsEnv: Record<string, string> = tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {};
-    const env = { ...process.env, ...FAST_ENV, ...tlsEnv, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };
-    // A node given its own REPLICATION_FACTOR keeps it (the flag would override the variable).
-    if (this.opts.nodeEnv?.[n.id]?.REPLICATION_FACTOR === undefined)
-      args.push('--replication-factor', String(this.opts.replicationFactor ?? Math.min(3, this.opts.nodes)));
+    const timers = this.opts.productionTimers ? {} : FAST_ENV;
+    const env = { ...process.env, ...timers, ...tlsEnv, ...this.opts.env, ...this.opts.nodeEnv?.[n.id], ...extraEnv };
+    const args = serveArgs(this.opts.main ?? MAIN, {
+      id: n.id,
+      port: n.port,
+      dataDir: n.dataDir,
+      store: this.opts.nodeStore?.[n.id] ?? this.store,
+      ...(this.opts.writeQuorum ? { writeQuorum: this.opts.writeQuorum } : {}),
+      ...(n.sshPort !== undefined ? { sshPort: n.sshPort } : {}),
+      // A node given its own REPLICATION_FACTOR keeps it (the flag would override the variable).
+      ...(this.opts.nodeEnv?.[n.id]?.REPLICATION_FACTOR === undefined
+        ? { replicationFactor: this.opts.replicationFactor ?? Math.min(3, this.opts.nodes) }
+        : {}),
+    });
     const proc = spawn(process.execPath, args, {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -262,14 +266,26 @@ export class TestCluster {
     );
   }
 
-  /** kill sends a signal (default SIGKILL) to node i and waits for it to exit. */
-  async kill(i: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  /**
+   * kill sends a signal (default SIGKILL) to node i and waits for it to exit. A node process
+   * killed alone leaves its git children running, as a crashed process does; with `tree` they
+   * are killed too, as when the machine goes down (and nothing is left behind after a test).
+   */
+  async kill(i: number, signal: NodeJS.Signals = 'SIGKILL', opts: { tree?: boolean } = {}): Promise<void> {
     const n = this.node(i);
     const p = n.proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null || p.pid === undefined) return;
+    const tree = opts.tree ? await descendants(p.pid) : [];
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill(signal);
     await exited;
+    for (const pid of tree.reverse()) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // exited with its parent
+      }
+    }
   }
 
   /** pause / resume send SIGSTOP / SIGCONT. */
@@ -385,7 +401,7 @@ export class TestCluster {
     await Promise.all(
       this.nodes.map((_, i) => {
         this.resume(i + 1);
-        return this.kill(i + 1);
+        return this.kill(i + 1, 'SIGKILL', { tree: true });
       }),
     );
     await this.agent?.close();

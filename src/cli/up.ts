@@ -10,6 +10,7 @@ import { makeLocalCa, OpensslMissingError, type LocalCa } from '../cluster/local
 import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
 import { examples } from './help.js';
 import { LOG_FORMATS, logFormatOf, relayLogs, type LogFormat } from './log-relay.js';
+import { serveArgs } from './serve-args.js';
 
 interface UpOptions {
   nodes: string;
@@ -240,25 +241,18 @@ export function registerUp(program: Command): void {
         const id = `node-${i}`;
         const port = base + i - 1;
         const dataDir = join(data, id);
-        const args = [
-          main,
-          'serve',
-          '--id',
-          id,
-          '--port',
-          String(port),
-          '--data-dir',
-          dataDir,
-          '--store',
-          store,
-          '--log-level',
-          o.logLevel ?? 'info',
-        ];
-        if (o.ssh) args.push('--ssh-port', String(sshBase + i - 1));
-        if (o.writeQuorum) args.push('--write-quorum', o.writeQuorum);
-        args.push('--replication-factor', o.replicationFactor ?? String(Math.min(3, n)));
         const files = tls?.nodes[id];
-        if (tls && files) args.push('--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', tls.ca);
+        const args = serveArgs(main, {
+          id,
+          port,
+          dataDir,
+          store,
+          logLevel: o.logLevel ?? 'info',
+          ...(o.ssh ? { sshPort: sshBase + i - 1 } : {}),
+          ...(o.writeQuorum ? { writeQuorum: o.writeQuorum } : {}),
+          replicationFactor: o.replicationFactor ?? Math.min(3, n),
+          ...(tls && files ? { tls: { cert: files.cert, key: files.key, ca: tls.ca } } : {}),
+        });
         const child = startNode(args);
         children.push({ id, url: `${scheme}://127.0.0.1:${port}`, child, dataDir, args });
       }

@@ -72,6 +72,47 @@ export interface LocalEtcd {
   killNow(): void;
 }
 
+/** EtcdMember is one member of an etcd cluster. */
+export interface EtcdMember {
+  readonly name: string;
+  /** host is the address the member listens on and advertises (default 127.0.0.1). */
+  readonly host?: string;
+  readonly dataDir: string;
+  readonly clientPort: number;
+  readonly peerPort: number;
+  /** initialCluster is `name=peerUrl,...` of every member; default this member alone. */
+  readonly initialCluster?: string;
+  readonly clusterToken: string;
+  /** fastElection shortens raft's timers so a new leader is elected well under a second after a kill (tests). */
+  readonly fastElection?: boolean;
+}
+
+/**
+ * etcdArgs is the command line of one etcd member: the one place `up` and the tests' etcd
+ * clusters get their etcd flags from. It sets no logging flags: their names changed between
+ * 3.3 and 3.5.
+ */
+export function etcdArgs(m: EtcdMember): string[] {
+  const host = m.host ?? '127.0.0.1';
+  const client = `http://${host}:${m.clientPort}`;
+  const peer = `http://${host}:${m.peerPort}`;
+  return [
+    `--name=${m.name}`,
+    `--data-dir=${m.dataDir}`,
+    `--listen-client-urls=${client}`,
+    `--advertise-client-urls=${client}`,
+    `--listen-peer-urls=${peer}`,
+    `--initial-advertise-peer-urls=${peer}`,
+    `--initial-cluster=${m.initialCluster ?? `${m.name}=${peer}`}`,
+    `--initial-cluster-token=${m.clusterToken}`,
+    '--initial-cluster-state=new',
+    // Keep one hour of history; older revisions are compacted so the database does not grow without bound.
+    '--auto-compaction-mode=periodic',
+    '--auto-compaction-retention=1h',
+    ...(m.fastElection ? ['--heartbeat-interval=50', '--election-timeout=500'] : []),
+  ];
+}
+
 /** etcdEnv is the environment without inherited ETCD_* variables, which etcd reads as flags. */
 export function etcdEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
@@ -111,27 +152,13 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
   const logFile = join(opts.dir, 'etcd.log');
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const url = `http://127.0.0.1:${clientPort}`;
-  const peerUrl = `http://127.0.0.1:${peerPort}`;
 
   // Something answering on the client port is another etcd (perhaps from an earlier `up`), which would make ours fail to bind.
-  if (await healthy(url)) {
+  if (await etcdHealthy(url)) {
     throw new Error(`an etcd already answers at ${url}: stop it, pass --etcd-url ${url} to use it, or choose another --etcd-port`);
   }
 
-  const args = [
-    '--name=local',
-    `--data-dir=${dataDir}`,
-    `--listen-client-urls=${url}`,
-    `--advertise-client-urls=${url}`,
-    `--listen-peer-urls=${peerUrl}`,
-    `--initial-advertise-peer-urls=${peerUrl}`,
-    `--initial-cluster=local=${peerUrl}`,
-    '--initial-cluster-token=git-replication-local',
-    '--initial-cluster-state=new',
-    // Keep one hour of history; older revisions are compacted so the database does not grow without bound.
-    '--auto-compaction-mode=periodic',
-    '--auto-compaction-retention=1h',
-  ];
+  const args = etcdArgs({ name: 'local', dataDir, clientPort, peerPort, clusterToken: 'git-replication-local' });
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
   try {
@@ -184,7 +211,7 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
         : `etcd exited with ${child.signalCode ?? child.exitCode}`;
       throw new Error(`${why}; its log (${logFile}) ends with:\n${await logTail(logFile)}`);
     }
-    if (await healthy(url)) return handle;
+    if (await etcdHealthy(url)) return handle;
     if (Date.now() > deadline) {
       await handle.stop();
       throw new Error(
@@ -195,8 +222,8 @@ export async function startLocalEtcd(opts: LocalEtcdOptions): Promise<LocalEtcd>
   }
 }
 
-/** healthy says whether an etcd answers `GET /health` with a leader. */
-async function healthy(url: string): Promise<boolean> {
+/** etcdHealthy says whether an etcd answers `GET /health` with a leader. */
+export async function etcdHealthy(url: string): Promise<boolean> {
   try {
     const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1_000) });
     const body = (await res.json()) as { health?: unknown };

@@ -1,5 +1,5 @@
 import { freePort } from '../../chaos/cluster.js';
-import { etcdEnv, findEtcdBinary } from '../../src/cluster/local-etcd.js';
+import { etcdArgs, etcdEnv, etcdHealthy, findEtcdBinary, type EtcdMember } from '../../src/cluster/local-etcd.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -81,35 +81,6 @@ function installExitHook(): void {
   });
 }
 
-interface MemberConfig {
-  name: string;
-  clientPort: number;
-  peerPort: number;
-  dataDir: string;
-  initialCluster: string;
-  clusterToken: string;
-}
-
-function memberArgs(m: MemberConfig): string[] {
-  const client = `http://127.0.0.1:${m.clientPort}`;
-  const peer = `http://127.0.0.1:${m.peerPort}`;
-  return [
-    `--name=${m.name}`,
-    `--data-dir=${m.dataDir}`,
-    `--listen-client-urls=${client}`,
-    `--advertise-client-urls=${client}`,
-    `--listen-peer-urls=${peer}`,
-    `--initial-advertise-peer-urls=${peer}`,
-    `--initial-cluster=${m.initialCluster}`,
-    `--initial-cluster-token=${m.clusterToken}`,
-    '--initial-cluster-state=new',
-    // Short raft timers make leader election after a kill take well under a second.
-    '--heartbeat-interval=50',
-    '--election-timeout=500',
-    // No logging flags: their names changed between 3.3 and 3.5, and stderr is only kept for failure messages.
-  ];
-}
-
 class EtcdProcess implements EtcdHandle {
   readonly url: string;
   readonly hostPort: string;
@@ -122,7 +93,7 @@ class EtcdProcess implements EtcdHandle {
 
   constructor(
     private readonly binary: string,
-    private readonly config: MemberConfig,
+    private readonly config: EtcdMember,
     private readonly rootDir: string,
   ) {
     this.hostPort = `127.0.0.1:${config.clientPort}`;
@@ -136,7 +107,7 @@ class EtcdProcess implements EtcdHandle {
     if (this.cleaned) throw new Error(`etcd ${this.name} was cleaned up`);
     if (this.running()) return;
     installExitHook();
-    const child = spawn(this.binary, memberArgs(this.config), { stdio: ['ignore', 'ignore', 'pipe'], env: etcdEnv() });
+    const child = spawn(this.binary, etcdArgs(this.config), { stdio: ['ignore', 'ignore', 'pipe'], env: etcdEnv() });
     live.add(child);
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
@@ -165,13 +136,7 @@ class EtcdProcess implements EtcdHandle {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (!this.running()) throw new Error(`etcd ${this.name} exited while starting:\n${this.stderrTail}`);
-      try {
-        const res = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(1_000) });
-        const body = (await res.json()) as { health?: string };
-        if (res.ok && body.health === 'true') return;
-      } catch {
-        // Not listening yet, or no leader yet: keep polling.
-      }
+      if (await etcdHealthy(this.url)) return;
       await sleep(100);
     }
     throw new Error(`etcd ${this.name} not healthy after ${timeoutMs} ms:\n${this.stderrTail}`);
@@ -240,7 +205,7 @@ async function startMembers(size: number): Promise<EtcdProcess[]> {
   let lastError: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     const token = `test-${process.pid}-${Date.now()}-${attempt}`;
-    const configs: Array<Omit<MemberConfig, 'initialCluster'> & { rootDir: string }> = [];
+    const configs: Array<Omit<EtcdMember, 'initialCluster'> & { rootDir: string }> = [];
     for (let i = 0; i < size; i++) {
       const rootDir = await mkdtemp(join(tmpdir(), 'etcd-test-'));
       configs.push({
@@ -249,6 +214,7 @@ async function startMembers(size: number): Promise<EtcdProcess[]> {
         peerPort: await freePort(),
         dataDir: join(rootDir, 'data'),
         clusterToken: token,
+        fastElection: true,
         rootDir,
       });
     }

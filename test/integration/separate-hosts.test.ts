@@ -3,7 +3,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { etcdEnv } from '../../src/cluster/local-etcd.js';
+import { etcdArgs, etcdEnv } from '../../src/cluster/local-etcd.js';
+import { serveArgs } from '../../src/cli/serve-args.js';
 import { FAST_ENV, MAIN, waitFor, type RepoStatus } from '../helpers/cluster.js';
 import { etcdBinary, skipWithoutEtcd } from '../helpers/etcd.js';
 import { GIT_ENV, commitFile, git, gitOk, refsOf, workRepo } from '../helpers/git.js';
@@ -66,26 +67,21 @@ describe.skipIf(SKIP)(TITLE, () => {
       .join('\n');
 
   function startEtcd(h: LabHost, initialCluster: string): Proc {
-    const client = `http://${h.address}:${ETCD_CLIENT_PORT}`;
-    const peer = `http://${h.address}:${ETCD_PEER_PORT}`;
     return track(
       h,
       lab.spawn(
         h,
         etcdBinary() ?? 'etcd',
-        [
-          `--name=${h.name}`,
-          `--data-dir=${join(root, `etcd-${h.name}`)}`,
-          `--listen-client-urls=${client}`,
-          `--advertise-client-urls=${client}`,
-          `--listen-peer-urls=${peer}`,
-          `--initial-advertise-peer-urls=${peer}`,
-          `--initial-cluster=${initialCluster}`,
-          `--initial-cluster-token=${root}`,
-          '--initial-cluster-state=new',
-          '--heartbeat-interval=50',
-          '--election-timeout=500',
-        ],
+        etcdArgs({
+          name: h.name,
+          host: h.address,
+          dataDir: join(root, `etcd-${h.name}`),
+          clientPort: ETCD_CLIENT_PORT,
+          peerPort: ETCD_PEER_PORT,
+          initialCluster,
+          clusterToken: root,
+          fastElection: true,
+        }),
         { stdio: ['ignore', 'pipe', 'pipe'], env: etcdEnv() },
       ),
     );
@@ -98,22 +94,7 @@ describe.skipIf(SKIP)(TITLE, () => {
       lab.spawn(
         h,
         process.execPath,
-        [
-          MAIN,
-          'serve',
-          '--id',
-          h.name,
-          '--host',
-          listen,
-          '--port',
-          String(NODE_PORT),
-          '--data-dir',
-          join(root, `node-${h.name}`),
-          '--store',
-          store,
-          '--replication-factor',
-          '3',
-        ],
+        serveArgs(MAIN, { id: h.name, host: listen, port: NODE_PORT, dataDir: join(root, `node-${h.name}`), store, replicationFactor: 3 }),
         { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...FAST_ENV, PEER_URLS: '' } },
       ),
     );
