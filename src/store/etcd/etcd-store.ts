@@ -187,8 +187,9 @@ function transient(err: unknown): boolean {
   if (isRecoverableError(err) || err instanceof ClientClosedError) return true;
   if (err.name === 'BrokenCircuitError' || err.name === 'TaskCancelledError') return true;
   return (
-    /etcdserver: (request timed out|leader changed|no leader|too many requests|server stopped|not capable)/.test(err.message) ||
-    /ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ETIMEDOUT|No connection established|Deadline exceeded/i.test(err.message)
+    /etcdserver: (request timed out|leader changed|no leader|too many requests|server stopped|not capable|raft proposal dropped|unhealthy cluster|request cancelled)/.test(
+      err.message,
+    ) || /ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ETIMEDOUT|No connection established|Deadline exceeded/i.test(err.message)
   );
 }
 
