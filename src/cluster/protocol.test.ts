@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { common, formatRange, protocolFromEnv } from './protocol.js';
+import { common, formatRange, parsePrepare, prepareToWire, protocolFromEnv, type PrepareRequest } from './protocol.js';
 
 describe('protocol versions', () => {
   it.each<[string, { min: number; max: number }, { min: number; max: number } | undefined, number | null]>([
@@ -20,5 +20,27 @@ describe('protocol versions', () => {
     expect(() => protocolFromEnv('x')).toThrow();
     expect(formatRange({ min: 2, max: 3 })).toBe('2-3');
     expect(formatRange(undefined)).toBe('1');
+  });
+});
+
+describe('prepare messages', () => {
+  const req: PrepareRequest = {
+    txnId: 't1',
+    repoId: 'acme/site',
+    kind: 'push',
+    coordinator: 'node-1',
+    incarnation: 'inc',
+    baseGeneration: 4,
+    fencingToken: 7,
+    newChecksum: 'c'.repeat(64),
+    updates: [{ ref: 'refs/heads/main', oldOid: '0'.repeat(40), newOid: 'a'.repeat(40) }],
+  };
+  it('carry replicaChecked only when set, and read it back', () => {
+    expect(prepareToWire(req)).not.toHaveProperty('replica_checked');
+    expect(parsePrepare(prepareToWire(req))).toEqual(req);
+    expect(parsePrepare(prepareToWire({ ...req, replicaChecked: true }))).toEqual({ ...req, replicaChecked: true });
+  });
+  it('refuse a replica_checked that is not a boolean', () => {
+    expect(() => parsePrepare({ ...prepareToWire(req), replica_checked: 'yes' })).toThrow(/replica_checked must be a boolean/);
   });
 });

@@ -85,6 +85,12 @@ export interface PrepareRequest {
   readonly packHash?: string;
   /** stagedPacks: the trailer hashes of packs shipped ahead by `stage` (a group of pushes brings one each). */
   readonly stagedPacks?: readonly string[];
+  /**
+   * replicaChecked: the coordinator read this participant's replica record under the repo lock,
+   * in sync at baseGeneration and of this incarnation, so the participant does not read it
+   * again (one store read less per replica and push). Without it the participant reads it.
+   */
+  readonly replicaChecked?: boolean;
 }
 
 /** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_packs`. */
@@ -114,6 +120,7 @@ export function prepareToWire(req: PrepareRequest): Record<string, unknown> {
     ...(req.newHead ? { new_head: req.newHead } : {}),
     ...(req.fsckIgnore ? { fsck_ignore: req.fsckIgnore } : {}),
     ...(req.stagedPacks?.length ? { staged_packs: req.stagedPacks } : {}),
+    ...(req.replicaChecked ? { replica_checked: true } : {}),
   };
 }
 
@@ -228,6 +235,7 @@ export function parsePrepare(body: unknown): PrepareRequest {
   const newHead = b.new_head;
   if (newHead !== undefined && (typeof newHead !== 'string' || !newHead.startsWith('refs/heads/') || refNameProblem(newHead) !== null))
     throw badRequest('new_head must be a branch name');
+  if (b.replica_checked !== undefined && typeof b.replica_checked !== 'boolean') throw badRequest('replica_checked must be a boolean');
   return {
     txnId: str('transaction_id'),
     coordinator: str('coordinator_id'),
@@ -242,6 +250,7 @@ export function parsePrepare(body: unknown): PrepareRequest {
     ...(typeof newHead === 'string' ? { newHead } : {}),
     ...(isFsckIgnoreList(fsckIgnore) ? { fsckIgnore } : {}),
     ...(stagedPacks.length ? { stagedPacks } : {}),
+    ...(b.replica_checked === true ? { replicaChecked: true } : {}),
   };
 }
 

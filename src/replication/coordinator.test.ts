@@ -180,6 +180,23 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/main\n`);
     });
 
+    it('peers read in sync under the lock are told so and do not read their records again; a peer read behind checks itself', async () => {
+      // n3's record says stale (its copy on disk is fine): the coordinator's read under the lock sees it.
+      const before = (await kit.raw.getRepo(REPO))!;
+      await kit.raw.markReplica(REPO, 'n3', before.incarnation, 'stale', before.generation + 1);
+      const reads = kit.faults.count('getReplicas');
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
+      expect(kit.peers.callsTo('n2', 'prepare').at(-1)?.replicaChecked).toBe(true);
+      expect(kit.peers.callsTo('n3', 'prepare').at(-1)?.replicaChecked).toBe(false);
+      // One read by the coordinator, one by n3 (which refuses: stale); none by n1's own participant or n2.
+      expect(kit.faults.count('getReplicas') - reads).toBe(2);
+      const replicas = await kit.raw.getReplicas(REPO);
+      expect(replicas.find((r) => r.nodeId === 'n2')).toMatchObject({ generation: 1, state: 'in_sync' });
+      expect(replicas.find((r) => r.nodeId === 'n3')).toMatchObject({ generation: 0, state: 'stale' });
+    });
+
     it('quorum not reached: ng with the counts, no ref moves, the refs unlocked for the next push', async () => {
       kit.peers.script('n2', 'prepare', answers.refuse('failed', 'no space left on device'));
       kit.peers.script('n3', 'prepare', answers.unreachable);

@@ -322,6 +322,7 @@ export class Coordinator {
     decide: () => Promise<{ ok: true } | { ok: false; why: string }>,
     onStraggler: (node: string, answer: Answer) => void,
     progress: (line: string) => void = () => undefined,
+    checked: ReadonlySet<string> = new Set(),
   ): Promise<{ outcome: 'committed'; confirmed: string[] } | { outcome: 'unknown'; confirmed: string[] }> {
     const { store, failpoints, logger, metrics } = this.deps;
     const w = this.writeQuorumFor(replicas.length);
@@ -333,7 +334,7 @@ export class Coordinator {
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
     const preparing = replicas.map((node) =>
-      this.prepareOn(node, req, packs).then((a) => {
+      this.prepareOn(node, checked.has(node) ? { ...req, replicaChecked: true } : req, packs).then((a) => {
         metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
         prepared.add(node, a);
         return a;
@@ -676,7 +677,7 @@ export class Coordinator {
       refuseAll(locked.reason);
       return { contended };
     }
-    const { held, repo } = locked;
+    const { held, repo, replicas } = locked;
     try {
       const current = new Map((await storage.readRefs(repoId)).map((r) => [r.name, r.oid]));
       const head = await storage.headTarget(repoId);
@@ -725,7 +726,7 @@ export class Coordinator {
       };
       let result;
       try {
-        result = await this.runRefTxn(req, repo, held, packs, progress);
+        result = await this.runRefTxn(req, repo, held, replicas, packs, progress);
       } catch (err) {
         if (err instanceof OutcomeUnknownError) {
           logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the pushes without a report');
@@ -775,6 +776,7 @@ export class Coordinator {
     req: PrepareRequest,
     repo: RepoRecord,
     held: HeldLock,
+    replicas: readonly ReplicaRecord[],
     packs: readonly PackShipment[],
     progress?: (line: string) => void,
   ): ReturnType<Coordinator['run']> {
@@ -807,6 +809,8 @@ export class Coordinator {
         metrics.staleMarked.inc();
       },
       progress,
+      // The replicas read in sync under this lock need not read their records again.
+      new Set(replicas.filter((r) => isInSync(repo, r)).map((r) => r.nodeId)),
     );
   }
 
@@ -820,7 +824,7 @@ export class Coordinator {
     try {
       const repo = await store.getRepo(repoId);
       if (!repo) throw notFound(`repository ${repoId} not found`);
-      const own = await this.ownReplica(repo);
+      const { own, replicas } = await this.ownReplica(repo);
       if (!repo.replicas.includes(nodeId) || !isInSync(repo, own))
         throw unavailable(`replica of ${repoId} on this node is catching up, try again`, { retryAfter: 1 });
       if (!(await storage.readRefs(repoId)).some((r) => r.name === branch))
@@ -839,7 +843,7 @@ export class Coordinator {
           newHead: branch,
           newChecksum: withHead(repo.checksum, head, branch),
         };
-        const result = await this.runRefTxn(req, repo, held, []);
+        const result = await this.runRefTxn(req, repo, held, replicas, []);
         if (result.outcome === 'unknown')
           throw new OutcomeUnknownError(`default branch of ${repoId}: committed on ${result.confirmed.length} replicas only`);
       }
@@ -856,7 +860,9 @@ export class Coordinator {
    * rather than refusing the push with "replica catching up": under many pushers to one repo
    * that refusal was what clients saw.
    */
-  private async lockInSync(repoId: RepoId): Promise<{ ok: true; held: HeldLock; repo: RepoRecord } | { ok: false; reason: string }> {
+  private async lockInSync(
+    repoId: RepoId,
+  ): Promise<{ ok: true; held: HeldLock; repo: RepoRecord; replicas: readonly ReplicaRecord[] } | { ok: false; reason: string }> {
     const { store, storage, nodeId } = this.deps;
     const deadline = Date.now() + (this.deps.config.catchUpMs ?? DEFAULTS.catchUpMs);
     for (;;) {
@@ -865,10 +871,10 @@ export class Coordinator {
       try {
         const repo = await store.getRepo(repoId);
         if (!repo) return { ok: false, reason: 'repository was deleted' };
-        const own = await this.ownReplica(repo);
+        const { own, replicas } = await this.ownReplica(repo);
         if (repo.replicas.includes(nodeId) && isInSync(repo, own) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
           keep = true;
-          return { ok: true, held, repo };
+          return { ok: true, held, repo, replicas };
         }
         if (!repo.replicas.includes(nodeId) || !this.deps.catchUp || Date.now() >= deadline)
           return { ok: false, reason: 'replica catching up, try again' };
@@ -884,18 +890,18 @@ export class Coordinator {
    * back is usually the previous push still committing here (its coordinator released the lock
    * after W confirmations): it is given up to commitWaitMs to confirm, instead of refusing
    * the push with "replica catching up". The caller holds the repo lock, so the generation
-   * cannot move meanwhile.
+   * cannot move meanwhile. `replicas` are every replica record as last read.
    */
-  private async ownReplica(repo: RepoRecord): Promise<ReplicaRecord | undefined> {
+  private async ownReplica(repo: RepoRecord): Promise<{ own: ReplicaRecord | undefined; replicas: readonly ReplicaRecord[] }> {
     const { store, nodeId } = this.deps;
-    const read = async (): Promise<ReplicaRecord | undefined> => (await store.getReplicas(repo.repoId)).find((r) => r.nodeId === nodeId);
-    let own = await read();
+    let replicas = await store.getReplicas(repo.repoId);
+    const own = (): ReplicaRecord | undefined => replicas.find((r) => r.nodeId === nodeId);
     const deadline = Date.now() + (this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs);
-    while (isOneBehind(repo, own) && Date.now() < deadline) {
+    while (isOneBehind(repo, own()) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
-      own = await read();
+      replicas = await store.getReplicas(repo.repoId);
     }
-    return own;
+    return { own: own(), replicas };
   }
 
   /** receivedPack finds the pack receive-pack stored for this push: its .keep names receive-pack's pid. */

@@ -115,6 +115,20 @@ describe('Participant (in process: real store, real git)', () => {
     expect(node.log.get(behind.txnId)).toBeNull();
   });
 
+  it('replicaChecked: the record the coordinator read under the lock is trusted, the copy on disk still checked', async () => {
+    // The store's record says stale; a coordinator that read it in sync (replicaChecked) is believed.
+    await kit.raw.markReplica(REPO, 'n1', repo.incarnation, 'stale', repo.generation + 1);
+    await expect(node.participant.prepare(push(), stream())).rejects.toMatchObject({ status: 'stale' });
+    const req = push({ replicaChecked: true });
+    await node.participant.prepare(req, stream());
+    expect(node.log.get(req.txnId)?.state).toBe('prepared');
+    await node.participant.abort(req.txnId, REPO);
+    await expect(node.participant.prepare(push({ replicaChecked: true, incarnation: randomUUID() }), stream())).rejects.toMatchObject({
+      status: 'stale',
+      message: expect.stringContaining('another incarnation') as unknown,
+    });
+  });
+
   it('a prepare of another incarnation is stale', async () => {
     await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({
       status: 'stale',

@@ -315,11 +315,17 @@ export class Participant {
     return { req, preparedAt: Date.now(), refs: null, keepFiles: [] };
   }
 
-  /** checkReplica answers stale/conflict when this replica is not at the transaction's base generation. */
+  /**
+   * checkReplica answers stale/conflict when this replica is not at the transaction's base
+   * generation: the copy on disk must be of the transaction's incarnation, and its record in
+   * the store in sync at the base generation (read here unless the coordinator read it under
+   * the lock: replicaChecked).
+   */
   private async checkReplica(req: PrepareRequest): Promise<void> {
     const { storage, store, nodeId } = this.deps;
     const incarnation = await storage.incarnationOf(req.repoId);
     if (incarnation !== req.incarnation) throw new PrepareRefusal('stale', `replica of ${req.repoId} is missing or of another incarnation`);
+    if (req.replicaChecked) return;
     const replica = (await store.getReplicas(req.repoId)).find((r) => r.nodeId === nodeId);
     if (!replica || replica.incarnation !== req.incarnation) throw new PrepareRefusal('stale', 'replica has no confirmed generation');
     if (replica.generation > req.baseGeneration)

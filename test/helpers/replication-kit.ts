@@ -55,6 +55,8 @@ export interface PeerCall {
   readonly op: PeerOp;
   readonly txnId: string;
   readonly withPack: boolean;
+  /** replicaChecked: a prepare that told the participant its replica record was read in sync under the lock. */
+  readonly replicaChecked?: boolean;
 }
 
 /**
@@ -122,8 +124,9 @@ export class ScriptedPeers {
   /** postJson is PeerClient.postJson: a create or delete's prepare, and every commit and abort. */
   async postJson(target: PeerTarget, path: string, body: unknown): Promise<PeerAnswer> {
     const op = path.slice('/replicate/'.length) as PeerOp;
-    const b = body as { transaction_id: string; repo_id?: string };
-    return this.answer({ node: target.id, op, txnId: b.transaction_id, withPack: false }, async (p) => {
+    const b = body as { transaction_id: string; repo_id?: string; replica_checked?: boolean };
+    const call = { node: target.id, op, txnId: b.transaction_id, withPack: false, replicaChecked: b.replica_checked === true };
+    return this.answer(call, async (p) => {
       if (op === 'prepare') await p.prepare(parsePrepare(body), null);
       else if (op === 'commit') await p.commit(b.transaction_id);
       else await p.abort(b.transaction_id, b.repo_id ?? '');
@@ -132,9 +135,14 @@ export class ScriptedPeers {
 
   /** preparePush is PeerClient.preparePush: the pack file streamed to the participant. */
   async preparePush(target: PeerTarget, req: PrepareRequest, packPath: string | null): Promise<PeerAnswer> {
-    return this.answer({ node: target.id, op: 'prepare', txnId: req.txnId, withPack: packPath !== null }, (p) =>
-      p.prepare(req, packPath ? createReadStream(packPath) : null),
-    );
+    const call = {
+      node: target.id,
+      op: 'prepare',
+      txnId: req.txnId,
+      withPack: packPath !== null,
+      replicaChecked: req.replicaChecked === true,
+    } as const;
+    return this.answer(call, (p) => p.prepare(req, packPath ? createReadStream(packPath) : null));
   }
 
   /** stagePack: this peer speaks no protocol with staging, so the pack goes with the prepare. */
