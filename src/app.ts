@@ -219,6 +219,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     metrics,
     // The repair worker is made below; a push reaches it only once the node serves.
     catchUp: (repoId) => repair.catchUp(repoId),
+    // The router is made below; it read the replica set to route the push.
+    replicaSetOf: (repoId) => router.replicaSetOf(repoId),
     config: {
       replicationFactor: cfg.replicationFactor,
       writeQuorum: cfg.writeQuorum,

@@ -144,6 +144,11 @@ export class Coordinator {
       readonly failpoints: Failpoints;
       /** catchUp brings this node's replica of a repo to the store's generation (a repair attempt); true once in sync. */
       readonly catchUp?: (repoId: string) => Promise<boolean>;
+      /**
+       * replicaSetOf is a repo's replica set as this node last read it (the router read it to
+       * route the push, moments ago); undefined: not known, read the store.
+       */
+      readonly replicaSetOf?: (repoId: string) => readonly string[] | undefined;
       readonly logger: Logger;
       readonly metrics: Metrics;
       readonly config: CoordinatorConfig;
@@ -273,15 +278,15 @@ export class Coordinator {
    * stageAhead ships a push's pack to the repo's other replicas while this node waits for the
    * lock and reads the refs, so that their `index-pack` runs beside that work instead of after
    * it, and the lock is held only for the refs. Best effort: a replica that did not stage it gets
-   * the pack with its prepare. Costs one store read (the replica set).
+   * the pack with its prepare, so the replica set routing read will do (a store read otherwise).
    */
   private async stageAhead(repoId: string, packPath: string): Promise<PackShipment> {
     const staged = new Map<string, Promise<boolean>>();
     const hash = packHashOf(packPath);
     if (!hash) throw new Error(`received pack ${packPath} is not named by its hash`);
     const pack = { path: packPath, hash, staged };
-    const repo = await this.deps.store.getRepo(repoId).catch(() => null);
-    for (const node of repo?.replicas ?? []) {
+    const replicas = this.deps.replicaSetOf?.(repoId) ?? (await this.deps.store.getRepo(repoId).catch(() => null))?.replicas ?? [];
+    for (const node of replicas) {
       if (node === this.deps.nodeId) continue;
       staged.set(
         node,

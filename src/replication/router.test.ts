@@ -88,12 +88,16 @@ describe('Router (in process: real store, real replicas)', () => {
   });
 
   it('forgets repos a full listing no longer has, and only those', async () => {
+    expect(router.replicaSetOf(REPO)).toBeUndefined();
     await router.route(REPO, false);
     expect(router.remembered).toBe(1);
+    // The replica set the route read, for the push's coordinator (staging its pack ahead).
+    expect(router.replicaSetOf(REPO)).toEqual(repo.replicas);
     router.forgetAllBut(new Set([REPO]));
     expect(router.remembered).toBe(1);
     router.forgetAllBut(new Set());
     expect(router.remembered).toBe(0);
+    expect(router.replicaSetOf(REPO)).toBeUndefined();
     // Nothing left to serve from during an outage.
     kit.faults.set('getRepo', 'fail');
     await expect(router.route(REPO, false)).rejects.toThrow(/store unreachable/);

@@ -43,6 +43,11 @@ export class Router {
     for (const repoId of this.lastSeen.keys()) if (!existing.has(repoId)) this.lastSeen.delete(repoId);
   }
 
+  /** replicaSetOf is a repo's replica set as this router last read it (undefined: not seen). */
+  replicaSetOf(repoId: string): readonly string[] | undefined {
+    return this.lastSeen.get(repoId)?.repo.replicas;
+  }
+
   /** remembered is how many repos this router remembers (tests). */
   get remembered(): number {
     return this.lastSeen.size;
