@@ -14,7 +14,7 @@ import { prepareToWire, txnToWire, unstageToWire, type PrepareRequest } from '..
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-receive.js';
-import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord } from '../store/types.js';
+import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord, type RepoState } from '../store/types.js';
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, PrepareRefusal, type Participant } from './participant.js';
@@ -827,9 +827,10 @@ export class Coordinator {
     const { store, storage, nodeId } = this.deps;
     const held = await this.lock(repoId);
     try {
-      const repo = await store.getRepo(repoId);
-      if (!repo) throw notFound(`repository ${repoId} not found`);
-      const { own, replicas } = await this.ownReplica(repo);
+      const state = await store.getRepoState(repoId);
+      if (!state) throw notFound(`repository ${repoId} not found`);
+      const repo = state.repo;
+      const { own, replicas } = await this.ownReplica(state);
       if (!repo.replicas.includes(nodeId) || !isInSync(repo, own))
         throw unavailable(`replica of ${repoId} on this node is catching up, try again`, { retryAfter: 1 });
       if (!(await storage.readRefs(repoId)).some((r) => r.name === branch))
@@ -874,9 +875,10 @@ export class Coordinator {
       const held = await this.lock(repoId);
       let keep = false;
       try {
-        const repo = await store.getRepo(repoId);
-        if (!repo) return { ok: false, reason: 'repository was deleted' };
-        const { own, replicas } = await this.ownReplica(repo);
+        const state = await store.getRepoState(repoId);
+        if (!state) return { ok: false, reason: 'repository was deleted' };
+        const repo = state.repo;
+        const { own, replicas } = await this.ownReplica(state);
         if (repo.replicas.includes(nodeId) && isInSync(repo, own) && (await storage.incarnationOf(repoId)) === repo.incarnation) {
           keep = true;
           return { ok: true, held, repo, replicas };
@@ -897,9 +899,10 @@ export class Coordinator {
    * the push with "replica catching up". The caller holds the repo lock, so the generation
    * cannot move meanwhile. `replicas` are every replica record as last read.
    */
-  private async ownReplica(repo: RepoRecord): Promise<{ own: ReplicaRecord | undefined; replicas: readonly ReplicaRecord[] }> {
+  private async ownReplica(state: RepoState): Promise<{ own: ReplicaRecord | undefined; replicas: readonly ReplicaRecord[] }> {
     const { store, nodeId } = this.deps;
-    let replicas = await store.getReplicas(repo.repoId);
+    const repo = state.repo;
+    let replicas = state.replicas;
     const own = (): ReplicaRecord | undefined => replicas.find((r) => r.nodeId === nodeId);
     const deadline = Date.now() + (this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs);
     while (isOneBehind(repo, own()) && Date.now() < deadline) {

@@ -245,10 +245,10 @@ export class RepairWorker {
       const feed = await store.changesSince(v.feed);
       if (feed) {
         for (const id of feed.repoIds) {
-          const repo = await store.getRepo(id);
-          if (!repo) v.repos.delete(id);
-          else v.repos.set(id, repo);
-          const own = repo?.replicas.includes(nodeId) ? (await store.getReplicas(id)).find((r) => r.nodeId === nodeId) : undefined;
+          const state = await store.getRepoState(id);
+          if (!state) v.repos.delete(id);
+          else v.repos.set(id, state.repo);
+          const own = state?.repo.replicas.includes(nodeId) ? state.replicas.find((r) => r.nodeId === nodeId) : undefined;
           if (own) v.own.set(id, own);
           else v.own.delete(id);
         }
@@ -288,9 +288,9 @@ export class RepairWorker {
     // Read once the repair runs, not taken from the pass that found the replica behind: a
     // transaction that held the replica meanwhile may have confirmed it (or the repo moved on).
     // A replica in sync needs nothing.
-    const repo = await store.getRepo(repoId);
-    if (!repo) return false;
-    const replicas = await store.getReplicas(repo.repoId);
+    const state = await store.getRepoState(repoId);
+    if (!state) return false;
+    const { repo, replicas } = state;
     const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
     const own = byNode.get(nodeId);
     if (isInSync(repo, own)) return true;

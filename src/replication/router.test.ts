@@ -81,7 +81,7 @@ describe('Router (in process: real store, real replicas)', () => {
 
   it('the store unreachable: reads served from the last state seen, flagged stale; writes fail closed', async () => {
     await router.route(REPO, false);
-    kit.faults.set('getRepo', 'fail');
+    kit.faults.set('getRepoState', 'fail');
     expect(await router.route(REPO, false)).toEqual({ kind: 'local', stale: true });
     await expect(router.route(REPO, true)).rejects.toThrow(/store unreachable/);
     await expect(router.route('o/never-seen', false)).rejects.toThrow(/store unreachable/);
@@ -99,7 +99,7 @@ describe('Router (in process: real store, real replicas)', () => {
     expect(router.remembered).toBe(0);
     expect(router.replicaSetOf(REPO)).toBeUndefined();
     // Nothing left to serve from during an outage.
-    kit.faults.set('getRepo', 'fail');
+    kit.faults.set('getRepoState', 'fail');
     await expect(router.route(REPO, false)).rejects.toThrow(/store unreachable/);
   });
 
@@ -116,10 +116,10 @@ describe('Router (in process: real store, real replicas)', () => {
       newChecksum: 'c1',
     });
     expect(d.decision).toBe('commit');
-    const reads = kit.faults.count('getReplicas');
+    const reads = kit.faults.count('getRepoState');
     const routed = router.route(REPO, false);
     // Once the router has seen no replica in sync, one confirms.
-    await eventually(() => expect(kit.faults.count('getReplicas')).toBeGreaterThan(reads));
+    await eventually(() => expect(kit.faults.count('getRepoState')).toBeGreaterThan(reads));
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
     expect(await routed).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
   });
@@ -139,8 +139,8 @@ describe('Router (in process: real store, real replicas)', () => {
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n2', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
     expect((await router.route(REPO, false)).kind).toBe('peer');
     const waiting = router.waitLocal(REPO, false);
-    const reads = kit.faults.count('getReplicas');
-    await eventually(() => expect(kit.faults.count('getReplicas')).toBeGreaterThan(reads));
+    const reads = kit.faults.count('getRepoState');
+    await eventually(() => expect(kit.faults.count('getRepoState')).toBeGreaterThan(reads));
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n1', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
     expect(await waiting).toBe(true);
     // n3 never confirms: a router on n3 gives up after commitWaitMs.

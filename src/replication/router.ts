@@ -55,13 +55,11 @@ export class Router {
 
   private async read(repoId: string, write: boolean): Promise<Seen & { fromCache: boolean }> {
     try {
-      const repo = await this.deps.store.getRepo(repoId);
-      if (!repo) {
+      const seen = await this.deps.store.getRepoState(repoId);
+      if (!seen) {
         this.lastSeen.delete(repoId);
         throw notFound(`repository ${repoId} not found`);
       }
-      const replicas = await this.deps.store.getReplicas(repoId);
-      const seen = { repo, replicas };
       this.lastSeen.set(repoId, seen);
       return { ...seen, fromCache: false };
     } catch (err) {

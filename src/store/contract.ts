@@ -545,6 +545,10 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         }
         expect((await s().getReplicas('acme/b')).map((x) => x.nodeId)).toEqual(['n1', 'n2']);
         expect((await s().getReplicas('acme/b-c')).map((x) => x.nodeId)).toEqual(['n1']);
+        // getRepoState reads the record and its replicas (not those of acme/b-c, whose key extends acme/b's).
+        expect(await s().getRepoState('acme/b')).toEqual({ repo: await s().getRepo('acme/b'), replicas: await s().getReplicas('acme/b') });
+        expect((await s().getRepoState('acme/b-c'))?.replicas.map((x) => x.nodeId)).toEqual(['n1']);
+        expect(await s().getRepoState('acme/none')).toBeNull();
         expect((await s().replicasOnNode('n1')).map((x) => x.repoId)).toEqual(['acme/b', 'acme/b-c']);
         expect(await s().replicasOnNode('n9')).toEqual([]);
       });

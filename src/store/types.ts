@@ -15,6 +15,12 @@ export const CHANGES_MAX = 1_000;
 /** CHANGES_KEPT is how many changes a store keeps for changesSince (SQLite: rows of its feed). */
 export const CHANGES_KEPT = 100_000;
 
+/** RepoState is a repo record and its replica records (by node id), read together. */
+export interface RepoState {
+  readonly repo: RepoRecord;
+  readonly replicas: ReplicaRecord[];
+}
+
 /** NodeInfo is one registered node; it is live while its lease has not expired. */
 export interface NodeInfo {
   readonly id: string;
@@ -153,6 +159,12 @@ export interface ClusterStore {
   listReposPage(after: string, limit: number): Promise<RepoRecord[]>;
   /** getReplicas lists the replica records of one repo. */
   getReplicas(repoId: string): Promise<ReplicaRecord[]>;
+  /**
+   * getRepoState reads a repo record and its replica records together, as of one moment (one
+   * SQLite transaction, one etcd Txn): what getRepo then getReplicas read in two round trips.
+   * Null when the repo does not exist.
+   */
+  getRepoState(repoId: string): Promise<RepoState | null>;
   /** replicasOnNode lists every replica record on one node. */
   replicasOnNode(nodeId: string): Promise<ReplicaRecord[]>;
 

@@ -25,6 +25,7 @@ import {
   type RepoLock,
   type RepoRecord,
   type ReplicaRecord,
+  type RepoState,
   type ReplicaState,
   type TxnKind,
   type TxnRecord,
@@ -516,6 +517,22 @@ export class EtcdStore implements ClusterStore {
         .filter((r) => r.repoId === repoId)
         .sort((a, b) => byUtf8(a.nodeId, b.nodeId)),
     );
+  }
+
+  async getRepoState(repoId: string): Promise<RepoState | null> {
+    return this.guard('read repo state', async () => {
+      const key = this.repoKey(repoId);
+      const prefix = this.replicasOf(repoId);
+      const snap = await this.read([key], [prefix]);
+      const kv = snap.get(key);
+      if (!kv) return null;
+      const replicas = snap
+        .list(prefix)
+        .map((r) => toReplica(parse<ReplicaRecord>(r)))
+        .filter((r) => r.repoId === repoId)
+        .sort((a, b) => byUtf8(a.nodeId, b.nodeId));
+      return { repo: toRepo(parse<RepoRecord>(kv)), replicas };
+    });
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {

@@ -16,6 +16,7 @@ import {
   type RepoLock,
   type RepoRecord,
   type ReplicaRecord,
+  type RepoState,
   type ReplicaState,
   type TxnRecord,
 } from '../types.js';
@@ -291,6 +292,17 @@ export class SqliteStore implements ClusterStore {
     return this.read(() =>
       (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica),
     );
+  }
+
+  async getRepoState(repoId: string): Promise<RepoState | null> {
+    return this.read(() => {
+      const repo = this.repoRow(repoId);
+      if (!repo) return null;
+      const replicas = (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(
+        toReplica,
+      );
+      return { repo, replicas };
+    });
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
