@@ -146,6 +146,22 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
   });
 
+  it('a pack not of its signed hash is refused; a pack of that content already committed here stays', async () => {
+    const packs = async (): Promise<string[]> => (await readdir(join(repoPath(), 'objects/pack'))).filter((f) => f.endsWith('.pack'));
+    // A pack this prepare wrote is removed with its .keep.
+    await expect(node.participant.prepare(push({ packHash: 'a'.repeat(40) }), stream())).rejects.toThrow(/not the signed/);
+    expect(await packs()).toEqual([]);
+    // The same bytes, committed (its .keep gone), then sent again under a wrong hash: the committed pack stays.
+    await commitThrough(push());
+    const committed = await packs();
+    expect(committed).toHaveLength(1);
+    const next = await commitFile(work, 'n.txt', 'n\n', 'next');
+    await expect(node.participant.prepare(push({ packHash: 'a'.repeat(40) }, tip, next), stream())).rejects.toThrow(/not the signed/);
+    expect(await packs()).toEqual(committed);
+    expect(await keeps()).toEqual([]);
+    expect((await git(['fsck', '--connectivity-only'], { cwd: repoPath() })).code).toBe(0);
+  });
+
   it('a duplicate prepare is idempotent: it answers prepared again, and one commit applies', async () => {
     const req = push();
     await node.participant.prepare(req, stream());

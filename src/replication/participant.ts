@@ -438,7 +438,13 @@ export class Participant {
     const keep = join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
     // The signed metadata names the pack by its trailer hash: a pack swapped on the wire is refused.
     if (expectedHash !== undefined && m[1] !== expectedHash) {
-      await removeFiles(packFiles(keep));
+      // Only what this index-pack wrote goes: its .keep (its `keep` line) and the pack, if
+      // written since it started. A pack of that hash that was here before may hold objects a
+      // committed ref needs; left unkept, it is garbage for the next collection at worst.
+      if (m[0].startsWith('keep')) {
+        const written = ((await stat(keep.replace(/keep$/, 'pack')).catch(() => null))?.mtimeMs ?? 0) >= started - 1;
+        await removeFiles(written ? ['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext)) : [keep]);
+      }
       throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);
     }
     return keep;
@@ -701,11 +707,6 @@ async function removeTempPacks(packDir: string, since: number): Promise<void> {
 /** stageKey names a staged pack in the participant's table: one per repo and pack. */
 function stageKey(repoId: string, packHash: string): string {
   return `${repoId}\0${packHash}`;
-}
-
-/** packFiles are the files of the pack a `.keep` file names. */
-function packFiles(keep: string): string[] {
-  return ['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext));
 }
 
 async function exists(path: string): Promise<boolean> {
