@@ -386,6 +386,7 @@ async function servePush(
       repoId,
       receivePackPid: child.pid ?? -1,
       abandon: () => abandonPush(res, child),
+      exited: waitClose(child),
       quiet: quiet(),
       onCommitted: (txn, refs) =>
         deps.audit.record({

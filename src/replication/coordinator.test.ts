@@ -1,4 +1,5 @@
 import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
 import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
@@ -164,7 +165,12 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     });
 
     const push = async (coordinator: Coordinator, ex: FakeExchange, pid = 4242): Promise<void> => {
-      await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined });
+      await coordinator.handlePush(ex.asExchange, {
+        repoId: REPO,
+        receivePackPid: pid,
+        abandon: () => undefined,
+        exited: Promise.resolve(),
+      });
     };
 
     it('a push commits on every replica: refs and checksums match the store, the pack shipped to peers', async () => {
@@ -234,6 +240,9 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(ex.abandoned).toBe(true);
       expect(ex.results).toBeNull();
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(1);
+      // receive-pack ended without removing its pack's .keep: the coordinator removes it.
+      const packDir = join(kit.node('n1').storage.repoPath(REPO), 'objects', 'pack');
+      await eventually(async () => expect((await readdir(packDir)).filter((f) => f.endsWith('.keep'))).toEqual([]));
       await eventually(async () => {
         expect(await stateOn('n2')).toBe('stale');
         expect(await stateOn('n3')).toBe('stale');

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, unlink } from 'node:fs/promises';
 import { DEFAULTS } from '../config.js';
 import { applyUpdatesToChecksum, headChecksum, withHead } from '../domain/checksum.js';
 import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
@@ -63,6 +63,8 @@ export interface PushContext {
   readonly receivePackPid: number;
   /** abandon ends the client's connection without a report: the outcome is unknown to it. */
   readonly abandon: () => void;
+  /** exited resolves once receive-pack has exited (however it ended). */
+  readonly exited?: Promise<unknown>;
   /** quiet: the client asked for no progress (`git push -q`). */
   readonly quiet?: boolean;
   /** onCommitted is told of a push acknowledged to the client (the audit log). */
@@ -561,6 +563,14 @@ export class Coordinator {
    * connection, and repair completes the stragglers.
    */
   async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
+    try {
+      await this.answerPush(exchange, ctx);
+    } finally {
+      this.dropReceivedKeep(ctx);
+    }
+  }
+
+  private async answerPush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
     const { logger } = this.deps;
     const request = await exchange.read();
     // Results are keyed by each command's exact bytes (PushCommand.key).
@@ -770,6 +780,24 @@ export class Coordinator {
   private abandon(m: PendingPush): void {
     m.exchange.abandon();
     m.ctx.abandon();
+  }
+
+  /**
+   * dropReceivedKeep removes the `.keep` of the pack receive-pack stored for a push once both
+   * the push is settled and receive-pack has exited. receive-pack removes it itself when it
+   * ends normally; killed (the client went away mid-push, or the push was abandoned) it cannot,
+   * and the `.keep` would hold that pack out of every repack for good. A transaction still in
+   * doubt on this node holds the replica, so no repack runs before it is resolved.
+   */
+  private dropReceivedKeep(ctx: PushContext): void {
+    void ctx.exited
+      ?.then(async () => {
+        const pack = await this.receivedPack(ctx);
+        if (pack) await unlink(pack.replace(/\.pack$/, '.keep'));
+      })
+      .catch((err: unknown) =>
+        this.deps.logger.warn({ repoId: ctx.repoId, err: errorMessage(err) }, "could not remove a push's pack .keep"),
+      );
   }
 
   /**

@@ -167,6 +167,7 @@ async function servePush(
         await deps.coordinator.handlePush(exchange, {
           repoId: cmd.repoId,
           receivePackPid: child.pid ?? -1,
+          exited: waitClose(child),
           abandon: () => {
             state.abandoned = true;
             try {
