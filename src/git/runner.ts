@@ -194,14 +194,33 @@ export class GitRunner {
   /**
    * reapPrevious kills git processes left by an earlier incarnation of this node (same owner,
    * other instance), found by the marker in /proc/<pid>/environ. Returns how many it killed.
+   * A process can fork between the /proc listing and its kill (receive-pack starting
+   * index-pack, which would then write its pack's .keep after the start-up sweep), so it
+   * scans again until a scan finds none, and waits for the killed to be gone.
    */
   async reapPrevious(): Promise<number> {
-    let killed = 0;
+    let total = 0;
+    for (let round = 0; round < REAP_ROUNDS; round++) {
+      const killed = await this.reapOnce();
+      total += killed.length;
+      if (killed.length === 0) break;
+      const until = Date.now() + 2_000;
+      while (Date.now() < until) {
+        const alive = await Promise.all(killed.map(async (pid) => !(await isZombie(pid))));
+        if (!alive.includes(true)) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    return total;
+  }
+
+  private async reapOnce(): Promise<number[]> {
+    const killed: number[] = [];
     let pids: string[];
     try {
       pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p));
     } catch {
-      return 0;
+      return killed;
     }
     const ownerTag = `GIT_REPLICATION_OWNER=${this.opts.owner}`;
     const instanceTag = `GIT_REPLICATION_INSTANCE=${this.opts.instance}`;
@@ -216,7 +235,7 @@ export class GitRunner {
       if (vars.includes(ownerTag) && !vars.includes(instanceTag)) {
         try {
           process.kill(Number(pid), 'SIGKILL');
-          killed++;
+          killed.push(Number(pid));
         } catch {
           // already gone
         }
@@ -225,6 +244,9 @@ export class GitRunner {
     return killed;
   }
 }
+
+/** REAP_ROUNDS bounds reapPrevious's scans (each after the processes the last one killed are gone). */
+const REAP_ROUNDS = 10;
 
 async function childrenOf(pid: number): Promise<number[]> {
   const out: number[] = [];
