@@ -21,6 +21,7 @@ import type { Logger } from './domain/logger.js';
 import { HookServer } from './git/proc-receive.js';
 import { ReplicaStorage } from './git/repo-storage.js';
 import { GitRunner } from './git/runner.js';
+import { SpawnHelper } from './git/spawner.js';
 import type { NodeDeps } from './http/deps.js';
 import { buildHttpApp } from './http/server.js';
 import { Metrics } from './metrics.js';
@@ -93,6 +94,8 @@ export interface NodeConfig {
   readonly maxGroupPushes: number;
   /** maxQueuedPushes: pushes to one repo that may wait on this node. */
   readonly maxQueuedPushes: number;
+  /** gitSpawnHelper: start git through the spawn helper (default true). */
+  readonly gitSpawnHelper?: boolean;
   /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
   readonly failpoints?: string;
   /** protocol: the replication protocol versions this node speaks (default PROTOCOL, this build's). */
@@ -137,11 +140,15 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(cfg.dataDir);
   await restrictPermissions(dataDir, cfg.store);
+  // git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts).
+  const spawnHelper = cfg.gitSpawnHelper === false ? null : new SpawnHelper(join(dataDir, 'spawn.sock'), (m) => logger.warn(m));
+  if (spawnHelper && !(await spawnHelper.start())) logger.warn('spawn helper not started: the node spawns git itself');
   const git = new GitRunner({
     owner: dataDir,
     instance: randomUUID(),
     maxProcesses: cfg.maxGitProcesses,
     maxPerClient: cfg.maxGitPerClient,
+    ...(spawnHelper ? { helper: spawnHelper } : {}),
   });
   const reaped = await git.reapPrevious();
   if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
@@ -439,6 +446,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       await membership.stop();
       await hooks.close();
       await git.killAll();
+      await spawnHelper?.stop();
       await peers.close();
       txnLog.close();
       await store.close();

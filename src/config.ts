@@ -367,6 +367,13 @@ export const SETTINGS = {
     min: 0,
     doc: 'an in-sync replica with more packs than this is repacked (0: never)',
   },
+  gitSpawnHelper: {
+    kind: 'text',
+    env: 'GIT_SPAWN_HELPER',
+    default: 'on',
+    arg: 'on|off',
+    doc: 'on: git is started by a small helper process, cheaper to fork than the node; off: by the node itself',
+  },
   // For tests: fault injection and protocol versions (upgrade tests run old and new side by side).
   failpoints: {
     kind: 'text',

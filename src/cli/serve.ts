@@ -25,6 +25,13 @@ function tlsFiles(s: Settings): TlsFiles | undefined {
   return { ...(cert !== undefined ? { cert } : {}), ...(key !== undefined ? { key } : {}), ...(ca !== undefined ? { ca } : {}) };
 }
 
+/** onOff reads an on/off setting. */
+function onOff(name: string, value: string): boolean {
+  if (value === 'on') return true;
+  if (value === 'off') return false;
+  throw new Error(`${name}: must be on or off, got '${value.slice(0, 40)}'`);
+}
+
 function parseAuth(value: string): 'open' | 'tokens' {
   if (value === 'open' || value === 'tokens') return value;
   throw new Error(`--auth (AUTH) must be tokens or open, got '${value}'`);
@@ -88,6 +95,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
       fullPassMs: s.fullPassMs,
     },
     maxGroupPushes: s.maxGroupPushes,
+    gitSpawnHelper: onOff('GIT_SPAWN_HELPER', s.gitSpawnHelper),
     maxQueuedPushes: s.maxQueuedPushes,
     auth: parseAuth(s.auth),
     ...(s.failpoints ? { failpoints: s.failpoints } : {}),

@@ -1,3 +1,4 @@
+import type { SpawnHelper } from './spawner.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { AppError, unavailable } from '../domain/errors.js';
@@ -89,6 +90,8 @@ export class GitRunner {
       /** maxPerClient caps the counted processes one client address holds (default: maxProcesses). */
       readonly maxPerClient?: number;
       readonly gitBinary?: string;
+      /** helper starts git when it is running (a smaller process to fork); else the node spawns git itself. */
+      readonly helper?: SpawnHelper;
     },
   ) {}
 
@@ -132,24 +135,27 @@ export class GitRunner {
     const argv: string[] = [];
     for (const [k, v] of Object.entries(options.config ?? {})) argv.push('-c', `${k}=${v}`);
     argv.push(...args);
-    const child = spawn(this.opts.gitBinary ?? 'git', argv, {
-      cwd: options.cwd,
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        HOME: process.env.HOME ?? '/tmp',
-        LANG: 'C',
-        LC_ALL: 'C',
-        GIT_CONFIG_NOSYSTEM: '1',
-        GIT_CONFIG_GLOBAL: '/dev/null',
-        GIT_TERMINAL_PROMPT: '0',
-        GIT_REPLICATION_OWNER: this.opts.owner,
-        GIT_REPLICATION_INSTANCE: this.opts.instance,
-        ...options.env,
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-      signal: options.signal,
-      killSignal: 'SIGKILL',
-    });
+    const env = {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: process.env.HOME ?? '/tmp',
+      LANG: 'C',
+      LC_ALL: 'C',
+      GIT_CONFIG_NOSYSTEM: '1',
+      GIT_CONFIG_GLOBAL: '/dev/null',
+      GIT_TERMINAL_PROMPT: '0',
+      GIT_REPLICATION_OWNER: this.opts.owner,
+      GIT_REPLICATION_INSTANCE: this.opts.instance,
+      ...options.env,
+    };
+    const file = this.opts.gitBinary ?? 'git';
+    const helper = this.opts.helper;
+    const child = helper?.usable
+      ? helper.spawn(file, argv, {
+          ...(options.cwd ? { cwd: options.cwd } : {}),
+          env,
+          ...(options.signal ? { signal: options.signal } : {}),
+        })
+      : spawn(file, argv, { cwd: options.cwd, env, stdio: ['pipe', 'pipe', 'pipe'], signal: options.signal, killSignal: 'SIGKILL' });
     this.children.add(child);
     closed.set(child, new Promise((resolve) => child.once('close', (code, sig) => resolve([code, sig]))));
     let timer: NodeJS.Timeout | undefined;

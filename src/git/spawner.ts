@@ -1,0 +1,296 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { existsSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
+import type { SpawnReport, SpawnRequest } from './spawn-helper.js';
+
+/** MAX_SOCKET_PATH is the longest Unix socket path Linux takes (108 bytes with the NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** HELPER_SCRIPT is the helper's compiled entry point, beside this module. */
+const HELPER_SCRIPT = new URL('./spawn-helper.js', import.meta.url);
+
+/**
+ * HelperChild is a process started through the spawn helper, with the parts of ChildProcess the
+ * node uses: stdin, stdout and stderr streams (usable at once; they are joined to git's sockets
+ * when those connect), pid (once the helper reports it), exitCode, signalCode, kill(), and the
+ * `spawn`, `exit`, `close` and `error` events in ChildProcess's order.
+ */
+class HelperChild extends EventEmitter {
+  readonly stdin = new PassThrough();
+  readonly stdout = new PassThrough();
+  readonly stderr = new PassThrough();
+  pid: number | undefined = undefined;
+  exitCode: number | null = null;
+  signalCode: NodeJS.Signals | null = null;
+  killed = false;
+  private pendingSignal: NodeJS.Signals | null = null;
+  private exited = false;
+  private outputsOpen = 2;
+  private closed = false;
+
+  constructor() {
+    super();
+    for (const out of [this.stdout, this.stderr]) out.once('end', () => this.outputEnded());
+    // A writer of stdin whose process is gone gets an error, as with a pipe (EPIPE), never a stall.
+    this.stdin.on('error', () => undefined);
+  }
+
+  private readonly attached = new Set<number>();
+  private stdinSocket: Socket | null = null;
+  private stdinFed = false;
+
+  /** attach joins the streams to the sockets git holds (fd 0, 1, 2); a second socket for one fd is refused. */
+  attach(fd: number, socket: Socket): void {
+    if (this.attached.has(fd)) {
+      socket.destroy();
+      return;
+    }
+    this.attached.add(fd);
+    if (fd === 0) {
+      socket.on('error', (err) => this.stdin.destroy(err));
+      socket.on('close', () => {
+        if (!this.stdin.writableFinished) this.stdin.destroy(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+      });
+      // Read (nothing comes) so that git closing its end is seen.
+      socket.resume();
+      this.stdinSocket = socket;
+      this.feedStdin();
+      return;
+    }
+    const out = fd === 1 ? this.stdout : this.stderr;
+    socket.on('error', () => socket.destroy());
+    // A socket cut without an end still ends the stream: 'close' must come.
+    socket.on('close', () => {
+      if (!out.writableEnded) out.end();
+    });
+    socket.pipe(out);
+    socket.resume();
+  }
+
+  /**
+   * feedStdin starts writing stdin to git's socket once git runs: until then the helper holds a
+   * copy of the socket, and its own reads would take bytes meant for git.
+   */
+  private feedStdin(): void {
+    if (this.stdinSocket && this.pid !== undefined && !this.stdinFed) {
+      this.stdinFed = true;
+      this.stdin.pipe(this.stdinSocket);
+    }
+  }
+
+  started(pid: number): void {
+    this.pid = pid;
+    this.feedStdin();
+    this.emit('spawn');
+    if (this.pendingSignal) this.kill(this.pendingSignal);
+  }
+
+  ended(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.exited) return;
+    this.exited = true;
+    this.exitCode = code;
+    this.signalCode = signal;
+    this.emit('exit', code, signal);
+    // As ChildProcess does on exit: output nobody reads is drained, so 'close' still comes.
+    for (const out of [this.stdout, this.stderr]) if (out.listenerCount('data') === 0 && out.readableFlowing !== true) out.resume();
+    this.maybeClose();
+  }
+
+  failed(message: string): void {
+    this.emit('error', new Error(`spawn: ${message}`));
+    if (!this.stdout.writableEnded) this.stdout.end();
+    if (!this.stderr.writableEnded) this.stderr.end();
+    this.stdin.destroy();
+    this.ended(null, 'SIGKILL');
+  }
+
+  /**
+   * helperGone: the helper died. A process it never started fails; one it started may still
+   * run, but its exit can no longer be reported, and streams never joined never will be: it
+   * counts as ended (killed), so nothing waits on it for ever.
+   */
+  helperGone(): void {
+    if (this.pid === undefined) {
+      this.failed('the spawn helper exited');
+      return;
+    }
+    for (const [fd, out] of [
+      [1, this.stdout],
+      [2, this.stderr],
+    ] as const)
+      if (!this.attached.has(fd) && !out.writableEnded) out.end();
+    this.ended(this.exitCode, this.signalCode ?? 'SIGKILL');
+  }
+
+  kill(signal: NodeJS.Signals | number = 'SIGTERM'): boolean {
+    const sig = typeof signal === 'number' ? 'SIGKILL' : signal;
+    if (this.exited) return false;
+    if (this.pid === undefined) {
+      this.pendingSignal = sig;
+      return true;
+    }
+    try {
+      process.kill(this.pid, sig);
+      this.killed = true;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private outputEnded(): void {
+    this.outputsOpen--;
+    this.maybeClose();
+  }
+
+  private maybeClose(): void {
+    if (this.closed || !this.exited || this.outputsOpen > 0) return;
+    this.closed = true;
+    this.emit('close', this.exitCode, this.signalCode);
+  }
+}
+
+/**
+ * SpawnHelper starts git through a small helper process (src/git/spawn-helper.ts), so the fork
+ * git needs is of that process, not of the node. One per node; `usable` is false until it
+ * runs, and again if it dies (GitRunner then spawns directly until it is started again).
+ */
+export class SpawnHelper {
+  private helper: ChildProcess | null = null;
+  private server: Server | null = null;
+  private nextId = 1;
+  private readonly children = new Map<number, HelperChild>();
+  private stopping = false;
+
+  constructor(
+    private readonly socketPath: string,
+    private readonly onProblem: (message: string) => void = () => undefined,
+    /** script is the helper's entry point (default the compiled spawn-helper.js beside this module). */
+    private readonly script: URL | string = HELPER_SCRIPT,
+  ) {}
+
+  /** usable says whether spawns go through the helper now. */
+  get usable(): boolean {
+    return this.helper !== null && this.helper.connected;
+  }
+
+  /** start listens on the socket and starts the helper; false (and spawns stay direct) when it cannot. */
+  async start(): Promise<boolean> {
+    if (!existsSync(this.script)) {
+      this.onProblem(`spawn helper ${String(this.script)} not found (not built?): git is spawned directly`);
+      return false;
+    }
+    if (Buffer.byteLength(this.socketPath) > MAX_SOCKET_PATH) {
+      this.onProblem(`socket path ${this.socketPath} is longer than ${MAX_SOCKET_PATH} bytes: git is spawned directly`);
+      return false;
+    }
+    await unlink(this.socketPath).catch(() => undefined);
+    const server = createServer((s) => this.accept(s));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.onProblem(`spawn helper socket: ${err.message}`));
+    this.server = server;
+    this.launch();
+    return true;
+  }
+
+  private launch(): void {
+    const helper = fork(this.script, [this.socketPath], {
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+      // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
+      execArgv: [],
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      serialization: 'json',
+    });
+    helper.on('message', (m: SpawnReport) => this.onReport(m));
+    helper.once('exit', (code, signal) => {
+      if (this.helper === helper) this.helper = null;
+      // Processes it started keep running; what they were asked for can no longer be reported.
+      for (const child of this.children.values()) child.helperGone();
+      if (!this.stopping) {
+        this.onProblem(`spawn helper exited (${signal ?? code}); starting it again`);
+        setTimeout(() => {
+          if (!this.stopping) this.launch();
+        }, 100).unref();
+      }
+    });
+    helper.on('error', (err) => this.onProblem(`spawn helper: ${err.message}`));
+    this.helper = helper;
+  }
+
+  /** spawn starts `file` with `args` through the helper; the result stands in for a ChildProcess. */
+  spawn(file: string, args: readonly string[], opts: { cwd?: string; env: NodeJS.ProcessEnv; signal?: AbortSignal }): ChildProcess {
+    const helper = this.helper;
+    if (!helper?.connected) throw new Error('spawn helper not running');
+    const id = this.nextId++;
+    const child = new HelperChild();
+    this.children.set(id, child);
+    child.once('close', () => this.children.delete(id));
+    const request: SpawnRequest = { id, file, args, ...(opts.cwd ? { cwd: opts.cwd } : {}), env: opts.env };
+    helper.send(request, (err) => {
+      if (err) {
+        this.children.delete(id);
+        child.failed(err.message);
+      }
+    });
+    if (opts.signal) {
+      const onAbort = (): void => void child.kill('SIGKILL');
+      if (opts.signal.aborted) onAbort();
+      else opts.signal.addEventListener('abort', onAbort, { once: true });
+      child.once('exit', () => opts.signal?.removeEventListener('abort', onAbort));
+    }
+    return child as unknown as ChildProcess;
+  }
+
+  private accept(socket: Socket): void {
+    socket.once('error', () => socket.destroy());
+    let head = '';
+    const onData = (d: Buffer): void => {
+      head += d.toString('latin1');
+      const nl = head.indexOf('\n');
+      if (nl < 0) {
+        if (head.length > 64) socket.destroy();
+        return;
+      }
+      socket.off('data', onData);
+      socket.pause();
+      const m = /^(\d+) ([012])$/.exec(head.slice(0, nl));
+      const child = m ? this.children.get(Number(m[1])) : undefined;
+      if (!m || !child) {
+        socket.destroy();
+        return;
+      }
+      const rest = head.slice(nl + 1);
+      if (rest) socket.unshift(Buffer.from(rest, 'latin1'));
+      child.attach(Number(m[2]), socket);
+    };
+    socket.on('data', onData);
+  }
+
+  private onReport(m: SpawnReport): void {
+    const child = this.children.get(m.id);
+    if (!child) return;
+    // The report of an exit can come before git's sockets are accepted: the child stays known
+    // until it closes (all its streams ended), so they still find it.
+    if ('pid' in m) child.started(m.pid);
+    else if ('error' in m) child.failed(m.error);
+    else child.ended(m.code, m.signal);
+  }
+
+  /** stop ends the helper and the socket; processes it started are left to the node's killAll. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.helper?.disconnect();
+    this.helper = null;
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await unlink(this.socketPath).catch(() => undefined);
+  }
+}
