@@ -275,7 +275,14 @@ async function isZombie(pid: number): Promise<boolean> {
  */
 export async function terminate(child: ChildProcess): Promise<void> {
   const pid = child.pid;
-  if (pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  if (pid === undefined) {
+    // Not started yet (the spawn helper has not reported it): the kill is carried out as it
+    // starts, before it can start anything. A direct spawn without a pid failed, and closes.
+    child.kill('SIGKILL');
+    await Promise.race([waitClose(child), new Promise((r) => setTimeout(r, 5_000).unref())]);
+    return;
+  }
   for (let round = 0; round < 20; round++) {
     const tree: number[] = [];
     const leaves: number[] = [];

@@ -33,7 +33,8 @@ class HelperChild extends EventEmitter {
 
   constructor() {
     super();
-    for (const out of [this.stdout, this.stderr]) out.once('end', () => this.outputEnded());
+    // An output counts as done once closed: ended and read, or destroyed by its reader.
+    for (const out of [this.stdout, this.stderr]) out.once('close', () => this.outputEnded());
     // A writer of stdin whose process is gone gets an error, as with a pipe (EPIPE), never a stall.
     this.stdin.on('error', () => undefined);
   }
@@ -94,8 +95,9 @@ class HelperChild extends EventEmitter {
     this.exitCode = code;
     this.signalCode = signal;
     this.emit('exit', code, signal);
-    // As ChildProcess does on exit: output nobody reads is drained, so 'close' still comes.
-    for (const out of [this.stdout, this.stderr]) if (out.listenerCount('data') === 0 && out.readableFlowing !== true) out.resume();
+    // As ChildProcess does on exit (flushStdio): output is drained, read or not (a reader that
+    // went away left it paused), so 'close' still comes.
+    for (const out of [this.stdout, this.stderr]) if (!out.readableEnded) out.resume();
     this.maybeClose();
   }
 
