@@ -164,13 +164,18 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       await rm(work, { recursive: true, force: true });
     });
 
-    const push = async (coordinator: Coordinator, ex: FakeExchange, pid = 4242): Promise<void> => {
-      await coordinator.handlePush(ex.asExchange, {
-        repoId: REPO,
-        receivePackPid: pid,
-        abandon: () => undefined,
-        exited: Promise.resolve(),
-      });
+    /**
+     * push hands a push to the coordinator as the route does. receive-pack "runs" until
+     * `exited` resolves (by default never: the tests reuse one received pack, whose .keep the
+     * coordinator removes once receive-pack has exited).
+     */
+    const push = async (
+      coordinator: Coordinator,
+      ex: FakeExchange,
+      pid = 4242,
+      exited: Promise<unknown> = new Promise(() => undefined),
+    ): Promise<void> => {
+      await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined, exited });
     };
 
     it('a push commits on every replica: refs and checksums match the store, the pack shipped to peers', async () => {
@@ -236,7 +241,7 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       kit.peers.script('n2', 'commit', answers.unreachable);
       kit.peers.script('n3', 'commit', answers.unreachable);
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
-      await push(kit.coordinator('n1'), ex);
+      await push(kit.coordinator('n1'), ex, 4242, Promise.resolve());
       expect(ex.abandoned).toBe(true);
       expect(ex.results).toBeNull();
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(1);
