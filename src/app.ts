@@ -94,7 +94,7 @@ export interface NodeConfig {
   readonly maxGroupPushes: number;
   /** maxQueuedPushes: pushes to one repo that may wait on this node. */
   readonly maxQueuedPushes: number;
-  /** gitSpawnHelper: start git through the spawn helper (default true). */
+  /** gitSpawnHelper: start git through the spawn helper (default false: experimental). */
   readonly gitSpawnHelper?: boolean;
   /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
   readonly failpoints?: string;
@@ -140,8 +140,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(cfg.dataDir);
   await restrictPermissions(dataDir, cfg.store);
-  // git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts).
-  const spawnHelper = cfg.gitSpawnHelper === false ? null : new SpawnHelper(join(dataDir, 'spawn.sock'), (m) => logger.warn(m));
+  // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts).
+  const spawnHelper = cfg.gitSpawnHelper !== true ? null : new SpawnHelper(join(dataDir, 'spawn.sock'), (m) => logger.warn(m));
   if (spawnHelper && !(await spawnHelper.start())) logger.warn('spawn helper not started: the node spawns git itself');
   const git = new GitRunner({
     owner: dataDir,
