@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -97,8 +97,15 @@ describe.skipIf(!existsSync(SCRIPT))('GitRunner through the spawn helper', () =>
 
   it('a helper that dies is started again; meanwhile git is spawned directly', async () => {
     const before = problems.length;
+    // A git process the helper started, still running when it dies, is killed, not left running.
+    const running = git.spawn(['cat-file', '--batch'], { cwd: join(dir, 'r.git') });
+    await new Promise((r) => running.once('spawn', r));
     const pid = (helper as unknown as { helper: { pid: number } }).helper.pid;
     process.kill(pid, 'SIGKILL');
+    await waitClose(running);
+    // Gone, or a zombie (its parent, the helper, died, and this sandbox's init does not reap).
+    const stat = await readFile(`/proc/${running.pid}/stat`, 'utf8').catch(() => '');
+    expect(stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')))).toBe(true);
     await new Promise((r) => setTimeout(r, 50));
     expect((await git.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).stdout).toBe('true\n');
     for (let i = 0; i < 50 && !helper.usable; i++) await new Promise((r) => setTimeout(r, 50));

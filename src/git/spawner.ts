@@ -110,14 +110,21 @@ class HelperChild extends EventEmitter {
   }
 
   /**
-   * helperGone: the helper died. A process it never started fails; one it started may still
-   * run, but its exit can no longer be reported, and streams never joined never will be: it
-   * counts as ended (killed), so nothing waits on it for ever.
+   * helperGone: the helper died. A process it never started fails; one it started is killed,
+   * since its exit could no longer be reported (and streams never joined never will be), so
+   * it is ended, not left running while the node counts it gone.
    */
   helperGone(): void {
     if (this.pid === undefined) {
       this.failed('the spawn helper exited');
       return;
+    }
+    if (!this.exited) {
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
     }
     for (const [fd, out] of [
       [1, this.stdout],
