@@ -173,7 +173,7 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       coordinator: Coordinator,
       ex: FakeExchange,
       pid = 4242,
-      exited: Promise<unknown> = new Promise(() => undefined),
+      exited: Promise<readonly [number | null, string | null]> = new Promise(() => undefined),
     ): Promise<void> => {
       await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined, exited });
     };
@@ -241,7 +241,7 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       kit.peers.script('n2', 'commit', answers.unreachable);
       kit.peers.script('n3', 'commit', answers.unreachable);
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
-      await push(kit.coordinator('n1'), ex, 4242, Promise.resolve());
+      await push(kit.coordinator('n1'), ex, 4242, Promise.resolve([null, 'SIGKILL'] as const));
       expect(ex.abandoned).toBe(true);
       expect(ex.results).toBeNull();
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(1);

@@ -63,8 +63,8 @@ export interface PushContext {
   readonly receivePackPid: number;
   /** abandon ends the client's connection without a report: the outcome is unknown to it. */
   readonly abandon: () => void;
-  /** exited resolves once receive-pack has exited (however it ended). */
-  readonly exited?: Promise<unknown>;
+  /** exited resolves with receive-pack's exit code and signal once it has exited. */
+  readonly exited?: Promise<readonly [number | null, string | null]>;
   /** quiet: the client asked for no progress (`git push -q`). */
   readonly quiet?: boolean;
   /** onCommitted is told of a push acknowledged to the client (the audit log). */
@@ -791,7 +791,9 @@ export class Coordinator {
    */
   private dropReceivedKeep(ctx: PushContext): void {
     void ctx.exited
-      ?.then(async () => {
+      ?.then(async ([, signal]) => {
+        // Ended by itself, receive-pack removed it: no look at the pack directory on every push.
+        if (signal === null) return;
         const pack = await this.receivedPack(ctx);
         if (pack) await unlink(pack.replace(/\.pack$/, '.keep'));
       })
