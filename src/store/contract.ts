@@ -502,6 +502,61 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(typeof rec?.updatedAt).toBe('string');
       });
 
+      it('confirms a batch in one call: each confirmation on its own compare, the lock released, settings written', async () => {
+        const r = await created();
+        await pushed(r, 0, 'c1');
+        // n3 already confirmed a newer generation than the batch says; n4 is of another incarnation.
+        const confirm = (nodeId: string, generation: number, incarnation = r.incarnation) => ({
+          repoId: r.repoId,
+          nodeId,
+          incarnation,
+          generation,
+          checksum: `c${generation}`,
+        });
+        await pushed(r, 1, 'c2');
+        expect(await s().confirmReplica(confirm('n3', 2))).toBe(true);
+        const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
+        const written = await s().confirmReplicas({
+          confirmations: [confirm('n1', 1), confirm('n2', 1), confirm('n3', 1), confirm('n4', 1, 'other')],
+          release: { repoId: r.repoId, token: lock!.token },
+          meta: [
+            { key: 'audit/a', value: 'one' },
+            { key: 'audit/b', value: 'two' },
+          ],
+        });
+        expect(written).toEqual([true, true, false, false]);
+        expect((await s().getReplicas(r.repoId)).map((x) => [x.nodeId, x.generation, x.state])).toEqual([
+          ['n1', 1, 'in_sync'],
+          ['n2', 1, 'in_sync'],
+          ['n3', 2, 'in_sync'],
+        ]);
+        expect(await s().getLock(r.repoId)).toBeNull();
+        expect(await s().listMeta('audit/')).toEqual([
+          { key: 'audit/a', value: 'one' },
+          { key: 'audit/b', value: 'two' },
+        ]);
+      });
+
+      it('leaves a lock another holder took alone when a batch releases an older token', async () => {
+        const r = await created();
+        const first = await s().acquireLock(r.repoId, 'n1', 10_000);
+        await s().releaseLock(r.repoId, first!.token);
+        const second = await s().acquireLock(r.repoId, 'n2', 10_000);
+        expect(await s().confirmReplicas({ confirmations: [], release: { repoId: r.repoId, token: first!.token } })).toEqual([]);
+        expect(await s().getLock(r.repoId)).toMatchObject({ holder: 'n2', token: second!.token });
+        await expect(
+          s().confirmReplicas({
+            confirmations: [0, 0].map(() => ({
+              repoId: r.repoId,
+              nodeId: 'n1',
+              incarnation: r.incarnation,
+              generation: 0,
+              checksum: 'c0',
+            })),
+          }),
+        ).rejects.toThrow(/twice/);
+      });
+
       it('marks a replica unless it confirmed a newer generation, creating a missing record', async () => {
         const r = await created();
         await pushed(r, 0, 'c1');

@@ -131,6 +131,19 @@ export interface ConfirmReplica {
 }
 
 /**
+ * ConfirmBatch is what a push's coordinator writes once W replicas committed (DESIGN §5 step 5):
+ * their confirmations, the release of the lock it held, and settings (the push's audit record),
+ * in one store transaction instead of one write each.
+ */
+export interface ConfirmBatch {
+  readonly confirmations: readonly ConfirmReplica[];
+  /** release frees the repo lock if still held under `token`, as releaseLock does. */
+  readonly release?: { readonly repoId: string; readonly token: number };
+  /** meta sets these settings, as setMeta does. */
+  readonly meta?: ReadonlyArray<{ readonly key: string; readonly value: string }>;
+}
+
+/**
  * ClusterStore is the coordination store. Implementations MUST make every method atomic, MUST
  * make reads linearizable (a read after a completed write sees it), and MUST throw
  * StoreUnavailableError when the store cannot be reached, never guess.
@@ -213,6 +226,12 @@ export interface ClusterStore {
    */
   confirmReplica(c: ConfirmReplica): Promise<boolean>;
   /**
+   * confirmReplicas applies a batch in one store transaction: each confirmation as confirmReplica
+   * would (the result says, per confirmation, whether it was written; one refused does not stop
+   * the others), the lock release and the settings.
+   */
+  confirmReplicas(b: ConfirmBatch): Promise<boolean[]>;
+  /**
    * markReplica sets a replica's state (stale, repairing, missing) unless it has confirmed a
    * generation above `belowGeneration` since; creates the record if absent.
    */
@@ -258,6 +277,16 @@ export interface ClusterStore {
 
   /** close releases connections; the store is unusable after. */
   close(): Promise<void>;
+}
+
+/** checkConfirmBatch throws on a batch that confirms one replica twice (a caller's bug: which one would stand?). */
+export function checkConfirmBatch(b: ConfirmBatch): void {
+  const seen = new Set<string>();
+  for (const c of b.confirmations) {
+    const key = `${c.repoId}\0${c.nodeId}`;
+    if (seen.has(key)) throw new Error(`confirmReplicas: ${c.nodeId}'s replica of ${c.repoId} is confirmed twice in one batch`);
+    seen.add(key);
+  }
 }
 
 /** isInSync says whether a replica holds the repo's current generation (DESIGN §2). */

@@ -18,6 +18,8 @@ import {
   type CommitCreate,
   type CommitDelete,
   type CommitPush,
+  checkConfirmBatch,
+  type ConfirmBatch,
   type ConfirmReplica,
   type DecideResult,
   type Decision,
@@ -776,26 +778,56 @@ export class EtcdStore implements ClusterStore {
   // ---- replica records ----
 
   async confirmReplica(c: ConfirmReplica): Promise<boolean> {
-    const repoKey = this.repoKey(c.repoId);
-    const replicaKey = this.replicaKey(c.repoId, c.nodeId);
-    return this.update('confirm replica', [repoKey, replicaKey], [], (s, now): Plan<boolean> => {
-      const repoKv = s.get(repoKey);
-      const repo = repoKv ? parse<RepoRecord>(repoKv) : null;
-      if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return { result: false };
-      const rowKv = s.get(replicaKey);
-      const row = rowKv ? parse<ReplicaRecord>(rowKv) : null;
-      if (row && row.incarnation === c.incarnation && row.generation > c.generation) return { result: false };
-      const record: ReplicaRecord = {
-        repoId: c.repoId,
-        nodeId: c.nodeId,
-        incarnation: c.incarnation,
-        generation: c.generation,
-        checksum: c.checksum,
-        state: 'in_sync',
-        updatedAt: new Date(now).toISOString(),
-      };
-      return { result: true, ops: () => [put(replicaKey, JSON.stringify(record))] };
+    const keys = [this.repoKey(c.repoId), this.replicaKey(c.repoId, c.nodeId)];
+    return this.update('confirm replica', keys, [], (s, now): Plan<boolean> => {
+      const op = this.confirmOp(s, now, c);
+      return op ? { result: true, ops: () => [op] } : { result: false };
     });
+  }
+
+  async confirmReplicas(b: ConfirmBatch): Promise<boolean[]> {
+    checkConfirmBatch(b);
+    const keys = new Set<string>();
+    for (const c of b.confirmations) keys.add(this.repoKey(c.repoId)).add(this.replicaKey(c.repoId, c.nodeId));
+    const lockKey = b.release ? this.lockKey(b.release.repoId) : null;
+    if (lockKey) keys.add(lockKey);
+    return this.update('confirm replicas', [...keys], [], (s, now): Plan<boolean[]> => {
+      const ops: IRequestOp[] = [];
+      const revoke: string[] = [];
+      const result = b.confirmations.map((c) => {
+        const op = this.confirmOp(s, now, c);
+        if (op) ops.push(op);
+        return op !== null;
+      });
+      const lock = lockKey ? s.get(lockKey) : undefined;
+      if (lockKey && lock && parse<StoredLock>(lock).token === b.release?.token) {
+        ops.push(del(lockKey));
+        revoke.push(lock.lease);
+      }
+      for (const m of b.meta ?? []) ops.push(put(this.metaKey(m.key), m.value));
+      return ops.length ? { result, ops: () => ops, revoke } : { result };
+    });
+  }
+
+  /** confirmOp is the write that confirms a replica as of snapshot `s`, or null when confirmReplica would refuse. */
+  private confirmOp(s: Snapshot, now: number, c: ConfirmReplica): IRequestOp | null {
+    const repoKv = s.get(this.repoKey(c.repoId));
+    const repo = repoKv ? parse<RepoRecord>(repoKv) : null;
+    if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return null;
+    const replicaKey = this.replicaKey(c.repoId, c.nodeId);
+    const rowKv = s.get(replicaKey);
+    const row = rowKv ? parse<ReplicaRecord>(rowKv) : null;
+    if (row && row.incarnation === c.incarnation && row.generation > c.generation) return null;
+    const record: ReplicaRecord = {
+      repoId: c.repoId,
+      nodeId: c.nodeId,
+      incarnation: c.incarnation,
+      generation: c.generation,
+      checksum: c.checksum,
+      state: 'in_sync',
+      updatedAt: new Date(now).toISOString(),
+    };
+    return put(replicaKey, JSON.stringify(record));
   }
 
   async markReplica(

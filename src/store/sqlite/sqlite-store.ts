@@ -10,6 +10,8 @@ import {
   type CommitCreate,
   type CommitDelete,
   type CommitPush,
+  checkConfirmBatch,
+  type ConfirmBatch,
   type ConfirmReplica,
   type DecideResult,
   type NodeInfo,
@@ -493,21 +495,36 @@ export class SqliteStore implements ClusterStore {
   }
 
   async confirmReplica(c: ConfirmReplica): Promise<boolean> {
+    return this.tx(() => this.confirmIn(c));
+  }
+
+  async confirmReplicas(b: ConfirmBatch): Promise<boolean[]> {
+    checkConfirmBatch(b);
     return this.tx(() => {
-      const repo = this.repoRow(c.repoId);
-      if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return false;
-      const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as
-        ReplicaRow | undefined;
-      if (row && row.incarnation === c.incarnation && row.generation > c.generation) return false;
-      this.db
-        .prepare(
-          `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
-        ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = excluded.generation,
-        checksum = excluded.checksum, state = 'in_sync', updated_at = excluded.updated_at`,
-        )
-        .run(c.repoId, c.nodeId, c.incarnation, c.generation, c.checksum, new Date(this.now()).toISOString());
-      return true;
+      const written = b.confirmations.map((c) => this.confirmIn(c));
+      if (b.release)
+        this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(b.release.repoId, b.release.token);
+      const setMeta = this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value');
+      for (const m of b.meta ?? []) setMeta.run(m.key, m.value);
+      return written;
     });
+  }
+
+  /** confirmIn is confirmReplica's compare-and-set, inside the caller's transaction. */
+  private confirmIn(c: ConfirmReplica): boolean {
+    const repo = this.repoRow(c.repoId);
+    if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return false;
+    const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as
+      ReplicaRow | undefined;
+    if (row && row.incarnation === c.incarnation && row.generation > c.generation) return false;
+    this.db
+      .prepare(
+        `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
+      ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = excluded.generation,
+      checksum = excluded.checksum, state = 'in_sync', updated_at = excluded.updated_at`,
+      )
+      .run(c.repoId, c.nodeId, c.incarnation, c.generation, c.checksum, new Date(this.now()).toISOString());
+    return true;
   }
 
   async markReplica(
