@@ -213,6 +213,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) },
   );
   const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
+  const audit = new AuditLog(store, logger, cfg.nodeId);
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId,
     store,
@@ -228,6 +229,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     catchUp: (repoId) => repair.catchUp(repoId),
     // The router is made below; it read the replica set to route the push.
     replicaSetOf: (repoId) => router.replicaSetOf(repoId),
+    audit,
     config: {
       replicationFactor: cfg.replicationFactor,
       writeQuorum: cfg.writeQuorum,
@@ -334,7 +336,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     auth,
     hops,
     directory,
-    audit: new AuditLog(store, logger, cfg.nodeId),
+    audit,
     lifecycle,
     disk,
     protocol,

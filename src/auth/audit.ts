@@ -49,13 +49,30 @@ export class AuditLog {
 
   /** record logs an event and stores it in the background. */
   record(event: AuditEvent): void {
+    const { key, value } = this.entry(event);
+    void this.store
+      .setMeta(key, value)
+      .then(() => this.stored(1))
+      .catch((err: unknown) => this.logger.warn({ err: String(err), action: event.action }, 'audit event not stored'));
+  }
+
+  /**
+   * entry logs an event and returns its store record without writing it, for a caller that
+   * writes it in a store transaction of its own (a push's confirmations); that caller then
+   * says `stored`.
+   */
+  entry(event: AuditEvent): { key: string; value: string } {
     const at = new Date().toISOString();
     this.logger.info({ audit: true, ...event, at }, `audit: ${event.action}`);
-    const key = `${PREFIX}${at}-${randomBytes(4).toString('hex')}`;
-    void this.store
-      .setMeta(key, JSON.stringify({ ...event, at, node: this.nodeId }))
-      .then(() => (++this.writes % 50 === 0 ? this.prune() : undefined))
-      .catch((err: unknown) => this.logger.warn({ err: String(err), action: event.action }, 'audit event not stored'));
+    return { key: `${PREFIX}${at}-${randomBytes(4).toString('hex')}`, value: JSON.stringify({ ...event, at, node: this.nodeId }) };
+  }
+
+  /** stored counts events written (by record or by a caller of entry); every 50th prunes the oldest. */
+  stored(n: number): void {
+    const before = this.writes;
+    this.writes += n;
+    if (Math.floor(before / 50) !== Math.floor(this.writes / 50))
+      void this.prune().catch((err: unknown) => this.logger.warn({ err: String(err) }, 'audit log not pruned'));
   }
 
   /** recent returns the newest `limit` events, newest first. */

@@ -175,20 +175,32 @@ export const TXN_SCHEMA = {
       transaction_id: { type: 'string', minLength: 1, maxLength: 100 },
       coordinator_id: { type: 'string', minLength: 1, maxLength: 100 },
       repo_id: { type: 'string', maxLength: 201 },
+      coordinator_confirms: { type: 'boolean' },
     },
   },
 } as const;
 
-/** TxnMessage is a commit or abort: which transaction, from which coordinator. */
+/**
+ * TxnMessage is a commit or abort: which transaction, from which coordinator. With
+ * `coordinator_confirms` the coordinator writes the replica's confirmation itself, with the
+ * others' in one store transaction, once the commit is answered; a participant that does not
+ * know the field confirms as before, and the second confirmation changes nothing.
+ */
 export interface TxnMessage {
   transaction_id: string;
   coordinator_id: string;
   repo_id?: string;
+  coordinator_confirms?: boolean;
 }
 
 /** txnToWire encodes a commit or abort message. */
-export function txnToWire(txnId: string, coordinator: string, repoId: string): TxnMessage {
-  return { transaction_id: txnId, coordinator_id: coordinator, repo_id: repoId };
+export function txnToWire(txnId: string, coordinator: string, repoId: string, coordinatorConfirms = false): TxnMessage {
+  return {
+    transaction_id: txnId,
+    coordinator_id: coordinator,
+    repo_id: repoId,
+    ...(coordinatorConfirms ? { coordinator_confirms: true } : {}),
+  };
 }
 
 /** parsePrepare validates a prepare body in the seed's field names. */

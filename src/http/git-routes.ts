@@ -388,15 +388,14 @@ async function servePush(
       abandon: () => abandonPush(res, child),
       exited: waitClose(child),
       quiet: quiet(),
-      onCommitted: (txn, refs) =>
-        deps.audit.record({
-          action: 'push',
-          user: req.caller?.principal.user ?? 'anonymous',
-          token: req.caller?.token.name ?? '',
-          repo: repoId,
-          refs,
-          txn,
-        }),
+      audit: (txn, refs) => ({
+        action: 'push',
+        user: req.caller?.principal.user ?? 'anonymous',
+        token: req.caller?.token.name ?? '',
+        repo: repoId,
+        refs,
+        txn,
+      }),
     }),
   );
   try {

@@ -73,7 +73,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
     });
 
     peer.post<{ Body: TxnMessage }>('/replicate/commit', { config: PEER, schema: TXN_SCHEMA }, async (req) => {
-      await deps.participant.commit(req.body.transaction_id);
+      await deps.participant.commit(req.body.transaction_id, { confirm: req.body.coordinator_confirms !== true });
       return { status: 'committed', transaction_id: req.body.transaction_id, server_id: deps.nodeId };
     });
 

@@ -66,6 +66,12 @@ export interface HeldLock {
   lost(): boolean;
   /** release stops the renewal and frees the lock; repeating it is harmless. */
   release(): Promise<void>;
+  /**
+   * releasedInStore says the caller freed the lock in a store write of its own (a push's
+   * confirmations, `confirmReplicas`): the renewal stops, and release() then only hands this
+   * node's turn to the next local caller.
+   */
+  releasedInStore(): void;
 }
 
 /**
@@ -245,17 +251,23 @@ export class RepoActivity {
     );
     timer.unref();
     let released = false;
+    let freed = false;
     return {
       lock,
       lost: () => lost,
+      releasedInStore: () => {
+        freed = true;
+        clearInterval(timer);
+      },
       release: async () => {
         if (released) return;
         released = true;
         clearInterval(timer);
         try {
-          await store.releaseLock(repoId, lock.token).catch((err: unknown) => {
-            logger.warn({ repoId, err: errorMessage(err) }, 'lock release failed; the lease expires by itself');
-          });
+          if (!freed)
+            await store.releaseLock(repoId, lock.token).catch((err: unknown) => {
+              logger.warn({ repoId, err: errorMessage(err) }, 'lock release failed; the lease expires by itself');
+            });
         } finally {
           this.passTurn(repoId);
         }

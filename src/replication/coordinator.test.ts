@@ -209,6 +209,46 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(replicas.find((r) => r.nodeId === 'n3')).toMatchObject({ generation: 0, state: 'stale' });
     });
 
+    it('the replicas that committed are confirmed in one store write with the lock release and the audit record; a late one on its own', async () => {
+      const gate = new Gate();
+      kit.peers.script('n3', 'commit', gate.held);
+      const writes = (): Record<string, number> =>
+        Object.fromEntries(
+          ['confirmReplica', 'confirmReplicas', 'releaseLock', 'setMeta'].map((op) => [op, kit.faults.count(op as never)]),
+        );
+      const before = writes();
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await kit.coordinator('n1').handlePush(ex.asExchange, {
+        repoId: REPO,
+        receivePackPid: 4242,
+        abandon: () => undefined,
+        exited: new Promise(() => undefined),
+        audit: (txn, refs) => ({ action: 'push', user: 'alice', token: 't', repo: REPO, refs, txn }),
+      });
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
+      // Acknowledged with n1 and n2 confirmed and the lock free, while n3 has not committed yet.
+      const repo = (await kit.raw.getRepo(REPO))!;
+      expect((await kit.raw.getReplicas(REPO)).map((r) => [r.nodeId, r.generation])).toEqual([
+        ['n1', 1],
+        ['n2', 1],
+        ['n3', 0],
+      ]);
+      expect(await kit.raw.getLock(REPO)).toBeNull();
+      const audit = (await kit.raw.listMeta('audit/')).map((m) => JSON.parse(m.value) as { user: string; refs: string[] });
+      expect(audit).toEqual([expect.objectContaining({ user: 'alice', refs: ['refs/heads/main'] })]);
+      const after = writes();
+      expect(after).toEqual({ ...before, confirmReplicas: before.confirmReplicas! + 1 });
+      gate.release();
+      await eventually(async () =>
+        expect((await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === 'n3')).toMatchObject({
+          generation: 1,
+          checksum: repo.checksum,
+          state: 'in_sync',
+        }),
+      );
+      expect(writes()).toEqual({ ...after, confirmReplica: after.confirmReplica! + 1 });
+    });
+
     it('quorum not reached: ng with the counts, no ref moves, the refs unlocked for the next push', async () => {
       kit.peers.script('n2', 'prepare', answers.refuse('failed', 'no space left on device'));
       kit.peers.script('n3', 'prepare', answers.unreachable);

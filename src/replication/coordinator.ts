@@ -14,7 +14,16 @@ import { prepareToWire, txnToWire, unstageToWire, type PrepareRequest } from '..
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-receive.js';
-import { isInSync, isOneBehind, type ClusterStore, type ReplicaRecord, type RepoRecord, type RepoState } from '../store/types.js';
+import type { AuditEvent } from '../auth/audit.js';
+import {
+  isInSync,
+  isOneBehind,
+  type ClusterStore,
+  type ConfirmReplica,
+  type ReplicaRecord,
+  type RepoRecord,
+  type RepoState,
+} from '../store/types.js';
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { listPackKeeps, PrepareRefusal, type Participant } from './participant.js';
@@ -67,8 +76,25 @@ export interface PushContext {
   readonly exited?: Promise<readonly [number | null, string | null]>;
   /** quiet: the client asked for no progress (`git push -q`). */
   readonly quiet?: boolean;
-  /** onCommitted is told of a push acknowledged to the client (the audit log). */
-  readonly onCommitted?: (txnId: string, refs: readonly string[]) => void;
+  /**
+   * audit is the audit log's event for the push once committed: stored with the transaction's
+   * confirmations, in the same store write.
+   */
+  readonly audit?: (txnId: string, refs: readonly string[]) => AuditEvent;
+}
+
+/** AuditSink is what the coordinator uses of the audit log (AuditLog). */
+export interface AuditSink {
+  entry(event: AuditEvent): { key: string; value: string };
+  stored(n: number): void;
+}
+
+/** FinishWith is what a push's confirmations are written with: the lock to release, and settings (audit records). */
+interface FinishWith {
+  readonly held?: HeldLock;
+  readonly meta?: () => Array<{ key: string; value: string }>;
+  /** metaWritten is told once `meta` was written. */
+  readonly metaWritten?: (n: number) => void;
 }
 
 type Answer = PeerAnswer;
@@ -151,6 +177,8 @@ export class Coordinator {
        * route the push, moments ago); undefined: not known, read the store.
        */
       readonly replicaSetOf?: (repoId: string) => readonly string[] | undefined;
+      /** audit stores the audit records of pushes, with their confirmations. */
+      readonly audit?: AuditSink;
       readonly logger: Logger;
       readonly metrics: Metrics;
       readonly config: CoordinatorConfig;
@@ -305,15 +333,24 @@ export class Coordinator {
     return pack;
   }
 
-  private async finishOn(node: string, txnId: string, repoId: string, decision: 'commit' | 'abort'): Promise<Answer> {
+  private async finishOn(
+    node: string,
+    txnId: string,
+    repoId: string,
+    decision: 'commit' | 'abort',
+    coordinatorConfirms = false,
+  ): Promise<Answer> {
     if (node === this.deps.nodeId) {
-      const p = decision === 'commit' ? this.deps.participant.commit(txnId) : this.deps.participant.abort(txnId, repoId);
+      const p =
+        decision === 'commit'
+          ? this.deps.participant.commit(txnId, { confirm: !coordinatorConfirms })
+          : this.deps.participant.abort(txnId, repoId);
       return p.then(
         () => ({ ok: true, status: decision === 'commit' ? 'committed' : 'aborted' }) as const,
         (err: unknown) => ({ ok: false, status: 'failed', message: errorMessage(err) }) as const,
       );
     }
-    const body = txnToWire(txnId, this.deps.nodeId, repoId);
+    const body = txnToWire(txnId, this.deps.nodeId, repoId, decision === 'commit' && coordinatorConfirms);
     return this.callPeer(node, (t) => this.deps.peers.postJson(t, `/replicate/${decision}`, body, this.deps.config.commitTimeoutMs));
   }
 
@@ -330,6 +367,7 @@ export class Coordinator {
     onStraggler: (node: string, answer: Answer) => void,
     progress: (line: string) => void = () => undefined,
     checked: ReadonlySet<string> = new Set(),
+    finishWith: FinishWith | null = null,
   ): Promise<{ outcome: 'committed'; confirmed: string[] } | { outcome: 'unknown'; confirmed: string[] }> {
     const { store, failpoints, logger, metrics } = this.deps;
     const w = this.writeQuorumFor(replicas.length);
@@ -400,21 +438,44 @@ export class Coordinator {
     const decidedAt = Date.now();
     await failpoints.hit('coordinator.beforeCommit');
     const committed = new Tally<Answer>(replicas.length);
+    // A push's replicas leave their confirmations to this node: the replicas that committed by
+    // the time W did are confirmed in one store write, with the lock's release and the audit
+    // records (`confirmReplicas`); one that answers later is confirmed on its own.
+    const coordinatorConfirms = finishWith !== null && req.kind === 'push';
+    let batched: ReadonlySet<string> | null = null;
+    const confirmation = (node: string): ConfirmReplica => ({
+      repoId: req.repoId,
+      nodeId: node,
+      incarnation: req.incarnation,
+      generation: req.baseGeneration + 1,
+      checksum: req.newChecksum,
+    });
     replicas.forEach((node, i) => {
       void preparing[i]!.then(async (a) => {
         const t = performance.now();
-        const answer = a.ok ? await this.finishOn(node, req.txnId, req.repoId, 'commit') : a;
+        const answer = a.ok ? await this.finishOn(node, req.txnId, req.repoId, 'commit', coordinatorConfirms) : a;
         if (a.ok && answer.ok) metrics.commitSeconds.observe({ peer: node }, (performance.now() - t) / 1000);
         committed.add(node, answer);
         if (!answer.ok) onStraggler(node, answer);
+        else if (batched && !batched.has(node))
+          void store
+            .confirmReplica(confirmation(node))
+            .catch((err: unknown) =>
+              log.warn({ node, err: errorMessage(err) }, 'could not confirm a replica that committed late; repair will'),
+            );
       });
     });
     await committed.until(() => committed.count((a) => a.ok) >= w, this.deps.config.commitTimeoutMs);
     await failpoints.hit('coordinator.afterCommit');
-    const confirmed = committed
+    let confirmed = committed
       .entries()
       .filter(([, a]) => a.ok)
       .map(([n]) => n);
+    if (coordinatorConfirms) {
+      batched = new Set(confirmed);
+      confirmed = await this.confirmBatch(req, confirmed.map(confirmation), finishWith, log);
+      await failpoints.hit('coordinator.afterConfirm');
+    }
     progress(`${confirmed.length} of ${replicas.length} replicas committed`);
     // One line per transaction (a push's is its line: outcome, refs, timings; txnId from the child logger).
     log.info(
@@ -430,6 +491,38 @@ export class Coordinator {
       'transaction committed',
     );
     return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
+  }
+
+  /**
+   * confirmBatch writes the confirmations of the replicas that committed, the lock's release and
+   * the audit records in one store transaction, and returns the nodes confirmed. A write that
+   * fails confirms none (the client is then not told of a success it cannot prove; repair
+   * confirms the replicas later), and the lock is released as usual.
+   */
+  private async confirmBatch(
+    req: PrepareRequest,
+    confirmations: readonly ConfirmReplica[],
+    finishWith: FinishWith,
+    log: Logger,
+  ): Promise<string[]> {
+    const { store } = this.deps;
+    const held = finishWith.held;
+    const meta = finishWith.meta?.() ?? [];
+    try {
+      const written = await store.confirmReplicas({
+        confirmations,
+        ...(held ? { release: { repoId: req.repoId, token: held.lock.token } } : {}),
+        ...(meta.length ? { meta } : {}),
+      });
+      held?.releasedInStore();
+      if (meta.length) finishWith.metaWritten?.(meta.length);
+      const refused = confirmations.filter((_, i) => !written[i]).map((c) => c.nodeId);
+      if (refused.length) log.warn({ refused }, 'the store refused confirmations of replicas that committed (the repo moved on)');
+      return confirmations.filter((_, i) => written[i]).map((c) => c.nodeId);
+    } catch (err) {
+      log.warn({ err: errorMessage(err) }, 'confirmations not written; repair will confirm the replicas');
+      return [];
+    }
   }
 
   /**
@@ -739,9 +832,16 @@ export class Coordinator {
       const progress = (line: string): void => {
         for (const m of members) if (!m.ctx.quiet) m.exchange.progress(`replication: ${line}`);
       };
+      const audit = members.flatMap((m) => {
+        const event = m.ctx.audit?.(
+          req.txnId,
+          batchOf(m).map((u) => u.ref),
+        );
+        return event ? [event] : [];
+      });
       let result;
       try {
-        result = await this.runRefTxn(req, repo, held, replicas, packs, progress);
+        result = await this.runRefTxn(req, repo, held, replicas, packs, progress, audit);
       } catch (err) {
         if (err instanceof OutcomeUnknownError) {
           logger.error({ txnId: req.txnId, err: err.message }, 'decision unknown: closing the pushes without a report');
@@ -764,13 +864,7 @@ export class Coordinator {
         for (const m of members) this.abandon(m);
         return { contended };
       }
-      for (const m of members) {
-        m.report();
-        m.ctx.onCommitted?.(
-          req.txnId,
-          batchOf(m).map((u) => u.ref),
-        );
-      }
+      for (const m of members) m.report();
       return { contended };
     } finally {
       await held.release();
@@ -814,8 +908,10 @@ export class Coordinator {
     replicas: readonly ReplicaRecord[],
     packs: readonly PackShipment[],
     progress?: (line: string) => void,
+    audit: readonly AuditEvent[] = [],
   ): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
+    const sink = this.deps.audit;
     return this.run(
       req,
       repo.replicas,
@@ -846,6 +942,10 @@ export class Coordinator {
       progress,
       // The replicas read in sync under this lock need not read their records again.
       new Set(replicas.filter((r) => isInSync(repo, r)).map((r) => r.nodeId)),
+      {
+        held,
+        ...(sink && audit.length ? { meta: () => audit.map((e) => sink.entry(e)), metaWritten: (n: number) => sink.stored(n) } : {}),
+      },
     );
   }
 

@@ -8,6 +8,7 @@ export const FAILPOINT_NAMES = [
   'coordinator.afterDecision',
   'coordinator.beforeCommit',
   'coordinator.afterCommit',
+  'coordinator.afterConfirm',
   'participant.afterStage',
   'participant.beforePrepare',
   'participant.afterPrepare',

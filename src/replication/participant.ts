@@ -467,14 +467,16 @@ export class Participant {
 
   /**
    * commit finishes a prepared transaction and confirms the replica's new generation in the
-   * store. Repeating it is harmless; a transaction this node never saw is a 404.
+   * store, unless `confirm` is false: a push's coordinator writes the confirmations of the
+   * replicas that answered in one store transaction. Repeating it is harmless; a transaction
+   * this node never saw is a 404.
    */
-  async commit(txnId: string): Promise<void> {
+  async commit(txnId: string, opts: { confirm?: boolean } = {}): Promise<void> {
     const logged = this.deps.log.get(txnId);
     if (!logged && !this.open.has(txnId)) throw notFound(`transaction ${txnId} not found`);
     if (logged?.state === 'committed') return;
     if (logged?.state === 'aborted') throw conflict(`transaction ${txnId} was aborted`);
-    const outcome = await this.finish(txnId, 'commit');
+    const outcome = await this.finish(txnId, 'commit', opts.confirm ?? true);
     if (outcome !== 'committed') throw conflict(`transaction ${txnId} was aborted`);
   }
 
@@ -491,16 +493,16 @@ export class Participant {
   }
 
   /** finish runs commit or abort once per transaction, however many callers ask. */
-  private finish(txnId: string, decision: 'commit' | 'abort'): Promise<'committed' | 'aborted'> {
+  private finish(txnId: string, decision: 'commit' | 'abort', confirm = true): Promise<'committed' | 'aborted'> {
     let p = this.finishing.get(txnId);
     if (!p) {
-      p = (decision === 'commit' ? this.doCommit(txnId) : this.doAbort(txnId)).finally(() => this.finishing.delete(txnId));
+      p = (decision === 'commit' ? this.doCommit(txnId, confirm) : this.doAbort(txnId)).finally(() => this.finishing.delete(txnId));
       this.finishing.set(txnId, p);
     }
     return p;
   }
 
-  private async doCommit(txnId: string): Promise<'committed'> {
+  private async doCommit(txnId: string, confirm: boolean): Promise<'committed'> {
     const { log, storage, store, nodeId, failpoints, logger } = this.deps;
     await failpoints.hit('participant.beforeCommit');
     const open = this.open.get(txnId);
@@ -525,10 +527,12 @@ export class Participant {
     log.setState(txnId, 'committed');
     this.open.delete(txnId);
     // The transaction stays running until its confirmation is written: committed but not yet
-    // confirmed, the replica looks behind to the store, and repair must not copy over it.
+    // confirmed, the replica looks behind to the store, and repair must not copy over it. (Left
+    // to the coordinator, the confirmation comes once this answer reached it; meanwhile the
+    // replica is one generation behind, which repair leaves alone for commitWaitMs.)
     try {
       await failpoints.hit('participant.afterCommit');
-      if (req.kind !== 'delete') {
+      if (req.kind !== 'delete' && (confirm || req.kind !== 'push')) {
         const generation = req.kind === 'create' ? 0 : req.baseGeneration + 1;
         const ok = await store.confirmReplica({
           repoId: req.repoId,

@@ -177,16 +177,15 @@ async function servePush(
             }
             void terminate(child);
           },
-          onCommitted: (txn, refs) =>
-            deps.audit.record({
-              action: 'push',
-              user: id.user,
-              token: `ssh-key:${id.keyName}`,
-              repo: cmd.repoId,
-              refs,
-              txn,
-              detail: { via: 'ssh' },
-            }),
+          audit: (txn, refs) => ({
+            action: 'push',
+            user: id.user,
+            token: `ssh-key:${id.keyName}`,
+            repo: cmd.repoId,
+            refs,
+            txn,
+            detail: { via: 'ssh' },
+          }),
         });
       } finally {
         hooks.busy(false);

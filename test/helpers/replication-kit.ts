@@ -1,3 +1,4 @@
+import { AuditLog } from '../../src/auth/audit.js';
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -124,11 +125,11 @@ export class ScriptedPeers {
   /** postJson is PeerClient.postJson: a create or delete's prepare, and every commit and abort. */
   async postJson(target: PeerTarget, path: string, body: unknown): Promise<PeerAnswer> {
     const op = path.slice('/replicate/'.length) as PeerOp;
-    const b = body as { transaction_id: string; repo_id?: string; replica_checked?: boolean };
+    const b = body as { transaction_id: string; repo_id?: string; replica_checked?: boolean; coordinator_confirms?: boolean };
     const call = { node: target.id, op, txnId: b.transaction_id, withPack: false, replicaChecked: b.replica_checked === true };
     return this.answer(call, async (p) => {
       if (op === 'prepare') await p.prepare(parsePrepare(body), null);
-      else if (op === 'commit') await p.commit(b.transaction_id);
+      else if (op === 'commit') await p.commit(b.transaction_id, { confirm: b.coordinator_confirms !== true });
       else await p.abort(b.transaction_id, b.repo_id ?? '');
     });
   }
@@ -292,6 +293,7 @@ export class ReplicationKit {
       peers: this.peers as unknown as PeerClient,
       membership: n.membership,
       failpoints: new Failpoints(undefined),
+      audit: new AuditLog(this.store, quietLogger, id),
       logger: quietLogger,
       metrics: new Metrics(),
       ...(catchUp ? { catchUp } : {}),
