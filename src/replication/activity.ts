@@ -1,7 +1,7 @@
 import { DEFAULTS } from '../config.js';
 import { errorMessage, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import type { ClusterStore, RepoLock } from '../store/types.js';
+import type { ClusterStore, RepoLock, RepoState } from '../store/types.js';
 
 /**
  * ActivityKind names what can run on this node's replica of one repo:
@@ -62,6 +62,8 @@ export interface Running {
 /** HeldLock is the repo write lock held by this node, renewed until released. */
 export interface HeldLock {
   readonly lock: RepoLock;
+  /** state is the repo's state read with the lock (`lock(…, { read: true })`; null: no such repo), else undefined. */
+  readonly state?: RepoState | null;
   /** lost says a renewal found the lease gone (expired, or taken by another holder). */
   lost(): boolean;
   /** release stops the renewal and frees the lock; repeating it is harmless. */
@@ -178,7 +180,7 @@ export class RepoActivity {
    * renewal is reported by `lost()`: the holder's fencing token no longer passes the store's
    * compares, so nothing it decides afterwards can land.
    */
-  async lock(repoId: string, waitMs: number): Promise<HeldLock | null> {
+  async lock(repoId: string, waitMs: number, opts: { read?: boolean } = {}): Promise<HeldLock | null> {
     const { store, nodeId, lockTtlMs } = this.deps;
     const deadline = Date.now() + waitMs;
     // This node's callers take turns, first come first served; only the one whose turn it is
@@ -188,8 +190,13 @@ export class RepoActivity {
     let delay = 5;
     try {
       for (;;) {
-        const lock = await store.acquireLock(repoId, nodeId, lockTtlMs);
-        if (lock) return this.hold(repoId, lock);
+        if (opts.read) {
+          const got = await store.acquireLockAndRead(repoId, nodeId, lockTtlMs);
+          if (got) return this.hold(repoId, got.lock, got.state);
+        } else {
+          const lock = await store.acquireLock(repoId, nodeId, lockTtlMs);
+          if (lock) return this.hold(repoId, lock);
+        }
         if (Date.now() >= deadline) {
           this.passTurn(repoId);
           return null;
@@ -235,7 +242,7 @@ export class RepoActivity {
     else this.lockQueues.delete(repoId);
   }
 
-  private hold(repoId: string, lock: RepoLock): HeldLock {
+  private hold(repoId: string, lock: RepoLock, state?: RepoState | null): HeldLock {
     const { store, lockTtlMs, logger } = this.deps;
     let lost = false;
     const timer = setInterval(
@@ -254,6 +261,7 @@ export class RepoActivity {
     let freed = false;
     return {
       lock,
+      ...(state !== undefined ? { state } : {}),
       lost: () => lost,
       releasedInStore: () => {
         freed = true;

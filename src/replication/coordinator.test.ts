@@ -195,14 +195,15 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       // n3's record says stale (its copy on disk is fine): the coordinator's read under the lock sees it.
       const before = (await kit.raw.getRepo(REPO))!;
       await kit.raw.markReplica(REPO, 'n3', before.incarnation, 'stale', before.generation + 1);
-      const replicaReads = (): number => kit.faults.count('getReplicas') + kit.faults.count('getRepoState');
+      const replicaReads = (): number =>
+        kit.faults.count('getReplicas') + kit.faults.count('getRepoState') + kit.faults.count('acquireLockAndRead');
       const reads = replicaReads();
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
       await push(kit.coordinator('n1'), ex);
       expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
       expect(kit.peers.callsTo('n2', 'prepare').at(-1)?.replicaChecked).toBe(true);
       expect(kit.peers.callsTo('n3', 'prepare').at(-1)?.replicaChecked).toBe(false);
-      // One read by the coordinator (with the repo record), one by n3 (which refuses: stale); none by n1's own participant or n2.
+      // One read by the coordinator (with the lock and the repo record), one by n3 (which refuses: stale); none by n1's own participant or n2.
       expect(replicaReads() - reads).toBe(2);
       const replicas = await kit.raw.getReplicas(REPO);
       expect(replicas.find((r) => r.nodeId === 'n2')).toMatchObject({ generation: 1, state: 'in_sync' });

@@ -197,6 +197,13 @@ export class Coordinator {
     return held;
   }
 
+  /** lockAndRead is lock with the repo's state read in the same store call (null: no such repo). */
+  private async lockAndRead(repoId: string): Promise<{ held: HeldLock; state: RepoState | null }> {
+    const held = await this.deps.activity.lock(repoId, this.deps.config.lockWaitMs, { read: true });
+    if (!held) throw unavailable(`repository ${repoId} is busy (write lock held), try again`, { retryAfter: 1 });
+    return { held, state: held.state ?? null };
+  }
+
   /** placement picks the replica set: the best-ranked live nodes, topped up with known dead ones. */
   private async placement(repoId: string): Promise<string[]> {
     const all = await this.deps.store.allNodes();
@@ -954,10 +961,9 @@ export class Coordinator {
    * replicated transaction (no ref moves; the checksum's HEAD term changes).
    */
   async setDefaultBranch(repoId: RepoId, branch: string): Promise<{ repo_id: string; default_branch: string }> {
-    const { store, storage, nodeId } = this.deps;
-    const held = await this.lock(repoId);
+    const { storage, nodeId } = this.deps;
+    const { held, state } = await this.lockAndRead(repoId);
     try {
-      const state = await store.getRepoState(repoId);
       if (!state) throw notFound(`repository ${repoId} not found`);
       const repo = state.repo;
       const { own, replicas } = await this.ownReplica(state);
@@ -999,13 +1005,12 @@ export class Coordinator {
   private async lockInSync(
     repoId: RepoId,
   ): Promise<{ ok: true; held: HeldLock; repo: RepoRecord; replicas: readonly ReplicaRecord[] } | { ok: false; reason: string }> {
-    const { store, storage, nodeId } = this.deps;
+    const { storage, nodeId } = this.deps;
     const deadline = Date.now() + (this.deps.config.catchUpMs ?? DEFAULTS.catchUpMs);
     for (;;) {
-      const held = await this.lock(repoId);
+      const { held, state } = await this.lockAndRead(repoId);
       let keep = false;
       try {
-        const state = await store.getRepoState(repoId);
         if (!state) return { ok: false, reason: 'repository was deleted' };
         const repo = state.repo;
         const { own, replicas } = await this.ownReplica(state);

@@ -406,6 +406,9 @@ export class Participant {
     fsckIgnore: readonly string[],
   ): Promise<string> {
     const started = Date.now();
+    // The packs here before, so that a pack refused for its hash is removed only if this index-pack
+    // wrote it (a file's mtime cannot tell: the kernel stamps it from a clock a tick behind).
+    const before = expectedHash !== undefined ? new Set(await readdir(join(repoPath, 'objects', 'pack')).catch(() => [])) : null;
     const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], {
       cwd: repoPath,
       timeoutMs: this.deps.gitTimeoutMs,
@@ -438,11 +441,11 @@ export class Participant {
     const keep = join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
     // The signed metadata names the pack by its trailer hash: a pack swapped on the wire is refused.
     if (expectedHash !== undefined && m[1] !== expectedHash) {
-      // Only what this index-pack wrote goes: its .keep (its `keep` line) and the pack, if
-      // written since it started. A pack of that hash that was here before may hold objects a
-      // committed ref needs; left unkept, it is garbage for the next collection at worst.
+      // Only what this index-pack wrote goes: its .keep (its `keep` line) and the pack, if it
+      // was not here before. A pack of that hash that was may hold objects a committed ref
+      // needs; left unkept, it is garbage for the next collection at worst.
       if (m[0].startsWith('keep')) {
-        const written = ((await stat(keep.replace(/keep$/, 'pack')).catch(() => null))?.mtimeMs ?? 0) >= started - 1;
+        const written = !before?.has(`pack-${m[1]}.pack`);
         await removeFiles(written ? ['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext)) : [keep]);
       }
       throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);

@@ -468,6 +468,24 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().getLock('acme/app')).toEqual(winners[0]);
       });
 
+      it('takes a lock and reads the repo state in one call; null while another holds it', async () => {
+        const r = await created();
+        await pushed(r, 0, 'c1');
+        await s().confirmReplica({ repoId: r.repoId, nodeId: 'n2', incarnation: r.incarnation, generation: 1, checksum: 'c1' });
+        const before = await s().acquireLock('acme/other', 'n9', 10_000);
+        const got = await s().acquireLockAndRead(r.repoId, 'n1', 10_000);
+        expect(got?.lock).toMatchObject({ repoId: r.repoId, holder: 'n1' });
+        expect(got!.lock.token).toBeGreaterThan(before!.token);
+        expect(got?.state?.repo).toMatchObject({ repoId: r.repoId, generation: 1, checksum: 'c1' });
+        expect(got?.state?.replicas.map((x) => [x.nodeId, x.generation])).toEqual([['n2', 1]]);
+        expect(await s().getLock(r.repoId)).toMatchObject({ holder: 'n1', token: got!.lock.token });
+        expect(await s().acquireLockAndRead(r.repoId, 'n2', 10_000)).toBeNull();
+        await s().releaseLock(r.repoId, got!.lock.token);
+        const none = await s().acquireLockAndRead('acme/absent', 'n1', 10_000);
+        expect(none?.state).toBeNull();
+        expect(none!.lock.token).toBeGreaterThan(got!.lock.token);
+      });
+
       it('gives concurrent acquirers of different repos distinct tokens', async () => {
         const results = await Promise.all(Array.from({ length: 10 }, (_, i) => s().acquireLock(`acme/r${i}`, 'n1', 10_000)));
         const tokens = results.map((x) => x!.token);

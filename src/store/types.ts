@@ -186,6 +186,12 @@ export interface ClusterStore {
    * with a fencing token greater than any token given before for this repo; null if held.
    */
   acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null>;
+  /**
+   * acquireLockAndRead is acquireLock that also reads the repo's state (as getRepoState) in the
+   * same store transaction: one round trip where a write path took two. The repo record is as
+   * of the moment the lock was taken (no one could commit in between); null if the lock is held.
+   */
+  acquireLockAndRead(repoId: string, holder: string, ttlMs: number): Promise<{ lock: RepoLock; state: RepoState | null } | null>;
   /** renewLock extends a lock still held under `token`; false if it was lost. */
   renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean>;
   /** releaseLock frees a lock still held under `token`; releasing a lost lock is a no-op. */

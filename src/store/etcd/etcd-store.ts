@@ -370,6 +370,8 @@ export class EtcdStore implements ClusterStore {
     keys: readonly string[],
     prefixes: readonly string[],
     plan: (s: Snapshot, now: number) => Plan<T>,
+    /** uncompared are prefixes read with the snapshot for `plan` only: a change to them does not fail the write. */
+    uncompared: readonly string[] = [],
   ): Promise<T> {
     return this.guard(what, async () => {
       let lease: string | undefined;
@@ -377,7 +379,7 @@ export class EtcdStore implements ClusterStore {
       let leaseUsed = false;
       try {
         for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-          const snap = await this.read(keys, prefixes);
+          const snap = await this.read(keys, [...prefixes, ...uncompared]);
           const p = plan(snap, this.now());
           if (!p.ops) return p.result;
           // A lease kept from an earlier attempt must still outlive this attempt's expiresAt.
@@ -528,13 +530,17 @@ export class EtcdStore implements ClusterStore {
       const snap = await this.read([key], [prefix]);
       const kv = snap.get(key);
       if (!kv) return null;
-      const replicas = snap
-        .list(prefix)
-        .map((r) => toReplica(parse<ReplicaRecord>(r)))
-        .filter((r) => r.repoId === repoId)
-        .sort((a, b) => byUtf8(a.nodeId, b.nodeId));
-      return { repo: toRepo(parse<RepoRecord>(kv)), replicas };
+      return { repo: toRepo(parse<RepoRecord>(kv)), replicas: this.replicasIn(snap, prefix, repoId) };
     });
+  }
+
+  /** replicasIn lists the replica records of a repo read under `prefix` (replicasOf), by node id. */
+  private replicasIn(snap: Snapshot, prefix: string, repoId: string): ReplicaRecord[] {
+    return snap
+      .list(prefix)
+      .map((r) => toReplica(parse<ReplicaRecord>(r)))
+      .filter((r) => r.repoId === repoId)
+      .sort((a, b) => byUtf8(a.nodeId, b.nodeId));
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
@@ -559,21 +565,49 @@ export class EtcdStore implements ClusterStore {
   async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
-    return this.update('acquire lock', [lockKey, fenceKey], [], (s, now): Plan<RepoLock | null> => {
-      if (EtcdStore.liveLock(s.get(lockKey), now)) return { result: null };
-      // The counter is cluster-wide, so a re-created repo never sees a token it gave out before.
-      const fence = s.get(fenceKey);
-      const token = (fence ? Number(fence.value) : 0) + 1;
-      const lock: RepoLock = { repoId, holder, token, expiresAt: now + ttlMs };
-      const value = JSON.stringify({ holder, token, expiresAt: lock.expiresAt } satisfies StoredLock);
-      const previous = s.get(lockKey);
-      return {
-        result: lock,
-        leaseMs: ttlMs,
-        ops: (lease) => [put(lockKey, value, lease), put(fenceKey, String(token))],
-        revoke: previous ? [previous.lease] : [],
-      };
-    });
+    return this.update('acquire lock', [lockKey, fenceKey], [], (s, now) => this.lockPlan(s, now, repoId, holder, ttlMs));
+  }
+
+  /** lockPlan takes the lock of a repo as of snapshot `s` (which holds its lock key and the fencing counter); result null if held. */
+  private lockPlan(s: Snapshot, now: number, repoId: string, holder: string, ttlMs: number): Plan<RepoLock | null> {
+    const lockKey = this.lockKey(repoId);
+    const fenceKey = this.metaKey('fencing_token');
+    if (EtcdStore.liveLock(s.get(lockKey), now)) return { result: null };
+    // The counter is cluster-wide, so a re-created repo never sees a token it gave out before.
+    const fence = s.get(fenceKey);
+    const token = (fence ? Number(fence.value) : 0) + 1;
+    const lock: RepoLock = { repoId, holder, token, expiresAt: now + ttlMs };
+    const value = JSON.stringify({ holder, token, expiresAt: lock.expiresAt } satisfies StoredLock);
+    const previous = s.get(lockKey);
+    return {
+      result: lock,
+      leaseMs: ttlMs,
+      ops: (lease) => [put(lockKey, value, lease), put(fenceKey, String(token))],
+      revoke: previous ? [previous.lease] : [],
+    };
+  }
+
+  async acquireLockAndRead(repoId: string, holder: string, ttlMs: number): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
+    const lockKey = this.lockKey(repoId);
+    const fenceKey = this.metaKey('fencing_token');
+    const repoKey = this.repoKey(repoId);
+    const prefix = this.replicasOf(repoId);
+    // The repo record is compared (so it is as of the lock's revision; only a lock holder commits);
+    // the replica records are read with it, not compared: they change outside the lock (a late
+    // confirmation, a mark), and are as fresh as a read right after the lock would be.
+    return this.update(
+      'acquire lock',
+      [lockKey, fenceKey, repoKey],
+      [],
+      (s, now): Plan<{ lock: RepoLock; state: RepoState | null } | null> => {
+        const plan = this.lockPlan(s, now, repoId, holder, ttlMs);
+        if (!plan.ops) return { result: null };
+        const repoKv = s.get(repoKey);
+        const state = repoKv ? { repo: toRepo(parse<RepoRecord>(repoKv)), replicas: this.replicasIn(s, prefix, repoId) } : null;
+        return { ...plan, result: { lock: plan.result!, state } };
+      },
+      [prefix],
+    );
   }
 
   async renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean> {

@@ -297,14 +297,16 @@ export class SqliteStore implements ClusterStore {
   }
 
   async getRepoState(repoId: string): Promise<RepoState | null> {
-    return this.read(() => {
-      const repo = this.repoRow(repoId);
-      if (!repo) return null;
-      const replicas = (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(
-        toReplica,
-      );
-      return { repo, replicas };
-    });
+    return this.read(() => this.stateIn(repoId));
+  }
+
+  private stateIn(repoId: string): RepoState | null {
+    const repo = this.repoRow(repoId);
+    if (!repo) return null;
+    const replicas = (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(
+      toReplica,
+    );
+    return { repo, replicas };
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
@@ -314,20 +316,30 @@ export class SqliteStore implements ClusterStore {
   }
 
   async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
+    return this.tx(() => this.acquireIn(repoId, holder, ttlMs));
+  }
+
+  async acquireLockAndRead(repoId: string, holder: string, ttlMs: number): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
     return this.tx(() => {
-      const now = this.now();
-      const row = this.db.prepare('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
-      if (row && row.expires_at > now) return null;
-      const token = this.nextToken();
-      const expiresAt = now + ttlMs;
-      this.db
-        .prepare(
-          `INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
-        ON CONFLICT(repo_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at`,
-        )
-        .run(repoId, holder, token, expiresAt);
-      return { repoId, holder, token, expiresAt };
+      const lock = this.acquireIn(repoId, holder, ttlMs);
+      return lock ? { lock, state: this.stateIn(repoId) } : null;
     });
+  }
+
+  /** acquireIn is acquireLock inside the caller's transaction. */
+  private acquireIn(repoId: string, holder: string, ttlMs: number): RepoLock | null {
+    const now = this.now();
+    const row = this.db.prepare('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+    if (row && row.expires_at > now) return null;
+    const token = this.nextToken();
+    const expiresAt = now + ttlMs;
+    this.db
+      .prepare(
+        `INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
+      ON CONFLICT(repo_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at`,
+      )
+      .run(repoId, holder, token, expiresAt);
+    return { repoId, holder, token, expiresAt };
   }
 
   /** nextToken hands out cluster-wide increasing fencing tokens, so a re-created repo never reuses one. */
