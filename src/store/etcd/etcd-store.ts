@@ -398,7 +398,9 @@ export class EtcdStore implements ClusterStore {
           const res = await this.txn(compares, p.ops(p.leaseMs !== undefined ? (lease ?? '0') : '0'));
           if (res.succeeded) {
             leaseUsed = p.leaseMs !== undefined;
-            await this.revokeQuietly(p.revoke ?? []);
+            // Leases no key uses any more: freeing them changes nothing a reader sees (a lock's
+            // liveness is its expiresAt), so the caller does not wait for that round of raft.
+            void this.revokeQuietly(p.revoke ?? []);
             return p.result;
           }
           // A concurrent writer won the compare: back off a little so racers spread out.
