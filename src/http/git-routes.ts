@@ -237,6 +237,12 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
       if (typeof v === 'string' && !['connection', 'transfer-encoding', 'keep-alive', 'content-length'].includes(k)) out[k] = v;
     }
     res.writeHead(upstream.statusCode, out);
+    // writeHead only stores the status line (nothing is on the wire yet, though headersSent
+    // says true). An upstream that abandons a push (outcome unknown: abandonPush) sends its
+    // headers and closes; destroyed below before any byte went out, the client's connection
+    // would make libcurl send the whole push again, and git show the answer to that second
+    // try (`fetch first`) for a push that was applied. Sent now, the client sees a cut-off answer.
+    res.flushHeaders();
     await pipeline(upstream.body, res);
   } catch (err) {
     if (!res.headersSent) {

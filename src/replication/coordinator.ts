@@ -441,63 +441,71 @@ export class Coordinator {
       );
       throw unavailable(decided.why, { prepared: okCount, required: w, total: replicas.length });
     }
-    metrics.txns.inc({ kind: req.kind, outcome: 'commit' });
-    const decidedAt = Date.now();
-    await failpoints.hit('coordinator.beforeCommit');
-    const committed = new Tally<Answer>(replicas.length);
-    // A push's replicas leave their confirmations to this node: the replicas that committed by
-    // the time W did are confirmed in one store write, with the lock's release and the audit
-    // records (`confirmReplicas`); one that answers later is confirmed on its own.
-    const coordinatorConfirms = finishWith !== null && req.kind === 'push';
-    let batched: ReadonlySet<string> | null = null;
-    const confirmation = (node: string): ConfirmReplica => ({
-      repoId: req.repoId,
-      nodeId: node,
-      incarnation: req.incarnation,
-      generation: req.baseGeneration + 1,
-      checksum: req.newChecksum,
-    });
-    replicas.forEach((node, i) => {
-      void preparing[i]!.then(async (a) => {
-        const t = performance.now();
-        const answer = a.ok ? await this.finishOn(node, req.txnId, req.repoId, 'commit', coordinatorConfirms) : a;
-        if (a.ok && answer.ok) metrics.commitSeconds.observe({ peer: node }, (performance.now() - t) / 1000);
-        committed.add(node, answer);
-        if (!answer.ok) onStraggler(node, answer);
-        else if (batched && !batched.has(node))
-          void store
-            .confirmReplica(confirmation(node))
-            .catch((err: unknown) =>
-              log.warn({ node, err: errorMessage(err) }, 'could not confirm a replica that committed late; repair will'),
-            );
+    // After the commit decision nothing may reach the client as a refusal: whatever fails from
+    // here (a fail point's error, a bug) leaves the outcome unknown to it.
+    try {
+      metrics.txns.inc({ kind: req.kind, outcome: 'commit' });
+      const decidedAt = Date.now();
+      await failpoints.hit('coordinator.beforeCommit');
+      const committed = new Tally<Answer>(replicas.length);
+      // A push's replicas leave their confirmations to this node: the replicas that committed by
+      // the time W did are confirmed in one store write, with the lock's release and the audit
+      // records (`confirmReplicas`); one that answers later is confirmed on its own.
+      const coordinatorConfirms = finishWith !== null && req.kind === 'push';
+      let batched: ReadonlySet<string> | null = null;
+      const confirmation = (node: string): ConfirmReplica => ({
+        repoId: req.repoId,
+        nodeId: node,
+        incarnation: req.incarnation,
+        generation: req.baseGeneration + 1,
+        checksum: req.newChecksum,
       });
-    });
-    await committed.until(() => committed.count((a) => a.ok) >= w, this.deps.config.commitTimeoutMs);
-    await failpoints.hit('coordinator.afterCommit');
-    let confirmed = committed
-      .entries()
-      .filter(([, a]) => a.ok)
-      .map(([n]) => n);
-    if (coordinatorConfirms) {
-      batched = new Set(confirmed);
-      confirmed = await this.confirmBatch(req, confirmed.map(confirmation), finishWith, log);
-      await failpoints.hit('coordinator.afterConfirm');
+      replicas.forEach((node, i) => {
+        void preparing[i]!.then(async (a) => {
+          const t = performance.now();
+          const answer = a.ok ? await this.finishOn(node, req.txnId, req.repoId, 'commit', coordinatorConfirms) : a;
+          if (a.ok && answer.ok) metrics.commitSeconds.observe({ peer: node }, (performance.now() - t) / 1000);
+          committed.add(node, answer);
+          if (!answer.ok) onStraggler(node, answer);
+          else if (batched && !batched.has(node))
+            void store
+              .confirmReplica(confirmation(node))
+              .catch((err: unknown) =>
+                log.warn({ node, err: errorMessage(err) }, 'could not confirm a replica that committed late; repair will'),
+              );
+        });
+      });
+      await committed.until(() => committed.count((a) => a.ok) >= w, this.deps.config.commitTimeoutMs);
+      await failpoints.hit('coordinator.afterCommit');
+      let confirmed = committed
+        .entries()
+        .filter(([, a]) => a.ok)
+        .map(([n]) => n);
+      if (coordinatorConfirms) {
+        batched = new Set(confirmed);
+        confirmed = await this.confirmBatch(req, confirmed.map(confirmation), finishWith, log);
+        await failpoints.hit('coordinator.afterConfirm');
+      }
+      progress(`${confirmed.length} of ${replicas.length} replicas committed`);
+      // One line per transaction (a push's is its line: outcome, refs, timings; txnId from the child logger).
+      log.info(
+        {
+          outcome: 'committed',
+          ...refsField(req.updates.map((u) => u.ref)),
+          ...(req.newHead ? { newHead: req.newHead } : {}),
+          prepared: okCount,
+          confirmed: confirmed.length,
+          required: w,
+          ...phasesBetween({ started, prepared: preparedAt, decided: decidedAt, done: Date.now() }),
+        },
+        'transaction committed',
+      );
+      return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
+    } catch (err) {
+      if (err instanceof OutcomeUnknownError) throw err;
+      log.error({ err: errorMessage(err) }, 'failed after the commit decision: the outcome is left unknown to the client');
+      throw new OutcomeUnknownError(`transaction ${req.txnId} committed, then failed: ${errorMessage(err)}`);
     }
-    progress(`${confirmed.length} of ${replicas.length} replicas committed`);
-    // One line per transaction (a push's is its line: outcome, refs, timings; txnId from the child logger).
-    log.info(
-      {
-        outcome: 'committed',
-        ...refsField(req.updates.map((u) => u.ref)),
-        ...(req.newHead ? { newHead: req.newHead } : {}),
-        prepared: okCount,
-        confirmed: confirmed.length,
-        required: w,
-        ...phasesBetween({ started, prepared: preparedAt, decided: decidedAt, done: Date.now() }),
-      },
-      'transaction committed',
-    );
-    return { outcome: confirmed.length >= w ? 'committed' : 'unknown', confirmed };
   }
 
   /**

@@ -279,3 +279,38 @@ describe('write lock', () => {
 });
 
 void waitFor;
+
+describe('a push proxied by a node without a replica', () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 4, replicationFactor: 3 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('whose coordinator fails after the commit is cut off (unknown), never refused after a resend, and is applied', async () => {
+    const repo = 'proxy/unknown';
+    await c.createRepo(1, repo);
+    const holders = (await c.waitInSync(repo)).replicas.map((r) => Number(r.node.replace('node-', '')));
+    const outsider = [1, 2, 3, 4].find((i) => !holders.includes(i))!;
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(outsider, repo), 'main'], { cwd: work });
+    await c.waitInSync(repo);
+    // Whichever replica the outsider routes the push to coordinates it, commits, confirms and then fails.
+    for (const i of holders) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: 'coordinator.afterConfirm=error' });
+    await c.waitMembership();
+    const oid = await commitFile(work, 'p.txt', 'p\n', 'proxied, then cut off');
+    const r = await git(['push', '--porcelain', c.repoUrl(outsider, repo), 'main'], { cwd: work, timeoutMs: 60_000 });
+    // The coordinator sends its headers, then closes. Had the outsider closed the client's
+    // connection before passing them on, libcurl would have sent the push again, and git would
+    // show the answer to that second try: `fetch first`, for a push that was applied.
+    expect(r.code, r.stdout + r.stderr).not.toBe(0);
+    expect(r.stdout + r.stderr).not.toMatch(/rejected|fetch first|returned error|HTTP 5\d\d/);
+    for (const i of holders) await c.restart(i, { GIT_REPLICATION_FAILPOINTS: '' });
+    await c.waitMembership();
+    const st = await c.waitInSync(repo);
+    expect(st.generation).toBe(2);
+    for (const i of [1, 2, 3, 4]) expect(await gitOk(['ls-remote', c.repoUrl(i, repo), 'refs/heads/main'])).toContain(oid);
+  });
+});
