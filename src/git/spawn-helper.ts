@@ -49,7 +49,11 @@ function report(r: SpawnReport): void {
 async function start(socketPath: string, req: SpawnRequest): Promise<void> {
   let socks: Socket[] = [];
   try {
-    socks = await Promise.all([0, 1, 2].map((fd) => open(socketPath, req.id, fd)));
+    const opened = await Promise.allSettled([0, 1, 2].map((fd) => open(socketPath, req.id, fd)));
+    // Those that connected are closed (finally) when another did not.
+    socks = opened.flatMap((o) => (o.status === 'fulfilled' ? [o.value] : []));
+    const failed = opened.find((o) => o.status === 'rejected');
+    if (failed) throw failed.reason;
     const child = spawn(req.file, [...req.args], { cwd: req.cwd, env: req.env, stdio: socks });
     child.once('error', (err) => report({ id: req.id, error: err.message }));
     child.once('exit', (code, signal) => report({ id: req.id, code, signal }));
