@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmod, mkdir, realpath, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, realpath, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -141,7 +141,11 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const dataDir = await realpath(cfg.dataDir);
   await restrictPermissions(dataDir, cfg.store);
   // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts).
-  const spawnHelper = cfg.gitSpawnHelper !== true ? null : new SpawnHelper(join(dataDir, 'spawn.sock'), (m) => logger.warn(m));
+  // Its socket is this incarnation's: a helper of an earlier one still finishing a request
+  // would otherwise connect git's streams to this node, under a child id that is reused here.
+  for (const f of await readdir(dataDir)) if (/^spawn(-\d+)?\.sock$/.test(f)) await unlink(join(dataDir, f)).catch(() => undefined);
+  const spawnHelper =
+    cfg.gitSpawnHelper !== true ? null : new SpawnHelper(join(dataDir, `spawn-${process.pid}.sock`), (m) => logger.warn(m));
   if (spawnHelper && !(await spawnHelper.start())) logger.warn('spawn helper not started: the node spawns git itself');
   const git = new GitRunner({
     owner: dataDir,

@@ -387,8 +387,10 @@ async function servePush(
   pushId: string,
   quiet: () => boolean,
 ): Promise<void> {
-  const unregister = deps.hooks.expect(pushId, (exchange) =>
-    deps.coordinator.handlePush(exchange, {
+  let connected = false;
+  const unregister = deps.hooks.expect(pushId, (exchange) => {
+    connected = true;
+    return deps.coordinator.handlePush(exchange, {
       repoId,
       receivePackPid: child.pid ?? -1,
       abandon: () => abandonPush(res, child),
@@ -402,11 +404,14 @@ async function servePush(
         refs,
         txn,
       }),
-    }),
-  );
+    });
+  });
   try {
     await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');
   } finally {
     unregister();
+    // A receive-pack killed before its hook connected (the client went away while it checked
+    // the pack) left its pack's .keep; handlePush, which drops it otherwise, never ran.
+    if (!connected) deps.coordinator.dropReceivedKeep({ repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
   }
 }

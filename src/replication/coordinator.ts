@@ -896,9 +896,11 @@ export class Coordinator {
    * the push is settled and receive-pack has exited. receive-pack removes it itself when it
    * ends normally; killed (the client went away mid-push, or the push was abandoned) it cannot,
    * and the `.keep` would hold that pack out of every repack for good. A transaction still in
-   * doubt on this node holds the replica, so no repack runs before it is resolved.
+   * doubt on this node holds the replica, so no repack runs before it is resolved. The route
+   * calls it too, for a receive-pack killed before its hook reached this node (the client gone
+   * while receive-pack checked the pack): no push to settle then.
    */
-  private dropReceivedKeep(ctx: PushContext): void {
+  dropReceivedKeep(ctx: Pick<PushContext, 'repoId' | 'receivePackPid' | 'exited'>): void {
     void ctx.exited
       ?.then(async ([, signal]) => {
         // Ended by itself, receive-pack removed it: no look at the pack directory on every push.
@@ -1056,7 +1058,7 @@ export class Coordinator {
   }
 
   /** receivedPack finds the pack receive-pack stored for this push: its .keep names receive-pack's pid. */
-  private async receivedPack(ctx: PushContext): Promise<string | null> {
+  private async receivedPack(ctx: Pick<PushContext, 'repoId' | 'receivePackPid'>): Promise<string | null> {
     const marker = `receive-pack ${ctx.receivePackPid} `;
     for (const keep of await listPackKeeps(this.deps.storage.repoPath(ctx.repoId))) {
       const content = await readFile(keep, 'utf8').catch(() => '');

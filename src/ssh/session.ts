@@ -161,7 +161,9 @@ async function servePush(
       timeoutMs: deps.gitTimeoutMs,
     });
     const state = { abandoned: false };
+    let connected = false;
     const unregister = deps.hooks.expect(pushId, async (exchange) => {
+      connected = true;
       hooks.busy(true);
       try {
         await deps.coordinator.handlePush(exchange, {
@@ -195,6 +197,8 @@ async function servePush(
       return await serveGit(deps, channel, cmd, id, child, hooks, state);
     } finally {
       unregister();
+      // As the HTTP route: a receive-pack killed before its hook connected left its pack's .keep.
+      if (!connected) deps.coordinator.dropReceivedKeep({ repoId: cmd.repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
     }
   } finally {
     endUpload();
