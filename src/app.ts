@@ -94,7 +94,7 @@ export interface NodeConfig {
   readonly maxGroupPushes: number;
   /** maxQueuedPushes: pushes to one repo that may wait on this node. */
   readonly maxQueuedPushes: number;
-  /** gitSpawnHelper: start git through the spawn helper (default false: experimental). */
+  /** gitSpawnHelper: start git through the spawn helper (the setting's default is on; absent here: off). */
   readonly gitSpawnHelper?: boolean;
   /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
   readonly failpoints?: string;

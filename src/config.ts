@@ -370,9 +370,9 @@ export const SETTINGS = {
   gitSpawnHelper: {
     kind: 'text',
     env: 'GIT_SPAWN_HELPER',
-    default: 'off',
+    default: 'on',
     arg: 'on|off',
-    doc: 'on (experimental): git is started by a small helper process, cheaper to fork than the node; off: by the node itself',
+    doc: 'on: git is started by a small helper process, cheaper to fork than the node; off: by the node itself',
   },
   // For tests: fault injection and protocol versions (upgrade tests run old and new side by side).
   failpoints: {
