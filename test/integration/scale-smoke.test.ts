@@ -53,9 +53,10 @@ describe('npm run scale (small)', () => {
     for (const v of Object.values(report.idle.cpuPctPerNode)) expect(v).toBeGreaterThanOrEqual(0);
     // Heartbeats alone make store calls every second.
     expect(report.idle.storeOpsPerSByOp.registerNode).toBeGreaterThan(0);
-    // A push takes the lock and writes its decision: at least those two operations.
-    expect(report.push.storeOpsPerPushByOp.acquireLock).toBeGreaterThan(0.5);
+    // A push takes the lock (with the repo state), writes its decision, then the confirmations: at least those three operations.
+    expect(report.push.storeOpsPerPushByOp.acquireLockAndRead).toBeGreaterThan(0.5);
     expect(report.push.storeOpsPerPushByOp.commitPush).toBeGreaterThan(0.5);
+    expect(report.push.storeOpsPerPushByOp.confirmReplicas).toBeGreaterThan(0.5);
     expect(report.push.p50MsSmall).toBeGreaterThan(0);
     expect(report.push.p50MsLarge).toBeGreaterThan(0);
     expect(report.listing.pageSize).toBe(30);
