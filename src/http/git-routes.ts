@@ -122,7 +122,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const declared = Number(header(req, 'content-length') ?? NaN);
       if (Number.isFinite(declared) && declared > limits.maxPushBytes + PUSH_COMMANDS_BYTES)
         throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
-      const route = await routeOrProxy(deps, req, reply, repoId, true, service);
+      const route = await routeOrProxy(deps, req, reply, repoId, true, service, PUSH_ROUTE_REUSE_MS);
       if (!route) return reply;
       const guarded = guardBody(
         req.body as Readable,
@@ -173,6 +173,12 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
   );
 }
 
+/**
+ * PUSH_ROUTE_REUSE_MS: a push's POST is served here without reading the store again when the
+ * read of its `info/refs` (or any other) found this replica in sync at most this long ago.
+ */
+const PUSH_ROUTE_REUSE_MS = 2_000;
+
 /** PUSH_COMMANDS_BYTES bounds the pkt-lines before a push's pack (its commands; 100,000 refs fit). */
 const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
 
@@ -196,8 +202,9 @@ async function routeOrProxy(
   repoId: RepoId,
   write: boolean,
   service: string,
+  reuseMs = 0,
 ): Promise<boolean> {
-  const route = await deps.router.route(repoId, write);
+  const route = await deps.router.route(repoId, write, { reuseMs });
   if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
   if (req.hopClient !== null) {

@@ -75,6 +75,21 @@ describe('Router (in process: real store, real replicas)', () => {
     expect((await router.route(REPO, false)).kind).toBe('peer');
   });
 
+  it('reuseMs: a recent read that found this replica in sync serves again without a store read; anything else reads', async () => {
+    const reads = (): number => kit.faults.count('getRepoState');
+    await router.route(REPO, true);
+    const before = reads();
+    expect(await router.route(REPO, true, { reuseMs: 60_000 })).toEqual({ kind: 'local', stale: false });
+    expect(reads()).toBe(before);
+    // Without reuse the store is read (and then says n1 is stale: a peer serves).
+    await stale('n1');
+    expect((await router.route(REPO, true)).kind).toBe('peer');
+    expect(reads()).toBe(before + 1);
+    // A recent read that did not find this replica in sync is read again.
+    expect((await router.route(REPO, true, { reuseMs: 60_000 })).kind).toBe('peer');
+    expect(reads()).toBe(before + 2);
+  });
+
   it('an unknown repo is a 404', async () => {
     await expect(router.route('o/none', false)).rejects.toMatchObject({ statusCode: 404 });
   });

@@ -10,6 +10,8 @@ export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: 
 interface Seen {
   readonly repo: RepoRecord;
   readonly replicas: ReplicaRecord[];
+  /** at is when the store was read (Date.now()). */
+  readonly at: number;
 }
 
 /**
@@ -35,7 +37,7 @@ export class Router {
 
   /** remember records a repo's state read elsewhere (the repair pass), for reads during a store outage. */
   remember(repo: RepoRecord, replicas: ReplicaRecord[]): void {
-    this.lastSeen.set(repo.repoId, { repo, replicas });
+    this.lastSeen.set(repo.repoId, { repo, replicas, at: Date.now() });
   }
 
   /** forgetAllBut drops what this router remembers of repos that no longer exist (`existing`: a full listing). */
@@ -55,11 +57,12 @@ export class Router {
 
   private async read(repoId: string, write: boolean): Promise<Seen & { fromCache: boolean }> {
     try {
-      const seen = await this.deps.store.getRepoState(repoId);
-      if (!seen) {
+      const state = await this.deps.store.getRepoState(repoId);
+      if (!state) {
         this.lastSeen.delete(repoId);
         throw notFound(`repository ${repoId} not found`);
       }
+      const seen = { ...state, at: Date.now() };
       this.lastSeen.set(repoId, seen);
       return { ...seen, fromCache: false };
     } catch (err) {
@@ -75,8 +78,18 @@ export class Router {
    * Between a push's (or a create's) decision and its first confirmation no replica is in sync; a request
    * arriving then waits (up to commitWaitMs) for that confirmation instead of getting a
    * 503. Waiting serves nothing stale: the answer comes from a replica that confirmed.
+   * `reuseMs`: a read at most that old that found this node's replica in sync serves again
+   * without reading the store (a push's POST after its `info/refs`: the coordinator reads the
+   * repo again under the lock, and catches its replica up if it fell behind meanwhile).
    */
-  async route(repoId: string, write: boolean): Promise<Route> {
+  async route(repoId: string, write: boolean, opts: { reuseMs?: number } = {}): Promise<Route> {
+    if (opts.reuseMs) {
+      const seen = this.lastSeen.get(repoId);
+      if (seen && Date.now() - seen.at < opts.reuseMs) {
+        const route = await this.pick({ ...seen, fromCache: false });
+        if (route?.kind === 'local') return route;
+      }
+    }
     const deadline = Date.now() + this.deps.commitWaitMs;
     for (;;) {
       const seen = await this.read(repoId, write);
