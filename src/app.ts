@@ -178,6 +178,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, uploadWaitMs: cfg.timing.uploadWaitMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
+  // The verifier is made below (recover() may commit a create before it exists: that replica is then checked as usual).
+  let verifierOf: ReplicaVerifier | null = null;
   const participant = new Participant({
     nodeId: cfg.nodeId,
     store,
@@ -192,6 +194,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     resolveAfterMs: cfg.resolveAfterMs,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
     stageTtlMs: cfg.stageTtlMs,
+    onCreated: (repoId, incarnation) => verifierOf?.created(repoId, incarnation),
   });
   await participant.recover();
   const swept = sweepLeftovers(
@@ -263,6 +266,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     metrics,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
   });
+  verifierOf = replicaVerifier;
   const maintenance = new Maintenance({
     nodeId: cfg.nodeId,
     store,

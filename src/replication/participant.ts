@@ -89,6 +89,8 @@ export class Participant {
       readonly logger: Logger;
       readonly failpoints: Failpoints;
       readonly activity: RepoActivity;
+      /** onCreated is told of a replica a create installed here (the verifier counts it as checked: it is empty by construction). */
+      readonly onCreated?: (repoId: string, incarnation: string) => void;
       /** fsckIgnore is this node's fsck policy, for a prepare that names none. */
       readonly fsckIgnore?: readonly string[];
       /** diskShortage says why the data dir has no room for a new transaction, or null. */
@@ -516,6 +518,7 @@ export class Participant {
     if (req.kind === 'create') {
       const staging = open?.stagingPath ?? payload?.stagingPath ?? storage.stagingPath(txnId);
       await storage.install(staging, req.repoId);
+      this.deps.onCreated?.(req.repoId, req.incarnation);
     } else if (req.kind === 'delete') {
       await storage.remove(req.repoId);
     } else if (open?.refs?.alive) {

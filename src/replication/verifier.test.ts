@@ -1,6 +1,12 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { gitOk } from '../../test/helpers/git.js';
+import { eventually, quietLogger, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import type { RepoId } from '../domain/repo-id.js';
+import { Metrics } from '../metrics.js';
 import type { RepoRecord } from '../store/types.js';
-import { pickForVerification, verifiedKey, type Verified } from './verifier.js';
+import { pickForVerification, ReplicaVerifier, verifiedKey, type Verified } from './verifier.js';
+
+const REPO = 'o/v' as RepoId;
 
 function repo(i: number, generation = 0): RepoRecord {
   return { repoId: `o/r${i}`, incarnation: `inc-${i}`, replicas: ['n1'], generation, checksum: 'c', createdAt: '2026-01-01T00:00:00.000Z' };
@@ -34,5 +40,54 @@ describe('pickForVerification', () => {
     const seen = new Map<string, Verified>([['o/r1', { key: verifiedKey(repo(1)), at: 1 }]]);
     const again = { ...repo(1), incarnation: 'inc-new' };
     expect(pickForVerification([again], seen, 288, 0).map((r) => r.incarnation)).toEqual(['inc-new']);
+  });
+});
+
+describe('ReplicaVerifier (in process: real store and git)', () => {
+  const OTHER = 'o/older' as RepoId;
+  let kit: ReplicationKit;
+  beforeEach(async () => {
+    kit = await ReplicationKit.create({ nodes: 3 });
+  });
+  afterEach(async () => {
+    await kit.close();
+  });
+  const created = async (repoId: RepoId): Promise<string> => {
+    await kit.coordinator('n1').createRepo(repoId);
+    await eventually(async () => expect((await kit.raw.getReplicas(repoId)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+    return (await kit.raw.getRepo(repoId))!.incarnation;
+  };
+  /** tamper gives n1's copy a ref the store does not know: a check finds it. */
+  const tamper = async (repoId: RepoId): Promise<void> => {
+    const cwd = kit.node('n1').storage.repoPath(repoId);
+    await gitOk(['update-ref', 'refs/tags/stray', (await gitOk(['hash-object', '-w', '--stdin'], { cwd, input: 'x' })).trim()], { cwd });
+  };
+  const verifier = (): ReplicaVerifier =>
+    new ReplicaVerifier({
+      nodeId: 'n1',
+      store: kit.store,
+      storage: kit.node('n1').storage,
+      git: kit.git,
+      logger: quietLogger,
+      metrics: new Metrics(),
+      gitTimeoutMs: 30_000,
+      sweepMin: 0,
+    });
+  const stateOnN1 = async (repoId: RepoId): Promise<string | undefined> =>
+    (await kit.raw.getReplicas(repoId)).find((r) => r.nodeId === 'n1')?.state;
+
+  it.each([
+    ['a replica never checked is checked in the next pass', false, 1, 'stale'],
+    ['a replica a create just made counts as checked (empty by construction): no backlog after a mass creation', true, 0, 'in_sync'],
+  ])('%s', async (_name, vouched, marked, state) => {
+    const v = verifier();
+    await created(OTHER);
+    expect(await v.verify()).toBe(0);
+    const incarnation = await created(REPO);
+    if (vouched) v.created(REPO, incarnation);
+    await tamper(REPO);
+    // One unchanged replica a pass (of two): the one checked longest ago, OTHER.
+    expect(await v.verify()).toBe(marked);
+    expect(await stateOnN1(REPO)).toBe(state);
   });
 });

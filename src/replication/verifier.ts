@@ -48,7 +48,7 @@ export function pickForVerification(
 }
 
 /** verifiedKey names the state of a repo a replica was checked at. */
-export function verifiedKey(repo: RepoRecord): string {
+export function verifiedKey(repo: Pick<RepoRecord, 'incarnation' | 'generation'>): string {
   return `${repo.incarnation}:${repo.generation}`;
 }
 
@@ -80,8 +80,22 @@ export class ReplicaVerifier {
       metrics: Metrics;
       /** gitTimeoutMs bounds one fsck (settings: gitTimeoutMs). */
       gitTimeoutMs: number;
+      /** sweepMin: the least number of unchanged replicas a pass re-checks (default SWEEP_MIN; tests). */
+      sweepMin?: number;
     },
   ) {}
+
+  /**
+   * created counts a replica a create just installed here as checked, by both kinds of pass, at
+   * generation 0: it holds no refs and no objects by construction. Without it every new replica
+   * was checked in the next pass, and a mass creation left each node thousands of checks to run
+   * at once (docs/SCALE.md). It is checked again within the sweep like any unchanged replica.
+   */
+  created(repoId: string, incarnation: string): void {
+    const v: Verified = { key: verifiedKey({ incarnation, generation: 0 }), at: Date.now() };
+    this.checked.set(repoId, v);
+    this.fscked.set(repoId, v);
+  }
 
   /**
    * verifyOne checks this node's replica of one repo now (checksum, and fsck if asked), marking
@@ -126,7 +140,7 @@ export class ReplicaVerifier {
       const seen = fsck ? this.fscked : this.checked;
       const here = new Set(inSync.map((r) => r.repoId));
       for (const id of seen.keys()) if (!here.has(id)) seen.delete(id);
-      for (const repo of pickForVerification(inSync, seen)) {
+      for (const repo of pickForVerification(inSync, seen, SWEEP_PASSES, this.deps.sweepMin ?? SWEEP_MIN)) {
         if ((await this.checkAndMark(repo, fsck)) === 'ok') seen.set(repo.repoId, { key: verifiedKey(repo), at: Date.now() });
         else {
           seen.delete(repo.repoId);
