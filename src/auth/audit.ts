@@ -85,7 +85,6 @@ export class AuditLog {
   }
 
   private async prune(): Promise<void> {
-    const all = await this.store.listMeta(PREFIX);
-    for (const m of all.slice(0, Math.max(0, all.length - AUDIT_KEEP))) await this.store.deleteMeta(m.key);
+    await this.store.trimMeta(PREFIX, AUDIT_KEEP);
   }
 }

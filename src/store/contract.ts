@@ -575,6 +575,23 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         ).rejects.toThrow(/twice/);
       });
 
+      it('trims settings under a prefix to the last few by key, in one call, leaving other prefixes alone', async () => {
+        for (const k of ['c', 'a', 'e', 'b', 'd']) await s().setMeta(`audit/${k}`, k);
+        await s().setMeta('audits', 'other prefix');
+        await s().setMeta('other/a', 'x');
+        expect(await s().trimMeta('audit/', 2)).toBe(3);
+        expect(await s().listMeta('audit/')).toEqual([
+          { key: 'audit/d', value: 'd' },
+          { key: 'audit/e', value: 'e' },
+        ]);
+        expect(await s().trimMeta('audit/', 2)).toBe(0);
+        expect(await s().trimMeta('audit/', 5)).toBe(0);
+        expect(await s().trimMeta('audit/', 0)).toBe(2);
+        expect(await s().listMeta('audit/')).toEqual([]);
+        expect(await s().getMeta('audits')).toBe('other prefix');
+        expect(await s().getMeta('other/a')).toBe('x');
+      });
+
       it('marks a replica unless it confirmed a newer generation, creating a missing record', async () => {
         const r = await created();
         await pushed(r, 0, 'c1');

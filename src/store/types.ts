@@ -258,6 +258,11 @@ export interface ClusterStore {
   setMeta(key: string, value: string): Promise<void>;
   /** deleteMeta removes a setting; removing one that is absent is not an error. */
   deleteMeta(key: string): Promise<void>;
+  /**
+   * trimMeta removes the settings whose key starts with `prefix`, all but the `keep` last in key
+   * order (UTF-8 bytes), in one call; returns how many went. Trimming an already short list is a no-op.
+   */
+  trimMeta(prefix: string, keep: number): Promise<number>;
   /** listMeta lists the settings whose key starts with `prefix`. */
   listMeta(prefix: string): Promise<Array<{ key: string; value: string }>>;
 

@@ -1028,6 +1028,25 @@ export class EtcdStore implements ClusterStore {
     }));
   }
 
+  async trimMeta(prefix: string, keep: number): Promise<number> {
+    return this.guard('trim meta', async () => {
+      const p = this.metaKey(prefix);
+      // The newest `keep` keys and the one below them: every key up to that one goes, in one delete.
+      const res = await this.client.kv.range({
+        key: utf8(p),
+        range_end: prefixEnd(p),
+        keys_only: true,
+        sort_order: 'Descend',
+        sort_target: 'Key',
+        limit: keep + 1,
+      });
+      const boundary = res.kvs[keep]?.key;
+      if (!boundary) return 0;
+      const d = await this.client.kv.deleteRange({ key: utf8(p), range_end: Buffer.concat([boundary, Buffer.from([0])]) });
+      return Number(d.deleted);
+    });
+  }
+
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.guard('list meta', async () => {
       const base = this.metaKey('');

@@ -620,6 +620,18 @@ export class SqliteStore implements ClusterStore {
     });
   }
 
+  async trimMeta(prefix: string, keep: number): Promise<number> {
+    return this.tx(() => {
+      // BINARY collation: the byte order of the keys' UTF-8, as etcd's.
+      const gone = this.db
+        .prepare('SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT -1 OFFSET ?')
+        .all(prefix.length, prefix, keep) as Array<{ key: string }>;
+      const del = this.db.prepare('DELETE FROM meta WHERE key = ?');
+      for (const g of gone) del.run(g.key);
+      return gone.length;
+    });
+  }
+
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.read(
       () =>
