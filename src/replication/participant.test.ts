@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { commitFile, git, gitOk, workRepo } from '../../test/helpers/git.js';
 import { eventually, packOf, quietLogger, ReplicationKit, type KitNode } from '../../test/helpers/replication-kit.js';
@@ -261,6 +261,25 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await mainRef()).toBe(tip);
     expect(node.log.get(req.txnId)?.state).toBe('committed');
     expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, state: 'in_sync' });
+  });
+
+  it('a stage still indexing when a prepare of the same pack indexed, committed and dropped its own .keep leaves no .keep', async () => {
+    const hash = pack.subarray(pack.length - 20).toString('hex');
+    // The stage's pack arrives slowly: its index-pack is still reading when the prepare, which
+    // brought the pack itself, commits.
+    const slow = new PassThrough();
+    const staging = node.participant.stage(REPO, hash, slow, undefined);
+    // Its index-pack runs (its temporary pack is open) before the prepare brings the same pack.
+    await eventually(async () =>
+      expect((await readdir(join(repoPath(), 'objects/pack'))).some((f) => f.startsWith('tmp_pack_'))).toBe(true),
+    );
+    await commitThrough(push({ packHash: hash }));
+    expect(await keeps()).toEqual([]);
+    slow.end(pack);
+    await staging;
+    // The stage's index-pack wrote a .keep once the transaction's was gone: nobody owned it.
+    expect(await keeps()).toEqual([]);
+    expect(await mainRef()).toBe(tip);
   });
 
   it('a pack given up while the same pack is staged again, then adopted and committed, keeps its objects', async () => {

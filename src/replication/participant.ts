@@ -191,11 +191,19 @@ export class Participant {
     // it, finds it there.
     const entry: StagedPack = { repoId, keep, timer: this.stagedTimer(key) };
     this.staged.set(key, entry);
+    let written: string | null;
     try {
-      await keep;
+      written = await keep;
     } catch (err) {
       this.dropStaged(key, entry);
       throw err;
+    }
+    // A prepare that brought the same pack itself claimed it while this index-pack still ran
+    // (claimStaged). If that transaction ended first and removed its .keep, this index-pack
+    // wrote one afterwards, which nobody would remove: the stage's own is dropped here.
+    if (written && this.staged.get(key) !== entry) {
+      const content = await readFile(written, 'utf8').catch(() => '');
+      if (content.startsWith(STAGE_KEEP) && !this.keepInUse(written)) await removeFiles([written]);
     }
     await this.deps.failpoints.hit('participant.afterStage');
   }
@@ -237,6 +245,12 @@ export class Participant {
     if (!keep) return;
     const content = await readFile(keep, 'utf8').catch(() => '');
     if (content.startsWith(STAGE_KEEP)) await removeFiles([keep]);
+  }
+
+  /** keepInUse says whether a prepared transaction here counts a `.keep` as its own (removed at its commit or abort). */
+  private keepInUse(keep: string): boolean {
+    for (const t of this.open.values()) if (t.keepFiles.includes(keep)) return true;
+    return false;
   }
 
   /** claimStaged takes a pack a prepare indexed itself out of the table: it is the transaction's now. */
