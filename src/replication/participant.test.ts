@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -261,6 +261,32 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await mainRef()).toBe(tip);
     expect(node.log.get(req.txnId)?.state).toBe('committed');
     expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 1, state: 'in_sync' });
+  });
+
+  it('an index-pack killed after writing its .keep (before its index is in) leaves no .keep and no temporary index', async () => {
+    // A git whose index-pack does its work, then dies as if killed between the .keep and the index's move.
+    const fake = join(kit.dir, 'git-killed-index-pack');
+    await writeFile(
+      fake,
+      `#!/bin/sh\ncase " $* " in *" index-pack "*) git "$@" >/dev/null; : > objects/pack/tmp_idx_killed; exit 137;; esac\nexec git "$@"\n`,
+      { mode: 0o755 },
+    );
+    const participant = new Participant({
+      nodeId: 'n1',
+      store: kit.store,
+      storage: node.storage,
+      git: new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 4, gitBinary: fake }),
+      log: node.log,
+      logger: quietLogger,
+      failpoints: new Failpoints(undefined),
+      activity: new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger }),
+      resolveAfterMs: 0,
+    });
+    const hash = pack.subarray(pack.length - 20).toString('hex');
+    await expect(participant.stage(REPO, hash, stream(), undefined)).rejects.toThrow(/pack rejected/);
+    await expect(participant.prepare(push({ packHash: hash }), stream())).rejects.toThrow(/pack rejected/);
+    const files = await readdir(join(repoPath(), 'objects/pack'));
+    expect(files.filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
   });
 
   it('a stage still indexing when a prepare of the same pack indexed, committed and dropped its own .keep leaves no .keep', async () => {

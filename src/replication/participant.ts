@@ -449,6 +449,13 @@ export class Participant {
     const m = /^(?:keep|pack)\t([0-9a-f]+)$/m.exec(out);
     if (code !== 0 || !m) {
       await removeTempPacks(join(repoPath, 'objects', 'pack'), started);
+      // index-pack writes the .keep before it moves the pack and its index in: killed in between,
+      // it leaves a .keep nobody knows of. Of the signed pack, one not here before and saying
+      // this index-pack's message is this one's.
+      if (expectedHash !== undefined && !before?.has(`pack-${expectedHash}.keep`)) {
+        const orphan = join(repoPath, 'objects', 'pack', `pack-${expectedHash}.keep`);
+        if ((await readFile(orphan, 'utf8').catch(() => '')).trim() === keepMessage) await removeFiles([orphan]);
+      }
       throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
     }
     // index-pack stops at the pack's trailer; the body may still be closing. A feed error
@@ -718,10 +725,10 @@ async function removeFiles(paths: readonly string[]): Promise<void> {
   await Promise.all(paths.map((p) => unlink(p).catch(() => undefined)));
 }
 
-/** removeTempPacks deletes the temporary pack a failed index-pack left (`tmp_pack_*` written since `since`). */
+/** removeTempPacks deletes the temporary files a failed index-pack left (`tmp_pack_*`, `tmp_idx_*`, `tmp_rev_*` written since `since`). */
 async function removeTempPacks(packDir: string, since: number): Promise<void> {
   for (const f of await readdir(packDir).catch(() => [] as string[])) {
-    if (!f.startsWith('tmp_pack_')) continue;
+    if (!/^tmp_(?:pack|idx|rev)_/.test(f)) continue;
     const p = join(packDir, f);
     const st = await stat(p).catch(() => null);
     if (st && st.mtimeMs >= since - 1_000) await unlink(p).catch(() => undefined);
