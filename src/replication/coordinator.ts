@@ -89,12 +89,10 @@ export interface AuditSink {
   stored(n: number): void;
 }
 
-/** FinishWith is what a push's confirmations are written with: the lock to release, and settings (audit records). */
+/** FinishWith is what a push's confirmations are written with: the lock to release, and the pushes' audit events. */
 interface FinishWith {
-  readonly held?: HeldLock;
-  readonly meta?: () => Array<{ key: string; value: string }>;
-  /** metaWritten is told once `meta` was written. */
-  readonly metaWritten?: (n: number) => void;
+  readonly held: HeldLock;
+  readonly audit: readonly AuditEvent[];
 }
 
 type Answer = PeerAnswer;
@@ -190,18 +188,14 @@ export class Coordinator {
     return effectiveWriteQuorum(replicas, this.deps.config.writeQuorum);
   }
 
-  /** lock takes the repo write lock (RepoActivity.lock: renewed until released), waiting up to lockWaitMs. */
-  private async lock(repoId: string): Promise<HeldLock> {
-    const held = await this.deps.activity.lock(repoId, this.deps.config.lockWaitMs);
+  /**
+   * lock takes the repo write lock (RepoActivity.lock: renewed until released), waiting up to
+   * lockWaitMs; with `read`, the repo's state comes with it in the same store call (`held.state`).
+   */
+  private async lock(repoId: string, opts: { read?: boolean } = {}): Promise<HeldLock> {
+    const held = await this.deps.activity.lock(repoId, this.deps.config.lockWaitMs, opts);
     if (!held) throw unavailable(`repository ${repoId} is busy (write lock held), try again`, { retryAfter: 1 });
     return held;
-  }
-
-  /** lockAndRead is lock with the repo's state read in the same store call (null: no such repo). */
-  private async lockAndRead(repoId: string): Promise<{ held: HeldLock; state: RepoState | null }> {
-    const held = await this.deps.activity.lock(repoId, this.deps.config.lockWaitMs, { read: true });
-    if (!held) throw unavailable(`repository ${repoId} is busy (write lock held), try again`, { retryAfter: 1 });
-    return { held, state: held.state ?? null };
   }
 
   /** placement picks the replica set: the best-ranked live nodes, topped up with known dead ones. */
@@ -451,7 +445,7 @@ export class Coordinator {
       // A push's replicas leave their confirmations to this node: the replicas that committed by
       // the time W did are confirmed in one store write, with the lock's release and the audit
       // records (`confirmReplicas`); one that answers later is confirmed on its own.
-      const coordinatorConfirms = finishWith !== null && req.kind === 'push';
+      const coordinatorConfirms = finishWith !== null;
       let batched: ReadonlySet<string> | null = null;
       const confirmation = (node: string): ConfirmReplica => ({
         repoId: req.repoId,
@@ -520,17 +514,17 @@ export class Coordinator {
     finishWith: FinishWith,
     log: Logger,
   ): Promise<string[]> {
-    const { store } = this.deps;
-    const held = finishWith.held;
-    const meta = finishWith.meta?.() ?? [];
+    const { store, audit } = this.deps;
+    const { held } = finishWith;
+    const meta = audit ? finishWith.audit.map((e) => audit.entry(e)) : [];
     try {
       const written = await store.confirmReplicas({
         confirmations,
-        ...(held ? { release: { repoId: req.repoId, token: held.lock.token } } : {}),
+        release: { repoId: req.repoId, token: held.lock.token },
         ...(meta.length ? { meta } : {}),
       });
-      held?.releasedInStore();
-      if (meta.length) finishWith.metaWritten?.(meta.length);
+      held.releasedInStore();
+      if (meta.length) audit?.stored(meta.length);
       const refused = confirmations.filter((_, i) => !written[i]).map((c) => c.nodeId);
       if (refused.length) log.warn({ refused }, 'the store refused confirmations of replicas that committed (the repo moved on)');
       return confirmations.filter((_, i) => written[i]).map((c) => c.nodeId);
@@ -928,7 +922,6 @@ export class Coordinator {
     audit: readonly AuditEvent[] = [],
   ): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
-    const sink = this.deps.audit;
     return this.run(
       req,
       repo.replicas,
@@ -959,10 +952,7 @@ export class Coordinator {
       progress,
       // The replicas read in sync under this lock need not read their records again.
       new Set(replicas.filter((r) => isInSync(repo, r)).map((r) => r.nodeId)),
-      {
-        held,
-        ...(sink && audit.length ? { meta: () => audit.map((e) => sink.entry(e)), metaWritten: (n: number) => sink.stored(n) } : {}),
-      },
+      { held, audit },
     );
   }
 
@@ -972,8 +962,9 @@ export class Coordinator {
    */
   async setDefaultBranch(repoId: RepoId, branch: string): Promise<{ repo_id: string; default_branch: string }> {
     const { storage, nodeId } = this.deps;
-    const { held, state } = await this.lockAndRead(repoId);
+    const held = await this.lock(repoId, { read: true });
     try {
+      const state = held.state;
       if (!state) throw notFound(`repository ${repoId} not found`);
       const repo = state.repo;
       const { own, replicas } = await this.ownReplica(state);
@@ -1018,9 +1009,10 @@ export class Coordinator {
     const { storage, nodeId } = this.deps;
     const deadline = Date.now() + (this.deps.config.catchUpMs ?? DEFAULTS.catchUpMs);
     for (;;) {
-      const { held, state } = await this.lockAndRead(repoId);
+      const held = await this.lock(repoId, { read: true });
       let keep = false;
       try {
+        const state = held.state;
         if (!state) return { ok: false, reason: 'repository was deleted' };
         const repo = state.repo;
         const { own, replicas } = await this.ownReplica(state);
