@@ -178,8 +178,15 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, uploadWaitMs: cfg.timing.uploadWaitMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await disk.start();
-  // The verifier is made below (recover() may commit a create before it exists: that replica is then checked as usual).
-  let verifierOf: ReplicaVerifier | null = null;
+  const replicaVerifier = new ReplicaVerifier({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    git,
+    logger,
+    metrics,
+    gitTimeoutMs: cfg.timing.gitTimeoutMs,
+  });
   const participant = new Participant({
     nodeId: cfg.nodeId,
     store,
@@ -194,7 +201,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     resolveAfterMs: cfg.resolveAfterMs,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
     stageTtlMs: cfg.stageTtlMs,
-    onCreated: (repoId, incarnation) => verifierOf?.created(repoId, incarnation),
+    onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
   });
   await participant.recover();
   const swept = sweepLeftovers(
@@ -257,16 +264,6 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const hookPort = await hooks.listen();
   const load = new LoadSampler();
   load.start();
-  const replicaVerifier = new ReplicaVerifier({
-    nodeId: cfg.nodeId,
-    store,
-    storage,
-    git,
-    logger,
-    metrics,
-    gitTimeoutMs: cfg.timing.gitTimeoutMs,
-  });
-  verifierOf = replicaVerifier;
   const maintenance = new Maintenance({
     nodeId: cfg.nodeId,
     store,
