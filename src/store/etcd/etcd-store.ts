@@ -627,10 +627,15 @@ export class EtcdStore implements ClusterStore {
   async releaseLock(repoId: string, token: number): Promise<void> {
     const lockKey = this.lockKey(repoId);
     await this.update('release lock', [lockKey], [], (s) => {
-      const kv = s.get(lockKey);
-      if (!kv || parse<StoredLock>(kv).token !== token) return { result: undefined };
-      return { result: undefined, ops: () => [del(lockKey)], revoke: [kv.lease] };
+      const release = EtcdStore.releaseOf(s.get(lockKey), lockKey, token);
+      return release ? { result: undefined, ops: () => [release.op], revoke: [release.lease] } : { result: undefined };
     });
+  }
+
+  /** releaseOf is the delete that frees a lock still held under `token` (and the lease it leaves unused), or null. */
+  private static releaseOf(kv: Kv | undefined, lockKey: string, token: number): { op: IRequestOp; lease: string } | null {
+    if (!kv || parse<StoredLock>(kv).token !== token) return null;
+    return { op: del(lockKey), lease: kv.lease };
   }
 
   async getLock(repoId: string): Promise<RepoLock | null> {
@@ -835,10 +840,10 @@ export class EtcdStore implements ClusterStore {
         if (op) ops.push(op);
         return op !== null;
       });
-      const lock = lockKey ? s.get(lockKey) : undefined;
-      if (lockKey && lock && parse<StoredLock>(lock).token === b.release?.token) {
-        ops.push(del(lockKey));
-        revoke.push(lock.lease);
+      const release = lockKey && b.release ? EtcdStore.releaseOf(s.get(lockKey), lockKey, b.release.token) : null;
+      if (release) {
+        ops.push(release.op);
+        revoke.push(release.lease);
       }
       for (const m of b.meta ?? []) ops.push(put(this.metaKey(m.key), m.value));
       return ops.length ? { result, ops: () => ops, revoke } : { result };

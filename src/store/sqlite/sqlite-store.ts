@@ -363,9 +363,12 @@ export class SqliteStore implements ClusterStore {
   }
 
   async releaseLock(repoId: string, token: number): Promise<void> {
-    this.tx(() => {
-      this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token);
-    });
+    this.tx(() => this.releaseIn(repoId, token));
+  }
+
+  /** releaseIn is releaseLock inside the caller's transaction. */
+  private releaseIn(repoId: string, token: number): void {
+    this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token);
   }
 
   async getLock(repoId: string): Promise<RepoLock | null> {
@@ -514,10 +517,8 @@ export class SqliteStore implements ClusterStore {
     checkConfirmBatch(b);
     return this.tx(() => {
       const written = b.confirmations.map((c) => this.confirmIn(c));
-      if (b.release)
-        this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(b.release.repoId, b.release.token);
-      const setMeta = this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value');
-      for (const m of b.meta ?? []) setMeta.run(m.key, m.value);
+      if (b.release) this.releaseIn(b.release.repoId, b.release.token);
+      for (const m of b.meta ?? []) this.setMetaIn(m.key, m.value);
       return written;
     });
   }
@@ -609,9 +610,12 @@ export class SqliteStore implements ClusterStore {
   }
 
   async setMeta(key: string, value: string): Promise<void> {
-    this.tx(() => {
-      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
-    });
+    this.tx(() => this.setMetaIn(key, value));
+  }
+
+  /** setMetaIn is setMeta inside the caller's transaction. */
+  private setMetaIn(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   async deleteMeta(key: string): Promise<void> {
@@ -621,15 +625,13 @@ export class SqliteStore implements ClusterStore {
   }
 
   async trimMeta(prefix: string, keep: number): Promise<number> {
-    return this.tx(() => {
-      // BINARY collation: the byte order of the keys' UTF-8, as etcd's.
-      const gone = this.db
-        .prepare('SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT -1 OFFSET ?')
-        .all(prefix.length, prefix, keep) as Array<{ key: string }>;
-      const del = this.db.prepare('DELETE FROM meta WHERE key = ?');
-      for (const g of gone) del.run(g.key);
-      return gone.length;
-    });
+    // BINARY collation: the byte order of the keys' UTF-8, as etcd's.
+    return this.tx(
+      () =>
+        this.db
+          .prepare('DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT -1 OFFSET ?)')
+          .run(prefix.length, prefix, keep).changes,
+    );
   }
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
