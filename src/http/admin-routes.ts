@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { notFound } from '../domain/errors.js';
 import { placeReplicas } from '../domain/placement.js';
 import { parseRepoId } from '../domain/repo-id.js';
-import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../replication/steward.js';
+import { DECOMMISSIONED_PREFIX, REBALANCE_KEY } from '../store/types.js';
 import { AUDIT_KEEP } from '../auth/audit.js';
 import { ADMIN_USER } from '../auth/directory.js';
 import type { Role } from '../auth/tokens.js';

@@ -3,13 +3,8 @@ import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import type { Membership } from '../cluster/membership.js';
-import { isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+import { DECOMMISSIONED_PREFIX, REBALANCE_KEY, isInSync, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 import type { RepoActivity } from './activity.js';
-
-/** DECOMMISSIONED_PREFIX keys the store settings that take a node out of placement. */
-export const DECOMMISSIONED_PREFIX = 'decommissioned/';
-/** REBALANCE_KEY, once set, makes placement follow rendezvous hashing over the current nodes. */
-export const REBALANCE_KEY = 'rebalance';
 
 /** Settled is what the last pass that left nothing to do saw, and when the last full pass ran. */
 interface Settled {

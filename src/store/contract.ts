@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { StoreUnavailableError } from '../domain/errors.js';
-import type { ClusterStore, NodeInfo, RepoRecord } from './types.js';
+import { DECOMMISSIONED_PREFIX, REBALANCE_KEY, type ClusterStore, type NodeInfo, type RepoRecord } from './types.js';
 
 /**
  * StoreHarness is one opened store under test. `store` is read anew on every use, so an
@@ -712,26 +712,56 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const afterCreates = await s().changesSince(start.mark);
         if (afterCreates) expect([...afterCreates.repoIds].sort()).toEqual(['acme/a', 'acme/b']);
 
-        // Nothing changed: nothing named, whatever else the store did (heartbeats, settings, reads).
+        // Nothing changed: nothing named, whatever else the store did (heartbeats, other settings, reads).
         const quiet = { mark: await s().feedMark() };
         await s().registerNode(node('n1'), 10_000);
-        await s().setMeta('rebalance', '1');
+        await s().setMeta('audit/1', '1');
         await s().listRepos();
-        expect((await s().changesSince(quiet.mark))?.repoIds).toEqual([]);
+        const none = (await s().changesSince(quiet.mark))!;
+        expect(none).toMatchObject({ repoIds: [], repos: [], replicas: [], settingsChanged: false });
 
-        // A push and its confirmations, and a replica marked stale: that repo, and only it.
+        // A placement setting written or deleted: said as such, with no repo named.
+        let mark = none.mark;
+        for (const change of [
+          () => s().setMeta(REBALANCE_KEY, '1'),
+          () => s().setMeta(`${DECOMMISSIONED_PREFIX}n3`, '1'),
+          () => s().deleteMeta(REBALANCE_KEY),
+          () => s().deleteMeta(`${DECOMMISSIONED_PREFIX}n3`),
+        ]) {
+          await change();
+          const answer = (await s().changesSince(mark))!;
+          expect(answer).toMatchObject({ repoIds: [], settingsChanged: true });
+          mark = answer.mark;
+        }
+        expect((await s().changesSince(mark))?.settingsChanged).toBe(false);
+
+        // A push and its confirmations, and a replica marked stale: that repo, and only it, with
+        // its records as they are now.
         const before = { mark: await s().feedMark() };
         await pushed(a, 0, 'c1');
         await s().confirmReplica({ repoId: a.repoId, nodeId: 'n1', incarnation: a.incarnation, generation: 1, checksum: 'c1' });
         await s().markReplica(a.repoId, 'n2', a.incarnation, 'stale', 1);
         const changed = (await s().changesSince(before.mark))!;
         expect(changed.repoIds).toEqual(['acme/a']);
+        expect(changed.repos).toEqual([await s().getRepo(a.repoId)]);
+        expect([...changed.replicas].sort((x, y) => x.nodeId.localeCompare(y.nodeId))).toEqual(await s().getReplicas(a.repoId));
+        expect(changed.settingsChanged).toBe(false);
         expect((await s().changesSince(changed.mark))?.repoIds).toEqual([]);
 
-        // The other repo's replica set changed: named from the later mark, not the earlier one's answer.
+        // Only a replica record written: that record (and, from a store that gives every record
+        // of the repos it names, the others).
+        await s().confirmReplica({ repoId: a.repoId, nodeId: 'n2', incarnation: a.incarnation, generation: 1, checksum: 'c1' });
+        const confirmed = (await s().changesSince(changed.mark))!;
+        expect(confirmed.repoIds).toEqual(['acme/a']);
+        expect(confirmed.replicas.find((r) => r.nodeId === 'n2')).toMatchObject({ generation: 1, state: 'in_sync' });
+        if (!confirmed.complete) expect(confirmed).toMatchObject({ repos: [], replicas: [{ nodeId: 'n2' }] });
+
+        // The other repo's replica set changed: named from the later mark, not the earlier one's
+        // answer; a dropped replica is missing from a complete answer.
         await s().setReplicaSet(b.repoId, b.incarnation, ['n1']);
-        const moved = await s().changesSince(changed.mark);
+        const moved = await s().changesSince(confirmed.mark);
         if (moved) expect(moved.repoIds).toEqual(['acme/b']);
+        if (moved?.complete) expect(moved.replicas.map((r) => `${r.repoId}@${r.nodeId}`)).toEqual(['acme/b@n1']);
 
         expect(await s().changesSince('not a mark')).toBeNull();
       });

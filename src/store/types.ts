@@ -3,11 +3,31 @@
  * does so in one store transaction (SQLite `BEGIN IMMEDIATE`, etcd `Txn` with compares).
  */
 
-/** ChangedRepos answers changesSince: the repos changed since the mark asked about, and the mark to ask from next. */
+/**
+ * ChangedRepos answers changesSince: the repos changed since the mark asked about, their records
+ * as they are now, and the mark to ask from next.
+ */
 export interface ChangedRepos {
   readonly mark: string;
   readonly repoIds: readonly string[];
+  /** repos holds the current record of each named repo whose record was written since the mark (a store may add the others'). */
+  readonly repos: readonly RepoRecord[];
+  /** replicas holds each replica record of a named repo written since the mark, as it is now (a store may add the others). */
+  readonly replicas: readonly ReplicaRecord[];
+  /**
+   * complete says `repos` and `replicas` hold every record the named repos have: a named repo or
+   * replica without one was deleted. Otherwise a record left out did not change (a store that
+   * cannot name deletes answers null for them).
+   */
+  readonly complete: boolean;
+  /** settingsChanged says a placement setting (DECOMMISSIONED_PREFIX, REBALANCE_KEY) was written or deleted since the mark. */
+  readonly settingsChanged: boolean;
 }
+
+/** DECOMMISSIONED_PREFIX keys the settings that take a node out of placement. */
+export const DECOMMISSIONED_PREFIX = 'decommissioned/';
+/** REBALANCE_KEY, once set, makes placement follow rendezvous hashing over the current nodes. */
+export const REBALANCE_KEY = 'rebalance';
 
 /** CHANGES_MAX is the most repos changesSince names; past it, listing everything is the cheaper read. */
 export const CHANGES_MAX = 1_000;
@@ -279,10 +299,11 @@ export interface ClusterStore {
 
   /**
    * changesSince lists the repos whose record or any replica record was written (created,
-   * updated or deleted) after `mark`, a mark from feedMark or an earlier answer. It returns null
-   * when it cannot tell (the mark is unknown or too old, more than CHANGES_MAX repos changed, or
-   * a change it cannot name): the caller then lists everything. A repo changed after the
-   * returned mark may be listed again next time.
+   * updated or deleted) after `mark`, a mark from feedMark or an earlier answer, with the
+   * records written, read in the same snapshot; and whether a placement setting changed. It
+   * returns null when it cannot tell (the mark is unknown or too old, more than CHANGES_MAX repos
+   * changed, or a change it cannot name): the caller then lists everything. A repo changed after
+   * the returned mark may be listed again next time.
    */
   changesSince(mark: string): Promise<ChangedRepos | null>;
 

@@ -13,6 +13,8 @@ import { StoreUnavailableError, errorMessage } from '../../domain/errors.js';
 import { HostHealth } from './host-health.js';
 import {
   CHANGES_MAX,
+  DECOMMISSIONED_PREFIX,
+  REBALANCE_KEY,
   type ChangedRepos,
   type ClusterStore,
   type CommitCreate,
@@ -140,7 +142,10 @@ function rangePrefix(prefix: string): IRequestOp {
 
 /** feedMarkOf is the change feed's mark from a Txn whose first two reads are feedCounts. */
 function feedMarkOf(res: ITxnResponse): string {
-  return `${res.header.revision}:${res.responses[0]!.response_range.count}:${res.responses[1]!.response_range.count}`;
+  const [repos, replicas, decommissioned, rebalance] = res.responses.map((r) => r.response_range);
+  // The placement settings' part: the newest mod revision and the count of each (a delete lowers a count).
+  const settings = [decommissioned!, rebalance!].map((r) => `${r.kvs[0]?.mod_revision ?? 0}.${r.count}`).join('.');
+  return `${res.header.revision}:${repos!.count}:${replicas!.count}:${settings}`;
 }
 
 /** unchanged compares a key's mod revision with the one read; 0 means "still absent". */
@@ -984,53 +989,69 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
-  /** feedMark reads the change feed's mark: the store's revision and the key counts under `repos/` and `replicas/`. */
+  /**
+   * feedMark reads the change feed's mark: the store's revision, the key counts under `repos/`
+   * and `replicas/`, and the placement settings' newest revision and count.
+   */
   async feedMark(): Promise<string> {
     return this.guard('read change feed mark', async () => feedMarkOf(await this.txn([], this.feedCounts())));
   }
 
   /**
    * changesSince reads, in one read-only Txn, the keys under `repos/` and `replicas/` whose mod
-   * revision is past the mark's revision (the server filters: only those keys travel, values
-   * left out), and both prefixes' key counts. A delete leaves no key to find: a count that
-   * moved since the mark (a repo created or deleted, a replica added or dropped) answers null.
+   * revision is past the mark's revision (the server filters: only those keys and their values
+   * travel), and the feed mark's counts. A delete leaves no key to find: a count that moved since
+   * the mark (a repo created or deleted, a replica added or dropped) answers null.
    */
   async changesSince(mark: string): Promise<ChangedRepos | null> {
-    const m = /^(\d+):(\d+):(\d+)$/.exec(mark);
+    const m = /^(\d+):(\d+):(\d+):([\d.]+)$/.exec(mark);
     if (!m) return null;
-    const [since, repoCount, replicaCount] = [m[1]!, m[2]!, m[3]!];
+    const [since, repoCount, replicaCount, settings] = [m[1]!, m[2]!, m[3]!, m[4]!];
     return this.guard('read changes', async () => {
       const [repos, replicas] = [this.k('repos', ''), this.k('replicas', '')];
       const changed = (p: string): IRequestOp => ({
         request_range: {
           key: utf8(p),
           range_end: prefixEnd(p),
-          keys_only: true,
           min_mod_revision: String(BigInt(since) + 1n),
           limit: String(CHANGES_MAX + 1),
         },
       });
       const res = await this.txn([], [...this.feedCounts(), changed(repos), changed(replicas)]);
       if (BigInt(res.header.revision) < BigInt(since)) return null;
-      const [repoRange, replicaRange, changedRepos, changedReplicas] = res.responses.map((r) => r.response_range);
+      const [repoRange, replicaRange, , , changedRepos, changedReplicas] = res.responses.map((r) => r.response_range);
       if (String(repoRange!.count) !== repoCount || String(replicaRange!.count) !== replicaCount) return null;
       if (changedRepos!.more || changedReplicas!.more) return null;
       const ids = new Set<string>();
-      for (const kv of changedRepos!.kvs) ids.add(kv.key.toString().slice(repos.length));
-      for (const kv of changedReplicas!.kvs) {
-        const rest = kv.key.toString().slice(replicas.length);
-        ids.add(rest.slice(0, rest.lastIndexOf('/')));
-      }
+      const repoRecords = changedRepos!.kvs.map((kv) => toRepo(parse<RepoRecord>(toKv(kv))));
+      const replicaRecords = changedReplicas!.kvs.map((kv) => toReplica(parse<ReplicaRecord>(toKv(kv))));
+      for (const r of [...repoRecords, ...replicaRecords]) ids.add(r.repoId);
       if (ids.size > CHANGES_MAX) return null;
-      return { mark: feedMarkOf(res), repoIds: [...ids] };
+      const next = feedMarkOf(res);
+      return {
+        mark: next,
+        repoIds: [...ids],
+        repos: repoRecords,
+        replicas: replicaRecords,
+        complete: false,
+        settingsChanged: next.slice(next.lastIndexOf(':') + 1) !== settings,
+      };
     });
   }
 
-  /** feedCounts are the count-only reads of `repos/` and `replicas/` that every feed mark carries. */
+  /**
+   * feedCounts are the reads that every feed mark carries: the key counts under `repos/` and
+   * `replicas/`, and the newest key (by mod revision) and count of each placement setting.
+   */
   private feedCounts(): IRequestOp[] {
-    return [this.k('repos', ''), this.k('replicas', '')].map((p) => ({
+    const counts = [this.k('repos', ''), this.k('replicas', '')].map((p) => ({
       request_range: { key: utf8(p), range_end: prefixEnd(p), count_only: true },
     }));
+    const newest = (key: string, range_end?: Buffer): IRequestOp => ({
+      request_range: { key: utf8(key), range_end, keys_only: true, sort_target: 'Mod', sort_order: 'Descend', limit: 1 },
+    });
+    const decommissioned = this.metaKey(DECOMMISSIONED_PREFIX);
+    return [...counts, newest(decommissioned, prefixEnd(decommissioned)), newest(this.metaKey(REBALANCE_KEY))];
   }
 
   async trimMeta(prefix: string, keep: number): Promise<number> {

@@ -6,6 +6,8 @@ import {
   CHANGES_KEPT,
   CHANGES_MAX,
   type ChangedRepos,
+  DECOMMISSIONED_PREFIX,
+  REBALANCE_KEY,
   type ClusterStore,
   type CommitCreate,
   type CommitDelete,
@@ -119,6 +121,20 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
           `CREATE TRIGGER ${table}_${event.toLowerCase()}_feed AFTER ${event} ON ${table} BEGIN INSERT INTO repo_changes (repo_id) VALUES (${row}.repo_id); END;`,
         );
       }
+    }
+  },
+  // 4: the feed names a change to a placement setting as a row with an empty repo id (no repo has one).
+  (db) => {
+    const placement = (row: string): string =>
+      `substr(${row}.key, 1, ${DECOMMISSIONED_PREFIX.length}) = '${DECOMMISSIONED_PREFIX}' OR ${row}.key = '${REBALANCE_KEY}'`;
+    for (const [event, row] of [
+      ['INSERT', 'NEW'],
+      ['UPDATE', 'NEW'],
+      ['DELETE', 'OLD'],
+    ] as const) {
+      db.exec(
+        `CREATE TRIGGER meta_${event.toLowerCase()}_feed AFTER ${event} ON meta WHEN ${placement(row)} BEGIN INSERT INTO repo_changes (repo_id) VALUES (''); END;`,
+      );
     }
   },
 ];
@@ -658,9 +674,16 @@ export class SqliteStore implements ClusterStore {
       if (since < last && (first === null || first > since + 1)) return null;
       const rows = this.db
         .prepare('SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ? LIMIT ?')
-        .all(since, last, CHANGES_MAX + 1) as Array<{ repo_id: string }>;
-      if (rows.length > CHANGES_MAX) return null;
-      return { mark: String(last), repoIds: rows.map((r) => r.repo_id) };
+        .all(since, last, CHANGES_MAX + 2) as Array<{ repo_id: string }>;
+      const repoIds = rows.map((r) => r.repo_id).filter((id) => id !== '');
+      if (repoIds.length > CHANGES_MAX) return null;
+      // Every record of the named repos, read in this transaction: one left out was deleted.
+      const named = 'SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ?';
+      const repos = (this.db.prepare(`SELECT * FROM repos WHERE repo_id IN (${named})`).all(since, last) as RepoRow[]).map(toRepo);
+      const replicas = (this.db.prepare(`SELECT * FROM replicas WHERE repo_id IN (${named})`).all(since, last) as ReplicaRow[]).map(
+        toReplica,
+      );
+      return { mark: String(last), repoIds, repos, replicas, complete: true, settingsChanged: rows.length > repoIds.length };
     });
   }
 
