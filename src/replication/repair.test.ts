@@ -127,12 +127,20 @@ describe('repair, verification and maintenance (in process)', () => {
       await push('a');
       const w = worker('n3');
       expect(await w.pass()).toBe(0);
+      // A push every replica committed and confirmed: the feed's one read, which carries the
+      // records, is all a pass costs; so is a pass with nothing changed.
+      await push('a2');
+      const reads = (): number[] => (['changesSince', 'getRepoState', 'getReplicas', 'getRepo'] as const).map((m) => kit.faults.count(m));
+      const before = reads();
+      expect(await w.pass()).toBe(0);
+      expect(await w.pass()).toBe(0);
+      expect(reads()).toEqual([before[0]! + 2, ...before.slice(1)]);
       // Listing is no longer possible: a pass that needed it would be skipped and repair nothing.
       kit.faults.set('listRepos', 'fail');
       kit.faults.set('replicasOnNode', 'fail');
       await missPush('b');
       expect(await w.pass()).toBe(1);
-      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 2, checksum: (await repo()).checksum });
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 3, checksum: (await repo()).checksum });
       expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
       // The repo moved off n3: the feed names it, and n3 drops its replica.
       const r = await repo();

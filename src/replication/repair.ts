@@ -53,8 +53,8 @@ export class RepairWorker {
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
   private readonly progress = new Map<string, RepairProgress>();
-  /** quiet is the store's change mark at the last full pass that left nothing to do, and when it ran. */
-  private quiet: { mark: string; at: number } | null = null;
+  /** quiet says the last pass left nothing to do (every local replica in sync, none waited on). */
+  private quiet = false;
   /**
    * view is every repo record and this node's replica records as the passes last read them: a
    * full listing at most fullPassMs old, kept current since by the store's change feed (only
@@ -178,10 +178,11 @@ export class RepairWorker {
     try {
       const { store, nodeId } = this.deps;
       // While nothing changed in the store since a pass that found every replica in sync, a
-      // pass costs one read (the change mark), whatever the number of repos.
-      const mark = await store.changeMark();
-      if (this.quiet && this.quiet.mark === mark && Date.now() - this.quiet.at < this.fullPassMs) return 0;
+      // pass costs one read (the change feed), whatever the number of repos.
       const { view, changed } = await this.refreshView();
+      if (this.quiet && changed?.size === 0) return 0;
+      // Until this pass ends, the changes it took from the feed are still to be looked at.
+      this.quiet = false;
       const ownRecords = view.own;
       const repos = [...view.repos.values()].filter((r) => r.replicas.includes(nodeId));
       const todo: RepoRecord[] = [];
@@ -214,7 +215,7 @@ export class RepairWorker {
       if (!changed) this.deps.onListed?.(new Set(view.repos.keys()));
       const here = new Set(repos.map((r) => r.repoId));
       for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
-      this.quiet = todo.length === 0 && this.behindSince.size === 0 ? { mark, at: now } : null;
+      this.quiet = todo.length === 0 && this.behindSince.size === 0;
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
       this.deps.metrics.replicaLag.set(lag);
@@ -232,11 +233,11 @@ export class RepairWorker {
   }
 
   /**
-   * refreshView brings the view up to date: with the change feed, reading again only the repos
-   * changed since the last read (their record, and this node's replica record where it holds
+   * refreshView brings the view up to date: with the change feed (one read, which carries the
+   * records written since the last: the repo's, and this node's replica record where it holds
    * one), or with a full listing (two reads, whatever the number of repos) when there is no
-   * view, it is fullPassMs old, or the feed cannot tell. `changed` names the repos read again;
-   * null after a full listing.
+   * view, it is fullPassMs old, or the feed cannot tell. `changed` names the repos the feed
+   * named; null after a full listing.
    */
   private async refreshView(): Promise<{ view: RepoView; changed: ReadonlySet<string> | null }> {
     const { store, nodeId } = this.deps;
@@ -244,11 +245,14 @@ export class RepairWorker {
     if (v && Date.now() - v.listedAt < this.fullPassMs) {
       const feed = await store.changesSince(v.feed);
       if (feed) {
+        // A record the feed leaves out did not change (or, from a complete answer, is gone).
+        const repos = new Map(feed.repos.map((r) => [r.repoId, r]));
+        const mine = new Map(feed.replicas.filter((r) => r.nodeId === nodeId).map((r) => [r.repoId, r]));
         for (const id of feed.repoIds) {
-          const state = await store.getRepoState(id);
-          if (!state) v.repos.delete(id);
-          else v.repos.set(id, state.repo);
-          const own = state?.repo.replicas.includes(nodeId) ? state.replicas.find((r) => r.nodeId === nodeId) : undefined;
+          const repo = repos.get(id) ?? (feed.complete ? undefined : v.repos.get(id));
+          if (!repo) v.repos.delete(id);
+          else v.repos.set(id, repo);
+          const own = repo?.replicas.includes(nodeId) ? (mine.get(id) ?? (feed.complete ? undefined : v.own.get(id))) : undefined;
           if (own) v.own.set(id, own);
           else v.own.delete(id);
         }

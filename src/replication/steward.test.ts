@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { eventually, quietLogger, ReplicationKit } from '../../test/helpers/replication-kit.js';
 import type { RepoId } from '../domain/repo-id.js';
-import type { RepoRecord, ReplicaRecord } from '../store/types.js';
+import { DECOMMISSIONED_PREFIX, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 import { planReplicaSet, Steward, type PlanInput } from './steward.js';
 
 const repo = (replicas: string[]): RepoRecord => ({
@@ -111,6 +111,33 @@ describe('Steward passes (in process: real store)', () => {
       expect(await kit.raw.setReplicaSet(id, r.incarnation, ['n1', 'n2'])).toBe(true);
       expect(await steward.pass()).toBe(1);
       expect([...(await kit.raw.getRepo(id))!.replicas].sort()).toEqual(['n1', 'n2', 'n3']);
+      kit.faults.clear();
+      expect(await steward.pass()).toBe(0); // a full pass after a step, which settles
+      expect(await steward.pass()).toBe(0);
+
+      // The repo's records written (its set as it was, a replica confirmed again, as a push
+      // does): the pass reads the feed, which carries them, and nothing else.
+      const now = (await kit.raw.getRepo(id))!;
+      expect(await kit.raw.setReplicaSet(id, now.incarnation, now.replicas)).toBe(true);
+      const own = (await kit.raw.getReplicas(id)).find((r) => r.nodeId === 'n1')!;
+      await kit.raw.confirmReplica({
+        repoId: id,
+        nodeId: 'n1',
+        incarnation: own.incarnation,
+        generation: own.generation,
+        checksum: own.checksum,
+      });
+      const reads = (): number[] =>
+        (['changesSince', 'getRepo', 'getReplicas', 'listMeta', 'getMeta'] as const).map((m) => kit.faults.count(m));
+      const before = reads();
+      expect(await steward.pass()).toBe(0);
+      expect(reads()).toEqual([before[0]! + 1, ...before.slice(1)]);
+
+      // A placement setting reaches a settled steward through the feed: n3 decommissioned, its
+      // replica goes (with two eligible nodes, R is 2).
+      await kit.raw.setMeta(`${DECOMMISSIONED_PREFIX}n3`, new Date().toISOString());
+      expect(await steward.pass()).toBe(1);
+      expect([...(await kit.raw.getRepo(id))!.replicas].sort()).toEqual(['n1', 'n2']);
     } finally {
       await kit.close();
     }

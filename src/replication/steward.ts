@@ -8,14 +8,16 @@ import type { RepoActivity } from './activity.js';
 
 /** Settled is what the last pass that left nothing to do saw, and when the last full pass ran. */
 interface Settled {
-  /** mark is the store's change mark. */
-  readonly mark: string;
   /** view is the membership as the pass saw it (live, and down long enough to replace). */
   readonly view: string;
-  /** policy is the decommissioned nodes and whether a rebalance was asked for. */
-  readonly policy: string;
+  /** decommissioned and rebalance are the placement settings as last read. */
+  readonly decommissioned: ReadonlySet<string>;
+  readonly rebalance: boolean;
+  /** attention holds the repos a healthy-set check could not skip: the only ones a replica's change alone can concern. */
+  readonly attention: ReadonlySet<string>;
   /** feed is the change feed's mark, for the next pass to read what changed since. */
   readonly feed: string;
+  /** at is when the last full pass (a listing of every repo) ran. */
   readonly at: number;
 }
 
@@ -94,10 +96,10 @@ export class Steward {
   private timer: NodeJS.Timeout | null = null;
   private running = false;
   /**
-   * settled is what the last pass that left nothing to retry saw: the store's change mark, the
-   * membership view, the decommissions and rebalancing, and the change feed's mark. Plans
-   * depend on nothing else, so while they stay the same a pass costs one store read, and after
-   * a change it reads only the repos the feed names (docs/SCALE.md); a full pass still runs
+   * settled is what the last pass that left nothing to retry saw: the membership view, the
+   * placement settings, and the change feed's mark. Plans depend on nothing else, so while they
+   * stay the same a pass costs one store read (the feed), and after a change it looks only at the
+   * repos the feed names, with the records it carries (docs/SCALE.md); a full pass still runs
    * every fullPassMs.
    */
   private settled: Settled | null = null;
@@ -136,40 +138,58 @@ export class Steward {
     let steps = 0;
     const { store, membership, nodeId, logger } = this.deps;
     try {
-      const mark = await store.changeMark();
       const view = membership
         .knownIds()
         .map((n) => `${n}:${membership.isLive(n) ? 1 : 0}:${membership.downFor(n) > this.deps.replaceAfterMs ? 1 : 0}`)
         .join(',');
       const s = this.settled;
-      if (s && s.mark === mark && s.view === view && Date.now() - s.at < (this.deps.fullPassMs ?? DEFAULTS.fullPassMs)) return 0;
+      // After a pass that left nothing to do, and with the nodes as they were, only a repo whose
+      // records changed can need a step, or any repo after a placement setting changed: the
+      // change feed says which.
+      const recent = s && s.view === view && Date.now() - s.at < (this.deps.fullPassMs ?? DEFAULTS.fullPassMs) ? s : null;
+      const feed = recent ? await store.changesSince(recent.feed) : null;
+      const fromFeed = recent && feed && !feed.settingsChanged ? { recent, feed } : null;
+      if (fromFeed?.feed.repoIds.length === 0) {
+        this.settled = { ...fromFeed.recent, feed: fromFeed.feed.mark };
+        return 0;
+      }
       let retry = false;
-      const decommissioned = new Set((await store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
-      const rebalance = (await store.getMeta(REBALANCE_KEY)) !== null;
-      const policy = `${[...decommissioned].sort().join(',')}|${rebalance ? 'rebalance' : ''}`;
+      const decommissioned = fromFeed
+        ? fromFeed.recent.decommissioned
+        : new Set((await store.listMeta(DECOMMISSIONED_PREFIX)).map((m) => m.key.slice(DECOMMISSIONED_PREFIX.length)));
+      const rebalance = fromFeed ? fromFeed.recent.rebalance : (await store.getMeta(REBALANCE_KEY)) !== null;
       const eligible = membership.knownIds().filter((n) => !decommissioned.has(n));
       const gone = (n: string): boolean => decommissioned.has(n) || membership.downFor(n) > this.deps.replaceAfterMs;
       const r = Math.min(this.deps.replicationFactor, eligible.length);
-      // After a pass that left nothing to do, and with the nodes, decommissions and rebalancing as
-      // they were, only a repo whose records changed can need a step: the change feed names them.
-      const recent =
-        s && s.view === view && s.policy === policy && Date.now() - s.at < (this.deps.fullPassMs ?? DEFAULTS.fullPassMs) ? s : null;
-      const feed = recent ? await store.changesSince(recent.feed) : null;
       // Read before a full listing: what changes during it is named again next time.
-      const nextFeed = feed ? feed.mark : await store.feedMark();
+      const nextFeed = fromFeed ? fromFeed.feed.mark : await store.feedMark();
+      const attention = new Set(fromFeed?.recent.attention);
       const repos: RepoRecord[] = [];
-      if (feed) {
-        for (const id of feed.repoIds) {
-          const repo = await store.getRepo(id);
-          if (repo) repos.push(repo);
+      if (fromFeed) {
+        const records = new Map(fromFeed.feed.repos.map((r) => [r.repoId, r]));
+        for (const id of fromFeed.feed.repoIds) {
+          const record = records.get(id);
+          if (record) repos.push(record);
+          else if (fromFeed.feed.complete)
+            attention.delete(id); // deleted
+          else if (attention.has(id)) {
+            // Only its replicas changed: that matters to a repo whose set needs a step.
+            const repo = await store.getRepo(id);
+            if (repo) repos.push(repo);
+            else attention.delete(id);
+          }
         }
       } else {
         repos.push(...(await store.listRepos()));
       }
       for (const repo of repos) {
         // A repo on r healthy, eligible nodes needs no step (planReplicaSet would say null):
-        // skip it without reading its replicas, so an idle pass costs two store reads.
-        if (!rebalance && repo.replicas.length === r && repo.replicas.every((n) => !gone(n) && eligible.includes(n))) continue;
+        // skip it without reading its replicas.
+        if (!rebalance && repo.replicas.length === r && repo.replicas.every((n) => !gone(n) && eligible.includes(n))) {
+          attention.delete(repo.repoId);
+          continue;
+        }
+        attention.add(repo.repoId);
         const replicas = await store.getReplicas(repo.repoId);
         const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
         const steward = repo.replicas.filter((n) => membership.isLive(n) && isInSync(repo, byNode.get(n))).sort()[0];
@@ -188,7 +208,10 @@ export class Steward {
         else retry = true;
       }
       // A pass from the feed keeps the time of the last full one: a full pass still comes every fullPassMs.
-      this.settled = steps === 0 && !retry ? { mark, view, policy, feed: nextFeed, at: feed && recent ? recent.at : Date.now() } : null;
+      this.settled =
+        steps === 0 && !retry
+          ? { view, decommissioned, rebalance, attention, feed: nextFeed, at: fromFeed ? fromFeed.recent.at : Date.now() }
+          : null;
     } catch (err) {
       logger.debug({ err: errorMessage(err) }, 'steward pass skipped');
     } finally {

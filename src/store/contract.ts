@@ -661,45 +661,6 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
       });
     });
 
-    describe('change mark', () => {
-      it('moves on every change to repos, replicas and settings, and not on heartbeats or reads', async () => {
-        const marks: string[] = [await s().changeMark()];
-        const step = async (change: () => Promise<unknown>): Promise<void> => {
-          await change();
-          marks.push(await s().changeMark());
-        };
-        await s().registerNode(node('n1'), 10_000);
-        await s().listRepos();
-        await s().beginTxn({ id: randomUUID(), repoId: 'acme/app', kind: 'push', coordinator: 'n1', baseGeneration: 0, fencingToken: 1 });
-        expect(await s().changeMark()).toBe(marks[0]);
-
-        let r = repo('acme/app');
-        await step(async () => {
-          r = await created('acme/app', ['n1', 'n2']);
-        });
-        await step(() => s().confirmReplica({ repoId: r.repoId, nodeId: 'n1', incarnation: r.incarnation, generation: 0, checksum: 'c0' }));
-        await step(() => s().markReplica(r.repoId, 'n2', r.incarnation, 'stale', 1));
-        await step(() => s().setReplicaSet(r.repoId, r.incarnation, ['n1', 'n3']));
-        await step(() => pushed(r, 0, 'c1'));
-        await step(() => s().setMeta('rebalance', '1'));
-        await step(() => s().deleteMeta('rebalance'));
-        const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
-        await step(() =>
-          s().commitDelete({
-            txnId: randomUUID(),
-            repoId: r.repoId,
-            coordinator: 'n1',
-            incarnation: r.incarnation,
-            baseGeneration: 1,
-            fencingToken: lock!.token,
-          }),
-        );
-        // Each change moves the mark. (etcd's mark is the state's: a setting written and deleted
-        // again brings back the mark of before, which is what a pass that skips work needs.)
-        for (let i = 1; i < marks.length; i++) expect(marks[i], `step ${i}`).not.toBe(marks[i - 1]);
-      });
-    });
-
     describe('change feed', () => {
       it('names the repos whose records changed since a mark, and answers null when it cannot tell', async () => {
         const start = { mark: await s().feedMark() };

@@ -286,14 +286,6 @@ export interface ClusterStore {
   /** listMeta lists the settings whose key starts with `prefix`. */
   listMeta(prefix: string): Promise<Array<{ key: string; value: string }>>;
 
-  /**
-   * changeMark is a value that MUST differ from an earlier read whenever a repo record, a
-   * replica record or a setting (meta) differs from what it was then, and SHOULD stay equal
-   * while none changes: one cheap read that lets a background pass skip its listing when nothing
-   * changed (docs/SCALE.md). Compare marks for equality only.
-   */
-  changeMark(): Promise<string>;
-
   /** feedMark is the change feed's current mark, to read changesSince from (read it before a full listing). */
   feedMark(): Promise<string>;
 

@@ -972,24 +972,6 @@ export class EtcdStore implements ClusterStore {
   }
 
   /**
-   * changeMark reads, in one read-only Txn, the highest mod revision and the key count under
-   * `repos/`, `replicas/` and `meta/`: a put raises a revision, a delete lowers a count. etcd
-   * sorts each range on the server, so the cost there grows with the keys; only the mark travels.
-   */
-  async changeMark(): Promise<string> {
-    return this.guard('read change mark', async () => {
-      const prefixes = [this.k('repos', ''), this.k('replicas', ''), this.metaKey('')];
-      const res = await this.txn(
-        [],
-        prefixes.map((p) => ({
-          request_range: { key: utf8(p), range_end: prefixEnd(p), sort_target: 'Mod', sort_order: 'Descend', limit: 1, keys_only: true },
-        })),
-      );
-      return res.responses.map((r) => `${r.response_range.kvs[0]?.mod_revision ?? 0}/${r.response_range.count}`).join(',');
-    });
-  }
-
-  /**
    * feedMark reads the change feed's mark: the store's revision, the key counts under `repos/`
    * and `replicas/`, and the placement settings' newest revision and count.
    */

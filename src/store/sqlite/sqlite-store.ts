@@ -97,7 +97,8 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   (db) => {
     db.exec('ALTER TABLE nodes ADD COLUMN protocol TEXT');
   },
-  // 2: a change counter that every write to repos, replicas and meta moves (changeMark).
+  // 2: a change counter that every write to repos, replicas and meta moves (changeMark). This build
+  // no longer reads it; it stays so that nodes of older builds work beside it in a rolling upgrade.
   (db) => {
     db.exec('CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL); INSERT INTO changes VALUES (0, 0);');
     for (const table of ['repos', 'replicas', 'meta']) {
@@ -690,10 +691,6 @@ export class SqliteStore implements ClusterStore {
   /** lastChange is the change feed's last sequence number (0 before any change). */
   private lastChange(): number {
     return (this.db.prepare('SELECT max(seq) AS n FROM repo_changes').get() as { n: number | null }).n ?? 0;
-  }
-
-  async changeMark(): Promise<string> {
-    return this.read(() => String((this.db.prepare('SELECT n FROM changes WHERE id = 0').get() as { n: number }).n));
   }
 
   async close(): Promise<void> {
