@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
-import { PeerVerifier, signHop, verifyHop } from './auth/peer-signature.js';
+import { PeerVerifier, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
 import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
@@ -226,7 +226,12 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     { id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol },
     { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) },
   );
-  const hops = { sign: (client: string) => signHop(secret, client), verify: (header: string | undefined) => verifyHop(secret, header) };
+  const hops = {
+    sign: (client: string) => signHop(secret, client),
+    verify: (header: string | undefined) => verifyHop(secret, header),
+    signRoute: (repoId: string, incarnation: string) => signRoute(secret, repoId, incarnation),
+    verifyRoute: (header: string | undefined, repoId: string) => verifyRoute(secret, header, repoId),
+  };
   const audit = new AuditLog(store, logger, cfg.nodeId);
   const coordinator = new Coordinator({
     nodeId: cfg.nodeId,

@@ -5,8 +5,10 @@ import {
   PeerVerifier,
   signHop,
   signPeerRequest,
+  signRoute,
   signSshHop,
   verifyHop,
+  verifyRoute,
   verifySshHop,
   type SignedCall,
 } from './peer-signature.js';
@@ -67,6 +69,20 @@ describe('hop tokens', () => {
     expect(verifyHop('secret', signHop('secret', '10.0.0.1', Date.now() - 120_000))).toBeNull();
     expect(verifyHop('secret', 'node-1')).toBeNull();
     expect(verifyHop('secret', undefined)).toBeNull();
+  });
+});
+
+describe('route tokens', () => {
+  it('vouch for one repo, only with the secret and only while fresh', () => {
+    const token = signRoute('secret', 'acme/app', '2026-12-03T00:00:00.000Z-ab12');
+    expect(verifyRoute('secret', token, 'acme/app')).toBe('2026-12-03T00:00:00.000Z-ab12');
+    expect(verifyRoute('secret', token, 'acme/other')).toBeNull();
+    expect(verifyRoute('other', token, 'acme/app')).toBeNull();
+    expect(verifyRoute('secret', signRoute('secret', 'acme/app', 'i', Date.now() - 120_000), 'acme/app')).toBeNull();
+    const [, ts, sig] = token.split('.');
+    expect(verifyRoute('secret', `${Buffer.from('forged').toString('base64url')}.${ts}.${sig}`, 'acme/app')).toBeNull();
+    expect(verifyRoute('secret', signHop('secret', 'acme/app'), 'acme/app')).toBeNull();
+    expect(verifyRoute('secret', undefined, 'acme/app')).toBeNull();
   });
 });
 

@@ -1,5 +1,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 
+/** ROUTE_HEADER carries the route token (signRoute) of a proxied git request. */
+export const ROUTE_HEADER = 'x-replication-route';
 /** PEER_AUTH_HEADER carries a peer request's signature. */
 export const PEER_AUTH_HEADER = 'x-replication-auth';
 
@@ -163,6 +165,34 @@ export function verifyHop(secret: string, header: string | undefined, now = Date
   const given = Buffer.from(sig, 'hex');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
   return Buffer.from(who, 'base64url').toString('utf8');
+}
+
+/**
+ * signRoute makes the route token a node puts beside the hop header when it proxies a git request
+ * to the peer its store read found in sync: the repo and the incarnation that read found there.
+ * The peer serves the request from its replica of that incarnation without reading the store
+ * again (its own read would find the same, a few milliseconds later).
+ */
+export function signRoute(secret: string, repoId: string, incarnation: string, now = Date.now()): string {
+  const ts = String(now);
+  const inc = Buffer.from(incarnation).toString('base64url');
+  return `${inc}.${ts}.${mac(secret, ['route-v1', repoId, inc, ts])}`;
+}
+
+/**
+ * verifyRoute returns the incarnation a route token vouches for on `repoId`, or null when the
+ * header is absent, made for another repo or without the cluster secret, or stale.
+ */
+export function verifyRoute(secret: string, header: string | undefined, repoId: string, now = Date.now()): string | null {
+  if (!header || header.length > 1024) return null;
+  const parts = header.split('.');
+  if (parts.length !== 3) return null;
+  const [inc, ts, sig] = parts as [string, string, string];
+  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
+  const expected = Buffer.from(mac(secret, ['route-v1', repoId, inc, ts]), 'hex');
+  const given = Buffer.from(sig, 'hex');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+  return Buffer.from(inc, 'base64url').toString('utf8');
 }
 
 /** SshHop is who an SSH session a node proxies to a peer acts for. */

@@ -51,6 +51,10 @@ export interface HopTokens {
   sign(client: string): string;
   /** verify returns the client a valid hop names, or null. */
   verify(header: string | undefined): string | null;
+  /** signRoute vouches that a store read found the peer's replica of `incarnation` in sync. */
+  signRoute(repoId: string, incarnation: string): string;
+  /** verifyRoute returns the incarnation a valid route token vouches for on `repoId`, or null. */
+  verifyRoute(header: string | undefined, repoId: string): string | null;
 }
 
 /** NodeDeps is the dependencies object app.ts builds once and hands to every route group. */

@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
 import { AppError, appError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
-import { HOP_HEADER } from '../auth/peer-signature.js';
+import { HOP_HEADER, ROUTE_HEADER } from '../auth/peer-signature.js';
 import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
 import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
@@ -204,6 +204,12 @@ async function routeOrProxy(
   service: string,
   reuseMs = 0,
 ): Promise<boolean> {
+  // A member that proxied this request here read the store for it and found this node's replica
+  // (of this incarnation) in sync: no need to read it again.
+  if (req.hopClient !== null) {
+    const vouched = deps.hops.verifyRoute(header(req, ROUTE_HEADER), repoId);
+    if (vouched !== null && (await deps.storage.incarnationOf(repoId)) === vouched) return true;
+  }
   const route = await deps.router.route(repoId, write, { reuseMs });
   if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
@@ -213,13 +219,14 @@ async function routeOrProxy(
   }
   deps.metrics.proxied.inc({ service });
   reply.hijack();
-  await proxy(deps, req, reply.raw, route.url);
+  await proxy(deps, req, reply.raw, route.url, route.incarnation === undefined ? null : deps.hops.signRoute(repoId, route.incarnation));
   return false;
 }
 
 /** proxy streams a request to a peer and its answer back, both ways without buffering. */
-async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, baseUrl: string): Promise<void> {
+async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, baseUrl: string, routeToken: string | null): Promise<void> {
   const headers: Record<string, string> = { [HOP_HEADER]: deps.hops.sign(clientOf(req)) };
+  if (routeToken) headers[ROUTE_HEADER] = routeToken;
   for (const h of ['content-type', 'content-encoding', 'git-protocol', 'accept', 'authorization', 'user-agent']) {
     const v = req.headers[h];
     if (typeof v === 'string') headers[h] = v;

@@ -4,8 +4,11 @@ import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
-/** Route says where a request is served: this node's replica, or an in-sync peer. */
-export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: string; url: string };
+/**
+ * Route says where a request is served: this node's replica, or an in-sync peer (`incarnation`:
+ * the replica's, when a store read found it in sync, not a copy remembered through an outage).
+ */
+export type Route = { kind: 'local'; stale: boolean } | { kind: 'peer'; nodeId: string; url: string; incarnation?: string };
 
 interface Seen {
   readonly repo: RepoRecord;
@@ -78,16 +81,16 @@ export class Router {
    * Between a push's (or a create's) decision and its first confirmation no replica is in sync; a request
    * arriving then waits (up to commitWaitMs) for that confirmation instead of getting a
    * 503. Waiting serves nothing stale: the answer comes from a replica that confirmed.
-   * `reuseMs`: a read at most that old that found this node's replica in sync serves again
-   * without reading the store (a push's POST after its `info/refs`: the coordinator reads the
-   * repo again under the lock, and catches its replica up if it fell behind meanwhile).
+   * `reuseMs`: a read at most that old routes again without reading the store (a push's POST
+   * after its `info/refs`: the coordinator reads the repo again under the lock, and catches its
+   * replica up if it fell behind meanwhile; a peer it is proxied to does the same).
    */
   async route(repoId: string, write: boolean, opts: { reuseMs?: number } = {}): Promise<Route> {
     if (opts.reuseMs) {
       const seen = this.lastSeen.get(repoId);
       if (seen && Date.now() - seen.at < opts.reuseMs) {
         const route = await this.pick({ ...seen, fromCache: false });
-        if (route?.kind === 'local') return route;
+        if (route) return route;
       }
     }
     const deadline = Date.now() + this.deps.commitWaitMs;
@@ -145,6 +148,6 @@ export class Router {
       .sort((a, b) => membership.loadOf(a) - membership.loadOf(b));
     const best = candidates[0];
     if (!best) return null;
-    return { kind: 'peer', nodeId: best, url: membership.urlOf(best)! };
+    return { kind: 'peer', nodeId: best, url: membership.urlOf(best)!, ...(fromCache ? {} : { incarnation: repo.incarnation }) };
   }
 }

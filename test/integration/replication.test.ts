@@ -313,4 +313,29 @@ describe('a push proxied by a node without a replica', () => {
     expect(st.generation).toBe(2);
     for (const i of [1, 2, 3, 4]) expect(await gitOk(['ls-remote', c.repoUrl(i, repo), 'refs/heads/main'])).toContain(oid);
   });
+
+  it("the replica a push or a clone is proxied to serves it on the proxying node's store read, not one of its own", async () => {
+    const repo = 'proxy/vouched';
+    await c.createRepo(1, repo);
+    const holders = (await c.waitInSync(repo)).replicas.map((r) => Number(r.node.replace('node-', '')));
+    const outsider = [1, 2, 3, 4].find((i) => !holders.includes(i))!;
+    /** routingReads sums the nodes' store reads of one repo's state (the router's). */
+    const routingReads = async (nodes: number[]): Promise<number> => {
+      let sum = 0;
+      for (const i of nodes) {
+        const text = await (await fetch(`${c.url(i)}/metrics`)).text();
+        sum += Number(/^gitrep_store_operations_total\{op="getRepoState"\} (\d+)/m.exec(text)?.[1] ?? 0);
+      }
+      return sum;
+    };
+    const work = await workRepo();
+    const [holderReads, outsiderReads] = [await routingReads(holders), await routingReads([outsider])];
+    await gitOk(['push', '-q', c.repoUrl(outsider, repo), 'main'], { cwd: work });
+    const oid = await commitFile(work, 'v.txt', 'v\n', 'second');
+    await gitOk(['push', '-q', c.repoUrl(outsider, repo), 'main'], { cwd: work });
+    const copy = await clone(c.repoUrl(outsider, repo));
+    expect((await gitOk(['rev-parse', 'HEAD'], { cwd: copy })).trim()).toBe(oid);
+    expect(await routingReads(holders)).toBe(holderReads);
+    expect(await routingReads([outsider])).toBeGreaterThan(outsiderReads);
+  });
 });
