@@ -250,6 +250,21 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(writes()).toEqual({ ...after, confirmReplica: after.confirmReplica! + 1 });
     });
 
+    it('replicas that commit moments after the W-th join its confirmation write: one write confirms all three', async () => {
+      // Every replica commits at once (the third's answer comes after the W-th's, by a little).
+      const writes = (): number[] => (['confirmReplica', 'confirmReplicas'] as const).map((op) => kit.faults.count(op));
+      const before = writes();
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
+      expect((await kit.raw.getReplicas(REPO)).map((r) => [r.nodeId, r.generation, r.state])).toEqual([
+        ['n1', 1, 'in_sync'],
+        ['n2', 1, 'in_sync'],
+        ['n3', 1, 'in_sync'],
+      ]);
+      expect(writes()).toEqual([before[0], before[1]! + 1]);
+    });
+
     it('quorum not reached: ng with the counts, no ref moves, the refs unlocked for the next push', async () => {
       kit.peers.script('n2', 'prepare', answers.refuse('failed', 'no space left on device'));
       kit.peers.script('n3', 'prepare', answers.unreachable);
