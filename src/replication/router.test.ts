@@ -50,13 +50,13 @@ describe('Router (in process: real store, real replicas)', () => {
     expect(route.kind).toBe('peer');
     await stale(route.kind === 'peer' ? route.nodeId : '');
     const other = route.kind === 'peer' && route.nodeId === 'n2' ? 'n3' : 'n2';
-    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: other, url: urlOf(other) });
+    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: other, url: urlOf(other), incarnation: expect.any(String) });
   });
 
   it('an in-sync peer that is down is passed over', async () => {
     await stale('n1');
     await down('n2');
-    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
+    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3'), incarnation: expect.any(String) });
     await down('n3');
     await expect(router.route(REPO, false)).rejects.toMatchObject({ statusCode: 503 });
   });
@@ -75,7 +75,7 @@ describe('Router (in process: real store, real replicas)', () => {
     expect((await router.route(REPO, false)).kind).toBe('peer');
   });
 
-  it('reuseMs: a recent read that found this replica in sync serves again without a store read; anything else reads', async () => {
+  it('reuseMs: a recent read routes again without a store read, to this replica or the peer it found in sync', async () => {
     const reads = (): number => kit.faults.count('getRepoState');
     await router.route(REPO, true);
     const before = reads();
@@ -85,8 +85,12 @@ describe('Router (in process: real store, real replicas)', () => {
     await stale('n1');
     expect((await router.route(REPO, true)).kind).toBe('peer');
     expect(reads()).toBe(before + 1);
-    // A recent read that did not find this replica in sync is read again.
+    // A recent read that found a peer in sync routes to it again, without a read.
     expect((await router.route(REPO, true, { reuseMs: 60_000 })).kind).toBe('peer');
+    expect(reads()).toBe(before + 1);
+    // A read older than reuseMs is read again.
+    await new Promise((r) => setTimeout(r, 5));
+    expect((await router.route(REPO, true, { reuseMs: 1 })).kind).toBe('peer');
     expect(reads()).toBe(before + 2);
   });
 
@@ -136,7 +140,7 @@ describe('Router (in process: real store, real replicas)', () => {
     // Once the router has seen no replica in sync, one confirms.
     await eventually(() => expect(kit.faults.count('getRepoState')).toBeGreaterThan(reads));
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
-    expect(await routed).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
+    expect(await routed).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3'), incarnation: expect.any(String) });
   });
 
   it('a request routed here by a peer waits for this replica to confirm, and gives up after the wait', async () => {
