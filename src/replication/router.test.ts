@@ -50,13 +50,13 @@ describe('Router (in process: real store, real replicas)', () => {
     expect(route.kind).toBe('peer');
     await stale(route.kind === 'peer' ? route.nodeId : '');
     const other = route.kind === 'peer' && route.nodeId === 'n2' ? 'n3' : 'n2';
-    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: other, url: urlOf(other), incarnation: expect.any(String) });
+    expect(await router.route(REPO, false)).toMatchObject({ kind: 'peer', nodeId: other, url: urlOf(other) });
   });
 
   it('an in-sync peer that is down is passed over', async () => {
     await stale('n1');
     await down('n2');
-    expect(await router.route(REPO, false)).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3'), incarnation: expect.any(String) });
+    expect(await router.route(REPO, false)).toMatchObject({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
     await down('n3');
     await expect(router.route(REPO, false)).rejects.toMatchObject({ statusCode: 503 });
   });
@@ -140,7 +140,7 @@ describe('Router (in process: real store, real replicas)', () => {
     // Once the router has seen no replica in sync, one confirms.
     await eventually(() => expect(kit.faults.count('getRepoState')).toBeGreaterThan(reads));
     await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation: repo.incarnation, generation: 1, checksum: 'c1' });
-    expect(await routed).toEqual({ kind: 'peer', nodeId: 'n3', url: urlOf('n3'), incarnation: expect.any(String) });
+    expect(await routed).toMatchObject({ kind: 'peer', nodeId: 'n3', url: urlOf('n3') });
   });
 
   it('a request routed here by a peer waits for this replica to confirm, and gives up after the wait', async () => {
