@@ -140,7 +140,7 @@ function rangePrefix(prefix: string): IRequestOp {
   return { request_range: { key: utf8(prefix), range_end: prefixEnd(prefix) } };
 }
 
-/** feedMarkOf is the change feed's mark from a Txn whose first two reads are feedCounts. */
+/** feedMarkOf is the change feed's mark from a Txn whose first four reads are feedCounts. */
 function feedMarkOf(res: ITxnResponse): string {
   const [repos, replicas, decommissioned, rebalance] = res.responses.map((r) => r.response_range);
   // The placement settings' part: the newest mod revision and the count of each (a delete lowers a count).

@@ -92,6 +92,13 @@ interface NodeRow {
  * MIGRATIONS bring a store file from one schema version (SQLite's user_version) to the next;
  * migration i takes version i to i + 1. A file newer than this build is refused.
  */
+/** TRIGGER_ROWS pairs each write event with the row a trigger on it reads (a delete's old one). */
+const TRIGGER_ROWS = [
+  ['INSERT', 'NEW'],
+  ['UPDATE', 'NEW'],
+  ['DELETE', 'OLD'],
+] as const;
+
 const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   // 1: nodes register the protocol range they speak.
   (db) => {
@@ -113,11 +120,7 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   (db) => {
     db.exec('CREATE TABLE repo_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, repo_id TEXT NOT NULL);');
     for (const table of ['repos', 'replicas']) {
-      for (const [event, row] of [
-        ['INSERT', 'NEW'],
-        ['UPDATE', 'NEW'],
-        ['DELETE', 'OLD'],
-      ] as const) {
+      for (const [event, row] of TRIGGER_ROWS) {
         db.exec(
           `CREATE TRIGGER ${table}_${event.toLowerCase()}_feed AFTER ${event} ON ${table} BEGIN INSERT INTO repo_changes (repo_id) VALUES (${row}.repo_id); END;`,
         );
@@ -128,11 +131,7 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   (db) => {
     const placement = (row: string): string =>
       `substr(${row}.key, 1, ${DECOMMISSIONED_PREFIX.length}) = '${DECOMMISSIONED_PREFIX}' OR ${row}.key = '${REBALANCE_KEY}'`;
-    for (const [event, row] of [
-      ['INSERT', 'NEW'],
-      ['UPDATE', 'NEW'],
-      ['DELETE', 'OLD'],
-    ] as const) {
+    for (const [event, row] of TRIGGER_ROWS) {
       db.exec(
         `CREATE TRIGGER meta_${event.toLowerCase()}_feed AFTER ${event} ON meta WHEN ${placement(row)} BEGIN INSERT INTO repo_changes (repo_id) VALUES (''); END;`,
       );
