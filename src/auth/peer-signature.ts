@@ -145,9 +145,37 @@ export class PeerVerifier {
  * header is ignored and the request is routed like any client's.
  */
 export function signHop(secret: string, client: string, now = Date.now()): string {
+  return sealToken(secret, 'hop-v1', client, [], now);
+}
+
+/**
+ * sealToken makes a `<value, base64url>.<time>.<HMAC>` token: the HMAC covers `tag`, the `bound`
+ * strings (what the token is for, not carried in it), the encoded value and the time.
+ */
+function sealToken(secret: string, tag: string, value: string, bound: readonly string[], now: number): string {
   const ts = String(now);
-  const who = Buffer.from(client).toString('base64url');
-  return `${who}.${ts}.${mac(secret, ['hop-v1', who, ts])}`;
+  const encoded = Buffer.from(value).toString('base64url');
+  return `${encoded}.${ts}.${mac(secret, [tag, ...bound, encoded, ts])}`;
+}
+
+/** openToken returns the value a sealToken token carries, or null when it is malformed, longer than `maxLength`, forged or stale. */
+function openToken(
+  secret: string,
+  tag: string,
+  token: string | undefined,
+  bound: readonly string[],
+  maxLength: number,
+  now: number,
+): string | null {
+  if (!token || token.length > maxLength) return null;
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  const [encoded, ts, sig] = parts as [string, string, string];
+  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
+  const expected = Buffer.from(mac(secret, [tag, ...bound, encoded, ts]), 'hex');
+  const given = Buffer.from(sig, 'hex');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+  return Buffer.from(encoded, 'base64url').toString('utf8');
 }
 
 /**
@@ -156,15 +184,7 @@ export function signHop(secret: string, client: string, now = Date.now()): strin
  * made with the cluster secret, or stale.
  */
 export function verifyHop(secret: string, header: string | undefined, now = Date.now()): string | null {
-  if (!header || header.length > 1024) return null;
-  const parts = header.split('.');
-  if (parts.length !== 3) return null;
-  const [who, ts, sig] = parts as [string, string, string];
-  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
-  const expected = Buffer.from(mac(secret, ['hop-v1', who, ts]), 'hex');
-  const given = Buffer.from(sig, 'hex');
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-  return Buffer.from(who, 'base64url').toString('utf8');
+  return openToken(secret, 'hop-v1', header, [], 1024, now);
 }
 
 /**
@@ -174,9 +194,7 @@ export function verifyHop(secret: string, header: string | undefined, now = Date
  * again (its own read would find the same, a few milliseconds later).
  */
 export function signRoute(secret: string, repoId: string, incarnation: string, now = Date.now()): string {
-  const ts = String(now);
-  const inc = Buffer.from(incarnation).toString('base64url');
-  return `${inc}.${ts}.${mac(secret, ['route-v1', repoId, inc, ts])}`;
+  return sealToken(secret, 'route-v1', incarnation, [repoId], now);
 }
 
 /**
@@ -184,15 +202,7 @@ export function signRoute(secret: string, repoId: string, incarnation: string, n
  * header is absent, made for another repo or without the cluster secret, or stale.
  */
 export function verifyRoute(secret: string, header: string | undefined, repoId: string, now = Date.now()): string | null {
-  if (!header || header.length > 1024) return null;
-  const parts = header.split('.');
-  if (parts.length !== 3) return null;
-  const [inc, ts, sig] = parts as [string, string, string];
-  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
-  const expected = Buffer.from(mac(secret, ['route-v1', repoId, inc, ts]), 'hex');
-  const given = Buffer.from(sig, 'hex');
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-  return Buffer.from(inc, 'base64url').toString('utf8');
+  return openToken(secret, 'route-v1', header, [repoId], 1024, now);
 }
 
 /** SshHop is who an SSH session a node proxies to a peer acts for. */
@@ -212,23 +222,15 @@ export interface SshHop {
  * transport to a peer whose host key is the cluster's, and is good for MAX_SKEW_MS.
  */
 export function signSshHop(secret: string, hop: SshHop, now = Date.now()): string {
-  const ts = String(now);
-  const body = Buffer.from(JSON.stringify({ u: hop.user, k: hop.key, c: hop.client })).toString('base64url');
-  return `${body}.${ts}.${mac(secret, ['ssh-hop-v1', body, ts])}`;
+  return sealToken(secret, 'ssh-hop-v1', JSON.stringify({ u: hop.user, k: hop.key, c: hop.client }), [], now);
 }
 
 /** verifySshHop returns what an SSH hop token names, or null when it is forged, stale or malformed. */
 export function verifySshHop(secret: string, token: string | undefined, now = Date.now()): SshHop | null {
-  if (!token || token.length > 2048) return null;
-  const parts = token.split('.');
-  if (parts.length !== 3) return null;
-  const [body, ts, sig] = parts as [string, string, string];
-  if (!/^\d{1,15}$/.test(ts) || Math.abs(now - Number(ts)) > MAX_SKEW_MS) return null;
-  const expected = Buffer.from(mac(secret, ['ssh-hop-v1', body, ts]), 'hex');
-  const given = Buffer.from(sig, 'hex');
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+  const body = openToken(secret, 'ssh-hop-v1', token, [], 2048, now);
+  if (body === null) return null;
   try {
-    const v = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as { u?: unknown; k?: unknown; c?: unknown };
+    const v = JSON.parse(body) as { u?: unknown; k?: unknown; c?: unknown };
     if (typeof v.u !== 'string' || typeof v.k !== 'string' || typeof v.c !== 'string') return null;
     return { user: v.u, key: v.k, client: v.c };
   } catch {
