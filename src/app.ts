@@ -21,7 +21,8 @@ import type { Logger } from './domain/logger.js';
 import { HookServer } from './git/proc-receive.js';
 import { ReplicaStorage } from './git/repo-storage.js';
 import { GitRunner } from './git/runner.js';
-import { SpawnHelper } from './git/spawner.js';
+import { HELPER_SCRIPT, PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './git/spawner.js';
+import { REF_SESSION_IDLE_MS, REF_SESSIONS_MAX, RefSessions } from './git/update-ref.js';
 import type { NodeDeps } from './http/deps.js';
 import { buildHttpApp } from './http/server.js';
 import { Metrics } from './metrics.js';
@@ -94,8 +95,11 @@ export interface NodeConfig {
   readonly maxGroupPushes: number;
   /** maxQueuedPushes: pushes to one repo that may wait on this node. */
   readonly maxQueuedPushes: number;
-  /** gitSpawnHelper: start git through the spawn helper (the setting's default is on; absent here: off). */
-  readonly gitSpawnHelper?: boolean;
+  /**
+   * gitSpawnHelper: start git through the spawn helper (the setting's default is on; absent here:
+   * off). true takes the Python helper when python3 is there, else the Node.js one.
+   */
+  readonly gitSpawnHelper?: boolean | 'python' | 'node';
   /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
   readonly failpoints?: string;
   /** protocol: the replication protocol versions this node speaks (default PROTOCOL, this build's). */
@@ -140,13 +144,22 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(cfg.dataDir);
   await restrictPermissions(dataDir, cfg.store);
-  // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts).
+  // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts),
+  // and the Python helper's vfork costs a tenth of the Node.js helper's fork.
   // Its socket is this incarnation's: a helper of an earlier one still finishing a request
   // would otherwise connect git's streams to this node, under a child id that is reused here.
   for (const f of await readdir(dataDir)) if (/^spawn(-\d+)?\.sock$/.test(f)) await unlink(join(dataDir, f)).catch(() => undefined);
+  const helperKind = cfg.gitSpawnHelper === true ? (pythonHelperUsable() ? 'python' : 'node') : cfg.gitSpawnHelper || null;
   const spawnHelper =
-    cfg.gitSpawnHelper !== true ? null : new SpawnHelper(join(dataDir, `spawn-${process.pid}.sock`), (m) => logger.warn(m));
+    helperKind === null
+      ? null
+      : new SpawnHelper(
+          join(dataDir, `spawn-${process.pid}.sock`),
+          (m) => logger.warn(m),
+          helperKind === 'python' ? PYTHON_HELPER : HELPER_SCRIPT,
+        );
   if (spawnHelper && !(await spawnHelper.start())) logger.warn('spawn helper not started: the node spawns git itself');
+  else if (spawnHelper) logger.info({ helper: spawnHelper.kind }, 'git is started through the spawn helper');
   const git = new GitRunner({
     owner: dataDir,
     instance: randomUUID(),
@@ -187,8 +200,11 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     metrics,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
   });
+  // A replica's update-ref process is kept for its next transaction (src/git/update-ref.ts).
+  const refSessions = new RefSessions({ idleMs: REF_SESSION_IDLE_MS, max: REF_SESSIONS_MAX });
   const participant = new Participant({
     nodeId: cfg.nodeId,
+    refSessions,
     store,
     storage,
     git,
@@ -457,6 +473,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       await sshClosing;
       await membership.stop();
       await hooks.close();
+      await refSessions.close();
       await git.killAll();
       await spawnHelper?.stop();
       await peers.close();

@@ -32,6 +32,12 @@ function onOff(name: string, value: string): boolean {
   throw new Error(`${name}: must be on or off, got '${value.slice(0, 40)}'`);
 }
 
+function spawnHelperSetting(value: string): boolean | 'python' | 'node' {
+  if (value === 'python' || value === 'node') return value;
+  if (value === 'on' || value === 'off') return onOff('GIT_SPAWN_HELPER', value);
+  throw new Error(`GIT_SPAWN_HELPER: must be on, off, python or node, got '${value.slice(0, 40)}'`);
+}
+
 function parseAuth(value: string): 'open' | 'tokens' {
   if (value === 'open' || value === 'tokens') return value;
   throw new Error(`--auth (AUTH) must be tokens or open, got '${value}'`);
@@ -95,7 +101,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
       fullPassMs: s.fullPassMs,
     },
     maxGroupPushes: s.maxGroupPushes,
-    gitSpawnHelper: onOff('GIT_SPAWN_HELPER', s.gitSpawnHelper),
+    gitSpawnHelper: spawnHelperSetting(s.gitSpawnHelper),
     maxQueuedPushes: s.maxQueuedPushes,
     auth: parseAuth(s.auth),
     ...(s.failpoints ? { failpoints: s.failpoints } : {}),

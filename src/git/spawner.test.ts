@@ -1,18 +1,27 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner, terminate, waitClose } from './runner.js';
-import { SpawnHelper } from './spawner.js';
+import { PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './spawner.js';
 
-/** SCRIPT is the compiled helper (`npm test` builds dist/ first). */
+/** SCRIPT is the compiled Node.js helper (`npm test` builds dist/ first). */
 const SCRIPT = new URL('../../dist/git/spawn-helper.js', import.meta.url);
 
-describe.skipIf(!existsSync(SCRIPT))('GitRunner through the spawn helper', () => {
+const helpers = [
+  { kind: 'node', script: SCRIPT, usable: existsSync(SCRIPT) },
+  { kind: 'python', script: PYTHON_HELPER, usable: pythonHelperUsable() },
+] as const;
+
+describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, script, usable }) => {
+  if (!usable) {
+    it.skip(`needs ${kind === 'node' ? 'dist/ (npm run build)' : 'python3'}`, () => undefined);
+    return;
+  }
   let dir: string;
   let helper: SpawnHelper;
   let git: GitRunner;
@@ -20,8 +29,9 @@ describe.skipIf(!existsSync(SCRIPT))('GitRunner through the spawn helper', () =>
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gitrep-spawner-'));
-    helper = new SpawnHelper(join(dir, 'spawn.sock'), (m) => problems.push(m), SCRIPT);
+    helper = new SpawnHelper(join(dir, 'spawn.sock'), (m) => problems.push(m), script);
     expect(await helper.start()).toBe(true);
+    expect(helper.kind).toBe(kind);
     git = new GitRunner({ owner: dir, instance: randomUUID(), maxProcesses: 8, helper });
     await git.run(['init', '-q', '--bare', 'r.git'], { cwd: dir });
   });
@@ -70,6 +80,32 @@ describe.skipIf(!existsSync(SCRIPT))('GitRunner through the spawn helper', () =>
     await waitClose(cat);
     expect(Buffer.concat(chunks).equals(blob)).toBe(true);
     expect(cat.pid).toBeGreaterThan(0);
+  });
+
+  it("starts the process as the helper's child, in the directory and with the environment asked for", async () => {
+    const child = git.spawn(['cat-file', '--batch'], { cwd: join(dir, 'r.git') });
+    await new Promise((r) => child.once('spawn', r));
+    const stat = await readFile(`/proc/${child.pid}/stat`, 'utf8');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    expect(ppid).toBe((helper as unknown as { helper: { pid: number } }).helper.pid);
+    expect(ppid).not.toBe(process.pid);
+    child.kill('SIGKILL');
+    await waitClose(child);
+    // The working directory and the environment (non-ASCII included) reach git as they were asked for.
+    const config = await git.run(['config', '--get', 'user.name'], {
+      cwd: join(dir, 'r.git'),
+      env: { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'user.name', GIT_CONFIG_VALUE_0: 'Ünïcode Name' },
+    });
+    expect(config.stdout).toBe('Ünïcode Name\n');
+    expect((await git.run(['rev-parse', '--absolute-git-dir'], { cwd: join(dir, 'r.git') })).stdout).toBe(
+      `${await realpath(join(dir, 'r.git'))}\n`,
+    );
+  });
+
+  it('a directory that is not there fails the spawn with an error, and the next spawn works', async () => {
+    await expect(git.run(['rev-parse', '--git-dir'], { cwd: join(dir, 'not-there') })).rejects.toThrow();
+    expect((await git.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).stdout).toBe('true\n');
+    expect(git.runningCount).toBe(0);
   });
 
   it('a process that exits without reading its input fails the writer instead of stalling it', async () => {

@@ -1,6 +1,7 @@
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
@@ -9,8 +10,24 @@ import type { SpawnReport, SpawnRequest } from './spawn-helper.js';
 /** MAX_SOCKET_PATH is the longest Unix socket path Linux takes (108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 
-/** HELPER_SCRIPT is the helper's compiled entry point, beside this module. */
-const HELPER_SCRIPT = new URL('./spawn-helper.js', import.meta.url);
+/** HELPER_SCRIPT is the Node.js helper's compiled entry point, beside this module. */
+export const HELPER_SCRIPT = new URL('./spawn-helper.js', import.meta.url);
+
+/** PYTHON_HELPER is the Python helper (`helpers/` at the package's root, from src/git or dist/git alike). */
+export const PYTHON_HELPER = new URL('../../helpers/spawn-helper.py', import.meta.url);
+
+/**
+ * pythonHelperUsable says whether the Python helper can run here: the script is there and a
+ * `python3` of 3.8 or later is on PATH. Asked once, when a node starts.
+ */
+export function pythonHelperUsable(): boolean {
+  if (!existsSync(PYTHON_HELPER)) return false;
+  const r = spawnSync('python3', ['-c', 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)'], {
+    stdio: 'ignore',
+    timeout: 10_000,
+  });
+  return r.status === 0;
+}
 
 /**
  * HelperChild is a process started through the spawn helper, with the parts of ChildProcess the
@@ -163,9 +180,11 @@ class HelperChild extends EventEmitter {
 }
 
 /**
- * SpawnHelper starts git through a small helper process (src/git/spawn-helper.ts), so the fork
- * git needs is of that process, not of the node. One per node; `usable` is false until it
- * runs, and again if it dies (GitRunner then spawns directly until it is started again).
+ * SpawnHelper starts git through a small helper process, so the fork git needs is of that
+ * process, not of the node: helpers/spawn-helper.py when Python is there (vfork: about 0.1 ms of
+ * its CPU per process), else src/git/spawn-helper.ts (a fork of a 50 MB process: about 1 ms).
+ * Both speak the same protocol. One per node; `usable` is false until it runs, and again if it
+ * dies (GitRunner then spawns directly until it is started again).
  */
 export class SpawnHelper {
   private helper: ChildProcess | null = null;
@@ -177,7 +196,7 @@ export class SpawnHelper {
   constructor(
     private readonly socketPath: string,
     private readonly onProblem: (message: string) => void = () => undefined,
-    /** script is the helper's entry point (default the compiled spawn-helper.js beside this module). */
+    /** script is the helper's entry point: the compiled spawn-helper.js beside this module (default) or PYTHON_HELPER. */
     private readonly script: URL | string = HELPER_SCRIPT,
   ) {}
 
@@ -211,14 +230,29 @@ export class SpawnHelper {
     return true;
   }
 
+  /** kind is the helper's language, by its script. */
+  get kind(): 'python' | 'node' {
+    return String(this.script).endsWith('.py') ? 'python' : 'node';
+  }
+
   private launch(): void {
-    const helper = fork(this.script, [this.socketPath], {
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-      // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
-      execArgv: [],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
-      serialization: 'json',
-    });
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
+    const script = typeof this.script === 'string' ? this.script : fileURLToPath(this.script);
+    // Either way the IPC channel carries JSON lines (a Python child finds it at NODE_CHANNEL_FD).
+    const helper =
+      this.kind === 'python'
+        ? spawn('python3', ['-I', '-S', script, this.socketPath], {
+            stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+            env,
+            serialization: 'json',
+          })
+        : fork(script, [this.socketPath], {
+            stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+            // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
+            execArgv: [],
+            env,
+            serialization: 'json',
+          });
     helper.on('message', (m: SpawnReport) => this.onReport(m));
     helper.once('exit', (code, signal) => {
       if (this.helper === helper) this.helper = null;

@@ -1,12 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner } from './runner.js';
 import type { RefUpdate } from '../domain/ref-name.js';
-import { parseUpdateRefFailure, RefTxnError, UpdateRefTxn, type RefTxnFailureKind } from './update-ref.js';
+import { parseUpdateRefFailure, RefSessions, RefTxnError, UpdateRefTxn, type RefTxnFailureKind, type Reuse } from './update-ref.js';
 
 const ZERO = '0'.repeat(40);
 const ENV = {
@@ -53,8 +53,8 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     return path;
   }
 
-  async function refusal(path: string, changes: RefUpdate[]): Promise<RefTxnError> {
-    const err = await UpdateRefTxn.prepare(git, path, changes).then(
+  async function refusal(path: string, changes: RefUpdate[], reuse?: Reuse): Promise<RefTxnError> {
+    const err = await UpdateRefTxn.prepare(git, path, changes, reuse).then(
       async (txn) => {
         await txn.abort();
         return null;
@@ -115,6 +115,21 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     expect(err.message.length).toBeGreaterThan(10);
   });
 
+  it.each(cases)('%s, in a kept update-ref process', async (_name, changes, kind, ref, setup) => {
+    const path = repo();
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const reuse = { sessions, from: { incarnation: 'i', generation: 1 } };
+    // A transaction that aborts leaves its process kept for the next one at the same state.
+    await (await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], reuse)).abort();
+    expect(sessions.size).toBe(1);
+    setup?.(path);
+    const err = await refusal(path, changes(path), reuse);
+    expect(sessions.reused).toBe(1);
+    expect({ kind: err.kind, ref: err.ref }, err.message).toEqual({ kind, ref });
+    expect(err.message).not.toMatch(/^fatal:|remove the file manually/);
+    await sessions.close();
+  });
+
   it('a transaction git accepts commits', async () => {
     const path = repo();
     const txn = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }]);
@@ -125,5 +140,171 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
   it('reads stderr without a fatal line as other, keeping the text', () => {
     expect(parseUpdateRefFailure('')).toEqual({ kind: 'other', ref: null, message: 'update-ref failed' });
     expect(parseUpdateRefFailure('something odd\n')).toEqual({ kind: 'other', ref: null, message: 'something odd' });
+  });
+});
+
+describe("RefSessions: an update-ref process kept for the replica's next transaction", () => {
+  let root = '';
+  let a = '';
+  let b = '';
+  let c = '';
+  const git = new GitRunner({ owner: `ref-sessions-test-${randomUUID()}`, instance: randomUUID(), maxProcesses: 8 });
+  const sh = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
+  const at = (path: string, ref: string): string => sh(path, 'rev-parse', '--verify', '-q', ref);
+  const pidOf = (txn: UpdateRefTxn): number => (txn as unknown as { session: { child: { pid: number } } }).session.child.pid;
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const until = async (ok: () => boolean): Promise<void> => {
+    for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
+  };
+
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'ref-sessions-'));
+    const work = join(root, 'work');
+    sh(root, 'init', '-q', '-b', 'main', work);
+    for (const m of ['a', 'b', 'c']) sh(work, 'commit', '-q', '--allow-empty', '-m', m);
+    [a, b, c] = ['HEAD~2', 'HEAD~1', 'HEAD'].map((r) => sh(work, 'rev-parse', r)) as [string, string, string];
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  function repo(): string {
+    const path = join(root, `r-${randomUUID()}.git`);
+    sh(root, 'clone', '-q', '--bare', join(root, 'work'), path);
+    sh(path, 'update-ref', 'refs/heads/main', a);
+    return path;
+  }
+
+  it('runs the next transaction from the state a commit left in the same process', async () => {
+    const path = repo();
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
+      sessions,
+      from: { incarnation: 'i', generation: 4 },
+    });
+    await first.commit();
+    expect(at(path, 'refs/heads/main')).toBe(b);
+    const second = await UpdateRefTxn.prepare(
+      git,
+      path,
+      [
+        { ref: 'refs/heads/main', oldOid: b, newOid: c },
+        { ref: 'refs/heads/new', oldOid: ZERO, newOid: a },
+      ],
+      { sessions, from: { incarnation: 'i', generation: 5 } },
+    );
+    expect(pidOf(second)).toBe(pidOf(first));
+    expect(sessions.reused).toBe(1);
+    await second.commit();
+    expect([at(path, 'refs/heads/main'), at(path, 'refs/heads/new')]).toEqual([c, a]);
+    // An old value that no longer holds is refused in the kept process as in a new one.
+    await expect(
+      UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: b, newOid: a }], {
+        sessions,
+        from: { incarnation: 'i', generation: 6 },
+      }),
+    ).rejects.toMatchObject({ kind: 'old-value', ref: 'refs/heads/main' });
+    expect(at(path, 'refs/heads/main')).toBe(c);
+    await sessions.close();
+  });
+
+  it('starts a new process for another generation or incarnation, and closes the kept one', async () => {
+    const path = repo();
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
+      sessions,
+      from: { incarnation: 'i', generation: 1 },
+    });
+    await first.commit();
+    // Refs changed by another process (a repair's fetch): the replica is at another generation.
+    sh(path, 'update-ref', 'refs/heads/main', c, b);
+    sh(path, 'update-ref', 'refs/heads/side', a);
+    sh(path, 'update-ref', '-d', 'refs/heads/side');
+    const other = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: c, newOid: a }], {
+      sessions,
+      from: { incarnation: 'i', generation: 7 },
+    });
+    expect(pidOf(other)).not.toBe(pidOf(first));
+    await until(() => !alive(pidOf(first)));
+    expect(alive(pidOf(first))).toBe(false);
+    await other.abort();
+    const another = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: c, newOid: a }], {
+      sessions,
+      from: { incarnation: 'j', generation: 7 },
+    });
+    expect(pidOf(another)).not.toBe(pidOf(other));
+    await another.commit();
+    expect(at(path, 'refs/heads/main')).toBe(a);
+    expect(sessions.reused).toBe(0);
+    await sessions.close();
+  });
+
+  it('never writes into a directory a swap moved away: a new copy in place gets a new process', async () => {
+    const path = repo();
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
+      sessions,
+      from: { incarnation: 'i', generation: 1 },
+    });
+    await first.commit();
+    // A repair's swap: a whole copy moved into place over the replica.
+    const copy = `${path}.copy`;
+    cpSync(path, copy, { recursive: true });
+    renameSync(path, `${path}.old`);
+    renameSync(copy, path);
+    const next = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: b, newOid: c }], {
+      sessions,
+      from: { incarnation: 'i', generation: 2 },
+    });
+    expect(pidOf(next)).not.toBe(pidOf(first));
+    await next.commit();
+    expect(at(path, 'refs/heads/main')).toBe(c);
+    expect(at(`${path}.old`, 'refs/heads/main')).toBe(b);
+    await sessions.close();
+  });
+
+  it('a kept process that died is replaced; idle ones end after idleMs, and the oldest goes past max', async () => {
+    const path = repo();
+    const sessions = new RefSessions({ idleMs: 300, max: 2 });
+    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
+      sessions,
+      from: { incarnation: 'i', generation: 1 },
+    });
+    await first.abort();
+    process.kill(pidOf(first), 'SIGKILL');
+    await until(() => !alive(pidOf(first)));
+    const next = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
+      sessions,
+      from: { incarnation: 'i', generation: 1 },
+    });
+    expect(pidOf(next)).not.toBe(pidOf(first));
+    await next.commit();
+    expect(at(path, 'refs/heads/main')).toBe(b);
+    expect(sessions.size).toBe(1);
+    await until(() => sessions.size === 0 && !alive(pidOf(next)));
+    expect(sessions.size).toBe(0);
+    expect(alive(pidOf(next))).toBe(false);
+
+    const [p1, p2, p3] = [repo(), repo(), repo()];
+    const kept: number[] = [];
+    for (const p of [p1, p2, p3]) {
+      const t = await UpdateRefTxn.prepare(git, p, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
+        sessions,
+        from: { incarnation: 'i', generation: 1 },
+      });
+      kept.push(pidOf(t));
+      await t.commit();
+    }
+    expect(sessions.size).toBe(2);
+    await until(() => !alive(kept[0]!));
+    expect(kept.map(alive)).toEqual([false, true, true]);
+    await sessions.close();
+    await until(() => !kept.some(alive));
+    expect(kept.some(alive)).toBe(false);
   });
 });

@@ -1,4 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
+import { statSync } from 'node:fs';
 import { AppError } from '../domain/errors.js';
 import type { RefUpdate } from '../domain/ref-name.js';
 import { waitClose, type GitRunner } from './runner.js';
@@ -64,19 +65,30 @@ export class RefTxnError extends AppError {
   }
 }
 
-/**
- * UpdateRefTxn is a prepared `git update-ref --stdin` transaction (git-update-ref(1)): after
- * `prepare: ok` the refs are locked and their old values verified; commit() or abort() finishes
- * it. End of input while prepared aborts with exit 0, so success is only ever read from
- * `commit: ok`, never from the exit code.
- */
-export class UpdateRefTxn {
-  private stdoutBuf = '';
-  private stderrBuf = '';
-  private lineWaiter: (() => void) | null = null;
-  private finished = false;
+/** REF_SESSION_IDLE_MS is how long a kept update-ref process waits for its replica's next transaction. */
+export const REF_SESSION_IDLE_MS = 10_000;
 
-  private constructor(private readonly child: ChildProcess) {
+/** REF_SESSIONS_MAX caps the update-ref processes a node keeps idle (the least recently used goes first). */
+export const REF_SESSIONS_MAX = 64;
+
+/** SessionTag names the replica state an idle session last saw: its incarnation and generation. */
+export interface SessionTag {
+  readonly incarnation: string;
+  readonly generation: number;
+}
+
+/**
+ * RefSession is one `git update-ref --stdin` process, which can run transactions one after
+ * another (`start` after `commit` or `abort` opens the next). Its replies are read line by line.
+ */
+class RefSession {
+  private stdoutBuf = '';
+  private read = 0;
+  stderrBuf = '';
+  private lineWaiter: (() => void) | null = null;
+  finished = false;
+
+  constructor(readonly child: ChildProcess) {
     child.stdout?.setEncoding('utf8');
     child.stderr?.setEncoding('utf8');
     child.stdout?.on('data', (d: string) => {
@@ -99,9 +111,14 @@ export class UpdateRefTxn {
     w?.();
   }
 
-  private async waitFor(line: string): Promise<boolean> {
+  /** waitFor reads replies up to `line` (true), or to the end of the process's output (false). */
+  async waitFor(line: string): Promise<boolean> {
     for (;;) {
-      if (this.stdoutBuf.split('\n').includes(line)) return true;
+      for (let nl = this.stdoutBuf.indexOf('\n', this.read); nl >= 0; nl = this.stdoutBuf.indexOf('\n', this.read)) {
+        const got = this.stdoutBuf.slice(this.read, nl);
+        this.read = nl + 1;
+        if (got === line) return true;
+      }
       if (this.finished) return false;
       await new Promise<void>((r) => {
         this.lineWaiter = r;
@@ -109,38 +126,190 @@ export class UpdateRefTxn {
     }
   }
 
+  /** next forgets what earlier transactions wrote: their replies and warnings. */
+  next(): void {
+    this.stdoutBuf = this.stdoutBuf.slice(this.read);
+    this.read = 0;
+    this.stderrBuf = '';
+  }
+
+  /** end closes the process's input (it exits; a transaction still open aborts) and waits for it. */
+  async end(last = ''): Promise<void> {
+    if (!this.finished) this.child.stdin?.end(last);
+    await waitClose(this.child);
+  }
+}
+
+interface IdleSession {
+  readonly session: RefSession;
+  readonly tag: SessionTag;
+  readonly timer: NodeJS.Timeout;
+}
+
+/**
+ * RefSessions keeps the update-ref process of a replica's last transaction for the next one
+ * (one process start less per replica and push). A kept process is used again only for a
+ * transaction that starts from the state it left: same incarnation, and the generation its
+ * commit made (or the base of its abort). Refs changed by anything else (a repair's fetch) come
+ * with another generation, and git's cache of loose ref names in that process would be stale, so
+ * it is closed instead. A process whose working directory is no longer the replica's (a swap
+ * moved a new copy into place) is closed too. Idle processes end after `idleMs`.
+ */
+export class RefSessions {
+  private readonly idle = new Map<string, IdleSession>();
+  /** reused counts the transactions that ran in a kept process (tests, metrics). */
+  reused = 0;
+
+  constructor(private readonly opts: { readonly idleMs: number; readonly max: number }) {}
+
+  /** size is the number of idle processes kept now. */
+  get size(): number {
+    return this.idle.size;
+  }
+
+  /** take hands out the idle process of `repoPath` if it left the replica at `tag`; any other is closed. */
+  take(repoPath: string, tag: SessionTag): RefSession | null {
+    const kept = this.idle.get(repoPath);
+    if (!kept) return null;
+    this.drop(repoPath, kept);
+    const same = kept.tag.incarnation === tag.incarnation && kept.tag.generation === tag.generation;
+    if (same && !kept.session.finished && sameDirectory(kept.session.child.pid, repoPath)) {
+      this.reused++;
+      return kept.session;
+    }
+    void kept.session.end();
+    return null;
+  }
+
+  /** put keeps a process that finished a transaction, leaving the replica at `tag`; it replaces one kept before. */
+  put(repoPath: string, tag: SessionTag, session: RefSession): void {
+    if (session.finished) return;
+    const before = this.idle.get(repoPath);
+    if (before) {
+      this.drop(repoPath, before);
+      void before.session.end();
+    }
+    if (this.idle.size >= this.opts.max) {
+      const [oldestPath, oldest] = this.idle.entries().next().value as [string, IdleSession];
+      this.drop(oldestPath, oldest);
+      void oldest.session.end();
+    }
+    const timer = setTimeout(() => {
+      if (this.idle.get(repoPath)?.session === session) {
+        this.idle.delete(repoPath);
+        void session.end();
+      }
+    }, this.opts.idleMs);
+    timer.unref();
+    session.next();
+    this.idle.set(repoPath, { session, tag, timer });
+  }
+
+  private drop(repoPath: string, kept: IdleSession): void {
+    clearTimeout(kept.timer);
+    if (this.idle.get(repoPath) === kept) this.idle.delete(repoPath);
+  }
+
+  /** close ends every idle process (node shutdown). */
+  async close(): Promise<void> {
+    const all = [...this.idle.entries()];
+    for (const [path, kept] of all) this.drop(path, kept);
+    await Promise.all(all.map(([, kept]) => kept.session.end()));
+  }
+}
+
+/** sameDirectory says whether process `pid` still works in the directory now at `path` (Linux: /proc/<pid>/cwd). */
+function sameDirectory(pid: number | undefined, path: string): boolean {
+  if (pid === undefined) return false;
+  try {
+    const cwd = statSync(`/proc/${pid}/cwd`);
+    const now = statSync(path);
+    return cwd.ino === now.ino && cwd.dev === now.dev;
+  } catch {
+    return false;
+  }
+}
+
+/** Reuse lets a transaction run in a kept process and keep its own afterwards (RefSessions). */
+export interface Reuse {
+  readonly sessions: RefSessions;
+  /** from is the replica's state the transaction starts from (incarnation, base generation). */
+  readonly from: SessionTag;
+}
+
+/**
+ * UpdateRefTxn is a prepared `git update-ref --stdin` transaction (git-update-ref(1)): after
+ * `prepare: ok` the refs are locked and their old values verified; commit() or abort() finishes
+ * it. End of input while prepared aborts with exit 0, so success is only ever read from
+ * `commit: ok`, never from the exit code. With `reuse`, the process may be one a transaction
+ * before left (RefSessions), and is kept for the next one after commit or abort.
+ */
+export class UpdateRefTxn {
+  private done = false;
+
+  private constructor(
+    private readonly session: RefSession,
+    private readonly repoPath: string,
+    private readonly reuse: Reuse | undefined,
+  ) {}
+
   private failure(): RefTxnError {
-    return new RefTxnError(parseUpdateRefFailure(this.stderrBuf));
+    return new RefTxnError(parseUpdateRefFailure(this.session.stderrBuf));
   }
 
   /** prepare locks and verifies `changes` in the repo at `repoPath`; throws RefTxnError if git refuses. */
-  static async prepare(git: GitRunner, repoPath: string, changes: readonly RefUpdate[]): Promise<UpdateRefTxn> {
-    const child = git.spawn(['update-ref', '--stdin'], { cwd: repoPath });
-    const txn = new UpdateRefTxn(child);
+  static async prepare(git: GitRunner, repoPath: string, changes: readonly RefUpdate[], reuse?: Reuse): Promise<UpdateRefTxn> {
     const lines = ['start', ...changes.map((c) => `update ${c.ref} ${c.newOid} ${c.oldOid}`), 'prepare', ''].join('\n');
-    child.stdin?.write(lines);
-    if (!(await txn.waitFor('prepare: ok'))) {
-      await waitClose(child);
-      throw txn.failure();
+    const kept = reuse?.sessions.take(repoPath, reuse.from) ?? null;
+    if (kept) {
+      kept.child.stdin?.write(lines);
+      if (await kept.waitFor('prepare: ok')) return new UpdateRefTxn(kept, repoPath, reuse);
+      // A kept process that died meanwhile, or refused: the refusal counts only from a new one,
+      // whose words are read as before.
+      await kept.end();
     }
-    return txn;
+    const session = new RefSession(git.spawn(['update-ref', '--stdin'], { cwd: repoPath }));
+    session.child.stdin?.write(lines);
+    if (!(await session.waitFor('prepare: ok'))) {
+      await session.end();
+      throw new UpdateRefTxn(session, repoPath, undefined).failure();
+    }
+    return new UpdateRefTxn(session, repoPath, reuse);
   }
 
   /** commit applies the prepared changes; throws if git did not confirm. */
   async commit(): Promise<void> {
-    this.child.stdin?.end('commit\n');
-    await waitClose(this.child);
-    if (!this.stdoutBuf.split('\n').includes('commit: ok')) throw this.failure();
+    this.done = true;
+    const { session, reuse } = this;
+    if (!reuse) {
+      await session.end('commit\n');
+      if (!(await session.waitFor('commit: ok'))) throw this.failure();
+      return;
+    }
+    session.child.stdin?.write('commit\n');
+    if (!(await session.waitFor('commit: ok'))) {
+      await session.end();
+      throw this.failure();
+    }
+    reuse.sessions.put(this.repoPath, { incarnation: reuse.from.incarnation, generation: reuse.from.generation + 1 }, session);
   }
 
   /** abort releases the locks without changing anything. */
   async abort(): Promise<void> {
-    if (!this.finished) this.child.stdin?.end('abort\n');
-    await waitClose(this.child);
+    if (this.done) return;
+    this.done = true;
+    const { session, reuse } = this;
+    if (!reuse || session.finished) {
+      await session.end('abort\n');
+      return;
+    }
+    session.child.stdin?.write('abort\n');
+    if (await session.waitFor('abort: ok')) reuse.sessions.put(this.repoPath, reuse.from, session);
+    else await session.end();
   }
 
   /** alive says whether the process still holds the prepared transaction. */
   get alive(): boolean {
-    return !this.finished;
+    return !this.done && !this.session.finished;
   }
 }

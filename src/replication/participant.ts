@@ -9,7 +9,7 @@ import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
 import { fsyncRefDirs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
-import { RefTxnError, UpdateRefTxn } from '../git/update-ref.js';
+import { RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
 import type { RepoActivity, Running } from './activity.js';
 import type { Failpoints } from './failpoints.js';
@@ -89,6 +89,8 @@ export class Participant {
       readonly logger: Logger;
       readonly failpoints: Failpoints;
       readonly activity: RepoActivity;
+      /** refSessions keeps each replica's update-ref process for its next transaction (absent: one process per transaction). */
+      readonly refSessions?: RefSessions;
       /** onCreated is told of a replica a create installed here (the verifier counts it as checked: it is empty by construction). */
       readonly onCreated?: (repoId: string, incarnation: string) => void;
       /** fsckIgnore is this node's fsck policy, for a prepare that names none. */
@@ -391,7 +393,14 @@ export class Participant {
       if (refused) throw refused;
       const [connected, locked] = await Promise.allSettled([
         local ? Promise.resolve() : this.checkConnected(repoPath, req.updates),
-        UpdateRefTxn.prepare(this.deps.git, repoPath, req.updates),
+        UpdateRefTxn.prepare(
+          this.deps.git,
+          repoPath,
+          req.updates,
+          this.deps.refSessions
+            ? { sessions: this.deps.refSessions, from: { incarnation: req.incarnation, generation: req.baseGeneration } }
+            : undefined,
+        ),
       ]);
       if (connected.status === 'rejected') {
         if (locked.status === 'fulfilled') await locked.value.abort();
