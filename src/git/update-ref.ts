@@ -71,6 +71,9 @@ export const REF_SESSION_IDLE_MS = 10_000;
 /** REF_SESSIONS_MAX caps the update-ref processes a node keeps idle (the least recently used goes first). */
 export const REF_SESSIONS_MAX = 64;
 
+/** REF_SESSION_ENV marks an update-ref process that may be kept between transactions (set to 1 in its environment). */
+export const REF_SESSION_ENV = 'GIT_REPLICATION_REF_SESSION';
+
 /** SessionTag names the replica state an idle session last saw: its incarnation and generation. */
 export interface SessionTag {
   readonly incarnation: string;
@@ -268,7 +271,8 @@ export class UpdateRefTxn {
       // whose words are read as before.
       await kept.end();
     }
-    const session = new RefSession(git.spawn(['update-ref', '--stdin'], { cwd: repoPath }));
+    // A process that may be kept says so in its environment (REF_SESSION_ENV): tools that look for git processes left behind tell it apart.
+    const session = new RefSession(git.spawn(['update-ref', '--stdin'], { cwd: repoPath, ...(reuse ? { env: { [REF_SESSION_ENV]: '1' } } : {}) }));
     session.child.stdin?.write(lines);
     if (!(await session.waitFor('prepare: ok'))) {
       await session.end();

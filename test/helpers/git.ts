@@ -93,15 +93,20 @@ export async function gitProcesses(needle: string): Promise<string[]> {
   });
 }
 
-/** nodeGitProcesses lists live processes started by the node whose data dir is `dataDir` (by the runner's marker). */
-export async function nodeGitProcesses(dataDir: string): Promise<Array<{ pid: number; state: string; cmd: string }>> {
+/** nodeGitProcesses lists live processes started by the node whose data dir is `dataDir` (by the runner's marker); its kept update-ref processes only with `refSessions`. */
+export async function nodeGitProcesses(
+  dataDir: string,
+  opts: { refSessions?: boolean } = {},
+): Promise<Array<{ pid: number; state: string; cmd: string }>> {
   const { readdir, readFile, realpath } = await import('node:fs/promises');
   const owner = `GIT_REPLICATION_OWNER=${await realpath(dataDir)}`;
   const out: Array<{ pid: number; state: string; cmd: string }> = [];
   for (const p of await readdir('/proc')) {
     if (!/^\d+$/.test(p)) continue;
-    const env = await readFile(`/proc/${p}/environ`, 'latin1').catch(() => '');
-    if (!env.split('\0').includes(owner)) continue;
+    const env = (await readFile(`/proc/${p}/environ`, 'latin1').catch(() => '')).split('\0');
+    if (!env.includes(owner)) continue;
+    // The update-ref processes a node keeps for a replica's next transaction (src/git/update-ref.ts) are not left behind.
+    if (!opts.refSessions && env.includes('GIT_REPLICATION_REF_SESSION=1')) continue;
     const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
     const cmd = (await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ');
     out.push({ pid: Number(p), state: stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3), cmd });

@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { cp, readdir, readlink, realpath, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FAILPOINT_NAMES } from '../../src/replication/failpoints.js';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
-import { commitFile, git, gitOk, refsOf, tempDir, workRepo } from '../helpers/git.js';
+import { commitFile, git, gitOk, nodeGitProcesses, refsOf, tempDir, workRepo } from '../helpers/git.js';
 
 /** lockFiles lists `*.lock` files anywhere in a replica. */
 async function lockFiles(dir: string): Promise<string[]> {
@@ -76,6 +76,47 @@ describe('replicated pushes on 3 nodes', () => {
       await gitOk(['push', '-q', c.repoUrl((i % 3) + 1, 'r/ryw'), 'main'], { cwd: work });
       for (const n of [1, 2, 3]) expect(await gitOk(['ls-remote', c.repoUrl(n, 'r/ryw'), 'refs/heads/main'])).toContain(oid);
     }
+  });
+
+  it("each replica's update-ref process serves the repo's next push, and only while the replica is where that process left it", async () => {
+    await c.createRepo(1, 'r/kept');
+    const work = await workRepo();
+    /** kept lists, per node, the pids of the update-ref processes working in the repo's replica. */
+    const kept = async (): Promise<number[][]> =>
+      Promise.all(
+        [1, 2, 3].map(async (n) => {
+          const dir = await realpath(c.replicaPath(n, 'r/kept'));
+          const procs = await nodeGitProcesses(c.node(n).dataDir, { refSessions: true });
+          const here = await Promise.all(
+            procs.map(async (p) => ((await readlink(`/proc/${p.pid}/cwd`).catch(() => '')) === dir ? p : null)),
+          );
+          return here.flatMap((p) => (p && p.cmd.includes('update-ref') ? [p.pid] : []));
+        }),
+      );
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/kept'), 'main'], { cwd: work });
+    await c.waitInSync('r/kept');
+    const first = await kept();
+    for (const pids of first) expect(pids).toHaveLength(1);
+    // Not a process that lingers: nodeGitProcesses leaves kept ones out unless asked.
+    expect((await nodeGitProcesses(c.node(2).dataDir)).filter((p) => p.cmd.includes('update-ref'))).toEqual([]);
+    await commitFile(work, 'k.txt', 'kept\n', 'kept');
+    await gitOk(['push', '-q', c.repoUrl(2, 'r/kept'), 'main'], { cwd: work });
+    await c.waitInSync('r/kept');
+    expect(await kept()).toEqual(first);
+    // A whole copy moved into place over node 3's replica (as a repair's swap does): its next
+    // transaction must not run in the process working in the directory moved away.
+    const path = c.replicaPath(3, 'r/kept');
+    await cp(path, `${path}.copy`, { recursive: true });
+    await rename(path, `${path}.old`);
+    await rename(`${path}.copy`, path);
+    await commitFile(work, 'k.txt', 'swapped\n', 'after the swap');
+    await gitOk(['push', '-q', c.repoUrl(1, 'r/kept'), 'main'], { cwd: work });
+    const after = await kept();
+    expect(after[0]).toEqual(first[0]);
+    expect(after[2]).toHaveLength(1);
+    expect(after[2]).not.toEqual(first[2]);
+    await expectReplicasIdentical(c, 'r/kept');
+    await rm(`${path}.old`, { recursive: true, force: true });
   });
 
   it('concurrent pushes to one branch through different nodes: exactly one wins each round, none lost', async () => {
