@@ -272,7 +272,9 @@ export class UpdateRefTxn {
       await kept.end();
     }
     // A process that may be kept says so in its environment (REF_SESSION_ENV): tools that look for git processes left behind tell it apart.
-    const session = new RefSession(git.spawn(['update-ref', '--stdin'], { cwd: repoPath, ...(reuse ? { env: { [REF_SESSION_ENV]: '1' } } : {}) }));
+    const session = new RefSession(
+      git.spawn(['update-ref', '--stdin'], { cwd: repoPath, ...(reuse ? { env: { [REF_SESSION_ENV]: '1' } } : {}) }),
+    );
     session.child.stdin?.write(lines);
     if (!(await session.waitFor('prepare: ok'))) {
       await session.end();
