@@ -1,6 +1,6 @@
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
 import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
 import { ZERO_OID } from '../domain/ref-name.js';
@@ -189,6 +189,46 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
         for (const n of kit.nodes) expect(await n.storage.checksum(REPO)).toBe(repo.checksum);
       });
       expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/main\n`);
+    });
+
+    it('reads the refs (for-each-ref) only when its last push did not leave the repo at the generation found under the lock', async () => {
+      const [c1, c2] = [kit.coordinator('n1'), kit.coordinator('n2')];
+      const reads = { n1: vi.spyOn(kit.node('n1').storage, 'readRefs'), n2: vi.spyOn(kit.node('n2').storage, 'readRefs') };
+      const first = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(c1, first);
+      expect(first.results?.get('refs/heads/main')).toEqual({ ok: true });
+      expect(reads.n1).toHaveBeenCalledTimes(1);
+      // The same node's next push starts from the refs its last one left: no read.
+      const second = new FakeExchange([
+        [Z, tip, 'refs/heads/b'],
+        [Z, tip, 'refs/heads/main'],
+      ]);
+      await push(c1, second);
+      expect(second.results?.get('refs/heads/b')).toEqual({ ok: true });
+      expect(second.results?.get('refs/heads/main')).toMatchObject({ ok: false, reason: 'already exists' });
+      expect(reads.n1).toHaveBeenCalledTimes(1);
+      // Another node's push moves the repo on; n1's next push reads again and sees it.
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await receivePack(kit, 'n2', REPO, work, tip, 4343);
+      const third = new FakeExchange([[tip, Z, 'refs/heads/b']]);
+      await push(c2, third, 4343);
+      expect(third.results?.get('refs/heads/b')).toEqual({ ok: true });
+      expect(reads.n2).toHaveBeenCalledTimes(1);
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      const fourth = new FakeExchange([
+        [Z, tip, 'refs/heads/b'],
+        [tip, tip, 'refs/heads/gone'],
+      ]);
+      await push(c1, fourth);
+      expect(reads.n1).toHaveBeenCalledTimes(2);
+      expect(fourth.results?.get('refs/heads/b')).toEqual({ ok: true });
+      expect(fourth.results?.get('refs/heads/gone')).toMatchObject({ ok: false });
+      const repo = (await kit.raw.getRepo(REPO))!;
+      expect(repo.generation).toBe(4);
+      await eventually(async () => {
+        for (const n of kit.nodes) expect(await n.storage.checksum(REPO)).toBe(repo.checksum);
+      });
+      expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/b\n${tip} refs/heads/main\n`);
     });
 
     it('peers read in sync under the lock are told so and do not read their records again; a peer read behind checks itself', async () => {

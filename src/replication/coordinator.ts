@@ -148,6 +148,19 @@ export class OutcomeUnknownError extends AppError {
   }
 }
 
+/** KNOWN_REFS_REPOS caps the repos whose refs a coordinator remembers between pushes (the least recently pushed go first). */
+const KNOWN_REFS_REPOS = 32;
+
+/** KNOWN_REFS_MAX caps the refs of a repo remembered between pushes: a bigger repo is read every time. */
+const KNOWN_REFS_MAX = 5_000;
+
+/** KnownRefs is a repo's refs at one generation of one incarnation, as this node's last push left them. */
+interface KnownRefs {
+  readonly incarnation: string;
+  readonly generation: number;
+  readonly refs: ReadonlyMap<string, string>;
+}
+
 /** CONFIRM_GRACE_MAX_MS bounds how long, after W replicas committed, a push waits for the others to join its confirmation write. */
 const CONFIRM_GRACE_MAX_MS = 20;
 
@@ -160,6 +173,14 @@ const CONFIRM_GRACE_MAX_MS = 20;
 export class Coordinator {
   /** queues: per repo, the pushes waiting on this node for their group's transaction. */
   private readonly queues = new Map<string, PendingPush[]>();
+  /**
+   * knownRefs: per repo, its refs at the generation this node's last push transaction committed
+   * (what it read under the lock, with the push applied). A repo's incarnation and generation
+   * name one state of its refs, so the next push that finds the repo there under the lock skips
+   * `for-each-ref`. Anything else (another node's push, a HEAD change, a failed transaction)
+   * leaves the repo at another generation, or the entry dropped.
+   */
+  private readonly knownRefs = new Map<string, KnownRefs>();
 
   constructor(
     private readonly deps: {
@@ -804,7 +825,12 @@ export class Coordinator {
     }
     const { held, repo, replicas } = locked;
     try {
-      const current = new Map((await storage.readRefs(repoId)).map((r) => [r.name, r.oid]));
+      const known = this.knownRefs.get(repoId);
+      this.knownRefs.delete(repoId);
+      const current =
+        known?.incarnation === repo.incarnation && known.generation === repo.generation
+          ? known.refs
+          : new Map((await storage.readRefs(repoId)).map((r) => [r.name, r.oid]));
       const head = await storage.headTarget(repoId);
       const { batches, net } = mergeGroup(
         current,
@@ -881,11 +907,18 @@ export class Coordinator {
         for (const m of members) this.abandon(m);
         return { contended };
       }
+      this.rememberRefs(repoId, { incarnation: repo.incarnation, generation: repo.generation + 1, refs: applyUpdates(current, net) });
       for (const m of members) m.report();
       return { contended };
     } finally {
       await held.release();
     }
+  }
+
+  private rememberRefs(repoId: RepoId, known: KnownRefs): void {
+    if (known.refs.size > KNOWN_REFS_MAX) return;
+    if (this.knownRefs.size >= KNOWN_REFS_REPOS) this.knownRefs.delete(this.knownRefs.keys().next().value as string);
+    this.knownRefs.set(repoId, known);
   }
 
   private abandon(m: PendingPush): void {
@@ -1079,6 +1112,16 @@ export function pickDefaultBranch(head: string | null, current: ReadonlyMap<stri
   if (head !== null && (current.has(head) || created.includes(head))) return null;
   if (created.length === 0) return null;
   return created.find((r) => r === 'refs/heads/main') ?? created.find((r) => r === 'refs/heads/master') ?? created[0]!;
+}
+
+/** applyUpdates is `refs` with `updates` applied (a zero new value deletes). */
+function applyUpdates(refs: ReadonlyMap<string, string>, updates: readonly RefUpdate[]): Map<string, string> {
+  const after = new Map(refs);
+  for (const u of updates) {
+    if (isZeroOid(u.newOid)) after.delete(u.ref);
+    else after.set(u.ref, u.newOid);
+  }
+  return after;
 }
 
 /**
