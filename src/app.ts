@@ -215,6 +215,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     diskShortage: () => disk.shortage(),
     fsckIgnore: cfg.fsckIgnore,
     resolveAfterMs: cfg.resolveAfterMs,
+    commitWaitMs: cfg.timing.commitWaitMs,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
     stageTtlMs: cfg.stageTtlMs,
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),

@@ -129,6 +129,37 @@ describe('Participant (in process: real store, real git)', () => {
     });
   });
 
+  it('one generation behind in the store, but that generation committed here (or committing): not stale', async () => {
+    // The coordinator writes the confirmations of the replicas that committed by the time W did;
+    // this one committed a moment later, and the next push's prepare comes before its confirmation.
+    const first = push();
+    await node.participant.prepare(first, stream());
+    await decide(first);
+    await node.participant.commit(first.txnId, { confirm: false });
+    repo = (await kit.raw.getRepo(REPO))!;
+    expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 0, state: 'in_sync' });
+    const second = await commitFile(work, 'b.txt', 'b\n', 'second');
+    const next = push({}, tip, second);
+    await node.participant.prepare(next, stream(await packOf(work, second, [tip])));
+    expect(node.log.get(next.txnId)?.state).toBe('prepared');
+    await decide(next);
+    repo = (await kit.raw.getRepo(REPO))!;
+    await kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n1', incarnation: repo.incarnation, generation: 1, checksum: first.newChecksum });
+    // The push of generation 2 is still prepared here when the push after it prepares: that
+    // prepare waits for its commit.
+    const third = await commitFile(work, 'c.txt', 'c\n', 'third');
+    const after = push({}, second, third);
+    let settled = false;
+    const preparing = node.participant.prepare(after, stream(await packOf(work, third, [second]))).finally(() => (settled = true));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(settled).toBe(false);
+    await node.participant.commit(next.txnId, { confirm: false });
+    await preparing;
+    expect(node.log.get(after.txnId)?.state).toBe('prepared');
+    await node.participant.abort(after.txnId, REPO);
+    expect(await mainRef()).toBe(second);
+  });
+
   it('a prepare of another incarnation is stale', async () => {
     await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({
       status: 'stale',

@@ -3,6 +3,7 @@ import { readFile, rm, unlink, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { DEFAULTS } from '../config.js';
 import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
@@ -18,6 +19,9 @@ import type { PrepareRequest } from '../cluster/protocol.js';
 
 /** STAGE_TTL_MS is how long a staged pack waits, by default, for the prepare that adopts it before it is removed. */
 export const STAGE_TTL_MS = 5 * 60_000;
+
+/** LAST_COMMITTED_MAX caps the repos whose last locally committed push a participant remembers. */
+const LAST_COMMITTED_MAX = 1_024;
 
 /** STAGE_KEEP is what a staged pack's `.keep` file says until a prepare adopts the pack. */
 const STAGE_KEEP = 'replication stage';
@@ -75,7 +79,14 @@ export class Participant {
    * confirmation is written or it aborted: until then repair leaves the replica alone.
    */
   private readonly running = new Map<string, Running>();
+  /** unfinished: the requests of the transactions in `running` that this node started preparing. */
+  private readonly unfinished = new Map<string, PrepareRequest>();
   private readonly finishing = new Map<string, Promise<'committed' | 'aborted'>>();
+  /**
+   * lastCommitted: per repo, the incarnation and generation of the last push this node
+   * committed (the store may not show its confirmation yet; at most LAST_COMMITTED_MAX repos).
+   */
+  private readonly lastCommitted = new Map<string, { readonly incarnation: string; readonly generation: number }>();
   /** staged: packs shipped ahead of their prepare, by `<repo>\0<pack hash>`. */
   private readonly staged = new Map<string, StagedPack>();
 
@@ -99,6 +110,8 @@ export class Participant {
       readonly diskShortage?: () => string | null;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
       readonly resolveAfterMs: number;
+      /** commitWaitMs is how long a prepare whose replica is confirmed one generation back waits for this node's commit of that generation (default DEFAULTS.commitWaitMs). */
+      readonly commitWaitMs?: number;
       /** gitTimeoutMs bounds index-pack and the connectivity check of a prepare (settings: gitTimeoutMs; default none). */
       readonly gitTimeoutMs?: number;
       /** stageTtlMs is how long a staged pack waits for its prepare (default STAGE_TTL_MS). */
@@ -139,6 +152,7 @@ export class Participant {
         `replica of ${req.repoId} is being repaired (${this.deps.activity.runningOn(req.repoId).join(', ')})`,
       );
     this.running.set(req.txnId, running);
+    this.unfinished.set(req.txnId, req);
     try {
       await this.prepareActive(req, pack, opts);
     } catch (err) {
@@ -293,6 +307,7 @@ export class Participant {
   private ended(txnId: string): void {
     this.running.get(txnId)?.end();
     this.running.delete(txnId);
+    this.unfinished.delete(txnId);
   }
 
   private async prepareActive(req: PrepareRequest, pack: Readable | null, opts: { local: boolean }): Promise<void> {
@@ -349,7 +364,30 @@ export class Participant {
     if (replica.generation > req.baseGeneration)
       throw new PrepareRefusal('conflict', `replica is at generation ${replica.generation}, ahead of ${req.baseGeneration}`);
     if (replica.generation < req.baseGeneration || replica.state !== 'in_sync') {
+      if (replica.state === 'in_sync' && replica.generation === req.baseGeneration - 1 && (await this.commitsHere(req))) return;
       throw new PrepareRefusal('stale', `replica is at generation ${replica.generation} (${replica.state}), behind ${req.baseGeneration}`);
+    }
+  }
+
+  /**
+   * commitsHere says whether this node committed the push that took the repo to the prepare's
+   * base generation, though the store does not show its confirmation yet: a push's last replica
+   * commits a moment after W did, and the next push's prepare can come first. Refused as stale,
+   * that replica would be marked stale and repaired while pushes keep coming. One still
+   * preparing or prepared here is waited for, up to commitWaitMs.
+   */
+  private async commitsHere(req: PrepareRequest): Promise<boolean> {
+    const deadline = Date.now() + (this.deps.commitWaitMs ?? DEFAULTS.commitWaitMs);
+    for (;;) {
+      const last = this.lastCommitted.get(req.repoId);
+      if (last?.incarnation === req.incarnation && last.generation === req.baseGeneration) return true;
+      // Preparing or prepared here, not yet committed (a commit ends it only after lastCommitted is set).
+      const coming = [...this.unfinished.values()].some(
+        (r) =>
+          r.repoId === req.repoId && r.kind === 'push' && r.incarnation === req.incarnation && r.baseGeneration === req.baseGeneration - 1,
+      );
+      if (!coming || Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 10));
     }
   }
 
@@ -556,6 +594,11 @@ export class Participant {
       await this.syncRefDirs(req);
     } else {
       await this.reapply(req);
+    }
+    if (req.kind === 'push') {
+      this.lastCommitted.delete(req.repoId);
+      if (this.lastCommitted.size >= LAST_COMMITTED_MAX) this.lastCommitted.delete(this.lastCommitted.keys().next().value as string);
+      this.lastCommitted.set(req.repoId, { incarnation: req.incarnation, generation: req.baseGeneration + 1 });
     }
     // HEAD moves after the refs (idempotent, so a restart that re-applies the commit does it again).
     if (req.kind === 'push' && req.newHead) await storage.setHead(req.repoId, req.newHead);

@@ -37,6 +37,8 @@ export interface TxnPayload {
  */
 export class TxnLog {
   private readonly db: Database.Database;
+  /** The statements every transaction runs, compiled once. */
+  private readonly stmts: { readonly insert: Database.Statement; readonly setState: Database.Statement; readonly get: Database.Statement };
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -46,27 +48,30 @@ export class TxnLog {
       id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
       payload TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)`);
     this.db.exec('CREATE INDEX IF NOT EXISTS txns_state ON txns (state)');
+    this.stmts = {
+      insert: this.db.prepare(
+        `INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'prepared', ?, ?, ?)
+      ON CONFLICT(id) DO UPDATE SET state = 'prepared', payload = excluded.payload, updated_at = excluded.updated_at`,
+      ),
+      setState: this.db.prepare('UPDATE txns SET state = ?, updated_at = ? WHERE id = ?'),
+      get: this.db.prepare('SELECT * FROM txns WHERE id = ?'),
+    };
   }
 
   /** recordPrepared writes a prepared transaction. */
   recordPrepared(id: string, repoId: string, kind: TxnKind, payload: TxnPayload): void {
     const now = Date.now();
-    this.db
-      .prepare(
-        `INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'prepared', ?, ?, ?)
-      ON CONFLICT(id) DO UPDATE SET state = 'prepared', payload = excluded.payload, updated_at = excluded.updated_at`,
-      )
-      .run(id, repoId, kind, JSON.stringify(payload), now, now);
+    this.stmts.insert.run(id, repoId, kind, JSON.stringify(payload), now, now);
   }
 
   /** setState records the outcome of a transaction. */
   setState(id: string, state: LocalTxnState): void {
-    this.db.prepare('UPDATE txns SET state = ?, updated_at = ? WHERE id = ?').run(state, Date.now(), id);
+    this.stmts.setState.run(state, Date.now(), id);
   }
 
   /** get reads one transaction. */
   get(id: string): LocalTxn | null {
-    const row = this.db.prepare('SELECT * FROM txns WHERE id = ?').get(id) as Row | undefined;
+    const row = this.stmts.get.get(id) as Row | undefined;
     return row ? toTxn(row) : null;
   }
 

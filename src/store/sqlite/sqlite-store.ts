@@ -142,6 +142,9 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
 /** SCHEMA_VERSION is the schema version this build writes. */
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 
+/** STATEMENT_CACHE_MAX bounds the compiled statements a store keeps (the cache is emptied when full). */
+const STATEMENT_CACHE_MAX = 256;
+
 function toRepo(r: RepoRow): RepoRecord {
   return {
     repoId: r.repo_id,
@@ -194,6 +197,8 @@ function toNode(r: NodeRow): NodeInfo {
 export class SqliteStore implements ClusterStore {
   readonly kind = 'sqlite' as const;
   private readonly db: Database.Database;
+  /** statements: compiled statements by their text (most are fixed; the few built per call are capped by STATEMENT_CACHE_MAX). */
+  private readonly statements = new Map<string, Database.Statement>();
   private readonly now: () => number;
 
   constructor(path: string, opts: { now?: () => number } = {}) {
@@ -230,6 +235,17 @@ export class SqliteStore implements ClusterStore {
         .immediate();
       if (done) return;
     }
+  }
+
+  /** sql compiles `text` once and returns the statement (better-sqlite3 statements are reusable). */
+  private sql(text: string): Database.Statement {
+    let st = this.statements.get(text);
+    if (!st) {
+      if (this.statements.size >= STATEMENT_CACHE_MAX) this.statements.clear();
+      st = this.db.prepare(text);
+      this.statements.set(text, st);
+    }
+    return st;
   }
 
   /** tx runs fn in one immediate (write) transaction and maps SQLite's busy errors to StoreUnavailableError. */
@@ -270,20 +286,18 @@ export class SqliteStore implements ClusterStore {
 
   async unregisterNode(nodeId: string): Promise<void> {
     this.tx(() => {
-      this.db.prepare('UPDATE nodes SET expires_at = 0 WHERE id = ?').run(nodeId);
+      this.sql('UPDATE nodes SET expires_at = 0 WHERE id = ?').run(nodeId);
     });
   }
 
   async liveNodes(): Promise<NodeInfo[]> {
-    return this.read(() =>
-      (this.db.prepare('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode),
-    );
+    return this.read(() => (this.sql('SELECT * FROM nodes WHERE expires_at > ? ORDER BY id').all(this.now()) as NodeRow[]).map(toNode));
   }
 
   async allNodes(): Promise<Array<NodeInfo & { live: boolean }>> {
     const now = this.now();
     return this.read(() =>
-      (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })),
+      (this.sql('SELECT * FROM nodes ORDER BY id').all() as NodeRow[]).map((r) => ({ ...toNode(r), live: r.expires_at > now })),
     );
   }
 
@@ -292,23 +306,23 @@ export class SqliteStore implements ClusterStore {
   }
 
   private repoRow(repoId: string): RepoRecord | null {
-    const row = this.db.prepare('SELECT * FROM repos WHERE repo_id = ?').get(repoId) as RepoRow | undefined;
+    const row = this.sql('SELECT * FROM repos WHERE repo_id = ?').get(repoId) as RepoRow | undefined;
     return row ? toRepo(row) : null;
   }
 
   async listRepos(): Promise<RepoRecord[]> {
-    return this.read(() => (this.db.prepare('SELECT * FROM repos ORDER BY repo_id').all() as RepoRow[]).map(toRepo));
+    return this.read(() => (this.sql('SELECT * FROM repos ORDER BY repo_id').all() as RepoRow[]).map(toRepo));
   }
 
   async listReposPage(after: string, limit: number): Promise<RepoRecord[]> {
     return this.read(() =>
-      (this.db.prepare('SELECT * FROM repos WHERE repo_id > ? ORDER BY repo_id LIMIT ?').all(after, limit) as RepoRow[]).map(toRepo),
+      (this.sql('SELECT * FROM repos WHERE repo_id > ? ORDER BY repo_id LIMIT ?').all(after, limit) as RepoRow[]).map(toRepo),
     );
   }
 
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
     return this.read(() =>
-      (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica),
+      (this.sql('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica),
     );
   }
 
@@ -319,15 +333,13 @@ export class SqliteStore implements ClusterStore {
   private stateIn(repoId: string): RepoState | null {
     const repo = this.repoRow(repoId);
     if (!repo) return null;
-    const replicas = (this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(
-      toReplica,
-    );
+    const replicas = (this.sql('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica);
     return { repo, replicas };
   }
 
   async replicasOnNode(nodeId: string): Promise<ReplicaRecord[]> {
     return this.read(() =>
-      (this.db.prepare('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica),
+      (this.sql('SELECT * FROM replicas WHERE node_id = ? ORDER BY repo_id').all(nodeId) as ReplicaRow[]).map(toReplica),
     );
   }
 
@@ -345,7 +357,7 @@ export class SqliteStore implements ClusterStore {
   /** acquireIn is acquireLock inside the caller's transaction. */
   private acquireIn(repoId: string, holder: string, ttlMs: number): RepoLock | null {
     const now = this.now();
-    const row = this.db.prepare('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+    const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
     if (row && row.expires_at > now) return null;
     const token = this.nextToken();
     const expiresAt = now + ttlMs;
@@ -360,7 +372,7 @@ export class SqliteStore implements ClusterStore {
 
   /** nextToken hands out cluster-wide increasing fencing tokens, so a re-created repo never reuses one. */
   private nextToken(): number {
-    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'fencing_token'").get() as { value: string } | undefined;
+    const row = this.sql("SELECT value FROM meta WHERE key = 'fencing_token'").get() as { value: string } | undefined;
     const next = (row ? Number(row.value) : 0) + 1;
     this.db
       .prepare("INSERT INTO meta (key, value) VALUES ('fencing_token', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
@@ -384,7 +396,7 @@ export class SqliteStore implements ClusterStore {
 
   /** releaseIn is releaseLock inside the caller's transaction. */
   private releaseIn(repoId: string, token: number): void {
-    this.db.prepare('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token);
+    this.sql('UPDATE locks SET expires_at = 0 WHERE repo_id = ? AND token = ?').run(repoId, token);
   }
 
   async getLock(repoId: string): Promise<RepoLock | null> {
@@ -392,7 +404,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   private liveLock(repoId: string): RepoLock | null {
-    const row = this.db.prepare('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+    const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
     if (!row || row.expires_at <= this.now()) return null;
     return { repoId: row.repo_id, holder: row.holder, token: row.token, expiresAt: row.expires_at };
   }
@@ -413,7 +425,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   private txnRow(txnId: string): TxnRecord | null {
-    const row = this.db.prepare('SELECT * FROM txns WHERE id = ?').get(txnId) as TxnRow | undefined;
+    const row = this.sql('SELECT * FROM txns WHERE id = ?').get(txnId) as TxnRow | undefined;
     return row ? toTxn(row) : null;
   }
 
@@ -456,7 +468,7 @@ export class SqliteStore implements ClusterStore {
       this.db
         .prepare('INSERT INTO repos (repo_id, incarnation, replicas, generation, checksum, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(r.repoId, r.incarnation, JSON.stringify(r.replicas), r.generation, r.checksum, r.createdAt);
-      this.db.prepare('DELETE FROM replicas WHERE repo_id = ?').run(r.repoId);
+      this.sql('DELETE FROM replicas WHERE repo_id = ?').run(r.repoId);
       this.writeDecision(c.txnId, 'commit', {
         repoId: r.repoId,
         kind: 'create',
@@ -485,7 +497,7 @@ export class SqliteStore implements ClusterStore {
       if (prior) return prior;
       const failed = this.compareRepo(c);
       if (failed) return failed;
-      this.db.prepare('UPDATE repos SET generation = ?, checksum = ? WHERE repo_id = ?').run(c.baseGeneration + 1, c.newChecksum, c.repoId);
+      this.sql('UPDATE repos SET generation = ?, checksum = ? WHERE repo_id = ?').run(c.baseGeneration + 1, c.newChecksum, c.repoId);
       this.writeDecision(c.txnId, 'commit', {
         repoId: c.repoId,
         kind: 'push',
@@ -503,8 +515,8 @@ export class SqliteStore implements ClusterStore {
       if (prior) return prior;
       const failed = this.compareRepo(c);
       if (failed) return failed;
-      this.db.prepare('DELETE FROM repos WHERE repo_id = ?').run(c.repoId);
-      this.db.prepare('DELETE FROM replicas WHERE repo_id = ?').run(c.repoId);
+      this.sql('DELETE FROM repos WHERE repo_id = ?').run(c.repoId);
+      this.sql('DELETE FROM replicas WHERE repo_id = ?').run(c.repoId);
       this.writeDecision(c.txnId, 'commit', {
         repoId: c.repoId,
         kind: 'delete',
@@ -543,8 +555,7 @@ export class SqliteStore implements ClusterStore {
   private confirmIn(c: ConfirmReplica): boolean {
     const repo = this.repoRow(c.repoId);
     if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return false;
-    const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as
-      ReplicaRow | undefined;
+    const row = this.sql('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as ReplicaRow | undefined;
     if (row && row.incarnation === c.incarnation && row.generation > c.generation) return false;
     this.db
       .prepare(
@@ -566,7 +577,7 @@ export class SqliteStore implements ClusterStore {
     return this.tx(() => {
       const repo = this.repoRow(repoId);
       if (!repo || repo.incarnation !== incarnation) return false;
-      const row = this.db.prepare('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(repoId, nodeId) as ReplicaRow | undefined;
+      const row = this.sql('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(repoId, nodeId) as ReplicaRow | undefined;
       const now = new Date(this.now()).toISOString();
       if (!row || row.incarnation !== incarnation) {
         this.db
@@ -578,7 +589,7 @@ export class SqliteStore implements ClusterStore {
         return true;
       }
       if (row.generation >= belowGeneration) return false;
-      this.db.prepare('UPDATE replicas SET state = ?, updated_at = ? WHERE repo_id = ? AND node_id = ?').run(state, now, repoId, nodeId);
+      this.sql('UPDATE replicas SET state = ?, updated_at = ? WHERE repo_id = ? AND node_id = ?').run(state, now, repoId, nodeId);
       return true;
     });
   }
@@ -590,8 +601,8 @@ export class SqliteStore implements ClusterStore {
         .run(JSON.stringify(replicas), repoId, incarnation);
       if (r.changes === 1) {
         const keep = new Set(replicas);
-        for (const row of this.db.prepare('SELECT node_id FROM replicas WHERE repo_id = ?').all(repoId) as Array<{ node_id: string }>) {
-          if (!keep.has(row.node_id)) this.db.prepare('DELETE FROM replicas WHERE repo_id = ? AND node_id = ?').run(repoId, row.node_id);
+        for (const row of this.sql('SELECT node_id FROM replicas WHERE repo_id = ?').all(repoId) as Array<{ node_id: string }>) {
+          if (!keep.has(row.node_id)) this.sql('DELETE FROM replicas WHERE repo_id = ? AND node_id = ?').run(repoId, row.node_id);
         }
       }
       return r.changes === 1;
@@ -601,27 +612,25 @@ export class SqliteStore implements ClusterStore {
   async pruneTxns(createdBefore: number): Promise<number> {
     const removed = this.tx(() => {
       // The change feed keeps its last CHANGES_KEPT rows: a reader further behind lists everything.
-      this.db.prepare('DELETE FROM repo_changes WHERE seq <= (SELECT max(seq) FROM repo_changes) - ?').run(CHANGES_KEPT);
-      return this.db.prepare('DELETE FROM txns WHERE created_at < ?').run(createdBefore).changes;
+      this.sql('DELETE FROM repo_changes WHERE seq <= (SELECT max(seq) FROM repo_changes) - ?').run(CHANGES_KEPT);
+      return this.sql('DELETE FROM txns WHERE created_at < ?').run(createdBefore).changes;
     });
     if (removed > 0) this.guard(() => this.db.pragma('incremental_vacuum'));
     return removed;
   }
 
   async countTxns(): Promise<number> {
-    return this.read(() => (this.db.prepare('SELECT count(*) AS n FROM txns').get() as { n: number }).n);
+    return this.read(() => (this.sql('SELECT count(*) AS n FROM txns').get() as { n: number }).n);
   }
 
   async getMeta(key: string): Promise<string | null> {
-    return this.read(
-      () => (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null,
-    );
+    return this.read(() => (this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null);
   }
 
   async setMetaIfAbsent(key: string, value: string): Promise<string> {
     return this.tx(() => {
-      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING').run(key, value);
-      return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string }).value;
+      this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING').run(key, value);
+      return (this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string }).value;
     });
   }
 
@@ -631,12 +640,12 @@ export class SqliteStore implements ClusterStore {
 
   /** setMetaIn is setMeta inside the caller's transaction. */
   private setMetaIn(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   async deleteMeta(key: string): Promise<void> {
     this.tx(() => {
-      this.db.prepare('DELETE FROM meta WHERE key = ?').run(key);
+      this.sql('DELETE FROM meta WHERE key = ?').run(key);
     });
   }
 
@@ -653,7 +662,7 @@ export class SqliteStore implements ClusterStore {
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.read(
       () =>
-        this.db.prepare('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{
+        this.sql('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{
           key: string;
           value: string;
         }>,
@@ -670,7 +679,7 @@ export class SqliteStore implements ClusterStore {
       const since = Number(mark);
       if (!Number.isSafeInteger(since) || since < 0 || since > last) return null;
       // Rows before `since` pruned away: what changed in between is unknown.
-      const first = (this.db.prepare('SELECT min(seq) AS n FROM repo_changes').get() as { n: number | null }).n;
+      const first = (this.sql('SELECT min(seq) AS n FROM repo_changes').get() as { n: number | null }).n;
       if (since < last && (first === null || first > since + 1)) return null;
       const rows = this.db
         .prepare('SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ? LIMIT ?')
@@ -679,17 +688,15 @@ export class SqliteStore implements ClusterStore {
       if (repoIds.length > CHANGES_MAX) return null;
       // Every record of the named repos, read in this transaction: one left out was deleted.
       const named = 'SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ?';
-      const repos = (this.db.prepare(`SELECT * FROM repos WHERE repo_id IN (${named})`).all(since, last) as RepoRow[]).map(toRepo);
-      const replicas = (this.db.prepare(`SELECT * FROM replicas WHERE repo_id IN (${named})`).all(since, last) as ReplicaRow[]).map(
-        toReplica,
-      );
+      const repos = (this.sql(`SELECT * FROM repos WHERE repo_id IN (${named})`).all(since, last) as RepoRow[]).map(toRepo);
+      const replicas = (this.sql(`SELECT * FROM replicas WHERE repo_id IN (${named})`).all(since, last) as ReplicaRow[]).map(toReplica);
       return { mark: String(last), repoIds, repos, replicas, complete: true, settingsChanged: rows.length > repoIds.length };
     });
   }
 
   /** lastChange is the change feed's last sequence number (0 before any change). */
   private lastChange(): number {
-    return (this.db.prepare('SELECT max(seq) AS n FROM repo_changes').get() as { n: number | null }).n ?? 0;
+    return (this.sql('SELECT max(seq) AS n FROM repo_changes').get() as { n: number | null }).n ?? 0;
   }
 
   async close(): Promise<void> {
