@@ -33,7 +33,7 @@ export interface TxnPayload {
 /**
  * TxnLog is the node's persisted transaction log (`<dataDir>/node.db`): every prepare is written
  * and fsynced before the participant answers `prepared`, so a restarted node knows which
- * transactions it must resolve from the store.
+ * transactions it must resolve from the store. Outcomes are written without an fsync (setState).
  */
 export class TxnLog {
   private readonly db: Database.Database;
@@ -64,9 +64,19 @@ export class TxnLog {
     this.stmts.insert.run(id, repoId, kind, JSON.stringify(payload), now, now);
   }
 
-  /** setState records the outcome of a transaction. */
+  /**
+   * setState records the outcome of a transaction, without an fsync of its own: a prepare must
+   * be durable before the node answers `prepared`, an outcome need not. Lost in a crash, the
+   * transaction reads as prepared at the restart and is resolved from the store again (commit
+   * and abort are idempotent); the next durable write (a prepare) or checkpoint syncs it anyway.
+   */
   setState(id: string, state: LocalTxnState): void {
-    this.stmts.setState.run(state, Date.now(), id);
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      this.stmts.setState.run(state, Date.now(), id);
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
   }
 
   /** get reads one transaction. */
