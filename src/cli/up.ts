@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +41,16 @@ async function adminToken(data: string, nodeDirs: readonly string[]): Promise<st
     }
   }
   return null;
+}
+
+/**
+ * writeClusterFile replaces `<data>/cluster.json` in one step (a temporary file renamed over it):
+ * a script or test that reads it as soon as it exists never finds it empty or half written.
+ */
+async function writeClusterFile(data: string, file: ClusterFile): Promise<void> {
+  const tmp = join(data, `.cluster.json.${process.pid}.tmp`);
+  await writeFile(tmp, `${JSON.stringify(file, null, 2)}\n`);
+  await rename(tmp, join(data, 'cluster.json'));
 }
 
 /** ClusterFile is `<data>/cluster.json`: what `up` started, for scripts and tests. */
@@ -299,7 +309,7 @@ export function registerUp(program: Command): void {
         nodes: children.map((c) => ({ id: c.id, url: c.url, pid: c.child.pid ?? -1, dataDir: c.dataDir })),
         ...(etcdEntry ? { etcd: etcdEntry } : {}),
       };
-      await writeFile(join(data, 'cluster.json'), `${JSON.stringify(file, null, 2)}\n`);
+      await writeClusterFile(data, file);
       process.stdout.write(`\ngit-replication: ${n} nodes up (store ${store})\n`);
       for (const c of children) process.stdout.write(`  ${c.id}  ${c.url}\n`);
       if (o.ssh) {
@@ -349,7 +359,7 @@ export function registerUp(program: Command): void {
           async () => {
             const current = JSON.parse(await readFile(join(data, 'cluster.json'), 'utf8')) as ClusterFile;
             const nodes = current.nodes.map((e) => (e.id === c.id ? { ...e, pid: c.child.pid ?? -1 } : e));
-            await writeFile(join(data, 'cluster.json'), `${JSON.stringify({ ...current, nodes }, null, 2)}\n`);
+            await writeClusterFile(data, { ...current, nodes });
           },
         );
       if (etcd) {
