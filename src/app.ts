@@ -1,7 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { chmod, mkdir, readdir, realpath, unlink, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { PeerVerifier, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
@@ -18,7 +17,7 @@ import { loadTls, type TlsFiles } from './cluster/tls.js';
 import type { Timing } from './config.js';
 import { errorMessage } from './domain/errors.js';
 import type { Logger } from './domain/logger.js';
-import { HookServer } from './git/proc-receive.js';
+import { HookServer, relayHooksDir } from './git/proc-receive.js';
 import { ReplicaStorage } from './git/repo-storage.js';
 import { GitRunner } from './git/runner.js';
 import { HELPER_SCRIPT, PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './git/spawner.js';
@@ -125,11 +124,6 @@ export interface RunningNode {
   close(): Promise<void>;
 }
 
-/** hooksDir is the directory holding the proc-receive relay, shipped beside dist/. */
-function hooksDir(): string {
-  return join(dirname(fileURLToPath(import.meta.url)), '..', 'hooks');
-}
-
 /**
  * startNode is the composition root: it builds every dependency once, recovers what a previous
  * incarnation left (DESIGN §5 restart rules: reap git processes, resolve the transaction log,
@@ -158,8 +152,11 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
           (m) => logger.warn(m),
           helperKind === 'python' ? PYTHON_HELPER : HELPER_SCRIPT,
         );
-  if (spawnHelper && !(await spawnHelper.start())) logger.warn('spawn helper not started: the node spawns git itself');
-  else if (spawnHelper) logger.info({ helper: spawnHelper.kind }, 'git is started through the spawn helper');
+  // The proc-receive relay receive-pack runs per push: Perl (one process) when it runs here, else bash.
+  const relayDir = relayHooksDir();
+  const relay = relayDir.endsWith('perl') ? 'perl' : 'bash';
+  if (spawnHelper && !(await spawnHelper.start())) logger.warn({ relay }, 'spawn helper not started: the node spawns git itself');
+  else logger.info({ helper: spawnHelper?.kind ?? 'none', relay }, 'how git processes are started');
   const git = new GitRunner({
     owner: dataDir,
     instance: randomUUID(),
@@ -370,7 +367,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     sshKeys: new SshKeys(store, directory),
     ssh: { port: null },
     config: {
-      hooksDir: hooksDir(),
+      hooksDir: relayDir,
       gitTimeoutMs: cfg.timing.gitTimeoutMs,
       bodyLimit: 1024 * 1024,
       version: VERSION,

@@ -1,5 +1,10 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { parseCommand, refKey } from './proc-receive.js';
+import { HookServer, parseCommand, perlRelayUsable, refKey } from './proc-receive.js';
 
 const A = 'a'.repeat(40);
 const B = 'b'.repeat(40);
@@ -62,5 +67,59 @@ describe('HookServer progress connections', () => {
     progress.destroy();
     unregister();
     await server.close();
+  });
+});
+
+/** RELAYS are the two proc-receive relays the node can give receive-pack (app.ts picks one). */
+const RELAYS = [
+  { name: 'bash', dir: fileURLToPath(new URL('../../hooks', import.meta.url)), usable: true },
+  { name: 'perl', dir: fileURLToPath(new URL('../../hooks/perl', import.meta.url)), usable: perlRelayUsable() },
+] as const;
+
+describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack and the HookServer', ({ name, dir, usable }) => {
+  // Asynchronous: the HookServer answering the relay runs in this process.
+  const sh = (cwd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; out: string; err: string }> =>
+    new Promise((resolve, reject) => {
+      const child = spawn('git', args, { cwd, env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', ...env } });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, out, err }));
+    });
+
+  it.skipIf(!usable)('carries the request, progress lines and the report, for 2,000 refs at once', async () => {
+    const root = mkdtempSync(join(tmpdir(), `relay-${name}-`));
+    const server = new HookServer(() => undefined);
+    try {
+      const port = await server.listen();
+      await sh(root, ['init', '-q', '--bare', 'r.git']);
+      await sh(root, ['init', '-q', '-b', 'main', 'w']);
+      const work = join(root, 'w');
+      await sh(work, ['-c', 'user.name=t', '-c', 'user.email=t@x', 'commit', '-q', '--allow-empty', '-m', 'one']);
+      const refspecs = Array.from({ length: 2_000 }, (_, i) => `main:refs/heads/b${i}`);
+      let seen = 0;
+      const unregister = server.expect('push-r', async (exchange) => {
+        const req = await exchange.read();
+        seen = req.commands.length;
+        exchange.progress(`relayed ${req.commands.length} commands`);
+        exchange.report(req.commands, (c) => (c.ref.endsWith('7') ? { ok: false, reason: 'sevens refused' } : { ok: true }));
+      });
+      const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
+      const r = await sh(work, ['push', '--porcelain', `--receive-pack=${receivePack}`, join(root, 'r.git'), ...refspecs], {
+        GIT_REPLICATION_HOOK_PORT: String(port),
+        GIT_REPLICATION_PUSH_ID: 'push-r',
+      });
+      unregister();
+      expect(seen).toBe(2_000);
+      expect(r.err).toContain('remote: relayed 2000 commands');
+      expect(r.out.match(/^\*\trefs\/heads\/\S+\t\[new branch\]$/gm)).toHaveLength(1_800);
+      expect(r.out.match(/^!\t\S+\t\[remote rejected\] \(sevens refused\)$/gm)).toHaveLength(200);
+      expect(r.code).toBe(1);
+    } finally {
+      await server.close();
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

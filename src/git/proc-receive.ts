@@ -1,4 +1,8 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { isOid, type RefUpdate } from '../domain/ref-name.js';
 import { encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
 
@@ -173,6 +177,26 @@ export class ProcReceiveExchange {
     const s = this.progressSocket;
     if (s && !s.destroyed) s.write(`${line.replace(/[\r\n]/g, ' ')}\n`);
   }
+}
+
+/** HOOKS_DIR holds the bash proc-receive relay (`hooks/` at the package's root, from src/git or dist/git alike). */
+const HOOKS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'hooks');
+
+/** PERL_RELAY_DIR holds the Perl relay: one process per push instead of bash and three `cat`s. */
+const PERL_RELAY_DIR = join(HOOKS_DIR, 'perl');
+
+/** perlRelayUsable says whether the Perl relay can run here (its `#!/usr/bin/perl` runs). Asked once, when a node starts. */
+export function perlRelayUsable(): boolean {
+  if (!existsSync(join(PERL_RELAY_DIR, 'proc-receive'))) return false;
+  return spawnSync('/usr/bin/perl', ['-e', '1'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+}
+
+/**
+ * relayHooksDir is the hooks directory receive-pack gets (`core.hooksPath`): the Perl relay when
+ * it runs here, else the bash one. Both speak the same protocol to the HookServer.
+ */
+export function relayHooksDir(usePerl = perlRelayUsable()): string {
+  return usePerl ? PERL_RELAY_DIR : HOOKS_DIR;
 }
 
 /** ProcReceiveHandler handles one push's exchange; it MUST end it with report() or abandon(). */
