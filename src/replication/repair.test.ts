@@ -1,6 +1,6 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { commitFile, gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
 import { answers, eventually, FakeExchange, quietLogger, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
 import type { RepoId } from '../domain/repo-id.js';
@@ -121,6 +121,27 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
       expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 2, checksum: (await repo()).checksum });
       expect(await inode('n3')).toBe(before);
+    });
+
+    it('a push that commits while the fetch runs: the same attempt fetches again and confirms', async () => {
+      await push('a');
+      await missPush('b');
+      // The replica's checksum is taken after the fetch; the first time, a push lands just before.
+      const storage = kit.node('n3').storage;
+      const checksum = storage.checksum.bind(storage);
+      let raced = false;
+      vi.spyOn(storage, 'checksum').mockImplementation(async (id: string) => {
+        if (!raced) {
+          raced = true;
+          kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+          await push('c', ['n3']);
+        }
+        return checksum(id);
+      });
+      expect(await worker('n3').pass()).toBe(1);
+      expect(raced).toBe(true);
+      expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 3, checksum: (await repo()).checksum });
     });
 
     it('after a full listing, passes read only what the change feed names', async () => {

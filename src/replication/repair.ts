@@ -16,6 +16,15 @@ import type { Maintenance } from './maintenance.js';
 import type { ReplicaVerifier } from './verifier.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
+/** REPAIR_FETCH_ROUNDS is how many fetches one repair attempt makes while pushes keep moving the repo on. */
+export const REPAIR_FETCH_ROUNDS = 4;
+
+/** RACED_RETRY_MS is the wait before the next attempt after pushes outran every fetch of one (no doubling). */
+const RACED_RETRY_MS = 1_000;
+
+/** RepairRaced says pushes committed faster than the repair's fetches brought them in. */
+class RepairRaced extends Error {}
+
 /** RepoView is what the repair passes know of the store: every repo record, this node's replica records. */
 interface RepoView {
   /** feed is the change feed's mark the view is current to. */
@@ -350,22 +359,32 @@ export class RepairWorker {
         await store
           .markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation)
           .catch((err: unknown) => logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'could not mark the replica repairing'));
-        await this.transfer(
-          ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'],
-          storage.repoPath(repo.repoId),
-          url,
-          progress,
-        );
       }
-      let checksum = await storage.checksum(repo.repoId);
-      const now = await store.getRepo(repo.repoId);
-      if (!now || now.incarnation !== repo.incarnation) return false;
-      // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
-      // the source's HEAD (a whole copy brings it already).
-      if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url)))
+      let checksum = '';
+      let now: RepoRecord | null = null;
+      // A push that commits while the fetch runs leaves the replica behind again: the fetch is
+      // repeated at once, each round bringing only what the pushes since added, up to
+      // REPAIR_FETCH_ROUNDS. (Under a steady stream of pushes one round rarely caught up, and
+      // each failed attempt doubled the wait before the next.)
+      for (let round = 1; ; round++) {
+        if (mode === 'fetch')
+          await this.transfer(
+            ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'],
+            storage.repoPath(repo.repoId),
+            url,
+            progress,
+          );
         checksum = await storage.checksum(repo.repoId);
+        now = await store.getRepo(repo.repoId);
+        if (!now || now.incarnation !== repo.incarnation) return false;
+        // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
+        // the source's HEAD (a whole copy brings it already).
+        if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url)))
+          checksum = await storage.checksum(repo.repoId);
+        if (checksum === now.checksum || mode !== 'fetch' || round >= REPAIR_FETCH_ROUNDS) break;
+      }
       if (checksum !== now.checksum)
-        throw new Error(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
+        throw new RepairRaced(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
       const ok = await store.confirmReplica({
         repoId: repo.repoId,
         nodeId,
@@ -381,7 +400,9 @@ export class RepairWorker {
       return true;
     } catch (err) {
       const attempts = progress.attempts;
-      this.backoff.set(repo.repoId, { attempts, until: Date.now() + Math.min(30_000, 250 * 2 ** Math.min(attempts, 7)) });
+      // Pushes outrunning the fetch are no fault of the source: the next attempt comes soon.
+      const wait = err instanceof RepairRaced ? RACED_RETRY_MS : Math.min(30_000, 250 * 2 ** Math.min(attempts, 7));
+      this.backoff.set(repo.repoId, { attempts, until: Date.now() + wait });
       metrics.repairs.inc({ outcome: 'retry' });
       logger.warn({ repoId: repo.repoId, source, mode, attempts, err: errorMessage(err) }, 'replica repair failed, will retry');
       return false;
