@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { commitFile, gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
 import { answers, eventually, FakeExchange, quietLogger, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import type { Logger } from '../domain/logger.js';
 import type { RepoId } from '../domain/repo-id.js';
 import { Metrics } from '../metrics.js';
 import type { RepoRecord } from '../store/types.js';
@@ -83,7 +84,7 @@ describe('repair, verification and maintenance (in process)', () => {
       gitTimeoutMs: 600_000,
     });
   };
-  const worker = (node: string, commitWaitMs = 60_000, metrics = new Metrics()): RepairWorker => {
+  const worker = (node: string, commitWaitMs = 60_000, metrics = new Metrics(), logger: Logger = quietLogger): RepairWorker => {
     const n = kit.node(node);
     const deps = {
       nodeId: node,
@@ -91,7 +92,7 @@ describe('repair, verification and maintenance (in process)', () => {
       storage: n.storage,
       git: kit.git,
       membership: n.membership,
-      logger: quietLogger,
+      logger,
       metrics,
       failpoints: new Failpoints(undefined),
       activity: n.activity,
@@ -142,6 +143,30 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(raced).toBe(true);
       expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
       expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 3, checksum: (await repo()).checksum });
+    });
+
+    it('a replica that repair cannot catch up for a minute is reported at warn, with what holds it', async () => {
+      await push('a');
+      await missPush('b');
+      const warned: Array<[unknown, string]> = [];
+      const logger: Logger = { ...quietLogger, warn: (obj: unknown, msg?: string) => void warned.push([obj, msg ?? '']) };
+      // A transaction holds the replica: the repair cannot start, and says nothing of it.
+      const txn = kit.node('n3').activity.tryBegin(REPO, 'txn')!;
+      const w = worker('n3', 60_000, new Metrics(), logger);
+      const start = Date.now();
+      expect(await w.pass()).toBe(0);
+      expect(warned).toEqual([]);
+      const clock = vi.spyOn(Date, 'now').mockReturnValue(start + 61_000);
+      expect(await w.pass()).toBe(0);
+      expect(warned).toEqual([
+        [expect.objectContaining({ repoId: REPO, running: ['txn'] }), 'replica behind for long: repair has not caught it up'],
+      ]);
+      // Once per minute, not once per pass.
+      expect(await w.pass()).toBe(0);
+      expect(warned).toHaveLength(1);
+      clock.mockRestore();
+      txn.end();
+      expect(await w.pass()).toBe(1);
     });
 
     it('after a full listing, passes read only what the change feed names', async () => {

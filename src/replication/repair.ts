@@ -19,6 +19,17 @@ import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type Replica
 /** REPAIR_FETCH_ROUNDS is how many fetches one repair attempt makes while pushes keep moving the repo on. */
 export const REPAIR_FETCH_ROUNDS = 4;
 
+/** LONG_BEHIND_MS is how long a replica may stay behind before each pass that finds it so warns (once per period). */
+const LONG_BEHIND_MS = 60_000;
+
+/**
+ * STALL_SECONDS: a repair's fetch or clone that receives under 1 byte/s for this long is given
+ * up (git's http.lowSpeedLimit/Time), so a source that went silent (frozen, a dropped link) does
+ * not hold the repair, and every pass after it, for ever. The source's upload-pack sends
+ * keep-alives while it prepares a pack, so a slow start is not a stall.
+ */
+const STALL_SECONDS = 60;
+
 /** RACED_RETRY_MS is the wait before the next attempt after pushes outran every fetch of one (no doubling). */
 const RACED_RETRY_MS = 1_000;
 
@@ -61,6 +72,11 @@ export class RepairWorker {
   private running = false;
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
+  /** passStartedAt / passWarnedAt: when the running pass started, and when a pass that ran long was last reported. */
+  private passStartedAt = 0;
+  private passWarnedAt = 0;
+  /** warnedBehind: when reportLongBehind last warned of each replica. */
+  private readonly warnedBehind = new Map<string, number>();
   private readonly progress = new Map<string, RepairProgress>();
   /** quiet says the last pass left nothing to do (every local replica in sync, none waited on). */
   private quiet = false;
@@ -181,8 +197,20 @@ export class RepairWorker {
 
   /** pass repairs every local replica that is not in sync, one at a time. */
   async pass(): Promise<number> {
-    if (this.running) return 0;
+    if (this.running) {
+      // A pass that does not end holds every later one back: say so, with what it is doing.
+      const now = Date.now();
+      if (now - this.passStartedAt >= LONG_BEHIND_MS && now - this.passWarnedAt >= LONG_BEHIND_MS) {
+        this.passWarnedAt = now;
+        this.deps.logger.warn(
+          { passMs: now - this.passStartedAt, repairing: [...this.progress.values()].map((p) => ({ ...p })) },
+          'repair pass still running: later passes wait for it',
+        );
+      }
+      return 0;
+    }
     this.running = true;
+    this.passStartedAt = Date.now();
     let repaired = 0;
     try {
       const { store, nodeId } = this.deps;
@@ -223,12 +251,14 @@ export class RepairWorker {
       await this.deps.maintenance.collectGarbage(view.repos, changed ?? undefined);
       if (!changed) this.deps.onListed?.(new Set(view.repos.keys()));
       const here = new Set(repos.map((r) => r.repoId));
-      for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
+      for (const map of [this.backoff, this.behindSince, this.warnedBehind]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
+      for (const id of this.warnedBehind.keys()) if (!this.behindSince.has(id)) this.warnedBehind.delete(id);
       this.quiet = todo.length === 0 && this.behindSince.size === 0;
       this.deps.metrics.repairQueue.set(todo.length);
       this.deps.metrics.staleReplicas.set(todo.length);
       this.deps.metrics.replicaLag.set(lag);
       for (const repo of todo) {
+        this.reportLongBehind(repo.repoId, now);
         const b = this.backoff.get(repo.repoId);
         if (b && b.until > Date.now()) continue;
         if (await this.repair(repo.repoId)) repaired++;
@@ -279,6 +309,29 @@ export class RepairWorker {
       own: new Map(mine.map((r) => [r.repoId, r])),
     };
     return { view: this.view, changed: null };
+  }
+
+  /**
+   * reportLongBehind warns, once per LONG_BEHIND_MS, of a replica behind for longer than that,
+   * with what runs on it and its backoff: a repair that cannot start (a transaction holds the
+   * replica) or keeps failing is otherwise silent at the default log level.
+   */
+  private reportLongBehind(repoId: string, now: number): void {
+    const since = this.behindSince.get(repoId) ?? now;
+    const last = this.warnedBehind.get(repoId) ?? since;
+    if (now - since < LONG_BEHIND_MS || now - last < LONG_BEHIND_MS) return;
+    this.warnedBehind.set(repoId, now);
+    const b = this.backoff.get(repoId);
+    this.deps.logger.warn(
+      {
+        repoId,
+        behindMs: now - since,
+        running: this.deps.activity.runningOn(repoId),
+        attempts: b?.attempts ?? 0,
+        retryInMs: b ? Math.max(0, b.until - now) : 0,
+      },
+      'replica behind for long: repair has not caught it up',
+    );
   }
 
   /**
@@ -522,6 +575,8 @@ export class RepairWorker {
       config: {
         'transfer.fsckObjects': 'true',
         'protocol.version': '2',
+        'http.lowSpeedLimit': '1',
+        'http.lowSpeedTime': String(STALL_SECONDS),
         'core.fsync': 'committed',
         'core.fsyncMethod': 'fsync',
         ...this.fetchConfig(),
