@@ -108,6 +108,22 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
     expect(git.runningCount).toBe(0);
   });
 
+  it("a writer that gives up (its source failed) ends git's input: git exits instead of waiting for ever", async () => {
+    const child = git.spawn(['hash-object', '--stdin'], { cwd: join(dir, 'r.git') });
+    await new Promise((r) => child.once('spawn', r));
+    async function* failing(): AsyncGenerator<Buffer> {
+      yield Buffer.from('part of a blob');
+      await new Promise((r) => setTimeout(r, 50));
+      throw new Error('the request body was cut');
+    }
+    await expect(pipeline(Readable.from(failing()), child.stdin!)).rejects.toThrow(/cut/);
+    const closed = await Promise.race([
+      waitClose(child).then(() => 'closed'),
+      new Promise((r) => setTimeout(() => r('still running'), 5_000)),
+    ]);
+    expect(closed).toBe('closed');
+  });
+
   it('a process that exits without reading its input fails the writer instead of stalling it', async () => {
     const child = git.spawn(['cat-file', '-e', 'HEAD'], { cwd: join(dir, 'r.git') });
     const big = Buffer.alloc(8 * 1024 * 1024);

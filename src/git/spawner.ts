@@ -54,6 +54,12 @@ class HelperChild extends EventEmitter {
     for (const out of [this.stdout, this.stderr]) out.once('close', () => this.outputEnded());
     // A writer of stdin whose process is gone gets an error, as with a pipe (EPIPE), never a stall.
     this.stdin.on('error', () => undefined);
+    // A writer that gives up instead (its source failed, and pipeline() destroyed stdin) must
+    // not leave git waiting for the rest for ever: its socket is closed, as a pipe's end would
+    // be, and git reads end of input. (pipe() ends the socket only when stdin ends.)
+    this.stdin.once('close', () => {
+      if (!this.stdin.writableFinished) this.stdinSocket?.destroy();
+    });
   }
 
   private readonly attached = new Set<number>();
@@ -93,6 +99,10 @@ class HelperChild extends EventEmitter {
    * copy of the socket, and its own reads would take bytes meant for git.
    */
   private feedStdin(): void {
+    if (this.stdinSocket && this.stdin.destroyed && !this.stdin.writableFinished) {
+      this.stdinSocket.destroy();
+      return;
+    }
     if (this.stdinSocket && this.pid !== undefined && !this.stdinFed) {
       this.stdinFed = true;
       this.stdin.pipe(this.stdinSocket);
