@@ -558,8 +558,7 @@ export class Participant {
     const logged = this.deps.log.get(txnId);
     if (logged?.state === 'committed') throw conflict(`transaction ${txnId} was committed`);
     if (!logged && !this.open.has(txnId)) {
-      this.deps.log.recordPrepared(txnId, repoId, 'push', emptyPayload());
-      this.deps.log.setState(txnId, 'aborted');
+      this.deps.log.recordAborted(txnId, repoId, 'push', emptyPayload());
       return;
     }
     await this.finish(txnId, 'abort');

@@ -35,6 +35,16 @@ describe('TxnLog', () => {
     again.close();
   });
 
+  it('an abort before the prepare is one record, aborted, never listed as prepared', () => {
+    const { log, path } = open();
+    log.recordAborted('early', 'o/r', 'push', PAYLOAD);
+    log.close();
+    const again = new TxnLog(path);
+    expect(again.get('early')).toMatchObject({ state: 'aborted', repoId: 'o/r' });
+    expect(again.prepared()).toEqual([]);
+    again.close();
+  });
+
   it('writes outcomes without an fsync, and is back to fsyncing (FULL) for the next prepare', () => {
     const { log } = open();
     expect(synchronous(log)).toBe(2);

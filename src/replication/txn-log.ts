@@ -38,7 +38,12 @@ export interface TxnPayload {
 export class TxnLog {
   private readonly db: Database.Database;
   /** The statements every transaction runs, compiled once. */
-  private readonly stmts: { readonly insert: Database.Statement; readonly setState: Database.Statement; readonly get: Database.Statement };
+  private readonly stmts: {
+    readonly insert: Database.Statement;
+    readonly insertAborted: Database.Statement;
+    readonly setState: Database.Statement;
+    readonly get: Database.Statement;
+  };
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -53,6 +58,10 @@ export class TxnLog {
         `INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'prepared', ?, ?, ?)
       ON CONFLICT(id) DO UPDATE SET state = 'prepared', payload = excluded.payload, updated_at = excluded.updated_at`,
       ),
+      insertAborted: this.db.prepare(
+        `INSERT INTO txns (id, repo_id, kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, 'aborted', ?, ?, ?)
+      ON CONFLICT(id) DO UPDATE SET state = 'aborted', updated_at = excluded.updated_at`,
+      ),
       setState: this.db.prepare('UPDATE txns SET state = ?, updated_at = ? WHERE id = ?'),
       get: this.db.prepare('SELECT * FROM txns WHERE id = ?'),
     };
@@ -62,6 +71,16 @@ export class TxnLog {
   recordPrepared(id: string, repoId: string, kind: TxnKind, payload: TxnPayload): void {
     const now = Date.now();
     this.stmts.insert.run(id, repoId, kind, JSON.stringify(payload), now, now);
+  }
+
+  /**
+   * recordAborted writes, durably, a transaction aborted before this node prepared it: a prepare
+   * of it that arrives later is refused. (One write, fsynced like a prepare: a prepared record
+   * whose abort was lost would let that prepare answer `prepared` without preparing anything.)
+   */
+  recordAborted(id: string, repoId: string, kind: TxnKind, payload: TxnPayload): void {
+    const now = Date.now();
+    this.stmts.insertAborted.run(id, repoId, kind, JSON.stringify(payload), now, now);
   }
 
   /**
