@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The spawn helper in Python: what src/git/spawn-helper.ts does, at a tenth of the cost per spawn.
+"""The spawn helper in Python: what src/git/spawn-helper.ts does, at about half its CPU per spawn.
 
 A node starts git through a helper process so that the fork is not of the node (src/git/spawner.ts).
-The Node.js helper still forks a 50 MB process for every git process (about 1 ms of its CPU, 2 ms
-of wall time); Python's subprocess starts a process with vfork (0.13 ms, 0.8 ms here). Same
+The Node.js helper forks a 50 MB process for every git process (about 1.2 ms of its CPU per
+spawn, sockets included); Python's subprocess starts a process with vfork (about 0.5 ms). Same
 protocol as the Node.js helper: requests `{id, file, args, cwd, env}` arrive as JSON lines on the
 node's IPC channel (NODE_CHANNEL_FD); for each, three sockets are connected to the node's Unix
 socket (a first line `<id> <fd>` says which stream each is) and handed to the process as its stdin,

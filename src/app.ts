@@ -17,7 +17,7 @@ import { loadTls, type TlsFiles } from './cluster/tls.js';
 import type { Timing } from './config.js';
 import { errorMessage } from './domain/errors.js';
 import type { Logger } from './domain/logger.js';
-import { HookServer, relayHooksDir } from './git/proc-receive.js';
+import { HookServer, perlRelayUsable, relayHooksDir } from './git/proc-receive.js';
 import { ReplicaStorage } from './git/repo-storage.js';
 import { GitRunner } from './git/runner.js';
 import { HELPER_SCRIPT, PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './git/spawner.js';
@@ -139,7 +139,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   const dataDir = await realpath(cfg.dataDir);
   await restrictPermissions(dataDir, cfg.store);
   // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts),
-  // and the Python helper's vfork costs a tenth of the Node.js helper's fork.
+  // and the Python helper (vfork) costs it about half the Node.js helper's CPU per git process (0.5 against 1.2 ms).
   // Its socket is this incarnation's: a helper of an earlier one still finishing a request
   // would otherwise connect git's streams to this node, under a child id that is reused here.
   for (const f of await readdir(dataDir)) if (/^spawn(-\d+)?\.sock$/.test(f)) await unlink(join(dataDir, f)).catch(() => undefined);
@@ -153,8 +153,8 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
           helperKind === 'python' ? PYTHON_HELPER : HELPER_SCRIPT,
         );
   // The proc-receive relay receive-pack runs per push: Perl (one process) when it runs here, else bash.
-  const relayDir = relayHooksDir();
-  const relay = relayDir.endsWith('perl') ? 'perl' : 'bash';
+  const relay = perlRelayUsable() ? 'perl' : 'bash';
+  const relayDir = relayHooksDir(relay === 'perl');
   if (spawnHelper && !(await spawnHelper.start())) logger.warn({ relay }, 'spawn helper not started: the node spawns git itself');
   else logger.info({ helper: spawnHelper?.kind ?? 'none', relay }, 'how git processes are started');
   const git = new GitRunner({

@@ -195,7 +195,7 @@ export function perlRelayUsable(): boolean {
  * relayHooksDir is the hooks directory receive-pack gets (`core.hooksPath`): the Perl relay when
  * it runs here, else the bash one. Both speak the same protocol to the HookServer.
  */
-export function relayHooksDir(usePerl = perlRelayUsable()): string {
+export function relayHooksDir(usePerl: boolean): string {
   return usePerl ? PERL_RELAY_DIR : HOOKS_DIR;
 }
 

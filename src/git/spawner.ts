@@ -191,8 +191,9 @@ class HelperChild extends EventEmitter {
 
 /**
  * SpawnHelper starts git through a small helper process, so the fork git needs is of that
- * process, not of the node: helpers/spawn-helper.py when Python is there (vfork: about 0.1 ms of
- * its CPU per process), else src/git/spawn-helper.ts (a fork of a 50 MB process: about 1 ms).
+ * process, not of the node: helpers/spawn-helper.py when Python is there (vfork: about 0.5 ms of
+ * its CPU per process, sockets included), else src/git/spawn-helper.ts (a fork of a 50 MB
+ * process: about 1.2 ms).
  * Both speak the same protocol. One per node; `usable` is false until it runs, and again if it
  * dies (GitRunner then spawns directly until it is started again).
  */

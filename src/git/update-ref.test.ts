@@ -164,6 +164,10 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
   };
 
+  /** moveMain prepares `refs/heads/main` from `oldOid` to `newOid`, reusing `sessions` from (incarnation, generation). */
+  const moveMain = (path: string, sessions: RefSessions, oldOid: string, newOid: string, generation: number, incarnation = 'i') =>
+    UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid, newOid }], { sessions, from: { incarnation, generation } });
+
   beforeAll(() => {
     root = mkdtempSync(join(tmpdir(), 'ref-sessions-'));
     const work = join(root, 'work');
@@ -183,10 +187,7 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
   it('runs the next transaction from the state a commit left in the same process', async () => {
     const path = repo();
     const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
-    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
-      sessions,
-      from: { incarnation: 'i', generation: 4 },
-    });
+    const first = await moveMain(path, sessions, a, b, 4);
     await first.commit();
     expect(at(path, 'refs/heads/main')).toBe(b);
     const second = await UpdateRefTxn.prepare(
@@ -203,12 +204,7 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     await second.commit();
     expect([at(path, 'refs/heads/main'), at(path, 'refs/heads/new')]).toEqual([c, a]);
     // An old value that no longer holds is refused in the kept process as in a new one.
-    await expect(
-      UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: b, newOid: a }], {
-        sessions,
-        from: { incarnation: 'i', generation: 6 },
-      }),
-    ).rejects.toMatchObject({ kind: 'old-value', ref: 'refs/heads/main' });
+    await expect(moveMain(path, sessions, b, a, 6)).rejects.toMatchObject({ kind: 'old-value', ref: 'refs/heads/main' });
     expect(at(path, 'refs/heads/main')).toBe(c);
     await sessions.close();
   });
@@ -216,27 +212,18 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
   it('starts a new process for another generation or incarnation, and closes the kept one', async () => {
     const path = repo();
     const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
-    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
-      sessions,
-      from: { incarnation: 'i', generation: 1 },
-    });
+    const first = await moveMain(path, sessions, a, b, 1);
     await first.commit();
     // Refs changed by another process (a repair's fetch): the replica is at another generation.
     sh(path, 'update-ref', 'refs/heads/main', c, b);
     sh(path, 'update-ref', 'refs/heads/side', a);
     sh(path, 'update-ref', '-d', 'refs/heads/side');
-    const other = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: c, newOid: a }], {
-      sessions,
-      from: { incarnation: 'i', generation: 7 },
-    });
+    const other = await moveMain(path, sessions, c, a, 7);
     expect(pidOf(other)).not.toBe(pidOf(first));
     await until(() => !alive(pidOf(first)));
     expect(alive(pidOf(first))).toBe(false);
     await other.abort();
-    const another = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: c, newOid: a }], {
-      sessions,
-      from: { incarnation: 'j', generation: 7 },
-    });
+    const another = await moveMain(path, sessions, c, a, 7, 'j');
     expect(pidOf(another)).not.toBe(pidOf(other));
     await another.commit();
     expect(at(path, 'refs/heads/main')).toBe(a);
@@ -247,20 +234,14 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
   it('never writes into a directory a swap moved away: a new copy in place gets a new process', async () => {
     const path = repo();
     const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
-    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
-      sessions,
-      from: { incarnation: 'i', generation: 1 },
-    });
+    const first = await moveMain(path, sessions, a, b, 1);
     await first.commit();
     // A repair's swap: a whole copy moved into place over the replica.
     const copy = `${path}.copy`;
     cpSync(path, copy, { recursive: true });
     renameSync(path, `${path}.old`);
     renameSync(copy, path);
-    const next = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: b, newOid: c }], {
-      sessions,
-      from: { incarnation: 'i', generation: 2 },
-    });
+    const next = await moveMain(path, sessions, b, c, 2);
     expect(pidOf(next)).not.toBe(pidOf(first));
     await next.commit();
     expect(at(path, 'refs/heads/main')).toBe(c);
@@ -271,17 +252,11 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
   it('a kept process that died is replaced; idle ones end after idleMs, and the oldest goes past max', async () => {
     const path = repo();
     const sessions = new RefSessions({ idleMs: 300, max: 2 });
-    const first = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
-      sessions,
-      from: { incarnation: 'i', generation: 1 },
-    });
+    const first = await moveMain(path, sessions, a, b, 1);
     await first.abort();
     process.kill(pidOf(first), 'SIGKILL');
     await until(() => !alive(pidOf(first)));
-    const next = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
-      sessions,
-      from: { incarnation: 'i', generation: 1 },
-    });
+    const next = await moveMain(path, sessions, a, b, 1);
     expect(pidOf(next)).not.toBe(pidOf(first));
     await next.commit();
     expect(at(path, 'refs/heads/main')).toBe(b);
@@ -293,10 +268,7 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     const [p1, p2, p3] = [repo(), repo(), repo()];
     const kept: number[] = [];
     for (const p of [p1, p2, p3]) {
-      const t = await UpdateRefTxn.prepare(git, p, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }], {
-        sessions,
-        from: { incarnation: 'i', generation: 1 },
-      });
+      const t = await moveMain(p, sessions, a, b, 1);
       kept.push(pidOf(t));
       await t.commit();
     }

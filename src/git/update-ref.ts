@@ -160,7 +160,7 @@ interface IdleSession {
  */
 export class RefSessions {
   private readonly idle = new Map<string, IdleSession>();
-  /** reused counts the transactions that ran in a kept process (tests, metrics). */
+  /** reused counts the transactions that ran in a kept process (for tests). */
   reused = 0;
 
   constructor(private readonly opts: { readonly idleMs: number; readonly max: number }) {}
@@ -287,17 +287,12 @@ export class UpdateRefTxn {
   async commit(): Promise<void> {
     this.done = true;
     const { session, reuse } = this;
-    if (!reuse) {
-      await session.end('commit\n');
-      if (!(await session.waitFor('commit: ok'))) throw this.failure();
-      return;
-    }
     session.child.stdin?.write('commit\n');
-    if (!(await session.waitFor('commit: ok'))) {
-      await session.end();
-      throw this.failure();
-    }
-    reuse.sessions.put(this.repoPath, { incarnation: reuse.from.incarnation, generation: reuse.from.generation + 1 }, session);
+    const ok = await session.waitFor('commit: ok');
+    if (ok && reuse)
+      reuse.sessions.put(this.repoPath, { incarnation: reuse.from.incarnation, generation: reuse.from.generation + 1 }, session);
+    else await session.end();
+    if (!ok) throw this.failure();
   }
 
   /** abort releases the locks without changing anything. */
@@ -305,13 +300,11 @@ export class UpdateRefTxn {
     if (this.done) return;
     this.done = true;
     const { session, reuse } = this;
-    if (!reuse || session.finished) {
-      await session.end('abort\n');
-      return;
+    if (reuse && !session.finished) {
+      session.child.stdin?.write('abort\n');
+      if (await session.waitFor('abort: ok')) return reuse.sessions.put(this.repoPath, reuse.from, session);
     }
-    session.child.stdin?.write('abort\n');
-    if (await session.waitFor('abort: ok')) reuse.sessions.put(this.repoPath, reuse.from, session);
-    else await session.end();
+    await session.end('abort\n');
   }
 
   /** alive says whether the process still holds the prepared transaction. */

@@ -251,7 +251,7 @@ export class RepairWorker {
       await this.deps.maintenance.collectGarbage(view.repos, changed ?? undefined);
       if (!changed) this.deps.onListed?.(new Set(view.repos.keys()));
       const here = new Set(repos.map((r) => r.repoId));
-      for (const map of [this.backoff, this.behindSince, this.warnedBehind]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
+      for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
       for (const id of this.warnedBehind.keys()) if (!this.behindSince.has(id)) this.warnedBehind.delete(id);
       this.quiet = todo.length === 0 && this.behindSince.size === 0;
       this.deps.metrics.repairQueue.set(todo.length);
