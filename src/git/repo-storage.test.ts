@@ -1,9 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fsyncRefDirs } from './repo-storage.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { fsyncRefDirs, syncRefs } from './repo-storage.js';
+import { BULK_REF_UPDATES } from './update-ref.js';
 
 const ENV = {
   ...process.env,
@@ -39,5 +40,50 @@ describe('fsyncRefDirs', () => {
 
   it('fails, naming the directory, when the repository itself is gone', async () => {
     await expect(fsyncRefDirs(join(root, 'missing.git'), ['refs/heads/main'])).rejects.toThrow(/fsync of .*missing\.git.* failed/);
+  });
+});
+
+describe('syncRefs', () => {
+  let root = '';
+  let repo = '';
+  const savedPath = process.env.PATH;
+  const sh = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
+
+  /** withSync puts a `sync` first on PATH that logs its arguments, then runs `tail` (the real one, or a failure). */
+  function withSync(tail: string): string {
+    const bin = join(root, `bin-${Math.random().toString(36).slice(2)}`);
+    mkdirSync(bin);
+    const log = join(bin, 'calls');
+    writeFileSync(join(bin, 'sync'), `#!/bin/sh\necho "$@" >> '${log}'\n${tail}\n`);
+    chmodSync(join(bin, 'sync'), 0o755);
+    process.env.PATH = `${bin}:${savedPath ?? ''}`;
+    return log;
+  }
+
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'sync-refs-'));
+    repo = join(root, 'r.git');
+    sh(root, 'init', '-q', '--bare', repo);
+  });
+  afterEach(() => {
+    process.env.PATH = savedPath;
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  const refs = (n: number): string[] => Array.from({ length: n }, (_, i) => `refs/heads/r${i}`);
+
+  it('syncs the whole file system once for a bulk transaction, the directories below that size', async () => {
+    const log = withSync('exec /bin/sync "$@"');
+    await syncRefs(repo, refs(BULK_REF_UPDATES - 1));
+    expect(existsSync(log)).toBe(false);
+    await syncRefs(repo, refs(BULK_REF_UPDATES));
+    expect(readFileSync(log, 'utf8')).toBe(`-f ${repo}\n`);
+  });
+
+  it('fsyncs file by file when sync cannot, and still fails for a repository that is gone', async () => {
+    const log = withSync('exit 1');
+    await expect(syncRefs(repo, refs(BULK_REF_UPDATES))).resolves.toBeUndefined();
+    expect(readFileSync(log, 'utf8')).toBe(`-f ${repo}\n`);
+    await expect(syncRefs(join(root, 'missing.git'), refs(BULK_REF_UPDATES))).rejects.toThrow(/fsync of .*missing\.git.* failed/);
   });
 });

@@ -2,7 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { open, mkdir, readFile, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { replicaChecksum, type RefEntry } from '../domain/checksum.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import type { GitRunner } from './runner.js';
+import { BULK_REF_UPDATES } from './update-ref.js';
+
+const execFileAsync = promisify(execFile);
 
 /** REPLICA_CONFIG is the git config every replica gets (DESIGN §5). */
 const REPLICA_CONFIG = `[core]
@@ -239,6 +244,35 @@ export async function fsyncRefDirs(repoPath: string, refs: readonly string[]): P
       }
     }),
   );
+}
+
+/**
+ * syncRefs makes a committed ref transaction durable. Below BULK_REF_UPDATES refs git fsynced
+ * each lock file, and the directories they were renamed into are fsynced here (fsyncRefDirs).
+ * A bulk transaction's files were not fsynced: one syncfs(2) of the file system holding the
+ * repo (coreutils' `sync -f`) writes them, their directories and everything else pending there.
+ * Without a `sync` that can, each ref file that exists, packed-refs and the directories are
+ * fsynced one by one.
+ */
+export async function syncRefs(repoPath: string, refs: readonly string[]): Promise<void> {
+  if (refs.length < BULK_REF_UPDATES) return fsyncRefDirs(repoPath, refs);
+  try {
+    await execFileAsync('sync', ['-f', repoPath], { timeout: 120_000 });
+    return;
+  } catch {
+    // Fall through to the one-by-one fsyncs: slower, same guarantee.
+  }
+  await Promise.all(
+    [...refs, 'packed-refs'].map(async (ref) => {
+      try {
+        await fsyncPath(join(repoPath, ref));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+          throw new Error(`fsync of ${ref} failed: ${(err as Error).message}`, { cause: err });
+      }
+    }),
+  );
+  await fsyncRefDirs(repoPath, refs);
 }
 
 async function isDir(path: string): Promise<boolean> {

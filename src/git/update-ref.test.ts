@@ -6,7 +6,15 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner } from './runner.js';
 import type { RefUpdate } from '../domain/ref-name.js';
-import { parseUpdateRefFailure, RefSessions, RefTxnError, UpdateRefTxn, type RefTxnFailureKind, type Reuse } from './update-ref.js';
+import {
+  BULK_REF_UPDATES,
+  parseUpdateRefFailure,
+  RefSessions,
+  RefTxnError,
+  UpdateRefTxn,
+  type RefTxnFailureKind,
+  type Reuse,
+} from './update-ref.js';
 
 const ZERO = '0'.repeat(40);
 const ENV = {
@@ -246,6 +254,37 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     await next.commit();
     expect(at(path, 'refs/heads/main')).toBe(c);
     expect(at(`${path}.old`, 'refs/heads/main')).toBe(b);
+    await sessions.close();
+  });
+
+  it('a bulk transaction runs in a process of its own that does not fsync each lock file, and is not kept', async () => {
+    const path = repo();
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const kept = await moveMain(path, sessions, a, b, 1);
+    await kept.commit();
+    const spawned: string[][] = [];
+    const spy = Object.create(git) as GitRunner;
+    spy.spawn = (args, opts) => {
+      spawned.push([...Object.entries(opts.config ?? {}).map(([k, v]) => `${k}=${v}`), ...args]);
+      return git.spawn(args, opts);
+    };
+    const many = Array.from({ length: BULK_REF_UPDATES }, (_, i) => ({ ref: `refs/heads/many/${i}`, oldOid: ZERO, newOid: a }));
+    const bulk = await UpdateRefTxn.prepare(spy, path, many, { sessions, from: { incarnation: 'i', generation: 2 } });
+    expect(pidOf(bulk)).not.toBe(pidOf(kept));
+    // The kept process would not see the bulk transaction's refs: it is closed.
+    await until(() => !alive(pidOf(kept)));
+    expect(alive(pidOf(kept))).toBe(false);
+    expect(spawned).toEqual([['core.fsync=objects', 'update-ref', '--stdin']]);
+    await bulk.commit();
+    expect(sh(path, 'for-each-ref', '--count=1000', 'refs/heads/many').split('\n')).toHaveLength(BULK_REF_UPDATES);
+    await until(() => !alive(pidOf(bulk)));
+    expect(alive(pidOf(bulk))).toBe(false);
+    expect(sessions.reused).toBe(0);
+    // One ref fewer is an ordinary transaction: a process that may be kept, fsyncing as the replica is configured.
+    const fewer = many.slice(1).map((u) => ({ ...u, ref: `${u.ref}-x` }));
+    const ordinary = await UpdateRefTxn.prepare(spy, path, fewer, { sessions, from: { incarnation: 'i', generation: 2 } });
+    expect(spawned[1]).toEqual(['update-ref', '--stdin']);
+    await ordinary.abort();
     await sessions.close();
   });
 

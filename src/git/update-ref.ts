@@ -65,6 +65,15 @@ export class RefTxnError extends AppError {
   }
 }
 
+/**
+ * BULK_REF_UPDATES is the size from which a transaction's refs are not fsynced one by one: git
+ * writes their lock files without an fsync each (`core.fsync=objects`), and the caller makes the
+ * commit durable with one `syncfs` of the replica's file system (`syncRefs` in repo-storage.ts).
+ * A mirror push's 3,890 refs: update-ref 0.9 s plus 0.06 s of syncfs, against 2.1 s with an
+ * fsync per lock file (and 2,670 directory fsyncs at commit).
+ */
+export const BULK_REF_UPDATES = 100;
+
 /** REF_SESSION_IDLE_MS is how long a kept update-ref process waits for its replica's next transaction. */
 export const REF_SESSION_IDLE_MS = 10_000;
 
@@ -184,6 +193,14 @@ export class RefSessions {
     return null;
   }
 
+  /** discard closes the idle process of `repoPath`, if any (its refs are about to change in another process). */
+  discard(repoPath: string): void {
+    const kept = this.idle.get(repoPath);
+    if (!kept) return;
+    this.drop(repoPath, kept);
+    void kept.session.end();
+  }
+
   /** put keeps a process that finished a transaction, leaving the replica at `tag`; it replaces one kept before. */
   put(repoPath: string, tag: SessionTag, session: RefSession): void {
     if (session.finished) return;
@@ -260,9 +277,17 @@ export class UpdateRefTxn {
     return new RefTxnError(parseUpdateRefFailure(this.session.stderrBuf));
   }
 
-  /** prepare locks and verifies `changes` in the repo at `repoPath`; throws RefTxnError if git refuses. */
-  static async prepare(git: GitRunner, repoPath: string, changes: readonly RefUpdate[], reuse?: Reuse): Promise<UpdateRefTxn> {
+  /**
+   * prepare locks and verifies `changes` in the repo at `repoPath`; throws RefTxnError if git
+   * refuses. A bulk transaction (BULK_REF_UPDATES refs or more) runs in a process of its own
+   * that does not fsync its lock files: the caller must make its commit durable (syncRefs).
+   */
+  static async prepare(git: GitRunner, repoPath: string, changes: readonly RefUpdate[], reuseWanted?: Reuse): Promise<UpdateRefTxn> {
     const lines = ['start', ...changes.map((c) => `update ${c.ref} ${c.newOid} ${c.oldOid}`), 'prepare', ''].join('\n');
+    const bulk = changes.length >= BULK_REF_UPDATES;
+    // A kept process of this replica would not see the bulk transaction's refs: it goes.
+    if (bulk) reuseWanted?.sessions.discard(repoPath);
+    const reuse = bulk ? undefined : reuseWanted;
     const kept = reuse?.sessions.take(repoPath, reuse.from) ?? null;
     if (kept) {
       kept.child.stdin?.write(lines);
@@ -273,7 +298,11 @@ export class UpdateRefTxn {
     }
     // A process that may be kept says so in its environment (REF_SESSION_ENV): tools that look for git processes left behind tell it apart.
     const session = new RefSession(
-      git.spawn(['update-ref', '--stdin'], { cwd: repoPath, ...(reuse ? { env: { [REF_SESSION_ENV]: '1' } } : {}) }),
+      git.spawn(['update-ref', '--stdin'], {
+        cwd: repoPath,
+        ...(reuse ? { env: { [REF_SESSION_ENV]: '1' } } : {}),
+        ...(bulk ? { config: { 'core.fsync': 'objects' } } : {}),
+      }),
     );
     session.child.stdin?.write(lines);
     if (!(await session.waitFor('prepare: ok'))) {

@@ -8,7 +8,7 @@ import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js'
 import type { Logger } from '../domain/logger.js';
 import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
-import { fsyncRefDirs, type ReplicaStorage } from '../git/repo-storage.js';
+import { syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
@@ -627,9 +627,9 @@ export class Participant {
     return 'committed';
   }
 
-  /** syncRefDirs fsyncs the directories the committed refs were renamed into (git does not); a failure fails the commit. */
+  /** syncRefDirs makes the committed refs durable (syncRefs: their directories, or one syncfs for a bulk transaction); a failure fails the commit. */
   private async syncRefDirs(req: PrepareRequest): Promise<void> {
-    await fsyncRefDirs(
+    await syncRefs(
       this.deps.storage.repoPath(req.repoId),
       req.updates.map((u) => u.ref),
     );
