@@ -378,15 +378,31 @@ const mirrorPush: Workload = {
   id: 'mirror-push',
   number: 3,
   title: 'git push --mirror into an empty repo',
-  metrics: MEMORY_METRICS,
+  metrics: [...MEMORY_METRICS, { name: 'clone_after_s', unit: 's', better: 'lower' }],
   primary: 'seconds',
-  describe: () => '`git push --mirror` of the mirror repo into a new empty repo each round (repo creation untimed)',
+  describe: () =>
+    '`git push --mirror` of the mirror repo into a new empty repo each round (repo creation untimed); clone_after_s: right after the push, `git clone --mirror` from the second and then the third node (a single server: from it, twice), the mean of the two',
   async run(ctx) {
     const runs = emptyRuns(ctx.servers);
     await alternate(ctx, runs, async (s, r) => {
       const repo = `bench/mirror-push-r${r}`;
       await s.createRepo(repo);
-      return measured(s, () => push(ctx.fixtures.mirror, s.url(repo), ['--mirror'], BIG_TIMEOUT));
+      const sample = await measured(s, () => push(ctx.fixtures.mirror, s.url(repo), ['--mirror'], BIG_TIMEOUT));
+      let cloneMs = 0;
+      for (const client of [1, 2]) {
+        const dir = join(ctx.work, `clone-after-${s.id}-${r}-${client}.git`);
+        try {
+          const res = await git(['clone', '-q', '--mirror', s.url(repo, client), dir], { timeoutMs: BIG_TIMEOUT });
+          if (res.code !== 0) throw new Error(`clone after the push failed (${res.code}): ${lastLines(res.stderr)}`);
+          const refs = await refCount(dir);
+          if (refs !== ctx.fixtures.mirrorRefs)
+            throw new Error(`clone after the push has ${refs} refs, expected ${ctx.fixtures.mirrorRefs}`);
+          cloneMs += res.ms;
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      }
+      return { ...sample, clone_after_s: cloneMs / 2 / 1000 };
     });
     return runs;
   },
