@@ -19,6 +19,7 @@ function positiveInt(value: string): number {
 interface BenchCliOptions {
   quick?: boolean;
   rounds?: number;
+  clients?: number;
   out: string;
   only?: string;
 }
@@ -27,6 +28,7 @@ const program = new Command('bench')
   .description('run the benchmark suite against this project and two reference git servers')
   .option('--quick', 'a tiny version of every workload (CI smoke check: only checks that everything ran)')
   .option('--rounds <n>', 'rounds per workload (default 3, 1 with --quick)', positiveInt)
+  .option('--clients <n>', 'clients of the concurrent push workloads 4 and 5 (default 16)', positiveInt)
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
   .option(
     '--only <workloads>',
@@ -34,11 +36,17 @@ const program = new Command('bench')
   )
   .addHelpText(
     'after',
-    '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --quick --out /tmp/b',
+    '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --only 5 --clients 64\n  npm run bench -- --quick --out /tmp/b',
   )
   .action(async (o: BenchCliOptions) => {
     try {
-      const { result } = await runBench({ quick: o.quick ?? false, rounds: o.rounds, out: o.out, only: o.only });
+      const { result } = await runBench({
+        quick: o.quick ?? false,
+        rounds: o.rounds,
+        out: o.out,
+        only: o.only,
+        ...(o.clients ? { clients: o.clients } : {}),
+      });
       if (!result.complete) process.exitCode = 1;
     } catch (err) {
       process.stderr.write(`bench: ${errorMessage(err)}\n`);

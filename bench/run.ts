@@ -13,6 +13,8 @@ export interface BenchOptions {
   readonly quick?: boolean;
   /** rounds per workload (default 3, or 1 with quick). */
   readonly rounds?: number;
+  /** clients of the concurrent push workloads (4 and 5; default 16, 2 with quick). */
+  readonly clients?: number;
   /** out is the directory for `bench-<timestamp>.json` and `.md` (default bench/results). */
   readonly out?: string;
   /** only is a comma-separated list of workload ids or numbers. */
@@ -77,7 +79,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
   const quick = opts.quick ?? false;
   const rounds = opts.rounds ?? (quick ? 1 : 3);
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error('--rounds must be an integer 1-50');
-  const params: Params = { ...(quick ? QUICK : FULL), rounds };
+  if (opts.clients !== undefined && (!Number.isInteger(opts.clients) || opts.clients < 1 || opts.clients > 256))
+    throw new Error('--clients must be an integer 1-256');
+  const params: Params = { ...(quick ? QUICK : FULL), rounds, ...(opts.clients ? { concurrency: opts.clients } : {}) };
   const workloads = selectWorkloads(opts.only);
   const serverIds = opts.servers ?? SERVER_IDS;
   const startedAt = new Date();

@@ -59,6 +59,8 @@ export interface NodeConfig {
   readonly maxGitProcesses: number;
   /** maxGitPerClient caps the git processes one client address holds. */
   readonly maxGitPerClient: number;
+  /** gitSlotWaitMs is how long a git request waits in line for a process slot before its 503. */
+  readonly gitSlotWaitMs: number;
   /** fsckIgnore: git's fsck message ids let through (git/fsck-policy.ts). */
   readonly fsckIgnore: readonly string[];
   /** minFreeDiskBytes: with less free space under the data dir the node takes no new writes. */
@@ -162,6 +164,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     instance: randomUUID(),
     maxProcesses: cfg.maxGitProcesses,
     maxPerClient: cfg.maxGitPerClient,
+    slotWaitMs: cfg.gitSlotWaitMs,
     ...(spawnHelper ? { helper: spawnHelper } : {}),
   });
   const reaped = await git.reapPrevious();
@@ -336,6 +339,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       return { live, down: ids.length - live };
     },
     gitProcesses: () => git.runningCount,
+    gitWaiting: () => git.waitingCount,
     repairing: () => repair.repairingCount,
   });
   const deps: NodeDeps = {

@@ -84,6 +84,14 @@ export const SETTINGS = {
     min: 1,
     doc: 'of those, at most this many for one client address (default half)',
   },
+  gitSlotWaitMs: {
+    kind: 'ms',
+    env: 'GIT_SLOT_WAIT',
+    flag: '--git-slot-wait',
+    default: 30 * SECOND,
+    min: 0,
+    doc: 'a git request finding no free slot (or its client over its share) waits in line this long, then 503 (0: 503 at once)',
+  },
   bodyIdleMs: {
     kind: 'ms',
     env: 'BODY_IDLE_TIMEOUT',

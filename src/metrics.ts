@@ -14,6 +14,8 @@ export interface NodeGauges {
   nodes(): { live: number; down: number };
   /** gitProcesses: git processes serving clients now. */
   gitProcesses(): number;
+  /** gitWaiting: git requests waiting in line for a process slot now. */
+  gitWaiting(): number;
   /** repairing: local replicas being repaired now. */
   repairing(): number;
 }
@@ -131,6 +133,12 @@ export class Metrics {
     help: 'git processes serving clients now',
     registers: [this.registry],
     collect: () => this.readGauge((g) => this.gitProcesses.set(g.gitProcesses())),
+  });
+  readonly gitWaiting = new Gauge({
+    name: 'gitrep_git_waiting',
+    help: 'git requests waiting in line for a process slot now',
+    registers: [this.registry],
+    collect: () => this.readGauge((g) => this.gitWaiting.set(g.gitWaiting())),
   });
   readonly staleReplicas = new Gauge({ name: 'gitrep_stale_replicas', help: 'local replicas not in sync', registers: [this.registry] });
   readonly repairingReplicas = new Gauge({

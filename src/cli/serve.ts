@@ -68,6 +68,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     replicationFactor: s.replicationFactor,
     maxGitProcesses: s.maxGitProcesses,
     maxGitPerClient: s.maxGitPerClient ?? Math.max(1, Math.ceil(s.maxGitProcesses / 2)),
+    gitSlotWaitMs: s.gitSlotWaitMs,
     bodyIdleMs: s.bodyIdleMs,
     shutdownGraceMs: s.shutdownGraceMs,
     fsckIgnore: parseFsckIgnore(s.fsckIgnore),

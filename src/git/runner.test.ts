@@ -52,3 +52,78 @@ describe('GitRunner.reapPrevious', () => {
     }
   });
 });
+
+describe('GitRunner.acquire: a line for git process slots', () => {
+  const runner = (maxProcesses: number, maxPerClient: number, slotWaitMs: number): GitRunner =>
+    new GitRunner({ owner: `acquire-${randomUUID()}`, instance: 'i', maxProcesses, maxPerClient, slotWaitMs });
+  const settledIn = async <T>(p: Promise<T>, ms = 50): Promise<'pending' | 'resolved' | 'rejected'> =>
+    Promise.race([
+      p.then(
+        () => 'resolved' as const,
+        () => 'rejected' as const,
+      ),
+      new Promise<'pending'>((r) => setTimeout(() => r('pending'), ms)),
+    ]);
+
+  it('waits when every slot is taken and hands freed slots out first come, first served', async () => {
+    const git = runner(2, 2, 5_000);
+    const held = [await git.acquire('a'), await git.acquire('b')];
+    const order: string[] = [];
+    const waiters = ['c', 'd', 'e'].map((client) =>
+      git.acquire(client).then((release) => {
+        order.push(client);
+        return release;
+      }),
+    );
+    expect(await settledIn(waiters[0]!)).toBe('pending');
+    expect(git.waitingCount).toBe(3);
+    held[0]!();
+    const c = await waiters[0]!;
+    expect(order).toEqual(['c']);
+    held[1]!();
+    c();
+    await Promise.all(waiters.slice(1));
+    expect(order).toEqual(['c', 'd', 'e']);
+    expect(git.waitingCount).toBe(0);
+  });
+
+  it("a client over its share waits while other clients' requests go by", async () => {
+    const git = runner(4, 1, 5_000);
+    const a1 = await git.acquire('a');
+    const a2 = git.acquire('a');
+    expect(await settledIn(a2)).toBe('pending');
+    const b = await git.acquire('b');
+    expect(git.runningCount).toBe(2);
+    a1();
+    (await a2)();
+    b();
+    expect(git.runningCount).toBe(0);
+  });
+
+  it('answers 503 after slotWaitMs, at once when the line is full or the wait is 0, and when the request ends', async () => {
+    const git = runner(1, 1, 200);
+    const held = await git.acquire('a');
+    await expect(git.acquire('b')).rejects.toMatchObject({ statusCode: 503 });
+    await expect(git.acquire('b')).rejects.toThrow(/^waited 0.2 s for a git process slot: too many git processes running \(1 of 1\)/);
+    // The line holds four times the limit, at least 64.
+    const line = Array.from({ length: 64 }, (_, i) => git.acquire(`w${i}`));
+    for (const p of line) p.catch(() => undefined);
+    const started = Date.now();
+    await expect(git.acquire('x')).rejects.toMatchObject({ statusCode: 503 });
+    expect(Date.now() - started).toBeLessThan(100);
+    await Promise.allSettled(line);
+    const gone = new AbortController();
+    const leaving = git.acquire('y', gone.signal);
+    expect(git.waitingCount).toBe(1);
+    gone.abort();
+    await expect(leaving).rejects.toThrow(/ended while it waited/);
+    expect(git.waitingCount).toBe(0);
+    held();
+    expect(git.runningCount).toBe(0);
+    const noWait = runner(1, 1, 0);
+    const only = await noWait.acquire('a');
+    await expect(noWait.acquire('b')).rejects.toMatchObject({ statusCode: 503 });
+    await expect(noWait.acquire('b')).rejects.toThrow(/^too many git processes running/);
+    only();
+  });
+});

@@ -38,6 +38,14 @@ export interface SpawnOptions {
   readonly counted?: boolean;
   /** client is the address a counted process serves; one client may hold at most maxPerClient slots. */
   readonly client?: string;
+  /** slot is a slot taken beforehand (GitRunner.acquire): the process holds it, released at its exit. */
+  readonly slot?: () => void;
+}
+
+/** SlotWaiter is a request waiting in line for a git process slot. */
+interface SlotWaiter {
+  readonly client: string | undefined;
+  grant(release: () => void): void;
 }
 
 const SAFE_SUBCOMMANDS = new Set([
@@ -78,6 +86,7 @@ const SAFE_SUBCOMMANDS = new Set([
 export class GitRunner {
   private running = 0;
   private readonly perClient = new Map<string, number>();
+  private readonly waiting: SlotWaiter[] = [];
   private readonly children = new Set<ChildProcess>();
 
   constructor(
@@ -89,6 +98,8 @@ export class GitRunner {
       readonly maxProcesses: number;
       /** maxPerClient caps the counted processes one client address holds (default: maxProcesses). */
       readonly maxPerClient?: number;
+      /** slotWaitMs is how long acquire waits in line for a slot (0 or absent: it refuses at once). */
+      readonly slotWaitMs?: number;
       readonly gitBinary?: string;
       /** helper starts git when it is running (a smaller process to fork); else the node spawns git itself. */
       readonly helper?: SpawnHelper;
@@ -100,19 +111,83 @@ export class GitRunner {
     return this.running;
   }
 
+  /** waitingCount is the number of requests waiting in line for a slot now. */
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
   /**
    * reserve takes a slot of the process limit, and of the client's share of it, or throws a 503
    * AppError with Retry-After: one address cannot take every slot.
    */
   reserve(client?: string): () => void {
-    if (this.running >= this.opts.maxProcesses) {
-      throw unavailable(`too many git processes running (${this.running} of ${this.opts.maxProcesses}), try again`, { retryAfter: 1 });
+    const release = this.take(client);
+    if (!release) throw unavailable(this.fullReason(client), { retryAfter: 1 });
+    return release;
+  }
+
+  /**
+   * acquire takes a slot as reserve does, but with none free it waits in line, first come first
+   * served, for up to `slotWaitMs` (then a 503 says it waited). A client over its share waits
+   * while other clients' requests go by. The line is bounded (four times the limit, at least 64;
+   * for one client four times its share, at least 32): past that, and with `slotWaitMs` 0, the
+   * answer is an immediate 503 as from reserve. An aborted `signal` leaves the line.
+   */
+  acquire(client?: string, signal?: AbortSignal): Promise<() => void> {
+    const now = this.take(client);
+    if (now) return Promise.resolve(now);
+    const waitMs = this.opts.slotWaitMs ?? 0;
+    const perClient = this.opts.maxPerClient ?? this.opts.maxProcesses;
+    const sameClient = client === undefined ? 0 : this.waiting.filter((w) => w.client === client).length;
+    if (
+      waitMs <= 0 ||
+      this.waiting.length >= Math.max(64, 4 * this.opts.maxProcesses) ||
+      sameClient >= Math.max(32, 4 * perClient) ||
+      signal?.aborted
+    ) {
+      return Promise.reject(unavailable(this.fullReason(client), { retryAfter: 1 }));
     }
+    return new Promise((resolve, reject) => {
+      const leave = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        const i = this.waiting.indexOf(waiter);
+        if (i >= 0) this.waiting.splice(i, 1);
+      };
+      const waiter: SlotWaiter = {
+        client,
+        grant: (release) => {
+          leave();
+          resolve(release);
+        },
+      };
+      const onAbort = (): void => {
+        leave();
+        reject(unavailable('the request ended while it waited for a git process slot'));
+      };
+      const timer = setTimeout(() => {
+        leave();
+        reject(unavailable(`waited ${waitMs / 1000} s for a git process slot: ${this.fullReason(client)}`, { retryAfter: 1 }));
+      }, waitMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  private fullReason(client: string | undefined): string {
+    if (this.running >= this.opts.maxProcesses)
+      return `too many git processes running (${this.running} of ${this.opts.maxProcesses}), try again`;
     const perClient = this.opts.maxPerClient ?? this.opts.maxProcesses;
     const held = client === undefined ? 0 : (this.perClient.get(client) ?? 0);
-    if (client !== undefined && held >= perClient) {
-      throw unavailable(`too many git requests from this client (${held} of ${perClient}), try again`, { retryAfter: 1 });
-    }
+    return `too many git requests from this client (${held} of ${perClient}), try again`;
+  }
+
+  /** take takes a slot if the limit and the client's share allow, returning its release; else null. */
+  private take(client: string | undefined): (() => void) | null {
+    if (this.running >= this.opts.maxProcesses) return null;
+    const perClient = this.opts.maxPerClient ?? this.opts.maxProcesses;
+    const held = client === undefined ? 0 : (this.perClient.get(client) ?? 0);
+    if (client !== undefined && held >= perClient) return null;
     this.running++;
     if (client !== undefined) this.perClient.set(client, held + 1);
     let released = false;
@@ -120,18 +195,30 @@ export class GitRunner {
       if (released) return;
       released = true;
       this.running--;
-      if (client === undefined) return;
-      const n = (this.perClient.get(client) ?? 1) - 1;
-      if (n <= 0) this.perClient.delete(client);
-      else this.perClient.set(client, n);
+      if (client !== undefined) {
+        const n = (this.perClient.get(client) ?? 1) - 1;
+        if (n <= 0) this.perClient.delete(client);
+        else this.perClient.set(client, n);
+      }
+      this.wake();
     };
+  }
+
+  /** wake hands freed slots to the waiters that may take them, oldest first. */
+  private wake(): void {
+    for (let i = 0; i < this.waiting.length && this.running < this.opts.maxProcesses;) {
+      const w = this.waiting[i]!;
+      const release = this.take(w.client);
+      if (release) w.grant(release);
+      else i++;
+    }
   }
 
   /** spawn starts git with `args` (subcommand first) and returns the child; the caller reads its streams. */
   spawn(args: readonly string[], options: SpawnOptions): ChildProcess {
     const sub = args[0];
     if (!sub || !SAFE_SUBCOMMANDS.has(sub)) throw new Error(`git subcommand not allowed: ${String(sub)}`);
-    const release = options.counted ? this.reserve(options.client) : () => undefined;
+    const release = options.slot ?? (options.counted ? this.reserve(options.client) : () => undefined);
     const argv: string[] = [];
     for (const [k, v] of Object.entries(options.config ?? {})) argv.push('-c', `${k}=${v}`);
     argv.push(...args);

@@ -61,14 +61,15 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const path = deps.storage.repoPath(repoId);
       // The advertisement names the capabilities (allow-reachable-sha1-in-want, filter) the
       // fetch that follows relies on: the same config as that fetch.
-      const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], {
-        cwd: path,
-        env,
-        counted: true,
-        ...(write ? {} : { config: UPLOAD_PACK_CONFIG }),
-        client: clientOf(req),
-        timeoutMs: deps.config.gitTimeoutMs,
-      });
+      const child = spawnWithSlot(await slotFor(deps, req), (slot) =>
+        deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], {
+          cwd: path,
+          env,
+          slot,
+          ...(write ? {} : { config: UPLOAD_PACK_CONFIG }),
+          timeoutMs: deps.config.gitTimeoutMs,
+        }),
+      );
       const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
       reply.hijack();
       await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
@@ -98,14 +99,15 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         new PktLineValidator({ packAfterFlush: false }),
       );
       const request = await readBounded(body, limits.maxUploadRequestBytes, 'upload-pack request');
-      const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], {
-        cwd: deps.storage.repoPath(repoId),
-        env: gitProtocolEnv(req),
-        config: UPLOAD_PACK_CONFIG,
-        counted: true,
-        client: clientOf(req),
-        timeoutMs: deps.config.gitTimeoutMs,
-      });
+      const child = spawnWithSlot(await slotFor(deps, req), (slot) =>
+        deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], {
+          cwd: deps.storage.repoPath(repoId),
+          env: gitProtocolEnv(req),
+          config: UPLOAD_PACK_CONFIG,
+          slot,
+          timeoutMs: deps.config.gitTimeoutMs,
+        }),
+      );
       reply.hijack();
       await streamGit(deps, req.raw, reply.raw, child, request, `application/x-${service}-result`, Buffer.alloc(0), service);
       return reply;
@@ -124,6 +126,8 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
       const route = await routeOrProxy(deps, req, reply, repoId, true, service, PUSH_ROUTE_REUSE_MS);
       if (!route) return reply;
+      // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
+      const slot = await slotFor(deps, req);
       const guarded = guardBody(
         req.body as Readable,
         header(req, 'content-encoding'),
@@ -147,18 +151,24 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // node is still an ordinary answer.
       const pushId = randomUUID();
       // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
-      const endUpload = await deps.activity.beginUpload(repoId);
+      let endUpload: () => void;
+      try {
+        endUpload = await deps.activity.beginUpload(repoId);
+      } catch (err) {
+        slot();
+        throw err;
+      }
       let child: ChildProcess;
       try {
         child = deps.git.spawn(['receive-pack', '--stateless-rpc', '.'], {
           cwd: deps.storage.repoPath(repoId),
-          counted: true,
-          client: clientOf(req),
+          slot,
           timeoutMs: deps.config.gitTimeoutMs,
           config: receivePackConfig(deps.config.hooksDir, limits.maxPushBytes, deps.config.fsckIgnore),
           env: receivePackEnv(deps.hookPort, pushId),
         });
       } catch (err) {
+        slot();
         endUpload();
         throw err;
       }
@@ -183,6 +193,34 @@ const PUSH_ROUTE_REUSE_MS = 2_000;
 const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
 
 /** clientOf is the address a request serves: the first node's view of it for a signed hop. */
+/**
+ * slotFor takes a git process slot for the request's client, waiting in line for one
+ * (GitRunner.acquire: a 503 when the wait is over or the line is full); a client that goes away
+ * leaves the line.
+ */
+async function slotFor(deps: NodeDeps, req: FastifyRequest): Promise<() => void> {
+  const socket = req.raw.socket;
+  const gone = new AbortController();
+  const onClose = (): void => gone.abort();
+  if (socket.destroyed) gone.abort();
+  else socket.once('close', onClose);
+  try {
+    return await deps.git.acquire(clientOf(req), gone.signal);
+  } finally {
+    socket.off('close', onClose);
+  }
+}
+
+/** spawnWithSlot starts a process that holds `slot`; a start that throws gives the slot back. */
+function spawnWithSlot(slot: () => void, start: (slot: () => void) => ChildProcess): ChildProcess {
+  try {
+    return start(slot);
+  } catch (err) {
+    slot();
+    throw err;
+  }
+}
+
 function clientOf(req: FastifyRequest): string {
   // The route's access hook verified the hop header once (requireRepo).
   return req.hopClient ?? req.ip;

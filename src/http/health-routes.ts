@@ -44,6 +44,7 @@ export function registerHealthRoutes(app: FastifyInstance, deps: NodeDeps): void
       writes: blockers.length === 0 ? 'available' : `unavailable: ${blockers.join('; ')}`,
       disk_free_bytes: deps.disk.freeBytes,
       git_processes: deps.git.runningCount,
+      git_waiting: deps.git.waitingCount,
       open_transactions: deps.participant.openCount,
       staged_packs: deps.participant.stagedCount,
       version: deps.config.version,

@@ -114,7 +114,7 @@ export async function runGitCommand(
     }
     const code = cmd.write
       ? await servePush(deps, channel, id, cmd, hooks)
-      : await serveGit(deps, channel, cmd, id, spawnUploadPack(deps, cmd, id, gitProtocol), hooks);
+      : await serveGit(deps, channel, cmd, id, await spawnUploadPack(deps, cmd, id, gitProtocol), hooks);
     outcome = code === null ? 'cut' : code === 0 ? 'ok' : 'failed';
   } catch (err) {
     if (!(err instanceof AppError)) deps.logger.error({ err: errorMessage(err), command }, 'ssh session failed');
@@ -125,15 +125,21 @@ export async function runGitCommand(
   }
 }
 
-function spawnUploadPack(deps: SessionDeps, cmd: GitCommand, id: SshIdentity, gitProtocol: string | null): ChildProcess {
-  return deps.git.spawn(['upload-pack', '.'], {
-    cwd: deps.storage.repoPath(cmd.repoId),
-    config: { ...UPLOAD_PACK_CONFIG },
-    env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
-    counted: true,
-    client: id.client,
-    timeoutMs: deps.gitTimeoutMs,
-  });
+/** spawnUploadPack starts upload-pack once a git slot is free for the client (GitRunner.acquire: it may wait in line). */
+async function spawnUploadPack(deps: SessionDeps, cmd: GitCommand, id: SshIdentity, gitProtocol: string | null): Promise<ChildProcess> {
+  const slot = await deps.git.acquire(id.client);
+  try {
+    return deps.git.spawn(['upload-pack', '.'], {
+      cwd: deps.storage.repoPath(cmd.repoId),
+      config: { ...UPLOAD_PACK_CONFIG },
+      env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
+      slot,
+      timeoutMs: deps.gitTimeoutMs,
+    });
+  } catch (err) {
+    slot();
+    throw err;
+  }
 }
 
 /**
@@ -150,16 +156,28 @@ async function servePush(
   hooks: SessionHooks,
 ): Promise<number | null> {
   const pushId = randomUUID();
-  const endUpload = await deps.activity.beginUpload(cmd.repoId);
+  const slot = await deps.git.acquire(id.client);
+  let endUpload: () => void;
   try {
-    const child = deps.git.spawn(['receive-pack', '.'], {
-      cwd: deps.storage.repoPath(cmd.repoId),
-      config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore),
-      env: receivePackEnv(deps.hookPort, pushId),
-      counted: true,
-      client: id.client,
-      timeoutMs: deps.gitTimeoutMs,
-    });
+    endUpload = await deps.activity.beginUpload(cmd.repoId);
+  } catch (err) {
+    slot();
+    throw err;
+  }
+  try {
+    let child: ChildProcess;
+    try {
+      child = deps.git.spawn(['receive-pack', '.'], {
+        cwd: deps.storage.repoPath(cmd.repoId),
+        config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore),
+        env: receivePackEnv(deps.hookPort, pushId),
+        slot,
+        timeoutMs: deps.gitTimeoutMs,
+      });
+    } catch (err) {
+      slot();
+      throw err;
+    }
     const state = { abandoned: false };
     let connected = false;
     const unregister = deps.hooks.expect(pushId, async (exchange) => {

@@ -94,8 +94,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       env: { AUTH: 'tokens' },
       nodeEnv: {
         'node-1': { BODY_IDLE_TIMEOUT: '1500ms', MAX_FETCH_REQUEST_SIZE: '64k', MAX_PUSH_SIZE: '1m' },
-        'node-2': { MAX_GIT_PER_CLIENT: '2', REPLICATION_FACTOR: '1' },
-        'node-3': { MAX_GIT_PROCESSES: '8', MAX_GIT_PER_CLIENT: '8', MAX_FETCH_REQUEST_SIZE: '64m' },
+        'node-2': { MAX_GIT_PER_CLIENT: '2', REPLICATION_FACTOR: '1', GIT_SLOT_WAIT: '0' },
+        'node-3': { MAX_GIT_PROCESSES: '8', MAX_GIT_PER_CLIENT: '8', MAX_FETCH_REQUEST_SIZE: '64m', GIT_SLOT_WAIT: '0' },
       },
     });
     admin = await c.adminToken();

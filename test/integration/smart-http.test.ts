@@ -16,7 +16,7 @@ describe('smart HTTP against a single node', () => {
   let work: string;
   let url: string;
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 1, env: { MAX_GIT_PROCESSES: '8', MAX_GIT_PER_CLIENT: '8' } });
+    c = await TestCluster.start({ nodes: 1, env: { MAX_GIT_PROCESSES: '8', MAX_GIT_PER_CLIENT: '8', GIT_SLOT_WAIT: '1s' } });
     await c.createRepo(1, 'git/basic');
     url = c.repoUrl(1, 'git/basic');
     work = await workRepo();
@@ -166,7 +166,7 @@ describe('smart HTTP against a single node', () => {
     expect(bytes.includes(Buffer.from('PACK'))).toBe(true);
   });
 
-  it('caps concurrent git processes with 503 and Retry-After; a stalled fetch request holds none', async () => {
+  it('caps concurrent git processes: a request waits in line, then 503 with Retry-After; a stalled fetch request holds none', async () => {
     const head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
     const held: Array<ReturnType<typeof httpRequest>> = [];
     const stall = (service: string, line: string): void => {
@@ -183,9 +183,12 @@ describe('smart HTTP against a single node', () => {
     // A push's body streams into receive-pack, which holds a slot while it waits for the rest.
     for (let i = 0; i < 8; i++) stall('git-receive-pack', encodePktLine(`${head} ${head} refs/heads/x${i}\0 report-status\n`).toString());
     await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length >= 8, 10_000, 'eight stalled git processes');
+    const asked = Date.now();
     const res = await fetch(`${url}/info/refs?service=git-upload-pack`);
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBe('1');
+    expect(await res.text()).toMatch(/waited 1 s for a git process slot: too many git processes running \(8 of 8\)/);
+    expect(Date.now() - asked).toBeGreaterThanOrEqual(900);
     for (const r of held) r.destroy();
     await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length === 0, 10_000, 'stalled processes killed');
     expect((await fetch(`${url}/info/refs?service=git-upload-pack`)).status).toBe(200);
