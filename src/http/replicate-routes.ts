@@ -15,6 +15,7 @@ import {
 import { parseRepoId } from '../domain/repo-id.js';
 import { PrepareRefusal } from '../replication/participant.js';
 import { parseSignedJson } from './access.js';
+import { chain, IdleGuard } from './body-guards.js';
 import type { NodeDeps } from './deps.js';
 
 /**
@@ -22,6 +23,14 @@ import type { NodeDeps } from './deps.js';
  * a cluster member for this node's incarnation, whose signature covers the body it carries.
  */
 export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  /**
+   * idleGuarded fails a pack body that stops arriving for the body idle time (408), as a client's
+   * push body does: a coordinator frozen or cut off mid-shipment would otherwise keep this
+   * replica's index-pack, and the upload and transaction it holds (so its repair), waiting.
+   */
+  const idleGuarded = (body: Readable): IdleGuard => chain(body, new IdleGuard(deps.config.limits.bodyIdleMs)) as IdleGuard;
+  /** bodyFailure is the guard's own error (the body stopped arriving), which explains a refusal better than git's "early EOF". */
+  const bodyFailure = (guarded: IdleGuard | null, err: unknown): unknown => guarded?.errored ?? err;
   void app.register(async (peer) => {
     const PEER = { access: 'peer' } as const;
     peer.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
@@ -32,15 +41,17 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
 
     peer.post('/replicate/prepare', { config: PEER }, async (req, reply) => {
       const framed = (req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE);
-      const frame = framed ? await readFrame(req.body as Readable, req.peerDigest) : null;
+      const guarded = framed ? idleGuarded(req.body as Readable) : null;
+      const frame = guarded ? await readFrame(guarded, req.peerDigest) : null;
       const prep = parsePrepare(frame ? frame.meta : req.body);
       const hasPack = frame !== null && (frame.meta as { has_pack?: unknown }).has_pack === true;
       if (frame && !hasPack) frame.pack.resume();
       const raw = hasPack ? frame.pack : null;
       try {
         await deps.participant.prepare(prep, raw, { local: false });
-      } catch (err) {
+      } catch (caught) {
         raw?.resume();
+        const err = bodyFailure(guarded, caught);
         if (err instanceof PrepareRefusal)
           return reply
             .code(err.statusCode)
@@ -53,12 +64,14 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
     // A push's pack, shipped while its coordinator waits for the repo lock (protocol 3).
     peer.post('/replicate/stage', { config: PEER }, async (req, reply) => {
       if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
-      const frame = await readFrame(req.body as Readable, req.peerDigest);
+      const guarded = idleGuarded(req.body as Readable);
+      const frame = await readFrame(guarded, req.peerDigest);
       const stage = parseStage(frame.meta);
       try {
         await deps.participant.stage(stage.repoId, stage.packHash, frame.pack, stage.fsckIgnore);
-      } catch (err) {
+      } catch (caught) {
         frame.pack.resume();
+        const err = bodyFailure(guarded, caught);
         if (err instanceof PrepareRefusal)
           return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
         throw err;

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -791,6 +792,52 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const headers = signed(secret, 'node-2', { id: 'node-1', epoch: epoch['node-1']! }, abortBody);
       expect((await raw(port(1), { method: 'POST', path: '/replicate/abort', headers, body: abortBody })).status).toBe(200);
       expect((await raw(port(1), { method: 'POST', path: '/replicate/abort', headers, body: abortBody })).status).toBe(401);
+    });
+
+    it('a staged pack that stops arriving is ended after the body idle time (408): no index-pack is left waiting', async () => {
+      const before = await state();
+      const { secret, epoch } = secretAndEpochs();
+      // A real pack of 64 KiB of random bytes (incompressible): only its first 4 KiB are sent.
+      const work = await tempDir();
+      await gitOk(['init', '-q', work]);
+      const blob = (await gitOk(['hash-object', '-w', '--stdin'], { cwd: work, input: randomBytes(65_536).toString('latin1') })).trim();
+      const pack = await new Promise<Buffer>((resolve) => {
+        const p = spawn('git', ['pack-objects', '--stdout'], { cwd: work });
+        const out: Buffer[] = [];
+        p.stdout.on('data', (d: Buffer) => out.push(d));
+        p.on('close', () => resolve(Buffer.concat(out)));
+        p.stdin.end(`${blob}\n`);
+      });
+      const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') }));
+      const head = Buffer.from(`${meta.length}\n`);
+      const auth = signPeerRequest(
+        secret,
+        'node-2',
+        { id: 'node-1', epoch: epoch['node-1']! },
+        { method: 'POST', path: '/replicate/stage', contentLength: head.length + meta.length + pack.length, digest: bodyDigest(meta) },
+      );
+      const started = Date.now();
+      const a = await raw(
+        port(1),
+        {
+          method: 'POST',
+          path: '/replicate/stage',
+          headers: {
+            'content-type': 'application/x-git-replication-prepare',
+            'x-replication-auth': auth,
+            [PROTOCOL_HEADER]: String(PROTOCOL.max),
+          },
+          body: Buffer.concat([head, meta, pack.subarray(0, 4096)]),
+          contentLength: head.length + meta.length + pack.length,
+          mode: 'stall',
+        },
+        15_000,
+      );
+      // node-1's body idle time is 1.5 s.
+      expect(a.status, a.body).toBe(408);
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(await nodeGitProcesses(c.node(1).dataDir)).toEqual([]);
+      await expectUnharmed(before);
     });
 
     it('a prepare whose pack was swapped in transit is refused by the participant', async () => {

@@ -63,7 +63,7 @@ describe('git requests wait in line for a process slot', () => {
     const port = Number(new URL(c.url(1)).port);
     const sockets: Socket[] = [];
     /** open sends a request head (and `body`) and keeps the socket open; its answer collects in `answer.text`. */
-    const open = (head: string, body = Buffer.alloc(0)) => {
+    const open = (head: string, body: Buffer = Buffer.alloc(0)) => {
       const s = connect(port, '127.0.0.1');
       const answer = { text: '', closed: false };
       s.on('data', (d: Buffer) => (answer.text += d.toString('latin1')));
