@@ -156,8 +156,13 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
     process.kill(pid, 'SIGKILL');
     await waitClose(running);
     // Gone, or a zombie (its parent, the helper, died, and this sandbox's init does not reap).
-    const stat = await readFile(`/proc/${running.pid}/stat`, 'utf8').catch(() => '');
-    expect(stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')))).toBe(true);
+    // Its streams close with the helper; the process itself may take a moment longer to end.
+    const ended = async (): Promise<boolean> => {
+      const stat = await readFile(`/proc/${running.pid}/stat`, 'utf8').catch(() => '');
+      return stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')));
+    };
+    for (let i = 0; i < 100 && !(await ended()); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await ended()).toBe(true);
     await new Promise((r) => setTimeout(r, 50));
     expect((await git.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).stdout).toBe('true\n');
     for (let i = 0; i < 50 && !helper.usable; i++) await new Promise((r) => setTimeout(r, 50));
