@@ -13,6 +13,7 @@ const execFileAsync = promisify(execFile);
 const REPLICA_CONFIG = `[core]
 \tfsync = committed
 \tfsyncMethod = fsync
+\twarnAmbiguousRefs = false
 [receive]
 \tfsckObjects = true
 \tunpackLimit = 1

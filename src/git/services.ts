@@ -17,6 +17,8 @@ export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = {
   // be allowed in wants when reachable from a ref (v2 allows that by itself).
   'uploadpack.allowFilter': 'true',
   'uploadpack.allowReachableSHA1InWant': 'true',
+  // pack-objects reads the wants as revisions: no lookup of a ref named like each (NO_DWIM).
+  'core.warnAmbiguousRefs': 'false',
 };
 
 /**
@@ -32,6 +34,8 @@ export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIg
     // No `git gc --auto` after each push: the replica config already turns it off (gc.auto=0),
     // so it would only be one more process the client waits for; maintenance repacks instead.
     'receive.autogc': 'false',
+    // The connectivity rev-list reads each new tip as a revision: no lookup of a ref named like it (NO_DWIM).
+    'core.warnAmbiguousRefs': 'false',
     ...fsckConfig('receive', fsckIgnore),
   };
 }

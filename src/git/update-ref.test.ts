@@ -138,6 +138,23 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     await sessions.close();
   });
 
+  it('reads full object ids without looking for refs of the same name (no ambiguity lookups)', async () => {
+    const path = repo();
+    // A ref named like object A: git would look it up for every A it reads, only to warn.
+    sh(path, 'update-ref', `refs/heads/${a}`, b);
+    const txn = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }]);
+    await txn.commit();
+    expect(sh(path, 'rev-parse', 'refs/heads/main')).toBe(b);
+    expect((txn as unknown as { session: { stderrBuf: string } }).session.stderrBuf).toBe('');
+    // The same through git's defaults warns: the lookup ran.
+    const warned = execFileSync('sh', ['-c', `printf 'update refs/heads/main ${a} ${b}\\n' | git update-ref --stdin 2>&1`], {
+      cwd: path,
+      env: ENV,
+      encoding: 'utf8',
+    });
+    expect(warned).toMatch(/refname '[0-9a-f]{40}' is ambiguous/);
+  });
+
   it('a transaction git accepts commits', async () => {
     const path = repo();
     const txn = await UpdateRefTxn.prepare(git, path, [{ ref: 'refs/heads/main', oldOid: a, newOid: b }]);
@@ -274,7 +291,7 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     // The kept process would not see the bulk transaction's refs: it is closed.
     await until(() => !alive(pidOf(kept)));
     expect(alive(pidOf(kept))).toBe(false);
-    expect(spawned).toEqual([['core.fsync=objects', 'update-ref', '--stdin']]);
+    expect(spawned).toEqual([['core.warnAmbiguousRefs=false', 'core.fsync=objects', 'update-ref', '--stdin']]);
     await bulk.commit();
     expect(sh(path, 'for-each-ref', '--count=1000', 'refs/heads/many').split('\n')).toHaveLength(BULK_REF_UPDATES);
     await until(() => !alive(pidOf(bulk)));
@@ -283,7 +300,7 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     // One ref fewer is an ordinary transaction: a process that may be kept, fsyncing as the replica is configured.
     const fewer = many.slice(1).map((u) => ({ ...u, ref: `${u.ref}-x` }));
     const ordinary = await UpdateRefTxn.prepare(spy, path, fewer, { sessions, from: { incarnation: 'i', generation: 2 } });
-    expect(spawned[1]).toEqual(['update-ref', '--stdin']);
+    expect(spawned[1]).toEqual(['core.warnAmbiguousRefs=false', 'update-ref', '--stdin']);
     await ordinary.abort();
     await sessions.close();
   });

@@ -74,6 +74,17 @@ export class RefTxnError extends AppError {
  */
 export const BULK_REF_UPDATES = 100;
 
+/**
+ * NO_DWIM turns off git's check of every full object id for a ref of the same name
+ * (`core.warnAmbiguousRefs`): for each id it reads, git looks up `<id>`, `refs/<id>`,
+ * `refs/tags/<id>`, `refs/heads/<id>`, `refs/remotes/<id>` and `refs/remotes/<id>/HEAD`, only
+ * to warn. That is half of update-ref's `stat` calls for a mirror push (88,931 of them for 3,890
+ * refs; 42,251 without), and each lookup of a new id leaves a negative dentry in the kernel's
+ * cache, which grows with every push a long-lived replica takes (update-ref of the same 3,890
+ * refs slowed from 0.5 to 1.0 s here as 900,000 such lookups accumulated).
+ */
+export const NO_DWIM: Readonly<Record<string, string>> = { 'core.warnAmbiguousRefs': 'false' };
+
 /** REF_SESSION_IDLE_MS is how long a kept update-ref process waits for its replica's next transaction. */
 export const REF_SESSION_IDLE_MS = 10_000;
 
@@ -301,7 +312,7 @@ export class UpdateRefTxn {
       git.spawn(['update-ref', '--stdin'], {
         cwd: repoPath,
         ...(reuse ? { env: { [REF_SESSION_ENV]: '1' } } : {}),
-        ...(bulk ? { config: { 'core.fsync': 'objects' } } : {}),
+        config: { ...NO_DWIM, ...(bulk ? { 'core.fsync': 'objects' } : {}) },
       }),
     );
     session.child.stdin?.write(lines);

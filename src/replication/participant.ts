@@ -10,7 +10,7 @@ import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
 import { syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
-import { RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
+import { NO_DWIM, RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
 import type { RepoActivity, Running } from './activity.js';
 import type { Failpoints } from './failpoints.js';
@@ -530,6 +530,7 @@ export class Participant {
     try {
       await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], {
         cwd: repoPath,
+        config: NO_DWIM,
         input: `${tips.join('\n')}\n`,
         timeoutMs: this.deps.gitTimeoutMs,
       });
