@@ -13,6 +13,7 @@ export const FAILPOINT_NAMES = [
   'participant.beforePrepare',
   'participant.afterPrepare',
   'participant.beforeCommit',
+  'participant.beforeRefSync',
   'participant.afterCommit',
 ] as const;
 

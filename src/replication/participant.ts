@@ -591,6 +591,8 @@ export class Participant {
       await storage.remove(req.repoId);
     } else if (open?.refs?.alive) {
       await open.refs.commit();
+      // Between git's commit and the sync that makes it durable (one syncfs for a bulk transaction).
+      await failpoints.hit('participant.beforeRefSync');
       await this.syncRefDirs(req);
     } else {
       await this.reapply(req);

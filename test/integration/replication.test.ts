@@ -241,6 +241,24 @@ describe('fault points: crash or delay at each step of a push', () => {
     for (const n of [1, 2, 3]) expect(existsSync(join(c.node(n).dataDir, 'tmp'))).toBe(true);
   });
 
+  it("a bulk push (150 refs) whose participant crashes between git's commit and its syncfs is applied again at its restart", async () => {
+    const repo = 'fp/bulk-sync';
+    await c.createRepo(1, repo);
+    const work = await workRepo();
+    const branches = Array.from({ length: 150 }, (_, i) => `main:refs/heads/many/b${i}`);
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.beforeRefSync=crash' });
+    await c.waitMembership();
+    const r = await git(['push', c.repoUrl(1, repo), 'main', ...branches], { cwd: work, timeoutMs: 60_000 });
+    // Nodes 1 and 2 confirm (W=2): the push is acknowledged while node 3 dies before its sync.
+    expect(r.code, r.stderr).toBe(0);
+    await c.exited(3, 20_000);
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: '' });
+    await c.waitMembership();
+    await expectReplicasIdentical(c, repo);
+    expect((await refsOf(c.replicaPath(3, repo))).split('\n').filter((l) => l.includes('refs/heads/many/'))).toHaveLength(150);
+    expect(await lockFiles(c.replicaPath(3, repo))).toEqual([]);
+  });
+
   it('delays at every step still commit', async () => {
     const spec = cases.map((n) => `${n}=delay(150)`).join(',');
     await c.restart(1, { GIT_REPLICATION_FAILPOINTS: spec });
