@@ -36,6 +36,10 @@ export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIg
     'receive.autogc': 'false',
     // The connectivity rev-list reads each new tip as a revision: no lookup of a ref named like it (NO_DWIM).
     'core.warnAmbiguousRefs': 'false',
+    // That rev-list also takes the refs of every alternate as known tips (--alternate-refs), and
+    // the quarantine's one alternate is this same repo, whose refs it has already (--all): git
+    // would start `git for-each-ref` on it for every push. `true` answers no more tips.
+    'core.alternateRefsCommand': 'true',
     ...fsckConfig('receive', fsckIgnore),
   };
 }
