@@ -385,14 +385,25 @@ export class TestCluster {
   /** waitInSync waits until every replica of a repo is in sync (repair finished). */
   async waitInSync(repoId: string, via = 1, timeoutMs = 30_000): Promise<RepoStatus> {
     let last: RepoStatus | null = null;
-    await waitFor(
-      async () => {
-        last = await this.repoStatus(via, repoId);
-        return last.replicas.every((r) => r.state === 'in_sync');
-      },
-      timeoutMs,
-      `replicas of ${repoId} in sync`,
-    );
+    try {
+      await waitFor(
+        async () => {
+          last = await this.repoStatus(via, repoId);
+          return last.replicas.every((r) => r.state === 'in_sync');
+        },
+        timeoutMs,
+        `replicas of ${repoId} in sync`,
+      );
+    } catch (err) {
+      // What a failure needs to be understood: the replicas as the store sees them, and what each node said about the repo.
+      const said = this.nodes
+        .map((n) => {
+          const lines = n.log.split('\n').filter((l) => l.includes(repoId) || /"level":(40|50|60)/.test(l));
+          return `--- ${n.id}\n${lines.slice(-25).join('\n')}`;
+        })
+        .join('\n');
+      throw new Error(`${(err as Error).message}; last status ${JSON.stringify(last)}\n${said}`, { cause: err });
+    }
     return last!;
   }
 
