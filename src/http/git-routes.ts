@@ -126,14 +126,6 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
       const route = await routeOrProxy(deps, req, reply, repoId, true, service, PUSH_ROUTE_REUSE_MS);
       if (!route) return reply;
-      // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
-      const slot = await slotFor(deps, req);
-      const guarded = guardBody(
-        req.body as Readable,
-        header(req, 'content-encoding'),
-        { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio },
-        'push',
-      );
       // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
       let quiet = false;
       const onFirst = (data: Buffer): void => {
@@ -146,13 +138,22 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
             .split(/[ \n]/)
             .includes('quiet');
       };
-      const body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+      // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
       // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
-      // node is still an ordinary answer.
+      // node is still an ordinary answer. Anything that throws before git holds the slot gives it back.
+      const slot = await slotFor(deps, req);
       const pushId = randomUUID();
-      // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
+      let body: Readable;
       let endUpload: () => void;
       try {
+        const guarded = guardBody(
+          req.body as Readable,
+          header(req, 'content-encoding'),
+          { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio },
+          'push',
+        );
+        body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+        // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
         endUpload = await deps.activity.beginUpload(repoId);
       } catch (err) {
         slot();

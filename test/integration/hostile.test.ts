@@ -987,6 +987,21 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     expect((await fetch(`${c.url(3)}/acme/widgets.git/info/refs?service=git-upload-pack`)).status).toBe(200);
   }, 90_000);
 
+  it('a push refused for its body encoding gives its git slot back (node 2: 2 per client, no line)', async () => {
+    const before = await state();
+    for (let i = 0; i < 3; i++) {
+      const a = await raw(port(2), {
+        method: 'POST',
+        path: `${W}/git-receive-pack`,
+        headers: { 'content-type': RP, 'content-encoding': 'br', ...bearer(writeTok) },
+        body: pkts(`${head} ${head} refs/heads/enc${i}\0 report-status\n`, '0000'),
+      });
+      expect(a.status).toBe(415);
+    }
+    expect((await raw(port(2), { method: 'GET', path: `${W}/info/refs?service=git-upload-pack` })).status).toBe(200);
+    await expectUnharmed(before);
+  });
+
   it('one client address cannot take every slot (node 2: at most 2 per client)', async () => {
     const before = await state();
     const sockets: Socket[] = [];
