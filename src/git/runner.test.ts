@@ -87,6 +87,24 @@ describe('GitRunner.acquire: a line for git process slots', () => {
     expect(git.waitingCount).toBe(0);
   });
 
+  it('a process that cannot start gives its slot back, and the next in line gets it', async () => {
+    const git = runner(1, 1, 5_000);
+    const slot = await git.acquire('a');
+    const next = git.acquire('b');
+    expect(() => git.spawn(['no-such-subcommand'], { cwd: '/', slot })).toThrow(/not allowed/);
+    (await next)();
+    expect(git.runningCount).toBe(0);
+  });
+
+  it('a wait set past what a timer holds (1000 h) still waits', async () => {
+    const git = runner(1, 1, 1000 * 3_600_000);
+    const held = await git.acquire('a');
+    const next = git.acquire('b');
+    expect(await settledIn(next)).toBe('pending');
+    held();
+    (await next)();
+  });
+
   it("a client over its share waits while other clients' requests go by", async () => {
     const git = runner(4, 1, 5_000);
     const a1 = await git.acquire('a');

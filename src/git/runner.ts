@@ -34,11 +34,11 @@ export interface SpawnOptions {
   readonly signal?: AbortSignal;
   /** timeoutMs kills the process when it runs longer. */
   readonly timeoutMs?: number;
-  /** counted says whether the process takes a slot of the client-facing limit. */
-  readonly counted?: boolean;
-  /** client is the address a counted process serves; one client may hold at most maxPerClient slots. */
-  readonly client?: string;
-  /** slot is a slot taken beforehand (GitRunner.acquire): the process holds it, released at its exit. */
+  /**
+   * slot is a slot of the client-facing limit taken beforehand (GitRunner.acquire): the process
+   * holds it, released at its exit, or at once if it cannot start. Without one the process is
+   * not counted (the node's own work).
+   */
   readonly slot?: () => void;
 }
 
@@ -117,26 +117,18 @@ export class GitRunner {
   }
 
   /**
-   * reserve takes a slot of the process limit, and of the client's share of it, or throws a 503
-   * AppError with Retry-After: one address cannot take every slot.
-   */
-  reserve(client?: string): () => void {
-    const release = this.take(client);
-    if (!release) throw unavailable(this.fullReason(client), { retryAfter: 1 });
-    return release;
-  }
-
-  /**
-   * acquire takes a slot as reserve does, but with none free it waits in line, first come first
-   * served, for up to `slotWaitMs` (then a 503 says it waited). A client over its share waits
+   * acquire takes a slot of the process limit, and of the client's share of it (one address
+   * cannot take every slot); with none free it waits in line, first come first served, for up to
+   * `slotWaitMs` (then a 503 with Retry-After says it waited). A client over its share waits
    * while other clients' requests go by. The line is bounded (four times the limit, at least 64;
    * for one client four times its share, at least 32): past that, and with `slotWaitMs` 0, the
-   * answer is an immediate 503 as from reserve. An aborted `signal` leaves the line.
+   * 503 is immediate. An aborted `signal` leaves the line.
    */
   acquire(client?: string, signal?: AbortSignal): Promise<() => void> {
     const now = this.take(client);
     if (now) return Promise.resolve(now);
-    const waitMs = this.opts.slotWaitMs ?? 0;
+    // Node's timers hold at most 2^31-1 ms (24.8 days); a longer setting would fire at once.
+    const waitMs = Math.min(this.opts.slotWaitMs ?? 0, 2 ** 31 - 1);
     const perClient = this.opts.maxPerClient ?? this.opts.maxProcesses;
     const sameClient = client === undefined ? 0 : this.waiting.filter((w) => w.client === client).length;
     if (
@@ -216,9 +208,19 @@ export class GitRunner {
 
   /** spawn starts git with `args` (subcommand first) and returns the child; the caller reads its streams. */
   spawn(args: readonly string[], options: SpawnOptions): ChildProcess {
+    const release = options.slot ?? (() => undefined);
+    try {
+      return this.start(args, options, release);
+    } catch (err) {
+      // A process that never started gives its slot back.
+      release();
+      throw err;
+    }
+  }
+
+  private start(args: readonly string[], options: SpawnOptions, release: () => void): ChildProcess {
     const sub = args[0];
     if (!sub || !SAFE_SUBCOMMANDS.has(sub)) throw new Error(`git subcommand not allowed: ${String(sub)}`);
-    const release = options.slot ?? (options.counted ? this.reserve(options.client) : () => undefined);
     const argv: string[] = [];
     for (const [k, v] of Object.entries(options.config ?? {})) argv.push('-c', `${k}=${v}`);
     argv.push(...args);

@@ -61,15 +61,13 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const path = deps.storage.repoPath(repoId);
       // The advertisement names the capabilities (allow-reachable-sha1-in-want, filter) the
       // fetch that follows relies on: the same config as that fetch.
-      const child = spawnWithSlot(await slotFor(deps, req), (slot) =>
-        deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], {
-          cwd: path,
-          env,
-          slot,
-          ...(write ? {} : { config: UPLOAD_PACK_CONFIG }),
-          timeoutMs: deps.config.gitTimeoutMs,
-        }),
-      );
+      const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], {
+        cwd: path,
+        env,
+        slot: await slotFor(deps, req),
+        ...(write ? {} : { config: UPLOAD_PACK_CONFIG }),
+        timeoutMs: deps.config.gitTimeoutMs,
+      });
       const prefix = isV2(env) ? Buffer.alloc(0) : Buffer.concat([encodePktLine(`# service=${service}\n`), FLUSH]);
       reply.hijack();
       await streamGit(deps, req.raw, reply.raw, child, null, `application/x-${service}-advertisement`, prefix, service);
@@ -99,15 +97,13 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         new PktLineValidator({ packAfterFlush: false }),
       );
       const request = await readBounded(body, limits.maxUploadRequestBytes, 'upload-pack request');
-      const child = spawnWithSlot(await slotFor(deps, req), (slot) =>
-        deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], {
-          cwd: deps.storage.repoPath(repoId),
-          env: gitProtocolEnv(req),
-          config: UPLOAD_PACK_CONFIG,
-          slot,
-          timeoutMs: deps.config.gitTimeoutMs,
-        }),
-      );
+      const child = deps.git.spawn(['upload-pack', '--stateless-rpc', '.'], {
+        cwd: deps.storage.repoPath(repoId),
+        env: gitProtocolEnv(req),
+        config: UPLOAD_PACK_CONFIG,
+        slot: await slotFor(deps, req),
+        timeoutMs: deps.config.gitTimeoutMs,
+      });
       reply.hijack();
       await streamGit(deps, req.raw, reply.raw, child, request, `application/x-${service}-result`, Buffer.alloc(0), service);
       return reply;
@@ -169,7 +165,6 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
           env: receivePackEnv(deps.hookPort, pushId),
         });
       } catch (err) {
-        slot();
         endUpload();
         throw err;
       }
@@ -193,7 +188,6 @@ const PUSH_ROUTE_REUSE_MS = 2_000;
 /** PUSH_COMMANDS_BYTES bounds the pkt-lines before a push's pack (its commands; 100,000 refs fit). */
 const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
 
-/** clientOf is the address a request serves: the first node's view of it for a signed hop. */
 /**
  * slotFor takes a git process slot for the request's client, waiting in line for one
  * (GitRunner.acquire: a 503 when the wait is over or the line is full); a client that goes away
@@ -212,16 +206,7 @@ async function slotFor(deps: NodeDeps, req: FastifyRequest): Promise<() => void>
   }
 }
 
-/** spawnWithSlot starts a process that holds `slot`; a start that throws gives the slot back. */
-function spawnWithSlot(slot: () => void, start: (slot: () => void) => ChildProcess): ChildProcess {
-  try {
-    return start(slot);
-  } catch (err) {
-    slot();
-    throw err;
-  }
-}
-
+/** clientOf is the address a request serves: the first node's view of it for a signed hop. */
 function clientOf(req: FastifyRequest): string {
   // The route's access hook verified the hop header once (requireRepo).
   return req.hopClient ?? req.ip;

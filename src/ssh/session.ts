@@ -114,7 +114,7 @@ export async function runGitCommand(
     }
     const code = cmd.write
       ? await servePush(deps, channel, id, cmd, hooks)
-      : await serveGit(deps, channel, cmd, id, await spawnUploadPack(deps, cmd, id, gitProtocol), hooks);
+      : await serveGit(deps, channel, cmd, id, await spawnUploadPack(deps, channel, cmd, id, gitProtocol), hooks);
     outcome = code === null ? 'cut' : code === 0 ? 'ok' : 'failed';
   } catch (err) {
     if (!(err instanceof AppError)) deps.logger.error({ err: errorMessage(err), command }, 'ssh session failed');
@@ -125,21 +125,37 @@ export async function runGitCommand(
   }
 }
 
-/** spawnUploadPack starts upload-pack once a git slot is free for the client (GitRunner.acquire: it may wait in line). */
-async function spawnUploadPack(deps: SessionDeps, cmd: GitCommand, id: SshIdentity, gitProtocol: string | null): Promise<ChildProcess> {
-  const slot = await deps.git.acquire(id.client);
+/**
+ * slotFor takes a git process slot for the session's client, waiting in line for one
+ * (GitRunner.acquire), as HTTP's requests do; a channel that closes meanwhile leaves the line.
+ */
+async function slotFor(deps: SessionDeps, channel: ServerChannel, client: string): Promise<() => void> {
+  const gone = new AbortController();
+  const onClose = (): void => gone.abort();
+  if (channel.destroyed) gone.abort();
+  else channel.once('close', onClose);
   try {
-    return deps.git.spawn(['upload-pack', '.'], {
-      cwd: deps.storage.repoPath(cmd.repoId),
-      config: { ...UPLOAD_PACK_CONFIG },
-      env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
-      slot,
-      timeoutMs: deps.gitTimeoutMs,
-    });
-  } catch (err) {
-    slot();
-    throw err;
+    return await deps.git.acquire(client, gone.signal);
+  } finally {
+    channel.off('close', onClose);
   }
+}
+
+/** spawnUploadPack starts upload-pack once a git slot is free for the client (it may wait in line). */
+async function spawnUploadPack(
+  deps: SessionDeps,
+  channel: ServerChannel,
+  cmd: GitCommand,
+  id: SshIdentity,
+  gitProtocol: string | null,
+): Promise<ChildProcess> {
+  return deps.git.spawn(['upload-pack', '.'], {
+    cwd: deps.storage.repoPath(cmd.repoId),
+    config: { ...UPLOAD_PACK_CONFIG },
+    env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
+    slot: await slotFor(deps, channel, id.client),
+    timeoutMs: deps.gitTimeoutMs,
+  });
 }
 
 /**
@@ -156,7 +172,7 @@ async function servePush(
   hooks: SessionHooks,
 ): Promise<number | null> {
   const pushId = randomUUID();
-  const slot = await deps.git.acquire(id.client);
+  const slot = await slotFor(deps, channel, id.client);
   let endUpload: () => void;
   try {
     endUpload = await deps.activity.beginUpload(cmd.repoId);
@@ -165,19 +181,13 @@ async function servePush(
     throw err;
   }
   try {
-    let child: ChildProcess;
-    try {
-      child = deps.git.spawn(['receive-pack', '.'], {
-        cwd: deps.storage.repoPath(cmd.repoId),
-        config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore),
-        env: receivePackEnv(deps.hookPort, pushId),
-        slot,
-        timeoutMs: deps.gitTimeoutMs,
-      });
-    } catch (err) {
-      slot();
-      throw err;
-    }
+    const child = deps.git.spawn(['receive-pack', '.'], {
+      cwd: deps.storage.repoPath(cmd.repoId),
+      config: receivePackConfig(deps.hooksDir, deps.maxPushBytes, deps.fsckIgnore),
+      env: receivePackEnv(deps.hookPort, pushId),
+      slot,
+      timeoutMs: deps.gitTimeoutMs,
+    });
     const state = { abandoned: false };
     let connected = false;
     const unregister = deps.hooks.expect(pushId, async (exchange) => {
