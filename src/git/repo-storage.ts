@@ -1,9 +1,9 @@
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { open, mkdir, readFile, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { replicaChecksum, type RefEntry } from '../domain/checksum.js';
-import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { replicaChecksum, type RefEntry } from '../domain/checksum.js';
 import type { GitRunner } from './runner.js';
 import { BULK_REF_UPDATES } from './update-ref.js';
 

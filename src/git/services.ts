@@ -4,6 +4,7 @@
  */
 
 import { fsckConfig } from './fsck-policy.js';
+import { NO_DWIM } from './update-ref.js';
 
 /**
  * UPLOAD_PACK_CONFIG caps what the pack-objects under upload-pack maps of the packs it reads (git's
@@ -17,8 +18,8 @@ export const UPLOAD_PACK_CONFIG: Readonly<Record<string, string>> = {
   // be allowed in wants when reachable from a ref (v2 allows that by itself).
   'uploadpack.allowFilter': 'true',
   'uploadpack.allowReachableSHA1InWant': 'true',
-  // pack-objects reads the wants as revisions: no lookup of a ref named like each (NO_DWIM).
-  'core.warnAmbiguousRefs': 'false',
+  // pack-objects reads the wants as revisions: no lookup of a ref named like each.
+  ...NO_DWIM,
 };
 
 /**
@@ -34,8 +35,8 @@ export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIg
     // No `git gc --auto` after each push: the replica config already turns it off (gc.auto=0),
     // so it would only be one more process the client waits for; maintenance repacks instead.
     'receive.autogc': 'false',
-    // The connectivity rev-list reads each new tip as a revision: no lookup of a ref named like it (NO_DWIM).
-    'core.warnAmbiguousRefs': 'false',
+    // The connectivity rev-list reads each new tip as a revision: no lookup of a ref named like it.
+    ...NO_DWIM,
     // That rev-list also takes the refs of every alternate as known tips (--alternate-refs), and
     // the quarantine's one alternate is this same repo, whose refs it has already (--all): git
     // would start `git for-each-ref` on it for every push. `true` answers no more tips.

@@ -149,7 +149,7 @@ describe('update-ref refusals parsed into kinds, from real git', () => {
     // The same through git's defaults warns: the lookup ran.
     const warned = execFileSync('sh', ['-c', `printf 'update refs/heads/main ${a} ${b}\\n' | git update-ref --stdin 2>&1`], {
       cwd: path,
-      env: ENV,
+      env: { ...ENV, LC_ALL: 'C' },
       encoding: 'utf8',
     });
     expect(warned).toMatch(/refname '[0-9a-f]{40}' is ambiguous/);

@@ -29,8 +29,12 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
    * replica's index-pack, and the upload and transaction it holds (so its repair), waiting.
    */
   const idleGuarded = (body: Readable): IdleGuard => chain(body, new IdleGuard(deps.config.limits.bodyIdleMs)) as IdleGuard;
-  /** bodyFailure is the guard's own error (the body stopped arriving), which explains a refusal better than git's "early EOF". */
-  const bodyFailure = (guarded: IdleGuard | null, err: unknown): unknown => guarded?.errored ?? err;
+  /**
+   * bodyFailure is the guard's own 408 (the body stopped arriving), which explains a refusal
+   * better than git's "early EOF"; any other error of the body (a peer that went away) leaves the
+   * participant's answer as it was.
+   */
+  const bodyFailure = (guarded: IdleGuard | null, err: unknown): unknown => (guarded?.errored instanceof AppError ? guarded.errored : err);
   void app.register(async (peer) => {
     const PEER = { access: 'peer' } as const;
     peer.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));

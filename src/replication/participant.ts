@@ -593,7 +593,7 @@ export class Participant {
       await open.refs.commit();
       // Between git's commit and the sync that makes it durable (one syncfs for a bulk transaction).
       await failpoints.hit('participant.beforeRefSync');
-      await this.syncRefDirs(req);
+      await this.syncCommitted(req);
     } else {
       await this.reapply(req);
     }
@@ -630,8 +630,8 @@ export class Participant {
     return 'committed';
   }
 
-  /** syncRefDirs makes the committed refs durable (syncRefs: their directories, or one syncfs for a bulk transaction); a failure fails the commit. */
-  private async syncRefDirs(req: PrepareRequest): Promise<void> {
+  /** syncCommitted makes the committed refs durable (syncRefs: their directories, or one syncfs for a bulk transaction); a failure fails the commit. */
+  private async syncCommitted(req: PrepareRequest): Promise<void> {
     await syncRefs(
       this.deps.storage.repoPath(req.repoId),
       req.updates.map((u) => u.ref),
@@ -658,7 +658,7 @@ export class Participant {
       await refs.commit();
     }
     // Also when nothing was pending: the first commit may have failed at its fsync.
-    await this.syncRefDirs(req);
+    await this.syncCommitted(req);
   }
 
   private async doAbort(txnId: string): Promise<'aborted'> {

@@ -724,6 +724,20 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         db.close();
       }
     }
+    /** onePack makes a real, valid pack of one blob holding `content` (in a scratch repo), with the blob's id. */
+    async function onePack(content: string): Promise<{ blob: string; pack: Buffer }> {
+      const work = await tempDir();
+      await gitOk(['init', '-q', work]);
+      const blob = (await gitOk(['hash-object', '-w', '--stdin'], { cwd: work, input: content })).trim();
+      const pack = await new Promise<Buffer>((resolve) => {
+        const p = spawn('git', ['pack-objects', '--stdout'], { cwd: work });
+        const out: Buffer[] = [];
+        p.stdout.on('data', (d: Buffer) => out.push(d));
+        p.on('close', () => resolve(Buffer.concat(out)));
+        p.stdin.end(`${blob}\n`);
+      });
+      return { blob, pack };
+    }
     const abortBody = JSON.stringify({ transaction_id: 'no-such-txn', coordinator_id: 'node-2', repo_id: 'acme/widgets' });
     const signed = (
       secret: string,
@@ -797,17 +811,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     it('a staged pack that stops arriving is ended after the body idle time (408): no index-pack is left waiting', async () => {
       const before = await state();
       const { secret, epoch } = secretAndEpochs();
-      // A real pack of 64 KiB of random bytes (incompressible): only its first 4 KiB are sent.
-      const work = await tempDir();
-      await gitOk(['init', '-q', work]);
-      const blob = (await gitOk(['hash-object', '-w', '--stdin'], { cwd: work, input: randomBytes(65_536).toString('latin1') })).trim();
-      const pack = await new Promise<Buffer>((resolve) => {
-        const p = spawn('git', ['pack-objects', '--stdout'], { cwd: work });
-        const out: Buffer[] = [];
-        p.stdout.on('data', (d: Buffer) => out.push(d));
-        p.on('close', () => resolve(Buffer.concat(out)));
-        p.stdin.end(`${blob}\n`);
-      });
+      // A real pack of one blob of random text (about 50 KiB packed): only its first 4 KiB are sent.
+      const { pack } = await onePack(randomBytes(49_152).toString('base64'));
       const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') }));
       const head = Buffer.from(`${meta.length}\n`);
       const auth = signPeerRequest(
@@ -860,16 +865,7 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         }),
       );
       // A real, valid pack of one blob: its own hash is not the signed one.
-      const work = await tempDir();
-      await gitOk(['init', '-q', work]);
-      const blob = (await gitOk(['hash-object', '-w', '--stdin'], { cwd: work, input: 'swapped\n' })).trim();
-      const pack = await new Promise<Buffer>((resolve) => {
-        const p = spawn('git', ['pack-objects', '--stdout'], { cwd: work });
-        const out: Buffer[] = [];
-        p.stdout.on('data', (d: Buffer) => out.push(d));
-        p.on('close', () => resolve(Buffer.concat(out)));
-        p.stdin.end(`${blob}\n`);
-      });
+      const { blob, pack } = await onePack('swapped\n');
       const body = Buffer.concat([Buffer.from(`${meta.length}\n`), meta, pack]);
       const auth = signPeerRequest(
         secret,
