@@ -845,6 +845,39 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       await expectUnharmed(before);
     });
 
+    it('a staged pack whose sender goes away mid-body is refused quietly: no server error, no git process left', async () => {
+      const before = await state();
+      const { secret, epoch } = secretAndEpochs();
+      const { pack } = await onePack(randomBytes(49_152).toString('base64'));
+      const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') }));
+      const head = Buffer.from(`${meta.length}\n`);
+      const length = head.length + meta.length + pack.length;
+      const auth = signPeerRequest(
+        secret,
+        'node-2',
+        { id: 'node-1', epoch: epoch['node-1']! },
+        { method: 'POST', path: '/replicate/stage', contentLength: length, digest: bodyDigest(meta) },
+      );
+      const logFrom = c.node(1).log.length;
+      await raw(port(1), {
+        method: 'POST',
+        path: '/replicate/stage',
+        headers: {
+          'content-type': 'application/x-git-replication-prepare',
+          'x-replication-auth': auth,
+          [PROTOCOL_HEADER]: String(PROTOCOL.max),
+        },
+        body: Buffer.concat([head, meta, pack.subarray(0, 4096)]),
+        contentLength: length,
+        mode: 'abort',
+      });
+      await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length === 0, 15_000, 'the stage to end');
+      // A peer that went away is no server fault: nothing logged at error level (a 500 would be).
+      await new Promise((r) => setTimeout(r, 300));
+      expect(c.node(1).log.slice(logFrom)).not.toMatch(/"level":50/);
+      await expectUnharmed(before);
+    });
+
     it('a prepare whose pack was swapped in transit is refused by the participant', async () => {
       const before = await state();
       const { secret, epoch } = secretAndEpochs();
