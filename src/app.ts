@@ -279,6 +279,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       maxGroupPushes: cfg.maxGroupPushes,
       maxQueuedPushes: cfg.maxQueuedPushes,
       fsckIgnore: cfg.fsckIgnore,
+      uploadTimeoutMs: cfg.timing.gitTimeoutMs,
     },
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger, commitWaitMs: cfg.timing.commitWaitMs });

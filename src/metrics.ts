@@ -113,7 +113,7 @@ export class Metrics {
   });
   readonly packsShipped = new Counter({
     name: 'gitrep_packs_shipped_total',
-    help: 'push packs sent to peer replicas, by how: staged ahead of the prepare, with the prepare, or again with the prepare after a staged copy was lost',
+    help: 'push packs sent to peer replicas, by how: copied during the upload (teed), staged ahead of the prepare, with the prepare, or again with the prepare after a staged copy was lost',
     labelNames: ['how'] as const,
     registers: [this.registry],
   });

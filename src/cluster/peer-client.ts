@@ -13,13 +13,15 @@ import {
   PROTOCOL_HEADER,
   STAGE_PROTOCOL,
   stageToWire,
+  stageUploadToWire,
+  UPLOAD_STAGE_PROTOCOL,
   type PrepareRequest,
   type ProtocolRange,
 } from './protocol.js';
 
 /** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
 export type PeerAnswer =
-  | { ok: true; status: string }
+  | { ok: true; status: string; packHash?: string }
   | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'not_staged' | 'unreachable' | 'not_found' | 'unauthorized'; message: string };
 
 /**
@@ -85,6 +87,38 @@ export class PeerClient {
     );
   }
 
+  /** speaks says whether this node and `target` have a common protocol version of at least `version`. */
+  speaks(target: PeerTarget | undefined, version: number): boolean {
+    return target !== undefined && (common(this.opts.protocol ?? PROTOCOL, target.protocol) ?? 0) >= version;
+  }
+
+  /**
+   * stageUpload copies a push's pack to a replica while the client still uploads it
+   * (`/replicate/stage-upload`): `pack` is the pack as it arrives, and the answer names the hash
+   * the replica's `index-pack --fix-thin` gave it (`packHash`). Destroying `pack` aborts the call.
+   */
+  async stageUpload(
+    target: PeerTarget,
+    meta: { repoId: string; fsckIgnore?: readonly string[] },
+    pack: Readable,
+    timeoutMs: number,
+  ): Promise<PeerAnswer> {
+    if (!this.speaks(target, UPLOAD_STAGE_PROTOCOL)) {
+      pack.destroy();
+      return { ok: false, status: 'failed', message: `node ${target.id} cannot stage uploads (protocol ${formatRange(target.protocol)})` };
+    }
+    const json = Buffer.from(JSON.stringify(stageUploadToWire(meta)));
+    return this.call(
+      target,
+      '/replicate/stage-upload',
+      Readable.from(prepend(frameHead(json), pack)),
+      null,
+      bodyDigest(json),
+      PREPARE_CONTENT_TYPE,
+      timeoutMs,
+    );
+  }
+
   private async call(
     target: PeerTarget,
     path: string,
@@ -117,13 +151,14 @@ export class PeerClient {
         bodyTimeout: timeoutMs,
       });
       const text = await res.body.text();
-      let json: { status?: string; error?: string; message?: string } = {};
+      let json: { status?: string; error?: string; message?: string; pack_hash?: unknown } = {};
       try {
         json = JSON.parse(text) as typeof json;
       } catch {
         // a non-JSON answer is reported by status code below
       }
-      if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true, status: json.status ?? 'ok' };
+      if (res.statusCode >= 200 && res.statusCode < 300)
+        return { ok: true, status: json.status ?? 'ok', ...(typeof json.pack_hash === 'string' ? { packHash: json.pack_hash } : {}) };
       const message = json.message ?? json.error ?? `http ${res.statusCode}`;
       if (res.statusCode === 404) return { ok: false, status: 'not_found', message };
       if (res.statusCode === 401) return { ok: false, status: 'unauthorized', message };
@@ -160,4 +195,9 @@ export class PeerClient {
 async function* concatStreams(head: Buffer, packPath: string): AsyncGenerator<Buffer> {
   yield head;
   for await (const chunk of createReadStream(packPath, { highWaterMark: 256 * 1024 })) yield chunk as Buffer;
+}
+
+async function* prepend(head: Buffer, rest: Readable): AsyncGenerator<Buffer> {
+  yield head;
+  for await (const chunk of rest) yield chunk as Buffer;
 }

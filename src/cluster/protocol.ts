@@ -30,9 +30,10 @@ export interface ProtocolRange {
 /**
  * PROTOCOL is what this build speaks. 2: peer signatures bound to the receiver and the body.
  * 3: a push's pack may be shipped ahead of its prepare (`/replicate/stage`, `staged_packs`),
- * and one transaction may carry the pushes of a group, each with its own pack.
+ * and one transaction may carry the pushes of a group, each with its own pack. 4: a push's pack
+ * may be copied to the peers while the client uploads it (`/replicate/stage-upload`).
  */
-export const PROTOCOL: ProtocolRange = { min: 2, max: 3 };
+export const PROTOCOL: ProtocolRange = { min: 2, max: 4 };
 
 /** PROTOCOL_HEADER names the version of a peer call. */
 export const PROTOCOL_HEADER = 'x-replication-protocol';
@@ -96,6 +97,9 @@ export interface PrepareRequest {
 /** STAGE_PROTOCOL is the first protocol version with `/replicate/stage` and `staged_packs`. */
 export const STAGE_PROTOCOL = 3;
 
+/** UPLOAD_STAGE_PROTOCOL is the first protocol version with `/replicate/stage-upload`. */
+export const UPLOAD_STAGE_PROTOCOL = 4;
+
 /** PREPARE_CONTENT_TYPE frames a push prepare: `<json length>\n<json>` then the raw pack. */
 export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';
 
@@ -158,6 +162,11 @@ export function unstageToWire(repoId: string, packHash: string): UnstageMessage 
 /** stageToWire encodes a stage call's metadata (parseStage decodes it). */
 export function stageToWire(m: StageMessage): Record<string, unknown> {
   return { repo_id: m.repoId, pack_hash: m.packHash, ...(m.fsckIgnore ? { fsck_ignore: m.fsckIgnore } : {}) };
+}
+
+/** stageUploadToWire encodes an upload stage's metadata (parseStageUpload decodes it): no hash, the pack is still arriving. */
+export function stageUploadToWire(m: Omit<StageMessage, 'packHash'>): Record<string, unknown> {
+  return { repo_id: m.repoId, ...(m.fsckIgnore ? { fsck_ignore: m.fsckIgnore } : {}) };
 }
 
 /** MAX_META_BYTES bounds a message's JSON (a prepare names every ref of a push). */
@@ -277,6 +286,14 @@ export function parseStage(body: unknown): { repoId: string; packHash: string; f
     packHash: b.pack_hash,
     ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}),
   };
+}
+
+/** parseStageUpload validates an upload stage's metadata: the repo, and the fsck policy. */
+export function parseStageUpload(body: unknown): { repoId: string; fsckIgnore?: readonly string[] } {
+  if (typeof body !== 'object' || body === null) throw badRequest('stage metadata must be a JSON object');
+  const b = body as Record<string, unknown>;
+  if (b.fsck_ignore !== undefined && !isFsckIgnoreList(b.fsck_ignore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
+  return { repoId: parseRepoId(b.repo_id), ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}) };
 }
 
 /**

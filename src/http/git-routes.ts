@@ -11,6 +11,7 @@ import { HOP_HEADER, ROUTE_HEADER } from '../auth/peer-signature.js';
 import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
 import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
+import { PackTap, type PackTee } from '../replication/pack-tee.js';
 import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
 import type { NodeDeps } from './deps.js';
 import { header } from './access.js';
@@ -141,6 +142,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const pushId = randomUUID();
       let body: Readable;
       let endUpload: () => void;
+      let tee: PackTee | null = null;
       try {
         const guarded = guardBody(
           req.body as Readable,
@@ -148,10 +150,14 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
           { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio },
           'push',
         );
-        body = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+        // The pack goes to the repo's other replicas as it arrives (PackTee), to be indexed beside receive-pack.
+        tee = deps.coordinator.openTee(repoId);
+        const validated = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+        body = tee ? chain(validated, new PackTap(tee)) : validated;
         // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
         endUpload = await deps.activity.beginUpload(repoId);
       } catch (err) {
+        tee?.abort(new Error('push refused'));
         slot();
         throw err;
       }
@@ -165,12 +171,13 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
           env: receivePackEnv(deps.hookPort, pushId),
         });
       } catch (err) {
+        tee?.abort(new Error('push refused'));
         endUpload();
         throw err;
       }
       reply.hijack();
       try {
-        await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet);
+        await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet, tee);
       } finally {
         endUpload();
       }
@@ -424,6 +431,7 @@ async function servePush(
   child: ChildProcess,
   pushId: string,
   quiet: () => boolean,
+  tee: PackTee | null,
 ): Promise<void> {
   let connected = false;
   const unregister = deps.hooks.expect(pushId, (exchange) => {
@@ -434,6 +442,7 @@ async function servePush(
       abandon: () => abandonPush(res, child),
       exited: waitClose(child),
       quiet: quiet(),
+      tee,
       audit: (txn, refs) => ({
         action: 'push',
         user: req.caller?.principal.user ?? 'anonymous',
@@ -450,6 +459,11 @@ async function servePush(
     unregister();
     // A receive-pack killed before its hook connected (the client went away while it checked
     // the pack) left its pack's .keep; handlePush, which drops it otherwise, never ran.
-    if (!connected) deps.coordinator.dropReceivedKeep({ repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
+    if (!connected) {
+      deps.coordinator.dropReceivedKeep({ repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
+      // The peers' copies of a pack no transaction will name (receive-pack refused it, or the client left).
+      tee?.abort(new Error('push ended before its transaction'));
+      deps.coordinator.dropTee(repoId, tee);
+    }
   }
 }

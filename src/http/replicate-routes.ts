@@ -5,6 +5,7 @@ import {
   MAX_META_BYTES,
   parsePrepare,
   parseStage,
+  parseStageUpload,
   PREPARE_CONTENT_TYPE,
   readFrame,
   TXN_SCHEMA,
@@ -81,6 +82,26 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         throw err;
       }
       return { status: 'staged', pack_hash: stage.packHash, server_id: deps.nodeId };
+    });
+
+    // A push's pack as the client uploads it to the coordinator (protocol 4): staged under the
+    // hash this replica's index-pack gives it, which the answer names.
+    peer.post('/replicate/stage-upload', { config: PEER }, async (req, reply) => {
+      if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
+      const guarded = idleGuarded(req.body as Readable);
+      const frame = await readFrame(guarded, req.peerDigest);
+      const stage = parseStageUpload(frame.meta);
+      let hash: string;
+      try {
+        hash = await deps.participant.stageUpload(stage.repoId, frame.pack, stage.fsckIgnore);
+      } catch (caught) {
+        frame.pack.resume();
+        const err = bodyFailure(guarded, caught);
+        if (err instanceof PrepareRefusal)
+          return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
+        throw err;
+      }
+      return { status: 'staged', pack_hash: hash, server_id: deps.nodeId };
     });
 
     // A staged pack its push will not prepare with (refused, or failed before the prepare).

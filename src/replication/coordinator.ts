@@ -10,7 +10,7 @@ import { isZeroOid, refNameProblem, type RefUpdate } from '../domain/ref-name.js
 import type { RepoId } from '../domain/repo-id.js';
 import type { PeerTarget } from '../auth/peer-signature.js';
 import type { PeerAnswer, PeerClient } from '../cluster/peer-client.js';
-import { prepareToWire, txnToWire, unstageToWire, type PrepareRequest } from '../cluster/protocol.js';
+import { prepareToWire, txnToWire, unstageToWire, UPLOAD_STAGE_PROTOCOL, type PrepareRequest } from '../cluster/protocol.js';
 import type { Membership } from '../cluster/membership.js';
 import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
 import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-receive.js';
@@ -26,6 +26,7 @@ import {
 } from '../store/types.js';
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
+import { PackTee } from './pack-tee.js';
 import { listPackKeeps, PrepareRefusal, type Participant } from './participant.js';
 import { phasesBetween, refsField, refusedField } from './push-log.js';
 import { mergeGroup } from './push-group.js';
@@ -53,6 +54,8 @@ export interface CoordinatorConfig {
   readonly maxQueuedPushes?: number;
   /** fsckIgnore is the fsck policy every participant applies to this coordinator's packs. */
   readonly fsckIgnore?: readonly string[];
+  /** uploadTimeoutMs bounds a copy of a push's pack to a peer during its upload (PackTee); the push's git time limit. */
+  readonly uploadTimeoutMs?: number;
 }
 
 /** CreateResult is the seed's `POST /repos` answer. */
@@ -81,6 +84,8 @@ export interface PushContext {
    * confirmations, in the same store write.
    */
   readonly audit?: (txnId: string, refs: readonly string[]) => AuditEvent;
+  /** tee is the copy of the push's pack its peers received during the upload (openTee), if one was made. */
+  readonly tee?: PackTee | null;
 }
 
 /** AuditSink is what the coordinator uses of the audit log (AuditLog). */
@@ -335,7 +340,7 @@ export class Coordinator {
    * it, and the lock is held only for the refs. Best effort: a replica that did not stage it gets
    * the pack with its prepare, so the replica set routing read will do (a store read otherwise).
    */
-  private async stageAhead(repoId: string, packPath: string): Promise<PackShipment> {
+  private async stageAhead(repoId: string, packPath: string, tee: PackTee | null): Promise<PackShipment> {
     const staged = new Map<string, Promise<boolean>>();
     const hash = packHashOf(packPath);
     if (!hash) throw new Error(`received pack ${packPath} is not named by its hash`);
@@ -343,19 +348,90 @@ export class Coordinator {
     const replicas = this.deps.replicaSetOf?.(repoId) ?? (await this.deps.store.getRepo(repoId).catch(() => null))?.replicas ?? [];
     for (const node of replicas) {
       if (node === this.deps.nodeId) continue;
+      // The copy made during the upload, when it has the hash this node's receive-pack gave the
+      // pack (it completed a thin pack from the same objects); otherwise this pack is staged.
+      const teed = tee?.results.get(node);
       staged.set(
         node,
-        this.stageOn(node, repoId, pack).then(
-          (a) => {
-            if (a.ok) this.deps.metrics.packsShipped.inc({ how: 'staged' });
-            else this.deps.logger.debug({ repoId, node, answer: a }, 'pack not staged ahead; it goes with the prepare');
-            return a.ok;
-          },
-          () => false,
-        ),
+        (teed ? this.teedHash(node, repoId, teed, hash) : Promise.resolve(null)).then((got) => {
+          if (got === hash) {
+            this.deps.metrics.packsShipped.inc({ how: 'teed' });
+            return true;
+          }
+          if (got !== null) this.unstageOn(node, repoId, got);
+          return this.stageOn(node, repoId, pack).then(
+            (a) => {
+              if (a.ok) this.deps.metrics.packsShipped.inc({ how: 'staged' });
+              else this.deps.logger.debug({ repoId, node, answer: a }, 'pack not staged ahead; it goes with the prepare');
+              return a.ok;
+            },
+            () => false,
+          );
+        }),
       );
     }
     return pack;
+  }
+
+  /**
+   * openTee starts copying a push's pack to the repo's other replicas while the client uploads
+   * it (PackTee), to the peers of the replica set this node knows (the router read it moments
+   * ago) that share UPLOAD_STAGE_PROTOCOL with it; null when there are none. The push's proc-receive exchange uses the
+   * copies (stageAhead), or drops them (dropTee).
+   */
+  openTee(repoId: string): PackTee | null {
+    const { membership, nodeId, config } = this.deps;
+    const peers = (this.deps.replicaSetOf?.(repoId) ?? []).filter(
+      (n) => n !== nodeId && this.deps.peers.speaks(membership.target(n), UPLOAD_STAGE_PROTOCOL),
+    );
+    if (peers.length === 0) return null;
+    const meta = { repoId, ...(config.fsckIgnore ? { fsckIgnore: config.fsckIgnore } : {}) };
+    return new PackTee(peers, async (node, pack) => {
+      const target = membership.target(node);
+      if (!target) {
+        pack.destroy();
+        return null;
+      }
+      const a = await this.deps.peers.stageUpload(target, meta, pack, config.uploadTimeoutMs ?? DEFAULTS.gitTimeoutMs);
+      if (!a.ok) this.deps.logger.debug({ repoId, node, answer: a }, 'pack not copied during the upload; it is staged after');
+      return a.ok && a.packHash ? a.packHash : null;
+    });
+  }
+
+  /**
+   * teedHash is a peer's answer to the copy made during the upload. The upload is over when this
+   * is asked, so a peer that does not answer within prepareTimeoutMs (frozen, cut off) gets the
+   * pack staged or with its prepare as before, whose time-outs mark it a straggler; a copy it
+   * staged after all under another hash is unstaged (under the pack's, it is that stage's).
+   */
+  private teedHash(node: string, repoId: string, teed: Promise<string | null>, packHash: string): Promise<string | null> {
+    let late = false;
+    void teed.then((hash) => {
+      if (late && hash !== null && hash !== packHash) this.unstageOn(node, repoId, hash);
+    });
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        late = true;
+        resolve(null);
+      }, this.deps.config.prepareTimeoutMs);
+      void teed.then((hash) => {
+        clearTimeout(timer);
+        resolve(hash);
+      });
+    });
+  }
+
+  /** dropTee unstages the copies a push's peers made during its upload when no transaction will use them. */
+  dropTee(repoId: string, tee: PackTee | null | undefined): void {
+    for (const [node, got] of tee?.results ?? []) {
+      void got.then((hash) => {
+        if (hash !== null) this.unstageOn(node, repoId, hash);
+      });
+    }
+  }
+
+  private unstageOn(node: string, repoId: string, hash: string): void {
+    void this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/unstage', unstageToWire(repoId, hash))).catch(() => undefined);
   }
 
   private async finishOn(
@@ -694,14 +770,17 @@ export class Coordinator {
    * connection, and repair completes the stragglers.
    */
   async handlePush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
+    const tee = { used: false };
     try {
-      await this.answerPush(exchange, ctx);
+      await this.answerPush(exchange, ctx, tee);
     } finally {
+      // Refused before its pack was staged (or failing): the copies made during the upload go.
+      if (!tee.used) this.dropTee(ctx.repoId, ctx.tee);
       this.dropReceivedKeep(ctx);
     }
   }
 
-  private async answerPush(exchange: ProcReceiveExchange, ctx: PushContext): Promise<void> {
+  private async answerPush(exchange: ProcReceiveExchange, ctx: PushContext, tee: { used: boolean }): Promise<void> {
     const { logger } = this.deps;
     const request = await exchange.read();
     // Results are keyed by each command's exact bytes (PushCommand.key).
@@ -738,7 +817,8 @@ export class Coordinator {
     let pack: PackShipment | null = null;
     try {
       const packPath = await this.receivedPack(ctx);
-      pack = packPath ? await this.stageAhead(ctx.repoId, packPath) : null;
+      pack = packPath ? await this.stageAhead(ctx.repoId, packPath, ctx.tee ?? null) : null;
+      tee.used = pack !== null;
     } catch (err) {
       failRest(errorMessage(err));
       return report();

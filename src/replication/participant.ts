@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { readFile, rm, unlink, readdir, stat } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -222,6 +223,47 @@ export class Participant {
       if (content.startsWith(STAGE_KEEP) && !this.keepInUse(written)) await removeFiles([written]);
     }
     await this.deps.failpoints.hit('participant.afterStage');
+  }
+
+  /**
+   * stageUpload verifies and keeps a push's pack as the client uploads it to the coordinator
+   * (`index-pack --strict --fix-thin`, completing a thin pack from this replica's objects, as the
+   * coordinator's receive-pack does), and returns the hash index-pack named it by. The
+   * coordinator compares that hash with its own pack's: the same, a prepare names the pack as
+   * staged; another (this replica completed it from other bytes), it ships its own. Otherwise a
+   * staged pack like stage's, under its hash. Throws PrepareRefusal.
+   */
+  async stageUpload(repoId: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<string> {
+    const shortage = this.deps.diskShortage?.() ?? null;
+    if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
+    const running = this.deps.activity.tryBegin(repoId, 'upload');
+    if (!running)
+      throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    // This stage's own message: its `.keep` tells apart from one another stage of the same pack wrote.
+    const message = `${STAGE_KEEP} of an upload ${randomUUID()}`;
+    let keep: string;
+    try {
+      if ((await this.deps.storage.incarnationOf(repoId)) === null)
+        throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
+      keep = await this.indexPack(this.deps.storage.repoPath(repoId), message, pack, undefined, fsckIgnore ?? this.deps.fsckIgnore ?? [], {
+        fixThin: true,
+      });
+    } finally {
+      running.end();
+    }
+    const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
+    const key = stageKey(repoId, hash);
+    if (this.staged.has(key)) {
+      // Another push staged the same pack meanwhile: its entry stands, and a `.keep` this stage wrote goes.
+      const content = await readFile(keep, 'utf8').catch(() => '');
+      if (content.trim() === message && !this.keepInUse(keep)) await removeFiles([keep]);
+    } else {
+      // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
+      const mine = (await readFile(keep, 'utf8').catch(() => '')).trim() === message;
+      this.staged.set(key, { repoId, keep: Promise.resolve(mine ? keep : null), timer: this.stagedTimer(key) });
+    }
+    await this.deps.failpoints.hit('participant.afterStage');
+    return hash;
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {
@@ -467,12 +509,14 @@ export class Participant {
     pack: Readable,
     expectedHash: string | undefined,
     fsckIgnore: readonly string[],
+    opts: { fixThin?: boolean } = {},
   ): Promise<string> {
     const started = Date.now();
     // The packs here before, so that a pack refused for its hash is removed only if this index-pack
     // wrote it (a file's mtime cannot tell: the kernel stamps it from a clock a tick behind).
     const before = expectedHash !== undefined ? new Set(await readdir(join(repoPath, 'objects', 'pack')).catch(() => [])) : null;
-    const child = this.deps.git.spawn(['index-pack', indexPackStrict(fsckIgnore), '--stdin', `--keep=${keepMessage}`], {
+    const args = ['index-pack', indexPackStrict(fsckIgnore), '--stdin', ...(opts.fixThin ? ['--fix-thin'] : []), `--keep=${keepMessage}`];
+    const child = this.deps.git.spawn(args, {
       cwd: repoPath,
       timeoutMs: this.deps.gitTimeoutMs,
     });

@@ -40,10 +40,12 @@ describe('pushes queued on one repo join one transaction', () => {
     return { dir, commit };
   }
 
-  /** staged reads a node's count of packs staged on peers. */
+  /** staged reads a node's count of packs on peers ahead of the prepare: copied during the upload, or staged. */
   async function staged(node = 1): Promise<number> {
     const text = await (await fetch(`${c.url(node)}/metrics`)).text();
-    return Number(/^gitrep_packs_shipped_total\{how="staged"\} (\d+)/m.exec(text)?.[1] ?? 0);
+    const count = (how: string): number =>
+      Number(new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+    return count('teed') + count('staged');
   }
 
   /**

@@ -10,7 +10,8 @@ import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
  * shipment in the metrics, and each way a staged pack can go astray: lost before its prepare
  * (shipped again with it), not needed (unstaged by the coordinator), never adopted with nobody
  * to say so (removed after STAGE_TTL_MS), and left behind by a crash right after staging (its
- * .keep removed at the node's start).
+ * .keep removed at the node's start). The nodes speak protocol 3: a peer of protocol 4 gets the
+ * pack during the upload instead (tee.test.ts), and this path is then the fallback.
  */
 describe('packs staged ahead of the prepare', () => {
   let c: TestCluster;
@@ -18,7 +19,7 @@ describe('packs staged ahead of the prepare', () => {
   const repo = 'stage/repo';
 
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 3, env: { STAGE_TTL_MS: '600000' } });
+    c = await TestCluster.start({ nodes: 3, env: { STAGE_TTL_MS: '600000', GIT_REPLICATION_PROTOCOL: '2-3' } });
     await c.createRepo(1, repo);
     work = await workRepo();
   });

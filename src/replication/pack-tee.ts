@@ -1,0 +1,148 @@
+import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { PktLineReader } from '../git/pkt-line.js';
+
+/** TEE_MAX_BUFFERED bounds the bytes held for one peer that reads slower than the client sends: beyond, that peer is dropped. */
+export const TEE_MAX_BUFFERED = 8 * 1024 * 1024;
+
+/**
+ * PackTee copies a push's pack to the repo's other replicas while the client uploads it, so that
+ * their `index-pack` runs beside the coordinator's receive-pack instead of after it. It never
+ * slows the client: a peer that falls TEE_MAX_BUFFERED behind is dropped (its copy aborted),
+ * and a push whose copies failed ships its pack as before. `results` says, per peer, the hash
+ * the peer staged the pack under (null: not staged); the calls start with the pack's first byte,
+ * so a push without a pack (deletes only) makes none.
+ */
+export class PackTee {
+  private readonly streams = new Map<string, PassThrough>();
+  private readonly staged = new Map<string, Promise<string | null>>();
+  private started = false;
+  private ended = false;
+
+  constructor(
+    private readonly peers: readonly string[],
+    /** open starts the copy to `node` with the pack as it arrives; resolves with the hash it was staged under, or null. */
+    private readonly open: (node: string, pack: Readable) => Promise<string | null>,
+    private readonly maxBuffered = TEE_MAX_BUFFERED,
+  ) {}
+
+  /** results are the peers' staged hashes (null: not staged), one per peer a copy started to. */
+  get results(): ReadonlyMap<string, Promise<string | null>> {
+    return this.staged;
+  }
+
+  /** write passes the next bytes of the pack to every peer still keeping up. */
+  write(chunk: Buffer): void {
+    if (this.ended) return;
+    if (!this.started) this.start();
+    for (const [node, s] of this.streams) {
+      if (s.destroyed) {
+        this.streams.delete(node);
+        continue;
+      }
+      s.write(chunk);
+      if (s.writableLength + s.readableLength > this.maxBuffered) this.drop(node, new Error(`peer ${node} fell behind the upload`));
+    }
+  }
+
+  /** end says the pack is complete. */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    for (const s of this.streams.values()) s.end();
+    this.streams.clear();
+  }
+
+  /** abort ends every copy unfinished: the upload failed, the peers' index-pack sees a cut pack. */
+  abort(reason: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    for (const s of this.streams.values()) s.destroy(reason);
+    this.streams.clear();
+  }
+
+  private start(): void {
+    this.started = true;
+    for (const node of this.peers) {
+      const s = new PassThrough({ highWaterMark: 256 * 1024 });
+      // A copy the peer client ended (the peer went away) fails only that copy.
+      s.on('error', () => undefined);
+      this.streams.set(node, s);
+      this.staged.set(
+        node,
+        this.open(node, s).catch(() => null),
+      );
+    }
+  }
+
+  private drop(node: string, reason: Error): void {
+    this.streams.get(node)?.destroy(reason);
+    this.streams.delete(node);
+  }
+}
+
+/**
+ * PackTap passes a push body through unchanged and hands the pack in it (the bytes after the
+ * commands' flush, and after the push options' flush when the client sends options) to a
+ * PackTee. The body was validated as pkt-lines before it (PktLineValidator); a body that is not
+ * what this expects only ends the copies.
+ */
+export class PackTap extends Transform {
+  private readonly reader = new PktLineReader();
+  private state: 'commands' | 'options' | 'pack' | 'off' = 'commands';
+  private options = false;
+  private first = true;
+
+  constructor(private readonly tee: PackTee) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.state === 'pack') this.tee.write(chunk);
+    else if (this.state !== 'off') this.preamble(chunk);
+    cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.state === 'pack') this.tee.end();
+    else this.tee.abort(new Error('push body has no pack'));
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (error: Error | null) => void): void {
+    this.tee.abort(err ?? new Error('push body ended early'));
+    cb(err);
+  }
+
+  private preamble(chunk: Buffer): void {
+    try {
+      this.reader.push(chunk);
+      for (;;) {
+        const pkt = this.reader.read();
+        if (pkt === null) return;
+        if (pkt.type === 'data' && this.first) {
+          this.first = false;
+          const nul = pkt.data.indexOf(0);
+          this.options =
+            nul !== -1 &&
+            pkt.data
+              .subarray(nul + 1)
+              .toString('latin1')
+              .split(/[ \n]/)
+              .includes('push-options');
+        }
+        if (pkt.type !== 'flush') continue;
+        if (this.state === 'commands' && this.options) {
+          this.state = 'options';
+          continue;
+        }
+        this.state = 'pack';
+        const rest = this.reader.rest();
+        if (rest.length > 0) this.tee.write(rest);
+        return;
+      }
+    } catch {
+      this.state = 'off';
+      this.tee.abort(new Error('push body is not pkt-lines'));
+    }
+  }
+}

@@ -1,0 +1,151 @@
+import { randomBytes } from 'node:crypto';
+import { request } from 'node:http';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodePktLine, FLUSH } from '../../src/git/pkt-line.js';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
+
+/**
+ * A push's pack is copied to the repo's other replicas while the client uploads it
+ * (`/replicate/stage-upload`, protocol 4): each peer's `index-pack --fix-thin` runs beside the
+ * coordinator's receive-pack, and the prepare names the pack as staged when the peer's hash is
+ * the coordinator's. These tests show the copy in the metrics, a peer whose completed pack differs
+ * getting the coordinator's pack instead, an upload cut off halfway leaving nothing on the peers,
+ * and a peer that dies right after its copy.
+ */
+describe('packs copied to the peers during the upload', () => {
+  let c: TestCluster;
+  let work = '';
+  const repo = 'tee/repo';
+
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 3, env: { STAGE_TTL_MS: '600000' } });
+    await c.createRepo(1, repo);
+    work = await workRepo();
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  /** shipped reads node i's count of packs sent to peers, by how. */
+  async function shipped(i: number, how: string): Promise<number> {
+    const text = await (await fetch(`${c.url(i)}/metrics`)).text();
+    const m = new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text);
+    return m ? Number(m[1]) : 0;
+  }
+
+  async function packFiles(i: number, pred: (name: string, content: string) => boolean): Promise<string[]> {
+    const dir = join(c.replicaPath(i, repo), 'objects', 'pack');
+    const found: string[] = [];
+    for (const f of await readdir(dir)) {
+      const content = f.endsWith('.keep') ? await readFile(join(dir, f), 'utf8').catch(() => '') : '';
+      if (pred(f, content)) found.push(f);
+    }
+    return found;
+  }
+
+  /** stagedKeeps lists node i's `.keep` files of packs staged and not adopted by a prepare. */
+  const stagedKeeps = (i: number): Promise<string[]> =>
+    packFiles(i, (f, content) => f.endsWith('.keep') && content.startsWith('replication stage'));
+  const tmpPacks = (i: number): Promise<string[]> => packFiles(i, (f) => f.startsWith('tmp_'));
+
+  async function hasObject(i: number, oid: string): Promise<boolean> {
+    return (await git(['cat-file', '-e', oid], { cwd: c.replicaPath(i, repo) })).code === 0;
+  }
+
+  async function push(i: number, file: string, content: string): Promise<{ code: number; stderr: string; commit: string }> {
+    const commit = await commitFile(work, file, content, `${file} ${content.length}`);
+    const r = await git(['push', c.repoUrl(i, repo), 'HEAD:refs/heads/main'], { cwd: work });
+    return { code: r.code ?? -1, stderr: r.stderr, commit };
+  }
+
+  it('a push copies its pack to both peers during the upload; nothing staged is left once it committed', async () => {
+    const before = { teed: await shipped(1, 'teed'), staged: await shipped(1, 'staged') };
+    const r = await push(1, 'f.txt', 'one\n');
+    expect(r.code, r.stderr).toBe(0);
+    expect(await shipped(1, 'teed')).toBe(before.teed + 2);
+    expect(await shipped(1, 'staged')).toBe(before.staged);
+    expect(await shipped(1, 'with_prepare')).toBe(0);
+    await c.waitInSync(repo, 1);
+    for (const i of [2, 3]) {
+      expect(await hasObject(i, r.commit)).toBe(true);
+      expect(await stagedKeeps(i)).toEqual([]);
+    }
+  });
+
+  it("a peer that completes a thin pack into other bytes is sent the coordinator's pack, and drops its own", async () => {
+    const lines = Array.from({ length: 20_000 }, (_, n) => `line ${n}`).join('\n');
+    expect((await push(1, 'big.txt', `${lines}\n`)).code).toBe(0);
+    await c.waitInSync(repo, 1);
+    // Node 3 stores the base objects index-pack --fix-thin appends without compression: another pack, another hash.
+    await gitOk(['config', 'core.compression', '0'], { cwd: c.replicaPath(3, repo) });
+    const before = { teed: await shipped(1, 'teed'), staged: await shipped(1, 'staged') };
+    const r = await push(1, 'big.txt', `${lines.replace('line 500\n', 'line five hundred\n')}\n`);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await shipped(1, 'teed')).toBe(before.teed + 1);
+    expect(await shipped(1, 'staged')).toBe(before.staged + 1);
+    await c.waitInSync(repo, 1);
+    expect(await hasObject(3, r.commit)).toBe(true);
+    await waitFor(async () => (await stagedKeeps(3)).length === 0, 15_000, 'node 3 to drop the pack it completed itself');
+    await gitOk(['config', '--unset', 'core.compression'], { cwd: c.replicaPath(3, repo) });
+  });
+
+  it('a peer of protocol 3 (a rolling upgrade) gets the pack staged ahead; the one of protocol 4 gets the copy', async () => {
+    await c.restart(3, { GIT_REPLICATION_PROTOCOL: '2-3' });
+    await waitFor(async () => (await push(1, 'f.txt', 'mixed\n')).code === 0, 20_000, 'a push through node 1 with node 3 back');
+    const before = { teed: await shipped(1, 'teed'), staged: await shipped(1, 'staged') };
+    const r = await push(1, 'f.txt', 'mixed again\n');
+    expect(r.code, r.stderr).toBe(0);
+    expect(await shipped(1, 'teed')).toBe(before.teed + 1);
+    expect(await shipped(1, 'staged')).toBe(before.staged + 1);
+    await c.waitInSync(repo, 1);
+    expect(await hasObject(3, r.commit)).toBe(true);
+    await c.restart(3);
+  });
+
+  it('an upload cut off halfway leaves no staged pack and no index-pack file on the peers', async () => {
+    // A commit with 4 MiB that do not compress: its pack is sent in many chunks.
+    const dir = await workRepo();
+    await writeFile(join(dir, 'noise.bin'), randomBytes(4 * 1024 * 1024));
+    await gitOk(['add', 'noise.bin'], { cwd: dir });
+    await gitOk(['commit', '-q', '-m', 'noise'], { cwd: dir });
+    const tip = (await gitOk(['rev-parse', 'HEAD'], { cwd: dir })).trim();
+    const name = (await gitOk(['pack-objects', '--revs', '-q', join(dir, 'out')], { cwd: dir, input: `${tip}\n` })).trim();
+    const pack = await readFile(join(dir, `out-${name}.pack`));
+    const commands = Buffer.concat([encodePktLine(`${'0'.repeat(40)} ${tip} refs/heads/cut\0report-status-v2 quiet\n`), FLUSH]);
+    const url = new URL(`${c.repoUrl(1, repo)}/git-receive-pack`);
+    const req = request(url, { method: 'POST', headers: { 'content-type': 'application/x-git-receive-pack-request' } });
+    req.on('error', () => undefined);
+    req.write(Buffer.concat([commands, pack.subarray(0, pack.length >> 1)]));
+    // The copy reached each peer's index-pack (its temporary pack file is there), then the client goes.
+    await waitFor(async () => (await tmpPacks(2)).length > 0 && (await tmpPacks(3)).length > 0, 15_000, 'the peers indexing the copy');
+    req.destroy();
+    for (const i of [2, 3]) {
+      await waitFor(
+        async () => (await tmpPacks(i)).length === 0 && (await stagedKeeps(i)).length === 0,
+        15_000,
+        `node ${i} to drop the cut copy`,
+      );
+      expect(await hasObject(i, tip)).toBe(false);
+    }
+    const r = await push(1, 'f.txt', 'after the cut\n');
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  it('a peer killed right after staging its copy: the push is acknowledged, and its restart drops the copy', async () => {
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterStage=crash' });
+    const r = await push(1, 'f.txt', 'four\n');
+    expect(r.code, r.stderr).toBe(0);
+    await c.exited(3);
+    expect(await hasObject(2, r.commit)).toBe(true);
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: '' });
+    expect(await stagedKeeps(3)).toEqual([]);
+    await c.waitInSync(repo, 1, 60_000);
+    const next = await push(1, 'f.txt', 'five\n');
+    expect(next.code, next.stderr).toBe(0);
+    await c.waitInSync(repo, 1, 60_000);
+    expect(await hasObject(3, next.commit)).toBe(true);
+  });
+});
