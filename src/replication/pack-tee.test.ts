@@ -61,6 +61,18 @@ describe('PackTap and PackTee', () => {
       Buffer.concat([FLUSH, Buffer.from('PACKabc')]),
     ]);
     expect(await withOptions.tee.results.get('node-2')).toBe('hash-of:PACKabc');
+
+    // From a shallow clone the client names its shallow commits first; the capabilities come with the first command.
+    const shallow = recording(['node-2']);
+    await run(shallow.tee, [
+      encodePktLine(`shallow ${'2'.repeat(40)}\n`),
+      command('report-status push-options'),
+      FLUSH,
+      encodePktLine('ci.skip\n'),
+      FLUSH,
+      Buffer.from('PACKdef'),
+    ]);
+    expect(await shallow.tee.results.get('node-2')).toBe('hash-of:PACKdef');
   });
 
   it('make no copies of a push without a pack (deletes only)', async () => {

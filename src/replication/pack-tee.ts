@@ -119,16 +119,15 @@ export class PackTap extends Transform {
       for (;;) {
         const pkt = this.reader.read();
         if (pkt === null) return;
-        if (pkt.type === 'data' && this.first) {
+        // The capabilities follow the first command's NUL (`shallow` lines may come before it).
+        const nul = pkt.type === 'data' && this.first ? pkt.data.indexOf(0) : -1;
+        if (pkt.type === 'data' && nul !== -1) {
           this.first = false;
-          const nul = pkt.data.indexOf(0);
-          this.options =
-            nul !== -1 &&
-            pkt.data
-              .subarray(nul + 1)
-              .toString('latin1')
-              .split(/[ \n]/)
-              .includes('push-options');
+          this.options = pkt.data
+            .subarray(nul + 1)
+            .toString('latin1')
+            .split(/[ \n]/)
+            .includes('push-options');
         }
         if (pkt.type !== 'flush') continue;
         if (this.state === 'commands' && this.options) {
