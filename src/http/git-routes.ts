@@ -157,7 +157,9 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
         endUpload = await deps.activity.beginUpload(repoId);
       } catch (err) {
+        // A small pack may have reached the peers whole already (beginUpload waited): their copies go too.
         tee?.abort(new Error('push refused'));
+        deps.coordinator.dropTee(repoId, tee);
         slot();
         throw err;
       }
@@ -172,6 +174,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         });
       } catch (err) {
         tee?.abort(new Error('push refused'));
+        deps.coordinator.dropTee(repoId, tee);
         endUpload();
         throw err;
       }

@@ -346,6 +346,12 @@ export class Coordinator {
     if (!hash) throw new Error(`received pack ${packPath} is not named by its hash`);
     const pack = { path: packPath, hash, staged };
     const replicas = this.deps.replicaSetOf?.(repoId) ?? (await this.deps.store.getRepo(repoId).catch(() => null))?.replicas ?? [];
+    // Copies made to a node no longer of the replica set (it changed since the upload began) go.
+    for (const [node, got] of tee?.results ?? [])
+      if (!replicas.includes(node))
+        void got.then((h) => {
+          if (h !== null) this.unstageOn(node, repoId, h);
+        });
     for (const node of replicas) {
       if (node === this.deps.nodeId) continue;
       // The copy made during the upload, when it has the hash this node's receive-pack gave the
@@ -839,6 +845,7 @@ export class Coordinator {
     if (queue) {
       const maxQueued = this.deps.config.maxQueuedPushes ?? DEFAULTS.maxQueuedPushes;
       if (queue.length >= maxQueued) {
+        this.unstage(repoId, push.pack ? [push.pack] : []);
         push.failRest(`${maxQueued} pushes to ${repoId} are already waiting on this node, try again`);
         push.report();
         push.settled();
@@ -859,6 +866,10 @@ export class Coordinator {
               await new Promise((r) => setTimeout(r, (this.deps.config.courtesyMs ?? DEFAULTS.courtesyMs) * (1 + Math.random() / 2)));
           } catch (err) {
             this.deps.logger.error({ repoId, err: errorMessage(err) }, 'push group failed');
+            this.unstage(
+              repoId,
+              group.flatMap((m) => (m.pack ? [m.pack] : [])),
+            );
             for (const m of group) {
               m.failRest(errorMessage(err));
               m.report();

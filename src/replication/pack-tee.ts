@@ -67,9 +67,14 @@ export class PackTee {
       // A copy the peer client ended (the peer went away) fails only that copy.
       s.on('error', () => undefined);
       this.streams.set(node, s);
+      // Once the peer answered (or its call failed before reading the pack) nothing more is held for it.
+      const settled = (hash: string | null): string | null => {
+        this.drop(node, new Error(`copy to ${node} ended`));
+        return hash;
+      };
       this.staged.set(
         node,
-        this.open(node, s).catch(() => null),
+        this.open(node, s).then(settled, () => settled(null)),
       );
     }
   }

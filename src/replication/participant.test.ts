@@ -316,6 +316,8 @@ describe('Participant (in process: real store, real git)', () => {
     const hash = pack.subarray(pack.length - 20).toString('hex');
     await expect(participant.stage(REPO, hash, stream(), undefined)).rejects.toThrow(/pack rejected/);
     await expect(participant.prepare(push({ packHash: hash }), stream())).rejects.toThrow(/pack rejected/);
+    // A copy made during an upload names no hash: its .keep is found by its own message.
+    await expect(participant.stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected/);
     const files = await readdir(join(repoPath(), 'objects/pack'));
     expect(files.filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
   });
@@ -354,5 +356,19 @@ describe('Participant (in process: real store, real git)', () => {
     const fsck = await git(['fsck', '--connectivity-only'], { cwd: repoPath() });
     expect(fsck.code, fsck.stderr).toBe(0);
     expect(await keeps()).toEqual([]);
+  });
+
+  it('two copies of one pack staged during uploads at once leave one staged pack; giving it up leaves no .keep', async () => {
+    // A client's retried push through two nodes: both copy the same pack to this replica.
+    for (let round = 0; round < 4; round++) {
+      const [a, b] = await Promise.all([
+        node.participant.stageUpload(REPO, stream(), undefined),
+        node.participant.stageUpload(REPO, stream(), undefined),
+      ]);
+      expect(a).toBe(b);
+      expect((await keeps()).length).toBe(1);
+      await node.participant.unstage(REPO, a);
+      expect(await keeps()).toEqual([]);
+    }
   });
 });

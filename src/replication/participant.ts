@@ -241,29 +241,49 @@ export class Participant {
       throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
     // This stage's own message: its `.keep` tells apart from one another stage of the same pack wrote.
     const message = `${STAGE_KEEP} of an upload ${randomUUID()}`;
+    const repoPath = this.deps.storage.repoPath(repoId);
     let keep: string;
     try {
       if ((await this.deps.storage.incarnationOf(repoId)) === null)
         throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
-      keep = await this.indexPack(this.deps.storage.repoPath(repoId), message, pack, undefined, fsckIgnore ?? this.deps.fsckIgnore ?? [], {
-        fixThin: true,
-      });
+      keep = await this.indexPack(repoPath, message, pack, undefined, fsckIgnore ?? this.deps.fsckIgnore ?? [], { fixThin: true });
+    } catch (err) {
+      // index-pack writes the `.keep` before it moves the pack in: cut off in between, it leaves
+      // one nobody knows of, found by this stage's own message.
+      await this.removeKeepsSaying(repoPath, message);
+      throw err;
     } finally {
       running.end();
     }
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
     const key = stageKey(repoId, hash);
-    if (this.staged.has(key)) {
-      // Another push staged the same pack meanwhile: its entry stands, and a `.keep` this stage wrote goes.
-      const content = await readFile(keep, 'utf8').catch(() => '');
-      if (content.trim() === message && !this.keepInUse(keep)) await removeFiles([keep]);
-    } else {
-      // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
-      const mine = (await readFile(keep, 'utf8').catch(() => '')).trim() === message;
-      this.staged.set(key, { repoId, keep: Promise.resolve(mine ? keep : null), timer: this.stagedTimer(key) });
+    // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
+    const mine = (await readFile(keep, 'utf8').catch(() => '')).trim() === message;
+    // The table is read and written with no await between: two stages of one pack (a client's
+    // retried push through two nodes) both finding no entry would leave the first one's `.keep`
+    // to nobody (a chaos run found one).
+    const existing = this.staged.get(key);
+    if (!existing) this.staged.set(key, { repoId, keep: Promise.resolve(mine ? keep : null), timer: this.stagedTimer(key) });
+    else if (mine) {
+      // Another stage of the same pack meanwhile. Its entry counts this one's `.keep` as its own
+      // (its index-pack found it), or none (it found the pack here): this one's `.keep` then
+      // takes the entry's place, or goes if the entry was adopted or given up meanwhile.
+      const theirs = await existing.keep.catch(() => null);
+      if (theirs === null && this.staged.get(key) === existing) {
+        this.dropStaged(key, existing);
+        this.staged.set(key, { repoId, keep: Promise.resolve(keep), timer: this.stagedTimer(key) });
+      } else if (theirs !== keep && !this.keepInUse(keep)) await removeFiles([keep]);
     }
     await this.deps.failpoints.hit('participant.afterStage');
     return hash;
+  }
+
+  /** removeKeepsSaying removes the pack `.keep` files of a replica whose content is `message`. */
+  private async removeKeepsSaying(repoPath: string, message: string): Promise<void> {
+    const dir = join(repoPath, 'objects', 'pack');
+    const keeps = (await readdir(dir).catch(() => [])).filter((f) => f.endsWith('.keep')).map((f) => join(dir, f));
+    const contents = await Promise.all(keeps.map((k) => readFile(k, 'utf8').catch(() => '')));
+    await removeFiles(keeps.filter((_, i) => contents[i]!.trim() === message));
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {

@@ -103,6 +103,16 @@ describe('packs copied to the peers during the upload', () => {
     await c.waitInSync(repo, 1);
     expect(await hasObject(3, r.commit)).toBe(true);
     await c.restart(3);
+    // Node 1 copies to node 3 again once its view of the cluster shows node 3's new protocol.
+    await waitFor(
+      async () => {
+        const teed = await shipped(1, 'teed');
+        const again = await push(1, 'f.txt', `protocol 4 again ${Date.now()}\n`);
+        return again.code === 0 && (await shipped(1, 'teed')) === teed + 2;
+      },
+      30_000,
+      'node 1 to copy to node 3 again',
+    );
   });
 
   it('an upload cut off halfway leaves no staged pack and no index-pack file on the peers', async () => {
