@@ -37,4 +37,20 @@ describe('pkt-line', () => {
     ]);
     expect(await validate([push], true)).toEqual(push);
   });
+
+  it("gives onFirst the first command's line with its capabilities, after any shallow lines", async () => {
+    const seen: string[] = [];
+    const body = Buffer.concat([
+      encodePktLine(`shallow ${'2'.repeat(40)}\n`),
+      encodePktLine('old new ref\0report-status quiet\n'),
+      encodePktLine('old2 new2 ref2\n'),
+      Buffer.from('0000'),
+      Buffer.from('PACK'),
+    ]);
+    const v = new PktLineValidator({ packAfterFlush: true, onFirst: (d) => seen.push(d.toString('latin1')) });
+    await pipeline(Readable.from([body]), v, async (src: AsyncIterable<Buffer>) => {
+      for await (const c of src) void c;
+    });
+    expect(seen).toEqual(['old new ref\0report-status quiet\n']);
+  });
 });

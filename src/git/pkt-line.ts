@@ -78,13 +78,15 @@ export class PktLineValidator extends Transform {
   private readonly maxPreambleBytes: number;
   private inPack = false;
   private sawAny = false;
+  private sawCaps = false;
   private seen = 0;
 
   private readonly onFirst: ((data: Buffer) => void) | undefined;
 
   /**
    * maxPreambleBytes bounds the pkt-lines before the pack (all of them without one); 413
-   * beyond. onFirst is given the first data pkt (a push's first command, with its capabilities).
+   * beyond. onFirst is given the first data pkt holding a NUL: a push's first command, with its
+   * capabilities (a push from a shallow clone sends `shallow` lines before it).
    */
   constructor(opts: { packAfterFlush: boolean; maxPreambleBytes?: number; onFirst?: (data: Buffer) => void }) {
     super();
@@ -104,7 +106,10 @@ export class PktLineValidator extends Transform {
       for (;;) {
         const pkt = this.reader.read();
         if (pkt === null) break;
-        if (!this.sawAny && pkt.type === 'data') this.onFirst?.(pkt.data);
+        if (!this.sawCaps && pkt.type === 'data' && pkt.data.includes(0)) {
+          this.sawCaps = true;
+          this.onFirst?.(pkt.data);
+        }
         this.sawAny = true;
         if (pkt.type === 'flush' && this.packAfterFlush) {
           this.inPack = true;
