@@ -15,6 +15,7 @@ import { terminate, waitClose, type GitRunner } from '../git/runner.js';
 import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
 import type { RepoActivity } from '../replication/activity.js';
 import type { Coordinator } from '../replication/coordinator.js';
+import { PackTap } from '../replication/pack-tee.js';
 import type { Router } from '../replication/router.js';
 import { parseGitCommand, SshRefusal, type GitCommand } from './command.js';
 
@@ -180,6 +181,8 @@ async function servePush(
     slot();
     throw err;
   }
+  // The pack goes to the repo's other replicas as it arrives (PackTee), as over HTTP.
+  const tee = deps.coordinator.openTee(cmd.repoId);
   try {
     const child = deps.git.spawn(['receive-pack', '.'], {
       cwd: deps.storage.repoPath(cmd.repoId),
@@ -198,6 +201,7 @@ async function servePush(
           repoId: cmd.repoId,
           receivePackPid: child.pid ?? -1,
           exited: waitClose(child),
+          tee,
           abandon: () => {
             state.abandoned = true;
             try {
@@ -222,12 +226,21 @@ async function servePush(
       }
     });
     try {
-      return await serveGit(deps, channel, cmd, id, child, hooks, state);
+      return await serveGit(deps, channel, cmd, id, child, hooks, state, tee ? new PackTap(tee) : null);
     } finally {
       unregister();
-      // As the HTTP route: a receive-pack killed before its hook connected left its pack's .keep.
-      if (!connected) deps.coordinator.dropReceivedKeep({ repoId: cmd.repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
+      // As the HTTP route: a receive-pack killed before its hook connected left its pack's .keep,
+      // and the peers' copies of its pack will not be named by a transaction.
+      if (!connected) {
+        deps.coordinator.dropReceivedKeep({ repoId: cmd.repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
+        tee?.abort(new Error('push ended before its transaction'));
+        deps.coordinator.dropTee(cmd.repoId, tee);
+      }
     }
+  } catch (err) {
+    tee?.abort(new Error('push refused'));
+    deps.coordinator.dropTee(cmd.repoId, tee);
+    throw err;
   } finally {
     endUpload();
   }
@@ -245,6 +258,7 @@ async function serveGit(
   child: ChildProcess,
   hooks: SessionHooks,
   state = { abandoned: false },
+  tap: PackTap | null = null,
 ): Promise<number | null> {
   const onGone = (): void => {
     void terminate(child);
@@ -254,7 +268,12 @@ async function serveGit(
   child.stdin?.on('error', () => undefined);
   channel.on('data', hooks.touch);
   child.stdout?.on('data', hooks.touch);
-  if (child.stdin) channel.pipe(child.stdin);
+  if (child.stdin && tap) {
+    // A channel that closes without its end (the client gone mid-push) aborts the copies.
+    channel.on('close', () => tap.destroy());
+    tap.on('error', () => undefined);
+    channel.pipe(tap).pipe(child.stdin);
+  } else if (child.stdin) channel.pipe(child.stdin);
   child.stdout?.pipe(channel, { end: false });
   child.stderr?.pipe(channel.stderr, { end: false });
   const [code, signal] = await waitClose(child);

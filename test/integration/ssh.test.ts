@@ -134,7 +134,14 @@ describe('git over ssh', () => {
   });
 
   it('pushes to one node and clones from every node, the node without a replica proxying', async () => {
+    const teed = async (): Promise<number> =>
+      Number(
+        /^gitrep_packs_shipped_total\{how="teed"\} (\d+)/m.exec(await (await fetch(`${c.url(replicaNodes[0]!)}/metrics`)).text())?.[1] ?? 0,
+      );
+    const before = await teed();
     await gitOk(['push', '-q', sshUrl(replicaNodes[0]!), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.alice!) });
+    // The pack went to the other replica while the client sent it, as over HTTP.
+    expect(await teed()).toBe(before + 1);
     const head = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
     for (const node of [1, 2, 3]) {
       const dir = join(await tempDir(), 'clone');
