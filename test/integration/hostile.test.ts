@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
-import { stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
@@ -661,6 +661,17 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       401,
     ],
     [
+      '/replicate/stage-upload unsigned, with a pack behind its metadata',
+      2,
+      () => ({
+        method: 'POST',
+        path: '/replicate/stage-upload',
+        headers: { 'content-type': 'application/x-git-replication-prepare' },
+        body: `22\n{"repo_id":"a/b","x":"y"}PACK-garbage`,
+      }),
+      401,
+    ],
+    [
       '/%72eplicate/unstage unsigned',
       3,
       () => ({
@@ -875,6 +886,49 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       // A peer that went away is no server fault: nothing logged at error level (a 500 would be).
       await new Promise((r) => setTimeout(r, 300));
       expect(c.node(1).log.slice(logFrom)).not.toMatch(/"level":50/);
+      await expectUnharmed(before);
+    });
+
+    it('a signed copy during an upload that is no pack, or that stops halfway, is refused: no git process, no .keep left', async () => {
+      const before = await state();
+      const { secret, epoch } = secretAndEpochs();
+      const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets' }));
+      const head = Buffer.from(`${meta.length}\n`);
+      const send = async (body: Buffer, contentLength: number, mode?: 'stall' | 'abort') => {
+        const auth = signPeerRequest(
+          secret,
+          'node-2',
+          { id: 'node-1', epoch: epoch['node-1']! },
+          { method: 'POST', path: '/replicate/stage-upload', contentLength, digest: bodyDigest(meta) },
+        );
+        return raw(
+          port(1),
+          {
+            method: 'POST',
+            path: '/replicate/stage-upload',
+            headers: {
+              'content-type': 'application/x-git-replication-prepare',
+              'x-replication-auth': auth,
+              [PROTOCOL_HEADER]: String(PROTOCOL.max),
+            },
+            body,
+            contentLength,
+            ...(mode ? { mode } : {}),
+          },
+          15_000,
+        );
+      };
+      const garbage = Buffer.concat([head, meta, Buffer.from('PACK this is not a pack at all')]);
+      const a = await send(garbage, garbage.length);
+      expect(a.status, a.body).toBeGreaterThanOrEqual(400);
+      expect(a.status, a.body).toBeLessThan(500);
+      const { pack } = await onePack(randomBytes(49_152).toString('base64'));
+      const length = head.length + meta.length + pack.length;
+      const b = await send(Buffer.concat([head, meta, pack.subarray(0, 4096)]), length, 'stall');
+      expect(b.status, b.body).toBe(408);
+      expect(await nodeGitProcesses(c.node(1).dataDir)).toEqual([]);
+      const packDir = join(c.replicaPath(1, 'acme/widgets'), 'objects', 'pack');
+      expect((await readdir(packDir)).filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
       await expectUnharmed(before);
     });
 
