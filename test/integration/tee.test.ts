@@ -144,6 +144,20 @@ describe('packs copied to the peers during the upload', () => {
     expect(r.code, r.stderr).toBe(0);
   });
 
+  it('a frozen peer holds up neither the upload nor the push; resumed, it catches up', async () => {
+    c.pause(3);
+    try {
+      // 2 MiB that do not compress: more than the sockets hold for a peer that reads nothing.
+      const r = await push(1, 'noise.txt', randomBytes(2 * 1024 * 1024).toString('base64'));
+      expect(r.code, r.stderr).toBe(0);
+      expect(await hasObject(2, r.commit)).toBe(true);
+    } finally {
+      c.resume(3);
+    }
+    await c.waitInSync(repo, 1, 60_000);
+    expect(await stagedKeeps(3)).toEqual([]);
+  });
+
   it('a peer killed right after staging its copy: the push is acknowledged, and its restart drops the copy', async () => {
     await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterStage=crash' });
     const r = await push(1, 'f.txt', 'four\n');
