@@ -218,6 +218,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     commitWaitMs: cfg.timing.commitWaitMs,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
     stageTtlMs: cfg.stageTtlMs,
+    maxUploadCopies: cfg.maxGitProcesses,
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
   });
   await participant.recover();
@@ -280,6 +281,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       maxQueuedPushes: cfg.maxQueuedPushes,
       fsckIgnore: cfg.fsckIgnore,
       uploadTimeoutMs: cfg.timing.gitTimeoutMs,
+      maxCopyBytes: cfg.maxPushBytes,
     },
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger, commitWaitMs: cfg.timing.commitWaitMs });

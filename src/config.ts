@@ -74,7 +74,7 @@ export const SETTINGS = {
     flag: '--max-git-processes',
     default: 64,
     min: 1,
-    doc: 'concurrent git processes serving clients',
+    doc: "concurrent git processes serving clients; also the copies of other nodes' uploads this node indexes at once (more are staged after)",
   },
   maxGitPerClient: {
     kind: 'count',

@@ -56,6 +56,8 @@ export interface CoordinatorConfig {
   readonly fsckIgnore?: readonly string[];
   /** uploadTimeoutMs bounds a copy of a push's pack to a peer during its upload (PackTee); the push's git time limit. */
   readonly uploadTimeoutMs?: number;
+  /** maxCopyBytes: a copy of a push's pack larger than this (the push size limit) is aborted. */
+  readonly maxCopyBytes?: number;
 }
 
 /** CreateResult is the seed's `POST /repos` answer. */
@@ -392,16 +394,20 @@ export class Coordinator {
     );
     if (peers.length === 0) return null;
     const meta = { repoId, ...(config.fsckIgnore ? { fsckIgnore: config.fsckIgnore } : {}) };
-    return new PackTee(peers, async (node, pack) => {
-      const target = membership.target(node);
-      if (!target) {
-        pack.destroy();
-        return null;
-      }
-      const a = await this.deps.peers.stageUpload(target, meta, pack, config.uploadTimeoutMs ?? DEFAULTS.gitTimeoutMs);
-      if (!a.ok) this.deps.logger.debug({ repoId, node, answer: a }, 'pack not copied during the upload; it is staged after');
-      return a.ok && a.packHash ? a.packHash : null;
-    });
+    return new PackTee(
+      peers,
+      async (node, pack) => {
+        const target = membership.target(node);
+        if (!target) {
+          pack.destroy();
+          return null;
+        }
+        const a = await this.deps.peers.stageUpload(target, meta, pack, config.uploadTimeoutMs ?? DEFAULTS.gitTimeoutMs);
+        if (!a.ok) this.deps.logger.debug({ repoId, node, answer: a }, 'pack not copied during the upload; it is staged after');
+        return a.ok && a.packHash ? a.packHash : null;
+      },
+      { maxBytes: config.maxCopyBytes },
+    );
   }
 
   /**

@@ -14,7 +14,7 @@ function command(caps: string): Buffer {
 }
 
 /** recording is a PackTee whose peers read what they are sent into `got` (`stall`: one never reads). */
-function recording(peers: string[], opts: { stall?: string; maxBuffered?: number } = {}) {
+function recording(peers: string[], opts: { stall?: string; maxBuffered?: number; maxBytes?: number } = {}) {
   const got = new Map<string, Promise<string>>();
   const tee = new PackTee(
     peers,
@@ -27,7 +27,7 @@ function recording(peers: string[], opts: { stall?: string; maxBuffered?: number
       got.set(node, read);
       return `hash-of:${await read}`;
     },
-    opts.maxBuffered,
+    opts,
   );
   return { tee, got };
 }
@@ -97,5 +97,13 @@ describe('PackTap and PackTee', () => {
     tap.write(Buffer.concat([command('report-status'), FLUSH, Buffer.from('PACK-half')]));
     tap.destroy(new Error('client went away'));
     await expect(tee.results.get('node-2')).resolves.toBeNull();
+  });
+
+  it('abort every copy of a pack larger than the push size limit', async () => {
+    const { tee } = recording(['node-2', 'node-3'], { maxBytes: 100 });
+    const out = await run(tee, [command('report-status'), FLUSH, Buffer.alloc(60, 1), Buffer.alloc(60, 2)]);
+    expect(out.length).toBe(command('report-status').length + FLUSH.length + 120);
+    expect(await tee.results.get('node-2')).toBeNull();
+    expect(await tee.results.get('node-3')).toBeNull();
   });
 });

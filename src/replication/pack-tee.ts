@@ -18,12 +18,20 @@ export class PackTee {
   private started = false;
   private ended = false;
 
+  private written = 0;
+  private readonly maxBuffered: number;
+  private readonly maxBytes: number;
+
+  /** maxBuffered: the bytes one peer may fall behind; maxBytes: a pack larger aborts every copy (the push size limit). */
   constructor(
     private readonly peers: readonly string[],
     /** open starts the copy to `node` with the pack as it arrives; resolves with the hash it was staged under, or null. */
     private readonly open: (node: string, pack: Readable) => Promise<string | null>,
-    private readonly maxBuffered = TEE_MAX_BUFFERED,
-  ) {}
+    opts: { maxBuffered?: number; maxBytes?: number | undefined } = {},
+  ) {
+    this.maxBuffered = opts.maxBuffered ?? TEE_MAX_BUFFERED;
+    this.maxBytes = opts.maxBytes ?? Number.POSITIVE_INFINITY;
+  }
 
   /** results are the peers' staged hashes (null: not staged), one per peer a copy started to. */
   get results(): ReadonlyMap<string, Promise<string | null>> {
@@ -33,6 +41,12 @@ export class PackTee {
   /** write passes the next bytes of the pack to every peer still keeping up. */
   write(chunk: Buffer): void {
     if (this.ended) return;
+    this.written += chunk.length;
+    if (this.written > this.maxBytes) {
+      // Over SSH nothing caps the client's bytes before receive-pack refuses them: the copies stop here.
+      this.abort(new Error(`pack larger than ${this.maxBytes} bytes`));
+      return;
+    }
     if (!this.started) this.start();
     for (const [node, s] of this.streams) {
       if (s.destroyed) {

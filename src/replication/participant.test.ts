@@ -371,4 +371,28 @@ describe('Participant (in process: real store, real git)', () => {
       expect(await keeps()).toEqual([]);
     }
   });
+
+  it('copies of uploads beyond maxUploadCopies are refused while the others index; one ended frees its place', async () => {
+    const participant = new Participant({
+      nodeId: 'n1',
+      store: kit.store,
+      storage: node.storage,
+      git: new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 4 }),
+      log: node.log,
+      logger: quietLogger,
+      failpoints: new Failpoints(undefined),
+      activity: new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger }),
+      resolveAfterMs: 0,
+      maxUploadCopies: 1,
+    });
+    const slow = new PassThrough();
+    const first = participant.stageUpload(REPO, slow, undefined);
+    await expect(participant.stageUpload(REPO, stream(), undefined)).rejects.toThrow(/1 copies of uploads are indexing already/);
+    slow.end(pack);
+    const hash = await first;
+    await participant.unstage(REPO, hash);
+    expect(await participant.stageUpload(REPO, stream(), undefined)).toBe(hash);
+    await participant.unstage(REPO, hash);
+    expect(await keeps()).toEqual([]);
+  });
 });

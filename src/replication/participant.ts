@@ -90,6 +90,8 @@ export class Participant {
   private readonly lastCommitted = new Map<string, { readonly incarnation: string; readonly generation: number }>();
   /** staged: packs shipped ahead of their prepare, by `<repo>\0<pack hash>`. */
   private readonly staged = new Map<string, StagedPack>();
+  /** uploadCopies counts the copies of uploads indexing now (stageUpload). */
+  private uploadCopies = 0;
 
   constructor(
     private readonly deps: {
@@ -117,6 +119,12 @@ export class Participant {
       readonly gitTimeoutMs?: number;
       /** stageTtlMs is how long a staged pack waits for its prepare (default STAGE_TTL_MS). */
       readonly stageTtlMs?: number;
+      /**
+       * maxUploadCopies bounds the copies of uploads (stageUpload) indexing at once on this node
+       * (the node's git process limit in app.ts; default unbounded): more are refused, and their
+       * coordinators stage the pack once their receive-pack has accepted it.
+       */
+      readonly maxUploadCopies?: number;
     },
   ) {}
 
@@ -236,9 +244,12 @@ export class Participant {
   async stageUpload(repoId: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<string> {
     const shortage = this.deps.diskShortage?.() ?? null;
     if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
+    const max = this.deps.maxUploadCopies ?? Number.POSITIVE_INFINITY;
+    if (this.uploadCopies >= max) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${max} copies of uploads are indexing already`);
     const running = this.deps.activity.tryBegin(repoId, 'upload');
     if (!running)
       throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    this.uploadCopies++;
     // This stage's own message: its `.keep` tells apart from one another stage of the same pack wrote.
     const message = `${STAGE_KEEP} of an upload ${randomUUID()}`;
     const repoPath = this.deps.storage.repoPath(repoId);
@@ -253,6 +264,7 @@ export class Participant {
       await this.removeKeepsSaying(repoPath, message);
       throw err;
     } finally {
+      this.uploadCopies--;
       running.end();
     }
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
