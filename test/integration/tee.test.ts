@@ -158,6 +158,24 @@ describe('packs copied to the peers during the upload', () => {
     expect(await stagedKeeps(3)).toEqual([]);
   });
 
+  it('a peer slow to finish its copy (a delay at its fail point): the push is acknowledged, and the slow copy is still used', async () => {
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterStage=delay(1500)' });
+    await waitFor(
+      async () => {
+        const teed = await shipped(1, 'teed');
+        const r = await push(1, 'f.txt', `slow copy ${Date.now()}\n`);
+        expect(r.code, r.stderr).toBe(0);
+        // The copy answered after the push was acknowledged through nodes 1 and 2, within the prepare time-out: used, not staged again.
+        await c.waitInSync(repo, 1, 30_000);
+        return (await shipped(1, 'teed')) === teed + 2;
+      },
+      30_000,
+      'a push whose slow copy on node 3 was used',
+    );
+    expect(await stagedKeeps(3)).toEqual([]);
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: '' });
+  });
+
   it('a peer killed right after staging its copy: the push is acknowledged, and its restart drops the copy', async () => {
     await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterStage=crash' });
     const r = await push(1, 'f.txt', 'four\n');
