@@ -79,11 +79,16 @@ class InflateCounter extends Transform {
   }
 }
 
-/** chain pipes streams one into the next, passing errors forward; the last one always has a listener. */
+/**
+ * chain pipes streams one into the next, passing errors forward; the last one always has a
+ * listener. A stream already destroyed when it is chained (a body guard that timed out before the
+ * rest of the chain was built) passes its end on at once: its 'error' event has gone by.
+ */
 export function chain(first: Readable, ...rest: Duplex[]): Readable {
   let cur: Readable = first;
   for (const next of rest) {
-    cur.on('error', (err) => next.destroy(err));
+    if (cur.destroyed) next.destroy(cur.errored ?? new Error('stream destroyed before it was chained'));
+    else cur.on('error', (err) => next.destroy(err));
     cur.pipe(next);
     cur = next;
   }

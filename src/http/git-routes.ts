@@ -140,26 +140,18 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // node is still an ordinary answer. Anything that throws before git holds the slot gives it back.
       const slot = await slotFor(deps, req);
       const pushId = randomUUID();
-      let body: Readable;
+      let guarded: Readable;
       let endUpload: () => void;
-      let tee: PackTee | null = null;
       try {
-        const guarded = guardBody(
+        guarded = guardBody(
           req.body as Readable,
           header(req, 'content-encoding'),
           { idleMs: limits.bodyIdleMs, maxBytes: limits.maxPushBytes + PUSH_COMMANDS_BYTES, maxInflateRatio: limits.maxInflateRatio },
           'push',
         );
-        // The pack goes to the repo's other replicas as it arrives (PackTee), to be indexed beside receive-pack.
-        tee = deps.coordinator.openTee(repoId);
-        const validated = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
-        body = tee ? chain(validated, new PackTap(tee)) : validated;
         // The upload is registered on the replica, so a repair never swaps the directory receive-pack writes into.
         endUpload = await deps.activity.beginUpload(repoId);
       } catch (err) {
-        // A small pack may have reached the peers whole already (beginUpload waited): their copies go too.
-        tee?.abort(new Error('push refused'));
-        deps.coordinator.dropTee(repoId, tee);
         slot();
         throw err;
       }
@@ -173,11 +165,14 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
           env: receivePackEnv(deps.hookPort, pushId),
         });
       } catch (err) {
-        tee?.abort(new Error('push refused'));
-        deps.coordinator.dropTee(repoId, tee);
         endUpload();
         throw err;
       }
+      // Only now, with nothing left to refuse the push before receive-pack, does its pack go to
+      // the repo's other replicas as it arrives (PackTee), to be indexed beside receive-pack.
+      const tee = deps.coordinator.openTee(repoId);
+      const validated = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+      const body = tee ? chain(validated, new PackTap(tee)) : validated;
       reply.hijack();
       try {
         await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet, tee);
@@ -465,7 +460,6 @@ async function servePush(
     if (!connected) {
       deps.coordinator.dropReceivedKeep({ repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
       // The peers' copies of a pack no transaction will name (receive-pack refused it, or the client left).
-      tee?.abort(new Error('push ended before its transaction'));
       deps.coordinator.dropTee(repoId, tee);
     }
   }

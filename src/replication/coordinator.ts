@@ -349,11 +349,7 @@ export class Coordinator {
     const pack = { path: packPath, hash, staged };
     const replicas = this.deps.replicaSetOf?.(repoId) ?? (await this.deps.store.getRepo(repoId).catch(() => null))?.replicas ?? [];
     // Copies made to a node no longer of the replica set (it changed since the upload began) go.
-    for (const [node, got] of tee?.results ?? [])
-      if (!replicas.includes(node))
-        void got.then((h) => {
-          if (h !== null) this.unstageOn(node, repoId, h);
-        });
+    this.dropTee(repoId, tee, replicas);
     for (const node of replicas) {
       if (node === this.deps.nodeId) continue;
       // The copy made during the upload, when it has the hash this node's receive-pack gave the
@@ -417,25 +413,30 @@ export class Coordinator {
    * staged after all under another hash is unstaged (under the pack's, it is that stage's).
    */
   private teedHash(node: string, repoId: string, teed: Promise<string | null>, packHash: string): Promise<string | null> {
-    let late = false;
-    void teed.then((hash) => {
-      if (late && hash !== null && hash !== packHash) this.unstageOn(node, repoId, hash);
-    });
     return new Promise((resolve) => {
+      let late = false;
       const timer = setTimeout(() => {
         late = true;
         resolve(null);
       }, this.deps.config.prepareTimeoutMs);
       void teed.then((hash) => {
         clearTimeout(timer);
-        resolve(hash);
+        if (!late) resolve(hash);
+        else if (hash !== null && hash !== packHash) this.unstageOn(node, repoId, hash);
       });
     });
   }
 
-  /** dropTee unstages the copies a push's peers made during its upload when no transaction will use them. */
-  dropTee(repoId: string, tee: PackTee | null | undefined): void {
-    for (const [node, got] of tee?.results ?? []) {
+  /**
+   * dropTee ends a push's copies made during its upload (PackTee.abort: no-op once the upload
+   * ended) and unstages what the peers staged, but on the nodes in `keep`: no transaction of the
+   * push will name them.
+   */
+  dropTee(repoId: string, tee: PackTee | null | undefined, keep: readonly string[] = []): void {
+    if (!tee) return;
+    tee.abort(new Error('no transaction will name the copies'));
+    for (const [node, got] of tee.results) {
+      if (keep.includes(node)) continue;
       void got.then((hash) => {
         if (hash !== null) this.unstageOn(node, repoId, hash);
       });

@@ -181,8 +181,6 @@ async function servePush(
     slot();
     throw err;
   }
-  // The pack goes to the repo's other replicas as it arrives (PackTee), as over HTTP.
-  const tee = deps.coordinator.openTee(cmd.repoId);
   try {
     const child = deps.git.spawn(['receive-pack', '.'], {
       cwd: deps.storage.repoPath(cmd.repoId),
@@ -191,6 +189,8 @@ async function servePush(
       slot,
       timeoutMs: deps.gitTimeoutMs,
     });
+    // The pack goes to the repo's other replicas as it arrives (PackTee), as over HTTP.
+    const tee = deps.coordinator.openTee(cmd.repoId);
     const state = { abandoned: false };
     let connected = false;
     const unregister = deps.hooks.expect(pushId, async (exchange) => {
@@ -233,14 +233,9 @@ async function servePush(
       // and the peers' copies of its pack will not be named by a transaction.
       if (!connected) {
         deps.coordinator.dropReceivedKeep({ repoId: cmd.repoId, receivePackPid: child.pid ?? -1, exited: waitClose(child) });
-        tee?.abort(new Error('push ended before its transaction'));
         deps.coordinator.dropTee(cmd.repoId, tee);
       }
     }
-  } catch (err) {
-    tee?.abort(new Error('push refused'));
-    deps.coordinator.dropTee(cmd.repoId, tee);
-    throw err;
   } finally {
     endUpload();
   }
