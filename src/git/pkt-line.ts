@@ -26,6 +26,18 @@ export type Pkt = { type: 'data'; data: Buffer } | { type: 'flush' } | { type: '
 /**
  * PktLineReader decodes pkt-lines incrementally from chunks. It throws PktLineError on a bad length.
  */
+/** capabilitiesOf lists the capabilities after a pkt's NUL (a push's first command carries them); none without a NUL. */
+export function capabilitiesOf(data: Buffer): string[] {
+  const nul = data.indexOf(0);
+  return nul === -1
+    ? []
+    : data
+        .subarray(nul + 1)
+        .toString('latin1')
+        .split(/[ \n]/)
+        .filter(Boolean);
+}
+
 export class PktLineReader {
   private buf: Buffer = Buffer.alloc(0);
 

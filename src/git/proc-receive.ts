@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isOid, type RefUpdate } from '../domain/ref-name.js';
-import { encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
+import { capabilitiesOf, encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
 
 /**
  * PushCommand is one `<old> <new> <ref>` of a push. Ref names are bytes (git allows names that
@@ -117,16 +117,10 @@ export class ProcReceiveExchange {
   /** read runs the negotiation and returns the push's commands. */
   async read(): Promise<ProcReceiveRequest> {
     const version = await this.readUntilFlush();
-    const first = (version[0] ?? Buffer.alloc(0)).toString('latin1');
-    const nul = first.indexOf('\0');
-    const head = nul === -1 ? first : first.slice(0, nul);
-    const caps =
-      nul === -1
-        ? []
-        : first
-            .slice(nul + 1)
-            .split(' ')
-            .filter(Boolean);
+    const line = version[0] ?? Buffer.alloc(0);
+    const nul = line.indexOf(0);
+    const head = (nul === -1 ? line : line.subarray(0, nul)).toString('latin1');
+    const caps = capabilitiesOf(line);
     if (head !== 'version=1') throw new Error(`unsupported proc-receive version '${head}'`);
     const usePushOptions = caps.includes('push-options');
     this.socket.write(Buffer.concat([encodePktLine(`version=1\0${usePushOptions ? 'push-options' : ''}\n`), FLUSH]));

@@ -8,7 +8,7 @@ import { request as undiciRequest } from 'undici';
 import { AppError, appError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { HOP_HEADER, ROUTE_HEADER } from '../auth/peer-signature.js';
-import { encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
+import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
 import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
 import { PackTap, type PackTee } from '../replication/pack-tee.js';
@@ -126,14 +126,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
       let quiet = false;
       const onFirst = (data: Buffer): void => {
-        const nul = data.indexOf(0);
-        quiet =
-          nul !== -1 &&
-          data
-            .subarray(nul + 1)
-            .toString('latin1')
-            .split(/[ \n]/)
-            .includes('quiet');
+        quiet = capabilitiesOf(data).includes('quiet');
       };
       // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
       // The git process (and its slot) is taken before the request is hijacked: a 503 for a full

@@ -1,5 +1,5 @@
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { PktLineReader } from '../git/pkt-line.js';
+import { capabilitiesOf, PktLineReader } from '../git/pkt-line.js';
 
 /** TEE_MAX_BUFFERED bounds the bytes held for one peer that reads slower than the client sends: beyond, that peer is dropped. */
 export const TEE_MAX_BUFFERED = 8 * 1024 * 1024;
@@ -138,15 +138,10 @@ export class PackTap extends Transform {
       for (;;) {
         const pkt = this.reader.read();
         if (pkt === null) return;
-        // The capabilities follow the first command's NUL (`shallow` lines may come before it).
-        const nul = pkt.type === 'data' && this.first ? pkt.data.indexOf(0) : -1;
-        if (pkt.type === 'data' && nul !== -1) {
+        // The capabilities come with the first command (`shallow` lines may come before it).
+        if (this.first && pkt.type === 'data' && pkt.data.includes(0)) {
           this.first = false;
-          this.options = pkt.data
-            .subarray(nul + 1)
-            .toString('latin1')
-            .split(/[ \n]/)
-            .includes('push-options');
+          this.options = capabilitiesOf(pkt.data).includes('push-options');
         }
         if (pkt.type !== 'flush') continue;
         if (this.state === 'commands' && this.options) {
