@@ -50,7 +50,7 @@ export class PeerClient {
     // has_pack: a push of refs to existing objects (a delete, a branch at a known commit) has none.
     const meta = Buffer.from(JSON.stringify({ ...prepareToWire(req), has_pack: packPath !== null }));
     const head = frameHead(meta);
-    const body = packPath === null ? head : Readable.from(concatStreams(head, packPath));
+    const body = packPath === null ? head : Readable.from(prepend(head, () => packFile(packPath)));
     return this.call(
       target,
       '/replicate/prepare',
@@ -72,14 +72,14 @@ export class PeerClient {
     packPath: string,
     timeoutMs: number,
   ): Promise<PeerAnswer> {
-    if ((common(this.opts.protocol ?? PROTOCOL, target.protocol) ?? 0) < STAGE_PROTOCOL)
+    if (!this.speaks(target, STAGE_PROTOCOL))
       return { ok: false, status: 'failed', message: `node ${target.id} cannot stage packs (protocol ${formatRange(target.protocol)})` };
     const json = Buffer.from(JSON.stringify(stageToWire(meta)));
     const head = frameHead(json);
     return this.call(
       target,
       '/replicate/stage',
-      Readable.from(concatStreams(head, packPath)),
+      Readable.from(prepend(head, () => packFile(packPath))),
       null,
       bodyDigest(json),
       PREPARE_CONTENT_TYPE,
@@ -192,12 +192,17 @@ export class PeerClient {
   }
 }
 
-async function* concatStreams(head: Buffer, packPath: string): AsyncGenerator<Buffer> {
-  yield head;
-  for await (const chunk of createReadStream(packPath, { highWaterMark: 256 * 1024 })) yield chunk as Buffer;
+/** packFile reads a pack file in large chunks. */
+function packFile(path: string): Readable {
+  return createReadStream(path, { highWaterMark: 256 * 1024 });
 }
 
-async function* prepend(head: Buffer, rest: Readable): AsyncGenerator<Buffer> {
+/**
+ * prepend yields `head`, then what `rest` yields: a framed body (metadata, then the pack). A
+ * file's stream is made only once the head is taken (`rest` a function): a call refused before
+ * its body is read opens no file.
+ */
+async function* prepend(head: Buffer, rest: Readable | (() => Readable)): AsyncGenerator<Buffer> {
   yield head;
-  for await (const chunk of rest) yield chunk as Buffer;
+  for await (const chunk of typeof rest === 'function' ? rest() : rest) yield chunk as Buffer;
 }

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, badRequest } from '../domain/errors.js';
 import {
   MAX_META_BYTES,
@@ -66,43 +66,51 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
     });
 
+    /**
+     * stageRoute serves a framed pack a peer ships to be staged: `stage` parses the metadata and
+     * keeps the pack, resolving with the hash it is staged under. A participant's refusal is its
+     * answer (the body's own 408 first); the rest of a refused body is read and dropped.
+     */
+    const stageRoute =
+      (stage: (meta: unknown, pack: Readable) => Promise<string>) =>
+      async (req: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
+        if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
+        const guarded = idleGuarded(req.body as Readable);
+        const frame = await readFrame(guarded, req.peerDigest);
+        let hash: string;
+        try {
+          hash = await stage(frame.meta, frame.pack);
+        } catch (caught) {
+          frame.pack.resume();
+          const err = bodyFailure(guarded, caught);
+          if (err instanceof PrepareRefusal)
+            return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
+          throw err;
+        }
+        return { status: 'staged', pack_hash: hash, server_id: deps.nodeId };
+      };
+
     // A push's pack, shipped while its coordinator waits for the repo lock (protocol 3).
-    peer.post('/replicate/stage', { config: PEER }, async (req, reply) => {
-      if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
-      const guarded = idleGuarded(req.body as Readable);
-      const frame = await readFrame(guarded, req.peerDigest);
-      const stage = parseStage(frame.meta);
-      try {
-        await deps.participant.stage(stage.repoId, stage.packHash, frame.pack, stage.fsckIgnore);
-      } catch (caught) {
-        frame.pack.resume();
-        const err = bodyFailure(guarded, caught);
-        if (err instanceof PrepareRefusal)
-          return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
-        throw err;
-      }
-      return { status: 'staged', pack_hash: stage.packHash, server_id: deps.nodeId };
-    });
+    peer.post(
+      '/replicate/stage',
+      { config: PEER },
+      stageRoute(async (meta, pack) => {
+        const stage = parseStage(meta);
+        await deps.participant.stage(stage.repoId, stage.packHash, pack, stage.fsckIgnore);
+        return stage.packHash;
+      }),
+    );
 
     // A push's pack as the client uploads it to the coordinator (protocol 4): staged under the
     // hash this replica's index-pack gives it, which the answer names.
-    peer.post('/replicate/stage-upload', { config: PEER }, async (req, reply) => {
-      if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
-      const guarded = idleGuarded(req.body as Readable);
-      const frame = await readFrame(guarded, req.peerDigest);
-      const stage = parseStageUpload(frame.meta);
-      let hash: string;
-      try {
-        hash = await deps.participant.stageUpload(stage.repoId, frame.pack, stage.fsckIgnore);
-      } catch (caught) {
-        frame.pack.resume();
-        const err = bodyFailure(guarded, caught);
-        if (err instanceof PrepareRefusal)
-          return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
-        throw err;
-      }
-      return { status: 'staged', pack_hash: hash, server_id: deps.nodeId };
-    });
+    peer.post(
+      '/replicate/stage-upload',
+      { config: PEER },
+      stageRoute(async (meta, pack) => {
+        const stage = parseStageUpload(meta);
+        return deps.participant.stageUpload(stage.repoId, pack, stage.fsckIgnore);
+      }),
+    );
 
     // A staged pack its push will not prepare with (refused, or failed before the prepare).
     peer.post<{ Body: UnstageMessage }>('/replicate/unstage', { config: PEER, schema: UNSTAGE_SCHEMA }, async (req) => {

@@ -191,12 +191,7 @@ export class Participant {
       );
       return;
     }
-    const shortage = this.deps.diskShortage?.() ?? null;
-    if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
-    // An upload: it may run beside transactions and repairs, never beside a swap or drop of the directory it writes into.
-    const running = this.deps.activity.tryBegin(repoId, 'upload');
-    if (!running)
-      throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    const running = this.beginStage(repoId);
     const repoPath = this.deps.storage.repoPath(repoId);
     const keep = (async (): Promise<string | null> => {
       try {
@@ -242,13 +237,9 @@ export class Participant {
    * staged pack like stage's, under its hash. Throws PrepareRefusal.
    */
   async stageUpload(repoId: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<string> {
-    const shortage = this.deps.diskShortage?.() ?? null;
-    if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
     const max = this.deps.maxUploadCopies ?? Number.POSITIVE_INFINITY;
     if (this.uploadCopies >= max) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${max} copies of uploads are indexing already`);
-    const running = this.deps.activity.tryBegin(repoId, 'upload');
-    if (!running)
-      throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    const running = this.beginStage(repoId);
     this.uploadCopies++;
     // This stage's own message: its `.keep` tells apart from one another stage of the same pack wrote.
     const message = `${STAGE_KEEP} of an upload ${randomUUID()}`;
@@ -258,11 +249,6 @@ export class Participant {
       if ((await this.deps.storage.incarnationOf(repoId)) === null)
         throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
       keep = await this.indexPack(repoPath, message, pack, undefined, fsckIgnore ?? this.deps.fsckIgnore ?? [], { fixThin: true });
-    } catch (err) {
-      // index-pack writes the `.keep` before it moves the pack in: cut off in between, it leaves
-      // one nobody knows of, found by this stage's own message.
-      await this.removeKeepsSaying(repoPath, message);
-      throw err;
     } finally {
       this.uploadCopies--;
       running.end();
@@ -288,6 +274,20 @@ export class Participant {
     }
     await this.deps.failpoints.hit('participant.afterStage');
     return hash;
+  }
+
+  /**
+   * beginStage starts a stage's `upload` activity on the replica, refused when the disk is short
+   * or the replica is being replaced: it may run beside transactions and repairs, never beside a
+   * swap or drop of the directory it writes into.
+   */
+  private beginStage(repoId: string): Running {
+    const shortage = this.deps.diskShortage?.() ?? null;
+    if (shortage) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${shortage}`);
+    const running = this.deps.activity.tryBegin(repoId, 'upload');
+    if (!running)
+      throw new PrepareRefusal('stale', `replica of ${repoId} is being replaced (${this.deps.activity.runningOn(repoId).join(', ')})`);
+    return running;
   }
 
   /** removeKeepsSaying removes the pack `.keep` files of a replica whose content is `message`. */
@@ -574,8 +574,10 @@ export class Participant {
       await removeTempPacks(join(repoPath, 'objects', 'pack'), started);
       // index-pack writes the .keep before it moves the pack and its index in: killed in between,
       // it leaves a .keep nobody knows of. Of the signed pack, one not here before and saying
-      // this index-pack's message is this one's.
-      if (expectedHash !== undefined && !before?.has(`pack-${expectedHash}.keep`)) {
+      // this index-pack's message is this one's; with no hash named, any saying this message
+      // (then unique to this index-pack: a transaction's id, an upload copy's uuid).
+      if (expectedHash === undefined) await this.removeKeepsSaying(repoPath, keepMessage);
+      else if (!before?.has(`pack-${expectedHash}.keep`)) {
         const orphan = join(repoPath, 'objects', 'pack', `pack-${expectedHash}.keep`);
         if ((await readFile(orphan, 'utf8').catch(() => '')).trim() === keepMessage) await removeFiles([orphan]);
       }
