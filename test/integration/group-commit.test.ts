@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { packsShipped } from '../helpers/staging.js';
 import { commitFile, git, gitOk, lsRemote, tempDir, workRepo } from '../helpers/git.js';
 
 /**
@@ -41,12 +42,8 @@ describe('pushes queued on one repo join one transaction', () => {
   }
 
   /** staged reads a node's count of packs on peers ahead of the prepare: copied during the upload, or staged. */
-  async function staged(node = 1): Promise<number> {
-    const text = await (await fetch(`${c.url(node)}/metrics`)).text();
-    const count = (how: string): number =>
-      Number(new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
-    return count('teed') + count('staged');
-  }
+  const staged = async (node = 1): Promise<number> =>
+    (await packsShipped(c.url(node), 'teed')) + (await packsShipped(c.url(node), 'staged'));
 
   /**
    * firstInFlight starts a push through node 1 and waits until its pack is staged on both peers:

@@ -672,6 +672,17 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       401,
     ],
     [
+      '/%72eplicate/stage-upload unsigned, percent-encoded',
+      3,
+      () => ({
+        method: 'POST',
+        path: '/%72eplicate/stage-upload',
+        headers: { 'content-type': 'application/x-git-replication-prepare' },
+        body: `22\n{"repo_id":"a/b","x":"y"}PACK-garbage`,
+      }),
+      401,
+    ],
+    [
       '/%72eplicate/unstage unsigned',
       3,
       () => ({
@@ -749,6 +760,44 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       });
       return { blob, pack };
     }
+    /**
+     * framedToNode1 sends node 1 a framed peer call (`<len>\n<json>`, then `rest`) signed by node 2
+     * for its metadata. `declared` is the length the rest is said to have (more than is sent,
+     * for a body that stalls or whose sender goes away: `mode`).
+     */
+    async function framedToNode1(
+      path: string,
+      meta: object,
+      rest: Buffer,
+      opts: { declared?: number; mode?: 'stall' | 'abort' } = {},
+    ): Promise<RawAnswer> {
+      const { secret, epoch } = secretAndEpochs();
+      const json = Buffer.from(JSON.stringify(meta));
+      const head = Buffer.concat([Buffer.from(`${json.length}\n`), json]);
+      const contentLength = head.length + (opts.declared ?? rest.length);
+      const auth = signPeerRequest(
+        secret,
+        'node-2',
+        { id: 'node-1', epoch: epoch['node-1']! },
+        { method: 'POST', path, contentLength, digest: bodyDigest(json) },
+      );
+      return raw(
+        port(1),
+        {
+          method: 'POST',
+          path,
+          headers: {
+            'content-type': 'application/x-git-replication-prepare',
+            'x-replication-auth': auth,
+            [PROTOCOL_HEADER]: String(PROTOCOL.max),
+          },
+          body: Buffer.concat([head, rest]),
+          contentLength,
+          ...(opts.mode ? { mode: opts.mode } : {}),
+        },
+        15_000,
+      );
+    }
     const abortBody = JSON.stringify({ transaction_id: 'no-such-txn', coordinator_id: 'node-2', repo_id: 'acme/widgets' });
     const signed = (
       secret: string,
@@ -821,33 +870,14 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
 
     it('a staged pack that stops arriving is ended after the body idle time (408): no index-pack is left waiting', async () => {
       const before = await state();
-      const { secret, epoch } = secretAndEpochs();
       // A real pack of one blob of random text (about 50 KiB packed): only its first 4 KiB are sent.
       const { pack } = await onePack(randomBytes(49_152).toString('base64'));
-      const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') }));
-      const head = Buffer.from(`${meta.length}\n`);
-      const auth = signPeerRequest(
-        secret,
-        'node-2',
-        { id: 'node-1', epoch: epoch['node-1']! },
-        { method: 'POST', path: '/replicate/stage', contentLength: head.length + meta.length + pack.length, digest: bodyDigest(meta) },
-      );
       const started = Date.now();
-      const a = await raw(
-        port(1),
-        {
-          method: 'POST',
-          path: '/replicate/stage',
-          headers: {
-            'content-type': 'application/x-git-replication-prepare',
-            'x-replication-auth': auth,
-            [PROTOCOL_HEADER]: String(PROTOCOL.max),
-          },
-          body: Buffer.concat([head, meta, pack.subarray(0, 4096)]),
-          contentLength: head.length + meta.length + pack.length,
-          mode: 'stall',
-        },
-        15_000,
+      const a = await framedToNode1(
+        '/replicate/stage',
+        { repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') },
+        pack.subarray(0, 4096),
+        { declared: pack.length, mode: 'stall' },
       );
       // node-1's body idle time is 1.5 s.
       expect(a.status, a.body).toBe(408);
@@ -858,30 +888,14 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
 
     it('a staged pack whose sender goes away mid-body is refused quietly: no server error, no git process left', async () => {
       const before = await state();
-      const { secret, epoch } = secretAndEpochs();
       const { pack } = await onePack(randomBytes(49_152).toString('base64'));
-      const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') }));
-      const head = Buffer.from(`${meta.length}\n`);
-      const length = head.length + meta.length + pack.length;
-      const auth = signPeerRequest(
-        secret,
-        'node-2',
-        { id: 'node-1', epoch: epoch['node-1']! },
-        { method: 'POST', path: '/replicate/stage', contentLength: length, digest: bodyDigest(meta) },
-      );
       const logFrom = c.node(1).log.length;
-      await raw(port(1), {
-        method: 'POST',
-        path: '/replicate/stage',
-        headers: {
-          'content-type': 'application/x-git-replication-prepare',
-          'x-replication-auth': auth,
-          [PROTOCOL_HEADER]: String(PROTOCOL.max),
-        },
-        body: Buffer.concat([head, meta, pack.subarray(0, 4096)]),
-        contentLength: length,
-        mode: 'abort',
-      });
+      await framedToNode1(
+        '/replicate/stage',
+        { repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') },
+        pack.subarray(0, 4096),
+        { declared: pack.length, mode: 'abort' },
+      );
       await waitFor(async () => (await nodeGitProcesses(c.node(1).dataDir)).length === 0, 15_000, 'the stage to end');
       // A peer that went away is no server fault: nothing logged at error level (a 500 would be).
       await new Promise((r) => setTimeout(r, 300));
@@ -891,40 +905,12 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
 
     it('a signed copy during an upload that is no pack, or that stops halfway, is refused: no git process, no .keep left', async () => {
       const before = await state();
-      const { secret, epoch } = secretAndEpochs();
-      const meta = Buffer.from(JSON.stringify({ repo_id: 'acme/widgets' }));
-      const head = Buffer.from(`${meta.length}\n`);
-      const send = async (body: Buffer, contentLength: number, mode?: 'stall' | 'abort') => {
-        const auth = signPeerRequest(
-          secret,
-          'node-2',
-          { id: 'node-1', epoch: epoch['node-1']! },
-          { method: 'POST', path: '/replicate/stage-upload', contentLength, digest: bodyDigest(meta) },
-        );
-        return raw(
-          port(1),
-          {
-            method: 'POST',
-            path: '/replicate/stage-upload',
-            headers: {
-              'content-type': 'application/x-git-replication-prepare',
-              'x-replication-auth': auth,
-              [PROTOCOL_HEADER]: String(PROTOCOL.max),
-            },
-            body,
-            contentLength,
-            ...(mode ? { mode } : {}),
-          },
-          15_000,
-        );
-      };
-      const garbage = Buffer.concat([head, meta, Buffer.from('PACK this is not a pack at all')]);
-      const a = await send(garbage, garbage.length);
+      const meta = { repo_id: 'acme/widgets' };
+      const a = await framedToNode1('/replicate/stage-upload', meta, Buffer.from('PACK this is not a pack at all'));
       expect(a.status, a.body).toBeGreaterThanOrEqual(400);
       expect(a.status, a.body).toBeLessThan(500);
       const { pack } = await onePack(randomBytes(49_152).toString('base64'));
-      const length = head.length + meta.length + pack.length;
-      const b = await send(Buffer.concat([head, meta, pack.subarray(0, 4096)]), length, 'stall');
+      const b = await framedToNode1('/replicate/stage-upload', meta, pack.subarray(0, 4096), { declared: pack.length, mode: 'stall' });
       expect(b.status, b.body).toBe(408);
       expect(await nodeGitProcesses(c.node(1).dataDir)).toEqual([]);
       const packDir = join(c.replicaPath(1, 'acme/widgets'), 'objects', 'pack');
@@ -934,10 +920,12 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
 
     it('a prepare whose pack was swapped in transit is refused by the participant', async () => {
       const before = await state();
-      const { secret, epoch } = secretAndEpochs();
       const repo = await c.repoStatus(1, 'acme/widgets');
-      const meta = Buffer.from(
-        JSON.stringify({
+      // A real, valid pack of one blob: its own hash is not the signed one.
+      const { blob, pack } = await onePack('swapped\n');
+      const a = await framedToNode1(
+        '/replicate/prepare',
+        {
           transaction_id: 'swap-1',
           coordinator_id: 'node-2',
           repo_id: 'acme/widgets',
@@ -949,27 +937,9 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
           updates: [],
           has_pack: true,
           pack_hash: 'a'.repeat(40),
-        }),
-      );
-      // A real, valid pack of one blob: its own hash is not the signed one.
-      const { blob, pack } = await onePack('swapped\n');
-      const body = Buffer.concat([Buffer.from(`${meta.length}\n`), meta, pack]);
-      const auth = signPeerRequest(
-        secret,
-        'node-2',
-        { id: 'node-1', epoch: epoch['node-1']! },
-        { method: 'POST', path: '/replicate/prepare', contentLength: body.length, digest: bodyDigest(meta) },
-      );
-      const a = await raw(port(1), {
-        method: 'POST',
-        path: '/replicate/prepare',
-        headers: {
-          'content-type': 'application/x-git-replication-prepare',
-          'x-replication-auth': auth,
-          [PROTOCOL_HEADER]: String(PROTOCOL.max),
         },
-        body,
-      });
+        pack,
+      );
       expect(a.status, a.body).toBe(409);
       expect(a.body).toMatch(/not the signed/);
       await expectUnharmed(before);

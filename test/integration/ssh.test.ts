@@ -6,6 +6,7 @@ import { utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, sleep, TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
+import { packsShipped } from '../helpers/staging.js';
 
 /**
  * Git over SSH with the real ssh and git clients against a 3-node cluster with token auth and
@@ -134,10 +135,7 @@ describe('git over ssh', () => {
   });
 
   it('pushes to one node and clones from every node, the node without a replica proxying', async () => {
-    const teed = async (): Promise<number> =>
-      Number(
-        /^gitrep_packs_shipped_total\{how="teed"\} (\d+)/m.exec(await (await fetch(`${c.url(replicaNodes[0]!)}/metrics`)).text())?.[1] ?? 0,
-      );
+    const teed = (): Promise<number> => packsShipped(c.url(replicaNodes[0]!), 'teed');
     const before = await teed();
     await gitOk(['push', '-q', sshUrl(replicaNodes[0]!), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.alice!) });
     // The pack went to the other replica while the client sent it, as over HTTP.

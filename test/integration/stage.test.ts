@@ -1,7 +1,7 @@
-import { readdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { hasObject as hasObjectIn, packsShipped, stagedKeeps as stagedKeepsOf } from '../helpers/staging.js';
 import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
 
 /**
@@ -27,27 +27,9 @@ describe('packs staged ahead of the prepare', () => {
     await c?.destroy();
   });
 
-  /** shipped reads node i's count of packs sent to peers, by how. */
-  async function shipped(i: number, how: string): Promise<number> {
-    const text = await (await fetch(`${c.url(i)}/metrics`)).text();
-    const m = new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text);
-    return m ? Number(m[1]) : 0;
-  }
-
-  /** stagedKeeps lists node i's `.keep` files of packs staged and not adopted by a prepare. */
-  async function stagedKeeps(i: number): Promise<string[]> {
-    const dir = join(c.replicaPath(i, repo), 'objects', 'pack');
-    const keeps: string[] = [];
-    for (const f of (await readdir(dir)).filter((n) => n.endsWith('.keep'))) {
-      const content = await readFile(join(dir, f), 'utf8').catch(() => '');
-      if (content.startsWith('replication stage')) keeps.push(join(dir, f));
-    }
-    return keeps;
-  }
-
-  async function hasObject(i: number, oid: string): Promise<boolean> {
-    return (await git(['cat-file', '-e', oid], { cwd: c.replicaPath(i, repo) })).code === 0;
-  }
+  const shipped = (i: number, how: 'staged' | 'with_prepare' | 'restaged'): Promise<number> => packsShipped(c.url(i), how);
+  const stagedKeeps = (i: number): Promise<string[]> => stagedKeepsOf(c.replicaPath(i, repo));
+  const hasObject = (i: number, oid: string): Promise<boolean> => hasObjectIn(c.replicaPath(i, repo), oid);
 
   async function push(i: number, content: string): Promise<{ code: number; stderr: string; commit: string }> {
     const commit = await commitFile(work, 'f.txt', content, content);

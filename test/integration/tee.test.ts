@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodePktLine, FLUSH } from '../../src/git/pkt-line.js';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { hasObject as hasObjectIn, packFiles, packsShipped, stagedKeeps as stagedKeepsOf } from '../helpers/staging.js';
 import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
 
 /**
@@ -29,31 +30,10 @@ describe('packs copied to the peers during the upload', () => {
     await c?.destroy();
   });
 
-  /** shipped reads node i's count of packs sent to peers, by how. */
-  async function shipped(i: number, how: string): Promise<number> {
-    const text = await (await fetch(`${c.url(i)}/metrics`)).text();
-    const m = new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text);
-    return m ? Number(m[1]) : 0;
-  }
-
-  async function packFiles(i: number, pred: (name: string, content: string) => boolean): Promise<string[]> {
-    const dir = join(c.replicaPath(i, repo), 'objects', 'pack');
-    const found: string[] = [];
-    for (const f of await readdir(dir)) {
-      const content = f.endsWith('.keep') ? await readFile(join(dir, f), 'utf8').catch(() => '') : '';
-      if (pred(f, content)) found.push(f);
-    }
-    return found;
-  }
-
-  /** stagedKeeps lists node i's `.keep` files of packs staged and not adopted by a prepare. */
-  const stagedKeeps = (i: number): Promise<string[]> =>
-    packFiles(i, (f, content) => f.endsWith('.keep') && content.startsWith('replication stage'));
-  const tmpPacks = (i: number): Promise<string[]> => packFiles(i, (f) => f.startsWith('tmp_'));
-
-  async function hasObject(i: number, oid: string): Promise<boolean> {
-    return (await git(['cat-file', '-e', oid], { cwd: c.replicaPath(i, repo) })).code === 0;
-  }
+  const shipped = (i: number, how: 'teed' | 'staged' | 'with_prepare'): Promise<number> => packsShipped(c.url(i), how);
+  const stagedKeeps = (i: number): Promise<string[]> => stagedKeepsOf(c.replicaPath(i, repo));
+  const tmpPacks = (i: number): Promise<string[]> => packFiles(c.replicaPath(i, repo), (f) => f.startsWith('tmp_'));
+  const hasObject = (i: number, oid: string): Promise<boolean> => hasObjectIn(c.replicaPath(i, repo), oid);
 
   async function push(i: number, file: string, content: string): Promise<{ code: number; stderr: string; commit: string }> {
     const commit = await commitFile(work, file, content, `${file} ${content.length}`);
@@ -73,6 +53,16 @@ describe('packs copied to the peers during the upload', () => {
       expect(await hasObject(i, r.commit)).toBe(true);
       expect(await stagedKeeps(i)).toEqual([]);
     }
+  });
+
+  it('a push with push options is copied from the pack after them', async () => {
+    const before = await shipped(1, 'teed');
+    const commit = await commitFile(work, 'f.txt', 'with options\n', 'with options');
+    const r = await git(['push', '-o', 'ci.skip', '-o', 'reviewer=bob', c.repoUrl(1, repo), 'HEAD:refs/heads/main'], { cwd: work });
+    expect(r.code, r.stderr).toBe(0);
+    expect(await shipped(1, 'teed')).toBe(before + 2);
+    await c.waitInSync(repo, 1);
+    for (const i of [2, 3]) expect(await hasObject(i, commit)).toBe(true);
   });
 
   it("a peer that completes a thin pack into other bytes is sent the coordinator's pack, and drops its own", async () => {

@@ -1,0 +1,31 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { git } from './git.js';
+
+/** packsShipped reads a node's count of push packs sent to its peers, by how (`gitrep_packs_shipped_total`). */
+export async function packsShipped(nodeUrl: string, how: 'teed' | 'staged' | 'with_prepare' | 'restaged'): Promise<number> {
+  const text = await (await fetch(`${nodeUrl}/metrics`)).text();
+  const m = new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
+/** packFiles lists the paths in a replica's `objects/pack` whose name (and, for a `.keep`, content) `pred` accepts. */
+export async function packFiles(replicaPath: string, pred: (name: string, keepContent: string) => boolean): Promise<string[]> {
+  const dir = join(replicaPath, 'objects', 'pack');
+  const found: string[] = [];
+  for (const f of await readdir(dir)) {
+    const content = f.endsWith('.keep') ? await readFile(join(dir, f), 'utf8').catch(() => '') : '';
+    if (pred(f, content)) found.push(join(dir, f));
+  }
+  return found;
+}
+
+/** stagedKeeps lists a replica's `.keep` files of packs staged (ahead or during an upload) and not adopted by a prepare. */
+export function stagedKeeps(replicaPath: string): Promise<string[]> {
+  return packFiles(replicaPath, (f, content) => f.endsWith('.keep') && content.startsWith('replication stage'));
+}
+
+/** hasObject says whether a replica holds an object. */
+export async function hasObject(replicaPath: string, oid: string): Promise<boolean> {
+  return (await git(['cat-file', '-e', oid], { cwd: replicaPath })).code === 0;
+}
