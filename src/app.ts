@@ -219,6 +219,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
     stageTtlMs: cfg.stageTtlMs,
     maxUploadCopies: cfg.maxGitProcesses,
+    maxUploadCopyBytes: cfg.maxPushBytes,
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
   });
   await participant.recover();

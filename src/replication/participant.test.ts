@@ -66,6 +66,22 @@ describe('Participant (in process: real store, real git)', () => {
   const keeps = async (): Promise<string[]> => (await readdir(join(repoPath(), 'objects/pack'))).filter((f) => f.endsWith('.keep'));
   const mainRef = async (): Promise<string | undefined> =>
     (await node.storage.readRefs(REPO)).find((r) => r.name === 'refs/heads/main')?.oid;
+  /** participantWith is a second participant of node n1 with its own git runner (`gitBinary`: a stand-in git) and limits. */
+  const participantWith = (over: { gitBinary?: string; maxUploadCopies?: number; maxUploadCopyBytes?: number }): Participant => {
+    const { gitBinary, ...limits } = over;
+    return new Participant({
+      nodeId: 'n1',
+      store: kit.store,
+      storage: node.storage,
+      git: new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 4, ...(gitBinary ? { gitBinary } : {}) }),
+      log: node.log,
+      logger: quietLogger,
+      failpoints: new Failpoints(undefined),
+      activity: new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger }),
+      resolveAfterMs: 0,
+      ...limits,
+    });
+  };
   /** decide writes the commit decision of a prepared push in the store, as its coordinator does. */
   const decide = async (req: PrepareRequest): Promise<void> => {
     const d = await kit.raw.commitPush({
@@ -302,17 +318,7 @@ describe('Participant (in process: real store, real git)', () => {
       `#!/bin/sh\ncase " $* " in *" index-pack "*) git "$@" >/dev/null; : > objects/pack/tmp_idx_killed; exit 137;; esac\nexec git "$@"\n`,
       { mode: 0o755 },
     );
-    const participant = new Participant({
-      nodeId: 'n1',
-      store: kit.store,
-      storage: node.storage,
-      git: new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 4, gitBinary: fake }),
-      log: node.log,
-      logger: quietLogger,
-      failpoints: new Failpoints(undefined),
-      activity: new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger }),
-      resolveAfterMs: 0,
-    });
+    const participant = participantWith({ gitBinary: fake });
     const hash = pack.subarray(pack.length - 20).toString('hex');
     await expect(participant.stage(REPO, hash, stream(), undefined)).rejects.toThrow(/pack rejected/);
     await expect(participant.prepare(push({ packHash: hash }), stream())).rejects.toThrow(/pack rejected/);
@@ -373,18 +379,7 @@ describe('Participant (in process: real store, real git)', () => {
   });
 
   it('copies of uploads beyond maxUploadCopies are refused while the others index; one ended frees its place', async () => {
-    const participant = new Participant({
-      nodeId: 'n1',
-      store: kit.store,
-      storage: node.storage,
-      git: new GitRunner({ owner: kit.dir, instance: randomUUID(), maxProcesses: 4 }),
-      log: node.log,
-      logger: quietLogger,
-      failpoints: new Failpoints(undefined),
-      activity: new RepoActivity({ nodeId: 'n1', store: kit.store, lockTtlMs: 10_000, logger: quietLogger }),
-      resolveAfterMs: 0,
-      maxUploadCopies: 1,
-    });
+    const participant = participantWith({ maxUploadCopies: 1 });
     const slow = new PassThrough();
     const first = participant.stageUpload(REPO, slow, undefined);
     await expect(participant.stageUpload(REPO, stream(), undefined)).rejects.toThrow(/1 copies of uploads are indexing already/);
@@ -393,6 +388,12 @@ describe('Participant (in process: real store, real git)', () => {
     await participant.unstage(REPO, hash);
     expect(await participant.stageUpload(REPO, stream(), undefined)).toBe(hash);
     await participant.unstage(REPO, hash);
+    expect(await keeps()).toEqual([]);
+  });
+
+  it('a copy of an upload larger than maxUploadCopyBytes is refused by its index-pack and leaves no .keep', async () => {
+    const participant = participantWith({ maxUploadCopyBytes: pack.length - 1 });
+    await expect(participant.stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected: .*maximum allowed size/);
     expect(await keeps()).toEqual([]);
   });
 });

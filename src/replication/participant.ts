@@ -125,6 +125,12 @@ export class Participant {
        * coordinators stage the pack once their receive-pack has accepted it.
        */
       readonly maxUploadCopies?: number;
+      /**
+       * maxUploadCopyBytes bounds the pack of a copy during an upload (index-pack
+       * --max-input-size; the node's push size limit in app.ts): a larger one is refused, and its
+       * coordinator stages its own, which its receive-pack bounded.
+       */
+      readonly maxUploadCopyBytes?: number;
     },
   ) {}
 
@@ -248,7 +254,10 @@ export class Participant {
     try {
       if ((await this.deps.storage.incarnationOf(repoId)) === null)
         throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
-      keep = await this.indexPack(repoPath, message, pack, undefined, fsckIgnore ?? this.deps.fsckIgnore ?? [], { fixThin: true });
+      keep = await this.indexPack(repoPath, message, pack, undefined, fsckIgnore ?? this.deps.fsckIgnore ?? [], {
+        fixThin: true,
+        ...(this.deps.maxUploadCopyBytes ? { maxInputSize: this.deps.maxUploadCopyBytes } : {}),
+      });
     } finally {
       this.uploadCopies--;
       running.end();
@@ -541,13 +550,20 @@ export class Participant {
     pack: Readable,
     expectedHash: string | undefined,
     fsckIgnore: readonly string[],
-    opts: { fixThin?: boolean } = {},
+    opts: { fixThin?: boolean; maxInputSize?: number } = {},
   ): Promise<string> {
     const started = Date.now();
     // The packs here before, so that a pack refused for its hash is removed only if this index-pack
     // wrote it (a file's mtime cannot tell: the kernel stamps it from a clock a tick behind).
     const before = expectedHash !== undefined ? new Set(await readdir(join(repoPath, 'objects', 'pack')).catch(() => [])) : null;
-    const args = ['index-pack', indexPackStrict(fsckIgnore), '--stdin', ...(opts.fixThin ? ['--fix-thin'] : []), `--keep=${keepMessage}`];
+    const args = [
+      'index-pack',
+      indexPackStrict(fsckIgnore),
+      '--stdin',
+      ...(opts.fixThin ? ['--fix-thin'] : []),
+      ...(opts.maxInputSize ? [`--max-input-size=${opts.maxInputSize}`] : []),
+      `--keep=${keepMessage}`,
+    ];
     const child = this.deps.git.spawn(args, {
       cwd: repoPath,
       timeoutMs: this.deps.gitTimeoutMs,
