@@ -1,14 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, lsRemote, workRepo } from '../helpers/git.js';
+import { packsShipped } from '../helpers/staging.js';
 
 /**
  * A rolling upgrade to a build that speaks a new replication protocol: nodes are restarted one
  * at a time (SIGTERM, then the new build) under pushes, from a build that speaks 2 only, onto
- * one that speaks old and new (2-3), then onto new only (3). One build rehearses it:
- * GIT_REPLICATION_PROTOCOL makes a node claim another range. Version 3 ships a push's pack
- * ahead of its prepare (`/replicate/stage`), so the mixed cluster also shows a coordinator
- * staging to the peers that speak 3 and shipping with the prepare to those that do not.
+ * one that speaks 2 to 4, then onto 4 only. One build rehearses it: GIT_REPLICATION_PROTOCOL
+ * makes a node claim another range. Version 2 ships a push's pack with its prepare; version 4
+ * copies it to the peers while the client uploads it (`/replicate/stage-upload`). The mixed
+ * cluster shows a coordinator copying to the peers that speak 4 and shipping with the prepare
+ * to those that speak 2; at the end every push is copied during its upload.
  */
 describe('rolling upgrade of the replication protocol', () => {
   let c: TestCluster;
@@ -46,10 +48,21 @@ describe('rolling upgrade of the replication protocol', () => {
     await c.waitInSync('up/repo', (node % 3) + 1, 60_000);
   }
 
-  it('onto a build that speaks 2 and 3, then 3 only: no acknowledged push lost, none refused', async () => {
-    for (const n of [1, 2, 3]) await upgrade(n, '2-3');
-    for (const n of [1, 2, 3]) await upgrade(n, '3');
-    for (const i of [1, 2, 3]) await pushes(i, 1);
+  it('onto a build that speaks 2 to 4, then 4 only: no acknowledged push lost, none refused', async () => {
+    for (const n of [1, 2, 3]) await upgrade(n, '2-4');
+    for (const n of [1, 2, 3]) await upgrade(n, '4');
+    // On 4 only, every push is copied to its two peers during the upload, once the coordinator's
+    // view of the cluster (refreshed by heartbeats) shows them back on 4.
+    for (const i of [1, 2, 3])
+      await waitFor(
+        async () => {
+          const teed = await packsShipped(c.url(i), 'teed');
+          await pushes(i, 1);
+          return (await packsShipped(c.url(i), 'teed')) === teed + 2;
+        },
+        30_000,
+        `a push through node ${i} copied to both peers`,
+      );
     const tip = (await lsRemote(c.repoUrl(2, 'up/repo'))).match(/^([0-9a-f]{40})\trefs\/heads\/main$/m)?.[1];
     expect(tip).toBe(acked[acked.length - 1]);
     // Every acknowledged push is in the history on every node.
@@ -66,16 +79,16 @@ describe('rolling upgrade of the replication protocol', () => {
     await c.kill(3);
     await c.restart(3, { GIT_REPLICATION_PROTOCOL: '1' });
     await waitFor(
-      () => /speaks replication protocol 1, this node 3/.test(c.node(1).log),
+      () => /speaks replication protocol 1, this node 4/.test(c.node(1).log),
       15_000,
       'node 1 says node 3 speaks another protocol',
     );
     await pushes(1, 1);
     const status = await c.repoStatus(1, 'up/repo');
     expect(status.replicas.find((r) => r.node === 'node-3')!.state).not.toBe('in_sync');
-    // Back on a build that speaks 3, it catches up.
+    // Back on a build that speaks 4, it catches up.
     await c.kill(3);
-    await c.restart(3, { GIT_REPLICATION_PROTOCOL: '2-3' });
+    await c.restart(3, { GIT_REPLICATION_PROTOCOL: '2-4' });
     await c.waitInSync('up/repo', 1, 60_000);
   }, 120_000);
 });
