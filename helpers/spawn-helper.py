@@ -62,6 +62,10 @@ def main():
             with spawning:
                 entry = procs.pop(pid, None)
             if entry is None:
+                # A process whose exec failed (a missing directory or program): Popen raised and
+                # never entered it, and this thread reaped it before Popen could. The process the
+                # count was taken for is still running: give the count back.
+                started.release()
                 continue
             req_id, proc = entry
             code = os.waitstatus_to_exitcode(status)

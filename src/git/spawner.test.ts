@@ -108,6 +108,19 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
     expect(git.runningCount).toBe(0);
   });
 
+  it('spawns that fail while another process runs do not hold up the report of its exit', async () => {
+    const a = git.spawn(['cat-file', '--batch'], { cwd: join(dir, 'r.git') });
+    await new Promise((r) => a.once('spawn', r));
+    for (let i = 0; i < 10; i++) await expect(git.run(['rev-parse'], { cwd: join(dir, `not-there-${i}`) })).rejects.toThrow();
+    a.stdin!.end();
+    const closed = await Promise.race([
+      waitClose(a).then(() => 'closed'),
+      new Promise((r) => setTimeout(() => r('no exit reported'), 5_000)),
+    ]);
+    expect(closed).toBe('closed');
+    expect((await git.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).stdout).toBe('true\n');
+  });
+
   it("a writer that gives up (its source failed) ends git's input: git exits instead of waiting for ever", async () => {
     const child = git.spawn(['hash-object', '--stdin'], { cwd: join(dir, 'r.git') });
     await new Promise((r) => child.once('spawn', r));
