@@ -220,6 +220,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     stageTtlMs: cfg.stageTtlMs,
     maxUploadCopies: cfg.maxGitProcesses,
     maxUploadCopyBytes: cfg.maxPushBytes,
+    onConnectivity: (at) => metrics.connectivityChecks.inc({ at }),
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
   });
   await participant.recover();

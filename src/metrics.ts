@@ -117,6 +117,12 @@ export class Metrics {
     labelNames: ['how'] as const,
     registers: [this.registry],
   });
+  readonly connectivityChecks = new Counter({
+    name: 'gitrep_connectivity_checks_total',
+    help: "a peer prepare's connectivity check of a push's new tips, by where it ran: on the copy during the upload (the prepare used its result), or in the prepare",
+    labelNames: ['at'] as const,
+    registers: [this.registry],
+  });
   readonly staleMarked = new Counter({
     name: 'gitrep_replicas_marked_stale_total',
     help: 'replicas marked stale after missing a committed write',

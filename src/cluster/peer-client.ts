@@ -14,6 +14,7 @@ import {
   STAGE_PROTOCOL,
   stageToWire,
   stageUploadToWire,
+  type UploadStageMessage,
   UPLOAD_STAGE_PROTOCOL,
   type PrepareRequest,
   type ProtocolRange,
@@ -97,12 +98,7 @@ export class PeerClient {
    * (`/replicate/stage-upload`): `pack` is the pack as it arrives, and the answer names the hash
    * the replica's `index-pack --fix-thin` gave it (`packHash`). Destroying `pack` aborts the call.
    */
-  async stageUpload(
-    target: PeerTarget,
-    meta: { repoId: string; fsckIgnore?: readonly string[] },
-    pack: Readable,
-    timeoutMs: number,
-  ): Promise<PeerAnswer> {
+  async stageUpload(target: PeerTarget, meta: UploadStageMessage, pack: Readable, timeoutMs: number): Promise<PeerAnswer> {
     if (!this.speaks(target, UPLOAD_STAGE_PROTOCOL)) {
       pack.destroy();
       return { ok: false, status: 'failed', message: `node ${target.id} cannot stage uploads (protocol ${formatRange(target.protocol)})` };

@@ -1,5 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { common, formatRange, parsePrepare, prepareToWire, protocolFromEnv, type PrepareRequest } from './protocol.js';
+import {
+  common,
+  formatRange,
+  MAX_COPY_TIPS,
+  parsePrepare,
+  parseStageUpload,
+  prepareToWire,
+  protocolFromEnv,
+  stageUploadToWire,
+  type PrepareRequest,
+} from './protocol.js';
 
 describe('protocol versions', () => {
   it.each<[string, { min: number; max: number }, { min: number; max: number } | undefined, number | null]>([
@@ -42,5 +52,15 @@ describe('prepare messages', () => {
   });
   it('refuse a replica_checked that is not a boolean', () => {
     expect(() => parsePrepare({ ...prepareToWire(req), replica_checked: 'yes' })).toThrow(/replica_checked must be a boolean/);
+  });
+});
+
+describe('upload stage messages', () => {
+  it("carry the push's new tips, checked as object ids and bounded", () => {
+    const tip = 'a'.repeat(40);
+    expect(parseStageUpload(stageUploadToWire({ repoId: 'o/r', tips: [tip] }))).toEqual({ repoId: 'o/r', tips: [tip] });
+    expect(parseStageUpload(stageUploadToWire({ repoId: 'o/r' }))).toEqual({ repoId: 'o/r' });
+    for (const tips of ['x', ['HEAD'], [tip, 7], Array.from({ length: MAX_COPY_TIPS + 1 }, () => tip)])
+      expect(() => parseStageUpload({ repo_id: 'o/r', tips })).toThrow(/tips must be a list/);
   });
 });

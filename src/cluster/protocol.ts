@@ -164,9 +164,26 @@ export function stageToWire(m: StageMessage): Record<string, unknown> {
   return { repo_id: m.repoId, pack_hash: m.packHash, ...(m.fsckIgnore ? { fsck_ignore: m.fsckIgnore } : {}) };
 }
 
-/** stageUploadToWire encodes an upload stage's metadata (parseStageUpload decodes it): no hash, the pack is still arriving. */
-export function stageUploadToWire(m: Omit<StageMessage, 'packHash'>): Record<string, unknown> {
-  return { repo_id: m.repoId, ...(m.fsckIgnore ? { fsck_ignore: m.fsckIgnore } : {}) };
+/**
+ * UploadStageMessage is a `/replicate/stage-upload` call's metadata: no hash, the pack is still
+ * arriving; `tips` are the new objects the push's commands name (at most MAX_COPY_TIPS), whose
+ * connectivity the replica checks once the copy is indexed.
+ */
+export interface UploadStageMessage {
+  readonly repoId: string;
+  readonly fsckIgnore?: readonly string[];
+  readonly tips?: readonly string[];
+}
+
+/** MAX_COPY_TIPS bounds the tips a copy's metadata names; a push with more names none (its prepare checks them). */
+export const MAX_COPY_TIPS = 1_000;
+
+/** OID matches an object id, SHA-1 or SHA-256. */
+const OID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
+
+/** stageUploadToWire encodes an upload stage's metadata (parseStageUpload decodes it). */
+export function stageUploadToWire(m: UploadStageMessage): Record<string, unknown> {
+  return { repo_id: m.repoId, ...(m.fsckIgnore ? { fsck_ignore: m.fsckIgnore } : {}), ...(m.tips?.length ? { tips: m.tips } : {}) };
 }
 
 /** MAX_META_BYTES bounds a message's JSON (a prepare names every ref of a push). */
@@ -288,12 +305,21 @@ export function parseStage(body: unknown): { repoId: string; packHash: string; f
   };
 }
 
-/** parseStageUpload validates an upload stage's metadata: the repo, and the fsck policy. */
-export function parseStageUpload(body: unknown): { repoId: string; fsckIgnore?: readonly string[] } {
+/** parseStageUpload validates an upload stage's metadata: the repo, the fsck policy, and the tips. */
+export function parseStageUpload(body: unknown): UploadStageMessage {
   if (typeof body !== 'object' || body === null) throw badRequest('stage metadata must be a JSON object');
   const b = body as Record<string, unknown>;
   if (b.fsck_ignore !== undefined && !isFsckIgnoreList(b.fsck_ignore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
-  return { repoId: parseRepoId(b.repo_id), ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}) };
+  if (
+    b.tips !== undefined &&
+    !(Array.isArray(b.tips) && b.tips.length <= MAX_COPY_TIPS && b.tips.every((t) => typeof t === 'string' && OID.test(t)))
+  )
+    throw badRequest(`tips must be a list of at most ${MAX_COPY_TIPS} object ids`);
+  return {
+    repoId: parseRepoId(b.repo_id),
+    ...(isFsckIgnoreList(b.fsck_ignore) ? { fsckIgnore: b.fsck_ignore } : {}),
+    ...(Array.isArray(b.tips) && b.tips.length > 0 ? { tips: b.tips as string[] } : {}),
+  };
 }
 
 /**

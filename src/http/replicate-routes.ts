@@ -108,7 +108,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       { config: PEER },
       stageRoute(async (meta, pack) => {
         const stage = parseStageUpload(meta);
-        return deps.participant.stageUpload(stage.repoId, pack, stage.fsckIgnore);
+        return deps.participant.stageUpload(stage.repoId, pack, stage.fsckIgnore, stage.tips);
       }),
     );
 

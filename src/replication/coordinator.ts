@@ -392,13 +392,18 @@ export class Coordinator {
     const meta = { repoId, ...(config.fsckIgnore ? { fsckIgnore: config.fsckIgnore } : {}) };
     return new PackTee(
       peers,
-      async (node, pack) => {
+      async (node, pack, tips) => {
         const target = membership.target(node);
         if (!target) {
           pack.destroy();
           return null;
         }
-        const a = await this.deps.peers.stageUpload(target, meta, pack, config.uploadTimeoutMs ?? DEFAULTS.gitTimeoutMs);
+        const a = await this.deps.peers.stageUpload(
+          target,
+          { ...meta, ...(tips ? { tips } : {}) },
+          pack,
+          config.uploadTimeoutMs ?? DEFAULTS.gitTimeoutMs,
+        );
         if (!a.ok) this.deps.logger.debug({ repoId, node, answer: a }, 'pack not copied during the upload; it is staged after');
         return a.ok && a.packHash ? a.packHash : null;
       },

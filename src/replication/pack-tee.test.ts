@@ -3,6 +3,7 @@ import { text } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { encodePktLine, FLUSH } from '../git/pkt-line.js';
+import { MAX_COPY_TIPS } from '../cluster/protocol.js';
 import { PackTap, PackTee } from './pack-tee.js';
 
 const OLD = '0'.repeat(40);
@@ -48,6 +49,38 @@ describe('PackTap and PackTee', () => {
     expect(await run(tee, body)).toBe(Buffer.concat(body).toString('latin1'));
     expect(await tee.results.get('node-2')).toBe('hash-of:PACK-rest');
     expect(await tee.results.get('node-3')).toBe('hash-of:PACK-rest');
+  });
+
+  it("hand the peers the commands' new objects (not a delete's, not a shallow line's), and none past MAX_COPY_TIPS", async () => {
+    const seen: (readonly string[] | null)[] = [];
+    const tee = new PackTee(['node-2'], async (_node, pack, tips) => {
+      seen.push(tips);
+      await text(pack);
+      return 'h';
+    });
+    const other = '2'.repeat(40);
+    await run(tee, [
+      encodePktLine(`shallow ${'3'.repeat(40)}\n`),
+      command('report-status'),
+      encodePktLine(`${NEW} ${OLD} refs/heads/gone\n`),
+      encodePktLine(`${OLD} ${other} refs/heads/b\n`),
+      FLUSH,
+      Buffer.from('PACK'),
+    ]);
+    await tee.results.get('node-2');
+    expect(seen).toEqual([[NEW, other]]);
+
+    const many = new PackTee(['node-2'], async (_node, pack, tips) => {
+      seen.push(tips);
+      await text(pack);
+      return 'h';
+    });
+    const lines = Array.from({ length: MAX_COPY_TIPS + 1 }, (_, i) =>
+      encodePktLine(`${OLD} ${(i + 1).toString(16).padStart(40, '0')} refs/heads/b${i}\n`),
+    );
+    await run(many, [command('report-status'), ...lines, FLUSH, Buffer.from('PACK')]);
+    await many.results.get('node-2');
+    expect(seen[1]).toBeNull();
   });
 
   it('find the pack in the same chunk as the commands, and after the push options when the client sends them', async () => {

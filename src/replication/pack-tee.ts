@@ -1,4 +1,5 @@
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { MAX_COPY_TIPS } from '../cluster/protocol.js';
 import { capabilitiesOf, PktLineReader } from '../git/pkt-line.js';
 
 /** TEE_MAX_BUFFERED bounds the bytes held for one peer that reads slower than the client sends: beyond, that peer is dropped. */
@@ -19,14 +20,19 @@ export class PackTee {
   private ended = false;
 
   private written = 0;
+  /** tips are the new objects the push's commands name (PackTap sets them before the pack), null if unknown. */
+  tips: readonly string[] | null = null;
   private readonly maxBuffered: number;
   private readonly maxBytes: number;
 
   /** maxBuffered: the bytes one peer may fall behind; maxBytes: a pack larger aborts every copy (the push size limit). */
   constructor(
     private readonly peers: readonly string[],
-    /** open starts the copy to `node` with the pack as it arrives; resolves with the hash it was staged under, or null. */
-    private readonly open: (node: string, pack: Readable) => Promise<string | null>,
+    /**
+     * open starts the copy to `node` with the pack as it arrives, and the push's new tips (null:
+     * not known); resolves with the hash it was staged under, or null.
+     */
+    private readonly open: (node: string, pack: Readable, tips: readonly string[] | null) => Promise<string | null>,
     opts: { maxBuffered?: number; maxBytes?: number | undefined } = {},
   ) {
     this.maxBuffered = opts.maxBuffered ?? TEE_MAX_BUFFERED;
@@ -88,7 +94,7 @@ export class PackTee {
       };
       this.staged.set(
         node,
-        this.open(node, s).then(settled, () => settled(null)),
+        this.open(node, s, this.tips).then(settled, () => settled(null)),
       );
     }
   }
@@ -110,6 +116,8 @@ export class PackTap extends Transform {
   private state: 'commands' | 'options' | 'pack' | 'off' = 'commands';
   private options = false;
   private first = true;
+  /** tips: the new objects the commands name, null once there are more than MAX_COPY_TIPS (or a line is not a command). */
+  private tips: Set<string> | null = new Set();
 
   constructor(private readonly tee: PackTee) {
     super();
@@ -143,12 +151,14 @@ export class PackTap extends Transform {
           this.first = false;
           this.options = capabilitiesOf(pkt.data).includes('push-options');
         }
+        if (pkt.type === 'data' && this.state === 'commands') this.addTip(pkt.data);
         if (pkt.type !== 'flush') continue;
         if (this.state === 'commands' && this.options) {
           this.state = 'options';
           continue;
         }
         this.state = 'pack';
+        this.tee.tips = this.tips && this.tips.size > 0 ? [...this.tips] : null;
         const rest = this.reader.rest();
         if (rest.length > 0) this.tee.write(rest);
         return;
@@ -158,4 +168,21 @@ export class PackTap extends Transform {
       this.tee.abort(new Error('push body is not pkt-lines'));
     }
   }
+
+  /** addTip takes the new object of a command line (`<old> <new> <ref>`); `shallow <oid>` lines name none. */
+  private addTip(line: Buffer): void {
+    if (this.tips === null) return;
+    const text = line.subarray(0, line.includes(0) ? line.indexOf(0) : line.length).toString('latin1');
+    if (text.startsWith('shallow ')) return;
+    const m = COMMAND.exec(text);
+    if (!m) {
+      this.tips = null;
+      return;
+    }
+    if (!/^0+$/.test(m[2]!)) this.tips.add(m[2]!);
+    if (this.tips.size > MAX_COPY_TIPS) this.tips = null;
+  }
 }
+
+/** COMMAND is a push command's line: old and new object ids, then the ref name. */
+const COMMAND = /^([0-9a-f]{40}(?:[0-9a-f]{24})?) ([0-9a-f]{40}(?:[0-9a-f]{24})?) \S/;

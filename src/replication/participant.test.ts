@@ -364,6 +364,54 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
   });
 
+  it("a copy's tips are checked for connectivity once it is indexed; the prepare that adopts it checks none itself", async () => {
+    const hash = await node.participant.stageUpload(REPO, stream(), undefined, [tip]);
+    const req = push({ stagedPacks: [hash] });
+    await node.participant.prepare(req, null);
+    expect(node.participant.checkedAtCopyCount).toBe(1);
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    expect(await mainRef()).toBe(tip);
+    expect(await keeps()).toEqual([]);
+  });
+
+  it('a copy whose tip this replica lacks: its check fails, and the prepare checks again and refuses', async () => {
+    // The copy is valid (index-pack --strict takes it), but the tip it is sent with is a commit
+    // on top of it that came in no pack.
+    const child = await commitFile(work, 'g.txt', 'more\n', 'child');
+    const hash = await node.participant.stageUpload(REPO, stream(), undefined, [child]);
+    const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
+    await expect(node.participant.prepare(req, null)).rejects.toThrow(/missing objects/);
+    expect(node.participant.checkedAtCopyCount).toBe(0);
+  });
+
+  it('a pack the check relied on gone since (a repack rolled it up): the prepare checks again', async () => {
+    // Two earlier pushes' packs in the replica (kept as packs, not unpacked), then the copy and its check.
+    const fetch = (oid: string, ref: string): Promise<string> =>
+      gitOk(['-c', 'fetch.unpackLimit=1', 'fetch', '-q', '--no-write-fetch-head', work, `${oid}:${ref}`], { cwd: repoPath() });
+    await fetch(tip, 'refs/heads/base');
+    const second = await commitFile(work, 'h.txt', 'second\n', 'second');
+    await fetch(second, 'refs/heads/second');
+    const child = await commitFile(work, 'g.txt', 'more\n', 'child');
+    const hash = await node.participant.stageUpload(REPO, stream(await packOf(work, child, [second])), undefined, [child]);
+    // A full repack replaces the packs without a .keep (the two earlier pushes') by one new pack.
+    await gitOk(['repack', '-a', '-d', '-q'], { cwd: repoPath() });
+    const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
+    await node.participant.prepare(req, null);
+    expect(node.participant.checkedAtCopyCount).toBe(0);
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    expect(await mainRef()).toBe(child);
+  });
+
+  it("a prepare whose new tip its copy's check did not name checks it itself", async () => {
+    const hash = await node.participant.stageUpload(REPO, stream(), undefined, ['1'.repeat(40)]);
+    const req = push({ stagedPacks: [hash] });
+    await node.participant.prepare(req, null);
+    expect(node.participant.checkedAtCopyCount).toBe(0);
+    await node.participant.abort(req.txnId);
+  });
+
   it('two copies of one pack staged during uploads at once leave one staged pack; giving it up leaves no .keep', async () => {
     // A client's retried push through two nodes: both copy the same pack to this replica.
     for (let round = 0; round < 4; round++) {

@@ -35,6 +35,24 @@ interface StagedPack {
   /** keep resolves to the pack's `.keep` file once index-pack verified it (null: the replica had the pack already), or rejects. */
   readonly keep: Promise<string | null>;
   readonly timer: NodeJS.Timeout;
+  /** connected: the connectivity check of the push's tips run once a copy was indexed (checkCopy); null if none or it failed. */
+  readonly connected?: Promise<CopyCheck | null>;
+}
+
+/**
+ * CopyCheck is a connectivity check run on a replica right after a copy of an upload was indexed:
+ * every object reachable from `tips` and not from the refs was there, in the packs `packs` (the
+ * same before and after the check) or loose, in the pack directory `dir` (its device and inode).
+ * It still holds at a prepare if no object went since. On a participant objects go only when a
+ * pack refused for its hash, which index-pack wrote, is removed, or with the whole directory (a
+ * repair's swap, a drop); loose ones only once packed (`repack -d` prunes what it packed). So if
+ * every one of those packs is still there, in the same directory, it holds (a geometric repack
+ * removes packs too, keeping their objects in its new one: the prepare then checks again).
+ */
+interface CopyCheck {
+  readonly tips: ReadonlySet<string>;
+  readonly packs: readonly string[];
+  readonly dir: { readonly dev: number; readonly ino: number };
 }
 
 /** REFUSAL_CODES are the catalogue's codes of a participant's refusals, by status. */
@@ -92,6 +110,8 @@ export class Participant {
   private readonly staged = new Map<string, StagedPack>();
   /** uploadCopies counts the copies of uploads indexing now (stageUpload). */
   private uploadCopies = 0;
+  /** checkedAtCopyCount counts the prepares whose tips' connectivity their copies' checks covered (tests, metrics). */
+  checkedAtCopyCount = 0;
 
   constructor(
     private readonly deps: {
@@ -131,6 +151,8 @@ export class Participant {
        * coordinator stages its own, which its receive-pack bounded.
        */
       readonly maxUploadCopyBytes?: number;
+      /** onConnectivity is told where a peer prepare's connectivity check of new tips ran (metrics). */
+      readonly onConnectivity?: (at: 'copy' | 'prepare') => void;
     },
   ) {}
 
@@ -242,7 +264,12 @@ export class Participant {
    * staged; another (this replica completed it from other bytes), it ships its own. Otherwise a
    * staged pack like stage's, under its hash. Throws PrepareRefusal.
    */
-  async stageUpload(repoId: string, pack: Readable, fsckIgnore: readonly string[] | undefined): Promise<string> {
+  async stageUpload(
+    repoId: string,
+    pack: Readable,
+    fsckIgnore: readonly string[] | undefined,
+    tips: readonly string[] = [],
+  ): Promise<string> {
     const max = this.deps.maxUploadCopies ?? Number.POSITIVE_INFINITY;
     if (this.uploadCopies >= max) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${max} copies of uploads are indexing already`);
     const running = this.beginStage(repoId);
@@ -258,10 +285,17 @@ export class Participant {
         fixThin: true,
         ...(this.deps.maxUploadCopyBytes ? { maxInputSize: this.deps.maxUploadCopyBytes } : {}),
       });
+    } catch (err) {
+      running.end();
+      throw err;
     } finally {
       this.uploadCopies--;
-      running.end();
     }
+    // The tips' connectivity is checked now, while the coordinator's receive-pack still works on
+    // the same pack, instead of in the prepare. The answer does not wait for it; the replica's
+    // `upload` activity lasts until it ends (no swap or drop of the directory meanwhile).
+    const connected = tips.length > 0 ? this.checkCopy(repoPath, tips).finally(() => running.end()) : null;
+    if (!connected) running.end();
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
     const key = stageKey(repoId, hash);
     // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
@@ -270,7 +304,8 @@ export class Participant {
     // retried push through two nodes) both finding no entry would leave the first one's `.keep`
     // to nobody (a chaos run found one).
     const existing = this.staged.get(key);
-    if (!existing) this.staged.set(key, { repoId, keep: Promise.resolve(mine ? keep : null), timer: this.stagedTimer(key) });
+    const withCheck = connected ? { connected } : {};
+    if (!existing) this.staged.set(key, { repoId, keep: Promise.resolve(mine ? keep : null), timer: this.stagedTimer(key), ...withCheck });
     else if (mine) {
       // Another stage of the same pack meanwhile. Its entry counts this one's `.keep` as its own
       // (its index-pack found it), or none (it found the pack here): this one's `.keep` then
@@ -278,7 +313,7 @@ export class Participant {
       const theirs = await existing.keep.catch(() => null);
       if (theirs === null && this.staged.get(key) === existing) {
         this.dropStaged(key, existing);
-        this.staged.set(key, { repoId, keep: Promise.resolve(keep), timer: this.stagedTimer(key) });
+        this.staged.set(key, { repoId, keep: Promise.resolve(keep), timer: this.stagedTimer(key), ...withCheck });
       } else if (theirs !== keep && !this.keepInUse(keep)) await removeFiles([keep]);
     }
     await this.deps.failpoints.hit('participant.afterStage');
@@ -365,7 +400,7 @@ export class Participant {
    * or its replica was replaced meanwhile) nothing is adopted and the prepare is refused with
    * not_staged: the coordinator stages them again, and those still here are found again.
    */
-  private async adoptStaged(req: PrepareRequest): Promise<string[]> {
+  private async adoptStaged(req: PrepareRequest): Promise<{ keeps: string[]; checks: Promise<CopyCheck | null>[] }> {
     const keys = [...new Set((req.stagedPacks ?? []).map((hash) => stageKey(req.repoId, hash)))];
     const entries = keys.map((k) => this.staged.get(k));
     if (entries.some((e) => e === undefined)) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
@@ -383,7 +418,10 @@ export class Participant {
     if (keys.some((k, i) => this.staged.get(k) !== entries[i]))
       throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack expired`);
     keys.forEach((k, i) => this.dropStaged(k, entries[i]!));
-    return keeps.flatMap((r) => (r.ok && r.k !== null ? [r.k] : []));
+    return {
+      keeps: keeps.flatMap((r) => (r.ok && r.k !== null ? [r.k] : [])),
+      checks: entries.flatMap((e) => (e!.connected ? [e!.connected] : [])),
+    };
   }
 
   /** ended ends a transaction's activity on the replica: it confirmed, aborted or was given up. */
@@ -485,9 +523,12 @@ export class Participant {
     const keepFiles: string[] = [];
     try {
       let indexError: Error | null = null;
+      let copyChecks: Promise<CopyCheck | null>[] = [];
       if (req.stagedPacks?.length && !local) {
         try {
-          keepFiles.push(...(await this.adoptStaged(req)));
+          const adopted = await this.adoptStaged(req);
+          keepFiles.push(...adopted.keeps);
+          copyChecks = adopted.checks;
         } catch (err) {
           indexError = asError(err);
         }
@@ -512,8 +553,12 @@ export class Participant {
       }
       const refused = (await checked) ?? indexError;
       if (refused) throw refused;
+      // A pack indexed by this prepare was not checked at its copy: then every tip is checked here.
+      const atCopy = !local && !(pack && !indexError) && (await this.checkedAtCopy(repoPath, req.updates, copyChecks));
+      if (atCopy) this.checkedAtCopyCount++;
+      if (!local && req.updates.some((u) => !isZeroOid(u.newOid))) this.deps.onConnectivity?.(atCopy ? 'copy' : 'prepare');
       const [connected, locked] = await Promise.allSettled([
-        local ? Promise.resolve() : this.checkConnected(repoPath, req.updates),
+        local || atCopy ? Promise.resolve() : this.checkConnected(repoPath, req.updates),
         UpdateRefTxn.prepare(
           this.deps.git,
           repoPath,
@@ -615,6 +660,48 @@ export class Participant {
       throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);
     }
     return keep;
+  }
+
+  /**
+   * checkCopy checks the connectivity of a copy's tips (CopyCheck); null if the check failed, or
+   * if a pack came or went while it ran (one that came and went again, a pack refused for its
+   * hash, could have lent it objects that are gone): the prepare then runs its own.
+   */
+  private async checkCopy(repoPath: string, tips: readonly string[]): Promise<CopyCheck | null> {
+    try {
+      const dir = join(repoPath, 'objects', 'pack');
+      const listPacks = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.endsWith('.pack')).sort();
+      const st = await stat(dir);
+      const packs = await listPacks();
+      await this.checkConnected(
+        repoPath,
+        tips.map((oid) => ({ ref: '', oldOid: '', newOid: oid })),
+      );
+      const after = await listPacks();
+      if (after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;
+      return { tips: new Set(tips), packs, dir: { dev: st.dev, ino: st.ino } };
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * checkedAtCopy says whether the connectivity checks of the adopted copies still cover the
+   * prepare's new tips: each tip was checked, and the checks still hold (CopyCheck).
+   */
+  private async checkedAtCopy(
+    repoPath: string,
+    updates: readonly RefUpdate[],
+    checks: readonly Promise<CopyCheck | null>[],
+  ): Promise<boolean> {
+    const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
+    if (tips.length === 0 || checks.length === 0) return false;
+    const done = (await Promise.all(checks)).filter((c): c is CopyCheck => c !== null);
+    if (!tips.every((t) => done.some((c) => c.tips.has(t)))) return false;
+    const dir = join(repoPath, 'objects', 'pack');
+    const st = await stat(dir).catch(() => null);
+    const now = new Set(await readdir(dir).catch(() => []));
+    return done.every((c) => st !== null && c.dir.dev === st.dev && c.dir.ino === st.ino && c.packs.every((p) => now.has(p)));
   }
 
   /** checkConnected proves every new tip is connected to the replica's refs (as receive-pack does). */

@@ -9,6 +9,13 @@ export async function packsShipped(nodeUrl: string, how: 'teed' | 'staged' | 'wi
   return m ? Number(m[1]) : 0;
 }
 
+/** connectivityChecks reads a node's count of peer prepares' connectivity checks, by where they ran (`gitrep_connectivity_checks_total`). */
+export async function connectivityChecks(nodeUrl: string, at: 'copy' | 'prepare'): Promise<number> {
+  const text = await (await fetch(`${nodeUrl}/metrics`)).text();
+  const m = new RegExp(`^gitrep_connectivity_checks_total\\{at="${at}"\\} (\\d+)`, 'm').exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
 /** packFiles lists the paths in a replica's `objects/pack` whose name (and, for a `.keep`, content) `pred` accepts. */
 export async function packFiles(replicaPath: string, pred: (name: string, keepContent: string) => boolean): Promise<string[]> {
   const dir = join(replicaPath, 'objects', 'pack');

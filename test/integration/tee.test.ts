@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodePktLine, FLUSH } from '../../src/git/pkt-line.js';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
-import { hasObject as hasObjectIn, packFiles, packsShipped, stagedKeeps as stagedKeepsOf } from '../helpers/staging.js';
+import { connectivityChecks, hasObject as hasObjectIn, packFiles, packsShipped, stagedKeeps as stagedKeepsOf } from '../helpers/staging.js';
 import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
 
 /**
@@ -43,11 +43,18 @@ describe('packs copied to the peers during the upload', () => {
 
   it('a push copies its pack to both peers during the upload; nothing staged is left once it committed', async () => {
     const before = { teed: await shipped(1, 'teed'), staged: await shipped(1, 'staged') };
+    const checks = async (i: number): Promise<{ copy: number; prepare: number }> => ({
+      copy: await connectivityChecks(c.url(i), 'copy'),
+      prepare: await connectivityChecks(c.url(i), 'prepare'),
+    });
+    const checked = [await checks(2), await checks(3)];
     const r = await push(1, 'f.txt', 'one\n');
     expect(r.code, r.stderr).toBe(0);
     expect(await shipped(1, 'teed')).toBe(before.teed + 2);
     expect(await shipped(1, 'staged')).toBe(before.staged);
     expect(await shipped(1, 'with_prepare')).toBe(0);
+    // Each peer checked the new tip's connectivity on its copy, not in its prepare.
+    expect([await checks(2), await checks(3)]).toEqual(checked.map((k) => ({ copy: k.copy + 1, prepare: k.prepare })));
     await c.waitInSync(repo, 1);
     for (const i of [2, 3]) {
       expect(await hasObject(i, r.commit)).toBe(true);
