@@ -10,6 +10,7 @@ export const FAILPOINT_NAMES = [
   'coordinator.afterCommit',
   'coordinator.afterConfirm',
   'participant.afterStage',
+  'participant.afterCopyCheck',
   'participant.beforePrepare',
   'participant.afterPrepare',
   'participant.beforeCommit',

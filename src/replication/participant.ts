@@ -677,6 +677,7 @@ export class Participant {
         repoPath,
         tips.map((oid) => ({ ref: '', oldOid: '', newOid: oid })),
       );
+      await this.deps.failpoints.hit('participant.afterCopyCheck');
       const after = await listPacks();
       if (after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;
       return { tips: new Set(tips), packs, dir: { dev: st.dev, ino: st.ino } };

@@ -173,6 +173,24 @@ describe('packs copied to the peers during the upload', () => {
     await c.restart(3, { GIT_REPLICATION_FAILPOINTS: '' });
   });
 
+  it("a peer slow to check its copy's connectivity (a delay at its fail point): the push is acknowledged, and its prepare uses the check", async () => {
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterCopyCheck=delay(1500)' });
+    await waitFor(
+      async () => {
+        const atCopy = await connectivityChecks(c.url(3), 'copy');
+        const r = await push(1, 'f.txt', `slow check ${Date.now()}\n`);
+        expect(r.code, r.stderr).toBe(0);
+        // Nodes 1 and 2 acknowledged it; node 3's prepare waited for the check, then used it.
+        await c.waitInSync(repo, 1, 30_000);
+        return (await connectivityChecks(c.url(3), 'copy')) === atCopy + 1;
+      },
+      30_000,
+      'a push whose slow copy check on node 3 was used',
+    );
+    expect(await stagedKeeps(3)).toEqual([]);
+    await c.restart(3, { GIT_REPLICATION_FAILPOINTS: '' });
+  });
+
   it('a peer killed right after staging its copy: the push is acknowledged, and its restart drops the copy', async () => {
     await c.restart(3, { GIT_REPLICATION_FAILPOINTS: 'participant.afterStage=crash' });
     const r = await push(1, 'f.txt', 'four\n');
