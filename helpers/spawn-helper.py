@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 
 def main():
@@ -38,46 +39,53 @@ def main():
                 os._exit(0)
 
     # One thread reaps every process the helper started (a thread per process cost about 0.4 ms
-    # of CPU per spawn). `procs` maps a pid to its request and Popen; a process is entered in it
-    # under `spawning` before the reaper can look its pid up, and Popen is told the exit status so
-    # that its own clean-up never waits for a pid that is gone (or another process's).
+    # of CPU per spawn). `procs` maps a pid to its entry, entered under `spawning` with its Popen.
+    # The reaper only peeks at an exited child (WNOWAIT) and reaps it only if it is in `procs`:
+    # a child whose exec failed is Popen's to reap (it does, before it raises), so neither takes
+    # the other's. An exit is reported only after its pid: if the pid's report has not gone out
+    # yet, the spawning thread sends the exit after it. Popen is told the exit status, so that
+    # its own clean-up never waits for a pid that is gone (or another process's).
     procs = {}
     spawning = threading.Lock()
     started = threading.Semaphore(0)
 
+    def exit_message(req_id, status):
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "SIG%d" % -code
+            return {"id": req_id, "code": None, "signal": name}, code
+        return {"id": req_id, "code": code, "signal": None}, code
+
     def reaper():
         while True:
-            started.acquire()  # one per live process: wait() below then has a child to wait for
-            while True:
-                try:
-                    pid, status = os.wait()
-                    break
-                except InterruptedError:
-                    continue
-                except ChildProcessError:
-                    pid = None
-                    break
-            if pid is None:
+            started.acquire()  # one per live process: waitid below then has a child to wait for
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except InterruptedError:
+                started.release()
                 continue
+            except ChildProcessError:
+                continue
+            pid = info.si_pid
             with spawning:
                 entry = procs.pop(pid, None)
             if entry is None:
-                # A process whose exec failed (a missing directory or program): Popen raised and
-                # never entered it, and this thread reaped it before Popen could. The process the
-                # count was taken for is still running: give the count back.
+                # Not ours: a child whose exec failed, which Popen has reaped by now. The process
+                # the count was taken for is still running: give the count back.
                 started.release()
+                time.sleep(0.001)
                 continue
-            req_id, proc = entry
-            code = os.waitstatus_to_exitcode(status)
-            proc.returncode = code
-            if code < 0:
-                try:
-                    name = signal.Signals(-code).name
-                except ValueError:
-                    name = "SIG%d" % -code
-                report({"id": req_id, "code": None, "signal": name})
-            else:
-                report({"id": req_id, "code": code, "signal": None})
+            _, status = os.waitpid(pid, 0)
+            message, code = exit_message(entry["id"], status)
+            entry["proc"].returncode = code
+            with spawning:
+                if not entry["pid_reported"]:
+                    entry["exit"] = message
+                    continue
+            report(message)
 
     threading.Thread(target=reaper, daemon=True).start()
 
@@ -87,6 +95,9 @@ def main():
 
     def locate(file, env):
         if os.sep in file:
+            return file
+        # A relative PATH entry names another directory in each git's cwd: looked up by exec then.
+        if any(not os.path.isabs(d) for d in env.get("PATH", os.defpath).split(os.pathsep)):
             return file
         key = (file, env.get("PATH"))
         path = found.get(key)
@@ -117,7 +128,8 @@ def main():
                     stdout=socks[1].fileno(),
                     stderr=socks[2].fileno(),
                 )
-                procs[proc.pid] = (req_id, proc)
+                entry = {"id": req_id, "proc": proc, "pid_reported": False, "exit": None}
+                procs[proc.pid] = entry
         except Exception as err:  # a missing program or directory, a refused socket
             report({"id": req_id, "error": "spawn %s: %s" % (req.get("file"), err)})
             return
@@ -125,8 +137,13 @@ def main():
             # The process holds its own copies; the node sees a stream end once it closes them.
             for s in socks:
                 s.close()
-        report({"id": req_id, "pid": proc.pid})
         started.release()
+        report({"id": req_id, "pid": proc.pid})
+        with spawning:
+            entry["pid_reported"] = True
+            exited = entry["exit"]
+        if exited is not None:
+            report(exited)
 
     # The node's shutdown signals are the node's: the helper ends with its IPC channel. A handler,
     # not SIG_IGN, so that the processes it starts get the default dispositions back.

@@ -37,6 +37,11 @@ export const DEFAULT_HEAD = 'refs/heads/main';
  * and reads their refs through the git runner.
  */
 export class ReplicaStorage {
+  /**
+   * replaced counts the replica directories installed or removed on this node (any repo): what
+   * was checked in a replica before it changed may no longer hold (Participant's copy checks).
+   */
+  replaced = 0;
   readonly reposDir: string;
   readonly tmpDir: string;
   readonly trashDir: string;
@@ -105,6 +110,7 @@ export class ReplicaStorage {
    * incarnation) is moved to the trash first. The parent directory is fsynced so the rename is durable.
    */
   async install(stagedPath: string, repoId: string): Promise<void> {
+    this.replaced++;
     const target = this.repoPath(repoId);
     await mkdir(dirname(target), { recursive: true });
     if (await isDir(target)) await this.moveToTrash(target);
@@ -114,6 +120,7 @@ export class ReplicaStorage {
 
   /** remove moves a replica to the trash and deletes it there. */
   async remove(repoId: string): Promise<void> {
+    this.replaced++;
     const target = this.repoPath(repoId);
     if (await isDir(target)) {
       const trashed = await this.moveToTrash(target);

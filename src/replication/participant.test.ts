@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -366,6 +367,7 @@ describe('Participant (in process: real store, real git)', () => {
 
   it("a copy's tips are checked for connectivity once it is indexed; the prepare that adopts it checks none itself", async () => {
     const hash = await node.participant.stageUpload(REPO, stream(), undefined, [tip]);
+    await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
     const req = push({ stagedPacks: [hash] });
     await node.participant.prepare(req, null);
     expect(node.participant.checkedAtCopyCount).toBe(1);
@@ -394,6 +396,7 @@ describe('Participant (in process: real store, real git)', () => {
     await fetch(second, 'refs/heads/second');
     const child = await commitFile(work, 'g.txt', 'more\n', 'child');
     const hash = await node.participant.stageUpload(REPO, stream(await packOf(work, child, [second])), undefined, [child]);
+    await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
     // A full repack replaces the packs without a .keep (the two earlier pushes') by one new pack.
     await gitOk(['repack', '-a', '-d', '-q'], { cwd: repoPath() });
     const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
@@ -405,11 +408,38 @@ describe('Participant (in process: real store, real git)', () => {
   });
 
   it("a prepare whose new tip its copy's check did not name checks it itself", async () => {
-    const hash = await node.participant.stageUpload(REPO, stream(), undefined, ['1'.repeat(40)]);
-    const req = push({ stagedPacks: [hash] });
+    // The copy brings `tip` and a commit on top; its check named `tip` only (and passed).
+    const child = await commitFile(work, 'g.txt', 'more\n', 'child');
+    const hash = await node.participant.stageUpload(REPO, stream(await packOf(work, child)), undefined, [tip]);
+    await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
+    const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
     await node.participant.prepare(req, null);
     expect(node.participant.checkedAtCopyCount).toBe(0);
     await node.participant.abort(req.txnId);
+  });
+
+  it('a pack removed for its hash, or a replica directory replaced, after a copy check voids it', async () => {
+    for (const voidIt of [
+      async (): Promise<void> => {
+        // A prepare whose pack is not of its signed hash: index-pack wrote it, and it is removed.
+        const other = await packOf(work, await commitFile(work, 'x.txt', 'x\n', 'x'));
+        await expect(node.participant.prepare(push({ packHash: 'f'.repeat(40) }), stream(other))).rejects.toThrow(/pack rejected/);
+      },
+      async (): Promise<void> => {
+        const staged = await mkdtemp(join(tmpdir(), 'gitrep-other-'));
+        await gitOk(['init', '-q', '--bare', staged]);
+        await node.storage.install(staged, 'o/other');
+      },
+    ]) {
+      const hash = await node.participant.stageUpload(REPO, stream(), undefined, [tip]);
+      await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
+      await voidIt();
+      const req = push({ stagedPacks: [hash] });
+      await node.participant.prepare(req, null);
+      expect(node.participant.checkedAtCopyCount).toBe(0);
+      await node.participant.abort(req.txnId);
+      await node.participant.unstage(REPO, hash);
+    }
   });
 
   it('two copies of one pack staged during uploads at once leave one staged pack; giving it up leaves no .keep', async () => {

@@ -36,7 +36,7 @@ interface StagedPack {
   readonly keep: Promise<string | null>;
   readonly timer: NodeJS.Timeout;
   /** connected: the connectivity check of the push's tips run once a copy was indexed (checkCopy); null if none or it failed. */
-  readonly connected?: Promise<CopyCheck | null>;
+  readonly connected?: SettledCheck;
 }
 
 /**
@@ -44,15 +44,25 @@ interface StagedPack {
  * every object reachable from `tips` and not from the refs was there, in the packs `packs` (the
  * same before and after the check) or loose, in the pack directory `dir` (its device and inode).
  * It still holds at a prepare if no object went since. On a participant objects go only when a
- * pack refused for its hash, which index-pack wrote, is removed, or with the whole directory (a
- * repair's swap, a drop); loose ones only once packed (`repack -d` prunes what it packed). So if
- * every one of those packs is still there, in the same directory, it holds (a geometric repack
- * removes packs too, keeping their objects in its new one: the prepare then checks again).
+ * pack refused for its hash, which index-pack wrote, is removed, or with a whole directory (a
+ * create's install, a repair's swap, a drop); loose ones only once packed (`repack -d` prunes
+ * what it packed). So if the node removed no pack and replaced no directory since the check
+ * began (`removals`), and every one of those packs is still there, in the same directory, it
+ * holds (a geometric repack removes packs too, keeping their objects in its new one: the
+ * prepare then checks again).
  */
 interface CopyCheck {
   readonly tips: ReadonlySet<string>;
   readonly packs: readonly string[];
   readonly dir: { readonly dev: number; readonly ino: number };
+  /** removals: this node's count of packs it removed and replica directories it replaced, before the check began. */
+  readonly removals: number;
+}
+
+/** SettledCheck is a copy check with whether it has ended (a prepare never waits for one still running). */
+interface SettledCheck {
+  readonly result: Promise<CopyCheck | null>;
+  done: CopyCheck | null | undefined;
 }
 
 /** REFUSAL_CODES are the catalogue's codes of a participant's refusals, by status. */
@@ -112,6 +122,10 @@ export class Participant {
   private uploadCopies = 0;
   /** checkedAtCopyCount counts the prepares whose tips' connectivity their copies' checks covered (tests, metrics). */
   checkedAtCopyCount = 0;
+  /** packsRemoved counts the packs this node removed from a replica (a pack refused for its hash): a copy check from before no longer holds. */
+  private packsRemoved = 0;
+  /** copyChecksRunning counts the copy checks not ended yet (tests). */
+  copyChecksRunning = 0;
 
   constructor(
     private readonly deps: {
@@ -286,16 +300,34 @@ export class Participant {
         ...(this.deps.maxUploadCopyBytes ? { maxInputSize: this.deps.maxUploadCopyBytes } : {}),
       });
     } catch (err) {
+      this.uploadCopies--;
       running.end();
       throw err;
-    } finally {
-      this.uploadCopies--;
     }
     // The tips' connectivity is checked now, while the coordinator's receive-pack still works on
     // the same pack, instead of in the prepare. The answer does not wait for it; the replica's
-    // `upload` activity lasts until it ends (no swap or drop of the directory meanwhile).
-    const connected = tips.length > 0 ? this.checkCopy(repoPath, tips).finally(() => running.end()) : null;
-    if (!connected) running.end();
+    // `upload` activity (no swap or drop of the directory meanwhile) and the copy's place among
+    // maxUploadCopies last until it ends.
+    let connected: SettledCheck | null = null;
+    if (tips.length > 0) {
+      this.copyChecksRunning++;
+      const check: SettledCheck = {
+        result: this.checkCopy(repoPath, tips).then((r) => {
+          check.done = r;
+          return r;
+        }),
+        done: undefined,
+      };
+      void check.result.finally(() => {
+        this.copyChecksRunning--;
+        this.uploadCopies--;
+        running.end();
+      });
+      connected = check;
+    } else {
+      this.uploadCopies--;
+      running.end();
+    }
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
     const key = stageKey(repoId, hash);
     // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
@@ -400,7 +432,7 @@ export class Participant {
    * or its replica was replaced meanwhile) nothing is adopted and the prepare is refused with
    * not_staged: the coordinator stages them again, and those still here are found again.
    */
-  private async adoptStaged(req: PrepareRequest): Promise<{ keeps: string[]; checks: Promise<CopyCheck | null>[] }> {
+  private async adoptStaged(req: PrepareRequest): Promise<{ keeps: string[]; checks: SettledCheck[] }> {
     const keys = [...new Set((req.stagedPacks ?? []).map((hash) => stageKey(req.repoId, hash)))];
     const entries = keys.map((k) => this.staged.get(k));
     if (entries.some((e) => e === undefined)) throw new PrepareRefusal('not_staged', `${NOT_STAGED} on ${this.deps.nodeId}`);
@@ -523,7 +555,7 @@ export class Participant {
     const keepFiles: string[] = [];
     try {
       let indexError: Error | null = null;
-      let copyChecks: Promise<CopyCheck | null>[] = [];
+      let copyChecks: SettledCheck[] = [];
       if (req.stagedPacks?.length && !local) {
         try {
           const adopted = await this.adoptStaged(req);
@@ -655,6 +687,7 @@ export class Participant {
       // needs; left unkept, it is garbage for the next collection at worst.
       if (m[0].startsWith('keep')) {
         const written = !before?.has(`pack-${m[1]}.pack`);
+        if (written) this.packsRemoved++;
         await removeFiles(written ? ['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext)) : [keep]);
       }
       throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);
@@ -671,6 +704,7 @@ export class Participant {
     try {
       const dir = join(repoPath, 'objects', 'pack');
       const listPacks = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.endsWith('.pack')).sort();
+      const removals = this.removals();
       const st = await stat(dir);
       const packs = await listPacks();
       await this.checkConnected(
@@ -679,8 +713,8 @@ export class Participant {
       );
       await this.deps.failpoints.hit('participant.afterCopyCheck');
       const after = await listPacks();
-      if (after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;
-      return { tips: new Set(tips), packs, dir: { dev: st.dev, ino: st.ino } };
+      if (this.removals() !== removals || after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;
+      return { tips: new Set(tips), packs, dir: { dev: st.dev, ino: st.ino }, removals };
     } catch {
       return null;
     }
@@ -690,19 +724,27 @@ export class Participant {
    * checkedAtCopy says whether the connectivity checks of the adopted copies still cover the
    * prepare's new tips: each tip was checked, and the checks still hold (CopyCheck).
    */
-  private async checkedAtCopy(
-    repoPath: string,
-    updates: readonly RefUpdate[],
-    checks: readonly Promise<CopyCheck | null>[],
-  ): Promise<boolean> {
+  private async checkedAtCopy(repoPath: string, updates: readonly RefUpdate[], checks: readonly SettledCheck[]): Promise<boolean> {
     const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
     if (tips.length === 0 || checks.length === 0) return false;
-    const done = (await Promise.all(checks)).filter((c): c is CopyCheck => c !== null);
+    // A check still running is not waited for: the prepare's own may well end sooner.
+    const done = checks.map((c) => c.done).filter((c): c is CopyCheck => c !== null && c !== undefined);
     if (!tips.every((t) => done.some((c) => c.tips.has(t)))) return false;
+    const removals = this.removals();
     const dir = join(repoPath, 'objects', 'pack');
     const st = await stat(dir).catch(() => null);
     const now = new Set(await readdir(dir).catch(() => []));
-    return done.every((c) => st !== null && c.dir.dev === st.dev && c.dir.ino === st.ino && c.packs.every((p) => now.has(p)));
+    return (
+      this.removals() === removals &&
+      done.every(
+        (c) => c.removals === removals && st !== null && c.dir.dev === st.dev && c.dir.ino === st.ino && c.packs.every((p) => now.has(p)),
+      )
+    );
+  }
+
+  /** removals counts what, on this node, can take objects from a replica: packs removed, replica directories replaced. */
+  private removals(): number {
+    return this.packsRemoved + this.deps.storage.replaced;
   }
 
   /** checkConnected proves every new tip is connected to the replica's refs (as receive-pack does). */
