@@ -1,3 +1,5 @@
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runChaos, type ChaosReport } from '../../chaos/run.js';
 import { skipWithoutEtcd } from '../helpers/etcd.js';
@@ -14,6 +16,29 @@ function explain(r: ChaosReport): string {
   return `${r.text}\n${r.logs ? `\nnode logs (tail):\n${r.logs}` : ''}`;
 }
 
+/**
+ * run is runChaos with what a slow or odd run needs to be understood: the injector's and the
+ * heal's complaints go to stdout (a fault that failed carries the node's last output, such as a
+ * restarted node that never became healthy), and with CHAOS_LOG_DIR set each test keeps its node
+ * logs in its own subdirectory (the next test's nodes would overwrite them).
+ */
+async function run(name: string, opts: Parameters<typeof runChaos>[0]): Promise<ChaosReport> {
+  const base = process.env.CHAOS_LOG_DIR;
+  if (base) process.env.CHAOS_LOG_DIR = join(base, name.replace(/\W+/g, '-'));
+  try {
+    if (base) await mkdir(process.env.CHAOS_LOG_DIR!, { recursive: true });
+    return await runChaos({
+      ...opts,
+      log: (line) => {
+        if (/failed|not healthy|not hit|timed out|membership after heal|heal: /.test(line))
+          process.stdout.write(`[chaos ${name}] ${line}\n`);
+      },
+    });
+  } finally {
+    if (base) process.env.CHAOS_LOG_DIR = base;
+  }
+}
+
 function summary(name: string, r: ChaosReport): void {
   const faults = new Map<string, number>();
   for (const e of r.faults) faults.set(e.kind, (faults.get(e.kind) ?? 0) + 1);
@@ -24,14 +49,14 @@ function summary(name: string, r: ChaosReport): void {
 
 describe('chaos: seeded fault injection checked by the history checker', () => {
   it('3 nodes, R=3: kill -9, fail point crashes, SIGSTOP past the lease, partitions, slow links', async () => {
-    const r = await runChaos({ seed: 42, nodes: 3, clients: 3, durationMs: 25_000 });
+    const r = await run('3 nodes', { seed: 42, nodes: 3, clients: 3, durationMs: 25_000 });
     summary('3 nodes', r);
     expect(r.totals.ok, explain(r)).toBeGreaterThan(10);
     expect(r.result.violations, explain(r)).toEqual([]);
   }, 240_000);
 
   it('6 nodes, R=3 (W=2): repos on different replica sets, proxied reads and pushes', async () => {
-    const r = await runChaos({
+    const r = await run('6 nodes', {
       seed: 7,
       nodes: 6,
       replicationFactor: 3,
@@ -48,7 +73,7 @@ describe('chaos: seeded fault injection checked by the history checker', () => {
 
 describe.skipIf(skipWithoutEtcd())('chaos on etcd: the store partitioned from a majority, and restarted', () => {
   it('3 nodes, R=3: store partitions, store kill/stop and restart, kill -9 of nodes', async () => {
-    const r = await runChaos({
+    const r = await run('etcd', {
       seed: 11,
       nodes: 3,
       clients: 3,
