@@ -912,6 +912,12 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const { pack } = await onePack(randomBytes(49_152).toString('base64'));
       const b = await framedToNode1('/replicate/stage-upload', meta, pack.subarray(0, 4096), { declared: pack.length, mode: 'stall' });
       expect(b.status, b.body).toBe(408);
+      // Tips that are not object ids (a ref name, a number, a non-UTF-8 byte) are refused before any git runs.
+      for (const tips of [['HEAD'], [7], ['\u00ff'.repeat(40)], 'x']) {
+        const t = await framedToNode1('/replicate/stage-upload', { ...meta, tips }, pack);
+        expect(t.status, t.body).toBe(400);
+        expect(t.body).toMatch(/tips must be a list/);
+      }
       expect(await nodeGitProcesses(c.node(1).dataDir)).toEqual([]);
       const packDir = join(c.replicaPath(1, 'acme/widgets'), 'objects', 'pack');
       expect((await readdir(packDir)).filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
