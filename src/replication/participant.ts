@@ -61,7 +61,7 @@ interface CopyCheck {
 
 /** SettledCheck is a copy check with whether it has ended (a prepare never waits for one still running). */
 interface SettledCheck {
-  readonly result: Promise<CopyCheck | null>;
+  /** done is the check's result once it ended (null: it failed), undefined while it runs. */
   done: CopyCheck | null | undefined;
 }
 
@@ -288,6 +288,11 @@ export class Participant {
     if (this.uploadCopies >= max) throw new PrepareRefusal('failed', `${this.deps.nodeId}: ${max} copies of uploads are indexing already`);
     const running = this.beginStage(repoId);
     this.uploadCopies++;
+    /** release gives back the copy's place and activity, once its index-pack and its check ended. */
+    const release = (): void => {
+      this.uploadCopies--;
+      running.end();
+    };
     // This stage's own message: its `.keep` tells apart from one another stage of the same pack wrote.
     const message = `${STAGE_KEEP} of an upload ${randomUUID()}`;
     const repoPath = this.deps.storage.repoPath(repoId);
@@ -300,8 +305,7 @@ export class Participant {
         ...(this.deps.maxUploadCopyBytes ? { maxInputSize: this.deps.maxUploadCopyBytes } : {}),
       });
     } catch (err) {
-      this.uploadCopies--;
-      running.end();
+      release();
       throw err;
     }
     // The tips' connectivity is checked now, while the coordinator's receive-pack still works on
@@ -310,24 +314,19 @@ export class Participant {
     // maxUploadCopies last until it ends.
     let connected: SettledCheck | null = null;
     if (tips.length > 0) {
+      const check: SettledCheck = { done: undefined };
       this.copyChecksRunning++;
-      const check: SettledCheck = {
-        result: this.checkCopy(repoPath, tips).then((r) => {
+      // checkCopy never rejects: a failed check is null.
+      void this.checkCopy(repoPath, tips)
+        .then((r) => {
           check.done = r;
-          return r;
-        }),
-        done: undefined,
-      };
-      void check.result.finally(() => {
-        this.copyChecksRunning--;
-        this.uploadCopies--;
-        running.end();
-      });
+        })
+        .finally(() => {
+          this.copyChecksRunning--;
+          release();
+        });
       connected = check;
-    } else {
-      this.uploadCopies--;
-      running.end();
-    }
+    } else release();
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
     const key = stageKey(repoId, hash);
     // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
