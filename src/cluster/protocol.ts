@@ -324,7 +324,7 @@ export function parseStageUpload(body: unknown): UploadStageMessage {
 
 /**
  * readFrame reads `<len>\n<json>` from the front of a prepare body and returns the metadata and
- * the pack behind it as a stream. No unshift: a small body can have ended by the time its
+ * the pack behind it as a stream, whose errors never go unhandled. No unshift: a small body can have ended by the time its
  * metadata is parsed, and unshifting after the end loses the pack.
  */
 export async function readFrame(stream: Readable, signedDigest: string | null): Promise<{ meta: unknown; pack: Readable }> {
@@ -352,6 +352,11 @@ export async function readFrame(stream: Readable, signedDigest: string | null): 
             for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
           })(),
         );
+        // A body that fails (its sender went away or went quiet past the idle guard) fails the
+        // pack too. Its consumer (index-pack's pipeline) sees that; a pack nobody reads (a refusal
+        // before it, whose route drains the rest) must not throw it as an unhandled error and end
+        // the process.
+        pack.on('error', () => undefined);
         return { meta, pack };
       }
     } else if (buf.length > 20) {

@@ -924,6 +924,38 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       await expectUnharmed(before);
     });
 
+    it.each(['stall', 'abort'] as const)(
+      'a signed copy or prepare refused before its pack is read survives its sender then going quiet (%s): the node stays up',
+      async (mode) => {
+        const before = await state();
+        const { pack } = await onePack(randomBytes(49_152).toString('base64'));
+        const cut = { declared: pack.length, mode };
+        // No replica of this repo here: the copy is refused before index-pack reads a byte of it.
+        const a = await framedToNode1('/replicate/stage-upload', { repo_id: 'acme/nowhere' }, pack.subarray(0, 4096), cut);
+        if (mode === 'stall') expect(a.status, a.body).toBe(409);
+        // A prepare that says it carries no pack, with bytes behind its metadata that stop coming.
+        const repo = await c.repoStatus(1, 'acme/widgets');
+        const prepare = {
+          transaction_id: `quiet-${mode}`,
+          coordinator_id: 'node-2',
+          repo_id: 'acme/widgets',
+          operation: 'push',
+          incarnation: repo.incarnation,
+          base_generation: repo.generation + 5,
+          fencing_token: 1,
+          new_checksum: repo.checksum,
+          updates: [],
+          has_pack: false,
+        };
+        const b = await framedToNode1('/replicate/prepare', prepare, pack.subarray(0, 4096), cut);
+        if (mode === 'stall') expect(b.status, b.body).toBeGreaterThanOrEqual(400);
+        // Past node-1's body idle time (1.5 s): the drained rest of a refused body fails quietly.
+        await new Promise((r) => setTimeout(r, 2_500));
+        expect((await fetch(`${c.url(1)}/health`)).status).toBe(200);
+        await expectUnharmed(before);
+      },
+    );
+
     it('a prepare whose pack was swapped in transit is refused by the participant', async () => {
       const before = await state();
       const repo = await c.repoStatus(1, 'acme/widgets');
