@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, badRequest } from '../domain/errors.js';
 import {
@@ -36,6 +37,36 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
    * participant's answer as it was.
    */
   const bodyFailure = (guarded: IdleGuard | null, err: unknown): unknown => (guarded?.errored instanceof AppError ? guarded.errored : err);
+  /**
+   * drained reads what is left of a pack body and resolves once the request ended or failed.
+   * Every answer waits for it: a peer client (undici) that has its answer stops sending the body
+   * but keeps the connection, so an answer sent before the whole body was read left the request
+   * open here until the idle guard failed it, 30 s later. A pack stream given up early (index-pack
+   * refused the pack) leaves the rest to the request itself, read for at most the body idle time.
+   * A body that did not end (its sender went quiet) is answered on a connection closed after it.
+   */
+  const drained = async (req: FastifyRequest, reply: FastifyReply, pack: Readable | null, guarded: IdleGuard | null): Promise<void> => {
+    if (pack && !pack.destroyed && !pack.readableEnded) {
+      pack.resume();
+      await finished(pack).catch(() => undefined);
+    }
+    const raw = req.raw;
+    if (raw.complete || raw.destroyed) return;
+    if (!guarded?.errored) {
+      raw.resume();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        finished(raw).catch(() => undefined),
+        new Promise((r) => {
+          timer = setTimeout(r, deps.config.limits.bodyIdleMs);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    if (raw.complete) return;
+    void reply.header('connection', 'close');
+    reply.raw.once('finish', () => raw.socket?.destroy());
+  };
   void app.register(async (peer) => {
     const PEER = { access: 'peer' } as const;
     peer.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
@@ -55,7 +86,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       try {
         await deps.participant.prepare(prep, raw, { local: false });
       } catch (caught) {
-        raw?.resume();
+        await drained(req, reply, frame?.pack ?? null, guarded);
         const err = bodyFailure(guarded, caught);
         if (err instanceof PrepareRefusal)
           return reply
@@ -63,13 +94,15 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
             .send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message, code: err.code });
         throw err;
       }
+      await drained(req, reply, frame?.pack ?? null, guarded);
       return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
     });
 
     /**
      * stageRoute serves a framed pack a peer ships to be staged: `stage` parses the metadata and
      * keeps the pack, resolving with the hash it is staged under. A participant's refusal is its
-     * answer (the body's own 408 first); the rest of a refused body is read and dropped.
+     * answer (the body's own 408 first). Either answer waits until the body was read to its end
+     * (`drained`): the rest of one not needed is dropped.
      */
     const stageRoute =
       (stage: (meta: unknown, pack: Readable) => Promise<string>) =>
@@ -81,12 +114,14 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         try {
           hash = await stage(frame.meta, frame.pack);
         } catch (caught) {
-          frame.pack.resume();
+          await drained(req, reply, frame.pack, guarded);
           const err = bodyFailure(guarded, caught);
           if (err instanceof PrepareRefusal)
             return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
           throw err;
         }
+        // A pack staged already, or here already, was not read: the rest of the body is, first.
+        await drained(req, reply, frame.pack, guarded);
         return { status: 'staged', pack_hash: hash, server_id: deps.nodeId };
       };
 

@@ -68,7 +68,12 @@ describe('Participant (in process: real store, real git)', () => {
   const mainRef = async (): Promise<string | undefined> =>
     (await node.storage.readRefs(REPO)).find((r) => r.name === 'refs/heads/main')?.oid;
   /** participantWith is a second participant of node n1 with its own git runner (`gitBinary`: a stand-in git) and limits. */
-  const participantWith = (over: { gitBinary?: string; maxUploadCopies?: number; maxUploadCopyBytes?: number }): Participant => {
+  const participantWith = (over: {
+    gitBinary?: string;
+    maxUploadCopies?: number;
+    maxUploadCopyBytes?: number;
+    stageTtlMs?: number;
+  }): Participant => {
     const { gitBinary, ...limits } = over;
     return new Participant({
       nodeId: 'n1',
@@ -346,6 +351,28 @@ describe('Participant (in process: real store, real git)', () => {
     // The stage's index-pack wrote a .keep once the transaction's was gone: nobody owned it.
     expect(await keeps()).toEqual([]);
     expect(await mainRef()).toBe(tip);
+  });
+
+  it('a pack staged again starts its time to live again: it is still there for the prepare that follows', async () => {
+    // The coordinator stages all of a group's packs again when one expired; one still staged
+    // must not expire between that answer and the prepare.
+    const participant = participantWith({ stageTtlMs: 600 });
+    const hash = pack.subarray(pack.length - 20).toString('hex');
+    await participant.stage(REPO, hash, stream(), undefined);
+    await new Promise((r) => setTimeout(r, 400));
+    await participant.stage(REPO, hash, stream(), undefined);
+    await new Promise((r) => setTimeout(r, 400));
+    const req = push({ stagedPacks: [hash] });
+    await participant.prepare(req, null);
+    await decide(req);
+    await participant.commit(req.txnId);
+    expect(await mainRef()).toBe(tip);
+    // Staged once and left, it does expire.
+    const next = await commitFile(work, 'c.txt', 'c\n', 'third');
+    const later = await packOf(work, next, [tip]);
+    const laterHash = later.subarray(later.length - 20).toString('hex');
+    await participant.stage(REPO, laterHash, stream(later), undefined);
+    await eventually(() => expect(participant.stagedCount).toBe(0));
   });
 
   it('a pack given up while the same pack is staged again, then adopted and committed, keeps its objects', async () => {

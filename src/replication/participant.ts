@@ -34,7 +34,8 @@ interface StagedPack {
   readonly repoId: string;
   /** keep resolves to the pack's `.keep` file once index-pack verified it (null: the replica had the pack already), or rejects. */
   readonly keep: Promise<string | null>;
-  readonly timer: NodeJS.Timeout;
+  /** timer removes the pack after the TTL; a new stage of the same pack starts it again (renew). */
+  timer: NodeJS.Timeout;
   /** connected: the connectivity check of the push's tips run once a copy was indexed (checkCopy); null if none or it failed. */
   readonly connected?: SettledCheck;
 }
@@ -224,6 +225,9 @@ export class Participant {
     const key = stageKey(repoId, packHash);
     const existing = this.staged.get(key);
     if (existing) {
+      // Staged again (the coordinator found another of its packs expired and stages them all
+      // again): its time starts again, or it could expire between this answer and the prepare.
+      this.renew(key, existing);
       pack.resume();
       await existing.keep.then(
         () => undefined,
@@ -335,6 +339,7 @@ export class Participant {
     // retried push through two nodes) both finding no entry would leave the first one's `.keep`
     // to nobody (a chaos run found one).
     const existing = this.staged.get(key);
+    if (existing) this.renew(key, existing);
     const withCheck = connected ? { connected } : {};
     if (!existing) this.staged.set(key, { repoId, keep: Promise.resolve(mine ? keep : null), timer: this.stagedTimer(key), ...withCheck });
     else if (mine) {
@@ -379,6 +384,12 @@ export class Participant {
     }, this.deps.stageTtlMs ?? STAGE_TTL_MS);
     timer.unref();
     return timer;
+  }
+
+  /** renew starts a staged pack's TTL again. */
+  private renew(key: string, entry: StagedPack): void {
+    clearTimeout(entry.timer);
+    entry.timer = this.stagedTimer(key);
   }
 
   /** dropStaged takes an entry out of the table (if it is still the one there); its files stay. */

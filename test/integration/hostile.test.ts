@@ -3,8 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bodyDigest, signHop, signPeerRequest } from '../../src/auth/peer-signature.js';
 import { PROTOCOL, PROTOCOL_HEADER } from '../../src/cluster/protocol.js';
@@ -932,7 +934,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         const cut = { declared: pack.length, mode };
         // No replica of this repo here: the copy is refused before index-pack reads a byte of it.
         const a = await framedToNode1('/replicate/stage-upload', { repo_id: 'acme/nowhere' }, pack.subarray(0, 4096), cut);
-        if (mode === 'stall') expect(a.status, a.body).toBe(409);
+        // The answer waits for the body to end: stalled, it ends in the idle guard's 408.
+        if (mode === 'stall') expect(a.status, a.body).toBe(408);
         // A prepare that says it carries no pack, with bytes behind its metadata that stop coming.
         const repo = await c.repoStatus(1, 'acme/widgets');
         const prepare = {
@@ -955,6 +958,43 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         await expectUnharmed(before);
       },
     );
+
+    it('a stage of a pack the node holds already is answered only once its body was read to the end', async () => {
+      // A peer client (undici) that has its answer stops sending the body and keeps the
+      // connection: answered early, the request stayed open here until the idle guard failed it.
+      const { pack } = await onePack(randomBytes(32_768).toString('base64'));
+      const meta = { repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') };
+      expect((await framedToNode1('/replicate/stage', meta, pack)).status).toBe(200);
+      const { secret, epoch } = secretAndEpochs();
+      const json = Buffer.from(JSON.stringify(meta));
+      const auth = signPeerRequest(
+        secret,
+        'node-2',
+        { id: 'node-1', epoch: epoch['node-1']! },
+        { method: 'POST', path: '/replicate/stage', contentLength: null, digest: bodyDigest(json) },
+      );
+      let sentAll = false;
+      const body = Readable.from(
+        (async function* () {
+          yield Buffer.concat([Buffer.from(`${json.length}\n`), json, pack.subarray(0, 1024)]);
+          await new Promise((r) => setTimeout(r, 500));
+          yield pack.subarray(1024);
+          sentAll = true;
+        })(),
+      );
+      const res = await request(`${c.url(1)}/replicate/stage`, {
+        method: 'POST',
+        body,
+        headers: {
+          'content-type': 'application/x-git-replication-prepare',
+          'x-replication-auth': auth,
+          [PROTOCOL_HEADER]: String(PROTOCOL.max),
+        },
+      });
+      const answeredAfterAll = sentAll;
+      expect(res.statusCode, await res.body.text()).toBe(200);
+      expect(answeredAfterAll).toBe(true);
+    });
 
     it('a prepare whose pack was swapped in transit is refused by the participant', async () => {
       const before = await state();
