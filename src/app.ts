@@ -8,6 +8,7 @@ import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
 import { defaultAdvertiseUrl } from './cluster/advertise.js';
+import { StartupSteps } from './cluster/startup.js';
 import { DiskSpace } from './cluster/disk.js';
 import { PROTOCOL, type ProtocolRange } from './cluster/protocol.js';
 import { LoadSampler } from './cluster/load.js';
@@ -167,17 +168,18 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     slotWaitMs: cfg.gitSlotWaitMs,
     ...(spawnHelper ? { helper: spawnHelper } : {}),
   });
-  const reaped = await git.reapPrevious();
+  const steps = new StartupSteps(logger);
+  const reaped = await steps.run('reap previous git processes', () => git.reapPrevious());
   if (reaped > 0) logger.warn({ reaped }, 'killed git processes left by a previous incarnation');
 
   const metrics = new Metrics();
-  const store: ClusterStore = countStoreCalls(await openStore(cfg.store), metrics.storeOps);
-  await checkLayout(store);
-  const secret = await store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex'));
+  const store: ClusterStore = countStoreCalls(await steps.run('open the store', () => openStore(cfg.store)), metrics.storeOps);
+  await steps.run('check the layout', () => checkLayout(store));
+  const secret = await steps.run('read the peer secret', () => store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex')));
   const directory = new Directory(store);
   const auth = new Authenticator(store, cfg.auth, directory);
   if (cfg.auth === 'tokens') {
-    const token = await auth.bootstrapAdmin();
+    const token = await steps.run('bootstrap the admin', () => auth.bootstrapAdmin());
     if (token) {
       const file = join(dataDir, 'admin-token');
       await writeFile(file, `${token}\n`, { mode: 0o600 });
@@ -185,12 +187,12 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     }
   }
   const storage = new ReplicaStorage(dataDir, git);
-  await storage.init();
+  await steps.run('prepare the data directory', () => storage.init());
   const failpoints = new Failpoints(cfg.failpoints);
-  const txnLog = new TxnLog(join(dataDir, 'node.db'));
+  const txnLog = await steps.run('open the transaction log', () => new TxnLog(join(dataDir, 'node.db')));
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, uploadWaitMs: cfg.timing.uploadWaitMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
-  await disk.start();
+  await steps.run('read the free disk space', () => disk.start());
   const replicaVerifier = new ReplicaVerifier({
     nodeId: cfg.nodeId,
     store,
@@ -223,11 +225,13 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     onConnectivity: (at) => metrics.connectivityChecks.inc({ at }),
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
   });
-  await participant.recover();
-  const swept = sweepLeftovers(
-    storage.reposDir,
-    storage.tmpDir,
-    txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']),
+  await steps.run('resolve in-doubt transactions', () => participant.recover());
+  const swept = await steps.run('sweep leftovers', () =>
+    sweepLeftovers(
+      storage.reposDir,
+      storage.tmpDir,
+      txnLog.prepared().flatMap((t) => [...(t.payload.keepFiles ?? []), t.payload.stagingPath ?? '']),
+    ),
   );
   if (swept > 0) logger.warn({ removed: swept }, 'removed lock and temporary files left by dead git processes');
 
@@ -288,7 +292,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   });
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger, commitWaitMs: cfg.timing.commitWaitMs });
   const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
-  const hookPort = await hooks.listen();
+  const hookPort = await steps.run('listen for hooks', () => hooks.listen());
   const load = new LoadSampler();
   load.start();
   const maintenance = new Maintenance({
@@ -391,7 +395,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
     },
   };
   const app = buildHttpApp(deps, logger, tls.server);
-  await app.listen({ host: cfg.host, port: cfg.port });
+  await steps.run('listen', () => app.listen({ host: cfg.host, port: cfg.port }));
   const ssh =
     cfg.sshPort === undefined
       ? null
@@ -411,7 +415,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
         });
   if (ssh) deps.ssh.port = ssh.port;
   else await forgetSshEndpoint(store, cfg.nodeId);
-  await membership.start();
+  await steps.run('register in the membership', () => membership.start());
 
   // Transaction records are needed only while a participant may still be in doubt: past the
   // retention every node prunes them (idempotent; whichever runs first does the work).
@@ -441,7 +445,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   for (const t of timers) t.unref();
   repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs, cfg.fsckIntervalMs);
   steward.start(cfg.stewardIntervalMs);
-  logger.info({ url, sshPort: ssh?.port ?? null, store: cfg.store.kind, dataDir, hookPort }, 'node started');
+  logger.info({ url, sshPort: ssh?.port ?? null, store: cfg.store.kind, dataDir, hookPort, startupMs: steps.timings }, 'node started');
 
   let closed = false;
   return {
