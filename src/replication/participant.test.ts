@@ -353,6 +353,37 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await mainRef()).toBe(tip);
   });
 
+  it('a prepare of a group adopts each of its staged packs; one pack missing adopts none and leaves the others staged', async () => {
+    await commitThrough(push());
+    const branch = async (name: string): Promise<{ oid: string; hash: string; pack: Buffer }> => {
+      await gitOk(['checkout', '-q', '-B', name, tip], { cwd: work });
+      const oid = await commitFile(work, `${name}.txt`, `${name}\n`, name);
+      const p = await packOf(work, oid, [tip]);
+      return { oid, hash: p.subarray(p.length - 20).toString('hex'), pack: p };
+    };
+    const [x, y, z] = [await branch('x'), await branch('y'), await branch('z')];
+    for (const b of [x, y]) await node.participant.stage(REPO, b.hash, stream(b.pack), undefined);
+    const group = (bs: ReadonlyArray<{ oid: string }>, names: readonly string[]): PrepareRequest => {
+      const updates = bs.map((b, i) => ({ ref: `refs/heads/${names[i]!}`, oldOid: ZERO_OID, newOid: b.oid }));
+      return { ...push(), updates, newChecksum: applyUpdatesToChecksum(repo.checksum, updates) };
+    };
+    // z was never staged: the prepare is refused as not_staged and x and y stay staged for the retry.
+    const missing = { ...group([x, y, z], ['x', 'y', 'z']), stagedPacks: [x.hash, y.hash, z.hash] };
+    await expect(node.participant.prepare(missing, null)).rejects.toMatchObject({ status: 'not_staged' });
+    expect(node.participant.stagedCount).toBe(2);
+    const req = { ...group([x, y], ['x', 'y']), stagedPacks: [x.hash, y.hash] };
+    await node.participant.prepare(req, null);
+    expect(node.participant.stagedCount).toBe(0);
+    await decide(req);
+    await node.participant.commit(req.txnId);
+    const refs = await node.storage.readRefs(REPO);
+    expect(refs.find((r) => r.name === 'refs/heads/x')?.oid).toBe(x.oid);
+    expect(refs.find((r) => r.name === 'refs/heads/y')?.oid).toBe(y.oid);
+    expect(await keeps()).toEqual([]);
+    const fsck = await git(['fsck', '--connectivity-only'], { cwd: repoPath() });
+    expect(fsck.code, fsck.stderr).toBe(0);
+  });
+
   it('a pack staged again starts its time to live again: it is still there for the prepare that follows', async () => {
     // The coordinator stages all of a group's packs again when one expired; one still staged
     // must not expire between that answer and the prepare.
