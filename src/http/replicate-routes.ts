@@ -53,6 +53,8 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
     const raw = req.raw;
     if (raw.complete || raw.destroyed) return;
     if (!guarded?.errored) {
+      // Off the guard first: nothing reads the guard any more, so its full buffer would pause `raw` again.
+      raw.unpipe();
       raw.resume();
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
@@ -86,8 +88,9 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       try {
         await deps.participant.prepare(prep, raw, { local: false });
       } catch (caught) {
-        await drained(req, reply, frame?.pack ?? null, guarded);
+        // The refusal as it stands now: a sender that then goes quiet must not turn it into a 408.
         const err = bodyFailure(guarded, caught);
+        await drained(req, reply, frame?.pack ?? null, guarded);
         if (err instanceof PrepareRefusal)
           return reply
             .code(err.statusCode)
@@ -114,8 +117,8 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         try {
           hash = await stage(frame.meta, frame.pack);
         } catch (caught) {
-          await drained(req, reply, frame.pack, guarded);
           const err = bodyFailure(guarded, caught);
+          await drained(req, reply, frame.pack, guarded);
           if (err instanceof PrepareRefusal)
             return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
           throw err;

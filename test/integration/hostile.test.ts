@@ -934,8 +934,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
         const cut = { declared: pack.length, mode };
         // No replica of this repo here: the copy is refused before index-pack reads a byte of it.
         const a = await framedToNode1('/replicate/stage-upload', { repo_id: 'acme/nowhere' }, pack.subarray(0, 4096), cut);
-        // The answer waits for the body to end: stalled, it ends in the idle guard's 408.
-        if (mode === 'stall') expect(a.status, a.body).toBe(408);
+        // The answer waits for the body to end (stalled: the idle guard ends it), and stays the refusal.
+        if (mode === 'stall') expect(a.status, a.body).toBe(409);
         // A prepare that says it carries no pack, with bytes behind its metadata that stop coming.
         const repo = await c.repoStatus(1, 'acme/widgets');
         const prepare = {
@@ -994,6 +994,35 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       const answeredAfterAll = sentAll;
       expect(res.statusCode, await res.body.text()).toBe(200);
       expect(answeredAfterAll).toBe(true);
+    });
+
+    it('a copy whose pack index-pack refuses at its first bytes is answered once the rest was read, on a connection kept open', async () => {
+      // index-pack gives up on the header; the 4 MiB behind it are read off the request (not
+      // left behind a guard nobody reads until the body idle time closes the connection).
+      const meta = { repo_id: 'acme/widgets' };
+      const { secret, epoch } = secretAndEpochs();
+      const json = Buffer.from(JSON.stringify(meta));
+      const body = Buffer.concat([Buffer.from(`${json.length}\n`), json, Buffer.from('PACK not a pack'), randomBytes(4 * 1024 * 1024)]);
+      const auth = signPeerRequest(
+        secret,
+        'node-2',
+        { id: 'node-1', epoch: epoch['node-1']! },
+        { method: 'POST', path: '/replicate/stage-upload', contentLength: body.length, digest: bodyDigest(json) },
+      );
+      const res = await request(`${c.url(1)}/replicate/stage-upload`, {
+        method: 'POST',
+        body,
+        headers: {
+          'content-type': 'application/x-git-replication-prepare',
+          'x-replication-auth': auth,
+          [PROTOCOL_HEADER]: String(PROTOCOL.max),
+        },
+      });
+      const text = await res.body.text();
+      expect(res.statusCode, text).toBeGreaterThanOrEqual(400);
+      expect(res.statusCode, text).toBeLessThan(500);
+      expect(text).toMatch(/pack rejected/);
+      expect(res.headers.connection).not.toBe('close');
     });
 
     it('a prepare whose pack was swapped in transit is refused by the participant', async () => {
