@@ -178,9 +178,6 @@ export interface UploadStageMessage {
 /** MAX_COPY_TIPS bounds the tips a copy's metadata names; a push with more names none (its prepare checks them). */
 export const MAX_COPY_TIPS = 1_000;
 
-/** OID matches an object id, SHA-1 or SHA-256. */
-const OID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
-
 /** stageUploadToWire encodes an upload stage's metadata (parseStageUpload decodes it). */
 export function stageUploadToWire(m: UploadStageMessage): Record<string, unknown> {
   return { repo_id: m.repoId, ...(m.fsckIgnore ? { fsck_ignore: m.fsckIgnore } : {}), ...(m.tips?.length ? { tips: m.tips } : {}) };
@@ -312,7 +309,7 @@ export function parseStageUpload(body: unknown): UploadStageMessage {
   if (b.fsck_ignore !== undefined && !isFsckIgnoreList(b.fsck_ignore)) throw badRequest('fsck_ignore must be a list of fsck message ids');
   if (
     b.tips !== undefined &&
-    !(Array.isArray(b.tips) && b.tips.length <= MAX_COPY_TIPS && b.tips.every((t) => typeof t === 'string' && OID.test(t)))
+    !(Array.isArray(b.tips) && b.tips.length <= MAX_COPY_TIPS && b.tips.every((t) => typeof t === 'string' && isOid(t)))
   )
     throw badRequest(`tips must be a list of at most ${MAX_COPY_TIPS} object ids`);
   return {
@@ -324,8 +321,8 @@ export function parseStageUpload(body: unknown): UploadStageMessage {
 
 /**
  * readFrame reads `<len>\n<json>` from the front of a prepare body and returns the metadata and
- * the pack behind it as a stream, whose errors never go unhandled. No unshift: a small body can have ended by the time its
- * metadata is parsed, and unshifting after the end loses the pack.
+ * the pack behind it as a stream, whose errors never go unhandled. No unshift: a small body can
+ * have ended by the time its metadata is parsed, and unshifting after the end loses the pack.
  */
 export async function readFrame(stream: Readable, signedDigest: string | null): Promise<{ meta: unknown; pack: Readable }> {
   const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
