@@ -1,6 +1,8 @@
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { MAX_COPY_TIPS } from '../cluster/protocol.js';
+import { isZeroOid } from '../domain/ref-name.js';
 import { capabilitiesOf, PktLineReader } from '../git/pkt-line.js';
+import { parseCommand } from '../git/proc-receive.js';
 
 /** TEE_MAX_BUFFERED bounds the bytes held for one peer that reads slower than the client sends: beyond, that peer is dropped. */
 export const TEE_MAX_BUFFERED = 8 * 1024 * 1024;
@@ -171,18 +173,16 @@ export class PackTap extends Transform {
 
   /** addTip takes the new object of a command line (`<old> <new> <ref>`); `shallow <oid>` lines name none. */
   private addTip(line: Buffer): void {
-    if (this.tips === null) return;
-    const text = line.subarray(0, line.includes(0) ? line.indexOf(0) : line.length).toString('latin1');
-    if (text.startsWith('shallow ')) return;
-    const m = COMMAND.exec(text);
-    if (!m) {
+    if (this.tips === null || line.subarray(0, 8).toString('latin1') === 'shallow ') return;
+    let newOid: string;
+    try {
+      // The capabilities after the first command's NUL are not part of it.
+      newOid = parseCommand(line.includes(0) ? line.subarray(0, line.indexOf(0)) : line).newOid;
+    } catch {
       this.tips = null;
       return;
     }
-    if (!/^0+$/.test(m[2]!)) this.tips.add(m[2]!);
+    if (!isZeroOid(newOid)) this.tips.add(newOid);
     if (this.tips.size > MAX_COPY_TIPS) this.tips = null;
   }
 }
-
-/** COMMAND is a push command's line: old and new object ids, then the ref name. */
-const COMMAND = /^([0-9a-f]{40}(?:[0-9a-f]{24})?) ([0-9a-f]{40}(?:[0-9a-f]{24})?) \S/;
