@@ -69,6 +69,27 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
     void reply.header('connection', 'close');
     reply.raw.once('finish', () => raw.socket?.destroy());
   };
+  /**
+   * afterBody runs a participant's work on a framed body and answers only once the body was read
+   * to its end (`drained`). A refusal is taken as it stands when the work fails (`bodyFailure`),
+   * before that wait: a sender that goes quiet afterwards does not turn it into a 408.
+   */
+  const afterBody = async <T>(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    pack: Readable | null,
+    guarded: IdleGuard | null,
+    work: () => Promise<T>,
+  ): Promise<{ value: T } | { err: unknown }> => {
+    let out: { value: T } | { err: unknown };
+    try {
+      out = { value: await work() };
+    } catch (caught) {
+      out = { err: bodyFailure(guarded, caught) };
+    }
+    await drained(req, reply, pack, guarded);
+    return out;
+  };
   void app.register(async (peer) => {
     const PEER = { access: 'peer' } as const;
     peer.addContentTypeParser(PREPARE_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
@@ -85,19 +106,15 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       const hasPack = frame !== null && (frame.meta as { has_pack?: unknown }).has_pack === true;
       if (frame && !hasPack) frame.pack.resume();
       const raw = hasPack ? frame.pack : null;
-      try {
-        await deps.participant.prepare(prep, raw, { local: false });
-      } catch (caught) {
-        // The refusal as it stands now: a sender that then goes quiet must not turn it into a 408.
-        const err = bodyFailure(guarded, caught);
-        await drained(req, reply, frame?.pack ?? null, guarded);
+      const out = await afterBody(req, reply, frame?.pack ?? null, guarded, () => deps.participant.prepare(prep, raw, { local: false }));
+      if ('err' in out) {
+        const err = out.err;
         if (err instanceof PrepareRefusal)
           return reply
             .code(err.statusCode)
             .send({ status: err.status, transaction_id: prep.txnId, server_id: deps.nodeId, message: err.message, code: err.code });
         throw err;
       }
-      await drained(req, reply, frame?.pack ?? null, guarded);
       return { status: 'prepared', transaction_id: prep.txnId, server_id: deps.nodeId };
     });
 
@@ -105,7 +122,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
      * stageRoute serves a framed pack a peer ships to be staged: `stage` parses the metadata and
      * keeps the pack, resolving with the hash it is staged under. A participant's refusal is its
      * answer (the body's own 408 first). Either answer waits until the body was read to its end
-     * (`drained`): the rest of one not needed is dropped.
+     * (`afterBody`): the rest of one not needed is dropped.
      */
     const stageRoute =
       (stage: (meta: unknown, pack: Readable) => Promise<string>) =>
@@ -113,19 +130,15 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
         if (!(req.headers['content-type'] ?? '').startsWith(PREPARE_CONTENT_TYPE)) throw badRequest(`stage takes ${PREPARE_CONTENT_TYPE}`);
         const guarded = idleGuarded(req.body as Readable);
         const frame = await readFrame(guarded, req.peerDigest);
-        let hash: string;
-        try {
-          hash = await stage(frame.meta, frame.pack);
-        } catch (caught) {
-          const err = bodyFailure(guarded, caught);
-          await drained(req, reply, frame.pack, guarded);
+        // A pack staged already, or here already, is not read by `stage`: the rest of the body is, first.
+        const out = await afterBody(req, reply, frame.pack, guarded, () => stage(frame.meta, frame.pack));
+        if ('err' in out) {
+          const err = out.err;
           if (err instanceof PrepareRefusal)
             return reply.code(err.statusCode).send({ status: err.status, server_id: deps.nodeId, message: err.message, code: err.code });
           throw err;
         }
-        // A pack staged already, or here already, was not read: the rest of the body is, first.
-        await drained(req, reply, frame.pack, guarded);
-        return { status: 'staged', pack_hash: hash, server_id: deps.nodeId };
+        return { status: 'staged', pack_hash: out.value, server_id: deps.nodeId };
       };
 
     // A push's pack, shipped while its coordinator waits for the repo lock (protocol 3).
