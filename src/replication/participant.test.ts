@@ -428,7 +428,7 @@ describe('Participant (in process: real store, real git)', () => {
     await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
     const req = push({ stagedPacks: [hash] });
     await node.participant.prepare(req, null);
-    expect(node.participant.checkedAtCopyCount).toBe(1);
+    expect(node.connectivity.copy).toBe(1);
     await decide(req);
     await node.participant.commit(req.txnId);
     expect(await mainRef()).toBe(tip);
@@ -442,7 +442,7 @@ describe('Participant (in process: real store, real git)', () => {
     const hash = await node.participant.stageUpload(REPO, stream(), undefined, [child]);
     const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
     await expect(node.participant.prepare(req, null)).rejects.toThrow(/missing objects/);
-    expect(node.participant.checkedAtCopyCount).toBe(0);
+    expect(node.connectivity.copy).toBe(0);
   });
 
   it('a pack the check relied on gone since (a repack rolled it up): the prepare checks again', async () => {
@@ -459,7 +459,7 @@ describe('Participant (in process: real store, real git)', () => {
     await gitOk(['repack', '-a', '-d', '-q'], { cwd: repoPath() });
     const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
     await node.participant.prepare(req, null);
-    expect(node.participant.checkedAtCopyCount).toBe(0);
+    expect(node.connectivity.copy).toBe(0);
     await decide(req);
     await node.participant.commit(req.txnId);
     expect(await mainRef()).toBe(child);
@@ -472,7 +472,7 @@ describe('Participant (in process: real store, real git)', () => {
     await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
     const req = push({ stagedPacks: [hash] }, ZERO_OID, child);
     await node.participant.prepare(req, null);
-    expect(node.participant.checkedAtCopyCount).toBe(0);
+    expect(node.connectivity.copy).toBe(0);
     await node.participant.abort(req.txnId);
   });
 
@@ -494,7 +494,7 @@ describe('Participant (in process: real store, real git)', () => {
       await voidIt();
       const req = push({ stagedPacks: [hash] });
       await node.participant.prepare(req, null);
-      expect(node.participant.checkedAtCopyCount).toBe(0);
+      expect(node.connectivity.copy).toBe(0);
       await node.participant.abort(req.txnId);
       await node.participant.unstage(REPO, hash);
     }

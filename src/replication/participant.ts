@@ -121,8 +121,6 @@ export class Participant {
   private readonly staged = new Map<string, StagedPack>();
   /** uploadCopies counts the copies of uploads indexing now (stageUpload). */
   private uploadCopies = 0;
-  /** checkedAtCopyCount counts the prepares whose tips' connectivity their copies' checks covered (tests, metrics). */
-  checkedAtCopyCount = 0;
   /** packsRemoved counts the packs this node removed from a replica (a pack refused for its hash): a copy check from before no longer holds. */
   private packsRemoved = 0;
   /** copyChecksRunning counts the copy checks not ended yet (tests). */
@@ -595,12 +593,12 @@ export class Participant {
       }
       const refused = (await checked) ?? indexError;
       if (refused) throw refused;
+      const tips = newTips(req.updates);
       // A pack indexed by this prepare was not checked at its copy: then every tip is checked here.
-      const atCopy = !local && !(pack && !indexError) && (await this.checkedAtCopy(repoPath, req.updates, copyChecks));
-      if (atCopy) this.checkedAtCopyCount++;
-      if (!local && req.updates.some((u) => !isZeroOid(u.newOid))) this.deps.onConnectivity?.(atCopy ? 'copy' : 'prepare');
+      const atCopy = !local && !(pack && !indexError) && (await this.checkedAtCopy(repoPath, tips, copyChecks));
+      if (!local && tips.length > 0) this.deps.onConnectivity?.(atCopy ? 'copy' : 'prepare');
       const [connected, locked] = await Promise.allSettled([
-        local || atCopy ? Promise.resolve() : this.checkConnected(repoPath, req.updates),
+        local || atCopy ? Promise.resolve() : this.checkConnected(repoPath, tips),
         UpdateRefTxn.prepare(
           this.deps.git,
           repoPath,
@@ -717,10 +715,7 @@ export class Participant {
       const removals = this.removals();
       const st = await stat(dir);
       const packs = await listPacks();
-      await this.checkConnected(
-        repoPath,
-        tips.map((oid) => ({ ref: '', oldOid: '', newOid: oid })),
-      );
+      await this.checkConnected(repoPath, tips);
       await this.deps.failpoints.hit('participant.afterCopyCheck');
       const after = await listPacks();
       if (this.removals() !== removals || after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;
@@ -734,8 +729,7 @@ export class Participant {
    * checkedAtCopy says whether the connectivity checks of the adopted copies still cover the
    * prepare's new tips: each tip was checked, and the checks still hold (CopyCheck).
    */
-  private async checkedAtCopy(repoPath: string, updates: readonly RefUpdate[], checks: readonly SettledCheck[]): Promise<boolean> {
-    const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
+  private async checkedAtCopy(repoPath: string, tips: readonly string[], checks: readonly SettledCheck[]): Promise<boolean> {
     if (tips.length === 0 || checks.length === 0) return false;
     // A check still running is not waited for: the prepare's own may well end sooner.
     const done = checks.map((c) => c.done).filter((c): c is CopyCheck => c !== null && c !== undefined);
@@ -757,9 +751,8 @@ export class Participant {
     return this.packsRemoved + this.deps.storage.replaced;
   }
 
-  /** checkConnected proves every new tip is connected to the replica's refs (as receive-pack does). */
-  private async checkConnected(repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
-    const tips = updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
+  /** checkConnected proves every new tip (newTips) is connected to the replica's refs (as receive-pack does). */
+  private async checkConnected(repoPath: string, tips: readonly string[]): Promise<void> {
     if (tips.length === 0) return;
     try {
       await this.deps.git.run(['rev-list', '--objects', '--stdin', '--not', '--all', '--quiet'], {
@@ -1021,6 +1014,11 @@ async function removeTempPacks(packDir: string, since: number): Promise<void> {
     const st = await stat(p).catch(() => null);
     if (st && st.mtimeMs >= since - 1_000) await unlink(p).catch(() => undefined);
   }
+}
+
+/** newTips are the objects updates point refs at (deletes point at none). */
+function newTips(updates: readonly RefUpdate[]): string[] {
+  return updates.filter((u) => !isZeroOid(u.newOid)).map((u) => u.newOid);
 }
 
 /** stageKey names a staged pack in the participant's table: one per repo and pack. */

@@ -219,6 +219,8 @@ export interface KitNode {
   readonly activity: RepoActivity;
   readonly participant: Participant;
   readonly membership: Membership;
+  /** connectivity counts the participant's push prepares by where their connectivity check ran (its onConnectivity). */
+  readonly connectivity: Record<'copy' | 'prepare', number>;
 }
 
 /** ReplicationKit is a cluster of in-process nodes sharing one SQLite store. */
@@ -255,6 +257,7 @@ export class ReplicationKit {
       await storage.init();
       const log = new TxnLog(join(dir, id, 'node.db'));
       const activity = new RepoActivity({ nodeId: id, store, lockTtlMs: 10_000, logger: quietLogger });
+      const connectivity = { copy: 0, prepare: 0 };
       const participant = new Participant({
         nodeId: id,
         store,
@@ -265,11 +268,12 @@ export class ReplicationKit {
         failpoints: new Failpoints(undefined),
         activity,
         resolveAfterMs: opts.resolveAfterMs ?? 60_000,
+        onConnectivity: (at) => connectivity[at]++,
       });
       const membership = new Membership(info, { store, peers: peers as unknown as PeerClient, logger: quietLogger, ttlMs: 3_600_000 });
       membership.learn(await raw.allNodes());
       participants.set(id, participant);
-      nodes.push({ id, storage, log, activity, participant, membership });
+      nodes.push({ id, storage, log, activity, participant, membership, connectivity });
     }
     return new ReplicationKit(dir, raw, store, faults, git, nodes, peers);
   }
