@@ -2,18 +2,21 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { git } from './git.js';
 
-/** packsShipped reads a node's count of push packs sent to its peers, by how (`gitrep_packs_shipped_total`). */
-export async function packsShipped(nodeUrl: string, how: 'teed' | 'staged' | 'with_prepare' | 'restaged'): Promise<number> {
+/** counter reads one labelled counter of a node's /metrics (0 when it was never counted). */
+async function counter(nodeUrl: string, name: string, label: string, value: string): Promise<number> {
   const text = await (await fetch(`${nodeUrl}/metrics`)).text();
-  const m = new RegExp(`^gitrep_packs_shipped_total\\{how="${how}"\\} (\\d+)`, 'm').exec(text);
+  const m = new RegExp(`^${name}\\{${label}="${value}"\\} (\\d+)`, 'm').exec(text);
   return m ? Number(m[1]) : 0;
 }
 
+/** packsShipped reads a node's count of push packs sent to its peers, by how (`gitrep_packs_shipped_total`). */
+export function packsShipped(nodeUrl: string, how: 'teed' | 'staged' | 'with_prepare' | 'restaged'): Promise<number> {
+  return counter(nodeUrl, 'gitrep_packs_shipped_total', 'how', how);
+}
+
 /** connectivityChecks reads a node's count of peer prepares' connectivity checks, by where they ran (`gitrep_connectivity_checks_total`). */
-export async function connectivityChecks(nodeUrl: string, at: 'copy' | 'prepare'): Promise<number> {
-  const text = await (await fetch(`${nodeUrl}/metrics`)).text();
-  const m = new RegExp(`^gitrep_connectivity_checks_total\\{at="${at}"\\} (\\d+)`, 'm').exec(text);
-  return m ? Number(m[1]) : 0;
+export function connectivityChecks(nodeUrl: string, at: 'copy' | 'prepare'): Promise<number> {
+  return counter(nodeUrl, 'gitrep_connectivity_checks_total', 'at', at);
 }
 
 /** packFiles lists the paths in a replica's `objects/pack` whose name (and, for a `.keep`, content) `pred` accepts. */

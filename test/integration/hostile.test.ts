@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
-import { request } from 'undici';
+import { request, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bodyDigest, signHop, signPeerRequest } from '../../src/auth/peer-signature.js';
 import { PROTOCOL, PROTOCOL_HEADER } from '../../src/cluster/protocol.js';
@@ -959,38 +959,49 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       },
     );
 
-    it('a stage of a pack the node holds already is answered only once its body was read to the end', async () => {
-      // A peer client (undici) that has its answer stops sending the body and keeps the
-      // connection: answered early, the request stayed open here until the idle guard failed it.
-      const { pack } = await onePack(randomBytes(32_768).toString('base64'));
-      const meta = { repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') };
-      expect((await framedToNode1('/replicate/stage', meta, pack)).status).toBe(200);
+    /**
+     * undiciToNode1 makes a framed call signed as node-2 through undici, the peer client's HTTP
+     * client (which stops sending a body once it has the answer); `body` builds the body from the
+     * frame's head (a Buffer is sent with its length, a stream chunked).
+     */
+    async function undiciToNode1(path: string, meta: object, body: (head: Buffer) => Buffer | Readable): Promise<Dispatcher.ResponseData> {
       const { secret, epoch } = secretAndEpochs();
       const json = Buffer.from(JSON.stringify(meta));
+      const sent = body(Buffer.concat([Buffer.from(`${json.length}\n`), json]));
       const auth = signPeerRequest(
         secret,
         'node-2',
         { id: 'node-1', epoch: epoch['node-1']! },
-        { method: 'POST', path: '/replicate/stage', contentLength: null, digest: bodyDigest(json) },
+        { method: 'POST', path, contentLength: Buffer.isBuffer(sent) ? sent.length : null, digest: bodyDigest(json) },
       );
-      let sentAll = false;
-      const body = Readable.from(
-        (async function* () {
-          yield Buffer.concat([Buffer.from(`${json.length}\n`), json, pack.subarray(0, 1024)]);
-          await new Promise((r) => setTimeout(r, 500));
-          yield pack.subarray(1024);
-          sentAll = true;
-        })(),
-      );
-      const res = await request(`${c.url(1)}/replicate/stage`, {
+      return request(`${c.url(1)}${path}`, {
         method: 'POST',
-        body,
+        body: sent,
         headers: {
           'content-type': 'application/x-git-replication-prepare',
           'x-replication-auth': auth,
           [PROTOCOL_HEADER]: String(PROTOCOL.max),
         },
       });
+    }
+
+    it('a stage of a pack the node holds already is answered only once its body was read to the end', async () => {
+      // A peer client (undici) that has its answer stops sending the body and keeps the
+      // connection: answered early, the request stayed open here until the idle guard failed it.
+      const { pack } = await onePack(randomBytes(32_768).toString('base64'));
+      const meta = { repo_id: 'acme/widgets', pack_hash: pack.subarray(-20).toString('hex') };
+      expect((await framedToNode1('/replicate/stage', meta, pack)).status).toBe(200);
+      let sentAll = false;
+      const res = await undiciToNode1('/replicate/stage', meta, (head) =>
+        Readable.from(
+          (async function* () {
+            yield Buffer.concat([head, pack.subarray(0, 1024)]);
+            await new Promise((r) => setTimeout(r, 500));
+            yield pack.subarray(1024);
+            sentAll = true;
+          })(),
+        ),
+      );
       const answeredAfterAll = sentAll;
       expect(res.statusCode, await res.body.text()).toBe(200);
       expect(answeredAfterAll).toBe(true);
@@ -999,25 +1010,9 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     it('a copy whose pack index-pack refuses at its first bytes is answered once the rest was read, on a connection kept open', async () => {
       // index-pack gives up on the header; the 4 MiB behind it are read off the request (not
       // left behind a guard nobody reads until the body idle time closes the connection).
-      const meta = { repo_id: 'acme/widgets' };
-      const { secret, epoch } = secretAndEpochs();
-      const json = Buffer.from(JSON.stringify(meta));
-      const body = Buffer.concat([Buffer.from(`${json.length}\n`), json, Buffer.from('PACK not a pack'), randomBytes(4 * 1024 * 1024)]);
-      const auth = signPeerRequest(
-        secret,
-        'node-2',
-        { id: 'node-1', epoch: epoch['node-1']! },
-        { method: 'POST', path: '/replicate/stage-upload', contentLength: body.length, digest: bodyDigest(json) },
+      const res = await undiciToNode1('/replicate/stage-upload', { repo_id: 'acme/widgets' }, (head) =>
+        Buffer.concat([head, Buffer.from('PACK not a pack'), randomBytes(4 * 1024 * 1024)]),
       );
-      const res = await request(`${c.url(1)}/replicate/stage-upload`, {
-        method: 'POST',
-        body,
-        headers: {
-          'content-type': 'application/x-git-replication-prepare',
-          'x-replication-auth': auth,
-          [PROTOCOL_HEADER]: String(PROTOCOL.max),
-        },
-      });
       const text = await res.body.text();
       expect(res.statusCode, text).toBeGreaterThanOrEqual(400);
       expect(res.statusCode, text).toBeLessThan(500);
