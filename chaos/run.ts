@@ -48,6 +48,8 @@ export interface ChaosOptions {
   /** env is added to every node's environment. */
   readonly env?: Record<string, string>;
   readonly log?: (line: string) => void;
+  /** logDir keeps every node's log (its last 200 kB) there when the run ends (default CHAOS_LOG_DIR). */
+  readonly logDir?: string;
   /** signal ends the workload and faults early (then the run heals, checks and cleans up as usual). */
   readonly signal?: AbortSignal;
 }
@@ -287,7 +289,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
   } finally {
     killAllGit();
     // CHAOS_LOG_DIR keeps every node's log (its last 200 kB) for debugging a run; CHAOS_LOG_LEVEL sets the nodes' level.
-    const logDir = process.env.CHAOS_LOG_DIR;
+    const logDir = opts.logDir ?? process.env.CHAOS_LOG_DIR;
     if (logDir && cluster) {
       await mkdir(logDir, { recursive: true });
       for (const n of cluster.nodes) await writeFile(join(logDir, `${n.id}.log`), n.log);

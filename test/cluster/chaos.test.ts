@@ -1,4 +1,3 @@
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runChaos, type ChaosReport } from '../../chaos/run.js';
@@ -24,19 +23,13 @@ function explain(r: ChaosReport): string {
  */
 async function run(name: string, opts: Parameters<typeof runChaos>[0]): Promise<ChaosReport> {
   const base = process.env.CHAOS_LOG_DIR;
-  if (base) process.env.CHAOS_LOG_DIR = join(base, name.replace(/\W+/g, '-'));
-  try {
-    if (base) await mkdir(process.env.CHAOS_LOG_DIR!, { recursive: true });
-    return await runChaos({
-      ...opts,
-      log: (line) => {
-        if (/failed|not healthy|not hit|timed out|membership after heal|heal: /.test(line))
-          process.stdout.write(`[chaos ${name}] ${line}\n`);
-      },
-    });
-  } finally {
-    if (base) process.env.CHAOS_LOG_DIR = base;
-  }
+  return runChaos({
+    ...opts,
+    ...(base ? { logDir: join(base, name.replace(/\W+/g, '-')) } : {}),
+    log: (line) => {
+      if (/failed|not healthy|not hit|timed out|membership after heal|heal: /.test(line)) process.stdout.write(`[chaos ${name}] ${line}\n`);
+    },
+  });
 }
 
 function summary(name: string, r: ChaosReport): void {
