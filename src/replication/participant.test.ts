@@ -182,6 +182,40 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await mainRef()).toBe(second);
   });
 
+  it('two generations behind in the store, both pushes on their way here: waited for; with none on its way: stale', async () => {
+    // A slow replica under a stream of pushes: the store still shows it at 0 while it has
+    // committed the push of generation 1 (unconfirmed) and prepared the push of 2 (uncommitted)
+    // when the prepare of 3 comes. Before, that prepare was refused as stale (two behind).
+    const first = push();
+    await node.participant.prepare(first, stream());
+    await decide(first);
+    await node.participant.commit(first.txnId, { confirm: false });
+    repo = (await kit.raw.getRepo(REPO))!;
+    const second = await commitFile(work, 'b.txt', 'b\n', 'second');
+    const next = push({}, tip, second);
+    await node.participant.prepare(next, stream(await packOf(work, second, [tip])));
+    await decide(next);
+    repo = (await kit.raw.getRepo(REPO))!;
+    expect((await kit.raw.getReplicas(REPO))[0]).toMatchObject({ generation: 0, state: 'in_sync' });
+    expect(repo.generation).toBe(2);
+    const third = await commitFile(work, 'c.txt', 'c\n', 'third');
+    const after = push({}, second, third);
+    let settled = false;
+    const preparing = node.participant.prepare(after, stream(await packOf(work, third, [second]))).finally(() => (settled = true));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(settled).toBe(false);
+    await node.participant.commit(next.txnId, { confirm: false });
+    await preparing;
+    expect(node.log.get(after.txnId)?.state).toBe('prepared');
+    await node.participant.abort(after.txnId, REPO);
+    expect(await mainRef()).toBe(second);
+    // Nothing between the confirmed generation and the base on its way here: stale at once.
+    await expect(node.participant.prepare(push({ baseGeneration: repo.generation + 1 }, second, third), stream())).rejects.toMatchObject({
+      status: 'stale',
+      message: expect.stringContaining('replica is at generation 0 (in_sync), behind 3') as unknown,
+    });
+  });
+
   it('a prepare of another incarnation is stale', async () => {
     await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({
       status: 'stale',

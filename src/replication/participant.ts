@@ -146,7 +146,7 @@ export class Participant {
       readonly diskShortage?: () => string | null;
       /** resolveAfterMs is how long a prepared txn waits for its coordinator before asking the store. */
       readonly resolveAfterMs: number;
-      /** commitWaitMs is how long a prepare whose replica is confirmed one generation back waits for this node's commit of that generation (default DEFAULTS.commitWaitMs). */
+      /** commitWaitMs is how long a prepare whose replica is confirmed generations back waits for this node's commits of them (default DEFAULTS.commitWaitMs). */
       readonly commitWaitMs?: number;
       /** gitTimeoutMs bounds index-pack and the connectivity check of a prepare (settings: gitTimeoutMs; default none). */
       readonly gitTimeoutMs?: number;
@@ -525,7 +525,8 @@ export class Participant {
     if (replica.generation > req.baseGeneration)
       throw new PrepareRefusal('conflict', `replica is at generation ${replica.generation}, ahead of ${req.baseGeneration}`);
     if (replica.generation < req.baseGeneration || replica.state !== 'in_sync') {
-      if (replica.state === 'in_sync' && replica.generation === req.baseGeneration - 1 && (await this.commitsHere(req))) return;
+      if (replica.state === 'in_sync' && replica.generation < req.baseGeneration && (await this.commitsHere(req, replica.generation)))
+        return;
       throw new PrepareRefusal('stale', `replica is at generation ${replica.generation} (${replica.state}), behind ${req.baseGeneration}`);
     }
   }
@@ -534,10 +535,15 @@ export class Participant {
    * commitsHere says whether this node committed the push that took the repo to the prepare's
    * base generation, though the store does not show its confirmation yet: a push's last replica
    * commits a moment after W did, and the next push's prepare can come first. Refused as stale,
-   * that replica would be marked stale and repaired while pushes keep coming. One still
-   * preparing or prepared here is waited for, up to commitWaitMs.
+   * that replica would be marked stale and repaired while pushes keep coming. While a push
+   * between the replica's confirmed generation (`confirmed`) and the base is still preparing or
+   * prepared here, its commit is waited for, up to commitWaitMs: on a slow replica under a stream
+   * of pushes two or three can be on their way at once (the load test saw a replica confirmed at
+   * 1 get the prepare of generation 3 while it still prepared 2 and 3, marked stale, and
+   * repaired for minutes while the pushes went on). Each of those prepares passed this same check,
+   * so a commit here of the push that made the base means every generation before it was applied.
    */
-  private async commitsHere(req: PrepareRequest): Promise<boolean> {
+  private async commitsHere(req: PrepareRequest, confirmed: number): Promise<boolean> {
     const deadline = Date.now() + (this.deps.commitWaitMs ?? DEFAULTS.commitWaitMs);
     for (;;) {
       const last = this.lastCommitted.get(req.repoId);
@@ -545,7 +551,11 @@ export class Participant {
       // Preparing or prepared here, not yet committed (a commit ends it only after lastCommitted is set).
       const coming = [...this.unfinished.values()].some(
         (r) =>
-          r.repoId === req.repoId && r.kind === 'push' && r.incarnation === req.incarnation && r.baseGeneration === req.baseGeneration - 1,
+          r.repoId === req.repoId &&
+          r.kind === 'push' &&
+          r.incarnation === req.incarnation &&
+          r.baseGeneration >= confirmed &&
+          r.baseGeneration < req.baseGeneration,
       );
       if (!coming || Date.now() >= deadline) return false;
       await new Promise((r) => setTimeout(r, 10));
