@@ -164,6 +164,12 @@ export class Metrics {
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });
+  readonly repairLockedRounds = new Counter({
+    name: 'gitrep_repair_locked_rounds_total',
+    help: "repairs whose fetches pushes outran, given one more round under the repo's write lock, by whether it caught up",
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
   readonly repacks = new Counter({
     name: 'gitrep_repacks_total',
     help: 'replica pack roll-ups (git repack --geometric=2)',

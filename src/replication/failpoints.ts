@@ -21,9 +21,10 @@ export const FAILPOINT_NAMES = [
 /**
  * REPAIR_FAILPOINT_NAMES are steps of a repair, apart from FAILPOINT_NAMES (which a push drives
  * through, one after the other): `repair.beforeSwap` runs between a whole copy of a replica
- * staged and its swap into place, so a delay there stands for a slow copy.
+ * staged and its swap into place, so a delay there stands for a slow copy; `repair.lockedRound`
+ * runs once a fetch repair that pushes outran holds the repo's write lock, before its last round.
  */
-export const REPAIR_FAILPOINT_NAMES = ['repair.beforeSwap'] as const;
+export const REPAIR_FAILPOINT_NAMES = ['repair.beforeSwap', 'repair.lockedRound'] as const;
 
 /** FailpointName is one named step. */
 export type FailpointName = (typeof FAILPOINT_NAMES)[number] | (typeof REPAIR_FAILPOINT_NAMES)[number];

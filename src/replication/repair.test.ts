@@ -9,7 +9,7 @@ import { Metrics } from '../metrics.js';
 import type { RepoRecord } from '../store/types.js';
 import { Failpoints } from './failpoints.js';
 import { Maintenance } from './maintenance.js';
-import { RepairWorker } from './repair.js';
+import { REPAIR_FETCH_ROUNDS, RepairWorker } from './repair.js';
 import { ReplicaVerifier } from './verifier.js';
 
 const REPO = 'o/r' as RepoId;
@@ -84,7 +84,13 @@ describe('repair, verification and maintenance (in process)', () => {
       gitTimeoutMs: 600_000,
     });
   };
-  const worker = (node: string, commitWaitMs = 60_000, metrics = new Metrics(), logger: Logger = quietLogger): RepairWorker => {
+  const worker = (
+    node: string,
+    commitWaitMs = 60_000,
+    metrics = new Metrics(),
+    logger: Logger = quietLogger,
+    failpoints = new Failpoints(undefined),
+  ): RepairWorker => {
     const n = kit.node(node);
     const deps = {
       nodeId: node,
@@ -94,7 +100,7 @@ describe('repair, verification and maintenance (in process)', () => {
       membership: n.membership,
       logger,
       metrics,
-      failpoints: new Failpoints(undefined),
+      failpoints,
       activity: n.activity,
       verifier: verifier(node),
       maintenance: maintenance(node),
@@ -143,6 +149,57 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(raced).toBe(true);
       expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
       expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 3, checksum: (await repo()).checksum });
+    });
+
+    it('pushes that outrun every fetch round: one more round under the repo write lock catches up', async () => {
+      await push('a');
+      await missPush('b');
+      // After each of the REPAIR_FETCH_ROUNDS fetches a push lands before the replica's checksum
+      // is taken: every round is raced. Before, the attempt failed (and the next ones, while the
+      // pushes went on); now a last round runs holding the repo's write lock.
+      const storage = kit.node('n3').storage;
+      const checksum = storage.checksum.bind(storage);
+      let rounds = 0;
+      let holder: string | null = null;
+      kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+      vi.spyOn(storage, 'checksum').mockImplementation(async (id: string) => {
+        rounds++;
+        if (rounds <= REPAIR_FETCH_ROUNDS) await push(`r${rounds}`, ['n3']);
+        else holder = (await kit.raw.getLock(REPO))?.holder ?? null;
+        return checksum(id);
+      });
+      const metrics = new Metrics();
+      expect(await worker('n3', 60_000, metrics).pass()).toBe(1);
+      expect(rounds).toBe(REPAIR_FETCH_ROUNDS + 1);
+      expect(holder).toBe('n3');
+      expect(await kit.raw.getLock(REPO)).toBeNull();
+      expect(await refsOf(path('n3'))).toBe(`${tip} refs/heads/main\n`);
+      expect(await record('n3')).toMatchObject({
+        state: 'in_sync',
+        generation: 2 + REPAIR_FETCH_ROUNDS,
+        checksum: (await repo()).checksum,
+      });
+      expect(await metrics.registry.getSingleMetricAsString('gitrep_repair_locked_rounds_total')).toContain('outcome="caught_up"} 1');
+    });
+
+    it('a locked round that fails releases the lock: the attempt is retried, pushes go on', async () => {
+      await push('a');
+      await missPush('b');
+      const storage = kit.node('n3').storage;
+      const checksum = storage.checksum.bind(storage);
+      let rounds = 0;
+      kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+      const spy = vi.spyOn(storage, 'checksum').mockImplementation(async (id: string) => {
+        if (++rounds <= REPAIR_FETCH_ROUNDS) await push(`r${rounds}`, ['n3']);
+        return checksum(id);
+      });
+      const w = worker('n3', 60_000, new Metrics(), quietLogger, new Failpoints('repair.lockedRound=error'));
+      expect(await w.pass()).toBe(0);
+      expect(rounds).toBe(REPAIR_FETCH_ROUNDS);
+      expect(await kit.raw.getLock(REPO)).toBeNull();
+      expect((await record('n3'))?.state).not.toBe('in_sync');
+      spy.mockRestore();
+      await push('after', ['n3']);
     });
 
     it('a replica that repair cannot catch up for a minute is reported at warn, with what holds it', async () => {

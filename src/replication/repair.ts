@@ -10,7 +10,7 @@ import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import type { Metrics } from '../metrics.js';
-import type { RepoActivity } from './activity.js';
+import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import type { Maintenance } from './maintenance.js';
 import type { ReplicaVerifier } from './verifier.js';
@@ -413,13 +413,8 @@ export class RepairWorker {
           .markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation)
           .catch((err: unknown) => logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'could not mark the replica repairing'));
       }
-      let checksum = '';
-      let now: RepoRecord | null = null;
-      // A push that commits while the fetch runs leaves the replica behind again: the fetch is
-      // repeated at once, each round bringing only what the pushes since added, up to
-      // REPAIR_FETCH_ROUNDS. (Under a steady stream of pushes one round rarely caught up, and
-      // each failed attempt doubled the wait before the next.)
-      for (let round = 1; ; round++) {
+      /** round fetches (in fetch mode) and reads where the replica and the store stand; null if the repo was re-created. */
+      const round = async (): Promise<{ checksum: string; now: RepoRecord } | null> => {
         if (mode === 'fetch')
           await this.transfer(
             ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'],
@@ -427,29 +422,56 @@ export class RepairWorker {
             url,
             progress,
           );
-        checksum = await storage.checksum(repo.repoId);
-        now = await store.getRepo(repo.repoId);
-        if (!now || now.incarnation !== repo.incarnation) return false;
+        let checksum = await storage.checksum(repo.repoId);
+        const now = await store.getRepo(repo.repoId);
+        if (!now || now.incarnation !== repo.incarnation) return null;
         // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
         // the source's HEAD (a whole copy brings it already).
         if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url)))
           checksum = await storage.checksum(repo.repoId);
-        if (checksum === now.checksum || mode !== 'fetch' || round >= REPAIR_FETCH_ROUNDS) break;
+        return { checksum, now };
+      };
+      // A push that commits while the fetch runs leaves the replica behind again: the fetch is
+      // repeated at once, each round bringing only what the pushes since added, up to
+      // REPAIR_FETCH_ROUNDS. (Under a steady stream of pushes one round rarely caught up, and
+      // each failed attempt doubled the wait before the next.)
+      let at = await round();
+      for (let r = 1; at && at.checksum !== at.now.checksum && mode === 'fetch' && r < REPAIR_FETCH_ROUNDS; r++) at = await round();
+      if (!at) return false;
+      // Pushes outran every round (16 clients pushing one repo without pause kept a replica out
+      // for minutes, each attempt raced): one more round runs under the repo's write lock, so
+      // nothing commits while it fetches the few pushes the last round missed. Pushes wait for
+      // it as for any transaction; a lock held elsewhere past swapLockWaitMs leaves the race.
+      let held: HeldLock | null = null;
+      try {
+        if (at.checksum !== at.now.checksum && mode === 'fetch') {
+          held = await this.deps.activity.lock(repo.repoId, this.deps.swapLockWaitMs ?? DEFAULTS.swapLockWaitMs);
+          if (held) {
+            await this.deps.failpoints.hit('repair.lockedRound');
+            at = await round();
+            if (!at) return false;
+            metrics.repairLockedRounds.inc({ outcome: at.checksum === at.now.checksum ? 'caught_up' : 'behind' });
+          }
+        }
+        if (at.checksum !== at.now.checksum)
+          throw new RepairRaced(
+            `checksum after fetch differs from the store's at generation ${at.now.generation}: a push raced the repair`,
+          );
+        const ok = await store.confirmReplica({
+          repoId: repo.repoId,
+          nodeId,
+          incarnation: repo.incarnation,
+          generation: at.now.generation,
+          checksum: at.checksum,
+        });
+        if (!ok) throw new Error('confirmation refused by the store');
+      } finally {
+        await held?.release();
       }
-      if (checksum !== now.checksum)
-        throw new RepairRaced(`checksum after fetch differs from the store's at generation ${now.generation}: a push raced the repair`);
-      const ok = await store.confirmReplica({
-        repoId: repo.repoId,
-        nodeId,
-        incarnation: repo.incarnation,
-        generation: now.generation,
-        checksum,
-      });
-      if (!ok) throw new Error('confirmation refused by the store');
       this.backoff.delete(repo.repoId);
       metrics.repairs.inc({ outcome: 'ok' });
       metrics.repairSeconds.observe((Date.now() - started) / 1000);
-      logger.info({ repoId: repo.repoId, source, mode, generation: now.generation, ms: Date.now() - started }, 'replica repaired');
+      logger.info({ repoId: repo.repoId, source, mode, generation: at.now.generation, ms: Date.now() - started }, 'replica repaired');
       return true;
     } catch (err) {
       const attempts = progress.attempts;
