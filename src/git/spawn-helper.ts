@@ -34,6 +34,9 @@ function open(socketPath: string, id: number, fd: number): Promise<Socket> {
       // still queued here would be dropped by destroy().
       s.write(`${id} ${fd}\n`, (err) => {
         s.off('error', reject);
+        // The node may close its end at any time (it lost the socket, or gave up on the process):
+        // an error then is the stream's end, never this helper's (unhandled, it ended the helper).
+        s.on('error', () => undefined);
         if (err) reject(err);
         else resolve(s);
       });

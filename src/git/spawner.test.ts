@@ -4,6 +4,7 @@ import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner, terminate, waitClose } from './runner.js';
@@ -158,6 +159,46 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
     abort.abort();
     expect((await waitClose(c))[1]).toBe('SIGKILL');
     expect(git.runningCount).toBe(0);
+  });
+
+  it('a process whose stream sockets never reach the node still closes, its output dropped, and is reported', async () => {
+    // The sockets of one spawn are lost (a load run left 818 such processes on one node, exited,
+    // their streams never joined, and a repair waiting on one of them for good).
+    const lossy = new SpawnHelper(join(dir, 'lossy.sock'), (m) => problems.push(m), script, 300);
+    expect(await lossy.start()).toBe(true);
+    try {
+      const sockets = lossy as unknown as { accept(s: Socket): void };
+      const accept = sockets.accept.bind(lossy);
+      // Each socket is taken and dropped once its first line (which spawn it is for) came in.
+      sockets.accept = (s: Socket) => void s.once('data', () => s.destroy());
+      const child = lossy.spawn('git', ['hash-object', '--stdin'], { cwd: dir, env: { PATH: process.env.PATH ?? '' } });
+      const errors: unknown[] = [];
+      child.on('error', (e) => errors.push(e));
+      const fed = pipeline(Readable.from([Buffer.alloc(1024 * 1024)]), child.stdin!).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.resume();
+      const before = problems.length;
+      const [code, signal] = await waitClose(child);
+      expect(code !== 0 || signal !== null).toBe(true);
+      expect(out).toBe('');
+      expect(await fed).toMatchObject({ code: 'EPIPE' });
+      expect(errors).toEqual([]);
+      expect(problems.slice(before).join('\n')).toMatch(
+        /1 git process\(es\) exited with stream sockets that never reached the node \(the last: hash-object/,
+      );
+      // The next spawn, its sockets accepted again, runs as usual.
+      sockets.accept = accept;
+      const again = new GitRunner({ owner: dir, instance: randomUUID(), maxProcesses: 1, helper: lossy });
+      expect((await again.run(['hash-object', '--stdin'], { cwd: dir, input: 'hello\n' })).stdout.trim()).toBe(
+        'ce013625030ba8dba906f756967f9e9ca394464a',
+      );
+    } finally {
+      await lossy.stop();
+    }
   });
 
   it('a helper that dies is started again; meanwhile git is spawned directly', async () => {

@@ -10,6 +10,14 @@ import type { SpawnReport, SpawnRequest } from './spawn-helper.js';
 /** MAX_SOCKET_PATH is the longest Unix socket path Linux takes (108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 
+/**
+ * STREAMS_JOIN_GRACE_MS is how long after a process's exit the node still waits for the sockets
+ * of its streams. The helper connects them before it starts the process, so by its exit they
+ * are at most waiting to be accepted; one still missing then never comes, and without an end
+ * its stream would keep 'close' from ever coming (a repair waited on such a fetch for good).
+ */
+export const STREAMS_JOIN_GRACE_MS = 5_000;
+
 /** HELPER_SCRIPT is the Node.js helper's compiled entry point, beside this module. */
 export const HELPER_SCRIPT = new URL('./spawn-helper.js', import.meta.url);
 
@@ -48,7 +56,10 @@ class HelperChild extends EventEmitter {
   private outputsOpen = 2;
   private closed = false;
 
-  constructor() {
+  constructor(
+    private readonly onUnjoined: (child: HelperChild, fds: number[]) => void = () => undefined,
+    private readonly joinGraceMs = STREAMS_JOIN_GRACE_MS,
+  ) {
     super();
     // An output counts as done once closed: ended and read, or destroyed by its reader.
     for (const out of [this.stdout, this.stderr]) out.once('close', () => this.outputEnded());
@@ -126,6 +137,25 @@ class HelperChild extends EventEmitter {
     // went away left it paused), so 'close' still comes.
     for (const out of [this.stdout, this.stderr]) if (!out.readableEnded) out.resume();
     this.maybeClose();
+    if (!this.closed && this.attached.size < 3) setTimeout(() => this.giveUpUnjoined(), this.joinGraceMs).unref();
+  }
+
+  /**
+   * giveUpUnjoined ends the streams whose sockets never reached the node after the process
+   * exited (STREAMS_JOIN_GRACE_MS): their output is lost, a writer of stdin gets EPIPE, and
+   * 'close' comes. The helper reports each such process (a load run left 818 of them on one
+   * node, and the repair waiting on one of them stuck for good).
+   */
+  private giveUpUnjoined(): void {
+    const fds = [0, 1, 2].filter((fd) => !this.attached.has(fd));
+    if (this.closed || fds.length === 0) return;
+    if (!this.attached.has(0) && !this.stdin.destroyed) this.stdin.destroy(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    for (const [fd, out] of [
+      [1, this.stdout],
+      [2, this.stderr],
+    ] as const)
+      if (!this.attached.has(fd) && !out.writableEnded) out.end();
+    this.onUnjoined(this, fds);
   }
 
   failed(message: string): void {
@@ -203,12 +233,16 @@ export class SpawnHelper {
   private nextId = 1;
   private readonly children = new Map<number, HelperChild>();
   private stopping = false;
+  private unjoinedCount = 0;
+  private unjoinedReportedAt = 0;
 
   constructor(
     private readonly socketPath: string,
     private readonly onProblem: (message: string) => void = () => undefined,
     /** script is the helper's entry point: the compiled spawn-helper.js beside this module (default) or PYTHON_HELPER. */
     private readonly script: URL | string = HELPER_SCRIPT,
+    /** joinGraceMs: how long after a process's exit its streams' sockets are still waited for (STREAMS_JOIN_GRACE_MS). */
+    private readonly joinGraceMs = STREAMS_JOIN_GRACE_MS,
   ) {}
 
   /** usable says whether spawns go through the helper now. */
@@ -285,7 +319,7 @@ export class SpawnHelper {
     const helper = this.helper;
     if (!helper?.connected) throw new Error('spawn helper not running');
     const id = this.nextId++;
-    const child = new HelperChild();
+    const child = new HelperChild((c, fds) => this.unjoined(c, fds, args[0] ?? file), this.joinGraceMs);
     this.children.set(id, child);
     child.once('close', () => this.children.delete(id));
     const request: SpawnRequest = { id, file, args, ...(opts.cwd ? { cwd: opts.cwd } : {}), env: opts.env };
@@ -327,6 +361,19 @@ export class SpawnHelper {
       child.attach(Number(m[2]), socket);
     };
     socket.on('data', onData);
+  }
+
+  /** unjoined counts processes whose streams never reached the node and reports them, at most once a minute with the count since. */
+  private unjoined(child: HelperChild, fds: number[], what: string): void {
+    this.unjoinedCount++;
+    const now = Date.now();
+    if (now - this.unjoinedReportedAt < 60_000) return;
+    this.unjoinedReportedAt = now;
+    this.onProblem(
+      `${this.unjoinedCount} git process(es) exited with stream sockets that never reached the node (the last: ${what}, pid ${child.pid ?? '?'}, ` +
+        `exit ${child.signalCode ?? child.exitCode}, fds ${fds.join(',')} missing ${this.joinGraceMs} ms after its exit): their output was dropped`,
+    );
+    this.unjoinedCount = 0;
   }
 
   private onReport(m: SpawnReport): void {
