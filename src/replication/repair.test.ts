@@ -305,6 +305,34 @@ describe('repair, verification and maintenance (in process)', () => {
       expect((await record('n3'))?.generation).toBe(1);
     });
 
+    it('in sync at an older generation: left alone while its record keeps moving, repaired once it stops', async () => {
+      await missPush('a');
+      await missPush('b');
+      const incarnation = (await repo()).incarnation;
+      const checksum = await kit.node('n3').storage.checksum(REPO);
+      const confirmAt = (generation: number) => kit.raw.confirmReplica({ repoId: REPO, nodeId: 'n3', incarnation, generation, checksum });
+      // Two behind, as a slow replica whose commits trail a stream of pushes is recorded.
+      await confirmAt(0);
+      const w = worker('n3', 1_000);
+      const start = Date.now();
+      const clock = vi.spyOn(Date, 'now').mockReturnValue(start);
+      try {
+        expect(await w.pass()).toBe(0);
+        clock.mockReturnValue(start + 900);
+        await confirmAt(1);
+        // More than the commit wait since it was first seen behind, but its record moved meanwhile.
+        clock.mockReturnValue(start + 1_500);
+        expect(await w.pass()).toBe(0);
+        expect((await record('n3'))?.generation).toBe(1);
+        // Nothing moved for longer than the commit wait: repaired.
+        clock.mockReturnValue(start + 2_600);
+        expect(await w.pass()).toBe(1);
+      } finally {
+        clock.mockRestore();
+      }
+      expect(await record('n3')).toMatchObject({ state: 'in_sync', generation: 2 });
+    });
+
     it('not while a transaction runs on the replica', async () => {
       await missPush('a');
       const txn = kit.node('n3').activity.tryBegin(REPO, 'txn')!;

@@ -72,6 +72,12 @@ export class RepairWorker {
   private running = false;
   private readonly backoff = new Map<string, { until: number; attempts: number }>();
   private readonly behindSince = new Map<string, number>();
+  /**
+   * confirming: per replica recorded in sync at an older generation, that generation and when it
+   * was first seen there. A record that moves on is a replica whose commits keep landing (its
+   * confirmations trail under a stream of pushes), not one to copy.
+   */
+  private readonly confirming = new Map<string, { readonly generation: number; readonly since: number }>();
   /** passStartedAt / passWarnedAt: when the running pass started, and when a pass that ran long was last reported. */
   private passStartedAt = 0;
   private passWarnedAt = 0;
@@ -237,21 +243,31 @@ export class RepairWorker {
         lag = Math.max(lag, repo.generation - (own?.generation ?? 0));
         if (isInSync(repo, own)) {
           this.behindSince.delete(repo.repoId);
+          this.confirming.delete(repo.repoId);
           this.deps.maintenance.maybeRepack(repo);
           continue;
         }
         // A replica confirmed one generation back, or a new one not confirmed yet, is usually a
         // commit still on its way: give it a moment before copying what it is about to apply.
+        // So is one recorded in sync further back while its record keeps moving: a slow replica
+        // under a stream of pushes commits two or three behind the store's generation (see
+        // Participant.commitsHere), and a repair started then refused the next prepares as
+        // "being repaired" and had it marked stale (19 times in 4 minutes of 16 pushers).
         const since = this.behindSince.get(repo.repoId) ?? now;
         this.behindSince.set(repo.repoId, since);
-        if (!isOneBehind(repo, own) || now - since >= this.deps.commitWaitMs) todo.push(repo);
+        const trailing = own?.state === 'in_sync' && own.incarnation === repo.incarnation && own.generation < repo.generation;
+        const seen = this.confirming.get(repo.repoId);
+        if (!trailing) this.confirming.delete(repo.repoId);
+        else if (seen?.generation !== own?.generation) this.confirming.set(repo.repoId, { generation: own?.generation ?? 0, since: now });
+        const waitingFrom = trailing ? this.confirming.get(repo.repoId)!.since : since;
+        if (!(trailing || isOneBehind(repo, own)) || now - waitingFrom >= this.deps.commitWaitMs) todo.push(repo);
       }
       // Replicas to drop: after a full listing any local one; after a feed read, only of the
       // repos it named (a repo deleted or moved away is a change to its record).
       await this.deps.maintenance.collectGarbage(view.repos, changed ?? undefined);
       if (!changed) this.deps.onListed?.(new Set(view.repos.keys()));
       const here = new Set(repos.map((r) => r.repoId));
-      for (const map of [this.backoff, this.behindSince]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
+      for (const map of [this.backoff, this.behindSince, this.confirming]) for (const id of map.keys()) if (!here.has(id)) map.delete(id);
       for (const id of this.warnedBehind.keys()) if (!this.behindSince.has(id)) this.warnedBehind.delete(id);
       this.quiet = todo.length === 0 && this.behindSince.size === 0;
       this.deps.metrics.repairQueue.set(todo.length);
