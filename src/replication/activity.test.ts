@@ -66,6 +66,14 @@ describe('MAY_START_DURING', () => {
     ['repack', ['repack'], false],
     ['drop', [], true],
     ['drop', ['upload'], false],
+    ['ship', ['txn', 'upload', 'repair', 'repack', 'ship'], true],
+    ['ship', ['repair', 'swap'], false],
+    ['ship', ['drop'], false],
+    ['repack', ['ship'], false],
+    ['swap', ['repair', 'ship'], false],
+    ['drop', ['ship'], false],
+    ['txn', ['ship'], true],
+    ['repair', ['ship'], true],
   ];
   it.each(cases)('%s beside [%s]: %s', (kind, running, expected) => {
     expect(mayStart(kind, running)).toBe(expected);

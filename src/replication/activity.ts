@@ -19,7 +19,7 @@ import type { ClusterStore, RepoLock, RepoState } from '../store/types.js';
  * A steward's move changes only the replica set in the store, under the repo lock (`lock`);
  * on disk it is a `repair` on the node added and a `drop` on the node removed.
  */
-export type ActivityKind = 'txn' | 'upload' | 'repair' | 'swap' | 'repack' | 'drop';
+export type ActivityKind = 'txn' | 'upload' | 'repair' | 'swap' | 'repack' | 'drop' | 'ship';
 
 /**
  * MAY_START_DURING is the overlap rule: for each kind, what may already be running on the same
@@ -36,14 +36,20 @@ export type ActivityKind = 'txn' | 'upload' | 'repair' | 'swap' | 'repack' | 'dr
  * - `swap` starts only inside its own repair: no upload, no transaction.
  * - `repack` starts beside uploads only, as before: never while a transaction is open.
  * - `drop` starts only when nothing runs.
+ * - `ship` is a coordinator reading a push's pack out of the replica for a peer (a stage, or a
+ *   prepare carrying it): it joins anything but a swap or a drop, and keeps a repack, swap or
+ *   drop from starting, since each can remove the pack file. A straggler's prepare opens the
+ *   pack after the push was answered and receive-pack's `.keep` was gone; a repack that rolled
+ *   the pack up meanwhile made it fail (ENOENT) and the peer was marked stale.
  */
 export const MAY_START_DURING: Readonly<Record<ActivityKind, readonly ActivityKind[]>> = {
-  txn: ['txn', 'upload', 'repack'],
-  upload: ['txn', 'upload', 'repair', 'repack'],
-  repair: ['upload'],
+  txn: ['txn', 'upload', 'repack', 'ship'],
+  upload: ['txn', 'upload', 'repair', 'repack', 'ship'],
+  repair: ['upload', 'ship'],
   swap: ['repair'],
   repack: ['upload'],
   drop: [],
+  ship: ['txn', 'upload', 'repair', 'repack', 'ship'],
 };
 
 /** mayStart says whether `kind` may start while `running` run on the same replica. */

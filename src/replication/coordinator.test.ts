@@ -290,6 +290,25 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(writes()).toEqual({ ...after, confirmReplica: after.confirmReplica! + 1 });
     });
 
+    it("a straggler's prepare still reading the pack keeps a repack off the coordinator's replica until it settles", async () => {
+      // The push is answered with n1 and n2 while n3's prepare is held: the pack it carries may
+      // still be read here after receive-pack's .keep is gone, so no repack may roll it up.
+      const gate = new Gate();
+      kit.peers.script('n3', 'prepare', gate.held);
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
+      const activity = kit.node('n1').activity;
+      expect(activity.runningOn(REPO)).toContain('ship');
+      expect(activity.tryBegin(REPO, 'repack')).toBeNull();
+      gate.release();
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === 'n3')?.generation).toBe(1));
+      await eventually(() => expect(activity.runningOn(REPO)).not.toContain('ship'));
+      const repack = activity.tryBegin(REPO, 'repack');
+      expect(repack).not.toBeNull();
+      repack?.end();
+    });
+
     it('replicas that commit moments after the W-th join its confirmation write: one write confirms all three', async () => {
       // Every replica commits at once (the third's answer comes after the W-th's, by a little).
       const writes = (): number[] => (['confirmReplica', 'confirmReplicas'] as const).map((op) => kit.faults.count(op));

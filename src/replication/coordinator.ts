@@ -279,17 +279,24 @@ export class Coordinator {
     if (req.kind !== 'push')
       return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));
     if (packs.length === 0) return this.callPeer(node, (t) => this.deps.peers.preparePush(t, req, null, timeout));
-    const ready = await Promise.all(packs.map((p) => p.staged.get(node) ?? Promise.resolve(false)));
-    const answer = await this.preparePacksOn(node, req, packs, ready);
-    if (answer.ok || answer.status !== 'not_staged') return answer;
-    // A staged pack went astray (the peer restarted, or its replica was replaced): send them all again.
-    this.deps.metrics.packsShipped.inc({ how: 'restaged' }, packs.length);
-    return this.preparePacksOn(
-      node,
-      req,
-      packs,
-      packs.map(() => false),
-    );
+    // Until this peer's prepare settled, its packs may still be read here (a straggler's, after
+    // the push was answered): no repack may roll them up meanwhile (MAY_START_DURING `ship`).
+    const shipping = this.deps.activity.tryBegin(req.repoId, 'ship');
+    try {
+      const ready = await Promise.all(packs.map((p) => p.staged.get(node) ?? Promise.resolve(false)));
+      const answer = await this.preparePacksOn(node, req, packs, ready);
+      if (answer.ok || answer.status !== 'not_staged') return answer;
+      // A staged pack went astray (the peer restarted, or its replica was replaced): send them all again.
+      this.deps.metrics.packsShipped.inc({ how: 'restaged' }, packs.length);
+      return await this.preparePacksOn(
+        node,
+        req,
+        packs,
+        packs.map(() => false),
+      );
+    } finally {
+      shipping?.end();
+    }
   }
 
   /**
@@ -331,9 +338,14 @@ export class Coordinator {
     }
   }
 
-  private stageOn(node: string, repoId: string, pack: PackShipment): Promise<Answer> {
+  private async stageOn(node: string, repoId: string, pack: PackShipment): Promise<Answer> {
     const meta = { repoId, packHash: pack.hash, ...(this.deps.config.fsckIgnore ? { fsckIgnore: this.deps.config.fsckIgnore } : {}) };
-    return this.callPeer(node, (t) => this.deps.peers.stagePack(t, meta, pack.path, this.deps.config.prepareTimeoutMs));
+    const shipping = this.deps.activity.tryBegin(repoId, 'ship');
+    try {
+      return await this.callPeer(node, (t) => this.deps.peers.stagePack(t, meta, pack.path, this.deps.config.prepareTimeoutMs));
+    } finally {
+      shipping?.end();
+    }
   }
 
   /**
