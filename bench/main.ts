@@ -20,6 +20,7 @@ interface BenchCliOptions {
   quick?: boolean;
   rounds?: number;
   clients?: number;
+  pushesPerClient?: number;
   out: string;
   only?: string;
 }
@@ -29,6 +30,7 @@ const program = new Command('bench')
   .option('--quick', 'a tiny version of every workload (CI smoke check: only checks that everything ran)')
   .option('--rounds <n>', 'rounds per workload (default 3, 1 with --quick)', positiveInt)
   .option('--clients <n>', 'clients of the concurrent push workloads 4 and 5 (default 16)', positiveInt)
+  .option('--pushes-per-client <n>', 'pushes each client of workloads 4 and 5 makes, one after another (default 4)', positiveInt)
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
   .option(
     '--only <workloads>',
@@ -36,7 +38,7 @@ const program = new Command('bench')
   )
   .addHelpText(
     'after',
-    '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --only 5 --clients 64\n  npm run bench -- --quick --out /tmp/b',
+    '\nExamples:\n  npm run bench -- --rounds 1\n  npm run bench -- --only 1,push-latency,7\n  npm run bench -- --only 5 --clients 64\n  npm run bench -- --only 5 --pushes-per-client 60\n  npm run bench -- --quick --out /tmp/b',
   )
   .action(async (o: BenchCliOptions) => {
     try {
@@ -46,6 +48,7 @@ const program = new Command('bench')
         out: o.out,
         only: o.only,
         ...(o.clients ? { clients: o.clients } : {}),
+        ...(o.pushesPerClient ? { pushesPerClient: o.pushesPerClient } : {}),
       });
       if (!result.complete) process.exitCode = 1;
     } catch (err) {

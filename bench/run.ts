@@ -15,6 +15,8 @@ export interface BenchOptions {
   readonly rounds?: number;
   /** clients of the concurrent push workloads (4 and 5; default 16, 2 with quick). */
   readonly clients?: number;
+  /** pushesPerClient: pushes each client of workloads 4 and 5 makes, one after another (default 4, 1 with quick). */
+  readonly pushesPerClient?: number;
   /** out is the directory for `bench-<timestamp>.json` and `.md` (default bench/results). */
   readonly out?: string;
   /** only is a comma-separated list of workload ids or numbers. */
@@ -81,7 +83,17 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error('--rounds must be an integer 1-50');
   if (opts.clients !== undefined && (!Number.isInteger(opts.clients) || opts.clients < 1 || opts.clients > 256))
     throw new Error('--clients must be an integer 1-256');
-  const params: Params = { ...(quick ? QUICK : FULL), rounds, ...(opts.clients ? { concurrency: opts.clients } : {}) };
+  if (
+    opts.pushesPerClient !== undefined &&
+    (!Number.isInteger(opts.pushesPerClient) || opts.pushesPerClient < 1 || opts.pushesPerClient > 1000)
+  )
+    throw new Error('--pushes-per-client must be an integer 1-1000');
+  const params: Params = {
+    ...(quick ? QUICK : FULL),
+    rounds,
+    ...(opts.clients ? { concurrency: opts.clients } : {}),
+    ...(opts.pushesPerClient ? { pushesPerClient: opts.pushesPerClient } : {}),
+  };
   const workloads = selectWorkloads(opts.only);
   const serverIds = opts.servers ?? SERVER_IDS;
   const startedAt = new Date();
