@@ -201,6 +201,48 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
     }
   });
 
+  it('a process that exits 0 while its output never reached the node fails, and late sockets are turned away', async () => {
+    // git wrote its answer into a socket the node never joined: the run must not pass for one
+    // that printed nothing (an empty for-each-ref is a repo without refs).
+    const lossy = new SpawnHelper(join(dir, 'held.sock'), (m) => problems.push(m), script, 300);
+    expect(await lossy.start()).toBe(true);
+    try {
+      const sockets = lossy as unknown as { accept(s: Socket): void };
+      const accept = sockets.accept.bind(lossy);
+      const held: Socket[] = [];
+      // Accepted, and neither read nor joined: git's writes sit in the socket's buffer.
+      sockets.accept = (s: Socket) => void held.push(s);
+      const runner = new GitRunner({ owner: dir, instance: randomUUID(), maxProcesses: 1, helper: lossy });
+      const before = problems.length;
+      const child = lossy.spawn('git', ['rev-parse', '--is-bare-repository'], {
+        cwd: join(dir, 'r.git'),
+        env: { PATH: process.env.PATH ?? '' },
+      });
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.resume();
+      expect(await exited).toBe(0);
+      expect(await waitClose(child)).toEqual([null, 'SIGPIPE']);
+      expect(out).toBe('');
+      // The sockets turn up after all: refused, and nothing breaks (the streams ended already).
+      for (const s of held.splice(0)) accept(s);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(out).toBe('');
+      // Through GitRunner, the same loss is an error, not an empty answer.
+      await expect(runner.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).rejects.toThrow(/SIGPIPE/);
+      for (const s of held.splice(0)) s.destroy();
+      // Both are reported: the first at once, the second when the minute is over (here: at stop).
+      expect(problems.slice(before).join('\n')).toMatch(
+        /1 git process\(es\) exited with stream sockets that never reached the node \(the last: rev-parse, pid \d+, exit 0, fds 0,1,2;/,
+      );
+      await lossy.stop();
+      expect(problems.slice(before).join('\n')).toMatch(/\n1 git process\(es\) exited .*they count as failed/);
+    } finally {
+      await lossy.stop();
+    }
+  });
+
   it('a helper that dies is started again; meanwhile git is spawned directly', async () => {
     const before = problems.length;
     // A git process the helper started, still running when it dies, is killed, not left running.

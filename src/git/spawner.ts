@@ -57,7 +57,8 @@ class HelperChild extends EventEmitter {
   private closed = false;
 
   constructor(
-    private readonly onUnjoined: (child: HelperChild, fds: number[]) => void = () => undefined,
+    /** onUnjoined hears of streams given up: which fds never joined, and how the process had exited. */
+    private readonly onUnjoined: (child: HelperChild, fds: number[], exit: string) => void = () => undefined,
     private readonly joinGraceMs = STREAMS_JOIN_GRACE_MS,
   ) {
     super();
@@ -76,10 +77,14 @@ class HelperChild extends EventEmitter {
   private readonly attached = new Set<number>();
   private stdinSocket: Socket | null = null;
   private stdinFed = false;
+  private gaveUp = false;
 
-  /** attach joins the streams to the sockets git holds (fd 0, 1, 2); a second socket for one fd is refused. */
+  /**
+   * attach joins the streams to the sockets git holds (fd 0, 1, 2); a second socket for one fd is
+   * refused, and so is one coming after the streams were given up (they are ended already).
+   */
   attach(fd: number, socket: Socket): void {
-    if (this.attached.has(fd)) {
+    if (this.attached.has(fd) || this.gaveUp) {
       socket.destroy();
       return;
     }
@@ -143,19 +148,25 @@ class HelperChild extends EventEmitter {
   /**
    * giveUpUnjoined ends the streams whose sockets never reached the node after the process
    * exited (STREAMS_JOIN_GRACE_MS): their output is lost, a writer of stdin gets EPIPE, and
-   * 'close' comes. The helper reports each such process (a load run left 818 of them on one
-   * node, and the repair waiting on one of them stuck for good).
+   * 'close' comes, as a failure (SIGPIPE) whatever the exit code was: a process that succeeded
+   * but whose output was dropped must not pass for one that printed nothing (an empty
+   * for-each-ref is a repo without refs). The helper reports each such process (a load run left
+   * 818 of them on one node, and the repair waiting on one of them stuck for good).
    */
   private giveUpUnjoined(): void {
     const fds = [0, 1, 2].filter((fd) => !this.attached.has(fd));
     if (this.closed || fds.length === 0) return;
+    this.gaveUp = true;
+    const exit = String(this.signalCode ?? this.exitCode);
+    this.exitCode = null;
+    this.signalCode = 'SIGPIPE';
     if (!this.attached.has(0) && !this.stdin.destroyed) this.stdin.destroy(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
     for (const [fd, out] of [
       [1, this.stdout],
       [2, this.stderr],
     ] as const)
       if (!this.attached.has(fd) && !out.writableEnded) out.end();
-    this.onUnjoined(this, fds);
+    this.onUnjoined(this, fds, exit);
   }
 
   failed(message: string): void {
@@ -235,6 +246,8 @@ export class SpawnHelper {
   private stopping = false;
   private unjoinedCount = 0;
   private unjoinedReportedAt = 0;
+  private unjoinedLast = '';
+  private unjoinedTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly socketPath: string,
@@ -319,7 +332,7 @@ export class SpawnHelper {
     const helper = this.helper;
     if (!helper?.connected) throw new Error('spawn helper not running');
     const id = this.nextId++;
-    const child = new HelperChild((c, fds) => this.unjoined(c, fds, args[0] ?? file), this.joinGraceMs);
+    const child = new HelperChild((c, fds, exit) => this.unjoined(c, fds, args[0] ?? file, exit), this.joinGraceMs);
     this.children.set(id, child);
     child.once('close', () => this.children.delete(id));
     const request: SpawnRequest = { id, file, args, ...(opts.cwd ? { cwd: opts.cwd } : {}), env: opts.env };
@@ -364,14 +377,23 @@ export class SpawnHelper {
   }
 
   /** unjoined counts processes whose streams never reached the node and reports them, at most once a minute with the count since. */
-  private unjoined(child: HelperChild, fds: number[], what: string): void {
+  private unjoined(child: HelperChild, fds: number[], what: string, exit: string): void {
     this.unjoinedCount++;
-    const now = Date.now();
-    if (now - this.unjoinedReportedAt < 60_000) return;
-    this.unjoinedReportedAt = now;
+    this.unjoinedLast = `${what}, pid ${child.pid ?? '?'}, exit ${exit}, fds ${fds.join(',')}`;
+    const wait = this.unjoinedReportedAt + 60_000 - Date.now();
+    if (wait <= 0) this.reportUnjoined();
+    // Those of the rest of the minute are reported at its end, not only when another comes.
+    else this.unjoinedTimer ??= setTimeout(() => this.reportUnjoined(), wait).unref();
+  }
+
+  private reportUnjoined(): void {
+    if (this.unjoinedTimer) clearTimeout(this.unjoinedTimer);
+    this.unjoinedTimer = null;
+    if (this.unjoinedCount === 0) return;
+    this.unjoinedReportedAt = Date.now();
     this.onProblem(
-      `${this.unjoinedCount} git process(es) exited with stream sockets that never reached the node (the last: ${what}, pid ${child.pid ?? '?'}, ` +
-        `exit ${child.signalCode ?? child.exitCode}, fds ${fds.join(',')} missing ${this.joinGraceMs} ms after its exit): their output was dropped`,
+      `${this.unjoinedCount} git process(es) exited with stream sockets that never reached the node (the last: ${this.unjoinedLast}; ` +
+        `missing ${this.joinGraceMs} ms after its exit): their output was dropped and they count as failed`,
     );
     this.unjoinedCount = 0;
   }
@@ -389,6 +411,7 @@ export class SpawnHelper {
   /** stop ends the helper and the socket; processes it started are left to the node's killAll. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.reportUnjoined();
     this.helper?.disconnect();
     this.helper = null;
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
