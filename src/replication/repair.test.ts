@@ -90,6 +90,7 @@ describe('repair, verification and maintenance (in process)', () => {
     metrics = new Metrics(),
     logger: Logger = quietLogger,
     failpoints = new Failpoints(undefined),
+    swapLockWaitMs?: number,
   ): RepairWorker => {
     const n = kit.node(node);
     const deps = {
@@ -107,6 +108,7 @@ describe('repair, verification and maintenance (in process)', () => {
       hopToken: () => 'unused-for-file-urls',
       commitWaitMs,
       gitTimeoutMs: 600_000,
+      ...(swapLockWaitMs === undefined ? {} : { swapLockWaitMs }),
     };
     return new RepairWorker(deps);
   };
@@ -200,6 +202,59 @@ describe('repair, verification and maintenance (in process)', () => {
       expect((await record('n3'))?.state).not.toBe('in_sync');
       spy.mockRestore();
       await push('after', ['n3']);
+    });
+
+    it('a locked round whose fetch runs past swapLockWaitMs is killed: the lock is released, pushes go on', async () => {
+      await push('a');
+      await missPush('b');
+      const storage = kit.node('n3').storage;
+      const checksum = storage.checksum.bind(storage);
+      let rounds = 0;
+      kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+      vi.spyOn(storage, 'checksum').mockImplementation(async (id: string) => {
+        if (++rounds <= REPAIR_FETCH_ROUNDS) await push(`r${rounds}`, ['n3']);
+        return checksum(id);
+      });
+      const metrics = new Metrics();
+      const w = worker('n3', 60_000, metrics, quietLogger, new Failpoints(undefined), 800);
+      // The locked round's fetch hangs (its upload-pack sleeps first): the lock must not be held
+      // for the hour a repair fetch may otherwise take.
+      const transfers = w as unknown as { transfer(args: string[], ...rest: unknown[]): Promise<void> };
+      const transfer = transfers.transfer.bind(w);
+      let locked: unknown[] = [];
+      transfers.transfer = (args, ...rest) => {
+        if (rounds < REPAIR_FETCH_ROUNDS) return transfer(args, ...rest);
+        locked = rest;
+        return transfer([args[0]!, '--upload-pack=sleep 600 && git-upload-pack', ...args.slice(1)], ...rest);
+      };
+      expect(await w.pass()).toBe(0);
+      expect(locked.at(-1)).toBe(800);
+      expect(await metrics.registry.getSingleMetricAsString('gitrep_repair_locked_rounds_total')).toContain('outcome="failed"} 1');
+      expect(await kit.raw.getLock(REPO)).toBeNull();
+      expect((await record('n3'))?.state).not.toBe('in_sync');
+      await push('after', ['n3']);
+    });
+
+    it('a locked round finds no source in sync at the current generation: it is not run, the lock is released', async () => {
+      await push('a');
+      await missPush('b');
+      const storage = kit.node('n3').storage;
+      const checksum = storage.checksum.bind(storage);
+      const membership = kit.node('n3').membership;
+      let rounds = 0;
+      kit.peers.script('n3', 'prepare', answers.refuse('stale'));
+      vi.spyOn(storage, 'checksum').mockImplementation(async (id: string) => {
+        if (++rounds <= REPAIR_FETCH_ROUNDS) await push(`r${rounds}`, ['n3']);
+        // After the last raced round, every peer is seen down.
+        if (rounds === REPAIR_FETCH_ROUNDS) vi.spyOn(membership, 'isLive').mockReturnValue(false);
+        return checksum(id);
+      });
+      const metrics = new Metrics();
+      expect(await worker('n3', 60_000, metrics).pass()).toBe(0);
+      expect(rounds).toBe(REPAIR_FETCH_ROUNDS);
+      expect(await metrics.registry.getSingleMetricAsString('gitrep_repair_locked_rounds_total')).toContain('outcome="no_source"} 1');
+      expect(await kit.raw.getLock(REPO)).toBeNull();
+      expect((await record('n3'))?.state).not.toBe('in_sync');
     });
 
     it('a replica that repair cannot catch up for a minute is reported at warn, with what holds it', async () => {

@@ -365,6 +365,16 @@ export class RepairWorker {
     }
   }
 
+  /** pickSource is the least loaded live peer whose replica is in sync with `repo` as recorded; undefined if none. */
+  private pickSource(repo: RepoRecord, replicas: readonly ReplicaRecord[]): string | undefined {
+    const { membership, nodeId } = this.deps;
+    const byNode = new Map(replicas.map((r) => [r.nodeId, r]));
+    const sources = repo.replicas.filter(
+      (n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n),
+    );
+    return sources.sort((a, b) => membership.loadOf(a) - membership.loadOf(b))[0];
+  }
+
   private async repairRunning(repoId: string): Promise<boolean> {
     const { store, storage, membership, nodeId, logger, metrics } = this.deps;
     // Read once the repair runs, not taken from the pass that found the replica behind: a
@@ -377,10 +387,7 @@ export class RepairWorker {
     const own = byNode.get(nodeId);
     if (isInSync(repo, own)) return true;
     const localIncarnation = await storage.incarnationOf(repo.repoId);
-    const sources = repo.replicas.filter(
-      (n) => n !== nodeId && isInSync(repo, byNode.get(n)) && membership.isLive(n) && membership.urlOf(n),
-    );
-    const source = sources.sort((a, b) => membership.loadOf(a) - membership.loadOf(b))[0];
+    const source = this.pickSource(repo, replicas);
     // With nothing to copy from, a replica that committed but could not confirm (the store was
     // unreachable at that moment) may already be current: it confirms itself. Without this, a
     // commit whose every confirmation failed would leave no replica in sync for ever. (With a
@@ -429,21 +436,25 @@ export class RepairWorker {
           .markReplica(repo.repoId, nodeId, repo.incarnation, 'repairing', repo.generation)
           .catch((err: unknown) => logger.warn({ repoId: repo.repoId, err: errorMessage(err) }, 'could not mark the replica repairing'));
       }
-      /** round fetches (in fetch mode) and reads where the replica and the store stand; null if the repo was re-created. */
-      const round = async (): Promise<{ checksum: string; now: RepoRecord } | null> => {
+      /**
+       * round fetches (in fetch mode, from `from`, within timeoutMs) and reads where the replica
+       * and the store stand; null if the repo was re-created.
+       */
+      const round = async (from = url, timeoutMs?: number): Promise<{ checksum: string; now: RepoRecord } | null> => {
         if (mode === 'fetch')
           await this.transfer(
-            ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', url, '+refs/*:refs/*'],
+            ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', from, '+refs/*:refs/*'],
             storage.repoPath(repo.repoId),
-            url,
+            from,
             progress,
+            timeoutMs,
           );
         let checksum = await storage.checksum(repo.repoId);
         const now = await store.getRepo(repo.repoId);
         if (!now || now.incarnation !== repo.incarnation) return null;
         // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
         // the source's HEAD (a whole copy brings it already).
-        if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, url)))
+        if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, from)))
           checksum = await storage.checksum(repo.repoId);
         return { checksum, now };
       };
@@ -457,17 +468,30 @@ export class RepairWorker {
       // Pushes outran every round (16 clients pushing one repo without pause kept a replica out
       // for minutes, each attempt raced): one more round runs under the repo's write lock, so
       // nothing commits while it fetches the few pushes the last round missed. Pushes wait for
-      // it as for any transaction; a lock held elsewhere past swapLockWaitMs leaves the race.
+      // it as for any transaction, so it is short: a lock held elsewhere past swapLockWaitMs
+      // leaves the race, and so does a fetch that runs past swapLockWaitMs (killed). Its
+      // source is picked again from the state read with the lock: one in sync at the current
+      // generation, or the round is not run (a source a generation back cannot catch it up).
       let held: HeldLock | null = null;
       try {
         if (at.checksum !== at.now.checksum && mode === 'fetch') {
-          held = await this.deps.activity.lock(repo.repoId, this.deps.swapLockWaitMs ?? DEFAULTS.swapLockWaitMs);
-          if (held) {
+          const waitMs = this.deps.swapLockWaitMs ?? DEFAULTS.swapLockWaitMs;
+          held = await this.deps.activity.lock(repo.repoId, waitMs, { read: true });
+          const latest = held?.state;
+          const from = latest && latest.repo.incarnation === repo.incarnation ? this.pickSource(latest.repo, latest.replicas) : undefined;
+          if (held && from) {
             await this.deps.failpoints.hit('repair.lockedRound');
-            at = await round();
+            const fromUrl = `${membership.urlOf(from)!}/${repo.repoId}.git`;
+            at = await round(fromUrl, waitMs).catch((err: unknown) => {
+              metrics.repairLockedRounds.inc({ outcome: 'failed' });
+              throw err;
+            });
             if (!at) return false;
             metrics.repairLockedRounds.inc({ outcome: at.checksum === at.now.checksum ? 'caught_up' : 'behind' });
-          }
+            // The lease lapsed while it ran (a renewal found it gone): another holder may have
+            // committed since the state was read, and this round proves nothing.
+            if (held.lost()) throw new RepairRaced('the repo write lock was lost during the locked round');
+          } else if (held) metrics.repairLockedRounds.inc({ outcome: 'no_source' });
         }
         if (at.checksum !== at.now.checksum)
           throw new RepairRaced(
@@ -606,7 +630,13 @@ export class RepairWorker {
    * and written durably, and records git's progress for status, logs and metrics. A fetch is
    * given --atomic: a plain fetch is not atomic and a held ref lock would leave it half done.
    */
-  private async transfer(args: string[], cwd: string, url: string, progress: RepairProgress): Promise<void> {
+  private async transfer(
+    args: string[],
+    cwd: string,
+    url: string,
+    progress: RepairProgress,
+    timeoutMs = this.deps.gitTimeoutMs,
+  ): Promise<void> {
     const child = this.deps.git.spawn(args, {
       cwd,
       env: this.fetchEnv(),
@@ -619,7 +649,7 @@ export class RepairWorker {
         'core.fsyncMethod': 'fsync',
         ...this.fetchConfig(),
       },
-      timeoutMs: this.deps.gitTimeoutMs,
+      timeoutMs,
     });
     let tail = '';
     let lastLog = Date.now();
