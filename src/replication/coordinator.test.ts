@@ -290,6 +290,37 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(writes()).toEqual({ ...after, confirmReplica: after.confirmReplica! + 1 });
     });
 
+    it('a coordinator whose replica trails several pushes, their commits on the way, waits for them instead of repairing', async () => {
+      // n1 is the straggler of two pushes through n2 (its prepares held): its record says in
+      // sync two generations back. A push through n1 then must not start a repair (which would
+      // refuse those prepares as "being repaired" and have n1 marked stale): it waits while the
+      // record keeps moving, as for a replica one generation back.
+      await receivePack(kit, 'n2', REPO, work, tip, 4343);
+      const gate = new Gate();
+      kit.peers.script('n1', 'prepare', gate.held);
+      for (const ref of ['refs/heads/main', 'refs/heads/b']) {
+        const ex = new FakeExchange([[Z, tip, ref]]);
+        await push(kit.coordinator('n2'), ex, 4343);
+        expect(ex.results?.get(ref)).toEqual({ ok: true });
+      }
+      expect((await kit.raw.getRepo(REPO))!.generation).toBe(2);
+      expect((await kit.raw.getReplicas(REPO)).find((r) => r.nodeId === 'n1')).toMatchObject({ state: 'in_sync', generation: 0 });
+      const catchUps: string[] = [];
+      const c1 = kit.coordinator('n1', { commitWaitMs: 5_000 }, async (id) => {
+        catchUps.push(id);
+        return false;
+      });
+      setTimeout(() => gate.release(), 300);
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/c']]);
+      await push(c1, ex);
+      expect(ex.results?.get('refs/heads/c')).toEqual({ ok: true });
+      expect(catchUps).toEqual([]);
+      expect((await kit.raw.getRepo(REPO))!.generation).toBe(3);
+      await eventually(async () =>
+        expect((await kit.raw.getReplicas(REPO)).map((r) => r.state)).toEqual(['in_sync', 'in_sync', 'in_sync']),
+      );
+    });
+
     it("a straggler's prepare still reading the pack keeps a repack off the coordinator's replica until it settles", async () => {
       // The push is answered with n1 and n2 while n3's prepare is held: the pack it carries may
       // still be read here after receive-pack's .keep is gone, so no repack may roll it up.

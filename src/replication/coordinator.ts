@@ -1189,18 +1189,30 @@ export class Coordinator {
    * ownReplica reads this node's replica record of a repo. A replica confirmed one generation
    * back is usually the previous push still committing here (its coordinator released the lock
    * after W confirmations): it is given up to commitWaitMs to confirm, instead of refusing
-   * the push with "replica catching up". The caller holds the repo lock, so the generation
-   * cannot move meanwhile. `replicas` are every replica record as last read.
+   * the push with "replica catching up". So is one recorded in sync further back, for as long
+   * as its record keeps moving (commitWaitMs from its last move): the straggler of several
+   * pushes commits them one after another, and a catch-up repair started meanwhile would
+   * refuse their prepares and have it marked stale (the repair pass waits the same way). The
+   * caller holds the repo lock, so the generation cannot move meanwhile. `replicas` are every
+   * replica record as last read.
    */
   private async ownReplica(state: RepoState): Promise<{ own: ReplicaRecord | undefined; replicas: readonly ReplicaRecord[] }> {
     const { store, nodeId } = this.deps;
     const repo = state.repo;
     let replicas = state.replicas;
     const own = (): ReplicaRecord | undefined => replicas.find((r) => r.nodeId === nodeId);
-    const deadline = Date.now() + (this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs);
-    while (isOneBehind(repo, own()) && Date.now() < deadline) {
+    const waitMs = this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs;
+    const trailing = (r: ReplicaRecord | undefined): boolean =>
+      r?.state === 'in_sync' && r.incarnation === repo.incarnation && r.generation < repo.generation;
+    let deadline = Date.now() + waitMs;
+    let seen = own()?.generation;
+    while ((isOneBehind(repo, own()) || trailing(own())) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
       replicas = await store.getReplicas(repo.repoId);
+      if (own()?.generation !== seen) {
+        seen = own()?.generation;
+        deadline = Date.now() + waitMs;
+      }
     }
     return { own: own(), replicas };
   }
