@@ -216,6 +216,26 @@ describe('Participant (in process: real store, real git)', () => {
     });
   });
 
+  it('a push missing from the chain up to the base: stale at once, though an earlier one is still on its way here', async () => {
+    // The push of generation 1 is prepared here, that of 2 never came (aborted here, or sent
+    // elsewhere only): the prepare of 3 cannot be reached by waiting, and is refused promptly.
+    const first = push();
+    await node.participant.prepare(first, stream());
+    const third = await commitFile(work, 'c.txt', 'c\n', 'third');
+    const outcome = await Promise.race([
+      node.participant.prepare(push({ baseGeneration: 2 }, tip, third), stream()).then(
+        () => 'prepared',
+        (e: unknown) => e,
+      ),
+      new Promise((r) => setTimeout(() => r('still waiting'), 1_500)),
+    ]);
+    expect(outcome).toMatchObject({
+      status: 'stale',
+      message: expect.stringContaining('replica is at generation 0 (in_sync), behind 2') as unknown,
+    });
+    await node.participant.abort(first.txnId, REPO);
+  });
+
   it('a prepare of another incarnation is stale', async () => {
     await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({
       status: 'stale',

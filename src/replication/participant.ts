@@ -536,8 +536,9 @@ export class Participant {
    * base generation, though the store does not show its confirmation yet: a push's last replica
    * commits a moment after W did, and the next push's prepare can come first. Refused as stale,
    * that replica would be marked stale and repaired while pushes keep coming. While a push
-   * between the replica's confirmed generation (`confirmed`) and the base is still preparing or
-   * prepared here, its commit is waited for, up to commitWaitMs: on a slow replica under a stream
+   * for every generation between the replica's confirmed one (`confirmed`, or the last committed
+   * here) and the base is still preparing or prepared here, their commits are waited for, up to
+   * commitWaitMs: on a slow replica under a stream
    * of pushes two or three can be on their way at once (the load test saw a replica confirmed at
    * 1 get the prepare of generation 3 while it still prepared 2 and 3, marked stale, and
    * repaired for minutes while the pushes went on). Each of those prepares passed this same check,
@@ -548,15 +549,18 @@ export class Participant {
     for (;;) {
       const last = this.lastCommitted.get(req.repoId);
       if (last?.incarnation === req.incarnation && last.generation === req.baseGeneration) return true;
-      // Preparing or prepared here, not yet committed (a commit ends it only after lastCommitted is set).
-      const coming = [...this.unfinished.values()].some(
-        (r) =>
-          r.repoId === req.repoId &&
-          r.kind === 'push' &&
-          r.incarnation === req.incarnation &&
-          r.baseGeneration >= confirmed &&
-          r.baseGeneration < req.baseGeneration,
+      // Preparing or prepared here, not yet committed (a commit ends it only after lastCommitted
+      // is set). Every generation from the last one applied here up to the base must have its
+      // push on the way: with one missing (aborted here, or never sent) the base cannot be
+      // reached, and the prepare is refused at once rather than after commitWaitMs.
+      const from = last?.incarnation === req.incarnation && last.generation > confirmed ? last.generation : confirmed;
+      const bases = new Set(
+        [...this.unfinished.values()]
+          .filter((r) => r.repoId === req.repoId && r.kind === 'push' && r.incarnation === req.incarnation)
+          .map((r) => r.baseGeneration),
       );
+      let coming = from < req.baseGeneration;
+      for (let g = from; coming && g < req.baseGeneration; g++) coming = bases.has(g);
       if (!coming || Date.now() >= deadline) return false;
       await new Promise((r) => setTimeout(r, 10));
     }
