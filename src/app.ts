@@ -8,6 +8,7 @@ import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
 import { defaultAdvertiseUrl } from './cluster/advertise.js';
+import { DataDirLock } from './cluster/data-dir-lock.js';
 import { StartupSteps } from './cluster/startup.js';
 import { DiskSpace } from './cluster/disk.js';
 import { PROTOCOL, type ProtocolRange } from './cluster/protocol.js';
@@ -140,6 +141,24 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
   process.umask(0o077);
   await mkdir(cfg.dataDir, { recursive: true, mode: 0o700 });
   const dataDir = await realpath(cfg.dataDir);
+  // Before anything here touches what a running node uses (its git processes, its spawn socket).
+  const dirLock = DataDirLock.take(dataDir);
+  try {
+    return await startLocked(cfg, logger, tls, dataDir, dirLock);
+  } catch (err) {
+    dirLock.release();
+    throw err;
+  }
+}
+
+/** startLocked is startNode's rest, once the data directory is this process's (DataDirLock). */
+async function startLocked(
+  cfg: NodeConfig,
+  logger: Logger & FastifyInstance['log'],
+  tls: Awaited<ReturnType<typeof loadTls>>,
+  dataDir: string,
+  dirLock: DataDirLock,
+): Promise<RunningNode> {
   await restrictPermissions(dataDir, cfg.store);
   // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts),
   // and the Python helper (vfork) costs it about half the Node.js helper's CPU per git process (0.5 against 1.2 ms).
@@ -490,6 +509,7 @@ export async function startNode(cfg: NodeConfig): Promise<RunningNode> {
       await peers.close();
       txnLog.close();
       await store.close();
+      dirLock.release();
     },
   };
 }

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { startNode, type NodeConfig, type RunningNode } from '../app.js';
 import { describeDefault, loadSettings, SETTINGS, type SettingName, type Settings, type SettingSpec } from '../config.js';
 import { protocolFromEnv } from '../cluster/protocol.js';
+import { DataDirInUseError } from '../cluster/data-dir-lock.js';
 import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
@@ -170,8 +171,16 @@ export function registerServe(program: Command): void {
     try {
       node = await startNode(cfg);
     } catch (err) {
-      if (!(err instanceof TlsConfigError)) throw err;
-      process.stderr.write(`git-replication serve: ${err.message}\n`);
+      // What an operator can fix is said in a line, not a stack trace.
+      const listen = err as { code?: string; address?: string; port?: number };
+      if (listen.code === 'EADDRINUSE' || listen.code === 'EACCES')
+        process.stderr.write(
+          `git-replication serve: cannot listen on ${listen.address ?? cfg.host}:${listen.port ?? cfg.port}: ` +
+            `${listen.code === 'EADDRINUSE' ? 'the port is in use (another node or program)' : 'permission denied'}\n`,
+        );
+      else if (err instanceof TlsConfigError || err instanceof DataDirInUseError)
+        process.stderr.write(`git-replication serve: ${err.message}\n`);
+      else throw err;
       process.exit(2);
     }
     const stop = (): void => {

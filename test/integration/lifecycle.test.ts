@@ -170,3 +170,69 @@ describe('up supervises its nodes', () => {
     ).toBe('down');
   }, 120_000);
 });
+
+describe('a second node process on a data directory in use', () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 1 });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  /** serve runs `serve` with `args` and resolves with its exit code and output. */
+  const serve = (args: string[]): Promise<{ code: number | null; out: string }> =>
+    new Promise((resolve) => {
+      const p = spawn(process.execPath, [MAIN, 'serve', ...args], {
+        env: { ...process.env, AUTH: 'open', GIT_REPLICATION_EXIT_WITH_PARENT: '1' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      for (const s of [p.stdout, p.stderr]) s.on('data', (d: Buffer) => (out += d.toString()));
+      const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+      p.once('exit', (code) => {
+        clearTimeout(timer);
+        resolve({ code, out });
+      });
+    });
+
+  it('is refused before it touches anything: the running node keeps serving pushes', async () => {
+    await c.createRepo(1, 'dir/repo');
+    const dir = await workRepo();
+    await gitOk(['push', c.repoUrl(1, 'dir/repo'), 'HEAD:refs/heads/main'], { cwd: dir });
+    const n = c.node(1);
+    // Before, the second process reaped the running node's git processes and replaced its
+    // spawn socket: every push of the running node failed (500) until it was restarted.
+    const second = await serve(['--id', n.id, '--port', String(await freePort()), '--data-dir', n.dataDir, '--store', c.store]);
+    expect(second.code).toBe(2);
+    expect(second.out).toContain(`data directory `);
+    expect(second.out).toContain(`is in use by another node process (pid ${n.proc!.pid}, per node.pid)`);
+    expect(second.out).not.toMatch(/\n\s+at /);
+    for (let i = 0; i < 3; i++) {
+      await commitFile(dir, `f${i}`, `${i}\n`, `after ${i}`);
+      await gitOk(['push', c.repoUrl(1, 'dir/repo'), 'HEAD:refs/heads/main'], { cwd: dir });
+    }
+    expect(await lsRemote(c.repoUrl(1, 'dir/repo'))).toContain('refs/heads/main');
+    // Its lock goes with it, kill -9 included: the same directory starts again.
+    await c.restart(1);
+    await commitFile(dir, 'g', 'g\n', 'after the restart');
+    await gitOk(['push', c.repoUrl(1, 'dir/repo'), 'HEAD:refs/heads/main'], { cwd: dir });
+  }, 120_000);
+
+  it('a port in use is said in a line, not a stack trace', async () => {
+    const other = await tempDir();
+    const second = await serve([
+      '--id',
+      'node-x',
+      '--port',
+      String(c.node(1).port),
+      '--data-dir',
+      other,
+      '--store',
+      `sqlite:${join(other, 'store.db')}`,
+    ]);
+    expect(second.code).toBe(2);
+    expect(second.out).toContain(`cannot listen on 127.0.0.1:${c.node(1).port}: the port is in use`);
+    expect(second.out).not.toMatch(/\n\s+at /);
+  }, 60_000);
+});
