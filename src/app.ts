@@ -500,16 +500,19 @@ async function startLocked(
         app.server.closeAllConnections();
         await closing;
       }
-      await sshClosing;
-      await membership.stop();
-      await hooks.close();
-      await refSessions.close();
-      await git.killAll();
-      await spawnHelper?.stop();
-      await peers.close();
-      txnLog.close();
-      await store.close();
-      dirLock.release();
+      try {
+        await sshClosing;
+        await membership.stop();
+        await hooks.close();
+        await refSessions.close();
+        await git.killAll();
+        await spawnHelper?.stop();
+        await peers.close();
+        txnLog.close();
+        await store.close();
+      } finally {
+        dirLock.release();
+      }
     },
   };
 }

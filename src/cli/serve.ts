@@ -172,8 +172,8 @@ export function registerServe(program: Command): void {
       node = await startNode(cfg);
     } catch (err) {
       // What an operator can fix is said in a line, not a stack trace.
-      const listen = err as { code?: string; address?: string; port?: number };
-      if (listen.code === 'EADDRINUSE' || listen.code === 'EACCES')
+      const listen = err as { code?: string; syscall?: string; address?: string; port?: number };
+      if (listen.syscall === 'listen' && (listen.code === 'EADDRINUSE' || listen.code === 'EACCES'))
         process.stderr.write(
           `git-replication serve: cannot listen on ${listen.address ?? cfg.host}:${listen.port ?? cfg.port}: ` +
             `${listen.code === 'EADDRINUSE' ? 'the port is in use (another node or program)' : 'permission denied'}\n`,

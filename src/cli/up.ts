@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -6,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { Agent, request, type Dispatcher } from 'undici';
 import { errorMessage } from '../domain/errors.js';
+import { DataDirInUseError, DataDirLock } from '../cluster/data-dir-lock.js';
 import { makeLocalCa, OpensslMissingError, type LocalCa } from '../cluster/local-ca.js';
 import { ETCD_INSTALL_HINT, etcdStoreUrl, findEtcdBinary, startLocalEtcd, type LocalEtcd } from '../cluster/local-etcd.js';
 import { examples } from './help.js';
@@ -193,6 +195,19 @@ export function registerUp(program: Command): void {
       const data = resolve(o.data);
       await mkdir(data, { recursive: true, mode: 0o700 });
       await chmod(data, 0o700);
+      // A cluster already running on this directory (a second `npm start`): said at once, before
+      // anything starts. Its nodes would answer the health checks of this one's, which fail.
+      for (let i = 1; i <= n; i++) {
+        const dir = join(data, `node-${i}`);
+        if (!existsSync(dir)) continue;
+        try {
+          DataDirLock.take(dir).release();
+        } catch (err) {
+          if (!(err instanceof DataDirInUseError)) throw err;
+          process.stderr.write(`git-replication up: ${err.message} (is a cluster already running on ${data}?)\n`);
+          process.exit(2);
+        }
+      }
       let etcd: LocalEtcd | null = null;
       let etcdEntry: ClusterFile['etcd'];
       let store = o.store ?? `sqlite:${join(data, 'cluster.db')}`;

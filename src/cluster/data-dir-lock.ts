@@ -39,6 +39,7 @@ export class DataDirLock {
       db.pragma('journal_mode = MEMORY');
       db.pragma('locking_mode = EXCLUSIVE');
       db.exec('BEGIN EXCLUSIVE');
+      writeFileSync(join(dir, PID_FILE), `${process.pid}\n`, { mode: 0o600 });
     } catch (err) {
       db.close();
       if ((err as { code?: string }).code === 'SQLITE_BUSY') {
@@ -52,7 +53,6 @@ export class DataDirLock {
       }
       throw err;
     }
-    writeFileSync(join(dir, PID_FILE), `${process.pid}\n`, { mode: 0o600 });
     return new DataDirLock(db);
   }
 

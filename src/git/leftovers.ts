@@ -32,11 +32,21 @@ function removeRefLocks(dir: string): number {
   return n;
 }
 
-/** sweepReplica removes one replica's leftovers, sparing the paths in `keep`; returns how many went. */
-function sweepReplica(root: string, keep: ReadonlySet<string>): number {
+/**
+ * removeLockFiles deletes the lock files a git process killed by a signal leaves in a replica
+ * (ref `*.lock`, `packed-refs.lock`, `HEAD.lock`, ...): left, every later ref update there
+ * fails with "File exists". Safe only while no other git process writes the replica's refs
+ * (its repair activity excludes transactions). Returns how many went.
+ */
+export function removeLockFiles(root: string): number {
   let removed = 0;
   for (const e of entries(root)) if (TOP_LEVEL_LEFTOVERS.has(e.name) && unlinkQuietly(join(root, e.name))) removed++;
-  removed += removeRefLocks(join(root, 'refs'));
+  return removed + removeRefLocks(join(root, 'refs'));
+}
+
+/** sweepReplica removes one replica's leftovers, sparing the paths in `keep`; returns how many went. */
+function sweepReplica(root: string, keep: ReadonlySet<string>): number {
+  let removed = removeLockFiles(root);
   const objects = join(root, 'objects');
   for (const e of entries(objects)) {
     if (e.name.startsWith('tmp_objdir-incoming-') || e.name.startsWith('incoming-')) {

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import type { Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner, terminate, waitClose } from './runner.js';
@@ -227,8 +227,21 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
       expect(out).toBe('');
       // The sockets turn up after all: refused, and nothing breaks (the streams ended already).
       for (const s of held.splice(0)) accept(s);
+      // So is one handed to the process itself after its stream was given up, with data coming:
+      // piped into the ended stream, that data was a write after end (an uncaught error).
+      const pair = createServer();
+      const sock = join(dir, 'pair.sock');
+      const served = new Promise<Socket>((r) => pair.once('connection', r));
+      await new Promise<void>((r) => pair.listen(sock, r));
+      const writer = connect(sock);
+      const late = await served;
+      (child as unknown as { attach(fd: number, s: Socket): void }).attach(1, late);
+      writer.on('error', () => undefined).write('late output\n');
       await new Promise((r) => setTimeout(r, 100));
+      expect(late.destroyed).toBe(true);
       expect(out).toBe('');
+      writer.destroy();
+      pair.close();
       // Through GitRunner, the same loss is an error, not an empty answer.
       await expect(runner.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).rejects.toThrow(/SIGPIPE/);
       for (const s of held.splice(0)) s.destroy();

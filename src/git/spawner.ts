@@ -81,10 +81,13 @@ class HelperChild extends EventEmitter {
 
   /**
    * attach joins the streams to the sockets git holds (fd 0, 1, 2); a second socket for one fd is
-   * refused, and so is one coming after the streams were given up (they are ended already).
+   * refused, and so is one coming after its stream was given up or ended (by giveUpUnjoined or
+   * helperGone): piped into an ended stream, its data would be a write after end.
    */
   attach(fd: number, socket: Socket): void {
-    if (this.attached.has(fd) || this.gaveUp) {
+    // (stdin ended by its writer still holds what is to be fed; one destroyed is seen by feedStdin.)
+    const ended = fd !== 0 && (fd === 1 ? this.stdout : this.stderr).writableEnded;
+    if (this.attached.has(fd) || this.gaveUp || ended) {
       socket.destroy();
       return;
     }
@@ -158,8 +161,9 @@ class HelperChild extends EventEmitter {
     if (this.closed || fds.length === 0) return;
     this.gaveUp = true;
     const exit = String(this.signalCode ?? this.exitCode);
+    // A signal it died of (a time-out's SIGKILL) is kept; an exit code is not.
     this.exitCode = null;
-    this.signalCode = 'SIGPIPE';
+    this.signalCode ??= 'SIGPIPE';
     if (!this.attached.has(0) && !this.stdin.destroyed) this.stdin.destroy(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
     for (const [fd, out] of [
       [1, this.stdout],

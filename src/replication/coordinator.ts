@@ -1190,7 +1190,7 @@ export class Coordinator {
    * back is usually the previous push still committing here (its coordinator released the lock
    * after W confirmations): it is given up to commitWaitMs to confirm, instead of refusing
    * the push with "replica catching up". So is one recorded in sync further back, for as long
-   * as its record keeps moving (commitWaitMs from its last move): the straggler of several
+   * as its record keeps moving (commitWaitMs from its last move, catchUpMs at most): the straggler of several
    * pushes commits them one after another, and a catch-up repair started meanwhile would
    * refuse their prepares and have it marked stale (the repair pass waits the same way). The
    * caller holds the repo lock, so the generation cannot move meanwhile. `replicas` are every
@@ -1204,9 +1204,11 @@ export class Coordinator {
     const waitMs = this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs;
     const trailing = (r: ReplicaRecord | undefined): boolean =>
       r?.state === 'in_sync' && r.incarnation === repo.incarnation && r.generation < repo.generation;
+    // However long the record keeps moving, the lock is not held past catchUpMs for it.
+    const limit = Date.now() + Math.max(waitMs, this.deps.config.catchUpMs ?? DEFAULTS.catchUpMs);
     let deadline = Date.now() + waitMs;
     let seen = own()?.generation;
-    while ((isOneBehind(repo, own()) || trailing(own())) && Date.now() < deadline) {
+    while ((isOneBehind(repo, own()) || trailing(own())) && Date.now() < Math.min(deadline, limit)) {
       await new Promise((r) => setTimeout(r, 25));
       replicas = await store.getReplicas(repo.repoId);
       if (own()?.generation !== seen) {

@@ -14,6 +14,7 @@ import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import type { Maintenance } from './maintenance.js';
 import type { ReplicaVerifier } from './verifier.js';
+import { removeLockFiles } from '../git/leftovers.js';
 import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /** REPAIR_FETCH_ROUNDS is how many fetches one repair attempt makes while pushes keep moving the repo on. */
@@ -440,21 +441,22 @@ export class RepairWorker {
        * round fetches (in fetch mode, from `from`, within timeoutMs) and reads where the replica
        * and the store stand; null if the repo was re-created.
        */
-      const round = async (from = url, timeoutMs?: number): Promise<{ checksum: string; now: RepoRecord } | null> => {
+      const round = async (from = url, deadline?: number): Promise<{ checksum: string; now: RepoRecord } | null> => {
+        const left = (): number | undefined => (deadline === undefined ? undefined : Math.max(1, deadline - Date.now()));
         if (mode === 'fetch')
           await this.transfer(
             ['fetch', '--progress', '--atomic', '--prune', '--no-tags', '--no-write-fetch-head', from, '+refs/*:refs/*'],
             storage.repoPath(repo.repoId),
             from,
             progress,
-            timeoutMs,
+            left(),
           );
         let checksum = await storage.checksum(repo.repoId);
         const now = await store.getRepo(repo.repoId);
         if (!now || now.incarnation !== repo.incarnation) return null;
         // A fetch moves refs, never HEAD: a replica that missed a default-branch change takes
         // the source's HEAD (a whole copy brings it already).
-        if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, from)))
+        if (checksum !== now.checksum && mode === 'fetch' && (await this.syncHead(repo.repoId, from, left())))
           checksum = await storage.checksum(repo.repoId);
         return { checksum, now };
       };
@@ -482,15 +484,18 @@ export class RepairWorker {
           if (held && from) {
             await this.deps.failpoints.hit('repair.lockedRound');
             const fromUrl = `${membership.urlOf(from)!}/${repo.repoId}.git`;
-            at = await round(fromUrl, waitMs).catch((err: unknown) => {
+            at = await round(fromUrl, Date.now() + waitMs).catch((err: unknown) => {
               metrics.repairLockedRounds.inc({ outcome: 'failed' });
               throw err;
             });
             if (!at) return false;
-            metrics.repairLockedRounds.inc({ outcome: at.checksum === at.now.checksum ? 'caught_up' : 'behind' });
             // The lease lapsed while it ran (a renewal found it gone): another holder may have
             // committed since the state was read, and this round proves nothing.
-            if (held.lost()) throw new RepairRaced('the repo write lock was lost during the locked round');
+            if (held.lost()) {
+              metrics.repairLockedRounds.inc({ outcome: 'failed' });
+              throw new RepairRaced('the repo write lock was lost during the locked round');
+            }
+            metrics.repairLockedRounds.inc({ outcome: at.checksum === at.now.checksum ? 'caught_up' : 'behind' });
           } else if (held) metrics.repairLockedRounds.inc({ outcome: 'no_source' });
         }
         if (at.checksum !== at.now.checksum)
@@ -597,14 +602,14 @@ export class RepairWorker {
   }
 
   /** syncHead points the local HEAD where the source's points; true if it moved. */
-  private async syncHead(repoId: string, url: string): Promise<boolean> {
+  private async syncHead(repoId: string, url: string, timeoutMs = 60_000): Promise<boolean> {
     const { storage, git } = this.deps;
     const out = await git
       .run(['ls-remote', '--symref', url, 'HEAD'], {
         cwd: storage.repoPath(repoId),
         env: this.fetchEnv(),
         config: this.fetchConfig(),
-        timeoutMs: 60_000,
+        timeoutMs,
       })
       .then(
         (r) => r.stdout,
@@ -671,6 +676,14 @@ export class RepairWorker {
       }
     });
     const [code, signal] = await waitClose(child);
+    // A fetch killed (its time-out: the locked round's is seconds) leaves its ref transaction's
+    // lock files, and every later prepare or fetch here would fail on them; one that failed by
+    // itself removed its own. The repair activity this runs under keeps every other ref writer
+    // off the replica, so any lock file left now is stale.
+    if (code !== 0 && args[0] === 'fetch') {
+      const removed = removeLockFiles(cwd);
+      if (removed > 0) this.deps.logger.warn({ repoId: progress.repoId, removed }, 'removed the lock files of a killed repair fetch');
+    }
     if (code !== 0)
       throw new Error(
         `${args[0]!} from ${url} failed (${signal ?? code}): ${

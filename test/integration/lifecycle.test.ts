@@ -157,6 +157,21 @@ describe('up supervises its nodes', () => {
         5_000,
         'cluster.json names the new pid',
       );
+      // A second `up` on the same directory stops at once with the reason, and touches nothing.
+      const second = spawn(process.execPath, [MAIN, 'up', '--nodes', '2', '--data', data, '--base-port', String(base), '--no-ssh'], {
+        env: process.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let secondOut = '';
+      for (const s of [second.stdout, second.stderr]) s.on('data', (d: Buffer) => (secondOut += d.toString()));
+      expect(await new Promise<number | null>((resolve) => second.once('exit', (c) => resolve(c)))).toBe(2);
+      expect(secondOut).toMatch(/is in use by another node process \(pid \d+, per node\.pid\).*is a cluster already running/);
+      expect(
+        await fetch(`http://127.0.0.1:${base + 1}/health`).then(
+          (r) => r.status,
+          () => 0,
+        ),
+      ).toBe(200);
     } finally {
       up.kill('SIGTERM');
     }
