@@ -291,6 +291,7 @@ async function startLocked(
     catchUp: (repoId) => repair.catchUp(repoId),
     // The router is made below; it read the replica set to route the push.
     replicaSetOf: (repoId) => router.replicaSetOf(repoId),
+    behindOf: (repoId) => router.behindOf(repoId),
     audit,
     config: {
       replicationFactor: cfg.replicationFactor,

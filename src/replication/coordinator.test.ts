@@ -231,23 +231,38 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/b\n${tip} refs/heads/main\n`);
     });
 
-    it('peers read in sync under the lock are told so and do not read their records again; a peer read behind checks itself', async () => {
+    it('peers read in sync under the lock are told so and do not read their records again; a peer read stale is not asked', async () => {
       // n3's record says stale (its copy on disk is fine): the coordinator's read under the lock sees it.
       const before = (await kit.raw.getRepo(REPO))!;
       await kit.raw.markReplica(REPO, 'n3', before.incarnation, 'stale', before.generation + 1);
       const replicaReads = (): number =>
         kit.faults.count('getReplicas') + kit.faults.count('getRepoState') + kit.faults.count('acquireLockAndRead');
       const reads = replicaReads();
+      const marks = kit.faults.count('markReplica');
+      const calls = kit.peers.calls.length;
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
       await push(kit.coordinator('n1'), ex);
       expect(ex.results?.get('refs/heads/main')).toEqual({ ok: true });
       expect(kit.peers.callsTo('n2', 'prepare').at(-1)?.replicaChecked).toBe(true);
-      expect(kit.peers.callsTo('n3', 'prepare').at(-1)?.replicaChecked).toBe(false);
-      // One read by the coordinator (with the lock and the repo record), one by n3 (which refuses: stale); none by n1's own participant or n2.
-      expect(replicaReads() - reads).toBe(2);
+      // n3 would refuse (it checks that same record): it is neither sent the pack nor asked, nor
+      // marked stale again (a store write on every push while it was behind).
+      expect(kit.peers.calls.slice(calls).filter((c) => c.node === 'n3')).toEqual([]);
+      expect(kit.faults.count('markReplica')).toBe(marks);
+      // One read by the coordinator (with the lock and the repo record); none by n1's own participant or n2.
+      expect(replicaReads() - reads).toBe(1);
       const replicas = await kit.raw.getReplicas(REPO);
       expect(replicas.find((r) => r.nodeId === 'n2')).toMatchObject({ generation: 1, state: 'in_sync' });
       expect(replicas.find((r) => r.nodeId === 'n3')).toMatchObject({ generation: 0, state: 'stale' });
+      // Nor is one being repaired; with it, a refusal by n2 is a quorum failure that names both.
+      await kit.raw.markReplica(REPO, 'n3', before.incarnation, 'repairing', 1);
+      kit.peers.script('n2', 'prepare', answers.refuse('failed', 'no space left on device'));
+      const again = new FakeExchange([[Z, tip, 'refs/heads/x']]);
+      await push(kit.coordinator('n1'), again);
+      expect(again.results?.get('refs/heads/x')).toMatchObject({
+        ok: false,
+        reason: expect.stringContaining('1 of 3 replicas prepared') as unknown,
+      });
+      expect(kit.peers.calls.slice(calls).filter((c) => c.node === 'n3')).toEqual([]);
     });
 
     it('the replicas that committed are confirmed in one store write with the lock release and the audit record; a late one on its own', async () => {

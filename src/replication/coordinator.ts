@@ -17,6 +17,7 @@ import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-re
 import type { AuditEvent } from '../auth/audit.js';
 import {
   isInSync,
+  isBehindForGood,
   isOneBehind,
   type ClusterStore,
   type ConfirmReplica,
@@ -206,6 +207,8 @@ export class Coordinator {
        * route the push, moments ago); undefined: not known, read the store.
        */
       readonly replicaSetOf?: (repoId: string) => readonly string[] | undefined;
+      /** behindOf names the replicas of a repo whose records, as last read, rule them out of a push (isBehindForGood). */
+      readonly behindOf?: (repoId: string) => ReadonlySet<string>;
       /** audit stores the audit records of pushes, with their confirmations. */
       readonly audit?: AuditSink;
       readonly logger: Logger;
@@ -362,8 +365,10 @@ export class Coordinator {
     const replicas = this.deps.replicaSetOf?.(repoId) ?? (await this.deps.store.getRepo(repoId).catch(() => null))?.replicas ?? [];
     // Copies made to a node no longer of the replica set (it changed since the upload began) go.
     this.dropTee(repoId, tee, replicas);
+    // A replica recorded behind would index the pack for a prepare it is not asked (runRefTxn).
+    const behind = this.deps.behindOf?.(repoId);
     for (const node of replicas) {
-      if (node === this.deps.nodeId) continue;
+      if (node === this.deps.nodeId || behind?.has(node)) continue;
       // The copy made during the upload, when it has the hash this node's receive-pack gave the
       // pack (it completed a thin pack from the same objects); otherwise this pack is staged.
       const teed = tee?.results.get(node);
@@ -397,8 +402,9 @@ export class Coordinator {
    */
   openTee(repoId: string): PackTee | null {
     const { membership, nodeId, config } = this.deps;
+    const behind = this.deps.behindOf?.(repoId);
     const peers = (this.deps.replicaSetOf?.(repoId) ?? []).filter(
-      (n) => n !== nodeId && this.deps.peers.speaks(membership.target(n), UPLOAD_STAGE_PROTOCOL),
+      (n) => n !== nodeId && !behind?.has(n) && this.deps.peers.speaks(membership.target(n), UPLOAD_STAGE_PROTOCOL),
     );
     if (peers.length === 0) return null;
     const meta = { repoId, ...(config.fsckIgnore ? { fsckIgnore: config.fsckIgnore } : {}) };
@@ -499,6 +505,7 @@ export class Coordinator {
     progress: (line: string) => void = () => undefined,
     checked: ReadonlySet<string> = new Set(),
     finishWith: FinishWith | null = null,
+    notAsked: ReadonlyMap<string, string> = new Map(),
   ): Promise<{ outcome: 'committed'; confirmed: string[] } | { outcome: 'unknown'; confirmed: string[] }> {
     const { store, failpoints, logger, metrics } = this.deps;
     const w = this.writeQuorumFor(replicas.length);
@@ -509,13 +516,21 @@ export class Coordinator {
     progress(`replicating to ${replicas.length} replicas (${w} must confirm)`);
     const prepared = new Tally<Answer>(replicas.length);
     const started = Date.now();
-    const preparing = replicas.map((node) =>
-      this.prepareOn(node, checked.has(node) ? { ...req, replicaChecked: true } : req, packs).then((a) => {
+    const preparing = replicas.map((node) => {
+      // A replica read behind under the lock would refuse (its record is what it checks): its
+      // answer is that refusal, without the call and the pack it would index for nothing.
+      const refusal = notAsked.get(node);
+      if (refusal !== undefined) {
+        const a: Answer = { ok: false, status: 'stale', message: refusal };
+        prepared.add(node, a);
+        return Promise.resolve(a);
+      }
+      return this.prepareOn(node, checked.has(node) ? { ...req, replicaChecked: true } : req, packs).then((a) => {
         metrics.prepareSeconds.observe({ peer: node }, (Date.now() - started) / 1000);
         prepared.add(node, a);
         return a;
-      }),
-    );
+      });
+    });
     await prepared.until(() => prepared.count((a) => a.ok) >= w, this.deps.config.prepareTimeoutMs);
     const preparedAt = Date.now();
     await failpoints.hit('coordinator.afterPrepare');
@@ -1078,6 +1093,11 @@ export class Coordinator {
     audit: readonly AuditEvent[] = [],
   ): ReturnType<Coordinator['run']> {
     const { store, nodeId, logger, metrics } = this.deps;
+    const notAsked = new Map(
+      replicas
+        .filter((r) => r.nodeId !== nodeId && repo.replicas.includes(r.nodeId) && isBehindForGood(repo, r))
+        .map((r) => [r.nodeId, `replica ${r.state} (as read under the lock): left to repair`]),
+    );
     return this.run(
       req,
       repo.replicas,
@@ -1098,6 +1118,8 @@ export class Coordinator {
           : { ok: false, why: `repository changed concurrently (${d.reason ?? 'decided'}), fetch first` };
       },
       (node, answer) => {
+        // Already recorded behind: repair has it; marking it again on every push was a store write each.
+        if (notAsked.has(node)) return;
         logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
         // Unmarked, the replica still counts as behind (confirmed one generation back): repair finds it.
         void store
@@ -1109,6 +1131,7 @@ export class Coordinator {
       // The replicas read in sync under this lock need not read their records again.
       new Set(replicas.filter((r) => isInSync(repo, r)).map((r) => r.nodeId)),
       { held, audit },
+      notAsked,
     );
   }
 

@@ -2,7 +2,7 @@ import { notFound, unavailable, StoreUnavailableError } from '../domain/errors.j
 import type { Logger } from '../domain/logger.js';
 import type { Membership } from '../cluster/membership.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
-import { isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
+import { isBehindForGood, isInSync, isOneBehind, type ClusterStore, type RepoRecord, type ReplicaRecord } from '../store/types.js';
 
 /**
  * Route says where a request is served: this node's replica, or an in-sync peer (`incarnation`:
@@ -51,6 +51,13 @@ export class Router {
   /** replicaSetOf is a repo's replica set as this router last read it (undefined: not seen). */
   replicaSetOf(repoId: string): readonly string[] | undefined {
     return this.lastSeen.get(repoId)?.repo.replicas;
+  }
+
+  /** behindOf names the replicas of a repo whose records, as this router last read them, rule them out of a push. */
+  behindOf(repoId: string): ReadonlySet<string> {
+    const seen = this.lastSeen.get(repoId);
+    if (!seen) return new Set();
+    return new Set(seen.replicas.filter((r) => isBehindForGood(seen.repo, r)).map((r) => r.nodeId));
   }
 
   /** remembered is how many repos this router remembers (tests). */

@@ -324,6 +324,16 @@ export function isInSync(repo: RepoRecord, replica: ReplicaRecord | undefined): 
 }
 
 /**
+ * isBehindForGood says whether a replica's record rules out its taking part in a push: stale,
+ * being repaired or missing, or of another incarnation. Its prepare would be refused (the
+ * participant checks that same record), so it is neither sent the push's pack nor asked; a
+ * replica in sync at an older generation is still asked (its commits may be on their way).
+ */
+export function isBehindForGood(repo: RepoRecord, replica: ReplicaRecord | undefined): boolean {
+  return replica !== undefined && (replica.state !== 'in_sync' || replica.incarnation !== repo.incarnation);
+}
+
+/**
  * isOneBehind says whether a replica is one step behind the repo: in sync at the generation
  * before the repo's, or, at generation 0, with no record at all (a create's decision deletes
  * every replica record; each replica's commit writes its own). That is what every replica of
