@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -386,6 +386,27 @@ describe('Participant (in process: real store, real git)', () => {
     await expect(participant.stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected/);
     const files = await readdir(join(repoPath(), 'objects/pack'));
     expect(files.filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
+  });
+
+  it('a failed index-pack removes its own temporary files, not those another index-pack is still writing', async () => {
+    // Another index-pack (an upload's copy, a repair's fetch) is writing its pack beside it: the
+    // file is open. Removed, that index-pack failed at its rename.
+    const live = join(repoPath(), 'objects/pack/tmp_pack_live');
+    const handle = await open(live, 'w');
+    try {
+      await handle.write('PACK');
+      const fake = join(kit.dir, 'git-failing-index-pack');
+      await writeFile(fake, `#!/bin/sh\ncase " $* " in *" index-pack "*) : > objects/pack/tmp_idx_orphan; exit 1;; esac\nexec git "$@"\n`, {
+        mode: 0o755,
+      });
+      await expect(participantWith({ gitBinary: fake }).stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected/);
+      const files = await readdir(join(repoPath(), 'objects/pack'));
+      expect(files).toContain('tmp_pack_live');
+      expect(files).not.toContain('tmp_idx_orphan');
+    } finally {
+      await handle.close();
+      await rm(live, { force: true });
+    }
   });
 
   it('a stage still indexing when a prepare of the same pack indexed, committed and dropped its own .keep leaves no .keep', async () => {

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
-import { readFile, rm, unlink, readdir, stat } from 'node:fs/promises';
+import { readFile, readlink, realpath, rm, unlink, readdir, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { DEFAULTS } from '../config.js';
@@ -1020,14 +1020,50 @@ async function removeFiles(paths: readonly string[]): Promise<void> {
   await Promise.all(paths.map((p) => unlink(p).catch(() => undefined)));
 }
 
-/** removeTempPacks deletes the temporary files a failed index-pack left (`tmp_pack_*`, `tmp_idx_*`, `tmp_rev_*` written since `since`). */
+/**
+ * removeTempPacks deletes the temporary files a failed index-pack left (`tmp_pack_*`, `tmp_idx_*`,
+ * `tmp_rev_*` written since `since`), sparing those a process still has open: the pack another
+ * index-pack is writing beside it (an upload's copy, another prepare, a repair's fetch). Deleted,
+ * that one failed at its rename ("unable to rename temporary '*.pack' file ... No such file or
+ * directory"): a node that came back from a pause under 8 pushers failed its repair fetch so.
+ * Without /proc nothing is removed here (the start-up sweep does it).
+ */
 async function removeTempPacks(packDir: string, since: number): Promise<void> {
+  const candidates: string[] = [];
   for (const f of await readdir(packDir).catch(() => [] as string[])) {
     if (!/^tmp_(?:pack|idx|rev)_/.test(f)) continue;
     const p = join(packDir, f);
     const st = await stat(p).catch(() => null);
-    if (st && st.mtimeMs >= since - 1_000) await unlink(p).catch(() => undefined);
+    if (st && st.mtimeMs >= since - 1_000) candidates.push(p);
   }
+  if (candidates.length === 0) return;
+  // The links in /proc name the real path: the candidates are compared by theirs.
+  const real = await realpath(packDir).catch(() => packDir);
+  const open = await openPaths(real);
+  if (open === null) return;
+  for (const p of candidates) if (!open.has(join(real, basename(p)))) await unlink(p).catch(() => undefined);
+}
+
+/** openPaths lists the files under `dir` that some process has open (its /proc/<pid>/fd links); null without /proc. */
+export async function openPaths(dir: string): Promise<Set<string> | null> {
+  let pids: string[];
+  try {
+    pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p));
+  } catch {
+    return null;
+  }
+  const prefix = `${dir}/`;
+  const open = new Set<string>();
+  await Promise.all(
+    pids.map(async (pid) => {
+      const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+      for (const fd of fds) {
+        const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+        if (target.startsWith(prefix)) open.add(target);
+      }
+    }),
+  );
+  return open;
 }
 
 /** newTips are the objects updates point refs at (deletes point at none). */

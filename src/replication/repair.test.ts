@@ -10,7 +10,7 @@ import { Metrics } from '../metrics.js';
 import type { RepoRecord } from '../store/types.js';
 import { Failpoints } from './failpoints.js';
 import { Maintenance } from './maintenance.js';
-import { REPAIR_FETCH_ROUNDS, RepairWorker } from './repair.js';
+import { lastLines, REPAIR_FETCH_ROUNDS, RepairWorker } from './repair.js';
 import { ReplicaVerifier } from './verifier.js';
 
 const REPO = 'o/r' as RepoId;
@@ -506,5 +506,18 @@ describe('repair, verification and maintenance (in process)', () => {
       await m.collectGarbage(new Map([[REPO, { ...(await repo()), replicas: ['n1', 'n3'] }]]));
       expect(m.tracked).toBe(0);
     });
+  });
+});
+
+describe('lastLines', () => {
+  it("keeps the cause beside git's summary, without progress lines", () => {
+    const stderr =
+      'remote: Enumerating objects: 5, done.\nReceiving objects:  40% (2/5)\rReceiving objects: 100% (5/5), done.\n' +
+      'error: inflate: data stream error (incorrect header check)\nfatal: pack has bad object at offset 12: inflate returned -3\n' +
+      'fatal: fetch-pack: invalid index-pack output\n';
+    expect(lastLines(stderr)).toBe(
+      'error: inflate: data stream error (incorrect header check) / fatal: pack has bad object at offset 12: inflate returned -3 / fatal: fetch-pack: invalid index-pack output',
+    );
+    expect(lastLines('Receiving objects: 100% (5/5), done.\n')).toBe('');
   });
 });

@@ -684,14 +684,18 @@ export class RepairWorker {
       const removed = removeLockFiles(cwd);
       if (removed > 0) this.deps.logger.warn({ repoId: progress.repoId, removed }, 'removed the lock files of a killed repair fetch');
     }
-    if (code !== 0)
-      throw new Error(
-        `${args[0]!} from ${url} failed (${signal ?? code}): ${
-          tail
-            .trim()
-            .split(/[\r\n]/)
-            .pop() ?? ''
-        }`,
-      );
+    if (code !== 0) throw new Error(`${args[0]!} from ${url} failed (${signal ?? code}): ${lastLines(tail)}`);
   }
+}
+
+/**
+ * lastLines is what a failed git transfer said last, without its progress lines: up to three
+ * lines, so that the cause (index-pack's own `fatal:`) is kept beside git's summary of it.
+ */
+export function lastLines(stderr: string): string {
+  const lines = stderr
+    .split(/[\r\n]+/)
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !/^(remote: )?(Receiving|Resolving|Counting|Compressing|Enumerating|Total|Unpacking|Checking)\b/.test(l));
+  return lines.slice(-3).join(' / ');
 }
