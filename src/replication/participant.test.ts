@@ -236,6 +236,26 @@ describe('Participant (in process: real store, real git)', () => {
     await node.participant.abort(first.txnId, REPO);
   });
 
+  it('a replica recorded stale refuses while its pack is still arriving: the indexing stops, nothing is left', async () => {
+    // A node back from a pause answers a backlog of such prepares: each indexed its whole pack
+    // before its refusal, holding the replica's transactions (and its repair) back meanwhile.
+    await kit.raw.markReplica(REPO, 'n1', repo.incarnation, 'stale', repo.generation + 1);
+    const slow = new PassThrough();
+    slow.write(pack.subarray(0, 12));
+    const outcome = await Promise.race([
+      node.participant.prepare(push(), slow).then(
+        () => 'prepared',
+        (e: unknown) => e,
+      ),
+      new Promise((r) => setTimeout(() => r('still indexing'), 10_000)),
+    ]);
+    expect(outcome).toMatchObject({ status: 'stale' });
+    slow.destroy();
+    expect(node.activity.runningOn(REPO)).toEqual([]);
+    await eventually(async () => expect((await readdir(join(repoPath(), 'objects/pack'))).filter((f) => f.startsWith('tmp_'))).toEqual([]));
+    expect(await keeps()).toEqual([]);
+  });
+
   it('a prepare of another incarnation is stale', async () => {
     await expect(node.participant.prepare(push({ incarnation: randomUUID() }), stream())).rejects.toMatchObject({
       status: 'stale',

@@ -572,7 +572,17 @@ export class Participant {
    * other run side by side, and a refusal by checkReplica wins over any later failure.
    */
   private async preparePush(req: PrepareRequest, pack: Readable | null, local: boolean): Promise<OpenTxn> {
-    const checked = this.checkReplica(req).then(() => null, asError);
+    // A refusal by the replica check stops the pack's indexing: the refusal wins anyway, and a
+    // node that comes back from a pause answers a backlog of such prepares, whose transactions
+    // kept its repair from starting while each indexed its pack (bench/pause-under-load.sh).
+    const stop = new AbortController();
+    const checked = this.checkReplica(req).then(
+      () => null,
+      (err: unknown) => {
+        stop.abort();
+        return asError(err);
+      },
+    );
     const repoPath = this.deps.storage.repoPath(req.repoId);
     const keepFiles: string[] = [];
     try {
@@ -595,6 +605,7 @@ export class Participant {
             pack,
             req.packHash,
             req.fsckIgnore ?? this.deps.fsckIgnore ?? [],
+            { signal: stop.signal },
           );
           keepFiles.push(keep);
           // A stage of the same pack (running, or left from an earlier try) must never remove it now.
@@ -649,7 +660,7 @@ export class Participant {
     pack: Readable,
     expectedHash: string | undefined,
     fsckIgnore: readonly string[],
-    opts: { fixThin?: boolean; maxInputSize?: number } = {},
+    opts: { fixThin?: boolean; maxInputSize?: number; signal?: AbortSignal } = {},
   ): Promise<string> {
     const started = Date.now();
     // The packs here before, so that a pack refused for its hash is removed only if this index-pack
@@ -666,6 +677,7 @@ export class Participant {
     const child = this.deps.git.spawn(args, {
       cwd: repoPath,
       timeoutMs: this.deps.gitTimeoutMs,
+      ...(opts.signal ? { signal: opts.signal } : {}),
     });
     let out = '';
     let err = '';
