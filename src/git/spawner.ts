@@ -252,6 +252,7 @@ export class SpawnHelper {
   private unjoinedReportedAt = 0;
   private unjoinedLast = '';
   private unjoinedTimer: NodeJS.Timeout | null = null;
+  private readonly turnedAway = new Map<string, number>();
 
   constructor(
     private readonly socketPath: string,
@@ -356,23 +357,32 @@ export class SpawnHelper {
   }
 
   private accept(socket: Socket): void {
-    socket.once('error', () => socket.destroy());
     let head = '';
+    let known = false;
+    // Sockets turned away are counted by why, for the report of processes whose streams never
+    // joined: the cause of such losses under overload is not known yet.
+    const away = (why: string): void => {
+      this.turnedAway.set(why, (this.turnedAway.get(why) ?? 0) + 1);
+      socket.destroy();
+    };
+    socket.once('error', (err: NodeJS.ErrnoException) => (known ? socket.destroy() : away(`error ${err.code ?? err.message}`)));
+    socket.once('end', () => {
+      if (!known) away('ended before its first line');
+    });
     const onData = (d: Buffer): void => {
       head += d.toString('latin1');
       const nl = head.indexOf('\n');
       if (nl < 0) {
-        if (head.length > 64) socket.destroy();
+        if (head.length > 64) away('no first line');
         return;
       }
       socket.off('data', onData);
       socket.pause();
       const m = /^(\d+) ([012])$/.exec(head.slice(0, nl));
       const child = m ? this.children.get(Number(m[1])) : undefined;
-      if (!m || !child) {
-        socket.destroy();
-        return;
-      }
+      if (!m) return away('a bad first line');
+      if (!child) return away('no such process (closed already)');
+      known = true;
       const rest = head.slice(nl + 1);
       if (rest) socket.unshift(Buffer.from(rest, 'latin1'));
       child.attach(Number(m[2]), socket);
@@ -397,9 +407,11 @@ export class SpawnHelper {
     this.unjoinedReportedAt = Date.now();
     this.onProblem(
       `${this.unjoinedCount} git process(es) exited with stream sockets that never reached the node (the last: ${this.unjoinedLast}; ` +
-        `missing ${this.joinGraceMs} ms after its exit): their output was dropped and they count as failed`,
+        `missing ${this.joinGraceMs} ms after its exit): their output was dropped and they count as failed; ` +
+        `sockets turned away since the last report: ${[...this.turnedAway].map(([why, n]) => `${why} ${n}`).join(', ') || 'none'}`,
     );
     this.unjoinedCount = 0;
+    this.turnedAway.clear();
   }
 
   private onReport(m: SpawnReport): void {
