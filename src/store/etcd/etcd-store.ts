@@ -10,7 +10,7 @@ import {
 } from 'etcd3';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreUnavailableError, errorMessage } from '../../domain/errors.js';
-import { HostHealth } from './host-health.js';
+import { HostHealth, MemberSkippedError, retryAcrossMembers } from './host-health.js';
 import {
   CHANGES_MAX,
   DECOMMISSIONED_PREFIX,
@@ -192,7 +192,7 @@ function policy(run: <T>(fn: () => PromiseLike<T> | T) => Promise<T>): FaultPoli
 /** transient says whether an error means etcd could not be reached or could not answer in time. */
 function transient(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
-  if (isRecoverableError(err) || err instanceof ClientClosedError) return true;
+  if (isRecoverableError(err) || err instanceof ClientClosedError || err instanceof MemberSkippedError) return true;
   if (err.name === 'BrokenCircuitError' || err.name === 'TaskCancelledError') return true;
   return (
     /etcdserver: (request timed out|leader changed|no leader|too many requests|server stopped|not capable|raft proposal dropped|unhealthy cluster|request cancelled)/.test(
@@ -242,7 +242,7 @@ export class EtcdStore implements ClusterStore {
         // A member that did not answer is skipped while another may (HostHealth), until a probe gets through.
         host: (host) =>
           policy(async (fn) => {
-            if (!this.health.usable(host)) throw new Error(`etcd member ${host} skipped: it did not answer recently`);
+            if (!this.health.usable(host)) throw new MemberSkippedError(host);
             try {
               const result = await fn();
               this.health.recovered(host);
@@ -256,17 +256,9 @@ export class EtcdStore implements ClusterStore {
             }
           }),
         // Each retry goes to the next host; the budget keeps a call with a dead store short.
-        global: policy(async (fn) => {
-          const start = Date.now();
-          for (let attempt = 1; ; attempt++) {
-            try {
-              return await fn();
-            } catch (err) {
-              if (!(err instanceof Error) || !isRecoverableError(err) || attempt >= maxTries || Date.now() - start >= timeoutMs) throw err;
-              await sleep(Math.min(50 * 2 ** (attempt - 1), 500));
-            }
-          }
-        }),
+        global: policy((fn) =>
+          retryAcrossMembers(fn, { maxTries, timeoutMs, recoverable: (err) => err instanceof Error && isRecoverableError(err), sleep }),
+        ),
       },
     });
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HostHealth } from './host-health.js';
+import { HostHealth, MemberSkippedError, retryAcrossMembers, type RetryOptions } from './host-health.js';
 
 const A = 'http://10.0.0.1:2379';
 const B = 'http://10.0.0.2:2379';
@@ -32,5 +32,75 @@ describe('HostHealth', () => {
     health.recovered(B);
     health.recovered(C);
     expect(health.suspect()).toEqual([]);
+  });
+});
+
+describe('retryAcrossMembers', () => {
+  class Refused extends Error {}
+  class Bug extends Error {}
+  /** run drives retryAcrossMembers through scripted passes; each entry is what one pass of etcd3 did. */
+  async function run(passes: Array<Error | 'ok'>, over: Partial<RetryOptions> = {}) {
+    let clock = 0;
+    const pauses: number[] = [];
+    let calls = 0;
+    const opts: RetryOptions = {
+      maxTries: 3,
+      timeoutMs: 2_500,
+      recoverable: (err) => err instanceof Refused,
+      sleep: async (ms) => {
+        pauses.push(ms);
+        clock += ms;
+      },
+      now: () => clock,
+      ...over,
+    };
+    const outcome = await retryAcrossMembers(() => {
+      const pass = passes[calls++];
+      if (pass === undefined) throw new Error('more passes than scripted');
+      if (pass instanceof Error) throw pass;
+      return pass;
+    }, opts).catch((err: unknown) => err);
+    return { outcome, calls, pauses };
+  }
+
+  it('tries again at once when every member of a pass was skipped (one that answers is drawn next)', async () => {
+    // The CI failure: a pass that drew only the two suspect members ended the call with a 500.
+    const r = await run([new Refused('deadline'), new MemberSkippedError('http://b:2379'), 'ok']);
+    expect(r.outcome).toBe('ok');
+    expect(r.calls).toBe(3);
+    expect(r.pauses).toEqual([50]);
+  });
+
+  it('does not count skipped passes as attempts', async () => {
+    const skipped = new MemberSkippedError('http://b:2379');
+    const r = await run([new Refused('a'), skipped, new Refused('b'), skipped, 'ok'], { maxTries: 3 });
+    expect(r.outcome).toBe('ok');
+  });
+
+  it('gives up after a few skipped passes in a row, with the skip (a transient failure, not a bug)', async () => {
+    const skipped = new MemberSkippedError('http://b:2379');
+    const r = await run(Array.from({ length: 10 }, () => skipped));
+    expect(r.outcome).toBe(skipped);
+    expect(r.calls).toBe(5);
+    expect(r.pauses).toEqual([]);
+  });
+
+  it('retries a failure that reached a member with growing pauses, up to maxTries', async () => {
+    const r = await run([new Refused('1'), new Refused('2'), new Refused('3'), 'ok'], { maxTries: 3 });
+    expect(r.outcome).toBeInstanceOf(Refused);
+    expect((r.outcome as Error).message).toBe('3');
+    expect(r.pauses).toEqual([50, 100]);
+  });
+
+  it('does not retry an error that is not recoverable', async () => {
+    const r = await run([new Bug('compare failed'), 'ok']);
+    expect(r.outcome).toBeInstanceOf(Bug);
+    expect(r.calls).toBe(1);
+  });
+
+  it('starts no retry once the budget is spent', async () => {
+    const r = await run([new Refused('1'), new Refused('2'), 'ok'], { maxTries: 10, timeoutMs: 40 });
+    expect((r.outcome as Error).message).toBe('2');
+    expect(r.pauses).toEqual([50]);
   });
 });

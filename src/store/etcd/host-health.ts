@@ -36,3 +36,59 @@ export class HostHealth {
     return [...this.suspects];
   }
 }
+
+/**
+ * MemberSkippedError is thrown instead of calling a suspect member. etcd3 then tries its next
+ * member; when every member it tries in one pass was skipped (it draws them from shuffled rounds,
+ * so a pass that starts mid-round can draw the suspect ones twice and miss the one that answers),
+ * the call is tried again at once (retryAcrossMembers). A typed error, so etcd3 passes it on as is.
+ */
+export class MemberSkippedError extends Error {
+  constructor(readonly host: string) {
+    super(`etcd member ${host} skipped: it did not answer recently`);
+    this.name = 'MemberSkippedError';
+  }
+}
+
+/** RetryOptions bound retryAcrossMembers. */
+export interface RetryOptions {
+  /** maxTries is how many attempts that reached a member may fail before the call fails. */
+  readonly maxTries: number;
+  /** timeoutMs is the call's whole budget: no retry starts after it. */
+  readonly timeoutMs: number;
+  /** recoverable says whether a failed attempt may be tried again (etcd3's isRecoverableError). */
+  readonly recoverable: (err: unknown) => boolean;
+  readonly sleep: (ms: number) => Promise<unknown>;
+  readonly now?: () => number;
+}
+
+/** SKIPPED_PASSES_MAX bounds the passes in a row that found every member skipped: two always reach a usable one. */
+const SKIPPED_PASSES_MAX = 4;
+
+/**
+ * retryAcrossMembers runs `fn` (one pass of etcd3 over the members) until it succeeds, fails in a
+ * way not worth retrying, or the budget is spent. A failure that reached a member (refused, timed
+ * out, leader changed) is retried after a growing pause, at most `maxTries` times. A pass in which
+ * every member was skipped reached nobody: it is retried at once, as long as another pass can
+ * draw a member not skipped, since some member is always usable (HostHealth.usable).
+ */
+export async function retryAcrossMembers<T>(fn: () => PromiseLike<T> | T, opts: RetryOptions): Promise<T> {
+  const now = opts.now ?? Date.now;
+  const start = now();
+  let attempt = 0;
+  let skippedPasses = 0;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (now() - start >= opts.timeoutMs) throw err;
+      if (err instanceof MemberSkippedError) {
+        if (++skippedPasses > SKIPPED_PASSES_MAX) throw err;
+        continue;
+      }
+      attempt++;
+      if (!opts.recoverable(err) || attempt >= opts.maxTries) throw err;
+      await opts.sleep(Math.min(50 * 2 ** (attempt - 1), 500));
+    }
+  }
+}
