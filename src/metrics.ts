@@ -125,7 +125,7 @@ export class Metrics {
   });
   readonly staleMarked = new Counter({
     name: 'gitrep_replicas_marked_stale_total',
-    help: 'replicas marked stale after missing a committed write',
+    help: 'replicas marked stale after missing a committed write (marks written to the store)',
     registers: [this.registry],
   });
   readonly proxied = new Counter({

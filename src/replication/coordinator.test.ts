@@ -5,7 +5,7 @@ import { gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
 import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
 import { ZERO_OID } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
-import { pickDefaultBranch, type Coordinator } from './coordinator.js';
+import { pickDefaultBranch, PREPARES_IN_FLIGHT_MAX, type Coordinator } from './coordinator.js';
 
 const Z0 = '0'.repeat(40);
 const A = 'a'.repeat(40);
@@ -334,6 +334,32 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       await eventually(async () =>
         expect((await kit.raw.getReplicas(REPO)).map((r) => r.state)).toEqual(['in_sync', 'in_sync', 'in_sync']),
       );
+    });
+
+    it(`a peer with ${PREPARES_IN_FLIGHT_MAX} prepares of the repo unanswered is not asked again: it misses the push and is marked stale`, async () => {
+      // A stopped peer (SIGSTOP) answers nothing and refuses nothing; its record reads in sync
+      // until one of its answers comes back, so every push asked it and its backlog grew with
+      // every push until it ran again.
+      const gate = new Gate();
+      kit.peers.script('n3', 'prepare', gate.held);
+      const c1 = kit.coordinator('n1');
+      const base = { n2: kit.peers.callsTo('n2', 'prepare').length, n3: kit.peers.callsTo('n3', 'prepare').length };
+      const asked = (node: 'n2' | 'n3'): number => kit.peers.callsTo(node, 'prepare').length - base[node];
+      for (let i = 0; i < PREPARES_IN_FLIGHT_MAX; i++) {
+        const ex = new FakeExchange([[Z, tip, `refs/heads/b${i}`]]);
+        await push(c1, ex);
+        expect(ex.results?.get(`refs/heads/b${i}`)).toEqual({ ok: true });
+      }
+      expect(asked('n3')).toBe(PREPARES_IN_FLIGHT_MAX);
+      expect(await stateOn('n3')).toBe('in_sync');
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/next']]);
+      await push(c1, ex);
+      expect(ex.results?.get('refs/heads/next')).toEqual({ ok: true });
+      expect(asked('n3')).toBe(PREPARES_IN_FLIGHT_MAX);
+      await eventually(async () => expect(await stateOn('n3')).toBe('stale'));
+      // Another peer's backlog is its own: n2 is still asked.
+      expect(asked('n2')).toBe(PREPARES_IN_FLIGHT_MAX + 1);
+      gate.release();
     });
 
     it("a straggler's prepare still reading the pack keeps a repack off the coordinator's replica until it settles", async () => {

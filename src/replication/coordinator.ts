@@ -169,6 +169,19 @@ interface KnownRefs {
   readonly refs: ReadonlyMap<string, string>;
 }
 
+/**
+ * PREPARES_IN_FLIGHT_MAX bounds the prepares this node has sent to one peer for one repo and not
+ * yet had answered. A replica that stops answering (a stopped process, a link that drops packets
+ * without a refusal) counts as prepared nowhere but is still asked by every push until its record
+ * reads behind, and it reads in sync until one of its answers comes back: a peer stopped for 20 s
+ * under 8 pushers came back to some 470 prepares queued for it, each answered (refused, mostly)
+ * in turn, and its repair could not start until they were all answered, 30 s later, after the
+ * pushes stopped. Past this many, the peer is not asked: it misses the transaction, is marked
+ * stale and left to repair. A replica merely slow has two or three prepares on their way at once
+ * (Participant.commitsHere).
+ */
+export const PREPARES_IN_FLIGHT_MAX = 8;
+
 /** CONFIRM_GRACE_MAX_MS bounds how long, after W replicas committed, a push waits for the others to join its confirmation write. */
 const CONFIRM_GRACE_MAX_MS = 20;
 
@@ -189,6 +202,8 @@ export class Coordinator {
    * leaves the repo at another generation, or the entry dropped.
    */
   private readonly knownRefs = new Map<string, KnownRefs>();
+  /** preparesInFlight: per repo and peer (`repo\npeer`), the prepares sent and not yet answered (PREPARES_IN_FLIGHT_MAX). */
+  private readonly preparesInFlight = new Map<string, number>();
 
   constructor(
     private readonly deps: {
@@ -271,7 +286,27 @@ export class Coordinator {
     return fresh && fresh.epoch !== target.epoch ? call(fresh) : answer;
   }
 
+  /** backlogOn is the refusal of a peer with PREPARES_IN_FLIGHT_MAX prepares of the repo unanswered, else undefined. */
+  private backlogOn(repoId: string, node: string): string | undefined {
+    const n = this.preparesInFlight.get(`${repoId}\n${node}`) ?? 0;
+    return n >= PREPARES_IN_FLIGHT_MAX ? `${n} earlier prepares not answered yet: not asked, left to repair` : undefined;
+  }
+
+  /** prepareOn asks one replica to prepare; a peer's prepare counts in preparesInFlight until it is answered. */
   private async prepareOn(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
+    if (node === this.deps.nodeId) return this.sendPrepare(node, req, packs);
+    const key = `${req.repoId}\n${node}`;
+    this.preparesInFlight.set(key, (this.preparesInFlight.get(key) ?? 0) + 1);
+    try {
+      return await this.sendPrepare(node, req, packs);
+    } finally {
+      const n = (this.preparesInFlight.get(key) ?? 1) - 1;
+      if (n > 0) this.preparesInFlight.set(key, n);
+      else this.preparesInFlight.delete(key);
+    }
+  }
+
+  private async sendPrepare(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
     if (node === this.deps.nodeId) {
       return this.deps.participant.prepare(req, null, { local: true }).then(
         () => ({ ok: true, status: 'prepared' }) as const,
@@ -519,7 +554,7 @@ export class Coordinator {
     const preparing = replicas.map((node) => {
       // A replica read behind under the lock would refuse (its record is what it checks): its
       // answer is that refusal, without the call and the pack it would index for nothing.
-      const refusal = notAsked.get(node);
+      const refusal = notAsked.get(node) ?? this.backlogOn(req.repoId, node);
       if (refusal !== undefined) {
         const a: Answer = { ok: false, status: 'stale', message: refusal };
         prepared.add(node, a);
@@ -1122,10 +1157,13 @@ export class Coordinator {
         if (notAsked.has(node)) return;
         logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
         // Unmarked, the replica still counts as behind (confirmed one generation back): repair finds it.
-        void store
-          .markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1)
-          .catch((err: unknown) => logger.warn({ txnId: req.txnId, node, err: errorMessage(err) }, 'could not mark a replica stale'));
-        metrics.staleMarked.inc();
+        void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).then(
+          // Not written when the replica has confirmed a later generation since (a straggler's late answer).
+          (written) => {
+            if (written) metrics.staleMarked.inc();
+          },
+          (err: unknown) => logger.warn({ txnId: req.txnId, node, err: errorMessage(err) }, 'could not mark a replica stale'),
+        );
       },
       progress,
       // The replicas read in sync under this lock need not read their records again.

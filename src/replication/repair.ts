@@ -358,7 +358,10 @@ export class RepairWorker {
    */
   async repair(repoId: string): Promise<boolean> {
     const running = this.deps.activity.tryBegin(repoId, 'repair');
-    if (!running) return false;
+    if (!running) {
+      this.deps.logger.debug({ repoId, running: this.deps.activity.runningOn(repoId) }, 'repair waits: the replica is busy');
+      return false;
+    }
     try {
       return await this.repairRunning(repoId);
     } finally {
