@@ -1155,14 +1155,25 @@ export class Coordinator {
       (node, answer) => {
         // Already recorded behind: repair has it; marking it again on every push was a store write each.
         if (notAsked.has(node)) return;
-        logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
         // Unmarked, the replica still counts as behind (confirmed one generation back): repair finds it.
         void store.markReplica(req.repoId, node, repo.incarnation, 'stale', repo.generation + 1).then(
-          // Not written when the replica has confirmed a later generation since (a straggler's late answer).
           (written) => {
-            if (written) metrics.staleMarked.inc();
+            if (written) {
+              metrics.staleMarked.inc();
+              logger.warn({ txnId: req.txnId, node, answer }, 'replica missed a committed transaction: marked stale');
+            } else {
+              // A late refusal from a replica confirmed further on since (repaired, or caught up).
+              logger.debug(
+                { txnId: req.txnId, node, answer },
+                'replica missed a committed transaction, not marked: it confirmed a later generation since, or the repo was re-created',
+              );
+            }
           },
-          (err: unknown) => logger.warn({ txnId: req.txnId, node, err: errorMessage(err) }, 'could not mark a replica stale'),
+          (err: unknown) =>
+            logger.warn(
+              { txnId: req.txnId, node, answer, err: errorMessage(err) },
+              'replica missed a committed transaction; could not mark it stale',
+            ),
         );
       },
       progress,
