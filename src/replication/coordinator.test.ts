@@ -2,7 +2,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
-import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit } from '../../test/helpers/replication-kit.js';
+import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit, type Script } from '../../test/helpers/replication-kit.js';
 import { ZERO_OID } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
 import { pickDefaultBranch, PREPARES_IN_FLIGHT_MAX, type Coordinator } from './coordinator.js';
@@ -382,7 +382,21 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     });
 
     it('replicas that commit moments after the W-th join its confirmation write: one write confirms all three', async () => {
-      // Every replica commits at once (the third's answer comes after the W-th's, by a little).
+      // Every replica commits at once; the peers' answers come back 150 and 160 ms after their
+      // commits were sent: the W-th (n2's, with n1's own) is the 150 ms one, and the coordinator
+      // then waits as long again as that took, at most 20 ms, for the third. (The answers held
+      // by timers, not the real commits racing: under load the third real commit could take
+      // longer than the grace, and this failed.)
+      const answerAt =
+        (ms: number): Script =>
+        async (_c, deliver) => {
+          const due = Date.now() + ms;
+          const a = await deliver();
+          await new Promise((r) => setTimeout(r, Math.max(0, due - Date.now())));
+          return a;
+        };
+      kit.peers.script('n2', 'commit', answerAt(150));
+      kit.peers.script('n3', 'commit', answerAt(160));
       const writes = (): number[] => (['confirmReplica', 'confirmReplicas'] as const).map((op) => kit.faults.count(op));
       const before = writes();
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
