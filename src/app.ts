@@ -223,6 +223,7 @@ async function startLocked(
   });
   // A replica's update-ref process is kept for its next transaction (src/git/update-ref.ts).
   const refSessions = new RefSessions({ idleMs: REF_SESSION_IDLE_MS, max: REF_SESSIONS_MAX });
+  const late: { coordinator?: Coordinator } = {};
   const participant = new Participant({
     nodeId: cfg.nodeId,
     refSessions,
@@ -243,6 +244,8 @@ async function startLocked(
     maxUploadCopyBytes: cfg.maxPushBytes,
     onConnectivity: (at) => metrics.connectivityChecks.inc({ at }),
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
+    // The coordinator is made below: a commit of the start-up's recovery (before it) has no refs to carry.
+    onPushCommitted: (c) => late.coordinator?.advanceKnownRefs(c),
   });
   await steps.run('resolve in-doubt transactions', () => participant.recover());
   const swept = await steps.run('sweep leftovers', () =>
@@ -310,6 +313,7 @@ async function startLocked(
       maxCopyBytes: cfg.maxPushBytes,
     },
   });
+  late.coordinator = coordinator;
   const router = new Router({ nodeId: cfg.nodeId, store, storage, membership, logger, commitWaitMs: cfg.timing.commitWaitMs });
   const hooks = new HookServer((err) => logger.error({ err: errorMessage(err) }, 'proc-receive exchange failed'));
   const hookPort = await steps.run('listen for hooks', () => hooks.listen());

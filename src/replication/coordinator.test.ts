@@ -191,7 +191,7 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/main\n`);
     });
 
-    it('reads the refs (for-each-ref) only when its last push did not leave the repo at the generation found under the lock', async () => {
+    it('reads the refs (for-each-ref) only when neither its last push nor a push it committed since left the repo at the generation found under the lock', async () => {
       const [c1, c2] = [kit.coordinator('n1'), kit.coordinator('n2')];
       const reads = { n1: vi.spyOn(kit.node('n1').storage, 'readRefs'), n2: vi.spyOn(kit.node('n2').storage, 'readRefs') };
       const first = new FakeExchange([[Z, tip, 'refs/heads/main']]);
@@ -207,7 +207,8 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(second.results?.get('refs/heads/b')).toEqual({ ok: true });
       expect(second.results?.get('refs/heads/main')).toMatchObject({ ok: false, reason: 'already exists' });
       expect(reads.n1).toHaveBeenCalledTimes(1);
-      // Another node's push moves the repo on; n1's next push reads again and sees it.
+      // Another node's push moves the repo on; n1 committed it as a participant, so its next push
+      // starts from its refs carried over that push: no read, and it sees the push's change.
       await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
       await receivePack(kit, 'n2', REPO, work, tip, 4343);
       const third = new FakeExchange([[tip, Z, 'refs/heads/b']]);
@@ -220,15 +221,33 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
         [tip, tip, 'refs/heads/gone'],
       ]);
       await push(c1, fourth);
-      expect(reads.n1).toHaveBeenCalledTimes(2);
+      expect(reads.n1).toHaveBeenCalledTimes(1);
       expect(fourth.results?.get('refs/heads/b')).toEqual({ ok: true });
       expect(fourth.results?.get('refs/heads/gone')).toMatchObject({ ok: false });
+      // A push c1 is not told of (n1's commits now go to another Coordinator, as after a restart
+      // of its refs' memory) leaves c1's refs a generation old: its next push reads again, and sees it.
+      kit.coordinator('n1');
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      const fifth = new FakeExchange([[Z, tip, 'refs/heads/c']]);
+      await push(c2, fifth, 4343);
+      expect(fifth.results?.get('refs/heads/c')).toEqual({ ok: true });
+      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      const sixth = new FakeExchange([
+        [Z, tip, 'refs/heads/d'],
+        [Z, tip, 'refs/heads/c'],
+      ]);
+      await push(c1, sixth);
+      expect(reads.n1).toHaveBeenCalledTimes(2);
+      expect(sixth.results?.get('refs/heads/d')).toEqual({ ok: true });
+      expect(sixth.results?.get('refs/heads/c')).toMatchObject({ ok: false, reason: 'already exists' });
       const repo = (await kit.raw.getRepo(REPO))!;
-      expect(repo.generation).toBe(4);
+      expect(repo.generation).toBe(6);
       await eventually(async () => {
         for (const n of kit.nodes) expect(await n.storage.checksum(REPO)).toBe(repo.checksum);
       });
-      expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(`${tip} refs/heads/b\n${tip} refs/heads/main\n`);
+      expect(await refsOf(kit.node('n3').storage.repoPath(REPO))).toBe(
+        `${tip} refs/heads/b\n${tip} refs/heads/c\n${tip} refs/heads/d\n${tip} refs/heads/main\n`,
+      );
     });
 
     it('peers read in sync under the lock are told so and do not read their records again; a peer read stale is not asked', async () => {

@@ -28,7 +28,7 @@ import {
 import type { HeldLock, RepoActivity } from './activity.js';
 import type { Failpoints } from './failpoints.js';
 import { PackTee } from './pack-tee.js';
-import { listPackKeeps, PrepareRefusal, type Participant } from './participant.js';
+import { listPackKeeps, PrepareRefusal, type Participant, type PushCommitted } from './participant.js';
 import { phasesBetween, refsField, refusedField } from './push-log.js';
 import { mergeGroup } from './push-group.js';
 import { Tally } from './quorum-wait.js';
@@ -196,10 +196,11 @@ export class Coordinator {
   private readonly queues = new Map<string, PendingPush[]>();
   /**
    * knownRefs: per repo, its refs at the generation this node's last push transaction committed
-   * (what it read under the lock, with the push applied). A repo's incarnation and generation
-   * name one state of its refs, so the next push that finds the repo there under the lock skips
-   * `for-each-ref`. Anything else (another node's push, a HEAD change, a failed transaction)
-   * leaves the repo at another generation, or the entry dropped.
+   * (what it read under the lock, with the push applied), carried forward by each push this node
+   * commits as a participant of another node's transaction (advanceKnownRefs). A repo's
+   * incarnation and generation name one state of its refs, so the next push that finds the repo
+   * there under the lock skips `for-each-ref`. Anything else (a push this node did not commit, a
+   * repair, a failed transaction) leaves the repo at another generation, or the entry dropped.
    */
   private readonly knownRefs = new Map<string, KnownRefs>();
   /** preparesInFlight: per repo and peer (`repo\npeer`), the prepares sent and not yet answered (PREPARES_IN_FLIGHT_MAX). */
@@ -1078,6 +1079,24 @@ export class Coordinator {
     } finally {
       await held.release();
     }
+  }
+
+  /**
+   * advanceKnownRefs carries a repo's remembered refs over a push transaction this node committed
+   * as a participant: from its base generation to the next. Under several nodes' pushes the
+   * lock passes from node to node, and a node whose refs were always a generation old read them
+   * with `for-each-ref` at every turn (a git process and 11 ms at the median between its lock and
+   * its prepares, 16 pushers over 3 nodes).
+   */
+  advanceKnownRefs(c: PushCommitted): void {
+    const known = this.knownRefs.get(c.repoId);
+    if (!known || known.incarnation !== c.incarnation || known.generation !== c.baseGeneration) return;
+    this.knownRefs.delete(c.repoId);
+    this.rememberRefs(c.repoId as RepoId, {
+      incarnation: c.incarnation,
+      generation: c.baseGeneration + 1,
+      refs: applyUpdates(known.refs, c.updates),
+    });
   }
 
   private rememberRefs(repoId: RepoId, known: KnownRefs): void {

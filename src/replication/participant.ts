@@ -96,6 +96,14 @@ interface OpenTxn {
   readonly stagingPath?: string;
 }
 
+/** PushCommitted is a push transaction this node committed: its repo, incarnation, base generation and ref updates. */
+export interface PushCommitted {
+  readonly repoId: string;
+  readonly incarnation: string;
+  readonly baseGeneration: number;
+  readonly updates: readonly RefUpdate[];
+}
+
 /**
  * Participant is this node's side of every replicated transaction (DESIGN §5 steps 3-5): it
  * prepares (staging a new repo, or verifying a pushed pack and locking refs with update-ref),
@@ -164,6 +172,12 @@ export class Participant {
        * coordinator stages its own, which its receive-pack bounded.
        */
       readonly maxUploadCopyBytes?: number;
+      /**
+       * onPushCommitted is told of every push transaction committed here, once its refs are
+       * durable: the repo's refs at `baseGeneration` + 1 are those at `baseGeneration` with
+       * `updates` applied (the coordinator keeps them for its own next push).
+       */
+      readonly onPushCommitted?: (c: PushCommitted) => void;
       /** onConnectivity is told where a peer prepare's connectivity check of new tips ran (metrics). */
       readonly onConnectivity?: (at: 'copy' | 'prepare') => void;
     },
@@ -854,6 +868,12 @@ export class Participant {
       this.lastCommitted.delete(req.repoId);
       if (this.lastCommitted.size >= LAST_COMMITTED_MAX) this.lastCommitted.delete(this.lastCommitted.keys().next().value as string);
       this.lastCommitted.set(req.repoId, { incarnation: req.incarnation, generation: req.baseGeneration + 1 });
+      this.deps.onPushCommitted?.({
+        repoId: req.repoId,
+        incarnation: req.incarnation,
+        baseGeneration: req.baseGeneration,
+        updates: req.updates,
+      });
     }
     // HEAD moves after the refs (idempotent, so a restart that re-applies the commit does it again).
     if (req.kind === 'push' && req.newHead) await storage.setHead(req.repoId, req.newHead);

@@ -221,6 +221,8 @@ export interface KitNode {
   readonly membership: Membership;
   /** connectivity counts the participant's push prepares by where their connectivity check ran (its onConnectivity). */
   readonly connectivity: Record<'copy' | 'prepare', number>;
+  /** coordinator is the node's latest Coordinator (kit.coordinator), told of the pushes its participant commits, as in app.ts. */
+  coordinator?: Coordinator;
 }
 
 /** ReplicationKit is a cluster of in-process nodes sharing one SQLite store. */
@@ -258,6 +260,7 @@ export class ReplicationKit {
       const log = new TxnLog(join(dir, id, 'node.db'));
       const activity = new RepoActivity({ nodeId: id, store, lockTtlMs: 10_000, logger: quietLogger });
       const connectivity = { copy: 0, prepare: 0 };
+      const late: { node?: KitNode } = {};
       const participant = new Participant({
         nodeId: id,
         store,
@@ -269,11 +272,13 @@ export class ReplicationKit {
         activity,
         resolveAfterMs: opts.resolveAfterMs ?? 60_000,
         onConnectivity: (at) => connectivity[at]++,
+        onPushCommitted: (c) => late.node?.coordinator?.advanceKnownRefs(c),
       });
       const membership = new Membership(info, { store, peers: peers as unknown as PeerClient, logger: quietLogger, ttlMs: 3_600_000 });
       membership.learn(await raw.allNodes());
       participants.set(id, participant);
-      nodes.push({ id, storage, log, activity, participant, membership, connectivity });
+      late.node = { id, storage, log, activity, participant, membership, connectivity };
+      nodes.push(late.node);
     }
     return new ReplicationKit(dir, raw, store, faults, git, nodes, peers);
   }
@@ -288,7 +293,7 @@ export class ReplicationKit {
   /** coordinator is a Coordinator on node `id` with W, time-outs and a catch-up as given. */
   coordinator(id: string, config: Partial<CoordinatorConfig> = {}, catchUp?: (repoId: string) => Promise<boolean>): Coordinator {
     const n = this.node(id);
-    return new Coordinator({
+    const coordinator = new Coordinator({
       nodeId: id,
       store: this.store,
       storage: n.storage,
@@ -310,6 +315,8 @@ export class ReplicationKit {
         ...config,
       },
     });
+    n.coordinator = coordinator;
+    return coordinator;
   }
 
   /** close closes the logs and the store and removes every file. */
