@@ -355,29 +355,37 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       );
     });
 
-    it(`a peer with ${PREPARES_IN_FLIGHT_MAX} prepares of the repo unanswered is not asked again: it misses the push and is marked stale`, async () => {
+    it(`a peer with ${PREPARES_IN_FLIGHT_MAX} prepares of the repo unanswered, the oldest past commitWaitMs, is not asked again: it misses the push and is marked stale`, async () => {
       // A stopped peer (SIGSTOP) answers nothing and refuses nothing; its record reads in sync
       // until one of its answers comes back, so every push asked it and its backlog grew with
       // every push until it ran again.
       const gate = new Gate();
       kit.peers.script('n3', 'prepare', gate.held);
-      const c1 = kit.coordinator('n1');
       const base = { n2: kit.peers.callsTo('n2', 'prepare').length, n3: kit.peers.callsTo('n3', 'prepare').length };
       const asked = (node: 'n2' | 'n3'): number => kit.peers.callsTo(node, 'prepare').length - base[node];
-      for (let i = 0; i < PREPARES_IN_FLIGHT_MAX; i++) {
-        const ex = new FakeExchange([[Z, tip, `refs/heads/b${i}`]]);
-        await push(c1, ex);
-        expect(ex.results?.get(`refs/heads/b${i}`)).toEqual({ ok: true });
-      }
-      expect(asked('n3')).toBe(PREPARES_IN_FLIGHT_MAX);
+      let n = 0;
+      const pushThrough = async (c: Coordinator): Promise<void> => {
+        const ref = `refs/heads/b${n++}`;
+        const ex = new FakeExchange([[Z, tip, ref]]);
+        await push(c, ex);
+        expect(ex.results?.get(ref)).toEqual({ ok: true });
+      };
+      // Many unanswered, but the oldest not yet commitWaitMs old (a peer still indexing a big
+      // pack while small pushes follow): still asked.
+      const patient = kit.coordinator('n1', { commitWaitMs: 60_000 });
+      for (let i = 0; i <= PREPARES_IN_FLIGHT_MAX; i++) await pushThrough(patient);
+      expect(asked('n3')).toBe(PREPARES_IN_FLIGHT_MAX + 1);
+      // The same backlog, the oldest past commitWaitMs: not asked.
+      const c1 = kit.coordinator('n1', { commitWaitMs: 300 });
+      for (let i = 0; i < PREPARES_IN_FLIGHT_MAX; i++) await pushThrough(c1);
+      expect(asked('n3')).toBe(2 * PREPARES_IN_FLIGHT_MAX + 1);
       expect(await stateOn('n3')).toBe('in_sync');
-      const ex = new FakeExchange([[Z, tip, 'refs/heads/next']]);
-      await push(c1, ex);
-      expect(ex.results?.get('refs/heads/next')).toEqual({ ok: true });
-      expect(asked('n3')).toBe(PREPARES_IN_FLIGHT_MAX);
+      await new Promise((r) => setTimeout(r, 350));
+      await pushThrough(c1);
+      expect(asked('n3')).toBe(2 * PREPARES_IN_FLIGHT_MAX + 1);
       await eventually(async () => expect(await stateOn('n3')).toBe('stale'));
       // Another peer's backlog is its own: n2 is still asked.
-      expect(asked('n2')).toBe(PREPARES_IN_FLIGHT_MAX + 1);
+      expect(asked('n2')).toBe(2 * PREPARES_IN_FLIGHT_MAX + 2);
       gate.release();
     });
 

@@ -171,14 +171,16 @@ interface KnownRefs {
 
 /**
  * PREPARES_IN_FLIGHT_MAX bounds the prepares this node has sent to one peer for one repo and not
- * yet had answered. A replica that stops answering (a stopped process, a link that drops packets
- * without a refusal) counts as prepared nowhere but is still asked by every push until its record
- * reads behind, and it reads in sync until one of its answers comes back: a peer stopped for 20 s
- * under 8 pushers came back to some 470 prepares queued for it, each answered (refused, mostly)
- * in turn, and its repair could not start until they were all answered, 30 s later, after the
- * pushes stopped. Past this many, the peer is not asked: it misses the transaction, is marked
- * stale and left to repair. A replica merely slow has two or three prepares on their way at once
- * (Participant.commitsHere).
+ * yet had answered, once the oldest of them has waited commitWaitMs. A replica that stops
+ * answering (a stopped process, a link that drops packets without a refusal) counts as prepared
+ * nowhere but is still asked by every push until its record reads behind, and it reads in sync
+ * until one of its answers comes back: a peer stopped for 20 s under 8 pushers came back to some
+ * 470 prepares queued for it, each answered (refused, mostly) in turn, and its repair could not
+ * start until they were all answered, 30 s later, after the pushes stopped. Past this many, the
+ * oldest that old, the peer is not asked: it misses the transaction, is marked stale and left to
+ * repair. A replica merely slow has two or three prepares on their way at once, each answered
+ * within commitWaitMs of the one before (Participant.commitsHere); one still indexing a big pack
+ * while small pushes follow may have more, and keeps them while its oldest is younger.
  */
 export const PREPARES_IN_FLIGHT_MAX = 8;
 
@@ -203,8 +205,8 @@ export class Coordinator {
    * repair, a failed transaction) leaves the repo at another generation, or the entry dropped.
    */
   private readonly knownRefs = new Map<string, KnownRefs>();
-  /** preparesInFlight: per repo and peer (`repo\npeer`), the prepares sent and not yet answered (PREPARES_IN_FLIGHT_MAX). */
-  private readonly preparesInFlight = new Map<string, number>();
+  /** preparesInFlight: per repo and peer (`repo\npeer`), when each prepare sent and not yet answered was sent, oldest first (PREPARES_IN_FLIGHT_MAX). */
+  private readonly preparesInFlight = new Map<string, number[]>();
 
   constructor(
     private readonly deps: {
@@ -287,23 +289,31 @@ export class Coordinator {
     return fresh && fresh.epoch !== target.epoch ? call(fresh) : answer;
   }
 
-  /** backlogOn is the refusal of a peer with PREPARES_IN_FLIGHT_MAX prepares of the repo unanswered, else undefined. */
+  /**
+   * backlogOn is the refusal of a peer with PREPARES_IN_FLIGHT_MAX prepares of the repo
+   * unanswered, the oldest sent commitWaitMs ago or more; else undefined.
+   */
   private backlogOn(repoId: string, node: string): string | undefined {
-    const n = this.preparesInFlight.get(`${repoId}\n${node}`) ?? 0;
-    return n >= PREPARES_IN_FLIGHT_MAX ? `${n} earlier prepares not answered yet: not asked, left to repair` : undefined;
+    const sent = this.preparesInFlight.get(`${repoId}\n${node}`);
+    if (!sent || sent.length < PREPARES_IN_FLIGHT_MAX) return undefined;
+    const waited = Date.now() - sent[0]!;
+    if (waited < (this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs)) return undefined;
+    return `${sent.length} earlier prepares not answered, the oldest for ${waited} ms: not asked, left to repair`;
   }
 
   /** prepareOn asks one replica to prepare; a peer's prepare counts in preparesInFlight until it is answered. */
   private async prepareOn(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
     if (node === this.deps.nodeId) return this.sendPrepare(node, req, packs);
     const key = `${req.repoId}\n${node}`;
-    this.preparesInFlight.set(key, (this.preparesInFlight.get(key) ?? 0) + 1);
+    const at = Date.now();
+    const sent = this.preparesInFlight.get(key) ?? [];
+    sent.push(at);
+    this.preparesInFlight.set(key, sent);
     try {
       return await this.sendPrepare(node, req, packs);
     } finally {
-      const n = (this.preparesInFlight.get(key) ?? 1) - 1;
-      if (n > 0) this.preparesInFlight.set(key, n);
-      else this.preparesInFlight.delete(key);
+      sent.splice(sent.indexOf(at), 1);
+      if (sent.length === 0 && this.preparesInFlight.get(key) === sent) this.preparesInFlight.delete(key);
     }
   }
 
