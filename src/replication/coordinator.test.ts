@@ -224,6 +224,21 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(reads.n1).toHaveBeenCalledTimes(1);
       expect(fourth.results?.get('refs/heads/b')).toEqual({ ok: true });
       expect(fourth.results?.get('refs/heads/gone')).toMatchObject({ ok: false });
+      // Commits that do not follow on from the remembered generation and incarnation (a late or
+      // repeated one, another incarnation's) leave the remembered refs alone.
+      const at4 = (await kit.raw.getRepo(REPO))!;
+      const bogus = [{ ref: 'refs/heads/b', oldOid: tip, newOid: Z }];
+      c1.advanceKnownRefs({ repoId: REPO, incarnation: at4.incarnation, baseGeneration: at4.generation - 1, updates: bogus });
+      c1.advanceKnownRefs({ repoId: REPO, incarnation: 'another', baseGeneration: at4.generation, updates: bogus });
+      const again = new FakeExchange([[Z, tip, 'refs/heads/b']]);
+      await push(c1, again);
+      expect(reads.n1).toHaveBeenCalledTimes(1);
+      expect(again.results?.get('refs/heads/b')).toMatchObject({ ok: false, reason: 'already exists' });
+      // A push refused whole changed nothing: the refs are still remembered.
+      const refusedAgain = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await push(c1, refusedAgain);
+      expect(reads.n1).toHaveBeenCalledTimes(1);
+      expect(refusedAgain.results?.get('refs/heads/main')).toMatchObject({ ok: false, reason: 'already exists' });
       // A push c1 is not told of (n1's commits now go to another Coordinator, as after a restart
       // of its refs' memory) leaves c1's refs a generation old: its next push reads again, and sees it.
       kit.coordinator('n1');
@@ -375,7 +390,8 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       const patient = kit.coordinator('n1', { commitWaitMs: 60_000 });
       for (let i = 0; i <= PREPARES_IN_FLIGHT_MAX; i++) await pushThrough(patient);
       expect(asked('n3')).toBe(PREPARES_IN_FLIGHT_MAX + 1);
-      // The same backlog, the oldest past commitWaitMs: not asked.
+      // Another coordinator (its own count) builds a backlog of as many, then lets the oldest pass
+      // its commitWaitMs: not asked.
       const c1 = kit.coordinator('n1', { commitWaitMs: 300 });
       for (let i = 0; i < PREPARES_IN_FLIGHT_MAX; i++) await pushThrough(c1);
       expect(asked('n3')).toBe(2 * PREPARES_IN_FLIGHT_MAX + 1);
@@ -409,11 +425,12 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
     });
 
     it('replicas that commit moments after the W-th join its confirmation write: one write confirms all three', async () => {
-      // Every replica commits at once; the peers' answers come back 150 and 160 ms after their
-      // commits were sent: the W-th (n2's, with n1's own) is the 150 ms one, and the coordinator
+      // Every replica commits at once; the peers' answers come back 300 and 305 ms after their
+      // commits were sent: the W-th (n2's, with n1's own) is the 300 ms one, and the coordinator
       // then waits as long again as that took, at most 20 ms, for the third. (The answers held
       // by timers, not the real commits racing: under load the third real commit could take
-      // longer than the grace, and this failed.)
+      // longer than the grace, and this failed. n3's timer expires before the grace's, and Node
+      // runs timers in the order they expire.)
       const answerAt =
         (ms: number): Script =>
         async (_c, deliver) => {
@@ -422,8 +439,8 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
           await new Promise((r) => setTimeout(r, Math.max(0, due - Date.now())));
           return a;
         };
-      kit.peers.script('n2', 'commit', answerAt(150));
-      kit.peers.script('n3', 'commit', answerAt(160));
+      kit.peers.script('n2', 'commit', answerAt(300));
+      kit.peers.script('n3', 'commit', answerAt(305));
       const writes = (): number[] => (['confirmReplica', 'confirmReplicas'] as const).map((op) => kit.faults.count(op));
       const before = writes();
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);

@@ -296,7 +296,7 @@ export class Coordinator {
   private backlogOn(repoId: string, node: string): string | undefined {
     const sent = this.preparesInFlight.get(`${repoId}\n${node}`);
     if (!sent || sent.length < PREPARES_IN_FLIGHT_MAX) return undefined;
-    const waited = Date.now() - sent[0]!;
+    const waited = Math.round(performance.now() - sent[0]!);
     if (waited < (this.deps.config.commitWaitMs ?? DEFAULTS.commitWaitMs)) return undefined;
     return `${sent.length} earlier prepares not answered, the oldest for ${waited} ms: not asked, left to repair`;
   }
@@ -305,7 +305,7 @@ export class Coordinator {
   private async prepareOn(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
     if (node === this.deps.nodeId) return this.sendPrepare(node, req, packs);
     const key = `${req.repoId}\n${node}`;
-    const at = Date.now();
+    const at = performance.now();
     const sent = this.preparesInFlight.get(key) ?? [];
     sent.push(at);
     this.preparesInFlight.set(key, sent);
@@ -1024,11 +1024,17 @@ export class Coordinator {
       for (const m of refused) m.report();
       // A ref a later push of the group put back where it was: their updates cancel out.
       const newHead = pickDefaultBranch(head, current, net);
-      if (members.length === 0) return { contended };
+      // Nothing to replicate (every push refused, or their updates cancel out): the refs read
+      // are still the repo's at this generation.
+      const unchanged = (): { contended: boolean } => {
+        this.rememberRefs(repoId, { incarnation: repo.incarnation, generation: repo.generation, refs: current });
+        return { contended };
+      };
+      if (members.length === 0) return unchanged();
       if (net.length === 0 && !newHead) {
         this.unstage(repoId, packsOf(members));
         for (const m of members) m.report();
-        return { contended };
+        return unchanged();
       }
       const req: PrepareRequest = {
         txnId: randomUUID(),

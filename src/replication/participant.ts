@@ -868,12 +868,17 @@ export class Participant {
       this.lastCommitted.delete(req.repoId);
       if (this.lastCommitted.size >= LAST_COMMITTED_MAX) this.lastCommitted.delete(this.lastCommitted.keys().next().value as string);
       this.lastCommitted.set(req.repoId, { incarnation: req.incarnation, generation: req.baseGeneration + 1 });
-      this.deps.onPushCommitted?.({
-        repoId: req.repoId,
-        incarnation: req.incarnation,
-        baseGeneration: req.baseGeneration,
-        updates: req.updates,
-      });
+      try {
+        this.deps.onPushCommitted?.({
+          repoId: req.repoId,
+          incarnation: req.incarnation,
+          baseGeneration: req.baseGeneration,
+          updates: req.updates,
+        });
+      } catch (err) {
+        // Only a cache of the coordinator's: the commit stands whatever it does.
+        logger.warn({ txnId, repoId: req.repoId, err: errorMessage(err) }, 'could not carry the remembered refs over a commit');
+      }
     }
     // HEAD moves after the refs (idempotent, so a restart that re-applies the commit does it again).
     if (req.kind === 'push' && req.newHead) await storage.setHead(req.repoId, req.newHead);

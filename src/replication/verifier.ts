@@ -179,7 +179,9 @@ export class ReplicaVerifier {
     if (!problem) return 'ok';
     const again = await store.getRepo(repo.repoId);
     if (!again || again.generation !== repo.generation) return 'ok';
-    await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
+    const marked = await store.markReplica(repo.repoId, nodeId, repo.incarnation, problem, repo.generation + 1);
+    // Not written: the replica confirmed a later generation meanwhile (a commit, a repair), which the next pass checks.
+    if (!marked) return 'ok';
     logger.warn(
       { repoId: repo.repoId, generation: repo.generation, state: problem },
       'replica contents differ from the store: marked for repair',

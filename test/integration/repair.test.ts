@@ -117,9 +117,11 @@ describe('catch-up repair and verification on 3 nodes', { timeout: 240_000 }, ()
     // The verifier marks node-2 stale and repair fetches it back, which can be over between two
     // looks at the store (CI missed it once): the node's log says what happened.
     await waitFor(
-      () => /"repoId":"heal\/ref"[^\n]*"state":"stale"[^\n]*marked for repair/.test(c.node(2).log),
+      () =>
+        /"repoId":"heal\/ref"[^\n]*"state":"stale"[^\n]*marked for repair/.test(c.node(2).log) &&
+        /"repoId":"heal\/ref"[^\n]*replica repaired/.test(c.node(2).log),
       45_000,
-      'verifier marks node-2 stale',
+      'verifier marks node-2 stale and repair fetches it back',
     );
     await expectAllInSync(c, 'heal/ref', 1);
     expect(await refsOf(c.replicaPath(2, 'heal/ref'))).toBe(good);

@@ -77,7 +77,7 @@ describe('retryAcrossMembers', () => {
     expect(r.outcome).toBe('ok');
   });
 
-  it('gives up after a few skipped passes in a row, with the skip (a transient failure, not a bug)', async () => {
+  it('gives up after a few skipped passes, with the skip (a transient failure, not a bug)', async () => {
     const skipped = new MemberSkippedError('http://b:2379');
     const r = await run(Array.from({ length: 10 }, () => skipped));
     expect(r.outcome).toBe(skipped);

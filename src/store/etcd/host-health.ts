@@ -62,7 +62,7 @@ export interface RetryOptions {
   readonly now?: () => number;
 }
 
-/** SKIPPED_PASSES_MAX bounds the passes in a row that found every member skipped: two always reach a usable one. */
+/** SKIPPED_PASSES_MAX bounds the passes of one call that found every member skipped: two in a row always reach a usable one. */
 const SKIPPED_PASSES_MAX = 4;
 
 /**
@@ -83,6 +83,7 @@ export async function retryAcrossMembers<T>(fn: () => PromiseLike<T> | T, opts: 
     } catch (err) {
       if (now() - start >= opts.timeoutMs) throw err;
       if (err instanceof MemberSkippedError) {
+        // Counted over the whole call, not only in a row: stricter, and enough.
         if (++skippedPasses > SKIPPED_PASSES_MAX) throw err;
         continue;
       }
