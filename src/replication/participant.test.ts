@@ -408,6 +408,29 @@ describe('Participant (in process: real store, real git)', () => {
     expect(files.filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
   });
 
+  it('an index-pack killed between creating its .keep and writing its message (an empty .keep) leaves no .keep', async () => {
+    // CI once found the empty .keep of a prepare whose index-pack its refused replica check stopped.
+    const hash = pack.subarray(pack.length - 20).toString('hex');
+    const fake = join(kit.dir, 'git-killed-keep');
+    await writeFile(
+      fake,
+      `#!/bin/sh\ncase " $* " in *" index-pack "*) cat >/dev/null; : > objects/pack/pack-${hash}.keep; exit 137;; esac\nexec git "$@"\n`,
+      {
+        mode: 0o755,
+      },
+    );
+    const participant = participantWith({ gitBinary: fake });
+    await expect(participant.stage(REPO, hash, stream(), undefined)).rejects.toThrow(/pack rejected/);
+    expect(await keeps()).toEqual([]);
+    await expect(participant.prepare(push({ packHash: hash }), stream())).rejects.toThrow(/pack rejected/);
+    expect(await keeps()).toEqual([]);
+    // No hash named (a copy during an upload, a prepare of an older coordinator): found by its content.
+    await expect(participant.stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected/);
+    expect(await keeps()).toEqual([]);
+    await expect(participant.prepare(push(), stream())).rejects.toThrow(/pack rejected/);
+    expect(await keeps()).toEqual([]);
+  });
+
   it('a failed index-pack removes its own temporary files, not those another index-pack is still writing', async () => {
     // Another index-pack (an upload's copy, a repair's fetch) is writing its pack beside it: the
     // file is open. Removed, that index-pack failed at its rename.

@@ -382,12 +382,16 @@ export class Participant {
     return running;
   }
 
-  /** removeKeepsSaying removes the pack `.keep` files of a replica whose content is `message`. */
+  /**
+   * removeKeepsSaying removes the pack `.keep` files of a failed index-pack's replica whose
+   * content is `message`, or the start of it: index-pack creates the file, then writes the
+   * message, and one killed in between leaves it empty or cut short.
+   */
   private async removeKeepsSaying(repoPath: string, message: string): Promise<void> {
     const dir = join(repoPath, 'objects', 'pack');
     const keeps = (await readdir(dir).catch(() => [])).filter((f) => f.endsWith('.keep')).map((f) => join(dir, f));
-    const contents = await Promise.all(keeps.map((k) => readFile(k, 'utf8').catch(() => '')));
-    await removeFiles(keeps.filter((_, i) => contents[i]!.trim() === message));
+    const contents = await Promise.all(keeps.map((k) => readFile(k, 'utf8').catch(() => null)));
+    await removeFiles(keeps.filter((_, i) => contents[i] !== null && saysOrStarts(contents[i]!, message)));
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {
@@ -720,7 +724,8 @@ export class Participant {
       if (expectedHash === undefined) await this.removeKeepsSaying(repoPath, keepMessage);
       else if (!before?.has(`pack-${expectedHash}.keep`)) {
         const orphan = join(repoPath, 'objects', 'pack', `pack-${expectedHash}.keep`);
-        if ((await readFile(orphan, 'utf8').catch(() => '')).trim() === keepMessage) await removeFiles([orphan]);
+        const content = await readFile(orphan, 'utf8').catch(() => null);
+        if (content !== null && saysOrStarts(content, keepMessage)) await removeFiles([orphan]);
       }
       throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
     }
@@ -1101,6 +1106,11 @@ export async function openPaths(dir: string): Promise<Set<string> | null> {
     }),
   );
   return open;
+}
+
+/** saysOrStarts says whether a `.keep` holds `message`, or its start (empty included): written by an index-pack killed while it wrote. */
+function saysOrStarts(content: string, message: string): boolean {
+  return content.trim() === message || `${message}\n`.startsWith(content);
 }
 
 /** newTips are the objects updates point refs at (deletes point at none). */
