@@ -153,9 +153,12 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
   describe('handlePush', () => {
     let work: string;
     let tip: string;
+    /** allInSync waits until every replica of the repo is recorded in sync (the last commits confirmed). */
+    const allInSync = (): Promise<void> =>
+      eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
     beforeEach(async () => {
       await kit.coordinator('n1').createRepo(REPO);
-      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await allInSync();
       work = await workRepo();
       tip = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
       await receivePack(kit, 'n1', REPO, work, tip, 4242);
@@ -209,13 +212,13 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(reads.n1).toHaveBeenCalledTimes(1);
       // Another node's push moves the repo on; n1 committed it as a participant, so its next push
       // starts from its refs carried over that push: no read, and it sees the push's change.
-      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await allInSync();
       await receivePack(kit, 'n2', REPO, work, tip, 4343);
       const third = new FakeExchange([[tip, Z, 'refs/heads/b']]);
       await push(c2, third, 4343);
       expect(third.results?.get('refs/heads/b')).toEqual({ ok: true });
       expect(reads.n2).toHaveBeenCalledTimes(1);
-      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await allInSync();
       const fourth = new FakeExchange([
         [Z, tip, 'refs/heads/b'],
         [tip, tip, 'refs/heads/gone'],
@@ -242,11 +245,11 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       // A push c1 is not told of (n1's commits now go to another Coordinator, as after a restart
       // of its refs' memory) leaves c1's refs a generation old: its next push reads again, and sees it.
       kit.coordinator('n1');
-      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await allInSync();
       const fifth = new FakeExchange([[Z, tip, 'refs/heads/c']]);
       await push(c2, fifth, 4343);
       expect(fifth.results?.get('refs/heads/c')).toEqual({ ok: true });
-      await eventually(async () => expect((await kit.raw.getReplicas(REPO)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await allInSync();
       const sixth = new FakeExchange([
         [Z, tip, 'refs/heads/d'],
         [Z, tip, 'refs/heads/c'],

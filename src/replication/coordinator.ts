@@ -303,7 +303,12 @@ export class Coordinator {
 
   /** prepareOn asks one replica to prepare; a peer's prepare counts in preparesInFlight until it is answered. */
   private async prepareOn(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
-    if (node === this.deps.nodeId) return this.sendPrepare(node, req, packs);
+    if (node === this.deps.nodeId) {
+      return this.deps.participant.prepare(req, null, { local: true }).then(
+        () => ({ ok: true, status: 'prepared' }) as const,
+        (err: unknown) => ({ ok: false, status: refusalStatus(err), message: errorMessage(err) }) as const,
+      );
+    }
     const key = `${req.repoId}\n${node}`;
     const at = performance.now();
     const sent = this.preparesInFlight.get(key) ?? [];
@@ -317,13 +322,8 @@ export class Coordinator {
     }
   }
 
+  /** sendPrepare asks a peer to prepare, its packs staged, teed or carried. */
   private async sendPrepare(node: string, req: PrepareRequest, packs: readonly PackShipment[]): Promise<Answer> {
-    if (node === this.deps.nodeId) {
-      return this.deps.participant.prepare(req, null, { local: true }).then(
-        () => ({ ok: true, status: 'prepared' }) as const,
-        (err: unknown) => ({ ok: false, status: refusalStatus(err), message: errorMessage(err) }) as const,
-      );
-    }
     const timeout = this.deps.config.prepareTimeoutMs;
     if (req.kind !== 'push')
       return this.callPeer(node, (t) => this.deps.peers.postJson(t, '/replicate/prepare', prepareToWire(req), timeout));

@@ -431,6 +431,23 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
   });
 
+  it("the empty .keep of a pack whose index is in (an operator's) stays when a failed index-pack cleans up", async () => {
+    await commitThrough(push());
+    const hash = pack.subarray(pack.length - 20).toString('hex');
+    await writeFile(join(repoPath(), 'objects/pack', `pack-${hash}.keep`), '');
+    const killed = 'e'.repeat(40);
+    const fake = join(kit.dir, 'git-killed-keep-beside');
+    await writeFile(
+      fake,
+      `#!/bin/sh\ncase " $* " in *" index-pack "*) cat >/dev/null; : > objects/pack/pack-${killed}.keep; exit 137;; esac\nexec git "$@"\n`,
+      {
+        mode: 0o755,
+      },
+    );
+    await expect(participantWith({ gitBinary: fake }).stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected/);
+    expect(await keeps()).toEqual([`pack-${hash}.keep`]);
+  });
+
   it('a failed index-pack removes its own temporary files, not those another index-pack is still writing', async () => {
     // Another index-pack (an upload's copy, a repair's fetch) is writing its pack beside it: the
     // file is open. Removed, that index-pack failed at its rename.

@@ -96,13 +96,8 @@ interface OpenTxn {
   readonly stagingPath?: string;
 }
 
-/** PushCommitted is a push transaction this node committed: its repo, incarnation, base generation and ref updates. */
-export interface PushCommitted {
-  readonly repoId: string;
-  readonly incarnation: string;
-  readonly baseGeneration: number;
-  readonly updates: readonly RefUpdate[];
-}
+/** PushCommitted is what of a push transaction this node committed says the refs it left: its repo, incarnation, base generation and ref updates. */
+export type PushCommitted = Pick<PrepareRequest, 'repoId' | 'incarnation' | 'baseGeneration' | 'updates'>;
 
 /**
  * Participant is this node's side of every replicated transaction (DESIGN §5 steps 3-5): it
@@ -390,8 +385,21 @@ export class Participant {
   private async removeKeepsSaying(repoPath: string, message: string): Promise<void> {
     const dir = join(repoPath, 'objects', 'pack');
     const keeps = (await readdir(dir).catch(() => [])).filter((f) => f.endsWith('.keep')).map((f) => join(dir, f));
-    const contents = await Promise.all(keeps.map((k) => readFile(k, 'utf8').catch(() => null)));
-    await removeFiles(keeps.filter((_, i) => contents[i] !== null && saysOrStarts(contents[i]!, message)));
+    const mine = await Promise.all(keeps.map((k) => this.isKeepOf(k, message)));
+    await removeFiles(keeps.filter((_, i) => mine[i]));
+  }
+
+  /**
+   * isKeepOf says whether a failed index-pack wrote `keep`: it holds `message`, or the start of it
+   * (empty included) while its pack's index is not in, since index-pack creates the file, then
+   * writes the message, then moves the pack and its index in; one killed in between leaves it
+   * empty or cut short. An empty `.keep` of a pack whose index is there (one an operator made to
+   * hold a pack) is not this one's.
+   */
+  private async isKeepOf(keep: string, message: string): Promise<boolean> {
+    const content = await readFile(keep, 'utf8').catch(() => null);
+    if (content === null || !`${message}\n`.startsWith(content)) return false;
+    return content === `${message}\n` || !(await exists(keep.replace(/\.keep$/, '.idx')));
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {
@@ -724,8 +732,7 @@ export class Participant {
       if (expectedHash === undefined) await this.removeKeepsSaying(repoPath, keepMessage);
       else if (!before?.has(`pack-${expectedHash}.keep`)) {
         const orphan = join(repoPath, 'objects', 'pack', `pack-${expectedHash}.keep`);
-        const content = await readFile(orphan, 'utf8').catch(() => null);
-        if (content !== null && saysOrStarts(content, keepMessage)) await removeFiles([orphan]);
+        if (await this.isKeepOf(orphan, keepMessage)) await removeFiles([orphan]);
       }
       throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
     }
@@ -874,12 +881,7 @@ export class Participant {
       if (this.lastCommitted.size >= LAST_COMMITTED_MAX) this.lastCommitted.delete(this.lastCommitted.keys().next().value as string);
       this.lastCommitted.set(req.repoId, { incarnation: req.incarnation, generation: req.baseGeneration + 1 });
       try {
-        this.deps.onPushCommitted?.({
-          repoId: req.repoId,
-          incarnation: req.incarnation,
-          baseGeneration: req.baseGeneration,
-          updates: req.updates,
-        });
+        this.deps.onPushCommitted?.(req);
       } catch (err) {
         // Only a cache of the coordinator's: the commit stands whatever it does.
         logger.warn({ txnId, repoId: req.repoId, err: errorMessage(err) }, 'could not carry the remembered refs over a commit');
@@ -1106,11 +1108,6 @@ export async function openPaths(dir: string): Promise<Set<string> | null> {
     }),
   );
   return open;
-}
-
-/** saysOrStarts says whether a `.keep` holds `message`, or its start (empty included): written by an index-pack killed while it wrote. */
-function saysOrStarts(content: string, message: string): boolean {
-  return content.trim() === message || `${message}\n`.startsWith(content);
 }
 
 /** newTips are the objects updates point refs at (deletes point at none). */
