@@ -19,7 +19,7 @@ import { loadTls, type TlsFiles } from './cluster/tls.js';
 import type { Timing } from './config.js';
 import { errorMessage } from './domain/errors.js';
 import type { Logger } from './domain/logger.js';
-import { HookServer, perlRelayUsable, relayHooksDir } from './git/proc-receive.js';
+import { HookServer, pickRelay, relayHooksDir } from './git/proc-receive.js';
 import { ReplicaStorage } from './git/repo-storage.js';
 import { GitRunner } from './git/runner.js';
 import { HELPER_SCRIPT, PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './git/spawner.js';
@@ -174,9 +174,9 @@ async function startLocked(
           (m) => logger.warn(m),
           helperKind === 'python' ? PYTHON_HELPER : HELPER_SCRIPT,
         );
-  // The proc-receive relay receive-pack runs per push: Perl (one process) when it runs here, else bash.
-  const relay = perlRelayUsable() ? 'perl' : 'bash';
-  const relayDir = relayHooksDir(relay === 'perl');
+  // The proc-receive relay receive-pack runs per push: the compiled C one, else Perl, else bash.
+  const relay = pickRelay();
+  const relayDir = relayHooksDir(relay);
   if (spawnHelper && !(await spawnHelper.start())) logger.warn({ relay }, 'spawn helper not started: the node spawns git itself');
   else logger.info({ helper: spawnHelper?.kind ?? 'none', relay }, 'how git processes are started');
   const git = new GitRunner({

@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { HookServer, parseCommand, perlRelayUsable, refKey } from './proc-receive.js';
+import { cRelayUsable, HookServer, parseCommand, perlRelayUsable, refKey, relayHooksDir } from './proc-receive.js';
 
 const A = 'a'.repeat(40);
 const B = 'b'.repeat(40);
@@ -70,11 +70,26 @@ describe('HookServer progress connections', () => {
   });
 });
 
-/** RELAYS are the two proc-receive relays the node can give receive-pack (app.ts picks one). */
+/** RELAYS are the three proc-receive relays the node can give receive-pack (pickRelay picks one). */
 const RELAYS = [
   { name: 'bash', dir: fileURLToPath(new URL('../../hooks', import.meta.url)), usable: true },
   { name: 'perl', dir: fileURLToPath(new URL('../../hooks/perl', import.meta.url)), usable: perlRelayUsable() },
+  { name: 'c', dir: relayHooksDir('c'), usable: cRelayUsable() },
 ] as const;
+
+const HAS_CC = spawnSync('sh', ['-c', 'command -v "${CC:-cc}"'], { stdio: 'ignore' }).status === 0;
+
+describe('the relays as built and shipped', () => {
+  it.runIf(HAS_CC)('npm run build compiled the C relay, and it runs (a C compiler is here)', () => {
+    expect(cRelayUsable(), 'dist/hooks/c/proc-receive is missing or does not run: run `npm run build`').toBe(true);
+  });
+  it.runIf(perlRelayUsable())('the Perl relay compiles under strict and warnings, which it does not load (2 ms a push)', () => {
+    const file = fileURLToPath(new URL('../../hooks/perl/proc-receive', import.meta.url));
+    const r = spawnSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', file], { encoding: 'utf8' });
+    expect(r.stderr.trim()).toBe(`${file} syntax OK`);
+    expect(r.status).toBe(0);
+  });
+});
 
 describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack and the HookServer', ({ name, dir, usable }) => {
   // Asynchronous: the HookServer answering the relay runs in this process.
@@ -122,4 +137,49 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
       rmSync(root, { recursive: true, force: true });
     }
   });
+
+  it.skipIf(!usable)(
+    'ends when the node drops the push, and when no node listens: the push fails, nothing hangs',
+    { timeout: 30_000 },
+    async () => {
+      const root = mkdtempSync(join(tmpdir(), `relay-${name}-`));
+      const server = new HookServer(() => undefined);
+      try {
+        const port = await server.listen();
+        await sh(root, ['init', '-q', '--bare', 'r.git']);
+        await sh(root, ['init', '-q', '-b', 'main', 'w']);
+        const work = join(root, 'w');
+        await sh(work, ['-c', 'user.name=t', '-c', 'user.email=t@x', 'commit', '-q', '--allow-empty', '-m', 'one']);
+        const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
+        const push = (env: Record<string, string>): ReturnType<typeof sh> =>
+          sh(work, ['push', '--porcelain', `--receive-pack=${receivePack}`, join(root, 'r.git'), 'main'], env);
+        const started = Date.now();
+        // A push the node drops (outcome unknown): the node also kills receive-pack (the routes'
+        // abandon), but the C and Perl relays end it by themselves, closing receive-pack's reading end.
+        if (name !== 'bash') {
+          const unregister = server.expect('push-d', async (exchange) => {
+            await exchange.read();
+            exchange.abandon();
+          });
+          const dropped = await push({ GIT_REPLICATION_HOOK_PORT: String(port), GIT_REPLICATION_PUSH_ID: 'push-d' });
+          unregister();
+          expect(dropped.code).not.toBe(0);
+          expect(dropped.out).toMatch(/^!\trefs\/heads\/main:refs\/heads\/main\t/m);
+        }
+        await server.close();
+        // The port is closed now: the relay cannot connect, and exits at once.
+        const unheard = await push({ GIT_REPLICATION_HOOK_PORT: String(port), GIT_REPLICATION_PUSH_ID: 'push-u' });
+        expect(unheard.code).not.toBe(0);
+        expect(unheard.out).toMatch(/^!\trefs\/heads\/main:refs\/heads\/main\t/m);
+        const missing = await push({ GIT_REPLICATION_PUSH_ID: 'push-m' });
+        expect(missing.code).not.toBe(0);
+        expect(missing.err).toContain('GIT_REPLICATION_HOOK_PORT');
+        expect(Date.now() - started).toBeLessThan(20_000);
+        expect((await sh(join(root, 'r.git'), ['for-each-ref'])).out).toBe('');
+      } finally {
+        await server.close();
+        rmSync(root, { recursive: true, force: true });
+      }
+    },
+  );
 });

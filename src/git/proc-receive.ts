@@ -179,18 +179,41 @@ const HOOKS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'hoo
 /** PERL_RELAY_DIR holds the Perl relay: one process per push instead of bash and three `cat`s. */
 const PERL_RELAY_DIR = join(HOOKS_DIR, 'perl');
 
-/** perlRelayUsable says whether the Perl relay can run here (its `#!/usr/bin/perl` runs). Asked once, when a node starts. */
+/**
+ * C_RELAY_DIR holds the C relay that `npm run build` compiles (scripts/build-relay.sh) when a C
+ * compiler is there: `dist/hooks/c` at the package's root, whether this module runs from src or dist.
+ */
+const C_RELAY_DIR = join(HOOKS_DIR, '..', 'dist', 'hooks', 'c');
+
+/** RelayKind names a proc-receive relay: all three speak the same protocol to the HookServer. */
+export type RelayKind = 'c' | 'perl' | 'bash';
+
+/** cRelayUsable says whether the compiled C relay is there and runs (`--check`). */
+export function cRelayUsable(): boolean {
+  const file = join(C_RELAY_DIR, 'proc-receive');
+  if (!existsSync(file)) return false;
+  return spawnSync(file, ['--check'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+}
+
+/** perlRelayUsable says whether the Perl relay can run here (its `#!/usr/bin/perl` runs). */
 export function perlRelayUsable(): boolean {
   if (!existsSync(join(PERL_RELAY_DIR, 'proc-receive'))) return false;
   return spawnSync('/usr/bin/perl', ['-e', '1'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
 }
 
 /**
- * relayHooksDir is the hooks directory receive-pack gets (`core.hooksPath`): the Perl relay when
- * it runs here, else the bash one. Both speak the same protocol to the HookServer.
+ * pickRelay is the quickest relay that runs here, asked once when a node starts: the C one
+ * (about 1 ms from spawn to its connection), else Perl (about 4.5 ms), else bash with three
+ * `cat`s (about 6 ms and 7 ms of CPU).
  */
-export function relayHooksDir(usePerl: boolean): string {
-  return usePerl ? PERL_RELAY_DIR : HOOKS_DIR;
+export function pickRelay(): RelayKind {
+  if (cRelayUsable()) return 'c';
+  return perlRelayUsable() ? 'perl' : 'bash';
+}
+
+/** relayHooksDir is the hooks directory receive-pack gets (`core.hooksPath`) for a relay. */
+export function relayHooksDir(kind: RelayKind): string {
+  return kind === 'c' ? C_RELAY_DIR : kind === 'perl' ? PERL_RELAY_DIR : HOOKS_DIR;
 }
 
 /** ProcReceiveHandler handles one push's exchange; it MUST end it with report() or abandon(). */
