@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdir, rm, symlink } from 'node:fs/promises';
+import { cp, mkdir, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -61,19 +61,24 @@ const DIST = join(PROJECT, 'dist');
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 
 /**
- * snapshotApp copies dist/, hooks/ and package.json into `dir` (node_modules is linked), and
- * returns the copy's dist/. The servers run from the copy: a rebuild of dist/ by someone else
- * while the benchmark runs cannot hand a node half-written modules, and every node of a run
- * runs the same build. The copy is checked by loading the CLI; a copy taken during a rebuild
- * is retaken.
+ * snapshotApp copies what the package ships (package.json's `files`: dist/, the spawn helper,
+ * the relays) and package.json into `dir` (node_modules is linked), and returns the copy's
+ * dist/. The servers run from the copy: a rebuild of dist/ by someone else while the benchmark
+ * runs cannot hand a node half-written modules, and every node of a run runs the same build.
+ * The copy is checked by loading the CLI; a copy taken during a rebuild is retaken. (Until
+ * 2026-12-04 it left helpers/ out, so the benchmark's nodes started git through the Node.js
+ * spawn helper, not the Python one an installed node uses.)
  */
 export async function snapshotApp(dir: string): Promise<string> {
+  const shipped = (JSON.parse(await readFile(join(PROJECT, 'package.json'), 'utf8')) as { files: string[] }).files.filter(
+    (f) => f !== 'dist',
+  );
   let last = '';
   for (let attempt = 0; attempt < 10; attempt++) {
     await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true });
     await cp(DIST, join(dir, 'dist'), { recursive: true });
-    await cp(join(PROJECT, 'hooks'), join(dir, 'hooks'), { recursive: true });
+    for (const f of shipped) await cp(join(PROJECT, f), join(dir, f), { recursive: true });
     await cp(join(PROJECT, 'package.json'), join(dir, 'package.json'));
     await symlink(join(PROJECT, 'node_modules'), join(dir, 'node_modules'), 'dir');
     const check = await run(process.execPath, [join(dir, 'dist', 'cli', 'main.js'), '--version'], { env: process.env, timeoutMs: 30_000 });
