@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { open, mkdir, readFile, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
+import { closeSync, fsync, openSync, readFileSync } from 'node:fs';
+import { mkdir, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { replicaChecksum, type RefEntry } from '../domain/checksum.js';
@@ -199,10 +200,15 @@ export async function readRefsAt(git: GitRunner, path: string): Promise<RefEntry
   return refs;
 }
 
-/** readHeadTarget reads a bare repo's HEAD file. */
+/**
+ * readHeadTarget reads a bare repo's HEAD file. This and readIncarnation read synchronously: a
+ * few dozen bytes in the page cache, read several times per push on each node, where the
+ * promise API's open, fstat, read and close (four thread-pool round trips) cost about 0.1 ms
+ * of CPU each time.
+ */
 export async function readHeadTarget(path: string): Promise<string | null> {
   try {
-    const head = (await readFile(join(path, 'HEAD'), 'utf8')).trim();
+    const head = readFileSync(join(path, 'HEAD'), 'utf8').trim();
     return head.startsWith('ref: ') ? head.slice(5) : null;
   } catch {
     return null;
@@ -212,7 +218,7 @@ export async function readHeadTarget(path: string): Promise<string | null> {
 /** readIncarnation reads `replication.incarnation` from a repo's config file. */
 export async function readIncarnation(path: string): Promise<string | null> {
   try {
-    const config = await readFile(join(path, 'config'), 'utf8');
+    const config = readFileSync(join(path, 'config'), 'utf8');
     const m = /\[replication\][^[]*?incarnation\s*=\s*([0-9a-zA-Z-]+)/.exec(config);
     return m?.[1] ?? null;
   } catch {
@@ -220,13 +226,19 @@ export async function readIncarnation(path: string): Promise<string | null> {
   }
 }
 
-/** fsyncPath fsyncs a file or directory, so a rename into it survives a crash (git does not). */
+const fsyncFd = promisify(fsync);
+
+/**
+ * fsyncPath fsyncs a file or directory, so a rename into it survives a crash (git does not).
+ * Only the fsync, which waits for the disk, leaves the event loop: opening and closing are
+ * quick, and done in place they spare two thread-pool round trips on every commit.
+ */
 export async function fsyncPath(path: string): Promise<void> {
-  const fh = await open(path, 'r');
+  const fd = openSync(path, 'r');
   try {
-    await fh.sync();
+    await fsyncFd(fd);
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }
 

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { readFile, unlink } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import { DEFAULTS } from '../config.js';
 import { applyUpdatesToChecksum, headChecksum, withHead } from '../domain/checksum.js';
 import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } from '../domain/errors.js';
@@ -1330,7 +1331,12 @@ export class Coordinator {
   private async receivedPack(ctx: Pick<PushContext, 'repoId' | 'receivePackPid'>): Promise<string | null> {
     const marker = `receive-pack ${ctx.receivePackPid} `;
     for (const keep of await listPackKeeps(this.deps.storage.repoPath(ctx.repoId))) {
-      const content = await readFile(keep, 'utf8').catch(() => '');
+      let content = '';
+      try {
+        content = readFileSync(keep, 'utf8');
+      } catch {
+        // gone meanwhile: not this push's
+      }
       if (content.startsWith(marker)) return keep.replace(/\.keep$/, '.pack');
     }
     return null;

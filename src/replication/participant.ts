@@ -1,4 +1,4 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync, readdirSync } from 'node:fs';
 import { readFile, readlink, realpath, rm, unlink, readdir, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { basename, join } from 'node:path';
@@ -251,7 +251,7 @@ export class Participant {
         if ((await this.deps.storage.incarnationOf(repoId)) === null)
           throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
         // Already here (an identical pack pushed before): nothing to index, and nothing to remove later.
-        if (await exists(join(repoPath, 'objects', 'pack', `pack-${packHash}.pack`))) {
+        if (exists(join(repoPath, 'objects', 'pack', `pack-${packHash}.pack`))) {
           pack.resume();
           return null;
         }
@@ -399,7 +399,7 @@ export class Participant {
   private async isKeepOf(keep: string, message: string): Promise<boolean> {
     const content = await readFile(keep, 'utf8').catch(() => null);
     if (content === null || !`${message}\n`.startsWith(content)) return false;
-    return content === `${message}\n` || !(await exists(keep.replace(/\.keep$/, '.idx')));
+    return content === `${message}\n` || !exists(keep.replace(/\.keep$/, '.idx'));
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {
@@ -478,7 +478,7 @@ export class Participant {
         ),
       ),
     );
-    const present = await Promise.all(keeps.map(async (r) => r.ok && (r.k === null || (await exists(r.k)))));
+    const present = keeps.map((r) => r.ok && (r.k === null || exists(r.k)));
     if (!present.every(Boolean)) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack is gone`);
     // Out of the table in one step after the last await: no expiry or unstage removes them now.
     if (keys.some((k, i) => this.staged.get(k) !== entries[i]))
@@ -763,7 +763,10 @@ export class Participant {
   private async checkCopy(repoPath: string, tips: readonly string[]): Promise<CopyCheck | null> {
     try {
       const dir = join(repoPath, 'objects', 'pack');
-      const listPacks = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.endsWith('.pack')).sort();
+      const listPacks = async (): Promise<string[]> =>
+        readdirSync(dir)
+          .filter((f) => f.endsWith('.pack'))
+          .sort();
       const removals = this.removals();
       const st = await stat(dir);
       const packs = await listPacks();
@@ -1120,11 +1123,9 @@ function stageKey(repoId: string, packHash: string): string {
   return `${repoId}\0${packHash}`;
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
+/** exists says whether a path is there (in place: a stat of the pack directory, several per prepare). */
+function exists(path: string): boolean {
+  return existsSync(path);
 }
 
 /** streamFile is a readable of a file, for shipping a pack to peers. */
@@ -1132,11 +1133,13 @@ export function streamFile(path: string): Readable {
   return createReadStream(path);
 }
 
-/** listPackKeeps lists `.keep` files in a repo's pack directory. */
+/** listPackKeeps lists `.keep` files in a repo's pack directory (read in place: one directory, a few dozen names). */
 export async function listPackKeeps(repoPath: string): Promise<string[]> {
   const dir = join(repoPath, 'objects', 'pack');
   try {
-    return (await readdir(dir)).filter((f) => f.endsWith('.keep')).map((f) => join(dir, f));
+    return readdirSync(dir)
+      .filter((f) => f.endsWith('.keep'))
+      .map((f) => join(dir, f));
   } catch {
     return [];
   }
