@@ -126,6 +126,56 @@ export function targets(res: readonly WorkloadResult[], params: Params, nproc: n
     // Summed over every node and every request of a push: client auth and peer signatures.
     add('auth checks per push, cluster3 (ms, all nodes)', '<= 2', med(res, 'push-latency', 'cluster3', 'auth_ms'), (v) => v <= 2);
   }
+  // Issue #15's targets: a replicated push at the cost of an unreplicated one (node-git-server).
+  const vsNgs = (id: WorkloadId, server: ServerId, metric: string): number | null =>
+    div(med(res, id, server, metric), med(res, id, 'node-git-server', metric));
+  if (res.some((w) => w.id === 'push-latency')) {
+    add('small push p50, cluster3 / node-git-server', '<= 1.5', vsNgs('push-latency', 'cluster3', 'p50_ms'), (v) => v <= 1.5);
+    add('small push p50, single / node-git-server', '<= 1.15', vsNgs('push-latency', 'single', 'p50_ms'), (v) => v <= 1.15);
+    add(
+      'server CPU per small push, cluster3 / node-git-server',
+      '<= 2.5',
+      vsNgs('push-latency', 'cluster3', 'server_cpu_ms'),
+      (v) => v <= 2.5,
+    );
+  }
+  if (res.some((w) => w.id === 'mirror-push')) {
+    add(
+      '`push --mirror` of express, cluster3 / node-git-server (s)',
+      '<= 1.5',
+      vsNgs('mirror-push', 'cluster3', 'seconds'),
+      (v) => v <= 1.5,
+    );
+    add(
+      'clone right after the mirror push, cluster3 / node-git-server (s)',
+      '<= 1.1',
+      vsNgs('mirror-push', 'cluster3', 'clone_after_s'),
+      (v) => v <= 1.1,
+    );
+  }
+  if (res.some((w) => w.id === 'concurrent-repos'))
+    add(
+      `${params.concurrency} clients on ${params.concurrency} repos, cluster3 / node-git-server (pushes/s)`,
+      '>= 0.8',
+      vsNgs('concurrent-repos', 'cluster3', 'pushes_per_s'),
+      (v) => v >= 0.8,
+    );
+  if (res.some((w) => w.id === 'concurrent-branches')) {
+    const n = params.concurrency;
+    add(
+      `${n} clients on one repo, cluster3 / node-git-server (pushes/s)`,
+      '>= 0.8',
+      vsNgs('concurrent-branches', 'cluster3', 'pushes_per_s'),
+      (v) => v >= 0.8,
+    );
+    add(
+      `${n} clients on one repo, cluster3 / node-git-server (p99)`,
+      '<= 3',
+      vsNgs('concurrent-branches', 'cluster3', 'p99_ms'),
+      (v) => v <= 3,
+    );
+    add(`${n} clients on one repo, cluster3: failed pushes`, '0', med(res, 'concurrent-branches', 'cluster3', 'errors'), (v) => v === 0);
+  }
   if (res.some((w) => w.id === 'concurrent-clones')) {
     for (const s of ['cluster3', 'single'] as const) {
       add(
