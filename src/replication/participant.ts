@@ -1,4 +1,4 @@
-import { createReadStream, existsSync, readdirSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { readFile, readlink, realpath, rm, unlink, readdir, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { basename, join } from 'node:path';
@@ -341,7 +341,7 @@ export class Participant {
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
     const key = stageKey(repoId, hash);
     // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
-    const mine = (await readFile(keep, 'utf8').catch(() => '')).trim() === message;
+    const mine = readOrEmpty(keep).trim() === message;
     // The table is read and written with no await between: two stages of one pack (a client's
     // retried push through two nodes) both finding no entry would leave the first one's `.keep`
     // to nobody (a chaos run found one).
@@ -691,7 +691,7 @@ export class Participant {
     const started = Date.now();
     // The packs here before, so that a pack refused for its hash is removed only if this index-pack
     // wrote it (a file's mtime cannot tell: the kernel stamps it from a clock a tick behind).
-    const before = expectedHash !== undefined ? new Set(await readdir(join(repoPath, 'objects', 'pack')).catch(() => [])) : null;
+    const before = expectedHash !== undefined ? new Set(listOrEmpty(join(repoPath, 'objects', 'pack'))) : null;
     const args = [
       'index-pack',
       indexPackStrict(fsckIgnore),
@@ -768,7 +768,7 @@ export class Participant {
           .filter((f) => f.endsWith('.pack'))
           .sort();
       const removals = this.removals();
-      const st = await stat(dir);
+      const st = statSync(dir);
       const packs = await listPacks();
       await this.checkConnected(repoPath, tips);
       await this.deps.failpoints.hit('participant.afterCopyCheck');
@@ -791,8 +791,8 @@ export class Participant {
     if (!tips.every((t) => done.some((c) => c.tips.has(t)))) return false;
     const removals = this.removals();
     const dir = join(repoPath, 'objects', 'pack');
-    const st = await stat(dir).catch(() => null);
-    const now = new Set(await readdir(dir).catch(() => []));
+    const st = statOrNull(dir);
+    const now = new Set(listOrEmpty(dir));
     return (
       this.removals() === removals &&
       done.every(
@@ -1121,6 +1121,35 @@ function newTips(updates: readonly RefUpdate[]): string[] {
 /** stageKey names a staged pack in the participant's table: one per repo and pack. */
 function stageKey(repoId: string, packHash: string): string {
   return `${repoId}\0${packHash}`;
+}
+
+/**
+ * statOrNull, readOrEmpty and listOrEmpty look at a replica's pack directory in place (a stat, a
+ * `.keep` or a listing of a few dozen names in the page cache, several per copy and prepare):
+ * the promise API's round trips through the thread pool cost more CPU than the look itself.
+ */
+function statOrNull(path: string): Stats | null {
+  try {
+    return statSync(path);
+  } catch {
+    return null;
+  }
+}
+
+function readOrEmpty(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function listOrEmpty(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 /** exists says whether a path is there (in place: a stat of the pack directory, several per prepare). */
