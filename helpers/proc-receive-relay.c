@@ -6,14 +6,16 @@
  * 1 ms. `npm run build` compiles it (scripts/build-relay.sh) to dist/hooks/c/proc-receive when a
  * C compiler is there; without one the node uses the Perl relay, then the bash one.
  *
- * It connects twice to the node's loopback hook socket (GIT_REPLICATION_HOOK_PORT): the first
- * connection sends the push id (GIT_REPLICATION_PUSH_ID) and then carries the proc-receive
- * exchange both ways (stdin to the node, the node's answer to stdout); the second sends
- * "<id> progress" and carries the node's progress lines to stderr, which git shows as "remote:".
- * It ends when every flow has ended: a source at its end, or a destination that refused a write.
- * A flow that ends passes its end on: receive-pack's stdin ended half-closes the node's
- * connection, and the node's side ended (a dropped push) closes stdout, so receive-pack fails
- * the push at once.
+ * It connects twice to the node's loopback hook socket (GIT_REPLICATION_HOOK_PORT). The first
+ * connection sends "<id> progress" (the id is GIT_REPLICATION_PUSH_ID) and carries the node's
+ * progress lines to stderr, which git shows as "remote:"; it comes first, so that the node holds
+ * it before the exchange starts and no early progress line is dropped. The second sends the id
+ * and then carries the proc-receive exchange both ways (stdin to the node, the node's answer to
+ * stdout). It ends when every flow has ended: a source at its end, or a destination that refused
+ * a write. A flow that ends passes its end on: receive-pack's stdin ended shuts the node's
+ * connection for writing (the node then ends it: receive-pack closes the hook's stdin only once
+ * it has the report), and the node's side ended (a dropped push) closes stdout, so receive-pack
+ * fails the push at once.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -34,8 +36,8 @@ static int dial(int port) {
   addr.sin_family = AF_INET;
   addr.sin_port = htons((unsigned short)port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  while (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) {
-    if (errno == EINTR) continue;
+  /* No signal handler is installed, so connect is never interrupted. */
+  if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) {
     close(s);
     return -1;
   }
@@ -59,8 +61,16 @@ static int put(int fd, const char *data, size_t len) {
   return 1;
 }
 
+/* put_line writes the id and its suffix in one write: one small packet, not two. */
 static int put_line(int fd, const char *id, const char *suffix) {
-  return put(fd, id, strlen(id)) && put(fd, suffix, strlen(suffix));
+  size_t a = strlen(id), b = strlen(suffix);
+  char *line = malloc(a + b);
+  if (!line) return 0;
+  memcpy(line, id, a);
+  memcpy(line + a, suffix, b);
+  int ok = put(fd, line, a + b);
+  free(line);
+  return ok;
 }
 
 struct flow {
@@ -86,13 +96,13 @@ int main(int argc, char **argv) {
   /* A peer gone away is a write that fails (EPIPE), which ends that flow, not a signal. */
   signal(SIGPIPE, SIG_IGN);
 
-  int main_socket = dial((int)port);
-  if (main_socket < 0 || !put_line(main_socket, id, "\n")) return 1;
   int progress = dial((int)port);
   if (progress >= 0 && !put_line(progress, id, " progress\n")) {
     close(progress);
     progress = -1;
   }
+  int main_socket = dial((int)port);
+  if (main_socket < 0 || !put_line(main_socket, id, "\n")) return 1;
 
   struct flow flows[3] = {{0, main_socket}, {main_socket, 1}, {progress, 2}};
   int count = progress >= 0 ? 3 : 2;

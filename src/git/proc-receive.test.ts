@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -80,9 +80,17 @@ const RELAYS = [
 const HAS_CC = spawnSync('sh', ['-c', 'command -v "${CC:-cc}"'], { stdio: 'ignore' }).status === 0;
 
 describe('the relays as built and shipped', () => {
-  it.runIf(HAS_CC)('npm run build compiled the C relay, and it runs (a C compiler is here)', () => {
+  it.runIf(HAS_CC)('npm run build compiled the C relay from its current source, and it runs (a C compiler is here)', () => {
     expect(cRelayUsable(), 'dist/hooks/c/proc-receive is missing or does not run: run `npm run build`').toBe(true);
+    // A rebuild that cannot compile keeps the binary built before (running nodes use it): one
+    // older than its source means the last build did not compile it.
+    const source = fileURLToPath(new URL('../../helpers/proc-receive-relay.c', import.meta.url));
+    const binary = join(relayHooksDir('c'), 'proc-receive');
+    expect(statSync(binary).mtimeMs, 'the C relay is older than its source: `npm run build` did not compile it').toBeGreaterThanOrEqual(
+      statSync(source).mtimeMs,
+    );
   });
+
   it.runIf(perlRelayUsable())('the Perl relay compiles under strict and warnings, which it does not load (2 ms a push)', () => {
     const file = fileURLToPath(new URL('../../hooks/perl/proc-receive', import.meta.url));
     const r = spawnSync('/usr/bin/perl', ['-Mstrict', '-Mwarnings', '-c', file], { encoding: 'utf8' });
@@ -95,7 +103,21 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
   // Asynchronous: the HookServer answering the relay runs in this process.
   const sh = (cwd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; out: string; err: string }> =>
     new Promise((resolve, reject) => {
-      const child = spawn('git', args, { cwd, env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', ...env } });
+      // In a process group of its own, killed whole after 30 s: a relay that hangs fails its test
+      // and leaves no receive-pack or relay behind.
+      const child = spawn('git', args, {
+        cwd,
+        env: { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null', ...env },
+        detached: true,
+      });
+      const timer = setTimeout(() => {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }, 30_000);
+      child.on('close', () => clearTimeout(timer));
       let out = '';
       let err = '';
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -132,6 +154,38 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
       expect(r.out.match(/^\*\trefs\/heads\/\S+\t\[new branch\]$/gm)).toHaveLength(1_800);
       expect(r.out.match(/^!\t\S+\t\[remote rejected\] \(sevens refused\)$/gm)).toHaveLength(200);
       expect(r.code).toBe(1);
+    } finally {
+      await server.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it.skipIf(!usable)('carries a progress line sent as soon as the commands are read (the progress connection comes first)', async () => {
+    const root = mkdtempSync(join(tmpdir(), `relay-${name}-`));
+    const server = new HookServer(() => undefined);
+    try {
+      const port = await server.listen();
+      await sh(root, ['init', '-q', '--bare', 'r.git']);
+      await sh(root, ['init', '-q', '-b', 'main', 'w']);
+      const work = join(root, 'w');
+      const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
+      // With the progress connection made second, the line was lost in about one push of five.
+      for (let i = 0; i < 8; i++) {
+        await sh(work, ['-c', 'user.name=t', '-c', 'user.email=t@x', 'commit', '-q', '--allow-empty', '-m', `c${i}`]);
+        const id = `push-p${i}`;
+        const unregister = server.expect(id, async (exchange) => {
+          const req = await exchange.read();
+          exchange.progress(`early line ${i}`);
+          exchange.report(req.commands, () => ({ ok: false, reason: 'refused after the line' }));
+        });
+        const r = await sh(work, ['push', `--receive-pack=${receivePack}`, join(root, 'r.git'), `main:refs/heads/b${i}`], {
+          GIT_REPLICATION_HOOK_PORT: String(port),
+          GIT_REPLICATION_PUSH_ID: id,
+        });
+        unregister();
+        expect(r.err, `push ${i}`).toContain(`remote: early line ${i}`);
+        expect(r.err).toContain('refused after the line');
+      }
     } finally {
       await server.close();
       rmSync(root, { recursive: true, force: true });
