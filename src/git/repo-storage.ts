@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { closeSync, fsync, openSync, readFileSync } from 'node:fs';
+import { closeSync, fsync, openSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { mkdir, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -201,29 +201,46 @@ export async function readRefsAt(git: GitRunner, path: string): Promise<RefEntry
 }
 
 /**
- * readHeadTarget reads a bare repo's HEAD file. This and readIncarnation read synchronously: a
- * few dozen bytes in the page cache, read several times per push on each node, where the
- * promise API's open, fstat, read and close (four thread-pool round trips) cost about 0.1 ms
- * of CPU each time.
+ * readSmallFile, listDir and statOrNull look at a replica's files in place: a HEAD, a config, a
+ * `.keep`, the pack directory, a few dozen bytes or names in the page cache, read several times
+ * per push on each node, where the promise API's open, fstat, read and close (four thread-pool
+ * round trips) cost about 0.1 ms of CPU each time. Null (or no names) when the path is not there.
  */
-export async function readHeadTarget(path: string): Promise<string | null> {
+export function readSmallFile(path: string): string | null {
   try {
-    const head = readFileSync(join(path, 'HEAD'), 'utf8').trim();
-    return head.startsWith('ref: ') ? head.slice(5) : null;
+    return readFileSync(path, 'utf8');
   } catch {
     return null;
   }
 }
 
-/** readIncarnation reads `replication.incarnation` from a repo's config file. */
-export async function readIncarnation(path: string): Promise<string | null> {
+export function listDir(dir: string): string[] {
   try {
-    const config = readFileSync(join(path, 'config'), 'utf8');
-    const m = /\[replication\][^[]*?incarnation\s*=\s*([0-9a-zA-Z-]+)/.exec(config);
-    return m?.[1] ?? null;
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+export function statOrNull(path: string): Stats | null {
+  try {
+    return statSync(path);
   } catch {
     return null;
   }
+}
+
+/** readHeadTarget reads a bare repo's HEAD file. */
+export async function readHeadTarget(path: string): Promise<string | null> {
+  const head = readSmallFile(join(path, 'HEAD'))?.trim();
+  return head?.startsWith('ref: ') ? head.slice(5) : null;
+}
+
+/** readIncarnation reads `replication.incarnation` from a repo's config file. */
+export async function readIncarnation(path: string): Promise<string | null> {
+  const config = readSmallFile(join(path, 'config'));
+  if (config === null) return null;
+  return /\[replication\][^[]*?incarnation\s*=\s*([0-9a-zA-Z-]+)/.exec(config)?.[1] ?? null;
 }
 
 const fsyncFd = promisify(fsync);

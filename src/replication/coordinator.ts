@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
 import { DEFAULTS } from '../config.js';
 import { applyUpdatesToChecksum, headChecksum, withHead } from '../domain/checksum.js';
@@ -13,7 +12,7 @@ import type { PeerTarget } from '../auth/peer-signature.js';
 import type { PeerAnswer, PeerClient } from '../cluster/peer-client.js';
 import { prepareToWire, txnToWire, unstageToWire, UPLOAD_STAGE_PROTOCOL, type PrepareRequest } from '../cluster/protocol.js';
 import type { Membership } from '../cluster/membership.js';
-import { DEFAULT_HEAD, type ReplicaStorage } from '../git/repo-storage.js';
+import { DEFAULT_HEAD, readSmallFile, type ReplicaStorage } from '../git/repo-storage.js';
 import { refKey, type ProcReceiveExchange, type RefResult } from '../git/proc-receive.js';
 import type { AuditEvent } from '../auth/audit.js';
 import {
@@ -1330,14 +1329,9 @@ export class Coordinator {
   /** receivedPack finds the pack receive-pack stored for this push: its .keep names receive-pack's pid. */
   private async receivedPack(ctx: Pick<PushContext, 'repoId' | 'receivePackPid'>): Promise<string | null> {
     const marker = `receive-pack ${ctx.receivePackPid} `;
-    for (const keep of await listPackKeeps(this.deps.storage.repoPath(ctx.repoId))) {
-      let content = '';
-      try {
-        content = readFileSync(keep, 'utf8');
-      } catch {
-        // gone meanwhile: not this push's
-      }
-      if (content.startsWith(marker)) return keep.replace(/\.keep$/, '.pack');
+    for (const keep of listPackKeeps(this.deps.storage.repoPath(ctx.repoId))) {
+      // Gone meanwhile (null): not this push's.
+      if (readSmallFile(keep)?.startsWith(marker)) return keep.replace(/\.keep$/, '.pack');
     }
     return null;
   }

@@ -1,4 +1,4 @@
-import { createReadStream, existsSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, statSync } from 'node:fs';
 import { readFile, readlink, realpath, rm, unlink, readdir, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { basename, join } from 'node:path';
@@ -9,7 +9,7 @@ import { AppError, conflict, errorMessage, notFound } from '../domain/errors.js'
 import type { Logger } from '../domain/logger.js';
 import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
-import { syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
+import { listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { NO_DWIM, RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
@@ -251,7 +251,7 @@ export class Participant {
         if ((await this.deps.storage.incarnationOf(repoId)) === null)
           throw new PrepareRefusal('stale', `no replica of ${repoId} on ${this.deps.nodeId}`);
         // Already here (an identical pack pushed before): nothing to index, and nothing to remove later.
-        if (exists(join(repoPath, 'objects', 'pack', `pack-${packHash}.pack`))) {
+        if (existsSync(join(repoPath, 'objects', 'pack', `pack-${packHash}.pack`))) {
           pack.resume();
           return null;
         }
@@ -341,7 +341,7 @@ export class Participant {
     const hash = /pack-([0-9a-f]+)\.keep$/.exec(keep)?.[1] ?? '';
     const key = stageKey(repoId, hash);
     // A `.keep` found there already (index-pack wrote none) is another's: nothing of this stage to remove later.
-    const mine = readOrEmpty(keep).trim() === message;
+    const mine = (readSmallFile(keep) ?? '').trim() === message;
     // The table is read and written with no await between: two stages of one pack (a client's
     // retried push through two nodes) both finding no entry would leave the first one's `.keep`
     // to nobody (a chaos run found one).
@@ -383,10 +383,7 @@ export class Participant {
    * message, and one killed in between leaves it empty or cut short.
    */
   private async removeKeepsSaying(repoPath: string, message: string): Promise<void> {
-    const dir = join(repoPath, 'objects', 'pack');
-    const keeps = (await readdir(dir).catch(() => [])).filter((f) => f.endsWith('.keep')).map((f) => join(dir, f));
-    const mine = await Promise.all(keeps.map((k) => this.isKeepOf(k, message)));
-    await removeFiles(keeps.filter((_, i) => mine[i]));
+    await removeFiles(listPackKeeps(repoPath).filter((k) => this.isKeepOf(k, message)));
   }
 
   /**
@@ -396,10 +393,10 @@ export class Participant {
    * empty or cut short. An empty `.keep` of a pack whose index is there (one an operator made to
    * hold a pack) is not this one's.
    */
-  private async isKeepOf(keep: string, message: string): Promise<boolean> {
-    const content = await readFile(keep, 'utf8').catch(() => null);
+  private isKeepOf(keep: string, message: string): boolean {
+    const content = readSmallFile(keep);
     if (content === null || !`${message}\n`.startsWith(content)) return false;
-    return content === `${message}\n` || !exists(keep.replace(/\.keep$/, '.idx'));
+    return content === `${message}\n` || !existsSync(keep.replace(/\.keep$/, '.idx'));
   }
 
   private stagedTimer(key: string): NodeJS.Timeout {
@@ -478,7 +475,7 @@ export class Participant {
         ),
       ),
     );
-    const present = keeps.map((r) => r.ok && (r.k === null || exists(r.k)));
+    const present = keeps.map((r) => r.ok && (r.k === null || existsSync(r.k)));
     if (!present.every(Boolean)) throw new PrepareRefusal('not_staged', `${NOT_STAGED}: a staged pack is gone`);
     // Out of the table in one step after the last await: no expiry or unstage removes them now.
     if (keys.some((k, i) => this.staged.get(k) !== entries[i]))
@@ -691,7 +688,7 @@ export class Participant {
     const started = Date.now();
     // The packs here before, so that a pack refused for its hash is removed only if this index-pack
     // wrote it (a file's mtime cannot tell: the kernel stamps it from a clock a tick behind).
-    const before = expectedHash !== undefined ? new Set(listOrEmpty(join(repoPath, 'objects', 'pack'))) : null;
+    const before = expectedHash !== undefined ? new Set(listDir(join(repoPath, 'objects', 'pack'))) : null;
     const args = [
       'index-pack',
       indexPackStrict(fsckIgnore),
@@ -732,7 +729,7 @@ export class Participant {
       if (expectedHash === undefined) await this.removeKeepsSaying(repoPath, keepMessage);
       else if (!before?.has(`pack-${expectedHash}.keep`)) {
         const orphan = join(repoPath, 'objects', 'pack', `pack-${expectedHash}.keep`);
-        if (await this.isKeepOf(orphan, keepMessage)) await removeFiles([orphan]);
+        if (this.isKeepOf(orphan, keepMessage)) await removeFiles([orphan]);
       }
       throw new PrepareRefusal('failed', `pack rejected: ${err.trim().split('\n').pop() ?? `index-pack exit ${code}`}`);
     }
@@ -763,16 +760,16 @@ export class Participant {
   private async checkCopy(repoPath: string, tips: readonly string[]): Promise<CopyCheck | null> {
     try {
       const dir = join(repoPath, 'objects', 'pack');
-      const listPacks = async (): Promise<string[]> =>
+      const listPacks = (): string[] =>
         readdirSync(dir)
           .filter((f) => f.endsWith('.pack'))
           .sort();
       const removals = this.removals();
       const st = statSync(dir);
-      const packs = await listPacks();
+      const packs = listPacks();
       await this.checkConnected(repoPath, tips);
       await this.deps.failpoints.hit('participant.afterCopyCheck');
-      const after = await listPacks();
+      const after = listPacks();
       if (this.removals() !== removals || after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;
       return { tips: new Set(tips), packs, dir: { dev: st.dev, ino: st.ino }, removals };
     } catch {
@@ -792,7 +789,7 @@ export class Participant {
     const removals = this.removals();
     const dir = join(repoPath, 'objects', 'pack');
     const st = statOrNull(dir);
-    const now = new Set(listOrEmpty(dir));
+    const now = new Set(listDir(dir));
     return (
       this.removals() === removals &&
       done.every(
@@ -1123,53 +1120,15 @@ function stageKey(repoId: string, packHash: string): string {
   return `${repoId}\0${packHash}`;
 }
 
-/**
- * statOrNull, readOrEmpty and listOrEmpty look at a replica's pack directory in place (a stat, a
- * `.keep` or a listing of a few dozen names in the page cache, several per copy and prepare):
- * the promise API's round trips through the thread pool cost more CPU than the look itself.
- */
-function statOrNull(path: string): Stats | null {
-  try {
-    return statSync(path);
-  } catch {
-    return null;
-  }
-}
-
-function readOrEmpty(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
-function listOrEmpty(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}
-
-/** exists says whether a path is there (in place: a stat of the pack directory, several per prepare). */
-function exists(path: string): boolean {
-  return existsSync(path);
-}
-
 /** streamFile is a readable of a file, for shipping a pack to peers. */
 export function streamFile(path: string): Readable {
   return createReadStream(path);
 }
 
 /** listPackKeeps lists `.keep` files in a repo's pack directory (read in place: one directory, a few dozen names). */
-export async function listPackKeeps(repoPath: string): Promise<string[]> {
+export function listPackKeeps(repoPath: string): string[] {
   const dir = join(repoPath, 'objects', 'pack');
-  try {
-    return readdirSync(dir)
-      .filter((f) => f.endsWith('.keep'))
-      .map((f) => join(dir, f));
-  } catch {
-    return [];
-  }
+  return listDir(dir)
+    .filter((f) => f.endsWith('.keep'))
+    .map((f) => join(dir, f));
 }
