@@ -72,8 +72,8 @@ describe('HookServer progress connections', () => {
 
 /** RELAYS are the three proc-receive relays the node can give receive-pack (pickRelay picks one). */
 const RELAYS = [
-  { name: 'bash', dir: fileURLToPath(new URL('../../hooks', import.meta.url)), usable: true },
-  { name: 'perl', dir: fileURLToPath(new URL('../../hooks/perl', import.meta.url)), usable: perlRelayUsable() },
+  { name: 'bash', dir: relayHooksDir('bash'), usable: true },
+  { name: 'perl', dir: relayHooksDir('perl'), usable: perlRelayUsable() },
   { name: 'c', dir: relayHooksDir('c'), usable: cRelayUsable() },
 ] as const;
 
@@ -126,7 +126,13 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
       child.on('close', (code) => resolve({ code, out, err }));
     });
 
-  it.skipIf(!usable)('carries the request, progress lines and the report, for 2,000 refs at once', async () => {
+  /**
+   * withRepos gives a test a listening HookServer, an empty bare repo and a work repo with one
+   * commit, and the receive-pack command that runs this relay; it removes them all after.
+   */
+  const withRepos = async (
+    test: (t: { server: HookServer; port: number; work: string; bare: string; receivePack: string }) => Promise<void>,
+  ): Promise<void> => {
     const root = mkdtempSync(join(tmpdir(), `relay-${name}-`));
     const server = new HookServer(() => undefined);
     try {
@@ -135,6 +141,16 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
       await sh(root, ['init', '-q', '-b', 'main', 'w']);
       const work = join(root, 'w');
       await sh(work, ['-c', 'user.name=t', '-c', 'user.email=t@x', 'commit', '-q', '--allow-empty', '-m', 'one']);
+      const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
+      await test({ server, port, work, bare: join(root, 'r.git'), receivePack });
+    } finally {
+      await server.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+  };
+
+  it.skipIf(!usable)('carries the request, progress lines and the report, for 2,000 refs at once', () =>
+    withRepos(async ({ server, port, work, bare, receivePack }) => {
       const refspecs = Array.from({ length: 2_000 }, (_, i) => `main:refs/heads/b${i}`);
       let seen = 0;
       const unregister = server.expect('push-r', async (exchange) => {
@@ -143,8 +159,7 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
         exchange.progress(`relayed ${req.commands.length} commands`);
         exchange.report(req.commands, (c) => (c.ref.endsWith('7') ? { ok: false, reason: 'sevens refused' } : { ok: true }));
       });
-      const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
-      const r = await sh(work, ['push', '--porcelain', `--receive-pack=${receivePack}`, join(root, 'r.git'), ...refspecs], {
+      const r = await sh(work, ['push', '--porcelain', `--receive-pack=${receivePack}`, bare, ...refspecs], {
         GIT_REPLICATION_HOOK_PORT: String(port),
         GIT_REPLICATION_PUSH_ID: 'push-r',
       });
@@ -154,21 +169,11 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
       expect(r.out.match(/^\*\trefs\/heads\/\S+\t\[new branch\]$/gm)).toHaveLength(1_800);
       expect(r.out.match(/^!\t\S+\t\[remote rejected\] \(sevens refused\)$/gm)).toHaveLength(200);
       expect(r.code).toBe(1);
-    } finally {
-      await server.close();
-      rmSync(root, { recursive: true, force: true });
-    }
-  });
+    }),
+  );
 
-  it.skipIf(!usable)('carries a progress line sent as soon as the commands are read (the progress connection comes first)', async () => {
-    const root = mkdtempSync(join(tmpdir(), `relay-${name}-`));
-    const server = new HookServer(() => undefined);
-    try {
-      const port = await server.listen();
-      await sh(root, ['init', '-q', '--bare', 'r.git']);
-      await sh(root, ['init', '-q', '-b', 'main', 'w']);
-      const work = join(root, 'w');
-      const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
+  it.skipIf(!usable)('carries a progress line sent as soon as the commands are read (the progress connection comes first)', () =>
+    withRepos(async ({ server, port, work, bare, receivePack }) => {
       // With the progress connection made second, the line was lost in about one push of five.
       for (let i = 0; i < 8; i++) {
         await sh(work, ['-c', 'user.name=t', '-c', 'user.email=t@x', 'commit', '-q', '--allow-empty', '-m', `c${i}`]);
@@ -178,7 +183,7 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
           exchange.progress(`early line ${i}`);
           exchange.report(req.commands, () => ({ ok: false, reason: 'refused after the line' }));
         });
-        const r = await sh(work, ['push', `--receive-pack=${receivePack}`, join(root, 'r.git'), `main:refs/heads/b${i}`], {
+        const r = await sh(work, ['push', `--receive-pack=${receivePack}`, bare, `main:refs/heads/b${i}`], {
           GIT_REPLICATION_HOOK_PORT: String(port),
           GIT_REPLICATION_PUSH_ID: id,
         });
@@ -186,27 +191,16 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
         expect(r.err, `push ${i}`).toContain(`remote: early line ${i}`);
         expect(r.err).toContain('refused after the line');
       }
-    } finally {
-      await server.close();
-      rmSync(root, { recursive: true, force: true });
-    }
-  });
+    }),
+  );
 
   it.skipIf(!usable)(
     'ends when the node drops the push, and when no node listens: the push fails, nothing hangs',
     { timeout: 30_000 },
-    async () => {
-      const root = mkdtempSync(join(tmpdir(), `relay-${name}-`));
-      const server = new HookServer(() => undefined);
-      try {
-        const port = await server.listen();
-        await sh(root, ['init', '-q', '--bare', 'r.git']);
-        await sh(root, ['init', '-q', '-b', 'main', 'w']);
-        const work = join(root, 'w');
-        await sh(work, ['-c', 'user.name=t', '-c', 'user.email=t@x', 'commit', '-q', '--allow-empty', '-m', 'one']);
-        const receivePack = `git -c core.hooksPath=${dir} -c receive.procReceiveRefs=refs/ receive-pack`;
+    () =>
+      withRepos(async ({ server, port, work, bare, receivePack }) => {
         const push = (env: Record<string, string>): ReturnType<typeof sh> =>
-          sh(work, ['push', '--porcelain', `--receive-pack=${receivePack}`, join(root, 'r.git'), 'main'], env);
+          sh(work, ['push', '--porcelain', `--receive-pack=${receivePack}`, bare, 'main'], env);
         const started = Date.now();
         // A push the node drops (outcome unknown): the node also kills receive-pack (the routes'
         // abandon), but the C and Perl relays end it by themselves, closing receive-pack's reading end.
@@ -229,11 +223,7 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
         expect(missing.code).not.toBe(0);
         expect(missing.err).toContain('GIT_REPLICATION_HOOK_PORT');
         expect(Date.now() - started).toBeLessThan(20_000);
-        expect((await sh(join(root, 'r.git'), ['for-each-ref'])).out).toBe('');
-      } finally {
-        await server.close();
-        rmSync(root, { recursive: true, force: true });
-      }
-    },
+        expect((await sh(bare, ['for-each-ref'])).out).toBe('');
+      }),
   );
 });

@@ -408,18 +408,23 @@ describe('Participant (in process: real store, real git)', () => {
     expect(files.filter((f) => f.endsWith('.keep') || f.startsWith('tmp_'))).toEqual([]);
   });
 
+  /**
+   * indexPackKilledAfterKeep writes a stand-in `git` (named `name` in the kit's directory) whose
+   * index-pack reads its pack, creates an empty `pack-<hash>.keep` and dies as if killed (137),
+   * as a real one stopped between creating its .keep and writing its message; every other
+   * command is the real git's.
+   */
+  const indexPackKilledAfterKeep = async (name: string, hash: string): Promise<string> => {
+    const fake = join(kit.dir, name);
+    const script = `#!/bin/sh\ncase " $* " in *" index-pack "*) cat >/dev/null; : > objects/pack/pack-${hash}.keep; exit 137;; esac\nexec git "$@"\n`;
+    await writeFile(fake, script, { mode: 0o755 });
+    return fake;
+  };
+
   it('an index-pack killed between creating its .keep and writing its message (an empty .keep) leaves no .keep', async () => {
     // CI once found the empty .keep of a prepare whose index-pack its refused replica check stopped.
     const hash = pack.subarray(pack.length - 20).toString('hex');
-    const fake = join(kit.dir, 'git-killed-keep');
-    await writeFile(
-      fake,
-      `#!/bin/sh\ncase " $* " in *" index-pack "*) cat >/dev/null; : > objects/pack/pack-${hash}.keep; exit 137;; esac\nexec git "$@"\n`,
-      {
-        mode: 0o755,
-      },
-    );
-    const participant = participantWith({ gitBinary: fake });
+    const participant = participantWith({ gitBinary: await indexPackKilledAfterKeep('git-killed-keep', hash) });
     await expect(participant.stage(REPO, hash, stream(), undefined)).rejects.toThrow(/pack rejected/);
     expect(await keeps()).toEqual([]);
     await expect(participant.prepare(push({ packHash: hash }), stream())).rejects.toThrow(/pack rejected/);
@@ -436,14 +441,7 @@ describe('Participant (in process: real store, real git)', () => {
     const hash = pack.subarray(pack.length - 20).toString('hex');
     await writeFile(join(repoPath(), 'objects/pack', `pack-${hash}.keep`), '');
     const killed = 'e'.repeat(40);
-    const fake = join(kit.dir, 'git-killed-keep-beside');
-    await writeFile(
-      fake,
-      `#!/bin/sh\ncase " $* " in *" index-pack "*) cat >/dev/null; : > objects/pack/pack-${killed}.keep; exit 137;; esac\nexec git "$@"\n`,
-      {
-        mode: 0o755,
-      },
-    );
+    const fake = await indexPackKilledAfterKeep('git-killed-keep-beside', killed);
     await expect(participantWith({ gitBinary: fake }).stageUpload(REPO, stream(), undefined)).rejects.toThrow(/pack rejected/);
     expect(await keeps()).toEqual([`pack-${hash}.keep`]);
   });
