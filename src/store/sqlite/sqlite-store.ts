@@ -275,12 +275,10 @@ export class SqliteStore implements ClusterStore {
 
   async registerNode(node: NodeInfo, ttlMs: number): Promise<void> {
     this.tx(() => {
-      this.db
-        .prepare(
-          `INSERT INTO nodes (id, url, version, started_at, expires_at, protocol) VALUES (?, ?, ?, ?, ?, ?)
+      this.sql(
+        `INSERT INTO nodes (id, url, version, started_at, expires_at, protocol) VALUES (?, ?, ?, ?, ?, ?)
         ON CONFLICT(id) DO UPDATE SET url = excluded.url, version = excluded.version, started_at = excluded.started_at, expires_at = excluded.expires_at, protocol = excluded.protocol`,
-        )
-        .run(node.id, node.url, node.version, node.startedAt, this.now() + ttlMs, node.protocol ? JSON.stringify(node.protocol) : null);
+      ).run(node.id, node.url, node.version, node.startedAt, this.now() + ttlMs, node.protocol ? JSON.stringify(node.protocol) : null);
     });
   }
 
@@ -361,12 +359,10 @@ export class SqliteStore implements ClusterStore {
     if (row && row.expires_at > now) return null;
     const token = this.nextToken();
     const expiresAt = now + ttlMs;
-    this.db
-      .prepare(
-        `INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
+    this.sql(
+      `INSERT INTO locks (repo_id, holder, token, expires_at) VALUES (?, ?, ?, ?)
       ON CONFLICT(repo_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at`,
-      )
-      .run(repoId, holder, token, expiresAt);
+    ).run(repoId, holder, token, expiresAt);
     return { repoId, holder, token, expiresAt };
   }
 
@@ -374,18 +370,21 @@ export class SqliteStore implements ClusterStore {
   private nextToken(): number {
     const row = this.sql("SELECT value FROM meta WHERE key = 'fencing_token'").get() as { value: string } | undefined;
     const next = (row ? Number(row.value) : 0) + 1;
-    this.db
-      .prepare("INSERT INTO meta (key, value) VALUES ('fencing_token', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-      .run(String(next));
+    this.sql("INSERT INTO meta (key, value) VALUES ('fencing_token', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(
+      String(next),
+    );
     return next;
   }
 
   async renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean> {
     return this.tx(() => {
       const now = this.now();
-      const r = this.db
-        .prepare('UPDATE locks SET expires_at = ? WHERE repo_id = ? AND token = ? AND expires_at > ?')
-        .run(now + ttlMs, repoId, token, now);
+      const r = this.sql('UPDATE locks SET expires_at = ? WHERE repo_id = ? AND token = ? AND expires_at > ?').run(
+        now + ttlMs,
+        repoId,
+        token,
+        now,
+      );
       return r.changes === 1;
     });
   }
@@ -411,12 +410,10 @@ export class SqliteStore implements ClusterStore {
 
   async beginTxn(txn: Omit<TxnRecord, 'decision' | 'decidedAt'>): Promise<void> {
     this.tx(() => {
-      this.db
-        .prepare(
-          `INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
+      this.sql(
+        `INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
         VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(id) DO NOTHING`,
-        )
-        .run(txn.id, txn.repoId, txn.kind, txn.coordinator, txn.baseGeneration, txn.fencingToken, this.now());
+      ).run(txn.id, txn.repoId, txn.kind, txn.coordinator, txn.baseGeneration, txn.fencingToken, this.now());
     });
   }
 
@@ -441,22 +438,20 @@ export class SqliteStore implements ClusterStore {
     decision: 'commit' | 'abort',
     fields: { repoId: string; kind: string; coordinator: string; baseGeneration: number; fencingToken: number },
   ): void {
-    this.db
-      .prepare(
-        `INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
+    this.sql(
+      `INSERT INTO txns (id, repo_id, kind, coordinator, base_generation, fencing_token, decision, decided_at, created_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET decision = excluded.decision, decided_at = excluded.decided_at`,
-      )
-      .run(
-        txnId,
-        fields.repoId,
-        fields.kind,
-        fields.coordinator,
-        fields.baseGeneration,
-        fields.fencingToken,
-        decision,
-        new Date(this.now()).toISOString(),
-        this.now(),
-      );
+    ).run(
+      txnId,
+      fields.repoId,
+      fields.kind,
+      fields.coordinator,
+      fields.baseGeneration,
+      fields.fencingToken,
+      decision,
+      new Date(this.now()).toISOString(),
+      this.now(),
+    );
   }
 
   async commitCreate(c: CommitCreate): Promise<DecideResult> {
@@ -465,9 +460,14 @@ export class SqliteStore implements ClusterStore {
       if (prior) return prior;
       if (this.repoRow(c.record.repoId)) return { written: false, decision: null, reason: 'exists' };
       const r = c.record;
-      this.db
-        .prepare('INSERT INTO repos (repo_id, incarnation, replicas, generation, checksum, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(r.repoId, r.incarnation, JSON.stringify(r.replicas), r.generation, r.checksum, r.createdAt);
+      this.sql('INSERT INTO repos (repo_id, incarnation, replicas, generation, checksum, created_at) VALUES (?, ?, ?, ?, ?, ?)').run(
+        r.repoId,
+        r.incarnation,
+        JSON.stringify(r.replicas),
+        r.generation,
+        r.checksum,
+        r.createdAt,
+      );
       this.sql('DELETE FROM replicas WHERE repo_id = ?').run(r.repoId);
       this.writeDecision(c.txnId, 'commit', {
         repoId: r.repoId,
@@ -557,13 +557,11 @@ export class SqliteStore implements ClusterStore {
     if (!repo || repo.incarnation !== c.incarnation || c.generation > repo.generation) return false;
     const row = this.sql('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(c.repoId, c.nodeId) as ReplicaRow | undefined;
     if (row && row.incarnation === c.incarnation && row.generation > c.generation) return false;
-    this.db
-      .prepare(
-        `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
+    this.sql(
+      `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, ?, ?, 'in_sync', ?)
       ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = excluded.generation,
       checksum = excluded.checksum, state = 'in_sync', updated_at = excluded.updated_at`,
-      )
-      .run(c.repoId, c.nodeId, c.incarnation, c.generation, c.checksum, new Date(this.now()).toISOString());
+    ).run(c.repoId, c.nodeId, c.incarnation, c.generation, c.checksum, new Date(this.now()).toISOString());
     return true;
   }
 
@@ -580,12 +578,10 @@ export class SqliteStore implements ClusterStore {
       const row = this.sql('SELECT * FROM replicas WHERE repo_id = ? AND node_id = ?').get(repoId, nodeId) as ReplicaRow | undefined;
       const now = new Date(this.now()).toISOString();
       if (!row || row.incarnation !== incarnation) {
-        this.db
-          .prepare(
-            `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, -1, '', ?, ?)
+        this.sql(
+          `INSERT INTO replicas (repo_id, node_id, incarnation, generation, checksum, state, updated_at) VALUES (?, ?, ?, -1, '', ?, ?)
           ON CONFLICT(repo_id, node_id) DO UPDATE SET incarnation = excluded.incarnation, generation = -1, checksum = '', state = excluded.state, updated_at = excluded.updated_at`,
-          )
-          .run(repoId, nodeId, incarnation, state, now);
+        ).run(repoId, nodeId, incarnation, state, now);
         return true;
       }
       if (row.generation >= belowGeneration) return false;
@@ -596,9 +592,11 @@ export class SqliteStore implements ClusterStore {
 
   async setReplicaSet(repoId: string, incarnation: string, replicas: readonly string[]): Promise<boolean> {
     return this.tx(() => {
-      const r = this.db
-        .prepare('UPDATE repos SET replicas = ? WHERE repo_id = ? AND incarnation = ?')
-        .run(JSON.stringify(replicas), repoId, incarnation);
+      const r = this.sql('UPDATE repos SET replicas = ? WHERE repo_id = ? AND incarnation = ?').run(
+        JSON.stringify(replicas),
+        repoId,
+        incarnation,
+      );
       if (r.changes === 1) {
         const keep = new Set(replicas);
         for (const row of this.sql('SELECT node_id FROM replicas WHERE repo_id = ?').all(repoId) as Array<{ node_id: string }>) {
@@ -653,9 +651,9 @@ export class SqliteStore implements ClusterStore {
     // BINARY collation: the byte order of the keys' UTF-8, as etcd's.
     return this.tx(
       () =>
-        this.db
-          .prepare('DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT -1 OFFSET ?)')
-          .run(prefix.length, prefix, keep).changes,
+        this.sql(
+          'DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT -1 OFFSET ?)',
+        ).run(prefix.length, prefix, keep).changes,
     );
   }
 
@@ -681,9 +679,11 @@ export class SqliteStore implements ClusterStore {
       // Rows before `since` pruned away: what changed in between is unknown.
       const first = (this.sql('SELECT min(seq) AS n FROM repo_changes').get() as { n: number | null }).n;
       if (since < last && (first === null || first > since + 1)) return null;
-      const rows = this.db
-        .prepare('SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ? LIMIT ?')
-        .all(since, last, CHANGES_MAX + 2) as Array<{ repo_id: string }>;
+      const rows = this.sql('SELECT DISTINCT repo_id FROM repo_changes WHERE seq > ? AND seq <= ? LIMIT ?').all(
+        since,
+        last,
+        CHANGES_MAX + 2,
+      ) as Array<{ repo_id: string }>;
       const repoIds = rows.map((r) => r.repo_id).filter((id) => id !== '');
       if (repoIds.length > CHANGES_MAX) return null;
       // Every record of the named repos, read in this transaction: one left out was deleted.
