@@ -16,11 +16,18 @@ function positiveInt(value: string): number {
   return n;
 }
 
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`'${value}' is not a whole number`);
+  return n;
+}
+
 interface BenchCliOptions {
   quick?: boolean;
   rounds?: number;
   clients?: number;
   pushesPerClient?: number;
+  warmup?: number;
   out: string;
   only?: string;
 }
@@ -31,6 +38,11 @@ const program = new Command('bench')
   .option('--rounds <n>', 'rounds per workload (default 3, 1 with --quick)', positiveInt)
   .option('--clients <n>', 'clients of the concurrent push workloads 4 and 5 (default 16)', positiveInt)
   .option('--pushes-per-client <n>', 'pushes each client of workloads 4 and 5 makes, one after another (default 4)', positiveInt)
+  .option(
+    '--warmup <n>',
+    'untimed pushes each server takes before the first workload, so the nodes run compiled code as a server that has run a while does (default 100, 2 with --quick; 0: none)',
+    nonNegativeInt,
+  )
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
   .option(
     '--only <workloads>',
@@ -49,6 +61,7 @@ const program = new Command('bench')
         only: o.only,
         ...(o.clients ? { clients: o.clients } : {}),
         ...(o.pushesPerClient ? { pushesPerClient: o.pushesPerClient } : {}),
+        ...(o.warmup !== undefined ? { warmup: o.warmup } : {}),
       });
       if (!result.complete) process.exitCode = 1;
     } catch (err) {

@@ -320,7 +320,7 @@ function mdTable(t: Table): string {
 /** renderText is the table the CLI prints: medians, ratios, targets. */
 export function renderText(r: BenchResult): string {
   const parts = [
-    `git-replication bench (${r.mode}, ${r.params.rounds} round(s), ${r.durationS.toFixed(0)} s) on ${r.machine.nproc} cores, git ${r.machine.gitVersion}, node ${r.machine.nodeVersion}`,
+    `git-replication bench (${r.mode}, ${r.params.rounds} round(s), ${r.durationS.toFixed(0)} s, warm-up ${r.params.warmup ?? 0} pushes per server) on ${r.machine.nproc} cores, git ${r.machine.gitVersion}, node ${r.machine.nodeVersion}`,
     '',
     'medians:',
     textTable(mediansTable(r)),
@@ -349,13 +349,20 @@ function errorLines(r: BenchResult): string[] {
   return out;
 }
 
+/** warmupLine says how warm the servers were when the workloads began. */
+function warmupLine(warmup: number | undefined): string {
+  return warmup
+    ? `Each server took ${warmup} untimed one-file pushes before the first workload (\`--warmup\`).`
+    : 'The workloads began right after the servers started (no warm-up).';
+}
+
 /** renderMarkdown is the `bench-<timestamp>.md` report. */
 export function renderMarkdown(r: BenchResult): string {
   const m = r.machine;
   const out: string[] = [
     `# git-replication benchmark, ${r.startedAt}`,
     '',
-    `Mode **${r.mode}**, ${r.params.rounds} round(s), ${r.durationS.toFixed(0)} s. Medians over rounds; ratios are between servers measured in the same run, alternating.`,
+    `Mode **${r.mode}**, ${r.params.rounds} round(s), ${r.durationS.toFixed(0)} s. Medians over rounds; ratios are between servers measured in the same run, alternating. ${warmupLine(r.params.warmup)}`,
     '',
     `Machine: ${m.nproc} cores (${m.cpuModel}), ${m.memTotalMb} MB RAM, Linux ${m.kernel}, ${m.gitVersion}, node ${m.nodeVersion}; load average ${m.loadavgStart.map((x) => x.toFixed(2)).join(' ')} at start, ${m.loadavgEnd.map((x) => x.toFixed(2)).join(' ')} at end.`,
     '',

@@ -5,7 +5,7 @@ import { bigRepo, defaultBundle, expressMirror, miniMirror, repoStats, smallHist
 import { renderMarkdown, renderText, summarize, targets, type BenchResult, type Machine, type WorkloadResult } from './report.js';
 import { SERVER_DESCRIPTIONS, SERVER_IDS, snapshotApp, startServer, type ServerId, type ServerUnderTest } from './servers.js';
 import { errorText, git, tempDir } from './util.js';
-import { FULL, QUICK, selectWorkloads, type Fixtures, type Params } from './workloads.js';
+import { FULL, QUICK, selectWorkloads, warmUp, type Fixtures, type Params } from './workloads.js';
 
 /** BenchOptions are the `bench` command's options. */
 export interface BenchOptions {
@@ -17,6 +17,8 @@ export interface BenchOptions {
   readonly clients?: number;
   /** pushesPerClient: pushes each client of workloads 4 and 5 makes, one after another (default 4, 1 with quick). */
   readonly pushesPerClient?: number;
+  /** warmup: untimed pushes each server takes before the first workload (default 100, 2 with quick; 0: none). */
+  readonly warmup?: number;
   /** out is the directory for `bench-<timestamp>.json` and `.md` (default bench/results). */
   readonly out?: string;
   /** only is a comma-separated list of workload ids or numbers. */
@@ -88,11 +90,14 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
     (!Number.isInteger(opts.pushesPerClient) || opts.pushesPerClient < 1 || opts.pushesPerClient > 1000)
   )
     throw new Error('--pushes-per-client must be an integer 1-1000');
+  if (opts.warmup !== undefined && (!Number.isInteger(opts.warmup) || opts.warmup < 0 || opts.warmup > 10_000))
+    throw new Error('--warmup must be an integer 0-10000');
   const params: Params = {
     ...(quick ? QUICK : FULL),
     rounds,
     ...(opts.clients ? { concurrency: opts.clients } : {}),
     ...(opts.pushesPerClient ? { pushesPerClient: opts.pushesPerClient } : {}),
+    ...(opts.warmup !== undefined ? { warmup: opts.warmup } : {}),
   };
   const workloads = selectWorkloads(opts.only);
   const serverIds = opts.servers ?? SERVER_IDS;
@@ -194,6 +199,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchRun> {
       small_commits: 20,
     });
     say(`fixtures ready (${JSON.stringify(fixtureFacts)}); servers up: ${servers.map((s) => s.id).join(', ')}`);
+    if (params.warmup > 0) {
+      const w0 = performance.now();
+      for (const p of await warmUp(params, servers, work)) problems.push(`warm-up: ${p}`);
+      say(`warm-up: ${params.warmup} untimed pushes to each server in ${((performance.now() - w0) / 1000).toFixed(0)} s`);
+    }
 
     for (const w of workloads) {
       const description = w.describe(params);

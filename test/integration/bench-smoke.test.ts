@@ -65,6 +65,10 @@ describe('bench --quick', () => {
     expect(result.servers.map((s) => s.id).sort()).toEqual([...SERVERS].sort());
     expect(result.servers.every((s) => s.started)).toBe(true);
     expect(result.workloads.map((w) => w.id)).toEqual(WORKLOADS);
+    // The quick suite's warm-up (2 pushes per server) ran and none of its pushes failed.
+    expect(result.params.warmup).toBe(2);
+    expect(result.problems.filter((p) => p.startsWith('warm-up'))).toEqual([]);
+    expect(r.stderr).toContain('warm-up: 2 untimed pushes to each server');
     for (const w of result.workloads) {
       const applies = ONLY_CLUSTERS.has(w.id) ? ['cluster3'] : SERVERS;
       expect(Object.keys(w.servers).sort(), w.id).toEqual([...applies].sort());
