@@ -40,7 +40,7 @@ const program = new Command('bench')
   .option('--pushes-per-client <n>', 'pushes each client of workloads 4 and 5 makes, one after another (default 4)', positiveInt)
   .option(
     '--warmup <n>',
-    'untimed pushes each server takes before the first workload, so the nodes run compiled code as a server that has run a while does (default 100, 2 with --quick; 0: none)',
+    'untimed pushes each server takes before the first workload, so the nodes run compiled code as a server that has run a while does (default 300, 2 with --quick; 0: none)',
     nonNegativeInt,
   )
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')

@@ -17,7 +17,7 @@ export interface BenchOptions {
   readonly clients?: number;
   /** pushesPerClient: pushes each client of workloads 4 and 5 makes, one after another (default 4, 1 with quick). */
   readonly pushesPerClient?: number;
-  /** warmup: untimed pushes each server takes before the first workload (default 100, 2 with quick; 0: none). */
+  /** warmup: untimed pushes each server takes before the first workload (default 300, 2 with quick; 0: none). */
   readonly warmup?: number;
   /** out is the directory for `bench-<timestamp>.json` and `.md` (default bench/results). */
   readonly out?: string;

@@ -62,7 +62,7 @@ export const FULL: Omit<Params, 'rounds'> = {
   cloneClients: 32,
   clonesPerClient: 1,
   bigMb: 200,
-  warmup: 100,
+  warmup: 300,
 };
 export const QUICK: Omit<Params, 'rounds'> = {
   quick: true,
@@ -738,10 +738,11 @@ export const WORKLOADS: readonly Workload[] = [
  * warmUp makes `params.warmup` untimed one-file pushes to each server (a repo of its own,
  * `bench/warmup`), taking turns push by push, before the first workload. The project's nodes
  * run most of a push in JavaScript, which V8 compiles only once it has run often: over the first
- * few hundred pushes after a start a node's CPU per push falls by a sixth (measured on the
- * 3-node cluster: coordinator 16.7 to 13-14 ms, peers 8.6 to 7-7.5 ms), while node-git-server's,
- * whose push is almost all git, stays where it is. The workloads measure servers that have run a
- * while, as in production. Returns the problems met (a server that failed a warm-up push).
+ * 300-400 pushes after a start the main threads' CPU per push falls by a quarter (measured on
+ * the 3-node cluster, windows of 100 pushes: coordinator 14.8 to 11 ms, peers 8.0 to 6 ms), while
+ * node-git-server's, whose push is almost all git, stays where it is (16.3-17.8 ms). The
+ * workloads measure servers that have run a while, as in production. Returns the problems met
+ * (a server that failed a warm-up push).
  */
 export async function warmUp(params: Params, servers: readonly ServerUnderTest[], work: string): Promise<string[]> {
   const n = params.warmup;
