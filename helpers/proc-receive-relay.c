@@ -85,8 +85,12 @@ int main(int argc, char **argv) {
   const char *id = getenv("GIT_REPLICATION_PUSH_ID");
   char *end = NULL;
   long port = port_text ? strtol(port_text, &end, 10) : 0;
-  if (!port_text || *port_text == '\0' || *end != '\0' || port < 1 || port > 65535) {
+  if (!port_text || *port_text == '\0') {
     fputs("GIT_REPLICATION_HOOK_PORT is not set\n", stderr);
+    return 1;
+  }
+  if (*end != '\0' || port < 1 || port > 65535) {
+    fprintf(stderr, "GIT_REPLICATION_HOOK_PORT is not a port number (1-65535): %.40s\n", port_text);
     return 1;
   }
   if (!id || *id == '\0') {
