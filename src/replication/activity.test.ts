@@ -1,5 +1,9 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Logger } from '../domain/logger.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import type { ClusterStore, RepoLock } from '../store/types.js';
 import { mayStart, RepoActivity, type ActivityKind } from './activity.js';
 
@@ -151,5 +155,34 @@ describe('RepoActivity', () => {
     await new Promise((r) => setTimeout(r, 250));
     expect(next.lost()).toBe(true);
     await next.release();
+  });
+
+  it('lock: nodes take a contended lock in turn, a node that keeps asking cannot take it back while another waits', async () => {
+    // Two nodes on one store file, as on one machine. n1 takes the lock again at once after each
+    // release (its pushes keep coming); n2 asks once, while n1 holds it. Before the lock line,
+    // n2 polled with a backoff up to 100 ms and found the lock free only in the instant between
+    // n1's release and its next take: here it got it after all six of n1's turns.
+    const dir = mkdtempSync(join(tmpdir(), 'gitrep-line-'));
+    const stores = [new SqliteStore(join(dir, 'cluster.db')), new SqliteStore(join(dir, 'cluster.db'))];
+    try {
+      const [n1, n2] = stores.map((store, i) => new RepoActivity({ nodeId: `n${i + 1}`, store, lockTtlMs: 5_000, logger: quiet }));
+      const order: string[] = [];
+      const turns = async (node: RepoActivity, name: string, n: number): Promise<void> => {
+        for (let i = 0; i < n; i++) {
+          const held = await node.lock('o/r', 5_000);
+          expect(held).not.toBeNull();
+          order.push(name);
+          await new Promise((r) => setTimeout(r, 30));
+          await held!.release();
+        }
+      };
+      const first = turns(n1!, 'n1', 6);
+      await new Promise((r) => setTimeout(r, 10));
+      await Promise.all([first, turns(n2!, 'n2', 1)]);
+      expect(order.indexOf('n2')).toBe(1);
+    } finally {
+      for (const store of stores) await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,7 +1,21 @@
 import { DEFAULTS } from '../config.js';
 import { errorMessage, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import type { ClusterStore, RepoLock, RepoState } from '../store/types.js';
+import type { ClusterStore, LockLine, RepoLock, RepoState } from '../store/types.js';
+
+/**
+ * LOCK_LINE_TTL_MS is how long a waiter's entry in a repo's lock line (LockLine) lasts unless
+ * renewed; a waiter renews it as it polls, so one that died or stopped holds the line up this
+ * long at most.
+ */
+export const LOCK_LINE_TTL_MS = 2_000;
+
+/**
+ * FIRST_IN_LINE_POLL_MS is how often the waiter first in a repo's lock line asks for the lock:
+ * no one else may take it once it is free, so it stays free until this waiter asks. Waiters
+ * further back poll less and less often (5 to 100 ms), as all did before the line.
+ */
+export const FIRST_IN_LINE_POLL_MS = 5;
 
 /**
  * ActivityKind names what can run on this node's replica of one repo:
@@ -194,26 +208,44 @@ export class RepoActivity {
     // each other at random.
     if (!(await this.takeTurn(repoId, deadline))) return null;
     let delay = 5;
+    // A caller that waits stands in the repo's line across nodes (LockLine): a node that keeps
+    // getting pushes cannot take the lock back at each release while another node's pushes wait.
+    const line: LockLine | undefined = waitMs > 0 ? { ttlMs: LOCK_LINE_TTL_MS } : undefined;
     try {
       for (;;) {
         if (opts.read) {
-          const got = await store.acquireLockAndRead(repoId, nodeId, lockTtlMs);
+          const got = await store.acquireLockAndRead(repoId, nodeId, lockTtlMs, line);
           if (got) return this.hold(repoId, got.lock, got.state);
         } else {
-          const lock = await store.acquireLock(repoId, nodeId, lockTtlMs);
+          const lock = await store.acquireLock(repoId, nodeId, lockTtlMs, line);
           if (lock) return this.hold(repoId, lock);
         }
         if (Date.now() >= deadline) {
+          this.leaveLine(repoId, line);
           this.passTurn(repoId);
           return null;
         }
-        await new Promise((r) => setTimeout(r, delay));
+        await new Promise((r) => setTimeout(r, line?.ahead === 0 ? FIRST_IN_LINE_POLL_MS : delay));
         delay = Math.min(100, delay * 2);
       }
     } catch (err) {
+      this.leaveLine(repoId, line);
       this.passTurn(repoId);
       throw err;
     }
+  }
+
+  /**
+   * leaveLine takes this node out of a repo's lock line when a waiter gives up and no other
+   * caller here waits for the lock (one that does keeps the node's place).
+   */
+  private leaveLine(repoId: string, line: LockLine | undefined): void {
+    if (line?.ahead === undefined || (this.lockQueues.get(repoId)?.length ?? 0) > 0) return;
+    this.deps.store
+      .leaveLockLine(repoId, this.deps.nodeId)
+      .catch((err: unknown) =>
+        this.deps.logger.debug({ repoId, err: errorMessage(err) }, 'could not leave the lock line; the entry lapses'),
+      );
   }
 
   /** takeTurn waits until it is this caller's turn at the repo's lock; false past the deadline. */

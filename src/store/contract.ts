@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { StoreUnavailableError } from '../domain/errors.js';
-import { DECOMMISSIONED_PREFIX, REBALANCE_KEY, type ClusterStore, type NodeInfo, type RepoRecord } from './types.js';
+import { DECOMMISSIONED_PREFIX, REBALANCE_KEY, type ClusterStore, type LockLine, type NodeInfo, type RepoRecord } from './types.js';
 
 /**
  * StoreHarness is one opened store under test. `store` is read anew on every use, so an
@@ -484,6 +484,54 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const none = await s().acquireLockAndRead('acme/absent', 'n1', 10_000);
         expect(none?.state).toBeNull();
         expect(none!.lock.token).toBeGreaterThan(got!.lock.token);
+      });
+
+      it('hands a free lock to waiters in the order they lined up, across holders; a caller without a line waits behind them', async () => {
+        const line = (): LockLine => ({ ttlMs: 10_000 });
+        const a = await s().acquireLock('acme/app', 'n1', 10_000);
+        const n2 = line();
+        expect(await s().acquireLock('acme/app', 'n2', 10_000, n2)).toBeNull();
+        expect(n2.ahead).toBe(0);
+        await sleep(5);
+        const n3 = line();
+        expect(await s().acquireLockAndRead('acme/app', 'n3', 10_000, n3)).toBeNull();
+        expect(n3.ahead).toBe(1);
+        await s().releaseLock('acme/app', a!.token);
+        // Free, but n2 came first: n3, n1 (back for more) and a caller without a line are refused.
+        expect(await s().acquireLock('acme/app', 'n3', 10_000, n3)).toBeNull();
+        expect(n3.ahead).toBe(1);
+        const n1 = line();
+        expect(await s().acquireLock('acme/app', 'n1', 10_000, n1)).toBeNull();
+        expect(n1.ahead).toBe(2);
+        expect(await s().acquireLock('acme/app', 'n9', 10_000)).toBeNull();
+        expect(await s().getLock('acme/app')).toBeNull();
+        const b = await s().acquireLock('acme/app', 'n2', 10_000, n2);
+        expect(b).toMatchObject({ holder: 'n2' });
+        expect(b!.token).toBeGreaterThan(a!.token);
+        await s().releaseLock('acme/app', b!.token);
+        // n2 left the line when it took the lock: n3 is first now, then n1.
+        expect(await s().acquireLock('acme/app', 'n1', 10_000, n1)).toBeNull();
+        expect(n1.ahead).toBe(1);
+        const c = await s().acquireLockAndRead('acme/app', 'n3', 10_000, n3);
+        expect(c?.lock).toMatchObject({ holder: 'n3' });
+        await s().releaseLock('acme/app', c!.lock.token);
+        expect(await s().acquireLock('acme/app', 'n1', 10_000, n1)).toMatchObject({ holder: 'n1' });
+      });
+
+      it('lets a lock line entry lapse when it is not renewed, and removes one that is left', async () => {
+        const a = await s().acquireLock('acme/app', 'n1', 10_000);
+        expect(await s().acquireLock('acme/app', 'n2', 10_000, { ttlMs: 300 })).toBeNull();
+        expect(await s().acquireLock('acme/app', 'n3', 10_000, { ttlMs: 10_000 })).toBeNull();
+        await s().releaseLock('acme/app', a!.token);
+        expect(await s().acquireLock('acme/app', 'n3', 10_000)).toBeNull();
+        await sleepUntil(Date.now() + 300 + 100);
+        // n2's entry lapsed: n3 is first; it leaves the line and a caller without one gets the lock.
+        const n1: LockLine = { ttlMs: 10_000 };
+        expect(await s().acquireLock('acme/app', 'n1', 10_000, n1)).toBeNull();
+        expect(n1.ahead).toBe(1);
+        await s().leaveLockLine('acme/app', 'n3');
+        await s().leaveLockLine('acme/app', 'n1');
+        expect(await s().acquireLock('acme/app', 'n9', 10_000)).toMatchObject({ holder: 'n9' });
       });
 
       it('gives concurrent acquirers of different repos distinct tokens', async () => {

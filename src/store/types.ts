@@ -105,6 +105,22 @@ export interface RepoLock {
   readonly expiresAt: number;
 }
 
+/**
+ * LockLine is a waiter's place in a repo's line for its lock: holders take a free lock in the
+ * order they first asked for it, so that one node whose pushes keep coming cannot take the lock
+ * back, transaction after transaction, while another node's pushes wait (each node polls the
+ * store; the one that has just released asks again at once). A caller that passes a line and
+ * is refused is entered in it (or its entry renewed) for `ttlMs`, and is told how many other
+ * holders stand before it (`ahead`, set by the store): the first polls often, the others need
+ * not. An entry not renewed within `ttlMs` lapses (a waiter that died or stopped holds no one up
+ * for longer), taking the lock removes the taker's entry, and `leaveLockLine` removes one given
+ * up. The line is fairness only: the lock's exclusion and fencing do not depend on it.
+ */
+export interface LockLine {
+  readonly ttlMs: number;
+  ahead?: number;
+}
+
 /** CommitPush is the compare-and-swap that commits a push (DESIGN §5 step 4). */
 export interface CommitPush {
   readonly txnId: string;
@@ -202,16 +218,26 @@ export interface ClusterStore {
   replicasOnNode(nodeId: string): Promise<ReplicaRecord[]>;
 
   /**
-   * acquireLock takes the repo write lock for `ttlMs` if it is free or expired and returns it
-   * with a fencing token greater than any token given before for this repo; null if held.
+   * acquireLock takes the repo write lock for `ttlMs` if it is free or expired and no other
+   * holder stands before `holder` in the repo's line (LockLine), and returns it with a fencing
+   * token greater than any token given before for this repo; null if held or others wait first.
+   * With `line`, a refused caller is entered in the line (or its entry renewed) and
+   * `line.ahead` says how many other holders stand before it.
    */
-  acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null>;
+  acquireLock(repoId: string, holder: string, ttlMs: number, line?: LockLine): Promise<RepoLock | null>;
   /**
    * acquireLockAndRead is acquireLock that also reads the repo's state (as getRepoState) in the
    * same store transaction: one round trip where a write path took two. The repo record is as
    * of the moment the lock was taken (no one could commit in between); null if the lock is held.
    */
-  acquireLockAndRead(repoId: string, holder: string, ttlMs: number): Promise<{ lock: RepoLock; state: RepoState | null } | null>;
+  acquireLockAndRead(
+    repoId: string,
+    holder: string,
+    ttlMs: number,
+    line?: LockLine,
+  ): Promise<{ lock: RepoLock; state: RepoState | null } | null>;
+  /** leaveLockLine removes `holder`'s entry from the repo's lock line (a waiter that gave up). */
+  leaveLockLine(repoId: string, holder: string): Promise<void>;
   /** renewLock extends a lock still held under `token`; false if it was lost. */
   renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean>;
   /** releaseLock frees a lock still held under `token`; releasing a lost lock is a no-op. */

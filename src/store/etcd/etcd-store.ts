@@ -25,6 +25,7 @@ import {
   type ConfirmReplica,
   type DecideResult,
   type Decision,
+  type LockLine,
   type NodeInfo,
   type RepoLock,
   type RepoRecord,
@@ -34,6 +35,7 @@ import {
   type TxnKind,
   type TxnRecord,
 } from '../types.js';
+import { lineEntryToWrite, placeInLine, type LineEntry } from '../lock-line.js';
 
 /** EtcdStoreOptions configures an EtcdStore. */
 export interface EtcdStoreOptions {
@@ -291,6 +293,13 @@ export class EtcdStore implements ClusterStore {
   }
   private metaKey(key: string): string {
     return this.k('meta', key);
+  }
+  /** lineKey is a holder's entry in a repo's lock line (LockLine); lineOf the line's prefix. */
+  private lineKey(repoId: string, holder: string): string {
+    return this.k('lockline', repoId, holder);
+  }
+  private lineOf(repoId: string): string {
+    return this.k('lockline', repoId, '');
   }
 
   // ---- plumbing ----
@@ -561,32 +570,56 @@ export class EtcdStore implements ClusterStore {
     return lock.expiresAt > now ? lock : null;
   }
 
-  async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
+  async acquireLock(repoId: string, holder: string, ttlMs: number, line?: LockLine): Promise<RepoLock | null> {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
-    return this.update('acquire lock', [lockKey, fenceKey], [], (s, now) => this.lockPlan(s, now, repoId, holder, ttlMs));
+    return this.update('acquire lock', [lockKey, fenceKey], [], (s, now) => this.lockPlan(s, now, repoId, holder, ttlMs, line), [
+      this.lineOf(repoId),
+    ]);
   }
 
-  /** lockPlan takes the lock of a repo as of snapshot `s` (which holds its lock key and the fencing counter); result null if held. */
-  private lockPlan(s: Snapshot, now: number, repoId: string, holder: string, ttlMs: number): Plan<RepoLock | null> {
+  /**
+   * lockPlan takes the lock of a repo as of snapshot `s` (which holds its lock key, the fencing
+   * counter and the repo's lock line); result null if held or other holders wait first (LockLine).
+   * A refused caller with a line enters it or renews its entry (a write that compares only the
+   * lock key: the line is read but not compared, so waiters entering it do not fail each other's
+   * writes). Taking the lock removes the taker's entry and those past their time.
+   */
+  private lockPlan(s: Snapshot, now: number, repoId: string, holder: string, ttlMs: number, line?: LockLine): Plan<RepoLock | null> {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
-    if (EtcdStore.liveLock(s.get(lockKey), now)) return { result: null };
+    const prefix = this.lineOf(repoId);
+    const entries = s.list(prefix).map((kv) => ({ ...parse<Omit<LineEntry, 'holder'>>(kv), holder: kv.key.slice(prefix.length) }));
+    const place = placeInLine(entries, holder, now);
+    if (EtcdStore.liveLock(s.get(lockKey), now) || place.ahead > 0) {
+      if (!line) return { result: null };
+      line.ahead = place.ahead;
+      const entry = lineEntryToWrite(place, holder, line.ttlMs, now);
+      if (!entry) return { result: null };
+      const value = JSON.stringify({ since: entry.since, until: entry.until });
+      return { result: null, ops: () => [put(this.lineKey(repoId, holder), value)] };
+    }
     // The counter is cluster-wide, so a re-created repo never sees a token it gave out before.
     const fence = s.get(fenceKey);
     const token = (fence ? Number(fence.value) : 0) + 1;
     const lock: RepoLock = { repoId, holder, token, expiresAt: now + ttlMs };
     const value = JSON.stringify({ holder, token, expiresAt: lock.expiresAt } satisfies StoredLock);
     const previous = s.get(lockKey);
+    const gone = [...place.lapsed, ...(place.mine ? [place.mine] : [])].map((e) => del(this.lineKey(repoId, e.holder)));
     return {
       result: lock,
       leaseMs: ttlMs,
-      ops: (lease) => [put(lockKey, value, lease), put(fenceKey, String(token))],
+      ops: (lease) => [put(lockKey, value, lease), put(fenceKey, String(token)), ...gone],
       revoke: previous ? [previous.lease] : [],
     };
   }
 
-  async acquireLockAndRead(repoId: string, holder: string, ttlMs: number): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
+  async acquireLockAndRead(
+    repoId: string,
+    holder: string,
+    ttlMs: number,
+    line?: LockLine,
+  ): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
     const repoKey = this.repoKey(repoId);
@@ -599,14 +632,20 @@ export class EtcdStore implements ClusterStore {
       [lockKey, fenceKey, repoKey],
       [],
       (s, now): Plan<{ lock: RepoLock; state: RepoState | null } | null> => {
-        const plan = this.lockPlan(s, now, repoId, holder, ttlMs);
-        if (!plan.ops) return { result: null };
+        const plan = this.lockPlan(s, now, repoId, holder, ttlMs, line);
+        if (!plan.result) return plan as Plan<null>;
         const repoKv = s.get(repoKey);
         const state = repoKv ? { repo: toRepo(parse<RepoRecord>(repoKv)), replicas: this.replicasIn(s, prefix, repoId) } : null;
-        return { ...plan, result: { lock: plan.result!, state } };
+        return { ...plan, result: { lock: plan.result, state } };
       },
-      [prefix],
+      [prefix, this.lineOf(repoId)],
     );
+  }
+
+  async leaveLockLine(repoId: string, holder: string): Promise<void> {
+    await this.guard('leave lock line', async () => {
+      await this.txn([], [del(this.lineKey(repoId, holder))]);
+    });
   }
 
   async renewLock(repoId: string, token: number, ttlMs: number): Promise<boolean> {

@@ -16,6 +16,7 @@ import {
   type ConfirmBatch,
   type ConfirmReplica,
   type DecideResult,
+  type LockLine,
   type NodeInfo,
   type RepoLock,
   type RepoRecord,
@@ -24,6 +25,7 @@ import {
   type ReplicaState,
   type TxnRecord,
 } from '../types.js';
+import { lineEntryToWrite, placeInLine, type LineEntry } from '../lock-line.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,6 +143,11 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
 
 /** SCHEMA_VERSION is the schema version this build writes. */
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
+
+/** lineKey is the `meta` key of a holder's entry in a repo's lock line (LockLine); with holder '' the line's prefix. */
+function lineKey(repoId: string, holder: string): string {
+  return `lockline/${repoId}/${holder}`;
+}
 
 /** STATEMENT_CACHE_MAX bounds the compiled statements a store keeps (the cache is emptied when full). */
 const STATEMENT_CACHE_MAX = 256;
@@ -341,22 +348,57 @@ export class SqliteStore implements ClusterStore {
     );
   }
 
-  async acquireLock(repoId: string, holder: string, ttlMs: number): Promise<RepoLock | null> {
-    return this.tx(() => this.acquireIn(repoId, holder, ttlMs));
+  async acquireLock(repoId: string, holder: string, ttlMs: number, line?: LockLine): Promise<RepoLock | null> {
+    return this.tx(() => this.acquireIn(repoId, holder, ttlMs, line));
   }
 
-  async acquireLockAndRead(repoId: string, holder: string, ttlMs: number): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
+  async acquireLockAndRead(
+    repoId: string,
+    holder: string,
+    ttlMs: number,
+    line?: LockLine,
+  ): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
     return this.tx(() => {
-      const lock = this.acquireIn(repoId, holder, ttlMs);
+      const lock = this.acquireIn(repoId, holder, ttlMs, line);
       return lock ? { lock, state: this.stateIn(repoId) } : null;
     });
   }
 
-  /** acquireIn is acquireLock inside the caller's transaction. */
-  private acquireIn(repoId: string, holder: string, ttlMs: number): RepoLock | null {
+  async leaveLockLine(repoId: string, holder: string): Promise<void> {
+    this.tx(() => {
+      this.sql('DELETE FROM meta WHERE key = ?').run(lineKey(repoId, holder));
+    });
+  }
+
+  /**
+   * acquireIn is acquireLock inside the caller's transaction. The repo's lock line (LockLine) is
+   * kept in `meta`, one row per waiting holder (`lockline/<repo>/<holder>`); rows past their time
+   * go whenever the lock is taken.
+   */
+  private acquireIn(repoId: string, holder: string, ttlMs: number, line?: LockLine): RepoLock | null {
     const now = this.now();
+    const prefix = lineKey(repoId, '');
+    const rows = this.sql('SELECT key, value FROM meta WHERE key >= ? AND key < ?').all(prefix, `${prefix}\uffff`) as Array<{
+      key: string;
+      value: string;
+    }>;
+    const entries = rows.map((r) => ({ holder: r.key.slice(prefix.length), ...(JSON.parse(r.value) as Omit<LineEntry, 'holder'>) }));
+    const place = placeInLine(entries, holder, now);
     const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
-    if (row && row.expires_at > now) return null;
+    if ((row && row.expires_at > now) || place.ahead > 0) {
+      if (line) {
+        line.ahead = place.ahead;
+        const entry = lineEntryToWrite(place, holder, line.ttlMs, now);
+        if (entry)
+          this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(
+            lineKey(repoId, holder),
+            JSON.stringify({ since: entry.since, until: entry.until }),
+          );
+      }
+      return null;
+    }
+    for (const gone of [...place.lapsed, ...(place.mine ? [place.mine] : [])])
+      this.sql('DELETE FROM meta WHERE key = ?').run(lineKey(repoId, gone.holder));
     const token = this.nextToken();
     const expiresAt = now + ttlMs;
     this.sql(
