@@ -286,9 +286,9 @@ export const SETTINGS = {
   courtesyMs: {
     kind: 'ms',
     env: 'COURTESY_MS',
-    default: 110,
+    default: 0,
     min: 0,
-    doc: 'after a transaction on a repo another node also wanted, a node with more pushes queued waits this long (plus up to half again) before it takes the lock again',
+    doc: 'after a transaction on a repo another node also wanted, a node with more pushes queued waits this long (plus up to half again) before it takes the lock again (0: not at all; the lock line already hands the lock to nodes in turn)',
   },
   uploadWaitMs: {
     kind: 'ms',
@@ -506,7 +506,7 @@ export function describeDefault(name: SettingName): string {
   const spec: SettingSpec = SETTINGS[name];
   const d = spec.default;
   if (d === null) return '';
-  if (typeof d === 'string' || spec.kind === 'count') return String(d);
+  if (typeof d === 'string' || spec.kind === 'count' || d === 0) return String(d);
   const units: Array<[string, number]> =
     spec.kind === 'ms'
       ? [

@@ -137,10 +137,11 @@ type PushRequestOf = Awaited<ReturnType<ProcReceiveExchange['read']>>;
 
 /**
  * CONTENDED_WAIT_MS: a lock that took longer than this to take was held by another node.
- * courtesyMs (a setting): after such a group, a node with more pushes queued waits this long (plus up to
- * half again, at random) before it takes the lock again. Other nodes' waiters poll the store
- * at most every 100 ms (RepoActivity.lock); without the pause the node that holds a busy repo's
- * lock would take it again the moment it let go, and pushes through the others would starve.
+ * courtesyMs (a setting, 0 by default): after such a group, a node with more pushes queued waits
+ * this long (plus up to half again, at random) before it takes the lock again. It was how nodes
+ * took turns before the lock line (LockLine: a free lock goes to the node that asked first),
+ * which does it without the pause: 16 clients over 3 nodes on one repo, p99 0.91-1.02 s
+ * without it against 1.13-1.17 s with 110 ms, the same throughput.
  */
 const CONTENDED_WAIT_MS = 15;
 
@@ -947,8 +948,9 @@ export class Coordinator {
           const group = fresh.splice(0, this.deps.config.maxGroupPushes ?? DEFAULTS.maxGroupPushes);
           try {
             const { contended } = await this.runGroup(repoId, group);
-            if (contended && fresh.length > 0)
-              await new Promise((r) => setTimeout(r, (this.deps.config.courtesyMs ?? DEFAULTS.courtesyMs) * (1 + Math.random() / 2)));
+            const courtesyMs = this.deps.config.courtesyMs ?? DEFAULTS.courtesyMs;
+            if (contended && fresh.length > 0 && courtesyMs > 0)
+              await new Promise((r) => setTimeout(r, courtesyMs * (1 + Math.random() / 2)));
           } catch (err) {
             this.deps.logger.error({ repoId, err: errorMessage(err) }, 'push group failed');
             this.unstage(
