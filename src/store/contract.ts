@@ -366,6 +366,8 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         ).toBe(true);
 
         const lock = await s().acquireLock(r.repoId, 'n1', 10_000);
+        // n3 waits in the repo's lock line; the delete takes the line with the repo.
+        expect(await s().acquireLock(r.repoId, 'n3', 10_000, { ttlMs: 60_000 })).toBeNull();
         const base = { repoId: r.repoId, coordinator: 'n1', incarnation: r.incarnation, baseGeneration: 0, fencingToken: lock!.token };
         expect(await s().commitDelete({ ...base, txnId: randomUUID(), incarnation: 'other' })).toEqual({
           written: false,
@@ -396,6 +398,8 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         const again = await created('acme/app', ['n1']);
         expect(again.incarnation).not.toBe(r.incarnation);
         expect(await s().getReplicas('acme/app')).toEqual([]);
+        await s().releaseLock(r.repoId, lock!.token);
+        expect(await s().acquireLock('acme/app', 'n9', 10_000)).toMatchObject({ holder: 'n9' });
       });
     });
 

@@ -7,6 +7,20 @@ export interface LineEntry {
   readonly until: number;
 }
 
+/**
+ * lineEntryOf reads a stored entry (`{since, until}` as JSON). One that does not read counts as
+ * lapsed, so that it is deleted the next time the lock is taken instead of barring the lock.
+ */
+export function lineEntryOf(holder: string, stored: string): LineEntry {
+  try {
+    const v = JSON.parse(stored) as { since?: unknown; until?: unknown };
+    if (typeof v.since === 'number' && typeof v.until === 'number') return { holder, since: v.since, until: v.until };
+  } catch {
+    // lapsed, below
+  }
+  return { holder, since: 0, until: 0 };
+}
+
 /** PlaceInLine is where a holder stands in a repo's lock line at one moment. */
 export interface PlaceInLine {
   /** ahead is how many other holders' live entries come before this holder's (all of them, without one). */

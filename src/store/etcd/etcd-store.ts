@@ -35,7 +35,7 @@ import {
   type TxnKind,
   type TxnRecord,
 } from '../types.js';
-import { lineEntryToWrite, placeInLine, type LineEntry } from '../lock-line.js';
+import { lineEntryOf, lineEntryToWrite, placeInLine } from '../lock-line.js';
 
 /** EtcdStoreOptions configures an EtcdStore. */
 export interface EtcdStoreOptions {
@@ -589,7 +589,7 @@ export class EtcdStore implements ClusterStore {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
     const prefix = this.lineOf(repoId);
-    const entries = s.list(prefix).map((kv) => ({ ...parse<Omit<LineEntry, 'holder'>>(kv), holder: kv.key.slice(prefix.length) }));
+    const entries = s.list(prefix).map((kv) => lineEntryOf(kv.key.slice(prefix.length), kv.value));
     const place = placeInLine(entries, holder, now);
     if (EtcdStore.liveLock(s.get(lockKey), now) || place.ahead > 0) {
       if (!line) return { result: null };
@@ -820,6 +820,7 @@ export class EtcdStore implements ClusterStore {
         ops: () => [
           del(repoKey),
           delPrefix(this.replicasOf(c.repoId)),
+          delPrefix(this.lineOf(c.repoId)),
           this.decisionOp(s.get(txnKey), c.txnId, 'commit', now, {
             repoId: c.repoId,
             kind: 'delete',

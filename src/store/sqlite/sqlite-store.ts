@@ -25,7 +25,7 @@ import {
   type ReplicaState,
   type TxnRecord,
 } from '../types.js';
-import { lineEntryToWrite, placeInLine, type LineEntry } from '../lock-line.js';
+import { lineEntryOf, lineEntryToWrite, placeInLine } from '../lock-line.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -382,7 +382,7 @@ export class SqliteStore implements ClusterStore {
       key: string;
       value: string;
     }>;
-    const entries = rows.map((r) => ({ holder: r.key.slice(prefix.length), ...(JSON.parse(r.value) as Omit<LineEntry, 'holder'>) }));
+    const entries = rows.map((r) => lineEntryOf(r.key.slice(prefix.length), r.value));
     const place = placeInLine(entries, holder, now);
     const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
     if ((row && row.expires_at > now) || place.ahead > 0) {
@@ -559,6 +559,8 @@ export class SqliteStore implements ClusterStore {
       if (failed) return failed;
       this.sql('DELETE FROM repos WHERE repo_id = ?').run(c.repoId);
       this.sql('DELETE FROM replicas WHERE repo_id = ?').run(c.repoId);
+      const line = lineKey(c.repoId, '');
+      this.sql('DELETE FROM meta WHERE key >= ? AND key < ?').run(line, `${line}\uffff`);
       this.writeDecision(c.txnId, 'commit', {
         repoId: c.repoId,
         kind: 'delete',
