@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import type { Logger } from '../domain/logger.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import type { ClusterStore, RepoLock } from '../store/types.js';
-import { mayStart, RepoActivity, type ActivityKind } from './activity.js';
+import { LOCK_LINE_TTL_MS, mayStart, RepoActivity, type ActivityKind } from './activity.js';
 
 const quiet = {
   debug: () => undefined,
@@ -182,6 +182,30 @@ describe('RepoActivity', () => {
       expect(order.indexOf('n2')).toBe(1);
     } finally {
       for (const store of stores) await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lock: a node that died first in the line holds a free lock from the others for LOCK_LINE_TTL_MS at most', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gitrep-line-'));
+    const store = new SqliteStore(join(dir, 'cluster.db'));
+    try {
+      const [n1, n3] = ['n1', 'n3'].map((nodeId) => new RepoActivity({ nodeId, store, lockTtlMs: 5_000, logger: quiet }));
+      const held = (await n1!.lock('o/r', 0))!;
+      // n2 asked once, entered the line first, and died.
+      expect(await store.acquireLock('o/r', 'n2', 5_000, { ttlMs: LOCK_LINE_TTL_MS })).toBeNull();
+      const waiting = n3!.lock('o/r', 10_000);
+      await new Promise((r) => setTimeout(r, 50));
+      const released = Date.now();
+      await held.release();
+      const next = await waiting;
+      expect(next?.lock.holder).toBe('n3');
+      const waited = Date.now() - released;
+      expect(waited).toBeGreaterThan(LOCK_LINE_TTL_MS - 200);
+      expect(waited).toBeLessThan(LOCK_LINE_TTL_MS + 1_000);
+      await next!.release();
+    } finally {
+      await store.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
