@@ -222,7 +222,11 @@ async function startLocked(
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
   });
   // A replica's update-ref process is kept for its next transaction (src/git/update-ref.ts).
-  const refSessions = new RefSessions({ idleMs: REF_SESSION_IDLE_MS, max: REF_SESSIONS_MAX });
+  const refSessions = new RefSessions({
+    idleMs: REF_SESSION_IDLE_MS,
+    max: REF_SESSIONS_MAX,
+    onTake: (kept) => metrics.refSessions.inc({ process: kept ? 'kept' : 'new' }),
+  });
   const late: { coordinator?: Coordinator } = {};
   const participant = new Participant({
     nodeId: cfg.nodeId,

@@ -123,6 +123,12 @@ export class Metrics {
     labelNames: ['at'] as const,
     registers: [this.registry],
   });
+  readonly refSessions = new Counter({
+    name: 'gitrep_ref_sessions_total',
+    help: "a transaction's update-ref, by whether it ran in the process the replica's last transaction kept (kept) or in a new one (new)",
+    labelNames: ['process'] as const,
+    registers: [this.registry],
+  });
   readonly staleMarked = new Counter({
     name: 'gitrep_replicas_marked_stale_total',
     help: 'replicas marked stale after missing a committed write (marks written to the store)',

@@ -211,7 +211,8 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
 
   it('runs the next transaction from the state a commit left in the same process', async () => {
     const path = repo();
-    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const takes: boolean[] = [];
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4, onTake: (kept) => takes.push(kept) });
     const first = await moveMain(path, sessions, a, b, 4);
     await first.commit();
     expect(at(path, 'refs/heads/main')).toBe(b);
@@ -226,6 +227,8 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     );
     expect(pidOf(second)).toBe(pidOf(first));
     expect(sessions.reused).toBe(1);
+    // The metric's view: the first transaction found no kept process, the second did.
+    expect(takes).toEqual([false, true]);
     await second.commit();
     expect([at(path, 'refs/heads/main'), at(path, 'refs/heads/new')]).toEqual([c, a]);
     // An old value that no longer holds is refused in the kept process as in a new one.
@@ -236,7 +239,8 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
 
   it('starts a new process for another generation or incarnation, and closes the kept one', async () => {
     const path = repo();
-    const sessions = new RefSessions({ idleMs: 10_000, max: 4 });
+    const takes: boolean[] = [];
+    const sessions = new RefSessions({ idleMs: 10_000, max: 4, onTake: (kept) => takes.push(kept) });
     const first = await moveMain(path, sessions, a, b, 1);
     await first.commit();
     // Refs changed by another process (a repair's fetch): the replica is at another generation.
@@ -253,6 +257,7 @@ describe("RefSessions: an update-ref process kept for the replica's next transac
     await another.commit();
     expect(at(path, 'refs/heads/main')).toBe(a);
     expect(sessions.reused).toBe(0);
+    expect(takes).toEqual([false, false, false]);
     await sessions.close();
   });
 

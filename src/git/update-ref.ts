@@ -183,7 +183,14 @@ export class RefSessions {
   /** reused counts the transactions that ran in a kept process (for tests). */
   reused = 0;
 
-  constructor(private readonly opts: { readonly idleMs: number; readonly max: number }) {}
+  constructor(
+    private readonly opts: {
+      readonly idleMs: number;
+      readonly max: number;
+      /** onTake hears of each transaction that asked for a kept process: whether it got one (metrics). */
+      readonly onTake?: (kept: boolean) => void;
+    },
+  ) {}
 
   /** size is the number of idle processes kept now. */
   get size(): number {
@@ -193,14 +200,19 @@ export class RefSessions {
   /** take hands out the idle process of `repoPath` if it left the replica at `tag`; any other is closed. */
   take(repoPath: string, tag: SessionTag): RefSession | null {
     const kept = this.idle.get(repoPath);
-    if (!kept) return null;
+    if (!kept) {
+      this.opts.onTake?.(false);
+      return null;
+    }
     this.drop(repoPath, kept);
     const same = kept.tag.incarnation === tag.incarnation && kept.tag.generation === tag.generation;
     if (same && !kept.session.finished && sameDirectory(kept.session.child.pid, repoPath)) {
       this.reused++;
+      this.opts.onTake?.(true);
       return kept.session;
     }
     void kept.session.end();
+    this.opts.onTake?.(false);
     return null;
   }
 
