@@ -18,6 +18,19 @@ export const LOCK_LINE_TTL_MS = 2_000;
 export const FIRST_IN_LINE_POLL_MS = 5;
 
 /**
+ * NEXT_IN_LINE_POLL_MS caps the wait of the waiter second in line: it learns that it is first
+ * only at its next poll, and until then no one may take the lock once it is free.
+ */
+export const NEXT_IN_LINE_POLL_MS = 20;
+
+/** pollDelay is how long a refused waiter waits before it asks again, by its place in the line (none: no line). */
+function pollDelay(ahead: number | undefined, backoff: number): number {
+  if (ahead === 0) return FIRST_IN_LINE_POLL_MS;
+  if (ahead === 1) return Math.min(backoff, NEXT_IN_LINE_POLL_MS);
+  return backoff;
+}
+
+/**
  * ActivityKind names what can run on this node's replica of one repo:
  * - `txn`: a transaction this node takes part in, from the start of its prepare until its
  *   replica's confirmation is written (or until it aborted). Not until git's commit: a replica
@@ -225,7 +238,7 @@ export class RepoActivity {
           this.passTurn(repoId);
           return null;
         }
-        await new Promise((r) => setTimeout(r, line?.ahead === 0 ? FIRST_IN_LINE_POLL_MS : delay));
+        await new Promise((r) => setTimeout(r, pollDelay(line?.ahead, delay)));
         delay = Math.min(100, delay * 2);
       }
     } catch (err) {

@@ -35,7 +35,12 @@ import {
   type TxnKind,
   type TxnRecord,
 } from '../types.js';
-import { lineEntryOf, lineEntryToWrite, placeInLine } from '../lock-line.js';
+import { lineEntryOf, lineEntryToWrite, placeInLine, type LineEntry } from '../lock-line.js';
+
+/** Refused carries, out of a lock plan, the lock line entry a refused waiter is to write (enterLine). */
+interface Refused {
+  entry: LineEntry | null;
+}
 
 /** EtcdStoreOptions configures an EtcdStore. */
 export interface EtcdStoreOptions {
@@ -573,31 +578,45 @@ export class EtcdStore implements ClusterStore {
   async acquireLock(repoId: string, holder: string, ttlMs: number, line?: LockLine): Promise<RepoLock | null> {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
-    return this.update('acquire lock', [lockKey, fenceKey], [], (s, now) => this.lockPlan(s, now, repoId, holder, ttlMs, line), [
-      this.lineOf(repoId),
-    ]);
+    const refused: Refused = { entry: null };
+    const lock = await this.update(
+      'acquire lock',
+      [lockKey, fenceKey],
+      [],
+      (s, now) => this.lockPlan(s, now, repoId, holder, ttlMs, line, refused),
+      [this.lineOf(repoId)],
+    );
+    if (!lock) await this.enterLine(repoId, refused.entry);
+    return lock;
   }
 
   /**
    * lockPlan takes the lock of a repo as of snapshot `s` (which holds its lock key, the fencing
-   * counter and the repo's lock line); result null if held or other holders wait first (LockLine).
-   * A refused caller with a line enters it or renews its entry (a write that compares only the
-   * lock key: the line is read but not compared, so waiters entering it do not fail each other's
-   * writes). Taking the lock removes the taker's entry and those past their time.
+   * counter and the repo's lock line); result null if held or other holders wait first (LockLine),
+   * with the entry a refused caller with a line is to write in `refused` (enterLine). Taking the
+   * lock removes the taker's entry and those past their time, in the same write.
    */
-  private lockPlan(s: Snapshot, now: number, repoId: string, holder: string, ttlMs: number, line?: LockLine): Plan<RepoLock | null> {
+  private lockPlan(
+    s: Snapshot,
+    now: number,
+    repoId: string,
+    holder: string,
+    ttlMs: number,
+    line: LockLine | undefined,
+    refused: Refused,
+  ): Plan<RepoLock | null> {
     const lockKey = this.lockKey(repoId);
     const fenceKey = this.metaKey('fencing_token');
     const prefix = this.lineOf(repoId);
     const entries = s.list(prefix).map((kv) => lineEntryOf(kv.key.slice(prefix.length), kv.value));
     const place = placeInLine(entries, holder, now);
+    refused.entry = null;
     if (EtcdStore.liveLock(s.get(lockKey), now) || place.ahead > 0) {
-      if (!line) return { result: null };
-      line.ahead = place.ahead;
-      const entry = lineEntryToWrite(place, holder, line.ttlMs, now);
-      if (!entry) return { result: null };
-      const value = JSON.stringify({ since: entry.since, until: entry.until });
-      return { result: null, ops: () => [put(this.lineKey(repoId, holder), value)] };
+      if (line) {
+        line.ahead = place.ahead;
+        refused.entry = lineEntryToWrite(place, holder, line.ttlMs, now);
+      }
+      return { result: null };
     }
     // The counter is cluster-wide, so a re-created repo never sees a token it gave out before.
     const fence = s.get(fenceKey);
@@ -614,6 +633,20 @@ export class EtcdStore implements ClusterStore {
     };
   }
 
+  /**
+   * enterLine writes a refused waiter's entry in the repo's lock line, if it has one to write: a
+   * plain put, compared with nothing. The line is fairness only, and a write compared with the
+   * lock's keys (the fencing counter moves with every lock taken in the cluster, the repo record
+   * with every commit of the holder the waiter waits for) could fail again and again.
+   */
+  private async enterLine(repoId: string, entry: LineEntry | null): Promise<void> {
+    if (!entry) return;
+    const value = JSON.stringify({ since: entry.since, until: entry.until });
+    await this.guard('enter lock line', async () => {
+      await this.txn([], [put(this.lineKey(repoId, entry.holder), value)]);
+    });
+  }
+
   async acquireLockAndRead(
     repoId: string,
     holder: string,
@@ -624,22 +657,25 @@ export class EtcdStore implements ClusterStore {
     const fenceKey = this.metaKey('fencing_token');
     const repoKey = this.repoKey(repoId);
     const prefix = this.replicasOf(repoId);
+    const refused: Refused = { entry: null };
     // The repo record is compared (so it is as of the lock's revision; only a lock holder commits);
     // the replica records are read with it, not compared: they change outside the lock (a late
     // confirmation, a mark), and are as fresh as a read right after the lock would be.
-    return this.update(
+    const got = await this.update(
       'acquire lock',
       [lockKey, fenceKey, repoKey],
       [],
       (s, now): Plan<{ lock: RepoLock; state: RepoState | null } | null> => {
-        const plan = this.lockPlan(s, now, repoId, holder, ttlMs, line);
-        if (!plan.result) return plan as Plan<null>;
+        const plan = this.lockPlan(s, now, repoId, holder, ttlMs, line, refused);
+        if (!plan.result) return { result: null };
         const repoKv = s.get(repoKey);
         const state = repoKv ? { repo: toRepo(parse<RepoRecord>(repoKv)), replicas: this.replicasIn(s, prefix, repoId) } : null;
         return { ...plan, result: { lock: plan.result, state } };
       },
       [prefix, this.lineOf(repoId)],
     );
+    if (!got) await this.enterLine(repoId, refused.entry);
+    return got;
   }
 
   async leaveLockLine(repoId: string, holder: string): Promise<void> {

@@ -25,7 +25,7 @@ import {
   type ReplicaState,
   type TxnRecord,
 } from '../types.js';
-import { lineEntryOf, lineEntryToWrite, placeInLine } from '../lock-line.js';
+import { lineEntryOf, lineEntryToWrite, placeInLine, type PlaceInLine } from '../lock-line.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -147,6 +147,11 @@ export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 /** lineKey is the `meta` key of a holder's entry in a repo's lock line (LockLine); with holder '' the line's prefix. */
 function lineKey(repoId: string, holder: string): string {
   return `lockline/${repoId}/${holder}`;
+}
+
+/** lineEnd is the first key after every key of a repo's lock line ('0' is the byte after '/'). */
+function lineEnd(repoId: string): string {
+  return `lockline/${repoId}0`;
 }
 
 /** STATEMENT_CACHE_MAX bounds the compiled statements a store keeps (the cache is emptied when full). */
@@ -349,6 +354,7 @@ export class SqliteStore implements ClusterStore {
   }
 
   async acquireLock(repoId: string, holder: string, ttlMs: number, line?: LockLine): Promise<RepoLock | null> {
+    if (this.refusedOnRead(repoId, holder, line)) return null;
     return this.tx(() => this.acquireIn(repoId, holder, ttlMs, line));
   }
 
@@ -358,10 +364,43 @@ export class SqliteStore implements ClusterStore {
     ttlMs: number,
     line?: LockLine,
   ): Promise<{ lock: RepoLock; state: RepoState | null } | null> {
+    if (this.refusedOnRead(repoId, holder, line)) return null;
     return this.tx(() => {
       const lock = this.acquireIn(repoId, holder, ttlMs, line);
       return lock ? { lock, state: this.stateIn(repoId) } : null;
     });
+  }
+
+  /**
+   * refusedOnRead answers a refusal from a read, without the write lock, when there is nothing to
+   * write: the lock is held (or others wait first) and the caller's line entry needs no renewal.
+   * The first in a busy repo's line polls every few milliseconds; each poll taking the shared
+   * file's write lock would hold up the writers it waits for. Anything else goes to acquireIn.
+   */
+  private refusedOnRead(repoId: string, holder: string, line: LockLine | undefined): boolean {
+    return this.read(() => {
+      const now = this.now();
+      const place = this.placeIn(repoId, holder, now);
+      const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+      if (!((row && row.expires_at > now) || place.ahead > 0)) return false;
+      if (line && lineEntryToWrite(place, holder, line.ttlMs, now)) return false;
+      if (line) line.ahead = place.ahead;
+      return true;
+    });
+  }
+
+  /** placeIn reads where `holder` stands in the repo's lock line, kept in `meta` (lineKey). */
+  private placeIn(repoId: string, holder: string, now: number): PlaceInLine {
+    const prefix = lineKey(repoId, '');
+    const rows = this.sql('SELECT key, value FROM meta WHERE key >= ? AND key < ?').all(prefix, lineEnd(repoId)) as Array<{
+      key: string;
+      value: string;
+    }>;
+    return placeInLine(
+      rows.map((r) => lineEntryOf(r.key.slice(prefix.length), r.value)),
+      holder,
+      now,
+    );
   }
 
   async leaveLockLine(repoId: string, holder: string): Promise<void> {
@@ -377,13 +416,7 @@ export class SqliteStore implements ClusterStore {
    */
   private acquireIn(repoId: string, holder: string, ttlMs: number, line?: LockLine): RepoLock | null {
     const now = this.now();
-    const prefix = lineKey(repoId, '');
-    const rows = this.sql('SELECT key, value FROM meta WHERE key >= ? AND key < ?').all(prefix, `${prefix}\uffff`) as Array<{
-      key: string;
-      value: string;
-    }>;
-    const entries = rows.map((r) => lineEntryOf(r.key.slice(prefix.length), r.value));
-    const place = placeInLine(entries, holder, now);
+    const place = this.placeIn(repoId, holder, now);
     const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
     if ((row && row.expires_at > now) || place.ahead > 0) {
       if (line) {
@@ -559,8 +592,7 @@ export class SqliteStore implements ClusterStore {
       if (failed) return failed;
       this.sql('DELETE FROM repos WHERE repo_id = ?').run(c.repoId);
       this.sql('DELETE FROM replicas WHERE repo_id = ?').run(c.repoId);
-      const line = lineKey(c.repoId, '');
-      this.sql('DELETE FROM meta WHERE key >= ? AND key < ?').run(line, `${line}\uffff`);
+      this.sql('DELETE FROM meta WHERE key >= ? AND key < ?').run(lineKey(c.repoId, ''), lineEnd(c.repoId));
       this.writeDecision(c.txnId, 'commit', {
         repoId: c.repoId,
         kind: 'delete',
