@@ -254,10 +254,23 @@ export class TestCluster {
     const running = this.nodes.filter((n) => n.proc && n.proc.exitCode === null && n.proc.signalCode === null);
     await waitFor(
       async () => {
+        // Each node's view of the others (`/status.json`), with their start times: a node killed
+        // and started again reads live to the others from its old registration until they read
+        // the new one, and a call signed for its old start time is refused (a test that pushed
+        // at once found that peer not prepared).
+        const views = new Map<string, Map<string, { live: boolean; startedAt: string }>>();
         for (const n of running) {
-          const h = (await (await this.fetch(`${n.url}/health`)).json()) as { peer_nodes: Array<{ id: string; live: boolean }> };
-          const live = new Set(h.peer_nodes.filter((p) => p.live).map((p) => p.id));
-          if (running.some((o) => o !== n && !live.has(o.id))) return false;
+          const st = (await (await this.fetch(`${n.url}/status.json?limit=1`)).json()) as {
+            nodes: Array<{ id: string; live: boolean; self: boolean; started_at: string }>;
+          };
+          views.set(n.id, new Map(st.nodes.map((v) => [v.self ? `self` : v.id, { live: v.live, startedAt: v.started_at }])));
+        }
+        for (const n of running) {
+          for (const o of running) {
+            if (o === n) continue;
+            const seen = views.get(n.id)!.get(o.id);
+            if (!seen?.live || seen.startedAt !== views.get(o.id)!.get('self')?.startedAt) return false;
+          }
         }
         return true;
       },
