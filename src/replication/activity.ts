@@ -234,7 +234,9 @@ export class RepoActivity {
           if (lock) return this.hold(repoId, lock);
         }
         if (Date.now() >= deadline) {
-          this.leaveLine(repoId, line);
+          // Out of the line before the next caller here takes its turn: a delete landing after
+          // that caller's first poll would cost it the place it found.
+          await this.leaveLine(repoId, line);
           this.passTurn(repoId);
           return null;
         }
@@ -242,7 +244,7 @@ export class RepoActivity {
         delay = Math.min(100, delay * 2);
       }
     } catch (err) {
-      this.leaveLine(repoId, line);
+      void this.leaveLine(repoId, line);
       this.passTurn(repoId);
       throw err;
     }
@@ -252,9 +254,9 @@ export class RepoActivity {
    * leaveLine takes this node out of a repo's lock line when a waiter gives up and no other
    * caller here waits for the lock (one that does keeps the node's place).
    */
-  private leaveLine(repoId: string, line: LockLine | undefined): void {
+  private async leaveLine(repoId: string, line: LockLine | undefined): Promise<void> {
     if (line?.ahead === undefined || (this.lockQueues.get(repoId)?.length ?? 0) > 0) return;
-    this.deps.store
+    await this.deps.store
       .leaveLockLine(repoId, this.deps.nodeId)
       .catch((err: unknown) =>
         this.deps.logger.debug({ repoId, err: errorMessage(err) }, 'could not leave the lock line; the entry lapses'),
