@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { lineEntryOf, lineEntryToWrite, placeInLine } from './lock-line.js';
+import { lineEntryOf, lineEntryToWrite, lineVerdict, placeInLine } from './lock-line.js';
 
 describe('placeInLine', () => {
   const entries = [
@@ -39,5 +39,27 @@ describe('lineEntryOf', () => {
     expect(lineEntryOf('n1', '{"since":1,"until":2}')).toEqual({ holder: 'n1', since: 1, until: 2 });
     for (const bad of ['', 'not json', '{"since":"1","until":2}', '{}', 'null', '[]'])
       expect(lineEntryOf('n1', bad), bad).toEqual({ holder: 'n1', since: 0, until: 0 });
+  });
+});
+
+describe('lineVerdict', () => {
+  const entries = [
+    { holder: 'n2', since: 10, until: 2_000 },
+    { holder: 'n1', since: 20, until: 2_000 },
+    { holder: 'n4', since: 5, until: 100 },
+  ];
+
+  it('gives a free lock to the first in line, dropping its entry and the lapsed', () => {
+    expect(lineVerdict(entries, 'n2', false, undefined, 500)).toEqual({ take: true, drop: [entries[2], entries[0]] });
+  });
+
+  it('refuses a holder behind another, or any while the lock is held; with a line, says the place and the entry to write', () => {
+    expect(lineVerdict(entries, 'n1', false, undefined, 500)).toEqual({ take: false, write: null });
+    const line: { ttlMs: number; ahead?: number } = { ttlMs: 2_000 };
+    expect(lineVerdict(entries, 'n3', false, line, 500)).toEqual({ take: false, write: { holder: 'n3', since: 500, until: 2_500 } });
+    expect(line.ahead).toBe(2);
+    // First in line but the lock is held: refused, its entry still fresh enough to keep.
+    expect(lineVerdict(entries, 'n2', true, line, 500)).toEqual({ take: false, write: null });
+    expect(line.ahead).toBe(0);
   });
 });

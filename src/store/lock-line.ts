@@ -1,3 +1,5 @@
+import type { LockLine } from './types.js';
+
 /** LineEntry is one holder waiting in a repo's lock line (LockLine), as a store keeps it. */
 export interface LineEntry {
   readonly holder: string;
@@ -19,6 +21,11 @@ export function lineEntryOf(holder: string, stored: string): LineEntry {
     // lapsed, below
   }
   return { holder, since: 0, until: 0 };
+}
+
+/** lineEntryValue is how a store keeps an entry (lineEntryOf reads it back). */
+export function lineEntryValue(entry: LineEntry): string {
+  return JSON.stringify({ since: entry.since, until: entry.until });
 }
 
 /** PlaceInLine is where a holder stands in a repo's lock line at one moment. */
@@ -50,4 +57,31 @@ export function placeInLine(entries: readonly LineEntry[], holder: string, now: 
 export function lineEntryToWrite(place: PlaceInLine, holder: string, ttlMs: number, now: number): LineEntry | null {
   if (place.mine && place.mine.until - now > ttlMs / 2) return null;
   return { holder, since: place.mine?.since ?? now, until: now + ttlMs };
+}
+
+/**
+ * LineVerdict is a store's answer to one attempt at a repo's lock: take it, deleting the entries
+ * in `drop` (the taker's own and the lapsed) in the same write; or not, writing `write` (the
+ * refused waiter's entry, entered or renewed) unless it is null.
+ */
+export type LineVerdict =
+  { readonly take: true; readonly drop: readonly LineEntry[] } | { readonly take: false; readonly write: LineEntry | null };
+
+/**
+ * lineVerdict decides an attempt at a lock (`held`: a live lock stands) from the repo's line
+ * entries, as both stores do: a free lock goes to a holder with no one before it in the line. A
+ * refused caller with a line learns how many stand before it (`line.ahead`).
+ */
+export function lineVerdict(
+  entries: readonly LineEntry[],
+  holder: string,
+  held: boolean,
+  line: LockLine | undefined,
+  now: number,
+): LineVerdict {
+  const place = placeInLine(entries, holder, now);
+  if (!held && place.ahead === 0) return { take: true, drop: [...place.lapsed, ...(place.mine ? [place.mine] : [])] };
+  if (!line) return { take: false, write: null };
+  line.ahead = place.ahead;
+  return { take: false, write: lineEntryToWrite(place, holder, line.ttlMs, now) };
 }

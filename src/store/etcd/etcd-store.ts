@@ -35,7 +35,7 @@ import {
   type TxnKind,
   type TxnRecord,
 } from '../types.js';
-import { lineEntryOf, lineEntryToWrite, placeInLine, type LineEntry } from '../lock-line.js';
+import { lineEntryOf, lineEntryValue, lineVerdict, type LineEntry } from '../lock-line.js';
 
 /** Refused carries, out of a lock plan, the lock line entry a refused waiter is to write (enterLine). */
 interface Refused {
@@ -609,22 +609,16 @@ export class EtcdStore implements ClusterStore {
     const fenceKey = this.metaKey('fencing_token');
     const prefix = this.lineOf(repoId);
     const entries = s.list(prefix).map((kv) => lineEntryOf(kv.key.slice(prefix.length), kv.value));
-    const place = placeInLine(entries, holder, now);
-    refused.entry = null;
-    if (EtcdStore.liveLock(s.get(lockKey), now) || place.ahead > 0) {
-      if (line) {
-        line.ahead = place.ahead;
-        refused.entry = lineEntryToWrite(place, holder, line.ttlMs, now);
-      }
-      return { result: null };
-    }
+    const verdict = lineVerdict(entries, holder, EtcdStore.liveLock(s.get(lockKey), now) !== null, line, now);
+    refused.entry = verdict.take ? null : verdict.write;
+    if (!verdict.take) return { result: null };
     // The counter is cluster-wide, so a re-created repo never sees a token it gave out before.
     const fence = s.get(fenceKey);
     const token = (fence ? Number(fence.value) : 0) + 1;
     const lock: RepoLock = { repoId, holder, token, expiresAt: now + ttlMs };
     const value = JSON.stringify({ holder, token, expiresAt: lock.expiresAt } satisfies StoredLock);
     const previous = s.get(lockKey);
-    const gone = [...place.lapsed, ...(place.mine ? [place.mine] : [])].map((e) => del(this.lineKey(repoId, e.holder)));
+    const gone = verdict.drop.map((e) => del(this.lineKey(repoId, e.holder)));
     return {
       result: lock,
       leaseMs: ttlMs,
@@ -641,9 +635,8 @@ export class EtcdStore implements ClusterStore {
    */
   private async enterLine(repoId: string, entry: LineEntry | null): Promise<void> {
     if (!entry) return;
-    const value = JSON.stringify({ since: entry.since, until: entry.until });
     await this.guard('enter lock line', async () => {
-      await this.txn([], [put(this.lineKey(repoId, entry.holder), value)]);
+      await this.txn([], [put(this.lineKey(repoId, entry.holder), lineEntryValue(entry))]);
     });
   }
 

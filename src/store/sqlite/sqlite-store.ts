@@ -25,7 +25,7 @@ import {
   type ReplicaState,
   type TxnRecord,
 } from '../types.js';
-import { lineEntryOf, lineEntryToWrite, placeInLine, type PlaceInLine } from '../lock-line.js';
+import { lineEntryOf, lineEntryValue, lineVerdict, type LineVerdict } from '../lock-line.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -372,33 +372,33 @@ export class SqliteStore implements ClusterStore {
   }
 
   /**
-   * refusedOnRead answers a refusal from a read, without the write lock, when there is nothing to
-   * write: the lock is held (or others wait first) and the caller's line entry needs no renewal.
-   * The first in a busy repo's line polls every few milliseconds; each poll taking the shared
-   * file's write lock would hold up the writers it waits for. Anything else goes to acquireIn.
+   * refusedOnRead answers a repeated refusal from a read, without the write lock, when there is
+   * nothing to write: the lock is held (or others wait first) and the caller's line entry needs no
+   * renewal. The first in a busy repo's line polls every few milliseconds; each poll taking the
+   * shared file's write lock would hold up the writers it waits for. A first attempt (no answer
+   * in `line` yet), which on a repo nobody waits for takes the lock, goes to acquireIn at once.
    */
   private refusedOnRead(repoId: string, holder: string, line: LockLine | undefined): boolean {
+    if (line?.ahead === undefined) return false;
     return this.read(() => {
-      const now = this.now();
-      const place = this.placeIn(repoId, holder, now);
-      const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
-      if (!((row && row.expires_at > now) || place.ahead > 0)) return false;
-      if (line && lineEntryToWrite(place, holder, line.ttlMs, now)) return false;
-      if (line) line.ahead = place.ahead;
-      return true;
+      const verdict = this.lineVerdictIn(repoId, holder, line, this.now());
+      return !verdict.take && verdict.write === null;
     });
   }
 
-  /** placeIn reads where `holder` stands in the repo's lock line, kept in `meta` (lineKey). */
-  private placeIn(repoId: string, holder: string, now: number): PlaceInLine {
+  /** lineVerdictIn decides an attempt at the repo's lock (lineVerdict), from its lock row and its line in `meta` (lineKey). */
+  private lineVerdictIn(repoId: string, holder: string, line: LockLine | undefined, now: number): LineVerdict {
     const prefix = lineKey(repoId, '');
     const rows = this.sql('SELECT key, value FROM meta WHERE key >= ? AND key < ?').all(prefix, lineEnd(repoId)) as Array<{
       key: string;
       value: string;
     }>;
-    return placeInLine(
+    const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
+    return lineVerdict(
       rows.map((r) => lineEntryOf(r.key.slice(prefix.length), r.value)),
       holder,
+      row !== undefined && row.expires_at > now,
+      line,
       now,
     );
   }
@@ -416,22 +416,16 @@ export class SqliteStore implements ClusterStore {
    */
   private acquireIn(repoId: string, holder: string, ttlMs: number, line?: LockLine): RepoLock | null {
     const now = this.now();
-    const place = this.placeIn(repoId, holder, now);
-    const row = this.sql('SELECT * FROM locks WHERE repo_id = ?').get(repoId) as LockRow | undefined;
-    if ((row && row.expires_at > now) || place.ahead > 0) {
-      if (line) {
-        line.ahead = place.ahead;
-        const entry = lineEntryToWrite(place, holder, line.ttlMs, now);
-        if (entry)
-          this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(
-            lineKey(repoId, holder),
-            JSON.stringify({ since: entry.since, until: entry.until }),
-          );
-      }
+    const verdict = this.lineVerdictIn(repoId, holder, line, now);
+    if (!verdict.take) {
+      if (verdict.write)
+        this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(
+          lineKey(repoId, holder),
+          lineEntryValue(verdict.write),
+        );
       return null;
     }
-    for (const gone of [...place.lapsed, ...(place.mine ? [place.mine] : [])])
-      this.sql('DELETE FROM meta WHERE key = ?').run(lineKey(repoId, gone.holder));
+    for (const gone of verdict.drop) this.sql('DELETE FROM meta WHERE key = ?').run(lineKey(repoId, gone.holder));
     const token = this.nextToken();
     const expiresAt = now + ttlMs;
     this.sql(
