@@ -10,17 +10,16 @@ import { Command, InvalidArgumentError } from 'commander';
 import { errorMessage } from '../src/domain/errors.js';
 import { runBench } from './run.js';
 
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`'${value}' is not a positive integer`);
-  return n;
+/** intFrom parses a whole number of at least `min` (1: positive, 0: none or more). */
+function intFrom(min: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min)
+      throw new InvalidArgumentError(`'${value}' is not ${min === 1 ? 'a positive integer' : `a whole number of at least ${min}`}`);
+    return n;
+  };
 }
-
-function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`'${value}' is not a whole number`);
-  return n;
-}
+const positiveInt = intFrom(1);
 
 interface BenchCliOptions {
   quick?: boolean;
@@ -41,7 +40,7 @@ const program = new Command('bench')
   .option(
     '--warmup <n>',
     'untimed pushes each server takes before the first workload, so the nodes run compiled code as a server that has run a while does (default 300, 2 with --quick; 0: none)',
-    nonNegativeInt,
+    intFrom(0),
   )
   .option('--out <dir>', 'directory for the JSON and Markdown results', 'bench/results')
   .option(

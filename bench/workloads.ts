@@ -733,7 +733,6 @@ export const WORKLOADS: readonly Workload[] = [
   repair,
 ];
 
-/** selectWorkloads parses `--only` (ids or numbers, comma-separated); undefined means all. */
 /**
  * warmUp makes `params.warmup` untimed one-file pushes to each server (a repo of its own,
  * `bench/warmup`), taking turns push by push, before the first workload. The project's nodes
@@ -778,6 +777,7 @@ export async function warmUp(params: Params, servers: readonly ServerUnderTest[]
   return problems;
 }
 
+/** selectWorkloads parses `--only` (ids or numbers, comma-separated); undefined means all. */
 export function selectWorkloads(only: string | undefined): Workload[] {
   if (!only) return [...WORKLOADS];
   const picked: Workload[] = [];
