@@ -256,20 +256,20 @@ export class TestCluster {
       async () => {
         // Each node's view of the others (`/status.json`), with their start times: a node killed
         // and started again reads live to the others from its old registration until they read
-        // the new one, and a call signed for its old start time is refused (a test that pushed
-        // at once found that peer not prepared).
-        const views = new Map<string, Map<string, { live: boolean; startedAt: string }>>();
+        // the new one, and a peer call signed for its old start time is refused.
+        const own = new Map<string, string>();
+        const seen = new Map<string, Map<string, { live: boolean; startedAt: string }>>();
         for (const n of running) {
           const st = (await (await this.fetch(`${n.url}/status.json?limit=1`)).json()) as {
             nodes: Array<{ id: string; live: boolean; self: boolean; started_at: string }>;
           };
-          views.set(n.id, new Map(st.nodes.map((v) => [v.self ? `self` : v.id, { live: v.live, startedAt: v.started_at }])));
+          for (const v of st.nodes) if (v.self) own.set(n.id, v.started_at);
+          seen.set(n.id, new Map(st.nodes.filter((v) => !v.self).map((v) => [v.id, { live: v.live, startedAt: v.started_at }])));
         }
         for (const n of running) {
           for (const o of running) {
-            if (o === n) continue;
-            const seen = views.get(n.id)!.get(o.id);
-            if (!seen?.live || seen.startedAt !== views.get(o.id)!.get('self')?.startedAt) return false;
+            const view = seen.get(n.id)!.get(o.id);
+            if (o !== n && (!view?.live || view.startedAt !== own.get(o.id))) return false;
           }
         }
         return true;
