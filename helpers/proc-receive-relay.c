@@ -89,7 +89,8 @@ int main(int argc, char **argv) {
     fputs("GIT_REPLICATION_HOOK_PORT is not set\n", stderr);
     return 1;
   }
-  if (*end != '\0' || port < 1 || port > 65535) {
+  /* Digits only, as the Perl relay takes it: strtol alone would let " 80" and "+80" through. */
+  if (port_text[0] < '0' || port_text[0] > '9' || strlen(port_text) > 5 || *end != '\0' || port < 1 || port > 65535) {
     fprintf(stderr, "GIT_REPLICATION_HOOK_PORT is not a port number (1-65535): %.40s\n", port_text);
     return 1;
   }

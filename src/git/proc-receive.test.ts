@@ -223,9 +223,11 @@ describe.each(RELAYS)('the $name proc-receive relay, between a real receive-pack
         expect(missing.code).not.toBe(0);
         expect(missing.err).toContain('GIT_REPLICATION_HOOK_PORT');
         // A value that is no port: refused as such (bash's /dev/tcp fails in its own words).
-        const bad = await push({ GIT_REPLICATION_HOOK_PORT: '70000', GIT_REPLICATION_PUSH_ID: 'push-b' });
-        expect(bad.code).not.toBe(0);
-        if (name !== 'bash') expect(bad.err).toContain('GIT_REPLICATION_HOOK_PORT is not a port number (1-65535): 70000');
+        for (const value of ['70000', '+80', ' 80']) {
+          const bad = await push({ GIT_REPLICATION_HOOK_PORT: value, GIT_REPLICATION_PUSH_ID: 'push-b' });
+          expect(bad.code, value).not.toBe(0);
+          if (name !== 'bash') expect(bad.err).toContain(`GIT_REPLICATION_HOOK_PORT is not a port number (1-65535): ${value}`);
+        }
         expect(Date.now() - started).toBeLessThan(20_000);
         expect((await sh(bare, ['for-each-ref'])).out).toBe('');
       }),
