@@ -41,9 +41,10 @@ describe('packs staged ahead of the prepare', () => {
     const before = await shipped(1, 'staged');
     const r = await push(1, 'one');
     expect(r.code, r.stderr).toBe(0);
+    // The push is answered once a quorum prepared: a peer's stage is counted by the time it is in sync.
+    await c.waitInSync(repo, 1);
     expect(await shipped(1, 'staged')).toBe(before + 2);
     expect(await shipped(1, 'with_prepare')).toBe(0);
-    await c.waitInSync(repo, 1);
     for (const i of [2, 3]) {
       expect(await hasObject(i, r.commit)).toBe(true);
       expect(await stagedKeeps(i)).toEqual([]);
@@ -61,8 +62,8 @@ describe('packs staged ahead of the prepare', () => {
     }
     const r = await pushing;
     expect(r.code, r.stderr).toBe(0);
-    expect(await shipped(1, 'restaged')).toBeGreaterThan(before);
     await c.waitInSync(repo, 1);
+    expect(await shipped(1, 'restaged')).toBeGreaterThan(before);
     expect(await hasObject(2, r.commit)).toBe(true);
   });
 
