@@ -22,7 +22,7 @@ import type { Logger } from './domain/logger.js';
 import { HookServer, pickRelay, relayHooksDir } from './git/proc-receive.js';
 import { ReplicaStorage } from './git/repo-storage.js';
 import { GitRunner } from './git/runner.js';
-import { HELPER_SCRIPT, PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './git/spawner.js';
+import { HELPERS, pickHelper, SpawnHelper, type HelperKind } from './git/spawner.js';
 import { REF_SESSION_IDLE_MS, REF_SESSIONS_MAX, RefSessions } from './git/update-ref.js';
 import type { NodeDeps } from './http/deps.js';
 import { buildHttpApp } from './http/server.js';
@@ -100,9 +100,9 @@ export interface NodeConfig {
   readonly maxQueuedPushes: number;
   /**
    * gitSpawnHelper: start git through the spawn helper (the setting's default is on; absent here:
-   * off). true takes the Python helper when python3 is there, else the Node.js one.
+   * off). true takes the cheapest that runs here (pickHelper: C, Python, Node.js).
    */
-  readonly gitSpawnHelper?: boolean | 'python' | 'node';
+  readonly gitSpawnHelper?: boolean | HelperKind;
   /** failpoints: the fault points armed (tests; src/replication/failpoints.ts). */
   readonly failpoints?: string;
   /** protocol: the replication protocol versions this node speaks (default PROTOCOL, this build's). */
@@ -160,20 +160,14 @@ async function startLocked(
   dirLock: DataDirLock,
 ): Promise<RunningNode> {
   await restrictPermissions(dataDir, cfg.store);
-  // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts),
-  // and the Python helper (vfork) costs it about half the Node.js helper's CPU per git process (0.5 against 1.2 ms).
+  // With GIT_SPAWN_HELPER=on, git is started by a small helper process: forking the node itself costs it more (src/git/spawner.ts);
+  // the C helper (posix_spawn) if it was built, else Python (vfork), else the Node.js one (pickHelper).
   // Its socket is this incarnation's: a helper of an earlier one still finishing a request
   // would otherwise connect git's streams to this node, under a child id that is reused here.
   for (const f of await readdir(dataDir)) if (/^spawn(-\d+)?\.sock$/.test(f)) await unlink(join(dataDir, f)).catch(() => undefined);
-  const helperKind = cfg.gitSpawnHelper === true ? (pythonHelperUsable() ? 'python' : 'node') : cfg.gitSpawnHelper || null;
+  const helperKind = cfg.gitSpawnHelper === true ? pickHelper() : cfg.gitSpawnHelper || null;
   const spawnHelper =
-    helperKind === null
-      ? null
-      : new SpawnHelper(
-          join(dataDir, `spawn-${process.pid}.sock`),
-          (m) => logger.warn(m),
-          helperKind === 'python' ? PYTHON_HELPER : HELPER_SCRIPT,
-        );
+    helperKind === null ? null : new SpawnHelper(join(dataDir, `spawn-${process.pid}.sock`), (m) => logger.warn(m), HELPERS[helperKind]);
   // The proc-receive relay receive-pack runs per push: the compiled C one, else Perl, else bash.
   const relay = pickRelay();
   const relayDir = relayHooksDir(relay);

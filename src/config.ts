@@ -379,8 +379,8 @@ export const SETTINGS = {
     kind: 'text',
     env: 'GIT_SPAWN_HELPER',
     default: 'on',
-    arg: 'on|off|python|node',
-    doc: 'on: git is started by a small helper process, cheaper to fork than the node (python: the Python helper, node: the Node.js one, on: Python when python3 is on PATH); off: by the node itself',
+    arg: 'on|off|c|python|node',
+    doc: 'on: git is started by a small helper process, cheaper to fork than the node (c: the compiled C helper, python: the Python helper, node: the Node.js one; on: C when it was built, else Python when python3 is on PATH); off: by the node itself',
   },
   // For tests: fault injection and protocol versions (upgrade tests run old and new side by side).
   failpoints: {

@@ -7,6 +7,7 @@ import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
 import { parseFsckIgnore } from '../git/fsck-policy.js';
+import type { HelperKind } from '../git/spawner.js';
 import { parseStoreUrl } from '../store/open.js';
 import { SSH_DEFAULTS } from '../ssh/server.js';
 import { examples } from './help.js';
@@ -33,10 +34,10 @@ function onOff(name: string, value: string): boolean {
   throw new Error(`${name}: must be on or off, got '${value.slice(0, 40)}'`);
 }
 
-function spawnHelperSetting(value: string): boolean | 'python' | 'node' {
-  if (value === 'python' || value === 'node') return value;
+function spawnHelperSetting(value: string): boolean | HelperKind {
+  if (value === 'c' || value === 'python' || value === 'node') return value;
   if (value === 'on' || value === 'off') return onOff('GIT_SPAWN_HELPER', value);
-  throw new Error(`GIT_SPAWN_HELPER: must be on, off, python or node, got '${value.slice(0, 40)}'`);
+  throw new Error(`GIT_SPAWN_HELPER: must be on, off, c, python or node, got '${value.slice(0, 40)}'`);
 }
 
 function parseAuth(value: string): 'open' | 'tokens' {

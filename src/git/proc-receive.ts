@@ -180,7 +180,7 @@ const HOOKS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'hoo
 const PERL_RELAY_DIR = join(HOOKS_DIR, 'perl');
 
 /**
- * C_RELAY_DIR holds the C relay that `npm run build` compiles (scripts/build-relay.sh) when a C
+ * C_RELAY_DIR holds the C relay that `npm run build` compiles (scripts/build-c.sh) when a C
  * compiler is there: `dist/hooks/c` at the package's root, whether this module runs from src or dist.
  */
 const C_RELAY_DIR = join(HOOKS_DIR, '..', 'dist', 'hooks', 'c');

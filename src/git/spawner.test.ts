@@ -1,26 +1,43 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { pipeline } from 'node:stream/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitRunner, terminate, waitClose } from './runner.js';
-import { PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './spawner.js';
+import { C_HELPER, cHelperUsable, pickHelper, PYTHON_HELPER, pythonHelperUsable, SpawnHelper } from './spawner.js';
 
 /** SCRIPT is the compiled Node.js helper (`npm test` builds dist/ first). */
 const SCRIPT = new URL('../../dist/git/spawn-helper.js', import.meta.url);
 
+const HAS_CC = spawnSync('sh', ['-c', 'command -v "${CC:-cc}"'], { stdio: 'ignore' }).status === 0;
+
 const helpers = [
-  { kind: 'node', script: SCRIPT, usable: existsSync(SCRIPT) },
-  { kind: 'python', script: PYTHON_HELPER, usable: pythonHelperUsable() },
+  { kind: 'c', script: C_HELPER, usable: cHelperUsable(), needs: 'a C compiler and `npm run build`' },
+  { kind: 'node', script: SCRIPT, usable: existsSync(SCRIPT), needs: 'dist/ (npm run build)' },
+  { kind: 'python', script: PYTHON_HELPER, usable: pythonHelperUsable(), needs: 'python3' },
 ] as const;
 
-describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, script, usable }) => {
+describe('the C spawn helper as built', () => {
+  it.runIf(HAS_CC)('npm run build compiled it from its current source, and a node picks it (a C compiler is here)', () => {
+    expect(cHelperUsable(), 'dist/helpers/c/spawn-helper is missing or does not run: run `npm run build`').toBe(true);
+    // A rebuild that cannot compile keeps the binary built before: one older than its source means the last build did not compile it.
+    const source = fileURLToPath(new URL('../../helpers/spawn-helper.c', import.meta.url));
+    expect(statSync(fileURLToPath(C_HELPER)).mtimeMs, 'the C helper is older than its source').toBeGreaterThanOrEqual(
+      statSync(source).mtimeMs,
+    );
+    expect(pickHelper()).toBe('c');
+  });
+});
+
+describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, script, usable, needs }) => {
   if (!usable) {
-    it.skip(`needs ${kind === 'node' ? 'dist/ (npm run build)' : 'python3'}`, () => undefined);
+    it.skip(`needs ${needs}`, () => undefined);
     return;
   }
   let dir: string;
@@ -101,6 +118,45 @@ describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, scri
     expect((await git.run(['rev-parse', '--absolute-git-dir'], { cwd: join(dir, 'r.git') })).stdout).toBe(
       `${await realpath(join(dir, 'r.git'))}\n`,
     );
+  });
+
+  it('passes arguments and variables byte for byte, finds the program on the PATH asked for, and starts it with default signal handling', async () => {
+    const odd = ['quote " and \\ backslash', 'new\nline\ttab \u0001 control', 'Ünïcode 😀 emoji', '', '-'];
+    const bin = join(dir, 'bin');
+    await mkdir(bin, { recursive: true });
+    // A program only on the PATH given to the process (not on the helper's): it prints its
+    // arguments and a variable, then (as grep, by exec) its own signal mask and ignored signals.
+    await writeFile(
+      join(bin, 'gitrep-args'),
+      '#!/bin/sh\nprintf "%s|" "$@"\nprintf "%s|" "$ODD"\nexec grep -E "^Sig(Blk|Ign):" /proc/self/status\n',
+      { mode: 0o755 },
+    );
+    const child = helper.spawn('gitrep-args', odd, { cwd: dir, env: { PATH: `${bin}:/usr/bin:/bin`, ODD: odd.join('#') } });
+    child.stdin?.end();
+    let out = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr?.resume();
+    expect(await waitClose(child)).toEqual([0, null]);
+    const printed = `${odd.join('|')}|${odd.join('#')}|`;
+    expect(out.slice(0, printed.length)).toBe(printed);
+    // No signal blocked, and none of the standard ones ignored (the helpers ignore or handle
+    // SIGPIPE, SIGINT, SIGTERM and SIGHUP themselves). glibc's posix_spawn, which the C helper
+    // uses, leaves its two internal real-time signals (32 and 33) ignored: nothing sends them to git.
+    const mask = (name: string): bigint => BigInt(`0x${new RegExp(`${name}:\\s*([0-9a-f]+)$`, 'm').exec(out)?.[1] ?? 'ff'}`);
+    expect(mask('SigBlk')).toBe(0n);
+    expect(mask('SigIgn') & 0x7fffffffn).toBe(0n);
+    // A program on no directory of the PATH given fails the spawn, as does an argument with a NUL byte.
+    for (const [file, args, path] of [
+      ['gitrep-args', [], '/nonexistent'],
+      ['gitrep-args', ['a\u0000b'], bin],
+    ] as const) {
+      const failing = helper.spawn(file, args, { cwd: dir, env: { PATH: path } });
+      const failed = new Promise<Error>((r) => failing.once('error', r));
+      const closed = waitClose(failing);
+      expect((await failed).message).toMatch(/^spawn: /);
+      expect(await closed).toEqual([null, 'SIGKILL']);
+    }
+    expect((await git.run(['rev-parse', '--is-bare-repository'], { cwd: join(dir, 'r.git') })).stdout).toBe('true\n');
   });
 
   it('a directory that is not there fails the spawn with an error, and the next spawn works', async () => {

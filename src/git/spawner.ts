@@ -25,6 +25,35 @@ export const HELPER_SCRIPT = new URL('./spawn-helper.js', import.meta.url);
 export const PYTHON_HELPER = new URL('../../helpers/spawn-helper.py', import.meta.url);
 
 /**
+ * C_HELPER is the compiled C helper that `npm run build` makes (scripts/build-c.sh) when a C
+ * compiler is there: `dist/helpers/c/spawn-helper` at the package's root, from src/git or dist/git alike.
+ */
+export const C_HELPER = new URL('../../dist/helpers/c/spawn-helper', import.meta.url);
+
+/** cHelperUsable says whether the compiled C helper is there and runs (`--check`). Asked once, when a node starts. */
+export function cHelperUsable(): boolean {
+  const file = fileURLToPath(C_HELPER);
+  if (!existsSync(file)) return false;
+  return spawnSync(file, ['--check'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+}
+
+/** HelperKind names a spawn helper by its language: all three speak one protocol. */
+export type HelperKind = 'c' | 'python' | 'node';
+
+/** HELPERS are the helpers' entry points by kind. */
+export const HELPERS: Readonly<Record<HelperKind, URL>> = { c: C_HELPER, python: PYTHON_HELPER, node: HELPER_SCRIPT };
+
+/**
+ * pickHelper is the cheapest spawn helper that runs here, asked once when a node starts: the C
+ * one (posix_spawn, no interpreter), else Python (vfork: about 0.5 ms of its CPU per process),
+ * else the Node.js one (a fork of a 50 MB process: about 1.2 ms).
+ */
+export function pickHelper(): HelperKind {
+  if (cHelperUsable()) return 'c';
+  return pythonHelperUsable() ? 'python' : 'node';
+}
+
+/**
  * pythonHelperUsable says whether the Python helper can run here: the script is there and a
  * `python3` of 3.8 or later is on PATH. Asked once, when a node starts.
  */
@@ -236,10 +265,9 @@ class HelperChild extends EventEmitter {
 
 /**
  * SpawnHelper starts git through a small helper process, so the fork git needs is of that
- * process, not of the node: helpers/spawn-helper.py when Python is there (vfork: about 0.5 ms of
- * its CPU per process, sockets included), else src/git/spawn-helper.ts (a fork of a 50 MB
- * process: about 1.2 ms).
- * Both speak the same protocol. One per node; `usable` is false until it runs, and again if it
+ * process, not of the node (pickHelper): helpers/spawn-helper.c when it was built, else
+ * helpers/spawn-helper.py when Python is there, else src/git/spawn-helper.ts.
+ * All speak the same protocol. One per node; `usable` is false until it runs, and again if it
  * dies (GitRunner then spawns directly until it is started again).
  */
 export class SpawnHelper {
@@ -257,7 +285,7 @@ export class SpawnHelper {
   constructor(
     private readonly socketPath: string,
     private readonly onProblem: (message: string) => void = () => undefined,
-    /** script is the helper's entry point: the compiled spawn-helper.js beside this module (default) or PYTHON_HELPER. */
+    /** script is the helper's entry point: the compiled spawn-helper.js beside this module (default), PYTHON_HELPER or C_HELPER. */
     private readonly script: URL | string = HELPER_SCRIPT,
     /** joinGraceMs: how long after a process's exit its streams' sockets are still waited for (STREAMS_JOIN_GRACE_MS). */
     private readonly joinGraceMs = STREAMS_JOIN_GRACE_MS,
@@ -294,28 +322,28 @@ export class SpawnHelper {
   }
 
   /** kind is the helper's language, by its script. */
-  get kind(): 'python' | 'node' {
-    return String(this.script).endsWith('.py') ? 'python' : 'node';
+  get kind(): HelperKind {
+    const script = String(this.script);
+    return script.endsWith('.py') ? 'python' : script.endsWith('.js') ? 'node' : 'c';
   }
 
   private launch(): void {
     const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
     const script = typeof this.script === 'string' ? this.script : fileURLToPath(this.script);
-    // Either way the IPC channel carries JSON lines (a Python child finds it at NODE_CHANNEL_FD).
+    // Every way the IPC channel carries JSON lines (a C or Python child finds it at NODE_CHANNEL_FD).
+    const ipc = { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] as ('ignore' | 'inherit' | 'ipc')[], env, serialization: 'json' as const };
     const helper =
-      this.kind === 'python'
-        ? spawn('python3', ['-I', '-S', script, this.socketPath], {
-            stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-            env,
-            serialization: 'json',
-          })
-        : fork(script, [this.socketPath], {
-            stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-            // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
-            execArgv: [],
-            env,
-            serialization: 'json',
-          });
+      this.kind === 'c'
+        ? spawn(script, [this.socketPath], ipc)
+        : this.kind === 'python'
+          ? spawn('python3', ['-I', '-S', script, this.socketPath], ipc)
+          : fork(script, [this.socketPath], {
+              stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+              // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
+              execArgv: [],
+              env,
+              serialization: 'json',
+            });
     helper.on('message', (m: SpawnReport) => this.onReport(m));
     helper.once('exit', (code, signal) => {
       if (this.helper === helper) this.helper = null;
