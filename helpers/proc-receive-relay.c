@@ -3,7 +3,7 @@
  *
  * receive-pack runs its proc-receive hook once per push, and the push waits for it: Perl takes
  * about 4.5 ms from spawn to its connection (6.5 ms with `use strict; use warnings`), this about
- * 1 ms. `npm run build` compiles it (scripts/build-relay.sh) to dist/hooks/c/proc-receive when a
+ * 1 ms. `npm run build` compiles it (scripts/build-c.sh) to dist/hooks/c/proc-receive when a
  * C compiler is there; without one the node uses the Perl relay, then the bash one.
  *
  * It connects twice to the node's loopback hook socket (GIT_REPLICATION_HOOK_PORT). The first
