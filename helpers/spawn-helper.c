@@ -16,6 +16,7 @@
  * channel closes). A line it cannot read as a request is dropped (with its id, it is refused).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -329,6 +330,7 @@ typedef struct {
   char **env; /* NAME=value */
   size_t nenv;
   int nul;
+  const char *refused; /* why a well-formed request is still refused */
 } request;
 
 static void free_request(request *r) {
@@ -374,14 +376,15 @@ static int parse(const char *line, size_t len, request *r) {
     ws(&c);
     int ok = 1;
     if (strcmp(key, "id") == 0) {
-      char *e;
-      errno = 0;
-      long long v = strtoll(c.p, &e, 10);
-      if (e == c.p || errno) ok = 0;
+      /* The node's ids count up from 1: digits only, read within the line. */
+      long long v = 0;
+      const char *d = c.p;
+      while (d < c.end && *d >= '0' && *d <= '9' && d - c.p < 15) v = v * 10 + (*d++ - '0');
+      if (d == c.p || (d < c.end && *d >= '0' && *d <= '9')) ok = 0;
       else {
         r->id = v;
         r->has_id = 1;
-        c.p = e;
+        c.p = d;
       }
     } else if (strcmp(key, "file") == 0) {
       free(r->file);
@@ -392,6 +395,10 @@ static int parse(const char *line, size_t len, request *r) {
       r->cwd = NULL;
       ok = string(&c, &r->cwd, &r->nul);
     } else if (strcmp(key, "args") == 0 && c.p < c.end && *c.p == '[') {
+      /* A repeated key counts once, as JSON.parse takes it: the last. */
+      for (size_t i = 1; i < r->nargs; i++) free(r->args[i]);
+      r->nargs = 1;
+      r->args[1] = NULL;
       c.p++;
       ws(&c);
       if (c.p < c.end && *c.p == ']') c.p++;
@@ -416,6 +423,9 @@ static int parse(const char *line, size_t len, request *r) {
           break;
         }
     } else if (strcmp(key, "env") == 0 && c.p < c.end && *c.p == '{') {
+      for (size_t i = 0; i < r->nenv; i++) free(r->env[i]);
+      r->nenv = 0;
+      r->env[0] = NULL;
       c.p++;
       ws(&c);
       if (c.p < c.end && *c.p == '}') c.p++;
@@ -440,19 +450,22 @@ static int parse(const char *line, size_t len, request *r) {
               ok = 0;
               break;
             }
-            /* A name holding '=' cannot be set (the node's own spawn refuses it too). */
-            if (strchr(name, '=') == NULL && name[0] != '\0') {
-              buf kv = {0};
-              adds(&kv, name);
-              addc(&kv, '=');
-              adds(&kv, value);
-              push(&r->env, &r->nenv, kv.p);
-            }
+            /* A name that is empty or holds '=' cannot be set as asked: refused, as Python's helper does. */
+            if (strchr(name, '=') != NULL || name[0] == '\0') r->refused = "an environment variable name is empty or holds '='";
+            buf kv = {0};
+            adds(&kv, name);
+            addc(&kv, '=');
+            adds(&kv, value);
+            push(&r->env, &r->nenv, kv.p);
             free(value);
-          } else if (!skip(&c, 1)) {
-            free(name);
-            ok = 0;
-            break;
+          } else {
+            /* The node sends strings only; anything else is a request this helper cannot run as asked. */
+            r->refused = "an environment variable's value is not a string";
+            if (!skip(&c, 1)) {
+              free(name);
+              ok = 0;
+              break;
+            }
           }
           free(name);
           ws(&c);
@@ -480,7 +493,9 @@ static int parse(const char *line, size_t len, request *r) {
     if (c.p < c.end && *c.p == '}') break;
     return 0;
   }
-  if (!r->has_id || !r->file) return 0;
+  c.p++;
+  ws(&c);
+  if (c.p != c.end || !r->has_id || !r->file) return 0;
   r->args[0] = strdup(r->file);
   return r->args[0] != NULL;
 }
@@ -502,7 +517,9 @@ static const char *env_value(const request *r, const char *name) {
   return NULL;
 }
 
-static int executable(const char *cwd, const char *path) {
+/* executable says whether `path` (relative to `cwd`) is a program that can run; a regular file
+   that cannot sets *denied, so that a program found only as such is refused as Permission denied. */
+static int executable(const char *cwd, const char *path, int *denied) {
   buf full = {0};
   if (path[0] != '/' && cwd) {
     adds(&full, cwd);
@@ -510,14 +527,18 @@ static int executable(const char *cwd, const char *path) {
   }
   adds(&full, path);
   struct stat st;
-  int ok = stat(full.p, &st) == 0 && S_ISREG(st.st_mode) && access(full.p, X_OK) == 0;
+  int ok = 0;
+  if (stat(full.p, &st) == 0 && S_ISREG(st.st_mode)) {
+    ok = access(full.p, X_OK) == 0;
+    if (!ok) *denied = 1;
+  }
   free(full.p);
   return ok;
 }
 
 /* locate names the program to exec: `file` itself when it holds a '/', else the first of PATH's
    directories (the request's PATH, as the process will see it) that has it; NULL when none does. */
-static char *locate(const request *r) {
+static char *locate(const request *r, int *denied) {
   if (strchr(r->file, '/')) return strdup(r->file);
   const char *path = env_value(r, "PATH");
   if (!path) path = "/bin:/usr/bin";
@@ -539,7 +560,7 @@ static char *locate(const request *r) {
     else add(&cand, d, len);
     addc(&cand, '/');
     adds(&cand, r->file);
-    if (executable(r->cwd, cand.p)) hit = cand.p;
+    if (executable(r->cwd, cand.p, denied)) hit = cand.p;
     else free(cand.p);
     if (!colon) break;
     d = colon + 1;
@@ -614,22 +635,29 @@ static void start(const request *r) {
     report_error(r->id, r->file, "an argument, variable or directory holds a NUL byte");
     return;
   }
+  if (r->refused) {
+    report_error(r->id, r->file, r->refused);
+    return;
+  }
+  /* The program first: a spawn that cannot start connects no sockets. */
+  int denied = 0;
+  char *exe = locate(r, &denied);
   int socks[3] = {-1, -1, -1};
-  for (int fd = 0; fd < 3; fd++) {
+  for (int fd = 0; exe && fd < 3; fd++) {
     socks[fd] = dial(r->id, fd);
     if (socks[fd] < 0) {
       char why[160];
       snprintf(why, sizeof why, "cannot connect to the node's socket: %s", strerror(errno));
       report_error(r->id, r->file, why);
       for (int i = 0; i < fd; i++) close(socks[i]);
+      free(exe);
       return;
     }
   }
-  char *exe = locate(r);
   int err = 0;
   pid_t pid = -1;
   if (!exe) {
-    err = ENOENT;
+    err = denied ? EACCES : ENOENT;
   } else {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -647,13 +675,20 @@ static void start(const request *r) {
     posix_spawnattr_destroy(&attr);
   }
   /* The process holds its own copies; the node sees a stream end once it closes them. */
-  for (int fd = 0; fd < 3; fd++) close(socks[fd]);
+  for (int fd = 0; fd < 3; fd++)
+    if (socks[fd] >= 0) close(socks[fd]);
   if (err) {
     /* A program not on PATH, or one that does not start here, or a directory that is not there. */
     buf why = {0};
     adds(&why, strerror(err));
-    if (!exe) adds(&why, " (not found on PATH)");
-    else if (r->cwd) {
+    struct stat st;
+    if (r->cwd && stat(r->cwd, &st) != 0) {
+      adds(&why, " (the directory ");
+      adds(&why, r->cwd);
+      addc(&why, ')');
+    } else if (!exe) {
+      adds(&why, denied ? " (not executable)" : " (not found on PATH)");
+    } else if (r->cwd) {
       adds(&why, " (running ");
       adds(&why, exe);
       adds(&why, " in ");
@@ -697,6 +732,25 @@ static void reap(void) {
 
 static void ignore(int sig) { (void)sig; }
 
+/* cloexec_all marks every open descriptor from 3 up close-on-exec, by /proc/self/fd. */
+static void cloexec_all(void) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) {
+    for (int fd = 3; fd < 1024; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return;
+  }
+  int own = dirfd(d);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    char *end;
+    long fd = strtol(e->d_name, &end, 10);
+    if (*end != '\0' || end == e->d_name || fd < 3 || fd == own) continue;
+    int flags = fcntl((int)fd, F_GETFD);
+    if (flags >= 0) fcntl((int)fd, F_SETFD, flags | FD_CLOEXEC);
+  }
+  closedir(d);
+}
+
 int main(int argc, char **argv) {
   /* `--check`: the build asks whether this binary runs here. */
   if (argc == 2 && strcmp(argv[1], "--check") == 0) return 0;
@@ -711,7 +765,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   channel = atoi(fd_text);
-  fcntl(channel, F_SETFD, FD_CLOEXEC);
+  /* Nothing this process was given reaches git but the three sockets: every descriptor it holds
+     now (the channel, and any the node's parent left open) is closed at exec; those it opens
+     later are opened close-on-exec. (Python's Popen closes them all with close_fds.) */
+  cloexec_all();
   /* Reads follow poll; a report waits for room rather than failing on a full channel. */
   int fl = fcntl(channel, F_GETFL);
   if (fl >= 0) fcntl(channel, F_SETFL, fl & ~O_NONBLOCK);
@@ -747,6 +804,7 @@ int main(int argc, char **argv) {
   }
 
   buf pending = {0};
+  size_t scanned = 0; /* pending's bytes known to hold no newline */
   struct pollfd fds[2] = {{channel, POLLIN, 0}, {sfd, POLLIN, 0}};
   for (;;) {
     if (poll(fds, 2, -1) < 0) {
@@ -767,8 +825,12 @@ int main(int argc, char **argv) {
       pending.n += (size_t)n;
       size_t from = 0;
       for (;;) {
-        char *nl = memchr(pending.p + from, '\n', pending.n - from);
-        if (!nl) break;
+        size_t at = scanned > from ? scanned : from;
+        char *nl = memchr(pending.p + at, '\n', pending.n - at);
+        if (!nl) {
+          scanned = pending.n;
+          break;
+        }
         size_t len = (size_t)(nl - (pending.p + from));
         request r;
         if (parse(pending.p + from, len, &r)) start(&r);
@@ -778,6 +840,12 @@ int main(int argc, char **argv) {
       }
       memmove(pending.p, pending.p + from, pending.n - from);
       pending.n -= from;
+      scanned -= scanned >= from ? from : scanned;
+      /* A long request's room goes once it is read. */
+      if (pending.n == 0 && pending.cap > (1u << 20)) {
+        free(pending.p);
+        pending = (buf){0};
+      }
     }
   }
 }

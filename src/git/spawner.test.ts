@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +33,95 @@ describe('the C spawn helper as built', () => {
     );
     expect(pickHelper()).toBe('c');
   });
+
+  it.runIf(cHelperUsable())(
+    'answers each line it is sent: a request it cannot run as asked is refused, one it cannot read without an id is dropped',
+    async () => {
+      // Raw lines on the channel, as no node would send them (the node's IPC writes JSON.stringify's).
+      const helper = spawn(fileURLToPath(C_HELPER), [join(tmpdir(), `gitrep-none-${randomUUID()}.sock`)], {
+        stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+        env: { NODE_CHANNEL_FD: '3' },
+      });
+      const channel = helper.stdio[3] as Socket;
+      let said = '';
+      channel.setEncoding('utf8').on('data', (d: string) => (said += d));
+      const lines = [
+        '{"id":1,"file":"true","args":[],"env":{"A=B":"x"}}',
+        '{"id":2,"file":"true","args":[],"env":{"":"x"}}',
+        '{"id":3,"file":"true","args":[],"env":{"A":1}}',
+        '{"id":4,"file":"true","args":[]}{"id":5,"file":"true"}',
+        '{"id":+6,"file":"true","args":[]}',
+        '{"id":7,"file":"true","args":["a\\u0000b"],"env":{}}',
+        '{"id":',
+        '{"id":8,"file":"true","args":[],"env":{"PATH":"/nonexistent"}}',
+      ];
+      channel.write(`${lines.join('\n')}\n`);
+      for (let i = 0; i < 100 && said.split('\n').length < 7; i++) await new Promise((r) => setTimeout(r, 20));
+      helper.kill('SIGKILL');
+      const reports = said
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { id: number; error?: string });
+      expect(reports.map((r) => r.id)).toEqual([1, 2, 3, 4, 7, 8]);
+      expect(reports.map((r) => r.error)).toEqual([
+        "spawn true: an environment variable name is empty or holds '='",
+        "spawn true: an environment variable name is empty or holds '='",
+        "spawn true: an environment variable's value is not a string",
+        'spawn true: a request that could not be read',
+        'spawn true: an argument, variable or directory holds a NUL byte',
+        'spawn true: No such file or directory (not found on PATH)',
+      ]);
+    },
+  );
+});
+
+/**
+ * inheritedFdReaches runs a node (a child of bash, which left descriptor 200 open, not
+ * close-on-exec, as a supervisor might) whose spawn helper starts a shell that says whether it
+ * holds descriptor 200.
+ */
+function inheritedFdReaches(script: URL): string {
+  const program = `
+    const { SpawnHelper } = await import(process.env.SPAWNER);
+    const { waitClose } = await import(process.env.RUNNER);
+    const helper = new SpawnHelper(process.env.SOCK, (m) => console.error(m), new URL(process.env.HELPER));
+    await helper.start();
+    const child = helper.spawn('sh', ['-c', '[ -e /proc/$$/fd/200 ] && echo held || echo closed'], { cwd: '/', env: { PATH: process.env.PATH } });
+    child.stdin.end();
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await waitClose(child);
+    await helper.stop();
+    process.stdout.write(out);`;
+  const dir = mkdtempSync(join(tmpdir(), 'gitrep-fd-'));
+  try {
+    const r = spawnSync('bash', ['-c', 'exec 200</dev/null; exec "$0" --input-type=module -e "$1"', process.execPath, program], {
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        SPAWNER: new URL('../../dist/git/spawner.js', import.meta.url).href,
+        RUNNER: new URL('../../dist/git/runner.js', import.meta.url).href,
+        SOCK: join(dir, 's.sock'),
+        HELPER: script.href,
+      },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    return `${r.stdout.trim()}${r.status === 0 ? '' : ` (exit ${r.status}: ${r.stderr.slice(-300)})`}`;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('descriptors the node inherited', () => {
+  // The Node.js helper cannot mark what it inherited close-on-exec (Node has no fcntl): it is the last fallback.
+  for (const { kind, script, usable, needs } of helpers.filter((h) => h.kind !== 'node')) {
+    it.runIf(usable && existsSync(new URL('../../dist/git/spawner.js', import.meta.url)))(
+      `do not reach a process the ${kind} helper starts${usable ? '' : ` (needs ${needs})`}`,
+      () => {
+        expect(inheritedFdReaches(script)).toBe('closed');
+      },
+    );
+  }
 });
 
 describe.each(helpers)('GitRunner through the $kind spawn helper', ({ kind, script, usable, needs }) => {
