@@ -3,7 +3,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { fsyncRefDirs, syncRefs } from './repo-storage.js';
+import { fsyncRefDirs, refDirsToSync, syncRefs } from './repo-storage.js';
 import { BULK_REF_UPDATES } from './update-ref.js';
 
 const ENV = {
@@ -36,6 +36,23 @@ describe('fsyncRefDirs', () => {
     sh(repo, 'update-ref', '-d', 'refs/heads/feature/deep/x');
     expect(existsSync(join(repo, 'refs/heads/feature'))).toBe(false);
     await expect(fsyncRefDirs(repo, ['refs/heads/feature/deep/x', 'refs/heads/main'])).resolves.toBeUndefined();
+  });
+
+  it('syncs every directory from each ref up to the repo: git may have created or removed any of them', () => {
+    const repo = join(root, 'dirs.git');
+    expect(refDirsToSync(repo, ['refs/heads/feature/deep/x', 'refs/heads/main', 'refs/tags/v1']).sort()).toEqual(
+      [
+        repo,
+        `${repo}/refs`,
+        `${repo}/refs/heads`,
+        `${repo}/refs/heads/feature`,
+        `${repo}/refs/heads/feature/deep`,
+        `${repo}/refs/tags`,
+      ].sort(),
+    );
+    expect(refDirsToSync(repo, ['HEAD'])).toEqual([repo]);
+    // A path that would leave the repo (ref names are checked before this) adds nothing outside it.
+    expect(refDirsToSync(repo, ['../other.git/refs/heads/x'])).toEqual([repo]);
   });
 
   it('fails, naming the directory, when the repository itself is gone', async () => {

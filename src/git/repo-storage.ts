@@ -260,24 +260,37 @@ export async function fsyncPath(path: string): Promise<void> {
 }
 
 /**
- * fsyncRefDirs makes committed ref updates durable: it fsyncs the directory each ref was renamed
- * into (git does not), or, where git removed that directory because a delete emptied it, the
- * nearest one that still exists inside the repo. Any other failure throws: a replica whose refs
- * may not survive a crash must not be confirmed.
+ * refDirsToSync are the directories whose entries a committed ref update may have changed: the
+ * directory each ref was renamed into, and every one above it up to the repo's own, since git
+ * creates the directories a new ref needs (`refs/heads/feature/` for `refs/heads/feature/x`, a
+ * new entry in `refs/heads/`), removes those a delete empties, and rewrites `packed-refs` and
+ * `HEAD` at the top.
+ */
+export function refDirsToSync(repoPath: string, refs: readonly string[]): string[] {
+  const dirs = new Set<string>([repoPath]);
+  for (const ref of refs) {
+    for (let d = dirname(join(repoPath, ref)); d.length > repoPath.length && d.startsWith(`${repoPath}/`); d = dirname(d)) {
+      if (dirs.has(d)) break;
+      dirs.add(d);
+    }
+  }
+  return [...dirs];
+}
+
+/**
+ * fsyncRefDirs makes committed ref updates durable: it fsyncs the directories of refDirsToSync
+ * (git fsyncs none), skipping one a delete removed (the one above it is among them). Any other
+ * failure throws, and so does a repo that is gone: a replica whose refs may not survive a crash
+ * must not be confirmed.
  */
 export async function fsyncRefDirs(repoPath: string, refs: readonly string[]): Promise<void> {
-  const dirs = new Set<string>([repoPath]);
-  for (const ref of refs) dirs.add(dirname(join(repoPath, ref)));
   await Promise.all(
-    [...dirs].map(async (dir) => {
-      for (let d = dir; ; d = dirname(d)) {
-        try {
-          return await fsyncPath(d);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || d === repoPath || !d.startsWith(repoPath)) {
-            throw new Error(`fsync of ${d} failed: ${(err as Error).message}`, { cause: err });
-          }
-        }
+    refDirsToSync(repoPath, refs).map(async (d) => {
+      try {
+        await fsyncPath(d);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || d === repoPath)
+          throw new Error(`fsync of ${d} failed: ${(err as Error).message}`, { cause: err });
       }
     }),
   );
