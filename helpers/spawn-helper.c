@@ -267,38 +267,44 @@ bad:
   return 0;
 }
 
-static int skip(cursor *c, int depth);
-
-static int skip_container(cursor *c, char close, int depth) {
+/* opening reads a container's first character; 1 if an item follows, 0 if it is empty (its close read), -1 if it is no such container. */
+static int opening(cursor *c, char open, char close) {
+  ws(c);
+  if (c->p >= c->end || *c->p != open) return -1;
   c->p++;
   ws(c);
   if (c->p < c->end && *c->p == close) {
     c->p++;
-    return 1;
-  }
-  for (;;) {
-    if (close == '}') {
-      char *key;
-      int nul = 0;
-      if (!string(c, &key, &nul)) return 0;
-      free(key);
-      ws(c);
-      if (c->p >= c->end || *c->p != ':') return 0;
-      c->p++;
-    }
-    if (!skip(c, depth + 1)) return 0;
-    ws(c);
-    if (c->p >= c->end) return 0;
-    if (*c->p == ',') {
-      c->p++;
-      continue;
-    }
-    if (*c->p == close) {
-      c->p++;
-      return 1;
-    }
     return 0;
   }
+  return 1;
+}
+
+/* following reads what comes after an item: 1 if another follows (','), 0 at the container's close, -1 otherwise. */
+static int following(cursor *c, char close) {
+  ws(c);
+  if (c->p < c->end && *c->p == ',') {
+    c->p++;
+    return 1;
+  }
+  if (c->p < c->end && *c->p == close) {
+    c->p++;
+    return 0;
+  }
+  return -1;
+}
+
+/* member reads an object member's name and its ':' (*name, to free); 0 if there is none. */
+static int member(cursor *c, char **name, int *nul) {
+  if (!string(c, name, nul)) return 0;
+  ws(c);
+  if (c->p < c->end && *c->p == ':') {
+    c->p++;
+    ws(c);
+    return 1;
+  }
+  free(*name);
+  return 0;
 }
 
 /* skip passes over one JSON value of any kind. */
@@ -306,15 +312,26 @@ static int skip(cursor *c, int depth) {
   ws(c);
   if (c->p >= c->end || depth > 64) return 0;
   char ch = *c->p;
+  int nul = 0;
   if (ch == '"') {
     char *s;
-    int nul = 0;
     if (!string(c, &s, &nul)) return 0;
     free(s);
     return 1;
   }
-  if (ch == '{') return skip_container(c, '}', depth);
-  if (ch == '[') return skip_container(c, ']', depth);
+  if (ch == '{' || ch == '[') {
+    char close = ch == '{' ? '}' : ']';
+    for (int more = opening(c, ch, close); more != 0; more = following(c, close)) {
+      if (more < 0) return 0;
+      if (close == '}') {
+        char *name;
+        if (!member(c, &name, &nul)) return 0;
+        free(name);
+      }
+      if (!skip(c, depth + 1)) return 0;
+    }
+    return 1;
+  }
   const char *start = c->p;
   while (c->p < c->end && strchr(",}] \t\r\n", *c->p) == NULL) c->p++;
   return c->p > start;
@@ -350,43 +367,76 @@ static void push(char ***list, size_t *n, char *s) {
   *list = l;
 }
 
+/* parse_id reads the request's id: the node's count up from 1, digits only, read within the line. */
+static int parse_id(cursor *c, request *r) {
+  long long v = 0;
+  const char *d = c->p;
+  while (d < c->end && *d >= '0' && *d <= '9' && d - c->p < 15) v = v * 10 + (*d++ - '0');
+  if (d == c->p || (d < c->end && *d >= '0' && *d <= '9')) return 0;
+  r->id = v;
+  r->has_id = 1;
+  c->p = d;
+  return 1;
+}
+
+/* parse_args reads the arguments (after argv[0]); a repeated key counts once, as JSON.parse takes it: the last. */
+static int parse_args(cursor *c, request *r) {
+  for (size_t i = 1; i < r->nargs; i++) free(r->args[i]);
+  r->nargs = 1;
+  r->args[1] = NULL;
+  for (int more = opening(c, '[', ']'); more != 0; more = following(c, ']')) {
+    char *a;
+    if (more < 0 || !string(c, &a, &r->nul)) return 0;
+    push(&r->args, &r->nargs, a);
+  }
+  return 1;
+}
+
+/* parse_env reads the environment as NAME=value strings; the last of a repeated key counts. */
+static int parse_env(cursor *c, request *r) {
+  for (size_t i = 0; i < r->nenv; i++) free(r->env[i]);
+  r->nenv = 0;
+  r->env[0] = NULL;
+  for (int more = opening(c, '{', '}'); more != 0; more = following(c, '}')) {
+    char *name, *value;
+    if (more < 0 || !member(c, &name, &r->nul)) return 0;
+    if (c->p >= c->end || *c->p != '"') {
+      /* The node sends strings only; anything else is a request this helper cannot run as asked. */
+      r->refused = "an environment variable's value is not a string";
+      free(name);
+      if (!skip(c, 1)) return 0;
+      continue;
+    }
+    if (!string(c, &value, &r->nul)) {
+      free(name);
+      return 0;
+    }
+    /* A name that is empty or holds '=' cannot be set as asked: refused, as Python's helper does. */
+    if (strchr(name, '=') != NULL || name[0] == '\0') r->refused = "an environment variable name is empty or holds '='";
+    buf kv = {0};
+    adds(&kv, name);
+    addc(&kv, '=');
+    adds(&kv, value);
+    push(&r->env, &r->nenv, kv.p);
+    free(name);
+    free(value);
+  }
+  return 1;
+}
+
 /* parse reads a request line; 0 if it is none (r->has_id says whether its id could be read). */
 static int parse(const char *line, size_t len, request *r) {
   cursor c = {line, line + len};
   memset(r, 0, sizeof *r);
   push(&r->args, &r->nargs, NULL); /* argv[0], the file, set below */
-  r->nargs = 1;
   push(&r->env, &r->nenv, NULL);
   r->nenv = 0;
-  ws(&c);
-  if (c.p >= c.end || *c.p != '{') return 0;
-  c.p++;
-  ws(&c);
-  if (c.p < c.end && *c.p == '}') return 0;
-  for (;;) {
+  for (int more = opening(&c, '{', '}'); more != 0; more = following(&c, '}')) {
     char *key;
-    int nul = 0;
-    if (!string(&c, &key, &nul)) return 0;
-    ws(&c);
-    if (c.p >= c.end || *c.p != ':') {
-      free(key);
-      return 0;
-    }
-    c.p++;
-    ws(&c);
-    int ok = 1;
-    if (strcmp(key, "id") == 0) {
-      /* The node's ids count up from 1: digits only, read within the line. */
-      long long v = 0;
-      const char *d = c.p;
-      while (d < c.end && *d >= '0' && *d <= '9' && d - c.p < 15) v = v * 10 + (*d++ - '0');
-      if (d == c.p || (d < c.end && *d >= '0' && *d <= '9')) ok = 0;
-      else {
-        r->id = v;
-        r->has_id = 1;
-        c.p = d;
-      }
-    } else if (strcmp(key, "file") == 0) {
+    if (more < 0 || !member(&c, &key, &r->nul)) return 0;
+    int ok;
+    if (strcmp(key, "id") == 0) ok = parse_id(&c, r);
+    else if (strcmp(key, "file") == 0) {
       free(r->file);
       r->file = NULL;
       ok = string(&c, &r->file, &r->nul);
@@ -394,106 +444,12 @@ static int parse(const char *line, size_t len, request *r) {
       free(r->cwd);
       r->cwd = NULL;
       ok = string(&c, &r->cwd, &r->nul);
-    } else if (strcmp(key, "args") == 0 && c.p < c.end && *c.p == '[') {
-      /* A repeated key counts once, as JSON.parse takes it: the last. */
-      for (size_t i = 1; i < r->nargs; i++) free(r->args[i]);
-      r->nargs = 1;
-      r->args[1] = NULL;
-      c.p++;
-      ws(&c);
-      if (c.p < c.end && *c.p == ']') c.p++;
-      else
-        for (;;) {
-          char *a;
-          if (!string(&c, &a, &r->nul)) {
-            ok = 0;
-            break;
-          }
-          push(&r->args, &r->nargs, a);
-          ws(&c);
-          if (c.p < c.end && *c.p == ',') {
-            c.p++;
-            continue;
-          }
-          if (c.p < c.end && *c.p == ']') {
-            c.p++;
-            break;
-          }
-          ok = 0;
-          break;
-        }
-    } else if (strcmp(key, "env") == 0 && c.p < c.end && *c.p == '{') {
-      for (size_t i = 0; i < r->nenv; i++) free(r->env[i]);
-      r->nenv = 0;
-      r->env[0] = NULL;
-      c.p++;
-      ws(&c);
-      if (c.p < c.end && *c.p == '}') c.p++;
-      else
-        for (;;) {
-          char *name, *value;
-          if (!string(&c, &name, &r->nul)) {
-            ok = 0;
-            break;
-          }
-          ws(&c);
-          if (c.p >= c.end || *c.p != ':') {
-            free(name);
-            ok = 0;
-            break;
-          }
-          c.p++;
-          ws(&c);
-          if (c.p < c.end && *c.p == '"') {
-            if (!string(&c, &value, &r->nul)) {
-              free(name);
-              ok = 0;
-              break;
-            }
-            /* A name that is empty or holds '=' cannot be set as asked: refused, as Python's helper does. */
-            if (strchr(name, '=') != NULL || name[0] == '\0') r->refused = "an environment variable name is empty or holds '='";
-            buf kv = {0};
-            adds(&kv, name);
-            addc(&kv, '=');
-            adds(&kv, value);
-            push(&r->env, &r->nenv, kv.p);
-            free(value);
-          } else {
-            /* The node sends strings only; anything else is a request this helper cannot run as asked. */
-            r->refused = "an environment variable's value is not a string";
-            if (!skip(&c, 1)) {
-              free(name);
-              ok = 0;
-              break;
-            }
-          }
-          free(name);
-          ws(&c);
-          if (c.p < c.end && *c.p == ',') {
-            c.p++;
-            continue;
-          }
-          if (c.p < c.end && *c.p == '}') {
-            c.p++;
-            break;
-          }
-          ok = 0;
-          break;
-        }
-    } else {
-      ok = skip(&c, 1);
-    }
+    } else if (strcmp(key, "args") == 0) ok = parse_args(&c, r);
+    else if (strcmp(key, "env") == 0) ok = parse_env(&c, r);
+    else ok = skip(&c, 1);
     free(key);
     if (!ok) return 0;
-    ws(&c);
-    if (c.p < c.end && *c.p == ',') {
-      c.p++;
-      continue;
-    }
-    if (c.p < c.end && *c.p == '}') break;
-    return 0;
   }
-  c.p++;
   ws(&c);
   if (c.p != c.end || !r->has_id || !r->file) return 0;
   r->args[0] = strdup(r->file);
