@@ -7,7 +7,7 @@ import { TlsConfigError, type TlsFiles } from '../cluster/tls.js';
 import { errorMessage } from '../domain/errors.js';
 import { parseWriteQuorum } from '../domain/quorum.js';
 import { parseFsckIgnore } from '../git/fsck-policy.js';
-import type { HelperKind } from '../git/spawner.js';
+import { HELPERS, type HelperKind } from '../git/spawner.js';
 import { parseStoreUrl } from '../store/open.js';
 import { SSH_DEFAULTS } from '../ssh/server.js';
 import { examples } from './help.js';
@@ -35,7 +35,7 @@ function onOff(name: string, value: string): boolean {
 }
 
 function spawnHelperSetting(value: string): boolean | HelperKind {
-  if (value === 'c' || value === 'python' || value === 'node') return value;
+  if (Object.hasOwn(HELPERS, value)) return value as HelperKind;
   if (value === 'on' || value === 'off') return onOff('GIT_SPAWN_HELPER', value);
   throw new Error(`GIT_SPAWN_HELPER: must be on, off, c, python or node, got '${value.slice(0, 40)}'`);
 }

@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isOid, type RefUpdate } from '../domain/ref-name.js';
 import { capabilitiesOf, encodePktLine, FLUSH, PktLineReader, type Pkt } from './pkt-line.js';
+import { builtBinaryRuns } from './spawner.js';
 
 /**
  * PushCommand is one `<old> <new> <ref>` of a push. Ref names are bytes (git allows names that
@@ -190,9 +191,7 @@ export type RelayKind = 'c' | 'perl' | 'bash';
 
 /** cRelayUsable says whether the compiled C relay is there and runs (`--check`). */
 export function cRelayUsable(): boolean {
-  const file = join(C_RELAY_DIR, 'proc-receive');
-  if (!existsSync(file)) return false;
-  return spawnSync(file, ['--check'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+  return builtBinaryRuns(join(C_RELAY_DIR, 'proc-receive'));
 }
 
 /** perlRelayUsable says whether the Perl relay can run here (its `#!/usr/bin/perl` runs). */

@@ -30,11 +30,18 @@ export const PYTHON_HELPER = new URL('../../helpers/spawn-helper.py', import.met
  */
 export const C_HELPER = new URL('../../dist/helpers/c/spawn-helper', import.meta.url);
 
-/** cHelperUsable says whether the compiled C helper is there and runs (`--check`). Asked once, when a node starts. */
-export function cHelperUsable(): boolean {
-  const file = fileURLToPath(C_HELPER);
+/**
+ * builtBinaryRuns says whether a program `npm run build` compiled is there and runs on this
+ * machine: it answers `--check` with exit 0 (the C relay and the C spawn helper both do).
+ */
+export function builtBinaryRuns(file: string): boolean {
   if (!existsSync(file)) return false;
   return spawnSync(file, ['--check'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+}
+
+/** cHelperUsable says whether the compiled C helper is there and runs. Asked once, when a node starts. */
+export function cHelperUsable(): boolean {
+  return builtBinaryRuns(fileURLToPath(C_HELPER));
 }
 
 /** HelperKind names a spawn helper by its language: all three speak one protocol. */
