@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -273,11 +273,12 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
   });
 
-  it('a pack not of its signed hash is refused; a pack of that content already committed here stays', async () => {
+  it('a pack not of its signed hash is refused and loses its .keep; the pack stays, as one already committed here does', async () => {
     const packs = async (): Promise<string[]> => (await readdir(join(repoPath(), 'objects/pack'))).filter((f) => f.endsWith('.pack'));
-    // A pack this prepare wrote is removed with its .keep.
+    // A pack this prepare wrote stays without its .keep: no object leaves a replica (checkCopy).
     await expect(node.participant.prepare(push({ packHash: 'a'.repeat(40) }), stream())).rejects.toThrow(/not the signed/);
-    expect(await packs()).toEqual([]);
+    expect(await packs()).toHaveLength(1);
+    expect(await keeps()).toEqual([]);
     // The same bytes, committed (its .keep gone), then sent again under a wrong hash: the committed pack stays.
     await commitThrough(push());
     const committed = await packs();
@@ -568,6 +569,44 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
   });
 
+  it('a copy whose tips are all in its own pack is checked by its links, with no rev-list; a tip found only elsewhere is walked', async () => {
+    const log = join(kit.dir, 'rev-list.log');
+    const fake = join(kit.dir, 'git-logging-rev-list');
+    await writeFile(fake, `#!/bin/sh\ncase " $* " in *" rev-list "*) echo "$*" >> ${log};; esac\nexec git "$@"\n`, { mode: 0o755 });
+    const participant = participantWith({ gitBinary: fake });
+    const revLists = async (): Promise<number> => (await readFile(log, 'utf8').catch(() => '')).split('\n').filter(Boolean).length;
+    // The first push: its one tip is in the copy's pack.
+    const hash = await participant.stageUpload(REPO, stream(), undefined, [tip]);
+    await eventually(() => expect(participant.copyChecksRunning).toBe(0));
+    expect(participant.copyChecksByLinks).toBe(1);
+    const req = push({ stagedPacks: [hash] });
+    await participant.prepare(req, null);
+    await decide(req);
+    await participant.commit(req.txnId);
+    expect(await mainRef()).toBe(tip);
+    // Neither the copy's check nor the prepare that adopted it ran rev-list.
+    expect(await revLists()).toBe(0);
+    // A new branch at `tip`, which this replica has, beside a commit on top of it: that tip is in
+    // no pack the copy brought, so rev-list walks.
+    const child = await commitFile(work, 'g.txt', 'more\n', 'child');
+    const second = await participant.stageUpload(REPO, stream(await packOf(work, child, [tip])), undefined, [child, tip]);
+    await eventually(() => expect(participant.copyChecksRunning).toBe(0));
+    expect(participant.copyChecksByLinks).toBe(1);
+    expect(await revLists()).toBe(1);
+    await participant.unstage(REPO, second);
+    const fsck = await git(['fsck', '--connectivity-only'], { cwd: repoPath() });
+    expect(fsck.code, fsck.stderr).toBe(0);
+  });
+
+  it('a copy holding a commit whose parent this replica lacks is refused by its index-pack: the link check every replica relies on', async () => {
+    // The replica has nothing yet: the parent, `tip`, and its files are in neither the copy nor the replica.
+    const child = await commitFile(work, 'g.txt', 'more\n', 'child');
+    await expect(node.participant.stageUpload(REPO, stream(await packOf(work, child, [tip])), undefined, [child])).rejects.toThrow(
+      /pack rejected: .*did not receive expected object/,
+    );
+    expect(await keeps()).toEqual([]);
+  });
+
   it('a copy whose tip this replica lacks: its check fails, and the prepare checks again and refuses', async () => {
     // The copy is valid (index-pack --strict takes it), but the tip it is sent with is a commit
     // on top of it that came in no pack.
@@ -609,25 +648,32 @@ describe('Participant (in process: real store, real git)', () => {
     await node.participant.abort(req.txnId);
   });
 
-  it('a pack removed for its hash, or a replica directory replaced, after a copy check voids it', async () => {
-    for (const voidIt of [
-      async (): Promise<void> => {
-        // A prepare whose pack is not of its signed hash: index-pack wrote it, and it is removed.
-        const other = await packOf(work, await commitFile(work, 'x.txt', 'x\n', 'x'));
-        await expect(node.participant.prepare(push({ packHash: 'f'.repeat(40) }), stream(other))).rejects.toThrow(/pack rejected/);
-      },
-      async (): Promise<void> => {
-        const staged = await mkdtemp(join(tmpdir(), 'gitrep-other-'));
-        await gitOk(['init', '-q', '--bare', staged]);
-        await node.storage.install(staged, 'o/other');
-      },
-    ]) {
+  it('a replica directory replaced after a copy check voids it; a pack refused for its hash, which stays, does not', async () => {
+    for (const [voidIt, voids] of [
+      [
+        async (): Promise<void> => {
+          // A prepare whose pack is not of its signed hash: index-pack wrote it; it loses its .keep and stays.
+          const other = await packOf(work, await commitFile(work, 'x.txt', 'x\n', 'x'));
+          await expect(node.participant.prepare(push({ packHash: 'f'.repeat(40) }), stream(other))).rejects.toThrow(/pack rejected/);
+        },
+        false,
+      ],
+      [
+        async (): Promise<void> => {
+          const staged = await mkdtemp(join(tmpdir(), 'gitrep-other-'));
+          await gitOk(['init', '-q', '--bare', staged]);
+          await node.storage.install(staged, 'o/other');
+        },
+        true,
+      ],
+    ] as const) {
       const hash = await node.participant.stageUpload(REPO, stream(), undefined, [tip]);
       await eventually(() => expect(node.participant.copyChecksRunning).toBe(0));
       await voidIt();
       const req = push({ stagedPacks: [hash] });
+      const before = node.connectivity.copy;
       await node.participant.prepare(req, null);
-      expect(node.connectivity.copy).toBe(0);
+      expect(node.connectivity.copy - before).toBe(voids ? 0 : 1);
       await node.participant.abort(req.txnId);
       await node.participant.unstage(REPO, hash);
     }
