@@ -1,9 +1,20 @@
 import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { fsyncRefDirs, refDirsToSync, syncRefs } from './repo-storage.js';
+import {
+  fsyncRefDirs,
+  LINKS_CHECKED,
+  linksChecked,
+  noteShallow,
+  objectPresent,
+  refDirsToSync,
+  ReplicaStorage,
+  syncRefs,
+} from './repo-storage.js';
+import { GitRunner } from './runner.js';
 import { BULK_REF_UPDATES } from './update-ref.js';
 
 const ENV = {
@@ -102,5 +113,59 @@ describe('syncRefs', () => {
     await expect(syncRefs(repo, refs(BULK_REF_UPDATES))).resolves.toBeUndefined();
     expect(readFileSync(log, 'utf8')).toBe(`-f ${repo}\n`);
     await expect(syncRefs(join(root, 'missing.git'), refs(BULK_REF_UPDATES))).rejects.toThrow(/fsync of .*missing\.git.* failed/);
+  });
+});
+
+describe('the links-checked mark (LINKS_CHECKED)', () => {
+  let root = '';
+  const sh = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
+
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'links-checked-'));
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('a new replica and an adopted clone have it', async () => {
+    const storage = new ReplicaStorage(root, new GitRunner({ owner: root, instance: randomUUID(), maxProcesses: 2 }));
+    const made = join(root, 'made.git');
+    await storage.initRepo(made, randomUUID());
+    expect(linksChecked(made)).toBe(true);
+    const clone = join(root, 'clone.git');
+    sh(root, 'clone', '-q', '--mirror', made, clone);
+    expect(linksChecked(clone)).toBe(false);
+    await storage.adoptClone(clone, randomUUID());
+    expect(linksChecked(clone)).toBe(true);
+  });
+
+  it('objectPresent finds objects loose and packed, and nothing else', () => {
+    const work = join(root, 'work');
+    sh(root, 'init', '-q', '-b', 'main', work);
+    writeFileSync(join(work, 'a.txt'), 'a\n');
+    sh(work, 'add', 'a.txt');
+    sh(work, 'commit', '-q', '-m', 'a');
+    const loose = sh(work, 'rev-parse', 'HEAD');
+    expect(objectPresent(join(work, '.git'), loose)).toBe(true);
+    sh(work, 'repack', '-a', '-d', '-q');
+    expect(existsSync(join(work, '.git', 'objects', loose.slice(0, 2), loose.slice(2)))).toBe(false);
+    expect(objectPresent(join(work, '.git'), loose)).toBe(true);
+    expect(objectPresent(join(work, '.git'), sh(work, 'rev-parse', 'HEAD:a.txt'))).toBe(true);
+    expect(objectPresent(join(work, '.git'), 'e'.repeat(40))).toBe(false);
+    expect(objectPresent(join(work, '.git'), '../../x')).toBe(false);
+  });
+
+  it('noteShallow takes it away for a shallow commit the replica lacks, or a line it could not read; not for one it has', () => {
+    const repo = join(root, 'noted.git');
+    sh(root, 'init', '-q', '--bare', repo);
+    writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
+    const blob = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: repo, env: ENV, input: 'b\n', encoding: 'utf8' }).trim();
+    noteShallow(repo, blob);
+    expect(linksChecked(repo)).toBe(true);
+    noteShallow(repo, 'd'.repeat(40));
+    expect(linksChecked(repo)).toBe(false);
+    // Gone already: nothing to do.
+    noteShallow(repo, 'd'.repeat(40));
+    writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
+    noteShallow(repo, null);
+    expect(linksChecked(repo)).toBe(false);
   });
 });

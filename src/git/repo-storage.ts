@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { closeSync, fsync, openSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
-import { mkdir, readdir, rename, rm, appendFile, stat } from 'node:fs/promises';
+import { closeSync, existsSync, fsync, fsyncSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, type Stats } from 'node:fs';
+import { mkdir, readdir, rename, rm, appendFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { replicaChecksum, type RefEntry } from '../domain/checksum.js';
 import type { GitRunner } from './runner.js';
+import { packIndexHolds } from './pack-index.js';
 import { BULK_REF_UPDATES } from './update-ref.js';
 
 const execFileAsync = promisify(execFile);
@@ -182,10 +183,59 @@ export class ReplicaStorage {
   }
 }
 
-/** appendReplicaConfig adds the replica config and the incarnation id to a repo's config file, durably. */
+/**
+ * LINKS_CHECKED names the file in a replica directory that says every object in it came in
+ * through a check of its links (Participant.checkCopy relies on it). A replica gets it when it is
+ * made (an empty repo, a repair's clone); it loses it, for good, when a push from a shallow
+ * clone names a shallow commit the replica does not have (noteShallow): receive-pack then takes
+ * that commit without its parents.
+ */
+export const LINKS_CHECKED = 'gitrep-links-checked';
+
+/** appendReplicaConfig adds the replica config and the incarnation id to a repo's config file, and LINKS_CHECKED, durably (the caller fsyncs the directory). */
 async function appendReplicaConfig(path: string, incarnation: string): Promise<void> {
   await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
   await fsyncPath(join(path, 'config'));
+  await writeFile(join(path, LINKS_CHECKED), 'every object in this replica came in through a check of its links\n');
+  await fsyncPath(join(path, LINKS_CHECKED));
+}
+
+/** linksChecked says whether the replica at `path` has LINKS_CHECKED (a replica made before it existed has not). */
+export function linksChecked(path: string): boolean {
+  return existsSync(join(path, LINKS_CHECKED));
+}
+
+/**
+ * noteShallow is told of each `shallow <oid>` line of a push before receive-pack reads it (null:
+ * a line that could not be read). receive-pack runs index-pack with those commits as shallow,
+ * checking none of their parents, and moves the pack in if any of the push's commands is taken,
+ * so a shallow commit the replica does not have yet may stay in it without its parents (an
+ * outsider's review showed the steps). Then the replica loses LINKS_CHECKED, durably, before
+ * receive-pack can see the line: its copies' tips are walked by rev-list from then on. A
+ * shallow commit the replica has already (a shallow clone of this server) changes nothing.
+ */
+export function noteShallow(path: string, oid: string | null): void {
+  if (oid !== null && objectPresent(path, oid)) return;
+  try {
+    unlinkSync(join(path, LINKS_CHECKED));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** objectPresent says whether the replica at `path` has object `oid`, loose or in one of its packs (read in place). */
+export function objectPresent(path: string, oid: string): boolean {
+  if (!/^(?:[0-9a-f]{40}|[0-9a-f]{64})$/.test(oid)) return false;
+  if (statOrNull(join(path, 'objects', oid.slice(0, 2), oid.slice(2)))?.isFile()) return true;
+  const packDir = join(path, 'objects', 'pack');
+  return listDir(packDir).some((f) => f.endsWith('.idx') && packIndexHolds(join(packDir, f), [oid]));
 }
 
 /** readRefsAt lists the refs of the repo at `path`. */

@@ -3,7 +3,10 @@
  * and SSH), so a push or a fetch runs the same way whichever way it came in.
  */
 
+import { unavailable } from '../domain/errors.js';
 import { fsckConfig } from './fsck-policy.js';
+import { noteShallow } from './repo-storage.js';
+import { ShallowWatch } from './shallow-watch.js';
 import { NO_DWIM } from './update-ref.js';
 
 /**
@@ -48,4 +51,19 @@ export function receivePackConfig(hooksDir: string, maxPushBytes: number, fsckIg
 /** receivePackEnv tells the proc-receive relay where the node's hook socket is and which push it serves. */
 export function receivePackEnv(hookPort: number, pushId: string): Record<string, string> {
   return { GIT_REPLICATION_HOOK_PORT: String(hookPort), GIT_REPLICATION_PUSH_ID: pushId };
+}
+
+/**
+ * watchShallow is the watch every push's input passes through on its way to receive-pack (over
+ * HTTP and SSH): each `shallow` line is noted on the replica at `repoPath` (noteShallow) before
+ * receive-pack reads it. A note that cannot be written fails the push.
+ */
+export function watchShallow(repoPath: string): ShallowWatch {
+  return new ShallowWatch((oid) => {
+    try {
+      noteShallow(repoPath, oid);
+    } catch (err) {
+      throw unavailable(`the replica could not note a push from a shallow clone: ${(err as Error).message}`);
+    }
+  });
 }

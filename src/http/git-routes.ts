@@ -12,7 +12,7 @@ import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/p
 import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
 import { PackTap, type PackTee } from '../replication/pack-tee.js';
-import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
+import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
 import type { NodeDeps } from './deps.js';
 import { header } from './access.js';
 
@@ -164,7 +164,11 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // Only now, with nothing left to refuse the push before receive-pack, does its pack go to
       // the repo's other replicas as it arrives (PackTee), to be indexed beside receive-pack.
       const tee = deps.coordinator.openTee(repoId);
-      const validated = chain(guarded, new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }));
+      const validated = chain(
+        guarded,
+        new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, onFirst }),
+        watchShallow(deps.storage.repoPath(repoId)),
+      );
       const body = tee ? chain(validated, new PackTap(tee)) : validated;
       reply.hijack();
       try {

@@ -569,7 +569,7 @@ describe('Participant (in process: real store, real git)', () => {
     expect(await keeps()).toEqual([]);
   });
 
-  it('a copy whose tips are all in its own pack is checked by its links, with no rev-list; a tip found only elsewhere is walked', async () => {
+  it('a copy whose tips are all in its own pack is checked by its links, with no rev-list; a tip found only elsewhere, or a replica without the links-checked mark, is walked', async () => {
     const log = join(kit.dir, 'rev-list.log');
     const fake = join(kit.dir, 'git-logging-rev-list');
     await writeFile(fake, `#!/bin/sh\ncase " $* " in *" rev-list "*) echo "$*" >> ${log};; esac\nexec git "$@"\n`, { mode: 0o755 });
@@ -594,6 +594,15 @@ describe('Participant (in process: real store, real git)', () => {
     expect(participant.copyChecksByLinks).toBe(1);
     expect(await revLists()).toBe(1);
     await participant.unstage(REPO, second);
+    // A replica without the links-checked mark (a push from a shallow clone took it away, or it
+    // was made before the mark existed): a tip in the copy's pack is walked too.
+    await rm(join(repoPath(), 'gitrep-links-checked'));
+    const third = await commitFile(work, 'h.txt', 'third\n', 'third');
+    const unmarked = await participant.stageUpload(REPO, stream(await packOf(work, third, [tip])), undefined, [third]);
+    await eventually(() => expect(participant.copyChecksRunning).toBe(0));
+    expect(participant.copyChecksByLinks).toBe(1);
+    expect(await revLists()).toBe(2);
+    await participant.unstage(REPO, unmarked);
     const fsck = await git(['fsck', '--connectivity-only'], { cwd: repoPath() });
     expect(fsck.code, fsck.stderr).toBe(0);
   });

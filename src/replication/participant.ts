@@ -10,7 +10,7 @@ import type { Logger } from '../domain/logger.js';
 import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
 import { packIndexHolds } from '../git/pack-index.js';
-import { listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
+import { linksChecked, listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { NO_DWIM, RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
@@ -761,15 +761,18 @@ export class Participant {
    * checkCopy checks the connectivity of a copy's tips (CopyCheck); null if the check failed, or
    * if a pack came or went while it ran: the prepare then runs its own.
    *
-   * When every tip is in the copy's own pack (`keep` is its `.keep`), no `rev-list` runs. Every
-   * object in a replica came in through a check of its links: `index-pack --strict` (a copy, a
-   * stage, a prepare's pack, receive-pack with receive.fsckObjects) and a repair's fetch or clone
-   * (transfer.fsckObjects) refuse an object whose tree, parent, tree entry or tagged object is in
-   * neither the pack nor the replica. None ever leaves a replica but with its whole directory
-   * (CopyCheck). So whatever a present object links to is present, and so is everything it
-   * reaches: a tip that the copy's pack holds is connected. (receive-pack cannot reason so: a
-   * repository pruned by `git gc` may keep an object whose parent it pruned; no replica is ever
-   * pruned.) Past LINKED_TIPS_MAX tips, or with a tip found only elsewhere, `rev-list` checks.
+   * When every tip is in the copy's own pack (`keep` is its `.keep`) and the replica has
+   * LINKS_CHECKED, no `rev-list` runs. Every object in such a replica came in through a check of
+   * its links: `index-pack --strict` (a copy, a stage, a prepare's pack, receive-pack with
+   * receive.fsckObjects) and a repair's fetch or clone (transfer.fsckObjects) refuse an object
+   * whose tree, parent, tree entry or tagged object is in neither the pack nor the replica. The
+   * one way around it, a push from a shallow clone naming a shallow commit the replica lacks
+   * (receive-pack checks no parent of it), takes LINKS_CHECKED away first (noteShallow). None
+   * ever leaves a replica but with its whole directory (CopyCheck). So whatever a present object
+   * links to is present, and so is everything it reaches: a tip that the copy's pack holds is
+   * connected. (receive-pack cannot reason so: a repository pruned by `git gc` may keep an
+   * object whose parent it pruned; no replica is ever pruned.) Past LINKED_TIPS_MAX tips,
+   * without LINKS_CHECKED, or with a tip found only elsewhere, `rev-list` checks.
    */
   private async checkCopy(repoPath: string, tips: readonly string[], keep: string): Promise<CopyCheck | null> {
     try {
@@ -781,7 +784,7 @@ export class Participant {
       const removals = this.removals();
       const st = statSync(dir);
       const packs = listPacks();
-      const linked = tips.length <= LINKED_TIPS_MAX && packIndexHolds(keep.replace(/\.keep$/, '.idx'), tips);
+      const linked = tips.length <= LINKED_TIPS_MAX && linksChecked(repoPath) && packIndexHolds(keep.replace(/\.keep$/, '.idx'), tips);
       if (linked) this.copyChecksByLinks++;
       else await this.checkConnected(repoPath, tips);
       await this.deps.failpoints.hit('participant.afterCopyCheck');

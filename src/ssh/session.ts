@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import ssh2 from 'ssh2';
 import { type ServerChannel } from 'ssh2';
 import type { AuditLog } from '../auth/audit.js';
@@ -12,7 +13,8 @@ import type { Metrics } from '../metrics.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { terminate, waitClose, type GitRunner } from '../git/runner.js';
-import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG } from '../git/services.js';
+import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
+import type { ShallowWatch } from '../git/shallow-watch.js';
 import type { RepoActivity } from '../replication/activity.js';
 import type { Coordinator } from '../replication/coordinator.js';
 import { PackTap } from '../replication/pack-tee.js';
@@ -226,7 +228,17 @@ async function servePush(
       }
     });
     try {
-      return await serveGit(deps, channel, cmd, id, child, hooks, state, tee ? new PackTap(tee) : null);
+      return await serveGit(
+        deps,
+        channel,
+        cmd,
+        id,
+        child,
+        hooks,
+        state,
+        tee ? new PackTap(tee) : null,
+        watchShallow(deps.storage.repoPath(cmd.repoId)),
+      );
     } finally {
       unregister();
       // As the HTTP route: a receive-pack killed before its hook connected left its pack's .keep,
@@ -254,6 +266,7 @@ async function serveGit(
   hooks: SessionHooks,
   state = { abandoned: false },
   tap: PackTap | null = null,
+  shallow: ShallowWatch | null = null,
 ): Promise<number | null> {
   const onGone = (): void => {
     void terminate(child);
@@ -263,12 +276,19 @@ async function serveGit(
   child.stdin?.on('error', () => undefined);
   channel.on('data', hooks.touch);
   child.stdout?.on('data', hooks.touch);
+  // A push's input passes the shallow watch (watchShallow) before receive-pack reads it; a
+  // watch that fails (its note not written) ends the push.
+  let input: Readable = channel;
+  if (shallow) {
+    shallow.on('error', () => void terminate(child));
+    input = channel.pipe(shallow);
+  }
   if (child.stdin && tap) {
     // A channel that closes without its end (the client gone mid-push) aborts the copies.
     channel.on('close', () => tap.destroy());
     tap.on('error', () => undefined);
-    channel.pipe(tap).pipe(child.stdin);
-  } else if (child.stdin) channel.pipe(child.stdin);
+    input.pipe(tap).pipe(child.stdin);
+  } else if (child.stdin) input.pipe(child.stdin);
   child.stdout?.pipe(channel, { end: false });
   child.stderr?.pipe(channel.stderr, { end: false });
   const [code, signal] = await waitClose(child);

@@ -112,6 +112,35 @@ describe('smart HTTP against a single node', () => {
     expect(fs.readFileSync(join(partial, 's2.txt'), 'utf8')).toBe('2\n');
   });
 
+  it('pushes from shallow clones: a shallow commit the replica has keeps its links checked; one it lacks, let in by receive-pack without its parent, takes that away', async () => {
+    const replica = c.replicaPath(1, 'git/basic');
+    const marker = join(replica, 'gitrep-links-checked');
+    expect(fs.existsSync(marker)).toBe(true);
+    // A shallow clone of this server pushes a commit on top: its shallow commit is here.
+    const shallow = join(await tempDir(), 'sh-push');
+    await gitOk(['clone', '-q', '--depth', '1', url, shallow]);
+    await commitFile(shallow, 'from-shallow.txt', 'x\n', 'from a shallow clone');
+    const r = await git(['push', 'origin', 'HEAD:refs/heads/from-shallow'], { cwd: shallow });
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.existsSync(marker)).toBe(true);
+    // A shallow clone of another history: its shallow commit S is not here. The branch at S is
+    // refused (git's own "shallow update not allowed"), a branch with its whole history is
+    // taken, and receive-pack moved S in with it, without S's parent.
+    const origin = await workRepo();
+    await commitFile(origin, 'p.txt', 'p\n', 'the parent');
+    const s = await commitFile(origin, 's.txt', 's\n', 'the shallow commit');
+    const other = join(await tempDir(), 'sh-other');
+    await gitOk(['clone', '-q', '--depth', '1', `file://${origin}`, other]);
+    await gitOk(['checkout', '-q', '--orphan', 'whole'], { cwd: other });
+    await commitFile(other, 'w.txt', 'w\n', 'a history of its own');
+    const mixed = await git(['push', url, `${s}:refs/heads/shallow-s`, 'whole:refs/heads/whole'], { cwd: other });
+    expect(mixed.stderr).toMatch(/shallow-s \(shallow update not allowed\)/);
+    expect(await lsRemote(url)).toMatch(/refs\/heads\/whole/);
+    expect((await git(['cat-file', '-t', s], { cwd: replica })).stdout.trim()).toBe('commit');
+    expect((await git(['cat-file', '-t', `${s}^`], { cwd: replica })).code).not.toBe(0);
+    expect(fs.existsSync(marker)).toBe(false);
+  });
+
   it('isomorphic-git clones and pushes over its own HTTP transport', async () => {
     const dir = await tempDir('gitrep-iso-');
     await isogit.clone({ fs, http: isoHttp, dir, url, ref: 'main', singleBranch: true });

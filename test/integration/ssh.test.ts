@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { readFile, writeFile } from 'node:fs/promises';
+import { access, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -96,6 +96,11 @@ describe('git over ssh', () => {
   }
 
   const keys: Record<string, string> = {};
+  const exists = (path: string): Promise<boolean> =>
+    access(path).then(
+      () => true,
+      () => false,
+    );
 
   beforeAll(async () => {
     c = await TestCluster.start({
@@ -152,6 +157,29 @@ describe('git over ssh', () => {
     const ls = await gitOk(['ls-remote', sshUrl(replicaNodes[1]!), 'refs/heads/main'], asUser(keys.alice!));
     expect(ls.split('\t')[0]).toBe(next);
   }, 120_000);
+
+  it("a push from a shallow clone naming a shallow commit the replica lacks takes the replica's links-checked mark away, before receive-pack reads it", async () => {
+    const [coordinator, peer] = [replicaNodes[0]!, replicaNodes[1]!];
+    const marker = (node: number): string => join(c.replicaPath(node, REPO), 'gitrep-links-checked');
+    expect([await exists(marker(coordinator)), await exists(marker(peer))]).toEqual([true, true]);
+    const origin = await workRepo();
+    await commitFile(origin, 'p.txt', 'p\n', 'the parent');
+    const s = await commitFile(origin, 's.txt', 's\n', 'the shallow commit');
+    const shallow = join(await tempDir(), 'sh');
+    await gitOk(['clone', '-q', '--depth', '1', `file://${origin}`, shallow]);
+    await gitOk(['checkout', '-q', '--orphan', 'whole'], { cwd: shallow });
+    await commitFile(shallow, 'w.txt', 'w\n', 'a history of its own');
+    // receive-pack refuses the branch at S (shallow update not allowed) and moves S in with the
+    // other branch's objects; the peer's index-pack refuses S without its parent, so that branch
+    // fails too (2 replicas, both needed), but the coordinator's replica holds S now.
+    const r = await git(['push', sshUrl(coordinator), `${s}:refs/heads/shallow-s`, 'whole:refs/heads/whole'], {
+      cwd: shallow,
+      ...asUser(keys.alice!),
+    });
+    expect(r.stderr).toMatch(/shallow update not allowed/);
+    expect((await git(['cat-file', '-t', s], { cwd: c.replicaPath(coordinator, REPO) })).stdout.trim()).toBe('commit');
+    expect([await exists(marker(coordinator)), await exists(marker(peer))]).toEqual([false, true]);
+  }, 60_000);
 
   it('clones scp-style (git@node2:owner/repo.git) and with protocol v2', async () => {
     const dir = join(await tempDir(), 'scp');
