@@ -215,13 +215,14 @@ export function linksChecked(path: string): boolean {
  * shallow commit the replica has already (a shallow clone of this server) changes nothing.
  */
 export function noteShallow(path: string, oid: string | null): void {
-  if (oid !== null && objectPresent(path, oid)) return;
+  if (oid !== null && linksChecked(path) && objectPresent(path, oid)) return;
   try {
     unlinkSync(join(path, LINKS_CHECKED));
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
+  // Gone already, the directory is fsynced all the same: the removal by an earlier push whose
+  // fsync failed may not be on disk yet.
   const fd = openSync(path, 'r');
   try {
     fsyncSync(fd);

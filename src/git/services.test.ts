@@ -1,10 +1,14 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { GIT_ENV } from '../../test/helpers/git.js';
-import { receivePackConfig } from './services.js';
+import { PassThrough, Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { encodePktLine } from './pkt-line.js';
+import { LINKS_CHECKED, linksChecked } from './repo-storage.js';
+import { receivePackConfig, SHALLOW_LOOKUPS_MAX, watchShallow } from './services.js';
 
 const ENV = GIT_ENV;
 
@@ -77,5 +81,27 @@ describe("receive-pack's configuration", () => {
     ).toString('latin1');
     expect(out).toMatch(/ng refs\/heads\/main missing necessary objects/);
     expect(() => sh(server, ['rev-parse', '--verify', '-q', 'refs/heads/main'])).toThrow();
+  });
+});
+
+describe('watchShallow', () => {
+  const root = mkdtempSync(join(tmpdir(), 'watch-shallow-'));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  /** feed passes a push preamble of `count` shallow lines naming `oid` through the watch of `repo`. */
+  async function feed(repo: string, oid: string, count: number): Promise<void> {
+    const lines = Array.from({ length: count }, () => encodePktLine(`shallow ${oid}\n`));
+    await pipeline(Readable.from([Buffer.concat([...lines, Buffer.from('0000PACK')])]), watchShallow(repo), new PassThrough().resume());
+  }
+
+  it(`looks up at most SHALLOW_LOOKUPS_MAX lines of a push; past it the replica loses its mark`, async () => {
+    const repo = join(root, 'r.git');
+    execFileSync('git', ['init', '-q', '--bare', repo], { env: ENV });
+    const blob = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: repo, env: ENV, input: 'b\n', encoding: 'utf8' }).trim();
+    writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
+    await feed(repo, blob, SHALLOW_LOOKUPS_MAX);
+    expect(linksChecked(repo)).toBe(true);
+    await feed(repo, blob, SHALLOW_LOOKUPS_MAX + 1);
+    expect(linksChecked(repo)).toBe(false);
   });
 });
