@@ -216,6 +216,11 @@ export function linksChecked(path: string): boolean {
  */
 export function noteShallow(path: string, oid: string | null): void {
   if (oid !== null && linksChecked(path) && objectPresent(path, oid)) return;
+  dropLinksChecked(path);
+}
+
+/** dropLinksChecked takes LINKS_CHECKED away from the replica at `path`, durably, before the caller goes on. */
+export function dropLinksChecked(path: string): void {
   try {
     unlinkSync(join(path, LINKS_CHECKED));
   } catch (err) {

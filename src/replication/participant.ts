@@ -10,7 +10,7 @@ import type { Logger } from '../domain/logger.js';
 import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
 import { packIndexHolds } from '../git/pack-index.js';
-import { linksChecked, listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
+import { dropLinksChecked, linksChecked, listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { NO_DWIM, RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
@@ -52,19 +52,20 @@ interface StagedPack {
  * CopyCheck is a connectivity check run on a replica right after a copy of an upload was indexed:
  * every object reachable from `tips` and not from the refs was there, in the packs `packs` (the
  * same before and after the check) or loose, in the pack directory `dir` (its device and inode).
- * It still holds at a prepare if no object went since. On a participant no object goes but with
- * a whole directory (a create's install, a repair's swap, a drop), and loose ones only once
- * packed (`repack -d` prunes what it packed): the pack of an aborted transaction, of a stage
- * given up or refused for its hash all stay, only their `.keep` goes. So if the node replaced no
- * directory since the check began (`removals`), and every one of those packs is still there, in
- * the same directory, it holds (a geometric repack removes packs too, keeping their objects in
- * its new one: the prepare then checks again).
+ * It still holds at a prepare if no object went since. On a participant objects go only when a
+ * pack refused for its hash, which index-pack wrote, is removed (the replica then loses its
+ * links-checked mark too), or with a whole directory (a create's install, a repair's swap, a
+ * drop); loose ones only once packed (`repack -d` prunes what it packed); the pack of an
+ * aborted transaction or of a stage given up stays, only its `.keep` goes. So if the node
+ * removed no pack and replaced no directory since the check began (`removals`), and every one
+ * of those packs is still there, in the same directory, it holds (a geometric repack removes
+ * packs too, keeping their objects in its new one: the prepare then checks again).
  */
 interface CopyCheck {
   readonly tips: ReadonlySet<string>;
   readonly packs: readonly string[];
   readonly dir: { readonly dev: number; readonly ino: number };
-  /** removals: this node's count of replica directories it replaced, before the check began. */
+  /** removals: this node's count of packs it removed and replica directories it replaced, before the check began. */
   readonly removals: number;
 }
 
@@ -132,6 +133,8 @@ export class Participant {
   private readonly staged = new Map<string, StagedPack>();
   /** uploadCopies counts the copies of uploads indexing now (stageUpload). */
   private uploadCopies = 0;
+  /** packsRemoved counts the packs this node removed from a replica (a pack refused for its hash): a copy check from before no longer holds. */
+  private packsRemoved = 0;
   /** copyChecksRunning counts the copy checks not ended yet (tests). */
   copyChecksRunning = 0;
   /** copyChecksByLinks counts the copy checks that found every tip in the copy's pack and ran no rev-list (checkCopy; tests). */
@@ -694,9 +697,8 @@ export class Participant {
     opts: { fixThin?: boolean; maxInputSize?: number; signal?: AbortSignal } = {},
   ): Promise<string> {
     const started = Date.now();
-    // The files here before, so that a failed index-pack's `.keep` of the signed pack is removed
-    // only if this index-pack wrote it (a file's mtime cannot tell: the kernel stamps it from a
-    // clock a tick behind).
+    // The packs here before, so that a pack refused for its hash is removed only if this index-pack
+    // wrote it (a file's mtime cannot tell: the kernel stamps it from a clock a tick behind).
     const before = expectedHash !== undefined ? new Set(listDir(join(repoPath, 'objects', 'pack'))) : null;
     const args = [
       'index-pack',
@@ -748,10 +750,19 @@ export class Participant {
     const keep = join(repoPath, 'objects', 'pack', `pack-${m[1]}.keep`);
     // The signed metadata names the pack by its trailer hash: a pack swapped on the wire is refused.
     if (expectedHash !== undefined && m[1] !== expectedHash) {
-      // Only the .keep this index-pack wrote (its `keep` line) goes. The pack stays, as an
-      // aborted transaction's does: no object ever leaves a replica (see checkCopy), and
-      // another copy's index-pack may have found objects it links to in this one meanwhile.
-      if (m[0].startsWith('keep')) await removeFiles([keep]);
+      // Only what this index-pack wrote goes: its .keep (its `keep` line) and the pack, if it
+      // was not here before. A pack of that hash that was may hold objects a committed ref
+      // needs; left unkept, it is garbage for the next collection at worst. A removed pack's
+      // objects may have lent links to another copy's index-pack meanwhile: the replica loses
+      // its links-checked mark first (checkCopy), and checks from before no longer hold.
+      if (m[0].startsWith('keep')) {
+        const written = !before?.has(`pack-${m[1]}.pack`);
+        if (written) {
+          dropLinksChecked(repoPath);
+          this.packsRemoved++;
+        }
+        await removeFiles(written ? ['keep', 'pack', 'idx', 'rev'].map((ext) => keep.replace(/keep$/, ext)) : [keep]);
+      }
       throw new PrepareRefusal('failed', `pack rejected: its hash ${m[1]} is not the signed ${expectedHash}`);
     }
     return keep;
@@ -768,8 +779,9 @@ export class Participant {
    * whose tree, parent, tree entry or tagged object is in neither the pack nor the replica. The
    * one way around it, a push from a shallow clone naming a shallow commit the replica lacks
    * (receive-pack checks no parent of it), takes LINKS_CHECKED away first (noteShallow). None
-   * ever leaves a replica but with its whole directory (CopyCheck). So whatever a present object
-   * links to is present, and so is everything it reaches: a tip that the copy's pack holds is
+   * leaves a marked replica but with its whole directory: the one pack a node removes, refused
+   * for its hash, takes the mark away first (CopyCheck). So whatever a present object links to
+   * is present, and so is everything it reaches: a tip that the copy's pack holds is
    * connected. (receive-pack cannot reason so: a repository pruned by `git gc` may keep an
    * object whose parent it pruned; no replica is ever pruned.) Past LINKED_TIPS_MAX tips,
    * without LINKS_CHECKED, or with a tip found only elsewhere, `rev-list` checks.
@@ -817,9 +829,9 @@ export class Participant {
     );
   }
 
-  /** removals counts what, on this node, can take objects from a replica: replica directories replaced. */
+  /** removals counts what, on this node, can take objects from a replica: packs removed, replica directories replaced. */
   private removals(): number {
-    return this.deps.storage.replaced;
+    return this.packsRemoved + this.deps.storage.replaced;
   }
 
   /** checkConnected proves every new tip (newTips) is connected to the replica's refs (as receive-pack does). */
