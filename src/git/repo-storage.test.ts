@@ -7,7 +7,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   fsyncRefDirs,
   LINKS_CHECKED,
+  LINKS_UNCHECKED,
   linksChecked,
+  linksUnknown,
   noteShallow,
   objectPresent,
   refDirsToSync,
@@ -162,10 +164,19 @@ describe('the links-checked mark (LINKS_CHECKED)', () => {
     expect(linksChecked(repo)).toBe(true);
     noteShallow(repo, 'd'.repeat(40));
     expect(linksChecked(repo)).toBe(false);
+    expect(existsSync(join(repo, LINKS_UNCHECKED))).toBe(true);
     // Gone already: nothing to do.
     noteShallow(repo, 'd'.repeat(40));
+    // LINKS_UNCHECKED outranks a mark written again (the verifier's, racing).
     writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
-    noteShallow(repo, null);
     expect(linksChecked(repo)).toBe(false);
+    // A replica made before the mark (neither file): a shallow commit it has leaves it so; one it lacks, or a line not read, marks it unchecked.
+    const legacy = join(root, 'legacy.git');
+    sh(root, 'init', '-q', '--bare', legacy);
+    const have = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: legacy, env: ENV, input: 'c\n', encoding: 'utf8' }).trim();
+    noteShallow(legacy, have);
+    expect(linksUnknown(legacy)).toBe(true);
+    noteShallow(legacy, null);
+    expect([linksUnknown(legacy), linksChecked(legacy), existsSync(join(legacy, LINKS_UNCHECKED))]).toEqual([false, false, true]);
   });
 });

@@ -186,11 +186,15 @@ export class ReplicaStorage {
 /**
  * LINKS_CHECKED names the file in a replica directory that says every object in it came in
  * through a check of its links (Participant.checkCopy relies on it). A replica gets it when it is
- * made (an empty repo, a repair's clone); it loses it, for good, when a push from a shallow
- * clone names a shallow commit the replica does not have (noteShallow): receive-pack then takes
- * that commit without its parents.
+ * made (an empty repo, a repair's clone), or, made by a build before the mark, once the verifier
+ * found every link present (markLinksChecked). It loses it for good (LINKS_UNCHECKED) when a
+ * push from a shallow clone names a shallow commit the replica does not have (noteShallow):
+ * receive-pack then takes that commit without its parents.
  */
 export const LINKS_CHECKED = 'gitrep-links-checked';
+
+/** LINKS_UNCHECKED names the file that says a replica may hold an object whose links are missing; it outranks LINKS_CHECKED. */
+export const LINKS_UNCHECKED = 'gitrep-links-unchecked';
 
 /** appendReplicaConfig adds the replica config and the incarnation id to a repo's config file, and LINKS_CHECKED, durably (the caller fsyncs the directory). */
 async function appendReplicaConfig(path: string, incarnation: string): Promise<void> {
@@ -200,9 +204,30 @@ async function appendReplicaConfig(path: string, incarnation: string): Promise<v
   await fsyncPath(join(path, LINKS_CHECKED));
 }
 
-/** linksChecked says whether the replica at `path` has LINKS_CHECKED (a replica made before it existed has not). */
+/** linksChecked says whether the replica at `path` has LINKS_CHECKED and not LINKS_UNCHECKED (a replica made before the mark has neither). */
 export function linksChecked(path: string): boolean {
-  return existsSync(join(path, LINKS_CHECKED));
+  return existsSync(join(path, LINKS_CHECKED)) && !existsSync(join(path, LINKS_UNCHECKED));
+}
+
+/** linksUnchecked says whether the replica at `path` has LINKS_UNCHECKED: it may hold an object whose links are missing. */
+export function linksUnchecked(path: string): boolean {
+  return existsSync(join(path, LINKS_UNCHECKED));
+}
+
+/** linksUnknown says whether the replica at `path` has neither file: made by a build before the mark, never looked at since. */
+export function linksUnknown(path: string): boolean {
+  return !existsSync(join(path, LINKS_CHECKED)) && !existsSync(join(path, LINKS_UNCHECKED));
+}
+
+/**
+ * markLinksChecked gives the replica at `path` LINKS_CHECKED, durably. A LINKS_UNCHECKED written
+ * meanwhile (it is written in place, before any await of the caller's could see it) still
+ * outranks it.
+ */
+export async function markLinksChecked(path: string): Promise<void> {
+  await writeFile(join(path, LINKS_CHECKED), 'every object in this replica was found with all its links\n');
+  await fsyncPath(join(path, LINKS_CHECKED));
+  await fsyncPath(path);
 }
 
 /**
@@ -210,17 +235,31 @@ export function linksChecked(path: string): boolean {
  * a line that could not be read). receive-pack runs index-pack with those commits as shallow,
  * checking none of their parents, and moves the pack in if any of the push's commands is taken,
  * so a shallow commit the replica does not have yet may stay in it without its parents (an
- * outsider's review showed the steps). Then the replica loses LINKS_CHECKED, durably, before
- * receive-pack can see the line: its copies' tips are walked by rev-list from then on. A
- * shallow commit the replica has already (a shallow clone of this server) changes nothing.
+ * outsider's review showed the steps). Then the replica gets LINKS_UNCHECKED and loses
+ * LINKS_CHECKED, durably, before receive-pack can see the line: its copies' tips are walked by
+ * rev-list from then on. A shallow commit the replica has already (a shallow clone of this
+ * server) changes nothing.
  */
 export function noteShallow(path: string, oid: string | null): void {
-  if (oid !== null && linksChecked(path) && objectPresent(path, oid)) return;
+  if (oid !== null && !linksUnchecked(path) && objectPresent(path, oid)) return;
   dropLinksChecked(path);
 }
 
-/** dropLinksChecked takes LINKS_CHECKED away from the replica at `path`, durably, before the caller goes on. */
+/**
+ * dropLinksChecked writes LINKS_UNCHECKED into the replica at `path` and takes LINKS_CHECKED
+ * away, durably, before the caller goes on; only a whole new directory (a repair's copy) is
+ * marked again.
+ */
 export function dropLinksChecked(path: string): void {
+  const unchecked = join(path, LINKS_UNCHECKED);
+  if (!existsSync(unchecked)) {
+    const fd = openSync(unchecked, 'w');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
   try {
     unlinkSync(join(path, LINKS_CHECKED));
   } catch (err) {

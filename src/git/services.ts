@@ -5,7 +5,7 @@
 
 import { unavailable } from '../domain/errors.js';
 import { fsckConfig } from './fsck-policy.js';
-import { linksChecked, noteShallow } from './repo-storage.js';
+import { linksUnchecked, noteShallow } from './repo-storage.js';
 import { ShallowWatch } from './shallow-watch.js';
 import { NO_DWIM } from './update-ref.js';
 
@@ -56,7 +56,7 @@ export function receivePackEnv(hookPort: number, pushId: string): Record<string,
 /**
  * SHALLOW_LOOKUPS_MAX is the most `shallow` lines of one push looked up in the replica
  * (noteShallow reads each pack's index in place, on the node's one thread); past it the replica
- * loses its links-checked mark without more lookups. A shallow clone names one line per
+ * is marked LINKS_UNCHECKED without more lookups. A shallow clone names one line per
  * shallow commit; a flood of them costs the node at most this many lookups.
  */
 export const SHALLOW_LOOKUPS_MAX = 1_000;
@@ -64,8 +64,8 @@ export const SHALLOW_LOOKUPS_MAX = 1_000;
 /**
  * watchShallow is the watch every push's input passes through on its way to receive-pack (over
  * HTTP and SSH): each `shallow` line is noted on the replica at `repoPath` (noteShallow) before
- * receive-pack reads it, until the replica has lost its links-checked mark (nothing more to
- * note). A note that cannot be written fails the push.
+ * receive-pack reads it, until the replica is marked LINKS_UNCHECKED (nothing more to note). A
+ * note that cannot be written fails the push.
  */
 export function watchShallow(repoPath: string): ShallowWatch {
   let lines = 0;
@@ -77,6 +77,6 @@ export function watchShallow(repoPath: string): ShallowWatch {
     } catch (err) {
       throw unavailable(`the replica could not note a push from a shallow clone: ${(err as Error).message}`);
     }
-    done = !linksChecked(repoPath);
+    done = linksUnchecked(repoPath);
   });
 }

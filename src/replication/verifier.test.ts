@@ -1,7 +1,11 @@
+import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { gitOk } from '../../test/helpers/git.js';
 import { eventually, quietLogger, ReplicationKit } from '../../test/helpers/replication-kit.js';
 import type { RepoId } from '../domain/repo-id.js';
+import { LINKS_CHECKED, LINKS_UNCHECKED } from '../git/repo-storage.js';
 import { Metrics } from '../metrics.js';
 import type { RepoRecord } from '../store/types.js';
 import { pickForVerification, ReplicaVerifier, verifiedKey, type Verified } from './verifier.js';
@@ -89,5 +93,23 @@ describe('ReplicaVerifier (in process: real store and git)', () => {
     // One unchanged replica a pass (of two): the one checked longest ago, OTHER.
     expect(await v.verify()).toBe(marked);
     expect(await stateOnN1(REPO)).toBe(state);
+  });
+
+  it("the fsck pass marks a replica made before the links-checked mark once every object's links are found; one with a link missing is marked unchecked", async () => {
+    await created(REPO);
+    await created(OTHER);
+    const path = (repoId: RepoId): string => kit.node('n1').storage.repoPath(repoId);
+    const has = (repoId: RepoId, file: string): boolean => existsSync(join(path(repoId), file));
+    // Both made as a build before the mark made them; OTHER also holds, unreachable, a commit whose parent is missing.
+    for (const r of [REPO, OTHER]) await rm(join(path(r), LINKS_CHECKED));
+    const tree = (await gitOk(['mktree'], { cwd: path(REPO), input: '' })).trim();
+    await gitOk(['hash-object', '-w', '--stdin'], { cwd: path(REPO), input: 'a blob\n' });
+    const orphan = `tree ${tree}\nparent ${'1'.repeat(40)}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nparentless\n`;
+    await gitOk(['hash-object', '-t', 'commit', '-w', '--stdin'], { cwd: path(OTHER), input: orphan });
+    expect(await verifier().verify(true)).toBe(0);
+    expect([has(REPO, LINKS_CHECKED), has(REPO, LINKS_UNCHECKED)]).toEqual([true, false]);
+    expect([has(OTHER, LINKS_CHECKED), has(OTHER, LINKS_UNCHECKED)]).toEqual([false, true]);
+    // git fsck finds nothing wrong with OTHER (it checks reachable objects): still in sync.
+    expect(await stateOnN1(OTHER)).toBe('in_sync');
   });
 });

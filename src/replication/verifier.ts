@@ -1,7 +1,8 @@
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import type { ReplicaStorage } from '../git/repo-storage.js';
-import type { GitRunner } from '../git/runner.js';
+import { dropLinksChecked, linksUnknown, markLinksChecked, type ReplicaStorage } from '../git/repo-storage.js';
+import { waitClose, type GitRunner } from '../git/runner.js';
+import { NO_DWIM } from '../git/update-ref.js';
 import type { Metrics } from '../metrics.js';
 import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
 
@@ -154,6 +155,54 @@ export class ReplicaVerifier {
   }
 
   /**
+   * markIfLinked gives a replica made by a build before the links-checked mark (linksUnknown) the
+   * mark once every link of every object in it is found present (Participant.checkCopy relies on
+   * it): `git cat-file --batch-all-objects` lists every object, loose and packed, and `git
+   * rev-list --objects --stdin --quiet` walks from each of them (replace refs off) and fails on
+   * the first one missing. (`git fsck` cannot tell: it checks the links of reachable objects
+   * only.) An object that comes in meanwhile comes through a check of its links, or marks the
+   * replica LINKS_UNCHECKED first, which outranks the mark; a directory replaced meanwhile
+   * (storage.replaced) is not marked. A replica found with a link missing is marked
+   * LINKS_UNCHECKED, and not walked again.
+   */
+  private async markIfLinked(repoId: string): Promise<void> {
+    const { storage, git, logger } = this.deps;
+    const path = storage.repoPath(repoId);
+    if (!linksUnknown(path)) return;
+    const replaced = storage.replaced;
+    const timeoutMs = this.deps.gitTimeoutMs;
+    const list = git.spawn(['cat-file', '--batch-all-objects', '--batch-check=%(objectname)'], { cwd: path, timeoutMs });
+    const walk = git.spawn(['rev-list', '--objects', '--stdin', '--quiet'], {
+      cwd: path,
+      env: { GIT_NO_REPLACE_OBJECTS: '1' },
+      config: NO_DWIM,
+      timeoutMs,
+    });
+    let stderr = '';
+    walk.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      if (stderr.length < 4096) stderr += d;
+    });
+    walk.stdin?.on('error', () => undefined);
+    walk.stdout?.resume();
+    list.stderr?.resume();
+    list.stdout?.pipe(walk.stdin!);
+    const [[listed], [walked, signal]] = await Promise.all([waitClose(list), waitClose(walk)]);
+    if (listed !== 0 || signal) return;
+    if (walked !== 0) {
+      if (!/missing|bad object|could not read|unable to read/i.test(stderr)) return;
+      dropLinksChecked(path);
+      logger.warn(
+        { repoId, walk: stderr.trim().split('\n').slice(0, 3) },
+        'replica holds an object whose links are missing: its copies are walked by rev-list',
+      );
+      return;
+    }
+    if (storage.replaced !== replaced || !linksUnknown(path)) return;
+    await markLinksChecked(path);
+    logger.info({ repoId }, 'replica found with every link of every object present: marked links-checked');
+  }
+
+  /**
    * checkAndMark compares a replica the store believes in sync with the store's checksum (and
    * runs `git fsck --connectivity-only` if asked); a mismatch is marked stale (or missing, for
    * lost objects or another incarnation) unless a push moved the repo on meanwhile.
@@ -174,7 +223,13 @@ export class ReplicaVerifier {
       if (r.code !== 0) {
         logger.warn({ repoId: repo.repoId, fsck: r.stderr.trim().split('\n').slice(0, 3) }, 'replica fails fsck: objects missing');
         problem = 'missing';
-      }
+      } else
+        await this.markIfLinked(repo.repoId).catch((err: unknown) =>
+          logger.warn(
+            { repoId: repo.repoId, err: errorMessage(err) },
+            'could not look at the links of a replica made before the links-checked mark',
+          ),
+        );
     }
     if (!problem) return 'ok';
     const again = await store.getRepo(repo.repoId);
