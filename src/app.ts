@@ -241,6 +241,7 @@ async function startLocked(
     maxUploadCopies: cfg.maxGitProcesses,
     maxUploadCopyBytes: cfg.maxPushBytes,
     onConnectivity: (at) => metrics.connectivityChecks.inc({ at }),
+    onCopyCheck: (by) => metrics.copyChecks.inc({ by }),
     onCreated: (repoId, incarnation) => replicaVerifier.created(repoId, incarnation),
     // The coordinator is made below: a commit of the start-up's recovery (before it) has no refs to carry.
     onPushCommitted: (c) => late.coordinator?.advanceKnownRefs(c),

@@ -123,6 +123,12 @@ export class Metrics {
     labelNames: ['at'] as const,
     registers: [this.registry],
   });
+  readonly copyChecks = new Counter({
+    name: 'gitrep_copy_checks_total',
+    help: "a peer's check of a push's new tips in its copy of the pack, by how: found in the copy's pack on a replica whose objects all had their links checked (links), or walked by git rev-list",
+    labelNames: ['by'] as const,
+    registers: [this.registry],
+  });
   readonly refSessions = new Counter({
     name: 'gitrep_ref_sessions_total',
     help: "a transaction's update-ref, by whether it ran in the process the replica's last transaction kept (kept) or in a new one (new)",

@@ -186,6 +186,8 @@ export class Participant {
       readonly onPushCommitted?: (c: PushCommitted) => void;
       /** onConnectivity is told where a peer prepare's connectivity check of new tips ran (metrics). */
       readonly onConnectivity?: (at: 'copy' | 'prepare') => void;
+      /** onCopyCheck is told how a copy's check of its tips ran: by their links, or by rev-list (metrics). */
+      readonly onCopyCheck?: (by: 'links' | 'rev-list') => void;
     },
   ) {}
 
@@ -798,7 +800,8 @@ export class Participant {
       const packs = listPacks();
       const linked = tips.length <= LINKED_TIPS_MAX && linksChecked(repoPath) && packIndexHolds(keep.replace(/\.keep$/, '.idx'), tips);
       if (linked) this.copyChecksByLinks++;
-      else await this.checkConnected(repoPath, tips);
+      this.deps.onCopyCheck?.(linked ? 'links' : 'rev-list');
+      if (!linked) await this.checkConnected(repoPath, tips);
       await this.deps.failpoints.hit('participant.afterCopyCheck');
       const after = listPacks();
       if (this.removals() !== removals || after.length !== packs.length || after.some((p, i) => p !== packs[i])) return null;

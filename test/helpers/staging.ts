@@ -19,6 +19,11 @@ export function connectivityChecks(nodeUrl: string, at: 'copy' | 'prepare'): Pro
   return counter(nodeUrl, 'gitrep_connectivity_checks_total', 'at', at);
 }
 
+/** copyChecks reads a node's count of its checks of a push's tips in its copy, by how (`gitrep_copy_checks_total`). */
+export function copyChecks(nodeUrl: string, by: 'links' | 'rev-list'): Promise<number> {
+  return counter(nodeUrl, 'gitrep_copy_checks_total', 'by', by);
+}
+
 /** packFiles lists the paths in a replica's `objects/pack` whose name (and, for a `.keep`, content) `pred` accepts. */
 export async function packFiles(replicaPath: string, pred: (name: string, keepContent: string) => boolean): Promise<string[]> {
   const dir = join(replicaPath, 'objects', 'pack');

@@ -6,7 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodePktLine, FLUSH } from '../../src/git/pkt-line.js';
 import { SqliteStore } from '../../src/store/sqlite/sqlite-store.js';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
-import { connectivityChecks, hasObject as hasObjectIn, packFiles, packsShipped, stagedKeeps as stagedKeepsOf } from '../helpers/staging.js';
+import {
+  connectivityChecks,
+  copyChecks,
+  hasObject as hasObjectIn,
+  packFiles,
+  packsShipped,
+  stagedKeeps as stagedKeepsOf,
+} from '../helpers/staging.js';
 import { commitFile, git, gitOk, workRepo } from '../helpers/git.js';
 
 /**
@@ -44,6 +51,8 @@ describe('packs copied to the peers during the upload', () => {
 
   it('a push copies its pack to both peers during the upload; nothing staged is left once it committed', async () => {
     const before = { teed: await shipped(1, 'teed'), staged: await shipped(1, 'staged') };
+    const checks = async (i: number): Promise<number[]> => [await copyChecks(c.url(i), 'links'), await copyChecks(c.url(i), 'rev-list')];
+    const checksBefore = [await checks(2), await checks(3)];
     const r = await push(1, 'f.txt', 'one\n');
     expect(r.code, r.stderr).toBe(0);
     // The push is answered once a quorum committed: a peer's copy is counted by the time it is in sync.
@@ -55,6 +64,13 @@ describe('packs copied to the peers during the upload', () => {
       expect(await hasObject(i, r.commit)).toBe(true);
       expect(await stagedKeeps(i)).toEqual([]);
     }
+    // Each peer found the new tip in its copy's pack, on a replica made with the links-checked mark: no rev-list.
+    const [l2, r2] = checksBefore[0]!;
+    const [l3, r3] = checksBefore[1]!;
+    expect([await checks(2), await checks(3)]).toEqual([
+      [l2! + 1, r2!],
+      [l3! + 1, r3!],
+    ]);
   });
 
   it("the peers check a push's connectivity on its copy, and their prepares use that check", async () => {
