@@ -8,8 +8,7 @@ import {
   fsyncRefDirs,
   LINKS_CHECKED,
   LINKS_UNCHECKED,
-  linksChecked,
-  linksUnknown,
+  linksState,
   noteShallow,
   objectPresent,
   refDirsToSync,
@@ -29,9 +28,13 @@ const ENV = {
   GIT_COMMITTER_EMAIL: 't@x',
 };
 
+/** sh runs the real git with the test's clean environment and gives its output, trimmed. */
+function sh(cwd: string, ...args: string[]): string {
+  return execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
+}
+
 describe('fsyncRefDirs', () => {
   let root = '';
-  const sh = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
 
   beforeAll(() => {
     root = mkdtempSync(join(tmpdir(), 'fsync-refs-'));
@@ -77,7 +80,6 @@ describe('syncRefs', () => {
   let root = '';
   let repo = '';
   const savedPath = process.env.PATH;
-  const sh = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
 
   /** withSync puts a `sync` first on PATH that logs its arguments, then runs `tail` (the real one, or a failure). */
   function withSync(tail: string): string {
@@ -120,7 +122,6 @@ describe('syncRefs', () => {
 
 describe('the links-checked mark (LINKS_CHECKED)', () => {
   let root = '';
-  const sh = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: ENV, encoding: 'utf8' }).trim();
 
   beforeAll(() => {
     root = mkdtempSync(join(tmpdir(), 'links-checked-'));
@@ -131,12 +132,12 @@ describe('the links-checked mark (LINKS_CHECKED)', () => {
     const storage = new ReplicaStorage(root, new GitRunner({ owner: root, instance: randomUUID(), maxProcesses: 2 }));
     const made = join(root, 'made.git');
     await storage.initRepo(made, randomUUID());
-    expect(linksChecked(made)).toBe(true);
+    expect(linksState(made) === 'checked').toBe(true);
     const clone = join(root, 'clone.git');
     sh(root, 'clone', '-q', '--mirror', made, clone);
-    expect(linksChecked(clone)).toBe(false);
+    expect(linksState(clone) === 'checked').toBe(false);
     await storage.adoptClone(clone, randomUUID());
-    expect(linksChecked(clone)).toBe(true);
+    expect(linksState(clone) === 'checked').toBe(true);
   });
 
   it('objectPresent finds objects loose and packed, and nothing else', () => {
@@ -161,22 +162,26 @@ describe('the links-checked mark (LINKS_CHECKED)', () => {
     writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
     const blob = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: repo, env: ENV, input: 'b\n', encoding: 'utf8' }).trim();
     noteShallow(repo, blob);
-    expect(linksChecked(repo)).toBe(true);
+    expect(linksState(repo) === 'checked').toBe(true);
     noteShallow(repo, 'd'.repeat(40));
-    expect(linksChecked(repo)).toBe(false);
+    expect(linksState(repo) === 'checked').toBe(false);
     expect(existsSync(join(repo, LINKS_UNCHECKED))).toBe(true);
     // Gone already: nothing to do.
     noteShallow(repo, 'd'.repeat(40));
     // LINKS_UNCHECKED outranks a mark written again (the verifier's, racing).
     writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
-    expect(linksChecked(repo)).toBe(false);
+    expect(linksState(repo) === 'checked').toBe(false);
     // A replica made before the mark (neither file): a shallow commit it has leaves it so; one it lacks, or a line not read, marks it unchecked.
     const legacy = join(root, 'legacy.git');
     sh(root, 'init', '-q', '--bare', legacy);
     const have = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: legacy, env: ENV, input: 'c\n', encoding: 'utf8' }).trim();
     noteShallow(legacy, have);
-    expect(linksUnknown(legacy)).toBe(true);
+    expect(linksState(legacy) === 'unknown').toBe(true);
     noteShallow(legacy, null);
-    expect([linksUnknown(legacy), linksChecked(legacy), existsSync(join(legacy, LINKS_UNCHECKED))]).toEqual([false, false, true]);
+    expect([linksState(legacy) === 'unknown', linksState(legacy) === 'checked', existsSync(join(legacy, LINKS_UNCHECKED))]).toEqual([
+      false,
+      false,
+      true,
+    ]);
   });
 });

@@ -200,23 +200,26 @@ export const LINKS_UNCHECKED = 'gitrep-links-unchecked';
 async function appendReplicaConfig(path: string, incarnation: string): Promise<void> {
   await appendFile(join(path, 'config'), `${REPLICA_CONFIG}[replication]\n\tincarnation = ${incarnation}\n`);
   await fsyncPath(join(path, 'config'));
-  await writeFile(join(path, LINKS_CHECKED), 'every object in this replica came in through a check of its links\n');
+  await writeLinksChecked(path);
+}
+
+/** writeLinksChecked writes LINKS_CHECKED into the replica at `path` and fsyncs it (not the directory). */
+async function writeLinksChecked(path: string): Promise<void> {
+  await writeFile(join(path, LINKS_CHECKED), 'every object in this replica had its links checked\n');
   await fsyncPath(join(path, LINKS_CHECKED));
 }
 
-/** linksChecked says whether the replica at `path` has LINKS_CHECKED and not LINKS_UNCHECKED (a replica made before the mark has neither). */
-export function linksChecked(path: string): boolean {
-  return existsSync(join(path, LINKS_CHECKED)) && !existsSync(join(path, LINKS_UNCHECKED));
-}
+/**
+ * LinksState is what a replica's files say of its objects' links: `checked` (LINKS_CHECKED, and
+ * no LINKS_UNCHECKED, which outranks it), `unchecked` (LINKS_UNCHECKED), or `unknown` (neither:
+ * made by a build before the mark, not looked at since).
+ */
+export type LinksState = 'checked' | 'unchecked' | 'unknown';
 
-/** linksUnchecked says whether the replica at `path` has LINKS_UNCHECKED: it may hold an object whose links are missing. */
-export function linksUnchecked(path: string): boolean {
-  return existsSync(join(path, LINKS_UNCHECKED));
-}
-
-/** linksUnknown says whether the replica at `path` has neither file: made by a build before the mark, never looked at since. */
-export function linksUnknown(path: string): boolean {
-  return !existsSync(join(path, LINKS_CHECKED)) && !existsSync(join(path, LINKS_UNCHECKED));
+/** linksState reads a replica's LinksState (two stats in place). */
+export function linksState(path: string): LinksState {
+  if (existsSync(join(path, LINKS_UNCHECKED))) return 'unchecked';
+  return existsSync(join(path, LINKS_CHECKED)) ? 'checked' : 'unknown';
 }
 
 /**
@@ -225,8 +228,7 @@ export function linksUnknown(path: string): boolean {
  * outranks it.
  */
 export async function markLinksChecked(path: string): Promise<void> {
-  await writeFile(join(path, LINKS_CHECKED), 'every object in this replica was found with all its links\n');
-  await fsyncPath(join(path, LINKS_CHECKED));
+  await writeLinksChecked(path);
   await fsyncPath(path);
 }
 
@@ -241,7 +243,7 @@ export async function markLinksChecked(path: string): Promise<void> {
  * server) changes nothing.
  */
 export function noteShallow(path: string, oid: string | null): void {
-  if (oid !== null && !linksUnchecked(path) && objectPresent(path, oid)) return;
+  if (oid !== null && linksState(path) !== 'unchecked' && objectPresent(path, oid)) return;
   dropLinksChecked(path);
 }
 
@@ -252,14 +254,7 @@ export function noteShallow(path: string, oid: string | null): void {
  */
 export function dropLinksChecked(path: string): void {
   const unchecked = join(path, LINKS_UNCHECKED);
-  if (!existsSync(unchecked)) {
-    const fd = openSync(unchecked, 'w');
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  }
+  if (!existsSync(unchecked)) fsyncInPlace(unchecked, 'w');
   try {
     unlinkSync(join(path, LINKS_CHECKED));
   } catch (err) {
@@ -267,7 +262,12 @@ export function dropLinksChecked(path: string): void {
   }
   // Gone already, the directory is fsynced all the same: the removal by an earlier push whose
   // fsync failed may not be on disk yet.
-  const fd = openSync(path, 'r');
+  fsyncInPlace(path, 'r');
+}
+
+/** fsyncInPlace opens `path` (`w` creates it, empty) and fsyncs it on this thread: for the few writes that must be on disk before the caller's next step. */
+function fsyncInPlace(path: string, flags: 'r' | 'w'): void {
+  const fd = openSync(path, flags);
   try {
     fsyncSync(fd);
   } finally {

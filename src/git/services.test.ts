@@ -7,7 +7,7 @@ import { GIT_ENV } from '../../test/helpers/git.js';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { encodePktLine } from './pkt-line.js';
-import { LINKS_CHECKED, linksChecked } from './repo-storage.js';
+import { LINKS_CHECKED, linksState } from './repo-storage.js';
 import { receivePackConfig, SHALLOW_LOOKUPS_MAX, watchShallow } from './services.js';
 
 const ENV = GIT_ENV;
@@ -100,8 +100,8 @@ describe('watchShallow', () => {
     const blob = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: repo, env: ENV, input: 'b\n', encoding: 'utf8' }).trim();
     writeFileSync(join(repo, LINKS_CHECKED), 'x\n');
     await feed(repo, blob, SHALLOW_LOOKUPS_MAX);
-    expect(linksChecked(repo)).toBe(true);
+    expect(linksState(repo) === 'checked').toBe(true);
     await feed(repo, blob, SHALLOW_LOOKUPS_MAX + 1);
-    expect(linksChecked(repo)).toBe(false);
+    expect(linksState(repo) === 'checked').toBe(false);
   });
 });

@@ -5,7 +5,7 @@
 
 import { unavailable } from '../domain/errors.js';
 import { fsckConfig } from './fsck-policy.js';
-import { linksUnchecked, noteShallow } from './repo-storage.js';
+import { linksState, noteShallow } from './repo-storage.js';
 import { ShallowWatch } from './shallow-watch.js';
 import { NO_DWIM } from './update-ref.js';
 
@@ -77,6 +77,6 @@ export function watchShallow(repoPath: string): ShallowWatch {
     } catch (err) {
       throw unavailable(`the replica could not note a push from a shallow clone: ${(err as Error).message}`);
     }
-    done = linksUnchecked(repoPath);
+    done = linksState(repoPath) === 'unchecked';
   });
 }

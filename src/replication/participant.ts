@@ -10,7 +10,7 @@ import type { Logger } from '../domain/logger.js';
 import { isZeroOid, ZERO_OID, type RefUpdate } from '../domain/ref-name.js';
 import { indexPackStrict } from '../git/fsck-policy.js';
 import { packIndexHolds } from '../git/pack-index.js';
-import { dropLinksChecked, linksChecked, listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
+import { dropLinksChecked, linksState, listDir, readSmallFile, statOrNull, syncRefs, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { NO_DWIM, RefTxnError, UpdateRefTxn, type RefSessions } from '../git/update-ref.js';
 import type { ClusterStore } from '../store/types.js';
@@ -798,7 +798,8 @@ export class Participant {
       const removals = this.removals();
       const st = statSync(dir);
       const packs = listPacks();
-      const linked = tips.length <= LINKED_TIPS_MAX && linksChecked(repoPath) && packIndexHolds(keep.replace(/\.keep$/, '.idx'), tips);
+      const linked =
+        tips.length <= LINKED_TIPS_MAX && linksState(repoPath) === 'checked' && packIndexHolds(keep.replace(/\.keep$/, '.idx'), tips);
       if (linked) this.copyChecksByLinks++;
       this.deps.onCopyCheck?.(linked ? 'links' : 'rev-list');
       if (!linked) await this.checkConnected(repoPath, tips);

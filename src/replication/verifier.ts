@@ -1,6 +1,6 @@
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import { dropLinksChecked, linksUnknown, markLinksChecked, type ReplicaStorage } from '../git/repo-storage.js';
+import { dropLinksChecked, linksState, markLinksChecked, type ReplicaStorage } from '../git/repo-storage.js';
 import { waitClose, type GitRunner } from '../git/runner.js';
 import { NO_DWIM } from '../git/update-ref.js';
 import type { Metrics } from '../metrics.js';
@@ -155,7 +155,7 @@ export class ReplicaVerifier {
   }
 
   /**
-   * markIfLinked gives a replica made by a build before the links-checked mark (linksUnknown) the
+   * markIfLinked gives a replica made by a build before the links-checked mark (linksState `unknown`) the
    * mark once every link of every object in it is found present (Participant.checkCopy relies on
    * it): `git cat-file --batch-all-objects` lists every object, loose and packed, and `git
    * rev-list --objects --stdin --quiet` walks from each of them (replace refs off) and fails on
@@ -168,7 +168,7 @@ export class ReplicaVerifier {
   private async markIfLinked(repoId: string): Promise<void> {
     const { storage, git, logger } = this.deps;
     const path = storage.repoPath(repoId);
-    if (!linksUnknown(path)) return;
+    if (linksState(path) !== 'unknown') return;
     const replaced = storage.replaced;
     const timeoutMs = this.deps.gitTimeoutMs;
     const list = git.spawn(['cat-file', '--batch-all-objects', '--batch-check=%(objectname)'], { cwd: path, timeoutMs });
@@ -197,7 +197,7 @@ export class ReplicaVerifier {
       );
       return;
     }
-    if (storage.replaced !== replaced || !linksUnknown(path)) return;
+    if (storage.replaced !== replaced || linksState(path) !== 'unknown') return;
     await markLinksChecked(path);
     logger.info({ repoId }, 'replica found with every link of every object present: marked links-checked');
   }
