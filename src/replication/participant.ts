@@ -137,8 +137,6 @@ export class Participant {
   private packsRemoved = 0;
   /** copyChecksRunning counts the copy checks not ended yet (tests). */
   copyChecksRunning = 0;
-  /** copyChecksByLinks counts the copy checks that found every tip in the copy's pack and ran no rev-list (checkCopy; tests). */
-  copyChecksByLinks = 0;
 
   constructor(
     private readonly deps: {
@@ -800,7 +798,6 @@ export class Participant {
       const packs = listPacks();
       const linked =
         tips.length <= LINKED_TIPS_MAX && linksState(repoPath) === 'checked' && packIndexHolds(keep.replace(/\.keep$/, '.idx'), tips);
-      if (linked) this.copyChecksByLinks++;
       this.deps.onCopyCheck?.(linked ? 'links' : 'rev-list');
       if (!linked) await this.checkConnected(repoPath, tips);
       await this.deps.failpoints.hit('participant.afterCopyCheck');
