@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { gitOk } from '../../test/helpers/git.js';
@@ -111,5 +111,21 @@ describe('ReplicaVerifier (in process: real store and git)', () => {
     expect([has(OTHER, LINKS_CHECKED), has(OTHER, LINKS_UNCHECKED)]).toEqual([false, true]);
     // git fsck finds nothing wrong with OTHER (it checks reachable objects): still in sync.
     expect(await stateOnN1(OTHER)).toBe('in_sync');
+  });
+
+  it('a walk stopped at its first object (one that cannot be read) does not leave the listing of thousands waiting on a full pipe', async () => {
+    await created(REPO);
+    const path = kit.node('n1').storage.repoPath(REPO);
+    await rm(join(path, LINKS_CHECKED));
+    // More names than a pipe holds (30,000 x 41 bytes, packed by fast-import), and an unreadable loose object listed first.
+    const blobs = Array.from({ length: 30_000 }, (_, i) => `blob\ndata ${`blob ${i}\n`.length}\nblob ${i}\n`).join('');
+    await gitOk(['fast-import', '--quiet'], { cwd: path, input: blobs });
+    await mkdir(join(path, 'objects', '00'), { recursive: true });
+    await writeFile(join(path, 'objects', '00', '1'.repeat(38)), 'not an object\n');
+    const started = Date.now();
+    // The verifier's git time-out is 30 s: a listing left waiting would hold the pass that long.
+    expect(await verifier().verify(true)).toBe(0);
+    expect(Date.now() - started).toBeLessThan(15_000);
+    expect([existsSync(join(path, LINKS_CHECKED)), existsSync(join(path, LINKS_UNCHECKED))]).toEqual([false, true]);
   });
 });

@@ -1,7 +1,7 @@
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import { dropLinksChecked, linksState, markLinksChecked, type ReplicaStorage } from '../git/repo-storage.js';
-import { waitClose, type GitRunner } from '../git/runner.js';
+import { terminate, waitClose, type GitRunner } from '../git/runner.js';
 import { NO_DWIM } from '../git/update-ref.js';
 import type { Metrics } from '../metrics.js';
 import { isInSync, type ClusterStore, type RepoRecord } from '../store/types.js';
@@ -186,10 +186,15 @@ export class ReplicaVerifier {
     walk.stdout?.resume();
     list.stderr?.resume();
     list.stdout?.pipe(walk.stdin!);
+    // A walk that stops early (an object it cannot read) takes the listing's reader with it:
+    // the listing would wait on a full pipe until its time-out.
+    walk.once('close', () => {
+      if (list.exitCode === null && list.signalCode === null) void terminate(list);
+    });
     const [[listed], [walked, signal]] = await Promise.all([waitClose(list), waitClose(walk)]);
-    if (listed !== 0 || signal) return;
+    if (signal) return;
     if (walked !== 0) {
-      if (!/missing|bad object|could not read|unable to read/i.test(stderr)) return;
+      if (!/missing|bad object|corrupt|could not read|unable to read/i.test(stderr)) return;
       dropLinksChecked(path);
       logger.warn(
         { repoId, walk: stderr.trim().split('\n').slice(0, 3) },
@@ -197,7 +202,8 @@ export class ReplicaVerifier {
       );
       return;
     }
-    if (storage.replaced !== replaced || linksState(path) !== 'unknown') return;
+    // A listing cut short walked only part of the objects.
+    if (listed !== 0 || storage.replaced !== replaced || linksState(path) !== 'unknown') return;
     await markLinksChecked(path);
     logger.info({ repoId }, 'replica found with every link of every object present: marked links-checked');
   }
