@@ -125,3 +125,20 @@ export async function zombies(): Promise<string[]> {
   }
   return out;
 }
+
+/**
+ * shallowCloneElsewhere makes the push of a shallow clone taken from another server: a `--depth 1`
+ * clone (its `dir`) of a new history whose tip `shallow` has a parent the clone lacks, with a
+ * branch `whole` of a history of its own. Pushed together, `shallow` is refused ("shallow update
+ * not allowed") and `whole` taken.
+ */
+export async function shallowCloneElsewhere(): Promise<{ dir: string; shallow: string }> {
+  const origin = await workRepo();
+  await commitFile(origin, 'p.txt', 'p\n', 'the parent');
+  const shallow = await commitFile(origin, 's.txt', 's\n', 'the shallow commit');
+  const dir = join(await tempDir(), 'shallow-elsewhere');
+  await gitOk(['clone', '-q', '--depth', '1', `file://${origin}`, dir]);
+  await gitOk(['checkout', '-q', '--orphan', 'whole'], { cwd: dir });
+  await commitFile(dir, 'w.txt', 'w\n', 'a history of its own');
+  return { dir, shallow };
+}

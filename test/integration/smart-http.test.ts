@@ -9,7 +9,19 @@ import isogit from 'isomorphic-git';
 import isoHttp from 'isomorphic-git/http/node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, waitFor } from '../helpers/cluster.js';
-import { commitFile, git, gitOk, GIT_ENV, lsRemote, nodeGitProcesses, refsOf, tempDir, workRepo, zombies } from '../helpers/git.js';
+import {
+  commitFile,
+  git,
+  gitOk,
+  GIT_ENV,
+  lsRemote,
+  nodeGitProcesses,
+  refsOf,
+  shallowCloneElsewhere,
+  tempDir,
+  workRepo,
+  zombies,
+} from '../helpers/git.js';
 
 describe('smart HTTP against a single node', () => {
   let c: TestCluster;
@@ -126,13 +138,7 @@ describe('smart HTTP against a single node', () => {
     // A shallow clone of another history: its shallow commit S is not here. The branch at S is
     // refused (git's own "shallow update not allowed"), a branch with its whole history is
     // taken, and receive-pack moved S in with it, without S's parent.
-    const origin = await workRepo();
-    await commitFile(origin, 'p.txt', 'p\n', 'the parent');
-    const s = await commitFile(origin, 's.txt', 's\n', 'the shallow commit');
-    const other = join(await tempDir(), 'sh-other');
-    await gitOk(['clone', '-q', '--depth', '1', `file://${origin}`, other]);
-    await gitOk(['checkout', '-q', '--orphan', 'whole'], { cwd: other });
-    await commitFile(other, 'w.txt', 'w\n', 'a history of its own');
+    const { dir: other, shallow: s } = await shallowCloneElsewhere();
     const mixed = await git(['push', url, `${s}:refs/heads/shallow-s`, 'whole:refs/heads/whole'], { cwd: other });
     expect(mixed.stderr).toMatch(/shallow-s \(shallow update not allowed\)/);
     expect(await lsRemote(url)).toMatch(/refs\/heads\/whole/);

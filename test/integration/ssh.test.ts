@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, sleep, TestCluster, waitFor } from '../helpers/cluster.js';
-import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
+import { commitFile, git, gitOk, shallowCloneElsewhere, tempDir, workRepo } from '../helpers/git.js';
 import { packsShipped } from '../helpers/staging.js';
 
 /**
@@ -162,13 +162,7 @@ describe('git over ssh', () => {
     const [coordinator, peer] = [replicaNodes[0]!, replicaNodes[1]!];
     const marker = (node: number): string => join(c.replicaPath(node, REPO), 'gitrep-links-checked');
     expect([await exists(marker(coordinator)), await exists(marker(peer))]).toEqual([true, true]);
-    const origin = await workRepo();
-    await commitFile(origin, 'p.txt', 'p\n', 'the parent');
-    const s = await commitFile(origin, 's.txt', 's\n', 'the shallow commit');
-    const shallow = join(await tempDir(), 'sh');
-    await gitOk(['clone', '-q', '--depth', '1', `file://${origin}`, shallow]);
-    await gitOk(['checkout', '-q', '--orphan', 'whole'], { cwd: shallow });
-    await commitFile(shallow, 'w.txt', 'w\n', 'a history of its own');
+    const { dir: shallow, shallow: s } = await shallowCloneElsewhere();
     // receive-pack refuses the branch at S (shallow update not allowed) and moves S in with the
     // other branch's objects; the peer's index-pack refuses S without its parent, so that branch
     // fails too (2 replicas, both needed), but the coordinator's replica holds S now.
