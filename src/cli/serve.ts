@@ -37,7 +37,7 @@ function onOff(name: string, value: string): boolean {
 function spawnHelperSetting(value: string): boolean | HelperKind {
   if (Object.hasOwn(HELPERS, value)) return value as HelperKind;
   if (value === 'on' || value === 'off') return onOff('GIT_SPAWN_HELPER', value);
-  throw new Error(`GIT_SPAWN_HELPER: must be on, off, c, python or node, got '${value.slice(0, 40)}'`);
+  throw new Error(`GIT_SPAWN_HELPER: must be on, off, ${Object.keys(HELPERS).join(', ')}, got '${value.slice(0, 40)}'`);
 }
 
 function parseAuth(value: string): 'open' | 'tokens' {

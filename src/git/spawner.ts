@@ -344,13 +344,8 @@ export class SpawnHelper {
         ? spawn(script, [this.socketPath], ipc)
         : this.kind === 'python'
           ? spawn('python3', ['-I', '-S', script, this.socketPath], ipc)
-          : fork(script, [this.socketPath], {
-              stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-              // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
-              execArgv: [],
-              env,
-              serialization: 'json',
-            });
+          : // Nothing of the node's own flags (a test's profiler, say): the helper is to stay small.
+            fork(script, [this.socketPath], { ...ipc, execArgv: [] });
     helper.on('message', (m: SpawnReport) => this.onReport(m));
     helper.once('exit', (code, signal) => {
       if (this.helper === helper) this.helper = null;
