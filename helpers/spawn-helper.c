@@ -367,6 +367,13 @@ static void push(char ***list, size_t *n, char *s) {
   *list = l;
 }
 
+/* truncate_list frees a NULL-ended list's entries from `keep` on and ends it there. */
+static void truncate_list(char **list, size_t *n, size_t keep) {
+  for (size_t i = keep; i < *n; i++) free(list[i]);
+  *n = keep;
+  list[keep] = NULL;
+}
+
 /* parse_id reads the request's id: the node's count up from 1, digits only, read within the line. */
 static int parse_id(cursor *c, request *r) {
   long long v = 0;
@@ -381,9 +388,7 @@ static int parse_id(cursor *c, request *r) {
 
 /* parse_args reads the arguments (after argv[0]); a repeated key counts once, as JSON.parse takes it: the last. */
 static int parse_args(cursor *c, request *r) {
-  for (size_t i = 1; i < r->nargs; i++) free(r->args[i]);
-  r->nargs = 1;
-  r->args[1] = NULL;
+  truncate_list(r->args, &r->nargs, 1);
   for (int more = opening(c, '[', ']'); more != 0; more = following(c, ']')) {
     char *a;
     if (more < 0 || !string(c, &a, &r->nul)) return 0;
@@ -392,11 +397,10 @@ static int parse_args(cursor *c, request *r) {
   return 1;
 }
 
-/* parse_env reads the environment as NAME=value strings; the last of a repeated key counts. */
+/* parse_env reads the environment as NAME=value strings; the last of a repeated key counts, and
+   of a repeated name, as JSON.parse and Python's json take them. */
 static int parse_env(cursor *c, request *r) {
-  for (size_t i = 0; i < r->nenv; i++) free(r->env[i]);
-  r->nenv = 0;
-  r->env[0] = NULL;
+  truncate_list(r->env, &r->nenv, 0);
   for (int more = opening(c, '{', '}'); more != 0; more = following(c, '}')) {
     char *name, *value;
     if (more < 0 || !member(c, &name, &r->nul)) return 0;
@@ -417,6 +421,13 @@ static int parse_env(cursor *c, request *r) {
     adds(&kv, name);
     addc(&kv, '=');
     adds(&kv, value);
+    for (size_t i = 0; i < r->nenv; i++)
+      if (strncmp(r->env[i], kv.p, strlen(name) + 1) == 0) {
+        free(r->env[i]);
+        r->env[i] = r->env[--r->nenv];
+        r->env[r->nenv] = NULL;
+        break;
+      }
     push(&r->env, &r->nenv, kv.p);
     free(name);
     free(value);

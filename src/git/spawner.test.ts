@@ -54,15 +54,17 @@ describe('the C spawn helper as built', () => {
         '{"id":7,"file":"true","args":["a\\u0000b"],"env":{}}',
         '{"id":',
         '{"id":8,"file":"true","args":[],"env":{"PATH":"/nonexistent"}}',
+        // A repeated name counts once, the last (as JSON.parse takes it): true is found, and only the socket is missing.
+        '{"id":9,"file":"true","args":[],"env":{"PATH":"/nonexistent","PATH":"/usr/bin:/bin"}}',
       ];
       channel.write(`${lines.join('\n')}\n`);
-      for (let i = 0; i < 100 && said.split('\n').length < 7; i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 100 && said.split('\n').length < 8; i++) await new Promise((r) => setTimeout(r, 20));
       helper.kill('SIGKILL');
       const reports = said
         .trim()
         .split('\n')
         .map((l) => JSON.parse(l) as { id: number; error?: string });
-      expect(reports.map((r) => r.id)).toEqual([1, 2, 3, 4, 7, 8]);
+      expect(reports.map((r) => r.id)).toEqual([1, 2, 3, 4, 7, 8, 9]);
       expect(reports.map((r) => r.error)).toEqual([
         "spawn true: an environment variable name is empty or holds '='",
         "spawn true: an environment variable name is empty or holds '='",
@@ -70,6 +72,7 @@ describe('the C spawn helper as built', () => {
         'spawn true: a request that could not be read',
         'spawn true: an argument, variable or directory holds a NUL byte',
         'spawn true: No such file or directory (not found on PATH)',
+        "spawn true: cannot connect to the node's socket: No such file or directory",
       ]);
     },
   );
