@@ -360,6 +360,7 @@ async function startLocked(
     replicationFactor: cfg.replicationFactor,
     replaceAfterMs: cfg.replaceAfterMs,
     fullPassMs: cfg.timing.fullPassMs,
+    lockWaitMs: cfg.timing.swapLockWaitMs,
   });
   const lifecycle = { draining: false };
   metrics.attach({

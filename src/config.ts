@@ -302,7 +302,7 @@ export const SETTINGS = {
     env: 'SWAP_LOCK_WAIT_MS',
     default: 10 * SECOND,
     min: 1,
-    doc: "how long a replica copied by repair waits for the repo's write lock to be swapped in; also bounds a fetch repair's last round under that lock (its wait and its fetch)",
+    doc: "how long a replica copied by repair waits for the repo's write lock to be swapped in, and a steward's change of a replica set for it; also bounds a fetch repair's last round under that lock (its wait and its fetch)",
   },
   commitWaitMs: {
     kind: 'ms',

@@ -88,6 +88,53 @@ describe('planReplicaSet', () => {
 });
 
 describe('Steward passes (in process: real store)', () => {
+  it('changes the set of a repo whose lock two other nodes take turn after turn, waiting in its line', async () => {
+    const kit = await ReplicationKit.create({ nodes: 3 });
+    let stop = false;
+    const churns: Promise<number>[] = [];
+    try {
+      const id = 'o/busy' as RepoId;
+      await kit.coordinator('n1').createRepo(id);
+      await eventually(async () => expect((await kit.raw.getReplicas(id)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      const r = (await kit.raw.getRepo(id))!;
+      expect(await kit.raw.setReplicaSet(id, r.incarnation, ['n1', 'n2'])).toBe(true);
+      // n2 and n3 hold the repo's lock by turns, each asking again at once, as pushes of a busy
+      // repo do: the lock is never free with no one in its line.
+      const churn = async (node: string): Promise<number> => {
+        let held = 0;
+        while (!stop) {
+          const lock = await kit.node(node).activity.lock(id, 5_000);
+          if (!lock) continue;
+          held++;
+          await new Promise((res) => setTimeout(res, 15));
+          await lock.release();
+        }
+        return held;
+      };
+      churns.push(churn('n2'), churn('n3'));
+      await eventually(async () => expect((await kit.raw.getRepo(id))!.replicas).toHaveLength(2));
+      await new Promise((res) => setTimeout(res, 100));
+      const n1 = kit.node('n1');
+      const steward = new Steward({
+        nodeId: 'n1',
+        store: kit.store,
+        membership: n1.membership,
+        logger: quietLogger,
+        activity: n1.activity,
+        replicationFactor: 3,
+        replaceAfterMs: 60_000,
+      });
+      expect(await steward.pass()).toBe(1);
+      expect([...(await kit.raw.getRepo(id))!.replicas].sort()).toEqual(['n1', 'n2', 'n3']);
+    } finally {
+      stop = true;
+      const held = await Promise.all(churns);
+      // Both kept taking it meanwhile: the steward waited its turn, it did not find the lock idle.
+      for (const n of held) expect(n).toBeGreaterThan(2);
+      await kit.close();
+    }
+  });
+
   it('after a settled full pass, a pass reads only the repos the change feed names, and still takes their steps', async () => {
     const kit = await ReplicationKit.create({ nodes: 3 });
     try {

@@ -88,8 +88,9 @@ export function planReplicaSet(p: PlanInput): Plan | null {
  * Steward keeps every repo at R healthy replicas: for each repo whose lowest-id live in-sync
  * replica is this node, it re-replicates away from nodes down longer than `replaceAfterMs` or
  * decommissioned, and, after `rebalance`, moves replicas onto new nodes. The replica set is
- * changed under the repo's write lock (RepoActivity.lock, tried once: a busy repo is left for
- * the next pass), so no push runs on a set being changed; added nodes are marked `missing` and
+ * changed under the repo's write lock (RepoActivity.lock, waiting in the repo's lock line up to
+ * `lockWaitMs`: a repo still held past that is left for the next pass), so no push runs on a set
+ * being changed; added nodes are marked `missing` and
  * their repair worker copies the repo, and a removed node's worker drops its copy.
  */
 export class Steward {
@@ -115,6 +116,8 @@ export class Steward {
       replaceAfterMs: number;
       /** fullPassMs is how often a pass reads every repo even when nothing seems to have changed (default DEFAULTS.fullPassMs). */
       fullPassMs?: number;
+      /** lockWaitMs is how long a step waits in the repo's lock line (default DEFAULTS.swapLockWaitMs). */
+      lockWaitMs?: number;
     },
   ) {}
 
@@ -222,7 +225,10 @@ export class Steward {
 
   private async apply(repo: RepoRecord, plan: Plan): Promise<boolean> {
     const { store, logger, activity } = this.deps;
-    const held = await activity.lock(repo.repoId, 0);
+    // The step waits its turn in the repo's lock line like a push: a repo pushed to without a
+    // pause always has someone holding its lock or waiting for it, and a single try would leave
+    // it short of replicas for as long as it stays busy.
+    const held = await activity.lock(repo.repoId, this.deps.lockWaitMs ?? DEFAULTS.swapLockWaitMs);
     if (!held) return false;
     try {
       const now = await store.getRepo(repo.repoId);
