@@ -75,7 +75,10 @@ export function watchShallow(repoPath: string): ShallowWatch {
     try {
       noteShallow(repoPath, ++lines > SHALLOW_LOOKUPS_MAX ? null : oid);
     } catch (err) {
-      throw unavailable(`the replica could not note a push from a shallow clone: ${(err as Error).message}`);
+      // The errno's code only: the message names the server's paths.
+      throw unavailable(
+        `the replica could not note a push from a shallow clone (${(err as NodeJS.ErrnoException).code ?? 'write failed'}), try again`,
+      );
     }
     done = linksState(repoPath) === 'unchecked';
   });

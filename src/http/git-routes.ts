@@ -124,9 +124,13 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const route = await routeOrProxy(deps, req, reply, repoId, true, service, PUSH_ROUTE_REUSE_MS);
       if (!route) return reply;
       // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
+      // A side band asked for there carries a refusal of the body to the user (git prints it).
       let quiet = false;
+      let sideBand = false;
       const onFirst = (data: Buffer): void => {
-        quiet = capabilitiesOf(data).includes('quiet');
+        const caps = capabilitiesOf(data);
+        quiet = caps.includes('quiet');
+        sideBand = caps.includes('side-band-64k') || caps.includes('side-band');
       };
       // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
       // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
@@ -172,7 +176,18 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const body = tee ? chain(validated, new PackTap(tee)) : validated;
       reply.hijack();
       try {
-        await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => quiet, tee);
+        await servePush(
+          deps,
+          req,
+          reply.raw,
+          repoId,
+          body,
+          child,
+          pushId,
+          () => quiet,
+          () => sideBand,
+          tee,
+        );
       } finally {
         endUpload();
       }
@@ -309,6 +324,7 @@ async function streamGit(
   contentType: string,
   prefix: Buffer,
   service: string,
+  sideBand: () => boolean = () => false,
 ): Promise<void> {
   const started = Date.now();
   const bytes = { in: Buffer.isBuffer(body) ? body.length : 0, out: prefix.length };
@@ -351,9 +367,16 @@ async function streamGit(
   const [code, signal] = await waitClose(child);
   const f = failure as AppError | null;
   if (f && !res.headersSent) {
-    // The rest of a refused body is not read: the connection closes after the answer.
-    res.writeHead(f.statusCode, { 'content-type': 'text/plain', connection: 'close' });
-    res.end(`${f.message}\n`);
+    // The rest of a refused body is not read: the connection closes after the answer. git shows
+    // no body of a failed POST ("RPC failed; HTTP 413"): a push that asked for a side band gets
+    // the refusal as git's own remote error instead (band 3, printed as `remote: …`).
+    if (sideBand()) {
+      res.writeHead(200, { 'content-type': contentType, ...NO_CACHE, connection: 'close' });
+      res.end(encodePktLine(Buffer.concat([Buffer.from([3]), Buffer.from(`git-replication: ${f.message.slice(0, 4000)}\n`)])));
+    } else {
+      res.writeHead(f.statusCode, { 'content-type': 'text/plain', connection: 'close' });
+      res.end(`${f.message}\n`);
+    }
     closeAfter(res);
   } else if ((code !== 0 || signal) && !res.headersSent) {
     // git checks the request it was given; one it refuses before answering is the client's
@@ -426,6 +449,7 @@ async function servePush(
   child: ChildProcess,
   pushId: string,
   quiet: () => boolean,
+  sideBand: () => boolean,
   tee: PackTee | null,
 ): Promise<void> {
   let connected = false;
@@ -449,7 +473,9 @@ async function servePush(
     });
   });
   try {
-    await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack');
+    // Refused in band only before receive-pack reached its hook: then the push did not happen.
+    const inBand = (): boolean => sideBand() && !connected;
+    await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack', inBand);
   } finally {
     unregister();
     // A receive-pack killed before its hook connected (the client went away while it checked

@@ -277,10 +277,17 @@ async function serveGit(
   channel.on('data', hooks.touch);
   child.stdout?.on('data', hooks.touch);
   // A push's input passes the shallow watch (watchShallow) before receive-pack reads it; a
-  // watch that fails (its note not written) ends the push.
+  // watch that fails (its note not written) ends the push, telling the client why (as HTTP's 503).
   let input: Readable = channel;
   if (shallow) {
-    shallow.on('error', () => void terminate(child));
+    shallow.on('error', (err) => {
+      try {
+        channel.stderr.write(`git-replication: ${errorMessage(err)}\n`);
+      } catch {
+        // the client is gone already
+      }
+      void terminate(child);
+    });
     input = channel.pipe(shallow);
   }
   if (child.stdin && tap) {

@@ -147,6 +147,21 @@ describe('smart HTTP against a single node', () => {
     expect(fs.existsSync(marker)).toBe(false);
   });
 
+  it('a push whose shallow line cannot be noted on the replica is refused with the reason, and changes nothing', async () => {
+    await c.createRepo(1, 'git/shallow-note');
+    const noteUrl = c.repoUrl(1, 'git/shallow-note');
+    // The mark a directory: its removal fails (EISDIR), as a failing disk would fail it.
+    const marker = join(c.replicaPath(1, 'git/shallow-note'), 'gitrep-links-checked');
+    fs.rmSync(marker);
+    fs.mkdirSync(join(marker, 'x'), { recursive: true });
+    const { dir: other, shallow: s } = await shallowCloneElsewhere();
+    const r = await git(['push', noteUrl, `${s}:refs/heads/shallow-s`, 'whole:refs/heads/whole'], { cwd: other });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/the replica could not note a push from a shallow clone \(EISDIR\), try again\n/);
+    expect(r.stderr).not.toContain('gitrep-links-checked');
+    expect((await lsRemote(noteUrl)).trim()).toBe('');
+  });
+
   it('isomorphic-git clones and pushes over its own HTTP transport', async () => {
     const dir = await tempDir('gitrep-iso-');
     await isogit.clone({ fs, http: isoHttp, dir, url, ref: 'main', singleBranch: true });

@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { access, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -173,6 +173,26 @@ describe('git over ssh', () => {
     expect(r.stderr).toMatch(/shallow update not allowed/);
     expect((await git(['cat-file', '-t', s], { cwd: c.replicaPath(coordinator, REPO) })).stdout.trim()).toBe('commit');
     expect([await exists(marker(coordinator)), await exists(marker(peer))]).toEqual([false, true]);
+  }, 60_000);
+
+  it('a push whose shallow line cannot be noted on the replica ends with the reason, and changes nothing', async () => {
+    const repo = 'alice/shallow-note';
+    await ok(1, 'POST', '/repos', { repo_id: repo });
+    const status = (await ok(1, 'GET', `/repos/${repo}`)) as unknown as { replicas: Array<{ node: string }> };
+    const node = Number(status.replicas[0]!.node.replace('node-', ''));
+    // The mark a directory: its removal fails (EISDIR), as a failing disk would fail it.
+    const marker = join(c.replicaPath(node, repo), 'gitrep-links-checked');
+    await rm(marker);
+    await mkdir(join(marker, 'x'), { recursive: true });
+    const { dir: shallow, shallow: s } = await shallowCloneElsewhere();
+    const r = await git(['push', sshUrl(node, repo), `${s}:refs/heads/shallow-s`, 'whole:refs/heads/whole'], {
+      cwd: shallow,
+      ...asUser(keys.alice!),
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/git-replication: the replica could not note a push from a shallow clone \(EISDIR\), try again\n/);
+    expect(r.stderr).not.toContain('gitrep-links-checked');
+    expect((await gitOk(['ls-remote', sshUrl(node, repo)], asUser(keys.alice!))).trim()).toBe('');
   }, 60_000);
 
   it('clones scp-style (git@node2:owner/repo.git) and with protocol v2', async () => {
