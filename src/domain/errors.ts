@@ -36,6 +36,11 @@ export const ERRORS = {
     when: 'no such repository (or one the caller may not see), user, organisation, token, key, node, transaction or route',
   },
   ERR_BODY_TIMEOUT: { status: 408, message: 'request body idle for more than %s s', when: 'the client stopped sending a request body' },
+  ERR_BODY_SLOW: {
+    status: 408,
+    message: 'request body not received within %s s',
+    when: 'a JSON request body (at most `bodyLimit`) still arriving after twice the body idle time',
+  },
   ERR_CONFLICT: { status: 409, message: '%s', when: 'the thing exists already, or the change contradicts the current state' },
   ERR_REF_TXN: { status: 409, message: '%s', when: "git update-ref refused a ref transaction (git's reason)" },
   ERR_REPLICA_STALE: {

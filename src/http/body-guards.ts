@@ -10,13 +10,19 @@ export function tooLarge(message: string): AppError {
 /**
  * IdleGuard passes a request body through and fails it with 408 when the client sends nothing
  * for `idleMs` while the node is waiting for it. Time spent waiting on the consumer (git slower
- * than the client: the guard's buffer is full) is not the client's idleness.
+ * than the client: the guard's buffer is full) is not the client's idleness. With `totalMs`, a
+ * body still arriving that long after the guard was made fails with 408 too (a small body sent
+ * a byte at a time).
  */
 export class IdleGuard extends Transform {
   private last = Date.now();
+  private readonly started = Date.now();
   private readonly timer: NodeJS.Timeout;
 
-  constructor(private readonly idleMs: number) {
+  constructor(
+    private readonly idleMs: number,
+    private readonly totalMs?: number,
+  ) {
     super();
     this.timer = setInterval(() => this.check(), Math.max(50, Math.min(1_000, Math.floor(idleMs / 4))));
     this.timer.unref();
@@ -38,6 +44,10 @@ export class IdleGuard extends Transform {
   }
 
   private check(): void {
+    if (this.totalMs !== undefined && Date.now() - this.started > this.totalMs) {
+      this.destroy(appError('ERR_BODY_SLOW', [Math.round(this.totalMs / 1000)]));
+      return;
+    }
     if (this.readableLength >= this.readableHighWaterMark || this.writableLength > 0) {
       this.last = Date.now();
       return;

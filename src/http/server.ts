@@ -1,6 +1,8 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { AppError, appError, clientErrorOf, errorMessage, notFound } from '../domain/errors.js';
+import { PREPARE_CONTENT_TYPE } from '../cluster/protocol.js';
 import { enforceAccess } from './access.js';
+import { chain, IdleGuard } from './body-guards.js';
 import type { NodeDeps } from './deps.js';
 import { registerAdminRoutes } from './admin-routes.js';
 import { registerBackupRoutes } from './backup-routes.js';
@@ -11,6 +13,19 @@ import { registerRepoRoutes } from './repo-routes.js';
 import { registerSshRoutes } from './ssh-routes.js';
 import { registerStatusRoutes } from './status-routes.js';
 import { registerUserRoutes } from './user-routes.js';
+
+/** STREAMED_TYPES are the body types read as streams by their routes (git-routes, replicate-routes), not by Fastify. */
+const STREAMED_TYPES = new Set(['application/x-git-upload-pack-request', 'application/x-git-receive-pack-request', PREPARE_CONTENT_TYPE]);
+
+/** streamedBody says whether a request's body goes to its route as a stream (STREAMED_TYPES). */
+function streamedBody(req: FastifyRequest): boolean {
+  return STREAMED_TYPES.has((req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase());
+}
+
+/** hasBody says whether a request comes with a body (chunked, or a length above 0). */
+function hasBody(req: FastifyRequest): boolean {
+  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+}
 
 /** isGitRoute says whether a matched route is one of the smart-HTTP endpoints git clients call. */
 function isGitRoute(req: FastifyRequest): boolean {
@@ -51,6 +66,15 @@ export function buildHttpApp(
   enforceAccess(app, deps);
   // Only JSON and the git and peer types are read; a text/plain body is a 415, not a parse attempt.
   app.removeContentTypeParser('text/plain');
+  // A body Fastify reads whole (JSON, on any route or none) is cut when its client stops sending
+  // (bodyIdleMs) or sends it too slowly (twice that in all): without, a client that sends `{`
+  // and nothing more holds its connection and the bytes it sent for as long as it likes. The
+  // streamed bodies (git's, a peer's pack) are guarded by their routes, which know how long a
+  // pack may take.
+  const idleMs = deps.config.limits.bodyIdleMs;
+  app.addHook('preParsing', async (req, _reply, payload) =>
+    !hasBody(req) || streamedBody(req) ? payload : chain(payload, new IdleGuard(idleMs, 2 * idleMs)),
+  );
   app.setErrorHandler((err, req, reply) => {
     if (err instanceof AppError) return sendError(err, req, reply);
     const status = (err as { statusCode?: unknown }).statusCode;
@@ -89,6 +113,8 @@ function sendError(err: AppError, req: FastifyRequest, reply: FastifyReply): Fas
     req.log.warn({ code: err.code, msg: err.message, data: err.data }, 'request failed');
   // A failed git command's arguments and stderr name server paths: they stay in the node's log.
   if (err.code === 'ERR_GIT') err = new AppError('ERR_GIT', ['command', 'on the server', 'see the node log']);
+  // The rest of a body cut for its time is never read: the connection closes after the answer.
+  if (err.code === 'ERR_BODY_TIMEOUT' || err.code === 'ERR_BODY_SLOW') void reply.header('connection', 'close');
   if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
   return reply.code(err.statusCode).send({ ...err.data, error: err.message, code: err.code });
 }

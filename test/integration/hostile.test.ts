@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bodyDigest, signHop, signPeerRequest } from '../../src/auth/peer-signature.js';
 import { PROTOCOL, PROTOCOL_HEADER } from '../../src/cluster/protocol.js';
 import { encodePktLine } from '../../src/git/pkt-line.js';
-import { TestCluster, waitFor } from '../helpers/cluster.js';
+import { sleep, TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, nodeGitProcesses, refsOf, tempDir, workRepo } from '../helpers/git.js';
 
 /**
@@ -627,6 +627,25 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
       }),
       'closed',
     ],
+    // A JSON body Fastify reads whole: cut when its client stops sending, on any route or none.
+    [
+      'POST /repos, JSON body idle',
+      1,
+      () => ({ method: 'POST', path: '/repos', headers: json(admin), body: '{"repo_id":', contentLength: 100, mode: 'stall' }),
+      408,
+    ],
+    [
+      'POST to no route, anonymous, JSON body idle',
+      1,
+      () => ({ method: 'POST', path: '/nope', headers: json(null), body: '{', contentLength: 100, mode: 'stall' }),
+      408,
+    ],
+    [
+      'upload-pack, anonymous, a JSON body idle',
+      1,
+      () => ({ method: 'POST', path: `${W}/git-upload-pack`, headers: json(null), body: '{', contentLength: 100, mode: 'stall' }),
+      408,
+    ],
     // Peer routes: only signed calls from members, for this node's incarnation, with the body signed.
     [
       '/replicate/commit unsigned',
@@ -729,6 +748,27 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     );
     if (typeof answer.status === 'number') expect(answer.status).toBeLessThan(500);
     if (answer.status === 200) expect(answer.body).toMatch(/ERR /);
+    await expectUnharmed(before);
+  });
+
+  it('a JSON body sent a byte at a time, never idle, is cut after twice the body idle time (408), its connection closed', async () => {
+    const before = await state();
+    const socket = connect(port(1), '127.0.0.1');
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    socket.on('error', () => undefined);
+    socket.write(`POST /nope HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{`);
+    const started = Date.now();
+    const drip = setInterval(() => socket.write(' '), 400);
+    await Promise.race([closed, sleep(15_000)]);
+    clearInterval(drip);
+    socket.destroy();
+    const text = Buffer.concat(chunks).toString('latin1');
+    // node-1's body idle time is 1.5 s: the whole body had 3 s.
+    expect(text).toMatch(/^HTTP\/1\.1 408/);
+    expect(text).toContain('request body not received within 3 s');
+    expect(Date.now() - started).toBeLessThan(10_000);
     await expectUnharmed(before);
   });
 
