@@ -3,7 +3,7 @@ import { chmod, mkdir, readdir, realpath, unlink, writeFile } from 'node:fs/prom
 import { join } from 'node:path';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
-import { PeerVerifier, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
+import { openCursor, PeerVerifier, sealCursor, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
 import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
@@ -276,6 +276,8 @@ async function startLocked(
     verify: (header: string | undefined) => verifyHop(secret, header),
     signRoute: (repoId: string, incarnation: string) => signRoute(secret, repoId, incarnation),
     verifyRoute: (header: string | undefined, repoId: string) => verifyRoute(secret, header, repoId),
+    sealCursor: (repoId: string) => sealCursor(secret, repoId),
+    openCursor: (cursor: string) => openCursor(secret, cursor),
   };
   const audit = new AuditLog(store, logger, cfg.nodeId);
   const coordinator = new Coordinator({

@@ -2,7 +2,9 @@ import { describe, expect, it } from 'vitest';
 import {
   bodyDigest,
   NO_BODY,
+  openCursor,
   PeerVerifier,
+  sealCursor,
   signHop,
   signPeerRequest,
   signRoute,
@@ -101,5 +103,18 @@ describe('ssh hop tokens', () => {
     const forged = `${Buffer.from(JSON.stringify({ u: 'admin', k: 'laptop', c: '10.0.0.7' })).toString('base64url')}.${ts}.${sig}`;
     expect(verifySshHop('secret', forged)).toBeNull();
     expect(verifySshHop('secret', signHop('secret', 'alice'))).toBeNull();
+  });
+
+  it('a sealed listing cursor hides its repo id and opens only with the cluster secret, unaltered', () => {
+    const sealed = sealCursor('secret', 'carol/hidden-project-05');
+    expect(sealed).toMatch(/^c1~[A-Za-z0-9_-]+$/);
+    expect(Buffer.from(sealed.slice(3), 'base64url').toString('latin1')).not.toContain('hidden');
+    expect(sealCursor('secret', 'carol/hidden-project-05')).not.toBe(sealed);
+    expect(openCursor('secret', sealed)).toBe('carol/hidden-project-05');
+    expect(openCursor('other', sealed)).toBeNull();
+    const raw = Buffer.from(sealed.slice(3), 'base64url');
+    raw[raw.length - 1] ^= 1;
+    expect(openCursor('secret', `c1~${raw.toString('base64url')}`)).toBeNull();
+    for (const bad of ['c1~', 'c1~AAAA', 'carol/x', `c1~${'A'.repeat(2000)}`]) expect(openCursor('secret', bad)).toBeNull();
   });
 });

@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 
 /** ROUTE_HEADER carries the route token (signRoute) of a proxied git request. */
 export const ROUTE_HEADER = 'x-replication-route';
@@ -203,6 +203,40 @@ export function signRoute(secret: string, repoId: string, incarnation: string, n
  */
 export function verifyRoute(secret: string, header: string | undefined, repoId: string, now = Date.now()): string | null {
   return openToken(secret, 'route-v1', header, [repoId], 1024, now);
+}
+
+/** SEALED_CURSOR_PREFIX starts a listing cursor sealed by sealCursor (a repo id never does: ids have no `~`). */
+export const SEALED_CURSOR_PREFIX = 'c1~';
+
+/** cursorKey is the AES-256 key of sealed cursors, derived from the cluster secret (every node opens any node's). */
+function cursorKey(secret: string): Buffer {
+  return createHmac('sha256', secret).update('listing-cursor-v1').digest();
+}
+
+/**
+ * sealCursor hides a repo id a listing stopped at from its caller (AES-256-GCM under the cluster
+ * secret): a listing that reads past repos its caller may not see resumes there without naming
+ * one of them.
+ */
+export function sealCursor(secret: string, repoId: string): string {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', cursorKey(secret), iv);
+  const sealed = Buffer.concat([cipher.update(repoId, 'utf8'), cipher.final()]);
+  return `${SEALED_CURSOR_PREFIX}${Buffer.concat([iv, cipher.getAuthTag(), sealed]).toString('base64url')}`;
+}
+
+/** openCursor returns the repo id a sealCursor cursor carries, or null when it is malformed or not sealed with the cluster secret. */
+export function openCursor(secret: string, cursor: string): string | null {
+  if (!cursor.startsWith(SEALED_CURSOR_PREFIX) || cursor.length > 1024) return null;
+  const raw = Buffer.from(cursor.slice(SEALED_CURSOR_PREFIX.length), 'base64url');
+  if (raw.length < 29) return null;
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', cursorKey(secret), raw.subarray(0, 12));
+    decipher.setAuthTag(raw.subarray(12, 28));
+    return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8');
+  } catch {
+    return null;
+  }
 }
 
 /** SshHop is who an SSH session a node proxies to a peer acts for. */

@@ -55,6 +55,9 @@ export interface HopTokens {
   signRoute(repoId: string, incarnation: string): string;
   /** verifyRoute returns the incarnation a valid route token vouches for on `repoId`, or null. */
   verifyRoute(header: string | undefined, repoId: string): string | null;
+  /** sealCursor hides the repo id a listing stopped at (sealCursor); openCursor reads one back, null if not sealed by the cluster. */
+  sealCursor(repoId: string): string;
+  openCursor(cursor: string): string | null;
 }
 
 /** NodeDeps is the dependencies object app.ts builds once and hands to every route group. */

@@ -1,6 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { request } from 'undici';
+import { SEALED_CURSOR_PREFIX } from '../auth/peer-signature.js';
 import { repoRole, type Principal } from '../auth/policy.js';
+import { badRequest } from '../domain/errors.js';
 import { isInSync, type RepoRecord } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
 import { STATUS_PAGE, STATUS_PAGE_CSP } from './status-page.js';
@@ -45,7 +47,11 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
     async (req, reply) => {
       void reply.header('cache-control', 'no-store');
       const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
-      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, req.query.cursor ?? '', limit);
+      const given = req.query.cursor ?? '';
+      // A cursor this cluster sealed (where an earlier page's scan stopped) or a repo id.
+      const cursor = given.startsWith(SEALED_CURSOR_PREFIX) ? deps.hops.openCursor(given) : given;
+      if (cursor === null) throw badRequest('cursor is not one this cluster made');
+      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, cursor, limit);
       const repos = await Promise.all(
         visible.map(async ({ repo, visibility }) => ({
           repo_id: repo.repoId,
@@ -83,7 +89,7 @@ const statusSchema = {
   querystring: {
     type: 'object',
     additionalProperties: false,
-    properties: { limit: { type: 'string', pattern: '^[0-9]{1,3}$' }, cursor: { type: 'string', maxLength: 300 } },
+    properties: { limit: { type: 'string', pattern: '^[0-9]{1,3}$' }, cursor: { type: 'string', maxLength: 400 } },
   },
 } as const;
 
@@ -91,7 +97,9 @@ const statusSchema = {
  * visibleRepos reads one page of the repos the caller may read, by id after `cursor`: store
  * pages of `limit + 1` records (one more tells whether a next page exists), at most
  * MAX_SCAN_PAGES of them, so a poll costs reads for what it shows, not for every repo. A caller
- * who may read few of many repos gets a short page and a `next` cursor where the scan stopped.
+ * who may read few of many repos gets a short page and a `next` cursor where the scan stopped,
+ * sealed (HopTokens.sealCursor): that repo may be one the caller may not see, and its name was
+ * the answer's to anyone who asked (an outside review found every tenth private name so).
  */
 async function visibleRepos(
   deps: NodeDeps,
@@ -113,7 +121,7 @@ async function visibleRepos(
     if (batch.length <= limit) return { visible, next: null };
     after = batch[batch.length - 1]!.repoId;
   }
-  return { visible, next: after };
+  return { visible, next: deps.hops.sealCursor(after) };
 }
 
 /**

@@ -57,16 +57,31 @@ describe('/status.json lists one page of repos', () => {
     const pages = await walk(2, null);
     expect(pages.flat()).toEqual(['pages/a', 'pages/c', 'pages/e', 'zz/last']);
     // limit 1 reads store pages of 2, at most 5 of them: the 12 hidden repos take two polls.
+    // Where the scan stopped is a private repo (hidden/r09): the cursor is sealed, never its name.
     const first = await page('?limit=1', null);
     expect(first.repos).toEqual([]);
-    expect(first.next_cursor).toBe('hidden/r09');
+    expect(first.next_cursor).toMatch(/^c1~[A-Za-z0-9_-]+$/);
+    expect(first.next_cursor).not.toContain('hidden');
+    expect(Buffer.from(first.next_cursor!.slice(3), 'base64url').toString('latin1')).not.toContain('hidden');
     const second = await page(`?limit=1&cursor=${encodeURIComponent(first.next_cursor!)}`, null);
     expect(second.repos.map((r) => r.repo_id)).toEqual(['pages/a']);
-    expect(second.cursor).toBe('hidden/r09');
+    // A page ending on a repo the caller sees names it.
+    expect(second.next_cursor).toBe('pages/a');
   });
 
   it('bad paging input is a 400 and nothing else', async () => {
-    for (const q of ['?limit=abc', '?limit=-1', '?limit=10000', `?cursor=${'x'.repeat(301)}`, '?other=1']) {
+    // A sealed cursor altered, or sealed without the cluster's secret: refused, not read as a name.
+    const sealed = (await page('?limit=1', null)).next_cursor!;
+    const altered = `${sealed.slice(0, -2)}${sealed.endsWith('AA') ? 'BB' : 'AA'}`;
+    for (const q of [
+      '?limit=abc',
+      '?limit=-1',
+      '?limit=10000',
+      `?cursor=${'x'.repeat(401)}`,
+      '?other=1',
+      `?cursor=${altered}`,
+      '?cursor=c1~AAAA',
+    ]) {
       const r = await c.api(1, 'GET', `/status.json${q}`, undefined, null);
       expect(r.status, q).toBe(400);
     }
