@@ -99,7 +99,10 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     req.hopClient = deps.hops.verify(header(req, HOP_HEADER));
     // A repair fetch from a peer (signed hop naming a repair) reads any replica it repairs.
     if (need === 'read' && (req.hopClient ?? '').startsWith('repair:')) return;
-    const caller = await deps.auth.identify(req.headers.authorization, req.ip);
+    // A proxied request's failed sign-ins count against the client the member's hop names, not
+    // against the member: one client's bad tokens through a node must not throttle every
+    // client that node proxies (an outside review got node-1 to answer 429 to all of node-3's).
+    const caller = await deps.auth.identify(req.headers.authorization, req.hopClient ?? req.ip);
     req.caller = caller;
     const decision = await authorizeRepo(deps.directory, caller?.principal ?? null, caller?.token.scope ?? null, repoId, need);
     if (decision === 'allow') return;

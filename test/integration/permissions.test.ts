@@ -1,5 +1,7 @@
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signHop } from '../../src/auth/peer-signature.js';
 import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
 
@@ -329,6 +331,23 @@ describe('permission matrix: callers × public and private × operations', () =>
     expect(seen.length).toBeLessThan(all.length);
     expect(seen).toContain('acme/public');
     expect(seen).not.toContain('acme/private');
+  });
+
+  it('failed authentications a member proxies count against the client its hop names, not against the member', async () => {
+    const db = new Database(join(c.root, 'cluster.db'), { readonly: true });
+    const secret = (db.prepare("SELECT value FROM meta WHERE key = 'peer_secret'").get() as { value: string }).value;
+    db.close();
+    const via = (client: string, token: string): Promise<Response> =>
+      fetch(`${c.url(2)}/repos/acme/public`, {
+        headers: { 'x-replication-hop': signHop(secret, client), authorization: `Bearer ${token}` },
+      });
+    let last = 0;
+    for (let i = 0; i < 30 && last !== 429; i++) last = (await via('198.51.100.7', `grt_guess_${i}`)).status;
+    expect(last).toBe(429);
+    expect((await via('198.51.100.7', admin)).status).toBe(429);
+    // Another client through the same member, and the member's own address, are not throttled.
+    expect((await via('198.51.100.8', admin)).status).toBe(200);
+    expect((await fetch(`${c.url(2)}/user`, { headers: { authorization: `Bearer ${admin}` } })).status).toBe(200);
   });
 
   it('failed authentications from one address get 429 with Retry-After', async () => {
