@@ -113,7 +113,7 @@ describe('ssh hop tokens', () => {
     expect(openCursor('secret', sealed)).toBe('carol/hidden-project-05');
     expect(openCursor('other', sealed)).toBeNull();
     const raw = Buffer.from(sealed.slice(3), 'base64url');
-    raw[raw.length - 1] ^= 1;
+    raw.writeUInt8(raw.readUInt8(raw.length - 1) ^ 1, raw.length - 1);
     expect(openCursor('secret', `c1~${raw.toString('base64url')}`)).toBeNull();
     for (const bad of ['c1~', 'c1~AAAA', 'carol/x', `c1~${'A'.repeat(2000)}`]) expect(openCursor('secret', bad)).toBeNull();
   });

@@ -245,12 +245,21 @@ export class Authenticator {
     return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
   }
 
-  /** revoke deletes a token by id; `user` limits it to that user's tokens. Returns the revoked token. */
-  async revoke(id: string, user: string | null): Promise<TokenView> {
+  /**
+   * revoke deletes a token by id; `user` limits it to that user's tokens, and `by` (the caller's
+   * token) to itself and tokens of its scope or below. Returns the revoked token.
+   */
+  async revoke(
+    id: string,
+    user: string | null,
+    by?: { readonly id: string; readonly name: string; readonly scope: Role },
+  ): Promise<TokenView> {
     for (const m of await this.store.listMeta(TOKEN_PREFIX)) {
       const hash = m.key.slice(TOKEN_PREFIX.length);
       const info = readTokenInfo(m.value);
       if (tokenId(hash) !== id || (user !== null && info.user !== user)) continue;
+      if (by && by.id !== id && !atLeast(by.scope, info.scope))
+        throw forbidden(`token '${by.name}' has scope ${by.scope} and may not revoke a ${info.scope} token`);
       await this.store.deleteMeta(m.key);
       await this.store.deleteMeta(`${USED_PREFIX}${hash}`);
       this.cache.delete(hash);

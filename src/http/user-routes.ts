@@ -137,7 +137,13 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // A token never makes a stronger one: its own scope bounds what it may create.
       if (!atLeast(c.token.scope, req.body.scope))
         throw forbidden(`token '${c.token.name}' has scope ${c.token.scope} and may not create a ${req.body.scope} token`);
-      const made = await auth.create(user, req.body.name, req.body.scope, req.body.expires_at);
+      // Nor one that outlives it: a token that expires makes tokens that expire by then (by
+      // then when none is asked for), or a short-lived token would mint one that never does.
+      const limit = c.token.expiresAt;
+      const expiresAt = req.body.expires_at ?? limit;
+      if (limit !== undefined && expiresAt !== undefined && Date.parse(expiresAt) > Date.parse(limit))
+        throw forbidden(`token '${c.token.name}' expires at ${limit} and may not create a token that expires later`);
+      const made = await auth.create(user, req.body.name, req.body.scope, expiresAt);
       audit.record({
         action: 'token.create',
         ...who(req),
@@ -163,7 +169,9 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.delete<{ Params: { id: string } }>('/tokens/:id', { config: { access: 'read' } }, async (req) => {
     const c = callerOf(req);
-    const revoked = await auth.revoke(req.params.id, isAdmin(c) ? null : c.principal.user);
+    // A token revokes itself or tokens of its scope or below: a leaked read token cannot take a
+    // user's write and admin tokens away.
+    const revoked = await auth.revoke(req.params.id, isAdmin(c) ? null : c.principal.user, c.token);
     audit.record({ action: 'token.revoke', ...who(req), detail: { id: revoked.id, name: revoked.name, of: revoked.user } });
     return { revoked: revoked.id, name: revoked.name, user: revoked.user };
   });

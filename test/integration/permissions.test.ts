@@ -268,6 +268,35 @@ describe('permission matrix: callers × public and private × operations', () =>
     expect((await call(1, 'POST', '/tokens', tokens.get('writer')!, { name: 'x', scope: 'admin' })).status).toBe(403);
   });
 
+  it('a token that expires makes only tokens that expire by then; a token revokes only tokens of its scope or below', async () => {
+    const until = new Date(Date.now() + 60_000).toISOString();
+    const short = await userToken('carol', 'write', { expires_at: until });
+    const later = await call(1, 'POST', '/tokens', short.token, {
+      name: 'later',
+      scope: 'read',
+      expires_at: new Date(Date.now() + 3_600_000).toISOString(),
+    });
+    expect(later.status, JSON.stringify(later.json)).toBe(403);
+    expect(later.json.error).toMatch(/may not create a token that expires later/);
+    // None asked for: it expires with the token that made it.
+    const child = await call(1, 'POST', '/tokens', short.token, { name: 'child', scope: 'read' });
+    expect(child.status).toBe(201);
+    expect(child.json.expiresAt).toBe(until);
+    const sooner = await call(1, 'POST', '/tokens', short.token, {
+      name: 'sooner',
+      scope: 'read',
+      expires_at: new Date(Date.now() + 30_000).toISOString(),
+    });
+    expect(sooner.status).toBe(201);
+    // carol's read token cannot revoke her write token; it revokes itself, and her write token revokes a read one.
+    const reader = await userToken('carol', 'read');
+    const writer = await userToken('carol', 'write');
+    expect((await call(1, 'DELETE', `/tokens/${writer.id}`, reader.token)).status).toBe(403);
+    expect((await call(1, 'GET', '/user', writer.token)).status).toBe(200);
+    expect((await call(1, 'DELETE', `/tokens/${child.json.id as string}`, writer.token)).status).toBe(200);
+    expect((await call(1, 'DELETE', `/tokens/${reader.id}`, reader.token)).status).toBe(200);
+  });
+
   it('visibility changes: private → public lets anonymous read, and back', async () => {
     await makeRepo('flip', 'private');
     const anon = (): Promise<{ code: number; stderr: string }> => git(['ls-remote', `${c.url(2)}/acme/flip.git`]);
