@@ -42,4 +42,17 @@ describe('Directory', () => {
     await expect(d.policy('acme/never' as RepoId)).rejects.toBeInstanceOf(StoreUnavailableError);
     await real.close();
   });
+
+  it('names that differ in case only are one namespace: no user or organisation beside another', async () => {
+    const store = new SqliteStore(':memory:');
+    const d = new Directory(store);
+    await d.addUser('alice', false);
+    await d.createOrg('acme', 'alice');
+    await expect(d.addUser('Alice', false)).rejects.toThrow(/differs from the existing name 'alice' in case only/);
+    await expect(d.createOrg('ALICE', 'alice')).rejects.toThrow(/in case only/);
+    await expect(d.addUser('Acme', false)).rejects.toThrow(/existing name 'acme'/);
+    await expect(d.createOrg('acme', 'alice')).rejects.toThrow(/already exists/);
+    await d.createOrg('acme-labs', 'alice');
+    await store.close();
+  });
 });

@@ -153,10 +153,27 @@ export class Directory {
     return (await this.store.getMeta(`users/${name}`)) !== null || (await this.store.getMeta(`orgs/${name}`)) !== null;
   }
 
-  /** addUser creates a user; 409 if the name is a user or an organisation already. */
+  /**
+   * takenAlike names the user or organisation whose name differs from `name` in case only, if
+   * any: names that look the same to a reader are one namespace (no `Alice` beside `alice`).
+   */
+  private async takenAlike(name: string): Promise<string | null> {
+    const lower = name.toLowerCase();
+    for (const prefix of ['users/', 'orgs/'] as const) {
+      for (const m of await this.store.listMeta(prefix)) {
+        const other = m.key.slice(prefix.length);
+        if (other !== name && other.toLowerCase() === lower) return other;
+      }
+    }
+    return null;
+  }
+
+  /** addUser creates a user; 409 if the name is a user or an organisation already (in any case). */
   async addUser(name: string, admin: boolean): Promise<User> {
     checkName(name, 'user name');
     if (await this.store.getMeta(`orgs/${name}`)) throw conflict(`'${name}' is an organisation`);
+    const alike = await this.takenAlike(name);
+    if (alike !== null) throw conflict(`'${name}' differs from the existing name '${alike}' in case only`);
     const user: User = { name, admin, disabled: false, createdAt: new Date().toISOString() };
     const stored = await this.store.setMetaIfAbsent(`users/${name}`, JSON.stringify(user));
     if (stored !== JSON.stringify(user)) throw conflict(`user ${name} already exists`);
@@ -189,9 +206,18 @@ export class Directory {
   }
 
   /** createOrg creates an organisation with its first owner. */
-  async createOrg(name: string, owner: string): Promise<{ name: string; createdAt: string }> {
+  async createOrg(name: string, owner: string, opts: { claimRepos?: boolean } = {}): Promise<{ name: string; createdAt: string }> {
     checkName(name, 'organisation name');
     if (await this.store.getMeta(`users/${name}`)) throw conflict(`'${name}' is a user`);
+    const alike = await this.takenAlike(name);
+    if (alike !== null) throw conflict(`'${name}' differs from the existing name '${alike}' in case only`);
+    // Repositories a cluster admin made under a name nobody holds yet are not anyone's to take:
+    // the organisation's owner would administer them all.
+    if (!opts.claimRepos) {
+      const [first] = await this.store.listReposPage(`${name}/`, 1);
+      if (first?.repoId.startsWith(`${name}/`))
+        throw conflict(`repositories exist under '${name}' already: only a cluster admin may create that organisation`);
+    }
     const org = { name, createdAt: new Date().toISOString() };
     const stored = await this.store.setMetaIfAbsent(`orgs/${name}`, JSON.stringify(org));
     if (stored !== JSON.stringify(org)) throw conflict(`organisation ${name} already exists`);

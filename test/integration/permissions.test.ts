@@ -297,6 +297,21 @@ describe('permission matrix: callers × public and private × operations', () =>
     expect((await call(1, 'DELETE', `/tokens/${reader.id}`, reader.token)).status).toBe(200);
   });
 
+  it("an organisation cannot take a name that differs from a user's or an organisation's in case only, nor repositories a cluster admin made under a name nobody holds", async () => {
+    const writer = tokens.get('writer')!;
+    for (const name of ['ACME', 'Carol']) {
+      const r = await call(1, 'POST', '/orgs', writer, { name });
+      expect(r.status, name).toBe(409);
+      expect(r.json.error).toMatch(/in case only/);
+    }
+    await ok(1, 'POST', '/repos', { repo_id: 'ghost/proj' });
+    const claim = await call(1, 'POST', '/orgs', writer, { name: 'ghost' });
+    expect(claim.status).toBe(409);
+    expect(claim.json.error).toMatch(/only a cluster admin may create that organisation/);
+    expect((await call(1, 'GET', '/repos/ghost/proj/grants', writer)).status).toBe(404);
+    expect((await call(1, 'POST', '/orgs', admin, { name: 'ghost' })).status).toBe(201);
+  });
+
   it('visibility changes: private → public lets anonymous read, and back', async () => {
     await makeRepo('flip', 'private');
     const anon = (): Promise<{ code: number; stderr: string }> => git(['ls-remote', `${c.url(2)}/acme/flip.git`]);
