@@ -264,6 +264,17 @@ async function routeOrProxy(
   return false;
 }
 
+/**
+ * originForm is a request target's path and query: a request line may name the whole URL
+ * (`GET http://host/o/r.git/info/refs`, absolute-form, which HTTP/1.1 servers must take; the
+ * router reads its path), and the peer is asked for that path on its own address.
+ */
+function originForm(target: string): string {
+  if (target.startsWith('/')) return target;
+  const rest = target.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i, '');
+  return rest.startsWith('/') ? rest : `/${rest}`;
+}
+
 /** proxy streams a request to a peer and its answer back, both ways without buffering. */
 async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, baseUrl: string, routeToken: string | null): Promise<void> {
   const headers: Record<string, string> = { [HOP_HEADER]: deps.hops.sign(clientOf(req)) };
@@ -278,7 +289,7 @@ async function proxy(deps: NodeDeps, req: FastifyRequest, res: ServerResponse, b
   });
   const hasBody = req.method === 'POST';
   try {
-    const upstream = await undiciRequest(`${baseUrl}${req.url}`, {
+    const upstream = await undiciRequest(`${baseUrl}${originForm(req.url)}`, {
       method: req.method as 'GET' | 'POST',
       headers,
       body: hasBody ? (req.body as Readable) : undefined,

@@ -1090,6 +1090,18 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     });
   });
 
+  it('a request line naming the whole URL (absolute-form) is proxied by its path, to the peer', async () => {
+    const before = await state();
+    const answer = await raw(port(soloOther), {
+      method: 'GET',
+      path: 'http://evil.example/acme/solo.git/info/refs?service=git-upload-pack',
+      headers: { host: 'evil.example' },
+    });
+    expect(answer.status, answer.body.slice(0, 300)).toBe(200);
+    expect(answer.body).toContain('# service=git-upload-pack');
+    await expectUnharmed(before);
+  });
+
   it('a client hop header does not stop a proxied read (only a member-signed one does)', async () => {
     const url = `${c.url(soloOther)}/acme/solo.git/info/refs?service=git-upload-pack`;
     expect((await fetch(url, { headers: { 'x-replication-hop': 'node-9' } })).status).toBe(200);
