@@ -38,6 +38,9 @@ export function validated<T>(check: (value: string) => T): (value: string) => T 
 /** parseRepoArg checks `owner/name` by the server's own rule (domain/repo-id). */
 export const parseRepoArg = validated((v) => parseRepoId(v) as string);
 
+/** parseCursorArg takes a listing cursor: a repository (`owner/name`) or a cursor the cluster sealed (`c1~…`, from next_cursor). */
+export const parseCursorArg = validated((v) => (/^c1~[A-Za-z0-9_-]{1,400}$/.test(v) ? v : (parseRepoId(v) as string)));
+
 /** parseNewUserArg checks the name of a user to create by the server's rule. */
 export const parseNewUserArg = validated((v) => checkName(v, 'user name'));
 

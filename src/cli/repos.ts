@@ -1,5 +1,15 @@
 import { Argument, type Command } from 'commander';
-import { commandGroup, parseGranteeArg, parseLimitArg, parseRepoArg, printAnswer, repoPath, ROLES, type JsonOption } from './args.js';
+import {
+  commandGroup,
+  parseCursorArg,
+  parseGranteeArg,
+  parseLimitArg,
+  parseRepoArg,
+  printAnswer,
+  repoPath,
+  ROLES,
+  type JsonOption,
+} from './args.js';
 import { addClientOptions, withApi, type ApiClient, type ClientOptions } from './http-client.js';
 import { examples } from './help.js';
 
@@ -84,7 +94,7 @@ function registerRepoLifecycle(repo: Command): void {
       ),
   )
     .option('--limit <n>', 'repositories per page (1-1000)', parseLimitArg)
-    .option('--cursor <owner/name>', "start after this repository (a previous page's next_cursor)", parseRepoArg)
+    .option('--cursor <cursor>', "start after this repository, or where a previous page's next_cursor says", parseCursorArg)
     .option('--all', 'follow next_cursor through every page')
     .option('--json', 'print the JSON answer (with --all: every page as one answer)')
     .action(async (o: Options & { limit?: number; cursor?: string; all?: boolean }) =>

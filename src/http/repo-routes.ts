@@ -7,6 +7,7 @@ import { refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
+import { cursorOf, visibleRepos } from './listing.js';
 
 interface RepoParams {
   owner: string;
@@ -29,7 +30,7 @@ const listSchema = {
   querystring: {
     type: 'object',
     additionalProperties: false,
-    properties: { limit: { type: 'string', pattern: '^[0-9]{1,4}$' }, cursor: { type: 'string', maxLength: 201 } },
+    properties: { limit: { type: 'string', pattern: '^[0-9]{1,4}$' }, cursor: { type: 'string', maxLength: 400 } },
   },
 } as const;
 
@@ -78,27 +79,9 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     { config: { access: 'anonymous' }, schema: listSchema },
     async (req) => {
       const limit = Math.min(1000, Math.max(1, Number(req.query.limit ?? 100)));
-      const cursor = req.query.cursor ?? '';
-      const principal = req.caller?.principal ?? null;
-      const page: string[] = [];
-      let next: string | null = null;
-      const policyOf = await directory.policies();
-      // Sorted by id; the cursor is the last id of the previous page. Store pages of limit + 1
-      // records: a caller who reads most repos costs one read, not one of every repo.
-      let after = cursor;
-      scan: for (;;) {
-        const batch = await deps.store.listReposPage(after, limit + 1);
-        for (const r of batch) {
-          if (repoRole(principal, policyOf(r.repoId)) === null) continue;
-          if (page.length === limit) {
-            next = page[page.length - 1]!;
-            break scan;
-          }
-          page.push(r.repoId);
-        }
-        if (batch.length <= limit) break;
-        after = batch[batch.length - 1]!.repoId;
-      }
+      // One page of what the caller may read, from at most MAX_SCAN_PAGES store pages (listing.ts).
+      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, cursorOf(deps, req.query.cursor), limit);
+      const page = visible.map((v) => v.repo.repoId);
       return { repos: page, count: page.length, next_cursor: next };
     },
   );

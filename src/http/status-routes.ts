@@ -1,17 +1,13 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { request } from 'undici';
-import { SEALED_CURSOR_PREFIX } from '../auth/peer-signature.js';
-import { repoRole, type Principal } from '../auth/policy.js';
-import { badRequest } from '../domain/errors.js';
 import { isInSync, type RepoRecord } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
+import { cursorOf, visibleRepos } from './listing.js';
 import { STATUS_PAGE, STATUS_PAGE_CSP } from './status-page.js';
 
 /** PAGE_REPOS is how many repos one status answer lists by default; `limit` asks for 1 to MAX_REPOS. */
 const PAGE_REPOS = 100;
 const MAX_REPOS = 200;
-/** MAX_SCAN_PAGES bounds the store pages one answer reads looking for repos the caller may see. */
-const MAX_SCAN_PAGES = 5;
 /** PEER_PROGRESS_MS bounds the wait for a peer's repair progress; a slow peer's is left out. */
 const PEER_PROGRESS_MS = 800;
 
@@ -47,11 +43,7 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
     async (req, reply) => {
       void reply.header('cache-control', 'no-store');
       const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
-      const given = req.query.cursor ?? '';
-      // A cursor this cluster sealed (where an earlier page's scan stopped) or a repo id.
-      const cursor = given.startsWith(SEALED_CURSOR_PREFIX) ? deps.hops.openCursor(given) : given;
-      if (cursor === null) throw badRequest('cursor is not one this cluster made');
-      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, cursor, limit);
+      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, cursorOf(deps, req.query.cursor), limit);
       const repos = await Promise.all(
         visible.map(async ({ repo, visibility }) => ({
           repo_id: repo.repoId,
@@ -92,37 +84,6 @@ const statusSchema = {
     properties: { limit: { type: 'string', pattern: '^[0-9]{1,3}$' }, cursor: { type: 'string', maxLength: 400 } },
   },
 } as const;
-
-/**
- * visibleRepos reads one page of the repos the caller may read, by id after `cursor`: store
- * pages of `limit + 1` records (one more tells whether a next page exists), at most
- * MAX_SCAN_PAGES of them, so a poll costs reads for what it shows, not for every repo. A caller
- * who may read few of many repos gets a short page and a `next` cursor where the scan stopped,
- * sealed (HopTokens.sealCursor): that repo may be one the caller may not see, and its name was
- * the answer's to anyone who asked (an outside review found every tenth private name so).
- */
-async function visibleRepos(
-  deps: NodeDeps,
-  principal: Principal | null,
-  cursor: string,
-  limit: number,
-): Promise<{ visible: Array<{ repo: RepoRecord; visibility: string }>; next: string | null }> {
-  const policyOf = await deps.directory.policies();
-  const visible: Array<{ repo: RepoRecord; visibility: string }> = [];
-  let after = cursor;
-  for (let pages = 0; pages < MAX_SCAN_PAGES; pages++) {
-    const batch = await deps.store.listReposPage(after, limit + 1);
-    for (const repo of batch) {
-      const policy = policyOf(repo.repoId);
-      if (repoRole(principal, policy) === null) continue;
-      if (visible.length === limit) return { visible, next: visible[limit - 1]!.repo.repoId };
-      visible.push({ repo, visibility: policy.visibility });
-    }
-    if (batch.length <= limit) return { visible, next: null };
-    after = batch[batch.length - 1]!.repoId;
-  }
-  return { visible, next: deps.hops.sealCursor(after) };
-}
 
 /**
  * replicasOf lists a repo's replicas with their state; a replica being repaired on this node

@@ -69,6 +69,26 @@ describe('/status.json lists one page of repos', () => {
     expect(second.next_cursor).toBe('pages/a');
   });
 
+  it('GET /repos pages the same way: a scan past many hidden repos stops with a sealed cursor, and following it finds the rest', async () => {
+    const list = async (q: string): Promise<{ repos: string[]; next_cursor: string | null }> => {
+      const r = await c.api(1, 'GET', `/repos${q}`, undefined, null);
+      expect(r.status, JSON.stringify(r.json)).toBe(200);
+      return r.json as unknown as { repos: string[]; next_cursor: string | null };
+    };
+    const first = await list('?limit=1');
+    expect(first.repos).toEqual([]);
+    expect(first.next_cursor).toMatch(/^c1~/);
+    const seen: string[] = [];
+    let cursor: string | null = '';
+    for (let i = 0; cursor !== null && i < 50; i++) {
+      const p = await list(`?limit=1${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+      seen.push(...p.repos);
+      cursor = p.next_cursor;
+      if (cursor !== null && !cursor.startsWith('c1~')) expect(seen).toContain(cursor);
+    }
+    expect(seen).toEqual(['pages/a', 'pages/c', 'pages/e', 'zz/last']);
+  });
+
   it('bad paging input is a 400 and nothing else', async () => {
     // A sealed cursor altered, or sealed without the cluster's secret: refused, not read as a name.
     const sealed = (await page('?limit=1', null)).next_cursor!;
