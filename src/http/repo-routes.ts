@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { checkPrincipal } from '../auth/directory.js';
-import { canCreateIn, repoRole, type Role, type Visibility } from '../auth/policy.js';
+import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
 import { badRequest, forbidden, notFound } from '../domain/errors.js';
 import { refNameProblem } from '../domain/ref-name.js';
