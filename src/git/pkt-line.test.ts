@@ -53,4 +53,37 @@ describe('pkt-line', () => {
     });
     expect(seen).toEqual(['old new ref\0report-status quiet\n']);
   });
+
+  it('a push asking for push-options has its options counted as preamble, up to their flush, then the pack passes unread', async () => {
+    const options = Array.from({ length: 40 }, (_, i) => encodePktLine(`opt${i}=${'x'.repeat(60)}\n`));
+    const push = (caps: string): Buffer =>
+      Buffer.concat([
+        encodePktLine(`old new ref\0${caps}\n`),
+        Buffer.from('0000'),
+        ...options,
+        Buffer.from('0000'),
+        Buffer.from('PACKzzzz'),
+      ]);
+    const run = (body: Buffer): Promise<void> =>
+      pipeline(
+        Readable.from([body]),
+        new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: 1_000 }),
+        async (src: AsyncIterable<Buffer>) => {
+          for await (const c of src) void c;
+        },
+      );
+    // 40 options of 70 bytes: past a 1,000-byte preamble limit once they count.
+    await expect(run(push('report-status push-options'))).rejects.toMatchObject({ statusCode: 413 });
+    // Without push-options, what follows the commands' flush is the pack's, not read as pkt-lines.
+    await expect(run(push('report-status'))).resolves.toBeUndefined();
+    // With them, a malformed pack after the options' flush still passes: it is git's to refuse.
+    const small = Buffer.concat([
+      encodePktLine('old new ref\0push-options\n'),
+      Buffer.from('0000'),
+      encodePktLine('ci.skip\n'),
+      Buffer.from('0000'),
+      Buffer.from('zz'),
+    ]);
+    expect(await validate([small.subarray(0, 7), small.subarray(7)], true)).toEqual(small);
+  });
 });

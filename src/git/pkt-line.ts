@@ -61,6 +61,11 @@ export class PktLineReader {
     return this.consume(len, { type: 'data', data });
   }
 
+  /** buffered is how many bytes wait to be decoded. */
+  buffered(): number {
+    return this.buf.length;
+  }
+
   /** rest returns the bytes not yet decoded (for example the pack after receive-pack's commands). */
   rest(): Buffer {
     const r = this.buf;
@@ -92,16 +97,21 @@ export class PktLineValidator extends Transform {
   private sawAny = false;
   private sawCaps = false;
   private seen = 0;
+  /** flushesLeft is how many flush-pkts still come before the pack: the commands', and the push options' when the first command asks for them. */
+  private flushesLeft = 1;
 
   private readonly onFirst: ((data: Buffer) => void) | undefined;
+  /** allowEmpty lets an input with no pkt-line at all end well (a git client over SSH that closes at once). */
+  private readonly allowEmpty: boolean;
 
   /**
    * maxPreambleBytes bounds the pkt-lines before the pack (all of them without one); 413
    * beyond. onFirst is given the first data pkt holding a NUL: a push's first command, with its
    * capabilities (a push from a shallow clone sends `shallow` lines before it).
    */
-  constructor(opts: { packAfterFlush: boolean; maxPreambleBytes?: number; onFirst?: (data: Buffer) => void }) {
+  constructor(opts: { packAfterFlush: boolean; maxPreambleBytes?: number; onFirst?: (data: Buffer) => void; allowEmpty?: boolean }) {
     super();
+    this.allowEmpty = opts.allowEmpty ?? false;
     this.packAfterFlush = opts.packAfterFlush;
     this.maxPreambleBytes = opts.maxPreambleBytes ?? Number.POSITIVE_INFINITY;
     this.onFirst = opts.onFirst;
@@ -113,23 +123,30 @@ export class PktLineValidator extends Transform {
       return;
     }
     try {
-      this.seen += chunk.length;
       this.reader.push(chunk);
       for (;;) {
         const pkt = this.reader.read();
         if (pkt === null) break;
+        // The preamble counted pkt by pkt: one whose flush comes in the same chunk is bounded too.
+        this.seen += pkt.type === 'data' ? 4 + pkt.data.length : 4;
+        if (this.seen > this.maxPreambleBytes) break;
         if (!this.sawCaps && pkt.type === 'data' && pkt.data.includes(0)) {
           this.sawCaps = true;
+          // A push asking for push-options sends them after its commands, up to a second flush:
+          // they count towards the preamble's limit too (before, they streamed on as "pack").
+          if (capabilitiesOf(pkt.data).includes('push-options')) this.flushesLeft = 2;
           this.onFirst?.(pkt.data);
         }
         this.sawAny = true;
-        if (pkt.type === 'flush' && this.packAfterFlush) {
+        if (pkt.type === 'flush' && this.packAfterFlush && --this.flushesLeft === 0) {
           this.inPack = true;
           this.reader.rest();
           break;
         }
       }
-      if (!this.inPack && this.seen > this.maxPreambleBytes) {
+      // What is buffered of a pkt not yet whole counts too: a length of 65520 promised is not a
+      // reason to hold up to that many bytes past the limit.
+      if (!this.inPack && this.seen + this.reader.buffered() > this.maxPreambleBytes) {
         cb(appError('ERR_TOO_LARGE', [`request has more than ${this.maxPreambleBytes} bytes of commands`]));
         return;
       }
@@ -147,7 +164,7 @@ export class PktLineValidator extends Transform {
     }
     const rest = this.reader.rest();
     if (rest.length > 0) cb(new PktLineError(`truncated pkt-line at end of body (${rest.length} bytes left)`));
-    else if (!this.sawAny) cb(new PktLineError('empty request body'));
+    else if (!this.sawAny && !this.allowEmpty) cb(new PktLineError('empty request body'));
     else cb();
   }
 }

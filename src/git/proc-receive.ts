@@ -47,12 +47,13 @@ export function parseCommand(line: Buffer): PushCommand {
 export interface ProcReceiveRequest {
   readonly commands: PushCommand[];
   readonly atomic: boolean;
-  readonly pushOptions: string[];
 }
 
 /**
  * ProcReceiveExchange is one push's proc-receive conversation (githooks(5), "proc-receive"):
- * version negotiation, the commands (and push options), then the node's per-ref report.
+ * version negotiation, the commands, then the node's per-ref report. The node asks for no push
+ * options: nothing here uses them, and a push's options (up to its commands' limit, 32 MiB) would
+ * only have been read into the node's memory.
  */
 export class ProcReceiveExchange {
   private readonly reader = new PktLineReader();
@@ -123,11 +124,9 @@ export class ProcReceiveExchange {
     const head = (nul === -1 ? line : line.subarray(0, nul)).toString('latin1');
     const caps = capabilitiesOf(line);
     if (head !== 'version=1') throw new Error(`unsupported proc-receive version '${head}'`);
-    const usePushOptions = caps.includes('push-options');
-    this.socket.write(Buffer.concat([encodePktLine(`version=1\0${usePushOptions ? 'push-options' : ''}\n`), FLUSH]));
+    this.socket.write(Buffer.concat([encodePktLine('version=1\0\n'), FLUSH]));
     const commands = (await this.readUntilFlush()).map(parseCommand);
-    const pushOptions = usePushOptions ? (await this.readUntilFlush()).map((o) => o.toString('utf8')) : [];
-    return { commands, atomic: caps.includes('atomic'), pushOptions };
+    return { commands, atomic: caps.includes('atomic') };
   }
 
   /**

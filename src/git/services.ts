@@ -53,6 +53,9 @@ export function receivePackEnv(hookPort: number, pushId: string): Record<string,
   return { GIT_REPLICATION_HOOK_PORT: String(hookPort), GIT_REPLICATION_PUSH_ID: pushId };
 }
 
+/** PUSH_COMMANDS_BYTES bounds the pkt-lines before a push's pack (its commands and push options; 100,000 refs fit), over HTTP and SSH. */
+export const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
+
 /**
  * SHALLOW_LOOKUPS_MAX is the most `shallow` lines of one push looked up in the replica
  * (noteShallow reads each pack's index in place, on the node's one thread); past it the replica

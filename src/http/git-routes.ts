@@ -12,7 +12,7 @@ import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/p
 import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
 import { PackTap, type PackTee } from '../replication/pack-tee.js';
-import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
+import { PUSH_COMMANDS_BYTES, receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
 import type { NodeDeps } from './deps.js';
 import { header } from './access.js';
 
@@ -201,9 +201,6 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
  * read of its `info/refs` (or any other) found this replica in sync at most this long ago.
  */
 const PUSH_ROUTE_REUSE_MS = 2_000;
-
-/** PUSH_COMMANDS_BYTES bounds the pkt-lines before a push's pack (its commands; 100,000 refs fit). */
-const PUSH_COMMANDS_BYTES = 32 * 1024 * 1024;
 
 /**
  * slotFor takes a git process slot for the request's client, waiting in line for one

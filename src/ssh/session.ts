@@ -11,12 +11,14 @@ import { AppError, errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
 import type { Metrics } from '../metrics.js';
 import type { HookServer } from '../git/proc-receive.js';
+import { PktLineValidator } from '../git/pkt-line.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { terminate, waitClose, type GitRunner } from '../git/runner.js';
-import { receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
+import { PUSH_COMMANDS_BYTES, receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
 import type { ShallowWatch } from '../git/shallow-watch.js';
 import type { RepoActivity } from '../replication/activity.js';
 import type { Coordinator } from '../replication/coordinator.js';
+import { chain } from '../http/body-guards.js';
 import { PackTap } from '../replication/pack-tee.js';
 import type { Router } from '../replication/router.js';
 import { parseGitCommand, SshRefusal, type GitCommand } from './command.js';
@@ -276,11 +278,20 @@ async function serveGit(
   child.stdin?.on('error', () => undefined);
   channel.on('data', hooks.touch);
   child.stdout?.on('data', hooks.touch);
-  // A push's input passes the shallow watch (watchShallow) before receive-pack reads it; a
-  // watch that fails (its note not written) ends the push, telling the client why (as HTTP's 503).
+  // A push's input is checked as over HTTP before receive-pack reads it: its pkt-lines (the
+  // commands and push options at most PUSH_COMMANDS_BYTES), then the shallow watch
+  // (watchShallow). A check that fails (a malformed line, too many commands, a note not
+  // written) ends the push, telling the client why. (Before, SSH had no such check: 100 MB of
+  // commands went to receive-pack, and garbage reached the shallow watch, which took it for a
+  // shallow line it could not read and took the replica's links-checked mark away.)
   let input: Readable = channel;
   if (shallow) {
-    shallow.on('error', (err) => {
+    input = chain(
+      channel,
+      new PktLineValidator({ packAfterFlush: true, maxPreambleBytes: PUSH_COMMANDS_BYTES, allowEmpty: true }),
+      shallow,
+    );
+    input.on('error', (err) => {
       try {
         channel.stderr.write(`git-replication: ${errorMessage(err)}\n`);
       } catch {
@@ -288,7 +299,6 @@ async function serveGit(
       }
       void terminate(child);
     });
-    input = channel.pipe(shallow);
   }
   if (child.stdin && tap) {
     // A channel that closes without its end (the client gone mid-push) aborts the copies.

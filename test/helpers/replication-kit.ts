@@ -385,7 +385,7 @@ export class FakeExchange {
   }
 
   async read(): Promise<ProcReceiveRequest> {
-    return { commands: this.commands, atomic: this.atomic, pushOptions: [] };
+    return { commands: this.commands, atomic: this.atomic };
   }
 
   report(commands: readonly PushCommand[], resultOf: (c: PushCommand) => RefResult): void {

@@ -195,6 +195,34 @@ describe('git over ssh', () => {
     expect((await gitOk(['ls-remote', sshUrl(node, repo)], asUser(keys.alice!))).trim()).toBe('');
   }, 60_000);
 
+  it("garbage pushed over SSH is refused with the reason before receive-pack reads it, and leaves the replica's mark", async () => {
+    const repo = 'alice/garbage';
+    await ok(1, 'POST', '/repos', { repo_id: repo });
+    const status = (await ok(1, 'GET', `/repos/${repo}`)) as unknown as { replicas: Array<{ node: string }> };
+    const node = Number(status.replicas[0]!.node.replace('node-', ''));
+    const marker = join(c.replicaPath(node, repo), 'gitrep-links-checked');
+    expect(await exists(marker)).toBe(true);
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const argv = [
+        ...sshCommand(keys.alice!).split(' ').slice(1),
+        '-p',
+        String(sshPort(node)),
+        'git@127.0.0.1',
+        `git-receive-pack '${repo}.git'`,
+      ];
+      const p = spawn('ssh', argv, { stdio: ['pipe', 'ignore', 'pipe'] });
+      let stderr = '';
+      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      p.stdin.on('error', () => undefined);
+      p.stdin.end('zzzz garbage\n');
+      p.on('close', (code) => resolve({ code, stderr }));
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/git-replication: malformed pkt-line: bad length header 'zzzz'/);
+    expect(await exists(marker)).toBe(true);
+    expect(await exists(join(c.replicaPath(node, repo), 'gitrep-links-unchecked'))).toBe(false);
+  }, 60_000);
+
   it('clones scp-style (git@node2:owner/repo.git) and with protocol v2', async () => {
     const dir = join(await tempDir(), 'scp');
     await gitOk(['clone', '-q', `git@node2:${REPO}.git`, dir], asUser(keys.bob!));
