@@ -230,6 +230,13 @@ export const SETTINGS = {
     min: 1,
     doc: 'close any SSH connection after this long',
   },
+  sshHandshakeMs: {
+    kind: 'ms',
+    env: 'SSH_HANDSHAKE_TIMEOUT',
+    default: 10 * SECOND,
+    min: 1,
+    doc: 'close an SSH connection not signed in this long after it was opened',
+  },
   sshMaxAuthAttempts: {
     kind: 'count',
     env: 'SSH_MAX_AUTH_TRIES',

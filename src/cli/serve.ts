@@ -129,6 +129,7 @@ function sshConfig(s: Settings): Pick<NodeConfig, 'sshPort' | 'sshLimits'> {
       idleMs: s.sshIdleMs,
       sessionMs: s.sshSessionMs,
       maxAuthAttempts: s.sshMaxAuthAttempts,
+      handshakeMs: s.sshHandshakeMs,
     },
   };
 }

@@ -1,4 +1,5 @@
 import { writeFile } from 'node:fs/promises';
+import type { Server as NetServer, Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import { type AuthContext, type Connection, type ServerChannel, type Session } from 'ssh2';
 import { verifySshHop } from '../auth/peer-signature.js';
@@ -32,8 +33,20 @@ export const SSH_DEFAULTS: SshLimits = {
   idleMs: DEFAULTS.sshIdleMs,
   sessionMs: DEFAULTS.sshSessionMs,
   maxAuthAttempts: DEFAULTS.sshMaxAuthAttempts,
-  handshakeMs: 10_000,
+  handshakeMs: DEFAULTS.sshHandshakeMs,
 };
+
+/**
+ * MAX_PENDING_PER_ADDRESS bounds the connections one address may hold open before signing in,
+ * MAX_PENDING all addresses' together: a connection that sends nothing, not even its version
+ * line, holds a descriptor until handshakeMs (ssh2 tells of a connection only once that line
+ * came, so the bound is kept on the TCP socket).
+ */
+export const MAX_PENDING_PER_ADDRESS = 64;
+export const MAX_PENDING = 1_024;
+
+/** MAX_SESSIONS is how many session channels one connection may have open (OpenSSH's MaxSessions). */
+export const MAX_SESSIONS = 10;
 
 /** SshServerDeps is what the SSH server needs: a session's needs, the keys, the host key and limits. */
 export interface SshServerDeps extends SessionDeps {
@@ -63,10 +76,56 @@ export class GitSshServer {
   private readonly perUser = new Map<string, number>();
   private readonly connections = new Set<Connection>();
 
+  /** pending counts, by address, the TCP connections not signed in yet; signedIn holds the sockets that did. */
+  private readonly pending = new Map<string, number>();
+  private pendingAll = 0;
+  private readonly signedIn = new WeakSet<object>();
+
   constructor(private readonly deps: SshServerDeps) {
     this.server = new Server({ hostKeys: [deps.hostKey], ident: 'git-replication' }, (client, info) => this.accept(client, info.ip));
     this.server.on('error', (err: Error) => deps.logger.error({ err: errorMessage(err) }, 'ssh server error'));
+    // ssh2 has no hook before a client's version line; its TCP server (`_srv`) has.
+    const tcp = (this.server as unknown as { _srv: NetServer })._srv;
+    tcp.on('connection', (socket: Socket) => this.guardSocket(socket));
   }
+
+  /**
+   * guardSocket bounds a TCP connection until it signs in: refused past MAX_PENDING_PER_ADDRESS
+   * (or MAX_PENDING), destroyed past handshakeMs. (Before, a connection that sent nothing was
+   * never timed out: 480 of them held a node's 512 descriptors, and its HTTP answered nothing.)
+   */
+  private guardSocket(socket: Socket): void {
+    socket.on('error', () => undefined);
+    const ip = socket.remoteAddress ?? '';
+    const mine = this.pending.get(ip) ?? 0;
+    if (mine >= MAX_PENDING_PER_ADDRESS || this.pendingAll >= MAX_PENDING) {
+      this.deps.metrics.sshAuthFailures.inc();
+      socket.destroy();
+      return;
+    }
+    this.pending.set(ip, mine + 1);
+    this.pendingAll++;
+    let counted = true;
+    const done = (): void => {
+      if (!counted) return;
+      counted = false;
+      clearTimeout(timer);
+      this.pendingAll--;
+      const left = (this.pending.get(ip) ?? 1) - 1;
+      if (left <= 0) this.pending.delete(ip);
+      else this.pending.set(ip, left);
+    };
+    const timer = setTimeout(() => {
+      done();
+      if (!this.signedIn.has(socket)) socket.destroy();
+    }, this.deps.limits.handshakeMs);
+    timer.unref();
+    socket.once('close', done);
+    this.release.set(socket, done);
+  }
+
+  /** release ends a socket's pending count once its connection signed in. */
+  private readonly release = new WeakMap<object, () => void>();
 
   /** listen starts serving on host:port and returns the bound port. */
   async listen(host: string, port: number): Promise<number> {
@@ -136,6 +195,11 @@ export class GitSshServer {
     });
     client.on('ready', () => {
       if (!identity) return client.end();
+      const sock = (client as unknown as { _sock?: object })._sock;
+      if (sock) {
+        this.signedIn.add(sock);
+        this.release.get(sock)?.();
+      }
       const who = identity;
       counted = !who.hop;
       if (counted) this.perUser.set(who.user, (this.perUser.get(who.user) ?? 0) + 1);
@@ -158,7 +222,16 @@ export class GitSshServer {
           lastActivity = Date.now();
         },
       };
-      client.on('session', (accept) => this.session(accept(), who, over, hooks));
+      // At most MAX_SESSIONS session channels at a time: each costs the node memory (150,000
+      // opened on one connection took 233 MB; 400,000 ended a node with a small heap).
+      let sessions = 0;
+      client.on('session', (accept, reject) => {
+        if (sessions >= MAX_SESSIONS) return reject();
+        sessions++;
+        const session = accept();
+        session.once('close', () => sessions--);
+        this.session(session, who, over, hooks);
+      });
     });
     // No port forwarding, no Unix sockets, no global requests.
     client.on('tcpip', (_accept, reject) => reject());
@@ -190,7 +263,14 @@ export class GitSshServer {
     if (!owner) return 'reject';
     if (!ctx.signature || !ctx.blob) return 'accept';
     if (owner.parsed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) return 'reject';
-    return { user: owner.user, keyName: owner.keyName, client: ip, hop: false };
+    return { user: owner.user, keyName: owner.keyName, client: ip, hop: false, key: ctx.key.data };
+  }
+
+  /** keyStillRegistered says whether the key a connection signed in with is still its user's (a hop's was checked at the first node). */
+  private async keyStillRegistered(who: SshIdentity): Promise<boolean> {
+    if (who.hop || !who.key) return true;
+    const owner = await this.deps.keys.owner(who.key);
+    return owner !== null && owner.user === who.user;
   }
 
   private session(session: Session, who: SshIdentity, over: boolean, hooks: SessionHooks): void {
@@ -211,11 +291,17 @@ export class GitSshServer {
       this.deps.metrics.sshCommands.inc({ service: 'other', outcome: 'refused' });
       refuse(channel, message);
     };
-    session.on('shell', (accept) => {
-      refused(guard(accept()), `Hi ${who.user}! You are signed in, but ${ONLY_GIT}.`);
+    // ssh2's accept() gives nothing for a second command on a session whose channel is open:
+    // such a request is refused (it ended the whole connection, an in-flight push with it).
+    session.on('shell', (accept, reject) => {
+      const channel = accept();
+      if (!channel) return reject?.();
+      refused(guard(channel), `Hi ${who.user}! You are signed in, but ${ONLY_GIT}.`);
     });
-    session.on('exec', (accept, _reject, info) => {
-      const channel = guard(accept());
+    session.on('exec', (accept, reject, info) => {
+      const opened = accept();
+      if (!opened) return reject?.();
+      const channel = guard(opened);
       if (used) return refused(channel, 'one command per session');
       used = true;
       if (over)
@@ -224,7 +310,17 @@ export class GitSshServer {
           `too many SSH connections for user ${who.user} (at most ${this.deps.limits.maxConnectionsPerUser} at a time), try again`,
         );
       hooks.touch();
-      void runGitCommand(this.deps, channel, who, info.command, gitProtocol, hooks);
+      void this.keyStillRegistered(who).then(
+        (registered) => {
+          // A key removed (or its user disabled) since the sign-in ends its open connections'
+          // next command too, within the keys' one-second cache, as a new connection would be
+          // refused. (Before, a connection kept open, an OpenSSH ControlMaster, pushed for up to
+          // the session time after its key was removed.)
+          if (!registered) return refused(channel, `the key ${who.keyName} this connection signed in with is no longer registered`);
+          void runGitCommand(this.deps, channel, who, info.command, gitProtocol, hooks);
+        },
+        (err: unknown) => refused(channel, `could not check the key: ${errorMessage(err)}, try again`),
+      );
     });
   }
 }

@@ -35,6 +35,8 @@ export interface SshIdentity {
   readonly client: string;
   /** hop: a session another node proxied here; it is never proxied again. */
   readonly hop: boolean;
+  /** key is the public key the user signed in with (not for a hop): each command finds it registered still. */
+  readonly key?: Buffer;
 }
 
 /** SessionDeps is what an SSH session needs of the node. */

@@ -2,7 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { utils } from 'ssh2';
+import { Client, utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, sleep, TestCluster, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, shallowCloneElsewhere, tempDir, workRepo } from '../helpers/git.js';
@@ -107,7 +107,7 @@ describe('git over ssh', () => {
       nodes: 3,
       replicationFactor: 2,
       ssh: true,
-      env: { AUTH: 'tokens', SSH_MAX_PER_USER: '3', SSH_IDLE_TIMEOUT: '4s' },
+      env: { AUTH: 'tokens', SSH_MAX_PER_USER: '3', SSH_IDLE_TIMEOUT: '4s', SSH_HANDSHAKE_TIMEOUT: '3s' },
     });
     admin = await c.adminToken();
     tmp = await tempDir('gitrep-ssh-');
@@ -382,6 +382,89 @@ describe('git over ssh', () => {
     }
     expect((await fetch(`${c.url(1)}/health`)).status).toBe(200);
     await gitOk(['ls-remote', sshUrl(1)], asUser(keys.alice!));
+  }, 60_000);
+
+  /** signIn opens an ssh2 connection to node `node` with the key at `keyFile`. */
+  async function signIn(keyFile: string, node: number): Promise<Client> {
+    const client = new Client();
+    const privateKey = await readFile(keyFile);
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', () => resolve());
+      client.once('error', reject);
+      client.connect({ host: '127.0.0.1', port: sshPort(node), username: 'git', privateKey, hostVerifier: () => true });
+    });
+    client.on('error', () => undefined);
+    return client;
+  }
+
+  /** run execs `command` on an open connection: its exit code and stderr, or the channel's refusal. */
+  function run(client: Client, command: string, endAfterMs = 0): Promise<{ code: number | null; stderr: string; refused?: string }> {
+    return new Promise((resolve) => {
+      client.exec(command, (err, stream) => {
+        if (err) return resolve({ code: null, stderr: '', refused: err.message });
+        let stderr = '';
+        let code: number | null = null;
+        stream.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        stream.on('data', () => undefined);
+        stream.on('exit', (c: number | null) => (code = c));
+        stream.on('close', () => resolve({ code, stderr }));
+        if (endAfterMs > 0) setTimeout(() => stream.end(), endAfterMs);
+      });
+    });
+  }
+
+  it('connections that never sign in are bounded: past 64 from one address refused, all closed after the handshake time', async () => {
+    const socks = Array.from({ length: 70 }, () => {
+      const sock = connect(sshPort(1), '127.0.0.1');
+      sock.on('error', () => undefined);
+      // The node's version line is read (and dropped): a socket with unread data never sees its end.
+      sock.resume();
+      const state = { closed: false };
+      sock.once('close', () => (state.closed = true));
+      return state;
+    });
+    await sleep(1_000);
+    expect(socks.filter((s) => s.closed).length).toBeGreaterThanOrEqual(6);
+    // SSH_HANDSHAKE_TIMEOUT is 3 s here; a connection that sent nothing used to stay for ever.
+    await waitFor(async () => socks.every((s) => s.closed), 10_000, 'silent connections closed');
+    await gitOk(['ls-remote', sshUrl(1)], asUser(keys.alice!));
+  }, 60_000);
+
+  it('one connection opens at most 10 sessions at a time', async () => {
+    const client = await signIn(keys.alice!, replicaNodes[0]!);
+    try {
+      const open = Array.from({ length: 10 }, () => run(client, `git-upload-pack '/${REPO}.git'`, 3_000));
+      await sleep(500);
+      const eleventh = await run(client, `git-upload-pack '/${REPO}.git'`);
+      expect(eleventh.refused).toMatch(/open failure|failed/i);
+      await Promise.all(open);
+      // Those ended, the connection opens sessions again.
+      expect((await run(client, `git-upload-pack '/${REPO}.git'`, 200)).refused).toBeUndefined();
+    } finally {
+      client.end();
+    }
+  }, 60_000);
+
+  it("a key removed while its connection stays open fails that connection's next command", async () => {
+    const file = await keygen('alice-second');
+    const made = (await ok(1, 'POST', '/users/alice/keys', { name: 'second', key: await readFile(`${file}.pub`, 'utf8') })) as unknown as {
+      fingerprint: string;
+    };
+    const client = await signIn(file, 1);
+    try {
+      expect((await run(client, `git-upload-pack '/${REPO}.git'`, 200)).stderr).not.toMatch(/no longer registered/);
+      await ok(1, 'DELETE', `/users/alice/keys/${encodeURIComponent(made.fingerprint)}`);
+      await waitFor(
+        async () =>
+          /the key second this connection signed in with is no longer registered/.test(
+            (await run(client, `git-upload-pack '/${REPO}.git'`, 200)).stderr,
+          ),
+        5_000,
+        'the open connection refused',
+      );
+    } finally {
+      client.end();
+    }
   }, 60_000);
 
   it('records a push over SSH in the audit log with the user and key', async () => {
