@@ -60,6 +60,16 @@ describe('Authenticator', () => {
     await expect(auth.identify(`Bearer ${good}`, '10.9.9.10')).resolves.toMatchObject({ token: { name: 'ci' } });
   });
 
+  it("failures from 10,000 other addresses do not lift an address's 429", async () => {
+    const auth = new Authenticator(store, 'tokens', directory);
+    for (let i = 0; i < 20; i++)
+      await expect(auth.identify(`Bearer grt_guess_${i}`, '10.9.9.9')).rejects.toMatchObject({ statusCode: 401 });
+    for (let i = 0; i < 10_001; i++)
+      await expect(auth.identify(`Bearer grt_flood_${i}`, `10.1.${i >> 8}.${i & 255}`)).rejects.toMatchObject({ statusCode: 401 });
+    await expect(auth.identify(`Bearer ${good}`, '10.9.9.9')).rejects.toMatchObject({ statusCode: 429 });
+    await expect(auth.identify(`Bearer ${good}`, '10.9.9.10')).resolves.toMatchObject({ token: { name: 'ci' } });
+  });
+
   it('identify: no header is anonymous, a bad token is a 401, a role too low is a 403', async () => {
     const auth = new Authenticator(store, 'tokens', directory);
     await expect(auth.identify(undefined)).resolves.toBeNull();

@@ -42,6 +42,8 @@ const LAST_USED_EVERY_MS = 60_000;
 /** FAILURES_ALLOWED failed authentications per client address within FAILURE_WINDOW_MS, then 429. */
 const FAILURES_ALLOWED = 20;
 const FAILURE_WINDOW_MS = 60_000;
+/** FAILURES_TRACKED bounds the addresses whose failures are counted (pruneFailures). */
+const FAILURES_TRACKED = 10_000;
 /** OPEN_CALLER is every caller in `open` mode. */
 const OPEN_CALLER: Caller = {
   token: { id: 'open', name: 'anonymous', user: ADMIN_USER, scope: 'admin', createdAt: '' },
@@ -177,8 +179,24 @@ export class Authenticator {
     const f = this.failures.get(client);
     if (!f || now - f.since > FAILURE_WINDOW_MS) this.failures.set(client, { count: 1, since: now });
     else f.count++;
-    if (this.failures.size > 10_000) this.failures.clear();
+    if (this.failures.size > FAILURES_TRACKED) this.pruneFailures(now);
     return unauthorized(message);
+  }
+
+  /**
+   * pruneFailures keeps the failure table bounded without forgiving: the counts past their
+   * minute and those below the limit go first, the addresses being throttled stay (the oldest of
+   * them go only past half the table). Clearing it all let anyone with 10,000 addresses lift every
+   * address's 429.
+   */
+  private pruneFailures(now: number): void {
+    for (const [client, f] of this.failures) {
+      if (now - f.since > FAILURE_WINDOW_MS || f.count < FAILURES_ALLOWED) this.failures.delete(client);
+    }
+    for (const client of this.failures.keys()) {
+      if (this.failures.size <= FAILURES_TRACKED / 2) break;
+      this.failures.delete(client);
+    }
   }
 
   private noteUsed(hash: string): void {
