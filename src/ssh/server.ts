@@ -7,7 +7,7 @@ import type { ClusterStore } from '../store/types.js';
 import type { SshKeys } from '../auth/ssh-keys.js';
 import { errorMessage } from '../domain/errors.js';
 import { gitProtocolValue, ONLY_GIT } from './command.js';
-import { refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
+import { channelActivity, refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
 import { DEFAULTS } from '../config.js';
 
 // ssh2 is CommonJS: its named exports are read from the default export.
@@ -317,7 +317,11 @@ export class GitSshServer {
           // refused. (Before, a connection kept open, an OpenSSH ControlMaster, pushed for up to
           // the session time after its key was removed.)
           if (!registered) return refused(channel, `the key ${who.keyName} this connection signed in with is no longer registered`);
-          void runGitCommand(this.deps, channel, who, info.command, gitProtocol, hooks);
+          const activity = channelActivity(hooks, this.deps.limits.idleMs, () =>
+            refuse(channel, `no data on this channel for ${Math.round(this.deps.limits.idleMs / 1000)} s`),
+          );
+          channel.once('close', activity.stop);
+          void runGitCommand(this.deps, channel, who, info.command, gitProtocol, activity.hooks).finally(activity.stop);
         },
         (err: unknown) => refused(channel, `could not check the key: ${errorMessage(err)}, try again`),
       );

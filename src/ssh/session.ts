@@ -70,6 +70,52 @@ export interface SessionHooks {
   readonly touch: () => void;
   /** busy marks a push in the coordinator: no channel data flows, yet the session is not idle. */
   readonly busy: (on: boolean) => void;
+  /** onIdle, when given, registers what ends this channel's command once the channel is idle (channelActivity). */
+  readonly onIdle?: (end: () => void) => void;
+}
+
+/**
+ * channelActivity is one channel's own idle time-out over the connection's hooks: a channel
+ * without data either way for `idleMs`, and no push of it being decided, has its command ended
+ * (its git process killed) and is closed, whatever the connection's other channels do. (Before,
+ * one channel trickling a byte kept the connection's other channels, and their git processes,
+ * for up to the session time.) `stop` ends the watch.
+ */
+export function channelActivity(
+  connection: SessionHooks,
+  idleMs: number,
+  onIdleEnd: () => void,
+): { readonly hooks: SessionHooks; readonly stop: () => void } {
+  let last = Date.now();
+  let busy = 0;
+  let end: (() => void) | null = null;
+  const timer = setInterval(
+    () => {
+      if (busy > 0 || Date.now() - last <= idleMs) return;
+      clearInterval(timer);
+      end?.();
+      onIdleEnd();
+    },
+    Math.min(5_000, Math.max(100, Math.floor(idleMs / 4))),
+  );
+  timer.unref();
+  return {
+    hooks: {
+      touch: () => {
+        last = Date.now();
+        connection.touch();
+      },
+      busy: (on) => {
+        busy += on ? 1 : -1;
+        last = Date.now();
+        connection.busy(on);
+      },
+      onIdle: (f) => {
+        end = f;
+      },
+    },
+    stop: () => clearInterval(timer),
+  };
 }
 
 /** refuse tells the client why in one stderr line and ends the channel with exit status 1; nothing ran. */
@@ -275,6 +321,7 @@ async function serveGit(
   const onGone = (): void => {
     void terminate(child);
   };
+  hooks.onIdle?.(onGone);
   channel.on('close', onGone);
   channel.on('error', onGone);
   child.stdin?.on('error', () => undefined);

@@ -445,6 +445,37 @@ describe('git over ssh', () => {
     }
   }, 60_000);
 
+  it('a channel idle for the idle time is closed, its git process ended, while another channel of the connection sends', async () => {
+    const client = await signIn(keys.alice!, replicaNodes[0]!);
+    try {
+      const opened = (): Promise<{ stream: import('ssh2').ClientChannel; closed: Promise<string> }> =>
+        new Promise((resolve, reject) =>
+          client.exec(`git-upload-pack '/${REPO}.git'`, (err, stream) => {
+            if (err) return reject(err);
+            let stderr = '';
+            stream.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+            stream.on('data', () => undefined);
+            resolve({ stream, closed: new Promise((r) => stream.on('close', () => r(stderr))) });
+          }),
+        );
+      const silent = await opened();
+      const busy = await opened();
+      let silentClosed = false;
+      void silent.closed.then(() => (silentClosed = true));
+      // The busy channel sends a byte every 1.5 s (a pkt-line length, slowly): the connection is not idle.
+      for (let i = 0; i < 4 && !silentClosed; i++) {
+        busy.stream.write('0');
+        await sleep(1_500);
+      }
+      // SSH_IDLE_TIMEOUT is 4 s here.
+      await waitFor(async () => silentClosed, 5_000, 'the silent channel closed');
+      expect(await silent.closed).toMatch(/no data on this channel for 4 s/);
+      busy.stream.end();
+    } finally {
+      client.end();
+    }
+  }, 60_000);
+
   it("a key removed while its connection stays open fails that connection's next command", async () => {
     const file = await keygen('alice-second');
     const made = (await ok(1, 'POST', '/users/alice/keys', { name: 'second', key: await readFile(`${file}.pub`, 'utf8') })) as unknown as {
