@@ -110,6 +110,10 @@ describe('ssh hop tokens', () => {
     expect(sealed).toMatch(/^c1~[A-Za-z0-9_-]+$/);
     expect(Buffer.from(sealed.slice(3), 'base64url').toString('latin1')).not.toContain('hidden');
     expect(sealCursor('secret', 'carol/hidden-project-05')).not.toBe(sealed);
+    // Every cursor has one length, whatever its id's.
+    expect(sealCursor('secret', 'a/b')).toHaveLength(sealed.length);
+    expect(sealCursor('secret', `${'o'.repeat(100)}/${'r'.repeat(100)}`)).toHaveLength(sealed.length);
+    expect(openCursor('secret', sealCursor('secret', 'a/b'))).toBe('a/b');
     expect(openCursor('secret', sealed)).toBe('carol/hidden-project-05');
     expect(openCursor('other', sealed)).toBeNull();
     const raw = Buffer.from(sealed.slice(3), 'base64url');

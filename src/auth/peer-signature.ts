@@ -208,6 +208,9 @@ export function verifyRoute(secret: string, header: string | undefined, repoId: 
 /** SEALED_CURSOR_PREFIX starts a listing cursor sealed by sealCursor (a repo id never does: ids have no `~`). */
 export const SEALED_CURSOR_PREFIX = 'c1~';
 
+/** SEALED_CURSOR_BYTES is the padded length of a sealed cursor's repo id. */
+const SEALED_CURSOR_BYTES = 256;
+
 /** cursorKey is the AES-256 key of sealed cursors, derived from the cluster secret (every node opens any node's). */
 function cursorKey(secret: string): Buffer {
   return createHmac('sha256', secret).update('listing-cursor-v1').digest();
@@ -221,7 +224,10 @@ function cursorKey(secret: string): Buffer {
 export function sealCursor(secret: string, repoId: string): string {
   const iv = randomBytes(12);
   const cipher = createCipheriv('aes-256-gcm', cursorKey(secret), iv);
-  const sealed = Buffer.concat([cipher.update(repoId, 'utf8'), cipher.final()]);
+  // Padded to one length (ids are at most 201 bytes): the cursor's length tells nothing of the id's.
+  const plain = Buffer.alloc(SEALED_CURSOR_BYTES);
+  plain.write(repoId, 'utf8');
+  const sealed = Buffer.concat([cipher.update(plain), cipher.final()]);
   return `${SEALED_CURSOR_PREFIX}${Buffer.concat([iv, cipher.getAuthTag(), sealed]).toString('base64url')}`;
 }
 
@@ -233,7 +239,9 @@ export function openCursor(secret: string, cursor: string): string | null {
   try {
     const decipher = createDecipheriv('aes-256-gcm', cursorKey(secret), raw.subarray(0, 12));
     decipher.setAuthTag(raw.subarray(12, 28));
-    return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8');
+    const plain = Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]);
+    const end = plain.indexOf(0);
+    return plain.subarray(0, end === -1 ? plain.length : end).toString('utf8');
   } catch {
     return null;
   }

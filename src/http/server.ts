@@ -22,6 +22,12 @@ function streamedBody(req: FastifyRequest): boolean {
   return STREAMED_TYPES.has((req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase());
 }
 
+/** streamedRoute says whether a request's route reads its body as a stream and guards it itself (git's POSTs, the peers'). */
+function streamedRoute(req: FastifyRequest): boolean {
+  const url = req.routeOptions.url ?? '';
+  return /\/(git-upload-pack|git-receive-pack)$/.test(url) || url.startsWith('/replicate/');
+}
+
 /** hasBody says whether a request comes with a body (chunked, or a length above 0). */
 function hasBody(req: FastifyRequest): boolean {
   return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
@@ -67,14 +73,18 @@ export function buildHttpApp(
   // Only JSON and the git and peer types are read; a text/plain body is a 415, not a parse attempt.
   app.removeContentTypeParser('text/plain');
   // A body Fastify reads whole (JSON, on any route or none) is cut when its client stops sending
-  // (bodyIdleMs) or sends it too slowly (twice that in all): without, a client that sends `{`
-  // and nothing more holds its connection and the bytes it sent for as long as it likes. The
-  // streamed bodies (git's, a peer's pack) are guarded by their routes, which know how long a
-  // pack may take.
+  // (bodyIdleMs) or, for a route that takes no more than the default body limit, sends it too
+  // slowly (twice that in all; an import of a large export may take longer, if it keeps coming):
+  // without, a client that sends `{` and nothing more holds its connection and the bytes it sent
+  // for as long as it likes. The streamed bodies of the git and peer routes are guarded by their
+  // routes, which know how long a pack may take; a streamed type sent to any other route (or none)
+  // is guarded here too.
   const idleMs = deps.config.limits.bodyIdleMs;
-  app.addHook('preParsing', async (req, _reply, payload) =>
-    !hasBody(req) || streamedBody(req) ? payload : chain(payload, new IdleGuard(idleMs, 2 * idleMs)),
-  );
+  const defaultLimit = deps.config.bodyLimit;
+  app.addHook('preParsing', async (req, _reply, payload) => {
+    if (!hasBody(req) || (streamedBody(req) && streamedRoute(req))) return payload;
+    return chain(payload, new IdleGuard(idleMs, req.routeOptions.bodyLimit > defaultLimit ? undefined : 2 * idleMs));
+  });
   app.setErrorHandler((err, req, reply) => {
     if (err instanceof AppError) return sendError(err, req, reply);
     const status = (err as { statusCode?: unknown }).statusCode;
@@ -113,8 +123,10 @@ function sendError(err: AppError, req: FastifyRequest, reply: FastifyReply): Fas
     req.log.warn({ code: err.code, msg: err.message, data: err.data }, 'request failed');
   // A failed git command's arguments and stderr name server paths: they stay in the node's log.
   if (err.code === 'ERR_GIT') err = new AppError('ERR_GIT', ['command', 'on the server', 'see the node log']);
-  // The rest of a body cut for its time is never read: the connection closes after the answer.
-  if (err.code === 'ERR_BODY_TIMEOUT' || err.code === 'ERR_BODY_SLOW') void reply.header('connection', 'close');
+  // The rest of a body not read (cut for its time, or a refusal before it was read) is not read
+  // after the answer either: the connection closes. (Node would read and drop it to keep the
+  // connection, each byte a client trickles keeping it for another keep-alive time.)
+  if (err.code === 'ERR_BODY_TIMEOUT' || err.code === 'ERR_BODY_SLOW' || !req.raw.complete) void reply.header('connection', 'close');
   if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
   return reply.code(err.statusCode).send({ ...err.data, error: err.message, code: err.code });
 }

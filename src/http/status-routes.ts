@@ -43,7 +43,12 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
     async (req, reply) => {
       void reply.header('cache-control', 'no-store');
       const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
-      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, cursorOf(deps, req.query.cursor), limit);
+      const { visible, next } = await visibleRepos(
+        deps,
+        req.caller?.principal ?? null,
+        await cursorOf(deps, req.caller?.principal ?? null, req.query.cursor),
+        limit,
+      );
       const repos = await Promise.all(
         visible.map(async ({ repo, visibility }) => ({
           repo_id: repo.repoId,

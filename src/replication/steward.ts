@@ -185,6 +185,7 @@ export class Steward {
       } else {
         repos.push(...(await store.listRepos()));
       }
+      const busy: Array<[RepoRecord, Plan]> = [];
       for (const repo of repos) {
         // A repo on r healthy, eligible nodes needs no step (planReplicaSet would say null):
         // skip it without reading its replicas.
@@ -207,7 +208,15 @@ export class Steward {
           rebalance,
         });
         if (!plan) continue;
-        if (await this.apply(repo, plan)) steps++;
+        // One try first: a busy repo waits for its turn after the others had theirs, so one
+        // busy repo does not hold up the steps of every repo behind it.
+        const done = await this.apply(repo, plan, 0);
+        if (done === 'busy') busy.push([repo, plan]);
+        else if (done) steps++;
+        else retry = true;
+      }
+      for (const [repo, plan] of busy) {
+        if ((await this.apply(repo, plan, this.deps.lockWaitMs ?? DEFAULTS.swapLockWaitMs)) === true) steps++;
         else retry = true;
       }
       // A pass from the feed keeps the time of the last full one: a full pass still comes every fullPassMs.
@@ -223,13 +232,17 @@ export class Steward {
     return steps;
   }
 
-  private async apply(repo: RepoRecord, plan: Plan): Promise<boolean> {
+  /**
+   * apply makes a step under the repo's lock, waiting up to `waitMs` for it: 'busy' when the
+   * lock was not had, false when the repo changed meanwhile. The step waits its turn in the
+   * repo's lock line like a push (pass: a second round with a wait): a repo pushed to without a
+   * pause always has someone holding its lock or waiting for it, and a single try left it short
+   * of replicas for as long as it stayed busy.
+   */
+  private async apply(repo: RepoRecord, plan: Plan, waitMs: number): Promise<boolean | 'busy'> {
     const { store, logger, activity } = this.deps;
-    // The step waits its turn in the repo's lock line like a push: a repo pushed to without a
-    // pause always has someone holding its lock or waiting for it, and a single try would leave
-    // it short of replicas for as long as it stays busy.
-    const held = await activity.lock(repo.repoId, this.deps.lockWaitMs ?? DEFAULTS.swapLockWaitMs);
-    if (!held) return false;
+    const held = await activity.lock(repo.repoId, waitMs);
+    if (!held) return 'busy';
     try {
       const now = await store.getRepo(repo.repoId);
       if (!now || now.incarnation !== repo.incarnation || now.replicas.join(',') !== repo.replicas.join(',')) return false;

@@ -42,8 +42,8 @@ export const SSH_DEFAULTS: SshLimits = {
  * line, holds a descriptor until handshakeMs (ssh2 tells of a connection only once that line
  * came, so the bound is kept on the TCP socket).
  */
-export const MAX_PENDING_PER_ADDRESS = 64;
-export const MAX_PENDING = 1_024;
+export const MAX_PENDING_PER_ADDRESS = 128;
+export const MAX_PENDING = 4_096;
 
 /** MAX_SESSIONS is how many session channels one connection may have open (OpenSSH's MaxSessions). */
 export const MAX_SESSIONS = 10;

@@ -772,6 +772,26 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     await expectUnharmed(before);
   });
 
+  it("a git body sent to a route that is not git's, trickled on a kept-alive connection, is answered and its connection closed", async () => {
+    const before = await state();
+    const socket = connect(port(1), '127.0.0.1');
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    socket.on('error', () => undefined);
+    socket.write(`POST /nope HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: ${RP}\r\ncontent-length: 1000\r\n\r\n0000`);
+    const drip = setInterval(() => socket.write('x'), 400);
+    const started = Date.now();
+    await Promise.race([closed, sleep(15_000)]);
+    clearInterval(drip);
+    socket.destroy();
+    const text = Buffer.concat(chunks).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 404/);
+    expect(text.toLowerCase()).toContain('connection: close');
+    expect(Date.now() - started).toBeLessThan(10_000);
+    await expectUnharmed(before);
+  });
+
   describe('peer signatures made with the real secret (a local user who read it, or a captured header)', () => {
     function secretAndEpochs(): { secret: string; epoch: Record<string, string> } {
       const db = new Database(join(c.root, 'cluster.db'), { readonly: true });

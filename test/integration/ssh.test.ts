@@ -413,8 +413,8 @@ describe('git over ssh', () => {
     });
   }
 
-  it('connections that never sign in are bounded: past 64 from one address refused, all closed after the handshake time', async () => {
-    const socks = Array.from({ length: 70 }, () => {
+  it('connections that never sign in are bounded: past 128 from one address refused, all closed after the handshake time', async () => {
+    const socks = Array.from({ length: 134 }, () => {
       const sock = connect(sshPort(1), '127.0.0.1');
       sock.on('error', () => undefined);
       // The node's version line is read (and dropped): a socket with unread data never sees its end.
