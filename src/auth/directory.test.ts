@@ -53,6 +53,18 @@ describe('Directory', () => {
     await expect(d.addUser('Acme', false)).rejects.toThrow(/existing name 'acme'/);
     await expect(d.createOrg('acme', 'alice')).rejects.toThrow(/already exists/);
     await d.createOrg('acme-labs', 'alice');
+    // Two creations racing for one name in two cases (or as a user and an organisation): one wins.
+    for (const [a, b] of [
+      ['Zeta', 'zeta'],
+      ['omega', 'omega'],
+    ] as const) {
+      const results = await Promise.allSettled([d.createOrg(a, 'alice'), a === b ? d.addUser(b, false) : d.createOrg(b, 'alice')]);
+      expect(
+        results.filter((r) => r.status === 'fulfilled'),
+        `${a} and ${b}`,
+      ).toHaveLength(1);
+    }
+    expect(await d.namespaceExists('omega')).toBe(true);
     await store.close();
   });
 });

@@ -168,12 +168,27 @@ export class Directory {
     return null;
   }
 
+  /**
+   * claimName takes a user or organisation name, in any case, for good (`meta/names/<lower
+   * case>`, by compare-and-swap): of two creations racing for `Acme` and `acme` (or a user and an
+   * organisation of one name), one wins. takenAlike still finds the names made before claims.
+   */
+  private async claimName(name: string, kind: 'user' | 'org'): Promise<void> {
+    const mine = `${kind}:${name}`;
+    const held = await this.store.setMetaIfAbsent(`names/${name.toLowerCase()}`, mine);
+    if (held === mine) return;
+    const [heldKind, heldName] = [held.slice(0, held.indexOf(':')), held.slice(held.indexOf(':') + 1)];
+    if (heldName !== name) throw conflict(`'${name}' differs from the existing name '${heldName}' in case only`);
+    throw conflict(`'${name}' is ${heldKind === 'user' ? 'a user' : 'an organisation'}`);
+  }
+
   /** addUser creates a user; 409 if the name is a user or an organisation already (in any case). */
   async addUser(name: string, admin: boolean): Promise<User> {
     checkName(name, 'user name');
     if (await this.store.getMeta(`orgs/${name}`)) throw conflict(`'${name}' is an organisation`);
     const alike = await this.takenAlike(name);
     if (alike !== null) throw conflict(`'${name}' differs from the existing name '${alike}' in case only`);
+    await this.claimName(name, 'user');
     const user: User = { name, admin, disabled: false, createdAt: new Date().toISOString() };
     const stored = await this.store.setMetaIfAbsent(`users/${name}`, JSON.stringify(user));
     if (stored !== JSON.stringify(user)) throw conflict(`user ${name} already exists`);
@@ -218,6 +233,7 @@ export class Directory {
       if (first?.repoId.startsWith(`${name}/`))
         throw conflict(`repositories exist under '${name}' already: only a cluster admin may create that organisation`);
     }
+    await this.claimName(name, 'org');
     const org = { name, createdAt: new Date().toISOString() };
     const stored = await this.store.setMetaIfAbsent(`orgs/${name}`, JSON.stringify(org));
     if (stored !== JSON.stringify(org)) throw conflict(`organisation ${name} already exists`);
