@@ -70,6 +70,18 @@ describe('Authenticator', () => {
     await expect(auth.identify(`Bearer ${good}`, '10.9.9.10')).resolves.toMatchObject({ token: { name: 'ci' } });
   });
 
+  it('a failure table full of throttled addresses drops the oldest half, and the newest stay throttled', async () => {
+    const auth = new Authenticator(store, 'tokens', directory, 10);
+    const address = (i: number): string => `10.7.0.${i}`;
+    for (let a = 0; a < 10; a++)
+      for (let i = 0; i < 20; i++)
+        await expect(auth.identify(`Bearer grt_guess_${i}`, address(a))).rejects.toMatchObject({ statusCode: 401 });
+    // An eleventh address: the table is past its bound with every count throttled.
+    await expect(auth.identify('Bearer grt_guess_x', address(10))).rejects.toMatchObject({ statusCode: 401 });
+    await expect(auth.identify(`Bearer ${good}`, address(0))).resolves.toMatchObject({ token: { name: 'ci' } });
+    await expect(auth.identify(`Bearer ${good}`, address(9))).rejects.toMatchObject({ statusCode: 429 });
+  });
+
   it('identify: no header is anonymous, a bad token is a 401, a role too low is a 403', async () => {
     const auth = new Authenticator(store, 'tokens', directory);
     await expect(auth.identify(undefined)).resolves.toBeNull();

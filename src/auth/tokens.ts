@@ -126,6 +126,8 @@ export class Authenticator {
     private readonly store: ClusterStore,
     readonly mode: 'open' | 'tokens',
     private readonly directory: Directory,
+    /** failuresTracked bounds the addresses whose failures are counted (default FAILURES_TRACKED). */
+    private readonly failuresTracked = FAILURES_TRACKED,
   ) {}
 
   /** cachedCount is how many look-ups the cache holds (bounded by CACHE_ENTRIES). */
@@ -179,7 +181,7 @@ export class Authenticator {
     const f = this.failures.get(client);
     if (!f || now - f.since > FAILURE_WINDOW_MS) this.failures.set(client, { count: 1, since: now });
     else f.count++;
-    if (this.failures.size > FAILURES_TRACKED) this.pruneFailures(now);
+    if (this.failures.size > this.failuresTracked) this.pruneFailures(now);
     return unauthorized(message);
   }
 
@@ -194,7 +196,7 @@ export class Authenticator {
       if (now - f.since > FAILURE_WINDOW_MS || f.count < FAILURES_ALLOWED) this.failures.delete(client);
     }
     for (const client of this.failures.keys()) {
-      if (this.failures.size <= FAILURES_TRACKED / 2) break;
+      if (this.failures.size <= this.failuresTracked / 2) break;
       this.failures.delete(client);
     }
   }
