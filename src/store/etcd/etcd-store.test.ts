@@ -104,6 +104,34 @@ describe.skipIf(skipWithoutEtcd())('EtcdStore', () => {
     }
   });
 
+  it('a renewal applied whose answer was lost keeps its lock: the lease the retry reuses is not revoked as the old one', async () => {
+    const store = new EtcdStore({ hosts: [running().url], prefix: `/lost-answer-${randomUUID()}/` });
+    try {
+      const lock = await store.acquireLock('acme/app', 'n1', 5_000);
+      // The first write of the renewal is applied, and its answer comes back as a failed
+      // compare: what etcd3's retry of a call whose answer was lost returns.
+      const kv = (store as unknown as { client: { kv: { txn: (req: { success?: unknown[] }) => Promise<{ succeeded: boolean }> } } }).client
+        .kv;
+      const real = kv.txn.bind(kv);
+      let lost = false;
+      kv.txn = async (req) => {
+        const res = await real(req);
+        if (!lost && (req.success ?? []).some((op) => 'request_put' in (op as object))) {
+          lost = true;
+          return { ...res, succeeded: false };
+        }
+        return res;
+      };
+      expect(await store.renewLock('acme/app', lock!.token, 5_000)).toBe(true);
+      expect(lost).toBe(true);
+      // Revoking a lease in flight is not awaited by the write: give it its round of raft.
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await store.getLock('acme/app')).toMatchObject({ holder: 'n1', token: lock!.token });
+    } finally {
+      await store.close();
+    }
+  });
+
   it('fails calls within the deadline while etcd is frozen, then recovers', async () => {
     const store = new EtcdStore({ hosts: [running().url], prefix: `/frozen-${randomUUID()}/`, callTimeoutMs: 1_000 });
     try {

@@ -411,7 +411,12 @@ export class EtcdStore implements ClusterStore {
             leaseUsed = p.leaseMs !== undefined;
             // Leases no key uses any more: freeing them changes nothing a reader sees (a lock's
             // liveness is its expiresAt), so the caller does not wait for that round of raft.
-            void this.revokeQuietly(p.revoke ?? []);
+            // Never the lease this write used: a write applied whose answer was lost (the client
+            // retries it on another member, where its compare then fails) leaves this very lease
+            // on the key, this attempt's snapshot calls it the old one, and revoking it deleted
+            // the key just written (a renewed lock gone: the etcd contract test, once under load).
+            const used = p.leaseMs !== undefined ? lease : undefined;
+            void this.revokeQuietly((p.revoke ?? []).filter((l) => l !== used));
             return p.result;
           }
           // A concurrent writer won the compare: back off a little so racers spread out.
