@@ -76,10 +76,10 @@ export class GitSshServer {
   private readonly perUser = new Map<string, number>();
   private readonly connections = new Set<Connection>();
 
-  /** pending counts, by address, the TCP connections not signed in yet; signedIn holds the sockets that did. */
+  /** pending counts, by address, the TCP connections not signed in yet; release ends a socket's count (and its timer) once it signs in. */
   private readonly pending = new Map<string, number>();
   private pendingAll = 0;
-  private readonly signedIn = new WeakSet<object>();
+  private readonly release = new WeakMap<object, () => void>();
 
   constructor(private readonly deps: SshServerDeps) {
     this.server = new Server({ hostKeys: [deps.hostKey], ident: 'git-replication' }, (client, info) => this.accept(client, info.ip));
@@ -115,17 +115,15 @@ export class GitSshServer {
       if (left <= 0) this.pending.delete(ip);
       else this.pending.set(ip, left);
     };
+    // Signed in, the socket's count is released and this timer with it.
     const timer = setTimeout(() => {
       done();
-      if (!this.signedIn.has(socket)) socket.destroy();
+      socket.destroy();
     }, this.deps.limits.handshakeMs);
     timer.unref();
     socket.once('close', done);
     this.release.set(socket, done);
   }
-
-  /** release ends a socket's pending count once its connection signed in. */
-  private readonly release = new WeakMap<object, () => void>();
 
   /** listen starts serving on host:port and returns the bound port. */
   async listen(host: string, port: number): Promise<number> {
@@ -196,10 +194,7 @@ export class GitSshServer {
     client.on('ready', () => {
       if (!identity) return client.end();
       const sock = (client as unknown as { _sock?: object })._sock;
-      if (sock) {
-        this.signedIn.add(sock);
-        this.release.get(sock)?.();
-      }
+      if (sock) this.release.get(sock)?.();
       const who = identity;
       counted = !who.hop;
       if (counted) this.perUser.set(who.user, (this.perUser.get(who.user) ?? 0) + 1);
