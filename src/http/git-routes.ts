@@ -40,9 +40,12 @@ function infoRefsNeed(req: FastifyRequest): 'read' | 'write' {
   return (req.query as { service?: unknown }).service === 'git-receive-pack' ? 'write' : 'read';
 }
 
+/** GIT_REQUEST_TYPES are the bodies of git's POSTs: handed to the routes as streams, which guard them (guardBody). */
+export const GIT_REQUEST_TYPES = ['application/x-git-upload-pack-request', 'application/x-git-receive-pack-request'];
+
 /** registerGitRoutes adds the smart-HTTP endpoints (gitprotocol-http(5)); dumb HTTP is not served. */
 export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
-  for (const type of ['application/x-git-upload-pack-request', 'application/x-git-receive-pack-request']) {
+  for (const type of GIT_REQUEST_TYPES) {
     app.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
   }
   const limits = deps.config.limits;
@@ -123,14 +126,11 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         throw tooLarge(`push of ${declared} bytes is larger than the limit of ${limits.maxPushBytes} bytes`);
       const route = await routeOrProxy(deps, req, reply, repoId, true, service, PUSH_ROUTE_REUSE_MS);
       if (!route) return reply;
-      // `git push -q` asks for quiet in its first command's capabilities: then no progress lines.
-      // A side band asked for there carries a refusal of the body to the user (git prints it).
-      let quiet = false;
-      let sideBand = false;
+      // The first command's capabilities: `git push -q` asks for quiet (then no progress lines),
+      // and a side band carries a refusal of the body to the user (git prints it).
+      let caps: readonly string[] = [];
       const onFirst = (data: Buffer): void => {
-        const caps = capabilitiesOf(data);
-        quiet = caps.includes('quiet');
-        sideBand = caps.includes('side-band-64k') || caps.includes('side-band');
+        caps = capabilitiesOf(data);
       };
       // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
       // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
@@ -176,18 +176,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const body = tee ? chain(validated, new PackTap(tee)) : validated;
       reply.hijack();
       try {
-        await servePush(
-          deps,
-          req,
-          reply.raw,
-          repoId,
-          body,
-          child,
-          pushId,
-          () => quiet,
-          () => sideBand,
-          tee,
-        );
+        await servePush(deps, req, reply.raw, repoId, body, child, pushId, () => caps, tee);
       } finally {
         endUpload();
       }
@@ -456,8 +445,8 @@ async function servePush(
   body: Readable,
   child: ChildProcess,
   pushId: string,
-  quiet: () => boolean,
-  sideBand: () => boolean,
+  /** caps are the push's first command's capabilities, once its commands were read. */
+  caps: () => readonly string[],
   tee: PackTee | null,
 ): Promise<void> {
   let connected = false;
@@ -468,7 +457,7 @@ async function servePush(
       receivePackPid: child.pid ?? -1,
       abandon: () => abandonPush(res, child),
       exited: waitClose(child),
-      quiet: quiet(),
+      quiet: caps().includes('quiet'),
       tee,
       audit: (txn, refs) => ({
         action: 'push',
@@ -482,7 +471,7 @@ async function servePush(
   });
   try {
     // Refused in band only before receive-pack reached its hook: then the push did not happen.
-    const inBand = (): boolean => sideBand() && !connected;
+    const inBand = (): boolean => !connected && (caps().includes('side-band-64k') || caps().includes('side-band'));
     await streamGit(deps, req.raw, res, child, body, 'application/x-git-receive-pack-result', Buffer.alloc(0), 'git-receive-pack', inBand);
   } finally {
     unregister();

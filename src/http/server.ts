@@ -1,12 +1,11 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { AppError, appError, clientErrorOf, errorMessage, notFound } from '../domain/errors.js';
-import { PREPARE_CONTENT_TYPE } from '../cluster/protocol.js';
 import { enforceAccess } from './access.js';
 import { chain, IdleGuard } from './body-guards.js';
 import type { NodeDeps } from './deps.js';
 import { registerAdminRoutes } from './admin-routes.js';
 import { registerBackupRoutes } from './backup-routes.js';
-import { registerGitRoutes } from './git-routes.js';
+import { GIT_REQUEST_TYPES, registerGitRoutes } from './git-routes.js';
 import { registerHealthRoutes } from './health-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
@@ -14,18 +13,15 @@ import { registerSshRoutes } from './ssh-routes.js';
 import { registerStatusRoutes } from './status-routes.js';
 import { registerUserRoutes } from './user-routes.js';
 
-/** STREAMED_TYPES are the body types read as streams by their routes (git-routes, replicate-routes), not by Fastify. */
-const STREAMED_TYPES = new Set(['application/x-git-upload-pack-request', 'application/x-git-receive-pack-request', PREPARE_CONTENT_TYPE]);
-
-/** streamedBody says whether a request's body goes to its route as a stream (STREAMED_TYPES). */
-function streamedBody(req: FastifyRequest): boolean {
-  return STREAMED_TYPES.has((req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase());
-}
-
-/** streamedRoute says whether a request's route reads its body as a stream and guards it itself (git's POSTs, the peers'). */
-function streamedRoute(req: FastifyRequest): boolean {
-  const url = req.routeOptions.url ?? '';
-  return /\/(git-upload-pack|git-receive-pack)$/.test(url) || url.startsWith('/replicate/');
+/**
+ * guardedByRoute says whether a request's body is left to its route: git's POSTs with a git body
+ * (guardBody), and the peer routes, which only a member reaches (its signature is checked before
+ * the body is read) and which guard their packs themselves.
+ */
+function guardedByRoute(req: FastifyRequest): boolean {
+  if (req.routeOptions.config?.access === 'peer') return true;
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  return GIT_REQUEST_TYPES.includes(type) && /\/(git-upload-pack|git-receive-pack)$/.test(req.routeOptions.url ?? '');
 }
 
 /** hasBody says whether a request comes with a body (chunked, or a length above 0). */
@@ -76,13 +72,12 @@ export function buildHttpApp(
   // (bodyIdleMs) or, for a route that takes no more than the default body limit, sends it too
   // slowly (twice that in all; an import of a large export may take longer, if it keeps coming):
   // without, a client that sends `{` and nothing more holds its connection and the bytes it sent
-  // for as long as it likes. The streamed bodies of the git and peer routes are guarded by their
-  // routes, which know how long a pack may take; a streamed type sent to any other route (or none)
-  // is guarded here too.
+  // for as long as it likes. Bodies guarded by their routes pass (guardedByRoute); a git type sent
+  // to any other route (or none) is guarded here too.
   const idleMs = deps.config.limits.bodyIdleMs;
   const defaultLimit = deps.config.bodyLimit;
   app.addHook('preParsing', async (req, _reply, payload) => {
-    if (!hasBody(req) || (streamedBody(req) && streamedRoute(req))) return payload;
+    if (!hasBody(req) || guardedByRoute(req)) return payload;
     return chain(payload, new IdleGuard(idleMs, req.routeOptions.bodyLimit > defaultLimit ? undefined : 2 * idleMs));
   });
   app.setErrorHandler((err, req, reply) => {
