@@ -2,7 +2,11 @@ import { SEALED_CURSOR_PREFIX } from '../auth/peer-signature.js';
 import { repoRole, type Principal } from '../auth/policy.js';
 import { badRequest } from '../domain/errors.js';
 import type { RepoRecord } from '../store/types.js';
+import type { Directory } from '../auth/directory.js';
 import type { NodeDeps } from './deps.js';
+
+/** PolicyOf reads a repo's access policy (Directory.policies). */
+type PolicyOf = Awaited<ReturnType<Directory['policies']>>;
 
 /** MAX_SCAN_PAGES bounds the store pages one listing answer reads looking for repos the caller may see. */
 export const MAX_SCAN_PAGES = 5;
@@ -21,21 +25,21 @@ export interface VisiblePage {
  * their names (a review recovered one in 47 requests). From a repo the caller reads, the start,
  * or where an earlier scan stopped, it tells counts only.
  */
-export async function cursorOf(deps: NodeDeps, principal: Principal | null, given: string | undefined): Promise<string> {
+function cursorOf(deps: NodeDeps, principal: Principal | null, policyOf: PolicyOf, given: string | undefined): string {
   if (!given) return '';
   if (given.startsWith(SEALED_CURSOR_PREFIX)) {
     const cursor = deps.hops.openCursor(given);
     if (cursor === null) throw badRequest('cursor is not one this cluster made');
     return cursor;
   }
-  const policyOf = await deps.directory.policies();
   if (repoRole(principal, policyOf(given)) === null)
     throw badRequest("cursor must be a repository you may read, or a listing's next_cursor");
   return given;
 }
 
 /**
- * visibleRepos reads one page of the repos the caller may read, by id after `cursor`: store
+ * visibleRepos reads one page of the repos the caller may read, by id after the `given` cursor
+ * (cursorOf): store
  * pages of `limit + 1` records (one more tells whether a next page exists), at most
  * MAX_SCAN_PAGES of them, so an answer costs reads for what it shows, not for every repo (an
  * anonymous `GET /repos?limit=1` read every record of the cluster, two at a time). A caller who
@@ -44,10 +48,15 @@ export async function cursorOf(deps: NodeDeps, principal: Principal | null, give
  * the answer's to anyone who asked (an outside review read every tenth private name off
  * `/status.json`'s cursors).
  */
-export async function visibleRepos(deps: NodeDeps, principal: Principal | null, cursor: string, limit: number): Promise<VisiblePage> {
+export async function visibleRepos(
+  deps: NodeDeps,
+  principal: Principal | null,
+  given: string | undefined,
+  limit: number,
+): Promise<VisiblePage> {
   const policyOf = await deps.directory.policies();
   const visible: Array<{ repo: RepoRecord; visibility: string }> = [];
-  let after = cursor;
+  let after = cursorOf(deps, principal, policyOf, given);
   for (let pages = 0; pages < MAX_SCAN_PAGES; pages++) {
     const batch = await deps.store.listReposPage(after, limit + 1);
     for (const repo of batch) {

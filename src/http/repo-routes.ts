@@ -7,7 +7,7 @@ import { refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
-import { cursorOf, visibleRepos } from './listing.js';
+import { visibleRepos } from './listing.js';
 
 interface RepoParams {
   owner: string;
@@ -80,12 +80,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req) => {
       const limit = Math.min(1000, Math.max(1, Number(req.query.limit ?? 100)));
       // One page of what the caller may read, from at most MAX_SCAN_PAGES store pages (listing.ts).
-      const { visible, next } = await visibleRepos(
-        deps,
-        req.caller?.principal ?? null,
-        await cursorOf(deps, req.caller?.principal ?? null, req.query.cursor),
-        limit,
-      );
+      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, req.query.cursor, limit);
       const page = visible.map((v) => v.repo.repoId);
       return { repos: page, count: page.length, next_cursor: next };
     },

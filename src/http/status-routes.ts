@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { request } from 'undici';
 import { isInSync, type RepoRecord } from '../store/types.js';
 import type { NodeDeps } from './deps.js';
-import { cursorOf, visibleRepos } from './listing.js';
+import { visibleRepos } from './listing.js';
 import { STATUS_PAGE, STATUS_PAGE_CSP } from './status-page.js';
 
 /** PAGE_REPOS is how many repos one status answer lists by default; `limit` asks for 1 to MAX_REPOS. */
@@ -43,12 +43,7 @@ export function registerStatusRoutes(app: FastifyInstance, deps: NodeDeps): void
     async (req, reply) => {
       void reply.header('cache-control', 'no-store');
       const limit = Math.min(MAX_REPOS, Math.max(1, Number(req.query.limit ?? PAGE_REPOS)));
-      const { visible, next } = await visibleRepos(
-        deps,
-        req.caller?.principal ?? null,
-        await cursorOf(deps, req.caller?.principal ?? null, req.query.cursor),
-        limit,
-      );
+      const { visible, next } = await visibleRepos(deps, req.caller?.principal ?? null, req.query.cursor, limit);
       const repos = await Promise.all(
         visible.map(async ({ repo, visibility }) => ({
           repo_id: repo.repoId,
