@@ -171,9 +171,11 @@ export class Directory {
   /**
    * claimName takes a user or organisation name, in any case, for good (`meta/names/<lower
    * case>`, by compare-and-swap): of two creations racing for `Acme` and `acme` (or a user and an
-   * organisation of one name), one wins. takenAlike still finds the names made before claims.
+   * organisation of one name), one wins. takenAlike finds the names made before claims.
    */
   private async claimName(name: string, kind: 'user' | 'org'): Promise<void> {
+    const alike = await this.takenAlike(name);
+    if (alike !== null) throw conflict(`'${name}' differs from the existing name '${alike}' in case only`);
     const mine = `${kind}:${name}`;
     const held = await this.store.setMetaIfAbsent(`names/${name.toLowerCase()}`, mine);
     if (held === mine) return;
@@ -186,8 +188,6 @@ export class Directory {
   async addUser(name: string, admin: boolean): Promise<User> {
     checkName(name, 'user name');
     if (await this.store.getMeta(`orgs/${name}`)) throw conflict(`'${name}' is an organisation`);
-    const alike = await this.takenAlike(name);
-    if (alike !== null) throw conflict(`'${name}' differs from the existing name '${alike}' in case only`);
     await this.claimName(name, 'user');
     const user: User = { name, admin, disabled: false, createdAt: new Date().toISOString() };
     const stored = await this.store.setMetaIfAbsent(`users/${name}`, JSON.stringify(user));
@@ -224,8 +224,6 @@ export class Directory {
   async createOrg(name: string, owner: string, opts: { claimRepos?: boolean } = {}): Promise<{ name: string; createdAt: string }> {
     checkName(name, 'organisation name');
     if (await this.store.getMeta(`users/${name}`)) throw conflict(`'${name}' is a user`);
-    const alike = await this.takenAlike(name);
-    if (alike !== null) throw conflict(`'${name}' differs from the existing name '${alike}' in case only`);
     // Repositories a cluster admin made under a name nobody holds yet are not anyone's to take:
     // the organisation's owner would administer them all.
     if (!opts.claimRepos) {
