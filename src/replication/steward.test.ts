@@ -87,6 +87,26 @@ describe('planReplicaSet', () => {
   });
 });
 
+/** stewardOn is the steward of node `id` of the kit, with R=3 and nodes replaced after a minute. */
+function stewardOn(kit: ReplicationKit, id: string): Steward {
+  const node = kit.node(id);
+  return new Steward({
+    nodeId: id,
+    store: kit.store,
+    membership: node.membership,
+    logger: quietLogger,
+    activity: node.activity,
+    replicationFactor: 3,
+    replaceAfterMs: 60_000,
+  });
+}
+
+/** createdInSync creates a repo through n1 and waits for its three replicas to be in sync. */
+async function createdInSync(kit: ReplicationKit, id: RepoId): Promise<void> {
+  await kit.coordinator('n1').createRepo(id);
+  await eventually(async () => expect((await kit.raw.getReplicas(id)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+}
+
 describe('Steward passes (in process: real store)', () => {
   it('changes the set of a repo whose lock two other nodes take turn after turn, waiting in its line', async () => {
     const kit = await ReplicationKit.create({ nodes: 3 });
@@ -94,18 +114,19 @@ describe('Steward passes (in process: real store)', () => {
     const churns: Promise<number>[] = [];
     try {
       const id = 'o/busy' as RepoId;
-      await kit.coordinator('n1').createRepo(id);
-      await eventually(async () => expect((await kit.raw.getReplicas(id)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
+      await createdInSync(kit, id);
       const r = (await kit.raw.getRepo(id))!;
       expect(await kit.raw.setReplicaSet(id, r.incarnation, ['n1', 'n2'])).toBe(true);
       // n2 and n3 hold the repo's lock by turns, each asking again at once, as pushes of a busy
       // repo do: the lock is never free with no one in its line.
+      let taken = 0;
       const churn = async (node: string): Promise<number> => {
         let held = 0;
         while (!stop) {
           const lock = await kit.node(node).activity.lock(id, 5_000);
           if (!lock) continue;
           held++;
+          taken++;
           await new Promise((res) => setTimeout(res, 15));
           await lock.release();
         }
@@ -114,17 +135,11 @@ describe('Steward passes (in process: real store)', () => {
       churns.push(churn('n2'), churn('n3'));
       await eventually(async () => expect((await kit.raw.getRepo(id))!.replicas).toHaveLength(2));
       await new Promise((res) => setTimeout(res, 100));
-      const n1 = kit.node('n1');
-      const steward = new Steward({
-        nodeId: 'n1',
-        store: kit.store,
-        membership: n1.membership,
-        logger: quietLogger,
-        activity: n1.activity,
-        replicationFactor: 3,
-        replaceAfterMs: 60_000,
-      });
+      const steward = stewardOn(kit, 'n1');
+      const before = taken;
       expect(await steward.pass()).toBe(1);
+      // The premise: the others took the lock while the pass ran (it waited its turn among them).
+      expect(taken - before).toBeGreaterThan(0);
       expect([...(await kit.raw.getRepo(id))!.replicas].sort()).toEqual(['n1', 'n2', 'n3']);
     } finally {
       stop = true;
@@ -139,18 +154,8 @@ describe('Steward passes (in process: real store)', () => {
     const kit = await ReplicationKit.create({ nodes: 3 });
     try {
       const id = 'o/short' as RepoId;
-      await kit.coordinator('n1').createRepo(id);
-      await eventually(async () => expect((await kit.raw.getReplicas(id)).filter((r) => r.state === 'in_sync')).toHaveLength(3));
-      const n1 = kit.node('n1');
-      const steward = new Steward({
-        nodeId: 'n1',
-        store: kit.store,
-        membership: n1.membership,
-        logger: quietLogger,
-        activity: n1.activity,
-        replicationFactor: 3,
-        replaceAfterMs: 60_000,
-      });
+      await createdInSync(kit, id);
+      const steward = stewardOn(kit, 'n1');
       expect(await steward.pass()).toBe(0);
       // Listing is no longer possible: a pass that needed it would be skipped and take no step.
       kit.faults.set('listRepos', 'fail');

@@ -139,6 +139,13 @@ describe('git over ssh', () => {
     await c?.destroy();
   });
 
+  /** newRepoReplica creates `repo` and returns the number of a node with a replica of it. */
+  async function newRepoReplica(repo: string): Promise<number> {
+    await ok(1, 'POST', '/repos', { repo_id: repo });
+    const status = (await ok(1, 'GET', `/repos/${repo}`)) as unknown as { replicas: Array<{ node: string }> };
+    return Number(status.replicas[0]!.node.replace('node-', ''));
+  }
+
   it('pushes to one node and clones from every node, the node without a replica proxying', async () => {
     const teed = (): Promise<number> => packsShipped(c.url(replicaNodes[0]!), 'teed');
     const before = await teed();
@@ -177,9 +184,7 @@ describe('git over ssh', () => {
 
   it('a push whose shallow line cannot be noted on the replica ends with the reason, and changes nothing', async () => {
     const repo = 'alice/shallow-note';
-    await ok(1, 'POST', '/repos', { repo_id: repo });
-    const status = (await ok(1, 'GET', `/repos/${repo}`)) as unknown as { replicas: Array<{ node: string }> };
-    const node = Number(status.replicas[0]!.node.replace('node-', ''));
+    const node = await newRepoReplica(repo);
     // The mark a directory: its removal fails (EISDIR), as a failing disk would fail it.
     const marker = join(c.replicaPath(node, repo), 'gitrep-links-checked');
     await rm(marker);
@@ -197,9 +202,7 @@ describe('git over ssh', () => {
 
   it("garbage pushed over SSH is refused with the reason before receive-pack reads it, and leaves the replica's mark", async () => {
     const repo = 'alice/garbage';
-    await ok(1, 'POST', '/repos', { repo_id: repo });
-    const status = (await ok(1, 'GET', `/repos/${repo}`)) as unknown as { replicas: Array<{ node: string }> };
-    const node = Number(status.replicas[0]!.node.replace('node-', ''));
+    const node = await newRepoReplica(repo);
     const marker = join(c.replicaPath(node, repo), 'gitrep-links-checked');
     expect(await exists(marker)).toBe(true);
     const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
