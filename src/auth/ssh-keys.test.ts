@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { utils } from 'ssh2';
 import { describe, expect, it } from 'vitest';
-import { fingerprintOf, normalizeKeyId, parsePublicKey } from './ssh-keys.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
+import { Directory } from './directory.js';
+import { fingerprintOf, normalizeKeyId, parsePublicKey, SshKeys } from './ssh-keys.js';
 
 /** pair makes a key pair that parses: ssh2's generator now and then drops a leading zero byte. */
 function pair(make: () => { public: string; private: string }): { public: string; private: string } {
@@ -45,5 +47,30 @@ describe('parsePublicKey', () => {
     expect(fingerprintOf(id)).toBe(printed);
     expect(normalizeKeyId(printed ?? '')).toBe(id);
     expect(normalizeKeyId(id)).toBe(id);
+  });
+});
+
+describe('SshKeys', () => {
+  it('an expiring key signs in until its time and not after; a past time is a 400', async () => {
+    const store = new SqliteStore(':memory:');
+    const directory = new Directory(store);
+    await directory.addUser('alice', false);
+    const keys = new SshKeys(store, directory);
+    const blob = (text: string): Buffer => parsePublicKey(text).parsed.getPublicSSH();
+    await expect(keys.add('alice', 'old', ed.public, new Date(Date.now() - 1_000).toISOString())).rejects.toThrow(/in the future/);
+    await expect(keys.add('alice', 'bad', ed.public, 'not a time')).rejects.toThrow(/in the future/);
+    const made = await keys.add('alice', 'short', ed.public, new Date(Date.now() + 300).toISOString());
+    expect(made.expiresAt).toBeDefined();
+    expect((await keys.owner(blob(ed.public)))?.user).toBe('alice');
+    await keys.add('alice', 'forever', ecdsa.public);
+    await new Promise((r) => setTimeout(r, 400));
+    // The cache holds the record, not the verdict: the expiry is checked at every look-up.
+    expect(await keys.owner(blob(ed.public))).toBeNull();
+    expect((await keys.owner(blob(ecdsa.public)))?.keyName).toBe('forever');
+    expect((await keys.list('alice')).map((k) => [k.name, k.expiresAt === undefined])).toEqual([
+      ['short', false],
+      ['forever', true],
+    ]);
+    await store.close();
   });
 });

@@ -16,6 +16,8 @@ export interface SshKeyRecord {
   /** key is the public key line, `<type> <base64>` (no comment). */
   readonly key: string;
   readonly createdAt: string;
+  /** expiresAt: ISO time after which the key signs in no more; absent: never. */
+  readonly expiresAt?: string;
 }
 
 /** SshKeyView is what listing shows of a key. */
@@ -91,11 +93,22 @@ export class SshKeys {
     private readonly directory: Directory,
   ) {}
 
-  /** add registers a key for a user (404 for an unknown user, 409 if the key is registered). */
-  async add(user: string, name: string, text: string): Promise<SshKeyView> {
+  /**
+   * add registers a key for a user (404 for an unknown user, 409 if the key is registered),
+   * expiring at `expiresAt` if given (a 400 unless it is in the future).
+   */
+  async add(user: string, name: string, text: string, expiresAt?: string): Promise<SshKeyView> {
+    if (expiresAt !== undefined && !(Date.parse(expiresAt) > Date.now())) throw badRequest('expires_at must be a time in the future');
     if (!(await this.directory.user(user))) throw notFound(`user ${user} not found`);
     const k = parsePublicKey(text);
-    const record: SshKeyRecord = { user, name, type: k.type, key: k.line, createdAt: new Date().toISOString() };
+    const record: SshKeyRecord = {
+      user,
+      name,
+      type: k.type,
+      key: k.line,
+      createdAt: new Date().toISOString(),
+      ...(expiresAt !== undefined ? { expiresAt: new Date(expiresAt).toISOString() } : {}),
+    };
     const stored = await this.store.setMetaIfAbsent(`${PREFIX}${k.id}`, JSON.stringify(record));
     if (stored !== JSON.stringify(record)) {
       const holder = JSON.parse(stored) as SshKeyRecord;
@@ -130,8 +143,8 @@ export class SshKeys {
   }
 
   /**
-   * owner finds who a presented public key blob belongs to: null for an unknown key or a
-   * disabled (or deleted) user.
+   * owner finds who a presented public key blob belongs to: null for an unknown or expired key,
+   * or a disabled (or deleted) user.
    */
   async owner(blob: Buffer): Promise<SshKeyOwner | null> {
     const id = keyId(blob);
@@ -144,7 +157,7 @@ export class SshKeys {
       this.cache.set(id, { at: Date.now(), record });
       if (this.cache.size > 4_096) this.cache.clear();
     }
-    if (!record) return null;
+    if (!record || (record.expiresAt !== undefined && Date.parse(record.expiresAt) <= Date.now())) return null;
     const user = await this.directory.user(record.user);
     if (!user || user.disabled) return null;
     const parsed = utils.parseKey(record.key);

@@ -3,7 +3,7 @@ import { basename } from 'node:path';
 import { Argument, type Command } from 'commander';
 import { normalizeKeyId } from '../auth/ssh-keys.js';
 import { errorMessage } from '../domain/errors.js';
-import { commandGroup, parseUserArg, printAnswer, validated, type JsonOption } from './args.js';
+import { commandGroup, parseExpiresArg, parseUserArg, printAnswer, validated, type JsonOption } from './args.js';
 import { addClientOptions, CliError, withApi, type ClientOptions } from './http-client.js';
 import { examples } from './help.js';
 
@@ -14,6 +14,7 @@ interface KeyView {
   name: string;
   type: string;
   createdAt: string;
+  expiresAt?: string;
 }
 type Options = ClientOptions & JsonOption;
 
@@ -31,7 +32,7 @@ function defaultKeyName(line: string, file: string): string {
 }
 
 function keyLine(k: KeyView): string {
-  return `${k.fingerprint}\t${k.name}\t${k.type}\t${k.user}\tcreated ${k.createdAt}\n`;
+  return `${k.fingerprint}\t${k.name}\t${k.type}\t${k.user}\tcreated ${k.createdAt}\texpires ${k.expiresAt ?? 'never'}\n`;
 }
 
 /** registerKeys adds `key add|list|remove`: users' SSH public keys (a user's own, or anyone's for a cluster admin). */
@@ -46,14 +47,23 @@ export function registerKeys(program: Command): void {
       .description('register an SSH public key (ed25519, ECDSA, RSA >= 2048 bits) for a user')
       .addHelpText(
         'after',
-        examples('git-replication key add alice ~/.ssh/id_ed25519.pub', 'git-replication key add alice laptop.pub --name laptop'),
+        examples(
+          'git-replication key add alice ~/.ssh/id_ed25519.pub',
+          'git-replication key add alice laptop.pub --name laptop',
+          'git-replication key add alice contractor.pub --expires 30d',
+        ),
       )
       .addArgument(new Argument('<user>').argParser(parseUserArg))
       .argument('<file>', 'the public key file, e.g. ~/.ssh/id_ed25519.pub'),
   )
     .option('--name <name>', 'a name for the key (default: its comment, else the file name)', parseKeyName)
+    .option(
+      '--expires <when>',
+      'a duration (30d, 12h, 90m, 2w) or an ISO time; default: never (a token that expires adds keys that expire by then)',
+      parseExpiresArg,
+    )
     .option('--json', 'print the JSON answer')
-    .action(async (user: string, file: string, o: Options & { name?: string }) =>
+    .action(async (user: string, file: string, o: Options & { name?: string; expires?: string }) =>
       withApi(o, async (api) => {
         let text: string;
         try {
@@ -64,14 +74,20 @@ export function registerKeys(program: Command): void {
         const res = await api.post<KeyView>(`/users/${encodeURIComponent(user)}/keys`, {
           name: o.name ?? defaultKeyName(text, file),
           key: text.trim(),
+          ...(o.expires !== undefined ? { expires_at: o.expires } : {}),
         });
-        printAnswer(o, res, () => `key ${res.fingerprint} '${res.name}' (${res.type}) added for ${res.user}\n`);
+        printAnswer(
+          o,
+          res,
+          () =>
+            `key ${res.fingerprint} '${res.name}' (${res.type}) added for ${res.user}${res.expiresAt ? `, expires ${res.expiresAt}` : ''}\n`,
+        );
       }),
     );
   addClientOptions(
     key
       .command('list')
-      .description("list a user's SSH keys: fingerprint, name, type, user, created")
+      .description("list a user's SSH keys: fingerprint, name, type, user, created, expires")
       .addHelpText('after', examples('git-replication key list alice', 'git-replication key list alice --json'))
       .addArgument(new Argument('<user>').argParser(parseUserArg)),
   )

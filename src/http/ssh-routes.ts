@@ -23,6 +23,7 @@ const keySchema = {
     properties: {
       name: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._@-]+$' },
       key: { type: 'string', minLength: 1, maxLength: 16384 },
+      expires_at: { type: 'string', maxLength: 40 },
     },
   },
 } as const;
@@ -46,7 +47,7 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
     return { keys: await sshKeys.list(req.params.name) };
   });
 
-  app.post<{ Params: { name: string }; Body: { name: string; key: string } }>(
+  app.post<{ Params: { name: string }; Body: { name: string; key: string; expires_at?: string } }>(
     '/users/:name/keys',
     { config: { access: 'read' }, schema: keySchema },
     async (req, reply) => {
@@ -57,12 +58,18 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
         throw forbidden(
           `token '${c.token.name}' has scope ${c.token.scope}; adding an SSH key (which acts with the user's full role) needs an admin-scoped token`,
         );
-      const made = await sshKeys.add(req.params.name, req.body.name, req.body.key);
+      // Nor turn a credential that expires into one that does not: a token that expires adds
+      // keys that expire by then (by its own expiry when none is asked), as it makes tokens.
+      const limit = c.token.expiresAt;
+      const expiresAt = req.body.expires_at ?? limit;
+      if (limit !== undefined && expiresAt !== undefined && Date.parse(expiresAt) > Date.parse(limit))
+        throw forbidden(`token '${c.token.name}' expires at ${limit} and may not add an SSH key that expires later`);
+      const made = await sshKeys.add(req.params.name, req.body.name, req.body.key, expiresAt);
       audit.record({
         action: 'ssh-key.add',
         user: c.principal.user,
         token: c.token.name,
-        detail: { for: made.user, name: made.name, fingerprint: made.fingerprint },
+        detail: { for: made.user, name: made.name, fingerprint: made.fingerprint, expiresAt: made.expiresAt ?? null },
       });
       return reply.code(201).send(made);
     },

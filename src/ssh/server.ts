@@ -311,7 +311,8 @@ export class GitSshServer {
           // next command too, within the keys' one-second cache, as a new connection would be
           // refused. (Before, a connection kept open, an OpenSSH ControlMaster, pushed for up to
           // the session time after its key was removed.)
-          if (!registered) return refused(channel, `the key ${who.keyName} this connection signed in with is no longer registered`);
+          if (!registered)
+            return refused(channel, `the key ${who.keyName} this connection signed in with is no longer registered (removed or expired)`);
           const activity = channelActivity(hooks, this.deps.limits.idleMs, () =>
             refuse(channel, `no data on this channel for ${Math.round(this.deps.limits.idleMs / 1000)} s`),
           );

@@ -323,6 +323,24 @@ describe('git over ssh', () => {
     expect((await api(1, 'POST', '/users/alice/keys', { name: 'x', key: stranger }, writeToken)).status).toBe(403);
   }, 30_000);
 
+  it('a token that expires adds keys that expire by then, and an expired key no longer signs in', async () => {
+    await ok(1, 'POST', '/users', { name: 'erin' });
+    const soon = new Date(Date.now() + 6_000).toISOString();
+    const short = (await ok(1, 'POST', '/tokens', { name: 'short', scope: 'admin', user: 'erin', expires_at: soon })).token as string;
+    const file = await keygen('erin');
+    const pub = await readFile(`${file}.pub`, 'utf8');
+    const later = new Date(Date.now() + 3_600_000).toISOString();
+    const refused = await api(2, 'POST', '/users/erin/keys', { name: 'long', key: pub, expires_at: later }, short);
+    expect(refused.status).toBe(403);
+    expect(refused.json.error).toMatch(/expires at .* and may not add an SSH key that expires later/);
+    expect((await api(2, 'POST', '/users/erin/keys', { name: 'past', key: pub, expires_at: '2001-01-01T00:00:00Z' })).status).toBe(400);
+    const made = await api(2, 'POST', '/users/erin/keys', { name: 'temp', key: pub }, short);
+    expect(made.status).toBe(201);
+    expect(made.json.expiresAt).toBe(soon);
+    expect((await ssh(file, 3, [])).stderr).toContain('Hi erin! You are signed in');
+    await waitFor(async () => /Permission denied \(publickey\)/.test((await ssh(file, 1, [])).stderr), 15_000, 'expired key refused');
+  }, 60_000);
+
   it('key add, list and remove through the CLI; a removed key no longer signs in', async () => {
     const file = await keygen('dave');
     await ok(1, 'POST', '/users', { name: 'dave' });
