@@ -73,6 +73,8 @@ export interface NodeConfig {
   readonly shutdownGraceMs: number;
   /** bodyIdleMs ends a git request whose body is silent this long (408). */
   readonly bodyIdleMs: number;
+  /** sendIdleMs ends a git answer whose client has read none of it this long. */
+  readonly sendIdleMs: number;
   /** maxPushBytes is the largest pack a push may send (receive.maxInputSize; 413). */
   readonly maxPushBytes: number;
   /** maxUploadRequestBytes is the largest fetch request, decompressed (413). */
@@ -414,6 +416,7 @@ async function startLocked(
       fsckIgnore: cfg.fsckIgnore,
       limits: {
         bodyIdleMs: cfg.bodyIdleMs,
+        sendIdleMs: cfg.sendIdleMs,
         maxPushBytes: cfg.maxPushBytes,
         maxUploadRequestBytes: cfg.maxUploadRequestBytes,
         maxInflateRatio: cfg.maxInflateRatio,

@@ -100,6 +100,14 @@ export const SETTINGS = {
     min: 1,
     doc: 'end a git request whose body is silent this long, 408',
   },
+  sendIdleMs: {
+    kind: 'ms',
+    env: 'SEND_IDLE_TIMEOUT',
+    flag: '--send-idle-timeout',
+    default: 60 * SECOND,
+    min: 1,
+    doc: 'end a git answer its client has read nothing of this long (its git process and slot freed)',
+  },
   maxPushBytes: {
     kind: 'bytes',
     env: 'MAX_PUSH_SIZE',

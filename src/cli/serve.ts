@@ -72,6 +72,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     maxGitPerClient: s.maxGitPerClient ?? Math.max(1, Math.ceil(s.maxGitProcesses / 2)),
     gitSlotWaitMs: s.gitSlotWaitMs,
     bodyIdleMs: s.bodyIdleMs,
+    sendIdleMs: s.sendIdleMs,
     shutdownGraceMs: s.shutdownGraceMs,
     fsckIgnore: parseFsckIgnore(s.fsckIgnore),
     minFreeDiskBytes: s.minFreeDiskBytes,

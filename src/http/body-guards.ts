@@ -1,4 +1,4 @@
-import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
+import { Transform, type Duplex, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { AppError, appError, badRequest, errorMessage } from '../domain/errors.js';
 
@@ -56,6 +56,38 @@ export class IdleGuard extends Transform {
       this.destroy(appError('ERR_BODY_TIMEOUT', [Math.round(this.idleMs / 1000)]));
     }
   }
+}
+
+/**
+ * watchStalledReader calls `onStall` once when `out`'s client has read nothing for `idleMs`:
+ * the answer waits to be written (its buffers, the kernel's included, are full) and no drain came
+ * in that time. A git process that is still working (nothing waiting to be written) is not the
+ * client's stall. It returns the function that ends the watch. (A clone whose client stopped
+ * reading held its git process, and a git slot, up to the git time-out, an hour by default.)
+ */
+export function watchStalledReader(out: Writable, idleMs: number, onStall: () => void): () => void {
+  let since = 0;
+  const onDrain = (): void => {
+    since = 0;
+  };
+  const timer = setInterval(
+    () => {
+      if (!out.writableNeedDrain) since = 0;
+      else if (since === 0) since = Date.now();
+      else if (Date.now() - since >= idleMs) {
+        stop();
+        onStall();
+      }
+    },
+    Math.max(50, Math.min(5_000, Math.floor(idleMs / 4))),
+  );
+  timer.unref();
+  out.on('drain', onDrain);
+  const stop = (): void => {
+    clearInterval(timer);
+    out.off('drain', onDrain);
+  };
+  return stop;
 }
 
 /**

@@ -38,6 +38,8 @@ export interface HttpConfig {
 export interface GitBodyLimits {
   /** bodyIdleMs: a request body silent this long (while the node waits for it) ends with 408. */
   readonly bodyIdleMs: number;
+  /** sendIdleMs: an answer whose client reads none of it this long (its buffers full) is ended, its git process killed. */
+  readonly sendIdleMs: number;
   /** maxUploadRequestBytes: a fetch's request (wants, haves), decompressed; 413 beyond. */
   readonly maxUploadRequestBytes: number;
   /** maxPushBytes: a push's pack (git's receive.maxInputSize); 413 beyond. */

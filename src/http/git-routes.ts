@@ -9,7 +9,7 @@ import { AppError, appError, badRequest, errorMessage, unavailable } from '../do
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { HOP_HEADER, ROUTE_HEADER } from '../auth/peer-signature.js';
 import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
-import { chain, guardBody, readBounded, tooLarge } from './body-guards.js';
+import { chain, guardBody, readBounded, tooLarge, watchStalledReader } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
 import { PackTap, type PackTee } from '../replication/pack-tee.js';
 import { PUSH_COMMANDS_BYTES, receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
@@ -361,7 +361,13 @@ async function streamGit(
     bytes.out += d.length;
   });
   child.stdout?.pipe(res, { end: false });
-  const [code, signal] = await waitClose(child);
+  let stalled = false;
+  const stopWatch = watchStalledReader(res, deps.config.limits.sendIdleMs, () => {
+    stalled = true;
+    void terminate(child);
+    res.destroy();
+  });
+  const [code, signal] = await waitClose(child).finally(stopWatch);
   const f = failure as AppError | null;
   if (f && !res.headersSent) {
     // The rest of a refused body is not read: the connection closes after the answer. git shows
@@ -396,7 +402,13 @@ async function streamGit(
   }
   const outcome = code === 0 && !signal && !f ? 'ok' : f ? 'bad_request' : 'error';
   deps.metrics.observeGit(service, contentType.endsWith('-advertisement'), outcome, (Date.now() - started) / 1000, bytes);
-  if (outcome === 'error' && !rawReq.destroyed) deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
+  if (stalled)
+    deps.logger.info(
+      { service, client: rawReq.socket.remoteAddress, bytesOut: bytes.out, idleMs: deps.config.limits.sendIdleMs },
+      'client read nothing of the answer for the send idle time: answer ended, git process killed',
+    );
+  else if (outcome === 'error' && !rawReq.destroyed)
+    deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
 }
 
 /**

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
@@ -94,7 +94,8 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
   beforeAll(async () => {
     c = await TestCluster.start({
       nodes: 3,
-      env: { AUTH: 'tokens' },
+      // SEND_IDLE_TIMEOUT: the stalled clone's test; a client that reads keeps its answer.
+      env: { AUTH: 'tokens', SEND_IDLE_TIMEOUT: '2s' },
       nodeEnv: {
         'node-1': { BODY_IDLE_TIMEOUT: '1500ms', MAX_FETCH_REQUEST_SIZE: '64k', MAX_PUSH_SIZE: '1m' },
         'node-2': { MAX_GIT_PER_CLIENT: '2', REPLICATION_FACTOR: '1', GIT_SLOT_WAIT: '0' },
@@ -1250,6 +1251,49 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     await Promise.all(stalls);
     await expectUnharmed(before);
   }, 60_000);
+
+  it('a clone whose client stops reading is ended after the send idle time (2 s), its git process and slot freed', async () => {
+    expect((await c.api(2, 'POST', '/repos', { repo_id: 'acme/big', visibility: 'public' })).status).toBe(201);
+    // A pack larger than every buffer between git and the client (pipe, Node's, both sockets'): 24 MiB that do not compress.
+    const work = await workRepo();
+    await writeFile(join(work, 'big.bin'), randomBytes(24 * 1024 * 1024));
+    await gitOk(['add', 'big.bin'], { cwd: work });
+    await gitOk(['commit', '-q', '-m', 'big'], { cwd: work });
+    const tip = (await gitOk(['rev-parse', 'HEAD'], { cwd: work })).trim();
+    const push = new URL(c.repoUrl(2, 'acme/big'));
+    push.username = 'x';
+    push.password = writeTok;
+    await gitOk(['push', '-q', push.toString(), 'HEAD:refs/heads/main'], { cwd: work });
+    const holder = Number((await c.waitInSync('acme/big', 2)).replicas[0]!.node.slice('node-'.length));
+    let socket: Socket | null = null;
+    const answer = raw(
+      port(holder),
+      {
+        method: 'POST',
+        path: '/acme/big.git/git-upload-pack',
+        headers: { 'content-type': UP },
+        body: pkts(`want ${tip}\n`, '0000', 'done\n'),
+      },
+      60_000,
+      (s) => {
+        socket = s;
+        s.pause();
+      },
+    );
+    const uploadPacks = async (): Promise<number> =>
+      (await nodeGitProcesses(c.node(holder).dataDir)).filter((p) => p.cmd.includes('upload-pack')).length;
+    await waitFor(async () => (await uploadPacks()) > 0, 15_000, 'upload-pack serving the clone');
+    const started = Date.now();
+    await waitFor(async () => (await uploadPacks()) === 0, 20_000, 'upload-pack of the stalled clone ended');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
+    expect(c.node(holder).log).toMatch(/client read nothing of the answer for the send idle time/);
+    (socket as Socket | null)?.resume();
+    const got = await answer;
+    // The answer was cut: a whole pack of 24 MiB never arrived.
+    expect(got.body.length).toBeLessThan(24 * 1024 * 1024);
+    expect(c.nodes.every((n) => n.proc?.exitCode === null)).toBe(true);
+    expect((await fetch(`${c.url(holder)}/acme/big.git/info/refs?service=git-upload-pack`)).status).toBe(200);
+  }, 90_000);
 
   describe('pushes: what the client is told is what happened', () => {
     let work = '';
