@@ -2,7 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { StoreUnavailableError } from '../domain/errors.js';
 import type { RepoId } from '../domain/repo-id.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
+import type { ClusterStore } from '../store/types.js';
 import { Directory } from './directory.js';
+
+/** created writes a repository's record, as a create's decision does, under a given incarnation. */
+async function created(store: ClusterStore, repoId: string, incarnation = `inc-${repoId}`): Promise<void> {
+  const record = { repoId, incarnation, replicas: ['n1'], generation: 0, checksum: 'c', createdAt: new Date().toISOString() };
+  expect((await store.commitCreate({ txnId: `t-${incarnation}`, coordinator: 'n1', record })).written).toBe(true);
+}
 
 describe('Directory', () => {
   it('policies() gives every repo the policy policy() gives, from two reads', async () => {
@@ -11,6 +18,7 @@ describe('Directory', () => {
     const a = 'acme/a' as RepoId;
     const b = 'acme/b' as RepoId;
     const ab = 'acme/a-b' as RepoId;
+    for (const id of [a, b, ab]) await created(store, id);
     await d.setVisibility(a, 'public');
     await d.grant(b, 'user:alice', 'write');
     await d.grant(b, 'org:team', 'read');
@@ -34,12 +42,48 @@ describe('Directory', () => {
       },
     });
     const d = new Directory(store);
+    await created(real, 'acme/a');
     await d.setVisibility('acme/a' as RepoId, 'public');
     expect((await d.policy('acme/a' as RepoId)).visibility).toBe('public');
     await new Promise((r) => setTimeout(r, 1_100));
     down = true;
     expect((await d.policy('acme/a' as RepoId)).visibility).toBe('public');
     await expect(d.policy('acme/never' as RepoId)).rejects.toBeInstanceOf(StoreUnavailableError);
+    await real.close();
+  });
+
+  it('a grant or a public visibility is for the repository as it is: none for a missing one, undone if it was created again meanwhile', async () => {
+    const real = new SqliteStore(':memory:');
+    const repo = 'acme/r' as RepoId;
+    let swapAfter = Infinity;
+    // The store's edge: the real store, except that from the nth read of the repository on it
+    // answers as if the repository had been deleted and created again (a new incarnation).
+    const store = new Proxy(real, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (prop !== 'getRepo') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        return async (id: string) => {
+          const r = await real.getRepo(id);
+          return r && --swapAfter < 0 ? { ...r, incarnation: 'again' } : r;
+        };
+      },
+    });
+    const d = new Directory(store);
+    await expect(d.grant(repo, 'user:mallory', 'write')).rejects.toThrow(/not found/);
+    await expect(d.setVisibility(repo, 'public')).rejects.toThrow(/not found/);
+    await created(real, repo);
+    // Asked for an incarnation it no longer is: 404, nothing written.
+    await expect(d.setVisibility(repo, 'public', 'older')).rejects.toThrow(/not found/);
+    // The second read (after the write) finds another incarnation: the write is undone.
+    swapAfter = 1;
+    await expect(d.grant(repo, 'user:mallory', 'write')).rejects.toThrow(/deleted meanwhile/);
+    swapAfter = 1;
+    await expect(d.setVisibility(repo, 'public')).rejects.toThrow(/deleted meanwhile/);
+    swapAfter = Infinity;
+    expect(await real.getMeta('grants/acme/r/user:mallory')).toBeNull();
+    expect(await d.policy(repo)).toEqual({ owner: 'acme', visibility: 'private', grants: new Map() });
+    await d.grant(repo, 'user:carol', 'read', 'inc-acme/r');
+    expect((await d.policy(repo)).grants.get('user:carol')).toBe('read');
     await real.close();
   });
 

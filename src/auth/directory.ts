@@ -276,23 +276,77 @@ export class Directory {
     return out;
   }
 
-  /** setVisibility makes a repository public or private. */
-  async setVisibility(repoId: RepoId, visibility: Visibility): Promise<void> {
-    if (visibility === 'public') await this.store.setMeta(`visibility/${repoId}`, 'public');
-    else await this.store.deleteMeta(`visibility/${repoId}`);
-    this.forget();
+  /** setVisibility makes a repository public or private (forIncarnation: 404 for a missing one, or one deleted meanwhile). */
+  async setVisibility(repoId: RepoId, visibility: Visibility, incarnation?: string): Promise<void> {
+    const key = `visibility/${repoId}`;
+    if (visibility === 'public')
+      await this.forIncarnation(
+        repoId,
+        incarnation,
+        () => this.store.setMeta(key, 'public'),
+        () => this.store.deleteMeta(key),
+      );
+    else await this.forIncarnation(repoId, incarnation, () => this.store.deleteMeta(key), null);
   }
 
-  /** grant gives a user or organisation a role on a repository (null removes the grant; 404 if there is none). */
-  async grant(repoId: RepoId, grantee: string, role: Role | null): Promise<void> {
+  /**
+   * grant gives a user or organisation a role on a repository (null removes the grant; 404 if
+   * there is none, and as forIncarnation).
+   */
+  async grant(repoId: RepoId, grantee: string, role: Role | null, incarnation?: string): Promise<void> {
     const key = `grants/${repoId}/${grantee}`;
-    if (role !== null) await this.store.setMeta(key, role);
-    else if ((await this.store.getMeta(key)) === null) throw notFound(`${grantee} has no grant on ${repoId}`);
-    else await this.store.deleteMeta(key);
-    this.forget();
+    if (role !== null)
+      await this.forIncarnation(
+        repoId,
+        incarnation,
+        () => this.store.setMeta(key, role),
+        () => this.store.deleteMeta(key),
+      );
+    else
+      await this.forIncarnation(
+        repoId,
+        incarnation,
+        async () => {
+          if ((await this.store.getMeta(key)) === null) throw notFound(`${grantee} has no grant on ${repoId}`);
+          await this.store.deleteMeta(key);
+        },
+        null,
+      );
   }
 
-  /** forgetRepo drops a deleted repository's visibility and grants (a re-created one starts private). */
+  /**
+   * forIncarnation makes a policy write for the repository as it is now (or as `incarnation`, if
+   * given): 404 if there is no such repository. The repository is read again after the write, and
+   * a write that found it deleted (or deleted and created again) by then is undone and answered
+   * 404: a grant or a public visibility never outlives the repository it was given on. (A create
+   * clears what a deleted repository of its name left, under the repository's lock, before its
+   * record is written; a write that came after that clear is caught here.)
+   */
+  private async forIncarnation(
+    repoId: RepoId,
+    incarnation: string | undefined,
+    write: () => Promise<void>,
+    undo: (() => Promise<void>) | null,
+  ): Promise<void> {
+    const before = await this.store.getRepo(repoId);
+    if (!before || (incarnation !== undefined && before.incarnation !== incarnation)) throw notFound(`repository ${repoId} not found`);
+    try {
+      await write();
+      const after = await this.store.getRepo(repoId);
+      if (after?.incarnation !== before.incarnation) {
+        await undo?.();
+        throw notFound(`repository ${repoId} was deleted meanwhile`);
+      }
+    } finally {
+      this.forget();
+    }
+  }
+
+  /**
+   * forgetRepo drops a repository's visibility and grants: a deleted one's, and, before a create
+   * writes its record, whatever one deleted before left (a delete whose forgetRepo failed or was
+   * cut short): a re-created repository starts private, with no grants.
+   */
   async forgetRepo(repoId: RepoId): Promise<void> {
     await this.store.deleteMeta(`visibility/${repoId}`);
     for (const g of await this.store.listMeta(`grants/${repoId}/`)) await this.store.deleteMeta(g.key);

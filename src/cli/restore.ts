@@ -136,9 +136,16 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
     throw new CliError(
       `the mirror does not hold generation ${entry.generation} as the manifest says (an interrupted backup?): run backup again`,
     );
-  await ctx.api.post('/repos', { repo_id: entry.id, visibility: entry.visibility }).catch((err: unknown) => {
-    if (!(ctx.force && err instanceof CliError && err.status === 409)) throw err;
-  });
+  const created = await ctx.api.post('/repos', { repo_id: entry.id, visibility: entry.visibility }).then(
+    () => true,
+    (err: unknown) => {
+      if (!(ctx.force && err instanceof CliError && err.status === 409)) throw err;
+      return false;
+    },
+  );
+  // A new repository starts with no grants (a create clears what the import wrote under its name): the backup's again.
+  if (created)
+    for (const g of entry.grants) await ctx.api.put(`${repoPath(entry.id)}/grants/${encodeURIComponent(g.grantee)}`, { role: g.role });
   if (mirror.refs.length > 0)
     await runGit(['push', '--mirror', '--quiet', '--', `${ctx.base}/${entry.id}.git`], { cwd: path, token: ctx.token });
   const asBackedUp = replicaChecksum(mirror.refs, mirror.head);

@@ -63,12 +63,14 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       if (!canCreateIn(caller.principal, owner))
         throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
       if (!caller.principal.admin && !(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
-      const result = await deps.coordinator.createRepo(repoId);
+      // What a deleted repository of this name left (its visibility, its grants) is cleared first.
+      const { incarnation, ...result } = await deps.coordinator.createRepo(repoId, () => directory.forgetRepo(repoId));
       const visibility = req.body.visibility ?? 'private';
-      if (visibility === 'public') await directory.setVisibility(repoId, 'public');
+      if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
       // A member who creates a repository in an organisation administers it (members only read the rest).
       const p = caller.principal;
-      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grant(repoId, `user:${p.user}`, 'admin');
+      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner')
+        await directory.grant(repoId, `user:${p.user}`, 'admin', incarnation);
       audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
       return reply.code(201).send({ ...result, visibility });
     },
@@ -188,7 +190,6 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req) => {
       const repoId = repoIdOf(req);
       const grantee = checkPrincipal(req.params.grantee);
-      if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
       const [kind, name] = grantee.split(':') as [string, string];
       const exists = kind === 'user' ? (await directory.user(name)) !== null : await directory.orgExists(name);
       if (!exists) throw badRequest(`no ${kind === 'user' ? 'user' : 'organisation'} named '${name}'`);
@@ -204,7 +205,6 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req) => {
       const repoId = repoIdOf(req);
       const grantee = checkPrincipal(req.params.grantee);
-      if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
       await directory.grant(repoId, grantee, null);
       audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
       return { repo_id: repoId, grantee, role: null };

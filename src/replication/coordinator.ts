@@ -69,6 +69,8 @@ export interface CreateResult {
   readonly peers_confirmed: number;
   readonly replicas: readonly string[];
   readonly write_quorum: number;
+  /** incarnation tells this repository from one of the same name deleted before or created after. */
+  readonly incarnation: string;
 }
 
 /** PushContext ties a proc-receive exchange to its HTTP request. */
@@ -748,13 +750,18 @@ export class Coordinator {
     }
   }
 
-  /** createRepo creates a repo on its replica set by two-phase commit. */
-  async createRepo(repoId: RepoId): Promise<CreateResult> {
+  /**
+   * createRepo creates a repository on its replicas by two-phase commit. `beforeRecord` runs under
+   * the repository's lock once no repository of that name is found, before its record is written
+   * (the routes clear what a deleted repository of that name left: its visibility and grants).
+   */
+  async createRepo(repoId: RepoId, beforeRecord?: () => Promise<void>): Promise<CreateResult> {
     const { store, nodeId, logger } = this.deps;
     if (await store.getRepo(repoId)) throw conflict(`repository ${repoId} already exists`);
     const held = await this.lock(repoId);
     try {
       if (await store.getRepo(repoId)) throw conflict(`repository ${repoId} already exists`);
+      await beforeRecord?.();
       const replicas = await this.placement(repoId);
       const w = this.writeQuorumFor(replicas.length);
       if (isBelowMajority(w, replicas.length))
@@ -807,6 +814,7 @@ export class Coordinator {
         peers_confirmed: peersConfirmed,
         replicas,
         write_quorum: w,
+        incarnation,
       };
     } finally {
       await held.release();

@@ -323,6 +323,29 @@ describe('permission matrix: callers × public and private × operations', () =>
     await waitFor(async () => (await anon()).code !== 0, 3_000, 'private again on node 2');
   });
 
+  it('a repository created again starts private with no grants, even where the delete left its old ones behind', async () => {
+    await makeRepo('again', 'public');
+    await ok(1, 'PUT', '/repos/acme/again/grants/user:carol', { role: 'write' });
+    await ok(2, 'DELETE', '/repos/acme/again');
+    // What a delete cut short after its record was gone (a crash, the store lost) leaves: written
+    // straight into the store, as that delete would have left it.
+    const db = new Database(join(c.root, 'cluster.db'));
+    try {
+      const put = db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
+      put.run('visibility/acme/again', 'public');
+      put.run('grants/acme/again/user:carol', 'write');
+    } finally {
+      db.close();
+    }
+    expect((await call(3, 'POST', '/repos', admin, { repo_id: 'acme/again' })).status).toBe(201);
+    const grants = (await ok(1, 'GET', '/repos/acme/again/grants')) as { visibility: string; grants: unknown[] };
+    expect(grants.visibility).toBe('private');
+    expect(grants.grants).toEqual([]);
+    await sleep(1_100);
+    expectGit(await git(['ls-remote', `${c.url(2)}/acme/again.git`]), 'prompt');
+    expectGit(await git(['push', gitUrl(1, 'acme/again', 'writer'), 'HEAD:refs/heads/main'], { cwd: work }), 'notFound');
+  });
+
   it('the audit log has pushes, creations, grants and token changes with who did them', async () => {
     await commitFile(work, 'audit.txt', 'x\n', 'audit');
     await gitOk(['push', '-q', gitUrl(2, 'acme/private', 'writer'), 'HEAD:refs/heads/audited'], { cwd: work });
