@@ -237,7 +237,10 @@ export class TestCluster {
     const deadline = Date.now() + timeoutMs;
     for (const n of nodes) {
       for (;;) {
-        if (n.proc && n.proc.exitCode !== null) throw new Error(`${n.id} exited: ${n.log.slice(-2000)}`);
+        // A process killed by a signal (a fail point's crash is a SIGKILL) has no exit code, only
+        // a signal: missing that, a node that crashed while starting was waited for 90 s.
+        if (n.proc && (n.proc.exitCode !== null || n.proc.signalCode !== null))
+          throw new Error(`${n.id} exited (${n.proc.signalCode ?? `code ${n.proc.exitCode}`}) while starting: ${n.log.slice(-2000)}`);
         try {
           if ((await this.fetch(`${n.url}/health`)).ok) break;
         } catch {

@@ -250,7 +250,22 @@ export class FaultInjector {
     const via = coordinatorSide ? victim : rng.pick(others.length > 0 ? others : replicas);
     this.record('failpoint', victim, `${name}=crash, push to ${repo} through node-${via}`);
     this.armed.add(victim);
-    await cluster.restart(victim, { GIT_REPLICATION_FAILPOINTS: `${name}=crash` });
+    const started = await cluster.restart(victim, { GIT_REPLICATION_FAILPOINTS: `${name}=crash` }).then(
+      () => true,
+      (err: unknown) => {
+        if (cluster.node(victim).proc?.signalCode !== 'SIGKILL') throw err;
+        return false;
+      },
+    );
+    if (!started) {
+      // Its start-up passed the fail point (resolving a transaction it had left in doubt) and
+      // crashed there: the crash this fault asks for, on the way up.
+      this.opts.log(`fail point ${name} on node-${victim} crashed it while it started`);
+      this.crashes.set(name, (this.crashes.get(name) ?? 0) + 1);
+      this.down.add(victim);
+      await this.restartClean(victim);
+      return;
+    }
     // The push must find the victim's replica in sync (a coordinator must be one; a participant
     // behind would refuse before the fail point).
     const deadline = Date.now() + 8_000;
