@@ -8,8 +8,7 @@ interface StepLogger {
 /**
  * StartupSteps times a node's start-up steps. A step still running after `warnAfterMs` is
  * named in a warning, and again every `warnAfterMs`, so that a node that does not come up says
- * what it waits for (a restart after a crash once stayed unhealthy for 90 s with nothing in its
- * log). `timings` go into the "node started" line.
+ * what it waits for. `timings` go into the "node started" line.
  */
 export class StartupSteps {
   private readonly ms: Record<string, number> = {};
