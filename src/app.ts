@@ -73,7 +73,7 @@ export interface NodeConfig {
   readonly shutdownGraceMs: number;
   /** bodyIdleMs ends a git request whose body is silent this long (408). */
   readonly bodyIdleMs: number;
-  /** sendIdleMs ends a git answer whose client has read none of it this long. */
+  /** sendIdleMs ends a git answer whose client's socket has not drained this long (0: never). */
   readonly sendIdleMs: number;
   /** maxPushBytes is the largest pack a push may send (receive.maxInputSize; 413). */
   readonly maxPushBytes: number;

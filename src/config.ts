@@ -104,9 +104,9 @@ export const SETTINGS = {
     kind: 'ms',
     env: 'SEND_IDLE_TIMEOUT',
     flag: '--send-idle-timeout',
-    default: 60 * SECOND,
-    min: 1,
-    doc: 'end a git answer its client has read nothing of this long (its git process and slot freed)',
+    default: 10 * MINUTE,
+    min: 0,
+    doc: "end a git answer whose client's socket has not drained this long (its git process and slot freed; 0: never)",
   },
   maxPushBytes: {
     kind: 'bytes',

@@ -74,7 +74,7 @@ describe('watchStalledReader', () => {
     expect(at!).toBeGreaterThanOrEqual(400);
   });
 
-  it('leaves a slow reader alone, and an answer with nothing to write yet', async () => {
+  it('leaves alone a reader that drains its socket within the idle time, and an answer with nothing to write yet', async () => {
     const slow = await answering(400, 2_000, flood, (s) => {
       s.pause();
       const t = setInterval(() => {

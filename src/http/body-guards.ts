@@ -59,11 +59,14 @@ export class IdleGuard extends Transform {
 }
 
 /**
- * watchStalledReader calls `onStall` once when `out`'s client has read nothing for `idleMs`:
- * the answer waits to be written (its buffers, the kernel's included, are full) and no drain came
- * in that time. A git process that is still working (nothing waiting to be written) is not the
+ * watchStalledReader calls `onStall` once when `out`'s client has stalled for `idleMs`: the
+ * answer waits to be written (its buffers, the kernel's included, are full) and no drain came in
+ * that time. A git process that is still working (nothing waiting to be written) is not the
  * client's stall. It returns the function that ends the watch. (A clone whose client stopped
  * reading held its git process, and a git slot, up to the git time-out, an hour by default.)
+ * Node's drain is the only progress signal there is, and a full socket drains only once the
+ * client has taken about half its send buffer (Linux grows one to 4 MiB): a client that reads
+ * slower than that much per `idleMs` looks stalled too, hence a long default (10 min: 3.4 KB/s).
  */
 export function watchStalledReader(out: Writable, idleMs: number, onStall: () => void): () => void {
   let since = 0;

@@ -38,7 +38,7 @@ export interface HttpConfig {
 export interface GitBodyLimits {
   /** bodyIdleMs: a request body silent this long (while the node waits for it) ends with 408. */
   readonly bodyIdleMs: number;
-  /** sendIdleMs: an answer whose client reads none of it this long (its buffers full) is ended, its git process killed. */
+  /** sendIdleMs: an answer whose client's socket does not drain this long (its buffers full) is ended, its git process killed; 0: never. */
   readonly sendIdleMs: number;
   /** maxUploadRequestBytes: a fetch's request (wants, haves), decompressed; 413 beyond. */
   readonly maxUploadRequestBytes: number;

@@ -362,11 +362,15 @@ async function streamGit(
   });
   child.stdout?.pipe(res, { end: false });
   let stalled = false;
-  const stopWatch = watchStalledReader(res, deps.config.limits.sendIdleMs, () => {
-    stalled = true;
-    void terminate(child);
-    res.destroy();
-  });
+  const idleMs = deps.config.limits.sendIdleMs;
+  const stopWatch =
+    idleMs > 0
+      ? watchStalledReader(res, idleMs, () => {
+          stalled = true;
+          void terminate(child);
+          res.destroy();
+        })
+      : () => undefined;
   const [code, signal] = await waitClose(child).finally(stopWatch);
   const f = failure as AppError | null;
   if (f && !res.headersSent) {
@@ -404,8 +408,8 @@ async function streamGit(
   deps.metrics.observeGit(service, contentType.endsWith('-advertisement'), outcome, (Date.now() - started) / 1000, bytes);
   if (stalled)
     deps.logger.info(
-      { service, client: rawReq.socket.remoteAddress, bytesOut: bytes.out, idleMs: deps.config.limits.sendIdleMs },
-      'client read nothing of the answer for the send idle time: answer ended, git process killed',
+      { service, client: rawReq.socket.remoteAddress, bytesOut: bytes.out, idleMs },
+      "client's socket did not drain for the send idle time: answer ended, git process killed",
     );
   else if (outcome === 'error' && !rawReq.destroyed)
     deps.logger.warn({ service, code, signal, stderr: stderr.trim() }, 'git process failed');
