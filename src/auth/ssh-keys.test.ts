@@ -67,10 +67,16 @@ describe('SshKeys', () => {
     // The cache holds the record, not the verdict: the expiry is checked at every look-up.
     expect(await keys.owner(blob(ed.public))).toBeNull();
     expect((await keys.owner(blob(ecdsa.public)))?.keyName).toBe('forever');
-    expect((await keys.list('alice')).map((k) => [k.name, k.expiresAt === undefined])).toEqual([
-      ['short', false],
+    const listed = (await keys.list('alice')).map((k) => [k.name, k.expiresAt === undefined]);
+    expect(listed.sort()).toEqual([
       ['forever', true],
+      ['short', false],
     ]);
+    // The expired registration does not keep the key from being added again (a live one does).
+    await directory.addUser('bob', false);
+    await expect(keys.add('bob', 'taken', ecdsa.public)).rejects.toThrow(/registered to another user/);
+    expect((await keys.add('bob', 'again', ed.public)).user).toBe('bob');
+    expect((await keys.owner(blob(ed.public)))?.user).toBe('bob');
     await store.close();
   });
 });

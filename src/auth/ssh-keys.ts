@@ -72,6 +72,11 @@ export function parsePublicKey(text: string): { parsed: ParsedKey; type: string;
   return { parsed, type: parsed.type, line: `${parsed.type} ${blob.toString('base64')}`, id: keyId(blob) };
 }
 
+/** expired says whether a key's registration has passed its expiry. */
+function expired(record: SshKeyRecord): boolean {
+  return record.expiresAt !== undefined && Date.parse(record.expiresAt) <= Date.now();
+}
+
 /** SshPrincipal is who a presented key belongs to, and the key's name. */
 export interface SshKeyOwner {
   readonly user: string;
@@ -109,7 +114,15 @@ export class SshKeys {
       createdAt: new Date().toISOString(),
       ...(expiresAt !== undefined ? { expiresAt: new Date(expiresAt).toISOString() } : {}),
     };
-    const stored = await this.store.setMetaIfAbsent(`${PREFIX}${k.id}`, JSON.stringify(record));
+    const key = `${PREFIX}${k.id}`;
+    let stored = await this.store.setMetaIfAbsent(key, JSON.stringify(record));
+    // An expired registration of the key is replaced (else the key could not be added again,
+    // by its user or anyone, until someone removed the dead one); read again just before, so a
+    // registration made meanwhile is not the one removed.
+    if (stored !== JSON.stringify(record) && expired(JSON.parse(stored) as SshKeyRecord) && (await this.store.getMeta(key)) === stored) {
+      await this.store.deleteMeta(key);
+      stored = await this.store.setMetaIfAbsent(key, JSON.stringify(record));
+    }
     if (stored !== JSON.stringify(record)) {
       const holder = JSON.parse(stored) as SshKeyRecord;
       throw conflict(
@@ -157,7 +170,7 @@ export class SshKeys {
       this.cache.set(id, { at: Date.now(), record });
       if (this.cache.size > 4_096) this.cache.clear();
     }
-    if (!record || (record.expiresAt !== undefined && Date.parse(record.expiresAt) <= Date.now())) return null;
+    if (!record || expired(record)) return null;
     const user = await this.directory.user(record.user);
     if (!user || user.disabled) return null;
     const parsed = utils.parseKey(record.key);
