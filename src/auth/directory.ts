@@ -101,9 +101,16 @@ export class Directory {
     return { user: user.name, admin: user.admin, orgs };
   }
 
-  /** policy reads what the rules need of a repository. */
-  async policy(repoId: RepoId): Promise<RepoPolicy> {
+  /**
+   * policy reads what the rules need of a repository, and the incarnation it holds for (null: no
+   * such repository). The record is read before the policy: a repository deleted and created
+   * again between the two reads pairs the old incarnation with the new policy, which a write
+   * bound to it then refuses (forIncarnation); the other order could pair a deleted
+   * repository's grants with the new one.
+   */
+  async policy(repoId: RepoId): Promise<RepoPolicy & { readonly incarnation: string | null }> {
     return this.cached(`repo:${repoId}`, async () => {
+      const repo = await this.store.getRepo(repoId);
       const [visibility, grants] = await Promise.all([
         this.store.getMeta(`visibility/${repoId}`),
         this.store.listMeta(`grants/${repoId}/`),
@@ -113,7 +120,8 @@ export class Directory {
         owner: repoId.split('/')[0] ?? '',
         visibility: visibility === 'public' ? 'public' : 'private',
         grants: new Map(grants.map((g) => [g.key.slice(prefix.length), g.value as Role])),
-      } satisfies RepoPolicy;
+        incarnation: repo?.incarnation ?? null,
+      } satisfies RepoPolicy & { incarnation: string | null };
     });
   }
 

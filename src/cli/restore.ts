@@ -32,6 +32,8 @@ interface RestoreContext {
   readonly base: string;
   readonly dir: string;
   readonly force: boolean;
+  /** grants are the backup's grants (records.json) by repository: restoreRepo writes them again after a create cleared them. */
+  readonly grants: ReadonlyMap<string, ReadonlyArray<{ repo: string; grantee: string; role: string }>>;
 }
 
 type Options = ClientOptions & JsonOption & { force?: boolean; parallel: number };
@@ -62,15 +64,13 @@ export function registerRestore(program: Command): void {
     .action(async (dir: string, o: Options) =>
       withApi(o, async (api) => {
         const started = Date.now();
-        const ctx: RestoreContext = {
-          api,
-          token: await resolveToken(o),
-          base: o.url.replace(/\/+$/, ''),
-          dir: resolve(dir),
-          force: o.force === true,
-        };
-        const { imported, outcomes } = await runRestore(ctx, o.parallel, o.json ? undefined : printOutcome);
-        report(o, ctx.base, imported, outcomes, Date.now() - started);
+        const base = o.url.replace(/\/+$/, '');
+        const { imported, outcomes } = await runRestore(
+          { api, token: await resolveToken(o), base, dir: resolve(dir), force: o.force === true },
+          o.parallel,
+          o.json ? undefined : printOutcome,
+        );
+        report(o, base, imported, outcomes, Date.now() - started);
       }),
     );
 }
@@ -83,12 +83,13 @@ export function registerRestore(program: Command): void {
  * mirror's.
  */
 async function runRestore(
-  ctx: RestoreContext,
+  given: Omit<RestoreContext, 'grants'>,
   parallel: number,
   onEach?: (o: RestoreOutcome) => void,
 ): Promise<{ imported: Record<string, number>; outcomes: RestoreOutcome[] }> {
-  const manifest = await readManifest(ctx.dir, true);
-  const records = await readRecords(ctx.dir);
+  const manifest = await readManifest(given.dir, true);
+  const records = await readRecords(given.dir);
+  const ctx: RestoreContext = { ...given, grants: grantsByRepo(records) };
   const existing = await listRepos(ctx.api, 1, null, false);
   if (existing.count > 0 && !ctx.force)
     throw new CliError(
@@ -110,6 +111,16 @@ async function runRestore(
     return outcome;
   });
   return { imported: answer.imported, outcomes };
+}
+
+/** grantsByRepo groups the grants of records.json by repository. */
+function grantsByRepo(records: unknown): Map<string, Array<{ repo: string; grantee: string; role: string }>> {
+  const out = new Map<string, Array<{ repo: string; grantee: string; role: string }>>();
+  const grants = (records as { grants?: unknown } | null)?.grants;
+  for (const g of Array.isArray(grants) ? (grants as Array<{ repo: string; grantee: string; role: string }>) : []) {
+    out.set(g.repo, [...(out.get(g.repo) ?? []), g]);
+  }
+  return out;
 }
 
 async function readRecords(dir: string): Promise<unknown> {
@@ -143,9 +154,10 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
       return false;
     },
   );
-  // A new repository starts with no grants (a create clears what the import wrote under its name): the backup's again.
-  if (created)
-    for (const g of entry.grants) await ctx.api.put(`${repoPath(entry.id)}/grants/${encodeURIComponent(g.grantee)}`, { role: g.role });
+  // A new repository starts with no grants (a create clears what the import wrote under its
+  // name): the records' grants of it are imported again, as they were the first time.
+  const grants = ctx.grants.get(entry.id) ?? [];
+  if (created && grants.length > 0) await ctx.api.post('/admin/import?merge=true', { users: [], grants });
   if (mirror.refs.length > 0)
     await runGit(['push', '--mirror', '--quiet', '--', `${ctx.base}/${entry.id}.git`], { cwd: path, token: ctx.token });
   const asBackedUp = replicaChecksum(mirror.refs, mirror.head);

@@ -42,6 +42,11 @@ declare module 'fastify' {
     peerDigest: string | null;
     /** hopClient is the client a member-signed hop header names (a proxied request or a repair fetch), verified once per request. */
     hopClient: string | null;
+    /**
+     * repoIncarnation is the incarnation of the repository a route's access was decided on (its
+     * policy read for it), for writes bound to it; null when none was read (a cluster admin's).
+     */
+    repoIncarnation: string | null;
   }
 }
 
@@ -55,6 +60,7 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
   app.decorateRequest('caller', null);
   app.decorateRequest('peerDigest', null);
   app.decorateRequest('hopClient', null);
+  app.decorateRequest('repoIncarnation', null);
   app.addHook('onRoute', (route: RouteOptions) => {
     const access = route.config?.access;
     if (access === undefined) throw new Error(`route ${String(route.method)} ${route.url} declares no access policy`);
@@ -104,7 +110,14 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     // client that node proxies (an outside review got node-1 to answer 429 to all of node-3's).
     const caller = await deps.auth.identify(req.headers.authorization, req.hopClient ?? req.ip);
     req.caller = caller;
-    const decision = await authorizeRepo(deps.directory, caller?.principal ?? null, caller?.token.scope ?? null, repoId, need);
+    const { decision, incarnation } = await authorizeRepo(
+      deps.directory,
+      caller?.principal ?? null,
+      caller?.token.scope ?? null,
+      repoId,
+      need,
+    );
+    req.repoIncarnation = incarnation ?? null;
     if (decision === 'allow') return;
     const hidden = notFound(`repository ${repoId} not found`);
     if (decision === 'not_found') throw hidden;

@@ -40,6 +40,16 @@ function callerOf(req: FastifyRequest): Caller {
   return req.caller;
 }
 
+/**
+ * boundTo is the incarnation a grant or visibility change is for: the one the caller's access was
+ * decided on (a policy read up to a second ago names the repository then; one deleted and
+ * created again since is another repository, and the write a 404), or, for a cluster admin, whose
+ * access reads no policy, the repository as it is.
+ */
+function boundTo(req: FastifyRequest): string | undefined {
+  return req.repoIncarnation ?? undefined;
+}
+
 function repoIdOf(req: FastifyRequest): RepoId {
   const p = req.params as RepoParams;
   return parseRepoId(`${p.owner}/${p.repo}`);
@@ -154,7 +164,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         out.default_branch = ref.slice('refs/heads/'.length);
       }
       if (req.body.visibility !== undefined) {
-        await directory.setVisibility(repoId, req.body.visibility);
+        await directory.setVisibility(repoId, req.body.visibility, boundTo(req));
         audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
         out.visibility = req.body.visibility;
       }
@@ -164,8 +174,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
-    const result = await deps.coordinator.deleteRepo(repoId);
-    await directory.forgetRepo(repoId);
+    const result = await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId));
     audit.record({ action: 'repo.delete', ...who(req), repo: repoId });
     return result;
   });
@@ -193,7 +202,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const [kind, name] = grantee.split(':') as [string, string];
       const exists = kind === 'user' ? (await directory.user(name)) !== null : await directory.orgExists(name);
       if (!exists) throw badRequest(`no ${kind === 'user' ? 'user' : 'organisation'} named '${name}'`);
-      await directory.grant(repoId, grantee, req.body.role);
+      await directory.grant(repoId, grantee, req.body.role, boundTo(req));
       audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: req.body.role } });
       return { repo_id: repoId, grantee, role: req.body.role };
     },
@@ -205,7 +214,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req) => {
       const repoId = repoIdOf(req);
       const grantee = checkPrincipal(req.params.grantee);
-      await directory.grant(repoId, grantee, null);
+      await directory.grant(repoId, grantee, null, boundTo(req));
       audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
       return { repo_id: repoId, grantee, role: null };
     },

@@ -821,8 +821,15 @@ export class Coordinator {
     }
   }
 
-  /** deleteRepo removes a repo from every replica by two-phase commit. */
-  async deleteRepo(repoId: RepoId): Promise<{ repo_id: string; deleted: true; peers_confirmed: number }> {
+  /**
+   * deleteRepo removes a repo from every replica by two-phase commit. `afterDelete` runs once the
+   * delete is decided, still under the repository's lock (the routes clear its visibility and
+   * grants there: after the lock, they could clear those of a repository created again at once).
+   */
+  async deleteRepo(
+    repoId: RepoId,
+    afterDelete?: () => Promise<void>,
+  ): Promise<{ repo_id: string; deleted: true; peers_confirmed: number }> {
     const { store, nodeId } = this.deps;
     const held = await this.lock(repoId);
     try {
@@ -858,6 +865,7 @@ export class Coordinator {
         },
         () => undefined,
       );
+      await afterDelete?.();
       return { repo_id: repoId, deleted: true, peers_confirmed: result.confirmed.filter((n) => n !== nodeId).length };
     } finally {
       await held.release();

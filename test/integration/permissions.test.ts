@@ -346,6 +346,32 @@ describe('permission matrix: callers × public and private × operations', () =>
     expectGit(await git(['push', gitUrl(1, 'acme/again', 'writer'), 'HEAD:refs/heads/main'], { cwd: work }), 'notFound');
   });
 
+  it("a grant by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
+    const frank = (await userToken('frank', 'admin')).token;
+    // The premise, node 2's view still the old one when frank writes, needs the delete and the
+    // create within the policy cache's second: tried again (another name) on a slow machine.
+    for (let attempt = 1; ; attempt++) {
+      const repo = `acme/again-${attempt}`;
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      await ok(1, 'PUT', `/repos/${repo}/grants/user:frank`, { role: 'admin' });
+      // node 2 reads the policy for frank (cached up to a second) ...
+      await waitFor(async () => (await call(2, 'GET', `/repos/${repo}/grants`, frank)).status === 200, 3_000, 'frank administers it');
+      const read = Date.now();
+      // ... then the repository is deleted and created again, without frank ...
+      await ok(1, 'DELETE', `/repos/${repo}`);
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      // ... and frank, through node 2's view of the old one, grants himself the new one.
+      const r = await call(2, 'PUT', `/repos/${repo}/grants/user:frank`, frank, { role: 'admin' });
+      const within = Date.now() - read < 1_000;
+      expect(r.status).toBe(404);
+      expect((await ok(3, 'GET', `/repos/${repo}/grants`)).grants).toEqual([]);
+      if (within || attempt === 3) {
+        expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
+        break;
+      }
+    }
+  });
+
   it('the audit log has pushes, creations, grants and token changes with who did them', async () => {
     await commitFile(work, 'audit.txt', 'x\n', 'audit');
     await gitOk(['push', '-q', gitUrl(2, 'acme/private', 'writer'), 'HEAD:refs/heads/audited'], { cwd: work });
