@@ -3,7 +3,7 @@ import { chmod, mkdir, readdir, realpath, unlink, writeFile } from 'node:fs/prom
 import { join } from 'node:path';
 import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
-import { openCursor, PeerVerifier, sealCursor, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
+import { openCursor, PeerVerifier, repairHop, sealCursor, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
 import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
 import { Authenticator } from './auth/tokens.js';
@@ -345,7 +345,7 @@ async function startLocked(
     activity,
     verifier: replicaVerifier,
     maintenance,
-    hopToken: () => hops.sign(`repair:${cfg.nodeId}`),
+    hopToken: (repoId) => hops.sign(repairHop(cfg.nodeId, repoId)),
     fsckIgnore: cfg.fsckIgnore,
     commitWaitMs: cfg.timing.commitWaitMs,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,

@@ -137,11 +137,27 @@ export class PeerVerifier {
   }
 }
 
+/** repairHop is the hop value of a repair fetch: the one repository it repairs, and the repairing node (`repair:<repo>:<node>`). */
+export function repairHop(nodeId: string, repoId: string): string {
+  return `repair:${repoId}:${nodeId}`;
+}
+
+/** isRepairHopFor says whether a verified hop value is a repair fetch of `repoId` (repo ids hold no `:`). */
+export function isRepairHopFor(hop: string | null, repoId: string): boolean {
+  return hop !== null && hop.startsWith(`repair:${repoId}:`);
+}
+
+/** hopClientName is who a hop value's requests count against: a repair's node (`repair:<node>`, whatever it repairs), else the value. */
+export function hopClientName(hop: string): string {
+  const m = /^repair:[^:]*:(.*)$/.exec(hop);
+  return m ? `repair:${m[1]}` : hop;
+}
+
 /**
  * signHop makes the hop token a node puts on a request it proxies (or a repair fetch), naming the
- * client it serves: it lets
- * the receiver answer "not in sync here" instead of proxying again. It is not single-use (git
- * sends one header on several requests), so it grants nothing else: an unsigned or expired hop
+ * client it serves: it lets the receiver answer "not in sync here" instead of proxying again. It
+ * is not single-use (git sends one header on several requests), so it grants nothing else but a
+ * repair's read of the one repository its value names (repairHop): an unsigned or expired hop
  * header is ignored and the request is routed like any client's.
  */
 export function signHop(secret: string, client: string, now = Date.now()): string {

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler, RouteOptions } from 'fastify';
-import { bodyDigest, HOP_HEADER, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
+import { bodyDigest, HOP_HEADER, isRepairHopFor, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
 import { authorizeRepo } from '../auth/authorize.js';
 import type { Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
@@ -103,8 +103,10 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     const need = typeof access.repo === 'function' ? access.repo(req) : access.repo;
     const repoId = repoOf(req, access.via);
     req.hopClient = deps.hops.verify(header(req, HOP_HEADER));
-    // A repair fetch from a peer (signed hop naming a repair) reads any replica it repairs.
-    if (need === 'read' && (req.hopClient ?? '').startsWith('repair:')) return;
+    // A repair fetch from a peer (a signed hop naming a repair of this repository) reads the
+    // replica. The hop names the repository: one captured on the wire (without TLS) read every
+    // private repository on every node for its minute.
+    if (need === 'read' && isRepairHopFor(req.hopClient, repoId)) return;
     // A proxied request's failed sign-ins count against the client the member's hop names, not
     // against the member: one client's bad tokens through a node must not throttle every
     // client that node proxies (an outside review got node-1 to answer 429 to all of node-3's).

@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
 import { AppError, appError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
-import { HOP_HEADER, ROUTE_HEADER } from '../auth/peer-signature.js';
+import { HOP_HEADER, hopClientName, ROUTE_HEADER } from '../auth/peer-signature.js';
 import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
 import { chain, guardBody, readBounded, tooLarge, watchStalledReader } from './body-guards.js';
 import { terminate, waitClose } from '../git/runner.js';
@@ -211,8 +211,9 @@ async function slotFor(deps: NodeDeps, req: FastifyRequest): Promise<() => void>
 
 /** clientOf is the address a request serves: the first node's view of it for a signed hop. */
 function clientOf(req: FastifyRequest): string {
-  // The route's access hook verified the hop header once (requireRepo).
-  return req.hopClient ?? req.ip;
+  // The route's access hook verified the hop header once (requireRepo). A repairing node's
+  // fetches count as one client, whichever repository each repairs.
+  return req.hopClient !== null ? hopClientName(req.hopClient) : req.ip;
 }
 
 function checkContentType(req: FastifyRequest, service: string): void {

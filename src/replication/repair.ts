@@ -105,8 +105,8 @@ export class RepairWorker {
       metrics: Metrics;
       failpoints: Failpoints;
       activity: RepoActivity;
-      /** hopToken signs repair fetches so the source serves them itself instead of proxying. */
-      hopToken: () => string;
+      /** hopToken signs a repair fetch of one repository, so the source serves it itself (and that repository only) instead of proxying. */
+      hopToken: (repoId: string) => string;
       /** onSeen is told every repo state a pass reads (the router keeps it for store outages). */
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
       /** onListed is told the id of every repo that exists, after each pass's full listing. */
@@ -610,7 +610,7 @@ export class RepairWorker {
     const out = await git
       .run(['ls-remote', '--symref', url, 'HEAD'], {
         cwd: storage.repoPath(repoId),
-        env: this.fetchEnv(),
+        env: this.fetchEnv(repoId),
         config: this.fetchConfig(),
         timeoutMs,
       })
@@ -624,9 +624,13 @@ export class RepairWorker {
     return true;
   }
 
-  /** fetchEnv signs a peer fetch with a hop token, by environment (any local user can read argv). */
-  private fetchEnv(): Record<string, string> {
-    return { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'http.extraHeader', GIT_CONFIG_VALUE_0: `${HOP_HEADER}: ${this.deps.hopToken()}` };
+  /** fetchEnv signs a peer fetch of `repoId` with a hop token, by environment (any local user can read argv). */
+  private fetchEnv(repoId: string): Record<string, string> {
+    return {
+      GIT_CONFIG_COUNT: '1',
+      GIT_CONFIG_KEY_0: 'http.extraHeader',
+      GIT_CONFIG_VALUE_0: `${HOP_HEADER}: ${this.deps.hopToken(repoId)}`,
+    };
   }
 
   private fetchConfig(): Record<string, string> {
@@ -647,7 +651,7 @@ export class RepairWorker {
   ): Promise<void> {
     const child = this.deps.git.spawn(args, {
       cwd,
-      env: this.fetchEnv(),
+      env: this.fetchEnv(progress.repoId),
       config: {
         'transfer.fsckObjects': 'true',
         'protocol.version': '2',

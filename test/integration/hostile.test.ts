@@ -8,7 +8,7 @@ import { gzipSync } from 'node:zlib';
 import Database from 'better-sqlite3';
 import { request, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bodyDigest, signHop, signPeerRequest } from '../../src/auth/peer-signature.js';
+import { bodyDigest, repairHop, signHop, signPeerRequest } from '../../src/auth/peer-signature.js';
 import { PROTOCOL, PROTOCOL_HEADER } from '../../src/cluster/protocol.js';
 import { encodePktLine } from '../../src/git/pkt-line.js';
 import { sleep, TestCluster, waitFor } from '../helpers/cluster.js';
@@ -1134,6 +1134,22 @@ describe('hostile requests against a 3-node cluster with token auth', () => {
     })();
     // A genuine hop to a node without a replica is answered there, never proxied again.
     expect((await fetch(url, { headers: { 'x-replication-hop': signHop(secret, '127.0.0.1') } })).status).toBe(503);
+  });
+
+  it("a repair's signed hop reads the one repository it names, no other (a captured one read every private repository)", async () => {
+    const db = new Database(join(c.root, 'cluster.db'), { readonly: true });
+    const secret = (db.prepare("SELECT value FROM meta WHERE key = 'peer_secret'").get() as { value: string }).value;
+    db.close();
+    expect((await c.api(1, 'POST', '/repos', { repo_id: 'acme/hidden' })).status).toBe(201);
+    const holder = Number((await c.waitInSync('acme/hidden')).replicas[0]!.node.slice('node-'.length));
+    const url = `${c.url(holder)}/acme/hidden.git/info/refs?service=git-upload-pack`;
+    const hop = (value: string): Promise<number> =>
+      fetch(url, { headers: { 'x-replication-hop': signHop(secret, value) } }).then((r) => r.status);
+    expect((await fetch(url)).status).toBe(401);
+    expect(await hop(repairHop('node-2', 'acme/widgets'))).toBe(401);
+    expect(await hop('repair:node-2')).toBe(401);
+    expect(await hop(repairHop('node-2', 'acme/hidden'))).toBe(200);
+    expect((await c.api(1, 'DELETE', '/repos/acme/hidden')).status).toBe(200);
   });
 
   it('what anonymous callers see: no replica paths, no lock, no store error text', async () => {
