@@ -16,6 +16,18 @@ function pair(make: () => { public: string; private: string }): { public: string
   }
 }
 
+/** sshBlob is the base64 of SSH wire strings (a public key blob). */
+function sshBlob(...parts: Array<string | Buffer>): string {
+  return Buffer.concat(
+    parts.map((p) => {
+      const b = Buffer.isBuffer(p) ? p : Buffer.from(p);
+      const len = Buffer.alloc(4);
+      len.writeUInt32BE(b.length);
+      return Buffer.concat([len, b]);
+    }),
+  ).toString('base64');
+}
+
 const ed = pair(() => utils.generateKeyPairSync('ed25519'));
 const ecdsa = pair(() => utils.generateKeyPairSync('ecdsa', { bits: 256 }));
 const rsa2048 = utils.generateKeyPairSync('rsa', { bits: 2048 });
@@ -35,6 +47,13 @@ describe('parsePublicKey', () => {
     ['a private key', ed.private, /private key/],
     ['garbage', 'ssh-ed25519 AAAAnotakey', /not an SSH public key/],
     ['an empty string', '', /not an SSH public key/],
+    // An RSA key whose modulus is empty: ssh2's parser throws (it was a 500), not returns an Error.
+    ['a malformed RSA key', 'ssh-rsa AAAAB3NzaC1yc2EAAAAAAAAAAA==', /not an SSH public key/],
+    [
+      'an ECDSA key off its curve',
+      `ecdsa-sha2-nistp256 ${sshBlob('ecdsa-sha2-nistp256', 'nistp256', Buffer.from([4, 1, 2, 3]))}`,
+      /not a valid/,
+    ],
   ])('refuses %s', (_n, text, why) => {
     expect(() => parsePublicKey(text)).toThrow(why);
   });

@@ -54,19 +54,41 @@ export function normalizeKeyId(value: string): string {
 }
 
 /**
+ * parseKeyText is ssh2's parseKey, which returns an Error for most bad input but throws for some
+ * (an RSA key with an empty modulus: an assertion in its ASN.1 writer, which was a 500).
+ */
+function parseKeyText(text: string): ParsedKey | Error {
+  try {
+    const parsed = utils.parseKey(text);
+    return Array.isArray(parsed) ? new Error('more than one key') : parsed;
+  } catch (err) {
+    return new Error(err instanceof Error && err.name !== 'AssertionError' ? err.message : 'malformed key');
+  }
+}
+
+/**
  * parsePublicKey checks a public key line (`ssh-ed25519 AAAA… comment`): ed25519, ECDSA, or RSA
  * of at least MIN_RSA_BITS; a private key, DSA, or anything unparsable is a 400.
  */
 export function parsePublicKey(text: string): { parsed: ParsedKey; type: string; line: string; id: string } {
   if (text.length > MAX_KEY_TEXT) throw badRequest('public key is too long');
-  const parsed = utils.parseKey(text.trim());
+  const parsed = parseKeyText(text.trim());
   if (parsed instanceof Error) throw badRequest(`not an SSH public key: ${parsed.message}`);
   if (parsed.isPrivateKey()) throw badRequest('that is a private key: register the public key (the .pub file)');
   if (!ACCEPTED.has(parsed.type))
     throw badRequest(`key type ${parsed.type} is not accepted: use ed25519, ECDSA or RSA (>= ${MIN_RSA_BITS} bits)`);
+  // The key's numbers must make a key (an RSA modulus, a point on the curve): ssh2 parses the
+  // wire form only, and threw from its ASN.1 writer on a malformed RSA key (a 500).
+  let details: ReturnType<typeof createPublicKey>['asymmetricKeyDetails'];
+  try {
+    details = createPublicKey(parsed.getPublicPEM()).asymmetricKeyDetails;
+  } catch {
+    throw badRequest(`not a valid ${parsed.type} public key`);
+  }
   if (parsed.type === 'ssh-rsa') {
-    const bits = createPublicKey(parsed.getPublicPEM()).asymmetricKeyDetails?.modulusLength ?? 0;
+    const bits = details?.modulusLength ?? 0;
     if (bits < MIN_RSA_BITS) throw badRequest(`RSA key of ${bits} bits is too short: at least ${MIN_RSA_BITS} bits`);
+    if ((details?.publicExponent ?? 0n) > 0xffffffffn) throw badRequest('RSA public exponent is too large');
   }
   const blob = parsed.getPublicSSH();
   return { parsed, type: parsed.type, line: `${parsed.type} ${blob.toString('base64')}`, id: keyId(blob) };
@@ -173,7 +195,7 @@ export class SshKeys {
     if (!record || expired(record)) return null;
     const user = await this.directory.user(record.user);
     if (!user || user.disabled) return null;
-    const parsed = utils.parseKey(record.key);
+    const parsed = parseKeyText(record.key);
     if (parsed instanceof Error) return null;
     return { user: record.user, keyName: record.name, parsed };
   }

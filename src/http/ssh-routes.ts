@@ -78,6 +78,9 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
   app.delete<{ Params: { name: string; id: string } }>('/users/:name/keys/:id', { config: { access: 'write' } }, async (req) => {
     const c = callerOf(req);
     ownKeysOnly(c, req.params.name, 'remove');
+    // Keys act with the user's full role: a token capped below admin neither adds nor removes one.
+    if (!atLeast(c.token.scope, 'admin'))
+      throw forbidden(`token '${c.token.name}' has scope ${c.token.scope}; removing an SSH key needs an admin-scoped token`);
     const removed = await sshKeys.remove(req.params.name, req.params.id);
     audit.record({
       action: 'ssh-key.remove',
