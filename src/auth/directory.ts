@@ -258,11 +258,17 @@ export class Directory {
   }
 
   /** removeMember takes a user out of an organisation; 404 if the user is not in it. */
+  /** removeMember takes a user out of an organisation, with their grants on its repositories (404s for an unknown organisation or member; 409 for its last owner). */
   async removeMember(org: string, user: string): Promise<void> {
     if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
     if ((await this.store.getMeta(`members/${user}/${org}`)) === null) throw notFound(`user ${user} is not a member of ${org}`);
     await this.keepAnOwner(org, user);
     await this.store.deleteMeta(`members/${user}/${org}`);
+    // Their grants on the organisation's repositories go with them, the admin grant a member
+    // gets on a repository they create included (a removed member kept administering those:
+    // making them public, deleting them, granting others). An outside collaborator is granted
+    // again after the removal.
+    for (const g of await this.store.listMeta(`grants/${org}/`)) if (g.key.endsWith(`/user:${user}`)) await this.store.deleteMeta(g.key);
     this.forget();
   }
 

@@ -41,10 +41,10 @@ function callerOf(req: FastifyRequest): Caller {
 }
 
 /**
- * boundTo is the incarnation a grant or visibility change is for: the one the caller's access was
- * decided on (a policy read up to a second ago names the repository then; one deleted and
- * created again since is another repository, and the write a 404), or, for a cluster admin, whose
- * access reads no policy, the repository as it is.
+ * boundTo is the incarnation a grant, visibility or default-branch change, or a delete, is for:
+ * the one the caller's access was decided on (a policy read up to a second ago names the
+ * repository then; one deleted and created again since is another repository, and the call a
+ * 404), or, for a cluster admin, whose access reads no policy, the repository as it is.
  */
 function boundTo(req: FastifyRequest): string | undefined {
   return req.repoIncarnation ?? undefined;
@@ -159,7 +159,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const ref = name.startsWith('refs/') ? name : `refs/heads/${name}`;
         if (!ref.startsWith('refs/heads/') || refNameProblem(ref) !== null)
           throw badRequest(`'${name.slice(0, 100)}' is not a branch name`);
-        await deps.coordinator.setDefaultBranch(repoId, ref);
+        await deps.coordinator.setDefaultBranch(repoId, ref, boundTo(req));
         audit.record({ action: 'repo.default_branch', ...who(req), repo: repoId, detail: { default_branch: ref } });
         out.default_branch = ref.slice('refs/heads/'.length);
       }
@@ -174,7 +174,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
-    const result = await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId));
+    const result = await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId), boundTo(req));
     audit.record({ action: 'repo.delete', ...who(req), repo: repoId });
     return result;
   });

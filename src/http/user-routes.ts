@@ -8,6 +8,18 @@ import type { NodeDeps } from './deps.js';
 const ROLE = { type: 'string', enum: ['read', 'write', 'admin'] } as const;
 const NAME = { type: 'string', minLength: 1, maxLength: 100 } as const;
 
+/**
+ * orgOwnerOnly lets an organisation's owners (and cluster admins) change its members, with an
+ * admin-scoped token: an owner administers every repository of the organisation, so a token
+ * capped below admin must not make one (a leaked CI write token made its holder's other account
+ * an owner, and removed co-owners).
+ */
+function orgOwnerOnly(c: Caller, org: string): void {
+  if (!canManageOrg(c.principal, org)) throw forbidden(`only an owner of ${org} may change its members`);
+  if (!atLeast(c.token.scope, 'admin'))
+    throw forbidden(`token '${c.token.name}' has scope ${c.token.scope}; changing an organisation's members needs an admin-scoped token`);
+}
+
 function callerOf(req: FastifyRequest): Caller {
   if (!req.caller) throw new Error('route without an authenticated caller');
   return req.caller;
@@ -111,8 +123,7 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
       },
     },
     async (req) => {
-      if (!canManageOrg(callerOf(req).principal, req.params.org))
-        throw forbidden(`only an owner of ${req.params.org} may change its members`);
+      orgOwnerOnly(callerOf(req), req.params.org);
       await directory.setMember(req.params.org, req.params.user, req.body.role);
       audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: req.body.role } });
       return { org: req.params.org, user: req.params.user, role: req.body.role };
@@ -120,8 +131,7 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
   );
 
   app.delete<{ Params: { org: string; user: string } }>('/orgs/:org/members/:user', { config: { access: 'write' } }, async (req) => {
-    if (!canManageOrg(callerOf(req).principal, req.params.org))
-      throw forbidden(`only an owner of ${req.params.org} may change its members`);
+    orgOwnerOnly(callerOf(req), req.params.org);
     await directory.removeMember(req.params.org, req.params.user);
     audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: null } });
     return { org: req.params.org, user: req.params.user, role: null };

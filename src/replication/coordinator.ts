@@ -825,16 +825,19 @@ export class Coordinator {
    * deleteRepo removes a repo from every replica by two-phase commit. `afterDelete` runs once the
    * delete is decided, still under the repository's lock (the routes clear its visibility and
    * grants there: after the lock, they could clear those of a repository created again at once).
+   * With `incarnation`, a repository that is no longer that one is a 404 (the caller's access
+   * was decided on the one deleted before).
    */
   async deleteRepo(
     repoId: RepoId,
     afterDelete?: () => Promise<void>,
+    incarnation?: string,
   ): Promise<{ repo_id: string; deleted: true; peers_confirmed: number }> {
     const { store, nodeId } = this.deps;
     const held = await this.lock(repoId);
     try {
       const repo = await store.getRepo(repoId);
-      if (!repo) throw notFound(`repository ${repoId} not found`);
+      if (!repo || (incarnation !== undefined && repo.incarnation !== incarnation)) throw notFound(`repository ${repoId} not found`);
       const req: PrepareRequest = {
         txnId: randomUUID(),
         repoId,
@@ -1241,12 +1244,12 @@ export class Coordinator {
    * setDefaultBranch points a repo's HEAD at an existing branch on every replica, as one
    * replicated transaction (no ref moves; the checksum's HEAD term changes).
    */
-  async setDefaultBranch(repoId: RepoId, branch: string): Promise<{ repo_id: string; default_branch: string }> {
+  async setDefaultBranch(repoId: RepoId, branch: string, incarnation?: string): Promise<{ repo_id: string; default_branch: string }> {
     const { storage, nodeId } = this.deps;
     const held = await this.lock(repoId, { read: true });
     try {
       const state = held.state;
-      if (!state) throw notFound(`repository ${repoId} not found`);
+      if (!state || (incarnation !== undefined && state.repo.incarnation !== incarnation)) throw notFound(`repository ${repoId} not found`);
       const repo = state.repo;
       const { own, replicas } = await this.ownReplica(state);
       if (!repo.replicas.includes(nodeId) || !isInSync(repo, own))

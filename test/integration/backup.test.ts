@@ -127,7 +127,7 @@ describe('backup and restore: 50 repositories, a writer, a new cluster of anothe
     cwd = await mkdtemp(join(tmpdir(), 'gitrep-backup-cwd-'));
     out = join(await mkdtemp(join(tmpdir(), 'gitrep-backup-')), 'backup');
     for (const u of ['alice', 'bob']) await ok(a, 1, 'POST', '/users', { name: u });
-    aliceToken = (await ok(a, 1, 'POST', '/tokens', { name: 'laptop', scope: 'write', user: 'alice' })).token as string;
+    aliceToken = (await ok(a, 1, 'POST', '/tokens', { name: 'laptop', scope: 'admin', user: 'alice' })).token as string;
     // alice makes the organisation (its owner) and adds bob.
     const asAlice = { authorization: `Bearer ${aliceToken}`, 'content-type': 'application/json' };
     expect((await fetch(`${a.url(2)}/orgs`, { method: 'POST', headers: asAlice, body: JSON.stringify({ name: 'acme' }) })).status).toBe(

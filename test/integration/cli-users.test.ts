@@ -106,7 +106,14 @@ describe('the user, org, repo and token commands against a cluster with token au
 
   it('alice makes an organisation, adds bob and creates a private repo in it', async () => {
     expect(await ok(['org', 'create', 'acme'], alice)).toBe('organisation acme created, owner alice\n');
-    expect(await ok(['org', 'add-member', 'acme', 'bob'], alice)).toBe('bob is a member of acme\n');
+    // Changing members needs an admin-scoped token (an owner's write token is refused).
+    expect((await cli(['org', 'add-member', 'acme', 'bob'], alice)).stderr).toMatch(/needs an admin-scoped token/);
+    const aliceOrg = JSON.parse(await ok(['token', 'create', 'alice-org', '--user', 'alice', '--scope', 'admin', '--json'], admin)) as {
+      id: string;
+      token: string;
+    };
+    expect(await ok(['org', 'add-member', 'acme', 'bob'], aliceOrg.token)).toBe('bob is a member of acme\n');
+    await ok(['token', 'revoke', aliceOrg.id], admin);
     const org = JSON.parse(await ok(['org', 'show', 'acme', '--json'], alice)) as {
       name: string;
       members: Array<{ user: string; role: string }>;

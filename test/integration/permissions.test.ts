@@ -252,6 +252,24 @@ describe('permission matrix: callers × public and private × operations', () =>
     expectGit(await git(['push', gitUrl(1, 'acme/bobs', 'writer'), 'HEAD:refs/heads/c'], { cwd: work }), 'forbidden');
   });
 
+  it("an owner's write-scoped token cannot change members; a removed member's grants on the organisation's repositories go with them", async () => {
+    await ok(1, 'POST', '/users', { name: 'gina' });
+    const aliceWrite = (await userToken('alice', 'write')).token;
+    const put = await call(2, 'PUT', '/orgs/acme/members/gina', aliceWrite, { role: 'owner' });
+    expect(put.status).toBe(403);
+    expect(put.json.error).toMatch(/needs an admin-scoped token/);
+    expect((await call(2, 'PUT', '/orgs/acme/members/gina', tokens.get('repo-admin')!, { role: 'member' })).status).toBe(200);
+    const gina = (await userToken('gina', 'admin')).token;
+    expect((await call(1, 'POST', '/repos', gina, { repo_id: 'acme/ginas' })).status).toBe(201);
+    await ok(1, 'PUT', '/repos/acme/public/grants/user:gina', { role: 'write' });
+    expect((await call(3, 'DELETE', '/orgs/acme/members/gina', aliceWrite)).status).toBe(403);
+    expect((await call(3, 'DELETE', '/orgs/acme/members/gina', tokens.get('repo-admin')!)).status).toBe(200);
+    expect((await ok(1, 'GET', '/repos/acme/ginas/grants')).grants).toEqual([]);
+    expect((await ok(1, 'GET', '/repos/acme/public/grants')).grants).not.toContainEqual({ grantee: 'user:gina', role: 'write' });
+    await sleep(1_100);
+    expect((await call(2, 'PATCH', '/repos/acme/ginas', gina, { visibility: 'public' })).status).toBe(404);
+  });
+
   it('an organisation keeps an owner; removing what is not there is a 404', async () => {
     const alice = tokens.get('repo-admin')!;
     expect((await call(1, 'DELETE', '/orgs/acme/members/alice', alice)).status).toBe(409);
@@ -346,7 +364,7 @@ describe('permission matrix: callers × public and private × operations', () =>
     expectGit(await git(['push', gitUrl(1, 'acme/again', 'writer'), 'HEAD:refs/heads/main'], { cwd: work }), 'notFound');
   });
 
-  it("a grant by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
+  it("a grant or a delete by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
     const frank = (await userToken('frank', 'admin')).token;
     // The premise, node 2's view still the old one when frank writes, needs the delete and the
     // create within the policy cache's second: tried again (another name) on a slow machine.
@@ -362,8 +380,12 @@ describe('permission matrix: callers × public and private × operations', () =>
       await ok(1, 'POST', '/repos', { repo_id: repo });
       // ... and frank, through node 2's view of the old one, grants himself the new one.
       const r = await call(2, 'PUT', `/repos/${repo}/grants/user:frank`, frank, { role: 'admin' });
+      // Nor delete it.
+      const del = await call(2, 'DELETE', `/repos/${repo}`, frank);
       const within = Date.now() - read < 1_000;
       expect(r.status).toBe(404);
+      expect(del.status).toBe(404);
+      expect((await call(3, 'GET', `/repos/${repo}`, admin)).status).toBe(200);
       expect((await ok(3, 'GET', `/repos/${repo}/grants`)).grants).toEqual([]);
       if (within || attempt === 3) {
         expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
