@@ -86,8 +86,48 @@ describe('Directory', () => {
     swapAfter = Infinity;
     expect(await real.getMeta('grants/acme/r/user:mallory')).toBeNull();
     expect(await d.policy(repo)).toEqual({ owner: 'acme', visibility: 'private', grants: new Map(), incarnation: 'inc-acme/r' });
+    // A policy read that found no repository binds to none: ''.
+    await expect(d.grant(repo, 'user:mallory', 'write', '')).rejects.toThrow(/not found/);
     await d.grant(repo, 'user:carol', 'read', 'inc-acme/r');
     expect((await d.policy(repo)).grants.get('user:carol')).toBe('read');
+    await real.close();
+  });
+
+  it("removing a member removes their grants on the organisation's repositories; a removal cut short is tried again", async () => {
+    const real = new SqliteStore(':memory:');
+    let failGrantDelete = true;
+    const store = new Proxy(real, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (prop !== 'deleteMeta') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        return async (key: string) => {
+          if (failGrantDelete && key.startsWith('grants/')) {
+            failGrantDelete = false;
+            throw new StoreUnavailableError('store lost');
+          }
+          return real.deleteMeta(key);
+        };
+      },
+    });
+    const d = new Directory(store);
+    await d.addUser('alice', false);
+    await d.addUser('gina', false);
+    await d.createOrg('acme', 'alice');
+    await d.setMember('acme', 'gina', 'member');
+    for (const id of ['acme/a', 'acme/b', 'other/c']) await created(real, id);
+    await d.grant('acme/a' as RepoId, 'user:gina', 'admin');
+    await d.grant('acme/b' as RepoId, 'user:gina', 'write');
+    await d.grant('acme/b' as RepoId, 'user:alice', 'write');
+    await d.grant('other/c' as RepoId, 'user:gina', 'read');
+    await expect(d.removeMember('acme', 'gina')).rejects.toThrow(/store lost/);
+    // Cut short, gina is still a member: the removal can be asked again, and finishes.
+    expect(await d.memberRoleNow('acme', 'gina')).toBe('member');
+    await d.removeMember('acme', 'gina');
+    expect(await d.memberRoleNow('acme', 'gina')).toBeNull();
+    expect((await d.policy('acme/a' as RepoId)).grants.size).toBe(0);
+    expect([...(await d.policy('acme/b' as RepoId)).grants.keys()]).toEqual(['user:alice']);
+    // Grants outside the organisation stay.
+    expect((await d.policy('other/c' as RepoId)).grants.get('user:gina')).toBe('read');
     await real.close();
   });
 

@@ -257,19 +257,27 @@ export class Directory {
     this.forget();
   }
 
-  /** removeMember takes a user out of an organisation; 404 if the user is not in it. */
   /** removeMember takes a user out of an organisation, with their grants on its repositories (404s for an unknown organisation or member; 409 for its last owner). */
   async removeMember(org: string, user: string): Promise<void> {
     if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
     if ((await this.store.getMeta(`members/${user}/${org}`)) === null) throw notFound(`user ${user} is not a member of ${org}`);
     await this.keepAnOwner(org, user);
-    await this.store.deleteMeta(`members/${user}/${org}`);
-    // Their grants on the organisation's repositories go with them, the admin grant a member
-    // gets on a repository they create included (a removed member kept administering those:
-    // making them public, deleting them, granting others). An outside collaborator is granted
-    // again after the removal.
-    for (const g of await this.store.listMeta(`grants/${org}/`)) if (g.key.endsWith(`/user:${user}`)) await this.store.deleteMeta(g.key);
-    this.forget();
+    try {
+      // Their grants on the organisation's repositories go with them, the admin grant a member
+      // gets on a repository they create included (a removed member kept administering those:
+      // making them public, deleting them, granting others). An outside collaborator is granted
+      // again after the removal. The grants go first: a removal cut short is tried again while
+      // the user is still a member.
+      for (const g of await this.store.listMeta(`grants/${org}/`)) if (g.key.endsWith(`/user:${user}`)) await this.store.deleteMeta(g.key);
+      await this.store.deleteMeta(`members/${user}/${org}`);
+    } finally {
+      this.forget();
+    }
+  }
+
+  /** memberRoleNow reads a user's role in an organisation from the store, past the cache (null: not a member). */
+  async memberRoleNow(org: string, user: string): Promise<OrgRole | null> {
+    return (await this.store.getMeta(`members/${user}/${org}`)) as OrgRole | null;
   }
 
   /** keepAnOwner refuses (409) to remove or demote an organisation's last owner. */
@@ -330,7 +338,7 @@ export class Directory {
 
   /**
    * forIncarnation makes a policy write for the repository as it is now (or as `incarnation`, if
-   * given): 404 if there is no such repository. The repository is read again after the write, and
+   * given; '' is none): 404 if there is no such repository. The repository is read again after the write, and
    * a write that found it deleted (or deleted and created again) by then is undone and answered
    * 404: a grant or a public visibility never outlives the repository it was given on. (A create
    * clears what a deleted repository of its name left, under the repository's lock, before its

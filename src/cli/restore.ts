@@ -34,6 +34,8 @@ interface RestoreContext {
   readonly force: boolean;
   /** grants are the backup's grants (records.json) by repository: restoreRepo writes them again after a create cleared them. */
   readonly grants: ReadonlyMap<string, ReadonlyArray<{ repo: string; grantee: string; role: string }>>;
+  /** publicRepos are the repositories records.json says are public (its newest word: a manifest entry kept from an earlier run can be older). */
+  readonly publicRepos: ReadonlySet<string>;
 }
 
 type Options = ClientOptions & JsonOption & { force?: boolean; parallel: number };
@@ -83,13 +85,13 @@ export function registerRestore(program: Command): void {
  * mirror's.
  */
 async function runRestore(
-  given: Omit<RestoreContext, 'grants'>,
+  given: Omit<RestoreContext, 'grants' | 'publicRepos'>,
   parallel: number,
   onEach?: (o: RestoreOutcome) => void,
 ): Promise<{ imported: Record<string, number>; outcomes: RestoreOutcome[] }> {
   const manifest = await readManifest(given.dir, true);
   const records = await readRecords(given.dir);
-  const ctx: RestoreContext = { ...given, grants: grantsByRepo(records) };
+  const ctx: RestoreContext = { ...given, grants: grantsByRepo(records), publicRepos: publicIn(records) };
   const existing = await listRepos(ctx.api, 1, null, false);
   if (existing.count > 0 && !ctx.force)
     throw new CliError(
@@ -123,6 +125,13 @@ function grantsByRepo(records: unknown): Map<string, Array<{ repo: string; grant
   return out;
 }
 
+/** publicIn lists the repositories records.json names public. */
+function publicIn(records: unknown): Set<string> {
+  const visibility = (records as { visibility?: unknown } | null)?.visibility;
+  const list = Array.isArray(visibility) ? (visibility as Array<{ repo: string; visibility: string }>) : [];
+  return new Set(list.filter((v) => v.visibility === 'public').map((v) => v.repo));
+}
+
 async function readRecords(dir: string): Promise<unknown> {
   try {
     return JSON.parse(await readFile(layout.records(dir), 'utf8')) as unknown;
@@ -147,7 +156,8 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
     throw new CliError(
       `the mirror does not hold generation ${entry.generation} as the manifest says (an interrupted backup?): run backup again`,
     );
-  const created = await ctx.api.post('/repos', { repo_id: entry.id, visibility: entry.visibility }).then(
+  const visibility = ctx.publicRepos.has(entry.id) ? 'public' : 'private';
+  const created = await ctx.api.post('/repos', { repo_id: entry.id, visibility }).then(
     () => true,
     (err: unknown) => {
       if (!(ctx.force && err instanceof CliError && err.status === 409)) throw err;

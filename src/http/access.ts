@@ -44,7 +44,8 @@ declare module 'fastify' {
     hopClient: string | null;
     /**
      * repoIncarnation is the incarnation of the repository a route's access was decided on (its
-     * policy read for it), for writes bound to it; null when none was read (a cluster admin's).
+     * policy read for it), for writes bound to it: '' when that read found no repository, null
+     * when no policy was read (a cluster admin's).
      */
     repoIncarnation: string | null;
   }
@@ -119,7 +120,8 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
       repoId,
       need,
     );
-    req.repoIncarnation = incarnation ?? null;
+    // A policy read for a missing repository binds to none ('': no repository is that one).
+    req.repoIncarnation = incarnation === undefined ? null : (incarnation ?? '');
     if (decision === 'allow') return;
     const hidden = notFound(`repository ${repoId} not found`);
     if (decision === 'not_found') throw hidden;

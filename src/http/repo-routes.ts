@@ -78,8 +78,10 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const visibility = req.body.visibility ?? 'private';
       if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
       // A member who creates a repository in an organisation administers it (members only read the rest).
+      // Read past the cache: a member removed a moment ago (another node's cached view still had
+      // them) gets no grant that would outlive the removal.
       const p = caller.principal;
-      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner')
+      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner' && (await directory.memberRoleNow(owner, p.user)) !== null)
         await directory.grant(repoId, `user:${p.user}`, 'admin', incarnation);
       audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
       return reply.code(201).send({ ...result, visibility });

@@ -868,7 +868,11 @@ export class Coordinator {
         },
         () => undefined,
       );
-      await afterDelete?.();
+      // The delete is decided: a failure here is logged, not the delete's (a create clears
+      // what is left anyway); a 5xx would send a retry to a 404.
+      await afterDelete?.().catch((err: unknown) =>
+        this.deps.logger.warn({ repoId, err: errorMessage(err) }, "could not clear a deleted repository's visibility and grants"),
+      );
       return { repo_id: repoId, deleted: true, peers_confirmed: result.confirmed.filter((n) => n !== nodeId).length };
     } finally {
       await held.release();
