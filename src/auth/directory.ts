@@ -109,7 +109,8 @@ export class Directory {
    * repository's grants with the new one.
    */
   async policy(repoId: RepoId): Promise<RepoPolicy & { readonly incarnation: string | null }> {
-    return this.cached(`repo:${repoId}`, async () => {
+    const key = `repo:${repoId}`;
+    const policy = await this.cached(key, async () => {
       const repo = await this.store.getRepo(repoId);
       const [visibility, grants] = await Promise.all([
         this.store.getMeta(`visibility/${repoId}`),
@@ -123,6 +124,11 @@ export class Directory {
         incarnation: repo?.incarnation ?? null,
       } satisfies RepoPolicy & { incarnation: string | null };
     });
+    // A missing repository is not remembered: one created a moment later through another node
+    // is found at once (a cached "none" bound its owner's next grant or push to no repository: a
+    // 404 for a read, create, configure sequence through a load balancer).
+    if (policy.incarnation === null) this.cache.delete(key);
+    return policy;
   }
 
   /**
@@ -268,8 +274,15 @@ export class Directory {
       // making them public, deleting them, granting others). An outside collaborator is granted
       // again after the removal. The grants go first: a removal cut short is tried again while
       // the user is still a member.
-      for (const g of await this.store.listMeta(`grants/${org}/`)) if (g.key.endsWith(`/user:${user}`)) await this.store.deleteMeta(g.key);
+      const dropGrants = async (): Promise<void> => {
+        for (const g of await this.store.listMeta(`grants/${org}/`))
+          if (g.key.endsWith(`/user:${user}`)) await this.store.deleteMeta(g.key);
+      };
+      await dropGrants();
       await this.store.deleteMeta(`members/${user}/${org}`);
+      // Once more: a repository the member created meanwhile, through a node that still saw
+      // them a member, got its creator's grant after the first pass.
+      await dropGrants();
     } finally {
       this.forget();
     }

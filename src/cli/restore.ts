@@ -34,7 +34,7 @@ interface RestoreContext {
   readonly force: boolean;
   /** grants are the backup's grants (records.json) by repository: restoreRepo writes them again after a create cleared them. */
   readonly grants: ReadonlyMap<string, ReadonlyArray<{ repo: string; grantee: string; role: string }>>;
-  /** publicRepos are the repositories records.json says are public (its newest word: a manifest entry kept from an earlier run can be older). */
+  /** publicRepos are the repositories records.json says are public (a repository is restored public only if its manifest entry says so too). */
   readonly publicRepos: ReadonlySet<string>;
 }
 
@@ -156,7 +156,9 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
     throw new CliError(
       `the mirror does not hold generation ${entry.generation} as the manifest says (an interrupted backup?): run backup again`,
     );
-  const visibility = ctx.publicRepos.has(entry.id) ? 'public' : 'private';
+  // Public only if both say so: records.json is read at the start of a backup run, the entry
+  // when its repository is (or in an earlier run, kept when this one failed for it).
+  const visibility = ctx.publicRepos.has(entry.id) && entry.visibility === 'public' ? 'public' : 'private';
   const created = await ctx.api.post('/repos', { repo_id: entry.id, visibility }).then(
     () => true,
     (err: unknown) => {

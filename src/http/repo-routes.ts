@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { checkPrincipal } from '../auth/directory.js';
 import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
-import { badRequest, forbidden, notFound } from '../domain/errors.js';
+import { AppError, badRequest, forbidden, notFound } from '../domain/errors.js';
 import { refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
@@ -81,8 +81,15 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // Read past the cache: a member removed a moment ago (another node's cached view still had
       // them) gets no grant that would outlive the removal.
       const p = caller.principal;
-      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner' && (await directory.memberRoleNow(owner, p.user)) !== null)
+      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner' && (await directory.memberRoleNow(owner, p.user)) !== null) {
         await directory.grant(repoId, `user:${p.user}`, 'admin', incarnation);
+        // A removal that ran meanwhile may have swept before the grant was written: read again.
+        // (A 404 there is a grant the removal's second pass took already.)
+        if ((await directory.memberRoleNow(owner, p.user)) === null)
+          await directory.grant(repoId, `user:${p.user}`, null, incarnation).catch((err: unknown) => {
+            if (!(err instanceof AppError && err.statusCode === 404)) throw err;
+          });
+      }
       audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
       return reply.code(201).send({ ...result, visibility });
     },

@@ -364,7 +364,7 @@ describe('permission matrix: callers × public and private × operations', () =>
     expectGit(await git(['push', gitUrl(1, 'acme/again', 'writer'), 'HEAD:refs/heads/main'], { cwd: work }), 'notFound');
   });
 
-  it("a grant or a delete by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
+  it("a grant, a delete or a push by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
     const frank = (await userToken('frank', 'admin')).token;
     // The premise, node 2's view still the old one when frank writes, needs the delete and the
     // create within the policy cache's second: tried again (another name) on a slow machine.
@@ -380,11 +380,16 @@ describe('permission matrix: callers × public and private × operations', () =>
       await ok(1, 'POST', '/repos', { repo_id: repo });
       // ... and frank, through node 2's view of the old one, grants himself the new one.
       const r = await call(2, 'PUT', `/repos/${repo}/grants/user:frank`, frank, { role: 'admin' });
-      // Nor delete it.
+      // Nor delete it, nor push to it.
       const del = await call(2, 'DELETE', `/repos/${repo}`, frank);
+      const url = new URL(`${c.url(2)}/${repo}.git`);
+      url.username = 'x';
+      url.password = frank;
+      const pushed = await git(['push', url.toString(), 'HEAD:refs/heads/main'], { cwd: work });
       const within = Date.now() - read < 1_000;
       expect(r.status).toBe(404);
       expect(del.status).toBe(404);
+      expectGit(pushed, 'notFound');
       expect((await call(3, 'GET', `/repos/${repo}`, admin)).status).toBe(200);
       expect((await ok(3, 'GET', `/repos/${repo}/grants`)).grants).toEqual([]);
       if (within || attempt === 3) {
@@ -392,6 +397,17 @@ describe('permission matrix: callers × public and private × operations', () =>
         break;
       }
     }
+  });
+
+  it('read, create, configure through different nodes: a repository just created is no 404 on a node that looked for it a moment before', async () => {
+    const alice = tokens.get('repo-admin')!;
+    expect((await call(2, 'GET', '/repos/alice/prov', alice)).status).toBe(404);
+    expect((await call(1, 'POST', '/repos', alice, { repo_id: 'alice/prov' })).status).toBe(201);
+    expect((await call(2, 'PUT', '/repos/alice/prov/grants/user:erin', alice, { role: 'read' })).status).toBe(200);
+    const url = new URL(`${c.url(2)}/alice/prov.git`);
+    url.username = 'x';
+    url.password = alice;
+    expect((await git(['push', url.toString(), 'HEAD:refs/heads/main'], { cwd: work })).code).toBe(0);
   });
 
   it('the audit log has pushes, creations, grants and token changes with who did them', async () => {
