@@ -112,10 +112,10 @@ export class Directory {
     const key = `repo:${repoId}`;
     const policy = await this.cached(key, async () => {
       const repo = await this.store.getRepo(repoId);
-      const [visibility, grants] = await Promise.all([
-        this.store.getMeta(`visibility/${repoId}`),
-        this.store.listMeta(`grants/${repoId}/`),
-      ]);
+      // No repository, nothing to read: what its name may hold (a delete cut short) is no one's.
+      const [visibility, grants] = repo
+        ? await Promise.all([this.store.getMeta(`visibility/${repoId}`), this.store.listMeta(`grants/${repoId}/`)])
+        : [null, []];
       const prefix = `grants/${repoId}/`;
       return {
         owner: repoId.split('/')[0] ?? '',
@@ -124,9 +124,9 @@ export class Directory {
         incarnation: repo?.incarnation ?? null,
       } satisfies RepoPolicy & { incarnation: string | null };
     });
-    // A missing repository is not remembered: one created a moment later through another node
-    // is found at once (a cached "none" bound its owner's next grant or push to no repository: a
-    // 404 for a read, create, configure sequence through a load balancer).
+    // A missing repository is not remembered (one store read each time): one created a moment
+    // later through another node is found at once (a cached "none" bound its owner's next grant
+    // to no repository: a 404 for a read, create, configure sequence through a load balancer).
     if (policy.incarnation === null) this.cache.delete(key);
     return policy;
   }

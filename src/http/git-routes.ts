@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import type { ChildProcess } from 'node:child_process';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
-import { AppError, appError, badRequest, errorMessage, notFound, unavailable } from '../domain/errors.js';
+import { AppError, appError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { HOP_HEADER, hopClientName, ROUTE_HEADER } from '../auth/peer-signature.js';
 import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
@@ -232,24 +232,17 @@ async function routeOrProxy(
   service: string,
   reuseMs = 0,
 ): Promise<boolean> {
-  // Served here, the replica must be the repository the caller's access was decided on: a
-  // policy cached up to a second names a repository deleted (and created again) since.
-  const local = async (): Promise<true> => {
-    if (req.repoIncarnation !== null && (await deps.storage.incarnationOf(repoId)) !== req.repoIncarnation)
-      throw notFound(`repository ${repoId} not found`);
-    return true;
-  };
   // A member that proxied this request here read the store for it and found this node's replica
   // (of this incarnation) in sync: no need to read it again.
   if (req.hopClient !== null) {
     const vouched = deps.hops.verifyRoute(header(req, ROUTE_HEADER), repoId);
-    if (vouched !== null && (await deps.storage.incarnationOf(repoId)) === vouched) return local();
+    if (vouched !== null && (await deps.storage.incarnationOf(repoId)) === vouched) return true;
   }
   const route = await deps.router.route(repoId, write, { reuseMs });
-  if (route.kind === 'local') return local();
+  if (route.kind === 'local') return true;
   // Only a hop signed by a member stops proxying; a client's own header is ignored.
   if (req.hopClient !== null) {
-    if (await deps.router.waitLocal(repoId, write)) return local();
+    if (await deps.router.waitLocal(repoId, write)) return true;
     throw unavailable(`replica of ${repoId} on this node is not in sync, try again`, { retryAfter: 1 });
   }
   deps.metrics.proxied.inc({ service });

@@ -154,7 +154,7 @@ export async function runGitCommand(
     if (!user || user.disabled) throw new SshRefusal(`user ${id.user} is disabled`);
     const principal = await deps.directory.principal(user);
     const need = cmd.write ? 'write' : 'read';
-    const { decision, incarnation } = await authorizeRepo(deps.directory, principal, null, cmd.repoId, need);
+    const { decision } = await authorizeRepo(deps.directory, principal, null, cmd.repoId, need);
     // The same answers as HTTP's: no read access hides the repository; read without write is 403's message.
     if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${need} access to ${cmd.repoId} needed`);
     if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
@@ -165,10 +165,6 @@ export async function runGitCommand(
       outcome = 'proxied';
       return;
     }
-    // Served here, the replica must be the repository access was decided on (a policy cached up
-    // to a second names a repository deleted, and perhaps created again, since).
-    if (incarnation !== undefined && (await deps.storage.incarnationOf(cmd.repoId)) !== (incarnation ?? ''))
-      throw new SshRefusal(`repository ${cmd.repoId} not found`);
     const code = cmd.write
       ? await servePush(deps, channel, id, cmd, hooks)
       : await serveGit(deps, channel, cmd, id, await spawnUploadPack(deps, channel, cmd, id, gitProtocol), hooks);

@@ -364,7 +364,7 @@ describe('permission matrix: callers × public and private × operations', () =>
     expectGit(await git(['push', gitUrl(1, 'acme/again', 'writer'), 'HEAD:refs/heads/main'], { cwd: work }), 'notFound');
   });
 
-  it("a grant, a delete or a push by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
+  it("a grant or a delete by a repository's former admin, on a node that read its policy before it was deleted and created again, is refused (404)", async () => {
     const frank = (await userToken('frank', 'admin')).token;
     // The premise, node 2's view still the old one when frank writes, needs the delete and the
     // create within the policy cache's second: tried again (another name) on a slow machine.
@@ -380,16 +380,11 @@ describe('permission matrix: callers × public and private × operations', () =>
       await ok(1, 'POST', '/repos', { repo_id: repo });
       // ... and frank, through node 2's view of the old one, grants himself the new one.
       const r = await call(2, 'PUT', `/repos/${repo}/grants/user:frank`, frank, { role: 'admin' });
-      // Nor delete it, nor push to it.
+      // Nor delete it.
       const del = await call(2, 'DELETE', `/repos/${repo}`, frank);
-      const url = new URL(`${c.url(2)}/${repo}.git`);
-      url.username = 'x';
-      url.password = frank;
-      const pushed = await git(['push', url.toString(), 'HEAD:refs/heads/main'], { cwd: work });
       const within = Date.now() - read < 1_000;
       expect(r.status).toBe(404);
       expect(del.status).toBe(404);
-      expectGit(pushed, 'notFound');
       expect((await call(3, 'GET', `/repos/${repo}`, admin)).status).toBe(200);
       expect((await ok(3, 'GET', `/repos/${repo}/grants`)).grants).toEqual([]);
       if (within || attempt === 3) {
