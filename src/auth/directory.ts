@@ -78,6 +78,11 @@ export class Directory {
     this.cache.clear();
   }
 
+  /** forgetPolicy drops this node's cached policy of one repository (it is read afresh next). */
+  forgetPolicy(repoId: RepoId): void {
+    this.cache.delete(`repo:${repoId}`);
+  }
+
   /** invalidate drops this node's cached view, for a change written to the store directly (an import). */
   invalidate(): void {
     this.forget();

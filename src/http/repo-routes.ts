@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { authorizeRepo } from '../auth/authorize.js';
 import { checkPrincipal } from '../auth/directory.js';
 import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
@@ -40,16 +41,6 @@ function callerOf(req: FastifyRequest): Caller {
   return req.caller;
 }
 
-/**
- * boundTo is the incarnation a grant, visibility or default-branch change, or a delete, is for:
- * the one the caller's access was decided on (a policy read up to a second ago names the
- * repository then; one deleted and created again since is another repository, and the call a
- * 404), or, for a cluster admin, whose access reads no policy, the repository as it is.
- */
-function boundTo(req: FastifyRequest): string | undefined {
-  return req.repoIncarnation ?? undefined;
-}
-
 function repoIdOf(req: FastifyRequest): RepoId {
   const p = req.params as RepoParams;
   return parseRepoId(`${p.owner}/${p.repo}`);
@@ -58,6 +49,26 @@ function repoIdOf(req: FastifyRequest): RepoId {
 /** registerRepoRoutes adds the seed's repository API (create, read, list, delete) and visibility and grants. */
 export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
   const { directory, audit } = deps;
+  /**
+   * boundTo is the incarnation an admin's grant, visibility or default-branch change, or delete,
+   * is for: the one the caller's access was decided on (a policy read up to a second ago), or,
+   * for a cluster admin, whose access reads no policy, the repository as it is (undefined). If
+   * the repository is no longer that one (deleted, perhaps created again, since), access is
+   * decided again on a fresh policy and binds to the repository as it is now if that allows:
+   * a former admin's stale view gets a 404, its owner's own change right after a delete and
+   * re-create through another node does not.
+   */
+  const boundTo = async (req: FastifyRequest): Promise<string | undefined> => {
+    const decided = req.repoIncarnation;
+    if (decided === null) return undefined;
+    const repoId = repoIdOf(req);
+    if (((await deps.store.getRepo(repoId))?.incarnation ?? '') === decided) return decided;
+    directory.forgetPolicy(repoId);
+    const c = req.caller;
+    const again = await authorizeRepo(directory, c?.principal ?? null, c?.token.scope ?? null, repoId, 'admin');
+    if (again.decision !== 'allow') throw notFound(`repository ${repoId} not found`);
+    return again.incarnation ?? '';
+  };
   const who = (req: FastifyRequest): { user: string; token: string } => ({
     user: req.caller?.principal.user ?? 'anonymous',
     token: req.caller?.token.name ?? '',
@@ -168,12 +179,12 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const ref = name.startsWith('refs/') ? name : `refs/heads/${name}`;
         if (!ref.startsWith('refs/heads/') || refNameProblem(ref) !== null)
           throw badRequest(`'${name.slice(0, 100)}' is not a branch name`);
-        await deps.coordinator.setDefaultBranch(repoId, ref, boundTo(req));
+        await deps.coordinator.setDefaultBranch(repoId, ref, await boundTo(req));
         audit.record({ action: 'repo.default_branch', ...who(req), repo: repoId, detail: { default_branch: ref } });
         out.default_branch = ref.slice('refs/heads/'.length);
       }
       if (req.body.visibility !== undefined) {
-        await directory.setVisibility(repoId, req.body.visibility, boundTo(req));
+        await directory.setVisibility(repoId, req.body.visibility, await boundTo(req));
         audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
         out.visibility = req.body.visibility;
       }
@@ -183,7 +194,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.delete<{ Params: RepoParams }>('/repos/:owner/:repo', { config: { access: { repo: 'admin', via: 'rest' } } }, async (req) => {
     const repoId = repoIdOf(req);
-    const result = await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId), boundTo(req));
+    const result = await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId), await boundTo(req));
     audit.record({ action: 'repo.delete', ...who(req), repo: repoId });
     return result;
   });
@@ -211,7 +222,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const [kind, name] = grantee.split(':') as [string, string];
       const exists = kind === 'user' ? (await directory.user(name)) !== null : await directory.orgExists(name);
       if (!exists) throw badRequest(`no ${kind === 'user' ? 'user' : 'organisation'} named '${name}'`);
-      await directory.grant(repoId, grantee, req.body.role, boundTo(req));
+      await directory.grant(repoId, grantee, req.body.role, await boundTo(req));
       audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: req.body.role } });
       return { repo_id: repoId, grantee, role: req.body.role };
     },
@@ -223,7 +234,7 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req) => {
       const repoId = repoIdOf(req);
       const grantee = checkPrincipal(req.params.grantee);
-      await directory.grant(repoId, grantee, null, boundTo(req));
+      await directory.grant(repoId, grantee, null, await boundTo(req));
       audit.record({ action: 'repo.grant', ...who(req), repo: repoId, detail: { grantee, role: null } });
       return { repo_id: repoId, grantee, role: null };
     },

@@ -394,6 +394,26 @@ describe('permission matrix: callers × public and private × operations', () =>
     }
   });
 
+  it("the owner's own grant right after a delete and re-create, through a node that read the old repository's policy, is taken (a fresh decision)", async () => {
+    const alice = tokens.get('repo-admin')!;
+    for (let attempt = 1; ; attempt++) {
+      const repo = `alice/renew-${attempt}`;
+      expect((await call(1, 'POST', '/repos', alice, { repo_id: repo })).status).toBe(201);
+      expect((await call(2, 'GET', `/repos/${repo}/grants`, alice)).status).toBe(200);
+      const read = Date.now();
+      expect((await call(1, 'DELETE', `/repos/${repo}`, alice)).status).toBe(200);
+      expect((await call(1, 'POST', '/repos', alice, { repo_id: repo })).status).toBe(201);
+      const r = await call(2, 'PUT', `/repos/${repo}/grants/user:erin`, alice, { role: 'read' });
+      const within = Date.now() - read < 1_000;
+      expect(r.status).toBe(200);
+      expect((await ok(3, 'GET', `/repos/${repo}/grants`)).grants).toEqual([{ grantee: 'user:erin', role: 'read' }]);
+      if (within || attempt === 3) {
+        expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
+        break;
+      }
+    }
+  });
+
   it('read, create, configure through different nodes: a repository just created is no 404 on a node that looked for it a moment before', async () => {
     const alice = tokens.get('repo-admin')!;
     expect((await call(2, 'GET', '/repos/alice/prov', alice)).status).toBe(404);
