@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ClusterStore } from '../store/types.js';
 import { Directory } from './directory.js';
-import { Authenticator, hashToken, readTokenInfo, tokenFromHeader } from './tokens.js';
+import { Authenticator, expiryWithin, hashToken, needAdminScope, readTokenInfo, tokenFromHeader, type Caller } from './tokens.js';
 
 const basic = (s: string): string => `Basic ${Buffer.from(s).toString('base64')}`;
 
@@ -107,5 +107,30 @@ describe('readTokenInfo (migration of cluster-role tokens)', () => {
       createdAt: 'x',
       expiresAt: 'y',
     });
+  });
+});
+
+describe('the limits a token puts on what it makes', () => {
+  const caller = (scope: 'read' | 'write' | 'admin', expiresAt?: string): Caller => ({
+    token: { id: 't1', name: 'ci', user: 'alice', scope, createdAt: '', ...(expiresAt ? { expiresAt } : {}) },
+    principal: { user: 'alice', admin: false, orgs: new Map() },
+  });
+
+  it('needAdminScope refuses a token capped below admin, naming the act', () => {
+    expect(() => needAdminScope(caller('write'), 'removing an SSH key')).toThrow(
+      "token 'ci' has scope write; removing an SSH key needs an admin-scoped token",
+    );
+    expect(() => needAdminScope(caller('admin'), 'removing an SSH key')).not.toThrow();
+  });
+
+  it("expiryWithin gives what is asked, else the token's expiry, and refuses a later one", () => {
+    const at = '2030-01-01T00:00:00.000Z';
+    expect(expiryWithin(caller('admin'), undefined, 'add an SSH key')).toBeUndefined();
+    expect(expiryWithin(caller('admin'), at, 'add an SSH key')).toBe(at);
+    expect(expiryWithin(caller('admin', at), undefined, 'add an SSH key')).toBe(at);
+    expect(expiryWithin(caller('admin', at), '2029-06-01T00:00:00Z', 'add an SSH key')).toBe('2029-06-01T00:00:00Z');
+    expect(() => expiryWithin(caller('admin', at), '2031-01-01T00:00:00Z', 'add an SSH key')).toThrow(
+      `token 'ci' expires at ${at} and may not add an SSH key that expires later`,
+    );
   });
 });

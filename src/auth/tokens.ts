@@ -55,6 +55,28 @@ export function isAdmin(caller: Caller | null): boolean {
   return caller !== null && caller.principal.admin && caller.token.scope === 'admin';
 }
 
+/**
+ * needAdminScope refuses (403) a token capped below admin for `what`: acts that give or take
+ * what acts with the user's full role (SSH keys, an organisation's owners).
+ */
+export function needAdminScope(c: Caller, what: string): void {
+  if (!atLeast(c.token.scope, 'admin'))
+    throw forbidden(`token '${c.token.name}' has scope ${c.token.scope}; ${what} needs an admin-scoped token`);
+}
+
+/**
+ * expiryWithin is the expiry of a credential a caller makes (a token, an SSH key): the one asked
+ * for, else the caller's token's own. A token that expires makes nothing that outlives it (403),
+ * or a short-lived token would mint a credential that never expires.
+ */
+export function expiryWithin(c: Caller, asked: string | undefined, what: string): string | undefined {
+  const limit = c.token.expiresAt;
+  const at = asked ?? limit;
+  if (limit !== undefined && at !== undefined && Date.parse(at) > Date.parse(limit))
+    throw forbidden(`token '${c.token.name}' expires at ${limit} and may not ${what} that expires later`);
+  return at;
+}
+
 /** hashToken is the store key of a token: SHA-256, so a leaked store does not leak tokens. */
 export function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex');

@@ -1,6 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { atLeast } from '../auth/policy.js';
-import { isAdmin, type Caller } from '../auth/tokens.js';
+import { expiryWithin, isAdmin, needAdminScope, type Caller } from '../auth/tokens.js';
 import { forbidden, notFound } from '../domain/errors.js';
 import { HOST_KEY_META, hostPublicKey } from '../ssh/server.js';
 import type { NodeDeps } from './deps.js';
@@ -53,17 +52,9 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req, reply) => {
       const c = callerOf(req);
       ownKeysOnly(c, req.params.name, 'add');
-      // A key acts with its user's full role: only a token without a cap may add one.
-      if (!atLeast(c.token.scope, 'admin'))
-        throw forbidden(
-          `token '${c.token.name}' has scope ${c.token.scope}; adding an SSH key (which acts with the user's full role) needs an admin-scoped token`,
-        );
-      // Nor turn a credential that expires into one that does not: a token that expires adds
-      // keys that expire by then (by its own expiry when none is asked), as it makes tokens.
-      const limit = c.token.expiresAt;
-      const expiresAt = req.body.expires_at ?? limit;
-      if (limit !== undefined && expiresAt !== undefined && Date.parse(expiresAt) > Date.parse(limit))
-        throw forbidden(`token '${c.token.name}' expires at ${limit} and may not add an SSH key that expires later`);
+      // A key acts with its user's full role, and outlives no token that adds it.
+      needAdminScope(c, "adding an SSH key (which acts with the user's full role)");
+      const expiresAt = expiryWithin(c, req.body.expires_at, 'add an SSH key');
       const made = await sshKeys.add(req.params.name, req.body.name, req.body.key, expiresAt);
       audit.record({
         action: 'ssh-key.add',
@@ -78,9 +69,7 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
   app.delete<{ Params: { name: string; id: string } }>('/users/:name/keys/:id', { config: { access: 'write' } }, async (req) => {
     const c = callerOf(req);
     ownKeysOnly(c, req.params.name, 'remove');
-    // Keys act with the user's full role: a token capped below admin neither adds nor removes one.
-    if (!atLeast(c.token.scope, 'admin'))
-      throw forbidden(`token '${c.token.name}' has scope ${c.token.scope}; removing an SSH key needs an admin-scoped token`);
+    needAdminScope(c, 'removing an SSH key');
     const removed = await sshKeys.remove(req.params.name, req.params.id);
     audit.record({
       action: 'ssh-key.remove',

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { checkName } from '../auth/directory.js';
 import { atLeast, canManageOrg, type OrgRole, type Role } from '../auth/policy.js';
-import { isAdmin, type Caller } from '../auth/tokens.js';
+import { expiryWithin, isAdmin, needAdminScope, type Caller } from '../auth/tokens.js';
 import { forbidden, notFound } from '../domain/errors.js';
 import type { NodeDeps } from './deps.js';
 
@@ -16,8 +16,7 @@ const NAME = { type: 'string', minLength: 1, maxLength: 100 } as const;
  */
 function orgOwnerOnly(c: Caller, org: string): void {
   if (!canManageOrg(c.principal, org)) throw forbidden(`only an owner of ${org} may change its members`);
-  if (!atLeast(c.token.scope, 'admin'))
-    throw forbidden(`token '${c.token.name}' has scope ${c.token.scope}; changing an organisation's members needs an admin-scoped token`);
+  needAdminScope(c, "changing an organisation's members");
 }
 
 function callerOf(req: FastifyRequest): Caller {
@@ -147,12 +146,8 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // A token never makes a stronger one: its own scope bounds what it may create.
       if (!atLeast(c.token.scope, req.body.scope))
         throw forbidden(`token '${c.token.name}' has scope ${c.token.scope} and may not create a ${req.body.scope} token`);
-      // Nor one that outlives it: a token that expires makes tokens that expire by then (by
-      // then when none is asked for), or a short-lived token would mint one that never does.
-      const limit = c.token.expiresAt;
-      const expiresAt = req.body.expires_at ?? limit;
-      if (limit !== undefined && expiresAt !== undefined && Date.parse(expiresAt) > Date.parse(limit))
-        throw forbidden(`token '${c.token.name}' expires at ${limit} and may not create a token that expires later`);
+      // Nor one that outlives it.
+      const expiresAt = expiryWithin(c, req.body.expires_at, 'create a token');
       const made = await auth.create(user, req.body.name, req.body.scope, expiresAt);
       audit.record({
         action: 'token.create',
