@@ -11,6 +11,17 @@ async function created(store: ClusterStore, repoId: string, incarnation = `inc-$
   expect((await store.commitCreate({ txnId: `t-${incarnation}`, coordinator: 'n1', record })).written).toBe(true);
 }
 
+/** edge is the real store with some of its methods replaced: the store's edge a test controls. */
+function edge(real: ClusterStore, replaced: Partial<ClusterStore>): ClusterStore {
+  return new Proxy(real, {
+    get(target, prop, receiver) {
+      if (prop in replaced) return replaced[prop as keyof ClusterStore];
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
 describe('Directory', () => {
   it('policies() gives every repo the policy policy() gives, from two reads', async () => {
     const store = new SqliteStore(':memory:');
@@ -62,14 +73,10 @@ describe('Directory', () => {
     let swapAfter = Infinity;
     // The store's edge: the real store, except that from the nth read of the repository on it
     // answers as if the repository had been deleted and created again (a new incarnation).
-    const store = new Proxy(real, {
-      get(target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver) as unknown;
-        if (prop !== 'getRepo') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        return async (id: string) => {
-          const r = await real.getRepo(id);
-          return r && --swapAfter < 0 ? { ...r, incarnation: 'again' } : r;
-        };
+    const store = edge(real, {
+      getRepo: async (id: string) => {
+        const r = await real.getRepo(id);
+        return r && --swapAfter < 0 ? { ...r, incarnation: 'again' } : r;
       },
     });
     const d = new Directory(store);
@@ -96,17 +103,13 @@ describe('Directory', () => {
   it("removing a member removes their grants on the organisation's repositories; a removal cut short is tried again", async () => {
     const real = new SqliteStore(':memory:');
     let failGrantDelete = true;
-    const store = new Proxy(real, {
-      get(target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver) as unknown;
-        if (prop !== 'deleteMeta') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-        return async (key: string) => {
-          if (failGrantDelete && key.startsWith('grants/')) {
-            failGrantDelete = false;
-            throw new StoreUnavailableError('store lost');
-          }
-          return real.deleteMeta(key);
-        };
+    const store = edge(real, {
+      deleteMeta: async (key: string) => {
+        if (failGrantDelete && key.startsWith('grants/')) {
+          failGrantDelete = false;
+          throw new StoreUnavailableError('store lost');
+        }
+        return real.deleteMeta(key);
       },
     });
     const d = new Directory(store);

@@ -1,4 +1,4 @@
-import { badRequest, conflict, notFound, StoreUnavailableError } from '../domain/errors.js';
+import { AppError, badRequest, conflict, notFound, StoreUnavailableError } from '../domain/errors.js';
 import { RESERVED_OWNERS, type RepoId } from '../domain/repo-id.js';
 import type { ClusterStore } from '../store/types.js';
 import type { OrgRole, Principal, RepoPolicy, Role, Visibility } from './policy.js';
@@ -271,7 +271,7 @@ export class Directory {
   /** removeMember takes a user out of an organisation, with their grants on its repositories (404s for an unknown organisation or member; 409 for its last owner). */
   async removeMember(org: string, user: string): Promise<void> {
     if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
-    if ((await this.store.getMeta(`members/${user}/${org}`)) === null) throw notFound(`user ${user} is not a member of ${org}`);
+    if ((await this.memberRoleNow(org, user)) === null) throw notFound(`user ${user} is not a member of ${org}`);
     await this.keepAnOwner(org, user);
     try {
       // Their grants on the organisation's repositories go with them, the admin grant a member
@@ -319,14 +319,13 @@ export class Directory {
   /** setVisibility makes a repository public or private (forIncarnation: 404 for a missing one, or one deleted meanwhile). */
   async setVisibility(repoId: RepoId, visibility: Visibility, incarnation?: string): Promise<void> {
     const key = `visibility/${repoId}`;
-    if (visibility === 'public')
-      await this.forIncarnation(
-        repoId,
-        incarnation,
-        () => this.store.setMeta(key, 'public'),
-        () => this.store.deleteMeta(key),
-      );
-    else await this.forIncarnation(repoId, incarnation, () => this.store.deleteMeta(key), null);
+    const open = visibility === 'public';
+    await this.forIncarnation(
+      repoId,
+      incarnation,
+      () => (open ? this.store.setMeta(key, 'public') : this.store.deleteMeta(key)),
+      open ? () => this.store.deleteMeta(key) : null,
+    );
   }
 
   /**
@@ -335,23 +334,31 @@ export class Directory {
    */
   async grant(repoId: RepoId, grantee: string, role: Role | null, incarnation?: string): Promise<void> {
     const key = `grants/${repoId}/${grantee}`;
-    if (role !== null)
-      await this.forIncarnation(
-        repoId,
-        incarnation,
-        () => this.store.setMeta(key, role),
-        () => this.store.deleteMeta(key),
-      );
-    else
-      await this.forIncarnation(
-        repoId,
-        incarnation,
-        async () => {
-          if ((await this.store.getMeta(key)) === null) throw notFound(`${grantee} has no grant on ${repoId}`);
-          await this.store.deleteMeta(key);
-        },
-        null,
-      );
+    const remove = async (): Promise<void> => {
+      if ((await this.store.getMeta(key)) === null) throw notFound(`${grantee} has no grant on ${repoId}`);
+      await this.store.deleteMeta(key);
+    };
+    await this.forIncarnation(
+      repoId,
+      incarnation,
+      role !== null ? () => this.store.setMeta(key, role) : remove,
+      role !== null ? () => this.store.deleteMeta(key) : null,
+    );
+  }
+
+  /**
+   * grantCreator gives a member who created a repository in an organisation admin on it, if they
+   * are a member still (read past the cache: another node's cached view may still have had a
+   * member removed a moment ago), and takes it back if a removal ran meanwhile (its sweep may
+   * have come before the grant; a grant it took already is no error).
+   */
+  async grantCreator(repoId: RepoId, org: string, user: string, incarnation: string): Promise<void> {
+    if ((await this.memberRoleNow(org, user)) === null) return;
+    await this.grant(repoId, `user:${user}`, 'admin', incarnation);
+    if ((await this.memberRoleNow(org, user)) !== null) return;
+    await this.grant(repoId, `user:${user}`, null, incarnation).catch((err: unknown) => {
+      if (!(err instanceof AppError && err.statusCode === 404)) throw err;
+    });
   }
 
   /**

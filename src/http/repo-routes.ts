@@ -3,7 +3,7 @@ import { authorizeRepo } from '../auth/authorize.js';
 import { checkPrincipal } from '../auth/directory.js';
 import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
-import { AppError, badRequest, forbidden, notFound } from '../domain/errors.js';
+import { badRequest, forbidden, notFound } from '../domain/errors.js';
 import { refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
@@ -89,18 +89,8 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const visibility = req.body.visibility ?? 'private';
       if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
       // A member who creates a repository in an organisation administers it (members only read the rest).
-      // Read past the cache: a member removed a moment ago (another node's cached view still had
-      // them) gets no grant that would outlive the removal.
       const p = caller.principal;
-      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner' && (await directory.memberRoleNow(owner, p.user)) !== null) {
-        await directory.grant(repoId, `user:${p.user}`, 'admin', incarnation);
-        // A removal that ran meanwhile may have swept before the grant was written: read again.
-        // (A 404 there is a grant the removal's second pass took already.)
-        if ((await directory.memberRoleNow(owner, p.user)) === null)
-          await directory.grant(repoId, `user:${p.user}`, null, incarnation).catch((err: unknown) => {
-            if (!(err instanceof AppError && err.statusCode === 404)) throw err;
-          });
-      }
+      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grantCreator(repoId, owner, p.user, incarnation);
       audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
       return reply.code(201).send({ ...result, visibility });
     },
@@ -173,18 +163,19 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
     async (req) => {
       const repoId = repoIdOf(req);
       if (!(await deps.store.getRepo(repoId))) throw notFound(`repository ${repoId} not found`);
+      const bound = await boundTo(req);
       const out: Record<string, string> = { repo_id: repoId };
       if (req.body.default_branch !== undefined) {
         const name = req.body.default_branch;
         const ref = name.startsWith('refs/') ? name : `refs/heads/${name}`;
         if (!ref.startsWith('refs/heads/') || refNameProblem(ref) !== null)
           throw badRequest(`'${name.slice(0, 100)}' is not a branch name`);
-        await deps.coordinator.setDefaultBranch(repoId, ref, await boundTo(req));
+        await deps.coordinator.setDefaultBranch(repoId, ref, bound);
         audit.record({ action: 'repo.default_branch', ...who(req), repo: repoId, detail: { default_branch: ref } });
         out.default_branch = ref.slice('refs/heads/'.length);
       }
       if (req.body.visibility !== undefined) {
-        await directory.setVisibility(repoId, req.body.visibility, await boundTo(req));
+        await directory.setVisibility(repoId, req.body.visibility, bound);
         audit.record({ action: 'repo.visibility', ...who(req), repo: repoId, detail: { visibility: req.body.visibility } });
         out.visibility = req.body.visibility;
       }
