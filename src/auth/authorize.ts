@@ -32,3 +32,40 @@ export async function authorizeRepo(
   const capped = principal === null || scope === null ? role : lower(role, scope);
   return { decision: decide(capped, need, principal !== null), incarnation: policy.incarnation };
 }
+
+/** Decided is one access decision that allowed git work: who, with what cap, on which incarnation. */
+export interface Decided {
+  readonly principal: Principal | null;
+  readonly scope: Role | null;
+  readonly repoId: RepoId;
+  readonly need: Role;
+  /** incarnation is what the decision was made on (RepoDecision's): undefined when no policy was read. */
+  readonly incarnation: string | null | undefined;
+}
+
+/**
+ * decideFor checks a decision against the incarnation the git work actually reaches: a push's
+ * repository under its lock, a fetch's replica once it holds its git slot. The policy a decision
+ * read may be up to a second old (Directory's cache), and the repository it allowed may have been
+ * deleted and created again since: then access is decided again on a fresh policy, and allowed
+ * only for the repository as it is now (a former writer's stale view is refused, the owner's own
+ * push right after a re-create is not). A cluster admin's decision read no policy and holds.
+ */
+export async function decideFor(directory: Directory, d: Decided, reached: string | null): Promise<Decision> {
+  if (d.incarnation === undefined || d.incarnation === reached) return 'allow';
+  directory.forgetPolicy(d.repoId);
+  const again = await authorizeRepo(directory, d.principal, d.scope, d.repoId, d.need);
+  if (again.decision !== 'allow') return again.decision;
+  return again.incarnation === undefined || again.incarnation === reached ? 'allow' : 'not_found';
+}
+
+/**
+ * refusalFor is decideFor's answer as the reason a git client is given (null: allowed), for work
+ * that learns the incarnation it reaches after its request was answered 200 (a push's ref
+ * updates, reported per ref).
+ */
+export async function refusalFor(directory: Directory, d: Decided, reached: string | null): Promise<string | null> {
+  const decision = await decideFor(directory, d, reached);
+  if (decision === 'allow') return null;
+  return decision === 'forbidden' ? `permission denied: ${d.need} access to ${d.repoId} needed` : `repository ${d.repoId} not found`;
+}

@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler, RouteOptions } from 'fastify';
 import { bodyDigest, HOP_HEADER, isRepairHopFor, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
-import { authorizeRepo } from '../auth/authorize.js';
-import type { Role } from '../auth/policy.js';
+import { authorizeRepo, type Decided } from '../auth/authorize.js';
+import type { Decision, Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
-import { appError, forbidden, notFound, unauthorized } from '../domain/errors.js';
+import { appError, type AppError, forbidden, notFound, unauthorized } from '../domain/errors.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { formatRange, PROTOCOL_HEADER } from '../cluster/protocol.js';
 import type { NodeDeps } from './deps.js';
@@ -43,11 +43,10 @@ declare module 'fastify' {
     /** hopClient is the client a member-signed hop header names (a proxied request or a repair fetch), verified once per request. */
     hopClient: string | null;
     /**
-     * repoIncarnation is the incarnation of the repository a route's access was decided on (its
-     * policy read for it), for writes bound to it: '' when that read found no repository, null
-     * when no policy was read (a cluster admin's).
+     * repoDecided is the decision that let a repository route's request in, for work bound to the
+     * incarnation it was made on (decideFor): null for a repair fetch, which no policy decided.
      */
-    repoIncarnation: string | null;
+    repoDecided: Decided | null;
   }
 }
 
@@ -61,7 +60,7 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
   app.decorateRequest('caller', null);
   app.decorateRequest('peerDigest', null);
   app.decorateRequest('hopClient', null);
-  app.decorateRequest('repoIncarnation', null);
+  app.decorateRequest('repoDecided', null);
   app.addHook('onRoute', (route: RouteOptions) => {
     const access = route.config?.access;
     if (access === undefined) throw new Error(`route ${String(route.method)} ${route.url} declares no access policy`);
@@ -113,25 +112,27 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     // client that node proxies (an outside review got node-1 to answer 429 to all of node-3's).
     const caller = await deps.auth.identify(req.headers.authorization, req.hopClient ?? req.ip);
     req.caller = caller;
-    const { decision, incarnation } = await authorizeRepo(
-      deps.directory,
-      caller?.principal ?? null,
-      caller?.token.scope ?? null,
-      repoId,
-      need,
-    );
-    // A policy read for a missing repository binds to none ('': no repository is that one).
-    req.repoIncarnation = incarnation === undefined ? null : (incarnation ?? '');
-    if (decision === 'allow') return;
-    const hidden = notFound(`repository ${repoId} not found`);
-    if (decision === 'not_found') throw hidden;
-    if (decision === 'unauthenticated') {
-      // A REST read of a private repository is simply not found; git needs the 401 to ask.
-      if (access.via === 'rest' && need === 'read') throw hidden;
-      throw unauthorized(`authentication required for ${repoId}: use a token as the password (git) or a Bearer token`);
+    const principal = caller?.principal ?? null;
+    const scope = caller?.token.scope ?? null;
+    const { decision, incarnation } = await authorizeRepo(deps.directory, principal, scope, repoId, need);
+    if (decision === 'allow') {
+      req.repoDecided = { principal, scope, repoId, need, incarnation };
+      return;
     }
-    throw forbidden(`permission denied: ${need} access to ${repoId} needed`);
+    throw refusal(decision, repoId, need, access.via);
   };
+}
+
+/** refusal is the error a route answers for a decision other than `allow`. */
+export function refusal(decision: Exclude<Decision, 'allow'>, repoId: RepoId, need: Role, via: 'git' | 'rest'): AppError {
+  const hidden = notFound(`repository ${repoId} not found`);
+  if (decision === 'not_found') return hidden;
+  if (decision === 'unauthenticated') {
+    // A REST read of a private repository is simply not found; git needs the 401 to ask.
+    if (via === 'rest' && need === 'read') return hidden;
+    return unauthorized(`authentication required for ${repoId}: use a token as the password (git) or a Bearer token`);
+  }
+  return forbidden(`permission denied: ${need} access to ${repoId} needed`);
 }
 
 /** header reads a request header that should appear once (the first of repeats). */

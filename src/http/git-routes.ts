@@ -14,7 +14,8 @@ import { terminate, waitClose } from '../git/runner.js';
 import { PackTap, type PackTee } from '../replication/pack-tee.js';
 import { PUSH_COMMANDS_BYTES, receivePackConfig, receivePackEnv, UPLOAD_PACK_CONFIG, watchShallow } from '../git/services.js';
 import type { NodeDeps } from './deps.js';
-import { header } from './access.js';
+import { header, refusal } from './access.js';
+import { decideFor, refusalFor } from '../auth/authorize.js';
 
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
 const NO_CACHE = { 'cache-control': 'no-cache, max-age=0, must-revalidate', expires: 'Fri, 01 Jan 1980 00:00:00 GMT', pragma: 'no-cache' };
@@ -68,7 +69,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const child = deps.git.spawn([service.slice(4), '--stateless-rpc', '--advertise-refs', '.'], {
         cwd: path,
         env,
-        slot: await slotFor(deps, req),
+        slot: await servingSlot(deps, req, repoId),
         ...(write ? {} : { config: UPLOAD_PACK_CONFIG }),
         timeoutMs: deps.config.gitTimeoutMs,
       });
@@ -105,7 +106,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
         cwd: deps.storage.repoPath(repoId),
         env: gitProtocolEnv(req),
         config: UPLOAD_PACK_CONFIG,
-        slot: await slotFor(deps, req),
+        slot: await servingSlot(deps, req, repoId),
         timeoutMs: deps.config.gitTimeoutMs,
       });
       reply.hijack();
@@ -206,6 +207,27 @@ async function slotFor(deps: NodeDeps, req: FastifyRequest): Promise<() => void>
     return await deps.git.acquire(clientOf(req), gone.signal);
   } finally {
     socket.off('close', onClose);
+  }
+}
+
+/**
+ * servingSlot takes a git slot (slotFor) for serving the local replica, and checks the caller's
+ * access against the replica it reads: the decision was made before the slot's wait (up to
+ * 30 s), perhaps on a policy of a repository deleted and created again since (decideFor). The
+ * replica cannot be replaced between this check and git's start but by a create installing its
+ * directory in that moment.
+ */
+async function servingSlot(deps: NodeDeps, req: FastifyRequest, repoId: RepoId): Promise<() => void> {
+  const slot = await slotFor(deps, req);
+  const decided = req.repoDecided;
+  if (decided === null) return slot;
+  try {
+    const decision = await decideFor(deps.directory, decided, await deps.storage.incarnationOf(repoId));
+    if (decision !== 'allow') throw refusal(decision, repoId, decided.need, 'git');
+    return slot;
+  } catch (err) {
+    slot();
+    throw err;
   }
 }
 
@@ -476,6 +498,7 @@ async function servePush(
       exited: waitClose(child),
       quiet: caps().includes('quiet'),
       tee,
+      refusalFor: (incarnation) => (req.repoDecided ? refusalFor(deps.directory, req.repoDecided, incarnation) : Promise.resolve(null)),
       audit: (txn, refs) => ({
         action: 'push',
         user: req.caller?.principal.user ?? 'anonymous',

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { authorizeRepo } from '../auth/authorize.js';
+import { decideFor } from '../auth/authorize.js';
 import { checkPrincipal } from '../auth/directory.js';
 import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
@@ -59,15 +59,12 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
    * re-create through another node does not.
    */
   const boundTo = async (req: FastifyRequest): Promise<string | undefined> => {
-    const decided = req.repoIncarnation;
-    if (decided === null) return undefined;
-    const repoId = repoIdOf(req);
-    if (((await deps.store.getRepo(repoId))?.incarnation ?? '') === decided) return decided;
-    directory.forgetPolicy(repoId);
-    const c = req.caller;
-    const again = await authorizeRepo(directory, c?.principal ?? null, c?.token.scope ?? null, repoId, 'admin');
-    if (again.decision !== 'allow') throw notFound(`repository ${repoId} not found`);
-    return again.incarnation ?? '';
+    const decided = req.repoDecided;
+    if (decided === null || decided.incarnation === undefined) return undefined;
+    const now = (await deps.store.getRepo(decided.repoId))?.incarnation ?? null;
+    if ((await decideFor(directory, decided, now)) !== 'allow') throw notFound(`repository ${decided.repoId} not found`);
+    // A repository that is gone binds to none ('': no repository is that one).
+    return now ?? '';
   };
   const who = (req: FastifyRequest): { user: string; token: string } => ({
     user: req.caller?.principal.user ?? 'anonymous',

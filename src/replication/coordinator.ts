@@ -91,6 +91,12 @@ export interface PushContext {
   readonly audit?: (txnId: string, refs: readonly string[]) => AuditEvent;
   /** tee is the copy of the push's pack its peers received during the upload (openTee), if one was made. */
   readonly tee?: PackTee | null;
+  /**
+   * refusalFor checks the client's access against the repository the push reaches, under its
+   * lock (the access was decided before, perhaps on a policy of a repository since deleted and
+   * created again): a reason refuses the whole push, null lets it on. None: nothing to check.
+   */
+  readonly refusalFor?: (incarnation: string) => Promise<string | null>;
 }
 
 /** AuditSink is what the coordinator uses of the audit log (AuditLog). */
@@ -1026,6 +1032,10 @@ export class Coordinator {
     }
     const { held, repo, replicas } = locked;
     try {
+      for (const m of group) {
+        const refusal = m.ctx.refusalFor ? await m.ctx.refusalFor(repo.incarnation).catch((err: unknown) => errorMessage(err)) : null;
+        if (refusal !== null) m.failRest(refusal);
+      }
       const known = this.knownRefs.get(repoId);
       this.knownRefs.delete(repoId);
       const current =

@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import ssh2 from 'ssh2';
 import { type ServerChannel } from 'ssh2';
 import type { AuditLog } from '../auth/audit.js';
-import { authorizeRepo } from '../auth/authorize.js';
+import { authorizeRepo, decideFor, refusalFor, type Decided } from '../auth/authorize.js';
 import type { Directory } from '../auth/directory.js';
 import { signSshHop } from '../auth/peer-signature.js';
 import { AppError, errorMessage } from '../domain/errors.js';
@@ -154,7 +154,7 @@ export async function runGitCommand(
     if (!user || user.disabled) throw new SshRefusal(`user ${id.user} is disabled`);
     const principal = await deps.directory.principal(user);
     const need = cmd.write ? 'write' : 'read';
-    const { decision } = await authorizeRepo(deps.directory, principal, null, cmd.repoId, need);
+    const { decision, incarnation } = await authorizeRepo(deps.directory, principal, null, cmd.repoId, need);
     // The same answers as HTTP's: no read access hides the repository; read without write is 403's message.
     if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${need} access to ${cmd.repoId} needed`);
     if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
@@ -165,9 +165,10 @@ export async function runGitCommand(
       outcome = 'proxied';
       return;
     }
+    const decided: Decided = { principal, scope: null, repoId: cmd.repoId, need, incarnation };
     const code = cmd.write
-      ? await servePush(deps, channel, id, cmd, hooks)
-      : await serveGit(deps, channel, cmd, id, await spawnUploadPack(deps, channel, cmd, id, gitProtocol), hooks);
+      ? await servePush(deps, channel, id, cmd, hooks, decided)
+      : await serveGit(deps, channel, cmd, id, await spawnUploadPack(deps, channel, cmd, id, gitProtocol, decided), hooks);
     outcome = code === null ? 'cut' : code === 0 ? 'ok' : 'failed';
   } catch (err) {
     if (!(err instanceof AppError)) deps.logger.error({ err: errorMessage(err), command }, 'ssh session failed');
@@ -201,12 +202,23 @@ async function spawnUploadPack(
   cmd: GitCommand,
   id: SshIdentity,
   gitProtocol: string | null,
+  decided: Decided,
 ): Promise<ChildProcess> {
+  const slot = await slotFor(deps, channel, id.client);
+  try {
+    // The decision was made before the slot's wait, perhaps on a repository deleted and created
+    // again since: checked against the replica git reads (as over HTTP, decideFor).
+    const decision = await decideFor(deps.directory, decided, await deps.storage.incarnationOf(cmd.repoId));
+    if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
+  } catch (err) {
+    slot();
+    throw err;
+  }
   return deps.git.spawn(['upload-pack', '.'], {
     cwd: deps.storage.repoPath(cmd.repoId),
     config: { ...UPLOAD_PACK_CONFIG },
     env: gitProtocol ? { GIT_PROTOCOL: gitProtocol } : {},
-    slot: await slotFor(deps, channel, id.client),
+    slot,
     timeoutMs: deps.gitTimeoutMs,
   });
 }
@@ -223,6 +235,7 @@ async function servePush(
   id: SshIdentity,
   cmd: GitCommand,
   hooks: SessionHooks,
+  decided: Decided,
 ): Promise<number | null> {
   const pushId = randomUUID();
   const slot = await slotFor(deps, channel, id.client);
@@ -254,6 +267,7 @@ async function servePush(
           receivePackPid: child.pid ?? -1,
           exited: waitClose(child),
           tee,
+          refusalFor: (incarnation) => refusalFor(deps.directory, decided, incarnation),
           abandon: () => {
             state.abandoned = true;
             try {

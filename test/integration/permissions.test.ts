@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signHop } from '../../src/auth/peer-signature.js';
 import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
 import { commitFile, git, gitOk, tempDir, workRepo } from '../helpers/git.js';
+import { packOf } from '../helpers/replication-kit.js';
 
 /**
  * The permission matrix: every kind of caller × a public and a private repository × every
@@ -407,6 +408,87 @@ describe('permission matrix: callers × public and private × operations', () =>
       const within = Date.now() - read < 1_000;
       expect(r.status).toBe(200);
       expect((await ok(3, 'GET', `/repos/${repo}/grants`)).grants).toEqual([{ grantee: 'user:erin', role: 'read' }]);
+      if (within || attempt === 3) {
+        expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
+        break;
+      }
+    }
+  });
+
+  it("a former reader's fetch and a former writer's push, through nodes that read the old repository's policy, reach nothing of the one created again", async () => {
+    const frank = (await userToken('frank', 'write')).token;
+    const basic = `Basic ${Buffer.from(`x:${frank}`).toString('base64')}`;
+    // A push of a new branch as git sends it (commands, flush, pack), made before the clock starts.
+    const zero = '0'.repeat(40);
+    const command = `${zero} ${head} refs/heads/frank\0report-status\n`;
+    const pushBody = Buffer.concat([
+      Buffer.from(`${(command.length + 4).toString(16).padStart(4, '0')}${command}0000`),
+      await packOf(work, head),
+    ]);
+    const frankUrl = (node: number, repo: string): string => {
+      const u = new URL(`${c.url(node)}/${repo}.git`);
+      u.username = 'x';
+      u.password = frank;
+      return u.toString();
+    };
+    for (let attempt = 1; ; attempt++) {
+      const repo = `acme/gone-${attempt}`;
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      await ok(1, 'PUT', `/repos/${repo}/grants/user:frank`, { role: 'write' });
+      // Nodes 2 and 3 read the policy for frank (cached up to a second) ...
+      await waitFor(async () => (await git(['ls-remote', frankUrl(2, repo)])).code === 0, 3_000, 'frank reads it on node 2');
+      await waitFor(async () => (await git(['ls-remote', frankUrl(3, repo)])).code === 0, 3_000, 'frank reads it on node 3');
+      const read = Date.now();
+      // ... then the repository is deleted and created again, without frank ...
+      await ok(1, 'DELETE', `/repos/${repo}`);
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      // ... and frank, through those views of the old one, reads the new one and pushes to it.
+      const [fetched, pushed] = await Promise.all([
+        git(['ls-remote', frankUrl(2, repo)]),
+        fetch(`${c.url(3)}/${repo}.git/git-receive-pack`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-git-receive-pack-request', authorization: basic },
+          body: pushBody,
+        }).then(async (r) => ({ status: r.status, text: await r.text() })),
+      ]);
+      const within = Date.now() - read < 1_000;
+      expectGit(fetched, 'notFound');
+      // The push got past its access check on node 3's old view (a 200), and was refused under the repository's lock.
+      if (within) {
+        expect(pushed.status).toBe(200);
+        expect(pushed.text).toContain(`ng refs/heads/frank repository ${repo} not found`);
+      } else {
+        expect([200, 404]).toContain(pushed.status);
+        expect(pushed.text).not.toContain('ok refs/heads/frank');
+      }
+      expect(await gitOk(['ls-remote', gitUrl(2, repo, 'cluster-admin')])).toBe('');
+      if (within || attempt === 3) {
+        expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
+        break;
+      }
+    }
+  });
+
+  it("the owner's own push and fetch right after a delete and re-create, through a node that read the old repository's policy, go through", async () => {
+    const alice = tokens.get('repo-admin')!;
+    const url = (node: number, repo: string): string => {
+      const u = new URL(`${c.url(node)}/${repo}.git`);
+      u.username = 'x';
+      u.password = alice;
+      return u.toString();
+    };
+    for (let attempt = 1; ; attempt++) {
+      const repo = `alice/again-${attempt}`;
+      expect((await call(1, 'POST', '/repos', alice, { repo_id: repo })).status).toBe(201);
+      await waitFor(async () => (await git(['ls-remote', url(2, repo)])).code === 0, 3_000, 'alice reads it on node 2');
+      const read = Date.now();
+      expect((await call(1, 'DELETE', `/repos/${repo}`, alice)).status).toBe(200);
+      expect((await call(1, 'POST', '/repos', alice, { repo_id: repo })).status).toBe(201);
+      const fetched = await git(['ls-remote', url(2, repo)]);
+      const pushed = await git(['push', url(2, repo), 'HEAD:refs/heads/main'], { cwd: work });
+      const within = Date.now() - read < 1_000;
+      expectGit(fetched, 'ok');
+      expectGit(pushed, 'ok');
       if (within || attempt === 3) {
         expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
         break;

@@ -249,6 +249,43 @@ describe('git over ssh', () => {
     expect(missing.stderr).toContain('repository alice/nothing not found');
   }, 60_000);
 
+  it("a former writer's push and fetch over SSH, through nodes that read the old repository's policy, reach nothing of the one created again", async () => {
+    await commitFile(work, 'again.txt', 'again\n', 'again');
+    for (let attempt = 1; ; attempt++) {
+      const repo = `alice/ssh-again-${attempt}`;
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      await ok(1, 'PUT', `/repos/${repo}/grants/user:carol`, { role: 'write' });
+      const status = (await ok(1, 'GET', `/repos/${repo}`)) as unknown as { replicas: Array<{ node: string }> };
+      const [pushNode, fetchNode] = status.replicas.map((r) => Number(r.node.replace('node-', '')));
+      // Both replicas' nodes read the policy for carol (cached up to a second) ...
+      for (const n of [pushNode!, fetchNode!]) expect((await git(['ls-remote', sshUrl(n, repo)], asUser(keys.carol!))).code).toBe(0);
+      const read = Date.now();
+      // ... then the repository is deleted and created again (its replicas on the same nodes), without carol.
+      await ok(1, 'DELETE', `/repos/${repo}`);
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      const [pushed, fetched] = await Promise.all([
+        git(['push', sshUrl(pushNode!, repo), 'HEAD:refs/heads/main'], { cwd: work, ...asUser(keys.carol!) }),
+        git(['ls-remote', sshUrl(fetchNode!, repo)], asUser(keys.carol!)),
+      ]);
+      const within = Date.now() - read < 1_000;
+      expect(pushed.code).not.toBe(0);
+      expect(pushed.stderr).toContain(`repository ${repo} not found`);
+      // Past the session's own check on the old view, refused under the repository's lock.
+      if (within) expect(pushed.stderr).toContain('[remote rejected]');
+      expect(fetched.code).not.toBe(0);
+      expect(fetched.stderr).toContain(`repository ${repo} not found`);
+      expect(
+        await gitOk(['ls-remote', `${c.url(1)}/${repo}.git`], {
+          env: { GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'http.extraHeader', GIT_CONFIG_VALUE_0: `Authorization: Bearer ${admin}` },
+        }),
+      ).toBe('');
+      if (within || attempt === 3) {
+        expect(within, 'the delete and the create took more than the policy cache time, three times').toBe(true);
+        break;
+      }
+    }
+  }, 60_000);
+
   it('refuses a key nobody registered', async () => {
     const r = await git(['clone', sshUrl(1), join(await tempDir(), 'z')], asUser(keys.stranger!));
     expect(r.code).not.toBe(0);
