@@ -136,7 +136,7 @@ export function registerGitRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // A push waiting in line for a git slot reads none of its body yet, and registers no upload.
       // The git process (and its slot) is taken before the request is hijacked: a 503 for a full
       // node is still an ordinary answer. Anything that throws before git holds the slot gives it back.
-      const slot = await slotFor(deps, req);
+      const slot = await servingSlot(deps, req, repoId);
       const pushId = randomUUID();
       let guarded: Readable;
       let endUpload: () => void;

@@ -530,6 +530,41 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect(kit.peers.callsTo('n2', 'prepare')).toHaveLength(1); // the create's only
     });
 
+    it("a push whose client's access does not hold for the repository found under the lock is refused with the reason; another push beside it commits", async () => {
+      const c = kit.coordinator('n1');
+      const asked: string[] = [];
+      const refused = new FakeExchange([[Z, tip, 'refs/heads/theirs']]);
+      const allowed = new FakeExchange([[Z, tip, 'refs/heads/mine']]);
+      const ctx = { repoId: REPO, receivePackPid: 4242, abandon: () => undefined, exited: new Promise<never>(() => undefined) };
+      await Promise.all([
+        c.handlePush(refused.asExchange, {
+          ...ctx,
+          refusalFor: async (incarnation) => {
+            asked.push(incarnation);
+            return `repository ${REPO} not found`;
+          },
+        }),
+        c.handlePush(allowed.asExchange, { ...ctx, refusalFor: async () => null }),
+      ]);
+      expect(asked).toEqual([(await kit.raw.getRepo(REPO))!.incarnation]);
+      expect(refused.results?.get('refs/heads/theirs')).toEqual({ ok: false, reason: `repository ${REPO} not found` });
+      expect(allowed.results?.get('refs/heads/mine')).toEqual({ ok: true });
+      expect(await refsOf(kit.node('n1').storage.repoPath(REPO))).toBe(`${tip} refs/heads/mine\n`);
+    });
+
+    it('a check of access that fails (the store unreachable) refuses the push, with the reason', async () => {
+      const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
+      await kit.coordinator('n1').handlePush(ex.asExchange, {
+        repoId: REPO,
+        receivePackPid: 4242,
+        abandon: () => undefined,
+        exited: new Promise(() => undefined),
+        refusalFor: () => Promise.reject(new Error('store unreachable')),
+      });
+      expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'store unreachable' });
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
+    });
+
     it('--atomic: one ref refused refuses them all, and nothing is replicated', async () => {
       const ex = new FakeExchange(
         [

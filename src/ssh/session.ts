@@ -195,6 +195,24 @@ async function slotFor(deps: SessionDeps, channel: ServerChannel, client: string
   }
 }
 
+/**
+ * servingSlot takes a git slot (slotFor) for serving the local replica, and checks the session's
+ * access against the replica git will read: the decision was made before the slot's wait,
+ * perhaps on a policy of a repository deleted and created again since (decideFor, as over HTTP).
+ */
+async function servingSlot(deps: SessionDeps, channel: ServerChannel, client: string, decided: Decided): Promise<() => void> {
+  const slot = await slotFor(deps, channel, client);
+  try {
+    const decision = await decideFor(deps.directory, decided, await deps.storage.incarnationOf(decided.repoId));
+    if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${decided.need} access to ${decided.repoId} needed`);
+    if (decision !== 'allow') throw new SshRefusal(`repository ${decided.repoId} not found`);
+    return slot;
+  } catch (err) {
+    slot();
+    throw err;
+  }
+}
+
 /** spawnUploadPack starts upload-pack once a git slot is free for the client (it may wait in line). */
 async function spawnUploadPack(
   deps: SessionDeps,
@@ -204,16 +222,7 @@ async function spawnUploadPack(
   gitProtocol: string | null,
   decided: Decided,
 ): Promise<ChildProcess> {
-  const slot = await slotFor(deps, channel, id.client);
-  try {
-    // The decision was made before the slot's wait, perhaps on a repository deleted and created
-    // again since: checked against the replica git reads (as over HTTP, decideFor).
-    const decision = await decideFor(deps.directory, decided, await deps.storage.incarnationOf(cmd.repoId));
-    if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
-  } catch (err) {
-    slot();
-    throw err;
-  }
+  const slot = await servingSlot(deps, channel, id.client, decided);
   return deps.git.spawn(['upload-pack', '.'], {
     cwd: deps.storage.repoPath(cmd.repoId),
     config: { ...UPLOAD_PACK_CONFIG },
@@ -238,7 +247,8 @@ async function servePush(
   decided: Decided,
 ): Promise<number | null> {
   const pushId = randomUUID();
-  const slot = await slotFor(deps, channel, id.client);
+  // Checked before receive-pack advertises the refs (and under the repository's lock again, refusalFor).
+  const slot = await servingSlot(deps, channel, id.client, decided);
   let endUpload: () => void;
   try {
     endUpload = await deps.activity.beginUpload(cmd.repoId);
