@@ -26,6 +26,7 @@ import { HELPERS, pickHelper, SpawnHelper, type HelperKind } from './git/spawner
 import { REF_SESSION_IDLE_MS, REF_SESSIONS_MAX, RefSessions } from './git/update-ref.js';
 import type { NodeDeps } from './http/deps.js';
 import { buildHttpApp } from './http/server.js';
+import { guardConnections } from './http/connection-guard.js';
 import { Metrics } from './metrics.js';
 import { RepoActivity } from './replication/activity.js';
 import { Coordinator } from './replication/coordinator.js';
@@ -71,6 +72,12 @@ export interface NodeConfig {
   readonly txnRetentionMs: number;
   /** shutdownGraceMs is how long SIGTERM waits for requests in flight before killing their git processes. */
   readonly shutdownGraceMs: number;
+  /** headersTimeoutMs bounds a request's headers, a connection's first request and a TLS handshake. */
+  readonly headersTimeoutMs: number;
+  /** maxConnections caps the HTTP connections open at once (connection-guard.ts). */
+  readonly maxConnections: number;
+  /** maxConnectionsPerAddress caps one client address's share of them (0: no cap). */
+  readonly maxConnectionsPerAddress: number;
   /** bodyIdleMs ends a git request whose body is silent this long (408). */
   readonly bodyIdleMs: number;
   /** sendIdleMs ends a git answer whose client's socket has not drained this long (0: never). */
@@ -415,6 +422,7 @@ async function startLocked(
       replicationFactor: cfg.replicationFactor,
       fsckIgnore: cfg.fsckIgnore,
       limits: {
+        headersTimeoutMs: cfg.headersTimeoutMs,
         bodyIdleMs: cfg.bodyIdleMs,
         sendIdleMs: cfg.sendIdleMs,
         maxPushBytes: cfg.maxPushBytes,
@@ -424,6 +432,13 @@ async function startLocked(
     },
   };
   const app = buildHttpApp(deps, logger, tls.server);
+  guardConnections(
+    app.server,
+    { max: cfg.maxConnections, perAddress: cfg.maxConnectionsPerAddress, firstRequestMs: cfg.headersTimeoutMs },
+    tls.server !== null,
+    metrics,
+    logger,
+  );
   await steps.run('listen', () => app.listen({ host: cfg.host, port: cfg.port }));
   const ssh =
     cfg.sshPort === undefined

@@ -63,6 +63,17 @@ export class Metrics {
     labelNames: ['service', 'direction'] as const,
     registers: [this.registry],
   });
+  readonly httpConnections = new Gauge({
+    name: 'gitrep_http_connections',
+    help: 'open HTTP connections (TCP)',
+    registers: [this.registry],
+  });
+  readonly httpConnectionsRefused = new Counter({
+    name: 'gitrep_http_connections_refused_total',
+    help: "HTTP connections closed unserved: at the limit (max), over the address's share (per_address), or no request in time (no_request)",
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   readonly sshConnections = new Gauge({
     name: 'gitrep_ssh_connections',
     help: 'open SSH connections (signed in or not yet)',

@@ -10,6 +10,7 @@ import { parseFsckIgnore } from '../git/fsck-policy.js';
 import { HELPERS, type HelperKind } from '../git/spawner.js';
 import { parseStoreUrl } from '../store/open.js';
 import { SSH_DEFAULTS } from '../ssh/server.js';
+import { defaultMaxConnections } from '../http/connection-guard.js';
 import { examples } from './help.js';
 
 /** ServeOptions are commander's values of `serve`'s flags, by optionKey. */
@@ -71,6 +72,9 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     maxGitProcesses: s.maxGitProcesses,
     maxGitPerClient: s.maxGitPerClient ?? Math.max(1, Math.ceil(s.maxGitProcesses / 2)),
     gitSlotWaitMs: s.gitSlotWaitMs,
+    headersTimeoutMs: s.headersTimeoutMs,
+    maxConnections: s.maxConnections ?? defaultMaxConnections(),
+    maxConnectionsPerAddress: s.maxConnectionsPerAddress,
     bodyIdleMs: s.bodyIdleMs,
     sendIdleMs: s.sendIdleMs,
     shutdownGraceMs: s.shutdownGraceMs,

@@ -4,6 +4,7 @@ import { authorizeRepo, type Decided } from '../auth/authorize.js';
 import type { Decision, Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
 import { appError, type AppError, forbidden, notFound, unauthorized } from '../domain/errors.js';
+import { addressKey } from '../domain/client-address.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { formatRange, PROTOCOL_HEADER } from '../cluster/protocol.js';
 import type { NodeDeps } from './deps.js';
@@ -87,8 +88,8 @@ export function enforceAccess(app: FastifyInstance, deps: NodeDeps): void {
 
 function requireClient(deps: NodeDeps, access: 'anonymous' | Role): onRequestAsyncHookHandler {
   return async (req) => {
-    if (access === 'anonymous') req.caller = await deps.auth.identify(req.headers.authorization, req.ip);
-    else req.caller = await deps.auth.require(req.headers.authorization, access, req.ip);
+    if (access === 'anonymous') req.caller = await deps.auth.identify(req.headers.authorization, addressKey(req.ip));
+    else req.caller = await deps.auth.require(req.headers.authorization, access, addressKey(req.ip));
   };
 }
 
@@ -110,7 +111,7 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     // A proxied request's failed sign-ins count against the client the member's hop names, not
     // against the member: one client's bad tokens through a node must not throttle every
     // client that node proxies (an outside review got node-1 to answer 429 to all of node-3's).
-    const caller = await deps.auth.identify(req.headers.authorization, req.hopClient ?? req.ip);
+    const caller = await deps.auth.identify(req.headers.authorization, req.hopClient ?? addressKey(req.ip));
     req.caller = caller;
     const principal = caller?.principal ?? null;
     const scope = caller?.token.scope ?? null;

@@ -36,6 +36,8 @@ export interface HttpConfig {
 
 /** GitBodyLimits bound what one git request may send (SECURITY.md). */
 export interface GitBodyLimits {
+  /** headersTimeoutMs: a request's headers (a connection's first, from its opening) and a TLS handshake must arrive within this. */
+  readonly headersTimeoutMs: number;
   /** bodyIdleMs: a request body silent this long (while the node waits for it) ends with 408. */
   readonly bodyIdleMs: number;
   /** sendIdleMs: an answer whose client's socket does not drain this long (its buffers full) is ended, its git process killed; 0: never. */

@@ -6,6 +6,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
 import { AppError, appError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
+import { addressKey } from '../domain/client-address.js';
 import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { HOP_HEADER, hopClientName, ROUTE_HEADER } from '../auth/peer-signature.js';
 import { capabilitiesOf, encodePktLine, FLUSH, PktLineValidator } from '../git/pkt-line.js';
@@ -235,7 +236,7 @@ async function servingSlot(deps: NodeDeps, req: FastifyRequest, repoId: RepoId):
 function clientOf(req: FastifyRequest): string {
   // The route's access hook verified the hop header once (requireRepo). A repairing node's
   // fetches count as one client, whichever repository each repairs.
-  return req.hopClient !== null ? hopClientName(req.hopClient) : req.ip;
+  return req.hopClient !== null ? hopClientName(req.hopClient) : addressKey(req.ip);
 }
 
 function checkContentType(req: FastifyRequest, service: string): void {

@@ -44,18 +44,21 @@ export function buildHttpApp(
   logger: FastifyInstance['log'] | boolean,
   tls: { cert: Buffer; key: Buffer } | null = null,
 ): FastifyInstance {
-  const server = { headersTimeout: 30_000 };
+  // A request's headers must arrive within headersTimeoutMs once begun (slow-loris); a TLS
+  // handshake gets as long (Node's default: 2 minutes); a connection's first request too (connection-guard.ts).
+  const headersTimeout = deps.config.limits.headersTimeoutMs;
+  const server = { headersTimeout };
   const app = Fastify({
     loggerInstance: typeof logger === 'boolean' ? undefined : logger,
     bodyLimit: deps.config.bodyLimit,
     // A whole push may take longer than any fixed request timeout; idle bodies are cut per
-    // request instead (git-routes). Headers must arrive within 30 s (slow-loris).
+    // request instead (git-routes).
     requestTimeout: 0,
     connectionTimeout: 0,
     keepAliveTimeout: 65_000,
     http: server,
     // With a certificate and key the same routes are served over HTTPS (Fastify then ignores `http`).
-    ...(tls ? { https: { ...tls, ...server } } : {}),
+    ...(tls ? { https: { ...tls, ...server, handshakeTimeout: headersTimeout } } : {}),
     routerOptions: { maxParamLength: 256 },
     // Bodies are validated as sent: `{"repo_id":["o/x"]}` is a 400, not coerced to a string.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },

@@ -6,6 +6,7 @@ import { verifySshHop } from '../auth/peer-signature.js';
 import type { ClusterStore } from '../store/types.js';
 import type { SshKeys } from '../auth/ssh-keys.js';
 import { errorMessage } from '../domain/errors.js';
+import { addressKey } from '../domain/client-address.js';
 import { gitProtocolValue, ONLY_GIT } from './command.js';
 import { channelActivity, refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
 import { DEFAULTS } from '../config.js';
@@ -96,7 +97,7 @@ export class GitSshServer {
    */
   private guardSocket(socket: Socket): void {
     socket.on('error', () => undefined);
-    const ip = socket.remoteAddress ?? '';
+    const ip = addressKey(socket.remoteAddress);
     const mine = this.pending.get(ip) ?? 0;
     if (mine >= MAX_PENDING_PER_ADDRESS || this.pendingAll >= MAX_PENDING) {
       this.deps.metrics.sshAuthFailures.inc();
@@ -258,7 +259,7 @@ export class GitSshServer {
     if (!owner) return 'reject';
     if (!ctx.signature || !ctx.blob) return 'accept';
     if (owner.parsed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) return 'reject';
-    return { user: owner.user, keyName: owner.keyName, client: ip, hop: false, key: ctx.key.data };
+    return { user: owner.user, keyName: owner.keyName, client: addressKey(ip), hop: false, key: ctx.key.data };
   }
 
   /** keyStillRegistered says whether the key a connection signed in with is still its user's (a hop's was checked at the first node). */
