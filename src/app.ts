@@ -70,6 +70,12 @@ export interface NodeConfig {
   readonly minFreeDiskBytes: number;
   /** txnRetentionMs: transaction records (store and local log) older than this are pruned. */
   readonly txnRetentionMs: number;
+  /** expiredCredentialRetentionMs: tokens and SSH keys expired longer ago than this are deleted. */
+  readonly expiredCredentialRetentionMs: number;
+  /** maxTokensPerUser: unexpired tokens one user may hold. */
+  readonly maxTokensPerUser: number;
+  /** maxSshKeysPerUser: unexpired SSH keys one user may hold. */
+  readonly maxSshKeysPerUser: number;
   /** shutdownGraceMs is how long SIGTERM waits for requests in flight before killing their git processes. */
   readonly shutdownGraceMs: number;
   /** headersTimeoutMs bounds a request's headers, a connection's first request and a TLS handshake. */
@@ -199,7 +205,7 @@ async function startLocked(
   await steps.run('check the layout', () => checkLayout(store));
   const secret = await steps.run('read the peer secret', () => store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex')));
   const directory = new Directory(store);
-  const auth = new Authenticator(store, cfg.auth, directory);
+  const auth = new Authenticator(store, cfg.auth, directory, undefined, cfg.maxTokensPerUser);
   if (cfg.auth === 'tokens') {
     const token = await steps.run('bootstrap the admin', () => auth.bootstrapAdmin());
     if (token) {
@@ -412,7 +418,7 @@ async function startLocked(
     lifecycle,
     disk,
     protocol,
-    sshKeys: new SshKeys(store, directory),
+    sshKeys: new SshKeys(store, directory, cfg.maxSshKeysPerUser),
     ssh: { port: null },
     config: {
       hooksDir: relayDir,
@@ -472,10 +478,27 @@ async function startLocked(
       logger.warn({ err: errorMessage(err) }, 'could not prune transaction records; next try later');
     }
   };
+  // Tokens and SSH keys that expired past the retention: every node sweeps them (idempotent).
+  const sweepCredentials = async (): Promise<void> => {
+    try {
+      const before = Date.now() - cfg.expiredCredentialRetentionMs;
+      const [tokens, keys] = [await auth.sweepExpired(before), await deps.sshKeys.sweepExpired(before)];
+      if (tokens + keys > 0)
+        logger.info({ tokens, sshKeys: keys, retentionMs: cfg.expiredCredentialRetentionMs }, 'deleted expired tokens and SSH keys');
+    } catch (err) {
+      logger.warn({ err: errorMessage(err) }, 'could not delete expired tokens and SSH keys; next try later');
+    }
+  };
   const timers = [
     setInterval(() => {
       void participant.resolveStuck();
     }, 1_000),
+    setInterval(
+      () => {
+        void sweepCredentials();
+      },
+      Math.max(1_000, Math.min(600_000, Math.floor(cfg.expiredCredentialRetentionMs / 4))),
+    ),
     setInterval(() => {
       txnLog.prune(cfg.txnRetentionMs);
     }, 3_600_000),

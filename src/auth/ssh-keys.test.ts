@@ -98,4 +98,26 @@ describe('SshKeys', () => {
     expect((await keys.owner(blob(ed.public)))?.user).toBe('bob');
     await store.close();
   });
+
+  it('holds at most its limit of unexpired keys per user (expired ones do not count), and sweeps the long expired', async () => {
+    const store = new SqliteStore(':memory:');
+    const directory = new Directory(store);
+    await directory.addUser('alice', false);
+    await directory.addUser('bob', false);
+    const keys = new SshKeys(store, directory, 2);
+    await keys.add('alice', 'short', ed.public, new Date(Date.now() + 200).toISOString());
+    await keys.add('alice', 'a', ecdsa.public);
+    await expect(keys.add('alice', 'b', rsa2048.public)).rejects.toThrow(/holds 2 SSH keys, the most one user may/);
+    // Another user's share is their own.
+    expect((await keys.add('bob', 'b', rsa2048.public)).user).toBe('bob');
+    await new Promise((r) => setTimeout(r, 300));
+    // The expired key no longer counts; nor is it swept before its time ...
+    expect(await keys.sweepExpired(Date.now() - 60_000)).toBe(0);
+    expect((await keys.list('alice')).map((k) => k.name).sort()).toEqual(['a', 'short']);
+    // ... and after it, only it goes.
+    expect(await keys.sweepExpired(Date.now())).toBe(1);
+    expect((await keys.list('alice')).map((k) => k.name)).toEqual(['a']);
+    expect((await keys.list('bob')).map((k) => k.name)).toEqual(['b']);
+    await store.close();
+  });
 });

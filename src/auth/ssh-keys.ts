@@ -95,6 +95,9 @@ export function parsePublicKey(text: string): { parsed: ParsedKey; type: string;
 }
 
 /** expired says whether a key's registration has passed its expiry. */
+/** DEFAULT_MAX_SSH_KEYS_PER_USER is the unexpired SSH keys one user may hold (settings: maxSshKeysPerUser). */
+export const DEFAULT_MAX_SSH_KEYS_PER_USER = 100;
+
 function expired(record: SshKeyRecord): boolean {
   return record.expiresAt !== undefined && Date.parse(record.expiresAt) <= Date.now();
 }
@@ -118,6 +121,8 @@ export class SshKeys {
   constructor(
     private readonly store: ClusterStore,
     private readonly directory: Directory,
+    /** maxPerUser: the unexpired keys one user may hold (add refuses past it, 409). */
+    private readonly maxPerUser = DEFAULT_MAX_SSH_KEYS_PER_USER,
   ) {}
 
   /**
@@ -128,6 +133,12 @@ export class SshKeys {
     if (expiresAt !== undefined && !(Date.parse(expiresAt) > Date.now())) throw badRequest('expires_at must be a time in the future');
     if (!(await this.directory.user(user))) throw notFound(`user ${user} not found`);
     const k = parsePublicKey(text);
+    const held = (await this.store.listMeta(PREFIX)).filter((m) => {
+      const r = JSON.parse(m.value) as SshKeyRecord;
+      return r.user === user && !expired(r);
+    }).length;
+    if (held >= this.maxPerUser)
+      throw conflict(`user ${user} holds ${held} SSH keys, the most one user may (MAX_SSH_KEYS_PER_USER): remove some first`);
     const record: SshKeyRecord = {
       user,
       name,
@@ -153,6 +164,21 @@ export class SshKeys {
     }
     this.cache.delete(k.id);
     return { ...record, id: k.id, fingerprint: fingerprintOf(k.id) };
+  }
+
+  /** sweepExpired deletes the keys that expired before `before` and returns how many went (as Authenticator.sweepExpired). */
+  async sweepExpired(before: number): Promise<number> {
+    let removed = 0;
+    for (const m of await this.store.listMeta(PREFIX)) {
+      const record = JSON.parse(m.value) as SshKeyRecord;
+      if (record.expiresAt === undefined || !(Date.parse(record.expiresAt) < before)) continue;
+      // Deleted only if it is still that record: a key added again meanwhile stays.
+      if ((await this.store.getMeta(m.key)) !== m.value) continue;
+      await this.store.deleteMeta(m.key);
+      this.cache.delete(m.key.slice(PREFIX.length));
+      removed++;
+    }
+    return removed;
   }
 
   /** list shows a user's keys. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ClusterStore } from '../store/types.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { Directory } from './directory.js';
 import { Authenticator, expiryWithin, hashToken, needAdminScope, readTokenInfo, tokenFromHeader, type Caller } from './tokens.js';
 
@@ -132,5 +133,30 @@ describe('the limits a token puts on what it makes', () => {
     expect(() => expiryWithin(caller('admin', at), '2031-01-01T00:00:00Z', 'add an SSH key')).toThrow(
       `token 'ci' expires at ${at} and may not add an SSH key that expires later`,
     );
+  });
+});
+
+describe('Authenticator: what a user holds', () => {
+  it('holds at most its limit of unexpired tokens per user (expired ones do not count), and sweeps the long expired with their last use', async () => {
+    const store = new SqliteStore(':memory:');
+    const directory = new Directory(store);
+    await directory.addUser('alice', false);
+    await directory.addUser('bob', false);
+    const auth = new Authenticator(store, 'tokens', directory, undefined, 2);
+    const short = await auth.create('alice', 'short', 'read', new Date(Date.now() + 200).toISOString());
+    await auth.create('alice', 'a', 'read');
+    await expect(auth.create('alice', 'b', 'read')).rejects.toThrow(/holds 2 tokens, the most one user may/);
+    await auth.create('bob', 'b', 'read');
+    await auth.require(`Bearer ${short.token}`, 'read', '10.0.0.1');
+    await new Promise((r) => setTimeout(r, 300));
+    const used = `token-used/${hashToken(short.token)}`;
+    expect((await store.listMeta('token-used/')).map((m) => m.key)).toContain(used);
+    expect((await auth.create('alice', 'c', 'read')).info.name).toBe('c');
+    expect(await auth.sweepExpired(Date.now() - 60_000)).toBe(0);
+    expect(await auth.sweepExpired(Date.now())).toBe(1);
+    expect((await auth.list('alice')).map((t) => t.name).sort()).toEqual(['a', 'c']);
+    expect((await auth.list('bob')).map((t) => t.name)).toEqual(['b']);
+    expect((await store.listMeta('token-used/')).map((m) => m.key)).not.toContain(used);
+    await store.close();
   });
 });

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { AppError, appError, badRequest, forbidden, notFound, StoreUnavailableError, unauthorized } from '../domain/errors.js';
+import { AppError, appError, badRequest, conflict, forbidden, notFound, StoreUnavailableError, unauthorized } from '../domain/errors.js';
 import type { ClusterStore } from '../store/types.js';
 import { ADMIN_USER, DIRECTORY_CACHE_MS, type Directory } from './directory.js';
 import { atLeast, maxScope, type Principal, type Role } from './policy.js';
@@ -42,6 +42,14 @@ const LAST_USED_EVERY_MS = 60_000;
 /** FAILURES_ALLOWED failed authentications per client address within FAILURE_WINDOW_MS, then 429. */
 const FAILURES_ALLOWED = 20;
 const FAILURE_WINDOW_MS = 60_000;
+/** DEFAULT_MAX_TOKENS_PER_USER is the unexpired tokens one user may hold (settings: maxTokensPerUser). */
+export const DEFAULT_MAX_TOKENS_PER_USER = 1_000;
+
+/** isExpired says whether a token's expiry has passed. */
+function isExpired(t: TokenInfo, now = Date.now()): boolean {
+  return t.expiresAt !== undefined && Date.parse(t.expiresAt) <= now;
+}
+
 /** FAILURES_TRACKED bounds the addresses whose failures are counted (pruneFailures). */
 const FAILURES_TRACKED = 10_000;
 /** OPEN_CALLER is every caller in `open` mode. */
@@ -150,6 +158,8 @@ export class Authenticator {
     private readonly directory: Directory,
     /** failuresTracked bounds the addresses whose failures are counted (default FAILURES_TRACKED). */
     private readonly failuresTracked = FAILURES_TRACKED,
+    /** maxPerUser: the unexpired tokens one user may hold (create refuses past it, 409). */
+    private readonly maxPerUser = DEFAULT_MAX_TOKENS_PER_USER,
   ) {}
 
   /** cachedCount is how many look-ups the cache holds (bounded by CACHE_ENTRIES). */
@@ -171,7 +181,7 @@ export class Authenticator {
     const info = await this.lookup(hash);
     if (!info) throw this.failed(client, 'invalid token');
     // A real token that expired, or whose user is disabled, is no guess: not counted as one.
-    if (info.expiresAt && Date.parse(info.expiresAt) <= Date.now()) throw unauthorized(`token '${info.name}' expired at ${info.expiresAt}`);
+    if (isExpired(info)) throw unauthorized(`token '${info.name}' expired at ${info.expiresAt}`);
     const user = await this.directory.user(info.user);
     if (!user || user.disabled) throw unauthorized(`user ${info.user} is disabled`);
     this.noteUsed(hash);
@@ -262,6 +272,12 @@ export class Authenticator {
     const p = await this.directory.principal(u);
     if (!atLeast(maxScope(p), scope)) throw forbidden(`user ${user} may hold tokens up to scope ${maxScope(p)}`);
     if (expiresAt !== undefined && !(Date.parse(expiresAt) > Date.now())) throw badRequest('expires_at must be a time in the future');
+    const held = (await this.store.listMeta(TOKEN_PREFIX)).filter((m) => {
+      const t = readTokenInfo(m.value);
+      return t.user === user && !isExpired(t);
+    }).length;
+    if (held >= this.maxPerUser)
+      throw conflict(`user ${user} holds ${held} tokens, the most one user may (MAX_TOKENS_PER_USER): revoke some first`);
     const token = newToken();
     const hash = hashToken(token);
     const info: TokenInfo = {
@@ -308,6 +324,25 @@ export class Authenticator {
       return { ...info, id, lastUsedAt: null };
     }
     throw notFound(`token ${id} not found`);
+  }
+
+  /**
+   * sweepExpired deletes the tokens that expired before `before`, with their last-use times, and
+   * returns how many went. Nothing else removes a token that expired: a CI minting a short-lived
+   * token per job filled the store, and every listing and revoke read them all.
+   */
+  async sweepExpired(before: number): Promise<number> {
+    let removed = 0;
+    for (const m of await this.store.listMeta(TOKEN_PREFIX)) {
+      const info = readTokenInfo(m.value);
+      if (info.expiresAt === undefined || !(Date.parse(info.expiresAt) < before)) continue;
+      const hash = m.key.slice(TOKEN_PREFIX.length);
+      await this.store.deleteMeta(m.key);
+      await this.store.deleteMeta(`${USED_PREFIX}${hash}`);
+      this.cache.delete(hash);
+      removed++;
+    }
+    return removed;
   }
 
   /**

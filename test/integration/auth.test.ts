@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCluster } from '../helpers/cluster.js';
+import { TestCluster, waitFor } from '../helpers/cluster.js';
 import { git, gitOk, lsRemote, workRepo } from '../helpers/git.js';
 
 function withToken(url: string, token: string): string {
@@ -14,7 +14,10 @@ describe('client authentication with tokens', () => {
   let c: TestCluster;
   let admin = '';
   beforeAll(async () => {
-    c = await TestCluster.start({ nodes: 2, env: { AUTH: 'tokens' } });
+    c = await TestCluster.start({
+      nodes: 2,
+      env: { AUTH: 'tokens', MAX_TOKENS_PER_USER: '3', EXPIRED_CREDENTIAL_RETENTION: '1s' },
+    });
     admin = await c.adminToken();
   });
   afterAll(async () => {
@@ -70,4 +73,22 @@ describe('client authentication with tokens', () => {
     expect((await call('DELETE', '/repos/sec/repo', writer)).status).toBe(403);
     expect((await call('DELETE', '/repos/sec/repo', admin)).status).toBe(200);
   });
+
+  it('a user holds at most MAX_TOKENS_PER_USER unexpired tokens; tokens expired past the retention are deleted on their own', async () => {
+    expect((await call('POST', '/users', admin, { name: 'ci' })).status).toBe(201);
+    const make = (name: string, expiresAt?: string): Promise<Response> =>
+      call('POST', '/tokens', admin, { name, scope: 'read', user: 'ci', ...(expiresAt ? { expires_at: expiresAt } : {}) });
+    const soon = new Date(Date.now() + 1_000).toISOString();
+    for (const name of ['job-1', 'job-2']) expect((await make(name, soon)).status).toBe(201);
+    expect((await make('deploy')).status).toBe(201);
+    const over = await make('job-3', soon);
+    expect(over.status).toBe(409);
+    expect(((await over.json()) as { error: string }).error).toMatch(/user ci holds 3 tokens, the most one user may/);
+    const names = async (): Promise<string[]> =>
+      ((await (await call('GET', '/tokens?user=ci', admin)).json()) as { tokens: Array<{ name: string }> }).tokens.map((t) => t.name);
+    expect(await names()).toEqual(['job-1', 'job-2', 'deploy']);
+    // Expired, they no longer count; a second past their expiry (the retention here), they are gone.
+    await waitFor(async () => (await make('job-3')).status === 201, 5_000, 'room once two expired');
+    await waitFor(async () => (await names()).join() === 'deploy,job-3', 10_000, 'the expired tokens deleted');
+  }, 30_000);
 });
