@@ -26,7 +26,7 @@ import { HELPERS, pickHelper, SpawnHelper, type HelperKind } from './git/spawner
 import { REF_SESSION_IDLE_MS, REF_SESSIONS_MAX, RefSessions } from './git/update-ref.js';
 import type { NodeDeps } from './http/deps.js';
 import { buildHttpApp } from './http/server.js';
-import { guardConnections } from './http/connection-guard.js';
+import { guardConnections, PeerAddresses, resolvePeerAddresses } from './http/connection-guard.js';
 import { Metrics } from './metrics.js';
 import { RepoActivity } from './replication/activity.js';
 import { Coordinator } from './replication/coordinator.js';
@@ -282,9 +282,22 @@ async function startLocked(
   const url = cfg.advertiseUrl ?? defaultAdvertiseUrl(tls.server ? 'https' : 'http', cfg.host, cfg.port);
   // The epoch names this incarnation: signatures made for an earlier one are refused.
   const epoch = new Date().toISOString();
+  // The members' addresses, let past the caps on client connections: resolved from their URLs
+  // once this node has joined the membership and every 30 s, and learned from each verified member call.
+  const peerAddresses = new PeerAddresses();
+  const namePeers = async (urls: readonly string[]): Promise<void> => {
+    peerAddresses.name(await resolvePeerAddresses(urls));
+  };
   const membership = new Membership(
     { id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol },
-    { store, peers, logger, ttlMs: cfg.nodeTtlMs, onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok) },
+    {
+      store,
+      peers,
+      logger,
+      ttlMs: cfg.nodeTtlMs,
+      onHeartbeat: (s, ok) => metrics.observeHeartbeat(s, ok),
+      onPeers: (urls) => void namePeers(urls),
+    },
   );
   const hops = {
     sign: (client: string) => signHop(secret, client),
@@ -413,6 +426,7 @@ async function startLocked(
     replicaVerifier,
     auth,
     hops,
+    peerAddresses,
     directory,
     audit,
     lifecycle,
@@ -441,6 +455,7 @@ async function startLocked(
   guardConnections(
     app.server,
     { max: cfg.maxConnections, perAddress: cfg.maxConnectionsPerAddress, firstRequestMs: cfg.headersTimeoutMs },
+    peerAddresses,
     tls.server !== null,
     metrics,
     logger,
@@ -493,6 +508,9 @@ async function startLocked(
     setInterval(() => {
       void participant.resolveStuck();
     }, 1_000),
+    setInterval(() => {
+      void namePeers(membership.peers().map((p) => p.url));
+    }, 30_000),
     setInterval(
       () => {
         void sweepCredentials();

@@ -76,7 +76,18 @@ export class Metrics {
   });
   readonly sshConnections = new Gauge({
     name: 'gitrep_ssh_connections',
-    help: 'open SSH connections (signed in or not yet)',
+    help: 'open SSH connections past their version exchange (signed in or not yet)',
+    registers: [this.registry],
+  });
+  readonly sshPending = new Gauge({
+    name: 'gitrep_ssh_connections_pending',
+    help: 'TCP connections to the SSH port not signed in yet (each bounded by the handshake time)',
+    registers: [this.registry],
+  });
+  readonly sshConnectionsRefused = new Counter({
+    name: 'gitrep_ssh_connections_refused_total',
+    help: "TCP connections to the SSH port closed at once: over the address's share of connections not signed in yet (per_address), or over all addresses' (max)",
+    labelNames: ['reason'] as const,
     registers: [this.registry],
   });
   readonly sshAuthFailures = new Counter({

@@ -49,6 +49,8 @@ export class Membership {
       ttlMs: number;
       /** onHeartbeat hears each heartbeat's store latency and whether it failed (metrics). */
       onHeartbeat?: (seconds: number, ok: boolean) => void;
+      /** onPeers hears the other nodes' URLs whenever they change (a node joined, left or moved). */
+      onPeers?: (urls: readonly string[]) => void;
     },
   ) {}
 
@@ -95,7 +97,16 @@ export class Membership {
 
   /** learn replaces the cached view of the cluster with a fresh read of the store. */
   learn(all: ReadonlyArray<NodeInfo & { live: boolean }>): void {
+    const urls = (m: ReadonlyMap<string, NodeInfo>): string =>
+      [...m.values()]
+        .filter((n) => n.id !== this.self.id)
+        .map((n) => n.url)
+        .sort()
+        .join(' ');
+    const before = urls(this.nodes);
     this.nodes = new Map(all.map((n) => [n.id, n]));
+    const after = urls(this.nodes);
+    if (after !== before) this.deps.onPeers?.(after === '' ? [] : after.split(' '));
     this.warnIncompatible(all);
     this.live = new Set(all.filter((n) => n.live).map((n) => n.id));
     const now = Date.now();

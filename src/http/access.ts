@@ -104,6 +104,7 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     const need = typeof access.repo === 'function' ? access.repo(req) : access.repo;
     const repoId = repoOf(req, access.via);
     req.hopClient = deps.hops.verify(header(req, HOP_HEADER));
+    if (req.hopClient !== null) deps.peerAddresses.learn(req.socket.remoteAddress);
     // A repair fetch from a peer (a signed hop naming a repair of this repository) reads the
     // replica. The hop names the repository: one captured on the wire (without TLS) read every
     // private repository on every node for its minute.
@@ -155,6 +156,7 @@ function verifyPeer(deps: NodeDeps): onRequestAsyncHookHandler {
       Number.isSafeInteger(len) ? len : null,
     );
     if (!v.ok) throw unauthorized(v.reason);
+    deps.peerAddresses.learn(req.socket.remoteAddress);
     // A call names its protocol version (none: 1); one this node does not speak is refused.
     const named = req.headers[PROTOCOL_HEADER];
     const version = typeof named === 'string' && /^\d{1,4}$/.test(named) ? Number(named) : 1;

@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs';
+import { lookup } from 'node:dns/promises';
 import type { Server } from 'node:http';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { addressKey } from '../domain/client-address.js';
 import type { Logger } from '../domain/logger.js';
 import type { Metrics } from '../metrics.js';
 
 /** ConnectionLimits bounds the TCP connections the HTTP server holds. */
 export interface ConnectionLimits {
-  /** max: connections open at once; past it a new one is closed at once (the server's maxConnections). */
+  /** max: client connections open at once; past it a new one is closed at once (the members have a reserve above it). */
   readonly max: number;
   /** perAddress: connections one client address (an IPv6 /64) may hold at once; 0: no cap. */
   readonly perAddress: number;
@@ -36,6 +37,76 @@ export function defaultMaxConnections(limit = openFilesLimit()): number {
   return Math.max(64, Math.floor((limit ?? 8_192) / 2));
 }
 
+/** peerAddressOf is how a peer's address is remembered: an IPv4-mapped IPv6 address as IPv4, any other as it is. */
+function peerAddressOf(address: string | undefined): string {
+  if (!address) return '';
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return mapped ? mapped[1]! : address.toLowerCase();
+}
+
+/** LEARNED_PEER_MS is how long an address a verified member call came from counts as a peer's. */
+const LEARNED_PEER_MS = 3_600_000;
+
+/**
+ * PeerAddresses are the addresses the cluster's members connect from, whose connections the
+ * caps on clients must not turn away (a flood of client connections would otherwise cut a node
+ * off from its peers, and two such nodes off a write quorum): those a call signed by a member
+ * came from in the last hour (learned, so a member's outbound address counts even where it is
+ * not the one it advertises), and those the members' URLs name (resolved, so a node that starts
+ * under a flood still lets its peers in).
+ */
+export class PeerAddresses {
+  private readonly learned = new Map<string, number>();
+  private named = new Set<string>();
+
+  /** has says whether connections from `address` are a peer's. */
+  has(address: string | undefined): boolean {
+    const a = peerAddressOf(address);
+    if (this.named.has(a)) return true;
+    const at = this.learned.get(a);
+    return at !== undefined && Date.now() - at < LEARNED_PEER_MS;
+  }
+
+  /** learn notes the address a call verified as a member's came from. */
+  learn(address: string | undefined): void {
+    const a = peerAddressOf(address);
+    if (!a) return;
+    if (!this.learned.has(a) && this.learned.size >= 1_024) {
+      // Bounded: the oldest go first (members are few; this only guards against a leak).
+      for (const [k, at] of this.learned) if (Date.now() - at >= LEARNED_PEER_MS || this.learned.size >= 1_024) this.learned.delete(k);
+    }
+    this.learned.set(a, Date.now());
+  }
+
+  /** name replaces the addresses the members' URLs resolve to. */
+  name(addresses: Iterable<string>): void {
+    this.named = new Set([...addresses].map(peerAddressOf).filter((a) => a !== ''));
+  }
+}
+
+/**
+ * resolvePeerAddresses resolves the hosts of the members' URLs (an IP literal as itself); a host
+ * that does not resolve is left out.
+ */
+export async function resolvePeerAddresses(urls: readonly string[]): Promise<string[]> {
+  const hosts = new Set<string>();
+  for (const u of urls) {
+    try {
+      hosts.add(new URL(u).hostname.replace(/^\[(.*)\]$/, '$1'));
+    } catch {
+      // not a URL: nothing to resolve
+    }
+  }
+  const out: string[] = [];
+  await Promise.all(
+    [...hosts].map(async (h) => {
+      if (isIP(h)) out.push(h);
+      else out.push(...(await lookup(h, { all: true }).catch(() => [])).map((a) => a.address));
+    }),
+  );
+  return out;
+}
+
 /**
  * guardConnections bounds what connections alone can hold of a node. Without it one client that
  * opened 20,000 connections and sent nothing took every file descriptor of the node for as long
@@ -44,41 +115,64 @@ export function defaultMaxConnections(limit = openFilesLimit()): number {
  * - a connection that has not sent a complete request within `firstRequestMs` is closed (once a
  *   request began, Node's headers timeout applies; between requests, the keep-alive timeout);
  * - one address (an IPv6 /64) holds at most `perAddress` connections: more are closed at once;
- * - the server holds at most `max`: more are closed at once, and the node keeps the descriptors
- *   it needs for its own work.
+ * - the server holds at most `max` client connections: more are closed at once, and the node
+ *   keeps the descriptors it needs for its own work.
+ * The cluster's members (`peers`) are not clients: their connections pass the per-address cap,
+ * and have `peerReserve` more above `max` (an outside attack filled `max` from 20 addresses and
+ * cut the node off from its peers; two such nodes, and no push had a quorum).
  * For HTTPS, the wait for the first request starts once the TLS handshake is done (the handshake
  * has its own timeout, `firstRequestMs` too).
  */
-export function guardConnections(server: Server, limits: ConnectionLimits, tls: boolean, metrics: Metrics, logger: Logger): void {
-  server.maxConnections = limits.max;
+export function guardConnections(
+  server: Server,
+  limits: ConnectionLimits,
+  peers: PeerAddresses,
+  tls: boolean,
+  metrics: Metrics,
+  logger: Logger,
+): void {
+  const reserve = peerReserve(limits.max);
+  // Node's own cap is the backstop: it closes a connection past it before any listener sees it.
+  server.maxConnections = limits.max + reserve;
   const served = new WeakSet<Socket>();
   const open = new Map<string, number>();
-  let warned = 0;
+  let total = 0;
+  const warned = { max: 0, per_address: 0 };
   const refused = (reason: 'max' | 'per_address', key: string): void => {
     metrics.httpConnectionsRefused.inc({ reason });
-    // One line a minute at most: a flood must not flood the log too.
-    if (Date.now() - warned < 60_000) return;
-    warned = Date.now();
+    // One line a minute per reason at most: a flood must not flood the log too. It names the
+    // address holding the most connections (the one refused may be anyone's, at the cap in all).
+    if (Date.now() - warned[reason] < 60_000) return;
+    warned[reason] = Date.now();
+    let top = key;
+    for (const [k, n] of open) if (n > (open.get(top) ?? 0)) top = k;
     logger.warn(
-      { reason, address: key, max: limits.max, perAddress: limits.perAddress },
+      { reason, address: top, held: open.get(top) ?? 0, open: total, max: limits.max, perAddress: limits.perAddress },
       reason === 'max' ? 'HTTP connections at their limit: new ones closed' : 'an address holds its most HTTP connections: new ones closed',
     );
   };
   server.on('drop', (data?: { remoteAddress?: string }) => refused('max', addressKey(data?.remoteAddress)));
   server.on('request', (req: { socket: Socket }) => served.add(req.socket));
   server.on('connection', (socket: Socket) => {
-    metrics.httpConnections.inc();
-    socket.once('close', () => metrics.httpConnections.dec());
-    if (limits.perAddress <= 0) return;
     const key = addressKey(socket.remoteAddress);
+    const peer = peers.has(socket.remoteAddress);
+    if (total >= limits.max + (peer ? reserve : 0)) {
+      refused('max', key);
+      socket.destroy();
+      return;
+    }
     const held = open.get(key) ?? 0;
-    if (held >= limits.perAddress) {
+    if (!peer && limits.perAddress > 0 && held >= limits.perAddress) {
       refused('per_address', key);
       socket.destroy();
       return;
     }
+    total++;
     open.set(key, held + 1);
+    metrics.httpConnections.inc();
     socket.once('close', () => {
+      total--;
+      metrics.httpConnections.dec();
       const left = (open.get(key) ?? 1) - 1;
       if (left <= 0) open.delete(key);
       else open.set(key, left);
@@ -94,4 +188,9 @@ export function guardConnections(server: Server, limits: ConnectionLimits, tls: 
     timer.unref();
     socket.once('close', () => clearTimeout(timer));
   });
+}
+
+/** peerReserve is how many connections the members may hold above the clients' `max`: a quarter of it, at least 64. */
+export function peerReserve(max: number): number {
+  return Math.max(64, Math.floor(max / 4));
 }

@@ -9,6 +9,7 @@ import type { AuditLog } from '../auth/audit.js';
 import type { Directory } from '../auth/directory.js';
 import type { SshKeys } from '../auth/ssh-keys.js';
 import type { Authenticator } from '../auth/tokens.js';
+import type { PeerAddresses } from './connection-guard.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import type { GitRunner } from '../git/runner.js';
@@ -89,6 +90,8 @@ export interface NodeDeps {
   readonly directory: Directory;
   readonly audit: AuditLog;
   readonly hops: HopTokens;
+  /** peerAddresses are the addresses the members connect from (connection-guard.ts); a verified member call teaches its own. */
+  readonly peerAddresses: PeerAddresses;
   readonly activity: RepoActivity;
   /** lifecycle.draining is set when the node begins to shut down (/ready answers 503). */
   readonly lifecycle: { draining: boolean };

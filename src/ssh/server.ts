@@ -100,18 +100,20 @@ export class GitSshServer {
     const ip = addressKey(socket.remoteAddress);
     const mine = this.pending.get(ip) ?? 0;
     if (mine >= MAX_PENDING_PER_ADDRESS || this.pendingAll >= MAX_PENDING) {
-      this.deps.metrics.sshAuthFailures.inc();
+      this.deps.metrics.sshConnectionsRefused.inc({ reason: mine >= MAX_PENDING_PER_ADDRESS ? 'per_address' : 'max' });
       socket.destroy();
       return;
     }
     this.pending.set(ip, mine + 1);
     this.pendingAll++;
+    this.deps.metrics.sshPending.inc();
     let counted = true;
     const done = (): void => {
       if (!counted) return;
       counted = false;
       clearTimeout(timer);
       this.pendingAll--;
+      this.deps.metrics.sshPending.dec();
       const left = (this.pending.get(ip) ?? 1) - 1;
       if (left <= 0) this.pending.delete(ip);
       else this.pending.set(ip, left);

@@ -115,3 +115,70 @@ describe('HTTP connections: a first request in time, a share per address, a cap 
     expect(await gitOk(['ls-remote', c.repoUrl(1, 'conn/repo')])).toContain('refs/heads/main');
   }, 30_000);
 });
+
+describe('HTTP connections: a flood of client connections does not cut a node off from its peers', () => {
+  let c: TestCluster;
+  const held: Socket[] = [];
+  beforeAll(async () => {
+    // Caps small enough for a test to fill; the flood's connections stay for the headers time.
+    c = await TestCluster.start({
+      nodes: 3,
+      env: { MAX_CONNECTIONS: '30', MAX_CONNECTIONS_PER_ADDRESS: '10', HEADERS_TIMEOUT: '25s' },
+    });
+  });
+  afterAll(async () => {
+    for (const s of held) s.destroy();
+    await c?.destroy();
+  });
+
+  /** fill opens `n` connections from each of `addresses` to node `node`, sending nothing; returns how many the node kept. */
+  async function fill(node: number, addresses: readonly string[], n: number): Promise<number> {
+    const port = Number(new URL(c.url(node)).port);
+    const kept = await Promise.all(
+      addresses.flatMap((from) =>
+        Array.from(
+          { length: n },
+          () =>
+            new Promise<boolean>((resolve) => {
+              const s = connect({ port, host: '127.0.0.1', localAddress: from });
+              held.push(s);
+              s.on('error', () => undefined);
+              s.once('connect', () => {
+                const t = setTimeout(() => resolve(true), 300);
+                s.once('close', () => {
+                  clearTimeout(t);
+                  resolve(false);
+                });
+              });
+            }),
+        ),
+      ),
+    );
+    return kept.filter(Boolean).length;
+  }
+
+  it('with two of three nodes at their client cap, a push through the third still reaches every replica', async () => {
+    // Node 3 starts again, so its connections to the others are new ones, made during the flood.
+    await c.kill(3);
+    const flood = ['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'];
+    // Each node keeps what is left of its 30 (its peers' connections count too), and closes the rest.
+    for (const node of [1, 2]) expect(await fill(node, flood, 10)).toBeGreaterThan(20);
+    await c.restart(3);
+    // A client from another address finds nodes 1 and 2 full ...
+    const port1 = Number(new URL(c.url(1)).port);
+    const refused = await new Promise<boolean>((resolve) => {
+      const s = connect({ port: port1, host: '127.0.0.1', localAddress: '127.0.0.6' });
+      held.push(s);
+      s.on('error', () => resolve(true));
+      s.once('close', () => resolve(true));
+      s.once('connect', () => setTimeout(() => resolve(s.destroyed), 300));
+    });
+    expect(refused).toBe(true);
+    // ... but their peer gets through: the create and the push reach all three replicas.
+    await c.createRepo(3, 'flood/repo');
+    const work = await workRepo();
+    await gitOk(['push', '-q', c.repoUrl(3, 'flood/repo'), 'HEAD:refs/heads/main'], { cwd: work });
+    const status = await c.repoStatus(3, 'flood/repo');
+    expect(status.replicas.map((r) => r.state)).toEqual(['in_sync', 'in_sync', 'in_sync']);
+  }, 60_000);
+});

@@ -492,8 +492,14 @@ describe('git over ssh', () => {
     });
     await sleep(1_000);
     expect(socks.filter((s) => s.closed).length).toBeGreaterThanOrEqual(6);
+    const metric = async (name: string): Promise<number> =>
+      Number(new RegExp(`^${name} (\\d+)`, 'm').exec(await (await fetch(`${c.url(1)}/metrics`)).text())?.[1] ?? NaN);
+    // Counted as what they are: connections waiting, and refusals (not failed sign-ins).
+    expect(await metric('gitrep_ssh_connections_pending')).toBeGreaterThanOrEqual(120);
+    expect(await metric('gitrep_ssh_connections_refused_total\\{reason="per_address"\\}')).toBeGreaterThanOrEqual(6);
     // SSH_HANDSHAKE_TIMEOUT is 3 s here; a connection that sent nothing used to stay for ever.
     await waitFor(async () => socks.every((s) => s.closed), 10_000, 'silent connections closed');
+    expect(await metric('gitrep_ssh_connections_pending')).toBe(0);
     await gitOk(['ls-remote', sshUrl(1)], asUser(keys.alice!));
   }, 60_000);
 
