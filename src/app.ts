@@ -285,9 +285,10 @@ async function startLocked(
   // The members' addresses, let past the caps on client connections: resolved from their URLs
   // once this node has joined the membership and every 30 s, and learned from each verified member call.
   const peerAddresses = new PeerAddresses();
-  const namePeers = async (urls: readonly string[]): Promise<void> => {
-    peerAddresses.name(await resolvePeerAddresses(urls));
-  };
+  // One lookup at a time, so an older one cannot land after a newer one.
+  let naming: Promise<void> = Promise.resolve();
+  const namePeers = (urls: readonly string[]): Promise<void> =>
+    (naming = naming.then(async () => peerAddresses.name(await resolvePeerAddresses(urls))));
   const membership = new Membership(
     { id: cfg.nodeId, url, version: VERSION, startedAt: epoch, protocol },
     {

@@ -4,6 +4,7 @@ import { type ParsedKey } from 'ssh2';
 import { badRequest, conflict, notFound } from '../domain/errors.js';
 import type { ClusterStore } from '../store/types.js';
 import { DIRECTORY_CACHE_MS, type Directory } from './directory.js';
+import { isExpired } from './tokens.js';
 
 // ssh2 is CommonJS: its named exports are read from the default export.
 const { utils } = ssh2;
@@ -94,13 +95,8 @@ export function parsePublicKey(text: string): { parsed: ParsedKey; type: string;
   return { parsed, type: parsed.type, line: `${parsed.type} ${blob.toString('base64')}`, id: keyId(blob) };
 }
 
-/** expired says whether a key's registration has passed its expiry. */
 /** DEFAULT_MAX_SSH_KEYS_PER_USER is the unexpired SSH keys one user may hold (settings: maxSshKeysPerUser). */
 export const DEFAULT_MAX_SSH_KEYS_PER_USER = 100;
-
-function expired(record: SshKeyRecord): boolean {
-  return record.expiresAt !== undefined && Date.parse(record.expiresAt) <= Date.now();
-}
 
 /** SshPrincipal is who a presented key belongs to, and the key's name. */
 export interface SshKeyOwner {
@@ -135,7 +131,7 @@ export class SshKeys {
     const k = parsePublicKey(text);
     const held = (await this.store.listMeta(PREFIX)).filter((m) => {
       const r = JSON.parse(m.value) as SshKeyRecord;
-      return r.user === user && !expired(r);
+      return r.user === user && !isExpired(r);
     }).length;
     if (held >= this.maxPerUser)
       throw conflict(`user ${user} holds ${held} SSH keys, the most one user may (MAX_SSH_KEYS_PER_USER): remove some first`);
@@ -152,7 +148,7 @@ export class SshKeys {
     // An expired registration of the key is replaced (else the key could not be added again,
     // by its user or anyone, until someone removed the dead one); read again just before, so a
     // registration made meanwhile is not the one removed.
-    if (stored !== JSON.stringify(record) && expired(JSON.parse(stored) as SshKeyRecord) && (await this.store.getMeta(key)) === stored) {
+    if (stored !== JSON.stringify(record) && isExpired(JSON.parse(stored) as SshKeyRecord) && (await this.store.getMeta(key)) === stored) {
       await this.store.deleteMeta(key);
       stored = await this.store.setMetaIfAbsent(key, JSON.stringify(record));
     }
@@ -218,7 +214,7 @@ export class SshKeys {
       this.cache.set(id, { at: Date.now(), record });
       if (this.cache.size > 4_096) this.cache.clear();
     }
-    if (!record || expired(record)) return null;
+    if (!record || isExpired(record)) return null;
     const user = await this.directory.user(record.user);
     if (!user || user.disabled) return null;
     const parsed = parseKeyText(record.key);

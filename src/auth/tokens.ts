@@ -45,8 +45,8 @@ const FAILURE_WINDOW_MS = 60_000;
 /** DEFAULT_MAX_TOKENS_PER_USER is the unexpired tokens one user may hold (settings: maxTokensPerUser). */
 export const DEFAULT_MAX_TOKENS_PER_USER = 1_000;
 
-/** isExpired says whether a token's expiry has passed. */
-function isExpired(t: TokenInfo, now = Date.now()): boolean {
+/** isExpired says whether a credential's expiry (a token's, an SSH key's) has passed. */
+export function isExpired(t: { readonly expiresAt?: string }, now = Date.now()): boolean {
   return t.expiresAt !== undefined && Date.parse(t.expiresAt) <= now;
 }
 

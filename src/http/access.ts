@@ -104,7 +104,6 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     const need = typeof access.repo === 'function' ? access.repo(req) : access.repo;
     const repoId = repoOf(req, access.via);
     req.hopClient = deps.hops.verify(header(req, HOP_HEADER));
-    if (req.hopClient !== null) deps.peerAddresses.learn(req.socket.remoteAddress);
     // A repair fetch from a peer (a signed hop naming a repair of this repository) reads the
     // replica. The hop names the repository: one captured on the wire (without TLS) read every
     // private repository on every node for its minute.
@@ -156,6 +155,8 @@ function verifyPeer(deps: NodeDeps): onRequestAsyncHookHandler {
       Number.isSafeInteger(len) ? len : null,
     );
     if (!v.ok) throw unauthorized(v.reason);
+    // A member's signed call (single use, unlike a hop header, which may be replayed for its
+    // minute) says where that member connects from (connection-guard.ts).
     deps.peerAddresses.learn(req.socket.remoteAddress);
     // A call names its protocol version (none: 1); one this node does not speak is refused.
     const named = req.headers[PROTOCOL_HEADER];

@@ -14,12 +14,19 @@ describe('PeerAddresses', () => {
     expect(peers.has('10.1.2.3')).toBe(true);
     expect(peers.has('::ffff:10.1.2.3')).toBe(true);
     expect(peers.has('fd00::7')).toBe(true);
+    expect(peers.has('fd00:0:0::7')).toBe(true);
     expect(peers.has('127.0.0.1') || peers.has('::1')).toBe(true);
     expect(peers.has('10.1.2.4')).toBe(false);
     peers.learn('::ffff:192.0.2.9');
     expect(peers.has('192.0.2.9')).toBe(true);
+    // A host whose lookup fails keeps what it resolved to before.
+    peers.name(new Map([['peer.example', ['10.9.9.9']]]));
+    expect(peers.has('10.9.9.9')).toBe(true);
+    peers.name(new Map([['peer.example', null]]));
+    expect(peers.has('10.9.9.9')).toBe(true);
     // Named again: the learned stay, the named are replaced.
-    peers.name([]);
+    peers.name(new Map());
+    expect(peers.has('10.9.9.9')).toBe(false);
     expect(peers.has('10.1.2.3')).toBe(false);
     expect(peers.has('192.0.2.9')).toBe(true);
   });

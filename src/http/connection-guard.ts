@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { lookup } from 'node:dns/promises';
 import type { Server } from 'node:http';
 import { isIP, type Socket } from 'node:net';
-import { addressKey } from '../domain/client-address.js';
+import { addressKey, hostAddress } from '../domain/client-address.js';
 import type { Logger } from '../domain/logger.js';
 import type { Metrics } from '../metrics.js';
 
@@ -31,17 +31,11 @@ export function openFilesLimit(): number | null {
 
 /**
  * defaultMaxConnections is half the open-file limit (the rest is the node's own: git processes'
- * pipes, packs, peer connections, the store), 4,096 where the limit is unknown.
+ * pipes, packs, peer connections, the store), 4,096 where the limit is unknown, 16,384 at most
+ * (a container's limit of a million would otherwise let memory run out first).
  */
 export function defaultMaxConnections(limit = openFilesLimit()): number {
-  return Math.max(64, Math.floor((limit ?? 8_192) / 2));
-}
-
-/** peerAddressOf is how a peer's address is remembered: an IPv4-mapped IPv6 address as IPv4, any other as it is. */
-function peerAddressOf(address: string | undefined): string {
-  if (!address) return '';
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return mapped ? mapped[1]! : address.toLowerCase();
+  return Math.max(64, Math.min(16_384, Math.floor((limit ?? 8_192) / 2)));
 }
 
 /** LEARNED_PEER_MS is how long an address a verified member call came from counts as a peer's. */
@@ -57,38 +51,48 @@ const LEARNED_PEER_MS = 3_600_000;
  */
 export class PeerAddresses {
   private readonly learned = new Map<string, number>();
-  private named = new Set<string>();
+  /** named are the addresses each member URL's host resolved to, at its last lookup that worked. */
+  private named = new Map<string, readonly string[]>();
+  private namedSet = new Set<string>();
 
   /** has says whether connections from `address` are a peer's. */
   has(address: string | undefined): boolean {
-    const a = peerAddressOf(address);
-    if (this.named.has(a)) return true;
+    const a = hostAddress(address);
+    if (this.namedSet.has(a)) return true;
     const at = this.learned.get(a);
     return at !== undefined && Date.now() - at < LEARNED_PEER_MS;
   }
 
   /** learn notes the address a call verified as a member's came from. */
   learn(address: string | undefined): void {
-    const a = peerAddressOf(address);
+    const a = hostAddress(address);
     if (!a) return;
+    // Bounded (members are few; this only guards against a leak): the expired go, then the least recently seen.
     if (!this.learned.has(a) && this.learned.size >= 1_024) {
-      // Bounded: the oldest go first (members are few; this only guards against a leak).
-      for (const [k, at] of this.learned) if (Date.now() - at >= LEARNED_PEER_MS || this.learned.size >= 1_024) this.learned.delete(k);
+      for (const [k, at] of this.learned) if (Date.now() - at >= LEARNED_PEER_MS) this.learned.delete(k);
+      if (this.learned.size >= 1_024) this.learned.delete(this.learned.keys().next().value!);
     }
+    this.learned.delete(a);
     this.learned.set(a, Date.now());
   }
 
-  /** name replaces the addresses the members' URLs resolve to. */
-  name(addresses: Iterable<string>): void {
-    this.named = new Set([...addresses].map(peerAddressOf).filter((a) => a !== ''));
+  /**
+   * name sets the members' hosts and what each resolved to (null: its lookup failed, and it keeps
+   * what it resolved to before: a passing DNS failure must not take the members' allowance away).
+   */
+  name(resolved: ReadonlyMap<string, readonly string[] | null>): void {
+    const next = new Map<string, readonly string[]>();
+    for (const [host, addresses] of resolved) next.set(host, addresses ?? this.named.get(host) ?? []);
+    this.named = next;
+    this.namedSet = new Set([...next.values()].flat().map(hostAddress));
   }
 }
 
 /**
- * resolvePeerAddresses resolves the hosts of the members' URLs (an IP literal as itself); a host
- * that does not resolve is left out.
+ * resolvePeerAddresses resolves the hosts of the members' URLs (an IP literal as itself; null for
+ * a host whose lookup failed or took over 5 s).
  */
-export async function resolvePeerAddresses(urls: readonly string[]): Promise<string[]> {
+export async function resolvePeerAddresses(urls: readonly string[]): Promise<Map<string, readonly string[] | null>> {
   const hosts = new Set<string>();
   for (const u of urls) {
     try {
@@ -97,11 +101,16 @@ export async function resolvePeerAddresses(urls: readonly string[]): Promise<str
       // not a URL: nothing to resolve
     }
   }
-  const out: string[] = [];
+  const out = new Map<string, readonly string[] | null>();
   await Promise.all(
     [...hosts].map(async (h) => {
-      if (isIP(h)) out.push(h);
-      else out.push(...(await lookup(h, { all: true }).catch(() => [])).map((a) => a.address));
+      if (isIP(h)) return out.set(h, [h]);
+      const timeout = new Promise<null>((r) => setTimeout(() => r(null), 5_000).unref());
+      const found = lookup(h, { all: true }).then(
+        (all) => all.map((a) => a.address),
+        () => null,
+      );
+      return out.set(h, await Promise.race([found, timeout]));
     }),
   );
   return out;
@@ -109,11 +118,12 @@ export async function resolvePeerAddresses(urls: readonly string[]): Promise<str
 
 /**
  * guardConnections bounds what connections alone can hold of a node. Without it one client that
- * opened 20,000 connections and sent nothing took every file descriptor of the node for as long
- * as it kept them (Node times out headers only once a request has begun): the node stopped
- * answering, and failed its part of every transaction. Now:
- * - a connection that has not sent a complete request within `firstRequestMs` is closed (once a
- *   request began, Node's headers timeout applies; between requests, the keep-alive timeout);
+ * opened 20,000 connections and sent nothing took every file descriptor of the node (Node closes
+ * such a connection after its headers timeout, looked at every 30 s, so opening them again was
+ * enough to keep them): the node stopped answering, and failed its part of every transaction. Now:
+ * - a connection that has not sent a complete request within `firstRequestMs` is closed, on the
+ *   dot (once a request began, Node's headers timeout applies; between requests, the keep-alive
+ *   timeout);
  * - one address (an IPv6 /64) holds at most `perAddress` connections: more are closed at once;
  * - the server holds at most `max` client connections: more are closed at once, and the node
  *   keeps the descriptors it needs for its own work.

@@ -7,6 +7,7 @@ import type { ClusterStore } from '../store/types.js';
 import type { SshKeys } from '../auth/ssh-keys.js';
 import { errorMessage } from '../domain/errors.js';
 import { addressKey } from '../domain/client-address.js';
+import type { PeerAddresses } from '../http/connection-guard.js';
 import { gitProtocolValue, ONLY_GIT } from './command.js';
 import { channelActivity, refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
 import { DEFAULTS } from '../config.js';
@@ -55,6 +56,8 @@ export interface SshServerDeps extends SessionDeps {
   /** hostKey is the cluster's private host key (OpenSSH format), the same on every node. */
   readonly hostKey: string;
   readonly limits: SshLimits;
+  /** peerAddresses are the members' addresses: their connections (proxied sessions) pass the caps on connections not signed in yet. */
+  readonly peerAddresses?: PeerAddresses;
 }
 
 /** hostPublicKey returns a private host key's public line (`ssh-ed25519 AAAA…`) and blob. */
@@ -99,7 +102,8 @@ export class GitSshServer {
     socket.on('error', () => undefined);
     const ip = addressKey(socket.remoteAddress);
     const mine = this.pending.get(ip) ?? 0;
-    if (mine >= MAX_PENDING_PER_ADDRESS || this.pendingAll >= MAX_PENDING) {
+    const peer = this.deps.peerAddresses?.has(socket.remoteAddress) ?? false;
+    if (!peer && (mine >= MAX_PENDING_PER_ADDRESS || this.pendingAll >= MAX_PENDING)) {
       this.deps.metrics.sshConnectionsRefused.inc({ reason: mine >= MAX_PENDING_PER_ADDRESS ? 'per_address' : 'max' });
       socket.destroy();
       return;

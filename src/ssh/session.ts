@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import ssh2 from 'ssh2';
 import { type ServerChannel } from 'ssh2';
 import type { AuditLog } from '../auth/audit.js';
-import { authorizeRepo, decideFor, refusalFor, type Decided } from '../auth/authorize.js';
+import { authorizeRepo, refusalFor, type Decided } from '../auth/authorize.js';
 import type { Directory } from '../auth/directory.js';
 import { signSshHop } from '../auth/peer-signature.js';
 import { AppError, errorMessage } from '../domain/errors.js';
@@ -203,9 +203,8 @@ async function slotFor(deps: SessionDeps, channel: ServerChannel, client: string
 async function servingSlot(deps: SessionDeps, channel: ServerChannel, client: string, decided: Decided): Promise<() => void> {
   const slot = await slotFor(deps, channel, client);
   try {
-    const decision = await decideFor(deps.directory, decided, await deps.storage.incarnationOf(decided.repoId));
-    if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${decided.need} access to ${decided.repoId} needed`);
-    if (decision !== 'allow') throw new SshRefusal(`repository ${decided.repoId} not found`);
+    const refused = await refusalFor(deps.directory, decided, await deps.storage.incarnationOf(decided.repoId));
+    if (refused !== null) throw new SshRefusal(refused);
     return slot;
   } catch (err) {
     slot();
