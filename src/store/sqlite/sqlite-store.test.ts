@@ -169,3 +169,31 @@ describe('SqliteStore change feed', () => {
     }
   });
 });
+
+describe('SqliteStore meta prefixes', () => {
+  it('lists and trims exactly the keys under a prefix, whatever follows it', async () => {
+    const store = new SqliteStore(':memory:');
+    const keys = [
+      'grants/a/b',
+      'grants/a/b/',
+      'grants/a/b/user:x',
+      'grants/a/b/\u00e9',
+      'grants/a/b/\u{10ffff}z',
+      'grants/a/bc/user:y',
+      'grants/a/b0',
+    ];
+    for (const k of keys) await store.setMeta(k, 'v');
+    const under = ['grants/a/b/', 'grants/a/b/user:x', 'grants/a/b/\u00e9', 'grants/a/b/\u{10ffff}z'];
+    expect((await store.listMeta('grants/a/b/')).map((m) => m.key)).toEqual(under);
+    // A prefix ending in a character other than ASCII is read the slow way, as exactly.
+    expect((await store.listMeta('grants/a/b/\u00e9')).map((m) => m.key)).toEqual(['grants/a/b/\u00e9']);
+    expect(await store.trimMeta('grants/a/b/', 1)).toBe(3);
+    expect((await store.listMeta('grants/')).map((m) => m.key)).toEqual([
+      'grants/a/b',
+      'grants/a/b/\u{10ffff}z',
+      'grants/a/b0',
+      'grants/a/bc/user:y',
+    ]);
+    await store.close();
+  });
+});

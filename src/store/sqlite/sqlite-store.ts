@@ -91,6 +91,21 @@ interface NodeRow {
 }
 
 /**
+ * underPrefix is the condition and parameters that select the meta keys under a prefix: a range
+ * on the key's index, from the prefix to the prefix with its last character one higher (which,
+ * for an ASCII character, bounds every key that starts with the prefix in BINARY collation, the
+ * byte order of UTF-8); a prefix ending otherwise is tested on every key. (The test on
+ * `substr(key, …)` alone read the whole table, users, grants, tokens and audit, on every policy
+ * read: 18 ms at 300,000 rows, so every request of every user got slower as one user added
+ * organisations.)
+ */
+function underPrefix(prefix: string): { where: string; params: Array<string | number> } {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  if (prefix.length === 0 || !(last < 0x7f)) return { where: 'substr(key, 1, ?) = ?', params: [prefix.length, prefix] };
+  return { where: 'key >= ? AND key < ?', params: [prefix, `${prefix.slice(0, -1)}${String.fromCharCode(last + 1)}`] };
+}
+
+/**
  * MIGRATIONS bring a store file from one schema version (SQLite's user_version) to the next;
  * migration i takes version i to i + 1. A file newer than this build is refused.
  */
@@ -722,15 +737,17 @@ export class SqliteStore implements ClusterStore {
     return this.tx(
       () =>
         this.sql(
-          'DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key DESC LIMIT -1 OFFSET ?)',
-        ).run(prefix.length, prefix, keep).changes,
+          `DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE ${underPrefix(prefix).where} ORDER BY key DESC LIMIT -1 OFFSET ?)`,
+        ).run(...underPrefix(prefix).params, keep).changes,
     );
   }
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
     return this.read(
       () =>
-        this.sql('SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key').all(prefix.length, prefix) as Array<{
+        this.sql(`SELECT key, value FROM meta WHERE ${underPrefix(prefix).where} ORDER BY key`).all(
+          ...underPrefix(prefix).params,
+        ) as Array<{
           key: string;
           value: string;
         }>,
