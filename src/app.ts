@@ -113,6 +113,8 @@ export interface NodeConfig {
   readonly maxGroupPushes: number;
   /** maxQueuedPushes: pushes to one repo that may wait on this node. */
   readonly maxQueuedPushes: number;
+  /** maxRefsPerPush: refs one push may update. */
+  readonly maxRefsPerPush: number;
   /**
    * gitSpawnHelper: start git through the spawn helper (the setting's default is on; absent here:
    * off). true takes the cheapest that runs here (pickHelper: C, Python, Node.js).
@@ -338,6 +340,7 @@ async function startLocked(
       courtesyMs: cfg.timing.courtesyMs,
       maxGroupPushes: cfg.maxGroupPushes,
       maxQueuedPushes: cfg.maxQueuedPushes,
+      maxRefsPerPush: cfg.maxRefsPerPush,
       fsckIgnore: cfg.fsckIgnore,
       uploadTimeoutMs: cfg.timing.gitTimeoutMs,
       maxCopyBytes: cfg.maxPushBytes,

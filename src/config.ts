@@ -254,6 +254,14 @@ export const SETTINGS = {
     min: 1,
     doc: 'pushes to one repo that may wait on one node; more are refused at once with a retry message',
   },
+  maxRefsPerPush: {
+    kind: 'count',
+    env: 'MAX_REFS_PER_PUSH',
+    flag: '--max-refs-per-push',
+    default: 5000,
+    min: 1,
+    doc: 'refs one push may update; a push naming more is refused whole (push in batches)',
+  },
   sshPort: {
     kind: 'text',
     env: 'SSH_PORT',

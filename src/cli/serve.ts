@@ -114,6 +114,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     maxGroupPushes: s.maxGroupPushes,
     gitSpawnHelper: spawnHelperSetting(s.gitSpawnHelper),
     maxQueuedPushes: s.maxQueuedPushes,
+    maxRefsPerPush: s.maxRefsPerPush,
     auth: parseAuth(s.auth),
     ...(s.failpoints ? { failpoints: s.failpoints } : {}),
     ...(s.protocol ? { protocol: protocolFromEnv(s.protocol) } : {}),

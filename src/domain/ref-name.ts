@@ -20,6 +20,19 @@ export function refNameProblem(name: string): string | null {
   return null;
 }
 
+/** MAX_REF_COMPONENTS bounds the slash-separated parts of a ref name a push may set. */
+export const MAX_REF_COMPONENTS = 32;
+
+/**
+ * refDepthProblem says why a push may not set a ref of this name beyond git's rules, or null:
+ * each component is a directory on every replica, and 200 refs of 500 components each made
+ * 100,000 directories per replica (git has no limit; this one is far above any naming scheme).
+ * A ref that exists already may still be deleted.
+ */
+export function refDepthProblem(name: string): string | null {
+  return name.split('/').length > MAX_REF_COMPONENTS ? `ref name has more than ${MAX_REF_COMPONENTS} components` : null;
+}
+
 /** RefUpdate is one ref change, as git's commands say it: a zero oid on either side means create or delete. */
 export interface RefUpdate {
   readonly ref: string;

@@ -565,6 +565,30 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
     });
 
+    it('a push naming more refs than maxRefsPerPush is refused whole; a ref deeper than 32 components is refused, not its delete', async () => {
+      const many = new FakeExchange([1, 2, 3].map((i) => [Z, tip, `refs/heads/b${i}`] as [string, string, string]));
+      await kit.coordinator('n1', { maxRefsPerPush: 2 }).handlePush(many.asExchange, {
+        repoId: REPO,
+        receivePackPid: 4242,
+        abandon: () => undefined,
+        exited: new Promise(() => undefined),
+      });
+      for (const i of [1, 2, 3])
+        expect(many.results?.get(`refs/heads/b${i}`)).toEqual({
+          ok: false,
+          reason: 'a push may update at most 2 refs (this one names 3): push in batches',
+        });
+      const deep = `refs/heads/${Array.from({ length: 31 }, () => 'a').join('/')}`;
+      const ex = new FakeExchange([
+        [Z, tip, deep],
+        [Z, tip, 'refs/heads/fine'],
+      ]);
+      await push(kit.coordinator('n1'), ex);
+      expect(ex.results?.get(deep)).toEqual({ ok: false, reason: 'ref name has more than 32 components' });
+      expect(ex.results?.get('refs/heads/fine')).toEqual({ ok: true });
+      expect((await kit.raw.getRepo(REPO))?.generation).toBe(1);
+    });
+
     it('--atomic: one ref refused refuses them all, and nothing is replicated', async () => {
       const ex = new FakeExchange(
         [

@@ -6,7 +6,7 @@ import { AppError, badRequest, conflict, errorMessage, notFound, unavailable } f
 import type { Logger } from '../domain/logger.js';
 import { placeReplicas } from '../domain/placement.js';
 import { effectiveWriteQuorum, isBelowMajority, quorumMessage } from '../domain/quorum.js';
-import { isZeroOid, refNameProblem, type RefUpdate } from '../domain/ref-name.js';
+import { isZeroOid, refDepthProblem, refNameProblem, type RefUpdate } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
 import type { PeerTarget } from '../auth/peer-signature.js';
 import type { PeerAnswer, PeerClient } from '../cluster/peer-client.js';
@@ -53,6 +53,8 @@ export interface CoordinatorConfig {
   readonly maxGroupPushes?: number;
   /** maxQueuedPushes: pushes of one repo that may wait on this node; more are refused at once (default DEFAULTS.maxQueuedPushes). */
   readonly maxQueuedPushes?: number;
+  /** maxRefsPerPush: a push naming more refs is refused whole (default DEFAULTS.maxRefsPerPush). */
+  readonly maxRefsPerPush?: number;
   /** fsckIgnore is the fsck policy every participant applies to this coordinator's packs. */
   readonly fsckIgnore?: readonly string[];
   /** uploadTimeoutMs bounds a copy of a push's pack to a peer during its upload (PackTee); the push's git time limit. */
@@ -912,9 +914,18 @@ export class Coordinator {
     const failRest = (reason: string): void => {
       for (const c of request.commands) if (!results.has(c.key)) fail(c.key, reason);
     };
+    // Every ref of a push costs its directories and loose file on every replica, its line in the
+    // transaction and audit records and the log: one push of 100,000 refs held a node's memory
+    // at 1.4 GB, wrote a 22 MB audit record, and stalled other users' requests for seconds.
+    const maxRefs = this.deps.config.maxRefsPerPush ?? DEFAULTS.maxRefsPerPush;
+    const tooMany =
+      request.commands.length > maxRefs
+        ? `a push may update at most ${maxRefs} refs (this one names ${request.commands.length}): push in batches`
+        : null;
     for (const c of request.commands) {
       // A name that is not UTF-8 would be stored, logged and checksummed as another name.
-      const problem = c.utf8 ? refNameProblem(c.ref) : 'funny refname (not UTF-8)';
+      const problem =
+        tooMany ?? (c.utf8 ? refNameProblem(c.ref) : 'funny refname (not UTF-8)') ?? (isZeroOid(c.newOid) ? null : refDepthProblem(c.ref));
       if (problem) fail(c.key, problem);
     }
     // Refs refused without a transaction (git's checks, the lock) get their log line here; a transaction logs its own.
