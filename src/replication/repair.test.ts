@@ -493,6 +493,8 @@ describe('repair, verification and maintenance (in process)', () => {
         expect(await packs()).toBe(3);
       }
       const m = maintenance('n2', 1);
+      // Handed over after others while the node is busy with those, it is still looked at.
+      for (let i = 0; i < 5; i++) m.maybeRepack({ ...(await repo()), repoId: `other/r${i}` });
       m.maybeRepack(await repo());
       await m.settled();
       expect(await packs()).toBeLessThan(3);
@@ -500,7 +502,6 @@ describe('repair, verification and maintenance (in process)', () => {
       expect(await refsOf(path('n2'))).toBe(refs);
       await gitOk(['fsck', '--connectivity-only', '--no-dangling'], { cwd: path('n2') });
       // Remembered while n2 holds the repo; forgotten once a listing no longer gives it to n2.
-      expect(m.tracked).toBe(1);
       await m.collectGarbage(new Map([[REPO, await repo()]]));
       expect(m.tracked).toBe(1);
       await m.collectGarbage(new Map([[REPO, { ...(await repo()), replicas: ['n1', 'n3'] }]]));
