@@ -25,9 +25,14 @@ export interface AuditEvent {
   readonly token: string;
   readonly repo?: string;
   readonly refs?: readonly string[];
+  /** refsTotal is how many refs the action named, when `refs` holds only the first AUDIT_REFS_KEPT. */
+  readonly refsTotal?: number;
   readonly txn?: string;
   readonly detail?: Record<string, unknown>;
 }
+
+/** AUDIT_REFS_KEPT is how many of an action's refs its record names (the rest are counted). */
+export const AUDIT_REFS_KEPT = 100;
 
 /** AUDIT_KEEP is how many events the store keeps; older ones are pruned. */
 export const AUDIT_KEEP = 1_000;
@@ -61,7 +66,13 @@ export class AuditLog {
    * writes it in a store transaction of its own (a push's confirmations); that caller then
    * says `stored`.
    */
-  entry(event: AuditEvent): { key: string; value: string } {
+  entry(whole: AuditEvent): { key: string; value: string } {
+    // A push's record names its first refs and how many there were: one of 100,000 refs made a
+    // 22 MB record (and log line), and the log keeps a thousand records.
+    const event =
+      whole.refs && whole.refs.length > AUDIT_REFS_KEPT
+        ? { ...whole, refs: whole.refs.slice(0, AUDIT_REFS_KEPT), refsTotal: whole.refs.length }
+        : whole;
     const at = new Date().toISOString();
     this.logger.info({ audit: true, ...event, at }, `audit: ${event.action}`);
     return { key: `${PREFIX}${at}-${randomBytes(4).toString('hex')}`, value: JSON.stringify({ ...event, at, node: this.nodeId }) };
