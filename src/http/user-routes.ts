@@ -130,7 +130,11 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
   );
 
   app.delete<{ Params: { org: string; user: string } }>('/orgs/:org/members/:user', { config: { access: 'write' } }, async (req) => {
-    orgOwnerOnly(callerOf(req), req.params.org);
+    const c = callerOf(req);
+    // A member may leave (an owner too, while another owner remains: removeMember keeps one);
+    // removing anyone else is an owner's. (A member added without asking could not leave.)
+    if (req.params.user === c.principal.user && !c.principal.admin) needAdminScope(c, 'leaving an organisation');
+    else orgOwnerOnly(c, req.params.org);
     await directory.removeMember(req.params.org, req.params.user);
     audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: null } });
     return { org: req.params.org, user: req.params.user, role: null };

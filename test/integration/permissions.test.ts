@@ -279,6 +279,20 @@ describe('permission matrix: callers × public and private × operations', () =>
     expect((await call(1, 'DELETE', '/repos/acme/nope/grants/user:dave', admin)).status).toBe(404);
   });
 
+  it('a member may leave an organisation (with an admin-scoped token), not remove another member', async () => {
+    await ok(1, 'POST', '/users', { name: 'hank' });
+    expect((await call(1, 'PUT', '/orgs/acme/members/hank', tokens.get('repo-admin')!, { role: 'member' })).status).toBe(200);
+    const hankWrite = (await userToken('hank', 'write')).token;
+    const hankAdmin = (await userToken('hank', 'admin')).token;
+    expect((await call(2, 'DELETE', '/orgs/acme/members/bob', hankAdmin)).status).toBe(403);
+    const scoped = await call(2, 'DELETE', '/orgs/acme/members/hank', hankWrite);
+    expect(scoped.status).toBe(403);
+    expect(scoped.json.error).toMatch(/needs an admin-scoped token/);
+    expect((await call(3, 'DELETE', '/orgs/acme/members/hank', hankAdmin)).status).toBe(200);
+    expect((await ok(1, 'GET', '/orgs/acme')).members).not.toContainEqual(expect.objectContaining({ user: 'hank' }));
+    expect((await call(3, 'DELETE', '/orgs/acme/members/hank', hankAdmin)).status).toBe(404);
+  });
+
   it('a token never creates a stronger one, nor one for another user', async () => {
     const reader = await userToken('carol', 'read');
     expect((await call(1, 'POST', '/tokens', reader.token, { name: 'x', scope: 'write' })).status).toBe(403);
