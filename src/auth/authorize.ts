@@ -66,6 +66,14 @@ export async function decideFor(directory: Directory, d: Decided, reached: strin
  */
 export async function refusalFor(directory: Directory, d: Decided, reached: string | null): Promise<string | null> {
   const decision = await decideFor(directory, d, reached);
-  if (decision === 'allow') return null;
-  return decision === 'forbidden' ? `permission denied: ${d.need} access to ${d.repoId} needed` : `repository ${d.repoId} not found`;
+  return decision === 'allow' ? null : deniedMessage(decision, d.repoId, d.need);
+}
+
+/**
+ * deniedMessage is what every transport says of a refused decision: read without write (or
+ * write without admin) is "permission denied"; anything else hides the repository. (HTTP's 401,
+ * which asks git for credentials, is the one answer with words of its own: access.ts.)
+ */
+export function deniedMessage(decision: Exclude<Decision, 'allow'>, repoId: RepoId, need: Role): string {
+  return decision === 'forbidden' ? `permission denied: ${need} access to ${repoId} needed` : `repository ${repoId} not found`;
 }

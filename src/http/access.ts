@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler, RouteOptions } from 'fastify';
 import { bodyDigest, HOP_HEADER, isRepairHopFor, PEER_AUTH_HEADER } from '../auth/peer-signature.js';
-import { authorizeRepo, type Decided } from '../auth/authorize.js';
+import { authorizeRepo, deniedMessage, type Decided } from '../auth/authorize.js';
 import type { Decision, Role } from '../auth/policy.js';
 import type { Caller } from '../auth/tokens.js';
 import { appError, type AppError, forbidden, notFound, unauthorized } from '../domain/errors.js';
@@ -126,14 +126,11 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
 
 /** refusal is the error a route answers for a decision other than `allow`. */
 export function refusal(decision: Exclude<Decision, 'allow'>, repoId: RepoId, need: Role, via: 'git' | 'rest'): AppError {
-  const hidden = notFound(`repository ${repoId} not found`);
-  if (decision === 'not_found') return hidden;
-  if (decision === 'unauthenticated') {
-    // A REST read of a private repository is simply not found; git needs the 401 to ask.
-    if (via === 'rest' && need === 'read') return hidden;
+  // A REST read of a private repository is simply not found; git needs the 401 to ask.
+  if (decision === 'unauthenticated' && !(via === 'rest' && need === 'read'))
     return unauthorized(`authentication required for ${repoId}: use a token as the password (git) or a Bearer token`);
-  }
-  return forbidden(`permission denied: ${need} access to ${repoId} needed`);
+  const message = deniedMessage(decision, repoId, need);
+  return decision === 'forbidden' ? forbidden(message) : notFound(message);
 }
 
 /** header reads a request header that should appear once (the first of repeats). */

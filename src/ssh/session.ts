@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import ssh2 from 'ssh2';
 import { type ServerChannel } from 'ssh2';
 import type { AuditLog } from '../auth/audit.js';
-import { authorizeRepo, refusalFor, type Decided } from '../auth/authorize.js';
+import { authorizeRepo, deniedMessage, refusalFor, type Decided } from '../auth/authorize.js';
 import type { Directory } from '../auth/directory.js';
 import { signSshHop } from '../auth/peer-signature.js';
 import { AppError, errorMessage } from '../domain/errors.js';
@@ -156,8 +156,7 @@ export async function runGitCommand(
     const need = cmd.write ? 'write' : 'read';
     const { decision, incarnation } = await authorizeRepo(deps.directory, principal, null, cmd.repoId, need);
     // The same answers as HTTP's: no read access hides the repository; read without write is 403's message.
-    if (decision === 'forbidden') throw new SshRefusal(`permission denied: ${need} access to ${cmd.repoId} needed`);
-    if (decision !== 'allow') throw new SshRefusal(`repository ${cmd.repoId} not found`);
+    if (decision !== 'allow') throw new SshRefusal(deniedMessage(decision, cmd.repoId, need));
     const route = await deps.router.route(cmd.repoId, cmd.write);
     if (route.kind === 'peer' && !(id.hop && (await deps.router.waitLocal(cmd.repoId, cmd.write)))) {
       if (id.hop) throw new SshRefusal(`replica of ${cmd.repoId} on this node is not in sync, try again`);
