@@ -106,7 +106,7 @@ export const SETTINGS = {
     flag: '--max-connections',
     default: null,
     min: 1,
-    doc: "HTTP connections open at once; more are closed at once (default half the process's open-file limit)",
+    doc: "clients' HTTP connections open at once; more are closed at once, the members' have a quarter more (default half the process's open-file limit, at most 16384)",
   },
   maxConnectionsPerAddress: {
     kind: 'count',

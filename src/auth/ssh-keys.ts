@@ -167,7 +167,7 @@ export class SshKeys {
     let removed = 0;
     for (const m of await this.store.listMeta(PREFIX)) {
       const record = JSON.parse(m.value) as SshKeyRecord;
-      if (record.expiresAt === undefined || !(Date.parse(record.expiresAt) < before)) continue;
+      if (!isExpired(record, before)) continue;
       // Deleted only if it is still that record: a key added again meanwhile stays.
       if ((await this.store.getMeta(m.key)) !== m.value) continue;
       await this.store.deleteMeta(m.key);

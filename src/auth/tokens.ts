@@ -335,7 +335,7 @@ export class Authenticator {
     let removed = 0;
     for (const m of await this.store.listMeta(TOKEN_PREFIX)) {
       const info = readTokenInfo(m.value);
-      if (info.expiresAt === undefined || !(Date.parse(info.expiresAt) < before)) continue;
+      if (!isExpired(info, before)) continue;
       const hash = m.key.slice(TOKEN_PREFIX.length);
       await this.store.deleteMeta(m.key);
       await this.store.deleteMeta(`${USED_PREFIX}${hash}`);

@@ -4,7 +4,8 @@
  * (`::ffff:0:0:0/96`, SIIT) and the NAT64 well-known prefix (`64:ff9b::/96`). Keyed by their /64,
  * every IPv4 client behind a NAT64 would be one client.
  */
-const EMBEDDED_IPV4 = ['0:0:0:0:0:ffff', '0:0:0:0:ffff:0', '64:ff9b:0:0:0:0'];
+const IPV4_MAPPED = '0:0:0:0:0:ffff';
+const EMBEDDED_IPV4 = [IPV4_MAPPED, '0:0:0:0:ffff:0', '64:ff9b:0:0:0:0'];
 
 /**
  * ipv6Groups expands an IPv6 address into its eight groups (lower case, without leading zeros),
@@ -56,6 +57,5 @@ export function hostAddress(address: string | undefined): string {
   if (!address.includes(':')) return address;
   const groups = ipv6Groups(address);
   if (!groups) return address.toLowerCase();
-  const key = addressKey(address);
-  return groups.slice(0, 6).join(':') === EMBEDDED_IPV4[0] ? key : groups.join(':');
+  return groups.slice(0, 6).join(':') === IPV4_MAPPED ? addressKey(address) : groups.join(':');
 }

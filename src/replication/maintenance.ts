@@ -59,7 +59,12 @@ export class Maintenance {
     if (limit <= 0 || this.packsCheckedAt.get(repo.repoId) === repo.generation) return;
     this.packsCheckedAt.set(repo.repoId, repo.generation);
     this.waiting.set(repo.repoId, repo);
-    if (this.repacking) return;
+    this.drain(limit);
+  }
+
+  /** drain looks at the waiting replicas one at a time; one handed over as it finished starts it again. */
+  private drain(limit: number): void {
+    if (this.repacking || this.waiting.size === 0) return;
     this.repacking = (async () => {
       for (const [repoId, next] of this.waiting) {
         this.waiting.delete(repoId);
@@ -69,6 +74,7 @@ export class Maintenance {
       }
     })().finally(() => {
       this.repacking = null;
+      this.drain(limit);
     });
   }
 

@@ -734,23 +734,20 @@ export class SqliteStore implements ClusterStore {
 
   async trimMeta(prefix: string, keep: number): Promise<number> {
     // BINARY collation: the byte order of the keys' UTF-8, as etcd's.
+    const { where, params } = underPrefix(prefix);
     return this.tx(
       () =>
-        this.sql(
-          `DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE ${underPrefix(prefix).where} ORDER BY key DESC LIMIT -1 OFFSET ?)`,
-        ).run(...underPrefix(prefix).params, keep).changes,
+        this.sql(`DELETE FROM meta WHERE key IN (SELECT key FROM meta WHERE ${where} ORDER BY key DESC LIMIT -1 OFFSET ?)`).run(
+          ...params,
+          keep,
+        ).changes,
     );
   }
 
   async listMeta(prefix: string): Promise<Array<{ key: string; value: string }>> {
+    const { where, params } = underPrefix(prefix);
     return this.read(
-      () =>
-        this.sql(`SELECT key, value FROM meta WHERE ${underPrefix(prefix).where} ORDER BY key`).all(
-          ...underPrefix(prefix).params,
-        ) as Array<{
-          key: string;
-          value: string;
-        }>,
+      () => this.sql(`SELECT key, value FROM meta WHERE ${where} ORDER BY key`).all(...params) as Array<{ key: string; value: string }>,
     );
   }
 
