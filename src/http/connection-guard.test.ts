@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
-import { connect, type Socket } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { connectFrom } from '../../test/helpers/sockets.js';
 import { Metrics } from '../metrics.js';
 import { guardConnections, PeerAddresses, peerReserve, resolvePeerAddresses } from './connection-guard.js';
 
@@ -49,19 +49,10 @@ describe('guardConnections', () => {
   }
 
   /** open connects from `from` and says whether the server closed it within 300 ms. */
-  function open(port: number, from: string): Promise<boolean> {
-    return new Promise((resolve) => {
-      const s = connect({ port, host: '127.0.0.1', localAddress: from });
-      sockets.push(s);
-      s.on('error', () => undefined);
-      s.once('connect', () => {
-        const t = setTimeout(() => resolve(false), 300);
-        s.once('close', () => {
-          clearTimeout(t);
-          resolve(true);
-        });
-      });
-    });
+  async function open(port: number, from: string): Promise<boolean> {
+    const { socket, closed } = await connectFrom(port, from);
+    sockets.push(socket);
+    return closed;
   }
 
   async function openMany(port: number, from: string, n: number): Promise<number> {

@@ -5,7 +5,7 @@ import { gitOk, refsOf, workRepo } from '../../test/helpers/git.js';
 import { answers, eventually, FakeExchange, Gate, receivePack, ReplicationKit, type Script } from '../../test/helpers/replication-kit.js';
 import { ZERO_OID } from '../domain/ref-name.js';
 import type { RepoId } from '../domain/repo-id.js';
-import { pickDefaultBranch, PREPARES_IN_FLIGHT_MAX, type Coordinator } from './coordinator.js';
+import { pickDefaultBranch, PREPARES_IN_FLIGHT_MAX, type Coordinator, type PushContext } from './coordinator.js';
 
 const Z0 = '0'.repeat(40);
 const A = 'a'.repeat(40);
@@ -177,8 +177,9 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       ex: FakeExchange,
       pid = 4242,
       exited: Promise<readonly [number | null, string | null]> = new Promise(() => undefined),
+      extra: Partial<PushContext> = {},
     ): Promise<void> => {
-      await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined, exited });
+      await coordinator.handlePush(ex.asExchange, { repoId: REPO, receivePackPid: pid, abandon: () => undefined, exited, ...extra });
     };
 
     it('a push commits on every replica: refs and checksums match the store, the pack shipped to peers', async () => {
@@ -535,16 +536,13 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       const asked: string[] = [];
       const refused = new FakeExchange([[Z, tip, 'refs/heads/theirs']]);
       const allowed = new FakeExchange([[Z, tip, 'refs/heads/mine']]);
-      const ctx = { repoId: REPO, receivePackPid: 4242, abandon: () => undefined, exited: new Promise<never>(() => undefined) };
+      const refusalFor = async (incarnation: string): Promise<string> => {
+        asked.push(incarnation);
+        return `repository ${REPO} not found`;
+      };
       await Promise.all([
-        c.handlePush(refused.asExchange, {
-          ...ctx,
-          refusalFor: async (incarnation) => {
-            asked.push(incarnation);
-            return `repository ${REPO} not found`;
-          },
-        }),
-        c.handlePush(allowed.asExchange, { ...ctx, refusalFor: async () => null }),
+        push(c, refused, undefined, undefined, { refusalFor }),
+        push(c, allowed, undefined, undefined, { refusalFor: async () => null }),
       ]);
       expect(asked).toEqual([(await kit.raw.getRepo(REPO))!.incarnation]);
       expect(refused.results?.get('refs/heads/theirs')).toEqual({ ok: false, reason: `repository ${REPO} not found` });
@@ -554,25 +552,14 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
 
     it('a check of access that fails (the store unreachable) refuses the push, with the reason', async () => {
       const ex = new FakeExchange([[Z, tip, 'refs/heads/main']]);
-      await kit.coordinator('n1').handlePush(ex.asExchange, {
-        repoId: REPO,
-        receivePackPid: 4242,
-        abandon: () => undefined,
-        exited: new Promise(() => undefined),
-        refusalFor: () => Promise.reject(new Error('store unreachable')),
-      });
+      await push(kit.coordinator('n1'), ex, undefined, undefined, { refusalFor: () => Promise.reject(new Error('store unreachable')) });
       expect(ex.results?.get('refs/heads/main')).toEqual({ ok: false, reason: 'store unreachable' });
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(0);
     });
 
     it('a push naming more refs than maxRefsPerPush is refused whole; a ref deeper than 32 components is refused, not its delete', async () => {
       const many = new FakeExchange([1, 2, 3].map((i) => [Z, tip, `refs/heads/b${i}`] as [string, string, string]));
-      await kit.coordinator('n1', { maxRefsPerPush: 2 }).handlePush(many.asExchange, {
-        repoId: REPO,
-        receivePackPid: 4242,
-        abandon: () => undefined,
-        exited: new Promise(() => undefined),
-      });
+      await push(kit.coordinator('n1', { maxRefsPerPush: 2 }), many);
       for (const i of [1, 2, 3])
         expect(many.results?.get(`refs/heads/b${i}`)).toEqual({
           ok: false,
@@ -582,9 +569,12 @@ describe('Coordinator (in process: real store and git, scripted peers)', () => {
       const ex = new FakeExchange([
         [Z, tip, deep],
         [Z, tip, 'refs/heads/fine'],
+        [Z, Z, `${deep}/b`],
       ]);
       await push(kit.coordinator('n1'), ex);
       expect(ex.results?.get(deep)).toEqual({ ok: false, reason: 'ref name has more than 32 components' });
+      // A delete of such a name is not held to the limit: it gets git's own answer (there is no such ref here).
+      expect(ex.results?.get(`${deep}/b`)).toEqual({ ok: false, reason: 'no such ref' });
       expect(ex.results?.get('refs/heads/fine')).toEqual({ ok: true });
       expect((await kit.raw.getRepo(REPO))?.generation).toBe(1);
     });

@@ -3,6 +3,7 @@ import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
 import { gitOk, workRepo } from '../helpers/git.js';
+import { connectFrom } from '../helpers/sockets.js';
 
 /**
  * What connections alone can hold of a node: a client that opened thousands of connections and
@@ -26,21 +27,11 @@ describe('HTTP connections: a first request in time, a share per address, a cap 
     await c?.destroy();
   });
 
-  /** open connects from `from` (a loopback address) and says whether the node closed it within `ms`, having sent nothing. */
-  function open(from: string, ms = 500): Promise<{ socket: Socket; closed: boolean }> {
-    return new Promise((resolve, reject) => {
-      const socket = connect({ port: Number(new URL(c.url(1)).port), host: '127.0.0.1', localAddress: from });
-      held.push(socket);
-      socket.once('error', () => undefined);
-      socket.once('connect', () => {
-        const timer = setTimeout(() => resolve({ socket, closed: false }), ms);
-        socket.once('close', () => {
-          clearTimeout(timer);
-          resolve({ socket, closed: true });
-        });
-      });
-      socket.once('error', reject);
-    });
+  /** open connects from `from` and says whether the node closed it within `ms`, having sent nothing. */
+  async function open(from: string, ms = 500): Promise<{ socket: Socket; closed: boolean }> {
+    const opened = await connectFrom(Number(new URL(c.url(1)).port), from, ms);
+    held.push(opened.socket);
+    return opened;
   }
 
   /** health asks GET /health from `from` on a fresh connection: its status, or 0 if the connection was closed unanswered. */
@@ -136,22 +127,11 @@ describe('HTTP connections: a flood of client connections does not cut a node of
     const port = Number(new URL(c.url(node)).port);
     const kept = await Promise.all(
       addresses.flatMap((from) =>
-        Array.from(
-          { length: n },
-          () =>
-            new Promise<boolean>((resolve) => {
-              const s = connect({ port, host: '127.0.0.1', localAddress: from });
-              held.push(s);
-              s.on('error', () => undefined);
-              s.once('connect', () => {
-                const t = setTimeout(() => resolve(true), 300);
-                s.once('close', () => {
-                  clearTimeout(t);
-                  resolve(false);
-                });
-              });
-            }),
-        ),
+        Array.from({ length: n }, async () => {
+          const { socket, closed } = await connectFrom(port, from);
+          held.push(socket);
+          return !closed;
+        }),
       ),
     );
     return kept.filter(Boolean).length;
@@ -165,15 +145,9 @@ describe('HTTP connections: a flood of client connections does not cut a node of
     for (const node of [1, 2]) expect(await fill(node, flood, 10)).toBeGreaterThan(20);
     await c.restart(3);
     // A client from another address finds nodes 1 and 2 full ...
-    const port1 = Number(new URL(c.url(1)).port);
-    const refused = await new Promise<boolean>((resolve) => {
-      const s = connect({ port: port1, host: '127.0.0.1', localAddress: '127.0.0.6' });
-      held.push(s);
-      s.on('error', () => resolve(true));
-      s.once('close', () => resolve(true));
-      s.once('connect', () => setTimeout(() => resolve(s.destroyed), 300));
-    });
-    expect(refused).toBe(true);
+    const refused = await connectFrom(Number(new URL(c.url(1)).port), '127.0.0.6');
+    held.push(refused.socket);
+    expect(refused.closed).toBe(true);
     // ... but their peer gets through: the create and the push reach all three replicas.
     await c.createRepo(3, 'flood/repo');
     const work = await workRepo();
