@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -117,6 +117,26 @@ describe('syncRefs', () => {
     await expect(syncRefs(repo, refs(BULK_REF_UPDATES))).resolves.toBeUndefined();
     expect(readFileSync(log, 'utf8')).toBe(`-f ${repo}\n`);
     await expect(syncRefs(join(root, 'missing.git'), refs(BULK_REF_UPDATES))).rejects.toThrow(/fsync of .*missing\.git.* failed/);
+  });
+});
+
+describe('initRepo', () => {
+  let root = '';
+
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'init-repo-'));
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it("makes a replica without git's template (sample hooks, description): what git needs and the replica config only", async () => {
+    const storage = new ReplicaStorage(root, new GitRunner({ owner: root, instance: randomUUID(), maxProcesses: 2 }));
+    const made = join(root, 'made.git');
+    await storage.initRepo(made, randomUUID());
+    expect(existsSync(join(made, 'hooks'))).toBe(false);
+    expect(existsSync(join(made, 'description'))).toBe(false);
+    const names = readdirSync(made, { recursive: true }).map(String).sort();
+    expect(names).toEqual(['HEAD', 'config', LINKS_CHECKED, 'objects', 'objects/info', 'objects/pack', 'refs', 'refs/heads', 'refs/tags']);
+    expect(sh(made, 'rev-parse', '--is-bare-repository')).toBe('true');
   });
 });
 

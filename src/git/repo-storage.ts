@@ -80,11 +80,15 @@ export class ReplicaStorage {
     return isDir(this.repoPath(repoId));
   }
 
-  /** initRepo makes a bare repo at `path` with the replica config and its incarnation id. */
+  /**
+   * initRepo makes a bare repo at `path` with the replica config and its incarnation id. No
+   * template: git's sample hooks, `description` and `info/exclude` are of no use to a replica
+   * (its hooks are core.hooksPath's) and made an empty repo 27 inodes and 116 KB instead of 9 and 36 KB.
+   */
   async initRepo(path: string, incarnation: string): Promise<void> {
     await rm(path, { recursive: true, force: true });
     await mkdir(dirname(path), { recursive: true });
-    await this.git.run(['init', '--quiet', '--bare', `--initial-branch=${DEFAULT_HEAD.slice('refs/heads/'.length)}`, path], {
+    await this.git.run(['init', '--quiet', '--bare', '--template=', `--initial-branch=${DEFAULT_HEAD.slice('refs/heads/'.length)}`, path], {
       cwd: this.dataDir,
     });
     await appendReplicaConfig(path, incarnation);

@@ -542,7 +542,7 @@ export class RepairWorker {
     const { storage, failpoints } = this.deps;
     const staged = join(storage.tmpDir, `repair-${randomUUID()}.git`);
     try {
-      await this.transfer(['clone', '--mirror', '--progress', url, staged], storage.tmpDir, url, progress);
+      await this.transfer(['clone', '--mirror', '--template=', '--progress', url, staged], storage.tmpDir, url, progress);
       await storage.adoptClone(staged, repo.incarnation);
       await failpoints.hit('repair.beforeSwap');
       return await this.swapIn(repo, staged);
