@@ -74,6 +74,10 @@ export interface NodeConfig {
   readonly expiredCredentialRetentionMs: number;
   /** maxTokensPerUser: unexpired tokens one user may hold. */
   readonly maxTokensPerUser: number;
+  /** maxReposPerOwner: repositories one user or organisation may hold (0: no cap). */
+  readonly maxReposPerOwner: number;
+  /** maxOrgsPerUser: organisations one user may own and create another (0: no cap). */
+  readonly maxOrgsPerUser: number;
   /** maxSshKeysPerUser: unexpired SSH keys one user may hold. */
   readonly maxSshKeysPerUser: number;
   /** shutdownGraceMs is how long SIGTERM waits for requests in flight before killing their git processes. */
@@ -206,7 +210,7 @@ async function startLocked(
   const store: ClusterStore = countStoreCalls(await steps.run('open the store', () => openStore(cfg.store)), metrics.storeOps);
   await steps.run('check the layout', () => checkLayout(store));
   const secret = await steps.run('read the peer secret', () => store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex')));
-  const directory = new Directory(store);
+  const directory = new Directory(store, { maxReposPerOwner: cfg.maxReposPerOwner, maxOrgsPerUser: cfg.maxOrgsPerUser });
   const auth = new Authenticator(store, cfg.auth, directory, undefined, cfg.maxTokensPerUser);
   if (cfg.auth === 'tokens') {
     const token = await steps.run('bootstrap the admin', () => auth.bootstrapAdmin());

@@ -205,6 +205,22 @@ export const SETTINGS = {
     min: 1,
     doc: 'unexpired tokens one user may hold; creating one more is a 409',
   },
+  maxReposPerOwner: {
+    kind: 'count',
+    env: 'MAX_REPOS_PER_OWNER',
+    flag: '--max-repos-per-owner',
+    default: 10_000,
+    min: 0,
+    doc: 'repositories one user or organisation may hold (cluster admins may create past it); one more is a 409; 0: no cap',
+  },
+  maxOrgsPerUser: {
+    kind: 'count',
+    env: 'MAX_ORGS_PER_USER',
+    flag: '--max-orgs-per-user',
+    default: 100,
+    min: 0,
+    doc: 'organisations a user may own and still create another (cluster admins may create past it); one more is a 409; 0: no cap',
+  },
   maxSshKeysPerUser: {
     kind: 'count',
     env: 'MAX_SSH_KEYS_PER_USER',

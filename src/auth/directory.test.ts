@@ -44,6 +44,32 @@ describe('Directory', () => {
     await store.close();
   });
 
+  it('holds an owner to maxReposPerOwner repositories and a user to maxOrgsPerUser owned organisations; 0 is no cap', async () => {
+    const store = new SqliteStore(':memory:');
+    const d = new Directory(store, { maxReposPerOwner: 2, maxOrgsPerUser: 1 });
+    await d.addUser('alice', false);
+    await created(store, 'alice/a');
+    await d.roomForRepo('alice');
+    await created(store, 'alice/b');
+    // Only ids under `alice/` count: not `alice-x/…` or `alice.x/…`, which sort beside them.
+    await created(store, 'alice-x/a');
+    await created(store, 'alice.x/a');
+    await expect(d.roomForRepo('alice')).rejects.toThrow(/'alice' holds 2 repositories/);
+    await d.roomForRepo('alice-x');
+    await d.createOrg('acme', 'alice');
+    await expect(d.createOrg('acme2', 'alice')).rejects.toThrow(/alice owns 1 organisations/);
+    expect(await d.orgExists('acme2')).toBe(false);
+    // A member's role that is not owner does not count; a cluster admin's create is not held.
+    await d.createOrg('beta', 'alice', { byAdmin: true });
+    await d.addUser('bob', false);
+    await d.setMember('beta', 'bob', 'member');
+    await d.createOrg('bob-org', 'bob');
+    const open = new Directory(store, { maxReposPerOwner: 0, maxOrgsPerUser: 0 });
+    await open.roomForRepo('alice');
+    await open.createOrg('acme3', 'alice');
+    await store.close();
+  });
+
   it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {
     const real = new SqliteStore(':memory:');
     let down = false;

@@ -17,6 +17,21 @@ export const ADMIN_USER = 'admin';
 /** CACHE_MS bounds how stale a node's view of users, memberships and grants may be. */
 export const DIRECTORY_CACHE_MS = 1_000;
 
+/**
+ * NamespaceLimits bound what one account may make (0: no cap); cluster admins are not held to
+ * them. An ordinary user made 2,000 repositories in a minute, each some inodes and KB on every
+ * replica and a record every background pass reads: without a cap, a script fills a node's disk.
+ */
+export interface NamespaceLimits {
+  /** maxReposPerOwner: repositories one user or organisation may hold. */
+  readonly maxReposPerOwner: number;
+  /** maxOrgsPerUser: organisations one user may own. */
+  readonly maxOrgsPerUser: number;
+}
+
+/** DEFAULT_NAMESPACE_LIMITS are the settings' defaults (maxReposPerOwner, maxOrgsPerUser in config.ts). */
+export const DEFAULT_NAMESPACE_LIMITS: NamespaceLimits = { maxReposPerOwner: 10_000, maxOrgsPerUser: 100 };
+
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
 /** checkName validates a user or organisation name: the same rules as a repo id's owner. */
@@ -47,7 +62,10 @@ export class Directory {
   /** lastGood keeps the last value read of each key, for reads while the store is unreachable. */
   private readonly lastGood = new Map<string, unknown>();
 
-  constructor(private readonly store: ClusterStore) {}
+  constructor(
+    private readonly store: ClusterStore,
+    private readonly limits: NamespaceLimits = DEFAULT_NAMESPACE_LIMITS,
+  ) {}
 
   /**
    * cached reads through the cache. While the store cannot be reached, the last value this node
@@ -239,13 +257,32 @@ export class Directory {
     return user;
   }
 
-  /** createOrg creates an organisation with its first owner. */
-  async createOrg(name: string, owner: string, opts: { claimRepos?: boolean } = {}): Promise<{ name: string; createdAt: string }> {
+  /**
+   * roomForRepo refuses (409) a repository under an owner that holds maxReposPerOwner of them
+   * already. Creates racing past the count may each pass it: the cap bounds an owner to it plus
+   * the creates in flight at once.
+   */
+  async roomForRepo(owner: string): Promise<void> {
+    const cap = this.limits.maxReposPerOwner;
+    if (cap > 0 && (await this.store.countRepos(owner)) >= cap)
+      throw conflict(`'${owner}' holds ${cap} repositories, the most one owner may (--max-repos-per-owner): delete one first`);
+  }
+
+  /**
+   * createOrg creates an organisation with its first owner. A cluster admin's (`byAdmin`) may
+   * take a name its repositories were made under, and is not held to maxOrgsPerUser.
+   */
+  async createOrg(name: string, owner: string, opts: { byAdmin?: boolean } = {}): Promise<{ name: string; createdAt: string }> {
     checkName(name, 'organisation name');
     if (await this.store.getMeta(`users/${name}`)) throw conflict(`'${name}' is a user`);
+    const cap = this.limits.maxOrgsPerUser;
+    if (!opts.byAdmin && cap > 0) {
+      const owned = (await this.store.listMeta(`members/${owner}/`)).filter((m) => m.value === 'owner').length;
+      if (owned >= cap) throw conflict(`${owner} owns ${cap} organisations, the most one user may (--max-orgs-per-user)`);
+    }
     // Repositories a cluster admin made under a name nobody holds yet are not anyone's to take:
     // the organisation's owner would administer them all.
-    if (!opts.claimRepos) {
+    if (!opts.byAdmin) {
       const [first] = await this.store.listReposPage(`${name}/`, 1);
       if (first?.repoId.startsWith(`${name}/`))
         throw conflict(`repositories exist under '${name}' already: only a cluster admin may create that organisation`);

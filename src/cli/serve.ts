@@ -84,6 +84,8 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     expiredCredentialRetentionMs: s.expiredCredentialRetentionMs,
     maxTokensPerUser: s.maxTokensPerUser,
     maxSshKeysPerUser: s.maxSshKeysPerUser,
+    maxReposPerOwner: s.maxReposPerOwner,
+    maxOrgsPerUser: s.maxOrgsPerUser,
     maxPushBytes: s.maxPushBytes,
     maxUploadRequestBytes: s.maxUploadRequestBytes,
     maxInflateRatio: s.maxInflateRatio,

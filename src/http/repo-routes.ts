@@ -80,7 +80,10 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const owner = repoId.split('/')[0]!;
       if (!canCreateIn(caller.principal, owner))
         throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
-      if (!caller.principal.admin && !(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
+      if (!caller.principal.admin) {
+        if (!(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
+        await directory.roomForRepo(owner);
+      }
       // What a deleted repository of this name left (its visibility, its grants) is cleared first.
       const { incarnation, ...result } = await deps.coordinator.createRepo(repoId, () => directory.forgetRepo(repoId));
       const visibility = req.body.visibility ?? 'private';

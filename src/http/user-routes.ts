@@ -95,7 +95,7 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
     },
     async (req, reply) => {
       const c = callerOf(req);
-      const org = await directory.createOrg(req.body.name, c.principal.user, { claimRepos: isAdmin(c) });
+      const org = await directory.createOrg(req.body.name, c.principal.user, { byAdmin: isAdmin(c) });
       audit.record({ action: 'org.create', ...who(req), detail: { name: org.name } });
       return reply.code(201).send({ ...org, owner: c.principal.user });
     },

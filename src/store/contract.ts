@@ -206,6 +206,20 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().listReposPage('acme/c', 5)).toEqual([z]);
       });
 
+      it("counts an owner's repos, and only theirs", async () => {
+        expect(await s().countRepos('acme')).toBe(0);
+        await created('acme/a');
+        await created('acme/b.c');
+        await created('acme-x/a');
+        await created('acme.x/a');
+        await created('acm/a');
+        await created('acme0/a');
+        expect(await s().countRepos('acme')).toBe(2);
+        expect(await s().countRepos('acme-x')).toBe(1);
+        expect(await s().countRepos('acm')).toBe(1);
+        expect(await s().countRepos('ac')).toBe(0);
+      });
+
       it('keeps getTxn null for an unknown txn and beginTxn write-once', async () => {
         expect(await s().getTxn('nope')).toBeNull();
         const id = randomUUID();

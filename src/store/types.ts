@@ -206,6 +206,8 @@ export interface ClusterStore {
    * first page), by id in UTF-8 byte order: a page costs reads for the page only, not for every repo.
    */
   listReposPage(after: string, limit: number): Promise<RepoRecord[]>;
+  /** countRepos counts the repos under one owner (ids `<owner>/…`), reading no record. */
+  countRepos(owner: string): Promise<number>;
   /** getReplicas lists the replica records of one repo. */
   getReplicas(repoId: string): Promise<ReplicaRecord[]>;
   /**

@@ -16,7 +16,13 @@ describe('client authentication with tokens', () => {
   beforeAll(async () => {
     c = await TestCluster.start({
       nodes: 2,
-      env: { AUTH: 'tokens', MAX_TOKENS_PER_USER: '3', EXPIRED_CREDENTIAL_RETENTION: '1s' },
+      env: {
+        AUTH: 'tokens',
+        MAX_TOKENS_PER_USER: '3',
+        EXPIRED_CREDENTIAL_RETENTION: '1s',
+        MAX_REPOS_PER_OWNER: '2',
+        MAX_ORGS_PER_USER: '1',
+      },
     });
     admin = await c.adminToken();
   });
@@ -91,4 +97,37 @@ describe('client authentication with tokens', () => {
     await waitFor(async () => (await make('job-3')).status === 201, 5_000, 'room once two expired');
     await waitFor(async () => (await names()).join() === 'deploy,job-3', 10_000, 'the expired tokens deleted');
   }, 30_000);
+
+  it('an owner holds at most MAX_REPOS_PER_OWNER repositories and a user owns at most MAX_ORGS_PER_USER organisations; a cluster admin may go past', async () => {
+    expect((await call('POST', '/users', admin, { name: 'maker' })).status).toBe(201);
+    const token = ((await (await call('POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'maker' })).json()) as { token: string })
+      .token;
+    const create = (id: string, as = token): Promise<Response> => call('POST', '/repos', as, { repo_id: id });
+    const error = async (res: Response): Promise<string> => ((await res.json()) as { error: string }).error;
+    for (const id of ['maker/a', 'maker/b']) expect((await create(id)).status).toBe(201);
+    const over = await create('maker/c');
+    expect(over.status).toBe(409);
+    expect(await error(over)).toMatch(/'maker' holds 2 repositories, the most one owner may \(--max-repos-per-owner\)/);
+    expect((await call('GET', '/repos/maker/c', token)).status).toBe(404);
+    // The cap is per owner: an organisation of the user's holds its own two.
+    expect((await call('POST', '/orgs', token, { name: 'maker-org' })).status).toBe(201);
+    const secondOrg = await call('POST', '/orgs', token, { name: 'maker-org2' });
+    expect(secondOrg.status).toBe(409);
+    expect(await error(secondOrg)).toMatch(/maker owns 1 organisations, the most one user may \(--max-orgs-per-user\)/);
+    for (const id of ['maker-org/a', 'maker-org/b']) expect((await create(id)).status).toBe(201);
+    expect((await create('maker-org/c')).status).toBe(409);
+    // A cluster admin is not held to either.
+    expect((await create('maker/c', admin)).status).toBe(201);
+    expect((await call('POST', '/orgs', admin, { name: 'admin-org' })).status).toBe(201);
+    // A delete makes room again, counted from the store through either node.
+    expect((await call('DELETE', '/repos/maker/a', admin)).status).toBe(200);
+    expect((await create('maker/d')).status).toBe(409);
+    expect((await call('DELETE', '/repos/maker/b', admin)).status).toBe(200);
+    const again = await fetch(`${c.url(2)}/repos`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ repo_id: 'maker/d' }),
+    });
+    expect(again.status).toBe(201);
+  }, 60_000);
 });

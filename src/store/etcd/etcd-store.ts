@@ -532,6 +532,14 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
+  async countRepos(owner: string): Promise<number> {
+    const prefix = this.repoKey(`${owner}/`);
+    return this.guard('count repos', async () => {
+      const res = await this.client.kv.range({ key: utf8(prefix), range_end: prefixEnd(prefix), count_only: true });
+      return Number(res.count);
+    });
+  }
+
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
     return this.guard('read replicas', async () =>
       (await this.list(this.replicasOf(repoId)))

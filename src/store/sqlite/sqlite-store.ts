@@ -345,6 +345,14 @@ export class SqliteStore implements ClusterStore {
     );
   }
 
+  async countRepos(owner: string): Promise<number> {
+    // '0' follows '/': the ids from `owner/` up to `owner0` are the owner's, on the primary key's index.
+    return this.read(
+      () =>
+        (this.sql('SELECT COUNT(*) AS n FROM repos WHERE repo_id >= ? AND repo_id < ?').get(`${owner}/`, `${owner}0`) as { n: number }).n,
+    );
+  }
+
   async getReplicas(repoId: string): Promise<ReplicaRecord[]> {
     return this.read(() =>
       (this.sql('SELECT * FROM replicas WHERE repo_id = ? ORDER BY node_id').all(repoId) as ReplicaRow[]).map(toReplica),
