@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { createPublicKey, verify } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -56,6 +57,36 @@ describe('parsePublicKey', () => {
     ],
   ])('refuses %s', (_n, text, why) => {
     expect(() => parsePublicKey(text)).toThrow(why);
+  });
+
+  it('refuses the ed25519 keys of small order, with either sign bit: a signature no secret made verifies for them', () => {
+    const small = [
+      '0000000000000000000000000000000000000000000000000000000000000000',
+      '0100000000000000000000000000000000000000000000000000000000000000',
+      '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+      'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+      'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+      'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+      'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+    ];
+    // R = the identity, S = 0: made from nothing.
+    const forged = Buffer.concat([Buffer.from([1]), Buffer.alloc(63)]);
+    for (const hex of small)
+      for (const sign of [0, 0x80]) {
+        const raw = Buffer.from(hex, 'hex');
+        raw[31] = raw[31]! | sign;
+        const key = createPublicKey({
+          key: Buffer.concat([Buffer.from('302a300506032b6570032100', 'hex'), raw]),
+          format: 'der',
+          type: 'spki',
+        });
+        // Why: node's own verify takes the forged signature for some of 64 messages (all, for the identity).
+        const taken = Array.from({ length: 64 }, (_, i) => verify(null, Buffer.from(`message ${i}`), key, forged)).filter(Boolean).length;
+        expect(taken, hex).toBeGreaterThan(0);
+        expect(() => parsePublicKey(`ssh-ed25519 ${sshBlob('ssh-ed25519', raw)}`), hex).toThrow(/small order/);
+      }
+    // A real key's last byte may be anything: it is not refused for it.
+    expect(parsePublicKey(ed.public).type).toBe('ssh-ed25519');
   });
 
   it('has the fingerprint ssh-keygen -l prints, and takes it back in either form', () => {

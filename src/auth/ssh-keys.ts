@@ -55,6 +55,29 @@ export function normalizeKeyId(value: string): string {
 }
 
 /**
+ * SMALL_ORDER_ED25519 are the encodings of the ed25519 points of order 1, 2, 4 and 8 (libsodium's
+ * blocklist; the sign bit, the top bit of the last byte, is not compared). For such a key a
+ * signature of R = the identity and S = 0 verifies for a message in 1 of 1 to 8 tries, made
+ * without any secret: anyone could sign in as the user who registered it.
+ */
+const SMALL_ORDER_ED25519 = [
+  '0000000000000000000000000000000000000000000000000000000000000000',
+  '0100000000000000000000000000000000000000000000000000000000000000',
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+];
+
+/** smallOrderEd25519 says whether a raw 32-byte ed25519 key is one of SMALL_ORDER_ED25519, whatever its sign bit. */
+function smallOrderEd25519(raw: Buffer): boolean {
+  const unsigned = Buffer.from(raw);
+  unsigned[31] = unsigned[31]! & 0x7f;
+  return SMALL_ORDER_ED25519.includes(unsigned.toString('hex'));
+}
+
+/**
  * parseKeyText is ssh2's parseKey, which returns an Error for most bad input but throws for some
  * (an RSA key with an empty modulus: an assertion in its ASN.1 writer, which was a 500).
  */
@@ -92,6 +115,9 @@ export function parsePublicKey(text: string): { parsed: ParsedKey; type: string;
     if ((details?.publicExponent ?? 0n) > 0xffffffffn) throw badRequest('RSA public exponent is too large');
   }
   const blob = parsed.getPublicSSH();
+  // The wire form ends with the key's 32 bytes.
+  if (parsed.type === 'ssh-ed25519' && smallOrderEd25519(blob.subarray(blob.length - 32)))
+    throw badRequest('not a valid ssh-ed25519 public key: a point of small order, for which anyone can make a signature');
   return { parsed, type: parsed.type, line: `${parsed.type} ${blob.toString('base64')}`, id: keyId(blob) };
 }
 
