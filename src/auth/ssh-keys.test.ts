@@ -7,7 +7,7 @@ import { utils } from 'ssh2';
 import { describe, expect, it } from 'vitest';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { Directory } from './directory.js';
-import { fingerprintOf, normalizeKeyId, parsePublicKey, SshKeys } from './ssh-keys.js';
+import { fingerprintOf, keyId, normalizeKeyId, parsePublicKey, SshKeys } from './ssh-keys.js';
 
 /** pair makes a key pair that parses: ssh2's generator now and then drops a leading zero byte. */
 function pair(make: () => { public: string; private: string }): { public: string; private: string } {
@@ -101,6 +101,19 @@ describe('parsePublicKey', () => {
 });
 
 describe('SshKeys', () => {
+  it('a small-order ed25519 key registered before they were refused signs no one in', async () => {
+    const store = new SqliteStore(':memory:');
+    const directory = new Directory(store);
+    await directory.addUser('alice', false);
+    const keys = new SshKeys(store, directory);
+    const blob = Buffer.from(sshBlob('ssh-ed25519', Buffer.concat([Buffer.from([1]), Buffer.alloc(31)])), 'base64');
+    const record = { user: 'alice', name: 'old', type: 'ssh-ed25519', key: `ssh-ed25519 ${blob.toString('base64')}`, createdAt: '' };
+    await store.setMeta(`ssh-keys/${keyId(blob)}`, JSON.stringify(record));
+    expect((await keys.list('alice')).map((k) => k.name)).toEqual(['old']);
+    expect(await keys.owner(blob)).toBeNull();
+    await store.close();
+  });
+
   it('an expiring key signs in until its time and not after; a past time is a 400', async () => {
     const store = new SqliteStore(':memory:');
     const directory = new Directory(store);

@@ -70,11 +70,13 @@ const SMALL_ORDER_ED25519 = [
   'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
 ];
 
-/** smallOrderEd25519 says whether a raw 32-byte ed25519 key is one of SMALL_ORDER_ED25519, whatever its sign bit. */
-function smallOrderEd25519(raw: Buffer): boolean {
-  const unsigned = Buffer.from(raw);
-  unsigned[31] = unsigned[31]! & 0x7f;
-  return SMALL_ORDER_ED25519.includes(unsigned.toString('hex'));
+/** smallOrder says whether a key is an ed25519 key of SMALL_ORDER_ED25519, whatever its sign bit. */
+function smallOrder(parsed: ParsedKey): boolean {
+  if (parsed.type !== 'ssh-ed25519') return false;
+  // The wire form ends with the key's 32 bytes.
+  const raw = Buffer.from(parsed.getPublicSSH().subarray(-32));
+  raw[31] = raw[31]! & 0x7f;
+  return SMALL_ORDER_ED25519.includes(raw.toString('hex'));
 }
 
 /**
@@ -115,8 +117,7 @@ export function parsePublicKey(text: string): { parsed: ParsedKey; type: string;
     if ((details?.publicExponent ?? 0n) > 0xffffffffn) throw badRequest('RSA public exponent is too large');
   }
   const blob = parsed.getPublicSSH();
-  // The wire form ends with the key's 32 bytes.
-  if (parsed.type === 'ssh-ed25519' && smallOrderEd25519(blob.subarray(blob.length - 32)))
+  if (smallOrder(parsed))
     throw badRequest('not a valid ssh-ed25519 public key: a point of small order, for which anyone can make a signature');
   return { parsed, type: parsed.type, line: `${parsed.type} ${blob.toString('base64')}`, id: keyId(blob) };
 }
@@ -244,7 +245,8 @@ export class SshKeys {
     const user = await this.directory.user(record.user);
     if (!user || user.disabled) return null;
     const parsed = parseKeyText(record.key);
-    if (parsed instanceof Error) return null;
+    // One registered before such keys were refused signs no one in.
+    if (parsed instanceof Error || smallOrder(parsed)) return null;
     return { user: record.user, keyName: record.name, parsed };
   }
 }
