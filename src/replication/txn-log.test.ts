@@ -1,3 +1,4 @@
+import Database from 'better-sqlite3';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,36 @@ describe('TxnLog', () => {
     (log as unknown as { db: { pragma: (s: string, o: { simple: true }) => unknown } }).db.pragma('synchronous', { simple: true });
   afterEach(() => {
     for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('gives the pages of pruned records back, in a new file and in one made before (converted once, records kept)', () => {
+    const pages = (log: TxnLog): number =>
+      (log as unknown as { db: { pragma: (s: string, o: { simple: true }) => number } }).db.pragma('page_count', { simple: true });
+    const big = { ...PAYLOAD, refs: 'x'.repeat(20_000) } as TxnPayload;
+    const { log } = open();
+    for (let i = 0; i < 200; i++) {
+      log.recordPrepared(`t${i}`, 'o/r', 'push', big);
+      log.setState(`t${i}`, 'committed');
+    }
+    const full = pages(log);
+    expect(full).toBeGreaterThan(900);
+    log.prune(-60_000);
+    expect(pages(log)).toBeLessThan(20);
+    log.close();
+
+    const dir = mkdtempSync(join(tmpdir(), 'txn-log-'));
+    dirs.push(dir);
+    const path = join(dir, 'node.db');
+    const old = new Database(path);
+    old.exec(`CREATE TABLE txns (id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+      payload TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)`);
+    old.prepare("INSERT INTO txns VALUES ('p', 'o/r', 'push', 'prepared', ?, 1, 1)").run(JSON.stringify(PAYLOAD));
+    expect(old.pragma('auto_vacuum', { simple: true })).toBe(0);
+    old.close();
+    const reopened = new TxnLog(path);
+    expect((reopened as unknown as { db: Database.Database }).db.pragma('auto_vacuum', { simple: true })).toBe(2);
+    expect(reopened.prepared().map((t) => t.id)).toEqual(['p']);
+    reopened.close();
   });
 
   it('keeps prepares and outcomes across a reopen; only prepared ones are listed as prepared', () => {

@@ -30,6 +30,9 @@ export interface TxnPayload {
   readonly keepFiles?: readonly string[];
 }
 
+/** AUTO_VACUUM_INCREMENTAL is SQLite's `PRAGMA auto_vacuum` value for INCREMENTAL. */
+const AUTO_VACUUM_INCREMENTAL = 2;
+
 /**
  * TxnLog is the node's persisted transaction log (`<dataDir>/node.db`): every prepare is written
  * and fsynced before the participant answers `prepared`, so a restarted node knows which
@@ -47,6 +50,14 @@ export class TxnLog {
 
   constructor(path: string) {
     this.db = new Database(path);
+    // Freed pages go back to the file system (prune runs incremental_vacuum): a log that once held
+    // large records (a push of thousands of refs) kept its size for good. auto_vacuum is chosen
+    // before the first table; a file made without it is converted once, by a VACUUM (the log is
+    // this node's alone, and holds a retention's worth of records).
+    if ((this.db.pragma('auto_vacuum', { simple: true }) as number) !== AUTO_VACUUM_INCREMENTAL) {
+      this.db.pragma('auto_vacuum = INCREMENTAL');
+      if ((this.db.pragma('page_count', { simple: true }) as number) > 0) this.db.exec('VACUUM');
+    }
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.exec(`CREATE TABLE IF NOT EXISTS txns (
@@ -111,7 +122,8 @@ export class TxnLog {
 
   /** prune drops finished transactions older than `maxAgeMs`. */
   prune(maxAgeMs: number): void {
-    this.db.prepare("DELETE FROM txns WHERE state != 'prepared' AND updated_at < ?").run(Date.now() - maxAgeMs);
+    const { changes } = this.db.prepare("DELETE FROM txns WHERE state != 'prepared' AND updated_at < ?").run(Date.now() - maxAgeMs);
+    if (changes > 0) this.db.pragma('incremental_vacuum');
   }
 
   /** close closes the log. */
