@@ -170,6 +170,13 @@ describe('Directory', () => {
     await expect(d.addUser('Acme', false)).rejects.toThrow(/existing name 'acme'/);
     await expect(d.createOrg('acme', 'alice')).rejects.toThrow(/already exists/);
     await d.createOrg('acme-labs', 'alice');
+    // Two creations of one name at once (in the same millisecond, often): one wins, one owner.
+    await d.addUser('bob', false);
+    for (let i = 0; i < 20; i++) {
+      const results = await Promise.allSettled([d.createOrg(`race${i}`, 'alice'), d.createOrg(`race${i}`, 'bob')]);
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+      expect(await d.members(`race${i}`)).toHaveLength(1);
+    }
     // Two creations racing for one name in two cases (or as a user and an organisation): one wins.
     for (const [a, b] of [
       ['Zeta', 'zeta'],

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { AppError, badRequest, conflict, notFound, StoreUnavailableError } from '../domain/errors.js';
 import { RESERVED_OWNERS, type RepoId } from '../domain/repo-id.js';
 import type { ClusterStore } from '../store/types.js';
@@ -289,8 +290,11 @@ export class Directory {
     }
     await this.claimName(name, 'org');
     const org = { name, createdAt: new Date().toISOString() };
-    const stored = await this.store.setMetaIfAbsent(`orgs/${name}`, JSON.stringify(org));
-    if (stored !== JSON.stringify(org)) throw conflict(`organisation ${name} already exists`);
+    // The record carries an id of this creation: two creations of one name in the same
+    // millisecond wrote the same record, each took the other's for its own, and both creators
+    // became owners.
+    const mine = JSON.stringify({ ...org, id: randomUUID() });
+    if ((await this.store.setMetaIfAbsent(`orgs/${name}`, mine)) !== mine) throw conflict(`organisation ${name} already exists`);
     await this.store.setMeta(`members/${owner}/${name}`, 'owner');
     this.forget();
     return org;
