@@ -17,6 +17,7 @@ export interface AuditEvent {
     | 'user.disable'
     | 'user.enable'
     | 'org.create'
+    | 'org.delete'
     | 'org.member'
     | 'ssh-key.add'
     | 'ssh-key.remove'

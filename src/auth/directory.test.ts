@@ -70,6 +70,35 @@ describe('Directory', () => {
     await store.close();
   });
 
+  it('deleteOrg takes only that organisation: its record, grants, memberships and name', async () => {
+    const store = new SqliteStore(':memory:');
+    const d = new Directory(store);
+    for (const u of ['alice', 'bob']) await d.addUser(u, false);
+    await d.createOrg('acme', 'alice');
+    await d.createOrg('acme-labs', 'alice');
+    await d.setMember('acme', 'bob', 'member');
+    await d.setMember('acme-labs', 'bob', 'member');
+    await created(store, 'alice/x');
+    await d.grant('alice/x' as RepoId, 'org:acme', 'write');
+    await d.grant('alice/x' as RepoId, 'org:acme-labs', 'read');
+    await created(store, 'acme/app');
+    await expect(d.deleteOrg('acme')).rejects.toThrow(/holds 1 repositories/);
+    expect(await d.orgExists('acme')).toBe(true);
+    const lock = await store.acquireLock('acme/app', 'n1', 10_000);
+    const base = { repoId: 'acme/app', coordinator: 'n1', incarnation: 'inc-acme/app', baseGeneration: 0 };
+    expect((await store.commitDelete({ ...base, txnId: 'del', fencingToken: lock!.token })).written).toBe(true);
+    await d.deleteOrg('acme');
+    await expect(d.deleteOrg('acme')).rejects.toThrow(/not found/);
+    expect(await d.orgExists('acme')).toBe(false);
+    expect([...(await d.policy('alice/x' as RepoId)).grants]).toEqual([['org:acme-labs', 'read']]);
+    const bob = await d.principal((await d.user('bob'))!);
+    expect([...bob.orgs]).toEqual([['acme-labs', 'member']]);
+    // The name is free, in any case.
+    await d.createOrg('ACME', 'bob');
+    expect(await d.members('ACME')).toEqual([{ user: 'bob', role: 'owner' }]);
+    await store.close();
+  });
+
   it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {
     const real = new SqliteStore(':memory:');
     let down = false;

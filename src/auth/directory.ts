@@ -300,6 +300,32 @@ export class Directory {
     return org;
   }
 
+  /**
+   * deleteOrg removes an organisation that holds no repository (404 for none; 409 while it holds
+   * any): its record first, so no repository, grant or member can be added to it from then on;
+   * then the grants it holds on other repositories and its memberships (twice, for one written
+   * in the moment its record went); its name last, so no one can create it again, and inherit
+   * what the sweeps have not yet removed, before they are done.
+   */
+  async deleteOrg(name: string): Promise<void> {
+    if (!(await this.store.getMeta(`orgs/${name}`))) throw notFound(`organisation ${name} not found`);
+    const held = await this.store.countRepos(name);
+    if (held > 0) throw conflict(`organisation ${name} holds ${held} repositories: delete them first`);
+    try {
+      await this.store.deleteMeta(`orgs/${name}`);
+      const sweep = async (): Promise<void> => {
+        for (const g of await this.store.listMeta('grants/')) if (g.key.endsWith(`/org:${name}`)) await this.store.deleteMeta(g.key);
+        for (const m of await this.store.listMeta('members/')) if (m.key.split('/')[2] === name) await this.store.deleteMeta(m.key);
+      };
+      await sweep();
+      await sweep();
+      const claim = `names/${name.toLowerCase()}`;
+      if ((await this.store.getMeta(claim)) === `org:${name}`) await this.store.deleteMeta(claim);
+    } finally {
+      this.forget();
+    }
+  }
+
   /** setMember adds a user to an organisation, or changes the user's role in it. */
   async setMember(org: string, user: string, role: OrgRole): Promise<void> {
     if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);

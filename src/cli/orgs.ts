@@ -16,7 +16,7 @@ function memberPath(org: string, user: string): string {
 const orgArg = (): Argument => new Argument('<org>').argParser(parseOrgArg);
 const userArg = (): Argument => new Argument('<user>').argParser(parseUserArg);
 
-/** registerOrgs adds `org create|add-member|remove-member|show`; an organisation's owners manage its members. */
+/** registerOrgs adds `org create|add-member|remove-member|delete|show`; an organisation's owners manage its members. */
 export function registerOrgs(program: Command): void {
   const org = commandGroup(program, 'org', 'organisations and their members').addHelpText(
     'after',
@@ -68,6 +68,20 @@ export function registerOrgs(program: Command): void {
       withApi(o, async (api) => {
         const res = await api.delete<{ org: string; user: string }>(memberPath(name, user));
         printAnswer(o, res, () => `${res.user} removed from ${res.org}\n`);
+      }),
+    );
+  addClientOptions(
+    org
+      .command('delete')
+      .description('delete an organisation that holds no repository (an owner, with an admin-scoped token); its name is free again')
+      .addHelpText('after', examples('git-replication org delete acme'))
+      .addArgument(orgArg()),
+  )
+    .option('--json', 'print the JSON answer')
+    .action(async (name: string, o: Options) =>
+      withApi(o, async (api) => {
+        const res = await api.delete<{ name: string }>(`/orgs/${encodeURIComponent(name)}`);
+        printAnswer(o, res, () => `organisation ${res.name} deleted\n`);
       }),
     );
   addClientOptions(

@@ -108,6 +108,20 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
     return { name: req.params.org, members: await directory.members(req.params.org) };
   });
 
+  app.delete<{ Params: { org: string } }>('/orgs/:org', { config: { access: 'write' } }, async (req) => {
+    const c = callerOf(req);
+    const org = req.params.org;
+    // Its owners' (read past the cache: one demoted a moment ago through another node is not) and cluster admins'.
+    if (!c.principal.admin) {
+      if (!c.principal.orgs.has(org)) throw notFound(`organisation ${org} not found`);
+      if ((await directory.memberRoleNow(org, c.principal.user)) !== 'owner') throw forbidden(`only an owner of ${org} may delete it`);
+    }
+    needAdminScope(c, 'deleting an organisation');
+    await directory.deleteOrg(org);
+    audit.record({ action: 'org.delete', ...who(req), detail: { name: org } });
+    return { name: org, deleted: true };
+  });
+
   app.put<{ Params: { org: string; user: string }; Body: { role: OrgRole } }>(
     '/orgs/:org/members/:user',
     {

@@ -204,6 +204,17 @@ describe('the user, org, repo and token commands against a cluster with token au
     expect(await ok(['org', 'remove-member', 'acme', 'bob'], admin)).toBe('bob removed from acme\n');
   });
 
+  it('org delete removes an organisation that holds no repository', async () => {
+    expect(await ok(['org', 'create', 'short-lived'], admin)).toMatch(/^organisation short-lived created/);
+    expect(await ok(['org', 'delete', 'short-lived'], admin)).toBe('organisation short-lived deleted\n');
+    expectFailure(await cli(['org', 'show', 'short-lived'], admin), 1, /^git-replication: 404 organisation short-lived not found$/);
+    expectFailure(
+      await cli(['org', 'delete', 'acme'], admin),
+      1,
+      /^git-replication: 409 organisation acme holds \d+ repositories: delete them first$/,
+    );
+  });
+
   it("the server's refusals are exit 1 with its message; a wrong command line is exit 2 before any call", async () => {
     expectFailure(
       await cli(['repo', 'grant', 'acme/site', 'user:nobody', 'read'], admin),

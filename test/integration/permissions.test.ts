@@ -293,6 +293,42 @@ describe('permission matrix: callers × public and private × operations', () =>
     expect((await call(3, 'DELETE', '/orgs/acme/members/hank', hankAdmin)).status).toBe(404);
   });
 
+  it("an organisation's owner deletes it once it holds no repository: its grants and members go, and its name is free", async () => {
+    await ok(1, 'POST', '/users', { name: 'ivy' });
+    await ok(1, 'POST', '/users', { name: 'jon' });
+    const ivyWrite = (await userToken('ivy', 'write')).token;
+    const ivyAdmin = (await userToken('ivy', 'admin')).token;
+    const jonAdmin = (await userToken('jon', 'admin')).token;
+    const carolAdmin = (await userToken('carol', 'admin')).token;
+    expect((await call(1, 'POST', '/orgs', ivyWrite, { name: 'ivy-co' })).status).toBe(201);
+    expect((await call(2, 'PUT', '/orgs/ivy-co/members/jon', ivyAdmin, { role: 'member' })).status).toBe(200);
+    expect((await call(1, 'POST', '/repos', ivyWrite, { repo_id: 'ivy-co/app' })).status).toBe(201);
+    expect((await call(1, 'POST', '/repos', ivyWrite, { repo_id: 'ivy/tools' })).status).toBe(201);
+    expect((await call(3, 'PUT', '/repos/ivy/tools/grants/org:ivy-co', ivyAdmin, { role: 'read' })).status).toBe(200);
+    // A member, a stranger, a token below admin: not theirs. Its repository first.
+    expect((await call(2, 'DELETE', '/orgs/ivy-co', jonAdmin)).status).toBe(403);
+    expect((await call(2, 'DELETE', '/orgs/ivy-co', carolAdmin)).status).toBe(404);
+    const scoped = await call(2, 'DELETE', '/orgs/ivy-co', ivyWrite);
+    expect(scoped.status).toBe(403);
+    expect(scoped.json.error).toMatch(/needs an admin-scoped token/);
+    const holding = await call(3, 'DELETE', '/orgs/ivy-co', ivyAdmin);
+    expect(holding.status).toBe(409);
+    expect(holding.json.error).toMatch(/holds 1 repositories: delete them first/);
+    expect((await call(1, 'DELETE', '/repos/ivy-co/app', ivyAdmin)).status).toBe(200);
+    expect((await call(3, 'DELETE', '/orgs/ivy-co', ivyAdmin)).status).toBe(200);
+    expect((await call(1, 'GET', '/orgs/ivy-co', admin)).status).toBe(404);
+    expect((await call(2, 'DELETE', '/orgs/ivy-co', admin)).status).toBe(404);
+    const grantees = async (node: number): Promise<string[]> =>
+      ((await ok(node, 'GET', '/repos/ivy/tools/grants')).grants as Array<{ grantee: string }>).map((g) => g.grantee);
+    // Through another node's cached policy, within a second.
+    await waitFor(async () => !(await grantees(2)).includes('org:ivy-co'), 5_000, "the organisation's grant gone");
+    await waitFor(async () => !('ivy-co' in ((await call(1, 'GET', '/user', jonAdmin)).json.orgs as object)), 5_000, 'jon out of ivy-co');
+    // Its name is free: whoever creates it again starts with nothing of the old one.
+    expect((await call(2, 'POST', '/orgs', carolAdmin, { name: 'ivy-co' })).status).toBe(201);
+    expect(((await ok(3, 'GET', '/orgs/ivy-co')).members as Array<{ user: string }>).map((m) => m.user)).toEqual(['carol']);
+    expect(await grantees(1)).not.toContain('org:ivy-co');
+  });
+
   it('a token never creates a stronger one, nor one for another user', async () => {
     const reader = await userToken('carol', 'read');
     expect((await call(1, 'POST', '/tokens', reader.token, { name: 'x', scope: 'write' })).status).toBe(403);
