@@ -224,6 +224,11 @@ async function startLocked(
   await steps.run('prepare the data directory', () => storage.init());
   const failpoints = new Failpoints(cfg.failpoints);
   const txnLog = await steps.run('open the transaction log', () => new TxnLog(join(dataDir, 'node.db')));
+  if (txnLog.unconverted !== null)
+    logger.warn(
+      { err: txnLog.unconverted },
+      'the transaction log could not be converted to give freed pages back (it is used as it is; tried again at the next start)',
+    );
   const activity = new RepoActivity({ nodeId: cfg.nodeId, store, lockTtlMs: cfg.lockTtlMs, uploadWaitMs: cfg.timing.uploadWaitMs, logger });
   const disk = new DiskSpace(dataDir, cfg.minFreeDiskBytes);
   await steps.run('read the free disk space', () => disk.start());

@@ -48,15 +48,24 @@ export class TxnLog {
     readonly get: Database.Statement;
   };
 
+  /** unconverted says why a file made without auto_vacuum could not be converted at open (null: it was, or needed not be). */
+  readonly unconverted: string | null = null;
+
   constructor(path: string) {
     this.db = new Database(path);
     // Freed pages go back to the file system (prune runs incremental_vacuum): a log that once held
     // large records (a push of thousands of refs) kept its size for good. auto_vacuum is chosen
     // before the first table; a file made without it is converted once, by a VACUUM (the log is
-    // this node's alone, and holds a retention's worth of records).
+    // this node's alone, and holds a retention's worth of records). A VACUUM needs about the
+    // file's size free: one that fails (a full disk) leaves the file as it was, and the node
+    // starts with it, to try again at its next start.
     if ((this.db.pragma('auto_vacuum', { simple: true }) as number) !== AUTO_VACUUM_INCREMENTAL) {
       this.db.pragma('auto_vacuum = INCREMENTAL');
-      if ((this.db.pragma('page_count', { simple: true }) as number) > 0) this.db.exec('VACUUM');
+      try {
+        if ((this.db.pragma('page_count', { simple: true }) as number) > 0) this.db.exec('VACUUM');
+      } catch (err) {
+        this.unconverted = err instanceof Error ? err.message : String(err);
+      }
     }
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
