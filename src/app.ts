@@ -76,7 +76,7 @@ export interface NodeConfig {
   readonly maxTokensPerUser: number;
   /** maxReposPerOwner: repositories one user or organisation may hold (0: no cap). */
   readonly maxReposPerOwner: number;
-  /** maxOrgsPerUser: organisations one user may own and create another (0: no cap). */
+  /** maxOrgsPerUser: organisations one user may have created that exist (0: no cap). */
   readonly maxOrgsPerUser: number;
   /** maxSshKeysPerUser: unexpired SSH keys one user may hold. */
   readonly maxSshKeysPerUser: number;

@@ -211,7 +211,7 @@ export const SETTINGS = {
     flag: '--max-repos-per-owner',
     default: 10_000,
     min: 0,
-    doc: 'repositories one user or organisation may hold (cluster admins may create past it); one more is a 409; 0: no cap',
+    doc: 'repositories one user or organisation may hold (checked before and after a create; cluster admins may create past it); one more is a 409; 0: no cap',
   },
   maxOrgsPerUser: {
     kind: 'count',
@@ -219,7 +219,7 @@ export const SETTINGS = {
     flag: '--max-orgs-per-user',
     default: 100,
     min: 0,
-    doc: 'organisations a user may own and still create another (cluster admins may create past it); one more is a 409; 0: no cap',
+    doc: 'organisations one user may have created that exist (the creator counts, not the owners; cluster admins may create past it); one more is a 409; 0: no cap',
   },
   maxSshKeysPerUser: {
     kind: 'count',

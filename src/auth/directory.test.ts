@@ -32,6 +32,7 @@ describe('Directory', () => {
     for (const id of [a, b, ab]) await created(store, id);
     await d.setVisibility(a, 'public');
     await d.grant(b, 'user:alice', 'write');
+    await d.createOrg('team', 'alice');
     await d.grant(b, 'org:team', 'read');
     await d.grant(ab, 'user:bob', 'admin');
     const of = await d.policies();
@@ -44,10 +45,10 @@ describe('Directory', () => {
     await store.close();
   });
 
-  it('holds an owner to maxReposPerOwner repositories and a user to maxOrgsPerUser owned organisations; 0 is no cap', async () => {
+  it('holds an owner to maxReposPerOwner repositories and a user to maxOrgsPerUser organisations created; 0 is no cap', async () => {
     const store = new SqliteStore(':memory:');
     const d = new Directory(store, { maxReposPerOwner: 2, maxOrgsPerUser: 1 });
-    await d.addUser('alice', false);
+    for (const u of ['alice', 'bob', 'carol']) await d.addUser(u, false);
     await created(store, 'alice/a');
     await d.roomForRepo('alice');
     await created(store, 'alice/b');
@@ -56,21 +57,39 @@ describe('Directory', () => {
     await created(store, 'alice.x/a');
     await expect(d.roomForRepo('alice')).rejects.toThrow(/'alice' holds 2 repositories/);
     await d.roomForRepo('alice-x');
+    // Once made, a create is checked with itself counted; and against the namespace it began in.
+    await d.createdFits('alice', 'user:alice');
+    await created(store, 'alice/c');
+    await expect(d.createdFits('alice', 'user:alice')).rejects.toThrow(/'alice' holds 2 repositories/);
     await d.createOrg('acme', 'alice');
-    await expect(d.createOrg('acme2', 'alice')).rejects.toThrow(/alice owns 1 organisations/);
+    const acme = await d.orgStamp('acme');
+    await expect(d.createOrg('acme2', 'alice')).rejects.toThrow(/alice has created 1 organisations/);
     expect(await d.orgExists('acme2')).toBe(false);
-    // A member's role that is not owner does not count; a cluster admin's create is not held.
-    await d.createOrg('beta', 'alice', { byAdmin: true });
-    await d.addUser('bob', false);
-    await d.setMember('beta', 'bob', 'member');
+    // The creator counts, not the owners: handing the organisation to another owner frees nothing,
+    // and being made an owner takes nothing of bob's.
+    await d.setMember('acme', 'bob', 'owner');
+    await d.setMember('acme', 'alice', 'member');
+    await expect(d.createOrg('acme2', 'alice')).rejects.toThrow(/alice has created 1/);
     await d.createOrg('bob-org', 'bob');
+    // A cluster admin's create is not held; a deleted organisation no longer counts.
+    await d.createOrg('beta', 'admin', { byAdmin: true });
+    await d.createOrg('gamma', 'admin', { byAdmin: true });
+    await d.deleteOrg('acme');
+    await expect(d.createdFits('acme', acme!)).rejects.toThrow(/no user or organisation named 'acme'/);
+    await d.createOrg('acme2', 'alice');
+    // Creations racing past the first count: the second count takes back all but the cap.
+    const wide = new Directory(store, { maxReposPerOwner: 0, maxOrgsPerUser: 2 });
+    const raced = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => wide.createOrg(`carol-${i}`, 'carol')));
+    const made = (await store.listMeta('orgs/carol-')).length;
+    expect(made).toBeLessThanOrEqual(2);
+    expect(raced.filter((r) => r.status === 'fulfilled').length).toBe(made);
     const open = new Directory(store, { maxReposPerOwner: 0, maxOrgsPerUser: 0 });
     await open.roomForRepo('alice');
     await open.createOrg('acme3', 'alice');
     await store.close();
   });
 
-  it('deleteOrg takes only that organisation: its record, grants, memberships and name', async () => {
+  it('deleteOrg takes only that organisation: its record, grants and memberships', async () => {
     const store = new SqliteStore(':memory:');
     const d = new Directory(store);
     for (const u of ['alice', 'bob']) await d.addUser(u, false);
@@ -93,10 +112,84 @@ describe('Directory', () => {
     expect([...(await d.policy('alice/x' as RepoId)).grants]).toEqual([['org:acme-labs', 'read']]);
     const bob = await d.principal((await d.user('bob'))!);
     expect([...bob.orgs]).toEqual([['acme-labs', 'member']]);
-    // The name is free, in any case.
-    await d.createOrg('ACME', 'bob');
-    expect(await d.members('ACME')).toEqual([{ user: 'bob', role: 'owner' }]);
+    // The name can be an organisation's again, with nothing of the old one (names are claimed
+    // for good: not in another case, and not as a user's).
+    await expect(d.createOrg('ACME', 'bob')).rejects.toThrow(/in case only/);
+    await expect(d.addUser('acme', false)).rejects.toThrow(/is an organisation/);
+    await d.createOrg('acme', 'bob');
+    expect(await d.members('acme')).toEqual([{ user: 'bob', role: 'owner' }]);
+    expect((await d.policy('alice/x' as RepoId)).grants.has('org:acme')).toBe(false);
     await store.close();
+  });
+
+  it('an organisation being deleted takes no member, grant or creation; one written as it went is taken back', async () => {
+    const real = new SqliteStore(':memory:');
+    // The store's edge: the delete's sweep of grants waits for `sweep`, one member's and one
+    // grant's writes for `late` (they began before the delete and land after it).
+    let sweep = (): void => undefined;
+    const sweeping = new Promise<void>((r) => (sweep = r));
+    let late = (): void => undefined;
+    const landed = new Promise<void>((r) => (late = r));
+    let inSweep = (): void => undefined;
+    const sweepStarted = new Promise<void>((r) => (inSweep = r));
+    const store = edge(real, {
+      listMeta: async (prefix: string) => {
+        if (prefix === 'grants/') {
+          inSweep();
+          await sweeping;
+        }
+        return real.listMeta(prefix);
+      },
+      setMeta: async (key: string, value: string) => {
+        if (key === 'members/carol/acme' || key === 'grants/alice/x/org:acme') await landed;
+        return real.setMeta(key, value);
+      },
+    });
+    const d = new Directory(store);
+    for (const u of ['alice', 'bob', 'carol', 'mallory']) await d.addUser(u, false);
+    await d.createOrg('acme', 'alice');
+    await created(real, 'alice/x');
+    const lateMember = d.setMember('acme', 'carol', 'owner');
+    const lateGrant = d.grant('alice/x' as RepoId, 'org:acme', 'write');
+    const deleting = d.deleteOrg('acme');
+    await sweepStarted;
+    // While it is marked: no creation of it again, no member, no grant, no repository under it.
+    await expect(d.createOrg('acme', 'mallory')).rejects.toThrow(/organisation acme is being deleted/);
+    await expect(d.setMember('acme', 'bob', 'member')).rejects.toThrow(/organisation acme not found/);
+    await expect(d.grant('alice/x' as RepoId, 'org:acme', 'read')).rejects.toThrow(/no organisation named 'acme'/);
+    expect(await d.namespaceExists('acme')).toBe(false);
+    sweep();
+    await deleting;
+    expect(await d.orgExists('acme')).toBe(false);
+    // The writes that began before the delete land after its sweeps, and take themselves back.
+    late();
+    await expect(lateMember).rejects.toThrow(/organisation acme not found/);
+    await expect(lateGrant).rejects.toThrow(/no organisation named 'acme'/);
+    await d.createOrg('acme', 'mallory');
+    expect(await d.members('acme')).toEqual([{ user: 'mallory', role: 'owner' }]);
+    expect((await d.policy('alice/x' as RepoId)).grants.size).toBe(0);
+    await real.close();
+  });
+
+  it('a delete that finds a repository made after its first count gives the organisation back whole', async () => {
+    const real = new SqliteStore(':memory:');
+    let counts = 0;
+    const store = edge(real, {
+      countRepos: async (owner: string) => {
+        // A member's create commits between the delete's two counts.
+        if (++counts === 2) await created(real, `${owner}/late`);
+        return real.countRepos(owner);
+      },
+    });
+    const d = new Directory(store);
+    for (const u of ['alice', 'bob']) await d.addUser(u, false);
+    await d.createOrg('acme', 'alice');
+    await d.setMember('acme', 'bob', 'member');
+    const before = await d.orgStamp('acme');
+    await expect(d.deleteOrg('acme')).rejects.toThrow(/holds 1 repositories/);
+    expect(await d.orgStamp('acme')).toBe(before);
+    expect(await d.members('acme')).toHaveLength(2);
+    await real.close();
   });
 
   it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {

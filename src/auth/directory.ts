@@ -12,6 +12,18 @@ export interface User {
   readonly createdAt: string;
 }
 
+/** OrgRecord is an organisation as the store keeps it (`meta/orgs/<name>`). */
+interface OrgRecord {
+  readonly name: string;
+  readonly createdAt: string;
+  /** id is this creation's (absent on records made before it was written). */
+  readonly id?: string;
+  /** createdBy names the user who created it, for maxOrgsPerUser (absent: made before it was written). */
+  readonly createdBy?: string;
+  /** deleting marks one deleteOrg has begun to remove. */
+  readonly deleting?: boolean;
+}
+
 /** ADMIN_USER is the built-in cluster admin; tokens made before users existed belong to it. */
 export const ADMIN_USER = 'admin';
 
@@ -181,14 +193,33 @@ export class Directory {
     });
   }
 
-  /** orgExists says whether an organisation of this name exists. */
+  /**
+   * orgStamp reads an organisation's record as the store holds it, past the cache: null for none,
+   * or one being deleted (deleteOrg). Work that adds to an organisation (a member, a grant, a
+   * repository) reads it before and after its write: a different answer after means the
+   * organisation went (or went and was made again) meanwhile, and the write is taken back.
+   */
+  async orgStamp(name: string): Promise<string | null> {
+    const raw = await this.store.getMeta(`orgs/${name}`);
+    return raw === null || (JSON.parse(raw) as OrgRecord).deleting === true ? null : raw;
+  }
+
+  /** orgExists says whether an organisation of this name exists (and is not being deleted). */
   async orgExists(name: string): Promise<boolean> {
-    return (await this.store.getMeta(`orgs/${name}`)) !== null;
+    return (await this.orgStamp(name)) !== null;
+  }
+
+  /**
+   * namespaceStamp is orgStamp for a user's name too (users are never deleted: their stamp is
+   * their name): null when no user or organisation holds it.
+   */
+  async namespaceStamp(name: string): Promise<string | null> {
+    return (await this.store.getMeta(`users/${name}`)) !== null ? `user:${name}` : this.orgStamp(name);
   }
 
   /** namespaceExists says whether a user or an organisation holds this name. */
   async namespaceExists(name: string): Promise<boolean> {
-    return (await this.store.getMeta(`users/${name}`)) !== null || (await this.store.getMeta(`orgs/${name}`)) !== null;
+    return (await this.namespaceStamp(name)) !== null;
   }
 
   /**
@@ -260,13 +291,27 @@ export class Directory {
 
   /**
    * roomForRepo refuses (409) a repository under an owner that holds maxReposPerOwner of them
-   * already. Creates racing past the count may each pass it: the cap bounds an owner to it plus
-   * the creates in flight at once.
+   * already (`made`: counting one just made, so more than that). Checked before a create, and
+   * again after it (createdFits): creates racing past the first count each passed it (60 at
+   * once made 60 under a cap of 3).
    */
-  async roomForRepo(owner: string): Promise<void> {
+  async roomForRepo(owner: string, made = false): Promise<void> {
     const cap = this.limits.maxReposPerOwner;
-    if (cap > 0 && (await this.store.countRepos(owner)) >= cap)
+    if (cap > 0 && (await this.store.countRepos(owner)) >= cap + (made ? 1 : 0))
       throw conflict(`'${owner}' holds ${cap} repositories, the most one owner may (--max-repos-per-owner): delete one first`);
+  }
+
+  /**
+   * createdFits is what a create by a user who is not a cluster admin checks once its record is
+   * written: the namespace is the one it checked before (`stamp`, namespaceStamp: an
+   * organisation deleted meanwhile is not), and the owner within its cap. A create that fails
+   * it is taken back by its caller. Each create counts after its own write, so creates racing
+   * past the first count leave at most the cap between them (the last of them to count sees all
+   * that stay).
+   */
+  async createdFits(owner: string, stamp: string): Promise<void> {
+    if ((await this.namespaceStamp(owner)) !== stamp) throw notFound(`no user or organisation named '${owner}'`);
+    await this.roomForRepo(owner, true);
   }
 
   /**
@@ -276,11 +321,8 @@ export class Directory {
   async createOrg(name: string, owner: string, opts: { byAdmin?: boolean } = {}): Promise<{ name: string; createdAt: string }> {
     checkName(name, 'organisation name');
     if (await this.store.getMeta(`users/${name}`)) throw conflict(`'${name}' is a user`);
-    const cap = this.limits.maxOrgsPerUser;
-    if (!opts.byAdmin && cap > 0) {
-      const owned = (await this.store.listMeta(`members/${owner}/`)).filter((m) => m.value === 'owner').length;
-      if (owned >= cap) throw conflict(`${owner} owns ${cap} organisations, the most one user may (--max-orgs-per-user)`);
-    }
+    const capped = !opts.byAdmin && this.limits.maxOrgsPerUser > 0;
+    if (capped) await this.roomForOrg(owner, 0);
     // Repositories a cluster admin made under a name nobody holds yet are not anyone's to take:
     // the organisation's owner would administer them all.
     if (!opts.byAdmin) {
@@ -292,52 +334,94 @@ export class Directory {
     const org = { name, createdAt: new Date().toISOString() };
     // The record carries an id of this creation: two creations of one name in the same
     // millisecond wrote the same record, each took the other's for its own, and both creators
-    // became owners.
-    const mine = JSON.stringify({ ...org, id: randomUUID() });
-    if ((await this.store.setMetaIfAbsent(`orgs/${name}`, mine)) !== mine) throw conflict(`organisation ${name} already exists`);
+    // became owners. It names its creator, for maxOrgsPerUser.
+    const mine = JSON.stringify({ ...org, id: randomUUID(), createdBy: owner } satisfies OrgRecord);
+    const held = await this.store.setMetaIfAbsent(`orgs/${name}`, mine);
+    if (held !== mine)
+      throw conflict(`organisation ${name} ${(JSON.parse(held) as OrgRecord).deleting ? 'is being deleted' : 'already exists'}`);
     await this.store.setMeta(`members/${owner}/${name}`, 'owner');
     this.forget();
+    if (capped) {
+      // Counted again with this one made: creations racing past the first count.
+      await this.roomForOrg(owner, 1).catch(async (err: unknown) => {
+        await this.store.deleteMeta(`members/${owner}/${name}`);
+        await this.store.deleteMeta(`orgs/${name}`);
+        this.forget();
+        throw err;
+      });
+    }
     return org;
   }
 
   /**
+   * roomForOrg refuses (409) an organisation to a user who created maxOrgsPerUser that still
+   * exist (`made`: counting those just made). The creator counts, not the owners: an owner may
+   * add others as owners and step down, and anyone may be made an owner without asking.
+   */
+  private async roomForOrg(user: string, made: number): Promise<void> {
+    const cap = this.limits.maxOrgsPerUser;
+    let created = 0;
+    for (const m of await this.store.listMeta('orgs/')) if ((JSON.parse(m.value) as OrgRecord).createdBy === user) created++;
+    if (created >= cap + made) throw conflict(`${user} has created ${cap} organisations, the most one user may (--max-orgs-per-user)`);
+  }
+
+  /**
    * deleteOrg removes an organisation that holds no repository (404 for none; 409 while it holds
-   * any): its record first, so no repository, grant or member can be added to it from then on;
-   * then the grants it holds on other repositories and its memberships (twice, for one written
-   * in the moment its record went); its name last, so no one can create it again, and inherit
-   * what the sweeps have not yet removed, before they are done.
+   * any). Its record is marked as being deleted first: from then on it takes no member, grant or
+   * repository (orgStamp: one whose write raced the mark takes it back), and it cannot be created
+   * again (409). The repositories are counted again after the mark (a create that committed
+   * before it: the mark is taken back, 409). Then the grants it holds on other repositories and
+   * its memberships go, and its record last: whoever creates it again starts with nothing of the
+   * old one. Its name's claim stays (names are taken for good): it can be created again as an
+   * organisation of that exact name. A delete cut short is finished by the next.
    */
   async deleteOrg(name: string): Promise<void> {
-    if (!(await this.store.getMeta(`orgs/${name}`))) throw notFound(`organisation ${name} not found`);
-    const held = await this.store.countRepos(name);
-    if (held > 0) throw conflict(`organisation ${name} holds ${held} repositories: delete them first`);
+    const raw = await this.store.getMeta(`orgs/${name}`);
+    if (raw === null) throw notFound(`organisation ${name} not found`);
+    const record = JSON.parse(raw) as OrgRecord;
+    const holding = async (): Promise<void> => {
+      const held = await this.store.countRepos(name);
+      if (held > 0) throw conflict(`organisation ${name} holds ${held} repositories: delete them first`);
+    };
     try {
+      if (record.deleting !== true) {
+        await holding();
+        await this.store.setMeta(`orgs/${name}`, JSON.stringify({ ...record, deleting: true } satisfies OrgRecord));
+        await holding().catch(async (err: unknown) => {
+          await this.store.setMeta(`orgs/${name}`, raw);
+          throw err;
+        });
+      }
+      for (const g of await this.store.listMeta('grants/')) if (g.key.endsWith(`/org:${name}`)) await this.store.deleteMeta(g.key);
+      for (const m of await this.store.listMeta('members/')) if (m.key.split('/')[2] === name) await this.store.deleteMeta(m.key);
       await this.store.deleteMeta(`orgs/${name}`);
-      const sweep = async (): Promise<void> => {
-        for (const g of await this.store.listMeta('grants/')) if (g.key.endsWith(`/org:${name}`)) await this.store.deleteMeta(g.key);
-        for (const m of await this.store.listMeta('members/')) if (m.key.split('/')[2] === name) await this.store.deleteMeta(m.key);
-      };
-      await sweep();
-      await sweep();
-      const claim = `names/${name.toLowerCase()}`;
-      if ((await this.store.getMeta(claim)) === `org:${name}`) await this.store.deleteMeta(claim);
     } finally {
       this.forget();
     }
   }
 
-  /** setMember adds a user to an organisation, or changes the user's role in it. */
+  /**
+   * setMember adds a user to an organisation, or changes the user's role in it; taken back (404)
+   * if the organisation went meanwhile (orgStamp): a member written as it was deleted would have
+   * been a member of the next organisation of that name.
+   */
   async setMember(org: string, user: string, role: OrgRole): Promise<void> {
-    if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
+    const stamp = await this.orgStamp(org);
+    if (stamp === null) throw notFound(`organisation ${org} not found`);
     if (!(await this.user(user))) throw notFound(`user ${user} not found`);
     if (role !== 'owner') await this.keepAnOwner(org, user);
-    await this.store.setMeta(`members/${user}/${org}`, role);
+    const key = `members/${user}/${org}`;
+    await this.store.setMeta(key, role);
     this.forget();
+    if ((await this.orgStamp(org)) !== stamp) {
+      await this.store.deleteMeta(key);
+      throw notFound(`organisation ${org} not found`);
+    }
   }
 
   /** removeMember takes a user out of an organisation, with their grants on its repositories (404s for an unknown organisation or member; 409 for its last owner). */
   async removeMember(org: string, user: string): Promise<void> {
-    if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
+    if (!(await this.orgExists(org))) throw notFound(`organisation ${org} not found`);
     if ((await this.memberRoleNow(org, user)) === null) throw notFound(`user ${user} is not a member of ${org}`);
     await this.keepAnOwner(org, user);
     try {
@@ -374,7 +458,7 @@ export class Directory {
 
   /** members lists an organisation's members with their roles. */
   async members(org: string): Promise<Array<{ user: string; role: OrgRole }>> {
-    if (!(await this.store.getMeta(`orgs/${org}`))) throw notFound(`organisation ${org} not found`);
+    if (!(await this.orgExists(org))) throw notFound(`organisation ${org} not found`);
     const out: Array<{ user: string; role: OrgRole }> = [];
     for (const m of await this.store.listMeta('members/')) {
       const [, user, o] = m.key.split('/');
@@ -397,9 +481,23 @@ export class Directory {
 
   /**
    * grant gives a user or organisation a role on a repository (null removes the grant; 404 if
-   * there is none, and as forIncarnation).
+   * there is none, and as forIncarnation). A grant to an organisation is taken back (400) if
+   * the organisation went meanwhile (orgStamp): the next one of its name would have held it.
    */
   async grant(repoId: RepoId, grantee: string, role: Role | null, incarnation?: string): Promise<void> {
+    const org = role !== null && grantee.startsWith('org:') ? grantee.slice('org:'.length) : null;
+    const stamp = org === null ? null : await this.orgStamp(org);
+    if (org !== null && stamp === null) throw badRequest(`no organisation named '${org}'`);
+    await this.grantOnly(repoId, grantee, role, incarnation);
+    if (org !== null && (await this.orgStamp(org)) !== stamp) {
+      await this.grantOnly(repoId, grantee, null, incarnation).catch((err: unknown) => {
+        if (!(err instanceof AppError && err.statusCode === 404)) throw err;
+      });
+      throw badRequest(`no organisation named '${org}'`);
+    }
+  }
+
+  private async grantOnly(repoId: RepoId, grantee: string, role: Role | null, incarnation?: string): Promise<void> {
     const key = `grants/${repoId}/${grantee}`;
     const remove = async (): Promise<void> => {
       if ((await this.store.getMeta(key)) === null) throw notFound(`${grantee} has no grant on ${repoId}`);

@@ -75,11 +75,6 @@ export function canCreateIn(p: Principal, owner: string): boolean {
   return p.admin || p.user === owner || p.orgs.has(owner);
 }
 
-/** canManageOrg says whether a principal may change an organisation's members. */
-export function canManageOrg(p: Principal, org: string): boolean {
-  return p.admin || p.orgs.get(org) === 'owner';
-}
-
 /**
  * maxScope is the highest token scope a user may hold. A scope only caps what the user may do:
  * `admin` on a user who is not a cluster admin reaches the repositories that user administers,

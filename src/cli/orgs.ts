@@ -73,7 +73,7 @@ export function registerOrgs(program: Command): void {
   addClientOptions(
     org
       .command('delete')
-      .description('delete an organisation that holds no repository (an owner, with an admin-scoped token); its name is free again')
+      .description('delete an organisation that holds no repository (an owner, with an admin-scoped token)')
       .addHelpText('after', examples('git-replication org delete acme'))
       .addArgument(orgArg()),
   )

@@ -80,12 +80,21 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const owner = repoId.split('/')[0]!;
       if (!canCreateIn(caller.principal, owner))
         throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
+      const held = caller.principal.admin ? null : await directory.namespaceStamp(owner);
       if (!caller.principal.admin) {
-        if (!(await directory.namespaceExists(owner))) throw notFound(`no user or organisation named '${owner}'`);
+        if (held === null) throw notFound(`no user or organisation named '${owner}'`);
         await directory.roomForRepo(owner);
       }
       // What a deleted repository of this name left (its visibility, its grants) is cleared first.
       const { incarnation, ...result } = await deps.coordinator.createRepo(repoId, () => directory.forgetRepo(repoId));
+      if (held !== null) {
+        // Checked again once made (createdFits): an organisation deleted meanwhile, or creates
+        // racing past the owner's cap. A create that does not fit is deleted again.
+        await directory.createdFits(owner, held).catch(async (err: unknown) => {
+          await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId), incarnation);
+          throw err;
+        });
+      }
       const visibility = req.body.visibility ?? 'private';
       if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
       // A member who creates a repository in an organisation administers it (members only read the rest).

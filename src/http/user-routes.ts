@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { checkName } from '../auth/directory.js';
-import { atLeast, canManageOrg, type OrgRole, type Role } from '../auth/policy.js';
+import { checkName, type Directory } from '../auth/directory.js';
+import { atLeast, type OrgRole, type Role } from '../auth/policy.js';
 import { expiryWithin, isAdmin, needAdminScope, type Caller } from '../auth/tokens.js';
 import { forbidden, notFound } from '../domain/errors.js';
 import type { NodeDeps } from './deps.js';
@@ -14,8 +14,11 @@ const NAME = { type: 'string', minLength: 1, maxLength: 100 } as const;
  * capped below admin must not make one (a leaked CI write token made its holder's other account
  * an owner, and removed co-owners).
  */
-function orgOwnerOnly(c: Caller, org: string): void {
-  if (!canManageOrg(c.principal, org)) throw forbidden(`only an owner of ${org} may change its members`);
+async function orgOwnerOnly(directory: Directory, c: Caller, org: string): Promise<void> {
+  // Read past the cache: an owner of an organisation deleted a moment ago (and perhaps made
+  // again by someone else) is still one in a node's cached view for a second.
+  if (!c.principal.admin && (await directory.memberRoleNow(org, c.principal.user)) !== 'owner')
+    throw forbidden(`only an owner of ${org} may change its members`);
   needAdminScope(c, "changing an organisation's members");
 }
 
@@ -136,7 +139,7 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
       },
     },
     async (req) => {
-      orgOwnerOnly(callerOf(req), req.params.org);
+      await orgOwnerOnly(directory, callerOf(req), req.params.org);
       await directory.setMember(req.params.org, req.params.user, req.body.role);
       audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: req.body.role } });
       return { org: req.params.org, user: req.params.user, role: req.body.role };
@@ -148,7 +151,7 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
     // A member may leave (an owner too, while another owner remains: removeMember keeps one);
     // removing anyone else is an owner's. (A member added without asking could not leave.)
     if (req.params.user === c.principal.user && !c.principal.admin) needAdminScope(c, 'leaving an organisation');
-    else orgOwnerOnly(c, req.params.org);
+    else await orgOwnerOnly(directory, c, req.params.org);
     await directory.removeMember(req.params.org, req.params.user);
     audit.record({ action: 'org.member', ...who(req), detail: { org: req.params.org, member: req.params.user, role: null } });
     return { org: req.params.org, user: req.params.user, role: null };

@@ -329,6 +329,27 @@ describe('permission matrix: callers × public and private × operations', () =>
     expect(await grantees(1)).not.toContain('org:ivy-co');
   });
 
+  it('a former owner, through a node whose view of her is a moment old, does not change the members of the organisation made again in its name', async () => {
+    await ok(1, 'POST', '/users', { name: 'kim' });
+    const kim = (await userToken('kim', 'admin')).token;
+    const carolAdmin = (await userToken('carol', 'admin')).token;
+    // The node's view lasts a second: an attempt counts when the view after the change still had
+    // kim an owner (else it was read afresh, and proves nothing); five attempts.
+    for (let attempt = 0; ; attempt++) {
+      const org = `kim-co-${attempt}`;
+      expect((await call(1, 'POST', '/orgs', kim, { name: org })).status).toBe(201);
+      expect((await call(1, 'GET', '/user', kim)).json.orgs).toHaveProperty(org);
+      expect((await call(3, 'DELETE', `/orgs/${org}`, kim)).status).toBe(200);
+      expect((await call(2, 'POST', '/orgs', carolAdmin, { name: org })).status).toBe(201);
+      const put = await call(1, 'PUT', `/orgs/${org}/members/kim`, kim, { role: 'owner' });
+      const stale = org in ((await call(1, 'GET', '/user', kim)).json.orgs as object);
+      expect(put.status, JSON.stringify(put.json)).toBe(403);
+      expect(((await ok(2, 'GET', `/orgs/${org}`)).members as Array<{ user: string }>).map((m) => m.user)).toEqual(['carol']);
+      if (stale) break;
+      if (attempt === 4) throw new Error('five attempts took over a second each: the stale view was never tried');
+    }
+  });
+
   it('a token never creates a stronger one, nor one for another user', async () => {
     const reader = await userToken('carol', 'read');
     expect((await call(1, 'POST', '/tokens', reader.token, { name: 'x', scope: 'write' })).status).toBe(403);
