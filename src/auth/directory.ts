@@ -38,7 +38,7 @@ export const DIRECTORY_CACHE_MS = 1_000;
 export interface NamespaceLimits {
   /** maxReposPerOwner: repositories one user or organisation may hold. */
   readonly maxReposPerOwner: number;
-  /** maxOrgsPerUser: organisations one user may own. */
+  /** maxOrgsPerUser: organisations one user may have created that exist. */
   readonly maxOrgsPerUser: number;
 }
 
@@ -497,6 +497,7 @@ export class Directory {
     }
   }
 
+  /** grantOnly writes or removes a grant, as forIncarnation, with no look at the grantee. */
   private async grantOnly(repoId: RepoId, grantee: string, role: Role | null, incarnation?: string): Promise<void> {
     const key = `grants/${repoId}/${grantee}`;
     const remove = async (): Promise<void> => {
