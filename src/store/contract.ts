@@ -805,6 +805,24 @@ export function storeContract(name: string, open: () => Promise<StoreHarness>): 
         expect(await s().getMeta('raced')).toBe(raced[0]);
       });
 
+      it('compareAndSetMeta writes or removes a setting only while it holds what the caller read', async () => {
+        expect(await s().compareAndSetMeta('cas', 'x', 'y')).toBe(false);
+        expect(await s().getMeta('cas')).toBeNull();
+        expect(await s().compareAndSetMeta('cas', null, 'one')).toBe(true);
+        expect(await s().compareAndSetMeta('cas', null, 'again')).toBe(false);
+        expect(await s().compareAndSetMeta('cas', 'other', 'two')).toBe(false);
+        expect(await s().compareAndSetMeta('cas', 'one', 'two')).toBe(true);
+        expect(await s().getMeta('cas')).toBe('two');
+        expect(await s().compareAndSetMeta('cas', 'one', null)).toBe(false);
+        expect(await s().compareAndSetMeta('cas', 'two', null)).toBe(true);
+        expect(await s().getMeta('cas')).toBeNull();
+        // Of writers racing from one value, one wins.
+        await s().setMeta('cas', 'start');
+        const won = await Promise.all(['a', 'b', 'c', 'd'].map((v) => s().compareAndSetMeta('cas', 'start', v)));
+        expect(won.filter(Boolean)).toHaveLength(1);
+        expect(await s().getMeta('cas')).toBe(['a', 'b', 'c', 'd'][won.indexOf(true)]);
+      });
+
       it('overwrites with setMeta and lists by prefix', async () => {
         await s().setMeta('decommissioned/n2', '1');
         await s().setMeta('decommissioned/n1', '1');

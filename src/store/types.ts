@@ -307,6 +307,11 @@ export interface ClusterStore {
   /** deleteMeta removes a setting; removing one that is absent is not an error. */
   deleteMeta(key: string): Promise<void>;
   /**
+   * compareAndSetMeta sets a setting to `next` (null: removes it) if it holds `expected` (null:
+   * absent), in one atomic step; says whether it did.
+   */
+  compareAndSetMeta(key: string, expected: string | null, next: string | null): Promise<boolean>;
+  /**
    * trimMeta removes the settings whose key starts with `prefix`, all but the `keep` last in key
    * order (UTF-8 bytes), in one call; returns how many went. Trimming an already short list is a no-op.
    */

@@ -1045,6 +1045,16 @@ export class EtcdStore implements ClusterStore {
     });
   }
 
+  async compareAndSetMeta(key: string, expected: string | null, next: string | null): Promise<boolean> {
+    return this.guard('write meta', async () => {
+      const metaKey = this.metaKey(key);
+      const holds: ICompare =
+        expected === null ? absent(metaKey) : { key: utf8(metaKey), target: 'Value', result: 'Equal', value: utf8(expected) };
+      const res = await this.txn([holds], [next === null ? del(metaKey) : put(metaKey, next)]);
+      return res.succeeded;
+    });
+  }
+
   /**
    * feedMark reads the change feed's mark: the store's revision, the key counts under `repos/`
    * and `replicas/`, and the placement settings' newest revision and count.

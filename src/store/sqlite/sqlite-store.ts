@@ -740,6 +740,16 @@ export class SqliteStore implements ClusterStore {
     });
   }
 
+  async compareAndSetMeta(key: string, expected: string | null, next: string | null): Promise<boolean> {
+    return this.tx(() => {
+      const row = this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+      if ((row?.value ?? null) !== expected) return false;
+      if (next === null) this.sql('DELETE FROM meta WHERE key = ?').run(key);
+      else this.setMetaIn(key, next);
+      return true;
+    });
+  }
+
   async trimMeta(prefix: string, keep: number): Promise<number> {
     // BINARY collation: the byte order of the keys' UTF-8, as etcd's.
     const { where, params } = underPrefix(prefix);
