@@ -192,6 +192,83 @@ describe('Directory', () => {
     await real.close();
   });
 
+  it('a delete cut short is finished by the next, which counts again; one that finds the record changed sweeps nothing', async () => {
+    const store = new SqliteStore(':memory:');
+    const d = new Directory(store);
+    for (const u of ['alice', 'carol']) await d.addUser(u, false);
+    await d.createOrg('x', 'alice');
+    // Cut short right after its mark, with a repository made in that moment.
+    const raw = (await store.getMeta('orgs/x'))!;
+    const marked = JSON.stringify({ ...JSON.parse(raw), deleting: true });
+    await store.setMeta('orgs/x', marked);
+    await created(store, 'x/late');
+    await expect(d.deleteOrg('x')).rejects.toThrow(/holds 1 repositories/);
+    const lock = await store.acquireLock('x/late', 'n1', 10_000);
+    const base = { repoId: 'x/late', coordinator: 'n1', incarnation: 'inc-x/late', baseGeneration: 0 };
+    expect((await store.commitDelete({ ...base, txnId: 'del', fencingToken: lock!.token })).written).toBe(true);
+    // A second delete that read the mark and stalled: the first finishes, carol makes x again.
+    const real = store;
+    let stall = (): void => undefined;
+    const stalled = new Promise<void>((r) => (stall = r));
+    let reads = 0;
+    const slow = new Directory(
+      edge(real, {
+        countRepos: async (owner: string) => {
+          if (++reads === 1) await stalled;
+          return real.countRepos(owner);
+        },
+      }),
+    );
+    const stale = slow.deleteOrg('x');
+    await d.deleteOrg('x');
+    await d.createOrg('x', 'carol');
+    stall();
+    await expect(stale).rejects.toThrow(/organisation x not found/);
+    expect(await d.members('x')).toEqual([{ user: 'carol', role: 'owner' }]);
+    await store.close();
+  });
+
+  it("a member's role written as a delete was refused is put back as it was, not removed", async () => {
+    const real = new SqliteStore(':memory:');
+    let counts = 0;
+    let release = (): void => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    let marked = (): void => undefined;
+    const isMarked = new Promise<void>((r) => (marked = r));
+    const store = edge(real, {
+      countRepos: async (owner: string) => {
+        // The delete's second count: a repository was made meanwhile; it waits for alice's write.
+        if (++counts === 2) {
+          await created(real, `${owner}/late`);
+          marked();
+          await held;
+        }
+        return real.countRepos(owner);
+      },
+      setMeta: async (key: string, value: string) => {
+        // alice's write lands once the record is marked.
+        if (key === 'members/alice/x' && armed) await isMarked;
+        return real.setMeta(key, value);
+      },
+    });
+    let armed = false;
+    const d = new Directory(store);
+    await d.addUser('alice', false);
+    await d.createOrg('x', 'alice');
+    const stamp = await d.orgStamp('x');
+    armed = true;
+    // alice, the only owner, sets her role as the delete begins: her second read sees the mark (404).
+    const setting = d.setMember('x', 'alice', 'owner');
+    const deleting = d.deleteOrg('x');
+    await expect(setting).rejects.toThrow(/organisation x not found/);
+    release();
+    await expect(deleting).rejects.toThrow(/holds 1 repositories/);
+    // The organisation stays, and alice with it (the take-back removed her before).
+    expect(await d.orgStamp('x')).toBe(stamp);
+    expect(await d.members('x')).toEqual([{ user: 'alice', role: 'owner' }]);
+    await real.close();
+  });
+
   it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {
     const real = new SqliteStore(':memory:');
     let down = false;

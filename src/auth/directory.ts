@@ -344,8 +344,8 @@ export class Directory {
     if (capped) {
       // Counted again with this one made: creations racing past the first count.
       await this.roomForOrg(owner, 1).catch(async (err: unknown) => {
-        await this.store.deleteMeta(`members/${owner}/${name}`);
-        await this.store.deleteMeta(`orgs/${name}`);
+        // The record first: cut short between the two, no organisation is left without an owner.
+        if (await this.store.compareAndSetMeta(`orgs/${name}`, mine, null)) await this.store.deleteMeta(`members/${owner}/${name}`);
         this.forget();
         throw err;
       });
@@ -361,40 +361,51 @@ export class Directory {
   private async roomForOrg(user: string, made: number): Promise<void> {
     const cap = this.limits.maxOrgsPerUser;
     let created = 0;
-    for (const m of await this.store.listMeta('orgs/')) if ((JSON.parse(m.value) as OrgRecord).createdBy === user) created++;
+    for (const m of await this.store.listMeta('orgs/')) {
+      const org = JSON.parse(m.value) as OrgRecord;
+      if (org.createdBy === user && org.deleting !== true) created++;
+    }
     if (created >= cap + made) throw conflict(`${user} has created ${cap} organisations, the most one user may (--max-orgs-per-user)`);
   }
 
   /**
    * deleteOrg removes an organisation that holds no repository (404 for none; 409 while it holds
-   * any). Its record is marked as being deleted first: from then on it takes no member, grant or
-   * repository (orgStamp: one whose write raced the mark takes it back), and it cannot be created
-   * again (409). The repositories are counted again after the mark (a create that committed
-   * before it: the mark is taken back, 409). Then the grants it holds on other repositories and
-   * its memberships go, and its record last: whoever creates it again starts with nothing of the
-   * old one. Its name's claim stays (names are taken for good): it can be created again as an
-   * organisation of that exact name. A delete cut short is finished by the next.
+   * any). Its record is marked as being deleted first (by compare-and-swap on the record read):
+   * from then on it takes no member, grant or repository (orgStamp: one whose write raced the
+   * mark takes it back), and it cannot be created again (409). The repositories are counted
+   * again after the mark (a create that committed before it: the mark is taken back, 409).
+   * Then the grants it holds on other repositories and its memberships go, and its record last,
+   * if it is still the marked one: whoever creates it again starts with nothing of the old one.
+   * A delete cut short is finished by the next, counting again; one that finds the record is
+   * no longer its marked one (another delete finished, and the name may be another
+   * organisation's now) stops before its sweeps. The name's claim stays (names are taken for
+   * good): it can be created again as an organisation of that exact name.
    */
   async deleteOrg(name: string): Promise<void> {
-    const raw = await this.store.getMeta(`orgs/${name}`);
+    const key = `orgs/${name}`;
+    const raw = await this.store.getMeta(key);
     if (raw === null) throw notFound(`organisation ${name} not found`);
     const record = JSON.parse(raw) as OrgRecord;
+    const resumed = record.deleting === true;
+    const marked = resumed ? raw : JSON.stringify({ ...record, deleting: true } satisfies OrgRecord);
     const holding = async (): Promise<void> => {
       const held = await this.store.countRepos(name);
       if (held > 0) throw conflict(`organisation ${name} holds ${held} repositories: delete them first`);
     };
+    const gone = (): AppError => notFound(`organisation ${name} not found`);
     try {
-      if (record.deleting !== true) {
-        await holding();
-        await this.store.setMeta(`orgs/${name}`, JSON.stringify({ ...record, deleting: true } satisfies OrgRecord));
+      await holding();
+      if (!resumed) {
+        if (!(await this.store.compareAndSetMeta(key, raw, marked))) throw conflict(`organisation ${name} changed meanwhile: try again`);
         await holding().catch(async (err: unknown) => {
-          await this.store.setMeta(`orgs/${name}`, raw);
+          await this.store.compareAndSetMeta(key, marked, raw);
           throw err;
         });
       }
+      if ((await this.store.getMeta(key)) !== marked) throw gone();
       for (const g of await this.store.listMeta('grants/')) if (g.key.endsWith(`/org:${name}`)) await this.store.deleteMeta(g.key);
       for (const m of await this.store.listMeta('members/')) if (m.key.split('/')[2] === name) await this.store.deleteMeta(m.key);
-      await this.store.deleteMeta(`orgs/${name}`);
+      if (!(await this.store.compareAndSetMeta(key, marked, null))) throw gone();
     } finally {
       this.forget();
     }
@@ -411,10 +422,13 @@ export class Directory {
     if (!(await this.user(user))) throw notFound(`user ${user} not found`);
     if (role !== 'owner') await this.keepAnOwner(org, user);
     const key = `members/${user}/${org}`;
+    const before = await this.store.getMeta(key);
     await this.store.setMeta(key, role);
     this.forget();
     if ((await this.orgStamp(org)) !== stamp) {
-      await this.store.deleteMeta(key);
+      // Back to what it was (a role kept, a member still one, if the organisation stays), unless changed since.
+      await this.store.compareAndSetMeta(key, role, before);
+      this.forget();
       throw notFound(`organisation ${org} not found`);
     }
   }
@@ -486,13 +500,16 @@ export class Directory {
    */
   async grant(repoId: RepoId, grantee: string, role: Role | null, incarnation?: string): Promise<void> {
     const org = role !== null && grantee.startsWith('org:') ? grantee.slice('org:'.length) : null;
-    const stamp = org === null ? null : await this.orgStamp(org);
-    if (org !== null && stamp === null) throw badRequest(`no organisation named '${org}'`);
+    if (org === null) return this.grantOnly(repoId, grantee, role, incarnation);
+    const stamp = await this.orgStamp(org);
+    if (stamp === null) throw badRequest(`no organisation named '${org}'`);
+    const key = `grants/${repoId}/${grantee}`;
+    const before = await this.store.getMeta(key);
     await this.grantOnly(repoId, grantee, role, incarnation);
-    if (org !== null && (await this.orgStamp(org)) !== stamp) {
-      await this.grantOnly(repoId, grantee, null, incarnation).catch((err: unknown) => {
-        if (!(err instanceof AppError && err.statusCode === 404)) throw err;
-      });
+    if ((await this.orgStamp(org)) !== stamp) {
+      // Back to what it was, unless changed since.
+      await this.store.compareAndSetMeta(key, role, before);
+      this.forgetPolicy(repoId);
       throw badRequest(`no organisation named '${org}'`);
     }
   }

@@ -85,21 +85,47 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         if (held === null) throw notFound(`no user or organisation named '${owner}'`);
         await directory.roomForRepo(owner);
       }
+      const visibility = req.body.visibility ?? 'private';
+      // A create is whole or not at all: one whose record was written and that did not fit (an
+      // organisation deleted meanwhile, creates racing past the owner's cap: createdFits), or
+      // whose visibility or creator's grant failed, is deleted again (by its incarnation: never
+      // another create's repository of the name), and the client told why.
+      const takeBack = async (incarnation: string, why: unknown): Promise<never> => {
+        if ((await deps.store.getRepo(repoId))?.incarnation === incarnation) {
+          await deps.coordinator
+            .deleteRepo(repoId, () => directory.forgetRepo(repoId), incarnation)
+            .catch((err: unknown) => {
+              req.log.warn({ repoId, err: String(err), why: String(why) }, 'a create that failed could not be taken back');
+              throw err;
+            });
+        }
+        throw why;
+      };
+      let recorded: string | null = null;
       // What a deleted repository of this name left (its visibility, its grants) is cleared first.
-      const { incarnation, ...result } = await deps.coordinator.createRepo(repoId, () => directory.forgetRepo(repoId));
-      if (held !== null) {
-        // Checked again once made (createdFits): an organisation deleted meanwhile, or creates
-        // racing past the owner's cap. A create that does not fit is deleted again.
-        await directory.createdFits(owner, held).catch(async (err: unknown) => {
-          await deps.coordinator.deleteRepo(repoId, () => directory.forgetRepo(repoId), incarnation);
+      const created = await deps.coordinator
+        .createRepo(
+          repoId,
+          () => directory.forgetRepo(repoId),
+          (incarnation) => (recorded = incarnation),
+        )
+        .catch(async (err: unknown) => {
+          // Its record may be written all the same (an outcome not known, too few replicas in
+          // time): past the cap, or into an organisation deleted meanwhile, it is taken back too.
+          const made: string | null = recorded;
+          if (held !== null && made !== null) await directory.createdFits(owner, held).catch((unfit: unknown) => takeBack(made, unfit));
           throw err;
         });
+      const { incarnation, ...result } = created;
+      try {
+        if (held !== null) await directory.createdFits(owner, held);
+        if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
+        // A member who creates a repository in an organisation administers it (members only read the rest).
+        const p = caller.principal;
+        if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grantCreator(repoId, owner, p.user, incarnation);
+      } catch (err) {
+        await takeBack(incarnation, err);
       }
-      const visibility = req.body.visibility ?? 'private';
-      if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
-      // A member who creates a repository in an organisation administers it (members only read the rest).
-      const p = caller.principal;
-      if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grantCreator(repoId, owner, p.user, incarnation);
       audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
       return reply.code(201).send({ ...result, visibility });
     },

@@ -762,8 +762,11 @@ export class Coordinator {
    * createRepo creates a repository on its replicas by two-phase commit. `beforeRecord` runs under
    * the repository's lock once no repository of that name is found, before its record is written
    * (the routes clear what a deleted repository of that name left: its visibility and grants).
+   * `mayRecord` is told the incarnation the record will have before it may be written: a create
+   * that fails after that (an outcome not known, too few replicas confirmed in time) may have left
+   * it, and its caller can tell its own record from another's.
    */
-  async createRepo(repoId: RepoId, beforeRecord?: () => Promise<void>): Promise<CreateResult> {
+  async createRepo(repoId: RepoId, beforeRecord?: () => Promise<void>, mayRecord?: (incarnation: string) => void): Promise<CreateResult> {
     const { store, nodeId, logger } = this.deps;
     if (await store.getRepo(repoId)) throw conflict(`repository ${repoId} already exists`);
     const held = await this.lock(repoId);
@@ -778,6 +781,7 @@ export class Coordinator {
           'write quorum below majority: an acknowledged write may exist on fewer than a majority of replicas',
         );
       const incarnation = randomUUID();
+      mayRecord?.(incarnation);
       const checksum = headChecksum(DEFAULT_HEAD);
       const req: PrepareRequest = {
         txnId: randomUUID(),

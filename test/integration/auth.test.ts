@@ -150,3 +150,47 @@ describe('client authentication with tokens', () => {
     expect(held.length).toBe(made);
   }, 90_000);
 });
+
+describe('the repository cap when a create answers before its replicas confirm', () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    // Every replica's commit waits past the coordinator's commit time-out: each create is
+    // recorded, then answered 503 ("created but only 1 replicas confirmed"), as on a slow disk.
+    c = await TestCluster.start({
+      nodes: 3,
+      env: {
+        AUTH: 'tokens',
+        MAX_REPOS_PER_OWNER: '2',
+        COMMIT_TIMEOUT_MS: '300',
+        GIT_REPLICATION_FAILPOINTS: 'participant.beforeCommit=delay(800)',
+      },
+    });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('creates recorded but not confirmed in time are counted, and taken back past the cap', async () => {
+    const admin = await c.adminToken();
+    const call = (node: number, method: string, path: string, token: string, body?: unknown): Promise<Response> =>
+      fetch(`${c.url(node)}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+    expect((await call(1, 'POST', '/users', admin, { name: 'slow' })).status).toBe(201);
+    const token = (
+      (await (await call(1, 'POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'slow' })).json()) as { token: string }
+    ).token;
+    const answers = await Promise.all(
+      Array.from({ length: 9 }, (_, i) => call(1 + (i % 3), 'POST', '/repos', token, { repo_id: `slow/r${i}` })),
+    );
+    expect(answers.every((a) => [201, 409, 503].includes(a.status))).toBe(true);
+    const held = async (): Promise<string[]> =>
+      ((await (await call(1, 'GET', '/repos?limit=1000', admin)).json()) as { repos: string[] }).repos.filter((id) =>
+        id.startsWith('slow/'),
+      );
+    await waitFor(async () => (await held()).length <= 2, 30_000, 'at most 2 of slow/ left');
+    expect((await held()).length).toBeLessThanOrEqual(2);
+  }, 90_000);
+});
