@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import { openCursor, PeerVerifier, repairHop, sealCursor, signHop, signRoute, verifyHop, verifyRoute } from './auth/peer-signature.js';
 import { AuditLog } from './auth/audit.js';
 import { Directory } from './auth/directory.js';
+import { WriteRate } from './http/write-rate.js';
 import { Authenticator } from './auth/tokens.js';
 import { defaultAdvertiseUrl } from './cluster/advertise.js';
 import { DataDirLock } from './cluster/data-dir-lock.js';
@@ -78,6 +79,8 @@ export interface NodeConfig {
   readonly maxReposPerOwner: number;
   /** maxOrgsPerUser: organisations one user may have created that exist (0: no cap). */
   readonly maxOrgsPerUser: number;
+  /** maxApiWritesPerMinute: REST writes one user may make through this node a minute (0: no limit). */
+  readonly maxApiWritesPerMinute: number;
   /** maxSshKeysPerUser: unexpired SSH keys one user may hold. */
   readonly maxSshKeysPerUser: number;
   /** shutdownGraceMs is how long SIGTERM waits for requests in flight before killing their git processes. */
@@ -446,6 +449,7 @@ async function startLocked(
     disk,
     protocol,
     sshKeys: new SshKeys(store, directory, cfg.maxSshKeysPerUser),
+    writeRate: new WriteRate(cfg.maxApiWritesPerMinute),
     ssh: { port: null },
     config: {
       hooksDir: relayDir,

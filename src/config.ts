@@ -221,6 +221,14 @@ export const SETTINGS = {
     min: 0,
     doc: 'organisations one user may have created that exist (the creator counts, not the owners; cluster admins may create past it); one more is a 409; 0: no cap',
   },
+  maxApiWritesPerMinute: {
+    kind: 'count',
+    env: 'MAX_API_WRITES_PER_MINUTE',
+    flag: '--max-api-writes-per-minute',
+    default: 600,
+    min: 0,
+    doc: "REST writes (creates, deletes, grants, members, tokens, keys) one user may make through a node per minute, a minute's worth at once (cluster admins are not held to it); past it 429 with Retry-After; 0: no limit",
+  },
   maxSshKeysPerUser: {
     kind: 'count',
     env: 'MAX_SSH_KEYS_PER_USER',

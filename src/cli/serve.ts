@@ -84,6 +84,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     expiredCredentialRetentionMs: s.expiredCredentialRetentionMs,
     maxTokensPerUser: s.maxTokensPerUser,
     maxSshKeysPerUser: s.maxSshKeysPerUser,
+    maxApiWritesPerMinute: s.maxApiWritesPerMinute,
     maxReposPerOwner: s.maxReposPerOwner,
     maxOrgsPerUser: s.maxOrgsPerUser,
     maxPushBytes: s.maxPushBytes,

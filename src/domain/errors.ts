@@ -81,6 +81,11 @@ export const ERRORS = {
     message: 'too many failed authentications from this address, try again in %s s',
     when: 'too many unknown tokens from one address',
   },
+  ERR_WRITE_RATE: {
+    status: 429,
+    message: 'user %s made more than %s API writes a minute through this node: try again in %s s',
+    when: 'a user (not a cluster admin) over --max-api-writes-per-minute of REST creates, deletes and changes',
+  },
   ERR_INTERNAL: { status: 500, message: 'internal error', when: 'a bug: the cause is logged on the node, not shown' },
   ERR_GIT_SERVICE: {
     status: 500,

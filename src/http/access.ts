@@ -90,7 +90,23 @@ function requireClient(deps: NodeDeps, access: 'anonymous' | Role): onRequestAsy
   return async (req) => {
     if (access === 'anonymous') req.caller = await deps.auth.identify(req.headers.authorization, addressKey(req.ip));
     else req.caller = await deps.auth.require(req.headers.authorization, access, addressKey(req.ip));
+    spendWrite(deps, req);
   };
+}
+
+/** WRITES are the methods of REST calls that change something. */
+const WRITES = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+/**
+ * spendWrite takes a REST write from its caller's share (WriteRate), once the caller is known:
+ * a user over it gets 429. Cluster admins (their scripts restore whole clusters) and anonymous
+ * callers (who may write nothing) are not counted.
+ */
+function spendWrite(deps: NodeDeps, req: FastifyRequest): void {
+  const p = req.caller?.principal;
+  if (!p || p.admin || !WRITES.has(req.method)) return;
+  const refused = deps.writeRate.take(p.user);
+  if (refused) throw refused;
 }
 
 /** repoOf reads the repository a route's path names. */
@@ -118,6 +134,8 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     const { decision, incarnation } = await authorizeRepo(deps.directory, principal, scope, repoId, need);
     if (decision === 'allow') {
       req.repoDecided = { principal, scope, repoId, need, incarnation };
+      // A git push is not a REST write (its POST is git's), and it is not counted.
+      if (access.via === 'rest') spendWrite(deps, req);
       return;
     }
     throw refusal(decision, repoId, need, access.via);

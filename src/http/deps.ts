@@ -10,6 +10,7 @@ import type { Directory } from '../auth/directory.js';
 import type { SshKeys } from '../auth/ssh-keys.js';
 import type { Authenticator } from '../auth/tokens.js';
 import type { PeerAddresses } from './connection-guard.js';
+import type { WriteRate } from './write-rate.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import type { GitRunner } from '../git/runner.js';
@@ -99,6 +100,8 @@ export interface NodeDeps {
   /** protocol is the range of replication protocol versions this node speaks. */
   readonly protocol: ProtocolRange;
   readonly sshKeys: SshKeys;
+  /** writeRate bounds each user's REST writes through this node (write-rate.ts). */
+  readonly writeRate: WriteRate;
   /** ssh.port is this node's SSH port once its SSH server listens (null: no SSH server). */
   readonly ssh: { port: number | null };
 }

@@ -194,3 +194,46 @@ describe('the repository cap when a create answers before its replicas confirm',
     expect((await held()).length).toBeLessThanOrEqual(2);
   }, 90_000);
 });
+
+describe("a user's REST writes through a node, per minute", () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start({ nodes: 1, env: { AUTH: 'tokens', MAX_API_WRITES_PER_MINUTE: '3' } });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('are refused past MAX_API_WRITES_PER_MINUTE with 429 and Retry-After; reads, git pushes and cluster admins are not held', async () => {
+    const admin = await c.adminToken();
+    const call = (method: string, path: string, token: string, body?: unknown): Promise<Response> =>
+      fetch(`${c.url(1)}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+    expect((await call('POST', '/users', admin, { name: 'busy' })).status).toBe(201);
+    const token = ((await (await call('POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'busy' })).json()) as { token: string })
+      .token;
+    expect((await call('POST', '/repos', token, { repo_id: 'busy/a' })).status).toBe(201);
+    expect((await call('POST', '/tokens', token, { name: 'two', scope: 'read' })).status).toBe(201);
+    expect((await call('POST', '/orgs', token, { name: 'busy-co' })).status).toBe(201);
+    const over = await call('POST', '/repos', token, { repo_id: 'busy/b' });
+    expect(over.status).toBe(429);
+    expect(Number(over.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect(((await over.json()) as { error: string }).error).toMatch(/user busy made more than 3 API writes a minute through this node/);
+    expect((await call('GET', '/repos/busy/b', token)).status).toBe(404);
+    // Reads go on; so do pushes, which are git's, not REST writes.
+    for (let i = 0; i < 5; i++) expect((await call('GET', '/user', token)).status).toBe(200);
+    const work = await workRepo();
+    const url = new URL(c.repoUrl(1, 'busy/a'));
+    url.username = 'busy';
+    url.password = token;
+    for (let i = 0; i < 2; i++) {
+      await gitOk(['commit', '-q', '--allow-empty', '-m', `c${i}`], { cwd: work });
+      await gitOk(['push', '-q', url.toString(), 'HEAD:refs/heads/main'], { cwd: work });
+    }
+    // A cluster admin is not held to it.
+    for (let i = 0; i < 5; i++) expect((await call('POST', '/repos', admin, { repo_id: `busy/admin-${i}` })).status).toBe(201);
+  }, 60_000);
+});
