@@ -35,6 +35,11 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** access is the route's authorisation policy; a route without one is refused at start. */
     access?: Access;
+    /**
+     * unmetered: a write the write rate (WriteRate) does not count: revoking a credential (a
+     * leaked token spending its user's writes must not keep the user from revoking it).
+     */
+    unmetered?: boolean;
   }
   interface FastifyRequest {
     /** caller is the authenticated client, when the request carried a valid token. */
@@ -104,7 +109,7 @@ const WRITES = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
  */
 function spendWrite(deps: NodeDeps, req: FastifyRequest): void {
   const p = req.caller?.principal;
-  if (!p || p.admin || !WRITES.has(req.method)) return;
+  if (!p || p.admin || !WRITES.has(req.method) || req.routeOptions.config.unmetered === true) return;
   const refused = deps.writeRate.take(p.user);
   if (refused) throw refused;
 }

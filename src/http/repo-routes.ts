@@ -101,6 +101,19 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         }
         throw why;
       };
+      const p = caller.principal;
+      const finish = async (incarnation: string): Promise<void> => {
+        try {
+          if (held !== null) await directory.createdFits(owner, held);
+          if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
+          // A member who creates a repository in an organisation administers it (members only read the rest).
+          if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner')
+            await directory.grantCreator(repoId, owner, p.user, incarnation);
+        } catch (err) {
+          await takeBack(incarnation, err);
+        }
+        audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
+      };
       let recorded: string | null = null;
       // What a deleted repository of this name left (its visibility, its grants) is cleared first.
       const created = await deps.coordinator
@@ -111,22 +124,14 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         )
         .catch(async (err: unknown) => {
           // Its record may be written all the same (an outcome not known, too few replicas in
-          // time): past the cap, or into an organisation deleted meanwhile, it is taken back too.
+          // time): if it was, it is finished as any create (or taken back past the cap, or into
+          // an organisation deleted meanwhile), and the client is told what it was told before.
           const made: string | null = recorded;
-          if (held !== null && made !== null) await directory.createdFits(owner, held).catch((unfit: unknown) => takeBack(made, unfit));
+          if (made !== null && (await deps.store.getRepo(repoId).catch(() => null))?.incarnation === made) await finish(made);
           throw err;
         });
       const { incarnation, ...result } = created;
-      try {
-        if (held !== null) await directory.createdFits(owner, held);
-        if (visibility === 'public') await directory.setVisibility(repoId, 'public', incarnation);
-        // A member who creates a repository in an organisation administers it (members only read the rest).
-        const p = caller.principal;
-        if (!p.admin && p.user !== owner && p.orgs.get(owner) !== 'owner') await directory.grantCreator(repoId, owner, p.user, incarnation);
-      } catch (err) {
-        await takeBack(incarnation, err);
-      }
-      audit.record({ action: 'repo.create', ...who(req), repo: repoId, detail: { visibility } });
+      await finish(incarnation);
       return reply.code(201).send({ ...result, visibility });
     },
   );

@@ -66,17 +66,21 @@ export function registerSshRoutes(app: FastifyInstance, deps: NodeDeps): void {
     },
   );
 
-  app.delete<{ Params: { name: string; id: string } }>('/users/:name/keys/:id', { config: { access: 'write' } }, async (req) => {
-    const c = callerOf(req);
-    ownKeysOnly(c, req.params.name, 'remove');
-    needAdminScope(c, 'removing an SSH key');
-    const removed = await sshKeys.remove(req.params.name, req.params.id);
-    audit.record({
-      action: 'ssh-key.remove',
-      user: c.principal.user,
-      token: c.token.name,
-      detail: { of: removed.user, name: removed.name, fingerprint: removed.fingerprint },
-    });
-    return { removed: removed.id, fingerprint: removed.fingerprint, name: removed.name, user: removed.user };
-  });
+  app.delete<{ Params: { name: string; id: string } }>(
+    '/users/:name/keys/:id',
+    { config: { access: 'write', unmetered: true } },
+    async (req) => {
+      const c = callerOf(req);
+      ownKeysOnly(c, req.params.name, 'remove');
+      needAdminScope(c, 'removing an SSH key');
+      const removed = await sshKeys.remove(req.params.name, req.params.id);
+      audit.record({
+        action: 'ssh-key.remove',
+        user: c.principal.user,
+        token: c.token.name,
+        detail: { of: removed.user, name: removed.name, fingerprint: removed.fingerprint },
+      });
+      return { removed: removed.id, fingerprint: removed.fingerprint, name: removed.name, user: removed.user };
+    },
+  );
 }

@@ -193,7 +193,7 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
     },
   );
 
-  app.delete<{ Params: { id: string } }>('/tokens/:id', { config: { access: 'read' } }, async (req) => {
+  app.delete<{ Params: { id: string } }>('/tokens/:id', { config: { access: 'read', unmetered: true } }, async (req) => {
     const c = callerOf(req);
     // A token revokes itself or tokens of its scope or below: a leaked read token cannot take a
     // user's write and admin tokens away.

@@ -193,6 +193,31 @@ describe('the repository cap when a create answers before its replicas confirm',
     await waitFor(async () => (await held()).length <= 2, 30_000, 'at most 2 of slow/ left');
     expect((await held()).length).toBeLessThanOrEqual(2);
   }, 90_000);
+
+  it("a create kept though its answer failed is whole: its visibility and its creator's grant are written", async () => {
+    const admin = await c.adminToken();
+    const call = (method: string, path: string, token: string | null, body?: unknown): Promise<Response> =>
+      fetch(`${c.url(2)}${path}`, {
+        method,
+        headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+    for (const name of ['lead', 'member']) expect((await call('POST', '/users', admin, { name })).status).toBe(201);
+    const token = async (user: string, scope: string): Promise<string> =>
+      ((await (await call('POST', '/tokens', admin, { name: `${user}-${scope}`, scope, user })).json()) as { token: string }).token;
+    const lead = await token('lead', 'admin');
+    const member = await token('member', 'admin');
+    expect((await call('POST', '/orgs', lead, { name: 'late-co' })).status).toBe(201);
+    expect((await call('PUT', '/orgs/late-co/members/member', lead, { role: 'member' })).status).toBe(200);
+    const made = await call('POST', '/repos', member, { repo_id: 'late-co/proj', visibility: 'public' });
+    // Its replicas confirm after the commit time-out: recorded, answered 503 (repair finishes it).
+    expect(made.status).toBe(503);
+    expect((await call('GET', '/repos/late-co/proj', null)).status).toBe(200);
+    const grants = (await (await call('GET', '/repos/late-co/proj/grants', member)).json()) as {
+      grants: Array<{ grantee: string; role: string }>;
+    };
+    expect(grants.grants).toContainEqual({ grantee: 'user:member', role: 'admin' });
+  }, 60_000);
 });
 
 describe("a user's REST writes through a node, per minute", () => {
@@ -220,6 +245,11 @@ describe("a user's REST writes through a node, per minute", () => {
     expect((await call('POST', '/orgs', token, { name: 'busy-co' })).status).toBe(201);
     const over = await call('POST', '/repos', token, { repo_id: 'busy/b' });
     expect(over.status).toBe(429);
+    // Revoking a credential is not counted: a leaked token spending its user's writes does not
+    // keep the user from revoking it.
+    const listed = (await (await call('GET', '/tokens', token)).json()) as { tokens: Array<{ id: string; name: string }> };
+    const two = listed.tokens.find((t) => t.name === 'two')!;
+    expect((await call('DELETE', `/tokens/${two.id}`, token)).status).toBe(200);
     expect(Number(over.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     expect(((await over.json()) as { error: string }).error).toMatch(/user busy made more than 3 API writes a minute through this node/);
     expect((await call('GET', '/repos/busy/b', token)).status).toBe(404);
