@@ -1,5 +1,5 @@
 import type { RepoId } from '../domain/repo-id.js';
-import type { Directory } from './directory.js';
+import { RECHECK_MS, type Directory } from './directory.js';
 import { decide, lower, repoRole, type Decision, type Principal, type Role } from './policy.js';
 
 /**
@@ -27,10 +27,21 @@ export async function authorizeRepo(
   // A cluster admin (uncapped, or with an admin scope) may do everything: the repo's policy
   // (and so the store) need not be read, which keeps reads working through a store outage.
   if (principal?.admin && (scope === null || scope === 'admin')) return { decision: 'allow' };
-  const policy = await directory.policy(repoId);
-  const role = principal === null ? repoRole(null, policy) : repoRole(principal, policy);
-  const capped = principal === null || scope === null ? role : lower(role, scope);
-  return { decision: decide(capped, need, principal !== null), incarnation: policy.incarnation };
+  const decideOn = (p: Principal | null, policy: Awaited<ReturnType<Directory['policy']>>): RepoDecision => {
+    const role = repoRole(p, policy);
+    const capped = p === null || scope === null ? role : lower(role, scope);
+    return { decision: decide(capped, need, p !== null), incarnation: policy.incarnation };
+  };
+  const first = decideOn(principal, await directory.policy(repoId));
+  if (first.decision === 'allow' || principal === null) return first;
+  // A signed-in caller's refusal is decided again on views at most RECHECK_MS old: an
+  // organisation, membership or grant made a moment ago through another node lets its user in
+  // at once (a push right after creating an organisation got 404 for up to a second).
+  // Revocations still hold within DIRECTORY_CACHE_MS.
+  return decideOn(
+    await directory.principal({ name: principal.user, admin: principal.admin }, RECHECK_MS),
+    await directory.policy(repoId, RECHECK_MS),
+  );
 }
 
 /** Decided is one access decision that allowed git work: who, with what cap, on which incarnation. */

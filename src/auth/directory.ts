@@ -31,6 +31,14 @@ export const ADMIN_USER = 'admin';
 export const DIRECTORY_CACHE_MS = 1_000;
 
 /**
+ * RECHECK_MS bounds how stale a view a refusal may rest on (authorizeRepo reads again what is
+ * older): a grant, a membership or a repository made a moment ago through another node lets
+ * its user in at once, while a denied caller's requests read the store at most this often per
+ * repository and user.
+ */
+export const RECHECK_MS = 100;
+
+/**
  * NamespaceLimits bound what one account may make (0: no cap); cluster admins are not held to
  * them. An ordinary user made 2,000 repositories in a minute, each some inodes and KB on every
  * replica and a record every background pass reads: without a cap, a script fills a node's disk.
@@ -85,9 +93,9 @@ export class Directory {
    * read stands (reads go on through an outage, as the router serves the last state it saw,
    * DESIGN §6); a key never read fails closed.
    */
-  private cached<T>(key: string, load: () => Promise<T>): Promise<T> {
+  private cached<T>(key: string, load: () => Promise<T>, maxAgeMs = DIRECTORY_CACHE_MS): Promise<T> {
     const hit = this.cache.get(key);
-    if (hit && Date.now() - hit.at < DIRECTORY_CACHE_MS) return hit.value as Promise<T>;
+    if (hit && Date.now() - hit.at < maxAgeMs) return hit.value as Promise<T>;
     const value = load().then(
       (v) => {
         this.lastGood.set(key, v);
@@ -128,12 +136,16 @@ export class Directory {
     });
   }
 
-  /** principal is what the rules need of a user: admin flag and organisations. */
-  async principal(user: User): Promise<Principal> {
-    const orgs = await this.cached(`orgs-of:${user.name}`, async () => {
-      const prefix = `members/${user.name}/`;
-      return new Map((await this.store.listMeta(prefix)).map((m) => [m.key.slice(prefix.length), m.value as OrgRole]));
-    });
+  /** principal is what the rules need of a user: admin flag and organisations (read at most `maxAgeMs` ago). */
+  async principal(user: Pick<User, 'name' | 'admin'>, maxAgeMs = DIRECTORY_CACHE_MS): Promise<Principal> {
+    const orgs = await this.cached(
+      `orgs-of:${user.name}`,
+      async () => {
+        const prefix = `members/${user.name}/`;
+        return new Map((await this.store.listMeta(prefix)).map((m) => [m.key.slice(prefix.length), m.value as OrgRole]));
+      },
+      maxAgeMs,
+    );
     return { user: user.name, admin: user.admin, orgs };
   }
 
@@ -144,22 +156,26 @@ export class Directory {
    * bound to it then refuses (forIncarnation); the other order could pair a deleted
    * repository's grants with the new one.
    */
-  async policy(repoId: RepoId): Promise<RepoPolicy & { readonly incarnation: string | null }> {
+  async policy(repoId: RepoId, maxAgeMs = DIRECTORY_CACHE_MS): Promise<RepoPolicy & { readonly incarnation: string | null }> {
     const key = `repo:${repoId}`;
-    const policy = await this.cached(key, async () => {
-      const repo = await this.store.getRepo(repoId);
-      // No repository, nothing to read: what its name may hold (a delete cut short) is no one's.
-      const [visibility, grants] = repo
-        ? await Promise.all([this.store.getMeta(`visibility/${repoId}`), this.store.listMeta(`grants/${repoId}/`)])
-        : [null, []];
-      const prefix = `grants/${repoId}/`;
-      return {
-        owner: repoId.split('/')[0] ?? '',
-        visibility: visibility === 'public' ? 'public' : 'private',
-        grants: new Map(grants.map((g) => [g.key.slice(prefix.length), g.value as Role])),
-        incarnation: repo?.incarnation ?? null,
-      } satisfies RepoPolicy & { incarnation: string | null };
-    });
+    const policy = await this.cached(
+      key,
+      async () => {
+        const repo = await this.store.getRepo(repoId);
+        // No repository, nothing to read: what its name may hold (a delete cut short) is no one's.
+        const [visibility, grants] = repo
+          ? await Promise.all([this.store.getMeta(`visibility/${repoId}`), this.store.listMeta(`grants/${repoId}/`)])
+          : [null, []];
+        const prefix = `grants/${repoId}/`;
+        return {
+          owner: repoId.split('/')[0] ?? '',
+          visibility: visibility === 'public' ? 'public' : 'private',
+          grants: new Map(grants.map((g) => [g.key.slice(prefix.length), g.value as Role])),
+          incarnation: repo?.incarnation ?? null,
+        } satisfies RepoPolicy & { incarnation: string | null };
+      },
+      maxAgeMs,
+    );
     // A missing repository is not remembered (one store read each time): one created a moment
     // later through another node is found at once (a cached "none" bound its owner's next grant
     // to no repository: a 404 for a read, create, configure sequence through a load balancer).

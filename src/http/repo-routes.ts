@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { decideFor } from '../auth/authorize.js';
-import { checkPrincipal } from '../auth/directory.js';
+import { checkPrincipal, RECHECK_MS } from '../auth/directory.js';
 import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
 import { badRequest, forbidden, notFound } from '../domain/errors.js';
@@ -78,7 +78,12 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const repoId = parseRepoId(req.body.repo_id);
       const caller = callerOf(req);
       const owner = repoId.split('/')[0]!;
-      if (!canCreateIn(caller.principal, owner))
+      // A refusal is checked again on a fresh view (RECHECK_MS): an organisation made, or a
+      // membership given, a moment ago through another node lets its user create at once.
+      if (
+        !canCreateIn(caller.principal, owner) &&
+        !canCreateIn(await directory.principal({ name: caller.principal.user, admin: caller.principal.admin }, RECHECK_MS), owner)
+      )
         throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
       const held = caller.principal.admin ? null : await directory.namespaceStamp(owner);
       if (!caller.principal.admin) {

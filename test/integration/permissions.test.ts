@@ -350,6 +350,43 @@ describe('permission matrix: callers × public and private × operations', () =>
     }
   });
 
+  it('an organisation made a moment ago through another node lets its owner push and create through this one at once', async () => {
+    await ok(1, 'POST', '/users', { name: 'lee' });
+    const lee = (await userToken('lee', 'admin')).token;
+    /**
+     * attempt makes an organisation through node 2 once node 1's view of lee is 150 ms old (a
+     * refusal reads again what is older than RECHECK_MS), then does `then` through node 1; it
+     * counts when node 1's view still lacked the organisation (else it proves nothing): five tries.
+     */
+    const attempt = async (prefix: string, then: (org: string) => Promise<void>): Promise<void> => {
+      for (let i = 0; ; i++) {
+        const org = `${prefix}-${i}`;
+        expect((await call(1, 'GET', '/user', lee)).status).toBe(200);
+        await sleep(150);
+        expect((await call(2, 'POST', '/orgs', lee, { name: org })).status).toBe(201);
+        expect((await call(2, 'POST', '/repos', lee, { repo_id: `${org}/made` })).status).toBe(201);
+        const stale = !(org in ((await call(1, 'GET', '/user', lee)).json.orgs as object));
+        await then(org);
+        if (stale) return;
+        if (i === 4) throw new Error("five attempts took over a second each: node 1's stale view was never tried");
+      }
+    };
+    // A push through node 1 into the organisation's repository (was 404 for up to a second).
+    await attempt('lee-push', async (org) => {
+      const work = await workRepo();
+      await commitFile(work, 'f.txt', 'x', 'x');
+      const url = new URL(c.repoUrl(1, `${org}/made`));
+      url.username = 'lee';
+      url.password = lee;
+      await gitOk(['push', '-q', url.toString(), 'HEAD:refs/heads/main'], { cwd: work });
+    });
+    // A create through node 1 (was 403 for up to a second).
+    await attempt('lee-create', async (org) => {
+      const made = await call(1, 'POST', '/repos', lee, { repo_id: `${org}/app` });
+      expect(made.status, JSON.stringify(made.json)).toBe(201);
+    });
+  });
+
   it('a token never creates a stronger one, nor one for another user', async () => {
     const reader = await userToken('carol', 'read');
     expect((await call(1, 'POST', '/tokens', reader.token, { name: 'x', scope: 'write' })).status).toBe(403);
