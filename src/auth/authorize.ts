@@ -1,6 +1,6 @@
 import type { RepoId } from '../domain/repo-id.js';
 import { RECHECK_MS, type Directory } from './directory.js';
-import { decide, lower, repoRole, type Decision, type Principal, type Role } from './policy.js';
+import { atLeast, decide, lower, repoRole, type Decision, type Principal, type RepoPolicy, type Role } from './policy.js';
 
 /**
  * RepoDecision is a Decision and the incarnation of the repository it was made on: null for a
@@ -27,21 +27,33 @@ export async function authorizeRepo(
   // A cluster admin (uncapped, or with an admin scope) may do everything: the repo's policy
   // (and so the store) need not be read, which keeps reads working through a store outage.
   if (principal?.admin && (scope === null || scope === 'admin')) return { decision: 'allow' };
-  const decideOn = (p: Principal | null, policy: Awaited<ReturnType<Directory['policy']>>): RepoDecision => {
-    const role = repoRole(p, policy);
-    const capped = p === null || scope === null ? role : lower(role, scope);
-    return { decision: decide(capped, need, p !== null), incarnation: policy.incarnation };
-  };
-  const first = decideOn(principal, await directory.policy(repoId));
-  if (first.decision === 'allow' || principal === null) return first;
+  const policy = await directory.policy(repoId);
+  const first = decideOn(principal, scope, policy, need);
   // A signed-in caller's refusal is decided again on views at most RECHECK_MS old: an
   // organisation, membership or grant made a moment ago through another node lets its user in
   // at once (a push right after creating an organisation got 404 for up to a second).
-  // Revocations still hold within DIRECTORY_CACHE_MS.
+  // Revocations still hold within DIRECTORY_CACHE_MS. Not when no view can change it: a token
+  // whose scope is below the need, or a role that meets it but for the token's scope.
+  if (first.decision === 'allow' || principal === null) return first;
+  if ((scope !== null && !atLeast(scope, need)) || atLeast(repoRole(principal, policy), need)) return first;
   return decideOn(
     await directory.principal({ name: principal.user, admin: principal.admin }, RECHECK_MS),
+    scope,
     await directory.policy(repoId, RECHECK_MS),
+    need,
   );
+}
+
+/** decideOn is one decision on given views: the principal's role by policy.ts, capped by the scope. */
+function decideOn(
+  p: Principal | null,
+  scope: Role | null,
+  policy: RepoPolicy & { readonly incarnation: string | null },
+  need: Role,
+): RepoDecision {
+  const role = repoRole(p, policy);
+  const capped = p === null || scope === null ? role : lower(role, scope);
+  return { decision: decide(capped, need, p !== null), incarnation: policy.incarnation };
 }
 
 /** Decided is one access decision that allowed git work: who, with what cap, on which incarnation. */

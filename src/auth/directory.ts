@@ -552,7 +552,9 @@ export class Directory {
    * have come before the grant; a grant it took already is no error).
    */
   async grantCreator(repoId: RepoId, org: string, user: string, incarnation: string): Promise<void> {
-    if ((await this.memberRoleNow(org, user)) === null) return;
+    // An owner administers every repository of the organisation: a grant would outlast a demotion.
+    const role = await this.memberRoleNow(org, user);
+    if (role === null || role === 'owner') return;
     await this.grant(repoId, `user:${user}`, 'admin', incarnation);
     if ((await this.memberRoleNow(org, user)) !== null) return;
     await this.grant(repoId, `user:${user}`, null, incarnation).catch((err: unknown) => {

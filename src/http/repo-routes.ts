@@ -80,11 +80,9 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const owner = repoId.split('/')[0]!;
       // A refusal is checked again on a fresh view (RECHECK_MS): an organisation made, or a
       // membership given, a moment ago through another node lets its user create at once.
-      if (
-        !canCreateIn(caller.principal, owner) &&
-        !canCreateIn(await directory.principal({ name: caller.principal.user, admin: caller.principal.admin }, RECHECK_MS), owner)
-      )
-        throw forbidden(`user ${caller.principal.user} may not create repositories under '${owner}'`);
+      let p = caller.principal;
+      if (!canCreateIn(p, owner)) p = await directory.principal({ name: p.user, admin: p.admin }, RECHECK_MS);
+      if (!canCreateIn(p, owner)) throw forbidden(`user ${p.user} may not create repositories under '${owner}'`);
       const held = caller.principal.admin ? null : await directory.namespaceStamp(owner);
       if (!caller.principal.admin) {
         if (held === null) throw notFound(`no user or organisation named '${owner}'`);
@@ -106,7 +104,6 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
         }
         throw why;
       };
-      const p = caller.principal;
       const finish = async (incarnation: string): Promise<void> => {
         try {
           if (held !== null) await directory.createdFits(owner, held);

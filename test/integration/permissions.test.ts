@@ -384,6 +384,8 @@ describe('permission matrix: callers × public and private × operations', () =>
     await attempt('lee-create', async (org) => {
       const made = await call(1, 'POST', '/repos', lee, { repo_id: `${org}/app` });
       expect(made.status, JSON.stringify(made.json)).toBe(201);
+      // Its owner administers it as owner: no creator's grant, which would outlast a demotion.
+      expect((await call(2, 'GET', `/repos/${org}/app/grants`, lee)).json.grants).toEqual([]);
     });
   });
 
