@@ -114,13 +114,16 @@ describe.skipIf(why !== null)(`a node whose disk fills up${why ? ` (skipped: ${w
       30_000,
       'node 3 marked behind',
     );
-    await waitFor(
-      async () => (await readdir(packDir)).filter((f) => f.startsWith('tmp_')).length === 0,
-      30_000,
-      'no temporary pack on node 3',
-    );
+    // Then its repair fetches fail on the full disk, one after another, each index-pack writing
+    // its temporary pack until it fails (CI caught one in flight every time it looked for 30 s):
+    // what must not stay behind is looked for once the disk has room and the replica is in sync.
     await rm(filler());
     await c.waitInSync('disk/repo', 1, 60_000);
+    await waitFor(
+      async () => (await readdir(packDir)).filter((f) => f.startsWith('tmp_')).length === 0,
+      15_000,
+      'no temporary pack left on node 3',
+    );
     expect((await git(['fsck', '--connectivity-only'], { cwd: c.replicaPath(3, 'disk/repo') })).code).toBe(0);
   }, 180_000);
 });
