@@ -36,12 +36,11 @@ export async function authorizeRepo(
   // whose scope is below the need, or a role that meets it but for the token's scope.
   if (first.decision === 'allow' || principal === null) return first;
   if ((scope !== null && !atLeast(scope, need)) || atLeast(repoRole(principal, policy), need)) return first;
-  return decideOn(
-    await directory.principal({ name: principal.user, admin: principal.admin }, RECHECK_MS),
-    scope,
-    await directory.policy(repoId, RECHECK_MS),
-    need,
-  );
+  const [fresh, again] = await Promise.all([
+    directory.principal({ name: principal.user, admin: principal.admin }, RECHECK_MS),
+    directory.policy(repoId, RECHECK_MS),
+  ]);
+  return decideOn(fresh, scope, again, need);
 }
 
 /** decideOn is one decision on given views: the principal's role by policy.ts, capped by the scope. */

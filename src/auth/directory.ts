@@ -233,11 +233,6 @@ export class Directory {
     return (await this.store.getMeta(`users/${name}`)) !== null ? `user:${name}` : this.orgStamp(name);
   }
 
-  /** namespaceExists says whether a user or an organisation holds this name. */
-  async namespaceExists(name: string): Promise<boolean> {
-    return (await this.namespaceStamp(name)) !== null;
-  }
-
   /**
    * takenAlike names the user or organisation whose name differs from `name` in case only, if
    * any: names that look the same to a reader are one namespace (no `Alice` beside `alice`).
@@ -341,11 +336,8 @@ export class Directory {
     if (capped) await this.roomForOrg(owner, 0);
     // Repositories a cluster admin made under a name nobody holds yet are not anyone's to take:
     // the organisation's owner would administer them all.
-    if (!opts.byAdmin) {
-      const [first] = await this.store.listReposPage(`${name}/`, 1);
-      if (first?.repoId.startsWith(`${name}/`))
-        throw conflict(`repositories exist under '${name}' already: only a cluster admin may create that organisation`);
-    }
+    if (!opts.byAdmin && (await this.store.countRepos(name)) > 0)
+      throw conflict(`repositories exist under '${name}' already: only a cluster admin may create that organisation`);
     await this.claimName(name, 'org');
     const org = { name, createdAt: new Date().toISOString() };
     // The record carries an id of this creation: two creations of one name in the same

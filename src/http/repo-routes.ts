@@ -3,7 +3,7 @@ import { decideFor } from '../auth/authorize.js';
 import { checkPrincipal, RECHECK_MS } from '../auth/directory.js';
 import { canCreateIn, type Role, type Visibility } from '../auth/policy.js';
 import { isAdmin, type Caller } from '../auth/tokens.js';
-import { badRequest, forbidden, notFound } from '../domain/errors.js';
+import { AppError, badRequest, forbidden, notFound } from '../domain/errors.js';
 import { refNameProblem } from '../domain/ref-name.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isInSync } from '../store/types.js';
@@ -83,8 +83,10 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       let p = caller.principal;
       if (!canCreateIn(p, owner)) p = await directory.principal({ name: p.user, admin: p.admin }, RECHECK_MS);
       if (!canCreateIn(p, owner)) throw forbidden(`user ${p.user} may not create repositories under '${owner}'`);
-      const held = caller.principal.admin ? null : await directory.namespaceStamp(owner);
-      if (!caller.principal.admin) {
+      // The namespace as it is now (createdFits checks it again once the repository is made).
+      let held: string | null = null;
+      if (!p.admin) {
+        held = await directory.namespaceStamp(owner);
         if (held === null) throw notFound(`no user or organisation named '${owner}'`);
         await directory.roomForRepo(owner);
       }
@@ -94,14 +96,14 @@ export function registerRepoRoutes(app: FastifyInstance, deps: NodeDeps): void {
       // whose visibility or creator's grant failed, is deleted again (by its incarnation: never
       // another create's repository of the name), and the client told why.
       const takeBack = async (incarnation: string, why: unknown): Promise<never> => {
-        if ((await deps.store.getRepo(repoId))?.incarnation === incarnation) {
-          await deps.coordinator
-            .deleteRepo(repoId, () => directory.forgetRepo(repoId), incarnation)
-            .catch((err: unknown) => {
-              req.log.warn({ repoId, err: String(err), why: String(why) }, 'a create that failed could not be taken back');
-              throw err;
-            });
-        }
+        // Bound to the incarnation, a delete of a repository no longer this one is a 404: nothing to take back.
+        await deps.coordinator
+          .deleteRepo(repoId, () => directory.forgetRepo(repoId), incarnation)
+          .catch((err: unknown) => {
+            if (err instanceof AppError && err.statusCode === 404) return;
+            req.log.warn({ repoId, err: String(err), why: String(why) }, 'a create that failed could not be taken back');
+            throw err;
+          });
         throw why;
       };
       const finish = async (incarnation: string): Promise<void> => {

@@ -106,18 +106,26 @@ export function registerUserRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.get<{ Params: { org: string } }>('/orgs/:org', { config: { access: 'read' } }, async (req) => {
     const c = callerOf(req);
-    // Only its members (and cluster admins) learn who is in an organisation.
-    if (!c.principal.admin && !c.principal.orgs.has(req.params.org)) throw notFound(`organisation ${req.params.org} not found`);
+    // Only its members (and cluster admins) learn who is in an organisation; one made or joined
+    // a moment ago through another node is its members' at once (read past the cache).
+    if (
+      !c.principal.admin &&
+      !c.principal.orgs.has(req.params.org) &&
+      (await directory.memberRoleNow(req.params.org, c.principal.user)) === null
+    )
+      throw notFound(`organisation ${req.params.org} not found`);
     return { name: req.params.org, members: await directory.members(req.params.org) };
   });
 
   app.delete<{ Params: { org: string } }>('/orgs/:org', { config: { access: 'write' } }, async (req) => {
     const c = callerOf(req);
     const org = req.params.org;
-    // Its owners' (read past the cache: one demoted a moment ago through another node is not) and cluster admins'.
+    // Its owners' (read past the cache: one demoted a moment ago through another node is not,
+    // one made a moment ago is) and cluster admins'. Only its members learn that it exists.
     if (!c.principal.admin) {
-      if (!c.principal.orgs.has(org)) throw notFound(`organisation ${org} not found`);
-      if ((await directory.memberRoleNow(org, c.principal.user)) !== 'owner') throw forbidden(`only an owner of ${org} may delete it`);
+      const role = await directory.memberRoleNow(org, c.principal.user);
+      if (role === null) throw notFound(`organisation ${org} not found`);
+      if (role !== 'owner') throw forbidden(`only an owner of ${org} may delete it`);
     }
     needAdminScope(c, 'deleting an organisation');
     await directory.deleteOrg(org);
