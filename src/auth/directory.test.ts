@@ -11,6 +11,13 @@ async function created(store: ClusterStore, repoId: string, incarnation = `inc-$
   expect((await store.commitCreate({ txnId: `t-${incarnation}`, coordinator: 'n1', record })).written).toBe(true);
 }
 
+/** deleted removes a repository's record made by `created`, as a delete's decision does. */
+async function deleted(store: ClusterStore, repoId: string, incarnation = `inc-${repoId}`): Promise<void> {
+  const lock = await store.acquireLock(repoId, 'n1', 10_000);
+  const base = { repoId, coordinator: 'n1', incarnation, baseGeneration: 0, fencingToken: lock!.token };
+  expect((await store.commitDelete({ ...base, txnId: `d-${incarnation}` })).written).toBe(true);
+}
+
 /** edge is the real store with some of its methods replaced: the store's edge a test controls. */
 function edge(real: ClusterStore, replaced: Partial<ClusterStore>): ClusterStore {
   return new Proxy(real, {
@@ -103,9 +110,7 @@ describe('Directory', () => {
     await created(store, 'acme/app');
     await expect(d.deleteOrg('acme')).rejects.toThrow(/holds 1 repositories/);
     expect(await d.orgExists('acme')).toBe(true);
-    const lock = await store.acquireLock('acme/app', 'n1', 10_000);
-    const base = { repoId: 'acme/app', coordinator: 'n1', incarnation: 'inc-acme/app', baseGeneration: 0 };
-    expect((await store.commitDelete({ ...base, txnId: 'del', fencingToken: lock!.token })).written).toBe(true);
+    await deleted(store, 'acme/app');
     await d.deleteOrg('acme');
     await expect(d.deleteOrg('acme')).rejects.toThrow(/not found/);
     expect(await d.orgExists('acme')).toBe(false);
@@ -204,9 +209,7 @@ describe('Directory', () => {
     await store.setMeta('orgs/x', marked);
     await created(store, 'x/late');
     await expect(d.deleteOrg('x')).rejects.toThrow(/holds 1 repositories/);
-    const lock = await store.acquireLock('x/late', 'n1', 10_000);
-    const base = { repoId: 'x/late', coordinator: 'n1', incarnation: 'inc-x/late', baseGeneration: 0 };
-    expect((await store.commitDelete({ ...base, txnId: 'del', fencingToken: lock!.token })).written).toBe(true);
+    await deleted(store, 'x/late');
     // A second delete that read the mark and stalled: the first finishes, carol makes x again.
     const real = store;
     let stall = (): void => undefined;

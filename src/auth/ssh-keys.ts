@@ -60,7 +60,7 @@ export function normalizeKeyId(value: string): string {
  * signature of R = the identity and S = 0 verifies for a message in 1 of 1 to 8 tries, made
  * without any secret: anyone could sign in as the user who registered it.
  */
-const SMALL_ORDER_ED25519 = [
+export const SMALL_ORDER_ED25519: readonly string[] = [
   '0000000000000000000000000000000000000000000000000000000000000000',
   '0100000000000000000000000000000000000000000000000000000000000000',
   '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',

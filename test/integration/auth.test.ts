@@ -10,6 +10,21 @@ function withToken(url: string, token: string): string {
   return u.toString();
 }
 
+/** api calls a node's REST API (`base`) with a Bearer token (null: none) and a JSON body. */
+function api(base: string, method: string, path: string, token: string | null, body?: unknown): Promise<Response> {
+  return fetch(`${base}${path}`, {
+    method,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+}
+
+/** tokenFor makes a token of `scope` for `user` with a cluster admin's token, and returns it. */
+async function tokenFor(base: string, admin: string, user: string, scope: string): Promise<string> {
+  const res = await api(base, 'POST', '/tokens', admin, { name: `${user}-${scope}`, scope, user });
+  return ((await res.json()) as { token: string }).token;
+}
+
 describe('client authentication with tokens', () => {
   let c: TestCluster;
   let admin = '';
@@ -30,13 +45,8 @@ describe('client authentication with tokens', () => {
     await c?.destroy();
   });
 
-  async function call(method: string, path: string, token: string | null, body?: unknown): Promise<Response> {
-    return fetch(`${c.url(1)}${path}`, {
-      method,
-      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-  }
+  const call = (method: string, path: string, token: string | null, body?: unknown): Promise<Response> =>
+    api(c.url(1), method, path, token, body);
 
   it('the first start writes one admin token, mode 0600, on exactly one node', async () => {
     const { stat } = await import('node:fs/promises');
@@ -100,8 +110,7 @@ describe('client authentication with tokens', () => {
 
   it('an owner holds at most MAX_REPOS_PER_OWNER repositories and a user owns at most MAX_ORGS_PER_USER organisations; a cluster admin may go past', async () => {
     expect((await call('POST', '/users', admin, { name: 'maker' })).status).toBe(201);
-    const token = ((await (await call('POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'maker' })).json()) as { token: string })
-      .token;
+    const token = await tokenFor(c.url(1), admin, 'maker', 'write');
     const create = (id: string, as = token): Promise<Response> => call('POST', '/repos', as, { repo_id: id });
     const error = async (res: Response): Promise<string> => ((await res.json()) as { error: string }).error;
     for (const id of ['maker/a', 'maker/b']) expect((await create(id)).status).toBe(201);
@@ -123,24 +132,12 @@ describe('client authentication with tokens', () => {
     expect((await call('DELETE', '/repos/maker/a', admin)).status).toBe(200);
     expect((await create('maker/d')).status).toBe(409);
     expect((await call('DELETE', '/repos/maker/b', admin)).status).toBe(200);
-    const again = await fetch(`${c.url(2)}/repos`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ repo_id: 'maker/d' }),
-    });
-    expect(again.status).toBe(201);
+    expect((await api(c.url(2), 'POST', '/repos', token, { repo_id: 'maker/d' })).status).toBe(201);
     // Creates at once, through both nodes: each counts again once made, and takes itself back past the cap.
     expect((await call('POST', '/users', admin, { name: 'racer' })).status).toBe(201);
-    const racer = ((await (await call('POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'racer' })).json()) as { token: string })
-      .token;
+    const racer = await tokenFor(c.url(1), admin, 'racer', 'write');
     const answers = await Promise.all(
-      Array.from({ length: 12 }, (_, i) =>
-        fetch(`${c.url(1 + (i % 2))}/repos`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${racer}`, 'content-type': 'application/json' },
-          body: JSON.stringify({ repo_id: `racer/r${i}` }),
-        }),
-      ),
+      Array.from({ length: 12 }, (_, i) => api(c.url(1 + (i % 2)), 'POST', '/repos', racer, { repo_id: `racer/r${i}` })),
     );
     const made = answers.filter((a) => a.status === 201).length;
     expect(answers.every((a) => a.status === 201 || a.status === 409)).toBe(true);
@@ -173,15 +170,9 @@ describe('the repository cap when a create answers before its replicas confirm',
   it('creates recorded but not confirmed in time are counted, and taken back past the cap', async () => {
     const admin = await c.adminToken();
     const call = (node: number, method: string, path: string, token: string, body?: unknown): Promise<Response> =>
-      fetch(`${c.url(node)}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
+      api(c.url(node), method, path, token, body);
     expect((await call(1, 'POST', '/users', admin, { name: 'slow' })).status).toBe(201);
-    const token = (
-      (await (await call(1, 'POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'slow' })).json()) as { token: string }
-    ).token;
+    const token = await tokenFor(c.url(1), admin, 'slow', 'write');
     const answers = await Promise.all(
       Array.from({ length: 9 }, (_, i) => call(1 + (i % 3), 'POST', '/repos', token, { repo_id: `slow/r${i}` })),
     );
@@ -197,16 +188,10 @@ describe('the repository cap when a create answers before its replicas confirm',
   it("a create kept though its answer failed is whole: its visibility and its creator's grant are written", async () => {
     const admin = await c.adminToken();
     const call = (method: string, path: string, token: string | null, body?: unknown): Promise<Response> =>
-      fetch(`${c.url(2)}${path}`, {
-        method,
-        headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
+      api(c.url(2), method, path, token, body);
     for (const name of ['lead', 'member']) expect((await call('POST', '/users', admin, { name })).status).toBe(201);
-    const token = async (user: string, scope: string): Promise<string> =>
-      ((await (await call('POST', '/tokens', admin, { name: `${user}-${scope}`, scope, user })).json()) as { token: string }).token;
-    const lead = await token('lead', 'admin');
-    const member = await token('member', 'admin');
+    const lead = await tokenFor(c.url(2), admin, 'lead', 'admin');
+    const member = await tokenFor(c.url(2), admin, 'member', 'admin');
     expect((await call('POST', '/orgs', lead, { name: 'late-co' })).status).toBe(201);
     expect((await call('PUT', '/orgs/late-co/members/member', lead, { role: 'member' })).status).toBe(200);
     const made = await call('POST', '/repos', member, { repo_id: 'late-co/proj', visibility: 'public' });
@@ -232,14 +217,9 @@ describe("a user's REST writes through a node, per minute", () => {
   it('are refused past MAX_API_WRITES_PER_MINUTE with 429 and Retry-After; reads, git pushes and cluster admins are not held', async () => {
     const admin = await c.adminToken();
     const call = (method: string, path: string, token: string, body?: unknown): Promise<Response> =>
-      fetch(`${c.url(1)}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
+      api(c.url(1), method, path, token, body);
     expect((await call('POST', '/users', admin, { name: 'busy' })).status).toBe(201);
-    const token = ((await (await call('POST', '/tokens', admin, { name: 'w', scope: 'write', user: 'busy' })).json()) as { token: string })
-      .token;
+    const token = await tokenFor(c.url(1), admin, 'busy', 'write');
     expect((await call('POST', '/repos', token, { repo_id: 'busy/a' })).status).toBe(201);
     expect((await call('POST', '/tokens', token, { name: 'two', scope: 'read' })).status).toBe(201);
     expect((await call('POST', '/orgs', token, { name: 'busy-co' })).status).toBe(201);
