@@ -227,7 +227,7 @@ export const SETTINGS = {
     flag: '--max-api-writes-per-minute',
     default: 600,
     min: 0,
-    doc: "REST writes (creates, deletes, grants, members, tokens, keys) one user may make through a node per minute, a minute's worth at once (cluster admins are not held to it); past it 429 with Retry-After; 0: no limit",
+    doc: "REST writes (creates, deletes, grants, members, tokens, keys) one user may make through a node per minute, a minute's worth at once (cluster admins, and revoking a token or SSH key, are not counted); past it 429 with Retry-After; 0: no limit",
   },
   maxSshKeysPerUser: {
     kind: 'count',
