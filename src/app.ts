@@ -43,6 +43,9 @@ import { forgetSshEndpoint, SSH_DEFAULTS, startSshServer, type SshLimits } from 
 import { TxnLog } from './replication/txn-log.js';
 import { countStoreCalls } from './store/counted.js';
 import { sweepLeftovers } from './git/leftovers.js';
+import { DEFAULT_MAX_LFS_OBJECT_BYTES, LfsObjects } from './lfs/objects.js';
+import { LfsService } from './lfs/service.js';
+import { LfsSync } from './lfs/sync.js';
 import { checkLayout, openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
 
@@ -97,6 +100,8 @@ export interface NodeConfig {
   readonly sendIdleMs: number;
   /** maxPushBytes is the largest pack a push may send (receive.maxInputSize; 413). */
   readonly maxPushBytes: number;
+  /** maxLfsObjectBytes is the largest Git LFS object an upload may send (413). */
+  readonly maxLfsObjectBytes?: number;
   /** maxUploadRequestBytes is the largest fetch request, decompressed (413). */
   readonly maxUploadRequestBytes: number;
   /** maxInflateRatio bounds how much a gzip request body may inflate (413). */
@@ -107,6 +112,8 @@ export interface NodeConfig {
   /** stageTtlMs is how long a pack staged ahead of its prepare is kept for it. */
   readonly stageTtlMs: number;
   readonly repairIntervalMs: number;
+  /** lfsSyncIntervalMs: how often LFS objects a replica lacks are fetched from the others (0: never; absent: 10 min). */
+  readonly lfsSyncIntervalMs?: number;
   readonly verifyIntervalMs: number;
   readonly fsckIntervalMs: number;
   /** repackAfterPacks: an in-sync replica with more packs than this is repacked (0: never). */
@@ -225,6 +232,10 @@ async function startLocked(
   }
   const storage = new ReplicaStorage(dataDir, git);
   await steps.run('prepare the data directory', () => storage.init());
+  // A replica's LFS objects go with it: its repository deleted, or its replica dropped or replaced by another incarnation's.
+  const lfsObjects = new LfsObjects(dataDir);
+  await steps.run('prepare the LFS object directory', () => lfsObjects.init());
+  storage.onGone = (incarnation) => lfsObjects.removeIncarnation(incarnation);
   const failpoints = new Failpoints(cfg.failpoints);
   const txnLog = await steps.run('open the transaction log', () => new TxnLog(join(dataDir, 'node.db')));
   if (txnLog.unconverted !== null)
@@ -421,6 +432,21 @@ async function startLocked(
     gitWaiting: () => git.waitingCount,
     repairing: () => repair.repairingCount,
   });
+  const lfs = new LfsService({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    objects: lfsObjects,
+    membership,
+    peers,
+    logger,
+    writeQuorumFor: (n) => coordinator.writeQuorumFor(n),
+    diskShortage: () => disk.shortage(),
+    freeBytes: () => disk.freeBytes,
+    minFreeBytes: cfg.minFreeDiskBytes,
+    maxObjectBytes: cfg.maxLfsObjectBytes ?? DEFAULT_MAX_LFS_OBJECT_BYTES,
+    timeoutMs: cfg.timing.gitTimeoutMs,
+  });
   const deps: NodeDeps = {
     nodeId: cfg.nodeId,
     logger,
@@ -451,7 +477,9 @@ async function startLocked(
     sshKeys: new SshKeys(store, directory, cfg.maxSshKeysPerUser),
     writeRate: new WriteRate(cfg.maxApiWritesPerMinute),
     ssh: { port: null },
+    lfs,
     config: {
+      maxLfsObjectBytes: cfg.maxLfsObjectBytes ?? DEFAULT_MAX_LFS_OBJECT_BYTES,
       hooksDir: relayDir,
       gitTimeoutMs: cfg.timing.gitTimeoutMs,
       bodyLimit: 1024 * 1024,
@@ -546,6 +574,18 @@ async function startLocked(
   ];
   for (const t of timers) t.unref();
   repair.start(cfg.repairIntervalMs, cfg.verifyIntervalMs, cfg.fsckIntervalMs);
+  const lfsSync = new LfsSync({
+    nodeId: cfg.nodeId,
+    store,
+    storage,
+    membership,
+    peers,
+    lfs,
+    logger,
+    onFetched: () => metrics.lfsSynced.inc(),
+  });
+  const lfsSyncMs = cfg.lfsSyncIntervalMs ?? 10 * 60_000;
+  if (lfsSyncMs > 0) lfsSync.start(lfsSyncMs);
   steward.start(cfg.stewardIntervalMs);
   logger.info({ url, sshPort: ssh?.port ?? null, store: cfg.store.kind, dataDir, hookPort, startupMs: steps.timings }, 'node started');
 
@@ -558,6 +598,8 @@ async function startLocked(
       closed = true;
       for (const t of timers) clearInterval(t);
       repair.stop();
+      // A pass under way stops after its object (not waited for: an object may be large).
+      void lfsSync.stop();
       disk.stop();
       steward.stop();
       load.stop();

@@ -140,6 +140,14 @@ export const SETTINGS = {
     min: 1,
     doc: 'largest pack a push may send, 413 beyond',
   },
+  maxLfsObjectBytes: {
+    kind: 'bytes',
+    env: 'MAX_LFS_OBJECT_SIZE',
+    flag: '--max-lfs-object-size',
+    default: 5 * 1024 * MIB,
+    min: 1,
+    doc: 'largest Git LFS object an upload may send, 413 beyond',
+  },
   maxUploadRequestBytes: {
     kind: 'bytes',
     env: 'MAX_FETCH_REQUEST_SIZE',
@@ -440,6 +448,14 @@ export const SETTINGS = {
     default: SECOND,
     min: 0,
     doc: 'how often the repair pass runs (0: this node repairs nothing)',
+  },
+  lfsSyncIntervalMs: {
+    kind: 'ms',
+    env: 'LFS_SYNC_INTERVAL_MS',
+    flag: '--lfs-sync-interval',
+    default: 10 * MINUTE,
+    min: 0,
+    doc: 'how often a node fetches the Git LFS objects its replicas lack from the other replicas (0: only as they are read)',
   },
   verifyIntervalMs: {
     kind: 'ms',

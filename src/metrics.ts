@@ -229,6 +229,23 @@ export class Metrics {
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
     registers: [this.registry],
   });
+  readonly lfsBatches = new Counter({
+    name: 'gitrep_lfs_batch_requests_total',
+    help: 'Git LFS batch requests answered, by operation (upload, download)',
+    labelNames: ['operation'] as const,
+    registers: [this.registry],
+  });
+  readonly lfsBytes = new Counter({
+    name: 'gitrep_lfs_bytes_total',
+    help: 'Git LFS object bytes clients uploaded (in, once W replicas held them) and were sent (out) through this node',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+  readonly lfsSynced = new Counter({
+    name: 'gitrep_lfs_objects_synced_total',
+    help: "Git LFS objects this node's replicas lacked and fetched from another replica (LfsSync)",
+    registers: [this.registry],
+  });
   readonly storeTxnRecords = new Gauge({
     name: 'gitrep_store_txn_records',
     help: 'transaction records in the coordination store (pruned past the retention)',

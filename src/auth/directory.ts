@@ -589,6 +589,8 @@ export class Directory {
    */
   async forgetRepo(repoId: RepoId): Promise<void> {
     await this.store.deleteMeta(`visibility/${repoId}`);
+    // The note that it holds LFS objects (lfs/service.ts): a re-created repository holds none.
+    await this.store.deleteMeta(`lfs/${repoId}`);
     for (const g of await this.store.listMeta(`grants/${repoId}/`)) await this.store.deleteMeta(g.key);
     this.forget();
   }

@@ -7,6 +7,7 @@ import {
   common,
   formatRange,
   frameHead,
+  LFS_PROTOCOL,
   PREPARE_CONTENT_TYPE,
   prepareToWire,
   PROTOCOL,
@@ -22,7 +23,7 @@ import {
 
 /** PeerAnswer is a participant's answer: `prepared`/`committed`/`aborted`, or a refusal with a reason. */
 export type PeerAnswer =
-  | { ok: true; status: string; packHash?: string }
+  | { ok: true; status: string; packHash?: string; body?: unknown }
   | { ok: false; status: 'stale' | 'conflict' | 'failed' | 'not_staged' | 'unreachable' | 'not_found' | 'unauthorized'; message: string };
 
 /**
@@ -115,6 +116,107 @@ export class PeerClient {
     );
   }
 
+  /**
+   * lfsHave asks a replica which of `oids` it holds for the repository's incarnation: oid →
+   * size; null when it could not be asked (unreachable, too old, not a replica of that incarnation).
+   */
+  async lfsHave(
+    target: PeerTarget,
+    meta: LfsRef & { oids: readonly string[] },
+    timeoutMs = this.opts.timeoutMs,
+  ): Promise<Map<string, number> | null> {
+    if (!this.speaks(target, LFS_PROTOCOL)) return null;
+    const answer = await this.postJson(
+      target,
+      '/replicate/lfs/have',
+      { repo_id: meta.repoId, incarnation: meta.incarnation, oids: meta.oids },
+      timeoutMs,
+    );
+    return answer.ok ? sizes((answer.body as { objects?: unknown } | undefined)?.objects) : null;
+  }
+
+  /** lfsList names every LFS object a replica holds for the repository's incarnation; null as lfsHave. */
+  async lfsList(target: PeerTarget, meta: LfsRef, timeoutMs = this.opts.timeoutMs): Promise<Map<string, number> | null> {
+    if (!this.speaks(target, LFS_PROTOCOL)) return null;
+    const answer = await this.postJson(target, '/replicate/lfs/list', { repo_id: meta.repoId, incarnation: meta.incarnation }, timeoutMs);
+    return answer.ok ? sizes((answer.body as { objects?: unknown } | undefined)?.objects) : null;
+  }
+
+  /**
+   * lfsPut copies an LFS object to a replica (`/replicate/lfs/put`): `content` is its bytes as
+   * they come (destroying it aborts the call). The replica checks them against the oid and size
+   * and answers once the object is on its disk, fsynced.
+   */
+  async lfsPut(
+    target: PeerTarget,
+    meta: LfsRef & { oid: string; size: number },
+    content: Readable,
+    timeoutMs: number,
+  ): Promise<PeerAnswer> {
+    if (!this.speaks(target, LFS_PROTOCOL)) {
+      content.destroy();
+      return {
+        ok: false,
+        status: 'failed',
+        message: `node ${target.id} cannot store LFS objects (protocol ${formatRange(target.protocol)})`,
+      };
+    }
+    const json = Buffer.from(JSON.stringify({ repo_id: meta.repoId, incarnation: meta.incarnation, oid: meta.oid, size: meta.size }));
+    return this.call(
+      target,
+      '/replicate/lfs/put',
+      Readable.from(prepend(frameHead(json), content)),
+      null,
+      bodyDigest(json),
+      PREPARE_CONTENT_TYPE,
+      timeoutMs,
+    );
+  }
+
+  /**
+   * lfsGet opens an LFS object a replica holds (`/replicate/lfs/get`): its size and bytes, or
+   * null when the replica does not hold it or cannot be asked. `signal` aborts the read.
+   */
+  async lfsGet(
+    target: PeerTarget,
+    meta: LfsRef & { oid: string },
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<{ size: number; body: Readable } | null> {
+    if (!this.speaks(target, LFS_PROTOCOL)) return null;
+    const path = '/replicate/lfs/get';
+    const payload = Buffer.from(JSON.stringify({ repo_id: meta.repoId, incarnation: meta.incarnation, oid: meta.oid }));
+    try {
+      const auth = signPeerRequest(this.opts.secret(), this.opts.nodeId, target, {
+        method: 'POST',
+        path,
+        contentLength: payload.length,
+        digest: bodyDigest(payload),
+      });
+      const res = await request(`${target.url}${path}`, {
+        method: 'POST',
+        body: payload,
+        headers: {
+          [PEER_AUTH_HEADER]: auth,
+          [PROTOCOL_HEADER]: String(common(this.opts.protocol ?? PROTOCOL, target.protocol)),
+          'content-type': 'application/json',
+        },
+        dispatcher: this.agent,
+        signal: signal ? AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) : AbortSignal.timeout(timeoutMs),
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+      const size = Number(res.headers['content-length']);
+      if (res.statusCode !== 200 || !Number.isSafeInteger(size)) {
+        res.body.resume();
+        return null;
+      }
+      return { size, body: res.body };
+    } catch {
+      return null;
+    }
+  }
+
   private async call(
     target: PeerTarget,
     path: string,
@@ -154,7 +256,12 @@ export class PeerClient {
         // a non-JSON answer is reported by status code below
       }
       if (res.statusCode >= 200 && res.statusCode < 300)
-        return { ok: true, status: json.status ?? 'ok', ...(typeof json.pack_hash === 'string' ? { packHash: json.pack_hash } : {}) };
+        return {
+          ok: true,
+          status: json.status ?? 'ok',
+          ...(typeof json.pack_hash === 'string' ? { packHash: json.pack_hash } : {}),
+          body: json,
+        };
       const message = json.message ?? json.error ?? `http ${res.statusCode}`;
       if (res.statusCode === 404) return { ok: false, status: 'not_found', message };
       if (res.statusCode === 401) return { ok: false, status: 'unauthorized', message };
@@ -186,6 +293,21 @@ export class PeerClient {
   async close(): Promise<void> {
     await this.agent.close();
   }
+}
+
+/** LfsRef names the LFS objects of one repository's incarnation. */
+export interface LfsRef {
+  readonly repoId: string;
+  readonly incarnation: string;
+}
+
+/** sizes reads a replica's `{oid: size}` answer; null for anything else. */
+function sizes(objects: unknown): Map<string, number> | null {
+  if (typeof objects !== 'object' || objects === null || Array.isArray(objects)) return null;
+  const out = new Map<string, number>();
+  for (const [oid, size] of Object.entries(objects))
+    if (/^[0-9a-f]{64}$/.test(oid) && Number.isSafeInteger(size) && (size as number) >= 0) out.set(oid, size as number);
+  return out;
 }
 
 /** packFile reads a pack file in large chunks. */

@@ -23,7 +23,7 @@ describe('protocol versions', () => {
     expect(common(a, b)).toBe(v);
   });
   it('reads the test hook', () => {
-    expect(protocolFromEnv(undefined)).toEqual({ min: 2, max: 4 });
+    expect(protocolFromEnv(undefined)).toEqual({ min: 2, max: 5 });
     expect(protocolFromEnv('2-3')).toEqual({ min: 2, max: 3 });
     expect(protocolFromEnv('3')).toEqual({ min: 3, max: 3 });
     expect(() => protocolFromEnv('3-2')).toThrow();

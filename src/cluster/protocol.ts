@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import { bodyDigest } from '../auth/peer-signature.js';
 import { badRequest, unauthorized } from '../domain/errors.js';
 import { isOid, refNameProblem, type RefUpdate } from '../domain/ref-name.js';
-import { parseRepoId } from '../domain/repo-id.js';
+import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isFsckIgnoreList } from '../git/fsck-policy.js';
 import type { TxnKind } from '../store/types.js';
 
@@ -31,9 +31,10 @@ export interface ProtocolRange {
  * PROTOCOL is what this build speaks. 2: peer signatures bound to the receiver and the body.
  * 3: a push's pack may be shipped ahead of its prepare (`/replicate/stage`, `staged_packs`),
  * and one transaction may carry the pushes of a group, each with its own pack. 4: a push's pack
- * may be copied to the peers while the client uploads it (`/replicate/stage-upload`).
+ * may be copied to the peers while the client uploads it (`/replicate/stage-upload`). 5: Git LFS
+ * objects are copied, listed and read between replicas (`/replicate/lfs/*`).
  */
-export const PROTOCOL: ProtocolRange = { min: 2, max: 4 };
+export const PROTOCOL: ProtocolRange = { min: 2, max: 5 };
 
 /** PROTOCOL_HEADER names the version of a peer call. */
 export const PROTOCOL_HEADER = 'x-replication-protocol';
@@ -99,6 +100,49 @@ export const STAGE_PROTOCOL = 3;
 
 /** UPLOAD_STAGE_PROTOCOL is the first protocol version with `/replicate/stage-upload`. */
 export const UPLOAD_STAGE_PROTOCOL = 4;
+
+/** LFS_PROTOCOL is the first protocol version with `/replicate/lfs/*` (Git LFS objects between replicas). */
+export const LFS_PROTOCOL = 5;
+
+const LFS_OID_PATTERN = '^[0-9a-f]{64}$';
+const LFS_REF_PROPERTIES = {
+  repo_id: { type: 'string', maxLength: 512 },
+  incarnation: { type: 'string', pattern: '^[0-9A-Za-z][0-9A-Za-z-]{0,63}$' },
+} as const;
+
+/** LFS_REF_SCHEMA is `/replicate/lfs/list`'s body: a repository's incarnation. */
+export const LFS_REF_SCHEMA = {
+  body: { type: 'object', required: ['repo_id', 'incarnation'], properties: LFS_REF_PROPERTIES },
+} as const;
+
+/** LFS_HAVE_SCHEMA is `/replicate/lfs/have`'s body: a repository's incarnation and up to 1,000 oids. */
+export const LFS_HAVE_SCHEMA = {
+  body: {
+    type: 'object',
+    required: ['repo_id', 'incarnation', 'oids'],
+    properties: { ...LFS_REF_PROPERTIES, oids: { type: 'array', maxItems: 1_000, items: { type: 'string', pattern: LFS_OID_PATTERN } } },
+  },
+} as const;
+
+/** LFS_OBJECT_SCHEMA is `/replicate/lfs/get`'s body: one object of a repository's incarnation. */
+export const LFS_OBJECT_SCHEMA = {
+  body: {
+    type: 'object',
+    required: ['repo_id', 'incarnation', 'oid'],
+    properties: { ...LFS_REF_PROPERTIES, oid: { type: 'string', pattern: LFS_OID_PATTERN } },
+  },
+} as const;
+
+/** parseLfsPut reads `/replicate/lfs/put`'s metadata: the object a replica copies here, and its size. */
+export function parseLfsPut(body: unknown): { repoId: RepoId; incarnation: string; oid: string; size: number } {
+  const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+  const { repo_id: repoId, incarnation, oid, size } = b;
+  if (typeof repoId !== 'string' || typeof incarnation !== 'string' || !/^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/.test(incarnation))
+    throw badRequest('lfs put needs repo_id and incarnation');
+  if (typeof oid !== 'string' || !new RegExp(LFS_OID_PATTERN).test(oid)) throw badRequest('lfs put needs an oid');
+  if (!Number.isSafeInteger(size) || (size as number) < 0) throw badRequest('lfs put needs a size');
+  return { repoId: parseRepoId(repoId), incarnation, oid, size: size as number };
+}
 
 /** PREPARE_CONTENT_TYPE frames a push prepare: `<json length>\n<json>` then the raw pack. */
 export const PREPARE_CONTENT_TYPE = 'application/x-git-replication-prepare';

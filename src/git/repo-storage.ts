@@ -119,9 +119,11 @@ export class ReplicaStorage {
     this.replaced++;
     const target = this.repoPath(repoId);
     await mkdir(dirname(target), { recursive: true });
+    const before = await readIncarnation(target);
     if (await isDir(target)) await this.moveToTrash(target);
     await rename(stagedPath, target);
     await fsyncPath(dirname(target));
+    if (before !== null && before !== (await readIncarnation(target))) await this.gone(before);
   }
 
   /** remove moves a replica to the trash and deletes it there. */
@@ -129,10 +131,22 @@ export class ReplicaStorage {
     this.replaced++;
     const target = this.repoPath(repoId);
     if (await isDir(target)) {
+      const incarnation = await readIncarnation(target);
       const trashed = await this.moveToTrash(target);
       await fsyncPath(dirname(target));
       await rm(trashed, { recursive: true, force: true });
+      if (incarnation !== null) await this.gone(incarnation);
     }
+  }
+
+  /**
+   * onGone is told of an incarnation whose replica left this node (deleted, dropped, or replaced
+   * by another incarnation's): what is kept beside the replica (its LFS objects) goes too.
+   */
+  onGone: ((incarnation: string) => Promise<void>) | null = null;
+
+  private async gone(incarnation: string): Promise<void> {
+    await this.onGone?.(incarnation).catch(() => undefined);
   }
 
   private async moveToTrash(path: string): Promise<string> {

@@ -40,6 +40,8 @@ declare module 'fastify' {
      * leaked token spending its user's writes must not keep the user from revoking it).
      */
     unmetered?: boolean;
+    /** guardsBody: the route reads its (streamed) body itself, with its own guards (an LFS object's upload). */
+    guardsBody?: boolean;
   }
   interface FastifyRequest {
     /** caller is the authenticated client, when the request carried a valid token. */

@@ -14,6 +14,7 @@ import type { WriteRate } from './write-rate.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import type { GitRunner } from '../git/runner.js';
+import type { LfsService } from '../lfs/service.js';
 import type { Metrics } from '../metrics.js';
 import type { RepoActivity } from '../replication/activity.js';
 import type { Coordinator } from '../replication/coordinator.js';
@@ -34,6 +35,8 @@ export interface HttpConfig {
   readonly fsckIgnore: readonly string[];
   /** replicationFactor is R for repos this node creates (for the write-quorum check of /ready). */
   readonly replicationFactor: number;
+  /** maxLfsObjectBytes: the largest Git LFS object an upload may send (413 beyond). */
+  readonly maxLfsObjectBytes: number;
 }
 
 /** GitBodyLimits bound what one git request may send (SECURITY.md). */
@@ -104,4 +107,6 @@ export interface NodeDeps {
   readonly writeRate: WriteRate;
   /** ssh.port is this node's SSH port once its SSH server listens (null: no SSH server). */
   readonly ssh: { port: number | null };
+  /** lfs keeps repositories' Git LFS objects on their replicas (lfs/service.ts). */
+  readonly lfs: LfsService;
 }

@@ -1,9 +1,13 @@
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { AppError, badRequest } from '../domain/errors.js';
+import { AppError, badRequest, notFound } from '../domain/errors.js';
 import {
+  LFS_HAVE_SCHEMA,
+  LFS_OBJECT_SCHEMA,
+  LFS_REF_SCHEMA,
   MAX_META_BYTES,
+  parseLfsPut,
   parsePrepare,
   parseStage,
   parseStageUpload,
@@ -168,6 +172,50 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       await deps.participant.unstage(parseRepoId(req.body.repo_id), req.body.pack_hash);
       return { status: 'unstaged', server_id: deps.nodeId };
     });
+
+    // Git LFS objects between the replicas of a repository (protocol 5): which of these it holds,
+    // all it holds, one's bytes, and a copy to keep. A node that holds no replica of the named
+    // incarnation answers 404 and keeps nothing.
+    peer.post<{ Body: { repo_id: string; incarnation: string; oids: string[] } }>(
+      '/replicate/lfs/have',
+      { config: PEER, schema: LFS_HAVE_SCHEMA },
+      async (req) => {
+        const ref = await deps.lfs.localRef(parseRepoId(req.body.repo_id), req.body.incarnation);
+        return { objects: await deps.lfs.have(ref, req.body.oids), server_id: deps.nodeId };
+      },
+    );
+
+    peer.post<{ Body: { repo_id: string; incarnation: string } }>(
+      '/replicate/lfs/list',
+      { config: PEER, schema: LFS_REF_SCHEMA },
+      async (req) => {
+        const ref = await deps.lfs.localRef(parseRepoId(req.body.repo_id), req.body.incarnation);
+        return { objects: Object.fromEntries(await deps.lfs.list(ref)), server_id: deps.nodeId };
+      },
+    );
+
+    peer.post<{ Body: { repo_id: string; incarnation: string; oid: string } }>(
+      '/replicate/lfs/get',
+      { config: PEER, schema: LFS_OBJECT_SCHEMA },
+      async (req, reply) => {
+        const ref = await deps.lfs.localRef(parseRepoId(req.body.repo_id), req.body.incarnation);
+        const got = await deps.lfs.open(ref, req.body.oid);
+        if (!got) throw notFound(`no LFS object ${req.body.oid} here`);
+        got.body.on('error', () => reply.raw.destroy());
+        return reply.type('application/octet-stream').header('content-length', String(got.size)).send(got.body);
+      },
+    );
+
+    peer.post(
+      '/replicate/lfs/put',
+      { config: PEER },
+      stageRoute(async (meta, content) => {
+        const m = parseLfsPut(meta);
+        const ref = await deps.lfs.localRef(m.repoId, m.incarnation);
+        await deps.lfs.accept(ref, m.oid, m.size, content);
+        return m.oid;
+      }),
+    );
 
     peer.post<{ Body: TxnMessage }>('/replicate/commit', { config: PEER, schema: TXN_SCHEMA }, async (req) => {
       await deps.participant.commit(req.body.transaction_id, { confirm: req.body.coordinator_confirms !== true });

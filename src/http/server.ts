@@ -7,6 +7,7 @@ import { registerAdminRoutes } from './admin-routes.js';
 import { registerBackupRoutes } from './backup-routes.js';
 import { GIT_REQUEST_TYPES, registerGitRoutes } from './git-routes.js';
 import { registerHealthRoutes } from './health-routes.js';
+import { isLfsRoute, LFS_TYPE, registerLfsRoutes } from './lfs-routes.js';
 import { registerReplicateRoutes } from './replicate-routes.js';
 import { registerRepoRoutes } from './repo-routes.js';
 import { registerSshRoutes } from './ssh-routes.js';
@@ -19,7 +20,7 @@ import { registerUserRoutes } from './user-routes.js';
  * the body is read) and which guard their packs themselves.
  */
 function guardedByRoute(req: FastifyRequest): boolean {
-  if (req.routeOptions.config?.access === 'peer') return true;
+  if (req.routeOptions.config?.access === 'peer' || req.routeOptions.config?.guardsBody === true) return true;
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
   return GIT_REQUEST_TYPES.includes(type) && /\/(git-upload-pack|git-receive-pack)$/.test(req.routeOptions.url ?? '');
 }
@@ -103,6 +104,7 @@ export function buildHttpApp(
   registerSshRoutes(app, deps);
   registerReplicateRoutes(app, deps);
   registerGitRoutes(app, deps);
+  registerLfsRoutes(app, deps);
   return app;
 }
 
@@ -126,6 +128,12 @@ function sendError(err: AppError, req: FastifyRequest, reply: FastifyReply): Fas
   // connection, each byte a client trickles keeping it for another keep-alive time.)
   if (err.code === 'ERR_BODY_TIMEOUT' || err.code === 'ERR_BODY_SLOW' || !req.raw.complete) void reply.header('connection', 'close');
   if (isGitRoute(req)) return reply.code(err.statusCode).type('text/plain; charset=utf-8').send(`${err.message}\n`);
+  // git-lfs shows an error answer's `message`.
+  if (isLfsRoute(req))
+    return reply
+      .code(err.statusCode)
+      .type(LFS_TYPE)
+      .send({ ...err.data, message: err.message, code: err.code });
   return reply.code(err.statusCode).send({ ...err.data, error: err.message, code: err.code });
 }
 

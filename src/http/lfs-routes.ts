@@ -1,0 +1,186 @@
+import type { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { authorizeRepo } from '../auth/authorize.js';
+import { appError, badRequest, conflict, notFound } from '../domain/errors.js';
+import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
+import { LFS_OID } from '../lfs/objects.js';
+import { header, refusal } from './access.js';
+import { guardBody, tooLarge } from './body-guards.js';
+import type { NodeDeps } from './deps.js';
+
+/** LFS_TYPE is the media type of the Git LFS batch API's requests and answers. */
+export const LFS_TYPE = 'application/vnd.git-lfs+json';
+
+/** LFS_BATCH_MAX is the most objects one batch request may name (git-lfs sends 100 at a time). */
+export const LFS_BATCH_MAX = 1_000;
+
+/** isLfsRoute says whether a matched route is one of the Git LFS endpoints (their errors are LFS JSON). */
+export function isLfsRoute(req: FastifyRequest): boolean {
+  return /\/info\/lfs\//.test(req.routeOptions.url ?? '');
+}
+
+interface RepoParams {
+  owner: string;
+  repo: string;
+}
+
+interface BatchBody {
+  operation: 'upload' | 'download';
+  transfers?: string[];
+  ref?: { name?: string };
+  objects: Array<{ oid: string; size: number }>;
+  hash_algo?: string;
+}
+
+const BATCH_SCHEMA = {
+  body: {
+    type: 'object',
+    required: ['operation', 'objects'],
+    properties: {
+      operation: { type: 'string', enum: ['upload', 'download'] },
+      transfers: { type: 'array', maxItems: 32, items: { type: 'string', maxLength: 64 } },
+      ref: { type: 'object', properties: { name: { type: 'string', maxLength: 4096 } } },
+      objects: {
+        type: 'array',
+        maxItems: LFS_BATCH_MAX,
+        items: {
+          type: 'object',
+          required: ['oid', 'size'],
+          properties: { oid: { type: 'string', pattern: LFS_OID.source }, size: { type: 'integer', minimum: 0 } },
+        },
+      },
+      hash_algo: { type: 'string', maxLength: 64 },
+    },
+  },
+} as const;
+
+/** HOST is a Host header this node names in the links it gives (a name or address, and a port). */
+const HOST = /^[A-Za-z0-9.-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$/;
+
+/**
+ * registerLfsRoutes adds the Git LFS API (the batch API and the `basic` transfer) under each
+ * repository's git URL, `/<owner>/<repo>.git/info/lfs/`: git-lfs finds it there from the remote's
+ * URL and signs in with the remote's credentials. Reading needs `read` on the repository,
+ * uploading `write`, by the same rules as git. The links a batch answer gives point at this node
+ * (as the client named it) and carry the batch request's own Authorization. File locking is not
+ * served (git-lfs then warns once per push and goes on).
+ */
+export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  void app.register(async (lfs) => {
+    lfs.addContentTypeParser(LFS_TYPE, { parseAs: 'string', bodyLimit: 1024 * 1024 }, (_req, body, done) => {
+      try {
+        done(null, JSON.parse(body as string));
+      } catch {
+        done(badRequest('batch request is not valid JSON'));
+      }
+    });
+    lfs.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+
+    lfs.post<{ Params: RepoParams; Body: BatchBody }>(
+      '/:owner/:repo/info/lfs/objects/batch',
+      { config: { access: { repo: 'read', via: 'git' } }, schema: BATCH_SCHEMA },
+      async (req, reply) => {
+        const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+        const body = req.body;
+        const upload = body.operation === 'upload';
+        // The route let the caller in to read; an upload needs write, decided by the same rules.
+        if (upload) {
+          const { decision } = await authorizeRepo(
+            deps.directory,
+            req.caller?.principal ?? null,
+            req.caller?.token.scope ?? null,
+            repoId,
+            'write',
+          );
+          if (decision !== 'allow') throw refusal(decision, repoId, 'write', 'git');
+        }
+        if (body.transfers !== undefined && !body.transfers.includes('basic'))
+          throw badRequest(`no transfer adapter in common: this server speaks 'basic'`);
+        if (body.hash_algo !== undefined && body.hash_algo !== 'sha256')
+          throw conflict(`hash algorithm '${body.hash_algo.slice(0, 64)}' is not supported: sha256 is`);
+        const t = await deps.lfs.target(repoId, decidedIncarnation(req));
+        const states = await deps.lfs.states(t, body.objects, upload ? t.writeQuorum : 1);
+        const base = `${req.protocol}://${hostOf(req)}/${repoId}.git/info/lfs/objects/`;
+        const auth = header(req, 'authorization');
+        const action = (oid: string): Record<string, unknown> => ({
+          href: `${base}${oid}`,
+          ...(auth ? { header: { Authorization: auth } } : {}),
+          expires_in: 3600,
+        });
+        const objects = states.map((s, i) => {
+          const size = body.objects[i]!.size;
+          if (upload)
+            return s.holders >= t.writeQuorum
+              ? { oid: s.oid, size }
+              : { oid: s.oid, size, authenticated: true, actions: { upload: action(s.oid) } };
+          if (s.size === null) return { oid: s.oid, size, error: { code: 404, message: 'Object does not exist' } };
+          return { oid: s.oid, size: s.size, authenticated: true, actions: { download: action(s.oid) } };
+        });
+        deps.metrics.lfsBatches.inc({ operation: body.operation });
+        return reply.type(LFS_TYPE).send({ transfer: 'basic', objects, hash_algo: 'sha256' });
+      },
+    );
+
+    lfs.get<{ Params: RepoParams & { oid: string } }>(
+      '/:owner/:repo/info/lfs/objects/:oid',
+      { config: { access: { repo: 'read', via: 'git' } } },
+      async (req, reply) => {
+        const { repoId, oid } = objectOf(req);
+        const t = await deps.lfs.target(repoId, decidedIncarnation(req));
+        const gone = new AbortController();
+        reply.raw.on('close', () => gone.abort());
+        const got = await deps.lfs.download(t, oid, gone.signal);
+        if (!got) throw notFound(`LFS object ${oid} does not exist in ${repoId}`);
+        got.body.on('error', () => reply.raw.destroy());
+        deps.metrics.lfsBytes.inc({ direction: 'out' }, got.size);
+        return reply.type('application/octet-stream').header('content-length', String(got.size)).send(got.body);
+      },
+    );
+
+    lfs.put<{ Params: RepoParams & { oid: string } }>(
+      '/:owner/:repo/info/lfs/objects/:oid',
+      { config: { access: { repo: 'write', via: 'git' }, guardsBody: true } },
+      async (req, reply) => {
+        const { repoId, oid } = objectOf(req);
+        const type = (header(req, 'content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+        if (type !== 'application/octet-stream') throw appError('ERR_CONTENT_TYPE', ['an LFS object is sent as application/octet-stream']);
+        const length = header(req, 'content-length');
+        if (length === undefined || !/^\d{1,16}$/.test(length)) throw badRequest('an LFS object upload needs its Content-Length');
+        const size = Number(length);
+        const max = deps.config.maxLfsObjectBytes;
+        if (size > max) throw tooLarge(`LFS object of ${size} bytes is larger than the limit of ${max} bytes (--max-lfs-object-size)`);
+        const limits = deps.config.limits;
+        const body = guardBody(
+          req.body as Readable,
+          header(req, 'content-encoding'),
+          { idleMs: limits.bodyIdleMs, maxBytes: max, maxInflateRatio: limits.maxInflateRatio },
+          'LFS object',
+        );
+        const t = await deps.lfs.target(repoId, decidedIncarnation(req));
+        await deps.lfs.upload(t, oid, size, body);
+        deps.metrics.lfsBytes.inc({ direction: 'in' }, size);
+        return reply.type(LFS_TYPE).send({});
+      },
+    );
+  });
+}
+
+/** decidedIncarnation is the incarnation the route's access was decided on (null: none read, a cluster admin's). */
+function decidedIncarnation(req: FastifyRequest): string | null {
+  return req.repoDecided?.incarnation ?? null;
+}
+
+/** objectOf reads an object route's repository and oid. */
+function objectOf(req: FastifyRequest<{ Params: RepoParams & { oid: string } }>): { repoId: RepoId; oid: string } {
+  const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+  const oid = req.params.oid;
+  if (!LFS_OID.test(oid)) throw badRequest(`'${oid.slice(0, 80)}' is not an LFS object id (64 lower-case hex digits)`);
+  return { repoId, oid };
+}
+
+/** hostOf is the Host the client named (the links point back at it); 400 for one that is not a host name. */
+function hostOf(req: FastifyRequest): string {
+  const host = req.host;
+  if (!HOST.test(host)) throw badRequest('the Host header must name a host');
+  return host;
+}

@@ -1,0 +1,166 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream, type ReadStream } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { badRequest } from '../domain/errors.js';
+import { fsyncPath } from '../git/repo-storage.js';
+import { tooLarge } from '../http/body-guards.js';
+
+/** LFS_OID is a Git LFS object id: the SHA-256 of the object's content, in lower-case hex. */
+export const LFS_OID = /^[0-9a-f]{64}$/;
+
+/** DEFAULT_MAX_LFS_OBJECT_BYTES is `--max-lfs-object-size`'s default (config.ts): 5 GiB. */
+export const DEFAULT_MAX_LFS_OBJECT_BYTES = 5 * 1024 * 1024 * 1024;
+
+/** INCARNATION is what a replica's incarnation id looks like (a UUID): it names a directory here. */
+const INCARNATION = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
+
+/** Received is an object written to a temporary file, its content checked against its oid and size. */
+export interface Received {
+  readonly path: string;
+  readonly size: number;
+}
+
+/**
+ * LfsObjects keeps a node's Git LFS objects: `<dataDir>/lfs/<incarnation>/<oid[0:2]>/<oid[2:4]>/<oid>`,
+ * one directory per incarnation of a repository (a repository deleted and created again starts
+ * with none of the old one's objects, and a replica copied whole by repair keeps its objects).
+ * An object is written to `lfs/tmp`, its SHA-256 and size checked as it arrives, fsynced, and
+ * renamed into place (its directories fsynced): once `receive` or `install` returns, it survives
+ * a crash, and a reader never sees a partial object.
+ */
+export class LfsObjects {
+  readonly dir: string;
+  readonly tmpDir: string;
+
+  constructor(dataDir: string) {
+    this.dir = join(dataDir, 'lfs');
+    this.tmpDir = join(this.dir, 'tmp');
+  }
+
+  /** init makes the directories and drops temporary files a stopped node left. */
+  async init(): Promise<void> {
+    await rm(this.tmpDir, { recursive: true, force: true });
+    await mkdir(this.tmpDir, { recursive: true });
+  }
+
+  /** path is where an object of an incarnation lives. */
+  path(incarnation: string, oid: string): string {
+    checkIds(incarnation, oid);
+    return join(this.dir, incarnation, oid.slice(0, 2), oid.slice(2, 4), oid);
+  }
+
+  /** sizeOf is an object's size, or null when this node does not hold it. */
+  async sizeOf(incarnation: string, oid: string): Promise<number | null> {
+    try {
+      const s = await stat(this.path(incarnation, oid));
+      return s.isFile() ? s.size : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** open reads an object held here. */
+  open(incarnation: string, oid: string): ReadStream {
+    return createReadStream(this.path(incarnation, oid), { highWaterMark: 256 * 1024 });
+  }
+
+  /**
+   * receive reads an object's content from `body` into a temporary file, checking it is exactly
+   * `size` bytes (413 past `maxBytes`) whose SHA-256 is `oid` (400 otherwise), and fsyncs it.
+   * The caller installs it (install) or drops it (discard).
+   */
+  async receive(oid: string, size: number, body: Readable, maxBytes: number): Promise<Received> {
+    if (!LFS_OID.test(oid)) throw badRequest(`'${oid.slice(0, 80)}' is not an LFS object id (64 lower-case hex digits)`);
+    if (size > maxBytes) throw tooLarge(`LFS object of ${size} bytes is larger than the limit of ${maxBytes} bytes`);
+    const path = join(this.tmpDir, randomUUID());
+    const file = await open(path, 'wx', 0o600);
+    const hash = createHash('sha256');
+    let written = 0;
+    try {
+      for await (const chunk of body) {
+        const buf = chunk as Buffer;
+        written += buf.length;
+        if (written > size) throw badRequest(`LFS object ${oid} is longer than its size, ${size} bytes`);
+        hash.update(buf);
+        await file.write(buf);
+      }
+      if (written !== size) throw badRequest(`LFS object ${oid} is ${written} bytes, not its size, ${size}`);
+      if (hash.digest('hex') !== oid) throw badRequest(`LFS object's content does not match its oid ${oid}`);
+      await file.sync();
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      await unlink(path).catch(() => undefined);
+      throw err;
+    }
+    await file.close();
+    return { path, size };
+  }
+
+  /** install moves a received object into place for `incarnation`, durably (its directories fsynced). */
+  async install(incarnation: string, oid: string, received: Received): Promise<void> {
+    const target = this.path(incarnation, oid);
+    const dirs = [
+      join(this.dir, incarnation),
+      join(this.dir, incarnation, oid.slice(0, 2)),
+      join(this.dir, incarnation, oid.slice(0, 2), oid.slice(2, 4)),
+    ];
+    const made = await mkdir(dirs[2]!, { recursive: true });
+    await rename(received.path, target);
+    await fsyncPath(dirs[2]!);
+    // A directory made for it is an entry in the one above, and so on up to `lfs/`.
+    if (made !== undefined) for (const d of [dirs[1]!, dirs[0]!, this.dir]) await fsyncPath(d);
+  }
+
+  /** discard removes a received object that will not be installed. */
+  async discard(received: Received): Promise<void> {
+    await unlink(received.path).catch(() => undefined);
+  }
+
+  /** list names every object held for an incarnation, with its size. */
+  async list(incarnation: string): Promise<Map<string, number>> {
+    checkIds(incarnation, null);
+    const out = new Map<string, number>();
+    const base = join(this.dir, incarnation);
+    for (const a of await names(base))
+      for (const b of await names(join(base, a)))
+        for (const oid of await names(join(base, a, b))) {
+          if (!LFS_OID.test(oid)) continue;
+          const size = await this.sizeOf(incarnation, oid);
+          if (size !== null) out.set(oid, size);
+        }
+    return out;
+  }
+
+  /** incarnations names the incarnations this node holds objects of. */
+  async incarnations(): Promise<string[]> {
+    return (await names(this.dir)).filter((n) => n !== 'tmp' && INCARNATION.test(n));
+  }
+
+  /** removeIncarnation deletes every object of an incarnation (its repository was deleted here, or its replica went). */
+  async removeIncarnation(incarnation: string): Promise<void> {
+    checkIds(incarnation, null);
+    const base = join(this.dir, incarnation);
+    const trashed = join(this.tmpDir, `gone-${randomUUID()}`);
+    try {
+      await rename(base, trashed);
+    } catch {
+      return;
+    }
+    await rm(trashed, { recursive: true, force: true });
+  }
+}
+
+function checkIds(incarnation: string, oid: string | null): void {
+  if (!INCARNATION.test(incarnation)) throw badRequest('bad incarnation id');
+  if (oid !== null && !LFS_OID.test(oid)) throw badRequest(`'${oid.slice(0, 80)}' is not an LFS object id (64 lower-case hex digits)`);
+}
+
+async function names(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,338 @@
+import { createReadStream } from 'node:fs';
+import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
+import type { Membership } from '../cluster/membership.js';
+import type { LfsRef, PeerClient } from '../cluster/peer-client.js';
+import { LFS_PROTOCOL } from '../cluster/protocol.js';
+import { errorMessage, notFound, unavailable } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import { chain } from '../http/body-guards.js';
+import { PackTee } from '../replication/pack-tee.js';
+import type { ClusterStore } from '../store/types.js';
+import { LFS_OID, type LfsObjects, type Received } from './objects.js';
+
+/** LFS_FLAG_PREFIX keys the store's note that a repository holds LFS objects (`lfs/<repo id>` = its incarnation): what LfsSync walks. */
+export const LFS_FLAG_PREFIX = 'lfs/';
+
+/**
+ * HAVE_TIMEOUT_MS bounds a batch's question to another replica: one that does not answer (frozen,
+ * cut off, not yet out of the membership) counts as holding nothing, and the client uploads again.
+ */
+const HAVE_TIMEOUT_MS = 2_000;
+
+/** LfsTarget is a repository's incarnation and replica set as the store holds them, with its write quorum. */
+export interface LfsTarget extends LfsRef {
+  readonly replicas: readonly string[];
+  readonly writeQuorum: number;
+  /** local: this node holds a replica of this incarnation (it keeps the objects too). */
+  readonly local: boolean;
+}
+
+/** ObjectState is what a batch answers for one object: held (by how many replicas, of what size) or not. */
+export interface ObjectState {
+  readonly oid: string;
+  /** holders: replicas of the set holding it with the size asked for. */
+  readonly holders: number;
+  /** size: the size a holder has it at (null: nobody holds it). */
+  readonly size: number | null;
+}
+
+/** LfsDeps is what the LFS service uses of the node. */
+export interface LfsDeps {
+  readonly nodeId: string;
+  readonly store: ClusterStore;
+  readonly storage: ReplicaStorage;
+  readonly objects: LfsObjects;
+  readonly membership: Membership;
+  readonly peers: PeerClient;
+  readonly logger: Logger;
+  readonly writeQuorumFor: (replicas: number) => number;
+  /** diskShortage says why the data dir takes no writes, or null; freeBytes is the last reading of its free space. */
+  readonly diskShortage: () => string | null;
+  readonly freeBytes: () => number | null;
+  readonly minFreeBytes: number;
+  /** maxObjectBytes: the largest object an upload may be (413 beyond). */
+  readonly maxObjectBytes: number;
+  /** timeoutMs bounds a copy to or read from a replica that makes no progress. */
+  readonly timeoutMs: number;
+}
+
+/**
+ * LfsService keeps a repository's Git LFS objects on its replicas, as git's objects are: an
+ * upload is answered once W replicas of the set hold it on disk (fsynced, content checked against
+ * the oid by each), a download is served by any replica that holds it, and a replica that lacks
+ * one (it missed the upload, or it is new) gets it on the next read through it or from LfsSync.
+ * The upload's bytes go to the other replicas while the client sends them (PackTee: a replica
+ * slower than the client is dropped and sent the object from this node's copy afterwards).
+ */
+export class LfsService {
+  /** flagged are the incarnations this node has noted in the store (LFS_FLAG_PREFIX) since it started. */
+  private readonly flagged = new Set<string>();
+
+  constructor(private readonly deps: LfsDeps) {}
+
+  /**
+   * target reads the repository's incarnation and replica set from the store: 404 when it does not
+   * exist, or is no longer the incarnation the caller's access was decided on (`decided`).
+   */
+  async target(repoId: string, decided: string | null): Promise<LfsTarget> {
+    const state = await this.deps.store.getRepoState(repoId);
+    if (!state || (decided !== null && state.repo.incarnation !== decided)) throw notFound(`repository ${repoId} not found`);
+    const { incarnation, replicas } = state.repo;
+    const local = replicas.includes(this.deps.nodeId) && (await this.deps.storage.incarnationOf(repoId)) === incarnation;
+    return { repoId, incarnation, replicas, writeQuorum: this.deps.writeQuorumFor(replicas.length), local };
+  }
+
+  /** others are the replicas of the set but this node that can be asked now (live, speaking LFS_PROTOCOL), live ones first. */
+  private others(t: LfsTarget): string[] {
+    const { membership, peers, nodeId } = this.deps;
+    return t.replicas.filter((n) => n !== nodeId && membership.isLive(n) && peers.speaks(membership.target(n), LFS_PROTOCOL));
+  }
+
+  /**
+   * states says, for each object, how many replicas of the set hold it at its size: this node's
+   * own disk, then one `have` call to each other replica, made only when this node alone cannot
+   * settle the answer (`enough` holders: W for an upload, 1 for a download).
+   */
+  async states(t: LfsTarget, wanted: ReadonlyArray<{ oid: string; size: number }>, enough: number): Promise<ObjectState[]> {
+    const own = new Map<string, number | null>();
+    for (const o of wanted) own.set(o.oid, t.local ? await this.deps.objects.sizeOf(t.incarnation, o.oid) : null);
+    const short = wanted.filter((o) => (own.get(o.oid) === o.size ? 1 : 0) < enough).map((o) => o.oid);
+    const answers =
+      short.length === 0
+        ? []
+        : await Promise.all(
+            this.others(t).map((n) =>
+              this.deps.peers.lfsHave(
+                this.deps.membership.target(n)!,
+                { repoId: t.repoId, incarnation: t.incarnation, oids: [...new Set(short)] },
+                HAVE_TIMEOUT_MS,
+              ),
+            ),
+          );
+    return wanted.map((o) => {
+      const held = [own.get(o.oid) ?? null, ...answers.map((a) => a?.get(o.oid) ?? null)].filter((s): s is number => s !== null);
+      return { oid: o.oid, holders: held.filter((s) => s === o.size).length, size: held.find((s) => s === o.size) ?? held[0] ?? null };
+    });
+  }
+
+  /**
+   * upload stores an object on the repository's replicas from `body` (exactly `size` bytes whose
+   * SHA-256 is `oid`) and resolves once W of them hold it; 503 if fewer could (those that took it
+   * keep it: an upload tried again finds them). The copies still under way then go on.
+   */
+  async upload(t: LfsTarget, oid: string, size: number, body: Readable): Promise<{ stored: number }> {
+    this.roomFor(size);
+    const meta = { repoId: t.repoId, incarnation: t.incarnation, oid, size };
+    const others = this.others(t);
+    const { peers, membership, objects, logger } = this.deps;
+    const tee = new PackTee(
+      others,
+      async (node, stream) => {
+        const answer = await peers.lfsPut(membership.target(node)!, meta, stream, this.deps.timeoutMs);
+        if (!answer.ok)
+          logger.info({ peer: node, repoId: t.repoId, oid, reason: answer.message }, 'LFS object not copied during the upload');
+        return answer.ok ? 'stored' : null;
+      },
+      { maxBytes: size },
+    );
+    // The copies start with the first byte: an empty object has none.
+    tee.write(Buffer.alloc(0));
+    let received: Received;
+    try {
+      received = await objects.receive(oid, size, chain(body, new TeeTap(tee)), this.deps.maxObjectBytes);
+    } catch (err) {
+      tee.abort(err instanceof Error ? err : new Error(String(err)));
+      throw err;
+    }
+    let source = received.path;
+    if (t.local) {
+      await objects.install(t.incarnation, oid, received);
+      source = objects.path(t.incarnation, oid);
+    }
+    // A replica the copy did not reach (dropped, refused, unreachable) is sent this node's copy.
+    const attempts = others.map(async (node) => {
+      if ((await (tee.results.get(node) ?? null)) !== null) return true;
+      const target = membership.target(node);
+      if (!target) return false;
+      const answer = await peers.lfsPut(target, meta, createReadStream(source, { highWaterMark: 256 * 1024 }), this.deps.timeoutMs);
+      if (!answer.ok) logger.warn({ peer: node, repoId: t.repoId, oid, reason: answer.message }, 'LFS object not copied to a replica');
+      return answer.ok;
+    });
+    const stored = await atLeast(t.local ? 1 : 0, attempts, t.writeQuorum);
+    void Promise.allSettled(attempts).then(() => (t.local ? undefined : objects.discard(received)));
+    if (stored < t.writeQuorum)
+      throw unavailable(`LFS object ${oid} is on ${stored} of ${t.replicas.length} replicas, ${t.writeQuorum} required: try again`, {
+        retryAfter: 1,
+      });
+    await this.flag(t);
+    return { stored };
+  }
+
+  /**
+   * download opens an object of the repository: this node's copy, or a replica's (the first that
+   * holds it), which this node, when it is a replica, keeps as it passes (it had missed it). Null
+   * when no replica that can be asked holds it.
+   */
+  async download(t: LfsTarget, oid: string, signal: AbortSignal): Promise<{ size: number; body: Readable } | null> {
+    const { objects, peers, membership } = this.deps;
+    if (t.local) {
+      const size = await objects.sizeOf(t.incarnation, oid);
+      if (size !== null) return { size, body: objects.open(t.incarnation, oid) };
+    }
+    for (const node of shuffle(this.others(t))) {
+      const got = await peers.lfsGet(
+        membership.target(node)!,
+        { repoId: t.repoId, incarnation: t.incarnation, oid },
+        this.deps.timeoutMs,
+        signal,
+      );
+      if (!got) continue;
+      if (!t.local || this.deps.diskShortage() !== null) return got;
+      const out = new PassThrough({ highWaterMark: 256 * 1024 });
+      const copy = new PassThrough({ highWaterMark: 256 * 1024 });
+      copy.on('error', () => undefined);
+      got.body.on('error', (err) => {
+        out.destroy(err);
+        copy.destroy(err);
+      });
+      got.body.pipe(out);
+      got.body.pipe(copy);
+      void this.keep(t, oid, got.size, copy);
+      return { size: got.size, body: out };
+    }
+    return null;
+  }
+
+  /** keep stores an object read from a peer on this replica; a failure leaves it to the next read or LfsSync. */
+  private async keep(t: LfsRef, oid: string, size: number, content: Readable): Promise<void> {
+    try {
+      const received = await this.deps.objects.receive(oid, size, content, Number.MAX_SAFE_INTEGER);
+      await this.deps.objects.install(t.incarnation, oid, received);
+    } catch (err) {
+      this.deps.logger.info({ repoId: t.repoId, oid, err: errorMessage(err) }, 'LFS object read from a peer not kept');
+    }
+  }
+
+  /** fetch copies an object this replica lacks from a replica that has it (LfsSync); says whether it did. */
+  async fetch(t: LfsTarget, oid: string, from: string): Promise<boolean> {
+    const target = this.deps.membership.target(from);
+    if (!target || this.deps.diskShortage() !== null) return false;
+    const got = await this.deps.peers.lfsGet(target, { repoId: t.repoId, incarnation: t.incarnation, oid }, this.deps.timeoutMs);
+    if (!got) return false;
+    try {
+      this.roomFor(got.size);
+      const received = await this.deps.objects.receive(oid, got.size, got.body, Number.MAX_SAFE_INTEGER);
+      await this.deps.objects.install(t.incarnation, oid, received);
+      return true;
+    } catch (err) {
+      got.body.destroy();
+      this.deps.logger.info({ repoId: t.repoId, oid, from, err: errorMessage(err) }, 'LFS object not fetched from a replica');
+      return false;
+    }
+  }
+
+  /** roomFor refuses (503) an object the data dir has no room for (its size above the free-space reserve). */
+  private roomFor(size: number): void {
+    const shortage = this.deps.diskShortage();
+    const free = this.deps.freeBytes();
+    if (shortage !== null) throw unavailable(`${this.deps.nodeId}: ${shortage}`);
+    if (free !== null && free - size < this.deps.minFreeBytes)
+      throw unavailable(`${this.deps.nodeId}: no room for an LFS object of ${size} bytes under the data dir`);
+  }
+
+  /** flag notes in the store, once per incarnation and node start, that the repository holds LFS objects (LfsSync walks those). */
+  private async flag(t: LfsRef): Promise<void> {
+    if (this.flagged.has(t.incarnation)) return;
+    await this.deps.store.setMeta(`${LFS_FLAG_PREFIX}${t.repoId}`, t.incarnation);
+    this.flagged.add(t.incarnation);
+  }
+
+  // The participant's side: calls from the replica set's other members.
+
+  /** localRef checks that this node holds a replica of the named incarnation (404 otherwise: it keeps no objects for it). */
+  async localRef(repoId: string, incarnation: string): Promise<LfsRef> {
+    if ((await this.deps.storage.incarnationOf(repoId)) !== incarnation) throw notFound(`no replica of ${repoId} at that incarnation here`);
+    return { repoId, incarnation };
+  }
+
+  /** have answers which of `oids` this replica holds: oid → size. */
+  async have(ref: LfsRef, oids: readonly string[]): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const oid of oids) {
+      if (!LFS_OID.test(oid)) continue;
+      const size = await this.deps.objects.sizeOf(ref.incarnation, oid);
+      if (size !== null) out[oid] = size;
+    }
+    return out;
+  }
+
+  /** list names every object this replica holds: oid → size. */
+  list(ref: LfsRef): Promise<Map<string, number>> {
+    return this.deps.objects.list(ref.incarnation);
+  }
+
+  /** open reads an object this replica holds (null: not held). */
+  async open(ref: LfsRef, oid: string): Promise<{ size: number; body: Readable } | null> {
+    const size = await this.deps.objects.sizeOf(ref.incarnation, oid);
+    return size === null ? null : { size, body: this.deps.objects.open(ref.incarnation, oid) };
+  }
+
+  /** accept stores an object a replica copies here (lfsPut); one held already is not written again. */
+  async accept(ref: LfsRef, oid: string, size: number, body: Readable): Promise<void> {
+    if ((await this.deps.objects.sizeOf(ref.incarnation, oid)) === size) {
+      body.resume();
+      return;
+    }
+    this.roomFor(size);
+    const received = await this.deps.objects.receive(oid, size, body, this.deps.maxObjectBytes);
+    await this.deps.objects.install(ref.incarnation, oid, received);
+  }
+}
+
+/** TeeTap hands an upload's bytes to a PackTee as they pass. */
+class TeeTap extends Transform {
+  constructor(private readonly tee: PackTee) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.tee.write(chunk);
+    cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.tee.end();
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (error: Error | null) => void): void {
+    this.tee.abort(err ?? new Error('upload ended early'));
+    cb(err);
+  }
+}
+
+/** atLeast resolves once `start` plus the attempts that succeeded reach `want`, or once every attempt settled: with that count. */
+function atLeast(start: number, attempts: ReadonlyArray<Promise<boolean>>, want: number): Promise<number> {
+  return new Promise((resolve) => {
+    let ok = start;
+    let left = attempts.length;
+    if (ok >= want || left === 0) resolve(ok);
+    for (const a of attempts)
+      void a
+        .catch(() => false)
+        .then((done) => {
+          ok += done ? 1 : 0;
+          left--;
+          if (ok >= want || left === 0) resolve(ok);
+        });
+  });
+}
+
+function shuffle<T>(xs: T[]): T[] {
+  for (let i = xs.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [xs[i], xs[j]] = [xs[j]!, xs[i]!];
+  }
+  return xs;
+}

@@ -1,0 +1,94 @@
+import { errorMessage } from '../domain/errors.js';
+import type { Logger } from '../domain/logger.js';
+import type { ReplicaStorage } from '../git/repo-storage.js';
+import type { ClusterStore } from '../store/types.js';
+import type { Membership } from '../cluster/membership.js';
+import type { PeerClient } from '../cluster/peer-client.js';
+import { LFS_FLAG_PREFIX, type LfsService } from './service.js';
+
+/** LfsSyncDeps is what LfsSync uses of the node. */
+export interface LfsSyncDeps {
+  readonly nodeId: string;
+  readonly store: ClusterStore;
+  readonly storage: ReplicaStorage;
+  readonly membership: Membership;
+  readonly peers: PeerClient;
+  readonly lfs: LfsService;
+  readonly logger: Logger;
+  /** onFetched counts an object fetched. */
+  readonly onFetched: () => void;
+}
+
+/**
+ * LfsSync brings the LFS objects of this node's replicas level with the other replicas': a
+ * replica that missed an upload (down, cut off, or too slow for it) or that is new (placed here
+ * by re-replication or a rebalance, its git data copied by repair) fetches what another replica
+ * of its set holds and it lacks. It walks the repositories the store notes as holding LFS
+ * objects (LFS_FLAG_PREFIX) whose replica of that incarnation is on this node, one after
+ * another, one object at a time: a pass after the start, then every `everyMs`. Reads through a
+ * replica that lacks an object get it sooner (LfsService.download keeps what it passes on).
+ */
+export class LfsSync {
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private stopped = false;
+
+  constructor(private readonly deps: LfsSyncDeps) {}
+
+  /** start runs a first pass after `firstMs`, then one every `everyMs`. */
+  start(everyMs: number, firstMs = Math.min(everyMs, 15_000)): void {
+    const tick = (delay: number): void => {
+      this.timer = setTimeout(() => {
+        this.running = this.pass()
+          .then(
+            () => undefined,
+            (err: unknown) => this.deps.logger.warn({ err: errorMessage(err) }, 'LFS sync pass failed'),
+          )
+          .finally(() => {
+            this.running = null;
+            if (!this.stopped) tick(everyMs);
+          });
+      }, delay);
+      this.timer.unref();
+    };
+    tick(firstMs);
+  }
+
+  /** stop ends the passes (one under way stops after its object); resolves once it did. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+  }
+
+  /** pass syncs every noted repository this node holds a replica of; resolves with the objects fetched. */
+  async pass(): Promise<number> {
+    const { store, storage, lfs, membership, peers } = this.deps;
+    let fetched = 0;
+    for (const { key, value: incarnation } of await store.listMeta(LFS_FLAG_PREFIX)) {
+      if (this.stopped) break;
+      const repoId = key.slice(LFS_FLAG_PREFIX.length);
+      if ((await storage.incarnationOf(repoId).catch(() => null)) !== incarnation) continue;
+      const t = await lfs.target(repoId, incarnation).catch(() => null);
+      if (!t?.local) continue;
+      const own = await lfs.list(t);
+      for (const node of t.replicas) {
+        if (node === this.deps.nodeId || !membership.isLive(node)) continue;
+        const target = membership.target(node);
+        const theirs = target ? await peers.lfsList(target, t) : null;
+        if (!theirs) continue;
+        for (const [oid, size] of theirs) {
+          if (this.stopped) return fetched;
+          if (own.get(oid) === size) continue;
+          if (await lfs.fetch(t, oid, node)) {
+            own.set(oid, size);
+            fetched++;
+            this.deps.onFetched();
+          }
+        }
+      }
+    }
+    if (fetched > 0) this.deps.logger.info({ fetched }, 'LFS objects fetched from other replicas');
+    return fetched;
+  }
+}

@@ -1,0 +1,265 @@
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
+import { git, gitOk, tempDir } from '../helpers/git.js';
+
+/**
+ * Git LFS through the real git-lfs client: objects pushed through one node are on every replica,
+ * a clone through another gets them, a replica that missed an upload gets it back, and the
+ * batch and object endpoints hold to the repository's permissions and refuse bad objects.
+ */
+
+function gitLfsMissing(): string | null {
+  try {
+    execFileSync('git-lfs', ['version'], { stdio: 'ignore' });
+    return null;
+  } catch {
+    return 'git-lfs is not installed (Debian: apt-get install git-lfs)';
+  }
+}
+const NO_LFS = gitLfsMissing();
+if (NO_LFS) console.warn(`lfs.test skipped: ${NO_LFS}`);
+
+const LFS_TYPE = 'application/vnd.git-lfs+json';
+
+/** lfsObjects lists the LFS objects a node holds (any repository): oid → size. */
+function lfsObjects(dataDir: string): Map<string, number> {
+  const out = new Map<string, number>();
+  const walk = (dir: string): void => {
+    if (!existsSync(dir)) return;
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.name === 'tmp') continue;
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (/^[0-9a-f]{64}$/.test(e.name)) out.set(e.name, statSync(p).size);
+    }
+  };
+  walk(join(dataDir, 'lfs'));
+  return out;
+}
+
+/** BatchAnswer is what the tests read of a batch answer. */
+interface BatchAnswer {
+  transfer: string;
+  objects: Array<{
+    oid: string;
+    actions?: Record<string, { href: string; header?: Record<string, string> }>;
+    error?: { code: number };
+  }>;
+}
+
+/** answer parses a JSON answer's text. */
+function answer<T = { message: string }>(text: string): T {
+  return JSON.parse(text) as T;
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
+  let c: TestCluster;
+  let admin = '';
+  let writer = '';
+  let reader = '';
+  let env: NodeJS.ProcessEnv = {};
+  let work = '';
+  const repo = 'media/assets';
+
+  function url(node: number, token: string | null): string {
+    const u = new URL(`${c.url(node)}/${repo}.git`);
+    if (token) {
+      u.username = 'x';
+      u.password = token;
+    }
+    return u.toString();
+  }
+
+  async function call(node: number, method: string, path: string, token: string | null, body?: Buffer | string, type = LFS_TYPE) {
+    const res = await fetch(`${c.url(node)}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': type } : {}) },
+      body,
+    });
+    const text = await res.text();
+    return { status: res.status, headers: res.headers, text };
+  }
+
+  function batch(node: number, token: string | null, operation: string, objects: Array<{ oid: string; size: number }>) {
+    return call(node, 'POST', `/${repo}.git/info/lfs/objects/batch`, token, JSON.stringify({ operation, transfers: ['basic'], objects }));
+  }
+
+  async function commitBlob(name: string, content: Buffer): Promise<string> {
+    await writeFile(join(work, name), content);
+    await gitOk(['add', name], { cwd: work, env });
+    await gitOk(['commit', '-q', '-m', name], { cwd: work, env });
+    return sha256(content);
+  }
+
+  beforeAll(async () => {
+    // Node 2 never syncs (only a read through it brings it an object it lacks); the others every second.
+    c = await TestCluster.start({
+      nodes: 3,
+      env: { AUTH: 'tokens', LFS_SYNC_INTERVAL_MS: '1000' },
+      nodeEnv: { 'node-2': { LFS_SYNC_INTERVAL_MS: '0' } },
+    });
+    admin = await c.adminToken();
+    c.authToken = admin;
+    for (const u of ['wendy', 'rita']) expect((await c.api(1, 'POST', '/users', { name: u })).status).toBe(201);
+    expect((await c.api(1, 'POST', '/orgs', { name: 'media' })).status).toBe(201);
+    expect((await c.api(1, 'POST', '/repos', { repo_id: repo })).status).toBe(201);
+    expect((await c.api(1, 'PUT', `/repos/${repo}/grants/user:wendy`, { role: 'write' })).status).toBe(200);
+    expect((await c.api(1, 'PUT', `/repos/${repo}/grants/user:rita`, { role: 'read' })).status).toBe(200);
+    writer = (await c.api(1, 'POST', '/tokens', { name: 'w', scope: 'write', user: 'wendy' })).json.token as string;
+    reader = (await c.api(1, 'POST', '/tokens', { name: 'r', scope: 'read', user: 'rita' })).json.token as string;
+    // A client set up as git-lfs's users have it: the filters in the global config, the hooks in the work tree.
+    const home = await tempDir('gitrep-lfs-home-');
+    const global = join(home, 'gitconfig');
+    await writeFile(global, '');
+    env = { HOME: home, GIT_CONFIG_GLOBAL: global };
+    await gitOk(['lfs', 'install', '--skip-repo'], { env });
+    work = await tempDir('gitrep-lfs-work-');
+    await gitOk(['init', '-q', '-b', 'main', work], { env });
+    await gitOk(['lfs', 'install', '--local'], { cwd: work, env });
+    await gitOk(['lfs', 'track', '*.bin'], { cwd: work, env });
+    await gitOk(['add', '.gitattributes'], { cwd: work, env });
+    await gitOk(['commit', '-q', '-m', 'track'], { cwd: work, env });
+  });
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('a push through one node stores the objects on every replica; a clone through another gets them', async () => {
+    const big = randomBytes(3 * 1024 * 1024 + 17);
+    const small = randomBytes(100);
+    const bigOid = await commitBlob('big.bin', big);
+    const smallOid = await commitBlob('small.bin', small);
+    await gitOk(['push', '-q', url(1, writer), 'main'], { cwd: work, env });
+    // Answered once W (2) held them; the third has it at once or shortly after.
+    await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).get(bigOid) === big.length), 10_000, 'the object on every node');
+    for (const n of c.nodes) expect(lfsObjects(n.dataDir).get(smallOid)).toBe(100);
+    const clone = join(await tempDir('gitrep-lfs-clone-'), 'c');
+    await gitOk(['clone', '-q', url(2, reader), clone], { env });
+    expect((await readFile(join(clone, 'big.bin'))).equals(big)).toBe(true);
+    expect((await readFile(join(clone, 'small.bin'))).equals(small)).toBe(true);
+    // What git holds is the pointer, not the content.
+    const pointer = await gitOk(['show', 'HEAD:small.bin'], { cwd: work, env });
+    expect(pointer).toContain(`oid sha256:${smallOid}`);
+  });
+
+  it('a replica frozen during an upload gets the object from the others, without a read', async () => {
+    c.pause(3);
+    let oid = '';
+    try {
+      const content = randomBytes(200_000);
+      oid = await commitBlob('frozen.bin', content);
+      const r = await git(['push', '-q', url(1, writer), 'main'], { cwd: work, env, timeoutMs: 90_000 });
+      expect(r.code, r.stderr).toBe(0);
+      expect(lfsObjects(c.node(1).dataDir).get(oid)).toBe(200_000);
+      expect(lfsObjects(c.node(2).dataDir).get(oid)).toBe(200_000);
+      expect(lfsObjects(c.node(3).dataDir).has(oid)).toBe(false);
+    } finally {
+      c.resume(3);
+    }
+    // LfsSync (every second here) fetches it; nobody reads it through node 3.
+    await waitFor(() => lfsObjects(c.node(3).dataDir).get(oid) === 200_000, 30_000, 'node 3 to fetch the object it missed');
+  });
+
+  it('a read through a replica that lacks an object serves it from another and keeps it', async () => {
+    // Node 2 (which does not sync) loses an object, as a disk might; the next read through it still gets it.
+    const content = randomBytes(50_000);
+    const oid = await commitBlob('lost.bin', content);
+    await gitOk(['push', '-q', url(1, writer), 'main'], { cwd: work, env });
+    await waitFor(() => lfsObjects(c.node(2).dataDir).has(oid), 10_000, 'node 2 to hold the object');
+    const incarnations = readdirSync(join(c.node(2).dataDir, 'lfs')).filter((d) => d !== 'tmp');
+    for (const inc of incarnations) await rm(join(c.node(2).dataDir, 'lfs', inc, oid.slice(0, 2), oid.slice(2, 4), oid), { force: true });
+    expect(lfsObjects(c.node(2).dataDir).has(oid)).toBe(false);
+    const got = await fetch(`${c.url(2)}/${repo}.git/info/lfs/objects/${oid}`, { headers: { authorization: `Bearer ${reader}` } });
+    expect(got.status).toBe(200);
+    expect(sha256(Buffer.from(await got.arrayBuffer()))).toBe(oid);
+    await waitFor(() => lfsObjects(c.node(2).dataDir).get(oid) === 50_000, 10_000, 'node 2 to keep the object it served');
+  });
+
+  it('holds to the repository permissions: 401 without credentials, 403 to upload with read, 404 to others', async () => {
+    const objects = [{ oid: sha256(Buffer.from('x')), size: 1 }];
+    const anon = await batch(2, null, 'download', objects);
+    expect(anon.status).toBe(401);
+    expect(anon.headers.get('www-authenticate')).toMatch(/^Basic/);
+    expect(answer(anon.text).message).toMatch(/authentication required/);
+    expect((await batch(2, reader, 'upload', objects)).status).toBe(403);
+    expect((await batch(2, reader, 'download', objects)).status).toBe(200);
+    expect(
+      (await call(3, 'PUT', `/${repo}.git/info/lfs/objects/${objects[0]!.oid}`, reader, Buffer.from('x'), 'application/octet-stream'))
+        .status,
+    ).toBe(403);
+    const stranger = (await c.api(1, 'POST', '/users', { name: 'sam' })).status;
+    expect(stranger).toBe(201);
+    const sam = (await c.api(1, 'POST', '/tokens', { name: 's', scope: 'write', user: 'sam' })).json.token as string;
+    expect((await batch(1, sam, 'download', objects)).status).toBe(404);
+    expect((await call(1, 'GET', `/${repo}.git/info/lfs/objects/${objects[0]!.oid}`, sam)).status).toBe(404);
+    expect(
+      (await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${objects[0]!.oid}`, sam, Buffer.from('x'), 'application/octet-stream')).status,
+    ).toBe(404);
+  });
+
+  it('answers a batch: held objects need no upload, missing ones are 404 to download', async () => {
+    const held = [...lfsObjects(c.node(1).dataDir)][0]!;
+    const missing = { oid: sha256(randomBytes(8)), size: 8 };
+    const up = answer<BatchAnswer>((await batch(2, writer, 'upload', [{ oid: held[0], size: held[1] }, missing])).text);
+    expect(up.transfer).toBe('basic');
+    expect(up.objects[0]?.actions).toBeUndefined();
+    expect(up.objects[1]?.actions?.upload?.href).toBe(`${c.url(2)}/${repo}.git/info/lfs/objects/${missing.oid}`);
+    expect(up.objects[1]?.actions?.upload?.header?.Authorization).toBe(`Bearer ${writer}`);
+    const down = answer<BatchAnswer>((await batch(2, reader, 'download', [{ oid: held[0], size: held[1] }, missing])).text);
+    expect(down.objects[0]?.actions?.download?.href).toContain(held[0]);
+    expect(down.objects[1]?.error?.code).toBe(404);
+  });
+
+  it('refuses objects whose content is not their oid, bad ids and bad batches, and stores nothing', async () => {
+    const content = randomBytes(1000);
+    const oid = sha256(content);
+    const wrong = await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${oid}`, writer, randomBytes(1000), 'application/octet-stream');
+    expect(wrong.status).toBe(400);
+    expect(answer(wrong.text).message).toMatch(/does not match its oid/);
+    const short = await call(
+      1,
+      'PUT',
+      `/${repo}.git/info/lfs/objects/${sha256(Buffer.from('ab'))}`,
+      writer,
+      Buffer.from('a'),
+      'application/octet-stream',
+    );
+    expect(short.status).toBe(400);
+    await sleep(300);
+    for (const n of c.nodes) expect(lfsObjects(n.dataDir).has(oid)).toBe(false);
+    expect((await call(1, 'GET', `/${repo}.git/info/lfs/objects/..%2F..%2Fetc`, writer)).status).toBe(400);
+    expect((await call(1, 'GET', `/${repo}.git/info/lfs/objects/${oid.toUpperCase()}`, writer)).status).toBe(400);
+    expect(
+      (await call(1, 'POST', `/${repo}.git/info/lfs/objects/batch`, writer, '{"operation":"upload","objects":[{"oid":"x","size":1}]}'))
+        .status,
+    ).toBe(400);
+    expect((await call(1, 'POST', `/${repo}.git/info/lfs/objects/batch`, writer, '{"operation":')).status).toBe(400);
+    expect((await batch(1, writer, 'delete', [])).status).toBe(400);
+    const algo = await call(
+      1,
+      'POST',
+      `/${repo}.git/info/lfs/objects/batch`,
+      writer,
+      JSON.stringify({ operation: 'upload', objects: [], hash_algo: 'sha512' }),
+    );
+    expect(algo.status).toBe(409);
+    // Then the right content is taken.
+    expect((await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${oid}`, writer, content, 'application/octet-stream')).status).toBe(200);
+    expect(lfsObjects(c.node(1).dataDir).get(oid)).toBe(1000);
+  });
+
+  it('deleting the repository deletes its objects on every replica', async () => {
+    expect(c.nodes.every((n) => lfsObjects(n.dataDir).size > 0)).toBe(true);
+    expect((await c.api(2, 'DELETE', `/repos/${repo}`)).status).toBe(200);
+    await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).size === 0), 15_000, 'the objects gone from every node');
+  });
+});
