@@ -16,6 +16,7 @@ import {
   type BackupEntry,
   type MirrorState,
 } from './manifest.js';
+import { backupLfs, type LfsCopied } from './lfs-backup.js';
 import { listRepos } from './repos.js';
 import { examples } from './help.js';
 
@@ -35,7 +36,17 @@ interface Records {
 
 /** Outcome is one repository's line of a backup: how its mirror was brought to a committed generation, or why not. */
 export type Outcome =
-  | { id: string; status: 'ok'; how: 'cloned' | 'fetched' | 'unchanged'; generation: number; refs: number; fetches: number; moved: number }
+  | {
+      id: string;
+      status: 'ok';
+      how: 'cloned' | 'fetched' | 'unchanged';
+      generation: number;
+      refs: number;
+      fetches: number;
+      moved: number;
+      /** lfs: the repository's Git LFS objects, and those copied by this run. */
+      lfs?: LfsCopied;
+    }
   | { id: string; status: 'failed'; error: string }
   | { id: string; status: 'dropped' };
 
@@ -107,10 +118,12 @@ export async function runBackup(
   const prev = new Map((previous?.repos ?? []).map((e) => [e.id, e]));
   const entries = new Map<string, BackupEntry>();
   const outcomes = await forEachLimit(ids, parallel, async (id) => {
-    const done = await backupRepo(ctx, id, prev.get(id)).catch((err: unknown) => ({
-      outcome: { id, status: 'failed' as const, error: errorMessage(err) },
-      entry: prev.get(id) ?? null,
-    }));
+    const done = await backupRepo(ctx, id, prev.get(id))
+      .then(withLfs(ctx, id))
+      .catch((err: unknown) => ({
+        outcome: { id, status: 'failed' as const, error: errorMessage(err) },
+        entry: prev.get(id) ?? null,
+      }));
     if (done.entry) entries.set(id, done.entry);
     onEach?.(done.outcome);
     return done.outcome;
@@ -130,6 +143,21 @@ export async function runBackup(
   );
   await rm(layout.tmp(out), { recursive: true, force: true });
   return outcomes;
+}
+
+/**
+ * withLfs copies a repository's Git LFS objects after its mirror (backupLfs): the entry and the
+ * outcome say how many it holds. A repository dropped meanwhile has none to copy.
+ */
+function withLfs(
+  ctx: BackupContext,
+  id: string,
+): (done: { outcome: Outcome; entry: BackupEntry | null }) => Promise<{ outcome: Outcome; entry: BackupEntry | null }> {
+  return async (done) => {
+    if (done.outcome.status !== 'ok' || done.entry === null) return done;
+    const lfs = await backupLfs(ctx.api, ctx.base, ctx.token, ctx.out, id);
+    return { outcome: { ...done.outcome, lfs }, entry: { ...done.entry, lfs_objects: lfs.objects } };
+  };
 }
 
 function grantsByRepo(records: Records): Map<string, Array<{ grantee: string; role: string }>> {
@@ -274,8 +302,10 @@ export async function forEachLimit<T, R>(items: readonly T[], limit: number, fn:
 }
 
 function printOutcome(o: Outcome): void {
-  if (o.status === 'ok') process.stdout.write(`backed up ${o.id} at generation ${o.generation} (${refCount(o.refs)}, ${o.how})\n`);
-  else if (o.status === 'dropped') process.stdout.write(`dropped ${o.id}: no longer in the cluster (its mirror stays on disk)\n`);
+  if (o.status === 'ok') {
+    const lfs = o.lfs && o.lfs.objects > 0 ? `, ${o.lfs.objects} LFS objects (${o.lfs.copied} copied)` : '';
+    process.stdout.write(`backed up ${o.id} at generation ${o.generation} (${refCount(o.refs)}, ${o.how}${lfs})\n`);
+  } else if (o.status === 'dropped') process.stdout.write(`dropped ${o.id}: no longer in the cluster (its mirror stays on disk)\n`);
   else process.stdout.write(`failed ${o.id}: ${o.error}\n`);
 }
 

@@ -21,6 +21,8 @@ export interface BackupEntry {
   /** head is HEAD's target in the mirror (null: detached or missing). */
   readonly head: string | null;
   readonly refs: number;
+  /** lfs_objects: the Git LFS objects backed up with it (absent: a backup made before they were). */
+  readonly lfs_objects?: number;
   readonly fetched_at: string;
 }
 
@@ -39,6 +41,8 @@ export const layout = {
   /** records holds the store's directory records (GET /admin/export): token hashes, so 0600. */
   records: (dir: string): string => join(dir, 'records.json'),
   mirror: (dir: string, repoId: string): string => join(dir, 'repos', `${repoId}.git`),
+  /** lfs holds a repository's Git LFS objects (`<aa>/<bb>/<oid>` below it). */
+  lfs: (dir: string, repoId: string): string => join(dir, 'lfs', repoId),
   tmp: (dir: string): string => join(dir, 'tmp'),
 };
 

@@ -8,6 +8,7 @@ import { forEachLimit, parseParallel } from './backup.js';
 import { runGit } from './git-client.js';
 import { addClientOptions, CliError, resolveToken, withApi, type ApiClient, type ClientOptions } from './http-client.js';
 import { layout, readManifest, readMirror, refCount, type BackupEntry } from './manifest.js';
+import { restoreLfs, type LfsCopied } from './lfs-backup.js';
 import { listRepos } from './repos.js';
 import { examples } from './help.js';
 
@@ -23,7 +24,7 @@ interface RestoredView {
 
 /** RestoreOutcome is one repository's line of a restore. */
 export type RestoreOutcome =
-  | { id: string; status: 'ok'; generation: number; refs: number; head: string | null; head_now: string | null }
+  | { id: string; status: 'ok'; generation: number; refs: number; head: string | null; head_now: string | null; lfs: LfsCopied }
   | { id: string; status: 'failed'; error: string };
 
 interface RestoreContext {
@@ -184,9 +185,12 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
   if (view.checksum !== asBackedUp && view.checksum !== replicaChecksum(mirror.refs, head)) {
     throw new CliError(`checksum after the push (${view.checksum.slice(0, 12)}) differs from the backup's (${asBackedUp.slice(0, 12)})`);
   }
+  // The Git LFS objects last: each upload is answered once W replicas hold it.
+  const lfs = await restoreLfs(ctx.base, ctx.token, ctx.dir, entry.id);
   return {
     id: entry.id,
     status: 'ok',
+    lfs,
     generation: view.generation,
     refs: mirror.refs.length,
     head: mirror.head,
@@ -198,7 +202,8 @@ function printOutcome(o: RestoreOutcome): void {
   if (o.status === 'failed') process.stdout.write(`failed ${o.id}: ${o.error}\n`);
   else {
     const head = o.head_now !== o.head ? `; HEAD is ${o.head_now ?? 'detached'}, the backup's was ${o.head ?? 'detached'}` : '';
-    process.stdout.write(`restored ${o.id} at generation ${o.generation} (${refCount(o.refs)})${head}\n`);
+    const lfs = o.lfs.objects > 0 ? `, ${o.lfs.objects} LFS objects` : '';
+    process.stdout.write(`restored ${o.id} at generation ${o.generation} (${refCount(o.refs)}${lfs})${head}\n`);
   }
 }
 

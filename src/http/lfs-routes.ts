@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { authorizeRepo } from '../auth/authorize.js';
 import { appError, badRequest, conflict, notFound } from '../domain/errors.js';
-import { repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
+import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { LFS_OID } from '../lfs/objects.js';
 import { header, refusal } from './access.js';
 import { guardBody, tooLarge } from './body-guards.js';
@@ -120,6 +120,16 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         return reply.type(LFS_TYPE).send({ transfer: 'basic', objects, hash_algo: 'sha256' });
       },
     );
+
+    // Every object the repository's replicas hold, for backups and for users: `complete` says
+    // every replica answered (one that did not may hold objects the others lack).
+    lfs.get<{ Params: RepoParams }>('/repos/:owner/:repo/lfs', { config: { access: { repo: 'read', via: 'rest' } } }, async (req) => {
+      const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
+      const t = await deps.lfs.target(repoId, decidedIncarnation(req));
+      const { objects, complete } = await deps.lfs.catalogue(t);
+      const list = [...objects].sort(([a], [b]) => (a < b ? -1 : 1)).map(([oid, size]) => ({ oid, size }));
+      return { repo_id: repoId, objects: list, count: list.length, bytes: list.reduce((n, o) => n + o.size, 0), complete };
+    });
 
     lfs.get<{ Params: RepoParams & { oid: string } }>(
       '/:owner/:repo/info/lfs/objects/:oid',

@@ -117,12 +117,35 @@ export class LfsService {
   }
 
   /**
+   * catalogue names every object any replica of the set holds (this node's list, and each other
+   * replica's): oid → size; `complete` when every replica of the set answered.
+   */
+  async catalogue(t: LfsTarget): Promise<{ objects: Map<string, number>; complete: boolean }> {
+    const { membership, peers } = this.deps;
+    // A repository never sent an object asks no replica.
+    if (!(await this.holdsAny(t))) return { objects: new Map(), complete: true };
+    const others = t.replicas.filter((n) => n !== this.deps.nodeId);
+    const lists = await Promise.all(
+      others.map((n) => {
+        const target = membership.target(n);
+        return target ? peers.lfsList(target, t) : Promise.resolve(null);
+      }),
+    );
+    const objects = t.local ? await this.deps.objects.list(t.incarnation) : new Map<string, number>();
+    for (const list of lists) for (const [oid, size] of list ?? []) objects.set(oid, size);
+    const answered = lists.filter((l) => l !== null).length + (t.local ? 1 : 0);
+    return { objects, complete: answered === t.replicas.length };
+  }
+
+  /**
    * upload stores an object on the repository's replicas from `body` (exactly `size` bytes whose
    * SHA-256 is `oid`) and resolves once W of them hold it; 503 if fewer could (those that took it
    * keep it: an upload tried again finds them). The copies still under way then go on.
    */
   async upload(t: LfsTarget, oid: string, size: number, body: Readable): Promise<{ stored: number }> {
     this.roomFor(size);
+    // Noted before any replica may hold one of its objects: a repository without the note holds none.
+    await this.flag(t);
     const meta = { repoId: t.repoId, incarnation: t.incarnation, oid, size };
     const others = this.others(t);
     const { peers, membership, objects, logger } = this.deps;
@@ -165,7 +188,6 @@ export class LfsService {
       throw unavailable(`LFS object ${oid} is on ${stored} of ${t.replicas.length} replicas, ${t.writeQuorum} required: try again`, {
         retryAfter: 1,
       });
-    await this.flag(t);
     return { stored };
   }
 
@@ -241,9 +263,15 @@ export class LfsService {
       throw unavailable(`${this.deps.nodeId}: no room for an LFS object of ${size} bytes under the data dir`);
   }
 
+  /** holdsAny says whether the store notes the repository's incarnation as holding LFS objects (flag). */
+  private async holdsAny(t: LfsRef): Promise<boolean> {
+    return this.flagged.has(t.incarnation) || (await this.deps.store.getMeta(`${LFS_FLAG_PREFIX}${t.repoId}`)) === t.incarnation;
+  }
+
   /** flag notes in the store, once per incarnation and node start, that the repository holds LFS objects (LfsSync walks those). */
   private async flag(t: LfsRef): Promise<void> {
     if (this.flagged.has(t.incarnation)) return;
+    if (this.flagged.size > 10_000) this.flagged.clear();
     await this.deps.store.setMeta(`${LFS_FLAG_PREFIX}${t.repoId}`, t.incarnation);
     this.flagged.add(t.incarnation);
   }

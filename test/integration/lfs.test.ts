@@ -1,10 +1,10 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCluster, sleep, waitFor } from '../helpers/cluster.js';
+import { MAIN, TestCluster, sleep, waitFor } from '../helpers/cluster.js';
 import { git, gitOk, tempDir } from '../helpers/git.js';
 
 /**
@@ -68,6 +68,7 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
   let reader = '';
   let env: NodeJS.ProcessEnv = {};
   let work = '';
+  let bigOid = '';
   const repo = 'media/assets';
 
   function url(node: number, token: string | null): string {
@@ -87,6 +88,14 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     });
     const text = await res.text();
     return { status: res.status, headers: res.headers, text };
+  }
+
+  function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, timeout: 120_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? 1 : 0, stdout, stderr }),
+      );
+    });
   }
 
   function batch(node: number, token: string | null, operation: string, objects: Array<{ oid: string; size: number }>) {
@@ -136,7 +145,7 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
   it('a push through one node stores the objects on every replica; a clone through another gets them', async () => {
     const big = randomBytes(3 * 1024 * 1024 + 17);
     const small = randomBytes(100);
-    const bigOid = await commitBlob('big.bin', big);
+    bigOid = await commitBlob('big.bin', big);
     const smallOid = await commitBlob('small.bin', small);
     await gitOk(['push', '-q', url(1, writer), 'main'], { cwd: work, env });
     // Answered once W (2) held them; the third has it at once or shortly after.
@@ -255,6 +264,32 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     // Then the right content is taken.
     expect((await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${oid}`, writer, content, 'application/octet-stream')).status).toBe(200);
     expect(lfsObjects(c.node(1).dataDir).get(oid)).toBe(1000);
+  });
+
+  it('a backup copies the objects, and a restore after the repository was deleted brings them back', async () => {
+    const held = lfsObjects(c.node(1).dataDir);
+    const listed = await c.api(3, 'GET', `/repos/${repo}/lfs`);
+    expect(listed.status).toBe(200);
+    expect(listed.json.complete).toBe(true);
+    expect(new Map((listed.json.objects as Array<{ oid: string; size: number }>).map((o) => [o.oid, o.size]))).toEqual(held);
+    const out = await tempDir('gitrep-lfs-backup-');
+    const backup = await cli(['backup', '--out', out, '--url', c.url(2), '--token', admin]);
+    expect(backup.code, backup.stderr).toBe(0);
+    expect(backup.stdout).toContain(`${held.size} LFS objects (${held.size} copied)`);
+    // A second run copies none again.
+    expect((await cli(['backup', '--out', out, '--url', c.url(3), '--token', admin])).stdout).toContain(
+      `${held.size} LFS objects (0 copied)`,
+    );
+    expect((await c.api(1, 'DELETE', `/repos/${repo}`)).status).toBe(200);
+    await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).size === 0), 15_000, 'the objects gone from every node');
+    const restore = await cli(['restore', out, '--force', '--url', c.url(3), '--token', admin]);
+    expect(restore.code, restore.stdout + restore.stderr).toBe(0);
+    expect(restore.stdout).toContain(`${held.size} LFS objects`);
+    await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).size === held.size), 10_000, 'every object back on every node');
+    for (const n of c.nodes) expect(lfsObjects(n.dataDir)).toEqual(held);
+    const clone = join(await tempDir('gitrep-lfs-restored-'), 'c');
+    await gitOk(['clone', '-q', url(2, reader), clone], { env });
+    expect(sha256(await readFile(join(clone, 'big.bin')))).toBe(bigOid);
   });
 
   it('deleting the repository deletes its objects on every replica', async () => {
