@@ -261,7 +261,7 @@ async function startLocked(
     max: REF_SESSIONS_MAX,
     onTake: (kept) => metrics.refSessions.inc({ process: kept ? 'kept' : 'new' }),
   });
-  const late: { coordinator?: Coordinator } = {};
+  const late: { coordinator?: Coordinator; lfs?: LfsService } = {};
   const participant = new Participant({
     nodeId: cfg.nodeId,
     refSessions,
@@ -385,6 +385,8 @@ async function startLocked(
     activity,
     repackAfterPacks: cfg.repackAfterPacks,
     gitTimeoutMs: cfg.timing.gitTimeoutMs,
+    // Made below (it needs the coordinator's write quorum): until then a moved replica is kept.
+    handOver: (repo) => late.lfs?.handOver(repo) ?? Promise.resolve(false),
   });
   const repair = new RepairWorker({
     nodeId: cfg.nodeId,
@@ -447,6 +449,7 @@ async function startLocked(
     maxObjectBytes: cfg.maxLfsObjectBytes ?? DEFAULT_MAX_LFS_OBJECT_BYTES,
     timeoutMs: cfg.timing.gitTimeoutMs,
   });
+  late.lfs = lfs;
   const deps: NodeDeps = {
     nodeId: cfg.nodeId,
     logger,

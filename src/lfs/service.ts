@@ -8,7 +8,7 @@ import type { Logger } from '../domain/logger.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { chain } from '../http/body-guards.js';
 import { PackTee } from '../replication/pack-tee.js';
-import type { ClusterStore } from '../store/types.js';
+import type { ClusterStore, RepoRecord } from '../store/types.js';
 import { LFS_OID, type LfsObjects, type Received } from './objects.js';
 
 /** LFS_FLAG_PREFIX keys the store's note that a repository holds LFS objects (`lfs/<repo id>` = its incarnation): what LfsSync walks. */
@@ -224,6 +224,47 @@ export class LfsService {
       return { size: got.size, body: out };
     }
     return null;
+  }
+
+  /**
+   * handOver copies the objects this node holds of a repository's replica that moved off it
+   * (`repo`, as the store holds it now) to every replica of its new set that lacks them, so the
+   * drop that follows loses none (a repository with one replica moved whole). True when there
+   * is nothing to hand over, or every live replica of the set holds every object; false (keep
+   * the replica, try again) when one could not be asked or sent one, or none is live.
+   */
+  async handOver(repo: RepoRecord): Promise<boolean> {
+    const { storage, objects, membership, peers, logger } = this.deps;
+    if ((await storage.incarnationOf(repo.repoId)) !== repo.incarnation) return true;
+    const own = await objects.list(repo.incarnation);
+    if (own.size === 0) return true;
+    const ref = { repoId: repo.repoId, incarnation: repo.incarnation };
+    const live = repo.replicas.filter((n) => n !== this.deps.nodeId && membership.isLive(n));
+    if (live.length === 0) return false;
+    const oids = [...own.keys()];
+    for (const node of live) {
+      const target = membership.target(node);
+      if (!target || !peers.speaks(target, LFS_PROTOCOL)) return false;
+      for (let i = 0; i < oids.length; i += 1_000) {
+        const chunk = oids.slice(i, i + 1_000);
+        const held = await peers.lfsHave(target, { ...ref, oids: chunk });
+        if (!held) return false;
+        for (const oid of chunk) {
+          if (held.get(oid) === own.get(oid)) continue;
+          const answer = await peers.lfsPut(
+            target,
+            { ...ref, oid, size: own.get(oid)! },
+            objects.open(repo.incarnation, oid),
+            this.deps.timeoutMs,
+          );
+          if (!answer.ok) {
+            logger.info({ repoId: repo.repoId, peer: node, oid, reason: answer.message }, 'LFS object not handed over');
+            return false;
+          }
+        }
+      }
+    }
+    return true;
   }
 
   /** keep stores an object read from a peer on this replica; a failure leaves it to the next read or LfsSync. */

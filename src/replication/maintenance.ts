@@ -34,6 +34,12 @@ export class Maintenance {
       repackAfterPacks?: number;
       /** gitTimeoutMs bounds one repack (settings: gitTimeoutMs). */
       gitTimeoutMs: number;
+      /**
+       * handOver passes on what this node keeps of a replica that moved off it and that its new
+       * replica set may lack (its Git LFS objects), before the replica is dropped: false keeps
+       * the replica for the next pass.
+       */
+      handOver?: (repo: RepoRecord) => Promise<boolean>;
     },
   ) {}
 
@@ -118,6 +124,11 @@ export class Maintenance {
       try {
         const again = await store.getRepo(repoId);
         if (again && again.replicas.includes(nodeId)) continue;
+        // A repository that moved (not deleted) may have here the only copies of its LFS objects.
+        if (again && this.deps.handOver && !(await this.deps.handOver(again).catch(() => false))) {
+          logger.info({ repoId }, 'replica moved off this node kept until its LFS objects are on its new replicas');
+          continue;
+        }
         await storage.remove(repoId);
         logger.info({ repoId }, 'removed a local replica this node no longer holds');
       } finally {

@@ -298,3 +298,50 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).size === 0), 15_000, 'the objects gone from every node');
   });
 });
+
+describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () => {
+  let c: TestCluster;
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('a repository with one replica moved off a decommissioned node keeps its objects (handed over before the drop)', async () => {
+    c = await TestCluster.start({ nodes: 3, replicationFactor: 1 });
+    const repo = 'solo/assets';
+    await c.createRepo(1, repo);
+    const from = (await c.repoStatus(1, repo)).replicas[0]!.node;
+    const home = await tempDir('gitrep-lfs-home-');
+    const global = join(home, 'gitconfig');
+    await writeFile(global, '');
+    const env = { HOME: home, GIT_CONFIG_GLOBAL: global };
+    await gitOk(['lfs', 'install', '--skip-repo'], { env });
+    const work = await tempDir('gitrep-lfs-work-');
+    await gitOk(['init', '-q', '-b', 'main', work], { env });
+    await gitOk(['lfs', 'install', '--local'], { cwd: work, env });
+    await gitOk(['lfs', 'track', '*.bin'], { cwd: work, env });
+    const content = randomBytes(100_000);
+    await writeFile(join(work, 'a.bin'), content);
+    await gitOk(['add', '.'], { cwd: work, env });
+    await gitOk(['commit', '-q', '-m', 'a'], { cwd: work, env });
+    await gitOk(['push', '-q', c.repoUrl(1, repo), 'main'], { cwd: work, env });
+    const oid = sha256(content);
+    const holder = c.nodes.find((n) => n.id === from)!;
+    expect(lfsObjects(holder.dataDir).get(oid)).toBe(100_000);
+    expect((await c.api(1, 'POST', `/admin/nodes/${from}/decommission`)).status).toBe(200);
+    let to = '';
+    await waitFor(
+      async () => {
+        const s = await c.repoStatus(1, repo);
+        to = s.replicas.length === 1 && s.replicas[0]!.node !== from && s.replicas[0]!.state === 'in_sync' ? s.replicas[0]!.node : '';
+        return to !== '' && !existsSync(c.replicaPath(Number(from.slice('node-'.length)), repo));
+      },
+      60_000,
+      'the replica moved and the old one dropped',
+    );
+    expect(lfsObjects(c.nodes.find((n) => n.id === to)!.dataDir).get(oid)).toBe(100_000);
+    expect(lfsObjects(holder.dataDir).size).toBe(0);
+    const clone = join(await tempDir('gitrep-lfs-moved-'), 'c');
+    await gitOk(['clone', '-q', c.repoUrl(1, repo), clone], { env });
+    expect((await readFile(join(clone, 'a.bin'))).equals(content)).toBe(true);
+  });
+});
