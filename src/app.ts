@@ -46,6 +46,7 @@ import { sweepLeftovers } from './git/leftovers.js';
 import { DEFAULT_MAX_LFS_OBJECT_BYTES, LfsObjects } from './lfs/objects.js';
 import { LfsService } from './lfs/service.js';
 import { LfsSync } from './lfs/sync.js';
+import { parseRepoId } from './domain/repo-id.js';
 import { checkLayout, openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
 
@@ -295,6 +296,8 @@ async function startLocked(
     ),
   );
   if (swept > 0) logger.warn({ removed: swept }, 'removed lock and temporary files left by dead git processes');
+  const lfsSwept = await steps.run('sweep LFS objects of replicas gone', () => lfsObjects.sweep(lfsKept(cfg.nodeId, store, storage)));
+  if (lfsSwept > 0) logger.warn({ incarnations: lfsSwept }, 'removed the LFS objects of replicas no longer on this node');
 
   const protocol = cfg.protocol ?? PROTOCOL;
   const peers = new PeerClient({
@@ -656,4 +659,38 @@ async function restrictPermissions(dataDir: string, store: StoreUrl): Promise<vo
   for (const f of files) {
     for (const suffix of ['', '-wal', '-shm']) await chmod(`${f}${suffix}`, 0o600).catch(() => undefined);
   }
+}
+
+/**
+ * lfsKept says, at a node's start, whether the LFS objects of an incarnation stay: this node
+ * holds a replica of it, or the store still places that incarnation here (its replica may be
+ * coming back through repair). Any doubt (a store that cannot be read, a directory naming no
+ * repository while a local replica has that incarnation) keeps them.
+ */
+function lfsKept(
+  nodeId: string,
+  store: ClusterStore,
+  storage: ReplicaStorage,
+): (incarnation: string, repoId: string | null) => Promise<boolean> {
+  let local: Promise<Set<string>> | null = null;
+  const localIncarnations = (): Promise<Set<string>> =>
+    (local ??= storage
+      .listLocal()
+      .then(async (ids) => new Set((await Promise.all(ids.map((id) => storage.incarnationOf(id)))).filter((i) => i !== null))));
+  return async (incarnation, named) => {
+    let repoId: string | null = null;
+    try {
+      repoId = named === null ? null : parseRepoId(named);
+    } catch {
+      repoId = null;
+    }
+    if (repoId === null) return (await localIncarnations()).has(incarnation);
+    if ((await storage.incarnationOf(repoId)) === incarnation) return true;
+    try {
+      const repo = await store.getRepo(repoId);
+      return repo !== null && repo.incarnation === incarnation && repo.replicas.includes(nodeId);
+    } catch {
+      return true;
+    }
+  };
 }

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { badRequest } from '../domain/errors.js';
@@ -12,6 +12,9 @@ export const LFS_OID = /^[0-9a-f]{64}$/;
 
 /** DEFAULT_MAX_LFS_OBJECT_BYTES is `--max-lfs-object-size`'s default (config.ts): 5 GiB. */
 export const DEFAULT_MAX_LFS_OBJECT_BYTES = 5 * 1024 * 1024 * 1024;
+
+/** REPO_FILE names, in an incarnation's directory, the repository it is of. */
+const REPO_FILE = 'repo';
 
 /** INCARNATION is what a replica's incarnation id looks like (a UUID): it names a directory here. */
 const INCARNATION = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
@@ -98,19 +101,42 @@ export class LfsObjects {
     return { path, size };
   }
 
-  /** install moves a received object into place for `incarnation`, durably (its directories fsynced). */
-  async install(incarnation: string, oid: string, received: Received): Promise<void> {
+  /**
+   * install moves a received object into place for a repository's incarnation, durably (its
+   * directories fsynced). The incarnation's directory, when made, names its repository
+   * (`repo`), for the sweep of a node's start (sweep).
+   */
+  async install(ref: { readonly repoId: string; readonly incarnation: string }, oid: string, received: Received): Promise<void> {
+    const { incarnation } = ref;
     const target = this.path(incarnation, oid);
-    const dirs = [
-      join(this.dir, incarnation),
-      join(this.dir, incarnation, oid.slice(0, 2)),
-      join(this.dir, incarnation, oid.slice(0, 2), oid.slice(2, 4)),
-    ];
+    const top = join(this.dir, incarnation);
+    const dirs = [top, join(top, oid.slice(0, 2)), join(top, oid.slice(0, 2), oid.slice(2, 4))];
     const made = await mkdir(dirs[2]!, { recursive: true });
+    if (made !== undefined && (made === top || made === this.dir)) {
+      await writeFile(join(top, REPO_FILE), `${ref.repoId}\n`, { mode: 0o600 });
+      await fsyncPath(join(top, REPO_FILE));
+    }
     await rename(received.path, target);
     await fsyncPath(dirs[2]!);
     // A directory made for it is an entry in the one above, and so on up to `lfs/`.
     if (made !== undefined) for (const d of [dirs[1]!, dirs[0]!, this.dir]) await fsyncPath(d);
+  }
+
+  /**
+   * sweep removes the objects of incarnations whose replica left this node without taking them
+   * (a node stopped between the two, or an upload that installed one as its repository was
+   * deleted): `kept(incarnation, repoId)` says which stay (repoId null: the directory does not
+   * name it). Returns how many incarnations went.
+   */
+  async sweep(kept: (incarnation: string, repoId: string | null) => Promise<boolean>): Promise<number> {
+    let gone = 0;
+    for (const incarnation of await this.incarnations()) {
+      const named = await readFile(join(this.dir, incarnation, REPO_FILE), 'utf8').catch(() => null);
+      if (await kept(incarnation, named?.trim() || null)) continue;
+      await this.removeIncarnation(incarnation);
+      gone++;
+    }
+    return gone;
   }
 
   /** discard removes a received object that will not be installed. */

@@ -170,7 +170,7 @@ export class LfsService {
     }
     let source = received.path;
     if (t.local) {
-      await objects.install(t.incarnation, oid, received);
+      await objects.install(t, oid, received);
       source = objects.path(t.incarnation, oid);
     }
     // A replica the copy did not reach (dropped, refused, unreachable) is sent this node's copy.
@@ -271,7 +271,7 @@ export class LfsService {
   private async keep(t: LfsRef, oid: string, size: number, content: Readable): Promise<void> {
     try {
       const received = await this.deps.objects.receive(oid, size, content, Number.MAX_SAFE_INTEGER);
-      await this.deps.objects.install(t.incarnation, oid, received);
+      await this.deps.objects.install(t, oid, received);
     } catch (err) {
       this.deps.logger.info({ repoId: t.repoId, oid, err: errorMessage(err) }, 'LFS object read from a peer not kept');
     }
@@ -286,7 +286,7 @@ export class LfsService {
     try {
       this.roomFor(got.size);
       const received = await this.deps.objects.receive(oid, got.size, got.body, Number.MAX_SAFE_INTEGER);
-      await this.deps.objects.install(t.incarnation, oid, received);
+      await this.deps.objects.install(t, oid, received);
       return true;
     } catch (err) {
       got.body.destroy();
@@ -355,7 +355,7 @@ export class LfsService {
     }
     this.roomFor(size);
     const received = await this.deps.objects.receive(oid, size, body, this.deps.maxObjectBytes);
-    await this.deps.objects.install(ref.incarnation, oid, received);
+    await this.deps.objects.install(ref, oid, received);
   }
 }
 

@@ -1,7 +1,7 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, TestCluster, sleep, waitFor } from '../helpers/cluster.js';
@@ -264,6 +264,24 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     // Then the right content is taken.
     expect((await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${oid}`, writer, content, 'application/octet-stream')).status).toBe(200);
     expect(lfsObjects(c.node(1).dataDir).get(oid)).toBe(1000);
+  });
+
+  it("a node's start removes objects of incarnations it holds no replica of, and keeps its own", async () => {
+    const dir = join(c.node(3).dataDir, 'lfs');
+    const own = readdirSync(dir).filter((d) => d !== 'tmp');
+    expect(own.length).toBe(1);
+    // As a node stopped between dropping a replica and its objects would leave them.
+    const orphan = 'a0a0a0a0-0000-4000-8000-00000000dead';
+    const content = randomBytes(64);
+    const oid = sha256(content);
+    await mkdir(join(dir, orphan, oid.slice(0, 2), oid.slice(2, 4)), { recursive: true });
+    await writeFile(join(dir, orphan, 'repo'), 'media/gone\n');
+    await writeFile(join(dir, orphan, oid.slice(0, 2), oid.slice(2, 4), oid), content);
+    const before = lfsObjects(c.node(3).dataDir).size;
+    await c.restart(3);
+    expect(existsSync(join(dir, orphan))).toBe(false);
+    expect(lfsObjects(c.node(3).dataDir).size).toBe(before - 1);
+    expect(readdirSync(dir).filter((d) => d !== 'tmp')).toEqual(own);
   });
 
   it('a backup copies the objects, and a restore after the repository was deleted brings them back', async () => {
