@@ -223,6 +223,8 @@ async function startLocked(
   const secret = await steps.run('read the peer secret', () => store.setMetaIfAbsent('peer_secret', randomBytes(32).toString('hex')));
   const directory = new Directory(store, { maxReposPerOwner: cfg.maxReposPerOwner, maxOrgsPerUser: cfg.maxOrgsPerUser });
   const auth = new Authenticator(store, cfg.auth, directory, undefined, cfg.maxTokensPerUser);
+  // git-lfs over SSH: git-lfs-authenticate's tickets, signed with the cluster's secret, are good on any node.
+  auth.acceptLfsTickets(secret);
   if (cfg.auth === 'tokens') {
     const token = await steps.run('bootstrap the admin', () => auth.bootstrapAdmin());
     if (token) {
@@ -527,6 +529,7 @@ async function startLocked(
           host: cfg.host,
           port: cfg.sshPort,
           advertiseHost: new URL(url).hostname,
+          httpUrl: url,
           hostKeyFile: join(dataDir, 'ssh_host_ed25519_key'),
         });
   if (ssh) deps.ssh.port = ssh.port;

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { AppError, appError, badRequest, conflict, forbidden, notFound, StoreUnavailableError, unauthorized } from '../domain/errors.js';
 import type { ClusterStore } from '../store/types.js';
 import { ADMIN_USER, DIRECTORY_CACHE_MS, type Directory } from './directory.js';
+import { LFS_TICKET_PREFIX, verifyLfsTicket } from './lfs-ticket.js';
 import { atLeast, maxScope, type Principal, type Role } from './policy.js';
 
 export type { Role } from './policy.js';
@@ -30,6 +31,11 @@ export interface TokenView extends TokenInfo {
 export interface Caller {
   readonly token: TokenInfo & { readonly id: string };
   readonly principal: Principal;
+  /**
+   * onlyLfs: the credential is an LFS ticket (lfs-ticket.ts), good only for this repository's
+   * Git LFS API (access.ts refuses it anywhere else).
+   */
+  readonly onlyLfs?: string;
 }
 
 /** TOKEN_PREFIX keys hashed tokens in the store's settings. */
@@ -177,6 +183,7 @@ export class Authenticator {
     this.checkRate(client);
     const token = tokenFromHeader(authorization);
     if (!token) throw this.failed(client, 'malformed authorization header: use a token as the password (git) or a Bearer token');
+    if (this.ticketSecret !== null && token.startsWith(LFS_TICKET_PREFIX)) return this.ticket(token, client, this.ticketSecret);
     const hash = hashToken(token);
     const info = await this.lookup(hash);
     if (!info) throw this.failed(client, 'invalid token');
@@ -186,6 +193,35 @@ export class Authenticator {
     if (!user || user.disabled) throw unauthorized(`user ${info.user} is disabled`);
     this.noteUsed(hash);
     return { token: { ...info, id: tokenId(hash) }, principal: await this.directory.principal(user) };
+  }
+
+  /** ticketSecret, once set (acceptLfsTickets), lets LFS tickets signed with it in. */
+  private ticketSecret: string | null = null;
+
+  /** acceptLfsTickets lets in the LFS tickets `git-lfs-authenticate` gives over SSH, signed with the cluster's secret. */
+  acceptLfsTickets(secret: string): void {
+    this.ticketSecret = secret;
+  }
+
+  /** ticket is identify for an LFS ticket: its user, capped at the access it was given, for its repository's LFS API only. */
+  private async ticket(token: string, client: string, secret: string): Promise<Caller> {
+    const t = verifyLfsTicket(secret, token);
+    if (t === null) throw this.failed(client, 'invalid LFS ticket');
+    if (t === 'expired') throw unauthorized('LFS ticket expired: git-lfs asks for a new one over SSH');
+    const user = await this.directory.user(t.user);
+    if (!user || user.disabled) throw unauthorized(`user ${t.user} is disabled`);
+    return {
+      token: {
+        id: 'lfs-ticket',
+        name: `ssh-lfs:${t.keyName}`,
+        user: t.user,
+        scope: t.need,
+        createdAt: '',
+        expiresAt: new Date(t.expiresAt).toISOString(),
+      },
+      principal: await this.directory.principal(user),
+      onlyLfs: t.repoId,
+    };
   }
 
   /** require returns the caller or throws 401 (no or bad token) / 403 (scope too low). */

@@ -97,9 +97,16 @@ function requireClient(deps: NodeDeps, access: 'anonymous' | Role): onRequestAsy
   return async (req) => {
     if (access === 'anonymous') req.caller = await deps.auth.identify(req.headers.authorization, addressKey(req.ip));
     else req.caller = await deps.auth.require(req.headers.authorization, access, addressKey(req.ip));
+    if (req.caller?.onlyLfs !== undefined) throw unauthorized(LFS_TICKET_ONLY);
     spendWrite(deps, req);
   };
 }
+
+/** LFS_TICKET_ONLY is the refusal of an LFS ticket anywhere but its repository's LFS API. */
+const LFS_TICKET_ONLY = "an LFS ticket is good only for its repository's Git LFS API: use a token";
+
+/** LFS_ROUTE matches the Git LFS API's routes (lfs-routes.ts), the only ones an LFS ticket opens. */
+const LFS_ROUTE = /^\/:owner\/:repo\/info\/lfs\//;
 
 /** WRITES are the methods of REST calls that change something. */
 const WRITES = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
@@ -135,6 +142,8 @@ function requireRepo(deps: NodeDeps, access: RepoAccess): onRequestAsyncHookHand
     // against the member: one client's bad tokens through a node must not throttle every
     // client that node proxies (an outside review got node-1 to answer 429 to all of node-3's).
     const caller = await deps.auth.identify(req.headers.authorization, req.hopClient ?? addressKey(req.ip));
+    if (caller?.onlyLfs !== undefined && (caller.onlyLfs !== repoId || !LFS_ROUTE.test(req.routeOptions.url ?? '')))
+      throw unauthorized(LFS_TICKET_ONLY);
     req.caller = caller;
     const principal = caller?.principal ?? null;
     const scope = caller?.token.scope ?? null;

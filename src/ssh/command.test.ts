@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { gitProtocolValue, parseGitCommand } from './command.js';
+import { gitProtocolValue, parseGitCommand, parseLfsAuthenticate } from './command.js';
 import { hostPublicKey, newHostKey } from './server.js';
 
 describe('parseGitCommand', () => {
@@ -15,7 +15,7 @@ describe('parseGitCommand', () => {
   });
 
   it.each([
-    ['ls /', /only git-upload-pack and git-receive-pack/],
+    ['ls /', /only git-upload-pack, git-receive-pack and git-lfs-authenticate/],
     ['', /only git-upload-pack/],
     ["git-upload-archive '/acme/site.git'", /only git-upload-pack/],
     ["git-upload-pack '/acme/site.git'; rm -rf /", /only git-upload-pack/],
@@ -29,6 +29,24 @@ describe('parseGitCommand', () => {
     ['git-upload-pack $(id)/x', /not a repository path/],
   ])('refuses %s', (cmd, why) => {
     expect(() => parseGitCommand(cmd)).toThrow(why);
+  });
+});
+
+describe('parseLfsAuthenticate', () => {
+  it('reads what git-lfs sends, and is null for other commands', () => {
+    expect(parseLfsAuthenticate("git-lfs-authenticate 'acme/site.git' upload")).toEqual({ repoId: 'acme/site', operation: 'upload' });
+    expect(parseLfsAuthenticate('git-lfs-authenticate /acme/site.git download')).toEqual({ repoId: 'acme/site', operation: 'download' });
+    expect(parseLfsAuthenticate("git-upload-pack 'acme/site.git'")).toBeNull();
+  });
+
+  it.each([
+    ['git-lfs-authenticate acme/site.git delete', /use: git-lfs-authenticate/],
+    ['git-lfs-authenticate', /use: git-lfs-authenticate/],
+    ['git-lfs-authenticate ../../etc.git upload', /not a repository path/],
+    ['git-lfs-authenticate acme/site.git upload; id', /use: git-lfs-authenticate/],
+    ["git-lfs-authenticate 'admin/x.git' upload", /not a repository path/],
+  ])('refuses %s', (cmd, why) => {
+    expect(() => parseLfsAuthenticate(cmd)).toThrow(why);
   });
 });
 

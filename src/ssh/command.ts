@@ -22,7 +22,7 @@ export class SshRefusal extends AppError {
 
 /** ONLY_GIT is what a client that asks for anything else is told. */
 export const ONLY_GIT =
-  'only git-upload-pack and git-receive-pack may be run over SSH (git clone, fetch, push); no shell, no other command';
+  'only git-upload-pack, git-receive-pack and git-lfs-authenticate may be run over SSH (git clone, fetch, push, git lfs); no shell, no other command';
 
 /**
  * parseGitCommand reads an exec request as git sends it: `git-upload-pack '/owner/repo.git'`
@@ -41,6 +41,35 @@ export function parseGitCommand(command: string): GitCommand {
   if (parts.length !== 2) throw new SshRefusal(`'${truncate(path)}' is not a repository path: use owner/repo.git`);
   try {
     return { service, repoId: repoIdFromUrl(parts[0] ?? '', parts[1] ?? ''), write: service === 'git-receive-pack' };
+  } catch (err) {
+    throw new SshRefusal(`'${truncate(path)}' is not a repository path: ${errorMessage(err)}`);
+  }
+}
+
+/** LfsAuthenticate is a `git-lfs-authenticate` request: the repository, and what git-lfs means to do. */
+export interface LfsAuthenticate {
+  readonly repoId: RepoId;
+  readonly operation: 'upload' | 'download';
+}
+
+/**
+ * parseLfsAuthenticate reads `git-lfs-authenticate <path> <upload|download>`, which git-lfs runs
+ * over SSH to learn where the repository's LFS API is and with what credential; null for any
+ * other command. The path is read as parseGitCommand reads git's.
+ */
+export function parseLfsAuthenticate(command: string): LfsAuthenticate | null {
+  if (command.length > 1024) return null;
+  const m = /^git-lfs-authenticate +(?:'([^']*)'|([^\s'"\\]+)) +(upload|download)$/.exec(command.trim());
+  if (!m) {
+    if (/^git-lfs-authenticate(?:\s|$)/.test(command.trim()))
+      throw new SshRefusal('use: git-lfs-authenticate <owner>/<repo>.git upload|download');
+    return null;
+  }
+  const path = (m[1] ?? m[2] ?? '').replace(/^\/+/, '').replace(/^~\//, '');
+  const parts = path.split('/');
+  if (parts.length !== 2) throw new SshRefusal(`'${truncate(path)}' is not a repository path: use owner/repo.git`);
+  try {
+    return { repoId: repoIdFromUrl(parts[0] ?? '', parts[1] ?? ''), operation: m[3] as 'upload' | 'download' };
   } catch (err) {
     throw new SshRefusal(`'${truncate(path)}' is not a repository path: ${errorMessage(err)}`);
   }

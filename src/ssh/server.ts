@@ -8,8 +8,16 @@ import type { SshKeys } from '../auth/ssh-keys.js';
 import { errorMessage } from '../domain/errors.js';
 import { addressKey } from '../domain/client-address.js';
 import type { PeerAddresses } from '../http/connection-guard.js';
-import { gitProtocolValue, ONLY_GIT } from './command.js';
-import { channelActivity, refuse, runGitCommand, type SessionDeps, type SessionHooks, type SshIdentity } from './session.js';
+import { gitProtocolValue, ONLY_GIT, parseLfsAuthenticate, type LfsAuthenticate } from './command.js';
+import {
+  channelActivity,
+  refuse,
+  runGitCommand,
+  runLfsAuthenticate,
+  type SessionDeps,
+  type SessionHooks,
+  type SshIdentity,
+} from './session.js';
 import { DEFAULTS } from '../config.js';
 
 // ssh2 is CommonJS: its named exports are read from the default export.
@@ -324,7 +332,15 @@ export class GitSshServer {
             refuse(channel, `no data on this channel for ${Math.round(this.deps.limits.idleMs / 1000)} s`),
           );
           channel.once('close', activity.stop);
-          void runGitCommand(this.deps, channel, who, info.command, gitProtocol, activity.hooks).finally(activity.stop);
+          let lfs: LfsAuthenticate | null;
+          try {
+            lfs = parseLfsAuthenticate(info.command);
+          } catch (err) {
+            activity.stop();
+            return refused(channel, errorMessage(err));
+          }
+          if (lfs) void runLfsAuthenticate(this.deps, channel, who, lfs).finally(activity.stop);
+          else void runGitCommand(this.deps, channel, who, info.command, gitProtocol, activity.hooks).finally(activity.stop);
         },
         (err: unknown) => refused(channel, `could not check the key: ${errorMessage(err)}, try again`),
       );

@@ -21,7 +21,8 @@ import type { Coordinator } from '../replication/coordinator.js';
 import { chain } from '../http/body-guards.js';
 import { PackTap } from '../replication/pack-tee.js';
 import type { Router } from '../replication/router.js';
-import { parseGitCommand, SshRefusal, type GitCommand } from './command.js';
+import { parseGitCommand, SshRefusal, type GitCommand, type LfsAuthenticate } from './command.js';
+import { LFS_TICKET_MS, signLfsTicket } from '../auth/lfs-ticket.js';
 
 // ssh2 is CommonJS: its named exports are read from the default export.
 const { Client } = ssh2;
@@ -61,6 +62,8 @@ export interface SessionDeps {
   readonly secret: string;
   /** hostKeyBlob is the cluster's public host key: a peer must present it. */
   readonly hostKeyBlob: Buffer;
+  /** httpUrl is this node's HTTP URL (its advertised one), where git-lfs-authenticate sends git-lfs. */
+  readonly httpUrl: string;
   /** peerSsh finds a peer's SSH endpoint (null: it runs no SSH server). */
   readonly peerSsh: (nodeId: string) => Promise<{ host: string; port: number } | null>;
 }
@@ -175,6 +178,45 @@ export async function runGitCommand(
   } finally {
     deps.metrics.sshCommands.inc({ service, outcome });
     deps.metrics.sshCommandSeconds.observe({ service }, (Date.now() - started) / 1000);
+  }
+}
+
+/**
+ * runLfsAuthenticate answers `git-lfs-authenticate <repo> <upload|download>` (git-lfs over an SSH
+ * remote): decided as a fetch (download) or a push (upload) over SSH would be, it prints where
+ * the repository's LFS API is over HTTP (this node's URL) and a ticket for it (lfs-ticket.ts),
+ * good for that repository's LFS API only, at that access, for LFS_TICKET_MS. Nothing is stored.
+ */
+export async function runLfsAuthenticate(
+  deps: SessionDeps,
+  channel: ServerChannel,
+  id: SshIdentity,
+  request: LfsAuthenticate,
+): Promise<void> {
+  let outcome: 'ok' | 'refused' = 'refused';
+  try {
+    const user = await deps.directory.user(id.user);
+    if (!user || user.disabled) throw new SshRefusal(`user ${id.user} is disabled`);
+    const principal = await deps.directory.principal(user);
+    const need = request.operation === 'upload' ? 'write' : 'read';
+    const { decision } = await authorizeRepo(deps.directory, principal, null, request.repoId, need);
+    if (decision !== 'allow') throw new SshRefusal(deniedMessage(decision, request.repoId, need));
+    const expiresAt = Date.now() + LFS_TICKET_MS;
+    const ticket = signLfsTicket(deps.secret, { user: id.user, repoId: request.repoId, need, keyName: id.keyName, expiresAt });
+    const answer = {
+      href: `${deps.httpUrl}/${request.repoId}.git/info/lfs`,
+      header: { Authorization: `Bearer ${ticket}` },
+      expires_in: Math.floor(LFS_TICKET_MS / 1000) - 30,
+    };
+    channel.write(`${JSON.stringify(answer)}\n`);
+    channel.exit(0);
+    channel.end();
+    outcome = 'ok';
+  } catch (err) {
+    if (!(err instanceof AppError)) deps.logger.error({ err: errorMessage(err) }, 'git-lfs-authenticate failed');
+    refuse(channel, err instanceof AppError ? err.message : 'internal error');
+  } finally {
+    deps.metrics.sshCommands.inc({ service: 'git-lfs-authenticate', outcome });
   }
 }
 

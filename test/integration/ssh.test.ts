@@ -1,4 +1,5 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -13,6 +14,16 @@ import { packsShipped } from '../helpers/staging.js';
  * replication factor 2, so one node holds no replica of the test repository and proxies its
  * sessions to one that does.
  */
+/** NO_LFS says why the git-lfs client is missing, or null. */
+const NO_LFS = (() => {
+  try {
+    execFileSync('git-lfs', ['version'], { stdio: 'ignore' });
+    return null;
+  } catch {
+    return 'git-lfs is not installed';
+  }
+})();
+
 describe('git over ssh', () => {
   let c: TestCluster;
   let admin = '';
@@ -344,10 +355,14 @@ describe('git over ssh', () => {
       const r = await ssh(keys.alice!, 1, args);
       expect(r.code, args.join(' ')).toBe(1);
       expect(r.stdout).toBe('');
-      expect(r.stderr).toMatch(/git-replication: (only git-upload-pack and git-receive-pack may be run|'.*' is not a repository path)/);
+      expect(r.stderr).toMatch(
+        /git-replication: (only git-upload-pack, git-receive-pack and git-lfs-authenticate may be run|'.*' is not a repository path)/,
+      );
     }
     const shell = await ssh(keys.alice!, 2, []);
-    expect(shell.stderr).toContain('Hi alice! You are signed in, but only git-upload-pack and git-receive-pack may be run');
+    expect(shell.stderr).toContain(
+      'Hi alice! You are signed in, but only git-upload-pack, git-receive-pack and git-lfs-authenticate may be run',
+    );
     const forward = await ssh(keys.alice!, 1, ['-o', 'ExitOnForwardFailure=yes', '-L', '0:127.0.0.1:22', 'true']);
     expect(forward.code).not.toBe(0);
   }, 60_000);
@@ -582,6 +597,85 @@ describe('git over ssh', () => {
       'ssh push in the audit log',
     );
   });
+
+  it.skipIf(NO_LFS !== null)(
+    "git lfs over SSH: git-lfs-authenticate hands a ticket for one repository's LFS API, at the access the key has",
+    async () => {
+      const repo = 'alice/media';
+      await ok(1, 'POST', '/repos', { repo_id: repo });
+      await ok(1, 'PUT', `/repos/${repo}/grants/user:bob`, { role: 'read' });
+      // git-lfs set up as its users have it: the filters in the global config, the hooks in the work tree.
+      const home = await tempDir('gitrep-ssh-lfs-home-');
+      const global = join(home, 'gitconfig');
+      await writeFile(global, '');
+      const lfsEnv = { HOME: home, GIT_CONFIG_GLOBAL: global };
+      await gitOk(['lfs', 'install', '--skip-repo'], { env: lfsEnv });
+      const dir = await tempDir('gitrep-ssh-lfs-');
+      await gitOk(['init', '-q', '-b', 'main', dir], { env: lfsEnv });
+      await gitOk(['lfs', 'install', '--local'], { cwd: dir, env: lfsEnv });
+      await gitOk(['lfs', 'track', '*.bin'], { cwd: dir, env: lfsEnv });
+      const content = randomBytes(300_000);
+      await writeFile(join(dir, 'a.bin'), content);
+      await gitOk(['add', '.'], { cwd: dir, env: lfsEnv });
+      await gitOk(['commit', '-q', '-m', 'lfs'], { cwd: dir, env: lfsEnv });
+      const push = await git(['push', sshUrl(otherNode, repo), 'main'], { cwd: dir, env: { ...lfsEnv, ...asUser(keys.alice!).env } });
+      expect(push.code, push.stderr).toBe(0);
+      const listed = await ok(2, 'GET', `/repos/${repo}/lfs`);
+      expect(listed.count).toBe(1);
+      // bob reads: the clone's checkout downloads the object with a download ticket.
+      const clone = join(await tempDir('gitrep-ssh-lfs-clone-'), 'c');
+      await gitOk(['clone', '-q', sshUrl(replicaNodes[0]!, repo), clone], { env: { ...lfsEnv, ...asUser(keys.bob!).env } });
+      expect((await readFile(join(clone, 'a.bin'))).equals(content)).toBe(true);
+      // What git-lfs-authenticate answers, and what it refuses.
+      const asked = await ssh(keys.bob!, otherNode, ['git-lfs-authenticate', `${repo}.git`, 'download']);
+      expect(asked.code, asked.stderr).toBe(0);
+      const answer = JSON.parse(asked.stdout) as { href: string; header: { Authorization: string }; expires_in: number };
+      expect(answer.href).toBe(`${c.url(otherNode)}/${repo}.git/info/lfs`);
+      expect(answer.expires_in).toBeGreaterThan(60);
+      expect((await ssh(keys.bob!, otherNode, ['git-lfs-authenticate', `${repo}.git`, 'upload'])).stderr).toMatch(
+        /git-replication: .*write/,
+      );
+      expect((await ssh(keys.carol!, otherNode, ['git-lfs-authenticate', `${repo}.git`, 'download'])).stderr).toMatch(/not found/);
+      expect((await ssh(keys.bob!, otherNode, ['git-lfs-authenticate', '../x.git', 'download'])).stderr).toMatch(/not a repository path/);
+      // The ticket opens that repository's LFS API at read, and nothing else.
+      const ticket = answer.header.Authorization;
+      const call = async (path: string, init: { method?: string; body?: string } = {}): Promise<number> =>
+        (
+          await fetch(`${c.url(1)}${path}`, {
+            method: init.method ?? 'GET',
+            headers: { authorization: ticket, ...(init.body ? { 'content-type': 'application/vnd.git-lfs+json' } : {}) },
+            ...(init.body ? { body: init.body } : {}),
+          })
+        ).status;
+      const oid = listed.objects as Array<{ oid: string; size: number }>;
+      const batch = (operation: string): string => JSON.stringify({ operation, objects: oid });
+      expect(await call(`/${repo}.git/info/lfs/objects/batch`, { method: 'POST', body: batch('download') })).toBe(200);
+      expect(await call(`/${repo}.git/info/lfs/objects/${oid[0]!.oid}`)).toBe(200);
+      expect(await call(`/${repo}.git/info/lfs/objects/batch`, { method: 'POST', body: batch('upload') })).toBe(403);
+      expect(await call(`/${REPO}.git/info/lfs/objects/batch`, { method: 'POST', body: batch('download') })).toBe(401);
+      expect(await call(`/${repo}.git/info/refs?service=git-upload-pack`)).toBe(401);
+      expect(await call(`/repos/${repo}`)).toBe(401);
+      expect(await call('/user')).toBe(401);
+      expect(await call('/tokens', { method: 'POST', body: '{}' })).toBe(401);
+      // Altered, it is no ticket: bob's made alice's, or one digit of its signature changed.
+      const [, payload, sig] = /^Bearer lfs1\.([^.]+)\.(.+)$/.exec(ticket)!;
+      const asAlice = Buffer.from(
+        Buffer.from(payload!, 'base64url').toString('utf8').replace('"u":"bob"', '"u":"alice"').replace('"n":"read"', '"n":"write"'),
+      ).toString('base64url');
+      expect(
+        (
+          await fetch(`${c.url(1)}/${repo}.git/info/lfs/objects/${oid[0]!.oid}`, {
+            headers: { authorization: `Bearer lfs1.${asAlice}.${sig}` },
+          })
+        ).status,
+      ).toBe(401);
+      const forged = ticket.replace(/.$/, (ch) => (ch === 'A' ? 'B' : 'A'));
+      expect((await fetch(`${c.url(1)}/${repo}.git/info/lfs/objects/${oid[0]!.oid}`, { headers: { authorization: forged } })).status).toBe(
+        401,
+      );
+    },
+    90_000,
+  );
 
   it('a push without quorum is refused with the same message as over HTTP', async () => {
     const [target, peer] = replicaNodes as [number, number];
