@@ -202,7 +202,11 @@ export class LfsService {
       const size = await objects.sizeOf(t.incarnation, oid);
       if (size !== null) return { size, body: objects.open(t.incarnation, oid) };
     }
-    for (const node of shuffle(this.others(t))) {
+    const others = this.others(t);
+    // No replica to ask is not "no such object".
+    if (!t.local && others.length === 0)
+      throw unavailable(`no replica of ${t.repoId} can be reached for its LFS objects, try again`, { retryAfter: 1 });
+    for (const node of shuffle(others)) {
       const got = await peers.lfsGet(
         membership.target(node)!,
         { repoId: t.repoId, incarnation: t.incarnation, oid },
