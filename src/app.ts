@@ -60,6 +60,8 @@ export interface NodeConfig {
   readonly port: number;
   /** advertiseUrl is the URL peers and proxies use; default http(s)://<host>:<port>, a wildcard host replaced by the machine's address (defaultAdvertiseUrl). */
   readonly advertiseUrl?: string;
+  /** publicUrl is the URL clients reach the cluster at, for the links given to git-lfs (null: each request's own). */
+  readonly publicUrl?: string | null;
   readonly dataDir: string;
   readonly store: StoreUrl;
   readonly writeQuorum: number | undefined;
@@ -264,7 +266,7 @@ async function startLocked(
     max: REF_SESSIONS_MAX,
     onTake: (kept) => metrics.refSessions.inc({ process: kept ? 'kept' : 'new' }),
   });
-  const late: { coordinator?: Coordinator; lfs?: LfsService } = {};
+  const late: { coordinator?: Coordinator; lfs?: LfsService; lfsSync?: LfsSync } = {};
   const participant = new Participant({
     nodeId: cfg.nodeId,
     refSessions,
@@ -414,6 +416,8 @@ async function startLocked(
     ...(tls.ca ? { caFile: tls.ca.path } : {}),
     onSeen: (repo, replicas) => router.remember(repo, replicas),
     onListed: (repoIds) => router.forgetAllBut(repoIds),
+    // A replica that missed pushes likely missed their LFS objects too: they are fetched at once.
+    onRepaired: (repo) => late.lfsSync?.soon(repo.repoId),
   });
   const steward = new Steward({
     nodeId: cfg.nodeId,
@@ -488,6 +492,7 @@ async function startLocked(
     lfs,
     config: {
       maxLfsObjectBytes: cfg.maxLfsObjectBytes ?? DEFAULT_MAX_LFS_OBJECT_BYTES,
+      publicUrl: cfg.publicUrl ?? null,
       hooksDir: relayDir,
       gitTimeoutMs: cfg.timing.gitTimeoutMs,
       bodyLimit: 1024 * 1024,
@@ -529,7 +534,7 @@ async function startLocked(
           host: cfg.host,
           port: cfg.sshPort,
           advertiseHost: new URL(url).hostname,
-          httpUrl: url,
+          httpUrl: cfg.publicUrl ?? url,
           hostKeyFile: join(dataDir, 'ssh_host_ed25519_key'),
         });
   if (ssh) deps.ssh.port = ssh.port;
@@ -592,9 +597,11 @@ async function startLocked(
     lfs,
     logger,
     onFetched: () => metrics.lfsSynced.inc(),
+    sweep: () => lfsObjects.sweep(lfsKept(cfg.nodeId, store, storage)),
   });
   const lfsSyncMs = cfg.lfsSyncIntervalMs ?? 10 * 60_000;
   if (lfsSyncMs > 0) lfsSync.start(lfsSyncMs);
+  late.lfsSync = lfsSync;
   steward.start(cfg.stewardIntervalMs);
   logger.info({ url, sshPort: ssh?.port ?? null, store: cfg.store.kind, dataDir, hookPort, startupMs: steps.timings }, 'node started');
 

@@ -42,6 +42,14 @@ export const SETTINGS = {
     arg: 'url',
     doc: 'URL other nodes use to reach this one (default from --host and --port)',
   },
+  publicUrl: {
+    kind: 'text',
+    env: 'PUBLIC_URL',
+    flag: '--public-url',
+    default: null,
+    arg: 'url',
+    doc: "URL clients reach the cluster at (a load balancer's), for the links given to git-lfs (default: the scheme and Host of each request; over SSH, --advertise-url)",
+  },
   dataDir: { kind: 'text', env: 'DATA_DIR', flag: '--data-dir', default: './data', arg: 'dir', doc: 'data directory' },
   peers: { kind: 'text', env: 'PEER_URLS', flag: '--peers', default: null, arg: 'urls', doc: 'comma-separated peer URLs; needs --store' },
   store: {

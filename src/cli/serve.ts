@@ -65,6 +65,7 @@ export function serveConfig(o: ServeOptions, env: NodeJS.ProcessEnv): NodeConfig
     host: s.host,
     port: s.port,
     advertiseUrl: s.advertiseUrl,
+    publicUrl: parsePublicUrl(s.publicUrl),
     dataDir: s.dataDir,
     store: parseStoreUrl(s.store, s.dataDir),
     writeQuorum: parseWriteQuorum(s.writeQuorum),
@@ -215,4 +216,20 @@ export function registerServe(program: Command): void {
       }, 1_000).unref();
     }
   });
+}
+
+/** parsePublicUrl reads `--public-url`: an http(s) URL, without a query, kept without its trailing slash (null: none given). */
+export function parsePublicUrl(value: string | null | undefined): string | null {
+  if (value === null || value === undefined || value === '') return null;
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    throw new Error(`--public-url (PUBLIC_URL) must be an http(s) URL, got '${value.slice(0, 200)}'`);
+  }
+  if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.search || u.hash || u.username || u.password)
+    throw new Error(
+      `--public-url (PUBLIC_URL) must be an http(s) URL without credentials, query or fragment, got '${value.slice(0, 200)}'`,
+    );
+  return `${u.origin}${u.pathname.replace(/\/+$/, '')}`;
 }

@@ -36,7 +36,15 @@ export class PeerClient {
   /** `ca` (PEM) verifies `https://` peers instead of the system CAs. */
   constructor(private readonly opts: { nodeId: string; secret: () => string; timeoutMs: number; ca?: Buffer; protocol?: ProtocolRange }) {
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 128, pipelining: 1, ...(opts.ca ? { connect: { ca: opts.ca } } : {}) });
+    this.bulk = new Agent({ keepAliveTimeout: 30_000, connections: 64, pipelining: 1, ...(opts.ca ? { connect: { ca: opts.ca } } : {}) });
   }
+
+  /**
+   * bulk is the connection pool of Git LFS objects' bytes (lfsPut, lfsGet): clients' uploads that
+   * stall hold connections for as long as they last, and must not leave a transaction's prepare
+   * or commit waiting for one (an outside review stalled a node's replication with 150 of them).
+   */
+  private readonly bulk: Dispatcher;
 
   /** postJson sends a signed JSON call (the signature covers the body) and maps the answer. */
   async postJson(target: PeerTarget, path: string, body: unknown, timeoutMs = this.opts.timeoutMs): Promise<PeerAnswer> {
@@ -152,6 +160,7 @@ export class PeerClient {
     meta: LfsRef & { oid: string; size: number },
     content: Readable,
     timeoutMs: number,
+    signal?: AbortSignal,
   ): Promise<PeerAnswer> {
     if (!this.speaks(target, LFS_PROTOCOL)) {
       content.destroy();
@@ -170,6 +179,7 @@ export class PeerClient {
       bodyDigest(json),
       PREPARE_CONTENT_TYPE,
       timeoutMs,
+      { signal, dispatcher: this.bulk },
     );
   }
 
@@ -201,7 +211,7 @@ export class PeerClient {
           [PROTOCOL_HEADER]: String(common(this.opts.protocol ?? PROTOCOL, target.protocol)),
           'content-type': 'application/json',
         },
-        dispatcher: this.agent,
+        dispatcher: this.bulk,
         signal: signal ? AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) : AbortSignal.timeout(timeoutMs),
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
@@ -225,6 +235,7 @@ export class PeerClient {
     digest: string,
     contentType: string,
     timeoutMs: number,
+    via: { signal?: AbortSignal | undefined; dispatcher?: Dispatcher } = {},
   ): Promise<PeerAnswer> {
     const own = this.opts.protocol ?? PROTOCOL;
     const version = common(own, target.protocol);
@@ -236,14 +247,14 @@ export class PeerClient {
         message: `node ${target.id} speaks replication protocol ${formatRange(target.protocol)}, this node ${formatRange(own)}`,
       };
     }
-    const signal = AbortSignal.timeout(timeoutMs);
+    const signal = via.signal ? AbortSignal.any([via.signal, AbortSignal.timeout(timeoutMs)]) : AbortSignal.timeout(timeoutMs);
     try {
       const auth = signPeerRequest(this.opts.secret(), this.opts.nodeId, target, { method: 'POST', path, contentLength, digest });
       const res = await request(`${target.url}${path}`, {
         method: 'POST',
         body,
         headers: { [PEER_AUTH_HEADER]: auth, [PROTOCOL_HEADER]: String(version), 'content-type': contentType },
-        dispatcher: this.agent,
+        dispatcher: via.dispatcher ?? this.agent,
         signal,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
@@ -291,6 +302,7 @@ export class PeerClient {
 
   /** close drops the pooled connections. */
   async close(): Promise<void> {
+    await this.bulk.close();
     await this.agent.close();
   }
 }

@@ -37,6 +37,8 @@ export interface HttpConfig {
   readonly replicationFactor: number;
   /** maxLfsObjectBytes: the largest Git LFS object an upload may send (413 beyond). */
   readonly maxLfsObjectBytes: number;
+  /** publicUrl is the URL clients reach the cluster at (`--public-url`), for the links given to git-lfs; null: each request's scheme and Host. */
+  readonly publicUrl: string | null;
 }
 
 /** GitBodyLimits bound what one git request may send (SECURITY.md). */

@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { authorizeRepo } from '../auth/authorize.js';
 import { appError, badRequest, conflict, notFound } from '../domain/errors.js';
+import { addressKey } from '../domain/client-address.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { LFS_OID } from '../lfs/objects.js';
 import { header, refusal } from './access.js';
@@ -100,7 +101,7 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
           throw conflict(`hash algorithm '${body.hash_algo.slice(0, 64)}' is not supported: sha256 is`);
         const t = await deps.lfs.target(repoId, decidedIncarnation(req));
         const states = await deps.lfs.states(t, body.objects, upload ? t.writeQuorum : 1);
-        const base = `${req.protocol}://${hostOf(req)}/${repoId}.git/info/lfs/objects/`;
+        const base = `${deps.config.publicUrl ?? `${req.protocol}://${hostOf(req)}`}/${repoId}.git/info/lfs/objects/`;
         const auth = header(req, 'authorization');
         const action = (oid: string): Record<string, unknown> => ({
           href: `${base}${oid}`,
@@ -109,6 +110,12 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         });
         const objects = states.map((s, i) => {
           const size = body.objects[i]!.size;
+          if (upload && size > deps.config.maxLfsObjectBytes)
+            return {
+              oid: s.oid,
+              size,
+              error: { code: 422, message: `larger than the limit of ${deps.config.maxLfsObjectBytes} bytes (--max-lfs-object-size)` },
+            };
           if (upload)
             return s.holders >= t.writeQuorum
               ? { oid: s.oid, size }
@@ -139,6 +146,7 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const t = await deps.lfs.target(repoId, decidedIncarnation(req));
         const gone = new AbortController();
         reply.raw.on('close', () => gone.abort());
+        reply.raw.once('close', await transferSlot(deps, req));
         const got = await deps.lfs.download(t, oid, gone.signal);
         if (!got) throw notFound(`LFS object ${oid} does not exist in ${repoId}`);
         got.body.on('error', () => reply.raw.destroy());
@@ -159,20 +167,43 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const size = Number(length);
         const max = deps.config.maxLfsObjectBytes;
         if (size > max) throw tooLarge(`LFS object of ${size} bytes is larger than the limit of ${max} bytes (--max-lfs-object-size)`);
+        // git-lfs sends objects as they are: with an encoding, Content-Length would not be the object's size.
+        const encoding = header(req, 'content-encoding');
+        if (encoding !== undefined && encoding !== 'identity') throw appError('ERR_CONTENT_ENCODING', [encoding.slice(0, 40)]);
         const limits = deps.config.limits;
         const body = guardBody(
           req.body as Readable,
-          header(req, 'content-encoding'),
+          undefined,
           { idleMs: limits.bodyIdleMs, maxBytes: max, maxInflateRatio: limits.maxInflateRatio },
           'LFS object',
         );
         const t = await deps.lfs.target(repoId, decidedIncarnation(req));
+        reply.raw.once('close', await transferSlot(deps, req));
         await deps.lfs.upload(t, oid, size, body);
         deps.metrics.lfsBytes.inc({ direction: 'in' }, size);
         return reply.type(LFS_TYPE).send({});
       },
     );
   });
+}
+
+/**
+ * transferSlot takes one of the node's git process slots for an object's transfer, as a git
+ * request does (GitRunner.acquire: at most half of them for one client, a bounded wait in line,
+ * then 503): a client's uploads that trickle or stall hold at most its share, and each holds a
+ * temporary file and a connection to each peer. Released when the answer is done.
+ */
+async function transferSlot(deps: NodeDeps, req: FastifyRequest): Promise<() => void> {
+  const socket = req.raw.socket;
+  const gone = new AbortController();
+  const onClose = (): void => gone.abort();
+  if (socket.destroyed) gone.abort();
+  else socket.once('close', onClose);
+  try {
+    return await deps.git.acquire(addressKey(req.ip), gone.signal);
+  } finally {
+    socket.off('close', onClose);
+  }
 }
 
 /** decidedIncarnation is the incarnation the route's access was decided on (null: none read, a cluster admin's). */

@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { badRequest } from '../domain/errors.js';
+import { AppError, badRequest, errorMessage } from '../domain/errors.js';
 import { fsyncPath } from '../git/repo-storage.js';
 import { tooLarge } from '../http/body-guards.js';
 
@@ -36,6 +36,8 @@ export interface Received {
 export class LfsObjects {
   readonly dir: string;
   readonly tmpDir: string;
+  /** making are the object directories being made now (directory). */
+  private readonly making = new Map<string, Promise<void>>();
 
   constructor(dataDir: string) {
     this.dir = join(dataDir, 'lfs');
@@ -95,7 +97,9 @@ export class LfsObjects {
     } catch (err) {
       await file.close().catch(() => undefined);
       await unlink(path).catch(() => undefined);
-      throw err;
+      // The body's own failures (its client went away, a broken encoding) are the request's, not the node's.
+      if (err instanceof AppError || !isBodyError(err)) throw err;
+      throw badRequest(`LFS object ${oid}: request body: ${errorMessage(err)}`);
     }
     await file.close();
     return { path, size };
@@ -109,17 +113,37 @@ export class LfsObjects {
   async install(ref: { readonly repoId: string; readonly incarnation: string }, oid: string, received: Received): Promise<void> {
     const { incarnation } = ref;
     const target = this.path(incarnation, oid);
-    const top = join(this.dir, incarnation);
-    const dirs = [top, join(top, oid.slice(0, 2)), join(top, oid.slice(0, 2), oid.slice(2, 4))];
-    const made = await mkdir(dirs[2]!, { recursive: true });
-    if (made !== undefined && (made === top || made === this.dir)) {
-      await writeFile(join(top, REPO_FILE), `${ref.repoId}\n`, { mode: 0o600 });
-      await fsyncPath(join(top, REPO_FILE));
-    }
+    const dir = join(this.dir, incarnation, oid.slice(0, 2), oid.slice(2, 4));
+    await this.directory(ref, dir);
     await rename(received.path, target);
-    await fsyncPath(dirs[2]!);
-    // A directory made for it is an entry in the one above, and so on up to `lfs/`.
-    if (made !== undefined) for (const d of [dirs[1]!, dirs[0]!, this.dir]) await fsyncPath(d);
+    await fsyncPath(dir);
+  }
+
+  /**
+   * directory makes an object's directory, with the ones above it, and fsyncs each entry it made
+   * (up to `lfs/`); an install that finds another making the same directory waits for it, so no
+   * install answers before the entries above its object are on disk.
+   */
+  private directory(ref: { readonly repoId: string; readonly incarnation: string }, dir: string): Promise<void> {
+    const pending = this.making.get(dir);
+    if (pending) return pending;
+    const top = join(this.dir, ref.incarnation);
+    const making = (async (): Promise<void> => {
+      const made = await mkdir(dir, { recursive: true });
+      if (made === undefined) return;
+      if (made === top || made === this.dir) {
+        await writeFile(join(top, REPO_FILE), `${ref.repoId}\n`, { mode: 0o600 });
+        await fsyncPath(join(top, REPO_FILE));
+      }
+      // Each directory made is an entry in the one above, up to `lfs/`.
+      for (const d of [dirname(dir), top, this.dir]) await fsyncPath(d);
+    })();
+    this.making.set(dir, making);
+    const forget = (): void => {
+      if (this.making.get(dir) === making) this.making.delete(dir);
+    };
+    making.then(forget, forget);
+    return making;
   }
 
   /**
@@ -176,6 +200,12 @@ export class LfsObjects {
     }
     await rm(trashed, { recursive: true, force: true });
   }
+}
+
+/** isBodyError says whether an error came from reading a body (a socket or a stream), not from this node's disk. */
+function isBodyError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return !(typeof code === 'string' && /^E(NOSPC|IO|ROFS|DQUOT|MFILE|NFILE|ACCES|PERM)$/.test(code));
 }
 
 function checkIds(incarnation: string, oid: string | null): void {

@@ -20,6 +20,9 @@ export const LFS_FLAG_PREFIX = 'lfs/';
  */
 const HAVE_TIMEOUT_MS = 2_000;
 
+/** LIVE_CHECK_MS is how often a copy to or read from a peer looks whether the peer is still live (whileLive). */
+const LIVE_CHECK_MS = 500;
+
 /** LfsTarget is a repository's incarnation and replica set as the store holds them, with its write quorum. */
 export interface LfsTarget extends LfsRef {
   readonly replicas: readonly string[];
@@ -152,15 +155,16 @@ export class LfsService {
     const tee = new PackTee(
       others,
       async (node, stream) => {
-        const answer = await peers.lfsPut(membership.target(node)!, meta, stream, this.deps.timeoutMs);
+        const live = this.whileLive(node);
+        const answer = await peers.lfsPut(membership.target(node)!, meta, stream, this.deps.timeoutMs, live.signal).finally(live.done);
         if (!answer.ok)
           logger.info({ peer: node, repoId: t.repoId, oid, reason: answer.message }, 'LFS object not copied during the upload');
         return answer.ok ? 'stored' : null;
       },
       { maxBytes: size },
     );
-    // The copies start with the first byte: an empty object has none.
-    tee.write(Buffer.alloc(0));
+    // The copies start with the body's first byte (an upload that sends nothing holds no peer
+    // connection); an empty object has none, and is sent afterwards like a copy that failed.
     let received: Received;
     try {
       received = await objects.receive(oid, size, chain(body, new TeeTap(tee)), this.deps.maxObjectBytes);
@@ -170,7 +174,7 @@ export class LfsService {
     }
     let source = received.path;
     if (t.local) {
-      await objects.install(t, oid, received);
+      await this.installHere(t, oid, received);
       source = objects.path(t.incarnation, oid);
     }
     // A replica the copy did not reach (dropped, refused, unreachable) is sent this node's copy.
@@ -178,7 +182,10 @@ export class LfsService {
       if ((await (tee.results.get(node) ?? null)) !== null) return true;
       const target = membership.target(node);
       if (!target) return false;
-      const answer = await peers.lfsPut(target, meta, createReadStream(source, { highWaterMark: 256 * 1024 }), this.deps.timeoutMs);
+      const live = this.whileLive(node);
+      const answer = await peers
+        .lfsPut(target, meta, createReadStream(source, { highWaterMark: 256 * 1024 }), this.deps.timeoutMs, live.signal)
+        .finally(live.done);
       if (!answer.ok) logger.warn({ peer: node, repoId: t.repoId, oid, reason: answer.message }, 'LFS object not copied to a replica');
       return answer.ok;
     });
@@ -188,6 +195,10 @@ export class LfsService {
       throw unavailable(`LFS object ${oid} is on ${stored} of ${t.replicas.length} replicas, ${t.writeQuorum} required: try again`, {
         retryAfter: 1,
       });
+    // A repository deleted (or deleted and made again) during the upload: what was stored is of
+    // no repository (each replica's sweep removes it), and the client is told so.
+    if ((await this.deps.store.getRepo(t.repoId))?.incarnation !== t.incarnation)
+      throw notFound(`repository ${t.repoId} was deleted meanwhile`);
     return { stored };
   }
 
@@ -207,13 +218,18 @@ export class LfsService {
     if (!t.local && others.length === 0)
       throw unavailable(`no replica of ${t.repoId} can be reached for its LFS objects, try again`, { retryAfter: 1 });
     for (const node of shuffle(others)) {
+      const live = this.whileLive(node, signal);
       const got = await peers.lfsGet(
         membership.target(node)!,
         { repoId: t.repoId, incarnation: t.incarnation, oid },
         this.deps.timeoutMs,
-        signal,
+        live.signal,
       );
-      if (!got) continue;
+      if (!got) {
+        live.done();
+        continue;
+      }
+      got.body.once('close', live.done);
       if (!t.local || this.deps.diskShortage() !== null) return got;
       const out = new PassThrough({ highWaterMark: 256 * 1024 });
       const copy = new PassThrough({ highWaterMark: 256 * 1024 });
@@ -255,12 +271,10 @@ export class LfsService {
         if (!held) return false;
         for (const oid of chunk) {
           if (held.get(oid) === own.get(oid)) continue;
-          const answer = await peers.lfsPut(
-            target,
-            { ...ref, oid, size: own.get(oid)! },
-            objects.open(repo.incarnation, oid),
-            this.deps.timeoutMs,
-          );
+          const live = this.whileLive(node);
+          const answer = await peers
+            .lfsPut(target, { ...ref, oid, size: own.get(oid)! }, objects.open(repo.incarnation, oid), this.deps.timeoutMs, live.signal)
+            .finally(live.done);
           if (!answer.ok) {
             logger.info({ repoId: repo.repoId, peer: node, oid, reason: answer.message }, 'LFS object not handed over');
             return false;
@@ -275,7 +289,7 @@ export class LfsService {
   private async keep(t: LfsRef, oid: string, size: number, content: Readable): Promise<void> {
     try {
       const received = await this.deps.objects.receive(oid, size, content, Number.MAX_SAFE_INTEGER);
-      await this.deps.objects.install(t, oid, received);
+      await this.installHere(t, oid, received);
     } catch (err) {
       this.deps.logger.info({ repoId: t.repoId, oid, err: errorMessage(err) }, 'LFS object read from a peer not kept');
     }
@@ -285,18 +299,50 @@ export class LfsService {
   async fetch(t: LfsTarget, oid: string, from: string): Promise<boolean> {
     const target = this.deps.membership.target(from);
     if (!target || this.deps.diskShortage() !== null) return false;
-    const got = await this.deps.peers.lfsGet(target, { repoId: t.repoId, incarnation: t.incarnation, oid }, this.deps.timeoutMs);
-    if (!got) return false;
+    const live = this.whileLive(from);
+    const got = await this.deps.peers.lfsGet(
+      target,
+      { repoId: t.repoId, incarnation: t.incarnation, oid },
+      this.deps.timeoutMs,
+      live.signal,
+    );
+    if (!got) {
+      live.done();
+      return false;
+    }
+    got.body.once('close', live.done);
     try {
       this.roomFor(got.size);
       const received = await this.deps.objects.receive(oid, got.size, got.body, Number.MAX_SAFE_INTEGER);
-      await this.deps.objects.install(t, oid, received);
+      await this.installHere(t, oid, received);
       return true;
     } catch (err) {
       got.body.destroy();
       this.deps.logger.info({ repoId: t.repoId, oid, from, err: errorMessage(err) }, 'LFS object not fetched from a replica');
       return false;
     }
+  }
+
+  /**
+   * installHere installs an object on this node's replica, and takes it back (404) when the
+   * replica is no longer of that incarnation once it is in place (its repository deleted
+   * meanwhile): nothing is left of a repository that went.
+   */
+  private async installHere(ref: LfsRef, oid: string, received: Received): Promise<void> {
+    await this.deps.objects.install(ref, oid, received);
+    if ((await this.deps.storage.incarnationOf(ref.repoId)) === ref.incarnation) return;
+    await this.deps.objects.removeIncarnation(ref.incarnation);
+    throw notFound(`no replica of ${ref.repoId} at that incarnation here`);
+  }
+
+  /** whileLive is a signal that aborts once `node` is no longer live in the membership (a frozen or cut-off peer), or `also` aborts. */
+  private whileLive(node: string, also?: AbortSignal): { signal: AbortSignal; done: () => void } {
+    const ac = new AbortController();
+    const timer = setInterval(() => {
+      if (!this.deps.membership.isLive(node)) ac.abort(new Error(`node ${node} is no longer live`));
+    }, LIVE_CHECK_MS);
+    timer.unref();
+    return { signal: also ? AbortSignal.any([ac.signal, also]) : ac.signal, done: () => clearInterval(timer) };
   }
 
   /** roomFor refuses (503) an object the data dir has no room for (its size above the free-space reserve). */
@@ -317,7 +363,17 @@ export class LfsService {
   private async flag(t: LfsRef): Promise<void> {
     if (this.flagged.has(t.incarnation)) return;
     if (this.flagged.size > 10_000) this.flagged.clear();
-    await this.deps.store.setMeta(`${LFS_FLAG_PREFIX}${t.repoId}`, t.incarnation);
+    const key = `${LFS_FLAG_PREFIX}${t.repoId}`;
+    const before = await this.deps.store.getMeta(key);
+    if (before !== t.incarnation) {
+      await this.deps.store.setMeta(key, t.incarnation);
+      // An upload that read the repository before it was deleted (and made again) must not leave
+      // the old incarnation's note over the new one's.
+      if ((await this.deps.store.getRepo(t.repoId))?.incarnation !== t.incarnation) {
+        await this.deps.store.compareAndSetMeta(key, t.incarnation, before);
+        throw notFound(`repository ${t.repoId} was deleted meanwhile`);
+      }
+    }
     this.flagged.add(t.incarnation);
   }
 
@@ -359,7 +415,7 @@ export class LfsService {
     }
     this.roomFor(size);
     const received = await this.deps.objects.receive(oid, size, body, this.deps.maxObjectBytes);
-    await this.deps.objects.install(ref, oid, received);
+    await this.installHere(ref, oid, received);
   }
 }
 

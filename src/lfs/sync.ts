@@ -17,7 +17,12 @@ export interface LfsSyncDeps {
   readonly logger: Logger;
   /** onFetched counts an object fetched. */
   readonly onFetched: () => void;
+  /** sweep removes the objects of incarnations this node holds no replica of (LfsObjects.sweep), at each pass. */
+  readonly sweep?: () => Promise<number>;
 }
+
+/** SOON_MS is how long soon() waits before it syncs (repairs of many replicas at once come in one drain). */
+const SOON_MS = 1_000;
 
 /**
  * LfsSync brings the LFS objects of this node's replicas level with the other replicas': a
@@ -32,6 +37,9 @@ export class LfsSync {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
+  /** queued are the repositories soon() was asked for; draining says a drain of them is under way. */
+  private readonly queued = new Set<string>();
+  private draining = false;
 
   constructor(private readonly deps: LfsSyncDeps) {}
 
@@ -63,32 +71,62 @@ export class LfsSync {
 
   /** pass syncs every noted repository this node holds a replica of; resolves with the objects fetched. */
   async pass(): Promise<number> {
-    const { store, storage, lfs, membership, peers } = this.deps;
+    const swept = (await this.deps.sweep?.().catch(() => 0)) ?? 0;
+    if (swept > 0) this.deps.logger.info({ incarnations: swept }, 'removed the LFS objects of replicas no longer on this node');
     let fetched = 0;
-    for (const { key, value: incarnation } of await store.listMeta(LFS_FLAG_PREFIX)) {
+    for (const { key, value: incarnation } of await this.deps.store.listMeta(LFS_FLAG_PREFIX)) {
       if (this.stopped) break;
-      const repoId = key.slice(LFS_FLAG_PREFIX.length);
-      if ((await storage.incarnationOf(repoId).catch(() => null)) !== incarnation) continue;
-      const t = await lfs.target(repoId, incarnation).catch(() => null);
-      if (!t?.local) continue;
-      const own = await lfs.list(t);
-      for (const node of t.replicas) {
-        if (node === this.deps.nodeId || !membership.isLive(node)) continue;
-        const target = membership.target(node);
-        const theirs = target ? await peers.lfsList(target, t) : null;
-        if (!theirs) continue;
-        for (const [oid, size] of theirs) {
-          if (this.stopped) return fetched;
-          if (own.get(oid) === size) continue;
-          if (await lfs.fetch(t, oid, node)) {
-            own.set(oid, size);
-            fetched++;
-            this.deps.onFetched();
-          }
+      fetched += await this.syncRepo(key.slice(LFS_FLAG_PREFIX.length), incarnation);
+    }
+    if (fetched > 0) this.deps.logger.info({ fetched }, 'LFS objects fetched from other replicas');
+    return fetched;
+  }
+
+  /**
+   * soon syncs one repository's objects a moment from now, beside the passes: a replica repair
+   * just brought in sync missed pushes, and likely the LFS objects they point at.
+   */
+  soon(repoId: string): void {
+    this.queued.add(repoId);
+    if (this.draining || this.stopped) return;
+    this.draining = true;
+    setTimeout(() => {
+      void (async () => {
+        while (this.queued.size > 0 && !this.stopped) {
+          const [next] = this.queued;
+          this.queued.delete(next!);
+          const incarnation = await this.deps.store.getMeta(`${LFS_FLAG_PREFIX}${next!}`).catch(() => null);
+          if (incarnation !== null) await this.syncRepo(next!, incarnation).catch(() => 0);
+        }
+      })().finally(() => {
+        this.draining = false;
+      });
+    }, SOON_MS).unref();
+  }
+
+  /** syncRepo fetches the objects of one repository's incarnation that another live replica holds and this one lacks. */
+  private async syncRepo(repoId: string, incarnation: string): Promise<number> {
+    const { storage, lfs, membership, peers } = this.deps;
+    if ((await storage.incarnationOf(repoId).catch(() => null)) !== incarnation) return 0;
+    const t = await lfs.target(repoId, incarnation).catch(() => null);
+    if (!t?.local) return 0;
+    const own = await lfs.list(t);
+    let fetched = 0;
+    for (const node of t.replicas) {
+      if (node === this.deps.nodeId || !membership.isLive(node)) continue;
+      const target = membership.target(node);
+      const theirs = target ? await peers.lfsList(target, t) : null;
+      if (!theirs) continue;
+      for (const [oid, size] of theirs) {
+        if (this.stopped) return fetched;
+        if (own.get(oid) === size) continue;
+        if (await lfs.fetch(t, oid, node)) {
+          own.set(oid, size);
+          fetched++;
+          this.deps.onFetched();
         }
       }
     }
-    if (fetched > 0) this.deps.logger.info({ fetched }, 'LFS objects fetched from other replicas');
     return fetched;
   }
 }

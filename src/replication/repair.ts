@@ -111,6 +111,8 @@ export class RepairWorker {
       onSeen?: (repo: RepoRecord, replicas: ReplicaRecord[]) => void;
       /** onListed is told the id of every repo that exists, after each pass's full listing. */
       onListed?: (repoIds: ReadonlySet<string>) => void;
+      /** onRepaired is told of each replica this node brought in sync (it missed writes: what is kept beside git's data may lag too). */
+      onRepaired?: (repo: RepoRecord) => void;
       /** verifier checks in-sync replicas on the schedule `start` sets. */
       verifier: ReplicaVerifier;
       /** maintenance repacks in-sync replicas and drops those this node no longer holds, from each pass. */
@@ -520,6 +522,7 @@ export class RepairWorker {
       metrics.repairs.inc({ outcome: 'ok' });
       metrics.repairSeconds.observe((Date.now() - started) / 1000);
       logger.info({ repoId: repo.repoId, source, mode, generation: at.now.generation, ms: Date.now() - started }, 'replica repaired');
+      this.deps.onRepaired?.(repo);
       return true;
     } catch (err) {
       const attempts = progress.attempts;

@@ -1,8 +1,12 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, TestCluster, sleep, waitFor } from '../helpers/cluster.js';
 import { git, gitOk, tempDir } from '../helpers/git.js';
@@ -261,9 +265,92 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
       JSON.stringify({ operation: 'upload', objects: [], hash_algo: 'sha512' }),
     );
     expect(algo.status).toBe(409);
+    // An encoded body (its length is not the object's), an object past the limit in a batch.
+    const gz = await fetch(`${c.url(1)}/${repo}.git/info/lfs/objects/${oid}`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${writer}`, 'content-type': 'application/octet-stream', 'content-encoding': 'gzip' },
+      body: gzipSync(content),
+    });
+    expect(gz.status).toBe(415);
+    const huge = answer<BatchAnswer>((await batch(1, writer, 'upload', [{ oid, size: 6 * 1024 ** 3 }])).text);
+    expect(huge.objects[0]?.error?.code).toBe(422);
+    expect(huge.objects[0]?.actions).toBeUndefined();
     // Then the right content is taken.
     expect((await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${oid}`, writer, content, 'application/octet-stream')).status).toBe(200);
     expect(lfsObjects(c.node(1).dataDir).get(oid)).toBe(1000);
+  });
+
+  it('an upload with two replicas frozen is a 503 once they leave the membership, not a wait for them', async () => {
+    c.pause(2);
+    c.pause(3);
+    try {
+      const content = randomBytes(5_000);
+      const started = Date.now();
+      const r = await call(1, 'PUT', `/${repo}.git/info/lfs/objects/${sha256(content)}`, writer, content, 'application/octet-stream');
+      expect(r.status).toBe(503);
+      expect(answer(r.text).message).toMatch(/is on 1 of 3 replicas, 2 required/);
+      // The node's time-to-live here is 2 s; the peer calls' own time-out is an hour.
+      expect(Date.now() - started).toBeLessThan(20_000);
+    } finally {
+      c.resume(2);
+      c.resume(3);
+    }
+    await c.waitMembership();
+  });
+
+  it('an upload that stalls holds no connection to the peers: replication through the node goes on', async () => {
+    // 150 uploads from another address, each stopped after its first byte, as an outside review sent them.
+    const stalled: Socket[] = [];
+    const path = `/${repo}.git/info/lfs/objects/${'c'.repeat(64)}`;
+    for (let i = 0; i < 150; i++) {
+      const s = connect({ host: '127.0.0.1', port: c.node(1).port, localAddress: '127.0.0.2' });
+      s.on('error', () => undefined);
+      s.write(
+        `PUT ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${writer}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000000\r\n\r\nx`,
+      );
+      stalled.push(s);
+    }
+    try {
+      await sleep(1_000);
+      const started = Date.now();
+      expect((await c.api(1, 'POST', '/repos', { repo_id: 'media/during-stall' })).status).toBe(201);
+      await gitOk(['commit', '-q', '--allow-empty', '-m', 'during'], { cwd: work, env });
+      const r = await git(['push', '-q', url(1, writer), 'main'], { cwd: work, env, timeoutMs: 60_000 });
+      expect(r.code, r.stderr).toBe(0);
+      expect(Date.now() - started).toBeLessThan(20_000);
+    } finally {
+      for (const s of stalled) s.destroy();
+    }
+  });
+
+  it('an upload racing the deletion of its repository is a 404 and leaves nothing on any replica', async () => {
+    const doomed = 'media/doomed';
+    expect((await c.api(1, 'POST', '/repos', { repo_id: doomed })).status).toBe(201);
+    const content = randomBytes(2 * 1024 * 1024);
+    const oid = sha256(content);
+    const before = c.nodes.map((n) => new Set(readdirSync(join(n.dataDir, 'lfs'))));
+    const body = Readable.from(
+      (async function* () {
+        for (let i = 0; i < content.length; i += 256 * 1024) {
+          yield content.subarray(i, i + 256 * 1024);
+          await sleep(150);
+        }
+      })(),
+    );
+    const put = request(`${c.url(1)}/${doomed}.git/info/lfs/objects/${oid}`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${writer}`, 'content-type': 'application/octet-stream', 'content-length': String(content.length) },
+      body,
+    });
+    await sleep(500);
+    expect((await c.api(2, 'DELETE', `/repos/${doomed}`)).status).toBe(200);
+    const res = await put;
+    expect(res.statusCode).toBe(404);
+    await res.body.text();
+    for (const [i, n] of c.nodes.entries()) {
+      const added = readdirSync(join(n.dataDir, 'lfs')).filter((d) => !before[i]!.has(d));
+      expect(added, n.id).toEqual([]);
+    }
   });
 
   it("a node's start removes objects of incarnations it holds no replica of, and keeps its own", async () => {
@@ -324,7 +411,7 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () =
   });
 
   it('a repository with one replica moved off a decommissioned node keeps its objects (handed over before the drop)', async () => {
-    c = await TestCluster.start({ nodes: 3, replicationFactor: 1 });
+    c = await TestCluster.start({ nodes: 3, replicationFactor: 1, nodeEnv: { 'node-3': { PUBLIC_URL: 'https://git.example.com/' } } });
     const repo = 'solo/assets';
     await c.createRepo(1, repo);
     const from = (await c.repoStatus(1, repo)).replicas[0]!.node;
@@ -361,5 +448,13 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () =
     const clone = join(await tempDir('gitrep-lfs-moved-'), 'c');
     await gitOk(['clone', '-q', c.repoUrl(1, repo), clone], { env });
     expect((await readFile(join(clone, 'a.bin'))).equals(content)).toBe(true);
+    // A node given --public-url names it in its links, whatever Host the request came with.
+    const res = await fetch(`${c.url(3)}/${repo}.git/info/lfs/objects/batch`, {
+      method: 'POST',
+      headers: { 'content-type': LFS_TYPE, host: 'evil.example' },
+      body: JSON.stringify({ operation: 'download', objects: [{ oid, size: 100_000 }] }),
+    });
+    const links = answer<BatchAnswer>(await res.text());
+    expect(links.objects[0]?.actions?.download?.href).toBe(`https://git.example.com/${repo}.git/info/lfs/objects/${oid}`);
   });
 });
