@@ -98,6 +98,9 @@ export class LfsService {
    * settle the answer (`enough` holders: W for an upload, 1 for a download).
    */
   async states(t: LfsTarget, wanted: ReadonlyArray<{ oid: string; size: number }>, enough: number): Promise<ObjectState[]> {
+    // No replica to look at is not "no such object" (git-lfs would report each one missing).
+    if (!t.local && this.others(t).length === 0 && wanted.length > 0)
+      throw unavailable(`no replica of ${t.repoId} can be reached for its LFS objects, try again`, { retryAfter: 1 });
     const own = new Map<string, number | null>();
     for (const o of wanted) own.set(o.oid, t.local ? await this.deps.objects.sizeOf(t.incarnation, o.oid) : null);
     const short = wanted.filter((o) => (own.get(o.oid) === o.size ? 1 : 0) < enough).map((o) => o.oid);

@@ -444,7 +444,8 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () =
       'the replica moved and the old one dropped',
     );
     expect(lfsObjects(c.nodes.find((n) => n.id === to)!.dataDir).get(oid)).toBe(100_000);
-    expect(lfsObjects(holder.dataDir).size).toBe(0);
+    // The replica's directory goes first, its objects just after.
+    await waitFor(() => lfsObjects(holder.dataDir).size === 0, 10_000, "the old replica's objects gone");
     const clone = join(await tempDir('gitrep-lfs-moved-'), 'c');
     await gitOk(['clone', '-q', c.repoUrl(1, repo), clone], { env });
     expect((await readFile(join(clone, 'a.bin'))).equals(content)).toBe(true);
@@ -456,5 +457,28 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () =
     });
     const links = answer<BatchAnswer>(await res.text());
     expect(links.objects[0]?.actions?.download?.href).toBe(`https://git.example.com/${repo}.git/info/lfs/objects/${oid}`);
+    // Its one replica frozen and out of the membership: through another node, a 503, not "does not exist".
+    const holderNow = Number(to.slice('node-'.length));
+    const other = [1, 2, 3].find((i) => i !== holderNow && c.node(i).id !== from)!;
+    c.pause(holderNow);
+    try {
+      await waitFor(
+        async () =>
+          ((await c.api(other, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some(
+            (p) => p.id === to && !p.live,
+          ),
+        20_000,
+        'the frozen replica out of the membership',
+      );
+      const r = await fetch(`${c.url(other)}/${repo}.git/info/lfs/objects/batch`, {
+        method: 'POST',
+        headers: { 'content-type': LFS_TYPE },
+        body: JSON.stringify({ operation: 'download', objects: [{ oid, size: 100_000 }] }),
+      });
+      expect(r.status).toBe(503);
+      expect((await fetch(`${c.url(other)}/${repo}.git/info/lfs/objects/${oid}`)).status).toBe(503);
+    } finally {
+      c.resume(holderNow);
+    }
   });
 });
