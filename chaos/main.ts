@@ -54,6 +54,7 @@ interface Options {
   gitTimeout: number;
   history?: string;
   quiet?: boolean;
+  lfs?: boolean;
 }
 
 const program = new Command()
@@ -72,6 +73,7 @@ const program = new Command()
   .option('--git-timeout <ms>', 'timeout of each client git command', positiveInt, 20_000)
   .option('--history <file>', 'write the recorded history and final state as JSON')
   .option('--quiet', 'do not print fault events as they happen')
+  .option('--lfs', 'add a client uploading and reading Git LFS objects, each acknowledged one checked on every replica after the heal')
   .action(async (o: Options) => {
     const seed = o.seed ?? Math.floor(Math.random() * 1_000_000) + 1;
     const ac = new AbortController();
@@ -100,6 +102,7 @@ const program = new Command()
         store: o.store,
         proxies: o.proxies,
         gitTimeoutMs: o.gitTimeout,
+        lfs: o.lfs === true,
         signal: ac.signal,
         log: (line) => {
           if (!o.quiet) process.stderr.write(`[chaos] ${line}\n`);
@@ -111,7 +114,7 @@ const program = new Command()
       if (!report.result.ok) {
         if (report.logs) process.stdout.write(`\nnode logs (tail):\n${report.logs}\n`);
         process.stdout.write(
-          `\nreproduce: npm run chaos -- --seed ${seed} --nodes ${o.nodes} --minutes ${o.minutes} --clients ${o.clients} --store ${o.store}${o.faults ? ` --faults ${o.faults.join(',') || 'none'}` : ''}\n`,
+          `\nreproduce: npm run chaos -- --seed ${seed} --nodes ${o.nodes} --minutes ${o.minutes} --clients ${o.clients} --store ${o.store}${o.faults ? ` --faults ${o.faults.join(',') || 'none'}` : ''}${o.lfs ? ' --lfs' : ''}\n`,
         );
         process.exitCode = 1;
       }

@@ -22,6 +22,7 @@ import { FaultProxy } from './proxy.js';
 import { Rng } from './rng.js';
 import { socketOwner } from './sockets.js';
 import { Client, Recorder, SHARED_BRANCHES, type ClusterView, type Weights } from './workload.js';
+import { checkLfs, lfsSummary, runLfsClient } from './lfs.js';
 
 /** ChaosOptions configure one run. */
 export interface ChaosOptions {
@@ -52,6 +53,8 @@ export interface ChaosOptions {
   readonly logDir?: string;
   /** signal ends the workload and faults early (then the run heals, checks and cleans up as usual). */
   readonly signal?: AbortSignal;
+  /** lfs adds a client uploading and reading Git LFS objects (chaos/lfs.ts), checked after the heal. */
+  readonly lfs?: boolean;
 }
 
 /** ChaosReport is a finished run. */
@@ -136,7 +139,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       nodes: opts.nodes,
       replicationFactor: rf,
       writeQuorum: opts.writeQuorum,
-      env: { LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'warn', ...opts.env },
+      env: { LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'warn', ...(opts.lfs ? { LFS_SYNC_INTERVAL_MS: '2000' } : {}), ...opts.env },
       nodeEnv,
       store,
       nodeStore,
@@ -208,7 +211,10 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
       }
     };
     const inj = injector;
-    await Promise.all([...clients.map(runClient), inj.run(deadline)]);
+    const lfsRun = opts.lfs
+      ? runLfsClient(c, view, Rng.derive(opts.seed, 'lfs'), repos, deadline, () => recorder.now(), gitTimeoutMs)
+      : Promise.resolve(null);
+    const [lfs] = await Promise.all([lfsRun, ...clients.map(runClient), inj.run(deadline)]);
     log(`workload done after ${recorder.ops.length} ops, ${Math.round((Date.now() - started) / 1000)} s; healing`);
     await inj.heal();
     await c.waitMembership(30_000).catch((err: unknown) => log(`membership after heal: ${String(err)}`));
@@ -236,12 +242,13 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
 
     const final = await collectFinal(c, repos, lockTtlMs, log);
     log(`final state collected after ${Math.round((Date.now() - started) / 1000)} s`);
+    const lfsViolations = lfs ? await checkLfs(c, lfs, 60_000) : [];
     const history = markMayBeStale(recorder.ops, inj.storeOutages);
     const checked = check(history, final);
     const result: CheckResult = {
       ...checked,
-      ok: checked.ok && unavailable.length === 0,
-      violations: [...checked.violations, ...unavailable],
+      ok: checked.ok && unavailable.length === 0 && lfsViolations.length === 0,
+      violations: [...checked.violations, ...unavailable, ...lfsViolations],
     };
     const counts = countByOutcome(history);
     const totals: Record<Outcome, number> = { ok: 0, failed: 0, unknown: 0 };
@@ -268,6 +275,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
           : ''
       }`,
       ...(proxies.length > 0 ? [`peer links: ${proxyStats(proxies)}`] : []),
+      ...(lfs ? [lfsSummary(lfs)] : []),
       formatResult(result),
     ].join('\n');
     return {

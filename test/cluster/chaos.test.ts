@@ -41,10 +41,12 @@ function summary(name: string, r: ChaosReport): void {
 }
 
 describe('chaos: seeded fault injection checked by the history checker', () => {
-  it('3 nodes, R=3: kill -9, fail point crashes, SIGSTOP past the lease, partitions, slow links', async () => {
-    const r = await run('3 nodes', { seed: 42, nodes: 3, clients: 3, durationMs: 25_000 });
+  it('3 nodes, R=3: kill -9, fail point crashes, SIGSTOP past the lease, partitions, slow links; Git LFS uploads beside', async () => {
+    const r = await run('3 nodes', { seed: 42, nodes: 3, clients: 3, durationMs: 25_000, lfs: true });
     summary('3 nodes', r);
     expect(r.totals.ok, explain(r)).toBeGreaterThan(10);
+    // Every acknowledged LFS object was checked on every replica and through every node (violations below).
+    expect(r.text, explain(r)).toMatch(/lfs: \d+ uploads \(ok [1-9]/);
     expect(r.result.violations, explain(r)).toEqual([]);
   }, 240_000);
 
