@@ -452,6 +452,7 @@ async function startLocked(
     peers,
     logger,
     writeQuorumFor: (n) => coordinator.writeQuorumFor(n),
+    activity,
     diskShortage: () => disk.shortage(),
     freeBytes: () => disk.freeBytes,
     minFreeBytes: cfg.minFreeDiskBytes,

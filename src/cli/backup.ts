@@ -155,8 +155,14 @@ function withLfs(
 ): (done: { outcome: Outcome; entry: BackupEntry | null }) => Promise<{ outcome: Outcome; entry: BackupEntry | null }> {
   return async (done) => {
     if (done.outcome.status !== 'ok' || done.entry === null) return done;
-    const lfs = await backupLfs(ctx.api, ctx.base, ctx.token, ctx.out, id);
-    return { outcome: { ...done.outcome, lfs }, entry: { ...done.entry, lfs_objects: lfs.objects } };
+    try {
+      const lfs = await backupLfs(ctx.api, ctx.base, ctx.token, ctx.out, id, done.entry.incarnation);
+      return { outcome: { ...done.outcome, lfs }, entry: { ...done.entry, lfs_objects: lfs.objects } };
+    } catch (err) {
+      // The mirror holds the new generation already: the entry says so (the previous one would no
+      // longer match it, and the restore would refuse the repository), and the run fails.
+      return { outcome: { id, status: 'failed', error: `LFS objects: ${errorMessage(err)}` }, entry: done.entry };
+    }
   };
 }
 

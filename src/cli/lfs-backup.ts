@@ -1,12 +1,15 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { request } from 'undici';
 import { errorMessage } from '../domain/errors.js';
 import { LFS_OID } from '../lfs/objects.js';
 import { CliError, type ApiClient } from './http-client.js';
 import { layout } from './manifest.js';
+
+/** INCARNATION is what an incarnation id looks like: it names a directory of the backup. */
+const INCARNATION = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
 
 /** IDLE_MS bounds how long an object's transfer may make no progress. */
 const IDLE_MS = 120_000;
@@ -20,9 +23,9 @@ export interface LfsCopied {
   readonly bytes: number;
 }
 
-/** objectPath is where a backup keeps an LFS object of a repository: `lfs/<owner>/<name>/<aa>/<bb>/<oid>`. */
-export function objectPath(dir: string, repoId: string, oid: string): string {
-  return join(layout.lfs(dir, repoId), oid.slice(0, 2), oid.slice(2, 4), oid);
+/** objectPath is where a backup keeps an LFS object of a repository's incarnation: `lfs/<owner>/<name>/<incarnation>/<aa>/<bb>/<oid>`. */
+export function objectPath(dir: string, repoId: string, incarnation: string, oid: string): string {
+  return join(layout.lfs(dir, repoId, incarnation), oid.slice(0, 2), oid.slice(2, 4), oid);
 }
 
 /**
@@ -31,13 +34,24 @@ export function objectPath(dir: string, repoId: string, oid: string): string {
  * and renamed into place once whole. 409 when a replica did not answer the listing: objects only
  * it held would be missed (the next backup tries again).
  */
-export async function backupLfs(api: ApiClient, base: string, token: string | null, out: string, repoId: string): Promise<LfsCopied> {
+export async function backupLfs(
+  api: ApiClient,
+  base: string,
+  token: string | null,
+  out: string,
+  repoId: string,
+  incarnation: string,
+): Promise<LfsCopied> {
+  if (!INCARNATION.test(incarnation)) throw new CliError(`${repoId}: the cluster named an odd incarnation`);
   const list = await api.get<{ objects: Array<{ oid: string; size: number }>; complete: boolean }>(`/repos/${repoId}/lfs`);
+  // Another incarnation's objects (the repository deleted and made again) are not this one's.
+  for (const other of await names(layout.lfsOf(out, repoId)))
+    if (other !== incarnation) await rm(join(layout.lfsOf(out, repoId), other), { recursive: true, force: true });
   let copied = 0;
   let bytes = 0;
   for (const o of list.objects) {
     if (!LFS_OID.test(o.oid)) continue;
-    const path = objectPath(out, repoId, o.oid);
+    const path = objectPath(out, repoId, incarnation, o.oid);
     if ((await sizeOf(path)) === o.size) continue;
     await download(`${base}/${repoId}.git/info/lfs/objects/${o.oid}`, token, path, o.oid, layout.tmp(out));
     copied++;
@@ -50,9 +64,10 @@ export async function backupLfs(api: ApiClient, base: string, token: string | nu
   return { objects: list.objects.length, copied, bytes };
 }
 
-/** restoreLfs uploads every LFS object the backup holds for a repository the cluster does not hold yet. */
-export async function restoreLfs(base: string, token: string | null, dir: string, repoId: string): Promise<LfsCopied> {
-  const objects = await backedUp(layout.lfs(dir, repoId));
+/** restoreLfs uploads the LFS objects the backup holds for a repository's incarnation (its manifest entry's). */
+export async function restoreLfs(base: string, token: string | null, dir: string, repoId: string, incarnation: string): Promise<LfsCopied> {
+  if (!INCARNATION.test(incarnation)) return { objects: 0, copied: 0, bytes: 0 };
+  const objects = await backedUp(layout.lfs(dir, repoId, incarnation));
   let copied = 0;
   let bytes = 0;
   for (const [oid, path] of objects) {

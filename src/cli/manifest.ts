@@ -41,8 +41,13 @@ export const layout = {
   /** records holds the store's directory records (GET /admin/export): token hashes, so 0600. */
   records: (dir: string): string => join(dir, 'records.json'),
   mirror: (dir: string, repoId: string): string => join(dir, 'repos', `${repoId}.git`),
-  /** lfs holds a repository's Git LFS objects (`<aa>/<bb>/<oid>` below it). */
-  lfs: (dir: string, repoId: string): string => join(dir, 'lfs', repoId),
+  /**
+   * lfs holds the Git LFS objects of one incarnation of a repository (`<aa>/<bb>/<oid>` below
+   * it): a repository deleted and made again under its name does not inherit the old one's.
+   */
+  lfs: (dir: string, repoId: string, incarnation: string): string => join(dir, 'lfs', repoId, incarnation),
+  /** lfsOf holds every incarnation's directory of a repository (lfs). */
+  lfsOf: (dir: string, repoId: string): string => join(dir, 'lfs', repoId),
   tmp: (dir: string): string => join(dir, 'tmp'),
 };
 

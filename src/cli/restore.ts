@@ -186,7 +186,7 @@ async function restoreRepo(ctx: RestoreContext, entry: BackupEntry): Promise<Res
     throw new CliError(`checksum after the push (${view.checksum.slice(0, 12)}) differs from the backup's (${asBackedUp.slice(0, 12)})`);
   }
   // The Git LFS objects last: each upload is answered once W replicas hold it.
-  const lfs = await restoreLfs(ctx.base, ctx.token, ctx.dir, entry.id);
+  const lfs = await restoreLfs(ctx.base, ctx.token, ctx.dir, entry.id, entry.incarnation);
   return {
     id: entry.id,
     status: 'ok',

@@ -103,10 +103,13 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const states = await deps.lfs.states(t, body.objects, upload ? t.writeQuorum : 1);
         const base = `${deps.config.publicUrl ?? `${req.protocol}://${hostOf(req)}`}/${repoId}.git/info/lfs/objects/`;
         const auth = header(req, 'authorization');
+        // A link is good for an hour, or as long as the credential it carries (an LFS ticket's 10 minutes).
+        const expiresAt = req.caller?.token.expiresAt;
+        const left = expiresAt ? Math.floor((Date.parse(expiresAt) - Date.now()) / 1000) : 3600;
         const action = (oid: string): Record<string, unknown> => ({
           href: `${base}${oid}`,
           ...(auth ? { header: { Authorization: auth } } : {}),
-          expires_in: 3600,
+          expires_in: Math.max(1, Math.min(3600, left)),
         });
         const objects = states.map((s, i) => {
           const size = body.objects[i]!.size;

@@ -3,7 +3,7 @@ import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { AppError, badRequest, errorMessage } from '../domain/errors.js';
+import { AppError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
 import { fsyncPath } from '../git/repo-storage.js';
 import { tooLarge } from '../http/body-guards.js';
 
@@ -98,7 +98,9 @@ export class LfsObjects {
       await file.close().catch(() => undefined);
       await unlink(path).catch(() => undefined);
       // The body's own failures (its client went away, a broken encoding) are the request's, not the node's.
-      if (err instanceof AppError || !isBodyError(err)) throw err;
+      if (err instanceof AppError) throw err;
+      if (noSpace(err)) throw unavailable(`no room for LFS object ${oid} under the data dir`, { retryAfter: 5 });
+      if (!isBodyError(err)) throw err;
       throw badRequest(`LFS object ${oid}: request body: ${errorMessage(err)}`);
     }
     await file.close();
@@ -200,6 +202,12 @@ export class LfsObjects {
     }
     await rm(trashed, { recursive: true, force: true });
   }
+}
+
+/** noSpace says whether an error is a full disk or quota. */
+function noSpace(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 /** isBodyError says whether an error came from reading a body (a socket or a stream), not from this node's disk. */

@@ -8,6 +8,7 @@ import type { Logger } from '../domain/logger.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import { chain } from '../http/body-guards.js';
 import { PackTee } from '../replication/pack-tee.js';
+import type { RepoActivity } from '../replication/activity.js';
 import type { ClusterStore, RepoRecord } from '../store/types.js';
 import { LFS_OID, type LfsObjects, type Received } from './objects.js';
 
@@ -19,6 +20,9 @@ export const LFS_FLAG_PREFIX = 'lfs/';
  * cut off, not yet out of the membership) counts as holding nothing, and the client uploads again.
  */
 const HAVE_TIMEOUT_MS = 2_000;
+
+/** CATALOGUE_TIMEOUT_MS bounds a listing's question to one replica (a backup's client waits 30 s for the whole answer). */
+const CATALOGUE_TIMEOUT_MS = 10_000;
 
 /** LIVE_CHECK_MS is how often a copy to or read from a peer looks whether the peer is still live (whileLive). */
 const LIVE_CHECK_MS = 500;
@@ -50,6 +54,8 @@ export interface LfsDeps {
   readonly peers: PeerClient;
   readonly logger: Logger;
   readonly writeQuorumFor: (replicas: number) => number;
+  /** activity keeps installs off a replica being swapped or dropped (installHere). */
+  readonly activity: RepoActivity;
   /** diskShortage says why the data dir takes no writes, or null; freeBytes is the last reading of its free space. */
   readonly diskShortage: () => string | null;
   readonly freeBytes: () => number | null;
@@ -71,6 +77,8 @@ export interface LfsDeps {
 export class LfsService {
   /** flagged are the incarnations this node has noted in the store (LFS_FLAG_PREFIX) since it started. */
   private readonly flagged = new Set<string>();
+  /** reserved is the bytes the objects being received now have taken of the free space (reserve). */
+  private reserved = 0;
 
   constructor(private readonly deps: LfsDeps) {}
 
@@ -123,24 +131,21 @@ export class LfsService {
   }
 
   /**
-   * catalogue names every object any replica of the set holds (this node's list, and each other
-   * replica's): oid → size; `complete` when every replica of the set answered.
+   * catalogue names every object the replicas of the set hold (this node's list, and each other
+   * live replica's, asked for at most CATALOGUE_TIMEOUT_MS): oid → size. `complete` when at least
+   * R − W + 1 replicas answered: every acknowledged object is on W of them, and any R − W + 1
+   * replicas include one of any W, so none is missing from the list (one replica down of three
+   * leaves it complete, as it leaves git's writes possible).
    */
   async catalogue(t: LfsTarget): Promise<{ objects: Map<string, number>; complete: boolean }> {
     const { membership, peers } = this.deps;
     // A repository never sent an object asks no replica.
     if (!(await this.holdsAny(t))) return { objects: new Map(), complete: true };
-    const others = t.replicas.filter((n) => n !== this.deps.nodeId);
-    const lists = await Promise.all(
-      others.map((n) => {
-        const target = membership.target(n);
-        return target ? peers.lfsList(target, t) : Promise.resolve(null);
-      }),
-    );
+    const lists = await Promise.all(this.others(t).map((n) => peers.lfsList(membership.target(n)!, t, CATALOGUE_TIMEOUT_MS)));
     const objects = t.local ? await this.deps.objects.list(t.incarnation) : new Map<string, number>();
     for (const list of lists) for (const [oid, size] of list ?? []) objects.set(oid, size);
     const answered = lists.filter((l) => l !== null).length + (t.local ? 1 : 0);
-    return { objects, complete: answered === t.replicas.length };
+    return { objects, complete: answered >= t.replicas.length - t.writeQuorum + 1 };
   }
 
   /**
@@ -149,7 +154,16 @@ export class LfsService {
    * keep it: an upload tried again finds them). The copies still under way then go on.
    */
   async upload(t: LfsTarget, oid: string, size: number, body: Readable): Promise<{ stored: number }> {
-    this.roomFor(size);
+    const release = this.reserve(size);
+    try {
+      return await this.store(t, oid, size, body);
+    } finally {
+      release();
+    }
+  }
+
+  /** store is upload's work, with the object's room reserved. */
+  private async store(t: LfsTarget, oid: string, size: number, body: Readable): Promise<{ stored: number }> {
     // Noted before any replica may hold one of its objects: a repository without the note holds none.
     await this.flag(t);
     const meta = { repoId: t.repoId, incarnation: t.incarnation, oid, size };
@@ -315,9 +329,13 @@ export class LfsService {
     }
     got.body.once('close', live.done);
     try {
-      this.roomFor(got.size);
-      const received = await this.deps.objects.receive(oid, got.size, got.body, Number.MAX_SAFE_INTEGER);
-      await this.installHere(t, oid, received);
+      const release = this.reserve(got.size);
+      try {
+        const received = await this.deps.objects.receive(oid, got.size, got.body, Number.MAX_SAFE_INTEGER);
+        await this.installHere(t, oid, received);
+      } finally {
+        release();
+      }
       return true;
     } catch (err) {
       got.body.destroy();
@@ -327,15 +345,28 @@ export class LfsService {
   }
 
   /**
-   * installHere installs an object on this node's replica, and takes it back (404) when the
-   * replica is no longer of that incarnation once it is in place (its repository deleted
-   * meanwhile): nothing is left of a repository that went.
+   * installHere installs an object on this node's replica as the replica's `upload` activity
+   * (RepoActivity): never while the replica is swapped by a repair or dropped (a drop hands the
+   * replica's objects over first, and an object installed during it would be lost with it), so
+   * refused then (503, the upload tries the other replicas). An object installed for an
+   * incarnation the replica no longer has (its repository deleted meanwhile) is removed again
+   * (404); what else that incarnation left is the sweep's.
    */
   private async installHere(ref: LfsRef, oid: string, received: Received): Promise<void> {
-    await this.deps.objects.install(ref, oid, received);
-    if ((await this.deps.storage.incarnationOf(ref.repoId)) === ref.incarnation) return;
-    await this.deps.objects.removeIncarnation(ref.incarnation);
-    throw notFound(`no replica of ${ref.repoId} at that incarnation here`);
+    const running = this.deps.activity.tryBegin(ref.repoId, 'upload');
+    if (!running) {
+      await this.deps.objects.discard(received);
+      throw unavailable(`replica of ${ref.repoId} on ${this.deps.nodeId} is being replaced, try again`, { retryAfter: 1 });
+    }
+    try {
+      if ((await this.deps.storage.incarnationOf(ref.repoId)) !== ref.incarnation) {
+        await this.deps.objects.discard(received);
+        throw notFound(`no replica of ${ref.repoId} at that incarnation here`);
+      }
+      await this.deps.objects.install(ref, oid, received);
+    } finally {
+      running.end();
+    }
   }
 
   /** whileLive is a signal that aborts once `node` is no longer live in the membership (a frozen or cut-off peer), or `also` aborts. */
@@ -348,13 +379,26 @@ export class LfsService {
     return { signal: also ? AbortSignal.any([ac.signal, also]) : ac.signal, done: () => clearInterval(timer) };
   }
 
-  /** roomFor refuses (503) an object the data dir has no room for (its size above the free-space reserve). */
-  private roomFor(size: number): void {
+  /**
+   * reserve takes `size` bytes of the data dir's free space for an object being received, or
+   * refuses (503) when the last reading, less what the uploads under way have taken, leaves no
+   * room above the free-space reserve: uploads at once each passed a check on the same reading and
+   * ate the reserve together (an outside review filled a disk that way). The returned function
+   * gives them back.
+   */
+  private reserve(size: number): () => void {
     const shortage = this.deps.diskShortage();
     const free = this.deps.freeBytes();
     if (shortage !== null) throw unavailable(`${this.deps.nodeId}: ${shortage}`);
-    if (free !== null && free - size < this.deps.minFreeBytes)
-      throw unavailable(`${this.deps.nodeId}: no room for an LFS object of ${size} bytes under the data dir`);
+    if (free !== null && free - this.reserved - size < this.deps.minFreeBytes)
+      throw unavailable(`${this.deps.nodeId}: no room for an LFS object of ${size} bytes under the data dir`, { retryAfter: 5 });
+    this.reserved += size;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.reserved -= size;
+    };
   }
 
   /** holdsAny says whether the store notes the repository's incarnation as holding LFS objects (flag). */
@@ -416,9 +460,13 @@ export class LfsService {
       body.resume();
       return;
     }
-    this.roomFor(size);
-    const received = await this.deps.objects.receive(oid, size, body, this.deps.maxObjectBytes);
-    await this.installHere(ref, oid, received);
+    const release = this.reserve(size);
+    try {
+      const received = await this.deps.objects.receive(oid, size, body, this.deps.maxObjectBytes);
+      await this.installHere(ref, oid, received);
+    } finally {
+      release();
+    }
   }
 }
 

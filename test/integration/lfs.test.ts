@@ -73,6 +73,8 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
   let env: NodeJS.ProcessEnv = {};
   let work = '';
   let bigOid = '';
+  /** out is the backup directory the backup test makes (the delete test backs up into it again). */
+  let out = '';
   const repo = 'media/assets';
 
   function url(node: number, token: string | null): string {
@@ -377,9 +379,26 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     expect(listed.status).toBe(200);
     expect(listed.json.complete).toBe(true);
     expect(new Map((listed.json.objects as Array<{ oid: string; size: number }>).map((o) => [o.oid, o.size]))).toEqual(held);
-    const out = await tempDir('gitrep-lfs-backup-');
-    const backup = await cli(['backup', '--out', out, '--url', c.url(2), '--token', admin]);
-    expect(backup.code, backup.stderr).toBe(0);
+    out = await tempDir('gitrep-lfs-backup-');
+    // One replica of three down: the other two list every acknowledged object (each is on W = 2).
+    c.pause(3);
+    let backup: { code: number; stdout: string; stderr: string };
+    try {
+      await waitFor(
+        async () =>
+          ((await c.api(2, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some(
+            (p) => p.id === 'node-3' && !p.live,
+          ),
+        20_000,
+        'node 3 out of the membership',
+      );
+      expect((await c.api(2, 'GET', `/repos/${repo}/lfs`)).json.complete).toBe(true);
+      backup = await cli(['backup', '--out', out, '--url', c.url(2), '--token', admin]);
+    } finally {
+      c.resume(3);
+    }
+    await c.waitMembership();
+    expect(backup.code, backup.stdout + backup.stderr).toBe(0);
     expect(backup.stdout).toContain(`${held.size} LFS objects (${held.size} copied)`);
     // A second run copies none again.
     expect((await cli(['backup', '--out', out, '--url', c.url(3), '--token', admin])).stdout).toContain(
@@ -397,10 +416,19 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     expect(sha256(await readFile(join(clone, 'big.bin')))).toBe(bigOid);
   });
 
-  it('deleting the repository deletes its objects on every replica', async () => {
+  it('deleting the repository deletes its objects on every replica; one made again in its name has none, in a backup too', async () => {
     expect(c.nodes.every((n) => lfsObjects(n.dataDir).size > 0)).toBe(true);
     expect((await c.api(2, 'DELETE', `/repos/${repo}`)).status).toBe(200);
     await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).size === 0), 15_000, 'the objects gone from every node');
+    // A backup taken again after the repository was made anew keeps none of the old one's
+    // objects: a restore would have made them (private ones) the new repository's.
+    expect((await c.api(1, 'POST', '/repos', { repo_id: repo, visibility: 'public' })).status).toBe(201);
+    const again = await cli(['backup', '--out', out, '--url', c.url(1), '--token', admin]);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+    const incarnations = readdirSync(join(out, 'lfs', repo));
+    const now = (await c.api(1, 'GET', `/repos/${repo}`)).json.incarnation as string;
+    expect(incarnations.every((i) => i === now)).toBe(true);
+    expect(existsSync(join(out, 'lfs', repo, now)) ? readdirSync(join(out, 'lfs', repo, now)) : []).toEqual([]);
   });
 });
 
