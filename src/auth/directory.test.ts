@@ -274,6 +274,44 @@ describe('Directory', () => {
     await real.close();
   });
 
+  it.each([
+    ['remove each other', 'remove'],
+    ['step down together', 'demote'],
+  ])('two owners who %s at once leave one owner, not none', async (_what, how) => {
+    const real = new SqliteStore(':memory:');
+    // Both removals read the members (keepAnOwner) before either writes.
+    let waiting = 0;
+    let both = (): void => undefined;
+    const bothRead = new Promise<void>((r) => (both = r));
+    let armed = false;
+    const store = edge(real, {
+      listMeta: async (prefix: string) => {
+        const got = await real.listMeta(prefix);
+        if (armed && prefix === 'members/' && waiting < 2) {
+          if (++waiting === 2) both();
+          await bothRead;
+        }
+        return got;
+      },
+    });
+    const d = new Directory(store);
+    for (const u of ['alice', 'bob']) await d.addUser(u, false);
+    await d.createOrg('x', 'alice');
+    await d.setMember('x', 'bob', 'owner');
+    armed = true;
+    const results = await Promise.allSettled(
+      how === 'remove'
+        ? [d.removeMember('x', 'bob'), d.removeMember('x', 'alice')]
+        : [d.setMember('x', 'alice', 'member'), d.setMember('x', 'bob', 'member')],
+    );
+    const owners = (await d.members('x')).filter((m) => m.role === 'owner');
+    expect(owners.length).toBeGreaterThanOrEqual(1);
+    // What was refused says why; what went through went.
+    for (const r of results) if (r.status === 'rejected') expect(String(r.reason)).toMatch(/last owner of x/);
+    expect(results.some((r) => r.status === 'rejected')).toBe(true);
+    await real.close();
+  });
+
   it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {
     const real = new SqliteStore(':memory:');
     let down = false;

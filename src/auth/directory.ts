@@ -433,6 +433,12 @@ export class Directory {
     const before = await this.store.getMeta(key);
     await this.store.setMeta(key, role);
     this.forget();
+    if (before === 'owner' && role !== 'owner' && !(await this.anyOwner(org))) {
+      // Another owner stepped down or was removed at once (each checked before the other wrote).
+      await this.store.compareAndSetMeta(key, role, before);
+      this.forget();
+      throw conflict(`${user} is the last owner of ${org}: make another member an owner first`);
+    }
     if ((await this.orgStamp(org)) !== stamp) {
       // Back to what it was (a role kept, a member still one, if the organisation stays), unless changed since.
       await this.store.compareAndSetMeta(key, role, before);
@@ -457,7 +463,15 @@ export class Directory {
           if (g.key.endsWith(`/user:${user}`)) await this.store.deleteMeta(g.key);
       };
       await dropGrants();
-      await this.store.deleteMeta(`members/${user}/${org}`);
+      const key = `members/${user}/${org}`;
+      const role = await this.store.getMeta(key);
+      await this.store.deleteMeta(key);
+      if (role === 'owner' && !(await this.anyOwner(org))) {
+        // Two owners removing each other (or themselves) at once each passed keepAnOwner before
+        // the other's removal: the one that finds no owner left puts its owner back.
+        await this.store.compareAndSetMeta(key, null, 'owner');
+        throw conflict(`${user} is the last owner of ${org}: make another member an owner first`);
+      }
       // Once more: a repository the member created meanwhile, through a node that still saw
       // them a member, got its creator's grant after the first pass.
       await dropGrants();
@@ -471,7 +485,17 @@ export class Directory {
     return (await this.store.getMeta(`members/${user}/${org}`)) as OrgRole | null;
   }
 
-  /** keepAnOwner refuses (409) to remove or demote an organisation's last owner. */
+  /** anyOwner says whether an organisation has an owner, read from the store now. */
+  private async anyOwner(org: string): Promise<boolean> {
+    for (const m of await this.store.listMeta('members/')) if (m.value === 'owner' && m.key.split('/')[2] === org) return true;
+    return false;
+  }
+
+  /**
+   * keepAnOwner refuses (409) to remove or demote an organisation's last owner. Two owners
+   * removing each other at once each pass it; setMember and removeMember look again after their
+   * write and put their owner back when none is left.
+   */
   private async keepAnOwner(org: string, leaving: string): Promise<void> {
     const owners = (await this.members(org)).filter((m) => m.role === 'owner').map((m) => m.user);
     if (owners.length === 1 && owners[0] === leaving)
