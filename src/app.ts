@@ -46,6 +46,7 @@ import { sweepLeftovers } from './git/leftovers.js';
 import { DEFAULT_MAX_LFS_OBJECT_BYTES, LfsObjects } from './lfs/objects.js';
 import { LfsService } from './lfs/service.js';
 import { LfsSync } from './lfs/sync.js';
+import { LfsLocks } from './lfs/locks.js';
 import { parseRepoId } from './domain/repo-id.js';
 import { checkLayout, openStore, type StoreUrl } from './store/open.js';
 import type { ClusterStore } from './store/types.js';
@@ -491,6 +492,7 @@ async function startLocked(
     writeRate: new WriteRate(cfg.maxApiWritesPerMinute),
     ssh: { port: null },
     lfs,
+    lfsLocks: new LfsLocks(store),
     config: {
       maxLfsObjectBytes: cfg.maxLfsObjectBytes ?? DEFAULT_MAX_LFS_OBJECT_BYTES,
       publicUrl: cfg.publicUrl ?? null,

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { AppError, badRequest, conflict, notFound, StoreUnavailableError } from '../domain/errors.js';
 import { RESERVED_OWNERS, type RepoId } from '../domain/repo-id.js';
+import { LfsLocks } from '../lfs/locks.js';
 import type { ClusterStore } from '../store/types.js';
 import type { OrgRole, Principal, RepoPolicy, Role, Visibility } from './policy.js';
 
@@ -615,6 +616,8 @@ export class Directory {
     await this.store.deleteMeta(`visibility/${repoId}`);
     // The note that it holds LFS objects (lfs/service.ts): a re-created repository holds none.
     await this.store.deleteMeta(`lfs/${repoId}`);
+    // Its Git LFS file locks: a re-created repository starts with none.
+    await new LfsLocks(this.store).forget(repoId);
     for (const g of await this.store.listMeta(`grants/${repoId}/`)) await this.store.deleteMeta(g.key);
     this.forget();
   }

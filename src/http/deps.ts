@@ -14,6 +14,7 @@ import type { WriteRate } from './write-rate.js';
 import type { HookServer } from '../git/proc-receive.js';
 import type { ReplicaStorage } from '../git/repo-storage.js';
 import type { GitRunner } from '../git/runner.js';
+import type { LfsLocks } from '../lfs/locks.js';
 import type { LfsService } from '../lfs/service.js';
 import type { Metrics } from '../metrics.js';
 import type { RepoActivity } from '../replication/activity.js';
@@ -111,4 +112,6 @@ export interface NodeDeps {
   readonly ssh: { port: number | null };
   /** lfs keeps repositories' Git LFS objects on their replicas (lfs/service.ts). */
   readonly lfs: LfsService;
+  /** lfsLocks keeps repositories' Git LFS file locks in the store (lfs/locks.ts). */
+  readonly lfsLocks: LfsLocks;
 }

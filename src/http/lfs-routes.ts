@@ -4,6 +4,7 @@ import { authorizeRepo } from '../auth/authorize.js';
 import { appError, badRequest, conflict, notFound } from '../domain/errors.js';
 import { addressKey } from '../domain/client-address.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
+import { checkLockPath, MAX_LOCK_PATH, MAX_LOCKS_PAGE } from '../lfs/locks.js';
 import { LFS_OID } from '../lfs/objects.js';
 import { header, refusal } from './access.js';
 import { guardBody, tooLarge } from './body-guards.js';
@@ -54,6 +55,36 @@ const BATCH_SCHEMA = {
     },
   },
 } as const;
+
+const LOCK_CREATE_SCHEMA = {
+  body: {
+    type: 'object',
+    required: ['path'],
+    properties: { path: { type: 'string', minLength: 1, maxLength: MAX_LOCK_PATH }, ref: { type: 'object' } },
+  },
+} as const;
+
+const LOCK_VERIFY_SCHEMA = {
+  body: {
+    type: 'object',
+    properties: {
+      cursor: { type: 'string', maxLength: 64 },
+      limit: { type: 'integer', minimum: 1, maximum: MAX_LOCKS_PAGE },
+      ref: { type: 'object' },
+    },
+  },
+} as const;
+
+const LOCK_UNLOCK_SCHEMA = {
+  body: { type: 'object', properties: { force: { type: 'boolean' }, ref: { type: 'object' } } },
+} as const;
+
+/** limitOf reads a listing's `limit` (default 100, at most MAX_LOCKS_PAGE); 400 for anything but a positive integer. */
+function limitOf(v: unknown): number {
+  if (v === undefined || v === '') return 100;
+  if (typeof v !== 'string' || !/^[0-9]{1,6}$/.test(v) || Number(v) < 1) throw badRequest('limit must be a positive integer');
+  return Math.min(Number(v), MAX_LOCKS_PAGE);
+}
 
 /** HOST is a Host header this node names in the links it gives (a name or address, and a port). */
 const HOST = /^[A-Za-z0-9.-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$/;
@@ -140,6 +171,75 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const list = [...objects].sort(([a], [b]) => (a < b ? -1 : 1)).map(([oid, size]) => ({ oid, size }));
       return { repo_id: repoId, objects: list, count: list.length, bytes: list.reduce((n, o) => n + o.size, 0), complete };
     });
+
+    // File locking (the Git LFS locking API): `git lfs lock|unlock|locks`, and the check of a push.
+    const who = (req: FastifyRequest): string => req.caller?.principal.user ?? 'anonymous';
+    lfs.post<{ Params: RepoParams; Body: { path: string } }>(
+      '/:owner/:repo/info/lfs/locks',
+      { config: { access: { repo: 'write', via: 'git' } }, schema: LOCK_CREATE_SCHEMA },
+      async (req, reply) => {
+        const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+        await deps.lfs.target(repoId, decidedIncarnation(req));
+        const lock = await deps.lfsLocks.create(repoId, checkLockPath(req.body.path), who(req));
+        return reply.code(201).type(LFS_TYPE).send({ lock });
+      },
+    );
+
+    lfs.get<{ Params: RepoParams; Querystring: { path?: string; id?: string; cursor?: string; limit?: string } }>(
+      '/:owner/:repo/info/lfs/locks',
+      { config: { access: { repo: 'read', via: 'git' } } },
+      async (req, reply) => {
+        const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+        const q = req.query;
+        const page = await deps.lfsLocks.list(repoId, {
+          ...(typeof q.path === 'string' ? { path: checkLockPath(q.path) } : {}),
+          ...(typeof q.id === 'string' ? { id: q.id } : {}),
+          ...(typeof q.cursor === 'string' && q.cursor !== '' ? { cursor: q.cursor } : {}),
+          limit: limitOf(q.limit),
+        });
+        return reply.type(LFS_TYPE).send({ locks: page.locks, next_cursor: page.next ?? '' });
+      },
+    );
+
+    lfs.post<{ Params: RepoParams; Body: { cursor?: string; limit?: number } }>(
+      '/:owner/:repo/info/lfs/locks/verify',
+      { config: { access: { repo: 'write', via: 'git' } }, schema: LOCK_VERIFY_SCHEMA },
+      async (req, reply) => {
+        const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+        const page = await deps.lfsLocks.list(repoId, {
+          ...(req.body.cursor ? { cursor: req.body.cursor } : {}),
+          limit: req.body.limit ?? MAX_LOCKS_PAGE,
+        });
+        const user = who(req);
+        return reply.type(LFS_TYPE).send({
+          ours: page.locks.filter((l) => l.owner.name === user),
+          theirs: page.locks.filter((l) => l.owner.name !== user),
+          next_cursor: page.next ?? '',
+        });
+      },
+    );
+
+    lfs.post<{ Params: RepoParams & { id: string }; Body: { force?: boolean } }>(
+      '/:owner/:repo/info/lfs/locks/:id/unlock',
+      { config: { access: { repo: 'write', via: 'git' } }, schema: LOCK_UNLOCK_SCHEMA },
+      async (req, reply) => {
+        const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
+        const force = req.body.force === true;
+        // Another user's lock goes only by force, which needs admin on the repository.
+        if (force) {
+          const { decision } = await authorizeRepo(
+            deps.directory,
+            req.caller?.principal ?? null,
+            req.caller?.token.scope ?? null,
+            repoId,
+            'admin',
+          );
+          if (decision !== 'allow') throw refusal(decision === 'unauthenticated' ? decision : 'forbidden', repoId, 'admin', 'git');
+        }
+        const lock = await deps.lfsLocks.unlock(repoId, req.params.id, who(req), force);
+        return reply.type(LFS_TYPE).send({ lock });
+      },
+    );
 
     lfs.get<{ Params: RepoParams & { oid: string } }>(
       '/:owner/:repo/info/lfs/objects/:oid',

@@ -199,6 +199,48 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     await waitFor(() => lfsObjects(c.node(2).dataDir).get(oid) === 50_000, 10_000, 'node 2 to keep the object it served');
   });
 
+  it('file locks: git lfs lock, locks and unlock through different nodes; one lock per path; others cannot unlock without force', async () => {
+    await gitOk(['remote', 'add', 'origin', url(1, writer)], { cwd: work, env });
+    const locked = await gitOk(['lfs', 'lock', '--json', 'big.bin'], { cwd: work, env });
+    // git-lfs 3.3 prints the lock it made in a list.
+    const printed = answer<Array<{ id: string; path: string; owner: { name: string } }>>(locked);
+    expect(printed.length).toBe(1);
+    const lock = printed[0]!;
+    expect(lock).toMatchObject({ path: 'big.bin', owner: { name: 'wendy' } });
+    // Seen through another node (the locks are in the store).
+    await gitOk(['remote', 'set-url', 'origin', url(3, writer)], { cwd: work, env });
+    expect(await gitOk(['lfs', 'locks'], { cwd: work, env })).toMatch(/big\.bin\s+wendy\s+ID:/);
+    // The owner's push verifies the locks (no "does not support the locking API" warning).
+    await gitOk(['commit', '-q', '--allow-empty', '-m', 'locked'], { cwd: work, env });
+    const push = await git(['push', 'origin', 'main'], { cwd: work, env });
+    expect(push.code, push.stderr).toBe(0);
+    expect(push.stderr).not.toMatch(/locking API/);
+    // Another writer: the path is taken (409 naming the lock), the lock is "theirs", no unlock without force, no force without admin.
+    expect((await c.api(1, 'POST', '/users', { name: 'walt' })).status).toBe(201);
+    expect((await c.api(1, 'PUT', `/repos/${repo}/grants/user:walt`, { role: 'write' })).status).toBe(200);
+    const walt = (await c.api(1, 'POST', '/tokens', { name: 'w', scope: 'write', user: 'walt' })).json.token as string;
+    const taken = await call(2, 'POST', `/${repo}.git/info/lfs/locks`, walt, JSON.stringify({ path: 'big.bin' }));
+    expect(taken.status).toBe(409);
+    expect(answer<{ lock: { id: string } }>(taken.text).lock.id).toBe(lock.id);
+    const verify = answer<{ ours: unknown[]; theirs: Array<{ id: string }> }>(
+      (await call(2, 'POST', `/${repo}.git/info/lfs/locks/verify`, walt, '{}')).text,
+    );
+    expect(verify.ours).toEqual([]);
+    expect(verify.theirs.map((l) => l.id)).toEqual([lock.id]);
+    expect((await call(2, 'POST', `/${repo}.git/info/lfs/locks/${lock.id}/unlock`, walt, '{}')).status).toBe(403);
+    expect((await call(2, 'POST', `/${repo}.git/info/lfs/locks/${lock.id}/unlock`, walt, '{"force":true}')).status).toBe(403);
+    expect((await call(2, 'POST', `/${repo}.git/info/lfs/locks`, reader, JSON.stringify({ path: 'x.bin' }))).status).toBe(403);
+    expect((await call(2, 'GET', `/${repo}.git/info/lfs/locks?path=big.bin`, reader)).status).toBe(200);
+    // Its owner unlocks it; then walt may lock it, and an admin force-unlocks walt's.
+    await gitOk(['lfs', 'unlock', 'big.bin'], { cwd: work, env });
+    const mine = await call(1, 'POST', `/${repo}.git/info/lfs/locks`, walt, JSON.stringify({ path: 'big.bin' }));
+    expect(mine.status).toBe(201);
+    const waltLock = answer<{ lock: { id: string } }>(mine.text).lock.id;
+    expect((await call(3, 'POST', `/${repo}.git/info/lfs/locks/${waltLock}/unlock`, admin, '{"force":true}')).status).toBe(200);
+    expect(answer<{ locks: unknown[] }>((await call(3, 'GET', `/${repo}.git/info/lfs/locks`, reader)).text).locks).toEqual([]);
+    await gitOk(['remote', 'remove', 'origin'], { cwd: work, env });
+  });
+
   it('holds to the repository permissions: 401 without credentials, 403 to upload with read, 404 to others', async () => {
     const objects = [{ oid: sha256(Buffer.from('x')), size: 1 }];
     const anon = await batch(2, null, 'download', objects);
@@ -418,11 +460,13 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
 
   it('deleting the repository deletes its objects on every replica; one made again in its name has none, in a backup too', async () => {
     expect(c.nodes.every((n) => lfsObjects(n.dataDir).size > 0)).toBe(true);
+    expect((await call(1, 'POST', `/${repo}.git/info/lfs/locks`, writer, JSON.stringify({ path: 'kept.bin' }))).status).toBe(201);
     expect((await c.api(2, 'DELETE', `/repos/${repo}`)).status).toBe(200);
     await waitFor(() => c.nodes.every((n) => lfsObjects(n.dataDir).size === 0), 15_000, 'the objects gone from every node');
     // A backup taken again after the repository was made anew keeps none of the old one's
     // objects: a restore would have made them (private ones) the new repository's.
     expect((await c.api(1, 'POST', '/repos', { repo_id: repo, visibility: 'public' })).status).toBe(201);
+    expect(answer<{ locks: unknown[] }>((await call(2, 'GET', `/${repo}.git/info/lfs/locks`, null)).text).locks).toEqual([]);
     const again = await cli(['backup', '--out', out, '--url', c.url(1), '--token', admin]);
     expect(again.code, again.stdout + again.stderr).toBe(0);
     const incarnations = readdirSync(join(out, 'lfs', repo));
