@@ -603,8 +603,11 @@ async function startLocked(
     sweep: () => lfsObjects.sweep(lfsKept(cfg.nodeId, store, storage)),
   });
   const lfsSyncMs = cfg.lfsSyncIntervalMs ?? 10 * 60_000;
-  if (lfsSyncMs > 0) lfsSync.start(lfsSyncMs);
-  late.lfsSync = lfsSync;
+  // 0: no sync at all, not even after a repair (objects come to a replica only as they are read through it).
+  if (lfsSyncMs > 0) {
+    lfsSync.start(lfsSyncMs);
+    late.lfsSync = lfsSync;
+  }
   steward.start(cfg.stewardIntervalMs);
   logger.info({ url, sshPort: ssh?.port ?? null, store: cfg.store.kind, dataDir, hookPort, startupMs: steps.timings }, 'node started');
 

@@ -463,7 +463,7 @@ export const SETTINGS = {
     flag: '--lfs-sync-interval',
     default: 10 * MINUTE,
     min: 0,
-    doc: 'how often a node fetches the Git LFS objects its replicas lack from the other replicas (0: only as they are read)',
+    doc: 'how often a node fetches the Git LFS objects its replicas lack from the other replicas, and sweeps those of replicas gone (0: never, not even after a repair; objects come only as they are read)',
   },
   verifyIntervalMs: {
     kind: 'ms',

@@ -436,7 +436,8 @@ export class Directory {
     this.forget();
     if (before === 'owner' && role !== 'owner' && !(await this.anyOwner(org))) {
       // Another owner stepped down or was removed at once (each checked before the other wrote).
-      await this.store.compareAndSetMeta(key, role, before);
+      // Put back whatever happened to the key since (a removal too): an organisation keeps an owner.
+      await this.store.setMeta(key, before);
       this.forget();
       throw conflict(`${user} is the last owner of ${org}: make another member an owner first`);
     }
@@ -470,7 +471,7 @@ export class Directory {
       if (role === 'owner' && !(await this.anyOwner(org))) {
         // Two owners removing each other (or themselves) at once each passed keepAnOwner before
         // the other's removal: the one that finds no owner left puts its owner back.
-        await this.store.compareAndSetMeta(key, null, 'owner');
+        await this.store.setMeta(key, 'owner');
         throw conflict(`${user} is the last owner of ${org}: make another member an owner first`);
       }
       // Once more: a repository the member created meanwhile, through a node that still saw

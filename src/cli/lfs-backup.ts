@@ -43,7 +43,11 @@ export async function backupLfs(
   incarnation: string,
 ): Promise<LfsCopied> {
   if (!INCARNATION.test(incarnation)) throw new CliError(`${repoId}: the cluster named an odd incarnation`);
-  const list = await api.get<{ objects: Array<{ oid: string; size: number }>; complete: boolean }>(`/repos/${repoId}/lfs`);
+  const list = await api.get<{ incarnation?: string; objects: Array<{ oid: string; size: number }>; complete: boolean }>(
+    `/repos/${repoId}/lfs`,
+  );
+  // Deleted and made again since its mirror was read: the listing is the new repository's.
+  if (list.incarnation !== incarnation) throw new CliError(`${repoId} was deleted and made again during the backup: run backup again`);
   // Another incarnation's objects (the repository deleted and made again) are not this one's.
   for (const other of await names(layout.lfsOf(out, repoId)))
     if (other !== incarnation) await rm(join(layout.lfsOf(out, repoId), other), { recursive: true, force: true });

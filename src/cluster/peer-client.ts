@@ -132,7 +132,7 @@ export class PeerClient {
     target: PeerTarget,
     meta: LfsRef & { oids: readonly string[] },
     timeoutMs = this.opts.timeoutMs,
-  ): Promise<Map<string, number> | null> {
+  ): Promise<LfsHolding | null> {
     if (!this.speaks(target, LFS_PROTOCOL)) return null;
     const answer = await this.postJson(
       target,
@@ -140,14 +140,14 @@ export class PeerClient {
       { repo_id: meta.repoId, incarnation: meta.incarnation, oids: meta.oids },
       timeoutMs,
     );
-    return answer.ok ? sizes((answer.body as { objects?: unknown } | undefined)?.objects) : null;
+    return answer.ok ? holding(answer.body) : null;
   }
 
   /** lfsList names every LFS object a replica holds for the repository's incarnation; null as lfsHave. */
-  async lfsList(target: PeerTarget, meta: LfsRef, timeoutMs = this.opts.timeoutMs): Promise<Map<string, number> | null> {
+  async lfsList(target: PeerTarget, meta: LfsRef, timeoutMs = this.opts.timeoutMs): Promise<LfsHolding | null> {
     if (!this.speaks(target, LFS_PROTOCOL)) return null;
     const answer = await this.postJson(target, '/replicate/lfs/list', { repo_id: meta.repoId, incarnation: meta.incarnation }, timeoutMs);
-    return answer.ok ? sizes((answer.body as { objects?: unknown } | undefined)?.objects) : null;
+    return answer.ok ? holding(answer.body) : null;
   }
 
   /**
@@ -311,6 +311,19 @@ export class PeerClient {
 export interface LfsRef {
   readonly repoId: string;
   readonly incarnation: string;
+}
+
+/** LfsHolding is a replica's answer about its LFS objects: oid → size, and whether it holds every acknowledged one (LFS_COMPLETE). */
+export interface LfsHolding {
+  readonly objects: Map<string, number>;
+  readonly complete: boolean;
+}
+
+/** holding reads a replica's `{objects, complete}` answer; null for anything else. */
+function holding(body: unknown): LfsHolding | null {
+  const b = body as { objects?: unknown; complete?: unknown } | undefined;
+  const objects = sizes(b?.objects);
+  return objects ? { objects, complete: b?.complete === true } : null;
 }
 
 /** sizes reads a replica's `{oid: size}` answer; null for anything else. */

@@ -92,6 +92,9 @@ export class ReplicaStorage {
       cwd: this.dataDir,
     });
     await appendReplicaConfig(path, incarnation);
+    // Made with its repository: it holds every LFS object there is of it (none).
+    await writeFile(join(path, LFS_COMPLETE), 'this replica holds every LFS object acknowledged for its incarnation\n');
+    await fsyncPath(join(path, LFS_COMPLETE));
     await fsyncPath(path);
   }
 
@@ -213,6 +216,28 @@ export const LINKS_CHECKED = 'gitrep-links-checked';
 
 /** LINKS_UNCHECKED names the file that says a replica may hold an object whose links are missing; it outranks LINKS_CHECKED. */
 export const LINKS_UNCHECKED = 'gitrep-links-unchecked';
+
+/**
+ * LFS_COMPLETE names the file in a replica directory that says the replica holds every Git LFS
+ * object acknowledged for its incarnation (or missed one only as a member of the set that
+ * acknowledged it, which the listing's quorum rule allows for): a replica made with its
+ * repository has it; one made later by repair (a whole copy) gets it once its first full LFS
+ * sync found every other live replica's objects (LfsSync). A listing counts only such replicas'
+ * answers towards being complete.
+ */
+export const LFS_COMPLETE = 'gitrep-lfs-complete';
+
+/** lfsComplete says whether a replica directory has LFS_COMPLETE. */
+export function lfsComplete(path: string): boolean {
+  return existsSync(join(path, LFS_COMPLETE));
+}
+
+/** markLfsComplete writes LFS_COMPLETE into a replica directory, durably. */
+export async function markLfsComplete(path: string): Promise<void> {
+  await writeFile(join(path, LFS_COMPLETE), 'this replica holds every LFS object acknowledged for its incarnation\n');
+  await fsyncPath(join(path, LFS_COMPLETE));
+  await fsyncPath(path);
+}
 
 /** appendReplicaConfig adds the replica config and the incarnation id to a repo's config file, and LINKS_CHECKED, durably (the caller fsyncs the directory). */
 async function appendReplicaConfig(path: string, incarnation: string): Promise<void> {

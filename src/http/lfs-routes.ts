@@ -169,7 +169,14 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const t = await deps.lfs.target(repoId, decidedIncarnation(req));
       const { objects, complete } = await deps.lfs.catalogue(t);
       const list = [...objects].sort(([a], [b]) => (a < b ? -1 : 1)).map(([oid, size]) => ({ oid, size }));
-      return { repo_id: repoId, objects: list, count: list.length, bytes: list.reduce((n, o) => n + o.size, 0), complete };
+      return {
+        repo_id: repoId,
+        incarnation: t.incarnation,
+        objects: list,
+        count: list.length,
+        bytes: list.reduce((n, o) => n + o.size, 0),
+        complete,
+      };
     });
 
     // File locking (the Git LFS locking API): `git lfs lock|unlock|locks`, and the check of a push.

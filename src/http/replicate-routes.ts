@@ -181,7 +181,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       { config: PEER, schema: LFS_HAVE_SCHEMA },
       async (req) => {
         const ref = await deps.lfs.localRef(parseRepoId(req.body.repo_id), req.body.incarnation);
-        return { objects: await deps.lfs.have(ref, req.body.oids), server_id: deps.nodeId };
+        return { objects: await deps.lfs.have(ref, req.body.oids), complete: deps.lfs.completeHere(ref), server_id: deps.nodeId };
       },
     );
 
@@ -190,7 +190,7 @@ export function registerReplicateRoutes(app: FastifyInstance, deps: NodeDeps): v
       { config: PEER, schema: LFS_REF_SCHEMA },
       async (req) => {
         const ref = await deps.lfs.localRef(parseRepoId(req.body.repo_id), req.body.incarnation);
-        return { objects: Object.fromEntries(await deps.lfs.list(ref)), server_id: deps.nodeId };
+        return { objects: Object.fromEntries(await deps.lfs.list(ref)), complete: deps.lfs.completeHere(ref), server_id: deps.nodeId };
       },
     );
 

@@ -5,7 +5,7 @@ import type { LfsRef, PeerClient } from '../cluster/peer-client.js';
 import { LFS_PROTOCOL } from '../cluster/protocol.js';
 import { errorMessage, notFound, unavailable } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import type { ReplicaStorage } from '../git/repo-storage.js';
+import { lfsComplete, type ReplicaStorage } from '../git/repo-storage.js';
 import { chain } from '../http/body-guards.js';
 import { PackTee } from '../replication/pack-tee.js';
 import type { RepoActivity } from '../replication/activity.js';
@@ -124,10 +124,16 @@ export class LfsService {
               ),
             ),
           );
-    return wanted.map((o) => {
-      const held = [own.get(o.oid) ?? null, ...answers.map((a) => a?.get(o.oid) ?? null)].filter((s): s is number => s !== null);
+    const states = wanted.map((o) => {
+      const held = [own.get(o.oid) ?? null, ...answers.map((a) => a?.objects.get(o.oid) ?? null)].filter((s): s is number => s !== null);
       return { oid: o.oid, holders: held.filter((s) => s === o.size).length, size: held.find((s) => s === o.size) ?? held[0] ?? null };
     });
+    // "Does not exist" only when every replica of the set was asked: one that could not be (down,
+    // frozen, not answering) may be the one that holds it (a replica just added holds nothing yet).
+    const asked = answers.filter((a) => a !== null).length + (t.local ? 1 : 0);
+    if (enough === 1 && states.some((x) => x.size === null) && asked < t.replicas.length)
+      throw unavailable(`not every replica of ${t.repoId} can be asked for its LFS objects, try again`, { retryAfter: 1 });
+    return states;
   }
 
   /**
@@ -143,9 +149,17 @@ export class LfsService {
     if (!(await this.holdsAny(t))) return { objects: new Map(), complete: true };
     const lists = await Promise.all(this.others(t).map((n) => peers.lfsList(membership.target(n)!, t, CATALOGUE_TIMEOUT_MS)));
     const objects = t.local ? await this.deps.objects.list(t.incarnation) : new Map<string, number>();
-    for (const list of lists) for (const [oid, size] of list ?? []) objects.set(oid, size);
-    const answered = lists.filter((l) => l !== null).length + (t.local ? 1 : 0);
+    for (const list of lists) for (const [oid, size] of list?.objects ?? []) objects.set(oid, size);
+    // Only replicas that hold every acknowledged object (LFS_COMPLETE) count: one the steward just
+    // added lists nothing yet, and counted, it made an empty listing "complete" (an outside review).
+    const own = t.local && lfsComplete(this.deps.storage.repoPath(t.repoId)) ? 1 : 0;
+    const answered = lists.filter((l) => l?.complete === true).length + own;
     return { objects, complete: answered >= t.replicas.length - t.writeQuorum + 1 };
+  }
+
+  /** completeHere says whether this node's replica of the repository holds every acknowledged LFS object (LFS_COMPLETE). */
+  completeHere(ref: LfsRef): boolean {
+    return lfsComplete(this.deps.storage.repoPath(ref.repoId));
   }
 
   /**
@@ -190,9 +204,18 @@ export class LfsService {
       throw err;
     }
     let source = received.path;
+    // This node's own copy counts when it is installed; refused (its replica swapped or dropped
+    // meanwhile), the upload still counts the others, sent the received file.
+    let here = false;
     if (t.local) {
-      await this.installHere(t, oid, received);
-      source = objects.path(t.incarnation, oid);
+      here = await this.installHere(t, oid, received, false).then(
+        () => true,
+        (err: unknown) => {
+          logger.info({ repoId: t.repoId, oid, err: errorMessage(err) }, 'LFS object not kept on this replica');
+          return false;
+        },
+      );
+      if (here) source = objects.path(t.incarnation, oid);
     }
     // A replica the copy did not reach (dropped, refused, unreachable) is sent this node's copy.
     const attempts = others.map(async (node) => {
@@ -206,8 +229,8 @@ export class LfsService {
       if (!answer.ok) logger.warn({ peer: node, repoId: t.repoId, oid, reason: answer.message }, 'LFS object not copied to a replica');
       return answer.ok;
     });
-    const stored = await atLeast(t.local ? 1 : 0, attempts, t.writeQuorum);
-    void Promise.allSettled(attempts).then(() => (t.local ? undefined : objects.discard(received)));
+    const stored = await atLeast(here ? 1 : 0, attempts, t.writeQuorum);
+    void Promise.allSettled(attempts).then(() => (here ? undefined : objects.discard(received)));
     if (stored < t.writeQuorum)
       throw unavailable(`LFS object ${oid} is on ${stored} of ${t.replicas.length} replicas, ${t.writeQuorum} required: try again`, {
         retryAfter: 1,
@@ -234,6 +257,7 @@ export class LfsService {
     // No replica to ask is not "no such object".
     if (!t.local && others.length === 0)
       throw unavailable(`no replica of ${t.repoId} can be reached for its LFS objects, try again`, { retryAfter: 1 });
+    const all = t.replicas.length - (t.local ? 1 : 0);
     for (const node of shuffle(others)) {
       const live = this.whileLive(node, signal);
       const got = await peers.lfsGet(
@@ -260,6 +284,9 @@ export class LfsService {
       void this.keep(t, oid, got.size, copy);
       return { size: got.size, body: out };
     }
+    // Not found where it was asked; a replica that could not be asked may hold it.
+    if (others.length < all)
+      throw unavailable(`not every replica of ${t.repoId} can be reached for its LFS objects, try again`, { retryAfter: 1 });
     return null;
   }
 
@@ -287,7 +314,7 @@ export class LfsService {
         const held = await peers.lfsHave(target, { ...ref, oids: chunk });
         if (!held) return false;
         for (const oid of chunk) {
-          if (held.get(oid) === own.get(oid)) continue;
+          if (held.objects.get(oid) === own.get(oid)) continue;
           const live = this.whileLive(node);
           const answer = await peers
             .lfsPut(target, { ...ref, oid, size: own.get(oid)! }, objects.open(repo.incarnation, oid), this.deps.timeoutMs, live.signal)
@@ -304,11 +331,16 @@ export class LfsService {
 
   /** keep stores an object read from a peer on this replica; a failure leaves it to the next read or LfsSync. */
   private async keep(t: LfsRef, oid: string, size: number, content: Readable): Promise<void> {
+    let release: (() => void) | null = null;
     try {
+      release = this.reserve(size);
       const received = await this.deps.objects.receive(oid, size, content, Number.MAX_SAFE_INTEGER);
       await this.installHere(t, oid, received);
     } catch (err) {
+      content.resume();
       this.deps.logger.info({ repoId: t.repoId, oid, err: errorMessage(err) }, 'LFS object read from a peer not kept');
+    } finally {
+      release?.();
     }
   }
 
@@ -352,15 +384,15 @@ export class LfsService {
    * incarnation the replica no longer has (its repository deleted meanwhile) is removed again
    * (404); what else that incarnation left is the sweep's.
    */
-  private async installHere(ref: LfsRef, oid: string, received: Received): Promise<void> {
+  private async installHere(ref: LfsRef, oid: string, received: Received, discard = true): Promise<void> {
     const running = this.deps.activity.tryBegin(ref.repoId, 'upload');
     if (!running) {
-      await this.deps.objects.discard(received);
+      if (discard) await this.deps.objects.discard(received);
       throw unavailable(`replica of ${ref.repoId} on ${this.deps.nodeId} is being replaced, try again`, { retryAfter: 1 });
     }
     try {
       if ((await this.deps.storage.incarnationOf(ref.repoId)) !== ref.incarnation) {
-        await this.deps.objects.discard(received);
+        if (discard) await this.deps.objects.discard(received);
         throw notFound(`no replica of ${ref.repoId} at that incarnation here`);
       }
       await this.deps.objects.install(ref, oid, received);
@@ -416,8 +448,11 @@ export class LfsService {
       await this.deps.store.setMeta(key, t.incarnation);
       // An upload that read the repository before it was deleted (and made again) must not leave
       // the old incarnation's note over the new one's.
-      if ((await this.deps.store.getRepo(t.repoId))?.incarnation !== t.incarnation) {
-        await this.deps.store.compareAndSetMeta(key, t.incarnation, before);
+      const now = await this.deps.store.getRepo(t.repoId);
+      if (now?.incarnation !== t.incarnation) {
+        // Put the note of the repository as it is now (a note says objects may be there: at worst
+        // a listing asks the replicas), not what was read before: another upload may have noted it since.
+        await this.deps.store.compareAndSetMeta(key, t.incarnation, now ? now.incarnation : null);
         throw notFound(`repository ${t.repoId} was deleted meanwhile`);
       }
     }

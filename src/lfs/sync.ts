@@ -1,6 +1,6 @@
 import { errorMessage } from '../domain/errors.js';
 import type { Logger } from '../domain/logger.js';
-import type { ReplicaStorage } from '../git/repo-storage.js';
+import { markLfsComplete, type ReplicaStorage } from '../git/repo-storage.js';
 import type { ClusterStore } from '../store/types.js';
 import type { Membership } from '../cluster/membership.js';
 import type { PeerClient } from '../cluster/peer-client.js';
@@ -112,21 +112,31 @@ export class LfsSync {
     if (!t?.local) return 0;
     const own = await lfs.list(t);
     let fetched = 0;
+    // Whether this pass leaves the replica holding everything the others hold (LFS_COMPLETE).
+    let listed = 0;
+    let whole = true;
     for (const node of t.replicas) {
-      if (node === this.deps.nodeId || !membership.isLive(node)) continue;
-      const target = membership.target(node);
+      if (node === this.deps.nodeId) continue;
+      const target = membership.isLive(node) ? membership.target(node) : undefined;
       const theirs = target ? await peers.lfsList(target, t) : null;
-      if (!theirs) continue;
-      for (const [oid, size] of theirs) {
+      if (!theirs) {
+        whole = false;
+        continue;
+      }
+      listed++;
+      for (const [oid, size] of theirs.objects) {
         if (this.stopped) return fetched;
         if (own.get(oid) === size) continue;
         if (await lfs.fetch(t, oid, node)) {
           own.set(oid, size);
           fetched++;
           this.deps.onFetched();
-        }
+        } else whole = false;
       }
     }
+    // Every other replica listed, and all they hold is here: this replica now holds every acknowledged object.
+    if (whole && (listed > 0 || t.replicas.length === 1) && !lfs.completeHere(t))
+      await markLfsComplete(storage.repoPath(repoId)).catch(() => undefined);
     return fetched;
   }
 }

@@ -554,3 +554,57 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () =
     }
   });
 });
+
+describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica set that grows', () => {
+  let c: TestCluster;
+  afterAll(async () => {
+    await c?.destroy();
+  });
+
+  it('a replica just added, holding no object yet, does not make a listing complete or an object "missing"', async () => {
+    // No sync anywhere: the added replica gets objects only as they are read through it.
+    c = await TestCluster.start({ nodes: 1, replicationFactor: 2, env: { LFS_SYNC_INTERVAL_MS: '0' } });
+    const repo = 'grow/assets';
+    await c.createRepo(1, repo);
+    const content = randomBytes(10_000);
+    const oid = sha256(content);
+    const put = await fetch(`${c.url(1)}/${repo}.git/info/lfs/objects/${oid}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: content,
+    });
+    expect(put.status).toBe(200);
+    await c.addNode();
+    await c.waitMembership();
+    await waitFor(async () => (await c.repoStatus(2, repo)).replicas.length === 2, 30_000, 'the set grown to both nodes');
+    await c.waitInSync(repo, 2, 30_000);
+    expect(lfsObjects(c.node(2).dataDir).has(oid)).toBe(false);
+    c.pause(1);
+    try {
+      await waitFor(
+        async () =>
+          ((await c.api(2, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some(
+            (p) => p.id === 'node-1' && !p.live,
+          ),
+        20_000,
+        'node 1 out of the membership',
+      );
+      const listed = await c.api(2, 'GET', `/repos/${repo}/lfs`);
+      expect(listed.json.complete).toBe(false);
+      expect((await fetch(`${c.url(2)}/${repo}.git/info/lfs/objects/${oid}`)).status).toBe(503);
+      const batch = await fetch(`${c.url(2)}/${repo}.git/info/lfs/objects/batch`, {
+        method: 'POST',
+        headers: { 'content-type': LFS_TYPE },
+        body: JSON.stringify({ operation: 'download', objects: [{ oid, size: 10_000 }] }),
+      });
+      expect(batch.status).toBe(503);
+    } finally {
+      c.resume(1);
+    }
+    // Once node 1 is back, a read through node 2 gets it (and node 2 keeps it).
+    await c.waitMembership();
+    const got = await fetch(`${c.url(2)}/${repo}.git/info/lfs/objects/${oid}`);
+    expect(got.status).toBe(200);
+    expect(sha256(Buffer.from(await got.arrayBuffer()))).toBe(oid);
+  });
+});
