@@ -312,6 +312,46 @@ describe('Directory', () => {
     await real.close();
   });
 
+  it('two owners who each step down and are then removed, all at once, leave an owner', async () => {
+    // alice and bob each demote themselves; both are held just before they look again; then
+    // each is removed (their role is member by then: no look); then the looks go on.
+    const real = new SqliteStore(':memory:');
+    let phase: 'off' | 'holding' | 'passing' = 'off';
+    let demoted = 0;
+    let release = (): void => undefined;
+    const released = new Promise<void>((r) => (release = r));
+    let bothHeld = (): void => undefined;
+    const held = new Promise<void>((r) => (bothHeld = r));
+    let waiting = 0;
+    const store = edge(real, {
+      setMeta: async (key: string, value: string) => {
+        await real.setMeta(key, value);
+        if (phase === 'holding' && value === 'member') demoted++;
+      },
+      listMeta: async (prefix: string) => {
+        if (phase === 'holding' && prefix === 'members/' && demoted > 0) {
+          if (++waiting === 2) bothHeld();
+          await released;
+        }
+        return real.listMeta(prefix);
+      },
+    });
+    const d = new Directory(store);
+    for (const u of ['alice', 'bob']) await d.addUser(u, false);
+    await d.createOrg('x', 'alice');
+    await d.setMember('x', 'bob', 'owner');
+    phase = 'holding';
+    const demotions = [d.setMember('x', 'alice', 'member'), d.setMember('x', 'bob', 'member')];
+    await held;
+    phase = 'passing';
+    const removals = await Promise.allSettled([d.removeMember('x', 'alice'), d.removeMember('x', 'bob')]);
+    release();
+    await Promise.allSettled(demotions);
+    expect(removals.length).toBe(2);
+    expect((await d.members('x')).filter((m) => m.role === 'owner').length).toBeGreaterThanOrEqual(1);
+    await real.close();
+  });
+
   it('serves the last value it read while the store is unreachable, and fails closed on a key it never read', async () => {
     const real = new SqliteStore(':memory:');
     let down = false;
