@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   fsyncRefDirs,
+  LFS_COMPLETE,
   LINKS_CHECKED,
   LINKS_UNCHECKED,
   linksState,
@@ -135,7 +136,18 @@ describe('initRepo', () => {
     expect(existsSync(join(made, 'hooks'))).toBe(false);
     expect(existsSync(join(made, 'description'))).toBe(false);
     const names = readdirSync(made, { recursive: true }).map(String).sort();
-    expect(names).toEqual(['HEAD', 'config', LINKS_CHECKED, 'objects', 'objects/info', 'objects/pack', 'refs', 'refs/heads', 'refs/tags']);
+    expect(names).toEqual([
+      'HEAD',
+      'config',
+      LFS_COMPLETE,
+      LINKS_CHECKED,
+      'objects',
+      'objects/info',
+      'objects/pack',
+      'refs',
+      'refs/heads',
+      'refs/tags',
+    ]);
     expect(sh(made, 'rev-parse', '--is-bare-repository')).toBe('true');
   });
 });

@@ -198,7 +198,7 @@ const PUSH_ROUTE_REUSE_MS = 2_000;
  * (GitRunner.acquire: a 503 when the wait is over or the line is full); a client that goes away
  * leaves the line.
  */
-async function slotFor(deps: NodeDeps, req: FastifyRequest): Promise<() => void> {
+export async function slotFor(deps: NodeDeps, req: FastifyRequest): Promise<() => void> {
   const socket = req.raw.socket;
   const gone = new AbortController();
   const onClose = (): void => gone.abort();

@@ -2,13 +2,13 @@ import type { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { authorizeRepo } from '../auth/authorize.js';
 import { appError, badRequest, conflict, notFound } from '../domain/errors.js';
-import { addressKey } from '../domain/client-address.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { checkLockPath, MAX_LOCK_PATH, MAX_LOCKS_PAGE } from '../lfs/locks.js';
 import { LFS_OID } from '../lfs/objects.js';
 import { header, refusal } from './access.js';
 import { guardBody, tooLarge } from './body-guards.js';
 import type { NodeDeps } from './deps.js';
+import { slotFor } from './git-routes.js';
 
 /** LFS_TYPE is the media type of the Git LFS batch API's requests and answers. */
 export const LFS_TYPE = 'application/vnd.git-lfs+json';
@@ -256,7 +256,8 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const t = await deps.lfs.target(repoId, decidedIncarnation(req));
         const gone = new AbortController();
         reply.raw.on('close', () => gone.abort());
-        reply.raw.once('close', await transferSlot(deps, req));
+        // A transfer holds one of the client's git slots, as a git request does: uploads that trickle hold at most the client's share.
+        reply.raw.once('close', await slotFor(deps, req));
         const got = await deps.lfs.download(t, oid, gone.signal);
         if (!got) throw notFound(`LFS object ${oid} does not exist in ${repoId}`);
         got.body.on('error', () => reply.raw.destroy());
@@ -288,32 +289,13 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
           'LFS object',
         );
         const t = await deps.lfs.target(repoId, decidedIncarnation(req));
-        reply.raw.once('close', await transferSlot(deps, req));
+        reply.raw.once('close', await slotFor(deps, req));
         await deps.lfs.upload(t, oid, size, body);
         deps.metrics.lfsBytes.inc({ direction: 'in' }, size);
         return reply.type(LFS_TYPE).send({});
       },
     );
   });
-}
-
-/**
- * transferSlot takes one of the node's git process slots for an object's transfer, as a git
- * request does (GitRunner.acquire: at most half of them for one client, a bounded wait in line,
- * then 503): a client's uploads that trickle or stall hold at most its share, and each holds a
- * temporary file and a connection to each peer. Released when the answer is done.
- */
-async function transferSlot(deps: NodeDeps, req: FastifyRequest): Promise<() => void> {
-  const socket = req.raw.socket;
-  const gone = new AbortController();
-  const onClose = (): void => gone.abort();
-  if (socket.destroyed) gone.abort();
-  else socket.once('close', onClose);
-  try {
-    return await deps.git.acquire(addressKey(req.ip), gone.signal);
-  } finally {
-    socket.off('close', onClose);
-  }
 }
 
 /** decidedIncarnation is the incarnation the route's access was decided on (null: none read, a cluster admin's). */

@@ -61,6 +61,13 @@ function answer<T = { message: string }>(text: string): T {
   return JSON.parse(text) as T;
 }
 
+/** waitDown waits until node `via` sees `id` as down (out of the membership). */
+async function waitDown(c: TestCluster, via: number, id: string): Promise<void> {
+  const down = async (): Promise<boolean> =>
+    ((await c.api(via, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some((p) => p.id === id && !p.live);
+  await waitFor(down, 20_000, `${id} out of the membership`);
+}
+
 function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
 }
@@ -426,14 +433,7 @@ describe.skipIf(NO_LFS !== null)('Git LFS on a 3-node cluster', () => {
     c.pause(3);
     let backup: { code: number; stdout: string; stderr: string };
     try {
-      await waitFor(
-        async () =>
-          ((await c.api(2, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some(
-            (p) => p.id === 'node-3' && !p.live,
-          ),
-        20_000,
-        'node 3 out of the membership',
-      );
+      await waitDown(c, 2, 'node-3');
       expect((await c.api(2, 'GET', `/repos/${repo}/lfs`)).json.complete).toBe(true);
       backup = await cli(['backup', '--out', out, '--url', c.url(2), '--token', admin]);
     } finally {
@@ -534,14 +534,7 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica that moves', () =
     const other = [1, 2, 3].find((i) => i !== holderNow && c.node(i).id !== from)!;
     c.pause(holderNow);
     try {
-      await waitFor(
-        async () =>
-          ((await c.api(other, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some(
-            (p) => p.id === to && !p.live,
-          ),
-        20_000,
-        'the frozen replica out of the membership',
-      );
+      await waitDown(c, other, to);
       const r = await fetch(`${c.url(other)}/${repo}.git/info/lfs/objects/batch`, {
         method: 'POST',
         headers: { 'content-type': LFS_TYPE },
@@ -581,14 +574,7 @@ describe.skipIf(NO_LFS !== null)('Git LFS objects of a replica set that grows', 
     expect(lfsObjects(c.node(2).dataDir).has(oid)).toBe(false);
     c.pause(1);
     try {
-      await waitFor(
-        async () =>
-          ((await c.api(2, 'GET', '/health')).json.peer_nodes as Array<{ id: string; live: boolean }>).some(
-            (p) => p.id === 'node-1' && !p.live,
-          ),
-        20_000,
-        'node 1 out of the membership',
-      );
+      await waitDown(c, 2, 'node-1');
       const listed = await c.api(2, 'GET', `/repos/${repo}/lfs`);
       expect(listed.json.complete).toBe(false);
       expect((await fetch(`${c.url(2)}/${repo}.git/info/lfs/objects/${oid}`)).status).toBe(503);
