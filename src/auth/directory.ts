@@ -489,8 +489,7 @@ export class Directory {
 
   /** anyOwner says whether an organisation has an owner, read from the store now. */
   private async anyOwner(org: string): Promise<boolean> {
-    for (const m of await this.store.listMeta('members/')) if (m.value === 'owner' && m.key.split('/')[2] === org) return true;
-    return false;
+    return (await this.memberList(org)).some((m) => m.role === 'owner');
   }
 
   /**
@@ -507,6 +506,11 @@ export class Directory {
   /** members lists an organisation's members with their roles. */
   async members(org: string): Promise<Array<{ user: string; role: OrgRole }>> {
     if (!(await this.orgExists(org))) throw notFound(`organisation ${org} not found`);
+    return this.memberList(org);
+  }
+
+  /** memberList reads an organisation's members with their roles from the store, whether or not it exists. */
+  private async memberList(org: string): Promise<Array<{ user: string; role: OrgRole }>> {
     const out: Array<{ user: string; role: OrgRole }> = [];
     for (const m of await this.store.listMeta('members/')) {
       const [, user, o] = m.key.split('/');

@@ -4,12 +4,9 @@ import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises
 import { dirname, join } from 'node:path';
 import { request } from 'undici';
 import { errorMessage } from '../domain/errors.js';
-import { LFS_OID } from '../lfs/objects.js';
+import { INCARNATION_ID as INCARNATION, LFS_OID } from '../domain/lfs-ids.js';
 import { CliError, type ApiClient } from './http-client.js';
 import { layout } from './manifest.js';
-
-/** INCARNATION is what an incarnation id looks like: it names a directory of the backup. */
-const INCARNATION = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
 
 /** IDLE_MS bounds how long an object's transfer may make no progress. */
 const IDLE_MS = 120_000;

@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { bodyDigest, PEER_AUTH_HEADER, signPeerRequest, type PeerTarget } from '../auth/peer-signature.js';
 import { errorMessage } from '../domain/errors.js';
+import { LFS_OID } from '../domain/lfs-ids.js';
 import {
   common,
   formatRange,
@@ -331,7 +332,7 @@ function sizes(objects: unknown): Map<string, number> | null {
   if (typeof objects !== 'object' || objects === null || Array.isArray(objects)) return null;
   const out = new Map<string, number>();
   for (const [oid, size] of Object.entries(objects))
-    if (/^[0-9a-f]{64}$/.test(oid) && Number.isSafeInteger(size) && (size as number) >= 0) out.set(oid, size as number);
+    if (LFS_OID.test(oid) && Number.isSafeInteger(size) && (size as number) >= 0) out.set(oid, size as number);
   return out;
 }
 

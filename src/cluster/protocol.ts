@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import { bodyDigest } from '../auth/peer-signature.js';
 import { badRequest, unauthorized } from '../domain/errors.js';
 import { isOid, refNameProblem, type RefUpdate } from '../domain/ref-name.js';
+import { INCARNATION_ID, LFS_OID } from '../domain/lfs-ids.js';
 import { parseRepoId, type RepoId } from '../domain/repo-id.js';
 import { isFsckIgnoreList } from '../git/fsck-policy.js';
 import type { TxnKind } from '../store/types.js';
@@ -104,10 +105,10 @@ export const UPLOAD_STAGE_PROTOCOL = 4;
 /** LFS_PROTOCOL is the first protocol version with `/replicate/lfs/*` (Git LFS objects between replicas). */
 export const LFS_PROTOCOL = 5;
 
-const LFS_OID_PATTERN = '^[0-9a-f]{64}$';
+const LFS_OID_PATTERN = LFS_OID.source;
 const LFS_REF_PROPERTIES = {
   repo_id: { type: 'string', maxLength: 512 },
-  incarnation: { type: 'string', pattern: '^[0-9A-Za-z][0-9A-Za-z-]{0,63}$' },
+  incarnation: { type: 'string', pattern: INCARNATION_ID.source },
 } as const;
 
 /** LFS_REF_SCHEMA is `/replicate/lfs/list`'s body: a repository's incarnation. */
@@ -137,9 +138,9 @@ export const LFS_OBJECT_SCHEMA = {
 export function parseLfsPut(body: unknown): { repoId: RepoId; incarnation: string; oid: string; size: number } {
   const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
   const { repo_id: repoId, incarnation, oid, size } = b;
-  if (typeof repoId !== 'string' || typeof incarnation !== 'string' || !/^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/.test(incarnation))
+  if (typeof repoId !== 'string' || typeof incarnation !== 'string' || !INCARNATION_ID.test(incarnation))
     throw badRequest('lfs put needs repo_id and incarnation');
-  if (typeof oid !== 'string' || !new RegExp(LFS_OID_PATTERN).test(oid)) throw badRequest('lfs put needs an oid');
+  if (typeof oid !== 'string' || !LFS_OID.test(oid)) throw badRequest('lfs put needs an oid');
   if (!Number.isSafeInteger(size) || (size as number) < 0) throw badRequest('lfs put needs a size');
   return { repoId: parseRepoId(repoId), incarnation, oid, size: size as number };
 }

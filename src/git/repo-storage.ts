@@ -93,8 +93,7 @@ export class ReplicaStorage {
     });
     await appendReplicaConfig(path, incarnation);
     // Made with its repository: it holds every LFS object there is of it (none).
-    await writeFile(join(path, LFS_COMPLETE), 'this replica holds every LFS object acknowledged for its incarnation\n');
-    await fsyncPath(join(path, LFS_COMPLETE));
+    await writeLfsComplete(path);
     await fsyncPath(path);
   }
 
@@ -234,9 +233,14 @@ export function lfsComplete(path: string): boolean {
 
 /** markLfsComplete writes LFS_COMPLETE into a replica directory, durably. */
 export async function markLfsComplete(path: string): Promise<void> {
+  await writeLfsComplete(path);
+  await fsyncPath(path);
+}
+
+/** writeLfsComplete writes LFS_COMPLETE and fsyncs it (the caller fsyncs the directory). */
+async function writeLfsComplete(path: string): Promise<void> {
   await writeFile(join(path, LFS_COMPLETE), 'this replica holds every LFS object acknowledged for its incarnation\n');
   await fsyncPath(join(path, LFS_COMPLETE));
-  await fsyncPath(path);
 }
 
 /** appendReplicaConfig adds the replica config and the incarnation id to a repo's config file, and LINKS_CHECKED, durably (the caller fsyncs the directory). */

@@ -1,12 +1,13 @@
 import type { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { authorizeRepo } from '../auth/authorize.js';
+import type { Role } from '../auth/policy.js';
 import { appError, badRequest, conflict, notFound } from '../domain/errors.js';
 import { parseRepoId, repoIdFromUrl, type RepoId } from '../domain/repo-id.js';
 import { checkLockPath, MAX_LOCK_PATH, MAX_LOCKS_PAGE } from '../lfs/locks.js';
-import { LFS_OID } from '../lfs/objects.js';
+import { LFS_OID } from '../domain/lfs-ids.js';
 import { header, refusal } from './access.js';
-import { guardBody, tooLarge } from './body-guards.js';
+import { chain, IdleGuard, tooLarge } from './body-guards.js';
 import type { NodeDeps } from './deps.js';
 import { slotFor } from './git-routes.js';
 
@@ -48,7 +49,10 @@ const BATCH_SCHEMA = {
         items: {
           type: 'object',
           required: ['oid', 'size'],
-          properties: { oid: { type: 'string', pattern: LFS_OID.source }, size: { type: 'integer', minimum: 0 } },
+          properties: {
+            oid: { type: 'string', pattern: LFS_OID.source },
+            size: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+          },
         },
       },
       hash_algo: { type: 'string', maxLength: 64 },
@@ -94,8 +98,8 @@ const HOST = /^[A-Za-z0-9.-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d
  * repository's git URL, `/<owner>/<repo>.git/info/lfs/`: git-lfs finds it there from the remote's
  * URL and signs in with the remote's credentials. Reading needs `read` on the repository,
  * uploading `write`, by the same rules as git. The links a batch answer gives point at this node
- * (as the client named it) and carry the batch request's own Authorization. File locking is not
- * served (git-lfs then warns once per push and goes on).
+ * (as the client named it, or `--public-url`) and carry the batch request's own Authorization.
+ * File locks (lfs/locks.ts) are served beside them.
  */
 export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
   void app.register(async (lfs) => {
@@ -115,17 +119,8 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
         const body = req.body;
         const upload = body.operation === 'upload';
-        // The route let the caller in to read; an upload needs write, decided by the same rules.
-        if (upload) {
-          const { decision } = await authorizeRepo(
-            deps.directory,
-            req.caller?.principal ?? null,
-            req.caller?.token.scope ?? null,
-            repoId,
-            'write',
-          );
-          if (decision !== 'allow') throw refusal(decision, repoId, 'write', 'git');
-        }
+        // The route let the caller in to read; an upload needs write.
+        if (upload) await needAlso(deps, req, repoId, 'write');
         if (body.transfers !== undefined && !body.transfers.includes('basic'))
           throw badRequest(`no transfer adapter in common: this server speaks 'basic'`);
         if (body.hash_algo !== undefined && body.hash_algo !== 'sha256')
@@ -163,7 +158,7 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
     );
 
     // Every object the repository's replicas hold, for backups and for users: `complete` says
-    // every replica answered (one that did not may hold objects the others lack).
+    // enough replicas that hold every acknowledged object answered (LfsService.catalogue).
     lfs.get<{ Params: RepoParams }>('/repos/:owner/:repo/lfs', { config: { access: { repo: 'read', via: 'rest' } } }, async (req) => {
       const repoId = parseRepoId(`${req.params.owner}/${req.params.repo}`);
       const t = await deps.lfs.target(repoId, decidedIncarnation(req));
@@ -233,16 +228,7 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         const repoId = repoIdFromUrl(req.params.owner, req.params.repo);
         const force = req.body.force === true;
         // Another user's lock goes only by force, which needs admin on the repository.
-        if (force) {
-          const { decision } = await authorizeRepo(
-            deps.directory,
-            req.caller?.principal ?? null,
-            req.caller?.token.scope ?? null,
-            repoId,
-            'admin',
-          );
-          if (decision !== 'allow') throw refusal(decision === 'unauthenticated' ? decision : 'forbidden', repoId, 'admin', 'git');
-        }
+        if (force) await needAlso(deps, req, repoId, 'admin');
         const lock = await deps.lfsLocks.unlock(repoId, req.params.id, who(req), force);
         return reply.type(LFS_TYPE).send({ lock });
       },
@@ -281,13 +267,8 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
         // git-lfs sends objects as they are: with an encoding, Content-Length would not be the object's size.
         const encoding = header(req, 'content-encoding');
         if (encoding !== undefined && encoding !== 'identity') throw appError('ERR_CONTENT_ENCODING', [encoding.slice(0, 40)]);
-        const limits = deps.config.limits;
-        const body = guardBody(
-          req.body as Readable,
-          undefined,
-          { idleMs: limits.bodyIdleMs, maxBytes: max, maxInflateRatio: limits.maxInflateRatio },
-          'LFS object',
-        );
+        // A body that stops arriving ends with 408; its size is checked as it arrives (LfsObjects.receive).
+        const body = chain(req.body as Readable, new IdleGuard(deps.config.limits.bodyIdleMs));
         const t = await deps.lfs.target(repoId, decidedIncarnation(req));
         reply.raw.once('close', await slotFor(deps, req));
         await deps.lfs.upload(t, oid, size, body);
@@ -296,6 +277,15 @@ export function registerLfsRoutes(app: FastifyInstance, deps: NodeDeps): void {
       },
     );
   });
+}
+
+/**
+ * needAlso refuses a request its route let in for less than it turns out to need (a batch that
+ * uploads, an unlock by force), deciding again by the same rules (authorizeRepo).
+ */
+async function needAlso(deps: NodeDeps, req: FastifyRequest, repoId: RepoId, need: Role): Promise<void> {
+  const { decision } = await authorizeRepo(deps.directory, req.caller?.principal ?? null, req.caller?.token.scope ?? null, repoId, need);
+  if (decision !== 'allow') throw refusal(decision, repoId, need, 'git');
 }
 
 /** decidedIncarnation is the incarnation the route's access was decided on (null: none read, a cluster admin's). */

@@ -4,20 +4,15 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } f
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { AppError, badRequest, errorMessage, unavailable } from '../domain/errors.js';
+import { INCARNATION_ID as INCARNATION, LFS_OID } from '../domain/lfs-ids.js';
 import { fsyncPath } from '../git/repo-storage.js';
 import { tooLarge } from '../http/body-guards.js';
-
-/** LFS_OID is a Git LFS object id: the SHA-256 of the object's content, in lower-case hex. */
-export const LFS_OID = /^[0-9a-f]{64}$/;
 
 /** DEFAULT_MAX_LFS_OBJECT_BYTES is `--max-lfs-object-size`'s default (config.ts): 5 GiB. */
 export const DEFAULT_MAX_LFS_OBJECT_BYTES = 5 * 1024 * 1024 * 1024;
 
 /** REPO_FILE names, in an incarnation's directory, the repository it is of. */
 const REPO_FILE = 'repo';
-
-/** INCARNATION is what a replica's incarnation id looks like (a UUID): it names a directory here. */
-const INCARNATION = /^[0-9A-Za-z][0-9A-Za-z-]{0,63}$/;
 
 /** Received is an object written to a temporary file, its content checked against its oid and size. */
 export interface Received {

@@ -10,7 +10,8 @@ import { chain } from '../http/body-guards.js';
 import { PackTee } from '../replication/pack-tee.js';
 import type { RepoActivity } from '../replication/activity.js';
 import type { ClusterStore, RepoRecord } from '../store/types.js';
-import { LFS_OID, type LfsObjects, type Received } from './objects.js';
+import { LFS_OID } from '../domain/lfs-ids.js';
+import type { LfsObjects, Received } from './objects.js';
 
 /** LFS_FLAG_PREFIX keys the store's note that a repository holds LFS objects (`lfs/<repo id>` = its incarnation): what LfsSync walks. */
 export const LFS_FLAG_PREFIX = 'lfs/';
@@ -254,9 +255,6 @@ export class LfsService {
       if (size !== null) return { size, body: objects.open(t.incarnation, oid) };
     }
     const others = this.others(t);
-    // No replica to ask is not "no such object".
-    if (!t.local && others.length === 0)
-      throw unavailable(`no replica of ${t.repoId} can be reached for its LFS objects, try again`, { retryAfter: 1 });
     const all = t.replicas.length - (t.local ? 1 : 0);
     for (const node of shuffle(others)) {
       const live = this.whileLive(node, signal);
@@ -315,10 +313,10 @@ export class LfsService {
         if (!held) return false;
         for (const oid of chunk) {
           if (held.objects.get(oid) === own.get(oid)) continue;
-          const live = this.whileLive(node);
+          const watch = this.whileLive(node);
           const answer = await peers
-            .lfsPut(target, { ...ref, oid, size: own.get(oid)! }, objects.open(repo.incarnation, oid), this.deps.timeoutMs, live.signal)
-            .finally(live.done);
+            .lfsPut(target, { ...ref, oid, size: own.get(oid)! }, objects.open(repo.incarnation, oid), this.deps.timeoutMs, watch.signal)
+            .finally(watch.done);
           if (!answer.ok) {
             logger.info({ repoId: repo.repoId, peer: node, oid, reason: answer.message }, 'LFS object not handed over');
             return false;
